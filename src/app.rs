@@ -1,0 +1,161 @@
+//! The HTTP surface: one dispatcher that normalises the path, authenticates, and hands the
+//! request to its handler.
+//!
+//! Paths are normalised before matching, because clients build URLs from a base URL: `/v1` is
+//! optional, doubled and trailing slashes are ignored. Authentication runs for every route
+//! except `/health`, checked first, so a route added later is protected by default.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, Method, header};
+
+use crate::auth::authenticate;
+use crate::error::ProxyError;
+use crate::proxy::{self, Incoming};
+use crate::state::AppState;
+
+/// Builds the router over shared state; tests call this to run the real router in-process.
+pub fn build_app(state: Arc<AppState>) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+/// A request's route after path normalisation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    ListModels,
+    /// The id as the client wrote it, percent-decoded.
+    GetModel(String),
+    /// Any other path: proxied when POSTed; the path after `/v1`.
+    Upstream(String),
+}
+
+/// Collapses repeated slashes, drops a trailing slash and a leading `/v1` segment.
+pub fn normalize_path(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len() + 1);
+    for segment in raw.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out == "/v1" {
+        return "/".to_owned();
+    }
+    if let Some(rest) = out.strip_prefix("/v1/") {
+        return format!("/{rest}");
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+impl Route {
+    pub fn of(raw_path: &str) -> Self {
+        let path = normalize_path(raw_path);
+        match path.as_str() {
+            "/health" => Self::Health,
+            "/models" => Self::ListModels,
+            _ => match path.strip_prefix("/models/") {
+                Some(id) => Self::GetModel(
+                    percent_encoding::percent_decode_str(id)
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                ),
+                None => Self::Upstream(path),
+            },
+        }
+    }
+}
+
+async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let route = Route::of(parts.uri.path());
+    if let Route::Health = route {
+        return health(&parts.method);
+    }
+    let caller = match authenticate(state.keys.as_ref(), &parts.headers) {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    match (route, &parts.method) {
+        (Route::Upstream(path), _) if path == "/" => not_found(&path),
+        (Route::ListModels, &Method::GET) => crate::models::handle_list(&state, &caller).await,
+        (Route::GetModel(id), &Method::GET) => {
+            crate::models::handle_get(&state, &caller, &id).await
+        }
+        (Route::Upstream(path), &Method::POST) => {
+            let incoming = Incoming {
+                caller: &caller,
+                path: &path,
+                query: parts.uri.query(),
+                headers: &parts.headers,
+                body,
+            };
+            proxy::forward(&state, incoming).await
+        }
+        (Route::Upstream(path), method) if method != Method::POST => {
+            ProxyError::MethodNotAllowed(format!(
+                "{method} {path} is not served: the router forwards POST requests with a JSON \"model\""
+            ))
+            .into_response()
+        }
+        (_, method) => ProxyError::MethodNotAllowed(format!("{method} is not allowed here"))
+            .into_response(),
+    }
+}
+
+fn not_found(path: &str) -> Response {
+    ProxyError::NotFound(format!(
+        "no route {path}: use POST /v1/chat/completions (or any POST /v1/<path> with a model), GET /v1/models, GET /health"
+    ))
+    .into_response()
+}
+
+fn health(method: &Method) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return ProxyError::MethodNotAllowed("use GET /health".into()).into_response();
+    }
+    let mut response = Response::new(Body::from(r#"{"status":"ok"}"#));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalised() {
+        assert_eq!(normalize_path("/v1/chat/completions"), "/chat/completions");
+        assert_eq!(normalize_path("/chat/completions/"), "/chat/completions");
+        assert_eq!(normalize_path("//v1//models"), "/models");
+        assert_eq!(normalize_path("/v1"), "/");
+        assert_eq!(normalize_path("/"), "/");
+        assert_eq!(normalize_path("/v1beta/x"), "/v1beta/x");
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(Route::of("/health"), Route::Health);
+        assert_eq!(Route::of("/v1//models/"), Route::ListModels);
+        assert_eq!(
+            Route::of("/v1/models/%5Bopenrouter%5Dgoogle%2Fgemini-2.0-flash"),
+            Route::GetModel("[openrouter]google/gemini-2.0-flash".into())
+        );
+        assert_eq!(
+            Route::of("/models/[openrouter]google/gemini-2.0-flash"),
+            Route::GetModel("[openrouter]google/gemini-2.0-flash".into())
+        );
+        assert_eq!(
+            Route::of("/v1/embeddings"),
+            Route::Upstream("/embeddings".into())
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! Who is calling: the caller of a request and what it may use.
+//!
+//! With account management off every request is an anonymous caller that may use every
+//! provider. With it on, a [`KeyIndex`] (the users module's in-memory index) turns the
+//! presented key into a caller; anything else is 401. Only the routes in the router's
+//! allow-list (`/health`) skip this, so a new route is protected by default.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+
+use crate::error::ProxyError;
+use crate::proxy::headers::X_API_KEY;
+
+/// What a caller may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Permissions {
+    /// `{"*": true}`, and every anonymous caller.
+    All,
+    /// Only these aliases.
+    Only(HashSet<String>),
+}
+
+/// The caller of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The account name; `None` with account management off.
+    pub user: Option<String>,
+    pub permissions: Permissions,
+}
+
+impl Caller {
+    pub fn anonymous() -> Self {
+        Self {
+            user: None,
+            permissions: Permissions::All,
+        }
+    }
+
+    /// A caller with an account: URL targets are refused for it (no open relay).
+    pub fn is_account(&self) -> bool {
+        self.user.is_some()
+    }
+
+    pub fn may_use(&self, alias: &str) -> bool {
+        match &self.permissions {
+            Permissions::All => true,
+            Permissions::Only(aliases) => aliases.contains(alias),
+        }
+    }
+}
+
+/// Looks a presented key up. Implementations must not touch SQLite on this path and must
+/// compare keys without leaking timing (hash the presented key, look the hash up).
+pub trait KeyIndex: Send + Sync + 'static {
+    fn find(&self, presented_key: &str) -> Option<Caller>;
+}
+
+/// The key a client presented: `Authorization: Bearer <key>`, else `x-api-key: <key>`.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .filter(|k| !k.is_empty());
+    bearer.or_else(|| {
+        headers
+            .get(X_API_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+    })
+}
+
+/// Turns request headers into a caller. `keys` is `None` when account management is off.
+pub fn authenticate(
+    keys: Option<&Arc<dyn KeyIndex>>,
+    headers: &HeaderMap,
+) -> Result<Caller, ProxyError> {
+    let Some(keys) = keys else {
+        return Ok(Caller::anonymous());
+    };
+    let Some(key) = presented_key(headers) else {
+        return Err(ProxyError::InvalidApiKey(
+            "missing API key: send \"Authorization: Bearer <your llmsrouter key>\"".into(),
+        ));
+    };
+    keys.find(key)
+        .ok_or_else(|| ProxyError::InvalidApiKey("invalid API key".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn bearer_wins_over_x_api_key() {
+        let mut h = HeaderMap::new();
+        h.insert(X_API_KEY, HeaderValue::from_static("xk"));
+        assert_eq!(presented_key(&h), Some("xk"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("bearer  bk "));
+        assert_eq!(presented_key(&h), Some("bk"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(presented_key(&h), Some("xk"));
+    }
+
+    #[test]
+    fn accounts_off_is_anonymous_with_everything() {
+        let c = authenticate(None, &HeaderMap::new()).expect("anonymous");
+        assert!(c.may_use("anything"));
+        assert!(!c.is_account());
+    }
+
+    struct One;
+    impl KeyIndex for One {
+        fn find(&self, key: &str) -> Option<Caller> {
+            (key == "good").then(|| Caller {
+                user: Some("ann".into()),
+                permissions: Permissions::Only(["a".to_owned()].into()),
+            })
+        }
+    }
+
+    #[test]
+    fn accounts_on_requires_a_known_key() {
+        let keys: Arc<dyn KeyIndex> = Arc::new(One);
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            authenticate(Some(&keys), &h).expect_err("missing").code(),
+            "invalid_api_key"
+        );
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer bad"));
+        let err = authenticate(Some(&keys), &h).expect_err("bad");
+        assert_eq!(err.code(), "invalid_api_key");
+        assert!(!err.to_string().contains("bad"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer good"));
+        let c = authenticate(Some(&keys), &h).expect("good");
+        assert!(c.may_use("a") && !c.may_use("b") && c.is_account());
+    }
+}

@@ -1,0 +1,77 @@
+//! The command line: clap structs only. Every flag has an environment variable; `.env` is
+//! loaded before parsing, so it feeds the same variables.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "llmsrouter",
+    version,
+    about = "One OpenAI-compatible base URL in front of many LLM providers",
+    long_about = "One OpenAI-compatible base URL in front of many LLM providers.\n\n\
+Pick the provider per request with the model name ([openrouter]google/gemini-2.5) or a \
+?proxy= URL; answers stream through untouched, and every prompt, answer and token count is \
+recorded.\n\nA .env file in the working directory is read first; real environment variables \
+win over it."
+)]
+pub struct Cli {
+    /// Provider config file.
+    #[arg(
+        long,
+        global = true,
+        env = "LLMSROUTER_CONFIG",
+        default_value = "./config.yaml",
+        value_name = "PATH"
+    )]
+    pub config: PathBuf,
+
+    /// SQLite database: users and the usage ledger.
+    #[arg(
+        long,
+        global = true,
+        env = "LLMSROUTER_DB",
+        default_value = "./users.db",
+        value_name = "PATH"
+    )]
+    pub db: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the router.
+    #[command(
+        long_about = "Run the router.\n\nStarts without a config file too: then only URL \
+targets (?proxy=https://host or \"[https://host]model\") work.\n\nExamples:\n  \
+llmsrouter serve\n  llmsrouter serve --port 9000 --config /etc/llmsrouter/config.yaml"
+    )]
+    Serve(ServeArgs),
+
+    /// Validate config.yaml and the environment (.env); exit 0 when valid, 1 when not.
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "LLMSROUTER_HOST",
+        default_value = "0.0.0.0",
+        value_name = "ADDR"
+    )]
+    pub host: String,
+
+    /// Port to listen on (0 picks a free one).
+    #[arg(
+        long,
+        env = "LLMSROUTER_PORT",
+        default_value_t = 8000,
+        value_name = "N"
+    )]
+    pub port: u16,
+}

@@ -1,0 +1,599 @@
+//! config.yaml: the typed providers list and settings, `${ENV}` expansion, strict validation.
+//!
+//! Loading is all-or-nothing: a config either passes every check or start-up fails with one
+//! message naming the file, the key path and what is wrong. Nothing here does network I/O, and
+//! no error message ever contains an `api_key` value.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// Default for `timeout_secs`: a whole non-stream request, or the idle gap inside a stream.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_MODELS_CACHE_TTL: Duration = Duration::from_secs(300);
+pub const DEFAULT_MODELS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// The validated config. Servers keep the order of the file: rule 4 of routing ("the first
+/// server whose model list holds the name") depends on it.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub servers: IndexMap<String, Server>,
+    pub settings: Settings,
+}
+
+/// One provider under `servers:`.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub alias: String,
+    /// Base URL as configured (trailing `/` trimmed); used as is, no `/v1` added.
+    pub url: String,
+    /// `None` when the config has no key (local servers): no Authorization is sent.
+    pub api_key: Option<Secret>,
+    pub filter: Option<String>,
+    /// `Some`: this list replaces the upstream's model list; the upstream is not asked.
+    pub override_models: Option<Vec<String>>,
+    pub append: Vec<String>,
+    /// Extra headers sent upstream; they win over forwarded client headers.
+    pub headers: HeaderMap,
+    pub timeout: Duration,
+    pub stream_usage: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub models_cache_ttl: Duration,
+    pub models_fetch_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub default_server: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            models_cache_ttl: DEFAULT_MODELS_CACHE_TTL,
+            models_fetch_timeout: DEFAULT_MODELS_FETCH_TIMEOUT,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            default_server: None,
+        }
+    }
+}
+
+impl Config {
+    pub fn server(&self, alias: &str) -> Option<&Server> {
+        self.servers.get(alias)
+    }
+
+    /// Every configured api key, for redaction in logs and traces.
+    pub fn api_keys(&self) -> impl Iterator<Item = &Secret> {
+        self.servers
+            .values()
+            .filter_map(|s| s.api_key.as_ref())
+            .filter(|k| !k.is_empty())
+    }
+}
+
+/// Why a config could not be loaded. `Display` is the one-line message for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: file not found")]
+    NotFound { file: PathBuf },
+    #[error("{file}: cannot read: {reason}")]
+    Unreadable { file: PathBuf, reason: String },
+    #[error("{file}: {path}: {reason}")]
+    Invalid {
+        file: PathBuf,
+        /// Dotted key path, e.g. `servers.openrouter.url`; `(top level)` for the document.
+        path: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates `file`, expanding `${NAME}` with `env`.
+    pub fn load(file: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError::NotFound {
+                    file: file.to_owned(),
+                });
+            }
+            Err(e) => {
+                return Err(ConfigError::Unreadable {
+                    file: file.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        Self::parse(&text, env).map_err(|(path, reason)| ConfigError::Invalid {
+            file: file.to_owned(),
+            path,
+            reason,
+        })
+    }
+
+    /// Parses YAML text; the error is `(key path, reason)`.
+    pub fn parse(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, (String, String)> {
+        let raw = parse_yaml(text)?;
+        let Some(raw) = raw else {
+            return Ok(Self::default());
+        };
+        validate(raw, env)
+    }
+}
+
+// ---- raw, as written in the file ---------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    servers: Option<IndexMap<String, RawServer>>,
+    #[serde(default)]
+    settings: Option<RawSettings>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    url: Option<String>,
+    #[serde(default)]
+    api_key: Option<Scalar>,
+    #[serde(default)]
+    filter: Option<Scalar>,
+    #[serde(default, rename = "override")]
+    override_models: Option<Vec<Scalar>>,
+    #[serde(default)]
+    append: Option<Vec<Scalar>>,
+    #[serde(default)]
+    headers: Option<IndexMap<String, Scalar>>,
+    #[serde(default)]
+    timeout_secs: Option<f64>,
+    #[serde(default)]
+    stream_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    #[serde(default)]
+    models_cache_ttl_secs: Option<f64>,
+    #[serde(default)]
+    models_fetch_timeout_secs: Option<f64>,
+    #[serde(default)]
+    max_body_bytes: Option<u64>,
+    #[serde(default)]
+    default_server: Option<String>,
+}
+
+/// A YAML scalar taken as text: `X-Retry: 3` or `override: [1234]` mean the string, which is
+/// what a user writing them expects.
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn parse_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
+    let mut options = serde_saphyr::Options::default();
+    // A snippet of the file could show an api_key next to the error; never print one.
+    options.with_snippet = false;
+    let mut inner_path = None;
+    let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+        serde_path_to_error::deserialize::<_, Option<RawConfig>>(de).map_err(|e| {
+            inner_path = Some(e.path().to_string());
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| {
+        let path = match inner_path.as_deref() {
+            None | Some("" | ".") => "(top level)".to_owned(),
+            Some(p) => p.trim_end_matches(".?").to_owned(),
+        };
+        let mut reason = first_line(&e.to_string());
+        if let Some(loc) = e.location() {
+            if !reason.contains("line ") {
+                reason = format!("{reason} (line {}, column {})", loc.line(), loc.column());
+            }
+        }
+        (path, reason)
+    })
+}
+
+fn first_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("invalid YAML")
+        .to_owned()
+}
+
+// ---- validation --------------------------------------------------------------------------
+
+type Invalid = (String, String);
+
+fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Invalid {
+    (path.into(), reason.into())
+}
+
+fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Invalid> {
+    let mut servers = IndexMap::new();
+    for (alias, raw_server) in raw.servers.unwrap_or_default() {
+        let server = validate_server(&alias, raw_server, env)?;
+        servers.insert(alias, server);
+    }
+    let settings = validate_settings(raw.settings, &servers, env)?;
+    Ok(Config { servers, settings })
+}
+
+/// Aliases appear inside `[...]` in model names and in permission lists; brackets, spaces and
+/// commas would make those ambiguous.
+pub fn is_valid_alias(alias: &str) -> bool {
+    !alias.is_empty()
+        && alias
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn validate_server(
+    alias: &str,
+    raw: RawServer,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Server, Invalid> {
+    let at = |key: &str| format!("servers.{alias}.{key}");
+    if !is_valid_alias(alias) {
+        return Err(invalid(
+            format!("servers.{alias}"),
+            "an alias may contain only letters, digits, '-', '_' and '.' (no brackets or spaces)",
+        ));
+    }
+    let Some(url) = raw.url else {
+        return Err(invalid(at("url"), "missing: every server needs a url"));
+    };
+    let url = expand_env(&url, &at("url"), env)?;
+    let url = validate_base_url(&url).map_err(|reason| invalid(at("url"), reason))?;
+
+    let api_key = raw
+        .api_key
+        .map(|k| expand_env(&k.0, &at("api_key"), env).map(Secret::new))
+        .transpose()?;
+    let filter = raw
+        .filter
+        .map(|f| expand_env(&f.0, &at("filter"), env))
+        .transpose()?;
+    let override_models = raw
+        .override_models
+        .map(|list| expand_list(list, &at("override"), env))
+        .transpose()?;
+    let append = raw
+        .append
+        .map(|list| expand_list(list, &at("append"), env))
+        .transpose()?
+        .unwrap_or_default();
+
+    let mut headers = HeaderMap::new();
+    for (name, value) in raw.headers.unwrap_or_default() {
+        let path = format!("servers.{alias}.headers.{name}");
+        let header_name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| invalid(&path, "not a valid HTTP header name"))?;
+        let value = expand_env(&value.0, &path, env)?;
+        let header_value = HeaderValue::from_str(&value)
+            .map_err(|_| invalid(&path, "not a valid HTTP header value (control characters?)"))?;
+        headers.insert(header_name, header_value);
+    }
+
+    let timeout = match raw.timeout_secs {
+        None => DEFAULT_TIMEOUT,
+        Some(secs) => positive_duration(secs)
+            .ok_or_else(|| invalid(at("timeout_secs"), "must be a number of seconds above 0"))?,
+    };
+
+    Ok(Server {
+        alias: alias.to_owned(),
+        url,
+        api_key,
+        filter,
+        override_models,
+        append,
+        headers,
+        timeout,
+        stream_usage: raw.stream_usage.unwrap_or(true),
+    })
+}
+
+fn validate_settings(
+    raw: Option<RawSettings>,
+    servers: &IndexMap<String, Server>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, Invalid> {
+    let mut settings = Settings::default();
+    let Some(raw) = raw else {
+        return Ok(settings);
+    };
+    if let Some(secs) = raw.models_cache_ttl_secs {
+        if !(secs.is_finite() && secs >= 0.0) {
+            return Err(invalid(
+                "settings.models_cache_ttl_secs",
+                "must be a number of seconds, 0 or more",
+            ));
+        }
+        settings.models_cache_ttl = Duration::from_secs_f64(secs);
+    }
+    if let Some(secs) = raw.models_fetch_timeout_secs {
+        settings.models_fetch_timeout = positive_duration(secs).ok_or_else(|| {
+            invalid(
+                "settings.models_fetch_timeout_secs",
+                "must be a number of seconds above 0",
+            )
+        })?;
+    }
+    if let Some(bytes) = raw.max_body_bytes {
+        if bytes == 0 {
+            return Err(invalid("settings.max_body_bytes", "must be above 0"));
+        }
+        settings.max_body_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+    }
+    if let Some(default) = raw.default_server {
+        let default = expand_env(&default, "settings.default_server", env)?;
+        if !servers.contains_key(&default) {
+            let known: Vec<&str> = servers.keys().map(String::as_str).collect();
+            return Err(invalid(
+                "settings.default_server",
+                format!(
+                    "\"{default}\" is not a server alias (known: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
+        settings.default_server = Some(default);
+    }
+    Ok(settings)
+}
+
+fn positive_duration(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && secs > 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs))
+}
+
+fn expand_list(
+    list: Vec<Scalar>,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<String>, Invalid> {
+    list.into_iter()
+        .enumerate()
+        .map(|(i, item)| expand_env(&item.0, &format!("{path}[{i}]"), env))
+        .collect()
+}
+
+/// Replaces every `${NAME}` with that environment variable. An unset variable is an error:
+/// an empty api key would only surface later as a confusing 401 from the provider.
+pub fn expand_env(
+    value: &str,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, Invalid> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(invalid(path, "unclosed \"${\": write ${NAME}"));
+        };
+        let name = &after[..end];
+        let valid_name = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            return Err(invalid(
+                path,
+                format!("\"${{{name}}}\" is not a valid environment variable reference"),
+            ));
+        }
+        match env(name) {
+            Some(v) => out.push_str(&v),
+            None => {
+                return Err(invalid(
+                    path,
+                    format!("environment variable {name} is not set (set it, or put it in .env)"),
+                ));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Checks an http(s) base URL and returns it with trailing slashes trimmed.
+pub fn validate_base_url(url: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a valid URL ({e})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "must be an http or https URL, not \"{}:\"",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".to_owned());
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn empty_document_is_an_empty_config() {
+        let c = Config::parse("", &no_env).expect("empty");
+        assert!(c.servers.is_empty());
+        let c = Config::parse("# only a comment\n", &no_env).expect("comment");
+        assert!(c.servers.is_empty());
+    }
+
+    #[test]
+    fn full_config_loads() {
+        let yaml = r#"
+servers:
+  openrouter:
+    url: "https://openrouter.ai/api/v1/"
+    api_key: "${OR_KEY}"
+    filter: "gpt free"
+    append: ["x"]
+    headers: {X-Title: "me", X-Num: 3}
+    timeout_secs: 1.5
+    stream_usage: false
+  local:
+    url: http://localhost:11434/v1
+    override: [m1, 2]
+settings:
+  models_cache_ttl_secs: 0
+  models_fetch_timeout_secs: 2
+  max_body_bytes: 1000
+  default_server: local
+"#;
+        let env = |n: &str| (n == "OR_KEY").then(|| "sk-or".to_owned());
+        let c = Config::parse(yaml, &env).expect("valid");
+        let or = c.server("openrouter").expect("openrouter");
+        assert_eq!(or.url, "https://openrouter.ai/api/v1");
+        assert_eq!(or.api_key.as_ref().map(Secret::expose), Some("sk-or"));
+        assert_eq!(or.headers["x-num"], "3");
+        assert_eq!(or.timeout, Duration::from_millis(1500));
+        assert!(!or.stream_usage);
+        let local = c.server("local").expect("local");
+        assert_eq!(
+            local.override_models.as_deref(),
+            Some(&["m1".to_owned(), "2".to_owned()][..])
+        );
+        assert!(local.stream_usage);
+        assert_eq!(
+            c.servers.keys().collect::<Vec<_>>(),
+            ["openrouter", "local"]
+        );
+        assert_eq!(c.settings.default_server.as_deref(), Some("local"));
+        assert_eq!(c.settings.max_body_bytes, 1000);
+        assert_eq!(c.settings.models_cache_ttl, Duration::ZERO);
+    }
+
+    fn error_of(yaml: &str) -> (String, String) {
+        match Config::parse(yaml, &no_env) {
+            Ok(_) => panic!("expected an error for {yaml}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let (path, reason) = error_of("servers:\n  a:\n    url: http://x\n    filtre: gpt\n");
+        assert_eq!(path, "servers.a.filtre");
+        assert!(reason.contains("unknown field"), "{reason}");
+        let (path, reason) = error_of("setings: {}\n");
+        assert_eq!(path, "setings");
+        assert!(reason.contains("setings"), "{reason}");
+    }
+
+    #[test]
+    fn wrong_type_names_its_path() {
+        let (path, _) = error_of("servers:\n  a:\n    url: http://x\n    timeout_secs: soon\n");
+        assert_eq!(path, "servers.a.timeout_secs");
+        let (path, _) = error_of("servers:\n  a:\n    url: http://x\n    override: gpt\n");
+        assert_eq!(path, "servers.a.override");
+    }
+
+    #[test]
+    fn bad_alias_and_bad_url_are_refused() {
+        let (path, reason) = error_of("servers:\n  \"a[b]\":\n    url: http://x\n");
+        assert_eq!(path, "servers.a[b]");
+        assert!(reason.contains("brackets"));
+        let (path, reason) = error_of("servers:\n  a:\n    url: ftp://x\n");
+        assert_eq!(path, "servers.a.url");
+        assert!(reason.contains("http"), "{reason}");
+        let (path, _) = error_of("servers:\n  a:\n    api_key: k\n");
+        assert_eq!(path, "servers.a.url");
+    }
+
+    #[test]
+    fn unset_env_is_an_error_that_does_not_print_other_values() {
+        let (path, reason) =
+            error_of("servers:\n  a:\n    url: http://x\n    api_key: \"pre-${MISSING_KEY}\"\n");
+        assert_eq!(path, "servers.a.api_key");
+        assert!(reason.contains("MISSING_KEY"));
+        assert!(!reason.contains("pre-"));
+    }
+
+    #[test]
+    fn default_server_must_exist() {
+        let (path, _) =
+            error_of("servers:\n  a:\n    url: http://x\nsettings:\n  default_server: b\n");
+        assert_eq!(path, "settings.default_server");
+    }
+
+    #[test]
+    fn the_shipped_template_loads() {
+        let env =
+            |n: &str| matches!(n, "OPENROUTER_API_KEY" | "ARK_API_KEY").then(|| "k".to_owned());
+        let c = Config::parse(include_str!("../config.yaml.template"), &env).expect("template");
+        assert_eq!(c.servers.len(), 3);
+        assert_eq!(
+            c.server("huoshan").map(|s| s.url.as_str()),
+            Some("https://ark.cn-beijing.volces.com/api/v3")
+        );
+    }
+
+    #[test]
+    fn expand_env_replaces_every_reference() {
+        let env = |n: &str| Some(format!("<{n}>"));
+        assert_eq!(
+            expand_env("a${X}b${Y_2}c", "p", &env).expect("ok"),
+            "a<X>b<Y_2>c"
+        );
+        assert_eq!(
+            expand_env("$X no braces", "p", &env).expect("ok"),
+            "$X no braces"
+        );
+        assert!(expand_env("${", "p", &env).is_err());
+        assert!(expand_env("${1A}", "p", &env).is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! The one error type of the request path, and its conversion to OpenAI's error shape.
+//!
+//! Every error the router itself makes reaches the client as
+//! `{"error": {"message", "type", "param", "code"}}` with the status and code of PRODUCT.md's
+//! table. Messages never carry keys: callers build them from sanitized parts only.
+
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+/// An error made by the router (not one relayed from an upstream).
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// Body not JSON, no model, bad proxy URL, malformed `[prefix]`.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Missing or unknown user key (account management on).
+    #[error("{0}")]
+    InvalidApiKey(String),
+    /// The user may not use this provider.
+    #[error("{0}")]
+    ProviderForbidden(String),
+    /// `?proxy=` and `[URL]` targets are refused while accounts are on.
+    #[error("{0}")]
+    UrlTargetForbidden(String),
+    /// Unknown alias or a model no provider claims.
+    #[error("{0}")]
+    ModelNotFound(String),
+    /// Route that the router does not serve.
+    #[error("{0}")]
+    NotFound(String),
+    /// Method not allowed on a known route.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// Request body over `settings.max_body_bytes`.
+    #[error("request body is larger than the limit of {limit} bytes (settings.max_body_bytes)")]
+    BodyTooLarge { limit: usize },
+    /// The upstream could not be reached (connect, TLS, reset before a response).
+    #[error("{0}")]
+    UpstreamUnreachable(String),
+    /// The upstream did not answer within `timeout_secs`.
+    #[error("{0}")]
+    UpstreamTimeout(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
+            Self::ProviderForbidden(_) | Self::UrlTargetForbidden(_) => StatusCode::FORBIDDEN,
+            Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The stable `code` field; clients and scripts match on it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidApiKey(_) => "invalid_api_key",
+            Self::ProviderForbidden(_) => "provider_forbidden",
+            Self::UrlTargetForbidden(_) => "url_target_forbidden",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::UpstreamUnreachable(_) => "upstream_unreachable",
+            Self::UpstreamTimeout(_) => "upstream_timeout",
+        }
+    }
+
+    /// OpenAI's `type` field: the family of the error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidApiKey(_) => "authentication_error",
+            Self::ProviderForbidden(_) | Self::UrlTargetForbidden(_) => "permission_error",
+            Self::UpstreamUnreachable(_) | Self::UpstreamTimeout(_) => "upstream_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// The JSON body, `{"error": {...}}`.
+    pub fn body(&self) -> Bytes {
+        error_body(&self.to_string(), self.kind(), Some(self.code()))
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorEnvelope<'a> {
+    error: ErrorObject<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+/// Serializes an OpenAI-shaped error body. Used for router errors, wrapped upstream errors and
+/// the error event that ends a failed stream.
+pub fn error_body(message: &str, kind: &str, code: Option<&str>) -> Bytes {
+    let envelope = ErrorEnvelope {
+        error: ErrorObject {
+            message,
+            kind,
+            param: None,
+            code,
+        },
+    };
+    // Serializing plain strings cannot fail; fall back to a fixed body rather than panic.
+    serde_json::to_vec(&envelope)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| Bytes::from_static(br#"{"error":{"message":"internal error","type":"api_error","param":null,"code":null}}"#))
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), self.body()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+/// Shortens text that came from a client (a model name, say) before it goes into an error
+/// message, so a 10 MB model name does not come back as a 10 MB error.
+pub fn clip(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        None => text.to_owned(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_openai_shape() {
+        let err = ProxyError::ModelNotFound("no such model".into());
+        let v: serde_json::Value = serde_json::from_slice(&err.body()).expect("json");
+        assert_eq!(v["error"]["message"], "no such model");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert!(v["error"]["param"].is_null());
+        assert_eq!(err.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text() {
+        assert_eq!(clip("abc", 5), "abc");
+        let long = "x".repeat(1000);
+        let clipped = clip(&long, 10);
+        assert!(clipped.starts_with("xxxxxxxxxx…"));
+        assert!(clipped.contains("1000 bytes"));
+    }
+}

@@ -1,0 +1,22 @@
+//! llmsrouter: one OpenAI-compatible base URL in front of many LLM providers.
+//!
+//! Data flows one way: request → auth ([`auth`]) → routing ([`routing`]) → proxy ([`proxy`])
+//! → stream tee ([`proxy::stream`]) → client; the tee hands one finished
+//! [`record::RequestRecord`] to the sinks through [`record::Recorder`], off the request path.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod env;
+pub mod error;
+pub mod models;
+pub mod proxy;
+pub mod record;
+pub mod routing;
+pub mod secret;
+pub mod server;
+pub mod state;
+pub mod usage;
+
+pub use app::build_app;

@@ -1,0 +1,374 @@
+//! The request body: read its top level once, then rewrite only what must change.
+//!
+//! The body goes upstream byte for byte except the `model` value (and, for streams, an added
+//! `stream_options.include_usage`). Key order, spacing, unknown and vendor fields
+//! (`reasoning_content`, `cache_control`, ...) are untouched because nothing is re-serialized:
+//! edits are splices at the byte ranges the parser reported.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use bytes::Bytes;
+use serde::de::{Deserializer as _, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::ProxyError;
+
+/// The top-level facts of a request body the router needs.
+#[derive(Debug)]
+pub struct RequestView {
+    pub model: String,
+    pub stream: bool,
+    /// Byte ranges of every top-level `model` value (duplicates included).
+    model_ranges: Vec<Range<usize>>,
+    stream_options: StreamOptions,
+    /// Offset of the closing `}` of the top-level object.
+    closing_brace: usize,
+    has_members: bool,
+}
+
+#[derive(Debug)]
+enum StreamOptions {
+    Absent,
+    /// `null`: replaced by an object.
+    Null(Range<usize>),
+    /// An object; `include_usage` says whether the client asked for usage itself.
+    Object {
+        range: Range<usize>,
+        include_usage: bool,
+    },
+    /// Something else: left alone, the upstream will say what it thinks.
+    Other,
+}
+
+impl RequestView {
+    /// Parses the top level of `body`. The whole document is checked for valid JSON and UTF-8.
+    pub fn parse(body: &[u8]) -> Result<Self, ProxyError> {
+        let members = top_level_members(body)?;
+        let mut model: Option<String> = None;
+        let mut model_ranges = Vec::new();
+        let mut stream = false;
+        let mut stream_options = StreamOptions::Absent;
+        for (key, value) in &members {
+            let range = range_of(body, value);
+            match key.as_ref() {
+                "model" => {
+                    let name: String = serde_json::from_str(value.get()).map_err(|_| {
+                        ProxyError::InvalidRequest("\"model\" must be a string".into())
+                    })?;
+                    model = Some(name);
+                    model_ranges.push(range);
+                }
+                "stream" => stream = value.get() == "true",
+                "stream_options" => {
+                    stream_options = classify_stream_options(value, range);
+                }
+                _ => {}
+            }
+        }
+        let Some(model) = model else {
+            return Err(ProxyError::InvalidRequest(
+                "the request body has no \"model\"".into(),
+            ));
+        };
+        let closing_brace = body.iter().rposition(|b| *b == b'}').ok_or_else(|| {
+            ProxyError::InvalidRequest("the request body is not a JSON object".into())
+        })?;
+        Ok(Self {
+            model,
+            stream,
+            model_ranges,
+            stream_options,
+            closing_brace,
+            has_members: !members.is_empty(),
+        })
+    }
+
+    /// Whether the client asked for `stream_options.include_usage` itself.
+    pub fn client_asked_for_usage(&self) -> bool {
+        matches!(
+            self.stream_options,
+            StreamOptions::Object {
+                include_usage: true,
+                ..
+            }
+        )
+    }
+
+    /// Whether `include_usage` can be added without breaking a field the client set oddly.
+    fn can_inject_usage(&self) -> bool {
+        !matches!(self.stream_options, StreamOptions::Other) && !self.client_asked_for_usage()
+    }
+
+    /// The body to send upstream: `model` replaced by `upstream_model`, and when
+    /// `inject_usage`, `stream_options.include_usage: true` set. Returns whether usage was
+    /// injected (then the usage-only chunk is the router's to drop). Shares `body` when
+    /// nothing changes.
+    pub fn rewrite(&self, body: &Bytes, upstream_model: &str, inject_usage: bool) -> (Bytes, bool) {
+        let inject = inject_usage && self.can_inject_usage();
+        let model_changed = upstream_model != self.model;
+        if !model_changed && !inject {
+            return (body.clone(), false);
+        }
+        let mut edits: Vec<(Range<usize>, Cow<'_, [u8]>)> = Vec::with_capacity(3);
+        if model_changed {
+            let quoted = json_string(upstream_model);
+            for range in &self.model_ranges {
+                edits.push((range.clone(), Cow::Owned(quoted.clone().into_bytes())));
+            }
+        }
+        if inject {
+            match &self.stream_options {
+                StreamOptions::Absent => {
+                    let text: &[u8] = if self.has_members {
+                        br#","stream_options":{"include_usage":true}"#
+                    } else {
+                        br#""stream_options":{"include_usage":true}"#
+                    };
+                    edits.push((self.closing_brace..self.closing_brace, Cow::Borrowed(text)));
+                }
+                StreamOptions::Null(range) => {
+                    edits.push((range.clone(), Cow::Borrowed(br#"{"include_usage":true}"#)));
+                }
+                StreamOptions::Object { range, .. } => {
+                    let original = &body[range.clone()];
+                    edits.push((range.clone(), Cow::Owned(with_include_usage(original))));
+                }
+                StreamOptions::Other => {}
+            }
+        }
+        edits.sort_by_key(|(range, _)| range.start);
+        let extra: usize = edits.iter().map(|(_, text)| text.len()).sum();
+        let mut out = Vec::with_capacity(body.len() + extra);
+        let mut at = 0;
+        for (range, text) in &edits {
+            out.extend_from_slice(&body[at..range.start]);
+            out.extend_from_slice(text);
+            at = range.end;
+        }
+        out.extend_from_slice(&body[at..]);
+        (Bytes::from(out), inject)
+    }
+}
+
+fn classify_stream_options(value: &RawValue, range: Range<usize>) -> StreamOptions {
+    let text = value.get();
+    if text == "null" {
+        return StreamOptions::Null(range);
+    }
+    if !text.starts_with('{') {
+        return StreamOptions::Other;
+    }
+    match top_level_members(text.as_bytes()) {
+        Ok(members) => StreamOptions::Object {
+            range,
+            include_usage: members
+                .iter()
+                .any(|(k, v)| k == "include_usage" && v.get() == "true"),
+        },
+        Err(_) => StreamOptions::Other,
+    }
+}
+
+/// `{...}` with `include_usage` set to true: an existing member's value is replaced, or the
+/// member is appended; other members keep their order and text.
+fn with_include_usage(object: &[u8]) -> Vec<u8> {
+    let Ok(members) = top_level_members(object) else {
+        return object.to_vec();
+    };
+    let mut out = Vec::with_capacity(object.len() + 24);
+    out.push(b'{');
+    let mut first = true;
+    let mut replaced = false;
+    for (key, value) in &members {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(json_string(key).as_bytes());
+        out.push(b':');
+        if key == "include_usage" {
+            out.extend_from_slice(b"true");
+            replaced = true;
+        } else {
+            out.extend_from_slice(value.get().as_bytes());
+        }
+    }
+    if !replaced {
+        if !first {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""include_usage":true"#);
+    }
+    out.push(b'}');
+    out
+}
+
+fn json_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+/// Where a borrowed raw value sits inside `body`.
+fn range_of(body: &[u8], value: &RawValue) -> Range<usize> {
+    let start = value.get().as_ptr() as usize - body.as_ptr() as usize;
+    start..start + value.get().len()
+}
+
+type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+
+/// The members of a top-level JSON object, in order, values borrowed raw.
+fn top_level_members(body: &[u8]) -> Result<Members<'_>, ProxyError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let members = de.deserialize_map(MembersVisitor).map_err(not_json)?;
+    de.end().map_err(not_json)?;
+    Ok(members)
+}
+
+fn not_json(e: serde_json::Error) -> ProxyError {
+    if e.is_data() && e.to_string().starts_with("invalid type") {
+        return ProxyError::InvalidRequest("the request body must be a JSON object".into());
+    }
+    ProxyError::InvalidRequest(format!("the request body is not valid JSON: {e}"))
+}
+
+struct MembersVisitor;
+
+impl<'de> Visitor<'de> for MembersVisitor {
+    type Value = Members<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut members = Vec::new();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let value: &'de RawValue = map.next_value()?;
+            members.push((key, value));
+        }
+        Ok(members)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rewrite(body: &str, model: &str, inject: bool) -> String {
+        let bytes = Bytes::copy_from_slice(body.as_bytes());
+        let view = RequestView::parse(&bytes).expect("parses");
+        let (out, _) = view.rewrite(&bytes, model, inject);
+        String::from_utf8(out.to_vec()).expect("utf8")
+    }
+
+    #[test]
+    fn only_the_model_changes() {
+        let body = r#"{ "messages":[{"role":"user","content":"hi","cache_control":{"type":"ephemeral"}}], "model" : "[or]x/y",  "reasoning_content":null,"zz":1 }"#;
+        assert_eq!(
+            rewrite(body, "x/y", false),
+            r#"{ "messages":[{"role":"user","content":"hi","cache_control":{"type":"ephemeral"}}], "model" : "x/y",  "reasoning_content":null,"zz":1 }"#
+        );
+    }
+
+    #[test]
+    fn unchanged_body_is_shared() {
+        let bytes = Bytes::from_static(br#"{"model":"m"}"#);
+        let view = RequestView::parse(&bytes).expect("parses");
+        let (out, injected) = view.rewrite(&bytes, "m", false);
+        assert_eq!(out.as_ptr(), bytes.as_ptr());
+        assert!(!injected);
+    }
+
+    #[test]
+    fn usage_is_injected_in_every_shape() {
+        assert_eq!(
+            rewrite(r#"{"model":"a","stream":true}"#, "b", true),
+            r#"{"model":"b","stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(
+            rewrite(r#"{"model":"a","stream_options":null}"#, "a", true),
+            r#"{"model":"a","stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(
+            rewrite(
+                r#"{"model":"a","stream_options":{"x":1,"include_usage":false}}"#,
+                "a",
+                true
+            ),
+            r#"{"model":"a","stream_options":{"x":1,"include_usage":true}}"#
+        );
+        assert_eq!(
+            rewrite(r#"{"model":"a","stream_options":{}}"#, "a", true),
+            r#"{"model":"a","stream_options":{"include_usage":true}}"#
+        );
+    }
+
+    #[test]
+    fn client_request_for_usage_is_respected() {
+        let body = Bytes::from_static(br#"{"model":"a","stream_options":{"include_usage":true}}"#);
+        let view = RequestView::parse(&body).expect("parses");
+        assert!(view.client_asked_for_usage());
+        let (out, injected) = view.rewrite(&body, "a", true);
+        assert!(!injected);
+        assert_eq!(out, body);
+    }
+
+    #[test]
+    fn bad_bodies_are_invalid_request() {
+        for bad in [
+            &b"not json"[..],
+            b"[1,2]",
+            b"{\"model\": 3}",
+            b"{\"messages\": []}",
+            b"{\"model\":\"a\"} trailing",
+            b"{\"model\":\"\xff\xfe\"}",
+            b"",
+            b"\"model\"",
+        ] {
+            let err = RequestView::parse(bad).expect_err("must fail");
+            assert_eq!(
+                err.code(),
+                "invalid_request",
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_model_keys_are_all_rewritten() {
+        assert_eq!(
+            rewrite(r#"{"model":"[a]x","model":"[a]x"}"#, "x", false),
+            r#"{"model":"x","model":"x"}"#
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn rewrite_keeps_every_other_member(
+            keys in proptest::collection::vec("[a-z_]{1,8}", 0..6),
+            model in "[ -~]{1,20}",
+            upstream in "[ -~]{1,20}",
+        ) {
+            let mut map = serde_json::Map::new();
+            for (i, k) in keys.iter().enumerate() {
+                if k != "model" && k != "stream_options" { map.insert(k.clone(), serde_json::json!(i)); }
+            }
+            map.insert("model".into(), serde_json::json!(model));
+            let body = serde_json::Value::Object(map.clone()).to_string();
+            let out = rewrite(&body, &upstream, true);
+            let parsed: serde_json::Value = serde_json::from_str(&out).expect("valid json out");
+            prop_assert_eq!(&parsed["model"], &serde_json::json!(upstream));
+            prop_assert_eq!(&parsed["stream_options"]["include_usage"], &serde_json::json!(true));
+            for (k, v) in &map {
+                if k != "model" { prop_assert_eq!(&parsed[k], v); }
+            }
+        }
+
+        #[test]
+        fn parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = RequestView::parse(&data);
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! Forwarding one `POST /v1/<path>` request: read the body, pick the target, rewrite the model,
+//! send it upstream, and relay the answer (whole or streamed) while recording it.
+//!
+//! The request path does no parsing beyond the body's top level and, for streams, one small
+//! parse per event; everything else the record needs is done by the recorder task.
+
+pub mod body;
+pub mod headers;
+pub mod sse;
+pub mod stream;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{HeaderName, Method, StatusCode};
+use tokio::time::Instant;
+
+use crate::auth::Caller;
+use crate::config::DEFAULT_TIMEOUT;
+use crate::error::{ProxyError, error_body};
+use crate::record::{Outcome, RecordGuard, RequestRecord};
+use crate::routing::{self, Lookup, ModelRef, Target};
+use crate::state::AppState;
+use crate::usage::ResponseSummary;
+use body::RequestView;
+use stream::{StreamSettings, StreamTee};
+
+/// Largest non-stream upstream answer the router will hold; beyond it the request fails
+/// with 502 rather than exhausting memory.
+pub const MAX_UPSTREAM_BODY: usize = 256 * 1024 * 1024;
+
+/// The id of this request, returned to the client so it can be found in the logs and traces.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-llmsrouter-request-id");
+
+/// One request to proxy, as the dispatcher hands it over.
+pub struct Incoming<'a> {
+    pub caller: &'a Caller,
+    /// The path after `/v1`, normalised: `/chat/completions`.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub body: Body,
+}
+
+pub async fn forward(state: &Arc<AppState>, incoming: Incoming<'_>) -> Response {
+    match forward_inner(state, incoming).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn forward_inner(
+    state: &Arc<AppState>,
+    incoming: Incoming<'_>,
+) -> Result<Response, ProxyError> {
+    let started_at = SystemTime::now();
+    let config = state.config.load_full();
+    let body = read_body(
+        incoming.body,
+        incoming.headers,
+        config.settings.max_body_bytes,
+    )
+    .await?;
+    let view = RequestView::parse(&body)?;
+    let caller = incoming.caller;
+
+    let proxy = routing::proxy_param(incoming.query);
+    let owner = match (&proxy, routing::parse_model(&view.model)?) {
+        (None, ModelRef::Plain(name)) if config.settings.default_server.is_none() => {
+            state.models.find_owner(state, name, caller).await
+        }
+        _ => None,
+    };
+    let target = {
+        let model_owner = |_: &str| owner.clone();
+        let alias_visible = |alias: &str| caller.may_use(alias);
+        let lookup = Lookup {
+            model_owner: &model_owner,
+            alias_visible: &alias_visible,
+        };
+        routing::resolve(proxy.as_deref(), &view.model, &config, &lookup)?
+    };
+    check_permission(caller, &target)?;
+
+    let (timeout, stream_usage) = target
+        .server
+        .map_or((DEFAULT_TIMEOUT, true), |s| (s.timeout, s.stream_usage));
+    let (upstream_body, injected_usage) =
+        view.rewrite(&body, &target.upstream_model, view.stream && stream_usage);
+    let url = routing::upstream_url(
+        &target.base_url,
+        target.base_query.as_deref(),
+        incoming.path,
+        incoming.query,
+    );
+    let upstream_headers = headers::upstream_headers(incoming.headers, &target);
+
+    let request_id = uuid::Uuid::now_v7().simple().to_string();
+    let record = new_record(
+        &request_id,
+        caller,
+        &target,
+        incoming.path,
+        &view,
+        body,
+        started_at,
+    );
+    let mut guard = RecordGuard::new(record, state.recorder.clone());
+    tracing::debug!(request_id, provider = %target.provider, mode = %target.mode, "forwarding");
+
+    let request = state
+        .client
+        .request(Method::POST, url)
+        .headers(upstream_headers)
+        .body(upstream_body);
+    let deadline = Instant::now() + timeout;
+    let sent = tokio::time::timeout_at(deadline, request.send()).await;
+    let upstream = match sent {
+        Err(_) => return Ok(fail(guard, timeout_error(&target, timeout), &request_id)),
+        Ok(Err(e)) => return Ok(fail(guard, send_error(&target, &e), &request_id)),
+        Ok(Ok(response)) => response,
+    };
+    let status = upstream.status();
+    if let Some(record) = guard.record_mut() {
+        record.response_started_at = Some(SystemTime::now());
+        record.status = Some(status.as_u16());
+    }
+
+    let is_event_stream = view.stream && status.is_success() && !is_json(upstream.headers());
+    if is_event_stream {
+        let settings = StreamSettings {
+            keepalive: state.keepalive_interval,
+            idle_timeout: timeout,
+            drop_usage_chunk: injected_usage,
+        };
+        return Ok(stream_response(
+            state,
+            upstream,
+            settings,
+            guard,
+            &request_id,
+        ));
+    }
+    Ok(whole_response(upstream, deadline, &target, timeout, guard, &request_id).await)
+}
+
+fn check_permission(caller: &Caller, target: &Target<'_>) -> Result<(), ProxyError> {
+    if !caller.is_account() {
+        return Ok(());
+    }
+    if target.mode.is_url_target() {
+        return Err(ProxyError::UrlTargetForbidden(
+            "URL targets (?proxy= and [https://...] models) are disabled while account management is on; use a configured provider alias".into(),
+        ));
+    }
+    match target.alias() {
+        Some(alias) if caller.may_use(alias) => Ok(()),
+        Some(alias) => Err(ProxyError::ProviderForbidden(format!(
+            "your key may not use provider \"{alias}\""
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn new_record(
+    request_id: &str,
+    caller: &Caller,
+    target: &Target<'_>,
+    path: &str,
+    view: &RequestView,
+    body: Bytes,
+    started_at: SystemTime,
+) -> RequestRecord {
+    RequestRecord {
+        request_id: request_id.to_owned(),
+        user: caller.user.clone(),
+        provider: target.provider.clone(),
+        alias: target.alias().map(str::to_owned),
+        mode: target.mode,
+        endpoint: path.to_owned(),
+        requested_model: view.model.clone(),
+        upstream_model: target.upstream_model.clone(),
+        stream: view.stream,
+        request_body: body,
+        started_at,
+        response_started_at: None,
+        first_token_at: None,
+        ended_at: started_at,
+        status: None,
+        outcome: Outcome::ClientDisconnected,
+        error: None,
+        response_body: None,
+        response: ResponseSummary::default(),
+        complete: false,
+    }
+}
+
+/// Reads the client's body, refusing more than `limit` bytes with 413.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        if !encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
+            return Err(ProxyError::InvalidRequest(
+                "compressed request bodies (Content-Encoding) are not supported; send plain JSON"
+                    .into(),
+            ));
+        }
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ProxyError::BodyTooLarge { limit }
+        } else {
+            ProxyError::InvalidRequest("could not read the request body".into())
+        }
+    })
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+}
+
+/// A router error after the target was known: recorded, then answered.
+fn fail(mut guard: RecordGuard, error: ProxyError, request_id: &str) -> Response {
+    tracing::warn!(request_id, code = error.code(), "{error}");
+    if let Some(record) = guard.record_mut() {
+        record.status = Some(error.status().as_u16());
+        record.error = Some(error.to_string());
+    }
+    guard.finish(Outcome::RouterError);
+    with_request_id(error.into_response(), request_id)
+}
+
+fn timeout_error(target: &Target<'_>, timeout: Duration) -> ProxyError {
+    ProxyError::UpstreamTimeout(format!(
+        "the upstream {} did not answer within {} s (timeout_secs)",
+        target.provider,
+        timeout.as_secs_f64()
+    ))
+}
+
+fn send_error(target: &Target<'_>, error: &reqwest::Error) -> ProxyError {
+    let description = describe_reqwest_error(error);
+    if error.is_timeout() {
+        ProxyError::UpstreamTimeout(format!(
+            "could not connect to the upstream {} in time: {description}",
+            target.provider
+        ))
+    } else {
+        ProxyError::UpstreamUnreachable(format!(
+            "could not reach the upstream {}: {description}",
+            target.provider
+        ))
+    }
+}
+
+/// An upstream error's cause chain, without its URL (which may carry a key in its query).
+pub fn describe_reqwest_error(error: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.contains(&text) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    if parts.is_empty() {
+        return "connection failed".to_owned();
+    }
+    parts.join(": ")
+}
+
+fn with_request_id(mut response: Response, request_id: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+fn stream_response(
+    state: &Arc<AppState>,
+    upstream: reqwest::Response,
+    settings: StreamSettings,
+    guard: RecordGuard,
+    request_id: &str,
+) -> Response {
+    let status = upstream.status();
+    let mut headers = headers::downstream_headers(upstream.headers());
+    headers::set_stream_headers(&mut headers);
+    let body = upstream.bytes_stream().boxed();
+    let tee = StreamTee::new(body, settings, guard, state.hard_stop.clone());
+    let mut response = Response::new(Body::from_stream(tee));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    with_request_id(response, request_id)
+}
+
+/// Relays a whole (non-stream) answer, wrapping an upstream error body into OpenAI's shape
+/// when it is not in it already.
+async fn whole_response(
+    upstream: reqwest::Response,
+    deadline: Instant,
+    target: &Target<'_>,
+    timeout: Duration,
+    mut guard: RecordGuard,
+    request_id: &str,
+) -> Response {
+    let status = upstream.status();
+    let mut headers = headers::downstream_headers(upstream.headers());
+    let body = match tokio::time::timeout_at(deadline, read_upstream_body(upstream)).await {
+        Err(_) => return fail(guard, timeout_error(target, timeout), request_id),
+        Ok(Err(error)) => return fail(guard, error.into_proxy_error(target), request_id),
+        Ok(Ok(body)) => body,
+    };
+    let (body, outcome, error) =
+        if status.is_success() || status.is_redirection() || status.is_informational() {
+            (body, Outcome::Success, None)
+        } else {
+            let (wrapped, message) = wrap_upstream_error(status, &body);
+            if let Some(wrapped) = wrapped {
+                headers.remove(header::CONTENT_ENCODING);
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                (wrapped, Outcome::UpstreamError, Some(message))
+            } else {
+                (body, Outcome::UpstreamError, Some(message))
+            }
+        };
+    if let Some(record) = guard.record_mut() {
+        record.response_body = Some(body.clone());
+        record.error = error;
+        record.complete = true;
+    }
+    guard.finish(outcome);
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    with_request_id(response, request_id)
+}
+
+enum BodyError {
+    Read(String),
+    TooLarge,
+}
+
+impl BodyError {
+    fn into_proxy_error(self, target: &Target<'_>) -> ProxyError {
+        match self {
+            Self::Read(description) => ProxyError::UpstreamUnreachable(format!(
+                "the upstream {} broke off its answer: {description}",
+                target.provider
+            )),
+            Self::TooLarge => ProxyError::UpstreamUnreachable(format!(
+                "the upstream {} sent an answer over {} MiB",
+                target.provider,
+                MAX_UPSTREAM_BODY / (1024 * 1024)
+            )),
+        }
+    }
+}
+
+async fn read_upstream_body(mut upstream: reqwest::Response) -> Result<Bytes, BodyError> {
+    let declared = upstream.content_length().unwrap_or(0) as usize;
+    if declared > MAX_UPSTREAM_BODY {
+        return Err(BodyError::TooLarge);
+    }
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    loop {
+        let chunk = match upstream.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => return Err(BodyError::Read(describe_reqwest_error(&e))),
+        };
+        match (&mut first, &mut joined) {
+            (None, None) => first = Some(chunk),
+            (Some(head), None) => {
+                let mut buf = BytesMut::with_capacity(declared.max(head.len() + chunk.len()));
+                buf.extend_from_slice(head);
+                buf.extend_from_slice(&chunk);
+                first = None;
+                joined = Some(buf);
+            }
+            (_, Some(buf)) => {
+                if buf.len() + chunk.len() > MAX_UPSTREAM_BODY {
+                    return Err(BodyError::TooLarge);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
+}
+
+/// Returns `(wrapped body if the upstream's was not OpenAI-shaped, the error message)`.
+/// The upstream's text is kept verbatim inside the message, so clients that match on it
+/// ("context length") still do.
+pub fn wrap_upstream_error(status: StatusCode, body: &[u8]) -> (Option<Bytes>, String) {
+    let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
+    if let Some(error) = parsed
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .filter(|e| e.is_object())
+    {
+        let message = error
+            .get("message")
+            .and_then(|m| m.as_str())
+            .map_or_else(|| error.to_string(), str::to_owned);
+        return (None, message);
+    }
+    let text = String::from_utf8_lossy(body);
+    let message = match &parsed {
+        Some(serde_json::Value::Object(obj)) => ["error", "message", "detail", "msg"]
+            .iter()
+            .find_map(|k| obj.get(*k))
+            .map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .unwrap_or_else(|| text.clone().into_owned()),
+        _ if text.trim().is_empty() => format!(
+            "the upstream answered HTTP {} with an empty body",
+            status.as_u16()
+        ),
+        _ => text.into_owned(),
+    };
+    (Some(error_body(&message, "upstream_error", None)), message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_shaped_errors_pass_unchanged() {
+        let body = br#"{"error":{"message":"This model's maximum context length is 8192","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
+        let (wrapped, message) = wrap_upstream_error(StatusCode::BAD_REQUEST, body);
+        assert!(wrapped.is_none());
+        assert!(message.contains("maximum context length"));
+    }
+
+    #[test]
+    fn other_shapes_are_wrapped_with_the_text_kept() {
+        for (body, expect) in [
+            (
+                &br#"{"detail":"Not authenticated"}"#[..],
+                "Not authenticated",
+            ),
+            (br#"{"message":"rate limited"}"#, "rate limited"),
+            (br#"{"error":"bad key"}"#, "bad key"),
+            (
+                br#"[{"error":{"message":"gemini style"}}]"#,
+                r#"[{"error":{"message":"gemini style"}}]"#,
+            ),
+            (b"upstream exploded", "upstream exploded"),
+            (b"", "empty body"),
+        ] {
+            let (wrapped, message) = wrap_upstream_error(StatusCode::BAD_GATEWAY, body);
+            let wrapped = wrapped.expect("wrapped");
+            let v: serde_json::Value = serde_json::from_slice(&wrapped).expect("json");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .expect("message")
+                    .contains(expect),
+                "{v}"
+            );
+            assert!(message.contains(expect));
+            assert_eq!(v["error"]["type"], "upstream_error");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Finds SSE event boundaries in a byte stream without copying complete events.
+//!
+//! An event ends at a blank line; lines end in `\n`, `\r\n` or `\r` (the SSE spec allows all
+//! three, even mixed). The splitter only cuts: it never changes a byte, so what it returns,
+//! concatenated, is exactly what went in.
+
+use std::borrow::Cow;
+
+use bytes::{Bytes, BytesMut};
+
+#[derive(Debug, Default)]
+pub struct EventSplitter {
+    pending: Bytes,
+    /// Offset in `pending` of the start of the line being scanned.
+    line_start: usize,
+    /// Offset in `pending` up to which terminators have been looked for.
+    scanned: usize,
+}
+
+impl EventSplitter {
+    /// Adds bytes from upstream. Copies only when an incomplete event is already waiting.
+    pub fn push(&mut self, chunk: Bytes) {
+        if self.pending.is_empty() {
+            self.pending = chunk;
+        } else {
+            let mut joined = BytesMut::with_capacity(self.pending.len() + chunk.len());
+            joined.extend_from_slice(&self.pending);
+            joined.extend_from_slice(&chunk);
+            self.pending = joined.freeze();
+        }
+    }
+
+    /// The next complete event, its terminating blank line included.
+    pub fn next_event(&mut self) -> Option<Bytes> {
+        let buf = &self.pending[..];
+        let mut pos = self.scanned.max(self.line_start);
+        while let Some(offset) = memchr::memchr2(b'\n', b'\r', &buf[pos..]) {
+            let at = pos + offset;
+            let len = match buf[at] {
+                b'\r' => match buf.get(at + 1) {
+                    Some(b'\n') => 2,
+                    Some(_) => 1,
+                    // A trailing '\r' may be the first half of "\r\n": wait for the next byte.
+                    None => {
+                        self.scanned = at;
+                        return None;
+                    }
+                },
+                _ => 1,
+            };
+            let end = at + len;
+            if at == self.line_start {
+                let event = self.pending.split_to(end);
+                self.line_start = 0;
+                self.scanned = 0;
+                return Some(event);
+            }
+            self.line_start = end;
+            pos = end;
+        }
+        self.scanned = buf.len();
+        None
+    }
+
+    /// Whatever is left: an event the upstream never terminated. Used at end of stream.
+    pub fn take_rest(&mut self) -> Bytes {
+        self.line_start = 0;
+        self.scanned = 0;
+        std::mem::take(&mut self.pending)
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
+/// The event's `data` payload: its `data:` lines' values joined with `\n`, as an SSE client
+/// would see it. `None` for events without data (comments, `event:`-only, blank).
+pub fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let mut found: Option<Cow<'_, [u8]>> = None;
+    for line in lines(event) {
+        let Some(value) = line.strip_prefix(b"data") else {
+            continue;
+        };
+        let value = match value {
+            [] => value,
+            [b':', b' ', rest @ ..] => rest,
+            [b':', rest @ ..] => rest,
+            _ => continue, // a field named e.g. "database"
+        };
+        found = Some(match found {
+            None => Cow::Borrowed(value),
+            Some(prev) => {
+                let mut joined = prev.into_owned();
+                joined.push(b'\n');
+                joined.extend_from_slice(value);
+                Cow::Owned(joined)
+            }
+        });
+    }
+    found
+}
+
+fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = event;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        match memchr::memchr2(b'\n', b'\r', rest) {
+            None => {
+                let line = rest;
+                rest = &[];
+                Some(line)
+            }
+            Some(at) => {
+                let line = &rest[..at];
+                let skip = if rest[at] == b'\r' && rest.get(at + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                rest = &rest[at + skip..];
+                Some(line)
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn split_all(chunks: &[&[u8]]) -> (Vec<Bytes>, Bytes) {
+        let mut s = EventSplitter::default();
+        let mut events = Vec::new();
+        for c in chunks {
+            s.push(Bytes::copy_from_slice(c));
+            while let Some(e) = s.next_event() {
+                events.push(e);
+            }
+        }
+        (events, s.take_rest())
+    }
+
+    #[test]
+    fn splits_on_every_line_ending_style() {
+        let (events, rest) = split_all(&[b"data: a\n\ndata: b\r\n\r\ndata: c\r\rdata: d"]);
+        assert_eq!(events, ["data: a\n\n", "data: b\r\n\r\n", "data: c\r\r"]);
+        assert_eq!(rest, "data: d");
+    }
+
+    #[test]
+    fn crlf_split_across_chunks_is_one_terminator() {
+        let (events, rest) = split_all(&[b"data: a\r", b"\n\r", b"\ndata: b\n", b"\n"]);
+        assert_eq!(events, ["data: a\r\n\r\n", "data: b\n\n"]);
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn multi_line_events_and_comments() {
+        let (events, _) = split_all(&[b": keep-alive\n\nevent: x\ndata: 1\ndata: 2\n\n"]);
+        assert_eq!(events.len(), 2);
+        assert_eq!(event_data(&events[0]), None);
+        assert_eq!(event_data(&events[1]).as_deref(), Some(&b"1\n2"[..]));
+        assert_eq!(event_data(b"data:x\n\n").as_deref(), Some(&b"x"[..]));
+        assert_eq!(event_data(b"data\n\n").as_deref(), Some(&b""[..]));
+        assert_eq!(event_data(b"database: 1\n\n"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn splitting_never_changes_a_byte(
+            data in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a'), Just(b':')], 0..200),
+            cuts in proptest::collection::vec(0usize..200, 0..8),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(data.len())).collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut prev = 0;
+            for c in cuts { chunks.push(&data[prev..c]); prev = c; }
+            chunks.push(&data[prev..]);
+            let (events, rest) = split_all(&chunks);
+            let mut joined: Vec<u8> = events.iter().flat_map(|e| e.to_vec()).collect();
+            joined.extend_from_slice(&rest);
+            prop_assert_eq!(joined, data.clone());
+            // Chunking must not change where events end.
+            let (whole, _) = split_all(&[&data]);
+            // A '\r' at a cut can only be resolved later, never differently.
+            prop_assert_eq!(events, whole);
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The SSE tee: upstream events go to the client as they arrive, unchanged, while a copy of
+//! what passed is read into the request record.
+//!
+//! Forwarded whole events only (an incomplete event waits for its blank line, as any SSE client
+//! would), so the router can drop the usage-only chunk it asked for and can put a keep-alive
+//! comment or a final error event between events without splitting one. The body ends right
+//! after `data: [DONE]`. Dropping this stream (client gone) drops the upstream response, which
+//! closes the upstream connection, and the record guard hands over a partial record.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::error::error_body;
+use crate::proxy::sse::{EventSplitter, event_data};
+use crate::record::{Outcome, RecordGuard};
+use crate::usage::{EventKind, StreamAccumulator};
+
+/// The upstream body as a stream of chunks.
+pub type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+
+/// Knobs of one stream.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    /// A comment line goes to the client after this much upstream silence.
+    pub keepalive: Duration,
+    /// The stream fails after this much upstream silence (`timeout_secs`).
+    pub idle_timeout: Duration,
+    /// The router asked for `include_usage`; the usage-only chunk is not the client's.
+    pub drop_usage_chunk: bool,
+}
+
+const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
+
+pub struct StreamTee {
+    upstream: Option<UpstreamBody>,
+    settings: StreamSettings,
+    splitter: EventSplitter,
+    accumulator: StreamAccumulator,
+    guard: RecordGuard,
+    /// Last time bytes arrived from upstream, or a keep-alive went out.
+    last_upstream: Instant,
+    last_keepalive: Instant,
+    timer: Pin<Box<Sleep>>,
+    /// Resolves when shutdown's grace period is over.
+    hard_stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Streaming,
+    /// `[DONE]` forwarded or an error event sent: the next poll ends the body.
+    Ending,
+    Ended,
+}
+
+impl StreamTee {
+    pub fn new(
+        upstream: UpstreamBody,
+        settings: StreamSettings,
+        guard: RecordGuard,
+        hard_stop: CancellationToken,
+    ) -> Self {
+        let now = Instant::now();
+        let first_deadline = now + settings.keepalive.min(settings.idle_timeout);
+        Self {
+            upstream: Some(upstream),
+            settings,
+            splitter: EventSplitter::default(),
+            accumulator: StreamAccumulator::default(),
+            guard,
+            last_upstream: now,
+            last_keepalive: now,
+            timer: Box::pin(tokio::time::sleep_until(first_deadline)),
+            hard_stop: Box::pin(hard_stop.cancelled_owned()),
+            state: State::Streaming,
+        }
+    }
+
+    /// Splits what arrived into events, reads each, and returns the bytes for the client.
+    fn forward_chunk(&mut self, chunk: Bytes) -> Option<Bytes> {
+        self.splitter.push(chunk);
+        let mut single: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        while let Some(event) = self.splitter.next_event() {
+            let kind = self.observe(&event);
+            if kind == EventKind::UsageOnly && self.settings.drop_usage_chunk {
+                continue;
+            }
+            match (&mut single, &mut joined) {
+                (None, None) => single = Some(event),
+                (Some(first), None) => {
+                    let mut buf = BytesMut::with_capacity(first.len() + event.len());
+                    buf.extend_from_slice(first);
+                    buf.extend_from_slice(&event);
+                    single = None;
+                    joined = Some(buf);
+                }
+                (_, Some(buf)) => buf.extend_from_slice(&event),
+            }
+            if kind == EventKind::Done {
+                // Anything after [DONE] is not part of the answer; the body ends here.
+                self.state = State::Ending;
+                self.finish(Outcome::Success, None);
+                break;
+            }
+        }
+        joined.map(BytesMut::freeze).or(single)
+    }
+
+    fn observe(&mut self, event: &[u8]) -> EventKind {
+        let Some(data) = event_data(event) else {
+            return EventKind::Other;
+        };
+        let had_output = self.accumulator.saw_output();
+        let kind = self.accumulator.push_data(&data);
+        if !had_output && self.accumulator.saw_output() {
+            if let Some(record) = self.guard.record_mut() {
+                record.first_token_at = Some(SystemTime::now());
+            }
+        }
+        kind
+    }
+
+    /// Ends the stream with one error event, after whatever whole events were forwarded.
+    fn fail(&mut self, message: String, code: &'static str) -> Bytes {
+        self.upstream = None;
+        self.state = State::Ending;
+        let body = error_body(&message, "upstream_error", Some(code));
+        let mut event = BytesMut::with_capacity(body.len() + 8);
+        event.extend_from_slice(b"data: ");
+        event.extend_from_slice(&body);
+        event.extend_from_slice(b"\n\n");
+        self.finish(Outcome::StreamFailed, Some(message));
+        event.freeze()
+    }
+
+    fn finish(&mut self, outcome: Outcome, error: Option<String>) {
+        self.upstream = None;
+        let summary = std::mem::take(&mut self.accumulator).into_summary();
+        if let Some(record) = self.guard.record_mut() {
+            record.complete = outcome == Outcome::Success;
+            record.response = summary;
+            if error.is_some() {
+                record.error = error;
+            }
+        }
+        self.guard.finish(outcome);
+    }
+
+    /// Upstream is quiet: a keep-alive comment when due, the idle failure when over, else
+    /// re-arm the timer for whichever comes first.
+    fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        loop {
+            let now = Instant::now();
+            let idle_deadline = self.last_upstream + self.settings.idle_timeout;
+            if now >= idle_deadline {
+                let secs = self.settings.idle_timeout.as_secs_f64();
+                return Poll::Ready(Some(self.fail(
+                    format!(
+                        "the upstream sent nothing for {secs} s (timeout_secs); the stream was cut"
+                    ),
+                    "upstream_timeout",
+                )));
+            }
+            let keepalive_deadline =
+                self.last_upstream.max(self.last_keepalive) + self.settings.keepalive;
+            // A comment between events only: never in the middle of a half-received event,
+            // since everything forwarded so far ends on an event boundary.
+            if now >= keepalive_deadline {
+                self.last_keepalive = now;
+                return Poll::Ready(Some(Bytes::from_static(KEEPALIVE_COMMENT)));
+            }
+            let next = idle_deadline.min(keepalive_deadline);
+            if self.timer.deadline() != next {
+                self.timer.as_mut().reset(next);
+            }
+            ready!(self.timer.as_mut().poll(cx));
+        }
+    }
+}
+
+impl Drop for StreamTee {
+    /// The client went away mid-stream: the record keeps what the stream carried so far;
+    /// the guard then hands it over as a disconnect.
+    fn drop(&mut self) {
+        if let Some(record) = self.guard.record_mut() {
+            record.response = std::mem::take(&mut self.accumulator).into_summary();
+        }
+    }
+}
+
+impl Stream for StreamTee {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            match this.state {
+                State::Ended => return Poll::Ready(None),
+                State::Ending => {
+                    this.state = State::Ended;
+                    return Poll::Ready(None);
+                }
+                State::Streaming => {}
+            }
+            let Some(upstream) = this.upstream.as_mut() else {
+                this.state = State::Ended;
+                return Poll::Ready(None);
+            };
+            match upstream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.last_upstream = Instant::now();
+                    if let Some(bytes) = this.forward_chunk(chunk) {
+                        return Poll::Ready(Some(Ok(bytes)));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let message = format!(
+                        "the upstream connection failed mid-stream: {}",
+                        crate::proxy::describe_reqwest_error(&e)
+                    );
+                    return Poll::Ready(Some(Ok(this.fail(message, "upstream_unreachable"))));
+                }
+                Poll::Ready(None) => {
+                    // The upstream ended without [DONE]: pass on any unterminated tail as is.
+                    let rest = this.splitter.take_rest();
+                    if !rest.is_empty() {
+                        this.observe(&rest);
+                    }
+                    this.state = State::Ending;
+                    this.finish(Outcome::Success, None);
+                    if !rest.is_empty() {
+                        return Poll::Ready(Some(Ok(rest)));
+                    }
+                }
+                Poll::Pending => {
+                    if this.hard_stop.as_mut().poll(cx).is_ready() {
+                        let message = "the router is shutting down; the stream was cut".to_owned();
+                        return Poll::Ready(Some(Ok(this.fail(message, "server_shutting_down"))));
+                    }
+                    return match this.poll_silence(cx) {
+                        Poll::Ready(Some(bytes)) => Poll::Ready(Some(Ok(bytes))),
+                        Poll::Ready(None) => Poll::Ready(None),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! The record of one routed request, and how it reaches the sinks without touching the
+//! request path.
+//!
+//! The proxy fills a [`RecordGuard`] as the request goes; the guard hands one finished
+//! [`RequestRecord`] to the [`Recorder`] exactly once — when the proxy finishes it, or, if the
+//! client went away first, from `Drop` with what was seen so far. The recorder queues it
+//! (bounded, never blocking) to one background task that completes the parsing of
+//! non-stream bodies and gives an `Arc` of the record to every [`RecordSink`]. Sinks (Langfuse,
+//! request log, usage ledger) plug in here; the proxy does not know them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::routing::RouteMode;
+use crate::usage::{ResponseSummary, summarize_body};
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The upstream answered 2xx and the whole answer reached the client.
+    Success,
+    /// The upstream answered with an error status; relayed to the client.
+    UpstreamError,
+    /// The router answered with its own error (502 unreachable, 504 timeout, ...).
+    RouterError,
+    /// The stream broke after it started (upstream reset, idle timeout).
+    StreamFailed,
+    /// The client went away before the answer was complete.
+    ClientDisconnected,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::UpstreamError => "upstream_error",
+            Self::RouterError => "router_error",
+            Self::StreamFailed => "stream_failed",
+            Self::ClientDisconnected => "client_disconnected",
+        }
+    }
+
+    pub fn is_error(self) -> bool {
+        !matches!(self, Self::Success)
+    }
+}
+
+/// Everything known about one routed request. Sinks get it read-only behind an `Arc`.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub request_id: String,
+    /// The account name, when account management is on.
+    pub user: Option<String>,
+    /// Alias, or the URL target's host.
+    pub provider: String,
+    /// The configured alias; `None` for URL targets.
+    pub alias: Option<String>,
+    pub mode: RouteMode,
+    /// Client path after `/v1`, e.g. `/chat/completions`.
+    pub endpoint: String,
+    /// The model as the client wrote it (`[openrouter]google/gemini-2.5`).
+    pub requested_model: String,
+    /// The model name sent upstream (`google/gemini-2.5`).
+    pub upstream_model: String,
+    pub stream: bool,
+    /// The client's request body as received (JSON, before the model rewrite).
+    pub request_body: Bytes,
+    pub started_at: SystemTime,
+    /// First response bytes from the upstream (headers received).
+    pub response_started_at: Option<SystemTime>,
+    /// First generated token (first event carrying text, reasoning or a tool call).
+    pub first_token_at: Option<SystemTime>,
+    pub ended_at: SystemTime,
+    /// Status sent to the client (the upstream's, or the router's own error status).
+    pub status: Option<u16>,
+    pub outcome: Outcome,
+    /// Error text for failed requests (upstream error message, router error, stream failure).
+    pub error: Option<String>,
+    /// The non-stream response body as relayed.
+    pub response_body: Option<Bytes>,
+    /// What the answer said: filled from the stream as it passed, or parsed from
+    /// `response_body` off the request path.
+    pub response: ResponseSummary,
+    /// For streams: whether `data: [DONE]` (or the end of a complete body) was seen.
+    pub complete: bool,
+}
+
+impl RequestRecord {
+    /// Latency from receiving the request to the end of the answer.
+    pub fn latency(&self) -> std::time::Duration {
+        self.ended_at
+            .duration_since(self.started_at)
+            .unwrap_or_default()
+    }
+
+    /// Time to first token, from the start of the request.
+    pub fn time_to_first_token(&self) -> Option<std::time::Duration> {
+        self.first_token_at
+            .and_then(|t| t.duration_since(self.started_at).ok())
+    }
+}
+
+/// A consumer of finished records. `accept` runs on the recorder's task, never on a request:
+/// it must not block (queue and return). `close` flushes on shutdown.
+pub trait RecordSink: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn accept(&self, record: &Arc<RequestRecord>);
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
+}
+
+/// Queue depth between requests and the recorder task. A full queue drops (and counts)
+/// records rather than slowing a request.
+const QUEUE_DEPTH: usize = 16 * 1024;
+
+/// Hands finished records to the sinks, off the request path. Cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Arc<RecorderInner>,
+}
+
+struct RecorderInner {
+    tx: Option<mpsc::Sender<RequestRecord>>,
+    dropped: AtomicU64,
+    last_warning: std::sync::Mutex<Option<Instant>>,
+}
+
+/// Owns the recorder's background task; `shutdown` drains the queue and closes every sink.
+pub struct RecorderTask {
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Recorder {
+    /// A recorder with no sinks: records are dropped at once, nothing runs in the background.
+    pub fn disabled() -> Self {
+        Self {
+            inner: Arc::new(RecorderInner {
+                tx: None,
+                dropped: AtomicU64::new(0),
+                last_warning: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Starts the background task that feeds `sinks`. Must run inside a tokio runtime.
+    pub fn start(sinks: Vec<Arc<dyn RecordSink>>) -> (Self, RecorderTask) {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(run_recorder(rx, sinks, stop.clone()));
+        tracker.close();
+        let recorder = Self {
+            inner: Arc::new(RecorderInner {
+                tx: Some(tx),
+                dropped: AtomicU64::new(0),
+                last_warning: std::sync::Mutex::new(None),
+            }),
+        };
+        (recorder, RecorderTask { stop, tracker })
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.inner.tx.is_some()
+    }
+
+    /// Queues a record; never waits.
+    pub fn submit(&self, record: RequestRecord) {
+        let Some(tx) = &self.inner.tx else { return };
+        if tx.try_send(record).is_err() {
+            let dropped = self.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            self.warn_dropped(dropped);
+        }
+    }
+
+    /// Records lost because the queue was full (or the recorder had shut down).
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    fn warn_dropped(&self, dropped: u64) {
+        let Ok(mut last) = self.inner.last_warning.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if last.is_none_or(|t| now.duration_since(t).as_secs() >= 10) {
+            *last = Some(now);
+            tracing::warn!(dropped, "record queue full: request records dropped");
+        }
+    }
+}
+
+impl RecorderTask {
+    /// Drains queued records into the sinks, then closes each sink (flush).
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.tracker.wait().await;
+    }
+}
+
+async fn run_recorder(
+    mut rx: mpsc::Receiver<RequestRecord>,
+    sinks: Vec<Arc<dyn RecordSink>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            record = rx.recv() => match record {
+                Some(record) => deliver(record, &sinks),
+                None => break,
+            },
+            () = stop.cancelled() => {
+                rx.close();
+                while let Some(record) = rx.recv().await {
+                    deliver(record, &sinks);
+                }
+                break;
+            }
+        }
+    }
+    for sink in &sinks {
+        sink.close().await;
+    }
+}
+
+fn deliver(mut record: RequestRecord, sinks: &[Arc<dyn RecordSink>]) {
+    complete_summary(&mut record);
+    let record = Arc::new(record);
+    for sink in sinks {
+        sink.accept(&record);
+    }
+}
+
+/// Non-stream bodies are parsed here, on the recorder task, not while the client waits.
+fn complete_summary(record: &mut RequestRecord) {
+    if record.stream {
+        return;
+    }
+    if let Some(body) = &record.response_body {
+        if record.status.is_some_and(|s| (200..300).contains(&s)) {
+            record.response = summarize_body(body);
+        }
+    }
+}
+
+/// Builds a record while a request runs and guarantees it is handed over exactly once.
+pub struct RecordGuard {
+    record: Option<Box<RequestRecord>>,
+    recorder: Recorder,
+}
+
+impl RecordGuard {
+    pub fn new(record: RequestRecord, recorder: Recorder) -> Self {
+        Self {
+            record: Some(Box::new(record)),
+            recorder,
+        }
+    }
+
+    /// Access to the record being built; `None` only after `finish`.
+    pub fn record_mut(&mut self) -> Option<&mut RequestRecord> {
+        self.record.as_deref_mut()
+    }
+
+    /// Hands the record over with its final outcome.
+    pub fn finish(&mut self, outcome: Outcome) {
+        if let Some(mut record) = self.record.take() {
+            record.outcome = outcome;
+            record.ended_at = SystemTime::now();
+            self.recorder.submit(*record);
+        }
+    }
+}
+
+impl Drop for RecordGuard {
+    /// The client went away (the handler future or the response body was dropped): hand over
+    /// what was seen, marked as a disconnect.
+    fn drop(&mut self) {
+        if let Some(record) = self.record.as_deref_mut() {
+            if record.error.is_none() {
+                record.error = Some("client disconnected before the answer was complete".into());
+            }
+        }
+        self.finish(Outcome::ClientDisconnected);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::RouteMode;
+
+    pub(crate) fn sample() -> RequestRecord {
+        RequestRecord {
+            request_id: "r1".into(),
+            user: None,
+            provider: "p".into(),
+            alias: Some("p".into()),
+            mode: RouteMode::Alias,
+            endpoint: "/chat/completions".into(),
+            requested_model: "[p]m".into(),
+            upstream_model: "m".into(),
+            stream: false,
+            request_body: Bytes::from_static(b"{}"),
+            started_at: SystemTime::now(),
+            response_started_at: None,
+            first_token_at: None,
+            ended_at: SystemTime::now(),
+            status: Some(200),
+            outcome: Outcome::Success,
+            error: None,
+            response_body: Some(Bytes::from_static(
+                br#"{"model":"m-1","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+            )),
+            response: ResponseSummary::default(),
+            complete: true,
+        }
+    }
+
+    struct Collect(std::sync::Mutex<Vec<Arc<RequestRecord>>>);
+    impl RecordSink for Collect {
+        fn name(&self) -> &'static str {
+            "collect"
+        }
+        fn accept(&self, record: &Arc<RequestRecord>) {
+            self.0.lock().expect("lock").push(record.clone());
+        }
+    }
+
+    #[tokio::test]
+    async fn dropped_guard_hands_over_a_disconnect_and_shutdown_drains() {
+        let sink = Arc::new(Collect(Default::default()));
+        let (recorder, task) = Recorder::start(vec![sink.clone()]);
+        drop(RecordGuard::new(sample(), recorder.clone()));
+        let mut finished = RecordGuard::new(sample(), recorder.clone());
+        finished.finish(Outcome::Success);
+        drop(finished);
+        task.shutdown().await;
+        let got = sink.0.lock().expect("lock");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].outcome, Outcome::ClientDisconnected);
+        assert!(got[0].error.is_some());
+        assert_eq!(got[1].outcome, Outcome::Success);
+        assert_eq!(got[1].response.content, "hi");
+        assert_eq!(got[1].response.usage.as_ref().map(|u| u.total), Some(3));
+    }
+}

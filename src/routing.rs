@@ -1,0 +1,543 @@
+//! Target resolution: which upstream a request goes to, as a pure function.
+//!
+//! `(?proxy=, model, config, model lookup) -> Target`. No I/O and no clock: everything the
+//! rules need comes in as arguments, so every rule of PRODUCT.md "Routing a request" is unit-
+//! and property-tested here. Rules, first match wins:
+//! 1. `?proxy=<http(s) URL>`: that URL is the base (no path: `/v1`); the model goes up unchanged.
+//! 2. `[alias]name`: that server; upstream sees `name`.
+//! 3. `[http(s) URL]name`: that URL is the base, as in 1; upstream sees `name`.
+//! 4. `name`: `settings.default_server`, else the first server whose model list holds `name`.
+
+use std::fmt;
+
+use crate::config::{Config, Server};
+use crate::error::{ProxyError, clip};
+
+/// How the target was chosen; recorded with every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteMode {
+    /// `?proxy=<url>`
+    ProxyParam,
+    /// `[alias]model`
+    Alias,
+    /// `[http(s)://...]model`
+    UrlPrefix,
+    /// unprefixed model, `settings.default_server`
+    DefaultServer,
+    /// unprefixed model, found in a server's model list
+    ModelLookup,
+}
+
+impl RouteMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ProxyParam => "proxy_param",
+            Self::Alias => "alias",
+            Self::UrlPrefix => "url",
+            Self::DefaultServer => "default_server",
+            Self::ModelLookup => "model_lookup",
+        }
+    }
+
+    /// URL targets carry the client's own Authorization and are refused with accounts on.
+    pub fn is_url_target(self) -> bool {
+        matches!(self, Self::ProxyParam | Self::UrlPrefix)
+    }
+}
+
+impl fmt::Display for RouteMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where one request goes.
+#[derive(Debug, Clone)]
+pub struct Target<'c> {
+    pub mode: RouteMode,
+    /// Base URL without trailing `/` and without query.
+    pub base_url: String,
+    /// Query of a URL target's base (`?api-version=...`), kept on every upstream URL.
+    pub base_query: Option<String>,
+    /// The model name the upstream sees.
+    pub upstream_model: String,
+    /// The configured server for alias modes; `None` for URL targets.
+    pub server: Option<&'c Server>,
+    /// The alias, or the URL's host for URL targets: the provider in records and traces.
+    pub provider: String,
+}
+
+impl Target<'_> {
+    pub fn alias(&self) -> Option<&str> {
+        self.server.map(|s| s.alias.as_str())
+    }
+}
+
+/// Everything rule 4 and the error messages need besides the config.
+pub struct Lookup<'a> {
+    /// Alias of the first server whose model list holds this exact id.
+    pub model_owner: &'a dyn Fn(&str) -> Option<String>,
+    /// Whether an alias may be shown to this client (accounts narrow it); used in messages.
+    pub alias_visible: &'a dyn Fn(&str) -> bool,
+}
+
+impl Lookup<'_> {
+    /// For callers with no model list and no user narrowing.
+    pub fn none() -> Lookup<'static> {
+        Lookup {
+            model_owner: &|_| None,
+            alias_visible: &|_| true,
+        }
+    }
+}
+
+/// Longest model text quoted back in an error message.
+const MODEL_IN_MESSAGE: usize = 200;
+
+/// Resolves the target of a request. `proxy_param` is the decoded `?proxy=` value.
+pub fn resolve<'c>(
+    proxy_param: Option<&str>,
+    model: &str,
+    config: &'c Config,
+    lookup: &Lookup<'_>,
+) -> Result<Target<'c>, ProxyError> {
+    if let Some(proxy) = proxy_param {
+        let (base_url, base_query) = url_target_base(proxy).map_err(|reason| {
+            ProxyError::InvalidRequest(format!(
+                "bad proxy URL \"{}\": {reason}",
+                clip(proxy, MODEL_IN_MESSAGE)
+            ))
+        })?;
+        return Ok(Target {
+            mode: RouteMode::ProxyParam,
+            provider: host_of(&base_url),
+            base_url,
+            base_query,
+            upstream_model: model.to_owned(),
+            server: None,
+        });
+    }
+    match parse_model(model)? {
+        ModelRef::Prefixed { prefix, name } if is_url(prefix) => {
+            let (base_url, base_query) = url_target_base(prefix).map_err(|reason| {
+                ProxyError::InvalidRequest(format!(
+                    "bad URL in model prefix \"[{}]\": {reason}",
+                    clip(prefix, MODEL_IN_MESSAGE)
+                ))
+            })?;
+            Ok(Target {
+                mode: RouteMode::UrlPrefix,
+                provider: host_of(&base_url),
+                base_url,
+                base_query,
+                upstream_model: name.to_owned(),
+                server: None,
+            })
+        }
+        ModelRef::Prefixed { prefix, name } => {
+            let Some(server) = config.server(prefix) else {
+                return Err(ProxyError::ModelNotFound(format!(
+                    "unknown provider \"[{}]\"; {}",
+                    clip(prefix, MODEL_IN_MESSAGE),
+                    how_to_address(config, lookup)
+                )));
+            };
+            Ok(alias_target(server, name, RouteMode::Alias))
+        }
+        ModelRef::Plain(name) => {
+            if let Some(default) = config.settings.default_server.as_deref() {
+                if let Some(server) = config.server(default) {
+                    return Ok(alias_target(server, name, RouteMode::DefaultServer));
+                }
+            }
+            if let Some(owner) = (lookup.model_owner)(name) {
+                if let Some(server) = config.server(&owner) {
+                    return Ok(alias_target(server, name, RouteMode::ModelLookup));
+                }
+            }
+            Err(ProxyError::ModelNotFound(format!(
+                "model \"{}\" has no [provider] prefix and no provider lists it; {}",
+                clip(name, MODEL_IN_MESSAGE),
+                how_to_address(config, lookup)
+            )))
+        }
+    }
+}
+
+fn alias_target<'c>(server: &'c Server, name: &str, mode: RouteMode) -> Target<'c> {
+    Target {
+        mode,
+        base_url: server.url.clone(),
+        base_query: None,
+        upstream_model: name.to_owned(),
+        server: Some(server),
+        provider: server.alias.clone(),
+    }
+}
+
+/// The part of a 404 message that tells the client what would have worked.
+fn how_to_address(config: &Config, lookup: &Lookup<'_>) -> String {
+    let aliases: Vec<&str> = config
+        .servers
+        .keys()
+        .map(String::as_str)
+        .filter(|a| (lookup.alias_visible)(a))
+        .collect();
+    if aliases.is_empty() {
+        "no providers are configured for you: address a server by URL as \"[https://host/v1]model\" or with ?proxy=https://host".to_owned()
+    } else {
+        format!(
+            "address a provider as \"[alias]model\", aliases: {}",
+            aliases.join(", ")
+        )
+    }
+}
+
+/// A model name split into its optional `[prefix]`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ModelRef<'m> {
+    Prefixed { prefix: &'m str, name: &'m str },
+    Plain(&'m str),
+}
+
+/// Splits `[prefix]name`. A URL prefix may itself hold brackets (`[http://[::1]:8080]m`): the
+/// prefix ends at the first `]` after which the text so far is a well-formed URL.
+pub fn parse_model(model: &str) -> Result<ModelRef<'_>, ProxyError> {
+    if model.is_empty() {
+        return Err(ProxyError::InvalidRequest("\"model\" is empty".into()));
+    }
+    let Some(inner) = model.strip_prefix('[') else {
+        return Ok(ModelRef::Plain(model));
+    };
+    let close = if is_url(inner) {
+        inner
+            .match_indices(']')
+            .map(|(i, _)| i)
+            .find(|&i| url_target_base(&inner[..i]).is_ok())
+            .or_else(|| inner.find(']'))
+    } else {
+        inner.find(']')
+    };
+    let Some(close) = close else {
+        return Err(ProxyError::InvalidRequest(format!(
+            "model \"{}\" starts with '[' but has no closing ']': write \"[alias]model\"",
+            clip(model, MODEL_IN_MESSAGE)
+        )));
+    };
+    let prefix = &inner[..close];
+    let name = &inner[close + 1..];
+    if prefix.is_empty() {
+        return Err(ProxyError::InvalidRequest(format!(
+            "model \"{}\" has an empty [provider] prefix: write \"[alias]model\"",
+            clip(model, MODEL_IN_MESSAGE)
+        )));
+    }
+    if name.is_empty() {
+        return Err(ProxyError::InvalidRequest(format!(
+            "model \"{}\" has no model name after the [provider] prefix",
+            clip(model, MODEL_IN_MESSAGE)
+        )));
+    }
+    Ok(ModelRef::Prefixed { prefix, name })
+}
+
+fn is_url(text: &str) -> bool {
+    let lower = text.get(..8).unwrap_or(text).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+/// Validates a URL target and returns `(base without trailing '/' or query, query)`.
+/// A URL with no path gets `/v1`, as the openai SDK's default base URL has.
+pub fn url_target_base(text: &str) -> Result<(String, Option<String>), String> {
+    let parsed = url::Url::parse(text).map_err(|e| format!("not a valid URL ({e})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("only http and https URLs can be targets".to_owned());
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".to_owned());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(
+            "credentials in the URL are not accepted; send an Authorization header".to_owned(),
+        );
+    }
+    let query = parsed.query().filter(|q| !q.is_empty()).map(str::to_owned);
+    let mut base = parsed.clone();
+    base.set_query(None);
+    base.set_fragment(None);
+    let path = base.path().trim_end_matches('/').to_owned();
+    let origin = base.as_str();
+    let origin = &origin[..origin.len() - base.path().len()];
+    let base_url = if path.is_empty() {
+        format!("{origin}/v1")
+    } else {
+        format!("{origin}{path}")
+    };
+    Ok((base_url, query))
+}
+
+fn host_of(base_url: &str) -> String {
+    url::Url::parse(base_url)
+        .ok()
+        .and_then(|u| {
+            u.host_str().map(|h| match u.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_owned(),
+            })
+        })
+        .unwrap_or_else(|| base_url.to_owned())
+}
+
+/// Builds the upstream URL: base + the client's path after `/v1`, then the base's query and the
+/// client's query (minus `proxy=`).
+pub fn upstream_url(
+    base_url: &str,
+    base_query: Option<&str>,
+    path: &str,
+    client_query: Option<&str>,
+) -> String {
+    let base = base_url.trim_end_matches('/');
+    let mut url = String::with_capacity(base.len() + path.len() + 32);
+    url.push_str(base);
+    if !path.is_empty() && !path.starts_with('/') {
+        url.push('/');
+    }
+    url.push_str(path);
+    let forwarded = client_query.map(strip_proxy_param).unwrap_or_default();
+    let parts: Vec<&str> = [base_query.unwrap_or(""), forwarded.as_str()]
+        .into_iter()
+        .filter(|q| !q.is_empty())
+        .collect();
+    if !parts.is_empty() {
+        url.push('?');
+        url.push_str(&parts.join("&"));
+    }
+    url
+}
+
+/// The client's query string without its `proxy` parameter, which is the router's own.
+pub fn strip_proxy_param(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split('=').next().unwrap_or("");
+            !pair.is_empty() && key != "proxy"
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Finds the decoded `proxy` parameter of a raw query string.
+pub fn proxy_param(query: Option<&str>) -> Option<String> {
+    let query = query?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "proxy")
+        .map(|(_, v)| v.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config() -> Config {
+        Config::parse(
+            r#"
+servers:
+  openrouter:
+    url: "https://openrouter.ai/api/v1"
+    api_key: "k1"
+  huoshan:
+    url: "https://ark.cn-beijing.volces.com/api/v3/"
+    api_key: "k2"
+  local.llm:
+    url: "http://localhost:11434/v1"
+"#,
+            &|_| None,
+        )
+        .expect("config")
+    }
+
+    fn resolve_ok<'c>(proxy: Option<&str>, model: &str, config: &'c Config) -> Target<'c> {
+        resolve(proxy, model, config, &Lookup::none()).expect("resolves")
+    }
+
+    #[test]
+    fn proxy_param_wins_and_gets_v1_when_pathless() {
+        let c = config();
+        let t = resolve_ok(Some("https://target-server.com"), "[openrouter]x", &c);
+        assert_eq!(t.mode, RouteMode::ProxyParam);
+        assert_eq!(t.base_url, "https://target-server.com/v1");
+        assert_eq!(t.upstream_model, "[openrouter]x");
+        assert_eq!(t.provider, "target-server.com");
+        assert!(t.server.is_none());
+        let t = resolve_ok(Some("https://h.com/"), "m", &c);
+        assert_eq!(t.base_url, "https://h.com/v1");
+        let t = resolve_ok(Some("http://h.com:8080/api/v3/?api-version=2"), "m", &c);
+        assert_eq!(t.base_url, "http://h.com:8080/api/v3");
+        assert_eq!(t.base_query.as_deref(), Some("api-version=2"));
+        assert_eq!(t.provider, "h.com:8080");
+    }
+
+    #[test]
+    fn bad_proxy_urls_are_400() {
+        let c = config();
+        for bad in [
+            "file:///etc/passwd",
+            "ftp://x",
+            "not a url",
+            "",
+            "http://user:pw@h.com",
+        ] {
+            let err = resolve(Some(bad), "m", &c, &Lookup::none()).expect_err(bad);
+            assert_eq!(err.code(), "invalid_request", "{bad}");
+        }
+    }
+
+    #[test]
+    fn alias_prefix_uses_the_server_as_configured() {
+        let c = config();
+        let t = resolve_ok(None, "[huoshan]doubao-pro", &c);
+        assert_eq!(t.mode, RouteMode::Alias);
+        assert_eq!(t.base_url, "https://ark.cn-beijing.volces.com/api/v3");
+        assert_eq!(t.upstream_model, "doubao-pro");
+        assert_eq!(t.alias(), Some("huoshan"));
+        let t = resolve_ok(None, "[openrouter]google/gemini-2.5[beta]", &c);
+        assert_eq!(t.upstream_model, "google/gemini-2.5[beta]");
+        let t = resolve_ok(None, "[local.llm]qwen", &c);
+        assert_eq!(t.alias(), Some("local.llm"));
+    }
+
+    #[test]
+    fn url_prefix_is_a_url_target() {
+        let c = config();
+        let t = resolve_ok(None, "[https://target-server.com]gpt-3.5-turbo", &c);
+        assert_eq!(t.mode, RouteMode::UrlPrefix);
+        assert_eq!(t.base_url, "https://target-server.com/v1");
+        assert_eq!(t.upstream_model, "gpt-3.5-turbo");
+        let t = resolve_ok(None, "[http://[::1]:8080/v1]m", &c);
+        assert_eq!(t.base_url, "http://[::1]:8080/v1");
+        assert_eq!(t.upstream_model, "m");
+        let err = resolve(None, "[https://]m", &c, &Lookup::none()).expect_err("no host");
+        assert_eq!(err.code(), "invalid_request");
+    }
+
+    #[test]
+    fn unknown_alias_is_404_listing_visible_aliases() {
+        let c = config();
+        let visible = |a: &str| a != "huoshan";
+        let lookup = Lookup {
+            model_owner: &|_| None,
+            alias_visible: &visible,
+        };
+        let err = resolve(None, "[nope]m", &c, &lookup).expect_err("unknown");
+        assert_eq!(err.code(), "model_not_found");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("openrouter") && msg.contains("local.llm"),
+            "{msg}"
+        );
+        assert!(!msg.contains("huoshan"), "{msg}");
+    }
+
+    #[test]
+    fn malformed_prefixes_are_400() {
+        let c = config();
+        for bad in ["[", "[]x", "[unclosed", "[openrouter]", ""] {
+            let err = resolve(None, bad, &c, &Lookup::none()).expect_err(bad);
+            assert_eq!(err.code(), "invalid_request", "{bad}");
+        }
+    }
+
+    #[test]
+    fn unprefixed_uses_default_then_lookup_then_404() {
+        let mut c = config();
+        let owner = |m: &str| (m == "llama3").then(|| "local.llm".to_owned());
+        let lookup = Lookup {
+            model_owner: &owner,
+            alias_visible: &|_| true,
+        };
+        let t = resolve(None, "llama3", &c, &lookup).expect("lookup");
+        assert_eq!(t.mode, RouteMode::ModelLookup);
+        assert_eq!(t.alias(), Some("local.llm"));
+        assert_eq!(t.upstream_model, "llama3");
+        let err = resolve(None, "gpt-4o", &c, &lookup).expect_err("404");
+        assert_eq!(err.code(), "model_not_found");
+        assert!(err.to_string().contains("[alias]model"));
+        c.settings.default_server = Some("openrouter".into());
+        let t = resolve(None, "llama3", &c, &lookup).expect("default");
+        assert_eq!(t.mode, RouteMode::DefaultServer);
+        assert_eq!(t.alias(), Some("openrouter"));
+    }
+
+    #[test]
+    fn huge_model_names_are_clipped_in_messages() {
+        let c = config();
+        let model = "m".repeat(10 * 1024 * 1024);
+        let err = resolve(None, &model, &c, &Lookup::none()).expect_err("404");
+        assert!(err.to_string().len() < 2000);
+    }
+
+    #[test]
+    fn upstream_url_joins_paths_and_queries() {
+        assert_eq!(
+            upstream_url("https://a.com/v1/", None, "/chat/completions", None),
+            "https://a.com/v1/chat/completions"
+        );
+        assert_eq!(
+            upstream_url(
+                "https://a.com/api/v3",
+                Some("api-version=2"),
+                "/embeddings",
+                Some("proxy=https%3A%2F%2Fx&x=1")
+            ),
+            "https://a.com/api/v3/embeddings?api-version=2&x=1"
+        );
+        assert_eq!(
+            upstream_url("http://h/v1", None, "/models", Some("proxy=x")),
+            "http://h/v1/models"
+        );
+    }
+
+    #[test]
+    fn proxy_param_is_decoded() {
+        assert_eq!(
+            proxy_param(Some("a=1&proxy=https%3A%2F%2Fh.com%2Fv1")).as_deref(),
+            Some("https://h.com/v1")
+        );
+        assert_eq!(proxy_param(Some("a=1")), None);
+        assert_eq!(proxy_param(None), None);
+    }
+
+    proptest! {
+        #[test]
+        fn resolve_never_panics(proxy in proptest::option::of(".{0,40}"), model in ".{0,60}") {
+            let c = config();
+            let _ = resolve(proxy.as_deref(), &model, &c, &Lookup::none());
+        }
+
+        #[test]
+        fn alias_prefix_sends_the_name_unchanged(name in "[^\\[].{0,40}") {
+            let c = config();
+            let t = resolve(None, &format!("[openrouter]{name}"), &c, &Lookup::none()).expect("resolves");
+            prop_assert_eq!(t.upstream_model, name);
+            prop_assert_eq!(t.base_url, "https://openrouter.ai/api/v1");
+        }
+
+        #[test]
+        fn url_targets_never_end_with_slash(host in "[a-z]{1,10}", path in "(/[a-z0-9]{1,5}){0,3}/?") {
+            let (base, _) = url_target_base(&format!("https://{host}.com{path}")).expect("valid");
+            prop_assert!(!base.ends_with('/'));
+            prop_assert!(base.starts_with("https://"));
+            if path.trim_matches('/').is_empty() {
+                prop_assert!(base.ends_with("/v1"));
+            }
+        }
+
+        #[test]
+        fn upstream_url_never_doubles_slashes_after_base(path in "(/[a-z]{1,6}){1,3}") {
+            let url = upstream_url("https://h.com/v1/", None, &path, None);
+            prop_assert!(!url["https://".len()..].contains("//"));
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Shared state of a running router: the config snapshot, the one upstream HTTP client, the
+//! key index, the model catalog and the record queue. Built once, shared behind an `Arc`;
+//! nothing in it is locked across an `.await`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::KeyIndex;
+use crate::config::Config;
+use crate::models::ModelCatalog;
+use crate::record::Recorder;
+
+/// How long the upstream may take to accept a TCP (and TLS) connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A comment goes to a streaming client after this much upstream silence.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+pub struct AppState {
+    /// Swapped whole, so a request never sees half a config.
+    pub config: ArcSwap<Config>,
+    /// One pooled client for every upstream: keep-alive connections are reused across requests.
+    pub client: reqwest::Client,
+    pub recorder: Recorder,
+    /// `Some` when account management is on.
+    pub keys: Option<Arc<dyn KeyIndex>>,
+    pub models: ModelCatalog,
+    pub keepalive_interval: Duration,
+    /// Cancelled when shutdown's grace period is over: running streams end at once.
+    pub hard_stop: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(config: Config, client: reqwest::Client, recorder: Recorder) -> Self {
+        Self {
+            config: ArcSwap::from_pointee(config),
+            client,
+            recorder,
+            keys: None,
+            models: ModelCatalog::default(),
+            keepalive_interval: KEEPALIVE_INTERVAL,
+            hard_stop: CancellationToken::new(),
+        }
+    }
+}
+
+/// The upstream client: connect timeout, no total timeout (each request sets its own), no
+/// redirects followed (a 3xx goes back to the client as the upstream sent it), no automatic
+/// decompression (bodies pass through as sent).
+pub fn build_http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .tcp_keepalive(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}

@@ -1,0 +1,170 @@
+//! The real binary: start-up with and without a config, `.env`, `check`, graceful shutdown.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+
+use crate::support::upstream::{Behavior, MockUpstream, expected_stream};
+use crate::support::{RouterProcess, client, one_server_config, run_cli};
+
+const PYTHON_TEMPLATE: &str = include_str!("../fixtures/python-config.yaml.template");
+
+#[tokio::test]
+async fn serve_starts_without_a_config_file_and_serves_url_targets() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = RouterProcess::start(None, &[]);
+    assert!(
+        router.stderr().contains("not found"),
+        "a warning names the missing file"
+    );
+    let response = client()
+        .post(router.url(&format!("/v1/chat/completions?proxy={}", upstream.origin())))
+        .json(&json!({"model": "m", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn the_python_versions_template_loads_unchanged() {
+    let router = RouterProcess::start(Some(PYTHON_TEMPLATE), &[]);
+    let health = client()
+        .get(router.url("/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200);
+    assert!(router.stderr().contains("4 servers"), "{}", router.stderr());
+
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), PYTHON_TEMPLATE).expect("write");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("local_llm, huoshan, openrouter, deepseek"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn check_fails_with_file_key_path_and_reason() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cases = [
+        (
+            "servers:\n  a:\n    url: http://x\n    filtre: gpt\n",
+            "servers.a.filtre",
+        ),
+        (
+            "servers:\n  a:\n    url: http://x\n    timeout_secs: soon\n",
+            "servers.a.timeout_secs",
+        ),
+        (
+            "servers:\n  \"bad[alias]\":\n    url: http://x\n",
+            "servers.bad[alias]",
+        ),
+        (
+            "servers:\n  a:\n    url: file:///etc/passwd\n",
+            "servers.a.url",
+        ),
+        (
+            "servers:\n  a:\n    url: http://x\n    api_key: ${NOT_SET_ANYWHERE_123}\n",
+            "NOT_SET_ANYWHERE_123",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(&path, yaml).expect("write");
+        let (code, _, stderr) = run_cli(dir.path(), &["check", "--config", "bad.yaml"], &[]);
+        assert_eq!(code, 1, "{yaml}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains("bad.yaml") && stderr.contains(expected),
+            "{stderr}"
+        );
+    }
+    // serve refuses the same file, with the same message.
+    std::fs::write(dir.path().join("config.yaml"), cases[0].0).expect("write");
+    let (code, _, stderr) = run_cli(dir.path(), &["serve", "--port", "0"], &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("servers.a.filtre"), "{stderr}");
+    // A missing file fails check (it says how to make one).
+    let (code, _, stderr) = run_cli(dir.path(), &["check", "--config", "nope.yaml"], &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("nope.yaml"), "{stderr}");
+}
+
+#[tokio::test]
+async fn dot_env_is_read_and_real_environment_wins() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join(".env"),
+        "# from the Python version\nENABLE_BYPASS=true\nMOCK_KEY=sk-from-dotenv\nOTHER_KEY=dotenv\n",
+    )
+    .expect("env");
+    let config = format!(
+        "servers:\n  mock:\n    url: \"{}\"\n    api_key: \"${{MOCK_KEY}}\"\n    headers: {{X-Other: \"${{OTHER_KEY}}\"}}\n",
+        upstream.url()
+    );
+    std::fs::write(dir.path().join("config.yaml"), config).expect("config");
+    let router = RouterProcess::start_in(dir, &[("OTHER_KEY", "real-env")]);
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]m"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let got = upstream.last();
+    assert_eq!(got.headers["authorization"], "Bearer sk-from-dotenv");
+    assert_eq!(got.headers["x-other"], "real-env");
+    assert!(
+        !router.stderr().contains("sk-from-dotenv"),
+        "keys never reach the log"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_boolean_variable_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (code, _, stderr) = run_cli(
+        dir.path(),
+        &["serve", "--port", "0"],
+        &[("LLMSROUTER_LOG_BODIES", "perhaps")],
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("LLMSROUTER_LOG_BODIES"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_running_stream_finish_then_exits_zero() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 10,
+        chunk_delay: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let mut router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &[]);
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]m", "stream": true, "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    let mut stream = response.bytes_stream();
+    let mut text = String::new();
+    let first = stream.next().await.expect("first piece").expect("ok");
+    text.push_str(&String::from_utf8_lossy(&first));
+    router.terminate();
+    while let Some(piece) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&piece.expect("piece")));
+    }
+    assert_eq!(text, expected_stream(&upstream.behavior(), false));
+    let status = router.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", router.stderr());
+    let refused = client().get(router.url("/health")).send().await;
+    assert!(refused.is_err(), "no new connections after shutdown");
+}

@@ -1,0 +1,308 @@
+//! Errors: the router's own (OpenAI shape, status and code of PRODUCT.md's table) and the
+//! upstream's (kept, wrapped only when not OpenAI-shaped).
+
+use std::time::Duration;
+
+use llmsrouter::record::Outcome;
+use serde_json::{Value, json};
+
+use crate::support::upstream::{Behavior, MockUpstream};
+use crate::support::{TestRouter, client, one_server_config};
+
+async fn error_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().await.expect("error body is JSON");
+    let error = &body["error"];
+    assert!(error["message"].is_string(), "{body}");
+    assert!(error["type"].is_string(), "{body}");
+    assert!(error.get("code").is_some(), "{body}");
+    (status, body)
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_in_openai_shape_and_the_server_keeps_serving() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let config = format!(
+        "{}settings:\n  max_body_bytes: 2000000\n",
+        one_server_config(&upstream.url(), "")
+    );
+    let router = TestRouter::start(&config).await;
+    let huge_model = format!(r#"{{"model":"{}"}}"#, "m".repeat(1_500_000));
+    let too_big = format!(r#"{{"model":"[mock]m","pad":"{}"}}"#, "x".repeat(2_100_000));
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "/v1/chat/completions",
+            b"not json".to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            b"{\"model\":\"\xff\xfe\"}".to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"messages":[]}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            br#"[1,2]"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"model":42}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"model":"["}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"model":"[]x"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"model":"[unclosed"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"model":"[nosuch]x"}"#.to_vec(),
+            404,
+            "model_not_found",
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"model":"gpt-4o"}"#.to_vec(),
+            404,
+            "model_not_found",
+        ),
+        (
+            "/v1/chat/completions",
+            huge_model.into_bytes(),
+            404,
+            "model_not_found",
+        ),
+        (
+            "/v1/chat/completions?proxy=file:///etc/passwd",
+            br#"{"model":"m"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions?proxy=ftp://x",
+            br#"{"model":"m"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            too_big.into_bytes(),
+            413,
+            "body_too_large",
+        ),
+        ("/v1/chat/completions", b"".to_vec(), 400, "invalid_request"),
+    ];
+    for (path, body, status, code) in cases {
+        let response = client()
+            .post(router.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        let (got_status, error) = error_of(response).await;
+        assert_eq!(got_status, status, "{path}: {error}");
+        assert_eq!(error["error"]["code"], code, "{path}: {error}");
+        assert!(error.to_string().len() < 4000, "messages are clipped");
+    }
+    assert_eq!(upstream.count(), 0, "nothing bad reached the upstream");
+    let health = client()
+        .get(router.url("/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn not_found_message_lists_the_aliases() {
+    let router = TestRouter::start(
+        "servers:\n  openrouter:\n    url: http://127.0.0.1:9/v1\n  deepseek:\n    url: http://127.0.0.1:9/v1\n",
+    )
+    .await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "deepseek-chat"}))
+        .send()
+        .await
+        .expect("send");
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 404);
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("openrouter") && message.contains("deepseek"),
+        "{message}"
+    );
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_errors_keep_status_headers_and_text() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let openai_shaped = r#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
+    let cases = [
+        (400, openai_shaped, "application/json", None),
+        (
+            422,
+            r#"{"detail":[{"loc":["body","model"],"msg":"field required"}]}"#,
+            "application/json",
+            Some(r#"[{"loc":["body","model"],"msg":"field required"}]"#),
+        ),
+        (
+            401,
+            r#"{"message":"Invalid token"}"#,
+            "application/json",
+            Some("Invalid token"),
+        ),
+        (
+            500,
+            r#"[{"error":{"code":500,"message":"Internal error"}}]"#,
+            "application/json",
+            Some(r#"[{"error":{"code":500,"message":"Internal error"}}]"#),
+        ),
+        (
+            503,
+            "upstream overloaded, try later",
+            "text/plain",
+            Some("upstream overloaded, try later"),
+        ),
+    ];
+    for (status, body, content_type, wrapped_message) in cases {
+        upstream.set(Behavior {
+            status,
+            body: Some(body.into()),
+            content_type: content_type.into(),
+            headers: vec![
+                ("retry-after".into(), "3".into()),
+                ("x-ratelimit-reset".into(), "1s".into()),
+            ],
+            ..Default::default()
+        });
+        let response = client()
+            .post(router.url("/v1/chat/completions"))
+            .json(&json!({"model": "[mock]m", "messages": []}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status().as_u16(), status);
+        assert_eq!(response.headers()["retry-after"], "3");
+        assert_eq!(response.headers()["x-ratelimit-reset"], "1s");
+        match wrapped_message {
+            None => assert_eq!(response.text().await.expect("body"), body),
+            Some(message) => {
+                let (_, error) = error_of(response).await;
+                assert_eq!(error["error"]["message"], message, "{status}");
+                assert_eq!(error["error"]["type"], "upstream_error");
+            }
+        }
+    }
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::UpstreamError);
+    assert_eq!(record.status, Some(400));
+    assert!(
+        record
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("maximum context length")
+    );
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502() {
+    // Port 9 (discard) on loopback: nothing listens there in the test environment.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed = listener.local_addr().expect("addr");
+    drop(listener);
+    let router = TestRouter::start(&one_server_config(&format!("http://{closed}/v1"), "")).await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]m"}))
+        .send()
+        .await
+        .expect("send");
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 502);
+    assert_eq!(body["error"]["code"], "upstream_unreachable");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(!message.contains("sk-mock-upstream-key"));
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::RouterError);
+    assert_eq!(record.status, Some(502));
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504_after_timeout_secs() {
+    let upstream = MockUpstream::start(Behavior {
+        delay: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(
+        &upstream.url(),
+        "    timeout_secs: 0.3\n",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]m"}))
+        .send()
+        .await
+        .expect("send");
+    let (status, body) = error_of(response).await;
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(status, 504);
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_openai_shaped_errors() {
+    let router = TestRouter::start("").await;
+    let response = client()
+        .get(router.url("/v1/chat/completions"))
+        .send()
+        .await
+        .expect("send");
+    let (status, _) = error_of(response).await;
+    assert_eq!(status, 405);
+    let response = client()
+        .post(router.url("/"))
+        .body("{}")
+        .send()
+        .await
+        .expect("send");
+    let (status, _) = error_of(response).await;
+    assert_eq!(status, 404);
+    router.stop().await;
+}

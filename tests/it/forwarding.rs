@@ -1,0 +1,185 @@
+//! Non-stream forwarding: what reaches the upstream, what comes back, and the record.
+
+use llmsrouter::record::Outcome;
+use llmsrouter::routing::RouteMode;
+use serde_json::json;
+
+use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS, chat_completion};
+use crate::support::{TestRouter, client, one_server_config};
+
+#[tokio::test]
+async fn alias_request_reaches_upstream_with_only_the_model_changed() {
+    let upstream = MockUpstream::start(Behavior {
+        headers: vec![
+            ("x-ratelimit-remaining-requests".into(), "42".into()),
+            ("x-request-id".into(), "up-123".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(
+        &upstream.url(),
+        "    headers: {X-Title: \"llmsrouter-test\"}\n",
+    ))
+    .await;
+    let body = r#"{"model": "[mock]google/gemini-2.5",  "messages":[{"role":"user","content":"hi","cache_control":{"type":"ephemeral"}}],"reasoning_content":null,"vendor_x":{"a":[1,2]},"temperature":0.2}"#;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .header("authorization", "Bearer client-key")
+        .header("x-custom", "kept")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-ratelimit-remaining-requests"], "42");
+    assert_eq!(response.headers()["x-request-id"], "up-123");
+    assert!(response.headers().contains_key("x-llmsrouter-request-id"));
+    let text = response.text().await.expect("body");
+    assert_eq!(text, chat_completion("mock-model-2024"));
+
+    let got = upstream.last();
+    assert_eq!(got.method, "POST");
+    assert_eq!(got.path, "/v1/chat/completions");
+    assert_eq!(
+        std::str::from_utf8(&got.body).expect("utf8"),
+        body.replace("[mock]google/gemini-2.5", "google/gemini-2.5")
+    );
+    assert_eq!(got.headers["authorization"], "Bearer sk-mock-upstream-key");
+    assert_eq!(got.headers["x-custom"], "kept");
+    assert_eq!(got.headers["x-title"], "llmsrouter-test");
+    assert!(got.headers.get("accept-encoding").is_none());
+
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert_eq!(record.mode, RouteMode::Alias);
+    assert_eq!(record.provider, "mock");
+    assert_eq!(record.requested_model, "[mock]google/gemini-2.5");
+    assert_eq!(record.upstream_model, "google/gemini-2.5");
+    assert_eq!(record.response.model.as_deref(), Some("mock-model-2024"));
+    assert_eq!(record.response.content, "Hello there");
+    let usage = record.response.usage.clone().expect("usage");
+    assert_eq!((usage.input, usage.output), (PROMPT_TOKENS, 2));
+    assert_eq!(record.status, Some(200));
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn the_python_versions_documented_url_examples_work() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start("").await;
+    // ?proxy=https://target-server.com — an origin with no path gets /v1.
+    let response = client()
+        .post(router.url(&format!("/v1/chat/completions?proxy={}", upstream.origin())))
+        .header("authorization", "Bearer sk-client-own-key")
+        .body(r#"{"model":"gpt-3.5-turbo","messages":[]}"#)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let got = upstream.last();
+    assert_eq!(got.path, "/v1/chat/completions");
+    assert_eq!(
+        got.query, None,
+        "the router's own proxy= parameter stays with the router"
+    );
+    assert_eq!(got.json()["model"], "gpt-3.5-turbo");
+    assert_eq!(got.headers["authorization"], "Bearer sk-client-own-key");
+
+    // "model": "[https://target-server.com]gpt-3.5-turbo"
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .header("authorization", "Bearer sk-client-own-key")
+        .json(&json!({"model": format!("[{}]gpt-3.5-turbo", upstream.origin()), "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let got = upstream.last();
+    assert_eq!(got.path, "/v1/chat/completions");
+    assert_eq!(got.json()["model"], "gpt-3.5-turbo");
+    assert_eq!(got.headers["authorization"], "Bearer sk-client-own-key");
+    let record = router.records.nth(2).await;
+    assert_eq!(record.mode, RouteMode::UrlPrefix);
+    assert_eq!(record.provider, upstream.addr.to_string());
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_configured_url_is_used_as_is() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let config = one_server_config(&format!("{}/api/v3/", upstream.origin()), "");
+    let router = TestRouter::start(&config).await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]doubao", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.last().path, "/api/v3/chat/completions");
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn other_endpoints_and_path_spellings_are_routed() {
+    let upstream = MockUpstream::start(Behavior {
+        body: Some(r#"{"object":"list","data":[{"embedding":[0.1]}],"usage":{"prompt_tokens":3,"total_tokens":3}}"#.into()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for (path, upstream_path) in [
+        ("/v1/embeddings", "/v1/embeddings"),
+        ("/embeddings", "/v1/embeddings"),
+        ("/v1//completions/", "/v1/completions"),
+        ("/v1/responses", "/v1/responses"),
+        ("/chat/completions", "/v1/chat/completions"),
+        ("/v1/audio/speech", "/v1/audio/speech"),
+    ] {
+        let response = client()
+            .post(router.url(path))
+            .json(&json!({"model": "[mock]m", "input": "x"}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(upstream.last().path, upstream_path, "{path}");
+    }
+    let record = router.records.nth(1).await;
+    assert_eq!(record.endpoint, "/embeddings");
+    assert_eq!(record.response.usage.as_ref().map(|u| u.input), Some(3));
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn client_query_parameters_other_than_proxy_are_forwarded() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start("").await;
+    let response = client()
+        .post(router.url(&format!(
+            "/v1/chat/completions?api-version=2024-10-01&proxy={}/openai/deployments/d",
+            upstream.origin()
+        )))
+        .json(&json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let got = upstream.last();
+    assert_eq!(got.path, "/openai/deployments/d/chat/completions");
+    assert_eq!(got.query.as_deref(), Some("api-version=2024-10-01"));
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn health_answers_ok() {
+    let router = TestRouter::start("").await;
+    for path in ["/health", "/health/", "/v1/health"] {
+        let response = client().get(router.url(path)).send().await.expect("send");
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.text().await.expect("body"), r#"{"status":"ok"}"#);
+    }
+    router.stop().await;
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real router (in-process or the real binary) on an ephemeral
+//! loopback port, in front of a real HTTP mock upstream, driven by a real HTTP client.
+
+mod support;
+
+mod binary;
+mod errors;
+mod forwarding;
+mod openai_sdk;
+mod streaming;

@@ -1,0 +1,82 @@
+//! End to end with the official `openai` Python package as the client.
+//!
+//! The package lives in a venv that `.ci/run` makes (`.venv`, or `LLMSROUTER_TEST_PYTHON`).
+//! Under CI (`CI=true`) a missing venv fails the test; on a developer machine that has not run
+//! `.ci/run` yet the test says so and passes.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::support::upstream::{Behavior, MockUpstream};
+use crate::support::{TestRouter, one_server_config};
+
+const SCRIPT: &str = r#"
+import json, sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="sk-anything")
+plain = client.chat.completions.create(model="[mock]gpt-4o", messages=[{"role": "user", "content": "hi"}])
+chunks = client.chat.completions.create(model="[mock]gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True)
+streamed = "".join((c.choices[0].delta.content or "") for c in chunks if c.choices)
+try:
+    client.chat.completions.create(model="[nosuch]x", messages=[])
+    error = None
+except Exception as e:
+    error = {"status": e.status_code, "code": e.code}
+print(json.dumps({"plain": plain.choices[0].message.content, "usage": plain.usage.total_tokens, "streamed": streamed, "error": error}))
+"#;
+
+fn python() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("LLMSROUTER_TEST_PYTHON") {
+        return Some(PathBuf::from(path));
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    venv.exists().then_some(venv)
+}
+
+#[tokio::test]
+async fn the_openai_python_sdk_works_through_the_router() {
+    let Some(python) = python() else {
+        let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+        assert!(
+            !in_ci,
+            "CI must provide the openai package: .ci/run makes .venv"
+        );
+        eprintln!("skipped: no .venv with the openai package; run .ci/run once to make it");
+        return;
+    };
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 3,
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let base = router.url("/v1");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args(["-c", SCRIPT, &base])
+            .env("NO_PROXY", "*")
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json from python");
+    assert_eq!(result["plain"], "Hello there");
+    assert_eq!(result["usage"], 13);
+    assert_eq!(result["streamed"], "tok0 tok1 tok2 ");
+    assert_eq!(result["error"]["status"], 404);
+    assert_eq!(result["error"]["code"], "model_not_found");
+    let streamed = upstream
+        .received()
+        .into_iter()
+        .find(|r| r.json()["stream"] == true)
+        .expect("stream request");
+    assert_eq!(streamed.json()["model"], "gpt-4o");
+    router.stop().await;
+}

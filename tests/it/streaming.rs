@@ -1,0 +1,423 @@
+//! Streaming: bytes unchanged and unbuffered, usage injection and the dropped usage chunk,
+//! keep-alive comments, failures mid-stream, client disconnects, the end after [DONE].
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use llmsrouter::record::Outcome;
+use serde_json::json;
+
+use crate::support::upstream::{
+    Behavior, DONE, MockUpstream, PROMPT_TOKENS, content_chunk, expected_stream, usage_chunk,
+};
+use crate::support::{TestRouter, client, one_server_config};
+
+fn stream_request(model: &str) -> serde_json::Value {
+    json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// Reads the whole body, noting when each piece arrived.
+async fn read_timed(response: reqwest::Response) -> (Vec<(Instant, bytes::Bytes)>, String) {
+    let mut pieces = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(piece) = stream.next().await {
+        pieces.push((Instant::now(), piece.expect("body piece")));
+    }
+    let text = pieces
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    (pieces, text)
+}
+
+#[tokio::test]
+async fn stream_gets_usage_injected_and_the_usage_chunk_dropped() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 4,
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&stream_request("[mock]gpt-4o"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-accel-buffering"], "no");
+    assert!(headers.get("content-length").is_none());
+    assert!(headers.get("content-encoding").is_none());
+    let (_, text) = read_timed(response).await;
+    assert_eq!(text, expected_stream(&upstream.behavior(), false));
+
+    let sent = upstream.last().json();
+    assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+    assert_eq!(sent["model"], "gpt-4o");
+
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert!(record.stream && record.complete);
+    let usage = record
+        .response
+        .usage
+        .clone()
+        .expect("usage from the dropped chunk");
+    assert_eq!(
+        (usage.input, usage.output, usage.total),
+        (PROMPT_TOKENS, 4, PROMPT_TOKENS + 4)
+    );
+    assert_eq!(record.response.content, "tok0 tok1 tok2 tok3 ");
+    assert_eq!(record.response.finish_reason.as_deref(), Some("stop"));
+    assert!(record.first_token_at.is_some());
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_asked_for_usage_gets_the_usage_chunk() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let mut request = stream_request("[mock]m");
+    request["stream_options"] = json!({"include_usage": true});
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .expect("send");
+    let (_, text) = read_timed(response).await;
+    assert_eq!(text, expected_stream(&upstream.behavior(), true));
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn stream_usage_false_never_asks_and_an_unasked_usage_chunk_passes() {
+    let upstream = MockUpstream::start(Behavior {
+        usage_always: true,
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(
+        &upstream.url(),
+        "    stream_usage: false\n",
+    ))
+    .await;
+    let body = r#"{"model":"[mock]m","stream":true,"messages":[]}"#;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    let (_, text) = read_timed(response).await;
+    // The router did not ask, so the chunk is the upstream's own and reaches the client.
+    assert_eq!(text, expected_stream(&upstream.behavior(), true));
+    assert_eq!(
+        upstream.last().body,
+        r#"{"model":"m","stream":true,"messages":[]}"#
+    );
+    let record = router.records.nth(1).await;
+    assert_eq!(record.response.usage.as_ref().map(|u| u.output), Some(3));
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn events_are_forwarded_as_they_arrive() {
+    let gap = Duration::from_millis(300);
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 3,
+        gap: Some((2, gap)),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&stream_request("[mock]m"))
+        .send()
+        .await
+        .expect("send");
+    let (pieces, text) = read_timed(response).await;
+    assert_eq!(text, expected_stream(&upstream.behavior(), false));
+    let second = content_chunk("mock-model-2024", 1, 3);
+    let third = content_chunk("mock-model-2024", 2, 3);
+    let arrival = |needle: &str| {
+        let mut seen = String::new();
+        for (at, piece) in &pieces {
+            seen.push_str(&String::from_utf8_lossy(piece));
+            if seen.contains(needle) {
+                return *at;
+            }
+        }
+        panic!("{needle} never arrived")
+    };
+    let waited = arrival(&third) - arrival(&second);
+    // The upstream paused 300 ms between these events: the client must see that pause,
+    // which it cannot if the router buffered the stream.
+    assert!(
+        waited >= Duration::from_millis(250),
+        "gap at client {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(1500),
+        "gap at client {waited:?}"
+    );
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn silence_gets_keep_alive_comments_between_events() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 2,
+        gap: Some((1, Duration::from_millis(450))),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start_with(&one_server_config(&upstream.url(), ""), |state| {
+        state.keepalive_interval = Duration::from_millis(100);
+    })
+    .await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&stream_request("[mock]m"))
+        .send()
+        .await
+        .expect("send");
+    let (_, text) = read_timed(response).await;
+    let keepalives = text.matches(": keep-alive\n\n").count();
+    assert!(keepalives >= 2, "expected keep-alive comments in {text:?}");
+    assert_eq!(
+        text.replace(": keep-alive\n\n", ""),
+        expected_stream(&upstream.behavior(), false)
+    );
+    let first = content_chunk("mock-model-2024", 0, 2);
+    assert!(
+        text.starts_with(&first),
+        "keep-alives come between events: {text:?}"
+    );
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn idle_timeout_mid_stream_ends_with_one_error_event() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 4,
+        gap: Some((2, Duration::from_secs(5))),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(
+        &upstream.url(),
+        "    timeout_secs: 0.4\n",
+    ))
+    .await;
+    let started = Instant::now();
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&stream_request("[mock]m"))
+        .send()
+        .await
+        .expect("send");
+    let (_, text) = read_timed(response).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the client must not hang"
+    );
+    let expected_prefix: String = (0..2)
+        .map(|i| content_chunk("mock-model-2024", i, 4))
+        .collect();
+    assert!(text.starts_with(&expected_prefix), "{text}");
+    let rest = &text[expected_prefix.len()..];
+    assert_eq!(rest.matches("data: ").count(), 1, "{rest}");
+    let payload: serde_json::Value =
+        serde_json::from_str(rest.trim().trim_start_matches("data: ")).expect("error event json");
+    assert_eq!(payload["error"]["code"], "upstream_timeout");
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::StreamFailed);
+    assert_eq!(record.response.content, "tok0 tok1 ");
+    assert!(!record.complete);
+    upstream
+        .wait_streams_dropped(1, Duration::from_secs(5))
+        .await;
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_stream_is_not_cut_by_timeout_secs_while_events_flow() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 8,
+        chunk_delay: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    // 8 chunks 100 ms apart take ~800 ms, more than timeout_secs; no gap reaches it.
+    let router = TestRouter::start(&one_server_config(
+        &upstream.url(),
+        "    timeout_secs: 0.5\n",
+    ))
+    .await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&stream_request("[mock]m"))
+        .send()
+        .await
+        .expect("send");
+    let (_, text) = read_timed(response).await;
+    assert_eq!(text, expected_stream(&upstream.behavior(), false));
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_reset_mid_stream_ends_with_one_error_event() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 5,
+        abort_after: Some(2),
+        chunk_delay: Duration::from_millis(30),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&stream_request("[mock]m"))
+        .send()
+        .await
+        .expect("send");
+    let (_, text) = read_timed(response).await;
+    let expected_prefix: String = (0..2)
+        .map(|i| content_chunk("mock-model-2024", i, 5))
+        .collect();
+    assert!(text.starts_with(&expected_prefix), "{text}");
+    let rest = &text[expected_prefix.len()..];
+    let payload: serde_json::Value =
+        serde_json::from_str(rest.trim().trim_start_matches("data: ")).expect("one error event");
+    assert_eq!(payload["error"]["code"], "upstream_unreachable");
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::StreamFailed);
+    assert!(record.error.as_deref().unwrap_or("").contains("mid-stream"));
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn client_disconnect_drops_the_upstream_and_keeps_a_partial_record() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 50,
+        chunk_delay: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&stream_request("[mock]m"))
+        .send()
+        .await
+        .expect("send");
+    let mut stream = response.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("tok1 ") {
+        let piece = stream.next().await.expect("piece").expect("ok");
+        seen.push_str(&String::from_utf8_lossy(&piece));
+    }
+    drop(stream);
+    upstream
+        .wait_streams_dropped(1, Duration::from_secs(5))
+        .await;
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::ClientDisconnected);
+    assert!(
+        record.response.content.starts_with("tok0 tok1 "),
+        "{:?}",
+        record.response.content
+    );
+    assert!(!record.complete);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn the_body_ends_right_after_done() {
+    let upstream = MockUpstream::start(Behavior {
+        linger_after_done: Some(Duration::from_secs(30)),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let started = Instant::now();
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&stream_request("[mock]m"))
+        .send()
+        .await
+        .expect("send");
+    let (_, text) = read_timed(response).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(text.ends_with(DONE));
+    assert!(!text.contains("after"));
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn raw_events_in_any_line_ending_pass_byte_for_byte() {
+    let chunks: Vec<Vec<u8>> = vec![
+        b": OPENROUTER PROCESSING\r\n\r\n".to_vec(),
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r\ndata: {\"choi".to_vec(),
+        b"ces\":[{\"delta\":{\"reasoning_content\":\"r\"}}]}\n\n".to_vec(),
+        usage_chunk("m", 1).into_bytes(),
+        b"data: [DONE]\n\n".to_vec(),
+    ];
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(chunks.clone()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&stream_request("[mock]m"))
+        .send()
+        .await
+        .expect("send");
+    let (_, text) = read_timed(response).await;
+    let mut expected: Vec<u8> = chunks[..3].concat();
+    expected.extend_from_slice(b"data: [DONE]\n\n");
+    assert_eq!(text.as_bytes(), &expected[..]);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.response.content, "a");
+    assert_eq!(record.response.reasoning, "r");
+    assert_eq!(record.response.usage.as_ref().map(|u| u.output), Some(1));
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_request_answered_with_an_error_is_relayed_whole() {
+    let upstream = MockUpstream::start(Behavior {
+        status: 429,
+        body: Some(r#"{"error":{"message":"Rate limit reached","type":"rate_limit","code":"rate_limit_exceeded"}}"#.into()),
+        headers: vec![("retry-after".into(), "7".into())],
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&stream_request("[mock]m"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "7");
+    assert_eq!(
+        response.text().await.expect("body"),
+        r#"{"error":{"message":"Rate limit reached","type":"rate_limit","code":"rate_limit_exceeded"}}"#
+    );
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::UpstreamError);
+    assert_eq!(record.error.as_deref(), Some("Rate limit reached"));
+    router.stop().await;
+}

@@ -1,0 +1,275 @@
+//! Test helpers: the mock upstream, the router in-process or as the real binary, a sink that
+//! collects records, and polling with a deadline (never sleeps as synchronisation).
+
+// Each test binary module uses a different subset of these helpers.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use llmsrouter::config::Config;
+use llmsrouter::record::{RecordSink, Recorder, RecorderTask, RequestRecord};
+use llmsrouter::state::{AppState, build_http_client};
+
+/// Polls `check` until it holds; panics with a clear message after `within`.
+pub async fn wait_until(within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Collects every record the router hands over.
+#[derive(Default)]
+pub struct Collector(Mutex<Vec<Arc<RequestRecord>>>);
+
+impl RecordSink for Collector {
+    fn name(&self) -> &'static str {
+        "test-collector"
+    }
+    fn accept(&self, record: &Arc<RequestRecord>) {
+        self.0.lock().expect("lock").push(record.clone());
+    }
+}
+
+impl Collector {
+    pub fn all(&self) -> Vec<Arc<RequestRecord>> {
+        self.0.lock().expect("lock").clone()
+    }
+
+    /// Waits for the `n`th record (1-based) and returns it.
+    pub async fn nth(&self, n: usize) -> Arc<RequestRecord> {
+        wait_until(Duration::from_secs(10), || {
+            self.0.lock().expect("lock").len() >= n
+        })
+        .await;
+        self.all()[n - 1].clone()
+    }
+}
+
+/// The real router, in-process on an ephemeral loopback port.
+pub struct TestRouter {
+    pub addr: SocketAddr,
+    pub records: Arc<Collector>,
+    pub state: Arc<AppState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    recorder_task: Option<RecorderTask>,
+}
+
+impl TestRouter {
+    pub async fn start(config_yaml: &str) -> Self {
+        Self::start_with(config_yaml, |_| {}).await
+    }
+
+    /// Starts with a config and a chance to adjust the state (keep-alive interval, keys).
+    pub async fn start_with(config_yaml: &str, adjust: impl FnOnce(&mut AppState)) -> Self {
+        let config =
+            Config::parse(config_yaml, &|n| std::env::var(n).ok()).expect("test config is valid");
+        let records = Arc::new(Collector::default());
+        let (recorder, recorder_task) =
+            Recorder::start(vec![records.clone() as Arc<dyn RecordSink>]);
+        let mut state = AppState::new(config, build_http_client().expect("client"), recorder);
+        adjust(&mut state);
+        let state = Arc::new(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server_state = state.clone();
+        let server = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.await;
+            };
+            let _ =
+                llmsrouter::server::run(listener, server_state, shutdown, Duration::from_secs(5))
+                    .await;
+        });
+        Self {
+            addr,
+            records,
+            state,
+            stop: Some(tx),
+            server: Some(server),
+            recorder_task: Some(recorder_task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops the server and drains the recorder.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        if let Some(task) = self.recorder_task.take() {
+            task.shutdown().await;
+        }
+    }
+}
+
+/// A config with one alias `mock` pointing at `url`, plus extra YAML for that server.
+pub fn one_server_config(url: &str, extra: &str) -> String {
+    format!("servers:\n  mock:\n    url: \"{url}\"\n    api_key: \"sk-mock-upstream-key\"\n{extra}")
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("test client")
+}
+
+/// Path of the built binary under test.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_llmsrouter"))
+}
+
+/// The real `llmsrouter serve`, in its own working directory, on an ephemeral port.
+pub struct RouterProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub stderr_lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl RouterProcess {
+    /// Starts `llmsrouter serve` in `dir` with `config.yaml` written there if given.
+    pub fn start(config_yaml: Option<&str>, envs: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        if let Some(yaml) = config_yaml {
+            std::fs::write(dir.path().join("config.yaml"), yaml).expect("write config");
+        }
+        Self::start_in(dir, envs)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, envs: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(binary());
+        command
+            .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+            .current_dir(dir.path())
+            .env_remove("LLMSROUTER_CONFIG")
+            .env_remove("LLMSROUTER_DB")
+            .env_remove("ENABLE_ACCOUNT_MANAGEMENT")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn llmsrouter");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = listening_addr(&line) {
+                    let _ = tx.send(addr);
+                }
+                sink.lock().expect("lock").push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "router did not start; stderr: {:?}",
+                    lines.lock().expect("lock")
+                );
+            }
+        };
+        Self {
+            child,
+            addr,
+            dir,
+            stderr_lines: lines,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr_lines.lock().expect("lock").join("\n")
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for exit with a deadline; returns the exit status.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "router did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.split("listening on http://").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Runs the binary with `args` in `dir`; returns (exit code, stdout, stderr).
+pub fn run_cli(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(binary());
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("LLMSROUTER_CONFIG")
+        .env_remove("LLMSROUTER_DB")
+        .env_remove("ENABLE_ACCOUNT_MANAGEMENT")
+        .env("RUST_LOG", "warn");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let out = command.output().expect("run llmsrouter");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

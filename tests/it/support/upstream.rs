@@ -1,0 +1,366 @@
+//! A mock OpenAI-compatible upstream on a random loopback port.
+//!
+//! Behaviour is set per test (status, body, chunk count and delay, a gap, abort after K
+//! chunks, usage always on, raw chunks) and can be changed while it runs. Every request it
+//! receives is recorded with its headers and exact body, and it counts streams whose
+//! connection was dropped before they finished.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::wait_until;
+
+/// One request the mock received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("upstream got JSON")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Behavior {
+    pub status: u16,
+    /// Non-stream body; `None`: a chat completion naming `model`.
+    pub body: Option<String>,
+    pub content_type: String,
+    pub headers: Vec<(String, String)>,
+    /// Delay before the response headers.
+    pub delay: Duration,
+    /// Stream: number of content chunks.
+    pub chunks: usize,
+    /// Stream: delay before each chunk.
+    pub chunk_delay: Duration,
+    /// Stream: an extra pause before chunk `.0` (0-based).
+    pub gap: Option<(usize, Duration)>,
+    /// Stream: the connection is cut after this many chunks.
+    pub abort_after: Option<usize>,
+    /// Stream: send the usage-only chunk even when not asked.
+    pub usage_always: bool,
+    /// Stream: after `[DONE]`, keep the connection open this long (and send junk).
+    pub linger_after_done: Option<Duration>,
+    /// Stream: send these exact chunks instead of generated ones.
+    pub raw_chunks: Option<Vec<Vec<u8>>>,
+    /// The responded model name.
+    pub model: String,
+    /// Answer for `GET .../models`.
+    pub models_body: Option<String>,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Self {
+            status: 200,
+            body: None,
+            content_type: "application/json".into(),
+            headers: vec![],
+            delay: Duration::ZERO,
+            chunks: 3,
+            chunk_delay: Duration::ZERO,
+            gap: None,
+            abort_after: None,
+            usage_always: false,
+            linger_after_done: None,
+            raw_chunks: None,
+            model: "mock-model-2024".into(),
+            models_body: None,
+        }
+    }
+}
+
+pub const PROMPT_TOKENS: u64 = 11;
+
+/// The chunk the mock sends at position `i` of `n`.
+pub fn content_chunk(model: &str, i: usize, n: usize) -> String {
+    let finish = if i + 1 == n { r#""stop""# } else { "null" };
+    format!(
+        "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":{finish}}}]}}\n\n"
+    )
+}
+
+pub fn usage_chunk(model: &str, n: usize) -> String {
+    format!(
+        "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{PROMPT_TOKENS},\"completion_tokens\":{n},\"total_tokens\":{}}}}}\n\n",
+        PROMPT_TOKENS + n as u64
+    )
+}
+
+pub const DONE: &str = "data: [DONE]\n\n";
+
+/// The exact bytes a client should see for a generated stream.
+pub fn expected_stream(b: &Behavior, with_usage_chunk: bool) -> String {
+    let mut out: String = (0..b.chunks)
+        .map(|i| content_chunk(&b.model, i, b.chunks))
+        .collect();
+    if with_usage_chunk {
+        out.push_str(&usage_chunk(&b.model, b.chunks));
+    }
+    out.push_str(DONE);
+    out
+}
+
+pub fn chat_completion(model: &str) -> String {
+    format!(
+        r#"{{"id":"chatcmpl-whole","object":"chat.completion","created":1700000000,"model":"{model}","choices":[{{"index":0,"message":{{"role":"assistant","content":"Hello there"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":{PROMPT_TOKENS},"completion_tokens":2,"total_tokens":{}}}}}"#,
+        PROMPT_TOKENS + 2
+    )
+}
+
+#[derive(Default)]
+struct Shared {
+    behavior: Mutex<Behavior>,
+    received: Mutex<Vec<Received>>,
+    /// Streams that started / ended normally / were dropped early.
+    streams_started: AtomicUsize,
+    streams_dropped: AtomicUsize,
+}
+
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl MockUpstream {
+    pub async fn start(behavior: Behavior) -> Self {
+        let shared = Arc::new(Shared {
+            behavior: Mutex::new(behavior),
+            ..Default::default()
+        });
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind mock");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Self {
+            addr,
+            shared,
+            _shutdown: tx,
+        }
+    }
+
+    /// Base URL with `/v1`, as a config.yaml `url`.
+    pub fn url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Origin only (`http://127.0.0.1:port`), for URL targets that get `/v1` added.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set(&self, behavior: Behavior) {
+        *self.shared.behavior.lock().expect("lock") = behavior;
+    }
+
+    pub fn behavior(&self) -> Behavior {
+        self.shared.behavior.lock().expect("lock").clone()
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().expect("lock").clone()
+    }
+
+    pub fn last(&self) -> Received {
+        self.received()
+            .pop()
+            .expect("the upstream received a request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.shared.received.lock().expect("lock").len()
+    }
+
+    pub fn streams_dropped(&self) -> usize {
+        self.shared.streams_dropped.load(Ordering::SeqCst)
+    }
+
+    pub async fn wait_streams_dropped(&self, n: usize, within: Duration) {
+        wait_until(within, || self.streams_dropped() >= n).await;
+    }
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let received = Received {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    };
+    shared.received.lock().expect("lock").push(received);
+    let behavior = shared.behavior.lock().expect("lock").clone();
+    if !behavior.delay.is_zero() {
+        tokio::time::sleep(behavior.delay).await;
+    }
+    let status = StatusCode::from_u16(behavior.status).unwrap_or(StatusCode::OK);
+    if parts.uri.path().ends_with("/models") && parts.method == http::Method::GET {
+        let body = behavior
+            .models_body
+            .clone()
+            .unwrap_or_else(|| r#"{"object":"list","data":[]}"#.to_owned());
+        return respond(
+            status,
+            "application/json",
+            &behavior.headers,
+            Body::from(body),
+        );
+    }
+    let request_json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let wants_stream = request_json["stream"] == serde_json::Value::Bool(true);
+    if !wants_stream || !(200..300).contains(&behavior.status) {
+        let body = behavior
+            .body
+            .clone()
+            .unwrap_or_else(|| chat_completion(&behavior.model));
+        return respond(
+            status,
+            &behavior.content_type,
+            &behavior.headers,
+            Body::from(body),
+        );
+    }
+    let include_usage =
+        request_json["stream_options"]["include_usage"] == serde_json::Value::Bool(true);
+    shared.streams_started.fetch_add(1, Ordering::SeqCst);
+    let stream = sse_stream(
+        behavior.clone(),
+        include_usage || behavior.usage_always,
+        shared.clone(),
+    );
+    respond(
+        status,
+        "text/event-stream",
+        &behavior.headers,
+        Body::from_stream(stream),
+    )
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    headers: &[(String, String)],
+    body: Body,
+) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    for (k, v) in headers {
+        response.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+            HeaderValue::from_str(v).expect("header value"),
+        );
+    }
+    response
+}
+
+/// Counts a stream as dropped if it is dropped before it finished.
+struct DropWatch {
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+impl DropWatch {
+    fn done(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for DropWatch {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.shared.streams_dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn sse_stream(
+    b: Behavior,
+    send_usage: bool,
+    shared: Arc<Shared>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let mut chunks: Vec<Vec<u8>> = match &b.raw_chunks {
+        Some(raw) => raw.clone(),
+        None => (0..b.chunks)
+            .map(|i| content_chunk(&b.model, i, b.chunks).into_bytes())
+            .collect(),
+    };
+    if b.raw_chunks.is_none() {
+        if send_usage {
+            chunks.push(usage_chunk(&b.model, b.chunks).into_bytes());
+        }
+        chunks.push(DONE.as_bytes().to_vec());
+    }
+    let total = chunks.len();
+    let watch = DropWatch {
+        shared,
+        finished: false,
+    };
+    futures_util::stream::unfold(
+        (chunks.into_iter().enumerate(), b, watch),
+        move |(mut iter, mut b, mut watch)| async move {
+            let Some((i, chunk)) = iter.next() else {
+                if let Some(linger) = b.linger_after_done.take() {
+                    tokio::time::sleep(linger).await;
+                    watch.done();
+                    return Some((
+                        Ok(Bytes::from_static(b"data: {\"after\":\"done\"}\n\n")),
+                        (iter, b, watch),
+                    ));
+                }
+                watch.done();
+                return None;
+            };
+            if let Some((at, pause)) = b.gap {
+                if at == i {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            if !b.chunk_delay.is_zero() {
+                tokio::time::sleep(b.chunk_delay).await;
+            }
+            // After the pause, so the chunks before it have been flushed to the wire.
+            if b.abort_after == Some(i) {
+                watch.done();
+                return Some((Err(std::io::Error::other("mock abort")), (iter, b, watch)));
+            }
+            if i + 1 == total && b.linger_after_done.is_none() {
+                watch.done();
+            }
+            Some((Ok(Bytes::from(chunk)), (iter, b, watch)))
+        },
+    )
+    .boxed()
+}
