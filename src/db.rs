@@ -1,0 +1,164 @@
+//! The SQLite database (LLMSROUTER_DB): opening it safely for concurrent use, and its schema
+//! versions.
+//!
+//! One file holds the users table (the Python version's, unchanged) and the router's own
+//! tables. `PRAGMA user_version` numbers the schema; [`MIGRATIONS`] brings any older file up
+//! to date, and a file from a newer llmsrouter is refused rather than misread. WAL mode and a
+//! busy timeout let the CLI write while the server runs without "database is locked".
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// How long a writer waits for another writer before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Schema steps; step `i` (0-based) brings a database from version `i` to `i + 1`. Every step
+/// must be safe on a database the Python version made (version 0, users table present).
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the Python version's users table, exactly.
+    "CREATE TABLE IF NOT EXISTS users (
+        username TEXT PRIMARY KEY,
+        api_key TEXT UNIQUE NOT NULL,
+        email TEXT,
+        permissions TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );",
+];
+
+/// The schema version this build writes.
+pub fn current_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("{path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error(
+        "{path}: schema version {found} is newer than this llmsrouter understands ({known}); upgrade llmsrouter"
+    )]
+    FutureVersion {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Opens (creating if needed) and migrates the database at `path`.
+pub fn open(path: &Path) -> Result<Connection, DbError> {
+    let shown = path.display().to_string();
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| DbError::Open {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    configure(&conn).map_err(|e| not_a_database(&shown, e))?;
+    migrate(&conn, &shown)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // journal_mode answers with a row; WAL persists in the file once set.
+    let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
+    conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")?;
+    Ok(())
+}
+
+fn not_a_database(path: &str, e: rusqlite::Error) -> DbError {
+    let reason = match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => "not an SQLite database".to_owned(),
+        _ => e.to_string(),
+    };
+    DbError::Open {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+fn migrate(conn: &Connection, path: &str) -> Result<(), DbError> {
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|e| not_a_database(path, e))?;
+    let known = current_version();
+    if found > known {
+        return Err(DbError::FutureVersion {
+            path: path.to_owned(),
+            found,
+            known,
+        });
+    }
+    for (index, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_file_gets_every_step() {
+        let dir = tempfile::tempdir().expect("dir");
+        let conn = open(&dir.path().join("u.db")).expect("open");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, current_version());
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("mode");
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_python_made_file_is_kept() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("users.db");
+        {
+            let conn = Connection::open(&path).expect("create");
+            conn.execute_batch(
+                "CREATE TABLE users (username TEXT PRIMARY KEY, api_key TEXT UNIQUE NOT NULL, email TEXT, permissions TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+                 INSERT INTO users VALUES ('ann', 'sk-old', NULL, '{\"*\": true}', '2024-01-01T00:00:00', '2024-01-01T00:00:00');",
+            )
+            .expect("python schema");
+        }
+        let conn = open(&path).expect("open");
+        let key: String = conn
+            .query_row("SELECT api_key FROM users WHERE username='ann'", [], |r| {
+                r.get(0)
+            })
+            .expect("row");
+        assert_eq!(key, "sk-old");
+    }
+
+    #[test]
+    fn a_future_version_and_a_non_database_are_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("future.db");
+        {
+            let conn = Connection::open(&path).expect("create");
+            conn.pragma_update(None, "user_version", 999).expect("set");
+        }
+        let err = open(&path).expect_err("future");
+        assert!(err.to_string().contains("newer"), "{err}");
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, vec![b'x'; 4096]).expect("write");
+        let err = open(&junk).expect_err("junk");
+        assert!(err.to_string().contains("not an SQLite database"), "{err}");
+    }
+}
