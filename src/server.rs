@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::app::build_app;
@@ -25,6 +26,11 @@ pub async fn run(
     grace: Duration,
 ) -> std::io::Result<()> {
     let app = build_app(state.clone());
+    // Small SSE events must leave at once: without TCP_NODELAY, Nagle holds an event until
+    // the client's delayed ACK (40 ms on Linux) of the headers.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let stop_accepting = tokio_util::sync::CancellationToken::new();
     let signal = stop_accepting.clone();
     let server =
