@@ -154,6 +154,91 @@ fn start_router(
     Ok((proc, addr))
 }
 
+/// A bare nginx `proxy_pass` hop to the mock: the reference the targets are set against.
+/// Started only when `nginx` is on PATH (or `BENCH_NGINX` names it).
+struct Nginx {
+    master: Child,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-QUIT", &self.master.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.master.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+    }
+}
+
+impl Nginx {
+    /// The master and its workers.
+    fn pids(&self) -> Vec<u32> {
+        let master = self.master.id();
+        let mut pids = vec![master];
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    continue;
+                };
+                let ppid = stat
+                    .rfind(')')
+                    .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+                    .and_then(|p| p.parse::<u32>().ok());
+                if ppid == Some(master) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+}
+
+fn start_nginx(dir: &Path, mock: SocketAddr) -> Option<(Nginx, SocketAddr)> {
+    let binary = std::env::var("BENCH_NGINX").unwrap_or_else(|_| "nginx".to_owned());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nworker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 16384; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           upstream mock {{ server {mock}; keepalive 256; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://mock;\n\
+               proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).ok()?;
+    let master = Command::new(binary)
+        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let nginx = Nginx { master };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some((nginx, addr))
+}
+
 /// CPU time (user + system) of a process, in milliseconds.
 fn cpu_ms(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -220,17 +305,14 @@ struct Phase {
     cpu_per_request_ms: f64,
 }
 
-async fn phase(
-    shot: Shot,
-    concurrency: usize,
-    duration: Duration,
-    router_pid: Option<u32>,
-) -> Phase {
-    let before = router_pid.map(cpu_ms);
+async fn phase(shot: Shot, concurrency: usize, duration: Duration, pids: &[u32]) -> Phase {
+    let cpu = || pids.iter().map(|p| cpu_ms(*p)).sum::<f64>();
+    let before = cpu();
     let results = client::run(shot, concurrency, duration, None).await;
-    let cpu_per_request_ms = match (router_pid, before) {
-        (Some(pid), Some(before)) => (cpu_ms(pid) - before) / results.requests.max(1) as f64,
-        _ => f64::NAN,
+    let cpu_per_request_ms = if pids.is_empty() {
+        f64::NAN
+    } else {
+        (cpu() - before) / results.requests.max(1) as f64
     };
     Phase {
         results,
@@ -296,21 +378,39 @@ async fn bench(duration: Duration) -> Result<(), String> {
     client::run(router_ns.clone(), NON_STREAM_CONCURRENCY, warm, None).await;
 
     eprintln!("bench: non-stream, c={NON_STREAM_CONCURRENCY}");
-    let mut d_ns = phase(direct_ns.clone(), NON_STREAM_CONCURRENCY, duration, None).await;
-    let mut r_ns = phase(
-        router_ns.clone(),
-        NON_STREAM_CONCURRENCY,
-        duration,
-        Some(pid),
-    )
-    .await;
+    let mut d_ns = phase(direct_ns.clone(), NON_STREAM_CONCURRENCY, duration, &[]).await;
+    let mut r_ns = phase(router_ns.clone(), NON_STREAM_CONCURRENCY, duration, &[pid]).await;
     eprintln!(
         "bench: streams of {} chunks {} ms apart, c={STREAM_CONCURRENCY}",
         mock::CHUNKS,
         mock::CHUNK_GAP.as_millis()
     );
-    let mut d_s = phase(direct_s.clone(), STREAM_CONCURRENCY, duration, None).await;
-    let mut r_s = phase(router_s.clone(), STREAM_CONCURRENCY, duration, Some(pid)).await;
+    let mut d_s = phase(direct_s.clone(), STREAM_CONCURRENCY, duration, &[]).await;
+    let mut r_s = phase(router_s.clone(), STREAM_CONCURRENCY, duration, &[pid]).await;
+
+    let nginx_dir = dir.path().join("nginx");
+    std::fs::create_dir_all(&nginx_dir).map_err(|e| e.to_string())?;
+    let mut reference = None;
+    if let Some((nginx, nginx_addr)) = start_nginx(&nginx_dir, mock) {
+        eprintln!("bench: the same through nginx (reference)");
+        let pids = nginx.pids();
+        let n_ns_shot = shot(nginx_addr, "gpt-4o-mini", false);
+        client::run(n_ns_shot.clone(), NON_STREAM_CONCURRENCY, warm, None).await;
+        let n_ns = phase(n_ns_shot, NON_STREAM_CONCURRENCY, duration, &pids).await;
+        let n_s = phase(
+            shot(nginx_addr, "gpt-4o-mini", true),
+            STREAM_CONCURRENCY,
+            duration,
+            &pids,
+        )
+        .await;
+        reference = Some((n_ns, n_s));
+        drop(nginx);
+    } else {
+        eprintln!(
+            "bench: nginx not found (apt install nginx-light, or BENCH_NGINX=path): no reference column"
+        );
+    }
 
     eprintln!("bench: {HELD_STREAMS} concurrent streams");
     let mut held = router_s.clone();
@@ -355,118 +455,154 @@ async fn bench(duration: Duration) -> Result<(), String> {
     let on_ns_shot = shot(on_router, "[mock]gpt-4o-mini", false);
     let on_s_shot = shot(on_router, "[mock]gpt-4o-mini", true);
     client::run(on_ns_shot.clone(), NON_STREAM_CONCURRENCY, warm, None).await;
-    let on_ns = phase(on_ns_shot, NON_STREAM_CONCURRENCY, duration, Some(on_pid)).await;
-    let on_s = phase(on_s_shot, STREAM_CONCURRENCY, duration, Some(on_pid)).await;
+    let on_ns = phase(on_ns_shot, NON_STREAM_CONCURRENCY, duration, &[on_pid]).await;
+    let on_s = phase(on_s_shot, STREAM_CONCURRENCY, duration, &[on_pid]).await;
     let rss_on = rss_mib(on_pid);
     drop(on_proc);
     drop(mock_proc);
 
-    let ms = |v: f64| format!("{v:.2}");
-    let rate = |r: &Results| format!("{:.0}", r.rate());
-    let (d50, d99) = (
-        percentile(&mut d_ns.results.total, 50.0),
-        percentile(&mut d_ns.results.total, 99.0),
+    let (mut n_ns, mut n_s) = match reference {
+        Some((a, b)) => (Some(a), Some(b)),
+        None => (None, None),
+    };
+    let ms = |v: f64| {
+        if v.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{v:.2}")
+        }
+    };
+    let cpu = |v: f64| {
+        if v.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{v:.4}")
+        }
+    };
+    let p = |r: &mut Results, stream_first: bool, q: f64| {
+        if stream_first {
+            percentile(&mut r.first_byte, q)
+        } else {
+            percentile(&mut r.total, q)
+        }
+    };
+    let opt = |x: Option<&mut Phase>, f: &dyn Fn(&mut Phase) -> f64| x.map_or(f64::NAN, f);
+    let mut lines: Vec<[String; 6]> = Vec::new();
+    let mut add = |label: &str,
+                   d: f64,
+                   n: f64,
+                   r: f64,
+                   fmt: &dyn Fn(f64) -> String,
+                   relative: bool,
+                   target: &str| {
+        let rel = |x: f64| {
+            if x.is_nan() || d.is_nan() || (relative && d == 0.0) {
+                "-".to_owned()
+            } else if relative {
+                format!("{:.2}x", x / d)
+            } else {
+                format!("{:+.2} ms", x - d)
+            }
+        };
+        lines.push([
+            label.to_owned(),
+            fmt(d),
+            fmt(n),
+            fmt(r),
+            format!("{} / {}", rel(r), rel(n)),
+            target.to_owned(),
+        ]);
+    };
+    let rate = |r: &Phase| r.results.rate();
+    let count = |v: f64| {
+        if v.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{v:.0}")
+        }
+    };
+    add(
+        "non-stream c=32: requests/s",
+        rate(&d_ns),
+        opt(n_ns.as_mut(), &|x| rate(x)),
+        rate(&r_ns),
+        &count,
+        true,
+        "router ≥ 0.6x",
     );
-    let (r50, r99) = (
-        percentile(&mut r_ns.results.total, 50.0),
-        percentile(&mut r_ns.results.total, 99.0),
+    for (q, target) in [(50.0, ""), (99.0, "router ≤ +0.5 ms")] {
+        let label = format!("non-stream: p{q:.0} ms");
+        let (dv, rv) = (
+            p(&mut d_ns.results, false, q),
+            p(&mut r_ns.results, false, q),
+        );
+        let nv = opt(n_ns.as_mut(), &|x| p(&mut x.results, false, q));
+        add(&label, dv, nv, rv, &ms, false, target);
+    }
+    add(
+        "stream c=64: streams/s",
+        rate(&d_s),
+        opt(n_s.as_mut(), &|x| rate(x)),
+        rate(&r_s),
+        &count,
+        true,
+        "",
     );
-    let (dt50, dt99) = (
-        percentile(&mut d_s.results.first_byte, 50.0),
-        percentile(&mut d_s.results.first_byte, 99.0),
+    for (q, first, label, target) in [
+        (50.0, true, "stream: first byte p50 ms", ""),
+        (99.0, true, "stream: first byte p99 ms", "router ≤ +1 ms"),
+        (50.0, false, "stream: total p50 ms", ""),
+        (99.0, false, "stream: total p99 ms", ""),
+    ] {
+        let (dv, rv) = (p(&mut d_s.results, first, q), p(&mut r_s.results, first, q));
+        let nv = opt(n_s.as_mut(), &|x| p(&mut x.results, first, q));
+        add(label, dv, nv, rv, &ms, false, target);
+    }
+    add(
+        "CPU per non-stream request, ms",
+        f64::NAN,
+        opt(n_ns.as_mut(), &|x| x.cpu_per_request_ms),
+        r_ns.cpu_per_request_ms,
+        &cpu,
+        true,
+        "router ≤ 0.05",
     );
-    let (rt50, rt99) = (
-        percentile(&mut r_s.results.first_byte, 50.0),
-        percentile(&mut r_s.results.first_byte, 99.0),
+    add(
+        "CPU per 20-chunk stream, ms",
+        f64::NAN,
+        opt(n_s.as_mut(), &|x| x.cpu_per_request_ms),
+        r_s.cpu_per_request_ms,
+        &cpu,
+        true,
+        "router ≤ 0.45",
     );
-    let (d_tot50, d_tot99) = (
-        percentile(&mut d_s.results.total, 50.0),
-        percentile(&mut d_s.results.total, 99.0),
+    let errors = |x: &Phase, y: &Phase| (x.results.errors + y.results.errors) as f64;
+    let n_errors = match (n_ns.as_ref(), n_s.as_ref()) {
+        (Some(a), Some(b)) => errors(a, b),
+        _ => f64::NAN,
+    };
+    add(
+        "errors",
+        errors(&d_ns, &d_s),
+        n_errors,
+        errors(&r_ns, &r_s),
+        &count,
+        true,
+        "0",
     );
-    let (r_tot50, r_tot99) = (
-        percentile(&mut r_s.results.total, 50.0),
-        percentile(&mut r_s.results.total, 99.0),
+    println!(
+        "\n### llmsrouter benchmark: direct to the mock, through nginx, through the router (telemetry off)\n"
     );
-    let added = |router: f64, direct: f64| format!("+{:.2} ms", router - direct);
-    let rows = vec![
-        row(
-            "non-stream c=32: requests/s",
-            rate(&d_ns.results),
-            rate(&r_ns.results),
-            format!("{:.2}x", r_ns.results.rate() / d_ns.results.rate()),
-            "≥ 0.6x",
-        ),
-        row("non-stream: p50 ms", ms(d50), ms(r50), added(r50, d50), ""),
-        row(
-            "non-stream: p99 ms",
-            ms(d99),
-            ms(r99),
-            added(r99, d99),
-            "≤ +0.5 ms",
-        ),
-        row(
-            "stream c=64: streams/s",
-            rate(&d_s.results),
-            rate(&r_s.results),
-            format!("{:.2}x", r_s.results.rate() / d_s.results.rate()),
-            "",
-        ),
-        row(
-            "stream: first byte p50 ms",
-            ms(dt50),
-            ms(rt50),
-            added(rt50, dt50),
-            "",
-        ),
-        row(
-            "stream: first byte p99 ms",
-            ms(dt99),
-            ms(rt99),
-            added(rt99, dt99),
-            "≤ +1 ms",
-        ),
-        row(
-            "stream: total p50 ms",
-            ms(d_tot50),
-            ms(r_tot50),
-            added(r_tot50, d_tot50),
-            "",
-        ),
-        row(
-            "stream: total p99 ms",
-            ms(d_tot99),
-            ms(r_tot99),
-            added(r_tot99, d_tot99),
-            "",
-        ),
-        row(
-            "router CPU per non-stream request, ms",
-            "".into(),
-            format!("{:.4}", r_ns.cpu_per_request_ms),
-            "".into(),
-            "≤ 0.05",
-        ),
-        row(
-            "router CPU per 20-chunk stream, ms",
-            "".into(),
-            format!("{:.4}", r_s.cpu_per_request_ms),
-            "".into(),
-            "≤ 0.45",
-        ),
-        row(
-            "errors (direct / router)",
-            format!("{}", d_ns.results.errors + d_s.results.errors),
-            format!("{}", r_ns.results.errors + r_s.results.errors),
-            "".into(),
-            "0",
-        ),
-    ];
-    print_table(
-        "### llmsrouter benchmark: direct to the mock vs through the router (telemetry off)",
-        ["direct", "router", "ratio / added", "target"],
-        &rows,
-    );
+    println!("| measure | direct | nginx | router | router / nginx vs direct | target |");
+    println!("|---|---:|---:|---:|---:|---|");
+    for l in &lines {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            l[0], l[1], l[2], l[3], l[4], l[5]
+        );
+    }
 
+    let show_rate = |r: &Results| format!("{:.0}", r.rate());
     let memory = vec![
         row(
             "RSS idle, MiB",
@@ -504,15 +640,15 @@ async fn bench(duration: Duration) -> Result<(), String> {
     let telemetry = vec![
         row(
             "non-stream c=32: requests/s",
-            rate(&r_ns.results),
-            rate(&on_ns.results),
+            show_rate(&r_ns.results),
+            show_rate(&on_ns.results),
             format!("{:.2}x", on_ns.results.rate() / r_ns.results.rate()),
             "≥ 0.9x",
         ),
         row(
             "stream c=64: streams/s",
-            rate(&r_s.results),
-            rate(&on_s.results),
+            show_rate(&r_s.results),
+            show_rate(&on_s.results),
             format!("{:.2}x", on_s.results.rate() / r_s.results.rate()),
             "≥ 0.9x",
         ),
