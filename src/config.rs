@@ -344,10 +344,10 @@ fn validate_settings(
         return Ok(settings);
     };
     if let Some(secs) = raw.models_cache_ttl_secs {
-        if !(secs.is_finite() && secs >= 0.0) {
+        if !(secs.is_finite() && (0.0..1e9).contains(&secs)) {
             return Err(invalid(
                 "settings.models_cache_ttl_secs",
-                "must be a number of seconds, 0 or more",
+                "must be a number of seconds, 0 or more (below 1e9)",
             ));
         }
         settings.models_cache_ttl = Duration::from_secs_f64(secs);
