@@ -564,6 +564,12 @@ settings:
     }
 
     #[test]
+    fn a_huge_cache_ttl_is_an_error_not_a_panic() {
+        let (path, _) = error_of("settings:\n  models_cache_ttl_secs: 1e300\n");
+        assert_eq!(path, "settings.models_cache_ttl_secs");
+    }
+
+    #[test]
     fn default_server_must_exist() {
         let (path, _) =
             error_of("servers:\n  a:\n    url: http://x\nsettings:\n  default_server: b\n");

@@ -282,7 +282,13 @@ async fn build(
         server_state(client, server, &config.settings, before, reusable.is_some())
     }))
     .await;
-    Snapshot::assemble(config, states)
+    let snapshot = Snapshot::assemble(config, states);
+    tracing::debug!(
+        models = snapshot.list.len(),
+        servers = snapshot.servers.len(),
+        "model lists refreshed"
+    );
+    snapshot
 }
 
 async fn server_state(

@@ -233,14 +233,13 @@ impl MergedList {
     /// The `/v1/models` body for a caller who may use the aliases `visible` accepts. A caller
     /// who may use them all gets the body built at merge time, with no work per request.
     pub fn body(&self, visible: impl Fn(&str) -> bool) -> Bytes {
-        let hidden: Vec<bool> = self.aliases.iter().map(|a| !visible(a)).collect();
-        if !hidden.contains(&true) {
+        if self.aliases.iter().all(|alias| visible(alias)) {
             return self.body_all.clone();
         }
         list_body(
             self.entries
                 .iter()
-                .filter(|e| !hidden.get(e.server).copied().unwrap_or(true)),
+                .filter(|entry| visible(self.alias_of(entry))),
         )
     }
 
