@@ -102,13 +102,18 @@ async fn read_body(
     }
 }
 
-/// The start of an error answer, on one line, with the server's api key blanked out (some
-/// providers echo the key they were sent).
+/// The start of an error answer, on one line, with the server's api key and configured header
+/// values blanked out (some providers echo the credentials they were sent, and a key may sit in
+/// a header such as `api-key`).
 fn quote(body: &[u8], server: &Server) -> String {
     let text = String::from_utf8_lossy(body);
     let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if let Some(key) = server.api_key.as_ref().filter(|k| k.expose().len() >= 4) {
-        text = text.replace(key.expose(), "[redacted]");
+    let key = server.api_key.as_ref().map(|k| k.expose());
+    let header_values = server.headers.values().filter_map(|v| v.to_str().ok());
+    for secret in key.into_iter().chain(header_values) {
+        if secret.len() >= 8 {
+            text = text.replace(secret, "[redacted]");
+        }
     }
     if text.is_empty() {
         return String::new();
@@ -122,8 +127,9 @@ mod tests {
     use crate::config::Config;
 
     fn server(key: &str) -> Server {
-        let yaml =
-            format!("servers:\n  s:\n    url: http://127.0.0.1:9/v1\n    api_key: \"{key}\"\n");
+        let yaml = format!(
+            "servers:\n  s:\n    url: http://127.0.0.1:9/v1\n    api_key: \"{key}\"\n    headers: {{api-key: \"azure-secret-value\"}}\n"
+        );
         let config = Config::parse(&yaml, &|_| None).expect("config");
         config.servers["s"].clone()
     }
@@ -138,6 +144,8 @@ mod tests {
             quoted.contains("Incorrect API key provided: [redacted]"),
             "{quoted}"
         );
+        let quoted = quote(b"bad api-key azure-secret-value", &s);
+        assert_eq!(quoted, ": bad api-key [redacted]");
         assert_eq!(quote(b"  \n ", &s), "");
         let long = "x".repeat(5000);
         assert!(quote(long.as_bytes(), &s).len() < 300);

@@ -24,7 +24,7 @@ pub struct UpstreamModel {
 }
 
 impl UpstreamModel {
-    /// A model known only by its id: `override` and `append` entries, string-only lists.
+    /// A model known only by its id, as in a list of plain strings.
     pub fn bare(id: impl Into<String>) -> Self {
         Self {
             id: id.into(),
@@ -215,10 +215,6 @@ impl MergedList {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-
-    pub fn entries(&self) -> &[Entry] {
-        &self.entries
     }
 
     pub fn alias_of(&self, entry: &Entry) -> &str {

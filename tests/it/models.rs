@@ -255,6 +255,26 @@ async fn an_expired_list_is_refreshed_once_while_callers_get_the_previous_one() 
 }
 
 #[tokio::test]
+async fn a_cache_ttl_of_zero_asks_the_servers_on_every_request() {
+    let a = upstream_listing(r#"["m"]"#).await;
+    let fixed = upstream_listing(r#"["never-asked"]"#).await;
+    let router = TestRouter::start(&config(
+        &[
+            server("a", &a.url(), ""),
+            server("fixed", &fixed.url(), "    override: [\"o\"]\n"),
+        ],
+        "  models_cache_ttl_secs: 0\n",
+    ))
+    .await;
+    for expected in 1..=3 {
+        assert_eq!(list_ids(&router).await, ["[a]m", "[fixed]o"]);
+        assert_eq!(model_fetches(&a), expected);
+    }
+    assert_eq!(model_fetches(&fixed), 0);
+    router.stop().await;
+}
+
+#[tokio::test]
 async fn a_server_that_fails_after_answering_keeps_its_last_good_list() {
     let a = upstream_listing(r#"["a-model"]"#).await;
     let b = upstream_listing(r#"["b-v1"]"#).await;
