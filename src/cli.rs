@@ -53,6 +53,24 @@ llmsrouter serve\n  llmsrouter serve --port 9000 --config /etc/llmsrouter/config
 
     /// Validate config.yaml and the environment (.env); exit 0 when valid, 1 when not.
     Check,
+
+    /// Print the merged model list, as GET /v1/models gives it (no server needs to run).
+    #[command(
+        long_about = "Print the merged model list, as GET /v1/models gives it.\n\nAsks every \
+server of config.yaml for its models right now (no server needs to run), applies filter, \
+override and append, and prints a table, or with --json the exact /v1/models JSON. A server \
+that fails is named on stderr and left out; the exit code is 1 only when no model could be \
+listed because servers failed.\n\nExamples:\n  llmsrouter models\n  \
+llmsrouter models --json | jq -r '.data[].id'"
+    )]
+    Models(ModelsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    /// Print the JSON of GET /v1/models instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

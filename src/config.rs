@@ -344,10 +344,10 @@ fn validate_settings(
         return Ok(settings);
     };
     if let Some(secs) = raw.models_cache_ttl_secs {
-        if !(secs.is_finite() && secs >= 0.0) {
+        if !(secs.is_finite() && (0.0..1e9).contains(&secs)) {
             return Err(invalid(
                 "settings.models_cache_ttl_secs",
-                "must be a number of seconds, 0 or more",
+                "must be a number of seconds, 0 or more (below 1e9)",
             ));
         }
         settings.models_cache_ttl = Duration::from_secs_f64(secs);
@@ -561,6 +561,12 @@ settings:
         assert_eq!(path, "servers.a.api_key");
         assert!(reason.contains("MISSING_KEY"));
         assert!(!reason.contains("pre-"));
+    }
+
+    #[test]
+    fn a_huge_cache_ttl_is_an_error_not_a_panic() {
+        let (path, _) = error_of("settings:\n  models_cache_ttl_secs: 1e300\n");
+        assert_eq!(path, "settings.models_cache_ttl_secs");
     }
 
     #[test]

@@ -10,9 +10,10 @@ use anyhow::{Context, anyhow};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use llmsrouter::cli::{Cli, Command, ServeArgs};
+use llmsrouter::cli::{Cli, Command, ModelsArgs, ServeArgs};
 use llmsrouter::config::{Config, ConfigError};
 use llmsrouter::env::EnvSettings;
+use llmsrouter::models::{self, ModelCatalog, ServerStatus};
 use llmsrouter::record::Recorder;
 use llmsrouter::server;
 use llmsrouter::state::{AppState, build_http_client};
@@ -20,13 +21,18 @@ use llmsrouter::state::{AppState, build_http_client};
 fn main() -> ExitCode {
     let dotenv = load_dotenv();
     let cli = Cli::parse();
-    init_tracing();
+    // `models` reports failing servers itself, on one line each; log lines would repeat them.
+    init_tracing(match cli.command {
+        Command::Models(_) => "error",
+        _ => "info",
+    });
     if let Err(message) = &dotenv {
         tracing::warn!("{message}");
     }
     let result = match &cli.command {
         Command::Serve(args) => run_serve(&cli, args),
         Command::Check => run_check(&cli, dotenv.err()),
+        Command::Models(args) => run_models(&cli, args),
     };
     match result {
         Ok(code) => code,
@@ -46,8 +52,9 @@ fn load_dotenv() -> Result<(), String> {
     }
 }
 
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_tracing(default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -158,5 +165,66 @@ fn run_check(cli: &Cli, dotenv_error: Option<String>) -> anyhow::Result<ExitCode
             .as_ref()
             .map_or_else(|| "off".to_owned(), |p| p.display().to_string())
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `llmsrouter models`: the merged list, fetched now, as a table or as /v1/models JSON. Exits
+/// non-zero only when nothing could be listed and some server failed: an empty list from
+/// servers that answered (or no servers) is an answer, not an error.
+fn run_models(cli: &Cli, args: &ModelsArgs) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(&cli.config, &env_lookup) {
+        Ok(config) => config,
+        Err(ConfigError::NotFound { file }) => {
+            return Err(anyhow!(
+                "{}: not found; the model list comes from its servers (create it from config.yaml.template)",
+                file.display()
+            ));
+        }
+        Err(error) => return Err(anyhow!(error)),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let snapshot = runtime.block_on(async {
+        let client = build_http_client().context("cannot build the HTTP client")?;
+        let catalog = ModelCatalog::default();
+        let snapshot = catalog.snapshot(&client, Arc::new(config)).await;
+        catalog.shutdown().await;
+        anyhow::Ok(snapshot)
+    })?;
+    let mut failed = 0;
+    for server in snapshot.servers() {
+        if let ServerStatus::Failed {
+            error,
+            kept_last_good,
+        } = &server.status
+        {
+            failed += 1;
+            let consequence = if *kept_last_good {
+                "showing its last list"
+            } else {
+                "its models are left out"
+            };
+            eprintln!(
+                "warning: server \"{}\": {error}; {consequence}",
+                server.alias
+            );
+        }
+    }
+    if snapshot.list().is_empty() && failed > 0 {
+        return Err(anyhow!(
+            "no model could be listed: {failed} of {} servers failed",
+            snapshot.servers().len()
+        ));
+    }
+    let body = snapshot.list().body(|_| true);
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&body));
+    } else {
+        let list: serde_json::Value =
+            serde_json::from_slice(&body).context("the merged list is not JSON")?;
+        print!("{}", models::table::render(&list));
+    }
     Ok(ExitCode::SUCCESS)
 }

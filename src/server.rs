@@ -18,8 +18,19 @@ use crate::state::AppState;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Serves `state` on `listener` until `shutdown` resolves and running requests are done (or
-/// the grace period is over).
+/// the grace period is over), then ends the state's background work (model list refreshes).
 pub async fn run(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let result = serve(listener, state.clone(), shutdown, grace).await;
+    state.models.shutdown().await;
+    result
+}
+
+async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,

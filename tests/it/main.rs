@@ -6,5 +6,6 @@ mod support;
 mod binary;
 mod errors;
 mod forwarding;
+mod models;
 mod openai_sdk;
 mod streaming;

@@ -63,6 +63,13 @@ pub struct Behavior {
     pub model: String,
     /// Answer for `GET .../models`.
     pub models_body: Option<String>,
+    /// Status for `GET .../models`; `None`: `status`.
+    pub models_status: Option<u16>,
+    /// Extra delay before answering `GET .../models`.
+    pub models_delay: Duration,
+    /// `GET .../models` waits for a permit of this semaphore (a closed gate the test opens
+    /// with `add_permits(1)`), so a test can hold a model-list fetch in flight.
+    pub models_gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Default for Behavior {
@@ -82,6 +89,9 @@ impl Default for Behavior {
             raw_chunks: None,
             model: "mock-model-2024".into(),
             models_body: None,
+            models_status: None,
+            models_delay: Duration::ZERO,
+            models_gate: None,
         }
     }
 }
@@ -225,6 +235,17 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     }
     let status = StatusCode::from_u16(behavior.status).unwrap_or(StatusCode::OK);
     if parts.uri.path().ends_with("/models") && parts.method == http::Method::GET {
+        if !behavior.models_delay.is_zero() {
+            tokio::time::sleep(behavior.models_delay).await;
+        }
+        if let Some(gate) = &behavior.models_gate {
+            // Held only while passing: one permit lets every waiting request through.
+            let _permit = gate.acquire().await;
+        }
+        let status = behavior
+            .models_status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(status);
         let body = behavior
             .models_body
             .clone()

@@ -1,0 +1,346 @@
+//! The model catalog: the cached merged list, refreshed single-flight, with each server's last
+//! good answer kept so one failure does not empty the pickers.
+//!
+//! Reading the cache is lock-free (an `ArcSwap` snapshot). A refresh is one owned task (a
+//! `TaskTracker` that [`ModelCatalog::shutdown`] waits for); every caller that needs it joins
+//! that task, none starts a second one. No lock is held across an `.await`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared, join_all};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::fetch::{FetchError, fetch_models};
+use super::filter::Filter;
+use super::list::{MergedList, ServerInput, Source, UpstreamModel};
+use crate::config::{Config, Server, Settings};
+
+/// A server that failed is asked again after this long (or after the cache TTL, if shorter),
+/// so a local server started after the router shows up without waiting out a long TTL.
+pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(30);
+
+/// The model lists of every configured server. Lives in [`crate::state::AppState`]; the
+/// `llmsrouter models` command uses one too.
+#[derive(Default)]
+pub struct ModelCatalog {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    current: ArcSwapOption<Snapshot>,
+    /// The refresh under way, if any: every caller that must wait joins this one.
+    running: Mutex<Option<Refresh>>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    /// Callers waiting for a refresh right now.
+    waiting: AtomicUsize,
+}
+
+/// A running refresh; `None` when it was stopped by shutdown.
+type Refresh = Shared<BoxFuture<'static, Option<Arc<Snapshot>>>>;
+
+impl ModelCatalog {
+    /// The current list. Fresh: returned at once, with no allocation. Expired while a
+    /// previous list exists (TTL above 0): the previous list is returned at once and one
+    /// background refresh runs. No list yet (cold), a changed config, or a TTL of 0: waits
+    /// for the one refresh every such caller shares.
+    pub async fn snapshot(&self, client: &reqwest::Client, config: Arc<Config>) -> Arc<Snapshot> {
+        if let Some(current) = self.current_for(&config) {
+            if current.is_fresh(Instant::now()) {
+                return current;
+            }
+            if !config.settings.models_cache_ttl.is_zero() {
+                // Started (or joined) and left to run: its result lands in `current`.
+                drop(self.refresh(client, config));
+                return current;
+            }
+        }
+        let refresh = self.refresh(client, config.clone());
+        let _waiting = Waiting::enter(&self.inner.waiting);
+        match refresh.await {
+            Some(snapshot) => snapshot,
+            None => Arc::new(Snapshot::assemble(config, Vec::new())),
+        }
+    }
+
+    /// Marks the current list expired: the next caller gets it once more and starts a refresh
+    /// that asks every server again.
+    pub fn invalidate(&self) {
+        if let Some(current) = self.inner.current.load().as_ref() {
+            current.invalidated.store(true, Ordering::Release);
+        }
+    }
+
+    /// How many callers are waiting for a refresh at this moment (diagnostics and tests).
+    pub fn waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::Acquire)
+    }
+
+    /// Stops a running refresh and waits for its task to end. Later calls still answer (with
+    /// what is cached, or overrides only) but no longer reach upstreams.
+    pub async fn shutdown(&self) {
+        self.inner.stop.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    fn current_for(&self, config: &Arc<Config>) -> Option<Arc<Snapshot>> {
+        self.inner
+            .current
+            .load_full()
+            .filter(|current| Arc::ptr_eq(&current.config, config))
+    }
+
+    /// Joins the running refresh, or starts one.
+    fn refresh(&self, client: &reqwest::Client, config: Arc<Config>) -> Refresh {
+        let mut running = lock(&self.inner.running);
+        if let Some(refresh) = running.as_ref() {
+            return refresh.clone();
+        }
+        // A refresh may have finished between the caller's look at the cache and this lock
+        // (it stores its list before it clears `running`): use that list, do not start another.
+        if let Some(current) = self.current_for(&config) {
+            if current.is_fresh(Instant::now()) {
+                return futures_util::future::ready(Some(current)).boxed().shared();
+            }
+        }
+        let inner = Arc::clone(&self.inner);
+        let client = client.clone();
+        let task = self.inner.tasks.spawn(async move {
+            let _clear = ClearRunning(&inner);
+            let previous = inner.current.load_full();
+            let built = tokio::select! {
+                built = build(&client, config, previous.as_deref()) => Arc::new(built),
+                () = inner.stop.cancelled() => return None,
+            };
+            inner.current.store(Some(Arc::clone(&built)));
+            Some(built)
+        });
+        let refresh = async move { task.await.ok().flatten() }.boxed().shared();
+        *running = Some(refresh.clone());
+        refresh
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Clears `running` when the refresh task ends, however it ends (done, stopped, panicked), so
+/// a later caller never joins a finished refresh forever.
+struct ClearRunning<'a>(&'a Inner);
+
+impl Drop for ClearRunning<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.running) = None;
+    }
+}
+
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One merged list and how each server fared. Immutable once built (but for the
+/// invalidation mark), shared by every request that reads it.
+pub struct Snapshot {
+    config: Arc<Config>,
+    servers: Vec<ServerState>,
+    list: MergedList,
+    /// When its first server is due to be asked again; `None`: never.
+    expires_at: Option<Instant>,
+    invalidated: AtomicBool,
+}
+
+/// What one server contributed to a snapshot.
+#[derive(Debug, Clone)]
+pub struct ServerState {
+    pub alias: String,
+    pub status: ServerStatus,
+    url: String,
+    /// The latest list this server answered with, kept across failures.
+    latest_good: Option<Arc<Vec<UpstreamModel>>>,
+    /// When to ask again; `None`: never (an `override` server).
+    due: Option<Instant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerStatus {
+    /// `override` in config.yaml: not asked.
+    Override,
+    /// Answered.
+    Listed,
+    /// Did not answer usably; its last good list is served when `kept_last_good`, else its
+    /// models are left out.
+    Failed {
+        error: FetchError,
+        kept_last_good: bool,
+    },
+    /// Not asked: the router is shutting down.
+    NotAsked,
+}
+
+impl Snapshot {
+    pub fn list(&self) -> &MergedList {
+        &self.list
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Every configured server, in config order.
+    pub fn servers(&self) -> &[ServerState] {
+        &self.servers
+    }
+
+    fn is_fresh(&self, now: Instant) -> bool {
+        !self.invalidated.load(Ordering::Acquire) && self.expires_at.is_none_or(|at| now < at)
+    }
+
+    fn server(&self, alias: &str) -> Option<&ServerState> {
+        self.servers.iter().find(|s| s.alias == alias)
+    }
+
+    /// Merges the servers' lists. `states` follows `config.servers`; a missing state (nothing
+    /// fetched) counts as not asked.
+    fn assemble(config: Arc<Config>, mut states: Vec<ServerState>) -> Self {
+        let now = Instant::now();
+        for server in config.servers.values().skip(states.len()) {
+            states.push(ServerState {
+                alias: server.alias.clone(),
+                status: ServerStatus::NotAsked,
+                url: server.url.clone(),
+                latest_good: None,
+                due: Some(now),
+            });
+        }
+        let filters: Vec<Filter> = config
+            .servers
+            .values()
+            .map(|s| Filter::parse(s.filter.as_deref().unwrap_or("")))
+            .collect();
+        let inputs: Vec<ServerInput<'_>> = config
+            .servers
+            .values()
+            .zip(&states)
+            .zip(&filters)
+            .map(|((server, state), filter)| ServerInput {
+                alias: &server.alias,
+                source: match (&server.override_models, &state.latest_good) {
+                    (Some(ids), _) => Source::Override(ids),
+                    (None, Some(models)) => Source::Upstream(models),
+                    (None, None) => Source::Nothing,
+                },
+                filter,
+                append: &server.append,
+            })
+            .collect();
+        let list = MergedList::merge(&inputs);
+        let expires_at = states.iter().filter_map(|s| s.due).min();
+        Self {
+            config,
+            servers: states,
+            list,
+            expires_at,
+            invalidated: AtomicBool::new(false),
+        }
+    }
+}
+
+/// One refresh: every server asked concurrently, but for those whose answer in `previous`
+/// (same config, not invalidated) is not yet due.
+async fn build(
+    client: &reqwest::Client,
+    config: Arc<Config>,
+    previous: Option<&Snapshot>,
+) -> Snapshot {
+    let reusable = previous
+        .filter(|p| Arc::ptr_eq(&p.config, &config) && !p.invalidated.load(Ordering::Acquire));
+    let states = join_all(config.servers.values().map(|server| {
+        // The last answer of the same alias at the same URL, also across a config change.
+        let before = previous
+            .and_then(|p| p.server(&server.alias))
+            .filter(|s| s.url == server.url);
+        server_state(client, server, &config.settings, before, reusable.is_some())
+    }))
+    .await;
+    let snapshot = Snapshot::assemble(config, states);
+    tracing::debug!(
+        models = snapshot.list.len(),
+        servers = snapshot.servers.len(),
+        "model lists refreshed"
+    );
+    snapshot
+}
+
+async fn server_state(
+    client: &reqwest::Client,
+    server: &Server,
+    settings: &Settings,
+    before: Option<&ServerState>,
+    may_reuse: bool,
+) -> ServerState {
+    let mut state = ServerState {
+        alias: server.alias.clone(),
+        status: ServerStatus::Override,
+        url: server.url.clone(),
+        latest_good: None,
+        due: None,
+    };
+    if server.override_models.is_some() {
+        return state;
+    }
+    if let Some(before) = before.filter(|_| may_reuse) {
+        if before.due.is_none_or(|due| Instant::now() < due) {
+            return before.clone();
+        }
+    }
+    let ttl = settings.models_cache_ttl;
+    match fetch_models(client, server, settings.models_fetch_timeout).await {
+        Ok(parsed) => {
+            if parsed.skipped > 0 {
+                tracing::warn!(
+                    server = %server.alias,
+                    "{} entries of its model list have no \"id\" and are left out",
+                    parsed.skipped
+                );
+            }
+            state.status = ServerStatus::Listed;
+            state.latest_good = Some(Arc::new(parsed.models));
+            state.due = Instant::now().checked_add(ttl);
+        }
+        Err(error) => {
+            state.latest_good = before.and_then(|b| b.latest_good.clone());
+            let kept_last_good = state.latest_good.is_some();
+            if kept_last_good {
+                tracing::warn!(server = %server.alias, "GET /models failed: {error}; serving its last good model list");
+            } else {
+                tracing::warn!(server = %server.alias, "GET /models failed: {error}; its models are left out of /v1/models");
+            }
+            state.status = ServerStatus::Failed {
+                error,
+                kept_last_good,
+            };
+            state.due = Instant::now().checked_add(ttl.min(RETRY_FAILED_AFTER));
+        }
+    }
+    state
+}

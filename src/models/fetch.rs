@@ -1,0 +1,172 @@
+//! Asking one upstream for its model list: `GET {url}/models`, bounded in time and in size.
+//!
+//! Never lets a server's answer hurt the router: no more than [`MAX_MODELS_BODY`] is read, the
+//! whole exchange ends at the fetch timeout, and error texts never carry the server's api key.
+
+use std::time::Duration;
+
+use http::header::ACCEPT;
+
+use super::list::{ParseError, Parsed, parse_listing};
+use crate::config::Server;
+use crate::proxy::describe_reqwest_error;
+use crate::routing::upstream_url;
+
+/// Largest `/models` answer read. OpenRouter's full list is a few MB; more than this is not a
+/// model list, and holding it whole would only cost memory.
+pub const MAX_MODELS_BODY: usize = 16 * 1024 * 1024;
+
+/// How much of an error answer is read, and how much of it is quoted in the log.
+const ERROR_BODY_READ: usize = 4096;
+const ERROR_BODY_QUOTED: usize = 200;
+
+/// Why a server's list could not be had. `Display` is one line for the log and the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("no answer within {} s (settings.models_fetch_timeout_secs)", .0.as_secs_f64())]
+    Timeout(Duration),
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("HTTP {status}{detail}")]
+    Status { status: u16, detail: String },
+    #[error("its answer is larger than {} MiB", MAX_MODELS_BODY / (1024 * 1024))]
+    TooLarge,
+    #[error("its answer broke off: {0}")]
+    BrokeOff(String),
+    #[error(transparent)]
+    Invalid(#[from] ParseError),
+}
+
+/// Fetches and parses `server`'s model list, all within `timeout`.
+pub async fn fetch_models(
+    client: &reqwest::Client,
+    server: &Server,
+    timeout: Duration,
+) -> Result<Parsed, FetchError> {
+    tokio::time::timeout(timeout, fetch(client, server))
+        .await
+        .unwrap_or(Err(FetchError::Timeout(timeout)))
+}
+
+async fn fetch(client: &reqwest::Client, server: &Server) -> Result<Parsed, FetchError> {
+    let mut request = client
+        .get(upstream_url(&server.url, None, "/models", None))
+        .header(ACCEPT, "application/json");
+    if let Some(key) = server.api_key.as_ref().filter(|k| !k.is_empty()) {
+        request = request.bearer_auth(key.expose());
+    }
+    // The server's own headers go last and win, as on every proxied request.
+    let response = request
+        .headers(server.headers.clone())
+        .send()
+        .await
+        .map_err(|e| FetchError::Unreachable(describe_reqwest_error(&e)))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = read_body(response, ERROR_BODY_READ, true).await?;
+        return Err(FetchError::Status {
+            status: status.as_u16(),
+            detail: quote(&body, server),
+        });
+    }
+    let body = read_body(response, MAX_MODELS_BODY, false).await?;
+    Ok(parse_listing(&body)?)
+}
+
+/// Reads at most `limit` bytes. Past it: truncated when `truncate`, else [`FetchError::TooLarge`]
+/// (the rest is never read).
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+    truncate: bool,
+) -> Result<Vec<u8>, FetchError> {
+    let declared = response.content_length().unwrap_or(0);
+    if !truncate && declared > limit as u64 {
+        return Err(FetchError::TooLarge);
+    }
+    let mut body = Vec::with_capacity(usize::try_from(declared).unwrap_or(0).min(limit));
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(FetchError::BrokeOff(describe_reqwest_error(&e))),
+        };
+        if body.len() + chunk.len() > limit {
+            if truncate {
+                body.extend_from_slice(&chunk[..limit - body.len()]);
+                return Ok(body);
+            }
+            return Err(FetchError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+}
+
+/// The start of an error answer, on one line, with the server's api key and configured header
+/// values blanked out (some providers echo the credentials they were sent, and a key may sit in
+/// a header such as `api-key`).
+fn quote(body: &[u8], server: &Server) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let key = server.api_key.as_ref().map(|k| k.expose());
+    let header_values = server.headers.values().filter_map(|v| v.to_str().ok());
+    for secret in key.into_iter().chain(header_values) {
+        if secret.len() >= 8 {
+            text = text.replace(secret, "[redacted]");
+        }
+    }
+    if text.is_empty() {
+        return String::new();
+    }
+    format!(": {}", crate::error::clip(&text, ERROR_BODY_QUOTED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn server(key: &str) -> Server {
+        let yaml = format!(
+            "servers:\n  s:\n    url: http://127.0.0.1:9/v1\n    api_key: \"{key}\"\n    headers: {{api-key: \"azure-secret-value\"}}\n"
+        );
+        let config = Config::parse(&yaml, &|_| None).expect("config");
+        config.servers["s"].clone()
+    }
+
+    #[test]
+    fn quoted_error_text_never_holds_the_key() {
+        let s = server("sk-secret-123");
+        let body = br#"{"error": {"message": "Incorrect API key provided: sk-secret-123"}}"#;
+        let quoted = quote(body, &s);
+        assert!(!quoted.contains("sk-secret-123"), "{quoted}");
+        assert!(
+            quoted.contains("Incorrect API key provided: [redacted]"),
+            "{quoted}"
+        );
+        let quoted = quote(b"bad api-key azure-secret-value", &s);
+        assert_eq!(quoted, ": bad api-key [redacted]");
+        assert_eq!(quote(b"  \n ", &s), "");
+        let long = "x".repeat(5000);
+        assert!(quote(long.as_bytes(), &s).len() < 300);
+    }
+
+    #[test]
+    fn errors_read_as_one_line() {
+        let text = FetchError::Timeout(Duration::from_millis(1500)).to_string();
+        assert_eq!(
+            text,
+            "no answer within 1.5 s (settings.models_fetch_timeout_secs)"
+        );
+        let text = FetchError::Status {
+            status: 500,
+            detail: ": boom".into(),
+        }
+        .to_string();
+        assert_eq!(text, "HTTP 500: boom");
+        assert_eq!(
+            FetchError::TooLarge.to_string(),
+            "its answer is larger than 16 MiB"
+        );
+    }
+}

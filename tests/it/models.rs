@@ -1,0 +1,739 @@
+//! `/v1/models`, `/v1/models/<id>`, the model lookup of routing rule 4, and
+//! `llmsrouter models`: several mock upstreams with different lists (one failing, one slow),
+//! asserting on the merged list and on how many `/models` requests each upstream received.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmsrouter::auth::{Caller, KeyIndex, Permissions};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::support::upstream::{Behavior, MockUpstream};
+use crate::support::{TestRouter, client, run_cli, wait_until};
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+/// A mock whose `GET /models` answers `body`.
+async fn upstream_listing(body: &str) -> MockUpstream {
+    MockUpstream::start(Behavior {
+        models_body: Some(body.to_owned()),
+        ..Behavior::default()
+    })
+    .await
+}
+
+/// `GET .../models` requests the upstream received.
+fn model_fetches(upstream: &MockUpstream) -> usize {
+    upstream
+        .received()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/models"))
+        .count()
+}
+
+/// One `servers:` entry with api key `sk-<alias>-key` and `extra` YAML lines.
+fn server(alias: &str, url: &str, extra: &str) -> String {
+    format!("  {alias}:\n    url: \"{url}\"\n    api_key: \"sk-{alias}-key\"\n{extra}")
+}
+
+fn config(servers: &[String], settings: &str) -> String {
+    format!("servers:\n{}settings:\n{settings}", servers.concat())
+}
+
+async fn get_json(url: &str) -> (u16, Value) {
+    let response = client().get(url).send().await.expect("send");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (status, body)
+}
+
+async fn list(router: &TestRouter) -> Value {
+    let (status, body) = get_json(&router.url("/v1/models")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "list", "{body}");
+    body
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list["data"]
+        .as_array()
+        .expect("data is a list")
+        .iter()
+        .map(|e| e["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+async fn list_ids(router: &TestRouter) -> Vec<String> {
+    ids(&list(router).await)
+}
+
+#[tokio::test]
+async fn the_list_merges_every_server_and_leaves_out_failing_and_slow_ones() {
+    let a = upstream_listing(
+        r#"{"object":"list","data":[
+            {"id":"gpt-4o","object":"model","created":1715367049,"owned_by":"openai","context_length":128000},
+            {"id":"o1"}]}"#,
+    )
+    .await;
+    let b = upstream_listing(r#"["qwen2.5:14b","llama3"]"#).await;
+    let c = upstream_listing(r#"{"data":["deepseek-chat"]}"#).await;
+    let broken = MockUpstream::start(Behavior {
+        models_status: Some(500),
+        models_body: Some(r#"{"error":{"message":"boom"}}"#.into()),
+        ..Behavior::default()
+    })
+    .await;
+    let slow = MockUpstream::start(Behavior {
+        models_body: Some(r#"["too-late"]"#.into()),
+        models_delay: Duration::from_secs(600),
+        ..Behavior::default()
+    })
+    .await;
+    let fixed = upstream_listing(r#"["never-asked"]"#).await;
+    let yaml = config(
+        &[
+            server("a", &a.url(), "    headers: {X-Title: \"router-test\"}\n"),
+            format!("  b:\n    url: \"{}\"\n", b.url()),
+            server("c", &c.url(), ""),
+            server("broken", &broken.url(), ""),
+            server("slow", &slow.url(), ""),
+            server(
+                "fixed",
+                &fixed.url(),
+                "    override: [\"x1\", \"x2\"]\n    append: [\"x3\"]\n",
+            ),
+        ],
+        "  models_fetch_timeout_secs: 1\n",
+    );
+    let router = TestRouter::start(&yaml).await;
+
+    let body = list(&router).await;
+    assert_eq!(
+        ids(&body),
+        [
+            "[a]gpt-4o",
+            "[a]o1",
+            "[b]qwen2.5:14b",
+            "[b]llama3",
+            "[c]deepseek-chat",
+            "[fixed]x1",
+            "[fixed]x2",
+            "[fixed]x3"
+        ]
+    );
+    assert_eq!(
+        body["data"][0],
+        json!({"id": "[a]gpt-4o", "object": "model", "created": 1715367049,
+               "owned_by": "openai", "context_length": 128000})
+    );
+    for entry in body["data"].as_array().expect("data").iter().skip(1) {
+        let alias = entry["id"].as_str().expect("id")[1..].split(']').next();
+        assert_eq!(entry["object"], "model", "{entry}");
+        assert_eq!(entry["created"], 0, "{entry}");
+        assert_eq!(entry["owned_by"].as_str(), alias, "{entry}");
+    }
+
+    for (upstream, expected) in [
+        (&a, 1),
+        (&b, 1),
+        (&c, 1),
+        (&broken, 1),
+        (&slow, 1),
+        (&fixed, 0),
+    ] {
+        assert_eq!(model_fetches(upstream), expected, "{}", upstream.url());
+    }
+    let asked_a = a.last();
+    assert_eq!(asked_a.path, "/v1/models");
+    assert_eq!(asked_a.headers["authorization"], "Bearer sk-a-key");
+    assert_eq!(asked_a.headers["x-title"], "router-test");
+    assert!(
+        b.last().headers.get("authorization").is_none(),
+        "no api_key: no Authorization"
+    );
+
+    // Cached: the same list again, no upstream asked again.
+    assert_eq!(list(&router).await, body);
+    for (upstream, expected) in [
+        (&a, 1),
+        (&b, 1),
+        (&c, 1),
+        (&broken, 1),
+        (&slow, 1),
+        (&fixed, 0),
+    ] {
+        assert_eq!(model_fetches(upstream), expected, "{}", upstream.url());
+    }
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn twenty_concurrent_requests_on_a_cold_cache_cause_one_fetch_per_server() {
+    let gate = Arc::new(Semaphore::new(0));
+    let gated = |body: &str| Behavior {
+        models_body: Some(body.to_owned()),
+        models_gate: Some(gate.clone()),
+        ..Behavior::default()
+    };
+    let a = MockUpstream::start(gated(r#"["m-a"]"#)).await;
+    let b = MockUpstream::start(gated(r#"["m-b"]"#)).await;
+    let router = TestRouter::start(&config(
+        &[server("a", &a.url(), ""), server("b", &b.url(), "")],
+        "  models_cache_ttl_secs: 300\n",
+    ))
+    .await;
+
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let url = router.url("/v1/models");
+            tokio::spawn(async move { get_json(&url).await })
+        })
+        .collect();
+    // Every request is in the router, waiting, while both fetches are held at the gate.
+    wait_until(WITHIN, || router.state.models.waiting() == 20).await;
+    assert_eq!((model_fetches(&a), model_fetches(&b)), (1, 1));
+    gate.add_permits(1);
+
+    for request in requests {
+        let (status, body) = tokio::time::timeout(WITHIN, request)
+            .await
+            .expect("answered, not left hanging")
+            .expect("request task");
+        assert_eq!(status, 200);
+        assert_eq!(ids(&body), ["[a]m-a", "[b]m-b"]);
+    }
+    assert_eq!((model_fetches(&a), model_fetches(&b)), (1, 1));
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_list_is_refreshed_once_while_callers_get_the_previous_one() {
+    let a = upstream_listing(r#"["old-1","old-2"]"#).await;
+    let router = TestRouter::start(&config(&[server("a", &a.url(), "")], "")).await;
+    assert_eq!(list_ids(&router).await, ["[a]old-1", "[a]old-2"]);
+    assert_eq!(model_fetches(&a), 1);
+
+    let gate = Arc::new(Semaphore::new(0));
+    a.set(Behavior {
+        models_body: Some(r#"["new-1"]"#.into()),
+        models_gate: Some(gate.clone()),
+        ..Behavior::default()
+    });
+    router.state.models.invalidate();
+
+    // The refresh is held at the gate, yet every caller is answered: with the previous list.
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let url = router.url("/v1/models");
+            tokio::spawn(async move { get_json(&url).await })
+        })
+        .collect();
+    for request in requests {
+        let (status, body) = tokio::time::timeout(WITHIN, request)
+            .await
+            .expect("answered, not left hanging")
+            .expect("request task");
+        assert_eq!(status, 200);
+        assert_eq!(ids(&body), ["[a]old-1", "[a]old-2"]);
+    }
+    wait_until(WITHIN, || model_fetches(&a) >= 2).await;
+    assert_eq!(model_fetches(&a), 2, "one refresh for twenty callers");
+
+    gate.add_permits(1);
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while list_ids(&router).await != ["[a]new-1"] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new list never came"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(model_fetches(&a), 2);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_cache_ttl_of_zero_asks_the_servers_on_every_request() {
+    let a = upstream_listing(r#"["m"]"#).await;
+    let fixed = upstream_listing(r#"["never-asked"]"#).await;
+    let router = TestRouter::start(&config(
+        &[
+            server("a", &a.url(), ""),
+            server("fixed", &fixed.url(), "    override: [\"o\"]\n"),
+        ],
+        "  models_cache_ttl_secs: 0\n",
+    ))
+    .await;
+    for expected in 1..=3 {
+        assert_eq!(list_ids(&router).await, ["[a]m", "[fixed]o"]);
+        assert_eq!(model_fetches(&a), expected);
+    }
+    assert_eq!(model_fetches(&fixed), 0);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_that_fails_after_answering_keeps_its_last_good_list() {
+    let a = upstream_listing(r#"["a-model"]"#).await;
+    let b = upstream_listing(r#"["b-v1"]"#).await;
+    let c = MockUpstream::start(Behavior {
+        models_status: Some(503),
+        ..Behavior::default()
+    })
+    .await;
+    let router = TestRouter::start(&config(
+        &[
+            server("a", &a.url(), ""),
+            server("b", &b.url(), ""),
+            server("c", &c.url(), ""),
+        ],
+        "",
+    ))
+    .await;
+    assert_eq!(list_ids(&router).await, ["[a]a-model", "[b]b-v1"]);
+
+    // a now fails, b has a new list, c comes back.
+    a.set(Behavior {
+        models_status: Some(500),
+        ..Behavior::default()
+    });
+    b.set(Behavior {
+        models_body: Some(r#"["b-v2"]"#.into()),
+        ..Behavior::default()
+    });
+    c.set(Behavior {
+        models_body: Some(r#"["c-model"]"#.into()),
+        ..Behavior::default()
+    });
+    router.state.models.invalidate();
+    let expected = ["[a]a-model", "[b]b-v2", "[c]c-model"];
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while list_ids(&router).await != expected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refresh never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        (model_fetches(&a), model_fetches(&b), model_fetches(&c)),
+        (2, 2, 2)
+    );
+
+    // An unprefixed model of the failing server is still routed to it.
+    a.set(Behavior::default());
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "a-model", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(a.last().json()["model"], "a-model");
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn filter_override_and_append_follow_the_table() {
+    let shared = upstream_listing(
+        r#"["gpt-4o","gpt-4o-mini","openai/gpt-4o","o1-preview","deepseek-r1:free","free-llama","GPT-OSS:FREE"]"#,
+    )
+    .await;
+    let url = shared.url();
+    let router = TestRouter::start(&config(
+        &[
+            server("starts", &url, "    filter: \"gpt*\"\n"),
+            server("ends", &url, "    filter: \"*free\"\n"),
+            server("both", &url, "    filter: \"gpt free\"\n"),
+            server("contains", &url, "    filter: \"GPT\"\n"),
+            server("star", &url, "    filter: \"*\"\n"),
+            server("blank", &url, "    filter: \"  \"\n"),
+            server(
+                "appended",
+                &url,
+                "    filter: \"o1\"\n    append: [\"my-model\", \"o1-preview\"]\n",
+            ),
+            server(
+                "fixed",
+                &url,
+                "    filter: \"nothing-matches\"\n    override: [\"only-this\"]\n    append: [\"and-this\"]\n",
+            ),
+        ],
+        "",
+    ))
+    .await;
+    let all = [
+        "gpt-4o",
+        "gpt-4o-mini",
+        "openai/gpt-4o",
+        "o1-preview",
+        "deepseek-r1:free",
+        "free-llama",
+        "GPT-OSS:FREE",
+    ];
+    let mut expected: Vec<String> = Vec::new();
+    let mut add = |alias: &str, names: &[&str]| {
+        expected.extend(names.iter().map(|n| format!("[{alias}]{n}")));
+    };
+    add("starts", &["gpt-4o", "gpt-4o-mini", "GPT-OSS:FREE"]);
+    add("ends", &["deepseek-r1:free", "GPT-OSS:FREE"]);
+    add("both", &["GPT-OSS:FREE"]);
+    add(
+        "contains",
+        &["gpt-4o", "gpt-4o-mini", "openai/gpt-4o", "GPT-OSS:FREE"],
+    );
+    add("star", &all);
+    add("blank", &all);
+    add("appended", &["o1-preview", "my-model"]);
+    add("fixed", &["only-this", "and-this"]);
+    assert_eq!(list_ids(&router).await, expected);
+    assert_eq!(
+        model_fetches(&shared),
+        7,
+        "one per server, none for override"
+    );
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn one_model_is_found_by_raw_and_percent_encoded_ids() {
+    let a = upstream_listing(
+        r#"{"data":[{"id":"google/gemini-2.0-flash","owned_by":"google","created":1733000000}]}"#,
+    )
+    .await;
+    let b = upstream_listing(r#"["qwen"]"#).await;
+    let router = TestRouter::start(&config(
+        &[server("a", &a.url(), ""), server("b", &b.url(), "")],
+        "",
+    ))
+    .await;
+    let listed = list(&router).await;
+    let gemini = &listed["data"][0];
+
+    for path in [
+        "/v1/models/%5Ba%5Dgoogle%2Fgemini-2.0-flash",
+        "/v1/models/[a]google/gemini-2.0-flash",
+        "/models/%5Ba%5Dgoogle%2Fgemini-2.0-flash",
+        "/v1/models/%5ba%5dgoogle%2fgemini-2.0-flash",
+    ] {
+        let (status, body) = get_json(&router.url(path)).await;
+        assert_eq!((status, &body), (200, gemini), "{path}");
+    }
+    let (status, body) = get_json(&router.url("/v1/models/qwen")).await;
+    assert_eq!(status, 200, "an unprefixed id finds its owner's entry");
+    assert_eq!(body["id"], "[b]qwen");
+
+    for path in [
+        "/v1/models/%5Ba%5Dnope",
+        "/v1/models/%5Bb%5Dgoogle%2Fgemini-2.0-flash",
+        "/v1/models/%5Bzzz%5Dqwen",
+        "/v1/models/nope",
+    ] {
+        let (status, body) = get_json(&router.url(path)).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body["error"]["code"], "model_not_found", "{body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains("aliases: a, b"), "{message}");
+    }
+    assert_eq!((model_fetches(&a), model_fetches(&b)), (1, 1));
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn unprefixed_models_go_to_the_first_server_listing_them() {
+    let a = upstream_listing(r#"["shared","only-a"]"#).await;
+    let b = upstream_listing(r#"["shared","only-b"]"#).await;
+    let router = TestRouter::start(&config(
+        &[server("a", &a.url(), ""), server("b", &b.url(), "")],
+        "",
+    ))
+    .await;
+    let chat = |model: &str| {
+        client()
+            .post(router.url("/v1/chat/completions"))
+            .json(&json!({"model": model, "messages": []}))
+            .send()
+    };
+
+    // Cold cache: the lookup fetches the lists first.
+    let response = chat("only-b").await.expect("send");
+    assert_eq!(response.status(), 200);
+    let sent = b.last();
+    assert_eq!(sent.path, "/v1/chat/completions");
+    assert_eq!(sent.json()["model"], "only-b");
+    assert_eq!(sent.headers["authorization"], "Bearer sk-b-key");
+
+    let response = chat("shared").await.expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        a.last().path,
+        "/v1/chat/completions",
+        "the first server wins"
+    );
+
+    let response = chat("nowhere").await.expect("send");
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "model_not_found");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("aliases: a, b"), "{message}");
+
+    assert_eq!((model_fetches(&a), model_fetches(&b)), (1, 1));
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn with_a_default_server_no_model_list_is_fetched_for_routing() {
+    let a = upstream_listing(r#"["only-a"]"#).await;
+    let b = upstream_listing(r#"["only-b"]"#).await;
+    let router = TestRouter::start(&config(
+        &[server("a", &a.url(), ""), server("b", &b.url(), "")],
+        "  default_server: b\n",
+    ))
+    .await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "only-a", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(b.last().json()["model"], "only-a");
+    assert_eq!((model_fetches(&a), model_fetches(&b)), (0, 0));
+
+    let (status, body) = get_json(&router.url("/v1/models/only-b")).await;
+    assert_eq!((status, &body["id"]), (200, &json!("[b]only-b")));
+    let (status, _) = get_json(&router.url("/v1/models/only-a")).await;
+    assert_eq!(status, 404, "the default server does not list it");
+    router.stop().await;
+}
+
+/// Keys for the narrowing hook: `k-b` may use only `b`.
+struct OnlyB;
+
+impl KeyIndex for OnlyB {
+    fn find(&self, key: &str) -> Option<Caller> {
+        (key == "k-b").then(|| Caller {
+            user: Some("bea".into()),
+            permissions: Permissions::Only(["b".to_owned()].into()),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_user_sees_and_reaches_only_the_providers_they_may_use() {
+    let a = upstream_listing(r#"["shared","only-a"]"#).await;
+    let b = upstream_listing(r#"["shared","only-b"]"#).await;
+    let yaml = config(&[server("a", &a.url(), ""), server("b", &b.url(), "")], "");
+    let router = TestRouter::start_with(&yaml, |state| state.keys = Some(Arc::new(OnlyB))).await;
+    let get = |path: &str| client().get(router.url(path)).bearer_auth("k-b").send();
+
+    let body: Value = get("/v1/models")
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ids(&body), ["[b]shared", "[b]only-b"]);
+
+    let response = get("/v1/models/%5Ba%5Donly-a").await.expect("send");
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.expect("json");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("aliases: b") && !message.contains("a, b"),
+        "{message}"
+    );
+
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .bearer_auth("k-b")
+        .json(&json!({"model": "shared", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        b.last().path,
+        "/v1/chat/completions",
+        "a is skipped for this user"
+    );
+
+    let status = client()
+        .get(router.url("/v1/models"))
+        .send()
+        .await
+        .expect("send")
+        .status();
+    assert_eq!(status, 401, "no key, no list");
+    assert_eq!(model_fetches(&a), 1, "the cache is shared: a was fetched");
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn bad_upstream_answers_leave_only_that_server_out() {
+    let good = upstream_listing(r#"["fine"]"#).await;
+    let not_json = upstream_listing("<html>gateway error</html>").await;
+    let not_a_list = upstream_listing(r#"{"data": 5}"#).await;
+    let no_ids = upstream_listing(r#"{"data":[{"name":"x"},{"model":"y"}]}"#).await;
+    let partly = upstream_listing(r#"{"data":[{"id":"kept"},{"name":"dropped"}]}"#).await;
+    let huge = upstream_listing(&format!(r#"["{}"]"#, "x".repeat(50 * 1024 * 1024))).await;
+    let silent = MockUpstream::start(Behavior {
+        models_delay: Duration::from_secs(3600),
+        ..Behavior::default()
+    })
+    .await;
+    let router = TestRouter::start(&config(
+        &[
+            server("good", &good.url(), ""),
+            server("not_json", &not_json.url(), ""),
+            server("not_a_list", &not_a_list.url(), ""),
+            server("no_ids", &no_ids.url(), ""),
+            server("partly", &partly.url(), ""),
+            server("huge", &huge.url(), ""),
+            server("silent", &silent.url(), ""),
+        ],
+        "  models_fetch_timeout_secs: 1\n",
+    ))
+    .await;
+    assert_eq!(list_ids(&router).await, ["[good]fine", "[partly]kept"]);
+    let (status, _) = get_json(&router.url("/health")).await;
+    assert_eq!(status, 200);
+    for upstream in [&not_json, &not_a_list, &no_ids, &huge, &silent] {
+        assert_eq!(model_fetches(upstream), 1);
+    }
+    router.stop().await;
+}
+
+// ---- llmsrouter models -------------------------------------------------------------------
+
+async fn cli(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let dir = dir.to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    // The mocks run on this test's runtime: the CLI must not block it.
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cli(&dir, &args, &[])
+    })
+    .await
+    .expect("cli task")
+}
+
+#[tokio::test]
+async fn the_models_command_prints_the_same_list_as_the_server() {
+    let a = upstream_listing(
+        r#"{"data":[{"id":"gpt-4o","owned_by":"openai","created":1700000000,"context_length":128000}]}"#,
+    )
+    .await;
+    let broken = MockUpstream::start(Behavior {
+        models_status: Some(500),
+        ..Behavior::default()
+    })
+    .await;
+    let yaml = config(
+        &[
+            server("a", &a.url(), "    append: [\"extra\"]\n"),
+            server("broken", &broken.url(), ""),
+            server("fixed", &a.url(), "    override: [\"x1\"]\n"),
+        ],
+        "",
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("other.yaml"), &yaml).expect("write");
+
+    let (code, stdout, stderr) =
+        cli(dir.path(), &["models", "--json", "--config", "other.yaml"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("server \"broken\"") && stderr.contains("HTTP 500"),
+        "{stderr}"
+    );
+    let router = TestRouter::start(&yaml).await;
+    let served = client()
+        .get(router.url("/v1/models"))
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(
+        stdout.trim_end(),
+        served,
+        "the CLI prints what /v1/models serves"
+    );
+    assert_eq!(
+        ids(&serde_json::from_str(&stdout).expect("json")),
+        ["[a]gpt-4o", "[a]extra", "[fixed]x1"]
+    );
+
+    std::fs::write(dir.path().join("config.yaml"), &yaml).expect("write");
+    let (code, stdout, stderr) = cli(dir.path(), &["models"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("OWNED BY"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("[a]gpt-4o")
+            && lines[1].contains("openai")
+            && lines[1].contains("2023-11-14"),
+        "{stdout}"
+    );
+    assert!(
+        lines[3].starts_with("[fixed]x1") && lines[3].contains("fixed"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("server \"broken\""), "{stderr}");
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn the_models_command_fails_only_when_nothing_could_be_listed() {
+    let broken = MockUpstream::start(Behavior {
+        models_status: Some(401),
+        models_body: Some(r#"{"error":{"message":"bad key sk-broken-key"}}"#.into()),
+        ..Behavior::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path();
+
+    std::fs::write(
+        path.join("config.yaml"),
+        config(&[server("broken", &broken.url(), "")], ""),
+    )
+    .expect("write");
+    let (code, stdout, stderr) = cli(path, &["models"]).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("server \"broken\": HTTP 401"), "{stderr}");
+    assert!(
+        stderr.contains("error: no model could be listed"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("sk-broken-key"),
+        "the key is never printed: {stderr}"
+    );
+
+    std::fs::write(path.join("config.yaml"), "servers: {}\n").expect("write");
+    let (code, stdout, stderr) = cli(path, &["models", "--json"]).await;
+    assert_eq!(
+        code, 0,
+        "no servers is an empty list, not an error: {stderr}"
+    );
+    assert_eq!(stdout.trim_end(), r#"{"object":"list","data":[]}"#);
+
+    std::fs::remove_file(path.join("config.yaml")).expect("remove");
+    let (code, _, stderr) = cli(path, &["models"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("config.yaml") && stderr.contains("not found"),
+        "{stderr}"
+    );
+}
