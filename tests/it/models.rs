@@ -192,7 +192,11 @@ async fn twenty_concurrent_requests_on_a_cold_cache_cause_one_fetch_per_server()
         })
         .collect();
     // Every request is in the router, waiting, while both fetches are held at the gate.
-    wait_until(WITHIN, || router.state.models.waiting() == 20).await;
+    // (The fetches are spawned tasks: they may reach the mocks after the callers are counted.)
+    wait_until(WITHIN, || {
+        router.state.models.waiting() == 20 && model_fetches(&a) >= 1 && model_fetches(&b) >= 1
+    })
+    .await;
     assert_eq!((model_fetches(&a), model_fetches(&b)), (1, 1));
     gate.add_permits(1);
 
