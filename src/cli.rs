@@ -64,6 +64,12 @@ listed because servers failed.\n\nExamples:\n  llmsrouter models\n  \
 llmsrouter models --json | jq -r '.data[].id'"
     )]
     Models(ModelsArgs),
+
+    /// Probe a running router's GET /health; exit 0 when it answers ok (for container health checks).
+    #[command(
+        long_about = "Probe a running router's GET /health; exit 0 when it answers {\"status\":\"ok\"}, 1 otherwise.\n\nMeant for container health checks, where curl may be missing. It asks the address serve listens on (LLMSROUTER_HOST / LLMSROUTER_PORT; a wildcard host is asked on loopback).\n\nExamples:\n  llmsrouter healthcheck\n  llmsrouter healthcheck --port 9000"
+    )]
+    Healthcheck(ServeArgs),
 }
 
 #[derive(Debug, Args)]

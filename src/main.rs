@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `models` reports failing servers itself, on one line each; log lines would repeat them.
     init_tracing(match cli.command {
-        Command::Models(_) => "error",
+        Command::Models(_) | Command::Healthcheck(_) => "error",
         _ => "info",
     });
     if let Err(message) = &dotenv {
@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_serve(&cli, args),
         Command::Check => run_check(&cli, dotenv.err()),
         Command::Models(args) => run_models(&cli, args),
+        Command::Healthcheck(args) => run_healthcheck(args),
     };
     match result {
         Ok(code) => code,
@@ -118,6 +119,43 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .context("server error")?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `llmsrouter healthcheck`: GET /health on the address `serve` listens on.
+fn run_healthcheck(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut addr = listen_addr(&args.host, args.port)?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{addr}/health");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let response = client.get(&url).send().await.map_err(|e| {
+            anyhow!(
+                "{url}: no answer ({})",
+                llmsrouter::proxy::describe_reqwest_error(&e)
+            )
+        })?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if status.is_success() && body.contains("\"ok\"") {
+            println!("ok");
+            Ok(ExitCode::SUCCESS)
+        } else {
+            Err(anyhow!("{url}: answered HTTP {}", status.as_u16()))
+        }
     })
 }
 

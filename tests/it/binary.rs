@@ -168,3 +168,25 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_zero() {
     let refused = client().get(router.url("/health")).send().await;
     assert!(refused.is_err(), "no new connections after shutdown");
 }
+
+#[tokio::test]
+async fn healthcheck_probes_a_running_router() {
+    let router = RouterProcess::start(None, &[]);
+    let port = router.addr.port().to_string();
+    let (code, stdout, stderr) = run_cli(
+        router.path(),
+        &["healthcheck", "--host", "0.0.0.0", "--port", &port],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "ok");
+    drop(router);
+    let (code, _, stderr) = run_cli(
+        std::path::Path::new("."),
+        &["healthcheck", "--port", &port],
+        &[("LLMSROUTER_HOST", "127.0.0.1")],
+    );
+    assert_eq!(code, 1);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/health"), "{stderr}");
+}
