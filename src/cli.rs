@@ -94,6 +94,7 @@ llmsrouter user add ann --email ann@example.com\n  llmsrouter user add ci-bot --
     Add {
         /// Letters, digits and . _ - @ + ; at most 64 characters.
         username: String,
+        /// The user's email address (optional; "" means none).
         #[arg(long, value_name = "EMAIL")]
         email: Option<String>,
         /// Provider aliases the user may use, comma-separated, or "*" for all.

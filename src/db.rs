@@ -45,7 +45,7 @@ pub enum DbError {
         found: i64,
         known: i64,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
 }
 
@@ -62,13 +62,17 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
         path: shown.clone(),
         reason: e.to_string(),
     })?;
+    // A file from a newer llmsrouter (or not a database at all) is refused before anything,
+    // even the switch to WAL, is written to it.
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let found = user_version(&conn).map_err(|e| not_a_database(&shown, e))?;
+    check_version(found, &shown)?;
     configure(&conn).map_err(|e| not_a_database(&shown, e))?;
     migrate(&conn, &shown)?;
     Ok(conn)
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
     set_wal(conn)?;
     conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")?;
     Ok(())

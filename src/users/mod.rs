@@ -28,7 +28,7 @@ pub enum UserError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error(
         "{0}: no such database file (create users with `llmsrouter user add`, or point --db / LLMSROUTER_DB at the right file)"
     )]
@@ -42,11 +42,31 @@ pub enum UserError {
     #[error("bad email {email:?}: {reason}")]
     BadEmail { email: String, reason: String },
     #[error("bad --permissions: {0}")]
-    Permissions(#[from] permissions::PermissionsError),
+    Permissions(permissions::PermissionsError),
     #[error(transparent)]
     Random(#[from] key::RandomError),
     #[error("{file}: {reason}; nothing imported")]
     Import { file: String, reason: String },
     #[error("cannot write the output: {0}")]
-    Output(#[from] std::io::Error),
+    Output(std::io::Error),
+}
+
+// Written out rather than `#[from]`, which would also make the inner error the `source`,
+// and the CLI (which prints the whole chain) would then print its message twice.
+impl From<rusqlite::Error> for UserError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(e)
+    }
+}
+
+impl From<permissions::PermissionsError> for UserError {
+    fn from(e: permissions::PermissionsError) -> Self {
+        Self::Permissions(e)
+    }
+}
+
+impl From<std::io::Error> for UserError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Output(e)
+    }
 }
