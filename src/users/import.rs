@@ -17,7 +17,12 @@ const MAX_ROWS_NAMED: usize = 10;
 
 /// Fields of a JSON import object that `user list --json` prints and import ignores, so the
 /// output of `list --json` on one router can be imported into another.
-const LIST_ONLY_FIELDS: &[&str] = &["key_prefix", "created_at", "updated_at"];
+const LIST_ONLY_FIELDS: &[&str] = &[
+    "key_prefix",
+    "created_at",
+    "updated_at",
+    "permissions_error",
+];
 
 /// One user read from the file, with its row number: for CSV the line of the record in the
 /// file (the header is row 1), for JSON the position in the array (the first object is

@@ -85,10 +85,10 @@ impl UserStore {
         if !existed && mode == OpenMode::Existing {
             return Err(UserError::NoDatabase(path.display().to_string()));
         }
-        let conn = crate::db::open(path)?;
         if !existed {
-            restrict_permissions(path);
+            create_private(path);
         }
+        let conn = crate::db::open(path)?;
         Ok(Self { conn })
     }
 
@@ -289,18 +289,18 @@ pub(crate) fn text(row: &Row<'_>, index: usize) -> rusqlite::Result<String> {
     })
 }
 
-/// A database the CLI creates holds every user's key: readable by its owner only. An
-/// existing file's mode is left as the administrator set it.
-fn restrict_permissions(path: &Path) {
+/// A database the CLI creates holds every user's key: it is created empty, readable by its
+/// owner only, before SQLite opens it (SQLite gives its `-wal` and `-shm` files the mode of
+/// the database file). An existing file's mode is left as the administrator set it. Failing
+/// here is not an error: SQLite then creates the file and reports any real problem.
+fn create_private(path: &Path) {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-            tracing::warn!("{}: cannot restrict to mode 600: {e}", path.display());
-        }
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    if let Err(e) = options.open(path) {
+        tracing::debug!("{}: not created ahead of SQLite: {e}", path.display());
     }
-    #[cfg(not(unix))]
-    let _ = path;
 }
 
 #[cfg(test)]

@@ -314,6 +314,29 @@ fn bad_database_files_are_refused_and_left_untouched() {
 }
 
 #[test]
+fn serve_with_accounts_refuses_a_database_it_cannot_use() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("users.db"), "not a database\n".repeat(300)).expect("junk");
+    let before = std::fs::read(dir.path().join("users.db")).expect("read");
+    let (code, _, err) = run_cli(
+        dir.path(),
+        &["serve", "--host", "127.0.0.1", "--port", "0"],
+        &[("ENABLE_ACCOUNT_MANAGEMENT", "true")],
+    );
+    assert_eq!(code, 1);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ENABLE_ACCOUNT_MANAGEMENT=true needs the users database")
+            && last.contains("users.db: not an SQLite database"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("users.db")).expect("read"),
+        before
+    );
+}
+
+#[test]
 fn import_creates_new_users_skips_existing_and_round_trips_list_json() {
     let dir = tempfile::tempdir().expect("dir");
     let db = dir.path().join("users.db");
