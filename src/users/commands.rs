@@ -127,11 +127,11 @@ fn import_file(cx: &mut Context<'_>, file: &Path) -> Result<(), UserError> {
             quoted(&user.username)
         )?;
     }
-    let unknown: BTreeSet<String> = rows
-        .iter()
-        .flat_map(|r| unknown_aliases(&r.user.permissions, cx.known_aliases.unwrap_or(&[])))
-        .collect();
-    if cx.known_aliases.is_some() {
+    if let Some(known) = cx.known_aliases {
+        let unknown: BTreeSet<String> = rows
+            .iter()
+            .flat_map(|r| unknown_aliases(&r.user.permissions, known))
+            .collect();
         for alias in unknown {
             writeln!(
                 cx.err,

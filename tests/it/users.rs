@@ -278,6 +278,36 @@ fn refused_commands_exit_1_with_one_line_and_change_nothing() {
 }
 
 #[test]
+fn aliases_missing_from_config_yaml_are_accepted_with_a_warning() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  mock:\n    url: \"http://127.0.0.1:9/v1\"\n",
+    )
+    .expect("config");
+    let (code, out, err) = user(dir.path(), &["add", "ann", "--permissions", "mock,later"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(is_new_key(out.trim()));
+    assert!(
+        err.contains("warning: provider \"later\" is not in config.yaml"),
+        "{err}"
+    );
+    assert!(!err.contains("\"mock\" is not"), "{err}");
+    assert_eq!(
+        row_of(&dir.path().join("users.db"), "ann")[3],
+        r#"{"later": true, "mock": true}"#
+    );
+    let (code, _, err) = user(dir.path(), &["modify", "ann", "--permissions", "gone"]);
+    assert_eq!(code, 0);
+    assert!(err.contains("\"gone\" is not in config.yaml"), "{err}");
+    // Without a config.yaml there is nothing to check against, and nothing to warn about.
+    let bare = tempfile::tempdir().expect("dir");
+    let (code, _, err) = user(bare.path(), &["add", "ann", "--permissions", "later"]);
+    assert_eq!(code, 0);
+    assert!(!err.contains("warning"), "{err}");
+}
+
+#[test]
 fn bad_database_files_are_refused_and_left_untouched() {
     let dir = tempfile::tempdir().expect("dir");
     let junk = dir.path().join("junk.db");
