@@ -70,6 +70,10 @@ llmsrouter models --json | jq -r '.data[].id'"
         long_about = "Probe a running router's GET /health; exit 0 when it answers {\"status\":\"ok\"}, 1 otherwise.\n\nMeant for container health checks, where curl may be missing. It asks the address serve listens on (LLMSROUTER_HOST / LLMSROUTER_PORT; a wildcard host is asked on loopback).\n\nExamples:\n  llmsrouter healthcheck\n  llmsrouter healthcheck --port 9000"
     )]
     Healthcheck(ServeArgs),
+
+    /// Manage user accounts and their keys (the users table of --db).
+    #[command(subcommand)]
+    User(UserCommand),
 }
 
 #[derive(Debug, Args)]
@@ -98,4 +102,64 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub port: u16,
+}
+
+/// `llmsrouter user ...`: accounts in the SQLite database (`--db`). Exit status: 0 done,
+/// 1 refused or failed (one line on stderr), 2 bad command line.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user and print its new key (stdout, once).
+    #[command(
+        long_about = "Create a user and print its new key on stdout. The key is shown \
+only here; store it now (`llmsrouter user rotate-key` makes a new one).\n\nExamples:\n  \
+llmsrouter user add ann --email ann@example.com\n  llmsrouter user add ci-bot --permissions \
+\"openrouter,deepseek\"\n  KEY=$(llmsrouter user add ann)"
+    )]
+    Add {
+        /// Letters, digits and . _ - @ + ; at most 64 characters.
+        username: String,
+        /// The user's email address (optional; "" means none).
+        #[arg(long, value_name = "EMAIL")]
+        email: Option<String>,
+        /// Provider aliases the user may use, comma-separated, or "*" for all.
+        #[arg(long, value_name = "\"a,b\" | \"*\"", default_value = "*")]
+        permissions: String,
+    },
+    /// Delete a user; its key stops working on running servers within a second.
+    Delete { username: String },
+    /// Create users from a CSV (username,email[,permissions]) or JSON array file.
+    #[command(
+        long_about = "Create users from a file and print each new key on stdout as \
+`username<TAB>key`.\n\nCSV: a header `username,email[,permissions]`, then one user per line \
+(quote permissions with commas: \"a,b\"). JSON: an array of objects with the same keys \
+(permissions as \"a,b\", [\"a\",\"b\"] or {\"a\": true}); the output of `user list --json` \
+imports as is. Usernames that exist are skipped with a warning. If any row is bad, the rows \
+are named and nothing is imported.\n\nExample:\n  llmsrouter user import team.csv > keys.tsv"
+    )]
+    Import {
+        /// The file: .csv or .json (other names are recognised by their content).
+        file: std::path::PathBuf,
+    },
+    /// List users (keys masked).
+    List {
+        /// JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change which providers a user may use.
+    Modify {
+        username: String,
+        /// Provider aliases the user may use, comma-separated, or "*" for all.
+        #[arg(long, value_name = "\"a,b\" | \"*\"")]
+        permissions: String,
+    },
+    /// Show one user (key masked).
+    Show {
+        username: String,
+        /// JSON for scripts instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a user a new key and print it; the old key stops working.
+    RotateKey { username: String },
 }

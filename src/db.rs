@@ -45,7 +45,7 @@ pub enum DbError {
         found: i64,
         known: i64,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
 }
 
@@ -62,17 +62,41 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
         path: shown.clone(),
         reason: e.to_string(),
     })?;
+    // A file from a newer llmsrouter (or not a database at all) is refused before anything,
+    // even the switch to WAL, is written to it.
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let found = user_version(&conn).map_err(|e| not_a_database(&shown, e))?;
+    check_version(found, &shown)?;
     configure(&conn).map_err(|e| not_a_database(&shown, e))?;
     migrate(&conn, &shown)?;
     Ok(conn)
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    // journal_mode answers with a row; WAL persists in the file once set.
-    let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
+    set_wal(conn)?;
     conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")?;
     Ok(())
+}
+
+/// Switches the file to WAL (it persists in the file once set). Switching needs the file to
+/// itself, and SQLite answers "busy" at once, without its busy handler, when another process
+/// is switching the same new file at that moment; so this waits and retries, within the
+/// busy timeout.
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        // journal_mode answers with a row.
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get::<_, String>(0)) {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn not_a_database(path: &str, e: rusqlite::Error) -> DbError {
@@ -87,9 +111,37 @@ fn not_a_database(path: &str, e: rusqlite::Error) -> DbError {
 }
 
 fn migrate(conn: &Connection, path: &str) -> Result<(), DbError> {
-    let found: i64 = conn
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(|e| not_a_database(path, e))?;
+    let found = user_version(conn).map_err(|e| not_a_database(path, e))?;
+    check_version(found, path)?;
+    if found == current_version() {
+        return Ok(());
+    }
+    // Each step runs in an IMMEDIATE transaction that reads the version again: a second
+    // process opening the same file at the same moment waits (busy timeout) and then skips
+    // the steps already done, instead of failing with "database is locked" or applying a
+    // step twice.
+    loop {
+        let tx =
+            rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        let version = user_version(&tx)?;
+        check_version(version, path)?;
+        let Some(step) = usize::try_from(version)
+            .ok()
+            .and_then(|v| MIGRATIONS.get(v))
+        else {
+            return Ok(());
+        };
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+    }
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0))
+}
+
+fn check_version(found: i64, path: &str) -> Result<(), DbError> {
     let known = current_version();
     if found > known {
         return Err(DbError::FutureVersion {
@@ -97,12 +149,6 @@ fn migrate(conn: &Connection, path: &str) -> Result<(), DbError> {
             found,
             known,
         });
-    }
-    for (index, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(step)?;
-        tx.pragma_update(None, "user_version", index as i64 + 1)?;
-        tx.commit()?;
     }
     Ok(())
 }
@@ -123,6 +169,23 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .expect("mode");
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn processes_opening_a_new_file_at_once_all_succeed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("race.db");
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || open(&path).map(|_| ()).map_err(|e| e.to_string()))
+            })
+            .collect();
+        for thread in threads {
+            assert_eq!(thread.join().expect("thread"), Ok(()));
+        }
+        let conn = open(&path).expect("open");
+        assert_eq!(user_version(&conn).expect("version"), current_version());
     }
 
     #[test]

@@ -19,5 +19,6 @@ pub mod secret;
 pub mod server;
 pub mod state;
 pub mod usage;
+pub mod users;
 
 pub use app::build_app;

@@ -10,13 +10,14 @@ use anyhow::{Context, anyhow};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use llmsrouter::cli::{Cli, Command, ModelsArgs, ServeArgs};
+use llmsrouter::cli::{Cli, Command, ModelsArgs, ServeArgs, UserCommand};
 use llmsrouter::config::{Config, ConfigError};
 use llmsrouter::env::EnvSettings;
 use llmsrouter::models::{self, ModelCatalog, ServerStatus};
 use llmsrouter::record::Recorder;
 use llmsrouter::server;
 use llmsrouter::state::{AppState, build_http_client};
+use llmsrouter::users;
 
 fn main() -> ExitCode {
     let dotenv = load_dotenv();
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         Command::Check => run_check(&cli, dotenv.err()),
         Command::Models(args) => run_models(&cli, args),
         Command::Healthcheck(args) => run_healthcheck(args),
+        Command::User(command) => run_user(&cli, command),
     };
     match result {
         Ok(code) => code,
@@ -89,11 +91,6 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
 fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let env = EnvSettings::from_env()?;
     let config = load_config(&cli.config)?;
-    if env.account_management {
-        return Err(anyhow!(
-            "ENABLE_ACCOUNT_MANAGEMENT=true needs the users store, which this build does not have yet"
-        ));
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -101,7 +98,15 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let client = build_http_client().context("cannot build the HTTP client")?;
         let recorder = Recorder::disabled();
-        let state = Arc::new(AppState::new(config, client, recorder));
+        let mut state = AppState::new(config, client, recorder);
+        let users_task = if env.account_management {
+            let (index, task) = start_users(&cli.db)?;
+            state.keys = Some(index);
+            Some(task)
+        } else {
+            None
+        };
+        let state = Arc::new(state);
         let addr = listen_addr(&args.host, args.port)?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -109,14 +114,17 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         let local = listener.local_addr().context("no local address")?;
         let servers = state.config.load().servers.len();
         tracing::info!("llmsrouter listening on http://{local} ({servers} servers configured)");
-        server::run(
+        let served = server::run(
             listener,
             state,
             server::shutdown_signal(),
             server::SHUTDOWN_GRACE,
         )
-        .await
-        .context("server error")?;
+        .await;
+        if let Some(task) = users_task {
+            task.shutdown().await;
+        }
+        served.context("server error")?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
@@ -157,6 +165,26 @@ fn run_healthcheck(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             Err(anyhow!("{url}: answered HTTP {}", status.as_u16()))
         }
     })
+}
+
+/// Loads every user into the in-memory key index and starts the task that follows changes
+/// made with `llmsrouter user ...` while the server runs.
+fn start_users(db: &Path) -> anyhow::Result<(Arc<users::UserIndex>, users::RefreshTask)> {
+    let (index, task) = users::index::start(db)
+        .context("ENABLE_ACCOUNT_MANAGEMENT=true needs the users database")?;
+    if index.is_empty() {
+        tracing::warn!(
+            "account management is on but {} has no users: every /v1 request gets 401 until one is added (llmsrouter user add <username>)",
+            db.display()
+        );
+    } else {
+        tracing::info!(
+            "account management on: {} users from {}",
+            index.len(),
+            db.display()
+        );
+    }
+    Ok((index, task))
 }
 
 fn listen_addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
@@ -265,4 +293,39 @@ fn run_models(cli: &Cli, args: &ModelsArgs) -> anyhow::Result<ExitCode> {
         print!("{}", models::table::render(&list));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `llmsrouter user ...`: the users store from the command line.
+fn run_user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {
+    let known_aliases = match command {
+        UserCommand::Add { .. } | UserCommand::Modify { .. } | UserCommand::Import { .. } => {
+            config_aliases(&cli.config)
+        }
+        _ => None,
+    };
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let mut out = stdout.lock();
+    let mut err = stderr.lock();
+    let mut cx = users::commands::Context {
+        db: &cli.db,
+        known_aliases: known_aliases.as_deref(),
+        out: &mut out,
+        err: &mut err,
+    };
+    users::commands::run(command, &mut cx)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// config.yaml's aliases, to warn about permissions naming others. No config file: no
+/// check (the CLI may run where the config is not); an invalid one: a warning, no check.
+fn config_aliases(path: &Path) -> Option<Vec<String>> {
+    match Config::load(path, &env_lookup) {
+        Ok(config) => Some(config.servers.keys().cloned().collect()),
+        Err(ConfigError::NotFound { .. }) => None,
+        Err(error) => {
+            eprintln!("warning: provider names not checked: {error}");
+            None
+        }
+    }
 }

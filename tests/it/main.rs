@@ -9,3 +9,4 @@ mod forwarding;
 mod models;
 mod openai_sdk;
 mod streaming;
+mod users;

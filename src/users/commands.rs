@@ -1,0 +1,365 @@
+//! `llmsrouter user ...`: runs one command against the database and writes what people and
+//! scripts read.
+//!
+//! stdout carries the result (a new key alone on its line, a table, JSON); stderr carries
+//! notes and warnings; failures come back as a [`UserError`] whose one-line message the
+//! binary prints. Keys appear on stdout only as the freshly made key of `add`, `rotate-key`
+//! and `import`; `list` and `show` print a masked prefix.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+use unicode_width::UnicodeWidthStr;
+
+use super::UserError;
+use super::import::{self, ImportRow};
+use super::key::masked;
+use super::permissions::{self, parse_spec, unknown_aliases};
+use super::store::{NewUser, OpenMode, User, UserStore};
+use crate::auth::Permissions;
+use crate::cli::UserCommand;
+
+/// Where a command writes, and what it checks permissions against.
+pub struct Context<'a> {
+    pub db: &'a Path,
+    /// config.yaml's aliases, when it could be read: permissions naming others are accepted
+    /// (the config may gain them later) with a warning.
+    pub known_aliases: Option<&'a [String]>,
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+}
+
+pub fn run(command: &UserCommand, cx: &mut Context<'_>) -> Result<(), UserError> {
+    match command {
+        UserCommand::Add {
+            username,
+            email,
+            permissions,
+        } => add(cx, username, email.as_deref(), permissions),
+        UserCommand::Delete { username } => {
+            UserStore::open(cx.db, OpenMode::Existing)?.delete(username)?;
+            writeln!(cx.out, "deleted user {}", quoted(username))?;
+            Ok(())
+        }
+        UserCommand::Import { file } => import_file(cx, file),
+        UserCommand::List { json } => list(cx, *json),
+        UserCommand::Modify {
+            username,
+            permissions,
+        } => {
+            let permissions = parse_spec(permissions)?;
+            UserStore::open(cx.db, OpenMode::Existing)?.set_permissions(username, &permissions)?;
+            warn_unknown_aliases(cx, &permissions, username)?;
+            writeln!(
+                cx.out,
+                "user {} may now use: {}",
+                quoted(username),
+                permissions::display(&permissions)
+            )?;
+            Ok(())
+        }
+        UserCommand::Show { username, json } => show(cx, username, *json),
+        UserCommand::RotateKey { username } => {
+            let key = UserStore::open(cx.db, OpenMode::Existing)?.rotate_key(username)?;
+            writeln!(cx.out, "{}", key.expose())?;
+            writeln!(
+                cx.err,
+                "new key for {} (above, shown only now); the old key no longer works",
+                quoted(username)
+            )?;
+            Ok(())
+        }
+    }
+}
+
+fn add(
+    cx: &mut Context<'_>,
+    username: &str,
+    email: Option<&str>,
+    permissions: &str,
+) -> Result<(), UserError> {
+    let user = NewUser {
+        username: username.to_owned(),
+        email: email
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned),
+        permissions: parse_spec(permissions)?,
+    };
+    // Checked before the database is opened (or created): bad input writes nothing.
+    user.validate()?;
+    let key = UserStore::open(cx.db, OpenMode::Create)?.add(&user)?;
+    writeln!(cx.out, "{}", key.expose())?;
+    writeln!(
+        cx.err,
+        "created user {} (may use: {}); the key above is shown only now",
+        quoted(username),
+        permissions::display(&user.permissions)
+    )?;
+    warn_unknown_aliases(cx, &user.permissions, username)?;
+    Ok(())
+}
+
+fn import_file(cx: &mut Context<'_>, file: &Path) -> Result<(), UserError> {
+    let shown = file.display().to_string();
+    let failed = |reason: String| UserError::Import {
+        file: shown.clone(),
+        reason,
+    };
+    let bytes = std::fs::read(file).map_err(|e| failed(format!("cannot read: {e}")))?;
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let rows = import::parse(name, &bytes).map_err(|e| failed(e.to_string()))?;
+    let users: Vec<NewUser> = rows.iter().map(|r| r.user.clone()).collect();
+    let outcome = UserStore::open(cx.db, OpenMode::Create)?.import(&users)?;
+    for (username, key) in &outcome.created {
+        writeln!(cx.out, "{username}\t{}", key.expose())?;
+    }
+    for &position in &outcome.skipped {
+        let ImportRow { row, user } = &rows[position];
+        writeln!(
+            cx.err,
+            "warning: row {row}: user {} exists; skipped (its key is unchanged)",
+            quoted(&user.username)
+        )?;
+    }
+    if let Some(known) = cx.known_aliases {
+        let unknown: BTreeSet<String> = rows
+            .iter()
+            .flat_map(|r| unknown_aliases(&r.user.permissions, known))
+            .collect();
+        for alias in unknown {
+            writeln!(
+                cx.err,
+                "warning: provider {alias:?} is not in config.yaml; users granted it cannot use it until it is added there"
+            )?;
+        }
+    }
+    writeln!(
+        cx.err,
+        "imported {} users, skipped {} that existed",
+        outcome.created.len(),
+        outcome.skipped.len()
+    )?;
+    Ok(())
+}
+
+/// What `list --json` and `show --json` print for a user.
+#[derive(Serialize)]
+struct UserJson<'a> {
+    username: &'a str,
+    email: Option<&'a str>,
+    /// Sorted aliases, `["*"]` for every provider, `[]` for none.
+    permissions: Vec<String>,
+    /// Present only when the stored column cannot be read (the user may use nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    permissions_error: Option<&'a str>,
+    key_prefix: String,
+    created_at: &'a str,
+    updated_at: &'a str,
+}
+
+impl<'a> UserJson<'a> {
+    fn of(user: &'a User) -> Self {
+        let (permissions, permissions_error) = match &user.permissions {
+            Ok(p) => (permissions::names(p), None),
+            Err(reason) => (Vec::new(), Some(reason.as_str())),
+        };
+        Self {
+            username: &user.username,
+            email: user.email.as_deref(),
+            permissions,
+            permissions_error,
+            key_prefix: masked(&user.key).trim_end_matches('…').to_owned(),
+            created_at: &user.created_at,
+            updated_at: &user.updated_at,
+        }
+    }
+}
+
+fn list(cx: &mut Context<'_>, json: bool) -> Result<(), UserError> {
+    let users = UserStore::open(cx.db, OpenMode::Existing)?.list()?;
+    if json {
+        let items: Vec<UserJson<'_>> = users.iter().map(UserJson::of).collect();
+        write_json(cx.out, &items)?;
+        return Ok(());
+    }
+    if users.is_empty() {
+        writeln!(
+            cx.out,
+            "no users (add one with: llmsrouter user add <username>)"
+        )?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = users
+        .iter()
+        .map(|u| {
+            vec![
+                printable(&u.username),
+                u.email.as_deref().map_or_else(|| "-".to_owned(), printable),
+                permissions_cell(u),
+                masked(&u.key),
+                printable(&short_time(&u.created_at)),
+            ]
+        })
+        .collect();
+    let table = render_table(
+        &["USERNAME", "EMAIL", "PERMISSIONS", "KEY", "CREATED"],
+        &rows,
+    );
+    cx.out.write_all(table.as_bytes())?;
+    Ok(())
+}
+
+fn show(cx: &mut Context<'_>, username: &str, json: bool) -> Result<(), UserError> {
+    let user = UserStore::open(cx.db, OpenMode::Existing)?.get(username)?;
+    if json {
+        write_json(cx.out, &UserJson::of(&user))?;
+        return Ok(());
+    }
+    let rows = vec![
+        vec!["username:".to_owned(), printable(&user.username)],
+        vec![
+            "email:".to_owned(),
+            user.email
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), printable),
+        ],
+        vec!["permissions:".to_owned(), permissions_cell(&user)],
+        vec!["key:".to_owned(), masked(&user.key)],
+        vec!["created_at:".to_owned(), printable(&user.created_at)],
+        vec!["updated_at:".to_owned(), printable(&user.updated_at)],
+    ];
+    cx.out.write_all(render_rows(&rows).as_bytes())?;
+    Ok(())
+}
+
+fn permissions_cell(user: &User) -> String {
+    match &user.permissions {
+        Ok(p) => permissions::display(p),
+        Err(reason) => format!("(unreadable: {}; none granted)", printable(reason)),
+    }
+}
+
+fn write_json(out: &mut dyn Write, value: &impl Serialize) -> Result<(), UserError> {
+    serde_json::to_writer_pretty(&mut *out, value).map_err(std::io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn warn_unknown_aliases(
+    cx: &mut Context<'_>,
+    permissions: &Permissions,
+    username: &str,
+) -> Result<(), UserError> {
+    let Some(known) = cx.known_aliases else {
+        return Ok(());
+    };
+    for alias in unknown_aliases(permissions, known) {
+        writeln!(
+            cx.err,
+            "warning: provider {alias:?} is not in config.yaml; {} cannot use it until it is added there",
+            quoted(username)
+        )?;
+    }
+    Ok(())
+}
+
+/// A name in a message: quoted, control characters escaped, clipped.
+fn quoted(name: &str) -> String {
+    format!("{:?}", crate::error::clip(name, 80))
+}
+
+/// A cell for the terminal: control characters (escape sequences, newlines) from an older
+/// database are shown escaped, never sent to the terminal.
+fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// `2024-05-01T12:34:56.789012` → `2024-05-01 12:34:56` for the table; JSON keeps it whole.
+fn short_time(iso: &str) -> String {
+    iso.get(..19).unwrap_or(iso).replacen('T', " ", 1)
+}
+
+/// Columns padded to their widest cell (by display width, so CJK names line up), two
+/// spaces apart, with a header.
+fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut all: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+    all.extend(rows.iter().cloned());
+    render_rows(&all)
+}
+
+fn render_rows(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.width())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            line.push_str(cell);
+            line.push_str(&" ".repeat(width.saturating_sub(cell.width()) + 2));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_line_up_by_display_width() {
+        let table = render_table(
+            &["USERNAME", "EMAIL"],
+            &[
+                vec!["李雷".into(), "li@example.com".into()],
+                vec!["ann".into(), "-".into()],
+            ],
+        );
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "USERNAME  EMAIL");
+        assert_eq!(lines[1], "李雷      li@example.com");
+        assert_eq!(lines[2], "ann       -");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_for_the_terminal() {
+        assert_eq!(printable("ann"), "ann");
+        assert_eq!(printable("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
+        assert_eq!(quoted("a\u{7}"), "\"a\\u{7}\"");
+    }
+
+    #[test]
+    fn short_times() {
+        assert_eq!(
+            short_time("2024-05-01T12:34:56.789012"),
+            "2024-05-01 12:34:56"
+        );
+        assert_eq!(short_time("yesterday"), "yesterday");
+    }
+}

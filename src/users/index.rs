@@ -1,0 +1,296 @@
+//! The in-memory key index the request path authenticates against, and the task that keeps
+//! it in step with the database.
+//!
+//! The request path never touches SQLite: it hashes the presented key (SHA-256) and looks the
+//! hash up in a map that is swapped whole ([`ArcSwap`]), so a request never sees half a
+//! reload and never waits on a lock. A background task asks SQLite every
+//! [`REFRESH_INTERVAL`] whether any other connection committed (`PRAGMA data_version`, a read
+//! of shared memory) and reloads the users only then, so `user delete`, `modify` and
+//! `rotate-key` reach a running server within that interval, without a restart. The index
+//! never holds or prints a key: only hashes.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rusqlite::Connection;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::UserError;
+use super::key::{KeyHash, hash_key};
+use super::permissions::from_json;
+use super::store::text;
+use crate::auth::{Caller, KeyIndex, Permissions};
+
+/// How often the refresh task asks whether the database changed.
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Key hash → the caller it authenticates.
+pub struct UserIndex {
+    callers: ArcSwap<HashMap<KeyHash, Caller>>,
+}
+
+impl UserIndex {
+    pub fn empty() -> Self {
+        Self {
+            callers: ArcSwap::from_pointee(HashMap::new()),
+        }
+    }
+
+    /// Number of users (with a key) in the index.
+    pub fn len(&self) -> usize {
+        self.callers.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Replaces the whole index with the users in `conn`; returns how many were loaded.
+    pub fn reload(&self, conn: &Connection) -> rusqlite::Result<usize> {
+        let mut statement = conn.prepare("SELECT username, api_key, permissions FROM users")?;
+        let mut rows = statement.query([])?;
+        let mut callers = HashMap::new();
+        while let Some(row) = rows.next()? {
+            let username = text(row, 0)?;
+            let key = text(row, 1)?;
+            if key.is_empty() {
+                tracing::warn!(user = %username, "user has an empty key; it cannot sign in");
+                continue;
+            }
+            let permissions = from_json(&text(row, 2)?).unwrap_or_else(|reason| {
+                tracing::warn!(
+                    user = %username,
+                    "permissions column cannot be read ({reason}); the user may use no provider until `llmsrouter user modify` fixes it"
+                );
+                Permissions::Only(Default::default())
+            });
+            let caller = Caller {
+                user: Some(username),
+                permissions,
+            };
+            callers.insert(hash_key(&key), caller);
+        }
+        let count = callers.len();
+        self.callers.store(Arc::new(callers));
+        Ok(count)
+    }
+}
+
+impl KeyIndex for UserIndex {
+    fn find(&self, presented_key: &str) -> Option<Caller> {
+        let hash = hash_key(presented_key);
+        self.callers.load().get(&hash).cloned()
+    }
+}
+
+impl fmt::Debug for UserIndex {
+    /// Only the size: the index holds key hashes, which are not for printing either.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserIndex")
+            .field("users", &self.len())
+            .finish()
+    }
+}
+
+/// Reloads an index when its database changed. Owns its own connection: `data_version`
+/// only reports commits made by *other* connections, and this one never writes.
+pub struct IndexRefresher {
+    conn: Connection,
+    seen_version: Option<i64>,
+    failing: bool,
+}
+
+impl IndexRefresher {
+    pub fn new(conn: Connection) -> Self {
+        Self {
+            conn,
+            seen_version: None,
+            failing: false,
+        }
+    }
+
+    /// Reloads `index` if the database changed since the last call (always on the first);
+    /// returns whether it did. The version is read before the rows, so a commit landing in
+    /// between is seen again on the next call rather than missed.
+    pub fn refresh(&mut self, index: &UserIndex) -> rusqlite::Result<bool> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        if self.seen_version == Some(version) {
+            return Ok(false);
+        }
+        let count = index.reload(&self.conn)?;
+        if self.seen_version.is_some() {
+            tracing::info!("users changed in the database; {count} users now");
+        }
+        self.seen_version = Some(version);
+        Ok(true)
+    }
+
+    /// One tick of the task: a failure keeps the previous index (logged once, not on every
+    /// tick) and is retried on the next tick.
+    fn tick(&mut self, index: &UserIndex) {
+        match self.refresh(index) {
+            Ok(_) if self.failing => {
+                self.failing = false;
+                tracing::info!("users are read from the database again");
+            }
+            Ok(_) => {}
+            Err(e) if !self.failing => {
+                self.failing = true;
+                tracing::warn!(
+                    "cannot re-read the users ({e}); the previous users stay in force until it works again"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The refresh task; [`RefreshTask::shutdown`] stops it and waits for it.
+pub struct RefreshTask {
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl RefreshTask {
+    /// Starts refreshing `index` every `every`. Needs a Tokio runtime; the SQLite work runs
+    /// on the blocking pool, never on a request worker.
+    pub fn start(index: Arc<UserIndex>, refresher: IndexRefresher, every: Duration) -> Self {
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        tracker.spawn(refresh_loop(index, refresher, every, stop.clone()));
+        tracker.close();
+        Self { tracker, stop }
+    }
+
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.tracker.wait().await;
+    }
+}
+
+async fn refresh_loop(
+    index: Arc<UserIndex>,
+    mut refresher: IndexRefresher,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let index = index.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            refresher.tick(&index);
+            refresher
+        });
+        refresher = match job.await {
+            Ok(refresher) => refresher,
+            Err(e) => {
+                tracing::error!(
+                    "the user refresh task failed ({e}); restart llmsrouter to pick up user changes"
+                );
+                return;
+            }
+        };
+    }
+}
+
+/// What `serve` runs with account management on: opens the database, loads every user and
+/// starts the refresh task. Needs a Tokio runtime.
+pub fn start(path: &Path) -> Result<(Arc<UserIndex>, RefreshTask), UserError> {
+    let conn = crate::db::open(path)?;
+    let index = Arc::new(UserIndex::empty());
+    let mut refresher = IndexRefresher::new(conn);
+    refresher.refresh(&index)?;
+    let task = RefreshTask::start(index.clone(), refresher, REFRESH_INTERVAL);
+    Ok((index, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::users::store::{NewUser, OpenMode, UserStore};
+
+    #[test]
+    fn finds_by_key_and_follows_changes_made_elsewhere() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("u.db");
+        let mut store = UserStore::open(&path, OpenMode::Create).expect("store");
+        let ann_key = store
+            .add(&NewUser {
+                username: "ann".into(),
+                email: None,
+                permissions: Permissions::Only(["a".to_owned()].into()),
+            })
+            .expect("add");
+
+        let index = UserIndex::empty();
+        let mut refresher = IndexRefresher::new(crate::db::open(&path).expect("open"));
+        assert!(refresher.refresh(&index).expect("first load"));
+        let ann = index.find(ann_key.expose()).expect("ann");
+        assert_eq!(ann.user.as_deref(), Some("ann"));
+        assert!(ann.may_use("a") && !ann.may_use("b"));
+        assert!(index.find("sk-lr-wrong").is_none());
+        assert!(!refresher.refresh(&index).expect("unchanged"));
+
+        let new_key = store.rotate_key("ann").expect("rotate");
+        assert!(refresher.refresh(&index).expect("changed"));
+        assert!(index.find(ann_key.expose()).is_none());
+        assert!(index.find(new_key.expose()).is_some());
+
+        store.delete("ann").expect("delete");
+        assert!(refresher.refresh(&index).expect("changed"));
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn unreadable_permissions_grant_nothing_and_debug_shows_no_key() {
+        let dir = tempfile::tempdir().expect("dir");
+        let conn = crate::db::open(&dir.path().join("u.db")).expect("open");
+        conn.execute_batch(
+            "INSERT INTO users VALUES ('ann', 'legacy-key-1', NULL, 'oops', '2024-01-01T00:00:00', '2024-01-01T00:00:00');
+             INSERT INTO users VALUES ('bob', 'legacy-key-2', NULL, '{\"a\": true, \"b\": false}', '2024-01-01T00:00:00', '2024-01-01T00:00:00');",
+        )
+        .expect("rows");
+        let index = UserIndex::empty();
+        assert_eq!(index.reload(&conn).expect("load"), 2);
+        let ann = index.find("legacy-key-1").expect("ann");
+        assert!(!ann.may_use("a"));
+        let bob = index.find("legacy-key-2").expect("bob");
+        assert!(bob.may_use("a") && !bob.may_use("b"));
+        let debug = format!("{index:?} {ann:?} {bob:?}");
+        assert!(!debug.contains("legacy-key"), "{debug}");
+    }
+
+    #[tokio::test]
+    async fn the_task_picks_up_a_change_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("u.db");
+        let mut store = UserStore::open(&path, OpenMode::Create).expect("store");
+        let (index, task) = start(&path).expect("start");
+        assert!(index.is_empty());
+        let key = store
+            .add(&NewUser {
+                username: "ann".into(),
+                email: None,
+                permissions: Permissions::All,
+            })
+            .expect("add");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while index.find(key.expose()).is_none() {
+            assert!(std::time::Instant::now() < deadline, "not picked up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        task.shutdown().await;
+    }
+}

@@ -1,0 +1,144 @@
+//! User keys: making new ones from the OS's CSPRNG, hashing presented ones, and the masked
+//! form people may see.
+//!
+//! A key's value leaves this module only as a [`Secret`]; nothing here logs or formats one.
+
+use sha2::{Digest, Sha256};
+
+use crate::secret::Secret;
+
+/// Every key this router makes starts with this, so a leaked key is recognisable (and
+/// secret scanners can be taught the pattern).
+pub const KEY_PREFIX: &str = "sk-lr-";
+/// Random characters after the prefix: 32 base62 characters are about 190 bits.
+pub const KEY_RANDOM_CHARS: usize = 32;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+/// Bytes at or above this are thrown away: 248 = 4 × 62, so `byte % 62` is uniform below it
+/// (rejection sampling, no modulo bias).
+const ACCEPT_BELOW: u8 = 248;
+
+/// The OS's random source failed; no key was made.
+#[derive(Debug, thiserror::Error)]
+#[error("the operating system's random number generator failed: {0}")]
+pub struct RandomError(String);
+
+/// The SHA-256 of a key: what the in-memory index is keyed by, so a lookup compares hashes,
+/// never key bytes, and its timing says nothing about any stored key.
+pub type KeyHash = [u8; 32];
+
+pub fn hash_key(key: &str) -> KeyHash {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// A new key: `sk-lr-` and 32 base62 characters from the OS's CSPRNG.
+pub fn generate_key() -> Result<Secret, RandomError> {
+    let mut key = String::with_capacity(KEY_PREFIX.len() + KEY_RANDOM_CHARS);
+    key.push_str(KEY_PREFIX);
+    fill_base62(&mut key, KEY_RANDOM_CHARS, &mut |buf| {
+        getrandom::fill(buf).map_err(|e| RandomError(e.to_string()))
+    })?;
+    Ok(Secret::new(key))
+}
+
+/// Appends `count` base62 characters drawn from `random`, rejecting biased bytes.
+fn fill_base62(
+    out: &mut String,
+    count: usize,
+    random: &mut dyn FnMut(&mut [u8]) -> Result<(), RandomError>,
+) -> Result<(), RandomError> {
+    let mut buf = [0u8; 64];
+    let mut added = 0;
+    while added < count {
+        random(&mut buf)?;
+        for &byte in buf.iter().filter(|&&b| b < ACCEPT_BELOW) {
+            if added == count {
+                break;
+            }
+            out.push(char::from(BASE62[usize::from(byte % 62)]));
+            added += 1;
+        }
+    }
+    Ok(())
+}
+
+/// What `list` and `show` print instead of a key: enough to tell two keys apart, far too
+/// little to use. A third of the key at most (10 characters), so a short legacy key is not
+/// shown whole: `sk-lr-AbCd…`.
+pub fn masked(key: &Secret) -> String {
+    let value = key.expose();
+    let shown = (value.chars().count() / 3).min(KEY_PREFIX.len() + 4);
+    let prefix: String = value.chars().take(shown).collect();
+    format!("{prefix}…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_the_documented_shape_and_differ() {
+        let a = generate_key().expect("key");
+        let b = generate_key().expect("key");
+        for key in [&a, &b] {
+            let value = key.expose();
+            assert_eq!(value.len(), KEY_PREFIX.len() + KEY_RANDOM_CHARS);
+            let random = value.strip_prefix(KEY_PREFIX).expect("prefix");
+            assert!(random.bytes().all(|c| c.is_ascii_alphanumeric()), "{value}");
+        }
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn biased_bytes_are_rejected_not_folded() {
+        // A source that gives only bytes >= 248 first, then 61 and 247: the high bytes must be
+        // skipped, never mapped through `% 62`.
+        let mut calls = 0;
+        let mut source = |buf: &mut [u8]| {
+            calls += 1;
+            let fill = if calls == 1 { 250 } else { 61 };
+            buf.fill(fill);
+            if calls > 1 {
+                buf[0] = 247;
+            }
+            Ok(())
+        };
+        let mut out = String::new();
+        fill_base62(&mut out, 3, &mut source).expect("fill");
+        // 247 % 62 = 61 -> 'z'; 61 -> 'z'.
+        assert_eq!(out, "zzz");
+        assert_eq!(calls, 2);
+    }
+
+    #[test]
+    fn every_base62_character_is_reachable_and_none_else() {
+        let mut next = 0u8;
+        let mut source = |buf: &mut [u8]| {
+            for b in buf.iter_mut() {
+                *b = next;
+                next = next.wrapping_add(1);
+            }
+            Ok(())
+        };
+        let mut out = String::new();
+        fill_base62(&mut out, 62 * 4, &mut source).expect("fill");
+        let distinct: std::collections::BTreeSet<char> = out.chars().collect();
+        assert_eq!(distinct.len(), 62);
+    }
+
+    #[test]
+    fn hashing_is_sha256() {
+        // sha256("abc"), FIPS 180-2 test vector.
+        let hash = hash_key("abc");
+        assert_eq!(hash[..4], [0xba, 0x78, 0x16, 0xbf]);
+        assert_eq!(hash[28..], [0xf2, 0x00, 0x15, 0xad]);
+    }
+
+    #[test]
+    fn masking_shows_a_short_prefix_only() {
+        let key = Secret::new("sk-lr-AbCdEfGhIjKlMnOpQrStUvWxYz012345");
+        assert_eq!(masked(&key), "sk-lr-AbCd…");
+        assert_eq!(masked(&Secret::new("sk-old")), "sk…");
+        assert_eq!(masked(&Secret::new("")), "…");
+    }
+}

@@ -1,0 +1,72 @@
+//! User accounts (ENABLE_ACCOUNT_MANAGEMENT): the SQLite users table, key generation, import
+//! files, the `llmsrouter user ...` commands, and the in-memory key index the request path
+//! authenticates against.
+//!
+//! The request path only ever sees [`index::UserIndex`] (through [`crate::auth::KeyIndex`]);
+//! everything that touches SQLite runs in the CLI or on the index's refresh task. No key is
+//! ever logged, put in an error, or printed, except the new key that `add`, `rotate-key`
+//! and `import` print once on stdout.
+
+pub mod commands;
+pub mod import;
+pub mod index;
+pub mod key;
+pub mod names;
+pub mod permissions;
+pub mod store;
+
+use crate::db::DbError;
+
+pub use index::{RefreshTask, UserIndex};
+pub use store::{NewUser, OpenMode, User, UserStore};
+
+/// Why a user command failed. `Display` is the one line the CLI prints; names from the user
+/// are quoted with escapes and clipped, so a control character or a 1 MB name cannot garble
+/// the terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("database: {0}")]
+    Sqlite(rusqlite::Error),
+    #[error(
+        "{0}: no such database file (create users with `llmsrouter user add`, or point --db / LLMSROUTER_DB at the right file)"
+    )]
+    NoDatabase(String),
+    #[error("user {0:?} does not exist")]
+    UnknownUser(String),
+    #[error("user {0:?} already exists; its key is unchanged")]
+    DuplicateUser(String),
+    #[error("bad username {name:?}: {reason}")]
+    BadUsername { name: String, reason: String },
+    #[error("bad email {email:?}: {reason}")]
+    BadEmail { email: String, reason: String },
+    #[error("bad --permissions: {0}")]
+    Permissions(permissions::PermissionsError),
+    #[error(transparent)]
+    Random(#[from] key::RandomError),
+    #[error("{file}: {reason}; nothing imported")]
+    Import { file: String, reason: String },
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
+}
+
+// Written out rather than `#[from]`, which would also make the inner error the `source`,
+// and the CLI (which prints the whole chain) would then print its message twice.
+impl From<rusqlite::Error> for UserError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(e)
+    }
+}
+
+impl From<permissions::PermissionsError> for UserError {
+    fn from(e: permissions::PermissionsError) -> Self {
+        Self::Permissions(e)
+    }
+}
+
+impl From<std::io::Error> for UserError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Output(e)
+    }
+}

@@ -1,0 +1,439 @@
+//! The users table: every read and write of accounts, on the Python version's schema.
+//!
+//! Writes run in `BEGIN IMMEDIATE` transactions, so a writer waits (the busy timeout) for
+//! another writer instead of failing with "database is locked", and a check-then-write (does
+//! this user exist?) cannot race another process. Timestamps are written as the Python
+//! version wrote them: local time, ISO 8601 with microseconds (`2024-05-01T12:34:56.789012`).
+//! Keys leave this module only as [`Secret`]s, and only from `add`, `rotate_key` and `import`.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+use super::UserError;
+use super::key::generate_key;
+use super::names::{check_email, check_username};
+use super::permissions::{from_json, to_json};
+use crate::auth::Permissions;
+use crate::secret::Secret;
+
+/// One account as stored.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub username: String,
+    pub key: Secret,
+    pub email: Option<String>,
+    /// `Err` with the reason when the stored column cannot be read; such a user may use no
+    /// provider.
+    pub permissions: Result<Permissions, String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// An account to create; its key is made by the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUser {
+    pub username: String,
+    pub email: Option<String>,
+    pub permissions: Permissions,
+}
+
+impl NewUser {
+    /// Checks the username and email of an account about to be created.
+    pub fn validate(&self) -> Result<(), UserError> {
+        check_username(&self.username).map_err(|reason| UserError::BadUsername {
+            name: crate::error::clip(&self.username, 80),
+            reason,
+        })?;
+        if let Some(email) = &self.email {
+            check_email(email).map_err(|reason| UserError::BadEmail {
+                email: crate::error::clip(email, 80),
+                reason,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// What an import did: the accounts made (with their keys, to hand out) and the positions
+/// (in the input) of the usernames that existed already and were left alone.
+#[derive(Debug, Default)]
+pub struct ImportOutcome {
+    pub created: Vec<(String, Secret)>,
+    pub skipped: Vec<usize>,
+}
+
+/// Whether opening may create the database file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// `add` and `import`: a new file is made (readable by its owner only).
+    Create,
+    /// Every other command: a missing file is an error, so a mistyped `--db` does not
+    /// quietly answer from (and leave behind) an empty database.
+    Existing,
+}
+
+pub struct UserStore {
+    conn: Connection,
+}
+
+impl UserStore {
+    pub fn open(path: &Path, mode: OpenMode) -> Result<Self, UserError> {
+        let existed = path.exists();
+        if !existed && mode == OpenMode::Existing {
+            return Err(UserError::NoDatabase(path.display().to_string()));
+        }
+        if !existed {
+            create_private(path);
+        }
+        let conn = crate::db::open(path)?;
+        Ok(Self { conn })
+    }
+
+    /// Creates `user` with a new key and returns the key. A username that exists is an error
+    /// and its row (and key) is left as it was.
+    pub fn add(&mut self, user: &NewUser) -> Result<Secret, UserError> {
+        user.validate()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if exists(&tx, &user.username)? {
+            return Err(UserError::DuplicateUser(crate::error::clip(
+                &user.username,
+                80,
+            )));
+        }
+        let key = insert(&tx, user)?;
+        tx.commit()?;
+        Ok(key)
+    }
+
+    pub fn delete(&mut self, username: &str) -> Result<(), UserError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let deleted = tx.execute("DELETE FROM users WHERE username = ?1", [username])?;
+        if deleted == 0 {
+            return Err(unknown(username));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn get(&self, username: &str) -> Result<User, UserError> {
+        self.conn
+            .query_row(
+                "SELECT username, api_key, email, permissions, created_at, updated_at
+                 FROM users WHERE username = ?1",
+                [username],
+                user_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| unknown(username))
+    }
+
+    /// Every account, by username.
+    pub fn list(&self) -> Result<Vec<User>, UserError> {
+        let mut statement = self.conn.prepare(
+            "SELECT username, api_key, email, permissions, created_at, updated_at
+             FROM users ORDER BY username",
+        )?;
+        let users = statement
+            .query_map([], user_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(users)
+    }
+
+    pub fn set_permissions(
+        &mut self,
+        username: &str,
+        permissions: &Permissions,
+    ) -> Result<(), UserError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_iso(&tx)?;
+        let changed = tx.execute(
+            "UPDATE users SET permissions = ?1, updated_at = ?2 WHERE username = ?3",
+            params![to_json(permissions), now, username],
+        )?;
+        if changed == 0 {
+            return Err(unknown(username));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Gives `username` a new key and returns it; the old key no longer matches any row.
+    pub fn rotate_key(&mut self, username: &str) -> Result<Secret, UserError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if !exists(&tx, username)? {
+            return Err(unknown(username));
+        }
+        let now = now_iso(&tx)?;
+        let key = with_fresh_key(|key| {
+            tx.execute(
+                "UPDATE users SET api_key = ?1, updated_at = ?2 WHERE username = ?3",
+                params![key.expose(), now, username],
+            )
+        })?;
+        tx.commit()?;
+        Ok(key)
+    }
+
+    /// Creates every user of `users` that does not exist yet, all in one transaction: either
+    /// all of them are written or, on an error, none.
+    pub fn import(&mut self, users: &[NewUser]) -> Result<ImportOutcome, UserError> {
+        for user in users {
+            user.validate()?;
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut outcome = ImportOutcome::default();
+        for (position, user) in users.iter().enumerate() {
+            if exists(&tx, &user.username)? {
+                outcome.skipped.push(position);
+                continue;
+            }
+            let key = insert(&tx, user)?;
+            outcome.created.push((user.username.clone(), key));
+        }
+        tx.commit()?;
+        Ok(outcome)
+    }
+}
+
+fn unknown(username: &str) -> UserError {
+    UserError::UnknownUser(crate::error::clip(username, 80))
+}
+
+fn exists(conn: &Connection, username: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM users WHERE username = ?1)",
+        [username],
+        |row| row.get(0),
+    )
+}
+
+fn insert(conn: &Connection, user: &NewUser) -> Result<Secret, UserError> {
+    let now = now_iso(conn)?;
+    let permissions = to_json(&user.permissions);
+    with_fresh_key(|key| {
+        conn.execute(
+            "INSERT INTO users (username, api_key, email, permissions, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![user.username, key.expose(), user.email, permissions, now],
+        )
+    })
+}
+
+/// Runs `write` with a new key, drawing another if the key collides with a stored one
+/// (UNIQUE on api_key). With 190 random bits that never happens; the loop only makes the
+/// outcome certain rather than an error.
+fn with_fresh_key(
+    mut write: impl FnMut(&Secret) -> rusqlite::Result<usize>,
+) -> Result<Secret, UserError> {
+    let mut attempts = 0;
+    loop {
+        let key = generate_key()?;
+        match write(&key) {
+            Ok(_) => return Ok(key),
+            Err(e) if is_constraint(&e) && attempts < 3 => attempts += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn is_constraint(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
+}
+
+/// Local time as Python's `datetime.now().isoformat()` wrote it. SQLite converts to local
+/// time (the C library's `localtime`, as Python does); the microseconds come from here.
+fn now_iso(conn: &Connection) -> rusqlite::Result<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds: String = conn.query_row(
+        "SELECT strftime('%Y-%m-%dT%H:%M:%S', ?1, 'unixepoch', 'localtime')",
+        [now.as_secs() as i64],
+        |row| row.get(0),
+    )?;
+    Ok(format!("{seconds}.{:06}", now.subsec_micros()))
+}
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    let email = text(row, 2)?;
+    Ok(User {
+        username: text(row, 0)?,
+        key: Secret::new(text(row, 1)?),
+        email: (!email.is_empty()).then_some(email),
+        permissions: from_json(&text(row, 3)?),
+        created_at: text(row, 4)?,
+        updated_at: text(row, 5)?,
+    })
+}
+
+/// A column as text, whatever SQLite type an older or hand-edited database gave it.
+pub(crate) fn text(row: &Row<'_>, index: usize) -> rusqlite::Result<String> {
+    Ok(match row.get_ref(index)? {
+        ValueRef::Null => String::new(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => f.to_string(),
+        ValueRef::Text(t) | ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
+    })
+}
+
+/// A database the CLI creates holds every user's key: it is created empty, readable by its
+/// owner only, before SQLite opens it (SQLite gives its `-wal` and `-shm` files the mode of
+/// the database file). An existing file's mode is left as the administrator set it. Failing
+/// here is not an error: SQLite then creates the file and reports any real problem.
+fn create_private(path: &Path) {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    if let Err(e) = options.open(path) {
+        tracing::debug!("{}: not created ahead of SQLite: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_user(name: &str, permissions: Permissions) -> NewUser {
+        NewUser {
+            username: name.into(),
+            email: Some(format!("{name}@example.com")),
+            permissions,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, UserStore) {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = UserStore::open(&dir.path().join("u.db"), OpenMode::Create).expect("open");
+        (dir, store)
+    }
+
+    #[test]
+    fn add_get_list_modify_rotate_delete() {
+        let (_dir, mut store) = store();
+        let key = store.add(&new_user("ann", Permissions::All)).expect("add");
+        let ann = store.get("ann").expect("get");
+        assert_eq!(ann.key, key);
+        assert_eq!(ann.email.as_deref(), Some("ann@example.com"));
+        assert_eq!(ann.permissions, Ok(Permissions::All));
+        assert_eq!(ann.created_at, ann.updated_at);
+
+        let only_a = Permissions::Only(["a".to_owned()].into());
+        store.set_permissions("ann", &only_a).expect("modify");
+        assert_eq!(store.get("ann").expect("get").permissions, Ok(only_a));
+
+        let new_key = store.rotate_key("ann").expect("rotate");
+        assert_ne!(new_key, key);
+        assert_eq!(store.get("ann").expect("get").key, new_key);
+
+        store.add(&new_user("bob", Permissions::All)).expect("bob");
+        let names: Vec<String> = store
+            .list()
+            .expect("list")
+            .into_iter()
+            .map(|u| u.username)
+            .collect();
+        assert_eq!(names, ["ann", "bob"]);
+
+        store.delete("ann").expect("delete");
+        assert!(matches!(store.get("ann"), Err(UserError::UnknownUser(_))));
+        assert!(matches!(
+            store.delete("ann"),
+            Err(UserError::UnknownUser(_))
+        ));
+        assert!(matches!(
+            store.rotate_key("ann"),
+            Err(UserError::UnknownUser(_))
+        ));
+        assert!(matches!(
+            store.set_permissions("ann", &Permissions::All),
+            Err(UserError::UnknownUser(_))
+        ));
+    }
+
+    #[test]
+    fn a_duplicate_keeps_the_first_key() {
+        let (_dir, mut store) = store();
+        let key = store.add(&new_user("ann", Permissions::All)).expect("add");
+        let err = store
+            .add(&new_user("ann", Permissions::All))
+            .expect_err("duplicate");
+        assert!(matches!(err, UserError::DuplicateUser(_)));
+        assert_eq!(store.get("ann").expect("get").key, key);
+    }
+
+    #[test]
+    fn import_skips_existing_and_writes_the_rest_together() {
+        let (_dir, mut store) = store();
+        let old = store.add(&new_user("ann", Permissions::All)).expect("add");
+        let outcome = store
+            .import(&[
+                new_user("bob", Permissions::All),
+                new_user("ann", Permissions::All),
+            ])
+            .expect("import");
+        assert_eq!(outcome.skipped, [1]);
+        assert_eq!(outcome.created.len(), 1);
+        assert_eq!(outcome.created[0].0, "bob");
+        assert_eq!(store.get("ann").expect("ann").key, old);
+        // A bad user anywhere: nothing written.
+        let mut bad = new_user("carl", Permissions::All);
+        bad.email = Some("nope".into());
+        let err = store
+            .import(&[new_user("dan", Permissions::All), bad])
+            .expect_err("bad email");
+        assert!(matches!(err, UserError::BadEmail { .. }));
+        assert!(store.get("dan").is_err());
+    }
+
+    #[test]
+    fn timestamps_look_like_pythons_isoformat() {
+        let (_dir, store) = store();
+        let now = now_iso(&store.conn).expect("now");
+        // 2024-05-01T12:34:56.789012
+        assert_eq!(now.len(), 26, "{now}");
+        let bytes = now.as_bytes();
+        assert_eq!(
+            (
+                bytes[4], bytes[7], bytes[10], bytes[13], bytes[16], bytes[19]
+            ),
+            (b'-', b'-', b'T', b':', b':', b'.')
+        );
+        assert!(
+            now.chars()
+                .filter(|c| !"-T:.".contains(*c))
+                .all(|c| c.is_ascii_digit())
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_created_only_when_asked() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("typo.db");
+        assert!(matches!(
+            UserStore::open(&path, OpenMode::Existing),
+            Err(UserError::NoDatabase(_))
+        ));
+        assert!(!path.exists());
+        UserStore::open(&path, OpenMode::Create).expect("create");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

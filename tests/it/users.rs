@@ -1,0 +1,840 @@
+//! Accounts: `llmsrouter user ...` against a temp database (output, exit codes, the rows),
+//! and the server with ENABLE_ACCOUNT_MANAGEMENT=true: a users.db written with the Python
+//! version's schema, 401/403, CLI changes reaching a running server, concurrency, and no key
+//! in any output.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use serde_json::{Value, json};
+
+use crate::support::upstream::{Behavior, MockUpstream};
+use crate::support::{RouterProcess, TestRouter, client, run_cli};
+
+/// The Python version's `CREATE TABLE`, exactly as it ran it.
+const PYTHON_SCHEMA: &str = "
+                CREATE TABLE IF NOT EXISTS users (
+                    username TEXT PRIMARY KEY,
+                    api_key TEXT UNIQUE NOT NULL,
+                    email TEXT,
+                    permissions TEXT NOT NULL,
+                    created_at TEXT NOT NULL,
+                    updated_at TEXT NOT NULL
+                )
+            ";
+
+/// Keys as the Python version made them: 32 letters and digits, no prefix.
+const ANN_KEY: &str = "Xq3vB9kLm2Np7Rt5Wz8Yc1Df4Gh6Jk0A";
+const BOB_KEY: &str = "pL0oK9iJ8uH7yG6tF5rD4eS3wA2qZ1xC";
+
+fn is_new_key(text: &str) -> bool {
+    text.strip_prefix("sk-lr-")
+        .is_some_and(|r| r.len() == 32 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Runs `llmsrouter user <args>` in `dir`; asserts a failure is one `error:` line.
+fn user(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut full = vec!["user"];
+    full.extend_from_slice(args);
+    let (code, out, err) = run_cli(dir, &full, &[]);
+    if code == 1 {
+        assert_eq!(err.lines().count(), 1, "one line on stderr: {err:?}");
+        assert!(err.starts_with("error: "), "{err:?}");
+    }
+    (code, out, err)
+}
+
+/// `llmsrouter user add`, which must succeed; returns the key.
+fn add(dir: &Path, args: &[&str]) -> String {
+    let mut full = vec!["add"];
+    full.extend_from_slice(args);
+    let (code, out, err) = user(dir, &full);
+    assert_eq!(code, 0, "{err}");
+    let key = out.trim_end_matches('\n');
+    assert!(is_new_key(key), "stdout is the key alone: {out:?}");
+    key.to_owned()
+}
+
+/// Every row of the users table, as text, by username.
+fn rows(db: &Path) -> Vec<[String; 6]> {
+    let conn = Connection::open(db).expect("open db");
+    let mut statement = conn
+        .prepare("SELECT username, api_key, COALESCE(email, ''), permissions, created_at, updated_at FROM users ORDER BY username")
+        .expect("select");
+    statement
+        .query_map([], |r| {
+            Ok([
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ])
+        })
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+fn row_of(db: &Path, username: &str) -> [String; 6] {
+    rows(db)
+        .into_iter()
+        .find(|r| r[0] == username)
+        .unwrap_or_else(|| panic!("no row for {username}"))
+}
+
+/// `2024-05-01T12:34:56.789012`, as Python's `datetime.isoformat()` writes it.
+fn is_python_iso(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 26
+        && (b[4], b[7], b[10], b[13], b[16], b[19]) == (b'-', b'-', b'T', b':', b':', b'.')
+        && text
+            .chars()
+            .filter(|c| !"-T:.".contains(*c))
+            .all(|c| c.is_ascii_digit())
+}
+
+#[test]
+fn add_prints_the_key_once_and_list_and_show_never_do() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    let key = add(
+        dir.path(),
+        &["ann", "--email", "ann@example.com", "--permissions", "b, a"],
+    );
+    let bob_key = add(dir.path(), &["bob"]);
+    assert_ne!(key, bob_key);
+
+    let [name, stored_key, email, permissions, created, updated] = row_of(&db, "ann");
+    assert_eq!(
+        (name.as_str(), stored_key.as_str(), email.as_str()),
+        ("ann", key.as_str(), "ann@example.com")
+    );
+    assert_eq!(permissions, r#"{"a": true, "b": true}"#);
+    assert!(is_python_iso(&created), "{created}");
+    assert_eq!(created, updated);
+    assert_eq!(row_of(&db, "bob")[3], r#"{"*": true}"#);
+
+    let (code, table, _) = user(dir.path(), &["list"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("USERNAME"), "{table}");
+    assert!(
+        lines[1].starts_with("ann ") && lines[1].contains("ann@example.com"),
+        "{table}"
+    );
+    assert!(
+        lines[1].contains("a, b") && lines[2].contains('*'),
+        "{table}"
+    );
+
+    // --db is global: after the subcommand's own flag, relative to the working directory.
+    let (code, listed, _) = user(dir.path(), &["list", "--json", "--db", "users.db"]);
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(&listed).expect("list --json is JSON");
+    let ann = &listed[0];
+    assert_eq!(ann["username"], "ann");
+    assert_eq!(ann["email"], "ann@example.com");
+    assert_eq!(ann["permissions"], json!(["a", "b"]));
+    assert_eq!(ann["created_at"], created.as_str());
+    let prefix = ann["key_prefix"].as_str().expect("prefix");
+    assert!(key.starts_with(prefix) && prefix.len() <= 10, "{prefix}");
+    assert_eq!(listed[1]["permissions"], json!(["*"]));
+    assert_eq!(listed[1]["email"], Value::Null);
+
+    let (code, shown, _) = user(dir.path(), &["show", "ann", "--json"]);
+    assert_eq!(code, 0);
+    let shown: Value = serde_json::from_str(&shown).expect("show --json is JSON");
+    assert_eq!(&shown, ann);
+    let (code, text, _) = user(dir.path(), &["show", "ann"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("ann@example.com") && text.contains("a, b"),
+        "{text}"
+    );
+
+    // LLMSROUTER_DB names the file too.
+    let elsewhere = tempfile::tempdir().expect("dir");
+    let (code, out, _) = run_cli(
+        elsewhere.path(),
+        &["user", "list", "--json"],
+        &[("LLMSROUTER_DB", db.to_str().expect("utf-8 path"))],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json"),
+        listed,
+        "same database through the variable"
+    );
+
+    for output in [table, text, out, shown.to_string()] {
+        assert!(!output.contains(&key) && !output.contains(&bob_key));
+    }
+}
+
+#[test]
+fn modify_rotate_key_and_delete_change_the_row() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    let old_key = add(dir.path(), &["ann"]);
+    let before = row_of(&db, "ann");
+
+    let (code, out, _) = user(dir.path(), &["modify", "ann", "--permissions", "x,y"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("x, y"), "{out}");
+    let modified = row_of(&db, "ann");
+    assert_eq!(modified[3], r#"{"x": true, "y": true}"#);
+    assert_eq!(modified[1], old_key, "modify keeps the key");
+    assert_eq!(modified[4], before[4], "created_at kept");
+    assert!(is_python_iso(&modified[5]) && modified[5] >= before[5]);
+
+    let (code, out, err) = user(dir.path(), &["rotate-key", "ann"]);
+    assert_eq!(code, 0, "{err}");
+    let new_key = out.trim_end();
+    assert!(is_new_key(new_key) && new_key != old_key, "{out:?}");
+    assert_eq!(row_of(&db, "ann")[1], new_key);
+    assert!(!err.contains(new_key), "the key goes to stdout only");
+
+    let (code, out, _) = user(dir.path(), &["modify", "ann", "--permissions", "*"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(row_of(&db, "ann")[3], r#"{"*": true}"#);
+
+    let (code, _, _) = user(dir.path(), &["delete", "ann"]);
+    assert_eq!(code, 0);
+    assert!(rows(&db).is_empty());
+}
+
+#[test]
+fn refused_commands_exit_1_with_one_line_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    let ann_key = add(dir.path(), &["ann", "--permissions", "a"]);
+    let snapshot = rows(&db);
+
+    let huge = "u".repeat(10_000);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["add", "ann"], "already exists"),
+        (vec!["add", ""], "bad username"),
+        (vec!["add", &huge], "at most 64"),
+        (vec!["add", "ann\u{7}bell"], "bad username"),
+        (vec!["add", "ann\nbob"], "bad username"),
+        (vec!["add", "two words"], "bad username"),
+        (vec!["add", "carl", "--email", "carl"], "bad email"),
+        (
+            vec!["add", "carl", "--email", "carl@localhost"],
+            "bad email",
+        ),
+        (vec!["add", "carl", "--permissions", ",,"], "empty entry"),
+        (vec!["add", "carl", "--permissions", ""], "empty"),
+        (
+            vec!["add", "carl", "--permissions", "*,a"],
+            "cannot be combined",
+        ),
+        (
+            vec!["add", "carl", "--permissions", "[a]"],
+            "not a provider alias",
+        ),
+        (
+            vec!["modify", "nobody", "--permissions", "*"],
+            "does not exist",
+        ),
+        (vec!["modify", "ann", "--permissions", ",,"], "empty entry"),
+        (vec!["delete", "nobody"], "does not exist"),
+        (vec!["show", "nobody"], "does not exist"),
+        (vec!["show", &huge], "does not exist"),
+        (vec!["rotate-key", "nobody"], "does not exist"),
+    ];
+    for (args, expected) in &cases {
+        let (code, out, err) = user(dir.path(), args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: nothing on stdout: {out}");
+        assert!(err.len() < 400, "{args:?}: a long name is clipped: {err}");
+        assert!(!err.contains(&ann_key));
+        assert_eq!(rows(&db), snapshot, "{args:?} changed the database");
+    }
+
+    // A command line clap refuses is exit 2 (a usage error), also with nothing written.
+    let (code, _, _) = run_cli(dir.path(), &["user", "modify", "ann"], &[]);
+    assert_eq!(code, 2);
+    assert_eq!(rows(&db), snapshot);
+
+    // Bad input does not even create a database file; reading commands do not either.
+    let empty = tempfile::tempdir().expect("dir");
+    let (code, _, _) = user(empty.path(), &["add", "", "--permissions", "*"]);
+    assert_eq!(code, 1);
+    let (code, _, err) = user(empty.path(), &["list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no such database"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(empty.path()).expect("ls").count(),
+        0,
+        "no file was created"
+    );
+}
+
+#[test]
+fn aliases_missing_from_config_yaml_are_accepted_with_a_warning() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  mock:\n    url: \"http://127.0.0.1:9/v1\"\n",
+    )
+    .expect("config");
+    let (code, out, err) = user(dir.path(), &["add", "ann", "--permissions", "mock,later"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(is_new_key(out.trim()));
+    assert!(
+        err.contains("warning: provider \"later\" is not in config.yaml"),
+        "{err}"
+    );
+    assert!(!err.contains("\"mock\" is not"), "{err}");
+    assert_eq!(
+        row_of(&dir.path().join("users.db"), "ann")[3],
+        r#"{"later": true, "mock": true}"#
+    );
+    let (code, _, err) = user(dir.path(), &["modify", "ann", "--permissions", "gone"]);
+    assert_eq!(code, 0);
+    assert!(err.contains("\"gone\" is not in config.yaml"), "{err}");
+    // Without a config.yaml there is nothing to check against, and nothing to warn about.
+    let bare = tempfile::tempdir().expect("dir");
+    let (code, _, err) = user(bare.path(), &["add", "ann", "--permissions", "later"]);
+    assert_eq!(code, 0);
+    assert!(!err.contains("warning"), "{err}");
+}
+
+#[test]
+fn bad_database_files_are_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("dir");
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, "this is a text file, not a database\n".repeat(200)).expect("write");
+    let future = dir.path().join("future.db");
+    {
+        let conn = Connection::open(&future).expect("create");
+        conn.execute_batch(PYTHON_SCHEMA).expect("schema");
+        conn.pragma_update(None, "user_version", 99)
+            .expect("version");
+    }
+    for (file, expected) in [
+        (&junk, "not an SQLite database"),
+        (&future, "newer than this llmsrouter"),
+    ] {
+        let before = std::fs::read(file).expect("read");
+        let name = file.to_str().expect("utf-8");
+        for args in [
+            vec!["add", "ann", "--db", name],
+            vec!["list", "--db", name],
+            vec!["import", "in.csv", "--db", name],
+        ] {
+            std::fs::write(dir.path().join("in.csv"), "username,email\nann,\n").expect("csv");
+            let (code, _, err) = user(dir.path(), &args);
+            assert_eq!(code, 1, "{args:?}");
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
+        assert_eq!(
+            std::fs::read(file).expect("read"),
+            before,
+            "{name} untouched"
+        );
+    }
+}
+
+#[test]
+fn serve_with_accounts_refuses_a_database_it_cannot_use() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("users.db"), "not a database\n".repeat(300)).expect("junk");
+    let before = std::fs::read(dir.path().join("users.db")).expect("read");
+    let (code, _, err) = run_cli(
+        dir.path(),
+        &["serve", "--host", "127.0.0.1", "--port", "0"],
+        &[("ENABLE_ACCOUNT_MANAGEMENT", "true")],
+    );
+    assert_eq!(code, 1);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ENABLE_ACCOUNT_MANAGEMENT=true needs the users database")
+            && last.contains("users.db: not an SQLite database"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("users.db")).expect("read"),
+        before
+    );
+}
+
+#[test]
+fn import_creates_new_users_skips_existing_and_round_trips_list_json() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    let ann_key = add(dir.path(), &["ann"]);
+    std::fs::write(
+        dir.path().join("team.csv"),
+        "username,email,permissions\nann,ann@example.com,\nbob,bob@example.com,\"a,b\"\ncarl,,\n",
+    )
+    .expect("csv");
+    let (code, out, err) = user(dir.path(), &["import", "team.csv"]);
+    assert_eq!(code, 0, "{err}");
+    let created: Vec<(&str, &str)> = out
+        .lines()
+        .map(|l| l.split_once('\t').expect("username<TAB>key"))
+        .collect();
+    assert_eq!(
+        created.iter().map(|c| c.0).collect::<Vec<_>>(),
+        ["bob", "carl"]
+    );
+    for (name, key) in &created {
+        assert!(is_new_key(key));
+        assert_eq!(row_of(&db, name)[1], *key);
+    }
+    assert!(
+        err.contains("row 2") && err.contains("\"ann\" exists"),
+        "{err}"
+    );
+    assert!(err.contains("imported 2 users, skipped 1"), "{err}");
+    assert_eq!(row_of(&db, "ann")[1], ann_key, "an existing key is kept");
+    assert_eq!(row_of(&db, "bob")[3], r#"{"a": true, "b": true}"#);
+    assert_eq!(row_of(&db, "carl")[2], "");
+    assert_eq!(row_of(&db, "carl")[3], r#"{"*": true}"#);
+
+    // `list --json` of one database imports into another as is.
+    let (code, listed, _) = user(dir.path(), &["list", "--json"]);
+    assert_eq!(code, 0);
+    std::fs::write(dir.path().join("all.json"), &listed).expect("json");
+    let (code, out, err) = user(dir.path(), &["import", "all.json", "--db", "copy.db"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3);
+    let copy = dir.path().join("copy.db");
+    for (a, b) in rows(&db).iter().zip(rows(&copy).iter()) {
+        assert_eq!((&a[0], &a[2], &a[3]), (&b[0], &b[2], &b[3]));
+        assert_ne!(a[1], b[1], "imported users get keys of their own");
+    }
+}
+
+#[test]
+fn import_refuses_bad_files_and_bad_rows_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    add(dir.path(), &["ann"]);
+    let snapshot = rows(&db);
+    let cases: Vec<(&str, &str, Vec<&str>)> = vec![
+        (
+            "no-email.csv",
+            "username\nbob\n",
+            vec!["no \"email\" column"],
+        ),
+        (
+            "extra.csv",
+            "username,email,api_key\nbob,,x\n",
+            vec!["unknown column \"api_key\""],
+        ),
+        (
+            "object.json",
+            r#"{"username": "bob"}"#,
+            vec!["expected a JSON array", "found an object"],
+        ),
+        (
+            "broken.json",
+            r#"[{"username": "bob""#,
+            vec!["not valid JSON"],
+        ),
+        (
+            "rows.csv",
+            "username,email,permissions\nbob,bob@example.com,*\ncarl,not-an-email,*\n,x@example.com,*\ndan,,\",,\"\nbob,,\n",
+            vec![
+                "row 3: bad email",
+                "row 4: bad username",
+                "row 5: permissions \",,\" have an empty entry",
+                "row 6: username \"bob\" already appears on row 2",
+            ],
+        ),
+        (
+            "rows.json",
+            r#"[{"username": "bob"}, {"username": "carl", "email": 7}, {"name": "dan"}]"#,
+            vec![
+                "row 2: \"email\" must be a string",
+                "row 3: unknown field \"name\"",
+            ],
+        ),
+    ];
+    for (file, content, expected) in &cases {
+        std::fs::write(dir.path().join(file), content).expect("write");
+        let (code, out, err) = user(dir.path(), &["import", file]);
+        assert_eq!(code, 1, "{file}: {err}");
+        assert!(
+            err.contains(file) && err.contains("nothing imported"),
+            "{err}"
+        );
+        for part in expected {
+            assert!(err.contains(part), "{file}: {part:?} not in {err}");
+        }
+        assert!(out.is_empty(), "{file}: no key printed: {out}");
+        assert_eq!(rows(&db), snapshot, "{file} wrote something");
+    }
+    let (code, _, err) = user(dir.path(), &["import", "missing.csv"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.csv: cannot read"), "{err}");
+    assert_eq!(rows(&db), snapshot);
+}
+
+/// Writes a users.db exactly as the Python version left it: its schema, its key style,
+/// permissions JSON and ISO timestamps, `user_version` 0.
+fn python_users_db(path: &Path) {
+    let conn = Connection::open(path).expect("create");
+    conn.execute_batch(PYTHON_SCHEMA).expect("schema");
+    conn.execute(
+        "INSERT INTO users (username, api_key, email, permissions, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        rusqlite::params!["ann", ANN_KEY, "ann@example.com", r#"{"*": true}"#, "2024-05-01T12:34:56.789012"],
+    )
+    .expect("ann");
+    conn.execute(
+        "INSERT INTO users (username, api_key, email, permissions, created_at, updated_at) VALUES (?1, ?2, NULL, ?3, ?4, ?4)",
+        rusqlite::params!["bob", BOB_KEY, r#"{"mock": true, "other": false}"#, "2024-05-02T08:00:00.000001"],
+    )
+    .expect("bob");
+}
+
+/// Two providers on the same mock: `mock` and `other`.
+fn two_server_config(upstream: &MockUpstream) -> String {
+    format!(
+        "servers:\n  mock:\n    url: \"{0}\"\n    api_key: \"sk-mock-upstream-key\"\n  other:\n    url: \"{0}\"\n    api_key: \"sk-other-upstream-key\"\n",
+        upstream.url()
+    )
+}
+
+enum Auth<'a> {
+    None,
+    Bearer(&'a str),
+    XApiKey(&'a str),
+}
+
+/// POSTs a chat completion; returns the status and the error code, if any.
+async fn chat(url: &str, auth: Auth<'_>, model: &str) -> (u16, Option<String>) {
+    let mut request = client()
+        .post(url)
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}));
+    request = match auth {
+        Auth::None => request,
+        Auth::Bearer(key) => request.bearer_auth(key),
+        Auth::XApiKey(key) => request.header("x-api-key", key),
+    };
+    let response = request.send().await.expect("send");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let code = body["error"]["code"].as_str().map(str::to_owned);
+    (status, code)
+}
+
+/// Polls `check` until it holds, with a deadline (never a fixed sleep as synchronisation).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn cli(dir: PathBuf, args: Vec<String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cli(&dir, &args, &[])
+    })
+    .await
+    .expect("cli thread")
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_made_users_db_authenticates_through_the_binary() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), two_server_config(&upstream)).expect("cfg");
+    let db = dir.path().join("users.db");
+    python_users_db(&db);
+    let python_rows = rows(&db);
+    // The default LLMSROUTER_DB, ./users.db, is the Python version's default too.
+    let router = RouterProcess::start_in(
+        dir,
+        &[("ENABLE_ACCOUNT_MANAGEMENT", "true"), ("RUST_LOG", "debug")],
+    );
+    let chat_url = router.url("/v1/chat/completions");
+    let url = chat_url.as_str();
+
+    assert_eq!(
+        chat(url, Auth::Bearer(ANN_KEY), "[mock]m").await,
+        (200, None)
+    );
+    assert_eq!(
+        upstream.last().headers["authorization"],
+        "Bearer sk-mock-upstream-key",
+        "the provider's key goes upstream, never the user's"
+    );
+    assert_eq!(
+        chat(url, Auth::XApiKey(ANN_KEY), "[other]m").await,
+        (200, None)
+    );
+    assert!(upstream.last().headers.get("x-api-key").is_none());
+    assert_eq!(
+        chat(url, Auth::Bearer(BOB_KEY), "[mock]m").await,
+        (200, None)
+    );
+    let reached = upstream.count();
+    assert_eq!(reached, 3);
+
+    let forbidden = Some("provider_forbidden".to_owned());
+    let invalid = Some("invalid_api_key".to_owned());
+    let url_forbidden = Some("url_target_forbidden".to_owned());
+    assert_eq!(
+        chat(url, Auth::Bearer(BOB_KEY), "[other]m").await,
+        (403, forbidden),
+        "\"other\": false grants nothing"
+    );
+    assert_eq!(
+        chat(url, Auth::None, "[mock]m").await,
+        (401, invalid.clone())
+    );
+    assert_eq!(
+        chat(url, Auth::Bearer("sk-lr-notakey"), "[mock]m").await,
+        (401, invalid.clone())
+    );
+    assert_eq!(
+        chat(url, Auth::Bearer(&ANN_KEY[..31]), "[mock]m").await,
+        (401, invalid.clone()),
+        "a prefix of a key is not a key"
+    );
+    let proxied = format!("{url}?proxy={}", upstream.origin());
+    assert_eq!(
+        chat(&proxied, Auth::Bearer(ANN_KEY), "m").await,
+        (403, url_forbidden.clone())
+    );
+    let in_model = format!("[{}]m", upstream.origin());
+    assert_eq!(
+        chat(url, Auth::Bearer(ANN_KEY), &in_model).await,
+        (403, url_forbidden)
+    );
+    assert_eq!(
+        upstream.count(),
+        reached,
+        "refused requests never reach a provider"
+    );
+
+    let health = client()
+        .get(router.url("/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200, "/health needs no key");
+    let models = client()
+        .get(router.url("/v1/models"))
+        .send()
+        .await
+        .expect("models");
+    assert_eq!(models.status(), 401, "every other route does");
+    let models = client()
+        .get(router.url("/v1/models"))
+        .bearer_auth(ANN_KEY)
+        .send()
+        .await
+        .expect("models");
+    assert_eq!(models.status(), 200);
+
+    // The file is still the Python version's: same table, same rows.
+    assert_eq!(rows(&router.path().join("users.db")), python_rows);
+    let stderr = router.stderr();
+    for key in [ANN_KEY, BOB_KEY] {
+        assert!(!stderr.contains(key), "a key reached the log");
+    }
+    assert!(stderr.contains("2 users"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_changes_reach_the_running_server_without_a_restart() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("accounts.db");
+    let db_arg = db.to_str().expect("utf-8").to_owned();
+    std::fs::write(dir.path().join("config.yaml"), two_server_config(&upstream)).expect("cfg");
+    let router = RouterProcess::start_in(
+        dir,
+        &[
+            ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+            ("LLMSROUTER_DB", &db_arg),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    let here = router.path().to_owned();
+    let url = router.url("/v1/chat/completions");
+    let mut seen_keys = Vec::new();
+    let run = |args: &[&str]| {
+        let mut full = vec!["user"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--db", &db_arg]);
+        cli(here.clone(), strings(&full))
+    };
+
+    // No users yet: 401, and the log says how to add one.
+    assert_eq!(chat(&url, Auth::Bearer("sk-lr-x"), "[mock]m").await.0, 401);
+    assert!(
+        router.stderr().contains("has no users"),
+        "{}",
+        router.stderr()
+    );
+
+    let (code, out, err) = run(&["add", "ann", "--permissions", "mock"]).await;
+    assert_eq!(code, 0, "{err}");
+    let key = out.trim().to_owned();
+    seen_keys.push(key.clone());
+    eventually("a new user can sign in", || async {
+        chat(&url, Auth::Bearer(&key), "[mock]m").await.0 == 200
+    })
+    .await;
+    assert_eq!(chat(&url, Auth::Bearer(&key), "[other]m").await.0, 403);
+
+    let (code, _, err) = run(&["modify", "ann", "--permissions", "other"]).await;
+    assert_eq!(code, 0, "{err}");
+    eventually("modify narrows access", || async {
+        chat(&url, Auth::Bearer(&key), "[mock]m").await.0 == 403
+    })
+    .await;
+    assert_eq!(chat(&url, Auth::Bearer(&key), "[other]m").await.0, 200);
+    assert_eq!(
+        chat(&url, Auth::Bearer(&key), "[mock]m").await.0,
+        403,
+        "and stays"
+    );
+
+    let (code, out, err) = run(&["rotate-key", "ann"]).await;
+    assert_eq!(code, 0, "{err}");
+    let new_key = out.trim().to_owned();
+    seen_keys.push(new_key.clone());
+    eventually("the old key stops working", || async {
+        chat(&url, Auth::Bearer(&key), "[other]m").await.0 == 401
+    })
+    .await;
+    assert_eq!(chat(&url, Auth::Bearer(&new_key), "[other]m").await.0, 200);
+    assert_eq!(
+        chat(&url, Auth::Bearer(&key), "[other]m").await.0,
+        401,
+        "and stays"
+    );
+
+    let (code, _, err) = run(&["delete", "ann"]).await;
+    assert_eq!(code, 0, "{err}");
+    eventually("a deleted user is refused", || async {
+        chat(&url, Auth::Bearer(&new_key), "[other]m").await.0 == 401
+    })
+    .await;
+    assert_eq!(
+        chat(&url, Auth::Bearer(&new_key), "[other]m").await.0,
+        401,
+        "and stays"
+    );
+
+    let stderr = router.stderr();
+    for key in &seen_keys {
+        assert!(!stderr.contains(key.as_str()), "a key reached the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_requests_while_the_cli_adds_twenty_users() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), two_server_config(&upstream)).expect("cfg");
+    let db = dir.path().join("users.db");
+    python_users_db(&db);
+    let router = RouterProcess::start_in(dir, &[("ENABLE_ACCOUNT_MANAGEMENT", "true")]);
+    let here = router.path().to_owned();
+    let url = Arc::new(router.url("/v1/chat/completions"));
+
+    let adding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let requests: Vec<_> = (0..50)
+        .map(|_| {
+            let url = url.clone();
+            let adding = adding.clone();
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                loop {
+                    statuses.push(chat(&url, Auth::Bearer(ANN_KEY), "[mock]m").await.0);
+                    if !adding.load(std::sync::atomic::Ordering::SeqCst) {
+                        return statuses;
+                    }
+                }
+            })
+        })
+        .collect();
+    let adds: Vec<_> = (0..20)
+        .map(|i| {
+            let name = format!("user{i:02}");
+            cli(
+                here.clone(),
+                strings(&["user", "add", &name, "--permissions", "mock"]),
+            )
+        })
+        .collect();
+    let mut new_keys = Vec::new();
+    for (code, out, err) in futures_util::future::join_all(adds).await {
+        assert_eq!(code, 0, "{err}");
+        assert!(!err.to_lowercase().contains("locked"), "{err}");
+        new_keys.push(out.trim().to_owned());
+    }
+    adding.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    for task in requests {
+        let statuses = task.await.expect("request task");
+        total += statuses.len();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    assert!(total >= 50);
+    assert_eq!(rows(&router.path().join("users.db")).len(), 22);
+    for key in &new_keys {
+        assert!(is_new_key(key));
+        eventually("each new key signs in", || async {
+            chat(&url, Auth::Bearer(key), "[mock]m").await.0 == 200
+        })
+        .await;
+    }
+    let stderr = router.stderr();
+    assert!(!stderr.to_lowercase().contains("locked"), "{stderr}");
+    for key in new_keys
+        .iter()
+        .map(String::as_str)
+        .chain([ANN_KEY, BOB_KEY])
+    {
+        assert!(!stderr.contains(key), "a key reached the log");
+    }
+}
+
+#[tokio::test]
+async fn the_users_name_reaches_the_request_record() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    python_users_db(&db);
+    let (index, refresh) = llmsrouter::users::index::start(&db).expect("users");
+    let router = TestRouter::start_with(&two_server_config(&upstream), |state| {
+        state.keys = Some(index);
+    })
+    .await;
+    let url = router.url("/v1/chat/completions");
+    assert_eq!(chat(&url, Auth::Bearer(BOB_KEY), "[mock]m").await.0, 200);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.user.as_deref(), Some("bob"));
+    assert_eq!(record.provider, "mock");
+    assert!(
+        !format!("{record:?}").contains(BOB_KEY),
+        "the record holds no key"
+    );
+    router.stop().await;
+    refresh.shutdown().await;
+}
