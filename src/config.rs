@@ -33,6 +33,8 @@ pub struct Server {
     pub alias: String,
     /// Base URL as configured (trailing `/` trimmed); used as is, no `/v1` added.
     pub url: String,
+    /// `url` parsed once, so a request builds its upstream URL without parsing one.
+    pub base: url::Url,
     /// `None` when the config has no key (local servers): no Authorization is sent.
     pub api_key: Option<Secret>,
     pub filter: Option<String>,
@@ -285,6 +287,7 @@ fn validate_server(
     };
     let url = expand_env(&url, &at("url"), env)?;
     let url = validate_base_url(&url).map_err(|reason| invalid(at("url"), reason))?;
+    let base = url::Url::parse(&url).map_err(|e| invalid(at("url"), e.to_string()))?;
 
     let api_key = raw
         .api_key
@@ -324,6 +327,7 @@ fn validate_server(
     Ok(Server {
         alias: alias.to_owned(),
         url,
+        base,
         api_key,
         filter,
         override_models,

@@ -8,6 +8,7 @@
 //! 3. `[http(s) URL]name`: that URL is the base, as in 1; upstream sees `name`.
 //! 4. `name`: `settings.default_server`, else the first server whose model list holds `name`.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::config::{Config, Server};
@@ -59,6 +60,8 @@ pub struct Target<'c> {
     pub base_url: String,
     /// Query of a URL target's base (`?api-version=...`), kept on every upstream URL.
     pub base_query: Option<String>,
+    /// The base, parsed (its query included); borrowed from the config for aliases.
+    pub base: Cow<'c, url::Url>,
     /// The model name the upstream sees.
     pub upstream_model: String,
     /// The configured server for alias modes; `None` for URL targets.
@@ -102,7 +105,7 @@ pub fn resolve<'c>(
     lookup: &Lookup<'_>,
 ) -> Result<Target<'c>, ProxyError> {
     if let Some(proxy) = proxy_param {
-        let (base_url, base_query) = url_target_base(proxy).map_err(|reason| {
+        let (base_url, base_query, base) = url_target(proxy).map_err(|reason| {
             ProxyError::InvalidRequest(format!(
                 "bad proxy URL \"{}\": {reason}",
                 clip(proxy, MODEL_IN_MESSAGE)
@@ -113,13 +116,14 @@ pub fn resolve<'c>(
             provider: host_of(&base_url),
             base_url,
             base_query,
+            base: Cow::Owned(base),
             upstream_model: model.to_owned(),
             server: None,
         });
     }
     match parse_model(model)? {
         ModelRef::Prefixed { prefix, name } if is_url(prefix) => {
-            let (base_url, base_query) = url_target_base(prefix).map_err(|reason| {
+            let (base_url, base_query, base) = url_target(prefix).map_err(|reason| {
                 ProxyError::InvalidRequest(format!(
                     "bad URL in model prefix \"[{}]\": {reason}",
                     clip(prefix, MODEL_IN_MESSAGE)
@@ -130,6 +134,7 @@ pub fn resolve<'c>(
                 provider: host_of(&base_url),
                 base_url,
                 base_query,
+                base: Cow::Owned(base),
                 upstream_model: name.to_owned(),
                 server: None,
             })
@@ -169,6 +174,7 @@ fn alias_target<'c>(server: &'c Server, name: &str, mode: RouteMode) -> Target<'
         mode,
         base_url: server.url.clone(),
         base_query: None,
+        base: Cow::Borrowed(&server.base),
         upstream_model: name.to_owned(),
         server: Some(server),
         provider: server.alias.clone(),
@@ -246,6 +252,14 @@ fn is_url(text: &str) -> bool {
     lower.starts_with("http://") || lower.starts_with("https://")
 }
 
+/// [`url_target_base`], plus the base parsed (query included) for building request URLs.
+fn url_target(text: &str) -> Result<(String, Option<String>, url::Url), String> {
+    let (base_url, query) = url_target_base(text)?;
+    let mut base = url::Url::parse(&base_url).map_err(|e| e.to_string())?;
+    base.set_query(query.as_deref());
+    Ok((base_url, query, base))
+}
+
 /// Validates a URL target and returns `(base without trailing '/' or query, query)`.
 /// A URL with no path gets `/v1`, as the openai SDK's default base URL has.
 pub fn url_target_base(text: &str) -> Result<(String, Option<String>), String> {
@@ -311,6 +325,28 @@ pub fn upstream_url(
     if !parts.is_empty() {
         url.push('?');
         url.push_str(&parts.join("&"));
+    }
+    url
+}
+
+/// The upstream URL of a request, built from a parsed base: the same URL as [`upstream_url`]
+/// gives, without parsing a URL (host and all) on every request.
+pub fn request_url(base: &url::Url, path: &str, client_query: Option<&str>) -> url::Url {
+    let mut url = base.clone();
+    let base_path = base.path().trim_end_matches('/');
+    let mut joined = String::with_capacity(base_path.len() + path.len() + 1);
+    joined.push_str(base_path);
+    if !path.is_empty() && !path.starts_with('/') {
+        joined.push('/');
+    }
+    joined.push_str(path);
+    url.set_path(&joined);
+    let forwarded = client_query.map(strip_proxy_param).unwrap_or_default();
+    match (base.query().filter(|q| !q.is_empty()), forwarded.is_empty()) {
+        (None, true) => url.set_query(None),
+        (None, false) => url.set_query(Some(&forwarded)),
+        (Some(_), true) => {}
+        (Some(own), false) => url.set_query(Some(&format!("{own}&{forwarded}"))),
     }
     url
 }
@@ -532,6 +568,24 @@ servers:
             if path.trim_matches('/').is_empty() {
                 prop_assert!(base.ends_with("/v1"));
             }
+        }
+
+        #[test]
+        fn request_url_matches_upstream_url(
+            host in "[a-z]{1,8}",
+            base_path in "(/[a-z0-9.]{1,5}){0,3}/?",
+            base_query in proptest::option::of("[a-z]{1,4}=[0-9]{1,3}"),
+            path in "(/[a-z_]{1,8}){1,3}",
+            client_query in proptest::option::of("(proxy=[a-z%0-9]{1,6}&)?[a-z]{1,4}=[a-z0-9]{0,4}"),
+        ) {
+            let text = format!("https://{host}.com{base_path}");
+            let base_text = text.trim_end_matches('/').to_owned();
+            let mut base = url::Url::parse(&base_text).expect("base");
+            base.set_query(base_query.as_deref());
+            let built = request_url(&base, &path, client_query.as_deref());
+            let joined = upstream_url(&base_text, base_query.as_deref(), &path, client_query.as_deref());
+            let reparsed = url::Url::parse(&joined).expect("joined parses");
+            prop_assert_eq!(built.as_str(), reparsed.as_str());
         }
 
         #[test]

@@ -92,12 +92,7 @@ async fn forward_inner(
         .map_or((DEFAULT_TIMEOUT, true), |s| (s.timeout, s.stream_usage));
     let (upstream_body, injected_usage) =
         view.rewrite(&body, &target.upstream_model, view.stream && stream_usage);
-    let url = routing::upstream_url(
-        &target.base_url,
-        target.base_query.as_deref(),
-        incoming.path,
-        incoming.query,
-    );
+    let url = routing::request_url(&target.base, incoming.path, incoming.query);
     let upstream_headers = headers::upstream_headers(incoming.headers, &target);
 
     let request_id = new_request_id();
@@ -472,7 +467,8 @@ mod tests {
 
     #[test]
     fn request_ids_are_unique_uuid_v7() {
-        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| new_request_id()).collect();
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| new_request_id()).collect();
         assert_eq!(ids.len(), 10_000);
         for id in ids.iter().take(5) {
             let uuid = uuid::Uuid::parse_str(id).expect("uuid");
