@@ -22,6 +22,8 @@ pub struct EnvSettings {
     pub otlp: Option<OtlpEnv>,
     /// `LLMSROUTER_TRACE_MAX_IO_BYTES`: the cap on a span's input plus output.
     pub trace_max_io_bytes: usize,
+    /// `OTEL_BSP_SCHEDULE_DELAY` (milliseconds): how often a batch of spans is sent.
+    pub trace_export_interval: std::time::Duration,
     /// Settings that look like mistakes but do not stop start-up (logged by `serve`).
     pub warnings: Vec<String>,
 }
@@ -75,6 +77,7 @@ impl EnvSettings {
             langfuse: langfuse_env(env, &mut warnings)?,
             otlp: otlp_env(env, &mut warnings)?,
             trace_max_io_bytes: trace_max_io_bytes(env)?,
+            trace_export_interval: trace_export_interval(env)?,
             warnings,
         })
     }
@@ -193,6 +196,25 @@ pub fn parse_otlp_headers(raw: &str) -> Result<Vec<(String, Secret)>, EnvError> 
         headers.push((key.to_owned(), Secret::new(value.into_owned())));
     }
     Ok(headers)
+}
+
+/// Default of `OTEL_BSP_SCHEDULE_DELAY` here: 1 s (the SDK's 5 s makes Langfuse lag).
+pub const DEFAULT_TRACE_EXPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn trace_export_interval(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<std::time::Duration, EnvError> {
+    const NAME: &str = "OTEL_BSP_SCHEDULE_DELAY";
+    let Some(value) = non_empty(env, NAME) else {
+        return Ok(DEFAULT_TRACE_EXPORT_INTERVAL);
+    };
+    match value.parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(EnvError {
+            name: NAME,
+            reason: format!("\"{value}\" is not a positive number of milliseconds"),
+        }),
+    }
 }
 
 fn trace_max_io_bytes(env: &dyn Fn(&str) -> Option<String>) -> Result<usize, EnvError> {

@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use llmsrouter::cli::{Cli, Command, ServeArgs};
+use llmsrouter::cli::{Cli, Command, ServeArgs, UsageArgs, UsageGroup};
 use llmsrouter::config::{Config, ConfigError};
 use llmsrouter::env::EnvSettings;
 use llmsrouter::record::Recorder;
@@ -27,6 +27,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Serve(args) => run_serve(&cli, args),
         Command::Check => run_check(&cli, dotenv.err()),
+        Command::Usage(args) => run_usage(&cli, args),
     };
     match result {
         Ok(code) => code,
@@ -80,6 +81,9 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
 
 fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let env = EnvSettings::from_env()?;
+    for warning in &env.warnings {
+        tracing::warn!("{warning}");
+    }
     let config = load_config(&cli.config)?;
     if env.account_management {
         return Err(anyhow!(
@@ -92,26 +96,77 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let client = build_http_client().context("cannot build the HTTP client")?;
-        let recorder = Recorder::disabled();
-        let state = Arc::new(AppState::new(config, client, recorder));
         let addr = listen_addr(&args.host, args.port)?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr().context("no local address")?;
+        // The usage ledger is always on, so the recorder always runs.
+        let sinks = llmsrouter::sinks::start(&env, &config, &cli.db)?;
+        let (recorder, recorder_task) = Recorder::start(sinks);
+        let state = Arc::new(AppState::new(config, client, recorder));
         let servers = state.config.load().servers.len();
         tracing::info!("llmsrouter listening on http://{local} ({servers} servers configured)");
-        server::run(
+        let served = server::run(
             listener,
             state,
             server::shutdown_signal(),
             server::SHUTDOWN_GRACE,
         )
-        .await
-        .context("server error")?;
+        .await;
+        // Every record is handed over by now; flush the ledger, the log and the traces.
+        recorder_task.shutdown().await;
+        served.context("server error")?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn tracing_destinations(env: &EnvSettings) -> String {
+    let mut on = Vec::new();
+    if let Some(langfuse) = &env.langfuse {
+        on.push(format!("langfuse {}", langfuse.endpoint));
+    }
+    if let Some(otlp) = &env.otlp {
+        on.push(format!("otlp {}", otlp.endpoint));
+    }
+    if on.is_empty() {
+        "off".to_owned()
+    } else {
+        on.join(" + ")
+    }
+}
+
+fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
+    use llmsrouter::sinks::ledger_report::{GroupBy, query};
+    if let Some(since) = &args.since {
+        if llmsrouter::sinks::clock::parse_day(since).is_none() {
+            return Err(anyhow!(
+                "--since: \"{since}\" is not a date (use YYYY-MM-DD, e.g. 2025-01-31)"
+            ));
+        }
+    }
+    if !cli.db.exists() {
+        return Err(anyhow!(
+            "{}: not found (no usage recorded there yet; serve writes the ledger to LLMSROUTER_DB/--db)",
+            cli.db.display()
+        ));
+    }
+    let conn = llmsrouter::db::open(&cli.db)?;
+    let by = match args.by {
+        UsageGroup::Provider => GroupBy::Provider,
+        UsageGroup::User => GroupBy::User,
+        UsageGroup::Model => GroupBy::Model,
+        UsageGroup::Day => GroupBy::Day,
+    };
+    let report = query(&conn, by, args.since.as_deref())
+        .with_context(|| format!("{}: cannot read the usage ledger", cli.db.display()))?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn listen_addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
@@ -152,11 +207,15 @@ fn run_check(cli: &Cli, dotenv_error: Option<String>) -> anyhow::Result<ExitCode
         }
     );
     println!(
-        "environment: ok (account management {}, request log {})",
+        "environment: ok (account management {}, request log {}, tracing {})",
         if env.account_management { "on" } else { "off" },
         env.log_file
             .as_ref()
-            .map_or_else(|| "off".to_owned(), |p| p.display().to_string())
+            .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
+        tracing_destinations(&env)
     );
+    for warning in &env.warnings {
+        println!("warning: {warning}");
+    }
     Ok(ExitCode::SUCCESS)
 }

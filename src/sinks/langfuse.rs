@@ -104,7 +104,7 @@ impl LangfuseOptions {
             max_io_bytes: crate::env::DEFAULT_TRACE_MAX_IO_BYTES,
             max_queued_spans: Self::DEFAULT_MAX_QUEUED_SPANS,
             max_queued_bytes: Self::DEFAULT_MAX_QUEUED_BYTES,
-            export_interval: Duration::from_secs(1),
+            export_interval: crate::env::DEFAULT_TRACE_EXPORT_INTERVAL,
             max_batch: 256,
             retry: RetryPolicy::default(),
             shutdown_timeout: Duration::from_secs(15),
@@ -133,6 +133,7 @@ impl LangfuseOptions {
         }
         let mut options = Self::new(destinations, redactor);
         options.max_io_bytes = env.trace_max_io_bytes;
+        options.export_interval = env.trace_export_interval;
         Some(options)
     }
 }
@@ -737,5 +738,28 @@ pub fn span_attributes(
         }
         Level::Default | Level::Warning => None,
     };
+    // The generation's texts are redacted already; this sweep covers every other attribute
+    // (model names, parameters as gen_ai.request.*, metadata) so nothing slips through.
+    for kv in &mut a {
+        redact_value(&mut kv.value, redactor, record.client_key.as_ref());
+    }
     (a, error)
+}
+
+fn redact_value(value: &mut Value, redactor: &Redactor, key: Option<&Secret>) {
+    match value {
+        Value::String(s) => {
+            if let std::borrow::Cow::Owned(clean) = redactor.redact(s.as_str(), key) {
+                *s = StringValue::from(clean);
+            }
+        }
+        Value::Array(Array::String(items)) => {
+            for item in items {
+                if let std::borrow::Cow::Owned(clean) = redactor.redact(item.as_str(), key) {
+                    *item = StringValue::from(clean);
+                }
+            }
+        }
+        _ => {}
+    }
 }

@@ -8,3 +8,4 @@ mod errors;
 mod forwarding;
 mod openai_sdk;
 mod streaming;
+mod telemetry;
