@@ -83,6 +83,8 @@ pub enum TransportError {
     HeaderValue(String),
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    #[error("no async runtime to send exports on")]
+    NoRuntime,
 }
 
 impl OtlpTransport {
@@ -114,7 +116,8 @@ impl OtlpTransport {
         Ok(Self {
             name,
             client,
-            runtime: tokio::runtime::Handle::current(),
+            runtime: tokio::runtime::Handle::try_current()
+                .map_err(|_| TransportError::NoRuntime)?,
             headers: Arc::new(map),
             policy,
             stopping,

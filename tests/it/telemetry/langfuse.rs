@@ -554,7 +554,7 @@ async fn a_hanging_endpoint_never_slows_requests_memory_stays_bounded_and_export
     })
     .await;
     assert!(stats.dropped() >= 26, "dropped {}", stats.dropped());
-    assert!(otlp.hits() >= 1, "an export is hanging");
+    wait_until(Duration::from_secs(10), || otlp.hits() >= 1).await;
     assert_eq!(otlp.spans().len(), 0);
 
     // It comes back: what was held is delivered, and new requests are traced again.
