@@ -84,7 +84,7 @@ pub struct Generation {
     pub output: Option<String>,
     /// JSON object of the request's model parameters (temperature, max_tokens, ...).
     pub parameters: Option<String>,
-    /// The well-known parameters as `gen_ai.request.<name>` values.
+    /// The well-known parameters as `(gen_ai.request.<name>, value)`.
     pub request_attributes: Vec<(&'static str, ParamValue)>,
     /// JSON object in Langfuse's usage keys.
     pub usage_details: Option<String>,
@@ -216,11 +216,11 @@ impl<'a> RequestFields<'a> {
         };
         let int = |k: &str| self.raw(k).and_then(|v| v.parse::<i64>().ok());
         for (attr, key) in [
-            ("temperature", "temperature"),
-            ("top_p", "top_p"),
-            ("top_k", "top_k"),
-            ("frequency_penalty", "frequency_penalty"),
-            ("presence_penalty", "presence_penalty"),
+            ("gen_ai.request.temperature", "temperature"),
+            ("gen_ai.request.top_p", "top_p"),
+            ("gen_ai.request.top_k", "top_k"),
+            ("gen_ai.request.frequency_penalty", "frequency_penalty"),
+            ("gen_ai.request.presence_penalty", "presence_penalty"),
         ] {
             if let Some(v) = float(key) {
                 out.push((attr, ParamValue::Float(v)));
@@ -230,20 +230,20 @@ impl<'a> RequestFields<'a> {
             .or_else(|| int("max_completion_tokens"))
             .or_else(|| int("max_output_tokens"))
         {
-            out.push(("max_tokens", ParamValue::Int(v)));
+            out.push(("gen_ai.request.max_tokens", ParamValue::Int(v)));
         }
         if let Some(v) = int("seed") {
-            out.push(("seed", ParamValue::Int(v)));
+            out.push(("gen_ai.request.seed", ParamValue::Int(v)));
         }
         if let Some(v) = int("n") {
-            out.push(("choice.count", ParamValue::Int(v)));
+            out.push(("gen_ai.request.choice.count", ParamValue::Int(v)));
         }
         if let Some(stop) = self.raw("stop") {
             let stops = serde_json::from_str::<Vec<String>>(stop)
                 .ok()
                 .or_else(|| serde_json::from_str::<String>(stop).ok().map(|s| vec![s]));
             if let Some(stops) = stops {
-                out.push(("stop_sequences", ParamValue::Strings(stops)));
+                out.push(("gen_ai.request.stop_sequences", ParamValue::Strings(stops)));
             }
         }
         out
@@ -516,16 +516,16 @@ mod tests {
         assert_eq!(json_of(&g.cost_details), json!({"total": 0.5}));
         assert!(
             g.request_attributes
-                .contains(&("max_tokens", ParamValue::Int(50)))
+                .contains(&("gen_ai.request.max_tokens", ParamValue::Int(50)))
         );
         assert!(
             g.request_attributes
-                .contains(&("temperature", ParamValue::Float(0.2)))
+                .contains(&("gen_ai.request.temperature", ParamValue::Float(0.2)))
         );
-        assert!(
-            g.request_attributes
-                .contains(&("stop_sequences", ParamValue::Strings(vec!["\n".into()])))
-        );
+        assert!(g.request_attributes.contains(&(
+            "gen_ai.request.stop_sequences",
+            ParamValue::Strings(vec!["\n".into()])
+        )));
         assert_eq!((g.level, g.status_message), (Level::Default, None));
     }
 

@@ -36,6 +36,7 @@ use crate::sinks::clock::rfc3339_millis;
 use crate::sinks::generation::{self, GENERATION_NAME, Level, ParamValue};
 use crate::sinks::otlp_http::{OtlpTransport, RetryPolicy, TransportError};
 use crate::sinks::redact::Redactor;
+use crate::sinks::{BATCH_WINDOW, next_batch};
 
 /// The instrumentation scope: a plain name, so Langfuse applies no SDK-specific parsing.
 pub const SCOPE_NAME: &str = "llmsrouter";
@@ -375,8 +376,9 @@ impl IdGenerator for RequestIdGenerator {
     }
 }
 
-/// Depth of the queue between `accept` and the builder thread.
-const BUILD_QUEUE: usize = 1024;
+/// Depth of the queue between `accept` and the builder thread (a few batch windows at
+/// tens of thousands of requests a second).
+const BUILD_QUEUE: usize = 4096;
 
 /// The Langfuse / OTLP sink.
 pub struct LangfuseSink {
@@ -548,15 +550,18 @@ struct SpanBuilderThread {
 impl SpanBuilderThread {
     /// Until the sink closes its end: build and end one span per record.
     fn run(self, rx: Receiver<Arc<RequestRecord>>) {
-        while let Ok(record) = rx.recv() {
-            // Every destination full: skip the work of building a span nobody takes.
-            if self.stats.iter().all(|s| s.is_full()) {
-                for stats in &self.stats {
-                    stats.count_dropped(1);
+        let mut batch = Vec::with_capacity(256);
+        while next_batch(&rx, &mut batch, 256, BATCH_WINDOW) {
+            for record in batch.drain(..) {
+                // Every destination full: skip the work of building a span nobody takes.
+                if self.stats.iter().all(|s| s.is_full()) {
+                    for stats in &self.stats {
+                        stats.count_dropped(1);
+                    }
+                    continue;
                 }
-                continue;
+                self.emit(&record);
             }
-            self.emit(&record);
         }
     }
 
@@ -646,14 +651,7 @@ pub fn span_attributes(
         ));
     }
     let meta = |key: &'static str, value: String| KeyValue::new(key, value);
-    a.push(meta(
-        "langfuse.trace.metadata.request_id",
-        record.request_id.clone(),
-    ));
-    a.push(meta(
-        "langfuse.trace.metadata.provider",
-        record.provider.clone(),
-    ));
+    // The request id is the trace id and the provider the tag: not repeated here.
     a.push(meta(
         "langfuse.trace.metadata.route_mode",
         record.mode.as_str().to_owned(),
@@ -690,8 +688,7 @@ pub fn span_attributes(
         "gen_ai.request.model",
         record.upstream_model.clone(),
     ));
-    for (name, value) in g.request_attributes {
-        let key = format!("gen_ai.request.{name}");
+    for (key, value) in g.request_attributes {
         a.push(match value {
             ParamValue::Int(v) => KeyValue::new(key, v),
             ParamValue::Float(v) => KeyValue::new(key, v),

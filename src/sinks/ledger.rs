@@ -20,11 +20,12 @@ use crate::db::{self, DbError};
 use crate::record::{Outcome, RecordSink, RequestRecord};
 use crate::sinks::clock::{rfc3339_millis, utc_day};
 use crate::sinks::redact::Redactor;
+use crate::sinks::{BATCH_WINDOW, next_batch};
 
 /// Rows waiting for the writer before new ones are dropped (and counted). Rows are small.
 const QUEUE_DEPTH: usize = 16 * 1024;
 /// Most rows in one transaction.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 2048;
 /// Longest error text stored.
 const MAX_ERROR_CHARS: usize = 1000;
 
@@ -259,19 +260,13 @@ impl RecordSink for LedgerSink {
     }
 }
 
-/// Until the sink closes its end: take what is waiting (up to a batch), insert it in one
-/// transaction. A failed batch is retried once (the database may be busy for a moment).
+/// Until the sink closes its end: take what is waiting (up to a batch, see
+/// [`next_batch`]), insert it in one transaction. A failed batch is retried once (the
+/// database may be busy for a moment).
 fn write_loop(mut conn: Connection, rx: &Receiver<LedgerRow>, stats: &LedgerStats) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_warning: Option<Instant> = None;
-    while let Ok(row) = rx.recv() {
-        batch.push(row);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(row) => batch.push(row),
-                Err(_) => break,
-            }
-        }
+    while next_batch(rx, &mut batch, MAX_BATCH, BATCH_WINDOW) {
         let mut result = insert_rows(&mut conn, &batch);
         if result.is_err() {
             std::thread::sleep(Duration::from_millis(500));

@@ -15,6 +15,8 @@ pub mod request_log;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::env::EnvSettings;
@@ -57,4 +59,59 @@ pub fn start(
         sinks.push(Arc::new(LangfuseSink::start(options)?));
     }
     Ok(sinks)
+}
+
+/// How long a sink's thread lets records gather after it was idle, before taking them all:
+/// a busy router wakes each thread a few dozen times a second instead of once per request.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(25);
+
+/// Moves the next items of `rx` into `batch` (at most `max` in it): what is waiting at once,
+/// else the next one to arrive plus whatever follows within `window`. `false` once the
+/// sending side is gone and nothing is left.
+pub(crate) fn next_batch<T>(
+    rx: &Receiver<T>,
+    batch: &mut Vec<T>,
+    max: usize,
+    window: Duration,
+) -> bool {
+    match rx.try_recv() {
+        Ok(item) => batch.push(item),
+        Err(TryRecvError::Disconnected) => return false,
+        Err(TryRecvError::Empty) => {
+            let Ok(item) = rx.recv() else { return false };
+            batch.push(item);
+            std::thread::sleep(window);
+        }
+    }
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::sync_channel;
+
+    #[test]
+    fn batches_take_what_waits_and_end_when_closed() {
+        let (tx, rx) = sync_channel(16);
+        for i in 0..5 {
+            tx.send(i).expect("send");
+        }
+        let mut batch = Vec::new();
+        assert!(next_batch(&rx, &mut batch, 3, Duration::ZERO));
+        assert_eq!(batch, [0, 1, 2]);
+        batch.clear();
+        drop(tx);
+        assert!(next_batch(&rx, &mut batch, 3, Duration::ZERO));
+        assert_eq!(batch, [3, 4]);
+        batch.clear();
+        assert!(!next_batch(&rx, &mut batch, 3, Duration::ZERO));
+        assert!(batch.is_empty());
+    }
 }

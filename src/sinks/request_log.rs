@@ -22,6 +22,7 @@ use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use crate::record::{RecordSink, RequestRecord};
 use crate::sinks::clock::rfc3339_millis;
 use crate::sinks::redact::Redactor;
+use crate::sinks::{BATCH_WINDOW, next_batch};
 use crate::usage::{ToolCall, Usage};
 
 /// Daily files kept, today's included.
@@ -156,10 +157,9 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: Receiver<Arc<RequestRecord>>) {
-        while let Ok(record) = rx.recv() {
-            self.write(&record);
-            // Write what else is waiting, then flush once.
-            while let Ok(record) = rx.try_recv() {
+        let mut batch = Vec::with_capacity(256);
+        while next_batch(&rx, &mut batch, 256, BATCH_WINDOW) {
+            for record in batch.drain(..) {
                 self.write(&record);
             }
             if let Err(e) = self.out.flush() {
