@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::record::{Outcome, RequestRecord};
-use crate::sinks::redact::Redactor;
+use crate::sinks::redact::{Redactor, RequestRedactor};
 use crate::usage::{ResponseSummary, Usage};
 
 /// The trace and generation name, as the Python version's traces were named.
@@ -97,18 +97,30 @@ pub struct Generation {
 /// Builds the generation view of `record`. Input plus output are cut to `max_io_bytes`
 /// together; every string that came from the request or the upstream is redacted.
 pub fn build(record: &RequestRecord, redactor: &Redactor, max_io_bytes: usize) -> Generation {
-    let key = record.client_key.as_ref();
+    build_with(
+        record,
+        &redactor.for_request(record.client_key.as_ref()),
+        max_io_bytes,
+    )
+}
+
+/// [`build`] with the record's redaction already prepared.
+pub fn build_with(
+    record: &RequestRecord,
+    redactor: &RequestRedactor<'_>,
+    max_io_bytes: usize,
+) -> Generation {
     let request = RequestFields::parse(&record.request_body);
     let input = request
         .as_ref()
         .and_then(RequestFields::input)
-        .map(|s| redactor.redact_owned(s, key));
-    let output = output_of(record).map(|s| redactor.redact_owned(s, key));
+        .map(|s| redactor.redact_owned(s));
+    let output = output_of(record).map(|s| redactor.redact_owned(s));
     let (input, output) = fit_io(input, output, max_io_bytes);
     let parameters = request
         .as_ref()
         .and_then(RequestFields::parameters)
-        .map(|s| redactor.redact_owned(s, key));
+        .map(|s| redactor.redact_owned(s));
     let request_attributes = request
         .as_ref()
         .map(RequestFields::request_attributes)
@@ -131,7 +143,7 @@ pub fn build(record: &RequestRecord, redactor: &Redactor, max_io_bytes: usize) -
         cost_details: usage.and_then(|u| u.cost).map(cost_details),
         level,
         status_message: status_message
-            .map(|m| clip(&redactor.redact(&m, key), MAX_STATUS_MESSAGE).into_owned()),
+            .map(|m| clip(&redactor.redact(&m), MAX_STATUS_MESSAGE).into_owned()),
     }
 }
 

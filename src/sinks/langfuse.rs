@@ -35,7 +35,7 @@ use crate::secret::Secret;
 use crate::sinks::clock::rfc3339_millis;
 use crate::sinks::generation::{self, GENERATION_NAME, Level, ParamValue};
 use crate::sinks::otlp_http::{OtlpTransport, RetryPolicy, TransportError};
-use crate::sinks::redact::Redactor;
+use crate::sinks::redact::{Redactor, RequestRedactor};
 use crate::sinks::{BATCH_WINDOW, next_batch};
 
 /// The instrumentation scope: a plain name, so Langfuse applies no SDK-specific parsing.
@@ -586,6 +586,18 @@ impl SpanBuilderThread {
     }
 }
 
+/// `langfuse.trace.metadata`: what Langfuse has no field of its own for.
+#[derive(serde::Serialize)]
+struct TraceMetadata<'a> {
+    route_mode: &'static str,
+    endpoint: &'a str,
+    requested_model: &'a str,
+    outcome: &'static str,
+    stream: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    usage_partial: bool,
+}
+
 /// A built span's attributes and, for failures, its error status text. Public for tests of
 /// the attribute contract without a network.
 pub fn span_attributes(
@@ -593,7 +605,8 @@ pub fn span_attributes(
     redactor: &Redactor,
     max_io_bytes: usize,
 ) -> (Vec<KeyValue>, Option<String>) {
-    let g = generation::build(record, redactor, max_io_bytes);
+    let redactor = redactor.for_request(record.client_key.as_ref());
+    let g = generation::build_with(record, &redactor, max_io_bytes);
     let mut a: Vec<KeyValue> = Vec::with_capacity(48);
     // Langfuse's own keys.
     a.push(KeyValue::new("langfuse.observation.type", "generation"));
@@ -640,43 +653,30 @@ pub fn span_attributes(
     if let Some(output) = g.output {
         a.push(KeyValue::new("langfuse.observation.output", output));
     }
-    a.push(KeyValue::new(
-        "langfuse.observation.level",
-        g.level.as_str(),
-    ));
+    // DEFAULT is Langfuse's own default: only a warning or an error is sent.
+    if g.level != Level::Default {
+        a.push(KeyValue::new(
+            "langfuse.observation.level",
+            g.level.as_str(),
+        ));
+    }
     if let Some(message) = &g.status_message {
         a.push(KeyValue::new(
             "langfuse.observation.status_message",
             message.clone(),
         ));
     }
-    let meta = |key: &'static str, value: String| KeyValue::new(key, value);
-    // The request id is the trace id and the provider the tag: not repeated here.
-    a.push(meta(
-        "langfuse.trace.metadata.route_mode",
-        record.mode.as_str().to_owned(),
-    ));
-    a.push(meta(
-        "langfuse.trace.metadata.endpoint",
-        record.endpoint.clone(),
-    ));
-    a.push(meta(
-        "langfuse.trace.metadata.requested_model",
-        record.requested_model.clone(),
-    ));
-    a.push(meta(
-        "langfuse.trace.metadata.outcome",
-        record.outcome.as_str().to_owned(),
-    ));
-    a.push(meta(
-        "langfuse.trace.metadata.stream",
-        record.stream.to_string(),
-    ));
-    if record.usage_partial() {
-        a.push(meta(
-            "langfuse.trace.metadata.usage_partial",
-            "true".to_owned(),
-        ));
+    // One JSON attribute; the request id is the trace id and the provider the tag.
+    let metadata = TraceMetadata {
+        route_mode: record.mode.as_str(),
+        endpoint: &record.endpoint,
+        requested_model: &record.requested_model,
+        outcome: record.outcome.as_str(),
+        stream: record.stream,
+        usage_partial: record.usage_partial(),
+    };
+    if let Ok(metadata) = serde_json::to_string(&metadata) {
+        a.push(KeyValue::new("langfuse.trace.metadata", metadata));
     }
     // OpenTelemetry GenAI conventions, for any OTLP backend.
     a.push(KeyValue::new("gen_ai.operation.name", g.operation));
@@ -738,21 +738,21 @@ pub fn span_attributes(
     // The generation's texts are redacted already; this sweep covers every other attribute
     // (model names, parameters as gen_ai.request.*, metadata) so nothing slips through.
     for kv in &mut a {
-        redact_value(&mut kv.value, redactor, record.client_key.as_ref());
+        redact_value(&mut kv.value, &redactor);
     }
     (a, error)
 }
 
-fn redact_value(value: &mut Value, redactor: &Redactor, key: Option<&Secret>) {
+fn redact_value(value: &mut Value, redactor: &RequestRedactor<'_>) {
     match value {
         Value::String(s) => {
-            if let std::borrow::Cow::Owned(clean) = redactor.redact(s.as_str(), key) {
+            if let std::borrow::Cow::Owned(clean) = redactor.redact(s.as_str()) {
                 *s = StringValue::from(clean);
             }
         }
         Value::Array(Array::String(items)) => {
             for item in items {
-                if let std::borrow::Cow::Owned(clean) = redactor.redact(item.as_str(), key) {
+                if let std::borrow::Cow::Owned(clean) = redactor.redact(item.as_str()) {
                     *item = StringValue::from(clean);
                 }
             }

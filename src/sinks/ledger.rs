@@ -83,7 +83,7 @@ fn millis(d: Duration) -> i64 {
 
 impl LedgerRow {
     pub fn from_record(record: &RequestRecord, redactor: &Redactor) -> Self {
-        let key = record.client_key.as_ref();
+        let redactor = redactor.for_request(record.client_key.as_ref());
         let usage = record.response.usage.as_ref();
         let count = |f: fn(&crate::usage::Usage) -> u64| usage.map_or(0, |u| to_i64(f(u)));
         Self {
@@ -94,14 +94,14 @@ impl LedgerRow {
             provider: record.provider.clone(),
             mode: record.mode.as_str(),
             endpoint: record.endpoint.clone(),
-            model: redactor.redact(&record.upstream_model, key).into_owned(),
+            model: redactor.redact(&record.upstream_model).into_owned(),
             response_model: record.response.model.clone(),
             stream: record.stream,
             status: record.status,
             outcome: record.outcome.as_str(),
             error: record.error.as_ref().map(|e| {
                 let e: String = e.chars().take(MAX_ERROR_CHARS).collect();
-                redactor.redact_owned(e, key)
+                redactor.redact_owned(e)
             }),
             latency_ms: millis(record.latency()),
             ttft_ms: record.time_to_first_token().map(millis),

@@ -50,21 +50,42 @@ impl Redactor {
         }
     }
 
+    /// The redaction of one request: the known secrets plus the key that request presented.
+    /// Build it once per record and use it for every text of that record.
+    pub fn for_request<'a>(&'a self, client_key: Option<&'a Secret>) -> RequestRedactor<'a> {
+        RequestRedactor {
+            base: self,
+            extra: client_key
+                .map(|s| s.expose().as_bytes())
+                .filter(|s| s.len() >= MIN_SECRET_LEN)
+                .map(Finder::new),
+        }
+    }
+
     /// `bytes` with every known secret, and `extra` (the request's client key), replaced.
     /// Borrows when nothing was found, which is the common case.
     pub fn redact_bytes<'a>(&self, bytes: &'a [u8], extra: Option<&Secret>) -> Cow<'a, [u8]> {
-        let extra = extra
-            .map(|s| s.expose().as_bytes())
-            .filter(|s| s.len() >= MIN_SECRET_LEN);
-        let mut out: Cow<'a, [u8]> = Cow::Borrowed(bytes);
-        for finder in self.finders.iter() {
-            if let Some(replaced) = replace_all(&out, finder.needle(), finder) {
-                out = Cow::Owned(replaced);
-            }
-        }
-        if let Some(extra) = extra {
-            let finder = Finder::new(extra);
-            if let Some(replaced) = replace_all(&out, extra, &finder) {
+        self.for_request(extra).redact_bytes(bytes)
+    }
+
+    /// [`Self::redact_bytes`] for text.
+    pub fn redact<'a>(&self, text: &'a str, extra: Option<&Secret>) -> Cow<'a, str> {
+        self.for_request(extra).redact(text)
+    }
+}
+
+/// [`Redactor`] plus one request's client key, searched for with a prepared finder.
+pub struct RequestRedactor<'a> {
+    base: &'a Redactor,
+    extra: Option<Finder<'a>>,
+}
+
+impl RequestRedactor<'_> {
+    /// `bytes` with every secret replaced; borrows when nothing was found.
+    pub fn redact_bytes<'t>(&self, bytes: &'t [u8]) -> Cow<'t, [u8]> {
+        let mut out: Cow<'t, [u8]> = Cow::Borrowed(bytes);
+        for finder in self.base.finders.iter().chain(self.extra.iter()) {
+            if let Some(replaced) = replace_all(&out, finder) {
                 out = Cow::Owned(replaced);
             }
         }
@@ -72,17 +93,17 @@ impl Redactor {
     }
 
     /// [`Self::redact_bytes`] for text.
-    pub fn redact<'a>(&self, text: &'a str, extra: Option<&Secret>) -> Cow<'a, str> {
-        match self.redact_bytes(text.as_bytes(), extra) {
+    pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        match self.redact_bytes(text.as_bytes()) {
             Cow::Borrowed(_) => Cow::Borrowed(text),
             // Replacing whole UTF-8 sequences with ASCII keeps the text valid UTF-8.
             Cow::Owned(bytes) => Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()),
         }
     }
 
-    /// Redacts an owned string in place of a copy.
-    pub fn redact_owned(&self, text: String, extra: Option<&Secret>) -> String {
-        match self.redact(&text, extra) {
+    /// Redacts an owned string without copying it when there is nothing to replace.
+    pub fn redact_owned(&self, text: String) -> String {
+        match self.redact(&text) {
             Cow::Borrowed(_) => text,
             Cow::Owned(redacted) => redacted,
         }
@@ -90,7 +111,8 @@ impl Redactor {
 }
 
 /// `None` when `needle` does not occur in `haystack`.
-fn replace_all(haystack: &[u8], needle: &[u8], finder: &Finder<'_>) -> Option<Vec<u8>> {
+fn replace_all(haystack: &[u8], finder: &Finder<'_>) -> Option<Vec<u8>> {
+    let needle = finder.needle();
     let mut matches = finder.find_iter(haystack).peekable();
     matches.peek()?;
     let mut out = Vec::with_capacity(haystack.len());
