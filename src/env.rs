@@ -16,6 +16,9 @@ pub struct EnvSettings {
     pub log_file: Option<PathBuf>,
     /// `LLMSROUTER_LOG_BODIES`: include request and response bodies in the request log.
     pub log_bodies: bool,
+    /// `LLMSROUTER_LEDGER`: write the usage ledger (default on; off only for benchmarks or a
+    /// read-only database).
+    pub ledger: bool,
     /// Langfuse tracing: on when both `LANGFUSE_PUBLIC_KEY` and `LANGFUSE_SECRET_KEY` are set.
     pub langfuse: Option<LangfuseEnv>,
     /// A generic OTLP/HTTP destination: `OTEL_EXPORTER_OTLP_ENDPOINT` (+ `_HEADERS`).
@@ -74,6 +77,7 @@ impl EnvSettings {
             account_management: bool_var(env, "ENABLE_ACCOUNT_MANAGEMENT", false)?,
             log_file,
             log_bodies: bool_var(env, "LLMSROUTER_LOG_BODIES", true)?,
+            ledger: bool_var(env, "LLMSROUTER_LEDGER", true)?,
             langfuse: langfuse_env(env, &mut warnings)?,
             otlp: otlp_env(env, &mut warnings)?,
             trace_max_io_bytes: trace_max_io_bytes(env)?,
@@ -379,7 +383,7 @@ mod tests {
     #[test]
     fn defaults_and_empty_log_file() {
         let s = EnvSettings::from_lookup(&|_| None).expect("defaults");
-        assert!(!s.account_management && s.log_bodies);
+        assert!(!s.account_management && s.log_bodies && s.ledger);
         assert_eq!(s.log_file, Some(PathBuf::from("./api_proxy.log")));
         let env = |n: &str| (n == "LLMSROUTER_LOG_FILE").then(String::new);
         assert_eq!(EnvSettings::from_lookup(&env).expect("ok").log_file, None);

@@ -101,9 +101,13 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr().context("no local address")?;
-        // The usage ledger is always on, so the recorder always runs.
         let sinks = llmsrouter::sinks::start(&env, &config, &cli.db)?;
-        let (recorder, recorder_task) = Recorder::start(sinks);
+        let (recorder, recorder_task) = if sinks.is_empty() {
+            (Recorder::disabled(), None)
+        } else {
+            let (recorder, task) = Recorder::start(sinks);
+            (recorder, Some(task))
+        };
         let state = Arc::new(AppState::new(config, client, recorder));
         let servers = state.config.load().servers.len();
         tracing::info!("llmsrouter listening on http://{local} ({servers} servers configured)");
@@ -115,7 +119,9 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         )
         .await;
         // Every record is handed over by now; flush the ledger, the log and the traces.
-        recorder_task.shutdown().await;
+        if let Some(task) = recorder_task {
+            task.shutdown().await;
+        }
         served.context("server error")?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)

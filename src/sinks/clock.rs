@@ -26,23 +26,46 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
 /// Appends [`rfc3339_millis`] to `out` (no allocation of its own).
 pub fn push_rfc3339_millis(out: &mut String, t: SystemTime) {
     let d = utc(t);
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        d.year(),
-        u8::from(d.month()),
-        d.day(),
-        d.hour(),
-        d.minute(),
-        d.second(),
-        d.millisecond()
-    );
+    push_date(out, &d);
+    out.push('T');
+    push_digits(out, u32::from(d.hour()), 2);
+    out.push(':');
+    push_digits(out, u32::from(d.minute()), 2);
+    out.push(':');
+    push_digits(out, u32::from(d.second()), 2);
+    out.push('.');
+    push_digits(out, u32::from(d.millisecond()), 3);
+    out.push('Z');
 }
 
 /// The UTC calendar day, `YYYY-MM-DD`: the ledger's `day` and `--since` use it.
 pub fn utc_day(t: SystemTime) -> String {
-    let d = utc(t);
-    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+    let mut out = String::with_capacity(10);
+    push_date(&mut out, &utc(t));
+    out
+}
+
+fn push_date(out: &mut String, d: &OffsetDateTime) {
+    let year = d.year();
+    if (0..=9999).contains(&year) {
+        push_digits(out, year as u32, 4);
+    } else {
+        let _ = write!(out, "{year:04}");
+    }
+    out.push('-');
+    push_digits(out, u32::from(u8::from(d.month())), 2);
+    out.push('-');
+    push_digits(out, u32::from(d.day()), 2);
+}
+
+/// `n` as exactly `width` decimal digits (zero-padded); timestamps are on every record, and
+/// this is several times cheaper than `write!`.
+fn push_digits(out: &mut String, n: u32, width: u32) {
+    let mut div = 10u32.pow(width - 1);
+    while div > 0 {
+        out.push(char::from(b'0' + ((n / div) % 10) as u8));
+        div /= 10;
+    }
 }
 
 /// Parses a strict `YYYY-MM-DD` that names a real date (no 2025-02-30).

@@ -8,8 +8,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use indexmap::IndexMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::record::{Outcome, RequestRecord};
@@ -147,22 +146,69 @@ pub fn build_with(
     }
 }
 
-/// The request body's top level, values as raw JSON text.
+/// The request body's top level in order, keys borrowed from the body where they can be,
+/// values as raw JSON text. A request has a dozen keys at most: a list beats a hash map.
 struct RequestFields<'a> {
-    fields: IndexMap<String, &'a RawValue>,
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'de> Deserialize<'de> for RequestFields<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = RequestFields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    fields.push((key.0, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(RequestFields { fields })
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+/// An object key, borrowed unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
 }
 
 impl<'a> RequestFields<'a> {
     fn parse(body: &'a [u8]) -> Option<Self> {
-        serde_json::from_slice(body)
-            .ok()
-            .map(|fields| Self { fields })
+        serde_json::from_slice(body).ok()
     }
 
+    /// The value of `key` (the last one, as JSON parsers do), unless it is `null`.
     fn raw(&self, key: &str) -> Option<&'a str> {
         self.fields
-            .get(key)
-            .map(|v| v.get().trim())
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.get().trim())
             .filter(|v| *v != "null")
     }
 
@@ -200,7 +246,7 @@ impl<'a> RequestFields<'a> {
     fn parameters(&self) -> Option<String> {
         let mut out = String::from("{");
         for (key, value) in &self.fields {
-            if NOT_PARAMETERS.contains(&key.as_str()) {
+            if NOT_PARAMETERS.contains(&key.as_ref()) {
                 continue;
             }
             if out.len() > 1 {

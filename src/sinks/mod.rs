@@ -36,9 +36,10 @@ pub enum SinkError {
     Langfuse(#[from] LangfuseError),
 }
 
-/// Starts every sink the environment turns on: the ledger in `db_path` always, the request
-/// log when `LLMSROUTER_LOG_FILE` is not empty, the exporter when Langfuse or an OTLP
-/// endpoint is configured. Must run inside the tokio runtime that will serve requests.
+/// Starts every sink the environment turns on: the ledger in `db_path` (unless
+/// `LLMSROUTER_LEDGER=false`), the request log when `LLMSROUTER_LOG_FILE` is not empty, the
+/// exporter when Langfuse or an OTLP endpoint is configured. Must run inside the tokio runtime
+/// that will serve requests.
 pub fn start(
     env: &EnvSettings,
     config: &Config,
@@ -47,7 +48,9 @@ pub fn start(
     // Keys of the config as loaded at start-up.
     let redactor = Redactor::new(config.api_keys());
     let mut sinks: Vec<Arc<dyn RecordSink>> = Vec::new();
-    sinks.push(Arc::new(LedgerSink::start(db_path, redactor.clone())?));
+    if env.ledger {
+        sinks.push(Arc::new(LedgerSink::start(db_path, redactor.clone())?));
+    }
     if let Some(path) = &env.log_file {
         sinks.push(Arc::new(RequestLogSink::start(RequestLogOptions {
             path: path.clone(),
