@@ -566,8 +566,7 @@ impl SpanBuilderThread {
     }
 
     fn emit(&self, record: &RequestRecord) {
-        let attributes = span_attributes(record, &self.redactor, self.max_io_bytes);
-        let status = attributes.1;
+        let (attributes, error) = span_attributes(record, &self.redactor, self.max_io_bytes);
         if let Ok(trace_id) = TraceId::from_hex(&record.request_id) {
             NEXT_TRACE_ID.with(|next| next.set(Some(trace_id)));
         }
@@ -576,10 +575,10 @@ impl SpanBuilderThread {
             .span_builder(GENERATION_NAME)
             .with_kind(SpanKind::Client)
             .with_start_time(record.started_at)
-            .with_attributes(attributes.0)
+            .with_attributes(attributes)
             .start_with_context(&self.tracer, &Context::new());
         NEXT_TRACE_ID.with(|next| next.set(None));
-        if let Some(message) = status {
+        if let Some(message) = error {
             span.set_status(Status::error(message));
         }
         span.end_with_timestamp(record.ended_at);

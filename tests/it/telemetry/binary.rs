@@ -103,3 +103,26 @@ fn check_names_a_bad_telemetry_variable_and_shows_destinations() {
     );
     assert!(!stdout.contains("sk-lf-do-not-print"));
 }
+
+#[tokio::test]
+async fn ledger_false_writes_no_ledger_and_no_log_when_both_are_off() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let mut router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[("LLMSROUTER_LEDGER", "false"), ("LLMSROUTER_LOG_FILE", "")],
+    );
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    router.terminate();
+    assert!(router.wait_exit(Duration::from_secs(40)).await.success());
+    let files: Vec<String> = std::fs::read_dir(router.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, ["config.yaml"], "no users.db, no request log");
+}
