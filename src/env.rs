@@ -370,6 +370,15 @@ mod tests {
         let s = EnvSettings::from_lookup(&lookup(&[("LLMSROUTER_TRACE_MAX_IO_BYTES", "4096")]))
             .expect("ok");
         assert_eq!(s.trace_max_io_bytes, 4096);
+        let s =
+            EnvSettings::from_lookup(&lookup(&[("OTEL_BSP_SCHEDULE_DELAY", "250")])).expect("ok");
+        assert_eq!(
+            s.trace_export_interval,
+            std::time::Duration::from_millis(250)
+        );
+        let err = EnvSettings::from_lookup(&lookup(&[("OTEL_BSP_SCHEDULE_DELAY", "soon")]))
+            .expect_err("bad");
+        assert!(err.to_string().starts_with("OTEL_BSP_SCHEDULE_DELAY:"));
         for bad in ["1mb", "10", "-1"] {
             let err = EnvSettings::from_lookup(&lookup(&[("LLMSROUTER_TRACE_MAX_IO_BYTES", bad)]))
                 .expect_err("bad");
