@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -74,6 +74,15 @@ llmsrouter models --json | jq -r '.data[].id'"
     /// Manage user accounts and their keys (the users table of --db).
     #[command(subcommand)]
     User(UserCommand),
+
+    /// Token usage from the ledger (requests, input, output, cached, reasoning, cost, errors).
+    #[command(
+        long_about = "Token usage from the usage ledger in the database (--db): requests, \
+input, output, cached and reasoning tokens, cost (as upstreams reported it) and errors, \
+grouped by provider, user, model or day (UTC).\n\nExamples:\n  llmsrouter usage\n  \
+llmsrouter usage --by day --since 2025-01-01\n  llmsrouter usage --by model --json"
+    )]
+    Usage(UsageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +90,29 @@ pub struct ModelsArgs {
     /// Print the JSON of GET /v1/models instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// What to group by.
+    #[arg(long, value_enum, default_value_t = UsageGroup::Provider)]
+    pub by: UsageGroup,
+
+    /// Only requests on or after this day (UTC).
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub since: Option<String>,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UsageGroup {
+    Provider,
+    User,
+    Model,
+    Day,
 }
 
 #[derive(Debug, Args)]

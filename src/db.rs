@@ -26,6 +26,35 @@ pub const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL
     );",
+    // 2: the usage ledger, one row per routed request (src/sinks/ledger.rs writes it).
+    "CREATE TABLE IF NOT EXISTS usage_ledger (
+        id INTEGER PRIMARY KEY,
+        request_id TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        day TEXT NOT NULL,
+        username TEXT,
+        provider TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        model TEXT NOT NULL,
+        response_model TEXT,
+        stream INTEGER NOT NULL,
+        status INTEGER,
+        outcome TEXT NOT NULL,
+        error TEXT,
+        latency_ms INTEGER NOT NULL,
+        ttft_ms INTEGER,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        total_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        cache_creation_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        cost REAL,
+        usage_known INTEGER NOT NULL,
+        usage_partial INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS usage_ledger_day ON usage_ledger (day);",
 ];
 
 /// The schema version this build writes.

@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use crate::secret::Secret;
+
 /// Environment settings of the router.
 #[derive(Debug, Clone)]
 pub struct EnvSettings {
@@ -14,7 +16,43 @@ pub struct EnvSettings {
     pub log_file: Option<PathBuf>,
     /// `LLMSROUTER_LOG_BODIES`: include request and response bodies in the request log.
     pub log_bodies: bool,
+    /// `LLMSROUTER_LEDGER`: write the usage ledger (default on; off only for benchmarks or a
+    /// read-only database).
+    pub ledger: bool,
+    /// Langfuse tracing: on when both `LANGFUSE_PUBLIC_KEY` and `LANGFUSE_SECRET_KEY` are set.
+    pub langfuse: Option<LangfuseEnv>,
+    /// A generic OTLP/HTTP destination: `OTEL_EXPORTER_OTLP_ENDPOINT` (+ `_HEADERS`).
+    pub otlp: Option<OtlpEnv>,
+    /// `LLMSROUTER_TRACE_MAX_IO_BYTES`: the cap on a span's input plus output.
+    pub trace_max_io_bytes: usize,
+    /// `OTEL_BSP_SCHEDULE_DELAY` (milliseconds): how often a batch of spans is sent.
+    pub trace_export_interval: std::time::Duration,
+    /// Settings that look like mistakes but do not stop start-up (logged by `serve`).
+    pub warnings: Vec<String>,
 }
+
+/// Where and how to send spans to Langfuse.
+#[derive(Debug, Clone)]
+pub struct LangfuseEnv {
+    /// `{LANGFUSE_HOST}/api/public/otel/v1/traces`.
+    pub endpoint: String,
+    pub public_key: Secret,
+    pub secret_key: Secret,
+}
+
+/// A generic OTLP/HTTP (protobuf) traces destination.
+#[derive(Debug, Clone)]
+pub struct OtlpEnv {
+    /// The endpoint with `/v1/traces` appended, as the OpenTelemetry spec says.
+    pub endpoint: String,
+    /// `OTEL_EXPORTER_OTLP_HEADERS`, parsed; values are secrets (they often hold tokens).
+    pub headers: Vec<(String, Secret)>,
+}
+
+/// Default of `LLMSROUTER_TRACE_MAX_IO_BYTES`: 1 MiB of input plus output per span.
+pub const DEFAULT_TRACE_MAX_IO_BYTES: usize = 1024 * 1024;
+/// Default of `LANGFUSE_HOST`.
+pub const DEFAULT_LANGFUSE_HOST: &str = "https://cloud.langfuse.com";
 
 #[derive(Debug, thiserror::Error)]
 #[error("{name}: {reason}")]
@@ -34,11 +72,166 @@ impl EnvSettings {
             Some(v) if v.trim().is_empty() => None,
             Some(v) => Some(PathBuf::from(v)),
         };
+        let mut warnings = Vec::new();
         Ok(Self {
             account_management: bool_var(env, "ENABLE_ACCOUNT_MANAGEMENT", false)?,
             log_file,
             log_bodies: bool_var(env, "LLMSROUTER_LOG_BODIES", true)?,
+            ledger: bool_var(env, "LLMSROUTER_LEDGER", true)?,
+            langfuse: langfuse_env(env, &mut warnings)?,
+            otlp: otlp_env(env, &mut warnings)?,
+            trace_max_io_bytes: trace_max_io_bytes(env)?,
+            trace_export_interval: trace_export_interval(env)?,
+            warnings,
         })
+    }
+}
+
+/// A set, non-blank variable.
+fn non_empty(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    env(name)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn langfuse_env(
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<LangfuseEnv>, EnvError> {
+    let public_key = non_empty(env, "LANGFUSE_PUBLIC_KEY");
+    let secret_key = non_empty(env, "LANGFUSE_SECRET_KEY");
+    let (host_name, host) = match (
+        non_empty(env, "LANGFUSE_HOST"),
+        non_empty(env, "LANGFUSE_BASE_URL"),
+    ) {
+        (Some(host), _) => ("LANGFUSE_HOST", host),
+        (None, Some(base)) => ("LANGFUSE_BASE_URL", base),
+        (None, None) => ("LANGFUSE_HOST", DEFAULT_LANGFUSE_HOST.to_owned()),
+    };
+    let (public_key, secret_key) = match (public_key, secret_key) {
+        (Some(public_key), Some(secret_key)) => (public_key, secret_key),
+        (None, None) => return Ok(None),
+        (Some(_), None) | (None, Some(_)) => {
+            warnings.push(
+                "Langfuse tracing is off: set both LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY"
+                    .to_owned(),
+            );
+            return Ok(None);
+        }
+    };
+    let base = http_url(host_name, &host)?;
+    Ok(Some(LangfuseEnv {
+        endpoint: format!("{}/api/public/otel/v1/traces", base.trim_end_matches('/')),
+        public_key: Secret::new(public_key),
+        secret_key: Secret::new(secret_key),
+    }))
+}
+
+fn otlp_env(
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<OtlpEnv>, EnvError> {
+    let headers = match env("OTEL_EXPORTER_OTLP_HEADERS") {
+        Some(raw) => parse_otlp_headers(&raw)?,
+        None => Vec::new(),
+    };
+    let Some(endpoint) = non_empty(env, "OTEL_EXPORTER_OTLP_ENDPOINT") else {
+        if !headers.is_empty() {
+            warnings.push(
+                "OTEL_EXPORTER_OTLP_HEADERS is set without OTEL_EXPORTER_OTLP_ENDPOINT; it is ignored"
+                    .to_owned(),
+            );
+        }
+        return Ok(None);
+    };
+    let base = http_url("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)?;
+    Ok(Some(OtlpEnv {
+        endpoint: traces_endpoint(&base),
+        headers,
+    }))
+}
+
+/// `base` + `/v1/traces`, with exactly one `/` between them (OTLP exporter spec).
+pub fn traces_endpoint(base: &str) -> String {
+    format!("{}/v1/traces", base.trim_end_matches('/'))
+}
+
+/// Checks that `value` is an absolute http(s) URL; the error names the variable.
+fn http_url(name: &'static str, value: &str) -> Result<String, EnvError> {
+    match url::Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            Ok(value.to_owned())
+        }
+        _ => Err(EnvError {
+            name,
+            reason: format!("\"{value}\" is not an http(s) URL"),
+        }),
+    }
+}
+
+/// `key1=value1,key2=value2` with percent-encoded values (the OpenTelemetry format). Errors
+/// never quote the value: it usually holds a token.
+pub fn parse_otlp_headers(raw: &str) -> Result<Vec<(String, Secret)>, EnvError> {
+    let mut headers = Vec::new();
+    for (index, entry) in raw.split(',').enumerate() {
+        if entry.trim().is_empty() {
+            continue;
+        }
+        let bad = |what: &str| EnvError {
+            name: "OTEL_EXPORTER_OTLP_HEADERS",
+            reason: format!(
+                "entry {} {what} (expected key=value,key2=value2)",
+                index + 1
+            ),
+        };
+        let Some((key, value)) = entry.split_once('=') else {
+            return Err(bad("has no '='"));
+        };
+        let key = key.trim();
+        if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
+            return Err(bad("has an invalid header name"));
+        }
+        let value = percent_encoding::percent_decode_str(value.trim())
+            .decode_utf8()
+            .map_err(|_| bad("has a value that is not UTF-8 after percent-decoding"))?;
+        if http::HeaderValue::from_str(&value).is_err() {
+            return Err(bad("has a value that is not a valid header value"));
+        }
+        headers.push((key.to_owned(), Secret::new(value.into_owned())));
+    }
+    Ok(headers)
+}
+
+/// Default of `OTEL_BSP_SCHEDULE_DELAY` here: 1 s (the SDK's 5 s makes Langfuse lag).
+pub const DEFAULT_TRACE_EXPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn trace_export_interval(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<std::time::Duration, EnvError> {
+    const NAME: &str = "OTEL_BSP_SCHEDULE_DELAY";
+    let Some(value) = non_empty(env, NAME) else {
+        return Ok(DEFAULT_TRACE_EXPORT_INTERVAL);
+    };
+    match value.parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(EnvError {
+            name: NAME,
+            reason: format!("\"{value}\" is not a positive number of milliseconds"),
+        }),
+    }
+}
+
+fn trace_max_io_bytes(env: &dyn Fn(&str) -> Option<String>) -> Result<usize, EnvError> {
+    const NAME: &str = "LLMSROUTER_TRACE_MAX_IO_BYTES";
+    let Some(value) = non_empty(env, NAME) else {
+        return Ok(DEFAULT_TRACE_MAX_IO_BYTES);
+    };
+    match value.parse::<usize>() {
+        Ok(n) if n >= 1024 => Ok(n),
+        _ => Err(EnvError {
+            name: NAME,
+            reason: format!("\"{value}\" is not a number of bytes of at least 1024"),
+        }),
     }
 }
 
@@ -88,10 +281,118 @@ mod tests {
         assert!(err.to_string().starts_with("ENABLE_ACCOUNT_MANAGEMENT:"));
     }
 
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn langfuse_needs_both_keys_and_builds_the_otel_endpoint() {
+        let s = EnvSettings::from_lookup(&lookup(&[("LANGFUSE_PUBLIC_KEY", "pk")])).expect("ok");
+        assert!(s.langfuse.is_none());
+        assert_eq!(s.warnings.len(), 1);
+        let s = EnvSettings::from_lookup(&lookup(&[
+            ("LANGFUSE_PUBLIC_KEY", "pk-lf-1"),
+            ("LANGFUSE_SECRET_KEY", "sk-lf-1"),
+        ]))
+        .expect("ok");
+        let lf = s.langfuse.expect("on");
+        assert_eq!(
+            lf.endpoint,
+            "https://cloud.langfuse.com/api/public/otel/v1/traces"
+        );
+        assert!(!format!("{lf:?}").contains("sk-lf-1"));
+        let s = EnvSettings::from_lookup(&lookup(&[
+            ("LANGFUSE_PUBLIC_KEY", "pk"),
+            ("LANGFUSE_SECRET_KEY", "sk"),
+            ("LANGFUSE_BASE_URL", "http://lf.local:3000/"),
+        ]))
+        .expect("ok");
+        assert_eq!(
+            s.langfuse.expect("on").endpoint,
+            "http://lf.local:3000/api/public/otel/v1/traces"
+        );
+        let err = EnvSettings::from_lookup(&lookup(&[
+            ("LANGFUSE_PUBLIC_KEY", "pk"),
+            ("LANGFUSE_SECRET_KEY", "sk"),
+            ("LANGFUSE_HOST", "cloud.langfuse.com"),
+        ]))
+        .expect_err("not a URL");
+        assert!(err.to_string().starts_with("LANGFUSE_HOST:"), "{err}");
+    }
+
+    #[test]
+    fn otlp_endpoint_and_headers() {
+        let s = EnvSettings::from_lookup(&lookup(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-team=a%20b, Authorization=Bearer%20tok",
+            ),
+        ]))
+        .expect("ok");
+        let otlp = s.otlp.expect("on");
+        assert_eq!(otlp.endpoint, "http://collector:4318/v1/traces");
+        let headers: Vec<(&str, &str)> = otlp
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose()))
+            .collect();
+        assert_eq!(
+            headers,
+            [("x-team", "a b"), ("Authorization", "Bearer tok")]
+        );
+        let err = EnvSettings::from_lookup(&lookup(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "a=1,secret-token-no-equals"),
+        ]))
+        .expect_err("bad");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("OTEL_EXPORTER_OTLP_HEADERS: entry 2"),
+            "{text}"
+        );
+        assert!(!text.contains("secret-token"), "{text}");
+    }
+
+    #[test]
+    fn trace_cap_must_be_a_size() {
+        let s = EnvSettings::from_lookup(&|_| None).expect("defaults");
+        assert_eq!(s.trace_max_io_bytes, DEFAULT_TRACE_MAX_IO_BYTES);
+        let s = EnvSettings::from_lookup(&lookup(&[("LLMSROUTER_TRACE_MAX_IO_BYTES", "4096")]))
+            .expect("ok");
+        assert_eq!(s.trace_max_io_bytes, 4096);
+        let s =
+            EnvSettings::from_lookup(&lookup(&[("OTEL_BSP_SCHEDULE_DELAY", "250")])).expect("ok");
+        assert_eq!(
+            s.trace_export_interval,
+            std::time::Duration::from_millis(250)
+        );
+        let err = EnvSettings::from_lookup(&lookup(&[("OTEL_BSP_SCHEDULE_DELAY", "soon")]))
+            .expect_err("bad");
+        assert!(err.to_string().starts_with("OTEL_BSP_SCHEDULE_DELAY:"));
+        for bad in ["1mb", "10", "-1"] {
+            let err = EnvSettings::from_lookup(&lookup(&[("LLMSROUTER_TRACE_MAX_IO_BYTES", bad)]))
+                .expect_err("bad");
+            assert!(
+                err.to_string()
+                    .starts_with("LLMSROUTER_TRACE_MAX_IO_BYTES:")
+            );
+        }
+    }
+
     #[test]
     fn defaults_and_empty_log_file() {
         let s = EnvSettings::from_lookup(&|_| None).expect("defaults");
-        assert!(!s.account_management && s.log_bodies);
+        assert!(!s.account_management && s.log_bodies && s.ledger);
         assert_eq!(s.log_file, Some(PathBuf::from("./api_proxy.log")));
         let env = |n: &str| (n == "LLMSROUTER_LOG_FILE").then(String::new);
         assert_eq!(EnvSettings::from_lookup(&env).expect("ok").log_file, None);

@@ -17,6 +17,7 @@ pub mod record;
 pub mod routing;
 pub mod secret;
 pub mod server;
+pub mod sinks;
 pub mod state;
 pub mod usage;
 pub mod users;

@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use llmsrouter::cli::{Cli, Command, ModelsArgs, ServeArgs, UserCommand};
+use llmsrouter::cli::{Cli, Command, ModelsArgs, ServeArgs, UsageArgs, UsageGroup, UserCommand};
 use llmsrouter::config::{Config, ConfigError};
 use llmsrouter::env::EnvSettings;
 use llmsrouter::models::{self, ModelCatalog, ServerStatus};
@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         Command::Models(args) => run_models(&cli, args),
         Command::Healthcheck(args) => run_healthcheck(args),
         Command::User(command) => run_user(&cli, command),
+        Command::Usage(args) => run_usage(&cli, args),
     };
     match result {
         Ok(code) => code,
@@ -90,6 +91,9 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
 
 fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let env = EnvSettings::from_env()?;
+    for warning in &env.warnings {
+        tracing::warn!("{warning}");
+    }
     let config = load_config(&cli.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -97,21 +101,29 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let client = build_http_client().context("cannot build the HTTP client")?;
-        let recorder = Recorder::disabled();
-        let mut state = AppState::new(config, client, recorder);
-        let users_task = if env.account_management {
+        let (users_index, users_task) = if env.account_management {
             let (index, task) = start_users(&cli.db)?;
-            state.keys = Some(index);
-            Some(task)
+            (Some(index), Some(task))
         } else {
-            None
+            (None, None)
         };
-        let state = Arc::new(state);
         let addr = listen_addr(&args.host, args.port)?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr().context("no local address")?;
+        let sinks = llmsrouter::sinks::start(&env, &config, &cli.db)?;
+        let (recorder, recorder_task) = if sinks.is_empty() {
+            (Recorder::disabled(), None)
+        } else {
+            let (recorder, task) = Recorder::start(sinks);
+            (recorder, Some(task))
+        };
+        let mut state = AppState::new(config, client, recorder);
+        if let Some(index) = users_index {
+            state.keys = Some(index);
+        }
+        let state = Arc::new(state);
         let servers = state.config.load().servers.len();
         tracing::info!("llmsrouter listening on http://{local} ({servers} servers configured)");
         let served = server::run(
@@ -122,6 +134,10 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         )
         .await;
         if let Some(task) = users_task {
+            task.shutdown().await;
+        }
+        // Every record is handed over by now; flush the ledger, the log and the traces.
+        if let Some(task) = recorder_task {
             task.shutdown().await;
         }
         served.context("server error")?;
@@ -187,6 +203,53 @@ fn start_users(db: &Path) -> anyhow::Result<(Arc<users::UserIndex>, users::Refre
     Ok((index, task))
 }
 
+fn tracing_destinations(env: &EnvSettings) -> String {
+    let mut on = Vec::new();
+    if let Some(langfuse) = &env.langfuse {
+        on.push(format!("langfuse {}", langfuse.endpoint));
+    }
+    if let Some(otlp) = &env.otlp {
+        on.push(format!("otlp {}", otlp.endpoint));
+    }
+    if on.is_empty() {
+        "off".to_owned()
+    } else {
+        on.join(" + ")
+    }
+}
+
+fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
+    use llmsrouter::sinks::ledger_report::{GroupBy, query};
+    if let Some(since) = &args.since {
+        if llmsrouter::sinks::clock::parse_day(since).is_none() {
+            return Err(anyhow!(
+                "--since: \"{since}\" is not a date (use YYYY-MM-DD, e.g. 2025-01-31)"
+            ));
+        }
+    }
+    if !cli.db.exists() {
+        return Err(anyhow!(
+            "{}: not found (no usage recorded there yet; serve writes the ledger to LLMSROUTER_DB/--db)",
+            cli.db.display()
+        ));
+    }
+    let conn = llmsrouter::db::open(&cli.db)?;
+    let by = match args.by {
+        UsageGroup::Provider => GroupBy::Provider,
+        UsageGroup::User => GroupBy::User,
+        UsageGroup::Model => GroupBy::Model,
+        UsageGroup::Day => GroupBy::Day,
+    };
+    let report = query(&conn, by, args.since.as_deref())
+        .with_context(|| format!("{}: cannot read the usage ledger", cli.db.display()))?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn listen_addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let ip: std::net::IpAddr = if host == "localhost" {
@@ -225,12 +288,16 @@ fn run_check(cli: &Cli, dotenv_error: Option<String>) -> anyhow::Result<ExitCode
         }
     );
     println!(
-        "environment: ok (account management {}, request log {})",
+        "environment: ok (account management {}, request log {}, tracing {})",
         if env.account_management { "on" } else { "off" },
         env.log_file
             .as_ref()
-            .map_or_else(|| "off".to_owned(), |p| p.display().to_string())
+            .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
+        tracing_destinations(&env)
     );
+    for warning in &env.warnings {
+        println!("warning: {warning}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::routing::RouteMode;
+use crate::secret::Secret;
 use crate::usage::{ResponseSummary, summarize_body};
 
 /// How a request ended.
@@ -91,6 +92,10 @@ pub struct RequestRecord {
     pub response: ResponseSummary,
     /// For streams: whether `data: [DONE]` (or the end of a complete body) was seen.
     pub complete: bool,
+    /// The key the client presented (`Authorization: Bearer` or `x-api-key`): a URL target's
+    /// upstream key, or a user's router key. Kept only so sinks can redact it wherever it
+    /// might be echoed (an upstream error message, a body); never written anywhere.
+    pub client_key: Option<Secret>,
 }
 
 impl RequestRecord {
@@ -105,6 +110,15 @@ impl RequestRecord {
     pub fn time_to_first_token(&self) -> Option<std::time::Duration> {
         self.first_token_at
             .and_then(|t| t.duration_since(self.started_at).ok())
+    }
+
+    /// The answer was cut (client gone, stream broken) before the upstream reported token
+    /// usage: the token counts of this request are unknown, not zero.
+    pub fn usage_partial(&self) -> bool {
+        matches!(
+            self.outcome,
+            Outcome::ClientDisconnected | Outcome::StreamFailed
+        ) && self.response.usage.is_none()
     }
 }
 
@@ -324,6 +338,7 @@ mod tests {
             )),
             response: ResponseSummary::default(),
             complete: true,
+            client_key: None,
         }
     }
 

@@ -25,6 +25,7 @@ use crate::config::DEFAULT_TIMEOUT;
 use crate::error::{ProxyError, error_body};
 use crate::record::{Outcome, RecordGuard, RequestRecord};
 use crate::routing::{self, Lookup, ModelRef, Target};
+use crate::secret::Secret;
 use crate::state::AppState;
 use crate::usage::ResponseSummary;
 use body::RequestView;
@@ -96,7 +97,7 @@ async fn forward_inner(
     let upstream_headers = headers::upstream_headers(incoming.headers, &target);
 
     let request_id = new_request_id();
-    let record = new_record(
+    let mut record = new_record(
         &request_id,
         caller,
         &target,
@@ -105,6 +106,8 @@ async fn forward_inner(
         body,
         started_at,
     );
+    // Only for redaction in the sinks (an upstream may echo the key in an error).
+    record.client_key = crate::auth::presented_key(incoming.headers).map(Secret::new);
     let mut guard = RecordGuard::new(record, state.recorder.clone());
     tracing::debug!(request_id, provider = %target.provider, mode = %target.mode, "forwarding");
 
@@ -209,6 +212,7 @@ fn new_record(
         response_body: None,
         response: ResponseSummary::default(),
         complete: false,
+        client_key: None,
     }
 }
 

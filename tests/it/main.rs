@@ -9,4 +9,5 @@ mod forwarding;
 mod models;
 mod openai_sdk;
 mod streaming;
+mod telemetry;
 mod users;

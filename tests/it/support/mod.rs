@@ -74,11 +74,21 @@ impl TestRouter {
 
     /// Starts with a config and a chance to adjust the state (keep-alive interval, keys).
     pub async fn start_with(config_yaml: &str, adjust: impl FnOnce(&mut AppState)) -> Self {
+        Self::start_with_sinks(config_yaml, Vec::new(), adjust).await
+    }
+
+    /// Like [`Self::start_with`], with more sinks after the collector (ledger, log, traces).
+    pub async fn start_with_sinks(
+        config_yaml: &str,
+        sinks: Vec<Arc<dyn RecordSink>>,
+        adjust: impl FnOnce(&mut AppState),
+    ) -> Self {
         let config =
             Config::parse(config_yaml, &|n| std::env::var(n).ok()).expect("test config is valid");
         let records = Arc::new(Collector::default());
-        let (recorder, recorder_task) =
-            Recorder::start(vec![records.clone() as Arc<dyn RecordSink>]);
+        let mut all = vec![records.clone() as Arc<dyn RecordSink>];
+        all.extend(sinks);
+        let (recorder, recorder_task) = Recorder::start(all);
         let mut state = AppState::new(config, build_http_client().expect("client"), recorder);
         adjust(&mut state);
         let state = Arc::new(state);

@@ -1,0 +1,708 @@
+//! The generation view of one record: what Langfuse (and any OTLP backend) is told about a
+//! request — input messages and tools, output message, model parameters, usage in Langfuse's
+//! keys, level and status — as redacted, size-capped strings ready to become span attributes.
+//!
+//! Pure: no I/O, no clock. The request body is read here (top level only, values kept as raw
+//! JSON text), off the request path; the proxy never parses it for this.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::record::{Outcome, RequestRecord};
+use crate::sinks::redact::{Redactor, RequestRedactor};
+use crate::usage::{ResponseSummary, Usage};
+
+/// The trace and generation name, as the Python version's traces were named.
+pub const GENERATION_NAME: &str = "OpenAI-generation";
+
+/// Appended to an input or output cut to fit the per-span cap.
+pub const TRUNCATION_MARKER: &str = "…[truncated by llmsrouter]";
+
+/// Longest status message kept (an upstream may answer with a whole HTML page).
+const MAX_STATUS_MESSAGE: usize = 4096;
+
+/// A model parameter whose raw JSON is longer than this is replaced by a short note.
+const MAX_PARAMETER_BYTES: usize = 2048;
+
+/// Top-level request keys that are content or plumbing, not model parameters.
+const NOT_PARAMETERS: &[&str] = &[
+    "model",
+    "messages",
+    "tools",
+    "functions",
+    "prompt",
+    "input",
+    "instructions",
+    "stream",
+    "stream_options",
+    "user",
+    "metadata",
+    "prediction",
+];
+
+/// Langfuse's observation level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Default,
+    Warning,
+    Error,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "DEFAULT",
+            Self::Warning => "WARNING",
+            Self::Error => "ERROR",
+        }
+    }
+}
+
+/// A `gen_ai.request.*` value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamValue {
+    Int(i64),
+    Float(f64),
+    Strings(Vec<String>),
+}
+
+/// Everything the span says beyond the record's plain fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// `gen_ai.operation.name`: `chat`, `text_completion`, `embeddings`, ...
+    pub operation: Cow<'static, str>,
+    /// The model to show and price: the upstream's responded model, else the name sent up.
+    pub model: String,
+    /// JSON: the messages, or `{"tools": .., "messages": ..}` when tools were offered.
+    pub input: Option<String>,
+    /// JSON: the assistant message (content, reasoning, tool calls), or the upstream's error
+    /// body.
+    pub output: Option<String>,
+    /// JSON object of the request's model parameters (temperature, max_tokens, ...).
+    pub parameters: Option<String>,
+    /// The well-known parameters as `(gen_ai.request.<name>, value)`.
+    pub request_attributes: Vec<(&'static str, ParamValue)>,
+    /// JSON object in Langfuse's usage keys.
+    pub usage_details: Option<String>,
+    /// JSON object of USD amounts, only when the upstream reported a cost.
+    pub cost_details: Option<String>,
+    pub level: Level,
+    pub status_message: Option<String>,
+}
+
+/// Builds the generation view of `record`. Input plus output are cut to `max_io_bytes`
+/// together; every string that came from the request or the upstream is redacted.
+pub fn build(record: &RequestRecord, redactor: &Redactor, max_io_bytes: usize) -> Generation {
+    build_with(
+        record,
+        &redactor.for_request(record.client_key.as_ref()),
+        max_io_bytes,
+    )
+}
+
+/// [`build`] with the record's redaction already prepared.
+pub fn build_with(
+    record: &RequestRecord,
+    redactor: &RequestRedactor<'_>,
+    max_io_bytes: usize,
+) -> Generation {
+    let request = RequestFields::parse(&record.request_body);
+    let input = request
+        .as_ref()
+        .and_then(RequestFields::input)
+        .map(|s| redactor.redact_owned(s));
+    let output = output_of(record).map(|s| redactor.redact_owned(s));
+    let (input, output) = fit_io(input, output, max_io_bytes);
+    let parameters = request
+        .as_ref()
+        .and_then(RequestFields::parameters)
+        .map(|s| redactor.redact_owned(s));
+    let request_attributes = request
+        .as_ref()
+        .map(RequestFields::request_attributes)
+        .unwrap_or_default();
+    let usage = record.response.usage.as_ref();
+    let (level, status_message) = level_of(record);
+    Generation {
+        operation: operation_of(&record.endpoint),
+        model: record
+            .response
+            .model
+            .clone()
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| record.upstream_model.clone()),
+        input,
+        output,
+        parameters,
+        request_attributes,
+        usage_details: usage.map(usage_details),
+        cost_details: usage.and_then(|u| u.cost).map(cost_details),
+        level,
+        status_message: status_message
+            .map(|m| clip(&redactor.redact(&m), MAX_STATUS_MESSAGE).into_owned()),
+    }
+}
+
+/// The request body's top level in order, keys borrowed from the body where they can be,
+/// values as raw JSON text. A request has a dozen keys at most: a list beats a hash map.
+struct RequestFields<'a> {
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'de> Deserialize<'de> for RequestFields<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = RequestFields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    fields.push((key.0, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(RequestFields { fields })
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+/// An object key, borrowed unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'a> RequestFields<'a> {
+    fn parse(body: &'a [u8]) -> Option<Self> {
+        serde_json::from_slice(body).ok()
+    }
+
+    /// The value of `key` (the last one, as JSON parsers do), unless it is `null`.
+    fn raw(&self, key: &str) -> Option<&'a str> {
+        self.fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.get().trim())
+            .filter(|v| *v != "null")
+    }
+
+    /// As the Langfuse OpenAI integration shows it: the messages, or an object with the tools
+    /// and the messages when tools were offered; `prompt` / `input` for other endpoints.
+    fn input(&self) -> Option<String> {
+        if let Some(messages) = self.raw("messages") {
+            let extras: Vec<(&str, &str)> = ["tools", "functions"]
+                .into_iter()
+                .filter_map(|k| self.raw(k).map(|v| (k, v)))
+                .collect();
+            if extras.is_empty() {
+                return Some(messages.to_owned());
+            }
+            let mut out = String::with_capacity(messages.len() + 64);
+            out.push('{');
+            for (k, v) in extras {
+                let _ = write!(out, "\"{k}\":{v},");
+            }
+            let _ = write!(out, "\"messages\":{messages}}}");
+            return Some(out);
+        }
+        if let Some(prompt) = self.raw("prompt") {
+            return Some(prompt.to_owned());
+        }
+        let input = self.raw("input")?;
+        match self.raw("instructions") {
+            Some(instructions) => Some(format!(
+                "{{\"instructions\":{instructions},\"input\":{input}}}"
+            )),
+            None => Some(input.to_owned()),
+        }
+    }
+
+    fn parameters(&self) -> Option<String> {
+        let mut out = String::from("{");
+        for (key, value) in &self.fields {
+            if NOT_PARAMETERS.contains(&key.as_ref()) {
+                continue;
+            }
+            if out.len() > 1 {
+                out.push(',');
+            }
+            push_json_string(&mut out, key);
+            out.push(':');
+            let raw = value.get().trim();
+            if raw.len() > MAX_PARAMETER_BYTES {
+                let _ = write!(out, "\"[omitted: {} bytes]\"", raw.len());
+            } else {
+                out.push_str(raw);
+            }
+        }
+        out.push('}');
+        (out.len() > 2).then_some(out)
+    }
+
+    fn request_attributes(&self) -> Vec<(&'static str, ParamValue)> {
+        let mut out = Vec::new();
+        let float = |k: &str| {
+            self.raw(k)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|f| f.is_finite())
+        };
+        let int = |k: &str| self.raw(k).and_then(|v| v.parse::<i64>().ok());
+        for (attr, key) in [
+            ("gen_ai.request.temperature", "temperature"),
+            ("gen_ai.request.top_p", "top_p"),
+            ("gen_ai.request.top_k", "top_k"),
+            ("gen_ai.request.frequency_penalty", "frequency_penalty"),
+            ("gen_ai.request.presence_penalty", "presence_penalty"),
+        ] {
+            if let Some(v) = float(key) {
+                out.push((attr, ParamValue::Float(v)));
+            }
+        }
+        if let Some(v) = int("max_tokens")
+            .or_else(|| int("max_completion_tokens"))
+            .or_else(|| int("max_output_tokens"))
+        {
+            out.push(("gen_ai.request.max_tokens", ParamValue::Int(v)));
+        }
+        if let Some(v) = int("seed") {
+            out.push(("gen_ai.request.seed", ParamValue::Int(v)));
+        }
+        if let Some(v) = int("n") {
+            out.push(("gen_ai.request.choice.count", ParamValue::Int(v)));
+        }
+        if let Some(stop) = self.raw("stop") {
+            let stops = serde_json::from_str::<Vec<String>>(stop)
+                .ok()
+                .or_else(|| serde_json::from_str::<String>(stop).ok().map(|s| vec![s]));
+            if let Some(stops) = stops {
+                out.push(("gen_ai.request.stop_sequences", ParamValue::Strings(stops)));
+            }
+        }
+        out
+    }
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    match serde_json::to_string(s) {
+        Ok(quoted) => out.push_str(&quoted),
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
+/// The OpenAI chat message shape, so Langfuse renders it as a chat turn.
+#[derive(Serialize)]
+struct OutputMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reasoning_content: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<OutputToolCall<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutputToolCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    function: OutputFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct OutputFunction<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+fn has_message(summary: &ResponseSummary) -> bool {
+    !summary.content.is_empty()
+        || !summary.reasoning.is_empty()
+        || !summary.tool_calls.is_empty()
+        || summary.finish_reason.is_some()
+}
+
+/// The assistant message as far as it was seen (also for cut streams), else the upstream's
+/// error body, else nothing (embeddings, router errors).
+fn output_of(record: &RequestRecord) -> Option<String> {
+    let summary = &record.response;
+    if has_message(summary) {
+        let message = OutputMessage {
+            role: "assistant",
+            content: &summary.content,
+            reasoning_content: &summary.reasoning,
+            tool_calls: summary
+                .tool_calls
+                .iter()
+                .map(|c| OutputToolCall {
+                    id: &c.id,
+                    kind: &c.kind,
+                    function: OutputFunction {
+                        name: &c.name,
+                        arguments: &c.arguments,
+                    },
+                })
+                .collect(),
+        };
+        return serde_json::to_string(&message).ok();
+    }
+    if record.outcome == Outcome::UpstreamError {
+        let body = record.response_body.as_deref()?;
+        if serde_json::from_slice::<&RawValue>(body).is_ok() {
+            return Some(String::from_utf8_lossy(body).into_owned());
+        }
+        return serde_json::to_string(&String::from_utf8_lossy(body)).ok();
+    }
+    None
+}
+
+/// Cuts input and output so together they fit `cap` bytes. The output keeps at least half
+/// the cap when both are large (the answer is usually what one looks for); a cut string ends
+/// with [`TRUNCATION_MARKER`] and is then plain text, not JSON.
+pub fn fit_io(
+    input: Option<String>,
+    output: Option<String>,
+    cap: usize,
+) -> (Option<String>, Option<String>) {
+    let in_len = input.as_ref().map_or(0, String::len);
+    let out_len = output.as_ref().map_or(0, String::len);
+    if in_len + out_len <= cap {
+        return (input, output);
+    }
+    let out_budget = out_len.min((cap / 2).max(cap.saturating_sub(in_len)));
+    let in_budget = cap - out_budget;
+    (
+        input.map(|s| truncate(s, in_budget)),
+        output.map(|s| truncate(s, out_budget)),
+    )
+}
+
+/// `s` cut to at most `budget` bytes including the marker, on a character boundary.
+pub fn truncate(mut s: String, budget: usize) -> String {
+    if s.len() <= budget {
+        return s;
+    }
+    // A budget too small for the marker (never with the env minimum) gets a bare cut.
+    let marker = if budget >= TRUNCATION_MARKER.len() * 2 {
+        TRUNCATION_MARKER
+    } else {
+        ""
+    };
+    let mut keep = budget - marker.len();
+    while keep > 0 && !s.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    s.truncate(keep);
+    s.push_str(marker);
+    s
+}
+
+fn clip(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(truncate(s.to_owned(), max))
+}
+
+/// Langfuse's usage keys. `input` and `output` are the parts not already counted in the
+/// cached / reasoning keys (Langfuse prices each key separately, as it does for OpenAI's
+/// usage itself); `total` is everything.
+pub fn usage_details(usage: &Usage) -> String {
+    let mut out = String::with_capacity(128);
+    let _ = write!(
+        out,
+        "{{\"input\":{},\"output\":{},\"total\":{},\"input_cached_tokens\":{},\"output_reasoning_tokens\":{}",
+        usage
+            .input
+            .saturating_sub(usage.cached_input)
+            .saturating_sub(usage.cache_creation_input),
+        usage.output.saturating_sub(usage.reasoning),
+        usage.total,
+        usage.cached_input,
+        usage.reasoning,
+    );
+    if usage.cache_creation_input > 0 {
+        let _ = write!(
+            out,
+            ",\"input_cache_creation\":{}",
+            usage.cache_creation_input
+        );
+    }
+    out.push('}');
+    out
+}
+
+fn cost_details(cost: f64) -> String {
+    format!(
+        "{{\"total\":{}}}",
+        serde_json::to_string(&cost).unwrap_or_else(|_| "0".to_owned())
+    )
+}
+
+fn level_of(record: &RequestRecord) -> (Level, Option<String>) {
+    let error = || {
+        record.error.clone().unwrap_or_else(|| match record.status {
+            Some(status) => format!("HTTP {status}"),
+            None => record.outcome.as_str().to_owned(),
+        })
+    };
+    match record.outcome {
+        Outcome::Success => (Level::Default, None),
+        // The client chose to leave; nothing failed upstream or in the router.
+        Outcome::ClientDisconnected => (Level::Warning, Some(error())),
+        Outcome::UpstreamError | Outcome::RouterError | Outcome::StreamFailed => {
+            (Level::Error, Some(error()))
+        }
+    }
+}
+
+fn operation_of(endpoint: &str) -> Cow<'static, str> {
+    match endpoint {
+        "/chat/completions" | "/responses" => Cow::Borrowed("chat"),
+        "/completions" => Cow::Borrowed("text_completion"),
+        "/embeddings" => Cow::Borrowed("embeddings"),
+        other => Cow::Owned(other.trim_start_matches('/').to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::RouteMode;
+    use crate::secret::Secret;
+    use crate::usage::{ToolCall, summarize_body};
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+    use std::time::SystemTime;
+
+    fn record(body: Value) -> RequestRecord {
+        RequestRecord {
+            request_id: "0190c3b1a2b37c4d8e9f000000000001".into(),
+            user: None,
+            provider: "openai".into(),
+            alias: Some("openai".into()),
+            mode: RouteMode::Alias,
+            endpoint: "/chat/completions".into(),
+            requested_model: "[openai]gpt-4o".into(),
+            upstream_model: "gpt-4o".into(),
+            stream: false,
+            request_body: Bytes::from(body.to_string()),
+            started_at: SystemTime::now(),
+            response_started_at: None,
+            first_token_at: None,
+            ended_at: SystemTime::now(),
+            status: Some(200),
+            outcome: Outcome::Success,
+            error: None,
+            response_body: None,
+            response: ResponseSummary::default(),
+            complete: true,
+            client_key: None,
+        }
+    }
+
+    fn json_of(s: &Option<String>) -> Value {
+        serde_json::from_str(s.as_deref().expect("present")).expect("valid JSON")
+    }
+
+    #[test]
+    fn chat_input_parameters_and_output() {
+        let mut r = record(json!({
+            "model": "[openai]gpt-4o", "temperature": 0.2, "max_completion_tokens": 50,
+            "top_p": 1, "stop": ["\n"], "stream": false, "user": "u1",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}]
+        }));
+        r.response = summarize_body(
+            json!({"model": "gpt-4o-2024-08-06", "choices": [{"message": {"content": "yo",
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 30, "total_tokens": 130,
+                    "prompt_tokens_details": {"cached_tokens": 60},
+                    "completion_tokens_details": {"reasoning_tokens": 10}, "cost": 0.5}})
+            .to_string()
+            .as_bytes(),
+        );
+        let g = build(&r, &Redactor::default(), 1 << 20);
+        assert_eq!(g.operation, "chat");
+        assert_eq!(g.model, "gpt-4o-2024-08-06");
+        assert_eq!(
+            json_of(&g.input),
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}],
+                "messages": [{"role": "user", "content": "hi"}]})
+        );
+        assert_eq!(
+            json_of(&g.parameters),
+            json!({"temperature": 0.2, "max_completion_tokens": 50, "top_p": 1, "stop": ["\n"]})
+        );
+        assert_eq!(
+            json_of(&g.output),
+            json!({"role": "assistant", "content": "yo", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]})
+        );
+        assert_eq!(
+            json_of(&g.usage_details),
+            json!({"input": 40, "output": 20, "total": 130, "input_cached_tokens": 60,
+                "output_reasoning_tokens": 10})
+        );
+        assert_eq!(json_of(&g.cost_details), json!({"total": 0.5}));
+        assert!(
+            g.request_attributes
+                .contains(&("gen_ai.request.max_tokens", ParamValue::Int(50)))
+        );
+        assert!(
+            g.request_attributes
+                .contains(&("gen_ai.request.temperature", ParamValue::Float(0.2)))
+        );
+        assert!(g.request_attributes.contains(&(
+            "gen_ai.request.stop_sequences",
+            ParamValue::Strings(vec!["\n".into()])
+        )));
+        assert_eq!((g.level, g.status_message), (Level::Default, None));
+    }
+
+    #[test]
+    fn plain_messages_and_stream_output_with_reasoning() {
+        let mut r = record(json!({"model": "m", "messages": [{"role": "user", "content": "q"}]}));
+        r.response.content = "answer".into();
+        r.response.reasoning = "thinking".into();
+        r.response.tool_calls = vec![ToolCall {
+            id: "t".into(),
+            kind: "function".into(),
+            name: "get".into(),
+            arguments: "{\"a\":1}".into(),
+        }];
+        let g = build(&r, &Redactor::default(), 1 << 20);
+        assert_eq!(json_of(&g.input), json!([{"role": "user", "content": "q"}]));
+        assert_eq!(g.parameters, None);
+        assert_eq!(json_of(&g.output)["reasoning_content"], json!("thinking"));
+        assert_eq!(g.model, "gpt-4o", "falls back to the upstream model name");
+    }
+
+    #[test]
+    fn upstream_error_keeps_the_body_and_is_an_error() {
+        let mut r = record(json!({"model": "m", "messages": []}));
+        r.outcome = Outcome::UpstreamError;
+        r.status = Some(500);
+        r.error = Some("boom with sk-configured-123456".into());
+        r.response_body = Some(Bytes::from_static(
+            br#"{"error":{"message":"boom with sk-configured-123456"}}"#,
+        ));
+        let key = Secret::new("sk-configured-123456");
+        let g = build(&r, &Redactor::new([&key]), 1 << 20);
+        assert_eq!(g.level, Level::Error);
+        assert_eq!(g.status_message.as_deref(), Some("boom with [redacted]"));
+        assert_eq!(
+            json_of(&g.output),
+            json!({"error": {"message": "boom with [redacted]"}})
+        );
+        assert_eq!(g.usage_details, None);
+    }
+
+    #[test]
+    fn disconnect_is_a_warning_and_the_client_key_is_redacted() {
+        let mut r = record(
+            json!({"model": "m", "messages": [{"role": "user", "content": "my key is client-secret-999"}]}),
+        );
+        r.outcome = Outcome::ClientDisconnected;
+        r.error = Some("client disconnected".into());
+        r.client_key = Some(Secret::new("client-secret-999"));
+        let g = build(&r, &Redactor::default(), 1 << 20);
+        assert_eq!(g.level, Level::Warning);
+        assert!(
+            !g.input
+                .as_deref()
+                .unwrap_or_default()
+                .contains("client-secret-999")
+        );
+        assert!(
+            g.input
+                .as_deref()
+                .unwrap_or_default()
+                .contains("[redacted]")
+        );
+    }
+
+    #[test]
+    fn other_endpoints() {
+        let mut r = record(json!({"model": "e", "input": ["a", "b"]}));
+        r.endpoint = "/embeddings".into();
+        let g = build(&r, &Redactor::default(), 1 << 20);
+        assert_eq!(g.operation, "embeddings");
+        assert_eq!(json_of(&g.input), json!(["a", "b"]));
+        assert_eq!(g.output, None);
+        let mut r = record(json!({"model": "o", "instructions": "be brief", "input": "hi"}));
+        r.endpoint = "/responses".into();
+        let g = build(&r, &Redactor::default(), 1 << 20);
+        assert_eq!(
+            json_of(&g.input),
+            json!({"instructions": "be brief", "input": "hi"})
+        );
+        let mut r = record(json!({"model": "c", "prompt": "once upon"}));
+        r.endpoint = "/completions".into();
+        assert_eq!(
+            build(&r, &Redactor::default(), 1 << 20).operation,
+            "text_completion"
+        );
+    }
+
+    #[test]
+    fn huge_io_is_cut_with_a_marker() {
+        let big = "é".repeat(10_000);
+        let r = record(json!({"model": "m", "messages": [{"role": "user", "content": big}]}));
+        let mut r = r;
+        r.response.content = "x".repeat(50_000);
+        let g = build(&r, &Redactor::default(), 8192);
+        let input = g.input.expect("input");
+        let output = g.output.expect("output");
+        assert!(input.len() + output.len() <= 8192);
+        assert!(input.ends_with(TRUNCATION_MARKER) && output.ends_with(TRUNCATION_MARKER));
+        assert!(output.len() >= 4096 - TRUNCATION_MARKER.len());
+    }
+
+    proptest! {
+        #[test]
+        fn fit_io_respects_the_cap(a in 0usize..5000, b in 0usize..5000, cap in 64usize..6000) {
+            let (i, o) = fit_io(Some("a".repeat(a)), Some("ü".repeat(b / 2)), cap);
+            let total = i.as_ref().map_or(0, String::len) + o.as_ref().map_or(0, String::len);
+            if a + (b / 2) * 2 <= cap {
+                prop_assert_eq!(i.map(|s| s.len()), Some(a));
+            } else {
+                prop_assert!(total <= cap, "{} > {}", total, cap);
+            }
+        }
+
+        #[test]
+        fn any_body_builds(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut r = record(json!({}));
+            r.request_body = Bytes::from(body);
+            let _ = build(&r, &Redactor::default(), 1024);
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! `llmsrouter usage`: totals from the usage ledger grouped by provider, user, model or day,
+//! as a readable table or JSON.
+//!
+//! Reads only; the query is built from a fixed set of column names, never from user text
+//! (the `--since` day is a bound parameter).
+
+use rusqlite::Connection;
+use serde_json::{Map, Value, json};
+
+use crate::sinks::ledger::is_error_outcome;
+
+/// What rows are grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Provider,
+    User,
+    Model,
+    Day,
+}
+
+impl GroupBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provider => "provider",
+            Self::User => "user",
+            Self::Model => "model",
+            Self::Day => "day",
+        }
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            Self::Provider => "provider",
+            Self::User => "username",
+            Self::Model => "model",
+            Self::Day => "day",
+        }
+    }
+}
+
+/// Totals of one group (or of everything).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageTotals {
+    /// The group's value; `None` for requests without a user (accounts off) and for the total.
+    pub key: Option<String>,
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// Sum of the costs upstreams reported; `None` when none did.
+    pub cost: Option<f64>,
+    /// Upstream errors, router errors and broken streams (client disconnects are not errors).
+    pub errors: u64,
+    /// Requests cut before their usage arrived (their tokens are not counted).
+    pub partial: u64,
+}
+
+impl UsageTotals {
+    fn add(&mut self, other: &Self) {
+        self.requests += other.requests;
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.total_tokens += other.total_tokens;
+        self.cached_tokens += other.cached_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+        self.cost = match (self.cost, other.cost) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        };
+        self.errors += other.errors;
+        self.partial += other.partial;
+    }
+
+    fn to_json(&self, key_name: Option<&str>) -> Value {
+        let mut obj = Map::new();
+        if let Some(name) = key_name {
+            obj.insert(name.to_owned(), json!(self.key));
+        }
+        obj.insert("requests".into(), json!(self.requests));
+        obj.insert("input_tokens".into(), json!(self.input_tokens));
+        obj.insert("output_tokens".into(), json!(self.output_tokens));
+        obj.insert("total_tokens".into(), json!(self.total_tokens));
+        obj.insert("cached_tokens".into(), json!(self.cached_tokens));
+        obj.insert("reasoning_tokens".into(), json!(self.reasoning_tokens));
+        obj.insert("cost".into(), json!(self.cost));
+        obj.insert("errors".into(), json!(self.errors));
+        obj.insert("partial".into(), json!(self.partial));
+        Value::Object(obj)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageReport {
+    pub by: GroupBy,
+    /// First day included (UTC), as given.
+    pub since: Option<String>,
+    pub rows: Vec<UsageTotals>,
+    pub total: UsageTotals,
+}
+
+fn count(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Reads the ledger's totals. `since` must already be a valid `YYYY-MM-DD`.
+pub fn query(conn: &Connection, by: GroupBy, since: Option<&str>) -> rusqlite::Result<UsageReport> {
+    let sql = format!(
+        "SELECT {col} AS key, COUNT(*) AS requests, TOTAL(input_tokens), TOTAL(output_tokens),
+            TOTAL(total_tokens), TOTAL(cached_tokens), TOTAL(reasoning_tokens), SUM(cost),
+            outcome, TOTAL(usage_partial)
+         FROM usage_ledger WHERE (?1 IS NULL OR day >= ?1)
+         GROUP BY {col}, outcome",
+        col = by.column()
+    );
+    let mut statement = conn.prepare(&sql)?;
+    let mut groups: Vec<UsageTotals> = Vec::new();
+    let rows = statement.query_map([since], |r| {
+        let outcome: String = r.get(8)?;
+        let requests = count(r.get(1)?);
+        Ok(UsageTotals {
+            key: r.get(0)?,
+            requests,
+            input_tokens: r.get::<_, f64>(2)? as u64,
+            output_tokens: r.get::<_, f64>(3)? as u64,
+            total_tokens: r.get::<_, f64>(4)? as u64,
+            cached_tokens: r.get::<_, f64>(5)? as u64,
+            reasoning_tokens: r.get::<_, f64>(6)? as u64,
+            cost: r.get(7)?,
+            errors: if is_error_outcome(&outcome) {
+                requests
+            } else {
+                0
+            },
+            partial: r.get::<_, f64>(9)? as u64,
+        })
+    })?;
+    for row in rows {
+        let row = row?;
+        match groups.iter_mut().find(|g| g.key == row.key) {
+            Some(group) => group.add(&row),
+            None => groups.push(row),
+        }
+    }
+    // Days in calendar order; the rest busiest first.
+    if by == GroupBy::Day {
+        groups.sort_by(|a, b| a.key.cmp(&b.key));
+    } else {
+        groups.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.key.cmp(&b.key)));
+    }
+    let mut total = UsageTotals::default();
+    for group in &groups {
+        total.add(group);
+    }
+    Ok(UsageReport {
+        by,
+        since: since.map(str::to_owned),
+        rows: groups,
+        total,
+    })
+}
+
+impl UsageReport {
+    /// `{"by": "provider", "since": null, "rows": [{"provider": "x", "requests": 1, ...}],
+    /// "total": {...}}`
+    pub fn to_json(&self) -> Value {
+        json!({
+            "by": self.by.as_str(),
+            "since": self.since,
+            "rows": self.rows.iter().map(|r| r.to_json(Some(self.by.as_str()))).collect::<Vec<_>>(),
+            "total": self.total.to_json(None),
+        })
+    }
+
+    /// A fixed-width table with a TOTAL line; `-` for no user and for unknown cost.
+    pub fn to_table(&self) -> String {
+        let header = [
+            self.by.as_str().to_ascii_uppercase(),
+            "REQUESTS".into(),
+            "INPUT".into(),
+            "OUTPUT".into(),
+            "CACHED".into(),
+            "REASONING".into(),
+            "COST".into(),
+            "ERRORS".into(),
+        ];
+        let cells = |t: &UsageTotals, key: String| -> [String; 8] {
+            [
+                key,
+                t.requests.to_string(),
+                t.input_tokens.to_string(),
+                t.output_tokens.to_string(),
+                t.cached_tokens.to_string(),
+                t.reasoning_tokens.to_string(),
+                t.cost.map_or_else(|| "-".to_owned(), |c| format!("{c:.6}")),
+                t.errors.to_string(),
+            ]
+        };
+        let mut lines: Vec<[String; 8]> = vec![header];
+        for row in &self.rows {
+            lines.push(cells(row, row.key.clone().unwrap_or_else(|| "-".into())));
+        }
+        lines.push(cells(&self.total, "TOTAL".into()));
+        let mut widths = [0usize; 8];
+        for line in &lines {
+            for (w, cell) in widths.iter_mut().zip(line) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for line in &lines {
+            let mut text = String::new();
+            for (i, (cell, w)) in line.iter().zip(widths).enumerate() {
+                if i == 0 {
+                    text.push_str(&format!("{cell:<w$}"));
+                } else {
+                    text.push_str(&format!("  {cell:>w$}"));
+                }
+            }
+            out.push_str(text.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db;
+    use crate::sinks::ledger::{LedgerRow, insert_rows};
+
+    fn row(day: &str, user: Option<&str>, provider: &str, outcome: &'static str) -> LedgerRow {
+        LedgerRow {
+            request_id: "r".into(),
+            started_at: format!("{day}T00:00:00.000Z"),
+            day: day.into(),
+            username: user.map(str::to_owned),
+            provider: provider.into(),
+            mode: "alias",
+            endpoint: "/chat/completions".into(),
+            model: "m".into(),
+            response_model: None,
+            stream: false,
+            status: Some(200),
+            outcome,
+            error: None,
+            latency_ms: 1,
+            ttft_ms: None,
+            input_tokens: 10,
+            output_tokens: 3,
+            total_tokens: 13,
+            cached_tokens: 2,
+            cache_creation_tokens: 0,
+            reasoning_tokens: 1,
+            cost: (provider == "openrouter").then_some(0.001),
+            usage_known: true,
+            usage_partial: false,
+        }
+    }
+
+    fn conn() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut conn = db::open(&dir.path().join("u.db")).expect("open");
+        insert_rows(
+            &mut conn,
+            &[
+                row("2025-01-01", Some("ann"), "openrouter", "success"),
+                row("2025-01-02", Some("ann"), "openrouter", "upstream_error"),
+                row("2025-01-02", None, "deepseek", "success"),
+                row("2025-01-03", Some("bob"), "deepseek", "client_disconnected"),
+                row("2025-01-03", Some("bob"), "deepseek", "success"),
+            ],
+        )
+        .expect("insert");
+        (dir, conn)
+    }
+
+    #[test]
+    fn groups_and_totals() {
+        let (_dir, conn) = conn();
+        let r = query(&conn, GroupBy::Provider, None).expect("query");
+        assert_eq!(r.rows.len(), 2);
+        assert_eq!(r.rows[0].key.as_deref(), Some("deepseek"));
+        assert_eq!(
+            (r.rows[0].requests, r.rows[0].errors, r.rows[0].cost),
+            (3, 0, None)
+        );
+        assert_eq!(r.rows[1].errors, 1);
+        assert_eq!(r.rows[1].cost, Some(0.002));
+        assert_eq!(r.total.requests, 5);
+        assert_eq!(r.total.input_tokens, 50);
+        let by_user = query(&conn, GroupBy::User, None).expect("query");
+        assert!(by_user.rows.iter().any(|r| r.key.is_none()));
+        let since = query(&conn, GroupBy::Day, Some("2025-01-02")).expect("query");
+        let days: Vec<_> = since.rows.iter().map(|r| r.key.clone()).collect();
+        assert_eq!(
+            days,
+            [Some("2025-01-02".to_owned()), Some("2025-01-03".to_owned())]
+        );
+    }
+
+    #[test]
+    fn table_and_json() {
+        let (_dir, conn) = conn();
+        let r = query(&conn, GroupBy::Provider, None).expect("query");
+        let table = r.to_table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "PROVIDER    REQUESTS  INPUT  OUTPUT  CACHED  REASONING      COST  ERRORS"
+        );
+        assert_eq!(
+            lines[1],
+            "deepseek           3     30       9       6          3         -       0"
+        );
+        assert_eq!(
+            lines[3],
+            "TOTAL              5     50      15      10          5  0.002000       1"
+        );
+        let j = r.to_json();
+        assert_eq!(j["by"], "provider");
+        assert_eq!(j["rows"][1]["provider"], "openrouter");
+        assert_eq!(j["rows"][1]["cost"], 0.002);
+        assert_eq!(j["total"]["requests"], 5);
+        assert!(j["total"].get("provider").is_none());
+    }
+}

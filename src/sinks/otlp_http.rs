@@ -1,0 +1,317 @@
+//! The HTTP transport under the OpenTelemetry OTLP span exporter: sends one export request
+//! to one destination with that destination's own headers, retrying 429, 5xx and network
+//! errors with exponential backoff (honouring `Retry-After`).
+//!
+//! It runs on the exporter's background thread and the tokio runtime, never on a request.
+//! It sends only the headers its destination was configured with (plus the body's content
+//! type and encoding), so headers meant for one backend (`OTEL_EXPORTER_OTLP_HEADERS`, which
+//! the OTLP crate also reads) never reach another, and it never logs a header value.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use opentelemetry_http::{HttpClient, HttpError, Request, Response};
+use tokio_util::sync::CancellationToken;
+
+use crate::secret::Secret;
+
+/// Longest `Retry-After` honoured; a server asking for more gets retried sooner (or the batch
+/// is given up by the time budget) rather than stalling every later batch.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Largest response body read from an OTLP endpoint (its answer is a few bytes).
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// After shutdown began, at most this long between attempts.
+const STOPPING_BACKOFF: Duration = Duration::from_millis(250);
+
+/// How an export request is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first one included.
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// One attempt, connect to last byte.
+    pub attempt_timeout: Duration,
+    /// No new attempt starts after this much time since the first.
+    pub budget: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+            attempt_timeout: Duration::from_secs(10),
+            budget: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Whether a status is worth another try: throttling and server errors.
+pub fn is_retryable(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// One OTLP/HTTP destination's transport. `Debug` shows the endpoint's name only.
+pub struct OtlpTransport {
+    name: &'static str,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+    headers: Arc<HeaderMap>,
+    policy: RetryPolicy,
+    stopping: CancellationToken,
+    retries: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for OtlpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OtlpTransport({}, headers redacted)", self.name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{0}: invalid header name")]
+    HeaderName(String),
+    #[error("{0}: invalid header value")]
+    HeaderValue(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+    #[error("no async runtime to send exports on")]
+    NoRuntime,
+}
+
+impl OtlpTransport {
+    /// A transport sending `headers` (values are secrets: marked sensitive, never printed).
+    /// Must be called inside a tokio runtime: requests run on it.
+    pub fn new(
+        name: &'static str,
+        headers: &[(String, Secret)],
+        policy: RetryPolicy,
+        stopping: CancellationToken,
+        retries: Arc<AtomicU64>,
+    ) -> Result<Self, TransportError> {
+        let mut map = HeaderMap::new();
+        for (key, value) in headers {
+            let key = HeaderName::from_bytes(key.as_bytes())
+                .map_err(|_| TransportError::HeaderName(key.clone()))?;
+            let mut value = HeaderValue::from_str(value.expose())
+                .map_err(|_| TransportError::HeaderValue(key.to_string()))?;
+            value.set_sensitive(true);
+            map.insert(key, value);
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(policy.attempt_timeout.min(Duration::from_secs(5)))
+            .timeout(policy.attempt_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| TransportError::Client(e.to_string()))?;
+        Ok(Self {
+            name,
+            client,
+            runtime: tokio::runtime::Handle::try_current()
+                .map_err(|_| TransportError::NoRuntime)?,
+            headers: Arc::new(map),
+            policy,
+            stopping,
+            retries,
+        })
+    }
+}
+
+#[async_trait]
+impl HttpClient for OtlpTransport {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let (parts, body) = request.into_parts();
+        let mut headers = (*self.headers).clone();
+        for name in [CONTENT_TYPE, CONTENT_ENCODING] {
+            if let Some(value) = parts.headers.get(&name) {
+                headers.insert(name, value.clone());
+            }
+        }
+        let send = Attempts {
+            client: self.client.clone(),
+            url: parts.uri.to_string(),
+            headers,
+            body,
+            policy: self.policy,
+            stopping: self.stopping.clone(),
+            retries: self.retries.clone(),
+        };
+        // The exporter's thread has no reactor; the request runs on the runtime and this
+        // future only waits for it.
+        self.runtime
+            .spawn(send.run())
+            .await
+            .map_err(|e| Box::new(e) as HttpError)?
+    }
+}
+
+struct Attempts {
+    client: reqwest::Client,
+    url: String,
+    headers: HeaderMap,
+    body: Bytes,
+    policy: RetryPolicy,
+    stopping: CancellationToken,
+    retries: Arc<AtomicU64>,
+}
+
+impl Attempts {
+    /// Returns the last response (an error status included: the exporter reports it), or the
+    /// last network error once the attempts or the budget are spent.
+    async fn run(self) -> Result<Response<Bytes>, HttpError> {
+        let first = Instant::now();
+        let mut backoff = self.policy.initial_backoff;
+        let mut attempt = 1;
+        let mut retried_while_stopping = false;
+        loop {
+            let sent = self
+                .client
+                .post(&self.url)
+                .headers(self.headers.clone())
+                .body(self.body.clone())
+                .send()
+                .await;
+            let (outcome, retry_after) = match sent {
+                Ok(response) if !is_retryable(response.status()) => {
+                    return into_http_response(response).await;
+                }
+                Ok(response) => {
+                    let retry_after = retry_after(response.headers());
+                    (Ok(response), retry_after)
+                }
+                Err(error) => (Err(error), None),
+            };
+            let mut wait = retry_after.unwrap_or(backoff).min(MAX_RETRY_AFTER) + jitter(backoff);
+            if self.stopping.is_cancelled() {
+                wait = wait.min(STOPPING_BACKOFF);
+            }
+            let out_of_time = first.elapsed() + wait > self.policy.budget;
+            if attempt >= self.policy.max_attempts || out_of_time || retried_while_stopping {
+                return match outcome {
+                    Ok(response) => into_http_response(response).await,
+                    Err(error) => Err(network_error(&error)),
+                };
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                // Shutdown: one more quick try, then give up.
+                () = self.stopping.cancelled() => {}
+            }
+            retried_while_stopping = self.stopping.is_cancelled();
+            attempt += 1;
+            backoff = (backoff * 2).min(self.policy.max_backoff);
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A network error, described without its URL.
+fn network_error(error: &reqwest::Error) -> HttpError {
+    let text = if error.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        crate::proxy::describe_reqwest_error(error)
+    };
+    format!("OTLP export failed: {text}").into()
+}
+
+async fn into_http_response(mut response: reqwest::Response) -> Result<Response<Bytes>, HttpError> {
+    let status = response.status();
+    let mut body = BytesMut::new();
+    while body.len() < MAX_RESPONSE_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let mut out = Response::new(body.freeze());
+    *out.status_mut() = status;
+    Ok(out)
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from OTLP backends and is ignored).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let seconds = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
+}
+
+/// Up to a quarter of `backoff`, so many routers restarting together do not retry in step.
+fn jitter(backoff: Duration) -> Duration {
+    let quarter = backoff.as_millis() as u64 / 4;
+    if quarter == 0 {
+        return Duration::ZERO;
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    Duration::from_millis(nanos % (quarter + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_statuses() {
+        for s in [429, 500, 502, 503, 504] {
+            assert!(
+                is_retryable(StatusCode::from_u16(s).expect("status")),
+                "{s}"
+            );
+        }
+        for s in [200, 400, 401, 403, 404, 413] {
+            assert!(
+                !is_retryable(StatusCode::from_u16(s).expect("status")),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_only() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn jitter_is_bounded() {
+        for ms in [0u64, 1, 100, 8000] {
+            assert!(jitter(Duration::from_millis(ms)) <= Duration::from_millis(ms / 4));
+        }
+    }
+
+    #[tokio::test]
+    async fn debug_never_shows_headers() {
+        let t = OtlpTransport::new(
+            "langfuse",
+            &[("authorization".into(), Secret::new("Basic c2VjcmV0"))],
+            RetryPolicy::default(),
+            CancellationToken::new(),
+            Arc::default(),
+        )
+        .expect("transport");
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+    }
+}

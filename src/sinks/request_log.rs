@@ -1,0 +1,350 @@
+//! The request log (`LLMSROUTER_LOG_FILE`): one JSON line per routed request, in files rotated
+//! daily (7 kept) by tracing-appender.
+//!
+//! `accept` only queues the record; one writer thread serialises and writes, so neither a
+//! request nor the recorder waits for the disk. Every line passes through the [`Redactor`]
+//! whole, so no configured key or client key is written, wherever it appeared (bodies, error
+//! texts). Request headers are never logged.
+
+use std::borrow::Cow;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tracing_appender::rolling::{RollingFileAppender, Rotation};
+
+use crate::record::{RecordSink, RequestRecord};
+use crate::sinks::clock::rfc3339_millis;
+use crate::sinks::redact::Redactor;
+use crate::sinks::{BATCH_WINDOW, next_batch};
+use crate::usage::{ToolCall, Usage};
+
+/// Daily files kept, today's included.
+pub const KEPT_FILES: usize = 7;
+/// Records waiting for the writer before new ones are dropped (and counted).
+const QUEUE_DEPTH: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct RequestLogOptions {
+    /// As configured: `./api_proxy.log` writes `./api_proxy.YYYY-MM-DD.log`.
+    pub path: PathBuf,
+    /// `LLMSROUTER_LOG_BODIES`.
+    pub bodies: bool,
+    pub redactor: Redactor,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestLogError {
+    #[error("LLMSROUTER_LOG_FILE: {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("cannot start the request log writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Splits `dir/name.ext` into the appender's directory, prefix and suffix, so files are
+/// `name.YYYY-MM-DD.ext` next to where the user pointed.
+pub fn file_parts(path: &Path) -> (PathBuf, String, Option<String>) {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "api_proxy.log".to_owned());
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() => {
+            (dir, stem.to_owned(), Some(ext.to_owned()))
+        }
+        _ => (dir, name, None),
+    }
+}
+
+pub struct RequestLogSink {
+    tx: Mutex<Option<SyncSender<Arc<RequestRecord>>>>,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    dropped: AtomicU64,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+impl RequestLogSink {
+    /// Opens today's file (creating the directory) and starts the writer thread.
+    pub fn start(options: RequestLogOptions) -> Result<Self, RequestLogError> {
+        let (dir, prefix, suffix) = file_parts(&options.path);
+        let open_error = |reason: String| RequestLogError::Open {
+            path: options.path.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| open_error(e.to_string()))?;
+        let mut builder = RollingFileAppender::builder()
+            .rotation(Rotation::DAILY)
+            .filename_prefix(prefix)
+            .max_log_files(KEPT_FILES);
+        if let Some(suffix) = suffix {
+            builder = builder.filename_suffix(suffix);
+        }
+        let appender = builder.build(&dir).map_err(|e| open_error(e.to_string()))?;
+        let (tx, rx) = sync_channel(QUEUE_DEPTH);
+        let writer = Writer {
+            out: BufWriter::with_capacity(64 * 1024, appender),
+            line: Vec::with_capacity(8 * 1024),
+            bodies: options.bodies,
+            redactor: options.redactor,
+            last_error: None,
+        };
+        let worker = std::thread::Builder::new()
+            .name("llmsrouter-request-log".into())
+            .spawn(move || writer.run(rx))
+            .map_err(RequestLogError::Thread)?;
+        Ok(Self {
+            tx: Mutex::new(Some(tx)),
+            worker: Mutex::new(Some(worker)),
+            dropped: AtomicU64::new(0),
+            last_warning: Mutex::new(None),
+        })
+    }
+
+    /// Lines not written because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl RecordSink for RequestLogSink {
+    fn name(&self) -> &'static str {
+        "request-log"
+    }
+
+    fn accept(&self, record: &Arc<RequestRecord>) {
+        let Ok(tx) = self.tx.lock() else { return };
+        let Some(tx) = tx.as_ref() else { return };
+        if let Err(TrySendError::Full(_)) = tx.try_send(record.clone()) {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Ok(mut last) = self.last_warning.lock() {
+                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    *last = Some(Instant::now());
+                    tracing::warn!(dropped, "request log writer behind: lines dropped");
+                }
+            }
+        }
+    }
+
+    fn close(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            drop(self.tx.lock().ok().and_then(|mut tx| tx.take()));
+            let worker = self.worker.lock().ok().and_then(|mut w| w.take());
+            if let Some(worker) = worker {
+                let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+            }
+        })
+    }
+}
+
+struct Writer {
+    out: BufWriter<RollingFileAppender>,
+    /// Reused for every line.
+    line: Vec<u8>,
+    bodies: bool,
+    redactor: Redactor,
+    last_error: Option<Instant>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Arc<RequestRecord>>) {
+        let mut batch = Vec::with_capacity(256);
+        while next_batch(&rx, &mut batch, 256, BATCH_WINDOW) {
+            for record in batch.drain(..) {
+                self.write(&record);
+            }
+            if let Err(e) = self.out.flush() {
+                self.report(&e);
+            }
+        }
+        if let Err(e) = self.out.flush() {
+            self.report(&e);
+        }
+    }
+
+    fn write(&mut self, record: &RequestRecord) {
+        self.line.clear();
+        if serialize_line(&mut self.line, record, self.bodies).is_err() {
+            return;
+        }
+        let redacted = self
+            .redactor
+            .redact_bytes(&self.line, record.client_key.as_ref());
+        let result = self
+            .out
+            .write_all(&redacted)
+            .and_then(|()| self.out.write_all(b"\n"));
+        if let Err(e) = result {
+            self.report(&e);
+        }
+    }
+
+    fn report(&mut self, error: &std::io::Error) {
+        if self
+            .last_error
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            self.last_error = Some(Instant::now());
+            tracing::warn!("request log: cannot write: {error}");
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    request_id: &'a str,
+    user: Option<&'a str>,
+    provider: &'a str,
+    mode: &'static str,
+    endpoint: &'a str,
+    model: &'a str,
+    upstream_model: &'a str,
+    response_model: Option<&'a str>,
+    stream: bool,
+    status: Option<u16>,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    latency_ms: u64,
+    ttft_ms: Option<u64>,
+    usage: Option<&'a Usage>,
+    usage_partial: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<Body<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<Body<'a>>,
+}
+
+/// A body as JSON when it is JSON, else as a string.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Body<'a> {
+    Json(&'a RawValue),
+    Owned(Box<RawValue>),
+    Text(Cow<'a, str>),
+    Stream(StreamOutput<'a>),
+}
+
+/// What a stream said, assembled from its events.
+#[derive(Serialize)]
+struct StreamOutput<'a> {
+    content: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reasoning: &'a str,
+    #[serde(skip_serializing_if = "<[ToolCall]>::is_empty")]
+    tool_calls: &'a [ToolCall],
+    finish_reason: Option<&'a str>,
+}
+
+fn body(bytes: &[u8]) -> Body<'_> {
+    // Raw newlines in JSON can only be whitespace between tokens; a line must stay one line.
+    if memchr::memchr2(b'\n', b'\r', bytes).is_none() {
+        if let Ok(raw) = serde_json::from_slice::<&RawValue>(bytes) {
+            return Body::Json(raw);
+        }
+    } else if let Ok(text) = std::str::from_utf8(bytes) {
+        let flat = text.replace(['\n', '\r'], " ");
+        if let Ok(raw) = RawValue::from_string(flat) {
+            return Body::Owned(raw);
+        }
+    }
+    Body::Text(String::from_utf8_lossy(bytes))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Serialises one record as one JSON line (no newline) into `out`.
+fn serialize_line(
+    out: &mut Vec<u8>,
+    record: &RequestRecord,
+    bodies: bool,
+) -> serde_json::Result<()> {
+    let summary = &record.response;
+    let response = if !bodies {
+        None
+    } else if let Some(bytes) = &record.response_body {
+        Some(body(bytes))
+    } else if record.stream {
+        Some(Body::Stream(StreamOutput {
+            content: &summary.content,
+            reasoning: &summary.reasoning,
+            tool_calls: &summary.tool_calls,
+            finish_reason: summary.finish_reason.as_deref(),
+        }))
+    } else {
+        None
+    };
+    let line = Line {
+        time: rfc3339_millis(record.started_at),
+        request_id: &record.request_id,
+        user: record.user.as_deref(),
+        provider: &record.provider,
+        mode: record.mode.as_str(),
+        endpoint: &record.endpoint,
+        model: &record.requested_model,
+        upstream_model: &record.upstream_model,
+        response_model: summary.model.as_deref(),
+        stream: record.stream,
+        status: record.status,
+        outcome: record.outcome.as_str(),
+        error: record.error.as_deref(),
+        latency_ms: millis(record.latency()),
+        ttft_ms: record.time_to_first_token().map(millis),
+        usage: summary.usage.as_ref(),
+        usage_partial: record.usage_partial(),
+        request: bodies.then(|| body(&record.request_body)),
+        response,
+    };
+    serde_json::to_writer(out, &line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_keep_the_extension() {
+        assert_eq!(
+            file_parts(Path::new("./api_proxy.log")),
+            (
+                PathBuf::from("."),
+                "api_proxy".to_owned(),
+                Some("log".to_owned())
+            )
+        );
+        assert_eq!(
+            file_parts(Path::new("requests")),
+            (PathBuf::from("."), "requests".to_owned(), None)
+        );
+        assert_eq!(
+            file_parts(Path::new("/var/log/llm/.hidden")),
+            (PathBuf::from("/var/log/llm"), ".hidden".to_owned(), None)
+        );
+    }
+
+    #[test]
+    fn bodies_stay_on_one_line() {
+        let mut out = Vec::new();
+        let pretty = b"{\n  \"a\": [1,\r\n 2]\n}";
+        serde_json::to_writer(&mut out, &body(pretty)).expect("json");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(!text.contains('\n') && !text.contains('\r'), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid");
+        assert_eq!(v["a"][1], 2);
+        let mut out = Vec::new();
+        serde_json::to_writer(&mut out, &body(b"plain\ntext")).expect("json");
+        assert_eq!(String::from_utf8(out).expect("utf8"), "\"plain\\ntext\"");
+    }
+}

@@ -1,0 +1,128 @@
+//! The real binary: `serve` writes the ledger, the request log and Langfuse spans from the
+//! environment, flushes them on SIGTERM, and the ledger survives a restart.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::mock_otlp::{MockOtlp, str_attr, trace_id};
+use super::request_log::read_log_lines;
+use super::{PUBLIC_KEY, SECRET_KEY, request_id};
+use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS};
+use crate::support::{RouterProcess, client, one_server_config, run_cli};
+
+#[tokio::test]
+async fn serve_records_everything_flushes_on_sigterm_and_the_ledger_survives_restarts() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    let data = tempfile::tempdir().expect("data dir");
+    let db = data.path().join("ledger.db").display().to_string();
+    let log = data.path().join("logs/api_proxy.log").display().to_string();
+    let host = otlp.origin();
+    let envs = [
+        ("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY),
+        ("LANGFUSE_SECRET_KEY", SECRET_KEY),
+        ("LANGFUSE_HOST", host.as_str()),
+        // An hour between batches: spans can only arrive through the flush on shutdown.
+        ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
+        ("LLMSROUTER_DB", db.as_str()),
+        ("LLMSROUTER_LOG_FILE", log.as_str()),
+    ];
+    let config = one_server_config(&upstream.url(), "");
+    let mut ids = Vec::new();
+    for (round, requests) in [(1, 2), (2, 1)] {
+        let mut router = RouterProcess::start(Some(&config), &envs);
+        for _ in 0..requests {
+            let response = client()
+                .post(router.url("/v1/chat/completions"))
+                .json(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(response.status(), 200);
+            ids.push(request_id(&response));
+        }
+        router.terminate();
+        let status = router.wait_exit(Duration::from_secs(40)).await;
+        assert!(status.success(), "{status:?}: {}", router.stderr());
+
+        let spans = otlp.spans();
+        assert_eq!(spans.len(), ids.len(), "round {round}: {}", router.stderr());
+        for (span, id) in spans.iter().zip(&ids) {
+            assert_eq!(&trace_id(&span.span), id);
+            assert_eq!(
+                str_attr(&span.span, "langfuse.observation.type"),
+                Some("generation")
+            );
+        }
+        let (code, stdout, stderr) =
+            run_cli(data.path(), &["usage", "--json", "--db", db.as_str()], &[]);
+        assert_eq!(code, 0, "{stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+        assert_eq!(report["total"]["requests"], ids.len(), "round {round}");
+        assert_eq!(
+            report["total"]["input_tokens"],
+            ids.len() as u64 * PROMPT_TOKENS
+        );
+        let lines = read_log_lines(&data.path().join("logs"), "api_proxy");
+        assert_eq!(lines.len(), ids.len());
+        assert_eq!(
+            lines.last().expect("line")["request_id"],
+            ids.last().expect("id").as_str()
+        );
+    }
+}
+
+#[test]
+fn check_names_a_bad_telemetry_variable_and_shows_destinations() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let (code, _, stderr) = run_cli(
+        dir.path(),
+        &["check"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")],
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{stderr}");
+    let (code, stdout, stderr) = run_cli(
+        dir.path(),
+        &["check"],
+        &[
+            ("LANGFUSE_PUBLIC_KEY", "pk"),
+            ("LANGFUSE_SECRET_KEY", "sk-lf-do-not-print"),
+            ("LANGFUSE_HOST", "http://langfuse.local:3000"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(
+            "tracing langfuse http://langfuse.local:3000/api/public/otel/v1/traces + otlp http://collector:4318/v1/traces"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("sk-lf-do-not-print"));
+}
+
+#[tokio::test]
+async fn ledger_false_writes_no_ledger_and_no_log_when_both_are_off() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let mut router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[("LLMSROUTER_LEDGER", "false"), ("LLMSROUTER_LOG_FILE", "")],
+    );
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    router.terminate();
+    assert!(router.wait_exit(Duration::from_secs(40)).await.success());
+    let files: Vec<String> = std::fs::read_dir(router.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, ["config.yaml"], "no users.db, no request log");
+}

@@ -1,0 +1,640 @@
+//! The Langfuse exporter: the attribute contract for a plain completion, a stream without
+//! `include_usage`, vendor usage shapes, an upstream 500, a client disconnect and a user
+//! request; a second generic OTLP destination; and resilience (retries, a hanging or absent
+//! endpoint, recovery, flush on shutdown).
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use base64::Engine as _;
+use futures_util::StreamExt;
+use llmsrouter::auth::{Caller, KeyIndex, Permissions};
+use llmsrouter::secret::Secret;
+use llmsrouter::sinks::generation::TRUNCATION_MARKER;
+use llmsrouter::sinks::langfuse::Destination;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode as SpanStatusCode;
+use serde_json::json;
+
+use super::mock_otlp::{
+    MockOtlp, all_text, float_attr, int_attr, json_attr, str_attr, strings_attr, trace_id,
+};
+use super::{
+    PUBLIC_KEY, SECRET_KEY, langfuse_options, parse_rfc3339_millis, request_id,
+    router_with_langfuse,
+};
+use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS};
+use crate::support::{client, one_server_config, wait_until};
+
+fn span_millis(nanos: u64) -> i64 {
+    (nanos / 1_000_000) as i64
+}
+
+#[tokio::test]
+async fn a_plain_completion_becomes_one_generation_with_every_attribute() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    let (router, _sink) = router_with_langfuse(
+        &one_server_config(&upstream.url(), ""),
+        langfuse_options(&otlp),
+        |_| {},
+    )
+    .await;
+    let tools = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]);
+    let messages =
+        json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]);
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(
+            &json!({"model": "[mock]gpt-4o", "temperature": 0.3, "max_tokens": 64,
+            "messages": messages, "tools": tools}),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    let received = otlp.span_of(&id).await;
+    let span = &received.span;
+
+    // Transport: Langfuse's OTLP path, protobuf, Basic auth, ingestion version 4.
+    assert_eq!(received.path, "/api/public/otel/v1/traces");
+    assert_eq!(received.headers["content-type"], "application/x-protobuf");
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{PUBLIC_KEY}:{SECRET_KEY}"));
+    assert_eq!(
+        received.headers["authorization"],
+        format!("Basic {basic}").as_str()
+    );
+    assert_eq!(received.headers["x-langfuse-ingestion-version"], "4");
+    assert_eq!(received.scope_name, "llmsrouter");
+    assert!(
+        received
+            .resource
+            .iter()
+            .any(|kv| kv.key == "service.name" && format!("{:?}", kv.value).contains("llmsrouter"))
+    );
+
+    // One root span per request; its trace id is the request id.
+    assert_eq!(otlp.spans().len(), 1);
+    assert_eq!(trace_id(span), id);
+    assert!(span.parent_span_id.is_empty(), "a root span");
+    assert_eq!(span.name, "OpenAI-generation");
+    assert_eq!(
+        str_attr(span, "langfuse.trace.name"),
+        Some("OpenAI-generation")
+    );
+    assert_eq!(
+        str_attr(span, "langfuse.observation.type"),
+        Some("generation")
+    );
+    assert_eq!(
+        strings_attr(span, "langfuse.trace.tags"),
+        Some(vec!["mock".to_owned()])
+    );
+    assert_eq!(str_attr(span, "user.id"), None, "no accounts, no user");
+
+    // Model (the upstream's, no [alias]), parameters, input, output, usage.
+    assert_eq!(
+        str_attr(span, "langfuse.observation.model.name"),
+        Some("mock-model-2024")
+    );
+    assert_eq!(
+        json_attr(span, "langfuse.observation.model.parameters"),
+        Some(json!({"temperature": 0.3, "max_tokens": 64}))
+    );
+    assert_eq!(
+        json_attr(span, "langfuse.observation.input"),
+        Some(json!({"tools": tools, "messages": messages}))
+    );
+    assert_eq!(
+        json_attr(span, "langfuse.observation.output"),
+        Some(json!({"role": "assistant", "content": "Hello there"}))
+    );
+    assert_eq!(
+        json_attr(span, "langfuse.observation.usage_details"),
+        Some(
+            json!({"input": PROMPT_TOKENS, "output": 2, "total": PROMPT_TOKENS + 2,
+            "input_cached_tokens": 0, "output_reasoning_tokens": 0})
+        )
+    );
+    assert_eq!(
+        str_attr(span, "langfuse.observation.cost_details"),
+        None,
+        "no cost sent"
+    );
+    assert_eq!(
+        str_attr(span, "langfuse.observation.level"),
+        None,
+        "DEFAULT is implied"
+    );
+    assert_eq!(str_attr(span, "langfuse.observation.status_message"), None);
+
+    // Times: start <= completion start <= end, ISO-8601 with Z.
+    let start = span_millis(span.start_time_unix_nano);
+    let end = span_millis(span.end_time_unix_nano);
+    let first = parse_rfc3339_millis(
+        str_attr(span, "langfuse.observation.completion_start_time").expect("completion start"),
+    );
+    assert!(
+        start <= first && first <= end,
+        "{start} <= {first} <= {end}"
+    );
+    let now = UNIX_EPOCH.elapsed().expect("clock").as_millis() as i64;
+    assert!(start > now - 60_000 && end <= now);
+
+    // The OpenTelemetry GenAI attributes.
+    assert_eq!(str_attr(span, "gen_ai.operation.name"), Some("chat"));
+    assert_eq!(str_attr(span, "gen_ai.request.model"), Some("gpt-4o"));
+    assert_eq!(
+        str_attr(span, "gen_ai.response.model"),
+        Some("mock-model-2024")
+    );
+    assert_eq!(str_attr(span, "gen_ai.provider.name"), Some("mock"));
+    assert_eq!(float_attr(span, "gen_ai.request.temperature"), Some(0.3));
+    assert_eq!(int_attr(span, "gen_ai.request.max_tokens"), Some(64));
+    assert_eq!(
+        int_attr(span, "gen_ai.usage.input_tokens"),
+        Some(PROMPT_TOKENS as i64)
+    );
+    assert_eq!(int_attr(span, "gen_ai.usage.output_tokens"), Some(2));
+    assert_eq!(
+        strings_attr(span, "gen_ai.response.finish_reasons"),
+        Some(vec!["stop".to_owned()])
+    );
+    assert_eq!(int_attr(span, "http.response.status_code"), Some(200));
+    assert_eq!(
+        json_attr(span, "langfuse.trace.metadata"),
+        Some(
+            json!({"route_mode": "alias", "endpoint": "/chat/completions",
+            "requested_model": "[mock]gpt-4o", "outcome": "success", "stream": false})
+        )
+    );
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_without_include_usage_still_has_usage_and_the_assembled_output() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 3,
+        ..Default::default()
+    })
+    .await;
+    let otlp = MockOtlp::start().await;
+    let (router, _sink) = router_with_langfuse(
+        &one_server_config(&upstream.url(), ""),
+        langfuse_options(&otlp),
+        |_| {},
+    )
+    .await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]gpt-4o", "stream": true,
+            "messages": [{"role": "user", "content": "count"}]}))
+        .send()
+        .await
+        .expect("send");
+    let id = request_id(&response);
+    let text = response.text().await.expect("body");
+    assert!(
+        !text.contains("\"usage\":{"),
+        "the client did not ask for usage"
+    );
+    let span = otlp.span_of(&id).await.span;
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.output"),
+        Some(json!({"role": "assistant", "content": "tok0 tok1 tok2 "}))
+    );
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.usage_details"),
+        Some(
+            json!({"input": PROMPT_TOKENS, "output": 3, "total": PROMPT_TOKENS + 3,
+            "input_cached_tokens": 0, "output_reasoning_tokens": 0})
+        )
+    );
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.input"),
+        Some(json!([{"role": "user", "content": "count"}]))
+    );
+    let first = parse_rfc3339_millis(
+        str_attr(&span, "langfuse.observation.completion_start_time").expect("first token"),
+    );
+    assert!(span_millis(span.start_time_unix_nano) <= first);
+    assert!(first <= span_millis(span.end_time_unix_nano));
+    let metadata = json_attr(&span, "langfuse.trace.metadata").expect("metadata");
+    assert_eq!(metadata["stream"], true);
+    assert!(metadata.get("usage_partial").is_none());
+    assert_eq!(str_attr(&span, "langfuse.observation.level"), None);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn vendor_usage_shapes_become_langfuse_usage_and_cost_details() {
+    let body = json!({"id": "x", "model": "deepseek-reasoner", "choices": [{"index": 0,
+        "message": {"role": "assistant", "content": "ok", "reasoning_content": "mull"},
+        "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140,
+            "prompt_cache_hit_tokens": 30, "prompt_cache_miss_tokens": 70,
+            "completion_tokens_details": {"reasoning_tokens": 25}, "cost": 0.0042}});
+    let upstream = MockUpstream::start(Behavior {
+        body: Some(body.to_string()),
+        ..Default::default()
+    })
+    .await;
+    let otlp = MockOtlp::start().await;
+    let (router, _sink) = router_with_langfuse(
+        &one_server_config(&upstream.url(), ""),
+        langfuse_options(&otlp),
+        |_| {},
+    )
+    .await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]deepseek-reasoner", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    let span = otlp.span_of(&request_id(&response)).await.span;
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.usage_details"),
+        Some(json!({"input": 70, "output": 15, "total": 140,
+            "input_cached_tokens": 30, "output_reasoning_tokens": 25}))
+    );
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.cost_details"),
+        Some(json!({"total": 0.0042}))
+    );
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.output"),
+        Some(json!({"role": "assistant", "content": "ok", "reasoning_content": "mull"}))
+    );
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_500_is_an_error_generation_with_its_message() {
+    let upstream = MockUpstream::start(Behavior {
+        status: 500,
+        body: Some(r#"{"error":{"message":"upstream exploded","type":"server_error"}}"#.into()),
+        ..Default::default()
+    })
+    .await;
+    let otlp = MockOtlp::start().await;
+    let (router, _sink) = router_with_langfuse(
+        &one_server_config(&upstream.url(), ""),
+        langfuse_options(&otlp),
+        |_| {},
+    )
+    .await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 500);
+    let span = otlp.span_of(&request_id(&response)).await.span;
+    assert_eq!(str_attr(&span, "langfuse.observation.level"), Some("ERROR"));
+    assert_eq!(
+        str_attr(&span, "langfuse.observation.status_message"),
+        Some("upstream exploded")
+    );
+    let status = span.status.as_ref().expect("span status");
+    assert_eq!(status.code, SpanStatusCode::Error as i32);
+    assert_eq!(status.message, "upstream exploded");
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.output"),
+        Some(json!({"error": {"message": "upstream exploded", "type": "server_error"}}))
+    );
+    assert_eq!(int_attr(&span, "http.response.status_code"), Some(500));
+    assert_eq!(str_attr(&span, "error.type"), Some("upstream_error"));
+    assert_eq!(str_attr(&span, "langfuse.observation.usage_details"), None);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_leaves_a_partial_warning() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 5,
+        gap: Some((2, Duration::from_secs(30))),
+        ..Default::default()
+    })
+    .await;
+    let otlp = MockOtlp::start().await;
+    let (router, _sink) = router_with_langfuse(
+        &one_server_config(&upstream.url(), ""),
+        langfuse_options(&otlp),
+        |_| {},
+    )
+    .await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]gpt-4o", "stream": true, "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    let id = request_id(&response);
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("tok1") {
+        let piece = body.next().await.expect("more").expect("piece");
+        seen.push_str(&String::from_utf8_lossy(&piece));
+    }
+    drop(body);
+    let span = otlp.span_of(&id).await.span;
+    assert_eq!(
+        str_attr(&span, "langfuse.observation.level"),
+        Some("WARNING")
+    );
+    assert!(
+        str_attr(&span, "langfuse.observation.status_message")
+            .expect("message")
+            .contains("client disconnected")
+    );
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.output"),
+        Some(json!({"role": "assistant", "content": "tok0 tok1 "}))
+    );
+    let metadata = json_attr(&span, "langfuse.trace.metadata").expect("metadata");
+    assert_eq!(metadata["usage_partial"], true);
+    assert_eq!(metadata["outcome"], "client_disconnected");
+    assert_eq!(str_attr(&span, "langfuse.observation.usage_details"), None);
+    assert!(str_attr(&span, "langfuse.observation.completion_start_time").is_some());
+    router.stop().await;
+}
+
+const USER_KEY: &str = "sk-lr-0123456789abcdefghijABCDEFGHIJ";
+
+struct OneUser;
+
+impl KeyIndex for OneUser {
+    fn find(&self, presented_key: &str) -> Option<Caller> {
+        (presented_key == USER_KEY).then(|| Caller {
+            user: Some("ann".into()),
+            permissions: Permissions::All,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_user_request_carries_the_user_id_and_never_the_users_key() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    let (router, _sink) = router_with_langfuse(
+        &one_server_config(&upstream.url(), ""),
+        langfuse_options(&otlp),
+        |state| state.keys = Some(Arc::new(OneUser)),
+    )
+    .await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .bearer_auth(USER_KEY)
+        .json(&json!({"model": "[mock]gpt-4o", "messages": [
+            {"role": "user", "content": format!("my key is {USER_KEY}")}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let received = otlp.span_of(&request_id(&response)).await;
+    let span = &received.span;
+    assert_eq!(str_attr(span, "user.id"), Some("ann"));
+    assert_eq!(str_attr(span, "langfuse.user.id"), Some("ann"));
+    let text = all_text(&received);
+    assert!(!text.contains(USER_KEY), "{text}");
+    assert!(
+        str_attr(span, "langfuse.observation.input")
+            .expect("input")
+            .contains("my key is [redacted]")
+    );
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_generic_otlp_destination_gets_the_same_span_with_only_its_own_headers() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let langfuse = MockOtlp::start().await;
+    let collector = MockOtlp::start().await;
+    let mut options = langfuse_options(&langfuse);
+    options.destinations.push(Destination {
+        name: "otlp",
+        endpoint: llmsrouter::env::traces_endpoint(&collector.origin()),
+        headers: vec![
+            ("x-team".into(), Secret::new("blue")),
+            (
+                "authorization".into(),
+                Secret::new("Bearer collector-token"),
+            ),
+        ],
+    });
+    let (router, _sink) =
+        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    let id = request_id(&response);
+    let to_langfuse = langfuse.span_of(&id).await;
+    let to_collector = collector.span_of(&id).await;
+    assert_eq!(to_collector.path, "/v1/traces");
+    assert_eq!(to_collector.span.attributes, to_langfuse.span.attributes);
+    assert_eq!(
+        to_collector.headers["authorization"],
+        "Bearer collector-token"
+    );
+    assert_eq!(to_collector.headers["x-team"], "blue");
+    assert!(
+        to_collector
+            .headers
+            .get("x-langfuse-ingestion-version")
+            .is_none()
+    );
+    assert!(to_langfuse.headers.get("x-team").is_none());
+    assert!(
+        to_langfuse.headers["authorization"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("Basic ")
+    );
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn inputs_and_outputs_over_the_cap_are_truncated_with_a_marker() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    let mut options = langfuse_options(&otlp);
+    options.max_io_bytes = 4096;
+    let (router, _sink) =
+        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let big = "word ".repeat(10_000);
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": big}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200, "the request itself is untouched");
+    assert_eq!(
+        upstream.last().json()["messages"][0]["content"],
+        big.as_str()
+    );
+    let span = otlp.span_of(&request_id(&response)).await.span;
+    let input = str_attr(&span, "langfuse.observation.input").expect("input");
+    let output = str_attr(&span, "langfuse.observation.output").expect("output");
+    assert!(input.ends_with(TRUNCATION_MARKER), "{input}");
+    assert!(input.starts_with("[{\"content\":\"word word"), "{input}");
+    assert!(input.len() + output.len() <= 4096);
+    assert_eq!(output, r#"{"role":"assistant","content":"Hello there"}"#);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_are_retried_with_backoff_then_delivered() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    otlp.script(&[(429, Some("0")), (500, None), (503, None)]);
+    let (router, sink) = router_with_langfuse(
+        &one_server_config(&upstream.url(), ""),
+        langfuse_options(&otlp),
+        |_| {},
+    )
+    .await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    let id = request_id(&response);
+    otlp.span_of(&id).await;
+    let stats = &sink.stats()[0];
+    wait_until(Duration::from_secs(10), || stats.exported() == 1).await;
+    assert_eq!(otlp.hits(), 4, "three refusals, then the delivery");
+    assert_eq!(stats.retries(), 3);
+    assert_eq!((stats.failed(), stats.dropped()), (0, 0));
+    assert_eq!(otlp.spans().len(), 1, "delivered once");
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_never_slows_requests_memory_stays_bounded_and_export_recovers() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    otlp.hold();
+    let mut options = langfuse_options(&otlp);
+    options.max_queued_spans = 4;
+    let (router, sink) =
+        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let stats = sink.stats()[0].clone();
+    let http = client();
+    // Langfuse hangs: every request still completes, while at most 4 spans are held.
+    for _ in 0..30 {
+        let response = http
+            .post(router.url("/v1/chat/completions"))
+            .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        assert!(stats.pending() <= 4, "pending {}", stats.pending());
+    }
+    assert_eq!(upstream.count(), 30);
+    wait_until(Duration::from_secs(10), || {
+        stats.dropped() as usize + stats.pending() == 30
+    })
+    .await;
+    assert!(stats.dropped() >= 26, "dropped {}", stats.dropped());
+    wait_until(Duration::from_secs(10), || otlp.hits() >= 1).await;
+    assert_eq!(otlp.spans().len(), 0);
+
+    // It comes back: what was held is delivered, and new requests are traced again.
+    otlp.release();
+    wait_until(Duration::from_secs(10), || stats.pending() == 0).await;
+    let response = http
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    otlp.span_of(&request_id(&response)).await;
+    wait_until(Duration::from_secs(10), || {
+        stats.exported() as usize + stats.dropped() as usize == 31
+    })
+    .await;
+    assert_eq!(stats.failed(), 0);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_answering_500_or_absent_loses_only_spans_and_recovers() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    // An address nobody listens on (taken, then let go).
+    let parked = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = parked.local_addr().expect("addr");
+    drop(parked);
+    let mut options = langfuse_options(&MockOtlp::start().await);
+    options.destinations[0].endpoint = format!("http://{addr}/api/public/otel/v1/traces");
+    let (router, sink) =
+        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let stats = sink.stats()[0].clone();
+    let http = client();
+    let send = || async {
+        let response = http
+            .post(router.url("/v1/chat/completions"))
+            .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        request_id(&response)
+    };
+    send().await;
+    // Connection refused: retried, then given up and counted.
+    wait_until(Duration::from_secs(10), || stats.failed() == 1).await;
+    assert!(stats.retries() >= 3, "retries {}", stats.retries());
+
+    // The endpoint comes up on that address, answering 500 first.
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    let otlp = MockOtlp::start_on(listener).await;
+    otlp.fail_with(500);
+    send().await;
+    wait_until(Duration::from_secs(10), || stats.failed() == 2).await;
+    assert!(otlp.hits() >= 4, "500 is retried: {} tries", otlp.hits());
+    otlp.heal();
+    let id = send().await;
+    otlp.span_of(&id).await;
+    wait_until(Duration::from_secs(10), || stats.exported() == 1).await;
+    assert_eq!(stats.pending(), 0);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_flushes_spans_still_waiting_for_their_batch() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    let mut options = langfuse_options(&otlp);
+    options.export_interval = Duration::from_secs(3600);
+    let (router, sink) =
+        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let response = client()
+            .post(router.url("/v1/chat/completions"))
+            .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
+            .send()
+            .await
+            .expect("send");
+        ids.push(request_id(&response));
+    }
+    assert_eq!(otlp.spans().len(), 0, "nothing sent before the hour is up");
+    router.stop().await;
+    let spans = otlp.spans();
+    let mut got: Vec<String> = spans.iter().map(|s| trace_id(&s.span)).collect();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+    assert_eq!(sink.stats()[0].exported(), 3);
+}

@@ -1,0 +1,240 @@
+//! The usage ledger: totals equal the usage the mock upstream sent (plain, streamed, vendor
+//! shapes, errors), one row per request, and `llmsrouter usage` reports the same.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use llmsrouter::record::RecordSink;
+use llmsrouter::sinks::ledger::LedgerSink;
+use llmsrouter::sinks::ledger_report::{GroupBy, query};
+use llmsrouter::sinks::redact::Redactor;
+use serde_json::json;
+
+use super::request_id;
+use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS};
+use crate::support::{TestRouter, client, one_server_config, run_cli};
+
+#[tokio::test]
+async fn ledger_totals_equal_the_usage_the_upstream_sent() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let ledger = Arc::new(LedgerSink::start(&db, Redactor::default()).expect("ledger"));
+    let router = TestRouter::start_with_sinks(
+        &one_server_config(&upstream.url(), ""),
+        vec![ledger.clone() as Arc<dyn RecordSink>],
+        |_| {},
+    )
+    .await;
+    let http = client();
+    let mut ids = BTreeSet::new();
+    let mut send = async |body: serde_json::Value| {
+        let response = http
+            .post(router.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        ids.insert(request_id(&response));
+        let status = response.status();
+        let _ = response.bytes().await.expect("body");
+        status
+    };
+    // Three whole answers: 11 in, 2 out each.
+    for _ in 0..3 {
+        assert_eq!(
+            send(json!({"model": "[mock]gpt-4o", "messages": []})).await,
+            200
+        );
+    }
+    // Two streams without include_usage: 11 in, 4 out each.
+    upstream.set(Behavior {
+        chunks: 4,
+        ..Default::default()
+    });
+    for _ in 0..2 {
+        let status = send(json!({"model": "[mock]gpt-4o", "stream": true, "messages": []})).await;
+        assert_eq!(status, 200);
+    }
+    // DeepSeek-style cache hits, reasoning and OpenRouter's cost.
+    upstream.set(Behavior {
+        body: Some(
+            json!({"model": "deepseek-reasoner", "choices": [{"message": {"content": "ok"}}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140,
+                "prompt_cache_hit_tokens": 30, "completion_tokens_details": {"reasoning_tokens": 25},
+                "cost": 0.0042}})
+            .to_string(),
+        ),
+        ..Default::default()
+    });
+    assert_eq!(
+        send(json!({"model": "[mock]deepseek-reasoner", "messages": []})).await,
+        200
+    );
+    // An upstream error: a request, an error, no tokens.
+    upstream.set(Behavior {
+        status: 500,
+        body: Some(r#"{"error":{"message":"down"}}"#.into()),
+        ..Default::default()
+    });
+    assert_eq!(
+        send(json!({"model": "[mock]gpt-4o", "messages": []})).await,
+        500
+    );
+    router.stop().await;
+    assert_eq!(ledger.stats().written(), 7);
+
+    let conn = llmsrouter::db::open(&db).expect("open");
+    let stored: BTreeSet<String> = conn
+        .prepare("SELECT request_id FROM usage_ledger")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(stored, ids, "one row per request, under its request id");
+
+    let report = query(&conn, GroupBy::Provider, None).expect("report");
+    let t = &report.total;
+    assert_eq!(t.requests, 7);
+    assert_eq!(t.input_tokens, 5 * PROMPT_TOKENS + 100);
+    assert_eq!(t.output_tokens, 3 * 2 + 2 * 4 + 40);
+    assert_eq!(t.total_tokens, 5 * PROMPT_TOKENS + 3 * 2 + 2 * 4 + 140);
+    assert_eq!((t.cached_tokens, t.reasoning_tokens), (30, 25));
+    assert_eq!(t.cost, Some(0.0042));
+    assert_eq!((t.errors, t.partial), (1, 0));
+
+    // The CLI reads the same numbers.
+    let db_arg = db.to_str().expect("utf8");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["usage", "--json", "--db", db_arg], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(json["by"], "provider");
+    assert_eq!(json["rows"][0]["provider"], "mock");
+    assert_eq!(json["total"]["requests"], 7);
+    assert_eq!(json["total"]["input_tokens"], 5 * PROMPT_TOKENS + 100);
+    assert_eq!(json["total"]["output_tokens"], 54);
+    assert_eq!(json["total"]["cached_tokens"], 30);
+    assert_eq!(json["total"]["reasoning_tokens"], 25);
+    assert_eq!(json["total"]["cost"], 0.0042);
+    assert_eq!(json["total"]["errors"], 1);
+
+    let (code, stdout, _) = run_cli(dir.path(), &["usage", "--by", "model", "--db", db_arg], &[]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("MODEL") && lines[0].ends_with("ERRORS"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("gpt-4o ") && lines[1].contains(" 6 "),
+        "{stdout}"
+    );
+    assert!(lines[2].starts_with("deepseek-reasoner"), "{stdout}");
+    assert!(
+        lines[3].starts_with("TOTAL") && lines[3].contains("0.004200"),
+        "{stdout}"
+    );
+
+    let (code, stdout, _) = run_cli(
+        dir.path(),
+        &[
+            "usage",
+            "--by",
+            "day",
+            "--since",
+            "2999-01-01",
+            "--json",
+            "--db",
+            db_arg,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(json["total"]["requests"], 0);
+    assert_eq!(json["rows"], json!([]));
+}
+
+#[tokio::test]
+async fn usage_reports_per_user_and_day() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let ledger = Arc::new(LedgerSink::start(&db, Redactor::default()).expect("ledger"));
+    let router = TestRouter::start_with_sinks(
+        &one_server_config(&upstream.url(), ""),
+        vec![ledger.clone() as Arc<dyn RecordSink>],
+        |_| {},
+    )
+    .await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    router.stop().await;
+    let db_arg = db.to_str().expect("utf8");
+    let (code, stdout, stderr) = run_cli(
+        dir.path(),
+        &["usage", "--by", "user", "--json", "--db", db_arg],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(
+        json["rows"][0]["user"],
+        serde_json::Value::Null,
+        "accounts off"
+    );
+    let (code, stdout, _) = run_cli(dir.path(), &["usage", "--by", "day", "--db", db_arg], &[]);
+    assert_eq!(code, 0);
+    let day = stdout.lines().nth(1).expect("a day row");
+    let date = day.split_whitespace().next().expect("date");
+    assert!(
+        llmsrouter::sinks::clock::parse_day(date).is_some(),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn usage_refuses_bad_input_with_one_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["usage"], &[]);
+    assert_ne!(code, 0);
+    assert!(stdout.is_empty());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("users.db") && stderr.contains("not found"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("users.db").exists(),
+        "a report never creates a database"
+    );
+
+    llmsrouter::db::open(&dir.path().join("users.db")).expect("create");
+    for bad in ["2025-02-30", "yesterday", "2025-1-1"] {
+        let (code, _, stderr) = run_cli(dir.path(), &["usage", "--since", bad], &[]);
+        assert_ne!(code, 0, "{bad}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("--since") && stderr.contains(bad),
+            "{stderr}"
+        );
+    }
+    let (code, _, stderr) = run_cli(dir.path(), &["usage", "--by", "colour"], &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("colour"), "{stderr}");
+    let (code, stdout, _) = run_cli(dir.path(), &["usage"], &[]);
+    assert_eq!(code, 0, "an empty ledger is an empty report");
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("TOTAL")),
+        "{stdout}"
+    );
+}
