@@ -105,46 +105,91 @@ pub struct ResponseSummary {
     pub reasoning: String,
     pub tool_calls: Vec<ToolCall>,
     pub usage: Option<Usage>,
-    /// The upstream's usage object as sent, for sinks that want vendor fields.
-    pub usage_raw: Option<Value>,
 }
 
 // ---- whole bodies ------------------------------------------------------------------------
 
 /// Reads a non-stream JSON response body (chat, completions, embeddings, responses).
 pub fn summarize_body(body: &[u8]) -> ResponseSummary {
-    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+    // The top level and the first choice are read as borrowed raw JSON, so the (possibly
+    // long) message text is copied once and nothing else is allocated; only the small
+    // `usage` object and the rare Responses API `output` become `Value`s. A field of an
+    // unexpected type is skipped, not fatal.
+    let Ok(top) = serde_json::from_slice::<BodyTop<'_>>(body) else {
         return ResponseSummary::default();
     };
     let mut out = ResponseSummary {
-        id: str_field(&value, "id"),
-        model: str_field(&value, "model"),
+        id: raw_str(top.id),
+        model: raw_str(top.model),
         ..Default::default()
     };
-    if let Some(usage) = value.get("usage") {
-        out.usage = Usage::from_json(usage);
-        if out.usage.is_some() {
-            out.usage_raw = Some(usage.clone());
-        }
+    if let Some(usage) = top
+        .usage
+        .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+    {
+        out.usage = Usage::from_json(&usage);
     }
-    if let Some(choice) = value.get("choices").and_then(|c| c.get(0)) {
-        out.finish_reason = str_field(choice, "finish_reason");
-        if let Some(message) = choice.get("message") {
+    let first_choice = top
+        .choices
+        .and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok())
+        .and_then(|choices| choices.first().copied())
+        .and_then(|raw| serde_json::from_str::<ChoiceRaw<'_>>(raw.get()).ok());
+    if let Some(choice) = first_choice {
+        out.finish_reason = raw_str(choice.finish_reason);
+        if let Some(message) = choice
+            .message
+            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+        {
             out.content = text_of(message.get("content"));
-            out.reasoning = reasoning_of(message);
+            out.reasoning = reasoning_of(&message);
             out.tool_calls = message
                 .get("tool_calls")
                 .and_then(Value::as_array)
                 .map(|calls| calls.iter().map(tool_call_of).collect())
                 .unwrap_or_default();
-        } else if let Some(text) = choice.get("text").and_then(Value::as_str) {
-            out.content = text.to_owned();
+        } else if let Some(text) = raw_str(choice.text) {
+            out.content = text;
         }
-    } else if let Some(output) = value.get("output").and_then(Value::as_array) {
-        read_responses_output(output, &mut out);
-        out.finish_reason = str_field(&value, "status");
+    } else if let Some(output) = top
+        .output
+        .and_then(|raw| serde_json::from_str::<Vec<Value>>(raw.get()).ok())
+    {
+        read_responses_output(&output, &mut out);
+        out.finish_reason = raw_str(top.status);
     }
     out
+}
+
+/// The top level of a response body, every field left raw.
+#[derive(Deserialize)]
+struct BodyTop<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    choices: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    output: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    status: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceRaw<'a> {
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    finish_reason: Option<&'a RawValue>,
+}
+
+/// A raw JSON value read as a string, when it is one.
+fn raw_str(raw: Option<&RawValue>) -> Option<String> {
+    raw.and_then(|r| serde_json::from_str::<String>(r.get()).ok())
 }
 
 fn str_field(v: &Value, key: &str) -> Option<String> {
@@ -334,7 +379,6 @@ impl StreamAccumulator {
             Some(usage) if !usage.is_null() => {
                 if let Some(parsed) = Usage::from_json(usage) {
                     self.summary.usage = Some(parsed);
-                    self.summary.usage_raw = Some(usage.clone());
                 }
                 true
             }
@@ -429,7 +473,6 @@ impl StreamAccumulator {
                     if let Some(usage) = response.get("usage") {
                         if let Some(parsed) = Usage::from_json(usage) {
                             self.summary.usage = Some(parsed);
-                            self.summary.usage_raw = Some(usage.clone());
                         }
                     }
                     if let Some(model) = str_field(response, "model") {

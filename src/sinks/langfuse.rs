@@ -1,42 +1,42 @@
 //! The Langfuse exporter: every record becomes one OpenTelemetry span (a Langfuse trace
-//! holding one generation), exported over OTLP/HTTP (protobuf) by the OpenTelemetry SDK's
-//! batch processor to Langfuse and/or a generic OTLP backend.
+//! holding one generation), exported over OTLP/HTTP (protobuf) by the OpenTelemetry OTLP
+//! exporter (`opentelemetry_otlp::SpanExporter`) to Langfuse and/or a generic OTLP backend.
 //!
 //! Off the request path twice over: `accept` only queues the record; one builder thread turns
-//! records into spans, and the SDK's batch thread exports them. Memory is bounded per
-//! destination (spans and bytes waiting or in flight); when full, spans are dropped and
-//! counted, never waited for. It must never block a request, and never write a key: every
-//! text goes through the [`Redactor`].
+//! records into finished spans (`SpanData`, built directly: a record is a span that already
+//! ended, so the SDK's tracer and batch processor — a live span per record and a second
+//! thread — would only add work) and batches them per destination; one task per destination
+//! exports the batches. Memory is bounded per destination (spans and bytes waiting or in
+//! flight); when full, spans are dropped and counted, never waited for. It must never block a
+//! request, and never write a key: every text goes through the [`Redactor`].
 
-use std::cell::Cell;
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use opentelemetry::trace::{
-    Span as _, SpanId, SpanKind, Status, TraceId, Tracer as _, TracerProvider as _,
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{Array, Context, InstrumentationScope, KeyValue, StringValue, Value};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SdkTracer,
-    SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
-};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::env::EnvSettings;
 use crate::record::{RecordSink, RequestRecord};
 use crate::secret::Secret;
+use crate::sinks::BATCH_WINDOW;
 use crate::sinks::clock::rfc3339_millis;
 use crate::sinks::generation::{self, GENERATION_NAME, Level, ParamValue};
 use crate::sinks::otlp_http::{OtlpTransport, RetryPolicy, TransportError};
 use crate::sinks::redact::{Redactor, RequestRedactor};
-use crate::sinks::{BATCH_WINDOW, next_batch};
 
 /// The instrumentation scope: a plain name, so Langfuse applies no SDK-specific parsing.
 pub const SCOPE_NAME: &str = "llmsrouter";
@@ -284,37 +284,6 @@ fn span_bytes(span: &SpanData) -> usize {
         .sum()
 }
 
-/// The SDK's batch processor behind this destination's gate.
-#[derive(Debug)]
-struct GatedProcessor {
-    stats: Arc<DestinationStats>,
-    inner: BatchSpanProcessor,
-}
-
-impl SpanProcessor for GatedProcessor {
-    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
-        self.inner.on_start(span, cx);
-    }
-
-    fn on_end(&self, span: SpanData) {
-        if self.stats.admit(span_bytes(&span)) {
-            self.inner.on_end(span);
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
 /// The OTLP exporter, releasing the gate once a batch is sent or given up.
 #[derive(Debug)]
 struct CountingExporter {
@@ -352,30 +321,6 @@ impl SpanExporter for CountingExporter {
     }
 }
 
-thread_local! {
-    /// The trace id the next span built on this thread gets: the request id.
-    static NEXT_TRACE_ID: Cell<Option<TraceId>> = const { Cell::new(None) };
-}
-
-/// Gives a span the trace id of its request (set just before it is built on the builder
-/// thread), so `x-llmsrouter-request-id` is the Langfuse trace id; random otherwise.
-#[derive(Debug, Default)]
-struct RequestIdGenerator {
-    random: RandomIdGenerator,
-}
-
-impl IdGenerator for RequestIdGenerator {
-    fn new_trace_id(&self) -> TraceId {
-        NEXT_TRACE_ID
-            .with(Cell::take)
-            .unwrap_or_else(|| self.random.new_trace_id())
-    }
-
-    fn new_span_id(&self) -> SpanId {
-        self.random.new_span_id()
-    }
-}
-
 /// Depth of the queue between `accept` and the builder thread (a few batch windows at
 /// tens of thousands of requests a second).
 const BUILD_QUEUE: usize = 4096;
@@ -384,24 +329,33 @@ const BUILD_QUEUE: usize = 4096;
 pub struct LangfuseSink {
     tx: Mutex<Option<SyncSender<Arc<RequestRecord>>>>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
-    provider: SdkTracerProvider,
+    /// One export loop per destination, on the tokio runtime.
+    exporters: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     stats: Vec<Arc<DestinationStats>>,
     stopping: CancellationToken,
     shutdown_timeout: Duration,
 }
 
+/// Batches waiting for a destination's export loop. Small: a batch is only handed over when
+/// the gate admitted its spans, so this never holds more than the gate allows.
+const EXPORT_QUEUE: usize = 64;
+
 impl LangfuseSink {
     /// Starts the exporter (inside a tokio runtime: exports run on it).
     pub fn start(options: LangfuseOptions) -> Result<Self, LangfuseError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|e| LangfuseError::Exporter {
+                destination: "langfuse",
+                reason: format!("no async runtime: {e}"),
+            })?;
         let stopping = CancellationToken::new();
         let resource = Resource::builder_empty()
             .with_service_name("llmsrouter")
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
             .build();
-        let mut builder = SdkTracerProvider::builder()
-            .with_id_generator(RequestIdGenerator::default())
-            .with_resource(resource);
         let mut stats = Vec::new();
+        let mut outboxes = Vec::new();
+        let mut exporters = Vec::new();
         for destination in &options.destinations {
             let destination_stats = Arc::new(DestinationStats::new(
                 destination.name,
@@ -419,7 +373,7 @@ impl LangfuseSink {
                 destination: destination.name,
                 source,
             })?;
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_endpoint(destination.endpoint.clone())
                 .with_protocol(Protocol::HttpBinary)
@@ -432,34 +386,33 @@ impl LangfuseSink {
                     destination: destination.name,
                     reason: e.to_string(),
                 })?;
+            exporter.set_resource(&resource);
             let exporter = CountingExporter {
                 stats: destination_stats.clone(),
                 inner: exporter,
             };
-            let config = BatchConfigBuilder::default()
-                .with_max_queue_size(options.max_queued_spans.max(1))
-                .with_max_export_batch_size(options.max_batch.max(1))
-                .with_scheduled_delay(options.export_interval)
-                .build();
-            let processor = GatedProcessor {
+            let (tx, rx) = mpsc::channel(EXPORT_QUEUE);
+            exporters.push(runtime.spawn(export_loop(exporter, rx)));
+            outboxes.push(Outbox {
                 stats: destination_stats.clone(),
-                inner: BatchSpanProcessor::new(exporter, config),
-            };
-            builder = builder.with_span_processor(processor);
+                spans: Vec::new(),
+                bytes: 0,
+                since: None,
+                tx,
+            });
             stats.push(destination_stats);
         }
-        let provider = builder.build();
-        let tracer = provider.tracer_with_scope(
-            InstrumentationScope::builder(SCOPE_NAME)
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
-        );
+        let scope = InstrumentationScope::builder(SCOPE_NAME)
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
         let (tx, rx) = sync_channel(BUILD_QUEUE);
         let builder = SpanBuilderThread {
-            tracer,
-            stats: stats.clone(),
+            outboxes,
+            scope,
             redactor: options.redactor.clone(),
             max_io_bytes: options.max_io_bytes,
+            export_interval: options.export_interval,
+            max_batch: options.max_batch.max(1),
         };
         let worker = std::thread::Builder::new()
             .name("llmsrouter-spans".into())
@@ -475,7 +428,7 @@ impl LangfuseSink {
         Ok(Self {
             tx: Mutex::new(Some(tx)),
             worker: Mutex::new(Some(worker)),
-            provider,
+            exporters: Mutex::new(exporters),
             stats,
             stopping,
             shutdown_timeout: options.shutdown_timeout,
@@ -486,6 +439,16 @@ impl LangfuseSink {
     pub fn stats(&self) -> &[Arc<DestinationStats>] {
         &self.stats
     }
+}
+
+/// Exports the batches of one destination, one after the other, until the builder thread is
+/// gone; then shuts the exporter down.
+async fn export_loop(exporter: CountingExporter, mut rx: mpsc::Receiver<Vec<SpanData>>) {
+    while let Some(batch) = rx.recv().await {
+        // Failures are counted (and warned about) by the exporter itself.
+        let _ = exporter.export(batch).await;
+    }
+    let _ = exporter.shutdown();
 }
 
 impl RecordSink for LangfuseSink {
@@ -512,20 +475,32 @@ impl RecordSink for LangfuseSink {
             let tx = self.tx.lock().ok().and_then(|mut tx| tx.take());
             drop(tx);
             let worker = self.worker.lock().ok().and_then(|mut w| w.take());
-            let provider = self.provider.clone();
-            let stopping = self.stopping.clone();
-            let timeout = self.shutdown_timeout;
-            let flushed = tokio::task::spawn_blocking(move || {
+            // The builder thread hands over its last batches and ends; the export loops then
+            // end once those are sent.
+            let _ = tokio::task::spawn_blocking(move || {
                 if let Some(worker) = worker {
                     let _ = worker.join();
                 }
-                // From here on a dead endpoint gets one quick retry, not a minute of backoff.
-                stopping.cancel();
-                provider.shutdown_with_timeout(timeout)
             })
             .await;
-            if let Ok(Err(error)) = flushed {
-                tracing::warn!("trace flush on shutdown incomplete: {error}");
+            let exporters: Vec<_> = self
+                .exporters
+                .lock()
+                .map(|mut e| e.drain(..).collect())
+                .unwrap_or_default();
+            let all_sent = async {
+                for exporter in exporters {
+                    let _ = exporter.await;
+                }
+            };
+            // From here on a dead endpoint gets quick last tries, not a minute of backoff.
+            self.stopping.cancel();
+            let timeout = self.shutdown_timeout;
+            if tokio::time::timeout(timeout, all_sent).await.is_err() {
+                tracing::warn!(
+                    "trace flush on shutdown incomplete after {} s",
+                    timeout.as_secs()
+                );
             }
             for stats in &self.stats {
                 tracing::info!(
@@ -540,48 +515,160 @@ impl RecordSink for LangfuseSink {
     }
 }
 
+/// Spans gathered for one destination, waiting to leave as a batch.
+struct Outbox {
+    stats: Arc<DestinationStats>,
+    spans: Vec<SpanData>,
+    bytes: usize,
+    /// When the first span of this batch was added.
+    since: Option<Instant>,
+    tx: mpsc::Sender<Vec<SpanData>>,
+}
+
+impl Outbox {
+    fn push(&mut self, span: SpanData, bytes: usize) {
+        if self.spans.is_empty() {
+            self.since = Some(Instant::now());
+        }
+        self.spans.push(span);
+        self.bytes += bytes;
+    }
+
+    fn due(&self, now: Instant, interval: Duration, max_batch: usize) -> bool {
+        self.spans.len() >= max_batch
+            || self
+                .since
+                .is_some_and(|t| now.duration_since(t) >= interval)
+    }
+
+    /// Hands the batch to the export loop; a batch it cannot take is dropped and counted.
+    fn send(&mut self) {
+        if self.spans.is_empty() {
+            return;
+        }
+        let spans = std::mem::take(&mut self.spans);
+        let bytes = std::mem::take(&mut self.bytes);
+        self.since = None;
+        let count = spans.len();
+        if self.tx.try_send(spans).is_err() {
+            self.stats.release(count, bytes);
+            self.stats.count_dropped(count as u64);
+        }
+    }
+}
+
 struct SpanBuilderThread {
-    tracer: SdkTracer,
-    stats: Vec<Arc<DestinationStats>>,
+    outboxes: Vec<Outbox>,
+    scope: InstrumentationScope,
     redactor: Redactor,
     max_io_bytes: usize,
+    export_interval: Duration,
+    max_batch: usize,
 }
 
 impl SpanBuilderThread {
-    /// Until the sink closes its end: build and end one span per record.
-    fn run(self, rx: Receiver<Arc<RequestRecord>>) {
-        let mut batch = Vec::with_capacity(256);
-        while next_batch(&rx, &mut batch, 256, BATCH_WINDOW) {
-            for record in batch.drain(..) {
-                // Every destination full: skip the work of building a span nobody takes.
-                if self.stats.iter().all(|s| s.is_full()) {
-                    for stats in &self.stats {
-                        stats.count_dropped(1);
+    /// Until the sink closes its end: one span per record, batches sent when full or due.
+    fn run(mut self, rx: Receiver<Arc<RequestRecord>>) {
+        let mut records = Vec::with_capacity(256);
+        loop {
+            let deadline = self
+                .outboxes
+                .iter()
+                .filter_map(|o| o.since)
+                .min()
+                .map(|since| since + self.export_interval);
+            let first = match deadline {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+            };
+            match first {
+                Ok(record) => {
+                    records.push(record);
+                    // Let a few more gather: a busy router wakes this thread a few dozen
+                    // times a second, not once per request.
+                    std::thread::sleep(BATCH_WINDOW.min(self.export_interval));
+                    while records.len() < 256 {
+                        match rx.try_recv() {
+                            Ok(record) => records.push(record),
+                            Err(_) => break,
+                        }
                     }
-                    continue;
+                    for record in records.drain(..) {
+                        self.emit(&record);
+                    }
                 }
-                self.emit(&record);
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            for outbox in &mut self.outboxes {
+                if outbox.due(now, self.export_interval, self.max_batch) {
+                    outbox.send();
+                }
+            }
+        }
+        for outbox in &mut self.outboxes {
+            outbox.send();
+        }
+    }
+
+    fn emit(&mut self, record: &RequestRecord) {
+        // Every destination full: skip the work of building a span nobody takes.
+        if self.outboxes.iter().all(|o| o.stats.is_full()) {
+            for outbox in &self.outboxes {
+                outbox.stats.count_dropped(1);
+            }
+            return;
+        }
+        let span = self.span_of(record);
+        let bytes = span_bytes(&span);
+        let last = self.outboxes.len().saturating_sub(1);
+        let mut span = Some(span);
+        for (i, outbox) in self.outboxes.iter_mut().enumerate() {
+            if !outbox.stats.admit(bytes) {
+                continue;
+            }
+            let this = if i == last { span.take() } else { span.clone() };
+            if let Some(this) = this {
+                outbox.push(this, bytes);
+            }
+            if outbox.spans.len() >= self.max_batch {
+                outbox.send();
             }
         }
     }
 
-    fn emit(&self, record: &RequestRecord) {
+    /// The record as a finished span: its trace id is the request id, so the
+    /// `x-llmsrouter-request-id` header finds the trace in Langfuse.
+    fn span_of(&self, record: &RequestRecord) -> SpanData {
         let (attributes, error) = span_attributes(record, &self.redactor, self.max_io_bytes);
-        if let Ok(trace_id) = TraceId::from_hex(&record.request_id) {
-            NEXT_TRACE_ID.with(|next| next.set(Some(trace_id)));
+        let trace_id = TraceId::from_hex(&record.request_id)
+            .unwrap_or_else(|_| TraceId::from(fastrand::u128(1..)));
+        let span_id = SpanId::from(fastrand::u64(1..));
+        SpanData {
+            span_context: SpanContext::new(
+                trace_id,
+                span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Client,
+            name: Cow::Borrowed(GENERATION_NAME),
+            start_time: record.started_at,
+            end_time: record.ended_at,
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: match error {
+                Some(message) => Status::error(message),
+                None => Status::Unset,
+            },
+            instrumentation_scope: self.scope.clone(),
         }
-        let mut span = self
-            .tracer
-            .span_builder(GENERATION_NAME)
-            .with_kind(SpanKind::Client)
-            .with_start_time(record.started_at)
-            .with_attributes(attributes)
-            .start_with_context(&self.tracer, &Context::new());
-        NEXT_TRACE_ID.with(|next| next.set(None));
-        if let Some(message) = error {
-            span.set_status(Status::error(message));
-        }
-        span.end_with_timestamp(record.ended_at);
     }
 }
 
