@@ -123,7 +123,8 @@ Examples:\n  \
 llmsrouter healthcheck\n  \
 llmsrouter healthcheck --port 9000\n  \
 docker exec llmsrouter llmsrouter healthcheck",
-        mut_arg("host", |arg| arg.help("Address of the router to probe (0.0.0.0 or :: is asked on loopback)")),
+        mut_arg("host", |arg| arg
+            .help("Address of the router to probe (0.0.0.0 or :: is asked on loopback)")),
         mut_arg("port", |arg| arg.help("Port of the router to probe"))
     )]
     Healthcheck(ServeArgs),
