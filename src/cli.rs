@@ -11,10 +11,20 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about = "One OpenAI-compatible base URL in front of many LLM providers",
     long_about = "One OpenAI-compatible base URL in front of many LLM providers.\n\n\
-Pick the provider per request with the model name ([openrouter]google/gemini-2.5) or a \
-?proxy= URL; answers stream through untouched, and every prompt, answer and token count is \
-recorded.\n\nA .env file in the working directory is read first; real environment variables \
-win over it."
+Point Cline, Roo Code, the openai SDKs or any OpenAI-compatible tool at \
+http://<host>:8000/v1 once, and pick the provider per request with the model name \
+([openrouter]google/gemini-2.5) or a ?proxy= URL. Answers stream through untouched, and \
+every prompt, answer and token count is recorded (Langfuse over OTLP, the request log, the \
+usage ledger in --db).\n\n\
+A .env file in the working directory is read first; real environment variables win over \
+it. --config and --db are accepted anywhere on the command line. Run \
+`llmsrouter <COMMAND> --help` for each command's details.\n\n\
+Examples:\n  \
+llmsrouter serve\n  \
+llmsrouter check --config /etc/llmsrouter/config.yaml\n  \
+llmsrouter models\n  \
+llmsrouter user add ann --email ann@example.com\n  \
+llmsrouter usage --by day --since 2025-01-01"
 )]
 pub struct Cli {
     /// Provider config file.
@@ -43,44 +53,113 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the router.
+    /// Run the router (the OpenAI-compatible server).
     #[command(
-        long_about = "Run the router.\n\nStarts without a config file too: then only URL \
-targets (?proxy=https://host or \"[https://host]model\") work.\n\nExamples:\n  \
-llmsrouter serve\n  llmsrouter serve --port 9000 --config /etc/llmsrouter/config.yaml"
+        long_about = "Run the router: listen on --host and --port (default 0.0.0.0:8000) \
+and forward every POST /v1/<path> whose JSON body has a \"model\" (chat/completions, \
+completions, embeddings, responses, ...) to the provider that the model name \
+([alias]model) or ?proxy= picks. GET /v1/models lists every provider's models; GET /health \
+answers {\"status\":\"ok\"}.\n\n\
+Starts without a config file too: then only URL targets (?proxy=https://host or \
+\"[https://host]model\") work. SIGTERM or Ctrl-C lets running requests finish (30 s at \
+most), flushes the records and exits 0.\n\n\
+Settings without a flag come from the environment (or .env):\n  \
+ENABLE_ACCOUNT_MANAGEMENT=true  require a user key (see llmsrouter user)\n  \
+LLMSROUTER_LOG_FILE             request log (default ./api_proxy.log; \"\" = off)\n  \
+LLMSROUTER_LOG_BODIES=false     leave bodies out of the request log\n  \
+LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY, LANGFUSE_HOST\n                                  \
+tracing to Langfuse (both keys set: on)\n  \
+OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_HEADERS\n                                  \
+the same traces to any OTLP/HTTP backend\n  \
+RUST_LOG                        console log filter (default info)\n\n\
+Examples:\n  \
+llmsrouter serve\n  \
+llmsrouter serve --port 9000 --config /etc/llmsrouter/config.yaml\n  \
+ENABLE_ACCOUNT_MANAGEMENT=true llmsrouter serve --db /srv/llmsrouter/users.db"
     )]
     Serve(ServeArgs),
 
     /// Validate config.yaml and the environment (.env); exit 0 when valid, 1 when not.
+    #[command(
+        long_about = "Validate config.yaml and the environment (.env); exit 0 when valid, 1 \
+when not.\n\n\
+Loads --config exactly as serve does: an unknown key, a wrong type, an alias with brackets, \
+a url that is not http(s), an unset ${VAR} or a default_server that is not an alias is \
+reported on one line naming the file, the key path and the problem. Then checks .env and \
+the settings that have no flag (ENABLE_ACCOUNT_MANAGEMENT, LLMSROUTER_LOG_*, LANGFUSE_*, \
+OTEL_*, ...). Unlike serve, it also fails when the config file does not exist. When all is \
+well it prints the servers found and what the environment turns on.\n\n\
+Examples:\n  \
+llmsrouter check\n  \
+llmsrouter check --config /etc/llmsrouter/config.yaml"
+    )]
     Check,
 
     /// Print the merged model list, as GET /v1/models gives it (no server needs to run).
     #[command(
-        long_about = "Print the merged model list, as GET /v1/models gives it.\n\nAsks every \
-server of config.yaml for its models right now (no server needs to run), applies filter, \
-override and append, and prints a table, or with --json the exact /v1/models JSON. A server \
-that fails is named on stderr and left out; the exit code is 1 only when no model could be \
-listed because servers failed.\n\nExamples:\n  llmsrouter models\n  \
-llmsrouter models --json | jq -r '.data[].id'"
+        long_about = "Print the merged model list, as GET /v1/models gives it.\n\n\
+Asks every server of config.yaml (--config; .env feeds its ${VAR} keys) for its models \
+right now (no router needs to run), applies filter, override and append, and prints a \
+table, or with --json the exact /v1/models JSON. Every provider is shown (no user \
+narrowing). A server that fails is named on stderr and left out. Exit code 1 when the \
+config cannot be loaded (a missing file too), or when no model could be listed because \
+servers failed; no servers at all is an empty list and 0.\n\n\
+Examples:\n  \
+llmsrouter models\n  \
+llmsrouter models --json | jq -r '.data[].id'\n  \
+llmsrouter models --json --config prod.yaml > models.json"
     )]
     Models(ModelsArgs),
 
     /// Probe a running router's GET /health; exit 0 when it answers ok (for container health checks).
     #[command(
-        long_about = "Probe a running router's GET /health; exit 0 when it answers {\"status\":\"ok\"}, 1 otherwise.\n\nMeant for container health checks, where curl may be missing. It asks the address serve listens on (LLMSROUTER_HOST / LLMSROUTER_PORT; a wildcard host is asked on loopback).\n\nExamples:\n  llmsrouter healthcheck\n  llmsrouter healthcheck --port 9000"
+        long_about = "Probe a running router's GET /health; exit 0 when it answers \
+{\"status\":\"ok\"} (and print ok), 1 otherwise.\n\n\
+Meant for container health checks, where curl may be missing (the Docker image's \
+HEALTHCHECK runs it). It asks the address serve listens on (LLMSROUTER_HOST / \
+LLMSROUTER_PORT, or --host / --port; a wildcard host such as 0.0.0.0 is asked on \
+loopback) and gives up after 5 s.\n\n\
+Examples:\n  \
+llmsrouter healthcheck\n  \
+llmsrouter healthcheck --port 9000\n  \
+docker exec llmsrouter llmsrouter healthcheck",
+        mut_arg("host", |arg| arg
+            .help("Address of the router to probe (0.0.0.0 or :: is asked on loopback)")),
+        mut_arg("port", |arg| arg.help("Port of the router to probe"))
     )]
     Healthcheck(ServeArgs),
 
     /// Manage user accounts and their keys (the users table of --db).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        long_about = "Manage user accounts and their keys: the users table of the SQLite \
+database (--db / LLMSROUTER_DB, default ./users.db), the Python version's table unchanged.\n\n\
+Accounts matter when serve runs with ENABLE_ACCOUNT_MANAGEMENT=true: then every route but \
+/health needs a user key (Authorization: Bearer <key> or x-api-key: <key>), and a user may \
+use only the providers they are granted. Changes made here reach a running server within \
+about 200 ms, without a restart. New keys are printed once, on stdout; list and show mask \
+them. Exit status: 0 done, 1 refused or failed (one line on stderr), 2 bad command line.\n\n\
+Examples:\n  \
+llmsrouter user add ann --email ann@example.com\n  \
+llmsrouter user list\n  \
+llmsrouter user modify ann --permissions \"openrouter,deepseek\"\n  \
+llmsrouter user rotate-key ann\n  \
+llmsrouter user list --json --db /srv/llmsrouter/users.db"
+    )]
     User(UserCommand),
 
     /// Token usage from the ledger (requests, input, output, cached, reasoning, cost, errors).
     #[command(
         long_about = "Token usage from the usage ledger in the database (--db): requests, \
 input, output, cached and reasoning tokens, cost (as upstreams reported it) and errors, \
-grouped by provider, user, model or day (UTC).\n\nExamples:\n  llmsrouter usage\n  \
-llmsrouter usage --by day --since 2025-01-01\n  llmsrouter usage --by model --json"
+grouped by provider (the default), user, model or day (UTC).\n\n\
+serve writes one ledger row per request (unless LLMSROUTER_LEDGER=false). The database \
+must exist: this command never creates one. --since is inclusive, in UTC.\n\n\
+Examples:\n  \
+llmsrouter usage\n  \
+llmsrouter usage --by day --since 2025-01-01\n  \
+llmsrouter usage --by model --json\n  \
+llmsrouter usage --by user --db /app/data/users.db"
     )]
     Usage(UsageArgs),
 }
@@ -142,10 +221,16 @@ pub struct ServeArgs {
 pub enum UserCommand {
     /// Create a user and print its new key (stdout, once).
     #[command(
-        long_about = "Create a user and print its new key on stdout. The key is shown \
-only here; store it now (`llmsrouter user rotate-key` makes a new one).\n\nExamples:\n  \
-llmsrouter user add ann --email ann@example.com\n  llmsrouter user add ci-bot --permissions \
-\"openrouter,deepseek\"\n  KEY=$(llmsrouter user add ann)"
+        long_about = "Create a user and print its new key on stdout (the key alone, so \
+KEY=$(...) works). The key is shown only here; store it now (`llmsrouter user rotate-key` \
+makes a new one).\n\n\
+--permissions defaults to \"*\" (every provider); an alias not in config.yaml is accepted \
+with a warning. The database file is created if it does not exist. An existing username is \
+an error, and that user's key stays as it was.\n\n\
+Examples:\n  \
+llmsrouter user add ann --email ann@example.com\n  \
+llmsrouter user add ci-bot --permissions \"openrouter,deepseek\"\n  \
+KEY=$(llmsrouter user add bob)"
     )]
     Add {
         /// Letters, digits and . _ - @ + ; at most 64 characters.
@@ -158,40 +243,95 @@ llmsrouter user add ann --email ann@example.com\n  llmsrouter user add ci-bot --
         permissions: String,
     },
     /// Delete a user; its key stops working on running servers within a second.
-    Delete { username: String },
+    #[command(
+        long_about = "Delete a user. Its key stops working on a running server within about \
+200 ms, without a restart. An unknown user is an error (exit 1).\n\n\
+Examples:\n  \
+llmsrouter user delete bob\n  \
+llmsrouter user delete bob --db /srv/llmsrouter/users.db"
+    )]
+    Delete {
+        /// The user's name, as `llmsrouter user list` shows it.
+        username: String,
+    },
     /// Create users from a CSV (username,email[,permissions]) or JSON array file.
     #[command(
         long_about = "Create users from a file and print each new key on stdout as \
 `username<TAB>key`.\n\nCSV: a header `username,email[,permissions]`, then one user per line \
 (quote permissions with commas: \"a,b\"). JSON: an array of objects with the same keys \
 (permissions as \"a,b\", [\"a\",\"b\"] or {\"a\": true}); the output of `user list --json` \
-imports as is. Usernames that exist are skipped with a warning. If any row is bad, the rows \
-are named and nothing is imported.\n\nExample:\n  llmsrouter user import team.csv > keys.tsv"
+imports as is (the users get new keys). An empty or missing permissions value means \"*\". \
+Usernames that exist are skipped with a warning (their keys stay). If any row is bad, the \
+rows are named and nothing is imported. The database file is created if it does not \
+exist.\n\n\
+Examples:\n  \
+llmsrouter user import team.csv > keys.tsv\n  \
+llmsrouter user list --json --db old.db > users.json && llmsrouter user import users.json"
     )]
     Import {
         /// The file: .csv or .json (other names are recognised by their content).
         file: std::path::PathBuf,
     },
     /// List users (keys masked).
+    #[command(
+        long_about = "List users as a table: username, email, permissions, key (masked: \
+10 characters at most, e.g. sk-lr-AbCd…) and creation time. --json prints them for scripts \
+(key_prefix instead of the key, with created_at and updated_at in full); that JSON imports \
+into another database with `llmsrouter user import` (the users get new keys).\n\n\
+Examples:\n  \
+llmsrouter user list\n  \
+llmsrouter user list --json --db /srv/llmsrouter/users.db\n  \
+llmsrouter user list --json | jq -r '.[].username'"
+    )]
     List {
         /// JSON for scripts instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Change which providers a user may use.
+    #[command(
+        long_about = "Change which providers a user may use: --permissions \"a,b\" (aliases \
+from config.yaml) or \"*\" (every provider). The new permissions replace the old ones; the \
+key stays the same. A running server applies them within about 200 ms. An alias not in \
+config.yaml is accepted with a warning.\n\n\
+Examples:\n  \
+llmsrouter user modify ci-bot --permissions \"openrouter,deepseek\"\n  \
+llmsrouter user modify ann --permissions \"*\""
+    )]
     Modify {
+        /// The user's name, as `llmsrouter user list` shows it.
         username: String,
         /// Provider aliases the user may use, comma-separated, or "*" for all.
         #[arg(long, value_name = "\"a,b\" | \"*\"")]
         permissions: String,
     },
     /// Show one user (key masked).
+    #[command(
+        long_about = "Show one user: username, email, permissions, key (masked), created_at \
+and updated_at. --json prints the object `llmsrouter user list --json` prints for that \
+user.\n\n\
+Examples:\n  \
+llmsrouter user show ann\n  \
+llmsrouter user show ann --json"
+    )]
     Show {
+        /// The user's name, as `llmsrouter user list` shows it.
         username: String,
         /// JSON for scripts instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Give a user a new key and print it; the old key stops working.
-    RotateKey { username: String },
+    #[command(
+        long_about = "Give a user a new key and print it on stdout (the key alone; it is \
+shown only now). The old key stops working on a running server within about 200 ms; \
+username, email and permissions stay. This is the way to replace a lost or leaked key.\n\n\
+Examples:\n  \
+llmsrouter user rotate-key ann\n  \
+KEY=$(llmsrouter user rotate-key ann)"
+    )]
+    RotateKey {
+        /// The user's name, as `llmsrouter user list` shows it.
+        username: String,
+    },
 }

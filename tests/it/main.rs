@@ -6,6 +6,7 @@ mod support;
 mod binary;
 mod errors;
 mod forwarding;
+mod help;
 mod models;
 mod openai_sdk;
 mod streaming;

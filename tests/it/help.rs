@@ -1,0 +1,132 @@
+//! `--help` of the real binary: the top level, every command and every nested command
+//! (`user add`, ...) exits 0, names itself and shows examples. The commands are found by
+//! walking the clap definition, so a command added later without a help text and an
+//! `Examples:` block fails here.
+
+use clap::CommandFactory;
+
+use llmsrouter::cli::Cli;
+
+use crate::support::run_cli;
+
+/// Every command path below the top level (`["user", "add"]`, ...), depth first, without
+/// clap's generated `help` command.
+fn command_paths(command: &clap::Command, prefix: &[String], out: &mut Vec<Vec<String>>) {
+    for sub in command.get_subcommands() {
+        if sub.get_name() == "help" {
+            continue;
+        }
+        let mut path = prefix.to_vec();
+        path.push(sub.get_name().to_owned());
+        out.push(path.clone());
+        command_paths(sub, &path, out);
+    }
+}
+
+fn all_paths() -> Vec<Vec<String>> {
+    let mut paths = vec![Vec::new()];
+    command_paths(&Cli::command(), &[], &mut paths);
+    paths
+}
+
+#[test]
+fn the_walk_finds_every_documented_command() {
+    let found: Vec<String> = all_paths().iter().map(|p| p.join(" ")).collect();
+    for expected in [
+        "",
+        "serve",
+        "check",
+        "models",
+        "healthcheck",
+        "usage",
+        "user",
+        "user add",
+        "user delete",
+        "user import",
+        "user list",
+        "user modify",
+        "user show",
+        "user rotate-key",
+    ] {
+        assert!(
+            found.iter().any(|f| f == expected),
+            "command {expected:?} not found in {found:?}"
+        );
+    }
+}
+
+#[test]
+fn every_command_has_long_help_with_examples() {
+    let dir = tempfile::tempdir().expect("dir");
+    for path in all_paths() {
+        let name = if path.is_empty() {
+            "llmsrouter".to_owned()
+        } else {
+            format!("llmsrouter {}", path.join(" "))
+        };
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let (code, stdout, stderr) = run_cli(dir.path(), &args, &[]);
+        assert_eq!(code, 0, "{name} --help: exit {code}: {stderr}");
+        assert!(
+            stdout.contains(&format!("Usage: {name} ")),
+            "{name} --help does not name the command:\n{stdout}"
+        );
+        assert!(
+            stdout.contains("\nExamples:\n  llmsrouter "),
+            "{name} --help has no `Examples:` block of llmsrouter command lines:\n{stdout}"
+        );
+        for line in stdout.lines().skip_while(|l| *l != "Examples:").skip(1) {
+            if line.is_empty() {
+                break;
+            }
+            assert!(
+                line.starts_with("  ") && line.contains("llmsrouter"),
+                "{name} --help: an example line that is not a command: {line:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_command_and_argument_has_a_one_line_about() {
+    fn check(command: &clap::Command, name: &str) {
+        let about = command.get_about().map(ToString::to_string);
+        assert!(
+            about
+                .as_deref()
+                .is_some_and(|a| !a.is_empty() && !a.contains('\n')),
+            "{name}: no one-line about ({about:?})"
+        );
+        for arg in command.get_arguments() {
+            if arg.is_hide_set() || matches!(arg.get_id().as_str(), "help" | "version") {
+                continue;
+            }
+            assert!(
+                arg.get_help().is_some(),
+                "{name}: argument {} has no help text",
+                arg.get_id()
+            );
+        }
+        for sub in command.get_subcommands() {
+            if sub.get_name() != "help" {
+                check(sub, &format!("{name} {}", sub.get_name()));
+            }
+        }
+    }
+    let mut cli = Cli::command();
+    cli.build();
+    check(&cli, "llmsrouter");
+}
+
+#[test]
+fn short_help_is_the_summary() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["user", "add", "-h"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("Create a user and print its new key"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("Examples:"), "-h stays short: {stdout}");
+}
