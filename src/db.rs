@@ -81,6 +81,7 @@ pub enum DbError {
 /// Opens (creating if needed) and migrates the database at `path`.
 pub fn open(path: &Path) -> Result<Connection, DbError> {
     let shown = path.display().to_string();
+    create_private(path);
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -99,6 +100,27 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
     configure(&conn).map_err(|e| not_a_database(&shown, e))?;
     migrate(&conn, &shown)?;
     Ok(conn)
+}
+
+/// The database holds every user's key (in the clear, as the Python version's table does), so
+/// a new file is created empty and readable by its owner only, before SQLite opens it; SQLite
+/// gives its `-wal` and `-shm` files the mode of the database file. Whoever creates it — the
+/// server (for the ledger) or `user add` — the mode is the same. An existing file's mode is
+/// left as the administrator set it. Failing here is not an error: SQLite then creates the
+/// file and reports any real problem.
+fn create_private(path: &Path) {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    if let Err(e) = options.open(path) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            tracing::debug!(
+                "{path}: not created ahead of SQLite: {e}",
+                path = path.display()
+            );
+        }
+    }
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -215,6 +237,30 @@ mod tests {
         }
         let conn = open(&path).expect("open");
         assert_eq!(user_version(&conn).expect("version"), current_version());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_file_is_private_and_an_existing_one_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("new.db");
+        drop(open(&path).expect("open"));
+        for file in ["new.db", "new.db-wal", "new.db-shm"] {
+            let Ok(meta) = std::fs::metadata(dir.path().join(file)) else {
+                continue;
+            };
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+        }
+        let shared = dir.path().join("shared.db");
+        std::fs::write(&shared, b"").expect("create");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        drop(open(&shared).expect("open"));
+        let mode = std::fs::metadata(&shared)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640);
     }
 
     #[test]

@@ -85,9 +85,6 @@ impl UserStore {
         if !existed && mode == OpenMode::Existing {
             return Err(UserError::NoDatabase(path.display().to_string()));
         }
-        if !existed {
-            create_private(path);
-        }
         let conn = crate::db::open(path)?;
         Ok(Self { conn })
     }
@@ -287,20 +284,6 @@ pub(crate) fn text(row: &Row<'_>, index: usize) -> rusqlite::Result<String> {
         ValueRef::Real(f) => f.to_string(),
         ValueRef::Text(t) | ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
     })
-}
-
-/// A database the CLI creates holds every user's key: it is created empty, readable by its
-/// owner only, before SQLite opens it (SQLite gives its `-wal` and `-shm` files the mode of
-/// the database file). An existing file's mode is left as the administrator set it. Failing
-/// here is not an error: SQLite then creates the file and reports any real problem.
-fn create_private(path: &Path) {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    if let Err(e) = options.open(path) {
-        tracing::debug!("{}: not created ahead of SQLite: {e}", path.display());
-    }
 }
 
 #[cfg(test)]
