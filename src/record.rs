@@ -281,6 +281,11 @@ impl RecordGuard {
         }
     }
 
+    /// Whether the record will reach any sink; when not, it need not carry bodies.
+    pub fn is_recording(&self) -> bool {
+        self.recorder.is_enabled()
+    }
+
     /// Access to the record being built; `None` only after `finish`.
     pub fn record_mut(&mut self) -> Option<&mut RequestRecord> {
         self.record.as_deref_mut()

@@ -26,59 +26,113 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Normalises a `usage` object; `None` when it holds no token count at all.
-    pub fn from_json(usage: &Value) -> Option<Self> {
-        let obj = usage.as_object()?;
-        let int = |v: Option<&Value>| v.and_then(as_count);
-        let at = |path: &[&str]| -> Option<u64> {
-            let mut cur = usage;
-            for key in path {
-                cur = cur.get(key)?;
-            }
-            as_count(cur)
-        };
-        let input = int(obj.get("prompt_tokens")).or(int(obj.get("input_tokens")));
-        let output = int(obj.get("completion_tokens")).or(int(obj.get("output_tokens")));
-        if input.is_none() && output.is_none() && int(obj.get("total_tokens")).is_none() {
+    /// Normalises a `usage` object given as raw JSON; `None` when it is not an object or holds
+    /// no token count at all. Each field is read on its own: one of an unexpected type (a
+    /// vendor's string, say) is skipped, not fatal.
+    pub fn from_raw(usage: &RawValue) -> Option<Self> {
+        let raw: UsageRaw<'_> = serde_json::from_str(usage.get()).ok()?;
+        let prompt_details = details(raw.prompt_tokens_details);
+        let input_details = details(raw.input_tokens_details);
+        let completion_details = details(raw.completion_tokens_details);
+        let output_details = details(raw.output_tokens_details);
+        let input = count(raw.prompt_tokens).or(count(raw.input_tokens));
+        let output = count(raw.completion_tokens).or(count(raw.output_tokens));
+        let total = count(raw.total_tokens);
+        if input.is_none() && output.is_none() && total.is_none() {
             return None;
         }
-        let cache_read = at(&["prompt_tokens_details", "cached_tokens"])
-            .or(at(&["input_tokens_details", "cached_tokens"]))
-            .or(int(obj.get("prompt_cache_hit_tokens")))
-            .or(int(obj.get("cache_read_input_tokens")))
+        let cache_read = count(prompt_details.cached_tokens)
+            .or(count(input_details.cached_tokens))
+            .or(count(raw.prompt_cache_hit_tokens))
+            .or(count(raw.cache_read_input_tokens))
             .unwrap_or(0);
-        let cache_creation = int(obj.get("cache_creation_input_tokens"))
-            .or(at(&["prompt_tokens_details", "cache_write_tokens"]))
+        let cache_creation = count(raw.cache_creation_input_tokens)
+            .or(count(prompt_details.cache_write_tokens))
             .unwrap_or(0);
-        let reasoning = at(&["completion_tokens_details", "reasoning_tokens"])
-            .or(at(&["output_tokens_details", "reasoning_tokens"]))
+        let reasoning = count(completion_details.reasoning_tokens)
+            .or(count(output_details.reasoning_tokens))
             .unwrap_or(0);
         let mut input = input.unwrap_or(0);
         // Anthropic-style counts leave cache reads and writes out of input_tokens.
-        if obj.contains_key("cache_read_input_tokens") && !obj.contains_key("prompt_tokens") {
+        if raw.cache_read_input_tokens.is_some() && raw.prompt_tokens.is_none() {
             input += cache_read + cache_creation;
         }
         let output = output.unwrap_or(0);
-        let total = int(obj.get("total_tokens")).unwrap_or(input + output);
-        let cost = obj
-            .get("cost")
-            .and_then(Value::as_f64)
+        let cost = raw
+            .cost
+            .and_then(|c| c.get().parse::<f64>().ok())
             .filter(|c| c.is_finite() && *c >= 0.0);
         Some(Self {
             input,
             output,
-            total,
+            total: total.unwrap_or(input + output),
             cached_input: cache_read,
             cache_creation_input: cache_creation,
             reasoning,
             cost,
         })
     }
+
+    /// [`Self::from_raw`] for an already parsed value (the Responses API's rare paths).
+    pub fn from_json(usage: &Value) -> Option<Self> {
+        let text = serde_json::to_string(usage).ok()?;
+        let raw: &RawValue = serde_json::from_str(&text).ok()?;
+        Self::from_raw(raw)
+    }
 }
 
-fn as_count(v: &Value) -> Option<u64> {
-    v.as_u64().or_else(|| {
-        v.as_f64()
+/// The fields of a usage object that upstreams are known to send, each left raw.
+#[derive(Deserialize, Default)]
+struct UsageRaw<'a> {
+    #[serde(borrow, default)]
+    prompt_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    total_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    input_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    output_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    prompt_tokens_details: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    input_tokens_details: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    completion_tokens_details: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    output_tokens_details: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    prompt_cache_hit_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cache_read_input_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cache_creation_input_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cost: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct DetailsRaw<'a> {
+    #[serde(borrow, default)]
+    cached_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reasoning_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cache_write_tokens: Option<&'a RawValue>,
+}
+
+fn details(raw: Option<&RawValue>) -> DetailsRaw<'_> {
+    raw.and_then(|d| serde_json::from_str(d.get()).ok())
+        .unwrap_or_default()
+}
+
+/// A token count: a non-negative integer, or a float some upstreams send; else `None`.
+fn count(raw: Option<&RawValue>) -> Option<u64> {
+    let text = raw?.get();
+    text.parse::<u64>().ok().or_else(|| {
+        text.parse::<f64>()
+            .ok()
             .filter(|f| f.is_finite() && *f >= 0.0)
             .map(|f| f as u64)
     })
@@ -111,6 +165,151 @@ pub struct ResponseSummary {
 
 /// Reads a non-stream JSON response body (chat, completions, embeddings, responses).
 pub fn summarize_body(body: &[u8]) -> ResponseSummary {
+    // Fast path: one typed pass over the body, strings borrowed. Any field of an unexpected
+    // type makes it fail, and the lenient path below reads the fields one by one instead.
+    if let Ok(fast) = serde_json::from_slice::<FastBody<'_>>(body) {
+        if let Some(summary) = fast.into_summary() {
+            return summary;
+        }
+    }
+    summarize_leniently(body)
+}
+
+/// A response body as it usually is: read in one pass.
+#[derive(Deserialize)]
+struct FastBody<'a> {
+    #[serde(borrow, default)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    choices: Option<Vec<FastChoice<'a>>>,
+    #[serde(default)]
+    usage: Option<FastUsage>,
+    #[serde(borrow, default)]
+    output: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct FastChoice<'a> {
+    #[serde(borrow, default)]
+    message: Option<MessageRaw<'a>>,
+    #[serde(borrow, default)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct FastUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<FastDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<FastDetails>,
+    #[serde(default)]
+    prompt_cache_hit_tokens: Option<u64>,
+    #[serde(default)]
+    cost: Option<f64>,
+    // Other shapes (Anthropic-style cache fields, the Responses API's names) take the
+    // lenient path: their presence is what matters, so they are detected here.
+    #[serde(default)]
+    input_tokens: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct FastDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+    #[serde(default)]
+    cache_write_tokens: Option<u64>,
+}
+
+impl FastBody<'_> {
+    /// `None` when the body needs the lenient path (a Responses API body, vendor usage).
+    fn into_summary(self) -> Option<ResponseSummary> {
+        if self.output.is_some() {
+            return None;
+        }
+        let usage = match self.usage {
+            None => None,
+            Some(u) => {
+                if u.input_tokens.is_some()
+                    || u.cache_read_input_tokens.is_some()
+                    || u.cache_creation_input_tokens.is_some()
+                {
+                    return None;
+                }
+                let input = u.prompt_tokens;
+                let output = u.completion_tokens;
+                if input.is_none() && output.is_none() && u.total_tokens.is_none() {
+                    None
+                } else {
+                    let (input, output) = (input.unwrap_or(0), output.unwrap_or(0));
+                    let prompt = u.prompt_tokens_details.as_ref();
+                    Some(Usage {
+                        input,
+                        output,
+                        total: u.total_tokens.unwrap_or(input + output),
+                        cached_input: prompt
+                            .and_then(|d| d.cached_tokens)
+                            .or(u.prompt_cache_hit_tokens)
+                            .unwrap_or(0),
+                        cache_creation_input: prompt
+                            .and_then(|d| d.cache_write_tokens)
+                            .unwrap_or(0),
+                        reasoning: u
+                            .completion_tokens_details
+                            .and_then(|d| d.reasoning_tokens)
+                            .unwrap_or(0),
+                        cost: u.cost.filter(|c| c.is_finite() && *c >= 0.0),
+                    })
+                }
+            }
+        };
+        let mut out = ResponseSummary {
+            id: self.id.map(std::borrow::Cow::into_owned),
+            model: self.model.map(std::borrow::Cow::into_owned),
+            usage,
+            ..Default::default()
+        };
+        if let Some(choice) = self.choices.and_then(|c| c.into_iter().next()) {
+            out.finish_reason = choice.finish_reason.map(std::borrow::Cow::into_owned);
+            if let Some(message) = choice.message {
+                fill_from_message(&mut out, message);
+            } else if let Some(text) = choice.text {
+                out.content = text.into_owned();
+            }
+        }
+        Some(out)
+    }
+}
+
+fn fill_from_message(out: &mut ResponseSummary, message: MessageRaw<'_>) {
+    out.content = content_text(message.content);
+    out.reasoning = raw_str(message.reasoning_content)
+        .or_else(|| raw_str(message.reasoning))
+        .unwrap_or_default();
+    out.tool_calls = message
+        .tool_calls
+        .and_then(|raw| serde_json::from_str::<Vec<Value>>(raw.get()).ok())
+        .map(|calls| calls.iter().map(tool_call_of).collect())
+        .unwrap_or_default();
+}
+
+/// Reads a body field by field, tolerating odd types.
+fn summarize_leniently(body: &[u8]) -> ResponseSummary {
     // The top level and the first choice are read as borrowed raw JSON, so the (possibly
     // long) message text is copied once and nothing else is allocated; only the small
     // `usage` object and the rare Responses API `output` become `Value`s. A field of an
@@ -138,15 +337,9 @@ pub fn summarize_body(body: &[u8]) -> ResponseSummary {
         out.finish_reason = raw_str(choice.finish_reason);
         if let Some(message) = choice
             .message
-            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+            .and_then(|raw| serde_json::from_str::<MessageRaw<'_>>(raw.get()).ok())
         {
-            out.content = text_of(message.get("content"));
-            out.reasoning = reasoning_of(&message);
-            out.tool_calls = message
-                .get("tool_calls")
-                .and_then(Value::as_array)
-                .map(|calls| calls.iter().map(tool_call_of).collect())
-                .unwrap_or_default();
+            fill_from_message(&mut out, message);
         } else if let Some(text) = raw_str(choice.text) {
             out.content = text;
         }
@@ -187,6 +380,38 @@ struct ChoiceRaw<'a> {
     finish_reason: Option<&'a RawValue>,
 }
 
+#[derive(Deserialize)]
+struct MessageRaw<'a> {
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reasoning: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tool_calls: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct PartRaw<'a> {
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+}
+
+/// `content` is a string, or (multimodal / some vendors) a list of parts with `text`.
+fn content_text(content: Option<&RawValue>) -> String {
+    let Some(raw) = content else {
+        return String::new();
+    };
+    match raw.get().as_bytes().first() {
+        Some(b'"') => serde_json::from_str(raw.get()).unwrap_or_default(),
+        Some(b'[') => serde_json::from_str::<Vec<PartRaw<'_>>>(raw.get())
+            .map(|parts| parts.into_iter().filter_map(|p| raw_str(p.text)).collect())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
 /// A raw JSON value read as a string, when it is one.
 fn raw_str(raw: Option<&RawValue>) -> Option<String> {
     raw.and_then(|r| serde_json::from_str::<String>(r.get()).ok())
@@ -194,27 +419,6 @@ fn raw_str(raw: Option<&RawValue>) -> Option<String> {
 
 fn str_field(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_owned)
-}
-
-/// `content` is a string, or (multimodal / some vendors) a list of parts with `text`.
-fn text_of(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect(),
-        _ => String::new(),
-    }
-}
-
-fn reasoning_of(message: &Value) -> String {
-    for key in ["reasoning_content", "reasoning"] {
-        if let Some(text) = message.get(key).and_then(Value::as_str) {
-            return text.to_owned();
-        }
-    }
-    String::new()
 }
 
 fn tool_call_of(call: &Value) -> ToolCall {
@@ -297,8 +501,8 @@ struct Chunk<'a> {
     model: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     choices: Option<Vec<ChunkChoice<'a>>>,
-    #[serde(default)]
-    usage: Option<Value>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
     /// Responses API events.
     #[serde(rename = "type", borrow, default)]
     event_type: Option<std::borrow::Cow<'a, str>>,
@@ -375,14 +579,15 @@ impl StreamAccumulator {
             self.summary.finish_reason = Some("error".to_owned());
             let _ = error;
         }
-        let has_usage = match chunk.usage.as_ref() {
-            Some(usage) if !usage.is_null() => {
-                if let Some(parsed) = Usage::from_json(usage) {
+        // `"usage": null` (every chunk but the last, with include_usage) deserializes to None.
+        let has_usage = match chunk.usage {
+            Some(usage) => {
+                if let Some(parsed) = Usage::from_raw(usage) {
                     self.summary.usage = Some(parsed);
                 }
                 true
             }
-            _ => false,
+            None => false,
         };
         if let Some(kind) = chunk.event_type.as_deref() {
             self.push_responses_event(kind, chunk.delta, chunk.response.as_ref());
@@ -647,7 +852,64 @@ mod tests {
         assert_eq!(s.usage.map(|u| u.total), Some(3));
     }
 
+    #[test]
+    fn the_fast_path_agrees_with_the_lenient_one() {
+        let bodies = [
+            json!({"id": "c1", "model": "m", "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "hi \"there\"", "reasoning_content": "r",
+                "tool_calls": [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7,
+                "prompt_tokens_details": {"cached_tokens": 1, "cache_write_tokens": 2},
+                "completion_tokens_details": {"reasoning_tokens": 2}, "cost": 0.5}}),
+            json!({"choices": [{"text": "completion", "finish_reason": "length"}], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}),
+            json!({"model": "m", "choices": [{"message": {"content": [{"type": "text", "text": "a"}, {"text": "b"}]}}], "usage": {"prompt_tokens": 1, "prompt_cache_hit_tokens": 1}}),
+            json!({"model": "m", "choices": [], "usage": null}),
+            json!({"object": "list", "data": [{"embedding": [0.1]}], "usage": {"prompt_tokens": 3, "total_tokens": 3}}),
+            json!({"model": "m", "choices": [{"message": {"content": null, "reasoning": "only"}}]}),
+        ];
+        for body in bodies {
+            let text = body.to_string();
+            let fast = serde_json::from_slice::<FastBody<'_>>(text.as_bytes())
+                .ok()
+                .and_then(FastBody::into_summary)
+                .expect("the fast path takes these");
+            assert_eq!(fast, summarize_leniently(text.as_bytes()), "{text}");
+        }
+        // Vendor shapes are left to the lenient path, and still read.
+        let vendor =
+            json!({"usage": {"input_tokens": 1, "output_tokens": 2, "cache_read_input_tokens": 5}})
+                .to_string();
+        assert!(
+            serde_json::from_slice::<FastBody<'_>>(vendor.as_bytes())
+                .ok()
+                .and_then(FastBody::into_summary)
+                .is_none()
+        );
+        assert_eq!(
+            summarize_body(vendor.as_bytes()).usage.map(|u| u.input),
+            Some(6)
+        );
+        let odd = json!({"model": 42, "choices": [{"message": {"content": "x"}}]}).to_string();
+        assert_eq!(summarize_body(odd.as_bytes()).content, "x");
+    }
+
     proptest! {
+        #[test]
+        fn fast_and_lenient_agree_on_generated_bodies(
+            content in ".{0,40}",
+            prompt in 0u64..100_000,
+            completion in proptest::option::of(0u64..100_000),
+            cached in proptest::option::of(0u64..100),
+            reasoning in proptest::option::of(0u64..100),
+        ) {
+            let mut usage = json!({"prompt_tokens": prompt});
+            if let Some(c) = completion { usage["completion_tokens"] = json!(c); }
+            if let Some(c) = cached { usage["prompt_tokens_details"] = json!({"cached_tokens": c}); }
+            if let Some(r) = reasoning { usage["completion_tokens_details"] = json!({"reasoning_tokens": r}); }
+            let body = json!({"id": "x", "model": "m", "choices": [{"message": {"content": content}, "finish_reason": "stop"}], "usage": usage}).to_string();
+            prop_assert_eq!(summarize_body(body.as_bytes()), summarize_leniently(body.as_bytes()));
+        }
+
         #[test]
         fn parsers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut acc = StreamAccumulator::default();

@@ -299,25 +299,459 @@ fn shot(addr: SocketAddr, model: &str, stream: bool) -> Shot {
     }
 }
 
-/// A measured phase: the load results and the router's CPU time during it.
-struct Phase {
+/// One measured round of one target: load results and the CPU its processes used.
+struct Round {
     results: Results,
-    cpu_per_request_ms: f64,
+    cpu_ms: f64,
 }
 
-async fn phase(shot: Shot, concurrency: usize, duration: Duration, pids: &[u32]) -> Phase {
+async fn round(shot: Shot, concurrency: usize, duration: Duration, pids: &[u32]) -> Round {
     let cpu = || pids.iter().map(|p| cpu_ms(*p)).sum::<f64>();
     let before = cpu();
     let results = client::run(shot, concurrency, duration, None).await;
-    let cpu_per_request_ms = if pids.is_empty() {
+    let cpu_ms = if pids.is_empty() {
         f64::NAN
     } else {
-        (cpu() - before) / results.requests.max(1) as f64
+        cpu() - before
     };
-    Phase {
-        results,
-        cpu_per_request_ms,
+    Round { results, cpu_ms }
+}
+
+/// Everything measured of one target in one kind of load, over all rounds.
+struct Tally {
+    rounds: Vec<Round>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| !v.is_nan());
+    if values.is_empty() {
+        return f64::NAN;
     }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+impl Tally {
+    /// Requests per second: the median round, so one round disturbed by the host does not
+    /// decide the figure.
+    fn rate(&self) -> f64 {
+        median(self.rounds.iter().map(|r| r.results.rate()).collect())
+    }
+    /// CPU milliseconds per request, median round.
+    fn cpu_per_request(&self) -> f64 {
+        median(
+            self.rounds
+                .iter()
+                .map(|r| r.cpu_ms / r.results.requests.max(1) as f64)
+                .collect(),
+        )
+    }
+    /// A latency percentile over every request of every round, ms.
+    fn percentile(&self, first_byte: bool, p: f64) -> f64 {
+        let mut all: Vec<u32> = self
+            .rounds
+            .iter()
+            .flat_map(|r| {
+                if first_byte {
+                    r.results.first_byte.iter()
+                } else {
+                    r.results.total.iter()
+                }
+            })
+            .copied()
+            .collect();
+        percentile(&mut all, p)
+    }
+    fn errors(&self) -> u64 {
+        self.rounds.iter().map(|r| r.results.errors).sum()
+    }
+}
+
+/// A place load can be sent: its address for whole answers and streams, and the processes
+/// whose CPU time counts.
+struct Target {
+    whole: Shot,
+    stream: Shot,
+    pids: Vec<u32>,
+}
+
+/// Runs `rounds` rounds; in each, every target gets the same load for `each`, in a rotating
+/// order, so a slow spell of the host hits all targets alike.
+async fn interleaved(
+    targets: &[&Target],
+    stream: bool,
+    concurrency: usize,
+    each: Duration,
+    rounds: usize,
+) -> Vec<Tally> {
+    let mut tallies: Vec<Tally> = targets
+        .iter()
+        .map(|_| Tally { rounds: Vec::new() })
+        .collect();
+    for r in 0..rounds {
+        for k in 0..targets.len() {
+            let i = (r + k) % targets.len();
+            let t = targets[i];
+            let shot = if stream {
+                t.stream.clone()
+            } else {
+                t.whole.clone()
+            };
+            tallies[i]
+                .rounds
+                .push(round(shot, concurrency, each, &t.pids).await);
+        }
+    }
+    tallies
+}
+
+const ROUNDS: usize = 3;
+
+async fn bench(duration: Duration) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (mock_proc, mock) = start_mock()?;
+    let off_dir = dir.path().join("off");
+    let on_dir = dir.path().join("on");
+    let nginx_dir = dir.path().join("nginx");
+    for d in [&off_dir, &on_dir, &nginx_dir] {
+        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+    }
+    let (off_proc, off) = start_router(&off_dir, mock, false)?;
+    let pid = off_proc.pid();
+    tokio::time::sleep(Duration::from_millis(300)).await; // let start-up allocations settle
+    let rss_idle = rss_mib(pid);
+    let (on_proc, on) = start_router(&on_dir, mock, true)?;
+    let on_pid = on_proc.pid();
+    let nginx = start_nginx(&nginx_dir, mock);
+    if nginx.is_none() {
+        eprintln!(
+            "bench: nginx not found (apt install nginx-light, or BENCH_NGINX=path): no reference column"
+        );
+    }
+    let each = duration.div_f64(ROUNDS as f64);
+    eprintln!(
+        "bench: mock {mock}, router {off} (telemetry off, pid {pid}), router {on} (telemetry on); {ROUNDS} interleaved rounds of {:.1} s per target",
+        each.as_secs_f64()
+    );
+
+    let model = "[mock]gpt-4o-mini";
+    let direct = Target {
+        whole: shot(mock, "gpt-4o-mini", false),
+        stream: shot(mock, "gpt-4o-mini", true),
+        pids: vec![],
+    };
+    let router_off = Target {
+        whole: shot(off, model, false),
+        stream: shot(off, model, true),
+        pids: vec![pid],
+    };
+    let router_on = Target {
+        whole: shot(on, model, false),
+        stream: shot(on, model, true),
+        pids: vec![on_pid],
+    };
+    let reference = nginx.as_ref().map(|(n, addr)| Target {
+        whole: shot(*addr, "gpt-4o-mini", false),
+        stream: shot(*addr, "gpt-4o-mini", true),
+        pids: n.pids(),
+    });
+    let mut targets = vec![&direct, &router_off, &router_on];
+    if let Some(r) = &reference {
+        targets.push(r);
+    }
+    for t in &targets {
+        client::run(
+            t.whole.clone(),
+            NON_STREAM_CONCURRENCY,
+            Duration::from_millis(700),
+            None,
+        )
+        .await;
+    }
+
+    eprintln!("bench: non-stream, c={NON_STREAM_CONCURRENCY}");
+    let whole = interleaved(&targets, false, NON_STREAM_CONCURRENCY, each, ROUNDS).await;
+    eprintln!(
+        "bench: streams of {} chunks {} ms apart, c={STREAM_CONCURRENCY}",
+        mock::CHUNKS,
+        mock::CHUNK_GAP.as_millis()
+    );
+    let streams = interleaved(&targets, true, STREAM_CONCURRENCY, each, ROUNDS).await;
+    drop(nginx);
+    let rss_on = rss_mib(on_pid);
+    drop(on_proc);
+
+    eprintln!("bench: {HELD_STREAMS} concurrent streams");
+    let mut held = router_off.stream.clone();
+    held.headers.push(("x-bench-gap-ms", "150".to_owned()));
+    let sampler = tokio::spawn(async move {
+        let mut peak: f64 = 0.0;
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            let rss = rss_mib(pid);
+            if rss.is_nan() {
+                break;
+            }
+            peak = peak.max(rss);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        peak
+    });
+    let (held_done, held_failed) = client::hold_streams(held, HELD_STREAMS).await;
+    sampler.abort();
+    let rss_held = match sampler.await {
+        Ok(peak) => peak,
+        Err(_) => rss_mib(pid),
+    }
+    .max(rss_mib(pid));
+
+    eprintln!("bench: {GROWTH_REQUESTS} requests for memory growth");
+    let rss_before_growth = rss_mib(pid);
+    let growth = client::run(
+        router_off.whole.clone(),
+        NON_STREAM_CONCURRENCY,
+        Duration::from_secs(120),
+        Some(GROWTH_REQUESTS),
+    )
+    .await;
+    let rss_after_growth = rss_mib(pid);
+    drop(off_proc);
+    drop(mock_proc);
+
+    report(&whole, &streams, reference.is_some());
+    let rows = vec![
+        row(
+            "RSS idle, MiB",
+            String::new(),
+            format!("{rss_idle:.1}"),
+            String::new(),
+            "≤ 15",
+        ),
+        row(
+            &format!(
+                "RSS at {HELD_STREAMS} concurrent streams, MiB ({held_done} ok, {held_failed} failed)"
+            ),
+            String::new(),
+            format!("{rss_held:.1}"),
+            String::new(),
+            "≤ 100",
+        ),
+        row(
+            &format!("RSS before / after {} more requests, MiB", growth.requests),
+            format!("{rss_before_growth:.1}"),
+            format!("{rss_after_growth:.1}"),
+            format!(
+                "{:+.1}%",
+                (rss_after_growth / rss_before_growth - 1.0) * 100.0
+            ),
+            "≤ +10%",
+        ),
+        row(
+            "RSS with telemetry on, after its load, MiB",
+            String::new(),
+            format!("{rss_on:.1}"),
+            String::new(),
+            "",
+        ),
+    ];
+    print_table(
+        "### router memory (telemetry off)",
+        ["before", "value", "growth", "target"],
+        &rows,
+    );
+    Ok(())
+}
+
+/// The two comparison tables. `whole` and `streams` hold, in order: direct, router with
+/// telemetry off, router with telemetry on, and nginx when present.
+fn report(whole: &[Tally], streams: &[Tally], with_nginx: bool) {
+    let (d, off, on) = (&whole[0], &whole[1], &whole[2]);
+    let (ds, offs, ons) = (&streams[0], &streams[1], &streams[2]);
+    let n = with_nginx.then(|| &whole[3]);
+    let ns = with_nginx.then(|| &streams[3]);
+    let num = |v: f64| {
+        if v.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{v:.0}")
+        }
+    };
+    let ms = |v: f64| {
+        if v.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{v:.2}")
+        }
+    };
+    let cpu = |v: f64| {
+        if v.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{v:.4}")
+        }
+    };
+    let times = |x: f64, base: f64| {
+        if x.is_nan() || base.is_nan() || base == 0.0 {
+            "-".to_owned()
+        } else {
+            format!("{:.2}x", x / base)
+        }
+    };
+    let plus = |x: f64, base: f64| {
+        if x.is_nan() || base.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{:+.2} ms", x - base)
+        }
+    };
+    let opt = |t: Option<&Tally>, f: &dyn Fn(&Tally) -> f64| t.map_or(f64::NAN, f);
+
+    println!(
+        "\n### llmsrouter benchmark: direct to the mock, through nginx, through the router (telemetry off)\n"
+    );
+    println!(
+        "Rates and CPU are the median of {ROUNDS} interleaved rounds; latencies are over every request of every round.\n"
+    );
+    println!("| measure | direct | nginx | router | router vs direct / nginx vs direct | target |");
+    println!("|---|---:|---:|---:|---:|---|");
+    let line = |label: &str,
+                dv: f64,
+                nv: f64,
+                rv: f64,
+                fmt: &dyn Fn(f64) -> String,
+                rel: &dyn Fn(f64, f64) -> String,
+                target: &str| {
+        println!(
+            "| {label} | {} | {} | {} | {} / {} | {target} |",
+            fmt(dv),
+            fmt(nv),
+            fmt(rv),
+            rel(rv, dv),
+            rel(nv, dv)
+        );
+    };
+    line(
+        "non-stream c=32: requests/s",
+        d.rate(),
+        opt(n, &Tally::rate),
+        off.rate(),
+        &num,
+        &times,
+        "router ≥ 0.6x",
+    );
+    for (q, target) in [(50.0, ""), (99.0, "router ≤ +0.5 ms")] {
+        let f = move |t: &Tally| t.percentile(false, q);
+        line(
+            &format!("non-stream: p{q:.0} ms"),
+            f(d),
+            opt(n, &f),
+            f(off),
+            &ms,
+            &plus,
+            target,
+        );
+    }
+    line(
+        "stream c=64: streams/s",
+        ds.rate(),
+        opt(ns, &Tally::rate),
+        offs.rate(),
+        &num,
+        &times,
+        "",
+    );
+    for (q, first, label, target) in [
+        (50.0, true, "stream: first byte p50 ms", ""),
+        (99.0, true, "stream: first byte p99 ms", "router ≤ +1 ms"),
+        (50.0, false, "stream: total p50 ms", ""),
+        (99.0, false, "stream: total p99 ms", ""),
+    ] {
+        let f = move |t: &Tally| t.percentile(first, q);
+        line(label, f(ds), opt(ns, &f), f(offs), &ms, &plus, target);
+    }
+    let none = |_: f64, _: f64| String::new();
+    line(
+        "CPU per non-stream request, ms",
+        f64::NAN,
+        opt(n, &Tally::cpu_per_request),
+        off.cpu_per_request(),
+        &cpu,
+        &none,
+        "router ≤ 0.05",
+    );
+    line(
+        "CPU per 20-chunk stream, ms",
+        f64::NAN,
+        opt(ns, &Tally::cpu_per_request),
+        offs.cpu_per_request(),
+        &cpu,
+        &none,
+        "router ≤ 0.45",
+    );
+    let errors = |a: &Tally, b: &Tally| (a.errors() + b.errors()) as f64;
+    let n_errors = match (n, ns) {
+        (Some(a), Some(b)) => errors(a, b),
+        _ => f64::NAN,
+    };
+    line(
+        "errors",
+        errors(d, ds),
+        n_errors,
+        errors(off, offs),
+        &num,
+        &none,
+        "0",
+    );
+
+    let rows = vec![
+        row(
+            "non-stream c=32: requests/s",
+            num(off.rate()),
+            num(on.rate()),
+            times(on.rate(), off.rate()),
+            "≥ 0.9x",
+        ),
+        row(
+            "stream c=64: streams/s",
+            num(offs.rate()),
+            num(ons.rate()),
+            times(ons.rate(), offs.rate()),
+            "≥ 0.9x",
+        ),
+        row(
+            "router CPU per non-stream request, ms",
+            cpu(off.cpu_per_request()),
+            cpu(on.cpu_per_request()),
+            times(on.cpu_per_request(), off.cpu_per_request()),
+            "",
+        ),
+        row(
+            "router CPU per stream, ms",
+            cpu(offs.cpu_per_request()),
+            cpu(ons.cpu_per_request()),
+            times(ons.cpu_per_request(), offs.cpu_per_request()),
+            "",
+        ),
+        row(
+            "non-stream p99 ms",
+            ms(off.percentile(false, 99.0)),
+            ms(on.percentile(false, 99.0)),
+            plus(on.percentile(false, 99.0), off.percentile(false, 99.0)),
+            "",
+        ),
+        row(
+            "errors",
+            num(errors(off, offs)),
+            num(errors(on, ons)),
+            String::new(),
+            "0",
+        ),
+    ];
+    print_table(
+        "### telemetry off vs on (Langfuse exporter to the mock, request log, ledger), same rounds",
+        ["off", "on", "ratio", "target"],
+        &rows,
+    );
 }
 
 struct Row {
@@ -351,340 +785,4 @@ fn print_table(title: &str, headers: [&str; 4], rows: &[Row]) {
             r.label, r.direct, r.router, r.ratio, r.target
         );
     }
-}
-
-async fn bench(duration: Duration) -> Result<(), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (mock_proc, mock) = start_mock()?;
-    let off_dir = dir.path().join("off");
-    let on_dir = dir.path().join("on");
-    std::fs::create_dir_all(&off_dir).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(&on_dir).map_err(|e| e.to_string())?;
-    let (router_proc, router) = start_router(&off_dir, mock, false)?;
-    let pid = router_proc.pid();
-    tokio::time::sleep(Duration::from_millis(300)).await; // let start-up allocations settle
-    let rss_idle = rss_mib(pid);
-    eprintln!(
-        "bench: mock on {mock}, router on {router} (pid {pid}); {:.0} s per phase",
-        duration.as_secs_f64()
-    );
-
-    let warm = Duration::from_secs(1);
-    let direct_ns = shot(mock, "gpt-4o-mini", false);
-    let router_ns = shot(router, "[mock]gpt-4o-mini", false);
-    let direct_s = shot(mock, "gpt-4o-mini", true);
-    let router_s = shot(router, "[mock]gpt-4o-mini", true);
-    client::run(direct_ns.clone(), NON_STREAM_CONCURRENCY, warm, None).await;
-    client::run(router_ns.clone(), NON_STREAM_CONCURRENCY, warm, None).await;
-
-    eprintln!("bench: non-stream, c={NON_STREAM_CONCURRENCY}");
-    let mut d_ns = phase(direct_ns.clone(), NON_STREAM_CONCURRENCY, duration, &[]).await;
-    let mut r_ns = phase(router_ns.clone(), NON_STREAM_CONCURRENCY, duration, &[pid]).await;
-    eprintln!(
-        "bench: streams of {} chunks {} ms apart, c={STREAM_CONCURRENCY}",
-        mock::CHUNKS,
-        mock::CHUNK_GAP.as_millis()
-    );
-    let mut d_s = phase(direct_s.clone(), STREAM_CONCURRENCY, duration, &[]).await;
-    let mut r_s = phase(router_s.clone(), STREAM_CONCURRENCY, duration, &[pid]).await;
-
-    let nginx_dir = dir.path().join("nginx");
-    std::fs::create_dir_all(&nginx_dir).map_err(|e| e.to_string())?;
-    let mut reference = None;
-    if let Some((nginx, nginx_addr)) = start_nginx(&nginx_dir, mock) {
-        eprintln!("bench: the same through nginx (reference)");
-        let pids = nginx.pids();
-        let n_ns_shot = shot(nginx_addr, "gpt-4o-mini", false);
-        client::run(n_ns_shot.clone(), NON_STREAM_CONCURRENCY, warm, None).await;
-        let n_ns = phase(n_ns_shot, NON_STREAM_CONCURRENCY, duration, &pids).await;
-        let n_s = phase(
-            shot(nginx_addr, "gpt-4o-mini", true),
-            STREAM_CONCURRENCY,
-            duration,
-            &pids,
-        )
-        .await;
-        reference = Some((n_ns, n_s));
-        drop(nginx);
-    } else {
-        eprintln!(
-            "bench: nginx not found (apt install nginx-light, or BENCH_NGINX=path): no reference column"
-        );
-    }
-
-    eprintln!("bench: {HELD_STREAMS} concurrent streams");
-    let mut held = router_s.clone();
-    held.headers.push(("x-bench-gap-ms", "150".to_owned()));
-    let sampler = tokio::spawn(async move {
-        let mut peak: f64 = 0.0;
-        let until = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < until {
-            let rss = rss_mib(pid);
-            if rss.is_nan() {
-                break;
-            }
-            peak = peak.max(rss);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        peak
-    });
-    let (held_done, held_failed) = client::hold_streams(held, HELD_STREAMS).await;
-    sampler.abort();
-    let rss_held = match sampler.await {
-        Ok(peak) => peak,
-        Err(_) => rss_mib(pid),
-    };
-    let rss_held_now = rss_mib(pid);
-    let rss_held = rss_held.max(rss_held_now);
-
-    eprintln!("bench: {GROWTH_REQUESTS} requests for memory growth");
-    let rss_before_growth = rss_mib(pid);
-    let growth = client::run(
-        router_ns.clone(),
-        NON_STREAM_CONCURRENCY,
-        Duration::from_secs(120),
-        Some(GROWTH_REQUESTS),
-    )
-    .await;
-    let rss_after_growth = rss_mib(pid);
-    drop(router_proc);
-
-    eprintln!("bench: telemetry on (Langfuse to the mock, request log, ledger)");
-    let (on_proc, on_router) = start_router(&on_dir, mock, true)?;
-    let on_pid = on_proc.pid();
-    let on_ns_shot = shot(on_router, "[mock]gpt-4o-mini", false);
-    let on_s_shot = shot(on_router, "[mock]gpt-4o-mini", true);
-    client::run(on_ns_shot.clone(), NON_STREAM_CONCURRENCY, warm, None).await;
-    let on_ns = phase(on_ns_shot, NON_STREAM_CONCURRENCY, duration, &[on_pid]).await;
-    let on_s = phase(on_s_shot, STREAM_CONCURRENCY, duration, &[on_pid]).await;
-    let rss_on = rss_mib(on_pid);
-    drop(on_proc);
-    drop(mock_proc);
-
-    let (mut n_ns, mut n_s) = match reference {
-        Some((a, b)) => (Some(a), Some(b)),
-        None => (None, None),
-    };
-    let ms = |v: f64| {
-        if v.is_nan() {
-            "-".to_owned()
-        } else {
-            format!("{v:.2}")
-        }
-    };
-    let cpu = |v: f64| {
-        if v.is_nan() {
-            "-".to_owned()
-        } else {
-            format!("{v:.4}")
-        }
-    };
-    let p = |r: &mut Results, stream_first: bool, q: f64| {
-        if stream_first {
-            percentile(&mut r.first_byte, q)
-        } else {
-            percentile(&mut r.total, q)
-        }
-    };
-    let opt = |x: Option<&mut Phase>, f: &dyn Fn(&mut Phase) -> f64| x.map_or(f64::NAN, f);
-    let mut lines: Vec<[String; 6]> = Vec::new();
-    let mut add = |label: &str,
-                   d: f64,
-                   n: f64,
-                   r: f64,
-                   fmt: &dyn Fn(f64) -> String,
-                   relative: bool,
-                   target: &str| {
-        let rel = |x: f64| {
-            if x.is_nan() || d.is_nan() || (relative && d == 0.0) {
-                "-".to_owned()
-            } else if relative {
-                format!("{:.2}x", x / d)
-            } else {
-                format!("{:+.2} ms", x - d)
-            }
-        };
-        lines.push([
-            label.to_owned(),
-            fmt(d),
-            fmt(n),
-            fmt(r),
-            format!("{} / {}", rel(r), rel(n)),
-            target.to_owned(),
-        ]);
-    };
-    let rate = |r: &Phase| r.results.rate();
-    let count = |v: f64| {
-        if v.is_nan() {
-            "-".to_owned()
-        } else {
-            format!("{v:.0}")
-        }
-    };
-    add(
-        "non-stream c=32: requests/s",
-        rate(&d_ns),
-        opt(n_ns.as_mut(), &|x| rate(x)),
-        rate(&r_ns),
-        &count,
-        true,
-        "router ≥ 0.6x",
-    );
-    for (q, target) in [(50.0, ""), (99.0, "router ≤ +0.5 ms")] {
-        let label = format!("non-stream: p{q:.0} ms");
-        let (dv, rv) = (
-            p(&mut d_ns.results, false, q),
-            p(&mut r_ns.results, false, q),
-        );
-        let nv = opt(n_ns.as_mut(), &|x| p(&mut x.results, false, q));
-        add(&label, dv, nv, rv, &ms, false, target);
-    }
-    add(
-        "stream c=64: streams/s",
-        rate(&d_s),
-        opt(n_s.as_mut(), &|x| rate(x)),
-        rate(&r_s),
-        &count,
-        true,
-        "",
-    );
-    for (q, first, label, target) in [
-        (50.0, true, "stream: first byte p50 ms", ""),
-        (99.0, true, "stream: first byte p99 ms", "router ≤ +1 ms"),
-        (50.0, false, "stream: total p50 ms", ""),
-        (99.0, false, "stream: total p99 ms", ""),
-    ] {
-        let (dv, rv) = (p(&mut d_s.results, first, q), p(&mut r_s.results, first, q));
-        let nv = opt(n_s.as_mut(), &|x| p(&mut x.results, first, q));
-        add(label, dv, nv, rv, &ms, false, target);
-    }
-    add(
-        "CPU per non-stream request, ms",
-        f64::NAN,
-        opt(n_ns.as_mut(), &|x| x.cpu_per_request_ms),
-        r_ns.cpu_per_request_ms,
-        &cpu,
-        true,
-        "router ≤ 0.05",
-    );
-    add(
-        "CPU per 20-chunk stream, ms",
-        f64::NAN,
-        opt(n_s.as_mut(), &|x| x.cpu_per_request_ms),
-        r_s.cpu_per_request_ms,
-        &cpu,
-        true,
-        "router ≤ 0.45",
-    );
-    let errors = |x: &Phase, y: &Phase| (x.results.errors + y.results.errors) as f64;
-    let n_errors = match (n_ns.as_ref(), n_s.as_ref()) {
-        (Some(a), Some(b)) => errors(a, b),
-        _ => f64::NAN,
-    };
-    add(
-        "errors",
-        errors(&d_ns, &d_s),
-        n_errors,
-        errors(&r_ns, &r_s),
-        &count,
-        true,
-        "0",
-    );
-    println!(
-        "\n### llmsrouter benchmark: direct to the mock, through nginx, through the router (telemetry off)\n"
-    );
-    println!("| measure | direct | nginx | router | router / nginx vs direct | target |");
-    println!("|---|---:|---:|---:|---:|---|");
-    for l in &lines {
-        println!(
-            "| {} | {} | {} | {} | {} | {} |",
-            l[0], l[1], l[2], l[3], l[4], l[5]
-        );
-    }
-
-    let show_rate = |r: &Results| format!("{:.0}", r.rate());
-    let memory = vec![
-        row(
-            "RSS idle, MiB",
-            "".into(),
-            format!("{rss_idle:.1}"),
-            "".into(),
-            "≤ 15",
-        ),
-        row(
-            &format!(
-                "RSS at {HELD_STREAMS} concurrent streams, MiB ({held_done} ok, {held_failed} failed)"
-            ),
-            "".into(),
-            format!("{rss_held:.1}"),
-            "".into(),
-            "≤ 100",
-        ),
-        row(
-            &format!("RSS before / after {} more requests, MiB", growth.requests),
-            format!("{rss_before_growth:.1}"),
-            format!("{rss_after_growth:.1}"),
-            format!(
-                "{:+.1}%",
-                (rss_after_growth / rss_before_growth - 1.0) * 100.0
-            ),
-            "≤ +10%",
-        ),
-    ];
-    print_table(
-        "### router memory",
-        ["before", "value", "growth", "target"],
-        &memory,
-    );
-
-    let telemetry = vec![
-        row(
-            "non-stream c=32: requests/s",
-            show_rate(&r_ns.results),
-            show_rate(&on_ns.results),
-            format!("{:.2}x", on_ns.results.rate() / r_ns.results.rate()),
-            "≥ 0.9x",
-        ),
-        row(
-            "stream c=64: streams/s",
-            show_rate(&r_s.results),
-            show_rate(&on_s.results),
-            format!("{:.2}x", on_s.results.rate() / r_s.results.rate()),
-            "≥ 0.9x",
-        ),
-        row(
-            "router CPU per non-stream request, ms",
-            format!("{:.4}", r_ns.cpu_per_request_ms),
-            format!("{:.4}", on_ns.cpu_per_request_ms),
-            format!("{:.2}x", on_ns.cpu_per_request_ms / r_ns.cpu_per_request_ms),
-            "",
-        ),
-        row(
-            "router CPU per stream, ms",
-            format!("{:.4}", r_s.cpu_per_request_ms),
-            format!("{:.4}", on_s.cpu_per_request_ms),
-            format!("{:.2}x", on_s.cpu_per_request_ms / r_s.cpu_per_request_ms),
-            "",
-        ),
-        row(
-            "RSS at the end, MiB",
-            "".into(),
-            format!("{rss_on:.1}"),
-            "".into(),
-            "",
-        ),
-        row(
-            "errors",
-            format!("{}", r_ns.results.errors + r_s.results.errors),
-            format!("{}", on_ns.results.errors + on_s.results.errors),
-            "".into(),
-            "0",
-        ),
-    ];
-    print_table(
-        "### telemetry off vs on (Langfuse exporter to a local mock, request log, ledger)",
-        ["off", "on", "ratio", "target"],
-        &telemetry,
-    );
-    Ok(())
 }

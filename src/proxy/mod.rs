@@ -103,7 +103,12 @@ async fn forward_inner(
         &target,
         incoming.path,
         &view,
-        body,
+        // Nobody reads a record when no sink is on: then it carries no body at all.
+        if state.recorder.is_enabled() {
+            own_copy(&body)
+        } else {
+            Bytes::new()
+        },
         started_at,
     );
     // Only for redaction in the sinks (an upstream may echo the key in an error).
@@ -214,6 +219,13 @@ fn new_record(
         complete: false,
         client_key: None,
     }
+}
+
+/// The record's own copy of a body. A body is usually a slice of a connection's read buffer;
+/// a record waiting in a sink's queue must not keep that whole buffer (up to hundreds of KB)
+/// alive, so it gets an allocation of exactly the body's size.
+fn own_copy(body: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(body)
 }
 
 /// Reads the client's body, refusing more than `limit` bytes with 413.
@@ -364,8 +376,11 @@ async fn whole_response(
                 (body, Outcome::UpstreamError, Some(message))
             }
         };
+    let recording = guard.is_recording();
     if let Some(record) = guard.record_mut() {
-        record.response_body = Some(body.clone());
+        if recording {
+            record.response_body = Some(own_copy(&body));
+        }
         record.error = error;
         record.complete = true;
     }

@@ -132,11 +132,15 @@ const INSERT: &str = "INSERT INTO usage_ledger (
     ?19, ?20, ?21, ?22, ?23, ?24)";
 
 /// Inserts `rows` in one transaction.
-pub fn insert_rows(conn: &mut Connection, rows: &[LedgerRow]) -> rusqlite::Result<()> {
+pub fn insert_rows<R: std::borrow::Borrow<LedgerRow>>(
+    conn: &mut Connection,
+    rows: &[R],
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(INSERT)?;
         for r in rows {
+            let r = r.borrow();
             insert.execute(params![
                 r.request_id,
                 r.started_at,
@@ -191,7 +195,9 @@ impl LedgerStats {
 }
 
 pub struct LedgerSink {
-    tx: Mutex<Option<SyncSender<LedgerRow>>>,
+    /// Rows are boxed: a bounded std channel allocates (and touches) every slot up front, so
+    /// a slot must be a pointer, not a 350-byte row, or the idle router holds megabytes.
+    tx: Mutex<Option<SyncSender<Box<LedgerRow>>>>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<LedgerStats>,
     redactor: Redactor,
@@ -229,7 +235,7 @@ impl RecordSink for LedgerSink {
     }
 
     fn accept(&self, record: &Arc<RequestRecord>) {
-        let row = LedgerRow::from_record(record, &self.redactor);
+        let row = Box::new(LedgerRow::from_record(record, &self.redactor));
         let Ok(tx) = self.tx.lock() else { return };
         let Some(tx) = tx.as_ref() else { return };
         if let Err(TrySendError::Full(_)) = tx.try_send(row) {
@@ -263,7 +269,7 @@ impl RecordSink for LedgerSink {
 /// Until the sink closes its end: take what is waiting (up to a batch, see
 /// [`next_batch`]), insert it in one transaction. A failed batch is retried once (the
 /// database may be busy for a moment).
-fn write_loop(mut conn: Connection, rx: &Receiver<LedgerRow>, stats: &LedgerStats) {
+fn write_loop(mut conn: Connection, rx: &Receiver<Box<LedgerRow>>, stats: &LedgerStats) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_warning: Option<Instant> = None;
     while next_batch(rx, &mut batch, MAX_BATCH, BATCH_WINDOW) {
