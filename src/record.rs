@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::routing::RouteMode;
 use crate::secret::Secret;
-use crate::usage::{ResponseSummary, summarize_body};
+use crate::usage::{ResponseSummary, summarize_json_body};
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +72,8 @@ pub struct RequestRecord {
     /// The model name sent upstream (`google/gemini-2.5`).
     pub upstream_model: String,
     pub stream: bool,
-    /// The client's request body as received (JSON, before the model rewrite).
+    /// The client's request body as received, before the model rewrite. Always one valid
+    /// JSON object: the proxy parsed it before routing, so a sink may embed it as is.
     pub request_body: Bytes,
     pub started_at: SystemTime,
     /// First response bytes from the upstream (headers received).
@@ -87,6 +88,10 @@ pub struct RequestRecord {
     pub error: Option<String>,
     /// The non-stream response body as relayed.
     pub response_body: Option<Bytes>,
+    /// `response_body` is one valid JSON document (set by the proxy for error bodies, which
+    /// it parsed or wrote, and by the recorder for answers it could read), so a sink may
+    /// embed it as is; otherwise it is text or binary.
+    pub response_is_json: bool,
     /// What the answer said: filled from the stream as it passed, or parsed from
     /// `response_body` off the request path.
     pub response: ResponseSummary,
@@ -96,9 +101,57 @@ pub struct RequestRecord {
     /// upstream key, or a user's router key. Kept only so sinks can redact it wherever it
     /// might be echoed (an upstream error message, a body); never written anywhere.
     pub client_key: Option<Secret>,
+    /// The bodies were left out because records in flight held more than the recorder's body
+    /// budget (see [`BODY_BUDGET`]); usage and every other field are still here.
+    pub bodies_dropped: bool,
+    /// Releases this record's share of the body budget when the last holder is done.
+    pub body_ticket: BodyTicket,
+}
+
+/// Most bytes of bodies that records may hold between `submit` and the last sink done with
+/// them. Sink queues are bounded in records; this bounds them in bytes too, since one record
+/// may carry a 64 MB body. Over it, records still go to every sink, without bodies.
+pub const BODY_BUDGET: usize = 256 * 1024 * 1024;
+
+/// A record's share of the body budget; shared by clones, released by the last one.
+#[derive(Clone, Default)]
+pub struct BodyTicket(Option<Arc<TicketInner>>);
+
+struct TicketInner {
+    bytes: usize,
+    held: Arc<AtomicUsize>,
+}
+
+impl Drop for TicketInner {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for BodyTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(inner) => write!(f, "BodyTicket({} bytes)", inner.bytes),
+            None => f.write_str("BodyTicket(none)"),
+        }
+    }
 }
 
 impl RequestRecord {
+    /// Bytes of bodies this record holds.
+    pub fn body_bytes(&self) -> usize {
+        self.request_body.len() + self.response_body.as_ref().map_or(0, Bytes::len)
+    }
+
+    /// Leaves the bodies out (usage read first, so the ledger loses nothing).
+    fn drop_bodies(&mut self) {
+        complete_summary(self);
+        self.request_body = Bytes::new();
+        self.response_body = None;
+        self.response_is_json = false;
+        self.bodies_dropped = true;
+    }
+
     /// Latency from receiving the request to the end of the answer.
     pub fn latency(&self) -> std::time::Duration {
         self.ended_at
@@ -144,6 +197,10 @@ pub struct Recorder {
 
 struct RecorderInner {
     tx: Option<mpsc::Sender<RequestRecord>>,
+    /// Bytes of bodies held by submitted records not yet released by every sink.
+    body_bytes: Arc<AtomicUsize>,
+    body_budget: usize,
+    bodies_dropped: AtomicU64,
     dropped: AtomicU64,
     last_warning: std::sync::Mutex<Option<Instant>>,
 }
@@ -160,6 +217,9 @@ impl Recorder {
         Self {
             inner: Arc::new(RecorderInner {
                 tx: None,
+                body_bytes: Arc::default(),
+                body_budget: BODY_BUDGET,
+                bodies_dropped: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 last_warning: std::sync::Mutex::new(None),
             }),
@@ -168,6 +228,14 @@ impl Recorder {
 
     /// Starts the background task that feeds `sinks`. Must run inside a tokio runtime.
     pub fn start(sinks: Vec<Arc<dyn RecordSink>>) -> (Self, RecorderTask) {
+        Self::start_with_budget(sinks, BODY_BUDGET)
+    }
+
+    /// [`Self::start`] with another body budget (tests).
+    pub fn start_with_budget(
+        sinks: Vec<Arc<dyn RecordSink>>,
+        body_budget: usize,
+    ) -> (Self, RecorderTask) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -176,6 +244,9 @@ impl Recorder {
         let recorder = Self {
             inner: Arc::new(RecorderInner {
                 tx: Some(tx),
+                body_bytes: Arc::default(),
+                body_budget,
+                bodies_dropped: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 last_warning: std::sync::Mutex::new(None),
             }),
@@ -188,12 +259,54 @@ impl Recorder {
     }
 
     /// Queues a record; never waits.
-    pub fn submit(&self, record: RequestRecord) {
+    pub fn submit(&self, mut record: RequestRecord) {
         let Some(tx) = &self.inner.tx else { return };
+        self.take_body_budget(&mut record);
         if tx.try_send(record).is_err() {
             let dropped = self.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             self.warn_dropped(dropped);
         }
+    }
+
+    /// Gives the record a share of the body budget, or, when the budget is spent (sinks far
+    /// behind), leaves its bodies out.
+    fn take_body_budget(&self, record: &mut RequestRecord) {
+        let bytes = record.body_bytes();
+        if bytes == 0 {
+            return;
+        }
+        let held = &self.inner.body_bytes;
+        let before = held.fetch_add(bytes, Ordering::AcqRel);
+        if before + bytes <= self.inner.body_budget {
+            record.body_ticket = BodyTicket(Some(Arc::new(TicketInner {
+                bytes,
+                held: held.clone(),
+            })));
+            return;
+        }
+        held.fetch_sub(bytes, Ordering::AcqRel);
+        record.drop_bodies();
+        let n = self.inner.bodies_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut last) = self.inner.last_warning.lock() {
+            let now = Instant::now();
+            if last.is_none_or(|t| now.duration_since(t).as_secs() >= 10) {
+                *last = Some(now);
+                tracing::warn!(
+                    records = n,
+                    "telemetry is behind: bodies left out of request records (usage kept)"
+                );
+            }
+        }
+    }
+
+    /// Records whose bodies were left out because the body budget was spent.
+    pub fn bodies_dropped(&self) -> u64 {
+        self.inner.bodies_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of bodies held right now by records on their way through the sinks.
+    pub fn body_bytes_held(&self) -> usize {
+        self.inner.body_bytes.load(Ordering::Relaxed)
     }
 
     /// Records lost because the queue was full (or the recorder had shut down).
@@ -262,7 +375,10 @@ fn complete_summary(record: &mut RequestRecord) {
     }
     if let Some(body) = &record.response_body {
         if record.status.is_some_and(|s| (200..300).contains(&s)) {
-            record.response = summarize_body(body);
+            if let Some(summary) = summarize_json_body(body) {
+                record.response = summary;
+                record.response_is_json = true;
+            }
         }
     }
 }
@@ -341,9 +457,12 @@ mod tests {
             response_body: Some(Bytes::from_static(
                 br#"{"model":"m-1","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
             )),
+            response_is_json: false,
             response: ResponseSummary::default(),
             complete: true,
             client_key: None,
+            bodies_dropped: false,
+            body_ticket: Default::default(),
         }
     }
 
@@ -355,6 +474,32 @@ mod tests {
         fn accept(&self, record: &Arc<RequestRecord>) {
             self.0.lock().expect("lock").push(record.clone());
         }
+    }
+
+    #[tokio::test]
+    async fn over_the_body_budget_records_keep_usage_but_not_bodies() {
+        let sink = Arc::new(Collect(Default::default()));
+        let body_bytes = sample().body_bytes();
+        let (recorder, task) = Recorder::start_with_budget(vec![sink.clone()], body_bytes + 10);
+        recorder.submit(sample());
+        recorder.submit(sample());
+        task.shutdown().await;
+        let got = sink.0.lock().expect("lock").clone();
+        assert_eq!(got.len(), 2);
+        assert!(!got[0].bodies_dropped && got[0].response_body.is_some());
+        // The first record is still held by the sink, so the second found the budget spent.
+        assert!(got[1].bodies_dropped);
+        assert!(got[1].request_body.is_empty() && got[1].response_body.is_none());
+        assert_eq!(
+            got[1].response.usage.as_ref().map(|u| u.total),
+            Some(3),
+            "usage kept"
+        );
+        assert_eq!(recorder.bodies_dropped(), 1);
+        assert_eq!(recorder.body_bytes_held(), body_bytes);
+        sink.0.lock().expect("lock").clear();
+        drop(got);
+        assert_eq!(recorder.body_bytes_held(), 0, "released by the last holder");
     }
 
     #[tokio::test]

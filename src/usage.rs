@@ -165,11 +165,17 @@ pub struct ResponseSummary {
 
 /// Reads a non-stream JSON response body (chat, completions, embeddings, responses).
 pub fn summarize_body(body: &[u8]) -> ResponseSummary {
+    summarize_json_body(body).unwrap_or_default()
+}
+
+/// [`summarize_body`], or `None` when the body is not a JSON object: then nothing could be
+/// read from it, and whoever writes it out must not take it for JSON.
+pub fn summarize_json_body(body: &[u8]) -> Option<ResponseSummary> {
     // Fast path: one typed pass over the body, strings borrowed. Any field of an unexpected
     // type makes it fail, and the lenient path below reads the fields one by one instead.
     if let Ok(fast) = serde_json::from_slice::<FastBody<'_>>(body) {
         if let Some(summary) = fast.into_summary() {
-            return summary;
+            return Some(summary);
         }
     }
     summarize_leniently(body)
@@ -309,13 +315,13 @@ fn fill_from_message(out: &mut ResponseSummary, message: MessageRaw<'_>) {
 }
 
 /// Reads a body field by field, tolerating odd types.
-fn summarize_leniently(body: &[u8]) -> ResponseSummary {
+fn summarize_leniently(body: &[u8]) -> Option<ResponseSummary> {
     // The top level and the first choice are read as borrowed raw JSON, so the (possibly
     // long) message text is copied once and nothing else is allocated; only the small
     // `usage` object and the rare Responses API `output` become `Value`s. A field of an
     // unexpected type is skipped, not fatal.
     let Ok(top) = serde_json::from_slice::<BodyTop<'_>>(body) else {
-        return ResponseSummary::default();
+        return None;
     };
     let mut out = ResponseSummary {
         id: raw_str(top.id),
@@ -350,7 +356,7 @@ fn summarize_leniently(body: &[u8]) -> ResponseSummary {
         read_responses_output(&output, &mut out);
         out.finish_reason = raw_str(top.status);
     }
-    out
+    Some(out)
 }
 
 /// The top level of a response body, every field left raw.
@@ -873,7 +879,7 @@ mod tests {
                 .ok()
                 .and_then(FastBody::into_summary)
                 .expect("the fast path takes these");
-            assert_eq!(fast, summarize_leniently(text.as_bytes()), "{text}");
+            assert_eq!(Some(fast), summarize_leniently(text.as_bytes()), "{text}");
         }
         // Vendor shapes are left to the lenient path, and still read.
         let vendor =
@@ -907,7 +913,7 @@ mod tests {
             if let Some(c) = cached { usage["prompt_tokens_details"] = json!({"cached_tokens": c}); }
             if let Some(r) = reasoning { usage["completion_tokens_details"] = json!({"reasoning_tokens": r}); }
             let body = json!({"id": "x", "model": "m", "choices": [{"message": {"content": content}, "finish_reason": "stop"}], "usage": usage}).to_string();
-            prop_assert_eq!(summarize_body(body.as_bytes()), summarize_leniently(body.as_bytes()));
+            prop_assert_eq!(Some(summarize_body(body.as_bytes())), summarize_leniently(body.as_bytes()));
         }
 
         #[test]

@@ -215,9 +215,12 @@ fn new_record(
         outcome: Outcome::ClientDisconnected,
         error: None,
         response_body: None,
+        response_is_json: false,
         response: ResponseSummary::default(),
         complete: false,
         client_key: None,
+        bodies_dropped: false,
+        body_ticket: Default::default(),
     }
 }
 
@@ -381,6 +384,8 @@ async fn whole_response(
         if recording {
             record.response_body = Some(own_copy(&body));
         }
+        // An error body passed on was parsed as OpenAI-shaped JSON; any other was wrapped.
+        record.response_is_json = outcome == Outcome::UpstreamError;
         record.error = error;
         record.complete = true;
     }

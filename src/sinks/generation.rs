@@ -521,9 +521,12 @@ mod tests {
             outcome: Outcome::Success,
             error: None,
             response_body: None,
+            response_is_json: false,
             response: ResponseSummary::default(),
             complete: true,
             client_key: None,
+            bodies_dropped: false,
+            body_ticket: Default::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! the request path. Closing drains the queue and commits before returning. Texts that could
 //! echo a key (error messages, model names) are redacted before they are stored.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,25 +40,26 @@ pub enum LedgerError {
     Thread(std::io::Error),
 }
 
-/// One ledger row, as stored.
+/// One ledger row, as stored. Its texts borrow from the record it was read from, so writing a
+/// row copies each text once, into SQLite.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LedgerRow {
-    pub request_id: String,
+pub struct LedgerRow<'a> {
+    pub request_id: Cow<'a, str>,
     /// RFC 3339, UTC, milliseconds.
     pub started_at: String,
     /// UTC day of `started_at`, `YYYY-MM-DD`.
     pub day: String,
-    pub username: Option<String>,
-    pub provider: String,
+    pub username: Option<Cow<'a, str>>,
+    pub provider: Cow<'a, str>,
     pub mode: &'static str,
-    pub endpoint: String,
+    pub endpoint: Cow<'a, str>,
     /// The model name sent upstream.
-    pub model: String,
-    pub response_model: Option<String>,
+    pub model: Cow<'a, str>,
+    pub response_model: Option<Cow<'a, str>>,
     pub stream: bool,
     pub status: Option<u16>,
     pub outcome: &'static str,
-    pub error: Option<String>,
+    pub error: Option<Cow<'a, str>>,
     pub latency_ms: i64,
     pub ttft_ms: Option<i64>,
     pub input_tokens: i64,
@@ -81,27 +83,30 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-impl LedgerRow {
-    pub fn from_record(record: &RequestRecord, redactor: &Redactor) -> Self {
+impl<'a> LedgerRow<'a> {
+    pub fn from_record(record: &'a RequestRecord, redactor: &Redactor) -> Self {
         let redactor = redactor.for_request(record.client_key.as_ref());
         let usage = record.response.usage.as_ref();
         let count = |f: fn(&crate::usage::Usage) -> u64| usage.map_or(0, |u| to_i64(f(u)));
         Self {
-            request_id: record.request_id.clone(),
+            request_id: Cow::Borrowed(&record.request_id),
             started_at: rfc3339_millis(record.started_at),
             day: utc_day(record.started_at),
-            username: record.user.clone(),
-            provider: record.provider.clone(),
+            username: record.user.as_deref().map(Cow::Borrowed),
+            provider: Cow::Borrowed(&record.provider),
             mode: record.mode.as_str(),
-            endpoint: record.endpoint.clone(),
-            model: redactor.redact(&record.upstream_model).into_owned(),
-            response_model: record.response.model.clone(),
+            endpoint: Cow::Borrowed(&record.endpoint),
+            model: redactor.redact(&record.upstream_model),
+            response_model: record.response.model.as_deref().map(Cow::Borrowed),
             stream: record.stream,
             status: record.status,
             outcome: record.outcome.as_str(),
-            error: record.error.as_ref().map(|e| {
-                let e: String = e.chars().take(MAX_ERROR_CHARS).collect();
-                redactor.redact_owned(e)
+            error: record.error.as_deref().map(|e| {
+                let e = match e.char_indices().nth(MAX_ERROR_CHARS) {
+                    Some((cut, _)) => &e[..cut],
+                    None => e,
+                };
+                redactor.redact(e)
             }),
             latency_ms: millis(record.latency()),
             ttft_ms: record.time_to_first_token().map(millis),
@@ -132,7 +137,7 @@ const INSERT: &str = "INSERT INTO usage_ledger (
     ?19, ?20, ?21, ?22, ?23, ?24)";
 
 /// Inserts `rows` in one transaction.
-pub fn insert_rows<R: std::borrow::Borrow<LedgerRow>>(
+pub fn insert_rows<'a, R: std::borrow::Borrow<LedgerRow<'a>>>(
     conn: &mut Connection,
     rows: &[R],
 ) -> rusqlite::Result<()> {
@@ -195,12 +200,12 @@ impl LedgerStats {
 }
 
 pub struct LedgerSink {
-    /// Rows are boxed: a bounded std channel allocates (and touches) every slot up front, so
-    /// a slot must be a pointer, not a 350-byte row, or the idle router holds megabytes.
-    tx: Mutex<Option<SyncSender<Box<LedgerRow>>>>,
+    /// Records go to the writer, which reads rows from them: nothing is copied on the way.
+    /// (A bounded std channel allocates and touches every slot up front, so a slot must be a
+    /// pointer, not a row, or the idle router holds megabytes.)
+    tx: Mutex<Option<SyncSender<Arc<RequestRecord>>>>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<LedgerStats>,
-    redactor: Redactor,
     last_warning: Mutex<Option<Instant>>,
 }
 
@@ -211,15 +216,15 @@ impl LedgerSink {
         let (tx, rx) = sync_channel(QUEUE_DEPTH);
         let stats = Arc::new(LedgerStats::default());
         let writer_stats = stats.clone();
+        let writer_redactor = redactor.clone();
         let worker = std::thread::Builder::new()
             .name("llmsrouter-ledger".into())
-            .spawn(move || write_loop(conn, &rx, &writer_stats))
+            .spawn(move || write_loop(conn, &rx, &writer_redactor, &writer_stats))
             .map_err(LedgerError::Thread)?;
         Ok(Self {
             tx: Mutex::new(Some(tx)),
             worker: Mutex::new(Some(worker)),
             stats,
-            redactor,
             last_warning: Mutex::new(None),
         })
     }
@@ -235,10 +240,9 @@ impl RecordSink for LedgerSink {
     }
 
     fn accept(&self, record: &Arc<RequestRecord>) {
-        let row = Box::new(LedgerRow::from_record(record, &self.redactor));
         let Ok(tx) = self.tx.lock() else { return };
         let Some(tx) = tx.as_ref() else { return };
-        if let Err(TrySendError::Full(_)) = tx.try_send(row) {
+        if let Err(TrySendError::Full(_)) = tx.try_send(record.clone()) {
             let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if let Ok(mut last) = self.last_warning.lock() {
                 if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
@@ -269,15 +273,25 @@ impl RecordSink for LedgerSink {
 /// Until the sink closes its end: take what is waiting (up to a batch, see
 /// [`next_batch`]), insert it in one transaction. A failed batch is retried once (the
 /// database may be busy for a moment).
-fn write_loop(mut conn: Connection, rx: &Receiver<Box<LedgerRow>>, stats: &LedgerStats) {
+fn write_loop(
+    mut conn: Connection,
+    rx: &Receiver<Arc<RequestRecord>>,
+    redactor: &Redactor,
+    stats: &LedgerStats,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_warning: Option<Instant> = None;
     while next_batch(rx, &mut batch, MAX_BATCH, BATCH_WINDOW) {
-        let mut result = insert_rows(&mut conn, &batch);
+        let rows: Vec<LedgerRow<'_>> = batch
+            .iter()
+            .map(|record| LedgerRow::from_record(record, redactor))
+            .collect();
+        let mut result = insert_rows(&mut conn, &rows);
         if result.is_err() {
             std::thread::sleep(Duration::from_millis(500));
-            result = insert_rows(&mut conn, &batch);
+            result = insert_rows(&mut conn, &rows);
         }
+        drop(rows);
         match result {
             Ok(()) => {
                 stats
@@ -328,6 +342,7 @@ mod tests {
             outcome: Outcome::RouterError,
             error: Some("upstream said: bad key sk-upstream-secret-1".into()),
             response_body: None,
+            response_is_json: false,
             response: ResponseSummary {
                 usage: Some(Usage {
                     input: 10,
@@ -342,6 +357,8 @@ mod tests {
             },
             complete: false,
             client_key: None,
+            bodies_dropped: false,
+            body_ticket: Default::default(),
         }
     }
 
@@ -349,7 +366,8 @@ mod tests {
     fn rows_round_trip_and_are_redacted() {
         let dir = tempfile::tempdir().expect("dir");
         let key = Secret::new("sk-upstream-secret-1");
-        let row = LedgerRow::from_record(&record(), &Redactor::new([&key]));
+        let record = record();
+        let row = LedgerRow::from_record(&record, &Redactor::new([&key]));
         assert_eq!(row.day, "2025-01-31");
         assert_eq!(row.started_at, "2025-01-31T09:05:03.123Z");
         assert_eq!((row.latency_ms, row.ttft_ms), (250, Some(40)));

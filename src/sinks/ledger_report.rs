@@ -231,12 +231,17 @@ mod tests {
     use crate::db;
     use crate::sinks::ledger::{LedgerRow, insert_rows};
 
-    fn row(day: &str, user: Option<&str>, provider: &str, outcome: &'static str) -> LedgerRow {
+    fn row<'a>(
+        day: &str,
+        user: Option<&'a str>,
+        provider: &'a str,
+        outcome: &'static str,
+    ) -> LedgerRow<'a> {
         LedgerRow {
             request_id: "r".into(),
             started_at: format!("{day}T00:00:00.000Z"),
             day: day.into(),
-            username: user.map(str::to_owned),
+            username: user.map(Into::into),
             provider: provider.into(),
             mode: "alias",
             endpoint: "/chat/completions".into(),

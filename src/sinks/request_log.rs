@@ -6,7 +6,6 @@
 //! whole, so no configured key or client key is written, wherever it appeared (bodies, error
 //! texts). Request headers are never logged.
 
-use std::borrow::Cow;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -16,14 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 
 use crate::record::{RecordSink, RequestRecord};
 use crate::sinks::clock::rfc3339_millis;
 use crate::sinks::redact::Redactor;
 use crate::sinks::{BATCH_WINDOW, next_batch};
-use crate::usage::{ToolCall, Usage};
+use crate::usage::ToolCall;
 
 /// Daily files kept, today's included.
 pub const KEPT_FILES: usize = 7;
@@ -199,40 +197,37 @@ impl Writer {
     }
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    time: String,
-    request_id: &'a str,
-    user: Option<&'a str>,
-    provider: &'a str,
-    mode: &'static str,
-    endpoint: &'a str,
-    model: &'a str,
-    upstream_model: &'a str,
-    response_model: Option<&'a str>,
-    stream: bool,
-    status: Option<u16>,
-    outcome: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
-    latency_ms: u64,
-    ttft_ms: Option<u64>,
-    usage: Option<&'a Usage>,
-    usage_partial: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request: Option<Body<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response: Option<Body<'a>>,
+/// Appends `value` as JSON (strings escaped).
+fn put<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> serde_json::Result<()> {
+    serde_json::to_writer(out, value)
 }
 
-/// A body as JSON when it is JSON, else as a string.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Body<'a> {
-    Json(&'a RawValue),
-    Owned(Box<RawValue>),
-    Text(Cow<'a, str>),
-    Stream(StreamOutput<'a>),
+/// Appends `,"key":value`.
+fn field<T: Serialize + ?Sized>(out: &mut Vec<u8>, key: &str, value: &T) -> serde_json::Result<()> {
+    out.push(b',');
+    put(out, key)?;
+    out.push(b':');
+    put(out, value)
+}
+
+/// Appends a body: known-valid JSON goes in as it is (raw line breaks, which JSON allows only
+/// between tokens, become spaces so the line stays one line); anything else becomes a string,
+/// binary data a note of its size.
+fn put_body(out: &mut Vec<u8>, bytes: &[u8], is_json: bool) -> serde_json::Result<()> {
+    if is_json {
+        let start = out.len();
+        out.extend_from_slice(bytes);
+        for b in &mut out[start..] {
+            if *b == b'\n' || *b == b'\r' {
+                *b = b' ';
+            }
+        }
+        return Ok(());
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => put(out, text),
+        Err(_) => put(out, &format!("[{} bytes, not text]", bytes.len())),
+    }
 }
 
 /// What a stream said, assembled from its events.
@@ -246,68 +241,62 @@ struct StreamOutput<'a> {
     finish_reason: Option<&'a str>,
 }
 
-fn body(bytes: &[u8]) -> Body<'_> {
-    // Raw newlines in JSON can only be whitespace between tokens; a line must stay one line.
-    if memchr::memchr2(b'\n', b'\r', bytes).is_none() {
-        if let Ok(raw) = serde_json::from_slice::<&RawValue>(bytes) {
-            return Body::Json(raw);
-        }
-    } else if let Ok(text) = std::str::from_utf8(bytes) {
-        let flat = text.replace(['\n', '\r'], " ");
-        if let Ok(raw) = RawValue::from_string(flat) {
-            return Body::Owned(raw);
-        }
-    }
-    Body::Text(String::from_utf8_lossy(bytes))
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Serialises one record as one JSON line (no newline) into `out`.
+/// Serialises one record as one JSON line (no newline) into `out`. Written field by field:
+/// the bodies are JSON already (the request always; the response when the record says so)
+/// and go in without being parsed again.
 fn serialize_line(
     out: &mut Vec<u8>,
     record: &RequestRecord,
     bodies: bool,
 ) -> serde_json::Result<()> {
     let summary = &record.response;
-    let response = if !bodies {
-        None
-    } else if let Some(bytes) = &record.response_body {
-        Some(body(bytes))
-    } else if record.stream {
-        Some(Body::Stream(StreamOutput {
-            content: &summary.content,
-            reasoning: &summary.reasoning,
-            tool_calls: &summary.tool_calls,
-            finish_reason: summary.finish_reason.as_deref(),
-        }))
-    } else {
-        None
-    };
-    let line = Line {
-        time: rfc3339_millis(record.started_at),
-        request_id: &record.request_id,
-        user: record.user.as_deref(),
-        provider: &record.provider,
-        mode: record.mode.as_str(),
-        endpoint: &record.endpoint,
-        model: &record.requested_model,
-        upstream_model: &record.upstream_model,
-        response_model: summary.model.as_deref(),
-        stream: record.stream,
-        status: record.status,
-        outcome: record.outcome.as_str(),
-        error: record.error.as_deref(),
-        latency_ms: millis(record.latency()),
-        ttft_ms: record.time_to_first_token().map(millis),
-        usage: summary.usage.as_ref(),
-        usage_partial: record.usage_partial(),
-        request: bodies.then(|| body(&record.request_body)),
-        response,
-    };
-    serde_json::to_writer(out, &line)
+    out.extend_from_slice(b"{\"time\":");
+    put(out, &rfc3339_millis(record.started_at))?;
+    field(out, "request_id", &record.request_id)?;
+    field(out, "user", &record.user)?;
+    field(out, "provider", &record.provider)?;
+    field(out, "mode", record.mode.as_str())?;
+    field(out, "endpoint", &record.endpoint)?;
+    field(out, "model", &record.requested_model)?;
+    field(out, "upstream_model", &record.upstream_model)?;
+    field(out, "response_model", &summary.model)?;
+    field(out, "stream", &record.stream)?;
+    field(out, "status", &record.status)?;
+    field(out, "outcome", record.outcome.as_str())?;
+    if let Some(error) = &record.error {
+        field(out, "error", error)?;
+    }
+    field(out, "latency_ms", &millis(record.latency()))?;
+    field(out, "ttft_ms", &record.time_to_first_token().map(millis))?;
+    field(out, "usage", &summary.usage)?;
+    field(out, "usage_partial", &record.usage_partial())?;
+    if bodies && record.bodies_dropped {
+        field(out, "bodies", "left out: telemetry was too far behind")?;
+    } else if bodies {
+        out.extend_from_slice(b",\"request\":");
+        put_body(out, &record.request_body, true)?;
+        if let Some(bytes) = &record.response_body {
+            out.extend_from_slice(b",\"response\":");
+            put_body(out, bytes, record.response_is_json)?;
+        } else if record.stream {
+            field(
+                out,
+                "response",
+                &StreamOutput {
+                    content: &summary.content,
+                    reasoning: &summary.reasoning,
+                    tool_calls: &summary.tool_calls,
+                    finish_reason: summary.finish_reason.as_deref(),
+                },
+            )?;
+        }
+    }
+    out.push(b'}');
+    Ok(())
 }
 
 #[cfg(test)]
@@ -338,13 +327,19 @@ mod tests {
     fn bodies_stay_on_one_line() {
         let mut out = Vec::new();
         let pretty = b"{\n  \"a\": [1,\r\n 2]\n}";
-        serde_json::to_writer(&mut out, &body(pretty)).expect("json");
+        put_body(&mut out, pretty, true).expect("json");
         let text = String::from_utf8(out).expect("utf8");
         assert!(!text.contains('\n') && !text.contains('\r'), "{text}");
         let v: serde_json::Value = serde_json::from_str(&text).expect("valid");
         assert_eq!(v["a"][1], 2);
         let mut out = Vec::new();
-        serde_json::to_writer(&mut out, &body(b"plain\ntext")).expect("json");
+        put_body(&mut out, b"plain\ntext", false).expect("json");
         assert_eq!(String::from_utf8(out).expect("utf8"), "\"plain\\ntext\"");
+        let mut out = Vec::new();
+        put_body(&mut out, &[0xff, 0xfe, 0x00], false).expect("json");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "\"[3 bytes, not text]\""
+        );
     }
 }
