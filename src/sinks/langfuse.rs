@@ -1,31 +1,33 @@
 //! The Langfuse exporter: every record becomes one OpenTelemetry span (a Langfuse trace
-//! holding one generation), exported over OTLP/HTTP (protobuf) by the OpenTelemetry OTLP
-//! exporter (`opentelemetry_otlp::SpanExporter`) to Langfuse and/or a generic OTLP backend.
+//! holding one generation), exported over OTLP/HTTP (protobuf) to Langfuse and/or a generic
+//! OTLP backend.
+//!
+//! The spans are OpenTelemetry's own OTLP messages (`opentelemetry-proto`, encoded by prost,
+//! as `opentelemetry-otlp` does), built straight from the record. A record is a span that
+//! already ended, and the SDK's route to the same bytes — a tracer span, then `SpanData`,
+//! then a converted copy, grouped by scope — measured 40 K instructions per span, a third of
+//! what proxying the whole request costs; see README "Observability".
 //!
 //! Off the request path twice over: `accept` only queues the record; one builder thread turns
-//! records into finished spans (`SpanData`, built directly: a record is a span that already
-//! ended, so the SDK's tracer and batch processor — a live span per record and a second
-//! thread — would only add work) and batches them per destination; one task per destination
-//! exports the batches. Memory is bounded per destination (spans and bytes waiting or in
+//! records into spans and batches them per destination; one task per destination encodes and
+//! sends the batches. Memory is bounded per destination (spans and bytes waiting or in
 //! flight); when full, spans are dropped and counted, never waited for. It must never block a
 //! request, and never write a key: every text goes through the [`Redactor`].
 
-use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+use bytes::Bytes;
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value,
 };
-use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
-use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{Span, Status, span, status};
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +38,7 @@ use crate::sinks::BATCH_WINDOW;
 use crate::sinks::clock::rfc3339_millis;
 use crate::sinks::generation::{self, GENERATION_NAME, Level, ParamValue};
 use crate::sinks::otlp_http::{OtlpTransport, RetryPolicy, TransportError};
-use crate::sinks::redact::{Redactor, RequestRedactor};
+use crate::sinks::redact::Redactor;
 
 /// The instrumentation scope: a plain name, so Langfuse applies no SDK-specific parsing.
 pub const SCOPE_NAME: &str = "llmsrouter";
@@ -273,52 +275,124 @@ fn rate_limit(last: &Mutex<Option<Instant>>) -> bool {
     true
 }
 
-/// Text a span holds, for the byte bound (the same sum on the way in and out).
-fn span_bytes(span: &SpanData) -> usize {
-    span.attributes
-        .iter()
-        .map(|kv| match &kv.value {
-            Value::String(s) => s.as_str().len(),
-            _ => 8,
-        })
-        .sum()
+/// A batch of spans, each already encoded by prost and framed as a `ScopeSpans.spans` entry
+/// (field 2, length-delimited), one after the other: the body of a `ScopeSpans` minus its
+/// scope. Encoding a span once, when it is built, saves prost from recomputing every span's
+/// length at each of the three message levels above it.
+#[derive(Debug, Default)]
+struct SpanBatch {
+    bytes: Vec<u8>,
+    count: usize,
 }
 
-/// The OTLP exporter, releasing the gate once a batch is sent or given up.
-#[derive(Debug)]
-struct CountingExporter {
+/// Protobuf wire tag of a length-delimited field.
+const fn len_tag(field: u32) -> u8 {
+    ((field << 3) | 2) as u8
+}
+
+/// Appends a length-delimited field: tag, length, bytes.
+fn put_len_field(out: &mut Vec<u8>, field: u32, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.push(len_tag(field));
+    prost::encoding::encode_varint(len as u64, out);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+}
+
+/// Framed size of a length-delimited field holding `len` bytes.
+fn len_field_size(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// Sends one destination's batches: frames the export request around the encoded spans,
+/// posts it through the destination's transport (which retries), counts the outcome and
+/// releases the gate.
+struct Exporter {
     stats: Arc<DestinationStats>,
-    inner: opentelemetry_otlp::SpanExporter,
+    transport: OtlpTransport,
+    endpoint: http::Uri,
+    /// `Resource` and `InstrumentationScope`, encoded once.
+    resource: Vec<u8>,
+    scope: Vec<u8>,
 }
 
-impl SpanExporter for CountingExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let spans = batch.len();
-        let bytes: usize = batch.iter().map(span_bytes).sum();
-        let result = self.inner.export(batch).await;
-        self.stats.release(spans, bytes);
-        match &result {
+impl Exporter {
+    /// `ExportTraceServiceRequest { resource_spans: [ResourceSpans { resource,
+    /// scope_spans: [ScopeSpans { scope, spans }] }] }`, field numbers as in OTLP's
+    /// trace_service.proto and trace.proto.
+    fn request_body(&self, batch: &SpanBatch) -> Vec<u8> {
+        let scope_spans = len_field_size(self.scope.len()) + batch.bytes.len();
+        let resource_spans = len_field_size(self.resource.len()) + len_field_size(scope_spans);
+        let mut out = Vec::with_capacity(len_field_size(resource_spans));
+        out.push(len_tag(1)); // ExportTraceServiceRequest.resource_spans
+        prost::encoding::encode_varint(resource_spans as u64, &mut out);
+        put_len_field(&mut out, 1, &[&self.resource]); // ResourceSpans.resource
+        out.push(len_tag(2)); // ResourceSpans.scope_spans
+        prost::encoding::encode_varint(scope_spans as u64, &mut out);
+        put_len_field(&mut out, 1, &[&self.scope]); // ScopeSpans.scope
+        out.extend_from_slice(&batch.bytes); // ScopeSpans.spans, framed already
+        out
+    }
+
+    async fn export(&mut self, batch: SpanBatch) {
+        let body = Bytes::from(self.request_body(&batch));
+        let result = self.send(body).await;
+        self.stats.release(batch.count, batch.bytes.len());
+        match result {
             Ok(()) => {
                 self.stats
                     .exported
-                    .fetch_add(spans as u64, Ordering::Relaxed);
+                    .fetch_add(batch.count as u64, Ordering::Relaxed);
             }
-            Err(error) => self.stats.count_failed(spans as u64, &error.to_string()),
+            Err(reason) => self.stats.count_failed(batch.count as u64, &reason),
         }
-        result
     }
 
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
+    async fn send(&self, body: Bytes) -> Result<(), String> {
+        let request = http::Request::post(self.endpoint.clone())
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(body)
+            .map_err(|e| e.to_string())?;
+        match self.transport.send_bytes(request).await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(format!(
+                "the endpoint answered HTTP {}",
+                response.status().as_u16()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
     }
+}
 
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
     }
+}
 
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
+fn kv_str(key: &str, value: impl Into<String>) -> KeyValue {
+    kv(key, any_value::Value::StringValue(value.into()))
+}
+
+fn kv_int(key: &str, value: i64) -> KeyValue {
+    kv(key, any_value::Value::IntValue(value))
+}
+
+fn kv_strings(key: &str, values: impl IntoIterator<Item = String>) -> KeyValue {
+    kv(
+        key,
+        any_value::Value::ArrayValue(ArrayValue {
+            values: values
+                .into_iter()
+                .map(|v| AnyValue {
+                    value: Some(any_value::Value::StringValue(v)),
+                })
+                .collect(),
+        }),
+    )
 }
 
 /// Depth of the queue between `accept` and the builder thread (a few batch windows at
@@ -349,10 +423,19 @@ impl LangfuseSink {
                 reason: format!("no async runtime: {e}"),
             })?;
         let stopping = CancellationToken::new();
-        let resource = Resource::builder_empty()
-            .with_service_name("llmsrouter")
-            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-            .build();
+        let version = env!("CARGO_PKG_VERSION");
+        let resource = Resource {
+            attributes: vec![
+                kv_str("service.name", "llmsrouter"),
+                kv_str("service.version", version),
+            ],
+            ..Default::default()
+        };
+        let scope = InstrumentationScope {
+            name: SCOPE_NAME.to_owned(),
+            version: version.to_owned(),
+            ..Default::default()
+        };
         let mut stats = Vec::new();
         let mut outboxes = Vec::new();
         let mut exporters = Vec::new();
@@ -373,42 +456,35 @@ impl LangfuseSink {
                 destination: destination.name,
                 source,
             })?;
-            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_endpoint(destination.endpoint.clone())
-                .with_protocol(Protocol::HttpBinary)
-                .with_timeout(options.retry.budget)
-                .with_http_client(transport)
-                // Retries live in the transport (the crate's own skip 500).
-                .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled())
-                .build()
-                .map_err(|e| LangfuseError::Exporter {
-                    destination: destination.name,
-                    reason: e.to_string(),
-                })?;
-            exporter.set_resource(&resource);
-            let exporter = CountingExporter {
+            let endpoint =
+                destination
+                    .endpoint
+                    .parse::<http::Uri>()
+                    .map_err(|e| LangfuseError::Exporter {
+                        destination: destination.name,
+                        reason: format!("{}: {e}", destination.endpoint),
+                    })?;
+            let exporter = Exporter {
                 stats: destination_stats.clone(),
-                inner: exporter,
+                transport,
+                endpoint,
+                resource: resource.encode_to_vec(),
+                scope: scope.encode_to_vec(),
             };
             let (tx, rx) = mpsc::channel(EXPORT_QUEUE);
             exporters.push(runtime.spawn(export_loop(exporter, rx)));
             outboxes.push(Outbox {
                 stats: destination_stats.clone(),
-                spans: Vec::new(),
-                bytes: 0,
+                spans: SpanBatch::default(),
                 since: None,
                 tx,
             });
             stats.push(destination_stats);
         }
-        let scope = InstrumentationScope::builder(SCOPE_NAME)
-            .with_version(env!("CARGO_PKG_VERSION"))
-            .build();
         let (tx, rx) = sync_channel(BUILD_QUEUE);
         let builder = SpanBuilderThread {
             outboxes,
-            scope,
+            framed: Vec::with_capacity(4096),
             redactor: options.redactor.clone(),
             max_io_bytes: options.max_io_bytes,
             export_interval: options.export_interval,
@@ -442,13 +518,11 @@ impl LangfuseSink {
 }
 
 /// Exports the batches of one destination, one after the other, until the builder thread is
-/// gone; then shuts the exporter down.
-async fn export_loop(exporter: CountingExporter, mut rx: mpsc::Receiver<Vec<SpanData>>) {
+/// gone.
+async fn export_loop(mut exporter: Exporter, mut rx: mpsc::Receiver<SpanBatch>) {
     while let Some(batch) = rx.recv().await {
-        // Failures are counted (and warned about) by the exporter itself.
-        let _ = exporter.export(batch).await;
+        exporter.export(batch).await;
     }
-    let _ = exporter.shutdown();
 }
 
 impl RecordSink for LangfuseSink {
@@ -518,24 +592,24 @@ impl RecordSink for LangfuseSink {
 /// Spans gathered for one destination, waiting to leave as a batch.
 struct Outbox {
     stats: Arc<DestinationStats>,
-    spans: Vec<SpanData>,
-    bytes: usize,
+    spans: SpanBatch,
     /// When the first span of this batch was added.
     since: Option<Instant>,
-    tx: mpsc::Sender<Vec<SpanData>>,
+    tx: mpsc::Sender<SpanBatch>,
 }
 
 impl Outbox {
-    fn push(&mut self, span: SpanData, bytes: usize) {
-        if self.spans.is_empty() {
+    /// Adds one framed, encoded span.
+    fn push(&mut self, framed: &[u8]) {
+        if self.spans.count == 0 {
             self.since = Some(Instant::now());
         }
-        self.spans.push(span);
-        self.bytes += bytes;
+        self.spans.bytes.extend_from_slice(framed);
+        self.spans.count += 1;
     }
 
     fn due(&self, now: Instant, interval: Duration, max_batch: usize) -> bool {
-        self.spans.len() >= max_batch
+        self.spans.count >= max_batch
             || self
                 .since
                 .is_some_and(|t| now.duration_since(t) >= interval)
@@ -543,14 +617,13 @@ impl Outbox {
 
     /// Hands the batch to the export loop; a batch it cannot take is dropped and counted.
     fn send(&mut self) {
-        if self.spans.is_empty() {
+        if self.spans.count == 0 {
             return;
         }
-        let spans = std::mem::take(&mut self.spans);
-        let bytes = std::mem::take(&mut self.bytes);
+        let batch = std::mem::take(&mut self.spans);
         self.since = None;
-        let count = spans.len();
-        if self.tx.try_send(spans).is_err() {
+        let (count, bytes) = (batch.count, batch.bytes.len());
+        if self.tx.try_send(batch).is_err() {
             self.stats.release(count, bytes);
             self.stats.count_dropped(count as u64);
         }
@@ -559,7 +632,8 @@ impl Outbox {
 
 struct SpanBuilderThread {
     outboxes: Vec<Outbox>,
-    scope: InstrumentationScope,
+    /// One span, encoded and framed; reused for every span.
+    framed: Vec<u8>,
     redactor: Redactor,
     max_io_bytes: usize,
     export_interval: Duration,
@@ -621,18 +695,19 @@ impl SpanBuilderThread {
             return;
         }
         let span = self.span_of(record);
-        let bytes = span_bytes(&span);
-        let last = self.outboxes.len().saturating_sub(1);
-        let mut span = Some(span);
-        for (i, outbox) in self.outboxes.iter_mut().enumerate() {
+        self.framed.clear();
+        self.framed.push(len_tag(2)); // ScopeSpans.spans
+        if span.encode_length_delimited(&mut self.framed).is_err() {
+            return;
+        }
+        drop(span);
+        let bytes = self.framed.len();
+        for outbox in &mut self.outboxes {
             if !outbox.stats.admit(bytes) {
                 continue;
             }
-            let this = if i == last { span.take() } else { span.clone() };
-            if let Some(this) = this {
-                outbox.push(this, bytes);
-            }
-            if outbox.spans.len() >= self.max_batch {
+            outbox.push(&self.framed);
+            if outbox.spans.count >= self.max_batch {
                 outbox.send();
             }
         }
@@ -640,36 +715,35 @@ impl SpanBuilderThread {
 
     /// The record as a finished span: its trace id is the request id, so the
     /// `x-llmsrouter-request-id` header finds the trace in Langfuse.
-    fn span_of(&self, record: &RequestRecord) -> SpanData {
+    fn span_of(&self, record: &RequestRecord) -> Span {
         let (attributes, error) = span_attributes(record, &self.redactor, self.max_io_bytes);
-        let trace_id = TraceId::from_hex(&record.request_id)
-            .unwrap_or_else(|_| TraceId::from(fastrand::u128(1..)));
-        let span_id = SpanId::from(fastrand::u64(1..));
-        SpanData {
-            span_context: SpanContext::new(
-                trace_id,
-                span_id,
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            ),
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Client,
-            name: Cow::Borrowed(GENERATION_NAME),
-            start_time: record.started_at,
-            end_time: record.ended_at,
+        let trace_id = u128::from_str_radix(&record.request_id, 16)
+            .ok()
+            .filter(|id| *id != 0 && record.request_id.len() == 32)
+            .unwrap_or_else(|| fastrand::u128(1..));
+        Span {
+            trace_id: trace_id.to_be_bytes().to_vec(),
+            span_id: fastrand::u64(1..).to_be_bytes().to_vec(),
+            name: GENERATION_NAME.to_owned(),
+            kind: span::SpanKind::Client as i32,
+            start_time_unix_nano: unix_nanos(record.started_at),
+            end_time_unix_nano: unix_nanos(record.ended_at),
             attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: match error {
-                Some(message) => Status::error(message),
-                None => Status::Unset,
-            },
-            instrumentation_scope: self.scope.clone(),
+            status: Some(match error {
+                Some(message) => Status {
+                    message,
+                    code: status::StatusCode::Error as i32,
+                },
+                None => Status::default(),
+            }),
+            ..Default::default()
         }
     }
+}
+
+fn unix_nanos(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// `langfuse.trace.metadata`: what Langfuse has no field of its own for.
@@ -693,63 +767,52 @@ pub fn span_attributes(
 ) -> (Vec<KeyValue>, Option<String>) {
     let redactor = redactor.for_request(record.client_key.as_ref());
     let g = generation::build_with(record, &redactor, max_io_bytes);
-    let mut a: Vec<KeyValue> = Vec::with_capacity(48);
+    // Texts that came from the client or the upstream and were not redacted by the
+    // generation view (which did input, output, parameters and the status message).
+    let clean = |text: &str| redactor.redact(text).into_owned();
+    let mut a: Vec<KeyValue> = Vec::with_capacity(32);
     // Langfuse's own keys.
-    a.push(KeyValue::new("langfuse.observation.type", "generation"));
-    a.push(KeyValue::new("langfuse.trace.name", GENERATION_NAME));
-    a.push(KeyValue::new(
-        "langfuse.trace.tags",
-        Value::Array(Array::String(vec![StringValue::from(
-            record.provider.clone(),
-        )])),
-    ));
+    a.push(kv_str("langfuse.observation.type", "generation"));
+    a.push(kv_str("langfuse.trace.name", GENERATION_NAME));
+    a.push(kv_strings("langfuse.trace.tags", [clean(&record.provider)]));
     if let Some(user) = &record.user {
-        a.push(KeyValue::new("user.id", user.clone()));
-        a.push(KeyValue::new("langfuse.user.id", user.clone()));
+        a.push(kv_str("user.id", user.as_str()));
+        a.push(kv_str("langfuse.user.id", user.as_str()));
     }
-    a.push(KeyValue::new(
-        "langfuse.observation.model.name",
-        g.model.clone(),
-    ));
+    a.push(kv_str("langfuse.observation.model.name", clean(&g.model)));
     if let Some(parameters) = g.parameters {
-        a.push(KeyValue::new(
-            "langfuse.observation.model.parameters",
-            parameters,
-        ));
+        a.push(kv_str("langfuse.observation.model.parameters", parameters));
     }
     if let Some(usage) = g.usage_details {
-        a.push(KeyValue::new("langfuse.observation.usage_details", usage));
+        a.push(kv_str("langfuse.observation.usage_details", usage));
     }
     if let Some(cost) = g.cost_details {
-        a.push(KeyValue::new("langfuse.observation.cost_details", cost));
+        a.push(kv_str("langfuse.observation.cost_details", cost));
     }
     if let Some(first) = record.first_token_at.or(match record.outcome {
         // A whole answer's first token came with its headers.
         crate::record::Outcome::Success if !record.stream => record.response_started_at,
         _ => None,
     }) {
-        a.push(KeyValue::new(
+        a.push(kv_str(
             "langfuse.observation.completion_start_time",
             rfc3339_millis(first),
         ));
     }
     if let Some(input) = g.input {
-        a.push(KeyValue::new("langfuse.observation.input", input));
+        a.push(kv_str("langfuse.observation.input", input));
     }
     if let Some(output) = g.output {
-        a.push(KeyValue::new("langfuse.observation.output", output));
+        a.push(kv_str("langfuse.observation.output", output));
     }
     // DEFAULT is Langfuse's own default: only a warning or an error is sent.
     if g.level != Level::Default {
-        a.push(KeyValue::new(
-            "langfuse.observation.level",
-            g.level.as_str(),
-        ));
+        a.push(kv_str("langfuse.observation.level", g.level.as_str()));
     }
     if let Some(message) = &g.status_message {
-        a.push(KeyValue::new(
+        a.push(kv_str(
             "langfuse.observation.status_message",
-            message.clone(),
+            message.as_str(),
         ));
     }
     // One JSON attribute; the request id is the trace id and the provider the tag.
@@ -762,87 +825,118 @@ pub fn span_attributes(
         usage_partial: record.usage_partial(),
     };
     if let Ok(metadata) = serde_json::to_string(&metadata) {
-        a.push(KeyValue::new("langfuse.trace.metadata", metadata));
+        a.push(kv_str("langfuse.trace.metadata", clean(&metadata)));
     }
     // OpenTelemetry GenAI conventions, for any OTLP backend.
-    a.push(KeyValue::new("gen_ai.operation.name", g.operation));
-    a.push(KeyValue::new(
-        "gen_ai.provider.name",
-        record.provider.clone(),
-    ));
-    a.push(KeyValue::new(
+    a.push(kv_str("gen_ai.operation.name", g.operation.into_owned()));
+    a.push(kv_str("gen_ai.provider.name", clean(&record.provider)));
+    a.push(kv_str(
         "gen_ai.request.model",
-        record.upstream_model.clone(),
+        clean(&record.upstream_model),
     ));
     for (key, value) in g.request_attributes {
         a.push(match value {
-            ParamValue::Int(v) => KeyValue::new(key, v),
-            ParamValue::Float(v) => KeyValue::new(key, v),
-            ParamValue::Strings(v) => KeyValue::new(
-                key,
-                Value::Array(Array::String(
-                    v.into_iter().map(StringValue::from).collect(),
-                )),
-            ),
+            ParamValue::Int(v) => kv_int(key, v),
+            ParamValue::Float(v) => kv(key, any_value::Value::DoubleValue(v)),
+            ParamValue::Strings(v) => kv_strings(key, v.iter().map(|s| clean(s))),
         });
     }
     if let Some(model) = &record.response.model {
-        a.push(KeyValue::new("gen_ai.response.model", model.clone()));
+        a.push(kv_str("gen_ai.response.model", clean(model)));
     }
     if let Some(id) = &record.response.id {
-        a.push(KeyValue::new("gen_ai.response.id", id.clone()));
+        a.push(kv_str("gen_ai.response.id", clean(id)));
     }
     if let Some(reason) = &record.response.finish_reason {
-        a.push(KeyValue::new(
+        a.push(kv_strings(
             "gen_ai.response.finish_reasons",
-            Value::Array(Array::String(vec![StringValue::from(reason.clone())])),
+            [clean(reason)],
         ));
     }
     if let Some(usage) = &record.response.usage {
-        a.push(KeyValue::new(
+        a.push(kv_int(
             "gen_ai.usage.input_tokens",
-            usage.input as i64,
+            i64::try_from(usage.input).unwrap_or(i64::MAX),
         ));
-        a.push(KeyValue::new(
+        a.push(kv_int(
             "gen_ai.usage.output_tokens",
-            usage.output as i64,
+            i64::try_from(usage.output).unwrap_or(i64::MAX),
         ));
     }
     if let Some(status) = record.status {
-        a.push(KeyValue::new(
-            "http.response.status_code",
-            i64::from(status),
-        ));
+        a.push(kv_int("http.response.status_code", i64::from(status)));
     }
     let error = match g.level {
         Level::Error => {
-            a.push(KeyValue::new("error.type", record.outcome.as_str()));
+            a.push(kv_str("error.type", record.outcome.as_str()));
             g.status_message
         }
         Level::Default | Level::Warning => None,
     };
-    // The generation's texts are redacted already; this sweep covers every other attribute
-    // (model names, parameters as gen_ai.request.*, metadata) so nothing slips through.
-    for kv in &mut a {
-        redact_value(&mut kv.value, &redactor);
-    }
     (a, error)
 }
 
-fn redact_value(value: &mut Value, redactor: &RequestRedactor<'_>) {
-    match value {
-        Value::String(s) => {
-            if let std::borrow::Cow::Owned(clean) = redactor.redact(s.as_str()) {
-                *s = StringValue::from(clean);
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+    fn span(name: &str) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: name.to_owned(),
+            attributes: vec![kv_str("k", "v"), kv_int("n", 7)],
+            ..Default::default()
         }
-        Value::Array(Array::String(items)) => {
-            for item in items {
-                if let std::borrow::Cow::Owned(clean) = redactor.redact(item.as_str()) {
-                    *item = StringValue::from(clean);
-                }
-            }
+    }
+
+    #[test]
+    fn hand_framed_requests_decode_as_otlp() {
+        let mut batch = SpanBatch::default();
+        for name in ["a", "b"] {
+            batch.bytes.push(len_tag(2));
+            span(name)
+                .encode_length_delimited(&mut batch.bytes)
+                .expect("encode");
+            batch.count += 1;
         }
-        _ => {}
+        let resource = Resource {
+            attributes: vec![kv_str("service.name", "llmsrouter")],
+            ..Default::default()
+        };
+        let scope = InstrumentationScope {
+            name: SCOPE_NAME.to_owned(),
+            version: "1".to_owned(),
+            ..Default::default()
+        };
+        let stopping = CancellationToken::new();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _guard = runtime.enter();
+        let exporter = Exporter {
+            stats: Arc::new(DestinationStats::new("t", 10, 1000)),
+            transport: OtlpTransport::new(
+                "t",
+                &[],
+                RetryPolicy::default(),
+                stopping,
+                Arc::default(),
+            )
+            .expect("transport"),
+            endpoint: http::Uri::from_static("http://127.0.0.1:9/v1/traces"),
+            resource: resource.encode_to_vec(),
+            scope: scope.encode_to_vec(),
+        };
+        let body = exporter.request_body(&batch);
+        let decoded = ExportTraceServiceRequest::decode(body.as_slice()).expect("valid OTLP");
+        assert_eq!(decoded.resource_spans.len(), 1);
+        let rs = &decoded.resource_spans[0];
+        assert_eq!(rs.resource.as_ref(), Some(&resource));
+        assert_eq!(rs.scope_spans.len(), 1);
+        assert_eq!(rs.scope_spans[0].scope.as_ref(), Some(&scope));
+        assert_eq!(rs.scope_spans[0].spans, vec![span("a"), span("b")]);
     }
 }

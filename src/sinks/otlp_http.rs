@@ -1,8 +1,8 @@
-//! The HTTP transport under the OpenTelemetry OTLP span exporter: sends one export request
-//! to one destination with that destination's own headers, retrying 429, 5xx and network
-//! errors with exponential backoff (honouring `Retry-After`).
+//! The HTTP transport of the span exporter: sends one OTLP export request to one destination
+//! with that destination's own headers, retrying 429, 5xx and network errors with
+//! exponential backoff (honouring `Retry-After`).
 //!
-//! It runs on the exporter's background thread and the tokio runtime, never on a request.
+//! It runs on the tokio runtime, in the exporter's tasks, never on a request.
 //! It sends only the headers its destination was configured with (plus the body's content
 //! type and encoding), so headers meant for one backend (`OTEL_EXPORTER_OTLP_HEADERS`, which
 //! the OTLP crate also reads) never reach another, and it never logs a header value.
@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use opentelemetry_http::{HttpClient, HttpError, Request, Response};
+use http::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
 use crate::secret::Secret;
@@ -126,9 +125,13 @@ impl OtlpTransport {
     }
 }
 
-#[async_trait]
-impl HttpClient for OtlpTransport {
-    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+/// Why an export could not be sent (after every retry); no URL, no header value.
+pub type HttpError = Box<dyn std::error::Error + Send + Sync>;
+
+impl OtlpTransport {
+    /// Sends one export request; the answer (an error status included) or the last network
+    /// error once the attempts or the time budget are spent.
+    pub async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         let (parts, body) = request.into_parts();
         let mut headers = (*self.headers).clone();
         for name in [CONTENT_TYPE, CONTENT_ENCODING] {
