@@ -190,3 +190,40 @@ async fn healthcheck_probes_a_running_router() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("/health"), "{stderr}");
 }
+
+/// The Python version's `.env`, byte for byte: quoted values and emoji in comments.
+const PYTHON_DOT_ENV: &str = "LANGFUSE_SECRET_KEY=\"sk-lf-...\"\nLANGFUSE_PUBLIC_KEY=\"pk-lf-...\"\n# 🇪🇺 EU region\nLANGFUSE_HOST=\"https://cloud.langfuse.com\"\n# 🇺🇸 US region\n# LANGFUSE_HOST=\"https://us.cloud.langfuse.com\"\n# self-host\n# LANGFUSE_HOST=\"http://<YOUR_LANGFUSE_SERVER>:3000\"\n\nENABLE_ACCOUNT_MANAGEMENT=\"false\"";
+
+#[tokio::test]
+async fn the_python_versions_dot_env_loads_unchanged() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join(".env"), PYTHON_DOT_ENV).expect("env");
+    std::fs::write(dir.path().join("config.yaml"), PYTHON_TEMPLATE).expect("config");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("account management off"), "{stdout}");
+    assert!(
+        stdout.contains("cloud.langfuse.com"),
+        "quoted values are unquoted: {stdout}"
+    );
+    assert!(
+        !stdout.contains("sk-lf-") && !stderr.contains("sk-lf-"),
+        "keys never printed"
+    );
+
+    // Serving with it: quoted "false" turns accounts off. The real environment wins over
+    // .env, so tracing goes to a closed local port instead of Langfuse Cloud.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_url = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let router = RouterProcess::start_in(dir, &[("LANGFUSE_HOST", &closed_url)]);
+    let response = client()
+        .post(router.url(&format!("/v1/chat/completions?proxy={}", upstream.origin())))
+        .json(&json!({"model": "m", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200, "no key needed: accounts are off");
+    assert!(router.stderr().contains(&closed_url), "{}", router.stderr());
+}
