@@ -32,6 +32,9 @@ pub enum Route {
     GetModel(String),
     /// Any other path: proxied when POSTed; the path after `/v1`.
     Upstream(String),
+    /// A path with a `.` or `..` segment (raw or percent-encoded): refused, since the upstream
+    /// URL would resolve it and leave the configured base path, with the provider's key.
+    DotSegment,
 }
 
 /// Collapses repeated slashes, drops a trailing slash and a leading `/v1` segment.
@@ -53,8 +56,24 @@ pub fn normalize_path(raw: &str) -> String {
     out
 }
 
+/// Whether a path segment is `.` or `..`, also when percent-encoded (`%2e`, `.%2E`, ...).
+fn is_dot_segment(segment: &str) -> bool {
+    if segment.len() > 6
+        || !segment
+            .bytes()
+            .all(|b| b == b'.' || b == b'%' || b == b'2' || b.eq_ignore_ascii_case(&b'e'))
+    {
+        return false;
+    }
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+    decoded == "." || decoded == ".."
+}
+
 impl Route {
     pub fn of(raw_path: &str) -> Self {
+        if raw_path.split('/').any(is_dot_segment) {
+            return Self::DotSegment;
+        }
         let path = normalize_path(raw_path);
         match path.as_str() {
             "/health" => Self::Health,
@@ -74,8 +93,15 @@ impl Route {
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let route = Route::of(parts.uri.path());
-    if let Route::Health = route {
-        return health(&parts.method);
+    match route {
+        Route::Health => return health(&parts.method),
+        Route::DotSegment => {
+            return ProxyError::InvalidRequest(
+                "the path has a \".\" or \"..\" segment; send the plain path, e.g. /v1/chat/completions".into(),
+            )
+            .into_response();
+        }
+        _ => {}
     }
     let caller = match authenticate(state.keys.as_ref(), &parts.headers) {
         Ok(caller) => caller,

@@ -47,9 +47,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reads `./.env` into the environment; real variables win. A missing file is normal.
+/// Reads `./.env` (the working directory's, not a parent's) into the environment; real
+/// variables win. A missing file is normal.
 fn load_dotenv() -> Result<(), String> {
-    match dotenvy::dotenv() {
+    // Only the working directory's: `dotenvy::dotenv()` would also search every parent
+    // directory and apply another project's settings.
+    match dotenvy::from_path(".env") {
         Ok(_) => Ok(()),
         Err(e) if e.not_found() => Ok(()),
         Err(e) => Err(format!(".env: {e}")),

@@ -368,11 +368,11 @@ fn deliver(mut record: RequestRecord, sinks: &[Arc<dyn RecordSink>]) {
     }
 }
 
-/// Non-stream bodies are parsed here, on the recorder task, not while the client waits.
+/// Whole (non-streamed) answers are parsed here, on the recorder task, not while the client
+/// waits.
 fn complete_summary(record: &mut RequestRecord) {
-    if record.stream {
-        return;
-    }
+    // A whole body is read whatever the request asked for: an upstream may answer a stream
+    // request with one JSON document. A streamed answer has no body; the tee read it.
     if let Some(body) = &record.response_body {
         if record.status.is_some_and(|s| (200..300).contains(&s)) {
             if let Some(summary) = summarize_json_body(body) {

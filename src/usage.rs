@@ -55,7 +55,9 @@ impl Usage {
         let mut input = input.unwrap_or(0);
         // Anthropic-style counts leave cache reads and writes out of input_tokens.
         if raw.cache_read_input_tokens.is_some() && raw.prompt_tokens.is_none() {
-            input += cache_read + cache_creation;
+            input = input
+                .saturating_add(cache_read)
+                .saturating_add(cache_creation);
         }
         let output = output.unwrap_or(0);
         let cost = raw
@@ -65,7 +67,7 @@ impl Usage {
         Some(Self {
             input,
             output,
-            total: total.unwrap_or(input + output),
+            total: total.unwrap_or(input.saturating_add(output)),
             cached_input: cache_read,
             cache_creation_input: cache_creation,
             reasoning,
@@ -267,7 +269,7 @@ impl FastBody<'_> {
                     Some(Usage {
                         input,
                         output,
-                        total: u.total_tokens.unwrap_or(input + output),
+                        total: u.total_tokens.unwrap_or(input.saturating_add(output)),
                         cached_input: prompt
                             .and_then(|d| d.cached_tokens)
                             .or(u.prompt_cache_hit_tokens)
@@ -921,6 +923,15 @@ mod tests {
             let mut acc = StreamAccumulator::default();
             let _ = acc.push_data(&data);
             let _ = summarize_body(&data);
+        }
+
+        #[test]
+        fn huge_counts_saturate_instead_of_overflowing(p in (u64::MAX - 10)..=u64::MAX, c in 0u64..100) {
+            let body = json!({"choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c}}).to_string();
+            let u = summarize_body(body.as_bytes()).usage.expect("usage");
+            prop_assert_eq!(u.total, p.saturating_add(c));
+            let vendor = json!({"usage": {"input_tokens": p, "cache_read_input_tokens": p, "cache_creation_input_tokens": c}}).to_string();
+            prop_assert_eq!(summarize_body(vendor.as_bytes()).usage.map(|u| u.input), Some(u64::MAX));
         }
 
         #[test]

@@ -91,8 +91,8 @@ async fn forward_inner(
     let (timeout, stream_usage) = target
         .server
         .map_or((DEFAULT_TIMEOUT, true), |s| (s.timeout, s.stream_usage));
-    let (upstream_body, injected_usage) =
-        view.rewrite(&body, &target.upstream_model, view.stream && stream_usage);
+    let inject_usage = view.stream && stream_usage && takes_stream_options(incoming.path);
+    let (upstream_body, injected_usage) = view.rewrite(&body, &target.upstream_model, inject_usage);
     let url = routing::request_url(&target.base, incoming.path, incoming.query);
     let upstream_headers = headers::upstream_headers(incoming.headers, &target);
 
@@ -150,6 +150,14 @@ async fn forward_inner(
         ));
     }
     Ok(whole_response(upstream, deadline, &target, timeout, guard, &request_id).await)
+}
+
+/// Whether an endpoint takes OpenAI's `stream_options.include_usage`. Only chat and legacy
+/// completions define it; the Responses API reports usage in its own events and its
+/// `stream_options` has no such field, and strict upstreams (Anthropic's `/v1/messages`,
+/// pydantic servers) reject unknown fields, so nothing is added anywhere else.
+fn takes_stream_options(path: &str) -> bool {
+    matches!(path, "/chat/completions" | "/completions")
 }
 
 /// A UUIDv7 (time-ordered, so ids sort by arrival in logs and the ledger). Its random part

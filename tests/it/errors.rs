@@ -312,3 +312,51 @@ async fn unknown_routes_and_methods_get_openai_shaped_errors() {
     assert_eq!(status, 404);
     router.stop().await;
 }
+
+/// Sends raw HTTP/1.1, so the path reaches the router exactly as written (clients built on the
+/// WHATWG URL rules would resolve dot segments themselves).
+async fn raw_post(addr: std::net::SocketAddr, path: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    answer
+}
+
+#[tokio::test]
+async fn dot_segments_cannot_escape_the_configured_base_path() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(
+        &format!("{}/api/v3", upstream.origin()),
+        "",
+    ))
+    .await;
+    for path in [
+        "/v1/chat/../../../admin/secret",
+        "/v1/%2e%2e/%2E%2e/tenant-b/v1/chat/completions",
+        "/v1/./chat/completions",
+    ] {
+        let answer = raw_post(router.addr, path, r#"{"model":"[mock]m"}"#).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(answer.contains("\"code\":\"invalid_request\""), "{answer}");
+    }
+    assert_eq!(
+        upstream.count(),
+        0,
+        "nothing reached the upstream, with or without its key"
+    );
+    let answer = raw_post(
+        router.addr,
+        "/v1/chat/completions",
+        r#"{"model":"[mock]m"}"#,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(upstream.last().path, "/api/v3/chat/completions");
+    router.stop().await;
+}

@@ -421,3 +421,66 @@ async fn a_stream_request_answered_with_an_error_is_relayed_whole() {
     assert_eq!(record.error.as_deref(), Some("Rate limit reached"));
     router.stop().await;
 }
+
+#[tokio::test]
+async fn usage_is_asked_for_on_chat_and_completions_only() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for (path, injected) in [
+        ("/v1/chat/completions", true),
+        ("/v1/completions", true),
+        ("/v1/responses", false),
+        ("/v1/messages", false),
+    ] {
+        let body = r#"{"model":"[mock]m","stream":true,"input":"hi"}"#;
+        let response = client()
+            .post(router.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        let _ = response.bytes().await;
+        let sent = upstream.last();
+        assert_eq!(sent.path, format!("/v1{}", &path[3..]));
+        if injected {
+            assert_eq!(
+                sent.json()["stream_options"],
+                json!({"include_usage": true}),
+                "{path}"
+            );
+        } else {
+            assert_eq!(
+                sent.body, r#"{"model":"m","stream":true,"input":"hi"}"#,
+                "{path}: body unchanged but the model"
+            );
+        }
+    }
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_request_answered_with_one_json_body_is_still_recorded() {
+    let upstream = MockUpstream::start(Behavior {
+        never_stream: true,
+        model: "m-1".into(),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&stream_request("[mock]m"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let text = response.text().await.expect("body");
+    assert_eq!(text, crate::support::upstream::chat_completion("m-1"));
+    let record = router.records.nth(1).await;
+    assert!(record.stream);
+    assert_eq!(record.response.model.as_deref(), Some("m-1"));
+    assert_eq!(record.response.usage.as_ref().map(|u| u.output), Some(2));
+    assert!(record.response_is_json);
+    router.stop().await;
+}

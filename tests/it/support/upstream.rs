@@ -63,6 +63,8 @@ pub struct Behavior {
     pub model: String,
     /// Answer for `GET .../models`.
     pub models_body: Option<String>,
+    /// Answer with one whole body even when the request asks to stream.
+    pub never_stream: bool,
     /// Status for `GET .../models`; `None`: `status`.
     pub models_status: Option<u16>,
     /// Extra delay before answering `GET .../models`.
@@ -89,6 +91,7 @@ impl Default for Behavior {
             raw_chunks: None,
             model: "mock-model-2024".into(),
             models_body: None,
+            never_stream: false,
             models_status: None,
             models_delay: Duration::ZERO,
             models_gate: None,
@@ -259,7 +262,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     }
     let request_json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let wants_stream = request_json["stream"] == serde_json::Value::Bool(true);
-    if !wants_stream || !(200..300).contains(&behavior.status) {
+    if !wants_stream || behavior.never_stream || !(200..300).contains(&behavior.status) {
         let body = behavior
             .body
             .clone()
