@@ -134,12 +134,15 @@ async fn forward_inner(
         record.status = Some(status.as_u16());
     }
 
-    let is_event_stream = view.stream && status.is_success() && !is_json(upstream.headers());
-    if is_event_stream {
+    // A stream request answered 2xx with anything but one JSON document is relayed as it
+    // arrives: through the SSE tee when it is SSE, passed through unread otherwise.
+    let streamed = view.stream && status.is_success() && !is_json(upstream.headers());
+    if streamed {
         let settings = StreamSettings {
             keepalive: state.keepalive_interval,
             idle_timeout: timeout,
             drop_usage_chunk: injected_usage,
+            sse: is_event_stream(upstream.headers()),
         };
         return Ok(stream_response(
             state,
@@ -278,6 +281,17 @@ fn is_json(headers: &HeaderMap) -> bool {
         })
 }
 
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
 /// A router error after the target was known: recorded, then answered.
 fn fail(mut guard: RecordGuard, error: ProxyError, request_id: &str) -> Response {
     tracing::warn!(request_id, code = error.code(), "{error}");
@@ -345,7 +359,9 @@ fn stream_response(
 ) -> Response {
     let status = upstream.status();
     let mut headers = headers::downstream_headers(upstream.headers());
-    headers::set_stream_headers(&mut headers);
+    if settings.sse {
+        headers::set_stream_headers(&mut headers);
+    }
     let body = upstream.bytes_stream().boxed();
     let tee = StreamTee::new(body, settings, guard, state.hard_stop.clone());
     let mut response = Response::new(Body::from_stream(tee));

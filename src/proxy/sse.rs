@@ -10,29 +10,73 @@ use bytes::{Bytes, BytesMut};
 
 #[derive(Debug, Default)]
 pub struct EventSplitter {
-    pending: Bytes,
+    pending: Pending,
     /// Offset in `pending` of the start of the line being scanned.
     line_start: usize,
     /// Offset in `pending` up to which terminators have been looked for.
     scanned: usize,
 }
 
+/// What waits to be cut. Usually a chunk of the upstream's, shared as it is; once an event
+/// spans chunks, an owned buffer that later chunks are appended to (amortized: an event
+/// arriving in many small chunks is not copied again for each one).
+#[derive(Debug, Default)]
+enum Pending {
+    #[default]
+    Empty,
+    Shared(Bytes),
+    Owned(BytesMut),
+}
+
+impl Pending {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Empty => &[],
+            Self::Shared(b) => b,
+            Self::Owned(b) => b,
+        }
+    }
+
+    fn split_to(&mut self, end: usize) -> Bytes {
+        let (event, empty) = match self {
+            Self::Empty => return Bytes::new(),
+            Self::Shared(b) => (b.split_to(end), b.is_empty()),
+            Self::Owned(b) => (b.split_to(end).freeze(), b.is_empty()),
+        };
+        if empty {
+            *self = Self::Empty;
+        }
+        event
+    }
+}
+
 impl EventSplitter {
     /// Adds bytes from upstream. Copies only when an incomplete event is already waiting.
     pub fn push(&mut self, chunk: Bytes) {
-        if self.pending.is_empty() {
-            self.pending = chunk;
-        } else {
-            let mut joined = BytesMut::with_capacity(self.pending.len() + chunk.len());
-            joined.extend_from_slice(&self.pending);
-            joined.extend_from_slice(&chunk);
-            self.pending = joined.freeze();
-        }
+        self.pending = match std::mem::take(&mut self.pending) {
+            Pending::Empty => Pending::Shared(chunk),
+            Pending::Shared(waiting) => {
+                let mut joined =
+                    BytesMut::with_capacity((waiting.len() + chunk.len()).max(2 * waiting.len()));
+                joined.extend_from_slice(&waiting);
+                joined.extend_from_slice(&chunk);
+                Pending::Owned(joined)
+            }
+            Pending::Owned(mut waiting) => {
+                waiting.extend_from_slice(&chunk);
+                Pending::Owned(waiting)
+            }
+        };
+    }
+
+    /// Bytes waiting for the end of their event.
+    pub fn pending_len(&self) -> usize {
+        self.pending.as_slice().len()
     }
 
     /// The next complete event, its terminating blank line included.
     pub fn next_event(&mut self) -> Option<Bytes> {
-        let buf = &self.pending[..];
+        let buf = self.pending.as_slice();
         let mut pos = self.scanned.max(self.line_start);
         while let Some(offset) = memchr::memchr2(b'\n', b'\r', &buf[pos..]) {
             let at = pos + offset;
@@ -66,11 +110,15 @@ impl EventSplitter {
     pub fn take_rest(&mut self) -> Bytes {
         self.line_start = 0;
         self.scanned = 0;
-        std::mem::take(&mut self.pending)
+        match std::mem::take(&mut self.pending) {
+            Pending::Empty => Bytes::new(),
+            Pending::Shared(b) => b,
+            Pending::Owned(b) => b.freeze(),
+        }
     }
 
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        self.pending_len() > 0
     }
 }
 

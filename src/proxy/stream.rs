@@ -34,7 +34,15 @@ pub struct StreamSettings {
     pub idle_timeout: Duration,
     /// The router asked for `include_usage`; the usage-only chunk is not the client's.
     pub drop_usage_chunk: bool,
+    /// The upstream answered `text/event-stream`. Otherwise (NDJSON, say) the body passes
+    /// through chunk by chunk, unread: no event splitting, no keep-alive comments, and a
+    /// failure aborts the body instead of adding an SSE error event it could not parse.
+    pub sse: bool,
 }
+
+/// Longest SSE event held while waiting for its blank line. An upstream that never ends an
+/// event must not make the router buffer without limit.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
 const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
 
@@ -129,8 +137,19 @@ impl StreamTee {
         kind
     }
 
-    /// Ends the stream with one error event, after whatever whole events were forwarded.
-    fn fail(&mut self, message: String, code: &'static str) -> Bytes {
+    /// Ends the stream after a failure: with one SSE error event, after whatever whole events
+    /// were forwarded; a body that is not SSE is aborted instead (the client sees an
+    /// incomplete body rather than bytes it cannot parse).
+    fn fail(&mut self, message: String, code: &'static str) -> Result<Bytes, std::io::Error> {
+        if !self.settings.sse {
+            self.state = State::Ending;
+            self.finish(Outcome::StreamFailed, Some(message.clone()));
+            return Err(std::io::Error::other(message));
+        }
+        Ok(self.fail_with_event(message, code))
+    }
+
+    fn fail_with_event(&mut self, message: String, code: &'static str) -> Bytes {
         self.upstream = None;
         self.state = State::Ending;
         let body = error_body(&message, "upstream_error", Some(code));
@@ -157,7 +176,10 @@ impl StreamTee {
 
     /// Upstream is quiet: a keep-alive comment when due, the idle failure when over, else
     /// re-arm the timer for whichever comes first.
-    fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    fn poll_silence(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, std::io::Error>>> {
         loop {
             let now = Instant::now();
             let idle_deadline = self.last_upstream + self.settings.idle_timeout;
@@ -173,12 +195,17 @@ impl StreamTee {
             let keepalive_deadline =
                 self.last_upstream.max(self.last_keepalive) + self.settings.keepalive;
             // A comment between events only: never in the middle of a half-received event,
-            // since everything forwarded so far ends on an event boundary.
-            if now >= keepalive_deadline {
+            // since everything forwarded so far ends on an event boundary. Never in a body
+            // that is not SSE.
+            if self.settings.sse && now >= keepalive_deadline {
                 self.last_keepalive = now;
-                return Poll::Ready(Some(Bytes::from_static(KEEPALIVE_COMMENT)));
+                return Poll::Ready(Some(Ok(Bytes::from_static(KEEPALIVE_COMMENT))));
             }
-            let next = idle_deadline.min(keepalive_deadline);
+            let next = if self.settings.sse {
+                idle_deadline.min(keepalive_deadline)
+            } else {
+                idle_deadline
+            };
             if self.timer.deadline() != next {
                 self.timer.as_mut().reset(next);
             }
@@ -218,8 +245,18 @@ impl Stream for StreamTee {
             match upstream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     this.last_upstream = Instant::now();
+                    if !this.settings.sse {
+                        return Poll::Ready(Some(Ok(chunk)));
+                    }
                     if let Some(bytes) = this.forward_chunk(chunk) {
                         return Poll::Ready(Some(Ok(bytes)));
+                    }
+                    if this.splitter.pending_len() > MAX_EVENT_BYTES {
+                        let message = format!(
+                            "the upstream sent over {} MiB without ending an SSE event; the stream was cut",
+                            MAX_EVENT_BYTES / (1024 * 1024)
+                        );
+                        return Poll::Ready(Some(this.fail(message, "upstream_unreachable")));
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -227,7 +264,7 @@ impl Stream for StreamTee {
                         "the upstream connection failed mid-stream: {}",
                         crate::proxy::describe_reqwest_error(&e)
                     );
-                    return Poll::Ready(Some(Ok(this.fail(message, "upstream_unreachable"))));
+                    return Poll::Ready(Some(this.fail(message, "upstream_unreachable")));
                 }
                 Poll::Ready(None) => {
                     // The upstream ended without [DONE]: pass on any unterminated tail as is.
@@ -244,15 +281,85 @@ impl Stream for StreamTee {
                 Poll::Pending => {
                     if this.hard_stop.as_mut().poll(cx).is_ready() {
                         let message = "the router is shutting down; the stream was cut".to_owned();
-                        return Poll::Ready(Some(Ok(this.fail(message, "server_shutting_down"))));
+                        return Poll::Ready(Some(this.fail(message, "server_shutting_down")));
                     }
-                    return match this.poll_silence(cx) {
-                        Poll::Ready(Some(bytes)) => Poll::Ready(Some(Ok(bytes))),
-                        Poll::Ready(None) => Poll::Ready(None),
-                        Poll::Pending => Poll::Pending,
-                    };
+                    return this.poll_silence(cx);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Recorder, RequestRecord};
+    use futures_util::StreamExt as _;
+
+    fn guard() -> RecordGuard {
+        let record = RequestRecord {
+            request_id: "r".into(),
+            user: None,
+            provider: "p".into(),
+            alias: None,
+            mode: crate::routing::RouteMode::Alias,
+            endpoint: "/chat/completions".into(),
+            requested_model: "m".into(),
+            upstream_model: "m".into(),
+            stream: true,
+            request_body: Bytes::new(),
+            started_at: std::time::SystemTime::now(),
+            response_started_at: None,
+            first_token_at: None,
+            ended_at: std::time::SystemTime::now(),
+            status: Some(200),
+            outcome: Outcome::ClientDisconnected,
+            error: None,
+            response_body: None,
+            response_is_json: false,
+            response: Default::default(),
+            complete: false,
+            client_key: None,
+            bodies_dropped: false,
+            body_ticket: Default::default(),
+        };
+        RecordGuard::new(record, Recorder::disabled())
+    }
+
+    #[tokio::test]
+    async fn an_event_that_never_ends_is_cut_at_the_limit() {
+        let chunk = Bytes::from(vec![b'x'; 1024 * 1024]);
+        let first = Bytes::from_static(b"data: {\"a\":1}\n\n");
+        let endless = futures_util::stream::iter(
+            std::iter::once(first.clone())
+                .chain(std::iter::repeat_n(
+                    chunk,
+                    MAX_EVENT_BYTES / (1024 * 1024) + 2,
+                ))
+                .map(Ok::<_, reqwest::Error>),
+        );
+        let settings = StreamSettings {
+            keepalive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            drop_usage_chunk: false,
+            sse: true,
+        };
+        let tee = StreamTee::new(
+            Box::pin(endless),
+            settings,
+            guard(),
+            CancellationToken::new(),
+        );
+        let out: Vec<Bytes> = tee
+            .map(|item| item.expect("sse failures are events"))
+            .collect()
+            .await;
+        assert_eq!(out[0], first, "whole events before the endless one pass");
+        assert_eq!(out.len(), 2);
+        let error = std::str::from_utf8(&out[1]).expect("utf8");
+        assert!(
+            error.starts_with("data: {\"error\"") && error.contains("MiB"),
+            "{error}"
+        );
     }
 }

@@ -484,3 +484,53 @@ async fn a_stream_request_answered_with_one_json_body_is_still_recorded() {
     assert!(record.response_is_json);
     router.stop().await;
 }
+
+#[tokio::test]
+async fn a_streamed_answer_that_is_not_sse_passes_through_as_it_arrives() {
+    let lines: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            format!(
+                "{{\"message\":{{\"content\":\"part{i}\"}},\"done\":{}}}\n",
+                i == 2
+            )
+            .into_bytes()
+        })
+        .collect();
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(lines.clone()),
+        chunk_delay: Duration::from_millis(300),
+        stream_content_type: Some("application/x-ndjson".into()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start_with(&one_server_config(&upstream.url(), ""), |state| {
+        state.keepalive_interval = Duration::from_millis(100);
+    })
+    .await;
+    let response = client()
+        .post(router.url("/v1/api/chat"))
+        .json(&stream_request("[mock]llama3"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let (pieces, text) = read_timed(response).await;
+    assert_eq!(
+        text.as_bytes(),
+        lines.concat(),
+        "unchanged, no keep-alive comments"
+    );
+    assert!(
+        pieces.len() >= 3,
+        "each line is forwarded on its own: {}",
+        pieces.len()
+    );
+    let gap = pieces[pieces.len() - 1].0 - pieces[0].0;
+    assert!(
+        gap >= Duration::from_millis(450),
+        "not held until the end: {gap:?}"
+    );
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    router.stop().await;
+}

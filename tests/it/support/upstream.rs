@@ -65,6 +65,8 @@ pub struct Behavior {
     pub models_body: Option<String>,
     /// Answer with one whole body even when the request asks to stream.
     pub never_stream: bool,
+    /// Content type of a streamed answer (default `text/event-stream`).
+    pub stream_content_type: Option<String>,
     /// Status for `GET .../models`; `None`: `status`.
     pub models_status: Option<u16>,
     /// Extra delay before answering `GET .../models`.
@@ -92,6 +94,7 @@ impl Default for Behavior {
             model: "mock-model-2024".into(),
             models_body: None,
             never_stream: false,
+            stream_content_type: None,
             models_status: None,
             models_delay: Duration::ZERO,
             models_gate: None,
@@ -282,9 +285,13 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         include_usage || behavior.usage_always,
         shared.clone(),
     );
+    let content_type = behavior
+        .stream_content_type
+        .as_deref()
+        .unwrap_or("text/event-stream");
     respond(
         status,
-        "text/event-stream",
+        content_type,
         &behavior.headers,
         Body::from_stream(stream),
     )
