@@ -42,6 +42,9 @@ pub enum ProxyError {
     /// The upstream did not answer within `timeout_secs`.
     #[error("{0}")]
     UpstreamTimeout(String),
+    /// Shutdown's grace period ended while the request still waited for its upstream.
+    #[error("{0}")]
+    ShuttingDown(String),
 }
 
 impl ProxyError {
@@ -55,6 +58,7 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -71,6 +75,7 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
             Self::UpstreamTimeout(_) => "upstream_timeout",
+            Self::ShuttingDown(_) => "server_shutting_down",
         }
     }
 
@@ -80,6 +85,7 @@ impl ProxyError {
             Self::InvalidApiKey(_) => "authentication_error",
             Self::ProviderForbidden(_) | Self::UrlTargetForbidden(_) => "permission_error",
             Self::UpstreamUnreachable(_) | Self::UpstreamTimeout(_) => "upstream_error",
+            Self::ShuttingDown(_) => "server_error",
             _ => "invalid_request_error",
         }
     }

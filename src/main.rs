@@ -92,6 +92,10 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
     }
 }
 
+/// How long shutdown waits, after the server stopped, for the last requests to hand over
+/// their records (they were cut when the grace period ended, so this is short).
+const RECORDS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let env = EnvSettings::from_env()?;
     for warning in &env.warnings {
@@ -122,7 +126,7 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
             let (recorder, task) = Recorder::start(sinks);
             (recorder, Some(task))
         };
-        let mut state = AppState::new(config, client, recorder);
+        let mut state = AppState::new(config, client, recorder.clone());
         if let Some(index) = users_index {
             state.keys = Some(index);
         }
@@ -139,7 +143,11 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(task) = users_task {
             task.shutdown().await;
         }
-        // Every record is handed over by now; flush the ledger, the log and the traces.
+        // Requests cut at the end of the grace period hand over their records now; then the
+        // ledger, the log and the traces are flushed.
+        if !recorder.wait_idle(RECORDS_WAIT).await {
+            tracing::warn!("some requests were still under way at exit; their records are lost");
+        }
         if let Some(task) = recorder_task {
             task.shutdown().await;
         }

@@ -197,6 +197,9 @@ pub struct Recorder {
 
 struct RecorderInner {
     tx: Option<mpsc::Sender<RequestRecord>>,
+    /// Record guards alive (requests under way); shutdown waits for them before the sinks
+    /// are flushed, so no record is handed over after its sinks closed.
+    live: AtomicUsize,
     /// Bytes of bodies held by submitted records not yet released by every sink.
     body_bytes: Arc<AtomicUsize>,
     body_budget: usize,
@@ -217,6 +220,7 @@ impl Recorder {
         Self {
             inner: Arc::new(RecorderInner {
                 tx: None,
+                live: AtomicUsize::new(0),
                 body_bytes: Arc::default(),
                 body_budget: BODY_BUDGET,
                 bodies_dropped: AtomicU64::new(0),
@@ -244,6 +248,7 @@ impl Recorder {
         let recorder = Self {
             inner: Arc::new(RecorderInner {
                 tx: Some(tx),
+                live: AtomicUsize::new(0),
                 body_bytes: Arc::default(),
                 body_budget,
                 bodies_dropped: AtomicU64::new(0),
@@ -297,6 +302,19 @@ impl Recorder {
                 );
             }
         }
+    }
+
+    /// Waits until no request is under way (every record handed over), at most `within`.
+    /// Returns whether that happened.
+    pub async fn wait_idle(&self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.inner.live.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
     }
 
     /// Records whose bodies were left out because the body budget was spent.
@@ -387,14 +405,23 @@ fn complete_summary(record: &mut RequestRecord) {
 pub struct RecordGuard {
     record: Option<Box<RequestRecord>>,
     recorder: Recorder,
+    /// Cancelled when shutdown's grace period is over: whoever waits must stop waiting.
+    hard_stop: CancellationToken,
 }
 
 impl RecordGuard {
-    pub fn new(record: RequestRecord, recorder: Recorder) -> Self {
+    pub fn new(record: RequestRecord, recorder: Recorder, hard_stop: CancellationToken) -> Self {
+        recorder.inner.live.fetch_add(1, Ordering::AcqRel);
         Self {
             record: Some(Box::new(record)),
             recorder,
+            hard_stop,
         }
+    }
+
+    /// The shutdown signal the request must give up waiting on.
+    pub fn hard_stop(&self) -> CancellationToken {
+        self.hard_stop.clone()
     }
 
     /// Whether the record will reach any sink; when not, it need not carry bodies.
@@ -413,6 +440,7 @@ impl RecordGuard {
             record.outcome = outcome;
             record.ended_at = SystemTime::now();
             self.recorder.submit(*record);
+            self.recorder.inner.live.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -506,8 +534,12 @@ mod tests {
     async fn dropped_guard_hands_over_a_disconnect_and_shutdown_drains() {
         let sink = Arc::new(Collect(Default::default()));
         let (recorder, task) = Recorder::start(vec![sink.clone()]);
-        drop(RecordGuard::new(sample(), recorder.clone()));
-        let mut finished = RecordGuard::new(sample(), recorder.clone());
+        drop(RecordGuard::new(
+            sample(),
+            recorder.clone(),
+            CancellationToken::new(),
+        ));
+        let mut finished = RecordGuard::new(sample(), recorder.clone(), CancellationToken::new());
         finished.finish(Outcome::Success);
         drop(finished);
         task.shutdown().await;

@@ -113,7 +113,7 @@ async fn forward_inner(
     );
     // Only for redaction in the sinks (an upstream may echo the key in an error).
     record.client_key = crate::auth::presented_key(incoming.headers).map(Secret::new);
-    let mut guard = RecordGuard::new(record, state.recorder.clone());
+    let mut guard = RecordGuard::new(record, state.recorder.clone(), state.hard_stop.clone());
     tracing::debug!(request_id, provider = %target.provider, mode = %target.mode, "forwarding");
 
     let request = state
@@ -122,7 +122,12 @@ async fn forward_inner(
         .headers(upstream_headers)
         .body(upstream_body);
     let deadline = Instant::now() + timeout;
-    let sent = tokio::time::timeout_at(deadline, request.send()).await;
+    // Shutdown's grace period over: a request still waiting is answered (and recorded) now,
+    // not dropped with the runtime.
+    let sent = tokio::select! {
+        sent = tokio::time::timeout_at(deadline, request.send()) => sent,
+        () = state.hard_stop.cancelled() => return Ok(fail(guard, shutting_down(), &request_id)),
+    };
     let upstream = match sent {
         Err(_) => return Ok(fail(guard, timeout_error(&target, timeout), &request_id)),
         Ok(Err(e)) => return Ok(fail(guard, send_error(&target, &e), &request_id)),
@@ -152,7 +157,8 @@ async fn forward_inner(
             &request_id,
         ));
     }
-    Ok(whole_response(upstream, deadline, &target, timeout, guard, &request_id).await)
+    let whole = whole_response(upstream, deadline, &target, timeout, guard, &request_id);
+    Ok(whole.await)
 }
 
 /// Whether an endpoint takes OpenAI's `stream_options.include_usage`. Only chat and legacy
@@ -303,6 +309,12 @@ fn fail(mut guard: RecordGuard, error: ProxyError, request_id: &str) -> Response
     with_request_id(error.into_response(), request_id)
 }
 
+fn shutting_down() -> ProxyError {
+    ProxyError::ShuttingDown(
+        "the router is shutting down and could not wait longer for the upstream; try again".into(),
+    )
+}
+
 fn timeout_error(target: &Target<'_>, timeout: Duration) -> ProxyError {
     ProxyError::UpstreamTimeout(format!(
         "the upstream {} did not answer within {} s (timeout_secs)",
@@ -382,7 +394,12 @@ async fn whole_response(
 ) -> Response {
     let status = upstream.status();
     let mut headers = headers::downstream_headers(upstream.headers());
-    let body = match tokio::time::timeout_at(deadline, read_upstream_body(upstream)).await {
+    let hard_stop = guard.hard_stop();
+    let read = tokio::select! {
+        read = tokio::time::timeout_at(deadline, read_upstream_body(upstream)) => read,
+        () = hard_stop.cancelled() => return fail(guard, shutting_down(), request_id),
+    };
+    let body = match read {
         Err(_) => return fail(guard, timeout_error(target, timeout), request_id),
         Ok(Err(error)) => return fail(guard, error.into_proxy_error(target), request_id),
         Ok(Ok(body)) => body,

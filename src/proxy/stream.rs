@@ -323,7 +323,7 @@ mod tests {
             bodies_dropped: false,
             body_ticket: Default::default(),
         };
-        RecordGuard::new(record, Recorder::disabled())
+        RecordGuard::new(record, Recorder::disabled(), CancellationToken::new())
     }
 
     #[tokio::test]

@@ -360,3 +360,63 @@ async fn dot_segments_cannot_escape_the_configured_base_path() {
     assert_eq!(upstream.last().path, "/api/v3/chat/completions");
     router.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_still_waiting_when_the_grace_period_ends_is_answered_and_recorded() {
+    use std::sync::Arc;
+
+    use llmsrouter::record::{RecordSink, Recorder};
+    use llmsrouter::state::{AppState, build_http_client};
+
+    let upstream = MockUpstream::start(Behavior {
+        delay: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .await;
+    let config =
+        llmsrouter::config::Config::parse(&one_server_config(&upstream.url(), ""), &|_| None)
+            .expect("config");
+    let records = Arc::new(crate::support::Collector::default());
+    let (recorder, recorder_task) = Recorder::start(vec![records.clone() as Arc<dyn RecordSink>]);
+    let state = Arc::new(AppState::new(
+        config,
+        build_http_client().expect("client"),
+        recorder.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(llmsrouter::server::run(
+        listener,
+        state,
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_millis(300),
+    ));
+    let request = tokio::spawn(async move {
+        client()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .json(&json!({"model": "[mock]m"}))
+            .send()
+            .await
+    });
+    crate::support::wait_until(Duration::from_secs(5), || upstream.count() == 1).await;
+    let _ = stop.send(());
+    let response = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("answered once the grace period ended, not after the upstream's 30 s")
+        .expect("task")
+        .expect("an answer, not a reset");
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "server_shutting_down");
+    let _ = server.await;
+    assert!(recorder.wait_idle(Duration::from_secs(5)).await);
+    recorder_task.shutdown().await;
+    let record = records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::RouterError);
+    assert_eq!(record.status, Some(503));
+}

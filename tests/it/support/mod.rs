@@ -128,6 +128,7 @@ impl TestRouter {
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
+        self.state.recorder.wait_idle(Duration::from_secs(5)).await;
         if let Some(task) = self.recorder_task.take() {
             task.shutdown().await;
         }
