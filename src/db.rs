@@ -55,6 +55,20 @@ pub const MIGRATIONS: &[&str] = &[
         usage_partial INTEGER NOT NULL
     );
     CREATE INDEX IF NOT EXISTS usage_ledger_day ON usage_ledger (day);",
+    // 3: a counter of changes to `users`, kept by triggers, so the server's key index reloads
+    // when users change and not on every ledger write (which also bumps data_version).
+    // Writers that know nothing of it (the Python version's CLI) bump it too.
+    "CREATE TABLE IF NOT EXISTS users_changes (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        n INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO users_changes (id, n) VALUES (1, 0);
+    CREATE TRIGGER IF NOT EXISTS users_changed_on_insert AFTER INSERT ON users
+        BEGIN UPDATE users_changes SET n = n + 1 WHERE id = 1; END;
+    CREATE TRIGGER IF NOT EXISTS users_changed_on_update AFTER UPDATE ON users
+        BEGIN UPDATE users_changes SET n = n + 1 WHERE id = 1; END;
+    CREATE TRIGGER IF NOT EXISTS users_changed_on_delete AFTER DELETE ON users
+        BEGIN UPDATE users_changes SET n = n + 1 WHERE id = 1; END;",
 ];
 
 /// The schema version this build writes.

@@ -102,6 +102,8 @@ impl fmt::Debug for UserIndex {
 pub struct IndexRefresher {
     conn: Connection,
     seen_version: Option<i64>,
+    /// `users_changes.n` at the last reload.
+    seen_changes: Option<i64>,
     failing: bool,
 }
 
@@ -110,6 +112,7 @@ impl IndexRefresher {
         Self {
             conn,
             seen_version: None,
+            seen_changes: None,
             failing: false,
         }
     }
@@ -124,11 +127,22 @@ impl IndexRefresher {
         if self.seen_version == Some(version) {
             return Ok(false);
         }
+        // Something committed; the ledger writes often. Only a change to `users` (counted by
+        // triggers, schema step 3) is worth a reload.
+        let changes: i64 =
+            self.conn
+                .query_row("SELECT n FROM users_changes WHERE id = 1", [], |row| {
+                    row.get(0)
+                })?;
+        self.seen_version = Some(version);
+        if self.seen_changes == Some(changes) {
+            return Ok(false);
+        }
         let count = index.reload(&self.conn)?;
-        if self.seen_version.is_some() {
+        if self.seen_changes.is_some() {
             tracing::info!("users changed in the database; {count} users now");
         }
-        self.seen_version = Some(version);
+        self.seen_changes = Some(changes);
         Ok(true)
     }
 
@@ -247,6 +261,29 @@ mod tests {
         assert!(refresher.refresh(&index).expect("changed"));
         assert!(index.find(ann_key.expose()).is_none());
         assert!(index.find(new_key.expose()).is_some());
+
+        // A write elsewhere in the database (the usage ledger's) is not a users change.
+        let other = crate::db::open(&path).expect("open");
+        other
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS scratch (x); INSERT INTO scratch VALUES (1);",
+            )
+            .expect("write");
+        assert!(
+            !refresher
+                .refresh(&index)
+                .expect("no reload for other tables")
+        );
+
+        // A writer that knows nothing of the counter (the Python version's) still counts.
+        other
+            .execute(
+                "UPDATE users SET permissions = '{\"*\": true}' WHERE username = 'ann'",
+                [],
+            )
+            .expect("plain update");
+        assert!(refresher.refresh(&index).expect("changed"));
+        assert!(index.find(new_key.expose()).is_some_and(|c| c.may_use("b")));
 
         store.delete("ann").expect("delete");
         assert!(refresher.refresh(&index).expect("changed"));
