@@ -41,8 +41,12 @@ pub struct Server {
     /// `Some`: this list replaces the upstream's model list; the upstream is not asked.
     pub override_models: Option<Vec<String>>,
     pub append: Vec<String>,
-    /// Extra headers sent upstream; they win over forwarded client headers.
+    /// Extra headers sent upstream; they win over forwarded client headers. Their values are
+    /// marked sensitive (they often carry keys: Azure's `api-key`), so `Debug` hides them.
     pub headers: HeaderMap,
+    /// The values of `headers` whose names look like credentials (`api-key`, `x-auth-token`,
+    /// ...), kept for redaction wherever a sink writes text.
+    pub header_secrets: Vec<Secret>,
     pub timeout: Duration,
     pub stream_usage: bool,
 }
@@ -77,6 +81,17 @@ impl Config {
             .values()
             .filter_map(|s| s.api_key.as_ref())
             .filter(|k| !k.is_empty())
+    }
+
+    /// Every configured secret: api keys and credential-like header values. What must never
+    /// be written anywhere, nor echoed back to a client.
+    pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
+        self.api_keys().chain(
+            self.servers
+                .values()
+                .flat_map(|s| s.header_secrets.iter())
+                .filter(|k| !k.is_empty()),
+        )
     }
 }
 
@@ -308,13 +323,18 @@ fn validate_server(
         .unwrap_or_default();
 
     let mut headers = HeaderMap::new();
+    let mut header_secrets = Vec::new();
     for (name, value) in raw.headers.unwrap_or_default() {
         let path = format!("servers.{alias}.headers.{name}");
         let header_name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| invalid(&path, "not a valid HTTP header name"))?;
         let value = expand_env(&value.0, &path, env)?;
-        let header_value = HeaderValue::from_str(&value)
+        let mut header_value = HeaderValue::from_str(&value)
             .map_err(|_| invalid(&path, "not a valid HTTP header value (control characters?)"))?;
+        header_value.set_sensitive(true);
+        if looks_like_credential(header_name.as_str()) {
+            header_secrets.push(Secret::new(value));
+        }
         headers.insert(header_name, header_value);
     }
 
@@ -333,6 +353,7 @@ fn validate_server(
         override_models,
         append,
         headers,
+        header_secrets,
         timeout,
         stream_usage: raw.stream_usage.unwrap_or(true),
     })
@@ -389,6 +410,24 @@ fn validate_settings(
         settings.default_server = Some(default);
     }
     Ok(settings)
+}
+
+/// Header names that carry credentials: `Authorization`, `api-key`, `X-Auth-Token`,
+/// `x-goog-api-key`, `Cookie`, ... (their values are redacted; `X-Title` is not).
+fn looks_like_credential(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "auth",
+        "key",
+        "token",
+        "secret",
+        "password",
+        "cookie",
+        "credential",
+        "session",
+    ]
+    .iter()
+    .any(|part| name.contains(part))
 }
 
 fn positive_duration(secs: f64) -> Option<Duration> {
@@ -578,6 +617,17 @@ settings:
         let (path, _) =
             error_of("servers:\n  a:\n    url: http://x\nsettings:\n  default_server: b\n");
         assert_eq!(path, "settings.default_server");
+    }
+
+    #[test]
+    fn credential_headers_are_secrets_and_no_header_value_prints() {
+        let yaml = "servers:\n  az:\n    url: http://x\n    headers: {api-key: \"azure-secret-value\", X-Title: \"llmsrouter app\"}\n";
+        let c = Config::parse(yaml, &|_| None).expect("config");
+        let secrets: Vec<&str> = c.secrets().map(Secret::expose).collect();
+        assert_eq!(secrets, ["azure-secret-value"]);
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("azure-secret-value"), "{debug}");
+        assert!(!debug.contains("llmsrouter app"), "{debug}");
     }
 
     #[test]

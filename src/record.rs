@@ -138,17 +138,31 @@ impl std::fmt::Debug for BodyTicket {
 }
 
 impl RequestRecord {
-    /// Bytes of bodies this record holds.
+    /// Bytes of bodies this record holds: the request and response bodies, and the text a
+    /// stream's answer was assembled into.
     pub fn body_bytes(&self) -> usize {
-        self.request_body.len() + self.response_body.as_ref().map_or(0, Bytes::len)
+        let r = &self.response;
+        let tool_calls: usize = r
+            .tool_calls
+            .iter()
+            .map(|c| c.id.len() + c.name.len() + c.arguments.len())
+            .sum();
+        self.request_body.len()
+            + self.response_body.as_ref().map_or(0, Bytes::len)
+            + r.content.len()
+            + r.reasoning.len()
+            + tool_calls
     }
 
-    /// Leaves the bodies out (usage read first, so the ledger loses nothing).
+    /// Leaves the bodies and answer texts out (usage read first, so the ledger loses nothing).
     fn drop_bodies(&mut self) {
         complete_summary(self);
         self.request_body = Bytes::new();
         self.response_body = None;
         self.response_is_json = false;
+        self.response.content = String::new();
+        self.response.reasoning = String::new();
+        self.response.tool_calls = Vec::new();
         self.bodies_dropped = true;
     }
 

@@ -247,6 +247,18 @@ pub fn parse_model(model: &str) -> Result<ModelRef<'_>, ProxyError> {
     Ok(ModelRef::Prefixed { prefix, name })
 }
 
+/// The model name as records (log, ledger, traces) show it: a URL prefix's query, which may
+/// carry a key (`[https://host/v1?key=...]model`), is replaced by `?[redacted]`.
+pub fn model_for_records(model: &str) -> Cow<'_, str> {
+    let Ok(ModelRef::Prefixed { prefix, name }) = parse_model(model) else {
+        return Cow::Borrowed(model);
+    };
+    match prefix.split_once('?') {
+        Some((base, _)) if is_url(prefix) => Cow::Owned(format!("[{base}?[redacted]]{name}")),
+        _ => Cow::Borrowed(model),
+    }
+}
+
 fn is_url(text: &str) -> bool {
     let lower = text.get(..8).unwrap_or(text).to_ascii_lowercase();
     lower.starts_with("http://") || lower.starts_with("https://")
@@ -533,6 +545,20 @@ servers:
             upstream_url("http://h/v1", None, "/models", Some("proxy=x")),
             "http://h/v1/models"
         );
+    }
+
+    #[test]
+    fn records_never_show_a_url_prefix_query() {
+        assert_eq!(
+            model_for_records("[https://h.com/v1?key=sk-123]gpt-4o"),
+            "[https://h.com/v1?[redacted]]gpt-4o"
+        );
+        assert_eq!(
+            model_for_records("[https://h.com/v1]gpt-4o"),
+            "[https://h.com/v1]gpt-4o"
+        );
+        assert_eq!(model_for_records("[openrouter]a?b"), "[openrouter]a?b");
+        assert_eq!(model_for_records("plain"), "plain");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::auth::KeyIndex;
 use crate::config::Config;
 use crate::models::ModelCatalog;
 use crate::record::Recorder;
+use crate::sinks::redact::Redactor;
 
 /// How long the upstream may take to accept a TCP (and TLS) connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,11 +31,16 @@ pub struct AppState {
     pub keepalive_interval: Duration,
     /// Cancelled when shutdown's grace period is over: running streams end at once.
     pub hard_stop: CancellationToken,
+    /// The config's secrets (api keys, credential headers): removed from upstream error
+    /// bodies before they reach a client, since an upstream may echo the key it was sent.
+    pub redactor: Redactor,
 }
 
 impl AppState {
     pub fn new(config: Config, client: reqwest::Client, recorder: Recorder) -> Self {
+        let redactor = Redactor::new(config.secrets());
         Self {
+            redactor,
             config: ArcSwap::from_pointee(config),
             client,
             recorder,

@@ -26,6 +26,7 @@ use crate::error::{ProxyError, error_body};
 use crate::record::{Outcome, RecordGuard, RequestRecord};
 use crate::routing::{self, Lookup, ModelRef, Target};
 use crate::secret::Secret;
+use crate::sinks::redact::Redactor;
 use crate::state::AppState;
 use crate::usage::ResponseSummary;
 use body::RequestView;
@@ -157,7 +158,15 @@ async fn forward_inner(
             &request_id,
         ));
     }
-    let whole = whole_response(upstream, deadline, &target, timeout, guard, &request_id);
+    let whole = whole_response(
+        upstream,
+        deadline,
+        &target,
+        timeout,
+        guard,
+        &request_id,
+        &state.redactor,
+    );
     Ok(whole.await)
 }
 
@@ -220,7 +229,7 @@ fn new_record(
         alias: target.alias().map(str::to_owned),
         mode: target.mode,
         endpoint: path.to_owned(),
-        requested_model: view.model.clone(),
+        requested_model: routing::model_for_records(&view.model).into_owned(),
         upstream_model: target.upstream_model.clone(),
         stream: view.stream,
         request_body: body,
@@ -391,6 +400,7 @@ async fn whole_response(
     timeout: Duration,
     mut guard: RecordGuard,
     request_id: &str,
+    redactor: &Redactor,
 ) -> Response {
     let status = upstream.status();
     let mut headers = headers::downstream_headers(upstream.headers());
@@ -408,6 +418,12 @@ async fn whole_response(
         if status.is_success() || status.is_redirection() || status.is_informational() {
             (body, Outcome::Success, None)
         } else {
+            // An upstream may echo the key it was sent ("Incorrect API key provided: sk-..."):
+            // with accounts on, that would hand the provider's key to a router user.
+            let body = match redactor.redact_bytes(&body, None) {
+                std::borrow::Cow::Borrowed(_) => body,
+                std::borrow::Cow::Owned(clean) => Bytes::from(clean),
+            };
             let (wrapped, message) = wrap_upstream_error(status, &body);
             if let Some(wrapped) = wrapped {
                 headers.remove(header::CONTENT_ENCODING);

@@ -46,7 +46,7 @@ pub fn start(
     db_path: &Path,
 ) -> Result<Vec<Arc<dyn RecordSink>>, SinkError> {
     // Keys of the config as loaded at start-up.
-    let redactor = Redactor::new(config.api_keys());
+    let redactor = Redactor::new(config.secrets());
     let mut sinks: Vec<Arc<dyn RecordSink>> = Vec::new();
     if env.ledger {
         sinks.push(Arc::new(LedgerSink::start(db_path, redactor.clone())?));

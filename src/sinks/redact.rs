@@ -32,7 +32,7 @@ impl std::fmt::Debug for Redactor {
 }
 
 impl Redactor {
-    /// A redactor for `secrets` (e.g. `config.api_keys()`); short or empty values are skipped.
+    /// A redactor for `secrets` (e.g. `config.secrets()`); short or empty values are skipped.
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Self {
         let mut values: Vec<&str> = secrets
             .into_iter()

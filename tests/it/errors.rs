@@ -148,9 +148,10 @@ async fn bad_input_gets_a_4xx_in_openai_shape_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn not_found_message_lists_the_aliases() {
-    let router = TestRouter::start(
-        "servers:\n  openrouter:\n    url: http://127.0.0.1:9/v1\n  deepseek:\n    url: http://127.0.0.1:9/v1\n",
-    )
+    let closed = crate::support::closed_url();
+    let router = TestRouter::start(&format!(
+        "servers:\n  openrouter:\n    url: {closed}\n  deepseek:\n    url: {closed}\n"
+    ))
     .await;
     let response = client()
         .post(router.url("/v1/chat/completions"))
@@ -244,11 +245,7 @@ async fn upstream_errors_keep_status_headers_and_text() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_502() {
-    // Port 9 (discard) on loopback: nothing listens there in the test environment.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let closed = listener.local_addr().expect("addr");
-    drop(listener);
-    let router = TestRouter::start(&one_server_config(&format!("http://{closed}/v1"), "")).await;
+    let router = TestRouter::start(&one_server_config(&crate::support::closed_url(), "")).await;
     let response = client()
         .post(router.url("/v1/chat/completions"))
         .json(&json!({"model": "[mock]m"}))
@@ -419,4 +416,29 @@ async fn a_request_still_waiting_when_the_grace_period_ends_is_answered_and_reco
     let record = records.nth(1).await;
     assert_eq!(record.outcome, Outcome::RouterError);
     assert_eq!(record.status, Some(503));
+}
+
+#[tokio::test]
+async fn an_upstream_error_echoing_the_providers_key_reaches_the_client_redacted() {
+    let upstream = MockUpstream::start(Behavior {
+        status: 401,
+        body: Some(r#"{"error":{"message":"Incorrect API key provided: sk-mock-upstream-key. Check it.","type":"invalid_request_error","code":"invalid_api_key"}}"#.into()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]m"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 401);
+    let text = response.text().await.expect("body");
+    assert!(!text.contains("sk-mock-upstream-key"), "{text}");
+    assert!(
+        text.contains("Incorrect API key provided: [redacted]. Check it."),
+        "{text}"
+    );
+    router.stop().await;
 }

@@ -147,6 +147,32 @@ pub fn client() -> reqwest::Client {
         .expect("test client")
 }
 
+/// Removes from a spawned router every variable it reads (and proxy settings, which would
+/// send loopback traffic elsewhere), so a developer's own settings — Langfuse keys, a log
+/// file, accounts on — never leak into a test. Tests set what they need explicitly.
+fn isolate_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let upper = name.to_ascii_uppercase();
+        if upper.starts_with("LLMSROUTER_")
+            || upper.starts_with("LANGFUSE_")
+            || upper.starts_with("OTEL_")
+            || upper == "ENABLE_ACCOUNT_MANAGEMENT"
+            || upper.ends_with("_PROXY")
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+}
+
+/// A loopback URL nothing listens on: a port the OS just gave out and took back.
+pub fn closed_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    format!("http://{addr}/v1")
+}
+
 /// Path of the built binary under test.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_llmsrouter"))
@@ -172,12 +198,10 @@ impl RouterProcess {
 
     pub fn start_in(dir: tempfile::TempDir, envs: &[(&str, &str)]) -> Self {
         let mut command = Command::new(binary());
+        isolate_env(&mut command);
         command
             .args(["serve", "--host", "127.0.0.1", "--port", "0"])
             .current_dir(dir.path())
-            .env_remove("LLMSROUTER_CONFIG")
-            .env_remove("LLMSROUTER_DB")
-            .env_remove("ENABLE_ACCOUNT_MANAGEMENT")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -267,13 +291,8 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
 /// Runs the binary with `args` in `dir`; returns (exit code, stdout, stderr).
 pub fn run_cli(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     let mut command = Command::new(binary());
-    command
-        .args(args)
-        .current_dir(dir)
-        .env_remove("LLMSROUTER_CONFIG")
-        .env_remove("LLMSROUTER_DB")
-        .env_remove("ENABLE_ACCOUNT_MANAGEMENT")
-        .env("RUST_LOG", "warn");
+    isolate_env(&mut command);
+    command.args(args).current_dir(dir).env("RUST_LOG", "warn");
     for (k, v) in envs {
         command.env(k, v);
     }
