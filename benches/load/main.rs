@@ -5,7 +5,8 @@
 //! table: direct to the mock vs through the router (non-stream c=32; 20-chunk streams 2 ms
 //! apart, c=64), router CPU per request from /proc, router RSS idle / at 2,000 concurrent
 //! streams / after 100k requests, and telemetry on vs off. Every phase is bounded; the default
-//! run takes about a minute. `BENCH_SECS` sets the length of each measured phase (default 5).
+//! run takes about a minute. `BENCH_SECS` sets the length of each measured phase (default 5);
+//! `BENCH_ROUTER` names another router binary to measure.
 
 mod client;
 mod mock;
@@ -97,7 +98,10 @@ fn start_router(
         "servers:\n  mock:\n    url: \"http://{mock}/v1\"\n    api_key: \"sk-bench-upstream\"\n"
     );
     std::fs::write(dir.join("config.yaml"), config).map_err(|e| e.to_string())?;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_llmsrouter"));
+    // BENCH_ROUTER runs another build (an A/B against an older commit, say).
+    let binary = std::env::var("BENCH_ROUTER")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_llmsrouter").to_owned());
+    let mut command = Command::new(binary);
     command
         .args([
             "serve",
