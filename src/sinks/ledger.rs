@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use crate::db::{self, DbError};
 use crate::record::{Outcome, RecordSink, RequestRecord};
 use crate::sinks::clock::{rfc3339_millis, utc_day};
 use crate::sinks::redact::Redactor;
-use crate::sinks::{BATCH_WINDOW, next_batch};
+use crate::sinks::{BATCH_WINDOW, WriterQueue, next_batch};
 
 /// Rows waiting for the writer before new ones are dropped (and counted). Rows are small.
 const QUEUE_DEPTH: usize = 16 * 1024;
@@ -181,17 +181,12 @@ pub fn insert_rows<'a, R: std::borrow::Borrow<LedgerRow<'a>>>(
 #[derive(Debug, Default)]
 pub struct LedgerStats {
     written: AtomicU64,
-    dropped: AtomicU64,
     failed: AtomicU64,
 }
 
 impl LedgerStats {
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
-    }
-    /// Rows dropped because the writer fell behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
     /// Rows lost to a database error (after one retry).
     pub fn failed(&self) -> u64 {
@@ -201,19 +196,16 @@ impl LedgerStats {
 
 pub struct LedgerSink {
     /// Records go to the writer, which reads rows from them: nothing is copied on the way.
-    /// (A bounded std channel allocates and touches every slot up front, so a slot must be a
-    /// pointer, not a row, or the idle router holds megabytes.)
-    tx: Mutex<Option<SyncSender<Arc<RequestRecord>>>>,
+    queue: WriterQueue,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<LedgerStats>,
-    last_warning: Mutex<Option<Instant>>,
 }
 
 impl LedgerSink {
     /// Opens (creating and migrating) the database at `path` and starts the writer.
     pub fn start(path: &Path, redactor: Redactor) -> Result<Self, LedgerError> {
         let conn = db::open(path)?;
-        let (tx, rx) = sync_channel(QUEUE_DEPTH);
+        let (queue, rx) = WriterQueue::new(QUEUE_DEPTH, "usage ledger writer behind: rows dropped");
         let stats = Arc::new(LedgerStats::default());
         let writer_stats = stats.clone();
         let writer_redactor = redactor.clone();
@@ -222,15 +214,19 @@ impl LedgerSink {
             .spawn(move || write_loop(conn, &rx, &writer_redactor, &writer_stats))
             .map_err(LedgerError::Thread)?;
         Ok(Self {
-            tx: Mutex::new(Some(tx)),
+            queue,
             worker: Mutex::new(Some(worker)),
             stats,
-            last_warning: Mutex::new(None),
         })
     }
 
     pub fn stats(&self) -> &Arc<LedgerStats> {
         &self.stats
+    }
+
+    /// Rows not written because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.queue.dropped()
     }
 }
 
@@ -240,31 +236,18 @@ impl RecordSink for LedgerSink {
     }
 
     fn accept(&self, record: &Arc<RequestRecord>) {
-        let Ok(tx) = self.tx.lock() else { return };
-        let Some(tx) = tx.as_ref() else { return };
-        if let Err(TrySendError::Full(_)) = tx.try_send(record.clone()) {
-            let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if let Ok(mut last) = self.last_warning.lock() {
-                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    *last = Some(Instant::now());
-                    tracing::warn!(dropped, "usage ledger writer behind: rows dropped");
-                }
-            }
-        }
+        self.queue.offer(record);
     }
 
     fn close(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
-            drop(self.tx.lock().ok().and_then(|mut tx| tx.take()));
+            self.queue.close();
             let worker = self.worker.lock().ok().and_then(|mut w| w.take());
             if let Some(worker) = worker {
                 let _ = tokio::task::spawn_blocking(move || worker.join()).await;
             }
-            let (written, dropped, failed) = (
-                self.stats.written(),
-                self.stats.dropped(),
-                self.stats.failed(),
-            );
+            let (written, dropped, failed) =
+                (self.stats.written(), self.dropped(), self.stats.failed());
             tracing::info!(written, dropped, failed, "usage ledger flushed");
         })
     }

@@ -14,13 +14,14 @@ pub mod redact;
 pub mod request_log;
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::env::EnvSettings;
-use crate::record::RecordSink;
+use crate::record::{RecordSink, RequestRecord};
 use langfuse::{LangfuseError, LangfuseOptions, LangfuseSink};
 use ledger::{LedgerError, LedgerSink};
 use redact::Redactor;
@@ -62,6 +63,56 @@ pub fn start(
         sinks.push(Arc::new(LangfuseSink::start(options)?));
     }
     Ok(sinks)
+}
+
+/// The sending end of a sink's writer queue. `offer` never waits: when the writer is behind
+/// and the queue full, the record is dropped for this sink, counted, and a warning logged at
+/// most every 10 s. Closing it lets the writer drain what waits and end.
+pub(crate) struct WriterQueue {
+    tx: Mutex<Option<SyncSender<Arc<RequestRecord>>>>,
+    dropped: AtomicU64,
+    last_warning: Mutex<Option<Instant>>,
+    /// The warning, e.g. "request log writer behind: lines dropped".
+    behind: &'static str,
+}
+
+impl WriterQueue {
+    /// A queue of `depth` records (pointers: a bounded std channel allocates every slot at
+    /// once) and its receiving end for the writer thread.
+    pub(crate) fn new(depth: usize, behind: &'static str) -> (Self, Receiver<Arc<RequestRecord>>) {
+        let (tx, rx) = sync_channel(depth);
+        let queue = Self {
+            tx: Mutex::new(Some(tx)),
+            dropped: AtomicU64::new(0),
+            last_warning: Mutex::new(None),
+            behind,
+        };
+        (queue, rx)
+    }
+
+    pub(crate) fn offer(&self, record: &Arc<RequestRecord>) {
+        let Ok(tx) = self.tx.lock() else { return };
+        let Some(tx) = tx.as_ref() else { return };
+        if let Err(TrySendError::Full(_)) = tx.try_send(record.clone()) {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Ok(mut last) = self.last_warning.lock() {
+                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    *last = Some(Instant::now());
+                    tracing::warn!(dropped, "{}", self.behind);
+                }
+            }
+        }
+    }
+
+    /// Records not queued because the writer was behind.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// No more records: the writer drains the queue and ends.
+    pub(crate) fn close(&self) {
+        drop(self.tx.lock().ok().and_then(|mut tx| tx.take()));
+    }
 }
 
 /// How long a sink's thread lets records gather after it was idle, before taking them all:

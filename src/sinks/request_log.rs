@@ -9,8 +9,7 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use crate::record::{RecordSink, RequestRecord};
 use crate::sinks::clock::rfc3339_millis;
 use crate::sinks::redact::Redactor;
-use crate::sinks::{BATCH_WINDOW, next_batch};
+use crate::sinks::{BATCH_WINDOW, WriterQueue, next_batch};
 use crate::usage::ToolCall;
 
 /// Daily files kept, today's included.
@@ -65,10 +64,8 @@ pub fn file_parts(path: &Path) -> (PathBuf, String, Option<String>) {
 }
 
 pub struct RequestLogSink {
-    tx: Mutex<Option<SyncSender<Arc<RequestRecord>>>>,
+    queue: WriterQueue,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
-    dropped: AtomicU64,
-    last_warning: Mutex<Option<Instant>>,
 }
 
 impl RequestLogSink {
@@ -88,7 +85,7 @@ impl RequestLogSink {
             builder = builder.filename_suffix(suffix);
         }
         let appender = builder.build(&dir).map_err(|e| open_error(e.to_string()))?;
-        let (tx, rx) = sync_channel(QUEUE_DEPTH);
+        let (queue, rx) = WriterQueue::new(QUEUE_DEPTH, "request log writer behind: lines dropped");
         let writer = Writer {
             out: BufWriter::with_capacity(64 * 1024, appender),
             line: Vec::with_capacity(8 * 1024),
@@ -101,16 +98,14 @@ impl RequestLogSink {
             .spawn(move || writer.run(rx))
             .map_err(RequestLogError::Thread)?;
         Ok(Self {
-            tx: Mutex::new(Some(tx)),
+            queue,
             worker: Mutex::new(Some(worker)),
-            dropped: AtomicU64::new(0),
-            last_warning: Mutex::new(None),
         })
     }
 
     /// Lines not written because the writer fell behind.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.queue.dropped()
     }
 }
 
@@ -120,22 +115,12 @@ impl RecordSink for RequestLogSink {
     }
 
     fn accept(&self, record: &Arc<RequestRecord>) {
-        let Ok(tx) = self.tx.lock() else { return };
-        let Some(tx) = tx.as_ref() else { return };
-        if let Err(TrySendError::Full(_)) = tx.try_send(record.clone()) {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if let Ok(mut last) = self.last_warning.lock() {
-                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    *last = Some(Instant::now());
-                    tracing::warn!(dropped, "request log writer behind: lines dropped");
-                }
-            }
-        }
+        self.queue.offer(record);
     }
 
     fn close(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
-            drop(self.tx.lock().ok().and_then(|mut tx| tx.take()));
+            self.queue.close();
             let worker = self.worker.lock().ok().and_then(|mut w| w.take());
             if let Some(worker) = worker {
                 let _ = tokio::task::spawn_blocking(move || worker.join()).await;
