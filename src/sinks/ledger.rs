@@ -10,9 +10,9 @@
 use std::borrow::Cow;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
@@ -197,7 +197,6 @@ impl LedgerStats {
 pub struct LedgerSink {
     /// Records go to the writer, which reads rows from them: nothing is copied on the way.
     queue: WriterQueue,
-    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<LedgerStats>,
 }
 
@@ -205,19 +204,16 @@ impl LedgerSink {
     /// Opens (creating and migrating) the database at `path` and starts the writer.
     pub fn start(path: &Path, redactor: Redactor) -> Result<Self, LedgerError> {
         let conn = db::open(path)?;
-        let (queue, rx) = WriterQueue::new(QUEUE_DEPTH, "usage ledger writer behind: rows dropped");
         let stats = Arc::new(LedgerStats::default());
         let writer_stats = stats.clone();
-        let writer_redactor = redactor.clone();
-        let worker = std::thread::Builder::new()
-            .name("llmsrouter-ledger".into())
-            .spawn(move || write_loop(conn, &rx, &writer_redactor, &writer_stats))
-            .map_err(LedgerError::Thread)?;
-        Ok(Self {
-            queue,
-            worker: Mutex::new(Some(worker)),
-            stats,
-        })
+        let queue = WriterQueue::start(
+            "llmsrouter-ledger",
+            QUEUE_DEPTH,
+            "usage ledger writer behind: rows dropped",
+            move |rx| write_loop(conn, &rx, &redactor, &writer_stats),
+        )
+        .map_err(LedgerError::Thread)?;
+        Ok(Self { queue, stats })
     }
 
     pub fn stats(&self) -> &Arc<LedgerStats> {
@@ -241,11 +237,7 @@ impl RecordSink for LedgerSink {
 
     fn close(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
-            self.queue.close();
-            let worker = self.worker.lock().ok().and_then(|mut w| w.take());
-            if let Some(worker) = worker {
-                let _ = tokio::task::spawn_blocking(move || worker.join()).await;
-            }
+            self.queue.finish().await;
             let (written, dropped, failed) =
                 (self.stats.written(), self.dropped(), self.stats.failed());
             tracing::info!(written, dropped, failed, "usage ledger flushed");

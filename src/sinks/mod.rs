@@ -65,11 +65,13 @@ pub fn start(
     Ok(sinks)
 }
 
-/// The sending end of a sink's writer queue. `offer` never waits: when the writer is behind
-/// and the queue full, the record is dropped for this sink, counted, and a warning logged at
-/// most every 10 s. Closing it lets the writer drain what waits and end.
+/// A sink's writer thread and the bounded queue feeding it. `offer` never waits: when the
+/// writer is behind and the queue full, the record is dropped for this sink, counted, and a
+/// warning logged at most every 10 s. `finish` closes the queue, lets the writer drain what
+/// waits, and waits for it to end.
 pub(crate) struct WriterQueue {
     tx: Mutex<Option<SyncSender<Arc<RequestRecord>>>>,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     dropped: AtomicU64,
     last_warning: Mutex<Option<Instant>>,
     /// The warning, e.g. "request log writer behind: lines dropped".
@@ -77,17 +79,25 @@ pub(crate) struct WriterQueue {
 }
 
 impl WriterQueue {
-    /// A queue of `depth` records (pointers: a bounded std channel allocates every slot at
-    /// once) and its receiving end for the writer thread.
-    pub(crate) fn new(depth: usize, behind: &'static str) -> (Self, Receiver<Arc<RequestRecord>>) {
+    /// Starts thread `name` running `writer` over a queue of `depth` records (pointers: a
+    /// bounded std channel allocates every slot at once).
+    pub(crate) fn start(
+        name: &str,
+        depth: usize,
+        behind: &'static str,
+        writer: impl FnOnce(Receiver<Arc<RequestRecord>>) + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(depth);
-        let queue = Self {
+        let worker = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || writer(rx))?;
+        Ok(Self {
             tx: Mutex::new(Some(tx)),
+            worker: Mutex::new(Some(worker)),
             dropped: AtomicU64::new(0),
             last_warning: Mutex::new(None),
             behind,
-        };
-        (queue, rx)
+        })
     }
 
     pub(crate) fn offer(&self, record: &Arc<RequestRecord>) {
@@ -109,9 +119,13 @@ impl WriterQueue {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// No more records: the writer drains the queue and ends.
-    pub(crate) fn close(&self) {
+    /// No more records: the writer drains the queue and ends; this waits for it.
+    pub(crate) async fn finish(&self) {
         drop(self.tx.lock().ok().and_then(|mut tx| tx.take()));
+        let worker = self.worker.lock().ok().and_then(|mut w| w.take());
+        if let Some(worker) = worker {
+            let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        }
     }
 }
 

@@ -9,8 +9,8 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -65,7 +65,6 @@ pub fn file_parts(path: &Path) -> (PathBuf, String, Option<String>) {
 
 pub struct RequestLogSink {
     queue: WriterQueue,
-    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl RequestLogSink {
@@ -85,7 +84,6 @@ impl RequestLogSink {
             builder = builder.filename_suffix(suffix);
         }
         let appender = builder.build(&dir).map_err(|e| open_error(e.to_string()))?;
-        let (queue, rx) = WriterQueue::new(QUEUE_DEPTH, "request log writer behind: lines dropped");
         let writer = Writer {
             out: BufWriter::with_capacity(64 * 1024, appender),
             line: Vec::with_capacity(8 * 1024),
@@ -93,14 +91,14 @@ impl RequestLogSink {
             redactor: options.redactor,
             last_error: None,
         };
-        let worker = std::thread::Builder::new()
-            .name("llmsrouter-request-log".into())
-            .spawn(move || writer.run(rx))
-            .map_err(RequestLogError::Thread)?;
-        Ok(Self {
-            queue,
-            worker: Mutex::new(Some(worker)),
-        })
+        let queue = WriterQueue::start(
+            "llmsrouter-request-log",
+            QUEUE_DEPTH,
+            "request log writer behind: lines dropped",
+            move |rx| writer.run(rx),
+        )
+        .map_err(RequestLogError::Thread)?;
+        Ok(Self { queue })
     }
 
     /// Lines not written because the writer fell behind.
@@ -119,13 +117,7 @@ impl RecordSink for RequestLogSink {
     }
 
     fn close(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        Box::pin(async move {
-            self.queue.close();
-            let worker = self.worker.lock().ok().and_then(|mut w| w.take());
-            if let Some(worker) = worker {
-                let _ = tokio::task::spawn_blocking(move || worker.join()).await;
-            }
-        })
+        Box::pin(self.queue.finish())
     }
 }
 
