@@ -19,6 +19,7 @@ pub mod secret;
 pub mod server;
 pub mod sinks;
 pub mod state;
+pub mod upstream;
 pub mod usage;
 pub mod users;
 

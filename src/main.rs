@@ -126,7 +126,7 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
             let (recorder, task) = Recorder::start(sinks);
             (recorder, Some(task))
         };
-        let mut state = AppState::new(config, client, recorder.clone());
+        let mut state = AppState::new(config, client, recorder.clone())?;
         if let Some(index) = users_index {
             state.keys = Some(index);
         }

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::models::ModelCatalog;
 use crate::record::Recorder;
 use crate::sinks::redact::Redactor;
+use crate::upstream::{ClientError, UpstreamClient};
 
 /// How long the upstream may take to accept a TCP (and TLS) connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,6 +25,8 @@ pub struct AppState {
     pub config: ArcSwap<Config>,
     /// One pooled client for every upstream: keep-alive connections are reused across requests.
     pub client: reqwest::Client,
+    /// What proxied requests are sent with (hyper's client; reqwest for proxied targets).
+    pub upstream: UpstreamClient,
     pub recorder: Recorder,
     /// `Some` when account management is on.
     pub keys: Option<Arc<dyn KeyIndex>>,
@@ -37,18 +40,23 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, client: reqwest::Client, recorder: Recorder) -> Self {
+    pub fn new(
+        config: Config,
+        client: reqwest::Client,
+        recorder: Recorder,
+    ) -> Result<Self, ClientError> {
         let redactor = Redactor::new(config.secrets());
-        Self {
+        Ok(Self {
             redactor,
             config: ArcSwap::from_pointee(config),
+            upstream: UpstreamClient::new(client.clone())?,
             client,
             recorder,
             keys: None,
             models: ModelCatalog::default(),
             keepalive_interval: KEEPALIVE_INTERVAL,
             hard_stop: CancellationToken::new(),
-        }
+        })
     }
 }
 

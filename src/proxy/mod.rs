@@ -15,9 +15,9 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{HeaderName, Method, StatusCode};
+use http::{HeaderName, StatusCode};
+use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 
 use crate::auth::Caller;
@@ -28,6 +28,7 @@ use crate::routing::{self, Lookup, ModelRef, Target};
 use crate::secret::Secret;
 use crate::sinks::redact::Redactor;
 use crate::state::AppState;
+use crate::upstream::{UpstreamBody, UpstreamError};
 use crate::usage::ResponseSummary;
 use body::RequestView;
 use stream::{StreamSettings, StreamTee};
@@ -38,6 +39,8 @@ pub const MAX_UPSTREAM_BODY: usize = 256 * 1024 * 1024;
 
 /// The id of this request, returned to the client so it can be found in the logs and traces.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-llmsrouter-request-id");
+
+type UpstreamResponse = http::Response<UpstreamBody>;
 
 /// One request to proxy, as the dispatcher hands it over.
 pub struct Incoming<'a> {
@@ -117,16 +120,12 @@ async fn forward_inner(
     let mut guard = RecordGuard::new(record, state.recorder.clone(), state.hard_stop.clone());
     tracing::debug!(request_id, provider = %target.provider, mode = %target.mode, "forwarding");
 
-    let request = state
-        .client
-        .request(Method::POST, url)
-        .headers(upstream_headers)
-        .body(upstream_body);
+    let request = state.upstream.send(&url, upstream_headers, upstream_body);
     let deadline = Instant::now() + timeout;
     // Shutdown's grace period over: a request still waiting is answered (and recorded) now,
     // not dropped with the runtime.
     let sent = tokio::select! {
-        sent = tokio::time::timeout_at(deadline, request.send()) => sent,
+        sent = tokio::time::timeout_at(deadline, request) => sent,
         () = state.hard_stop.cancelled() => return Ok(fail(guard, shutting_down(), &request_id)),
     };
     let upstream = match sent {
@@ -332,8 +331,8 @@ fn timeout_error(target: &Target<'_>, timeout: Duration) -> ProxyError {
     ))
 }
 
-fn send_error(target: &Target<'_>, error: &reqwest::Error) -> ProxyError {
-    let description = describe_reqwest_error(error);
+fn send_error(target: &Target<'_>, error: &UpstreamError) -> ProxyError {
+    let description = error.to_string();
     if error.is_timeout() {
         ProxyError::UpstreamTimeout(format!(
             "could not connect to the upstream {} in time: {description}",
@@ -373,7 +372,7 @@ fn with_request_id(mut response: Response, request_id: &str) -> Response {
 
 fn stream_response(
     state: &Arc<AppState>,
-    upstream: reqwest::Response,
+    upstream: UpstreamResponse,
     settings: StreamSettings,
     guard: RecordGuard,
     request_id: &str,
@@ -383,7 +382,7 @@ fn stream_response(
     if settings.sse {
         headers::set_stream_headers(&mut headers);
     }
-    let body = upstream.bytes_stream().boxed();
+    let body = Box::pin(http_body_util::BodyDataStream::new(upstream.into_body()));
     let tee = StreamTee::new(body, settings, guard, state.hard_stop.clone());
     let mut response = Response::new(Body::from_stream(tee));
     *response.status_mut() = status;
@@ -394,7 +393,7 @@ fn stream_response(
 /// Relays a whole (non-stream) answer, wrapping an upstream error body into OpenAI's shape
 /// when it is not in it already.
 async fn whole_response(
-    upstream: reqwest::Response,
+    upstream: UpstreamResponse,
     deadline: Instant,
     target: &Target<'_>,
     timeout: Duration,
@@ -474,18 +473,27 @@ impl BodyError {
     }
 }
 
-async fn read_upstream_body(mut upstream: reqwest::Response) -> Result<Bytes, BodyError> {
-    let declared = upstream.content_length().unwrap_or(0) as usize;
+async fn read_upstream_body(upstream: UpstreamResponse) -> Result<Bytes, BodyError> {
+    let declared = upstream
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |len| usize::try_from(len).unwrap_or(usize::MAX));
     if declared > MAX_UPSTREAM_BODY {
         return Err(BodyError::TooLarge);
     }
+    let mut body = upstream.into_body();
     let mut first: Option<Bytes> = None;
     let mut joined: Option<BytesMut> = None;
-    loop {
-        let chunk = match upstream.chunk().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(e) => return Err(BodyError::Read(describe_reqwest_error(&e))),
+    while let Some(frame) = body.frame().await {
+        let chunk = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => data,
+                // Trailers carry nothing a client of a JSON answer reads.
+                Err(_) => continue,
+            },
+            Err(e) => return Err(BodyError::Read(e.to_string())),
         };
         match (&mut first, &mut joined) {
             (None, None) => first = Some(chunk),

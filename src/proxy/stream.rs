@@ -20,10 +20,11 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::error::error_body;
 use crate::proxy::sse::{EventSplitter, event_data};
 use crate::record::{Outcome, RecordGuard};
+use crate::upstream::UpstreamError;
 use crate::usage::{EventKind, StreamAccumulator};
 
 /// The upstream body as a stream of chunks.
-pub type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+pub type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
 
 /// Knobs of one stream.
 #[derive(Debug, Clone, Copy)]
@@ -260,10 +261,7 @@ impl Stream for StreamTee {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    let message = format!(
-                        "the upstream connection failed mid-stream: {}",
-                        crate::proxy::describe_reqwest_error(&e)
-                    );
+                    let message = format!("the upstream connection failed mid-stream: {}", e);
                     return Poll::Ready(Some(this.fail(message, "upstream_unreachable")));
                 }
                 Poll::Ready(None) => {
@@ -336,7 +334,7 @@ mod tests {
                     chunk,
                     MAX_EVENT_BYTES / (1024 * 1024) + 2,
                 ))
-                .map(Ok::<_, reqwest::Error>),
+                .map(Ok::<_, UpstreamError>),
         );
         let settings = StreamSettings {
             keepalive: Duration::from_secs(15),

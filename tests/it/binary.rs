@@ -227,3 +227,26 @@ async fn the_python_versions_dot_env_loads_unchanged() {
     assert_eq!(response.status(), 200, "no key needed: accounts are off");
     assert!(router.stderr().contains(&closed_url), "{}", router.stderr());
 }
+
+/// With HTTP_PROXY set, requests to a provider go through that proxy (here the mock, which
+/// answers the absolute-form request itself): the provider's host is never resolved.
+#[tokio::test]
+async fn providers_are_reached_through_the_proxy_the_environment_names() {
+    let proxy = MockUpstream::start(Behavior::default()).await;
+    let config = one_server_config("http://provider.invalid/v1", "");
+    let router = RouterProcess::start(Some(&config), &[("HTTP_PROXY", &proxy.origin())]);
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]m", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200, "{}", router.stderr());
+    let received = proxy.last();
+    assert_eq!(received.path, "/v1/chat/completions");
+    assert_eq!(
+        received.headers.get("host").and_then(|v| v.to_str().ok()),
+        Some("provider.invalid"),
+        "the proxy was asked for the provider"
+    );
+}

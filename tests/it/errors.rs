@@ -375,11 +375,14 @@ async fn a_request_still_waiting_when_the_grace_period_ends_is_answered_and_reco
             .expect("config");
     let records = Arc::new(crate::support::Collector::default());
     let (recorder, recorder_task) = Recorder::start(vec![records.clone() as Arc<dyn RecordSink>]);
-    let state = Arc::new(AppState::new(
-        config,
-        build_http_client().expect("client"),
-        recorder.clone(),
-    ));
+    let state = Arc::new(
+        AppState::new(
+            config,
+            build_http_client().expect("client"),
+            recorder.clone(),
+        )
+        .expect("state"),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

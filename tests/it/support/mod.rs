@@ -89,7 +89,8 @@ impl TestRouter {
         let mut all = vec![records.clone() as Arc<dyn RecordSink>];
         all.extend(sinks);
         let (recorder, recorder_task) = Recorder::start(all);
-        let mut state = AppState::new(config, build_http_client().expect("client"), recorder);
+        let mut state =
+            AppState::new(config, build_http_client().expect("client"), recorder).expect("state");
         adjust(&mut state);
         let state = Arc::new(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,259 @@
+//! The client proxied requests go upstream through: hyper's pooled client, with reqwest kept
+//! for the few targets it handles and hyper does not.
+//!
+//! Why not reqwest for everything: its redirect layer parses the URL twice and clones the
+//! headers on every request, even with redirects off, and its tower stack adds a dozen
+//! allocations; together about an eighth of what proxying a request costs (see README
+//! "Benchmark"). The router needs none of it: it follows no redirects, sets its own timeouts
+//! and sends bodies it already holds. reqwest still sends what needs its features: targets an
+//! `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` setting covers (`NO_PROXY` honoured, as reqwest reads
+//! them) and URLs with `user:password@` (which reqwest turns into Basic auth).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::state::CONNECT_TIMEOUT;
+
+/// Idle pooled connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Sends proxied requests. Cheap to clone: the pools are shared.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    direct: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    fallback: reqwest::Client,
+    /// The proxy environment, read once at start (as reqwest reads it).
+    proxies: Arc<Matcher>,
+}
+
+/// Why an upstream request failed, described without its URL (which may carry a key in its
+/// query).
+#[derive(Debug, Clone)]
+pub struct UpstreamError {
+    timeout: bool,
+    description: String,
+}
+
+impl UpstreamError {
+    /// The connection (or the TLS handshake) was not made in time.
+    pub fn is_timeout(&self) -> bool {
+        self.timeout
+    }
+
+    fn from_hyper(error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut parts: Vec<String> = Vec::new();
+        let mut timeout = false;
+        let mut next = Some(error);
+        while let Some(cause) = next {
+            if cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+            {
+                timeout = true;
+            }
+            let text = cause.to_string();
+            if !parts.iter().any(|p| p.contains(&text)) {
+                parts.push(text);
+            }
+            next = cause.source();
+        }
+        Self {
+            timeout,
+            description: join_causes(parts),
+        }
+    }
+
+    fn from_reqwest(error: &reqwest::Error) -> Self {
+        Self {
+            timeout: error.is_timeout(),
+            description: crate::proxy::describe_reqwest_error(error),
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl std::error::Error for UpstreamError {}
+
+fn join_causes(parts: Vec<String>) -> String {
+    if parts.is_empty() {
+        "connection failed".to_owned()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// An upstream answer's body, from whichever client sent the request.
+pub enum UpstreamBody {
+    Direct(hyper::body::Incoming),
+    Fallback(reqwest::Body),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        match self.get_mut() {
+            Self::Direct(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| UpstreamError::from_hyper(&e)),
+            Self::Fallback(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| UpstreamError::from_reqwest(&e)),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Direct(body) => body.is_end_stream(),
+            Self::Fallback(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Direct(body) => body.size_hint(),
+            Self::Fallback(body) => body.size_hint(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Reqwest(#[from] reqwest::Error),
+    #[error("cannot set up TLS for the upstream HTTP client: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+impl UpstreamClient {
+    /// Connect timeout, TCP_NODELAY and keep-alive, no redirects followed (a 3xx goes back to
+    /// the client as the upstream sent it), no decompression (bodies pass through as sent),
+    /// HTTP/2 when a TLS upstream offers it. `fallback` is the shared reqwest client.
+    pub fn new(fallback: reqwest::Client) -> Result<Self, ClientError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_keepalive(Some(TCP_KEEPALIVE));
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config()?)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let direct = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+        Ok(Self {
+            direct,
+            fallback,
+            proxies: Arc::new(Matcher::from_env()),
+        })
+    }
+
+    /// Sends one request. Timeouts beyond connecting are the caller's.
+    pub async fn send(
+        &self,
+        url: &url::Url,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let uri = match self.direct_uri(url) {
+            Some(uri) => uri,
+            None => return self.send_fallback(url, headers, body).await,
+        };
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        let response = self
+            .direct
+            .request(request)
+            .await
+            .map_err(|e| UpstreamError::from_hyper(&e))?;
+        Ok(response.map(UpstreamBody::Direct))
+    }
+
+    /// The URL as hyper takes it, or `None` when reqwest must send it.
+    fn direct_uri(&self, url: &url::Url) -> Option<http::Uri> {
+        if !url.username().is_empty() || url.password().is_some() {
+            return None;
+        }
+        let uri = http::Uri::try_from(url.as_str()).ok()?;
+        self.proxies.intercept(&uri).is_none().then_some(uri)
+    }
+
+    async fn send_fallback(
+        &self,
+        url: &url::Url,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let response = self
+            .fallback
+            .request(Method::POST, url.clone())
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| UpstreamError::from_reqwest(&e))?;
+        let response: Response<reqwest::Body> = response.into();
+        Ok(response.map(UpstreamBody::Fallback))
+    }
+}
+
+/// rustls with the bundled Mozilla roots plus the system's (as the reqwest client is set up),
+/// so a provider behind a private CA in the system store still verifies.
+fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // A certificate the system store holds but rustls cannot use is skipped, as reqwest
+        // skips it.
+        let _ = roots.add(cert);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_joined_once_each() {
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+        let error = UpstreamError::from_hyper(&io);
+        assert!(error.is_timeout());
+        assert_eq!(error.to_string(), "connect timed out");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!UpstreamError::from_hyper(&refused).is_timeout());
+    }
+}
