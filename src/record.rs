@@ -433,6 +433,23 @@ impl RecordGuard {
         }
     }
 
+    /// [`Self::new`] with the record built only when some sink will read it: with every sink
+    /// off, a request allocates no record at all.
+    pub fn start(
+        recorder: Recorder,
+        hard_stop: CancellationToken,
+        build: impl FnOnce() -> RequestRecord,
+    ) -> Self {
+        if !recorder.is_enabled() {
+            return Self {
+                record: None,
+                recorder,
+                hard_stop,
+            };
+        }
+        Self::new(build(), recorder, hard_stop)
+    }
+
     /// The shutdown signal the request must give up waiting on.
     pub fn hard_stop(&self) -> CancellationToken {
         self.hard_stop.clone()

@@ -101,23 +101,20 @@ async fn forward_inner(
     let upstream_headers = headers::upstream_headers(incoming.headers, &target);
 
     let request_id = new_request_id();
-    let mut record = new_record(
-        &request_id,
-        caller,
-        &target,
-        incoming.path,
-        &view,
-        // Nobody reads a record when no sink is on: then it carries no body at all.
-        if state.recorder.is_enabled() {
-            own_copy(&body)
-        } else {
-            Bytes::new()
-        },
-        started_at,
-    );
-    // Only for redaction in the sinks (an upstream may echo the key in an error).
-    record.client_key = crate::auth::presented_key(incoming.headers).map(Secret::new);
-    let mut guard = RecordGuard::new(record, state.recorder.clone(), state.hard_stop.clone());
+    let mut guard = RecordGuard::start(state.recorder.clone(), state.hard_stop.clone(), || {
+        let mut record = new_record(
+            &request_id,
+            caller,
+            &target,
+            incoming.path,
+            &view,
+            own_copy(&body),
+            started_at,
+        );
+        // Only for redaction in the sinks (an upstream may echo the key in an error).
+        record.client_key = crate::auth::presented_key(incoming.headers).map(Secret::new);
+        record
+    });
     tracing::debug!(request_id, provider = %target.provider, mode = %target.mode, "forwarding");
 
     let request = state.upstream.send(&url, upstream_headers, upstream_body);
@@ -435,11 +432,9 @@ async fn whole_response(
                 (body, Outcome::UpstreamError, Some(message))
             }
         };
-    let recording = guard.is_recording();
+    // A record exists only when some sink will read it.
     if let Some(record) = guard.record_mut() {
-        if recording {
-            record.response_body = Some(own_copy(&body));
-        }
+        record.response_body = Some(own_copy(&body));
         // An error body passed on was parsed as OpenAI-shaped JSON; any other was wrapped.
         record.response_is_json = outcome == Outcome::UpstreamError;
         record.error = error;

@@ -23,6 +23,9 @@ pub const MIN_SECRET_LEN: usize = 8;
 #[derive(Clone, Default)]
 pub struct Redactor {
     finders: Arc<[Finder<'static>]>,
+    /// Length of the shortest secret: a shorter text cannot hold one (most of the names and
+    /// ids a sink writes), so it is not searched at all.
+    shortest: usize,
 }
 
 impl std::fmt::Debug for Redactor {
@@ -43,6 +46,7 @@ impl Redactor {
         values.sort_by_key(|s| std::cmp::Reverse(s.len()));
         values.dedup();
         Self {
+            shortest: values.iter().map(|v| v.len()).min().unwrap_or(usize::MAX),
             finders: values
                 .into_iter()
                 .map(|v| Finder::new(v.as_bytes()).into_owned())
@@ -53,12 +57,13 @@ impl Redactor {
     /// The redaction of one request: the known secrets plus the key that request presented.
     /// Build it once per record and use it for every text of that record.
     pub fn for_request<'a>(&'a self, client_key: Option<&'a Secret>) -> RequestRedactor<'a> {
+        let extra = client_key
+            .map(|s| s.expose().as_bytes())
+            .filter(|s| s.len() >= MIN_SECRET_LEN);
         RequestRedactor {
             base: self,
-            extra: client_key
-                .map(|s| s.expose().as_bytes())
-                .filter(|s| s.len() >= MIN_SECRET_LEN)
-                .map(Finder::new),
+            shortest: extra.map_or(self.shortest, |e| e.len().min(self.shortest)),
+            extra: extra.map(Finder::new),
         }
     }
 
@@ -78,12 +83,16 @@ impl Redactor {
 pub struct RequestRedactor<'a> {
     base: &'a Redactor,
     extra: Option<Finder<'a>>,
+    shortest: usize,
 }
 
 impl RequestRedactor<'_> {
     /// `bytes` with every secret replaced; borrows when nothing was found.
     pub fn redact_bytes<'t>(&self, bytes: &'t [u8]) -> Cow<'t, [u8]> {
         let mut out: Cow<'t, [u8]> = Cow::Borrowed(bytes);
+        if bytes.len() < self.shortest {
+            return out;
+        }
         for finder in self.base.finders.iter().chain(self.extra.iter()) {
             if let Some(replaced) = replace_all(&out, finder) {
                 out = Cow::Owned(replaced);
@@ -157,6 +166,17 @@ mod tests {
             Cow::Borrowed(_)
         ));
         assert!(!format!("{r:?}").contains("sk-configured"));
+    }
+
+    #[test]
+    fn texts_shorter_than_any_secret_are_not_searched_but_exact_ones_are() {
+        let redactor = Redactor::new(&keys());
+        let client = Secret::new("sk-client-9");
+        let request = redactor.for_request(Some(&client));
+        assert!(matches!(request.redact("sk-clie"), Cow::Borrowed(_)));
+        assert_eq!(request.redact("sk-client-9"), REDACTED);
+        assert_eq!(request.redact("sk-configured-1234"), REDACTED);
+        assert_eq!(redactor.redact("sk-client-9", None), "sk-client-9");
     }
 
     #[test]
