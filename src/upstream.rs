@@ -9,6 +9,7 @@
 //! `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` setting covers (`NO_PROXY` honoured, as reqwest reads
 //! them) and URLs with `user:password@` (which reqwest turns into Basic auth).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -26,6 +27,57 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::state::CONNECT_TIMEOUT;
 
+/// The TCP connection and the TLS handshake together, as reqwest's `connect_timeout` bounds
+/// them: hyper's connector times only the TCP part.
+#[derive(Clone)]
+struct Connector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+impl Connector {
+    fn new(timeout: Duration) -> Result<Self, ClientError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_keepalive(Some(TCP_KEEPALIVE));
+        let inner = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config()?)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        Ok(Self { inner, timeout })
+    }
+}
+
+type Connection = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = Connection;
+    type Error = BoxError;
+    /// Boxed once per new connection, not per request.
+    type Future = Pin<Box<dyn Future<Output = Result<Connection, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect and TLS handshake timed out",
+                )) as BoxError),
+            }
+        })
+    }
+}
+
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -33,7 +85,7 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 /// Sends proxied requests. Cheap to clone: the pools are shared.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    direct: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    direct: Client<Connector, Full<Bytes>>,
     fallback: reqwest::Client,
     /// The proxy environment, read once at start (as reqwest reads it).
     proxies: Arc<Matcher>,
@@ -152,21 +204,11 @@ impl UpstreamClient {
     /// the client as the upstream sent it), no decompression (bodies pass through as sent),
     /// HTTP/2 when a TLS upstream offers it. `fallback` is the shared reqwest client.
     pub fn new(fallback: reqwest::Client) -> Result<Self, ClientError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_keepalive(Some(TCP_KEEPALIVE));
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config()?)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
         let direct = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(https);
+            .build(Connector::new(CONNECT_TIMEOUT)?);
         Ok(Self {
             direct,
             fallback,
@@ -189,6 +231,12 @@ impl UpstreamClient {
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
+        // What reqwest sent when the client named no type; some upstreams expect one.
+        if !request.headers().contains_key(http::header::ACCEPT) {
+            request
+                .headers_mut()
+                .insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
+        }
         let response = self
             .direct
             .request(request)
@@ -246,6 +294,30 @@ fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that accepts the TCP connection and then says nothing: the TLS handshake
+    /// never completes, and the connect timeout must still end it.
+    #[tokio::test]
+    async fn a_tls_handshake_that_hangs_times_out() {
+        use tower_service::Service as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let silent = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            std::future::pending::<()>().await;
+            drop(socket);
+        });
+        let mut connector = Connector::new(Duration::from_millis(200)).expect("connector");
+        let uri: http::Uri = format!("https://{addr}/").parse().expect("uri");
+        let error = match connector.call(uri).await {
+            Ok(_) => panic!("a silent server cannot complete a TLS handshake"),
+            Err(error) => UpstreamError::from_hyper(error.as_ref()),
+        };
+        assert!(error.is_timeout(), "{error}");
+        silent.abort();
+    }
 
     #[test]
     fn causes_are_joined_once_each() {

@@ -183,3 +183,37 @@ async fn health_answers_ok() {
     }
     router.stop().await;
 }
+
+/// A client that names no `Accept` type (curl-less scripts, raw sockets) still sends the
+/// upstream `Accept: */*`, as the router always has; one that names a type keeps it.
+#[tokio::test]
+async fn a_missing_accept_header_reaches_the_upstream_as_any_type() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let body = r#"{"model":"[mock]m","messages":[]}"#;
+    let addr = router.url("").trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).await.expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(upstream.last().headers["accept"], "*/*");
+
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .header("accept", "application/json")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.last().headers["accept"], "application/json");
+}
