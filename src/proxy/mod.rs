@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod headers;
+pub mod intake;
 pub mod sse;
 pub mod stream;
 
@@ -14,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{HeaderName, StatusCode};
 use http_body_util::BodyExt as _;
@@ -31,6 +32,7 @@ use crate::state::AppState;
 use crate::upstream::{UpstreamBody, UpstreamError};
 use crate::usage::ResponseSummary;
 use body::RequestView;
+use intake::{Gathered, read_body};
 use stream::{StreamSettings, StreamTee};
 
 /// Largest non-stream upstream answer the router will hold; beyond it the request fails
@@ -253,34 +255,6 @@ fn own_copy(body: &Bytes) -> Bytes {
     Bytes::copy_from_slice(body)
 }
 
-/// Reads the client's body, refusing more than `limit` bytes with 413.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
-    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
-        if !encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
-            return Err(ProxyError::InvalidRequest(
-                "compressed request bodies (Content-Encoding) are not supported; send plain JSON"
-                    .into(),
-            ));
-        }
-    }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ProxyError::BodyTooLarge { limit });
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ProxyError::BodyTooLarge { limit }
-        } else {
-            ProxyError::InvalidRequest("could not read the request body".into())
-        }
-    })
-}
-
 fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -479,8 +453,7 @@ async fn read_upstream_body(upstream: UpstreamResponse) -> Result<Bytes, BodyErr
         return Err(BodyError::TooLarge);
     }
     let mut body = upstream.into_body();
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
+    let mut gathered = Gathered::expecting(declared);
     while let Some(frame) = body.frame().await {
         let chunk = match frame {
             Ok(frame) => match frame.into_data() {
@@ -490,24 +463,12 @@ async fn read_upstream_body(upstream: UpstreamResponse) -> Result<Bytes, BodyErr
             },
             Err(e) => return Err(BodyError::Read(e.to_string())),
         };
-        match (&mut first, &mut joined) {
-            (None, None) => first = Some(chunk),
-            (Some(head), None) => {
-                let mut buf = BytesMut::with_capacity(declared.max(head.len() + chunk.len()));
-                buf.extend_from_slice(head);
-                buf.extend_from_slice(&chunk);
-                first = None;
-                joined = Some(buf);
-            }
-            (_, Some(buf)) => {
-                if buf.len() + chunk.len() > MAX_UPSTREAM_BODY {
-                    return Err(BodyError::TooLarge);
-                }
-                buf.extend_from_slice(&chunk);
-            }
+        if gathered.size().saturating_add(chunk.len()) > MAX_UPSTREAM_BODY {
+            return Err(BodyError::TooLarge);
         }
+        gathered.push(chunk);
     }
-    Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
+    Ok(gathered.into_bytes())
 }
 
 /// Returns `(wrapped body if the upstream's was not OpenAI-shaped, the error message)`.

@@ -146,6 +146,75 @@ async fn bad_input_gets_a_4xx_in_openai_shape_and_the_server_keeps_serving() {
     router.stop().await;
 }
 
+/// A client writes its whole body before it reads the answer, so the router reads an
+/// oversized body to its end before it answers 413; answering and closing mid-body left the
+/// client with a broken pipe instead of the 413 (a race the 413 case above lost on CI).
+#[tokio::test]
+async fn an_oversized_body_gets_its_413_read_whether_declared_or_chunked() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let config = format!(
+        "{}settings:\n  max_body_bytes: 100000\n",
+        one_server_config(&upstream.url(), "")
+    );
+    let router = TestRouter::start(&config).await;
+    let big = format!(r#"{{"model":"[mock]m","pad":"{}"}}"#, "x".repeat(1_000_000));
+    let http = client();
+    for round in 0..8 {
+        let declared = http
+            .post(router.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}, declared length: {e}"));
+        let (status, error) = error_of(declared).await;
+        assert_eq!(
+            (status, &error["error"]["code"]),
+            (413, &json!("body_too_large"))
+        );
+
+        let chunked = http
+            .post(router.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(in_pieces(big.as_bytes(), 64 * 1024))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}, chunked: {e}"));
+        let (status, error) = error_of(chunked).await;
+        assert_eq!(
+            (status, &error["error"]["code"]),
+            (413, &json!("body_too_large"))
+        );
+    }
+    assert_eq!(
+        upstream.count(),
+        0,
+        "nothing oversized reached the upstream"
+    );
+
+    // A body within the limit that arrives in many pieces is forwarded whole.
+    let fits = format!(r#"{{"model":"[mock]m","pad":"{}"}}"#, "y".repeat(90_000));
+    let response = http
+        .post(router.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(in_pieces(fits.as_bytes(), 1000))
+        .send()
+        .await
+        .expect("send in pieces");
+    assert_eq!(response.status(), 200);
+    let forwarded = upstream.last().json();
+    assert_eq!(forwarded["model"], "m");
+    assert_eq!(forwarded["pad"].as_str().map(str::len), Some(90_000));
+    router.stop().await;
+}
+
+/// A request body without a Content-Length, sent as chunks of `size` bytes.
+fn in_pieces(bytes: &[u8], size: usize) -> reqwest::Body {
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        bytes.chunks(size).map(|piece| Ok(piece.to_vec())).collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(pieces))
+}
+
 #[tokio::test]
 async fn not_found_message_lists_the_aliases() {
     let closed = crate::support::closed_url();

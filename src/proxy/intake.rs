@@ -1,0 +1,145 @@
+//! Reading the client's request body, with a size limit that still lets the client see the 413.
+//!
+//! An HTTP/1.1 client writes its whole body before it reads the answer. A server that answers
+//! 413 and closes while the body is still arriving makes the client fail with a broken pipe
+//! or a reset instead, and SDKs then retry the same oversized request. So, as nginx's
+//! "lingering close" does, the router reads the rest of a too-large body and throws it away
+//! before answering, up to [`DISCARD_AT_MOST`] bytes and [`DISCARD_FOR_AT_MOST`]; past either,
+//! it answers at once and the connection closes.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap};
+use http_body_util::BodyExt as _;
+
+use crate::error::ProxyError;
+
+/// The most bytes of a too-large body read and thrown away so the client can read its 413.
+pub const DISCARD_AT_MOST: u64 = 64 * 1024 * 1024;
+
+/// The longest a too-large body is read and thrown away before the 413 goes out anyway.
+pub const DISCARD_FOR_AT_MOST: Duration = Duration::from_secs(5);
+
+/// Reads the client's body, refusing more than `limit` bytes with 413.
+pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        if !encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
+            return Err(ProxyError::InvalidRequest(
+                "compressed request bodies (Content-Encoding) are not supported; send plain JSON"
+                    .into(),
+            ));
+        }
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(declared) = declared.filter(|&len| len > limit as u64) {
+        // A client that asked `Expect: 100-continue` waits for this answer before it sends
+        // anything; reading would tell it to go ahead.
+        if declared <= DISCARD_AT_MOST && !expects_continue(headers) {
+            discard(body).await;
+        }
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    collect_within(body, limit, declared).await
+}
+
+/// Collects a body whose length was not declared (or was declared within `limit`), stopping
+/// at the first byte past `limit`.
+async fn collect_within(
+    mut body: Body,
+    limit: usize,
+    declared: Option<u64>,
+) -> Result<Bytes, ProxyError> {
+    let mut gathered = Gathered::expecting(declared.map_or(0, |len| len as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| unreadable())?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry nothing the router uses
+        };
+        if gathered.size().saturating_add(data.len()) > limit {
+            discard(body).await;
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+        gathered.push(data);
+    }
+    Ok(gathered.into_bytes())
+}
+
+/// The frames of a body joined into one buffer. A body that arrives in one frame, the usual
+/// case for both clients and upstreams, is kept as it is, without a copy.
+pub struct Gathered {
+    first: Option<Bytes>,
+    joined: Option<BytesMut>,
+    expected: usize,
+}
+
+impl Gathered {
+    /// `expected` is the declared length, used as the capacity once a second frame comes.
+    pub fn expecting(expected: usize) -> Self {
+        Self {
+            first: None,
+            joined: None,
+            expected,
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        match (&self.first, &self.joined) {
+            (_, Some(buffer)) => buffer.len(),
+            (Some(only), None) => only.len(),
+            (None, None) => 0,
+        }
+    }
+
+    pub fn push(&mut self, data: Bytes) {
+        if let Some(buffer) = &mut self.joined {
+            buffer.extend_from_slice(&data);
+        } else if let Some(head) = self.first.take() {
+            let capacity = self.expected.max(head.len() + data.len());
+            let mut buffer = BytesMut::with_capacity(capacity);
+            buffer.extend_from_slice(&head);
+            buffer.extend_from_slice(&data);
+            self.joined = Some(buffer);
+        } else {
+            self.first = Some(data);
+        }
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.joined
+            .map(BytesMut::freeze)
+            .or(self.first)
+            .unwrap_or_default()
+    }
+}
+
+/// Reads what is left of `body` and drops it, within [`DISCARD_AT_MOST`] and
+/// [`DISCARD_FOR_AT_MOST`].
+async fn discard(mut body: Body) {
+    let read_rest = async {
+        let mut read = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                read = read.saturating_add(data.len() as u64);
+            }
+            if read > DISCARD_AT_MOST {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_FOR_AT_MOST, read_rest).await;
+}
+
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+fn unreadable() -> ProxyError {
+    ProxyError::InvalidRequest("could not read the request body".into())
+}
