@@ -102,7 +102,10 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("{warning}");
     }
     let config = load_config(&cli.config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // Requests are served on lanes (one thread and runtime per core, see `lanes`); this
+    // runtime only accepts connections and runs background work: the recorder, exports,
+    // model list and user refreshes.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -8,10 +8,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::build_app;
+use crate::lanes::Lanes;
 use crate::state::AppState;
 
 /// How long running requests may take to finish after a shutdown signal.
@@ -19,6 +24,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Serves `state` on `listener` until `shutdown` resolves and running requests are done (or
 /// the grace period is over), then ends the state's background work (model list refreshes).
+/// Connections are served on [`crate::lanes`], one per core; this task only accepts them.
 pub async fn run(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -36,35 +42,78 @@ async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
+    let mut lanes = Lanes::start(state.upstream.lanes())?;
     let app = build_app(state.clone());
-    // Small SSE events must leave at once: without TCP_NODELAY, Nagle holds an event until
-    // the client's delayed ACK (40 ms on Linux) of the headers.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let stop_accepting = tokio_util::sync::CancellationToken::new();
-    let signal = stop_accepting.clone();
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(async move { signal.cancelled().await });
-    let mut server = std::pin::pin!(server.into_future());
+    let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    tokio::select! {
-        result = &mut server => return result,
-        () = &mut shutdown => {
-            tracing::info!("shutting down: no new connections; waiting for running requests");
-            stop_accepting.cancel();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => hand_over(&mut lanes, tcp, &app, graceful.watcher()),
+                Err(error) => pause_after(error).await,
+            },
+            () = &mut shutdown => break,
         }
     }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; waiting for running requests");
+    let mut drained = std::pin::pin!(graceful.shutdown());
     tokio::select! {
-        result = &mut server => return result,
+        () = &mut drained => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!("requests still running after {} s; cutting them", grace.as_secs());
             state.hard_stop.cancel();
+            // Cut streams end at their next poll; give them a moment to send their error
+            // event.
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut drained).await;
         }
     }
-    // Cut streams end at their next poll; give them a moment to send their error event.
-    let _ = tokio::time::timeout(Duration::from_secs(2), &mut server).await;
+    lanes.stop().await;
     Ok(())
+}
+
+/// Moves an accepted connection to the next lane, which serves it to the end.
+fn hand_over(lanes: &mut Lanes, tcp: TcpStream, app: &Router, watcher: Watcher) {
+    // Registered with this runtime's reactor by `accept`; the lane registers it with its own.
+    let tcp = match tcp.into_std() {
+        Ok(tcp) => tcp,
+        Err(error) => {
+            tracing::debug!("dropping a connection that cannot be handed over: {error}");
+            return;
+        }
+    };
+    let app = app.clone();
+    lanes.spawn(move |_| async move {
+        let tcp = match TcpStream::from_std(tcp) {
+            Ok(tcp) => tcp,
+            Err(error) => {
+                tracing::debug!("dropping a connection its lane cannot register: {error}");
+                return;
+            }
+        };
+        // Small SSE events must leave at once: without TCP_NODELAY, Nagle holds an event
+        // until the client's delayed ACK (40 ms on Linux) of the headers.
+        let _ = tcp.set_nodelay(true);
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let connection = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app));
+        if let Err(error) = watcher.watch(connection).await {
+            tracing::trace!("connection ended with an error: {error}");
+        }
+    });
+}
+
+/// After a failed `accept`: go on at once when only that connection failed; otherwise (out
+/// of file descriptors, say) wait a second rather than spin.
+async fn pause_after(error: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        error.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!("accept error: {error}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

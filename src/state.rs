@@ -49,7 +49,7 @@ impl AppState {
         Ok(Self {
             redactor,
             config: ArcSwap::from_pointee(config),
-            upstream: UpstreamClient::new(client.clone())?,
+            upstream: UpstreamClient::new(client.clone(), crate::lanes::count())?,
             client,
             recorder,
             keys: None,

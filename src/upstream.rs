@@ -85,7 +85,9 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 /// Sends proxied requests. Cheap to clone: the pools are shared.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    direct: Client<Connector, Full<Bytes>>,
+    /// One pool per lane (see [`crate::lanes`]): a request uses connections its own thread
+    /// drives, so sending it wakes no other thread.
+    direct: Arc<[Client<Connector, Full<Bytes>>]>,
     fallback: reqwest::Client,
     /// The proxy environment, read once at start (as reqwest reads it).
     proxies: Arc<Matcher>,
@@ -202,18 +204,29 @@ pub enum ClientError {
 impl UpstreamClient {
     /// Connect timeout, TCP_NODELAY and keep-alive, no redirects followed (a 3xx goes back to
     /// the client as the upstream sent it), no decompression (bodies pass through as sent),
-    /// HTTP/2 when a TLS upstream offers it. `fallback` is the shared reqwest client.
-    pub fn new(fallback: reqwest::Client) -> Result<Self, ClientError> {
-        let direct = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(Connector::new(CONNECT_TIMEOUT)?);
+    /// HTTP/2 when a TLS upstream offers it. `fallback` is the shared reqwest client. One
+    /// pool for each of `lanes` lanes.
+    pub fn new(fallback: reqwest::Client, lanes: usize) -> Result<Self, ClientError> {
+        let connector = Connector::new(CONNECT_TIMEOUT)?;
+        let direct = (0..lanes.max(1))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .build(connector.clone())
+            })
+            .collect();
         Ok(Self {
             direct,
             fallback,
             proxies: Arc::new(Matcher::from_env()),
         })
+    }
+
+    /// How many lanes this client has a pool for.
+    pub fn lanes(&self) -> usize {
+        self.direct.len()
     }
 
     /// Sends one request. Timeouts beyond connecting are the caller's.
@@ -237,8 +250,8 @@ impl UpstreamClient {
                 .headers_mut()
                 .insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
         }
-        let response = self
-            .direct
+        let pool = &self.direct[crate::lanes::current() % self.direct.len()];
+        let response = pool
             .request(request)
             .await
             .map_err(|e| UpstreamError::from_hyper(&e))?;
