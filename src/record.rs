@@ -210,7 +210,7 @@ pub struct Recorder {
 }
 
 struct RecorderInner {
-    tx: Option<mpsc::Sender<RequestRecord>>,
+    tx: Option<mpsc::Sender<Box<RequestRecord>>>,
     /// Record guards alive (requests under way); shutdown waits for them before the sinks
     /// are flushed, so no record is handed over after its sinks closed.
     live: AtomicUsize,
@@ -278,7 +278,12 @@ impl Recorder {
     }
 
     /// Queues a record; never waits.
-    pub fn submit(&self, mut record: RequestRecord) {
+    pub fn submit(&self, record: RequestRecord) {
+        self.submit_boxed(Box::new(record));
+    }
+
+    /// [`Self::submit`] for a record already on the heap (the guard's): queued without a copy.
+    fn submit_boxed(&self, mut record: Box<RequestRecord>) {
         let Some(tx) = &self.inner.tx else { return };
         self.take_body_budget(&mut record);
         if tx.try_send(record).is_err() {
@@ -366,8 +371,11 @@ impl RecorderTask {
     }
 }
 
+/// Most records the recorder hands over before it lets the runtime run something else.
+const MAX_BATCH: usize = 1024;
+
 async fn run_recorder(
-    mut rx: mpsc::Receiver<RequestRecord>,
+    mut rx: mpsc::Receiver<Box<RequestRecord>>,
     sinks: Vec<Arc<dyn RecordSink>>,
     stop: CancellationToken,
 ) {
@@ -378,23 +386,35 @@ async fn run_recorder(
                 Some(record) => deliver(record, &sinks),
                 None => break,
             },
-            () = stop.cancelled() => {
-                rx.close();
-                while let Some(record) = rx.recv().await {
-                    deliver(record, &sinks);
-                }
-                break;
+            () = stop.cancelled() => break,
+        }
+        // Let records gather before taking them all: a busy router wakes this task (and its
+        // thread) a few dozen times a second, not once per request. Each wake-up of another
+        // thread cost a request about as much as building its record.
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(crate::sinks::BATCH_WINDOW) => {}
+        }
+        for _ in 0..MAX_BATCH {
+            match rx.try_recv() {
+                Ok(record) => deliver(record, &sinks),
+                Err(_) => break,
             }
         }
+    }
+    rx.close();
+    while let Some(record) = rx.recv().await {
+        deliver(record, &sinks);
     }
     for sink in &sinks {
         sink.close().await;
     }
 }
 
-fn deliver(mut record: RequestRecord, sinks: &[Arc<dyn RecordSink>]) {
+fn deliver(mut record: Box<RequestRecord>, sinks: &[Arc<dyn RecordSink>]) {
     complete_summary(&mut record);
-    let record = Arc::new(record);
+    let record = Arc::new(*record);
     for sink in sinks {
         sink.accept(&record);
     }
@@ -470,7 +490,7 @@ impl RecordGuard {
         if let Some(mut record) = self.record.take() {
             record.outcome = outcome;
             record.ended_at = SystemTime::now();
-            self.recorder.submit(*record);
+            self.recorder.submit_boxed(record);
             self.recorder.inner.live.fetch_sub(1, Ordering::AcqRel);
         }
     }
