@@ -5,7 +5,7 @@
 //! table: direct to the mock vs through the router (non-stream c=32; 20-chunk streams 2 ms
 //! apart, c=64), router CPU per request from /proc, router RSS idle / at 2,000 concurrent
 //! streams / after 100k requests, and telemetry on vs off. Every phase is bounded; the default
-//! run takes about a minute. `BENCH_SECS` sets the length of each measured phase (default 5);
+//! run takes about three minutes. `BENCH_SECS` sets the length of each measured phase (default 5);
 //! `BENCH_ROUTER` names another router binary to measure.
 
 mod client;
