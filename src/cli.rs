@@ -5,6 +5,19 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// The variable behind every `--json` flag.
+const JSON_VAR: &str = "LLMSROUTER_JSON";
+/// The variable behind `user add --permissions` and `user modify --permissions`.
+const PERMISSIONS_VAR: &str = "LLMSROUTER_USER_PERMISSIONS";
+
+/// `--json`'s value from [`JSON_VAR`] (the flag alone is `true`): the booleans every other
+/// variable takes, so `LLMSROUTER_JSON=maybe` is refused with the accepted words.
+fn flag_value(value: &str) -> Result<bool, String> {
+    crate::env::parse_bool(value).ok_or_else(|| {
+        format!("\"{value}\" is not a boolean ({JSON_VAR} takes true/false, 1/0 or yes/no)")
+    })
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "llmsrouter",
@@ -167,22 +180,27 @@ llmsrouter usage --by user --db /app/data/users.db"
 #[derive(Debug, Args)]
 pub struct ModelsArgs {
     /// Print the JSON of GET /v1/models instead of a table.
-    #[arg(long)]
+    #[arg(long, env = JSON_VAR, value_parser = flag_value)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct UsageArgs {
     /// What to group by.
-    #[arg(long, value_enum, default_value_t = UsageGroup::Provider)]
+    #[arg(
+        long,
+        value_enum,
+        env = "LLMSROUTER_USAGE_BY",
+        default_value_t = UsageGroup::Provider
+    )]
     pub by: UsageGroup,
 
     /// Only requests on or after this day (UTC).
-    #[arg(long, value_name = "YYYY-MM-DD")]
+    #[arg(long, env = "LLMSROUTER_USAGE_SINCE", value_name = "YYYY-MM-DD")]
     pub since: Option<String>,
 
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, env = JSON_VAR, value_parser = flag_value)]
     pub json: bool,
 }
 
@@ -236,10 +254,15 @@ KEY=$(llmsrouter user add bob)"
         /// Letters, digits and . _ - @ + ; at most 64 characters.
         username: String,
         /// The user's email address (optional; "" means none).
-        #[arg(long, value_name = "EMAIL")]
+        #[arg(long, env = "LLMSROUTER_USER_EMAIL", value_name = "EMAIL")]
         email: Option<String>,
         /// Provider aliases the user may use, comma-separated, or "*" for all.
-        #[arg(long, value_name = "\"a,b\" | \"*\"", default_value = "*")]
+        #[arg(
+            long,
+            env = PERMISSIONS_VAR,
+            value_name = "\"a,b\" | \"*\"",
+            default_value = "*"
+        )]
         permissions: String,
     },
     /// Delete a user; its key stops working on running servers within a second.
@@ -285,7 +308,7 @@ llmsrouter user list --json | jq -r '.[].username'"
     )]
     List {
         /// JSON for scripts instead of a table.
-        #[arg(long)]
+        #[arg(long, env = JSON_VAR, value_parser = flag_value)]
         json: bool,
     },
     /// Change which providers a user may use.
@@ -302,7 +325,7 @@ llmsrouter user modify ann --permissions \"*\""
         /// The user's name, as `llmsrouter user list` shows it.
         username: String,
         /// Provider aliases the user may use, comma-separated, or "*" for all.
-        #[arg(long, value_name = "\"a,b\" | \"*\"")]
+        #[arg(long, env = PERMISSIONS_VAR, value_name = "\"a,b\" | \"*\"")]
         permissions: String,
     },
     /// Show one user (key masked).
@@ -318,7 +341,7 @@ llmsrouter user show ann --json"
         /// The user's name, as `llmsrouter user list` shows it.
         username: String,
         /// JSON for scripts instead of text.
-        #[arg(long)]
+        #[arg(long, env = JSON_VAR, value_parser = flag_value)]
         json: bool,
     },
     /// Give a user a new key and print it; the old key stops working.

@@ -208,6 +208,76 @@ fn modify_rotate_key_and_delete_change_the_row() {
     assert!(rows(&db).is_empty());
 }
 
+/// PRODUCT.md: every flag has an environment variable, and a flag on the line wins.
+#[test]
+fn every_user_flag_has_a_variable() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    let vars = [
+        ("LLMSROUTER_USER_EMAIL", "ann@example.com"),
+        ("LLMSROUTER_USER_PERMISSIONS", "a,b"),
+    ];
+    let (code, out, err) = run_cli(dir.path(), &["user", "add", "ann"], &vars);
+    assert_eq!(code, 0, "{err}");
+    assert!(is_new_key(out.trim_end()), "{out:?}");
+    let (code, _, err) = run_cli(
+        dir.path(),
+        &["user", "add", "bob", "--permissions", "c"],
+        &vars,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        row_of(&db, "ann")[2..4],
+        [
+            "ann@example.com".to_owned(),
+            r#"{"a": true, "b": true}"#.to_owned()
+        ]
+    );
+    assert_eq!(row_of(&db, "bob")[3], r#"{"c": true}"#, "the flag wins");
+
+    let (code, _, err) = run_cli(
+        dir.path(),
+        &["user", "modify", "bob"],
+        &[("LLMSROUTER_USER_PERMISSIONS", "*")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(row_of(&db, "bob")[3], r#"{"*": true}"#);
+
+    let (code, listed, err) = run_cli(
+        dir.path(),
+        &["user", "list"],
+        &[("LLMSROUTER_JSON", "TRUE")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&listed).expect("LLMSROUTER_JSON=TRUE prints JSON");
+    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+    let (code, shown, _) = run_cli(
+        dir.path(),
+        &["user", "show", "ann"],
+        &[("LLMSROUTER_JSON", "1")],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&shown).expect("json"),
+        listed[0]
+    );
+    let (code, table, _) = run_cli(dir.path(), &["user", "list"], &[("LLMSROUTER_JSON", "no")]);
+    assert_eq!(code, 0);
+    assert!(table.starts_with("USERNAME"), "{table}");
+
+    let (code, out, err) = run_cli(
+        dir.path(),
+        &["user", "list"],
+        &[("LLMSROUTER_JSON", "maybe")],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty());
+    assert!(
+        err.contains("LLMSROUTER_JSON") && err.contains("maybe"),
+        "{err}"
+    );
+}
+
 #[test]
 fn refused_commands_exit_1_with_one_line_and_change_nothing() {
     let dir = tempfile::tempdir().expect("dir");

@@ -189,6 +189,34 @@ async fn usage_reports_per_user_and_day() {
         serde_json::Value::Null,
         "accounts off"
     );
+    // Every flag has a variable; a flag on the line wins over its variable.
+    let (code, from_vars, stderr) = run_cli(
+        dir.path(),
+        &["usage", "--db", db_arg],
+        &[("LLMSROUTER_USAGE_BY", "user"), ("LLMSROUTER_JSON", "yes")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&from_vars).expect("json"),
+        json
+    );
+    let (code, later, stderr) = run_cli(
+        dir.path(),
+        &["usage", "--by", "user", "--db", db_arg],
+        &[
+            ("LLMSROUTER_USAGE_BY", "model"),
+            ("LLMSROUTER_USAGE_SINCE", "2999-01-01"),
+            ("LLMSROUTER_JSON", "1"),
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let later: serde_json::Value = serde_json::from_str(&later).expect("json");
+    assert_eq!(later["rows"], json!([]), "nothing since 2999: {later}");
+    assert_eq!(
+        later["by"], "user",
+        "--by beats LLMSROUTER_USAGE_BY: {later}"
+    );
+
     let (code, stdout, _) = run_cli(dir.path(), &["usage", "--by", "day", "--db", db_arg], &[]);
     assert_eq!(code, 0);
     let day = stdout.lines().nth(1).expect("a day row");
