@@ -39,6 +39,21 @@ pub enum Route {
 
 /// Collapses repeated slashes, drops a trailing slash and a leading `/v1` segment.
 pub fn normalize_path(raw: &str) -> String {
+    // The usual path, `/v1/chat/completions`, is already normal: one copy, no rebuilding.
+    if let Some(rest) = raw.strip_prefix("/v1/") {
+        let plain = !rest.is_empty()
+            && !rest.starts_with('/')
+            && !rest.ends_with('/')
+            && !rest.contains("//");
+        if plain {
+            return raw["/v1".len()..].to_owned();
+        }
+    }
+    rebuild_path(raw)
+}
+
+/// [`normalize_path`] the long way: every segment looked at.
+fn rebuild_path(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len() + 1);
     for segment in raw.split('/').filter(|s| !s.is_empty()) {
         out.push('/');
@@ -165,6 +180,26 @@ mod tests {
         assert_eq!(normalize_path("/v1"), "/");
         assert_eq!(normalize_path("/"), "/");
         assert_eq!(normalize_path("/v1beta/x"), "/v1beta/x");
+        assert_eq!(normalize_path("/v1/"), "/");
+        assert_eq!(normalize_path("/v1//chat"), "/chat");
+        assert_eq!(
+            normalize_path("/v1/chat//completions/"),
+            "/chat/completions"
+        );
+        assert_eq!(normalize_path("/v1/v1/x"), "/v1/x");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_short_way_agrees_with_the_long_way(
+            segments in proptest::collection::vec(
+                proptest::sample::select(vec!["", "v1", "chat", "completions", "v1beta"]),
+                0..6,
+            )
+        ) {
+            let raw = format!("/{}", segments.join("/"));
+            proptest::prop_assert_eq!(normalize_path(&raw), rebuild_path(&raw));
+        }
     }
 
     #[test]

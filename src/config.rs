@@ -37,6 +37,9 @@ pub struct Server {
     pub base: url::Url,
     /// `None` when the config has no key (local servers): no Authorization is sent.
     pub api_key: Option<Secret>,
+    /// `Authorization: Bearer <api_key>`, built once (marked sensitive) rather than formatted
+    /// and validated on every request; `None` without a key, or with one no header can carry.
+    pub authorization: Option<HeaderValue>,
     pub filter: Option<String>,
     /// `Some`: this list replaces the upstream's model list; the upstream is not asked.
     pub override_models: Option<Vec<String>>,
@@ -344,11 +347,13 @@ fn validate_server(
             .ok_or_else(|| invalid(at("timeout_secs"), "must be a number of seconds above 0"))?,
     };
 
+    let authorization = api_key.as_ref().and_then(bearer);
     Ok(Server {
         alias: alias.to_owned(),
         url,
         base,
         api_key,
+        authorization,
         filter,
         override_models,
         append,
@@ -357,6 +362,15 @@ fn validate_server(
         timeout,
         stream_usage: raw.stream_usage.unwrap_or(true),
     })
+}
+
+fn bearer(key: &Secret) -> Option<HeaderValue> {
+    if key.is_empty() {
+        return None;
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 fn validate_settings(

@@ -493,6 +493,58 @@ pub enum EventKind {
     Other,
 }
 
+/// The [`EventKind`] of one `data:` payload without reading it into a summary, for streams
+/// nothing records (every sink off): `[DONE]` is a comparison, and only a payload with a
+/// `"usage"` object in it is parsed, for its `choices` and `type` alone. `want_usage_only`
+/// false skips even that (the client asked for the usage chunk itself). Agrees with
+/// [`StreamAccumulator::push_data`], which a test checks.
+pub fn classify_event(data: &[u8], want_usage_only: bool) -> EventKind {
+    let trimmed = data.trim_ascii();
+    if trimmed == b"[DONE]" {
+        return EventKind::Done;
+    }
+    if !want_usage_only || !has_usage_object(trimmed) {
+        return EventKind::Other;
+    }
+    match serde_json::from_slice::<KindProbe<'_>>(trimmed) {
+        Ok(probe)
+            if probe.event_type.is_none()
+                && probe.usage.is_some()
+                && probe.choices.as_ref().is_none_or(Vec::is_empty) =>
+        {
+            EventKind::UsageOnly
+        }
+        _ => EventKind::Other,
+    }
+}
+
+/// `"usage"` followed by a colon and an object somewhere in `data`: the one shape that can
+/// make a usage-only chunk. `"usage": null`, which OpenAI puts in every other chunk once
+/// `include_usage` is on, is not. A key inside a JSON string has its quotes escaped, so it
+/// cannot match; a false match only costs a parse.
+fn has_usage_object(data: &[u8]) -> bool {
+    // Built once: building a searcher cost more than the search on a ~200-byte event.
+    static USAGE_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+    USAGE_KEY.find_iter(data).any(|at| {
+        let mut rest = data[at + 7..]
+            .iter()
+            .copied()
+            .skip_while(u8::is_ascii_whitespace);
+        rest.next() == Some(b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(b'{')
+    })
+}
+
+#[derive(Deserialize)]
+struct KindProbe<'a> {
+    #[serde(default)]
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(rename = "type", borrow, default)]
+    event_type: Option<std::borrow::Cow<'a, str>>,
+}
+
 /// Builds a [`ResponseSummary`] from stream events, one `data:` payload at a time.
 #[derive(Debug, Default)]
 pub struct StreamAccumulator {
@@ -727,6 +779,39 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    /// Payloads of the shapes upstreams send, for `classify_event` vs `push_data`.
+    const EVENTS: &[&str] = &[
+        "[DONE]",
+        " [DONE] ",
+        r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}]}"#,
+        r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}"#,
+        r#"{"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+        r#"{"id":"c","choices" : [ ] , "usage" :
+            {"prompt_tokens":1}}"#,
+        r#"{"id":"c","usage":{"prompt_tokens":1}}"#,
+        r#"{"id":"c","choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":1}}"#,
+        r#"{"type":"response.completed","response":{"usage":{"input_tokens":1}},"usage":{"x":1}}"#,
+        r#"{"id":"c","choices":[{"delta":{"content":"say \"usage\": {"}}]}"#,
+        r#"{"id":"c","choices":[],"usage":null}"#,
+        r#"{"usage":{"prompt_tokens":1},"choices":[]"#,
+        "not json",
+        "",
+    ];
+
+    #[test]
+    fn classify_event_agrees_with_the_accumulator() {
+        for event in EVENTS {
+            let expected = StreamAccumulator::default().push_data(event.as_bytes());
+            assert_eq!(classify_event(event.as_bytes(), true), expected, "{event}");
+            let without = if expected == EventKind::Done {
+                EventKind::Done
+            } else {
+                EventKind::Other
+            };
+            assert_eq!(classify_event(event.as_bytes(), false), without, "{event}");
+        }
+    }
 
     #[test]
     fn openai_usage_with_details() {

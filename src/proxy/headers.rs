@@ -61,11 +61,8 @@ pub fn upstream_headers(client: &HeaderMap, target: &Target<'_>) -> HeaderMap {
         out.append(name.clone(), value.clone());
     }
     if let Some(server) = target.server {
-        if let Some(key) = server.api_key.as_ref().filter(|k| !k.is_empty()) {
-            if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", key.expose())) {
-                value.set_sensitive(true);
-                out.insert(header::AUTHORIZATION, value);
-            }
+        if let Some(value) = &server.authorization {
+            out.insert(header::AUTHORIZATION, value.clone());
         }
         for (name, value) in &server.headers {
             out.insert(name.clone(), value.clone());

@@ -76,6 +76,42 @@ async fn stream_gets_usage_injected_and_the_usage_chunk_dropped() {
     router.stop().await;
 }
 
+/// With every sink off the tee reads no event into a summary, only what forwarding needs:
+/// the usage chunk the router asked for is still dropped, one the client asked for still
+/// passes, and the body still ends at [DONE].
+#[tokio::test]
+async fn with_every_sink_off_streams_are_forwarded_the_same() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 4,
+        // Junk after [DONE] on a connection that stays open: the body must end at [DONE].
+        linger_after_done: Some(Duration::from_secs(30)),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start_unrecorded(&one_server_config(&upstream.url(), "")).await;
+    for client_asked in [false, true] {
+        let mut request = stream_request("[mock]gpt-4o");
+        if client_asked {
+            request["stream_options"] = json!({"include_usage": true});
+        }
+        let response = client()
+            .post(router.url("/v1/chat/completions"))
+            .json(&request)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        let (_, text) = read_timed(response).await;
+        assert_eq!(text, expected_stream(&upstream.behavior(), client_asked));
+        assert_eq!(
+            upstream.last().json()["stream_options"],
+            json!({"include_usage": true})
+        );
+    }
+    assert!(router.records.all().is_empty(), "no record was built");
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn a_client_that_asked_for_usage_gets_the_usage_chunk() {
     let upstream = MockUpstream::start(Behavior::default()).await;

@@ -83,12 +83,29 @@ impl TestRouter {
         sinks: Vec<Arc<dyn RecordSink>>,
         adjust: impl FnOnce(&mut AppState),
     ) -> Self {
-        let config =
-            Config::parse(config_yaml, &|n| std::env::var(n).ok()).expect("test config is valid");
         let records = Arc::new(Collector::default());
         let mut all = vec![records.clone() as Arc<dyn RecordSink>];
         all.extend(sinks);
         let (recorder, recorder_task) = Recorder::start(all);
+        Self::launch(config_yaml, recorder, Some(recorder_task), records, adjust).await
+    }
+
+    /// With every sink off, as `serve` runs without a log file, ledger or Langfuse: no record
+    /// is built at all (`records` stays empty).
+    pub async fn start_unrecorded(config_yaml: &str) -> Self {
+        let records = Arc::new(Collector::default());
+        Self::launch(config_yaml, Recorder::disabled(), None, records, |_| {}).await
+    }
+
+    async fn launch(
+        config_yaml: &str,
+        recorder: Recorder,
+        recorder_task: Option<RecorderTask>,
+        records: Arc<Collector>,
+        adjust: impl FnOnce(&mut AppState),
+    ) -> Self {
+        let config =
+            Config::parse(config_yaml, &|n| std::env::var(n).ok()).expect("test config is valid");
         let mut state =
             AppState::new(config, build_http_client().expect("client"), recorder).expect("state");
         adjust(&mut state);
@@ -113,7 +130,7 @@ impl TestRouter {
             state,
             stop: Some(tx),
             server: Some(server),
-            recorder_task: Some(recorder_task),
+            recorder_task,
         }
     }
 
