@@ -111,12 +111,7 @@ async fn dot_env_is_read_and_real_environment_wins() {
     );
     std::fs::write(dir.path().join("config.yaml"), config).expect("config");
     let router = RouterProcess::start_in(dir, &[("OTHER_KEY", "real-env")]);
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]m"}))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&json!({"model": "[mock]m"})).await;
     assert_eq!(response.status(), 200);
     let got = upstream.last();
     assert_eq!(got.headers["authorization"], "Bearer sk-from-dotenv");
@@ -148,12 +143,9 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_zero() {
     })
     .await;
     let mut router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &[]);
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]m", "stream": true, "messages": []}))
-        .send()
-        .await
-        .expect("send");
+    let response = router
+        .chat(&json!({"model": "[mock]m", "stream": true, "messages": []}))
+        .await;
     let mut stream = response.bytes_stream();
     let mut text = String::new();
     let first = stream.next().await.expect("first piece").expect("ok");
@@ -235,12 +227,9 @@ async fn providers_are_reached_through_the_proxy_the_environment_names() {
     let proxy = MockUpstream::start(Behavior::default()).await;
     let config = one_server_config("http://provider.invalid/v1", "");
     let router = RouterProcess::start(Some(&config), &[("HTTP_PROXY", &proxy.origin())]);
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]m", "messages": []}))
-        .send()
-        .await
-        .expect("send");
+    let response = router
+        .chat(&json!({"model": "[mock]m", "messages": []}))
+        .await;
     assert_eq!(response.status(), 200, "{}", router.stderr());
     let received = proxy.last();
     assert_eq!(received.path, "/v1/chat/completions");

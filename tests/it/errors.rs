@@ -20,14 +20,20 @@ async fn error_of(response: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
-#[tokio::test]
-async fn bad_input_gets_a_4xx_in_openai_shape_and_the_server_keeps_serving() {
+/// A mock upstream and a router in front of it that takes bodies of `limit` bytes at most.
+async fn with_body_limit(limit: usize) -> (MockUpstream, TestRouter) {
     let upstream = MockUpstream::start(Behavior::default()).await;
     let config = format!(
-        "{}settings:\n  max_body_bytes: 2000000\n",
+        "{}settings:\n  max_body_bytes: {limit}\n",
         one_server_config(&upstream.url(), "")
     );
     let router = TestRouter::start(&config).await;
+    (upstream, router)
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_in_openai_shape_and_the_server_keeps_serving() {
+    let (upstream, router) = with_body_limit(2_000_000).await;
     let huge_model = format!(r#"{{"model":"{}"}}"#, "m".repeat(1_500_000));
     let too_big = format!(r#"{{"model":"[mock]m","pad":"{}"}}"#, "x".repeat(2_100_000));
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
@@ -151,40 +157,27 @@ async fn bad_input_gets_a_4xx_in_openai_shape_and_the_server_keeps_serving() {
 /// client with a broken pipe instead of the 413 (a race the 413 case above lost on CI).
 #[tokio::test]
 async fn an_oversized_body_gets_its_413_read_whether_declared_or_chunked() {
-    let upstream = MockUpstream::start(Behavior::default()).await;
-    let config = format!(
-        "{}settings:\n  max_body_bytes: 100000\n",
-        one_server_config(&upstream.url(), "")
-    );
-    let router = TestRouter::start(&config).await;
+    let (upstream, router) = with_body_limit(100_000).await;
     let big = format!(r#"{{"model":"[mock]m","pad":"{}"}}"#, "x".repeat(1_000_000));
     let http = client();
     for round in 0..8 {
-        let declared = http
-            .post(router.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(big.clone())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("round {round}, declared length: {e}"));
-        let (status, error) = error_of(declared).await;
-        assert_eq!(
-            (status, &error["error"]["code"]),
-            (413, &json!("body_too_large"))
-        );
-
-        let chunked = http
-            .post(router.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(in_pieces(big.as_bytes(), 64 * 1024))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("round {round}, chunked: {e}"));
-        let (status, error) = error_of(chunked).await;
-        assert_eq!(
-            (status, &error["error"]["code"]),
-            (413, &json!("body_too_large"))
-        );
+        let declared = reqwest::Body::from(big.clone());
+        let chunked = in_pieces(big.as_bytes(), 64 * 1024);
+        for (how, body) in [("declared length", declared), ("chunked", chunked)] {
+            let response = http
+                .post(router.url("/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("round {round}, {how}: {e}"));
+            let (status, error) = error_of(response).await;
+            assert_eq!(
+                (status, &error["error"]["code"]),
+                (413, &json!("body_too_large")),
+                "round {round}, {how}"
+            );
+        }
     }
     assert_eq!(
         upstream.count(),
@@ -222,12 +215,7 @@ async fn not_found_message_lists_the_aliases() {
         "servers:\n  openrouter:\n    url: {closed}\n  deepseek:\n    url: {closed}\n"
     ))
     .await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "deepseek-chat"}))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&json!({"model": "deepseek-chat"})).await;
     let (status, body) = error_of(response).await;
     assert_eq!(status, 404);
     let message = body["error"]["message"].as_str().expect("message");
@@ -281,12 +269,9 @@ async fn upstream_errors_keep_status_headers_and_text() {
             ],
             ..Default::default()
         });
-        let response = client()
-            .post(router.url("/v1/chat/completions"))
-            .json(&json!({"model": "[mock]m", "messages": []}))
-            .send()
-            .await
-            .expect("send");
+        let response = router
+            .chat(&json!({"model": "[mock]m", "messages": []}))
+            .await;
         assert_eq!(response.status().as_u16(), status);
         assert_eq!(response.headers()["retry-after"], "3");
         assert_eq!(response.headers()["x-ratelimit-reset"], "1s");
@@ -315,12 +300,7 @@ async fn upstream_errors_keep_status_headers_and_text() {
 #[tokio::test]
 async fn unreachable_upstream_is_502() {
     let router = TestRouter::start(&one_server_config(&crate::support::closed_url(), "")).await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]m"}))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&json!({"model": "[mock]m"})).await;
     let (status, body) = error_of(response).await;
     assert_eq!(status, 502);
     assert_eq!(body["error"]["code"], "upstream_unreachable");
@@ -345,12 +325,7 @@ async fn slow_upstream_is_504_after_timeout_secs() {
     ))
     .await;
     let started = std::time::Instant::now();
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]m"}))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&json!({"model": "[mock]m"})).await;
     let (status, body) = error_of(response).await;
     assert!(started.elapsed() < Duration::from_secs(4));
     assert_eq!(status, 504);
@@ -499,12 +474,7 @@ async fn an_upstream_error_echoing_the_providers_key_reaches_the_client_redacted
     })
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]m"}))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&json!({"model": "[mock]m"})).await;
     assert_eq!(response.status(), 401);
     let text = response.text().await.expect("body");
     assert!(!text.contains("sk-mock-upstream-key"), "{text}");

@@ -111,12 +111,9 @@ async fn a_configured_url_is_used_as_is() {
     let upstream = MockUpstream::start(Behavior::default()).await;
     let config = one_server_config(&format!("{}/api/v3/", upstream.origin()), "");
     let router = TestRouter::start(&config).await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]doubao", "messages": []}))
-        .send()
-        .await
-        .expect("send");
+    let response = router
+        .chat(&json!({"model": "[mock]doubao", "messages": []}))
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(upstream.last().path, "/api/v3/chat/completions");
     router.stop().await;

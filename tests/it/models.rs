@@ -328,12 +328,9 @@ async fn a_server_that_fails_after_answering_keeps_its_last_good_list() {
 
     // An unprefixed model of the failing server is still routed to it.
     a.set(Behavior::default());
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "a-model", "messages": []}))
-        .send()
-        .await
-        .expect("send");
+    let response = router
+        .chat(&json!({"model": "a-model", "messages": []}))
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(a.last().json()["model"], "a-model");
     router.stop().await;
@@ -497,12 +494,9 @@ async fn with_a_default_server_no_model_list_is_fetched_for_routing() {
         "  default_server: b\n",
     ))
     .await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "only-a", "messages": []}))
-        .send()
-        .await
-        .expect("send");
+    let response = router
+        .chat(&json!({"model": "only-a", "messages": []}))
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(b.last().json()["model"], "only-a");
     assert_eq!((model_fetches(&a), model_fetches(&b)), (0, 0));

@@ -38,12 +38,7 @@ async fn stream_gets_usage_injected_and_the_usage_chunk_dropped() {
     })
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&stream_request("[mock]gpt-4o"))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&stream_request("[mock]gpt-4o")).await;
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();
     assert_eq!(headers["content-type"], "text/event-stream");
@@ -94,12 +89,7 @@ async fn with_every_sink_off_streams_are_forwarded_the_same() {
         if client_asked {
             request["stream_options"] = json!({"include_usage": true});
         }
-        let response = client()
-            .post(router.url("/v1/chat/completions"))
-            .json(&request)
-            .send()
-            .await
-            .expect("send");
+        let response = router.chat(&request).await;
         assert_eq!(response.status(), 200);
         let (_, text) = read_timed(response).await;
         assert_eq!(text, expected_stream(&upstream.behavior(), client_asked));
@@ -118,12 +108,7 @@ async fn a_client_that_asked_for_usage_gets_the_usage_chunk() {
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let mut request = stream_request("[mock]m");
     request["stream_options"] = json!({"include_usage": true});
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&request)
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&request).await;
     let (_, text) = read_timed(response).await;
     assert_eq!(text, expected_stream(&upstream.behavior(), true));
     router.stop().await;
@@ -171,12 +156,7 @@ async fn events_are_forwarded_as_they_arrive() {
     })
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&stream_request("[mock]m"))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&stream_request("[mock]m")).await;
     let (pieces, text) = read_timed(response).await;
     assert_eq!(text, expected_stream(&upstream.behavior(), false));
     let second = content_chunk("mock-model-2024", 1, 3);
@@ -217,12 +197,7 @@ async fn silence_gets_keep_alive_comments_between_events() {
         state.keepalive_interval = Duration::from_millis(100);
     })
     .await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&stream_request("[mock]m"))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&stream_request("[mock]m")).await;
     let (_, text) = read_timed(response).await;
     let keepalives = text.matches(": keep-alive\n\n").count();
     assert!(keepalives >= 2, "expected keep-alive comments in {text:?}");
@@ -252,12 +227,7 @@ async fn idle_timeout_mid_stream_ends_with_one_error_event() {
     ))
     .await;
     let started = Instant::now();
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&stream_request("[mock]m"))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&stream_request("[mock]m")).await;
     let (_, text) = read_timed(response).await;
     assert!(
         started.elapsed() < Duration::from_secs(4),
@@ -296,12 +266,7 @@ async fn a_long_stream_is_not_cut_by_timeout_secs_while_events_flow() {
         "    timeout_secs: 0.5\n",
     ))
     .await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&stream_request("[mock]m"))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&stream_request("[mock]m")).await;
     let (_, text) = read_timed(response).await;
     assert_eq!(text, expected_stream(&upstream.behavior(), false));
     router.stop().await;
@@ -317,12 +282,7 @@ async fn upstream_reset_mid_stream_ends_with_one_error_event() {
     })
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&stream_request("[mock]m"))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&stream_request("[mock]m")).await;
     let (_, text) = read_timed(response).await;
     let expected_prefix: String = (0..2)
         .map(|i| content_chunk("mock-model-2024", i, 5))
@@ -347,12 +307,7 @@ async fn client_disconnect_drops_the_upstream_and_keeps_a_partial_record() {
     })
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&stream_request("[mock]m"))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&stream_request("[mock]m")).await;
     let mut stream = response.bytes_stream();
     let mut seen = String::new();
     while !seen.contains("tok1 ") {
@@ -383,12 +338,7 @@ async fn the_body_ends_right_after_done() {
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let started = Instant::now();
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&stream_request("[mock]m"))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&stream_request("[mock]m")).await;
     let (_, text) = read_timed(response).await;
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(text.ends_with(DONE));
@@ -413,12 +363,7 @@ async fn raw_events_in_any_line_ending_pass_byte_for_byte() {
     })
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&stream_request("[mock]m"))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&stream_request("[mock]m")).await;
     let (_, text) = read_timed(response).await;
     let mut expected: Vec<u8> = chunks[..3].concat();
     expected.extend_from_slice(b"data: [DONE]\n\n");
@@ -440,12 +385,7 @@ async fn a_stream_request_answered_with_an_error_is_relayed_whole() {
     })
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&stream_request("[mock]m"))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&stream_request("[mock]m")).await;
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "7");
     assert_eq!(
@@ -504,12 +444,7 @@ async fn a_stream_request_answered_with_one_json_body_is_still_recorded() {
     })
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&stream_request("[mock]m"))
-        .send()
-        .await
-        .expect("send");
+    let response = router.chat(&stream_request("[mock]m")).await;
     assert_eq!(response.headers()["content-type"], "application/json");
     let text = response.text().await.expect("body");
     assert_eq!(text, crate::support::upstream::chat_completion("m-1"));

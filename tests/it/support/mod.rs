@@ -138,6 +138,11 @@ impl TestRouter {
         format!("http://{}{path}", self.addr)
     }
 
+    /// POSTs `body` as JSON to `/v1/chat/completions`; panics only when it cannot be sent.
+    pub async fn chat(&self, body: &(impl serde::Serialize + ?Sized)) -> reqwest::Response {
+        post_json(&self.url("/v1/chat/completions"), body).await
+    }
+
     /// Stops the server and drains the recorder.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
@@ -156,6 +161,11 @@ impl TestRouter {
 /// A config with one alias `mock` pointing at `url`, plus extra YAML for that server.
 pub fn one_server_config(url: &str, extra: &str) -> String {
     format!("servers:\n  mock:\n    url: \"{url}\"\n    api_key: \"sk-mock-upstream-key\"\n{extra}")
+}
+
+/// POSTs `body` as JSON to `url`; panics only when it cannot be sent.
+pub async fn post_json(url: &str, body: &(impl serde::Serialize + ?Sized)) -> reqwest::Response {
+    client().post(url).json(body).send().await.expect("send")
 }
 
 pub fn client() -> reqwest::Client {
@@ -259,6 +269,11 @@ impl RouterProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs `body` as JSON to `/v1/chat/completions`; panics only when it cannot be sent.
+    pub async fn chat(&self, body: &(impl serde::Serialize + ?Sized)) -> reqwest::Response {
+        post_json(&self.url("/v1/chat/completions"), body).await
     }
 
     pub fn stderr(&self) -> String {

@@ -9,7 +9,7 @@ use super::mock_otlp::{MockOtlp, str_attr, trace_id};
 use super::request_log::read_log_lines;
 use super::{PUBLIC_KEY, SECRET_KEY, request_id};
 use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS};
-use crate::support::{RouterProcess, client, one_server_config, run_cli};
+use crate::support::{RouterProcess, one_server_config, run_cli};
 
 #[tokio::test]
 async fn serve_records_everything_flushes_on_sigterm_and_the_ledger_survives_restarts() {
@@ -33,12 +33,7 @@ async fn serve_records_everything_flushes_on_sigterm_and_the_ledger_survives_res
     for (round, requests) in [(1, 2), (2, 1)] {
         let mut router = RouterProcess::start(Some(&config), &envs);
         for _ in 0..requests {
-            let response = client()
-                .post(router.url("/v1/chat/completions"))
-                .json(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
-                .send()
-                .await
-                .expect("send");
+            let response = router.chat(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": "hi"}]})).await;
             assert_eq!(response.status(), 200);
             ids.push(request_id(&response));
         }
@@ -111,12 +106,9 @@ async fn ledger_false_writes_no_ledger_and_no_log_when_both_are_off() {
         Some(&one_server_config(&upstream.url(), "")),
         &[("LLMSROUTER_LEDGER", "false"), ("LLMSROUTER_LOG_FILE", "")],
     );
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
-        .send()
-        .await
-        .expect("send");
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .await;
     assert_eq!(response.status(), 200);
     router.terminate();
     assert!(router.wait_exit(Duration::from_secs(40)).await.success());

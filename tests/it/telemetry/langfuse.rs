@@ -42,15 +42,12 @@ async fn a_plain_completion_becomes_one_generation_with_every_attribute() {
     let tools = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]);
     let messages =
         json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]);
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(
+    let response = router
+        .chat(
             &json!({"model": "[mock]gpt-4o", "temperature": 0.3, "max_tokens": 64,
             "messages": messages, "tools": tools}),
         )
-        .send()
-        .await
-        .expect("send");
+        .await;
     assert_eq!(response.status(), 200);
     let id = request_id(&response);
     let received = otlp.span_of(&id).await;
@@ -186,13 +183,10 @@ async fn a_stream_without_include_usage_still_has_usage_and_the_assembled_output
         |_| {},
     )
     .await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]gpt-4o", "stream": true,
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "stream": true,
             "messages": [{"role": "user", "content": "count"}]}))
-        .send()
-        .await
-        .expect("send");
+        .await;
     let id = request_id(&response);
     let text = response.text().await.expect("body");
     assert!(
@@ -247,12 +241,9 @@ async fn vendor_usage_shapes_become_langfuse_usage_and_cost_details() {
         |_| {},
     )
     .await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]deepseek-reasoner", "messages": []}))
-        .send()
-        .await
-        .expect("send");
+    let response = router
+        .chat(&json!({"model": "[mock]deepseek-reasoner", "messages": []}))
+        .await;
     let span = otlp.span_of(&request_id(&response)).await.span;
     assert_eq!(
         json_attr(&span, "langfuse.observation.usage_details"),
@@ -285,12 +276,9 @@ async fn an_upstream_500_is_an_error_generation_with_its_message() {
         |_| {},
     )
     .await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": "x"}]}))
-        .send()
-        .await
-        .expect("send");
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
     assert_eq!(response.status(), 500);
     let span = otlp.span_of(&request_id(&response)).await.span;
     assert_eq!(str_attr(&span, "langfuse.observation.level"), Some("ERROR"));
@@ -326,12 +314,9 @@ async fn a_client_that_disconnects_mid_stream_leaves_a_partial_warning() {
         |_| {},
     )
     .await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]gpt-4o", "stream": true, "messages": []}))
-        .send()
-        .await
-        .expect("send");
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "stream": true, "messages": []}))
+        .await;
     let id = request_id(&response);
     let mut body = response.bytes_stream();
     let mut seen = String::new();
@@ -427,12 +412,9 @@ async fn a_generic_otlp_destination_gets_the_same_span_with_only_its_own_headers
     });
     let (router, _sink) =
         router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
-        .send()
-        .await
-        .expect("send");
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .await;
     let id = request_id(&response);
     let to_langfuse = langfuse.span_of(&id).await;
     let to_collector = collector.span_of(&id).await;
@@ -468,12 +450,9 @@ async fn inputs_and_outputs_over_the_cap_are_truncated_with_a_marker() {
     let (router, _sink) =
         router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
     let big = "word ".repeat(10_000);
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": big}]}))
-        .send()
-        .await
-        .expect("send");
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": big}]}))
+        .await;
     assert_eq!(response.status(), 200, "the request itself is untouched");
     assert_eq!(
         upstream.last().json()["messages"][0]["content"],
@@ -500,12 +479,9 @@ async fn throttling_and_server_errors_are_retried_with_backoff_then_delivered() 
         |_| {},
     )
     .await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
-        .send()
-        .await
-        .expect("send");
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .await;
     let id = request_id(&response);
     otlp.span_of(&id).await;
     let stats = &sink.stats()[0];
@@ -621,12 +597,9 @@ async fn shutdown_flushes_spans_still_waiting_for_their_batch() {
         router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let response = client()
-            .post(router.url("/v1/chat/completions"))
-            .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
-            .send()
-            .await
-            .expect("send");
+        let response = router
+            .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+            .await;
         ids.push(request_id(&response));
     }
     assert_eq!(otlp.spans().len(), 0, "nothing sent before the hour is up");

@@ -168,12 +168,9 @@ async fn usage_reports_per_user_and_day() {
         |_| {},
     )
     .await;
-    let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
-        .send()
-        .await
-        .expect("send");
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .await;
     assert_eq!(response.status(), 200);
     router.stop().await;
     let db_arg = db.to_str().expect("utf8");

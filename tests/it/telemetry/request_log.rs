@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::request_id;
 use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS};
-use crate::support::{TestRouter, client, one_server_config};
+use crate::support::{TestRouter, one_server_config};
 
 /// The one dated file `name.YYYY-MM-DD.log` in `dir`, as lines of JSON.
 pub fn read_log_lines(dir: &Path, stem: &str) -> Vec<Value> {
@@ -60,12 +60,7 @@ async fn run(bodies: bool) -> (tempfile::TempDir, Vec<String>) {
         json!({"model": "[mock]gpt-4o", "temperature": 0.5, "messages": [{"role": "user", "content": "a"}]}),
         json!({"model": "[mock]gpt-4o", "stream": true, "messages": [{"role": "user", "content": "b"}]}),
     ] {
-        let response = client()
-            .post(router.url("/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-            .expect("send");
+        let response = router.chat(&body).await;
         ids.push(request_id(&response));
         let _ = response.bytes().await.expect("body");
     }
