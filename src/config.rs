@@ -635,13 +635,20 @@ settings:
 
     #[test]
     fn credential_headers_are_secrets_and_no_header_value_prints() {
-        let yaml = "servers:\n  az:\n    url: http://x\n    headers: {api-key: \"azure-secret-value\", X-Title: \"llmsrouter app\"}\n";
+        let yaml = "servers:\n  az:\n    url: http://x\n    api_key: sk-az-key-123\n    headers: {api-key: \"azure-secret-value\", X-Title: \"llmsrouter app\"}\n";
         let c = Config::parse(yaml, &|_| None).expect("config");
         let secrets: Vec<&str> = c.secrets().map(Secret::expose).collect();
-        assert_eq!(secrets, ["azure-secret-value"]);
+        assert!(secrets.contains(&"azure-secret-value"), "{secrets:?}");
         let debug = format!("{c:?}");
         assert!(!debug.contains("azure-secret-value"), "{debug}");
         assert!(!debug.contains("llmsrouter app"), "{debug}");
+        assert!(
+            !debug.contains("sk-az-key-123"),
+            "nor the prebuilt Authorization: {debug}"
+        );
+        let authorization = c.servers["az"].authorization.as_ref().expect("built");
+        assert_eq!(authorization, "Bearer sk-az-key-123");
+        assert!(authorization.is_sensitive());
     }
 
     #[test]
