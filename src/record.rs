@@ -379,29 +379,43 @@ async fn run_recorder(
     sinks: Vec<Arc<dyn RecordSink>>,
     stop: CancellationToken,
 ) {
+    let mut idle = true;
     loop {
-        tokio::select! {
-            biased;
-            record = rx.recv() => match record {
-                Some(record) => deliver(record, &sinks),
-                None => break,
-            },
-            () = stop.cancelled() => break,
+        if idle {
+            tokio::select! {
+                biased;
+                record = rx.recv() => match record {
+                    Some(record) => deliver(record, &sinks),
+                    None => break,
+                },
+                () = stop.cancelled() => break,
+            }
+            // Let records gather before taking them all: an idle router wakes this task (and
+            // its thread) a few dozen times a second, not once per request. Each wake-up of
+            // another thread cost a request about as much as building its record.
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(crate::sinks::BATCH_WINDOW) => {}
+            }
+        } else {
+            // Busy: records came faster than one batch takes. Take the next batch at once
+            // (a nap here would let the queue fill and drop records), after letting the
+            // runtime's other tasks (exports, accepts) run.
+            tokio::task::yield_now().await;
+            if stop.is_cancelled() {
+                break;
+            }
         }
-        // Let records gather before taking them all: a busy router wakes this task (and its
-        // thread) a few dozen times a second, not once per request. Each wake-up of another
-        // thread cost a request about as much as building its record.
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            () = tokio::time::sleep(crate::sinks::BATCH_WINDOW) => {}
-        }
-        for _ in 0..MAX_BATCH {
+        let mut taken = 0;
+        while taken < MAX_BATCH {
             match rx.try_recv() {
                 Ok(record) => deliver(record, &sinks),
                 Err(_) => break,
             }
+            taken += 1;
         }
+        idle = taken < MAX_BATCH;
     }
     rx.close();
     while let Some(record) = rx.recv().await {
@@ -579,6 +593,34 @@ mod tests {
         sink.0.lock().expect("lock").clear();
         drop(got);
         assert_eq!(recorder.body_bytes_held(), 0, "released by the last holder");
+    }
+
+    /// Records arriving faster than one batch a window are taken batch after batch, without
+    /// a nap between: napping after each batch capped the recorder at `MAX_BATCH` records
+    /// per `BATCH_WINDOW`, under what a busy router makes, and its queue overflowed.
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_recorder_does_not_nap_between_batches() {
+        let sink = Arc::new(Collect(Default::default()));
+        let (recorder, task) = Recorder::start(vec![sink.clone()]);
+        let n = 5 * MAX_BATCH;
+        for _ in 0..n {
+            recorder.submit(sample());
+        }
+        let started = tokio::time::Instant::now();
+        let delivered = || sink.0.lock().expect("lock").len();
+        while delivered() < n && started.elapsed() < std::time::Duration::from_secs(10) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(delivered(), n);
+        // One nap for the first batch; the rest follow at once (the clock is paused, so this
+        // is the recorder's own waiting, not the machine's speed).
+        assert!(
+            started.elapsed() <= crate::sinks::BATCH_WINDOW + std::time::Duration::from_millis(2),
+            "took {:?} of naps",
+            started.elapsed()
+        );
+        assert_eq!(recorder.dropped(), 0);
+        task.shutdown().await;
     }
 
     #[tokio::test]

@@ -5,7 +5,9 @@
 //! table: direct to the mock vs through the router (non-stream c=32; 20-chunk streams 2 ms
 //! apart, c=64), router CPU per request from /proc, router RSS idle / at 2,000 concurrent
 //! streams / after 100k requests, and telemetry on vs off. Every phase is bounded; the default
-//! run takes about three minutes. `BENCH_SECS` sets the length of each measured phase (default 5);
+//! run takes about three minutes. The telemetry-on router is stopped with SIGTERM and its sinks'
+//! shutdown counts (ledger rows, spans, log lines, drops) are printed: a fast router that drops
+//! records does not pass. `BENCH_SECS` sets the length of each measured phase (default 5);
 //! `BENCH_ROUTER` names another router binary to measure.
 
 mod client;
@@ -89,11 +91,15 @@ fn start_mock() -> Result<(Proc, SocketAddr), String> {
     Ok((proc, SocketAddr::from(([127, 0, 0, 1], port))))
 }
 
+/// The router's stderr lines that report what its sinks wrote and dropped, gathered as they
+/// come (the last ones at shutdown).
+type SinkReport = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 fn start_router(
     dir: &Path,
     mock: SocketAddr,
     telemetry: bool,
-) -> Result<(Proc, SocketAddr), String> {
+) -> Result<(Proc, SocketAddr, SinkReport), String> {
     let config = format!(
         "servers:\n  mock:\n    url: \"http://{mock}/v1\"\n    api_key: \"sk-bench-upstream\"\n"
     );
@@ -140,8 +146,16 @@ fn start_router(
     let stderr = child.stderr.take().ok_or("router has no stderr")?;
     let proc = Proc(child);
     let (tx, rx) = std::sync::mpsc::channel();
+    let report = SinkReport::default();
+    let kept = report.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let line = strip_ansi(&line);
+            if line.contains("dropped") || line.contains("written=") {
+                if let Ok(mut kept) = kept.lock() {
+                    kept.push(line.clone());
+                }
+            }
             if let Some(addr) = line
                 .split("listening on http://")
                 .nth(1)
@@ -155,7 +169,114 @@ fn start_router(
     let addr = rx
         .recv_timeout(Duration::from_secs(20))
         .map_err(|_| "the router did not start".to_owned())?;
-    Ok((proc, addr))
+    Ok((proc, addr, report))
+}
+
+/// `line` without terminal colour sequences (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The number after `key=` in `line`.
+fn field(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Stops the router as a user would (SIGTERM: it drains and flushes its sinks), waits for it,
+/// and returns what its sinks reported on the way out.
+fn stop_gracefully(mut proc: Proc, report: &SinkReport) -> Vec<String> {
+    let pid = proc.pid().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if matches!(proc.0.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(proc);
+    // The stderr reader may still be on the last lines.
+    std::thread::sleep(Duration::from_millis(100));
+    report.lock().map(|r| r.clone()).unwrap_or_default()
+}
+
+/// What the telemetry-on router's sinks kept, from its shutdown report and its request log:
+/// `(label, value)` rows. Every record kept and none dropped is the only acceptable result.
+fn telemetry_kept(lines: &[String], log_dir: &Path) -> Vec<(String, String)> {
+    let last = |needle: &str| lines.iter().rev().find(|l| l.contains(needle));
+    let mut rows = Vec::new();
+    if let Some(l) = last("usage ledger flushed") {
+        rows.push((
+            "ledger rows written / dropped".to_owned(),
+            format!(
+                "{} / {}",
+                field(l, "written").unwrap_or(0),
+                field(l, "dropped").unwrap_or(0)
+            ),
+        ));
+    }
+    if let Some(l) = last("trace exporter stopped") {
+        rows.push((
+            "spans exported / dropped / failed".to_owned(),
+            format!(
+                "{} / {} / {}",
+                field(l, "exported").unwrap_or(0),
+                field(l, "dropped").unwrap_or(0),
+                field(l, "failed").unwrap_or(0)
+            ),
+        ));
+    }
+    let log_lines: usize = std::fs::read_dir(log_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        // Daily files: `api_proxy.YYYY-MM-DD.log`.
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("api_proxy.") && name.ends_with(".log")
+        })
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .map(|bytes| bytes.iter().filter(|b| **b == b'\n').count())
+        .sum();
+    let log_dropped: u64 = lines
+        .iter()
+        .filter(|l| l.contains("request log writer behind"))
+        .filter_map(|l| field(l, "dropped"))
+        .max()
+        .unwrap_or(0);
+    rows.push((
+        "request log lines written / dropped".to_owned(),
+        format!("{log_lines} / {log_dropped}"),
+    ));
+    let records_dropped: u64 = lines
+        .iter()
+        .filter(|l| l.contains("record queue full"))
+        .filter_map(|l| field(l, "dropped"))
+        .max()
+        .unwrap_or(0);
+    rows.push((
+        "records dropped before the sinks".to_owned(),
+        records_dropped.to_string(),
+    ));
+    rows
 }
 
 /// A bare nginx `proxy_pass` hop to the mock: the reference the targets are set against.
@@ -420,11 +541,11 @@ async fn bench(duration: Duration) -> Result<(), String> {
     for d in [&off_dir, &on_dir, &nginx_dir] {
         std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
     }
-    let (off_proc, off) = start_router(&off_dir, mock, false)?;
+    let (off_proc, off, _) = start_router(&off_dir, mock, false)?;
     let pid = off_proc.pid();
     tokio::time::sleep(Duration::from_millis(300)).await; // let start-up allocations settle
     let rss_idle = rss_mib(pid);
-    let (on_proc, on) = start_router(&on_dir, mock, true)?;
+    let (on_proc, on, on_report) = start_router(&on_dir, mock, true)?;
     let on_pid = on_proc.pid();
     let nginx = start_nginx(&nginx_dir, mock);
     if nginx.is_none() {
@@ -483,7 +604,8 @@ async fn bench(duration: Duration) -> Result<(), String> {
     let streams = interleaved(&targets, true, STREAM_CONCURRENCY, each, ROUNDS).await;
     drop(nginx);
     let rss_on = rss_mib(on_pid);
-    drop(on_proc);
+    let on_lines = stop_gracefully(on_proc, &on_report);
+    let kept = telemetry_kept(&on_lines, &on_dir);
 
     eprintln!("bench: {HELD_STREAMS} concurrent streams");
     let mut held = router_off.stream.clone();
@@ -562,6 +684,15 @@ async fn bench(duration: Duration) -> Result<(), String> {
         "### router memory (telemetry off)",
         ["before", "value", "growth", "target"],
         &rows,
+    );
+    let kept: Vec<Row> = kept
+        .into_iter()
+        .map(|(label, value)| row(&label, String::new(), value, String::new(), "none dropped"))
+        .collect();
+    print_table(
+        "### telemetry kept (router with telemetry on, counted at its shutdown)",
+        ["", "value", "", "target"],
+        &kept,
     );
     Ok(())
 }

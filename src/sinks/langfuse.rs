@@ -18,7 +18,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,12 +33,12 @@ use tokio_util::sync::CancellationToken;
 use crate::env::EnvSettings;
 use crate::record::{RecordSink, RequestRecord};
 use crate::secret::Secret;
-use crate::sinks::BATCH_WINDOW;
 use crate::sinks::clock::rfc3339_millis;
 use crate::sinks::generation::{self, GENERATION_NAME, Level, ParamValue};
 use crate::sinks::otlp_http::{OtlpTransport, RetryPolicy, TransportError};
 use crate::sinks::otlp_wire::{self, SpanWriter};
 use crate::sinks::redact::Redactor;
+use crate::sinks::{BATCH_WINDOW, Batch, next_batch_until};
 
 /// The instrumentation scope: a plain name, so Langfuse applies no SDK-specific parsing.
 pub const SCOPE_NAME: &str = "llmsrouter";
@@ -96,7 +96,7 @@ pub struct LangfuseOptions {
 }
 
 impl LangfuseOptions {
-    pub const DEFAULT_MAX_QUEUED_SPANS: usize = 2048;
+    pub const DEFAULT_MAX_QUEUED_SPANS: usize = 8192;
     pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 
     /// Defaults for `destinations`.
@@ -335,7 +335,7 @@ impl Exporter {
         out
     }
 
-    async fn export(&mut self, batch: SpanBatch) {
+    async fn export(&self, batch: SpanBatch) {
         let body = Bytes::from(self.request_body(&batch));
         let result = self.send(body).await;
         self.stats.release(batch.count, batch.bytes.len());
@@ -393,6 +393,9 @@ pub struct LangfuseSink {
 /// Batches waiting for a destination's export loop. Small: a batch is only handed over when
 /// the gate admitted its spans, so this never holds more than the gate allows.
 const EXPORT_QUEUE: usize = 64;
+
+/// Export requests one destination may have under way at once.
+const EXPORTS_IN_FLIGHT: usize = 4;
 
 impl LangfuseSink {
     /// Starts the exporter (inside a tokio runtime: exports run on it).
@@ -497,12 +500,20 @@ impl LangfuseSink {
     }
 }
 
-/// Exports the batches of one destination, one after the other, until the builder thread is
-/// gone.
-async fn export_loop(mut exporter: Exporter, mut rx: mpsc::Receiver<SpanBatch>) {
+/// Exports a destination's batches, a few at a time, until the builder thread is gone and
+/// every batch is sent. Several in flight: a busy router fills a batch every few
+/// milliseconds, faster than one round trip at a time can carry under load.
+async fn export_loop(exporter: Exporter, mut rx: mpsc::Receiver<SpanBatch>) {
+    let exporter = Arc::new(exporter);
+    let mut in_flight = tokio::task::JoinSet::new();
     while let Some(batch) = rx.recv().await {
-        exporter.export(batch).await;
+        while in_flight.len() >= EXPORTS_IN_FLIGHT {
+            in_flight.join_next().await;
+        }
+        let exporter = exporter.clone();
+        in_flight.spawn(async move { exporter.export(batch).await });
     }
+    while in_flight.join_next().await.is_some() {}
 }
 
 impl RecordSink for LangfuseSink {
@@ -610,6 +621,9 @@ impl Outbox {
     }
 }
 
+/// Most records the builder takes at one go before it checks whether a batch is due.
+const MAX_RECORDS_PER_WAKE: usize = 1024;
+
 struct SpanBuilderThread {
     outboxes: Vec<Outbox>,
     /// One span, encoded and framed; reused for every span.
@@ -623,36 +637,16 @@ struct SpanBuilderThread {
 impl SpanBuilderThread {
     /// Until the sink closes its end: one span per record, batches sent when full or due.
     fn run(mut self, rx: Receiver<Arc<RequestRecord>>) {
-        let mut records = Vec::with_capacity(256);
+        let mut records = Vec::with_capacity(MAX_RECORDS_PER_WAKE);
         loop {
-            let deadline = self
-                .outboxes
-                .iter()
-                .filter_map(|o| o.since)
-                .min()
-                .map(|since| since + self.export_interval);
-            let first = match deadline {
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
-            };
-            match first {
-                Ok(record) => {
-                    records.push(record);
-                    // Let a few more gather: a busy router wakes this thread a few dozen
-                    // times a second, not once per request.
-                    std::thread::sleep(BATCH_WINDOW.min(self.export_interval));
-                    while records.len() < 256 {
-                        match rx.try_recv() {
-                            Ok(record) => records.push(record),
-                            Err(_) => break,
-                        }
-                    }
+            match self.gather(&rx, &mut records) {
+                Batch::Taken => {
                     for record in records.drain(..) {
                         self.emit(&record);
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Batch::TimedOut => {}
+                Batch::Closed => break,
             }
             let now = Instant::now();
             for outbox in &mut self.outboxes {
@@ -664,6 +658,29 @@ impl SpanBuilderThread {
         for outbox in &mut self.outboxes {
             outbox.send();
         }
+    }
+
+    /// Takes the records waiting into `records` (see [`next_batch_until`]); when none
+    /// waits, waits no longer than the next batch falls due.
+    fn gather(
+        &self,
+        rx: &Receiver<Arc<RequestRecord>>,
+        records: &mut Vec<Arc<RequestRecord>>,
+    ) -> Batch {
+        let deadline = self
+            .outboxes
+            .iter()
+            .filter_map(|o| o.since)
+            .min()
+            .map(|since| since + self.export_interval);
+        next_batch_until(
+            rx,
+            records,
+            MAX_RECORDS_PER_WAKE,
+            BATCH_WINDOW.min(self.export_interval),
+            deadline,
+            &mut std::thread::sleep,
+        )
     }
 
     fn emit(&mut self, record: &RequestRecord) {

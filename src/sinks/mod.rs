@@ -16,7 +16,9 @@ pub mod request_log;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -143,13 +145,50 @@ pub(crate) fn next_batch<T>(
     max: usize,
     window: Duration,
 ) -> bool {
+    !matches!(
+        next_batch_until(rx, batch, max, window, None, &mut std::thread::sleep),
+        Batch::Closed
+    )
+}
+
+/// What [`next_batch_until`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Batch {
+    Taken,
+    /// The deadline came before any item.
+    TimedOut,
+    /// The sending side is gone and nothing is left.
+    Closed,
+}
+
+/// [`next_batch`], waiting for a first item no later than `deadline`, napping with `nap`.
+///
+/// The nap comes only after a wait: an idle writer wakes a few dozen times a second, not
+/// once per item, while a busy one (items already waiting) takes them at once, as fast as
+/// they come. Napping after every take instead caps a writer at `max` items per `window`,
+/// and a busy router then overflows its queue and drops records.
+pub(crate) fn next_batch_until<T>(
+    rx: &Receiver<T>,
+    batch: &mut Vec<T>,
+    max: usize,
+    window: Duration,
+    deadline: Option<Instant>,
+    nap: &mut impl FnMut(Duration),
+) -> Batch {
     match rx.try_recv() {
         Ok(item) => batch.push(item),
-        Err(TryRecvError::Disconnected) => return false,
+        Err(TryRecvError::Disconnected) => return Batch::Closed,
         Err(TryRecvError::Empty) => {
-            let Ok(item) = rx.recv() else { return false };
-            batch.push(item);
-            std::thread::sleep(window);
+            let first = match deadline {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+            };
+            match first {
+                Ok(item) => batch.push(item),
+                Err(RecvTimeoutError::Timeout) => return Batch::TimedOut,
+                Err(RecvTimeoutError::Disconnected) => return Batch::Closed,
+            }
+            nap(window);
         }
     }
     while batch.len() < max {
@@ -158,7 +197,7 @@ pub(crate) fn next_batch<T>(
             Err(_) => break,
         }
     }
-    true
+    Batch::Taken
 }
 
 #[cfg(test)]
@@ -182,5 +221,41 @@ mod tests {
         batch.clear();
         assert!(!next_batch(&rx, &mut batch, 3, Duration::ZERO));
         assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn a_busy_queue_is_taken_without_napping_and_an_idle_one_naps_once() {
+        let (tx, rx) = sync_channel(4096);
+        for i in 0..3000 {
+            tx.send(i).expect("send");
+        }
+        let naps = std::cell::RefCell::new(Vec::new());
+        let mut nap = |d: Duration| naps.borrow_mut().push(d);
+        let window = Duration::from_millis(25);
+        let mut taken = 0;
+        let mut batch = Vec::new();
+        while taken < 3000 {
+            let got = next_batch_until(&rx, &mut batch, 1024, window, None, &mut nap);
+            assert_eq!(got, Batch::Taken);
+            taken += batch.len();
+            batch.clear();
+        }
+        assert!(naps.borrow().is_empty(), "items were waiting: no nap");
+
+        // Idle: the deadline passes with nothing; then one item is waited for, and napped on.
+        let soon = Instant::now() + Duration::from_millis(1);
+        let got = next_batch_until(&rx, &mut batch, 1024, window, Some(soon), &mut nap);
+        assert_eq!(got, Batch::TimedOut);
+        let sender = std::thread::spawn(move || {
+            tx.send(7).expect("send");
+            tx
+        });
+        let got = next_batch_until(&rx, &mut batch, 1024, window, None, &mut nap);
+        assert_eq!((got, batch.as_slice()), (Batch::Taken, &[7][..]));
+        assert_eq!(*naps.borrow(), [window]);
+        drop(sender.join().expect("sender"));
+        batch.clear();
+        let got = next_batch_until(&rx, &mut batch, 1024, window, None, &mut nap);
+        assert_eq!(got, Batch::Closed);
     }
 }
