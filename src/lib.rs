@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod env;
 pub mod error;
+pub mod hard_stop;
 pub mod lanes;
 pub mod models;
 pub mod proxy;

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::hard_stop::HardStop;
 use crate::routing::RouteMode;
 use crate::secret::Secret;
 use crate::usage::{ResponseSummary, summarize_json_body};
@@ -453,12 +454,12 @@ fn complete_summary(record: &mut RequestRecord) {
 pub struct RecordGuard {
     record: Option<Box<RequestRecord>>,
     recorder: Recorder,
-    /// Cancelled when shutdown's grace period is over: whoever waits must stop waiting.
-    hard_stop: CancellationToken,
+    /// Fired when shutdown's grace period is over: whoever waits must stop waiting.
+    hard_stop: HardStop,
 }
 
 impl RecordGuard {
-    pub fn new(record: RequestRecord, recorder: Recorder, hard_stop: CancellationToken) -> Self {
+    pub fn new(record: RequestRecord, recorder: Recorder, hard_stop: HardStop) -> Self {
         recorder.inner.live.fetch_add(1, Ordering::AcqRel);
         Self {
             record: Some(Box::new(record)),
@@ -471,7 +472,7 @@ impl RecordGuard {
     /// off, a request allocates no record at all.
     pub fn start(
         recorder: Recorder,
-        hard_stop: CancellationToken,
+        hard_stop: HardStop,
         build: impl FnOnce() -> RequestRecord,
     ) -> Self {
         if !recorder.is_enabled() {
@@ -485,7 +486,7 @@ impl RecordGuard {
     }
 
     /// The shutdown signal the request must give up waiting on.
-    pub fn hard_stop(&self) -> CancellationToken {
+    pub fn hard_stop(&self) -> HardStop {
         self.hard_stop.clone()
     }
 
@@ -630,9 +631,9 @@ mod tests {
         drop(RecordGuard::new(
             sample(),
             recorder.clone(),
-            CancellationToken::new(),
+            HardStop::new(),
         ));
-        let mut finished = RecordGuard::new(sample(), recorder.clone(), CancellationToken::new());
+        let mut finished = RecordGuard::new(sample(), recorder.clone(), HardStop::new());
         finished.finish(Outcome::Success);
         drop(finished);
         task.shutdown().await;

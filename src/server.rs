@@ -62,7 +62,7 @@ async fn serve(
         () = &mut drained => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!("requests still running after {} s; cutting them", grace.as_secs());
-            state.hard_stop.cancel();
+            state.hard_stop.fire();
             // Cut streams end at their next poll; give them a moment to send their error
             // event.
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut drained).await;

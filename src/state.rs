@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::hard_stop::HardStop;
 use arc_swap::ArcSwap;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyIndex;
 use crate::config::Config;
@@ -32,8 +32,8 @@ pub struct AppState {
     pub keys: Option<Arc<dyn KeyIndex>>,
     pub models: ModelCatalog,
     pub keepalive_interval: Duration,
-    /// Cancelled when shutdown's grace period is over: running streams end at once.
-    pub hard_stop: CancellationToken,
+    /// Fired when shutdown's grace period is over: running requests and streams end at once.
+    pub hard_stop: HardStop,
     /// The config's secrets (api keys, credential headers): removed from upstream error
     /// bodies before they reach a client, since an upstream may echo the key it was sent.
     pub redactor: Redactor,
@@ -55,7 +55,7 @@ impl AppState {
             keys: None,
             models: ModelCatalog::default(),
             keepalive_interval: KEEPALIVE_INTERVAL,
-            hard_stop: CancellationToken::new(),
+            hard_stop: HardStop::new(),
         })
     }
 }

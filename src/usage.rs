@@ -175,9 +175,13 @@ pub fn summarize_body(body: &[u8]) -> ResponseSummary {
 pub fn summarize_json_body(body: &[u8]) -> Option<ResponseSummary> {
     // Fast path: one typed pass over the body, strings borrowed. Any field of an unexpected
     // type makes it fail, and the lenient path below reads the fields one by one instead.
-    if let Ok(fast) = serde_json::from_slice::<FastBody<'_>>(body) {
-        if let Some(summary) = fast.into_summary() {
-            return Some(summary);
+    // The body's UTF-8 is checked once, up front: reading from bytes, serde_json checks
+    // each string on its own, which cost a fifth of the pass on a typical answer.
+    if let Ok(text) = std::str::from_utf8(body) {
+        if let Ok(fast) = serde_json::from_str::<FastBody<'_>>(text) {
+            if let Some(summary) = fast.into_summary() {
+                return Some(summary);
+            }
         }
     }
     summarize_leniently(body)

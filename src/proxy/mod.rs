@@ -125,7 +125,7 @@ async fn forward_inner(
     // not dropped with the runtime.
     let sent = tokio::select! {
         sent = tokio::time::timeout_at(deadline, request) => sent,
-        () = state.hard_stop.cancelled() => return Ok(fail(guard, shutting_down(), &request_id)),
+        () = state.hard_stop.stopped() => return Ok(fail(guard, shutting_down(), &request_id)),
     };
     let upstream = match sent {
         Err(_) => return Ok(fail(guard, timeout_error(&target, timeout), &request_id)),
@@ -377,7 +377,7 @@ async fn whole_response(
     let hard_stop = guard.hard_stop();
     let read = tokio::select! {
         read = tokio::time::timeout_at(deadline, read_upstream_body(upstream)) => read,
-        () = hard_stop.cancelled() => return fail(guard, shutting_down(), request_id),
+        () = hard_stop.stopped() => return fail(guard, shutting_down(), request_id),
     };
     let body = match read {
         Err(_) => return fail(guard, timeout_error(target, timeout), request_id),

@@ -15,9 +15,9 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::error::error_body;
+use crate::hard_stop::{HardStop, Stopped};
 use crate::proxy::sse::{EventSplitter, event_data};
 use crate::record::{Outcome, RecordGuard};
 use crate::upstream::UpstreamError;
@@ -58,7 +58,7 @@ pub struct StreamTee {
     last_keepalive: Instant,
     timer: Pin<Box<Sleep>>,
     /// Resolves when shutdown's grace period is over.
-    hard_stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    hard_stop: Stopped,
     state: State,
 }
 
@@ -75,7 +75,7 @@ impl StreamTee {
         upstream: UpstreamBody,
         settings: StreamSettings,
         guard: RecordGuard,
-        hard_stop: CancellationToken,
+        hard_stop: HardStop,
     ) -> Self {
         let now = Instant::now();
         let first_deadline = now + settings.keepalive.min(settings.idle_timeout);
@@ -88,7 +88,7 @@ impl StreamTee {
             last_upstream: now,
             last_keepalive: now,
             timer: Box::pin(tokio::time::sleep_until(first_deadline)),
-            hard_stop: Box::pin(hard_stop.cancelled_owned()),
+            hard_stop: hard_stop.stopped(),
             state: State::Streaming,
         }
     }
@@ -285,7 +285,7 @@ impl Stream for StreamTee {
                     }
                 }
                 Poll::Pending => {
-                    if this.hard_stop.as_mut().poll(cx).is_ready() {
+                    if Pin::new(&mut this.hard_stop).poll(cx).is_ready() {
                         let message = "the router is shutting down; the stream was cut".to_owned();
                         return Poll::Ready(Some(this.fail(message, "server_shutting_down")));
                     }
@@ -329,7 +329,7 @@ mod tests {
             bodies_dropped: false,
             body_ticket: Default::default(),
         };
-        RecordGuard::new(record, Recorder::disabled(), CancellationToken::new())
+        RecordGuard::new(record, Recorder::disabled(), HardStop::new())
     }
 
     #[tokio::test]
@@ -350,12 +350,7 @@ mod tests {
             drop_usage_chunk: false,
             sse: true,
         };
-        let tee = StreamTee::new(
-            Box::pin(endless),
-            settings,
-            guard(),
-            CancellationToken::new(),
-        );
+        let tee = StreamTee::new(Box::pin(endless), settings, guard(), HardStop::new());
         let out: Vec<Bytes> = tee
             .map(|item| item.expect("sse failures are events"))
             .collect()

@@ -244,7 +244,8 @@ impl<'a> RequestFields<'a> {
     }
 
     fn parameters(&self) -> Option<String> {
-        let mut out = String::from("{");
+        let mut out = String::with_capacity(128);
+        out.push('{');
         for (key, value) in &self.fields {
             if NOT_PARAMETERS.contains(&key.as_ref()) {
                 continue;
@@ -369,7 +370,12 @@ fn output_of(record: &RequestRecord) -> Option<String> {
                 })
                 .collect(),
         };
-        return serde_json::to_string(&message).ok();
+        // Sized for the texts plus the JSON around them: no regrowth while writing.
+        let texts = summary.content.len() + summary.reasoning.len();
+        let mut out = Vec::with_capacity(texts + texts / 8 + 96 + 128 * summary.tool_calls.len());
+        serde_json::to_writer(&mut out, &message).ok()?;
+        // serde_json writes only valid UTF-8.
+        return String::from_utf8(out).ok();
     }
     if record.outcome == Outcome::UpstreamError {
         let body = record.response_body.as_deref()?;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use llmsrouter::record::Outcome;
 use serde_json::{Value, json};
 
@@ -402,53 +403,93 @@ async fn dot_segments_cannot_escape_the_configured_base_path() {
     router.stop().await;
 }
 
+/// A router served by `server::run` itself (the binary's shutdown path) with a 300 ms grace
+/// period, recording into a collector: for what happens when the grace period ends.
+struct GracefulRouter {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    records: std::sync::Arc<crate::support::Collector>,
+    recorder: llmsrouter::record::Recorder,
+    recorder_task: llmsrouter::record::RecorderTask,
+}
+
+impl GracefulRouter {
+    async fn start(upstream: &MockUpstream) -> Self {
+        use std::sync::Arc;
+
+        use llmsrouter::record::{RecordSink, Recorder};
+        use llmsrouter::state::{AppState, build_http_client};
+
+        let config =
+            llmsrouter::config::Config::parse(&one_server_config(&upstream.url(), ""), &|_| None)
+                .expect("config");
+        let records = Arc::new(crate::support::Collector::default());
+        let (recorder, recorder_task) =
+            Recorder::start(vec![records.clone() as Arc<dyn RecordSink>]);
+        let state = Arc::new(
+            AppState::new(
+                config,
+                build_http_client().expect("client"),
+                recorder.clone(),
+            )
+            .expect("state"),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(llmsrouter::server::run(
+            listener,
+            state,
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_millis(300),
+        ));
+        Self {
+            addr,
+            stop: Some(stop),
+            server,
+            records,
+            recorder,
+            recorder_task,
+        }
+    }
+
+    fn chat(&self, body: Value) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        let url = format!("http://{}/v1/chat/completions", self.addr);
+        tokio::spawn(async move { client().post(url).json(&body).send().await })
+    }
+
+    /// Starts the shutdown (as SIGTERM does); its grace period ends 300 ms later.
+    fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for the server to end and every record to be handed over; the `n`th record.
+    async fn finish(self, n: usize) -> std::sync::Arc<llmsrouter::record::RequestRecord> {
+        let _ = self.server.await;
+        assert!(self.recorder.wait_idle(Duration::from_secs(5)).await);
+        self.recorder_task.shutdown().await;
+        self.records.nth(n).await
+    }
+}
+
 #[tokio::test]
 async fn a_request_still_waiting_when_the_grace_period_ends_is_answered_and_recorded() {
-    use std::sync::Arc;
-
-    use llmsrouter::record::{RecordSink, Recorder};
-    use llmsrouter::state::{AppState, build_http_client};
-
     let upstream = MockUpstream::start(Behavior {
         delay: Duration::from_secs(30),
         ..Default::default()
     })
     .await;
-    let config =
-        llmsrouter::config::Config::parse(&one_server_config(&upstream.url(), ""), &|_| None)
-            .expect("config");
-    let records = Arc::new(crate::support::Collector::default());
-    let (recorder, recorder_task) = Recorder::start(vec![records.clone() as Arc<dyn RecordSink>]);
-    let state = Arc::new(
-        AppState::new(
-            config,
-            build_http_client().expect("client"),
-            recorder.clone(),
-        )
-        .expect("state"),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(llmsrouter::server::run(
-        listener,
-        state,
-        async move {
-            let _ = stopped.await;
-        },
-        Duration::from_millis(300),
-    ));
-    let request = tokio::spawn(async move {
-        client()
-            .post(format!("http://{addr}/v1/chat/completions"))
-            .json(&json!({"model": "[mock]m"}))
-            .send()
-            .await
-    });
+    let mut router = GracefulRouter::start(&upstream).await;
+    let request = router.chat(json!({"model": "[mock]m"}));
     crate::support::wait_until(Duration::from_secs(5), || upstream.count() == 1).await;
-    let _ = stop.send(());
+    router.begin_shutdown();
     let response = tokio::time::timeout(Duration::from_secs(10), request)
         .await
         .expect("answered once the grace period ended, not after the upstream's 30 s")
@@ -457,12 +498,60 @@ async fn a_request_still_waiting_when_the_grace_period_ends_is_answered_and_reco
     let (status, body) = error_of(response).await;
     assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], "server_shutting_down");
-    let _ = server.await;
-    assert!(recorder.wait_idle(Duration::from_secs(5)).await);
-    recorder_task.shutdown().await;
-    let record = records.nth(1).await;
+    let record = router.finish(1).await;
     assert_eq!(record.outcome, Outcome::RouterError);
     assert_eq!(record.status, Some(503));
+}
+
+/// A stream still running when the grace period ends gets an error event and ends, at once,
+/// though its upstream would go on for 20 s more; its record says it was cut.
+#[tokio::test]
+async fn a_stream_still_running_when_the_grace_period_ends_gets_an_error_event() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 200,
+        chunk_delay: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let mut router = GracefulRouter::start(&upstream).await;
+    let response = router
+        .chat(json!({"model": "[mock]m", "stream": true}))
+        .await
+        .expect("task")
+        .expect("stream started");
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("a first event")
+        .expect("bytes")
+        .expect("no error");
+    assert!(first.starts_with(b"data: "), "{first:?}");
+    router.begin_shutdown();
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut rest = Vec::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            rest.extend_from_slice(&chunk);
+        }
+        rest
+    })
+    .await
+    .expect("the stream ended when the grace period did, not after the upstream's 20 s");
+    let rest = String::from_utf8_lossy(&rest);
+    let last = rest.trim_end().rsplit("\n\n").next().expect("a last event");
+    let error: Value = serde_json::from_str(last.trim_start_matches("data: ")).expect("json");
+    assert_eq!(error["error"]["code"], "server_shutting_down", "{rest}");
+    assert!(!rest.contains("[DONE]"), "{rest}");
+    let record = router.finish(1).await;
+    assert_eq!(record.outcome, Outcome::StreamFailed);
+    assert!(
+        record
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("shutting down")),
+        "{:?}",
+        record.error
+    );
 }
 
 #[tokio::test]
