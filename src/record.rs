@@ -392,7 +392,7 @@ async fn run_recorder(
                 () = stop.cancelled() => break,
             }
             // Let records gather before taking them all: an idle router wakes this task (and
-            // its thread) a few dozen times a second, not once per request. Each wake-up of
+            // its thread) at most 200 times a second, not once per request. Each wake-up of
             // another thread cost a request about as much as building its record.
             tokio::select! {
                 biased;

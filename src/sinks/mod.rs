@@ -133,8 +133,11 @@ impl WriterQueue {
 }
 
 /// How long a sink's thread lets records gather after it was idle, before taking them all:
-/// a busy router wakes each thread a few dozen times a second instead of once per request.
-pub const BATCH_WINDOW: Duration = Duration::from_millis(25);
+/// a busy router wakes each thread at most 200 times a second instead of once per request.
+/// Not longer: a batch is then worked through in one go, on the cores the lanes need, and
+/// with 25 ms the bursts (about 5 ms of work each) doubled the telemetry-on p99 (wrk, c=32:
+/// 7.1 ms at 25 ms, 3.5 ms at 5 ms, the same throughput).
+pub const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
 /// Moves the next items of `rx` into `batch` (at most `max` in it): what is waiting at once,
 /// else the next one to arrive plus whatever follows within `window`. `false` once the
@@ -163,7 +166,7 @@ pub(crate) enum Batch {
 
 /// [`next_batch`], waiting for a first item no later than `deadline`, napping with `nap`.
 ///
-/// The nap comes only after a wait: an idle writer wakes a few dozen times a second, not
+/// The nap comes only after a wait: an idle writer wakes at most 200 times a second, not
 /// once per item, while a busy one (items already waiting) takes them at once, as fast as
 /// they come. Napping after every take instead caps a writer at `max` items per `window`,
 /// and a busy router then overflows its queue and drops records.
