@@ -196,10 +196,7 @@ fn field<T: Serialize + ?Sized>(
 /// Appends `,"key":"text"`: text with nothing to escape is copied as it is (ids, names,
 /// models: nearly every field); anything else goes through serde_json's escaper.
 fn field_str(out: &mut Vec<u8>, key: &'static str, text: &str) -> serde_json::Result<()> {
-    let plain = text
-        .bytes()
-        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f);
-    if !plain {
+    if needs_escaping(text.as_bytes()) {
         return field(out, key, text);
     }
     out.extend_from_slice(b",\"");
@@ -208,6 +205,17 @@ fn field_str(out: &mut Vec<u8>, key: &'static str, text: &str) -> serde_json::Re
     out.extend_from_slice(text.as_bytes());
     out.push(b'"');
     Ok(())
+}
+
+/// Whether `bytes` hold anything JSON must escape (or DEL). Checked 32 bytes at a time
+/// without an early exit inside a block, which the compiler turns into vector compares: the
+/// byte-by-byte loop was a sixth of what a log line cost.
+fn needs_escaping(bytes: &[u8]) -> bool {
+    bytes.chunks(32).any(|block| {
+        block.iter().fold(false, |found, &b| {
+            found | (b < 0x20) | (b == b'"') | (b == b'\\') | (b == 0x7f)
+        })
+    })
 }
 
 /// [`field_str`], or `null`.
@@ -315,6 +323,15 @@ fn serialize_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn needs_escaping_agrees_with_a_byte_by_byte_check(bytes in proptest::collection::vec(prop_oneof![9 => 0x20u8..0x7f, 1 => any::<u8>()], 0..100)) {
+            let slow = bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f);
+            prop_assert_eq!(needs_escaping(&bytes), slow);
+        }
+    }
 
     #[test]
     fn file_names_keep_the_extension() {
