@@ -91,6 +91,9 @@ pub struct UpstreamClient {
     fallback: reqwest::Client,
     /// The proxy environment, read once at start (as reqwest reads it).
     proxies: Arc<Matcher>,
+    /// Some proxy variable is set: only then can `proxies` intercept a request. Asking it
+    /// when none is set cost 650 instructions a request for a certain `None`.
+    proxy_env: bool,
 }
 
 /// Why an upstream request failed, described without its URL (which may carry a key in its
@@ -221,6 +224,7 @@ impl UpstreamClient {
             direct,
             fallback,
             proxies: Arc::new(Matcher::from_env()),
+            proxy_env: proxy_env_set(),
         })
     }
 
@@ -232,13 +236,13 @@ impl UpstreamClient {
     /// Sends one request. Timeouts beyond connecting are the caller's.
     pub async fn send(
         &self,
-        url: &url::Url,
+        url: String,
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let uri = match self.direct_uri(url) {
+        let uri = match self.direct_uri(&url) {
             Some(uri) => uri,
-            None => return self.send_fallback(url, headers, body).await,
+            None => return self.send_fallback(&url, headers, body).await,
         };
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
@@ -258,24 +262,28 @@ impl UpstreamClient {
         Ok(response.map(UpstreamBody::Direct))
     }
 
-    /// The URL as hyper takes it, or `None` when reqwest must send it.
-    fn direct_uri(&self, url: &url::Url) -> Option<http::Uri> {
-        if !url.username().is_empty() || url.password().is_some() {
+    /// The URL as hyper takes it, or `None` when reqwest must send it: credentials in the
+    /// URL (reqwest sends them as Basic auth), a proxy, or a URL hyper cannot take.
+    fn direct_uri(&self, url: &str) -> Option<http::Uri> {
+        let uri = http::Uri::try_from(url).ok()?;
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
             return None;
         }
-        let uri = http::Uri::try_from(url.as_str()).ok()?;
-        self.proxies.intercept(&uri).is_none().then_some(uri)
+        if self.proxy_env && self.proxies.intercept(&uri).is_some() {
+            return None;
+        }
+        Some(uri)
     }
 
     async fn send_fallback(
         &self,
-        url: &url::Url,
+        url: &str,
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let response = self
             .fallback
-            .request(Method::POST, url.clone())
+            .request(Method::POST, url)
             .headers(headers)
             .body(body)
             .send()
@@ -284,6 +292,21 @@ impl UpstreamClient {
         let response: Response<reqwest::Body> = response.into();
         Ok(response.map(UpstreamBody::Fallback))
     }
+}
+
+/// Whether a variable `Matcher::from_env` reads a proxy from is set and not empty. When none
+/// is, the matcher has no proxy to offer any request.
+fn proxy_env_set() -> bool {
+    [
+        "ALL_PROXY",
+        "all_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
 }
 
 /// rustls with the bundled Mozilla roots plus the system's (as the reqwest client is set up),
@@ -307,6 +330,25 @@ fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn urls_with_credentials_go_through_reqwest() {
+        let client = UpstreamClient::new(reqwest::Client::new(), 1).expect("client");
+        for with_credentials in [
+            "http://user:pass@127.0.0.1:9/v1/chat/completions",
+            "http://user@127.0.0.1:9/v1/chat/completions",
+        ] {
+            assert!(client.direct_uri(with_credentials).is_none());
+        }
+        let plain = client.direct_uri("http://127.0.0.1:9/v1/chat/completions?a=1");
+        if !client.proxy_env {
+            let plain = plain.expect("sent by hyper");
+            assert_eq!(
+                plain.path_and_query().map(|p| p.as_str()),
+                Some("/v1/chat/completions?a=1")
+            );
+        }
+    }
 
     /// A server that accepts the TCP connection and then says nothing: the TLS handshake
     /// never completes, and the connect timeout must still end it.

@@ -99,7 +99,7 @@ async fn forward_inner(
         .map_or((DEFAULT_TIMEOUT, true), |s| (s.timeout, s.stream_usage));
     let inject_usage = view.stream && stream_usage && takes_stream_options(incoming.path);
     let (upstream_body, injected_usage) = view.rewrite(&body, &target.upstream_model, inject_usage);
-    let url = routing::request_url(&target.base, incoming.path, incoming.query);
+    let url = routing::request_url_text(&target.base, incoming.path, incoming.query);
     let upstream_headers = headers::upstream_headers(incoming.headers, &target);
 
     let request_id = new_request_id();
@@ -119,7 +119,7 @@ async fn forward_inner(
     });
     tracing::debug!(request_id, provider = %target.provider, mode = %target.mode, "forwarding");
 
-    let request = state.upstream.send(&url, upstream_headers, upstream_body);
+    let request = state.upstream.send(url, upstream_headers, upstream_body);
     let deadline = Instant::now() + timeout;
     // Shutdown's grace period over: a request still waiting is answered (and recorded) now,
     // not dropped with the runtime.
