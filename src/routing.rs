@@ -322,13 +322,7 @@ pub fn upstream_url(
     path: &str,
     client_query: Option<&str>,
 ) -> String {
-    let base = base_url.trim_end_matches('/');
-    let mut url = String::with_capacity(base.len() + path.len() + 32);
-    url.push_str(base);
-    if !path.is_empty() && !path.starts_with('/') {
-        url.push('/');
-    }
-    url.push_str(path);
+    let mut url = join_path(base_url, path, 32);
     let forwarded = client_query.map(strip_proxy_param).unwrap_or_default();
     let parts: Vec<&str> = [base_query.unwrap_or(""), forwarded.as_str()]
         .into_iter()
@@ -345,14 +339,7 @@ pub fn upstream_url(
 /// gives, without parsing a URL (host and all) on every request.
 pub fn request_url(base: &url::Url, path: &str, client_query: Option<&str>) -> url::Url {
     let mut url = base.clone();
-    let base_path = base.path().trim_end_matches('/');
-    let mut joined = String::with_capacity(base_path.len() + path.len() + 1);
-    joined.push_str(base_path);
-    if !path.is_empty() && !path.starts_with('/') {
-        joined.push('/');
-    }
-    joined.push_str(path);
-    url.set_path(&joined);
+    url.set_path(&join_path(base.path(), path, 0));
     let forwarded = client_query.map(strip_proxy_param).unwrap_or_default();
     match (base.query().filter(|q| !q.is_empty()), forwarded.is_empty()) {
         (None, true) => url.set_query(None),
@@ -376,9 +363,15 @@ pub fn request_url_text(base: &url::Url, path: &str, client_query: Option<&str>)
     if !plain {
         return request_url(base, path, client_query).into();
     }
-    let base_text = base.as_str().trim_end_matches('/');
-    let mut url = String::with_capacity(base_text.len() + path.len() + 1);
-    url.push_str(base_text);
+    join_path(base.as_str(), path, 0)
+}
+
+/// `base` without its trailing slashes, then `path`, with one `/` between them; room for
+/// `extra` more bytes.
+fn join_path(base: &str, path: &str, extra: usize) -> String {
+    let base = base.trim_end_matches('/');
+    let mut url = String::with_capacity(base.len() + path.len() + 1 + extra);
+    url.push_str(base);
     if !path.is_empty() && !path.starts_with('/') {
         url.push('/');
     }

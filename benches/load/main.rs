@@ -256,22 +256,21 @@ fn telemetry_kept(lines: &[String], log_dir: &Path) -> Vec<(String, String)> {
         .filter_map(|e| std::fs::read(e.path()).ok())
         .map(|bytes| bytes.iter().filter(|b| **b == b'\n').count())
         .sum();
-    let log_dropped: u64 = lines
-        .iter()
-        .filter(|l| l.contains("request log writer behind"))
-        .filter_map(|l| field(l, "dropped"))
-        .max()
-        .unwrap_or(0);
+    // Warnings carry the running total of drops.
+    let most_dropped = |warning: &str| {
+        lines
+            .iter()
+            .filter(|l| l.contains(warning))
+            .filter_map(|l| field(l, "dropped"))
+            .max()
+            .unwrap_or(0)
+    };
+    let log_dropped = most_dropped("request log writer behind");
     rows.push((
         "request log lines written / dropped".to_owned(),
         format!("{log_lines} / {log_dropped}"),
     ));
-    let records_dropped: u64 = lines
-        .iter()
-        .filter(|l| l.contains("record queue full"))
-        .filter_map(|l| field(l, "dropped"))
-        .max()
-        .unwrap_or(0);
+    let records_dropped = most_dropped("record queue full");
     rows.push((
         "records dropped before the sinks".to_owned(),
         records_dropped.to_string(),
