@@ -124,6 +124,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     };
     match (route, &parts.method) {
         (Route::Upstream(path), _) if path == "/" => not_found(&path),
+        (Route::Upstream(path), &Method::GET) if path == "/metrics" => metrics(&state),
         (Route::ListModels, &Method::GET) => crate::models::handle_list(&state, &caller).await,
         (Route::GetModel(id), &Method::GET) => {
             crate::models::handle_get(&state, &caller, &id).await
@@ -151,9 +152,21 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
 
 fn not_found(path: &str) -> Response {
     ProxyError::NotFound(format!(
-        "no route {path}: use POST /v1/chat/completions (or any POST /v1/<path> with a model), GET /v1/models, GET /health"
+        "no route {path}: use POST /v1/chat/completions (or any POST /v1/<path> with a model), GET /v1/models, GET /health, GET /metrics"
     ))
     .into_response()
+}
+
+/// `GET /metrics`: the recorder's and the sinks' counters in Prometheus text format, so a
+/// full queue that drops records shows on a dashboard, not only in a warning. Behind the
+/// same key check as every route but `/health`.
+fn metrics(state: &AppState) -> Response {
+    let mut response = Response::new(Body::from(state.recorder.metrics().into_text()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 fn health(method: &Method) -> Response {

@@ -198,6 +198,8 @@ pub trait RecordSink: Send + Sync + 'static {
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async {})
     }
+    /// Adds this sink's counters (written, dropped, failed, ...) for `GET /metrics`.
+    fn metrics(&self, _out: &mut crate::sinks::Metrics) {}
 }
 
 /// Queue depth between requests and the recorder task. A full queue drops (and counts)
@@ -221,6 +223,8 @@ struct RecorderInner {
     bodies_dropped: AtomicU64,
     dropped: AtomicU64,
     last_warning: std::sync::Mutex<Option<Instant>>,
+    /// The sinks the task feeds, for their counters.
+    sinks: Vec<Arc<dyn RecordSink>>,
 }
 
 /// Owns the recorder's background task; `shutdown` drains the queue and closes every sink.
@@ -241,6 +245,7 @@ impl Recorder {
                 bodies_dropped: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 last_warning: std::sync::Mutex::new(None),
+                sinks: Vec::new(),
             }),
         }
     }
@@ -258,7 +263,7 @@ impl Recorder {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        tracker.spawn(run_recorder(rx, sinks, stop.clone()));
+        tracker.spawn(run_recorder(rx, sinks.clone(), stop.clone()));
         tracker.close();
         let recorder = Self {
             inner: Arc::new(RecorderInner {
@@ -269,6 +274,7 @@ impl Recorder {
                 bodies_dropped: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 last_warning: std::sync::Mutex::new(None),
+                sinks,
             }),
         };
         (recorder, RecorderTask { stop, tracker })
@@ -350,6 +356,27 @@ impl Recorder {
     /// Records lost because the queue was full (or the recorder had shut down).
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The recorder's and every sink's counters, as `GET /metrics` shows them.
+    pub fn metrics(&self) -> crate::sinks::Metrics {
+        let mut out = crate::sinks::Metrics::default();
+        out.counter(
+            "records_dropped",
+            "Request records lost because the recorder's queue was full.",
+            &[],
+            self.dropped(),
+        );
+        out.counter(
+            "record_bodies_dropped",
+            "Request records whose bodies were left out because sinks held too many bytes.",
+            &[],
+            self.bodies_dropped(),
+        );
+        for sink in &self.inner.sinks {
+            sink.metrics(&mut out);
+        }
+        out
     }
 
     fn warn_dropped(&self, dropped: u64) {

@@ -521,6 +521,36 @@ impl RecordSink for LangfuseSink {
         "langfuse"
     }
 
+    fn metrics(&self, out: &mut crate::sinks::Metrics) {
+        for stats in &self.stats {
+            let labels = [("destination", stats.name)];
+            out.counter(
+                "spans_exported",
+                "Spans the trace endpoint accepted.",
+                &labels,
+                stats.exported(),
+            );
+            out.counter(
+                "spans_dropped",
+                "Spans dropped because the export queue was full.",
+                &labels,
+                stats.dropped(),
+            );
+            out.counter(
+                "spans_failed",
+                "Spans lost because their export failed after every retry.",
+                &labels,
+                stats.failed(),
+            );
+            out.counter(
+                "span_export_retries",
+                "Export attempts repeated after a 429, 5xx or network error.",
+                &labels,
+                stats.retries(),
+            );
+        }
+    }
+
     fn accept(&self, record: &Arc<RequestRecord>) {
         let Ok(tx) = self.tx.lock() else { return };
         let Some(tx) = tx.as_ref() else { return };

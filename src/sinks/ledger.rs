@@ -275,6 +275,27 @@ impl RecordSink for LedgerSink {
             tracing::info!(written, dropped, failed, "usage ledger flushed");
         })
     }
+
+    fn metrics(&self, out: &mut crate::sinks::Metrics) {
+        out.counter(
+            "ledger_rows_written",
+            "Usage ledger rows written.",
+            &[],
+            self.stats.written(),
+        );
+        out.counter(
+            "ledger_rows_dropped",
+            "Usage ledger rows dropped because the writer was behind.",
+            &[],
+            self.dropped(),
+        );
+        out.counter(
+            "ledger_rows_failed",
+            "Usage ledger rows lost to a database error.",
+            &[],
+            self.stats.failed(),
+        );
+    }
 }
 
 /// Until the sink closes its end: take what is waiting (up to a batch, see

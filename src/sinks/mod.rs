@@ -132,6 +132,40 @@ impl WriterQueue {
     }
 }
 
+/// Prometheus text exposition (format 0.0.4) of counters, for `GET /metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    text: String,
+    /// Names whose `# HELP` / `# TYPE` lines were written.
+    described: Vec<&'static str>,
+}
+
+impl Metrics {
+    /// Adds one sample of counter `name` (`_total` is appended), described once.
+    pub fn counter(&mut self, name: &'static str, help: &str, labels: &[(&str, &str)], value: u64) {
+        use std::fmt::Write as _;
+        if !self.described.contains(&name) {
+            self.described.push(name);
+            let _ = writeln!(self.text, "# HELP llmsrouter_{name}_total {help}");
+            let _ = writeln!(self.text, "# TYPE llmsrouter_{name}_total counter");
+        }
+        let _ = write!(self.text, "llmsrouter_{name}_total");
+        for (i, (key, value)) in labels.iter().enumerate() {
+            let open = if i == 0 { "{" } else { "," };
+            // Label values are the router's own names (sinks, destinations): no escaping needed.
+            let _ = write!(self.text, "{open}{key}=\"{value}\"");
+        }
+        if !labels.is_empty() {
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+
+    pub fn into_text(self) -> String {
+        self.text
+    }
+}
+
 /// How long a sink's thread lets records gather after it was idle, before taking them all:
 /// a busy router wakes each thread at most 200 times a second instead of once per request.
 /// Not longer: a batch is then worked through in one go, on the cores the lanes need, and

@@ -119,6 +119,15 @@ impl RecordSink for RequestLogSink {
     fn close(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(self.queue.finish())
     }
+
+    fn metrics(&self, out: &mut crate::sinks::Metrics) {
+        out.counter(
+            "request_log_lines_dropped",
+            "Request log lines dropped because the writer was behind.",
+            &[],
+            self.dropped(),
+        );
+    }
 }
 
 struct Writer {

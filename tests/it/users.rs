@@ -704,19 +704,21 @@ async fn a_python_made_users_db_authenticates_through_the_binary() {
         .await
         .expect("health");
     assert_eq!(health.status(), 200, "/health needs no key");
-    let models = client()
-        .get(router.url("/v1/models"))
-        .send()
-        .await
-        .expect("models");
-    assert_eq!(models.status(), 401, "every other route does");
-    let models = client()
-        .get(router.url("/v1/models"))
-        .bearer_auth(ANN_KEY)
-        .send()
-        .await
-        .expect("models");
-    assert_eq!(models.status(), 200);
+    for path in ["/v1/models", "/metrics"] {
+        let without = client()
+            .get(router.url(path))
+            .send()
+            .await
+            .expect("without a key");
+        assert_eq!(without.status(), 401, "every other route needs one: {path}");
+        let with = client()
+            .get(router.url(path))
+            .bearer_auth(ANN_KEY)
+            .send()
+            .await
+            .expect("with a key");
+        assert_eq!(with.status(), 200, "{path}");
+    }
 
     // The file is still the Python version's: same table, same rows.
     assert_eq!(rows(&router.path().join("users.db")), python_rows);

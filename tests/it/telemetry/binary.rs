@@ -118,3 +118,89 @@ async fn ledger_false_writes_no_ledger_and_no_log_when_both_are_off() {
         .collect();
     assert_eq!(files, ["config.yaml"], "no users.db, no request log");
 }
+
+/// `GET /metrics` counts what each sink wrote and dropped, in Prometheus text.
+#[tokio::test]
+async fn metrics_count_what_every_sink_wrote_and_dropped() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    let data = tempfile::tempdir().expect("data dir");
+    let db = data.path().join("ledger.db").display().to_string();
+    let log = data.path().join("api_proxy.log").display().to_string();
+    let host = otlp.origin();
+    let envs = [
+        ("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY),
+        ("LANGFUSE_SECRET_KEY", SECRET_KEY),
+        ("LANGFUSE_HOST", host.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ("LLMSROUTER_DB", db.as_str()),
+        ("LLMSROUTER_LOG_FILE", log.as_str()),
+    ];
+    let mut router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &envs);
+    for _ in 0..3 {
+        let response = router
+            .chat(
+                &json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    let url = router.url("/metrics");
+    let fetch = || async {
+        let response = crate::support::client()
+            .get(&url)
+            .send()
+            .await
+            .expect("metrics");
+        assert_eq!(response.status(), 200);
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+        response.text().await.expect("text")
+    };
+    let complete = [
+        "llmsrouter_ledger_rows_written_total 3",
+        "llmsrouter_spans_exported_total{destination=\"langfuse\"} 3",
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = fetch().await;
+        if complete.iter().all(|line| text.lines().any(|l| l == *line))
+            || tokio::time::Instant::now() >= deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for line in complete {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+    for zero in [
+        "llmsrouter_records_dropped_total 0",
+        "llmsrouter_ledger_rows_dropped_total 0",
+        "llmsrouter_ledger_rows_failed_total 0",
+        "llmsrouter_request_log_lines_dropped_total 0",
+        "llmsrouter_spans_dropped_total{destination=\"langfuse\"} 0",
+        "llmsrouter_spans_failed_total{destination=\"langfuse\"} 0",
+        "# TYPE llmsrouter_spans_exported_total counter",
+    ] {
+        assert!(text.lines().any(|l| l == zero), "{zero} in:\n{text}");
+    }
+    assert_eq!(otlp.spans().len(), 3);
+    // `POST /v1/metrics` is still a path a provider may serve: it is forwarded, not answered.
+    let before = upstream.count();
+    let forwarded = crate::support::client()
+        .post(router.url("/v1/metrics"))
+        .json(&json!({"model": "[mock]m"}))
+        .send()
+        .await
+        .expect("forwarded");
+    assert_eq!(forwarded.status(), 200);
+    assert_eq!(upstream.count(), before + 1);
+    assert_eq!(upstream.last().path, "/v1/metrics");
+    router.terminate();
+    let status = router.wait_exit(Duration::from_secs(40)).await;
+    assert!(status.success(), "{status:?}: {}", router.stderr());
+}
