@@ -55,6 +55,11 @@ impl Outcome {
     }
 }
 
+/// The top level of a request body: for each member in order, the byte range of its key
+/// (inside the quotes) and of its raw value. The proxy finds it while it reads the body for
+/// routing, so the span's generation view reads the members without parsing the body again.
+pub type BodyLayout = Vec<(std::ops::Range<u32>, std::ops::Range<u32>)>;
+
 /// Everything known about one routed request. Sinks get it read-only behind an `Arc`.
 #[derive(Debug, Clone)]
 pub struct RequestRecord {
@@ -76,6 +81,8 @@ pub struct RequestRecord {
     /// The client's request body as received, before the model rewrite. Always one valid
     /// JSON object: the proxy parsed it before routing, so a sink may embed it as is.
     pub request_body: Bytes,
+    /// Where `request_body`'s top-level members are, when the proxy kept it.
+    pub request_layout: Option<BodyLayout>,
     pub started_at: SystemTime,
     /// First response bytes from the upstream (headers received).
     pub response_started_at: Option<SystemTime>,
@@ -568,6 +575,7 @@ mod tests {
             upstream_model: "m".into(),
             stream: false,
             request_body: Bytes::from_static(b"{}"),
+            request_layout: None,
             started_at: SystemTime::now(),
             response_started_at: None,
             first_token_at: None,

@@ -13,6 +13,7 @@ use serde::de::{Deserializer as _, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::error::ProxyError;
+use crate::record::BodyLayout;
 
 /// The top-level facts of a request body the router needs.
 #[derive(Debug)]
@@ -21,6 +22,9 @@ pub struct RequestView {
     pub stream: bool,
     /// Byte ranges of every top-level `model` value (duplicates included).
     model_ranges: Vec<Range<usize>>,
+    /// Where each top-level member's key and value sit, when asked for (see
+    /// [`Self::parse_keeping_layout`]).
+    pub layout: Option<BodyLayout>,
     stream_options: StreamOptions,
     /// Offset of the closing `}` of the top-level object.
     closing_brace: usize,
@@ -44,7 +48,14 @@ enum StreamOptions {
 impl RequestView {
     /// Parses the top level of `body`. The whole document is checked for valid JSON and UTF-8.
     pub fn parse(body: &[u8]) -> Result<Self, ProxyError> {
+        Self::parse_keeping_layout(body, false)
+    }
+
+    /// [`Self::parse`], keeping the body's [`BodyLayout`] when `keep_layout` (and no key has an
+    /// escape, and the body is under 4 GiB).
+    pub fn parse_keeping_layout(body: &[u8], keep_layout: bool) -> Result<Self, ProxyError> {
         let members = top_level_members(body)?;
+        let layout = keep_layout.then(|| layout_of(body, &members)).flatten();
         let mut model: Option<String> = None;
         let mut model_ranges = Vec::new();
         let mut stream = false;
@@ -81,6 +92,7 @@ impl RequestView {
             stream_options,
             closing_brace,
             has_members: !members.is_empty(),
+            layout,
         })
     }
 
@@ -216,6 +228,24 @@ fn range_of(body: &[u8], value: &RawValue) -> Range<usize> {
 
 type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
 
+/// The [`BodyLayout`] of `members`, all borrowed from `body`; `None` if a key had escapes (an
+/// owned key has no place in the body) or an offset does not fit.
+fn layout_of(body: &[u8], members: &Members<'_>) -> Option<BodyLayout> {
+    let start = body.as_ptr() as usize;
+    let span = |text: &str| -> Option<Range<u32>> {
+        let from = (text.as_ptr() as usize).checked_sub(start)?;
+        let to = from.checked_add(text.len())?;
+        (to <= body.len()).then_some(u32::try_from(from).ok()?..u32::try_from(to).ok()?)
+    };
+    members
+        .iter()
+        .map(|(key, value)| match key {
+            Cow::Borrowed(key) => Some((span(key)?, span(value.get())?)),
+            Cow::Owned(_) => None,
+        })
+        .collect()
+}
+
 /// The members of a top-level JSON object, in order, values borrowed raw.
 ///
 /// The body's UTF-8 is checked once, up front, and the JSON read from `&str`: read from
@@ -253,12 +283,38 @@ impl<'de> Visitor<'de> for MembersVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut members = Vec::new();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some(JsonKey(key)) = map.next_key::<JsonKey<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
             members.push((key, value));
         }
         Ok(members)
+    }
+}
+
+/// An object key, borrowed from the body unless it had escapes. (serde's own `Cow<str>`
+/// always copies: a String per key of every request.)
+pub(crate) struct JsonKey<'a>(pub Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for JsonKey<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = JsonKey<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<JsonKey<'de>, E> {
+                Ok(JsonKey(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<JsonKey<'de>, E> {
+                Ok(JsonKey(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
     }
 }
 

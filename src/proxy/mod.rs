@@ -73,7 +73,8 @@ async fn forward_inner(
         config.settings.max_body_bytes,
     )
     .await?;
-    let view = RequestView::parse(&body)?;
+    let mut view = RequestView::parse_keeping_layout(&body, state.recorder.is_enabled())?;
+    let request_layout = view.layout.take();
     let caller = incoming.caller;
 
     let proxy = routing::proxy_param(incoming.query);
@@ -115,6 +116,8 @@ async fn forward_inner(
         );
         // Only for redaction in the sinks (an upstream may echo the key in an error).
         record.client_key = crate::auth::presented_key(incoming.headers).map(Secret::new);
+        // Offsets into `body`, of which the record holds an exact copy.
+        record.request_layout = request_layout;
         record
     });
     tracing::debug!(request_id, provider = %target.provider, mode = %target.mode, "forwarding");
@@ -231,6 +234,7 @@ fn new_record(
         upstream_model: target.upstream_model.clone(),
         stream: view.stream,
         request_body: body,
+        request_layout: None,
         started_at,
         response_started_at: None,
         first_token_at: None,

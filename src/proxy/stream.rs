@@ -314,6 +314,7 @@ mod tests {
             upstream_model: "m".into(),
             stream: true,
             request_body: Bytes::new(),
+            request_layout: None,
             started_at: std::time::SystemTime::now(),
             response_started_at: None,
             first_token_at: None,

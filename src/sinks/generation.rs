@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::proxy::body::JsonKey;
 use crate::record::{Outcome, RequestRecord};
 use crate::sinks::redact::{Redactor, RequestRedactor};
 use crate::usage::{ResponseSummary, Usage};
@@ -109,7 +110,11 @@ pub fn build_with(
     redactor: &RequestRedactor<'_>,
     max_io_bytes: usize,
 ) -> Generation {
-    let request = RequestFields::parse(&record.request_body);
+    let request = match &record.request_layout {
+        Some(layout) => RequestFields::from_layout(&record.request_body, layout)
+            .or_else(|| RequestFields::parse(&record.request_body)),
+        None => RequestFields::parse(&record.request_body),
+    };
     let input = request
         .as_ref()
         .and_then(RequestFields::input)
@@ -149,7 +154,7 @@ pub fn build_with(
 /// The request body's top level in order, keys borrowed from the body where they can be,
 /// values as raw JSON text. A request has a dozen keys at most: a list beats a hash map.
 struct RequestFields<'a> {
-    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    fields: Vec<(Cow<'a, str>, &'a str)>,
 }
 
 impl<'de> Deserialize<'de> for RequestFields<'de> {
@@ -165,35 +170,13 @@ impl<'de> Deserialize<'de> for RequestFields<'de> {
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
                 let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    fields.push((key.0, map.next_value::<&'de RawValue>()?));
+                while let Some(key) = map.next_key::<JsonKey<'de>>()? {
+                    fields.push((key.0, map.next_value::<&'de RawValue>()?.get()));
                 }
                 Ok(RequestFields { fields })
             }
         }
         d.deserialize_map(Fields)
-    }
-}
-
-/// An object key, borrowed unless it had escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
     }
 }
 
@@ -204,13 +187,27 @@ impl<'a> RequestFields<'a> {
         serde_json::from_str(std::str::from_utf8(body).ok()?).ok()
     }
 
+    /// The fields at the places the proxy found them when it read the body: no second
+    /// parse. `None` (then [`Self::parse`]) if a range does not fit the body.
+    fn from_layout(body: &'a [u8], layout: &crate::record::BodyLayout) -> Option<Self> {
+        let text = std::str::from_utf8(body).ok()?;
+        let at = |r: &std::ops::Range<u32>| {
+            text.get(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?)
+        };
+        let fields = layout
+            .iter()
+            .map(|(key, value)| Some((Cow::Borrowed(at(key)?), at(value)?)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { fields })
+    }
+
     /// The value of `key` (the last one, as JSON parsers do), unless it is `null`.
     fn raw(&self, key: &str) -> Option<&'a str> {
         self.fields
             .iter()
             .rev()
             .find(|(k, _)| k == key)
-            .map(|(_, v)| v.get().trim())
+            .map(|(_, v)| v.trim())
             .filter(|v| *v != "null")
     }
 
@@ -257,7 +254,7 @@ impl<'a> RequestFields<'a> {
             }
             push_json_string(&mut out, key);
             out.push(':');
-            let raw = value.get().trim();
+            let raw = value.trim();
             if raw.len() > MAX_PARAMETER_BYTES {
                 let _ = write!(out, "\"[omitted: {} bytes]\"", raw.len());
             } else {
@@ -521,6 +518,7 @@ mod tests {
             upstream_model: "gpt-4o".into(),
             stream: false,
             request_body: Bytes::from(body.to_string()),
+            request_layout: None,
             started_at: SystemTime::now(),
             response_started_at: None,
             first_token_at: None,
@@ -707,6 +705,50 @@ mod tests {
             } else {
                 prop_assert!(total <= cap, "{} > {}", total, cap);
             }
+        }
+
+        /// The fields found at the proxy's layout are the fields a parse finds; the whole
+        /// generation view is the same either way.
+        #[test]
+        fn the_layout_gives_what_a_parse_gives(
+            members in proptest::collection::vec(
+                (
+                    "[a-z_]{1,8}|[a-z]{1,4}\\\\n|é[a-z]{0,3}",
+                    prop_oneof![
+                        Just("null".to_owned()),
+                        "-?[1-9][0-9]{0,3}(\\.[0-9]{1,3})?",
+                        "\"[a-zé ]{0,6}(\\\\n|\\\\\")?[a-z]{0,3}\"",
+                        Just("[{\"role\":\"user\",\"content\":\"hi\"}]".to_owned()),
+                        Just("{\"include_usage\": true}".to_owned()),
+                    ],
+                ),
+                0..8,
+            ),
+            space in "[ \n]{0,2}",
+        ) {
+            let mut body = format!("{{{space}\"model\":{space}\"m\"");
+            for (key, value) in &members {
+                body.push_str(&format!(",{space}\"{key}\":{space}{value}{space}"));
+            }
+            body.push('}');
+            let view = crate::proxy::body::RequestView::parse_keeping_layout(body.as_bytes(), true)
+                .expect("a valid request");
+            let escaped_key = members.iter().any(|(k, _)| k.contains('\\'));
+            prop_assert_eq!(view.layout.is_none(), escaped_key);
+            let parsed = RequestFields::parse(body.as_bytes()).expect("parses");
+            if let Some(layout) = &view.layout {
+                let laid = RequestFields::from_layout(body.as_bytes(), layout).expect("fits");
+                prop_assert_eq!(&laid.fields, &parsed.fields);
+            }
+            let mut with = record(json!({}));
+            with.request_body = Bytes::from(body.clone());
+            with.request_layout = view.layout;
+            let mut without = with.clone();
+            without.request_layout = None;
+            prop_assert_eq!(
+                build(&with, &Redactor::default(), 1 << 20),
+                build(&without, &Redactor::default(), 1 << 20)
+            );
         }
 
         #[test]

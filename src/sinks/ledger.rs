@@ -362,6 +362,7 @@ mod tests {
             upstream_model: "m".into(),
             stream: true,
             request_body: Bytes::new(),
+            request_layout: None,
             started_at: start,
             response_started_at: None,
             first_token_at: Some(start + Duration::from_millis(40)),
