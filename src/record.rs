@@ -166,6 +166,7 @@ impl RequestRecord {
     fn drop_bodies(&mut self) {
         complete_summary(self);
         self.request_body = Bytes::new();
+        self.request_layout = None;
         self.response_body = None;
         self.response_is_json = false;
         self.response.content = String::new();

@@ -11,6 +11,19 @@ use super::{PUBLIC_KEY, SECRET_KEY, request_id};
 use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS};
 use crate::support::{RouterProcess, one_server_config, run_cli};
 
+/// The variables that turn every sink on: Langfuse at `host` (a batch every `delay_ms`), the
+/// ledger in `db`, the request log at `log`.
+fn every_sink(host: &str, db: &str, log: &str, delay_ms: &str) -> [(&'static str, String); 6] {
+    [
+        ("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY.to_owned()),
+        ("LANGFUSE_SECRET_KEY", SECRET_KEY.to_owned()),
+        ("LANGFUSE_HOST", host.to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", delay_ms.to_owned()),
+        ("LLMSROUTER_DB", db.to_owned()),
+        ("LLMSROUTER_LOG_FILE", log.to_owned()),
+    ]
+}
+
 #[tokio::test]
 async fn serve_records_everything_flushes_on_sigterm_and_the_ledger_survives_restarts() {
     let upstream = MockUpstream::start(Behavior::default()).await;
@@ -18,16 +31,9 @@ async fn serve_records_everything_flushes_on_sigterm_and_the_ledger_survives_res
     let data = tempfile::tempdir().expect("data dir");
     let db = data.path().join("ledger.db").display().to_string();
     let log = data.path().join("logs/api_proxy.log").display().to_string();
-    let host = otlp.origin();
-    let envs = [
-        ("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY),
-        ("LANGFUSE_SECRET_KEY", SECRET_KEY),
-        ("LANGFUSE_HOST", host.as_str()),
-        // An hour between batches: spans can only arrive through the flush on shutdown.
-        ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
-        ("LLMSROUTER_DB", db.as_str()),
-        ("LLMSROUTER_LOG_FILE", log.as_str()),
-    ];
+    // An hour between batches: spans can only arrive through the flush on shutdown.
+    let vars = every_sink(&otlp.origin(), &db, &log, "3600000");
+    let envs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let config = one_server_config(&upstream.url(), "");
     let mut ids = Vec::new();
     for (round, requests) in [(1, 2), (2, 1)] {
@@ -127,15 +133,8 @@ async fn metrics_count_what_every_sink_wrote_and_dropped() {
     let data = tempfile::tempdir().expect("data dir");
     let db = data.path().join("ledger.db").display().to_string();
     let log = data.path().join("api_proxy.log").display().to_string();
-    let host = otlp.origin();
-    let envs = [
-        ("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY),
-        ("LANGFUSE_SECRET_KEY", SECRET_KEY),
-        ("LANGFUSE_HOST", host.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-        ("LLMSROUTER_DB", db.as_str()),
-        ("LLMSROUTER_LOG_FILE", log.as_str()),
-    ];
+    let vars = every_sink(&otlp.origin(), &db, &log, "50");
+    let envs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &envs);
     for _ in 0..3 {
         let response = router
