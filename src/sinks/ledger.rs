@@ -145,11 +145,17 @@ const CHUNK_SIZES: [usize; 6] = [32, 16, 8, 4, 2, 1];
 static INSERT_SQL: std::sync::LazyLock<Vec<String>> =
     std::sync::LazyLock::new(|| CHUNK_SIZES.iter().map(|n| insert_sql(*n)).collect());
 
-/// `INSERT INTO usage_ledger (...) VALUES (?, ...), ...` for `rows` rows.
+/// `INSERT OR FAIL INTO usage_ledger (...) VALUES (?, ...), ...` for `rows` rows.
+///
+/// `OR FAIL`, not the default `ABORT`: a statement that may abort halfway through several rows
+/// makes SQLite copy every page it touches into a statement journal first, to undo just that
+/// statement (about 7% of a row's cost, measured with 32-row statements). Undoing one statement
+/// is never needed here: a failed statement fails its whole batch's transaction, which is
+/// rolled back and retried as a whole, so no part of a batch is ever kept on its own.
 fn insert_sql(rows: usize) -> String {
     let row = format!("({})", vec!["?"; VALUES_PER_ROW].join(","));
     format!(
-        "INSERT INTO usage_ledger ({COLUMNS}) VALUES {}",
+        "INSERT OR FAIL INTO usage_ledger ({COLUMNS}) VALUES {}",
         vec![row; rows].join(",")
     )
 }
@@ -455,6 +461,40 @@ mod tests {
         }
     }
 
+    /// `OR FAIL` keeps the rows a failing statement wrote before its failure; the batch's
+    /// transaction must still undo them, so a batch is stored whole or not at all. A trigger
+    /// refuses the 40th row, in the middle of a 32-row statement.
+    #[test]
+    fn a_failing_row_leaves_none_of_its_batch() {
+        let dir = tempfile::tempdir().expect("dir");
+        let record = record();
+        let rows: Vec<LedgerRow<'_>> = (0..71)
+            .map(|i| {
+                let mut row = LedgerRow::from_record(&record, &Redactor::default());
+                row.request_id = Cow::Owned(format!("r{i}"));
+                row
+            })
+            .collect();
+        let mut conn = db::open(&dir.path().join("u.db")).expect("open");
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON usage_ledger WHEN NEW.request_id = 'r39'
+             BEGIN SELECT RAISE(FAIL, 'refused'); END;",
+        )
+        .expect("trigger");
+        let error = insert_rows(&mut conn, &rows).expect_err("the 40th row is refused");
+        assert!(error.to_string().contains("refused"), "{error}");
+        let stored: i64 = conn
+            .query_row("SELECT count(*) FROM usage_ledger", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(stored, 0);
+
+        conn.execute_batch("DROP TRIGGER refuse").expect("drop");
+        insert_rows(&mut conn, &rows).expect("the same batch again");
+        let stored: i64 = conn
+            .query_row("SELECT count(*) FROM usage_ledger", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(stored, 71);
+    }
     #[tokio::test]
     async fn the_sink_flushes_on_close_and_survives_reopen() {
         let dir = tempfile::tempdir().expect("dir");
