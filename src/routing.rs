@@ -354,11 +354,13 @@ pub fn request_url(base: &url::Url, path: &str, client_query: Option<&str>) -> u
 /// query, a base without query or fragment) is joined as text onto the parsed base's
 /// serialization, which is what `request_url` produces for it: building a `url::Url` and
 /// setting its path re-parses the whole path (1.4 K of a request's 67 K instructions).
-/// Anything else goes the long way.
+/// Anything else goes the long way, and so does an empty path (a request to `/v1` itself):
+/// joined as text onto a host-only base it would lose the `/` a URL's path always has.
 pub fn request_url_text(base: &url::Url, path: &str, client_query: Option<&str>) -> String {
     let plain = client_query.is_none()
         && base.query().is_none()
         && base.fragment().is_none()
+        && !path.is_empty()
         && is_plain_path(path);
     if !plain {
         return request_url(base, path, client_query).into();
@@ -431,6 +433,20 @@ servers:
 
     fn resolve_ok<'c>(proxy: Option<&str>, model: &str, config: &'c Config) -> Target<'c> {
         resolve(proxy, model, config, &Lookup::none()).expect("resolves")
+    }
+
+    /// A request to `/v1` itself, with a host-only base: the URL keeps its `/` path (found
+    /// by the proptest below; its seed is in proptest-regressions/routing.txt).
+    #[test]
+    fn an_empty_path_on_a_host_only_base_keeps_the_root() {
+        let base = url::Url::parse("http://a.com").expect("base");
+        assert_eq!(request_url_text(&base, "", None), "http://a.com/");
+        let base = url::Url::parse("http://a.com/v1").expect("base");
+        assert_eq!(request_url_text(&base, "", None), "http://a.com/v1");
+        assert_eq!(
+            request_url_text(&base, "/chat/completions", None),
+            "http://a.com/v1/chat/completions"
+        );
     }
 
     #[test]
