@@ -423,21 +423,28 @@ mod tests {
         assert!(!error.contains("sk-upstream"));
     }
 
+    /// `n` rows of `record`, with request ids `r0`, `r1`, ...
+    fn numbered_rows(record: &RequestRecord, n: usize) -> Vec<LedgerRow<'_>> {
+        (0..n)
+            .map(|i| {
+                let mut row = LedgerRow::from_record(record, &Redactor::default());
+                row.request_id = Cow::Owned(format!("r{i}"));
+                row
+            })
+            .collect()
+    }
+
     /// 71 rows go in as chunks of 32, 32, 4, 2 and 1: each row lands once, with its own
     /// values in their own columns.
     #[test]
     fn a_batch_cut_into_chunks_keeps_every_row_and_column() {
         let dir = tempfile::tempdir().expect("dir");
         let record = record();
-        let rows: Vec<LedgerRow<'_>> = (0..71)
-            .map(|i| {
-                let mut row = LedgerRow::from_record(&record, &Redactor::default());
-                row.request_id = Cow::Owned(format!("r{i}"));
-                row.input_tokens = i;
-                row.cost = (i % 2 == 0).then_some(i as f64);
-                row
-            })
-            .collect();
+        let mut rows = numbered_rows(&record, 71);
+        for (i, row) in (0..).zip(rows.iter_mut()) {
+            row.input_tokens = i;
+            row.cost = (i % 2 == 0).then_some(i as f64);
+        }
         let mut conn = db::open(&dir.path().join("u.db")).expect("open");
         insert_rows(&mut conn, &rows).expect("insert");
         let mut query = conn
@@ -468,13 +475,7 @@ mod tests {
     fn a_failing_row_leaves_none_of_its_batch() {
         let dir = tempfile::tempdir().expect("dir");
         let record = record();
-        let rows: Vec<LedgerRow<'_>> = (0..71)
-            .map(|i| {
-                let mut row = LedgerRow::from_record(&record, &Redactor::default());
-                row.request_id = Cow::Owned(format!("r{i}"));
-                row
-            })
-            .collect();
+        let rows = numbered_rows(&record, 71);
         let mut conn = db::open(&dir.path().join("u.db")).expect("open");
         conn.execute_batch(
             "CREATE TRIGGER refuse BEFORE INSERT ON usage_ledger WHEN NEW.request_id = 'r39'
