@@ -496,6 +496,7 @@ mod tests {
             .expect("count");
         assert_eq!(stored, 71);
     }
+
     #[tokio::test]
     async fn the_sink_flushes_on_close_and_survives_reopen() {
         let dir = tempfile::tempdir().expect("dir");
