@@ -470,18 +470,25 @@ impl Tally {
                 .collect(),
         )
     }
-    /// A latency percentile over every request of every round, ms.
+    /// A latency percentile over every request of every round on a reused connection, ms.
     fn percentile(&self, first_byte: bool, p: f64) -> f64 {
+        self.samples(p, |r| if first_byte { &r.first_byte } else { &r.total })
+    }
+    /// The same over the first request of each new connection, ms.
+    fn fresh_percentile(&self, first_byte: bool, p: f64) -> f64 {
+        self.samples(p, |r| {
+            if first_byte {
+                &r.fresh_first_byte
+            } else {
+                &r.fresh_total
+            }
+        })
+    }
+    fn samples(&self, p: f64, pick: impl Fn(&Results) -> &Vec<u32>) -> f64 {
         let mut all: Vec<u32> = self
             .rounds
             .iter()
-            .flat_map(|r| {
-                if first_byte {
-                    r.results.first_byte.iter()
-                } else {
-                    r.results.total.iter()
-                }
-            })
+            .flat_map(|r| pick(&r.results).iter())
             .copied()
             .collect();
         percentile(&mut all, p)
@@ -744,7 +751,7 @@ fn report(whole: &[Tally], streams: &[Tally], with_nginx: bool) {
         "\n### llmsrouter benchmark: direct to the mock, through nginx, through the router (telemetry off)\n"
     );
     println!(
-        "Rates and CPU are the median of {ROUNDS} interleaved rounds; latencies are over every request of every round.\n"
+        "Rates and CPU are the median of {ROUNDS} interleaved rounds. Latencies are over every request of every round on a reused keep-alive connection; each round opens its connections at once, and their first requests are shown in their own rows.\n"
     );
     println!("| measure | direct | nginx | router | router vs direct / nginx vs direct | target |");
     println!("|---|---:|---:|---:|---:|---|");
@@ -802,6 +809,26 @@ fn report(whole: &[Tally], streams: &[Tally], with_nginx: bool) {
     ] {
         let f = move |t: &Tally| t.percentile(first, q);
         line(label, f(ds), opt(ns, &f), f(offs), &ms, &plus, target);
+    }
+    for (q, label) in [
+        (50.0, "non-stream, a new connection's first request: p50 ms"),
+        (99.0, "non-stream, a new connection's first request: p99 ms"),
+    ] {
+        let f = move |t: &Tally| t.fresh_percentile(false, q);
+        line(label, f(d), opt(n, &f), f(off), &ms, &plus, "");
+    }
+    for (q, label) in [
+        (
+            50.0,
+            "stream, a new connection's first request: first byte p50 ms",
+        ),
+        (
+            99.0,
+            "stream, a new connection's first request: first byte p99 ms",
+        ),
+    ] {
+        let f = move |t: &Tally| t.fresh_percentile(true, q);
+        line(label, f(ds), opt(ns, &f), f(offs), &ms, &plus, "");
     }
     let none = |_: f64, _: f64| String::new();
     line(
