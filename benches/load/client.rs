@@ -33,7 +33,7 @@ pub struct Results {
     pub first_byte: Vec<u32>,
     /// Whole request, µs, for the first request of each new connection. Kept apart because
     /// each round opens all its connections at once: their first requests meet the server's
-    /// accept work for the whole burst, a per-connection cost, and they are about 1% of a
+    /// connection set-up work for the whole burst, a per-connection cost, and they are about 1% of a
     /// round's requests, right where p99 falls.
     pub fresh_total: Vec<u32>,
     /// Time to the first body bytes, µs (streams), as `fresh_total`.
