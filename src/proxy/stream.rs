@@ -4,8 +4,11 @@
 //! Forwarded whole events only (an incomplete event waits for its blank line, as any SSE client
 //! would), so the router can drop the usage-only chunk it asked for and can put a keep-alive
 //! comment or a final error event between events without splitting one. The body ends right
-//! after `data: [DONE]`. Dropping this stream (client gone) drops the upstream response, which
-//! closes the upstream connection, and the record guard hands over a partial record.
+//! after `data: [DONE]`; what the upstream still sends after it is read off the wire in the
+//! background and discarded ([`drain_after_done`]), so its connection can be used again.
+//! Dropping this stream (client gone) drops the upstream response, which closes the upstream
+//! connection (so the upstream stops generating), and the record guard hands over a partial
+//! record.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -116,8 +119,12 @@ impl StreamTee {
             }
             if kind == EventKind::Done {
                 // Anything after [DONE] is not part of the answer; the body ends here.
+                let rest = self.upstream.take();
                 self.state = State::Ending;
                 self.finish(Outcome::Success, None);
+                if let Some(rest) = rest {
+                    drain_after_done(rest);
+                }
                 break;
             }
         }
@@ -221,6 +228,31 @@ impl StreamTee {
             ready!(self.timer.as_mut().poll(cx));
         }
     }
+}
+
+/// How long, and how much, [`drain_after_done`] reads before it gives the connection up.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+const DRAIN_BYTES: usize = 64 * 1024;
+
+/// Reads what an upstream sends after `[DONE]` (usually only the chunked encoding's last few
+/// bytes, a moment later) and discards it. A body read to its end hands its keep-alive
+/// connection back for the next request; one dropped early closes it, which would cost every
+/// stream a new upstream connection and leave a socket in TIME_WAIT on the router's side.
+/// An upstream that sends more than a little, or keeps the body open, loses the connection.
+fn drain_after_done(mut rest: UpstreamBody) {
+    use futures_util::StreamExt as _;
+    tokio::spawn(async move {
+        let drained = async {
+            let mut left = DRAIN_BYTES;
+            while let Some(Ok(chunk)) = rest.next().await {
+                match left.checked_sub(chunk.len()) {
+                    Some(less) => left = less,
+                    None => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIME, drained).await;
+    });
 }
 
 impl Drop for StreamTee {

@@ -214,3 +214,91 @@ async fn a_missing_accept_header_reaches_the_upstream_as_any_type() {
     assert_eq!(response.status(), 200);
     assert_eq!(upstream.last().headers["accept"], "application/json");
 }
+
+/// A plain-HTTP upstream gets one keep-alive connection for requests one after another
+/// (from one client connection, hence one lane):
+/// answers and errors read to their end hand it back at once; a stream hands it back once
+/// the router has read the last bytes after `[DONE]`, in the background (so the next request
+/// may come first and open a second connection, but not one per stream). A stream the client
+/// abandons takes its connection with it (the rest of the answer is still on the wire).
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    use futures_util::StreamExt as _;
+    use std::collections::HashSet;
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 3,
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    // One client connection, so one lane (each lane keeps its own upstream connections).
+    let client = client();
+    let url = router.url("/v1/chat/completions");
+    let chat = |body: &serde_json::Value| client.post(&url).json(body).send();
+    let plain = json!({"model": "[mock]m", "messages": []});
+    let stream = json!({"model": "[mock]m", "messages": [], "stream": true});
+    for _ in 0..4 {
+        let response = chat(&plain).await.expect("send");
+        assert_eq!(response.status(), 200);
+        response.bytes().await.expect("whole body");
+    }
+    upstream.set(Behavior {
+        status: 500,
+        body: Some(r#"{"error":{"message":"boom"}}"#.into()),
+        ..Default::default()
+    });
+    assert_eq!(chat(&plain).await.expect("send").status(), 500);
+    let received = upstream.received();
+    assert_eq!(received.len(), 5);
+    let first = received[0].peer;
+    assert!(received.iter().all(|r| r.peer == first), "{received:?}");
+    assert_eq!(received[0].headers["host"], upstream.addr.to_string());
+
+    upstream.set(Behavior {
+        chunks: 3,
+        ..Default::default()
+    });
+    for _ in 0..10 {
+        let response = chat(&stream).await.expect("send");
+        assert_eq!(response.status(), 200);
+        assert!(
+            response
+                .text()
+                .await
+                .expect("whole body")
+                .ends_with("[DONE]\n\n")
+        );
+    }
+    let peers: HashSet<_> = upstream.received()[5..].iter().map(|r| r.peer).collect();
+    assert!(
+        peers.len() <= 2,
+        "10 streams took {} connections",
+        peers.len()
+    );
+
+    // Abandoned after its first chunk.
+    upstream.set(Behavior {
+        chunks: 50,
+        chunk_delay: std::time::Duration::from_millis(20),
+        ..Default::default()
+    });
+    let response = chat(&stream).await.expect("send");
+    assert_eq!(response.status(), 200);
+    let mut chunks = response.bytes_stream();
+    chunks.next().await.expect("a first chunk").expect("chunk");
+    drop(chunks);
+    upstream.set(Behavior::default());
+    let response = chat(&plain).await.expect("send");
+    assert_eq!(response.status(), 200);
+    response.bytes().await.expect("whole body");
+    let received = upstream.received();
+    let [.., abandoned, next] = &received[..] else {
+        panic!("two more requests");
+    };
+    assert!(peers.contains(&abandoned.peer) || abandoned.peer == first);
+    assert_ne!(
+        next.peer, abandoned.peer,
+        "a half-read connection was reused"
+    );
+    router.stop().await;
+}

@@ -1,5 +1,6 @@
-//! The client proxied requests go upstream through: hyper's pooled client, with reqwest kept
-//! for the few targets it handles and hyper does not.
+//! The client proxied requests go upstream through: each lane's own keep-alive connections
+//! for plain `http://` upstreams ([`pool`]), hyper's pooled client for TLS upstreams, and
+//! reqwest kept for the few targets it handles and hyper does not.
 //!
 //! Why not reqwest for everything: its redirect layer parses the URL twice and clones the
 //! headers on every request, even with redirects off, and its tower stack adds a dozen
@@ -26,6 +27,8 @@ use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::state::CONNECT_TIMEOUT;
+
+mod pool;
 
 /// The TCP connection and the TLS handshake together, as reqwest's `connect_timeout` bounds
 /// them: hyper's connector times only the TCP part.
@@ -88,6 +91,9 @@ pub struct UpstreamClient {
     /// One pool per lane (see [`crate::lanes`]): a request uses connections its own thread
     /// drives, so sending it wakes no other thread.
     direct: Arc<[Client<Connector, Full<Bytes>>]>,
+    /// Each lane's idle connections to plain-HTTP upstreams.
+    plain: Arc<pool::LanePools>,
+    connector: Connector,
     fallback: reqwest::Client,
     /// The proxy environment, read once at start (as reqwest reads it).
     proxies: Arc<Matcher>,
@@ -133,6 +139,13 @@ impl UpstreamError {
         }
     }
 
+    fn unsendable(why: &str) -> Self {
+        Self {
+            timeout: false,
+            description: why.to_owned(),
+        }
+    }
+
     fn from_reqwest(error: &reqwest::Error) -> Self {
         Self {
             timeout: error.is_timeout(),
@@ -160,6 +173,7 @@ fn join_causes(parts: Vec<String>) -> String {
 /// An upstream answer's body, from whichever client sent the request.
 pub enum UpstreamBody {
     Direct(hyper::body::Incoming),
+    Plain(pool::PooledBody),
     Fallback(reqwest::Body),
 }
 
@@ -175,6 +189,9 @@ impl Body for UpstreamBody {
             Self::Direct(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|e| UpstreamError::from_hyper(&e)),
+            Self::Plain(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| UpstreamError::from_hyper(&e)),
             Self::Fallback(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|e| UpstreamError::from_reqwest(&e)),
@@ -184,6 +201,7 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Direct(body) => body.is_end_stream(),
+            Self::Plain(body) => body.is_end_stream(),
             Self::Fallback(body) => body.is_end_stream(),
         }
     }
@@ -191,6 +209,7 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Direct(body) => body.size_hint(),
+            Self::Plain(body) => body.size_hint(),
             Self::Fallback(body) => body.size_hint(),
         }
     }
@@ -222,6 +241,8 @@ impl UpstreamClient {
             .collect();
         Ok(Self {
             direct,
+            plain: Arc::new(pool::LanePools::new(lanes, POOL_IDLE_TIMEOUT)),
+            connector,
             fallback,
             proxies: Arc::new(Matcher::from_env()),
             proxy_env: proxy_env_set(),
@@ -254,12 +275,50 @@ impl UpstreamClient {
                 .headers_mut()
                 .insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
         }
+        if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
+            return self.send_plain(request).await;
+        }
         let pool = &self.direct[crate::lanes::current() % self.direct.len()];
         let response = pool
             .request(request)
             .await
             .map_err(|e| UpstreamError::from_hyper(&e))?;
         Ok(response.map(UpstreamBody::Direct))
+    }
+
+    /// Sends `request` (absolute URI) over this lane's own connections to its plain-HTTP
+    /// upstream, in origin form with the `Host` header hyper-util's client would add.
+    async fn send_plain(
+        &self,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let uri = std::mem::take(request.uri_mut());
+        let Some(authority) = uri.authority().map(|a| a.as_str()) else {
+            return Err(UpstreamError::unsendable("the upstream URL has no host"));
+        };
+        *request.uri_mut() = pool::origin_form(&uri);
+        if !request.headers().contains_key(http::header::HOST) {
+            let Some(host) = pool::host_header(&uri) else {
+                return Err(UpstreamError::unsendable(
+                    "the upstream host is not a valid header",
+                ));
+            };
+            request.headers_mut().insert(http::header::HOST, host);
+        }
+        let connect = || {
+            let mut connector = self.connector.clone();
+            let uri = uri.clone();
+            async move {
+                use tower_service::Service as _;
+                connector.call(uri).await
+            }
+        };
+        let lane = crate::lanes::current();
+        match pool::send(&self.plain, lane, authority, request, connect).await {
+            Ok(response) => Ok(response.map(UpstreamBody::Plain)),
+            Err(pool::SendError::Connect(error)) => Err(UpstreamError::from_hyper(error.as_ref())),
+            Err(pool::SendError::Exchange(error)) => Err(UpstreamError::from_hyper(&error)),
+        }
     }
 
     /// The URL as hyper takes it, or `None` when reqwest must send it: credentials in the
