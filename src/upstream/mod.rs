@@ -53,6 +53,14 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// A new connection to `uri`'s host, TLS when it is `https`, within the connect timeout.
+    fn connect(&self, uri: http::Uri) -> <Self as tower_service::Service<http::Uri>>::Future {
+        use tower_service::Service as _;
+        self.clone().call(uri)
+    }
+}
+
 type Connection = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -305,14 +313,7 @@ impl UpstreamClient {
             };
             request.headers_mut().insert(http::header::HOST, host);
         }
-        let connect = || {
-            let mut connector = self.connector.clone();
-            let uri = uri.clone();
-            async move {
-                use tower_service::Service as _;
-                connector.call(uri).await
-            }
-        };
+        let connect = || self.connector.connect(uri.clone());
         let lane = crate::lanes::current();
         match pool::send(&self.plain, lane, authority, request, connect).await {
             Ok(response) => Ok(response.map(UpstreamBody::Plain)),

@@ -294,6 +294,41 @@ mod tests {
         assert_eq!(origin_form(&bare), "/");
     }
 
+    /// One lane's pool and a way to reach the test server at `addr`.
+    struct Client {
+        pools: Arc<LanePools>,
+        authority: String,
+        connector: super::super::Connector,
+        url: http::Uri,
+    }
+
+    impl Client {
+        fn new(addr: std::net::SocketAddr) -> Self {
+            Self {
+                pools: Arc::new(LanePools::new(1, Duration::from_secs(90))),
+                authority: addr.to_string(),
+                connector: super::super::Connector::new(Duration::from_secs(5)).expect("connector"),
+                url: format!("http://{addr}/v1").parse().expect("uri"),
+            }
+        }
+
+        async fn post(&self) -> Response<PooledBody> {
+            let mut request = Request::new(Full::new(Bytes::from_static(b"{}")));
+            *request.method_mut() = http::Method::POST;
+            *request.uri_mut() = origin_form(&self.url);
+            request
+                .headers_mut()
+                .insert(http::header::HOST, host_header(&self.url).expect("host"));
+            let connect = || self.connector.connect(self.url.clone());
+            let sent = send(&self.pools, 0, &self.authority, request, connect).await;
+            sent.ok().expect("sent")
+        }
+
+        fn idle(&self) -> usize {
+            self.pools.idle_count(0, &self.authority)
+        }
+    }
+
     /// A connection goes back only after its answer was read to the end; one whose answer
     /// was abandoned halfway is closed instead.
     #[tokio::test]
@@ -325,53 +360,22 @@ mod tests {
                 });
             }
         });
-        let pools = Arc::new(LanePools::new(1, Duration::from_secs(90)));
-        let authority = addr.to_string();
-        let connector = super::super::Connector::new(Duration::from_secs(5)).expect("connector");
-        let url: http::Uri = format!("http://{addr}/v1").parse().expect("uri");
-        let request = || {
-            let mut request = Request::new(Full::new(Bytes::from_static(b"{}")));
-            *request.method_mut() = http::Method::POST;
-            *request.uri_mut() = origin_form(&url);
-            request
-                .headers_mut()
-                .insert(http::header::HOST, host_header(&url).expect("host"));
-            request
-        };
-        let connect = || {
-            let mut connector = connector.clone();
-            let url = url.clone();
-            async move {
-                use tower_service::Service as _;
-                connector.call(url).await
-            }
-        };
+        let client = Client::new(addr);
         for _ in 0..3 {
-            let response = send(&pools, 0, &authority, request(), connect)
-                .await
-                .ok()
-                .expect("sent");
-            let body = response.into_body().collect().await.expect("body");
-            assert_eq!(body.to_bytes().len(), BIG);
-            assert_eq!(pools.idle_count(0, &authority), 1);
+            let body = client.post().await.into_body().collect().await;
+            assert_eq!(body.expect("body").to_bytes().len(), BIG);
+            assert_eq!(client.idle(), 1);
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 
         // Read one frame and drop the rest: that connection is not returned.
-        let response = send(&pools, 0, &authority, request(), connect)
-            .await
-            .ok()
-            .expect("sent");
-        assert_eq!(pools.idle_count(0, &authority), 0);
-        let mut body = response.into_body();
+        let mut body = client.post().await.into_body();
+        assert_eq!(client.idle(), 0);
         let _first = body.frame().await;
         drop(body);
-        assert_eq!(pools.idle_count(0, &authority), 0);
-        let response = send(&pools, 0, &authority, request(), connect)
-            .await
-            .ok()
-            .expect("sent");
-        let _ = response.into_body().collect().await.expect("body");
+        assert_eq!(client.idle(), 0);
+        let body = client.post().await.into_body().collect().await;
+        assert_eq!(body.expect("body").to_bytes().len(), BIG);
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
         server.abort();
     }
@@ -404,33 +408,12 @@ mod tests {
                 let _ = closed_tx.send(());
             }
         });
-        let pools = Arc::new(LanePools::new(1, Duration::from_secs(90)));
-        let authority = addr.to_string();
-        let connector = super::super::Connector::new(Duration::from_secs(5)).expect("connector");
-        let url: http::Uri = format!("http://{addr}/v1").parse().expect("uri");
-        let connect = || {
-            let mut connector = connector.clone();
-            let url = url.clone();
-            async move {
-                use tower_service::Service as _;
-                connector.call(url).await
-            }
-        };
+        let client = Client::new(addr);
         for _ in 0..3 {
-            let mut request = Request::new(Full::new(Bytes::from_static(b"{}")));
-            *request.method_mut() = http::Method::POST;
-            *request.uri_mut() = origin_form(&url);
-            request
-                .headers_mut()
-                .insert(http::header::HOST, host_header(&url).expect("host"));
-            let response = send(&pools, 0, &authority, request, connect)
-                .await
-                .ok()
-                .expect("sent despite the closed connection");
-            let body = response.into_body().collect().await.expect("body");
-            assert_eq!(body.to_bytes(), "ok");
+            let body = client.post().await.into_body().collect().await;
+            assert_eq!(body.expect("body").to_bytes(), "ok");
             // Back in the list, where the next request will find it closed.
-            assert_eq!(pools.idle_count(0, &authority), 1);
+            assert_eq!(client.idle(), 1);
             closed.recv().await.expect("the server closed it");
         }
         server.abort();
