@@ -51,9 +51,7 @@ impl Connector {
             .wrap_connector(http);
         Ok(Self { inner, timeout })
     }
-}
 
-impl Connector {
     /// A new connection to `uri`'s host, TLS when it is `https`, within the connect timeout.
     fn connect(&self, uri: http::Uri) -> <Self as tower_service::Service<http::Uri>>::Future {
         use tower_service::Service as _;
