@@ -10,12 +10,12 @@
 //!
 //! What a connection in the list may be: closed by the upstream since (found when taken: it
 //! says so when polled for readiness, and the next one is tried), or older than the idle
-//! timeout (dropped when taken or when another is returned). A request that a connection
+//! timeout (dropped when taken, when another is returned, or by the lane's [`sweep`]). A request that a connection
 //! refused before writing a byte of it goes to the next one, or to a new connection, as
 //! hyper-util retries it; one that failed after it was written is not sent again.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -33,8 +33,15 @@ type Sender = http1::SendRequest<Full<Bytes>>;
 /// lock is never contended in the server (tests that drive the router from a
 /// multi-threaded runtime all count as lane 0, hence a lock and not a `RefCell`).
 pub(super) struct LanePools {
-    lanes: Box<[Mutex<Vec<Host>>]>,
+    lanes: Box<[Mutex<Lane>]>,
     idle_timeout: Duration,
+}
+
+#[derive(Default)]
+struct Lane {
+    hosts: Vec<Host>,
+    /// A [`sweep`] task runs on this lane (while it holds idle connections).
+    sweeping: bool,
 }
 
 /// The idle connections to one `host:port`, oldest first.
@@ -59,12 +66,12 @@ struct Lease {
 impl LanePools {
     pub(super) fn new(lanes: usize, idle_timeout: Duration) -> Self {
         Self {
-            lanes: (0..lanes.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+            lanes: (0..lanes.max(1)).map(|_| Mutex::default()).collect(),
             idle_timeout,
         }
     }
 
-    fn lane(&self, lane: usize) -> std::sync::MutexGuard<'_, Vec<Host>> {
+    fn lane(&self, lane: usize) -> std::sync::MutexGuard<'_, Lane> {
         self.lanes[lane % self.lanes.len()]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -74,7 +81,7 @@ impl LanePools {
     /// removed, so the index stays valid), and the most recently returned one still within
     /// the idle timeout: the one most likely to be open still.
     fn take(&self, lane: usize, authority: &str) -> (usize, Option<Sender>) {
-        let mut hosts = self.lane(lane);
+        let hosts = &mut self.lane(lane).hosts;
         let at = match hosts.iter().position(|h| &*h.authority == authority) {
             Some(at) => at,
             None => {
@@ -89,7 +96,10 @@ impl LanePools {
     }
 
     fn take_again(&self, lane: usize, host: usize) -> Option<Sender> {
-        self.lane(lane).get_mut(host).and_then(|h| self.take_at(h))
+        self.lane(lane)
+            .hosts
+            .get_mut(host)
+            .and_then(|h| self.take_at(h))
     }
 
     fn take_at(&self, host: &mut Host) -> Option<Sender> {
@@ -102,29 +112,70 @@ impl LanePools {
         Some(idle.sender)
     }
 
-    fn put_back(&self, lane: usize, host: usize, sender: Sender) {
+    fn put_back(self: &Arc<Self>, lane: usize, host: usize, sender: Sender) {
         let now = Instant::now();
-        let mut hosts = self.lane(lane);
-        let Some(host) = hosts.get_mut(host) else {
+        let mut guard = self.lane(lane);
+        let Some(entry) = guard.hosts.get_mut(host) else {
             return;
         };
-        while host
-            .idle
-            .front()
-            .is_some_and(|oldest| now.duration_since(oldest.since) > self.idle_timeout)
-        {
-            host.idle.pop_front();
+        entry.drop_expired(now, self.idle_timeout);
+        entry.idle.push_back(Idle { sender, since: now });
+        if !guard.sweeping {
+            // Outside a runtime (a body dropped as one shuts down) nothing is left to sweep for.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                guard.sweeping = true;
+                runtime.spawn(sweep(Arc::downgrade(self), lane));
+            }
         }
-        host.idle.push_back(Idle { sender, since: now });
     }
 
     /// How many idle connections lane `lane` holds to `authority` (for tests).
     #[cfg(test)]
     fn idle_count(&self, lane: usize, authority: &str) -> usize {
         self.lane(lane)
+            .hosts
             .iter()
             .find(|h| &*h.authority == authority)
             .map_or(0, |h| h.idle.len())
+    }
+}
+
+impl Host {
+    fn drop_expired(&mut self, now: Instant, idle_timeout: Duration) {
+        while self
+            .idle
+            .front()
+            .is_some_and(|oldest| now.duration_since(oldest.since) > idle_timeout)
+        {
+            self.idle.pop_front();
+        }
+    }
+}
+
+/// Closes lane `lane`'s connections that idled past the timeout, every timeout, as
+/// hyper-util's pool does: otherwise the connections to an upstream that gets no more
+/// requests would stay open for as long as the upstream keeps them. Ends when the lane holds
+/// no idle connection (the next one returned starts it again) or the client is gone.
+async fn sweep(pools: Weak<LanePools>, lane: usize) {
+    loop {
+        let Some(every) = pools.upgrade().map(|p| p.idle_timeout) else {
+            return;
+        };
+        tokio::time::sleep(every).await;
+        let Some(pools) = pools.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut guard = pools.lane(lane);
+        let mut left = 0;
+        for host in &mut guard.hosts {
+            host.drop_expired(now, pools.idle_timeout);
+            left += host.idle.len();
+        }
+        if left == 0 {
+            guard.sweeping = false;
+            return;
+        }
     }
 }
 
@@ -304,8 +355,12 @@ mod tests {
 
     impl Client {
         fn new(addr: std::net::SocketAddr) -> Self {
+            Self::idling(addr, Duration::from_secs(90))
+        }
+
+        fn idling(addr: std::net::SocketAddr, idle_timeout: Duration) -> Self {
             Self {
-                pools: Arc::new(LanePools::new(1, Duration::from_secs(90))),
+                pools: Arc::new(LanePools::new(1, idle_timeout)),
                 authority: addr.to_string(),
                 connector: super::super::Connector::new(Duration::from_secs(5)).expect("connector"),
                 url: format!("http://{addr}/v1").parse().expect("uri"),
@@ -416,6 +471,49 @@ mod tests {
             assert_eq!(client.idle(), 1);
             closed.recv().await.expect("the server closed it");
         }
+        server.abort();
+    }
+
+    /// Connections past the idle timeout are closed even when no request comes to return or
+    /// take one.
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_timeout() {
+        use http_body_util::BodyExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+        let server = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let ended_tx = ended_tx.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_request| async {
+                        let body = Full::new(Bytes::from_static(b"ok"));
+                        Ok::<_, std::convert::Infallible>(Response::new(body))
+                    });
+                    let io = hyper_util::rt::TokioIo::new(socket);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                    let _ = ended_tx.send(());
+                });
+            }
+        });
+        let client = Client::idling(addr, Duration::from_millis(50));
+        let body = client.post().await.into_body().collect().await;
+        assert_eq!(body.expect("body").to_bytes(), "ok");
+        assert_eq!(client.idle(), 1);
+        let closed = tokio::time::timeout(Duration::from_secs(10), ended.recv()).await;
+        assert!(
+            matches!(closed, Ok(Some(()))),
+            "the idle connection was not closed"
+        );
+        assert_eq!(client.idle(), 0);
+        assert!(
+            !client.pools.lane(0).sweeping,
+            "the sweep ends with nothing to sweep"
+        );
         server.abort();
     }
 }
