@@ -345,6 +345,60 @@ mod tests {
         assert_eq!(origin_form(&bare), "/");
     }
 
+    /// A hyper server on a loopback port answering every request with one body. It counts
+    /// the connections it accepted and reports each one that ended.
+    struct Server {
+        addr: std::net::SocketAddr,
+        accepted: Arc<std::sync::atomic::AtomicUsize>,
+        ended: tokio::sync::mpsc::UnboundedReceiver<()>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Server {
+        async fn start(body: Bytes) -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counter = Arc::clone(&accepted);
+            let (ended_tx, ended) = tokio::sync::mpsc::unbounded_channel();
+            let task = tokio::spawn(async move {
+                while let Ok((socket, _)) = listener.accept().await {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let (body, ended_tx) = (body.clone(), ended_tx.clone());
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |_request| {
+                            let body = Full::new(body.clone());
+                            async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
+                        });
+                        let io = hyper_util::rt::TokioIo::new(socket);
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await;
+                        let _ = ended_tx.send(());
+                    });
+                }
+            });
+            Self {
+                addr,
+                accepted,
+                ended,
+                task,
+            }
+        }
+
+        fn accepted(&self) -> usize {
+            self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
     /// One lane's pool and a way to reach the test server at `addr`.
     struct Client {
         pools: Arc<LanePools>,
@@ -391,37 +445,14 @@ mod tests {
         use http_body_util::BodyExt as _;
         // More than one read of hyper's buffer can hold.
         const BIG: usize = 4 << 20;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
-        let server = tokio::spawn(async move {
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    return;
-                };
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_request| async {
-                        let body = Full::new(Bytes::from(vec![b'x'; BIG]));
-                        Ok::<_, std::convert::Infallible>(Response::new(body))
-                    });
-                    let io = hyper_util::rt::TokioIo::new(socket);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
-                });
-            }
-        });
-        let client = Client::new(addr);
+        let server = Server::start(Bytes::from(vec![b'x'; BIG])).await;
+        let client = Client::new(server.addr);
         for _ in 0..3 {
             let body = client.post().await.into_body().collect().await;
             assert_eq!(body.expect("body").to_bytes().len(), BIG);
             assert_eq!(client.idle(), 1);
         }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(server.accepted(), 1);
 
         // Read one frame and drop the rest: that connection is not returned.
         let mut body = client.post().await.into_body();
@@ -431,8 +462,7 @@ mod tests {
         assert_eq!(client.idle(), 0);
         let body = client.post().await.into_body().collect().await;
         assert_eq!(body.expect("body").to_bytes().len(), BIG);
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
-        server.abort();
+        assert_eq!(server.accepted(), 2);
     }
 
     /// An upstream that closes a keep-alive connection while it idles in the list (its own
@@ -479,32 +509,12 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_are_closed_after_the_timeout() {
         use http_body_util::BodyExt as _;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
-        let server = tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let ended_tx = ended_tx.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_request| async {
-                        let body = Full::new(Bytes::from_static(b"ok"));
-                        Ok::<_, std::convert::Infallible>(Response::new(body))
-                    });
-                    let io = hyper_util::rt::TokioIo::new(socket);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
-                    let _ = ended_tx.send(());
-                });
-            }
-        });
-        let client = Client::idling(addr, Duration::from_millis(50));
+        let mut server = Server::start(Bytes::from_static(b"ok")).await;
+        let client = Client::idling(server.addr, Duration::from_millis(50));
         let body = client.post().await.into_body().collect().await;
         assert_eq!(body.expect("body").to_bytes(), "ok");
         assert_eq!(client.idle(), 1);
-        let closed = tokio::time::timeout(Duration::from_secs(10), ended.recv()).await;
+        let closed = tokio::time::timeout(Duration::from_secs(10), server.ended.recv()).await;
         assert!(
             matches!(closed, Ok(Some(()))),
             "the idle connection was not closed"
@@ -514,6 +524,5 @@ mod tests {
             !client.pools.lane(0).sweeping,
             "the sweep ends with nothing to sweep"
         );
-        server.abort();
     }
 }
