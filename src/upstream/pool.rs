@@ -10,9 +10,10 @@
 //!
 //! What a connection in the list may be: closed by the upstream since (found when taken: it
 //! says so when polled for readiness, and the next one is tried), or older than the idle
-//! timeout (dropped when taken, when another is returned, or by the lane's [`sweep`]). A request that a connection
-//! refused before writing a byte of it goes to the next one, or to a new connection, as
-//! hyper-util retries it; one that failed after it was written is not sent again.
+//! timeout (dropped when taken, when another is returned, or by the lane's [`sweep`], which
+//! also forgets hosts left without idle connections). A request that a connection refused
+//! before writing a byte of it goes to the next one, or to a new connection, as hyper-util
+//! retries it; one that failed after it was written is not sent again.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -46,7 +47,7 @@ struct Lane {
 
 /// The idle connections to one `host:port`, oldest first.
 struct Host {
-    authority: Box<str>,
+    authority: Arc<str>,
     idle: VecDeque<Idle>,
 }
 
@@ -59,7 +60,7 @@ struct Idle {
 struct Lease {
     pools: Arc<LanePools>,
     lane: usize,
-    host: usize,
+    authority: Arc<str>,
     sender: Sender,
 }
 
@@ -77,29 +78,24 @@ impl LanePools {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Where lane `lane` keeps `authority`'s idle connections (added on first use; never
-    /// removed, so the index stays valid), and the most recently returned one still within
-    /// the idle timeout: the one most likely to be open still.
-    fn take(&self, lane: usize, authority: &str) -> (usize, Option<Sender>) {
-        let hosts = &mut self.lane(lane).hosts;
-        let at = match hosts.iter().position(|h| &*h.authority == authority) {
-            Some(at) => at,
-            None => {
-                hosts.push(Host {
-                    authority: authority.into(),
-                    idle: VecDeque::new(),
-                });
-                hosts.len() - 1
-            }
-        };
-        (at, self.take_at(&mut hosts[at]))
+    /// The most recently returned idle connection to `authority` still within the idle
+    /// timeout (the one most likely to be open still), and the authority as leases keep it.
+    fn take(&self, lane: usize, authority: &str) -> (Arc<str>, Option<Sender>) {
+        let mut guard = self.lane(lane);
+        match guard.hosts.iter_mut().find(|h| &*h.authority == authority) {
+            Some(host) => (Arc::clone(&host.authority), self.take_at(host)),
+            // Allocated only when a new connection is made anyway.
+            None => (Arc::from(authority), None),
+        }
     }
 
-    fn take_again(&self, lane: usize, host: usize) -> Option<Sender> {
-        self.lane(lane)
+    fn take_again(&self, lane: usize, authority: &str) -> Option<Sender> {
+        let mut guard = self.lane(lane);
+        let host = guard
             .hosts
-            .get_mut(host)
-            .and_then(|h| self.take_at(h))
+            .iter_mut()
+            .find(|h| &*h.authority == authority)?;
+        self.take_at(host)
     }
 
     fn take_at(&self, host: &mut Host) -> Option<Sender> {
@@ -112,12 +108,20 @@ impl LanePools {
         Some(idle.sender)
     }
 
-    fn put_back(self: &Arc<Self>, lane: usize, host: usize, sender: Sender) {
+    fn put_back(self: &Arc<Self>, lane: usize, authority: Arc<str>, sender: Sender) {
         let now = Instant::now();
         let mut guard = self.lane(lane);
-        let Some(entry) = guard.hosts.get_mut(host) else {
-            return;
+        let at = match guard.hosts.iter().position(|h| h.authority == authority) {
+            Some(at) => at,
+            None => {
+                guard.hosts.push(Host {
+                    authority,
+                    idle: VecDeque::new(),
+                });
+                guard.hosts.len() - 1
+            }
         };
+        let entry = &mut guard.hosts[at];
         entry.drop_expired(now, self.idle_timeout);
         entry.idle.push_back(Idle { sender, since: now });
         if !guard.sweeping {
@@ -167,12 +171,12 @@ async fn sweep(pools: Weak<LanePools>, lane: usize) {
         };
         let now = Instant::now();
         let mut guard = pools.lane(lane);
-        let mut left = 0;
         for host in &mut guard.hosts {
             host.drop_expired(now, pools.idle_timeout);
-            left += host.idle.len();
         }
-        if left == 0 {
+        // A lane that served many hosts (`?proxy=` URLs, say) does not keep them all.
+        guard.hosts.retain(|h| !h.idle.is_empty());
+        if guard.hosts.is_empty() {
             guard.sweeping = false;
             return;
         }
@@ -200,12 +204,12 @@ where
     C: FnOnce() -> F,
     F: std::future::Future<Output = Result<super::Connection, super::BoxError>>,
 {
-    let (host, mut idle) = pools.take(lane, authority);
+    let (authority, mut idle) = pools.take(lane, authority);
     while let Some(mut sender) = idle {
         // Closed since it was returned: try the next.
         if sender.ready().await.is_ok() {
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(lease(pools, lane, host, sender, response)),
+                Ok(response) => return Ok(lease(pools, lane, &authority, sender, response)),
                 Err(mut refused) => match refused.take_message() {
                     // Not a byte of it was written: it may go on another connection.
                     Some(unsent) => request = unsent,
@@ -213,7 +217,7 @@ where
                 },
             }
         }
-        idle = pools.take_again(lane, host);
+        idle = pools.take_again(lane, &authority);
     }
     let io = connect().await.map_err(SendError::Connect)?;
     let (mut sender, connection) = http1::Builder::new()
@@ -230,13 +234,13 @@ where
         .send_request(request)
         .await
         .map_err(SendError::Exchange)?;
-    Ok(lease(pools, lane, host, sender, response))
+    Ok(lease(pools, lane, &authority, sender, response))
 }
 
 fn lease(
     pools: &Arc<LanePools>,
     lane: usize,
-    host: usize,
+    authority: &Arc<str>,
     sender: Sender,
     response: Response<Incoming>,
 ) -> Response<PooledBody> {
@@ -246,7 +250,7 @@ fn lease(
         lease: Some(Lease {
             pools: Arc::clone(pools),
             lane,
-            host,
+            authority: Arc::clone(authority),
             sender,
         }),
     })
@@ -294,7 +298,9 @@ impl Drop for PooledBody {
             return;
         };
         if self.ended || self.incoming.is_end_stream() {
-            lease.pools.put_back(lease.lane, lease.host, lease.sender);
+            lease
+                .pools
+                .put_back(lease.lane, lease.authority, lease.sender);
         }
     }
 }
@@ -520,9 +526,11 @@ mod tests {
             "the idle connection was not closed"
         );
         assert_eq!(client.idle(), 0);
+        let lane = client.pools.lane(0);
+        assert!(!lane.sweeping, "the sweep ends with nothing to sweep");
         assert!(
-            !client.pools.lane(0).sweeping,
-            "the sweep ends with nothing to sweep"
+            lane.hosts.is_empty(),
+            "a host without connections is forgotten"
         );
     }
 }
