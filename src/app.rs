@@ -1,5 +1,7 @@
 //! The HTTP surface: one dispatcher that normalises the path, authenticates, and hands the
-//! request to its handler.
+//! request to its handler. The router's own HTTP/1 ([`crate::http1::server`]) serves
+//! proxied `POST`s itself, with the same [`Route`] and the same authentication, and brings
+//! every other request here.
 //!
 //! Paths are normalised before matching, because clients build URLs from a base URL: `/v1` is
 //! optional, doubled and trailing slashes are ignored. Authentication runs for every route
@@ -15,6 +17,7 @@ use http::{HeaderValue, Method, header};
 
 use crate::auth::authenticate;
 use crate::error::ProxyError;
+use crate::http1::fields::Fields;
 use crate::proxy::{self, Incoming};
 use crate::state::AppState;
 
@@ -118,7 +121,8 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         }
         _ => {}
     }
-    let caller = match authenticate(state.keys.as_ref(), &parts.headers) {
+    let fields = Fields::from_header_map(&parts.headers);
+    let caller = match authenticate(state.keys.as_ref(), &fields) {
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };
@@ -134,7 +138,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
                 caller: &caller,
                 path: &path,
                 query: parts.uri.query(),
-                headers: &parts.headers,
+                fields: &fields,
                 body,
             };
             proxy::forward(&state, incoming).await

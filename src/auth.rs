@@ -8,11 +8,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use http::HeaderMap;
-use http::header::AUTHORIZATION;
-
 use crate::error::ProxyError;
-use crate::proxy::headers::X_API_KEY;
+use crate::http1::fields::Fields;
 
 /// What a caller may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,19 +56,17 @@ pub trait KeyIndex: Send + Sync + 'static {
 }
 
 /// The key a client presented: `Authorization: Bearer <key>`, else `x-api-key: <key>`.
-pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+pub fn presented_key(fields: &Fields) -> Option<&str> {
+    let bearer = fields
+        .get_str("authorization")
         .and_then(|v| {
             let (scheme, rest) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         })
         .filter(|k| !k.is_empty());
     bearer.or_else(|| {
-        headers
-            .get(X_API_KEY)
-            .and_then(|v| v.to_str().ok())
+        fields
+            .get_str("x-api-key")
             .map(str::trim)
             .filter(|k| !k.is_empty())
     })
@@ -80,12 +75,12 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
 /// Turns request headers into a caller. `keys` is `None` when account management is off.
 pub fn authenticate(
     keys: Option<&Arc<dyn KeyIndex>>,
-    headers: &HeaderMap,
+    fields: &Fields,
 ) -> Result<Caller, ProxyError> {
     let Some(keys) = keys else {
         return Ok(Caller::anonymous());
     };
-    let Some(key) = presented_key(headers) else {
+    let Some(key) = presented_key(fields) else {
         return Err(ProxyError::InvalidApiKey(
             "missing API key: send \"Authorization: Bearer <your llmsrouter key>\"".into(),
         ));
@@ -97,22 +92,28 @@ pub fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use crate::http1::fields::FieldsBuilder;
+
+    fn fields(pairs: &[(&str, &str)]) -> Fields {
+        let mut b = FieldsBuilder::with_capacity(pairs.len(), 64);
+        for (n, v) in pairs {
+            b.push(n.as_bytes(), v.as_bytes());
+        }
+        b.finish()
+    }
 
     #[test]
     fn bearer_wins_over_x_api_key() {
-        let mut h = HeaderMap::new();
-        h.insert(X_API_KEY, HeaderValue::from_static("xk"));
-        assert_eq!(presented_key(&h), Some("xk"));
-        h.insert(AUTHORIZATION, HeaderValue::from_static("bearer  bk "));
-        assert_eq!(presented_key(&h), Some("bk"));
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(presented_key(&h), Some("xk"));
+        assert_eq!(presented_key(&fields(&[("X-Api-Key", "xk")])), Some("xk"));
+        let both = fields(&[("x-api-key", "xk"), ("Authorization", "bearer  bk ")]);
+        assert_eq!(presented_key(&both), Some("bk"));
+        let basic = fields(&[("x-api-key", "xk"), ("authorization", "Basic abc")]);
+        assert_eq!(presented_key(&basic), Some("xk"));
     }
 
     #[test]
     fn accounts_off_is_anonymous_with_everything() {
-        let c = authenticate(None, &HeaderMap::new()).expect("anonymous");
+        let c = authenticate(None, &Fields::default()).expect("anonymous");
         assert!(c.may_use("anything"));
         assert!(!c.is_account());
     }
@@ -130,17 +131,18 @@ mod tests {
     #[test]
     fn accounts_on_requires_a_known_key() {
         let keys: Arc<dyn KeyIndex> = Arc::new(One);
-        let mut h = HeaderMap::new();
         assert_eq!(
-            authenticate(Some(&keys), &h).expect_err("missing").code(),
+            authenticate(Some(&keys), &Fields::default())
+                .expect_err("missing")
+                .code(),
             "invalid_api_key"
         );
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer bad"));
-        let err = authenticate(Some(&keys), &h).expect_err("bad");
+        let err = authenticate(Some(&keys), &fields(&[("Authorization", "Bearer bad")]))
+            .expect_err("bad");
         assert_eq!(err.code(), "invalid_api_key");
         assert!(!err.to_string().contains("bad"));
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer good"));
-        let c = authenticate(Some(&keys), &h).expect("good");
+        let c =
+            authenticate(Some(&keys), &fields(&[("Authorization", "Bearer good")])).expect("good");
         assert!(c.may_use("a") && !c.may_use("b") && c.is_account());
     }
 }

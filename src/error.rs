@@ -33,6 +33,9 @@ pub enum ProxyError {
     /// Method not allowed on a known route.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// A request head (request line and header fields) over the router's limits.
+    #[error("{0}")]
+    HeadTooLarge(String),
     /// Request body over `settings.max_body_bytes`.
     #[error("request body is larger than the limit of {limit} bytes (settings.max_body_bytes)")]
     BodyTooLarge { limit: usize },
@@ -56,6 +59,7 @@ impl ProxyError {
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -73,6 +77,7 @@ impl ProxyError {
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::HeadTooLarge(_) => "request_header_too_large",
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::ShuttingDown(_) => "server_shutting_down",

@@ -12,6 +12,7 @@ pub mod db;
 pub mod env;
 pub mod error;
 pub mod hard_stop;
+pub mod http1;
 pub mod lanes;
 pub mod models;
 pub mod proxy;

@@ -8,14 +8,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
 
 use crate::app::build_app;
+use crate::hard_stop::HardStop;
+use crate::http1::server::{Service, serve_connection};
 use crate::lanes::Lanes;
 use crate::state::AppState;
 
@@ -24,7 +22,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Serves `state` on `listener` until `shutdown` resolves and running requests are done (or
 /// the grace period is over), then ends the state's background work (model list refreshes).
-/// Connections are served on [`crate::lanes`], one per core; this task only accepts them.
+/// Connections are served on [`crate::lanes`], one per core, by the router's own HTTP/1
+/// ([`crate::http1::server`]); this task only accepts them.
 pub async fn run(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -43,13 +42,18 @@ async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     let mut lanes = Lanes::start(state.upstream.lanes())?;
-    let app = build_app(state.clone());
-    let graceful = GracefulShutdown::new();
+    let service = Arc::new(Service {
+        app: build_app(state.clone()),
+        state: state.clone(),
+        draining: HardStop::new(),
+    });
+    // Every connection, so shutdown can wait for the last one.
+    let connections = TaskTracker::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => hand_over(&mut lanes, tcp, &app, graceful.watcher()),
+                Ok((tcp, _)) => hand_over(&mut lanes, tcp, &service, &connections),
                 Err(error) => pause_after(error).await,
             },
             () = &mut shutdown => break,
@@ -57,7 +61,9 @@ async fn serve(
     }
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting for running requests");
-    let mut drained = std::pin::pin!(graceful.shutdown());
+    service.draining.fire();
+    connections.close();
+    let mut drained = std::pin::pin!(connections.wait());
     tokio::select! {
         () = &mut drained => {}
         () = tokio::time::sleep(grace) => {
@@ -73,7 +79,7 @@ async fn serve(
 }
 
 /// Moves an accepted connection to the next lane, which serves it to the end.
-fn hand_over(lanes: &mut Lanes, tcp: TcpStream, app: &Router, watcher: Watcher) {
+fn hand_over(lanes: &mut Lanes, tcp: TcpStream, service: &Arc<Service>, connections: &TaskTracker) {
     // Registered with this runtime's reactor by `accept`; the lane registers it with its own.
     let tcp = match tcp.into_std() {
         Ok(tcp) => tcp,
@@ -82,8 +88,10 @@ fn hand_over(lanes: &mut Lanes, tcp: TcpStream, app: &Router, watcher: Watcher) 
             return;
         }
     };
-    let app = app.clone();
+    let service = Arc::clone(service);
+    let token = connections.token();
     lanes.spawn(move |_| async move {
+        let _token = token;
         let tcp = match TcpStream::from_std(tcp) {
             Ok(tcp) => tcp,
             Err(error) => {
@@ -94,11 +102,7 @@ fn hand_over(lanes: &mut Lanes, tcp: TcpStream, app: &Router, watcher: Watcher) 
         // Small SSE events must leave at once: without TCP_NODELAY, Nagle holds an event
         // until the client's delayed ACK (40 ms on Linux) of the headers.
         let _ = tcp.set_nodelay(true);
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let connection = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app));
-        if let Err(error) = watcher.watch(connection).await {
-            tracing::trace!("connection ended with an error: {error}");
-        }
+        serve_connection(tcp, service).await;
     });
 }
 

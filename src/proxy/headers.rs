@@ -1,157 +1,262 @@
 //! Which headers cross the router, in each direction.
 //!
 //! Upstream: the client's headers minus hop-by-hop ones, Host, Content-Length, Accept-Encoding
-//! (the router reads answers, so it asks for them uncompressed) and the router's own
+//! (the router reads answers, so it asks for them uncompressed), Expect and the router's own
 //! credentials; Authorization by the rules of PRODUCT.md; then the server's configured
-//! `headers`, which win. Downstream: the upstream's headers minus hop-by-hop ones and framing.
+//! `headers`, which win. Downstream: the upstream's headers minus hop-by-hop ones and
+//! framing, then what the router sets itself (a stream's headers, the request id).
+//!
+//! Both directions are written as a stream of `(name, value)` pairs ([`FieldSource`]), so the
+//! same rules feed the router's own HTTP/1 (written as bytes) and hyper's `HeaderMap`s.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::HeaderName;
 
+use crate::http1::fields::{FieldSource, Fields, trim};
 use crate::routing::Target;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// non-standard ones proxies also drop.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
-fn is_hop_by_hop(name: &HeaderName, connection_tokens: &[HeaderName]) -> bool {
-    HOP_BY_HOP.contains(name) || name == header::UPGRADE || connection_tokens.contains(name)
+fn is_hop_by_hop(name: &[u8], connection_tokens: &[&[u8]]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        || connection_tokens
+            .iter()
+            .any(|t| name.eq_ignore_ascii_case(t))
 }
 
 /// Header names listed in `Connection: a, b`: also hop-by-hop for this message.
-fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+fn connection_tokens(fields: &Fields) -> Vec<&[u8]> {
+    fields
+        .get_all("connection")
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(trim)
+        .filter(|t| !t.is_empty())
         .collect()
+}
+
+fn is(name: &[u8], wanted: &str) -> bool {
+    name.eq_ignore_ascii_case(wanted.as_bytes())
 }
 
 /// The header through which a router user key may arrive besides Authorization.
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
-/// Builds the upstream request headers for `target`.
-pub fn upstream_headers(client: &HeaderMap, target: &Target<'_>) -> HeaderMap {
-    let tokens = connection_tokens(client);
-    let mut out = HeaderMap::with_capacity(client.len() + 2);
-    for (name, value) in client {
-        if is_hop_by_hop(name, &tokens)
-            || name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == header::ACCEPT_ENCODING
-            || name == header::EXPECT
-        {
-            continue;
-        }
-        // A configured server is reached with the router's key: the client's credentials
-        // (a router user key, or a key for some other provider) are not passed on.
-        if target.server.is_some() && (name == header::AUTHORIZATION || name == X_API_KEY) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    if let Some(server) = target.server {
-        if let Some(value) = &server.authorization {
-            out.insert(header::AUTHORIZATION, value.clone());
-        }
-        for (name, value) in &server.headers {
-            out.insert(name.clone(), value.clone());
-        }
-    }
-    if !out.contains_key(header::CONTENT_TYPE) {
-        out.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-    }
-    out
+/// The header fields a request to `target` goes upstream with (all but `Host` and the
+/// framing, which the sender adds).
+pub struct UpstreamFields<'a> {
+    pub client: &'a Fields,
+    pub target: &'a Target<'a>,
 }
 
-/// Copies upstream response headers for the client, minus hop-by-hop and framing headers
-/// (the router frames the body itself).
-pub fn downstream_headers(upstream: &HeaderMap) -> HeaderMap {
-    let tokens = connection_tokens(upstream);
-    let mut out = HeaderMap::with_capacity(upstream.len() + 3);
-    for (name, value) in upstream {
-        if is_hop_by_hop(name, &tokens) || name == header::CONTENT_LENGTH {
-            continue;
+impl FieldSource for UpstreamFields<'_> {
+    fn for_each(&self, emit: &mut dyn FnMut(&[u8], &[u8])) {
+        let server = self.target.server;
+        let tokens = connection_tokens(self.client);
+        let configured =
+            |name: &[u8]| server.is_some_and(|s| s.headers.keys().any(|k| is(name, k.as_str())));
+        let mut content_type = false;
+        let mut accept = false;
+        for (name, value) in self.client.iter() {
+            if is_hop_by_hop(name, &tokens)
+                || is(name, "host")
+                || is(name, "content-length")
+                || is(name, "accept-encoding")
+                || is(name, "expect")
+            {
+                continue;
+            }
+            // A configured server is reached with the router's key: the client's credentials
+            // (a router user key, or a key for some other provider) are not passed on.
+            if server.is_some() && (is(name, "authorization") || is(name, "x-api-key")) {
+                continue;
+            }
+            // The server's configured value replaces the client's.
+            if configured(name) {
+                continue;
+            }
+            content_type |= is(name, "content-type");
+            accept |= is(name, "accept");
+            emit(name, value);
         }
-        out.append(name.clone(), value.clone());
+        if let Some(server) = server {
+            let own_authorization = server.headers.contains_key(http::header::AUTHORIZATION);
+            if let Some(value) = server.authorization.as_ref().filter(|_| !own_authorization) {
+                emit(b"authorization", value.as_bytes());
+            }
+            for (name, value) in &server.headers {
+                let name = name.as_str().as_bytes();
+                // Framing is the sender's; a configured one would contradict it.
+                if is(name, "content-length") || is(name, "transfer-encoding") {
+                    continue;
+                }
+                content_type |= is(name, "content-type");
+                accept |= is(name, "accept");
+                emit(name, value.as_bytes());
+            }
+        }
+        if !content_type {
+            emit(b"content-type", b"application/json");
+        }
+        // What reqwest sent when the client named no type; some upstreams expect one.
+        if !accept {
+            emit(b"accept", b"*/*");
+        }
     }
-    out
 }
 
-/// The headers every streamed answer carries (PRODUCT.md "Streaming").
-pub fn set_stream_headers(headers: &mut HeaderMap) {
-    headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::CONTENT_ENCODING);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert(
-        HeaderName::from_static("x-accel-buffering"),
-        HeaderValue::from_static("no"),
-    );
+/// How the router answers, besides the upstream's own headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The upstream's answer, relayed as it came.
+    Relayed,
+    /// An upstream error body rewritten into OpenAI's shape: JSON, uncompressed.
+    WrappedError,
+    /// A stream relayed as it arrives; `sse` when it is an event stream, which gets the
+    /// headers PRODUCT.md "Streaming" names.
+    Stream { sse: bool },
+    /// The router's own error: JSON, and no upstream headers.
+    RouterError,
+}
+
+/// The header fields of an answer to the client: the upstream's (filtered on the way out)
+/// and the router's own.
+#[derive(Debug, Clone)]
+pub struct AnswerFields {
+    pub upstream: Option<Fields>,
+    pub shape: Shape,
+    pub request_id: Option<String>,
+}
+
+/// The id of this request, returned to the client so it can be found in logs and traces.
+pub const REQUEST_ID: &str = "x-llmsrouter-request-id";
+
+impl FieldSource for AnswerFields {
+    fn for_each(&self, emit: &mut dyn FnMut(&[u8], &[u8])) {
+        if let Some(upstream) = &self.upstream {
+            let tokens = connection_tokens(upstream);
+            for (name, value) in upstream.iter() {
+                // Framing is the router's own: it frames the body it sends.
+                if is_hop_by_hop(name, &tokens) || is(name, "content-length") {
+                    continue;
+                }
+                let replaced = match self.shape {
+                    Shape::Relayed | Shape::RouterError | Shape::Stream { sse: false } => false,
+                    Shape::WrappedError => is(name, "content-type") || is(name, "content-encoding"),
+                    Shape::Stream { sse: true } => {
+                        is(name, "content-type")
+                            || is(name, "content-encoding")
+                            || is(name, "cache-control")
+                            || is(name, "x-accel-buffering")
+                    }
+                };
+                if !replaced && !is(name, REQUEST_ID) {
+                    emit(name, value);
+                }
+            }
+        }
+        match self.shape {
+            Shape::WrappedError | Shape::RouterError => {
+                emit(b"content-type", b"application/json");
+            }
+            Shape::Stream { sse: true } => {
+                emit(b"content-type", b"text/event-stream");
+                emit(b"cache-control", b"no-cache");
+                emit(b"x-accel-buffering", b"no");
+            }
+            Shape::Relayed | Shape::Stream { sse: false } => {}
+        }
+        if let Some(id) = &self.request_id {
+            emit(REQUEST_ID.as_bytes(), id.as_bytes());
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::http1::fields::FieldsBuilder;
     use crate::routing::{Lookup, resolve};
 
     fn config() -> Config {
         Config::parse(
-            "servers:\n  a:\n    url: http://a/v1\n    api_key: sk-a\n    headers: {X-Title: me}\n  nokey:\n    url: http://b/v1\n",
+            "servers:\n  a:\n    url: http://a/v1\n    api_key: sk-a\n    headers: {X-Title: me}\n  nokey:\n    url: http://b/v1\n  own:\n    url: http://c/v1\n    api_key: sk-c\n    headers: {Authorization: Basic xyz, Accept: text/plain}\n",
             &|_| None,
         )
         .expect("config")
     }
 
-    fn client_headers() -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer client"),
-        );
-        h.insert(X_API_KEY, HeaderValue::from_static("client-x"));
-        h.insert(header::HOST, HeaderValue::from_static("router"));
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-drop"),
-        );
-        h.insert("x-drop", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
-        h.insert("x-custom", HeaderValue::from_static("kept"));
-        h.insert("openai-organization", HeaderValue::from_static("org"));
-        h
+    fn fields(pairs: &[(&str, &str)]) -> Fields {
+        let mut b = FieldsBuilder::with_capacity(pairs.len(), 256);
+        for (n, v) in pairs {
+            b.push(n.as_bytes(), v.as_bytes());
+        }
+        b.finish()
+    }
+
+    fn client_fields() -> Fields {
+        fields(&[
+            ("Authorization", "Bearer client"),
+            ("x-api-key", "client-x"),
+            ("Host", "router"),
+            ("Content-Length", "10"),
+            ("Connection", "keep-alive, x-drop"),
+            ("x-drop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("Accept-Encoding", "gzip"),
+            ("Expect", "100-continue"),
+            ("x-custom", "kept"),
+            ("X-Title", "client's"),
+            ("openai-organization", "org"),
+        ])
+    }
+
+    /// What a source yields, names lower-cased.
+    fn collect(source: &dyn FieldSource) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        source.for_each(&mut |n, v| {
+            out.push((
+                String::from_utf8_lossy(n).to_ascii_lowercase(),
+                String::from_utf8_lossy(v).into_owned(),
+            ));
+        });
+        out
+    }
+
+    fn value<'a>(all: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+        all.iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     #[test]
     fn alias_target_replaces_credentials() {
         let c = config();
         let t = resolve(None, "[a]m", &c, &Lookup::none()).expect("target");
-        let h = upstream_headers(&client_headers(), &t);
-        assert_eq!(h[header::AUTHORIZATION], "Bearer sk-a");
-        assert!(h[header::AUTHORIZATION].is_sensitive());
-        assert!(!h.contains_key(X_API_KEY));
-        assert_eq!(h["x-title"], "me");
-        assert_eq!(h["x-custom"], "kept");
-        assert_eq!(h["openai-organization"], "org");
+        let client = client_fields();
+        let h = collect(&UpstreamFields {
+            client: &client,
+            target: &t,
+        });
+        assert_eq!(value(&h, "authorization"), ["Bearer sk-a"]);
+        assert!(value(&h, "x-api-key").is_empty());
+        assert_eq!(value(&h, "x-title"), ["me"], "the configured value wins");
+        assert_eq!(value(&h, "x-custom"), ["kept"]);
+        assert_eq!(value(&h, "openai-organization"), ["org"]);
         for gone in [
             "host",
             "content-length",
@@ -159,46 +264,88 @@ mod tests {
             "x-drop",
             "keep-alive",
             "accept-encoding",
+            "expect",
         ] {
-            assert!(!h.contains_key(gone), "{gone} must not go upstream");
+            assert!(value(&h, gone).is_empty(), "{gone} must not go upstream");
         }
-        assert_eq!(h[header::CONTENT_TYPE], "application/json");
+        assert_eq!(value(&h, "content-type"), ["application/json"]);
+        assert_eq!(value(&h, "accept"), ["*/*"]);
+    }
+
+    #[test]
+    fn configured_headers_win_over_the_key_and_defaults() {
+        let c = config();
+        let t = resolve(None, "[own]m", &c, &Lookup::none()).expect("target");
+        let client = fields(&[("Accept", "application/json")]);
+        let h = collect(&UpstreamFields {
+            client: &client,
+            target: &t,
+        });
+        assert_eq!(value(&h, "authorization"), ["Basic xyz"]);
+        assert_eq!(value(&h, "accept"), ["text/plain"]);
     }
 
     #[test]
     fn alias_without_key_sends_no_authorization() {
         let c = config();
         let t = resolve(None, "[nokey]m", &c, &Lookup::none()).expect("target");
-        let h = upstream_headers(&client_headers(), &t);
-        assert!(!h.contains_key(header::AUTHORIZATION));
+        let client = client_fields();
+        let h = collect(&UpstreamFields {
+            client: &client,
+            target: &t,
+        });
+        assert!(value(&h, "authorization").is_empty());
     }
 
     #[test]
     fn url_target_forwards_client_authorization() {
         let c = config();
         let t = resolve(Some("https://x.com"), "m", &c, &Lookup::none()).expect("target");
-        let h = upstream_headers(&client_headers(), &t);
-        assert_eq!(h[header::AUTHORIZATION], "Bearer client");
-        assert_eq!(h[X_API_KEY], "client-x");
+        let client = client_fields();
+        let h = collect(&UpstreamFields {
+            client: &client,
+            target: &t,
+        });
+        assert_eq!(value(&h, "authorization"), ["Bearer client"]);
+        assert_eq!(value(&h, "x-api-key"), ["client-x"]);
     }
 
     #[test]
-    fn downstream_keeps_rate_limit_headers() {
-        let mut up = HeaderMap::new();
-        up.insert("retry-after", HeaderValue::from_static("3"));
-        up.insert(
-            "x-ratelimit-remaining-requests",
-            HeaderValue::from_static("9"),
-        );
-        up.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        up.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
-        let h = downstream_headers(&up);
-        assert_eq!(h["retry-after"], "3");
-        assert_eq!(h["x-ratelimit-remaining-requests"], "9");
-        assert!(!h.contains_key(header::TRANSFER_ENCODING));
-        assert!(!h.contains_key(header::CONTENT_LENGTH));
+    fn answers_keep_rate_limit_headers_and_drop_framing() {
+        let upstream = fields(&[
+            ("Retry-After", "3"),
+            ("x-ratelimit-remaining-requests", "9"),
+            ("Transfer-Encoding", "chunked"),
+            ("Content-Length", "5"),
+            ("Content-Type", "text/plain"),
+            ("Content-Encoding", "gzip"),
+            ("Cache-Control", "max-age=9"),
+            (REQUEST_ID, "spoofed"),
+        ]);
+        let answer = |shape| {
+            collect(&AnswerFields {
+                upstream: Some(upstream.clone()),
+                shape,
+                request_id: Some("r1".into()),
+            })
+        };
+        let relayed = answer(Shape::Relayed);
+        assert_eq!(value(&relayed, "retry-after"), ["3"]);
+        assert_eq!(value(&relayed, "x-ratelimit-remaining-requests"), ["9"]);
+        assert!(value(&relayed, "transfer-encoding").is_empty());
+        assert!(value(&relayed, "content-length").is_empty());
+        assert_eq!(value(&relayed, "content-encoding"), ["gzip"]);
+        assert_eq!(value(&relayed, REQUEST_ID), ["r1"], "the router's id only");
+
+        let wrapped = answer(Shape::WrappedError);
+        assert_eq!(value(&wrapped, "content-type"), ["application/json"]);
+        assert!(value(&wrapped, "content-encoding").is_empty());
+
+        let stream = answer(Shape::Stream { sse: true });
+        assert_eq!(value(&stream, "content-type"), ["text/event-stream"]);
+        assert_eq!(value(&stream, "cache-control"), ["no-cache"]);
+        assert_eq!(value(&stream, "x-accel-buffering"), ["no"]);
+        assert!(value(&stream, "content-encoding").is_empty());
+        assert_eq!(value(&stream, "retry-after"), ["3"]);
     }
 }

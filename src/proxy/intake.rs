@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
 use http_body_util::BodyExt as _;
 
 use crate::error::ProxyError;
@@ -22,24 +21,34 @@ pub const DISCARD_AT_MOST: u64 = 64 * 1024 * 1024;
 /// The longest a too-large body is read and thrown away before the 413 goes out anyway.
 pub const DISCARD_FOR_AT_MOST: Duration = Duration::from_secs(5);
 
-/// Reads the client's body, refusing more than `limit` bytes with 413.
-pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
-    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
-        if !encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
-            return Err(ProxyError::InvalidRequest(
+/// Refuses a compressed request body: the router reads the body's JSON to route it.
+pub fn check_encoding(content_encoding: Option<&[u8]>) -> Result<(), ProxyError> {
+    match content_encoding {
+        Some(encoding) if !encoding.eq_ignore_ascii_case(b"identity") => {
+            Err(ProxyError::InvalidRequest(
                 "compressed request bodies (Content-Encoding) are not supported; send plain JSON"
                     .into(),
-            ));
+            ))
         }
+        _ => Ok(()),
     }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+}
+
+/// Reads the client's body (hyper's side of the server), refusing more than `limit` bytes
+/// with 413. `declared` is its `Content-Length`.
+pub async fn read_body(
+    body: Body,
+    content_encoding: Option<&[u8]>,
+    declared: Option<&str>,
+    expects_continue: bool,
+    limit: usize,
+) -> Result<Bytes, ProxyError> {
+    check_encoding(content_encoding)?;
+    let declared = declared.and_then(|v| v.trim().parse::<u64>().ok());
     if let Some(declared) = declared.filter(|&len| len > limit as u64) {
         // A client that asked `Expect: 100-continue` waits for this answer before it sends
         // anything; reading would tell it to go ahead.
-        if declared <= DISCARD_AT_MOST && !expects_continue(headers) {
+        if declared <= DISCARD_AT_MOST && !expects_continue {
             discard(body).await;
         }
         return Err(ProxyError::BodyTooLarge { limit });
@@ -132,12 +141,6 @@ async fn discard(mut body: Body) {
         }
     };
     let _ = tokio::time::timeout(DISCARD_FOR_AT_MOST, read_rest).await;
-}
-
-fn expects_continue(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 fn unreadable() -> ProxyError {

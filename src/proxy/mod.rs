@@ -1,5 +1,9 @@
-//! Forwarding one `POST /v1/<path>` request: read the body, pick the target, rewrite the model,
-//! send it upstream, and relay the answer (whole or streamed) while recording it.
+//! Forwarding one `POST /v1/<path>` request: pick the target, rewrite the model, send it
+//! upstream, and relay the answer (whole or streamed) while recording it.
+//!
+//! [`handle`] is the same for every client: the router's own HTTP/1 ([`crate::http1`]) calls
+//! it with the fields and body it read; hyper's side (HTTP/2 clients) goes through
+//! [`forward`], which reads the body and turns the [`Answer`] into an axum response.
 //!
 //! The request path does no parsing beyond the body's top level and, for streams, one small
 //! parse per event; everything else the record needs is done by the recorder task.
@@ -16,22 +20,23 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{HeaderName, StatusCode};
+use http::StatusCode;
 use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 
 use crate::auth::Caller;
 use crate::config::DEFAULT_TIMEOUT;
 use crate::error::{ProxyError, error_body};
+use crate::http1::fields::{Fields, header_map_of};
 use crate::record::{Outcome, RecordGuard, RequestRecord};
 use crate::routing::{self, Lookup, ModelRef, Target};
 use crate::secret::Secret;
 use crate::sinks::redact::Redactor;
 use crate::state::AppState;
-use crate::upstream::{UpstreamBody, UpstreamError};
+use crate::upstream::{UpstreamError, UpstreamResponse};
 use crate::usage::ResponseSummary;
 use body::RequestView;
+use headers::{AnswerFields, Shape, UpstreamFields};
 use intake::{Gathered, read_body};
 use stream::{StreamSettings, StreamTee};
 
@@ -39,45 +44,107 @@ use stream::{StreamSettings, StreamTee};
 /// with 502 rather than exhausting memory.
 pub const MAX_UPSTREAM_BODY: usize = 256 * 1024 * 1024;
 
-/// The id of this request, returned to the client so it can be found in the logs and traces.
-pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-llmsrouter-request-id");
-
-type UpstreamResponse = http::Response<UpstreamBody>;
-
-/// One request to proxy, as the dispatcher hands it over.
-pub struct Incoming<'a> {
+/// One request to proxy, its body already read.
+pub struct ProxyRequest<'a> {
     pub caller: &'a Caller,
     /// The path after `/v1`, normalised: `/chat/completions`.
     pub path: &'a str,
     pub query: Option<&'a str>,
-    pub headers: &'a HeaderMap,
+    pub fields: &'a Fields,
+    pub body: Bytes,
+}
+
+/// The router's answer to a proxied request.
+pub struct Answer {
+    pub status: StatusCode,
+    pub fields: AnswerFields,
+    pub body: AnswerBody,
+}
+
+pub enum AnswerBody {
+    Whole(Bytes),
+    /// Relayed as it arrives; dropping it before its end records a client disconnect.
+    Stream(Box<StreamTee>),
+}
+
+impl Answer {
+    /// The router's own error, in OpenAI's shape.
+    pub fn error(error: &ProxyError, request_id: Option<String>) -> Self {
+        Self {
+            status: error.status(),
+            fields: AnswerFields {
+                upstream: None,
+                shape: Shape::RouterError,
+                request_id,
+            },
+            body: AnswerBody::Whole(error.body()),
+        }
+    }
+
+    /// As an axum response (hyper's side of the server).
+    pub fn into_axum(self) -> Response {
+        let body = match self.body {
+            AnswerBody::Whole(bytes) => Body::from(bytes),
+            AnswerBody::Stream(tee) => Body::from_stream(*tee),
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = self.status;
+        *response.headers_mut() = header_map_of(&self.fields);
+        response
+    }
+}
+
+/// A request from hyper's side of the server (an HTTP/2 client): the body is read here.
+pub struct Incoming<'a> {
+    pub caller: &'a Caller,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub fields: &'a Fields,
     pub body: Body,
 }
 
 pub async fn forward(state: &Arc<AppState>, incoming: Incoming<'_>) -> Response {
-    match forward_inner(state, incoming).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
+    let limit = state.config.load().settings.max_body_bytes;
+    let encoding = incoming.fields.get("content-encoding");
+    let declared = incoming.fields.get_str("content-length");
+    let expects_continue = incoming
+        .fields
+        .get("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    let body = match read_body(incoming.body, encoding, declared, expects_continue, limit).await {
+        Ok(body) => body,
+        Err(error) => return error.into_response(),
+    };
+    let request = ProxyRequest {
+        caller: incoming.caller,
+        path: incoming.path,
+        query: incoming.query,
+        fields: incoming.fields,
+        body,
+    };
+    handle(state, request).await.into_axum()
+}
+
+/// Proxies one request whose body was read: routing, the upstream exchange, the record.
+pub async fn handle(state: &Arc<AppState>, request: ProxyRequest<'_>) -> Answer {
+    match forward_inner(state, request).await {
+        Ok(answer) => answer,
+        Err(error) => Answer::error(&error, None),
     }
 }
 
 async fn forward_inner(
     state: &Arc<AppState>,
-    incoming: Incoming<'_>,
-) -> Result<Response, ProxyError> {
+    request: ProxyRequest<'_>,
+) -> Result<Answer, ProxyError> {
     let started_at = SystemTime::now();
     let config = state.config.load_full();
-    let body = read_body(
-        incoming.body,
-        incoming.headers,
-        config.settings.max_body_bytes,
-    )
-    .await?;
+    let body = request.body;
     let mut view = RequestView::parse_keeping_layout(&body, state.recorder.is_enabled())?;
     let request_layout = view.layout.take();
-    let caller = incoming.caller;
+    let caller = request.caller;
 
-    let proxy = routing::proxy_param(incoming.query);
+    let proxy = routing::proxy_param(request.query);
     let owner = match (&proxy, routing::parse_model(&view.model)?) {
         (None, ModelRef::Plain(name)) if config.settings.default_server.is_none() => {
             state.models.find_owner(state, name, caller).await
@@ -98,10 +165,9 @@ async fn forward_inner(
     let (timeout, stream_usage) = target
         .server
         .map_or((DEFAULT_TIMEOUT, true), |s| (s.timeout, s.stream_usage));
-    let inject_usage = view.stream && stream_usage && takes_stream_options(incoming.path);
+    let inject_usage = view.stream && stream_usage && takes_stream_options(request.path);
     let (upstream_body, injected_usage) = view.rewrite(&body, &target.upstream_model, inject_usage);
-    let url = routing::request_url_text(&target.base, incoming.path, incoming.query);
-    let upstream_headers = headers::upstream_headers(incoming.headers, &target);
+    let url = routing::request_url_text(&target.base, request.path, request.query);
 
     let request_id = new_request_id();
     let mut guard = RecordGuard::start(state.recorder.clone(), state.hard_stop.clone(), || {
@@ -109,33 +175,39 @@ async fn forward_inner(
             &request_id,
             caller,
             &target,
-            incoming.path,
+            request.path,
             &view,
             own_copy(&body),
             started_at,
         );
         // Only for redaction in the sinks (an upstream may echo the key in an error).
-        record.client_key = crate::auth::presented_key(incoming.headers).map(Secret::new);
+        record.client_key = crate::auth::presented_key(request.fields).map(Secret::new);
         // Offsets into `body`, of which the record holds an exact copy.
         record.request_layout = request_layout;
         record
     });
     tracing::debug!(request_id, provider = %target.provider, mode = %target.mode, "forwarding");
 
-    let request = state.upstream.send(url, upstream_headers, upstream_body);
+    let upstream_fields = UpstreamFields {
+        client: request.fields,
+        target: &target,
+    };
+    // Boxed: the exchange's future is large, and a future held inline is moved (copied)
+    // with every future that contains it.
+    let sent = Box::pin(state.upstream.send(url, &upstream_fields, upstream_body));
     let deadline = Instant::now() + timeout;
     // Shutdown's grace period over: a request still waiting is answered (and recorded) now,
     // not dropped with the runtime.
     let sent = tokio::select! {
-        sent = tokio::time::timeout_at(deadline, request) => sent,
-        () = state.hard_stop.stopped() => return Ok(fail(guard, shutting_down(), &request_id)),
+        sent = tokio::time::timeout_at(deadline, sent) => sent,
+        () = state.hard_stop.stopped() => return Ok(fail(guard, shutting_down(), request_id)),
     };
     let upstream = match sent {
-        Err(_) => return Ok(fail(guard, timeout_error(&target, timeout), &request_id)),
-        Ok(Err(e)) => return Ok(fail(guard, send_error(&target, &e), &request_id)),
+        Err(_) => return Ok(fail(guard, timeout_error(&target, timeout), request_id)),
+        Ok(Err(e)) => return Ok(fail(guard, send_error(&target, &e), request_id)),
         Ok(Ok(response)) => response,
     };
-    let status = upstream.status();
+    let status = upstream.status;
     if let Some(record) = guard.record_mut() {
         record.response_started_at = Some(SystemTime::now());
         record.status = Some(status.as_u16());
@@ -143,32 +215,26 @@ async fn forward_inner(
 
     // A stream request answered 2xx with anything but one JSON document is relayed as it
     // arrives: through the SSE tee when it is SSE, passed through unread otherwise.
-    let streamed = view.stream && status.is_success() && !is_json(upstream.headers());
+    let streamed = view.stream && status.is_success() && !is_json(&upstream.fields);
     if streamed {
         let settings = StreamSettings {
             keepalive: state.keepalive_interval,
             idle_timeout: timeout,
             drop_usage_chunk: injected_usage,
-            sse: is_event_stream(upstream.headers()),
+            sse: is_event_stream(&upstream.fields),
         };
-        return Ok(stream_response(
-            state,
-            upstream,
-            settings,
-            guard,
-            &request_id,
-        ));
+        return Ok(stream_answer(state, upstream, settings, guard, request_id));
     }
-    let whole = whole_response(
+    let whole = whole_answer(
         upstream,
         deadline,
         &target,
         timeout,
         guard,
-        &request_id,
+        request_id,
         &state.redactor,
     );
-    Ok(whole.await)
+    Ok(Box::pin(whole).await)
 }
 
 /// Whether an endpoint takes OpenAI's `stream_options.include_usage`. Only chat and legacy
@@ -259,37 +325,31 @@ fn own_copy(body: &Bytes) -> Bytes {
     Bytes::copy_from_slice(body)
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        })
+fn content_type_is(fields: &Fields, wanted: &str) -> bool {
+    fields.get_str("content-type").is_some_and(|ct| {
+        ct.trim_start()
+            .get(..wanted.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(wanted))
+    })
 }
 
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        })
+fn is_json(fields: &Fields) -> bool {
+    content_type_is(fields, "application/json")
+}
+
+fn is_event_stream(fields: &Fields) -> bool {
+    content_type_is(fields, "text/event-stream")
 }
 
 /// A router error after the target was known: recorded, then answered.
-fn fail(mut guard: RecordGuard, error: ProxyError, request_id: &str) -> Response {
+fn fail(mut guard: RecordGuard, error: ProxyError, request_id: String) -> Answer {
     tracing::warn!(request_id, code = error.code(), "{error}");
     if let Some(record) = guard.record_mut() {
         record.status = Some(error.status().as_u16());
         record.error = Some(error.to_string());
     }
     guard.finish(Outcome::RouterError);
-    with_request_id(error.into_response(), request_id)
+    Answer::error(&error, Some(request_id))
 }
 
 fn shutting_down() -> ProxyError {
@@ -338,49 +398,49 @@ pub fn describe_reqwest_error(error: &reqwest::Error) -> String {
     parts.join(": ")
 }
 
-fn with_request_id(mut response: Response, request_id: &str) -> Response {
-    if let Ok(value) = HeaderValue::from_str(request_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
-    }
-    response
-}
-
-fn stream_response(
+fn stream_answer(
     state: &Arc<AppState>,
     upstream: UpstreamResponse,
     settings: StreamSettings,
     guard: RecordGuard,
-    request_id: &str,
-) -> Response {
-    let status = upstream.status();
-    let mut headers = headers::downstream_headers(upstream.headers());
-    if settings.sse {
-        headers::set_stream_headers(&mut headers);
-    }
-    let body = Box::pin(http_body_util::BodyDataStream::new(upstream.into_body()));
+    request_id: String,
+) -> Answer {
+    let body = Box::pin(http_body_util::BodyDataStream::new(upstream.body));
+    let sse = settings.sse;
     let tee = StreamTee::new(body, settings, guard, state.hard_stop.clone());
-    let mut response = Response::new(Body::from_stream(tee));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    with_request_id(response, request_id)
+    Answer {
+        status: upstream.status,
+        fields: AnswerFields {
+            upstream: Some(upstream.fields),
+            shape: Shape::Stream { sse },
+            request_id: Some(request_id),
+        },
+        body: AnswerBody::Stream(Box::new(tee)),
+    }
 }
 
 /// Relays a whole (non-stream) answer, wrapping an upstream error body into OpenAI's shape
 /// when it is not in it already.
-async fn whole_response(
+async fn whole_answer(
     upstream: UpstreamResponse,
     deadline: Instant,
     target: &Target<'_>,
     timeout: Duration,
     mut guard: RecordGuard,
-    request_id: &str,
+    request_id: String,
     redactor: &Redactor,
-) -> Response {
-    let status = upstream.status();
-    let mut headers = headers::downstream_headers(upstream.headers());
+) -> Answer {
+    let UpstreamResponse {
+        status,
+        fields,
+        body,
+    } = upstream;
+    let declared = fields
+        .get_str("content-length")
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let hard_stop = guard.hard_stop();
     let read = tokio::select! {
-        read = tokio::time::timeout_at(deadline, read_upstream_body(upstream)) => read,
+        read = tokio::time::timeout_at(deadline, read_upstream_body(body, declared)) => read,
         () = hard_stop.stopped() => return fail(guard, shutting_down(), request_id),
     };
     let body = match read {
@@ -388,9 +448,9 @@ async fn whole_response(
         Ok(Err(error)) => return fail(guard, error.into_proxy_error(target), request_id),
         Ok(Ok(body)) => body,
     };
-    let (body, outcome, error) =
+    let (body, shape, outcome, error) =
         if status.is_success() || status.is_redirection() || status.is_informational() {
-            (body, Outcome::Success, None)
+            (body, Shape::Relayed, Outcome::Success, None)
         } else {
             // An upstream may echo the key it was sent ("Incorrect API key provided: sk-..."):
             // with accounts on, that would hand the provider's key to a router user.
@@ -399,15 +459,14 @@ async fn whole_response(
                 std::borrow::Cow::Owned(clean) => Bytes::from(clean),
             };
             let (wrapped, message) = wrap_upstream_error(status, &body);
-            if let Some(wrapped) = wrapped {
-                headers.remove(header::CONTENT_ENCODING);
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                (wrapped, Outcome::UpstreamError, Some(message))
-            } else {
-                (body, Outcome::UpstreamError, Some(message))
+            match wrapped {
+                Some(wrapped) => (
+                    wrapped,
+                    Shape::WrappedError,
+                    Outcome::UpstreamError,
+                    Some(message),
+                ),
+                None => (body, Shape::Relayed, Outcome::UpstreamError, Some(message)),
             }
         };
     // A record exists only when some sink will read it.
@@ -419,10 +478,15 @@ async fn whole_response(
         record.complete = true;
     }
     guard.finish(outcome);
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    with_request_id(response, request_id)
+    Answer {
+        status,
+        fields: AnswerFields {
+            upstream: Some(fields),
+            shape,
+            request_id: Some(request_id),
+        },
+        body: AnswerBody::Whole(body),
+    }
 }
 
 enum BodyError {
@@ -446,17 +510,14 @@ impl BodyError {
     }
 }
 
-async fn read_upstream_body(upstream: UpstreamResponse) -> Result<Bytes, BodyError> {
-    let declared = upstream
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(0, |len| usize::try_from(len).unwrap_or(usize::MAX));
+async fn read_upstream_body(
+    mut body: crate::upstream::UpstreamBody,
+    declared: Option<u64>,
+) -> Result<Bytes, BodyError> {
+    let declared = declared.map_or(0, |len| usize::try_from(len).unwrap_or(usize::MAX));
     if declared > MAX_UPSTREAM_BODY {
         return Err(BodyError::TooLarge);
     }
-    let mut body = upstream.into_body();
     let mut gathered = Gathered::expecting(declared);
     while let Some(frame) = body.frame().await {
         let chunk = match frame {

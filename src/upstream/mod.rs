@@ -1,6 +1,7 @@
-//! The client proxied requests go upstream through: each lane's own keep-alive connections
-//! for plain `http://` upstreams ([`pool`]), hyper's pooled client for TLS upstreams, and
-//! reqwest kept for the few targets it handles and hyper does not.
+//! The client proxied requests go upstream through: each lane's own keep-alive HTTP/1
+//! connections for plain `http://` upstreams ([`plain`], written and read by the request's
+//! own task), hyper's pooled client for TLS upstreams (it speaks HTTP/2 to those that offer
+//! it), and reqwest kept for the few targets it handles and hyper does not.
 //!
 //! Why not reqwest for everything: its redirect layer parses the URL twice and clones the
 //! headers on every request, even with redirects off, and its tower stack adds a dozen
@@ -16,8 +17,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
@@ -26,8 +27,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::http1::fields::{FieldSource, Fields, header_map_of};
+use crate::http1::head::write_field;
 use crate::state::CONNECT_TIMEOUT;
 
+pub mod plain;
 mod pool;
 
 /// The TCP connection and the TLS handshake together, as reqwest's `connect_timeout` bounds
@@ -179,7 +183,7 @@ fn join_causes(parts: Vec<String>) -> String {
 /// An upstream answer's body, from whichever client sent the request.
 pub enum UpstreamBody {
     Direct(hyper::body::Incoming),
-    Plain(pool::PooledBody),
+    Plain(plain::PlainBody),
     Fallback(reqwest::Body),
 }
 
@@ -260,63 +264,99 @@ impl UpstreamClient {
         self.direct.len()
     }
 
-    /// Sends one request. Timeouts beyond connecting are the caller's.
+    /// Sends one `POST` with the header fields `fields` yields (all but `Host`, which comes
+    /// from the URL unless `fields` names one, and the framing). Timeouts beyond connecting
+    /// are the caller's.
     pub async fn send(
         &self,
         url: String,
-        headers: HeaderMap,
+        fields: &(dyn FieldSource + Sync),
         body: Bytes,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        if let Some((authority, origin)) = url.strip_prefix("http://").and_then(plain_target) {
+            if !self.proxy_env || self.direct_uri(&url).is_some() {
+                return self.send_plain(authority, origin, fields, body).await;
+            }
+        }
         let uri = match self.direct_uri(&url) {
             Some(uri) => uri,
-            None => return self.send_fallback(&url, headers, body).await,
+            None => return self.send_fallback(&url, header_map_of(fields), body).await,
         };
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
-        // What reqwest sent when the client named no type; some upstreams expect one.
-        if !request.headers().contains_key(http::header::ACCEPT) {
-            request
-                .headers_mut()
-                .insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
-        }
-        if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
-            return self.send_plain(request).await;
-        }
+        *request.headers_mut() = header_map_of(fields);
         let pool = &self.direct[crate::lanes::current() % self.direct.len()];
         let response = pool
             .request(request)
             .await
             .map_err(|e| UpstreamError::from_hyper(&e))?;
-        Ok(response.map(UpstreamBody::Direct))
+        let (parts, body) = response.into_parts();
+        Ok(UpstreamResponse {
+            status: parts.status,
+            fields: Fields::from_header_map(&parts.headers),
+            body: UpstreamBody::Direct(body),
+        })
     }
 
-    /// Sends `request` (absolute URI) over this lane's own connections to its plain-HTTP
-    /// upstream, in origin form with the `Host` header hyper-util's client would add.
+    /// Sends the request over this lane's own connections to a plain-HTTP upstream (see
+    /// [`plain`]): written as bytes, with the `Host` hyper-util's client would add (the URL's
+    /// authority; a URL never names the default port).
     async fn send_plain(
         &self,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let uri = std::mem::take(request.uri_mut());
-        let Some(authority) = uri.authority().map(|a| a.as_str()) else {
-            return Err(UpstreamError::unsendable("the upstream URL has no host"));
-        };
-        *request.uri_mut() = pool::origin_form(&uri);
-        if !request.headers().contains_key(http::header::HOST) {
-            let Some(host) = pool::host_header(&uri) else {
-                return Err(UpstreamError::unsendable(
-                    "the upstream host is not a valid header",
-                ));
-            };
-            request.headers_mut().insert(http::header::HOST, host);
+        authority: &str,
+        origin: &str,
+        fields: &(dyn FieldSource + Sync),
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let mut head = BytesMut::with_capacity(512);
+        head.extend_from_slice(b"POST ");
+        if !origin.starts_with('/') {
+            head.extend_from_slice(b"/");
         }
-        let connect = || self.connector.connect(uri.clone());
+        head.extend_from_slice(origin.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut has_host = false;
+        fields.for_each(&mut |name, value| {
+            has_host |= name.eq_ignore_ascii_case(b"host");
+            write_field(&mut head, name, value);
+        });
+        if !has_host {
+            write_field(&mut head, b"host", authority.as_bytes());
+        }
+        write_field(
+            &mut head,
+            b"content-length",
+            itoa::Buffer::new().format(body.len()).as_bytes(),
+        );
+        head.extend_from_slice(b"\r\n");
+        let connect = || self.connect_plain(authority);
         let lane = crate::lanes::current();
-        match pool::send(&self.plain, lane, authority, request, connect).await {
-            Ok(response) => Ok(response.map(UpstreamBody::Plain)),
-            Err(pool::SendError::Connect(error)) => Err(UpstreamError::from_hyper(error.as_ref())),
-            Err(pool::SendError::Exchange(error)) => Err(UpstreamError::from_hyper(&error)),
+        match plain::send(&self.plain, lane, authority, &head, &body, connect).await {
+            Ok((head, body)) => Ok(UpstreamResponse {
+                status: StatusCode::from_u16(head.status).map_err(|_| {
+                    UpstreamError::unsendable(&format!(
+                        "the upstream answered with the invalid status {}",
+                        head.status
+                    ))
+                })?,
+                fields: head.fields,
+                body: UpstreamBody::Plain(body),
+            }),
+            Err(plain::SendError::Connect(error)) => Err(UpstreamError::from_hyper(error.as_ref())),
+            Err(plain::SendError::Exchange(error)) => Err(UpstreamError::from_hyper(&error)),
+        }
+    }
+
+    /// A new TCP connection to `authority`, with the connector's timeout, keep-alive and
+    /// `TCP_NODELAY`.
+    async fn connect_plain(&self, authority: &str) -> Result<tokio::net::TcpStream, BoxError> {
+        let uri: http::Uri = format!("http://{authority}/").parse()?;
+        match self.connector.connect(uri).await? {
+            hyper_rustls::MaybeHttpsStream::Http(io) => Ok(io.into_inner()),
+            hyper_rustls::MaybeHttpsStream::Https(_) => {
+                Err("a plain-HTTP upstream answered with TLS".into())
+            }
         }
     }
 
@@ -338,7 +378,7 @@ impl UpstreamClient {
         url: &str,
         headers: HeaderMap,
         body: Bytes,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let response = self
             .fallback
             .request(Method::POST, url)
@@ -348,8 +388,33 @@ impl UpstreamClient {
             .await
             .map_err(|e| UpstreamError::from_reqwest(&e))?;
         let response: Response<reqwest::Body> = response.into();
-        Ok(response.map(UpstreamBody::Fallback))
+        let (parts, body) = response.into_parts();
+        Ok(UpstreamResponse {
+            status: parts.status,
+            fields: Fields::from_header_map(&parts.headers),
+            body: UpstreamBody::Fallback(body),
+        })
     }
+}
+
+/// An upstream's answer: its status, header fields and body.
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub fields: Fields,
+    pub body: UpstreamBody,
+}
+
+/// The authority and origin form (path and query) of an `http://` URL given without its
+/// scheme, as the url crate writes it; `None` for one with credentials (reqwest sends those).
+fn plain_target(rest: &str) -> Option<(&str, &str)> {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let origin = &rest[end..];
+    let origin = origin.split('#').next().unwrap_or("");
+    Some((authority, origin))
 }
 
 /// Whether a variable `Matcher::from_env` reads a proxy from is set and not empty. When none

@@ -7,6 +7,7 @@ mod binary;
 mod errors;
 mod forwarding;
 mod help;
+mod http1;
 mod models;
 mod openai_sdk;
 mod streaming;

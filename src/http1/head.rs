@@ -1,0 +1,349 @@
+//! Message heads: a client's request head and an upstream's response head, parsed with
+//! `httparse` straight into [`Fields`] over the bytes they came in; and the status line and
+//! `Date` the router writes.
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+
+use super::fields::Fields;
+use super::{MAX_FIELDS, MAX_HEAD_BYTES};
+
+/// Why a head could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("the message head is larger than {MAX_HEAD_BYTES} bytes")]
+    TooLarge,
+    #[error("the message head has more than {MAX_FIELDS} header fields")]
+    TooManyFields,
+    #[error("malformed HTTP/1 message head ({0})")]
+    Malformed(String),
+    /// The connection opened with HTTP/2's preface (prior knowledge, h2c).
+    #[error("HTTP/2 connection preface")]
+    Http2Preface,
+}
+
+/// A request head from a client.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: http::Method,
+    head: Bytes,
+    target: Range<u32>,
+    /// `HTTP/1.0` (else 1.1).
+    pub http10: bool,
+    pub fields: Fields,
+}
+
+impl RequestHead {
+    /// The request target as sent (origin form `/v1/x?y`, or absolute form).
+    pub fn target(&self) -> &str {
+        // httparse checked the target is UTF-8 (it accepts nothing else there).
+        std::str::from_utf8(&self.head[self.target.start as usize..self.target.end as usize])
+            .unwrap_or("")
+    }
+
+    /// The path and query of the target: an absolute-form target (`http://host/p?q`, as sent
+    /// to a proxy) loses its scheme and host, as hyper's `Uri::path` did.
+    pub fn path_and_query(&self) -> (&str, Option<&str>) {
+        let target = self.target();
+        let origin = match target.find("://") {
+            Some(at) if !target.starts_with('/') => {
+                let rest = &target[at + 3..];
+                rest.find(['/', '?']).map_or("/", |i| &rest[i..])
+            }
+            _ => target,
+        };
+        match origin.split_once('?') {
+            Some((path, query)) => (if path.is_empty() { "/" } else { path }, Some(query)),
+            None => (origin, None),
+        }
+    }
+
+    /// Whether the client wants the connection kept after this request.
+    pub fn keep_alive(&self) -> bool {
+        if self.http10 {
+            self.fields.has_token("connection", "keep-alive")
+        } else {
+            !self.fields.has_token("connection", "close")
+        }
+    }
+
+    /// `Expect: 100-continue`: the client waits for a go-ahead before it sends the body.
+    pub fn expects_continue(&self) -> bool {
+        self.fields
+            .get("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"))
+    }
+}
+
+/// A response head from an upstream.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub http10: bool,
+    pub fields: Fields,
+}
+
+/// Finds a whole head at the start of `buf`, looking for its blank line only past `*scanned`
+/// (kept between calls, so a head that arrives a byte at a time is not re-read from its
+/// start each time).
+fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
+    let from = scanned.saturating_sub(2);
+    *scanned = buf.len();
+    memchr::memchr_iter(b'\n', &buf[from..]).any(|i| {
+        let rest = &buf[from + i + 1..];
+        rest.starts_with(b"\n") || rest.starts_with(b"\r\n")
+    })
+}
+
+/// The request head at the start of `buf`, split off it; `None` while it is incomplete.
+/// `first` is the connection's first request (the only place HTTP/2's preface may be).
+pub fn parse_request(
+    buf: &mut BytesMut,
+    scanned: &mut usize,
+    first: bool,
+) -> Result<Option<RequestHead>, HeadError> {
+    if first && buf.starts_with(b"PRI * HTTP/2.0") {
+        return Err(HeadError::Http2Preface);
+    }
+    if !head_complete(buf, scanned) {
+        return if buf.len() > MAX_HEAD_BYTES {
+            Err(HeadError::TooLarge)
+        } else {
+            Ok(None)
+        };
+    }
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    let len = match request.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        // The blank line was an empty line before the request line (allowed, and skipped).
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
+        Err(error) => return Err(HeadError::Malformed(error.to_string())),
+    };
+    if len > MAX_HEAD_BYTES {
+        return Err(HeadError::TooLarge);
+    }
+    let (Some(method), Some(target), Some(version)) =
+        (request.method, request.path, request.version)
+    else {
+        return Err(HeadError::Malformed("incomplete request line".into()));
+    };
+    let method = http::Method::from_bytes(method.as_bytes())
+        .map_err(|_| HeadError::Malformed("bad method".into()))?;
+    let target = span(base, target.as_bytes());
+    let spans = request
+        .headers
+        .iter()
+        .map(|h| (span(base, h.name.as_bytes()), span(base, h.value)))
+        .collect();
+    let head = buf.split_to(len).freeze();
+    *scanned = 0;
+    Ok(Some(RequestHead {
+        method,
+        target,
+        http10: version == 0,
+        fields: Fields::from_spans(head.clone(), spans),
+        head,
+    }))
+}
+
+/// The response head at the start of `buf`, split off it; `None` while it is incomplete.
+pub fn parse_response(
+    buf: &mut BytesMut,
+    scanned: &mut usize,
+) -> Result<Option<ResponseHead>, HeadError> {
+    if !head_complete(buf, scanned) {
+        return if buf.len() > MAX_HEAD_BYTES {
+            Err(HeadError::TooLarge)
+        } else {
+            Ok(None)
+        };
+    }
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut response = httparse::Response::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
+        Err(error) => return Err(HeadError::Malformed(error.to_string())),
+    };
+    let (Some(status), Some(version)) = (response.code, response.version) else {
+        return Err(HeadError::Malformed("incomplete status line".into()));
+    };
+    let spans = response
+        .headers
+        .iter()
+        .map(|h| (span(base, h.name.as_bytes()), span(base, h.value)))
+        .collect();
+    let head = buf.split_to(len).freeze();
+    *scanned = 0;
+    Ok(Some(ResponseHead {
+        status,
+        http10: version == 0,
+        fields: Fields::from_spans(head, spans),
+    }))
+}
+
+/// Where `part` (a slice of the buffer starting at address `base`) sits in it.
+fn span(base: usize, part: &[u8]) -> Range<u32> {
+    let start = (part.as_ptr() as usize).wrapping_sub(base);
+    // Heads are at most MAX_HEAD_BYTES long.
+    let start = u32::try_from(start).unwrap_or(u32::MAX);
+    start..start.saturating_add(u32::try_from(part.len()).unwrap_or(u32::MAX))
+}
+
+/// Appends `HTTP/1.1 <code> <reason>\r\n`.
+pub fn write_status_line(out: &mut BytesMut, status: http::StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `name: value\r\n`.
+pub fn write_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    // Every source of fields (httparse, HeaderValue, the config) has already refused line
+    // breaks in values; a header written here can never start another.
+    debug_assert!(!value.iter().any(|b| *b == b'\r' || *b == b'\n'));
+    out.reserve(name.len() + value.len() + 4);
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `date: <now, IMF-fixdate>\r\n`, formatted once a second per thread (hyper sent one
+/// on every answer; RFC 9110 §6.6.1 asks it of origin servers with a clock).
+pub fn write_date(out: &mut BytesMut) {
+    thread_local! {
+        static CACHED: std::cell::RefCell<(u64, [u8; 29])> = const {
+            std::cell::RefCell::new((u64::MAX, [0; 29]))
+        };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == 29 {
+                cached.1.copy_from_slice(text.as_bytes());
+                cached.0 = second;
+            }
+        }
+        if cached.0 == second {
+            write_field(out, b"date", &cached.1);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(text: &str) -> Result<Option<RequestHead>, HeadError> {
+        let mut buf = BytesMut::from(text);
+        let mut scanned = 0;
+        parse_request(&mut buf, &mut scanned, true)
+    }
+
+    #[test]
+    fn a_request_head_is_split_off_with_its_fields() {
+        let mut buf = BytesMut::from(
+            "POST /v1/chat/completions?a=1 HTTP/1.1\r\nHost: r\r\nContent-Length: 2\r\n\r\n{}",
+        );
+        let mut scanned = 0;
+        let head = parse_request(&mut buf, &mut scanned, true)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.method, http::Method::POST);
+        assert_eq!(head.path_and_query(), ("/v1/chat/completions", Some("a=1")));
+        assert_eq!(head.fields.get("content-length"), Some(&b"2"[..]));
+        assert!(head.keep_alive() && !head.http10);
+        assert_eq!(&buf[..], b"{}", "the body stays in the buffer");
+    }
+
+    #[test]
+    fn a_head_arriving_in_pieces_is_found_once_whole() {
+        let text = b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+        let mut buf = BytesMut::new();
+        let mut scanned = 0;
+        for (i, byte) in text.iter().enumerate() {
+            buf.extend_from_slice(&[*byte]);
+            let parsed = parse_request(&mut buf, &mut scanned, true).expect("valid");
+            assert_eq!(parsed.is_some(), i + 1 == text.len(), "at byte {i}");
+            if let Some(head) = parsed {
+                assert!(head.http10 && head.keep_alive());
+            }
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn targets_in_absolute_form_keep_path_and_query() {
+        let head = request("POST http://router:8000/v1/embeddings?x=1 HTTP/1.1\r\n\r\n")
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.path_and_query(), ("/v1/embeddings", Some("x=1")));
+        let head = request("POST http://router:8000 HTTP/1.1\r\n\r\n")
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.path_and_query(), ("/", None));
+    }
+
+    #[test]
+    fn bad_heads_are_named() {
+        assert_eq!(
+            request("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").map(|h| h.is_some()),
+            Err(HeadError::Http2Preface)
+        );
+        assert!(matches!(
+            request("POST /x HTTP/1.1\r\nbad header\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        let many: String = (0..=MAX_FIELDS).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(
+            request(&format!("GET / HTTP/1.1\r\n{many}\r\n")).map(|h| h.is_some()),
+            Err(HeadError::TooManyFields)
+        );
+        let huge = format!("GET / HTTP/1.1\r\nx: {}", "v".repeat(MAX_HEAD_BYTES));
+        assert_eq!(
+            request(&huge).map(|h| h.is_some()),
+            Err(HeadError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn response_heads_and_status_lines() {
+        let mut buf =
+            BytesMut::from("HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\n\r\nrest");
+        let mut scanned = 0;
+        let head = parse_response(&mut buf, &mut scanned)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.status, 429);
+        assert_eq!(head.fields.get("retry-after"), Some(&b"3"[..]));
+        assert_eq!(&buf[..], b"rest");
+        let mut out = BytesMut::new();
+        write_status_line(&mut out, http::StatusCode::BAD_GATEWAY);
+        write_date(&mut out);
+        let text = String::from_utf8(out.to_vec()).expect("ascii");
+        assert!(
+            text.starts_with("HTTP/1.1 502 Bad Gateway\r\ndate: "),
+            "{text}"
+        );
+        assert!(text.ends_with(" GMT\r\n"), "{text}");
+    }
+}

@@ -1,0 +1,125 @@
+//! Reading and writing a socket by readiness, through `&TcpStream`: a task can wait for a
+//! client's end of file while it writes to the same socket, with no split halves and no
+//! locks. Writes are tried at once (a socket is nearly always writable) and wait only when
+//! the kernel's buffer is full.
+
+use std::io::{self, IoSlice};
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+/// The least a read asks the kernel for, and the most.
+const MIN_READ: usize = 8 * 1024;
+const MAX_READ: usize = 256 * 1024;
+
+/// Reads what is there (waiting until something is) into `buf`; 0 means end of file.
+/// `expect` is how much more the reader knows is coming (a declared body length), so a
+/// large body is read in large pieces.
+pub async fn read_some(io: &TcpStream, buf: &mut BytesMut, expect: usize) -> io::Result<usize> {
+    let want = expect.clamp(MIN_READ, MAX_READ);
+    if buf.capacity() - buf.len() < want / 2 {
+        buf.reserve(want);
+    }
+    loop {
+        io.readable().await?;
+        match io.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            read => return read,
+        }
+    }
+}
+
+/// A write that failed, and how much of it had gone out.
+#[derive(Debug)]
+pub struct WriteFailure {
+    pub written: usize,
+    pub error: io::Error,
+}
+
+/// Writes `first` then `second` (either may be empty), in one system call when the kernel
+/// takes them at once.
+pub async fn write_all(io: &TcpStream, first: &[u8], second: &[u8]) -> Result<(), WriteFailure> {
+    let total = first.len() + second.len();
+    let mut written = 0;
+    while written < total {
+        let parts = if written < first.len() {
+            [IoSlice::new(&first[written..]), IoSlice::new(second)]
+        } else {
+            [
+                IoSlice::new(&second[written - first.len()..]),
+                IoSlice::new(&[]),
+            ]
+        };
+        match io.try_write_vectored(&parts) {
+            Ok(0) => {
+                let error = io::Error::from(io::ErrorKind::WriteZero);
+                return Err(WriteFailure { written, error });
+            }
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Err(error) = io.writable().await {
+                    return Err(WriteFailure { written, error });
+                }
+            }
+            Err(error) => return Err(WriteFailure { written, error }),
+        }
+    }
+    Ok(())
+}
+
+/// Resolves when the peer closed the connection (or it failed); bytes it sends meanwhile (a
+/// pipelined request) are kept in `buf`, up to `keep` bytes, after which it stops reading
+/// and waits forever (the peer will have to wait for an answer anyway).
+pub async fn closed_by_peer(io: &TcpStream, buf: &mut BytesMut, keep: usize) {
+    while buf.len() < keep {
+        match read_some(io, buf, 0).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn large_writes_finish_while_the_peer_reads_slowly() {
+        let (a, mut b) = pair().await;
+        let first = vec![1u8; 3 << 20];
+        let second = vec![2u8; 1 << 20];
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).await.expect("read");
+            got
+        });
+        write_all(&a, &first, &second).await.expect("written");
+        drop(a);
+        let got = reader.await.expect("reader");
+        assert_eq!(got.len(), 4 << 20);
+        assert!(got[..3 << 20].iter().all(|b| *b == 1) && got[3 << 20..].iter().all(|b| *b == 2));
+    }
+
+    #[tokio::test]
+    async fn a_peer_closing_is_seen_and_its_last_bytes_kept() {
+        let (a, mut b) = pair().await;
+        b.write_all(b"GET /next").await.expect("write");
+        drop(b);
+        let mut buf = BytesMut::new();
+        closed_by_peer(&a, &mut buf, 1024).await;
+        assert_eq!(&buf[..], b"GET /next");
+    }
+}

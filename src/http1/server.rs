@@ -1,0 +1,701 @@
+//! A client's connection, served by one task on its lane: read a request head, serve it,
+//! write the answer, and again while the client keeps the connection.
+//!
+//! A proxied `POST` (any route but the router's own, PRODUCT.md "Routing a request") is read
+//! and answered here: authentication, the body (its size limit, `Expect: 100-continue`, the
+//! 413 after reading an oversized body to its end), then [`proxy::handle`], then its answer
+//! written as bytes, a stream event by event. Every other request goes to the axum app,
+//! with its body read first. Both watch the client while they wait: a client that closes
+//! the connection before its answer is complete has its request dropped (and recorded as a
+//! disconnect), its stream's upstream connection closed.
+//!
+//! Must never: guess where an ambiguous body ends (refused, see [`super::framing`]), read a
+//! body without bounds, or keep a connection whose request body was not read to its end.
+
+use std::io;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::fields::FieldSource;
+use super::framing::{BodyLength, Decoded, Decoder, FramingError, LAST_CHUNK, encode_chunk};
+use super::head::{
+    HeadError, RequestHead, parse_request, write_date, write_field, write_status_line,
+};
+use super::io::{closed_by_peer, read_some, write_all};
+use crate::app::Route;
+use crate::auth::authenticate;
+use crate::error::ProxyError;
+use crate::hard_stop::{HardStop, Stopped};
+use crate::proxy::intake::{DISCARD_AT_MOST, DISCARD_FOR_AT_MOST, Gathered, check_encoding};
+use crate::proxy::{self, Answer, AnswerBody, ProxyRequest};
+use crate::state::AppState;
+
+/// What every connection of one server shares.
+pub struct Service {
+    pub state: Arc<AppState>,
+    /// Every request but a proxied `POST` (and every HTTP/2 connection).
+    pub app: axum::Router,
+    /// Fired when shutdown begins: an idle connection closes at once, a busy one after the
+    /// answer it is writing.
+    pub draining: HardStop,
+}
+
+/// Bytes of a pipelined next request kept while an answer is still being made.
+const KEEP_PIPELINED: usize = 64 * 1024;
+
+/// How long the rest of a request head may take once its first bytes arrived (hyper's
+/// default too).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long and how much a connection that is closing reads (and drops) of what the
+/// client still sends, so the client reads the answer instead of a reset.
+const LINGER_FOR: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Serves `io` until the client closes it, asks for it to close, or shutdown drains it.
+pub async fn serve_connection(io: TcpStream, service: Arc<Service>) {
+    let mut conn = Conn {
+        io,
+        buf: BytesMut::new(),
+        draining: service.draining.stopped(),
+        served: 0,
+    };
+    loop {
+        let head = match conn.next_head().await {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(HeadError::Http2Preface) => return conn.into_http2(&service).await,
+            Err(error) => {
+                let error = match error {
+                    HeadError::TooLarge | HeadError::TooManyFields => {
+                        ProxyError::HeadTooLarge(error.to_string())
+                    }
+                    other => ProxyError::InvalidRequest(other.to_string()),
+                };
+                conn.answer_error(&error, false, false).await;
+                return conn.linger().await;
+            }
+        };
+        conn.served += 1;
+        match conn.serve(head, &service).await {
+            Next::KeepAlive if !service.draining.is_fired() => {}
+            Next::KeepAlive | Next::Close => return conn.linger().await,
+            Next::Gone => return,
+        }
+    }
+}
+
+/// What happens to the connection after an answer.
+enum Next {
+    KeepAlive,
+    /// Close it after what was written (read what the client still sends, briefly).
+    Close,
+    /// The client went away, or the connection failed: nothing more to do.
+    Gone,
+}
+
+struct Conn {
+    io: TcpStream,
+    /// Bytes read from the client and not used yet (the start of the next request).
+    buf: BytesMut,
+    draining: Stopped,
+    served: u64,
+}
+
+/// How reading a request's body failed.
+enum BodyFailure {
+    /// Over the limit; `read_all` when the rest was read and dropped (the connection can
+    /// carry another request).
+    TooLarge {
+        read_all: bool,
+    },
+    Framing(FramingError),
+    Gone,
+}
+
+impl Conn {
+    /// The next request head; `None` when the client closed the connection, or shutdown
+    /// began while it was idle.
+    async fn next_head(&mut self) -> Result<Option<RequestHead>, HeadError> {
+        let mut scanned = 0;
+        // Set once part of a head is here: the rest must follow within HEAD_TIMEOUT.
+        let mut deadline = None;
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = parse_request(&mut self.buf, &mut scanned, self.served == 0)? {
+                    return Ok(Some(head));
+                }
+            }
+            let read = if self.buf.is_empty() {
+                tokio::select! {
+                    biased;
+                    read = read_some(&self.io, &mut self.buf, 0) => read,
+                    () = &mut self.draining => return Ok(None),
+                }
+            } else {
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + HEAD_TIMEOUT);
+                match tokio::time::timeout_at(deadline, read_some(&self.io, &mut self.buf, 0)).await
+                {
+                    Ok(read) => read,
+                    // Half a head, and nothing more for this long: not a client worth waiting for.
+                    Err(_) => return Ok(None),
+                }
+            };
+            match read {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn serve(&mut self, head: RequestHead, service: &Service) -> Next {
+        let length = match super::framing::request_length(&head.fields, head.http10) {
+            Ok(length) => length,
+            Err(error) => {
+                let error = ProxyError::InvalidRequest(format!(
+                    "the request's body cannot be read: {error}"
+                ));
+                self.answer_error(&error, false, head.http10).await;
+                return Next::Close;
+            }
+        };
+        let keep_alive = head.keep_alive();
+        let (path, query) = head.path_and_query();
+        if head.method == Method::POST {
+            if let Route::Upstream(path) = Route::of(path) {
+                if path != "/" {
+                    return self
+                        .proxy(&head, length, &path, query, keep_alive, service)
+                        .await;
+                }
+            }
+        }
+        self.serve_by_app(head, length, keep_alive, service).await
+    }
+
+    /// A proxied `POST`: the same steps as the app's dispatcher, then [`proxy::handle`].
+    async fn proxy(
+        &mut self,
+        head: &RequestHead,
+        length: BodyLength,
+        path: &str,
+        query: Option<&str>,
+        keep_alive: bool,
+        service: &Service,
+    ) -> Next {
+        let state = &service.state;
+        let ready = authenticate(state.keys.as_ref(), &head.fields).and_then(|caller| {
+            check_encoding(head.fields.get("content-encoding")).map(|()| caller)
+        });
+        let caller = match ready {
+            Ok(caller) => caller,
+            Err(error) => return self.refuse_unread(&error, head, length, keep_alive).await,
+        };
+        let limit = state.config.load().settings.max_body_bytes;
+        let body = match self.read_body(head, length, limit).await {
+            Ok(body) => body,
+            Err(failure) => return self.body_failed(failure, head, limit, keep_alive).await,
+        };
+        let request = ProxyRequest {
+            caller: &caller,
+            path,
+            query,
+            fields: &head.fields,
+            body,
+        };
+        let answer = {
+            let handled = pin!(proxy::handle(state, request));
+            tokio::select! {
+                biased;
+                answer = handled => answer,
+                () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED) => return Next::Gone,
+            }
+        };
+        self.write_answer(answer, keep_alive, head.http10).await
+    }
+
+    /// Any other request: to the axum app, its body read first.
+    async fn serve_by_app(
+        &mut self,
+        head: RequestHead,
+        length: BodyLength,
+        keep_alive: bool,
+        service: &Service,
+    ) -> Next {
+        let limit = service.state.config.load().settings.max_body_bytes;
+        let body = match self.read_body(&head, length, limit).await {
+            Ok(body) => body,
+            Err(failure) => return self.body_failed(failure, &head, limit, keep_alive).await,
+        };
+        let http10 = head.http10;
+        let is_head = head.method == Method::HEAD;
+        let Some(request) = app_request(head, body) else {
+            let error = ProxyError::InvalidRequest("the request target is not a valid URI".into());
+            return self.answer_error(&error, keep_alive, http10).await;
+        };
+        let response = {
+            use tower_service::Service as _;
+            let mut app = service.app.clone();
+            let called = pin!(app.call(request));
+            tokio::select! {
+                biased;
+                response = called => match response {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                },
+                () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED) => return Next::Gone,
+            }
+        };
+        self.write_app_response(response, keep_alive, http10, is_head)
+            .await
+    }
+
+    /// Reads a request's body, within `limit` bytes.
+    async fn read_body(
+        &mut self,
+        head: &RequestHead,
+        length: BodyLength,
+        limit: usize,
+    ) -> Result<Bytes, BodyFailure> {
+        let mut decoder = Decoder::new(length);
+        if let BodyLength::Known(declared) = length {
+            if declared > limit as u64 {
+                // A client that asked `Expect: 100-continue` waits for this answer before it
+                // sends anything; reading would tell it to go ahead.
+                let read_all = !head.expects_continue()
+                    && declared <= DISCARD_AT_MOST
+                    && self.discard(&mut decoder).await;
+                return Err(BodyFailure::TooLarge { read_all });
+            }
+        }
+        if decoder.is_done() {
+            return Ok(Bytes::new());
+        }
+        if head.expects_continue() && self.buf.is_empty() && !head.http10 {
+            let go_ahead = b"HTTP/1.1 100 Continue\r\n\r\n";
+            if write_all(&self.io, go_ahead, &[]).await.is_err() {
+                return Err(BodyFailure::Gone);
+            }
+        }
+        let expected = decoder
+            .remaining()
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        let mut gathered = Gathered::expecting(expected);
+        loop {
+            match decoder.decode(&mut self.buf) {
+                Ok(Decoded::Data(data)) => {
+                    if gathered.size().saturating_add(data.len()) > limit {
+                        let read_all = self.discard(&mut decoder).await;
+                        return Err(BodyFailure::TooLarge { read_all });
+                    }
+                    gathered.push(data);
+                }
+                Ok(Decoded::Done) => return Ok(gathered.into_bytes()),
+                Ok(Decoded::NeedMore) => {
+                    let expect = decoder
+                        .remaining()
+                        .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+                    match read_some(&self.io, &mut self.buf, expect).await {
+                        Ok(0) | Err(_) => return Err(BodyFailure::Gone),
+                        Ok(_) => {}
+                    }
+                }
+                Err(error) => return Err(BodyFailure::Framing(error)),
+            }
+        }
+    }
+
+    /// Reads the rest of a body and drops it, within [`DISCARD_AT_MOST`] bytes and
+    /// [`DISCARD_FOR_AT_MOST`]; whether it reached the body's end.
+    async fn discard(&mut self, decoder: &mut Decoder) -> bool {
+        let read_rest = async {
+            let mut read = 0u64;
+            loop {
+                match decoder.decode(&mut self.buf) {
+                    Ok(Decoded::Data(data)) => {
+                        read = read.saturating_add(data.len() as u64);
+                        if read > DISCARD_AT_MOST {
+                            return false;
+                        }
+                    }
+                    Ok(Decoded::Done) => return true,
+                    Err(_) => return false,
+                    Ok(Decoded::NeedMore) => match read_some(&self.io, &mut self.buf, 0).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(_) => {}
+                    },
+                }
+            }
+        };
+        tokio::time::timeout(DISCARD_FOR_AT_MOST, read_rest)
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn body_failed(
+        &mut self,
+        failure: BodyFailure,
+        head: &RequestHead,
+        limit: usize,
+        keep_alive: bool,
+    ) -> Next {
+        match failure {
+            BodyFailure::TooLarge { read_all } => {
+                let error = ProxyError::BodyTooLarge { limit };
+                self.answer_error(&error, keep_alive && read_all, head.http10)
+                    .await
+            }
+            BodyFailure::Framing(error) => {
+                let error = ProxyError::InvalidRequest(format!(
+                    "the request's body cannot be read: {error}"
+                ));
+                self.answer_error(&error, false, head.http10).await;
+                Next::Close
+            }
+            BodyFailure::Gone => Next::Gone,
+        }
+    }
+
+    /// Answers `error` to a request whose body was not read: the body is read and dropped
+    /// first (within bounds), or the connection closes after the answer.
+    async fn refuse_unread(
+        &mut self,
+        error: &ProxyError,
+        head: &RequestHead,
+        length: BodyLength,
+        keep_alive: bool,
+    ) -> Next {
+        let mut decoder = Decoder::new(length);
+        // A client waiting for `100 Continue` has sent no body: it gets the answer and the
+        // connection closes, rather than a go-ahead for a body nobody reads.
+        let read_all =
+            decoder.is_done() || (!head.expects_continue() && self.discard(&mut decoder).await);
+        self.answer_error(error, keep_alive && read_all, head.http10)
+            .await
+    }
+
+    async fn answer_error(&mut self, error: &ProxyError, keep_alive: bool, http10: bool) -> Next {
+        self.write_answer(Answer::error(error, None), keep_alive, http10)
+            .await
+    }
+
+    /// Writes a proxied request's answer: head and body in one write, or a stream event by
+    /// event as the upstream sends them.
+    async fn write_answer(&mut self, answer: Answer, keep_alive: bool, http10: bool) -> Next {
+        let mut out = BytesMut::with_capacity(1024);
+        write_status_line(&mut out, answer.status);
+        let mut dated = false;
+        answer.fields.for_each(&mut |name, value| {
+            dated |= name.eq_ignore_ascii_case(b"date");
+            write_field(&mut out, name, value);
+        });
+        // The upstream's own `Date` is relayed; the router adds one only when it sent none.
+        if !dated {
+            write_date(&mut out);
+        }
+        match answer.body {
+            AnswerBody::Whole(body) => {
+                let body = if has_body(answer.status) {
+                    write_length(&mut out, body.len());
+                    body
+                } else {
+                    Bytes::new()
+                };
+                self.write_whole(out, &body, keep_alive).await
+            }
+            AnswerBody::Stream(tee) => self.write_stream(out, tee, keep_alive, http10).await,
+        }
+    }
+
+    async fn write_whole(&mut self, mut out: BytesMut, body: &[u8], keep_alive: bool) -> Next {
+        if !keep_alive {
+            write_field(&mut out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+        match write_all(&self.io, &out, body).await {
+            Err(_) => Next::Gone,
+            Ok(()) if keep_alive => Next::KeepAlive,
+            Ok(()) => Next::Close,
+        }
+    }
+
+    /// Relays a stream: chunked to an HTTP/1.1 client, ended by the connection's close for
+    /// HTTP/1.0. The head goes out at once (with the first event when it is already there);
+    /// then each event as the tee yields it.
+    async fn write_stream(
+        &mut self,
+        mut out: BytesMut,
+        mut tee: Box<proxy::stream::StreamTee>,
+        keep_alive: bool,
+        http10: bool,
+    ) -> Next {
+        let chunked = !http10;
+        let keep_alive = keep_alive && chunked;
+        if chunked {
+            write_field(&mut out, b"transfer-encoding", b"chunked");
+        }
+        if !keep_alive {
+            write_field(&mut out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+        let mut item = futures_util::FutureExt::now_or_never(tee.next());
+        loop {
+            match item {
+                Some(Some(Ok(data))) => {
+                    if chunked {
+                        encode_chunk(&mut out, &data);
+                    } else {
+                        out.extend_from_slice(&data);
+                    }
+                }
+                // A stream that is not SSE failed: the body is cut short, so the client sees
+                // an incomplete answer rather than a complete wrong one.
+                Some(Some(Err(_))) => {
+                    let _ = write_all(&self.io, &out, &[]).await;
+                    return Next::Gone;
+                }
+                Some(None) => {
+                    if chunked {
+                        out.extend_from_slice(LAST_CHUNK);
+                    }
+                    return match write_all(&self.io, &out, &[]).await {
+                        Err(_) => Next::Gone,
+                        Ok(()) if keep_alive => Next::KeepAlive,
+                        Ok(()) => Next::Close,
+                    };
+                }
+                None => {}
+            }
+            if !out.is_empty() {
+                if write_all(&self.io, &out, &[]).await.is_err() {
+                    return Next::Gone;
+                }
+                out.clear();
+            }
+            item = tokio::select! {
+                biased;
+                next = tee.next() => Some(next),
+                () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED) => return Next::Gone,
+            };
+        }
+    }
+
+    /// Writes the app's response: `Content-Length` when its size is known, else chunked
+    /// (HTTP/1.0: until the close).
+    async fn write_app_response(
+        &mut self,
+        response: axum::response::Response,
+        keep_alive: bool,
+        http10: bool,
+        is_head: bool,
+    ) -> Next {
+        let (parts, mut body) = response.into_parts();
+        let mut out = BytesMut::with_capacity(512);
+        write_status_line(&mut out, parts.status);
+        for (name, value) in &parts.headers {
+            let framing = [
+                http::header::CONTENT_LENGTH,
+                http::header::TRANSFER_ENCODING,
+                http::header::CONNECTION,
+            ];
+            if !framing.contains(name) {
+                write_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        if !parts.headers.contains_key(http::header::DATE) {
+            write_date(&mut out);
+        }
+        let sends_body = has_body(parts.status) && !is_head;
+        let exact = http_body::Body::size_hint(&body).exact();
+        if let Some(size) = exact.filter(|_| has_body(parts.status)) {
+            write_length(&mut out, usize::try_from(size).unwrap_or(usize::MAX));
+        }
+        if !sends_body {
+            return self.write_whole(out, &[], keep_alive).await;
+        }
+        if exact.is_some() {
+            // A whole body: gathered and written with the head.
+            let collected = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => return Next::Gone,
+            };
+            return self.write_whole(out, &collected, keep_alive).await;
+        }
+        let chunked = !http10;
+        let keep_alive = keep_alive && chunked;
+        if chunked {
+            write_field(&mut out, b"transfer-encoding", b"chunked");
+        }
+        if !keep_alive {
+            write_field(&mut out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                let _ = write_all(&self.io, &out, &[]).await;
+                return Next::Gone;
+            };
+            if let Ok(data) = frame.into_data() {
+                if chunked {
+                    encode_chunk(&mut out, &data);
+                } else {
+                    out.extend_from_slice(&data);
+                }
+                if write_all(&self.io, &out, &[]).await.is_err() {
+                    return Next::Gone;
+                }
+                out.clear();
+            }
+        }
+        if chunked {
+            out.extend_from_slice(LAST_CHUNK);
+        }
+        match write_all(&self.io, &out, &[]).await {
+            Err(_) => Next::Gone,
+            Ok(()) if keep_alive => Next::KeepAlive,
+            Ok(()) => Next::Close,
+        }
+    }
+
+    /// Closing after an answer: stop sending, then read (and drop) what the client still
+    /// sends for a moment, so a client still writing reads the answer rather than a reset.
+    async fn linger(mut self) {
+        use tokio::io::AsyncWriteExt as _;
+        if self.io.shutdown().await.is_err() {
+            return;
+        }
+        let drain = async {
+            let mut read = 0;
+            while read < LINGER_BYTES {
+                self.buf.clear();
+                match read_some(&self.io, &mut self.buf, 0).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => read += n,
+                }
+            }
+        };
+        // Shutdown does not wait for a connection whose answer is out.
+        tokio::select! {
+            _ = tokio::time::timeout(LINGER_FOR, drain) => {}
+            () = &mut self.draining => {}
+        }
+    }
+
+    /// The connection opened with HTTP/2's preface: hyper serves it (with the bytes already
+    /// read put back in front), through the app.
+    async fn into_http2(self, service: &Service) {
+        let io = Prefixed {
+            prefix: self.buf.freeze(),
+            io: self.io,
+        };
+        let app = hyper_util::service::TowerToHyperService::new(service.app.clone());
+        let builder =
+            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        let mut connection = pin!(builder.serve_connection(hyper_util::rt::TokioIo::new(io), app));
+        let mut draining = self.draining;
+        tokio::select! {
+            _ = &mut connection => return,
+            () = &mut draining => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
+    }
+}
+
+/// Statuses whose answers carry no body (and no `Content-Length`).
+fn has_body(status: StatusCode) -> bool {
+    !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
+fn write_length(out: &mut BytesMut, length: usize) {
+    write_field(
+        out,
+        b"content-length",
+        itoa::Buffer::new().format(length).as_bytes(),
+    );
+}
+
+/// The request as the axum app takes it.
+fn app_request(head: RequestHead, body: Bytes) -> Option<http::Request<axum::body::Body>> {
+    let uri: http::Uri = head.target().parse().ok()?;
+    let mut request = http::Request::new(axum::body::Body::from(body));
+    *request.method_mut() = head.method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if head.http10 {
+        http::Version::HTTP_10
+    } else {
+        http::Version::HTTP_11
+    };
+    *request.headers_mut() = head.fields.to_header_map();
+    Some(request)
+}
+
+/// A connection with bytes already read from it put back in front.
+struct Prefixed {
+    prefix: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = buf.remaining().min(self.prefix.len());
+            let taken = self.prefix.split_to(n);
+            buf.put_slice(&taken);
+            return Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,415 @@
+//! The router's own HTTP/1.1, driven over raw sockets: pipelining, chunked request bodies,
+//! `Expect: 100-continue`, framing it must refuse, HTTP/1.0 clients, heads it cannot take,
+//! a client that leaves early, and HTTP/2 with prior knowledge (handed to hyper).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use llmsrouter::record::Outcome;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::support::upstream::{Behavior, MockUpstream, chat_completion, expected_stream};
+use crate::support::{TestRouter, one_server_config};
+
+/// One answer as it came off the wire.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// Names lower-cased, in order.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(n, _)| n == name).count()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+/// A raw client connection that reads answers with its own small HTTP/1 reader (not the
+/// router's), so a framing mistake on either side cannot hide the other's.
+struct Raw {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Self {
+        Self {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads more bytes; false at end of file.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            .await
+            .expect("the router answered within 10 s")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    async fn take_line(&mut self) -> String {
+        loop {
+            if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8(self.buf[..at].to_vec()).expect("ascii line");
+                self.buf.drain(..at + 2);
+                return line;
+            }
+            assert!(self.fill().await, "closed in the middle of a line");
+        }
+    }
+
+    async fn take_exact(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(self.fill().await, "closed in the middle of a body");
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// The next answer, skipping none: a `100 Continue` is returned like any other.
+    async fn answer(&mut self) -> Answer {
+        let status_line = self.take_line().await;
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("status line {status_line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let line = self.take_line().await;
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').expect("a header line");
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        let mut answer = Answer {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if status == 100 || status == 204 || status == 304 {
+            return answer;
+        }
+        if answer.header("transfer-encoding") == Some("chunked") {
+            loop {
+                let size = usize::from_str_radix(&self.take_line().await, 16).expect("chunk size");
+                if size == 0 {
+                    assert_eq!(self.take_line().await, "", "no trailers");
+                    break;
+                }
+                let data = self.take_exact(size).await;
+                answer.body.extend_from_slice(&data);
+                assert_eq!(self.take_line().await, "", "CRLF after a chunk");
+            }
+        } else if let Some(length) = answer.header("content-length") {
+            let length: usize = length.parse().expect("length");
+            answer.body = self.take_exact(length).await;
+        } else {
+            while self.fill().await {}
+            answer.body = std::mem::take(&mut self.buf);
+        }
+        answer
+    }
+
+    /// Whether the router closed the connection (end of file with nothing more).
+    async fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill().await
+    }
+}
+
+fn post(path: &str, body: &str, extra: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    )
+}
+
+const CHAT: &str = r#"{"model":"[mock]gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+
+async fn setup() -> (MockUpstream, TestRouter) {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    (upstream, router)
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let (upstream, router) = setup().await;
+    let mut raw = Raw::connect(router.addr).await;
+    let mut wire = post("/v1/chat/completions", CHAT, "");
+    wire.push_str("GET /health HTTP/1.1\r\nHost: router\r\n\r\n");
+    wire.push_str(&post("/v1/chat/completions", CHAT, ""));
+    raw.send(wire.as_bytes()).await;
+    let first = raw.answer().await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body, chat_completion("mock-model-2024").as_bytes());
+    let health = raw.answer().await;
+    assert_eq!(
+        (health.status, health.json()["status"].as_str()),
+        (200, Some("ok"))
+    );
+    let third = raw.answer().await;
+    assert_eq!(third.status, 200);
+    assert_ne!(
+        first.header("x-llmsrouter-request-id"),
+        third.header("x-llmsrouter-request-id")
+    );
+    assert_eq!(upstream.count(), 2);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_goes_upstream_whole() {
+    let (upstream, router) = setup().await;
+    let mut raw = Raw::connect(router.addr).await;
+    let (a, b) = CHAT.split_at(20);
+    let wire = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nTransfer-Encoding: chunked\r\n\r\n{:x};ext=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nx-trailer: t\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    raw.send(wire.as_bytes()).await;
+    let answer = raw.answer().await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let got = upstream.last();
+    assert_eq!(got.body, CHAT.replace("[mock]gpt-4o", "gpt-4o").as_bytes());
+    assert_eq!(got.headers["content-length"], got.body.len().to_string());
+    assert!(got.headers.get("transfer-encoding").is_none());
+    // The connection carries another request.
+    raw.send(post("/v1/chat/completions", CHAT, "").as_bytes())
+        .await;
+    assert_eq!(raw.answer().await.status, 200);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn expect_continue_gets_a_go_ahead_or_a_413_at_once() {
+    let (upstream, router) = setup().await;
+    let mut raw = Raw::connect(router.addr).await;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        CHAT.len()
+    );
+    raw.send(head.as_bytes()).await;
+    assert_eq!(raw.answer().await.status, 100);
+    raw.send(CHAT.as_bytes()).await;
+    assert_eq!(raw.answer().await.status, 200);
+    assert_eq!(upstream.count(), 1);
+    assert!(
+        upstream.last().headers.get("expect").is_none(),
+        "Expect is the router's to answer"
+    );
+
+    // Declared over the limit (64 MiB by default): refused without a go-ahead.
+    let mut raw = Raw::connect(router.addr).await;
+    raw.send(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Length: 99999999999\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    let refused = raw.answer().await;
+    assert_eq!(refused.status, 413);
+    assert_eq!(refused.json()["error"]["code"], "body_too_large");
+    assert_eq!(refused.header("connection"), Some("close"));
+    assert!(raw.closed().await);
+    assert_eq!(upstream.count(), 1);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused_and_the_connection_closed() {
+    let (upstream, router) = setup().await;
+    for framing in [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        "Content-Length: 5\r\nContent-Length: 6\r\n",
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Content-Length: five\r\n",
+    ] {
+        let mut raw = Raw::connect(router.addr).await;
+        let wire = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\n{framing}\r\n0\r\n\r\nPOST /smuggled HTTP/1.1\r\n\r\n"
+        );
+        raw.send(wire.as_bytes()).await;
+        let answer = raw.answer().await;
+        assert_eq!(answer.status, 400, "{framing}");
+        assert_eq!(answer.json()["error"]["code"], "invalid_request");
+        assert_eq!(answer.header("connection"), Some("close"));
+        assert!(raw.closed().await, "{framing}: the connection must close");
+    }
+    assert_eq!(upstream.count(), 0, "nothing was forwarded");
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn heads_it_cannot_take_get_openai_shaped_errors() {
+    let (upstream, router) = setup().await;
+    let mut raw = Raw::connect(router.addr).await;
+    raw.send(b"POST /v1/chat/completions HTTP/1.1\r\nbad header line\r\n\r\n")
+        .await;
+    let bad = raw.answer().await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["code"], "invalid_request");
+    assert!(raw.closed().await);
+
+    let mut raw = Raw::connect(router.addr).await;
+    let huge = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nx-big: {}\r\n\r\n",
+        "v".repeat(300 * 1024)
+    );
+    raw.send(huge.as_bytes()).await;
+    let too_large = raw.answer().await;
+    assert_eq!(too_large.status, 431);
+    assert_eq!(
+        too_large.json()["error"]["code"],
+        "request_header_too_large"
+    );
+    assert_eq!(upstream.count(), 0);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn http10_clients_get_whole_answers_and_close_delimited_streams() {
+    let (upstream, router) = setup().await;
+    let mut raw = Raw::connect(router.addr).await;
+    let wire = post("/v1/chat/completions", CHAT, "Connection: keep-alive\r\n")
+        .replacen("HTTP/1.1", "HTTP/1.0", 1);
+    raw.send(wire.as_bytes()).await;
+    let whole = raw.answer().await;
+    assert_eq!(whole.status, 200);
+    assert!(whole.header("content-length").is_some());
+    assert!(whole.header("connection").is_none(), "kept, as asked");
+
+    let stream = CHAT.replace("\"messages\"", "\"stream\":true,\"messages\"");
+    let wire = post("/v1/chat/completions", &stream, "").replacen("HTTP/1.1", "HTTP/1.0", 1);
+    raw.send(wire.as_bytes()).await;
+    let streamed = raw.answer().await;
+    assert_eq!(streamed.status, 200);
+    assert!(streamed.header("transfer-encoding").is_none());
+    assert_eq!(streamed.header("connection"), Some("close"));
+    assert_eq!(
+        String::from_utf8_lossy(&streamed.body),
+        expected_stream(&upstream.behavior(), false)
+    );
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn answers_carry_one_date_and_none_of_the_upstreams_framing() {
+    let (upstream, router) = setup().await;
+    let mut raw = Raw::connect(router.addr).await;
+    raw.send(post("/v1/chat/completions", CHAT, "").as_bytes())
+        .await;
+    let relayed = raw.answer().await;
+    assert_eq!(relayed.count("date"), 1, "{:?}", relayed.headers);
+    assert_eq!(relayed.count("content-length"), 1);
+    raw.send(post("/v1/chat/completions", r#"{"model":"[nope]x"}"#, "").as_bytes())
+        .await;
+    let own = raw.answer().await;
+    assert_eq!(own.status, 404);
+    assert_eq!(own.count("date"), 1);
+    assert_eq!(own.header("content-type"), Some("application/json"));
+    // A client that asks to close gets its answer, then the close.
+    raw.send(post("/v1/chat/completions", CHAT, "Connection: close\r\n").as_bytes())
+        .await;
+    let last = raw.answer().await;
+    assert_eq!(last.status, 200);
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(raw.closed().await);
+    assert_eq!(upstream.count(), 2);
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn absolute_form_targets_are_routed_by_their_path() {
+    let (upstream, router) = setup().await;
+    let mut raw = Raw::connect(router.addr).await;
+    raw.send(post("http://router.example/v1/chat/completions?x=1", CHAT, "").as_bytes())
+        .await;
+    assert_eq!(raw.answer().await.status, 200);
+    let got = upstream.last();
+    assert_eq!(got.path, "/v1/chat/completions");
+    assert_eq!(got.query.as_deref(), Some("x=1"));
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_its_answer_is_recorded_as_gone() {
+    let upstream = MockUpstream::start(Behavior {
+        delay: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let mut raw = Raw::connect(router.addr).await;
+    raw.send(post("/v1/chat/completions", CHAT, "").as_bytes())
+        .await;
+    crate::support::wait_until(Duration::from_secs(10), || upstream.count() == 1).await;
+    drop(raw);
+    // Long before the upstream's 30 s answer.
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::ClientDisconnected);
+    assert!(
+        record
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("disconnected"))
+    );
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_served_too() {
+    let (upstream, router) = setup().await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let response = client
+        .post(router.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(CHAT)
+        .send()
+        .await
+        .expect("send over HTTP/2");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-llmsrouter-request-id"));
+    assert_eq!(
+        response.text().await.expect("body"),
+        chat_completion("mock-model-2024")
+    );
+    let health = client
+        .get(router.url("/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200);
+    assert_eq!(upstream.count(), 1);
+    router.stop().await;
+}
