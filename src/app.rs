@@ -47,7 +47,7 @@ pub fn normalize_path(raw: &str) -> String {
         let plain = !rest.is_empty()
             && !rest.starts_with('/')
             && !rest.ends_with('/')
-            && !rest.contains("//");
+            && memchr::memmem::find(rest.as_bytes(), b"//").is_none();
         if plain {
             return raw["/v1".len()..].to_owned();
         }
@@ -89,7 +89,9 @@ fn is_dot_segment(segment: &str) -> bool {
 
 impl Route {
     pub fn of(raw_path: &str) -> Self {
-        if raw_path.split('/').any(is_dot_segment) {
+        // A dot segment has a `.` (raw or as `%2e`); the usual path has neither.
+        let may_have_dots = memchr::memchr2(b'.', b'%', raw_path.as_bytes()).is_some();
+        if may_have_dots && raw_path.split('/').any(is_dot_segment) {
             return Self::DotSegment;
         }
         let path = normalize_path(raw_path);

@@ -260,8 +260,11 @@ pub fn model_for_records(model: &str) -> Cow<'_, str> {
 }
 
 fn is_url(text: &str) -> bool {
-    let lower = text.get(..8).unwrap_or(text).to_ascii_lowercase();
-    lower.starts_with("http://") || lower.starts_with("https://")
+    let starts = |scheme: &str| {
+        text.get(..scheme.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
+    };
+    starts("http://") || starts("https://")
 }
 
 /// [`url_target_base`], plus the base parsed (query included) for building request URLs.

@@ -4,6 +4,7 @@
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
 
@@ -47,15 +48,25 @@ impl RequestHead {
     /// to a proxy) loses its scheme and host, as hyper's `Uri::path` did.
     pub fn path_and_query(&self) -> (&str, Option<&str>) {
         let target = self.target();
-        let origin = match target.find("://") {
-            Some(at) if !target.starts_with('/') => {
-                let rest = &target[at + 3..];
-                rest.find(['/', '?']).map_or("/", |i| &rest[i..])
+        let origin = if target.starts_with('/') {
+            target
+        } else {
+            match target.find("://") {
+                Some(at) => {
+                    let rest = &target[at + 3..];
+                    memchr::memchr2(b'/', b'?', rest.as_bytes()).map_or("/", |i| &rest[i..])
+                }
+                None => target,
             }
-            _ => target,
         };
-        match origin.split_once('?') {
-            Some((path, query)) => (if path.is_empty() { "/" } else { path }, Some(query)),
+        match memchr::memchr(b'?', origin.as_bytes()) {
+            Some(at) => {
+                let path = &origin[..at];
+                (
+                    if path.is_empty() { "/" } else { path },
+                    Some(&origin[at + 1..]),
+                )
+            }
             None => (origin, None),
         }
     }
@@ -89,12 +100,15 @@ pub struct ResponseHead {
 /// (kept between calls, so a head that arrives a byte at a time is not re-read from its
 /// start each time).
 fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
+    static CRLF_END: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\n\r\n"));
+    static LF_END: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\n\n"));
     let from = scanned.saturating_sub(2);
     *scanned = buf.len();
-    memchr::memchr_iter(b'\n', &buf[from..]).any(|i| {
-        let rest = &buf[from + i + 1..];
-        rest.starts_with(b"\n") || rest.starts_with(b"\r\n")
-    })
+    let region = &buf[from..];
+    // A line break, then an empty line (CRLF, or a bare LF, which httparse also takes).
+    CRLF_END.find(region).is_some() || LF_END.find(region).is_some()
 }
 
 /// The request head at the start of `buf`, split off it; `None` while it is incomplete.

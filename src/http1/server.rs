@@ -139,12 +139,13 @@ impl Conn {
             let read = if self.buf.is_empty() {
                 tokio::select! {
                     biased;
-                    read = read_some(&self.io, &mut self.buf, 0) => read,
+                    read = read_some(&mut self.io, &mut self.buf, 0) => read,
                     () = &mut self.draining => return Ok(None),
                 }
             } else {
                 let deadline = *deadline.get_or_insert_with(|| Instant::now() + HEAD_TIMEOUT);
-                match tokio::time::timeout_at(deadline, read_some(&self.io, &mut self.buf, 0)).await
+                match tokio::time::timeout_at(deadline, read_some(&mut self.io, &mut self.buf, 0))
+                    .await
                 {
                     Ok(read) => read,
                     // Half a head, and nothing more for this long: not a client worth waiting for.
@@ -305,7 +306,7 @@ impl Conn {
                     let expect = decoder
                         .remaining()
                         .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
-                    match read_some(&self.io, &mut self.buf, expect).await {
+                    match read_some(&mut self.io, &mut self.buf, expect).await {
                         Ok(0) | Err(_) => return Err(BodyFailure::Gone),
                         Ok(_) => {}
                     }
@@ -330,10 +331,12 @@ impl Conn {
                     }
                     Ok(Decoded::Done) => return true,
                     Err(_) => return false,
-                    Ok(Decoded::NeedMore) => match read_some(&self.io, &mut self.buf, 0).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(_) => {}
-                    },
+                    Ok(Decoded::NeedMore) => {
+                        match read_some(&mut self.io, &mut self.buf, 0).await {
+                            Ok(0) | Err(_) => return false,
+                            Ok(_) => {}
+                        }
+                    }
                 }
             }
         };
@@ -578,7 +581,7 @@ impl Conn {
             let mut read = 0;
             while read < LINGER_BYTES {
                 self.buf.clear();
-                match read_some(&self.io, &mut self.buf, 0).await {
+                match read_some(&mut self.io, &mut self.buf, 0).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => read += n,
                 }

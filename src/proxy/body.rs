@@ -64,13 +64,13 @@ impl RequestView {
             let range = range_of(body, value);
             match key.as_ref() {
                 "model" => {
-                    let name: String = serde_json::from_str(value.get()).map_err(|_| {
+                    let name: String = serde_json::from_str(value).map_err(|_| {
                         ProxyError::InvalidRequest("\"model\" must be a string".into())
                     })?;
                     model = Some(name);
                     model_ranges.push(range);
                 }
-                "stream" => stream = value.get() == "true",
+                "stream" => stream = *value == "true",
                 "stream_options" => {
                     stream_options = classify_stream_options(value, range);
                 }
@@ -163,8 +163,8 @@ impl RequestView {
     }
 }
 
-fn classify_stream_options(value: &RawValue, range: Range<usize>) -> StreamOptions {
-    let text = value.get();
+fn classify_stream_options(value: &str, range: Range<usize>) -> StreamOptions {
+    let text = value;
     if text == "null" {
         return StreamOptions::Null(range);
     }
@@ -176,7 +176,7 @@ fn classify_stream_options(value: &RawValue, range: Range<usize>) -> StreamOptio
             range,
             include_usage: members
                 .iter()
-                .any(|(k, v)| k == "include_usage" && v.get() == "true"),
+                .any(|(k, v)| k == "include_usage" && *v == "true"),
         },
         Err(_) => StreamOptions::Other,
     }
@@ -203,7 +203,7 @@ fn with_include_usage(object: &[u8]) -> Vec<u8> {
             out.extend_from_slice(b"true");
             replaced = true;
         } else {
-            out.extend_from_slice(value.get().as_bytes());
+            out.extend_from_slice(value.as_bytes());
         }
     }
     if !replaced {
@@ -221,12 +221,13 @@ fn json_string(text: &str) -> String {
 }
 
 /// Where a borrowed raw value sits inside `body`.
-fn range_of(body: &[u8], value: &RawValue) -> Range<usize> {
-    let start = value.get().as_ptr() as usize - body.as_ptr() as usize;
-    start..start + value.get().len()
+fn range_of(body: &[u8], value: &str) -> Range<usize> {
+    let start = value.as_ptr() as usize - body.as_ptr() as usize;
+    start..start + value.len()
 }
 
-type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+/// The top-level members: keys (borrowed unless they had escapes) and raw value text.
+type Members<'a> = Vec<(Cow<'a, str>, &'a str)>;
 
 /// The [`BodyLayout`] of `members`, all borrowed from `body`; `None` if a key had escapes (an
 /// owned key has no place in the body) or an offset does not fit.
@@ -240,7 +241,7 @@ fn layout_of(body: &[u8], members: &Members<'_>) -> Option<BodyLayout> {
     members
         .iter()
         .map(|(key, value)| match key {
-            Cow::Borrowed(key) => Some((span(key)?, span(value.get())?)),
+            Cow::Borrowed(key) => Some((span(key)?, span(value)?)),
             Cow::Owned(_) => None,
         })
         .collect()
@@ -248,12 +249,20 @@ fn layout_of(body: &[u8], members: &Members<'_>) -> Option<BodyLayout> {
 
 /// The members of a top-level JSON object, in order, values borrowed raw.
 ///
-/// The body's UTF-8 is checked once, up front, and the JSON read from `&str`: read from
-/// bytes, serde_json checks every key and every raw value again (a fifth of this parse).
-/// A body that is not UTF-8 is read from bytes, for serde_json's error and its position.
+/// The body's UTF-8 is checked once, up front; then [`super::members::scan`] reads the
+/// usual body in one pass. What it leaves (escaped keys, deep nesting, anything invalid) is
+/// read by serde_json from `&str` (read from bytes, serde_json checks every key and every raw
+/// value again), which also words the error. A body that is not UTF-8 is read from bytes, for
+/// serde_json's error and its position.
 fn top_level_members(body: &[u8]) -> Result<Members<'_>, ProxyError> {
     match std::str::from_utf8(body) {
-        Ok(text) => members_of(&mut serde_json::Deserializer::from_str(text)),
+        Ok(text) => match super::members::scan(text) {
+            Some(spans) => Ok(spans
+                .into_iter()
+                .map(|(key, value)| (Cow::Borrowed(&text[key]), &text[value]))
+                .collect()),
+            None => members_of(&mut serde_json::Deserializer::from_str(text)),
+        },
         Err(_) => members_of(&mut serde_json::Deserializer::from_slice(body)),
     }
 }
@@ -286,7 +295,7 @@ impl<'de> Visitor<'de> for MembersVisitor {
         let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
         while let Some(JsonKey(key)) = map.next_key::<JsonKey<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
-            members.push((key, value));
+            members.push((key, value.get()));
         }
         Ok(members)
     }

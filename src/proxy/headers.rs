@@ -14,24 +14,57 @@ use http::header::HeaderName;
 use crate::http1::fields::{FieldSource, Fields, trim};
 use crate::routing::Target;
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
-/// non-standard ones proxies also drop.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// The header names the rules below name, recognised with one look at a name's length
+/// first: these checks run for every header of every request and answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    /// Describes one connection, not the message (RFC 9110 §7.6.1), or is one of the
+    /// non-standard ones proxies also drop.
+    HopByHop,
+    Host,
+    ContentLength,
+    AcceptEncoding,
+    Expect,
+    Authorization,
+    XApiKey,
+    ContentType,
+    Accept,
+    ContentEncoding,
+    CacheControl,
+    XAccelBuffering,
+    RequestId,
+    Other,
+}
 
-fn is_hop_by_hop(name: &[u8], connection_tokens: &[&[u8]]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+fn known(name: &[u8]) -> Known {
+    let is = |wanted: &str| name.eq_ignore_ascii_case(wanted.as_bytes());
+    match name.len() {
+        2 if is("te") => Known::HopByHop,
+        4 if is("host") => Known::Host,
+        6 if is("expect") => Known::Expect,
+        6 if is("accept") => Known::Accept,
+        7 if is("trailer") || is("upgrade") => Known::HopByHop,
+        9 if is("x-api-key") => Known::XApiKey,
+        10 if is("connection") || is("keep-alive") => Known::HopByHop,
+        12 if is("content-type") => Known::ContentType,
+        13 if is("authorization") => Known::Authorization,
+        13 if is("cache-control") => Known::CacheControl,
+        14 if is("content-length") => Known::ContentLength,
+        15 if is("accept-encoding") => Known::AcceptEncoding,
+        16 if is("proxy-connection") => Known::HopByHop,
+        16 if is("content-encoding") => Known::ContentEncoding,
+        17 if is("transfer-encoding") => Known::HopByHop,
+        17 if is("x-accel-buffering") => Known::XAccelBuffering,
+        18 if is("proxy-authenticate") => Known::HopByHop,
+        19 if is("proxy-authorization") => Known::HopByHop,
+        23 if is(REQUEST_ID) => Known::RequestId,
+        _ => Known::Other,
+    }
+}
+
+/// Hop-by-hop for this message: always, or named in its `Connection` header.
+fn is_hop_by_hop(kind: Known, name: &[u8], connection_tokens: &[&[u8]]) -> bool {
+    kind == Known::HopByHop
         || connection_tokens
             .iter()
             .any(|t| name.eq_ignore_ascii_case(t))
@@ -70,25 +103,26 @@ impl FieldSource for UpstreamFields<'_> {
         let mut content_type = false;
         let mut accept = false;
         for (name, value) in self.client.iter() {
-            if is_hop_by_hop(name, &tokens)
-                || is(name, "host")
-                || is(name, "content-length")
-                || is(name, "accept-encoding")
-                || is(name, "expect")
-            {
+            let kind = known(name);
+            if is_hop_by_hop(kind, name, &tokens) {
                 continue;
             }
-            // A configured server is reached with the router's key: the client's credentials
-            // (a router user key, or a key for some other provider) are not passed on.
-            if server.is_some() && (is(name, "authorization") || is(name, "x-api-key")) {
-                continue;
+            match kind {
+                Known::Host | Known::ContentLength | Known::AcceptEncoding | Known::Expect => {
+                    continue;
+                }
+                // A configured server is reached with the router's key: the client's
+                // credentials (a router user key, or a key for some other provider) are not
+                // passed on.
+                Known::Authorization | Known::XApiKey if server.is_some() => continue,
+                Known::ContentType => content_type = true,
+                Known::Accept => accept = true,
+                _ => {}
             }
             // The server's configured value replaces the client's.
             if configured(name) {
                 continue;
             }
-            content_type |= is(name, "content-type");
-            accept |= is(name, "accept");
             emit(name, value);
         }
         if let Some(server) = server {
@@ -148,21 +182,25 @@ impl FieldSource for AnswerFields {
         if let Some(upstream) = &self.upstream {
             let tokens = connection_tokens(upstream);
             for (name, value) in upstream.iter() {
+                let kind = known(name);
                 // Framing is the router's own: it frames the body it sends.
-                if is_hop_by_hop(name, &tokens) || is(name, "content-length") {
+                if is_hop_by_hop(kind, name, &tokens) || kind == Known::ContentLength {
                     continue;
                 }
                 let replaced = match self.shape {
                     Shape::Relayed | Shape::RouterError | Shape::Stream { sse: false } => false,
-                    Shape::WrappedError => is(name, "content-type") || is(name, "content-encoding"),
-                    Shape::Stream { sse: true } => {
-                        is(name, "content-type")
-                            || is(name, "content-encoding")
-                            || is(name, "cache-control")
-                            || is(name, "x-accel-buffering")
+                    Shape::WrappedError => {
+                        matches!(kind, Known::ContentType | Known::ContentEncoding)
                     }
+                    Shape::Stream { sse: true } => matches!(
+                        kind,
+                        Known::ContentType
+                            | Known::ContentEncoding
+                            | Known::CacheControl
+                            | Known::XAccelBuffering
+                    ),
                 };
-                if !replaced && !is(name, REQUEST_ID) {
+                if !replaced && kind != Known::RequestId {
                     emit(name, value);
                 }
             }

@@ -11,6 +11,7 @@
 pub mod body;
 pub mod headers;
 pub mod intake;
+pub mod members;
 pub mod sse;
 pub mod stream;
 

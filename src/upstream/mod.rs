@@ -407,13 +407,17 @@ pub struct UpstreamResponse {
 /// The authority and origin form (path and query) of an `http://` URL given without its
 /// scheme, as the url crate writes it; `None` for one with credentials (reqwest sends those).
 fn plain_target(rest: &str) -> Option<(&str, &str)> {
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let bytes = rest.as_bytes();
+    let end = memchr::memchr3(b'/', b'?', b'#', bytes).unwrap_or(rest.len());
     let authority = &rest[..end];
-    if authority.is_empty() || authority.contains('@') {
+    if authority.is_empty() || memchr::memchr(b'@', authority.as_bytes()).is_some() {
         return None;
     }
     let origin = &rest[end..];
-    let origin = origin.split('#').next().unwrap_or("");
+    let origin = match memchr::memchr(b'#', origin.as_bytes()) {
+        Some(hash) => &origin[..hash],
+        None => origin,
+    };
     Some((authority, origin))
 }
 

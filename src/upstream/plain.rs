@@ -20,7 +20,7 @@ use http_body::{Frame, SizeHint};
 use super::pool::{LanePools, PlainConn};
 use crate::http1::framing::{Decoded, Decoder, FramingError, response_length};
 use crate::http1::head::{HeadError, ResponseHead, parse_response};
-use crate::http1::io::{read_some, write_all};
+use crate::http1::io::{read_some, reserve, write_all};
 
 /// Why an exchange with an upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +116,7 @@ async fn read_head(conn: &mut PlainConn) -> Result<ResponseHead, PlainError> {
             Some(head) if (100..200).contains(&head.status) => continue,
             Some(head) => return Ok(head),
             None => {
-                if read_some(&conn.io, &mut conn.buf, 0).await? == 0 {
+                if read_some(&mut conn.io, &mut conn.buf, 0).await? == 0 {
                     return Err(PlainError::ClosedBeforeAnswer);
                 }
             }
@@ -187,17 +187,16 @@ impl http_body::Body for PlainBody {
                 Err(error) => return this.fail(error.into()),
                 Ok(Decoded::NeedMore) => {}
             }
-            if let Err(error) = ready!(conn.io.poll_read_ready(cx)) {
-                return this.fail(error.into());
-            }
             let expect = this
                 .decoder
                 .remaining()
                 .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
-            if conn.buf.capacity() - conn.buf.len() < 4096 {
-                conn.buf.reserve(expect.clamp(8 * 1024, 256 * 1024));
-            }
-            match conn.io.try_read_buf(&mut conn.buf) {
+            reserve(&mut conn.buf, expect);
+            match ready!(tokio_util::io::poll_read_buf(
+                std::pin::Pin::new(&mut conn.io),
+                cx,
+                &mut conn.buf
+            )) {
                 Ok(0) => {
                     if let Err(error) = this.decoder.end_of_input() {
                         return this.fail(error.into());
@@ -207,7 +206,6 @@ impl http_body::Body for PlainBody {
                     return Poll::Ready(None);
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(error) => return this.fail(error.into()),
             }
         }
