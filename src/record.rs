@@ -19,7 +19,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::hard_stop::HardStop;
 use crate::routing::RouteMode;
 use crate::secret::Secret;
 use crate::usage::{ResponseSummary, summarize_json_body};
@@ -489,40 +488,27 @@ fn complete_summary(record: &mut RequestRecord) {
 pub struct RecordGuard {
     record: Option<Box<RequestRecord>>,
     recorder: Recorder,
-    /// Fired when shutdown's grace period is over: whoever waits must stop waiting.
-    hard_stop: HardStop,
 }
 
 impl RecordGuard {
-    pub fn new(record: RequestRecord, recorder: Recorder, hard_stop: HardStop) -> Self {
+    pub fn new(record: RequestRecord, recorder: Recorder) -> Self {
         recorder.inner.live.fetch_add(1, Ordering::AcqRel);
         Self {
             record: Some(Box::new(record)),
             recorder,
-            hard_stop,
         }
     }
 
     /// [`Self::new`] with the record built only when some sink will read it: with every sink
     /// off, a request allocates no record at all.
-    pub fn start(
-        recorder: Recorder,
-        hard_stop: HardStop,
-        build: impl FnOnce() -> RequestRecord,
-    ) -> Self {
+    pub fn start(recorder: Recorder, build: impl FnOnce() -> RequestRecord) -> Self {
         if !recorder.is_enabled() {
             return Self {
                 record: None,
                 recorder,
-                hard_stop,
             };
         }
-        Self::new(build(), recorder, hard_stop)
-    }
-
-    /// The shutdown signal the request must give up waiting on.
-    pub fn hard_stop(&self) -> HardStop {
-        self.hard_stop.clone()
+        Self::new(build(), recorder)
     }
 
     /// Whether the record will reach any sink; when not, it need not carry bodies.
@@ -664,12 +650,8 @@ mod tests {
     async fn dropped_guard_hands_over_a_disconnect_and_shutdown_drains() {
         let sink = Arc::new(Collect(Default::default()));
         let (recorder, task) = Recorder::start(vec![sink.clone()]);
-        drop(RecordGuard::new(
-            sample(),
-            recorder.clone(),
-            HardStop::new(),
-        ));
-        let mut finished = RecordGuard::new(sample(), recorder.clone(), HardStop::new());
+        drop(RecordGuard::new(sample(), recorder.clone()));
+        let mut finished = RecordGuard::new(sample(), recorder.clone());
         finished.finish(Outcome::Success);
         drop(finished);
         task.shutdown().await;

@@ -106,7 +106,10 @@ fn codings(fields: &Fields) -> Vec<&[u8]> {
 /// The one length all `Content-Length` values agree on (`5, 5` is 5), or `None` without any.
 fn content_length(fields: &Fields) -> Result<Option<u64>, FramingError> {
     let mut found: Option<u64> = None;
-    for value in fields.get_all("content-length") {
+    for (name, value) in fields.iter() {
+        if name.len() != 14 || !name.eq_ignore_ascii_case(b"content-length") {
+            continue;
+        }
         for part in value.split(|b| *b == b',') {
             let n = parse_decimal(trim(part)).ok_or(FramingError::BadContentLength)?;
             if found.is_some_and(|f| f != n) {

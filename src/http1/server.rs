@@ -68,6 +68,7 @@ pub async fn serve_connection(io: TcpStream, service: Arc<Service>) {
         io,
         buf: BytesMut::new(),
         draining: service.draining.stopped(),
+        hard_stop: service.state.hard_stop.stopped(),
         served: 0,
     };
     loop {
@@ -109,6 +110,8 @@ struct Conn {
     /// Bytes read from the client and not used yet (the start of the next request).
     buf: BytesMut,
     draining: Stopped,
+    /// Shutdown's hard stop, for every request this connection carries.
+    hard_stop: Stopped,
     served: u64,
 }
 
@@ -215,7 +218,7 @@ impl Conn {
             body,
         };
         let answer = {
-            let handled = pin!(proxy::handle(state, request));
+            let handled = pin!(proxy::handle(state, request, &mut self.hard_stop));
             tokio::select! {
                 biased;
                 answer = handled => answer,

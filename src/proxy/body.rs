@@ -122,11 +122,16 @@ impl RequestView {
         if !model_changed && !inject {
             return (body.clone(), false);
         }
-        let mut edits: Vec<(Range<usize>, Cow<'_, [u8]>)> = Vec::with_capacity(3);
+        let quoted = if model_changed {
+            json_string(upstream_model)
+        } else {
+            String::new()
+        };
+        let mut edits: Vec<(Range<usize>, Cow<'_, [u8]>)> =
+            Vec::with_capacity(self.model_ranges.len() + 1);
         if model_changed {
-            let quoted = json_string(upstream_model);
             for range in &self.model_ranges {
-                edits.push((range.clone(), Cow::Owned(quoted.clone().into_bytes())));
+                edits.push((range.clone(), Cow::Borrowed(quoted.as_bytes())));
             }
         }
         if inject {
@@ -217,6 +222,17 @@ fn with_include_usage(object: &[u8]) -> Vec<u8> {
 }
 
 fn json_string(text: &str) -> String {
+    // The usual model name needs no escape: quoted as is, without serde's writer.
+    let plain = text
+        .bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f);
+    if plain {
+        let mut quoted = String::with_capacity(text.len() + 2);
+        quoted.push('"');
+        quoted.push_str(text);
+        quoted.push('"');
+        return quoted;
+    }
     serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
 }
 
@@ -443,6 +459,11 @@ mod tests {
             for (k, v) in &map {
                 if k != "model" { prop_assert_eq!(&parsed[k], v); }
             }
+        }
+
+        #[test]
+        fn quoting_matches_serde_json(text in "\\PC*|[\u{0}-\u{7f}]{0,12}") {
+            prop_assert_eq!(json_string(&text), serde_json::to_string(&text).expect("json"));
         }
 
         #[test]

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use crate::auth::Caller;
 use crate::config::DEFAULT_TIMEOUT;
 use crate::error::{ProxyError, error_body};
+use crate::hard_stop::Stopped;
 use crate::http1::fields::{Fields, header_map_of};
 use crate::record::{Outcome, RecordGuard, RequestRecord};
 use crate::routing::{self, Lookup, ModelRef, Target};
@@ -123,12 +124,19 @@ pub async fn forward(state: &Arc<AppState>, incoming: Incoming<'_>) -> Response 
         fields: incoming.fields,
         body,
     };
-    handle(state, request).await.into_axum()
+    let mut hard_stop = state.hard_stop.stopped();
+    handle(state, request, &mut hard_stop).await.into_axum()
 }
 
 /// Proxies one request whose body was read: routing, the upstream exchange, the record.
-pub async fn handle(state: &Arc<AppState>, request: ProxyRequest<'_>) -> Answer {
-    match forward_inner(state, request).await {
+/// `hard_stop` is the connection's wait on shutdown's hard stop (made once per connection:
+/// a new one per request cost a cancellation token's clone, registration and drop).
+pub async fn handle(
+    state: &Arc<AppState>,
+    request: ProxyRequest<'_>,
+    hard_stop: &mut Stopped,
+) -> Answer {
+    match forward_inner(state, request, hard_stop).await {
         Ok(answer) => answer,
         Err(error) => Answer::error(&error, None),
     }
@@ -137,6 +145,7 @@ pub async fn handle(state: &Arc<AppState>, request: ProxyRequest<'_>) -> Answer 
 async fn forward_inner(
     state: &Arc<AppState>,
     request: ProxyRequest<'_>,
+    hard_stop: &mut Stopped,
 ) -> Result<Answer, ProxyError> {
     let started_at = SystemTime::now();
     let config = state.config.load_full();
@@ -171,7 +180,7 @@ async fn forward_inner(
     let url = routing::request_url_text(&target.base, request.path, request.query);
 
     let request_id = new_request_id();
-    let mut guard = RecordGuard::start(state.recorder.clone(), state.hard_stop.clone(), || {
+    let mut guard = RecordGuard::start(state.recorder.clone(), || {
         let mut record = new_record(
             &request_id,
             caller,
@@ -201,7 +210,7 @@ async fn forward_inner(
     // not dropped with the runtime.
     let sent = tokio::select! {
         sent = tokio::time::timeout_at(deadline, sent) => sent,
-        () = state.hard_stop.stopped() => return Ok(fail(guard, shutting_down(), request_id)),
+        () = &mut *hard_stop => return Ok(fail(guard, shutting_down(), request_id)),
     };
     let upstream = match sent {
         Err(_) => return Ok(fail(guard, timeout_error(&target, timeout), request_id)),
@@ -226,11 +235,15 @@ async fn forward_inner(
         };
         return Ok(stream_answer(state, upstream, settings, guard, request_id));
     }
+    let limits = Limits {
+        deadline,
+        timeout,
+        hard_stop,
+    };
     let whole = whole_answer(
         upstream,
-        deadline,
+        limits,
         &target,
-        timeout,
         guard,
         request_id,
         &state.redactor,
@@ -422,27 +435,37 @@ fn stream_answer(
 
 /// Relays a whole (non-stream) answer, wrapping an upstream error body into OpenAI's shape
 /// when it is not in it already.
+/// What bounds the wait for a whole answer: `timeout_secs` (ending at `deadline`), and
+/// shutdown's hard stop.
+struct Limits<'a> {
+    deadline: Instant,
+    timeout: Duration,
+    hard_stop: &'a mut Stopped,
+}
+
 async fn whole_answer(
     upstream: UpstreamResponse,
-    deadline: Instant,
+    limits: Limits<'_>,
     target: &Target<'_>,
-    timeout: Duration,
     mut guard: RecordGuard,
     request_id: String,
     redactor: &Redactor,
 ) -> Answer {
+    let Limits {
+        deadline,
+        timeout,
+        hard_stop,
+    } = limits;
     let UpstreamResponse {
         status,
         fields,
         body,
     } = upstream;
-    let declared = fields
-        .get_str("content-length")
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let hard_stop = guard.hard_stop();
+    // The body knows its declared length (`Content-Length`), read once with its head.
+    let declared = http_body::Body::size_hint(&body).exact();
     let read = tokio::select! {
         read = tokio::time::timeout_at(deadline, read_upstream_body(body, declared)) => read,
-        () = hard_stop.stopped() => return fail(guard, shutting_down(), request_id),
+        () = hard_stop => return fail(guard, shutting_down(), request_id),
     };
     let body = match read {
         Err(_) => return fail(guard, timeout_error(target, timeout), request_id),

@@ -362,7 +362,7 @@ mod tests {
             bodies_dropped: false,
             body_ticket: Default::default(),
         };
-        RecordGuard::new(record, Recorder::disabled(), HardStop::new())
+        RecordGuard::new(record, Recorder::disabled())
     }
 
     #[tokio::test]
