@@ -454,33 +454,41 @@ impl Conn {
             write_field(&mut out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
-        let mut item = futures_util::FutureExt::now_or_never(tee.next());
+        // An item the wait below took from the tee, to be written with whatever follows it.
+        let mut taken: Option<Option<io::Result<Bytes>>> = None;
         loop {
-            match item {
-                Some(Some(Ok(data))) => {
-                    if chunked {
-                        encode_chunk(&mut out, &data);
-                    } else {
-                        out.extend_from_slice(&data);
+            // Everything the tee has right now goes out in one write (with the head, the
+            // first time): events that arrived together leave together, none waits.
+            loop {
+                let item = match taken.take() {
+                    Some(item) => item,
+                    None => match std::future::poll_fn(|cx| Poll::Ready(tee.poll_next_unpin(cx)))
+                        .await
+                    {
+                        Poll::Ready(item) => item,
+                        Poll::Pending => break,
+                    },
+                };
+                match item {
+                    Some(Ok(data)) if chunked => encode_chunk(&mut out, &data),
+                    Some(Ok(data)) => out.extend_from_slice(&data),
+                    // A stream that is not SSE failed: the body is cut short, so the client
+                    // sees an incomplete answer rather than a complete wrong one.
+                    Some(Err(_)) => {
+                        let _ = write_all(&self.io, &out, &[]).await;
+                        return Next::Gone;
+                    }
+                    None => {
+                        if chunked {
+                            out.extend_from_slice(LAST_CHUNK);
+                        }
+                        return match write_all(&self.io, &out, &[]).await {
+                            Err(_) => Next::Gone,
+                            Ok(()) if keep_alive => Next::KeepAlive,
+                            Ok(()) => Next::Close,
+                        };
                     }
                 }
-                // A stream that is not SSE failed: the body is cut short, so the client sees
-                // an incomplete answer rather than a complete wrong one.
-                Some(Some(Err(_))) => {
-                    let _ = write_all(&self.io, &out, &[]).await;
-                    return Next::Gone;
-                }
-                Some(None) => {
-                    if chunked {
-                        out.extend_from_slice(LAST_CHUNK);
-                    }
-                    return match write_all(&self.io, &out, &[]).await {
-                        Err(_) => Next::Gone,
-                        Ok(()) if keep_alive => Next::KeepAlive,
-                        Ok(()) => Next::Close,
-                    };
-                }
-                None => {}
             }
             if !out.is_empty() {
                 if write_all(&self.io, &out, &[]).await.is_err() {
@@ -488,11 +496,11 @@ impl Conn {
                 }
                 out.clear();
             }
-            item = tokio::select! {
+            taken = Some(tokio::select! {
                 biased;
-                next = tee.next() => Some(next),
+                next = tee.next() => next,
                 () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED) => return Next::Gone,
-            };
+            });
         }
     }
 
