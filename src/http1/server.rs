@@ -173,7 +173,8 @@ impl Conn {
                 return Next::Close;
             }
         };
-        let keep_alive = head.keep_alive();
+        // Once shutdown began, every answer says it is the connection's last.
+        let keep_alive = head.keep_alive() && !service.draining.is_fired();
         let (path, query) = head.path_and_query();
         if head.method == Method::POST {
             if let Route::Upstream(path) = Route::of(path) {
@@ -417,15 +418,24 @@ impl Conn {
                 } else {
                     Bytes::new()
                 };
-                self.write_whole(out, &body, keep_alive).await
+                self.write_whole(out, &body, keep_alive, http10).await
             }
             AnswerBody::Stream(tee) => self.write_stream(out, tee, keep_alive, http10).await,
         }
     }
 
-    async fn write_whole(&mut self, mut out: BytesMut, body: &[u8], keep_alive: bool) -> Next {
+    async fn write_whole(
+        &mut self,
+        mut out: BytesMut,
+        body: &[u8],
+        keep_alive: bool,
+        http10: bool,
+    ) -> Next {
         if !keep_alive {
             write_field(&mut out, b"connection", b"close");
+        } else if http10 {
+            // An HTTP/1.0 client closes unless told the connection stays.
+            write_field(&mut out, b"connection", b"keep-alive");
         }
         out.extend_from_slice(b"\r\n");
         match write_all(&self.io, &out, body).await {
@@ -535,7 +545,7 @@ impl Conn {
             write_length(&mut out, usize::try_from(size).unwrap_or(usize::MAX));
         }
         if !sends_body {
-            return self.write_whole(out, &[], keep_alive).await;
+            return self.write_whole(out, &[], keep_alive, http10).await;
         }
         if exact.is_some() {
             // A whole body: gathered and written with the head.
@@ -543,7 +553,7 @@ impl Conn {
                 Ok(collected) => collected.to_bytes(),
                 Err(_) => return Next::Gone,
             };
-            return self.write_whole(out, &collected, keep_alive).await;
+            return self.write_whole(out, &collected, keep_alive, http10).await;
         }
         let chunked = !http10;
         let keep_alive = keep_alive && chunked;
