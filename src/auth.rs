@@ -92,14 +92,9 @@ pub fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http1::fields::FieldsBuilder;
 
     fn fields(pairs: &[(&str, &str)]) -> Fields {
-        let mut b = FieldsBuilder::with_capacity(pairs.len(), 64);
-        for (n, v) in pairs {
-            b.push(n.as_bytes(), v.as_bytes());
-        }
-        b.finish()
+        Fields::from_pairs(pairs)
     }
 
     #[test]

@@ -97,6 +97,16 @@ impl Fields {
         map
     }
 
+    /// Fields from `(name, value)` pairs (for tests).
+    #[cfg(test)]
+    pub(crate) fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        let mut builder = FieldsBuilder::with_capacity(pairs.len(), 64);
+        for (name, value) in pairs {
+            builder.push(name.as_bytes(), value.as_bytes());
+        }
+        builder.finish()
+    }
+
     fn slice(&self, range: Range<u32>) -> &[u8] {
         &self.head[range.start as usize..range.end as usize]
     }

@@ -391,15 +391,10 @@ pub fn encode_chunk(out: &mut BytesMut, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http1::fields::FieldsBuilder;
     use proptest::prelude::*;
 
     fn fields(pairs: &[(&str, &str)]) -> Fields {
-        let mut b = FieldsBuilder::with_capacity(pairs.len(), 64);
-        for (n, v) in pairs {
-            b.push(n.as_bytes(), v.as_bytes());
-        }
-        b.finish()
+        Fields::from_pairs(pairs)
     }
 
     /// Decodes all of `wire` fed in pieces of `step` bytes; the body and what was left over.

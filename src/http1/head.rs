@@ -111,6 +111,17 @@ fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
     CRLF_END.find(region).is_some() || LF_END.find(region).is_some()
 }
 
+/// Whether `buf` holds a whole head; an error once an incomplete one is over the limit.
+fn head_complete_within_limit(buf: &[u8], scanned: &mut usize) -> Result<bool, HeadError> {
+    if head_complete(buf, scanned) {
+        Ok(true)
+    } else if buf.len() > MAX_HEAD_BYTES {
+        Err(HeadError::TooLarge)
+    } else {
+        Ok(false)
+    }
+}
+
 /// The request head at the start of `buf`, split off it; `None` while it is incomplete.
 /// `first` is the connection's first request (the only place HTTP/2's preface may be).
 pub fn parse_request(
@@ -121,12 +132,8 @@ pub fn parse_request(
     if first && buf.starts_with(b"PRI * HTTP/2.0") {
         return Err(HeadError::Http2Preface);
     }
-    if !head_complete(buf, scanned) {
-        return if buf.len() > MAX_HEAD_BYTES {
-            Err(HeadError::TooLarge)
-        } else {
-            Ok(None)
-        };
+    if !head_complete_within_limit(buf, scanned)? {
+        return Ok(None);
     }
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut request = httparse::Request::new(&mut []);
@@ -170,12 +177,8 @@ pub fn parse_response(
     buf: &mut BytesMut,
     scanned: &mut usize,
 ) -> Result<Option<ResponseHead>, HeadError> {
-    if !head_complete(buf, scanned) {
-        return if buf.len() > MAX_HEAD_BYTES {
-            Err(HeadError::TooLarge)
-        } else {
-            Ok(None)
-        };
+    if !head_complete_within_limit(buf, scanned)? {
+        return Ok(None);
     }
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut response = httparse::Response::new(&mut []);

@@ -455,15 +455,7 @@ impl Conn {
         keep_alive: bool,
         http10: bool,
     ) -> Next {
-        let chunked = !http10;
-        let keep_alive = keep_alive && chunked;
-        if chunked {
-            write_field(&mut out, b"transfer-encoding", b"chunked");
-        }
-        if !keep_alive {
-            write_field(&mut out, b"connection", b"close");
-        }
-        out.extend_from_slice(b"\r\n");
+        let (chunked, keep_alive) = end_head_of_streamed_body(&mut out, keep_alive, http10);
         // An item the wait below took from the tee, to be written with whatever follows it.
         let mut taken: Option<Option<io::Result<Bytes>>> = None;
         loop {
@@ -480,24 +472,14 @@ impl Conn {
                     },
                 };
                 match item {
-                    Some(Ok(data)) if chunked => encode_chunk(&mut out, &data),
-                    Some(Ok(data)) => out.extend_from_slice(&data),
+                    Some(Ok(data)) => push_body_data(&mut out, &data, chunked),
                     // A stream that is not SSE failed: the body is cut short, so the client
                     // sees an incomplete answer rather than a complete wrong one.
                     Some(Err(_)) => {
                         let _ = write_all(&self.io, &out, &[]).await;
                         return Next::Gone;
                     }
-                    None => {
-                        if chunked {
-                            out.extend_from_slice(LAST_CHUNK);
-                        }
-                        return match write_all(&self.io, &out, &[]).await {
-                            Err(_) => Next::Gone,
-                            Ok(()) if keep_alive => Next::KeepAlive,
-                            Ok(()) => Next::Close,
-                        };
-                    }
+                    None => return self.end_streamed_body(out, chunked, keep_alive).await,
                 }
             }
             if !out.is_empty() {
@@ -555,32 +537,30 @@ impl Conn {
             };
             return self.write_whole(out, &collected, keep_alive, http10).await;
         }
-        let chunked = !http10;
-        let keep_alive = keep_alive && chunked;
-        if chunked {
-            write_field(&mut out, b"transfer-encoding", b"chunked");
-        }
-        if !keep_alive {
-            write_field(&mut out, b"connection", b"close");
-        }
-        out.extend_from_slice(b"\r\n");
+        let (chunked, keep_alive) = end_head_of_streamed_body(&mut out, keep_alive, http10);
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
                 let _ = write_all(&self.io, &out, &[]).await;
                 return Next::Gone;
             };
             if let Ok(data) = frame.into_data() {
-                if chunked {
-                    encode_chunk(&mut out, &data);
-                } else {
-                    out.extend_from_slice(&data);
-                }
+                push_body_data(&mut out, &data, chunked);
                 if write_all(&self.io, &out, &[]).await.is_err() {
                     return Next::Gone;
                 }
                 out.clear();
             }
         }
+        self.end_streamed_body(out, chunked, keep_alive).await
+    }
+
+    /// Writes what `out` holds and the body's end (the last chunk, when chunked).
+    async fn end_streamed_body(
+        &mut self,
+        mut out: BytesMut,
+        chunked: bool,
+        keep_alive: bool,
+    ) -> Next {
         if chunked {
             out.extend_from_slice(LAST_CHUNK);
         }
@@ -633,6 +613,30 @@ impl Conn {
         }
         connection.as_mut().graceful_shutdown();
         let _ = connection.await;
+    }
+}
+
+/// Ends the head of an answer whose body goes out as it comes: chunked to an HTTP/1.1
+/// client, delimited by the connection's close for HTTP/1.0. Returns (chunked, keep alive).
+fn end_head_of_streamed_body(out: &mut BytesMut, keep_alive: bool, http10: bool) -> (bool, bool) {
+    let chunked = !http10;
+    let keep_alive = keep_alive && chunked;
+    if chunked {
+        write_field(out, b"transfer-encoding", b"chunked");
+    }
+    if !keep_alive {
+        write_field(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    (chunked, keep_alive)
+}
+
+/// Appends body bytes to `out`, as one chunk when `chunked`.
+fn push_body_data(out: &mut BytesMut, data: &[u8], chunked: bool) {
+    if chunked {
+        encode_chunk(out, data);
+    } else {
+        out.extend_from_slice(data);
     }
 }
 

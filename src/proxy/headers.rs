@@ -226,7 +226,6 @@ impl FieldSource for AnswerFields {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::http1::fields::FieldsBuilder;
     use crate::routing::{Lookup, resolve};
 
     fn config() -> Config {
@@ -238,11 +237,7 @@ mod tests {
     }
 
     fn fields(pairs: &[(&str, &str)]) -> Fields {
-        let mut b = FieldsBuilder::with_capacity(pairs.len(), 256);
-        for (n, v) in pairs {
-            b.push(n.as_bytes(), v.as_bytes());
-        }
-        b.finish()
+        Fields::from_pairs(pairs)
     }
 
     fn client_fields() -> Fields {
