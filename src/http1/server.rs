@@ -57,6 +57,10 @@ const KEEP_PIPELINED: usize = 64 * 1024;
 /// default too).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a request body may go without sending a byte (nginx's `client_body_timeout`).
+/// A body that arrived with its head, the usual case, never waits on it.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long and how much a connection that is closing reads (and drops) of what the
 /// client still sends, so the client reads the answer instead of a reset.
 const LINGER_FOR: Duration = Duration::from_secs(2);
@@ -310,9 +314,11 @@ impl Conn {
                     let expect = decoder
                         .remaining()
                         .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
-                    match read_some(&mut self.io, &mut self.buf, expect).await {
-                        Ok(0) | Err(_) => return Err(BodyFailure::Gone),
-                        Ok(_) => {}
+                    let read = read_some(&mut self.io, &mut self.buf, expect);
+                    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        // Closed, failed, or silent for too long.
+                        _ => return Err(BodyFailure::Gone),
                     }
                 }
                 Err(error) => return Err(BodyFailure::Framing(error)),
