@@ -77,6 +77,13 @@ pub struct Stopped {
     registered: Option<Waker>,
 }
 
+impl Stopped {
+    /// Whether the stop came (without registering anything).
+    pub fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+}
+
 impl Future for Stopped {
     type Output = ();
 

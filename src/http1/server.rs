@@ -177,8 +177,7 @@ impl Conn {
                 return Next::Close;
             }
         };
-        // Once shutdown began, every answer says it is the connection's last.
-        let keep_alive = head.keep_alive() && !service.draining.is_fired();
+        let keep_alive = head.keep_alive();
         let (path, query) = head.path_and_query();
         if head.method == Method::POST {
             if let Route::Upstream(path) = Route::of(path) {
@@ -405,6 +404,8 @@ impl Conn {
     /// Writes a proxied request's answer: head and body in one write, or a stream event by
     /// event as the upstream sends them.
     async fn write_answer(&mut self, answer: Answer, keep_alive: bool, http10: bool) -> Next {
+        // Once shutdown began, every answer says it is the connection's last.
+        let keep_alive = keep_alive && !self.draining.is_fired();
         let mut out = BytesMut::with_capacity(1024);
         write_status_line(&mut out, answer.status);
         let mut dated = false;
@@ -511,6 +512,7 @@ impl Conn {
         http10: bool,
         is_head: bool,
     ) -> Next {
+        let keep_alive = keep_alive && !self.draining.is_fired();
         let (parts, mut body) = response.into_parts();
         let mut out = BytesMut::with_capacity(512);
         write_status_line(&mut out, parts.status);

@@ -590,3 +590,38 @@ async fn garbage_never_stops_the_router() {
     assert!(upstream.count() >= 1);
     router.stop().await;
 }
+
+/// Shutdown closes a keep-alive connection that waits for its next request at once (it does
+/// not wait out the grace period), and one that is mid-answer after that answer, marked as
+/// the connection's last.
+#[tokio::test]
+async fn shutdown_closes_idle_connections_at_once_and_busy_ones_after_their_answer() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let mut idle = Raw::connect(router.addr).await;
+    idle.send(post("/v1/chat/completions", CHAT, "").as_bytes())
+        .await;
+    assert_eq!(idle.answer().await.status, 200);
+    // Long enough that shutdown has begun when this answer is written.
+    upstream.set(Behavior {
+        delay: Duration::from_secs(2),
+        ..Default::default()
+    });
+    let mut busy = Raw::connect(router.addr).await;
+    busy.send(post("/v1/chat/completions", CHAT, "").as_bytes())
+        .await;
+    crate::support::wait_until(Duration::from_secs(10), || upstream.count() == 2).await;
+    let stopping = tokio::spawn(router.stop());
+    // The test router's grace period is 5 s; the idle connection must not wait for it.
+    let closed = tokio::time::timeout(Duration::from_secs(4), idle.closed()).await;
+    assert_eq!(
+        closed.ok(),
+        Some(true),
+        "the idle connection was not closed"
+    );
+    let last = busy.answer().await;
+    assert_eq!(last.status, 200);
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(busy.closed().await);
+    stopping.await.expect("stopped");
+}
