@@ -17,6 +17,11 @@ use crate::upstream::{ClientError, UpstreamClient};
 
 /// How long the upstream may take to accept a TCP (and TLS) connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The rest of a request head must arrive within this of its first bytes (hyper's default).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request body may not pause longer than this between reads (nginx's
+/// `client_body_timeout`). A body that arrived with its head never waits on it.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// A comment goes to a streaming client after this much upstream silence.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -32,6 +37,10 @@ pub struct AppState {
     pub keys: Option<Arc<dyn KeyIndex>>,
     pub models: ModelCatalog,
     pub keepalive_interval: Duration,
+    /// How long the rest of a request head may take once its first bytes arrived.
+    pub head_timeout: Duration,
+    /// How long a request body may pause between two reads.
+    pub body_read_timeout: Duration,
     /// Fired when shutdown's grace period is over: running requests and streams end at once.
     pub hard_stop: HardStop,
     /// The config's secrets (api keys, credential headers): removed from upstream error
@@ -55,6 +64,8 @@ impl AppState {
             keys: None,
             models: ModelCatalog::default(),
             keepalive_interval: KEEPALIVE_INTERVAL,
+            head_timeout: HEAD_TIMEOUT,
+            body_read_timeout: BODY_READ_TIMEOUT,
             hard_stop: HardStop::new(),
         })
     }

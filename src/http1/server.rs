@@ -53,14 +53,6 @@ pub struct Service {
 /// Bytes of a pipelined next request kept while an answer is still being made.
 const KEEP_PIPELINED: usize = 64 * 1024;
 
-/// How long the rest of a request head may take once its first bytes arrived (hyper's
-/// default too).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long a request body may go without sending a byte (nginx's `client_body_timeout`).
-/// A body that arrived with its head, the usual case, never waits on it.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// How long and how much a connection that is closing reads (and drops) of what the
 /// client still sends, so the client reads the answer instead of a reset.
 const LINGER_FOR: Duration = Duration::from_secs(2);
@@ -73,6 +65,8 @@ pub async fn serve_connection(io: TcpStream, service: Arc<Service>) {
         buf: BytesMut::new(),
         draining: service.draining.stopped(),
         hard_stop: service.state.hard_stop.stopped(),
+        head_timeout: service.state.head_timeout,
+        body_read_timeout: service.state.body_read_timeout,
         served: 0,
     };
     loop {
@@ -116,6 +110,9 @@ struct Conn {
     draining: Stopped,
     /// Shutdown's hard stop, for every request this connection carries.
     hard_stop: Stopped,
+    /// See `AppState::head_timeout` and `AppState::body_read_timeout`.
+    head_timeout: Duration,
+    body_read_timeout: Duration,
     served: u64,
 }
 
@@ -135,7 +132,7 @@ impl Conn {
     /// began while it was idle.
     async fn next_head(&mut self) -> Result<Option<RequestHead>, HeadError> {
         let mut scanned = 0;
-        // Set once part of a head is here: the rest must follow within HEAD_TIMEOUT.
+        // Set once part of a head is here: the rest must follow within the head timeout.
         let mut deadline = None;
         loop {
             if !self.buf.is_empty() {
@@ -150,7 +147,7 @@ impl Conn {
                     () = &mut self.draining => return Ok(None),
                 }
             } else {
-                let deadline = *deadline.get_or_insert_with(|| Instant::now() + HEAD_TIMEOUT);
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.head_timeout);
                 match tokio::time::timeout_at(deadline, read_some(&mut self.io, &mut self.buf, 0))
                     .await
                 {
@@ -314,7 +311,7 @@ impl Conn {
                         .remaining()
                         .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
                     let read = read_some(&mut self.io, &mut self.buf, expect);
-                    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+                    match tokio::time::timeout(self.body_read_timeout, read).await {
                         Ok(Ok(n)) if n > 0 => {}
                         // Closed, failed, or silent for too long.
                         _ => return Err(BodyFailure::Gone),

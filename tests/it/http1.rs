@@ -625,3 +625,38 @@ async fn shutdown_closes_idle_connections_at_once_and_busy_ones_after_their_answ
     assert!(busy.closed().await);
     stopping.await.expect("stopped");
 }
+
+/// Half a head, or a body that stops halfway, closes the connection once its timeout is
+/// over; a connection that simply waits for its next request is not cut by either.
+#[tokio::test]
+async fn a_stalled_head_or_body_closes_its_connection_an_idle_one_stays() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start_with(&one_server_config(&upstream.url(), ""), |state| {
+        state.head_timeout = Duration::from_millis(200);
+        state.body_read_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut idle = Raw::connect(router.addr).await;
+    idle.send(post("/v1/chat/completions", CHAT, "").as_bytes())
+        .await;
+    assert_eq!(idle.answer().await.status, 200);
+
+    let mut half_head = Raw::connect(router.addr).await;
+    half_head
+        .send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\n")
+        .await;
+    assert!(half_head.closed().await, "a stalled head must close");
+
+    let mut half_body = Raw::connect(router.addr).await;
+    half_body
+        .send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nContent-Length: 100\r\n\r\n{\"model\":")
+        .await;
+    assert!(half_body.closed().await, "a stalled body must close");
+    assert_eq!(upstream.count(), 1, "neither reached the upstream");
+
+    // Both timeouts are long over; the idle connection still carries a request.
+    idle.send(post("/v1/chat/completions", CHAT, "").as_bytes())
+        .await;
+    assert_eq!(idle.answer().await.status, 200);
+    router.stop().await;
+}
