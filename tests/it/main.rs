@@ -12,4 +12,5 @@ mod models;
 mod openai_sdk;
 mod streaming;
 mod telemetry;
+mod upstream_tls;
 mod users;

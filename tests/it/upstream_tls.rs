@@ -1,0 +1,186 @@
+//! A TLS upstream, as every cloud provider is: the real binary reaches it over HTTPS,
+//! trusting it through the system's store (here a test CA named by `SSL_CERT_FILE`, which
+//! the router reads as the system's), speaking HTTP/2 when the upstream offers it and
+//! HTTP/1.1 when not, for whole answers and streams.
+//!
+//! The certificate in `tests/fixtures/tls/` is for `localhost` and 127.0.0.1, signed by a
+//! CA made for these tests alone (its key was thrown away); both are valid for 100 years.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::json;
+
+use crate::support::RouterProcess;
+use crate::support::upstream::{chat_completion, content_chunk};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+}
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    version: http::Version,
+    authorization: Option<String>,
+    body: serde_json::Value,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// An HTTPS upstream on 127.0.0.1 offering `alpn` ("h2", "http/1.1"): a chat completion, or
+/// three SSE events and `[DONE]` when the request streams.
+async fn start_tls_upstream(alpn: &[&[u8]]) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    let certs = CertificateDer::pem_file_iter(fixture("upstream.pem"))
+        .expect("certificate file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificate");
+    let key = PrivateKeyDer::from_pem_file(fixture("upstream.key")).expect("key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, log) = (acceptor.clone(), log.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(move |request| answer(request, log.clone()));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    log: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<Body>, Infallible> {
+    let version = request.version();
+    let authorization = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let streams = body["stream"] == json!(true);
+    log.lock().expect("lock").push(Seen {
+        version,
+        authorization,
+        body,
+    });
+    let response = if streams {
+        let events: Vec<Result<Frame<Bytes>, Infallible>> = (0..3)
+            .map(|i| content_chunk("tls-model", i, 3))
+            .chain(["data: [DONE]\n\n".to_owned()])
+            .map(|event| Ok(Frame::data(Bytes::from(event))))
+            .collect();
+        let mut response =
+            Response::new(StreamBody::new(futures_util::stream::iter(events)).boxed());
+        response.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        response
+    } else {
+        let mut response =
+            Response::new(Full::new(Bytes::from(chat_completion("tls-model"))).boxed());
+        response.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
+        response
+    };
+    Ok(response)
+}
+
+async fn through_the_router(alpn: &[&[u8]], expect: http::Version) {
+    let (addr, seen) = start_tls_upstream(alpn).await;
+    let config = format!(
+        "servers:\n  secure:\n    url: \"https://localhost:{}/v1\"\n    api_key: \"sk-tls-upstream-key\"\n",
+        addr.port()
+    );
+    let ca = fixture("ca.pem");
+    let router = RouterProcess::start(
+        Some(&config),
+        &[
+            ("SSL_CERT_FILE", ca.to_str().expect("utf-8 path")),
+            ("LLMSROUTER_LEDGER", "false"),
+            ("LLMSROUTER_LOG_FILE", ""),
+        ],
+    );
+    let whole = router
+        .chat(&json!({"model": "[secure]gpt-x", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(whole.status(), 200);
+    assert_eq!(
+        whole.text().await.expect("body"),
+        chat_completion("tls-model")
+    );
+    let streamed = router
+        .chat(&json!({"model": "[secure]gpt-x", "stream": true, "messages": []}))
+        .await;
+    assert_eq!(streamed.status(), 200);
+    let text = streamed.text().await.expect("stream");
+    let expected: String = (0..3)
+        .map(|i| content_chunk("tls-model", i, 3))
+        .chain(["data: [DONE]\n\n".to_owned()])
+        .collect();
+    assert_eq!(text, expected);
+
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for request in &seen {
+        assert_eq!(request.version, expect, "{request:?}");
+        assert_eq!(
+            request.authorization.as_deref(),
+            Some("Bearer sk-tls-upstream-key")
+        );
+        assert_eq!(request.body["model"], "gpt-x");
+    }
+    assert_eq!(seen[1].body["stream_options"]["include_usage"], true);
+}
+
+#[tokio::test]
+async fn a_tls_upstream_offering_http2_is_reached_over_http2() {
+    through_the_router(&[b"h2", b"http/1.1"], http::Version::HTTP_2).await;
+}
+
+#[tokio::test]
+async fn a_tls_upstream_offering_only_http1_is_reached_over_http1() {
+    through_the_router(&[b"http/1.1"], http::Version::HTTP_11).await;
+}
