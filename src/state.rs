@@ -22,6 +22,11 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// A request body may not pause longer than this between reads (nginx's
 /// `client_body_timeout`). A body that arrived with its head never waits on it.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// A client connection waiting for its next request is closed after this long (nginx's
+/// `keepalive_timeout`). Longer than the clients' own idle limits (httpx 5 s, Node's undici
+/// 4 s), so a client never sends a request on a connection the router is closing; short
+/// enough that clients which never close theirs do not pile up open sockets.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// A comment goes to a streaming client after this much upstream silence.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -41,6 +46,8 @@ pub struct AppState {
     pub head_timeout: Duration,
     /// How long a request body may pause between two reads.
     pub body_read_timeout: Duration,
+    /// How long a client connection may wait for its next request.
+    pub idle_timeout: Duration,
     /// Fired when shutdown's grace period is over: running requests and streams end at once.
     pub hard_stop: HardStop,
     /// The config's secrets (api keys, credential headers): removed from upstream error
@@ -66,6 +73,7 @@ impl AppState {
             keepalive_interval: KEEPALIVE_INTERVAL,
             head_timeout: HEAD_TIMEOUT,
             body_read_timeout: BODY_READ_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
             hard_stop: HardStop::new(),
         })
     }

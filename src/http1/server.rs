@@ -67,6 +67,7 @@ pub async fn serve_connection(io: TcpStream, service: Arc<Service>) {
         hard_stop: service.state.hard_stop.stopped(),
         head_timeout: service.state.head_timeout,
         body_read_timeout: service.state.body_read_timeout,
+        idle: IdleTimer::new(service.state.idle_timeout),
         served: 0,
     };
     loop {
@@ -113,7 +114,47 @@ struct Conn {
     /// See `AppState::head_timeout` and `AppState::body_read_timeout`.
     head_timeout: Duration,
     body_read_timeout: Duration,
+    idle: IdleTimer,
     served: u64,
+}
+
+/// Closes a connection that waits too long for its next request (`AppState::idle_timeout`).
+///
+/// Its timer is set once and left running: each wait only notes when it began, and a timer
+/// that fires early is moved to the newest wait's end. A timer set and cancelled on every
+/// request instead would cost each request two trips into tokio's timer wheel.
+struct IdleTimer {
+    limit: Duration,
+    since: Instant,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimer {
+    fn new(limit: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            limit,
+            since: now,
+            timer: Box::pin(tokio::time::sleep_until(now + limit)),
+        }
+    }
+
+    /// The connection is idle from now on.
+    fn start(&mut self) {
+        self.since = Instant::now();
+    }
+
+    /// Completes when the wait that began at the last [`Self::start`] has lasted the limit.
+    async fn expired(&mut self) {
+        loop {
+            self.timer.as_mut().await;
+            let due = self.since + self.limit;
+            if Instant::now() >= due {
+                return;
+            }
+            self.timer.as_mut().reset(due);
+        }
+    }
 }
 
 /// How reading a request's body failed.
@@ -128,8 +169,8 @@ enum BodyFailure {
 }
 
 impl Conn {
-    /// The next request head; `None` when the client closed the connection, or shutdown
-    /// began while it was idle.
+    /// The next request head; `None` when the client closed the connection, it stayed idle
+    /// past the idle timeout, or shutdown began while it was idle.
     async fn next_head(&mut self) -> Result<Option<RequestHead>, HeadError> {
         let mut scanned = 0;
         // Set once part of a head is here: the rest must follow within the head timeout.
@@ -141,10 +182,13 @@ impl Conn {
                 }
             }
             let read = if self.buf.is_empty() {
+                self.idle.start();
                 tokio::select! {
                     biased;
                     read = read_some(&mut self.io, &mut self.buf, 0) => read,
                     () = &mut self.draining => return Ok(None),
+                    // Nothing asked for this long: the client has forgotten the connection.
+                    () = self.idle.expired() => return Ok(None),
                 }
             } else {
                 let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.head_timeout);

@@ -629,6 +629,42 @@ async fn shutdown_closes_idle_connections_at_once_and_busy_ones_after_their_answ
 /// Half a head, or a body that stops halfway, closes the connection once its timeout is
 /// over; a connection that simply waits for its next request is not cut by either.
 #[tokio::test]
+async fn a_connection_idle_past_the_idle_timeout_is_closed_a_busy_one_is_not() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let idle_timeout = Duration::from_millis(300);
+    let router = TestRouter::start_with(&one_server_config(&upstream.url(), ""), |state| {
+        state.idle_timeout = idle_timeout;
+    })
+    .await;
+    let mut silent = Raw::connect(router.addr).await;
+    let mut served_once = Raw::connect(router.addr).await;
+    let mut busy = Raw::connect(router.addr).await;
+    served_once
+        .send(post("/v1/chat/completions", CHAT, "").as_bytes())
+        .await;
+    assert_eq!(served_once.answer().await.status, 200);
+
+    // Requests one after another for three idle timeouts: the timer set when the connection
+    // opened must not close it, since it was never idle that long.
+    let began = std::time::Instant::now();
+    let mut sent = 0;
+    while began.elapsed() < idle_timeout * 3 {
+        busy.send(post("/v1/chat/completions", CHAT, "").as_bytes())
+            .await;
+        assert_eq!(busy.answer().await.status, 200, "request {sent}");
+        sent += 1;
+    }
+
+    assert!(silent.closed().await, "a connection that never sent a byte");
+    assert!(
+        served_once.closed().await,
+        "a connection idle after its answer"
+    );
+    assert_eq!(upstream.count(), 1 + sent);
+    router.stop().await;
+}
+
+#[tokio::test]
 async fn a_stalled_head_or_body_closes_its_connection_an_idle_one_stays() {
     let upstream = MockUpstream::start(Behavior::default()).await;
     let router = TestRouter::start_with(&one_server_config(&upstream.url(), ""), |state| {
