@@ -15,6 +15,8 @@ pub mod hard_stop;
 pub mod http1;
 pub mod lanes;
 pub mod models;
+#[cfg(unix)]
+pub mod open_files;
 pub mod proxy;
 pub mod record;
 pub mod routing;

@@ -110,6 +110,9 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("{warning}");
     }
     let config = load_config(&cli.config)?;
+    // Each connection and each upstream connection is a file: see `open_files`.
+    #[cfg(unix)]
+    llmsrouter::open_files::raise_and_report();
     // Requests are served on lanes (one thread and runtime per core, see `lanes`); this
     // runtime only accepts connections and runs background work: the recorder, exports,
     // model list and user refreshes.

@@ -5,6 +5,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::json;
 
+use crate::http1::{CHAT, Raw, post};
 use crate::support::upstream::{Behavior, MockUpstream, expected_stream};
 use crate::support::{RouterProcess, client, one_server_config, run_cli};
 
@@ -238,4 +239,69 @@ async fn providers_are_reached_through_the_proxy_the_environment_names() {
         Some("provider.invalid"),
         "the proxy was asked for the provider"
     );
+}
+
+/// The soft limit on open files, from `/proc/<pid>/limits`.
+fn soft_open_files(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let soft = line["Max open files".len()..]
+        .split_whitespace()
+        .next()
+        .expect("soft limit");
+    soft.parse().unwrap_or(u64::MAX)
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_low_open_files_limit_is_raised_so_connections_past_it_are_served() {
+    const SOFT: u64 = 64;
+    const CONNECTIONS: usize = 150;
+    let hard = {
+        let limits = std::fs::read_to_string("/proc/self/limits").expect("limits");
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("line")
+            .to_owned();
+        line.split_whitespace()
+            .nth(4)
+            .and_then(|h| h.parse::<u64>().ok())
+            .unwrap_or(u64::MAX)
+    };
+    assert!(
+        hard >= 4 * CONNECTIONS as u64,
+        "this test needs a hard limit on open files of at least {}",
+        4 * CONNECTIONS
+    );
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router =
+        RouterProcess::start_with_open_files(&one_server_config(&upstream.url(), ""), &[], SOFT);
+    assert!(
+        soft_open_files(router.child.id()) > SOFT,
+        "the soft limit stayed at {SOFT}; stderr: {}",
+        router.stderr()
+    );
+    assert!(
+        router
+            .stderr()
+            .contains(&format!("open files limit raised from {SOFT}")),
+        "{}",
+        router.stderr()
+    );
+
+    // Every connection stays open: far more of them than the old limit allows.
+    let mut connections = Vec::with_capacity(CONNECTIONS);
+    for i in 0..CONNECTIONS {
+        let mut connection = Raw::connect(router.addr).await;
+        connection
+            .send(post("/v1/chat/completions", CHAT, "").as_bytes())
+            .await;
+        assert_eq!(connection.answer().await.status, 200, "connection {i}");
+        connections.push(connection);
+    }
+    assert_eq!(upstream.count(), CONNECTIONS);
 }

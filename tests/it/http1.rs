@@ -14,8 +14,8 @@ use crate::support::{TestRouter, one_server_config};
 
 /// One answer as it came off the wire.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     /// Names lower-cased, in order.
     headers: Vec<(String, String)>,
     body: Vec<u8>,
@@ -40,20 +40,20 @@ impl Answer {
 
 /// A raw client connection that reads answers with its own small HTTP/1 reader (not the
 /// router's), so a framing mistake on either side cannot hide the other's.
-struct Raw {
+pub(crate) struct Raw {
     stream: TcpStream,
     buf: Vec<u8>,
 }
 
 impl Raw {
-    async fn connect(addr: SocketAddr) -> Self {
+    pub(crate) async fn connect(addr: SocketAddr) -> Self {
         Self {
             stream: TcpStream::connect(addr).await.expect("connect"),
             buf: Vec::new(),
         }
     }
 
-    async fn send(&mut self, bytes: &[u8]) {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
     }
 
@@ -87,7 +87,7 @@ impl Raw {
     }
 
     /// The next answer, skipping none: a `100 Continue` is returned like any other.
-    async fn answer(&mut self) -> Answer {
+    pub(crate) async fn answer(&mut self) -> Answer {
         let status_line = self.take_line().await;
         let status: u16 = status_line
             .split(' ')
@@ -138,14 +138,15 @@ impl Raw {
     }
 }
 
-fn post(path: &str, body: &str, extra: &str) -> String {
+pub(crate) fn post(path: &str, body: &str, extra: &str) -> String {
     format!(
         "POST {path} HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
         body.len()
     )
 }
 
-const CHAT: &str = r#"{"model":"[mock]gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+pub(crate) const CHAT: &str =
+    r#"{"model":"[mock]gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
 
 async fn setup() -> (MockUpstream, TestRouter) {
     let upstream = MockUpstream::start(Behavior::default()).await;

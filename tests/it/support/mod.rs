@@ -225,7 +225,33 @@ impl RouterProcess {
     }
 
     pub fn start_in(dir: tempfile::TempDir, envs: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(binary());
+        Self::spawn(dir, envs, None)
+    }
+
+    /// [`Self::start`] with the soft limit on open files lowered to `soft_limit` first (by
+    /// the shell that then becomes the router), as a login shell or systemd would start it.
+    pub fn start_with_open_files(
+        config_yaml: &str,
+        envs: &[(&str, &str)],
+        soft_limit: u64,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("config.yaml"), config_yaml).expect("write config");
+        Self::spawn(dir, envs, Some(soft_limit))
+    }
+
+    fn spawn(dir: tempfile::TempDir, envs: &[(&str, &str)], soft_open_files: Option<u64>) -> Self {
+        let mut command = match soft_open_files {
+            None => Command::new(binary()),
+            Some(limit) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -Sn {limit} && exec \"$0\" \"$@\""))
+                    .arg(binary());
+                shell
+            }
+        };
         isolate_env(&mut command);
         command
             .args(["serve", "--host", "127.0.0.1", "--port", "0"])
