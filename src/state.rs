@@ -22,6 +22,9 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// A request body may not pause longer than this between reads (nginx's
 /// `client_body_timeout`). A body that arrived with its head never waits on it.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// A write to a client (or an upstream) that takes nothing for this long fails, and the
+/// connection is closed (nginx's `send_timeout`).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// A client connection waiting for its next request is closed after this long (nginx's
 /// `keepalive_timeout`). Longer than the clients' own idle limits (httpx 5 s, Node's undici
 /// 4 s), so a client never sends a request on a connection the router is closing; short
@@ -48,6 +51,8 @@ pub struct AppState {
     pub body_read_timeout: Duration,
     /// How long a client connection may wait for its next request.
     pub idle_timeout: Duration,
+    /// How long a write to a client may wait for it to take anything.
+    pub send_timeout: Duration,
     /// Fired when shutdown's grace period is over: running requests and streams end at once.
     pub hard_stop: HardStop,
     /// The config's secrets (api keys, credential headers): removed from upstream error
@@ -74,6 +79,7 @@ impl AppState {
             head_timeout: HEAD_TIMEOUT,
             body_read_timeout: BODY_READ_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
+            send_timeout: SEND_TIMEOUT,
             hard_stop: HardStop::new(),
         })
     }

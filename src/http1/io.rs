@@ -5,6 +5,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
@@ -56,8 +57,16 @@ pub struct WriteFailure {
 }
 
 /// Writes `first` then `second` (either may be empty), in one system call when the kernel
-/// takes them at once.
-pub async fn write_all(io: &TcpStream, first: &[u8], second: &[u8]) -> Result<(), WriteFailure> {
+/// takes them at once. Fails with `TimedOut` when the peer takes nothing for `stall`: a
+/// client that stopped reading (a laptop gone to sleep mid-stream leaves no FIN behind)
+/// would otherwise hold the connection, and a stream's upstream, until TCP gives up on it
+/// a quarter of an hour later.
+pub async fn write_all(
+    io: &TcpStream,
+    first: &[u8],
+    second: &[u8],
+    stall: Duration,
+) -> Result<(), WriteFailure> {
     let total = first.len() + second.len();
     let mut written = 0;
     while written < total {
@@ -76,8 +85,16 @@ pub async fn write_all(io: &TcpStream, first: &[u8], second: &[u8]) -> Result<()
             }
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if let Err(error) = io.writable().await {
-                    return Err(WriteFailure { written, error });
+                match tokio::time::timeout(stall, io.writable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => return Err(WriteFailure { written, error }),
+                    Err(_) => {
+                        let error = io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("the peer took nothing for {} s", stall.as_secs()),
+                        );
+                        return Err(WriteFailure { written, error });
+                    }
                 }
             }
             Err(error) => return Err(WriteFailure { written, error }),
@@ -125,7 +142,9 @@ mod tests {
             b.read_to_end(&mut got).await.expect("read");
             got
         });
-        write_all(&a, &first, &second).await.expect("written");
+        write_all(&a, &first, &second, Duration::from_secs(10))
+            .await
+            .expect("written");
         drop(a);
         let got = reader.await.expect("reader");
         assert_eq!(got.len(), 4 << 20);

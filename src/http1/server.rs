@@ -68,6 +68,7 @@ pub async fn serve_connection(io: TcpStream, service: Arc<Service>) {
         head_timeout: service.state.head_timeout,
         body_read_timeout: service.state.body_read_timeout,
         idle: IdleTimer::new(service.state.idle_timeout),
+        send_timeout: service.state.send_timeout,
         served: 0,
     };
     loop {
@@ -115,6 +116,8 @@ struct Conn {
     head_timeout: Duration,
     body_read_timeout: Duration,
     idle: IdleTimer,
+    /// See `AppState::send_timeout`.
+    send_timeout: Duration,
     served: u64,
 }
 
@@ -332,7 +335,10 @@ impl Conn {
         }
         if head.expects_continue() && self.buf.is_empty() && !head.http10 {
             let go_ahead = b"HTTP/1.1 100 Continue\r\n\r\n";
-            if write_all(&self.io, go_ahead, &[]).await.is_err() {
+            if write_all(&self.io, go_ahead, &[], self.send_timeout)
+                .await
+                .is_err()
+            {
                 return Err(BodyFailure::Gone);
             }
         }
@@ -486,7 +492,7 @@ impl Conn {
             write_field(&mut out, b"connection", b"keep-alive");
         }
         out.extend_from_slice(b"\r\n");
-        match write_all(&self.io, &out, body).await {
+        match write_all(&self.io, &out, body, self.send_timeout).await {
             Err(_) => Next::Gone,
             Ok(()) if keep_alive => Next::KeepAlive,
             Ok(()) => Next::Close,
@@ -515,14 +521,17 @@ impl Conn {
                 // A stream that is not SSE failed: the body is cut short, so the client sees
                 // an incomplete answer rather than a complete wrong one.
                 Some(Some(Err(_))) => {
-                    let _ = write_all(&self.io, &out, &[]).await;
+                    let _ = write_all(&self.io, &out, &[], self.send_timeout).await;
                     return Next::Gone;
                 }
                 Some(None) => return self.end_streamed_body(out, chunked, keep_alive).await,
                 None => {}
             }
             if !out.is_empty() {
-                if write_all(&self.io, &out, &[]).await.is_err() {
+                if write_all(&self.io, &out, &[], self.send_timeout)
+                    .await
+                    .is_err()
+                {
                     return Next::Gone;
                 }
                 out.clear();
@@ -580,12 +589,15 @@ impl Conn {
         let (chunked, keep_alive) = end_head_of_streamed_body(&mut out, keep_alive, http10);
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
-                let _ = write_all(&self.io, &out, &[]).await;
+                let _ = write_all(&self.io, &out, &[], self.send_timeout).await;
                 return Next::Gone;
             };
             if let Ok(data) = frame.into_data() {
                 push_body_data(&mut out, &data, chunked);
-                if write_all(&self.io, &out, &[]).await.is_err() {
+                if write_all(&self.io, &out, &[], self.send_timeout)
+                    .await
+                    .is_err()
+                {
                     return Next::Gone;
                 }
                 out.clear();
@@ -604,7 +616,7 @@ impl Conn {
         if chunked {
             out.extend_from_slice(LAST_CHUNK);
         }
-        match write_all(&self.io, &out, &[]).await {
+        match write_all(&self.io, &out, &[], self.send_timeout).await {
             Err(_) => Next::Gone,
             Ok(()) if keep_alive => Next::KeepAlive,
             Ok(()) => Next::Close,

@@ -21,6 +21,7 @@ use super::pool::{LanePools, PlainConn};
 use crate::http1::framing::{Decoded, Decoder, FramingError, response_length};
 use crate::http1::head::{HeadError, ResponseHead, parse_response};
 use crate::http1::io::{read_some, reserve, write_all};
+use crate::state::SEND_TIMEOUT;
 
 /// Why an exchange with an upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +70,7 @@ where
     let (authority, mut idle) = pools.take(lane, authority);
     let mut sent = None;
     while let Some(conn) = idle {
-        match write_all(&conn.io, head, body).await {
+        match write_all(&conn.io, head, body, SEND_TIMEOUT).await {
             Ok(()) => {
                 sent = Some(conn);
                 break;
@@ -83,7 +84,7 @@ where
         Some(conn) => conn,
         None => {
             let conn = PlainConn::new(connect().await.map_err(SendError::Connect)?);
-            write_all(&conn.io, head, body)
+            write_all(&conn.io, head, body, SEND_TIMEOUT)
                 .await
                 .map_err(|failure| SendError::Exchange(failure.error.into()))?;
             conn

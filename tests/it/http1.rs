@@ -629,6 +629,87 @@ async fn shutdown_closes_idle_connections_at_once_and_busy_ones_after_their_answ
 
 /// Half a head, or a body that stops halfway, closes the connection once its timeout is
 /// over; a connection that simply waits for its next request is not cut by either.
+/// A client that stops reading (its socket buffers full) is given up on after the send
+/// timeout: its connection closed, the stream's upstream connection closed, the request
+/// recorded as a disconnect. Also a whole answer too large for the buffers (its record says
+/// success: the answer was complete when it left the upstream).
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 200_000,
+        ..Behavior::default()
+    })
+    .await;
+    let router = TestRouter::start_with(&one_server_config(&upstream.url(), ""), |state| {
+        state.send_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let streaming =
+        r#"{"model":"[mock]gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut stalled = Raw::connect(router.addr).await;
+    stalled
+        .send(post("/v1/chat/completions", streaming, "").as_bytes())
+        .await;
+    // Nothing is read: the router's writes fill the buffers, then stall.
+    upstream
+        .wait_streams_dropped(1, Duration::from_secs(20))
+        .await;
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::ClientDisconnected);
+    assert!(record.stream && !record.complete);
+    // What the buffers held arrives, then the end: no `[DONE]`.
+    let mut received = Vec::new();
+    while stalled.fill().await {
+        received.extend_from_slice(&stalled.buf);
+        stalled.buf.clear();
+    }
+    let received = String::from_utf8_lossy(&received);
+    assert!(
+        received.starts_with("HTTP/1.1 200"),
+        "{}",
+        &received[..received.len().min(200)]
+    );
+    assert!(!received.contains("[DONE]"));
+
+    // A whole answer larger than the buffers, never read.
+    let big = "x".repeat(24 << 20);
+    upstream.set(Behavior {
+        body: Some(big),
+        content_type: "text/plain".into(),
+        ..Behavior::default()
+    });
+    let mut unread = Raw::connect(router.addr).await;
+    unread
+        .send(post("/v1/chat/completions", CHAT, "").as_bytes())
+        .await;
+    // The router, stuck writing, reads nothing more: once it gives up and closes, what is
+    // written to it is refused. (Empty lines are what a client may send between requests.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while unread.stream.write_all(b"\r\n").await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the router kept the connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The answer was whole when it left the upstream: its record says so.
+    assert_eq!(router.records.nth(2).await.outcome, Outcome::Success);
+    let mut total = 0;
+    while let Ok(Ok(n)) = tokio::time::timeout(
+        Duration::from_secs(10),
+        unread.stream.read(&mut [0u8; 64 * 1024]),
+    )
+    .await
+    {
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert!(total < 24 << 20, "the whole answer arrived ({total} bytes)");
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn a_connection_idle_past_the_idle_timeout_is_closed_a_busy_one_is_not() {
     let upstream = MockUpstream::start(Behavior::default()).await;
