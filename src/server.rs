@@ -78,6 +78,16 @@ async fn serve(
     Ok(())
 }
 
+/// TCP keep-alive probes on client connections: a client that vanished without closing (a
+/// laptop gone to sleep, a network that dropped it) while its request waits for a long
+/// answer is found within about 2.5 minutes (60 s idle, then up to 9 probes 10 s apart), and
+/// its request dropped, so the provider stops generating an answer nobody will read. Writes
+/// find a vanished client by themselves (`AppState::send_timeout`); a connection waiting
+/// for its answer writes nothing.
+const CLIENT_KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(Duration::from_secs(60))
+    .with_interval(Duration::from_secs(10));
+
 /// Moves an accepted connection to the next lane, which serves it to the end.
 fn hand_over(lanes: &mut Lanes, tcp: TcpStream, service: &Arc<Service>, connections: &TaskTracker) {
     // Registered with this runtime's reactor by `accept`; the lane registers it with its own.
@@ -102,6 +112,7 @@ fn hand_over(lanes: &mut Lanes, tcp: TcpStream, service: &Arc<Service>, connecti
         // Small SSE events must leave at once: without TCP_NODELAY, Nagle holds an event
         // until the client's delayed ACK (40 ms on Linux) of the headers.
         let _ = tcp.set_nodelay(true);
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&CLIENT_KEEPALIVE);
         serve_connection(tcp, service).await;
     });
 }

@@ -710,6 +710,64 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
     router.stop().await;
 }
 
+/// The kernel's timer on a TCP socket, from `/proc/net/tcp`: (kind, seconds left) of the
+/// socket with this local and remote address (IPv4).
+#[cfg(target_os = "linux")]
+fn tcp_timer(local: SocketAddr, remote: SocketAddr) -> Option<(u8, f64)> {
+    fn hex(addr: SocketAddr) -> String {
+        let SocketAddr::V4(v4) = addr else {
+            panic!("IPv4 only: {addr}")
+        };
+        format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        )
+    }
+    let (local, remote) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&local.as_str()) || fields.get(2) != Some(&remote.as_str()) {
+            return None;
+        }
+        // `tr:tm->when`: timer kind, then clock ticks (USER_HZ, 100 a second) in hex.
+        let (kind, when) = fields.get(5)?.split_once(':')?;
+        let kind = u8::from_str_radix(kind, 16).ok()?;
+        let ticks = u64::from_str_radix(when, 16).ok()?;
+        Some((kind, ticks as f64 / 100.0))
+    })
+}
+
+/// A client connection gets TCP keep-alive probes after 60 s of silence, so a client that
+/// vanished while its request waits is found; the router's side of the socket has the
+/// kernel's keep-alive timer running.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn client_connections_have_tcp_keepalive_after_60_s() {
+    let (_upstream, router) = setup().await;
+    let mut raw = Raw::connect(router.addr).await;
+    raw.send(post("/v1/chat/completions", CHAT, "").as_bytes())
+        .await;
+    assert_eq!(raw.answer().await.status, 200);
+    let client_side = raw.stream.local_addr().expect("local addr");
+    // Kind 2 is the keep-alive timer; 0 would be none on an idle connection. Until the
+    // answer's last bytes are acknowledged, the retransmission timer (1) is shown instead.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let left = loop {
+        let timer = tcp_timer(router.addr, client_side).expect("the router's socket");
+        match timer {
+            (2, left) => break left,
+            (1, _) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => panic!("no keep-alive timer on the router's socket: {other:?}"),
+        }
+    };
+    assert!(left > 50.0 && left <= 60.0, "keep-alive timer at {left} s");
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn a_connection_idle_past_the_idle_timeout_is_closed_a_busy_one_is_not() {
     let upstream = MockUpstream::start(Behavior::default()).await;
