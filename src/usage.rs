@@ -187,12 +187,24 @@ pub fn summarize_json_body(body: &[u8]) -> Option<ResponseSummary> {
     summarize_leniently(body)
 }
 
+/// An optional string that borrows from the input when it has no escapes. `#[serde(borrow)]`
+/// on an `Option<Cow<str>>` does not do that by itself: the `Option` hands the value to
+/// `Cow`'s own `Deserialize`, which always copies (serde-rs/serde#1497). Every stream event
+/// paid three copies (id, model, content) for it.
+fn borrowed_text<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::borrow::Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+    Ok(Option::<Text<'a>>::deserialize(deserializer)?.map(|text| text.0))
+}
+
 /// A response body as it usually is: read in one pass.
 #[derive(Deserialize)]
 struct FastBody<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
     id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
     model: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     choices: Option<Vec<FastChoice<'a>>>,
@@ -206,9 +218,9 @@ struct FastBody<'a> {
 struct FastChoice<'a> {
     #[serde(borrow, default)]
     message: Option<MessageRaw<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
     text: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
     finish_reason: Option<std::borrow::Cow<'a, str>>,
 }
 
@@ -545,7 +557,7 @@ struct KindProbe<'a> {
     choices: Option<Vec<serde::de::IgnoredAny>>,
     #[serde(borrow, default)]
     usage: Option<&'a RawValue>,
-    #[serde(rename = "type", borrow, default)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "borrowed_text")]
     event_type: Option<std::borrow::Cow<'a, str>>,
 }
 
@@ -559,16 +571,16 @@ pub struct StreamAccumulator {
 
 #[derive(Deserialize)]
 struct Chunk<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
     id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
     model: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     choices: Option<Vec<ChunkChoice<'a>>>,
     #[serde(borrow, default)]
     usage: Option<&'a RawValue>,
     /// Responses API events.
-    #[serde(rename = "type", borrow, default)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "borrowed_text")]
     event_type: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     delta: Option<&'a RawValue>,
@@ -582,19 +594,19 @@ struct Chunk<'a> {
 struct ChunkChoice<'a> {
     #[serde(default)]
     delta: Option<Delta<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
     text: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
     finish_reason: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct Delta<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
     content: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
     reasoning_content: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
     reasoning: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     tool_calls: Option<Vec<ToolCallDelta<'a>>>,
@@ -604,9 +616,9 @@ struct Delta<'a> {
 struct ToolCallDelta<'a> {
     #[serde(default)]
     index: Option<usize>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
     id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(rename = "type", borrow, default)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "borrowed_text")]
     kind: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     function: Option<FunctionDelta<'a>>,
@@ -614,9 +626,9 @@ struct ToolCallDelta<'a> {
 
 #[derive(Deserialize)]
 struct FunctionDelta<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
     name: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
     arguments: Option<std::borrow::Cow<'a, str>>,
 }
 
@@ -628,7 +640,12 @@ impl StreamAccumulator {
         if trimmed == b"[DONE]" {
             return EventKind::Done;
         }
-        let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(trimmed) else {
+        // UTF-8 checked once for the whole payload: from bytes, serde_json checks every key
+        // and string on its own, which cost a sixth of reading a typical event.
+        let Ok(text) = std::str::from_utf8(trimmed) else {
+            return EventKind::Other;
+        };
+        let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(text) else {
             return EventKind::Other;
         };
         if self.summary.id.is_none() {
@@ -783,6 +800,36 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn strings_are_borrowed_from_an_event_unless_escaped() {
+        use std::borrow::Cow;
+        let event = r#"{"id":"c1","model":"m","choices":[{"delta":{"content":"Hello"},"finish_reason":"stop"}]}"#;
+        let chunk: Chunk<'_> = serde_json::from_str(event).expect("chunk");
+        assert!(matches!(chunk.id, Some(Cow::Borrowed("c1"))));
+        assert!(matches!(chunk.model, Some(Cow::Borrowed("m"))));
+        let choice = &chunk.choices.as_deref().expect("choices")[0];
+        assert!(matches!(choice.finish_reason, Some(Cow::Borrowed("stop"))));
+        let content = &choice.delta.as_ref().expect("delta").content;
+        assert!(
+            matches!(content, Some(Cow::Borrowed("Hello"))),
+            "{content:?}"
+        );
+
+        // An escape needs a copy: the text is the unescaped one.
+        let event = r#"{"choices":[{"delta":{"content":"a\nb","reasoning":null}}],"model":null}"#;
+        let chunk: Chunk<'_> = serde_json::from_str(event).expect("chunk");
+        let delta = chunk
+            .choices
+            .expect("choices")
+            .remove(0)
+            .delta
+            .expect("delta");
+        assert!(matches!(delta.content, Some(Cow::Owned(ref s)) if s == "a\nb"));
+        assert!(delta.reasoning.is_none() && chunk.model.is_none());
+        // Not a string: the event is not read (as before), and is forwarded untouched.
+        assert!(serde_json::from_str::<Chunk<'_>>(r#"{"model":5}"#).is_err());
+    }
 
     /// Payloads of the shapes upstreams send, for `classify_event` vs `push_data`.
     const EVENTS: &[&str] = &[
