@@ -66,7 +66,7 @@ pub fn raise_and_report() {
     let raised = raise_to_hard_limit();
     match raised {
         Raised::From(before, now) => {
-            tracing::info!("open files limit raised from {before} to {now} (the hard limit)");
+            tracing::info!("open files limit raised from {before} to {now}");
         }
         Raised::Refused(now) => {
             tracing::debug!("open files limit {now}: raising it to the hard limit was refused");
