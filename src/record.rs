@@ -546,7 +546,7 @@ impl Drop for RecordGuard {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::routing::RouteMode;
 

@@ -2,31 +2,34 @@
 //! holding one generation), exported over OTLP/HTTP (protobuf) to Langfuse and/or a generic
 //! OTLP backend.
 //!
-//! The spans are OTLP `Span` messages written straight from the record into protobuf wire
-//! format ([`otlp_wire`]), byte for byte what prost writes for `opentelemetry-proto`'s types
-//! (tests decode every export with that crate). A record is a span that already ended, and
-//! the SDK's route to the same bytes (a tracer span, then `SpanData`, then a converted copy,
-//! grouped by scope) measured 40 K instructions per span; building `opentelemetry-proto`
-//! structs and encoding them with prost still cost 30 K, writing them directly 12 K. See
-//! README "Observability".
+//! Spans are the SDK's `SpanData`, built straight from the record (a record is a span that
+//! already ended), and exported by `opentelemetry_otlp::SpanExporter`, which posts through
+//! our [`OtlpTransport`] (the destination's headers, and retries of 429, 5xx and network
+//! errors). The crates cost about 24 K instructions per span more than writing the protobuf
+//! by hand did (README "Observability"); they are OpenTelemetry's maintained OTLP encoding.
 //!
 //! Off the request path twice over: `accept` only queues the record; one builder thread turns
-//! records into spans and batches them per destination; one task per destination encodes and
-//! sends the batches. Memory is bounded per destination (spans and bytes waiting or in
+//! records into spans and batches them per destination; one task per destination hands the
+//! batches to its exporters. Memory is bounded per destination (spans and bytes waiting or in
 //! flight); when full, spans are dropped and counted, never waited for. It must never block a
 //! request, and never write a key: every text goes through the [`Redactor`].
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use bytes::Bytes;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use prost::Message as _;
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
+use opentelemetry_http::HttpClient;
+use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +39,6 @@ use crate::secret::Secret;
 use crate::sinks::clock::rfc3339_millis;
 use crate::sinks::generation::{self, GENERATION_NAME, Level, ParamValue};
 use crate::sinks::otlp_http::{OtlpTransport, RetryPolicy, TransportError};
-use crate::sinks::otlp_wire::{self, SpanWriter};
 use crate::sinks::redact::Redactor;
 use crate::sinks::{BATCH_WINDOW, Batch, next_batch_until};
 
@@ -275,103 +277,47 @@ fn rate_limit(last: &Mutex<Option<Instant>>) -> bool {
     true
 }
 
-/// A batch of spans, each already encoded and framed as a `ScopeSpans.spans` entry (field 2,
-/// length-delimited), one after the other: the body of a `ScopeSpans` minus its scope.
-/// Encoding a span once, when it is built, saves recomputing every span's length at each of
-/// the three message levels above it.
+/// Text a span holds, for the byte bound (the same sum on the way in and out).
+fn span_bytes(span: &SpanData) -> usize {
+    span.attributes
+        .iter()
+        .map(|kv| match &kv.value {
+            Value::String(s) => s.as_str().len(),
+            Value::Array(Array::String(items)) => items.iter().map(|s| s.as_str().len()).sum(),
+            _ => 8,
+        })
+        .sum()
+}
+
+/// Spans on their way to one destination, and the text they hold (for the gate).
 #[derive(Debug, Default)]
 struct SpanBatch {
-    bytes: Vec<u8>,
-    count: usize,
+    spans: Vec<SpanData>,
+    bytes: usize,
 }
 
-/// Protobuf wire tag of a length-delimited field.
-const fn len_tag(field: u32) -> u8 {
-    ((field << 3) | 2) as u8
-}
-
-/// Appends a length-delimited field: tag, length, bytes.
-fn put_len_field(out: &mut Vec<u8>, field: u32, parts: &[&[u8]]) {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    out.push(len_tag(field));
-    prost::encoding::encode_varint(len as u64, out);
-    for part in parts {
-        out.extend_from_slice(part);
-    }
-}
-
-/// Framed size of a length-delimited field holding `len` bytes.
-fn len_field_size(len: usize) -> usize {
-    1 + prost::encoding::encoded_len_varint(len as u64) + len
-}
-
-/// Sends one destination's batches: frames the export request around the encoded spans,
-/// posts it through the destination's transport (which retries), counts the outcome and
-/// releases the gate.
-struct Exporter {
+/// One destination's OTLP exporter (`opentelemetry_otlp::SpanExporter`, which converts the
+/// spans to OTLP protobuf and posts them through our [`OtlpTransport`]), counting the outcome
+/// and releasing the gate once a batch is sent or given up.
+#[derive(Debug)]
+struct CountingExporter {
     stats: Arc<DestinationStats>,
-    transport: OtlpTransport,
-    endpoint: http::Uri,
-    /// `Resource` and `InstrumentationScope`, encoded once.
-    resource: Vec<u8>,
-    scope: Vec<u8>,
+    inner: opentelemetry_otlp::SpanExporter,
 }
 
-impl Exporter {
-    /// `ExportTraceServiceRequest { resource_spans: [ResourceSpans { resource,
-    /// scope_spans: [ScopeSpans { scope, spans }] }] }`, field numbers as in OTLP's
-    /// trace_service.proto and trace.proto.
-    fn request_body(&self, batch: &SpanBatch) -> Vec<u8> {
-        let scope_spans = len_field_size(self.scope.len()) + batch.bytes.len();
-        let resource_spans = len_field_size(self.resource.len()) + len_field_size(scope_spans);
-        let mut out = Vec::with_capacity(len_field_size(resource_spans));
-        out.push(len_tag(1)); // ExportTraceServiceRequest.resource_spans
-        prost::encoding::encode_varint(resource_spans as u64, &mut out);
-        put_len_field(&mut out, 1, &[&self.resource]); // ResourceSpans.resource
-        out.push(len_tag(2)); // ResourceSpans.scope_spans
-        prost::encoding::encode_varint(scope_spans as u64, &mut out);
-        put_len_field(&mut out, 1, &[&self.scope]); // ScopeSpans.scope
-        out.extend_from_slice(&batch.bytes); // ScopeSpans.spans, framed already
-        out
-    }
-
+impl CountingExporter {
     async fn export(&self, batch: SpanBatch) {
-        let body = Bytes::from(self.request_body(&batch));
-        let result = self.send(body).await;
-        self.stats.release(batch.count, batch.bytes.len());
+        let spans = batch.spans.len();
+        let result = self.inner.export(batch.spans).await;
+        self.stats.release(spans, batch.bytes);
         match result {
             Ok(()) => {
                 self.stats
                     .exported
-                    .fetch_add(batch.count as u64, Ordering::Relaxed);
+                    .fetch_add(spans as u64, Ordering::Relaxed);
             }
-            Err(reason) => self.stats.count_failed(batch.count as u64, &reason),
+            Err(error) => self.stats.count_failed(spans as u64, &error.to_string()),
         }
-    }
-
-    async fn send(&self, body: Bytes) -> Result<(), String> {
-        let request = http::Request::post(self.endpoint.clone())
-            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-            .body(body)
-            .map_err(|e| e.to_string())?;
-        match self.transport.send_bytes(request).await {
-            Ok(response) if response.status().is_success() => Ok(()),
-            Ok(response) => Err(format!(
-                "the endpoint answered HTTP {}",
-                response.status().as_u16()
-            )),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
-
-fn kv_str(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_owned())),
-        }),
-        ..Default::default()
     }
 }
 
@@ -406,19 +352,10 @@ impl LangfuseSink {
                 reason: format!("no async runtime: {e}"),
             })?;
         let stopping = CancellationToken::new();
-        let version = env!("CARGO_PKG_VERSION");
-        let resource = Resource {
-            attributes: vec![
-                kv_str("service.name", "llmsrouter"),
-                kv_str("service.version", version),
-            ],
-            ..Default::default()
-        };
-        let scope = InstrumentationScope {
-            name: SCOPE_NAME.to_owned(),
-            version: version.to_owned(),
-            ..Default::default()
-        };
+        let resource = Resource::builder_empty()
+            .with_service_name("llmsrouter")
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build();
         let mut stats = Vec::new();
         let mut outboxes = Vec::new();
         let mut exporters = Vec::new();
@@ -428,34 +365,33 @@ impl LangfuseSink {
                 options.max_queued_spans,
                 options.max_queued_bytes,
             ));
-            let transport = OtlpTransport::new(
-                destination.name,
-                &destination.headers,
-                options.retry,
-                stopping.clone(),
-                destination_stats.retries.clone(),
-            )
-            .map_err(|source| LangfuseError::Transport {
-                destination: destination.name,
-                source,
-            })?;
-            let endpoint =
-                destination
-                    .endpoint
-                    .parse::<http::Uri>()
-                    .map_err(|e| LangfuseError::Exporter {
-                        destination: destination.name,
-                        reason: format!("{}: {e}", destination.endpoint),
-                    })?;
-            let exporter = Exporter {
-                stats: destination_stats.clone(),
-                transport,
-                endpoint,
-                resource: resource.encode_to_vec(),
-                scope: scope.encode_to_vec(),
-            };
+            let transport: Arc<dyn HttpClient> = Arc::new(
+                OtlpTransport::new(
+                    destination.name,
+                    &destination.headers,
+                    options.retry,
+                    stopping.clone(),
+                    destination_stats.retries.clone(),
+                )
+                .map_err(|source| LangfuseError::Transport {
+                    destination: destination.name,
+                    source,
+                })?,
+            );
+            // The SDK's exporter is not called again before its export returns; several
+            // exports under way need as many exporters (sharing one transport and its pool).
+            let pool = (0..EXPORTS_IN_FLIGHT)
+                .map(|_| {
+                    build_exporter(destination, &transport, &options.retry, &resource).map(
+                        |inner| CountingExporter {
+                            stats: destination_stats.clone(),
+                            inner,
+                        },
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let (tx, rx) = mpsc::channel(EXPORT_QUEUE);
-            exporters.push(runtime.spawn(export_loop(exporter, rx)));
+            exporters.push(runtime.spawn(export_loop(pool, destination_stats.clone(), rx)));
             outboxes.push(Outbox {
                 stats: destination_stats.clone(),
                 spans: SpanBatch::default(),
@@ -464,10 +400,13 @@ impl LangfuseSink {
             });
             stats.push(destination_stats);
         }
+        let scope = InstrumentationScope::builder(SCOPE_NAME)
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
         let (tx, rx) = sync_channel(BUILD_QUEUE);
         let builder = SpanBuilderThread {
             outboxes,
-            framed: Vec::with_capacity(4096),
+            scope,
             redactor: options.redactor.clone(),
             max_io_bytes: options.max_io_bytes,
             export_interval: options.export_interval,
@@ -500,20 +439,72 @@ impl LangfuseSink {
     }
 }
 
-/// Exports a destination's batches, a few at a time, until the builder thread is gone and
-/// every batch is sent. Several in flight: a busy router fills a batch every few
-/// milliseconds, faster than one round trip at a time can carry under load.
-async fn export_loop(exporter: Exporter, mut rx: mpsc::Receiver<SpanBatch>) {
-    let exporter = Arc::new(exporter);
+/// The OTLP/HTTP protobuf exporter of `destination`, sending through `transport`. Retries are
+/// the transport's: the crate's own policy skips a plain 500, which Langfuse answers while
+/// its database is unavailable. Headers are the transport's too, so the
+/// `OTEL_EXPORTER_OTLP_HEADERS` the crate reads for every exporter never reach Langfuse.
+fn build_exporter(
+    destination: &Destination,
+    transport: &Arc<dyn HttpClient>,
+    retry: &RetryPolicy,
+    resource: &Resource,
+) -> Result<opentelemetry_otlp::SpanExporter, LangfuseError> {
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(destination.endpoint.clone())
+        .with_protocol(Protocol::HttpBinary)
+        .with_timeout(retry.budget)
+        .with_shared_http_client(transport.clone())
+        .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled())
+        .build()
+        .map_err(|e| LangfuseError::Exporter {
+            destination: destination.name,
+            reason: e.to_string(),
+        })?;
+    exporter.set_resource(resource);
+    Ok(exporter)
+}
+
+/// Exports a destination's batches, one per idle exporter of `pool`, until the builder
+/// thread is gone and every batch is sent; then shuts the exporters down. Several in flight:
+/// a busy router fills a batch every few milliseconds, faster than one round trip at a time
+/// can carry under load.
+async fn export_loop(
+    mut pool: Vec<CountingExporter>,
+    stats: Arc<DestinationStats>,
+    mut rx: mpsc::Receiver<SpanBatch>,
+) {
     let mut in_flight = tokio::task::JoinSet::new();
     while let Some(batch) = rx.recv().await {
-        while in_flight.len() >= EXPORTS_IN_FLIGHT {
-            in_flight.join_next().await;
-        }
-        let exporter = exporter.clone();
-        in_flight.spawn(async move { exporter.export(batch).await });
+        let exporter = loop {
+            if let Some(idle) = pool.pop() {
+                break Some(idle);
+            }
+            match in_flight.join_next().await {
+                Some(Ok(done)) => break Some(done),
+                // An export that panicked took its exporter along; wait for another.
+                Some(Err(_)) => continue,
+                None => break None,
+            }
+        };
+        let Some(exporter) = exporter else {
+            stats.release(batch.spans.len(), batch.bytes);
+            stats.count_failed(batch.spans.len() as u64, "no exporter left");
+            continue;
+        };
+        in_flight.spawn(async move {
+            exporter.export(batch).await;
+            exporter
+        });
     }
-    while in_flight.join_next().await.is_some() {}
+    while let Some(done) = in_flight.join_next().await {
+        if let Ok(done) = done {
+            pool.push(done);
+        }
+    }
+    for exporter in pool {
+        let _ = exporter.inner.shutdown();
+    }
 }
 
 impl RecordSink for LangfuseSink {
@@ -620,17 +611,17 @@ struct Outbox {
 }
 
 impl Outbox {
-    /// Adds one framed, encoded span.
-    fn push(&mut self, framed: &[u8]) {
-        if self.spans.count == 0 {
+    /// Adds one span holding `bytes` of text.
+    fn push(&mut self, span: SpanData, bytes: usize) {
+        if self.spans.spans.is_empty() {
             self.since = Some(Instant::now());
         }
-        self.spans.bytes.extend_from_slice(framed);
-        self.spans.count += 1;
+        self.spans.spans.push(span);
+        self.spans.bytes += bytes;
     }
 
     fn due(&self, now: Instant, interval: Duration, max_batch: usize) -> bool {
-        self.spans.count >= max_batch
+        self.spans.spans.len() >= max_batch
             || self
                 .since
                 .is_some_and(|t| now.duration_since(t) >= interval)
@@ -638,12 +629,12 @@ impl Outbox {
 
     /// Hands the batch to the export loop; a batch it cannot take is dropped and counted.
     fn send(&mut self) {
-        if self.spans.count == 0 {
+        if self.spans.spans.is_empty() {
             return;
         }
         let batch = std::mem::take(&mut self.spans);
         self.since = None;
-        let (count, bytes) = (batch.count, batch.bytes.len());
+        let (count, bytes) = (batch.spans.len(), batch.bytes);
         if self.tx.try_send(batch).is_err() {
             self.stats.release(count, bytes);
             self.stats.count_dropped(count as u64);
@@ -656,8 +647,7 @@ const MAX_RECORDS_PER_WAKE: usize = 1024;
 
 struct SpanBuilderThread {
     outboxes: Vec<Outbox>,
-    /// One span, encoded and framed; reused for every span.
-    framed: Vec<u8>,
+    scope: InstrumentationScope,
     redactor: Redactor,
     max_io_bytes: usize,
     export_interval: Duration,
@@ -721,45 +711,91 @@ impl SpanBuilderThread {
             }
             return;
         }
-        let framed = encode_span(&mut self.framed, record, &self.redactor, self.max_io_bytes);
-        let bytes = framed.len();
-        for outbox in &mut self.outboxes {
+        let span = span_of(record, &self.scope, &self.redactor, self.max_io_bytes);
+        let bytes = span_bytes(&span);
+        let last = self.outboxes.len().saturating_sub(1);
+        let mut span = Some(span);
+        for (i, outbox) in self.outboxes.iter_mut().enumerate() {
             if !outbox.stats.admit(bytes) {
                 continue;
             }
-            outbox.push(framed);
-            if outbox.spans.count >= self.max_batch {
+            // The last destination takes the span itself, the others a copy.
+            let this = if i == last { span.take() } else { span.clone() };
+            if let Some(this) = this {
+                outbox.push(this, bytes);
+            }
+            if outbox.spans.spans.len() >= self.max_batch {
                 outbox.send();
             }
         }
     }
 }
 
-/// The record as a finished span, framed as `ScopeSpans.spans` in `buf`. Its trace id is the
-/// request id, so the `x-llmsrouter-request-id` header finds the trace in Langfuse.
-pub fn encode_span<'b>(
-    buf: &'b mut Vec<u8>,
+/// The record as a finished span. Its trace id is the request id, so the
+/// `x-llmsrouter-request-id` header finds the trace in Langfuse.
+///
+/// A record is a span that already ended, so it is built as the SDK's `SpanData` directly,
+/// not through a tracer: the tracer route (a live span, then `SpanData`) only adds a copy of
+/// every attribute.
+pub fn span_of(
     record: &RequestRecord,
+    scope: &InstrumentationScope,
     redactor: &Redactor,
     max_io_bytes: usize,
-) -> &'b [u8] {
+) -> SpanData {
     let trace_id = u128::from_str_radix(&record.request_id, 16)
         .ok()
         .filter(|id| *id != 0 && record.request_id.len() == 32)
         .unwrap_or_else(|| fastrand::u128(1..));
-    let mut span = SpanWriter::new(buf);
-    span.ids(trace_id.to_be_bytes(), fastrand::u64(1..).to_be_bytes());
-    span.name(GENERATION_NAME);
-    span.kind(otlp_wire::KIND_CLIENT);
-    span.times(unix_nanos(record.started_at), unix_nanos(record.ended_at));
-    let error = write_attributes(&mut span, record, redactor, max_io_bytes);
-    span.status(error.as_deref());
-    span.finish()
+    let mut attributes = Attributes(Vec::with_capacity(40));
+    let error = write_attributes(&mut attributes, record, redactor, max_io_bytes);
+    SpanData {
+        span_context: SpanContext::new(
+            TraceId::from(trace_id),
+            SpanId::from(fastrand::u64(1..)),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        ),
+        parent_span_id: SpanId::INVALID,
+        parent_span_is_remote: false,
+        span_kind: SpanKind::Client,
+        name: Cow::Borrowed(GENERATION_NAME),
+        start_time: record.started_at,
+        end_time: record.ended_at,
+        attributes: attributes.0,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: match error {
+            Some(message) => Status::error(message),
+            None => Status::Unset,
+        },
+        instrumentation_scope: scope.clone(),
+    }
 }
 
-fn unix_nanos(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+/// A span's attributes, added by value kind. Keys are static; values move in when owned.
+struct Attributes(Vec<KeyValue>);
+
+impl Attributes {
+    fn str(&mut self, key: &'static str, value: impl Into<StringValue>) {
+        self.0.push(KeyValue::new(key, Value::String(value.into())));
+    }
+
+    fn strs(&mut self, key: &'static str, values: Vec<String>) {
+        let values = values.into_iter().map(StringValue::from).collect();
+        self.0
+            .push(KeyValue::new(key, Value::Array(Array::String(values))));
+    }
+
+    fn int(&mut self, key: &'static str, value: i64) {
+        self.0.push(KeyValue::new(key, value));
+    }
+
+    fn double(&mut self, key: &'static str, value: f64) {
+        self.0.push(KeyValue::new(key, value));
+    }
 }
 
 /// `langfuse.trace.metadata`: what Langfuse has no field of its own for.
@@ -776,7 +812,7 @@ struct TraceMetadata<'a> {
 
 /// Writes the span's attributes; returns its error status text for failures.
 fn write_attributes(
-    a: &mut SpanWriter<'_>,
+    a: &mut Attributes,
     record: &RequestRecord,
     redactor: &Redactor,
     max_io_bytes: usize,
@@ -788,23 +824,26 @@ fn write_attributes(
     // Langfuse's own keys.
     a.str("langfuse.observation.type", "generation");
     a.str("langfuse.trace.name", GENERATION_NAME);
-    a.strs("langfuse.trace.tags", &[redactor.redact(&record.provider)]);
+    a.strs(
+        "langfuse.trace.tags",
+        vec![redactor.redact(&record.provider).into_owned()],
+    );
     if let Some(user) = &record.user {
-        a.str("user.id", user.as_str());
-        a.str("langfuse.user.id", user.as_str());
+        a.str("user.id", user.as_str().to_owned());
+        a.str("langfuse.user.id", user.as_str().to_owned());
     }
     a.str(
         "langfuse.observation.model.name",
-        &redactor.redact(&g.model),
+        redactor.redact_owned(g.model),
     );
     if let Some(parameters) = g.parameters {
-        a.str("langfuse.observation.model.parameters", &parameters);
+        a.str("langfuse.observation.model.parameters", parameters);
     }
     if let Some(usage) = g.usage_details {
-        a.str("langfuse.observation.usage_details", &usage);
+        a.str("langfuse.observation.usage_details", usage);
     }
     if let Some(cost) = g.cost_details {
-        a.str("langfuse.observation.cost_details", &cost);
+        a.str("langfuse.observation.cost_details", cost);
     }
     if let Some(first) = record.first_token_at.or(match record.outcome {
         // A whole answer's first token came with its headers.
@@ -813,21 +852,21 @@ fn write_attributes(
     }) {
         a.str(
             "langfuse.observation.completion_start_time",
-            &rfc3339_millis(first),
+            rfc3339_millis(first),
         );
     }
     if let Some(input) = g.input {
-        a.str("langfuse.observation.input", &input);
+        a.str("langfuse.observation.input", input);
     }
     if let Some(output) = g.output {
-        a.str("langfuse.observation.output", &output);
+        a.str("langfuse.observation.output", output);
     }
     // DEFAULT is Langfuse's own default: only a warning or an error is sent.
     if g.level != Level::Default {
         a.str("langfuse.observation.level", g.level.as_str());
     }
     if let Some(message) = &g.status_message {
-        a.str("langfuse.observation.status_message", message);
+        a.str("langfuse.observation.status_message", message.clone());
     }
     // One JSON attribute; the request id is the trace id and the provider the tag.
     let metadata = TraceMetadata {
@@ -839,33 +878,41 @@ fn write_attributes(
         usage_partial: record.usage_partial(),
     };
     if let Ok(metadata) = serde_json::to_string(&metadata) {
-        a.str("langfuse.trace.metadata", &redactor.redact(&metadata));
+        a.str("langfuse.trace.metadata", redactor.redact_owned(metadata));
     }
     // OpenTelemetry GenAI conventions, for any OTLP backend.
-    a.str("gen_ai.operation.name", &g.operation);
-    a.str("gen_ai.provider.name", &redactor.redact(&record.provider));
+    a.str("gen_ai.operation.name", g.operation);
+    a.str(
+        "gen_ai.provider.name",
+        redactor.redact(&record.provider).into_owned(),
+    );
     a.str(
         "gen_ai.request.model",
-        &redactor.redact(&record.upstream_model),
+        redactor.redact(&record.upstream_model).into_owned(),
     );
     for (key, value) in g.request_attributes {
         match value {
             ParamValue::Int(v) => a.int(key, v),
             ParamValue::Float(v) => a.double(key, v),
             ParamValue::Strings(v) => {
-                let values: Vec<_> = v.iter().map(|s| redactor.redact(s)).collect();
-                a.strs(key, &values);
+                a.strs(
+                    key,
+                    v.into_iter().map(|s| redactor.redact_owned(s)).collect(),
+                );
             }
         }
     }
     if let Some(model) = &record.response.model {
-        a.str("gen_ai.response.model", &redactor.redact(model));
+        a.str("gen_ai.response.model", redactor.redact(model).into_owned());
     }
     if let Some(id) = &record.response.id {
-        a.str("gen_ai.response.id", &redactor.redact(id));
+        a.str("gen_ai.response.id", redactor.redact(id).into_owned());
     }
     if let Some(reason) = &record.response.finish_reason {
-        a.strs("gen_ai.response.finish_reasons", &[redactor.redact(reason)]);
+        a.strs(
+            "gen_ai.response.finish_reasons",
+            vec![redactor.redact(reason).into_owned()],
+        );
     }
     if let Some(usage) = &record.response.usage {
         a.int(
@@ -892,82 +939,62 @@ fn write_attributes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::trace::v1::Span;
+    use crate::record::Outcome;
 
-    /// A small span, framed as the builder thread frames it.
-    fn framed_span(name: &str) -> Vec<u8> {
-        let mut buf = Vec::new();
-        let mut w = SpanWriter::new(&mut buf);
-        w.ids([1; 16], [2; 8]);
-        w.name(name);
-        w.str("k", "v");
-        w.int("n", 7);
-        w.finish().to_vec()
-    }
-
-    fn span(name: &str) -> Span {
-        Span {
-            trace_id: vec![1; 16],
-            span_id: vec![2; 8],
-            name: name.to_owned(),
-            attributes: vec![
-                kv_str("k", "v"),
-                KeyValue {
-                    key: "n".to_owned(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::IntValue(7)),
-                    }),
-                    ..Default::default()
-                },
-            ],
-            ..Default::default()
-        }
+    fn attribute<'s>(span: &'s SpanData, key: &str) -> Option<&'s Value> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| &kv.value)
     }
 
     #[test]
-    fn hand_framed_requests_decode_as_otlp() {
-        let mut batch = SpanBatch::default();
-        for name in ["a", "b"] {
-            batch.bytes.extend_from_slice(&framed_span(name));
-            batch.count += 1;
-        }
-        let resource = Resource {
-            attributes: vec![kv_str("service.name", "llmsrouter")],
-            ..Default::default()
-        };
-        let scope = InstrumentationScope {
-            name: SCOPE_NAME.to_owned(),
-            version: "1".to_owned(),
-            ..Default::default()
-        };
-        let stopping = CancellationToken::new();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let _guard = runtime.enter();
-        let exporter = Exporter {
-            stats: Arc::new(DestinationStats::new("t", 10, 1000)),
-            transport: OtlpTransport::new(
-                "t",
-                &[],
-                RetryPolicy::default(),
-                stopping,
-                Arc::default(),
-            )
-            .expect("transport"),
-            endpoint: http::Uri::from_static("http://127.0.0.1:9/v1/traces"),
-            resource: resource.encode_to_vec(),
-            scope: scope.encode_to_vec(),
-        };
-        let body = exporter.request_body(&batch);
-        let decoded = ExportTraceServiceRequest::decode(body.as_slice()).expect("valid OTLP");
-        assert_eq!(decoded.resource_spans.len(), 1);
-        let rs = &decoded.resource_spans[0];
-        assert_eq!(rs.resource.as_ref(), Some(&resource));
-        assert_eq!(rs.scope_spans.len(), 1);
-        assert_eq!(rs.scope_spans[0].scope.as_ref(), Some(&scope));
-        assert_eq!(rs.scope_spans[0].spans, vec![span("a"), span("b")]);
+    fn a_record_becomes_a_finished_client_span_traced_by_its_request_id() {
+        let mut record = crate::record::tests::sample();
+        record.request_id = "0123456789abcdef0123456789abcdef".into();
+        let scope = InstrumentationScope::builder(SCOPE_NAME).build();
+        let span = span_of(&record, &scope, &Redactor::new(Vec::new()), 1 << 20);
+        assert_eq!(
+            span.span_context.trace_id(),
+            TraceId::from(0x0123456789abcdef0123456789abcdef_u128)
+        );
+        assert_ne!(span.span_context.span_id(), SpanId::INVALID);
+        assert_eq!(span.span_kind, SpanKind::Client);
+        assert_eq!(span.name, GENERATION_NAME);
+        assert_eq!(span.status, Status::Unset);
+        assert_eq!(
+            (span.start_time, span.end_time),
+            (record.started_at, record.ended_at)
+        );
+        assert_eq!(
+            attribute(&span, "langfuse.trace.tags"),
+            Some(&Value::Array(Array::String(vec!["p".into()])))
+        );
+        assert_eq!(
+            attribute(&span, "http.response.status_code"),
+            Some(&Value::I64(200))
+        );
+        assert_eq!(span.instrumentation_scope.name(), SCOPE_NAME);
+    }
+
+    #[test]
+    fn a_failed_request_is_an_error_span_and_an_id_that_is_no_trace_id_gets_a_random_one() {
+        let mut record = crate::record::tests::sample();
+        record.request_id = "not-hex".into();
+        record.status = Some(500);
+        record.outcome = Outcome::UpstreamError;
+        record.error = Some("upstream answered 500".into());
+        let scope = InstrumentationScope::builder(SCOPE_NAME).build();
+        let span = span_of(&record, &scope, &Redactor::new(Vec::new()), 1 << 20);
+        assert_ne!(span.span_context.trace_id(), TraceId::INVALID);
+        assert!(
+            matches!(span.status, Status::Error { .. }),
+            "{:?}",
+            span.status
+        );
+        assert_eq!(
+            attribute(&span, "error.type"),
+            Some(&Value::String("upstream_error".into()))
+        );
     }
 }

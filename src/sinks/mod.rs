@@ -10,7 +10,6 @@ pub mod langfuse;
 pub mod ledger;
 pub mod ledger_report;
 pub mod otlp_http;
-pub mod otlp_wire;
 pub mod redact;
 pub mod request_log;
 

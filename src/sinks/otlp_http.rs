@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http::{Request, Response};
+use opentelemetry_http::{HttpClient, HttpError};
 use tokio_util::sync::CancellationToken;
 
 use crate::secret::Secret;
@@ -125,13 +126,14 @@ impl OtlpTransport {
     }
 }
 
-/// Why an export could not be sent (after every retry); no URL, no header value.
-pub type HttpError = Box<dyn std::error::Error + Send + Sync>;
-
-impl OtlpTransport {
+/// The OTLP exporter's HTTP client: `opentelemetry_otlp::SpanExporter` encodes each batch
+/// and hands the request here.
+#[async_trait::async_trait]
+impl HttpClient for OtlpTransport {
     /// Sends one export request; the answer (an error status included) or the last network
-    /// error once the attempts or the time budget are spent.
-    pub async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+    /// error once the attempts or the time budget are spent. The error names no URL and no
+    /// header value.
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         let (parts, body) = request.into_parts();
         let mut headers = (*self.headers).clone();
         for name in [CONTENT_TYPE, CONTENT_ENCODING] {
