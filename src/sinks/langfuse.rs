@@ -91,7 +91,12 @@ pub struct LangfuseOptions {
     pub max_queued_bytes: usize,
     /// How often a batch leaves (sooner when a batch is full).
     pub export_interval: Duration,
+    /// Spans per export request at most.
     pub max_batch: usize,
+    /// A batch holding this much span text leaves at once, however few its spans: one
+    /// export request stays far below what endpoints accept (the OTLP crate refuses bodies
+    /// over 64 MiB), whatever `LLMSROUTER_TRACE_MAX_IO_BYTES` allows one span.
+    pub max_batch_bytes: usize,
     pub retry: RetryPolicy,
     /// Longest the final flush may take on shutdown.
     pub shutdown_timeout: Duration,
@@ -100,6 +105,7 @@ pub struct LangfuseOptions {
 impl LangfuseOptions {
     pub const DEFAULT_MAX_QUEUED_SPANS: usize = 8192;
     pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+    pub const DEFAULT_MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
     /// Defaults for `destinations`.
     pub fn new(destinations: Vec<Destination>, redactor: Redactor) -> Self {
@@ -111,6 +117,7 @@ impl LangfuseOptions {
             max_queued_bytes: Self::DEFAULT_MAX_QUEUED_BYTES,
             export_interval: crate::env::DEFAULT_TRACE_EXPORT_INTERVAL,
             max_batch: 256,
+            max_batch_bytes: Self::DEFAULT_MAX_BATCH_BYTES,
             retry: RetryPolicy::default(),
             shutdown_timeout: Duration::from_secs(15),
         }
@@ -410,7 +417,10 @@ impl LangfuseSink {
             redactor: options.redactor.clone(),
             max_io_bytes: options.max_io_bytes,
             export_interval: options.export_interval,
-            max_batch: options.max_batch.max(1),
+            limits: BatchLimits {
+                spans: options.max_batch.max(1),
+                bytes: options.max_batch_bytes.max(1),
+            },
         };
         let worker = std::thread::Builder::new()
             .name("llmsrouter-spans".into())
@@ -620,8 +630,12 @@ impl Outbox {
         self.spans.bytes += bytes;
     }
 
-    fn due(&self, now: Instant, interval: Duration, max_batch: usize) -> bool {
-        self.spans.spans.len() >= max_batch
+    fn full(&self, limits: BatchLimits) -> bool {
+        self.spans.spans.len() >= limits.spans || self.spans.bytes >= limits.bytes
+    }
+
+    fn due(&self, now: Instant, interval: Duration, limits: BatchLimits) -> bool {
+        self.full(limits)
             || self
                 .since
                 .is_some_and(|t| now.duration_since(t) >= interval)
@@ -651,7 +665,14 @@ struct SpanBuilderThread {
     redactor: Redactor,
     max_io_bytes: usize,
     export_interval: Duration,
-    max_batch: usize,
+    limits: BatchLimits,
+}
+
+/// When a batch is full and leaves before its interval is up.
+#[derive(Debug, Clone, Copy)]
+struct BatchLimits {
+    spans: usize,
+    bytes: usize,
 }
 
 impl SpanBuilderThread {
@@ -670,7 +691,7 @@ impl SpanBuilderThread {
             }
             let now = Instant::now();
             for outbox in &mut self.outboxes {
-                if outbox.due(now, self.export_interval, self.max_batch) {
+                if outbox.due(now, self.export_interval, self.limits) {
                     outbox.send();
                 }
             }
@@ -724,7 +745,7 @@ impl SpanBuilderThread {
             if let Some(this) = this {
                 outbox.push(this, bytes);
             }
-            if outbox.spans.spans.len() >= self.max_batch {
+            if outbox.full(self.limits) {
                 outbox.send();
             }
         }

@@ -588,6 +588,36 @@ async fn an_endpoint_answering_500_or_absent_loses_only_spans_and_recovers() {
 }
 
 #[tokio::test]
+async fn a_batch_holding_its_byte_limit_leaves_before_its_interval() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    let mut options = langfuse_options(&otlp);
+    options.export_interval = Duration::from_secs(3600);
+    // Every span holds more text than this: each leaves in a request of its own.
+    options.max_batch_bytes = 64;
+    let (router, sink) =
+        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let response = router
+            .chat(
+                &json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await;
+        ids.push(request_id(&response));
+    }
+    // Well before the hour: the limit sent them.
+    let spans = otlp.wait_spans(3).await;
+    let mut got: Vec<String> = spans.iter().map(|s| trace_id(&s.span)).collect();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+    assert_eq!(otlp.exports().len(), 3, "one export request per span");
+    router.stop().await;
+    assert_eq!(sink.stats()[0].exported(), 3);
+}
+
+#[tokio::test]
 async fn shutdown_flushes_spans_still_waiting_for_their_batch() {
     let upstream = MockUpstream::start(Behavior::default()).await;
     let otlp = MockOtlp::start().await;
