@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use crate::auth::KeyIndex;
 use crate::config::Config;
 use crate::models::ModelCatalog;
+use crate::proxy::failure_log::FailureLog;
 use crate::record::Recorder;
 use crate::sinks::redact::Redactor;
 use crate::upstream::{ClientError, UpstreamClient};
@@ -58,6 +59,8 @@ pub struct AppState {
     /// The config's secrets (api keys, credential headers): removed from upstream error
     /// bodies before they reach a client, since an upstream may echo the key it was sent.
     pub redactor: Redactor,
+    /// Rate limit of the WARN lines for router errors (one per code per 10 s).
+    pub failures: FailureLog,
 }
 
 impl AppState {
@@ -80,6 +83,7 @@ impl AppState {
             body_read_timeout: BODY_READ_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
             send_timeout: SEND_TIMEOUT,
+            failures: FailureLog::default(),
             hard_stop: HardStop::new(),
         })
     }

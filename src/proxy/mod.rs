@@ -9,6 +9,7 @@
 //! parse per event; everything else the record needs is done by the recorder task.
 
 pub mod body;
+pub mod failure_log;
 pub mod headers;
 pub mod intake;
 pub mod members;
@@ -38,6 +39,7 @@ use crate::state::AppState;
 use crate::upstream::{UpstreamError, UpstreamResponse};
 use crate::usage::ResponseSummary;
 use body::RequestView;
+use failure_log::FailureLog;
 use headers::{AnswerFields, Shape, UpstreamFields};
 use intake::{Gathered, read_body};
 use stream::{StreamSettings, StreamTee};
@@ -210,11 +212,17 @@ async fn forward_inner(
     // not dropped with the runtime.
     let sent = tokio::select! {
         sent = tokio::time::timeout_at(deadline, sent) => sent,
-        () = &mut *hard_stop => return Ok(fail(guard, shutting_down(), request_id)),
+        () = &mut *hard_stop => return Ok(fail(guard, shutting_down(), request_id, &state.failures)),
     };
     let upstream = match sent {
-        Err(_) => return Ok(fail(guard, timeout_error(&target, timeout), request_id)),
-        Ok(Err(e)) => return Ok(fail(guard, send_error(&target, &e), request_id)),
+        Err(_) => {
+            let error = timeout_error(&target, timeout);
+            return Ok(fail(guard, error, request_id, &state.failures));
+        }
+        Ok(Err(e)) => {
+            let error = send_error(&target, &e);
+            return Ok(fail(guard, error, request_id, &state.failures));
+        }
         Ok(Ok(response)) => response,
     };
     let status = upstream.status;
@@ -239,6 +247,7 @@ async fn forward_inner(
         deadline,
         timeout,
         hard_stop,
+        failures: &state.failures,
     };
     let whole = whole_answer(
         upstream,
@@ -355,9 +364,24 @@ fn is_event_stream(fields: &Fields) -> bool {
     content_type_is(fields, "text/event-stream")
 }
 
-/// A router error after the target was known: recorded, then answered.
-fn fail(mut guard: RecordGuard, error: ProxyError, request_id: String) -> Answer {
-    tracing::warn!(request_id, code = error.code(), "{error}");
+/// A router error after the target was known: logged (see [`FailureLog`]), recorded, then
+/// answered.
+fn fail(
+    mut guard: RecordGuard,
+    error: ProxyError,
+    request_id: String,
+    failures: &FailureLog,
+) -> Answer {
+    match failures.admit(error.code(), Instant::now()) {
+        Some(0) => tracing::warn!(request_id, code = error.code(), "{error}"),
+        Some(left_out) => tracing::warn!(
+            request_id,
+            code = error.code(),
+            left_out,
+            "{error} ({left_out} more like it since the last line; the request log has each)"
+        ),
+        None => {}
+    }
     if let Some(record) = guard.record_mut() {
         record.status = Some(error.status().as_u16());
         record.error = Some(error.to_string());
@@ -441,6 +465,7 @@ struct Limits<'a> {
     deadline: Instant,
     timeout: Duration,
     hard_stop: &'a mut Stopped,
+    failures: &'a FailureLog,
 }
 
 async fn whole_answer(
@@ -455,6 +480,7 @@ async fn whole_answer(
         deadline,
         timeout,
         hard_stop,
+        failures,
     } = limits;
     let UpstreamResponse {
         status,
@@ -465,11 +491,13 @@ async fn whole_answer(
     let declared = http_body::Body::size_hint(&body).exact();
     let read = tokio::select! {
         read = tokio::time::timeout_at(deadline, read_upstream_body(body, declared)) => read,
-        () = hard_stop => return fail(guard, shutting_down(), request_id),
+        () = hard_stop => return fail(guard, shutting_down(), request_id, failures),
     };
     let body = match read {
-        Err(_) => return fail(guard, timeout_error(target, timeout), request_id),
-        Ok(Err(error)) => return fail(guard, error.into_proxy_error(target), request_id),
+        Err(_) => return fail(guard, timeout_error(target, timeout), request_id, failures),
+        Ok(Err(error)) => {
+            return fail(guard, error.into_proxy_error(target), request_id, failures);
+        }
         Ok(Ok(body)) => body,
     };
     let (body, shape, outcome, error) =

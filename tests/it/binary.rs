@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::http1::{CHAT, Raw, post};
 use crate::support::upstream::{Behavior, MockUpstream, expected_stream};
-use crate::support::{RouterProcess, client, one_server_config, run_cli};
+use crate::support::{RouterProcess, client, one_server_config, run_cli, wait_until};
 
 const PYTHON_TEMPLATE: &str = include_str!("../fixtures/python-config.yaml.template");
 
@@ -304,4 +304,40 @@ async fn a_low_open_files_limit_is_raised_so_connections_past_it_are_served() {
         connections.push(connection);
     }
     assert_eq!(upstream.count(), CONNECTIONS);
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_one_warning_per_ten_seconds_not_one_per_request() {
+    let config = one_server_config(&crate::support::closed_url(), "");
+    let mut router = RouterProcess::start(Some(&config), &[]);
+    let started = std::time::Instant::now();
+    const REQUESTS: usize = 30;
+    for _ in 0..REQUESTS {
+        let response = router
+            .chat(&json!({"model": "[mock]m", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 502);
+    }
+    let elapsed = started.elapsed();
+    router.terminate();
+    let status = router.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", router.stderr());
+    // Every line is in once the last one ("stopped") is.
+    wait_until(Duration::from_secs(10), || {
+        router.stderr().contains("stopped")
+    })
+    .await;
+    let stderr = router.stderr();
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("upstream_unreachable"))
+        .collect();
+    // One window of 10 s per line at most; the test takes far less than 10 s unless the
+    // machine crawls.
+    let allowed = 1 + (elapsed.as_secs() / 10) as usize;
+    assert!(
+        !warnings.is_empty() && warnings.len() <= allowed,
+        "{} warnings for {REQUESTS} failed requests in {elapsed:?}:\n{stderr}",
+        warnings.len()
+    );
 }
