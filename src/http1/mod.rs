@@ -22,6 +22,7 @@
 pub mod fields;
 pub mod framing;
 pub mod head;
+pub mod http2;
 pub mod io;
 pub mod server;
 

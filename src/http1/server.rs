@@ -654,17 +654,8 @@ impl Conn {
             prefix: self.buf.freeze(),
             io: self.io,
         };
-        let app = hyper_util::service::TowerToHyperService::new(service.app.clone());
-        let builder =
-            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-        let mut connection = pin!(builder.serve_connection(hyper_util::rt::TokioIo::new(io), app));
-        let mut draining = self.draining;
-        tokio::select! {
-            _ = &mut connection => return,
-            () = &mut draining => {}
-        }
-        connection.as_mut().graceful_shutdown();
-        let _ = connection.await;
+        let idle_timeout = service.state.idle_timeout;
+        super::http2::serve(io, service.app.clone(), idle_timeout, self.draining).await;
     }
 }
 

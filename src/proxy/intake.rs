@@ -42,6 +42,7 @@ pub async fn read_body(
     declared: Option<&str>,
     expects_continue: bool,
     limit: usize,
+    stall: Duration,
 ) -> Result<Bytes, ProxyError> {
     check_encoding(content_encoding)?;
     let declared = declared.and_then(|v| v.trim().parse::<u64>().ok());
@@ -53,18 +54,27 @@ pub async fn read_body(
         }
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    collect_within(body, limit, declared).await
+    collect_within(body, limit, declared, stall).await
 }
 
 /// Collects a body whose length was not declared (or was declared within `limit`), stopping
-/// at the first byte past `limit`.
+/// at the first byte past `limit`. A body that sends nothing for `stall` is refused, as
+/// the router's HTTP/1 refuses one: a client must not hold a request open without sending.
 async fn collect_within(
     mut body: Body,
     limit: usize,
     declared: Option<u64>,
+    stall: Duration,
 ) -> Result<Bytes, ProxyError> {
     let mut gathered = Gathered::expecting(declared.map_or(0, |len| len as usize));
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(frame) = tokio::time::timeout(stall, body.frame()).await else {
+            return Err(ProxyError::InvalidRequest(format!(
+                "the request body stalled: nothing arrived for {} s",
+                stall.as_secs_f64()
+            )));
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|_| unreadable())?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers carry nothing the router uses

@@ -115,7 +115,17 @@ pub async fn forward(state: &Arc<AppState>, incoming: Incoming<'_>) -> Response 
         .fields
         .get("expect")
         .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
-    let body = match read_body(incoming.body, encoding, declared, expects_continue, limit).await {
+    let stall = state.body_read_timeout;
+    let body = match read_body(
+        incoming.body,
+        encoding,
+        declared,
+        expects_continue,
+        limit,
+        stall,
+    )
+    .await
+    {
         Ok(body) => body,
         Err(error) => return error.into_response(),
     };

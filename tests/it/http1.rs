@@ -836,3 +836,101 @@ async fn a_stalled_head_or_body_closes_its_connection_an_idle_one_stays() {
     assert_eq!(idle.answer().await.status, 200);
     router.stop().await;
 }
+
+/// HTTP/2's connection preface and an empty SETTINGS frame: an h2c client's opening.
+const H2_OPENING: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+const GOAWAY: u8 = 7;
+
+/// The types of the HTTP/2 frames in `wire` (9-byte headers: length, type, flags, stream).
+fn h2_frame_types(mut wire: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while wire.len() >= 9 {
+        let len = usize::from(wire[0]) << 16 | usize::from(wire[1]) << 8 | usize::from(wire[2]);
+        types.push(wire[3]);
+        wire = &wire[(9 + len).min(wire.len())..];
+    }
+    types
+}
+
+fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client")
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_one_streaming_an_answer_is_not() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 10,
+        chunk_delay: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let idle_timeout = Duration::from_millis(300);
+    let router = TestRouter::start_with(&one_server_config(&upstream.url(), ""), |state| {
+        state.idle_timeout = idle_timeout;
+    })
+    .await;
+    let mut silent = Raw::connect(router.addr).await;
+    silent.send(H2_OPENING).await;
+
+    // A stream three idle timeouts long: open all along, so never idle.
+    let began = std::time::Instant::now();
+    let response = h2c_client()
+        .post(router.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"[mock]m","stream":true,"messages":[]}"#)
+        .send()
+        .await
+        .expect("send over HTTP/2");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let text = response.text().await.expect("the whole stream");
+    assert!(began.elapsed() > idle_timeout * 3);
+    assert_eq!(text, expected_stream(&upstream.behavior(), false));
+
+    // The silent one got the server's SETTINGS, then GOAWAY and the end of the connection.
+    while silent.fill().await {}
+    assert!(
+        h2_frame_types(&silent.buf).contains(&GOAWAY),
+        "{:?}",
+        h2_frame_types(&silent.buf)
+    );
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_request_body_that_stalls_is_refused() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start_with(&one_server_config(&upstream.url(), ""), |state| {
+        state.body_read_timeout = Duration::from_millis(200);
+    })
+    .await;
+    // The first half of a body, then nothing, without ending the stream.
+    let pieces = futures_util::StreamExt::chain(
+        futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+            br#"{"model":"[mock]m","#,
+        ))]),
+        futures_util::stream::pending(),
+    );
+    let response = h2c_client()
+        .post(router.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(pieces))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.expect("JSON error");
+    assert_eq!(body["error"]["code"], "invalid_request");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("stalled")),
+        "{body}"
+    );
+    assert_eq!(upstream.count(), 0);
+    router.stop().await;
+}
