@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 /// The least a read asks the kernel for, and the most.
-const MIN_READ: usize = 8 * 1024;
+pub const MIN_READ: usize = 8 * 1024;
 const MAX_READ: usize = 256 * 1024;
 
 /// Reads what is there (waiting until something is) into `buf`; 0 means end of file.

@@ -341,3 +341,50 @@ async fn an_unreachable_upstream_is_one_warning_per_ten_seconds_not_one_per_requ
         warnings.len()
     );
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test]
+async fn an_idle_connection_does_not_keep_the_buffer_of_its_last_large_request() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let config = one_server_config(&upstream.url(), "");
+    // No sinks: a record's copy of the body must not be what the measure sees.
+    let router = RouterProcess::start(
+        Some(&config),
+        &[("LLMSROUTER_LEDGER", "false"), ("LLMSROUTER_LOG_FILE", "")],
+    );
+    let content = "x".repeat(1_000_000);
+    let body =
+        json!({"model": "[mock]m", "messages": [{"role": "user", "content": content}]}).to_string();
+    let request = post("/v1/chat/completions", &body, "");
+    // One first, on a connection then closed: what the allocator keeps for itself is
+    // counted before the measure.
+    let mut warm = Raw::connect(router.addr).await;
+    warm.send(request.as_bytes()).await;
+    assert_eq!(warm.answer().await.status, 200);
+    drop(warm);
+    let pid = router.child.id();
+    let before = rss_kib(pid);
+    const CONNECTIONS: u64 = 40;
+    let mut idle = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut raw = Raw::connect(router.addr).await;
+        raw.send(request.as_bytes()).await;
+        assert_eq!(raw.answer().await.status, 200);
+        idle.push(raw);
+    }
+    let grown = rss_kib(pid).saturating_sub(before);
+    // Kept, the buffer was about 300 KiB a connection.
+    assert!(
+        grown < CONNECTIONS * 150,
+        "{grown} KiB more for {CONNECTIONS} idle connections"
+    );
+    assert_eq!(upstream.count(), CONNECTIONS as usize + 1);
+}
