@@ -20,7 +20,7 @@ use http_body::{Frame, SizeHint};
 use super::pool::{LanePools, PlainConn};
 use crate::http1::framing::{Decoded, Decoder, FramingError, response_length};
 use crate::http1::head::{HeadError, ResponseHead, parse_response};
-use crate::http1::io::{read_some, reserve, write_all};
+use crate::http1::io::{MIN_READ, read_some, reserve, write_all};
 use crate::state::SEND_TIMEOUT;
 
 /// Why an exchange with an upstream failed.
@@ -104,6 +104,7 @@ where
             lane,
             authority,
         },
+        grown: false,
     };
     Ok((head, body))
 }
@@ -133,6 +134,10 @@ pub struct PlainBody {
     /// The answer's framing and `Connection` allow another request after it.
     reusable: bool,
     lease: Lease,
+    /// The buffer was grown for a large declared body: not kept while the connection idles.
+    /// (Its `capacity()` cannot tell: once the body is split off, it is what is left of the
+    /// allocation, which the buffer still holds whole.)
+    grown: bool,
 }
 
 /// A connection that read a body this large keeps no buffer that size while it idles.
@@ -145,7 +150,7 @@ impl PlainBody {
             return;
         };
         if self.reusable && self.decoder.is_done() && conn.buf.is_empty() {
-            if conn.buf.capacity() > IDLE_BUFFER_LIMIT {
+            if self.grown || conn.buf.capacity() > IDLE_BUFFER_LIMIT {
                 conn.buf = BytesMut::new();
             }
             let lease = &self.lease;
@@ -193,6 +198,7 @@ impl http_body::Body for PlainBody {
                 .remaining()
                 .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
             reserve(&mut conn.buf, expect);
+            this.grown |= expect > MIN_READ;
             match ready!(tokio_util::io::poll_read_buf(
                 std::pin::Pin::new(&mut conn.io),
                 cx,
@@ -369,6 +375,24 @@ mod tests {
         let (_, body) = client.post().await;
         assert_eq!(body.collect().await.expect("body").to_bytes().len(), BIG);
         assert_eq!(server.accepted(), 2);
+    }
+
+    /// A connection that read a large body goes back without the buffer it grew for it; one
+    /// that read a small body keeps its buffer for the next answer.
+    #[tokio::test]
+    async fn a_connection_goes_back_without_a_buffer_grown_for_a_large_body() {
+        for (size, released) in [(1 << 20, true), (100, false)] {
+            let server = Server::start(Bytes::from(vec![b'x'; size])).await;
+            let client = Client::new(server.addr);
+            let (_, body) = client.post().await;
+            let read = body.collect().await.expect("body").to_bytes();
+            assert_eq!(read.len(), size);
+            drop(read);
+            let (_, conn) = client.pools.take(0, &client.authority);
+            let conn = conn.expect("the connection went back");
+            // Taking it may have read (nothing) into a released buffer: 64 bytes of room.
+            assert_eq!(conn.buf.capacity() < 1024, released, "{size}-byte body");
+        }
     }
 
     /// An upstream that closes a keep-alive connection while it idles in the list (its own
