@@ -23,6 +23,9 @@ use crate::hard_stop::Stopped;
 const PING_INTERVAL: Duration = Duration::from_secs(60);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// After GOAWAY, how long a connection with no request open waits for the client to end it.
+const GOAWAY_LINGER: Duration = Duration::from_secs(2);
+
 /// Serves one HTTP/2 connection until the client closes it, it has been idle for
 /// `idle_timeout`, or shutdown begins (`draining`): in the last two cases with GOAWAY, letting
 /// the requests under way finish (shutdown's own deadline bounds those).
@@ -41,21 +44,19 @@ where
         .keep_alive_interval(Some(PING_INTERVAL))
         .keep_alive_timeout(PING_TIMEOUT);
     let mut connection = pin!(builder.serve_connection(TokioIo::new(io), service));
-    let idle = tokio::select! {
+    tokio::select! {
         _ = &mut connection => return,
-        () = &mut draining => false,
-        () = idle_for(&mut watch_open, idle_timeout) => true,
-    };
-    connection.as_mut().graceful_shutdown();
-    if !idle {
-        let _ = connection.await;
-        return;
+        () = &mut draining => {}
+        () = idle_for(&mut watch_open, idle_timeout) => {}
     }
-    // hyper ends the connection once the client acknowledges the GOAWAY's PING. A client
-    // that answers nothing is dropped after another idle timeout without a request.
+    connection.as_mut().graceful_shutdown();
+    // hyper ends the connection once the requests under way are answered and the client has
+    // acknowledged the GOAWAY's PING. A client that acknowledges nothing must not hold it
+    // (nor hold up shutdown, which waits for every connection): with no request open for a
+    // moment, it is dropped.
     tokio::select! {
         _ = &mut connection => {}
-        () = idle_for(&mut watch_open, idle_timeout) => {}
+        () = idle_for(&mut watch_open, GOAWAY_LINGER) => {}
     }
 }
 

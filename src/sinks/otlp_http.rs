@@ -150,8 +150,8 @@ impl HttpClient for OtlpTransport {
             stopping: self.stopping.clone(),
             retries: self.retries.clone(),
         };
-        // The exporter's thread has no reactor; the request runs on the runtime and this
-        // future only waits for it.
+        // The request runs as a task on the runtime the transport was made in, whatever
+        // polls the exporter's future (the HttpClient trait does not say); this only waits.
         self.runtime
             .spawn(send.run())
             .await
