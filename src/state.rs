@@ -60,7 +60,7 @@ pub struct AppState {
     /// bodies before they reach a client, since an upstream may echo the key it was sent.
     pub redactor: Redactor,
     /// Rate limit of the WARN lines for router errors (one per code per 10 s).
-    pub failures: FailureLog,
+    pub failures: Arc<FailureLog>,
 }
 
 impl AppState {
@@ -83,7 +83,7 @@ impl AppState {
             body_read_timeout: BODY_READ_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
             send_timeout: SEND_TIMEOUT,
-            failures: FailureLog::default(),
+            failures: Arc::default(),
             hard_stop: HardStop::new(),
         })
     }

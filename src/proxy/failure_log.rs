@@ -1,5 +1,5 @@
-//! WARN lines for the router's own failures (upstream unreachable, timeouts, shutdown), at
-//! most one per error code per window.
+//! WARN lines for the router's own failures (upstream unreachable, timeouts, shutdown, a
+//! stream that broke off), at most one per error code per window.
 //!
 //! A failure is worth a line in the server log, but during an outage under load a line per
 //! request buries everything else (a thousand requests a second to a provider that is down
@@ -59,6 +59,22 @@ impl FailureLog {
         }
         state.last_logged = now;
         Some(std::mem::take(&mut state.left_out))
+    }
+}
+
+impl FailureLog {
+    /// Logs a failure at WARN unless another of its code was logged within the window.
+    pub fn warn(&self, request_id: &str, code: &'static str, error: &dyn std::fmt::Display) {
+        match self.admit(code, Instant::now()) {
+            Some(0) => tracing::warn!(request_id, code, "{error}"),
+            Some(left_out) => tracing::warn!(
+                request_id,
+                code,
+                left_out,
+                "{error} ({left_out} more like it since the last line; the request log has each)"
+            ),
+            None => {}
+        }
     }
 }
 

@@ -42,6 +42,7 @@ use body::RequestView;
 use failure_log::FailureLog;
 use headers::{AnswerFields, Shape, UpstreamFields};
 use intake::{Gathered, read_body};
+use stream::StreamFailures;
 use stream::{StreamSettings, StreamTee};
 
 /// Largest non-stream upstream answer the router will hold; beyond it the request fails
@@ -382,16 +383,7 @@ fn fail(
     request_id: String,
     failures: &FailureLog,
 ) -> Answer {
-    match failures.admit(error.code(), Instant::now()) {
-        Some(0) => tracing::warn!(request_id, code = error.code(), "{error}"),
-        Some(left_out) => tracing::warn!(
-            request_id,
-            code = error.code(),
-            left_out,
-            "{error} ({left_out} more like it since the last line; the request log has each)"
-        ),
-        None => {}
-    }
+    failures.warn(&request_id, error.code(), &error);
     if let Some(record) = guard.record_mut() {
         record.status = Some(error.status().as_u16());
         record.error = Some(error.to_string());
@@ -455,7 +447,11 @@ fn stream_answer(
 ) -> Answer {
     let body = Box::pin(http_body_util::BodyDataStream::new(upstream.body));
     let sse = settings.sse;
-    let tee = StreamTee::new(body, settings, guard, state.hard_stop.clone());
+    let failures = StreamFailures {
+        log: Arc::clone(&state.failures),
+        request_id: request_id.clone(),
+    };
+    let tee = StreamTee::new(body, settings, guard, state.hard_stop.clone(), failures);
     Answer {
         status: upstream.status,
         fields: AnswerFields {

@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
@@ -21,6 +22,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::error_body;
 use crate::hard_stop::{HardStop, Stopped};
+use crate::proxy::failure_log::FailureLog;
 use crate::proxy::sse::{EventSplitter, event_data};
 use crate::record::{Outcome, RecordGuard};
 use crate::upstream::UpstreamError;
@@ -63,6 +65,13 @@ pub struct StreamTee {
     /// Resolves when shutdown's grace period is over.
     hard_stop: Stopped,
     state: State,
+    failures: StreamFailures,
+}
+
+/// Where a stream that breaks off is logged (see [`FailureLog`]), and as which request.
+pub struct StreamFailures {
+    pub log: Arc<FailureLog>,
+    pub request_id: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +88,7 @@ impl StreamTee {
         settings: StreamSettings,
         guard: RecordGuard,
         hard_stop: HardStop,
+        failures: StreamFailures,
     ) -> Self {
         let now = Instant::now();
         let first_deadline = now + settings.keepalive.min(settings.idle_timeout);
@@ -93,6 +103,7 @@ impl StreamTee {
             timer: Box::pin(tokio::time::sleep_until(first_deadline)),
             hard_stop: hard_stop.stopped(),
             state: State::Streaming,
+            failures,
         }
     }
 
@@ -154,6 +165,8 @@ impl StreamTee {
     /// were forwarded; a body that is not SSE is aborted instead (the client sees an
     /// incomplete body rather than bytes it cannot parse).
     fn fail(&mut self, message: String, code: &'static str) -> Result<Bytes, std::io::Error> {
+        let failures = &self.failures;
+        failures.log.warn(&failures.request_id, code, &message);
         if !self.settings.sse {
             self.state = State::Ending;
             self.finish(Outcome::StreamFailed, Some(message.clone()));
@@ -383,7 +396,17 @@ mod tests {
             drop_usage_chunk: false,
             sse: true,
         };
-        let tee = StreamTee::new(Box::pin(endless), settings, guard(), HardStop::new());
+        let failures = StreamFailures {
+            log: Arc::default(),
+            request_id: "r1".into(),
+        };
+        let tee = StreamTee::new(
+            Box::pin(endless),
+            settings,
+            guard(),
+            HardStop::new(),
+            failures,
+        );
         let out: Vec<Bytes> = tee
             .map(|item| item.expect("sse failures are events"))
             .collect()

@@ -342,6 +342,47 @@ async fn an_unreachable_upstream_is_one_warning_per_ten_seconds_not_one_per_requ
     );
 }
 
+#[tokio::test]
+async fn streams_that_break_off_are_logged_once_per_ten_seconds_too() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 5,
+        abort_after: Some(2),
+        chunk_delay: Duration::from_millis(10),
+        ..Default::default()
+    })
+    .await;
+    let mut router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &[]);
+    let started = std::time::Instant::now();
+    const STREAMS: usize = 10;
+    for _ in 0..STREAMS {
+        let response = router
+            .chat(&json!({"model": "[mock]m", "stream": true, "messages": []}))
+            .await;
+        // Begun (200), then cut with an error event.
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.expect("the stream, cut");
+        assert!(text.contains("upstream_unreachable"), "{text}");
+    }
+    let elapsed = started.elapsed();
+    router.terminate();
+    let status = router.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", router.stderr());
+    wait_until(Duration::from_secs(10), || {
+        router.stderr().contains("stopped")
+    })
+    .await;
+    let stderr = router.stderr();
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("upstream_unreachable"))
+        .count();
+    let allowed = 1 + (elapsed.as_secs() / 10) as usize;
+    assert!(
+        warnings >= 1 && warnings <= allowed,
+        "{warnings} warnings for {STREAMS} broken streams in {elapsed:?}:\n{stderr}"
+    );
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
