@@ -203,3 +203,43 @@ async fn metrics_count_what_every_sink_wrote_and_dropped() {
     let status = router.wait_exit(Duration::from_secs(40)).await;
     assert!(status.success(), "{status:?}: {}", router.stderr());
 }
+
+/// `OTEL_EXPORTER_OTLP_HEADERS` is read by the OTLP crate for every exporter it builds,
+/// Langfuse's included; only the generic destination may send them.
+#[tokio::test]
+async fn otlp_headers_from_the_environment_reach_the_collector_and_never_langfuse() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let langfuse = MockOtlp::start().await;
+    let collector = MockOtlp::start().await;
+    let data = tempfile::tempdir().expect("data dir");
+    let db = data.path().join("ledger.db").display().to_string();
+    let log = data.path().join("api_proxy.log").display().to_string();
+    let mut vars: Vec<(&str, String)> = every_sink(&langfuse.origin(), &db, &log, "50").into();
+    vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", collector.origin()));
+    vars.push((
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "x-team=blue,authorization=Bearer%20collector-token".to_owned(),
+    ));
+    let envs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &envs);
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+
+    let to_collector = collector.span_of(&id).await;
+    assert_eq!(to_collector.headers["x-team"], "blue");
+    assert_eq!(
+        to_collector.headers["authorization"],
+        "Bearer collector-token"
+    );
+    let to_langfuse = langfuse.span_of(&id).await;
+    assert!(to_langfuse.headers.get("x-team").is_none());
+    assert!(
+        to_langfuse.headers["authorization"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("Basic ")
+    );
+}
