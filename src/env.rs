@@ -73,6 +73,7 @@ impl EnvSettings {
             Some(v) => Some(PathBuf::from(v)),
         };
         let mut warnings = Vec::new();
+        unused_otlp_variables(env, &mut warnings);
         Ok(Self {
             account_management: bool_var(env, "ENABLE_ACCOUNT_MANAGEMENT", false)?,
             log_file,
@@ -149,6 +150,45 @@ fn otlp_env(
         endpoint: traces_endpoint(&base),
         headers,
     }))
+}
+
+/// Standard OTLP variables a user may well set that the router does not act on: each gets a
+/// warning at start rather than being silently ignored.
+fn unused_otlp_variables(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<String>) {
+    for name in [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    ] {
+        if non_empty(env, name).is_some() {
+            warnings.push(format!(
+                "{name} is not read; use OTEL_EXPORTER_OTLP_ENDPOINT (/v1/traces is appended) \
+                 and OTEL_EXPORTER_OTLP_HEADERS"
+            ));
+        }
+    }
+    for name in [
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    ] {
+        if let Some(value) = non_empty(env, name) {
+            if !value.trim().eq_ignore_ascii_case("none") {
+                warnings.push(format!(
+                    "{name}={} is not supported; spans are sent uncompressed",
+                    value.trim()
+                ));
+            }
+        }
+    }
+    for name in [
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    ] {
+        if non_empty(env, name).is_some() {
+            warnings.push(format!(
+                "{name} has no effect; each export attempt may take 10 s, and its retries 60 s in all"
+            ));
+        }
+    }
 }
 
 /// `base` + `/v1/traces`, with exactly one `/` between them (OTLP exporter spec).
@@ -292,6 +332,31 @@ mod tests {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
         }
+    }
+
+    #[test]
+    fn otlp_variables_the_router_does_not_use_are_named_in_warnings() {
+        let s = EnvSettings::from_lookup(&lookup(&[
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://collector:4318/v1/traces",
+            ),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
+        ]))
+        .expect("ok");
+        assert_eq!(s.warnings.len(), 3, "{:?}", s.warnings);
+        for name in [
+            "OTEL_EXPORTER_OTLP_COMPRESSION=gzip is not supported",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is not read",
+            "OTEL_EXPORTER_OTLP_TIMEOUT has no effect",
+        ] {
+            assert!(s.warnings.iter().any(|w| w.starts_with(name)), "{name}");
+        }
+        let quiet =
+            EnvSettings::from_lookup(&lookup(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "none")]))
+                .expect("ok");
+        assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
     }
 
     #[test]
