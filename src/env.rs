@@ -27,6 +27,9 @@ pub struct EnvSettings {
     pub trace_max_io_bytes: usize,
     /// `OTEL_BSP_SCHEDULE_DELAY` (milliseconds): how often a batch of spans is sent.
     pub trace_export_interval: std::time::Duration,
+    /// `OTEL_EXPORTER_OTLP_TRACES_COMPRESSION`, else `OTEL_EXPORTER_OTLP_COMPRESSION`, is
+    /// `gzip`: every destination's export requests are gzipped (Langfuse accepts that).
+    pub trace_gzip: bool,
     /// Settings that look like mistakes but do not stop start-up (logged by `serve`).
     pub warnings: Vec<String>,
 }
@@ -83,6 +86,7 @@ impl EnvSettings {
             otlp: otlp_env(env, &mut warnings)?,
             trace_max_io_bytes: trace_max_io_bytes(env)?,
             trace_export_interval: trace_export_interval(env)?,
+            trace_gzip: otlp_gzip(env, &mut warnings),
             warnings,
         })
     }
@@ -167,19 +171,6 @@ fn unused_otlp_variables(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Ve
         }
     }
     for name in [
-        "OTEL_EXPORTER_OTLP_COMPRESSION",
-        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-    ] {
-        if let Some(value) = non_empty(env, name) {
-            if !value.trim().eq_ignore_ascii_case("none") {
-                warnings.push(format!(
-                    "{name}={} is not supported; spans are sent uncompressed",
-                    value.trim()
-                ));
-            }
-        }
-    }
-    for name in [
         "OTEL_EXPORTER_OTLP_TIMEOUT",
         "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     ] {
@@ -189,6 +180,31 @@ fn unused_otlp_variables(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Ve
             ));
         }
     }
+}
+
+/// Whether spans are gzipped: the first of the per-signal and the general compression
+/// variable that holds `gzip` or `none` decides, as in the OTLP crate (which reads them too,
+/// for every exporter, so the router and the crate always agree). Other values are skipped
+/// with a warning: `zstd` is a valid OTLP value that Langfuse does not accept.
+fn otlp_gzip(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<String>) -> bool {
+    for name in [
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+    ] {
+        let Some(value) = non_empty(env, name) else {
+            continue;
+        };
+        if value.eq_ignore_ascii_case("gzip") {
+            return true;
+        }
+        if value.eq_ignore_ascii_case("none") {
+            return false;
+        }
+        warnings.push(format!(
+            "{name}={value} is not supported (gzip or none); it is ignored"
+        ));
+    }
+    false
 }
 
 /// `base` + `/v1/traces`, with exactly one `/` between them (OTLP exporter spec).
@@ -337,7 +353,6 @@ mod tests {
     #[test]
     fn otlp_variables_the_router_does_not_use_are_named_in_warnings() {
         let s = EnvSettings::from_lookup(&lookup(&[
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
             (
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                 "http://collector:4318/v1/traces",
@@ -345,18 +360,47 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
         ]))
         .expect("ok");
-        assert_eq!(s.warnings.len(), 3, "{:?}", s.warnings);
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
         for name in [
-            "OTEL_EXPORTER_OTLP_COMPRESSION=gzip is not supported",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is not read",
             "OTEL_EXPORTER_OTLP_TIMEOUT has no effect",
         ] {
             assert!(s.warnings.iter().any(|w| w.starts_with(name)), "{name}");
         }
-        let quiet =
-            EnvSettings::from_lookup(&lookup(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "none")]))
-                .expect("ok");
-        assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
+    }
+
+    #[test]
+    fn compression_is_gzip_or_none_and_the_per_signal_variable_comes_first() {
+        let gzip = |pairs: &[(&str, &str)]| {
+            let s = EnvSettings::from_lookup(&lookup(pairs)).expect("ok");
+            (s.trace_gzip, s.warnings)
+        };
+        assert_eq!(gzip(&[]), (false, vec![]));
+        assert_eq!(
+            gzip(&[("OTEL_EXPORTER_OTLP_COMPRESSION", " GZIP ")]),
+            (true, vec![])
+        );
+        assert_eq!(
+            gzip(&[
+                ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ]),
+            (false, vec![])
+        );
+        let (on, warnings) = gzip(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ]);
+        assert!(on);
+        assert_eq!(
+            warnings,
+            vec![
+                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION=zstd is not supported (gzip or none); it is ignored"
+            ]
+        );
+        let (on, warnings) = gzip(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")]);
+        assert!(!on);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
     }
 
     #[test]

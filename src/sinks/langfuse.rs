@@ -98,6 +98,8 @@ pub struct LangfuseOptions {
     /// over 64 MiB), whatever `LLMSROUTER_TRACE_MAX_IO_BYTES` allows one span.
     pub max_batch_bytes: usize,
     pub retry: RetryPolicy,
+    /// Gzip every export request (`OTEL_EXPORTER_OTLP_COMPRESSION=gzip`).
+    pub gzip: bool,
     /// Longest the final flush may take on shutdown.
     pub shutdown_timeout: Duration,
 }
@@ -119,6 +121,7 @@ impl LangfuseOptions {
             max_batch: 256,
             max_batch_bytes: Self::DEFAULT_MAX_BATCH_BYTES,
             retry: RetryPolicy::default(),
+            gzip: false,
             shutdown_timeout: Duration::from_secs(15),
         }
     }
@@ -146,6 +149,7 @@ impl LangfuseOptions {
         let mut options = Self::new(destinations, redactor);
         options.max_io_bytes = env.trace_max_io_bytes;
         options.export_interval = env.trace_export_interval;
+        options.gzip = env.trace_gzip;
         Some(options)
     }
 }
@@ -389,12 +393,12 @@ impl LangfuseSink {
             // exports under way need as many exporters (sharing one transport and its pool).
             let pool = (0..EXPORTS_IN_FLIGHT)
                 .map(|_| {
-                    build_exporter(destination, &transport, &options.retry, &resource).map(
-                        |inner| CountingExporter {
+                    build_exporter(destination, &transport, &options, &resource).map(|inner| {
+                        CountingExporter {
                             stats: destination_stats.clone(),
                             inner,
-                        },
-                    )
+                        }
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let (tx, rx) = mpsc::channel(EXPORT_QUEUE);
@@ -453,24 +457,27 @@ impl LangfuseSink {
 /// the transport's: the crate's own policy skips a plain 500, which Langfuse answers while
 /// its database is unavailable. Headers are the transport's too, so the
 /// `OTEL_EXPORTER_OTLP_HEADERS` the crate reads for every exporter never reach Langfuse.
+/// Compression is the crate's: it gzips the body and says so in `Content-Encoding`.
 fn build_exporter(
     destination: &Destination,
     transport: &Arc<dyn HttpClient>,
-    retry: &RetryPolicy,
+    options: &LangfuseOptions,
     resource: &Resource,
 ) -> Result<opentelemetry_otlp::SpanExporter, LangfuseError> {
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(destination.endpoint.clone())
         .with_protocol(Protocol::HttpBinary)
-        .with_timeout(retry.budget)
+        .with_timeout(options.retry.budget)
         .with_shared_http_client(transport.clone())
-        .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled())
-        .build()
-        .map_err(|e| LangfuseError::Exporter {
-            destination: destination.name,
-            reason: e.to_string(),
-        })?;
+        .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
+    if options.gzip {
+        builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
+    }
+    let mut exporter = builder.build().map_err(|e| LangfuseError::Exporter {
+        destination: destination.name,
+        reason: e.to_string(),
+    })?;
     exporter.set_resource(resource);
     Ok(exporter)
 }

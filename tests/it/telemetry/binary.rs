@@ -205,7 +205,8 @@ async fn metrics_count_what_every_sink_wrote_and_dropped() {
 }
 
 /// `OTEL_EXPORTER_OTLP_HEADERS` is read by the OTLP crate for every exporter it builds,
-/// Langfuse's included; only the generic destination may send them.
+/// Langfuse's included; only the generic destination may send them. Compression, which holds
+/// no secret, applies to both.
 #[tokio::test]
 async fn otlp_headers_from_the_environment_reach_the_collector_and_never_langfuse() {
     let upstream = MockUpstream::start(Behavior::default()).await;
@@ -220,6 +221,7 @@ async fn otlp_headers_from_the_environment_reach_the_collector_and_never_langfus
         "OTEL_EXPORTER_OTLP_HEADERS",
         "x-team=blue,authorization=Bearer%20collector-token".to_owned(),
     ));
+    vars.push(("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".to_owned()));
     let envs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &envs);
     let response = router
@@ -242,4 +244,7 @@ async fn otlp_headers_from_the_environment_reach_the_collector_and_never_langfus
             .expect("ascii")
             .starts_with("Basic ")
     );
+    for span in [&to_collector, &to_langfuse] {
+        assert_eq!(span.headers["content-encoding"], "gzip");
+    }
 }

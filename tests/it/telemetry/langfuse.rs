@@ -618,6 +618,50 @@ async fn a_batch_holding_its_byte_limit_leaves_before_its_interval() {
 }
 
 #[tokio::test]
+async fn with_gzip_on_every_destination_gets_gzipped_exports() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let langfuse = MockOtlp::start().await;
+    let collector = MockOtlp::start().await;
+    let mut options = langfuse_options(&langfuse);
+    options.destinations.push(Destination {
+        name: "otlp",
+        endpoint: llmsrouter::env::traces_endpoint(&collector.origin()),
+        headers: vec![],
+    });
+    options.gzip = true;
+    let (router, sink) =
+        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let prompt = "the same words again and again; ".repeat(2000);
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": prompt}]}))
+        .await;
+    let id = request_id(&response);
+    for mock in [&langfuse, &collector] {
+        let span = mock.span_of(&id).await;
+        assert_eq!(span.headers["content-encoding"], "gzip");
+        assert_eq!(span.headers["content-type"], "application/x-protobuf");
+        let input = json_attr(&span.span, "langfuse.observation.input").expect("input");
+        assert_eq!(input[0]["content"], prompt.as_str());
+        let exports = mock.exports();
+        assert_eq!(exports.len(), 1);
+        assert!(
+            exports[0].wire_len * 10 < exports[0].body.len(),
+            "{} bytes sent for {} of protobuf",
+            exports[0].wire_len,
+            exports[0].body.len()
+        );
+    }
+    assert!(
+        langfuse.exports()[0].headers["authorization"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("Basic ")
+    );
+    router.stop().await;
+    assert_eq!(sink.stats()[0].exported(), 1);
+}
+
+#[tokio::test]
 async fn shutdown_flushes_spans_still_waiting_for_their_batch() {
     let upstream = MockUpstream::start(Behavior::default()).await;
     let otlp = MockOtlp::start().await;

@@ -28,7 +28,10 @@ use crate::support::wait_until;
 pub struct Export {
     pub path: String,
     pub headers: HeaderMap,
+    /// The protobuf body, gunzipped when it came with `Content-Encoding: gzip`.
     pub body: Bytes,
+    /// Bytes as they came over the wire.
+    pub wire_len: usize,
     pub request: ExportTraceServiceRequest,
 }
 
@@ -210,12 +213,19 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             .insert("retry-after", retry_after.parse().expect("value"));
     }
     if status == 200 {
+        let wire_len = body.len();
+        let body = match parts.headers.get(http::header::CONTENT_ENCODING) {
+            Some(encoding) if encoding == "gzip" => gunzip(&body),
+            Some(other) => panic!("unexpected content-encoding {other:?}"),
+            None => body,
+        };
         let request = ExportTraceServiceRequest::decode(body.clone())
             .expect("the router sends protobuf ExportTraceServiceRequest");
         shared.exports.lock().expect("lock").push(Export {
             path: parts.uri.path().to_owned(),
             headers: parts.headers,
             body,
+            wire_len,
             request,
         });
         response.headers_mut().insert(
@@ -224,6 +234,13 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         );
     }
     response
+}
+
+fn gunzip(body: &[u8]) -> Bytes {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut out)
+        .expect("a gzip body");
+    out.into()
 }
 
 pub fn trace_id(span: &Span) -> String {
