@@ -5,12 +5,19 @@
 //! requests (an answer still streaming included) and, once none has been open for the idle
 //! timeout, says GOAWAY and closes. PINGs every minute find a peer that vanished without a
 //! FIN. A request body that stalls is refused by the proxy ([`crate::proxy::forward`]).
+//!
+//! A client that answers PINGs but stops reading an answer (its flow-control window stays
+//! shut) would hold that answer, and the upstream connection behind it, for ever: each answer
+//! notes when it last handed hyper a frame that hyper has not come back for, and a connection
+//! with an answer left waiting that way for the send timeout is closed, as HTTP/1 closes one
+//! whose writes stall (nginx's `send_timeout`).
 
-use std::pin::pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -28,15 +35,22 @@ const GOAWAY_LINGER: Duration = Duration::from_secs(2);
 
 /// Serves one HTTP/2 connection until the client closes it, it has been idle for
 /// `idle_timeout`, or shutdown begins (`draining`): in the last two cases with GOAWAY, letting
-/// the requests under way finish (shutdown's own deadline bounds those).
-pub async fn serve<I>(io: I, app: axum::Router, idle_timeout: Duration, mut draining: Stopped)
+/// the requests under way finish (shutdown's own deadline bounds those). A client that leaves
+/// an answer unread for `send_timeout` loses the connection at once.
+pub async fn serve<I>(io: I, app: axum::Router, limits: Limits, mut draining: Stopped)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Limits {
+        idle_timeout,
+        send_timeout,
+    } = limits;
     let (open, mut watch_open) = watch::channel(0usize);
+    let unsent = Arc::new(Unsent::default());
     let service = CountedService {
         inner: TowerToHyperService::new(app),
         open: Arc::new(open),
+        unsent: unsent.clone(),
     };
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
@@ -48,6 +62,7 @@ where
         _ = &mut connection => return,
         () = &mut draining => {}
         () = idle_for(&mut watch_open, idle_timeout) => {}
+        () = unsent.stalled_for(send_timeout) => return,
     }
     connection.as_mut().graceful_shutdown();
     // hyper ends the connection once the requests under way are answered and the client has
@@ -57,6 +72,84 @@ where
     tokio::select! {
         _ = &mut connection => {}
         () = idle_for(&mut watch_open, GOAWAY_LINGER) => {}
+        () = unsent.stalled_for(send_timeout) => {}
+    }
+}
+
+/// The timeouts of one HTTP/2 connection (the router's HTTP/1 ones).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub idle_timeout: Duration,
+    pub send_timeout: Duration,
+}
+
+/// For each answer under way on a connection: since when (milliseconds after `epoch`, plus
+/// one; 0 for not waiting) it has had a frame out that hyper has not asked past. hyper asks
+/// an answer for its next frame as soon as the last one fits in the client's flow-control
+/// window, so an answer left waiting is one the client is not reading.
+struct Unsent {
+    epoch: Instant,
+    answers: Mutex<Vec<Arc<AtomicU64>>>,
+}
+
+impl Default for Unsent {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            answers: Mutex::default(),
+        }
+    }
+}
+
+impl Unsent {
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    fn add(&self) -> Arc<AtomicU64> {
+        let since = Arc::new(AtomicU64::new(0));
+        self.lock().push(since.clone());
+        since
+    }
+
+    fn remove(&self, since: &Arc<AtomicU64>) {
+        self.lock().retain(|other| !Arc::ptr_eq(other, since));
+    }
+
+    /// The longest any answer has been left waiting.
+    fn longest_wait(&self) -> Duration {
+        let now = self.now();
+        let oldest = self
+            .lock()
+            .iter()
+            .map(|since| since.load(Ordering::Relaxed))
+            .filter(|since| *since != 0)
+            .min();
+        oldest.map_or(Duration::ZERO, |since| {
+            Duration::from_millis(now.saturating_sub(since))
+        })
+    }
+
+    /// Returns once an answer has been left waiting for `timeout` (checked four times per
+    /// timeout, so it is found within 1.25 timeouts).
+    async fn stalled_for(&self, timeout: Duration) {
+        let period = (timeout / 4).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(period).await;
+            if self.longest_wait() >= timeout {
+                tracing::debug!("HTTP/2 client left an answer unread; connection closed");
+                return;
+            }
+        }
+    }
+
+    /// A poisoned lock only means a panic elsewhere; the list itself is always whole.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AtomicU64>>> {
+        self.answers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -83,6 +176,7 @@ async fn idle_for(open: &mut watch::Receiver<usize>, timeout: Duration) {
 struct CountedService {
     inner: TowerToHyperService<axum::Router>,
     open: Arc<watch::Sender<usize>>,
+    unsent: Arc<Unsent>,
 }
 
 /// One open request; counted down when dropped.
@@ -110,17 +204,61 @@ impl hyper::service::Service<http::Request<Incoming>> for CountedService {
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         let open = OpenRequest::new(&self.open);
+        let unsent = self.unsent.clone();
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
             // The body owns the count: it ends when hyper has sent the last frame or the
             // client reset the stream.
-            Ok(response.map(|body| {
-                axum::body::Body::new(body.map_frame(move |frame| {
-                    let _open = &open;
-                    frame
-                }))
+            Ok(response.map(|inner| {
+                axum::body::Body::new(WatchedBody {
+                    since: unsent.add(),
+                    unsent,
+                    inner,
+                    _open: open,
+                })
             }))
         })
+    }
+}
+
+/// An answer's body, counted as open while it lives, noting in [`Unsent`] when it waits on
+/// hyper.
+struct WatchedBody {
+    inner: axum::body::Body,
+    unsent: Arc<Unsent>,
+    since: Arc<AtomicU64>,
+    _open: OpenRequest,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        this.since.store(0, Ordering::Relaxed);
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            this.since.store(this.unsent.now(), Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for WatchedBody {
+    fn drop(&mut self) {
+        self.unsent.remove(&self.since);
     }
 }

@@ -667,8 +667,11 @@ impl Conn {
             prefix: self.buf.freeze(),
             io: self.io,
         };
-        let idle_timeout = service.state.idle_timeout;
-        super::http2::serve(io, service.app.clone(), idle_timeout, self.draining).await;
+        let limits = super::http2::Limits {
+            idle_timeout: service.state.idle_timeout,
+            send_timeout: service.state.send_timeout,
+        };
+        super::http2::serve(io, service.app.clone(), limits, self.draining).await;
     }
 }
 

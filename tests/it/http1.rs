@@ -934,3 +934,40 @@ async fn an_http2_request_body_that_stalls_is_refused() {
     assert_eq!(upstream.count(), 0);
     router.stop().await;
 }
+
+/// An HTTP/2 client that keeps its connection alive (it answers PINGs) but stops reading an
+/// answer shuts that stream's flow-control window: after the send timeout the router closes
+/// the connection, lets the upstream go and records a disconnect.
+#[tokio::test]
+async fn an_http2_client_that_stops_reading_loses_the_connection_after_the_send_timeout() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 200_000,
+        ..Behavior::default()
+    })
+    .await;
+    let router = TestRouter::start_with(&one_server_config(&upstream.url(), ""), |state| {
+        state.send_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let response = h2c_client()
+        .post(router.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"[mock]m","stream":true,"messages":[]}"#)
+        .send()
+        .await
+        .expect("the answer's head");
+    assert_eq!(response.status(), 200);
+    // The body is never read: once the window is full the router waits, then gives up.
+    upstream
+        .wait_streams_dropped(1, Duration::from_secs(20))
+        .await;
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::ClientDisconnected);
+    assert!(record.stream && !record.complete);
+    let text = response.text().await;
+    assert!(
+        text.as_ref().map_or(true, |t| !t.contains("[DONE]")),
+        "the whole stream arrived"
+    );
+    router.stop().await;
+}
