@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod dotenv;
 pub mod env;
 pub mod error;
 pub mod hard_stop;

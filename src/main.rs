@@ -28,19 +28,23 @@ use llmsrouter::users;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let dotenv = load_dotenv();
+    // Only the working directory's `.env`, not a parent directory's (another project's).
+    let dotenv = llmsrouter::dotenv::load(Path::new(".env"));
     let cli = Cli::parse();
     // `models` reports failing servers itself, on one line each; log lines would repeat them.
     init_tracing(match cli.command {
         Command::Models(_) | Command::Healthcheck(_) => "error",
         _ => "info",
     });
-    if let Err(message) = &dotenv {
-        tracing::warn!("{message}");
+    let dotenv_problems = dotenv_problems(&dotenv);
+    if !matches!(cli.command, Command::Check) {
+        for problem in &dotenv_problems {
+            tracing::warn!("{problem}");
+        }
     }
     let result = match &cli.command {
         Command::Serve(args) => run_serve(&cli, args),
-        Command::Check => run_check(&cli, dotenv.err()),
+        Command::Check => run_check(&cli, &dotenv_problems),
         Command::Models(args) => run_models(&cli, args),
         Command::Healthcheck(args) => run_healthcheck(args),
         Command::User(command) => run_user(&cli, command),
@@ -55,15 +59,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reads `./.env` (the working directory's, not a parent's) into the environment; real
-/// variables win. A missing file is normal.
-fn load_dotenv() -> Result<(), String> {
-    // Only the working directory's: `dotenvy::dotenv()` would also search every parent
-    // directory and apply another project's settings.
-    match dotenvy::from_path(".env") {
-        Ok(_) => Ok(()),
-        Err(e) if e.not_found() => Ok(()),
-        Err(e) => Err(format!(".env: {e}")),
+/// What went wrong reading `.env`, one line each: `serve` and the other commands warn (as the
+/// Python version did, they go on without the lines), `check` fails.
+fn dotenv_problems(
+    loaded: &Result<llmsrouter::dotenv::Loaded, llmsrouter::dotenv::DotenvError>,
+) -> Vec<String> {
+    match loaded {
+        Err(error) => vec![error.to_string()],
+        Ok(loaded) => loaded
+            .bad_lines
+            .iter()
+            .map(ToString::to_string)
+            .chain(loaded.skipped_keys.iter().map(|key| {
+                format!(".env: {key} is not a variable name the router can set; it is skipped")
+            }))
+            .collect(),
     }
 }
 
@@ -286,9 +296,12 @@ fn listen_addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
-fn run_check(cli: &Cli, dotenv_error: Option<String>) -> anyhow::Result<ExitCode> {
-    if let Some(message) = dotenv_error {
-        return Err(anyhow!(message));
+fn run_check(cli: &Cli, dotenv_problems: &[String]) -> anyhow::Result<ExitCode> {
+    if let Some((last, others)) = dotenv_problems.split_last() {
+        for problem in others {
+            eprintln!("error: {problem}");
+        }
+        return Err(anyhow!("{last}"));
     }
     let env = EnvSettings::from_env()?;
     let config = match Config::load(&cli.config, &env_lookup) {

@@ -123,6 +123,31 @@ async fn dot_env_is_read_and_real_environment_wins() {
     );
 }
 
+/// A line python-dotenv reads but dotenvy refused (an unquoted value with spaces) and a line
+/// nobody can read: the lines after them still count, so accounts stay on. `check` names the
+/// unreadable line by number, never by its text (it may hold a key).
+#[tokio::test]
+async fn a_dot_env_line_that_cannot_be_read_loses_only_itself() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join(".env"),
+        "APP_TITLE=My Team Router\nNOTES sk-secret-words here\nENABLE_ACCOUNT_MANAGEMENT=\"true\"\n",
+    )
+    .expect("env");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stdout}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(".env line 2"), "{stderr}");
+    assert!(!stderr.contains("sk-secret"), "{stderr}");
+
+    let router = RouterProcess::start_in(dir, &[]);
+    let response = router.chat(&json!({"model": "m", "messages": []})).await;
+    assert_eq!(response.status(), 401, "account management is on");
+    let log = router.stderr();
+    assert!(log.contains(".env line 2"), "{log}");
+    assert!(!log.contains("sk-secret"), "{log}");
+}
+
 #[tokio::test]
 async fn a_bad_boolean_variable_stops_start_up_naming_it() {
     let dir = tempfile::tempdir().expect("dir");

@@ -4,6 +4,7 @@
 mod support;
 
 mod binary;
+mod dotenv;
 mod errors;
 mod forwarding;
 mod help;

@@ -4,11 +4,10 @@
 //! Under CI (`CI=true`) a missing venv fails the test; on a developer machine that has not run
 //! `.ci/run` yet the test says so and passes.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use crate::support::upstream::{Behavior, MockUpstream};
-use crate::support::{TestRouter, one_server_config};
+use crate::support::{TestRouter, one_server_config, test_python};
 
 const SCRIPT: &str = r#"
 import json, sys
@@ -25,23 +24,9 @@ except Exception as e:
 print(json.dumps({"plain": plain.choices[0].message.content, "usage": plain.usage.total_tokens, "streamed": streamed, "error": error}))
 "#;
 
-fn python() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("LLMSROUTER_TEST_PYTHON") {
-        return Some(PathBuf::from(path));
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    venv.exists().then_some(venv)
-}
-
 #[tokio::test]
 async fn the_openai_python_sdk_works_through_the_router() {
-    let Some(python) = python() else {
-        let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
-        assert!(
-            !in_ci,
-            "CI must provide the openai package: .ci/run makes .venv"
-        );
-        eprintln!("skipped: no .venv with the openai package; run .ci/run once to make it");
+    let Some(python) = test_python() else {
         return;
     };
     let upstream = MockUpstream::start(Behavior {

@@ -202,6 +202,27 @@ pub fn closed_url() -> String {
 }
 
 /// Path of the built binary under test.
+/// The Python of the venv `.ci/run` makes (`.venv`, or `LLMSROUTER_TEST_PYTHON`), which holds
+/// the `openai` and `python-dotenv` packages. Under CI (`CI=true`) a missing venv fails the
+/// test; on a developer machine that has not run `.ci/run` yet, `None` (the test says so and
+/// passes).
+pub fn test_python() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("LLMSROUTER_TEST_PYTHON") {
+        return Some(PathBuf::from(path));
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if venv.exists() {
+        return Some(venv);
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    assert!(
+        !in_ci,
+        "CI must provide the Python packages: .ci/run makes .venv"
+    );
+    eprintln!("skipped: no .venv with the Python test packages; run .ci/run once to make it");
+    None
+}
+
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_llmsrouter"))
 }

@@ -1,0 +1,566 @@
+//! `./.env`, read the way the Python version read it (python-dotenv's `load_dotenv()`), so
+//! its `.env` files keep their meaning, then loaded into the environment through dotenvy.
+//!
+//! Why not dotenvy's own parser: it refuses lines python-dotenv accepts (an unquoted value
+//! with spaces, `TITLE=My Team Router`; a key with no `=`), and it stops at the first line it
+//! refuses, so every variable after it, `ENABLE_ACCOUNT_MANAGEMENT` included, was silently
+//! lost. Here, as in python-dotenv, a line that cannot be read is skipped on its own and
+//! named (by line number: the line may hold a secret) in a warning; `check` counts it an
+//! error. Why dotenvy still sets the variables: this crate forbids `unsafe`, and
+//! `std::env::set_var` is unsafe in edition 2024; each value is handed to dotenvy quoted in
+//! a form its parser reads back exactly.
+//!
+//! The grammar, as python-dotenv 1.2's parser has it: blank lines and `#` comments are
+//! skipped; `[export ]KEY[ ]=[ ]VALUE[ # comment]`; a key is `'quoted'` or runs to `=`, `#` or
+//! white space; a value is `'single-quoted'` (`\\` and `\'` decoded), `"double-quoted"`
+//! (`\\`, `\'`, `\"`, `\a`, `\b`, `\f`, `\n`, `\r`, `\t`, `\v` decoded), both possibly
+//! spanning lines, a backslash in them always taking the next character along; or unquoted
+//! to the end of the line, less a ` #comment` and trailing white space (`KEY= #x` is empty,
+//! `KEY=#x` is `#x`).
+//! `KEY` alone sets nothing. Then `${NAME}` and `${NAME:-default}` are expanded in every
+//! value: from the real environment, else from the lines above, else the default, else empty.
+//! Real environment variables win over the file.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A `.env` line that could not be read: skipped, as python-dotenv skips it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLine {
+    /// 1-based line where the statement starts.
+    pub line: usize,
+}
+
+impl std::fmt::Display for BadLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            ".env line {}: not KEY=value (an unclosed quote, or text after a closing quote?); \
+             the line is skipped",
+            self.line
+        )
+    }
+}
+
+/// What loading `.env` did.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Lines skipped because they could not be read.
+    pub bad_lines: Vec<BadLine>,
+    /// Keys the environment cannot take through dotenvy (not `[A-Za-z_][A-Za-z0-9_.]*`);
+    /// the router reads none of them.
+    pub skipped_keys: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DotenvError {
+    #[error(".env: {0}")]
+    Read(std::io::Error),
+    #[error(".env: {0}")]
+    Load(String),
+}
+
+/// Reads `path` (a missing file is normal) and sets each of its variables that the
+/// environment does not already have.
+pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::default()),
+        Err(e) => return Err(DotenvError::Read(e)),
+    };
+    let (bindings, bad_lines) = parse(&text);
+    let values = resolve(bindings, &|name| std::env::var(name).ok());
+    let mut loaded = Loaded {
+        bad_lines,
+        skipped_keys: Vec::new(),
+    };
+    let mut quoted = String::new();
+    for (key, value) in values {
+        if !dotenvy_can_take(&key) {
+            loaded.skipped_keys.push(key);
+            continue;
+        }
+        quoted.push_str(&key);
+        quoted.push('=');
+        quoted.push_str(&dotenvy_quoted(&value));
+        quoted.push('\n');
+    }
+    // dotenvy leaves a variable the environment has alone, as python-dotenv does.
+    dotenvy::from_read(std::io::Cursor::new(quoted))
+        // Its error quotes the line, value included: say only that it failed.
+        .map_err(|_| DotenvError::Load("a value could not be passed to the environment".into()))?;
+    Ok(loaded)
+}
+
+/// `(key, value)` in file order; `None` for a key with no `=`.
+pub type Bindings = Vec<(String, Option<String>)>;
+
+/// Every statement of `text`, and the lines that could not be read.
+pub fn parse(text: &str) -> (Bindings, Vec<BadLine>) {
+    let mut reader = Reader {
+        text: text.strip_prefix('\u{feff}').unwrap_or(text),
+        pos: 0,
+    };
+    let mut bindings = Vec::new();
+    let mut bad = Vec::new();
+    loop {
+        reader.skip_while(char::is_whitespace);
+        if reader.at_end() {
+            break;
+        }
+        let start = reader.pos;
+        match reader.statement() {
+            Ok(Some(binding)) => bindings.push(binding),
+            Ok(None) => {}
+            Err(Unreadable) => {
+                bad.push(BadLine {
+                    line: reader.line_of(start),
+                });
+                reader.rest_of_line();
+            }
+        }
+    }
+    (bindings, bad)
+}
+
+/// Expands `${NAME}` / `${NAME:-default}` in each value and drops keys with no value; a key
+/// set twice keeps its last value.
+pub fn resolve(bindings: Bindings, env: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    let mut seen: HashMap<String, Option<String>> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for (key, value) in bindings {
+        let value = value.map(|v| {
+            expand(&v, &|name| match env(name) {
+                Some(real) => Some(Some(real)),
+                None => seen.get(name).cloned(),
+            })
+        });
+        if !seen.contains_key(&key) {
+            order.push(key.clone());
+        }
+        seen.insert(key, value);
+    }
+    order
+        .into_iter()
+        .filter_map(|key| {
+            let value = seen.remove(&key).flatten()?;
+            Some((key, value))
+        })
+        .collect()
+}
+
+/// `${NAME}` and `${NAME:-default}`; anything else is kept as written. `lookup` gives
+/// `Some(None)` for a name set with no value (which expands to nothing, not the default).
+fn expand(value: &str, lookup: &dyn Fn(&str) -> Option<Option<String>>) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        match variable(after) {
+            Some((name, default, used)) => {
+                let found = match lookup(name) {
+                    Some(found) => found.unwrap_or_default(),
+                    None => default.unwrap_or_default().to_owned(),
+                };
+                out.push_str(&found);
+                rest = &after[used..];
+            }
+            None => {
+                out.push('$');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// After `${`: `(name, default, bytes up to and including the closing brace)`.
+fn variable(after: &str) -> Option<(&str, Option<&str>, usize)> {
+    let name_end = after.find(['}', ':'])?;
+    let name = &after[..name_end];
+    let tail = &after[name_end..];
+    if tail.starts_with('}') {
+        return Some((name, None, name_end + 1));
+    }
+    let default_text = tail.strip_prefix(":-")?;
+    let close = default_text.find('}')?;
+    Some((name, Some(&default_text[..close]), name_end + 2 + close + 1))
+}
+
+/// A key dotenvy reads (python-dotenv allows any, but the router reads only such names).
+fn dotenvy_can_take(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// `value` double-quoted so that dotenvy's parser gives it back unchanged: it decodes `\\`,
+/// `\"`, `\$` (nothing is expanded) and `\n`; every other character stands for itself.
+fn dotenvy_quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '$' => out.push_str("\\$"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A statement that does not follow the grammar.
+struct Unreadable;
+
+struct Reader<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn rest(&self) -> &'a str {
+        &self.text[self.pos..]
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos >= self.text.len()
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.rest().chars().next()
+    }
+
+    fn line_of(&self, pos: usize) -> usize {
+        let before = &self.text[..pos];
+        // `\r\n`, `\n` and a lone `\r` each end a line.
+        1 + before.matches('\n').count() + before.matches('\r').count()
+            - before.matches("\r\n").count()
+    }
+
+    /// Consumes characters while `keep` holds; returns them.
+    fn skip_while(&mut self, keep: impl Fn(char) -> bool) -> &'a str {
+        let start = self.pos;
+        let len = self
+            .rest()
+            .char_indices()
+            .find(|(_, c)| !keep(*c))
+            .map_or(self.rest().len(), |(i, _)| i);
+        self.pos += len;
+        &self.text[start..self.pos]
+    }
+
+    fn skip_blanks(&mut self) {
+        self.skip_while(is_blank);
+    }
+
+    /// One statement, at a character that is not white space.
+    fn statement(&mut self) -> Result<Option<(String, Option<String>)>, Unreadable> {
+        self.export_prefix();
+        let key = match self.peek() {
+            Some('#') => None,
+            Some('\'') => Some(self.single_quoted_key()?),
+            _ => Some(self.unquoted_key()?),
+        };
+        self.skip_blanks();
+        let value = if self.peek() == Some('=') {
+            self.pos += 1;
+            let spaced = !self.skip_while(is_blank).is_empty();
+            if spaced && self.peek() == Some('#') {
+                // `KEY= # comment` is empty; `KEY=#value` is `#value`.
+                Some(String::new())
+            } else {
+                Some(self.value()?)
+            }
+        } else {
+            None
+        };
+        self.comment();
+        self.end_of_line()?;
+        Ok(key.map(|key| (key, value)))
+    }
+
+    fn export_prefix(&mut self) {
+        if let Some(after) = self.rest().strip_prefix("export") {
+            let blanks = after.len() - after.trim_start_matches(is_blank).len();
+            if blanks > 0 {
+                self.pos += "export".len() + blanks;
+            }
+        }
+    }
+
+    fn single_quoted_key(&mut self) -> Result<String, Unreadable> {
+        let inner = &self.rest()[1..];
+        match inner.find('\'') {
+            Some(close) if close > 0 => {
+                let key = inner[..close].to_owned();
+                self.pos += close + 2;
+                Ok(key)
+            }
+            _ => Err(Unreadable),
+        }
+    }
+
+    fn unquoted_key(&mut self) -> Result<String, Unreadable> {
+        let key = self.skip_while(|c| c != '=' && c != '#' && !c.is_whitespace());
+        if key.is_empty() {
+            return Err(Unreadable);
+        }
+        Ok(key.to_owned())
+    }
+
+    fn value(&mut self) -> Result<String, Unreadable> {
+        match self.peek() {
+            Some(quote @ ('\'' | '"')) => {
+                let (raw, used) = quoted(&self.rest()[1..], quote).ok_or(Unreadable)?;
+                self.pos += 1 + used;
+                Ok(if quote == '\'' {
+                    decode_single(raw)
+                } else {
+                    decode_double(raw)
+                })
+            }
+            None | Some('\n' | '\r') => Ok(String::new()),
+            Some(_) => Ok(self.unquoted_value()),
+        }
+    }
+
+    /// To the end of the line, less a ` #comment` (`#` after white space) and trailing white
+    /// space.
+    fn unquoted_value(&mut self) -> String {
+        let part = self.skip_while(|c| c != '\n' && c != '\r');
+        let mut cut = part.len();
+        let mut previous_blank = false;
+        for (i, c) in part.char_indices() {
+            if c == '#' && previous_blank {
+                cut = part[..i].trim_end_matches(char::is_whitespace).len();
+                break;
+            }
+            previous_blank = c.is_whitespace();
+        }
+        part[..cut].trim_end_matches(char::is_whitespace).to_owned()
+    }
+
+    fn comment(&mut self) {
+        let rest = self.rest();
+        let blanks = rest.len() - rest.trim_start_matches(is_blank).len();
+        if rest[blanks..].starts_with('#') {
+            self.pos += blanks;
+            self.skip_while(|c| c != '\n' && c != '\r');
+        }
+    }
+
+    fn end_of_line(&mut self) -> Result<(), Unreadable> {
+        self.skip_blanks();
+        let rest = self.rest();
+        let eol = if rest.starts_with("\r\n") {
+            2
+        } else if rest.starts_with(['\n', '\r']) {
+            1
+        } else if rest.is_empty() {
+            0
+        } else {
+            return Err(Unreadable);
+        };
+        self.pos += eol;
+        Ok(())
+    }
+
+    /// After an unreadable statement: on to the next line.
+    fn rest_of_line(&mut self) {
+        self.skip_while(|c| c != '\n' && c != '\r');
+        let rest = self.rest();
+        self.pos += if rest.starts_with("\r\n") {
+            2
+        } else {
+            usize::from(!rest.is_empty())
+        };
+    }
+}
+
+/// White space other than a line break.
+fn is_blank(c: char) -> bool {
+    c.is_whitespace() && c != '\n' && c != '\r'
+}
+
+/// After an opening `quote`: the raw text up to its closing quote, and the bytes used (the
+/// closing quote included). A backslash takes the character after it along, whatever it is
+/// (python-dotenv 1.2's `Q((?:\\.|[^Q\\])*)Q`), so `\\` never starts an escaped quote.
+fn quoted(text: &str, quote: char) -> Option<(&str, usize)> {
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == '\\' {
+            chars.next()?;
+        } else if c == quote {
+            return Some((&text[..i], i + 1));
+        }
+    }
+    None
+}
+
+fn decode_single(raw: &str) -> String {
+    decode(raw, |c| matches!(c, '\\' | '\'').then_some(c))
+}
+
+fn decode_double(raw: &str) -> String {
+    decode(raw, |c| {
+        Some(match c {
+            '\\' | '\'' | '"' => c,
+            'a' => '\u{7}',
+            'b' => '\u{8}',
+            'f' => '\u{c}',
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            'v' => '\u{b}',
+            _ => return None,
+        })
+    })
+}
+
+/// Replaces each `\c` that `escape` knows, left to right; other backslashes stay.
+fn decode(raw: &str, escape: impl Fn(char) -> Option<char>) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(decoded) = chars.peek().copied().and_then(&escape) {
+                out.push(decoded);
+                chars.next();
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn values(text: &str) -> Vec<(String, String)> {
+        let (bindings, bad) = parse(text);
+        assert!(bad.is_empty(), "{bad:?}");
+        resolve(bindings, &|_| None)
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn what_python_dotenv_accepts_and_dotenvy_refused() {
+        assert_eq!(
+            values("APP_TITLE=My Team Router\nBARE\nENABLE_ACCOUNT_MANAGEMENT=\"true\"\n"),
+            pairs(&[
+                ("APP_TITLE", "My Team Router"),
+                ("ENABLE_ACCOUNT_MANAGEMENT", "true")
+            ])
+        );
+    }
+
+    #[test]
+    fn quotes_comments_and_export() {
+        let text = "\u{feff}# comment\n\
+            export A = 1 # one\n\
+            B='it''s'\n\
+            C=\"line\\nnext \\\"q\\\" \\x\"  # c\n\
+            D='x\\'y'\n\
+            E=#not a comment\n\
+            F=  # only a comment\n\
+            G=a#b c #d\n\
+            'H K'=spaced key\r\n\
+            I=\"two\nlines\"\n\
+            J=\n";
+        let (bindings, bad) = parse(text);
+        assert_eq!(
+            bad,
+            vec![BadLine { line: 3 }],
+            "B='it''s' has text after its quote"
+        );
+        assert_eq!(
+            resolve(bindings, &|_| None),
+            pairs(&[
+                ("A", "1"),
+                ("C", "line\nnext \"q\" \\x"),
+                ("D", "x'y"),
+                ("E", "#not a comment"),
+                ("F", ""),
+                ("G", "a#b c"),
+                ("H K", "spaced key"),
+                ("I", "two\nlines"),
+                ("J", ""),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_bad_line_loses_only_itself() {
+        let (bindings, bad) = parse("A=1\nB=\"open\nC=3\nD E=4\nF=6\n");
+        // `"open` never closes: the line is skipped, the next ones are read.
+        assert_eq!(bad, vec![BadLine { line: 2 }, BadLine { line: 4 }]);
+        assert_eq!(
+            resolve(bindings, &|_| None),
+            pairs(&[("A", "1"), ("C", "3"), ("F", "6")])
+        );
+        let message = bad[0].to_string();
+        assert!(message.starts_with(".env line 2:"), "{message}");
+        assert!(
+            !message.contains("open"),
+            "the line's text stays out: {message}"
+        );
+    }
+
+    #[test]
+    fn variables_expand_from_the_environment_then_the_file_then_the_default() {
+        let (bindings, _) = parse(
+            "HOST=file-host\nURL=http://${HOST}:${PORT:-8000}/${MISSING}\nREAL=${HOME}\nODD=${x:y} $HOST ${\n",
+        );
+        let env = |name: &str| (name == "HOME").then(|| "/home/me".to_owned());
+        assert_eq!(
+            resolve(bindings, &env),
+            pairs(&[
+                ("HOST", "file-host"),
+                ("URL", "http://file-host:8000/"),
+                ("REAL", "/home/me"),
+                ("ODD", "${x:y} $HOST ${"),
+            ])
+        );
+    }
+
+    #[test]
+    fn the_last_of_a_repeated_key_wins() {
+        assert_eq!(values("A=1\nA=2\n"), pairs(&[("A", "2")]));
+    }
+
+    proptest! {
+        /// What is handed to dotenvy comes back as it was.
+        #[test]
+        fn dotenvy_reads_back_every_quoted_value(value in "[^\u{0}]{0,40}") {
+            let text = format!("K={}\nNEXT=ok\n", dotenvy_quoted(&value));
+            let got: Vec<_> = dotenvy::from_read_iter(std::io::Cursor::new(text))
+                .map(|item| item.map_err(|e| e.to_string()))
+                .collect();
+            prop_assert_eq!(
+                got,
+                vec![Ok(("K".to_owned(), value)), Ok(("NEXT".to_owned(), "ok".to_owned()))]
+            );
+        }
+
+        #[test]
+        fn parse_never_panics(text in "(?s).{0,200}") {
+            let (bindings, _) = parse(&text);
+            let _ = resolve(bindings, &|_| None);
+        }
+    }
+}
