@@ -1,18 +1,20 @@
-//! The in-memory key index the request path authenticates against, and the task that keeps
-//! it in step with the database.
+//! The in-memory key index the request path authenticates against, kept in step with the
+//! database.
 //!
-//! The request path never touches SQLite: it hashes the presented key (SHA-256) and looks the
-//! hash up in a map that is swapped whole ([`ArcSwap`]), so a request never sees half a
-//! reload and never waits on a lock. A background task asks SQLite every
-//! [`REFRESH_INTERVAL`] whether any other connection committed (`PRAGMA data_version`, a read
-//! of shared memory) and reloads the users only then, so `user delete`, `modify` and
-//! `rotate-key` reach a running server within that interval, without a restart. The index
-//! never holds or prints a key: only hashes.
+//! A lookup hashes the presented key (SHA-256) and looks the hash up in a map that is swapped
+//! whole ([`ArcSwap`]), so a request never sees half a reload. Before each lookup the index
+//! asks SQLite whether any other connection committed since it last looked (`PRAGMA
+//! data_version`: a read of the WAL index in shared memory, about a microsecond, never a
+//! write and never a wait of more than [`CHECK_BUSY_TIMEOUT`]), and reloads the users when a
+//! commit changed them. So `user delete`, `modify` and `rotate-key` (or an edit of the table
+//! by hand) apply to the next request once the command has returned, with no restart, as
+//! PRODUCT.md says. A background task does the same every [`REFRESH_INTERVAL`], so reloads
+//! mostly happen off the request path. The index never holds or prints a key: only hashes.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -29,15 +31,46 @@ use crate::auth::{Caller, KeyIndex, Permissions};
 /// How often the refresh task asks whether the database changed.
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Longest a lookup waits for SQLite (a WAL reader waits only while another connection
+/// restarts the log); past it the lookup uses the users it has, and the refresh task retries.
+pub const CHECK_BUSY_TIMEOUT: Duration = Duration::from_millis(10);
+
 /// Key hash → the caller it authenticates.
 pub struct UserIndex {
     callers: ArcSwap<HashMap<KeyHash, Caller>>,
+    /// The database the index follows, asked before each lookup; `None` for a fixed index.
+    follower: Option<Mutex<IndexRefresher>>,
 }
 
 impl UserIndex {
     pub fn empty() -> Self {
         Self {
             callers: ArcSwap::from_pointee(HashMap::new()),
+            follower: None,
+        }
+    }
+
+    /// An index that follows `conn`'s database: loaded now, and brought up to date before
+    /// each lookup and by [`Self::catch_up`].
+    pub fn following(conn: Connection) -> rusqlite::Result<Self> {
+        conn.busy_timeout(CHECK_BUSY_TIMEOUT)?;
+        let mut refresher = IndexRefresher::new(conn);
+        let index = Self::empty();
+        refresher.refresh(&index)?;
+        Ok(Self {
+            follower: Some(Mutex::new(refresher)),
+            ..index
+        })
+    }
+
+    /// Reloads the users if the database changed since the last look. A failure keeps the
+    /// users the index has (logged once until it works again).
+    pub fn catch_up(&self) {
+        if let Some(follower) = &self.follower {
+            follower
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .tick(self);
         }
     }
 
@@ -83,6 +116,7 @@ impl UserIndex {
 
 impl KeyIndex for UserIndex {
     fn find(&self, presented_key: &str) -> Option<Caller> {
+        self.catch_up();
         let hash = hash_key(presented_key);
         self.callers.load().get(&hash).cloned()
     }
@@ -121,19 +155,20 @@ impl IndexRefresher {
     /// returns whether it did. The version is read before the rows, so a commit landing in
     /// between is seen again on the next call rather than missed.
     pub fn refresh(&mut self, index: &UserIndex) -> rusqlite::Result<bool> {
+        // Cached: on the request path, preparing the statement would cost more than running it.
         let version: i64 = self
             .conn
-            .query_row("PRAGMA data_version", [], |row| row.get(0))?;
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |row| row.get(0))?;
         if self.seen_version == Some(version) {
             return Ok(false);
         }
         // Something committed; the ledger writes often. Only a change to `users` (counted by
         // triggers, schema step 3) is worth a reload.
-        let changes: i64 =
-            self.conn
-                .query_row("SELECT n FROM users_changes WHERE id = 1", [], |row| {
-                    row.get(0)
-                })?;
+        let changes: i64 = self
+            .conn
+            .prepare_cached("SELECT n FROM users_changes WHERE id = 1")?
+            .query_row([], |row| row.get(0))?;
         self.seen_version = Some(version);
         if self.seen_changes == Some(changes) {
             return Ok(false);
@@ -173,12 +208,12 @@ pub struct RefreshTask {
 }
 
 impl RefreshTask {
-    /// Starts refreshing `index` every `every`. Needs a Tokio runtime; the SQLite work runs
-    /// on the blocking pool, never on a request worker.
-    pub fn start(index: Arc<UserIndex>, refresher: IndexRefresher, every: Duration) -> Self {
+    /// Starts bringing `index` up to date every `every`. Needs a Tokio runtime; the SQLite
+    /// work runs on the blocking pool.
+    pub fn start(index: Arc<UserIndex>, every: Duration) -> Self {
         let tracker = TaskTracker::new();
         let stop = CancellationToken::new();
-        tracker.spawn(refresh_loop(index, refresher, every, stop.clone()));
+        tracker.spawn(refresh_loop(index, every, stop.clone()));
         tracker.close();
         Self { tracker, stop }
     }
@@ -189,12 +224,7 @@ impl RefreshTask {
     }
 }
 
-async fn refresh_loop(
-    index: Arc<UserIndex>,
-    mut refresher: IndexRefresher,
-    every: Duration,
-    stop: CancellationToken,
-) {
+async fn refresh_loop(index: Arc<UserIndex>, every: Duration, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -203,19 +233,12 @@ async fn refresh_loop(
             _ = ticks.tick() => {}
         }
         let index = index.clone();
-        let job = tokio::task::spawn_blocking(move || {
-            refresher.tick(&index);
-            refresher
-        });
-        refresher = match job.await {
-            Ok(refresher) => refresher,
-            Err(e) => {
-                tracing::error!(
-                    "the user refresh task failed ({e}); restart llmsrouter to pick up user changes"
-                );
-                return;
-            }
-        };
+        if let Err(e) = tokio::task::spawn_blocking(move || index.catch_up()).await {
+            tracing::error!(
+                "the user refresh task failed ({e}); users are still re-read before each request"
+            );
+            return;
+        }
     }
 }
 
@@ -223,10 +246,8 @@ async fn refresh_loop(
 /// starts the refresh task. Needs a Tokio runtime.
 pub fn start(path: &Path) -> Result<(Arc<UserIndex>, RefreshTask), UserError> {
     let conn = crate::db::open(path)?;
-    let index = Arc::new(UserIndex::empty());
-    let mut refresher = IndexRefresher::new(conn);
-    refresher.refresh(&index)?;
-    let task = RefreshTask::start(index.clone(), refresher, REFRESH_INTERVAL);
+    let index = Arc::new(UserIndex::following(conn)?);
+    let task = RefreshTask::start(index.clone(), REFRESH_INTERVAL);
     Ok((index, task))
 }
 
@@ -323,11 +344,39 @@ mod tests {
                 permissions: Permissions::All,
             })
             .expect("add");
+        // `len` does not catch up itself: the task must have.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while index.find(key.expose()).is_none() {
+        while index.is_empty() {
             assert!(std::time::Instant::now() < deadline, "not picked up");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        assert!(index.find(key.expose()).is_some());
         task.shutdown().await;
+    }
+
+    #[test]
+    fn a_following_index_sees_each_change_at_the_next_lookup() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("u.db");
+        let mut store = UserStore::open(&path, OpenMode::Create).expect("store");
+        let index = UserIndex::following(crate::db::open(&path).expect("open")).expect("index");
+        for round in 0..20 {
+            let key = store
+                .add(&NewUser {
+                    username: format!("u{round}"),
+                    email: None,
+                    permissions: Permissions::Only(["a".to_owned()].into()),
+                })
+                .expect("add");
+            assert!(index.find(key.expose()).is_some_and(|c| !c.may_use("b")));
+            store
+                .set_permissions(&format!("u{round}"), &Permissions::All)
+                .expect("modify");
+            assert!(index.find(key.expose()).is_some_and(|c| c.may_use("b")));
+            let rotated = store.rotate_key(&format!("u{round}")).expect("rotate");
+            assert!(index.find(key.expose()).is_none());
+            store.delete(&format!("u{round}")).expect("delete");
+            assert!(index.find(rotated.expose()).is_none());
+        }
     }
 }

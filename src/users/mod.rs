@@ -2,8 +2,10 @@
 //! files, the `llmsrouter user ...` commands, and the in-memory key index the request path
 //! authenticates against.
 //!
-//! The request path only ever sees [`index::UserIndex`] (through [`crate::auth::KeyIndex`]);
-//! everything that touches SQLite runs in the CLI or on the index's refresh task. No key is
+//! The request path only ever sees [`index::UserIndex`] (through [`crate::auth::KeyIndex`]),
+//! whose only SQLite work there is asking whether the database changed (and, when the users
+//! did, reloading them); all other SQLite work runs in the CLI or on the index's refresh task.
+//! No key is
 //! ever logged, put in an error, or printed, except the new key that `add`, `rotate-key`
 //! and `import` print once on stdout.
 
