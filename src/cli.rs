@@ -1,6 +1,8 @@
-//! The command line: clap structs only. Every flag has an environment variable; `.env` is
-//! loaded before parsing, so it feeds the same variables.
+//! The command line: clap structs, and the errors of values that came from variables. Every
+//! flag has an environment variable; `.env` is loaded before parsing, so it feeds the same
+//! variables.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -16,6 +18,127 @@ fn flag_value(value: &str) -> Result<bool, String> {
     crate::env::parse_bool(value).ok_or_else(|| {
         format!("\"{value}\" is not a boolean ({JSON_VAR} takes true/false, 1/0 or yes/no)")
     })
+}
+
+/// Each flag that takes a value, and the variable that gives it when the flag is absent.
+const FLAG_VARIABLES: &[(&str, &str)] = &[
+    ("--config", "LLMSROUTER_CONFIG"),
+    ("--db", "LLMSROUTER_DB"),
+    ("--host", "LLMSROUTER_HOST"),
+    ("--port", "LLMSROUTER_PORT"),
+    ("--by", "LLMSROUTER_USAGE_BY"),
+    ("--since", "LLMSROUTER_USAGE_SINCE"),
+    ("--email", "LLMSROUTER_USER_EMAIL"),
+    ("--permissions", PERMISSIONS_VAR),
+    ("--json", JSON_VAR),
+];
+
+impl Cli {
+    /// Parses the process's command line. A mistake is one line on stderr, exit status 2
+    /// (help and version print as clap prints them). A bad value that came from a variable
+    /// (the flag not on the line) is reported under the variable's name: clap's own message
+    /// names only the flag, which the user never typed.
+    pub fn parse_or_exit() -> Self {
+        match Self::try_parse() {
+            Ok(cli) => cli,
+            Err(error) => {
+                let args: Vec<OsString> = std::env::args_os().collect();
+                match error_line(&error, &args, &|name| std::env::var_os(name)) {
+                    Some(line) => {
+                        eprintln!("error: {line}");
+                        std::process::exit(2);
+                    }
+                    None => error.exit(),
+                }
+            }
+        }
+    }
+}
+
+/// `error` as one line (no `error: ` prefix), or `None` for help and version output.
+pub fn error_line(
+    error: &clap::Error,
+    args: &[OsString],
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Option<String> {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        return None;
+    }
+    // clap's first paragraph (`error: invalid value ... [possible values: ...]`), one line.
+    let rendered = error.to_string();
+    let message = rendered
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    Some(match from_a_variable(error, args, env) {
+        Some(from) if from.value.to_string_lossy().trim().is_empty() => format!(
+            "{} is set but empty: unset it, or give it a value (it stands for {})",
+            from.variable, from.flag
+        ),
+        Some(from) => format!(
+            "{}: {}",
+            from.variable,
+            message.replace(&format!("'{}'", from.arg), from.flag)
+        ),
+        None => format!("{message} (see --help)"),
+    })
+}
+
+/// A value the flag did not give, so its variable did.
+struct FromVariable<'e> {
+    flag: &'static str,
+    /// clap's name for the argument: `--port <N>`.
+    arg: &'e str,
+    variable: &'static str,
+    value: OsString,
+}
+
+fn from_a_variable<'e>(
+    error: &'e clap::Error,
+    args: &[OsString],
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Option<FromVariable<'e>> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let ContextValue::String(arg) = error.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let named = arg.split([' ', '=']).next()?;
+    let &(flag, variable) = FLAG_VARIABLES.iter().find(|(f, _)| *f == named)?;
+    let on_the_line = args.iter().skip(1).any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.strip_prefix(flag).is_some_and(|r| r.starts_with('=')))
+    });
+    if on_the_line {
+        return None;
+    }
+    Some(FromVariable {
+        flag,
+        arg,
+        variable,
+        value: env(variable)?,
+    })
+}
+
+/// `--since`: a real calendar day, `YYYY-MM-DD`.
+fn day(value: &str) -> Result<String, String> {
+    crate::sinks::clock::parse_day(value)
+        .map(|_| value.to_owned())
+        .ok_or_else(|| "not a date (use YYYY-MM-DD, e.g. 2025-01-31)".to_owned())
 }
 
 #[derive(Debug, Parser)]
@@ -196,7 +319,12 @@ pub struct UsageArgs {
     pub by: UsageGroup,
 
     /// Only requests on or after this day (UTC).
-    #[arg(long, env = "LLMSROUTER_USAGE_SINCE", value_name = "YYYY-MM-DD")]
+    #[arg(
+        long,
+        env = "LLMSROUTER_USAGE_SINCE",
+        value_name = "YYYY-MM-DD",
+        value_parser = day
+    )]
     pub since: Option<String>,
 
     /// Print JSON instead of a table.

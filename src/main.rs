@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use llmsrouter::cli::{Cli, Command, ModelsArgs, ServeArgs, UsageArgs, UsageGroup, UserCommand};
@@ -30,7 +29,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // Only the working directory's `.env`, not a parent directory's (another project's).
     let dotenv = llmsrouter::dotenv::load(Path::new(".env"));
-    let cli = Cli::parse();
+    let cli = Cli::parse_or_exit();
     // `models` reports failing servers itself, on one line each; log lines would repeat them.
     init_tracing(match cli.command {
         Command::Models(_) | Command::Healthcheck(_) => "error",
@@ -87,8 +86,22 @@ fn init_tracing(default_filter: &str) {
         .init();
 }
 
+/// The error and its causes on one line, each cause left out when the message before it
+/// already says it (an error that shows its source in its own message, as `thiserror`'s
+/// `#[error("...: {0}")]` with `#[from]` does, would otherwise print it twice).
 fn one_line(error: &anyhow::Error) -> String {
-    format!("{error:#}").replace('\n', " ")
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
 }
 
 fn env_lookup(name: &str) -> Option<String> {
@@ -255,13 +268,6 @@ fn tracing_destinations(env: &EnvSettings) -> String {
 
 fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
     use llmsrouter::sinks::ledger_report::{GroupBy, query};
-    if let Some(since) = &args.since {
-        if llmsrouter::sinks::clock::parse_day(since).is_none() {
-            return Err(anyhow!(
-                "--since: \"{since}\" is not a date (use YYYY-MM-DD, e.g. 2025-01-31)"
-            ));
-        }
-    }
     if !cli.db.exists() {
         return Err(anyhow!(
             "{}: not found (no usage recorded there yet; serve writes the ledger to LLMSROUTER_DB/--db)",
@@ -296,6 +302,55 @@ fn listen_addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
+/// What `serve` would refuse at start that `check` can see without starting: the listen
+/// address (`LLMSROUTER_HOST`, `LLMSROUTER_PORT`; `serve`'s own flags are not `check`'s), and
+/// the folders of the request log and the database.
+fn check_serve_variables(cli: &Cli, env: &EnvSettings) -> anyhow::Result<()> {
+    let host = env_lookup("LLMSROUTER_HOST").unwrap_or_else(|| "0.0.0.0".to_owned());
+    let port = match env_lookup("LLMSROUTER_PORT") {
+        None => 8000,
+        Some(port) => port.trim().parse::<u16>().map_err(|_| {
+            anyhow!("LLMSROUTER_PORT: \"{port}\" is not a port number (0 to 65535)")
+        })?,
+    };
+    listen_addr(&host, port)?;
+    // SQLite makes the file, not its folder.
+    let db_folder = folder_of(&cli.db);
+    if !db_folder.is_dir() {
+        return Err(anyhow!(
+            "LLMSROUTER_DB/--db: {}: the folder {} does not exist",
+            cli.db.display(),
+            db_folder.display()
+        ));
+    }
+    // The request log makes its folders; the nearest one that exists must take new entries
+    // (by its permission bits: a best guess short of writing there).
+    if let Some(log) = &env.log_file {
+        let existing = folder_of(log)
+            .ancestors()
+            .find(|folder| folder.exists())
+            .unwrap_or(Path::new("."));
+        let writable =
+            std::fs::metadata(existing).is_ok_and(|m| m.is_dir() && !m.permissions().readonly());
+        if !writable {
+            return Err(anyhow!(
+                "LLMSROUTER_LOG_FILE: {}: {} is not a folder the log can be written in",
+                log.display(),
+                existing.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The folder a file is in (`.` for a bare file name).
+fn folder_of(file: &Path) -> &Path {
+    match file.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    }
+}
+
 fn run_check(cli: &Cli, dotenv_problems: &[String]) -> anyhow::Result<ExitCode> {
     if let Some((last, others)) = dotenv_problems.split_last() {
         for problem in others {
@@ -304,6 +359,7 @@ fn run_check(cli: &Cli, dotenv_problems: &[String]) -> anyhow::Result<ExitCode> 
         return Err(anyhow!("{last}"));
     }
     let env = EnvSettings::from_env()?;
+    check_serve_variables(cli, &env)?;
     let config = match Config::load(&cli.config, &env_lookup) {
         Ok(config) => config,
         Err(ConfigError::NotFound { file }) => {

@@ -160,6 +160,96 @@ async fn a_bad_boolean_variable_stops_start_up_naming_it() {
     assert!(stderr.contains("LLMSROUTER_LOG_BODIES"), "{stderr}");
 }
 
+/// A bad value from a variable is reported under the variable's name (the user never typed
+/// the flag), an empty one as empty; on the command line, under the flag's.
+#[test]
+fn a_bad_value_is_named_by_where_it_came_from() {
+    let dir = tempfile::tempdir().expect("dir");
+    /// Arguments, variables, the start of the error line.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            &["serve"],
+            &[("LLMSROUTER_PORT", "abc")],
+            "LLMSROUTER_PORT: invalid value 'abc' for --port",
+        ),
+        (
+            &["check"],
+            &[("LLMSROUTER_CONFIG", "")],
+            "LLMSROUTER_CONFIG is set but empty",
+        ),
+        (
+            &["usage"],
+            &[("LLMSROUTER_USAGE_BY", "week")],
+            "LLMSROUTER_USAGE_BY: invalid value 'week' for --by [possible values: provider, user, model, day]",
+        ),
+        (
+            &["usage"],
+            &[("LLMSROUTER_USAGE_SINCE", "2025-02-30")],
+            "LLMSROUTER_USAGE_SINCE: invalid value '2025-02-30' for --since: not a date",
+        ),
+        (
+            &["serve", "--port", "abc"],
+            &[("LLMSROUTER_PORT", "abc")],
+            "invalid value 'abc' for '--port <N>'",
+        ),
+    ];
+    for (args, envs, expected) in cases {
+        let (code, _, stderr) = run_cli(dir.path(), args, envs);
+        assert_eq!(code, 2, "{args:?} {envs:?}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: {expected}")),
+            "{stderr}"
+        );
+    }
+}
+
+/// `check` refuses what `serve` would refuse at start: a listen address from the variables,
+/// and a request log or database in a folder that does not exist.
+#[test]
+fn check_sees_the_variables_serve_would_refuse() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "LLMSROUTER_PORT",
+            "abc",
+            "LLMSROUTER_PORT: \"abc\" is not a port number",
+        ),
+        ("LLMSROUTER_HOST", "bad", "\"bad\" is not an IP address"),
+        (
+            "LLMSROUTER_LOG_FILE",
+            "/proc/self/no-such-folder/api.log",
+            "LLMSROUTER_LOG_FILE: /proc/self/no-such-folder/api.log: /proc/self is not a folder the log can be written in",
+        ),
+        (
+            "LLMSROUTER_DB",
+            "no-such-folder/users.db",
+            "LLMSROUTER_DB/--db: no-such-folder/users.db: the folder no-such-folder does not exist",
+        ),
+    ];
+    for (name, value, expected) in cases {
+        let (code, _, stderr) = run_cli(dir.path(), &["check"], &[(name, value)]);
+        assert_eq!(code, 1, "{name}={value}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        // serve refuses each at start (on a free port when the port is not the case).
+        let mut envs = vec![(*name, *value)];
+        if *name != "LLMSROUTER_PORT" {
+            envs.push(("LLMSROUTER_PORT", "0"));
+        }
+        let (code, _, stderr) = run_cli(dir.path(), &["serve"], &envs);
+        assert_ne!(code, 0, "serve refuses {name}={value} too: {stderr}");
+    }
+    // A log folder that does not exist yet is made by serve: fine.
+    let (code, stdout, stderr) = run_cli(
+        dir.path(),
+        &["check"],
+        &[("LLMSROUTER_LOG_FILE", "logs/new/api.log")],
+    );
+    assert_eq!(code, 0, "{stdout} {stderr}");
+}
+
 #[tokio::test]
 async fn sigterm_lets_a_running_stream_finish_then_exits_zero() {
     let upstream = MockUpstream::start(Behavior {
