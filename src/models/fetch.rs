@@ -11,6 +11,8 @@ use super::list::{ParseError, Parsed, parse_listing};
 use crate::config::Server;
 use crate::proxy::describe_reqwest_error;
 use crate::routing::upstream_url;
+use crate::secret::Secret;
+use crate::sinks::redact::Redactor;
 
 /// Largest `/models` answer read. OpenRouter's full list is a few MB; more than this is not a
 /// model list, and holding it whole would only cost memory.
@@ -103,18 +105,19 @@ async fn read_body(
 }
 
 /// The start of an error answer, on one line, with the server's api key and configured header
-/// values blanked out (some providers echo the credentials they were sent, and a key may sit in
-/// a header such as `api-key`).
+/// values blanked out, JSON-escaped or not (some providers echo the credentials they were
+/// sent, and a key may sit in a header such as `api-key`).
 fn quote(body: &[u8], server: &Server) -> String {
     let text = String::from_utf8_lossy(body);
-    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let key = server.api_key.as_ref().map(|k| k.expose());
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let header_values = server.headers.values().filter_map(|v| v.to_str().ok());
-    for secret in key.into_iter().chain(header_values) {
-        if secret.len() >= 8 {
-            text = text.replace(secret, "[redacted]");
-        }
-    }
+    let secrets: Vec<Secret> = server
+        .api_key
+        .iter()
+        .cloned()
+        .chain(header_values.map(Secret::new))
+        .collect();
+    let text = Redactor::default().redact(&text, &secrets);
     if text.is_empty() {
         return String::new();
     }
@@ -146,6 +149,8 @@ mod tests {
         );
         let quoted = quote(b"bad api-key azure-secret-value", &s);
         assert_eq!(quoted, ": bad api-key [redacted]");
+        let quoted = quote(br#"{"error": "bad key sk\u002dsecret-123"}"#, &s);
+        assert_eq!(quoted, r#": {"error": "bad key [redacted]"}"#);
         assert_eq!(quote(b"  \n ", &s), "");
         let long = "x".repeat(5000);
         assert!(quote(long.as_bytes(), &s).len() < 300);

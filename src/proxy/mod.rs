@@ -512,7 +512,7 @@ async fn whole_answer(
         } else {
             // An upstream may echo the key it was sent ("Incorrect API key provided: sk-..."):
             // with accounts on, that would hand the provider's key to a router user.
-            let body = match redactor.redact_bytes(&body, None) {
+            let body = match redactor.redact_bytes(&body, &[]) {
                 std::borrow::Cow::Borrowed(_) => body,
                 std::borrow::Cow::Owned(clean) => Bytes::from(clean),
             };

@@ -99,7 +99,7 @@ pub struct Generation {
 pub fn build(record: &RequestRecord, redactor: &Redactor, max_io_bytes: usize) -> Generation {
     build_with(
         record,
-        &redactor.for_request(record.client_key.as_ref()),
+        &redactor.for_request(record.client_key.as_slice()),
         max_io_bytes,
     )
 }

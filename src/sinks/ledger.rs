@@ -85,7 +85,7 @@ fn millis(d: Duration) -> i64 {
 
 impl<'a> LedgerRow<'a> {
     pub fn from_record(record: &'a RequestRecord, redactor: &Redactor) -> Self {
-        let redactor = redactor.for_request(record.client_key.as_ref());
+        let redactor = redactor.for_request(record.client_key.as_slice());
         let usage = record.response.usage.as_ref();
         let count = |f: fn(&crate::usage::Usage) -> u64| usage.map_or(0, |u| to_i64(f(u)));
         Self {

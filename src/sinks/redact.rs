@@ -1,11 +1,13 @@
-//! Redaction of secrets from everything a sink writes: every configured `api_key` and the key
-//! the client presented (`Authorization` / `x-api-key`), wherever they appear (bodies, error
-//! texts echoed by an upstream, model parameters).
+//! Redaction of secrets from everything a sink writes: every configured `api_key` and what a
+//! request itself carried (the client's credentials, a URL target's query), wherever they
+//! appear (bodies, error texts echoed by an upstream, model parameters), written as they are
+//! or with JSON string escapes.
 //!
 //! Sinks must pass every piece of request-derived text through a [`Redactor`] before it leaves
 //! the process; this module never logs or stores the keys it holds.
 
 use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::Arc;
 
 use memchr::memmem::Finder;
@@ -19,93 +21,149 @@ pub const REDACTED: &str = "[redacted]";
 /// server's `api_key: "x"` must not mangle every "none" or "x" in a prompt.
 pub const MIN_SECRET_LEN: usize = 8;
 
+/// Characters of a secret searched for as they are, in a text that may hold escapes, before
+/// the rest is read escape by escape (see [`find_prefixed`]).
+const PREFIX_CHARS: usize = 6;
+
+/// Levels of JSON string escaping read through: 1 for a JSON body (`sk\/...`), 2 for a JSON
+/// text inside a JSON string (a text body quoted into a log line: `sk\\\/...`).
+const ESCAPE_DEPTH: u8 = 2;
+
 /// Finds and replaces known secrets. Cheap to clone; built once at start-up.
+///
+/// A secret is found written as it is, and also written with JSON string escapes in any of
+/// its characters (`\/`, `\"`, `\\`, `\b\f\n\r\t`, `\uXXXX` in either case, surrogate pairs),
+/// escaped once or twice ([`ESCAPE_DEPTH`]), mixed freely with plain characters: any JSON
+/// parser reads those back as the secret (PHP writes every `/` as `\/`). Not covered: other
+/// encodings (percent-encoding, base64, HTML entities), three or more levels of escaping, and
+/// a secret written in pieces with other text between them.
+///
+/// Cost: a text shorter than the shortest secret is not searched. A text with no backslash
+/// (most names, ids, and many bodies) gets one `memmem` search per secret. A text with a
+/// backslash gets one search per distinct prefix of [`PREFIX_CHARS`] characters (keys of one
+/// provider share theirs), each hit read on with escapes allowed, and one pass over its
+/// backslashes that decodes each escape once and looks further only when it decodes to one
+/// of the secrets' first characters (`\n` and `\"` never do). Nothing is allocated unless
+/// something is found. Measured on 100 KB with 20 keys of distinct prefixes, against the
+/// plain search alone: 1.2x with a `\n` every 80 bytes, 2.5x with one every 5 bytes (with
+/// one shared prefix: 0.3x and 1.6x).
 #[derive(Clone, Default)]
 pub struct Redactor {
-    finders: Arc<[Finder<'static>]>,
+    needles: Arc<[Needle<'static>]>,
     /// Length of the shortest secret: a shorter text cannot hold one (most of the names and
     /// ids a sink writes), so it is not searched at all.
     shortest: usize,
+    /// The characters among the secrets' first [`PREFIX_CHARS`].
+    heads: HeadChars,
 }
 
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Redactor({} secrets)", self.finders.len())
+        write!(f, "Redactor({} secrets)", self.needles.len())
     }
 }
 
 impl Redactor {
     /// A redactor for `secrets` (e.g. `config.secrets()`); short or empty values are skipped.
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Self {
-        let mut values: Vec<&str> = secrets
+        let needles: Vec<Needle<'static>> = distinct(secrets)
             .into_iter()
-            .map(Secret::expose)
-            .filter(|s| s.len() >= MIN_SECRET_LEN)
+            .map(|s| Needle::new(s).into_owned())
             .collect();
-        // Longest first: a key that contains another is replaced whole.
-        values.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        values.dedup();
         Self {
-            shortest: values.iter().map(|v| v.len()).min().unwrap_or(usize::MAX),
-            finders: values
-                .into_iter()
-                .map(|v| Finder::new(v.as_bytes()).into_owned())
-                .collect(),
+            shortest: needles.iter().map(Needle::len).min().unwrap_or(usize::MAX),
+            heads: HeadChars::of(&needles),
+            needles: needles.into(),
         }
     }
 
-    /// The redaction of one request: the known secrets plus the key that request presented.
-    /// Build it once per record and use it for every text of that record.
-    pub fn for_request<'a>(&'a self, client_key: Option<&'a Secret>) -> RequestRedactor<'a> {
-        let extra = client_key
-            .map(|s| s.expose().as_bytes())
-            .filter(|s| s.len() >= MIN_SECRET_LEN);
+    /// The redaction of one request: the known secrets plus those the request carried (see
+    /// `RequestRecord::client_key`). Build it once per record and use it for every text of
+    /// that record.
+    pub fn for_request<'a>(&'a self, secrets: &'a [Secret]) -> RequestRedactor<'a> {
+        let extra: Vec<Needle<'a>> = distinct(secrets).into_iter().map(Needle::new).collect();
         RequestRedactor {
             base: self,
-            shortest: extra.map_or(self.shortest, |e| e.len().min(self.shortest)),
-            extra: extra.map(Finder::new),
+            shortest: extra
+                .iter()
+                .map(Needle::len)
+                .fold(self.shortest, usize::min),
+            heads: self.heads.with(&HeadChars::of(&extra)),
+            extra,
         }
     }
 
-    /// `bytes` with every known secret, and `extra` (the request's client key), replaced.
-    /// Borrows when nothing was found, which is the common case.
-    pub fn redact_bytes<'a>(&self, bytes: &'a [u8], extra: Option<&Secret>) -> Cow<'a, [u8]> {
-        self.for_request(extra).redact_bytes(bytes)
+    /// `bytes` with every known secret, and those of `request`, replaced. Borrows when nothing
+    /// was found, which is the common case.
+    pub fn redact_bytes<'a>(&self, bytes: &'a [u8], request: &[Secret]) -> Cow<'a, [u8]> {
+        self.for_request(request).redact_bytes(bytes)
     }
 
     /// [`Self::redact_bytes`] for text.
-    pub fn redact<'a>(&self, text: &'a str, extra: Option<&Secret>) -> Cow<'a, str> {
-        self.for_request(extra).redact(text)
+    pub fn redact<'a>(&self, text: &'a str, request: &[Secret]) -> Cow<'a, str> {
+        self.for_request(request).redact(text)
     }
 }
 
-/// [`Redactor`] plus one request's client key, searched for with a prepared finder.
+/// The values of `secrets` long enough to be treated as secrets, each once.
+fn distinct<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Vec<&'a str> {
+    let mut values: Vec<&str> = secrets
+        .into_iter()
+        .map(Secret::expose)
+        .filter(|s| s.len() >= MIN_SECRET_LEN)
+        .collect();
+    values.sort_unstable();
+    values.dedup();
+    values
+}
+
+/// [`Redactor`] plus one request's own secrets, searched for with prepared finders.
 pub struct RequestRedactor<'a> {
     base: &'a Redactor,
-    extra: Option<Finder<'a>>,
+    extra: Vec<Needle<'a>>,
     shortest: usize,
+    heads: HeadChars,
 }
 
 impl RequestRedactor<'_> {
     /// `bytes` with every secret replaced; borrows when nothing was found.
+    ///
+    /// Every secret is looked for in the text as given and the occurrences are replaced
+    /// together (overlapping ones as one): a secret that holds another is replaced whole.
     pub fn redact_bytes<'t>(&self, bytes: &'t [u8]) -> Cow<'t, [u8]> {
-        let mut out: Cow<'t, [u8]> = Cow::Borrowed(bytes);
         if bytes.len() < self.shortest {
-            return out;
+            return Cow::Borrowed(bytes);
         }
-        for finder in self.base.finders.iter().chain(self.extra.iter()) {
-            if let Some(replaced) = replace_all(&out, finder) {
-                out = Cow::Owned(replaced);
+        let mut found = Vec::new();
+        if memchr::memchr(b'\\', bytes).is_none() {
+            for needle in self.needles() {
+                let at = needle.whole.find_iter(bytes);
+                found.extend(at.map(|at| at..at + needle.len()));
             }
+        } else {
+            // Keys of one provider often share their first characters (`sk-proj-`): one
+            // search for each prefix.
+            for group in self.base.needles.chunk_by(Needle::same_prefix) {
+                find_prefixed(group, bytes, &mut found);
+            }
+            for group in self.extra.chunk_by(Needle::same_prefix) {
+                find_prefixed(group, bytes, &mut found);
+            }
+            self.find_escaped_heads(bytes, &mut found);
         }
-        out
+        if found.is_empty() {
+            return Cow::Borrowed(bytes);
+        }
+        found.sort_unstable_by_key(|r| (r.start, r.end));
+        Cow::Owned(replace(bytes, &found))
     }
 
     /// [`Self::redact_bytes`] for text.
     pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
         match self.redact_bytes(text.as_bytes()) {
             Cow::Borrowed(_) => Cow::Borrowed(text),
-            // Replacing whole UTF-8 sequences with ASCII keeps the text valid UTF-8.
+            // Occurrences start and end on whole characters and the marker is ASCII, so the
+            // text stays valid UTF-8.
             Cow::Owned(bytes) => Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()),
         }
     }
@@ -117,25 +175,276 @@ impl RequestRedactor<'_> {
             Cow::Owned(redacted) => redacted,
         }
     }
+
+    /// The configured secrets, then the request's.
+    fn needles(&self) -> impl Iterator<Item = &Needle<'_>> {
+        self.base
+            .needles
+            .iter()
+            .map(|n| n as &Needle<'_>)
+            .chain(&self.extra)
+    }
+
+    /// Adds the occurrences whose first escape is among their first [`PREFIX_CHARS`]
+    /// characters (the others start with their prefix as it is: see [`find_prefixed`]).
+    /// Such an escape sits at a backslash, with fewer than [`PREFIX_CHARS`] plain characters
+    /// of the secret before it. Each backslash's escape is decoded once; most (`\n`, `\"`)
+    /// decode to a character no secret begins with, and end the look there.
+    fn find_escaped_heads(&self, hay: &[u8], found: &mut Vec<Range<usize>>) {
+        for backslash in memchr::memchr_iter(b'\\', hay) {
+            // What `read_char` says of the usual escapes, without its detour through depths.
+            let decoded = match hay.get(backslash + 1) {
+                Some(b'n') => u32::from(b'\n'),
+                Some(b'"') => u32::from(b'"'),
+                Some(b't') => u32::from(b'\t'),
+                Some(b'r') => u32::from(b'\r'),
+                _ => match read_char(hay, backslash, ESCAPE_DEPTH) {
+                    Some((decoded, _)) => decoded,
+                    None => continue,
+                },
+            };
+            if !self.heads.may_hold(decoded) {
+                continue;
+            }
+            for needle in self.needles() {
+                for &(head, before) in needle.heads() {
+                    if head != decoded {
+                        continue;
+                    }
+                    let Some(start) = backslash.checked_sub(before) else {
+                        continue;
+                    };
+                    if hay[start..backslash] == needle.text.as_bytes()[..before]
+                        && let Some(end) = escaped_end(hay, start, &needle.text)
+                    {
+                        found.push(whole_escapes(hay, start)..end);
+                    }
+                }
+            }
+        }
+    }
 }
 
-/// `None` when `needle` does not occur in `haystack`.
-fn replace_all(haystack: &[u8], finder: &Finder<'_>) -> Option<Vec<u8>> {
-    let needle = finder.needle();
-    let mut matches = finder.find_iter(haystack).peekable();
-    matches.peek()?;
+/// A set of characters, exact for ASCII: which escapes could begin a secret.
+#[derive(Clone, Copy, Default)]
+struct HeadChars {
+    ascii: u128,
+    other: bool,
+}
+
+impl HeadChars {
+    fn of(needles: &[Needle<'_>]) -> Self {
+        let mut set = Self::default();
+        for &(c, _) in needles.iter().flat_map(Needle::heads) {
+            match u8::try_from(c) {
+                Ok(b) if b.is_ascii() => set.ascii |= 1 << b,
+                _ => set.other = true,
+            }
+        }
+        set
+    }
+
+    fn with(self, other: &Self) -> Self {
+        Self {
+            ascii: self.ascii | other.ascii,
+            other: self.other | other.other,
+        }
+    }
+
+    fn may_hold(&self, c: u32) -> bool {
+        match u8::try_from(c) {
+            Ok(b) if b.is_ascii() => self.ascii & (1 << b) != 0,
+            _ => self.other,
+        }
+    }
+}
+
+/// One secret, prepared for searching.
+#[derive(Clone)]
+struct Needle<'a> {
+    text: Cow<'a, str>,
+    /// The whole secret: what a text without escapes is searched for.
+    whole: Finder<'a>,
+    /// Its first [`PREFIX_CHARS`] characters: an occurrence with no escape among them starts
+    /// with these bytes.
+    prefix: Finder<'a>,
+    /// Its first [`PREFIX_CHARS`] characters, each with the byte length of the text before
+    /// it; `head_count` of them are set.
+    head_chars: [(u32, usize); PREFIX_CHARS],
+    head_count: usize,
+}
+
+impl<'a> Needle<'a> {
+    fn new(text: &'a str) -> Self {
+        let mut head_chars = [(0, 0); PREFIX_CHARS];
+        let mut head_count = 0;
+        for (slot, (at, c)) in head_chars.iter_mut().zip(text.char_indices()) {
+            *slot = (u32::from(c), at);
+            head_count += 1;
+        }
+        let prefix = text
+            .char_indices()
+            .nth(PREFIX_CHARS)
+            .map_or(text.len(), |(at, _)| at);
+        Self {
+            whole: Finder::new(text.as_bytes()),
+            prefix: Finder::new(&text.as_bytes()[..prefix]),
+            text: Cow::Borrowed(text),
+            head_chars,
+            head_count,
+        }
+    }
+
+    fn into_owned(self) -> Needle<'static> {
+        Needle {
+            text: Cow::Owned(self.text.into_owned()),
+            whole: self.whole.into_owned(),
+            prefix: self.prefix.into_owned(),
+            head_chars: self.head_chars,
+            head_count: self.head_count,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    fn heads(&self) -> &[(u32, usize)] {
+        &self.head_chars[..self.head_count]
+    }
+
+    fn same_prefix(&self, other: &Needle<'_>) -> bool {
+        self.prefix.needle() == other.prefix.needle()
+    }
+}
+
+/// Adds to `found` where the secrets of `group`, which share their prefix, occur in `hay`
+/// with no escape among their first [`PREFIX_CHARS`] characters (the others are found by
+/// [`RequestRedactor::find_escaped_heads`]): at each hit of the prefix, each secret is read on
+/// with escapes allowed.
+fn find_prefixed(group: &[Needle<'_>], hay: &[u8], found: &mut Vec<Range<usize>>) {
+    let Some(first) = group.first() else {
+        return;
+    };
+    // Not `find_iter`: its hits do not overlap, and an occurrence may start inside the
+    // previous hit (`aaaa` in `aaaaab`).
+    let mut from = 0;
+    while let Some(at) = hay.get(from..).and_then(|rest| first.prefix.find(rest)) {
+        let at = from + at;
+        for needle in group {
+            if let Some(end) = escaped_end(hay, at, &needle.text) {
+                found.push(whole_escapes(hay, at)..end);
+            }
+        }
+        from = at + 1;
+    }
+}
+
+/// Where an occurrence found at `start` is replaced from: before the backslashes of an escape
+/// it may have been read from inside of (in `\\\u0073k-...`, an escaped backslash then an
+/// escaped `s`, one reading starts at the second backslash), so the JSON around it stays
+/// valid, at both [`ESCAPE_DEPTH`] levels. In a text that is not JSON (`C:\sk-...`) those
+/// backslashes go too.
+fn whole_escapes(hay: &[u8], start: usize) -> usize {
+    let run = hay[..start]
+        .iter()
+        .rev()
+        .take_while(|&&b| b == b'\\')
+        .count();
+    // An odd run ends with the backslash of an escape.
+    let start = start - run % 2;
+    let run = run - run % 2;
+    // One level down, each pair is one backslash: an odd number of pairs ends with one that
+    // begins an escape.
+    start - 2 * ((run / 2) % 2)
+}
+
+/// Where `secret` ends if it starts at `at` in `hay`, each of its characters written as it is
+/// or as a JSON escape (up to [`ESCAPE_DEPTH`] levels).
+fn escaped_end(hay: &[u8], at: usize, secret: &str) -> Option<usize> {
+    let mut next = at;
+    for wanted in secret.chars() {
+        let (got, after) = read_char(hay, next, ESCAPE_DEPTH)?;
+        if got != u32::from(wanted) {
+            return None;
+        }
+        next = after;
+    }
+    Some(next)
+}
+
+/// The character at `at` (as a code point; a lone surrogate stays one) and where the next
+/// starts, reading JSON string escapes `depth` levels deep: at depth 2, `\\\/` is `/` and
+/// `\\u002d` is `-`.
+fn read_char(hay: &[u8], at: usize, depth: u8) -> Option<(u32, usize)> {
+    let first = *hay.get(at)?;
+    if first != b'\\' || depth == 0 {
+        if first.is_ascii() {
+            return Some((u32::from(first), at + 1));
+        }
+        let len = match first {
+            0xc0..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf7 => 4,
+            _ => return None,
+        };
+        let c = std::str::from_utf8(hay.get(at..at + len)?)
+            .ok()?
+            .chars()
+            .next()?;
+        return Some((u32::from(c), at + len));
+    }
+    // An escape at this depth: a backslash, then its letter, each written one level down
+    // (where a backslash may itself be an escape, or turn out to be some other character).
+    let (backslash, next) = read_char(hay, at, depth - 1)?;
+    if backslash != u32::from(b'\\') {
+        return Some((backslash, next));
+    }
+    let (letter, mut next) = read_char(hay, next, depth - 1)?;
+    let decoded = match u8::try_from(letter).ok()? {
+        b @ (b'"' | b'\\' | b'/') => u32::from(b),
+        b'b' => 0x08,
+        b'f' => 0x0c,
+        b'n' => u32::from(b'\n'),
+        b'r' => u32::from(b'\r'),
+        b't' => u32::from(b'\t'),
+        b'u' => {
+            let mut unit = 0;
+            for _ in 0..4 {
+                let (digit, after) = read_char(hay, next, depth - 1)?;
+                unit = unit * 16 + char::from_u32(digit)?.to_digit(16)?;
+                next = after;
+            }
+            if (0xd800..0xdc00).contains(&unit)
+                && let Some((low, after)) = read_char(hay, next, depth)
+                && (0xdc00..0xe000).contains(&low)
+            {
+                return Some((0x10000 + ((unit - 0xd800) << 10) + (low - 0xdc00), after));
+            }
+            unit
+        }
+        _ => return None,
+    };
+    Some((decoded, next))
+}
+
+/// `haystack` with each of `found` (sorted by start) replaced. Overlapping occurrences are
+/// replaced as one: a secret holding another goes whole, and one read from inside an escape
+/// does not leave the real one's end.
+fn replace(haystack: &[u8], found: &[Range<usize>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(haystack.len());
     let mut last = 0;
-    for at in matches {
-        if at < last {
+    for range in found {
+        if range.start < last {
+            last = last.max(range.end);
             continue;
         }
-        out.extend_from_slice(&haystack[last..at]);
+        out.extend_from_slice(&haystack[last..range.start]);
         out.extend_from_slice(REDACTED.as_bytes());
-        last = at + needle.len();
+        last = range.end;
     }
     out.extend_from_slice(&haystack[last..]);
-    Some(out)
+    out
 }
 
 #[cfg(test)]
@@ -152,17 +461,20 @@ mod tests {
     }
 
     #[test]
-    fn replaces_every_occurrence_and_the_client_key() {
+    fn replaces_every_occurrence_and_the_request_secrets() {
         let r = Redactor::new(&keys());
-        let client = Secret::new("client-key-abcdef");
-        let text = r#"{"a":"sk-configured-1234 and sk-configured-1234","b":"client-key-abcdef","c":"short"}"#;
-        let out = r.redact(text, Some(&client));
+        let request = [
+            Secret::new("client-key-abcdef"),
+            Secret::new("key=query-123"),
+        ];
+        let text = r#"{"a":"sk-configured-1234 and sk-configured-1234","b":"client-key-abcdef","c":"short","d":"?key=query-123"}"#;
+        let out = r.redact(text, &request);
         assert_eq!(
             out,
-            r#"{"a":"[redacted] and [redacted]","b":"[redacted]","c":"short"}"#
+            r#"{"a":"[redacted] and [redacted]","b":"[redacted]","c":"short","d":"?[redacted]"}"#
         );
         assert!(matches!(
-            r.redact("nothing here", Some(&client)),
+            r.redact("nothing here", &request),
             Cow::Borrowed(_)
         ));
         assert!(!format!("{r:?}").contains("sk-configured"));
@@ -171,19 +483,100 @@ mod tests {
     #[test]
     fn texts_shorter_than_any_secret_are_not_searched_but_exact_ones_are() {
         let redactor = Redactor::new(&keys());
-        let client = Secret::new("sk-client-9");
-        let request = redactor.for_request(Some(&client));
+        let client = [Secret::new("sk-client-9")];
+        let request = redactor.for_request(&client);
         assert!(matches!(request.redact("sk-clie"), Cow::Borrowed(_)));
         assert_eq!(request.redact("sk-client-9"), REDACTED);
         assert_eq!(request.redact("sk-configured-1234"), REDACTED);
-        assert_eq!(redactor.redact("sk-client-9", None), "sk-client-9");
+        assert_eq!(redactor.redact("sk-client-9", &[]), "sk-client-9");
     }
 
     #[test]
-    fn short_client_keys_are_left_alone() {
+    fn short_request_secrets_are_left_alone() {
         let r = Redactor::default();
-        let none = Secret::new("none");
-        assert_eq!(r.redact("none of it", Some(&none)), "none of it");
+        let none = [Secret::new("none")];
+        assert_eq!(r.redact("none of it", &none), "none of it");
+    }
+
+    #[test]
+    fn a_longer_secret_is_replaced_whole_whichever_list_it_is_in() {
+        let configured = [Secret::new("abcdefgh")];
+        let r = Redactor::new(&configured);
+        let request = [Secret::new("xx-abcdefgh-yy")];
+        assert_eq!(r.redact("1 xx-abcdefgh-yy 2", &request), "1 [redacted] 2");
+        let r = Redactor::new(&request);
+        assert_eq!(
+            r.redact("1 xx-abcdefgh-yy 2", &configured),
+            "1 [redacted] 2"
+        );
+    }
+
+    const KEY: &str = "sk-SLASH/SECRET+key/0123456789";
+
+    #[test]
+    fn keys_written_with_json_escapes_are_found() {
+        let r = Redactor::new(&[Secret::new(KEY)]);
+        let every_char: String = KEY
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        for written in [
+            KEY.replace('/', "\\/"),
+            KEY.replace('-', "\\u002d"),
+            KEY.replace('-', "\\u002D"),
+            format!("\\u0073{}", &KEY[1..]),
+            format!("s\\u006b{}", &KEY[2..]),
+            format!("sk-S\\u004c{}", &KEY[5..]),
+            every_char,
+            // Escaped twice: a JSON text quoted into a JSON string.
+            KEY.replace('/', "\\\\\\/"),
+            KEY.replace('-', "\\\\u002d"),
+        ] {
+            let text = format!(r#"{{"m":"Invalid key Bearer {written}\n","n":"a\"b"}}"#);
+            assert_eq!(
+                r.redact(&text, &[]),
+                r#"{"m":"Invalid key Bearer [redacted]\n","n":"a\"b"}"#,
+                "{written}"
+            );
+        }
+    }
+
+    #[test]
+    fn escapes_never_stretch_a_match() {
+        let r = Redactor::new(&[Secret::new(KEY)]);
+        for text in [
+            // One character short, another one instead, an escape that is not JSON.
+            format!("{}\\n", &KEY[..KEY.len() - 1].replace('/', "\\/")),
+            KEY.replace('/', "\\u002f").replace("+", "\\u002c"),
+            KEY.replace('-', "\\x2d"),
+            KEY.replace('-', "\\u02d"),
+        ] {
+            assert!(matches!(r.redact(&text, &[]), Cow::Borrowed(_)), "{text}");
+        }
+        // A backslash elsewhere does not hide the key written as it is.
+        assert_eq!(r.redact(&format!("a\\nb {KEY}"), &[]), "a\\nb [redacted]");
+    }
+
+    #[test]
+    fn non_ascii_keys_and_surrogate_pairs() {
+        let key = "clé-😀-secret";
+        let r = Redactor::new(&[Secret::new(key)]);
+        assert_eq!(
+            r.redact(r#""cl\u00e9-\ud83d\ude00-secret""#, &[]),
+            r#""[redacted]""#
+        );
+        assert_eq!(r.redact(&format!("«{key}»"), &[]), "«[redacted]»");
+        assert_eq!(r.redact(&format!("\\n«{key}»"), &[]), "\\n«[redacted]»");
+    }
+
+    /// `c` written as a JSON string would hold it, one of several ways.
+    fn escape_char(c: char, how: u8) -> String {
+        match (c, how % 4) {
+            ('/', 1) => "\\/".to_owned(),
+            (_, 2) => format!("\\u{:04x}", c as u32),
+            (_, 3) => format!("\\u{:04X}", c as u32),
+            _ => c.to_string(),
+        }
     }
 
     proptest! {
@@ -194,8 +587,33 @@ mod tests {
             let secret = Secret::new(key.clone());
             let r = Redactor::new([&secret]);
             let text = format!("{prefix}{key}{suffix}{key}");
-            let out = r.redact(&text, None);
+            let out = r.redact(&text, &[]);
             prop_assert!(!out.contains(&key));
+        }
+
+        /// A key escaped any way inside a JSON string among other escapes: what a JSON parser
+        /// reads from the redacted text never holds it, and the text stays JSON.
+        #[test]
+        fn no_escaped_key_survives_in_json(
+            prefix in "[a-z \"\\\\/\n\t]{0,30}",
+            suffix in "[a-z \"\\\\/\n\t]{0,30}",
+            key in "[a-zA-Z0-9/+=_-]{8,30}",
+            hows in proptest::collection::vec(any::<u8>(), 30),
+        ) {
+            prop_assume!(!key.contains("redacted"));
+            let escaped: String = key.chars().zip(&hows).map(|(c, how)| escape_char(c, *how)).collect();
+            let quote = |s: &str| serde_json::to_string(s).expect("string");
+            let (p, s) = (quote(&prefix), quote(&suffix));
+            let json = format!("[{p}, {}{escaped}{}]", &p[..p.len() - 1], &s[1..]);
+            let r = Redactor::new(&[Secret::new(key.clone())]);
+            let out = r.redact(&json, &[]);
+            let read: Vec<String> = serde_json::from_str(&out).expect("still JSON");
+            prop_assert!(read.iter().all(|s| !s.contains(&key)), "{out}");
+            // Escaped once more (the JSON quoted into a string): the same.
+            let twice = r.redact(&quote(&json), &[]).into_owned();
+            let inner: String = serde_json::from_str(&twice).expect("still a string");
+            let read: Vec<String> = serde_json::from_str(&inner).expect("still JSON inside");
+            prop_assert!(read.iter().all(|s| !s.contains(&key)), "{twice}");
         }
     }
 }

@@ -162,7 +162,7 @@ impl Writer {
         }
         let redacted = self
             .redactor
-            .redact_bytes(&self.line, record.client_key.as_ref());
+            .redact_bytes(&self.line, record.client_key.as_slice());
         let result = self
             .out
             .write_all(&redacted)

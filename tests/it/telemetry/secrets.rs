@@ -1,11 +1,12 @@
-//! No configured api_key and no client key is written anywhere: every span, every log line
-//! and every ledger row is scanned, after requests that carry the keys in bodies, in
-//! upstream error messages and in a stream.
+//! No configured api_key, no client credential and no URL target query is written anywhere:
+//! every span, every log line and every ledger row is scanned, after requests that carry the
+//! keys in bodies, in upstream error messages (raw and JSON-escaped) and in a stream.
 
 use std::collections::HashMap;
 
 use llmsrouter::config::Config;
 use llmsrouter::env::EnvSettings;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValueKind;
 use serde_json::json;
 
 use super::mock_otlp::MockOtlp;
@@ -15,9 +16,174 @@ use crate::support::{TestRouter, client, one_server_config};
 
 const CLIENT_KEY: &str = "sk-client-url-target-0001";
 
+/// The router in-process with the three sinks wired as in production (settings from the
+/// environment, keys from config.yaml), each writing where the test reads it back.
+struct AllSinks {
+    router: TestRouter,
+    otlp: MockOtlp,
+    dir: tempfile::TempDir,
+}
+
+/// Everything the sinks wrote, as text: each exported span's strings, each log line, each
+/// ledger row.
+struct Written {
+    spans: Vec<String>,
+    log: Vec<String>,
+    ledger: Vec<String>,
+}
+
+impl AllSinks {
+    async fn start(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        let otlp = MockOtlp::start().await;
+        let vars: HashMap<&str, String> = HashMap::from([
+            ("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY.to_owned()),
+            ("LANGFUSE_SECRET_KEY", SECRET_KEY.to_owned()),
+            ("LANGFUSE_HOST", otlp.origin()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "20".to_owned()),
+            (
+                "LLMSROUTER_LOG_FILE",
+                dir.path().join("api_proxy.log").display().to_string(),
+            ),
+        ]);
+        let env = EnvSettings::from_lookup(&|name| vars.get(name).cloned()).expect("env");
+        let config = Config::parse(yaml, &|_| None).expect("config");
+        let sinks =
+            llmsrouter::sinks::start(&env, &config, &dir.path().join("users.db")).expect("sinks");
+        let router = TestRouter::start_with_sinks(yaml, sinks, |_| {}).await;
+        Self { router, otlp, dir }
+    }
+
+    /// Waits for `requests` spans, stops the router (which drains every sink) and reads back
+    /// what was written.
+    async fn finish(
+        self,
+        requests: usize,
+    ) -> (
+        Written,
+        Vec<std::sync::Arc<llmsrouter::record::RequestRecord>>,
+    ) {
+        self.otlp.wait_spans(requests).await;
+        let records = self.router.records.all();
+        self.router.stop().await;
+        let spans = self
+            .otlp
+            .spans()
+            .iter()
+            .map(|s| {
+                let mut text = String::new();
+                for kv in &s.span.attributes {
+                    let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) else {
+                        continue;
+                    };
+                    match value {
+                        AnyValueKind::StringValue(s) => text.push_str(s),
+                        AnyValueKind::ArrayValue(array) => {
+                            for v in &array.values {
+                                if let Some(AnyValueKind::StringValue(s)) = &v.value {
+                                    text.push_str(s);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                    text.push('\n');
+                }
+                if let Some(status) = &s.span.status {
+                    text.push_str(&status.message);
+                }
+                text
+            })
+            .collect();
+        let mut log = Vec::new();
+        for entry in std::fs::read_dir(self.dir.path()).expect("dir") {
+            let path = entry.expect("entry").path();
+            if path.to_string_lossy().contains("api_proxy.") {
+                let text = std::fs::read_to_string(&path).expect("read log");
+                log.extend(text.lines().map(str::to_owned));
+            }
+        }
+        let conn = llmsrouter::db::open(&self.dir.path().join("users.db")).expect("db");
+        let mut statement = conn.prepare("SELECT * FROM usage_ledger").expect("prepare");
+        let columns = statement.column_count();
+        let ledger = statement
+            .query_map([], |row| {
+                let mut text = String::new();
+                for i in 0..columns {
+                    match row.get::<_, rusqlite::types::Value>(i)? {
+                        rusqlite::types::Value::Text(s) => text.push_str(&s),
+                        other => text.push_str(&format!("{other:?}")),
+                    }
+                    text.push('|');
+                }
+                Ok(text)
+            })
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        (Written { spans, log, ledger }, records)
+    }
+}
+
+impl Written {
+    fn all(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        let spans = self.spans.iter().map(|t| ("an exported span", t));
+        let log = self.log.iter().map(|t| ("the request log", t));
+        let ledger = self.ledger.iter().map(|t| ("a ledger row", t));
+        spans.chain(log).chain(ledger)
+    }
+
+    /// `secret` is nowhere, neither as it is nor written with JSON escapes (once, or twice
+    /// for a JSON text inside a JSON string).
+    fn assert_absent(&self, secret: &str) {
+        for (place, text) in self.all() {
+            assert_no_secret(place, text, secret);
+        }
+    }
+}
+
+/// Fails when `text` holds `secret` as it is or in a form a JSON parser reads back as it.
+fn assert_no_secret(place: &str, text: &str, secret: &str) {
+    let once = json_unescaped(text);
+    let twice = json_unescaped(&once);
+    assert!(
+        !text.contains(secret) && !once.contains(secret) && !twice.contains(secret),
+        "{secret} in {place}: {text}"
+    );
+}
+
+/// `text` with every JSON string escape (`\/`, `\u002d`, `\"`, ...) decoded.
+fn json_unescaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('u') => {
+                let hex: String = chars.by_ref().take(4).collect();
+                match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                    Some(decoded) => out.push(decoded),
+                    None => out.push_str(&format!("\\u{hex}")),
+                }
+            }
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some(other @ ('/' | '"' | '\\')) => out.push(other),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
 #[tokio::test]
 async fn no_key_appears_in_any_span_log_line_or_ledger_row() {
-    let dir = tempfile::tempdir().expect("dir");
     // An upstream echoes the key it was sent in its error.
     let refusing = |key: &str| Behavior {
         status: 401,
@@ -27,24 +193,8 @@ async fn no_key_appears_in_any_span_log_line_or_ledger_row() {
         ..Default::default()
     };
     let upstream = MockUpstream::start(refusing(UPSTREAM_KEY)).await;
-    let otlp = MockOtlp::start().await;
-    let yaml = one_server_config(&upstream.url(), "");
-    // The production wiring: settings from the environment, keys from config.yaml.
-    let vars: HashMap<&str, String> = HashMap::from([
-        ("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY.to_owned()),
-        ("LANGFUSE_SECRET_KEY", SECRET_KEY.to_owned()),
-        ("LANGFUSE_HOST", otlp.origin()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "20".to_owned()),
-        (
-            "LLMSROUTER_LOG_FILE",
-            dir.path().join("api_proxy.log").display().to_string(),
-        ),
-    ]);
-    let env = EnvSettings::from_lookup(&|name| vars.get(name).cloned()).expect("env");
-    let config = Config::parse(&yaml, &|_| None).expect("config");
-    let db = dir.path().join("users.db");
-    let sinks = llmsrouter::sinks::start(&env, &config, &db).expect("sinks");
-    let router = TestRouter::start_with_sinks(&yaml, sinks, |_| {}).await;
+    let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
+    let router = &sinks.router;
     let http = client();
 
     // An alias request with the key in its prompt, answered by an error echoing it.
@@ -94,9 +244,7 @@ async fn no_key_appears_in_any_span_log_line_or_ledger_row() {
         .expect("send");
     // The stream's text is the upstream's answer, relayed unchanged; only sinks redact it.
     assert!(response.text().await.expect("body").contains(UPSTREAM_KEY));
-    otlp.wait_spans(3).await;
-    let records = router.records.all();
-    router.stop().await;
+    let (written, records) = sinks.finish(3).await;
 
     // The records held the keys (the prompt, the stop parameter, the stream's answer), so the
     // scan below can fail.
@@ -111,55 +259,80 @@ async fn no_key_appears_in_any_span_log_line_or_ledger_row() {
             .any(|r| r.error.as_deref().is_some_and(|e| e.contains(CLIENT_KEY)))
     );
 
-    let keys = [UPSTREAM_KEY, CLIENT_KEY];
-    let exports = otlp.exports();
-    assert!(!exports.is_empty());
-    let mut redacted_in_spans = false;
-    for export in &exports {
-        let bytes = &export.body[..];
-        for key in keys {
-            assert!(
-                memchr::memmem::find(bytes, key.as_bytes()).is_none(),
-                "{key} in an exported span"
-            );
-        }
-        redacted_in_spans |= memchr::memmem::find(bytes, b"[redacted]").is_some();
+    assert_eq!(written.log.len(), 3);
+    assert_eq!(written.ledger.len(), 3);
+    for key in [UPSTREAM_KEY, CLIENT_KEY] {
+        written.assert_absent(key);
     }
-    assert!(redacted_in_spans);
+    assert!(written.spans.iter().any(|t| t.contains("[redacted]")));
+    assert!(written.log.iter().any(|t| t.contains("[redacted]")));
+    assert!(written.ledger.iter().any(|t| t.contains("[redacted]")));
+}
 
-    let mut log = String::new();
-    for entry in std::fs::read_dir(dir.path()).expect("dir") {
-        let path = entry.expect("entry").path();
-        if path.to_string_lossy().contains("api_proxy.") {
-            log.push_str(&std::fs::read_to_string(&path).expect("read log"));
-        }
+/// A configured key that the upstream echoes JSON-escaped (PHP writes `/` as `\/`, other
+/// encoders `-` as `\u002d`, any character may be `\uXXXX`) is still the key to whoever parses
+/// the JSON: neither the client's error body nor any record shows it.
+#[tokio::test]
+async fn a_configured_key_echoed_with_json_escapes_is_redacted() {
+    const KEY: &str = "sk-SLASH/SECRET+key/0123456789";
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let yaml = format!(
+        "servers:\n  mock:\n    url: \"{}\"\n    api_key: \"{KEY}\"\n",
+        upstream.url()
+    );
+    let sinks = AllSinks::start(&yaml).await;
+    let php = KEY.replace('/', "\\/");
+    let unicode = KEY.replace('-', "\\u002d");
+    // Escapes in the first characters, and in upper case.
+    let leading = format!("\\u0073\\u006B{}", &KEY[2..].replace('/', "\\/"));
+    let errors = [
+        // OpenAI-shaped: relayed as it is.
+        (
+            "application/json",
+            format!(r#"{{"error":{{"message":"Invalid key Bearer {php}","type":"auth"}}}}"#),
+        ),
+        // Not OpenAI-shaped: wrapped.
+        (
+            "application/json",
+            format!(r#"{{"detail":"Invalid key Bearer {unicode}"}}"#),
+        ),
+        (
+            "application/json",
+            format!(r#"{{"error":{{"message":"key {leading} refused"}}}}"#),
+        ),
+        // Text quoting a JSON document: escaped once more in the log's JSON string.
+        ("text/plain", format!(r#"upstream said {{"key":"{php}"}}"#)),
+    ];
+    for (content_type, body) in &errors {
+        upstream.set(Behavior {
+            status: 401,
+            content_type: (*content_type).to_owned(),
+            body: Some(body.clone()),
+            ..Default::default()
+        });
+        let response = sinks
+            .router
+            .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 401);
+        let text = response.text().await.expect("body");
+        assert_no_secret("the error relayed to the client", &text, KEY);
+        assert!(text.contains("[redacted]"), "{text}");
     }
-    assert_eq!(log.lines().count(), 3);
-    for key in keys {
-        assert!(!log.contains(key), "{key} in the request log");
-    }
-    assert!(log.contains("[redacted]"));
-
-    let conn = llmsrouter::db::open(&db).expect("db");
-    let mut statement = conn.prepare("SELECT * FROM usage_ledger").expect("prepare");
-    let columns = statement.column_count();
-    let rows: Vec<String> = statement
-        .query_map([], |row| {
-            let mut text = String::new();
-            for i in 0..columns {
-                let value: rusqlite::types::Value = row.get(i)?;
-                text.push_str(&format!("{value:?}|"));
-            }
-            Ok(text)
-        })
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows");
-    assert_eq!(rows.len(), 3);
-    for row in &rows {
-        for key in keys {
-            assert!(!row.contains(key), "{key} in a ledger row: {row}");
-        }
-    }
-    assert!(rows.iter().any(|r| r.contains("[redacted]")));
+    // A whole answer whose content holds the key escaped: relayed untouched, recorded redacted.
+    upstream.set(Behavior {
+        body: Some(format!(
+            r#"{{"id":"x","object":"chat.completion","model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":"your key: {unicode}"}},"finish_reason":"stop"}}]}}"#
+        )),
+        ..Default::default()
+    });
+    let response = sinks
+        .router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.expect("body").contains(&unicode));
+    let (written, _) = sinks.finish(errors.len() + 1).await;
+    assert_eq!(written.log.len(), errors.len() + 1);
+    written.assert_absent(KEY);
 }
