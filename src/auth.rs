@@ -73,6 +73,24 @@ pub fn presented_key(fields: &Fields) -> Option<&str> {
     })
 }
 
+/// Every credential the client sent, whatever its scheme: each `Authorization` value's
+/// credentials (what follows `Bearer`, `Basic` or any other scheme, or the whole value when
+/// there is no scheme) and each `x-api-key`. Not for authentication ([`presented_key`] is):
+/// for redaction, since a URL target gets them as sent and may echo them back.
+pub fn presented_credentials(fields: &Fields) -> impl Iterator<Item = &str> {
+    let authorization = fields.get_all("authorization").filter_map(|v| {
+        let value = std::str::from_utf8(v).ok()?.trim();
+        Some(match value.split_once(char::is_whitespace) {
+            Some((_, credentials)) if !credentials.trim().is_empty() => credentials.trim(),
+            _ => value,
+        })
+    });
+    let api_keys = fields
+        .get_all("x-api-key")
+        .filter_map(|v| Some(std::str::from_utf8(v).ok()?.trim()));
+    authorization.chain(api_keys).filter(|c| !c.is_empty())
+}
+
 /// Turns request headers into a caller. `keys` is `None` when account management is off.
 pub fn authenticate(
     keys: Option<&Arc<dyn KeyIndex>>,
@@ -105,6 +123,31 @@ mod tests {
         assert_eq!(presented_key(&both), Some("bk"));
         let basic = fields(&[("x-api-key", "xk"), ("authorization", "Basic abc")]);
         assert_eq!(presented_key(&basic), Some("xk"));
+    }
+
+    #[test]
+    fn every_credential_of_any_scheme_is_presented_for_redaction() {
+        let credentials = |pairs: &[(&str, &str)]| {
+            let f = fields(pairs);
+            presented_credentials(&f)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            credentials(&[
+                ("Authorization", "Basic dXNlcjpwYXNz=="),
+                ("x-api-key", " xk ")
+            ]),
+            ["dXNlcjpwYXNz==", "xk"]
+        );
+        assert_eq!(
+            credentials(&[("authorization", "bare-token")]),
+            ["bare-token"]
+        );
+        assert_eq!(credentials(&[("authorization", "Bearer  \tbk ")]), ["bk"]);
+        assert_eq!(credentials(&[("authorization", "Bearer ")]), ["Bearer"]);
+        assert!(credentials(&[("authorization", " "), ("x-api-key", "")]).is_empty());
+        assert!(credentials(&[("x-other", "v")]).is_empty());
     }
 
     #[test]

@@ -104,10 +104,11 @@ pub struct RequestRecord {
     pub response: ResponseSummary,
     /// For streams: whether `data: [DONE]` (or the end of a complete body) was seen.
     pub complete: bool,
-    /// The key the client presented (`Authorization: Bearer` or `x-api-key`): a URL target's
-    /// upstream key, or a user's router key. Kept only so sinks can redact it wherever it
-    /// might be echoed (an upstream error message, a body); never written anywhere.
-    pub client_key: Option<Secret>,
+    /// What this request itself carried that no record may show: every credential the client
+    /// sent (`Authorization` whatever its scheme, `x-api-key`: a URL target's upstream key, a
+    /// user's router key). Kept only so sinks can redact them wherever they might be echoed
+    /// (an upstream error message, a body); never written anywhere.
+    pub secrets: Vec<Secret>,
     /// The bodies were left out because records in flight held more than the recorder's body
     /// budget (see [`BODY_BUDGET`]); usage and every other field are still here.
     pub bodies_dropped: bool,
@@ -576,7 +577,7 @@ pub(crate) mod tests {
             response_is_json: false,
             response: ResponseSummary::default(),
             complete: true,
-            client_key: None,
+            secrets: Vec::new(),
             bodies_dropped: false,
             body_ticket: Default::default(),
         }

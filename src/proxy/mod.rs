@@ -34,7 +34,7 @@ use crate::http1::fields::{Fields, header_map_of};
 use crate::record::{Outcome, RecordGuard, RequestRecord};
 use crate::routing::{self, Lookup, ModelRef, Target};
 use crate::secret::Secret;
-use crate::sinks::redact::Redactor;
+use crate::sinks::redact::{MIN_SECRET_LEN, Redactor};
 use crate::state::AppState;
 use crate::upstream::{UpstreamError, UpstreamResponse};
 use crate::usage::ResponseSummary;
@@ -203,8 +203,11 @@ async fn forward_inner(
             own_copy(&body),
             started_at,
         );
-        // Only for redaction in the sinks (an upstream may echo the key in an error).
-        record.client_key = crate::auth::presented_key(request.fields).map(Secret::new);
+        // Only for redaction in the sinks (an upstream may echo them in an error).
+        record.secrets = crate::auth::presented_credentials(request.fields)
+            .filter(|c| c.len() >= MIN_SECRET_LEN)
+            .map(Secret::new)
+            .collect();
         // Offsets into `body`, of which the record holds an exact copy.
         record.request_layout = request_layout;
         record
@@ -346,7 +349,7 @@ fn new_record(
         response_is_json: false,
         response: ResponseSummary::default(),
         complete: false,
-        client_key: None,
+        secrets: Vec::new(),
         bodies_dropped: false,
         body_ticket: Default::default(),
     }

@@ -371,7 +371,7 @@ mod tests {
             response_is_json: false,
             response: Default::default(),
             complete: false,
-            client_key: None,
+            secrets: Vec::new(),
             bodies_dropped: false,
             body_ticket: Default::default(),
         };

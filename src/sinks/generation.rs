@@ -97,11 +97,7 @@ pub struct Generation {
 /// Builds the generation view of `record`. Input plus output are cut to `max_io_bytes`
 /// together; every string that came from the request or the upstream is redacted.
 pub fn build(record: &RequestRecord, redactor: &Redactor, max_io_bytes: usize) -> Generation {
-    build_with(
-        record,
-        &redactor.for_request(record.client_key.as_slice()),
-        max_io_bytes,
-    )
+    build_with(record, &redactor.for_request(&record.secrets), max_io_bytes)
 }
 
 /// [`build`] with the record's redaction already prepared.
@@ -530,7 +526,7 @@ mod tests {
             response_is_json: false,
             response: ResponseSummary::default(),
             complete: true,
-            client_key: None,
+            secrets: Vec::new(),
             bodies_dropped: false,
             body_ticket: Default::default(),
         }
@@ -641,7 +637,7 @@ mod tests {
         );
         r.outcome = Outcome::ClientDisconnected;
         r.error = Some("client disconnected".into());
-        r.client_key = Some(Secret::new("client-secret-999"));
+        r.secrets = vec![Secret::new("client-secret-999")];
         let g = build(&r, &Redactor::default(), 1 << 20);
         assert_eq!(g.level, Level::Warning);
         assert!(

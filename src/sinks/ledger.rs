@@ -85,7 +85,7 @@ fn millis(d: Duration) -> i64 {
 
 impl<'a> LedgerRow<'a> {
     pub fn from_record(record: &'a RequestRecord, redactor: &Redactor) -> Self {
-        let redactor = redactor.for_request(record.client_key.as_slice());
+        let redactor = redactor.for_request(&record.secrets);
         let usage = record.response.usage.as_ref();
         let count = |f: fn(&crate::usage::Usage) -> u64| usage.map_or(0, |u| to_i64(f(u)));
         Self {
@@ -391,7 +391,7 @@ mod tests {
                 ..Default::default()
             },
             complete: false,
-            client_key: None,
+            secrets: Vec::new(),
             bodies_dropped: false,
             body_ticket: Default::default(),
         }

@@ -78,7 +78,7 @@ impl Redactor {
     }
 
     /// The redaction of one request: the known secrets plus those the request carried (see
-    /// `RequestRecord::client_key`). Build it once per record and use it for every text of
+    /// `RequestRecord::secrets`). Build it once per record and use it for every text of
     /// that record.
     pub fn for_request<'a>(&'a self, secrets: &'a [Secret]) -> RequestRedactor<'a> {
         let extra: Vec<Needle<'a>> = distinct(secrets).into_iter().map(Needle::new).collect();

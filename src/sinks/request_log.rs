@@ -160,9 +160,7 @@ impl Writer {
         if serialize_line(&mut self.line, record, self.bodies).is_err() {
             return;
         }
-        let redacted = self
-            .redactor
-            .redact_bytes(&self.line, record.client_key.as_slice());
+        let redacted = self.redactor.redact_bytes(&self.line, &record.secrets);
         let result = self
             .out
             .write_all(&redacted)

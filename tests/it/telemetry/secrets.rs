@@ -336,3 +336,70 @@ async fn a_configured_key_echoed_with_json_escapes_is_redacted() {
     assert_eq!(written.log.len(), errors.len() + 1);
     written.assert_absent(KEY);
 }
+
+/// Whatever credential a client sends to a URL target (any `Authorization` scheme, a bare
+/// token, `x-api-key` beside a Bearer key) goes upstream as it is and may be echoed back:
+/// no record shows it.
+#[tokio::test]
+async fn every_credential_a_client_sent_is_redacted_from_the_records() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
+    let cases: [&[(&str, &str)]; 4] = [
+        &[("authorization", "Basic BASICSECRET-gggggggggg==")],
+        &[("authorization", "BARETOKEN-hhhhhhhhhh")],
+        &[("authorization", "Token  TOKENSECRET-iiiiiiiiii ")],
+        &[
+            ("authorization", "Bearer BEARERSECRET-jjjjjjjjjj"),
+            ("x-api-key", "XKEYSECRET-kkkkkkkkkk"),
+        ],
+    ];
+    let secrets = [
+        "BASICSECRET-gggggggggg==",
+        "BARETOKEN-hhhhhhhhhh",
+        "TOKENSECRET-iiiiiiiiii",
+        "BEARERSECRET-jjjjjjjjjj",
+        "XKEYSECRET-kkkkkkkkkk",
+    ];
+    for headers in cases {
+        // The upstream echoes what it got, in its error message and its body.
+        let echoed: Vec<&str> = headers.iter().map(|(_, value)| value.trim()).collect();
+        upstream.set(Behavior {
+            status: 401,
+            body: Some(
+                json!({"error": {"message": format!("Incorrect API key provided: {}", echoed.join(" and "))}})
+                    .to_string(),
+            ),
+            ..Default::default()
+        });
+        let mut request = client()
+            .post(
+                sinks
+                    .router
+                    .url(&format!("/v1/chat/completions?proxy={}", upstream.origin())),
+            )
+            .json(&json!({"model": "gpt-4o", "messages": []}));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("send");
+        assert_eq!(response.status(), 401);
+        // The credentials went upstream as they were sent (but for the surrounding space).
+        let got = upstream.last();
+        for (name, value) in headers {
+            assert_eq!(got.headers[*name], value.trim());
+        }
+    }
+    let (written, records) = sinks.finish(cases.len()).await;
+    // The records held every credential, so the scan below can fail.
+    for secret in secrets {
+        assert!(
+            records
+                .iter()
+                .any(|r| r.error.as_deref().is_some_and(|e| e.contains(secret))),
+            "{secret}"
+        );
+        written.assert_absent(secret);
+    }
+    assert_eq!(written.ledger.len(), cases.len());
+    assert!(written.log.iter().all(|line| line.contains("[redacted]")));
+}
