@@ -259,6 +259,40 @@ pub fn model_for_records(model: &str) -> Cow<'_, str> {
     }
 }
 
+/// What of a URL target's query no record may show (it may carry a key), in each form a
+/// record might hold it: the query as the model text writes it (so the logged request body
+/// reads `?[redacted]`, as [`model_for_records`] does), as it went upstream, and each
+/// parameter's value, also percent-decoded (an upstream may quote just the key). Empty for
+/// other targets.
+pub fn url_query_secrets<'a>(target: &'a Target<'_>, model: &'a str) -> Vec<Cow<'a, str>> {
+    if !target.mode.is_url_target() {
+        return Vec::new();
+    }
+    let in_model = match parse_model(model) {
+        Ok(ModelRef::Prefixed { prefix, .. }) if is_url(prefix) => {
+            prefix.split_once('?').map(|(_, query)| query)
+        }
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for query in in_model.into_iter().chain(target.base_query.as_deref()) {
+        out.push(Cow::Borrowed(query));
+        for value in query
+            .split(['&', '#'])
+            .filter_map(|pair| pair.split_once('='))
+        {
+            let value = value.1;
+            out.push(Cow::Borrowed(value));
+            if let Ok(Cow::Owned(decoded)) =
+                percent_encoding::percent_decode_str(value).decode_utf8()
+            {
+                out.push(Cow::Owned(decoded));
+            }
+        }
+    }
+    out
+}
+
 fn is_url(text: &str) -> bool {
     let starts = |scheme: &str| {
         text.get(..scheme.len())
@@ -601,6 +635,43 @@ servers:
         );
         assert_eq!(model_for_records("[openrouter]a?b"), "[openrouter]a?b");
         assert_eq!(model_for_records("plain"), "plain");
+    }
+
+    #[test]
+    fn a_url_targets_query_is_a_secret_of_its_request() {
+        let config = config();
+        let secrets = |proxy: Option<&str>, model: &str| {
+            let target = resolve_ok(proxy, model, &config);
+            url_query_secrets(&target, model)
+                .into_iter()
+                .map(Cow::into_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            secrets(None, "[https://h.com/v1?key=sk%2B1&v=2]m"),
+            [
+                "key=sk%2B1&v=2",
+                "sk%2B1",
+                "sk+1",
+                "2",
+                "key=sk%2B1&v=2",
+                "sk%2B1",
+                "sk+1",
+                "2"
+            ]
+        );
+        // As written in the model, and as the URL parser sent it upstream.
+        assert_eq!(
+            secrets(None, "[https://h.com/v1?k=a b#f]m"),
+            ["k=a b#f", "a b", "k=a%20b", "a%20b", "a b"]
+        );
+        assert_eq!(
+            secrets(Some("https://h.com/v1?key=sk-2"), "gpt-4o"),
+            ["key=sk-2", "sk-2"]
+        );
+        assert!(secrets(None, "[https://h.com/v1]m").is_empty());
+        assert!(secrets(None, "[openrouter]a?key=b").is_empty());
+        assert!(secrets(Some("https://h.com/v1"), "[x?y=z]m").is_empty());
     }
 
     #[test]

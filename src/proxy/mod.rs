@@ -16,6 +16,7 @@ pub mod members;
 pub mod sse;
 pub mod stream;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -204,8 +205,11 @@ async fn forward_inner(
             started_at,
         );
         // Only for redaction in the sinks (an upstream may echo them in an error).
-        record.secrets = crate::auth::presented_credentials(request.fields)
-            .filter(|c| c.len() >= MIN_SECRET_LEN)
+        let credentials = crate::auth::presented_credentials(request.fields).map(Cow::Borrowed);
+        let query = routing::url_query_secrets(&target, &view.model);
+        record.secrets = credentials
+            .chain(query)
+            .filter(|s| s.len() >= MIN_SECRET_LEN)
             .map(Secret::new)
             .collect();
         // Offsets into `body`, of which the record holds an exact copy.
@@ -516,8 +520,8 @@ async fn whole_answer(
             // An upstream may echo the key it was sent ("Incorrect API key provided: sk-..."):
             // with accounts on, that would hand the provider's key to a router user.
             let body = match redactor.redact_bytes(&body, &[]) {
-                std::borrow::Cow::Borrowed(_) => body,
-                std::borrow::Cow::Owned(clean) => Bytes::from(clean),
+                Cow::Borrowed(_) => body,
+                Cow::Owned(clean) => Bytes::from(clean),
             };
             let (wrapped, message) = wrap_upstream_error(status, &body);
             match wrapped {

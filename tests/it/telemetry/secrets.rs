@@ -403,3 +403,77 @@ async fn every_credential_a_client_sent_is_redacted_from_the_records() {
     assert_eq!(written.ledger.len(), cases.len());
     assert!(written.log.iter().all(|line| line.contains("[redacted]")));
 }
+
+/// A URL target's query may carry a key (`[http://host/v1?key=...]model`, or `?proxy=` with a
+/// query): the upstream gets it, the records show `?[redacted]` in the model, the logged
+/// request body included, and an upstream that quotes the key's value has it redacted.
+#[tokio::test]
+async fn a_url_targets_query_is_redacted_from_every_record() {
+    const PREFIX_KEY: &str = "QSECRET-aaaaaaaaaaaa";
+    const PROXY_KEY: &str = "QSECRET-bbbbbbbbbbbb";
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
+    let origin = upstream.origin();
+
+    let model = format!("[{origin}/v1?key={PREFIX_KEY}]gpt-4o");
+    let response = sinks
+        .router
+        .chat(&json!({"model": model, "temperature": 0.2, "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let prefixed = super::request_id(&response);
+    assert_eq!(
+        upstream.last().query.as_deref(),
+        Some(format!("key={PREFIX_KEY}").as_str())
+    );
+
+    upstream.set(Behavior {
+        status: 403,
+        body: Some(format!(
+            r#"{{"error":{{"message":"key {PROXY_KEY} may not use this model"}}}}"#
+        )),
+        ..Default::default()
+    });
+    let proxy = format!("{origin}/v1?key={PROXY_KEY}")
+        .replace(':', "%3A")
+        .replace('/', "%2F")
+        .replace('?', "%3F")
+        .replace('=', "%3D");
+    let response = client()
+        .post(
+            sinks
+                .router
+                .url(&format!("/v1/chat/completions?proxy={proxy}")),
+        )
+        .json(&json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        upstream.last().query.as_deref(),
+        Some(format!("key={PROXY_KEY}").as_str())
+    );
+
+    let (written, records) = sinks.finish(2).await;
+    // The records held both keys, so the scan below can fail.
+    assert!(memchr::memmem::find(&records[0].request_body, PREFIX_KEY.as_bytes()).is_some());
+    assert!(
+        records[1]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains(PROXY_KEY))
+    );
+    let line: serde_json::Value = written
+        .log
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .find(|l| l["request_id"] == prefixed.as_str())
+        .expect("the prefixed request's line");
+    let shown = format!("[{origin}/v1?[redacted]]gpt-4o");
+    assert_eq!(line["model"], shown.as_str());
+    assert_eq!(line["request"]["model"], shown.as_str());
+    assert_eq!(line["request"]["temperature"], 0.2);
+    written.assert_absent(PREFIX_KEY);
+    written.assert_absent(PROXY_KEY);
+}
