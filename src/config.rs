@@ -280,12 +280,13 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
 }
 
 /// Aliases appear inside `[...]` in model names and in permission lists; brackets, spaces and
-/// commas would make those ambiguous.
+/// commas would make those ambiguous. Letters and digits of any script are letters and digits
+/// (`火山`, as a Chinese config names its provider).
 pub fn is_valid_alias(alias: &str) -> bool {
     !alias.is_empty()
         && alias
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn validate_server(
@@ -609,6 +610,17 @@ settings:
         assert!(reason.contains("http"), "{reason}");
         let (path, _) = error_of("servers:\n  a:\n    api_key: k\n");
         assert_eq!(path, "servers.a.url");
+        let (path, _) = error_of("servers:\n  \"火 山\":\n    url: http://x\n");
+        assert_eq!(path, "servers.火 山");
+    }
+
+    #[test]
+    fn aliases_may_be_letters_of_any_script() {
+        let config = Config::parse("servers:\n  火山:\n    url: http://x/v1\n", &no_env)
+            .expect("a Chinese alias loads");
+        assert!(config.server("火山").is_some());
+        assert!(is_valid_alias("deepseek-v3.1_b") && is_valid_alias("火山"));
+        assert!(!is_valid_alias("a,b") && !is_valid_alias("[a]") && !is_valid_alias(""));
     }
 
     #[test]

@@ -30,3 +30,8 @@ pub mod usage;
 pub mod users;
 
 pub use app::build_app;
+
+/// `1 server`, `2 servers`: a count with its noun, for messages people read.
+pub fn plural(count: usize, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
+}

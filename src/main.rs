@@ -76,14 +76,26 @@ fn dotenv_problems(
     }
 }
 
+/// The console log, filtered by `RUST_LOG` (a filter that cannot be read is named in a
+/// warning, and `default_filter` used).
 fn init_tracing(default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let (filter, unreadable) = match std::env::var("RUST_LOG") {
+        Ok(wanted) if !wanted.trim().is_empty() => match EnvFilter::try_new(&wanted) {
+            Ok(filter) => (filter, None),
+            Err(e) => (EnvFilter::new(default_filter), Some(e.to_string())),
+        },
+        _ => (EnvFilter::new(default_filter), None),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only for a terminal: a file or a log collector would keep the escape codes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    if let Some(reason) = unreadable {
+        tracing::warn!("RUST_LOG is not a log filter ({reason}); logging at {default_filter}");
+    }
 }
 
 /// The error and its causes on one line, each cause left out when the message before it
@@ -372,9 +384,9 @@ fn run_check(cli: &Cli, dotenv_problems: &[String]) -> anyhow::Result<ExitCode> 
     };
     let aliases: Vec<&str> = config.servers.keys().map(String::as_str).collect();
     println!(
-        "{}: ok, {} servers ({})",
+        "{}: ok, {} ({})",
         cli.config.display(),
-        aliases.len(),
+        llmsrouter::plural(aliases.len(), "server", "servers"),
         if aliases.is_empty() {
             "none".to_owned()
         } else {

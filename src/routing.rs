@@ -82,6 +82,8 @@ pub struct Lookup<'a> {
     pub model_owner: &'a dyn Fn(&str) -> Option<String>,
     /// Whether an alias may be shown to this client (accounts narrow it); used in messages.
     pub alias_visible: &'a dyn Fn(&str) -> bool,
+    /// Whether this client may address a server by URL (not with an account); in messages.
+    pub url_targets: bool,
 }
 
 impl Lookup<'_> {
@@ -90,6 +92,7 @@ impl Lookup<'_> {
         Lookup {
             model_owner: &|_| None,
             alias_visible: &|_| true,
+            url_targets: true,
         }
     }
 }
@@ -189,8 +192,10 @@ fn how_to_address(config: &Config, lookup: &Lookup<'_>) -> String {
         .map(String::as_str)
         .filter(|a| (lookup.alias_visible)(a))
         .collect();
-    if aliases.is_empty() {
+    if aliases.is_empty() && lookup.url_targets {
         "no providers are configured for you: address a server by URL as \"[https://host/v1]model\" or with ?proxy=https://host".to_owned()
+    } else if aliases.is_empty() {
+        "your key may use no provider: an administrator grants them (llmsrouter user modify <username> --permissions <aliases>)".to_owned()
     } else {
         format!(
             "address a provider as \"[alias]model\", aliases: {}",
@@ -553,6 +558,7 @@ servers:
         let lookup = Lookup {
             model_owner: &|_| None,
             alias_visible: &visible,
+            url_targets: false,
         };
         let err = resolve(None, "[nope]m", &c, &lookup).expect_err("unknown");
         assert_eq!(err.code(), "model_not_found");
@@ -562,6 +568,20 @@ servers:
             "{msg}"
         );
         assert!(!msg.contains("huoshan"), "{msg}");
+
+        // A key that may use nothing is not sent to URL targets it would be refused.
+        for url_targets in [true, false] {
+            let lookup = Lookup {
+                model_owner: &|_| None,
+                alias_visible: &|_| false,
+                url_targets,
+            };
+            let msg = resolve(None, "[nope]m", &c, &lookup)
+                .expect_err("unknown")
+                .to_string();
+            assert_eq!(msg.contains("[https://host/v1]model"), url_targets, "{msg}");
+            assert_eq!(msg.contains("administrator"), !url_targets, "{msg}");
+        }
     }
 
     #[test]
@@ -580,6 +600,7 @@ servers:
         let lookup = Lookup {
             model_owner: &owner,
             alias_visible: &|_| true,
+            url_targets: true,
         };
         let t = resolve(None, "llama3", &c, &lookup).expect("lookup");
         assert_eq!(t.mode, RouteMode::ModelLookup);

@@ -181,6 +181,7 @@ async fn forward_inner(
         let lookup = Lookup {
             model_owner: &model_owner,
             alias_visible: &alias_visible,
+            url_targets: !caller.is_account(),
         };
         routing::resolve(proxy.as_deref(), &view.model, &config, &lookup)?
     };

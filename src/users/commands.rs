@@ -141,8 +141,8 @@ fn import_file(cx: &mut Context<'_>, file: &Path) -> Result<(), UserError> {
     }
     writeln!(
         cx.err,
-        "imported {} users, skipped {} that existed",
-        outcome.created.len(),
+        "imported {}, skipped {} that existed",
+        crate::plural(outcome.created.len(), "user", "users"),
         outcome.skipped.len()
     )?;
     Ok(())
