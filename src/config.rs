@@ -243,7 +243,7 @@ fn parse_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
             None | Some("" | ".") => "(top level)".to_owned(),
             Some(p) => p.trim_end_matches(".?").to_owned(),
         };
-        let mut reason = first_line(&e.to_string());
+        let mut reason = in_plain_words(&first_line(&e.to_string()));
         if let Some(loc) = e.location() {
             if !reason.contains("line ") {
                 reason = format!("{reason} (line {}, column {})", loc.line(), loc.column());
@@ -251,6 +251,33 @@ fn parse_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
         }
         (path, reason)
     })
+}
+
+/// The YAML library's messages that speak to its programmer ("set DuplicateKeyPolicy in
+/// Options", "use Option<String>"), said for the person editing config.yaml. Others pass as
+/// they are; the location (" at line N, column M") is kept.
+fn in_plain_words(reason: &str) -> String {
+    let (message, location) = match reason.rfind(" at line ") {
+        Some(at) => reason.split_at(at),
+        None => (reason, ""),
+    };
+    let plain = if let Some(key) = message
+        .strip_prefix("duplicate mapping key: ")
+        .and_then(|rest| rest.split(", set DuplicateKeyPolicy").next())
+    {
+        format!("the key {key} appears twice")
+    } else if message.starts_with("multiple YAML documents detected") {
+        "more than one YAML document (a `---` line in the middle); keep one".to_owned()
+    } else if message.starts_with("cannot deserialize null into") {
+        "empty (null) where a value is needed".to_owned()
+    } else if message == "expected string scalar" {
+        "expected one value (text or a number), not a list or a mapping".to_owned()
+    } else if message == "expected mapping start" {
+        "expected a mapping (indented `key: value` lines)".to_owned()
+    } else {
+        message.to_owned()
+    };
+    format!("{plain}{location}")
 }
 
 fn first_line(text: &str) -> String {
@@ -612,6 +639,41 @@ settings:
         assert_eq!(path, "servers.a.url");
         let (path, _) = error_of("servers:\n  \"火 山\":\n    url: http://x\n");
         assert_eq!(path, "servers.火 山");
+    }
+
+    #[test]
+    fn yaml_mistakes_are_said_for_whoever_edits_the_file() {
+        let cases = [
+            (
+                "servers:\n  a:\n    url: http://x\n  a:\n    url: http://y\n",
+                "the key a appears twice at line 4",
+            ),
+            (
+                "servers: {}\n---\nservers: {}\n",
+                "more than one YAML document",
+            ),
+            (
+                "servers: {~: {url: http://x}}\n",
+                "empty (null) where a value is needed",
+            ),
+            (
+                "servers:\n  a:\n    url: [x]\n",
+                "expected one value (text or a number)",
+            ),
+            ("settings: 5\n", "expected a mapping"),
+        ];
+        for (yaml, expected) in cases {
+            let (_, reason) = error_of(yaml);
+            assert!(reason.starts_with(expected), "{yaml:?}: {reason}");
+            for jargon in [
+                "DuplicateKeyPolicy",
+                "from_str_multiple",
+                "Option<",
+                "scalar",
+            ] {
+                assert!(!reason.contains(jargon), "{reason}");
+            }
+        }
     }
 
     #[test]
