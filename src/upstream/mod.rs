@@ -1,7 +1,9 @@
 //! The client proxied requests go upstream through: each lane's own keep-alive HTTP/1
 //! connections for plain `http://` upstreams ([`plain`], written and read by the request's
 //! own task), hyper's pooled client for TLS upstreams (it speaks HTTP/2 to those that offer
-//! it), and reqwest kept for the few targets it handles and hyper does not.
+//! it), and reqwest kept for the few targets it handles and hyper does not. Both HTTP/1
+//! clients read an answer the upstream sent before it closed the connection mid-request
+//! ([`plain`], [`keep_reading`]).
 //!
 //! Why not reqwest for everything: its redirect layer parses the URL twice and clones the
 //! headers on every request, even with redirects off, and its tower stack adds a dozen
@@ -31,8 +33,11 @@ use crate::http1::fields::{FieldSource, Fields, header_map_of};
 use crate::http1::head::write_field;
 use crate::state::CONNECT_TIMEOUT;
 
+mod keep_reading;
 pub mod plain;
 mod pool;
+
+use keep_reading::KeepReading;
 
 /// The TCP connection and the TLS handshake together, as reqwest's `connect_timeout` bounds
 /// them: hyper's connector times only the TCP part.
@@ -63,7 +68,8 @@ impl Connector {
     }
 }
 
-type Connection = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+type Connection =
+    KeepReading<hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl tower_service::Service<http::Uri> for Connector {
@@ -81,7 +87,7 @@ impl tower_service::Service<http::Uri> for Connector {
         let timeout = self.timeout;
         Box::pin(async move {
             match tokio::time::timeout(timeout, connecting).await {
-                Ok(connected) => connected,
+                Ok(connected) => connected.map(KeepReading::new),
                 Err(_) => Err(Box::new(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "connect and TLS handshake timed out",
@@ -171,6 +177,18 @@ impl std::fmt::Display for UpstreamError {
 }
 
 impl std::error::Error for UpstreamError {}
+
+/// Whether a write failed because the upstream closed the connection (it may have answered
+/// first: see [`plain`] and [`keep_reading`]). A write that stalled (`TimedOut`) is not such a
+/// failure: that upstream is still there, and waiting for an answer it may never send would
+/// turn the stall into a hang.
+fn closed_by_upstream(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::BrokenPipe | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+    )
+}
 
 fn join_causes(parts: Vec<String>) -> String {
     if parts.is_empty() {
@@ -352,7 +370,7 @@ impl UpstreamClient {
     /// `TCP_NODELAY`.
     async fn connect_plain(&self, authority: &str) -> Result<tokio::net::TcpStream, BoxError> {
         let uri: http::Uri = format!("http://{authority}/").parse()?;
-        match self.connector.connect(uri).await? {
+        match self.connector.connect(uri).await?.into_inner() {
             hyper_rustls::MaybeHttpsStream::Http(io) => Ok(io.into_inner()),
             hyper_rustls::MaybeHttpsStream::Https(_) => {
                 Err("a plain-HTTP upstream answered with TLS".into())

@@ -10,6 +10,12 @@
 //! connection as the caller polls it, and the connection goes back to the list when that body
 //! has been read to its end and nothing else arrived; a body dropped before its end closes
 //! the connection (the rest of the answer would still be on the wire).
+//!
+//! An upstream may answer before it has read the whole request and close the connection: a
+//! front-end with a body-size limit (nginx's `client_max_body_size`) answers 413 as soon as it
+//! sees the head. Once the socket's buffers are full the write then fails (a broken pipe, or
+//! a reset), but the answer is already in the receive buffer: it is read and relayed, as
+//! nginx and curl do, and that connection is never used again.
 
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -17,6 +23,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 
+use super::closed_by_upstream;
 use super::pool::{LanePools, PlainConn};
 use crate::http1::framing::{Decoded, Decoder, FramingError, response_length};
 use crate::http1::head::{HeadError, ResponseHead, parse_response};
@@ -72,33 +79,47 @@ where
     while let Some(conn) = idle {
         match write_all(&conn.io, head, body, SEND_TIMEOUT).await {
             Ok(()) => {
-                sent = Some(conn);
+                sent = Some((conn, Ok(())));
                 break;
             }
             // Closed before it took a byte: the request may go on another connection.
             Err(failure) if failure.written == 0 => idle = pools.take(lane, &authority).1,
-            Err(failure) => return Err(SendError::Exchange(failure.error.into())),
+            Err(failure) => {
+                sent = Some((conn, Err(failure.error)));
+                break;
+            }
         }
     }
-    let mut conn = match sent {
-        Some(conn) => conn,
+    let (mut conn, written) = match sent {
+        Some(sent) => sent,
         None => {
             let conn = PlainConn::new(connect().await.map_err(SendError::Connect)?);
-            write_all(&conn.io, head, body, SEND_TIMEOUT)
-                .await
-                .map_err(|failure| SendError::Exchange(failure.error.into()))?;
-            conn
+            let written = write_all(&conn.io, head, body, SEND_TIMEOUT).await;
+            (conn, written.map_err(|failure| failure.error))
         }
     };
-    let head = read_head(&mut conn).await.map_err(SendError::Exchange)?;
+    let write_error = match written {
+        Ok(()) => None,
+        Err(error) if closed_by_upstream(&error) => Some(error),
+        Err(error) => return Err(SendError::Exchange(error.into())),
+    };
+    let (head, answered_early) = match (read_head(&mut conn).await, write_error) {
+        (Ok(head), write_error) => (head, write_error.is_some()),
+        // No answer came before the close: the failed write is what went wrong.
+        (Err(_), Some(write_error)) => return Err(SendError::Exchange(write_error.into())),
+        (Err(error), None) => return Err(SendError::Exchange(error)),
+    };
     let (length, framing_allows_reuse) =
         response_length(head.status, &head.fields).map_err(|e| SendError::Exchange(e.into()))?;
-    let reusable =
-        framing_allows_reuse && !head.http10 && !head.fields.has_token("connection", "close");
+    let reusable = !answered_early
+        && framing_allows_reuse
+        && !head.http10
+        && !head.fields.has_token("connection", "close");
     let body = PlainBody {
         conn: Some(conn),
         decoder: Decoder::new(length),
         reusable,
+        answered_early,
         lease: Lease {
             pools: Arc::clone(pools),
             lane,
@@ -133,6 +154,9 @@ pub struct PlainBody {
     decoder: Decoder,
     /// The answer's framing and `Connection` allow another request after it.
     reusable: bool,
+    /// The upstream answered before it took the whole request, then closed: a reset after
+    /// the answer's bytes ends it as the close would.
+    answered_early: bool,
     lease: Lease,
     /// The buffer was grown for a large declared body: not kept while the connection idles.
     /// (Its `capacity()` cannot tell: once the body is split off, it is what is left of the
@@ -199,21 +223,30 @@ impl http_body::Body for PlainBody {
                 .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
             reserve(&mut conn.buf, expect);
             this.grown |= expect > MIN_READ;
-            match ready!(tokio_util::io::poll_read_buf(
+            let read = ready!(tokio_util::io::poll_read_buf(
                 std::pin::Pin::new(&mut conn.io),
                 cx,
                 &mut conn.buf
-            )) {
-                Ok(0) => {
-                    if let Err(error) = this.decoder.end_of_input() {
-                        return this.fail(error.into());
-                    }
-                    // Ended by the close: nothing to give back.
-                    this.conn = None;
-                    return Poll::Ready(None);
+            ));
+            let closed = match read {
+                Ok(0) => true,
+                Ok(_) => false,
+                // An upstream that closed with the request unread resets the connection.
+                Err(error)
+                    if this.answered_early
+                        && error.kind() == std::io::ErrorKind::ConnectionReset =>
+                {
+                    true
                 }
-                Ok(_) => {}
                 Err(error) => return this.fail(error.into()),
+            };
+            if closed {
+                if let Err(error) = this.decoder.end_of_input() {
+                    return this.fail(error.into());
+                }
+                // Ended by the close: nothing to give back.
+                this.conn = None;
+                return Poll::Ready(None);
             }
         }
     }
@@ -321,9 +354,15 @@ mod tests {
         }
 
         async fn post(&self) -> (ResponseHead, PlainBody) {
+            let sent = self.try_post(Bytes::from_static(b"{}")).await;
+            sent.ok().expect("sent")
+        }
+
+        async fn try_post(&self, body: Bytes) -> Result<(ResponseHead, PlainBody), SendError> {
             let head = format!(
-                "POST /v1/x HTTP/1.1\r\nhost: {}\r\ncontent-length: 2\r\n\r\n",
-                self.authority
+                "POST /v1/x HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\n\r\n",
+                self.authority,
+                body.len()
             );
             let addr = self.addr;
             let connect = || async move {
@@ -331,8 +370,7 @@ mod tests {
                     .await
                     .map_err(|e| Box::new(e) as super::super::BoxError)
             };
-            let body = Bytes::from_static(b"{}");
-            let sent = send(
+            send(
                 &self.pools,
                 0,
                 &self.authority,
@@ -340,8 +378,7 @@ mod tests {
                 &body,
                 connect,
             )
-            .await;
-            sent.ok().expect("sent")
+            .await
         }
 
         fn idle(&self) -> usize {
@@ -473,6 +510,64 @@ mod tests {
             let (_, body) = client.post().await;
             assert_eq!(body.collect().await.expect("body").to_bytes(), "ok");
             assert_eq!(client.idle(), 0, "closed after the answer");
+        }
+        server.abort();
+    }
+
+    /// An upstream that answers as soon as it has read a request's head, leaves the body
+    /// unread and closes (a front-end's body-size limit): the write fails once the socket's
+    /// buffers are full, yet the answer is read (its framing would allow reuse, but the
+    /// connection is not kept). One that closes without answering fails with the write's
+    /// error.
+    #[tokio::test]
+    async fn an_answer_sent_before_the_body_was_read_is_still_read() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let answers: [&[u8]; 2] = [
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!",
+            b"",
+        ];
+        let server = tokio::spawn(async move {
+            for answer in answers {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let _ = socket.set_nodelay(true);
+                let mut seen = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let _ = socket.write_all(answer).await;
+                // Closed with the body unread: the kernel resets the connection.
+                drop(socket);
+            }
+        });
+        // Far more than the loopback's socket buffers hold.
+        let large = Bytes::from(vec![b'x'; 32 << 20]);
+        let client = Client::new(addr);
+        let Ok((head, body)) = client.try_post(large.clone()).await else {
+            panic!("the early answer was lost");
+        };
+        assert_eq!(head.status, 413);
+        assert_eq!(body.collect().await.expect("body").to_bytes(), "too big!");
+        assert_eq!(
+            client.idle(),
+            0,
+            "a connection the upstream closed is not kept"
+        );
+
+        match client.try_post(large).await {
+            Ok(_) => panic!("no answer was sent"),
+            Err(SendError::Exchange(PlainError::Io(error))) => {
+                assert!(closed_by_upstream(&error), "the write's own error: {error}")
+            }
+            Err(_) => panic!("the write's error was replaced"),
         }
         server.abort();
     }

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use llmsrouter::record::Outcome;
 use serde_json::{Value, json};
 
-use crate::support::upstream::{Behavior, MockUpstream};
+use crate::support::upstream::{Behavior, EarlyAnswer, MockUpstream};
 use crate::support::{TestRouter, client, one_server_config};
 
 async fn error_of(response: reqwest::Response) -> (u16, Value) {
@@ -294,6 +294,46 @@ async fn upstream_errors_keep_status_headers_and_text() {
             .as_deref()
             .unwrap_or("")
             .contains("maximum context length")
+    );
+    router.stop().await;
+}
+
+/// An upstream that answers 413 as soon as it has read the head of a request whose body it
+/// will not take, then closes (a front-end's `client_max_body_size`): the router's write of
+/// the body fails once the socket buffers are full, and the answer the upstream had already
+/// sent is relayed (status, headers, body) instead of a 502 "Broken pipe". Only bodies larger
+/// than the socket buffers ever failed; large agent prompts are such bodies.
+#[tokio::test]
+async fn an_upstream_that_answers_before_reading_a_large_body_is_relayed() {
+    let message = "payload too large (upstream)";
+    let answer = json!({"error": {"message": message, "type": "invalid_request_error", "code": "too_large"}})
+        .to_string();
+    let upstream = EarlyAnswer::start(
+        "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\nx-body-limit: 1m\r\n",
+        &answer,
+    )
+    .await;
+    let router = TestRouter::start(&format!(
+        "servers:\n  early:\n    url: \"{}\"\n",
+        upstream.url()
+    ))
+    .await;
+    let prompt = "x".repeat(20 << 20);
+    let body = json!({"model": "[early]m", "messages": [{"role": "user", "content": prompt}]});
+    for round in 1..=2 {
+        let response = router.chat(&body).await;
+        assert_eq!(response.status(), 413, "round {round}");
+        assert_eq!(response.headers()["x-body-limit"], "1m");
+        assert_eq!(response.text().await.expect("body"), answer);
+        let record = router.records.nth(round).await;
+        assert_eq!(record.outcome, Outcome::UpstreamError);
+        assert_eq!(record.status, Some(413));
+        assert_eq!(record.error.as_deref(), Some(message));
+    }
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "a closed connection is not reused"
     );
     router.stop().await;
 }

@@ -43,23 +43,7 @@ type Body = BoxBody<Bytes, Infallible>;
 /// An HTTPS upstream on 127.0.0.1 offering `alpn` ("h2", "http/1.1"): a chat completion, or
 /// three SSE events and `[DONE]` when the request streams.
 async fn start_tls_upstream(alpn: &[&[u8]]) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
-    let certs = CertificateDer::pem_file_iter(fixture("upstream.pem"))
-        .expect("certificate file")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("certificate");
-    let key = PrivateKeyDer::from_pem_file(fixture("upstream.key")).expect("key");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("server config");
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let (listener, acceptor) = tls_listener(alpn).await;
     let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
@@ -78,6 +62,28 @@ async fn start_tls_upstream(alpn: &[&[u8]]) -> (SocketAddr, Arc<Mutex<Vec<Seen>>
         }
     });
     (addr, seen)
+}
+
+/// A loopback listener and the TLS acceptor of the test certificate, offering `alpn`.
+async fn tls_listener(alpn: &[&[u8]]) -> (tokio::net::TcpListener, tokio_rustls::TlsAcceptor) {
+    let certs = CertificateDer::pem_file_iter(fixture("upstream.pem"))
+        .expect("certificate file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificate");
+    let key = PrivateKeyDer::from_pem_file(fixture("upstream.key")).expect("key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    (listener, acceptor)
 }
 
 async fn answer(
@@ -183,4 +189,120 @@ async fn a_tls_upstream_offering_http2_is_reached_over_http2() {
 #[tokio::test]
 async fn a_tls_upstream_offering_only_http1_is_reached_over_http1() {
     through_the_router(&[b"http/1.1"], http::Version::HTTP_11).await;
+}
+
+/// The 413 a TLS upstream's front-end sends before it reads a request body it will not take.
+const TOO_LARGE: &str = r#"{"error":{"message":"payload too large (upstream)","type":"invalid_request_error","code":"too_large"}}"#;
+
+/// An HTTPS upstream that answers 413 as soon as it has read a request's head and closes the
+/// connection with the body unread (a front-end's body-size limit), over HTTP/1.1 (without
+/// answering, for a request with `silent=1` in its query); over HTTP/2 (hyper's server) it
+/// answers 413 without reading the body, and hyper ends the stream with `RST_STREAM`.
+async fn start_early_answering_tls_upstream(alpn: &[&[u8]]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (listener, acceptor) = tls_listener(alpn).await;
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            // The answer goes out at once, not held back by Nagle's algorithm until the close
+            // (a reset) throws it away.
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    let service = service_fn(|_request: Request<Incoming>| async {
+                        let mut response = Response::new(Full::new(Bytes::from(TOO_LARGE)));
+                        *response.status_mut() = http::StatusCode::PAYLOAD_TOO_LARGE;
+                        Ok::<_, Infallible>(response)
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                    return;
+                }
+                let mut seen = Vec::new();
+                let mut buffer = [0u8; 16 * 1024];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                if seen.windows(8).any(|w| w == b"silent=1") {
+                    return;
+                }
+                let answer = format!(
+                    "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{TOO_LARGE}",
+                    TOO_LARGE.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.flush().await;
+            });
+        }
+    });
+    addr
+}
+
+/// What the router relays when a TLS upstream answers before it read a large body: hyper's
+/// client reads the answer while it still writes the body.
+async fn early_answer_through_the_router(alpn: &[&[u8]]) -> RouterProcess {
+    let addr = start_early_answering_tls_upstream(alpn).await;
+    let config = format!(
+        "servers:\n  secure:\n    url: \"https://localhost:{}/v1\"\n",
+        addr.port()
+    );
+    let ca = fixture("ca.pem");
+    let router = RouterProcess::start(
+        Some(&config),
+        &[
+            ("SSL_CERT_FILE", ca.to_str().expect("utf-8 path")),
+            ("LLMSROUTER_LEDGER", "false"),
+            ("LLMSROUTER_LOG_FILE", ""),
+        ],
+    );
+    let prompt = "x".repeat(20 << 20);
+    let request = json!({"model": "[secure]m", "messages": [{"role": "user", "content": prompt}]});
+    // The second goes on a new connection: the first one's, closed, is not used again.
+    for round in 1..=2 {
+        let response = router.chat(&request).await;
+        let status = response.status();
+        let body = response.text().await.expect("body");
+        assert_eq!(
+            (status.as_u16(), body.as_str()),
+            (413, TOO_LARGE),
+            "round {round}"
+        );
+    }
+    router
+}
+
+/// Over HTTP/1.1 hyper's client gave up on the request when writing its body failed; the
+/// router holds the failed write (see `upstream::keep_reading`) so hyper reads the answer.
+/// An upstream that closes without answering still gets a prompt 502, not a wait.
+#[tokio::test]
+async fn a_tls_upstream_answering_before_it_read_the_body_is_relayed_over_http1() {
+    let router = early_answer_through_the_router(&[b"http/1.1"]).await;
+    let prompt = "x".repeat(20 << 20);
+    let started = std::time::Instant::now();
+    let response = crate::support::client()
+        .post(router.url("/v1/chat/completions?silent=1"))
+        .json(&json!({"model": "[secure]m", "messages": [{"role": "user", "content": prompt}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 502);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// hyper's HTTP/2 client already read such an answer.
+#[tokio::test]
+async fn a_tls_upstream_answering_before_it_read_the_body_is_relayed_over_http2() {
+    early_answer_through_the_router(&[b"h2"]).await;
 }

@@ -402,3 +402,72 @@ fn sse_stream(
     )
     .boxed()
 }
+
+/// An upstream that answers every request with one HTTP/1 answer as soon as it has read the
+/// request's head, leaves the body unread and closes the connection: what a
+/// front-end with a body-size limit (nginx's `client_max_body_size`) does. Closing with the
+/// body unread makes the kernel reset the connection, so a sender still writing the body sees
+/// its write fail.
+pub struct EarlyAnswer {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EarlyAnswer {
+    /// `head` is the status line and header fields, each ending in CRLF; the framing
+    /// (`content-length`) is added for `body`.
+    pub async fn start(head: &str, body: &str) -> Self {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let answer: Arc<[u8]> = format!("{head}content-length: {}\r\n\r\n{body}", body.len())
+            .into_bytes()
+            .into();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind early-answer upstream");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                // The answer goes out at once, not held back by Nagle's algorithm until the
+                // close (a reset) throws it away.
+                let _ = socket.set_nodelay(true);
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buffer = [0u8; 16 * 1024];
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    let _ = socket.write_all(&answer).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    /// Base URL with `/v1`, as a config.yaml `url`.
+    pub fn url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Connections it accepted.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for EarlyAnswer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
