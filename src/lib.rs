@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod content_coding;
 pub mod db;
 pub mod dotenv;
 pub mod env;

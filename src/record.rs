@@ -99,6 +99,10 @@ pub struct RequestRecord {
     /// it parsed or wrote, and by the recorder for answers it could read), so a sink may
     /// embed it as is; otherwise it is text or binary.
     pub response_is_json: bool,
+    /// The `Content-Encoding` of `response_body` (`gzip`), when the upstream sent a 2xx
+    /// answer encoded although asked for `identity` (the client gets it as it came). The
+    /// recorder decodes gzip and deflate for the record, then clears this.
+    pub response_encoding: Option<String>,
     /// What the answer said: filled from the stream as it passed, or parsed from
     /// `response_body` off the request path.
     pub response: ResponseSummary,
@@ -134,6 +138,26 @@ struct TicketInner {
 impl Drop for TicketInner {
     fn drop(&mut self) {
         self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl BodyTicket {
+    /// The record's bodies grew by `bytes` (an answer decoded for the record): its share of
+    /// the budget grows with them. That may take the budget past its limit; the records after
+    /// it then find it spent and leave their bodies out, as when sinks fall behind.
+    fn grow(&mut self, bytes: usize) {
+        let Some(inner) = &self.0 else { return };
+        if bytes == 0 {
+            return;
+        }
+        let held = Arc::clone(&inner.held);
+        held.fetch_add(bytes, Ordering::AcqRel);
+        let grown = TicketInner {
+            bytes: inner.bytes + bytes,
+            held,
+        };
+        // The old share is released as the old ticket drops (here, unless a clone holds it).
+        self.0 = Some(Arc::new(grown));
     }
 }
 
@@ -472,17 +496,38 @@ fn deliver(mut record: Box<RequestRecord>, sinks: &[Arc<dyn RecordSink>]) {
 }
 
 /// Whole (non-streamed) answers are parsed here, on the recorder task, not while the client
-/// waits.
+/// waits. One the upstream compressed (gzip, deflate) is decoded here first, and the record
+/// keeps it decoded: its usage and text reach the sinks as an uncompressed answer's would.
 fn complete_summary(record: &mut RequestRecord) {
     // A whole body is read whatever the request asked for: an upstream may answer a stream
     // request with one JSON document. A streamed answer has no body; the tee read it.
-    if let Some(body) = &record.response_body {
-        if record.status.is_some_and(|s| (200..300).contains(&s)) {
-            if let Some(summary) = summarize_json_body(body) {
-                record.response = summary;
-                record.response_is_json = true;
+    let Some(body) = &record.response_body else {
+        return;
+    };
+    if !record.status.is_some_and(|s| (200..300).contains(&s)) {
+        return;
+    }
+    let decoded = match &record.response_encoding {
+        None => None,
+        Some(coding) => {
+            let limit = crate::proxy::MAX_UPSTREAM_BODY;
+            match crate::content_coding::decode(coding, body, limit) {
+                Ok(decoded) => Some(Bytes::from(decoded)),
+                // Kept as it came: sinks show it as bytes that are not text.
+                Err(_) => return,
             }
         }
+    };
+    let Some(summary) = summarize_json_body(decoded.as_deref().unwrap_or(body)) else {
+        return;
+    };
+    record.response = summary;
+    record.response_is_json = true;
+    if let Some(decoded) = decoded {
+        let grown = decoded.len().saturating_sub(body.len());
+        record.response_body = Some(decoded);
+        record.response_encoding = None;
+        record.body_ticket.grow(grown);
     }
 }
 
@@ -576,6 +621,7 @@ pub(crate) mod tests {
                 br#"{"model":"m-1","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
             )),
             response_is_json: false,
+            response_encoding: None,
             response: ResponseSummary::default(),
             complete: true,
             secrets: Vec::new(),

@@ -1,10 +1,12 @@
 //! Which headers cross the router, in each direction.
 //!
-//! Upstream: the client's headers minus hop-by-hop ones, Host, Content-Length, Accept-Encoding
-//! (the router reads answers, so it asks for them uncompressed), Expect and the router's own
-//! credentials; Authorization by the rules of PRODUCT.md; then the server's configured
-//! `headers`, which win. Downstream: the upstream's headers minus hop-by-hop ones and
-//! framing, then what the router sets itself (a stream's headers, the request id).
+//! Upstream: the client's headers minus hop-by-hop ones, Host, Content-Length, Accept-Encoding,
+//! Expect and the router's own credentials; Authorization by the rules of PRODUCT.md; then
+//! the server's configured `headers`, which win; then `Accept-Encoding: identity` unless they
+//! named one (the router reads answers, so it asks for them uncompressed: no Accept-Encoding
+//! at all would mean any coding is acceptable, RFC 9110 §12.5.3). Downstream: the upstream's
+//! headers minus hop-by-hop ones and framing, then what the router sets itself (a stream's
+//! headers, the request id).
 //!
 //! Both directions are written as a stream of `(name, value)` pairs ([`FieldSource`]), so the
 //! same rules feed the router's own HTTP/1 (written as bytes) and hyper's `HeaderMap`s.
@@ -102,6 +104,7 @@ impl FieldSource for UpstreamFields<'_> {
             |name: &[u8]| server.is_some_and(|s| s.headers.keys().any(|k| is(name, k.as_str())));
         let mut content_type = false;
         let mut accept = false;
+        let mut accept_encoding = false;
         for (name, value) in self.client.iter() {
             let kind = known(name);
             if is_hop_by_hop(kind, name, &tokens) {
@@ -138,6 +141,7 @@ impl FieldSource for UpstreamFields<'_> {
                 }
                 content_type |= is(name, "content-type");
                 accept |= is(name, "accept");
+                accept_encoding |= is(name, "accept-encoding");
                 emit(name, value.as_bytes());
             }
         }
@@ -148,6 +152,9 @@ impl FieldSource for UpstreamFields<'_> {
         if !accept {
             emit(b"accept", b"*/*");
         }
+        if !accept_encoding {
+            emit(b"accept-encoding", b"identity");
+        }
     }
 }
 
@@ -156,7 +163,8 @@ impl FieldSource for UpstreamFields<'_> {
 pub enum Shape {
     /// The upstream's answer, relayed as it came.
     Relayed,
-    /// An upstream error body rewritten into OpenAI's shape: JSON, uncompressed.
+    /// An upstream error body the router rewrote (wrapped into OpenAI's shape, or decoded
+    /// from its Content-Encoding): JSON, uncompressed.
     WrappedError,
     /// A stream relayed as it arrives; `sse` when it is an event stream, which gets the
     /// headers PRODUCT.md "Streaming" names.
@@ -230,7 +238,7 @@ mod tests {
 
     fn config() -> Config {
         Config::parse(
-            "servers:\n  a:\n    url: http://a/v1\n    api_key: sk-a\n    headers: {X-Title: me}\n  nokey:\n    url: http://b/v1\n  own:\n    url: http://c/v1\n    api_key: sk-c\n    headers: {Authorization: Basic xyz, Accept: text/plain}\n",
+            "servers:\n  a:\n    url: http://a/v1\n    api_key: sk-a\n    headers: {X-Title: me}\n  nokey:\n    url: http://b/v1\n  own:\n    url: http://c/v1\n    api_key: sk-c\n    headers: {Authorization: Basic xyz, Accept: text/plain, Accept-Encoding: gzip}\n",
             &|_| None,
         )
         .expect("config")
@@ -296,13 +304,17 @@ mod tests {
             "connection",
             "x-drop",
             "keep-alive",
-            "accept-encoding",
             "expect",
         ] {
             assert!(value(&h, gone).is_empty(), "{gone} must not go upstream");
         }
         assert_eq!(value(&h, "content-type"), ["application/json"]);
         assert_eq!(value(&h, "accept"), ["*/*"]);
+        assert_eq!(
+            value(&h, "accept-encoding"),
+            ["identity"],
+            "the client's gzip is not asked for"
+        );
     }
 
     #[test]
@@ -316,6 +328,11 @@ mod tests {
         });
         assert_eq!(value(&h, "authorization"), ["Basic xyz"]);
         assert_eq!(value(&h, "accept"), ["text/plain"]);
+        assert_eq!(
+            value(&h, "accept-encoding"),
+            ["gzip"],
+            "the configured one only"
+        );
     }
 
     #[test]

@@ -258,7 +258,11 @@ async fn forward_inner(
             keepalive: state.keepalive_interval,
             idle_timeout: timeout,
             drop_usage_chunk: injected_usage,
-            sse: is_event_stream(&upstream.fields),
+            // A compressed event stream cannot be split into events (nor a comment put into
+            // it): it passes through unread, with its Content-Encoding, as a stream that is
+            // not SSE does.
+            sse: is_event_stream(&upstream.fields)
+                && crate::content_coding::content_encoding(&upstream.fields).is_none(),
         };
         return Ok(stream_answer(state, upstream, settings, guard, request_id));
     }
@@ -352,6 +356,7 @@ fn new_record(
         error: None,
         response_body: None,
         response_is_json: false,
+        response_encoding: None,
         response: ResponseSummary::default(),
         complete: false,
         secrets: Vec::new(),
@@ -518,6 +523,7 @@ async fn whole_answer(
         if status.is_success() || status.is_redirection() || status.is_informational() {
             (body, Shape::Relayed, Outcome::Success, None)
         } else {
+            let (body, decoded) = decode_error_body(status, body, &fields);
             // An upstream may echo the key it was sent ("Incorrect API key provided: sk-..."):
             // with accounts on, that would hand the provider's key to a router user.
             let body = match redactor.redact_bytes(&body, &[]) {
@@ -532,6 +538,13 @@ async fn whole_answer(
                     Outcome::UpstreamError,
                     Some(message),
                 ),
+                // Decoded, it goes without the upstream's Content-Encoding.
+                None if decoded => (
+                    body,
+                    Shape::WrappedError,
+                    Outcome::UpstreamError,
+                    Some(message),
+                ),
                 None => (body, Shape::Relayed, Outcome::UpstreamError, Some(message)),
             }
         };
@@ -540,6 +553,10 @@ async fn whole_answer(
         record.response_body = Some(own_copy(&body));
         // An error body passed on was parsed as OpenAI-shaped JSON; any other was wrapped.
         record.response_is_json = outcome == Outcome::UpstreamError;
+        if outcome == Outcome::Success {
+            // Decoded off the request path, by the recorder.
+            record.response_encoding = crate::content_coding::content_encoding(&fields);
+        }
         record.error = error;
         record.complete = true;
     }
@@ -600,6 +617,32 @@ async fn read_upstream_body(
         gathered.push(chunk);
     }
     Ok(gathered.into_bytes())
+}
+
+/// Most bytes an upstream's compressed error body may decode to.
+const MAX_DECODED_ERROR: usize = 4 * 1024 * 1024;
+
+/// An error body as the router can read it, and whether it was decoded. The router asks for
+/// `identity`, but an upstream (or a proxy in front of it) may still compress its error. Such
+/// a body is decoded (gzip, deflate) rather than passed on as it came: the router must read
+/// it to redact an echoed key and to wrap it into OpenAI's shape, and the client, whose own
+/// `Accept-Encoding` was not passed on, may not have asked for that coding. One the router
+/// cannot decode (br, zstd, corrupt, a bomb) is replaced by a message saying so: passing
+/// bytes on unread would skip the redaction.
+fn decode_error_body(status: StatusCode, body: Bytes, fields: &Fields) -> (Bytes, bool) {
+    let Some(coding) = crate::content_coding::content_encoding(fields) else {
+        return (body, false);
+    };
+    match crate::content_coding::decode(&coding, &body, MAX_DECODED_ERROR) {
+        Ok(decoded) => (Bytes::from(decoded), true),
+        Err(error) => {
+            let message = format!(
+                "the upstream answered HTTP {} with a {coding}-encoded body the router cannot read: {error}",
+                status.as_u16()
+            );
+            (Bytes::from(message), true)
+        }
+    }
 }
 
 /// Returns `(wrapped body if the upstream's was not OpenAI-shaped, the error message)`.

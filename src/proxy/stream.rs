@@ -369,6 +369,7 @@ mod tests {
             error: None,
             response_body: None,
             response_is_json: false,
+            response_encoding: None,
             response: Default::default(),
             complete: false,
             secrets: Vec::new(),

@@ -524,6 +524,7 @@ mod tests {
             error: None,
             response_body: None,
             response_is_json: false,
+            response_encoding: None,
             response: ResponseSummary::default(),
             complete: true,
             secrets: Vec::new(),

@@ -378,6 +378,7 @@ mod tests {
             error: Some("upstream said: bad key sk-upstream-secret-1".into()),
             response_body: None,
             response_is_json: false,
+            response_encoding: None,
             response: ResponseSummary {
                 usage: Some(Usage {
                     input: 10,

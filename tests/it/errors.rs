@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use llmsrouter::record::Outcome;
 use serde_json::{Value, json};
 
-use crate::support::upstream::{Behavior, EarlyAnswer, MockUpstream};
+use crate::support::upstream::{Behavior, EarlyAnswer, MockUpstream, gzip, zlib};
 use crate::support::{TestRouter, client, one_server_config};
 
 async fn error_of(response: reqwest::Response) -> (u16, Value) {
@@ -592,6 +592,90 @@ async fn a_stream_still_running_when_the_grace_period_ends_gets_an_error_event()
         "{:?}",
         record.error
     );
+}
+
+/// An upstream that compresses its error anyway (the router asks for `identity`): the body is
+/// decoded, redacted and, unless in OpenAI's shape already, wrapped, and reaches the client
+/// uncompressed, with the upstream's message (not gzip bytes read as text) and its other
+/// headers. One in a coding the router cannot read gets a message that says so.
+#[tokio::test]
+async fn a_compressed_error_body_is_decoded_then_relayed() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let openai_shaped = r#"{"error":{"message":"Rate limit reached","type":"rate_limit","code":"rate_limit_exceeded"}}"#;
+    let echoing = r#"{"error":{"message":"Incorrect API key provided: sk-mock-upstream-key"}}"#;
+    let redacted = r#"{"error":{"message":"Incorrect API key provided: [redacted]"}}"#;
+    // (status, coding, body, the body relayed as is when OpenAI-shaped, the message)
+    let cases = [
+        (
+            400,
+            "gzip",
+            gzip(br#"{"detail":"gzipped error text"}"#),
+            None,
+            "gzipped error text",
+        ),
+        (
+            429,
+            "gzip",
+            gzip(openai_shaped.as_bytes()),
+            Some(openai_shaped),
+            "Rate limit reached",
+        ),
+        (
+            503,
+            "deflate",
+            zlib(b"overloaded, try later"),
+            None,
+            "overloaded, try later",
+        ),
+        (
+            401,
+            "gzip",
+            gzip(echoing.as_bytes()),
+            Some(redacted),
+            "Incorrect API key provided: [redacted]",
+        ),
+        (
+            502,
+            "br",
+            b"\x1b\x03\x00\xf8".to_vec(),
+            None,
+            "the upstream answered HTTP 502 with a br-encoded body the router cannot read",
+        ),
+    ];
+    for (n, (status, coding, compressed, exact, message)) in cases.into_iter().enumerate() {
+        upstream.set(Behavior {
+            status,
+            raw_body: Some(compressed),
+            headers: vec![
+                ("content-encoding".into(), coding.into()),
+                ("retry-after".into(), "3".into()),
+            ],
+            ..Default::default()
+        });
+        let response = router
+            .chat(&json!({"model": "[mock]m", "messages": []}))
+            .await;
+        assert!(
+            response.headers().get("content-encoding").is_none(),
+            "{coding}"
+        );
+        assert_eq!(response.headers()["retry-after"], "3");
+        assert_eq!(response.status().as_u16(), status);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let text = response.text().await.expect("body");
+        if let Some(exact) = exact {
+            assert_eq!(text, exact);
+        }
+        let error: Value = serde_json::from_str(&text).expect("JSON");
+        let relayed = error["error"]["message"].as_str().expect("message");
+        assert!(relayed.starts_with(message), "{status}: {relayed}");
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::UpstreamError);
+        let recorded = record.error.as_deref().expect("error text");
+        assert!(recorded.starts_with(message), "{status}: {recorded}");
+    }
+    router.stop().await;
 }
 
 #[tokio::test]

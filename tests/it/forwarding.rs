@@ -4,7 +4,9 @@ use llmsrouter::record::Outcome;
 use llmsrouter::routing::RouteMode;
 use serde_json::json;
 
-use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS, chat_completion};
+use crate::support::upstream::{
+    Behavior, MockUpstream, PROMPT_TOKENS, chat_completion, gzip, zlib,
+};
 use crate::support::{TestRouter, client, one_server_config};
 
 #[tokio::test]
@@ -49,7 +51,7 @@ async fn alias_request_reaches_upstream_with_only_the_model_changed() {
     assert_eq!(got.headers["authorization"], "Bearer sk-mock-upstream-key");
     assert_eq!(got.headers["x-custom"], "kept");
     assert_eq!(got.headers["x-title"], "llmsrouter-test");
-    assert!(got.headers.get("accept-encoding").is_none());
+    assert_eq!(got.headers["accept-encoding"], "identity");
 
     let record = router.records.nth(1).await;
     assert_eq!(record.outcome, Outcome::Success);
@@ -213,6 +215,72 @@ async fn a_missing_accept_header_reaches_the_upstream_as_any_type() {
         .expect("send");
     assert_eq!(response.status(), 200);
     assert_eq!(upstream.last().headers["accept"], "application/json");
+}
+
+/// The router reads answers to record them, so it asks every upstream for them uncompressed
+/// (`identity`) whatever the client accepts: sending no `Accept-Encoding`, as it did, means
+/// any coding will do (RFC 9110 §12.5.3).
+#[tokio::test]
+async fn upstreams_are_asked_for_uncompressed_answers() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let body = json!({"model": "[mock]m", "messages": []});
+    for client_accepts in [None, Some("gzip, br")] {
+        let mut request = client().post(router.url("/v1/chat/completions"));
+        if let Some(accepts) = client_accepts {
+            request = request.header("accept-encoding", accepts);
+        }
+        let response = request.json(&body).send().await.expect("send");
+        assert_eq!(response.status(), 200);
+        let sent = upstream.last().headers;
+        let asked: Vec<_> = sent.get_all("accept-encoding").iter().collect();
+        assert_eq!(asked, ["identity"], "client accepts {client_accepts:?}");
+    }
+    router.stop().await;
+}
+
+/// An upstream that compresses its answer anyway: the client gets it as it came, with its
+/// `Content-Encoding`, and the recorder decodes it (off the request path), so the record has
+/// the answer's usage, text and body, as for an uncompressed answer.
+#[tokio::test]
+async fn a_compressed_answer_is_relayed_as_it_came_and_recorded_decoded() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let answer = chat_completion("mock-model-2024");
+    let encoded = [
+        ("gzip", gzip(answer.as_bytes())),
+        ("deflate", zlib(answer.as_bytes())),
+    ];
+    for (n, (coding, compressed)) in encoded.into_iter().enumerate() {
+        upstream.set(Behavior {
+            raw_body: Some(compressed.clone()),
+            headers: vec![("content-encoding".into(), coding.into())],
+            ..Default::default()
+        });
+        let response = router
+            .chat(&json!({"model": "[mock]m", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-encoding"], coding);
+        assert_eq!(
+            response.bytes().await.expect("body"),
+            compressed,
+            "{coding}"
+        );
+
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::Success);
+        let usage = record.response.usage.clone().expect("usage read");
+        assert_eq!(usage.total, PROMPT_TOKENS + 2, "{coding}");
+        assert_eq!(record.response.content, "Hello there");
+        assert_eq!(
+            record.response_body.as_deref(),
+            Some(answer.as_bytes()),
+            "recorded decoded"
+        );
+        assert!(record.response_is_json);
+    }
+    router.stop().await;
 }
 
 /// A plain-HTTP upstream gets one keep-alive connection for requests one after another

@@ -8,7 +8,7 @@ use llmsrouter::record::Outcome;
 use serde_json::json;
 
 use crate::support::upstream::{
-    Behavior, DONE, MockUpstream, PROMPT_TOKENS, content_chunk, expected_stream, usage_chunk,
+    Behavior, DONE, MockUpstream, PROMPT_TOKENS, content_chunk, expected_stream, gzip, usage_chunk,
 };
 use crate::support::{TestRouter, client, one_server_config};
 
@@ -501,6 +501,37 @@ async fn a_streamed_answer_that_is_not_sse_passes_through_as_it_arrives() {
         gap >= Duration::from_millis(450),
         "not held until the end: {gap:?}"
     );
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    router.stop().await;
+}
+
+/// A stream the upstream compresses anyway (the router asks for `identity`) cannot be split
+/// into events: it passes through unread with its `Content-Encoding` (without it the client
+/// could not read it), and nothing (a keep-alive comment, an error event) is put into it.
+#[tokio::test]
+async fn a_compressed_stream_passes_through_unread_with_its_coding() {
+    let events: String = (0..3)
+        .map(|i| content_chunk("m", i, 3))
+        .chain([DONE.to_owned()])
+        .collect();
+    let compressed = gzip(events.as_bytes());
+    let half = compressed.len() / 2;
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(vec![
+            compressed[..half].to_vec(),
+            compressed[half..].to_vec(),
+        ]),
+        headers: vec![("content-encoding".into(), "gzip".into())],
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router.chat(&stream_request("[mock]m")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(response.bytes().await.expect("body"), compressed);
     let record = router.records.nth(1).await;
     assert_eq!(record.outcome, Outcome::Success);
     router.stop().await;

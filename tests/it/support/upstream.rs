@@ -43,6 +43,8 @@ pub struct Behavior {
     pub status: u16,
     /// Non-stream body; `None`: a chat completion naming `model`.
     pub body: Option<String>,
+    /// Non-stream body as exact bytes (a compressed one, say); wins over `body`.
+    pub raw_body: Option<Vec<u8>>,
     pub content_type: String,
     pub headers: Vec<(String, String)>,
     /// Delay before the response headers.
@@ -83,6 +85,7 @@ impl Default for Behavior {
         Self {
             status: 200,
             body: None,
+            raw_body: None,
             content_type: "application/json".into(),
             headers: vec![],
             delay: Duration::ZERO,
@@ -273,16 +276,12 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let request_json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let wants_stream = request_json["stream"] == serde_json::Value::Bool(true);
     if !wants_stream || behavior.never_stream || !(200..300).contains(&behavior.status) {
-        let body = behavior
-            .body
-            .clone()
-            .unwrap_or_else(|| chat_completion(&behavior.model));
-        return respond(
-            status,
-            &behavior.content_type,
-            &behavior.headers,
-            Body::from(body),
-        );
+        let body = match (&behavior.raw_body, &behavior.body) {
+            (Some(raw), _) => Body::from(raw.clone()),
+            (None, Some(text)) => Body::from(text.clone()),
+            (None, None) => Body::from(chat_completion(&behavior.model)),
+        };
+        return respond(status, &behavior.content_type, &behavior.headers, body);
     }
     let include_usage =
         request_json["stream_options"]["include_usage"] == serde_json::Value::Bool(true);
@@ -470,4 +469,20 @@ impl Drop for EarlyAnswer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// `data` gzipped, as an upstream that compresses its answers sends it.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+/// `data` in HTTP's `deflate` coding (the zlib format).
+pub fn zlib(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data).expect("zlib");
+    encoder.finish().expect("zlib")
 }
