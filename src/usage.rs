@@ -161,6 +161,11 @@ pub struct ResponseSummary {
     pub reasoning: String,
     pub tool_calls: Vec<ToolCall>,
     pub usage: Option<Usage>,
+    /// The message of an error the upstream reported inside a stream it answered 2xx (an
+    /// event `data: {"error": {...}}`, as OpenRouter sends when a provider fails mid-stream;
+    /// a Responses API `error` or `response.failed` event). The stream is relayed as it came;
+    /// the record counts it as the upstream's error.
+    pub error: Option<String>,
 }
 
 // ---- whole bodies ------------------------------------------------------------------------
@@ -441,6 +446,18 @@ fn raw_str(raw: Option<&RawValue>) -> Option<String> {
     raw.and_then(|r| serde_json::from_str::<String>(r.get()).ok())
 }
 
+/// The text of an error object as providers send it: its `message`, a bare string as is,
+/// anything else as JSON.
+fn error_message(error: &Value) -> String {
+    match error {
+        Value::String(text) => text.clone(),
+        other => other
+            .get("message")
+            .and_then(Value::as_str)
+            .map_or_else(|| other.to_string(), str::to_owned),
+    }
+}
+
 fn str_field(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_owned)
 }
@@ -588,6 +605,9 @@ struct Chunk<'a> {
     response: Option<Value>,
     #[serde(default)]
     error: Option<Value>,
+    /// A Responses API `error` event's message.
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    message: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -658,7 +678,7 @@ impl StreamAccumulator {
         }
         if let Some(error) = chunk.error.as_ref() {
             self.summary.finish_reason = Some("error".to_owned());
-            let _ = error;
+            self.note_error(error_message(error));
         }
         // `"usage": null` (every chunk but the last, with include_usage) deserializes to None.
         let has_usage = match chunk.usage {
@@ -671,6 +691,13 @@ impl StreamAccumulator {
             None => false,
         };
         if let Some(kind) = chunk.event_type.as_deref() {
+            if kind == "error" {
+                let message = chunk
+                    .message
+                    .as_deref()
+                    .unwrap_or("the upstream reported an error");
+                self.note_error(message.to_owned());
+            }
             self.push_responses_event(kind, chunk.delta, chunk.response.as_ref());
             return EventKind::Other;
         }
@@ -770,9 +797,23 @@ impl StreamAccumulator {
                         self.summary.tool_calls = whole.tool_calls;
                     }
                     self.summary.finish_reason = str_field(response, "status");
+                    if kind == "response.failed" {
+                        let error = response.get("error").filter(|e| !e.is_null());
+                        self.note_error(error.map_or_else(
+                            || "the upstream reported the response failed".to_owned(),
+                            error_message,
+                        ));
+                    }
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The first error reported is kept: later ones are usually its consequences.
+    fn note_error(&mut self, message: String) {
+        if self.summary.error.is_none() {
+            self.summary.error = Some(message);
         }
     }
 
@@ -861,6 +902,47 @@ mod tests {
                 EventKind::Other
             };
             assert_eq!(classify_event(event.as_bytes(), false), without, "{event}");
+        }
+    }
+
+    /// An error inside a stream answered 2xx is kept with its message, whatever shape the
+    /// provider gave it; the first one reported wins, and `"error": null` is none.
+    #[test]
+    fn errors_reported_inside_a_stream_keep_their_message() {
+        for (events, expected) in [
+            (
+                &[r#"{"error":{"message":"mid-stream provider error","code":500}}"#][..],
+                Some("mid-stream provider error"),
+            ),
+            (
+                &[
+                    r#"{"id":"x","choices":[{"index":0,"delta":{"content":"a"}}]}"#,
+                    r#"{"id":"x","choices":[],"error":"overloaded"}"#,
+                    r#"{"error":{"message":"second"}}"#,
+                ][..],
+                Some("overloaded"),
+            ),
+            (&[r#"{"error":{"code":502}}"#][..], Some(r#"{"code":502}"#)),
+            (
+                &[r#"{"type":"error","code":"server_error","message":"responses failed"}"#][..],
+                Some("responses failed"),
+            ),
+            (
+                &[
+                    r#"{"type":"response.failed","response":{"status":"failed","error":{"code":"x","message":"it failed"}}}"#,
+                ][..],
+                Some("it failed"),
+            ),
+            (
+                &[r#"{"id":"x","choices":[{"index":0,"delta":{"content":"a"}}],"error":null}"#][..],
+                None,
+            ),
+        ] {
+            let mut acc = StreamAccumulator::default();
+            for event in events {
+                acc.push_data(event.as_bytes());
+            }
+            assert_eq!(acc.summary().error.as_deref(), expected, "{events:?}");
         }
     }
 

@@ -190,8 +190,16 @@ impl StreamTee {
     fn finish(&mut self, outcome: Outcome, error: Option<String>) {
         self.upstream = None;
         let summary = std::mem::take(&mut self.accumulator).into_summary();
+        let complete = outcome == Outcome::Success;
+        // A stream that ran to its end but carried the upstream's own error event (OpenRouter
+        // reports a provider failing mid-stream so, under a 200): relayed as it came, recorded
+        // as the upstream's error, with its message.
+        let (outcome, error) = match (outcome, &summary.error) {
+            (Outcome::Success, Some(reported)) => (Outcome::UpstreamError, Some(reported.clone())),
+            _ => (outcome, error),
+        };
         if let Some(record) = self.guard.record_mut() {
-            record.complete = outcome == Outcome::Success;
+            record.complete = complete;
             record.response = summary;
             if error.is_some() {
                 record.error = error;

@@ -506,6 +506,37 @@ async fn a_streamed_answer_that_is_not_sse_passes_through_as_it_arrives() {
     router.stop().await;
 }
 
+/// A provider failing mid-stream under a 200 (OpenRouter sends `data: {"error": {...}}`):
+/// the client gets the stream byte for byte, and the record is the upstream's error with the
+/// provider's message, so Langfuse shows it at level ERROR and the ledger counts it, with
+/// what the stream said before it.
+#[tokio::test]
+async fn an_error_event_inside_a_200_stream_is_recorded_as_the_upstreams_error() {
+    let chunks: Vec<Vec<u8>> = vec![
+        content_chunk("m", 0, 2).into_bytes(),
+        br#"data: {"error":{"message":"mid-stream provider error","code":500}}"#.to_vec(),
+        b"\n\n".to_vec(),
+    ];
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(chunks.clone()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router.chat(&stream_request("[mock]m")).await;
+    assert_eq!(response.status(), 200);
+    let (_, text) = read_timed(response).await;
+    assert_eq!(text.as_bytes(), &chunks.concat()[..], "relayed as it came");
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::UpstreamError);
+    assert!(record.outcome.is_error());
+    assert_eq!(record.error.as_deref(), Some("mid-stream provider error"));
+    assert_eq!(record.status, Some(200));
+    assert_eq!(record.response.content, "tok0 ");
+    assert_eq!(record.response.finish_reason.as_deref(), Some("error"));
+    router.stop().await;
+}
+
 /// A stream the upstream compresses anyway (the router asks for `identity`) cannot be split
 /// into events: it passes through unread with its `Content-Encoding` (without it the client
 /// could not read it), and nothing (a keep-alive comment, an error event) is put into it.
