@@ -66,7 +66,12 @@ pub struct StreamTee {
     hard_stop: Stopped,
     state: State,
     failures: StreamFailures,
+    /// No event has been read yet: the first may open with a byte-order mark.
+    at_start: bool,
 }
+
+/// UTF-8's byte-order mark, which may open an event stream (SSE clients skip it).
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Where a stream that breaks off is logged (see [`FailureLog`]), and as which request.
 pub struct StreamFailures {
@@ -104,6 +109,7 @@ impl StreamTee {
             hard_stop: hard_stop.stopped(),
             state: State::Streaming,
             failures,
+            at_start: true,
         }
     }
 
@@ -143,6 +149,12 @@ impl StreamTee {
     }
 
     fn observe(&mut self, event: &[u8]) -> EventKind {
+        // Read without the mark (its line would not start with `data`); forwarded with it.
+        let event = if std::mem::take(&mut self.at_start) {
+            event.strip_prefix(BOM).unwrap_or(event)
+        } else {
+            event
+        };
         let Some(data) = event_data(event) else {
             return EventKind::Other;
         };

@@ -567,3 +567,28 @@ async fn a_compressed_stream_passes_through_unread_with_its_coding() {
     assert_eq!(record.outcome, Outcome::Success);
     router.stop().await;
 }
+
+/// A UTF-8 byte-order mark before the first event (the SSE spec has clients skip it) is
+/// forwarded as it came, and that first event is still read into the record.
+#[tokio::test]
+async fn a_byte_order_mark_before_the_first_event_is_forwarded_and_the_event_read() {
+    let mut first = b"\xEF\xBB\xBF".to_vec();
+    first.extend_from_slice(content_chunk("m", 0, 2).as_bytes());
+    let chunks = vec![
+        first,
+        content_chunk("m", 1, 2).into_bytes(),
+        DONE.as_bytes().to_vec(),
+    ];
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(chunks.clone()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router.chat(&stream_request("[mock]m")).await;
+    let body = response.bytes().await.expect("body");
+    assert_eq!(body, chunks.concat());
+    let record = router.records.nth(1).await;
+    assert_eq!(record.response.content, "tok0 tok1 ");
+    router.stop().await;
+}
