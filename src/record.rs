@@ -523,6 +523,13 @@ fn complete_summary(record: &mut RequestRecord) {
     let Some(summary) = summarize_json_body(decoded.as_deref().unwrap_or(body)) else {
         return;
     };
+    // `{"error": {...}}` under a 200: relayed as it came, recorded as the upstream's error.
+    if let Some(reported) = &summary.error {
+        if record.outcome == Outcome::Success {
+            record.outcome = Outcome::UpstreamError;
+            record.error = Some(reported.clone());
+        }
+    }
     record.response = summary;
     record.response_is_json = true;
     if let Some(decoded) = decoded {

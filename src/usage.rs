@@ -161,10 +161,11 @@ pub struct ResponseSummary {
     pub reasoning: String,
     pub tool_calls: Vec<ToolCall>,
     pub usage: Option<Usage>,
-    /// The message of an error the upstream reported inside a stream it answered 2xx (an
+    /// The message of an error the upstream reported under a 2xx status: inside a stream (an
     /// event `data: {"error": {...}}`, as OpenRouter sends when a provider fails mid-stream;
-    /// a Responses API `error` or `response.failed` event). The stream is relayed as it came;
-    /// the record counts it as the upstream's error.
+    /// a Responses API `error` or `response.failed` event), or as a whole body's top-level
+    /// `error`. The answer is relayed as it came; the record counts it as the upstream's
+    /// error.
     pub error: Option<String>,
 }
 
@@ -217,6 +218,8 @@ struct FastBody<'a> {
     usage: Option<FastUsage>,
     #[serde(borrow, default)]
     output: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -268,7 +271,7 @@ struct FastDetails {
 impl FastBody<'_> {
     /// `None` when the body needs the lenient path (a Responses API body, vendor usage).
     fn into_summary(self) -> Option<ResponseSummary> {
-        if self.output.is_some() {
+        if self.output.is_some() || self.error.is_some_and(|e| e.get() != "null") {
             return None;
         }
         let usage = match self.usage {
@@ -379,6 +382,15 @@ fn summarize_leniently(body: &[u8]) -> Option<ResponseSummary> {
         read_responses_output(&output, &mut out);
         out.finish_reason = raw_str(top.status);
     }
+    // An error reported under a 2xx (a gateway's `{"error": {...}}` with status 200, a
+    // Responses API `"status": "failed"`).
+    if let Some(error) = top
+        .error
+        .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+        .filter(|error| !error.is_null())
+    {
+        out.error = Some(error_message(&error));
+    }
     Some(out)
 }
 
@@ -397,6 +409,8 @@ struct BodyTop<'a> {
     output: Option<&'a RawValue>,
     #[serde(borrow, default)]
     status: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]

@@ -537,6 +537,40 @@ async fn an_error_event_inside_a_200_stream_is_recorded_as_the_upstreams_error()
     router.stop().await;
 }
 
+/// The same in a whole answer: a 200 whose body is `{"error": {...}}` reaches the client as it
+/// came and is recorded as the upstream's error.
+#[tokio::test]
+async fn a_whole_200_answer_that_is_an_error_is_recorded_as_the_upstreams_error() {
+    let body = r#"{"error":{"message":"provider overloaded","code":502}}"#;
+    let upstream = MockUpstream::start(Behavior {
+        body: Some(body.to_owned()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router
+        .chat(&serde_json::json!({"model": "[mock]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.expect("body"), body);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::UpstreamError);
+    assert_eq!(record.error.as_deref(), Some("provider overloaded"));
+    assert_eq!(record.status, Some(200));
+
+    // An answer with `"error": null` is no error.
+    upstream.set(Behavior {
+        body: Some(r#"{"id":"x","choices":[],"error":null}"#.to_owned()),
+        ..Default::default()
+    });
+    let response = router
+        .chat(&serde_json::json!({"model": "[mock]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(router.records.nth(2).await.outcome, Outcome::Success);
+    router.stop().await;
+}
+
 /// A stream the upstream compresses anyway (the router asks for `identity`) cannot be split
 /// into events: it passes through unread with its `Content-Encoding` (without it the client
 /// could not read it), and nothing (a keep-alive comment, an error event) is put into it.
