@@ -529,7 +529,15 @@ pub fn expand_env(
 
 /// Checks an http(s) base URL and returns it with trailing slashes trimmed.
 pub fn validate_base_url(url: &str) -> Result<String, String> {
+    // The URL is used as written: white space around it would be sent, and a `#fragment`
+    // would sit in the middle of every request's path.
+    if url.trim() != url {
+        return Err("has white space at its start or end".to_owned());
+    }
     let parsed = url::Url::parse(url).map_err(|e| format!("not a valid URL ({e})"))?;
+    if parsed.fragment().is_some() {
+        return Err("a base URL has no #fragment".to_owned());
+    }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!(
             "must be an http or https URL, not \"{}:\"",
@@ -637,6 +645,10 @@ settings:
         assert!(reason.contains("http"), "{reason}");
         let (path, _) = error_of("servers:\n  a:\n    api_key: k\n");
         assert_eq!(path, "servers.a.url");
+        let (_, reason) = error_of("servers:\n  a:\n    url: \" http://x/v1\"\n");
+        assert!(reason.contains("white space"), "{reason}");
+        let (_, reason) = error_of("servers:\n  a:\n    url: \"http://x/v1#top\"\n");
+        assert!(reason.contains("#fragment"), "{reason}");
         let (path, _) = error_of("servers:\n  \"火 山\":\n    url: http://x\n");
         assert_eq!(path, "servers.火 山");
     }

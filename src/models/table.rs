@@ -4,6 +4,7 @@
 //! (and the server) would not.
 
 use serde_json::Value;
+use unicode_width::UnicodeWidthStr;
 
 /// One row per entry: id, owned_by, created (a UTC date; `-` when unknown).
 pub fn render(list: &Value) -> String {
@@ -30,16 +31,22 @@ pub fn render(list: &Value) -> String {
     let width = |column: usize| {
         rows.iter()
             .chain(std::iter::once(&header))
-            .map(|row| row[column].chars().count())
+            .map(|row| row[column].width())
             .max()
             .unwrap_or(0)
     };
     let (id_width, owner_width) = (width(0), width(1));
     let mut out = String::new();
     for row in std::iter::once(&header).chain(&rows) {
+        // Padded by display width, so CJK ids and owners line up.
+        let pad = |cell: &str, width: usize| " ".repeat(width.saturating_sub(cell.width()));
         let line = format!(
-            "{:<id_width$}  {:<owner_width$}  {}",
-            row[0], row[1], row[2]
+            "{}{}  {}{}  {}",
+            row[0],
+            pad(&row[0], id_width),
+            row[1],
+            pad(&row[1], owner_width),
+            row[2]
         );
         out.push_str(line.trim_end());
         out.push('\n');

@@ -662,13 +662,20 @@ pub fn wrap_upstream_error(status: StatusCode, body: &[u8]) -> (Option<Bytes>, S
         return (None, message);
     }
     let text = String::from_utf8_lossy(body);
-    let message = match &parsed {
-        Some(serde_json::Value::Object(obj)) => ["error", "message", "detail", "msg"]
+    // The members as the upstream wrote them: a `detail` that is a list (FastAPI's) is quoted
+    // byte for byte, not re-serialised.
+    let members = parsed.as_ref().filter(|v| v.is_object()).and_then(|_| {
+        serde_json::from_slice::<std::collections::HashMap<String, &serde_json::value::RawValue>>(
+            body,
+        )
+        .ok()
+    });
+    let message = match &members {
+        Some(obj) => ["error", "message", "detail", "msg"]
             .iter()
             .find_map(|k| obj.get(*k))
-            .map(|v| match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
+            .map(|raw| {
+                serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned())
             })
             .unwrap_or_else(|| text.clone().into_owned()),
         _ if text.trim().is_empty() => format!(
@@ -718,6 +725,11 @@ mod tests {
             ),
             (b"upstream exploded", "upstream exploded"),
             (b"", "empty body"),
+            // FastAPI's validation error: the list byte for byte, spacing included.
+            (
+                br#"{"detail": [{"loc": ["body", "model"], "msg": "field required"}]}"#,
+                r#"[{"loc": ["body", "model"], "msg": "field required"}]"#,
+            ),
         ] {
             let (wrapped, message) = wrap_upstream_error(StatusCode::BAD_GATEWAY, body);
             let wrapped = wrapped.expect("wrapped");

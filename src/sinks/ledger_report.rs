@@ -6,6 +6,7 @@
 
 use rusqlite::Connection;
 use serde_json::{Map, Value, json};
+use unicode_width::UnicodeWidthStr;
 
 use crate::sinks::ledger::is_error_outcome;
 
@@ -202,20 +203,25 @@ impl UsageReport {
             lines.push(cells(row, row.key.clone().unwrap_or_else(|| "-".into())));
         }
         lines.push(cells(&self.total, "TOTAL".into()));
+        // By display width, so user and model names in CJK line up.
         let mut widths = [0usize; 8];
         for line in &lines {
             for (w, cell) in widths.iter_mut().zip(line) {
-                *w = (*w).max(cell.chars().count());
+                *w = (*w).max(cell.width());
             }
         }
         let mut out = String::new();
         for line in &lines {
             let mut text = String::new();
             for (i, (cell, w)) in line.iter().zip(widths).enumerate() {
+                let pad = " ".repeat(w.saturating_sub(cell.width()));
                 if i == 0 {
-                    text.push_str(&format!("{cell:<w$}"));
+                    text.push_str(cell);
+                    text.push_str(&pad);
                 } else {
-                    text.push_str(&format!("  {cell:>w$}"));
+                    text.push_str("  ");
+                    text.push_str(&pad);
+                    text.push_str(cell);
                 }
             }
             out.push_str(text.trim_end());
@@ -330,5 +336,25 @@ mod tests {
         assert_eq!(j["rows"][1]["cost"], 0.002);
         assert_eq!(j["total"]["requests"], 5);
         assert!(j["total"].get("provider").is_none());
+    }
+
+    #[test]
+    fn wide_names_keep_the_columns_lined_up() {
+        // Wide characters take two columns: the numbers still line up.
+        let (_dir, mut wide) = conn();
+        insert_rows(
+            &mut wide,
+            &[row("2025-01-04", Some("张三丰"), "deepseek", "success")],
+        )
+        .expect("insert");
+        let table = query(&wide, GroupBy::User, None).expect("query").to_table();
+        let requests_end = |line: &str| {
+            let at = line.find(char::is_numeric).unwrap_or(0);
+            let digits = line[at..].find(' ').map_or(line.len(), |n| at + n);
+            line[..digits].width()
+        };
+        let data: Vec<usize> = table.lines().skip(1).map(requests_end).collect();
+        assert!(data.windows(2).all(|w| w[0] == w[1]), "{table}");
+        assert!(table.contains("张三丰"), "{table}");
     }
 }
