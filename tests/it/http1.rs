@@ -629,12 +629,9 @@ async fn shutdown_closes_idle_connections_at_once_and_busy_ones_after_their_answ
 
 /// Half a head, or a body that stops halfway, closes the connection once its timeout is
 /// over; a connection that simply waits for its next request is not cut by either.
-/// A client that stops reading (its socket buffers full) is given up on after the send
-/// timeout: its connection closed, the stream's upstream connection closed, the request
-/// recorded as a disconnect. Also a whole answer too large for the buffers (its record says
-/// success: the answer was complete when it left the upstream).
-#[tokio::test]
-async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+/// An upstream that streams for as long as anyone reads, behind a router whose send timeout
+/// is 300 ms.
+async fn endless_stream_with_a_short_send_timeout() -> (MockUpstream, TestRouter) {
     let upstream = MockUpstream::start(Behavior {
         chunks: 200_000,
         ..Behavior::default()
@@ -644,6 +641,16 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
         state.send_timeout = Duration::from_millis(300);
     })
     .await;
+    (upstream, router)
+}
+
+/// A client that stops reading (its socket buffers full) is given up on after the send
+/// timeout: its connection closed, the stream's upstream connection closed, the request
+/// recorded as a disconnect. Also a whole answer too large for the buffers (its record says
+/// success: the answer was complete when it left the upstream).
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    let (upstream, router) = endless_stream_with_a_short_send_timeout().await;
     let streaming =
         r#"{"model":"[mock]gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let mut stalled = Raw::connect(router.addr).await;
@@ -853,6 +860,17 @@ fn h2_frame_types(mut wire: &[u8]) -> Vec<u8> {
     types
 }
 
+/// A stream request over HTTP/2 with prior knowledge; its answer's head.
+async fn h2c_stream_request(router: &TestRouter) -> reqwest::Response {
+    h2c_client()
+        .post(router.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"[mock]m","stream":true,"messages":[]}"#)
+        .send()
+        .await
+        .expect("an answer over HTTP/2")
+}
+
 fn h2c_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -879,13 +897,7 @@ async fn an_idle_http2_connection_is_closed_one_streaming_an_answer_is_not() {
 
     // A stream three idle timeouts long: open all along, so never idle.
     let began = std::time::Instant::now();
-    let response = h2c_client()
-        .post(router.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(r#"{"model":"[mock]m","stream":true,"messages":[]}"#)
-        .send()
-        .await
-        .expect("send over HTTP/2");
+    let response = h2c_stream_request(&router).await;
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     let text = response.text().await.expect("the whole stream");
     assert!(began.elapsed() > idle_timeout * 3);
@@ -940,22 +952,8 @@ async fn an_http2_request_body_that_stalls_is_refused() {
 /// the connection, lets the upstream go and records a disconnect.
 #[tokio::test]
 async fn an_http2_client_that_stops_reading_loses_the_connection_after_the_send_timeout() {
-    let upstream = MockUpstream::start(Behavior {
-        chunks: 200_000,
-        ..Behavior::default()
-    })
-    .await;
-    let router = TestRouter::start_with(&one_server_config(&upstream.url(), ""), |state| {
-        state.send_timeout = Duration::from_millis(300);
-    })
-    .await;
-    let response = h2c_client()
-        .post(router.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(r#"{"model":"[mock]m","stream":true,"messages":[]}"#)
-        .send()
-        .await
-        .expect("the answer's head");
+    let (upstream, router) = endless_stream_with_a_short_send_timeout().await;
+    let response = h2c_stream_request(&router).await;
     assert_eq!(response.status(), 200);
     // The body is never read: once the window is full the router waits, then gives up.
     upstream

@@ -348,6 +348,19 @@ async fn the_body_ends_right_after_done() {
     router.stop().await;
 }
 
+/// A stream request answered by an upstream that sends exactly `chunks`: the mock, the
+/// router and the answer's head.
+async fn stream_of_raw_chunks(chunks: &[Vec<u8>]) -> (MockUpstream, TestRouter, reqwest::Response) {
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(chunks.to_vec()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router.chat(&stream_request("[mock]m")).await;
+    (upstream, router, response)
+}
+
 #[tokio::test]
 async fn raw_events_in_any_line_ending_pass_byte_for_byte() {
     let chunks: Vec<Vec<u8>> = vec![
@@ -357,13 +370,7 @@ async fn raw_events_in_any_line_ending_pass_byte_for_byte() {
         usage_chunk("m", 1).into_bytes(),
         b"data: [DONE]\n\n".to_vec(),
     ];
-    let upstream = MockUpstream::start(Behavior {
-        raw_chunks: Some(chunks.clone()),
-        ..Default::default()
-    })
-    .await;
-    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let response = router.chat(&stream_request("[mock]m")).await;
+    let (_upstream, router, response) = stream_of_raw_chunks(&chunks).await;
     let (_, text) = read_timed(response).await;
     let mut expected: Vec<u8> = chunks[..3].concat();
     expected.extend_from_slice(b"data: [DONE]\n\n");
@@ -517,13 +524,7 @@ async fn an_error_event_inside_a_200_stream_is_recorded_as_the_upstreams_error()
         br#"data: {"error":{"message":"mid-stream provider error","code":500}}"#.to_vec(),
         b"\n\n".to_vec(),
     ];
-    let upstream = MockUpstream::start(Behavior {
-        raw_chunks: Some(chunks.clone()),
-        ..Default::default()
-    })
-    .await;
-    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let response = router.chat(&stream_request("[mock]m")).await;
+    let (_upstream, router, response) = stream_of_raw_chunks(&chunks).await;
     assert_eq!(response.status(), 200);
     let (_, text) = read_timed(response).await;
     assert_eq!(text.as_bytes(), &chunks.concat()[..], "relayed as it came");
@@ -613,13 +614,7 @@ async fn a_byte_order_mark_before_the_first_event_is_forwarded_and_the_event_rea
         content_chunk("m", 1, 2).into_bytes(),
         DONE.as_bytes().to_vec(),
     ];
-    let upstream = MockUpstream::start(Behavior {
-        raw_chunks: Some(chunks.clone()),
-        ..Default::default()
-    })
-    .await;
-    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let response = router.chat(&stream_request("[mock]m")).await;
+    let (_upstream, router, response) = stream_of_raw_chunks(&chunks).await;
     let body = response.bytes().await.expect("body");
     assert_eq!(body, chunks.concat());
     let record = router.records.nth(1).await;

@@ -134,21 +134,27 @@ async fn answer(
     Ok(response)
 }
 
+/// The real binary with `config`, trusting the fixtures' CA (the upstreams' certificates),
+/// with no ledger and no request log.
+fn router_trusting_the_test_ca(config: &str) -> RouterProcess {
+    let ca = fixture("ca.pem");
+    RouterProcess::start(
+        Some(config),
+        &[
+            ("SSL_CERT_FILE", ca.to_str().expect("utf-8 path")),
+            ("LLMSROUTER_LEDGER", "false"),
+            ("LLMSROUTER_LOG_FILE", ""),
+        ],
+    )
+}
+
 async fn through_the_router(alpn: &[&[u8]], expect: http::Version) {
     let (addr, seen) = start_tls_upstream(alpn).await;
     let config = format!(
         "servers:\n  secure:\n    url: \"https://localhost:{}/v1\"\n    api_key: \"sk-tls-upstream-key\"\n",
         addr.port()
     );
-    let ca = fixture("ca.pem");
-    let router = RouterProcess::start(
-        Some(&config),
-        &[
-            ("SSL_CERT_FILE", ca.to_str().expect("utf-8 path")),
-            ("LLMSROUTER_LEDGER", "false"),
-            ("LLMSROUTER_LOG_FILE", ""),
-        ],
-    );
+    let router = router_trusting_the_test_ca(&config);
     let whole = router
         .chat(&json!({"model": "[secure]gpt-x", "messages": [{"role": "user", "content": "hi"}]}))
         .await;
@@ -254,15 +260,7 @@ async fn early_answer_through_the_router(alpn: &[&[u8]]) -> RouterProcess {
         "servers:\n  secure:\n    url: \"https://localhost:{}/v1\"\n",
         addr.port()
     );
-    let ca = fixture("ca.pem");
-    let router = RouterProcess::start(
-        Some(&config),
-        &[
-            ("SSL_CERT_FILE", ca.to_str().expect("utf-8 path")),
-            ("LLMSROUTER_LEDGER", "false"),
-            ("LLMSROUTER_LOG_FILE", ""),
-        ],
-    );
+    let router = router_trusting_the_test_ca(&config);
     let prompt = "x".repeat(20 << 20);
     let request = json!({"model": "[secure]m", "messages": [{"role": "user", "content": prompt}]});
     // The second goes on a new connection: the first one's, closed, is not used again.

@@ -393,23 +393,37 @@ async fn a_user_request_carries_the_user_id_and_never_the_users_key() {
     router.stop().await;
 }
 
-#[tokio::test]
-async fn a_generic_otlp_destination_gets_the_same_span_with_only_its_own_headers() {
-    let upstream = MockUpstream::start(Behavior::default()).await;
+/// A mock Langfuse and a mock generic OTLP collector (with `headers`), and the options that
+/// send spans to both.
+async fn langfuse_and_collector(
+    headers: Vec<(String, Secret)>,
+) -> (
+    MockOtlp,
+    MockOtlp,
+    llmsrouter::sinks::langfuse::LangfuseOptions,
+) {
     let langfuse = MockOtlp::start().await;
     let collector = MockOtlp::start().await;
     let mut options = langfuse_options(&langfuse);
     options.destinations.push(Destination {
         name: "otlp",
         endpoint: llmsrouter::env::traces_endpoint(&collector.origin()),
-        headers: vec![
-            ("x-team".into(), Secret::new("blue")),
-            (
-                "authorization".into(),
-                Secret::new("Bearer collector-token"),
-            ),
-        ],
+        headers,
     });
+    (langfuse, collector, options)
+}
+
+#[tokio::test]
+async fn a_generic_otlp_destination_gets_the_same_span_with_only_its_own_headers() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let (langfuse, collector, options) = langfuse_and_collector(vec![
+        ("x-team".into(), Secret::new("blue")),
+        (
+            "authorization".into(),
+            Secret::new("Bearer collector-token"),
+        ),
+    ])
+    .await;
     let (router, _sink) =
         router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
     let response = router
@@ -620,14 +634,7 @@ async fn a_batch_holding_its_byte_limit_leaves_before_its_interval() {
 #[tokio::test]
 async fn with_gzip_on_every_destination_gets_gzipped_exports() {
     let upstream = MockUpstream::start(Behavior::default()).await;
-    let langfuse = MockOtlp::start().await;
-    let collector = MockOtlp::start().await;
-    let mut options = langfuse_options(&langfuse);
-    options.destinations.push(Destination {
-        name: "otlp",
-        endpoint: llmsrouter::env::traces_endpoint(&collector.origin()),
-        headers: vec![],
-    });
+    let (langfuse, collector, mut options) = langfuse_and_collector(vec![]).await;
     options.gzip = true;
     let (router, sink) =
         router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
