@@ -73,10 +73,15 @@ pub fn presented_key(fields: &Fields) -> Option<&str> {
     })
 }
 
+/// Headers whose whole value is a key: Anthropic's and many gateways' `x-api-key`, Azure
+/// OpenAI's `api-key`, Gemini's `x-goog-api-key`.
+const KEY_HEADERS: [&str; 3] = ["x-api-key", "api-key", "x-goog-api-key"];
+
 /// Every credential the client sent, whatever its scheme: each `Authorization` value's
 /// credentials (what follows `Bearer`, `Basic` or any other scheme, or the whole value when
-/// there is no scheme) and each `x-api-key`. Not for authentication ([`presented_key`] is):
-/// for redaction, since a URL target gets them as sent and may echo them back.
+/// there is no scheme) and each value of the [`KEY_HEADERS`]. Not for authentication
+/// ([`presented_key`] is): for redaction, since a URL target gets them as sent and may echo
+/// them back.
 pub fn presented_credentials(fields: &Fields) -> impl Iterator<Item = &str> {
     let authorization = fields.get_all("authorization").filter_map(|v| {
         let value = std::str::from_utf8(v).ok()?.trim();
@@ -85,8 +90,9 @@ pub fn presented_credentials(fields: &Fields) -> impl Iterator<Item = &str> {
             _ => value,
         })
     });
-    let api_keys = fields
-        .get_all("x-api-key")
+    let api_keys = KEY_HEADERS
+        .into_iter()
+        .flat_map(|name| fields.get_all(name))
         .filter_map(|v| Some(std::str::from_utf8(v).ok()?.trim()));
     authorization.chain(api_keys).filter(|c| !c.is_empty())
 }
@@ -148,6 +154,10 @@ mod tests {
         assert_eq!(credentials(&[("authorization", "Bearer ")]), ["Bearer"]);
         assert!(credentials(&[("authorization", " "), ("x-api-key", "")]).is_empty());
         assert!(credentials(&[("x-other", "v")]).is_empty());
+        assert_eq!(
+            credentials(&[("Api-Key", "azure-key"), ("x-goog-api-key", "gemini-key")]),
+            ["azure-key", "gemini-key"]
+        );
     }
 
     #[test]
