@@ -70,11 +70,18 @@ pub fn from_names<'a>(
     }
 }
 
-/// Reads an import file's `permissions` value: a string as on the command line, a list of
-/// aliases (what `user list --json` prints), or the stored object form.
+/// Reads an import file's `permissions` value: a string as on the command line (empty: every
+/// provider, as an empty CSV cell), a list of aliases (what `user list --json` prints), or
+/// the stored object form. An empty list or object is a user with no provider, as a Python
+/// database may hold (`{}`), so `user list --json` output imports back as it was.
 pub fn from_import_value(value: &Value) -> Result<Permissions, PermissionsError> {
     match value {
+        Value::String(spec) if spec.trim().is_empty() => Ok(Permissions::All),
         Value::String(spec) => parse_spec(spec),
+        Value::Array(items) if items.is_empty() => Ok(Permissions::Only(HashSet::new())),
+        Value::Object(map) if map.values().all(|grant| *grant == Value::Bool(false)) => {
+            Ok(Permissions::Only(HashSet::new()))
+        }
         Value::Array(items) => {
             let names: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
             let names = names.ok_or_else(|| {
@@ -260,7 +267,12 @@ mod tests {
         assert!(from_import_value(&json!({"a": "yes"})).is_err());
         assert!(from_import_value(&json!([1])).is_err());
         assert!(from_import_value(&json!(7)).is_err());
-        assert_eq!(from_import_value(&json!([])), Err(PermissionsError::Empty));
+        // Empty text is every provider (as an empty CSV cell); an empty list or object, or
+        // one granting nothing, is no provider (as `list --json` prints such a user).
+        assert_eq!(from_import_value(&json!(" ")), Ok(Permissions::All));
+        assert_eq!(from_import_value(&json!([])), Ok(only(&[])));
+        assert_eq!(from_import_value(&json!({})), Ok(only(&[])));
+        assert_eq!(from_import_value(&json!({"a": false})), Ok(only(&[])));
     }
 
     #[test]
