@@ -477,18 +477,25 @@ impl Conn {
         if !dated {
             write_date(&mut out);
         }
-        match answer.body {
-            AnswerBody::Whole(body) => {
-                let body = if has_body(answer.status) {
-                    write_length(&mut out, body.len());
-                    body
-                } else {
-                    Bytes::new()
-                };
-                self.write_whole(out, &body, keep_alive, http10).await
+        let (body, delivery) = match answer.body {
+            AnswerBody::Whole(body) => (body, None),
+            AnswerBody::Recorded(body, delivery) => (body, Some(delivery)),
+            AnswerBody::Stream(tee) => {
+                return self.write_stream(out, tee, keep_alive, http10).await;
             }
-            AnswerBody::Stream(tee) => self.write_stream(out, tee, keep_alive, http10).await,
+        };
+        let body = if has_body(answer.status) {
+            write_length(&mut out, body.len());
+            body
+        } else {
+            Bytes::new()
+        };
+        let next = self.write_whole(out, &body, keep_alive, http10).await;
+        // A write that failed drops the delivery: the record says the client left.
+        if let (Some(delivery), false) = (delivery, matches!(next, Next::Gone)) {
+            delivery.delivered();
         }
+        next
     }
 
     async fn write_whole(

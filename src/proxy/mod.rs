@@ -69,8 +69,59 @@ pub struct Answer {
 
 pub enum AnswerBody {
     Whole(Bytes),
+    /// A whole answer whose record waits for the answer to be written: [`Delivery`].
+    Recorded(Bytes, Delivery),
     /// Relayed as it arrives; dropping it before its end records a client disconnect.
     Stream(Box<StreamTee>),
+}
+
+/// A whole answer's record, handed over once the answer has been written to the client
+/// ([`Self::delivered`]), or dropped with it unwritten: then recorded as a disconnect, as a
+/// stream cut short is. The record's usage and body are kept either way.
+pub struct Delivery {
+    guard: RecordGuard,
+    outcome: Outcome,
+}
+
+impl Delivery {
+    /// The whole answer reached the client (as far as the socket says).
+    pub fn delivered(mut self) {
+        self.guard.finish(self.outcome);
+    }
+}
+
+/// A whole answer for hyper's side of the server: its record is handed over after hyper
+/// took the last byte, or as a disconnect when the body is dropped first.
+struct DeliveredBody {
+    data: Option<Bytes>,
+    delivery: Option<Delivery>,
+}
+
+impl http_body::Body for DeliveredBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if let Some(data) = self.data.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        }
+        if let Some(delivery) = self.delivery.take() {
+            delivery.delivered();
+        }
+        std::task::Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Not at its end until polled past the data, so the record is handed over then.
+        self.data.is_none() && self.delivery.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
 }
 
 impl Answer {
@@ -91,6 +142,10 @@ impl Answer {
     pub fn into_axum(self) -> Response {
         let body = match self.body {
             AnswerBody::Whole(bytes) => Body::from(bytes),
+            AnswerBody::Recorded(bytes, delivery) => Body::new(DeliveredBody {
+                data: Some(bytes),
+                delivery: Some(delivery),
+            }),
             AnswerBody::Stream(tee) => Body::from_stream(*tee),
         };
         let mut response = Response::new(body);
@@ -560,7 +615,6 @@ async fn whole_answer(
         record.error = error;
         record.complete = true;
     }
-    guard.finish(outcome);
     Answer {
         status,
         fields: AnswerFields {
@@ -568,7 +622,7 @@ async fn whole_answer(
             shape,
             request_id: Some(request_id),
         },
-        body: AnswerBody::Whole(body),
+        body: AnswerBody::Recorded(body, Delivery { guard, outcome }),
     }
 }
 

@@ -416,6 +416,10 @@ async fn http2_with_prior_knowledge_is_served_too() {
         .expect("health");
     assert_eq!(health.status(), 200);
     assert_eq!(upstream.count(), 1);
+    // The whole answer was taken: its record is handed over as a success.
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert!(record.complete);
     router.stop().await;
 }
 
@@ -646,8 +650,9 @@ async fn endless_stream_with_a_short_send_timeout() -> (MockUpstream, TestRouter
 
 /// A client that stops reading (its socket buffers full) is given up on after the send
 /// timeout: its connection closed, the stream's upstream connection closed, the request
-/// recorded as a disconnect. Also a whole answer too large for the buffers (its record says
-/// success: the answer was complete when it left the upstream).
+/// recorded as a disconnect. Also a whole answer too large for the buffers: recorded as a
+/// disconnect too, with the answer's body and usage kept (it was whole when it left the
+/// upstream).
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
     let (upstream, router) = endless_stream_with_a_short_send_timeout().await;
@@ -699,8 +704,16 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The answer was whole when it left the upstream: its record says so.
-    assert_eq!(router.records.nth(2).await.outcome, Outcome::Success);
+    // Never taken: a disconnect, though the answer was whole when it left the upstream.
+    let record = router.records.nth(2).await;
+    assert_eq!(record.outcome, Outcome::ClientDisconnected);
+    assert!(record.complete);
+    assert!(
+        record
+            .response_body
+            .as_ref()
+            .is_some_and(|b| b.len() == 24 << 20)
+    );
     let mut total = 0;
     while let Ok(Ok(n)) = tokio::time::timeout(
         Duration::from_secs(10),
