@@ -531,9 +531,10 @@ impl Conn {
     ) -> Next {
         let (chunked, keep_alive) = end_head_of_streamed_body(&mut out, keep_alive, http10);
         // The head goes out with the first event when that is already there. Events that
-        // arrived together are not gathered into one write: in the benchmark (events 2 ms
-        // apart) that rarely happened, and polling the tee once more per event to find out
-        // cost more CPU per stream than the writes it saved.
+        // arrived in one read leave in one write (the tee yields them together; a plain-http
+        // upstream's body joins chunks it read at once), but the tee is not polled once more
+        // per event to look for later ones: in the benchmark (events 2 ms apart) there rarely
+        // were any, and that poll cost more CPU per stream than the writes it saved.
         let mut item = futures_util::FutureExt::now_or_never(tee.next());
         loop {
             match item {
