@@ -1,12 +1,16 @@
 //! Undoing an upstream's `Content-Encoding` (gzip, deflate) where the router must read a body:
-//! an error body it redacts and wraps, a whole answer the recorder reads usage from. Pure: no
-//! I/O, and never on a body being relayed as it came.
+//! an error body it redacts and wraps, a whole answer the recorder reads usage from, an event
+//! stream it splits into events ([`StreamDecoder`], as the chunks arrive). Pure: no I/O, and
+//! never on a body being relayed as it came (a decoded stream goes on decoded, without the
+//! coding).
 //!
 //! The router asks every upstream for `Accept-Encoding: identity`, so an encoded answer comes
 //! only from an upstream that ignores it. Codings other than gzip and deflate (br, zstd) are
 //! not decoded; [`decode`] says so and the caller decides what to do without the text.
 
 use std::io::Read as _;
+
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 
 use crate::http1::fields::{Fields, trim};
 
@@ -22,6 +26,8 @@ pub enum DecodeError {
     },
     #[error("the body decodes to more than {} MiB", .0 / (1024 * 1024))]
     TooLarge(usize),
+    #[error("the {0} body ended before its compressed data did")]
+    Truncated(&'static str),
 }
 
 /// The codings an answer's `Content-Encoding` fields list, joined as one value (`gzip`,
@@ -89,6 +95,219 @@ fn read_limited(
         return Err(DecodeError::TooLarge(limit));
     }
     Ok(out)
+}
+
+/// Most decoded bytes [`StreamDecoder::next_piece`] gathers before it hands them out (one
+/// write into the decoder can add up to its 32 KiB buffer more). A chunk of a few KiB may
+/// decode to gigabytes: that must go on piece by piece, as fast as the client takes it, never
+/// be held whole.
+pub const STREAM_PIECE: usize = 64 * 1024;
+
+/// Where a decoder writes what it decoded; [`StreamDecoder`] hands it out from there.
+type Sink = bytes::buf::Writer<BytesMut>;
+
+/// The decoder of one stream.
+enum Codec {
+    Gzip(flate2::write::MultiGzDecoder<Sink>),
+    Zlib(flate2::write::ZlibDecoder<Sink>),
+    RawDeflate(flate2::write::DeflateDecoder<Sink>),
+    /// `deflate` before its first two bytes tell the zlib format (RFC 9110's deflate) from
+    /// raw deflate (which some servers send instead); holds the first byte when it came alone.
+    Deflate(Option<u8>),
+}
+
+impl Codec {
+    fn writer(&mut self) -> Option<&mut dyn std::io::Write> {
+        match self {
+            Self::Gzip(d) => Some(d),
+            Self::Zlib(d) => Some(d),
+            Self::RawDeflate(d) => Some(d),
+            Self::Deflate(_) => None,
+        }
+    }
+
+    fn sink(&mut self) -> Option<&mut BytesMut> {
+        match self {
+            Self::Gzip(d) => Some(d.get_mut().get_mut()),
+            Self::Zlib(d) => Some(d.get_mut().get_mut()),
+            Self::RawDeflate(d) => Some(d.get_mut().get_mut()),
+            Self::Deflate(_) => None,
+        }
+    }
+
+    /// Checks that the compressed data ended (and, for gzip, its checksum), writing out what
+    /// was still held. No write may follow.
+    fn try_finish(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Gzip(d) => d.try_finish(),
+            Self::Zlib(d) => d.try_finish(),
+            Self::RawDeflate(d) => d.try_finish(),
+            Self::Deflate(_) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+}
+
+/// A zlib stream's first two bytes (RFC 1950): method 8 (deflate), a window of at most 32 KiB,
+/// no preset dictionary, and the check bits.
+fn is_zlib_header(cmf: u8, flg: u8) -> bool {
+    cmf & 0x0F == 8
+        && cmf >> 4 <= 7
+        && flg & 0x20 == 0
+        && (u16::from(cmf) << 8 | u16::from(flg)) % 31 == 0
+}
+
+/// Undoes one `Content-Encoding` (gzip or deflate) of a body that arrives in chunks, handing
+/// out what each chunk decodes to before the next one is there: an event stream's events go
+/// on as they arrive, not when the upstream finishes. Memory stays bounded whatever the
+/// compression ratio: output is handed out in pieces of about [`STREAM_PIECE`].
+///
+/// Use: [`Self::push`] a chunk, then [`Self::next_piece`] until it gives `None` (the chunk is
+/// then consumed, and everything it decoded to handed out), then the next chunk; at the end
+/// of the body, [`Self::finish`].
+pub struct StreamDecoder {
+    codec: Codec,
+    /// What is left of the chunk pushed last.
+    input: Bytes,
+    /// The decoder may hold output of input it consumed since it was last flushed.
+    unflushed: bool,
+    /// The compressed data ended; whatever follows it is ignored.
+    ended: bool,
+    /// Some input arrived: a body with none decodes to nothing, not to an error.
+    seen_input: bool,
+    /// For messages.
+    coding: &'static str,
+}
+
+impl StreamDecoder {
+    /// A decoder for a body in `content_encoding` (as [`content_encoding`] gives it); `None`
+    /// when that is not one coding the router decodes (br, zstd, or a list of codings).
+    pub fn new(content_encoding: &str) -> Option<Self> {
+        let (codec, coding) = match content_encoding {
+            "gzip" | "x-gzip" => (
+                Codec::Gzip(flate2::write::MultiGzDecoder::new(sink())),
+                "gzip",
+            ),
+            "deflate" => (Codec::Deflate(None), "deflate"),
+            _ => return None,
+        };
+        Some(Self {
+            codec,
+            input: Bytes::new(),
+            unflushed: false,
+            ended: false,
+            seen_input: false,
+            coding,
+        })
+    }
+
+    /// The next chunk of the body. The one before must be consumed ([`Self::next_piece`]
+    /// gave `None`).
+    pub fn push(&mut self, chunk: Bytes) {
+        debug_assert!(self.input.is_empty(), "the chunk before was not consumed");
+        if self.ended || chunk.is_empty() {
+            return;
+        }
+        self.seen_input = true;
+        self.input = chunk;
+    }
+
+    /// Decoded bytes of the chunks pushed so far, at most about [`STREAM_PIECE`] at a time;
+    /// `None` once all of them are handed out. An error means the body is corrupt; the
+    /// decoder is not to be used after one.
+    pub fn next_piece(&mut self) -> Result<Option<Bytes>, DecodeError> {
+        while !self.input.is_empty() {
+            if let Codec::Deflate(held) = self.codec {
+                if !self.choose_deflate(held) {
+                    break;
+                }
+            }
+            let Some(writer) = self.codec.writer() else {
+                break;
+            };
+            let coding = self.coding;
+            let written = writer
+                .write(&self.input)
+                .map_err(|error| DecodeError::Corrupt { coding, error })?;
+            self.unflushed = true;
+            if written == 0 {
+                // The compressed data ended before this input: what follows it is not part
+                // of the body (gzip members that follow are read by the decoder itself).
+                self.input.clear();
+                self.end()?;
+                break;
+            }
+            self.input.advance(written);
+            if self.codec.sink().is_some_and(|s| s.len() >= STREAM_PIECE) {
+                return Ok(self.take());
+            }
+        }
+        if std::mem::take(&mut self.unflushed) && !self.ended {
+            let coding = self.coding;
+            if let Some(writer) = self.codec.writer() {
+                writer
+                    .flush()
+                    .map_err(|error| DecodeError::Corrupt { coding, error })?;
+            }
+        }
+        Ok(self.take())
+    }
+
+    /// The body ended: checks that its compressed data did too, and hands out what was left.
+    pub fn finish(&mut self) -> Result<Option<Bytes>, DecodeError> {
+        if self.ended || !self.seen_input {
+            return Ok(None);
+        }
+        self.end()?;
+        Ok(self.take())
+    }
+
+    fn end(&mut self) -> Result<(), DecodeError> {
+        self.ended = true;
+        let coding = self.coding;
+        self.codec.try_finish().map_err(|error| {
+            if error.kind() == std::io::ErrorKind::UnexpectedEof {
+                DecodeError::Truncated(coding)
+            } else {
+                DecodeError::Corrupt { coding, error }
+            }
+        })
+    }
+
+    /// `deflate`: picks the format once two bytes are there (holding a first byte that came
+    /// alone). False while it still waits.
+    fn choose_deflate(&mut self, held: Option<u8>) -> bool {
+        let (first, second) = match (held, self.input.first(), self.input.get(1)) {
+            (Some(first), Some(&second), _) => (first, second),
+            (None, Some(&first), Some(&second)) => (first, second),
+            (None, Some(&first), None) => {
+                self.codec = Codec::Deflate(Some(first));
+                self.input.clear();
+                return false;
+            }
+            _ => return false,
+        };
+        if let Some(first) = held {
+            let mut joined = BytesMut::with_capacity(1 + self.input.len());
+            joined.put_u8(first);
+            joined.extend_from_slice(&self.input);
+            self.input = joined.freeze();
+        }
+        self.codec = if is_zlib_header(first, second) {
+            Codec::Zlib(flate2::write::ZlibDecoder::new(sink()))
+        } else {
+            Codec::RawDeflate(flate2::write::DeflateDecoder::new(sink()))
+        };
+        true
+    }
+
+    fn take(&mut self) -> Option<Bytes> {
+        let sink = self.codec.sink()?;
+        (!sink.is_empty()).then(|| sink.split().freeze())
+    }
+}
+
+fn sink() -> Sink {
+    BytesMut::new().writer()
 }
 
 #[cfg(test)]
@@ -165,5 +384,201 @@ mod tests {
             decode("gzip", &bomb, 1 << 20).expect("at the limit").len(),
             1 << 20
         );
+    }
+
+    /// Everything `chunks` decode to, each chunk's output checked to be handed out before
+    /// the next chunk is pushed; then `finish`.
+    fn decode_chunks(coding: &str, chunks: &[&[u8]]) -> Result<Vec<u8>, DecodeError> {
+        let mut decoder = StreamDecoder::new(coding).expect("a coding it decodes");
+        let mut out = Vec::new();
+        for chunk in chunks {
+            decoder.push(Bytes::copy_from_slice(chunk));
+            while let Some(piece) = decoder.next_piece()? {
+                assert!(piece.len() <= 2 * STREAM_PIECE, "{}", piece.len());
+                out.extend_from_slice(&piece);
+            }
+        }
+        if let Some(tail) = decoder.finish()? {
+            out.extend_from_slice(&tail);
+        }
+        Ok(out)
+    }
+
+    const EVENTS: &[u8] =
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";
+
+    #[test]
+    fn streams_decode_whatever_the_chunk_boundaries() {
+        for (coding, body) in [
+            ("gzip", gzip(EVENTS)),
+            ("x-gzip", gzip(EVENTS)),
+            ("deflate", zlib(EVENTS)),
+            ("deflate", raw_deflate(EVENTS)),
+            // Two gzip members, as `decode` reads them too.
+            (
+                "gzip",
+                [gzip(b"data: 1\n\n"), gzip(b"data: 2\n\n")].concat(),
+            ),
+        ] {
+            let whole = decode(coding, &body, 1 << 20).expect(coding);
+            for at in 0..=body.len() {
+                let (a, b) = body.split_at(at);
+                assert_eq!(
+                    decode_chunks(coding, &[a, b]).expect(coding),
+                    whole,
+                    "{coding} at {at}"
+                );
+            }
+            let bytes: Vec<&[u8]> = body.chunks(1).collect();
+            assert_eq!(
+                decode_chunks(coding, &bytes).expect(coding),
+                whole,
+                "{coding} by byte"
+            );
+        }
+    }
+
+    /// What an upstream that flushes its compressor after each event sends: one chunk per
+    /// event, the last with the coding's trailer.
+    fn flushed_chunks(coding: &str, events: &[&[u8]]) -> Vec<Vec<u8>> {
+        let level = flate2::Compression::fast();
+        let mut chunks = Vec::new();
+        if coding == "gzip" {
+            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), level);
+            for event in events {
+                encoder.write_all(event).expect("write");
+                encoder.flush().expect("flush");
+                chunks.push(std::mem::take(encoder.get_mut()));
+            }
+            chunks.push(encoder.finish().expect("finish"));
+        } else {
+            let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), level);
+            for event in events {
+                encoder.write_all(event).expect("write");
+                encoder.flush().expect("flush");
+                chunks.push(std::mem::take(encoder.get_mut()));
+            }
+            chunks.push(encoder.finish().expect("finish"));
+        }
+        chunks
+    }
+
+    /// Each event is handed out whole as soon as its chunk arrives, nothing held back for
+    /// the next chunk.
+    #[test]
+    fn each_flushed_event_is_handed_out_with_its_chunk() {
+        let events = [&b"data: one\n\n"[..], b"data: two\n\n", b"data: [DONE]\n\n"];
+        for coding in ["gzip", "deflate"] {
+            let chunks = flushed_chunks(coding, &events);
+            let mut decoder = StreamDecoder::new(coding).expect(coding);
+            for (chunk, event) in chunks.iter().zip(events) {
+                decoder.push(Bytes::copy_from_slice(chunk));
+                let mut out = Vec::new();
+                while let Some(piece) = decoder.next_piece().expect(coding) {
+                    out.extend_from_slice(&piece);
+                }
+                assert_eq!(out, event, "{coding}");
+            }
+            let trailer = chunks.last().expect("trailer");
+            decoder.push(Bytes::copy_from_slice(trailer));
+            assert_eq!(decoder.next_piece().expect(coding), None);
+            assert_eq!(decoder.finish().expect(coding), None);
+        }
+    }
+
+    #[test]
+    fn unknown_codings_and_lists_are_not_decoded() {
+        for coding in ["br", "zstd", "deflate, gzip", "compress"] {
+            assert!(StreamDecoder::new(coding).is_none(), "{coding}");
+        }
+    }
+
+    #[test]
+    fn a_corrupt_or_cut_stream_is_an_error() {
+        let body = gzip(EVENTS);
+        let mut bad = body.clone();
+        bad[12] ^= 0xFF;
+        bad[13] ^= 0xFF;
+        assert!(matches!(
+            decode_chunks("gzip", &[&bad]),
+            Err(DecodeError::Corrupt { coding: "gzip", .. })
+        ));
+        assert!(matches!(
+            decode_chunks("gzip", &[b"not gzip at all"]),
+            Err(DecodeError::Corrupt { .. })
+        ));
+        // Cut inside the trailer, the checksum cannot match: reported as corrupt.
+        assert!(matches!(
+            decode_chunks("gzip", &[&body[..body.len() - 1]]),
+            Err(DecodeError::Corrupt { .. })
+        ));
+        for cut in [1, 5, body.len() / 2] {
+            assert!(
+                matches!(
+                    decode_chunks("gzip", &[&body[..cut]]),
+                    Err(DecodeError::Truncated("gzip"))
+                ),
+                "cut at {cut}"
+            );
+        }
+        let zlib_body = zlib(EVENTS);
+        assert!(matches!(
+            decode_chunks("deflate", &[&zlib_body[..zlib_body.len() - 3]]),
+            Err(DecodeError::Truncated("deflate"))
+        ));
+        assert!(matches!(
+            decode_chunks("deflate", &[&zlib_body[..1]]),
+            Err(DecodeError::Truncated("deflate"))
+        ));
+        // No body at all is an empty body, not a cut one.
+        assert_eq!(decode_chunks("gzip", &[]).expect("empty"), b"");
+    }
+
+    #[test]
+    fn what_follows_the_end_of_deflate_data_is_ignored() {
+        let mut body = zlib(EVENTS);
+        body.extend_from_slice(b"trailing junk");
+        assert_eq!(decode_chunks("deflate", &[&body]).expect("deflate"), EVENTS);
+    }
+
+    /// A few KiB that decode to many MiB come out in bounded pieces, all of it.
+    #[test]
+    fn a_bomb_is_handed_out_in_bounded_pieces() {
+        let size = 8 << 20;
+        let bomb = gzip(&vec![b'0'; size]);
+        assert!(bomb.len() < 64 * 1024);
+        let mut decoder = StreamDecoder::new("gzip").expect("gzip");
+        decoder.push(Bytes::from(bomb));
+        let mut total = 0;
+        let mut pieces = 0;
+        while let Some(piece) = decoder.next_piece().expect("valid") {
+            assert!(piece.len() <= STREAM_PIECE + 64 * 1024, "{}", piece.len());
+            total += piece.len();
+            pieces += 1;
+        }
+        total += decoder.finish().expect("complete").map_or(0, |t| t.len());
+        assert_eq!(total, size);
+        assert!(pieces >= size / (2 * STREAM_PIECE), "{pieces}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_split_of_any_stream_decodes_to_the_text(
+            text in proptest::collection::vec(proptest::num::u8::ANY, 0..4096),
+            cuts in proptest::collection::vec(0usize..4096, 0..8),
+            raw in proptest::bool::ANY,
+        ) {
+            let (coding, body) = if raw { ("deflate", raw_deflate(&text)) } else { ("gzip", gzip(&text)) };
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (body.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut from = 0;
+            for cut in cuts {
+                chunks.push(&body[from..cut]);
+                from = cut;
+            }
+            chunks.push(&body[from..]);
+            proptest::prop_assert_eq!(decode_chunks(coding, &chunks).expect("decodes"), text);
+        }
     }
 }
