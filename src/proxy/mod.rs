@@ -9,6 +9,7 @@
 //! parse per event; everything else the record needs is done by the recorder task.
 
 pub mod body;
+pub mod decoded;
 pub mod failure_log;
 pub mod headers;
 pub mod intake;
@@ -309,17 +310,22 @@ async fn forward_inner(
     // arrives: through the SSE tee when it is SSE, passed through unread otherwise.
     let streamed = view.stream && status.is_success() && !is_json(&upstream.fields);
     if streamed {
+        let coding = StreamCoding::of(&upstream.fields);
         let settings = StreamSettings {
             keepalive: state.keepalive_interval,
             idle_timeout: timeout,
             drop_usage_chunk: injected_usage,
-            // A compressed event stream cannot be split into events (nor a comment put into
-            // it): it passes through unread, with its Content-Encoding, as a stream that is
-            // not SSE does.
-            sse: is_event_stream(&upstream.fields)
-                && crate::content_coding::content_encoding(&upstream.fields).is_none(),
+            sse: is_event_stream(&upstream.fields) && !matches!(coding, StreamCoding::Opaque),
         };
-        return Ok(stream_answer(state, upstream, settings, guard, request_id));
+        // A compressed stream that is not SSE passes through as it came, coding and all, as
+        // any stream that is not SSE does.
+        let decoder = match coding {
+            StreamCoding::Decoded(decoder) if settings.sse => Some(decoder),
+            _ => None,
+        };
+        return Ok(stream_answer(
+            state, upstream, settings, decoder, guard, request_id,
+        ));
     }
     let limits = Limits {
         deadline,
@@ -336,6 +342,32 @@ async fn forward_inner(
         &state.redactor,
     );
     Ok(Box::pin(whole).await)
+}
+
+/// How a streamed answer's `Content-Encoding` is dealt with, decided once from its headers.
+enum StreamCoding {
+    /// None: the bytes are the events.
+    Plain,
+    /// gzip or deflate: decoded as it arrives ([`decoded`]) and relayed decoded, without the
+    /// coding, so events can be split, read and dropped as in a plain stream.
+    Decoded(Box<crate::content_coding::StreamDecoder>),
+    /// A coding the router cannot decode (br, zstd, a list of codings): the stream cannot be
+    /// split into events (nor a comment put into it), so it passes through unread with its
+    /// `Content-Encoding`, as a stream that is not SSE does. Its record is honest about it:
+    /// no usage, no text (and a usage chunk the router asked for reaches the client).
+    Opaque,
+}
+
+impl StreamCoding {
+    fn of(fields: &Fields) -> Self {
+        let Some(coding) = crate::content_coding::content_encoding(fields) else {
+            return Self::Plain;
+        };
+        match crate::content_coding::StreamDecoder::new(&coding) {
+            Some(decoder) => Self::Decoded(Box::new(decoder)),
+            None => Self::Opaque,
+        }
+    }
 }
 
 /// Whether an endpoint takes OpenAI's `stream_options.include_usage`. Only chat and legacy
@@ -510,10 +542,17 @@ fn stream_answer(
     state: &Arc<AppState>,
     upstream: UpstreamResponse,
     settings: StreamSettings,
+    decoder: Option<Box<crate::content_coding::StreamDecoder>>,
     guard: RecordGuard,
     request_id: String,
 ) -> Answer {
-    let body = Box::pin(http_body_util::BodyDataStream::new(upstream.body));
+    let body: stream::UpstreamBody = Box::pin(http_body_util::BodyDataStream::new(upstream.body));
+    // Decoded, the stream goes on without the upstream's Content-Encoding (`Shape::Stream`
+    // with `sse` drops it, and every answer's Content-Length).
+    let body = match decoder {
+        None => body,
+        Some(decoder) => Box::pin(decoded::Decoded::new(body, *decoder)),
+    };
     let sse = settings.sse;
     let failures = StreamFailures {
         log: Arc::clone(&state.failures),

@@ -1,5 +1,6 @@
 //! The SSE tee: upstream events go to the client as they arrive, unchanged, while a copy of
-//! what passed is read into the request record.
+//! what passed is read into the request record. A stream the upstream compressed reaches the
+//! tee already decoded ([`super::decoded`]).
 //!
 //! Forwarded whole events only (an incomplete event waits for its blank line, as any SSE client
 //! would), so the router can drop the usage-only chunk it asked for and can put a keep-alive
@@ -51,6 +52,9 @@ pub struct StreamSettings {
 pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
 const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
+
+/// The error event's `code` when a compressed stream turns out corrupt or cut.
+const BAD_ENCODING: &str = "upstream_bad_encoding";
 
 pub struct StreamTee {
     upstream: Option<UpstreamBody>,
@@ -175,19 +179,29 @@ impl StreamTee {
 
     /// Ends the stream after a failure: with one SSE error event, after whatever whole events
     /// were forwarded; a body that is not SSE is aborted instead (the client sees an
-    /// incomplete body rather than bytes it cannot parse).
+    /// incomplete body rather than bytes it cannot parse). Recorded as a broken stream.
     fn fail(&mut self, message: String, code: &'static str) -> Result<Bytes, std::io::Error> {
+        self.fail_as(message, code, Outcome::StreamFailed)
+    }
+
+    /// [`Self::fail`], recorded with `outcome`.
+    fn fail_as(
+        &mut self,
+        message: String,
+        code: &'static str,
+        outcome: Outcome,
+    ) -> Result<Bytes, std::io::Error> {
         let failures = &self.failures;
         failures.log.warn(&failures.request_id, code, &message);
         if !self.settings.sse {
             self.state = State::Ending;
-            self.finish(Outcome::StreamFailed, Some(message.clone()));
+            self.finish(outcome, Some(message.clone()));
             return Err(std::io::Error::other(message));
         }
-        Ok(self.fail_with_event(message, code))
+        Ok(self.fail_with_event(message, code, outcome))
     }
 
-    fn fail_with_event(&mut self, message: String, code: &'static str) -> Bytes {
+    fn fail_with_event(&mut self, message: String, code: &'static str, outcome: Outcome) -> Bytes {
         self.upstream = None;
         self.state = State::Ending;
         let body = error_body(&message, "upstream_error", Some(code));
@@ -195,7 +209,7 @@ impl StreamTee {
         event.extend_from_slice(b"data: ");
         event.extend_from_slice(&body);
         event.extend_from_slice(b"\n\n");
-        self.finish(Outcome::StreamFailed, Some(message));
+        self.finish(outcome, Some(message));
         event.freeze()
     }
 
@@ -332,6 +346,14 @@ impl Stream for StreamTee {
                         );
                         return Poll::Ready(Some(this.fail(message, "upstream_unreachable")));
                     }
+                }
+                // A compressed stream whose data is corrupt or cut ([`super::decoded`]): the
+                // upstream's fault, not the connection's.
+                Poll::Ready(Some(Err(e))) if e.is_undecodable() => {
+                    let message =
+                        format!("the upstream's compressed event stream could not be decoded: {e}");
+                    let outcome = Outcome::UpstreamError;
+                    return Poll::Ready(Some(this.fail_as(message, BAD_ENCODING, outcome)));
                 }
                 Poll::Ready(Some(Err(e))) => {
                     let message = format!("the upstream connection failed mid-stream: {}", e);

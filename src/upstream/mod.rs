@@ -123,6 +123,8 @@ pub struct UpstreamClient {
 #[derive(Debug, Clone)]
 pub struct UpstreamError {
     timeout: bool,
+    /// The body arrived but its `Content-Encoding` could not be undone.
+    undecodable: bool,
     description: String,
 }
 
@@ -130,6 +132,20 @@ impl UpstreamError {
     /// The connection (or the TLS handshake) was not made in time.
     pub fn is_timeout(&self) -> bool {
         self.timeout
+    }
+
+    /// A body the router decodes as it arrives (a compressed event stream) is corrupt: the
+    /// connection is fine, the upstream's answer is not.
+    pub fn undecodable(error: &crate::content_coding::DecodeError) -> Self {
+        Self {
+            timeout: false,
+            undecodable: true,
+            description: error.to_string(),
+        }
+    }
+
+    pub fn is_undecodable(&self) -> bool {
+        self.undecodable
     }
 
     fn from_hyper(error: &(dyn std::error::Error + 'static)) -> Self {
@@ -151,6 +167,7 @@ impl UpstreamError {
         }
         Self {
             timeout,
+            undecodable: false,
             description: join_causes(parts),
         }
     }
@@ -158,6 +175,7 @@ impl UpstreamError {
     fn unsendable(why: &str) -> Self {
         Self {
             timeout: false,
+            undecodable: false,
             description: why.to_owned(),
         }
     }
@@ -165,6 +183,7 @@ impl UpstreamError {
     fn from_reqwest(error: &reqwest::Error) -> Self {
         Self {
             timeout: error.is_timeout(),
+            undecodable: false,
             description: crate::proxy::describe_reqwest_error(error),
         }
     }

@@ -8,7 +8,8 @@ use llmsrouter::record::Outcome;
 use serde_json::json;
 
 use crate::support::upstream::{
-    Behavior, DONE, MockUpstream, PROMPT_TOKENS, content_chunk, expected_stream, gzip, usage_chunk,
+    Behavior, DONE, MockUpstream, PROMPT_TOKENS, compress_flushed, content_chunk, expected_stream,
+    usage_chunk,
 };
 use crate::support::{TestRouter, client, one_server_config};
 
@@ -572,34 +573,174 @@ async fn a_whole_200_answer_that_is_an_error_is_recorded_as_the_upstreams_error(
     router.stop().await;
 }
 
-/// A stream the upstream compresses anyway (the router asks for `identity`) cannot be split
-/// into events: it passes through unread with its `Content-Encoding` (without it the client
-/// could not read it), and nothing (a keep-alive comment, an error event) is put into it.
+/// A stream the upstream compresses anyway (the router asks for `identity`, gzip or deflate
+/// comes): decoded as it arrives and relayed decoded, without `Content-Encoding`, so the
+/// client gets plain events, the usage chunk the router asked for is still dropped (and one
+/// the client asked for still passes), and the record has the upstream's token counts.
 #[tokio::test]
-async fn a_compressed_stream_passes_through_unread_with_its_coding() {
-    let events: String = (0..3)
-        .map(|i| content_chunk("m", i, 3))
-        .chain([DONE.to_owned()])
-        .collect();
-    let compressed = gzip(events.as_bytes());
-    let half = compressed.len() / 2;
+async fn a_compressed_stream_is_relayed_decoded_and_recorded_with_its_usage() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let mut n = 0;
+    for coding in ["gzip", "deflate"] {
+        for client_asked in [false, true] {
+            upstream.set(Behavior {
+                chunks: 4,
+                stream_coding: Some(coding),
+                ..Default::default()
+            });
+            let mut request = stream_request("[mock]gpt-4o");
+            if client_asked {
+                request["stream_options"] = json!({"include_usage": true});
+            }
+            let response = router.chat(&request).await;
+            assert_eq!(response.status(), 200);
+            let headers = response.headers().clone();
+            assert!(headers.get("content-encoding").is_none(), "{coding}");
+            assert!(headers.get("content-length").is_none(), "{coding}");
+            assert_eq!(headers["content-type"], "text/event-stream");
+            let (_, text) = read_timed(response).await;
+            assert_eq!(
+                text,
+                expected_stream(&upstream.behavior(), client_asked),
+                "{coding}, usage asked by the client: {client_asked}"
+            );
+            assert_eq!(
+                upstream.last().json()["stream_options"],
+                json!({"include_usage": true})
+            );
+            n += 1;
+            let record = router.records.nth(n).await;
+            assert_eq!(record.outcome, Outcome::Success, "{coding}");
+            assert!(record.complete);
+            let usage = record.response.usage.clone().expect("usage");
+            assert_eq!(
+                (usage.input, usage.output, usage.total),
+                (PROMPT_TOKENS, 4, PROMPT_TOKENS + 4)
+            );
+            assert_eq!(record.response.content, "tok0 tok1 tok2 tok3 ");
+            assert!(record.first_token_at.is_some());
+        }
+    }
+    router.stop().await;
+}
+
+/// Each event of a compressed stream reaches the client when its chunk arrives, not when the
+/// upstream finishes: the mock holds its last chunk until the client has seen the first
+/// event.
+#[tokio::test]
+async fn a_compressed_streams_events_arrive_before_the_upstream_finishes() {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let upstream = MockUpstream::start(Behavior {
-        raw_chunks: Some(vec![
-            compressed[..half].to_vec(),
-            compressed[half..].to_vec(),
-        ]),
-        headers: vec![("content-encoding".into(), "gzip".into())],
+        chunks: 3,
+        stream_coding: Some("gzip"),
+        // 3 content chunks and [DONE] (the usage chunk is asked for but dropped): the last.
+        hold_chunk: Some((4, gate.clone())),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router.chat(&stream_request("[mock]m")).await;
+    let mut stream = response.bytes_stream();
+    let first = content_chunk("mock-model-2024", 0, 3);
+    let mut seen = String::new();
+    let read_first = async {
+        while !seen.contains(&first) {
+            let piece = stream.next().await.expect("a piece").expect("ok");
+            seen.push_str(&String::from_utf8_lossy(&piece));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_first)
+        .await
+        .expect("the first event arrived while the upstream still held its last chunk");
+    assert!(!seen.contains(DONE));
+    gate.add_permits(1);
+    while let Some(piece) = stream.next().await {
+        seen.push_str(&String::from_utf8_lossy(&piece.expect("ok")));
+    }
+    assert_eq!(seen, expected_stream(&upstream.behavior(), false));
+    assert_eq!(router.records.nth(1).await.outcome, Outcome::Success);
+    router.stop().await;
+}
+
+/// A compressed stream whose data turns out corrupt, or is cut before its compressed data
+/// ends: the events decoded so far pass, then one error event ends the stream (as a broken
+/// upstream stream ends), and the record is the upstream's error, saying what was wrong.
+#[tokio::test]
+async fn a_corrupt_compressed_stream_ends_with_an_error_event() {
+    let events = vec![
+        content_chunk("m", 0, 3).into_bytes(),
+        content_chunk("m", 1, 3).into_bytes(),
+        DONE.as_bytes().to_vec(),
+    ];
+    let compressed = compress_flushed("gzip", &events);
+    // 0xFF after a flushed block: a block of the reserved type 3.
+    let corrupt = vec![compressed[0].clone(), b"\xFF\xFF\xFF\xFFjunk".to_vec()];
+    let cut = vec![compressed[0].clone()];
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for (n, (chunks, says)) in [(corrupt, "corrupt"), (cut, "ended before")]
+        .into_iter()
+        .enumerate()
+    {
+        upstream.set(Behavior {
+            raw_chunks: Some(chunks),
+            headers: vec![("content-encoding".into(), "gzip".into())],
+            ..Default::default()
+        });
+        let response = router.chat(&stream_request("[mock]m")).await;
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().get("content-encoding").is_none());
+        let (_, text) = read_timed(response).await;
+        let first = content_chunk("m", 0, 3);
+        assert!(text.starts_with(&first), "{text}");
+        let rest = &text[first.len()..];
+        assert!(
+            rest.ends_with("\n\n") && rest.matches("data: ").count() == 1,
+            "{rest}"
+        );
+        let payload: serde_json::Value =
+            serde_json::from_str(rest.trim().trim_start_matches("data: "))
+                .expect("one error event");
+        assert_eq!(payload["error"]["code"], "upstream_bad_encoding");
+        assert_eq!(payload["error"]["type"], "upstream_error");
+        let message = payload["error"]["message"].as_str().expect("message");
+        assert!(
+            message.contains("gzip") && message.contains(says),
+            "{message}"
+        );
+
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::UpstreamError, "{says}");
+        assert_eq!(record.error.as_deref(), Some(message));
+        assert_eq!(record.response.content, "tok0 ");
+        assert!(!record.complete);
+    }
+    router.stop().await;
+}
+
+/// A stream in a coding the router does not decode (br here) cannot be split into events: it
+/// passes through unread with its `Content-Encoding` (without it the client could not read
+/// it), nothing (a keep-alive comment, an error event) is put into it, and its record has no
+/// usage rather than a wrong one.
+#[tokio::test]
+async fn a_stream_in_a_coding_the_router_cannot_decode_passes_through_unread() {
+    let opaque: Vec<u8> = (0u8..=255).cycle().take(700).collect();
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(vec![opaque[..300].to_vec(), opaque[300..].to_vec()]),
+        headers: vec![("content-encoding".into(), "br".into())],
         ..Default::default()
     })
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let response = router.chat(&stream_request("[mock]m")).await;
     assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(response.headers()["content-encoding"], "br");
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    assert_eq!(response.bytes().await.expect("body"), compressed);
+    assert_eq!(response.bytes().await.expect("body"), opaque);
     let record = router.records.nth(1).await;
     assert_eq!(record.outcome, Outcome::Success);
+    assert!(record.response.usage.is_none());
     router.stop().await;
 }
 

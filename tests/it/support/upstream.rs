@@ -71,6 +71,14 @@ pub struct Behavior {
     pub never_stream: bool,
     /// Content type of a streamed answer (default `text/event-stream`).
     pub stream_content_type: Option<String>,
+    /// Stream: compress it (`"gzip"` or `"deflate"`, the zlib format) as an upstream that
+    /// ignores `Accept-Encoding: identity` does, flushing the compressor after each chunk
+    /// (so each chunk's events can be decoded when it arrives), and say so in
+    /// `Content-Encoding`.
+    pub stream_coding: Option<&'static str>,
+    /// Stream: chunk `.0` (0-based) waits for a permit of this semaphore (a closed gate the
+    /// test opens with `add_permits(1)`), so a test can see what arrived before it.
+    pub hold_chunk: Option<(usize, Arc<tokio::sync::Semaphore>)>,
     /// Status for `GET .../models`; `None`: `status`.
     pub models_status: Option<u16>,
     /// Extra delay before answering `GET .../models`.
@@ -100,6 +108,8 @@ impl Default for Behavior {
             models_body: None,
             never_stream: false,
             stream_content_type: None,
+            stream_coding: None,
+            hold_chunk: None,
             models_status: None,
             models_delay: Duration::ZERO,
             models_gate: None,
@@ -295,12 +305,11 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         .stream_content_type
         .as_deref()
         .unwrap_or("text/event-stream");
-    respond(
-        status,
-        content_type,
-        &behavior.headers,
-        Body::from_stream(stream),
-    )
+    let mut headers = behavior.headers.clone();
+    if let Some(coding) = behavior.stream_coding {
+        headers.push(("content-encoding".into(), coding.into()));
+    }
+    respond(status, content_type, &headers, Body::from_stream(stream))
 }
 
 fn respond(
@@ -360,6 +369,9 @@ fn sse_stream(
         }
         chunks.push(DONE.as_bytes().to_vec());
     }
+    if let Some(coding) = b.stream_coding {
+        chunks = compress_flushed(coding, &chunks);
+    }
     let total = chunks.len();
     let watch = DropWatch {
         shared,
@@ -387,6 +399,11 @@ fn sse_stream(
             }
             if !b.chunk_delay.is_zero() {
                 tokio::time::sleep(b.chunk_delay).await;
+            }
+            if let Some((at, gate)) = &b.hold_chunk {
+                if *at == i {
+                    let _permit = gate.acquire().await;
+                }
             }
             // After the pause, so the chunks before it have been flushed to the wire.
             if b.abort_after == Some(i) {
@@ -485,4 +502,36 @@ pub fn zlib(data: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(data).expect("zlib");
     encoder.finish().expect("zlib")
+}
+
+/// `chunks` compressed as one body in `coding` (`"gzip"`, or `"deflate"`: the zlib format),
+/// the compressor flushed after each chunk: one compressed chunk for each, the last with the
+/// coding's trailer. What an upstream that compresses an event stream properly sends.
+pub fn compress_flushed(coding: &str, chunks: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    use std::io::Write as _;
+    let level = flate2::Compression::fast();
+    let mut out = Vec::new();
+    let trailer = if coding == "gzip" {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), level);
+        for chunk in chunks {
+            encoder.write_all(chunk).expect("gzip");
+            encoder.flush().expect("gzip");
+            out.push(std::mem::take(encoder.get_mut()));
+        }
+        encoder.finish().expect("gzip")
+    } else {
+        assert_eq!(coding, "deflate", "a coding the mock compresses with");
+        let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), level);
+        for chunk in chunks {
+            encoder.write_all(chunk).expect("zlib");
+            encoder.flush().expect("zlib");
+            out.push(std::mem::take(encoder.get_mut()));
+        }
+        encoder.finish().expect("zlib")
+    };
+    match out.last_mut() {
+        Some(last) => last.extend_from_slice(&trailer),
+        None => out.push(trailer),
+    }
+    out
 }
