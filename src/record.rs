@@ -28,9 +28,9 @@ use crate::usage::{ResponseSummary, summarize_json_body};
 pub enum Outcome {
     /// The upstream answered 2xx and the whole answer reached the client.
     Success,
-    /// The upstream reported an error: an error status, or an error event inside a stream
-    /// it answered 2xx (relayed as it came; `error` holds the event's message). Relayed to
-    /// the client.
+    /// The upstream reported an error: an error status, a redirect (3xx, relayed, not
+    /// followed: no completion happened), or an error event inside a stream it answered 2xx
+    /// (relayed as it came; `error` holds the event's message). Relayed to the client.
     UpstreamError,
     /// The router answered with its own error (502 unreachable, 504 timeout, ...).
     RouterError,

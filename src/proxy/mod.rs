@@ -613,40 +613,50 @@ async fn whole_answer(
         }
         Ok(Ok(body)) => body,
     };
-    let (body, shape, outcome, error) =
-        if status.is_success() || status.is_redirection() || status.is_informational() {
-            (body, Shape::Relayed, Outcome::Success, None)
-        } else {
-            let (body, decoded) = decode_error_body(status, body, &fields);
-            // An upstream may echo the key it was sent ("Incorrect API key provided: sk-..."):
-            // with accounts on, that would hand the provider's key to a router user.
-            let body = match redactor.redact_bytes(&body, &[]) {
-                Cow::Borrowed(_) => body,
-                Cow::Owned(clean) => Bytes::from(clean),
-            };
-            let (wrapped, message) = wrap_upstream_error(status, &body);
-            match wrapped {
-                Some(wrapped) => (
-                    wrapped,
-                    Shape::WrappedError,
-                    Outcome::UpstreamError,
-                    Some(message),
-                ),
-                // Decoded, it goes without the upstream's Content-Encoding.
-                None if decoded => (
-                    body,
-                    Shape::WrappedError,
-                    Outcome::UpstreamError,
-                    Some(message),
-                ),
-                None => (body, Shape::Relayed, Outcome::UpstreamError, Some(message)),
-            }
+    let (body, shape, outcome, error) = if status.is_success() || status.is_informational() {
+        (body, Shape::Relayed, Outcome::Success, None)
+    } else if status.is_redirection() {
+        // Relayed as it came (the router does not follow redirects: the client decides),
+        // but no completion happened: recorded as the upstream's error, so the ledger
+        // counts it and the trace shows it failed.
+        (
+            body,
+            Shape::Relayed,
+            Outcome::UpstreamError,
+            Some(redirect_message(status)),
+        )
+    } else {
+        let (body, decoded) = decode_error_body(status, body, &fields);
+        // An upstream may echo the key it was sent ("Incorrect API key provided: sk-..."):
+        // with accounts on, that would hand the provider's key to a router user.
+        let body = match redactor.redact_bytes(&body, &[]) {
+            Cow::Borrowed(_) => body,
+            Cow::Owned(clean) => Bytes::from(clean),
         };
+        let (wrapped, message) = wrap_upstream_error(status, &body);
+        match wrapped {
+            Some(wrapped) => (
+                wrapped,
+                Shape::WrappedError,
+                Outcome::UpstreamError,
+                Some(message),
+            ),
+            // Decoded, it goes without the upstream's Content-Encoding.
+            None if decoded => (
+                body,
+                Shape::WrappedError,
+                Outcome::UpstreamError,
+                Some(message),
+            ),
+            None => (body, Shape::Relayed, Outcome::UpstreamError, Some(message)),
+        }
+    };
     // A record exists only when some sink will read it.
     if let Some(record) = guard.record_mut() {
         record.response_body = Some(own_copy(&body));
-        // An error body passed on was parsed as OpenAI-shaped JSON; any other was wrapped.
-        record.response_is_json = outcome == Outcome::UpstreamError;
+        // An error body passed on was parsed as OpenAI-shaped JSON; any other was wrapped. A
+        // redirect's body was not read.
+        record.response_is_json = outcome == Outcome::UpstreamError && !status.is_redirection();
         if outcome == Outcome::Success {
             // Decoded off the request path, by the recorder.
             record.response_encoding = crate::content_coding::content_encoding(&fields);
@@ -663,6 +673,15 @@ async fn whole_answer(
         },
         body: AnswerBody::Recorded(body, Delivery { guard, outcome }),
     }
+}
+
+/// The record's error for a redirect. Its `Location` is left out: a redirect may point at a
+/// signed URL, and the record's error goes to the ledger and the trace.
+fn redirect_message(status: StatusCode) -> String {
+    format!(
+        "the upstream answered HTTP {} (a redirect): relayed to the client, not followed",
+        status.as_u16()
+    )
 }
 
 enum BodyError {

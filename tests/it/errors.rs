@@ -298,6 +298,59 @@ async fn upstream_errors_keep_status_headers_and_text() {
     router.stop().await;
 }
 
+/// A redirect is passed back as it came (the client decides whether to follow it), but no
+/// completion happened: its record is the upstream's error, with its status, so the ledger
+/// counts it among errors and the trace is marked failed. It was recorded as a success.
+#[tokio::test]
+async fn a_redirect_is_relayed_unchanged_and_recorded_as_an_upstream_error() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let no_redirects = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let moved = "<html>moved to https://elsewhere.example/v1</html>";
+    for (round, status) in [(1, 307), (2, 301)] {
+        upstream.set(Behavior {
+            status,
+            body: Some(moved.into()),
+            content_type: "text/html".into(),
+            headers: vec![(
+                "location".into(),
+                "https://elsewhere.example/v1/chat/completions".into(),
+            )],
+            ..Default::default()
+        });
+        let response = no_redirects
+            .post(router.url("/v1/chat/completions"))
+            .json(&json!({"model": "[mock]m", "messages": []}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status().as_u16(), status);
+        assert_eq!(
+            response.headers()["location"],
+            "https://elsewhere.example/v1/chat/completions"
+        );
+        assert_eq!(response.headers()["content-type"], "text/html");
+        assert!(response.headers().contains_key("x-llmsrouter-request-id"));
+        assert_eq!(response.text().await.expect("body"), moved, "unchanged");
+        assert_eq!(upstream.count(), round, "sent once, not followed");
+        let record = router.records.nth(round).await;
+        assert_eq!(record.outcome, Outcome::UpstreamError, "HTTP {status}");
+        assert_eq!(record.status, Some(status));
+        let error = record.error.as_deref().unwrap_or("");
+        assert!(error.contains(&format!("HTTP {status}")), "{error}");
+        assert!(
+            !error.contains("elsewhere"),
+            "no Location in the record: {error}"
+        );
+        assert!(!record.response_is_json);
+    }
+    router.stop().await;
+}
+
 /// An upstream that answers 413 as soon as it has read the head of a request whose body it
 /// will not take, then closes (a front-end's `client_max_body_size`): the router's write of
 /// the body fails once the socket buffers are full, and the answer the upstream had already
