@@ -226,7 +226,9 @@ fn http_url(name: &'static str, value: &str) -> Result<String, EnvError> {
 }
 
 /// `key1=value1,key2=value2` with percent-encoded values (the OpenTelemetry format). Errors
-/// never quote the value: it usually holds a token.
+/// never quote the value: it usually holds a token. A `%` not followed by two hex digits
+/// (`Basic%2`, `%zz`) is refused rather than sent as it is: the value was meant to be
+/// decoded, and a token sent half-decoded only fails later, at the backend, as a 401.
 pub fn parse_otlp_headers(raw: &str) -> Result<Vec<(String, Secret)>, EnvError> {
     let mut headers = Vec::new();
     for (index, entry) in raw.split(',').enumerate() {
@@ -247,7 +249,13 @@ pub fn parse_otlp_headers(raw: &str) -> Result<Vec<(String, Secret)>, EnvError> 
         if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
             return Err(bad("has an invalid header name"));
         }
-        let value = percent_encoding::percent_decode_str(value.trim())
+        let value = value.trim();
+        if !percent_escapes_are_whole(value) {
+            return Err(bad(
+                "has a '%' not followed by two hex digits; write a literal '%' as %25",
+            ));
+        }
+        let value = percent_encoding::percent_decode_str(value)
             .decode_utf8()
             .map_err(|_| bad("has a value that is not UTF-8 after percent-decoding"))?;
         if http::HeaderValue::from_str(&value).is_err() {
@@ -256,6 +264,17 @@ pub fn parse_otlp_headers(raw: &str) -> Result<Vec<(String, Secret)>, EnvError> 
         headers.push((key.to_owned(), Secret::new(value.into_owned())));
     }
     Ok(headers)
+}
+
+/// Every `%` in `value` starts an escape of two hex digits. (`percent_decode_str` leaves a
+/// bad escape as it is, silently.)
+fn percent_escapes_are_whole(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    memchr::memchr_iter(b'%', bytes).all(|at| {
+        bytes
+            .get(at + 1..at + 3)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    })
 }
 
 /// Default of `OTEL_BSP_SCHEDULE_DELAY` here: 1 s (the SDK's 5 s makes Langfuse lag).
@@ -470,6 +489,42 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("secret-token"), "{text}");
+        for bad in [
+            "Authorization=Basic%2",
+            "x=%zz",
+            "x=ok,Authorization=Bearer%2Gsecret-tok",
+            "x=50%",
+        ] {
+            let err = EnvSettings::from_lookup(&lookup(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", bad),
+            ]))
+            .expect_err(bad);
+            let text = err.to_string();
+            assert!(
+                text.starts_with("OTEL_EXPORTER_OTLP_HEADERS: entry ")
+                    && text.contains("'%' not followed by two hex digits"),
+                "{bad}: {text}"
+            );
+            assert!(
+                !text.contains("Basic") && !text.contains("secret"),
+                "{text}"
+            );
+        }
+        let ok = EnvSettings::from_lookup(&lookup(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x=100%25,y=%2f%2F"),
+        ]))
+        .expect("whole escapes");
+        let values: Vec<&str> = ok
+            .otlp
+            .as_ref()
+            .expect("on")
+            .headers
+            .iter()
+            .map(|(_, v)| v.expose())
+            .collect();
+        assert_eq!(values, ["100%", "//"]);
     }
 
     #[test]

@@ -248,3 +248,33 @@ async fn otlp_headers_from_the_environment_reach_the_collector_and_never_langfus
         assert_eq!(span.headers["content-encoding"], "gzip");
     }
 }
+
+/// A header value with a broken percent escape was sent half-decoded (`%2` kept as it was),
+/// so the collector refused every span later with a 401. `check` and `serve` refuse it at
+/// once, naming the variable and the entry, never its value (it holds a token).
+#[test]
+fn a_broken_percent_escape_in_otlp_headers_stops_check_and_serve() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    for headers in ["Authorization=Basic%2", "x-team=blue,x=%zz-secret-tok"] {
+        let envs = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", headers),
+            ("LLMSROUTER_PORT", "0"),
+        ];
+        // `check` first: were the value accepted, `serve` would start and serve.
+        for command in ["check", "serve"] {
+            let (code, stdout, stderr) = run_cli(dir.path(), &[command], &envs);
+            assert_eq!(code, 1, "{command} {headers}: {stdout} {stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+            assert!(
+                stderr.starts_with("error: OTEL_EXPORTER_OTLP_HEADERS: entry "),
+                "{stderr}"
+            );
+            assert!(stderr.contains("two hex digits"), "{stderr}");
+            for secret in ["Basic", "%zz", "secret-tok"] {
+                assert!(!stderr.contains(secret), "{secret} in {stderr}");
+            }
+        }
+    }
+}
