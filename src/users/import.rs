@@ -115,6 +115,10 @@ pub fn parse(file_name: &str, bytes: &[u8]) -> Result<Vec<ImportRow>, ImportErro
 
 type Parsed = (Vec<ImportRow>, Vec<(usize, String)>);
 
+/// A blank line (nothing, or only spaces) is skipped. A row of separators with nothing
+/// between them (`,,`) is a bad row like any other, named with its line: it is not blank, so
+/// it was meant to hold a user (a spreadsheet export that lost its cells, say), and skipping
+/// it would import fewer users than the file seems to list, with no word.
 fn parse_csv(text: &str) -> Result<Parsed, ImportError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -158,6 +162,9 @@ fn parse_csv(text: &str) -> Result<Parsed, ImportError> {
         let record = record.map_err(|e| ImportError::File(format!("not valid CSV: {e}")))?;
         let row = record.position().map_or(0, |p| line_of(text, p.byte()));
         if record.iter().all(str::is_empty) {
+            if record.len() > 1 {
+                errors.push((row, "every field is empty".to_owned()));
+            }
             continue;
         }
         if record.len() != header.len() {
@@ -289,14 +296,14 @@ mod tests {
 
     #[test]
     fn csv_with_and_without_permissions() {
-        let text = "\u{feff}username,email,permissions\nann,ann@example.com,\"a,b\"\nbob,,\n\ncarl,carl@example.com,*\n";
+        let text = "\u{feff}username,email,permissions\nann,ann@example.com,\"a,b\"\nbob,,\n\n  \ncarl,carl@example.com,*\n";
         let rows = parse("users.csv", text.as_bytes()).expect("parse");
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[0].row, 2);
         assert_eq!(rows[0].user.permissions, only(&["a", "b"]));
         assert_eq!(rows[1].user.email, None);
         assert_eq!(rows[1].user.permissions, Permissions::All);
-        assert_eq!(rows[2].row, 5);
+        assert_eq!(rows[2].row, 6);
         let two = parse("u.csv", b"Email , Username\nx@example.com, x\n").expect("two columns");
         assert_eq!(two[0].user.username, "x");
     }
@@ -331,6 +338,15 @@ mod tests {
         assert!(
             rows[3].starts_with("row 6: username \"ann\" already appears on row 2"),
             "{rows:?}"
+        );
+        // Separators with nothing between them are a row, not a blank line.
+        let empty = rows_of(parse(
+            "u.csv",
+            b"username,email,permissions\nann,,\n,,\n\n , \t,\nbob,,\n",
+        ));
+        assert_eq!(
+            empty,
+            ["row 3: every field is empty", "row 5: every field is empty"]
         );
         let bad_permissions = rows_of(parse("u.csv", b"username,email,permissions\nann,,\",,\"\n"));
         assert!(

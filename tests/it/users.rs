@@ -521,6 +521,11 @@ fn import_refuses_bad_files_and_bad_rows_and_writes_nothing() {
             ],
         ),
         (
+            "empty-row.csv",
+            "username,email,permissions\nbob,bob@example.com,*\n,,\n\ncarl,,\n",
+            vec!["row 3: every field is empty"],
+        ),
+        (
             "rows.json",
             r#"[{"username": "bob"}, {"username": "carl", "email": 7}, {"name": "dan"}]"#,
             vec![
