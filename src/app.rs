@@ -88,6 +88,12 @@ fn is_dot_segment(segment: &str) -> bool {
 }
 
 impl Route {
+    /// Whether a `POST` to this route is proxied: its answer, the router's own error included,
+    /// carries a request id.
+    pub fn is_proxied(&self) -> bool {
+        matches!(self, Self::Upstream(path) if path != "/")
+    }
+
     pub fn of(raw_path: &str) -> Self {
         // A dot segment has a `.` (raw or as `%2e`); the usual path has neither.
         let may_have_dots = memchr::memchr2(b'.', b'%', raw_path.as_bytes()).is_some();
@@ -126,6 +132,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let fields = Fields::from_header_map(&parts.headers);
     let caller = match authenticate(state.keys.as_ref(), &fields) {
         Ok(caller) => caller,
+        Err(error) if parts.method == Method::POST && route.is_proxied() => {
+            return proxy::Answer::refused(&error).into_axum();
+        }
         Err(error) => return error.into_response(),
     };
     match (route, &parts.method) {

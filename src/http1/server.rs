@@ -228,7 +228,14 @@ impl Conn {
                 let error = ProxyError::InvalidRequest(format!(
                     "the request's body cannot be read: {error}"
                 ));
-                self.answer_error(&error, false, head.http10).await;
+                let proxied =
+                    head.method == Method::POST && Route::of(head.path_and_query().0).is_proxied();
+                let answer = if proxied {
+                    Answer::refused(&error)
+                } else {
+                    Answer::error(&error, None)
+                };
+                self.write_answer(answer, false, head.http10).await;
                 return Next::Close;
             }
         };
@@ -267,7 +274,11 @@ impl Conn {
         let limit = state.config.load().settings.max_body_bytes;
         let body = match self.read_body(head, length, limit).await {
             Ok(body) => body,
-            Err(failure) => return self.body_failed(failure, head, limit, keep_alive).await,
+            Err(failure) => {
+                return self
+                    .body_failed(failure, head, limit, keep_alive, Answer::refused)
+                    .await;
+            }
         };
         let request = ProxyRequest {
             caller: &caller,
@@ -298,7 +309,11 @@ impl Conn {
         let limit = service.state.config.load().settings.max_body_bytes;
         let body = match self.read_body(&head, length, limit).await {
             Ok(body) => body,
-            Err(failure) => return self.body_failed(failure, &head, limit, keep_alive).await,
+            Err(failure) => {
+                return self
+                    .body_failed(failure, &head, limit, keep_alive, unrouted)
+                    .await;
+            }
         };
         let http10 = head.http10;
         let is_head = head.method == Method::HEAD;
@@ -414,32 +429,36 @@ impl Conn {
             .unwrap_or(false)
     }
 
+    /// Answers a body that could not be read; `answer` makes the error's answer
+    /// ([`Answer::refused`] on a proxied route, with a request id).
     async fn body_failed(
         &mut self,
         failure: BodyFailure,
         head: &RequestHead,
         limit: usize,
         keep_alive: bool,
+        answer: fn(&ProxyError) -> Answer,
     ) -> Next {
         match failure {
             BodyFailure::TooLarge { read_all } => {
                 let error = ProxyError::BodyTooLarge { limit };
-                self.answer_error(&error, keep_alive && read_all, head.http10)
+                self.write_answer(answer(&error), keep_alive && read_all, head.http10)
                     .await
             }
             BodyFailure::Framing(error) => {
                 let error = ProxyError::InvalidRequest(format!(
                     "the request's body cannot be read: {error}"
                 ));
-                self.answer_error(&error, false, head.http10).await;
+                self.write_answer(answer(&error), false, head.http10).await;
                 Next::Close
             }
             BodyFailure::Gone => Next::Gone,
         }
     }
 
-    /// Answers `error` to a request whose body was not read: the body is read and dropped
-    /// first (within bounds), or the connection closes after the answer.
+    /// Answers `error` to a proxied request whose body was not read (with a request id, see
+    /// [`Answer::refused`]): the body is read and dropped first (within bounds), or the
+    /// connection closes after the answer.
     async fn refuse_unread(
         &mut self,
         error: &ProxyError,
@@ -452,7 +471,7 @@ impl Conn {
         // connection closes, rather than a go-ahead for a body nobody reads.
         let read_all =
             decoder.is_done() || (!head.expects_continue() && self.discard(&mut decoder).await);
-        self.answer_error(error, keep_alive && read_all, head.http10)
+        self.write_answer(Answer::refused(error), keep_alive && read_all, head.http10)
             .await
     }
 
@@ -685,6 +704,11 @@ impl Conn {
 
 /// Ends the head of an answer whose body goes out as it comes: chunked to an HTTP/1.1
 /// client, delimited by the connection's close for HTTP/1.0. Returns (chunked, keep alive).
+/// The router's error to a request that is not proxied: no request id.
+fn unrouted(error: &ProxyError) -> Answer {
+    Answer::error(error, None)
+}
+
 fn end_head_of_streamed_body(out: &mut BytesMut, keep_alive: bool, http10: bool) -> (bool, bool) {
     let chunked = !http10;
     let keep_alive = keep_alive && chunked;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt as _;
@@ -139,6 +139,15 @@ impl Answer {
         }
     }
 
+    /// The router's own error to a proxied request it refused before it had a record (a
+    /// body that is not JSON or too large, a model it cannot route, a key it does not know):
+    /// it still carries a request id, as every answer on a proxied route does, so a user can
+    /// quote it. Nothing records such a request; the id is made here, on the error path, so
+    /// a request that is routed pays for one id only.
+    pub fn refused(error: &ProxyError) -> Self {
+        Self::error(error, Some(new_request_id()))
+    }
+
     /// As an axum response (hyper's side of the server).
     pub fn into_axum(self) -> Response {
         let body = match self.body {
@@ -185,7 +194,7 @@ pub async fn forward(state: &Arc<AppState>, incoming: Incoming<'_>) -> Response 
     .await
     {
         Ok(body) => body,
-        Err(error) => return error.into_response(),
+        Err(error) => return Answer::refused(&error).into_axum(),
     };
     let request = ProxyRequest {
         caller: incoming.caller,
@@ -208,7 +217,7 @@ pub async fn handle(
 ) -> Answer {
     match forward_inner(state, request, hard_stop).await {
         Ok(answer) => answer,
-        Err(error) => Answer::error(&error, None),
+        Err(error) => Answer::refused(&error),
     }
 }
 

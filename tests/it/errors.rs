@@ -750,3 +750,163 @@ async fn an_upstream_error_echoing_the_providers_key_reaches_the_client_redacted
     );
     router.stop().await;
 }
+
+/// Keys for the request-id test: `k-other` may use only a provider `other`; any other key is
+/// unknown.
+struct OnlyOther;
+
+impl llmsrouter::auth::KeyIndex for OnlyOther {
+    fn find(&self, key: &str) -> Option<llmsrouter::auth::Caller> {
+        (key == "k-other").then(|| llmsrouter::auth::Caller {
+            user: Some("olga".into()),
+            permissions: llmsrouter::auth::Permissions::Only(["other".to_owned()].into()),
+        })
+    }
+}
+
+/// The router's own refusals on a proxied route (bad body, unroutable model, too large,
+/// compressed, unknown key, forbidden provider) carry an `x-llmsrouter-request-id` as routed
+/// answers do, over HTTP/1 and HTTP/2, so a user can quote one; they had none. A fresh id
+/// each, and still no record: the only record is the routed request's.
+#[tokio::test]
+async fn router_made_errors_on_proxied_routes_carry_a_request_id() {
+    let (upstream, open) = with_body_limit(10_000).await;
+    let with_accounts = TestRouter::start_with(
+        &format!(
+            "{}settings:\n  max_body_bytes: 10000\n",
+            one_server_config(&upstream.url(), "")
+        ),
+        |state| state.keys = Some(std::sync::Arc::new(OnlyOther)),
+    )
+    .await;
+    let too_big = format!(r#"{{"model":"[mock]m","pad":"{}"}}"#, "x".repeat(20_000));
+    let model = |name: &str| format!(r#"{{"model":"{name}"}}"#).into_bytes();
+    // (router, path, key, body gzipped, body, status)
+    type Case<'a> = (&'a TestRouter, &'a str, Option<&'a str>, bool, Vec<u8>, u16);
+    let chat = "/v1/chat/completions";
+    let cases: Vec<Case<'_>> = vec![
+        (&open, chat, None, false, b"not json".to_vec(), 400),
+        (
+            &open,
+            "/v1/completions",
+            None,
+            false,
+            model("[nosuch]x"),
+            404,
+        ),
+        (&open, chat, None, false, model("gpt-4o"), 404),
+        (
+            &open,
+            "/v1/embeddings",
+            None,
+            false,
+            too_big.clone().into(),
+            413,
+        ),
+        (
+            &open,
+            "/chat/completions",
+            None,
+            true,
+            model("[mock]m"),
+            400,
+        ),
+        (&with_accounts, chat, None, false, model("[mock]m"), 401),
+        (
+            &with_accounts,
+            chat,
+            Some("k-nope"),
+            false,
+            model("[mock]m"),
+            401,
+        ),
+        (
+            &with_accounts,
+            chat,
+            Some("k-other"),
+            false,
+            model("[mock]m"),
+            403,
+        ),
+        (
+            &with_accounts,
+            chat,
+            Some("k-other"),
+            false,
+            too_big.into(),
+            413,
+        ),
+    ];
+    let http1 = client();
+    let http2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let mut ids = std::collections::HashSet::new();
+    for (router, path, key, gzipped, body, status) in &cases {
+        for (version, http) in [("HTTP/1", &http1), ("HTTP/2", &http2)] {
+            let mut request = http
+                .post(router.url(path))
+                .header("content-type", "application/json");
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            request = match gzipped {
+                true => request.header("content-encoding", "gzip").body(gzip(body)),
+                false => request.body(body.clone()),
+            };
+            let response = request.send().await.expect("send");
+            let id = response
+                .headers()
+                .get("x-llmsrouter-request-id")
+                .unwrap_or_else(|| panic!("{version} {path} {status}: no request id"))
+                .to_str()
+                .expect("ascii")
+                .to_owned();
+            assert!(
+                id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            );
+            assert!(ids.insert(id), "a fresh id each");
+            let (got, _) = error_of(response).await;
+            assert_eq!(got, *status, "{version} {path}");
+        }
+    }
+    // A body whose end is ambiguous (HTTP/1 only) is refused on a proxied route with an id
+    // too; on a route that is not proxied, without one.
+    for (path, with_id) in [("/v1/chat/completions", true), ("/v1/models", false)] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(open.addr)
+            .await
+            .expect("connect");
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: router\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        let has_id = answer.contains("\r\nx-llmsrouter-request-id: ");
+        assert_eq!(has_id, with_id, "{path}: {answer}");
+    }
+    let forwarded = upstream
+        .received()
+        .iter()
+        .filter(|r| !r.path.ends_with("/models"))
+        .count();
+    assert_eq!(forwarded, 0, "nothing refused reached the upstream");
+    // Routed requests keep their record; the refusals above made none.
+    let response = open
+        .chat(&json!({"model": "[mock]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let routed = crate::telemetry::request_id(&response);
+    assert_eq!(open.records.nth(1).await.request_id, routed);
+    let (open_records, accounts_records) = (open.records.clone(), with_accounts.records.clone());
+    // Stopping drains each recorder: a record of a refusal would be handed over by now.
+    with_accounts.stop().await;
+    open.stop().await;
+    assert_eq!(open_records.all().len(), 1);
+    assert_eq!(accounts_records.all().len(), 0);
+}
