@@ -249,9 +249,17 @@ struct FastUsage {
     #[serde(default)]
     cost: Option<f64>,
     // Other shapes (Anthropic-style cache fields, the Responses API's names) take the
-    // lenient path: their presence is what matters, so they are detected here.
+    // lenient path: their presence is what matters, so they are detected here. Each of them,
+    // not only `input_tokens`: one sent as `null` reads as absent here, and a body with
+    // `"input_tokens": null, "output_tokens": 5` lost its output count on this path.
     #[serde(default)]
     input_tokens: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    output_tokens: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    input_tokens_details: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    output_tokens_details: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     cache_read_input_tokens: Option<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -278,6 +286,9 @@ impl FastBody<'_> {
             None => None,
             Some(u) => {
                 if u.input_tokens.is_some()
+                    || u.output_tokens.is_some()
+                    || u.input_tokens_details.is_some()
+                    || u.output_tokens_details.is_some()
                     || u.cache_read_input_tokens.is_some()
                     || u.cache_creation_input_tokens.is_some()
                 {
@@ -1133,6 +1144,67 @@ mod tests {
         assert_eq!(summarize_body(odd.as_bytes()).content, "x");
     }
 
+    /// `null` means the upstream did not say: a count sent as `null` reads exactly as one left
+    /// out, on the fast path, the lenient one (a vendor field sends a body there) and in a
+    /// stream. No count at all is no usage (unknown, not zero).
+    #[test]
+    fn a_null_count_reads_as_a_missing_one() {
+        let pairs = [
+            (
+                json!({"prompt_tokens": null, "completion_tokens": null, "total_tokens": null}),
+                json!({}),
+            ),
+            (
+                json!({"prompt_tokens": null, "completion_tokens": 5, "total_tokens": null}),
+                json!({"completion_tokens": 5}),
+            ),
+            (
+                json!({"prompt_tokens": 7, "completion_tokens": null, "cost": null,
+                    "prompt_tokens_details": {"cached_tokens": null},
+                    "completion_tokens_details": null}),
+                json!({"prompt_tokens": 7}),
+            ),
+            (
+                json!({"input_tokens": null, "output_tokens": 3, "cache_read_input_tokens": null}),
+                json!({"output_tokens": 3}),
+            ),
+        ];
+        for (with_null, without) in pairs {
+            let summary = |usage: &Value| {
+                let body = json!({"model": "m", "choices": [{"message": {"content": "x"}}], "usage": usage});
+                let text = body.to_string();
+                let fast = serde_json::from_str::<FastBody<'_>>(&text)
+                    .ok()
+                    .and_then(FastBody::into_summary)
+                    .map(|s| s.usage);
+                let lenient = summarize_leniently(text.as_bytes()).map(|s| s.usage);
+                let mut stream = StreamAccumulator::default();
+                stream.push_data(
+                    json!({"choices": [], "usage": usage})
+                        .to_string()
+                        .as_bytes(),
+                );
+                (fast, lenient, stream.into_summary().usage)
+            };
+            let (fast, lenient, streamed) = summary(&with_null);
+            assert_eq!(
+                (&fast, &lenient, &streamed),
+                (
+                    &summary(&without).0,
+                    &summary(&without).1,
+                    &summary(&without).2
+                ),
+                "{with_null}"
+            );
+            if let Some(fast) = &fast {
+                assert_eq!(Some(fast), lenient.as_ref(), "{with_null}");
+            }
+            assert_eq!(lenient.flatten(), streamed, "{with_null}");
+        }
+        let none = json!({"prompt_tokens": null, "completion_tokens": null, "total_tokens": null});
+        assert_eq!(Usage::from_json(&none), None, "no count at all: no usage");
+    }
+
     proptest! {
         #[test]
         fn fast_and_lenient_agree_on_generated_bodies(
@@ -1148,6 +1220,45 @@ mod tests {
             if let Some(r) = reasoning { usage["completion_tokens_details"] = json!({"reasoning_tokens": r}); }
             let body = json!({"id": "x", "model": "m", "choices": [{"message": {"content": content}, "finish_reason": "stop"}], "usage": usage}).to_string();
             prop_assert_eq!(Some(summarize_body(body.as_bytes())), summarize_leniently(body.as_bytes()));
+        }
+
+        /// Whichever counts are numbers, `null` or left out: the fast path agrees with the
+        /// lenient one, and a `null` reads as left out, in a whole body and in a stream.
+        #[test]
+        fn null_and_missing_counts_agree_on_every_path(
+            kinds in proptest::collection::vec(0u8..3, 7),
+        ) {
+            const NAMES: [&str; 7] = [
+                "prompt_tokens", "completion_tokens", "total_tokens", "input_tokens",
+                "output_tokens", "cache_read_input_tokens", "prompt_cache_hit_tokens",
+            ];
+            let mut with_nulls = serde_json::Map::new();
+            let mut without = serde_json::Map::new();
+            for (i, (name, kind)) in NAMES.iter().zip(&kinds).enumerate() {
+                match kind {
+                    0 => {}
+                    1 => { with_nulls.insert((*name).to_owned(), Value::Null); }
+                    _ => {
+                        with_nulls.insert((*name).to_owned(), json!(10 * (i + 1)));
+                        without.insert((*name).to_owned(), json!(10 * (i + 1)));
+                    }
+                }
+            }
+            let body = |usage: &serde_json::Map<String, Value>| {
+                json!({"model": "m", "choices": [{"message": {"content": "x"}}], "usage": usage})
+                    .to_string()
+            };
+            let streamed = |usage: &serde_json::Map<String, Value>| {
+                let mut acc = StreamAccumulator::default();
+                acc.push_data(json!({"choices": [], "usage": usage}).to_string().as_bytes());
+                acc.into_summary().usage
+            };
+            let (a, b) = (body(&with_nulls), body(&without));
+            let whole = summarize_body(a.as_bytes());
+            prop_assert_eq!(Some(whole.clone()), summarize_leniently(a.as_bytes()));
+            prop_assert_eq!(&whole, &summarize_body(b.as_bytes()));
+            prop_assert_eq!(&whole.usage, &streamed(&with_nulls));
+            prop_assert_eq!(streamed(&with_nulls), streamed(&without));
         }
 
         #[test]

@@ -263,3 +263,68 @@ fn usage_refuses_bad_input_with_one_line() {
         "{stdout}"
     );
 }
+
+/// A token count sent as `null` is one the upstream did not give: read as if left out. A
+/// usage object with none at all is no usage (`usage_known` false, tokens unknown rather than
+/// zero); one with some keeps those, in a stream as in a whole answer. A Responses-style
+/// `"input_tokens": null, "output_tokens": 3` lost its output count on the whole-body path.
+#[tokio::test]
+async fn null_token_counts_are_unknown_like_missing_ones() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let ledger = Arc::new(LedgerSink::start(&db, Redactor::default()).expect("ledger"));
+    let router = TestRouter::start_with_sinks(
+        &one_server_config(&upstream.url(), ""),
+        vec![ledger.clone() as Arc<dyn RecordSink>],
+        |_| {},
+    )
+    .await;
+    let all_null = json!({"prompt_tokens": null, "completion_tokens": null, "total_tokens": null});
+    let output_only = json!({"input_tokens": null, "output_tokens": 3});
+    let mut expected = Vec::new();
+    for (usage, known, output) in [(&all_null, false, 0), (&output_only, true, 3)] {
+        let answer =
+            json!({"model": "m", "choices": [{"message": {"content": "hi"}}], "usage": usage});
+        upstream.set(Behavior {
+            body: Some(answer.to_string()),
+            ..Default::default()
+        });
+        let response = router
+            .chat(&json!({"model": "[mock]m", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 200);
+        let id = request_id(&response);
+        assert_eq!(response.text().await.expect("body"), answer.to_string());
+        expected.push((id.clone(), known, output));
+        // The same usage as a stream's usage-only chunk.
+        let chunk = json!({"id": "c", "choices": [], "usage": usage});
+        upstream.set(Behavior {
+            raw_chunks: Some(vec![
+                format!("data: {chunk}\n\n").into_bytes(),
+                b"data: [DONE]\n\n".to_vec(),
+            ]),
+            ..Default::default()
+        });
+        let response = router
+            .chat(&json!({"model": "[mock]m", "stream": true, "messages": []}))
+            .await;
+        assert_eq!(response.status(), 200);
+        let id = request_id(&response);
+        let _ = response.bytes().await.expect("stream");
+        expected.push((id, known, output));
+    }
+    router.stop().await;
+    let conn = llmsrouter::db::open(&db).expect("open");
+    for (id, known, output) in expected {
+        let row: (bool, i64, i64, bool) = conn
+            .query_row(
+                "SELECT usage_known, input_tokens, output_tokens, usage_partial \
+                 FROM usage_ledger WHERE request_id = ?1",
+                [&id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .expect("row");
+        assert_eq!(row, (known, 0, output, false), "{id}");
+    }
+}
