@@ -176,6 +176,8 @@ pub struct StreamDecoder {
     seen_input: bool,
     /// For messages.
     coding: &'static str,
+    /// Corruption found after some output: that output goes out first, this error next.
+    failed: Option<DecodeError>,
 }
 
 impl StreamDecoder {
@@ -197,6 +199,7 @@ impl StreamDecoder {
             ended: false,
             seen_input: false,
             coding,
+            failed: None,
         })
     }
 
@@ -215,6 +218,9 @@ impl StreamDecoder {
     /// `None` once all of them are handed out. An error means the body is corrupt; the
     /// decoder is not to be used after one.
     pub fn next_piece(&mut self) -> Result<Option<Bytes>, DecodeError> {
+        if let Some(error) = self.failed.take() {
+            return Err(error);
+        }
         while !self.input.is_empty() {
             if let Codec::Deflate(held) = self.codec {
                 if !self.choose_deflate(held) {
@@ -225,9 +231,15 @@ impl StreamDecoder {
                 break;
             };
             let coding = self.coding;
-            let written = writer
-                .write(&self.input)
-                .map_err(|error| DecodeError::Corrupt { coding, error })?;
+            let written = match writer.write(&self.input) {
+                Ok(written) => written,
+                Err(error) => {
+                    // The output of the input before the corrupt part may still sit in the
+                    // decoder; a flush moves it out (and fails again, which says nothing new).
+                    let _ = writer.flush();
+                    return self.fail(DecodeError::Corrupt { coding, error });
+                }
+            };
             self.unflushed = true;
             if written == 0 {
                 // The compressed data ended before this input: what follows it is not part
@@ -244,12 +256,26 @@ impl StreamDecoder {
         if std::mem::take(&mut self.unflushed) && !self.ended {
             let coding = self.coding;
             if let Some(writer) = self.codec.writer() {
-                writer
-                    .flush()
-                    .map_err(|error| DecodeError::Corrupt { coding, error })?;
+                if let Err(error) = writer.flush() {
+                    return self.fail(DecodeError::Corrupt { coding, error });
+                }
             }
         }
         Ok(self.take())
+    }
+
+    /// The data is corrupt: what was decoded before the corrupt part (chunks that arrived
+    /// together are pushed as one) is handed out first, the error on the next call.
+    fn fail(&mut self, error: DecodeError) -> Result<Option<Bytes>, DecodeError> {
+        self.input.clear();
+        self.ended = true;
+        match self.take() {
+            Some(piece) => {
+                self.failed = Some(error);
+                Ok(Some(piece))
+            }
+            None => Err(error),
+        }
     }
 
     /// The body ended: checks that its compressed data did too, and hands out what was left.
@@ -483,6 +509,26 @@ mod tests {
             decoder.push(Bytes::copy_from_slice(trailer));
             assert_eq!(decoder.next_piece().expect(coding), None);
             assert_eq!(decoder.finish().expect(coding), None);
+        }
+    }
+
+    /// Good data and corrupt data pushed as one chunk (they arrived in one read): what the
+    /// good part decodes to is handed out, then the error.
+    #[test]
+    fn output_before_corruption_in_the_same_chunk_is_handed_out_first() {
+        let events = [&b"data: one\n\n"[..], b"data: two\n\n"];
+        for coding in ["gzip", "deflate"] {
+            let chunks = flushed_chunks(coding, &events);
+            let mut joined = chunks[0].clone();
+            joined.extend_from_slice(b"\xFF\xFF\xFF\xFFjunk");
+            let mut decoder = StreamDecoder::new(coding).expect(coding);
+            decoder.push(Bytes::from(joined));
+            let first = decoder.next_piece().expect("the good part first");
+            assert_eq!(first.as_deref(), Some(events[0]), "{coding}");
+            assert!(
+                matches!(decoder.next_piece(), Err(DecodeError::Corrupt { .. })),
+                "{coding}"
+            );
         }
     }
 

@@ -702,13 +702,13 @@ impl Conn {
     }
 }
 
-/// Ends the head of an answer whose body goes out as it comes: chunked to an HTTP/1.1
-/// client, delimited by the connection's close for HTTP/1.0. Returns (chunked, keep alive).
 /// The router's error to a request that is not proxied: no request id.
 fn unrouted(error: &ProxyError) -> Answer {
     Answer::error(error, None)
 }
 
+/// Ends the head of an answer whose body goes out as it comes: chunked to an HTTP/1.1
+/// client, delimited by the connection's close for HTTP/1.0. Returns (chunked, keep alive).
 fn end_head_of_streamed_body(out: &mut BytesMut, keep_alive: bool, http10: bool) -> (bool, bool) {
     let chunked = !http10;
     let keep_alive = keep_alive && chunked;
