@@ -215,13 +215,19 @@ impl RequestRecord {
             .and_then(|t| t.duration_since(self.started_at).ok())
     }
 
-    /// The answer was cut (client gone, stream broken) before the upstream reported token
-    /// usage: the token counts of this request are unknown, not zero.
+    /// The answer was cut (client gone, stream broken, or a stream the upstream ended with
+    /// an error: an error event, corrupt compressed data) before the upstream reported token
+    /// usage: the token counts of this request are unknown, not zero. An upstream error
+    /// answered instead of a stream (a 429, say) generated nothing: not partial.
     pub fn usage_partial(&self) -> bool {
-        matches!(
-            self.outcome,
-            Outcome::ClientDisconnected | Outcome::StreamFailed
-        ) && self.response.usage.is_none()
+        let cut = match self.outcome {
+            Outcome::ClientDisconnected | Outcome::StreamFailed => true,
+            Outcome::UpstreamError => {
+                self.stream && self.status.is_some_and(|s| (200..300).contains(&s))
+            }
+            _ => false,
+        };
+        cut && self.response.usage.is_none()
     }
 }
 

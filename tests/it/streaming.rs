@@ -536,6 +536,10 @@ async fn an_error_event_inside_a_200_stream_is_recorded_as_the_upstreams_error()
     assert_eq!(record.status, Some(200));
     assert_eq!(record.response.content, "tok0 ");
     assert_eq!(record.response.finish_reason.as_deref(), Some("error"));
+    assert!(
+        record.usage_partial(),
+        "cut before its usage: tokens unknown"
+    );
     router.stop().await;
 }
 
@@ -715,6 +719,10 @@ async fn a_corrupt_compressed_stream_ends_with_an_error_event() {
         assert_eq!(record.error.as_deref(), Some(message));
         assert_eq!(record.response.content, "tok0 ");
         assert!(!record.complete);
+        assert!(
+            record.usage_partial(),
+            "cut before its usage: tokens unknown"
+        );
     }
     router.stop().await;
 }
