@@ -14,18 +14,47 @@ use super::request_id;
 use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS};
 use crate::support::{TestRouter, client, one_server_config, run_cli};
 
+/// A router whose only sink is a ledger in a fresh database, in front of a mock upstream.
+struct LedgerSetup {
+    /// Holds the database's folder for the test's length.
+    dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    upstream: MockUpstream,
+    ledger: Arc<LedgerSink>,
+    router: TestRouter,
+}
+
+impl LedgerSetup {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("users.db");
+        let upstream = MockUpstream::start(Behavior::default()).await;
+        let ledger = Arc::new(LedgerSink::start(&db, Redactor::default()).expect("ledger"));
+        let router = TestRouter::start_with_sinks(
+            &one_server_config(&upstream.url(), ""),
+            vec![ledger.clone() as Arc<dyn RecordSink>],
+            |_| {},
+        )
+        .await;
+        Self {
+            dir,
+            db,
+            upstream,
+            ledger,
+            router,
+        }
+    }
+}
+
 #[tokio::test]
 async fn ledger_totals_equal_the_usage_the_upstream_sent() {
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("users.db");
-    let upstream = MockUpstream::start(Behavior::default()).await;
-    let ledger = Arc::new(LedgerSink::start(&db, Redactor::default()).expect("ledger"));
-    let router = TestRouter::start_with_sinks(
-        &one_server_config(&upstream.url(), ""),
-        vec![ledger.clone() as Arc<dyn RecordSink>],
-        |_| {},
-    )
-    .await;
+    let LedgerSetup {
+        dir,
+        db,
+        upstream,
+        ledger,
+        router,
+    } = LedgerSetup::start().await;
     let http = client();
     let mut ids = BTreeSet::new();
     let mut send = async |body: serde_json::Value| {
@@ -158,16 +187,13 @@ async fn ledger_totals_equal_the_usage_the_upstream_sent() {
 
 #[tokio::test]
 async fn usage_reports_per_user_and_day() {
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("users.db");
-    let upstream = MockUpstream::start(Behavior::default()).await;
-    let ledger = Arc::new(LedgerSink::start(&db, Redactor::default()).expect("ledger"));
-    let router = TestRouter::start_with_sinks(
-        &one_server_config(&upstream.url(), ""),
-        vec![ledger.clone() as Arc<dyn RecordSink>],
-        |_| {},
-    )
-    .await;
+    let LedgerSetup {
+        dir,
+        db,
+        upstream: _upstream,
+        ledger: _ledger,
+        router,
+    } = LedgerSetup::start().await;
     let response = router
         .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
         .await;
@@ -270,16 +296,13 @@ fn usage_refuses_bad_input_with_one_line() {
 /// `"input_tokens": null, "output_tokens": 3` lost its output count on the whole-body path.
 #[tokio::test]
 async fn null_token_counts_are_unknown_like_missing_ones() {
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("users.db");
-    let upstream = MockUpstream::start(Behavior::default()).await;
-    let ledger = Arc::new(LedgerSink::start(&db, Redactor::default()).expect("ledger"));
-    let router = TestRouter::start_with_sinks(
-        &one_server_config(&upstream.url(), ""),
-        vec![ledger.clone() as Arc<dyn RecordSink>],
-        |_| {},
-    )
-    .await;
+    let LedgerSetup {
+        dir: _dir,
+        db,
+        upstream,
+        ledger: _ledger,
+        router,
+    } = LedgerSetup::start().await;
     let all_null = json!({"prompt_tokens": null, "completion_tokens": null, "total_tokens": null});
     let output_only = json!({"input_tokens": null, "output_tokens": 3});
     let mut expected = Vec::new();
