@@ -147,19 +147,19 @@ impl BodyTicket {
     /// The record's bodies grew by `bytes` (an answer decoded for the record): its share of
     /// the budget grows with them. That may take the budget past its limit; the records after
     /// it then find it spent and leave their bodies out, as when sinks fall behind.
+    ///
+    /// The grown ticket takes the whole new share; the old ticket gives its share back as it
+    /// drops (at once, unless a clone still holds it and with it the old bodies), so the
+    /// budget ends where it started once both are gone.
     fn grow(&mut self, bytes: usize) {
         let Some(inner) = &self.0 else { return };
         if bytes == 0 {
             return;
         }
+        let share = inner.bytes.saturating_add(bytes);
         let held = Arc::clone(&inner.held);
-        held.fetch_add(bytes, Ordering::AcqRel);
-        let grown = TicketInner {
-            bytes: inner.bytes + bytes,
-            held,
-        };
-        // The old share is released as the old ticket drops (here, unless a clone holds it).
-        self.0 = Some(Arc::new(grown));
+        held.fetch_add(share, Ordering::AcqRel);
+        self.0 = Some(Arc::new(TicketInner { bytes: share, held }));
     }
 }
 
@@ -652,6 +652,30 @@ pub(crate) mod tests {
         }
         fn accept(&self, record: &Arc<RequestRecord>) {
             self.0.lock().expect("lock").push(record.clone());
+        }
+    }
+
+    #[test]
+    fn a_grown_ticket_gives_back_exactly_what_was_taken() {
+        let held = Arc::new(AtomicUsize::new(0));
+        for clone_held in [false, true] {
+            held.fetch_add(100, Ordering::AcqRel);
+            let mut ticket = BodyTicket(Some(Arc::new(TicketInner {
+                bytes: 100,
+                held: held.clone(),
+            })));
+            let clone = clone_held.then(|| ticket.clone());
+            ticket.grow(400);
+            let expected = if clone_held { 600 } else { 500 };
+            assert_eq!(
+                held.load(Ordering::Acquire),
+                expected,
+                "clone held: {clone_held}"
+            );
+            drop(clone);
+            assert_eq!(held.load(Ordering::Acquire), 500);
+            drop(ticket);
+            assert_eq!(held.load(Ordering::Acquire), 0, "all given back");
         }
     }
 

@@ -97,16 +97,18 @@ impl<'a> LedgerRow<'a> {
             mode: record.mode.as_str(),
             endpoint: Cow::Borrowed(&record.endpoint),
             model: redactor.redact(&record.upstream_model),
-            response_model: record.response.model.as_deref().map(Cow::Borrowed),
+            // The upstream's echo of the model name may hold what the client put in it.
+            response_model: record.response.model.as_deref().map(|m| redactor.redact(m)),
             stream: record.stream,
             status: record.status,
             outcome: record.outcome.as_str(),
+            // Redacted whole, then cut: a key that crosses the cut is still found.
             error: record.error.as_deref().map(|e| {
-                let e = match e.char_indices().nth(MAX_ERROR_CHARS) {
-                    Some((cut, _)) => &e[..cut],
+                let e = redactor.redact(e);
+                match e.char_indices().nth(MAX_ERROR_CHARS) {
+                    Some((cut, _)) => Cow::Owned(e[..cut].to_owned()),
                     None => e,
-                };
-                redactor.redact(e)
+                }
             }),
             latency_ms: millis(record.latency()),
             ttft_ms: record.time_to_first_token().map(millis),
@@ -422,6 +424,22 @@ mod tests {
             .expect("query");
         assert_eq!((n, input, cached, cost), (2, 20, 8, 0.5));
         assert!(!error.contains("sk-upstream"));
+    }
+
+    /// A key that crosses the error's 1000-character cut, and one the upstream echoed in the
+    /// model name it answered with, are redacted all the same.
+    #[test]
+    fn a_key_at_the_error_cut_and_in_the_response_model_is_redacted() {
+        let key = Secret::new("sk-upstream-secret-1");
+        let mut record = record();
+        record.error = Some(format!("{} key={} tail", "x".repeat(983), key.expose()));
+        record.response.model = Some(format!("m-{}-2024", key.expose()));
+        let row = LedgerRow::from_record(&record, &Redactor::new([&key]));
+        let error = row.error.as_deref().expect("error");
+        assert!(!error.contains("sk-upstream"), "{}", &error[980..]);
+        assert_eq!(error.chars().count(), MAX_ERROR_CHARS);
+        assert!(error.ends_with(" key=[redacted] t"), "{}", &error[980..]);
+        assert_eq!(row.response_model.as_deref(), Some("m-[redacted]-2024"));
     }
 
     /// `n` rows of `record`, with request ids `r0`, `r1`, ...
