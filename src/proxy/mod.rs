@@ -566,6 +566,7 @@ fn stream_answer(
     let failures = StreamFailures {
         log: Arc::clone(&state.failures),
         request_id: request_id.clone(),
+        redactor: state.redactor.clone(),
     };
     let tee = StreamTee::new(body, settings, guard, state.hard_stop.clone(), failures);
     Answer {
@@ -588,6 +589,22 @@ struct Limits<'a> {
     timeout: Duration,
     hard_stop: &'a mut Stopped,
     failures: &'a FailureLog,
+}
+
+/// `bytes` (an answer, or one event of a stream) without the configured keys, when it
+/// reports an error: an upstream may echo the key the router sent it ("Incorrect API key
+/// provided: sk-..."), under a 200 too (`{"error": ...}`, or such an event in a stream), and
+/// with accounts on that would hand the provider's key to a router user. Only bytes that
+/// hold `"error"` are searched for keys (one `memmem` over the rest), so a normal answer
+/// or event costs next to nothing.
+pub(crate) fn without_echoed_keys(redactor: &Redactor, bytes: Bytes) -> Bytes {
+    if redactor.is_empty() || memchr::memmem::find(&bytes, b"\"error\"").is_none() {
+        return bytes;
+    }
+    match redactor.redact_bytes(&bytes, &[]) {
+        Cow::Borrowed(_) => bytes,
+        Cow::Owned(clean) => Bytes::from(clean),
+    }
 }
 
 async fn whole_answer(
@@ -623,6 +640,8 @@ async fn whole_answer(
         Ok(Ok(body)) => body,
     };
     let (body, shape, outcome, error) = if status.is_success() || status.is_informational() {
+        // A 200 may report an error too (`{"error": ...}`), echoing the key it was sent.
+        let body = without_echoed_keys(redactor, body);
         (body, Shape::Relayed, Outcome::Success, None)
     } else if status.is_redirection() {
         // Relayed as it came (the router does not follow redirects: the client decides),

@@ -81,6 +81,9 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 pub struct StreamFailures {
     pub log: Arc<FailureLog>,
     pub request_id: String,
+    /// The configured keys, taken out of the upstream's error events (see
+    /// [`super::without_echoed_keys`]).
+    pub redactor: crate::sinks::redact::Redactor,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +130,7 @@ impl StreamTee {
             if kind == EventKind::UsageOnly && self.settings.drop_usage_chunk {
                 continue;
             }
+            let event = super::without_echoed_keys(&self.failures.redactor, event);
             match (&mut single, &mut joined) {
                 (None, None) => single = Some(event),
                 (Some(first), None) => {
@@ -442,6 +446,7 @@ mod tests {
         let failures = StreamFailures {
             log: Arc::default(),
             request_id: "r1".into(),
+            redactor: Default::default(),
         };
         let tee = StreamTee::new(
             Box::pin(endless),

@@ -77,6 +77,11 @@ impl Redactor {
         }
     }
 
+    /// No secret is known (none configured, or all too short): nothing to search for.
+    pub fn is_empty(&self) -> bool {
+        self.needles.is_empty()
+    }
+
     /// The redaction of one request: the known secrets plus those the request carried (see
     /// `RequestRecord::secrets`). Build it once per record and use it for every text of
     /// that record.

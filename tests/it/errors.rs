@@ -751,6 +751,46 @@ async fn an_upstream_error_echoing_the_providers_key_reaches_the_client_redacted
     router.stop().await;
 }
 
+/// The same key echoed under a 200: in a whole answer that is `{"error": ...}`, and in an
+/// error event inside a stream. Both reach the client redacted; the events around the
+/// error, and answers that report no error, pass byte for byte.
+#[tokio::test]
+async fn a_200_error_echoing_the_providers_key_reaches_the_client_redacted() {
+    let echoed = r#"{"error":{"message":"provider rejected key Bearer sk-mock-upstream-key"}}"#;
+    let upstream = MockUpstream::start(Behavior {
+        body: Some(echoed.into()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router.chat(&json!({"model": "[mock]m"})).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.text().await.expect("body"),
+        echoed.replace("sk-mock-upstream-key", "[redacted]")
+    );
+
+    let before = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n";
+    let error_event = format!("data: {echoed}\n\n");
+    upstream.set(Behavior {
+        raw_chunks: Some(vec![before.into(), error_event.clone().into_bytes()]),
+        ..Default::default()
+    });
+    let response = router
+        .chat(&json!({"model": "[mock]m", "stream": true}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    assert_eq!(
+        text,
+        format!(
+            "{before}{}",
+            error_event.replace("sk-mock-upstream-key", "[redacted]")
+        )
+    );
+    router.stop().await;
+}
+
 /// Keys for the request-id test: `k-other` may use only a provider `other`; any other key is
 /// unknown.
 struct OnlyOther;
