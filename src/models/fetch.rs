@@ -10,7 +10,7 @@ use http::header::ACCEPT;
 use super::list::{ParseError, Parsed, parse_listing};
 use crate::config::Server;
 use crate::proxy::describe_reqwest_error;
-use crate::routing::upstream_url;
+use crate::routing::request_url;
 use crate::secret::Secret;
 use crate::sinks::redact::Redactor;
 
@@ -52,7 +52,9 @@ pub async fn fetch_models(
 
 async fn fetch(client: &reqwest::Client, server: &Server) -> Result<Parsed, FetchError> {
     let mut request = client
-        .get(upstream_url(&server.url, None, "/models", None))
+        // Built as a chat request's URL is: the base's own query (`?api-version=...`) stays a
+        // query, after `/models`.
+        .get(request_url(&server.base, "/models", None))
         .header(ACCEPT, "application/json");
     if let Some(key) = server.api_key.as_ref().filter(|k| !k.is_empty()) {
         request = request.bearer_auth(key.expose());

@@ -570,6 +570,25 @@ async fn a_user_sees_and_reaches_only_the_providers_they_may_use() {
     router.stop().await;
 }
 
+/// A server url with a query of its own (Azure's `?api-version=`): its model list is asked
+/// at `{path}/models?{query}`, as a chat request keeps the query after its path; the list
+/// went to `...?api-version=.../models` and was lost.
+#[tokio::test]
+async fn a_server_url_with_a_query_keeps_it_after_models() {
+    let upstream = upstream_listing(r#"["gpt-4o"]"#).await;
+    let url = format!("{}?api-version=2024-10-21", upstream.url());
+    let router = TestRouter::start(&config(&[server("azure", &url, "")], "")).await;
+    assert_eq!(list_ids(&router).await, ["[azure]gpt-4o"]);
+    let fetch = upstream
+        .received()
+        .into_iter()
+        .find(|r| r.method == "GET")
+        .expect("the list was asked for");
+    assert!(fetch.path.ends_with("/v1/models"), "{}", fetch.path);
+    assert_eq!(fetch.query.as_deref(), Some("api-version=2024-10-21"));
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn bad_upstream_answers_leave_only_that_server_out() {
     let good = upstream_listing(r#"["fine"]"#).await;
