@@ -637,6 +637,10 @@ struct Chunk<'a> {
 
 #[derive(Deserialize)]
 struct ChunkChoice<'a> {
+    /// Which of `n` answers this delta belongs to; only the first (0, or none given) is
+    /// recorded, as of a whole answer.
+    #[serde(default)]
+    index: Option<usize>,
     #[serde(default)]
     delta: Option<Delta<'a>>,
     #[serde(borrow, default, deserialize_with = "borrowed_text")]
@@ -737,6 +741,10 @@ impl StreamAccumulator {
     }
 
     fn push_choice(&mut self, choice: ChunkChoice<'_>) {
+        // With `n` > 1 the answers' deltas interleave; mixed, they made one text of all.
+        if choice.index.is_some_and(|i| i != 0) {
+            return;
+        }
         if let Some(reason) = choice.finish_reason {
             self.summary.finish_reason = Some(reason.into_owned());
         }
@@ -755,9 +763,17 @@ impl StreamAccumulator {
         }
         for call in delta.tool_calls.unwrap_or_default() {
             self.note_output(true);
-            let index = call
-                .index
-                .unwrap_or(self.summary.tool_calls.len().saturating_sub(1));
+            let calls = &self.summary.tool_calls;
+            let index = call.index.unwrap_or_else(|| {
+                // No index (Gemini's endpoint sends each call whole, without one): a delta with
+                // an id other than the last call's starts a new call; one without an id goes on
+                // with the last call.
+                let last = calls.last();
+                match (&call.id, last) {
+                    (Some(id), Some(last)) if !last.id.is_empty() && last.id != *id => calls.len(),
+                    _ => calls.len().saturating_sub(1),
+                }
+            });
             // An index far beyond what was seen would make us allocate for nothing.
             if index > self.summary.tool_calls.len() + 64 {
                 continue;
@@ -1045,6 +1061,50 @@ mod tests {
             ("answer", "why")
         );
         assert_eq!(s.usage.map(|u| u.output), Some(2));
+    }
+
+    /// Tool calls sent whole without an `index` (Gemini's OpenAI-compatible endpoint) stay
+    /// apart, told by their ids; an id-less continuation goes on with the last call. With
+    /// `n` = 2, only the first answer is recorded, as of a whole answer, not both mixed.
+    #[test]
+    fn index_less_tool_calls_stay_apart_and_only_the_first_of_n_answers_is_read() {
+        let mut acc = StreamAccumulator::default();
+        let events = [
+            r#"{"choices":[{"delta":{"tool_calls":[{"id":"function-call-1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"\"Paris\"}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"id":"function-call-2","type":"function","function":{"name":"get_time","arguments":"{\"tz\":\"CET\"}"}}]},"finish_reason":"tool_calls"}]}"#,
+        ];
+        for e in events {
+            acc.push_data(e.as_bytes());
+        }
+        let calls = acc.into_summary().tool_calls;
+        let got: Vec<(&str, &str, &str)> = calls
+            .iter()
+            .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("function-call-1", "get_weather", r#"{"city":"Paris"}"#),
+                ("function-call-2", "get_time", r#"{"tz":"CET"}"#)
+            ]
+        );
+
+        let mut acc = StreamAccumulator::default();
+        for (i, text) in [(0, "A1"), (1, "B1"), (0, "A2"), (1, "B2")] {
+            let finish = if text.ends_with('2') {
+                r#""stop""#
+            } else {
+                "null"
+            };
+            let e = format!(
+                r#"{{"choices":[{{"index":{i},"delta":{{"content":"{text}"}},"finish_reason":{finish}}}]}}"#
+            );
+            acc.push_data(e.as_bytes());
+        }
+        let s = acc.into_summary();
+        assert_eq!(s.content, "A1A2");
+        assert_eq!(s.finish_reason.as_deref(), Some("stop"));
     }
 
     #[test]
