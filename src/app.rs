@@ -116,6 +116,32 @@ impl Route {
     }
 }
 
+/// An HTTP/2 request whose header fields pass the limits an HTTP/1 head has
+/// ([`crate::http1::MAX_FIELDS`] fields, [`crate::http1::MAX_HEAD_BYTES`] bytes) gets the same
+/// JSON 431; hyper's own HTTP/2 limit is set above them (see `http1::http2`), so that only a
+/// far larger list meets hyper's bare one. HTTP/1 heads were checked as they were read.
+fn head_over_limits(parts: &http::request::Parts) -> Option<ProxyError> {
+    use crate::http1::{MAX_FIELDS, MAX_HEAD_BYTES};
+    if parts.version != http::Version::HTTP_2 {
+        return None;
+    }
+    if parts.headers.len() > MAX_FIELDS {
+        return Some(ProxyError::HeadTooLarge(format!(
+            "the request has more than {MAX_FIELDS} header fields"
+        )));
+    }
+    let bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    (bytes > MAX_HEAD_BYTES).then(|| {
+        ProxyError::HeadTooLarge(format!(
+            "the request's header fields are larger than {MAX_HEAD_BYTES} bytes"
+        ))
+    })
+}
+
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let route = Route::of(parts.uri.path());
@@ -128,6 +154,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             .into_response();
         }
         _ => {}
+    }
+    if let Some(error) = head_over_limits(&parts) {
+        return error.into_response();
     }
     let fields = Fields::from_header_map(&parts.headers);
     let caller = match authenticate(state.keys.as_ref(), &fields) {

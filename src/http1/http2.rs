@@ -56,7 +56,11 @@ where
     builder
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(PING_INTERVAL))
-        .keep_alive_timeout(PING_TIMEOUT);
+        .keep_alive_timeout(PING_TIMEOUT)
+        // Above the HTTP/1 head limit (h2 counts 32 bytes more per field), so that a request
+        // over that limit gets the app's JSON 431 like an HTTP/1 one; hyper's default, 16 KiB,
+        // refused with a bare 431 (or a reset) what HTTP/1 accepts.
+        .max_header_list_size(u32::try_from(2 * super::MAX_HEAD_BYTES).unwrap_or(u32::MAX));
     let mut connection = pin!(builder.serve_connection(TokioIo::new(io), service));
     tokio::select! {
         _ = &mut connection => return,

@@ -293,6 +293,42 @@ async fn heads_it_cannot_take_get_openai_shaped_errors() {
     router.stop().await;
 }
 
+/// Over HTTP/2 the same limits hold with the same JSON 431, and a head HTTP/1 takes (20 KB
+/// of one field) is taken: hyper's HTTP/2 default refused it with a bare 431 or a reset.
+#[tokio::test]
+async fn http2_heads_meet_the_http1_limits_and_their_json_431() {
+    let (upstream, router) = setup().await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let send = |headers: Vec<(String, String)>| {
+        let mut request = client
+            .post(router.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(CHAT);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let big = send(vec![("x-big".into(), "v".repeat(20 * 1024))])
+        .await
+        .expect("send");
+    assert_eq!(big.status(), 200);
+    let many: Vec<(String, String)> = (0..105).map(|i| (format!("x-{i}"), "v".into())).collect();
+    let huge = vec![("x-huge".into(), "v".repeat(300 * 1024))];
+    for headers in [many, huge] {
+        let response = send(headers).await.expect("send");
+        assert_eq!(response.status(), 431);
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        assert_eq!(body["error"]["code"], "request_header_too_large");
+    }
+    assert_eq!(upstream.count(), 1, "only the first reached the upstream");
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn http10_clients_get_whole_answers_and_close_delimited_streams() {
     let (upstream, router) = setup().await;
