@@ -598,7 +598,10 @@ struct Limits<'a> {
 /// hold `"error"` are searched for keys (one `memmem` over the rest), so a normal answer
 /// or event costs next to nothing.
 pub(crate) fn without_echoed_keys(redactor: &Redactor, bytes: Bytes) -> Bytes {
-    if redactor.is_empty() || memchr::memmem::find(&bytes, b"\"error\"").is_none() {
+    // Built once: making a searcher costs more than the search of a typical answer.
+    static ERROR_MEMBER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"error\""));
+    if redactor.is_empty() || ERROR_MEMBER.find(&bytes).is_none() {
         return bytes;
     }
     match redactor.redact_bytes(&bytes, &[]) {
