@@ -38,6 +38,11 @@ pub fn push_rfc3339_millis(out: &mut String, t: SystemTime) {
     out.push('Z');
 }
 
+/// The UTC calendar day of `t`, as a date.
+pub fn utc_date(t: SystemTime) -> Date {
+    utc(t).date()
+}
+
 /// The UTC calendar day, `YYYY-MM-DD`: the ledger's `day` and `--since` use it.
 pub fn utc_day(t: SystemTime) -> String {
     let mut out = String::with_capacity(10);

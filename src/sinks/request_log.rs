@@ -1,5 +1,8 @@
 //! The request log (`LLMSROUTER_LOG_FILE`): one JSON line per routed request, in files rotated
-//! daily (7 kept) by tracing-appender.
+//! daily by tracing-appender. The router deletes old ones itself (7 kept, today's included), and
+//! only files named exactly as it names them: tracing-appender's own pruning takes every file
+//! that starts with the name and ends with the extension for its own (the Python version's
+//! `api_proxy.log`, say), and keeps one file fewer than asked when today's exists already.
 //!
 //! `accept` only queues the record; one writer thread serialises and writes, so neither a
 //! request nor the recorder waits for the disk. Every line passes through the [`Redactor`]
@@ -11,13 +14,14 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
+use time::Date;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 
 use crate::record::{RecordSink, RequestRecord};
-use crate::sinks::clock::rfc3339_millis;
+use crate::sinks::clock::{parse_day, rfc3339_millis, utc_date};
 use crate::sinks::redact::Redactor;
 use crate::sinks::{BATCH_WINDOW, WriterQueue, next_batch};
 use crate::usage::ToolCall;
@@ -63,6 +67,64 @@ pub fn file_parts(path: &Path) -> (PathBuf, String, Option<String>) {
     }
 }
 
+/// The request log's daily files, `prefix.YYYY-MM-DD.suffix` (`prefix.YYYY-MM-DD` when the
+/// configured name has no extension) in `dir`: the names tracing-appender gives them.
+#[derive(Debug, Clone)]
+struct DailyFiles {
+    dir: PathBuf,
+    prefix: String,
+    suffix: Option<String>,
+}
+
+impl DailyFiles {
+    /// The day in `name` when `name` is exactly one of these files' names; `None` for anything
+    /// else (`api_proxy.log` itself, `api_proxy.2025-01-31.log.gz`, `api_proxy.old.log`).
+    fn day_of(&self, name: &str) -> Option<Date> {
+        let rest = name.strip_prefix(self.prefix.as_str())?.strip_prefix('.')?;
+        let day = match &self.suffix {
+            Some(suffix) => rest.strip_suffix(suffix.as_str())?.strip_suffix('.')?,
+            None => rest,
+        };
+        parse_day(day)
+    }
+
+    /// Deletes the oldest of these files until the [`KEPT_FILES`] newest (by the day in their
+    /// names) remain, today's counted among them whether or not it exists yet. Only regular
+    /// files with exactly such a name are looked at; anything else in the directory stays.
+    /// Returns how many were deleted; failures are logged, never fatal.
+    fn prune(&self, today: Date) -> usize {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!("request log: cannot list {}: {e}", self.dir.display());
+                return 0;
+            }
+        };
+        let mut older: Vec<(Date, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let day = self.day_of(entry.file_name().to_str()?)?;
+                // Today's is being written to; a symlink or a directory is not the router's.
+                let is_file = entry.file_type().ok()?.is_file();
+                (day != today && is_file).then(|| (day, entry.path()))
+            })
+            .collect();
+        // Newest first.
+        older.sort_unstable_by_key(|(day, _)| std::cmp::Reverse(*day));
+        let mut deleted = 0;
+        for (_, path) in older.iter().skip(KEPT_FILES - 1) {
+            match std::fs::remove_file(path) {
+                Ok(()) => deleted += 1,
+                Err(e) => tracing::warn!(
+                    "request log: cannot delete old file {}: {e}",
+                    path.display()
+                ),
+            }
+        }
+        deleted
+    }
+}
+
 pub struct RequestLogSink {
     queue: WriterQueue,
 }
@@ -76,21 +138,28 @@ impl RequestLogSink {
             reason,
         };
         std::fs::create_dir_all(&dir).map_err(|e| open_error(e.to_string()))?;
+        // No `max_log_files`: its pruning is not limited to the appender's own files.
         let mut builder = RollingFileAppender::builder()
             .rotation(Rotation::DAILY)
-            .filename_prefix(prefix)
-            .max_log_files(KEPT_FILES);
-        if let Some(suffix) = suffix {
-            builder = builder.filename_suffix(suffix);
+            .filename_prefix(prefix.clone());
+        if let Some(suffix) = &suffix {
+            builder = builder.filename_suffix(suffix.clone());
         }
         let appender = builder.build(&dir).map_err(|e| open_error(e.to_string()))?;
-        let writer = Writer {
+        let mut writer = Writer {
             out: BufWriter::with_capacity(64 * 1024, appender),
             line: Vec::with_capacity(8 * 1024),
             bodies: options.bodies,
             redactor: options.redactor,
             last_error: None,
+            files: DailyFiles {
+                dir,
+                prefix,
+                suffix,
+            },
+            pruned_for: None,
         };
+        writer.prune_once_a_day(SystemTime::now());
         let queue = WriterQueue::start(
             "llmsrouter-request-log",
             QUEUE_DEPTH,
@@ -137,6 +206,9 @@ struct Writer {
     bodies: bool,
     redactor: Redactor,
     last_error: Option<Instant>,
+    files: DailyFiles,
+    /// The UTC day old files were last deleted for.
+    pruned_for: Option<Date>,
 }
 
 impl Writer {
@@ -149,10 +221,22 @@ impl Writer {
             if let Err(e) = self.out.flush() {
                 self.report(&e);
             }
+            self.prune_once_a_day(SystemTime::now());
         }
         if let Err(e) = self.out.flush() {
             self.report(&e);
         }
+    }
+
+    /// Deletes old files at start and then at the first batch of each UTC day, when the
+    /// appender has moved to that day's file (it does so when written to after midnight).
+    fn prune_once_a_day(&mut self, now: SystemTime) {
+        let today = utc_date(now);
+        if self.pruned_for == Some(today) {
+            return;
+        }
+        self.pruned_for = Some(today);
+        self.files.prune(today);
     }
 
     fn write(&mut self, record: &RequestRecord) {
@@ -358,6 +442,169 @@ mod tests {
             file_parts(Path::new("/var/log/llm/.hidden")),
             (PathBuf::from("/var/log/llm"), ".hidden".to_owned(), None)
         );
+    }
+
+    fn daily(dir: &Path, prefix: &str, suffix: Option<&str>) -> DailyFiles {
+        DailyFiles {
+            dir: dir.to_path_buf(),
+            prefix: prefix.to_owned(),
+            suffix: suffix.map(str::to_owned),
+        }
+    }
+
+    fn day(text: &str) -> Date {
+        parse_day(text).expect("day")
+    }
+
+    /// File names in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn only_names_the_router_gives_are_its_files() {
+        let files = daily(Path::new("."), "api_proxy", Some("log"));
+        assert_eq!(
+            files.day_of("api_proxy.2025-01-31.log"),
+            Some(day("2025-01-31"))
+        );
+        for other in [
+            "api_proxy.log",
+            "api_proxy.old.log",
+            "api_proxy.2025-01-31.log.gz",
+            "api_proxy.2025-02-30.log",
+            "api_proxy.2025-1-31.log",
+            "api_proxy2025-01-31.log",
+            "api_proxy.2025-01-31log",
+            "api_proxy.x.2025-01-31.log",
+            "other.2025-01-31.log",
+            "api_proxy.2025-01-31",
+        ] {
+            assert_eq!(files.day_of(other), None, "{other}");
+        }
+        let bare = daily(Path::new("."), "requests", None);
+        assert_eq!(bare.day_of("requests.2025-01-31"), Some(day("2025-01-31")));
+        assert_eq!(bare.day_of("requests"), None);
+        assert_eq!(bare.day_of("requests.2025-01-31.log"), None);
+    }
+
+    #[test]
+    fn pruning_keeps_the_seven_newest_dated_files_and_touches_nothing_else() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path();
+        let others = [
+            "api_proxy.log",
+            "api_proxy.old.log",
+            "api_proxy.2020-01-01.log.gz",
+            "api_proxy.2020-13-01.log",
+            "api_proxy.2020-01-01.txt",
+            "other.2020-01-01.log",
+        ];
+        for name in others {
+            std::fs::write(path.join(name), "not the router's").expect("write");
+        }
+        // Named like the router's files, but not files.
+        std::fs::create_dir(path.join("api_proxy.2020-01-02.log")).expect("mkdir");
+        #[cfg(unix)]
+        std::os::unix::fs::symlink("api_proxy.log", path.join("api_proxy.2020-01-03.log"))
+            .expect("symlink");
+        for d in 1..=10 {
+            std::fs::write(path.join(format!("api_proxy.2025-01-{d:02}.log")), "{}\n")
+                .expect("write");
+        }
+        let files = daily(path, "api_proxy", Some("log"));
+        let ours = |names: &[String]| -> Vec<String> {
+            names
+                .iter()
+                .filter(|n| files.day_of(n).is_some() && path.join(n).is_file())
+                .filter(|n| !path.join(n).is_symlink())
+                .cloned()
+                .collect()
+        };
+
+        // Today's file exists (a restart): it and the 6 before it stay.
+        assert_eq!(files.prune(day("2025-01-10")), 3);
+        let expected: Vec<String> = (4..=10)
+            .map(|d| format!("api_proxy.2025-01-{d:02}.log"))
+            .collect();
+        assert_eq!(ours(&names(path)), expected);
+        // The same day again: nothing more goes.
+        assert_eq!(files.prune(day("2025-01-10")), 0);
+        // The next day, before its file is written: room is left for it.
+        assert_eq!(files.prune(day("2025-01-11")), 1);
+        assert_eq!(ours(&names(path)), expected[1..]);
+
+        for name in others {
+            assert_eq!(
+                std::fs::read_to_string(path.join(name)).expect("still there"),
+                "not the router's"
+            );
+        }
+        assert!(path.join("api_proxy.2020-01-02.log").is_dir());
+        #[cfg(unix)]
+        assert!(path.join("api_proxy.2020-01-03.log").is_symlink());
+    }
+
+    #[test]
+    fn a_name_without_extension_prunes_its_own_files_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path();
+        for name in ["requests", "requests.2020-01-01.log"] {
+            std::fs::write(path.join(name), "x").expect("write");
+        }
+        for d in 1..=9 {
+            std::fs::write(path.join(format!("requests.2025-01-{d:02}")), "x").expect("write");
+        }
+        assert_eq!(daily(path, "requests", None).prune(day("2025-01-09")), 2);
+        let mut expected = vec!["requests".to_owned()];
+        expected.extend((3..=9).map(|d| format!("requests.2025-01-{d:02}")));
+        expected.push("requests.2020-01-01.log".to_owned());
+        expected.sort();
+        assert_eq!(names(path), expected);
+    }
+
+    #[test]
+    fn the_writer_prunes_at_start_and_once_on_each_new_day() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path();
+        let now = SystemTime::now();
+        let one_day = Duration::from_secs(86_400);
+        let dated = |t: SystemTime| format!("api_proxy.{}.log", crate::sinks::clock::utc_day(t));
+        for back in 1..=8 {
+            std::fs::write(path.join(dated(now - one_day * back)), "x").expect("write");
+        }
+        let appender = RollingFileAppender::builder()
+            .rotation(Rotation::DAILY)
+            .filename_prefix("api_proxy")
+            .filename_suffix("log")
+            .build(path)
+            .expect("appender");
+        let mut writer = Writer {
+            out: BufWriter::new(appender),
+            line: Vec::new(),
+            bodies: true,
+            redactor: Redactor::default(),
+            last_error: None,
+            files: daily(path, "api_proxy", Some("log")),
+            pruned_for: None,
+        };
+        writer.prune_once_a_day(now);
+        assert_eq!(names(path).len(), KEPT_FILES);
+        assert!(path.join(dated(now)).is_file(), "today's");
+        assert!(!path.join(dated(now - one_day * 7)).exists());
+        // A day later: once, when the day changes.
+        std::fs::write(path.join(dated(now + one_day)), "x").expect("write");
+        writer.prune_once_a_day(now + one_day);
+        assert_eq!(names(path).len(), KEPT_FILES);
+        assert!(!path.join(dated(now - one_day * 6)).exists());
+        std::fs::write(path.join(dated(now - one_day * 20)), "x").expect("write");
+        writer.prune_once_a_day(now + one_day);
+        assert!(path.join(dated(now - one_day * 20)).exists(), "once a day");
     }
 
     #[test]

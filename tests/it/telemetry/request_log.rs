@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use llmsrouter::record::RecordSink;
 use llmsrouter::sinks::redact::Redactor;
@@ -117,4 +118,51 @@ async fn bodies_can_be_left_out() {
         assert!(line.get("response").is_none(), "{line}");
         assert_eq!(line["usage"]["input"], PROMPT_TOKENS);
     }
+}
+
+#[tokio::test]
+async fn start_deletes_only_the_routers_own_old_files_and_keeps_seven() {
+    let dir = tempfile::tempdir().expect("dir");
+    let logs = dir.path();
+    // The Python version's log, and a file the user compressed: not the router's.
+    let python_log = "2024-05-01 12:00:00 INFO old Python-version request log\n";
+    std::fs::write(logs.join("api_proxy.log"), python_log).expect("write");
+    std::fs::write(logs.join("api_proxy.2020-01-01.log.gz"), "gz").expect("write");
+    let now = std::time::SystemTime::now();
+    let dated = |days_back: u32| {
+        let t = now - Duration::from_secs(86_400) * days_back;
+        format!("api_proxy.{}.log", llmsrouter::sinks::clock::utc_day(t))
+    };
+    for back in 1..=9 {
+        std::fs::write(logs.join(dated(back)), "{}\n").expect("write");
+    }
+    let expected = {
+        let mut names: Vec<String> = (0..7).map(dated).collect();
+        names.extend(["api_proxy.2020-01-01.log.gz".into(), "api_proxy.log".into()]);
+        names.sort();
+        names
+    };
+    let names = || {
+        let mut names: Vec<String> = std::fs::read_dir(logs)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    // Started twice on the same day: today's file and the 6 before it, every time.
+    for _ in 0..2 {
+        let sink = RequestLogSink::start(RequestLogOptions {
+            path: logs.join("api_proxy.log"),
+            bodies: true,
+            redactor: Redactor::default(),
+        })
+        .expect("log");
+        assert_eq!(names(), expected);
+        sink.close().await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(logs.join("api_proxy.log")).expect("kept"),
+        python_log
+    );
 }
