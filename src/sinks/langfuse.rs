@@ -31,14 +31,13 @@ use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::env::EnvSettings;
 use crate::record::{RecordSink, RequestRecord};
 use crate::secret::Secret;
 use crate::sinks::clock::rfc3339_millis;
 use crate::sinks::generation::{self, GENERATION_NAME, Level, ParamValue};
-use crate::sinks::otlp_http::{OtlpTransport, RetryPolicy, TransportError};
+use crate::sinks::otlp_http::{OtlpTransport, RetryPolicy, ShutdownDeadline, TransportError};
 use crate::sinks::redact::Redactor;
 use crate::sinks::{BATCH_WINDOW, Batch, next_batch_until};
 
@@ -343,9 +342,13 @@ pub struct LangfuseSink {
     /// One export loop per destination, on the tokio runtime.
     exporters: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     stats: Vec<Arc<DestinationStats>>,
-    stopping: CancellationToken,
+    stopping: ShutdownDeadline,
     shutdown_timeout: Duration,
 }
+
+/// Of the shutdown flush time, the end kept back from the exports (their attempts and
+/// waits stop before it) so that what they did is counted and logged in time.
+const FLUSH_SETTLE: Duration = Duration::from_millis(250);
 
 /// Batches waiting for a destination's export loop. Small: a batch is only handed over when
 /// the gate admitted its spans, so this never holds more than the gate allows.
@@ -362,7 +365,7 @@ impl LangfuseSink {
                 destination: "langfuse",
                 reason: format!("no async runtime: {e}"),
             })?;
-        let stopping = CancellationToken::new();
+        let stopping = ShutdownDeadline::new();
         let resource = Resource::builder_empty()
             .with_service_name("llmsrouter")
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
@@ -575,34 +578,40 @@ impl RecordSink for LangfuseSink {
 
     fn close(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
+            // The flush budget starts now. Retries keep waiting as asked (Retry-After, backoff)
+            // as long as one more attempt fits before the deadline; none lasts past it.
+            let start = Instant::now();
+            let deadline = start + self.shutdown_timeout;
+            self.stopping
+                .begin(start + self.shutdown_timeout.saturating_sub(FLUSH_SETTLE));
             let tx = self.tx.lock().ok().and_then(|mut tx| tx.take());
             drop(tx);
             let worker = self.worker.lock().ok().and_then(|mut w| w.take());
-            // The builder thread hands over its last batches and ends; the export loops then
-            // end once those are sent.
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Some(worker) = worker {
-                    let _ = worker.join();
-                }
-            })
-            .await;
             let exporters: Vec<_> = self
                 .exporters
                 .lock()
                 .map(|mut e| e.drain(..).collect())
                 .unwrap_or_default();
+            // The builder thread hands over its last batches and ends; the export loops then
+            // end once those are sent.
             let all_sent = async {
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(worker) = worker {
+                        let _ = worker.join();
+                    }
+                })
+                .await;
                 for exporter in exporters {
                     let _ = exporter.await;
                 }
             };
-            // From here on a dead endpoint gets quick last tries, not a minute of backoff.
-            self.stopping.cancel();
-            let timeout = self.shutdown_timeout;
-            if tokio::time::timeout(timeout, all_sent).await.is_err() {
+            if tokio::time::timeout_at(deadline.into(), all_sent)
+                .await
+                .is_err()
+            {
                 tracing::warn!(
                     "trace flush on shutdown incomplete after {} s",
-                    timeout.as_secs()
+                    self.shutdown_timeout.as_secs()
                 );
             }
             for stats in &self.stats {

@@ -2,13 +2,15 @@
 //! with that destination's own headers, retrying 429, 5xx and network errors with
 //! exponential backoff (honouring `Retry-After`).
 //!
-//! It runs on the tokio runtime, in the exporter's tasks, never on a request.
+//! It runs on the tokio runtime, in the exporter's tasks, never on a request. Once shutdown
+//! began it still waits before each retry as asked, as long as one more attempt fits before
+//! the shutdown deadline; nothing it does lasts past that deadline.
 //! It sends only the headers its destination was configured with (plus the body's content
 //! type and encoding), so headers meant for one backend (`OTEL_EXPORTER_OTLP_HEADERS`, which
 //! the OTLP crate also reads) never reach another, and it never logs a header value.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -25,8 +27,34 @@ use crate::secret::Secret;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Largest response body read from an OTLP endpoint (its answer is a few bytes).
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-/// After shutdown began, at most this long between attempts.
-const STOPPING_BACKOFF: Duration = Duration::from_millis(250);
+/// During shutdown, a retry is made only when at least this long is left before the
+/// deadline for it: an export to a live endpoint takes well under a second.
+const LAST_ATTEMPT_TIME: Duration = Duration::from_secs(1);
+
+/// Shutdown as the transport sees it: from [`Self::begin`] on, every attempt and every wait
+/// between attempts ends by the deadline given there (the flush budget). Clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownDeadline {
+    begun: CancellationToken,
+    deadline: Arc<OnceLock<Instant>>,
+}
+
+impl ShutdownDeadline {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Shutdown began: exports must be done by `deadline`. Only the first call counts.
+    pub fn begin(&self, deadline: Instant) {
+        let _ = self.deadline.set(deadline);
+        self.begun.cancel();
+    }
+
+    /// The deadline, once shutdown began.
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline.get().copied()
+    }
+}
 
 /// How an export request is retried.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +93,7 @@ pub struct OtlpTransport {
     runtime: tokio::runtime::Handle,
     headers: Arc<HeaderMap>,
     policy: RetryPolicy,
-    stopping: CancellationToken,
+    stopping: ShutdownDeadline,
     retries: Arc<AtomicU64>,
 }
 
@@ -94,7 +122,7 @@ impl OtlpTransport {
         name: &'static str,
         headers: &[(String, Secret)],
         policy: RetryPolicy,
-        stopping: CancellationToken,
+        stopping: ShutdownDeadline,
         retries: Arc<AtomicU64>,
     ) -> Result<Self, TransportError> {
         let mut map = HeaderMap::new();
@@ -165,26 +193,31 @@ struct Attempts {
     headers: HeaderMap,
     body: Bytes,
     policy: RetryPolicy,
-    stopping: CancellationToken,
+    stopping: ShutdownDeadline,
     retries: Arc<AtomicU64>,
 }
 
 impl Attempts {
     /// Returns the last response (an error status included: the exporter reports it), or the
-    /// last network error once the attempts or the budget are spent.
+    /// last network error once the attempts, the budget or the shutdown deadline are spent.
     async fn run(self) -> Result<Response<Bytes>, HttpError> {
         let first = Instant::now();
         let mut backoff = self.policy.initial_backoff;
         let mut attempt = 1;
-        let mut retried_while_stopping = false;
         loop {
-            let sent = self
+            let mut request = self
                 .client
                 .post(&self.url)
                 .headers(self.headers.clone())
-                .body(self.body.clone())
-                .send()
-                .await;
+                .body(self.body.clone());
+            if let Some(deadline) = self.stopping.deadline() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err("OTLP export not sent: the shutdown flush time ran out".into());
+                }
+                request = request.timeout(left.min(self.policy.attempt_timeout));
+            }
+            let sent = request.send().await;
             let (outcome, retry_after) = match sent {
                 Ok(response) if !is_retryable(response.status()) => {
                     return into_http_response(response).await;
@@ -195,27 +228,47 @@ impl Attempts {
                 }
                 Err(error) => (Err(error), None),
             };
-            let mut wait = retry_after.unwrap_or(backoff).min(MAX_RETRY_AFTER) + jitter(backoff);
-            if self.stopping.is_cancelled() {
-                wait = wait.min(STOPPING_BACKOFF);
-            }
+            let wait = retry_after.unwrap_or(backoff).min(MAX_RETRY_AFTER) + jitter(backoff);
             let out_of_time = first.elapsed() + wait > self.policy.budget;
-            if attempt >= self.policy.max_attempts || out_of_time || retried_while_stopping {
+            if attempt >= self.policy.max_attempts
+                || out_of_time
+                || !self.wait_before_retry(wait).await
+            {
                 return match outcome {
                     Ok(response) => into_http_response(response).await,
                     Err(error) => Err(network_error(&error)),
                 };
             }
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                // Shutdown: one more quick try, then give up.
-                () = self.stopping.cancelled() => {}
-            }
-            retried_while_stopping = self.stopping.is_cancelled();
             attempt += 1;
             backoff = (backoff * 2).min(self.policy.max_backoff);
             self.retries.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Waits `wait` (the backoff or the endpoint's `Retry-After`) before the next attempt;
+    /// `false` when no attempt should follow. Shutdown, begun before or during the wait, keeps
+    /// the wait as long as one more attempt still fits before the deadline
+    /// ([`LAST_ATTEMPT_TIME`]); a wait that would pass that point is cut short to end there,
+    /// and when not even that is left, no attempt follows.
+    async fn wait_before_retry(&self, wait: Duration) -> bool {
+        let wake = Instant::now() + wait;
+        if self.stopping.deadline().is_none() {
+            tokio::select! {
+                () = tokio::time::sleep_until(wake.into()) => return true,
+                () = self.stopping.begun.cancelled() => {}
+            }
+        }
+        let Some(deadline) = self.stopping.deadline() else {
+            return true;
+        };
+        let Some(latest) = deadline.checked_sub(LAST_ATTEMPT_TIME) else {
+            return false;
+        };
+        if Instant::now() >= latest {
+            return false;
+        }
+        tokio::time::sleep_until(wake.min(latest).into()).await;
+        true
     }
 }
 
@@ -312,7 +365,7 @@ mod tests {
             "langfuse",
             &[("authorization".into(), Secret::new("Basic c2VjcmV0"))],
             RetryPolicy::default(),
-            CancellationToken::new(),
+            ShutdownDeadline::new(),
             Arc::default(),
         )
         .expect("transport");

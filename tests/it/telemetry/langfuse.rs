@@ -692,3 +692,114 @@ async fn shutdown_flushes_spans_still_waiting_for_their_batch() {
     assert_eq!(got, ids);
     assert_eq!(sink.stats()[0].exported(), 3);
 }
+
+/// Sends `n` chat requests one after another; their request ids, sorted.
+async fn requests(router: &crate::support::TestRouter, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let response = router
+            .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 200);
+        ids.push(request_id(&response));
+    }
+    ids.sort();
+    ids
+}
+
+/// The trace ids of every span `mock` received, sorted.
+fn received_ids(mock: &MockOtlp) -> Vec<String> {
+    let mut ids: Vec<String> = mock.spans().iter().map(|s| trace_id(&s.span)).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn on_shutdown_a_brief_429_is_waited_out_as_retry_after_asks_and_the_spans_arrive() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    otlp.script(&[(429, Some("1")), (429, Some("1"))]);
+    let mut options = langfuse_options(&otlp);
+    options.export_interval = Duration::from_secs(3600);
+    options.shutdown_timeout = Duration::from_secs(10);
+    let (router, sink) =
+        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let ids = requests(&router, 3).await;
+    assert_eq!(otlp.hits(), 0, "the spans wait for shutdown");
+    let stopping = std::time::Instant::now();
+    router.stop().await;
+    let took = stopping.elapsed();
+    assert_eq!(received_ids(&otlp), ids);
+    let stats = &sink.stats()[0];
+    assert_eq!(
+        (stats.exported(), stats.failed(), stats.dropped()),
+        (3, 0, 0)
+    );
+    let hits = otlp.hit_times();
+    assert_eq!(hits.len(), 3, "two refusals, then the delivery");
+    for pair in hits.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_secs(1),
+            "Retry-After: 1, waited {gap:?}"
+        );
+    }
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+}
+
+#[tokio::test]
+async fn on_shutdown_an_endpoint_that_never_recovers_is_retried_until_the_deadline_not_past_it() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    otlp.script(&[(429, Some("1")); 20]);
+    let mut options = langfuse_options(&otlp);
+    options.export_interval = Duration::from_secs(3600);
+    options.shutdown_timeout = Duration::from_secs(3);
+    options.retry.max_attempts = 20;
+    let (router, sink) =
+        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    requests(&router, 3).await;
+    let stopping = std::time::Instant::now();
+    router.stop().await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_millis(3500), "shutdown took {took:?}");
+    let stats = &sink.stats()[0];
+    assert_eq!(
+        (stats.exported(), stats.failed()),
+        (0, 3),
+        "counted as lost"
+    );
+    let hits = otlp.hit_times();
+    assert!(
+        hits.len() >= 2,
+        "retried during shutdown: {} tries",
+        hits.len()
+    );
+    assert!(
+        hits[1] - hits[0] >= Duration::from_secs(1),
+        "Retry-After honoured while there was time"
+    );
+    assert!(
+        hits.iter().all(|&t| t < stopping + Duration::from_secs(3)),
+        "no attempt after the deadline"
+    );
+}
+
+#[tokio::test]
+async fn on_shutdown_an_endpoint_that_hangs_is_given_up_at_the_deadline() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    otlp.hold();
+    let mut options = langfuse_options(&otlp);
+    options.export_interval = Duration::from_secs(3600);
+    options.shutdown_timeout = Duration::from_secs(2);
+    let (router, sink) =
+        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    requests(&router, 2).await;
+    let stopping = std::time::Instant::now();
+    router.stop().await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_millis(2500), "shutdown took {took:?}");
+    assert_eq!(otlp.hits(), 1);
+    assert_eq!(sink.stats()[0].failed(), 2, "counted as lost");
+}

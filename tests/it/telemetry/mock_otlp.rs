@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -52,6 +52,8 @@ struct Shared {
     /// When set, every request answers this (after the script).
     fail_with: Mutex<Option<u16>>,
     hits: AtomicUsize,
+    /// When each request arrived.
+    hit_times: Mutex<Vec<Instant>>,
     /// `true`: requests wait until it turns `false`.
     hold: watch::Sender<bool>,
 }
@@ -77,6 +79,7 @@ impl MockOtlp {
             script: Mutex::default(),
             fail_with: Mutex::default(),
             hits: AtomicUsize::new(0),
+            hit_times: Mutex::default(),
             hold: watch::channel(false).0,
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
@@ -134,6 +137,11 @@ impl MockOtlp {
     /// Requests received, failed ones included.
     pub fn hits(&self) -> usize {
         self.shared.hits.load(Ordering::SeqCst)
+    }
+
+    /// When each request arrived, in order.
+    pub fn hit_times(&self) -> Vec<Instant> {
+        self.shared.hit_times.lock().expect("lock").clone()
     }
 
     pub fn exports(&self) -> Vec<Export> {
@@ -194,6 +202,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let body = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
+    shared.hit_times.lock().expect("lock").push(Instant::now());
     shared.hits.fetch_add(1, Ordering::SeqCst);
     let mut hold = shared.hold.subscribe();
     let _ = hold.wait_for(|held| !*held).await;
