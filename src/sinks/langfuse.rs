@@ -15,6 +15,7 @@
 //! request, and never write a key: every text goes through the [`Redactor`].
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -350,9 +351,14 @@ pub struct LangfuseSink {
 /// waits stop before it) so that what they did is counted and logged in time.
 const FLUSH_SETTLE: Duration = Duration::from_millis(250);
 
-/// Batches waiting for a destination's export loop. Small: a batch is only handed over when
-/// the gate admitted its spans, so this never holds more than the gate allows.
-const EXPORT_QUEUE: usize = 64;
+/// Batches handed to a destination's export loop and not taken yet. Small: when the endpoint
+/// is slower than spans come, they gather into big batches in the [`Outbox`] rather than
+/// queue here as many small ones (each a round trip of its own). A batch that finds this full
+/// waits in the outbox, never dropped: the gate is the only limit.
+const EXPORT_QUEUE: usize = 8;
+
+/// How soon the builder offers again a batch the export loop had no room for.
+const OFFER_AGAIN: Duration = Duration::from_millis(10);
 
 /// Export requests one destination may have under way at once.
 const EXPORTS_IN_FLIGHT: usize = 4;
@@ -406,12 +412,7 @@ impl LangfuseSink {
                 .collect::<Result<Vec<_>, _>>()?;
             let (tx, rx) = mpsc::channel(EXPORT_QUEUE);
             exporters.push(runtime.spawn(export_loop(pool, destination_stats.clone(), rx)));
-            outboxes.push(Outbox {
-                stats: destination_stats.clone(),
-                spans: SpanBatch::default(),
-                since: None,
-                tx,
-            });
+            outboxes.push(Outbox::new(destination_stats.clone(), tx));
             stats.push(destination_stats);
         }
         let scope = InstrumentationScope::builder(SCOPE_NAME)
@@ -627,16 +628,35 @@ impl RecordSink for LangfuseSink {
     }
 }
 
-/// Spans gathered for one destination, waiting to leave as a batch.
+/// Spans gathered for one destination, waiting to leave as a batch, and complete batches the
+/// export loop had no room for yet. Every span here was admitted by the gate
+/// ([`DestinationStats::admit`]), so what the outbox holds is bounded by it; nothing is
+/// dropped here for want of room in the export loop's queue.
 struct Outbox {
     stats: Arc<DestinationStats>,
+    /// The batch gathering spans.
     spans: SpanBatch,
     /// When the first span of this batch was added.
     since: Option<Instant>,
+    /// Full batches the export loop could not take yet, oldest first.
+    waiting: VecDeque<SpanBatch>,
+    /// When a handover last found the export loop's queue full; cleared once all went.
+    blocked_at: Option<Instant>,
     tx: mpsc::Sender<SpanBatch>,
 }
 
 impl Outbox {
+    fn new(stats: Arc<DestinationStats>, tx: mpsc::Sender<SpanBatch>) -> Self {
+        Self {
+            stats,
+            spans: SpanBatch::default(),
+            since: None,
+            waiting: VecDeque::new(),
+            blocked_at: None,
+            tx,
+        }
+    }
+
     /// Adds one span holding `bytes` of text.
     fn push(&mut self, span: SpanData, bytes: usize) {
         if self.spans.spans.is_empty() {
@@ -657,17 +677,70 @@ impl Outbox {
                 .is_some_and(|t| now.duration_since(t) >= interval)
     }
 
-    /// Hands the batch to the export loop; a batch it cannot take is dropped and counted.
-    fn send(&mut self) {
-        if self.spans.spans.is_empty() {
+    /// When the builder must look at this outbox again without a new record: to offer again
+    /// what the export loop had no room for (the gathering batch cannot leave before that
+    /// anyway), else when the gathering batch falls due.
+    fn next_wake(&self, interval: Duration) -> Option<Instant> {
+        match self.blocked_at {
+            Some(t) => Some(t + OFFER_AGAIN),
+            None => self.since.map(|since| since + interval),
+        }
+    }
+
+    /// Hands over what may leave: the waiting batches, oldest first, then the gathering one
+    /// if it is due. What the export loop has no room for stays: a full batch waits, a
+    /// smaller one keeps gathering (up to the batch limits); both are offered again.
+    fn send(&mut self, now: Instant, interval: Duration, limits: BatchLimits) {
+        if self.full(limits) {
+            self.seal();
+        }
+        if !self.hand_over_waiting() || !self.due(now, interval, limits) {
             return;
         }
         let batch = std::mem::take(&mut self.spans);
+        match self.hand_over(batch) {
+            Ok(()) => self.since = None,
+            Err(batch) => {
+                self.spans = batch;
+                self.blocked_at = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Moves the gathering batch, if any, to the end of the waiting ones.
+    fn seal(&mut self) {
+        if !self.spans.spans.is_empty() {
+            self.waiting.push_back(std::mem::take(&mut self.spans));
+        }
         self.since = None;
-        let (count, bytes) = (batch.spans.len(), batch.bytes);
-        if self.tx.try_send(batch).is_err() {
-            self.stats.release(count, bytes);
-            self.stats.count_dropped(count as u64);
+    }
+
+    /// Hands the waiting batches over, oldest first, as far as the export loop has room;
+    /// `true` when none is left waiting.
+    fn hand_over_waiting(&mut self) -> bool {
+        while let Some(batch) = self.waiting.pop_front() {
+            if let Err(batch) = self.hand_over(batch) {
+                self.waiting.push_front(batch);
+                self.blocked_at = Some(Instant::now());
+                return false;
+            }
+        }
+        self.blocked_at = None;
+        true
+    }
+
+    /// `Err` gives back a batch the export loop has no room for yet. An export loop that is
+    /// gone (it cannot end before the builder does, unless it panicked) loses the batch:
+    /// counted as dropped.
+    fn hand_over(&self, batch: SpanBatch) -> Result<(), SpanBatch> {
+        match self.tx.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(batch)) => Err(batch),
+            Err(mpsc::error::TrySendError::Closed(batch)) => {
+                self.stats.release(batch.spans.len(), batch.bytes);
+                self.stats.count_dropped(batch.spans.len() as u64);
+                Ok(())
+            }
         }
     }
 }
@@ -707,13 +780,28 @@ impl SpanBuilderThread {
             }
             let now = Instant::now();
             for outbox in &mut self.outboxes {
-                if outbox.due(now, self.export_interval, self.limits) {
-                    outbox.send();
-                }
+                outbox.send(now, self.export_interval, self.limits);
             }
         }
+        self.hand_over_the_rest();
+    }
+
+    /// On close: every batch still here goes to its export loop, each as soon as it has room
+    /// (the loops keep taking batches until the shutdown deadline has cut every export), so
+    /// a slow destination does not hold up another's last batches.
+    fn hand_over_the_rest(&mut self) {
         for outbox in &mut self.outboxes {
-            outbox.send();
+            outbox.seal();
+        }
+        loop {
+            let mut all = true;
+            for outbox in &mut self.outboxes {
+                all &= outbox.hand_over_waiting();
+            }
+            if all {
+                return;
+            }
+            std::thread::sleep(OFFER_AGAIN);
         }
     }
 
@@ -727,9 +815,8 @@ impl SpanBuilderThread {
         let deadline = self
             .outboxes
             .iter()
-            .filter_map(|o| o.since)
-            .min()
-            .map(|since| since + self.export_interval);
+            .filter_map(|o| o.next_wake(self.export_interval))
+            .min();
         next_batch_until(
             rx,
             records,
@@ -762,7 +849,8 @@ impl SpanBuilderThread {
                 outbox.push(this, bytes);
             }
             if outbox.full(self.limits) {
-                outbox.send();
+                outbox.seal();
+                outbox.hand_over_waiting();
             }
         }
     }
@@ -983,6 +1071,101 @@ mod tests {
             .iter()
             .find(|kv| kv.key.as_str() == key)
             .map(|kv| &kv.value)
+    }
+
+    fn a_span() -> SpanData {
+        let scope = InstrumentationScope::builder(SCOPE_NAME).build();
+        span_of(
+            &crate::record::tests::sample(),
+            &scope,
+            &Redactor::new(Vec::new()),
+            1 << 20,
+        )
+    }
+
+    /// An outbox whose export loop takes `room` batches before it is full, and the loop's end.
+    fn outbox(room: usize) -> (Outbox, mpsc::Receiver<SpanBatch>) {
+        let (tx, rx) = mpsc::channel(room);
+        let stats = Arc::new(DestinationStats::new("test", 1000, 1 << 30));
+        (Outbox::new(stats, tx), rx)
+    }
+
+    /// Adds a span as the builder does: admitted by the gate, then sealed when full.
+    fn add(outbox: &mut Outbox, limits: BatchLimits) {
+        assert!(outbox.stats.admit(10));
+        outbox.push(a_span(), 10);
+        if outbox.full(limits) {
+            outbox.seal();
+            outbox.hand_over_waiting();
+        }
+    }
+
+    #[test]
+    fn full_batches_the_export_loop_has_no_room_for_wait_and_are_offered_again() {
+        let (mut outbox, mut rx) = outbox(1);
+        let limits = BatchLimits {
+            spans: 1,
+            bytes: 1 << 20,
+        };
+        for _ in 0..5 {
+            add(&mut outbox, limits);
+        }
+        // One batch in the loop's queue, four waiting: none dropped.
+        assert_eq!(outbox.waiting.len(), 4);
+        assert_eq!(outbox.stats.dropped(), 0);
+        assert_eq!(outbox.stats.pending(), 5);
+        let blocked = outbox.blocked_at.expect("blocked");
+        assert_eq!(
+            outbox.next_wake(Duration::ZERO),
+            Some(blocked + OFFER_AGAIN),
+            "offered again after a pause, not in a busy loop"
+        );
+        let mut taken = 0;
+        while taken < 5 {
+            assert_eq!(rx.try_recv().expect("a batch").spans.len(), 1);
+            taken += 1;
+            outbox.send(Instant::now(), Duration::from_secs(3600), limits);
+        }
+        assert!(outbox.waiting.is_empty());
+        assert_eq!(outbox.blocked_at, None);
+        assert_eq!(outbox.next_wake(Duration::from_secs(3600)), None);
+    }
+
+    #[test]
+    fn a_due_batch_the_export_loop_cannot_take_keeps_gathering_up_to_the_batch_limits() {
+        let (mut outbox, mut rx) = outbox(1);
+        let limits = BatchLimits {
+            spans: 3,
+            bytes: 1 << 20,
+        };
+        let due_at_once = Duration::ZERO;
+        add(&mut outbox, limits);
+        outbox.send(Instant::now(), due_at_once, limits);
+        assert!(outbox.spans.spans.is_empty(), "the loop had room");
+        // The loop's queue is full: the due batch stays and keeps gathering.
+        for _ in 0..2 {
+            add(&mut outbox, limits);
+            outbox.send(Instant::now(), due_at_once, limits);
+        }
+        assert_eq!(outbox.spans.spans.len(), 2);
+        let blocked = outbox.blocked_at.expect("blocked");
+        assert_eq!(
+            outbox.next_wake(due_at_once),
+            Some(blocked + OFFER_AGAIN),
+            "due long ago, yet no busy loop"
+        );
+        // Full at 3: it waits whole, and a new batch begins.
+        add(&mut outbox, limits);
+        add(&mut outbox, limits);
+        assert_eq!(outbox.waiting.len(), 1);
+        assert_eq!(outbox.spans.spans.len(), 1);
+        let mut sizes = Vec::new();
+        while sizes.len() < 3 {
+            sizes.push(rx.try_recv().expect("a batch").spans.len());
+            outbox.send(Instant::now(), due_at_once, limits);
+        }
+        assert_eq!(sizes, [1, 3, 1]);
+        assert_eq!(outbox.stats.dropped(), 0);
     }
 
     #[test]

@@ -695,11 +695,15 @@ async fn shutdown_flushes_spans_still_waiting_for_their_batch() {
 
 /// Sends `n` chat requests one after another; their request ids, sorted.
 async fn requests(router: &crate::support::TestRouter, n: usize) -> Vec<String> {
+    let http = client();
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
-        let response = router
-            .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
-            .await;
+        let response = http
+            .post(router.url("/v1/chat/completions"))
+            .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
+            .send()
+            .await
+            .expect("send");
         assert_eq!(response.status(), 200);
         ids.push(request_id(&response));
     }
@@ -802,4 +806,55 @@ async fn on_shutdown_an_endpoint_that_hangs_is_given_up_at_the_deadline() {
     assert!(took < Duration::from_millis(2500), "shutdown took {took:?}");
     assert_eq!(otlp.hits(), 1);
     assert_eq!(sink.stats()[0].failed(), 2, "counted as lost");
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_makes_spans_wait_up_to_the_queue_limit_not_a_batch_count() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    otlp.hold();
+    let mut options = langfuse_options(&otlp);
+    // Every span a batch of its own: far more batches than the export loop's queue holds.
+    options.max_batch = 1;
+    let (router, sink) =
+        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let stats = sink.stats()[0].clone();
+    let ids = requests(&router, 100).await;
+    wait_until(Duration::from_secs(10), || stats.pending() == 100).await;
+    assert_eq!(
+        stats.dropped(),
+        0,
+        "100 spans is far below the 8192 allowed"
+    );
+    otlp.release();
+    wait_until(Duration::from_secs(20), || stats.exported() == 100).await;
+    assert_eq!(received_ids(&otlp), ids);
+    assert_eq!(
+        (stats.dropped(), stats.failed(), stats.pending()),
+        (0, 0, 0)
+    );
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn with_a_short_schedule_delay_a_backlog_for_a_slow_endpoint_leaves_in_big_batches() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    otlp.hold();
+    let mut options = langfuse_options(&otlp);
+    options.export_interval = Duration::from_millis(1);
+    let (router, sink) =
+        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let stats = sink.stats()[0].clone();
+    let ids = requests(&router, 100).await;
+    wait_until(Duration::from_secs(10), || stats.pending() == 100).await;
+    assert_eq!(stats.dropped(), 0);
+    otlp.release();
+    wait_until(Duration::from_secs(20), || stats.exported() == 100).await;
+    assert_eq!(received_ids(&otlp), ids);
+    assert_eq!((stats.dropped(), stats.failed()), (0, 0));
+    // While the endpoint held the first exports, the rest gathered in one batch, not 1 ms each.
+    let exports = otlp.exports().len();
+    assert!(exports < 20, "{exports} export requests for 100 spans");
+    router.stop().await;
 }
