@@ -10,6 +10,7 @@
 
 pub mod body;
 pub mod decoded;
+pub mod early;
 pub mod failure_log;
 pub mod headers;
 pub mod intake;
@@ -288,26 +289,52 @@ async fn forward_inner(
         client: request.fields,
         target: &target,
     };
+    let prepared = state.upstream.prepare(url, &upstream_fields, upstream_body);
     // Boxed: the exchange's future is large, and a future held inline is moved (copied)
-    // with every future that contains it.
-    let sent = Box::pin(state.upstream.send(url, &upstream_fields, upstream_body));
-    let deadline = Instant::now() + timeout;
+    // with every future that contains it. It owns what it needs, so a stream the router
+    // answers before its upstream does can take it along ([`early`]).
+    let exchange = Arc::clone(state);
+    let mut sent: early::Sending =
+        Box::pin(async move { exchange.upstream.send_prepared(prepared).await });
+    let now = Instant::now();
+    let deadline = now + timeout;
+    // One timer: for a stream that may open early it first fires at the keep-alive interval
+    // (then the router answers the client itself and the stream goes on waiting, see
+    // [`early`]); otherwise at `timeout_secs`.
+    let wake_at = if view.stream && early::opens_early(request.path) {
+        deadline.min(now + state.keepalive_interval)
+    } else {
+        deadline
+    };
+    let timer = std::pin::pin!(tokio::time::sleep_until(wake_at));
     // Shutdown's grace period over: a request still waiting is answered (and recorded) now,
     // not dropped with the runtime.
-    let sent = tokio::select! {
-        sent = tokio::time::timeout_at(deadline, sent) => sent,
+    let answered = tokio::select! {
+        biased;
+        answered = &mut sent => Some(answered),
+        () = timer => None,
         () = &mut *hard_stop => return Ok(fail(guard, shutting_down(), request_id, &state.failures)),
     };
-    let upstream = match sent {
-        Err(_) => {
-            let error = timeout_error(&target, timeout);
+    let upstream = match answered {
+        None if wake_at < deadline => {
+            let wait = early::Wait {
+                sent,
+                deadline,
+                timeout,
+                provider: target.provider.clone(),
+                drop_usage_chunk: injected_usage,
+            };
+            return Ok(early::answer(state, wait, guard, request_id));
+        }
+        None => {
+            let error = timeout_error(&target.provider, timeout);
             return Ok(fail(guard, error, request_id, &state.failures));
         }
-        Ok(Err(e)) => {
-            let error = send_error(&target, &e);
+        Some(Err(e)) => {
+            let error = send_error(&target.provider, &e);
             return Ok(fail(guard, error, request_id, &state.failures));
         }
-        Ok(Ok(response)) => response,
+        Some(Ok(response)) => response,
     };
     let status = upstream.status;
     if let Some(record) = guard.record_mut() {
@@ -354,7 +381,7 @@ async fn forward_inner(
 }
 
 /// How a streamed answer's `Content-Encoding` is dealt with, decided once from its headers.
-enum StreamCoding {
+pub(crate) enum StreamCoding {
     /// None: the bytes are the events.
     Plain,
     /// gzip or deflate: decoded as it arrives ([`decoded`]) and relayed decoded, without the
@@ -368,7 +395,7 @@ enum StreamCoding {
 }
 
 impl StreamCoding {
-    fn of(fields: &Fields) -> Self {
+    pub(crate) fn of(fields: &Fields) -> Self {
         let Some(coding) = crate::content_coding::content_encoding(fields) else {
             return Self::Plain;
         };
@@ -501,31 +528,28 @@ fn fail(
     Answer::error(&error, Some(request_id))
 }
 
-fn shutting_down() -> ProxyError {
+pub(crate) fn shutting_down() -> ProxyError {
     ProxyError::ShuttingDown(
         "the router is shutting down and could not wait longer for the upstream; try again".into(),
     )
 }
 
-fn timeout_error(target: &Target<'_>, timeout: Duration) -> ProxyError {
+fn timeout_error(provider: &str, timeout: Duration) -> ProxyError {
     ProxyError::UpstreamTimeout(format!(
-        "the upstream {} did not answer within {} s (timeout_secs)",
-        target.provider,
+        "the upstream {provider} did not answer within {} s (timeout_secs)",
         timeout.as_secs_f64()
     ))
 }
 
-fn send_error(target: &Target<'_>, error: &UpstreamError) -> ProxyError {
+fn send_error(provider: &str, error: &UpstreamError) -> ProxyError {
     let description = error.to_string();
     if error.is_timeout() {
         ProxyError::UpstreamTimeout(format!(
-            "could not connect to the upstream {} in time: {description}",
-            target.provider
+            "could not connect to the upstream {provider} in time: {description}"
         ))
     } else {
         ProxyError::UpstreamUnreachable(format!(
-            "could not reach the upstream {}: {description}",
-            target.provider
+            "could not reach the upstream {provider}: {description}"
         ))
     }
 }
@@ -555,13 +579,9 @@ fn stream_answer(
     guard: RecordGuard,
     request_id: String,
 ) -> Answer {
-    let body: stream::UpstreamBody = Box::pin(http_body_util::BodyDataStream::new(upstream.body));
     // Decoded, the stream goes on without the upstream's Content-Encoding (`Shape::Stream`
     // with `sse` drops it, and every answer's Content-Length).
-    let body = match decoder {
-        None => body,
-        Some(decoder) => Box::pin(decoded::Decoded::new(body, *decoder)),
-    };
+    let body = relayed_body(upstream.body, decoder);
     let sse = settings.sse;
     let failures = StreamFailures {
         log: Arc::clone(&state.failures),
@@ -580,8 +600,18 @@ fn stream_answer(
     }
 }
 
-/// Relays a whole (non-stream) answer, wrapping an upstream error body into OpenAI's shape
-/// when it is not in it already.
+/// A streamed answer's body as the tee reads it: decoded when `decoder` is given.
+fn relayed_body(
+    body: crate::upstream::UpstreamBody,
+    decoder: Option<Box<crate::content_coding::StreamDecoder>>,
+) -> stream::UpstreamBody {
+    let body: stream::UpstreamBody = Box::pin(http_body_util::BodyDataStream::new(body));
+    match decoder {
+        None => body,
+        Some(decoder) => Box::pin(decoded::Decoded::new(body, *decoder)),
+    }
+}
+
 /// What bounds the wait for a whole answer: `timeout_secs` (ending at `deadline`), and
 /// shutdown's hard stop.
 struct Limits<'a> {
@@ -610,6 +640,8 @@ pub(crate) fn without_echoed_keys(redactor: &Redactor, bytes: Bytes) -> Bytes {
     }
 }
 
+/// Relays a whole (non-stream) answer, wrapping an upstream error body into OpenAI's shape
+/// when it is not in it already.
 async fn whole_answer(
     upstream: UpstreamResponse,
     limits: Limits<'_>,
@@ -635,10 +667,23 @@ async fn whole_answer(
         read = tokio::time::timeout_at(deadline, read_upstream_body(body, declared)) => read,
         () = hard_stop => return fail(guard, shutting_down(), request_id, failures),
     };
+    let provider = &target.provider;
     let body = match read {
-        Err(_) => return fail(guard, timeout_error(target, timeout), request_id, failures),
+        Err(_) => {
+            return fail(
+                guard,
+                timeout_error(provider, timeout),
+                request_id,
+                failures,
+            );
+        }
         Ok(Err(error)) => {
-            return fail(guard, error.into_proxy_error(target), request_id, failures);
+            return fail(
+                guard,
+                error.into_proxy_error(provider),
+                request_id,
+                failures,
+            );
         }
         Ok(Ok(body)) => body,
     };
@@ -657,30 +702,19 @@ async fn whole_answer(
             Some(redirect_message(status)),
         )
     } else {
-        let (body, decoded) = decode_error_body(status, body, &fields);
-        // An upstream may echo the key it was sent ("Incorrect API key provided: sk-..."):
-        // with accounts on, that would hand the provider's key to a router user.
-        let body = match redactor.redact_bytes(&body, &[]) {
-            Cow::Borrowed(_) => body,
-            Cow::Owned(clean) => Bytes::from(clean),
+        let error = upstream_error_body(status, body, &fields, redactor);
+        // Rewritten, it goes without the upstream's Content-Encoding and Content-Type.
+        let shape = if error.rewritten {
+            Shape::WrappedError
+        } else {
+            Shape::Relayed
         };
-        let (wrapped, message) = wrap_upstream_error(status, &body);
-        match wrapped {
-            Some(wrapped) => (
-                wrapped,
-                Shape::WrappedError,
-                Outcome::UpstreamError,
-                Some(message),
-            ),
-            // Decoded, it goes without the upstream's Content-Encoding.
-            None if decoded => (
-                body,
-                Shape::WrappedError,
-                Outcome::UpstreamError,
-                Some(message),
-            ),
-            None => (body, Shape::Relayed, Outcome::UpstreamError, Some(message)),
-        }
+        (
+            error.body,
+            shape,
+            Outcome::UpstreamError,
+            Some(error.message),
+        )
     };
     // A record exists only when some sink will read it.
     if let Some(record) = guard.record_mut() {
@@ -706,6 +740,47 @@ async fn whole_answer(
     }
 }
 
+/// An upstream's error answer as the client gets it, and its message.
+struct UpstreamErrorBody {
+    /// Decoded from its Content-Encoding, without the configured keys, and in OpenAI's shape
+    /// (wrapped into it when the upstream's was another).
+    body: Bytes,
+    /// Not the upstream's bytes as they came (decoded or wrapped).
+    rewritten: bool,
+    message: String,
+}
+
+/// The one way an upstream's error body (a non-2xx, non-3xx answer) is made fit for a
+/// client: a whole answer carries it as its body, a stream the router opened before the
+/// upstream answered as its error event ([`early`]).
+fn upstream_error_body(
+    status: StatusCode,
+    body: Bytes,
+    fields: &Fields,
+    redactor: &Redactor,
+) -> UpstreamErrorBody {
+    let (body, decoded) = decode_error_body(status, body, fields);
+    // An upstream may echo the key it was sent ("Incorrect API key provided: sk-..."):
+    // with accounts on, that would hand the provider's key to a router user.
+    let body = match redactor.redact_bytes(&body, &[]) {
+        Cow::Borrowed(_) => body,
+        Cow::Owned(clean) => Bytes::from(clean),
+    };
+    let (wrapped, message) = wrap_upstream_error(status, &body);
+    match wrapped {
+        Some(wrapped) => UpstreamErrorBody {
+            body: wrapped,
+            rewritten: true,
+            message,
+        },
+        None => UpstreamErrorBody {
+            body,
+            rewritten: decoded,
+            message,
+        },
+    }
+}
+
 /// The record's error for a redirect. Its `Location` is left out: a redirect may point at a
 /// signed URL, and the record's error goes to the ledger and the trace.
 fn redirect_message(status: StatusCode) -> String {
@@ -721,15 +796,13 @@ enum BodyError {
 }
 
 impl BodyError {
-    fn into_proxy_error(self, target: &Target<'_>) -> ProxyError {
+    fn into_proxy_error(self, provider: &str) -> ProxyError {
         match self {
             Self::Read(description) => ProxyError::UpstreamUnreachable(format!(
-                "the upstream {} broke off its answer: {description}",
-                target.provider
+                "the upstream {provider} broke off its answer: {description}"
             )),
             Self::TooLarge => ProxyError::UpstreamUnreachable(format!(
-                "the upstream {} sent an answer over {} MiB",
-                target.provider,
+                "the upstream {provider} sent an answer over {} MiB",
                 MAX_UPSTREAM_BODY / (1024 * 1024)
             )),
         }

@@ -10,6 +10,10 @@
 //! Dropping this stream (client gone) drops the upstream response, which closes the upstream
 //! connection (so the upstream stops generating), and the record guard hands over a partial
 //! record.
+//!
+//! A stream the router answered before its upstream sent its head ([`super::early`]) starts
+//! in that wait: keep-alive comments until the head comes, then the upstream's events as in
+//! any stream, or the one error event that ends it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +27,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::error_body;
 use crate::hard_stop::{HardStop, Stopped};
+use crate::proxy::early::{LateFailure, LateHead};
 use crate::proxy::failure_log::FailureLog;
 use crate::proxy::sse::{EventSplitter, event_data};
 use crate::record::{Outcome, RecordGuard};
@@ -56,8 +61,13 @@ const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
 /// The error event's `code` when a compressed stream turns out corrupt or cut.
 const BAD_ENCODING: &str = "upstream_bad_encoding";
 
+/// The rest of the wait for an upstream's head, in a stream answered before it came.
+pub type HeadWait = Pin<Box<dyn Future<Output = LateHead> + Send>>;
+
 pub struct StreamTee {
     upstream: Option<UpstreamBody>,
+    /// Set while the stream waits for its upstream's head ([`Self::awaiting_head`]).
+    head: Option<HeadWait>,
     settings: StreamSettings,
     splitter: EventSplitter,
     accumulator: StreamAccumulator,
@@ -88,6 +98,11 @@ pub struct StreamFailures {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
+    /// Answered before the upstream: the first poll sends a keep-alive comment (with the
+    /// head, as far as the server writes them together).
+    Opening,
+    /// Waiting for the upstream's head: keep-alive comments meanwhile.
+    AwaitingHead,
     Streaming,
     /// `[DONE]` forwarded or an error event sent: the next poll ends the body.
     Ending,
@@ -106,6 +121,7 @@ impl StreamTee {
         let first_deadline = now + settings.keepalive.min(settings.idle_timeout);
         Self {
             upstream: Some(upstream),
+            head: None,
             settings,
             splitter: EventSplitter::default(),
             accumulator: StreamAccumulator::default(),
@@ -117,6 +133,96 @@ impl StreamTee {
             state: State::Streaming,
             failures,
             at_start: true,
+        }
+    }
+
+    /// A stream the router answered before its upstream sent its head: it waits for `head`
+    /// (which bounds the wait by `timeout_secs`), sending a keep-alive comment at once and
+    /// then every interval, and ends with one error event at shutdown's hard stop.
+    /// `settings.sse` must hold: the client was told the answer is an event stream.
+    pub fn awaiting_head(
+        head: HeadWait,
+        settings: StreamSettings,
+        guard: RecordGuard,
+        hard_stop: HardStop,
+        failures: StreamFailures,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            upstream: None,
+            head: Some(head),
+            settings,
+            splitter: EventSplitter::default(),
+            accumulator: StreamAccumulator::default(),
+            guard,
+            last_upstream: now,
+            last_keepalive: now,
+            timer: Box::pin(tokio::time::sleep_until(now + settings.keepalive)),
+            hard_stop: hard_stop.stopped(),
+            state: State::Opening,
+            failures,
+            at_start: true,
+        }
+    }
+
+    /// Waits for the upstream's head: `Ready(Some(..))` is for the client (a keep-alive
+    /// comment, or the error event that ends the stream), `Ready(None)` says the upstream's
+    /// event stream began (or there is nothing left to wait for): poll on in the new state.
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let Some(head) = self.head.as_mut() else {
+            self.state = State::Ended;
+            return Poll::Ready(None);
+        };
+        match head.as_mut().poll(cx) {
+            Poll::Ready(LateHead::Stream {
+                body,
+                status,
+                answered_at,
+            }) => {
+                self.head = None;
+                self.upstream = Some(body);
+                self.last_upstream = Instant::now();
+                self.state = State::Streaming;
+                if let Some(record) = self.guard.record_mut() {
+                    record.response_started_at = Some(answered_at);
+                    record.status = Some(status.as_u16());
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(LateHead::Failed(failure)) => {
+                Poll::Ready(Some(self.end_before_head(failure)))
+            }
+            Poll::Pending => {
+                if Pin::new(&mut self.hard_stop).poll(cx).is_ready() {
+                    let failure = LateFailure::router(&super::shutting_down(), None);
+                    return Poll::Ready(Some(self.end_before_head(failure)));
+                }
+                self.poll_keepalive(cx).map(Some)
+            }
+        }
+    }
+
+    /// Ends a stream that is still waiting for its upstream's head (dropping that wait, and
+    /// with it the upstream connection).
+    fn end_before_head(&mut self, failure: LateFailure) -> Bytes {
+        self.head = None;
+        self.state = State::Ending;
+        failure.end(&mut self.guard, &self.failures)
+    }
+
+    /// The next keep-alive comment, when it is due.
+    fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
+        loop {
+            let now = Instant::now();
+            let due = self.last_keepalive + self.settings.keepalive;
+            if now >= due {
+                self.last_keepalive = now;
+                return Poll::Ready(Bytes::from_static(KEEPALIVE_COMMENT));
+            }
+            if due < self.timer.deadline() || self.timer.is_elapsed() {
+                self.timer.as_mut().reset(due);
+            }
+            ready!(self.timer.as_mut().poll(cx));
         }
     }
 
@@ -327,6 +433,17 @@ impl Stream for StreamTee {
                 State::Ending => {
                     this.state = State::Ended;
                     return Poll::Ready(None);
+                }
+                State::Opening => {
+                    this.state = State::AwaitingHead;
+                    this.last_keepalive = Instant::now();
+                    return Poll::Ready(Some(Ok(Bytes::from_static(KEEPALIVE_COMMENT))));
+                }
+                State::AwaitingHead => {
+                    if let Some(bytes) = ready!(this.poll_head(cx)) {
+                        return Poll::Ready(Some(Ok(bytes)));
+                    }
+                    continue;
                 }
                 State::Streaming => {}
             }

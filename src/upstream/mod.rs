@@ -301,28 +301,61 @@ impl UpstreamClient {
         self.direct.len()
     }
 
-    /// Sends one `POST` with the header fields `fields` yields (all but `Host`, which comes
-    /// from the URL unless `fields` names one, and the framing). Timeouts beyond connecting
-    /// are the caller's.
-    pub async fn send(
-        &self,
-        url: String,
-        fields: &(dyn FieldSource + Sync),
-        body: Bytes,
-    ) -> Result<UpstreamResponse, UpstreamError> {
+    /// One `POST` with the header fields `fields` yields (all but `Host`, which comes from the
+    /// URL unless `fields` names one, and the framing), ready to send: its fields are written
+    /// here, so it borrows nothing and its exchange ([`Self::send_prepared`]) may be awaited
+    /// by whatever outlives the request's own fields (a stream the router answered before its
+    /// upstream did).
+    pub fn prepare(&self, url: String, fields: &(dyn FieldSource + Sync), body: Bytes) -> Prepared {
         if let Some((authority, origin)) = url.strip_prefix("http://").and_then(plain_target) {
             if !self.proxy_env || self.direct_uri(&url).is_some() {
-                return self.send_plain(authority, origin, fields, body).await;
+                let head = plain_head(authority, origin, fields, body.len());
+                let start = "http://".len();
+                let authority = start..start + authority.len();
+                return Prepared(Route::Plain {
+                    url,
+                    authority,
+                    head,
+                    body,
+                });
             }
         }
-        let uri = match self.direct_uri(&url) {
-            Some(uri) => uri,
-            None => return self.send_fallback(&url, header_map_of(fields), body).await,
+        let Some(uri) = self.direct_uri(&url) else {
+            let headers = header_map_of(fields);
+            return Prepared(Route::Fallback { url, headers, body });
         };
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri;
         *request.headers_mut() = header_map_of(fields);
+        Prepared(Route::Direct(request))
+    }
+
+    /// Sends a request [`Self::prepare`] made. Timeouts beyond connecting are the caller's.
+    pub async fn send_prepared(
+        &self,
+        prepared: Prepared,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let request = match prepared.0 {
+            Route::Plain {
+                url,
+                authority,
+                head,
+                body,
+            } => {
+                // Always there: `prepare` found it in this URL.
+                let Some(authority) = url.get(authority) else {
+                    return Err(UpstreamError::unsendable(
+                        "the upstream URL has no authority",
+                    ));
+                };
+                return self.send_plain(authority, &head, &body).await;
+            }
+            Route::Fallback { url, headers, body } => {
+                return self.send_fallback(&url, headers, body).await;
+            }
+            Route::Direct(request) => request,
+        };
         let pool = &self.direct[crate::lanes::current() % self.direct.len()];
         let response = pool
             .request(request)
@@ -337,39 +370,16 @@ impl UpstreamClient {
     }
 
     /// Sends the request over this lane's own connections to a plain-HTTP upstream (see
-    /// [`plain`]): written as bytes, with the `Host` hyper-util's client would add (the URL's
-    /// authority; a URL never names the default port).
+    /// [`plain`]): its head written by [`plain_head`].
     async fn send_plain(
         &self,
         authority: &str,
-        origin: &str,
-        fields: &(dyn FieldSource + Sync),
-        body: Bytes,
+        head: &[u8],
+        body: &Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let mut head = BytesMut::with_capacity(512);
-        head.extend_from_slice(b"POST ");
-        if !origin.starts_with('/') {
-            head.extend_from_slice(b"/");
-        }
-        head.extend_from_slice(origin.as_bytes());
-        head.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut has_host = false;
-        fields.for_each(&mut |name, value| {
-            has_host |= name.eq_ignore_ascii_case(b"host");
-            write_field(&mut head, name, value);
-        });
-        if !has_host {
-            write_field(&mut head, b"host", authority.as_bytes());
-        }
-        write_field(
-            &mut head,
-            b"content-length",
-            itoa::Buffer::new().format(body.len()).as_bytes(),
-        );
-        head.extend_from_slice(b"\r\n");
         let connect = || self.connect_plain(authority);
         let lane = crate::lanes::current();
-        match plain::send(&self.plain, lane, authority, &head, &body, connect).await {
+        match plain::send(&self.plain, lane, authority, head, body, connect).await {
             Ok((head, body)) => Ok(UpstreamResponse {
                 status: StatusCode::from_u16(head.status).map_err(|_| {
                     UpstreamError::unsendable(&format!(
@@ -432,6 +442,59 @@ impl UpstreamClient {
             body: UpstreamBody::Fallback(body),
         })
     }
+}
+
+/// A request [`UpstreamClient::prepare`] made, ready to send; it borrows nothing.
+pub struct Prepared(Route);
+
+/// How a prepared request goes: which of the clients sends it, in the form that one takes.
+enum Route {
+    /// Over the lane's own connections; `authority` is the range of `url` that names the
+    /// server.
+    Plain {
+        url: String,
+        authority: std::ops::Range<usize>,
+        head: BytesMut,
+        body: Bytes,
+    },
+    Direct(Request<Full<Bytes>>),
+    Fallback {
+        url: String,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+}
+
+/// A plain-HTTP request's head as bytes, with the `Host` hyper-util's client would add (the
+/// URL's authority; a URL never names the default port) and the body's length.
+fn plain_head(
+    authority: &str,
+    origin: &str,
+    fields: &(dyn FieldSource + Sync),
+    body_len: usize,
+) -> BytesMut {
+    let mut head = BytesMut::with_capacity(512);
+    head.extend_from_slice(b"POST ");
+    if !origin.starts_with('/') {
+        head.extend_from_slice(b"/");
+    }
+    head.extend_from_slice(origin.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_host = false;
+    fields.for_each(&mut |name, value| {
+        has_host |= name.eq_ignore_ascii_case(b"host");
+        write_field(&mut head, name, value);
+    });
+    if !has_host {
+        write_field(&mut head, b"host", authority.as_bytes());
+    }
+    write_field(
+        &mut head,
+        b"content-length",
+        itoa::Buffer::new().format(body_len).as_bytes(),
+    );
+    head.extend_from_slice(b"\r\n");
+    head
 }
 
 /// An upstream's answer: its status, header fields and body.

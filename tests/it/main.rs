@@ -5,6 +5,7 @@ mod support;
 
 mod binary;
 mod dotenv;
+mod early_head;
 mod errors;
 mod forwarding;
 mod help;

@@ -49,6 +49,10 @@ pub struct Behavior {
     pub headers: Vec<(String, String)>,
     /// Delay before the response headers.
     pub delay: Duration,
+    /// The response head of a `POST` waits for a permit of this semaphore (a closed gate the
+    /// test opens with `add_permits(1)`), so a test can see what a client gets before the
+    /// upstream answers at all.
+    pub hold_head: Option<Arc<tokio::sync::Semaphore>>,
     /// Stream: number of content chunks.
     pub chunks: usize,
     /// Stream: delay before each chunk.
@@ -97,6 +101,7 @@ impl Default for Behavior {
             content_type: "application/json".into(),
             headers: vec![],
             delay: Duration::ZERO,
+            hold_head: None,
             chunks: 3,
             chunk_delay: Duration::ZERO,
             gap: None,
@@ -282,6 +287,10 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             &behavior.headers,
             Body::from(body),
         );
+    }
+    if let Some(gate) = &behavior.hold_head {
+        // Held only while passing: one permit lets every waiting request through.
+        let _permit = gate.acquire().await;
     }
     let request_json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let wants_stream = request_json["stream"] == serde_json::Value::Bool(true);

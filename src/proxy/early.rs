@@ -1,0 +1,354 @@
+//! A stream the router answers before its upstream does: when a streaming request's upstream
+//! has sent no answer head within the keep-alive interval (a local server loading its model,
+//! a queueing gateway), the client gets the router's own `200` with the stream's headers and a
+//! `: keep-alive` comment, then one every interval, so a client with an idle timeout does not
+//! cut the wait. The upstream's head decides what follows: a 2xx event stream goes on through
+//! the tee as any stream does; anything else ends the stream with one error event carrying
+//! what the client would have got (see [`StreamTee::awaiting_head`]).
+//!
+//! Only the slow path pays for this: a request answered within the interval is relayed as
+//! before, with nothing made here. The upstream's own headers (`Retry-After`,
+//! `x-ratelimit-*`) cannot reach a client whose head already went out.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use tokio::time::Instant;
+
+use super::headers::{AnswerFields, Shape};
+use super::stream::{StreamFailures, StreamSettings, StreamTee, UpstreamBody};
+use super::{Answer, AnswerBody, StreamCoding};
+use crate::error::{ProxyError, clip, error_body};
+use crate::http1::fields::Fields;
+use crate::record::{Outcome, RecordGuard};
+use crate::sinks::redact::Redactor;
+use crate::state::AppState;
+use crate::upstream::{UpstreamError, UpstreamResponse};
+
+/// The exchange with the upstream, from sending the request to its answer's head. It owns
+/// what it needs, so a stream answered early can take it along.
+pub type Sending = Pin<Box<dyn Future<Output = Result<UpstreamResponse, UpstreamError>> + Send>>;
+
+/// Whether a streaming request to `path` may be answered before its upstream: only where a
+/// stream is an event stream by definition (OpenAI's chat, completions and Responses APIs,
+/// Anthropic's messages). A stream elsewhere may be another format (Ollama's own `/api/chat`
+/// streams NDJSON), which a head saying `text/event-stream` would misname; such a request
+/// waits for its upstream's head, as every request did before.
+pub fn opens_early(path: &str) -> bool {
+    matches!(
+        path,
+        "/chat/completions" | "/completions" | "/responses" | "/messages"
+    )
+}
+
+/// What the rest of the wait needs from the request.
+pub struct Wait {
+    pub sent: Sending,
+    /// When `timeout_secs` from sending the request is over: the head's deadline, as for any
+    /// request.
+    pub deadline: Instant,
+    pub timeout: Duration,
+    /// For error messages.
+    pub provider: String,
+    /// The router asked for `include_usage`: the usage-only chunk is not the client's.
+    pub drop_usage_chunk: bool,
+}
+
+/// The router's own answer to a stream whose upstream is still silent: `200`, the headers of
+/// an event stream and the request id; the body is the tee, which first sends a keep-alive
+/// comment and then waits for the upstream's head.
+pub(super) fn answer(
+    state: &Arc<AppState>,
+    wait: Wait,
+    guard: RecordGuard,
+    request_id: String,
+) -> Answer {
+    let settings = StreamSettings {
+        keepalive: state.keepalive_interval,
+        idle_timeout: wait.timeout,
+        drop_usage_chunk: wait.drop_usage_chunk,
+        sse: true,
+    };
+    let head = Box::pin(await_head(wait, state.redactor.clone()));
+    let failures = StreamFailures {
+        log: Arc::clone(&state.failures),
+        request_id: request_id.clone(),
+        redactor: state.redactor.clone(),
+    };
+    let tee = StreamTee::awaiting_head(head, settings, guard, state.hard_stop.clone(), failures);
+    Answer {
+        status: StatusCode::OK,
+        fields: AnswerFields {
+            upstream: None,
+            shape: Shape::Stream { sse: true },
+            request_id: Some(request_id),
+        },
+        body: AnswerBody::Stream(Box::new(tee)),
+    }
+}
+
+/// The upstream's answer to a stream the router already opened.
+pub enum LateHead {
+    /// A 2xx event stream (decoded when compressed): relayed from here on as any stream is.
+    Stream {
+        body: UpstreamBody,
+        status: StatusCode,
+        answered_at: SystemTime,
+    },
+    /// Anything else: the stream ends with this failure's error event.
+    Failed(LateFailure),
+}
+
+/// Why a stream opened early ends before any event: the upstream's error answer, an answer
+/// that is not an event stream, or the router's own failure (timeout, unreachable, shutdown).
+pub struct LateFailure {
+    /// The error event's data: one line of JSON in OpenAI's shape.
+    payload: Bytes,
+    /// What a client that waited for the head would have been answered, for the record.
+    status: StatusCode,
+    message: String,
+    outcome: Outcome,
+    /// The router's own failure, logged at WARN with this code as [`super::fail`] does.
+    logged: Option<&'static str>,
+    /// When the upstream's head arrived, if it did.
+    answered_at: Option<SystemTime>,
+}
+
+impl LateFailure {
+    /// The router's own error: its body, as a whole answer would carry it.
+    pub fn router(error: &ProxyError, answered_at: Option<SystemTime>) -> Self {
+        let message = error.to_string();
+        Self {
+            payload: event_payload(&error.body(), error.status(), &message),
+            status: error.status(),
+            message,
+            outcome: Outcome::RouterError,
+            logged: Some(error.code()),
+            answered_at,
+        }
+    }
+
+    /// The upstream's error answer: `body` as a whole answer would carry it.
+    fn upstream(status: StatusCode, body: &[u8], message: String, answered_at: SystemTime) -> Self {
+        Self {
+            payload: event_payload(body, status, &message),
+            status,
+            message,
+            outcome: Outcome::UpstreamError,
+            logged: None,
+            answered_at: Some(answered_at),
+        }
+    }
+
+    /// The event that ends the stream; the record is finished as the same failure of a
+    /// request that waited for its head would have been (the upstream's or the router's
+    /// status, the message, an upstream error's body).
+    pub fn end(self, guard: &mut RecordGuard, failures: &StreamFailures) -> Bytes {
+        if let Some(code) = self.logged {
+            failures.log.warn(&failures.request_id, code, &self.message);
+        }
+        let mut event = BytesMut::with_capacity(self.payload.len() + 8);
+        event.extend_from_slice(b"data: ");
+        event.extend_from_slice(&self.payload);
+        event.extend_from_slice(b"\n\n");
+        if let Some(record) = guard.record_mut() {
+            if self.answered_at.is_some() {
+                record.response_started_at = self.answered_at;
+            }
+            record.status = Some(self.status.as_u16());
+            if self.outcome == Outcome::UpstreamError {
+                record.response_body = Some(self.payload);
+                record.response_is_json = true;
+                record.complete = true;
+            }
+            record.error = Some(self.message);
+        }
+        guard.finish(self.outcome);
+        event.freeze()
+    }
+}
+
+/// `body` (a JSON object whose `error` is an object: the router's error body, or an
+/// upstream's error as a whole answer carries it) as one event's data: on one line (an
+/// upstream may pretty-print its error, and a line break would end the `data:` line), with
+/// the status a whole answer would have had as the error's `status`, unless it names one.
+fn event_payload(body: &[u8], status: StatusCode, message: &str) -> Bytes {
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return error_body(message, "upstream_error", None);
+    };
+    if let Some(error) = value.get_mut("error").and_then(|e| e.as_object_mut()) {
+        error
+            .entry("status")
+            .or_insert_with(|| status.as_u16().into());
+    }
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| error_body(message, "upstream_error", None))
+}
+
+/// Waits for the upstream's head (within `timeout_secs` of sending, as any request does),
+/// and for an error answer its body too.
+async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
+    let Wait {
+        sent,
+        deadline,
+        timeout,
+        provider,
+        ..
+    } = wait;
+    let router =
+        |error: ProxyError, answered_at| LateHead::Failed(LateFailure::router(&error, answered_at));
+    let upstream = match tokio::time::timeout_at(deadline, sent).await {
+        Err(_) => return router(super::timeout_error(&provider, timeout), None),
+        Ok(Err(error)) => return router(super::send_error(&provider, &error), None),
+        Ok(Ok(upstream)) => upstream,
+    };
+    let answered_at = SystemTime::now();
+    let UpstreamResponse {
+        status,
+        fields,
+        body,
+    } = upstream;
+    if status.is_success() {
+        if !super::is_event_stream(&fields) {
+            let error = not_relayable(&provider, status, &fields, None);
+            return router(error, Some(answered_at));
+        }
+        let decoder = match StreamCoding::of(&fields) {
+            StreamCoding::Plain => None,
+            StreamCoding::Decoded(decoder) => Some(decoder),
+            StreamCoding::Opaque => {
+                let coding = crate::content_coding::content_encoding(&fields);
+                let error = not_relayable(&provider, status, &fields, coding.as_deref());
+                return router(error, Some(answered_at));
+            }
+        };
+        return LateHead::Stream {
+            body: super::relayed_body(body, decoder),
+            status,
+            answered_at,
+        };
+    }
+    if status.is_redirection() {
+        // Not followed, and not relayable in a stream: the upstream's error, as a whole
+        // answer's record has it.
+        let message = super::redirect_message(status);
+        let body = error_body(&message, "upstream_error", None);
+        let failure = LateFailure::upstream(status, &body, message, answered_at);
+        return LateHead::Failed(failure);
+    }
+    let declared = http_body::Body::size_hint(&body).exact();
+    let read = super::read_upstream_body(body, declared);
+    let body = match tokio::time::timeout_at(deadline, read).await {
+        Err(_) => return router(super::timeout_error(&provider, timeout), Some(answered_at)),
+        Ok(Err(error)) => return router(error.into_proxy_error(&provider), Some(answered_at)),
+        Ok(Ok(body)) => body,
+    };
+    let error = super::upstream_error_body(status, body, &fields, &redactor);
+    LateHead::Failed(LateFailure::upstream(
+        status,
+        &error.body,
+        error.message,
+        answered_at,
+    ))
+}
+
+/// A 2xx answer the router cannot relay in the event stream it already began: not SSE, or
+/// in a `coding` it cannot decode.
+fn not_relayable(
+    provider: &str,
+    status: StatusCode,
+    fields: &Fields,
+    coding: Option<&str>,
+) -> ProxyError {
+    let what = match coding {
+        Some(coding) => format!("an event stream in a coding the router cannot decode ({coding})"),
+        None => match fields.get_str("content-type") {
+            Some(content_type) => format!("Content-Type {}", clip(content_type, 100)),
+            None => "no Content-Type".to_owned(),
+        },
+    };
+    ProxyError::UpstreamUnreachable(format!(
+        "the upstream {provider} answered HTTP {} with {what}, not an event stream; the \
+         router had already begun the stream (the upstream sent no answer within the \
+         keep-alive interval), so that answer cannot be relayed",
+        status.as_u16()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(payload: &Bytes) -> serde_json::Value {
+        assert!(
+            !payload.contains(&b'\n') && !payload.contains(&b'\r'),
+            "one line: {payload:?}"
+        );
+        serde_json::from_slice(payload).expect("json")
+    }
+
+    #[test]
+    fn an_event_payload_is_one_line_with_the_status() {
+        let pretty = b"{\n  \"error\": {\n    \"message\": \"quota\\nexceeded\",\n    \"code\": \"rate_limit_exceeded\"\n  },\n  \"extra\": 1\n}\n";
+        let payload = event_payload(pretty, StatusCode::TOO_MANY_REQUESTS, "quota");
+        let value = parsed(&payload);
+        assert_eq!(value["error"]["message"], "quota\nexceeded");
+        assert_eq!(value["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(value["error"]["status"], 429);
+        assert_eq!(value["extra"], 1, "the upstream's other members are kept");
+    }
+
+    #[test]
+    fn an_error_naming_its_own_status_keeps_it() {
+        let body = br#"{"error":{"message":"m","status":"RESOURCE_EXHAUSTED"}}"#;
+        let value = parsed(&event_payload(body, StatusCode::TOO_MANY_REQUESTS, "m"));
+        assert_eq!(value["error"]["status"], "RESOURCE_EXHAUSTED");
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_becomes_the_message() {
+        let value = parsed(&event_payload(
+            b"oops",
+            StatusCode::BAD_GATEWAY,
+            "oops\nhere",
+        ));
+        assert_eq!(value["error"]["message"], "oops\nhere");
+        assert_eq!(value["error"]["type"], "upstream_error");
+    }
+
+    #[test]
+    fn the_router_errors_event_has_its_code_and_status() {
+        let error = ProxyError::UpstreamTimeout("slow".into());
+        let failure = LateFailure::router(&error, None);
+        let value = parsed(&failure.payload);
+        assert_eq!(value["error"]["code"], "upstream_timeout");
+        assert_eq!(value["error"]["status"], 504);
+        assert_eq!(failure.outcome, Outcome::RouterError);
+        assert_eq!(failure.logged, Some("upstream_timeout"));
+    }
+
+    #[test]
+    fn only_event_stream_endpoints_open_early() {
+        for path in [
+            "/chat/completions",
+            "/completions",
+            "/responses",
+            "/messages",
+        ] {
+            assert!(opens_early(path), "{path}");
+        }
+        for path in [
+            "/api/chat",
+            "/api/generate",
+            "/embeddings",
+            "/chat/completions/x",
+        ] {
+            assert!(!opens_early(path), "{path}");
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! Streams the router answers before its upstream does: an upstream that sends no answer head
+//! within the keep-alive interval (a server loading its model) leaves the client with the
+//! router's own 200 and keep-alive comments, then the upstream's events or one error event.
+//! An upstream that answers in time is relayed exactly as before.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use llmsrouter::record::Outcome;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS, expected_stream};
+use crate::support::{TestRouter, client, one_server_config, wait_until};
+
+const KEEPALIVE: &str = ": keep-alive\n\n";
+
+fn stream_request() -> Value {
+    json!({"model": "[mock]m", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// A router whose keep-alive interval is 100 ms, in front of `upstream`, with `extra` YAML
+/// for its server.
+async fn router_for(upstream: &MockUpstream, extra: &str) -> TestRouter {
+    TestRouter::start_with(&one_server_config(&upstream.url(), extra), |state| {
+        state.keepalive_interval = Duration::from_millis(100);
+    })
+    .await
+}
+
+fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2c client")
+}
+
+type Body = futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>;
+
+fn stream_to(router: &TestRouter) -> reqwest::RequestBuilder {
+    client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&stream_request())
+}
+
+/// Reads `body` until what arrived holds `n` keep-alive comments; returns what arrived.
+async fn read_keepalives(body: &mut Body, n: usize) -> String {
+    let mut seen = String::new();
+    while seen.matches(KEEPALIVE).count() < n {
+        let piece = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("keep-alive comments while the upstream is silent")
+            .expect("the body goes on")
+            .expect("body piece");
+        seen.push_str(&String::from_utf8_lossy(&piece));
+    }
+    seen
+}
+
+/// Reads the rest of `body` to its end.
+async fn read_rest(body: &mut Body) -> String {
+    let mut rest = String::new();
+    while let Some(piece) = body.next().await {
+        rest.push_str(&String::from_utf8_lossy(&piece.expect("body piece")));
+    }
+    rest
+}
+
+/// Sends `request`; its answer's head must come within 10 s, whatever the upstream does.
+async fn head_of(request: reqwest::RequestBuilder) -> reqwest::Response {
+    tokio::time::timeout(Duration::from_secs(10), request.send())
+        .await
+        .expect("the router answers while the upstream is silent")
+        .expect("send")
+}
+
+fn assert_stream_head(response: &reqwest::Response) {
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-accel-buffering"], "no");
+    assert!(headers.get("content-length").is_none());
+    assert!(headers.get("x-llmsrouter-request-id").is_some());
+}
+
+/// The one event after the keep-alive comments, parsed.
+fn only_event(text: &str) -> Value {
+    let events = text.replace(KEEPALIVE, "");
+    assert_eq!(events.matches("data: ").count(), 1, "one event: {text:?}");
+    assert!(
+        events.starts_with("data: ") && events.ends_with("\n\n"),
+        "{text:?}"
+    );
+    assert_eq!(
+        events.trim_end().lines().count(),
+        1,
+        "on one line: {text:?}"
+    );
+    serde_json::from_str(events.trim_start_matches("data: ").trim_end()).expect("event json")
+}
+
+/// (1) The head comes after two intervals: the client already has its 200 and keep-alive
+/// comments, then the events and `[DONE]` as in any stream (the usage chunk the router asked
+/// for dropped), and the record is a success with its usage. HTTP/1 and HTTP/2 clients alike.
+#[tokio::test]
+async fn a_head_later_than_the_interval_gets_keep_alives_then_the_stream() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = router_for(&upstream, "").await;
+    for (n, (version, http)) in [("HTTP/1", client()), ("HTTP/2", h2c_client())]
+        .into_iter()
+        .enumerate()
+    {
+        let gate = Arc::new(Semaphore::new(0));
+        upstream.set(Behavior {
+            chunks: 3,
+            hold_head: Some(gate.clone()),
+            ..Default::default()
+        });
+        let request = http
+            .post(router.url("/v1/chat/completions"))
+            .json(&stream_request());
+        let response = head_of(request).await;
+        // The upstream has not answered: this head is the router's own.
+        assert_stream_head(&response);
+        let mut body: Body = response.bytes_stream().boxed();
+        let before = read_keepalives(&mut body, 2).await;
+        assert!(before.starts_with(KEEPALIVE), "{version}: {before:?}");
+        gate.add_permits(1);
+        let text = before + &read_rest(&mut body).await;
+        assert_eq!(
+            text.replace(KEEPALIVE, ""),
+            expected_stream(&upstream.behavior(), false),
+            "{version}"
+        );
+        let first_event = text.find("data: ").expect("events");
+        assert!(
+            text[..first_event].matches(KEEPALIVE).count() >= 2,
+            "{version}: keep-alives before the events: {text:?}"
+        );
+        assert_eq!(
+            upstream.last().json()["stream_options"],
+            json!({"include_usage": true})
+        );
+
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::Success, "{version}");
+        assert_eq!(record.status, Some(200));
+        assert!(record.complete);
+        let usage = record.response.usage.clone().expect("usage");
+        assert_eq!((usage.input, usage.output), (PROMPT_TOKENS, 3));
+        assert_eq!(record.response.content, "tok0 tok1 tok2 ");
+        let started = record.response_started_at.expect("the upstream's head");
+        let first_token = record.first_token_at.expect("first token");
+        assert!(
+            started
+                .duration_since(record.started_at)
+                .unwrap_or_default()
+                >= Duration::from_millis(100),
+            "the head came after the interval"
+        );
+        assert!(first_token >= started);
+    }
+    router.stop().await;
+}
+
+/// (2) The head, when it comes, is an error: the client, already answered 200, gets one
+/// error event holding what a whole answer would have (an OpenAI-shaped error unchanged, any
+/// other wrapped; the configured key redacted) with the upstream's status, on one line, and
+/// the stream ends. The upstream's `Retry-After` cannot follow a head that went out. The
+/// record is the upstream's error with its status.
+#[tokio::test]
+async fn a_late_error_ends_the_stream_with_one_error_event() {
+    let rate_limited = r#"{"error":{"message":"Rate limit reached for requests","type":"requests","code":"rate_limit_exceeded"}}"#;
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = router_for(&upstream, "").await;
+    let cases = [
+        (429, "application/json", rate_limited.to_owned()),
+        // Plain text over two lines, echoing the key the router sent.
+        (
+            503,
+            "text/plain",
+            "model is loading\nrejected key sk-mock-upstream-key".to_owned(),
+        ),
+    ];
+    for (n, (status, content_type, body)) in cases.into_iter().enumerate() {
+        let gate = Arc::new(Semaphore::new(0));
+        upstream.set(Behavior {
+            status,
+            content_type: content_type.into(),
+            body: Some(body),
+            headers: vec![("retry-after".into(), "7".into())],
+            hold_head: Some(gate.clone()),
+            ..Default::default()
+        });
+        let response = head_of(stream_to(&router)).await;
+        assert_stream_head(&response);
+        assert!(response.headers().get("retry-after").is_none());
+        let mut body: Body = response.bytes_stream().boxed();
+        let before = read_keepalives(&mut body, 1).await;
+        gate.add_permits(1);
+        let text = tokio::time::timeout(Duration::from_secs(10), read_rest(&mut body))
+            .await
+            .expect("the stream ends after the error event");
+        let text = before + &text;
+        assert!(!text.contains("sk-mock-upstream-key"), "{text}");
+        let event = only_event(&text);
+        assert_eq!(event["error"]["status"], status, "{event}");
+
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::UpstreamError);
+        assert_eq!(record.status, Some(status));
+        assert!(!record.usage_partial(), "nothing was generated");
+        if status == 429 {
+            assert_eq!(event["error"]["message"], "Rate limit reached for requests");
+            assert_eq!(event["error"]["code"], "rate_limit_exceeded");
+            assert_eq!(event["error"]["type"], "requests");
+            assert_eq!(
+                record.error.as_deref(),
+                Some("Rate limit reached for requests")
+            );
+        } else {
+            assert_eq!(
+                event["error"]["message"],
+                "model is loading\nrejected key [redacted]"
+            );
+            assert_eq!(event["error"]["type"], "upstream_error");
+        }
+    }
+    router.stop().await;
+}
+
+/// (3) No head within `timeout_secs`: the error event is the router's timeout (as a whole
+/// answer's 504 would be), at `timeout_secs`, not when the upstream would have answered; the
+/// record is the router's timeout.
+#[tokio::test]
+async fn no_head_within_timeout_secs_ends_the_stream_with_the_timeout() {
+    let upstream = MockUpstream::start(Behavior {
+        delay: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .await;
+    let router = router_for(&upstream, "    timeout_secs: 0.5\n").await;
+    let started = Instant::now();
+    let response = head_of(stream_to(&router)).await;
+    assert_stream_head(&response);
+    let mut body: Body = response.bytes_stream().boxed();
+    let text = tokio::time::timeout(Duration::from_secs(10), read_rest(&mut body))
+        .await
+        .expect("the stream ends at timeout_secs");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(text.starts_with(KEEPALIVE), "{text:?}");
+    let event = only_event(&text);
+    assert_eq!(event["error"]["code"], "upstream_timeout", "{event}");
+    assert_eq!(event["error"]["status"], 504);
+    let message = event["error"]["message"].as_str().expect("message");
+    assert!(message.contains("did not answer within 0.5 s"), "{message}");
+
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::RouterError);
+    assert_eq!(record.status, Some(504));
+    assert_eq!(record.error.as_deref(), Some(message));
+    router.stop().await;
+}
+
+/// (4) An upstream that answers within the interval is relayed byte for byte, with no
+/// keep-alive comment; a whole request, and a stream on an endpoint whose streams need not be
+/// SSE (Ollama's `/api/chat`), wait for their upstream however long it takes, as before.
+#[tokio::test]
+async fn an_upstream_answering_in_time_is_relayed_as_before() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 4,
+        ..Default::default()
+    })
+    .await;
+    let router = router_for(&upstream, "").await;
+    let response = head_of(stream_to(&router)).await;
+    assert_stream_head(&response);
+    let text = response.text().await.expect("body");
+    assert_eq!(text, expected_stream(&upstream.behavior(), false));
+
+    upstream.set(Behavior {
+        delay: Duration::from_millis(350),
+        ..Default::default()
+    });
+    let response = router
+        .chat(&json!({"model": "[mock]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert!(response.headers().get("content-length").is_some());
+    let text = response.text().await.expect("body");
+    assert_eq!(
+        text,
+        crate::support::upstream::chat_completion("mock-model-2024")
+    );
+
+    let ndjson = b"{\"message\":{\"content\":\"hi\"},\"done\":true}\n".to_vec();
+    upstream.set(Behavior {
+        delay: Duration::from_millis(350),
+        raw_chunks: Some(vec![ndjson.clone()]),
+        stream_content_type: Some("application/x-ndjson".into()),
+        ..Default::default()
+    });
+    let response = client()
+        .post(router.url("/v1/api/chat"))
+        .json(&stream_request())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let text = response.text().await.expect("body");
+    assert_eq!(text.as_bytes(), ndjson, "the upstream's, no comment");
+    router.stop().await;
+}
+
+/// A client that leaves while the upstream is still silent: recorded as a disconnect, and
+/// the wait (with its upstream connection) is dropped.
+#[tokio::test]
+async fn a_client_leaving_before_the_head_is_recorded_as_a_disconnect() {
+    let gate = Arc::new(Semaphore::new(0));
+    let upstream = MockUpstream::start(Behavior {
+        hold_head: Some(gate),
+        ..Default::default()
+    })
+    .await;
+    let router = router_for(&upstream, "").await;
+    let response = head_of(stream_to(&router)).await;
+    assert_stream_head(&response);
+    let mut body: Body = response.bytes_stream().boxed();
+    read_keepalives(&mut body, 1).await;
+    drop(body);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::ClientDisconnected);
+    assert_eq!(record.status, None, "no upstream head came");
+    router.stop().await;
+}
+
+/// Shutdown's hard stop while the upstream is still silent: the stream ends with the
+/// router's `server_shutting_down` error event, recorded as the router's 503.
+#[tokio::test]
+async fn the_hard_stop_before_the_head_ends_the_stream_with_an_error_event() {
+    let gate = Arc::new(Semaphore::new(0));
+    let upstream = MockUpstream::start(Behavior {
+        hold_head: Some(gate),
+        ..Default::default()
+    })
+    .await;
+    let router = router_for(&upstream, "").await;
+    let response = head_of(stream_to(&router)).await;
+    assert_stream_head(&response);
+    let mut body: Body = response.bytes_stream().boxed();
+    let before = read_keepalives(&mut body, 1).await;
+    router.state.hard_stop.fire();
+    let rest = tokio::time::timeout(Duration::from_secs(10), read_rest(&mut body))
+        .await
+        .expect("the stream ends at the hard stop");
+    let event = only_event(&(before + &rest));
+    assert_eq!(event["error"]["code"], "server_shutting_down", "{event}");
+    assert_eq!(event["error"]["status"], 503);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::RouterError);
+    assert_eq!(record.status, Some(503));
+    wait_until(Duration::from_secs(5), || upstream.count() == 1).await;
+    router.stop().await;
+}
