@@ -90,7 +90,9 @@ pub struct RequestRecord {
     /// First generated token (first event carrying text, reasoning or a tool call).
     pub first_token_at: Option<SystemTime>,
     pub ended_at: SystemTime,
-    /// Status sent to the client (the upstream's, or the router's own error status).
+    /// The answer's status: the upstream's, or the router's own error status. For a stream
+    /// the router opened before its upstream answered (`proxy::early`), the client got 200
+    /// and this is what the upstream then answered (or the router's error status).
     pub status: Option<u16>,
     pub outcome: Outcome,
     /// Error text for failed requests (upstream error message, router error, stream failure).
