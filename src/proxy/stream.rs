@@ -109,6 +109,14 @@ enum State {
     Ended,
 }
 
+/// What every tee is made with, whichever way it starts.
+struct Parts {
+    settings: StreamSettings,
+    guard: RecordGuard,
+    hard_stop: HardStop,
+    failures: StreamFailures,
+}
+
 impl StreamTee {
     pub fn new(
         upstream: UpstreamBody,
@@ -117,23 +125,14 @@ impl StreamTee {
         hard_stop: HardStop,
         failures: StreamFailures,
     ) -> Self {
-        let now = Instant::now();
-        let first_deadline = now + settings.keepalive.min(settings.idle_timeout);
-        Self {
-            upstream: Some(upstream),
-            head: None,
+        let first_wake = settings.keepalive.min(settings.idle_timeout);
+        let parts = Parts {
             settings,
-            splitter: EventSplitter::default(),
-            accumulator: StreamAccumulator::default(),
             guard,
-            last_upstream: now,
-            last_keepalive: now,
-            timer: Box::pin(tokio::time::sleep_until(first_deadline)),
-            hard_stop: hard_stop.stopped(),
-            state: State::Streaming,
+            hard_stop,
             failures,
-            at_start: true,
-        }
+        };
+        Self::with(Some(upstream), None, State::Streaming, first_wake, parts)
     }
 
     /// A stream the router answered before its upstream sent its head: it waits for `head`
@@ -147,20 +146,37 @@ impl StreamTee {
         hard_stop: HardStop,
         failures: StreamFailures,
     ) -> Self {
+        let first_wake = settings.keepalive;
+        let parts = Parts {
+            settings,
+            guard,
+            hard_stop,
+            failures,
+        };
+        Self::with(None, Some(head), State::Opening, first_wake, parts)
+    }
+
+    fn with(
+        upstream: Option<UpstreamBody>,
+        head: Option<HeadWait>,
+        state: State,
+        first_wake: Duration,
+        parts: Parts,
+    ) -> Self {
         let now = Instant::now();
         Self {
-            upstream: None,
-            head: Some(head),
-            settings,
+            upstream,
+            head,
+            settings: parts.settings,
             splitter: EventSplitter::default(),
             accumulator: StreamAccumulator::default(),
-            guard,
+            guard: parts.guard,
             last_upstream: now,
             last_keepalive: now,
-            timer: Box::pin(tokio::time::sleep_until(now + settings.keepalive)),
-            hard_stop: hard_stop.stopped(),
-            state: State::Opening,
-            failures,
+            timer: Box::pin(tokio::time::sleep_until(now + first_wake)),
+            hard_stop: parts.hard_stop.stopped(),
+            state,
+            failures: parts.failures,
             at_start: true,
         }
     }

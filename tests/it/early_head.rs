@@ -316,10 +316,8 @@ async fn an_upstream_answering_in_time_is_relayed_as_before() {
     router.stop().await;
 }
 
-/// A client that leaves while the upstream is still silent: recorded as a disconnect, and
-/// the wait (with its upstream connection) is dropped.
-#[tokio::test]
-async fn a_client_leaving_before_the_head_is_recorded_as_a_disconnect() {
+/// A router whose upstream never sends its head, and the body of a stream it opened early.
+async fn held_forever() -> (MockUpstream, TestRouter, Body) {
     let gate = Arc::new(Semaphore::new(0));
     let upstream = MockUpstream::start(Behavior {
         hold_head: Some(gate),
@@ -329,7 +327,15 @@ async fn a_client_leaving_before_the_head_is_recorded_as_a_disconnect() {
     let router = router_for(&upstream, "").await;
     let response = head_of(stream_to(&router)).await;
     assert_stream_head(&response);
-    let mut body: Body = response.bytes_stream().boxed();
+    let body: Body = response.bytes_stream().boxed();
+    (upstream, router, body)
+}
+
+/// A client that leaves while the upstream is still silent: recorded as a disconnect, and
+/// the wait (with its upstream connection) is dropped.
+#[tokio::test]
+async fn a_client_leaving_before_the_head_is_recorded_as_a_disconnect() {
+    let (_upstream, router, mut body) = held_forever().await;
     read_keepalives(&mut body, 1).await;
     drop(body);
     let record = router.records.nth(1).await;
@@ -342,16 +348,7 @@ async fn a_client_leaving_before_the_head_is_recorded_as_a_disconnect() {
 /// router's `server_shutting_down` error event, recorded as the router's 503.
 #[tokio::test]
 async fn the_hard_stop_before_the_head_ends_the_stream_with_an_error_event() {
-    let gate = Arc::new(Semaphore::new(0));
-    let upstream = MockUpstream::start(Behavior {
-        hold_head: Some(gate),
-        ..Default::default()
-    })
-    .await;
-    let router = router_for(&upstream, "").await;
-    let response = head_of(stream_to(&router)).await;
-    assert_stream_head(&response);
-    let mut body: Body = response.bytes_stream().boxed();
+    let (upstream, router, mut body) = held_forever().await;
     let before = read_keepalives(&mut body, 1).await;
     router.state.hard_stop.fire();
     let rest = tokio::time::timeout(Duration::from_secs(10), read_rest(&mut body))

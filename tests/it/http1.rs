@@ -298,11 +298,7 @@ async fn heads_it_cannot_take_get_openai_shaped_errors() {
 #[tokio::test]
 async fn http2_heads_meet_the_http1_limits_and_their_json_431() {
     let (upstream, router) = setup().await;
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .expect("client");
+    let client = h2c_client();
     let send = |headers: Vec<(String, String)>| {
         let mut request = client
             .post(router.url("/v1/chat/completions"))
@@ -426,11 +422,7 @@ async fn a_client_that_leaves_before_its_answer_is_recorded_as_gone() {
 #[tokio::test]
 async fn http2_with_prior_knowledge_is_served_too() {
     let (upstream, router) = setup().await;
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .expect("client");
+    let client = h2c_client();
     let response = client
         .post(router.url("/v1/chat/completions"))
         .header("content-type", "application/json")

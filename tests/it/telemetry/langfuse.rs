@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use llmsrouter::auth::{Caller, KeyIndex, Permissions};
 use llmsrouter::secret::Secret;
 use llmsrouter::sinks::generation::TRUNCATION_MARKER;
-use llmsrouter::sinks::langfuse::Destination;
+use llmsrouter::sinks::langfuse::{Destination, LangfuseOptions, LangfuseSink};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode as SpanStatusCode;
 use serde_json::json;
 
@@ -509,13 +509,10 @@ async fn throttling_and_server_errors_are_retried_with_backoff_then_delivered() 
 
 #[tokio::test]
 async fn a_hanging_endpoint_never_slows_requests_memory_stays_bounded_and_export_recovers() {
-    let upstream = MockUpstream::start(Behavior::default()).await;
-    let otlp = MockOtlp::start().await;
-    otlp.hold();
-    let mut options = langfuse_options(&otlp);
-    options.max_queued_spans = 4;
-    let (router, sink) =
-        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let (upstream, otlp, router, sink) = with_langfuse(true, |options| {
+        options.max_queued_spans = 4;
+    })
+    .await;
     let stats = sink.stats()[0].clone();
     let http = client();
     // Langfuse hangs: every request still completes, while at most 4 spans are held.
@@ -603,14 +600,12 @@ async fn an_endpoint_answering_500_or_absent_loses_only_spans_and_recovers() {
 
 #[tokio::test]
 async fn a_batch_holding_its_byte_limit_leaves_before_its_interval() {
-    let upstream = MockUpstream::start(Behavior::default()).await;
-    let otlp = MockOtlp::start().await;
-    let mut options = langfuse_options(&otlp);
-    options.export_interval = Duration::from_secs(3600);
-    // Every span holds more text than this: each leaves in a request of its own.
-    options.max_batch_bytes = 64;
-    let (router, sink) =
-        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let (_upstream, otlp, router, sink) = with_langfuse(false, |options| {
+        options.export_interval = Duration::from_secs(3600);
+        // Every span holds more text than this: each leaves in a request of its own.
+        options.max_batch_bytes = 64;
+    })
+    .await;
     let mut ids = Vec::new();
     for _ in 0..3 {
         let response = router
@@ -670,12 +665,10 @@ async fn with_gzip_on_every_destination_gets_gzipped_exports() {
 
 #[tokio::test]
 async fn shutdown_flushes_spans_still_waiting_for_their_batch() {
-    let upstream = MockUpstream::start(Behavior::default()).await;
-    let otlp = MockOtlp::start().await;
-    let mut options = langfuse_options(&otlp);
-    options.export_interval = Duration::from_secs(3600);
-    let (router, sink) =
-        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let (_upstream, otlp, router, sink) = with_langfuse(false, |options| {
+        options.export_interval = Duration::from_secs(3600);
+    })
+    .await;
     let mut ids = Vec::new();
     for _ in 0..3 {
         let response = router
@@ -791,14 +784,11 @@ async fn on_shutdown_an_endpoint_that_never_recovers_is_retried_until_the_deadli
 
 #[tokio::test]
 async fn on_shutdown_an_endpoint_that_hangs_is_given_up_at_the_deadline() {
-    let upstream = MockUpstream::start(Behavior::default()).await;
-    let otlp = MockOtlp::start().await;
-    otlp.hold();
-    let mut options = langfuse_options(&otlp);
-    options.export_interval = Duration::from_secs(3600);
-    options.shutdown_timeout = Duration::from_secs(2);
-    let (router, sink) =
-        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let (_upstream, otlp, router, sink) = with_langfuse(true, |options| {
+        options.export_interval = Duration::from_secs(3600);
+        options.shutdown_timeout = Duration::from_secs(2);
+    })
+    .await;
     requests(&router, 2).await;
     let stopping = std::time::Instant::now();
     router.stop().await;
@@ -810,14 +800,11 @@ async fn on_shutdown_an_endpoint_that_hangs_is_given_up_at_the_deadline() {
 
 #[tokio::test]
 async fn a_slow_endpoint_makes_spans_wait_up_to_the_queue_limit_not_a_batch_count() {
-    let upstream = MockUpstream::start(Behavior::default()).await;
-    let otlp = MockOtlp::start().await;
-    otlp.hold();
-    let mut options = langfuse_options(&otlp);
-    // Every span a batch of its own: far more batches than the export loop's queue holds.
-    options.max_batch = 1;
-    let (router, sink) =
-        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let (_upstream, otlp, router, sink) = with_langfuse(true, |options| {
+        // Every span a batch of its own: far more batches than the export loop's queue holds.
+        options.max_batch = 1;
+    })
+    .await;
     let stats = sink.stats()[0].clone();
     let ids = requests(&router, 100).await;
     wait_until(Duration::from_secs(10), || stats.pending() == 100).await;
@@ -838,13 +825,10 @@ async fn a_slow_endpoint_makes_spans_wait_up_to_the_queue_limit_not_a_batch_coun
 
 #[tokio::test]
 async fn with_a_short_schedule_delay_a_backlog_for_a_slow_endpoint_leaves_in_big_batches() {
-    let upstream = MockUpstream::start(Behavior::default()).await;
-    let otlp = MockOtlp::start().await;
-    otlp.hold();
-    let mut options = langfuse_options(&otlp);
-    options.export_interval = Duration::from_millis(1);
-    let (router, sink) =
-        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let (_upstream, otlp, router, sink) = with_langfuse(true, |options| {
+        options.export_interval = Duration::from_millis(1);
+    })
+    .await;
     let stats = sink.stats()[0].clone();
     let ids = requests(&router, 100).await;
     wait_until(Duration::from_secs(10), || stats.pending() == 100).await;
@@ -857,4 +841,27 @@ async fn with_a_short_schedule_delay_a_backlog_for_a_slow_endpoint_leaves_in_big
     let exports = otlp.exports().len();
     assert!(exports < 20, "{exports} export requests for 100 spans");
     router.stop().await;
+}
+
+/// A router with a mock upstream and a Langfuse sink exporting to a mock OTLP endpoint (held:
+/// it answers nothing until released), its options adjusted by `adjust`.
+async fn with_langfuse(
+    held: bool,
+    adjust: impl FnOnce(&mut LangfuseOptions),
+) -> (
+    MockUpstream,
+    MockOtlp,
+    crate::support::TestRouter,
+    Arc<LangfuseSink>,
+) {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    if held {
+        otlp.hold();
+    }
+    let mut options = langfuse_options(&otlp);
+    adjust(&mut options);
+    let (router, sink) =
+        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    (upstream, otlp, router, sink)
 }
