@@ -220,13 +220,12 @@ impl RequestRecord {
     /// The answer was cut (client gone, stream broken, or a stream the upstream ended with
     /// an error: an error event, corrupt compressed data) before the upstream reported token
     /// usage: the token counts of this request are unknown, not zero. An upstream error
-    /// answered instead of a stream (a 429, say) generated nothing: not partial.
+    /// before any token (a 429, an error under a 200 instead of a stream) is not partial.
     pub fn usage_partial(&self) -> bool {
         let cut = match self.outcome {
             Outcome::ClientDisconnected | Outcome::StreamFailed => true,
-            Outcome::UpstreamError => {
-                self.stream && self.status.is_some_and(|s| (200..300).contains(&s))
-            }
+            // A stream that had begun generating when the upstream ended it with an error.
+            Outcome::UpstreamError => self.stream && self.first_token_at.is_some(),
             _ => false,
         };
         cut && self.response.usage.is_none()

@@ -214,6 +214,33 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
         body,
     } = upstream;
     if status.is_success() {
+        if super::is_json(&fields) {
+            // A whole JSON answer: an error under a 200 (`{"error": {...}}`) ends the stream
+            // with the upstream's own message, as a whole answer's record has it; any other
+            // cannot be relayed in the stream already begun.
+            let declared = http_body::Body::size_hint(&body).exact();
+            let read = super::read_upstream_body(body, declared);
+            let body = match tokio::time::timeout_at(deadline, read).await {
+                Err(_) => {
+                    return router(super::timeout_error(&provider, timeout), Some(answered_at));
+                }
+                Ok(Err(error)) => {
+                    return router(error.into_proxy_error(&provider), Some(answered_at));
+                }
+                Ok(Ok(body)) => body,
+            };
+            let error = super::upstream_error_body(status, body, &fields, &redactor);
+            let reports_error = serde_json::from_slice::<serde_json::Value>(&error.body)
+                .ok()
+                .is_some_and(|v| v.get("error").is_some_and(serde_json::Value::is_object));
+            if reports_error {
+                let failure =
+                    LateFailure::upstream(status, &error.body, error.message, answered_at);
+                return LateHead::Failed(failure);
+            }
+            let error = not_relayable(&provider, status, &fields, None);
+            return router(error, Some(answered_at));
+        }
         if !super::is_event_stream(&fields) {
             let error = not_relayable(&provider, status, &fields, None);
             return router(error, Some(answered_at));

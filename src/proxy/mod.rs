@@ -503,7 +503,7 @@ fn content_type_is(fields: &Fields, wanted: &str) -> bool {
     })
 }
 
-fn is_json(fields: &Fields) -> bool {
+pub(crate) fn is_json(fields: &Fields) -> bool {
     content_type_is(fields, "application/json")
 }
 

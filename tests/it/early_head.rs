@@ -184,6 +184,14 @@ async fn a_late_error_ends_the_stream_with_one_error_event() {
             "text/plain",
             "model is loading\nrejected key sk-mock-upstream-key".to_owned(),
         ),
+        // An error under a 200, as a whole JSON answer: its own message, not "not an event
+        // stream".
+        (
+            200,
+            "application/json",
+            r#"{"error":{"message":"provider overloaded: sk-mock-upstream-key","code":502}}"#
+                .to_owned(),
+        ),
     ];
     for (n, (status, content_type, body)) in cases.into_iter().enumerate() {
         let gate = Arc::new(Semaphore::new(0));
@@ -193,6 +201,7 @@ async fn a_late_error_ends_the_stream_with_one_error_event() {
             body: Some(body),
             headers: vec![("retry-after".into(), "7".into())],
             hold_head: Some(gate.clone()),
+            never_stream: true,
             ..Default::default()
         });
         let response = head_of(stream_to(&router)).await;
@@ -213,7 +222,13 @@ async fn a_late_error_ends_the_stream_with_one_error_event() {
         assert_eq!(record.outcome, Outcome::UpstreamError);
         assert_eq!(record.status, Some(status));
         assert!(!record.usage_partial(), "nothing was generated");
-        if status == 429 {
+        if status == 200 {
+            assert_eq!(event["error"]["message"], "provider overloaded: [redacted]");
+            assert_eq!(
+                record.error.as_deref(),
+                Some("provider overloaded: [redacted]")
+            );
+        } else if status == 429 {
             assert_eq!(event["error"]["message"], "Rate limit reached for requests");
             assert_eq!(event["error"]["code"], "rate_limit_exceeded");
             assert_eq!(event["error"]["type"], "requests");
