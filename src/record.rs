@@ -110,7 +110,8 @@ pub struct RequestRecord {
     /// What the answer said: filled from the stream as it passed, or parsed from
     /// `response_body` off the request path.
     pub response: ResponseSummary,
-    /// For streams: whether `data: [DONE]` (or the end of a complete body) was seen.
+    /// For streams: whether `data: [DONE]` (or the end of a body that is not an event
+    /// stream) was seen. An event stream the upstream closed without it ended early.
     pub complete: bool,
     /// What this request itself carried that no record may show: every credential the client
     /// sent (`Authorization` whatever its scheme, `x-api-key`: a URL target's upstream key, a
@@ -219,14 +220,18 @@ impl RequestRecord {
 
     /// The answer was cut (client gone, stream broken, or a stream the upstream ended with
     /// an error: an error event, corrupt compressed data) before the upstream reported token
-    /// usage: the token counts of this request are unknown, not zero. An upstream error
-    /// before any token (a 429, an error under a 200 instead of a stream) is not partial.
+    /// usage: the token counts of this request are unknown, not zero. So is an event stream
+    /// the upstream closed after generating but before its `[DONE]` and usage (a cut the
+    /// client cannot tell from an end). An upstream error before any token (a 429, an error
+    /// under a 200 instead of a stream) is not partial.
     pub fn usage_partial(&self) -> bool {
+        let generating_stream = self.stream && self.first_token_at.is_some();
         let cut = match self.outcome {
             Outcome::ClientDisconnected | Outcome::StreamFailed => true,
             // A stream that had begun generating when the upstream ended it with an error.
-            Outcome::UpstreamError => self.stream && self.first_token_at.is_some(),
-            _ => false,
+            Outcome::UpstreamError => generating_stream,
+            Outcome::Success => generating_stream && !self.complete,
+            Outcome::RouterError => false,
         };
         cut && self.response.usage.is_none()
     }

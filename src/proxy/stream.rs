@@ -340,9 +340,14 @@ impl StreamTee {
     }
 
     fn finish(&mut self, outcome: Outcome, error: Option<String>) {
+        self.finish_as(outcome, error, outcome == Outcome::Success);
+    }
+
+    /// [`Self::finish`], saying whether the answer ran to its end marker (see
+    /// [`crate::record::RequestRecord::complete`]).
+    fn finish_as(&mut self, outcome: Outcome, error: Option<String>, complete: bool) {
         self.upstream = None;
         let summary = std::mem::take(&mut self.accumulator).into_summary();
-        let complete = outcome == Outcome::Success;
         // A stream that ran to its end but carried the upstream's own error event (OpenRouter
         // reports a provider failing mid-stream so, under a 200): relayed as it came, recorded
         // as the upstream's error, with its message.
@@ -503,7 +508,10 @@ impl Stream for StreamTee {
                         this.observe(&rest);
                     }
                     this.state = State::Ending;
-                    this.finish(Outcome::Success, None);
+                    // An event stream is complete only with its `[DONE]`; a body that is not
+                    // one is complete at its end.
+                    let complete = !this.settings.sse;
+                    this.finish_as(Outcome::Success, None, complete);
                     if !rest.is_empty() {
                         return Poll::Ready(Some(Ok(rest)));
                     }

@@ -465,6 +465,11 @@ fn cost_details(cost: f64) -> String {
     )
 }
 
+/// The status message of a stream the upstream closed early, cleanly (see
+/// [`RequestRecord::usage_partial`]).
+const UNTERMINATED: &str =
+    "the upstream closed the stream before data: [DONE] and its usage; token counts unknown";
+
 fn level_of(record: &RequestRecord) -> (Level, Option<String>) {
     let error = || {
         record.error.clone().unwrap_or_else(|| match record.status {
@@ -473,6 +478,10 @@ fn level_of(record: &RequestRecord) -> (Level, Option<String>) {
         })
     };
     match record.outcome {
+        // Every byte reached the client, but what the request cost is unknown.
+        Outcome::Success if record.usage_partial() => {
+            (Level::Warning, Some(UNTERMINATED.to_owned()))
+        }
         Outcome::Success => (Level::Default, None),
         // The client chose to leave; nothing failed upstream or in the router.
         Outcome::ClientDisconnected => (Level::Warning, Some(error())),
@@ -653,6 +662,21 @@ mod tests {
                 .unwrap_or_default()
                 .contains("[redacted]")
         );
+    }
+
+    #[test]
+    fn a_stream_closed_before_done_is_a_warning_only_without_usage() {
+        let mut r = record(json!({"model": "m", "messages": []}));
+        r.stream = true;
+        r.complete = false;
+        r.first_token_at = Some(SystemTime::now());
+        let g = build(&r, &Redactor::default(), 1 << 20);
+        assert_eq!(g.level, Level::Warning);
+        assert_eq!(g.status_message.as_deref(), Some(UNTERMINATED));
+        r.response.usage = Some(Default::default());
+        let g = build(&r, &Redactor::default(), 1 << 20);
+        assert_eq!(g.level, Level::Default, "its usage came: nothing unknown");
+        assert_eq!(g.status_message, None);
     }
 
     #[test]

@@ -383,6 +383,47 @@ async fn raw_events_in_any_line_ending_pass_byte_for_byte() {
     router.stop().await;
 }
 
+/// An upstream that closes its event stream cleanly after some tokens, before its usage and
+/// `[DONE]`: the client gets what was sent, and the record keeps the answer but says its
+/// token counts are unknown (partial), not a whole answer that used none.
+#[tokio::test]
+async fn a_stream_closed_before_done_and_usage_is_recorded_as_partial() {
+    let chunks: Vec<Vec<u8>> = vec![
+        content_chunk("m", 0, 2).into_bytes(),
+        content_chunk("m", 1, 2).into_bytes(),
+    ];
+    let (_upstream, router, response) = stream_of_raw_chunks(&chunks).await;
+    assert_eq!(response.status(), 200);
+    let (_, text) = read_timed(response).await;
+    assert_eq!(text.as_bytes(), &chunks.concat()[..]);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert_eq!(record.response.content, "tok0 tok1 ");
+    assert!(record.response.usage.is_none());
+    assert!(!record.complete);
+    assert!(record.usage_partial(), "closed before its usage");
+    router.stop().await;
+}
+
+/// The same stream with its `[DONE]` but no usage (an upstream that ignores
+/// `include_usage`) ran to its end: usage unknown, but nothing was cut.
+#[tokio::test]
+async fn a_stream_with_done_but_no_usage_is_not_partial() {
+    let chunks: Vec<Vec<u8>> = vec![
+        content_chunk("m", 0, 2).into_bytes(),
+        DONE.as_bytes().to_vec(),
+    ];
+    let (_upstream, router, response) = stream_of_raw_chunks(&chunks).await;
+    let (_, text) = read_timed(response).await;
+    assert_eq!(text.as_bytes(), &chunks.concat()[..]);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert!(record.complete);
+    assert!(record.response.usage.is_none());
+    assert!(!record.usage_partial());
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn a_stream_request_answered_with_an_error_is_relayed_whole() {
     let upstream = MockUpstream::start(Behavior {
