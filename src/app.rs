@@ -15,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, header};
 
-use crate::auth::authenticate;
+use crate::auth::{authenticate, refuse_cross_site};
 use crate::error::ProxyError;
 use crate::http1::fields::Fields;
 use crate::proxy::{self, Incoming};
@@ -159,9 +159,15 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         return error.into_response();
     }
     let fields = Fields::from_header_map(&parts.headers);
+    let proxied_post = parts.method == Method::POST && route.is_proxied();
+    if proxied_post {
+        if let Err(error) = refuse_cross_site(&fields) {
+            return proxy::Answer::refused(&error).into_axum();
+        }
+    }
     let caller = match authenticate(state.keys.as_ref(), &fields) {
         Ok(caller) => caller,
-        Err(error) if parts.method == Method::POST && route.is_proxied() => {
+        Err(error) if proxied_post => {
             return proxy::Answer::refused(&error).into_axum();
         }
         Err(error) => return error.into_response(),

@@ -56,6 +56,43 @@ pub trait KeyIndex: Send + Sync + 'static {
     fn find(&self, presented_key: &str) -> Option<Caller>;
 }
 
+/// Content types a browser page may post to another site without asking it first (CORS's
+/// "simple" requests); a JSON body needs the router's consent, which it never gives.
+const SIMPLE_CONTENT_TYPES: [&str; 3] = [
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data",
+];
+
+/// Refuses a request a browser page of some other site made a visitor's browser send: a web
+/// page cannot read the router's answers (it sends no CORS headers), but a form or a
+/// `fetch` with a text body reaches it all the same, and with account management off would
+/// spend the provider keys the router holds. Such a request carries `Origin` and one of the
+/// [`SIMPLE_CONTENT_TYPES`] (or none); API clients send `application/json`, and scripts
+/// (curl's `-d` posts a form type) send no `Origin`, so neither is refused.
+pub fn refuse_cross_site(fields: &Fields) -> Result<(), ProxyError> {
+    if !fields.contains("origin") {
+        return Ok(());
+    }
+    let simple = match fields.get_str("content-type") {
+        None => true,
+        Some(value) => {
+            let media_type = value.split(';').next().unwrap_or_default().trim();
+            SIMPLE_CONTENT_TYPES
+                .iter()
+                .any(|t| media_type.eq_ignore_ascii_case(t))
+        }
+    };
+    if simple {
+        return Err(ProxyError::CrossSiteRequest(
+            "a browser request from a web page (Origin) with a form or text body is refused: \
+             send the JSON body with Content-Type: application/json"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The key a client presented: `Authorization: Bearer <key>`, else `x-api-key: <key>`.
 pub fn presented_key(fields: &Fields) -> Option<&str> {
     let bearer = fields

@@ -24,6 +24,10 @@ pub enum ProxyError {
     /// `?proxy=` and `[URL]` targets are refused while accounts are on.
     #[error("{0}")]
     UrlTargetForbidden(String),
+    /// A browser page of another site posting a form or text body (see
+    /// [`crate::auth::refuse_cross_site`]).
+    #[error("{0}")]
+    CrossSiteRequest(String),
     /// Unknown alias or a model no provider claims.
     #[error("{0}")]
     ModelNotFound(String),
@@ -55,7 +59,9 @@ impl ProxyError {
         match self {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
-            Self::ProviderForbidden(_) | Self::UrlTargetForbidden(_) => StatusCode::FORBIDDEN,
+            Self::ProviderForbidden(_)
+            | Self::UrlTargetForbidden(_)
+            | Self::CrossSiteRequest(_) => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -73,6 +79,7 @@ impl ProxyError {
             Self::InvalidApiKey(_) => "invalid_api_key",
             Self::ProviderForbidden(_) => "provider_forbidden",
             Self::UrlTargetForbidden(_) => "url_target_forbidden",
+            Self::CrossSiteRequest(_) => "cross_site_request",
             Self::ModelNotFound(_) => "model_not_found",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
@@ -88,7 +95,9 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::InvalidApiKey(_) => "authentication_error",
-            Self::ProviderForbidden(_) | Self::UrlTargetForbidden(_) => "permission_error",
+            Self::ProviderForbidden(_)
+            | Self::UrlTargetForbidden(_)
+            | Self::CrossSiteRequest(_) => "permission_error",
             Self::UpstreamUnreachable(_) | Self::UpstreamTimeout(_) => "upstream_error",
             Self::ShuttingDown(_) => "server_error",
             _ => "invalid_request_error",

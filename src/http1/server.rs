@@ -33,7 +33,7 @@ use super::head::{
 };
 use super::io::{MIN_READ, closed_by_peer, read_some, write_all};
 use crate::app::Route;
-use crate::auth::authenticate;
+use crate::auth::{authenticate, refuse_cross_site};
 use crate::error::ProxyError;
 use crate::hard_stop::{HardStop, Stopped};
 use crate::proxy::intake::{DISCARD_AT_MOST, DISCARD_FOR_AT_MOST, Gathered, check_encoding};
@@ -264,9 +264,11 @@ impl Conn {
         service: &Service,
     ) -> Next {
         let state = &service.state;
-        let ready = authenticate(state.keys.as_ref(), &head.fields).and_then(|caller| {
-            check_encoding(head.fields.get("content-encoding")).map(|()| caller)
-        });
+        let ready = refuse_cross_site(&head.fields)
+            .and_then(|()| authenticate(state.keys.as_ref(), &head.fields))
+            .and_then(|caller| {
+                check_encoding(head.fields.get("content-encoding")).map(|()| caller)
+            });
         let caller = match ready {
             Ok(caller) => caller,
             Err(error) => return self.refuse_unread(&error, head, length, keep_alive).await,

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS, expected_stream};
-use crate::support::{TestRouter, client, one_server_config, wait_until};
+use crate::support::{TestRouter, client, h2c_client, one_server_config, wait_until};
 
 const KEEPALIVE: &str = ": keep-alive\n\n";
 
@@ -27,14 +27,6 @@ async fn router_for(upstream: &MockUpstream, extra: &str) -> TestRouter {
         state.keepalive_interval = Duration::from_millis(100);
     })
     .await
-}
-
-fn h2c_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .expect("h2c client")
 }
 
 type Body = futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>;

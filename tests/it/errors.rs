@@ -8,7 +8,7 @@ use llmsrouter::record::Outcome;
 use serde_json::{Value, json};
 
 use crate::support::upstream::{Behavior, EarlyAnswer, MockUpstream, gzip, zlib};
-use crate::support::{TestRouter, client, one_server_config};
+use crate::support::{TestRouter, client, h2c_client, one_server_config};
 
 async fn error_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
@@ -878,11 +878,7 @@ async fn router_made_errors_on_proxied_routes_carry_a_request_id() {
         ),
     ];
     let http1 = client();
-    let http2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .expect("client");
+    let http2 = h2c_client();
     let mut ids = std::collections::HashSet::new();
     for (router, path, key, gzipped, body, status) in &cases {
         for (version, http) in [("HTTP/1", &http1), ("HTTP/2", &http2)] {
@@ -949,4 +945,58 @@ async fn router_made_errors_on_proxied_routes_carry_a_request_id() {
     open.stop().await;
     assert_eq!(open_records.all().len(), 1);
     assert_eq!(accounts_records.all().len(), 0);
+}
+
+/// A web page of another site can make a visitor's browser post a form or a text body to a
+/// router on their machine without asking (no CORS preflight): refused with 403 before it
+/// reaches a provider, over HTTP/1 and HTTP/2. A browser's JSON request (which a browser
+/// would only send after a preflight) and a script's form-typed post without `Origin` pass.
+#[tokio::test]
+async fn a_cross_site_browser_post_is_refused_before_the_upstream() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let body = r#"{"model":"[mock]m","messages":[{"role":"user","content":"hi"}]}"#;
+    let origin = Some("https://elsewhere.example");
+    let cases: [(Option<&str>, Option<&str>, u16); 7] = [
+        (origin, Some("text/plain;charset=UTF-8"), 403),
+        (origin, Some("application/x-www-form-urlencoded"), 403),
+        (origin, Some("Multipart/Form-Data; boundary=x"), 403),
+        (origin, None, 403),
+        (origin, Some("application/json"), 200),
+        (None, Some("application/x-www-form-urlencoded"), 200),
+        (None, None, 200),
+    ];
+    let mut forwarded = 0;
+    for (version, http) in [("HTTP/1", client()), ("HTTP/2", h2c_client())] {
+        for (origin, content_type, status) in cases {
+            let mut request = http.post(router.url("/v1/chat/completions")).body(body);
+            if let Some(origin) = origin {
+                request = request.header("origin", origin);
+            }
+            if let Some(content_type) = content_type {
+                request = request.header("content-type", content_type);
+            }
+            let response = request.send().await.expect("send");
+            let case = format!("{version} {origin:?} {content_type:?}");
+            assert!(
+                response.headers().contains_key("x-llmsrouter-request-id"),
+                "{case}"
+            );
+            if status == 403 {
+                let (got, body) = error_of(response).await;
+                assert_eq!(got, 403, "{case}");
+                assert_eq!(body["error"]["code"], "cross_site_request", "{case}");
+                assert_eq!(body["error"]["type"], "permission_error", "{case}");
+            } else {
+                assert_eq!(response.status(), 200, "{case}");
+                forwarded += 1;
+            }
+            assert_eq!(
+                upstream.count(),
+                forwarded,
+                "{case}: only the passing ones arrived"
+            );
+        }
+    }
+    router.stop().await;
 }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::support::upstream::{Behavior, MockUpstream, chat_completion, expected_stream};
-use crate::support::{TestRouter, one_server_config};
+use crate::support::{TestRouter, h2c_client, one_server_config};
 
 /// One answer as it came off the wire.
 #[derive(Debug)]
@@ -910,14 +910,6 @@ async fn h2c_stream_request(router: &TestRouter) -> reqwest::Response {
         .send()
         .await
         .expect("an answer over HTTP/2")
-}
-
-fn h2c_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .expect("client")
 }
 
 #[tokio::test]

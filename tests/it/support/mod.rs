@@ -175,6 +175,15 @@ pub fn client() -> reqwest::Client {
         .expect("test client")
 }
 
+/// A client that speaks HTTP/2 without TLS from the first byte (h2c prior knowledge).
+pub fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2c client")
+}
+
 /// Removes from a spawned router every variable it reads (and proxy settings, which would
 /// send loopback traffic elsewhere), so a developer's own settings — Langfuse keys, a log
 /// file, accounts on — never leak into a test. Tests set what they need explicitly.
