@@ -117,24 +117,39 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates `file`, expanding `${NAME}` with `env`.
     pub fn load(file: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let text = match std::fs::read_to_string(file) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ConfigError::NotFound {
-                    file: file.to_owned(),
-                });
-            }
-            Err(e) => {
-                return Err(ConfigError::Unreadable {
-                    file: file.to_owned(),
-                    reason: e.to_string(),
-                });
-            }
-        };
+        let text = Self::read(file)?;
         Self::parse(&text, env).map_err(|(path, reason)| ConfigError::Invalid {
             file: file.to_owned(),
             path,
             reason,
+        })
+    }
+
+    /// The provider aliases `file` defines, as written, without expanding `${NAME}` or
+    /// checking the values: all the `user` commands need to know, and they must not depend
+    /// on a provider's key variable being set where they run.
+    pub fn aliases(file: &Path) -> Result<Vec<String>, ConfigError> {
+        let text = Self::read(file)?;
+        let raw = parse_yaml(&text).map_err(|(path, reason)| ConfigError::Invalid {
+            file: file.to_owned(),
+            path,
+            reason,
+        })?;
+        Ok(raw
+            .and_then(|raw| raw.servers)
+            .map(|servers| servers.into_keys().collect())
+            .unwrap_or_default())
+    }
+
+    fn read(file: &Path) -> Result<String, ConfigError> {
+        std::fs::read_to_string(file).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ConfigError::NotFound {
+                file: file.to_owned(),
+            },
+            _ => ConfigError::Unreadable {
+                file: file.to_owned(),
+                reason: e.to_string(),
+            },
         })
     }
 

@@ -310,7 +310,10 @@ fn trace_max_io_bytes(env: &dyn Fn(&str) -> Option<String>) -> Result<usize, Env
     }
 }
 
-/// Reads a boolean variable; unset or empty means `default`.
+/// Reads a boolean variable; unset means `default`. Set but empty is an error, not the
+/// default: `docker --env-file` and compose's `${VAR}` leave a variable empty when its value
+/// went missing, and for `ENABLE_ACCOUNT_MANAGEMENT` reading that as `false` would open a
+/// router meant to be closed (an empty real variable also hides `.env`'s value).
 pub fn bool_var(
     env: &dyn Fn(&str) -> Option<String>,
     name: &'static str,
@@ -318,7 +321,10 @@ pub fn bool_var(
 ) -> Result<bool, EnvError> {
     match env(name) {
         None => Ok(default),
-        Some(v) if v.trim().is_empty() => Ok(default),
+        Some(v) if v.trim().is_empty() => Err(EnvError {
+            name,
+            reason: "is set but empty: give it true or false (or 1/0, yes/no), or unset it".into(),
+        }),
         Some(v) => parse_bool(&v).ok_or_else(|| EnvError {
             name,
             reason: format!("\"{v}\" is not a boolean (use true/false, 1/0 or yes/no)"),
@@ -354,6 +360,23 @@ mod tests {
         let env = |n: &str| (n == "ENABLE_ACCOUNT_MANAGEMENT").then(|| "maybe".to_owned());
         let err = EnvSettings::from_lookup(&env).expect_err("bad");
         assert!(err.to_string().starts_with("ENABLE_ACCOUNT_MANAGEMENT:"));
+    }
+
+    #[test]
+    fn an_empty_boolean_is_an_error_not_its_default() {
+        for name in [
+            "ENABLE_ACCOUNT_MANAGEMENT",
+            "LLMSROUTER_LOG_BODIES",
+            "LLMSROUTER_LEDGER",
+        ] {
+            let env = |n: &str| (n == name).then(|| " ".to_owned());
+            let err = EnvSettings::from_lookup(&env).expect_err("empty");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("{name}: is set but empty")),
+                "{err}"
+            );
+        }
     }
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

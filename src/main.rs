@@ -470,11 +470,11 @@ fn run_models(cli: &Cli, args: &ModelsArgs) -> anyhow::Result<ExitCode> {
 
 /// `llmsrouter user ...`: the users store from the command line.
 fn run_user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {
-    let known_aliases = match command {
+    let (known_aliases, warning) = match command {
         UserCommand::Add { .. } | UserCommand::Modify { .. } | UserCommand::Import { .. } => {
             config_aliases(&cli.config)
         }
-        _ => None,
+        _ => (None, None),
     };
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
@@ -487,18 +487,21 @@ fn run_user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {
         err: &mut err,
     };
     users::commands::run(command, &mut cx)?;
+    // Only after success: a command that fails says so in one line.
+    if let Some(warning) = warning {
+        use std::io::Write as _;
+        let _ = writeln!(err, "warning: provider names not checked: {warning}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// config.yaml's aliases, to warn about permissions naming others. No config file: no
-/// check (the CLI may run where the config is not); an invalid one: a warning, no check.
-fn config_aliases(path: &Path) -> Option<Vec<String>> {
-    match Config::load(path, &env_lookup) {
-        Ok(config) => Some(config.servers.keys().cloned().collect()),
-        Err(ConfigError::NotFound { .. }) => None,
-        Err(error) => {
-            eprintln!("warning: provider names not checked: {error}");
-            None
-        }
+/// check (the CLI may run where the config is not); one that cannot be read: no check, and
+/// why (for a warning).
+fn config_aliases(path: &Path) -> (Option<Vec<String>>, Option<ConfigError>) {
+    match Config::aliases(path) {
+        Ok(aliases) => (Some(aliases), None),
+        Err(ConfigError::NotFound { .. }) => (None, None),
+        Err(error) => (None, Some(error)),
     }
 }

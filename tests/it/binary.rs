@@ -160,6 +160,25 @@ async fn a_bad_boolean_variable_stops_start_up_naming_it() {
     assert!(stderr.contains("LLMSROUTER_LOG_BODIES"), "{stderr}");
 }
 
+/// An empty account switch in the real environment (a missing value under `docker
+/// --env-file`) hides `.env`'s `true`: start-up stops naming it, where it used to start the
+/// router open to anyone.
+#[test]
+fn an_empty_account_switch_stops_start_up_instead_of_opening_the_router() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join(".env"), "ENABLE_ACCOUNT_MANAGEMENT=true\n").expect(".env");
+    let empty = [("ENABLE_ACCOUNT_MANAGEMENT", "")];
+    for command in [&["check"][..], &["serve", "--port", "0"][..]] {
+        let (code, _, stderr) = run_cli(dir.path(), command, &empty);
+        assert_eq!(code, 1, "{command:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("ENABLE_ACCOUNT_MANAGEMENT: is set but empty"),
+            "{stderr}"
+        );
+    }
+}
+
 /// A bad value from a variable is reported under the variable's name (the user never typed
 /// the flag), an empty one as empty; on the command line, under the flag's.
 #[test]

@@ -376,6 +376,46 @@ fn aliases_missing_from_config_yaml_are_accepted_with_a_warning() {
     assert!(!err.contains("warning"), "{err}");
 }
 
+/// The aliases are checked whatever the providers' key variables hold where the command
+/// runs (a `${VAR}` that is not set there); a config.yaml that cannot be read is a warning
+/// after a command that succeeded, and a failing command still says only its one line.
+#[test]
+fn aliases_are_checked_without_the_key_variables_and_failures_stay_one_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  mock:\n    url: \"http://127.0.0.1:9/v1\"\n    api_key: \"${LLMSROUTER_TEST_UNSET_KEY}\"\n",
+    )
+    .expect("config");
+    let (code, _, err) = user(dir.path(), &["add", "ann", "--permissions", "mock,typo"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: provider \"typo\" is not in config.yaml"),
+        "{err}"
+    );
+    assert!(!err.contains("\"mock\" is not"), "{err}");
+    assert!(!err.contains("not checked"), "{err}");
+    let (code, _, err) = user(dir.path(), &["add", "ann", "--permissions", "mock"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("already exists"), "{err}");
+
+    std::fs::write(dir.path().join("config.yaml"), "servers: [broken\n").expect("config");
+    let (code, _, err) = user(dir.path(), &["add", "bob", "--permissions", "mock"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("\nwarning: provider names not checked:"),
+        "{err}"
+    );
+    let (code, _, err) = user(dir.path(), &["add", "bob", "--permissions", "mock"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error:") && err.contains("already exists"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_database_files_are_refused_and_left_untouched() {
     let dir = tempfile::tempdir().expect("dir");
