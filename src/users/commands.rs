@@ -62,8 +62,9 @@ pub fn run(command: &UserCommand, cx: &mut Context<'_>) -> Result<(), UserError>
         }
         UserCommand::Show { username, json } => show(cx, username, *json),
         UserCommand::RotateKey { username } => {
-            let key = UserStore::open(cx.db, OpenMode::Existing)?.rotate_key(username)?;
-            writeln!(cx.out, "{}", key.expose())?;
+            let out = &mut *cx.out;
+            UserStore::open(cx.db, OpenMode::Existing)?
+                .rotate_key_delivering(username, |key| print_key(out, key))?;
             writeln!(
                 cx.err,
                 "new key for {} (above, shown only now); the old key no longer works",
@@ -90,8 +91,8 @@ fn add(
     };
     // Checked before the database is opened (or created): bad input writes nothing.
     user.validate()?;
-    let key = UserStore::open(cx.db, OpenMode::Create)?.add(&user)?;
-    writeln!(cx.out, "{}", key.expose())?;
+    let out = &mut *cx.out;
+    UserStore::open(cx.db, OpenMode::Create)?.add_delivering(&user, |key| print_key(out, key))?;
     writeln!(
         cx.err,
         "created user {} (may use: {}); the key above is shown only now",
@@ -100,6 +101,12 @@ fn add(
     )?;
     warn_unknown_aliases(cx, &user.permissions, username)?;
     Ok(())
+}
+
+/// A new key alone on its line, flushed: it must have left before the change is committed.
+fn print_key(out: &mut dyn Write, key: &crate::secret::Secret) -> std::io::Result<()> {
+    writeln!(out, "{}", key.expose())?;
+    out.flush()
 }
 
 fn import_file(cx: &mut Context<'_>, file: &Path) -> Result<(), UserError> {
@@ -115,10 +122,14 @@ fn import_file(cx: &mut Context<'_>, file: &Path) -> Result<(), UserError> {
         .unwrap_or_default();
     let rows = import::parse(name, &bytes).map_err(|e| failed(e.to_string()))?;
     let users: Vec<NewUser> = rows.iter().map(|r| r.user.clone()).collect();
-    let outcome = UserStore::open(cx.db, OpenMode::Create)?.import(&users)?;
-    for (username, key) in &outcome.created {
-        writeln!(cx.out, "{username}\t{}", key.expose())?;
-    }
+    let out = &mut *cx.out;
+    let outcome =
+        UserStore::open(cx.db, OpenMode::Create)?.import_delivering(&users, |outcome| {
+            for (username, key) in &outcome.created {
+                writeln!(out, "{username}\t{}", key.expose())?;
+            }
+            out.flush()
+        })?;
     for &position in &outcome.skipped {
         let ImportRow { row, user } = &rows[position];
         writeln!(

@@ -51,6 +51,9 @@ pub enum UserError {
     Import { file: String, reason: String },
     #[error("cannot write the output: {0}")]
     Output(std::io::Error),
+    /// A new key could not be written out; the change that made it was not committed.
+    #[error("cannot write the new key: {0}; nothing was changed")]
+    Undelivered(std::io::Error),
 }
 
 // Written out rather than `#[from]`, which would also make the inner error the `source`,

@@ -92,6 +92,17 @@ impl UserStore {
     /// Creates `user` with a new key and returns the key. A username that exists is an error
     /// and its row (and key) is left as it was.
     pub fn add(&mut self, user: &NewUser) -> Result<Secret, UserError> {
+        self.add_delivering(user, |_| Ok(()))
+    }
+
+    /// [`Self::add`], handing the key to `deliver` (which shows it) before the change is
+    /// committed: a key that cannot be shown is never stored, so a command that says it
+    /// failed has changed nothing and no account is left with a key nobody saw.
+    pub fn add_delivering(
+        &mut self,
+        user: &NewUser,
+        deliver: impl FnOnce(&Secret) -> std::io::Result<()>,
+    ) -> Result<Secret, UserError> {
         user.validate()?;
         let tx = self
             .conn
@@ -103,6 +114,7 @@ impl UserStore {
             )));
         }
         let key = insert(&tx, user)?;
+        deliver(&key).map_err(UserError::Undelivered)?;
         tx.commit()?;
         Ok(key)
     }
@@ -165,6 +177,17 @@ impl UserStore {
 
     /// Gives `username` a new key and returns it; the old key no longer matches any row.
     pub fn rotate_key(&mut self, username: &str) -> Result<Secret, UserError> {
+        self.rotate_key_delivering(username, |_| Ok(()))
+    }
+
+    /// [`Self::rotate_key`], handing the new key to `deliver` before the change is
+    /// committed: when it cannot be shown, the old key keeps working (see
+    /// [`Self::add_delivering`]).
+    pub fn rotate_key_delivering(
+        &mut self,
+        username: &str,
+        deliver: impl FnOnce(&Secret) -> std::io::Result<()>,
+    ) -> Result<Secret, UserError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -178,6 +201,7 @@ impl UserStore {
                 params![key.expose(), now, username],
             )
         })?;
+        deliver(&key).map_err(UserError::Undelivered)?;
         tx.commit()?;
         Ok(key)
     }
@@ -185,6 +209,16 @@ impl UserStore {
     /// Creates every user of `users` that does not exist yet, all in one transaction: either
     /// all of them are written or, on an error, none.
     pub fn import(&mut self, users: &[NewUser]) -> Result<ImportOutcome, UserError> {
+        self.import_delivering(users, |_| Ok(()))
+    }
+
+    /// [`Self::import`], handing the new keys to `deliver` before the change is committed:
+    /// when they cannot be shown, no user is created (see [`Self::add_delivering`]).
+    pub fn import_delivering(
+        &mut self,
+        users: &[NewUser],
+        deliver: impl FnOnce(&ImportOutcome) -> std::io::Result<()>,
+    ) -> Result<ImportOutcome, UserError> {
         for user in users {
             user.validate()?;
         }
@@ -200,6 +234,7 @@ impl UserStore {
             let key = insert(&tx, user)?;
             outcome.created.push((user.username.clone(), key));
         }
+        deliver(&outcome).map_err(UserError::Undelivered)?;
         tx.commit()?;
         Ok(outcome)
     }

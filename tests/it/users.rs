@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::support::upstream::{Behavior, MockUpstream};
-use crate::support::{RouterProcess, TestRouter, client, run_cli};
+use crate::support::{RouterProcess, TestRouter, client, run_cli, run_cli_writing_to};
 
 /// The Python version's `CREATE TABLE`, exactly as it ran it.
 const PYTHON_SCHEMA: &str = "
@@ -414,6 +414,40 @@ fn aliases_are_checked_without_the_key_variables_and_failures_stay_one_line() {
         err.starts_with("error:") && err.contains("already exists"),
         "{err}"
     );
+}
+
+/// A new key that cannot be written out (stdout a full disk, a closed pipe) is never
+/// stored: `add`, `rotate-key` and `import` fail in one line and change nothing, so no
+/// account is left with a key nobody saw, and the old key of a rotation keeps working.
+#[test]
+fn a_key_that_cannot_be_shown_is_not_stored() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    let old_key = add(dir.path(), &["ann"]);
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full")
+    };
+    std::fs::write(dir.path().join("team.csv"), "username,email\ncid,\ndee,\n").expect("csv");
+    for args in [
+        &["user", "add", "bob"][..],
+        &["user", "rotate-key", "ann"][..],
+        &["user", "import", "team.csv"][..],
+    ] {
+        let (code, err) = run_cli_writing_to(dir.path(), args, full());
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("error: cannot write the new key:")
+                && err.trim_end().ends_with("nothing was changed"),
+            "{err}"
+        );
+    }
+    let stored: Vec<[String; 6]> = rows(&db);
+    assert_eq!(stored.len(), 1, "only ann: {stored:?}");
+    assert_eq!(row_of(&db, "ann")[1], old_key, "ann's key is unchanged");
 }
 
 #[test]

@@ -377,6 +377,23 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// Runs the binary with `args` in `dir` writing its stdout to `stdout` (a full device, a
+/// closed pipe); returns (exit code, stderr).
+pub fn run_cli_writing_to(dir: &Path, args: &[&str], stdout: std::fs::File) -> (i32, String) {
+    let mut command = Command::new(binary());
+    isolate_env(&mut command);
+    command.args(args).current_dir(dir).env("RUST_LOG", "warn");
+    let out = command
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run llmsrouter");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs the binary with `args` in `dir`; returns (exit code, stdout, stderr).
 pub fn run_cli(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     let mut command = Command::new(binary());
