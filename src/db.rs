@@ -94,8 +94,28 @@ pub enum DbError {
 
 /// Opens (creating if needed) and migrates the database at `path`.
 pub fn open(path: &Path) -> Result<Connection, DbError> {
+    open_as(path, Access::ReadWrite)
+}
+
+/// Opens the database at `path` for reading: as [`open`] when it can be written; a file the
+/// router may only read (a read-only mount of the Python version's users.db) is opened as
+/// it is, without the switch to WAL or the schema steps, which its tables do not need to be
+/// read. What reads it must cope with an older schema (see `users::index`).
+pub fn open_to_read(path: &Path) -> Result<Connection, DbError> {
+    open_as(path, Access::ReadOnlyWhenSo)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    ReadWrite,
+    ReadOnlyWhenSo,
+}
+
+fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
     let shown = path.display().to_string();
-    create_private(path);
+    if access == Access::ReadWrite {
+        create_private(path);
+    }
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -111,6 +131,10 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let found = user_version(&conn).map_err(|e| not_a_database(&shown, e))?;
     check_version(found, &shown)?;
+    // SQLite opens a file the process may not write read-only, and says so.
+    if access == Access::ReadOnlyWhenSo && conn.is_readonly(rusqlite::MAIN_DB)? {
+        return Ok(conn);
+    }
     configure(&conn).map_err(|e| not_a_database(&shown, e))?;
     migrate(&conn, &shown)?;
     Ok(conn)

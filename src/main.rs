@@ -286,7 +286,7 @@ fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
             cli.db.display()
         ));
     }
-    let conn = llmsrouter::db::open(&cli.db)?;
+    let conn = llmsrouter::db::open_to_read(&cli.db)?;
     let by = match args.by {
         UsageGroup::Provider => GroupBy::Provider,
         UsageGroup::User => GroupBy::User,

@@ -193,7 +193,7 @@ impl<'a> UserJson<'a> {
 }
 
 fn list(cx: &mut Context<'_>, json: bool) -> Result<(), UserError> {
-    let users = UserStore::open(cx.db, OpenMode::Existing)?.list()?;
+    let users = UserStore::open(cx.db, OpenMode::Read)?.list()?;
     if json {
         let items: Vec<UserJson<'_>> = users.iter().map(UserJson::of).collect();
         write_json(cx.out, &items)?;
@@ -227,7 +227,7 @@ fn list(cx: &mut Context<'_>, json: bool) -> Result<(), UserError> {
 }
 
 fn show(cx: &mut Context<'_>, username: &str, json: bool) -> Result<(), UserError> {
-    let user = UserStore::open(cx.db, OpenMode::Existing)?.get(username)?;
+    let user = UserStore::open(cx.db, OpenMode::Read)?.get(username)?;
     if json {
         write_json(cx.out, &UserJson::of(&user))?;
         return Ok(());

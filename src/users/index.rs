@@ -138,6 +138,9 @@ pub struct IndexRefresher {
     seen_version: Option<i64>,
     /// `users_changes.n` at the last reload.
     seen_changes: Option<i64>,
+    /// `Some(true)` once the database is known to count changes to `users`; asked again
+    /// while it does not (another process may bring the schema up to date meanwhile).
+    counted: Option<bool>,
     failing: bool,
 }
 
@@ -147,6 +150,7 @@ impl IndexRefresher {
             conn,
             seen_version: None,
             seen_changes: None,
+            counted: None,
             failing: false,
         }
     }
@@ -164,21 +168,40 @@ impl IndexRefresher {
             return Ok(false);
         }
         // Something committed; the ledger writes often. Only a change to `users` (counted by
-        // triggers, schema step 3) is worth a reload.
-        let changes: i64 = self
-            .conn
-            .prepare_cached("SELECT n FROM users_changes WHERE id = 1")?
-            .query_row([], |row| row.get(0))?;
+        // triggers, schema step 3) is worth a reload. A file read as it is (read-only, older
+        // than step 3) has no counter: every commit reloads (none comes from this router,
+        // which cannot write there).
+        let changes: Option<i64> = if self.counted()? {
+            let n = self
+                .conn
+                .prepare_cached("SELECT n FROM users_changes WHERE id = 1")?
+                .query_row([], |row| row.get(0))?;
+            Some(n)
+        } else {
+            None
+        };
         self.seen_version = Some(version);
-        if self.seen_changes == Some(changes) {
+        if changes.is_some() && self.seen_changes == changes {
             return Ok(false);
         }
         let count = index.reload(&self.conn)?;
         if self.seen_changes.is_some() {
             tracing::info!("users changed in the database; {count} users now");
         }
-        self.seen_changes = Some(changes);
+        self.seen_changes = changes;
         Ok(true)
+    }
+
+    /// Whether the database counts changes to `users` (schema step 3 made the counter).
+    fn counted(&mut self) -> rusqlite::Result<bool> {
+        if self.counted.is_none() {
+            let version: i64 = self
+                .conn
+                .query_row("PRAGMA user_version", [], |row| row.get(0))?;
+            // Step 3 cannot be undone: once counted, always counted.
+            self.counted = (version >= 3).then_some(true);
+        }
+        Ok(self.counted.unwrap_or(false))
     }
 
     /// One tick of the task: a failure keeps the previous index (logged once, not on every
@@ -245,7 +268,7 @@ async fn refresh_loop(index: Arc<UserIndex>, every: Duration, stop: Cancellation
 /// What `serve` runs with account management on: opens the database, loads every user and
 /// starts the refresh task. Needs a Tokio runtime.
 pub fn start(path: &Path) -> Result<(Arc<UserIndex>, RefreshTask), UserError> {
-    let conn = crate::db::open(path)?;
+    let conn = crate::db::open_to_read(path)?;
     let index = Arc::new(UserIndex::following(conn)?);
     let task = RefreshTask::start(index.clone(), REFRESH_INTERVAL);
     Ok((index, task))

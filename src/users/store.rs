@@ -73,6 +73,9 @@ pub enum OpenMode {
     /// Every other command: a missing file is an error, so a mistyped `--db` does not
     /// quietly answer from (and leave behind) an empty database.
     Existing,
+    /// `list` and `show`: as `Existing`, and a file the router may only read is read as it
+    /// is (see [`crate::db::open_to_read`]).
+    Read,
 }
 
 pub struct UserStore {
@@ -82,10 +85,13 @@ pub struct UserStore {
 impl UserStore {
     pub fn open(path: &Path, mode: OpenMode) -> Result<Self, UserError> {
         let existed = path.exists();
-        if !existed && mode == OpenMode::Existing {
+        if !existed && mode != OpenMode::Create {
             return Err(UserError::NoDatabase(path.display().to_string()));
         }
-        let conn = crate::db::open(path)?;
+        let conn = match mode {
+            OpenMode::Read => crate::db::open_to_read(path)?,
+            OpenMode::Create | OpenMode::Existing => crate::db::open(path)?,
+        };
         Ok(Self { conn })
     }
 

@@ -10,7 +10,9 @@ use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::support::upstream::{Behavior, MockUpstream};
-use crate::support::{RouterProcess, TestRouter, client, run_cli, run_cli_writing_to};
+use crate::support::{
+    RouterProcess, TestRouter, client, run_cli, run_cli_as_reader, run_cli_writing_to,
+};
 
 /// The Python version's `CREATE TABLE`, exactly as it ran it.
 const PYTHON_SCHEMA: &str = "
@@ -687,6 +689,85 @@ async fn cli(dir: PathBuf, args: Vec<String>) -> (i32, String, String) {
 
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+/// The Python version's users.db on a read-only mount (mode 444 here, read by a user who
+/// cannot write it): `user list` and `show` read it, and `serve` with the ledger off
+/// authenticates from it, all without writing it (no WAL switch, no schema step), and sees
+/// a change made to it by its owner. A command that must write says why it cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_python_users_db_is_read_as_it_is() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), two_server_config(&upstream)).expect("cfg");
+    let db = dir.path().join("users.db");
+    python_users_db(&db);
+    let read_only =
+        |mode| std::fs::set_permissions(&db, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    read_only(0o444);
+    let before = std::fs::read(&db).expect("db");
+
+    let (code, out, err) = run_cli_as_reader(dir.path(), &["user", "list"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ann") && out.contains("bob"), "{out}");
+    let (code, out, err) = run_cli_as_reader(dir.path(), &["user", "show", "bob", "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"mock\""), "{out}");
+    let (code, _, err) = run_cli_as_reader(dir.path(), &["user", "rotate-key", "ann"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("readonly"), "{err}");
+
+    let router = RouterProcess::start_as_reader(
+        dir,
+        &[
+            ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+            ("LLMSROUTER_LEDGER", "false"),
+            ("LLMSROUTER_LOG_FILE", ""),
+        ],
+    );
+    let url = router.url("/v1/chat/completions");
+    assert_eq!(
+        chat(&url, Auth::Bearer(ANN_KEY), "[mock]m").await,
+        (200, None)
+    );
+    assert_eq!(
+        chat(&url, Auth::Bearer(BOB_KEY), "[other]m").await,
+        (403, Some("provider_forbidden".to_owned()))
+    );
+    assert_eq!(std::fs::read(&db).expect("db"), before, "not written");
+    let files: Vec<_> = std::fs::read_dir(router.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(
+        !files.iter().any(|f| f.to_string_lossy().contains("-wal")),
+        "{files:?}"
+    );
+
+    // The owner removes bob: the router follows without a restart.
+    read_only(0o644);
+    Connection::open(&db)
+        .expect("owner")
+        .execute("DELETE FROM users WHERE username = 'bob'", [])
+        .expect("delete");
+    read_only(0o444);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = chat(&url, Auth::Bearer(BOB_KEY), "[mock]m").await;
+        if got == (401, Some("invalid_api_key".to_owned())) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob still in: {got:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        chat(&url, Auth::Bearer(ANN_KEY), "[mock]m").await,
+        (200, None)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

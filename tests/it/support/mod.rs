@@ -237,6 +237,31 @@ pub fn binary() -> PathBuf {
 }
 
 /// The real `llmsrouter serve`, in its own working directory, on an ephemeral port.
+/// How [`RouterProcess`] starts the binary.
+enum Launch {
+    Plain,
+    /// With the soft limit on open files lowered to this first.
+    OpenFiles(u64),
+    AsReader,
+}
+
+/// A command running the binary as a user for whom a file of mode 444 is read-only: the
+/// test's own user, or `nobody` when that is root (which writes any file). `dir` is opened
+/// to all (a temporary folder is its owner's only) so `nobody` can enter it.
+pub fn reader_command(dir: &Path) -> Command {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let root = std::fs::metadata(dir).expect("dir").uid() == 0;
+    if !root {
+        return Command::new(binary());
+    }
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(binary());
+    command
+}
+
 pub struct RouterProcess {
     pub child: Child,
     pub addr: SocketAddr,
@@ -255,7 +280,13 @@ impl RouterProcess {
     }
 
     pub fn start_in(dir: tempfile::TempDir, envs: &[(&str, &str)]) -> Self {
-        Self::spawn(dir, envs, None)
+        Self::spawn(dir, envs, Launch::Plain)
+    }
+
+    /// [`Self::start_in`] by a user who may not write `dir`'s read-only files (see
+    /// [`reader_command`]).
+    pub fn start_as_reader(dir: tempfile::TempDir, envs: &[(&str, &str)]) -> Self {
+        Self::spawn(dir, envs, Launch::AsReader)
     }
 
     /// [`Self::start`] with the soft limit on open files lowered to `soft_limit` first (by
@@ -267,13 +298,14 @@ impl RouterProcess {
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("config.yaml"), config_yaml).expect("write config");
-        Self::spawn(dir, envs, Some(soft_limit))
+        Self::spawn(dir, envs, Launch::OpenFiles(soft_limit))
     }
 
-    fn spawn(dir: tempfile::TempDir, envs: &[(&str, &str)], soft_open_files: Option<u64>) -> Self {
-        let mut command = match soft_open_files {
-            None => Command::new(binary()),
-            Some(limit) => {
+    fn spawn(dir: tempfile::TempDir, envs: &[(&str, &str)], launch: Launch) -> Self {
+        let mut command = match launch {
+            Launch::Plain => Command::new(binary()),
+            Launch::AsReader => reader_command(dir.path()),
+            Launch::OpenFiles(limit) => {
                 let mut shell = Command::new("sh");
                 shell
                     .arg("-c")
@@ -390,6 +422,26 @@ pub fn run_cli_writing_to(dir: &Path, args: &[&str], stdout: std::fs::File) -> (
         .expect("run llmsrouter");
     (
         out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`run_cli`] by a user who may not write `dir`'s read-only files ([`reader_command`]).
+pub fn run_cli_as_reader(
+    dir: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut command = reader_command(dir);
+    isolate_env(&mut command);
+    command.args(args).current_dir(dir).env("RUST_LOG", "warn");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let out = command.output().expect("run llmsrouter");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
