@@ -166,6 +166,9 @@ pub enum Shape {
     /// An upstream error body the router rewrote (wrapped into OpenAI's shape, or decoded
     /// from its Content-Encoding): JSON, uncompressed.
     WrappedError,
+    /// The upstream's 2xx answer decoded from its Content-Encoding (to take an echoed key out
+    /// of it): without that header, with the upstream's Content-Type.
+    Decoded,
     /// A stream relayed as it arrives; `sse` when it is an event stream, which gets the
     /// headers PRODUCT.md "Streaming" names.
     Stream { sse: bool },
@@ -200,6 +203,7 @@ impl FieldSource for AnswerFields {
                     Shape::WrappedError => {
                         matches!(kind, Known::ContentType | Known::ContentEncoding)
                     }
+                    Shape::Decoded => kind == Known::ContentEncoding,
                     Shape::Stream { sse: true } => matches!(
                         kind,
                         Known::ContentType
@@ -222,7 +226,7 @@ impl FieldSource for AnswerFields {
                 emit(b"cache-control", b"no-cache");
                 emit(b"x-accel-buffering", b"no");
             }
-            Shape::Relayed | Shape::Stream { sse: false } => {}
+            Shape::Relayed | Shape::Decoded | Shape::Stream { sse: false } => {}
         }
         if let Some(id) = &self.request_id {
             emit(REQUEST_ID.as_bytes(), id.as_bytes());

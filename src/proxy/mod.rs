@@ -628,15 +628,42 @@ struct Limits<'a> {
 /// hold `"error"` are searched for keys (one `memmem` over the rest), so a normal answer
 /// or event costs next to nothing.
 pub(crate) fn without_echoed_keys(redactor: &Redactor, bytes: Bytes) -> Bytes {
+    echoed_keys_removed(redactor, &bytes).unwrap_or(bytes)
+}
+
+/// `bytes` without the configured keys when it reports an error and holds one; `None` when
+/// it needs no change (see [`without_echoed_keys`]).
+fn echoed_keys_removed(redactor: &Redactor, bytes: &[u8]) -> Option<Bytes> {
     // Built once: making a searcher costs more than the search of a typical answer.
     static ERROR_MEMBER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"error\""));
-    if redactor.is_empty() || ERROR_MEMBER.find(&bytes).is_none() {
-        return bytes;
+    if redactor.is_empty() || ERROR_MEMBER.find(bytes).is_none() {
+        return None;
     }
-    match redactor.redact_bytes(&bytes, &[]) {
-        Cow::Borrowed(_) => bytes,
-        Cow::Owned(clean) => Bytes::from(clean),
+    match redactor.redact_bytes(bytes, &[]) {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(clean) => Some(Bytes::from(clean)),
+    }
+}
+
+/// A 2xx answer's body as the client gets it, and whether the router decoded it. One the
+/// upstream compressed although asked for `identity` is searched decoded (gzip, deflate, up
+/// to [`MAX_DECODED_ERROR`]): when it reports an error that echoes a key, the client gets
+/// it decoded and without the key, since the compressed bytes would carry the key past
+/// [`without_echoed_keys`]; any other goes as it came, compressed.
+fn success_body(body: Bytes, fields: &Fields, redactor: &Redactor) -> (Bytes, bool) {
+    let Some(coding) = crate::content_coding::content_encoding(fields) else {
+        return (without_echoed_keys(redactor, body), false);
+    };
+    if redactor.is_empty() {
+        return (body, false);
+    }
+    let clean = crate::content_coding::decode(&coding, &body, MAX_DECODED_ERROR)
+        .ok()
+        .and_then(|decoded| echoed_keys_removed(redactor, &decoded));
+    match clean {
+        Some(clean) => (clean, true),
+        None => (body, false),
     }
 }
 
@@ -689,8 +716,13 @@ async fn whole_answer(
     };
     let (body, shape, outcome, error) = if status.is_success() || status.is_informational() {
         // A 200 may report an error too (`{"error": ...}`), echoing the key it was sent.
-        let body = without_echoed_keys(redactor, body);
-        (body, Shape::Relayed, Outcome::Success, None)
+        let (body, decoded) = success_body(body, &fields, redactor);
+        let shape = if decoded {
+            Shape::Decoded
+        } else {
+            Shape::Relayed
+        };
+        (body, shape, Outcome::Success, None)
     } else if status.is_redirection() {
         // Relayed as it came (the router does not follow redirects: the client decides),
         // but no completion happened: recorded as the upstream's error, so the ledger
@@ -722,7 +754,7 @@ async fn whole_answer(
         // An error body passed on was parsed as OpenAI-shaped JSON; any other was wrapped. A
         // redirect's body was not read.
         record.response_is_json = outcome == Outcome::UpstreamError && !status.is_redirection();
-        if outcome == Outcome::Success {
+        if outcome == Outcome::Success && shape == Shape::Relayed {
             // Decoded off the request path, by the recorder.
             record.response_encoding = crate::content_coding::content_encoding(&fields);
         }

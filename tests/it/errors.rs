@@ -791,6 +791,53 @@ async fn a_200_error_echoing_the_providers_key_reaches_the_client_redacted() {
     router.stop().await;
 }
 
+/// The same 200 `{"error": ...}` compressed (the upstream ignored `identity`): the client
+/// gets it decoded and without the key (and without `Content-Encoding`), where the key went
+/// through inside the compressed bytes. A compressed answer with no key in it still goes
+/// as it came.
+#[tokio::test]
+async fn a_compressed_200_error_echoing_the_providers_key_reaches_the_client_decoded_and_redacted()
+{
+    let echoed = r#"{"error":{"message":"provider rejected key Bearer sk-mock-upstream-key"}}"#;
+    let compressed_answer = |coding: &str, raw: Vec<u8>| Behavior {
+        raw_body: Some(raw),
+        headers: vec![
+            ("content-encoding".into(), coding.into()),
+            ("content-type".into(), "application/json".into()),
+        ],
+        ..Default::default()
+    };
+    let upstream = MockUpstream::start(compressed_answer("gzip", gzip(echoed.as_bytes()))).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for (coding, raw) in [
+        ("gzip", gzip(echoed.as_bytes())),
+        ("deflate", zlib(echoed.as_bytes())),
+    ] {
+        upstream.set(compressed_answer(coding, raw));
+        let response = router.chat(&json!({"model": "[mock]m"})).await;
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers().get("content-encoding").is_none(),
+            "{coding}"
+        );
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(
+            response.text().await.expect("body"),
+            echoed.replace("sk-mock-upstream-key", "[redacted]"),
+            "{coding}"
+        );
+    }
+    let fine = r#"{"choices":[{"message":{"content":"hi"}}]}"#;
+    let compressed = gzip(fine.as_bytes());
+    upstream.set(compressed_answer("gzip", compressed.clone()));
+    let response = router.chat(&json!({"model": "[mock]m"})).await;
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(response.bytes().await.expect("body"), compressed);
+    let record = router.records.nth(3).await;
+    assert_eq!(record.response.content, "hi", "the record reads it decoded");
+    router.stop().await;
+}
+
 /// Keys for the request-id test: `k-other` may use only a provider `other`; any other key is
 /// unknown.
 struct OnlyOther;
