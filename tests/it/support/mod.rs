@@ -413,17 +413,9 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
 /// closed pipe); returns (exit code, stderr).
 pub fn run_cli_writing_to(dir: &Path, args: &[&str], stdout: std::fs::File) -> (i32, String) {
     let mut command = Command::new(binary());
-    isolate_env(&mut command);
-    command.args(args).current_dir(dir).env("RUST_LOG", "warn");
-    let out = command
-        .stdout(stdout)
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .expect("run llmsrouter");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    command.stdout(stdout);
+    let (code, _, stderr) = run_prepared(command, dir, args, &[]);
+    (code, stderr)
 }
 
 /// [`run_cli`] by a user who may not write `dir`'s read-only files ([`reader_command`]).
@@ -432,23 +424,22 @@ pub fn run_cli_as_reader(
     args: &[&str],
     envs: &[(&str, &str)],
 ) -> (i32, String, String) {
-    let mut command = reader_command(dir);
-    isolate_env(&mut command);
-    command.args(args).current_dir(dir).env("RUST_LOG", "warn");
-    for (k, v) in envs {
-        command.env(k, v);
-    }
-    let out = command.output().expect("run llmsrouter");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_prepared(reader_command(dir), dir, args, envs)
 }
 
 /// Runs the binary with `args` in `dir`; returns (exit code, stdout, stderr).
 pub fn run_cli(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
-    let mut command = Command::new(binary());
+    run_prepared(Command::new(binary()), dir, args, envs)
+}
+
+/// Runs `command` (the binary, however launched) with `args` in `dir` and only `envs` of
+/// the router's variables; returns (exit code, stdout unless redirected, stderr).
+fn run_prepared(
+    mut command: Command,
+    dir: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (i32, String, String) {
     isolate_env(&mut command);
     command.args(args).current_dir(dir).env("RUST_LOG", "warn");
     for (k, v) in envs {
