@@ -40,6 +40,12 @@ impl Fields {
         self.spans.len()
     }
 
+    /// The buffer the fields lie in (every name and value, maybe more of the message head):
+    /// to search all of them at once.
+    pub fn buffer(&self) -> &[u8] {
+        &self.head
+    }
+
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }

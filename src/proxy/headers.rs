@@ -11,10 +11,13 @@
 //! Both directions are written as a stream of `(name, value)` pairs ([`FieldSource`]), so the
 //! same rules feed the router's own HTTP/1 (written as bytes) and hyper's `HeaderMap`s.
 
+use std::borrow::Cow;
+
 use http::header::HeaderName;
 
-use crate::http1::fields::{FieldSource, Fields, trim};
+use crate::http1::fields::{FieldSource, Fields, FieldsBuilder, trim};
 use crate::routing::Target;
+use crate::sinks::redact::Redactor;
 
 /// The header names the rules below name, recognised with one look at a name's length
 /// first: these checks run for every header of every request and answer.
@@ -183,6 +186,26 @@ pub struct AnswerFields {
     pub upstream: Option<Fields>,
     pub shape: Shape,
     pub request_id: Option<String>,
+}
+
+/// The upstream's header fields without a configured key in any value: an upstream, or a
+/// gateway or firewall before it, that reflects request headers (`X-Echo-Auth: Bearer
+/// sk-...`) must not hand the provider's key to the client, as its error bodies may not.
+/// All fields are searched at once; they are rebuilt only when a key is among them.
+pub fn without_echoed_keys(redactor: &Redactor, fields: Fields) -> Fields {
+    if redactor.is_empty()
+        || matches!(
+            redactor.redact_bytes(fields.buffer(), &[]),
+            Cow::Borrowed(_)
+        )
+    {
+        return fields;
+    }
+    let mut clean = FieldsBuilder::with_capacity(fields.len(), fields.buffer().len());
+    for (name, value) in fields.iter() {
+        clean.push(name, &redactor.redact_bytes(value, &[]));
+    }
+    clean.finish()
 }
 
 /// The id of this request, returned to the client so it can be found in logs and traces.

@@ -334,7 +334,10 @@ async fn forward_inner(
             let error = send_error(&target.provider, &e);
             return Ok(fail(guard, error, request_id, &state.failures));
         }
-        Some(Ok(response)) => response,
+        Some(Ok(mut response)) => {
+            response.fields = headers::without_echoed_keys(&state.redactor, response.fields);
+            response
+        }
     };
     let status = upstream.status;
     if let Some(record) = guard.record_mut() {

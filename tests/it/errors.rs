@@ -838,6 +838,40 @@ async fn a_compressed_200_error_echoing_the_providers_key_reaches_the_client_dec
     router.stop().await;
 }
 
+/// An upstream (or a gateway before it) that reflects request headers into its answer's:
+/// the client gets the provider's key redacted in them, in a whole answer, an error and a
+/// stream alike, and every other header as it came.
+#[tokio::test]
+async fn an_answer_header_echoing_the_providers_key_reaches_the_client_redacted() {
+    let echoing = |status: u16| Behavior {
+        status,
+        headers: vec![
+            ("x-echo-auth".into(), "Bearer sk-mock-upstream-key".into()),
+            ("x-request-id".into(), "req-123".into()),
+        ],
+        ..Default::default()
+    };
+    let upstream = MockUpstream::start(echoing(200)).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for (status, stream) in [(200, false), (429, false), (200, true)] {
+        upstream.set(echoing(status));
+        let response = router
+            .chat(&json!({"model": "[mock]m", "stream": stream}))
+            .await;
+        assert_eq!(response.status(), status);
+        let case = format!("{status} stream={stream}");
+        assert_eq!(
+            response.headers()["x-echo-auth"],
+            "Bearer [redacted]",
+            "{case}"
+        );
+        assert_eq!(response.headers()["x-request-id"], "req-123", "{case}");
+        let text = response.text().await.expect("body");
+        assert!(!text.contains("sk-mock-upstream-key"), "{case}");
+    }
+    router.stop().await;
+}
+
 /// Keys for the request-id test: `k-other` may use only a provider `other`; any other key is
 /// unknown.
 struct OnlyOther;
