@@ -174,9 +174,13 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     };
     match (route, &parts.method) {
         (Route::Upstream(path), _) if path == "/" => not_found(&path),
-        (Route::Upstream(path), &Method::GET) if path == "/metrics" => metrics(&state),
-        (Route::ListModels, &Method::GET) => crate::models::handle_list(&state, &caller).await,
-        (Route::GetModel(id), &Method::GET) => {
+        (Route::Upstream(path), &Method::GET | &Method::HEAD) if path == "/metrics" => {
+            metrics(&state)
+        }
+        (Route::ListModels, &Method::GET | &Method::HEAD) => {
+            crate::models::handle_list(&state, &caller).await
+        }
+        (Route::GetModel(id), &Method::GET | &Method::HEAD) => {
             crate::models::handle_get(&state, &caller, &id).await
         }
         (Route::Upstream(path), &Method::POST) => {
@@ -189,15 +193,26 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             };
             proxy::forward(&state, incoming).await
         }
-        (Route::Upstream(path), method) if method != Method::POST => {
-            ProxyError::MethodNotAllowed(format!(
+        (Route::Upstream(path), method) if method != Method::POST => method_not_allowed(
+            format!(
                 "{method} {path} is not served: the router forwards POST requests with a JSON \"model\""
-            ))
-            .into_response()
-        }
-        (_, method) => ProxyError::MethodNotAllowed(format!("{method} is not allowed here"))
-            .into_response(),
+            ),
+            "POST",
+        ),
+        (_, method) => method_not_allowed(format!("{method} is not allowed here"), READ_ONLY),
     }
+}
+
+/// What the routes that only answer (health, model list, metrics) take.
+const READ_ONLY: &str = "GET, HEAD";
+
+/// 405, with the `Allow` field RFC 9110 asks of it.
+fn method_not_allowed(message: String, allow: &'static str) -> Response {
+    let mut response = ProxyError::MethodNotAllowed(message).into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
 }
 
 fn not_found(path: &str) -> Response {
@@ -221,7 +236,7 @@ fn metrics(state: &AppState) -> Response {
 
 fn health(method: &Method) -> Response {
     if method != Method::GET && method != Method::HEAD {
-        return ProxyError::MethodNotAllowed("use GET /health".into()).into_response();
+        return method_not_allowed("use GET /health".into(), READ_ONLY);
     }
     let mut response = Response::new(Body::from(r#"{"status":"ok"}"#));
     response.headers_mut().insert(

@@ -614,7 +614,15 @@ impl Conn {
         }
         let sends_body = has_body(parts.status) && !is_head;
         let exact = http_body::Body::size_hint(&body).exact();
-        if let Some(size) = exact.filter(|_| has_body(parts.status)) {
+        // A HEAD answer's body is gone (axum empties it), but its length is the GET's, which
+        // axum keeps in the answer's Content-Length.
+        let head_length = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .filter(|_| is_head && has_body(parts.status));
+        if let Some(length) = head_length {
+            write_field(&mut out, b"content-length", length.as_bytes());
+        } else if let Some(size) = exact.filter(|_| has_body(parts.status)) {
             write_length(&mut out, usize::try_from(size).unwrap_or(usize::MAX));
         }
         if !sends_body {

@@ -88,6 +88,16 @@ impl Raw {
 
     /// The next answer, skipping none: a `100 Continue` is returned like any other.
     pub(crate) async fn answer(&mut self) -> Answer {
+        let mut answer = self.answer_head().await;
+        if answer.status == 100 || answer.status == 204 || answer.status == 304 {
+            return answer;
+        }
+        self.read_body(&mut answer).await;
+        answer
+    }
+
+    /// The next answer's status line and header fields only, as to a HEAD request.
+    async fn answer_head(&mut self) -> Answer {
         let status_line = self.take_line().await;
         let status: u16 = status_line
             .split(' ')
@@ -103,14 +113,14 @@ impl Raw {
             let (name, value) = line.split_once(':').expect("a header line");
             headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         }
-        let mut answer = Answer {
+        Answer {
             status,
             headers,
             body: Vec::new(),
-        };
-        if status == 100 || status == 204 || status == 304 {
-            return answer;
         }
+    }
+
+    async fn read_body(&mut self, answer: &mut Answer) {
         if answer.header("transfer-encoding") == Some("chunked") {
             loop {
                 let size = usize::from_str_radix(&self.take_line().await, 16).expect("chunk size");
@@ -129,7 +139,6 @@ impl Raw {
             while self.fill().await {}
             answer.body = std::mem::take(&mut self.buf);
         }
-        answer
     }
 
     /// Whether the router closed the connection (end of file with nothing more).
@@ -378,6 +387,46 @@ async fn answers_carry_one_date_and_none_of_the_upstreams_framing() {
     assert_eq!(last.header("connection"), Some("close"));
     assert!(raw.closed().await);
     assert_eq!(upstream.count(), 2);
+    router.stop().await;
+}
+
+/// HEAD on a route that answers GET gets GET's head, its Content-Length included, and no
+/// body (the next answer on the connection still reads right); a method a route does not
+/// take gets 405 with the `Allow` field naming those it does.
+#[tokio::test]
+async fn head_gets_the_head_of_get_and_405_says_what_is_allowed() {
+    let (_upstream, router) = setup().await;
+    let mut raw = Raw::connect(router.addr).await;
+    for path in ["/health", "/v1/models", "/metrics"] {
+        raw.send(format!("GET {path} HTTP/1.1\r\nHost: router\r\n\r\n").as_bytes())
+            .await;
+        let get = raw.answer().await;
+        raw.send(format!("HEAD {path} HTTP/1.1\r\nHost: router\r\n\r\n").as_bytes())
+            .await;
+        let head = raw.answer_head().await;
+        assert_eq!((get.status, head.status), (200, 200), "{path}");
+        let length = get.body.len().to_string();
+        assert_eq!(
+            head.header("content-length"),
+            Some(length.as_str()),
+            "{path}"
+        );
+        assert_eq!(head.header("content-type"), get.header("content-type"));
+    }
+    let cases = [
+        ("PUT", "/v1/models", "GET, HEAD"),
+        ("DELETE", "/health", "GET, HEAD"),
+        ("GET", "/v1/chat/completions", "POST"),
+    ];
+    for (method, path, allow) in cases {
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: router\r\nContent-Length: 0\r\n\r\n");
+        raw.send(request.as_bytes()).await;
+        let refused = raw.answer().await;
+        assert_eq!(refused.status, 405, "{method} {path}");
+        assert_eq!(refused.header("allow"), Some(allow), "{method} {path}");
+        assert_eq!(refused.json()["error"]["code"], "method_not_allowed");
+    }
     router.stop().await;
 }
 
