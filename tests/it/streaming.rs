@@ -424,6 +424,44 @@ async fn a_stream_with_done_but_no_usage_is_not_partial() {
     router.stop().await;
 }
 
+/// Events whose lines end in a lone `\r` (the SSE format allows it) are forwarded as soon as
+/// their blank line is in, like any other: the router does not wait for the next byte to see
+/// whether a `\n` follows.
+#[tokio::test]
+async fn an_event_ending_in_lone_crs_is_forwarded_without_waiting_for_the_next() {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let first = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\r";
+    let chunks: Vec<Vec<u8>> = vec![first.into(), b"data: [DONE]\r\r".to_vec()];
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(chunks.clone()),
+        hold_chunk: Some((1, gate.clone())),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router.chat(&stream_request("[mock]m")).await;
+    let mut stream = response.bytes_stream();
+    let mut seen = String::new();
+    let read_first = async {
+        while !seen.contains(first) {
+            let piece = stream.next().await.expect("a piece").expect("ok");
+            seen.push_str(&String::from_utf8_lossy(&piece));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_first)
+        .await
+        .expect("the first event arrived while the upstream held the next");
+    gate.add_permits(1);
+    while let Some(piece) = stream.next().await {
+        seen.push_str(&String::from_utf8_lossy(&piece.expect("ok")));
+    }
+    assert_eq!(seen.as_bytes(), chunks.concat());
+    let record = router.records.nth(1).await;
+    assert_eq!(record.response.content, "a");
+    assert!(record.complete);
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn a_stream_request_answered_with_an_error_is_relayed_whole() {
     let upstream = MockUpstream::start(Behavior {
