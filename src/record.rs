@@ -110,8 +110,11 @@ pub struct RequestRecord {
     /// What the answer said: filled from the stream as it passed, or parsed from
     /// `response_body` off the request path.
     pub response: ResponseSummary,
-    /// For streams: whether `data: [DONE]` (or the end of a body that is not an event
-    /// stream) was seen. An event stream the upstream closed without it ended early.
+    /// For streams: whether the stream's end marker was seen: `data: [DONE]`, or in the
+    /// formats without one their own last event (Anthropic's `message_stop`, the Responses
+    /// API's `response.completed`; see `StreamAccumulator::saw_end`), or the end of a body
+    /// that is not an event stream. An event stream the upstream closed without it ended
+    /// early.
     pub complete: bool,
     /// What this request itself carried that no record may show: every credential the client
     /// sent (`Authorization` whatever its scheme, `x-api-key`: a URL target's upstream key, a

@@ -218,6 +218,9 @@ struct FastBody<'a> {
     usage: Option<FastUsage>,
     #[serde(borrow, default)]
     output: Option<&'a RawValue>,
+    /// An Anthropic message's content blocks: read on the lenient path.
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
     #[serde(borrow, default)]
     error: Option<&'a RawValue>,
 }
@@ -277,9 +280,13 @@ struct FastDetails {
 }
 
 impl FastBody<'_> {
-    /// `None` when the body needs the lenient path (a Responses API body, vendor usage).
+    /// `None` when the body needs the lenient path (a Responses API body, an Anthropic
+    /// message, vendor usage).
     fn into_summary(self) -> Option<ResponseSummary> {
-        if self.output.is_some() || self.error.is_some_and(|e| e.get() != "null") {
+        if self.output.is_some()
+            || self.content.is_some_and(|c| c.get() != "null")
+            || self.error.is_some_and(|e| e.get() != "null")
+        {
             return None;
         }
         let usage = match self.usage {
@@ -392,6 +399,13 @@ fn summarize_leniently(body: &[u8]) -> Option<ResponseSummary> {
     {
         read_responses_output(&output, &mut out);
         out.finish_reason = raw_str(top.status);
+    } else if let Some(blocks) = top
+        .content
+        .and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok())
+    {
+        // An Anthropic message (`/v1/messages`): content blocks and a `stop_reason`.
+        read_anthropic_content(&blocks, &mut out);
+        out.finish_reason = raw_str(top.stop_reason);
     }
     // An error reported under a 2xx (a gateway's `{"error": {...}}` with status 200, a
     // Responses API `"status": "failed"`).
@@ -420,6 +434,10 @@ struct BodyTop<'a> {
     output: Option<&'a RawValue>,
     #[serde(borrow, default)]
     status: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stop_reason: Option<&'a RawValue>,
     #[serde(borrow, default)]
     error: Option<&'a RawValue>,
 }
@@ -538,6 +556,30 @@ fn read_responses_output(output: &[Value], out: &mut ResponseSummary) {
     }
 }
 
+/// An Anthropic message's `content` blocks: `text` is content, `thinking` reasoning,
+/// `tool_use` a tool call (its `input` object as the arguments). A block of another type, or
+/// one that is not an object, is skipped.
+fn read_anthropic_content(blocks: &[&RawValue], out: &mut ResponseSummary) {
+    for raw in blocks {
+        let Ok(block) = serde_json::from_str::<AnthropicPart<'_>>(raw.get()) else {
+            continue;
+        };
+        if is_tool_use(block.kind.as_deref()) {
+            out.tool_calls.push(anthropic_tool_call(&block, false));
+            continue;
+        }
+        match block.kind.as_deref() {
+            Some("text") => out
+                .content
+                .push_str(block.text.as_deref().unwrap_or_default()),
+            Some("thinking") => out
+                .reasoning
+                .push_str(block.thinking.as_deref().unwrap_or_default()),
+            _ => {}
+        }
+    }
+}
+
 // ---- streams -----------------------------------------------------------------------------
 
 /// What one stream event was, for the forwarding decision.
@@ -609,6 +651,93 @@ pub struct StreamAccumulator {
     summary: ResponseSummary,
     /// Set once an event carried text, reasoning or a tool call.
     saw_output: bool,
+    /// Set once the stream's own end event was read (Anthropic's `message_stop`, the
+    /// Responses API's `response.completed` / `incomplete` / `failed`): those formats have no
+    /// `data: [DONE]`, and a stream of theirs that closes after it ran to its end.
+    saw_end: bool,
+    /// Anthropic: the usage counts read so far. `message_start` has the input and cache
+    /// counts (and a provisional output count), `message_delta` the output (cumulative, and
+    /// in newer versions the input again); each count keeps the largest value seen.
+    anthropic_usage: Option<serde_json::Map<String, Value>>,
+    /// Anthropic: which tool call (index into `summary.tool_calls`) each `tool_use` content
+    /// block (by its `index`) became, for its `input_json_delta` pieces.
+    anthropic_tools: Vec<(u64, usize)>,
+}
+
+/// The `type`s of Anthropic's Messages stream events that [`StreamAccumulator`] reads on their
+/// own path. (`error` is shared with the Responses API and read by the common path.)
+const ANTHROPIC_EVENTS: &[&str] = &[
+    "message_start",
+    "content_block_start",
+    "content_block_delta",
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+    "ping",
+];
+
+/// An Anthropic `message_start`'s `message`: only what the record needs.
+#[derive(Deserialize)]
+struct AnthropicMessage<'a> {
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+}
+
+/// An Anthropic content block (`content_block_start`'s `content_block`, or one of a whole
+/// message's `content`), or a delta to one (`content_block_delta`'s `delta`, whose `type` is
+/// `text_delta`, `thinking_delta`, `input_json_delta`, ...), or a `message_delta`'s `delta`.
+#[derive(Deserialize)]
+struct AnthropicPart<'a> {
+    #[serde(rename = "type", borrow, default, deserialize_with = "borrowed_text")]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    thinking: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    partial_json: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    stop_reason: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn anthropic_part(raw: Option<&RawValue>) -> Option<AnthropicPart<'_>> {
+    serde_json::from_str(raw?.get()).ok()
+}
+
+/// A content block of these types is a tool call (`server_tool_use`: one the provider runs,
+/// such as web search).
+fn is_tool_use(kind: Option<&str>) -> bool {
+    matches!(kind, Some("tool_use" | "server_tool_use"))
+}
+
+/// A tool call from an Anthropic `tool_use` block: its `input` object becomes the arguments
+/// (a JSON string, as in OpenAI's shape). In a stream (`streamed`) the block opens with an
+/// empty `{}` and the arguments come as `input_json_delta` pieces, so the `{}` is left out.
+fn anthropic_tool_call(block: &AnthropicPart<'_>, streamed: bool) -> ToolCall {
+    let arguments = block
+        .input
+        .map(RawValue::get)
+        .filter(|raw| {
+            let compact: String = raw.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+            compact != "null" && !(streamed && compact == "{}")
+        })
+        .unwrap_or_default();
+    ToolCall {
+        id: block.id.as_deref().unwrap_or_default().to_owned(),
+        kind: "function".to_owned(),
+        name: block.name.as_deref().unwrap_or_default().to_owned(),
+        arguments: arguments.to_owned(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -630,9 +759,16 @@ struct Chunk<'a> {
     response: Option<Value>,
     #[serde(default)]
     error: Option<Value>,
-    /// A Responses API `error` event's message.
-    #[serde(borrow, default, deserialize_with = "borrowed_text")]
-    message: Option<std::borrow::Cow<'a, str>>,
+    /// A Responses API `error` event's message (a string), or an Anthropic `message_start`'s
+    /// message (an object): left raw, read by the event's type.
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+    /// Anthropic: the content block an event is about.
+    #[serde(borrow, default)]
+    index: Option<&'a RawValue>,
+    /// Anthropic: a `content_block_start`'s block (text, thinking, tool_use).
+    #[serde(borrow, default)]
+    content_block: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -709,6 +845,12 @@ impl StreamAccumulator {
             self.summary.finish_reason = Some("error".to_owned());
             self.note_error(error_message(error));
         }
+        if let Some(kind) = chunk.event_type.as_deref() {
+            if ANTHROPIC_EVENTS.contains(&kind) {
+                self.push_anthropic_event(kind, &chunk);
+                return EventKind::Other;
+            }
+        }
         // `"usage": null` (every chunk but the last, with include_usage) deserializes to None.
         let has_usage = match chunk.usage {
             Some(usage) => {
@@ -721,11 +863,9 @@ impl StreamAccumulator {
         };
         if let Some(kind) = chunk.event_type.as_deref() {
             if kind == "error" {
-                let message = chunk
-                    .message
-                    .as_deref()
-                    .unwrap_or("the upstream reported an error");
-                self.note_error(message.to_owned());
+                let message = raw_str(chunk.message)
+                    .unwrap_or_else(|| "the upstream reported an error".to_owned());
+                self.note_error(message);
             }
             self.push_responses_event(kind, chunk.delta, chunk.response.as_ref());
             return EventKind::Other;
@@ -823,6 +963,7 @@ impl StreamAccumulator {
                 }
             }
             "response.completed" | "response.incomplete" | "response.failed" => {
+                self.saw_end = true;
                 if let Some(response) = response {
                     if let Some(usage) = response.get("usage") {
                         if let Some(parsed) = Usage::from_json(usage) {
@@ -851,6 +992,136 @@ impl StreamAccumulator {
         }
     }
 
+    /// Reads one event of Anthropic's Messages stream (`/v1/messages`).
+    fn push_anthropic_event(&mut self, kind: &str, chunk: &Chunk<'_>) {
+        match kind {
+            "message_start" => {
+                let Some(message) = chunk
+                    .message
+                    .and_then(|raw| serde_json::from_str::<AnthropicMessage<'_>>(raw.get()).ok())
+                else {
+                    return;
+                };
+                if self.summary.id.is_none() {
+                    self.summary.id = message.id.map(std::borrow::Cow::into_owned);
+                }
+                if let Some(model) = message.model {
+                    self.summary.model = Some(model.into_owned());
+                }
+                // Not yet the usage: its output count is provisional. A stream cut before
+                // `message_delta` (or `message_stop`) has unknown usage, as any cut stream.
+                self.merge_anthropic_usage(message.usage);
+            }
+            "content_block_start" => {
+                let Some(block) = anthropic_part(chunk.content_block) else {
+                    return;
+                };
+                if is_tool_use(block.kind.as_deref()) {
+                    self.note_output(true);
+                    let index = chunk.index.and_then(|raw| raw.get().parse::<u64>().ok());
+                    if let Some(index) = index {
+                        let slot = self.summary.tool_calls.len();
+                        self.anthropic_tools.push((index, slot));
+                    }
+                    self.summary
+                        .tool_calls
+                        .push(anthropic_tool_call(&block, true));
+                    return;
+                }
+                self.push_anthropic_text(&block);
+            }
+            "content_block_delta" => {
+                let Some(delta) = anthropic_part(chunk.delta) else {
+                    return;
+                };
+                if delta.kind.as_deref() == Some("input_json_delta") {
+                    let Some(piece) = delta.partial_json.as_deref() else {
+                        return;
+                    };
+                    let index = chunk.index.and_then(|raw| raw.get().parse::<u64>().ok());
+                    // The block this piece belongs to; without an index, the last tool call.
+                    let slot = match index {
+                        Some(index) => self
+                            .anthropic_tools
+                            .iter()
+                            .rev()
+                            .find(|(block, _)| *block == index)
+                            .map(|(_, slot)| *slot),
+                        None => self.summary.tool_calls.len().checked_sub(1),
+                    };
+                    if let Some(call) = slot.and_then(|i| self.summary.tool_calls.get_mut(i)) {
+                        self.saw_output |= !piece.is_empty();
+                        call.arguments.push_str(piece);
+                    }
+                    return;
+                }
+                self.push_anthropic_text(&delta);
+            }
+            "message_delta" => {
+                if let Some(reason) = anthropic_part(chunk.delta).and_then(|d| d.stop_reason) {
+                    self.summary.finish_reason = Some(reason.into_owned());
+                }
+                if chunk.usage.is_some() {
+                    self.merge_anthropic_usage(chunk.usage);
+                    self.take_anthropic_usage();
+                }
+            }
+            "message_stop" => {
+                self.saw_end = true;
+                if self.summary.usage.is_none() {
+                    self.take_anthropic_usage();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Text or thinking from an Anthropic block or delta (`text` / `text_delta`,
+    /// `thinking` / `thinking_delta`).
+    fn push_anthropic_text(&mut self, part: &AnthropicPart<'_>) {
+        if let Some(text) = part.text.as_deref() {
+            self.note_output(!text.is_empty());
+            self.summary.content.push_str(text);
+        }
+        if let Some(text) = part.thinking.as_deref() {
+            self.note_output(!text.is_empty());
+            self.summary.reasoning.push_str(text);
+        }
+    }
+
+    /// Adds an Anthropic usage object's fields to those seen so far: a count keeps the
+    /// largest value (the counts are cumulative, and a `message_delta` of some compatible
+    /// upstreams says 0 for the input `message_start` counted); anything else the first.
+    fn merge_anthropic_usage(&mut self, usage: Option<&RawValue>) {
+        let Some(fields) = usage
+            .and_then(|raw| serde_json::from_str::<serde_json::Map<String, Value>>(raw.get()).ok())
+        else {
+            return;
+        };
+        let seen = self.anthropic_usage.get_or_insert_with(Default::default);
+        for (key, value) in fields {
+            if value.is_null() {
+                continue;
+            }
+            match seen.get(&key) {
+                Some(old) if old.as_f64() >= value.as_f64() => {}
+                Some(old) if !old.is_number() => {}
+                _ => {
+                    seen.insert(key, value);
+                }
+            }
+        }
+    }
+
+    /// The Anthropic usage seen so far becomes the summary's.
+    fn take_anthropic_usage(&mut self) {
+        if let Some(seen) = &self.anthropic_usage {
+            if let Some(parsed) = Usage::from_json(&Value::Object(seen.clone())) {
+                self.summary.usage = Some(parsed);
+            }
+        }
+    }
+
     /// The first error reported is kept: later ones are usually its consequences.
     fn note_error(&mut self, message: String) {
         if self.summary.error.is_none() {
@@ -866,6 +1137,12 @@ impl StreamAccumulator {
     /// such event marks the completion start (time to first token).
     pub fn saw_output(&self) -> bool {
         self.saw_output
+    }
+
+    /// True once the stream's own end event was read (see the `saw_end` field): a stream
+    /// without `data: [DONE]` that closes after it is complete, not cut.
+    pub fn saw_end(&self) -> bool {
+        self.saw_end
     }
 
     pub fn summary(&self) -> &ResponseSummary {
@@ -928,6 +1205,9 @@ mod tests {
         r#"{"id":"c","choices":[{"delta":{"content":"say \"usage\": {"}}]}"#,
         r#"{"id":"c","choices":[],"usage":null}"#,
         r#"{"usage":{"prompt_tokens":1},"choices":[]"#,
+        r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":3}}}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":4}}"#,
+        r#"{"type":"message_stop"}"#,
         "not json",
         "",
     ];
@@ -1161,6 +1441,169 @@ mod tests {
         assert_eq!(s.content, "Hi");
         assert_eq!(s.model.as_deref(), Some("o4"));
         assert_eq!(s.usage.map(|u| u.total), Some(3));
+    }
+
+    /// Anthropic's Messages stream: input and cache counts come in `message_start`, the
+    /// output count in `message_delta`; text, thinking and tool calls in content blocks; the
+    /// stream ends with `message_stop` (no `[DONE]`).
+    #[test]
+    fn anthropic_stream_events_assemble_usage_text_and_tool_calls() {
+        let mut acc = StreamAccumulator::default();
+        let events = [
+            r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-r","content":[],"stop_reason":null,"usage":{"input_tokens":12,"output_tokens":1,"cache_read_input_tokens":100,"cache_creation_input_tokens":50}}}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"abc"}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Bon"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"jour"}}"#,
+            r#"{"type":"content_block_start","index":2,"content_block":{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{}}}"#,
+            r#"{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"{\"city\":"}}"#,
+            r#"{"type":"content_block_start","index":3,"content_block":{"type":"tool_use","id":"toolu_2","name":"get_time","input":{}}}"#,
+            r#"{"type":"content_block_delta","index":3,"delta":{"type":"input_json_delta","partial_json":"{}"}}"#,
+            r#"{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"\"Paris\"}"}}"#,
+        ];
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(acc.push_data(e.as_bytes()), EventKind::Other, "{e}");
+            assert_eq!(acc.saw_output(), i >= 3, "{e}");
+            assert!(
+                acc.summary().usage.is_none(),
+                "provisional until message_delta"
+            );
+        }
+        assert!(!acc.saw_end());
+        let delta = r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":42}}"#;
+        assert_eq!(acc.push_data(delta.as_bytes()), EventKind::Other);
+        assert_eq!(
+            acc.push_data(br#"{"type":"message_stop"}"#),
+            EventKind::Other,
+            "forwarded as any event"
+        );
+        assert!(acc.saw_end());
+        let s = acc.into_summary();
+        assert_eq!(s.id.as_deref(), Some("msg_1"));
+        assert_eq!(s.model.as_deref(), Some("claude-r"));
+        assert_eq!(
+            (s.content.as_str(), s.reasoning.as_str()),
+            ("Bonjour", "hm")
+        );
+        assert_eq!(s.finish_reason.as_deref(), Some("tool_use"));
+        let calls: Vec<(&str, &str, &str)> = s
+            .tool_calls
+            .iter()
+            .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("toolu_1", "get_weather", r#"{"city":"Paris"}"#),
+                ("toolu_2", "get_time", "{}")
+            ]
+        );
+        assert_eq!(
+            s.usage,
+            Some(Usage {
+                input: 162,
+                output: 42,
+                total: 204,
+                cached_input: 100,
+                cache_creation_input: 50,
+                reasoning: 0,
+                cost: None
+            })
+        );
+    }
+
+    /// A `message_delta` that repeats the counts (newer API versions) or says 0 for the input
+    /// (some compatible upstreams) leaves `message_start`'s input; a stream cut before
+    /// `message_delta` has no usage (unknown, not its provisional output count); one that
+    /// ends with `message_stop` without a `message_delta` usage keeps `message_start`'s.
+    #[test]
+    fn anthropic_usage_takes_the_largest_count_and_only_once_it_is_final() {
+        let start = r#"{"type":"message_start","message":{"id":"m","model":"c","usage":{"input_tokens":12,"output_tokens":1,"cache_read_input_tokens":100}}}"#;
+        for (delta, input, output) in [
+            (
+                r#"{"type":"message_delta","delta":{},"usage":{"input_tokens":12,"cache_read_input_tokens":100,"output_tokens":7}}"#,
+                112,
+                7,
+            ),
+            (
+                r#"{"type":"message_delta","delta":{},"usage":{"input_tokens":0,"output_tokens":7}}"#,
+                112,
+                7,
+            ),
+            (
+                r#"{"type":"message_delta","delta":{},"usage":{"input_tokens":null,"output_tokens":"x"}}"#,
+                112,
+                1,
+            ),
+        ] {
+            let mut acc = StreamAccumulator::default();
+            acc.push_data(start.as_bytes());
+            acc.push_data(delta.as_bytes());
+            let usage = acc.into_summary().usage.expect("usage");
+            assert_eq!((usage.input, usage.output), (input, output), "{delta}");
+        }
+        let mut cut = StreamAccumulator::default();
+        cut.push_data(start.as_bytes());
+        cut.push_data(
+            br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}}"#,
+        );
+        assert!(!cut.saw_end());
+        assert_eq!(cut.into_summary().usage, None);
+        let mut ended = StreamAccumulator::default();
+        ended.push_data(start.as_bytes());
+        ended.push_data(br#"{"type":"message_stop"}"#);
+        assert_eq!(ended.into_summary().usage.map(|u| u.input), Some(112));
+    }
+
+    /// A whole Anthropic message: text, thinking and tool_use content blocks, `stop_reason`.
+    #[test]
+    fn anthropic_body_summary() {
+        let body = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-r",
+            "content": [
+                {"type": "thinking", "thinking": "let me see", "signature": "s"},
+                {"type": "redacted_thinking", "data": "xx"},
+                {"type": "text", "text": "Bon"},
+                {"type": "text", "text": "jour"},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "toolu_2", "name": "now", "input": {}},
+                "not a block"
+            ],
+            "stop_reason": "tool_use",
+            "usage": {"input_tokens": 12, "output_tokens": 42, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 50}});
+        let s = summarize_body(body.to_string().as_bytes());
+        assert_eq!(s.id.as_deref(), Some("msg_1"));
+        assert_eq!(s.model.as_deref(), Some("claude-r"));
+        assert_eq!(
+            (s.content.as_str(), s.reasoning.as_str()),
+            ("Bonjour", "let me see")
+        );
+        assert_eq!(s.finish_reason.as_deref(), Some("tool_use"));
+        assert_eq!(
+            s.tool_calls,
+            vec![
+                ToolCall {
+                    id: "toolu_1".into(),
+                    kind: "function".into(),
+                    name: "get_weather".into(),
+                    arguments: r#"{"city":"Paris"}"#.into()
+                },
+                ToolCall {
+                    id: "toolu_2".into(),
+                    kind: "function".into(),
+                    name: "now".into(),
+                    arguments: "{}".into()
+                }
+            ]
+        );
+        assert_eq!(s.usage.map(|u| (u.input, u.output)), Some((162, 42)));
+        // With usage in OpenAI's names (a compatible gateway), the fast path hands it on.
+        let body = json!({"model": "c", "content": [{"type": "text", "text": "hi"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2}});
+        assert_eq!(summarize_body(body.to_string().as_bytes()).content, "hi");
     }
 
     #[test]

@@ -508,9 +508,12 @@ impl Stream for StreamTee {
                         this.observe(&rest);
                     }
                     this.state = State::Ending;
-                    // An event stream is complete only with its `[DONE]`; a body that is not
-                    // one is complete at its end.
-                    let complete = !this.settings.sse;
+                    // An event stream is complete only with its end marker: `[DONE]`, or in
+                    // the formats that have none, their own last event (Anthropic's
+                    // `message_stop`, the Responses API's `response.completed`), after which
+                    // the upstream closes. A body that is not an event stream is complete at
+                    // its end.
+                    let complete = !this.settings.sse || this.accumulator.saw_end();
                     this.finish_as(Outcome::Success, None, complete);
                     if !rest.is_empty() {
                         return Poll::Ready(Some(Ok(rest)));

@@ -8,6 +8,7 @@ mod ledger;
 mod mock_otlp;
 mod request_log;
 mod secrets;
+mod shapes;
 
 use std::sync::Arc;
 use std::time::Duration;

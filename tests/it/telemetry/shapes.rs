@@ -1,0 +1,280 @@
+//! What is read from each upstream answer shape, through every sink: the record, the span a
+//! mock OTLP endpoint received and the usage ledger's row, for Anthropic-style `/v1/messages`
+//! streams and bodies, refusals, and Responses API streams.
+
+use std::sync::Arc;
+
+use llmsrouter::record::{Outcome, RecordSink};
+use llmsrouter::sinks::langfuse::LangfuseSink;
+use llmsrouter::sinks::ledger::LedgerSink;
+use llmsrouter::sinks::redact::Redactor;
+use serde_json::{Value, json};
+
+use super::mock_otlp::{MockOtlp, json_attr, str_attr, strings_attr};
+use super::{langfuse_options, request_id};
+use crate::support::upstream::{Behavior, MockUpstream};
+use crate::support::{TestRouter, client, one_server_config};
+
+/// A router feeding Langfuse (a mock OTLP endpoint) and a ledger in a fresh database, in
+/// front of a mock upstream.
+struct Setup {
+    /// Holds the database's folder for the test's length.
+    _dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    upstream: MockUpstream,
+    otlp: MockOtlp,
+    router: TestRouter,
+    _sinks: (Arc<LangfuseSink>, Arc<LedgerSink>),
+}
+
+impl Setup {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("users.db");
+        let upstream = MockUpstream::start(Behavior::default()).await;
+        let otlp = MockOtlp::start().await;
+        let langfuse = Arc::new(LangfuseSink::start(langfuse_options(&otlp)).expect("exporter"));
+        let ledger = Arc::new(LedgerSink::start(&db, Redactor::default()).expect("ledger"));
+        let router = TestRouter::start_with_sinks(
+            &one_server_config(&upstream.url(), ""),
+            vec![
+                langfuse.clone() as Arc<dyn RecordSink>,
+                ledger.clone() as Arc<dyn RecordSink>,
+            ],
+            |_| {},
+        )
+        .await;
+        Self {
+            _dir: dir,
+            db,
+            upstream,
+            otlp,
+            router,
+            _sinks: (langfuse, ledger),
+        }
+    }
+
+    /// POSTs `body` to `path`; the answer's request id and body text.
+    async fn post(&self, path: &str, body: &Value) -> (String, String) {
+        let response = client()
+            .post(self.router.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        let id = request_id(&response);
+        (id, response.text().await.expect("body"))
+    }
+
+    /// Stops the router (the ledger is flushed) and reads the ledger's row of `request_id`.
+    async fn stop_and_read_ledger(self, request_id: &str) -> LedgerRow {
+        self.router.stop().await;
+        let conn = llmsrouter::db::open(&self.db).expect("open");
+        conn.query_row(
+            "SELECT input_tokens, output_tokens, cached_tokens, cache_creation_tokens, \
+             usage_known, usage_partial, response_model, ttft_ms FROM usage_ledger \
+             WHERE request_id = ?1",
+            [request_id],
+            |r| {
+                Ok(LedgerRow {
+                    tokens: (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?),
+                    usage_known: r.get(4)?,
+                    usage_partial: r.get(5)?,
+                    response_model: r.get(6)?,
+                    ttft_ms: r.get(7)?,
+                })
+            },
+        )
+        .expect("the request's row")
+    }
+}
+
+#[derive(Debug)]
+struct LedgerRow {
+    /// Input, output, cached and cache-creation tokens.
+    tokens: (i64, i64, i64, i64),
+    usage_known: bool,
+    usage_partial: bool,
+    response_model: Option<String>,
+    ttft_ms: Option<i64>,
+}
+
+/// One SSE event with an `event:` line, as Anthropic sends them.
+fn named_event(data: &Value) -> Vec<u8> {
+    let name = data["type"].as_str().expect("typed event");
+    format!("event: {name}\ndata: {data}\n\n").into_bytes()
+}
+
+/// An Anthropic-style `/v1/messages` stream: usage from `message_start` (input, cache reads
+/// and writes) and `message_delta` (output), the text, thinking and tool call from content
+/// blocks, the responded model and id, the first token, `stop_reason`; it ends with
+/// `message_stop` and no `[DONE]`, and is complete, not cut.
+#[tokio::test]
+async fn an_anthropic_stream_is_read_from_its_own_events() {
+    let setup = Setup::start().await;
+    let events = [
+        json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+            "model": "claude-r", "content": [], "stop_reason": null,
+            "usage": {"input_tokens": 12, "output_tokens": 1, "cache_read_input_tokens": 100,
+                "cache_creation_input_tokens": 50}}}),
+        json!({"type": "ping"}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hmm"}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "Bon"}}),
+        json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "jour"}}),
+        json!({"type": "content_block_stop", "index": 1}),
+        json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use",
+            "id": "toolu_1", "name": "get_weather", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}}),
+        json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "\"Paris\"}"}}),
+        json!({"type": "content_block_stop", "index": 2}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+            "usage": {"output_tokens": 42}}),
+        json!({"type": "message_stop"}),
+    ];
+    let chunks: Vec<Vec<u8>> = events.iter().map(named_event).collect();
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(chunks.clone()),
+        ..Default::default()
+    });
+    let (id, text) = setup
+        .post(
+            "/v1/messages",
+            &json!({"model": "[mock]claude-st", "max_tokens": 100, "stream": true,
+                "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(text.as_bytes(), &chunks.concat()[..], "relayed as it came");
+
+    let record = setup.router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert!(record.complete, "message_stop is the end of the stream");
+    assert!(!record.usage_partial());
+    assert!(record.first_token_at.is_some());
+    let usage = record.response.usage.as_ref().expect("usage");
+    assert_eq!(
+        (
+            usage.input,
+            usage.output,
+            usage.total,
+            usage.cached_input,
+            usage.cache_creation_input
+        ),
+        (162, 42, 204, 100, 50)
+    );
+
+    let span = setup.otlp.span_of(&id).await.span;
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.output"),
+        Some(
+            json!({"role": "assistant", "content": "Bonjour", "reasoning_content": "hmm",
+            "tool_calls": [{"id": "toolu_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]})
+        )
+    );
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.usage_details"),
+        Some(
+            json!({"input": 12, "output": 42, "total": 204, "input_cached_tokens": 100,
+            "input_cache_creation": 50, "output_reasoning_tokens": 0})
+        )
+    );
+    assert_eq!(
+        str_attr(&span, "langfuse.observation.model.name"),
+        Some("claude-r")
+    );
+    assert_eq!(str_attr(&span, "gen_ai.response.id"), Some("msg_1"));
+    assert_eq!(
+        strings_attr(&span, "gen_ai.response.finish_reasons"),
+        Some(vec!["tool_use".to_owned()])
+    );
+    assert!(str_attr(&span, "langfuse.observation.completion_start_time").is_some());
+    assert_eq!(str_attr(&span, "langfuse.observation.level"), None);
+
+    let row = setup.stop_and_read_ledger(&id).await;
+    assert_eq!(row.tokens, (162, 42, 100, 50));
+    assert!(row.usage_known && !row.usage_partial, "{row:?}");
+    assert_eq!(row.response_model.as_deref(), Some("claude-r"));
+    assert!(row.ttft_ms.is_some());
+}
+
+/// The same stream cut after `message_start` (the upstream closed early): its usage is
+/// unknown (`message_start`'s output count is provisional), not the input alone as if it
+/// were the whole.
+#[tokio::test]
+async fn an_anthropic_stream_closed_before_its_end_is_partial() {
+    let setup = Setup::start().await;
+    let chunks = vec![
+        named_event(
+            &json!({"type": "message_start", "message": {"id": "msg_2", "model": "claude-r",
+            "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+        ),
+        named_event(&json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "Bon"}})),
+    ];
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(chunks),
+        ..Default::default()
+    });
+    let (id, _) = setup
+        .post(
+            "/v1/messages",
+            &json!({"model": "[mock]claude-st", "stream": true, "messages": []}),
+        )
+        .await;
+    let record = setup.router.records.nth(1).await;
+    assert!(!record.complete);
+    assert!(record.usage_partial());
+    assert_eq!(record.response.content, "Bon");
+    let span = setup.otlp.span_of(&id).await.span;
+    assert_eq!(
+        str_attr(&span, "langfuse.observation.level"),
+        Some("WARNING")
+    );
+    let row = setup.stop_and_read_ledger(&id).await;
+    assert!(!row.usage_known && row.usage_partial, "{row:?}");
+}
+
+/// A whole Anthropic message: its content blocks are the output (text, thinking, tool
+/// calls), next to the usage that was already read.
+#[tokio::test]
+async fn an_anthropic_body_has_its_content_blocks_as_output() {
+    let setup = Setup::start().await;
+    setup.upstream.set(Behavior {
+        body: Some(
+            json!({"id": "msg_3", "type": "message", "role": "assistant", "model": "claude-r",
+                "content": [{"type": "thinking", "thinking": "hmm", "signature": "s"},
+                    {"type": "text", "text": "Bonjour"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}],
+                "stop_reason": "tool_use",
+                "usage": {"input_tokens": 12, "output_tokens": 42, "cache_read_input_tokens": 100,
+                    "cache_creation_input_tokens": 50}})
+            .to_string(),
+        ),
+        ..Default::default()
+    });
+    let (id, _) = setup
+        .post(
+            "/v1/messages",
+            &json!({"model": "[mock]claude-ns", "max_tokens": 100, "messages": []}),
+        )
+        .await;
+    let span = setup.otlp.span_of(&id).await.span;
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.output"),
+        Some(
+            json!({"role": "assistant", "content": "Bonjour", "reasoning_content": "hmm",
+            "tool_calls": [{"id": "toolu_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]})
+        )
+    );
+    assert_eq!(
+        strings_attr(&span, "gen_ai.response.finish_reasons"),
+        Some(vec!["tool_use".to_owned()])
+    );
+    let row = setup.stop_and_read_ledger(&id).await;
+    assert_eq!(row.tokens, (162, 42, 100, 50));
+}
