@@ -192,6 +192,7 @@ impl RequestRecord {
             + self.response_body.as_ref().map_or(0, Bytes::len)
             + r.content.len()
             + r.reasoning.len()
+            + r.refusal.len()
             + tool_calls
     }
 
@@ -204,6 +205,7 @@ impl RequestRecord {
         self.response_is_json = false;
         self.response.content = String::new();
         self.response.reasoning = String::new();
+        self.response.refusal = String::new();
         self.response.tool_calls = Vec::new();
         self.bodies_dropped = true;
     }

@@ -159,6 +159,11 @@ pub struct ResponseSummary {
     pub finish_reason: Option<String>,
     pub content: String,
     pub reasoning: String,
+    /// The assistant declined: OpenAI's `message.refusal` / `delta.refusal` (the Responses
+    /// API's `refusal` content part, `response.refusal.delta`). It is the answer then, with
+    /// the content empty, so it is recorded as output (and its first piece as the first
+    /// token).
+    pub refusal: String,
     pub tool_calls: Vec<ToolCall>,
     pub usage: Option<Usage>,
     /// The message of an error the upstream reported under a 2xx status: inside a stream (an
@@ -348,6 +353,7 @@ impl FastBody<'_> {
 
 fn fill_from_message(out: &mut ResponseSummary, message: MessageRaw<'_>) {
     out.content = content_text(message.content);
+    out.refusal = raw_str(message.refusal).unwrap_or_default();
     out.reasoning = raw_str(message.reasoning_content)
         .or_else(|| raw_str(message.reasoning))
         .unwrap_or_default();
@@ -461,6 +467,8 @@ struct MessageRaw<'a> {
     #[serde(borrow, default)]
     reasoning: Option<&'a RawValue>,
     #[serde(borrow, default)]
+    refusal: Option<&'a RawValue>,
+    #[serde(borrow, default)]
     tool_calls: Option<&'a RawValue>,
 }
 
@@ -532,6 +540,8 @@ fn read_responses_output(output: &[Value], out: &mut ResponseSummary) {
                     for part in parts {
                         if let Some(text) = part.get("text").and_then(Value::as_str) {
                             out.content.push_str(text);
+                        } else if let Some(text) = part.get("refusal").and_then(Value::as_str) {
+                            out.refusal.push_str(text);
                         }
                     }
                 }
@@ -793,6 +803,8 @@ struct Delta<'a> {
     reasoning_content: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "borrowed_text")]
     reasoning: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    refusal: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     tool_calls: Option<Vec<ToolCallDelta<'a>>>,
 }
@@ -901,6 +913,10 @@ impl StreamAccumulator {
             self.note_output(!text.is_empty());
             self.summary.reasoning.push_str(&text);
         }
+        if let Some(text) = delta.refusal {
+            self.note_output(!text.is_empty());
+            self.summary.refusal.push_str(&text);
+        }
         for call in delta.tool_calls.unwrap_or_default() {
             self.note_output(true);
             let calls = &self.summary.tool_calls;
@@ -960,6 +976,12 @@ impl StreamAccumulator {
                 if let Some(text) = delta_text() {
                     self.note_output(!text.is_empty());
                     self.summary.reasoning.push_str(&text);
+                }
+            }
+            "response.refusal.delta" => {
+                if let Some(text) = delta_text() {
+                    self.note_output(!text.is_empty());
+                    self.summary.refusal.push_str(&text);
                 }
             }
             "response.completed" | "response.incomplete" | "response.failed" => {
@@ -1606,6 +1628,45 @@ mod tests {
         assert_eq!(summarize_body(body.to_string().as_bytes()).content, "hi");
     }
 
+    /// A refusal is the answer: read from a whole body (chat, Responses API) and from stream
+    /// deltas, where its first piece is the first token.
+    #[test]
+    fn refusals_are_read_whole_and_streamed() {
+        let body = json!({"id": "x", "model": "m", "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": null, "refusal": "I cannot help with that."}}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17}});
+        let s = summarize_body(body.to_string().as_bytes());
+        assert_eq!(
+            (s.content.as_str(), s.refusal.as_str()),
+            ("", "I cannot help with that.")
+        );
+        let body = json!({"output": [{"type": "message", "content": [
+            {"type": "refusal", "refusal": "No."}]}], "status": "completed"});
+        assert_eq!(summarize_body(body.to_string().as_bytes()).refusal, "No.");
+
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(br#"{"choices":[{"index":0,"delta":{"role":"assistant","content":null,"refusal":""}}]}"#);
+        assert!(!acc.saw_output());
+        acc.push_data(br#"{"choices":[{"index":0,"delta":{"refusal":"I cannot "}}]}"#);
+        assert!(
+            acc.saw_output(),
+            "the refusal's first piece is the first token"
+        );
+        acc.push_data(
+            br#"{"choices":[{"index":0,"delta":{"refusal":"help."},"finish_reason":"stop"}]}"#,
+        );
+        let s = acc.into_summary();
+        assert_eq!(
+            (s.content.as_str(), s.refusal.as_str()),
+            ("", "I cannot help.")
+        );
+
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(br#"{"type":"response.refusal.delta","delta":"No"}"#);
+        assert!(acc.saw_output());
+        assert_eq!(acc.into_summary().refusal, "No");
+    }
+
     #[test]
     fn the_fast_path_agrees_with_the_lenient_one() {
         let bodies = [
@@ -1620,6 +1681,7 @@ mod tests {
             json!({"model": "m", "choices": [], "usage": null}),
             json!({"object": "list", "data": [{"embedding": [0.1]}], "usage": {"prompt_tokens": 3, "total_tokens": 3}}),
             json!({"model": "m", "choices": [{"message": {"content": null, "reasoning": "only"}}]}),
+            json!({"model": "m", "choices": [{"message": {"content": null, "refusal": "no"}}]}),
         ];
         for body in bodies {
             let text = body.to_string();

@@ -318,6 +318,9 @@ struct OutputMessage<'a> {
     content: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     reasoning_content: &'a str,
+    /// OpenAI's message has the refusal next to an empty content.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    refusal: &'a str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tool_calls: Vec<OutputToolCall<'a>>,
 }
@@ -339,6 +342,7 @@ struct OutputFunction<'a> {
 fn has_message(summary: &ResponseSummary) -> bool {
     !summary.content.is_empty()
         || !summary.reasoning.is_empty()
+        || !summary.refusal.is_empty()
         || !summary.tool_calls.is_empty()
         || summary.finish_reason.is_some()
 }
@@ -352,6 +356,7 @@ fn output_of(record: &RequestRecord) -> Option<String> {
             role: "assistant",
             content: &summary.content,
             reasoning_content: &summary.reasoning,
+            refusal: &summary.refusal,
             tool_calls: summary
                 .tool_calls
                 .iter()
@@ -366,7 +371,7 @@ fn output_of(record: &RequestRecord) -> Option<String> {
                 .collect(),
         };
         // Sized for the texts plus the JSON around them: no regrowth while writing.
-        let texts = summary.content.len() + summary.reasoning.len();
+        let texts = summary.content.len() + summary.reasoning.len() + summary.refusal.len();
         let mut out = Vec::with_capacity(texts + texts / 8 + 96 + 128 * summary.tool_calls.len());
         serde_json::to_writer(&mut out, &message).ok()?;
         // serde_json writes only valid UTF-8.
@@ -618,6 +623,23 @@ mod tests {
         assert_eq!(g.parameters, None);
         assert_eq!(json_of(&g.output)["reasoning_content"], json!("thinking"));
         assert_eq!(g.model, "gpt-4o", "falls back to the upstream model name");
+    }
+
+    /// A refusal is the output, in OpenAI's message shape: next to the (empty) content.
+    #[test]
+    fn a_refusal_is_the_output() {
+        let mut r = record(json!({"model": "m", "messages": []}));
+        r.response = summarize_body(
+            json!({"choices": [{"message": {"role": "assistant", "content": null,
+                "refusal": "I cannot help with that."}, "finish_reason": "stop"}]})
+            .to_string()
+            .as_bytes(),
+        );
+        let g = build(&r, &Redactor::default(), 1 << 20);
+        assert_eq!(
+            json_of(&g.output),
+            json!({"role": "assistant", "content": "", "refusal": "I cannot help with that."})
+        );
     }
 
     #[test]

@@ -347,6 +347,8 @@ struct StreamOutput<'a> {
     content: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     reasoning: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    refusal: &'a str,
     #[serde(skip_serializing_if = "<[ToolCall]>::is_empty")]
     tool_calls: &'a [ToolCall],
     finish_reason: Option<&'a str>,
@@ -401,6 +403,7 @@ fn serialize_line(
                 &StreamOutput {
                     content: &summary.content,
                     reasoning: &summary.reasoning,
+                    refusal: &summary.refusal,
                     tool_calls: &summary.tool_calls,
                     finish_reason: summary.finish_reason.as_deref(),
                 },
@@ -422,6 +425,23 @@ mod tests {
             let slow = bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f);
             prop_assert_eq!(needs_escaping(&bytes), slow);
         }
+    }
+
+    /// A streamed refusal is the logged answer (it was the whole of it).
+    #[test]
+    fn a_streamed_refusal_is_logged() {
+        let mut record = crate::record::tests::sample();
+        record.stream = true;
+        record.response_body = None;
+        record.response.refusal = "I cannot help with that.".into();
+        let mut out = Vec::new();
+        serialize_line(&mut out, &record, true).expect("serialized");
+        let line: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(
+            line["response"],
+            serde_json::json!({"content": "", "refusal": "I cannot help with that.",
+                "finish_reason": null})
+        );
     }
 
     #[test]

@@ -8,23 +8,25 @@ use llmsrouter::record::{Outcome, RecordSink};
 use llmsrouter::sinks::langfuse::LangfuseSink;
 use llmsrouter::sinks::ledger::LedgerSink;
 use llmsrouter::sinks::redact::Redactor;
+use llmsrouter::sinks::request_log::{RequestLogOptions, RequestLogSink};
 use serde_json::{Value, json};
 
 use super::mock_otlp::{MockOtlp, json_attr, str_attr, strings_attr};
+use super::request_log::read_log_lines;
 use super::{langfuse_options, request_id};
 use crate::support::upstream::{Behavior, MockUpstream};
 use crate::support::{TestRouter, client, one_server_config};
 
-/// A router feeding Langfuse (a mock OTLP endpoint) and a ledger in a fresh database, in
-/// front of a mock upstream.
+/// A router feeding Langfuse (a mock OTLP endpoint), a ledger in a fresh database and a
+/// request log, in front of a mock upstream.
 struct Setup {
-    /// Holds the database's folder for the test's length.
-    _dir: tempfile::TempDir,
+    /// Holds the database and the log for the test's length.
+    dir: tempfile::TempDir,
     db: std::path::PathBuf,
     upstream: MockUpstream,
     otlp: MockOtlp,
     router: TestRouter,
-    _sinks: (Arc<LangfuseSink>, Arc<LedgerSink>),
+    _sinks: (Arc<LangfuseSink>, Arc<LedgerSink>, Arc<RequestLogSink>),
 }
 
 impl Setup {
@@ -35,22 +37,31 @@ impl Setup {
         let otlp = MockOtlp::start().await;
         let langfuse = Arc::new(LangfuseSink::start(langfuse_options(&otlp)).expect("exporter"));
         let ledger = Arc::new(LedgerSink::start(&db, Redactor::default()).expect("ledger"));
+        let log = Arc::new(
+            RequestLogSink::start(RequestLogOptions {
+                path: dir.path().join("api_proxy.log"),
+                bodies: true,
+                redactor: Redactor::default(),
+            })
+            .expect("log"),
+        );
         let router = TestRouter::start_with_sinks(
             &one_server_config(&upstream.url(), ""),
             vec![
                 langfuse.clone() as Arc<dyn RecordSink>,
                 ledger.clone() as Arc<dyn RecordSink>,
+                log.clone() as Arc<dyn RecordSink>,
             ],
             |_| {},
         )
         .await;
         Self {
-            _dir: dir,
+            dir,
             db,
             upstream,
             otlp,
             router,
-            _sinks: (langfuse, ledger),
+            _sinks: (langfuse, ledger, log),
         }
     }
 
@@ -67,26 +78,38 @@ impl Setup {
         (id, response.text().await.expect("body"))
     }
 
-    /// Stops the router (the ledger is flushed) and reads the ledger's row of `request_id`.
+    /// Stops the router (the sinks are flushed) and reads the ledger's row of `request_id`.
     async fn stop_and_read_ledger(self, request_id: &str) -> LedgerRow {
+        self.stop_and_read(request_id).await.0
+    }
+
+    /// Stops the router (the sinks are flushed) and reads the ledger's row and the request
+    /// log's line of `request_id`.
+    async fn stop_and_read(self, request_id: &str) -> (LedgerRow, Value) {
         self.router.stop().await;
+        let line = read_log_lines(self.dir.path(), "api_proxy")
+            .into_iter()
+            .find(|line| line["request_id"] == request_id)
+            .expect("the request's log line");
         let conn = llmsrouter::db::open(&self.db).expect("open");
-        conn.query_row(
-            "SELECT input_tokens, output_tokens, cached_tokens, cache_creation_tokens, \
+        let row = conn
+            .query_row(
+                "SELECT input_tokens, output_tokens, cached_tokens, cache_creation_tokens, \
              usage_known, usage_partial, response_model, ttft_ms FROM usage_ledger \
              WHERE request_id = ?1",
-            [request_id],
-            |r| {
-                Ok(LedgerRow {
-                    tokens: (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?),
-                    usage_known: r.get(4)?,
-                    usage_partial: r.get(5)?,
-                    response_model: r.get(6)?,
-                    ttft_ms: r.get(7)?,
-                })
-            },
-        )
-        .expect("the request's row")
+                [request_id],
+                |r| {
+                    Ok(LedgerRow {
+                        tokens: (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?),
+                        usage_known: r.get(4)?,
+                        usage_partial: r.get(5)?,
+                        response_model: r.get(6)?,
+                        ttft_ms: r.get(7)?,
+                    })
+                },
+            )
+            .expect("the request's row");
+        (row, line)
     }
 }
 
@@ -277,4 +300,69 @@ async fn an_anthropic_body_has_its_content_blocks_as_output() {
     );
     let row = setup.stop_and_read_ledger(&id).await;
     assert_eq!(row.tokens, (162, 42, 100, 50));
+}
+
+/// A refusal (OpenAI's `refusal`, with `content` null) is the answer: the span's output has
+/// it next to the empty content, the log's streamed response has it, and a streamed one's
+/// first piece is the first token.
+#[tokio::test]
+async fn a_refusal_is_recorded_as_the_answer() {
+    let setup = Setup::start().await;
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "s", "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+        .into_bytes()
+    };
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(vec![
+            chunk(
+                json!({"role": "assistant", "content": null, "refusal": ""}),
+                Value::Null,
+            ),
+            chunk(json!({"refusal": "I cannot "}), Value::Null),
+            chunk(json!({"refusal": "help with that."}), Value::Null),
+            chunk(json!({}), json!("stop")),
+            b"data: [DONE]\n\n".to_vec(),
+        ]),
+        ..Default::default()
+    });
+    let (streamed, _) = setup
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "[mock]m", "stream": true, "messages": []}),
+        )
+        .await;
+    setup.upstream.set(Behavior {
+        body: Some(
+            json!({"id": "x", "model": "m", "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": null, "refusal": "I cannot help with that."}}],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17}})
+            .to_string(),
+        ),
+        ..Default::default()
+    });
+    let (whole, _) = setup
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "[mock]m", "messages": []}),
+        )
+        .await;
+    let expected =
+        json!({"role": "assistant", "content": "", "refusal": "I cannot help with that."});
+    for id in [&streamed, &whole] {
+        let span = setup.otlp.span_of(id).await.span;
+        assert_eq!(
+            json_attr(&span, "langfuse.observation.output"),
+            Some(expected.clone())
+        );
+        assert!(str_attr(&span, "langfuse.observation.completion_start_time").is_some());
+    }
+    let record = setup.router.records.nth(1).await;
+    assert!(record.first_token_at.is_some(), "the refusal's first piece");
+    let (row, line) = setup.stop_and_read(&streamed).await;
+    assert!(row.ttft_ms.is_some());
+    assert_eq!(line["response"]["refusal"], "I cannot help with that.");
+    assert!(line["ttft_ms"].is_u64());
 }
