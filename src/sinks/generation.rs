@@ -37,6 +37,7 @@ const NOT_PARAMETERS: &[&str] = &[
     "prompt",
     "input",
     "instructions",
+    "system",
     "stream",
     "stream_options",
     "user",
@@ -207,35 +208,46 @@ impl<'a> RequestFields<'a> {
             .filter(|v| *v != "null")
     }
 
-    /// As the Langfuse OpenAI integration shows it: the messages, or an object with the tools
-    /// and the messages when tools were offered; `prompt` / `input` for other endpoints.
+    /// As the Langfuse OpenAI integration shows it: the messages, or, when the request had
+    /// more of the prompt beside them, an object with those parts and the messages
+    /// (`{"system": .., "tools": .., "messages": ..}`: Anthropic's top-level `system` prompt,
+    /// the tools offered); `prompt` for completions; a Responses API request's `input`, with
+    /// its `instructions` and `tools` beside it the same way. Those parts are the prompt
+    /// (and a system prompt is often many KiB): never model parameters, which are cut at
+    /// [`MAX_PARAMETER_BYTES`].
     fn input(&self) -> Option<String> {
         if let Some(messages) = self.raw("messages") {
-            let extras: Vec<(&str, &str)> = ["tools", "functions"]
-                .into_iter()
-                .filter_map(|k| self.raw(k).map(|v| (k, v)))
-                .collect();
-            if extras.is_empty() {
-                return Some(messages.to_owned());
-            }
-            let mut out = String::with_capacity(messages.len() + 64);
-            out.push('{');
-            for (k, v) in extras {
-                let _ = write!(out, "\"{k}\":{v},");
-            }
-            let _ = write!(out, "\"messages\":{messages}}}");
-            return Some(out);
+            return Some(self.with_context(
+                &["system", "tools", "functions"],
+                "messages",
+                messages,
+            ));
         }
         if let Some(prompt) = self.raw("prompt") {
             return Some(prompt.to_owned());
         }
         let input = self.raw("input")?;
-        match self.raw("instructions") {
-            Some(instructions) => Some(format!(
-                "{{\"instructions\":{instructions},\"input\":{input}}}"
-            )),
-            None => Some(input.to_owned()),
+        Some(self.with_context(&["instructions", "tools"], "input", input))
+    }
+
+    /// `main` as is when the request has none of `context`, else one object of the present
+    /// `context` members followed by `main` under `main_key`.
+    fn with_context(&self, context: &[&str], main_key: &str, main: &str) -> String {
+        let extras: Vec<(&str, &str)> = context
+            .iter()
+            .filter_map(|k| self.raw(k).map(|v| (*k, v)))
+            .collect();
+        if extras.is_empty() {
+            return main.to_owned();
         }
+        let extra_len: usize = extras.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        let mut out = String::with_capacity(main.len() + extra_len + main_key.len() + 5);
+        out.push('{');
+        for (k, v) in extras {
+            let _ = write!(out, "\"{k}\":{v},");
+        }
+        let _ = write!(out, "\"{main_key}\":{main}}}");
+        out
     }
 
     fn parameters(&self) -> Option<String> {
@@ -722,6 +734,58 @@ mod tests {
             build(&r, &Redactor::default(), 1 << 20).operation,
             "text_completion"
         );
+    }
+
+    /// Every part of the prompt is in the input, however long: Anthropic's top-level
+    /// `system`, a Responses API request's `tools` (beside its `instructions`); none of them
+    /// is a model parameter.
+    #[test]
+    fn system_prompts_and_responses_tools_are_input() {
+        let system = format!("You are terse. {}", "Follow the rules. ".repeat(200));
+        let mut r = record(json!({"model": "c", "max_tokens": 10, "system": system,
+            "messages": [{"role": "user", "content": "hi"}]}));
+        r.endpoint = "/messages".into();
+        let g = build(&r, &Redactor::default(), 1 << 20);
+        assert_eq!(
+            json_of(&g.input),
+            json!({"system": system, "messages": [{"role": "user", "content": "hi"}]})
+        );
+        assert_eq!(json_of(&g.parameters), json!({"max_tokens": 10}));
+
+        let blocks =
+            json!([{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}]);
+        let tools = json!([{"name": "get_weather", "input_schema": {"type": "object"}}]);
+        let r = record(json!({"model": "c", "system": blocks, "tools": tools, "messages": []}));
+        let g = build(&r, &Redactor::default(), 1 << 20);
+        assert_eq!(
+            json_of(&g.input),
+            json!({"system": blocks, "tools": tools, "messages": []})
+        );
+
+        let tools =
+            json!([{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]);
+        for (body, expected, parameters) in [
+            (
+                json!({"model": "o", "input": "weather?", "instructions": "be brief", "tools": tools, "tool_choice": "auto"}),
+                json!({"instructions": "be brief", "tools": tools, "input": "weather?"}),
+                Some(json!({"tool_choice": "auto"})),
+            ),
+            (
+                json!({"model": "o", "input": [{"role": "user", "content": "weather?"}], "tools": tools}),
+                json!({"tools": tools, "input": [{"role": "user", "content": "weather?"}]}),
+                None,
+            ),
+        ] {
+            let mut r = record(body);
+            r.endpoint = "/responses".into();
+            let g = build(&r, &Redactor::default(), 1 << 20);
+            assert_eq!(json_of(&g.input), expected);
+            let got = g
+                .parameters
+                .as_deref()
+                .map(|p| serde_json::from_str::<Value>(p).expect("parameters are JSON"));
+            assert_eq!(got, parameters);
+        }
     }
 
     #[test]

@@ -366,3 +366,55 @@ async fn a_refusal_is_recorded_as_the_answer() {
     assert_eq!(line["response"]["refusal"], "I cannot help with that.");
     assert!(line["ttft_ms"].is_u64());
 }
+
+/// Every part of the prompt reaches the span's input: a Responses API request's `tools`
+/// (beside its `instructions`), and an Anthropic-style request's top-level `system` prompt,
+/// which is no model parameter (those are cut at 2 KiB) however long it is.
+#[tokio::test]
+async fn system_prompts_and_responses_tools_are_in_the_input() {
+    let setup = Setup::start().await;
+    setup.upstream.set(Behavior {
+        body: Some(
+            json!({"id": "x", "model": "m", "output": [], "usage": {"input_tokens": 1, "output_tokens": 1}})
+                .to_string(),
+        ),
+        ..Default::default()
+    });
+    let tools =
+        json!([{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]);
+    let (id, _) = setup
+        .post(
+            "/v1/responses",
+            &json!({"model": "[mock]o", "input": "weather?", "instructions": "be brief",
+                "tools": tools, "temperature": 0.5}),
+        )
+        .await;
+    let span = setup.otlp.span_of(&id).await.span;
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.input"),
+        Some(json!({"instructions": "be brief", "tools": tools, "input": "weather?"}))
+    );
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.model.parameters"),
+        Some(json!({"temperature": 0.5}))
+    );
+
+    let system = format!("You are Claude Code. {}", "Follow the rules. ".repeat(200));
+    let messages = json!([{"role": "user", "content": "hi"}]);
+    let (id, _) = setup
+        .post(
+            "/v1/messages",
+            &json!({"model": "[mock]c", "max_tokens": 10, "system": system, "messages": messages}),
+        )
+        .await;
+    let span = setup.otlp.span_of(&id).await.span;
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.input"),
+        Some(json!({"system": system, "messages": messages}))
+    );
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.model.parameters"),
+        Some(json!({"max_tokens": 10}))
+    );
+    setup.router.stop().await;
+}
