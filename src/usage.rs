@@ -984,9 +984,15 @@ impl StreamAccumulator {
                     self.summary.refusal.push_str(&text);
                 }
             }
+            "response.created" | "response.in_progress" => {
+                if let Some(response) = response {
+                    self.note_response_id(response);
+                }
+            }
             "response.completed" | "response.incomplete" | "response.failed" => {
                 self.saw_end = true;
                 if let Some(response) = response {
+                    self.note_response_id(response);
                     if let Some(usage) = response.get("usage") {
                         if let Some(parsed) = Usage::from_json(usage) {
                             self.summary.usage = Some(parsed);
@@ -996,9 +1002,7 @@ impl StreamAccumulator {
                         self.summary.model = Some(model);
                     }
                     if let Some(output) = response.get("output").and_then(Value::as_array) {
-                        let mut whole = ResponseSummary::default();
-                        read_responses_output(output, &mut whole);
-                        self.summary.tool_calls = whole.tool_calls;
+                        self.take_responses_output(output);
                     }
                     self.summary.finish_reason = str_field(response, "status");
                     if kind == "response.failed" {
@@ -1140,6 +1144,38 @@ impl StreamAccumulator {
         if let Some(seen) = &self.anthropic_usage {
             if let Some(parsed) = Usage::from_json(&Value::Object(seen.clone())) {
                 self.summary.usage = Some(parsed);
+            }
+        }
+    }
+
+    /// The Responses API's `response.id`, which its stream events carry only inside
+    /// `response` (`response.created`, `response.completed`, ...).
+    fn note_response_id(&mut self, response: &Value) {
+        if self.summary.id.is_none() {
+            self.summary.id = str_field(response, "id");
+        }
+    }
+
+    /// A Responses API stream's final `output`, read as a whole body's is: its tool calls;
+    /// and its text, reasoning and refusal where no delta event carried them (an upstream
+    /// may send the answer only here). Any of them is output, so a stream whose answer came
+    /// only in this event has its first token here.
+    fn take_responses_output(&mut self, output: &[Value]) {
+        let mut whole = ResponseSummary::default();
+        read_responses_output(output, &mut whole);
+        let found = !whole.content.is_empty()
+            || !whole.reasoning.is_empty()
+            || !whole.refusal.is_empty()
+            || !whole.tool_calls.is_empty();
+        self.note_output(found);
+        self.summary.tool_calls = whole.tool_calls;
+        for (seen, complete) in [
+            (&mut self.summary.content, whole.content),
+            (&mut self.summary.reasoning, whole.reasoning),
+            (&mut self.summary.refusal, whole.refusal),
+        ] {
+            if seen.is_empty() {
+                *seen = complete;
             }
         }
     }
@@ -1665,6 +1701,43 @@ mod tests {
         acc.push_data(br#"{"type":"response.refusal.delta","delta":"No"}"#);
         assert!(acc.saw_output());
         assert_eq!(acc.into_summary().refusal, "No");
+    }
+
+    /// A Responses API stream whose answer comes only in `response.completed` (no delta
+    /// events): its text and reasoning are read from the final `output`, which is then the
+    /// first token; the id comes from `response.created`. Text that came as deltas is kept
+    /// as it came.
+    #[test]
+    fn a_responses_stream_answered_only_in_its_last_event() {
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(br#"{"type":"response.created","response":{"id":"resp_1","model":"o4","status":"in_progress","output":[]}}"#);
+        assert!(!acc.saw_output());
+        assert_eq!(acc.summary().id.as_deref(), Some("resp_1"));
+        let completed =
+            json!({"type": "response.completed", "response": {"id": "resp_1", "model": "o4",
+            "status": "completed", "output": [
+                {"type": "reasoning", "summary": [{"type": "summary_text", "text": "why"}]},
+                {"type": "message", "content": [{"type": "output_text", "text": "Final text"}]}],
+            "usage": {"input_tokens": 5, "output_tokens": 3, "total_tokens": 8}}})
+            .to_string();
+        acc.push_data(completed.as_bytes());
+        assert!(acc.saw_output() && acc.saw_end());
+        let s = acc.into_summary();
+        assert_eq!(
+            (s.content.as_str(), s.reasoning.as_str()),
+            ("Final text", "why")
+        );
+        assert_eq!(s.id.as_deref(), Some("resp_1"));
+        assert_eq!(s.finish_reason.as_deref(), Some("completed"));
+        assert_eq!(s.usage.map(|u| u.total), Some(8));
+
+        // Deltas came: they stay; the reasoning only the last event had is added.
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(br#"{"type":"response.output_text.delta","delta":"Fin"}"#);
+        acc.push_data(completed.as_bytes());
+        let s = acc.into_summary();
+        assert_eq!((s.content.as_str(), s.reasoning.as_str()), ("Fin", "why"));
+        assert_eq!(s.id.as_deref(), Some("resp_1"), "from response.completed");
     }
 
     #[test]

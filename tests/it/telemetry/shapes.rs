@@ -418,3 +418,48 @@ async fn system_prompts_and_responses_tools_are_in_the_input() {
     );
     setup.router.stop().await;
 }
+
+/// A Responses API stream whose answer is only in its last event (`response.completed`, no
+/// delta events, no `[DONE]`): text and reasoning are read from the final `output` (the first
+/// token), its id from `response.created`; it ran to its end.
+#[tokio::test]
+async fn a_responses_stream_answered_only_in_response_completed() {
+    let setup = Setup::start().await;
+    let events = [
+        json!({"type": "response.created", "response": {"id": "resp_1", "model": "resp-m",
+            "status": "in_progress", "output": []}}),
+        json!({"type": "response.completed", "response": {"id": "resp_1", "model": "resp-m",
+            "status": "completed", "output": [
+                {"type": "reasoning", "summary": [{"type": "summary_text", "text": "why"}]},
+                {"type": "message", "content": [{"type": "output_text", "text": "Final text"}]}],
+            "usage": {"input_tokens": 5, "output_tokens": 3, "total_tokens": 8}}}),
+    ];
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(events.iter().map(named_event).collect()),
+        ..Default::default()
+    });
+    let (id, _) = setup
+        .post(
+            "/v1/responses",
+            &json!({"model": "[mock]r", "input": "x", "stream": true}),
+        )
+        .await;
+    let record = setup.router.records.nth(1).await;
+    assert!(
+        record.complete,
+        "response.completed is the end of the stream"
+    );
+    assert!(record.first_token_at.is_some());
+    let span = setup.otlp.span_of(&id).await.span;
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.output"),
+        Some(json!({"role": "assistant", "content": "Final text", "reasoning_content": "why"}))
+    );
+    assert_eq!(str_attr(&span, "gen_ai.response.id"), Some("resp_1"));
+    assert!(str_attr(&span, "langfuse.observation.completion_start_time").is_some());
+    let (row, line) = setup.stop_and_read(&id).await;
+    assert_eq!(row.tokens, (5, 3, 0, 0));
+    assert!(row.ttft_ms.is_some() && !row.usage_partial, "{row:?}");
+    assert_eq!(line["response"]["content"], "Final text");
+    assert_eq!(line["response"]["reasoning"], "why");
+}
