@@ -62,6 +62,13 @@ struct Lease {
 /// Sends `head` (request line and header fields, ending in the blank line) and `body` to
 /// `authority` over one of lane `lane`'s idle connections, or a new one from `connect`, and
 /// reads the answer's head.
+///
+/// A kept connection the upstream closes as the request reaches it (it idled out on the
+/// upstream's side: uvicorn, llama.cpp's server and httpx close after 5 s) ends without a
+/// byte of answer; the request then goes once more, on a new connection. It may in the
+/// rarest case have been read before the close (an upstream that dies as it starts); a
+/// client told 502 would send it again too (the openai SDKs retry 502), so sending it once
+/// more here loses nothing and spares the client the error.
 pub(super) async fn send<C, F>(
     pools: &Arc<LanePools>,
     lane: usize,
@@ -90,25 +97,29 @@ where
             }
         }
     }
-    let (mut conn, written) = match sent {
-        Some(sent) => sent,
+    // `connect` serves once: the request's first connection when no kept one took it, else
+    // its one retry.
+    let (mut conn, written, unused_connect) = match sent {
+        Some((conn, written)) => (conn, written, Some(connect)),
         None => {
-            let conn = PlainConn::new(connect().await.map_err(SendError::Connect)?);
-            let written = write_all(&conn.io, head, body, SEND_TIMEOUT).await;
-            (conn, written.map_err(|failure| failure.error))
+            let (conn, written) = on_new_connection(connect, head, body).await?;
+            (conn, written, None)
         }
     };
-    let write_error = match written {
-        Ok(()) => None,
-        Err(error) if closed_by_upstream(&error) => Some(error),
-        Err(error) => return Err(SendError::Exchange(error.into())),
-    };
-    let (head, answered_early) = match (read_head(&mut conn).await, write_error) {
-        (Ok(head), write_error) => (head, write_error.is_some()),
-        // No answer came before the close: the failed write is what went wrong.
-        (Err(_), Some(write_error)) => return Err(SendError::Exchange(write_error.into())),
-        (Err(error), None) => return Err(SendError::Exchange(error)),
-    };
+    let mut answer = read_answer(&mut conn, written).await;
+    let retry = unused_connect
+        .filter(|_| conn.buf.is_empty() && answer.as_ref().is_err_and(never_answered));
+    if let Some(connect) = retry {
+        (conn, answer) = match on_new_connection(connect, head, body).await {
+            Ok((mut conn, written)) => {
+                let answer = read_answer(&mut conn, written).await;
+                (conn, answer)
+            }
+            // The new connection could not be made: the first failure is the one to report.
+            Err(_) => (conn, answer),
+        };
+    }
+    let (head, answered_early) = answer.map_err(SendError::Exchange)?;
     let (length, framing_allows_reuse) =
         response_length(head.status, &head.fields).map_err(|e| SendError::Exchange(e.into()))?;
     let reusable = !answered_early
@@ -129,6 +140,49 @@ where
         deferred: None,
     };
     Ok((head, body))
+}
+
+/// Connects and writes the request: the connection, and how the write went.
+async fn on_new_connection<C, F>(
+    connect: C,
+    head: &[u8],
+    body: &Bytes,
+) -> Result<(PlainConn, Result<(), std::io::Error>), SendError>
+where
+    C: FnOnce() -> F,
+    F: std::future::Future<Output = Result<tokio::net::TcpStream, super::BoxError>>,
+{
+    let conn = PlainConn::new(connect().await.map_err(SendError::Connect)?);
+    let written = write_all(&conn.io, head, body, SEND_TIMEOUT).await;
+    Ok((conn, written.map_err(|failure| failure.error)))
+}
+
+/// The answer's head once the request was written (`written` says how that went), and
+/// whether the upstream answered before it had the whole request.
+async fn read_answer(
+    conn: &mut PlainConn,
+    written: Result<(), std::io::Error>,
+) -> Result<(ResponseHead, bool), PlainError> {
+    let write_error = match written {
+        Ok(()) => None,
+        Err(error) if closed_by_upstream(&error) => Some(error),
+        Err(error) => return Err(error.into()),
+    };
+    match (read_head(conn).await, write_error) {
+        (Ok(head), write_error) => Ok((head, write_error.is_some())),
+        // No answer came before the close: the failed write is what went wrong.
+        (Err(_), Some(write_error)) => Err(write_error.into()),
+        (Err(error), None) => Err(error),
+    }
+}
+
+/// The upstream closed (or reset) the connection and sent nothing.
+fn never_answered(error: &PlainError) -> bool {
+    match error {
+        PlainError::ClosedBeforeAnswer => true,
+        PlainError::Io(error) => closed_by_upstream(error),
+        _ => false,
+    }
 }
 
 /// The answer's head, after any interim (1xx) answers.
@@ -671,6 +725,73 @@ mod tests {
             }
             Err(_) => panic!("the write's error was replaced"),
         }
+        server.abort();
+    }
+
+    /// A kept connection the upstream closes as the next request reaches it (it idled out
+    /// on the upstream's side), without a byte of answer: the request goes once more, on a
+    /// new connection, and is answered. A new connection that does the same is not retried.
+    #[tokio::test]
+    async fn a_kept_connection_closed_unanswered_is_retried_once_on_a_new_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&requests);
+        // Connection 1 answers one request and closes at the next; connection 2 answers
+        // one; connection 3 closes at its first.
+        let server = tokio::spawn(async move {
+            for answered in [1, 1, 0] {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buffer = vec![0u8; 4096];
+                let mut pending = Vec::new();
+                let mut served = 0;
+                loop {
+                    while !pending.windows(6).any(|w| w == b"\r\n\r\n{}") {
+                        match socket.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => pending.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    if pending.is_empty() {
+                        break;
+                    }
+                    pending.clear();
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if served == answered {
+                        break;
+                    }
+                    served += 1;
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                }
+                drop(socket);
+            }
+        });
+        let client = Client::new(addr);
+        for _ in 0..2 {
+            let (head, body) = client.post().await;
+            assert_eq!(head.status, 200);
+            assert_eq!(body.collect().await.expect("body").to_bytes(), "ok");
+        }
+        assert_eq!(
+            requests.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "the second request went twice"
+        );
+        assert_eq!(client.idle(), 1, "the new connection is kept");
+        // Kept connection 2 is closed unanswered too; the retry's new connection as well:
+        // the failure is reported, not retried again.
+        match client.try_post(Bytes::from_static(b"{}")).await {
+            Ok(_) => panic!("no answer was sent"),
+            Err(SendError::Exchange(error)) => assert!(never_answered(&error), "{error}"),
+            Err(SendError::Connect(error)) => panic!("connect failed: {error}"),
+        }
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 5);
         server.abort();
     }
 
