@@ -182,10 +182,13 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         let state = Arc::new(state);
         let servers = state.config.load().servers.len();
         tracing::info!("llmsrouter listening on http://{local} ({servers} servers configured)");
+        let (signals, counted) = tokio::sync::watch::channel(0);
+        tokio::spawn(server::count_signals(signals));
         let served = server::run(
             listener,
             state,
-            server::shutdown_signal(),
+            server::signalled(counted.clone(), 1),
+            server::signalled(counted, 2),
             server::SHUTDOWN_GRACE,
         )
         .await;

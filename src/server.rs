@@ -24,13 +24,17 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// the grace period is over), then ends the state's background work (model list refreshes).
 /// Connections are served on [`crate::lanes`], one per core, by the router's own HTTP/1
 /// ([`crate::http1::server`]); this task only accepts them.
+///
+/// `cut_short` (asked only once shutdown began: a second Ctrl-C or SIGTERM) ends the grace
+/// period at once.
 pub async fn run(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    cut_short: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let result = serve(listener, state.clone(), shutdown, grace).await;
+    let result = serve(listener, state.clone(), shutdown, cut_short, grace).await;
     state.models.shutdown().await;
     result
 }
@@ -39,6 +43,7 @@ async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    cut_short: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
     let mut lanes = Lanes::start(state.upstream.lanes())?;
@@ -64,15 +69,19 @@ async fn serve(
     service.draining.fire();
     connections.close();
     let mut drained = std::pin::pin!(connections.wait());
-    tokio::select! {
-        () = &mut drained => {}
+    let cut = tokio::select! {
+        () = &mut drained => false,
         () = tokio::time::sleep(grace) => {
             tracing::warn!("requests still running after {} s; cutting them", grace.as_secs());
-            state.hard_stop.fire();
-            // Cut streams end at their next poll; give them a moment to send their error
-            // event.
-            let _ = tokio::time::timeout(Duration::from_secs(2), &mut drained).await;
+            true
         }
+        // Said by `count_signals`, which counted it.
+        () = cut_short => true,
+    };
+    if cut {
+        state.hard_stop.fire();
+        // Cut streams end at their next poll; give them a moment to send their error event.
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut drained).await;
     }
     lanes.stop().await;
     Ok(())
@@ -129,6 +138,55 @@ async fn pause_after(error: std::io::Error) {
     }
     tracing::error!("accept error: {error}");
     tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Counts Ctrl-C and SIGTERM in `count` as they come, for ever: the first asks for a graceful
+/// shutdown, a second cuts the grace period short ([`run`]'s `cut_short`), and a third ends
+/// the process at once, as an operator pressing Ctrl-C again and again means (exit status
+/// 130; records not yet written are lost, which the log line says).
+pub async fn count_signals(count: tokio::sync::watch::Sender<u32>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut interrupt), Ok(mut terminate)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::warn!("cannot listen for Ctrl-C and SIGTERM; stop the router with SIGKILL");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            count.send_modify(|n| *n += 1);
+            match *count.borrow() {
+                1 => {}
+                2 => tracing::warn!(
+                    "asked again to stop: cutting running requests now (a third time exits at once)"
+                ),
+                _ => {
+                    tracing::warn!(
+                        "asked a third time to stop: exiting now; records not yet written are lost"
+                    );
+                    std::process::exit(130);
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    loop {
+        shutdown_signal().await;
+        count.send_modify(|n| *n += 1);
+    }
+}
+
+/// Resolves once [`count_signals`] has counted `n` signals.
+pub async fn signalled(mut count: tokio::sync::watch::Receiver<u32>, n: u32) {
+    if count.wait_for(|seen| *seen >= n).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

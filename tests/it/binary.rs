@@ -296,6 +296,94 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_zero() {
     assert!(refused.is_err(), "no new connections after shutdown");
 }
 
+/// Polls the router's log for `line` (a signal is counted before the next is sent: two sent
+/// at once may arrive as one).
+async fn logged(router: &RouterProcess, line: &str) {
+    let router_log = || router.stderr().contains(line);
+    wait_until(Duration::from_secs(10), router_log).await;
+}
+
+/// A second SIGTERM during the grace period cuts the running stream now, with its error
+/// event, instead of letting it run its 20 s; the router exits 0 as after any shutdown.
+#[tokio::test]
+async fn a_second_sigterm_cuts_the_running_requests_at_once() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 200,
+        chunk_delay: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let mut router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &[]);
+    let response = router
+        .chat(&json!({"model": "[mock]m", "stream": true, "messages": []}))
+        .await;
+    let mut stream = response.bytes_stream();
+    let mut text = String::new();
+    let first = stream.next().await.expect("first piece").expect("ok");
+    text.push_str(&String::from_utf8_lossy(&first));
+    router.terminate();
+    logged(&router, "shutting down").await;
+    router.terminate();
+    let rest = async {
+        while let Some(piece) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&piece.expect("piece")));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), rest)
+        .await
+        .expect("the stream was cut, not left to run");
+    assert!(text.contains("server_shutting_down"), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    let status = router.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", router.stderr());
+    assert!(router.stderr().contains("asked again to stop"));
+}
+
+/// A third SIGTERM ends the process at once (130), even while it waits to flush traces to a
+/// Langfuse that never answers (which could take 15 s).
+#[tokio::test]
+async fn a_third_sigterm_exits_at_once() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    // Takes connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let langfuse = format!("http://{}", silent.local_addr().expect("addr"));
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            kept.push(socket);
+        }
+    });
+    let mut router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[
+            ("LANGFUSE_PUBLIC_KEY", "pk-lf-test"),
+            ("LANGFUSE_SECRET_KEY", "sk-lf-test"),
+            ("LANGFUSE_HOST", &langfuse),
+        ],
+    );
+    let response = router
+        .chat(&json!({"model": "[mock]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    router.terminate();
+    logged(&router, "shutting down").await;
+    router.terminate();
+    logged(&router, "asked again to stop").await;
+    let third = std::time::Instant::now();
+    router.terminate();
+    let status = router.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(130), "{}", router.stderr());
+    assert!(
+        third.elapsed() < Duration::from_secs(5),
+        "not the flush's 15 s: {:?}",
+        third.elapsed()
+    );
+    assert!(router.stderr().contains("asked a third time to stop"));
+    held.abort();
+}
+
 #[tokio::test]
 async fn healthcheck_probes_a_running_router() {
     let router = RouterProcess::start(None, &[]);

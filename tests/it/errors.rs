@@ -539,6 +539,7 @@ impl GracefulRouter {
             async move {
                 let _ = stopped.await;
             },
+            std::future::pending(),
             Duration::from_millis(300),
         ));
         Self {

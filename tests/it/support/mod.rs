@@ -120,9 +120,14 @@ impl TestRouter {
             let shutdown = async move {
                 let _ = rx.await;
             };
-            let _ =
-                llmsrouter::server::run(listener, server_state, shutdown, Duration::from_secs(5))
-                    .await;
+            let _ = llmsrouter::server::run(
+                listener,
+                server_state,
+                shutdown,
+                std::future::pending(),
+                Duration::from_secs(5),
+            )
+            .await;
         });
         Self {
             addr,
