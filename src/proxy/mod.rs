@@ -93,11 +93,18 @@ impl Delivery {
 }
 
 /// A whole answer for hyper's side of the server: its record is handed over after hyper
-/// took the last byte, or as a disconnect when the body is dropped first.
+/// took the last byte, or as a disconnect when the body is dropped first. The body goes in
+/// pieces of [`DELIVERY_PIECE`]: HTTP/2 asks for the next only once the client's flow-control
+/// window has room, so the last is taken about when the client has read the rest, and one
+/// that leaves halfway through a large answer is recorded as gone (handed over whole, the
+/// answer counted as delivered the moment hyper buffered it).
 struct DeliveredBody {
     data: Option<Bytes>,
     delivery: Option<Delivery>,
 }
+
+/// See [`DeliveredBody`]; HTTP/2's default window is 64 KiB.
+const DELIVERY_PIECE: usize = 64 * 1024;
 
 impl http_body::Body for DeliveredBody {
     type Data = Bytes;
@@ -107,7 +114,12 @@ impl http_body::Body for DeliveredBody {
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        if let Some(data) = self.data.take() {
+        if let Some(mut data) = self.data.take() {
+            if data.len() > DELIVERY_PIECE {
+                let piece = data.split_to(DELIVERY_PIECE);
+                self.data = Some(data);
+                return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(piece))));
+            }
             return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data))));
         }
         if let Some(delivery) = self.delivery.take() {

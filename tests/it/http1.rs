@@ -468,6 +468,47 @@ async fn a_client_that_leaves_before_its_answer_is_recorded_as_gone() {
     router.stop().await;
 }
 
+/// Over HTTP/2 too: a client that reads part of a large whole answer and leaves is recorded
+/// as gone, not as an answer delivered the moment hyper buffered it; one that reads it all
+/// is a success.
+#[tokio::test]
+async fn an_http2_client_that_leaves_halfway_through_a_whole_answer_is_recorded_as_gone() {
+    let large = format!(
+        r#"{{"choices":[{{"message":{{"content":"{}"}}}}]}}"#,
+        "x".repeat(20 << 20)
+    );
+    let upstream = MockUpstream::start(Behavior {
+        body: Some(large.clone()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let client = h2c_client();
+    let send = || {
+        client
+            .post(router.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(CHAT)
+            .send()
+    };
+    let response = send().await.expect("send");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let mut body = response.bytes_stream();
+    let first = futures_util::StreamExt::next(&mut body)
+        .await
+        .expect("a piece")
+        .expect("data");
+    assert!(!first.is_empty());
+    drop(body);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::ClientDisconnected);
+
+    let whole = send().await.expect("send").bytes().await.expect("body");
+    assert_eq!(whole.len(), large.len());
+    assert_eq!(router.records.nth(2).await.outcome, Outcome::Success);
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn http2_with_prior_knowledge_is_served_too() {
     let (upstream, router) = setup().await;
