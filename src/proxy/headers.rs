@@ -192,7 +192,7 @@ pub struct AnswerFields {
 /// gateway or firewall before it, that reflects request headers (`X-Echo-Auth: Bearer
 /// sk-...`) must not hand the provider's key to the client, as its error bodies may not.
 /// All fields are searched at once; they are rebuilt only when a key is among them.
-pub fn without_echoed_keys(redactor: &Redactor, fields: Fields) -> Fields {
+pub fn fields_without_echoed_keys(redactor: &Redactor, fields: Fields) -> Fields {
     if redactor.is_empty()
         || matches!(
             redactor.redact_bytes(fields.buffer(), &[]),

@@ -347,7 +347,7 @@ async fn forward_inner(
             return Ok(fail(guard, error, request_id, &state.failures));
         }
         Some(Ok(mut response)) => {
-            response.fields = headers::without_echoed_keys(&state.redactor, response.fields);
+            response.fields = headers::fields_without_echoed_keys(&state.redactor, response.fields);
             response
         }
     };
