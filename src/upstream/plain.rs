@@ -65,10 +65,10 @@ struct Lease {
 ///
 /// A kept connection the upstream closes as the request reaches it (it idled out on the
 /// upstream's side: uvicorn, llama.cpp's server and httpx close after 5 s) ends without a
-/// byte of answer; the request then goes once more, on a new connection. It may in the
-/// rarest case have been read before the close (an upstream that dies as it starts); a
-/// client told 502 would send it again too (the openai SDKs retry 502), so sending it once
-/// more here loses nothing and spares the client the error.
+/// byte of answer within [`RETRY_WINDOW`] of the write; the request then goes once more, on
+/// a new connection. A close later than that, or after an interim answer (`100 Continue`),
+/// means the upstream had the request and worked on it: not sent again, so a generation is
+/// never run (and billed) twice.
 pub(super) async fn send<C, F>(
     pools: &Arc<LanePools>,
     lane: usize,
@@ -106,13 +106,18 @@ where
             (conn, written, None)
         }
     };
-    let mut answer = read_answer(&mut conn, written).await;
-    let retry = unused_connect
-        .filter(|_| conn.buf.is_empty() && answer.as_ref().is_err_and(never_answered));
+    let written_at = std::time::Instant::now();
+    let mut interim = false;
+    let mut answer = read_answer(&mut conn, written, &mut interim).await;
+    let idled_out = !interim
+        && conn.buf.is_empty()
+        && written_at.elapsed() < RETRY_WINDOW
+        && answer.as_ref().is_err_and(never_answered);
+    let retry = unused_connect.filter(|_| idled_out);
     if let Some(connect) = retry {
         (conn, answer) = match on_new_connection(connect, head, body).await {
             Ok((mut conn, written)) => {
-                let answer = read_answer(&mut conn, written).await;
+                let answer = read_answer(&mut conn, written, &mut interim).await;
                 (conn, answer)
             }
             // The new connection could not be made: the first failure is the one to report.
@@ -142,6 +147,11 @@ where
     Ok((head, body))
 }
 
+/// How soon after the request went out a kept connection must have closed, unanswered, for
+/// the request to go again: the upstream's idle close then crossed it on the wire (within a
+/// round trip), rather than coming after the upstream read and worked on it.
+const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Connects and writes the request: the connection, and how the write went.
 async fn on_new_connection<C, F>(
     connect: C,
@@ -162,13 +172,14 @@ where
 async fn read_answer(
     conn: &mut PlainConn,
     written: Result<(), std::io::Error>,
+    interim: &mut bool,
 ) -> Result<(ResponseHead, bool), PlainError> {
     let write_error = match written {
         Ok(()) => None,
         Err(error) if closed_by_upstream(&error) => Some(error),
         Err(error) => return Err(error.into()),
     };
-    match (read_head(conn).await, write_error) {
+    match (read_head(conn, interim).await, write_error) {
         (Ok(head), write_error) => Ok((head, write_error.is_some())),
         // No answer came before the close: the failed write is what went wrong.
         (Err(_), Some(write_error)) => Err(write_error.into()),
@@ -185,13 +196,16 @@ fn never_answered(error: &PlainError) -> bool {
     }
 }
 
-/// The answer's head, after any interim (1xx) answers.
-async fn read_head(conn: &mut PlainConn) -> Result<ResponseHead, PlainError> {
+/// The answer's head, after any interim (1xx) answers (`interim` says one came).
+async fn read_head(conn: &mut PlainConn, interim: &mut bool) -> Result<ResponseHead, PlainError> {
     let mut scanned = 0;
     loop {
         match parse_response(&mut conn.buf, &mut scanned)? {
             Some(head) if head.status == 101 => return Err(PlainError::Upgrade),
-            Some(head) if (100..200).contains(&head.status) => continue,
+            Some(head) if (100..200).contains(&head.status) => {
+                *interim = true;
+                continue;
+            }
             Some(head) => return Ok(head),
             None => {
                 if read_some(&mut conn.io, &mut conn.buf, 0).await? == 0 {
@@ -793,6 +807,57 @@ mod tests {
         }
         assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 5);
         server.abort();
+    }
+
+    /// A kept connection the upstream closes without an answer after it had the request a
+    /// while (it worked on it), or after an interim `100 Continue`: not sent again.
+    #[tokio::test]
+    async fn a_request_the_upstream_worked_on_is_not_sent_again() {
+        for (pause, interim) in [
+            (RETRY_WINDOW * 2, &b""[..]),
+            (Duration::ZERO, &b"HTTP/1.1 100 Continue\r\n\r\n"[..]),
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let seen = Arc::clone(&requests);
+            let server = tokio::spawn(async move {
+                while let Ok((mut socket, _)) = listener.accept().await {
+                    let mut buffer = vec![0u8; 4096];
+                    let mut pending = Vec::new();
+                    for answer in [true, false] {
+                        while !pending.windows(6).any(|w| w == b"\r\n\r\n{}") {
+                            match socket.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => pending.extend_from_slice(&buffer[..n]),
+                            }
+                        }
+                        pending.clear();
+                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if answer {
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            let _ = socket.write_all(ok).await;
+                        } else {
+                            let _ = socket.write_all(interim).await;
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                }
+            });
+            let client = Client::new(addr);
+            let (_, body) = client.post().await;
+            assert_eq!(body.collect().await.expect("body").to_bytes(), "ok");
+            assert!(client.try_post(Bytes::from_static(b"{}")).await.is_err());
+            assert_eq!(
+                requests.load(std::sync::atomic::Ordering::SeqCst),
+                2,
+                "sent once (pause {pause:?}, interim {})",
+                !interim.is_empty()
+            );
+            server.abort();
+        }
     }
 
     /// Connections past the idle timeout are closed even when no request comes to return or
