@@ -317,6 +317,15 @@ impl StreamTee {
         code: &'static str,
         outcome: Outcome,
     ) -> Result<Bytes, std::io::Error> {
+        if self.accumulator.saw_end() {
+            // The stream had ended by its own last event (Anthropic's `message_stop`, the
+            // Responses API's `response.completed`): what broke after it (a reset instead of
+            // the body's end, silence) takes nothing from the answer, as nothing after
+            // `[DONE]` does. It ends here, complete.
+            self.state = State::Ending;
+            self.finish_as(Outcome::Success, None, true);
+            return Ok(Bytes::new());
+        }
         let failures = &self.failures;
         failures.log.warn(&failures.request_id, code, &message);
         if !self.settings.sse {

@@ -261,6 +261,65 @@ async fn an_anthropic_stream_closed_before_its_end_is_partial() {
     assert!(!row.usage_known && row.usage_partial, "{row:?}");
 }
 
+/// A stream that reached its own last event (`message_stop`, `response.completed`) and then
+/// broke (the upstream reset instead of ending the body): the client gets the events as
+/// they came and nothing after them (no error event), and the record is a complete success,
+/// as a stream broken after `[DONE]` is.
+#[tokio::test]
+async fn a_stream_broken_after_its_own_last_event_is_complete() {
+    let setup = Setup::start().await;
+    let anthropic = vec![
+        named_event(
+            &json!({"type": "message_start", "message": {"id": "msg_3", "model": "claude-r",
+            "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+        ),
+        named_event(&json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "Bon"}})),
+        named_event(
+            &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": 3}}),
+        ),
+        named_event(&json!({"type": "message_stop"})),
+    ];
+    let responses = vec![
+        named_event(&json!({"type": "response.output_text.delta", "delta": "Hi"})),
+        named_event(
+            &json!({"type": "response.completed", "response": {"id": "resp_1",
+            "status": "completed", "usage": {"input_tokens": 5, "output_tokens": 1,
+            "total_tokens": 6}}}),
+        ),
+    ];
+    for (n, (path, chunks)) in [("/v1/messages", anthropic), ("/v1/responses", responses)]
+        .into_iter()
+        .enumerate()
+    {
+        // The connection is cut where a last chunk would go: after every event was sent.
+        let mut sent = chunks.clone();
+        sent.push(b": never sent\n\n".to_vec());
+        setup.upstream.set(Behavior {
+            abort_after: Some(chunks.len()),
+            chunk_delay: std::time::Duration::from_millis(10),
+            raw_chunks: Some(sent),
+            ..Default::default()
+        });
+        let (_, text) = setup
+            .post(
+                path,
+                &json!({"model": "[mock]m", "stream": true, "messages": []}),
+            )
+            .await;
+        assert_eq!(
+            text.as_bytes(),
+            chunks.concat(),
+            "{path}: as they came, no more"
+        );
+        let record = setup.router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::Success, "{path}");
+        assert!(record.complete && !record.usage_partial(), "{path}");
+        assert!(record.response.usage.is_some(), "{path}");
+    }
+}
+
 /// A whole Anthropic message: its content blocks are the output (text, thinking, tool
 /// calls), next to the usage that was already read.
 #[tokio::test]
