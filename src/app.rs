@@ -193,12 +193,20 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             };
             proxy::forward(&state, incoming).await
         }
-        (Route::Upstream(path), method) if method != Method::POST => method_not_allowed(
-            format!(
-                "{method} {path} is not served: the router forwards POST requests with a JSON \"model\""
-            ),
-            "POST",
-        ),
+        (Route::Upstream(path), method) if method != Method::POST => {
+            // `/metrics` answers GET too; a POST there is forwarded like any other path.
+            let allow = if path == "/metrics" {
+                "GET, HEAD, POST"
+            } else {
+                "POST"
+            };
+            method_not_allowed(
+                format!(
+                    "{method} {path} is not served: the router forwards POST requests with a JSON \"model\""
+                ),
+                allow,
+            )
+        }
         (_, method) => method_not_allowed(format!("{method} is not allowed here"), READ_ONLY),
     }
 }

@@ -107,6 +107,21 @@ fn count(v: i64) -> u64 {
 
 /// Reads the ledger's totals. `since` must already be a valid `YYYY-MM-DD`.
 pub fn query(conn: &Connection, by: GroupBy, since: Option<&str>) -> rusqlite::Result<UsageReport> {
+    // A database read as it is (read-only, from the Python version) may have no ledger yet:
+    // nothing was recorded there, which is an empty report, not an error.
+    let has_ledger: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage_ledger')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_ledger {
+        return Ok(UsageReport {
+            by,
+            since: since.map(str::to_owned),
+            rows: Vec::new(),
+            total: UsageTotals::default(),
+        });
+    }
     let sql = format!(
         "SELECT {col} AS key, COUNT(*) AS requests, TOTAL(input_tokens), TOTAL(output_tokens),
             TOTAL(total_tokens), TOTAL(cached_tokens), TOTAL(reasoning_tokens), SUM(cost),

@@ -192,6 +192,40 @@ impl IndexRefresher {
         Ok(true)
     }
 
+    /// After a failed refresh of a database the router may only read: its owner changed it
+    /// in a way this connection cannot follow (an llmsrouter command brought the Python
+    /// version's file to WAL mode, which a reader that cannot write its folder cannot
+    /// open). The users it held may include a key since revoked, so they are not kept: the
+    /// connection is opened anew, and if the users still cannot be read, every key is
+    /// refused until they can (the failure is logged, and retried every tick).
+    fn refresh_read_only(
+        &mut self,
+        index: &UserIndex,
+        failure: rusqlite::Error,
+    ) -> rusqlite::Result<bool> {
+        let reopened = self
+            .conn
+            .path()
+            .map(|path| crate::db::open_to_read(std::path::Path::new(path)));
+        if let Some(Ok(conn)) = reopened {
+            conn.busy_timeout(CHECK_BUSY_TIMEOUT)?;
+            self.conn = conn;
+            self.seen_version = None;
+            self.seen_changes = None;
+            self.counted = None;
+            if let Ok(refreshed) = self.refresh(index) {
+                return Ok(refreshed);
+            }
+        }
+        if !index.is_empty() {
+            index.callers.store(Arc::new(HashMap::new()));
+            tracing::error!(
+                "the users database changed and cannot be read ({failure}); every key is refused until it can be"
+            );
+        }
+        Err(failure)
+    }
+
     /// Whether the database counts changes to `users` (schema step 3 made the counter).
     fn counted(&mut self) -> rusqlite::Result<bool> {
         if self.counted.is_none() {
@@ -205,9 +239,16 @@ impl IndexRefresher {
     }
 
     /// One tick of the task: a failure keeps the previous index (logged once, not on every
-    /// tick) and is retried on the next tick.
+    /// tick) and is retried on the next tick. A database the router may only read is the
+    /// exception (see [`Self::refresh_read_only`]).
     fn tick(&mut self, index: &UserIndex) {
-        match self.refresh(index) {
+        let refreshed = match self.refresh(index) {
+            Err(e) if self.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) => {
+                self.refresh_read_only(index, e)
+            }
+            refreshed => refreshed,
+        };
+        match refreshed {
             Ok(_) if self.failing => {
                 self.failing = false;
                 tracing::info!("users are read from the database again");

@@ -417,6 +417,7 @@ async fn head_gets_the_head_of_get_and_405_says_what_is_allowed() {
         ("PUT", "/v1/models", "GET, HEAD"),
         ("DELETE", "/health", "GET, HEAD"),
         ("GET", "/v1/chat/completions", "POST"),
+        ("PUT", "/metrics", "GET, HEAD, POST"),
     ];
     for (method, path, allow) in cases {
         let request =

@@ -717,6 +717,9 @@ async fn a_read_only_python_users_db_is_read_as_it_is() {
     let (code, _, err) = run_cli_as_reader(dir.path(), &["user", "rotate-key", "ann"], &[]);
     assert_eq!(code, 1);
     assert!(err.contains("readonly"), "{err}");
+    let (code, out, err) = run_cli_as_reader(dir.path(), &["usage", "--json"], &[]);
+    assert_eq!(code, 0, "no ledger there: an empty report: {err}");
+    assert!(out.contains("\"rows\":[]"), "{out}");
 
     let router = RouterProcess::start_as_reader(
         dir,
@@ -768,6 +771,24 @@ async fn a_read_only_python_users_db_is_read_as_it_is() {
         chat(&url, Auth::Bearer(ANN_KEY), "[mock]m").await,
         (200, None)
     );
+
+    // The owner rotates ann's key with llmsrouter itself, which brings the file to WAL mode:
+    // a reader that cannot write the folder cannot follow that. Her old key must not go on
+    // working: the router refuses every key rather than keep users it cannot re-read.
+    let (code, _, err) = run_cli(router.path(), &["user", "rotate-key", "ann"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = chat(&url, Auth::Bearer(ANN_KEY), "[mock]m").await;
+        if got.0 == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old key still in: {got:?}"
+        );
+        tokio::task::yield_now().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
