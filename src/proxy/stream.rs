@@ -249,9 +249,16 @@ impl StreamTee {
         let mut joined: Option<BytesMut> = None;
         while let Some(event) = self.splitter.next_event() {
             let kind = self.observe(&event);
-            if kind == EventKind::UsageOnly && self.settings.drop_usage_chunk {
-                continue;
-            }
+            let event = if kind == EventKind::UsageOnly && self.settings.drop_usage_chunk {
+                // A '\n' in front of it ends the previous event's "\r\n", cut between two
+                // chunks (see `EventSplitter`): that byte is the client's.
+                if event.first() != Some(&b'\n') {
+                    continue;
+                }
+                event.slice(..1)
+            } else {
+                event
+            };
             let event = super::without_echoed_keys(&self.failures.redactor, event);
             match (&mut single, &mut joined) {
                 (None, None) => single = Some(event),

@@ -462,6 +462,34 @@ async fn an_event_ending_in_lone_crs_is_forwarded_without_waiting_for_the_next()
     router.stop().await;
 }
 
+/// The usage chunk the router asked for is dropped, but not the '\n' in front of it when an
+/// upstream chunk ended between the '\r' and the '\n' of the event before: the client's
+/// bytes are the upstream's less that chunk exactly.
+#[tokio::test]
+async fn a_dropped_usage_chunk_keeps_the_lf_of_a_split_crlf_before_it() {
+    let first = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r";
+    let usage = usage_chunk("m", 1).replace("\n\n", "\r\n\r\n");
+    let chunks: Vec<Vec<u8>> = vec![
+        first.into(),
+        format!("\n{usage}").into_bytes(),
+        b"data: [DONE]\r\n\r\n".to_vec(),
+    ];
+    // Apart in time, so they reach the router as the separate reads they are.
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(chunks),
+        chunk_delay: Duration::from_millis(30),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router.chat(&stream_request("[mock]m")).await;
+    let (_, text) = read_timed(response).await;
+    assert_eq!(text, format!("{first}\ndata: [DONE]\r\n\r\n"));
+    let record = router.records.nth(1).await;
+    assert_eq!(record.response.usage.as_ref().map(|u| u.output), Some(1));
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn a_stream_request_answered_with_an_error_is_relayed_whole() {
     let upstream = MockUpstream::start(Behavior {
