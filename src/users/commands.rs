@@ -92,7 +92,10 @@ fn add(
     // Checked before the database is opened (or created): bad input writes nothing.
     user.validate()?;
     let out = &mut *cx.out;
-    UserStore::open(cx.db, OpenMode::Create)?.add_delivering(&user, |key| print_key(out, key))?;
+    let existed = cx.db.exists();
+    let added = UserStore::open(cx.db, OpenMode::Create)
+        .and_then(|mut store| store.add_delivering(&user, |key| print_key(out, key)));
+    unmade_if_undelivered(cx.db, existed, added)?;
     writeln!(
         cx.err,
         "created user {} (may use: {}); the key above is shown only now",
@@ -101,6 +104,24 @@ fn add(
     )?;
     warn_unknown_aliases(cx, &user.permissions, username)?;
     Ok(())
+}
+
+/// Passes `result` on; when the keys could not be shown and the command made the database
+/// file itself, removes that file too (with SQLite's side files), so "nothing was changed"
+/// holds for the file system as well.
+fn unmade_if_undelivered<T>(
+    db: &Path,
+    existed: bool,
+    result: Result<T, UserError>,
+) -> Result<T, UserError> {
+    if !existed && matches!(result, Err(UserError::Undelivered(_))) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut file = db.as_os_str().to_owned();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
+    }
+    result
 }
 
 /// A new key alone on its line, flushed: it must have left before the change is committed.
@@ -123,13 +144,16 @@ fn import_file(cx: &mut Context<'_>, file: &Path) -> Result<(), UserError> {
     let rows = import::parse(name, &bytes).map_err(|e| failed(e.to_string()))?;
     let users: Vec<NewUser> = rows.iter().map(|r| r.user.clone()).collect();
     let out = &mut *cx.out;
-    let outcome =
-        UserStore::open(cx.db, OpenMode::Create)?.import_delivering(&users, |outcome| {
+    let existed = cx.db.exists();
+    let imported = UserStore::open(cx.db, OpenMode::Create).and_then(|mut store| {
+        store.import_delivering(&users, |outcome| {
             for (username, key) in &outcome.created {
                 writeln!(out, "{username}\t{}", key.expose())?;
             }
             out.flush()
-        })?;
+        })
+    });
+    let outcome = unmade_if_undelivered(cx.db, existed, imported)?;
     for &position in &outcome.skipped {
         let ImportRow { row, user } = &rows[position];
         writeln!(

@@ -450,6 +450,14 @@ fn a_key_that_cannot_be_shown_is_not_stored() {
     let stored: Vec<[String; 6]> = rows(&db);
     assert_eq!(stored.len(), 1, "only ann: {stored:?}");
     assert_eq!(row_of(&db, "ann")[1], old_key, "ann's key is unchanged");
+    // A database the failed command would have made is not left behind either.
+    let (code, _) = run_cli_writing_to(
+        dir.path(),
+        &["user", "add", "bob", "--db", "new.db"],
+        full(),
+    );
+    assert_eq!(code, 1);
+    assert!(!dir.path().join("new.db").exists());
 }
 
 #[test]
