@@ -742,16 +742,39 @@ mod tests {
         server.abort();
     }
 
+    /// A listener on a loopback port, its address, and a count for the requests it reads.
+    async fn counting_listener() -> (
+        tokio::net::TcpListener,
+        std::net::SocketAddr,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        (listener, addr, Arc::default())
+    }
+
+    /// Reads one of [`Client::post`]'s requests (its body is `{}`); false when the client
+    /// closed first.
+    async fn next_request(socket: &mut tokio::net::TcpStream) -> bool {
+        let mut buffer = [0u8; 4096];
+        let mut pending = Vec::new();
+        while !pending.windows(6).any(|w| w == b"\r\n\r\n{}") {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => pending.extend_from_slice(&buffer[..n]),
+            }
+        }
+        true
+    }
+
     /// A kept connection the upstream closes as the next request reaches it (it idled out
     /// on the upstream's side), without a byte of answer: the request goes once more, on a
     /// new connection, and is answered. A new connection that does the same is not retried.
     #[tokio::test]
     async fn a_kept_connection_closed_unanswered_is_retried_once_on_a_new_one() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (listener, addr, requests) = counting_listener().await;
         let seen = Arc::clone(&requests);
         // Connection 1 answers one request and closes at the next; connection 2 answers
         // one; connection 3 closes at its first.
@@ -760,20 +783,11 @@ mod tests {
                 let Ok((mut socket, _)) = listener.accept().await else {
                     return;
                 };
-                let mut buffer = vec![0u8; 4096];
-                let mut pending = Vec::new();
                 let mut served = 0;
                 loop {
-                    while !pending.windows(6).any(|w| w == b"\r\n\r\n{}") {
-                        match socket.read(&mut buffer).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => pending.extend_from_slice(&buffer[..n]),
-                        }
-                    }
-                    if pending.is_empty() {
+                    if !next_request(&mut socket).await {
                         break;
                     }
-                    pending.clear();
                     seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     if served == answered {
                         break;
@@ -817,24 +831,14 @@ mod tests {
             (RETRY_WINDOW * 2, &b""[..]),
             (Duration::ZERO, &b"HTTP/1.1 100 Continue\r\n\r\n"[..]),
         ] {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (listener, addr, requests) = counting_listener().await;
             let seen = Arc::clone(&requests);
             let server = tokio::spawn(async move {
                 while let Ok((mut socket, _)) = listener.accept().await {
-                    let mut buffer = vec![0u8; 4096];
-                    let mut pending = Vec::new();
                     for answer in [true, false] {
-                        while !pending.windows(6).any(|w| w == b"\r\n\r\n{}") {
-                            match socket.read(&mut buffer).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => pending.extend_from_slice(&buffer[..n]),
-                            }
+                        if !next_request(&mut socket).await {
+                            return;
                         }
-                        pending.clear();
                         seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         if answer {
                             let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";

@@ -269,22 +269,30 @@ fn check_sees_the_variables_serve_would_refuse() {
     assert_eq!(code, 0, "{stdout} {stderr}");
 }
 
-#[tokio::test]
-async fn sigterm_lets_a_running_stream_finish_then_exits_zero() {
+type Pieces = futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>;
+
+/// A router process streaming `chunks` events 100 ms apart to a client that has read the
+/// first piece (returned as the text so far).
+async fn stream_under_way(chunks: usize) -> (MockUpstream, RouterProcess, Pieces, String) {
     let upstream = MockUpstream::start(Behavior {
-        chunks: 10,
+        chunks,
         chunk_delay: Duration::from_millis(100),
         ..Default::default()
     })
     .await;
-    let mut router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &[]);
+    let router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &[]);
     let response = router
         .chat(&json!({"model": "[mock]m", "stream": true, "messages": []}))
         .await;
-    let mut stream = response.bytes_stream();
-    let mut text = String::new();
+    let mut stream: Pieces = Box::pin(response.bytes_stream());
     let first = stream.next().await.expect("first piece").expect("ok");
-    text.push_str(&String::from_utf8_lossy(&first));
+    let text = String::from_utf8_lossy(&first).into_owned();
+    (upstream, router, stream, text)
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_running_stream_finish_then_exits_zero() {
+    let (upstream, mut router, mut stream, mut text) = stream_under_way(10).await;
     router.terminate();
     while let Some(piece) = stream.next().await {
         text.push_str(&String::from_utf8_lossy(&piece.expect("piece")));
@@ -307,20 +315,7 @@ async fn logged(router: &RouterProcess, line: &str) {
 /// event, instead of letting it run its 20 s; the router exits 0 as after any shutdown.
 #[tokio::test]
 async fn a_second_sigterm_cuts_the_running_requests_at_once() {
-    let upstream = MockUpstream::start(Behavior {
-        chunks: 200,
-        chunk_delay: Duration::from_millis(100),
-        ..Default::default()
-    })
-    .await;
-    let mut router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &[]);
-    let response = router
-        .chat(&json!({"model": "[mock]m", "stream": true, "messages": []}))
-        .await;
-    let mut stream = response.bytes_stream();
-    let mut text = String::new();
-    let first = stream.next().await.expect("first piece").expect("ok");
-    text.push_str(&String::from_utf8_lossy(&first));
+    let (_upstream, mut router, mut stream, mut text) = stream_under_way(200).await;
     router.terminate();
     logged(&router, "shutting down").await;
     router.terminate();
