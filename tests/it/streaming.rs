@@ -427,6 +427,33 @@ async fn a_stream_with_done_but_no_usage_is_not_partial() {
 /// Events whose lines end in a lone `\r` (the SSE format allows it) are forwarded as soon as
 /// their blank line is in, like any other: the router does not wait for the next byte to see
 /// whether a `\n` follows.
+/// Reads `response` until `first` has arrived while the upstream holds a later chunk behind
+/// `gate` (panics if it does not within 10 s), then lets the upstream go on and reads the
+/// rest: (what came before the release, everything).
+async fn read_past_a_held_chunk(
+    response: reqwest::Response,
+    first: &str,
+    gate: &tokio::sync::Semaphore,
+) -> (String, String) {
+    let mut stream = response.bytes_stream();
+    let mut seen = String::new();
+    let read_first = async {
+        while !seen.contains(first) {
+            let piece = stream.next().await.expect("a piece").expect("ok");
+            seen.push_str(&String::from_utf8_lossy(&piece));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_first)
+        .await
+        .expect("the first event arrived while the upstream held a later chunk");
+    let before = seen.clone();
+    gate.add_permits(1);
+    while let Some(piece) = stream.next().await {
+        seen.push_str(&String::from_utf8_lossy(&piece.expect("ok")));
+    }
+    (before, seen)
+}
+
 #[tokio::test]
 async fn an_event_ending_in_lone_crs_is_forwarded_without_waiting_for_the_next() {
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
@@ -440,21 +467,7 @@ async fn an_event_ending_in_lone_crs_is_forwarded_without_waiting_for_the_next()
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let response = router.chat(&stream_request("[mock]m")).await;
-    let mut stream = response.bytes_stream();
-    let mut seen = String::new();
-    let read_first = async {
-        while !seen.contains(first) {
-            let piece = stream.next().await.expect("a piece").expect("ok");
-            seen.push_str(&String::from_utf8_lossy(&piece));
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read_first)
-        .await
-        .expect("the first event arrived while the upstream held the next");
-    gate.add_permits(1);
-    while let Some(piece) = stream.next().await {
-        seen.push_str(&String::from_utf8_lossy(&piece.expect("ok")));
-    }
+    let (_, seen) = read_past_a_held_chunk(response, first, &gate).await;
     assert_eq!(seen.as_bytes(), chunks.concat());
     let record = router.records.nth(1).await;
     assert_eq!(record.response.content, "a");
@@ -752,23 +765,9 @@ async fn a_compressed_streams_events_arrive_before_the_upstream_finishes() {
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let response = router.chat(&stream_request("[mock]m")).await;
-    let mut stream = response.bytes_stream();
     let first = content_chunk("mock-model-2024", 0, 3);
-    let mut seen = String::new();
-    let read_first = async {
-        while !seen.contains(&first) {
-            let piece = stream.next().await.expect("a piece").expect("ok");
-            seen.push_str(&String::from_utf8_lossy(&piece));
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read_first)
-        .await
-        .expect("the first event arrived while the upstream still held its last chunk");
-    assert!(!seen.contains(DONE));
-    gate.add_permits(1);
-    while let Some(piece) = stream.next().await {
-        seen.push_str(&String::from_utf8_lossy(&piece.expect("ok")));
-    }
+    let (before, seen) = read_past_a_held_chunk(response, &first, &gate).await;
+    assert!(!before.contains(DONE));
     assert_eq!(seen, expected_stream(&upstream.behavior(), false));
     assert_eq!(router.records.nth(1).await.outcome, Outcome::Success);
     router.stop().await;
