@@ -275,15 +275,13 @@ async fn a_long_stream_is_not_cut_by_timeout_secs_while_events_flow() {
 
 #[tokio::test]
 async fn upstream_reset_mid_stream_ends_with_one_error_event() {
-    let upstream = MockUpstream::start(Behavior {
+    let (_upstream, router, response) = stream_from(Behavior {
         chunks: 5,
         abort_after: Some(2),
         chunk_delay: Duration::from_millis(30),
         ..Default::default()
     })
     .await;
-    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let response = router.chat(&stream_request("[mock]m")).await;
     let (_, text) = read_timed(response).await;
     let expected_prefix: String = (0..2)
         .map(|i| content_chunk("mock-model-2024", i, 5))
@@ -352,11 +350,16 @@ async fn the_body_ends_right_after_done() {
 /// A stream request answered by an upstream that sends exactly `chunks`: the mock, the
 /// router and the answer's head.
 async fn stream_of_raw_chunks(chunks: &[Vec<u8>]) -> (MockUpstream, TestRouter, reqwest::Response) {
-    let upstream = MockUpstream::start(Behavior {
+    stream_from(Behavior {
         raw_chunks: Some(chunks.to_vec()),
         ..Default::default()
     })
-    .await;
+    .await
+}
+
+/// A stream request through a router to an upstream that behaves so.
+async fn stream_from(behavior: Behavior) -> (MockUpstream, TestRouter, reqwest::Response) {
+    let upstream = MockUpstream::start(behavior).await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let response = router.chat(&stream_request("[mock]m")).await;
     (upstream, router, response)
@@ -488,14 +491,12 @@ async fn a_dropped_usage_chunk_keeps_the_lf_of_a_split_crlf_before_it() {
         b"data: [DONE]\r\n\r\n".to_vec(),
     ];
     // Apart in time, so they reach the router as the separate reads they are.
-    let upstream = MockUpstream::start(Behavior {
+    let (_upstream, router, response) = stream_from(Behavior {
         raw_chunks: Some(chunks),
         chunk_delay: Duration::from_millis(30),
         ..Default::default()
     })
     .await;
-    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let response = router.chat(&stream_request("[mock]m")).await;
     let (_, text) = read_timed(response).await;
     assert_eq!(text, format!("{first}\ndata: [DONE]\r\n\r\n"));
     let record = router.records.nth(1).await;
