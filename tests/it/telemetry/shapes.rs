@@ -124,6 +124,14 @@ struct LedgerRow {
 }
 
 /// One SSE event with an `event:` line, as Anthropic sends them.
+/// The output both Anthropic tests expect: text, thinking, and the weather tool call with
+/// `arguments` as the upstream wrote them.
+fn weather_answer(arguments: &str) -> Value {
+    json!({"role": "assistant", "content": "Bonjour", "reasoning_content": "hmm",
+        "tool_calls": [{"id": "toolu_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": arguments}}]})
+}
+
 fn named_event(data: &Value) -> Vec<u8> {
     let name = data["type"].as_str().expect("typed event");
     format!("event: {name}\ndata: {data}\n\n").into_bytes()
@@ -192,11 +200,7 @@ async fn an_anthropic_stream_is_read_from_its_own_events() {
     let span = setup.otlp.span_of(&id).await.span;
     assert_eq!(
         json_attr(&span, "langfuse.observation.output"),
-        Some(
-            json!({"role": "assistant", "content": "Bonjour", "reasoning_content": "hmm",
-            "tool_calls": [{"id": "toolu_1", "type": "function",
-                "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]})
-        )
+        Some(weather_answer(r#"{"city": "Paris"}"#))
     );
     assert_eq!(
         json_attr(&span, "langfuse.observation.usage_details"),
@@ -347,11 +351,7 @@ async fn an_anthropic_body_has_its_content_blocks_as_output() {
     let span = setup.otlp.span_of(&id).await.span;
     assert_eq!(
         json_attr(&span, "langfuse.observation.output"),
-        Some(
-            json!({"role": "assistant", "content": "Bonjour", "reasoning_content": "hmm",
-            "tool_calls": [{"id": "toolu_1", "type": "function",
-                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]})
-        )
+        Some(weather_answer(r#"{"city":"Paris"}"#))
     );
     assert_eq!(
         strings_attr(&span, "gen_ai.response.finish_reasons"),
