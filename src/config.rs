@@ -38,8 +38,10 @@ pub struct Server {
     /// `None` when the config has no key (local servers): no Authorization is sent.
     pub api_key: Option<Secret>,
     /// `Authorization: Bearer <api_key>`, built once (marked sensitive) rather than formatted
-    /// and validated on every request; `None` without a key, or with one no header can carry.
-    pub authorization: Option<HeaderValue>,
+    /// and validated on every request. Private, so a `Server` exists only as [`validate`]
+    /// built it: `None` exactly when there is no key (or an empty one). A key no header can
+    /// carry is a start-up error, never a request sent without its key.
+    authorization: Option<HeaderValue>,
     pub filter: Option<String>,
     /// `Some`: this list replaces the upstream's model list; the upstream is not asked.
     pub override_models: Option<Vec<String>>,
@@ -70,6 +72,13 @@ impl Default for Settings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             default_server: None,
         }
+    }
+}
+
+impl Server {
+    /// The `Authorization` value every request to this server carries (see the field).
+    pub fn authorization(&self) -> Option<&HeaderValue> {
+        self.authorization.as_ref()
     }
 }
 
@@ -375,8 +384,14 @@ fn validate_server(
         let header_name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| invalid(&path, "not a valid HTTP header name"))?;
         let value = expand_env(&value.0, &path, env)?;
+        if let Some(reason) = unsendable(&value) {
+            return Err(invalid(
+                &path,
+                format!("not a valid HTTP header value: {reason}"),
+            ));
+        }
         let mut header_value = HeaderValue::from_str(&value)
-            .map_err(|_| invalid(&path, "not a valid HTTP header value (control characters?)"))?;
+            .map_err(|_| invalid(&path, "not a valid HTTP header value"))?;
         header_value.set_sensitive(true);
         if looks_like_credential(header_name.as_str()) {
             header_secrets.push(Secret::new(value));
@@ -390,7 +405,10 @@ fn validate_server(
             .ok_or_else(|| invalid(at("timeout_secs"), "must be a number of seconds above 0"))?,
     };
 
-    let authorization = api_key.as_ref().and_then(bearer);
+    let authorization = match &api_key {
+        None => None,
+        Some(key) => bearer(key).map_err(|reason| invalid(at("api_key"), reason))?,
+    };
     Ok(Server {
         alias: alias.to_owned(),
         url,
@@ -407,13 +425,47 @@ fn validate_server(
     })
 }
 
-fn bearer(key: &Secret) -> Option<HeaderValue> {
+/// The Authorization value for `key`; `None` for an empty key (a local server needs none).
+/// A key with a line break or another control character cannot be sent in a header. It
+/// is refused, not trimmed: a key is used exactly as configured, as a `url` is, and the
+/// usual cause (a secret file's last newline) is fixed once where the variable is set.
+/// The reason never quotes the key.
+fn bearer(key: &Secret) -> Result<Option<HeaderValue>, String> {
     if key.is_empty() {
-        return None;
+        return Ok(None);
     }
-    let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).ok()?;
+    if let Some(reason) = unsendable(key.expose()) {
+        return Err(format!(
+            "cannot be sent as an HTTP header: {reason} (the value is not shown)"
+        ));
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+        .map_err(|_| "cannot be sent as an HTTP header (the value is not shown)".to_owned())?;
     value.set_sensitive(true);
-    Some(value)
+    Ok(Some(value))
+}
+
+/// Why `text` cannot be a header value, in words that point at the cause and never quote
+/// it; `None` when it can.
+fn unsendable(text: &str) -> Option<String> {
+    let is_bad = |c: char| c.is_ascii_control() && c != '\t';
+    let (at, bad) = text.char_indices().find(|(_, c)| is_bad(*c))?;
+    let position = text[..at].chars().count() + 1;
+    let trailing = text.trim_end_matches(['\r', '\n']);
+    if trailing.len() < text.len() && !trailing.contains(is_bad) {
+        return Some(
+            "it ends with a newline (a secret file's last line?); remove it where the value is set"
+                .to_owned(),
+        );
+    }
+    Some(match bad {
+        '\n' | '\r' => format!("it contains a line break (character {position})"),
+        '\0' => format!("it contains a NUL byte (character {position})"),
+        c => format!(
+            "it contains the control character U+{:04X} (character {position})",
+            u32::from(c)
+        ),
+    })
 }
 
 fn validate_settings(
@@ -721,6 +773,39 @@ settings:
         assert!(!reason.contains("pre-"));
     }
 
+    /// A key from a secret file with its last newline, or with a NUL: refused at load with
+    /// the reason, the key never quoted. Before, it loaded and every request went upstream
+    /// with no Authorization at all.
+    #[test]
+    fn a_key_no_header_can_carry_is_refused_by_its_reason_not_its_value() {
+        let cases = [
+            ("sk-real-key-123\n", "ends with a newline"),
+            ("sk-real-key-123\r\n", "ends with a newline"),
+            ("sk-real\nkey-123", "line break (character 8)"),
+            ("sk-real-key\0abc", "NUL byte (character 12)"),
+            ("sk-real-key\u{1b}123", "control character U+001B"),
+        ];
+        for (key, expected) in cases {
+            let env = |name: &str| (name == "UP_KEY").then(|| key.to_owned());
+            let yaml = "servers:\n  up:\n    url: http://x/v1\n    api_key: \"${UP_KEY}\"\n";
+            let (path, reason) = Config::parse(yaml, &env).expect_err(key);
+            assert_eq!(path, "servers.up.api_key");
+            assert!(reason.contains(expected), "{key:?}: {reason}");
+            assert!(!reason.contains("real"), "{reason}");
+        }
+        // A header value gets the same reason, and a tab or a non-ASCII letter still loads.
+        let env = |_: &str| Some("azure-secret\n".to_owned());
+        let yaml = "servers:\n  az:\n    url: http://x\n    headers: {api-key: \"${K}\"}\n";
+        let (path, reason) = Config::parse(yaml, &env).expect_err("header");
+        assert_eq!(path, "servers.az.headers.api-key");
+        assert!(reason.contains("ends with a newline"), "{reason}");
+        assert!(!reason.contains("azure-secret"), "{reason}");
+        let env = |_: &str| Some("sk-ä\tb".to_owned());
+        let yaml = "servers:\n  a:\n    url: http://x\n    api_key: \"${K}\"\n";
+        let c = Config::parse(yaml, &env).expect("loads");
+        assert!(c.servers["a"].authorization().is_some());
+    }
+
     #[test]
     fn a_huge_cache_ttl_is_an_error_not_a_panic() {
         let (path, _) = error_of("settings:\n  models_cache_ttl_secs: 1e300\n");
@@ -747,7 +832,7 @@ settings:
             !debug.contains("sk-az-key-123"),
             "nor the prebuilt Authorization: {debug}"
         );
-        let authorization = c.servers["az"].authorization.as_ref().expect("built");
+        let authorization = c.servers["az"].authorization().expect("built");
         assert_eq!(authorization, "Bearer sk-az-key-123");
         assert!(authorization.is_sensitive());
     }

@@ -56,8 +56,9 @@ async fn fetch(client: &reqwest::Client, server: &Server) -> Result<Parsed, Fetc
         // query, after `/models`.
         .get(request_url(&server.base, "/models", None))
         .header(ACCEPT, "application/json");
-    if let Some(key) = server.api_key.as_ref().filter(|k| !k.is_empty()) {
-        request = request.bearer_auth(key.expose());
+    // The very value a chat request carries: built (or refused) once, at config load.
+    if let Some(authorization) = server.authorization() {
+        request = request.header(http::header::AUTHORIZATION, authorization.clone());
     }
     // The server's own headers go last and win, as on every proxied request.
     let response = request

@@ -133,7 +133,7 @@ impl FieldSource for UpstreamFields<'_> {
         }
         if let Some(server) = server {
             let own_authorization = server.headers.contains_key(http::header::AUTHORIZATION);
-            if let Some(value) = server.authorization.as_ref().filter(|_| !own_authorization) {
+            if let Some(value) = server.authorization().filter(|_| !own_authorization) {
                 emit(b"authorization", value.as_bytes());
             }
             for (name, value) in &server.headers {

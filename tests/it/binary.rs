@@ -97,6 +97,30 @@ async fn check_fails_with_file_key_path_and_reason() {
     assert!(stderr.contains("nope.yaml"), "{stderr}");
 }
 
+/// `api_key: "${UP_KEY}"` with UP_KEY read from a secret file that ends in a newline: `check`
+/// and `serve` both refuse it naming the alias and the reason, never the key. Before, both
+/// passed and every request went upstream with no Authorization header at all.
+#[tokio::test]
+async fn a_key_ending_in_a_newline_is_refused_at_start_up_without_printing_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  up:\n    url: http://127.0.0.1:9/v1\n    api_key: \"${UP_KEY}\"\n",
+    )
+    .expect("config");
+    let envs = [("UP_KEY", "sk-real-key-123\n")];
+    for args in [&["check"][..], &["serve", "--port", "0"]] {
+        let (code, _, stderr) = run_cli(dir.path(), args, &envs);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains("servers.up.api_key") && stderr.contains("ends with a newline"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("sk-real"), "{stderr}");
+    }
+}
+
 #[tokio::test]
 async fn dot_env_is_read_and_real_environment_wins() {
     let upstream = MockUpstream::start(Behavior::default()).await;
