@@ -6,11 +6,17 @@
 //! connection inserts rows in batches (one transaction per batch), so SQLite never runs on
 //! the request path. Closing drains the queue and commits before returning. Texts that could
 //! echo a key (error messages, model names) are redacted before they are stored.
+//!
+//! A batch refused because another process holds the write lock (an admin's `sqlite3`
+//! transaction, a VACUUM) is kept and retried until it is written: one row per request is
+//! the contract, and a lock ends. Only what overflows the queue meanwhile is dropped, and
+//! at shutdown what the lock still blocks after [`CLOSE_DEADLINE`] is counted as failed.
 
 use std::borrow::Cow;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
@@ -29,6 +35,31 @@ const QUEUE_DEPTH: usize = 16 * 1024;
 const MAX_BATCH: usize = 2048;
 /// Longest error text stored.
 const MAX_ERROR_CHARS: usize = 1000;
+/// How long the ledger waits for a locked database once shutdown began, beyond which the
+/// rows it still holds are counted as failed: shutdown must end, even under a lock that
+/// does not.
+pub const CLOSE_DEADLINE: Duration = Duration::from_secs(20);
+/// First and longest pause between two attempts at a batch the database refused: each
+/// attempt itself already waits up to the busy timeout for the lock.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long the writer waits for a locked database: in an attempt (SQLite's busy timeout),
+/// and in all once shutdown began. Tests shorten them; `serve` uses [`Self::default`].
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerWaits {
+    pub busy_timeout: Duration,
+    pub close_deadline: Duration,
+}
+
+impl Default for LedgerWaits {
+    fn default() -> Self {
+        Self {
+            busy_timeout: db::BUSY_TIMEOUT,
+            close_deadline: CLOSE_DEADLINE,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -222,15 +253,22 @@ pub fn insert_rows<'a, R: std::borrow::Borrow<LedgerRow<'a>>>(
 pub struct LedgerStats {
     written: AtomicU64,
     failed: AtomicU64,
+    retries: AtomicU64,
 }
 
 impl LedgerStats {
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
     }
-    /// Rows lost to a database error (after one retry).
+    /// Rows lost to a database error: one that is not a lock, after one retry; or a lock
+    /// still held at the end of [`CLOSE_DEADLINE`] at shutdown.
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
+    }
+    /// Attempts at a batch that the database refused because another connection held the
+    /// lock; the batch was kept for the next attempt.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 }
 
@@ -238,22 +276,47 @@ pub struct LedgerSink {
     /// Records go to the writer, which reads rows from them: nothing is copied on the way.
     queue: WriterQueue,
     stats: Arc<LedgerStats>,
+    /// When shutdown began: from then on the writer waits for a lock for at most
+    /// [`LedgerWaits::close_deadline`].
+    closing: Arc<OnceLock<Instant>>,
 }
 
 impl LedgerSink {
     /// Opens (creating and migrating) the database at `path` and starts the writer.
     pub fn start(path: &Path, redactor: Redactor) -> Result<Self, LedgerError> {
+        Self::start_waiting(path, redactor, LedgerWaits::default())
+    }
+
+    /// [`Self::start`] with other waits for a locked database.
+    pub fn start_waiting(
+        path: &Path,
+        redactor: Redactor,
+        waits: LedgerWaits,
+    ) -> Result<Self, LedgerError> {
         let conn = db::open(path)?;
+        conn.busy_timeout(waits.busy_timeout)?;
         let stats = Arc::new(LedgerStats::default());
-        let writer_stats = stats.clone();
+        let closing = Arc::new(OnceLock::new());
+        let writer = Writer {
+            redactor,
+            stats: stats.clone(),
+            closing: closing.clone(),
+            close_deadline: waits.close_deadline,
+            lock_warned: None,
+            failure_warned: None,
+        };
         let queue = WriterQueue::start(
             "llmsrouter-ledger",
             QUEUE_DEPTH,
             "usage ledger writer behind: rows dropped",
-            move |rx| write_loop(conn, &rx, &redactor, &writer_stats),
+            move |rx| writer.run(conn, &rx),
         )
         .map_err(LedgerError::Thread)?;
-        Ok(Self { queue, stats })
+        Ok(Self {
+            queue,
+            stats,
+            closing,
+        })
     }
 
     pub fn stats(&self) -> &Arc<LedgerStats> {
@@ -277,6 +340,7 @@ impl RecordSink for LedgerSink {
 
     fn close(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
+            let _ = self.closing.set(Instant::now());
             self.queue.finish().await;
             let (written, dropped, failed) =
                 (self.stats.written(), self.dropped(), self.stats.failed());
@@ -303,48 +367,117 @@ impl RecordSink for LedgerSink {
             &[],
             self.stats.failed(),
         );
+        out.counter(
+            "ledger_write_retries",
+            "Usage ledger batches retried because another process held the database's lock.",
+            &[],
+            self.stats.retries(),
+        );
     }
 }
 
-/// Until the sink closes its end: take what is waiting (up to a batch, see
-/// [`next_batch`]), insert it in one transaction. A failed batch is retried once (the
-/// database may be busy for a moment).
-fn write_loop(
-    mut conn: Connection,
-    rx: &Receiver<Arc<RequestRecord>>,
-    redactor: &Redactor,
-    stats: &LedgerStats,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut last_warning: Option<Instant> = None;
-    while next_batch(rx, &mut batch, MAX_BATCH, BATCH_WINDOW) {
-        let rows: Vec<LedgerRow<'_>> = batch
-            .iter()
-            .map(|record| LedgerRow::from_record(record, redactor))
-            .collect();
-        let mut result = insert_rows(&mut conn, &rows);
-        if result.is_err() {
-            std::thread::sleep(Duration::from_millis(500));
-            result = insert_rows(&mut conn, &rows);
+/// The writer thread's side of the sink.
+struct Writer {
+    redactor: Redactor,
+    stats: Arc<LedgerStats>,
+    closing: Arc<OnceLock<Instant>>,
+    close_deadline: Duration,
+    /// When each kind of warning was last logged: a lock that lasts does not hide the
+    /// warning that rows were lost after all.
+    lock_warned: Option<Instant>,
+    failure_warned: Option<Instant>,
+}
+
+/// Whether SQLite refused because another connection holds the lock: worth waiting for,
+/// unlike a full disk or a read-only file.
+fn is_locked(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+impl Writer {
+    /// Until the sink closes its end: take what is waiting (up to a batch, see
+    /// [`next_batch`]), insert it in one transaction, retried as [`Self::write`] says.
+    fn run(mut self, mut conn: Connection, rx: &Receiver<Arc<RequestRecord>>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while next_batch(rx, &mut batch, MAX_BATCH, BATCH_WINDOW) {
+            let rows: Vec<LedgerRow<'_>> = batch
+                .iter()
+                .map(|record| LedgerRow::from_record(record, &self.redactor))
+                .collect();
+            let result = self.write(&mut conn, &rows);
+            drop(rows);
+            let counter = match result {
+                Ok(()) => &self.stats.written,
+                Err(error) => {
+                    warn_now_and_then(
+                        &mut self.failure_warned,
+                        format_args!("usage ledger: cannot write {} rows: {error}", batch.len()),
+                    );
+                    &self.stats.failed
+                }
+            };
+            counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            batch.clear();
         }
-        drop(rows);
-        match result {
-            Ok(()) => {
-                stats
-                    .written
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            }
-            Err(error) => {
-                stats
-                    .failed
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    last_warning = Some(Instant::now());
-                    tracing::warn!(rows = batch.len(), "usage ledger: cannot write: {error}");
+    }
+
+    /// Inserts `rows`. A database locked by another process is waited for, with growing
+    /// pauses, for as long as it takes (the queue behind fills meanwhile, and drops only
+    /// what overflows it) until shutdown began [`LedgerWaits::close_deadline`] ago. Any
+    /// other error gets one more attempt (it may pass), then the batch is given up.
+    fn write(&mut self, conn: &mut Connection, rows: &[LedgerRow<'_>]) -> rusqlite::Result<()> {
+        let mut backoff = FIRST_BACKOFF;
+        let mut other_errors = 0;
+        loop {
+            let Err(error) = insert_rows(conn, rows) else {
+                return Ok(());
+            };
+            let locked = is_locked(&error);
+            if !locked {
+                other_errors += 1;
+                if other_errors > 1 {
+                    return Err(error);
                 }
             }
+            let mut pause = if locked {
+                backoff
+            } else {
+                Duration::from_millis(500)
+            };
+            if let Some(since) = self.closing.get() {
+                let left = self.close_deadline.saturating_sub(since.elapsed());
+                if left.is_zero() {
+                    // The rest of the queue is not worth a busy timeout per batch either: it
+                    // fails at once if the lock is still held.
+                    let _ = conn.busy_timeout(Duration::ZERO);
+                    return Err(error);
+                }
+                pause = pause.min(left);
+            }
+            if locked {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                warn_now_and_then(
+                    &mut self.lock_warned,
+                    format_args!(
+                        "usage ledger: the database is locked by another connection; keeping {} rows and retrying",
+                        rows.len()
+                    ),
+                );
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            std::thread::sleep(pause);
         }
-        batch.clear();
+    }
+}
+
+/// Logs `message` unless a warning of its kind (`last`) was logged less than 10 s ago.
+fn warn_now_and_then(last: &mut Option<Instant>, message: std::fmt::Arguments<'_>) {
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+        *last = Some(Instant::now());
+        tracing::warn!("{message}");
     }
 }
 

@@ -3,16 +3,17 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use llmsrouter::record::RecordSink;
-use llmsrouter::sinks::ledger::LedgerSink;
+use llmsrouter::sinks::ledger::{LedgerSink, LedgerWaits};
 use llmsrouter::sinks::ledger_report::{GroupBy, query};
 use llmsrouter::sinks::redact::Redactor;
 use serde_json::json;
 
 use super::request_id;
 use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS};
-use crate::support::{TestRouter, client, one_server_config, run_cli};
+use crate::support::{TestRouter, client, one_server_config, run_cli, wait_until};
 
 /// A router whose only sink is a ledger in a fresh database, in front of a mock upstream.
 struct LedgerSetup {
@@ -26,10 +27,16 @@ struct LedgerSetup {
 
 impl LedgerSetup {
     async fn start() -> Self {
+        Self::start_waiting(LedgerWaits::default()).await
+    }
+
+    /// [`Self::start`] with a ledger that waits for a locked database as `waits` says.
+    async fn start_waiting(waits: LedgerWaits) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         let db = dir.path().join("users.db");
         let upstream = MockUpstream::start(Behavior::default()).await;
-        let ledger = Arc::new(LedgerSink::start(&db, Redactor::default()).expect("ledger"));
+        let ledger =
+            Arc::new(LedgerSink::start_waiting(&db, Redactor::default(), waits).expect("ledger"));
         let router = TestRouter::start_with_sinks(
             &one_server_config(&upstream.url(), ""),
             vec![ledger.clone() as Arc<dyn RecordSink>],
@@ -350,4 +357,81 @@ async fn null_token_counts_are_unknown_like_missing_ones() {
             .expect("row");
         assert_eq!(row, (known, 0, output, false), "{id}");
     }
+}
+
+/// Another connection holds the write lock (an admin's `sqlite3` transaction, a VACUUM) for
+/// longer than the ledger's busy timeout: the rows of the requests answered meanwhile are
+/// kept and written once it is released, none counted as failed. Before, the batch being
+/// tried when the wait ran out (twice) was dropped.
+#[tokio::test]
+async fn rows_wait_for_a_lock_held_longer_than_the_busy_timeout() {
+    let waits = LedgerWaits {
+        busy_timeout: Duration::from_millis(50),
+        close_deadline: Duration::from_secs(30),
+    };
+    let LedgerSetup {
+        dir: _dir,
+        db,
+        upstream: _upstream,
+        ledger,
+        router,
+    } = LedgerSetup::start_waiting(waits).await;
+    let admin = llmsrouter::db::open(&db).expect("open");
+    admin
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the lock");
+    for _ in 0..5 {
+        let response = router
+            .chat(&json!({"model": "[mock]m", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    // Far more attempts than the one retry after which a batch used to be given up.
+    wait_until(Duration::from_secs(20), || ledger.stats().retries() >= 3).await;
+    assert_eq!((ledger.stats().written(), ledger.stats().failed()), (0, 0));
+    admin.execute_batch("COMMIT").expect("release the lock");
+    wait_until(Duration::from_secs(20), || ledger.stats().written() == 5).await;
+    router.stop().await;
+    assert_eq!((ledger.stats().failed(), ledger.dropped()), (0, 0));
+    let stored: i64 = admin
+        .query_row("SELECT count(*) FROM usage_ledger", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(stored, 5);
+}
+
+/// Shutdown while the lock is still held: the ledger waits for it no longer than its close
+/// deadline, then counts what it could not write as failed, and shutdown ends.
+#[tokio::test]
+async fn shutdown_under_a_lock_that_lasts_counts_the_rows_as_failed() {
+    let waits = LedgerWaits {
+        busy_timeout: Duration::from_millis(50),
+        close_deadline: Duration::from_millis(300),
+    };
+    let LedgerSetup {
+        dir: _dir,
+        db,
+        upstream: _upstream,
+        ledger,
+        router,
+    } = LedgerSetup::start_waiting(waits).await;
+    let admin = llmsrouter::db::open(&db).expect("open");
+    admin
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the lock");
+    for _ in 0..3 {
+        let response = router
+            .chat(&json!({"model": "[mock]m", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    wait_until(Duration::from_secs(20), || ledger.stats().retries() >= 1).await;
+    let stopping = Instant::now();
+    router.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert_eq!((ledger.stats().written(), ledger.stats().failed()), (0, 3));
+    admin.execute_batch("COMMIT").expect("release the lock");
 }
