@@ -194,6 +194,12 @@ async fn pause_after(error: std::io::Error) {
 /// shutdown, a second cuts the grace period short ([`run`]'s `cut_short`), and a third ends
 /// the process at once, as an operator pressing Ctrl-C again and again means (exit status
 /// 130; records not yet written are lost, which the log line says).
+///
+/// SIGHUP (the terminal or ssh session the router runs in closed) starts the same graceful
+/// shutdown; left to its default it killed the process and lost the records of the requests
+/// under way. It never counts further: a closing session may send it twice (the shell, then
+/// the kernel), which must not cut the running requests. A SIGHUP ignored when the process
+/// started (`nohup llmsrouter serve &`) stays ignored.
 pub async fn count_signals(count: tokio::sync::watch::Sender<u32>) {
     #[cfg(unix)]
     {
@@ -205,10 +211,23 @@ pub async fn count_signals(count: tokio::sync::watch::Sender<u32>) {
             tracing::warn!("cannot listen for Ctrl-C and SIGTERM; stop the router with SIGKILL");
             return;
         };
+        let mut hangup = if hangup_ignored() {
+            None
+        } else {
+            signal(SignalKind::hangup()).ok()
+        };
         loop {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
+            let hung_up = tokio::select! {
+                _ = interrupt.recv() => false,
+                _ = terminate.recv() => false,
+                () = next_hangup(&mut hangup) => true,
+            };
+            if hung_up {
+                if *count.borrow() > 0 {
+                    tracing::info!("SIGHUP ignored: already shutting down");
+                    continue;
+                }
+                tracing::info!("SIGHUP (terminal or session closed): shutting down as for SIGTERM");
             }
             count.send_modify(|n| *n += 1);
             match *count.borrow() {
@@ -230,6 +249,34 @@ pub async fn count_signals(count: tokio::sync::watch::Sender<u32>) {
         shutdown_signal().await;
         count.send_modify(|n| *n += 1);
     }
+}
+
+/// The next SIGHUP; never, when it is not listened for.
+#[cfg(unix)]
+async fn next_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) {
+    let received = match hangup {
+        Some(signal) => signal.recv().await.is_some(),
+        None => false,
+    };
+    if !received {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Whether SIGHUP was ignored when the process started (`nohup`), read from the kernel's
+/// `SigIgn` mask (bit 0 is signal 1, SIGHUP) before the router listens for it: taking it over
+/// would undo what the person who started the router asked for. Where /proc is missing (not
+/// Linux), taken as not ignored.
+#[cfg(unix)]
+fn hangup_ignored() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & 1 != 0)
 }
 
 /// Resolves once [`count_signals`] has counted `n` signals.

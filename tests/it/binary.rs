@@ -328,6 +328,45 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_zero() {
     assert!(refused.is_err(), "no new connections after shutdown");
 }
 
+/// SIGHUP (the terminal or ssh session closed) is a graceful shutdown, as SIGTERM is: the
+/// running stream finishes and the router exits 0. Before, it killed the process at once
+/// (exit 129) and the records of the requests under way were lost. A second SIGHUP (a
+/// closing session may send two) does not cut the stream short as a second SIGTERM would.
+#[tokio::test]
+async fn sighup_shuts_down_gracefully_and_a_second_one_cuts_nothing() {
+    let (upstream, mut router, mut stream, mut text) = stream_under_way(10).await;
+    router.signal("HUP");
+    logged(&router, "shutting down").await;
+    router.signal("HUP");
+    logged(&router, "SIGHUP ignored").await;
+    while let Some(piece) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&piece.expect("piece")));
+    }
+    assert_eq!(text, expected_stream(&upstream.behavior(), false));
+    let status = router.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", router.stderr());
+    assert!(router.stderr().contains("stopped"), "{}", router.stderr());
+}
+
+/// Started with SIGHUP ignored (`nohup llmsrouter serve &`), the router keeps it ignored: it
+/// answers after one, and stops on SIGTERM alone.
+#[tokio::test]
+async fn a_router_started_with_nohup_ignores_sighup() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let mut router =
+        RouterProcess::start_ignoring_hangup(&one_server_config(&upstream.url(), ""), &[]);
+    // An ignored signal is discarded when sent: once `kill` returned, it is gone.
+    router.signal("HUP");
+    let response = router
+        .chat(&json!({"model": "[mock]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    router.terminate();
+    let status = router.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", router.stderr());
+    assert!(!router.stderr().contains("SIGHUP"), "{}", router.stderr());
+}
+
 /// Polls the router's log for `line` (a signal is counted before the next is sent: two sent
 /// at once may arrive as one).
 async fn logged(router: &RouterProcess, line: &str) {

@@ -247,6 +247,8 @@ enum Launch {
     Plain,
     /// With the soft limit on open files lowered to this first.
     OpenFiles(u64),
+    /// With SIGHUP ignored, as `nohup` starts a program.
+    IgnoringHangup,
     AsReader,
 }
 
@@ -306,6 +308,14 @@ impl RouterProcess {
         Self::spawn(dir, envs, Launch::OpenFiles(soft_limit))
     }
 
+    /// [`Self::start`] as `nohup` would: SIGHUP ignored (by the shell that then becomes the
+    /// router; an ignored signal stays ignored across `exec`).
+    pub fn start_ignoring_hangup(config_yaml: &str, envs: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("config.yaml"), config_yaml).expect("write config");
+        Self::spawn(dir, envs, Launch::IgnoringHangup)
+    }
+
     fn spawn(dir: tempfile::TempDir, envs: &[(&str, &str)], launch: Launch) -> Self {
         let mut command = match launch {
             Launch::Plain => Command::new(binary()),
@@ -315,6 +325,14 @@ impl RouterProcess {
                 shell
                     .arg("-c")
                     .arg(format!("ulimit -Sn {limit} && exec \"$0\" \"$@\""))
+                    .arg(binary());
+                shell
+            }
+            Launch::IgnoringHangup => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg("trap '' HUP && exec \"$0\" \"$@\"")
                     .arg(binary());
                 shell
             }
@@ -379,8 +397,13 @@ impl RouterProcess {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`TERM`, `HUP`, ...).
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
