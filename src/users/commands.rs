@@ -106,15 +106,20 @@ fn add(
     Ok(())
 }
 
-/// Passes `result` on; when the keys could not be shown and the command made the database
-/// file itself, removes that file too (with SQLite's side files), so "nothing was changed"
-/// holds for the file system as well.
+/// Passes `result` on; when the keys could not be shown (or, shown, not saved) and the
+/// command made the database file itself, removes that file too (with SQLite's side files),
+/// so "nothing was changed" holds for the file system as well.
 fn unmade_if_undelivered<T>(
     db: &Path,
     existed: bool,
     result: Result<T, UserError>,
 ) -> Result<T, UserError> {
-    if !existed && matches!(result, Err(UserError::Undelivered(_))) {
+    if !existed
+        && matches!(
+            result,
+            Err(UserError::Undelivered(_) | UserError::Unsaved { .. })
+        )
+    {
         for suffix in ["", "-wal", "-shm", "-journal"] {
             let mut file = db.as_os_str().to_owned();
             file.push(suffix);

@@ -54,6 +54,17 @@ pub enum UserError {
     /// A new key could not be written out; the change that made it was not committed.
     #[error("cannot write the new key: {0}; nothing was changed")]
     Undelivered(std::io::Error),
+    /// The change could not be committed (a full disk) after its new key was printed: the
+    /// message must say the printed key is void, or a script that captured it
+    /// (`KEY=$(llmsrouter user add bob)`) keeps a key that never works.
+    #[error("database: {error}; {printed} printed above was not saved and does not work; {kept}")]
+    Unsaved {
+        error: rusqlite::Error,
+        /// "the key", "the new key", "each key".
+        printed: &'static str,
+        /// What still holds: "nothing was changed", "the old key still works".
+        kept: &'static str,
+    },
 }
 
 // Written out rather than `#[from]`, which would also make the inner error the `source`,

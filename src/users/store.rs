@@ -121,7 +121,8 @@ impl UserStore {
         }
         let key = insert(&tx, user)?;
         deliver(&key).map_err(UserError::Undelivered)?;
-        tx.commit()?;
+        tx.commit()
+            .map_err(|error| unsaved(error, "the key", "nothing was changed"))?;
         Ok(key)
     }
 
@@ -208,7 +209,8 @@ impl UserStore {
             )
         })?;
         deliver(&key).map_err(UserError::Undelivered)?;
-        tx.commit()?;
+        tx.commit()
+            .map_err(|error| unsaved(error, "the new key", "the old key still works"))?;
         Ok(key)
     }
 
@@ -241,8 +243,21 @@ impl UserStore {
             outcome.created.push((user.username.clone(), key));
         }
         deliver(&outcome).map_err(UserError::Undelivered)?;
-        tx.commit()?;
-        Ok(outcome)
+        match tx.commit() {
+            Ok(()) => Ok(outcome),
+            // No key was printed: the plain error says it all.
+            Err(error) if outcome.created.is_empty() => Err(error.into()),
+            Err(error) => Err(unsaved(error, "each key", "no user was imported")),
+        }
+    }
+}
+
+/// A commit that failed after the new key(s) were printed (see [`UserError::Unsaved`]).
+fn unsaved(error: rusqlite::Error, printed: &'static str, kept: &'static str) -> UserError {
+    UserError::Unsaved {
+        error,
+        printed,
+        kept,
     }
 }
 

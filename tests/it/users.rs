@@ -460,6 +460,52 @@ fn a_key_that_cannot_be_shown_is_not_stored() {
     assert!(!dir.path().join("new.db").exists());
 }
 
+/// The commit fails after the new key was printed (a full disk; here a deferred foreign key
+/// that only the commit checks): the one-line error says the printed key was not saved and
+/// does not work, so a script that captured it (`KEY=$(llmsrouter user add bob)`) knows.
+#[test]
+fn a_key_printed_but_not_saved_is_said_void() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    let old_key = add(dir.path(), &["ann"]);
+    Connection::open(&db)
+        .expect("open")
+        .execute_batch(
+            "CREATE TABLE guard (name TEXT REFERENCES users(username) DEFERRABLE INITIALLY DEFERRED);
+             CREATE TRIGGER guard_insert AFTER INSERT ON users
+                 BEGIN INSERT INTO guard VALUES ('gone-' || NEW.username); END;
+             CREATE TRIGGER guard_update AFTER UPDATE OF api_key ON users
+                 BEGIN INSERT INTO guard VALUES ('gone-' || NEW.username); END;",
+        )
+        .expect("guard");
+    std::fs::write(dir.path().join("team.csv"), "username,email\ncid,\n").expect("csv");
+    for (args, said) in [
+        (
+            &["add", "bob"][..],
+            "the key printed above was not saved and does not work; nothing was changed",
+        ),
+        (
+            &["rotate-key", "ann"][..],
+            "the new key printed above was not saved and does not work; the old key still works",
+        ),
+        (
+            &["import", "team.csv"][..],
+            "each key printed above was not saved and does not work; no user was imported",
+        ),
+    ] {
+        let (code, out, err) = user(dir.path(), args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(out.contains("sk-lr-"), "the key was printed: {out:?}");
+        assert!(
+            err.contains("FOREIGN KEY") && err.trim_end().ends_with(said),
+            "{err}"
+        );
+    }
+    let stored: Vec<[String; 6]> = rows(&db);
+    assert_eq!(stored.len(), 1, "only ann: {stored:?}");
+    assert_eq!(row_of(&db, "ann")[1], old_key, "ann's key is unchanged");
+}
+
 #[test]
 fn bad_database_files_are_refused_and_left_untouched() {
     let dir = tempfile::tempdir().expect("dir");
