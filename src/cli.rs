@@ -39,18 +39,22 @@ impl Cli {
     /// (the flag not on the line) is reported under the variable's name: clap's own message
     /// names only the flag, which the user never typed.
     pub fn parse_or_exit() -> Self {
+        let args: Vec<OsString> = std::env::args_os().collect();
         match Self::try_parse() {
-            Ok(cli) => cli,
-            Err(error) => {
-                let args: Vec<OsString> = std::env::args_os().collect();
-                match error_line(&error, &args, &|name| std::env::var_os(name)) {
-                    Some(line) => {
-                        eprintln!("error: {line}");
-                        std::process::exit(2);
-                    }
-                    None => error.exit(),
+            Ok(cli) => match cli.empty_path(&args) {
+                None => cli,
+                Some(line) => {
+                    eprintln!("error: {line}");
+                    std::process::exit(2);
                 }
-            }
+            },
+            Err(error) => match error_line(&error, &args, &|name| std::env::var_os(name)) {
+                Some(line) => {
+                    eprintln!("error: {line}");
+                    std::process::exit(2);
+                }
+                None => error.exit(),
+            },
         }
     }
 }
@@ -93,6 +97,46 @@ pub fn error_line(
     })
 }
 
+impl Cli {
+    /// The error line for an empty `--config` or `--db`, which clap lets through (see
+    /// [`path_value`]): under the variable's name when the flag is not on the line, as for
+    /// every other flag.
+    pub fn empty_path(&self, args: &[OsString]) -> Option<String> {
+        let paths = [
+            (&self.config, "--config", "LLMSROUTER_CONFIG"),
+            (&self.db, "--db", "LLMSROUTER_DB"),
+        ];
+        let (_, flag, variable) = paths
+            .into_iter()
+            .find(|(path, _, _)| path.as_os_str().is_empty())?;
+        Some(if on_the_line(args, flag) {
+            format!("a value is required for {flag} but none was supplied (see --help)")
+        } else {
+            format!(
+                "{variable} is set but empty: unset it, or give it a value (it stands for {flag})"
+            )
+        })
+    }
+}
+
+/// `--config` and `--db` taken as given, empty too. clap reads a global flag's variable at
+/// the top level, before the flag given after the subcommand replaces it; its own check of
+/// an empty path there broke `LLMSROUTER_CONFIG= llmsrouter serve --config x.yaml`, naming
+/// neither the variable nor the cause. Emptiness is checked once the flag had its say
+/// ([`Cli::empty_path`]).
+fn path_value() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::OsStringValueParser::new().map(PathBuf::from)
+}
+
+/// Whether `flag` is on the command line (`--db x` or `--db=x`).
+fn on_the_line(args: &[OsString], flag: &str) -> bool {
+    args.iter().skip(1).any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.strip_prefix(flag).is_some_and(|r| r.starts_with('=')))
+    })
+}
+
 /// A value the flag did not give, so its variable did.
 struct FromVariable<'e> {
     flag: &'static str,
@@ -119,11 +163,7 @@ fn from_a_variable<'e>(
     };
     let named = arg.split([' ', '=']).next()?;
     let &(flag, variable) = FLAG_VARIABLES.iter().find(|(f, _)| *f == named)?;
-    let on_the_line = args.iter().skip(1).any(|a| {
-        a.to_str()
-            .is_some_and(|a| a == flag || a.strip_prefix(flag).is_some_and(|r| r.starts_with('=')))
-    });
-    if on_the_line {
+    if on_the_line(args, flag) {
         return None;
     }
     Some(FromVariable {
@@ -169,7 +209,8 @@ pub struct Cli {
         global = true,
         env = "LLMSROUTER_CONFIG",
         default_value = "./config.yaml",
-        value_name = "PATH"
+        value_name = "PATH",
+        value_parser = path_value()
     )]
     pub config: PathBuf,
 
@@ -179,7 +220,8 @@ pub struct Cli {
         global = true,
         env = "LLMSROUTER_DB",
         default_value = "./users.db",
-        value_name = "PATH"
+        value_name = "PATH",
+        value_parser = path_value()
     )]
     pub db: PathBuf,
 

@@ -203,13 +203,14 @@ fn an_empty_account_switch_stops_start_up_instead_of_opening_the_router() {
     }
 }
 
+/// A command line that fails: arguments, variables, the start of the error line.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 /// A bad value from a variable is reported under the variable's name (the user never typed
 /// the flag), an empty one as empty; on the command line, under the flag's.
 #[test]
 fn a_bad_value_is_named_by_where_it_came_from() {
     let dir = tempfile::tempdir().expect("dir");
-    /// Arguments, variables, the start of the error line.
-    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case] = &[
         (
             &["serve"],
@@ -240,6 +241,43 @@ fn a_bad_value_is_named_by_where_it_came_from() {
     for (args, envs, expected) in cases {
         let (code, _, stderr) = run_cli(dir.path(), args, envs);
         assert_eq!(code, 2, "{args:?} {envs:?}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: {expected}")),
+            "{stderr}"
+        );
+    }
+}
+
+/// A flag on the line wins over its variable, even one set but empty: `LLMSROUTER_CONFIG=`
+/// or `LLMSROUTER_DB=` with `--config` / `--db` given (after the command, as they may be) used
+/// to fail with clap's "a value is required for '--config <PATH>'", naming neither. Without
+/// the flag the empty variable is named; an empty flag is named as a flag.
+#[test]
+fn an_empty_path_variable_yields_to_its_flag() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("given.yaml"), "servers: {}\n").expect("config");
+    let given = ["check", "--config", "given.yaml", "--db", "given.db"];
+    for variable in ["LLMSROUTER_CONFIG", "LLMSROUTER_DB"] {
+        let (code, stdout, stderr) = run_cli(dir.path(), &given, &[(variable, "")]);
+        assert_eq!(code, 0, "{variable}=: {stdout} {stderr}");
+        assert!(stdout.contains("given.yaml: ok"), "{stdout}");
+    }
+    let cases: &[Case] = &[
+        (
+            &["user", "list"],
+            &[("LLMSROUTER_DB", "")],
+            "LLMSROUTER_DB is set but empty: unset it, or give it a value (it stands for --db)",
+        ),
+        (
+            &["check", "--config="],
+            &[],
+            "a value is required for --config but none was supplied",
+        ),
+    ];
+    for (args, envs, expected) in cases {
+        let (code, _, stderr) = run_cli(dir.path(), args, envs);
+        assert_eq!(code, 2, "{args:?} {envs:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(
             stderr.starts_with(&format!("error: {expected}")),
             "{stderr}"
