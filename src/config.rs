@@ -401,8 +401,9 @@ fn validate_server(
 
     let timeout = match raw.timeout_secs {
         None => DEFAULT_TIMEOUT,
-        Some(secs) => positive_duration(secs)
-            .ok_or_else(|| invalid(at("timeout_secs"), "must be a number of seconds above 0"))?,
+        Some(secs) => {
+            positive_duration(secs).ok_or_else(|| invalid(at("timeout_secs"), SECONDS_RANGE))?
+        }
     };
 
     let authorization = match &api_key {
@@ -487,12 +488,8 @@ fn validate_settings(
         settings.models_cache_ttl = Duration::from_secs_f64(secs);
     }
     if let Some(secs) = raw.models_fetch_timeout_secs {
-        settings.models_fetch_timeout = positive_duration(secs).ok_or_else(|| {
-            invalid(
-                "settings.models_fetch_timeout_secs",
-                "must be a number of seconds above 0",
-            )
-        })?;
+        settings.models_fetch_timeout = positive_duration(secs)
+            .ok_or_else(|| invalid("settings.models_fetch_timeout_secs", SECONDS_RANGE))?;
     }
     if let Some(bytes) = raw.max_body_bytes {
         if bytes == 0 {
@@ -538,6 +535,10 @@ fn looks_like_credential(name: &str) -> bool {
     .iter()
     .any(|part| name.contains(part))
 }
+
+/// What [`positive_duration`] takes, said whole: a value above the bound used to be told it
+/// must be "above 0".
+const SECONDS_RANGE: &str = "must be a number of seconds above 0 and below 1000000000 (1e9)";
 
 fn positive_duration(secs: f64) -> Option<Duration> {
     (secs.is_finite() && secs > 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs))

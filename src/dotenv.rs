@@ -47,9 +47,11 @@ impl std::fmt::Display for BadLine {
 pub struct Loaded {
     /// Lines skipped because they could not be read.
     pub bad_lines: Vec<BadLine>,
-    /// Keys the environment cannot take through dotenvy (not `[A-Za-z_][A-Za-z0-9_.]*`);
-    /// the router reads none of them.
-    pub skipped_keys: Vec<String>,
+    /// Lines (1-based, where the statement starts) whose key the environment cannot take
+    /// through dotenvy (not `[A-Za-z_][A-Za-z0-9_.]*`); the router reads none of them. By
+    /// number, never by the key: such a "key" is most often a pasted secret (base64 has `/`
+    /// and `+`).
+    pub skipped_key_lines: Vec<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,16 +70,21 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::default()),
         Err(e) => return Err(DotenvError::Read(e)),
     };
-    let (bindings, bad_lines) = parse(&text);
+    let (bindings, lines, bad_lines) = parse_with_lines(&text);
+    let skipped_key_lines = bindings
+        .iter()
+        .zip(lines)
+        .filter(|((key, value), _)| value.is_some() && !dotenvy_can_take(key))
+        .map(|(_, line)| line)
+        .collect();
     let values = resolve(bindings, &|name| std::env::var(name).ok());
-    let mut loaded = Loaded {
+    let loaded = Loaded {
         bad_lines,
-        skipped_keys: Vec::new(),
+        skipped_key_lines,
     };
     let mut quoted = String::new();
     for (key, value) in values {
         if !dotenvy_can_take(&key) {
-            loaded.skipped_keys.push(key);
             continue;
         }
         quoted.push_str(&key);
@@ -97,11 +104,18 @@ pub type Bindings = Vec<(String, Option<String>)>;
 
 /// Every statement of `text`, and the lines that could not be read.
 pub fn parse(text: &str) -> (Bindings, Vec<BadLine>) {
+    let (bindings, _, bad) = parse_with_lines(text);
+    (bindings, bad)
+}
+
+/// [`parse`], with the line each binding starts on.
+fn parse_with_lines(text: &str) -> (Bindings, Vec<usize>, Vec<BadLine>) {
     let mut reader = Reader {
         text: text.strip_prefix('\u{feff}').unwrap_or(text),
         pos: 0,
     };
     let mut bindings = Vec::new();
+    let mut lines = Vec::new();
     let mut bad = Vec::new();
     loop {
         reader.skip_while(char::is_whitespace);
@@ -110,7 +124,10 @@ pub fn parse(text: &str) -> (Bindings, Vec<BadLine>) {
         }
         let start = reader.pos;
         match reader.statement() {
-            Ok(Some(binding)) => bindings.push(binding),
+            Ok(Some(binding)) => {
+                bindings.push(binding);
+                lines.push(reader.line_of(start));
+            }
             Ok(None) => {}
             Err(Unreadable) => {
                 bad.push(BadLine {
@@ -120,7 +137,7 @@ pub fn parse(text: &str) -> (Bindings, Vec<BadLine>) {
             }
         }
     }
-    (bindings, bad)
+    (bindings, lines, bad)
 }
 
 /// Expands `${NAME}` / `${NAME:-default}` in each value and drops keys with no value; a key

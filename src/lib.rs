@@ -32,6 +32,24 @@ pub mod users;
 
 pub use app::build_app;
 
+/// A cell for the terminal (the `user list` and `usage` tables): control characters (escape
+/// sequences, newlines) from an older database are shown escaped, never sent to the
+/// terminal, so a name cannot forge a row or clear the screen.
+pub fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// `1 server`, `2 servers`: a count with its noun, for messages people read.
 pub fn plural(count: usize, one: &str, many: &str) -> String {
     format!("{count} {}", if count == 1 { one } else { many })

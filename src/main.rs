@@ -69,8 +69,10 @@ fn dotenv_problems(
             .bad_lines
             .iter()
             .map(ToString::to_string)
-            .chain(loaded.skipped_keys.iter().map(|key| {
-                format!(".env: {key} is not a variable name the router can set; it is skipped")
+            .chain(loaded.skipped_key_lines.iter().map(|line| {
+                format!(
+                    ".env line {line}: the name before '=' is not a variable name the router can set; the line is skipped"
+                )
             }))
             .collect(),
     }

@@ -215,7 +215,12 @@ impl UsageReport {
         };
         let mut lines: Vec<[String; 8]> = vec![header];
         for row in &self.rows {
-            lines.push(cells(row, row.key.clone().unwrap_or_else(|| "-".into())));
+            // Usernames and model names come from the database as they were stored.
+            let key = row
+                .key
+                .as_deref()
+                .map_or_else(|| "-".into(), crate::printable);
+            lines.push(cells(row, key));
         }
         lines.push(cells(&self.total, "TOTAL".into()));
         // By display width, so user and model names in CJK line up.

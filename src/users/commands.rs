@@ -20,6 +20,7 @@ use super::permissions::{self, parse_spec, unknown_aliases};
 use super::store::{NewUser, OpenMode, User, UserStore};
 use crate::auth::Permissions;
 use crate::cli::UserCommand;
+use crate::printable;
 
 /// Where a command writes, and what it checks permissions against.
 pub struct Context<'a> {
@@ -312,23 +313,6 @@ fn warn_unknown_aliases(
 /// A name in a message: quoted, control characters escaped, clipped.
 fn quoted(name: &str) -> String {
     format!("{:?}", crate::error::clip(name, 80))
-}
-
-/// A cell for the terminal: control characters (escape sequences, newlines) from an older
-/// database are shown escaped, never sent to the terminal.
-fn printable(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
-        return text.to_owned();
-    }
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 /// `2024-05-01T12:34:56.789012` → `2024-05-01 12:34:56` for the table; JSON keeps it whole.

@@ -121,6 +121,29 @@ async fn a_key_ending_in_a_newline_is_refused_at_start_up_without_printing_it() 
     }
 }
 
+/// A number of seconds past the bound is refused with the bound, where it used to be told
+/// it "must be ... above 0".
+#[test]
+fn a_timeout_too_large_is_told_the_bound() {
+    let dir = tempfile::tempdir().expect("dir");
+    for (value, accepted) in [("999999999", true), ("1000000000", false), ("1e12", false)] {
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            format!("servers:\n  up:\n    url: http://x/v1\n    timeout_secs: {value}\n"),
+        )
+        .expect("config");
+        let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!(code == 0, accepted, "{value}: {stderr}");
+        if !accepted {
+            assert!(
+                stderr.contains("servers.up.timeout_secs")
+                    && stderr.contains("above 0 and below 1000000000"),
+                "{stderr}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn dot_env_is_read_and_real_environment_wins() {
     let upstream = MockUpstream::start(Behavior::default()).await;
@@ -145,6 +168,24 @@ async fn dot_env_is_read_and_real_environment_wins() {
         !router.stderr().contains("sk-from-dotenv"),
         "keys never reach the log"
     );
+}
+
+/// A `.env` line whose name is no variable name (a pasted base64 secret, with `/` and `+`) is
+/// named by its line number, never by its text, as every skipped line is.
+#[test]
+fn a_dot_env_name_that_is_no_variable_is_named_by_its_line_only() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    std::fs::write(
+        dir.path().join(".env"),
+        "OPENROUTER_API_KEY=sk-or-v1-abc\nc2VjcmV0/a2V5+dmFsdWUxMjM0NTY3ODkw=\n",
+    )
+    .expect("env");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stdout}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(".env line 2"), "{stderr}");
+    assert!(!stderr.contains("c2VjcmV0"), "{stderr}");
 }
 
 /// A line python-dotenv reads but dotenvy refused (an unquoted value with spaces) and a line

@@ -435,3 +435,42 @@ async fn shutdown_under_a_lock_that_lasts_counts_the_rows_as_failed() {
     assert_eq!((ledger.stats().written(), ledger.stats().failed()), (0, 3));
     admin.execute_batch("COMMIT").expect("release the lock");
 }
+
+/// A Python-era username with a newline (stored in the ledger as the request's user) is
+/// printed escaped by `usage --by user`, as `user list` prints it: it cannot forge a second
+/// TOTAL row. JSON keeps it as it is.
+#[tokio::test]
+async fn usage_by_user_escapes_names_as_user_list_does() {
+    let LedgerSetup {
+        dir,
+        db,
+        upstream: _upstream,
+        ledger: _ledger,
+        router,
+    } = LedgerSetup::start().await;
+    let response = router
+        .chat(&json!({"model": "[mock]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    router.stop().await;
+    let forged = "eve\nTOTAL              9    999";
+    llmsrouter::db::open(&db)
+        .expect("open")
+        .execute("UPDATE usage_ledger SET username = ?1", [forged])
+        .expect("rename");
+    let db_arg = db.to_str().expect("utf8");
+    let (code, stdout, stderr) =
+        run_cli(dir.path(), &["usage", "--by", "user", "--db", db_arg], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "header, eve, TOTAL: {stdout}");
+    assert!(lines[1].starts_with("eve\\nTOTAL"), "{stdout}");
+    assert!(lines[2].starts_with("TOTAL "), "{stdout}");
+    let (_, json, _) = run_cli(
+        dir.path(),
+        &["usage", "--by", "user", "--json", "--db", db_arg],
+        &[],
+    );
+    let json: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(json["rows"][0]["user"], forged);
+}
