@@ -934,13 +934,26 @@ pub fn wrap_upstream_error(status: StatusCode, body: &[u8]) -> (Option<Bytes>, S
         .ok()
     });
     let message = match &members {
-        Some(obj) => ["error", "message", "detail", "msg"]
-            .iter()
-            .find_map(|k| obj.get(*k))
-            .map(|raw| {
-                serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned())
-            })
-            .unwrap_or_else(|| text.clone().into_owned()),
+        Some(obj) => {
+            // A string `error` is the reason; any other (`true`, `429`, `null`, a list) only
+            // says that there is one: the text is then beside it, in `message` or `detail`.
+            // With none of those, the whole body says more than the bare value would.
+            let error = obj
+                .get("error")
+                .filter(|raw| raw.get().starts_with('"'))
+                .into_iter();
+            let beside = ["message", "detail", "msg"]
+                .iter()
+                .filter_map(|k| obj.get(*k));
+            error
+                .chain(beside)
+                .next()
+                .map(|raw| {
+                    serde_json::from_str::<String>(raw.get())
+                        .unwrap_or_else(|_| raw.get().to_owned())
+                })
+                .unwrap_or_else(|| text.clone().into_owned())
+        }
         _ if text.trim().is_empty() => format!(
             "the upstream answered HTTP {} with an empty body",
             status.as_u16()
@@ -982,6 +995,17 @@ mod tests {
             ),
             (br#"{"message":"rate limited"}"#, "rate limited"),
             (br#"{"error":"bad key"}"#, "bad key"),
+            // An `error` that is no object nor string: the text beside it is the reason.
+            (
+                br#"{"error": true, "message": "rate limited, slow down"}"#,
+                "rate limited, slow down",
+            ),
+            (br#"{"error": 429, "detail": "slow down"}"#, "slow down"),
+            (
+                br#"{"error": null, "message": "quota exceeded"}"#,
+                "quota exceeded",
+            ),
+            (br#"{"error":false}"#, r#"{"error":false}"#),
             (
                 br#"[{"error":{"message":"gemini style"}}]"#,
                 r#"[{"error":{"message":"gemini style"}}]"#,

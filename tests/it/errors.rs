@@ -227,6 +227,51 @@ async fn not_found_message_lists_the_aliases() {
     router.stop().await;
 }
 
+/// An upstream error whose `error` is a flag or a number (`true`, `429`, `null`) with the
+/// reason beside it in `message` or `detail`: the client and the record get that reason, not
+/// "true". With no reason beside it, the whole body is the message.
+#[tokio::test]
+async fn a_scalar_error_member_gives_way_to_the_message_beside_it() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let cases = [
+        (
+            429,
+            r#"{"error": true, "message": "rate limited, slow down"}"#,
+            "rate limited, slow down",
+        ),
+        (
+            429,
+            r#"{"error": 429, "detail": "rate limited, slow down"}"#,
+            "rate limited, slow down",
+        ),
+        (
+            400,
+            r#"{"error": null, "message": "quota exceeded for model"}"#,
+            "quota exceeded for model",
+        ),
+        (400, r#"{"error": true}"#, r#"{"error": true}"#),
+    ];
+    for (n, (status, body, message)) in cases.into_iter().enumerate() {
+        upstream.set(Behavior {
+            status,
+            body: Some(body.into()),
+            ..Default::default()
+        });
+        let response = router
+            .chat(&json!({"model": "[mock]m", "messages": []}))
+            .await;
+        assert_eq!(response.status().as_u16(), status);
+        let (_, error) = error_of(response).await;
+        assert_eq!(error["error"]["message"], message, "{body}");
+        assert_eq!(error["error"]["type"], "upstream_error");
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::UpstreamError);
+        assert_eq!(record.error.as_deref(), Some(message), "{body}");
+    }
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn upstream_errors_keep_status_headers_and_text() {
     let upstream = MockUpstream::start(Behavior::default()).await;
