@@ -141,6 +141,107 @@ pub fn error_body(message: &str, kind: &str, code: Option<&str>) -> Bytes {
         .unwrap_or_else(|_| Bytes::from_static(br#"{"error":{"message":"internal error","type":"api_error","param":null,"code":null}}"#))
 }
 
+/// Which API's form the router's own error event takes when it ends a stream.
+///
+/// OpenAI's SDKs read `data: {"error": {...}}`. Anthropic's SDKs skip every event without an
+/// `event:` name (their parsers `continue` on it), so on `/messages` such an event would go
+/// unseen and a cut answer would look complete: there the event is Anthropic's own
+/// (`event: error`, `{"type": "error", "error": {"type", "message"}}`), which they raise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamErrorForm {
+    OpenAi,
+    Anthropic,
+}
+
+impl StreamErrorForm {
+    /// The form for a request to `path` (the path after `/v1`).
+    pub fn of(path: &str) -> Self {
+        if path == "/messages" {
+            Self::Anthropic
+        } else {
+            Self::OpenAi
+        }
+    }
+}
+
+/// Anthropic's error types, by what their API documents for each status; an upstream error
+/// already typed with one of them keeps its type.
+pub const ANTHROPIC_ERROR_TYPES: [&str; 10] = [
+    "invalid_request_error",
+    "authentication_error",
+    "billing_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "timeout_error",
+    "overloaded_error",
+];
+
+/// Anthropic's error `type` for an answer with `status`. 503 is "overloaded" too: the
+/// router's own 503 (shutting down) asks the client to try again later, as a 529 does.
+pub fn anthropic_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        _ => "api_error",
+    }
+}
+
+#[derive(Serialize)]
+struct AnthropicEnvelope<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicError<'a>,
+}
+
+#[derive(Serialize)]
+struct AnthropicError<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+}
+
+/// The data of an Anthropic error event: `{"type":"error","error":{"type":..,"message":..}}`,
+/// on one line.
+pub fn anthropic_error_data(kind: &str, message: &str) -> Bytes {
+    let envelope = AnthropicEnvelope {
+        kind: "error",
+        error: AnthropicError { kind, message },
+    };
+    // Serializing plain strings cannot fail; fall back to a fixed body rather than panic.
+    serde_json::to_vec(&envelope)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| {
+            Bytes::from_static(
+                br#"{"type":"error","error":{"type":"api_error","message":"internal error"}}"#,
+            )
+        })
+}
+
+/// A whole SSE event: `event: <name>` (when given) and `data` on one line, then a blank line.
+pub fn sse_event(name: Option<&str>, data: &[u8]) -> Bytes {
+    let name_len = name.map_or(0, |n| n.len() + 8);
+    let mut event = bytes::BytesMut::with_capacity(name_len + data.len() + 8);
+    if let Some(name) = name {
+        event.extend_from_slice(b"event: ");
+        event.extend_from_slice(name.as_bytes());
+        event.extend_from_slice(b"\n");
+    }
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(data);
+    event.extend_from_slice(b"\n\n");
+    event.freeze()
+}
+
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), self.body()).into_response();

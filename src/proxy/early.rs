@@ -15,14 +15,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::StatusCode;
 use tokio::time::Instant;
 
 use super::headers::{AnswerFields, Shape};
 use super::stream::{StreamFailures, StreamSettings, StreamTee, UpstreamBody};
 use super::{Answer, AnswerBody, StreamCoding};
-use crate::error::{ProxyError, clip, error_body};
+use crate::error::{
+    ANTHROPIC_ERROR_TYPES, ProxyError, StreamErrorForm, anthropic_error_data, anthropic_error_type,
+    clip, error_body, sse_event,
+};
 use crate::http1::fields::Fields;
 use crate::record::{Outcome, RecordGuard};
 use crate::sinks::redact::Redactor;
@@ -56,6 +59,8 @@ pub struct Wait {
     pub provider: String,
     /// The router asked for `include_usage`: the usage-only chunk is not the client's.
     pub drop_usage_chunk: bool,
+    /// The form of the error event that ends a stream the upstream failed.
+    pub errors: StreamErrorForm,
 }
 
 /// The router's own answer to a stream whose upstream is still silent: `200`, the headers of
@@ -72,6 +77,7 @@ pub(super) fn answer(
         idle_timeout: wait.timeout,
         drop_usage_chunk: wait.drop_usage_chunk,
         sse: true,
+        errors: wait.errors,
     };
     let head = Box::pin(await_head(wait, state.redactor.clone()));
     let failures = StreamFailures {
@@ -144,17 +150,25 @@ impl LateFailure {
         }
     }
 
-    /// The event that ends the stream; the record is finished as the same failure of a
-    /// request that waited for its head would have been (the upstream's or the router's
-    /// status, the message, an upstream error's body).
-    pub fn end(self, guard: &mut RecordGuard, failures: &StreamFailures) -> Bytes {
+    /// The event that ends the stream, in `form`; the record is finished as the same failure
+    /// of a request that waited for its head would have been (the upstream's or the router's
+    /// status, the message, an upstream error's body as the client got it).
+    pub fn end(
+        mut self,
+        guard: &mut RecordGuard,
+        failures: &StreamFailures,
+        form: StreamErrorForm,
+    ) -> Bytes {
         if let Some(code) = self.logged {
             failures.log.warn(&failures.request_id, code, &self.message);
         }
-        let mut event = BytesMut::with_capacity(self.payload.len() + 8);
-        event.extend_from_slice(b"data: ");
-        event.extend_from_slice(&self.payload);
-        event.extend_from_slice(b"\n\n");
+        let event = match form {
+            StreamErrorForm::OpenAi => sse_event(None, &self.payload),
+            StreamErrorForm::Anthropic => {
+                self.payload = self.anthropic_payload();
+                sse_event(Some("error"), &self.payload)
+            }
+        };
         if let Some(record) = guard.record_mut() {
             if self.answered_at.is_some() {
                 record.response_started_at = self.answered_at;
@@ -168,7 +182,27 @@ impl LateFailure {
             record.error = Some(self.message);
         }
         guard.finish(self.outcome);
-        event.freeze()
+        event
+    }
+
+    /// The failure as Anthropic's error: the upstream's own type when it is one of
+    /// Anthropic's (an Anthropic upstream's 529 stays `overloaded_error`), else the type of
+    /// the status; the router's own error keeps its code at the end of the message.
+    fn anthropic_payload(&self) -> Bytes {
+        let upstream_type = serde_json::from_slice::<serde_json::Value>(&self.payload)
+            .ok()
+            .and_then(|v| v["error"]["type"].as_str().map(str::to_owned))
+            .filter(|t| ANTHROPIC_ERROR_TYPES.contains(&t.as_str()));
+        let kind = upstream_type
+            .as_deref()
+            .unwrap_or_else(|| anthropic_error_type(self.status));
+        match self.logged {
+            Some(code) => {
+                let message = format!("{} (llmsrouter: {code})", self.message);
+                anthropic_error_data(kind, &message)
+            }
+            None => anthropic_error_data(kind, &self.message),
+        }
     }
 }
 
@@ -357,6 +391,36 @@ mod tests {
         assert_eq!(value["error"]["status"], 504);
         assert_eq!(failure.outcome, Outcome::RouterError);
         assert_eq!(failure.logged, Some("upstream_timeout"));
+    }
+
+    #[test]
+    fn the_anthropic_form_keeps_an_anthropic_type_and_else_follows_the_status() {
+        let anthropic =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let openai = br#"{"error":{"message":"slow down","type":"requests"}}"#;
+        for (body, status, kind) in [
+            (
+                &anthropic[..],
+                StatusCode::from_u16(529).expect("status"),
+                "overloaded_error",
+            ),
+            (openai, StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+            (openai, StatusCode::BAD_GATEWAY, "api_error"),
+        ] {
+            let failure = LateFailure::upstream(status, body, "m".into(), SystemTime::now());
+            let value = parsed(&failure.anthropic_payload());
+            assert_eq!(
+                value,
+                serde_json::json!({"type": "error", "error": {"type": kind, "message": "m"}})
+            );
+        }
+        let timeout = LateFailure::router(&ProxyError::UpstreamTimeout("slow".into()), None);
+        let value = parsed(&timeout.anthropic_payload());
+        assert_eq!(value["error"]["type"], "timeout_error");
+        assert_eq!(
+            value["error"]["message"],
+            "slow (llmsrouter: upstream_timeout)"
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 use crate::auth::Caller;
 use crate::config::DEFAULT_TIMEOUT;
-use crate::error::{ProxyError, error_body};
+use crate::error::{ProxyError, StreamErrorForm, error_body};
 use crate::hard_stop::Stopped;
 use crate::http1::fields::{Fields, header_map_of};
 use crate::record::{Outcome, RecordGuard, RequestRecord};
@@ -335,6 +335,7 @@ async fn forward_inner(
                 timeout,
                 provider: target.provider.clone(),
                 drop_usage_chunk: injected_usage,
+                errors: StreamErrorForm::of(request.path),
             };
             return Ok(early::answer(state, wait, guard, request_id));
         }
@@ -367,6 +368,7 @@ async fn forward_inner(
             idle_timeout: timeout,
             drop_usage_chunk: injected_usage,
             sse: is_event_stream(&upstream.fields) && !matches!(coding, StreamCoding::Opaque),
+            errors: StreamErrorForm::of(request.path),
         };
         // A compressed stream that is not SSE passes through as it came, coding and all, as
         // any stream that is not SSE does.

@@ -25,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
-use crate::error::error_body;
+use crate::error::{StreamErrorForm, anthropic_error_data, error_body, sse_event};
 use crate::hard_stop::{HardStop, Stopped};
 use crate::proxy::early::{LateFailure, LateHead};
 use crate::proxy::failure_log::FailureLog;
@@ -50,6 +50,8 @@ pub struct StreamSettings {
     /// through chunk by chunk, unread: no event splitting, no keep-alive comments, and a
     /// failure aborts the body instead of adding an SSE error event it could not parse.
     pub sse: bool,
+    /// The form of the router's own error event (see [`StreamErrorForm`]).
+    pub errors: StreamErrorForm,
 }
 
 /// Longest SSE event held while waiting for its blank line. An upstream that never ends an
@@ -223,7 +225,7 @@ impl StreamTee {
     fn end_before_head(&mut self, failure: LateFailure) -> Bytes {
         self.head = None;
         self.state = State::Ending;
-        failure.end(&mut self.guard, &self.failures)
+        failure.end(&mut self.guard, &self.failures, self.settings.errors)
     }
 
     /// The next keep-alive comment, when it is due.
@@ -346,13 +348,21 @@ impl StreamTee {
     fn fail_with_event(&mut self, message: String, code: &'static str, outcome: Outcome) -> Bytes {
         self.upstream = None;
         self.state = State::Ending;
-        let body = error_body(&message, "upstream_error", Some(code));
-        let mut event = BytesMut::with_capacity(body.len() + 8);
-        event.extend_from_slice(b"data: ");
-        event.extend_from_slice(&body);
-        event.extend_from_slice(b"\n\n");
+        let event = match self.settings.errors {
+            StreamErrorForm::OpenAi => {
+                sse_event(None, &error_body(&message, "upstream_error", Some(code)))
+            }
+            // Anthropic's error has no `code`: the router's goes at the end of the message.
+            StreamErrorForm::Anthropic => {
+                let text = format!("{message} (llmsrouter: {code})");
+                sse_event(
+                    Some("error"),
+                    &anthropic_error_data(anthropic_type_of(code), &text),
+                )
+            }
+        };
         self.finish(outcome, Some(message));
-        event.freeze()
+        event
     }
 
     fn finish(&mut self, outcome: Outcome, error: Option<String>) {
@@ -421,6 +431,15 @@ impl StreamTee {
             }
             ready!(self.timer.as_mut().poll(cx));
         }
+    }
+}
+
+/// Anthropic's error type for the router's own failure `code` mid-stream.
+fn anthropic_type_of(code: &str) -> &'static str {
+    match code {
+        "upstream_timeout" => "timeout_error",
+        "server_shutting_down" => "overloaded_error",
+        _ => "api_error",
     }
 }
 
@@ -602,6 +621,7 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             drop_usage_chunk: false,
             sse: true,
+            errors: StreamErrorForm::OpenAi,
         };
         let failures = StreamFailures {
             log: Arc::default(),

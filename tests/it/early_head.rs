@@ -239,6 +239,90 @@ async fn a_late_error_ends_the_stream_with_one_error_event() {
     router.stop().await;
 }
 
+/// The error event of a stream opened early on `/v1/messages`, in Anthropic's form
+/// (`event: error`, `{"type":"error","error":{"type","message"}}`) after the keep-alive
+/// comments: its `error` object.
+fn only_anthropic_error(text: &str) -> Value {
+    let events = text.replace(KEEPALIVE, "");
+    let Some(data) = events
+        .strip_prefix("event: error\ndata: ")
+        .and_then(|r| r.strip_suffix("\n\n"))
+    else {
+        panic!("one named error event: {text:?}");
+    };
+    assert!(!data.contains('\n'), "on one line: {text:?}");
+    let payload: Value = serde_json::from_str(data).expect("event json");
+    assert_eq!(payload["type"], "error", "{payload}");
+    payload["error"].clone()
+}
+
+/// (2b) The same on `/v1/messages`: the Anthropic SDKs skip events without a name (a bare
+/// `data: {"error": ...}` left them a stream with no events, and a bare assertion failure),
+/// so the event is Anthropic's `error`: an Anthropic upstream's late 529 keeps its
+/// `overloaded_error` and message, another error gets the type of its status, and the
+/// router's own timeout is a `timeout_error` with its code in the message.
+#[tokio::test]
+async fn a_late_error_on_messages_ends_the_stream_with_an_anthropic_error_event() {
+    let overloaded =
+        r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = router_for(&upstream, "    timeout_secs: 2\n").await;
+    let cases = [
+        (529, overloaded, "overloaded_error", "Overloaded"),
+        (
+            429,
+            "slow down, sk-mock-upstream-key",
+            "rate_limit_error",
+            "slow down, [redacted]",
+        ),
+        (
+            200,
+            "held",
+            "timeout_error",
+            "the upstream mock did not answer within 2 s (timeout_secs) (llmsrouter: upstream_timeout)",
+        ),
+    ];
+    for (n, (status, body, kind, message)) in cases.into_iter().enumerate() {
+        let gate = Arc::new(Semaphore::new(0));
+        upstream.set(Behavior {
+            status,
+            body: Some(body.into()),
+            hold_head: Some(gate.clone()),
+            never_stream: true,
+            ..Default::default()
+        });
+        let request = client().post(router.url("/v1/messages")).json(
+            &json!({"model": "[mock]claude-x", "stream": true, "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        let response = head_of(request).await;
+        assert_stream_head(&response);
+        let mut body: Body = response.bytes_stream().boxed();
+        let before = read_keepalives(&mut body, 1).await;
+        if status != 200 {
+            gate.add_permits(1);
+        }
+        let rest = tokio::time::timeout(Duration::from_secs(10), read_rest(&mut body))
+            .await
+            .expect("the stream ends after the error event");
+        let error = only_anthropic_error(&(before + &rest));
+        assert_eq!(error["type"], kind, "{error}");
+        assert_eq!(error["message"], message, "{error}");
+
+        let record = router.records.nth(n + 1).await;
+        if status == 200 {
+            assert_eq!(record.outcome, Outcome::RouterError);
+            assert_eq!(record.status, Some(504));
+        } else {
+            assert_eq!(record.outcome, Outcome::UpstreamError);
+            assert_eq!(record.status, Some(status));
+            assert_eq!(record.error.as_deref(), Some(message));
+        }
+        gate.add_permits(1);
+    }
+    router.stop().await;
+}
+
 /// (3) No head within `timeout_secs`: the error event is the router's timeout (as a whole
 /// answer's 504 would be), at `timeout_secs`, not when the upstream would have answered; the
 /// record is the router's timeout.

@@ -297,6 +297,110 @@ async fn upstream_reset_mid_stream_ends_with_one_error_event() {
     router.stop().await;
 }
 
+/// An Anthropic-style event (`event: <type>` before its data), as `/v1/messages` streams.
+fn anthropic_event(data: &serde_json::Value) -> Vec<u8> {
+    let name = data["type"].as_str().expect("typed event");
+    format!("event: {name}\ndata: {data}\n\n").into_bytes()
+}
+
+/// The one error event that follows `prefix` in `text`, in Anthropic's form (`event: error`,
+/// then `{"type":"error","error":{"type","message"}}` on one line): its `error` object.
+fn anthropic_error_after(text: &str, prefix: &str) -> serde_json::Value {
+    assert!(text.starts_with(prefix), "{text}");
+    let rest = &text[prefix.len()..];
+    let Some(data) = rest
+        .strip_prefix("event: error\ndata: ")
+        .and_then(|r| r.strip_suffix("\n\n"))
+    else {
+        panic!("one named error event: {rest:?}");
+    };
+    assert!(!data.contains('\n'), "on one line: {rest:?}");
+    let payload: serde_json::Value = serde_json::from_str(data).expect("error event json");
+    assert_eq!(payload["type"], "error", "{payload}");
+    let error = payload["error"].clone();
+    let keys: Vec<&String> = error.as_object().expect("object").keys().collect();
+    assert_eq!(
+        keys,
+        ["message", "type"],
+        "Anthropic's members only: {payload}"
+    );
+    error
+}
+
+/// On `/v1/messages` the router's own error event is Anthropic's (`event: error`), since the
+/// Anthropic SDKs skip events without a name and would take a cut answer as complete: an
+/// upstream reset is an `api_error`, `timeout_secs` of silence a `timeout_error`, each with
+/// the router's code in its message. The record is the broken stream, as on other paths.
+#[tokio::test]
+async fn a_cut_anthropic_stream_ends_with_an_anthropic_error_event() {
+    let events = vec![
+        anthropic_event(&json!({"type": "message_start", "message": {"id": "msg_1",
+            "model": "claude-x", "usage": {"input_tokens": 5, "output_tokens": 1}}})),
+        anthropic_event(&json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "Partial"}})),
+        anthropic_event(&json!({"type": "message_stop"})),
+    ];
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(
+        &upstream.url(),
+        "    timeout_secs: 0.4\n",
+    ))
+    .await;
+    let cases = [
+        (
+            Behavior {
+                abort_after: Some(2),
+                chunk_delay: Duration::from_millis(20),
+                ..Default::default()
+            },
+            "api_error",
+            "upstream_unreachable",
+        ),
+        (
+            Behavior {
+                gap: Some((2, Duration::from_secs(5))),
+                ..Default::default()
+            },
+            "timeout_error",
+            "upstream_timeout",
+        ),
+    ];
+    for (n, (behavior, kind, code)) in cases.into_iter().enumerate() {
+        upstream.set(Behavior {
+            raw_chunks: Some(events.clone()),
+            ..behavior
+        });
+        let response = client()
+            .post(router.url("/v1/messages"))
+            .json(
+                &json!({"model": "[mock]claude-x", "stream": true, "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        let (_, text) = read_timed(response).await;
+        let error = anthropic_error_after(&text, &String::from_utf8_lossy(&events[..2].concat()));
+        assert_eq!(error["type"], kind, "{error}");
+        let message = error["message"].as_str().expect("message");
+        assert!(
+            message.ends_with(&format!(" (llmsrouter: {code})")),
+            "{message}"
+        );
+
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::StreamFailed, "{code}");
+        assert_eq!(
+            record.error.as_deref(),
+            message.strip_suffix(&format!(" (llmsrouter: {code})"))
+        );
+        assert_eq!(record.response.content, "Partial");
+        assert!(!record.complete);
+    }
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn client_disconnect_drops_the_upstream_and_keeps_a_partial_record() {
     let upstream = MockUpstream::start(Behavior {
