@@ -359,9 +359,23 @@ async fn forward_inner(
     }
 
     // A stream request answered 2xx with anything but one JSON document is relayed as it
-    // arrives: through the SSE tee when it is SSE, passed through unread otherwise.
-    let streamed = view.stream && status.is_success() && !is_json(&upstream.fields);
+    // arrives: through the SSE tee when it is SSE, passed through unread otherwise. So is a
+    // 2xx event stream or binary body to a request that did not say `"stream": true` (a
+    // speech request streams audio, or `speech.audio.delta` events): what streams is the
+    // upstream's to say, and holding it to the end would hold the client's first byte too.
+    let streamed = status.is_success()
+        && if view.stream {
+            !is_json(&upstream.fields)
+        } else {
+            streams_unasked(&upstream.fields)
+        };
     if streamed {
+        if !view.stream {
+            if let Some(record) = guard.record_mut() {
+                // Relayed and read as a stream: its record is one (events, first token).
+                record.stream = true;
+            }
+        }
         let coding = StreamCoding::of(&upstream.fields);
         let settings = StreamSettings {
             keepalive: state.keepalive_interval,
@@ -526,6 +540,32 @@ pub(crate) fn is_json(fields: &Fields) -> bool {
 
 fn is_event_stream(fields: &Fields) -> bool {
     content_type_is(fields, "text/event-stream")
+}
+
+/// Whether a 2xx answer to a request that did not ask to stream is relayed as it arrives:
+/// an event stream, or a body the router has no reason to hold (audio, octet-stream,
+/// NDJSON). A whole answer is read in full only to search an error it may report for echoed
+/// keys (`{"error": ...}`, see [`without_echoed_keys`]) and to record its body; JSON (also
+/// `+json`), text and an answer with no Content-Type are still read so.
+fn streams_unasked(fields: &Fields) -> bool {
+    let Some(content_type) = fields.get_str("content-type") else {
+        return false;
+    };
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let starts = |prefix: &str| {
+        essence
+            .get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    };
+    if starts("text/event-stream") {
+        return true;
+    }
+    let json_suffix = essence
+        .len()
+        .checked_sub("+json".len())
+        .and_then(|at| essence.get(at..))
+        .is_some_and(|end| end.eq_ignore_ascii_case("+json"));
+    !(essence.is_empty() || starts("text/") || starts("application/json") || json_suffix)
 }
 
 /// A router error after the target was known: logged (see [`FailureLog`]), recorded, then
@@ -978,6 +1018,33 @@ mod tests {
             let uuid = uuid::Uuid::parse_str(id).expect("uuid");
             assert_eq!(uuid.get_version_num(), 7);
         }
+    }
+
+    #[test]
+    fn only_event_streams_and_bodies_not_json_or_text_stream_unasked() {
+        let with = |content_type: &str| {
+            streams_unasked(&Fields::from_pairs(&[("content-type", content_type)]))
+        };
+        for streams in [
+            "text/event-stream",
+            "Text/Event-Stream; charset=utf-8",
+            "audio/mpeg",
+            "application/octet-stream",
+            "application/x-ndjson",
+        ] {
+            assert!(with(streams), "{streams}");
+        }
+        for whole in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/problem+json",
+            "text/plain",
+            "TEXT/HTML",
+            "",
+        ] {
+            assert!(!with(whole), "{whole}");
+        }
+        assert!(!streams_unasked(&Fields::default()), "no Content-Type");
     }
 
     #[test]

@@ -739,6 +739,86 @@ async fn a_streamed_answer_that_is_not_sse_passes_through_as_it_arrives() {
     router.stop().await;
 }
 
+/// A request without `"stream": true` whose upstream streams anyway (OpenAI's speech
+/// endpoint: chunked `audio/mpeg`, or with `stream_format: "sse"` an event stream): each
+/// piece reaches the client when it arrives, not when the upstream finishes (the mock holds
+/// its last chunk until the client has the first), the body goes upstream unchanged but the
+/// model, and the record is a stream's. A 2xx text answer is still read whole.
+#[tokio::test]
+async fn a_streamed_answer_to_a_request_not_asking_to_stream_is_relayed_as_it_arrives() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let audio: Vec<Vec<u8>> = vec![b"ID3\x03frame0 ".to_vec(), b"\xff\xfbframe1".to_vec()];
+    let events: Vec<Vec<u8>> = vec![
+        b"data: {\"type\":\"speech.audio.delta\",\"audio\":\"AAA\"}\n\n".to_vec(),
+        b"data: {\"type\":\"speech.audio.done\",\"usage\":{\"input_tokens\":3,\"output_tokens\":9,\"total_tokens\":12}}\n\n".to_vec(),
+    ];
+    let cases = [
+        ("audio/mpeg", audio, "ID3"),
+        ("text/event-stream", events, "speech.audio.delta"),
+    ];
+    for (n, (content_type, chunks, first)) in cases.into_iter().enumerate() {
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        upstream.set(Behavior {
+            stream_unasked: true,
+            raw_chunks: Some(chunks.clone()),
+            stream_content_type: Some(content_type.into()),
+            hold_chunk: Some((1, gate.clone())),
+            ..Default::default()
+        });
+        let body = r#"{"model":"[mock]tts","voice":"alloy","input":"hello"}"#;
+        let response = client()
+            .post(router.url("/v1/audio/speech"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], content_type);
+        assert!(response.headers().get("content-length").is_none());
+        let (before, seen) = read_past_a_held_chunk(response, first, &gate).await;
+        assert_eq!(
+            before,
+            String::from_utf8_lossy(&chunks[0]),
+            "{content_type}"
+        );
+        assert_eq!(
+            seen,
+            String::from_utf8_lossy(&chunks.concat()),
+            "{content_type}"
+        );
+        assert_eq!(
+            upstream.last().body,
+            r#"{"model":"tts","voice":"alloy","input":"hello"}"#
+        );
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::Success, "{content_type}");
+        assert!(record.stream, "{content_type}");
+        // An event stream is complete at its end marker, which speech events do not have.
+        assert_eq!(record.complete, content_type == "audio/mpeg");
+    }
+
+    upstream.set(Behavior {
+        stream_unasked: true,
+        raw_chunks: Some(vec![b"plain ".to_vec(), b"text".to_vec()]),
+        stream_content_type: Some("text/plain".into()),
+        ..Default::default()
+    });
+    let response = client()
+        .post(router.url("/v1/audio/transcriptions"))
+        .json(&json!({"model": "[mock]whisper", "response_format": "text"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.headers()["content-length"], "10", "read whole");
+    assert_eq!(response.text().await.expect("body"), "plain text");
+    let record = router.records.nth(3).await;
+    assert!(!record.stream);
+    assert_eq!(record.response_body.as_deref(), Some(&b"plain text"[..]));
+    router.stop().await;
+}
+
 /// A provider failing mid-stream under a 200 (OpenRouter sends `data: {"error": {...}}`):
 /// the client gets the stream byte for byte, and the record is the upstream's error with the
 /// provider's message, so Langfuse shows it at level ERROR and the ledger counts it, with

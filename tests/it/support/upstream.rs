@@ -73,6 +73,9 @@ pub struct Behavior {
     pub models_body: Option<String>,
     /// Answer with one whole body even when the request asks to stream.
     pub never_stream: bool,
+    /// Stream even when the request does not ask to, as OpenAI's speech endpoint streams
+    /// audio to a body with no `stream`.
+    pub stream_unasked: bool,
     /// Content type of a streamed answer (default `text/event-stream`).
     pub stream_content_type: Option<String>,
     /// Stream: compress it (`"gzip"` or `"deflate"`, the zlib format) as an upstream that
@@ -112,6 +115,7 @@ impl Default for Behavior {
             model: "mock-model-2024".into(),
             models_body: None,
             never_stream: false,
+            stream_unasked: false,
             stream_content_type: None,
             stream_coding: None,
             hold_chunk: None,
@@ -293,7 +297,8 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         let _permit = gate.acquire().await;
     }
     let request_json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let wants_stream = request_json["stream"] == serde_json::Value::Bool(true);
+    let wants_stream =
+        request_json["stream"] == serde_json::Value::Bool(true) || behavior.stream_unasked;
     if !wants_stream || behavior.never_stream || !(200..300).contains(&behavior.status) {
         let body = match (&behavior.raw_body, &behavior.body) {
             (Some(raw), _) => Body::from(raw.clone()),
