@@ -321,7 +321,7 @@ fn listen_addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
 
 /// What `serve` would refuse at start that `check` can see without starting: the listen
 /// address (`LLMSROUTER_HOST`, `LLMSROUTER_PORT`; `serve`'s own flags are not `check`'s), and
-/// the folders of the request log and the database.
+/// the request log's path (a file, device or pipe, not a folder) and folder, and the database's folder.
 fn check_serve_variables(cli: &Cli, env: &EnvSettings) -> anyhow::Result<()> {
     let host = env_lookup("LLMSROUTER_HOST").unwrap_or_else(|| "0.0.0.0".to_owned());
     let port = match env_lookup("LLMSROUTER_PORT") {
@@ -343,6 +343,11 @@ fn check_serve_variables(cli: &Cli, env: &EnvSettings) -> anyhow::Result<()> {
     // The request log makes its folders; the nearest one that exists must take new entries
     // (by its permission bits: a best guess short of writing there).
     if let Some(log) = &env.log_file {
+        let target = llmsrouter::sinks::request_log::target(log)?;
+        if matches!(target, llmsrouter::sinks::log_file::Target::AsIs(_)) {
+            // A device or pipe: written to as it is, no folder to make.
+            return Ok(());
+        }
         let existing = folder_of(log)
             .ancestors()
             .find(|folder| folder.exists())

@@ -9,6 +9,7 @@ pub mod generation;
 pub mod langfuse;
 pub mod ledger;
 pub mod ledger_report;
+pub mod log_file;
 pub mod otlp_http;
 pub mod redact;
 pub mod request_log;

@@ -1,16 +1,14 @@
-//! The request log (`LLMSROUTER_LOG_FILE`): one JSON line per routed request, in files rotated
-//! daily by tracing-appender. The router deletes old ones itself (7 kept, today's included), and
-//! only files named exactly as it names them: tracing-appender's own pruning takes every file
-//! that starts with the name and ends with the extension for its own (the Python version's
-//! `api_proxy.log`, say), and keeps one file fewer than asked when today's exists already.
+//! The request log (`LLMSROUTER_LOG_FILE`): one JSON line per routed request, in a file per
+//! UTC day (see [`log_file`](crate::sinks::log_file) for which file, and what happens when it
+//! is deleted or cannot be written). The router deletes old ones itself (7 kept, today's
+//! included), and only files named exactly as it names them.
 //!
 //! `accept` only queues the record; one writer thread serialises and writes, so neither a
 //! request nor the recorder waits for the disk. Every line passes through the [`Redactor`]
 //! whole, so no configured key or client key is written, wherever it appeared (bodies, error
 //! texts). Request headers are never logged.
 
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
@@ -18,18 +16,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use time::Date;
-use tracing_appender::rolling::{RollingFileAppender, Rotation};
 
 use crate::record::{RecordSink, RequestRecord};
-use crate::sinks::clock::{parse_day, rfc3339_millis, utc_date};
+use crate::sinks::clock::{rfc3339_millis, utc_date};
+use crate::sinks::log_file::{LogFile, LogStats, Target};
 use crate::sinks::redact::Redactor;
 use crate::sinks::{BATCH_WINDOW, WriterQueue, next_batch};
 use crate::usage::ToolCall;
 
-/// Daily files kept, today's included.
-pub const KEPT_FILES: usize = 7;
+pub use crate::sinks::log_file::KEPT_FILES;
+
 /// Records waiting for the writer before new ones are dropped (and counted).
 const QUEUE_DEPTH: usize = 4096;
+/// Lines gathered for one `write()`: at most this many bytes, unless one line is longer
+/// (it is then written alone).
+const WRITE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct RequestLogOptions {
@@ -48,118 +49,44 @@ pub enum RequestLogError {
     Thread(std::io::Error),
 }
 
-/// Splits `dir/name.ext` into the appender's directory, prefix and suffix, so files are
-/// `name.YYYY-MM-DD.ext` next to where the user pointed.
-pub fn file_parts(path: &Path) -> (PathBuf, String, Option<String>) {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "api_proxy.log".to_owned());
-    match name.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() => {
-            (dir, stem.to_owned(), Some(ext.to_owned()))
-        }
-        _ => (dir, name, None),
-    }
-}
-
-/// The request log's daily files, `prefix.YYYY-MM-DD.suffix` (`prefix.YYYY-MM-DD` when the
-/// configured name has no extension) in `dir`: the names tracing-appender gives them.
-#[derive(Debug, Clone)]
-struct DailyFiles {
-    dir: PathBuf,
-    prefix: String,
-    suffix: Option<String>,
-}
-
-impl DailyFiles {
-    /// The day in `name` when `name` is exactly one of these files' names; `None` for anything
-    /// else (`api_proxy.log` itself, `api_proxy.2025-01-31.log.gz`, `api_proxy.old.log`).
-    fn day_of(&self, name: &str) -> Option<Date> {
-        let rest = name.strip_prefix(self.prefix.as_str())?.strip_prefix('.')?;
-        let day = match &self.suffix {
-            Some(suffix) => rest.strip_suffix(suffix.as_str())?.strip_suffix('.')?,
-            None => rest,
-        };
-        parse_day(day)
-    }
-
-    /// Deletes the oldest of these files until the [`KEPT_FILES`] newest (by the day in their
-    /// names) remain, today's counted among them whether or not it exists yet. Only regular
-    /// files with exactly such a name are looked at; anything else in the directory stays.
-    /// Returns how many were deleted; failures are logged, never fatal.
-    fn prune(&self, today: Date) -> usize {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::warn!("request log: cannot list {}: {e}", self.dir.display());
-                return 0;
-            }
-        };
-        let mut older: Vec<(Date, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .filter_map(|entry| {
-                let day = self.day_of(entry.file_name().to_str()?)?;
-                // Today's is being written to; a symlink or a directory is not the router's.
-                let is_file = entry.file_type().ok()?.is_file();
-                (day != today && is_file).then(|| (day, entry.path()))
-            })
-            .collect();
-        // Newest first.
-        older.sort_unstable_by_key(|(day, _)| std::cmp::Reverse(*day));
-        let mut deleted = 0;
-        for (_, path) in older.iter().skip(KEPT_FILES - 1) {
-            match std::fs::remove_file(path) {
-                Ok(()) => deleted += 1,
-                Err(e) => tracing::warn!(
-                    "request log: cannot delete old file {}: {e}",
-                    path.display()
-                ),
-            }
-        }
-        deleted
-    }
+/// What `LLMSROUTER_LOG_FILE` names, or the start-up error for a value that cannot be a log
+/// (a folder). `check` asks this too, so it refuses what `serve` would.
+pub fn target(path: &std::path::Path) -> Result<Target, RequestLogError> {
+    Target::of(path).map_err(|reason| RequestLogError::Open {
+        path: path.display().to_string(),
+        reason,
+    })
 }
 
 pub struct RequestLogSink {
     queue: WriterQueue,
+    stats: Arc<LogStats>,
 }
 
 impl RequestLogSink {
     /// Opens today's file (creating the directory) and starts the writer thread.
     pub fn start(options: RequestLogOptions) -> Result<Self, RequestLogError> {
-        let (dir, prefix, suffix) = file_parts(&options.path);
-        let open_error = |reason: String| RequestLogError::Open {
-            path: options.path.display().to_string(),
-            reason,
-        };
-        std::fs::create_dir_all(&dir).map_err(|e| open_error(e.to_string()))?;
-        // No `max_log_files`: its pruning is not limited to the appender's own files.
-        let mut builder = RollingFileAppender::builder()
-            .rotation(Rotation::DAILY)
-            .filename_prefix(prefix.clone());
-        if let Some(suffix) = &suffix {
-            builder = builder.filename_suffix(suffix.clone());
-        }
-        let appender = builder.build(&dir).map_err(|e| open_error(e.to_string()))?;
-        let mut writer = Writer {
-            out: BufWriter::with_capacity(64 * 1024, appender),
+        let target = target(&options.path)?;
+        let stats = Arc::new(LogStats::default());
+        let mut file = LogFile::new(target, stats.clone());
+        let now = SystemTime::now();
+        file.open_at_start(utc_date(now))
+            .map_err(|e| RequestLogError::Open {
+                path: options.path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        file.prune_once_a_day(now);
+        let writer = Writer {
+            file,
             line: Vec::with_capacity(8 * 1024),
+            pending: Pending {
+                bytes: Vec::with_capacity(WRITE_BYTES),
+                lines: 0,
+                day: utc_date(now),
+            },
             bodies: options.bodies,
             redactor: options.redactor,
-            last_error: None,
-            files: DailyFiles {
-                dir,
-                prefix,
-                suffix,
-            },
-            pruned_for: None,
         };
-        writer.prune_once_a_day(SystemTime::now());
         let queue = WriterQueue::start(
             "llmsrouter-request-log",
             QUEUE_DEPTH,
@@ -167,12 +94,17 @@ impl RequestLogSink {
             move |rx| writer.run(rx),
         )
         .map_err(RequestLogError::Thread)?;
-        Ok(Self { queue })
+        Ok(Self { queue, stats })
     }
 
     /// Lines not written because the writer fell behind.
     pub fn dropped(&self) -> u64 {
         self.queue.dropped()
+    }
+
+    /// Lines written, and lost to a file that could not be opened or written.
+    pub fn stats(&self) -> &Arc<LogStats> {
+        &self.stats
     }
 }
 
@@ -186,81 +118,98 @@ impl RecordSink for RequestLogSink {
     }
 
     fn close(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        Box::pin(self.queue.finish())
+        Box::pin(async move {
+            self.queue.finish().await;
+            let (written, dropped, failed) =
+                (self.stats.written(), self.dropped(), self.stats.failed());
+            tracing::info!(written, dropped, failed, "request log flushed");
+        })
     }
 
     fn metrics(&self, out: &mut crate::sinks::Metrics) {
+        out.counter(
+            "request_log_lines_written",
+            "Request log lines written.",
+            &[],
+            self.stats.written(),
+        );
         out.counter(
             "request_log_lines_dropped",
             "Request log lines dropped because the writer was behind.",
             &[],
             self.dropped(),
         );
+        out.counter(
+            "request_log_lines_failed",
+            "Request log lines lost because their file could not be opened or written.",
+            &[],
+            self.stats.failed(),
+        );
     }
 }
 
 struct Writer {
-    out: BufWriter<RollingFileAppender>,
+    file: LogFile,
     /// Reused for every line.
     line: Vec<u8>,
+    pending: Pending,
     bodies: bool,
     redactor: Redactor,
-    last_error: Option<Instant>,
-    files: DailyFiles,
-    /// The UTC day old files were last deleted for.
-    pruned_for: Option<Date>,
 }
 
 impl Writer {
     fn run(mut self, rx: Receiver<Arc<RequestRecord>>) {
         let mut batch = Vec::with_capacity(256);
         while next_batch(&rx, &mut batch, 256, BATCH_WINDOW) {
+            self.file.prune_once_a_day(SystemTime::now());
             for record in batch.drain(..) {
-                self.write(&record);
+                self.add(&record);
             }
-            if let Err(e) = self.out.flush() {
-                self.report(&e);
-            }
-            self.prune_once_a_day(SystemTime::now());
+            self.pending.write(&mut self.file);
         }
-        if let Err(e) = self.out.flush() {
-            self.report(&e);
-        }
+        self.pending.write(&mut self.file);
     }
 
-    /// Deletes old files at start and then at the first batch of each UTC day, when the
-    /// appender has moved to that day's file (it does so when written to after midnight).
-    fn prune_once_a_day(&mut self, now: SystemTime) {
-        let today = utc_date(now);
-        if self.pruned_for == Some(today) {
-            return;
-        }
-        self.pruned_for = Some(today);
-        self.files.prune(today);
-    }
-
-    fn write(&mut self, record: &RequestRecord) {
+    /// Adds `record`'s line to what the next `write()` holds. A line goes to the file of the
+    /// UTC day of its `time`, so a clock set back (or a stream begun before midnight) finds
+    /// its own day's file, never another.
+    fn add(&mut self, record: &RequestRecord) {
         self.line.clear();
         if serialize_line(&mut self.line, record, self.bodies).is_err() {
             return;
         }
         let redacted = self.redactor.redact_bytes(&self.line, &record.secrets);
-        let result = self
-            .out
-            .write_all(&redacted)
-            .and_then(|()| self.out.write_all(b"\n"));
-        if let Err(e) = result {
-            self.report(&e);
+        let day = utc_date(record.started_at);
+        let pending = &mut self.pending;
+        let full = pending.bytes.len() + redacted.len() + 1 > WRITE_BYTES;
+        if pending.lines > 0 && (day != pending.day || full) {
+            pending.write(&mut self.file);
         }
+        pending.day = day;
+        pending.bytes.extend_from_slice(&redacted);
+        pending.bytes.push(b'\n');
+        pending.lines += 1;
     }
+}
 
-    fn report(&mut self, error: &std::io::Error) {
-        if self
-            .last_error
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-        {
-            self.last_error = Some(Instant::now());
-            tracing::warn!("request log: cannot write: {error}");
+/// Whole lines (each with its `\n`) of one day, for one `write()`.
+struct Pending {
+    bytes: Vec<u8>,
+    lines: u64,
+    day: Date,
+}
+
+impl Pending {
+    fn write(&mut self, file: &mut LogFile) {
+        if self.lines == 0 {
+            return;
+        }
+        file.write_lines(self.day, &self.bytes, self.lines, Instant::now());
+        self.bytes.clear();
+        self.lines = 0;
+        // One huge body must not keep its buffer for good.
+        if self.bytes.capacity() > 4 * WRITE_BYTES {
+            self.bytes.shrink_to(WRITE_BYTES);
         }
     }
 }
@@ -444,187 +393,97 @@ mod tests {
         );
     }
 
-    #[test]
-    fn file_names_keep_the_extension() {
-        assert_eq!(
-            file_parts(Path::new("./api_proxy.log")),
-            (
-                PathBuf::from("."),
-                "api_proxy".to_owned(),
-                Some("log".to_owned())
-            )
-        );
-        assert_eq!(
-            file_parts(Path::new("requests")),
-            (PathBuf::from("."), "requests".to_owned(), None)
-        );
-        assert_eq!(
-            file_parts(Path::new("/var/log/llm/.hidden")),
-            (PathBuf::from("/var/log/llm"), ".hidden".to_owned(), None)
-        );
+    /// Lines of `path`, each of which must be JSON.
+    fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .expect("read")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line ({e})")))
+            .collect()
     }
 
-    fn daily(dir: &Path, prefix: &str, suffix: Option<&str>) -> DailyFiles {
-        DailyFiles {
-            dir: dir.to_path_buf(),
-            prefix: prefix.to_owned(),
-            suffix: suffix.map(str::to_owned),
-        }
+    fn record_of(id: &str, body_bytes: usize, at: SystemTime) -> Arc<RequestRecord> {
+        let mut record = crate::record::tests::sample();
+        record.request_id = id.into();
+        record.started_at = at;
+        let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(body_bytes));
+        record.request_body = bytes::Bytes::from(body);
+        Arc::new(record)
     }
 
-    fn day(text: &str) -> Date {
-        parse_day(text).expect("day")
-    }
-
-    /// File names in `dir`, sorted.
-    fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .expect("dir")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
-    #[test]
-    fn only_names_the_router_gives_are_its_files() {
-        let files = daily(Path::new("."), "api_proxy", Some("log"));
-        assert_eq!(
-            files.day_of("api_proxy.2025-01-31.log"),
-            Some(day("2025-01-31"))
-        );
-        for other in [
-            "api_proxy.log",
-            "api_proxy.old.log",
-            "api_proxy.2025-01-31.log.gz",
-            "api_proxy.2025-02-30.log",
-            "api_proxy.2025-1-31.log",
-            "api_proxy2025-01-31.log",
-            "api_proxy.2025-01-31log",
-            "api_proxy.x.2025-01-31.log",
-            "other.2025-01-31.log",
-            "api_proxy.2025-01-31",
-        ] {
-            assert_eq!(files.day_of(other), None, "{other}");
-        }
-        let bare = daily(Path::new("."), "requests", None);
-        assert_eq!(bare.day_of("requests.2025-01-31"), Some(day("2025-01-31")));
-        assert_eq!(bare.day_of("requests"), None);
-        assert_eq!(bare.day_of("requests.2025-01-31.log"), None);
-    }
-
-    #[test]
-    fn pruning_keeps_the_seven_newest_dated_files_and_touches_nothing_else() {
+    /// Two routers appending to one file (a blue/green overlap) never tear each other's
+    /// lines: each `write()` holds whole lines, each line's newline included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_writers_on_one_file_write_whole_lines() {
         let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path();
-        let others = [
-            "api_proxy.log",
-            "api_proxy.old.log",
-            "api_proxy.2020-01-01.log.gz",
-            "api_proxy.2020-13-01.log",
-            "api_proxy.2020-01-01.txt",
-            "other.2020-01-01.log",
-        ];
-        for name in others {
-            std::fs::write(path.join(name), "not the router's").expect("write");
+        let path = dir.path().join("api_proxy.log");
+        let start = || {
+            RequestLogSink::start(RequestLogOptions {
+                path: path.clone(),
+                bodies: true,
+                redactor: Redactor::default(),
+            })
+            .expect("start")
+        };
+        let (a, b) = (Arc::new(start()), Arc::new(start()));
+        let now = SystemTime::now();
+        let feed = |sink: Arc<RequestLogSink>, name: &'static str| {
+            std::thread::spawn(move || {
+                for i in 0..150 {
+                    // Lines of 1 KB to 100 KB: some share a write, some exceed one.
+                    let record = record_of(&format!("{name}{i}"), 1_000 + (i % 7) * 16_000, now);
+                    sink.accept(&record);
+                    if i % 16 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        };
+        let (ta, tb) = (feed(a.clone(), "a"), feed(b.clone(), "b"));
+        ta.join().expect("a");
+        tb.join().expect("b");
+        a.close().await;
+        b.close().await;
+        let lines = json_lines(&dir.path().join(format!("api_proxy.{}.log", utc_date(now))));
+        assert_eq!(lines.len() as u64, 300 - a.dropped() - b.dropped());
+        assert_eq!(
+            a.stats().written() + b.stats().written(),
+            lines.len() as u64
+        );
+    }
+
+    /// Each line goes to the file of its own UTC day, also when days go back (a clock set
+    /// right again) within one batch.
+    #[tokio::test]
+    async fn lines_go_to_the_file_of_their_day() {
+        let dir = tempfile::tempdir().expect("dir");
+        let sink = RequestLogSink::start(RequestLogOptions {
+            path: dir.path().join("api_proxy.log"),
+            bodies: false,
+            redactor: Redactor::default(),
+        })
+        .expect("start");
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        for (id, at) in [
+            ("0", now),
+            ("1", now + day * 31),
+            ("2", now),
+            ("3", now + day),
+        ] {
+            sink.accept(&record_of(id, 10, at));
         }
-        // Named like the router's files, but not files.
-        std::fs::create_dir(path.join("api_proxy.2020-01-02.log")).expect("mkdir");
-        #[cfg(unix)]
-        std::os::unix::fs::symlink("api_proxy.log", path.join("api_proxy.2020-01-03.log"))
-            .expect("symlink");
-        for d in 1..=10 {
-            std::fs::write(path.join(format!("api_proxy.2025-01-{d:02}.log")), "{}\n")
-                .expect("write");
-        }
-        let files = daily(path, "api_proxy", Some("log"));
-        let ours = |names: &[String]| -> Vec<String> {
-            names
+        sink.close().await;
+        let ids = |at: SystemTime| -> Vec<String> {
+            json_lines(&dir.path().join(format!("api_proxy.{}.log", utc_date(at))))
                 .iter()
-                .filter(|n| files.day_of(n).is_some() && path.join(n).is_file())
-                .filter(|n| !path.join(n).is_symlink())
-                .cloned()
+                .map(|l| l["request_id"].as_str().expect("id").to_owned())
                 .collect()
         };
-
-        // Today's file exists (a restart): it and the 6 before it stay.
-        assert_eq!(files.prune(day("2025-01-10")), 3);
-        let expected: Vec<String> = (4..=10)
-            .map(|d| format!("api_proxy.2025-01-{d:02}.log"))
-            .collect();
-        assert_eq!(ours(&names(path)), expected);
-        // The same day again: nothing more goes.
-        assert_eq!(files.prune(day("2025-01-10")), 0);
-        // The next day, before its file is written: room is left for it.
-        assert_eq!(files.prune(day("2025-01-11")), 1);
-        assert_eq!(ours(&names(path)), expected[1..]);
-
-        for name in others {
-            assert_eq!(
-                std::fs::read_to_string(path.join(name)).expect("still there"),
-                "not the router's"
-            );
-        }
-        assert!(path.join("api_proxy.2020-01-02.log").is_dir());
-        #[cfg(unix)]
-        assert!(path.join("api_proxy.2020-01-03.log").is_symlink());
-    }
-
-    #[test]
-    fn a_name_without_extension_prunes_its_own_files_only() {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path();
-        for name in ["requests", "requests.2020-01-01.log"] {
-            std::fs::write(path.join(name), "x").expect("write");
-        }
-        for d in 1..=9 {
-            std::fs::write(path.join(format!("requests.2025-01-{d:02}")), "x").expect("write");
-        }
-        assert_eq!(daily(path, "requests", None).prune(day("2025-01-09")), 2);
-        let mut expected = vec!["requests".to_owned()];
-        expected.extend((3..=9).map(|d| format!("requests.2025-01-{d:02}")));
-        expected.push("requests.2020-01-01.log".to_owned());
-        expected.sort();
-        assert_eq!(names(path), expected);
-    }
-
-    #[test]
-    fn the_writer_prunes_at_start_and_once_on_each_new_day() {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path();
-        let now = SystemTime::now();
-        let one_day = Duration::from_secs(86_400);
-        let dated = |t: SystemTime| format!("api_proxy.{}.log", crate::sinks::clock::utc_day(t));
-        for back in 1..=8 {
-            std::fs::write(path.join(dated(now - one_day * back)), "x").expect("write");
-        }
-        let appender = RollingFileAppender::builder()
-            .rotation(Rotation::DAILY)
-            .filename_prefix("api_proxy")
-            .filename_suffix("log")
-            .build(path)
-            .expect("appender");
-        let mut writer = Writer {
-            out: BufWriter::new(appender),
-            line: Vec::new(),
-            bodies: true,
-            redactor: Redactor::default(),
-            last_error: None,
-            files: daily(path, "api_proxy", Some("log")),
-            pruned_for: None,
-        };
-        writer.prune_once_a_day(now);
-        assert_eq!(names(path).len(), KEPT_FILES);
-        assert!(path.join(dated(now)).is_file(), "today's");
-        assert!(!path.join(dated(now - one_day * 7)).exists());
-        // A day later: once, when the day changes.
-        std::fs::write(path.join(dated(now + one_day)), "x").expect("write");
-        writer.prune_once_a_day(now + one_day);
-        assert_eq!(names(path).len(), KEPT_FILES);
-        assert!(!path.join(dated(now - one_day * 6)).exists());
-        std::fs::write(path.join(dated(now - one_day * 20)), "x").expect("write");
-        writer.prune_once_a_day(now + one_day);
-        assert!(path.join(dated(now - one_day * 20)).exists(), "once a day");
+        assert_eq!(ids(now), ["0", "2"]);
+        assert_eq!(ids(now + day * 31), ["1"]);
+        assert_eq!(ids(now + day), ["3"]);
+        assert_eq!((sink.stats().written(), sink.stats().failed()), (4, 0));
     }
 
     #[test]

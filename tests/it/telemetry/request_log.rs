@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::request_id;
 use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS};
-use crate::support::{TestRouter, one_server_config};
+use crate::support::{RouterProcess, TestRouter, one_server_config, run_cli};
 
 /// The one dated file `name.YYYY-MM-DD.log` in `dir`, as lines of JSON.
 pub fn read_log_lines(dir: &Path, stem: &str) -> Vec<Value> {
@@ -165,4 +165,203 @@ async fn start_deletes_only_the_routers_own_old_files_and_keeps_seven() {
         std::fs::read_to_string(logs.join("api_proxy.log")).expect("kept"),
         python_log
     );
+}
+
+/// The value of counter `name` (`llmsrouter_..._total`) at the router's `/metrics`.
+async fn counter(router: &RouterProcess, name: &str) -> u64 {
+    let text = crate::support::client()
+        .get(router.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in:\n{text}"))
+}
+
+/// Sends requests until `done` holds; panics after 10 s.
+async fn request_until(router: &RouterProcess, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = router
+            .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 200);
+        if done().await {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not done within 10 s: {}",
+            router.stderr()
+        );
+    }
+}
+
+/// Lines in today's file of `logs/api_proxy.log` (0 when there is none).
+fn todays_lines(logs: &Path) -> usize {
+    let today = llmsrouter::sinks::clock::utc_day(std::time::SystemTime::now());
+    std::fs::read_to_string(logs.join(format!("api_proxy.{today}.log")))
+        .map(|text| text.lines().count())
+        .unwrap_or(0)
+}
+
+/// The log folder deleted and a file put in its place while `serve` runs: the router notices,
+/// counts the lines it cannot write (in `/metrics` and the shutdown summary) with a warning,
+/// and once the folder can be made again writes today's file there, not the deleted one.
+#[tokio::test]
+async fn a_deleted_log_folder_is_made_again_and_lost_lines_are_counted() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let data = tempfile::tempdir().expect("dir");
+    let logs = data.path().join("logs");
+    let log = logs.join("api_proxy.log").display().to_string();
+    let mut router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[
+            ("LLMSROUTER_LOG_FILE", log.as_str()),
+            ("LLMSROUTER_LEDGER", "false"),
+        ],
+    );
+    request_until(&router, async || todays_lines(&logs) == 1).await;
+
+    std::fs::remove_dir_all(&logs).expect("rm -rf logs");
+    std::fs::write(&logs, "not a folder").expect("a file instead");
+    request_until(&router, async || {
+        counter(&router, "llmsrouter_request_log_lines_failed_total").await > 0
+    })
+    .await;
+    assert!(
+        router
+            .stderr()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("request log: cannot open")),
+        "{}",
+        router.stderr()
+    );
+
+    std::fs::remove_file(&logs).expect("rm logs");
+    request_until(&router, async || todays_lines(&logs) > 0).await;
+    let failed = counter(&router, "llmsrouter_request_log_lines_failed_total").await;
+    router.terminate();
+    assert!(router.wait_exit(Duration::from_secs(40)).await.success());
+    let stderr = router.stderr();
+    let summary = stderr
+        .lines()
+        .find(|l| l.contains("request log flushed"))
+        .unwrap_or_else(|| panic!("no summary in {stderr}"));
+    assert!(summary.contains(&format!("failed={failed}")), "{summary}");
+    // Every word about the log went through the console log's format, none raw.
+    for line in stderr.lines().filter(|l| l.contains("request log")) {
+        assert!(line.contains(" WARN ") || line.contains(" INFO "), "{line}");
+    }
+}
+
+/// A folder is no request log: `check` and `serve` both refuse it in one line, rather than
+/// writing a dated sibling file next to it.
+#[test]
+fn a_folder_as_the_request_log_is_refused_by_check_and_serve() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    std::fs::create_dir(dir.path().join("logs")).expect("mkdir");
+    for value in ["logs", "logs/", "new/"] {
+        for args in [
+            &["check"][..],
+            &["serve", "--host", "127.0.0.1", "--port", "0"][..],
+        ] {
+            let (code, _, stderr) = run_cli(dir.path(), args, &[("LLMSROUTER_LOG_FILE", value)]);
+            assert_ne!(code, 0, "{args:?} {value}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+            assert!(
+                stderr.contains("LLMSROUTER_LOG_FILE") && stderr.contains("is a folder"),
+                "{stderr}"
+            );
+        }
+    }
+    // No `logs.2025-01-31` and no `new.2025-01-31` beside them (the ledger is made first).
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("logs.") || n.starts_with("new")),
+        "{names:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("logs"))
+            .expect("logs")
+            .count(),
+        0
+    );
+    let (code, stdout, stderr) = run_cli(
+        dir.path(),
+        &["check"],
+        &[("LLMSROUTER_LOG_FILE", "/dev/null")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("request log /dev/null"), "{stdout}");
+}
+
+/// A named pipe (a log collector reading it) gets the lines as they are: no dated file is
+/// made beside it, and the router starts before the collector does.
+#[tokio::test]
+async fn a_named_pipe_gets_the_lines_as_they_are() {
+    use std::io::BufRead;
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let data = tempfile::tempdir().expect("dir");
+    let pipe = data.path().join("requests.pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let pipe_value = pipe.display().to_string();
+    let router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[
+            ("LLMSROUTER_LOG_FILE", pipe_value.as_str()),
+            ("LLMSROUTER_LEDGER", "false"),
+        ],
+    );
+    // The collector comes after the router started; opening waits for the router's side.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader_pipe = pipe.clone();
+    std::thread::spawn(move || {
+        let Ok(file) = std::fs::File::open(&reader_pipe) else {
+            return;
+        };
+        for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut ids = Vec::new();
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lines.len() < 2 {
+        let response = router
+            .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+            .await;
+        ids.push(request_id(&response));
+        while let Ok(line) = rx.try_recv() {
+            lines.push(line);
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", router.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for line in &lines {
+        let line: Value = serde_json::from_str(line).expect("a whole JSON line");
+        let id = line["request_id"].as_str().expect("id");
+        assert!(ids.iter().any(|i| i == id), "{id}");
+    }
+    let names: Vec<String> = std::fs::read_dir(data.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["requests.pipe"]);
 }

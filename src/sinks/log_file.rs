@@ -1,0 +1,764 @@
+//! The request log's file: which file a line goes to (the UTC day's `name.YYYY-MM-DD.ext`, or a
+//! device or pipe written as it is), opening it, noticing that it was deleted or moved, and
+//! counting the lines it could not write. Whatever the filesystem does, it never panics and
+//! never falls back to another day's file: a line it cannot write is counted and reported.
+//!
+//! Only the request log's writer thread uses it, never a request. What it costs per batch of
+//! lines is one `write()`; once a second at most, a `stat()` of the path.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use time::Date;
+
+use crate::sinks::clock::{parse_day, utc_date};
+
+/// Daily files kept, today's included.
+pub const KEPT_FILES: usize = 7;
+
+/// How often the path is compared with the open file: a rename or delete is noticed within
+/// about this long (lines written meanwhile go to the moved or deleted file).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Between two warnings about lost lines.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Splits `dir/name.ext` into the directory, prefix and suffix, so files are
+/// `name.YYYY-MM-DD.ext` next to where the user pointed.
+pub fn file_parts(path: &Path) -> (PathBuf, String, Option<String>) {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "api_proxy.log".to_owned());
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() => {
+            (dir, stem.to_owned(), Some(ext.to_owned()))
+        }
+        _ => (dir, name, None),
+    }
+}
+
+/// Where `LLMSROUTER_LOG_FILE` sends lines.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A file name: one file per UTC day next to it, [`KEPT_FILES`] kept.
+    Daily(DailyFiles),
+    /// A character device or a named pipe (`/dev/null`, `/dev/stdout`, a FIFO a collector
+    /// reads), or a link in `/dev` (`/dev/stdout` when standard output is a file): written to
+    /// as it is, never rotated or pruned. A dated sibling of `/dev/null` would be a regular
+    /// file in RAM holding every prompt.
+    AsIs(PathBuf),
+}
+
+impl Target {
+    /// What `path` names; an error (one line) for a folder: the Python version's setting is a
+    /// file, and a folder's dated sibling (`logs.2025-01-31`) is never what was meant.
+    pub fn of(path: &Path) -> Result<Self, String> {
+        let ends_in_slash = path.as_os_str().as_encoded_bytes().last() == Some(&b'/');
+        let names_folder = ends_in_slash
+            || path.file_name().is_none()
+            || std::fs::metadata(path).is_ok_and(|m| m.is_dir());
+        if names_folder {
+            return Err("is a folder; name a file in it, such as logs/api_proxy.log".to_owned());
+        }
+        if is_device_or_pipe(path) {
+            return Ok(Self::AsIs(path.to_path_buf()));
+        }
+        let (dir, prefix, suffix) = file_parts(path);
+        Ok(Self::Daily(DailyFiles {
+            dir,
+            prefix,
+            suffix,
+        }))
+    }
+}
+
+#[cfg(unix)]
+fn is_device_or_pipe(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let kind = meta.file_type();
+            // `/dev/stdout` links to a regular file when standard output was sent to one.
+            let dev_link = path.starts_with("/dev")
+                && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            kind.is_char_device() || kind.is_fifo() || dev_link
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn is_device_or_pipe(_path: &Path) -> bool {
+    false
+}
+
+/// The request log's daily files, `prefix.YYYY-MM-DD.suffix` (`prefix.YYYY-MM-DD` when the
+/// configured name has no extension) in `dir`.
+#[derive(Debug, Clone)]
+pub struct DailyFiles {
+    dir: PathBuf,
+    prefix: String,
+    suffix: Option<String>,
+}
+
+impl DailyFiles {
+    /// The file of `day`.
+    fn path(&self, day: Date) -> PathBuf {
+        let name = match &self.suffix {
+            Some(suffix) => format!("{}.{day}.{suffix}", self.prefix),
+            None => format!("{}.{day}", self.prefix),
+        };
+        self.dir.join(name)
+    }
+
+    /// The day in `name` when `name` is exactly one of these files' names; `None` for anything
+    /// else (`api_proxy.log` itself, `api_proxy.2025-01-31.log.gz`, `api_proxy.old.log`).
+    fn day_of(&self, name: &str) -> Option<Date> {
+        let rest = name.strip_prefix(self.prefix.as_str())?.strip_prefix('.')?;
+        let day = match &self.suffix {
+            Some(suffix) => rest.strip_suffix(suffix.as_str())?.strip_suffix('.')?,
+            None => rest,
+        };
+        parse_day(day)
+    }
+
+    /// Deletes the oldest of these files until the [`KEPT_FILES`] newest (by the day in their
+    /// names) remain, today's counted among them whether or not it exists yet. Only regular
+    /// files with exactly such a name are looked at; anything else in the directory stays.
+    /// Returns how many were deleted; failures are logged, never fatal.
+    fn prune(&self, today: Date) -> usize {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!("request log: cannot list {}: {e}", self.dir.display());
+                return 0;
+            }
+        };
+        let mut older: Vec<(Date, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let day = self.day_of(entry.file_name().to_str()?)?;
+                // Today's is being written to; a symlink or a directory is not the router's.
+                let is_file = entry.file_type().ok()?.is_file();
+                (day != today && is_file).then(|| (day, entry.path()))
+            })
+            .collect();
+        // Newest first.
+        older.sort_unstable_by_key(|(day, _)| std::cmp::Reverse(*day));
+        let mut deleted = 0;
+        for (_, path) in older.iter().skip(KEPT_FILES - 1) {
+            match std::fs::remove_file(path) {
+                Ok(()) => deleted += 1,
+                Err(e) => tracing::warn!(
+                    "request log: cannot delete old file {}: {e}",
+                    path.display()
+                ),
+            }
+        }
+        deleted
+    }
+}
+
+/// Lines written and lost, for `/metrics` and the shutdown summary.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    written: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl LogStats {
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+    /// Lines lost because their file could not be opened or written (a full disk, a deleted
+    /// folder that cannot be made again, a pipe nobody reads).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// A file open for appending, and which it is, to tell when the path names another one.
+struct OpenFile {
+    file: File,
+    /// The day it is the file of; `None` for an [`Target::AsIs`] path.
+    day: Option<Date>,
+    /// Device and inode.
+    id: (u64, u64),
+}
+
+/// The file lines go to now. See the module documentation.
+pub struct LogFile {
+    target: Target,
+    open: Option<OpenFile>,
+    /// When the path was last compared with the open file (or it was opened).
+    checked_at: Option<Instant>,
+    /// A write stopped inside a line of this file: the next write starts with a line break,
+    /// so that piece stays a line of its own instead of spoiling the next one.
+    torn: Option<(u64, u64)>,
+    /// The UTC day old files were last deleted for.
+    pruned_for: Option<Date>,
+    last_warning: Option<Instant>,
+    stats: std::sync::Arc<LogStats>,
+}
+
+impl LogFile {
+    pub fn new(target: Target, stats: std::sync::Arc<LogStats>) -> Self {
+        Self {
+            target,
+            open: None,
+            checked_at: None,
+            torn: None,
+            pruned_for: None,
+            last_warning: None,
+            stats,
+        }
+    }
+
+    /// Opens the file of `day` now (creating the directory): start-up fails when this does, so
+    /// a wrong setting is seen at once. A named pipe nobody reads yet is no failure: it is
+    /// opened when a reader comes.
+    pub fn open_at_start(&mut self, day: Date) -> std::io::Result<()> {
+        match self.open(Some(day)) {
+            Err(e) if self.is_pipe_without_reader(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    #[cfg(unix)]
+    fn is_pipe_without_reader(&self, e: &std::io::Error) -> bool {
+        matches!(self.target, Target::AsIs(_))
+            && e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error())
+    }
+
+    #[cfg(not(unix))]
+    fn is_pipe_without_reader(&self, _e: &std::io::Error) -> bool {
+        false
+    }
+
+    /// Deletes old daily files at start and then once on each new UTC day.
+    pub fn prune_once_a_day(&mut self, now: SystemTime) {
+        let Target::Daily(files) = &self.target else {
+            return;
+        };
+        let today = utc_date(now);
+        if self.pruned_for == Some(today) {
+            return;
+        }
+        self.pruned_for = Some(today);
+        files.prune(today);
+    }
+
+    /// Appends `lines` whole lines (`bytes`, each ending in `\n`) dated `day` in one
+    /// `write()`, so another process appending to the same file cannot come between a line's
+    /// parts. A write that stops short is not continued (its rest would be written apart from
+    /// its start): the lines it did not finish are counted as lost.
+    pub fn write_lines(&mut self, day: Date, bytes: &[u8], lines: u64, now: Instant) {
+        let day = matches!(self.target, Target::Daily(_)).then_some(day);
+        if let Err(e) = self.ready(day, now) {
+            self.lost(lines, day, "cannot open", &e, now);
+            return;
+        }
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        if self.torn == Some(open.id) {
+            self.torn = None;
+            if let Err(e) = open.file.write(b"\n") {
+                self.open = None;
+                self.checked_at = Some(now);
+                self.lost(lines, day, "cannot write", &e, now);
+                return;
+            }
+        }
+        match open.file.write(bytes) {
+            Ok(n) if n == bytes.len() => {
+                self.stats.written.fetch_add(lines, Ordering::Relaxed);
+            }
+            Ok(n) => {
+                let done = memchr::memchr_iter(b'\n', &bytes[..n]).count() as u64;
+                if bytes[..n].last() != Some(&b'\n') && n > 0 {
+                    self.torn = Some(open.id);
+                }
+                self.stats.written.fetch_add(done, Ordering::Relaxed);
+                let e = std::io::Error::new(std::io::ErrorKind::WriteZero, "short write");
+                self.lost(lines.saturating_sub(done), day, "cannot write", &e, now);
+            }
+            Err(e) => {
+                // Opened again for the next batch: a pipe whose reader left needs it.
+                self.open = None;
+                self.checked_at = Some(now);
+                self.lost(lines, day, "cannot write", &e, now);
+            }
+        }
+    }
+
+    /// Makes the open file the one for `day`, and at most once a [`RECHECK`] makes sure the
+    /// path still names it (a deleted or moved file is opened again, its folder made again).
+    /// With no file open (the last try failed, or a write did), it tries to open one.
+    fn ready(&mut self, day: Option<Date>, now: Instant) -> std::io::Result<()> {
+        let due = self
+            .checked_at
+            .is_none_or(|at| now.duration_since(at) >= RECHECK);
+        match &self.open {
+            Some(open) if open.day == day => {
+                if !due {
+                    return Ok(());
+                }
+                self.checked_at = Some(now);
+                if self.path_names(open) {
+                    return Ok(());
+                }
+                tracing::info!(
+                    "request log: {} was deleted or moved; writing to a new one",
+                    self.path_of(day).display()
+                );
+                self.open = None;
+                self.open(day)
+            }
+            // Another day: that day's file, at once (never the other day's meanwhile).
+            Some(_) => {
+                self.open = None;
+                self.checked_at = Some(now);
+                self.open(day)
+            }
+            // Tried at every batch: a day's file that could not be made is made as soon as
+            // it can be. Lines are being lost meanwhile, so what the try costs matters less.
+            None => {
+                self.checked_at = Some(now);
+                self.open(day)
+            }
+        }
+    }
+
+    fn path_of(&self, day: Option<Date>) -> PathBuf {
+        match (&self.target, day) {
+            (Target::Daily(files), Some(day)) => files.path(day),
+            (Target::Daily(files), None) => files.dir.clone(),
+            (Target::AsIs(path), _) => path.clone(),
+        }
+    }
+
+    /// Whether the path still names the open file. A device or pipe is not checked: it is
+    /// not rotated, and a pipe's reader leaving shows as a failed write.
+    fn path_names(&self, open: &OpenFile) -> bool {
+        if matches!(self.target, Target::AsIs(_)) {
+            return true;
+        }
+        std::fs::metadata(self.path_of(open.day)).is_ok_and(|m| file_id(&m) == open.id)
+    }
+
+    fn open(&mut self, day: Option<Date>) -> std::io::Result<()> {
+        let file = match &self.target {
+            Target::Daily(files) => {
+                std::fs::create_dir_all(&files.dir).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot make its folder {}: {e}", files.dir.display()),
+                    )
+                })?;
+                let Some(day) = day else {
+                    return Err(std::io::Error::other("no day"));
+                };
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(files.path(day))?
+            }
+            Target::AsIs(path) => open_as_is(path)?,
+        };
+        let id = file_id(&file.metadata()?);
+        if self.torn.is_some_and(|torn| torn != id) {
+            self.torn = None;
+        }
+        self.open = Some(OpenFile { file, day, id });
+        Ok(())
+    }
+
+    /// Counts `lines` as lost and warns, at most every [`WARN_EVERY`], with the total so far.
+    fn lost(
+        &mut self,
+        lines: u64,
+        day: Option<Date>,
+        doing: &str,
+        error: &std::io::Error,
+        now: Instant,
+    ) {
+        let failed = self.stats.failed.fetch_add(lines, Ordering::Relaxed) + lines;
+        if self
+            .last_warning
+            .is_some_and(|at| now.duration_since(at) < WARN_EVERY)
+        {
+            return;
+        }
+        self.last_warning = Some(now);
+        tracing::warn!(
+            failed,
+            "request log: {doing} {}: {error}; lines are lost until it works again",
+            self.path_of(day).display()
+        );
+    }
+}
+
+/// Opens a device or pipe for writing. A named pipe is opened without waiting for a reader
+/// (none yet: `ENXIO`, tried again later), then writes wait for the reader as usual.
+#[cfg(unix)]
+fn open_as_is(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    let flags = rustix::fs::fcntl_getfl(&file)?;
+    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)?;
+    Ok(file)
+}
+
+#[cfg(not(unix))]
+fn open_as_is(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new().write(true).open(path)
+}
+
+#[cfg(unix)]
+fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// No inode to compare: a file whose path still exists is taken to be the open one.
+#[cfg(not(unix))]
+fn file_id(_meta: &std::fs::Metadata) -> (u64, u64) {
+    (0, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn file_names_keep_the_extension() {
+        assert_eq!(
+            file_parts(Path::new("./api_proxy.log")),
+            (
+                PathBuf::from("."),
+                "api_proxy".to_owned(),
+                Some("log".to_owned())
+            )
+        );
+        assert_eq!(
+            file_parts(Path::new("requests")),
+            (PathBuf::from("."), "requests".to_owned(), None)
+        );
+        assert_eq!(
+            file_parts(Path::new("/var/log/llm/.hidden")),
+            (PathBuf::from("/var/log/llm"), ".hidden".to_owned(), None)
+        );
+    }
+
+    fn daily(dir: &Path, prefix: &str, suffix: Option<&str>) -> DailyFiles {
+        DailyFiles {
+            dir: dir.to_path_buf(),
+            prefix: prefix.to_owned(),
+            suffix: suffix.map(str::to_owned),
+        }
+    }
+
+    fn day(text: &str) -> Date {
+        parse_day(text).expect("day")
+    }
+
+    /// File names in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn only_names_the_router_gives_are_its_files() {
+        let files = daily(Path::new("."), "api_proxy", Some("log"));
+        assert_eq!(
+            files.day_of("api_proxy.2025-01-31.log"),
+            Some(day("2025-01-31"))
+        );
+        for other in [
+            "api_proxy.log",
+            "api_proxy.old.log",
+            "api_proxy.2025-01-31.log.gz",
+            "api_proxy.2025-02-30.log",
+            "api_proxy.2025-1-31.log",
+            "api_proxy2025-01-31.log",
+            "api_proxy.2025-01-31log",
+            "api_proxy.x.2025-01-31.log",
+            "other.2025-01-31.log",
+            "api_proxy.2025-01-31",
+        ] {
+            assert_eq!(files.day_of(other), None, "{other}");
+        }
+        let bare = daily(Path::new("."), "requests", None);
+        assert_eq!(bare.day_of("requests.2025-01-31"), Some(day("2025-01-31")));
+        assert_eq!(bare.day_of("requests"), None);
+        assert_eq!(bare.day_of("requests.2025-01-31.log"), None);
+    }
+
+    #[test]
+    fn pruning_keeps_the_seven_newest_dated_files_and_touches_nothing_else() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path();
+        let others = [
+            "api_proxy.log",
+            "api_proxy.old.log",
+            "api_proxy.2020-01-01.log.gz",
+            "api_proxy.2020-13-01.log",
+            "api_proxy.2020-01-01.txt",
+            "other.2020-01-01.log",
+        ];
+        for name in others {
+            std::fs::write(path.join(name), "not the router's").expect("write");
+        }
+        // Named like the router's files, but not files.
+        std::fs::create_dir(path.join("api_proxy.2020-01-02.log")).expect("mkdir");
+        #[cfg(unix)]
+        std::os::unix::fs::symlink("api_proxy.log", path.join("api_proxy.2020-01-03.log"))
+            .expect("symlink");
+        for d in 1..=10 {
+            std::fs::write(path.join(format!("api_proxy.2025-01-{d:02}.log")), "{}\n")
+                .expect("write");
+        }
+        let files = daily(path, "api_proxy", Some("log"));
+        let ours = |names: &[String]| -> Vec<String> {
+            names
+                .iter()
+                .filter(|n| files.day_of(n).is_some() && path.join(n).is_file())
+                .filter(|n| !path.join(n).is_symlink())
+                .cloned()
+                .collect()
+        };
+
+        // Today's file exists (a restart): it and the 6 before it stay.
+        assert_eq!(files.prune(day("2025-01-10")), 3);
+        let expected: Vec<String> = (4..=10)
+            .map(|d| format!("api_proxy.2025-01-{d:02}.log"))
+            .collect();
+        assert_eq!(ours(&names(path)), expected);
+        // The same day again: nothing more goes.
+        assert_eq!(files.prune(day("2025-01-10")), 0);
+        // The next day, before its file is written: room is left for it.
+        assert_eq!(files.prune(day("2025-01-11")), 1);
+        assert_eq!(ours(&names(path)), expected[1..]);
+
+        for name in others {
+            assert_eq!(
+                std::fs::read_to_string(path.join(name)).expect("still there"),
+                "not the router's"
+            );
+        }
+        assert!(path.join("api_proxy.2020-01-02.log").is_dir());
+        #[cfg(unix)]
+        assert!(path.join("api_proxy.2020-01-03.log").is_symlink());
+    }
+
+    #[test]
+    fn a_name_without_extension_prunes_its_own_files_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path();
+        for name in ["requests", "requests.2020-01-01.log"] {
+            std::fs::write(path.join(name), "x").expect("write");
+        }
+        for d in 1..=9 {
+            std::fs::write(path.join(format!("requests.2025-01-{d:02}")), "x").expect("write");
+        }
+        assert_eq!(daily(path, "requests", None).prune(day("2025-01-09")), 2);
+        let mut expected = vec!["requests".to_owned()];
+        expected.extend((3..=9).map(|d| format!("requests.2025-01-{d:02}")));
+        expected.push("requests.2020-01-01.log".to_owned());
+        expected.sort();
+        assert_eq!(names(path), expected);
+    }
+
+    #[test]
+    fn the_writer_prunes_at_start_and_once_on_each_new_day() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path();
+        let now = SystemTime::now();
+        let one_day = Duration::from_secs(86_400);
+        let dated = |t: SystemTime| format!("api_proxy.{}.log", crate::sinks::clock::utc_day(t));
+        for back in 1..=8 {
+            std::fs::write(path.join(dated(now - one_day * back)), "x").expect("write");
+        }
+        let mut file = log_file(&path.join("api_proxy.log"));
+        file.open_at_start(utc_date(now)).expect("open");
+        file.prune_once_a_day(now);
+        assert_eq!(names(path).len(), KEPT_FILES);
+        assert!(path.join(dated(now)).is_file(), "today's");
+        assert!(!path.join(dated(now - one_day * 7)).exists());
+        // A day later: once, when the day changes.
+        std::fs::write(path.join(dated(now + one_day)), "x").expect("write");
+        file.prune_once_a_day(now + one_day);
+        assert_eq!(names(path).len(), KEPT_FILES);
+        assert!(!path.join(dated(now - one_day * 6)).exists());
+        std::fs::write(path.join(dated(now - one_day * 20)), "x").expect("write");
+        file.prune_once_a_day(now + one_day);
+        assert!(path.join(dated(now - one_day * 20)).exists(), "once a day");
+    }
+
+    fn log_file(path: &Path) -> LogFile {
+        LogFile::new(
+            Target::of(path).expect("a file name"),
+            Arc::new(LogStats::default()),
+        )
+    }
+
+    /// `n` lines `{"n":i}` (whole lines, as the writer hands them over).
+    fn lines(from: usize, n: usize) -> Vec<u8> {
+        (from..from + n)
+            .flat_map(|i| format!("{{\"n\":{i}}}\n").into_bytes())
+            .collect()
+    }
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_line_goes_to_the_file_of_its_day_even_when_days_go_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut file = log_file(&dir.path().join("api_proxy.log"));
+        let now = Instant::now();
+        for (i, d) in ["2026-12-31", "2027-02-01", "2026-12-31", "2027-01-01"]
+            .into_iter()
+            .enumerate()
+        {
+            file.write_lines(day(d), &lines(i, 1), 1, now);
+        }
+        let at = |d: &str| read(&dir.path().join(format!("api_proxy.{d}.log")));
+        assert_eq!(at("2026-12-31"), "{\"n\":0}\n{\"n\":2}\n");
+        assert_eq!(at("2027-02-01"), "{\"n\":1}\n");
+        assert_eq!(at("2027-01-01"), "{\"n\":3}\n");
+        assert_eq!((file.stats.written(), file.stats.failed()), (4, 0));
+    }
+
+    #[test]
+    fn a_deleted_file_or_folder_is_made_again_at_the_next_check() {
+        let dir = tempfile::tempdir().expect("dir");
+        let logs = dir.path().join("logs");
+        let mut file = log_file(&logs.join("api_proxy.log"));
+        let today = day("2026-12-02");
+        let dated = logs.join("api_proxy.2026-12-02.log");
+        let t0 = Instant::now();
+        file.open_at_start(today).expect("open");
+        file.write_lines(today, &lines(0, 1), 1, t0);
+        std::fs::remove_dir_all(&logs).expect("rm -rf");
+        // Within the second: still the open (deleted) file, no stat per write.
+        file.write_lines(today, &lines(1, 1), 1, t0 + Duration::from_millis(10));
+        assert!(!logs.exists());
+        file.write_lines(today, &lines(2, 1), 1, t0 + RECHECK);
+        assert_eq!(read(&dated), "{\"n\":2}\n");
+        // Moved away (logrotate): a new file, the moved one keeps its lines.
+        std::fs::rename(&dated, logs.join("moved.log")).expect("mv");
+        file.write_lines(today, &lines(3, 1), 1, t0 + RECHECK * 2);
+        assert_eq!(read(&dated), "{\"n\":3}\n");
+        assert_eq!(read(&logs.join("moved.log")), "{\"n\":2}\n");
+        assert_eq!(file.stats.failed(), 0);
+    }
+
+    #[test]
+    fn lines_that_cannot_be_written_are_counted_and_the_day_is_tried_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let logs = dir.path().join("logs");
+        let mut file = log_file(&logs.join("api_proxy.log"));
+        let (yesterday, today) = (day("2026-12-31"), day("2027-01-01"));
+        let t0 = Instant::now();
+        file.open_at_start(yesterday).expect("open");
+        file.write_lines(yesterday, &lines(0, 2), 2, t0);
+        // The folder is replaced by a file at midnight: today's file cannot be made.
+        std::fs::rename(&logs, dir.path().join("logs.old")).expect("mv");
+        std::fs::write(&logs, "x").expect("a file");
+        file.write_lines(today, &lines(2, 3), 3, t0 + Duration::from_millis(1));
+        // Before the next try, lines are lost too, and never go to yesterday's file.
+        file.write_lines(today, &lines(5, 1), 1, t0 + Duration::from_millis(2));
+        assert_eq!((file.stats.written(), file.stats.failed()), (2, 4));
+        std::fs::remove_file(&logs).expect("rm");
+        std::fs::create_dir(&logs).expect("mkdir");
+        // The folder is back: the next lines go to today's file.
+        file.write_lines(today, &lines(7, 1), 1, t0 + Duration::from_millis(3));
+        assert_eq!(read(&logs.join("api_proxy.2027-01-01.log")), "{\"n\":7}\n");
+        assert_eq!(
+            read(&dir.path().join("logs.old/api_proxy.2026-12-31.log")),
+            "{\"n\":0}\n{\"n\":1}\n"
+        );
+        assert_eq!((file.stats.written(), file.stats.failed()), (3, 4));
+    }
+
+    #[test]
+    fn a_folder_is_no_log_file_and_devices_are_written_as_they_are() {
+        let dir = tempfile::tempdir().expect("dir");
+        let folder = dir.path().join("logs");
+        std::fs::create_dir(&folder).expect("mkdir");
+        for path in [folder.clone(), dir.path().join("new/"), PathBuf::from("..")] {
+            let error = Target::of(&path).expect_err("a folder");
+            assert!(error.contains("folder"), "{error}");
+        }
+        assert!(matches!(
+            Target::of(&folder.join("api_proxy.log")),
+            Ok(Target::Daily(_))
+        ));
+        #[cfg(unix)]
+        {
+            assert!(matches!(
+                Target::of(Path::new("/dev/null")),
+                Ok(Target::AsIs(_))
+            ));
+            let mut file = log_file(Path::new("/dev/null"));
+            file.open_at_start(day("2026-12-02")).expect("open");
+            file.write_lines(day("2026-12-02"), &lines(0, 2), 2, Instant::now());
+            assert_eq!((file.stats.written(), file.stats.failed()), (2, 0));
+            assert_eq!(names(dir.path()), ["logs"]);
+        }
+    }
+
+    /// A named pipe nobody reads yet does not stop start-up; once a reader comes, it gets
+    /// whole lines, and none are written beside it.
+    #[cfg(unix)]
+    #[test]
+    fn a_named_pipe_is_written_once_it_has_a_reader() {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let fifo = dir.path().join("log.pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let mut file = log_file(&fifo);
+        let today = day("2026-12-02");
+        let t0 = Instant::now();
+        file.open_at_start(today).expect("no reader is no error");
+        file.write_lines(today, &lines(0, 1), 1, t0);
+        assert_eq!(file.stats.failed(), 1);
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&fifo)
+            .expect("reader");
+        file.write_lines(today, &lines(1, 2), 2, t0 + RECHECK);
+        assert_eq!(file.stats.written(), 2);
+        drop(file);
+        let mut got = String::new();
+        reader.read_to_string(&mut got).expect("read");
+        assert_eq!(got, "{\"n\":1}\n{\"n\":2}\n");
+        assert_eq!(names(dir.path()), ["log.pipe"]);
+    }
+}
