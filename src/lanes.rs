@@ -6,10 +6,8 @@
 //! they often sit on different threads, so each request paid about one futex wake-up and one
 //! context switch (measured with `perf stat`: ~0.8 of each per request at 25k requests/s).
 //! On a lane everything a request touches stays on one thread, as in nginx's worker model.
-//! Each lane accepts connections itself (`server`), so a lane busy with its requests leaves
-//! new connections to the others. The cost: a connection stays on the lane that took it, so
-//! one very busy connection cannot spread over cores; clients open several connections in
-//! practice.
+//! The cost: a connection stays on the lane it was given (round robin), so one very busy
+//! connection cannot spread over cores; clients open several connections in practice.
 //!
 //! A lane never blocks: nothing on it may wait on SQLite or a file (the sinks have their own
 //! threads).
@@ -48,6 +46,7 @@ const BLOCKING_GRACE: Duration = Duration::from_secs(1);
 /// The running lanes. Dropping this tells them to stop without waiting; [`Self::stop`] waits.
 pub struct Lanes {
     lanes: Vec<Lane>,
+    next: usize,
     stop: CancellationToken,
 }
 
@@ -64,18 +63,24 @@ impl Lanes {
         for index in 0..count.max(1) {
             lanes.push(Lane::start(index, stop.clone())?);
         }
-        Ok(Self { lanes, stop })
+        Ok(Self {
+            lanes,
+            next: 0,
+            stop,
+        })
     }
 
-    /// Runs `task(lane index)` on every lane.
-    pub fn spawn_on_each<F, Fut>(&self, mut task: F)
+    /// Runs `task(lane index)` on the next lane in turn.
+    pub fn spawn<F, Fut>(&mut self, task: F)
     where
-        F: FnMut(usize) -> Fut,
+        F: FnOnce(usize) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        for (index, lane) in self.lanes.iter().enumerate() {
-            lane.runtime.spawn(scope(index, task(index)));
-        }
+        let index = self.next;
+        self.next = (self.next + 1) % self.lanes.len();
+        self.lanes[index]
+            .runtime
+            .spawn(scope(index, async move { task(index).await }));
     }
 
     /// Stops every lane and waits for its thread to end. Connections still open are dropped
@@ -137,23 +142,23 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_task_runs_on_every_lane_and_knows_its_lane() {
-        let lanes = Lanes::start(2).expect("lanes");
+    async fn tasks_go_round_robin_and_know_their_lane() {
+        let mut lanes = Lanes::start(2).expect("lanes");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        lanes.spawn_on_each(|index| {
+        for _ in 0..4 {
             let tx = tx.clone();
-            async move {
+            lanes.spawn(move |index| async move {
                 let thread = std::thread::current().name().map(str::to_owned);
                 let _ = tx.send((index, current(), thread));
-            }
-        });
+            });
+        }
         let mut seen = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..4 {
             seen.push(rx.recv().await.expect("a lane ran the task"));
         }
         seen.sort();
         let lane = |i: usize| (i, i, Some(format!("llmsrouter-lane-{i}")));
-        assert_eq!(seen, vec![lane(0), lane(1)]);
+        assert_eq!(seen, vec![lane(0), lane(0), lane(1), lane(1)]);
         lanes.stop().await;
     }
 

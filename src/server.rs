@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::build_app;
 use crate::hard_stop::HardStop;
 use crate::http1::server::{Service, serve_connection};
-use crate::lanes::{self, Lanes};
+use crate::lanes::Lanes;
 use crate::state::AppState;
 
 /// How long running requests may take to finish after a shutdown signal.
@@ -23,8 +22,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Serves `state` on `listener` until `shutdown` resolves and running requests are done (or
 /// the grace period is over), then ends the state's background work (model list refreshes).
-/// Connections are accepted and served on [`crate::lanes`], one per core, by the router's own
-/// HTTP/1 ([`crate::http1::server`]); this task only waits for the shutdown.
+/// Connections are served on [`crate::lanes`], one per core, by the router's own HTTP/1
+/// ([`crate::http1::server`]); this task only accepts them.
 ///
 /// `cut_short` (asked only once shutdown began: a second Ctrl-C or SIGTERM) ends the grace
 /// period at once.
@@ -47,18 +46,25 @@ async fn serve(
     cut_short: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let lanes = Lanes::start(state.upstream.lanes())?;
+    let mut lanes = Lanes::start(state.upstream.lanes())?;
     let service = Arc::new(Service {
         app: build_app(state.clone()),
         state: state.clone(),
         draining: HardStop::new(),
     });
-    // Every connection and every lane's accept loop, so shutdown can wait for the last one.
+    // Every connection, so shutdown can wait for the last one.
     let connections = TaskTracker::new();
-    let stop_accepting = CancellationToken::new();
-    accept_on_lanes(&lanes, listener, &service, &connections, &stop_accepting).await?;
-    shutdown.await;
-    stop_accepting.cancel();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => hand_over(&mut lanes, tcp, &service, &connections),
+                Err(error) => pause_after(error).await,
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
     tracing::info!("shutting down: no new connections; waiting for running requests");
     service.draining.fire();
     connections.close();
@@ -81,82 +87,6 @@ async fn serve(
     Ok(())
 }
 
-/// Starts an accept loop on every lane, each on its own handle to `listener`'s socket, and
-/// returns once every lane listens. A lane serves the connections it accepts itself, as an
-/// nginx worker does: a lane busy with its requests comes to its next `accept` later, so the
-/// other takes the new connections, and a new connection's first request never waits for a
-/// hand-over between threads (which, behind a burst of new connections on a loaded lane,
-/// cost milliseconds). The loops end, closing their handles, once `stop` is cancelled.
-async fn accept_on_lanes(
-    lanes: &Lanes,
-    listener: TcpListener,
-    service: &Arc<Service>,
-    connections: &TaskTracker,
-    stop: &CancellationToken,
-) -> std::io::Result<()> {
-    let listener = listener.into_std()?;
-    let mut listening = Vec::new();
-    let mut failed = None;
-    lanes.spawn_on_each(|lane| {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        listening.push(rx);
-        let handle = listener.try_clone();
-        let service = Arc::clone(service);
-        let tracker = connections.clone();
-        let stop = stop.clone();
-        let connections = connections.clone();
-        tracker.track_future(async move {
-            let listener = match handle.and_then(TcpListener::from_std) {
-                Ok(listener) => listener,
-                Err(error) => {
-                    let _ = tx.send(Err(error));
-                    return;
-                }
-            };
-            let _ = tx.send(Ok(()));
-            accept_loop(lane, listener, service, connections, stop).await;
-        })
-    });
-    drop(listener);
-    for rx in listening {
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => failed = Some(error),
-            Err(_) => failed = Some(std::io::Error::other("a lane ended before it listened")),
-        }
-    }
-    match failed {
-        Some(error) => {
-            stop.cancel();
-            Err(error)
-        }
-        None => Ok(()),
-    }
-}
-
-/// Accepts connections on `lane` until `stop`, serving each on this lane.
-async fn accept_loop(
-    lane: usize,
-    listener: TcpListener,
-    service: Arc<Service>,
-    connections: TaskTracker,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => {
-                    let connection = serve_accepted(tcp, Arc::clone(&service));
-                    tokio::spawn(lanes::scope(lane, connections.track_future(connection)));
-                }
-                Err(error) => pause_after(error).await,
-            },
-        }
-    }
-}
-
 /// TCP keep-alive probes on client connections: a client that vanished without closing (a
 /// laptop gone to sleep, a network that dropped it) while its request waits for a long
 /// answer is found within about 2.5 minutes (60 s idle, then up to 9 probes 10 s apart), and
@@ -167,13 +97,33 @@ const CLIENT_KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
     .with_time(Duration::from_secs(60))
     .with_interval(Duration::from_secs(10));
 
-/// Serves a connection this lane accepted, to its end.
-async fn serve_accepted(tcp: TcpStream, service: Arc<Service>) {
-    // Small SSE events must leave at once: without TCP_NODELAY, Nagle holds an event until
-    // the client's delayed ACK (40 ms on Linux) of the headers.
-    let _ = tcp.set_nodelay(true);
-    let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&CLIENT_KEEPALIVE);
-    serve_connection(tcp, service).await;
+/// Moves an accepted connection to the next lane, which serves it to the end.
+fn hand_over(lanes: &mut Lanes, tcp: TcpStream, service: &Arc<Service>, connections: &TaskTracker) {
+    // Registered with this runtime's reactor by `accept`; the lane registers it with its own.
+    let tcp = match tcp.into_std() {
+        Ok(tcp) => tcp,
+        Err(error) => {
+            tracing::debug!("dropping a connection that cannot be handed over: {error}");
+            return;
+        }
+    };
+    let service = Arc::clone(service);
+    let token = connections.token();
+    lanes.spawn(move |_| async move {
+        let _token = token;
+        let tcp = match TcpStream::from_std(tcp) {
+            Ok(tcp) => tcp,
+            Err(error) => {
+                tracing::debug!("dropping a connection its lane cannot register: {error}");
+                return;
+            }
+        };
+        // Small SSE events must leave at once: without TCP_NODELAY, Nagle holds an event
+        // until the client's delayed ACK (40 ms on Linux) of the headers.
+        let _ = tcp.set_nodelay(true);
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&CLIENT_KEEPALIVE);
+        serve_connection(tcp, service).await;
+    });
 }
 
 /// After a failed `accept`: go on at once when only that connection failed; otherwise (out
