@@ -279,6 +279,9 @@ pub struct LedgerSink {
     /// When shutdown began: from then on the writer waits for a lock for at most
     /// [`LedgerWaits::close_deadline`].
     closing: Arc<OnceLock<Instant>>,
+    /// How long shutdown waits for the writer: its own deadline for a lock, one attempt's
+    /// busy timeout past it, and a margin for the batch under way.
+    close_limit: Duration,
 }
 
 impl LedgerSink {
@@ -316,6 +319,7 @@ impl LedgerSink {
             queue,
             stats,
             closing,
+            close_limit: waits.close_deadline + waits.busy_timeout + Duration::from_secs(5),
         })
     }
 
@@ -341,7 +345,15 @@ impl RecordSink for LedgerSink {
     fn close(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             let _ = self.closing.set(Instant::now());
-            self.queue.finish().await;
+            // The writer gives up on a lock by itself after `close_deadline`; the margin is
+            // for the batch it is writing when the deadline passes.
+            if !self.queue.finish(self.close_limit).await {
+                tracing::warn!(
+                    "usage ledger writer still busy {} s into shutdown: its last rows are lost",
+                    self.close_limit.as_secs()
+                );
+                return;
+            }
             let (written, dropped, failed) =
                 (self.stats.written(), self.dropped(), self.stats.failed());
             tracing::info!(written, dropped, failed, "usage ledger flushed");

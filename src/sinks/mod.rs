@@ -122,13 +122,16 @@ impl WriterQueue {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// No more records: the writer drains the queue and ends; this waits for it.
-    pub(crate) async fn finish(&self) {
+    /// No more records: the writer drains the queue and ends; this waits for it, at most
+    /// `limit`, and says whether it ended. A writer that does not end is blocked where the
+    /// router cannot help it (a pipe whose reader stopped reading): shutdown must not wait on
+    /// it for good, so it is left behind, its records lost with the process.
+    pub(crate) async fn finish(&self, limit: Duration) -> bool {
         drop(self.tx.lock().ok().and_then(|mut tx| tx.take()));
         let worker = self.worker.lock().ok().and_then(|mut w| w.take());
-        if let Some(worker) = worker {
-            let _ = tokio::task::spawn_blocking(move || worker.join()).await;
-        }
+        let Some(worker) = worker else { return true };
+        let joined = tokio::task::spawn_blocking(move || worker.join());
+        tokio::time::timeout(limit, joined).await.is_ok()
     }
 }
 

@@ -31,6 +31,9 @@ const QUEUE_DEPTH: usize = 4096;
 /// Lines gathered for one `write()`: at most this many bytes, unless one line is longer
 /// (it is then written alone).
 const WRITE_BYTES: usize = 64 * 1024;
+/// How long shutdown waits for the writer to write what is queued. Only a pipe whose reader
+/// stopped reading (or a disk that hangs) takes longer; shutdown then goes on without it.
+pub const CLOSE_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct RequestLogOptions {
@@ -61,6 +64,7 @@ pub fn target(path: &std::path::Path) -> Result<Target, RequestLogError> {
 pub struct RequestLogSink {
     queue: WriterQueue,
     stats: Arc<LogStats>,
+    close_limit: Duration,
 }
 
 impl RequestLogSink {
@@ -94,7 +98,17 @@ impl RequestLogSink {
             move |rx| writer.run(rx),
         )
         .map_err(RequestLogError::Thread)?;
-        Ok(Self { queue, stats })
+        Ok(Self {
+            queue,
+            stats,
+            close_limit: CLOSE_LIMIT,
+        })
+    }
+
+    /// Waits at most `limit` for the writer at shutdown, in place of [`CLOSE_LIMIT`].
+    pub fn closing_within(mut self, limit: Duration) -> Self {
+        self.close_limit = limit;
+        self
     }
 
     /// Lines not written because the writer fell behind.
@@ -119,7 +133,15 @@ impl RecordSink for RequestLogSink {
 
     fn close(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
-            self.queue.finish().await;
+            if !self.queue.finish(self.close_limit).await {
+                tracing::warn!(
+                    written = self.stats.written(),
+                    "request log writer still blocked {} s into shutdown (a pipe nobody \
+                     reads?): the lines it holds are lost",
+                    self.close_limit.as_secs()
+                );
+                return;
+            }
             let (written, dropped, failed) =
                 (self.stats.written(), self.dropped(), self.stats.failed());
             tracing::info!(written, dropped, failed, "request log flushed");
@@ -450,6 +472,40 @@ mod tests {
             a.stats().written() + b.stats().written(),
             lines.len() as u64
         );
+    }
+
+    /// A named pipe whose reader stopped reading blocks the writer in `write()`; shutdown
+    /// waits for it only so long, then goes on.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn shutdown_does_not_wait_for_a_pipe_nobody_reads() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let fifo = dir.path().join("log.pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        // Opened, never read: the pipe fills (64 KiB) and the writer blocks.
+        let _reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&fifo)
+            .expect("reader");
+        let sink = RequestLogSink::start(RequestLogOptions {
+            path: fifo.clone(),
+            bodies: true,
+            redactor: Redactor::default(),
+        })
+        .expect("start")
+        .closing_within(Duration::from_millis(200));
+        let now = SystemTime::now();
+        for i in 0..64 {
+            sink.accept(&record_of(&i.to_string(), 16 * 1024, now));
+        }
+        let closed = tokio::time::timeout(Duration::from_secs(10), sink.close()).await;
+        assert!(closed.is_ok(), "close waited for the blocked writer");
     }
 
     /// Each line goes to the file of its own UTC day, also when days go back (a clock set
