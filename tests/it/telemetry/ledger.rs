@@ -359,6 +359,27 @@ async fn null_token_counts_are_unknown_like_missing_ones() {
     }
 }
 
+/// A ledger router with `waits`, another connection holding the database's write lock, and
+/// `requests` chat requests answered meanwhile (their rows wait for the lock).
+async fn requests_under_a_lock(
+    waits: LedgerWaits,
+    requests: usize,
+) -> (LedgerSetup, rusqlite::Connection) {
+    let setup = LedgerSetup::start_waiting(waits).await;
+    let admin = llmsrouter::db::open(&setup.db).expect("open");
+    admin
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the lock");
+    for _ in 0..requests {
+        let response = setup
+            .router
+            .chat(&json!({"model": "[mock]m", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    (setup, admin)
+}
+
 /// Another connection holds the write lock (an admin's `sqlite3` transaction, a VACUUM) for
 /// longer than the ledger's busy timeout: the rows of the requests answered meanwhile are
 /// kept and written once it is released, none counted as failed. Before, the batch being
@@ -369,23 +390,16 @@ async fn rows_wait_for_a_lock_held_longer_than_the_busy_timeout() {
         busy_timeout: Duration::from_millis(50),
         close_deadline: Duration::from_secs(30),
     };
-    let LedgerSetup {
-        dir: _dir,
-        db,
-        upstream: _upstream,
-        ledger,
-        router,
-    } = LedgerSetup::start_waiting(waits).await;
-    let admin = llmsrouter::db::open(&db).expect("open");
-    admin
-        .execute_batch("BEGIN IMMEDIATE")
-        .expect("take the lock");
-    for _ in 0..5 {
-        let response = router
-            .chat(&json!({"model": "[mock]m", "messages": []}))
-            .await;
-        assert_eq!(response.status(), 200);
-    }
+    let (
+        LedgerSetup {
+            dir: _dir,
+            upstream: _upstream,
+            ledger,
+            router,
+            ..
+        },
+        admin,
+    ) = requests_under_a_lock(waits, 5).await;
     // Far more attempts than the one retry after which a batch used to be given up.
     wait_until(Duration::from_secs(20), || ledger.stats().retries() >= 3).await;
     assert_eq!((ledger.stats().written(), ledger.stats().failed()), (0, 0));
@@ -407,23 +421,16 @@ async fn shutdown_under_a_lock_that_lasts_counts_the_rows_as_failed() {
         busy_timeout: Duration::from_millis(50),
         close_deadline: Duration::from_millis(300),
     };
-    let LedgerSetup {
-        dir: _dir,
-        db,
-        upstream: _upstream,
-        ledger,
-        router,
-    } = LedgerSetup::start_waiting(waits).await;
-    let admin = llmsrouter::db::open(&db).expect("open");
-    admin
-        .execute_batch("BEGIN IMMEDIATE")
-        .expect("take the lock");
-    for _ in 0..3 {
-        let response = router
-            .chat(&json!({"model": "[mock]m", "messages": []}))
-            .await;
-        assert_eq!(response.status(), 200);
-    }
+    let (
+        LedgerSetup {
+            dir: _dir,
+            upstream: _upstream,
+            ledger,
+            router,
+            ..
+        },
+        admin,
+    ) = requests_under_a_lock(waits, 3).await;
     wait_until(Duration::from_secs(20), || ledger.stats().retries() >= 1).await;
     let stopping = Instant::now();
     router.stop().await;
