@@ -108,11 +108,15 @@ pub struct RequestRecord {
     /// recorder decodes gzip and deflate for the record, then clears this.
     pub response_encoding: Option<String>,
     /// What the answer said: filled from the stream as it passed, or parsed from
-    /// `response_body` off the request path.
+    /// `response_body` off the request path. An answer whose bytes the record does not keep
+    /// has a note of them as its `content` instead: a binary body (`<audio/mpeg, 48213
+    /// bytes>`, see [`body_description`]), a speech event stream's audio (`<speech audio,
+    /// 48213 bytes in 12 deltas>`).
     pub response: ResponseSummary,
     /// For streams: whether the stream's end marker was seen: `data: [DONE]`, or in the
     /// formats without one their own last event (Anthropic's `message_stop`, the Responses
-    /// API's `response.completed`; see `StreamAccumulator::saw_end`), or the end of a body
+    /// API's `response.completed`, OpenAI's `speech.audio.done`; see
+    /// `StreamAccumulator::saw_end`), or the end of a body
     /// that is not an event stream. An event stream the upstream closed without it ended
     /// early.
     pub complete: bool,
@@ -514,9 +518,20 @@ fn deliver(mut record: Box<RequestRecord>, sinks: &[Arc<dyn RecordSink>]) {
     }
 }
 
+/// What a record says of an answer body it does not keep (audio, or any body that is not
+/// text): `<audio/mpeg, 48213 bytes>`. `kind` is its content type (or `binary`), `bytes` what
+/// was relayed; `declared` the length the upstream announced, shown when fewer came.
+pub fn body_description(kind: &str, bytes: u64, declared: Option<u64>) -> String {
+    match declared {
+        Some(declared) if declared != bytes => format!("<{kind}, {bytes} of {declared} bytes>"),
+        _ => format!("<{kind}, {bytes} bytes>"),
+    }
+}
+
 /// Whole (non-streamed) answers are parsed here, on the recorder task, not while the client
 /// waits. One the upstream compressed (gzip, deflate) is decoded here first, and the record
 /// keeps it decoded: its usage and text reach the sinks as an uncompressed answer's would.
+/// One that is neither JSON nor text is described instead of kept (see [`describe_binary`]).
 fn complete_summary(record: &mut RequestRecord) {
     // A whole body is read whatever the request asked for: an upstream may answer a stream
     // request with one JSON document. A streamed answer has no body; the tee read it.
@@ -532,12 +547,18 @@ fn complete_summary(record: &mut RequestRecord) {
             let limit = crate::proxy::MAX_UPSTREAM_BODY;
             match crate::content_coding::decode(coding, body, limit) {
                 Ok(decoded) => Some(Bytes::from(decoded)),
-                // Kept as it came: sinks show it as bytes that are not text.
-                Err(_) => return,
+                // Read as it came: bytes that are not text are described.
+                Err(_) => {
+                    describe_binary(record, false);
+                    return;
+                }
             }
         }
     };
-    let Some(summary) = summarize_json_body(decoded.as_deref().unwrap_or(body)) else {
+    let readable = decoded.as_deref().unwrap_or(body);
+    let Some(summary) = summarize_json_body(readable) else {
+        let text = std::str::from_utf8(readable).is_ok();
+        describe_binary(record, text);
         return;
     };
     // `{"error": {...}}` under a 200: relayed as it came, recorded as the upstream's error.
@@ -555,6 +576,24 @@ fn complete_summary(record: &mut RequestRecord) {
         record.response_encoding = None;
         record.body_ticket.grow(grown);
     }
+}
+
+/// A 2xx whole answer that is not JSON: kept when it is `text` (sinks show it); otherwise
+/// (audio without a Content-Type, say) its record says what it was, as a binary answer
+/// relayed as it arrives says (see `proxy::stream`): the content is
+/// `<binary, 48213 bytes>` (with the Content-Encoding it came in, if any), and the bytes,
+/// which no sink shows, are not kept.
+fn describe_binary(record: &mut RequestRecord, text: bool) {
+    let Some(body) = record.response_body.as_ref().filter(|_| !text) else {
+        return;
+    };
+    let kind = match &record.response_encoding {
+        Some(coding) => format!("binary, {coding}"),
+        None => "binary".to_owned(),
+    };
+    record.response.content = body_description(&kind, body.len() as u64, None);
+    record.response_body = None;
+    record.response_encoding = None;
 }
 
 /// Builds a record while a request runs and guarantees it is handed over exactly once.

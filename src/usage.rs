@@ -659,10 +659,12 @@ struct KindProbe<'a> {
 #[derive(Debug, Default)]
 pub struct StreamAccumulator {
     summary: ResponseSummary,
-    /// Set once an event carried text, reasoning or a tool call.
+    /// Set once an event carried text, reasoning or a tool call (or, in a speech stream,
+    /// audio).
     saw_output: bool,
     /// Set once the stream's own end event was read (Anthropic's `message_stop`, the
-    /// Responses API's `response.completed` / `incomplete` / `failed`): those formats have no
+    /// Responses API's `response.completed` / `incomplete` / `failed`, the audio streams'
+    /// `speech.audio.done` and `transcript.text.done`): those formats have no
     /// `data: [DONE]`, and a stream of theirs that closes after it ran to its end.
     saw_end: bool,
     /// Anthropic: the usage counts read so far. `message_start` has the input and cache
@@ -672,6 +674,73 @@ pub struct StreamAccumulator {
     /// Anthropic: which tool call (index into `summary.tool_calls`) each `tool_use` content
     /// block (by its `index`) became, for its `input_json_delta` pieces.
     anthropic_tools: Vec<(u64, usize)>,
+    /// Set by the first event of OpenAI's audio event streams (see [`is_audio_event`]): from
+    /// then on each event is read as an [`AudioEvent`] first. A chat stream never sets it, so
+    /// its events are never looked at for these.
+    audio: Option<AudioTally>,
+}
+
+/// What an audio event stream carried beyond the summary's fields.
+#[derive(Debug, Default)]
+struct AudioTally {
+    /// A speech stream (`speech.audio.*` events): its record's content says how much audio
+    /// it carried (see [`speech_description`]), not the audio itself.
+    speech: bool,
+    /// `speech.audio.delta` events read.
+    deltas: u64,
+    /// The audio bytes their base64 decodes to.
+    bytes: u64,
+}
+
+/// The event types of OpenAI's audio event streams: `/audio/speech` with
+/// `stream_format: "sse"` (`speech.audio.delta` with base64 `audio`, then `speech.audio.done`
+/// with `usage`, and no `[DONE]`), and `/audio/transcriptions` with `stream: true`
+/// (`transcript.text.delta` with a text `delta`, then `transcript.text.done` with the whole
+/// `text` and `usage`).
+fn is_audio_event(kind: &str) -> bool {
+    kind.starts_with("speech.audio.") || kind.starts_with("transcript.text.")
+}
+
+/// One event of an audio event stream, only what the record needs. The audio is left raw:
+/// only its length is read, never a copy of it (a delta may hold megabytes of base64).
+#[derive(Deserialize)]
+struct AudioEvent<'a> {
+    #[serde(rename = "type", borrow, default, deserialize_with = "borrowed_text")]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    audio: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    delta: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+}
+
+/// The bytes a base64 JSON string (raw, quotes included) decodes to, from its length alone.
+/// A `\/` escape (JSON may escape `/`) counts as the one character it stands for.
+fn base64_decoded_len(raw: &RawValue) -> u64 {
+    let text = raw.get().as_bytes();
+    let Some(inner) = text
+        .strip_prefix(b"\"")
+        .and_then(|rest| rest.strip_suffix(b"\""))
+    else {
+        return 0;
+    };
+    let escapes = memchr::memchr_iter(b'\\', inner).count();
+    let padding = inner.iter().rev().take_while(|b| **b == b'=').count();
+    let chars = inner.len().saturating_sub(escapes + padding) as u64;
+    chars * 3 / 4
+}
+
+/// A speech stream's record content in place of its audio: `<speech audio, 48213 bytes in
+/// 12 deltas>`.
+fn speech_description(tally: &AudioTally) -> String {
+    let deltas = if tally.deltas == 1 { "delta" } else { "deltas" };
+    format!(
+        "<speech audio, {} bytes in {} {deltas}>",
+        tally.bytes, tally.deltas
+    )
 }
 
 /// The `type`s of Anthropic's Messages stream events that [`StreamAccumulator`] reads on their
@@ -842,6 +911,13 @@ impl StreamAccumulator {
         let Ok(text) = std::str::from_utf8(trimmed) else {
             return EventKind::Other;
         };
+        // An audio event stream's events (its first one told: see below), read on their own
+        // path; an event of another type there (an `error`) is read as any other.
+        if self.audio.is_some() {
+            if let Some(kind) = self.push_audio_event(text) {
+                return kind;
+            }
+        }
         let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(text) else {
             return EventKind::Other;
         };
@@ -861,6 +937,13 @@ impl StreamAccumulator {
             if ANTHROPIC_EVENTS.contains(&kind) {
                 self.push_anthropic_event(kind, &chunk);
                 return EventKind::Other;
+            }
+            if self.audio.is_none() && is_audio_event(kind) {
+                // The stream's first audio event, read once more on the audio path.
+                self.audio = Some(AudioTally::default());
+                if let Some(kind) = self.push_audio_event(text) {
+                    return kind;
+                }
             }
         }
         // `"usage": null` (every chunk but the last, with include_usage) deserializes to None.
@@ -1015,6 +1098,56 @@ impl StreamAccumulator {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Reads one event of an audio event stream (see [`is_audio_event`]); `None` when it is
+    /// not one (or not of the shape expected), to be read as any other event.
+    fn push_audio_event(&mut self, text: &str) -> Option<EventKind> {
+        let event = serde_json::from_str::<AudioEvent<'_>>(text).ok()?;
+        let kind = event.kind.as_deref()?;
+        match kind {
+            "speech.audio.delta" => {
+                let bytes = event.audio.map_or(0, base64_decoded_len);
+                let tally = self.audio.get_or_insert_with(AudioTally::default);
+                tally.speech = true;
+                tally.deltas += 1;
+                tally.bytes = tally.bytes.saturating_add(bytes);
+                // The first audio is the stream's first token.
+                self.note_output(bytes > 0);
+            }
+            "speech.audio.done" => {
+                self.audio.get_or_insert_with(AudioTally::default).speech = true;
+                self.saw_end = true;
+                self.take_usage(event.usage);
+            }
+            "transcript.text.delta" => {
+                if let Some(text) = event.delta {
+                    self.note_output(!text.is_empty());
+                    self.summary.content.push_str(&text);
+                }
+            }
+            "transcript.text.done" => {
+                self.saw_end = true;
+                self.take_usage(event.usage);
+                // The whole text, when no delta carried it.
+                if let Some(text) = event.text.filter(|_| self.summary.content.is_empty()) {
+                    self.note_output(!text.is_empty());
+                    self.summary.content = text.into_owned();
+                }
+            }
+            // Another event of these streams (a diarized transcript's segments): nothing the
+            // record reads.
+            _ if is_audio_event(kind) => {}
+            _ => return None,
+        }
+        Some(EventKind::Other)
+    }
+
+    /// A usage object, when it has counts, becomes the summary's.
+    fn take_usage(&mut self, usage: Option<&RawValue>) {
+        if let Some(parsed) = usage.and_then(Usage::from_raw) {
+            self.summary.usage = Some(parsed);
         }
     }
 
@@ -1207,7 +1340,12 @@ impl StreamAccumulator {
         &self.summary
     }
 
-    pub fn into_summary(self) -> ResponseSummary {
+    /// The summary of what was read. A speech stream's content is then a note of the audio it
+    /// carried (`<speech audio, 48213 bytes in 12 deltas>`), never the audio.
+    pub fn into_summary(mut self) -> ResponseSummary {
+        if let Some(tally) = self.audio.take().filter(|tally| tally.speech) {
+            self.summary.content = speech_description(&tally);
+        }
         self.summary
     }
 }
@@ -1266,6 +1404,9 @@ mod tests {
         r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":3}}}"#,
         r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":4}}"#,
         r#"{"type":"message_stop"}"#,
+        r#"{"type":"speech.audio.delta","audio":"AAAA"}"#,
+        r#"{"type":"speech.audio.done","usage":{"input_tokens":1,"output_tokens":2,"total_tokens":3}}"#,
+        r#"{"type":"transcript.text.delta","delta":"hi"}"#,
         "not json",
         "",
     ];
@@ -1738,6 +1879,61 @@ mod tests {
         let s = acc.into_summary();
         assert_eq!((s.content.as_str(), s.reasoning.as_str()), ("Fin", "why"));
         assert_eq!(s.id.as_deref(), Some("resp_1"), "from response.completed");
+    }
+
+    /// OpenAI's speech event stream: the audio is counted, never kept; `speech.audio.done`
+    /// (there is no `[DONE]`) ends it with its usage. An error event in it is read as in any
+    /// stream.
+    #[test]
+    fn a_speech_stream_is_counted_and_ends_with_its_done_event() {
+        let mut acc = StreamAccumulator::default();
+        // "AAAA" decodes to 3 bytes, "AAE=" to 2, "AA\/A" (a slash JSON-escaped) to 3.
+        for audio in ["AAAA", "AAE=", r"AA\/A"] {
+            let event = format!(r#"{{"type":"speech.audio.delta","audio":"{audio}"}}"#);
+            assert_eq!(acc.push_data(event.as_bytes()), EventKind::Other);
+        }
+        assert!(acc.saw_output() && !acc.saw_end());
+        assert_eq!(acc.summary().content, "", "no audio in the text");
+        acc.push_data(br#"{"type":"speech.audio.done","usage":{"input_tokens":3,"output_tokens":9,"total_tokens":12}}"#);
+        assert!(acc.saw_end());
+        let s = acc.into_summary();
+        assert_eq!(s.content, "<speech audio, 8 bytes in 3 deltas>");
+        let usage = s.usage.expect("usage");
+        assert_eq!((usage.input, usage.output, usage.total), (3, 9, 12));
+
+        // Cut before its end: no usage, not ended; an error event is the upstream's error.
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(br#"{"type":"speech.audio.delta","audio":"AAAA"}"#);
+        acc.push_data(br#"{"type":"error","error":{"message":"tts failed"}}"#);
+        assert!(!acc.saw_end());
+        let s = acc.into_summary();
+        assert_eq!(s.content, "<speech audio, 3 bytes in 1 delta>");
+        assert_eq!(s.error.as_deref(), Some("tts failed"));
+        assert!(s.usage.is_none());
+    }
+
+    /// OpenAI's transcription event stream: the text deltas are the content, and
+    /// `transcript.text.done` ends it with its usage (and its whole text, when no delta came).
+    #[test]
+    fn a_transcription_stream_assembles_its_text_and_usage() {
+        let done = br#"{"type":"transcript.text.done","text":"Hello world","usage":{"type":"tokens","input_tokens":14,"input_token_details":{"text_tokens":0,"audio_tokens":14},"output_tokens":4,"total_tokens":18}}"#;
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(br#"{"type":"transcript.text.delta","delta":"Hello","logprobs":[]}"#);
+        assert!(acc.saw_output());
+        acc.push_data(br#"{"type":"transcript.text.delta","delta":" world"}"#);
+        acc.push_data(done);
+        assert!(acc.saw_end());
+        let s = acc.into_summary();
+        assert_eq!(s.content, "Hello world");
+        assert_eq!(
+            s.usage.map(|u| (u.input, u.output, u.total)),
+            Some((14, 4, 18))
+        );
+
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(done);
+        assert!(acc.saw_output() && acc.saw_end());
+        assert_eq!(acc.into_summary().content, "Hello world", "from done alone");
     }
 
     #[test]

@@ -502,7 +502,11 @@ impl Conn {
             AnswerBody::Whole(body) => (body, None),
             AnswerBody::Recorded(body, delivery) => (body, Some(delivery)),
             AnswerBody::Stream(tee) => {
-                return self.write_stream(out, tee, keep_alive, http10).await;
+                // A body relayed unchanged with its upstream's length keeps it.
+                let length = tee.length().filter(|_| has_body(answer.status));
+                return self
+                    .write_stream(out, tee, length, keep_alive, http10)
+                    .await;
             }
         };
         let body = if has_body(answer.status) {
@@ -526,13 +530,7 @@ impl Conn {
         keep_alive: bool,
         http10: bool,
     ) -> Next {
-        if !keep_alive {
-            write_field(&mut out, b"connection", b"close");
-        } else if http10 {
-            // An HTTP/1.0 client closes unless told the connection stays.
-            write_field(&mut out, b"connection", b"keep-alive");
-        }
-        out.extend_from_slice(b"\r\n");
+        end_head(&mut out, keep_alive, http10);
         match write_all(&self.io, &out, body, self.send_timeout).await {
             Err(_) => Next::Gone,
             Ok(()) if keep_alive => Next::KeepAlive,
@@ -541,16 +539,32 @@ impl Conn {
     }
 
     /// Relays a stream: chunked to an HTTP/1.1 client, ended by the connection's close for
-    /// HTTP/1.0. The head goes out at once (with the first event when it is already there);
-    /// then each event as the tee yields it.
+    /// HTTP/1.0; or, when its `length` is known ahead (a body relayed unread with its
+    /// upstream's Content-Length), with that Content-Length. The head goes out at once (with
+    /// the first event when it is already there); then each event as the tee yields it.
     async fn write_stream(
         &mut self,
         mut out: BytesMut,
         mut tee: Box<proxy::stream::StreamTee>,
+        length: Option<u64>,
         keep_alive: bool,
         http10: bool,
     ) -> Next {
-        let (chunked, keep_alive) = end_head_of_streamed_body(&mut out, keep_alive, http10);
+        let (chunked, keep_alive) = match length {
+            Some(length) => {
+                write_field(
+                    &mut out,
+                    b"content-length",
+                    itoa::Buffer::new().format(length).as_bytes(),
+                );
+                end_head(&mut out, keep_alive, http10);
+                (false, keep_alive)
+            }
+            None => end_head_of_streamed_body(&mut out, keep_alive, http10),
+        };
+        // A length announced binds the body: one that came out longer or shorter (it cannot,
+        // from a well-framed upstream) leaves the connection unusable, so it closes.
+        let mut left = length;
         // The head goes out with the first event when that is already there. Events that
         // arrived in one read leave in one write (the tee yields them together; a plain-http
         // upstream's body joins chunks it read at once), but the tee is not polled once more
@@ -559,14 +573,26 @@ impl Conn {
         let mut item = futures_util::FutureExt::now_or_never(tee.next());
         loop {
             match item {
-                Some(Some(Ok(data))) => push_body_data(&mut out, &data, chunked),
+                Some(Some(Ok(data))) => {
+                    if let Some(left) = &mut left {
+                        let Some(less) = left.checked_sub(data.len() as u64) else {
+                            let _ = write_all(&self.io, &out, &[], self.send_timeout).await;
+                            return Next::Gone;
+                        };
+                        *left = less;
+                    }
+                    push_body_data(&mut out, &data, chunked);
+                }
                 // A stream that is not SSE failed: the body is cut short, so the client sees
                 // an incomplete answer rather than a complete wrong one.
                 Some(Some(Err(_))) => {
                     let _ = write_all(&self.io, &out, &[], self.send_timeout).await;
                     return Next::Gone;
                 }
-                Some(None) => return self.end_streamed_body(out, chunked, keep_alive).await,
+                Some(None) => {
+                    let keep_alive = keep_alive && left.is_none_or(|left| left == 0);
+                    return self.end_streamed_body(out, chunked, keep_alive).await;
+                }
                 None => {}
             }
             if !out.is_empty() {
@@ -715,6 +741,17 @@ impl Conn {
 /// The router's error to a request that is not proxied: no request id.
 fn unrouted(error: &ProxyError) -> Answer {
     Answer::error(error, None)
+}
+
+/// Ends the head of an answer whose length is in it: the connection's fate said (an
+/// HTTP/1.0 client closes unless told it stays).
+fn end_head(out: &mut BytesMut, keep_alive: bool, http10: bool) {
+    if !keep_alive {
+        write_field(out, b"connection", b"close");
+    } else if http10 {
+        write_field(out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Ends the head of an answer whose body goes out as it comes: chunked to an HTTP/1.1

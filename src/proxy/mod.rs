@@ -138,6 +138,37 @@ impl http_body::Body for DeliveredBody {
     }
 }
 
+/// A stream relayed unread with its upstream's length ([`StreamTee::length`]), for hyper's
+/// side of the server: its exact size hint is what hyper sends as the Content-Length.
+struct SizedStream {
+    tee: std::pin::Pin<Box<StreamTee>>,
+    /// Bytes still to come.
+    left: u64,
+}
+
+impl http_body::Body for SizedStream {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use futures_util::Stream as _;
+        let polled = std::task::ready!(self.tee.as_mut().poll_next(cx));
+        std::task::Poll::Ready(polled.map(|item| {
+            item.map(|data| {
+                self.left = self.left.saturating_sub(data.len() as u64);
+                http_body::Frame::data(data)
+            })
+        }))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
+
 impl Answer {
     /// The router's own error, in OpenAI's shape.
     pub fn error(error: &ProxyError, request_id: Option<String>) -> Self {
@@ -169,7 +200,14 @@ impl Answer {
                 data: Some(bytes),
                 delivery: Some(delivery),
             }),
-            AnswerBody::Stream(tee) => Body::from_stream(*tee),
+            AnswerBody::Stream(tee) => match tee.length() {
+                // hyper sends the exact size it is told as the Content-Length.
+                Some(length) => Body::new(SizedStream {
+                    tee: Box::into_pin(tee),
+                    left: length,
+                }),
+                None => Body::from_stream(*tee),
+            },
         };
         let mut response = Response::new(body);
         *response.status_mut() = self.status;
@@ -637,15 +675,23 @@ fn stream_answer(
     request_id: String,
 ) -> Answer {
     // Decoded, the stream goes on without the upstream's Content-Encoding (`Shape::Stream`
-    // with `sse` drops it, and every answer's Content-Length).
-    let body = relayed_body(upstream.body, decoder);
+    // with `sse` drops it; every answer's Content-Length is the router's to write).
     let sse = settings.sse;
+    // A body that is not SSE passes unchanged (never decoded, nothing put in): it keeps its
+    // upstream's Content-Length, known from its head as for a whole answer.
+    let length = (!sse)
+        .then(|| http_body::Body::size_hint(&upstream.body).exact())
+        .flatten();
+    let body = relayed_body(upstream.body, decoder);
     let failures = StreamFailures {
         log: Arc::clone(&state.failures),
         request_id: request_id.clone(),
         redactor: state.redactor.clone(),
     };
-    let tee = StreamTee::new(body, settings, guard, state.hard_stop.clone(), failures);
+    let mut tee = StreamTee::new(body, settings, guard, state.hard_stop.clone(), failures);
+    if !sse {
+        tee.relay_unread(length, || unread_kind(&upstream.fields));
+    }
     Answer {
         status: upstream.status,
         fields: AnswerFields {
@@ -654,6 +700,20 @@ fn stream_answer(
             request_id: Some(request_id),
         },
         body: AnswerBody::Stream(Box::new(tee)),
+    }
+}
+
+/// What the record of a body relayed unread calls it: its content type (without
+/// parameters), with the Content-Encoding it came in, if any (`text/event-stream, br`).
+fn unread_kind(fields: &Fields) -> String {
+    let content_type = fields
+        .get_str("content-type")
+        .map(|value| value.split(';').next().unwrap_or_default().trim())
+        .filter(|essence| !essence.is_empty())
+        .unwrap_or("no Content-Type");
+    match crate::content_coding::content_encoding(fields) {
+        Some(coding) => format!("{content_type}, {coding}"),
+        None => content_type.to_owned(),
     }
 }
 

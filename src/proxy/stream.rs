@@ -14,6 +14,11 @@
 //! A stream the router answered before its upstream sent its head ([`super::early`]) starts
 //! in that wait: keep-alive comments until the head comes, then the upstream's events as in
 //! any stream, or the one error event that ends it.
+//!
+//! A body that is not an event stream (audio, NDJSON, a coding the router cannot decode)
+//! passes through chunk by chunk, unread and unchanged ([`StreamTee::relay_unread`]): it
+//! keeps the upstream's Content-Length, and its record notes its type and the bytes relayed
+//! (`<audio/mpeg, 48213 bytes>`) instead of keeping them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -84,6 +89,20 @@ pub struct StreamTee {
     failures: StreamFailures,
     /// No event has been read yet: the first may open with a byte-order mark.
     at_start: bool,
+    /// A body that is not SSE, relayed unread: its length and what its record says of it
+    /// (see [`Self::relay_unread`]). `None` for an event stream.
+    unread: Option<Unread>,
+}
+
+/// A body relayed unread (not SSE: audio, NDJSON, a coding the router cannot decode).
+struct Unread {
+    /// The upstream's declared length (its Content-Length), which the client gets too.
+    length: Option<u64>,
+    /// What the record calls it (`audio/mpeg`), when a sink reads the record: the record
+    /// then says `<audio/mpeg, 48213 bytes>` instead of keeping the bytes.
+    kind: Option<String>,
+    /// Bytes relayed so far.
+    relayed: u64,
 }
 
 /// UTF-8's byte-order mark, which may open an event stream (SSE clients skip it).
@@ -180,7 +199,40 @@ impl StreamTee {
             state,
             failures: parts.failures,
             at_start: true,
+            unread: None,
         }
+    }
+
+    /// Marks a stream that is not SSE (`settings.sse` false), relayed unread: `length` is the
+    /// upstream's declared length (its Content-Length, when it sent one: the bytes pass
+    /// unchanged, so the client gets it too, see [`Self::length`]); `kind` what its record
+    /// calls the body (the content type), which the record then describes with the bytes
+    /// relayed (`<audio/mpeg, 48213 bytes>`) rather than keeping them.
+    pub fn relay_unread(&mut self, length: Option<u64>, kind: impl FnOnce() -> String) {
+        let kind = self.guard.is_recording().then(kind);
+        self.unread = Some(Unread {
+            length,
+            kind,
+            relayed: 0,
+        });
+    }
+
+    /// The length the body will have, when known ahead: the upstream's declared one, for a
+    /// body relayed unread ([`Self::relay_unread`]). Such a body goes to the client with
+    /// that Content-Length rather than chunked.
+    pub fn length(&self) -> Option<u64> {
+        self.unread.as_ref().and_then(|unread| unread.length)
+    }
+
+    /// The record's note of a body relayed unread, in place of its bytes.
+    fn unread_description(&self) -> Option<String> {
+        let unread = self.unread.as_ref()?;
+        let kind = unread.kind.as_deref()?;
+        Some(crate::record::body_description(
+            kind,
+            unread.relayed,
+            unread.length,
+        ))
     }
 
     /// Waits for the upstream's head: `Ready(Some(..))` is for the client (a keep-alive
@@ -373,7 +425,10 @@ impl StreamTee {
     /// [`crate::record::RequestRecord::complete`]).
     fn finish_as(&mut self, outcome: Outcome, error: Option<String>, complete: bool) {
         self.upstream = None;
-        let summary = std::mem::take(&mut self.accumulator).into_summary();
+        let mut summary = std::mem::take(&mut self.accumulator).into_summary();
+        if let Some(description) = self.unread_description() {
+            summary.content = description;
+        }
         // A stream that ran to its end but carried the upstream's own error event (OpenRouter
         // reports a provider failing mid-stream so, under a 200): relayed as it came, recorded
         // as the upstream's error, with its message.
@@ -472,8 +527,15 @@ impl Drop for StreamTee {
     /// The client went away mid-stream: the record keeps what the stream carried so far;
     /// the guard then hands it over as a disconnect.
     fn drop(&mut self) {
+        if self.guard.record_mut().is_none() {
+            return;
+        }
+        let mut summary = std::mem::take(&mut self.accumulator).into_summary();
+        if let Some(description) = self.unread_description() {
+            summary.content = description;
+        }
         if let Some(record) = self.guard.record_mut() {
-            record.response = std::mem::take(&mut self.accumulator).into_summary();
+            record.response = summary;
         }
     }
 }
@@ -511,6 +573,9 @@ impl Stream for StreamTee {
                 Poll::Ready(Some(Ok(chunk))) => {
                     this.last_upstream = Instant::now();
                     if !this.settings.sse {
+                        if let Some(unread) = &mut this.unread {
+                            unread.relayed += chunk.len() as u64;
+                        }
                         return Poll::Ready(Some(Ok(chunk)));
                     }
                     if let Some(bytes) = this.forward_chunk(chunk) {

@@ -294,7 +294,7 @@ fn field_opt_str(
 
 /// Appends a body: known-valid JSON goes in as it is (raw line breaks, which JSON allows only
 /// between tokens, become spaces so the line stays one line); anything else becomes a string,
-/// binary data a note of its size.
+/// binary data a note of its size (`<binary, 48213 bytes>`).
 fn put_body(out: &mut Vec<u8>, bytes: &[u8], is_json: bool) -> serde_json::Result<()> {
     if is_json {
         let start = out.len();
@@ -308,7 +308,10 @@ fn put_body(out: &mut Vec<u8>, bytes: &[u8], is_json: bool) -> serde_json::Resul
     }
     match std::str::from_utf8(bytes) {
         Ok(text) => put(out, text),
-        Err(_) => put(out, &format!("[{} bytes, not text]", bytes.len())),
+        Err(_) => put(
+            out,
+            &crate::record::body_description("binary", bytes.len() as u64, None),
+        ),
     }
 }
 
@@ -367,7 +370,9 @@ fn serialize_line(
         if let Some(bytes) = &record.response_body {
             out.extend_from_slice(b",\"response\":");
             put_body(out, bytes, record.response_is_json)?;
-        } else if record.stream {
+        } else if record.stream || !summary.content.is_empty() {
+            // A stream's answer as it was read; or the note a body not kept left in its
+            // place (`<binary, 48213 bytes>`, see `record::describe_binary`).
             field(
                 out,
                 "response",
@@ -580,7 +585,7 @@ mod tests {
         put_body(&mut out, &[0xff, 0xfe, 0x00], false).expect("json");
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
-            "\"[3 bytes, not text]\""
+            "\"<binary, 3 bytes>\""
         );
     }
 }

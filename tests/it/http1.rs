@@ -18,11 +18,11 @@ pub(crate) struct Answer {
     pub(crate) status: u16,
     /// Names lower-cased, in order.
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
@@ -97,7 +97,7 @@ impl Raw {
     }
 
     /// The next answer's status line and header fields only, as to a HEAD request.
-    async fn answer_head(&mut self) -> Answer {
+    pub(crate) async fn answer_head(&mut self) -> Answer {
         let status_line = self.take_line().await;
         let status: u16 = status_line
             .split(' ')
@@ -120,7 +120,7 @@ impl Raw {
         }
     }
 
-    async fn read_body(&mut self, answer: &mut Answer) {
+    pub(crate) async fn read_body(&mut self, answer: &mut Answer) {
         if answer.header("transfer-encoding") == Some("chunked") {
             loop {
                 let size = usize::from_str_radix(&self.take_line().await, 16).expect("chunk size");

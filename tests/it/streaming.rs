@@ -795,8 +795,8 @@ async fn a_streamed_answer_to_a_request_not_asking_to_stream_is_relayed_as_it_ar
         let record = router.records.nth(n + 1).await;
         assert_eq!(record.outcome, Outcome::Success, "{content_type}");
         assert!(record.stream, "{content_type}");
-        // An event stream is complete at its end marker, which speech events do not have.
-        assert_eq!(record.complete, content_type == "audio/mpeg");
+        // A speech event stream ends with its `speech.audio.done` (it has no `[DONE]`).
+        assert!(record.complete, "{content_type}");
     }
 
     upstream.set(Behavior {
@@ -816,6 +816,84 @@ async fn a_streamed_answer_to_a_request_not_asking_to_stream_is_relayed_as_it_ar
     let record = router.records.nth(3).await;
     assert!(!record.stream);
     assert_eq!(record.response_body.as_deref(), Some(&b"plain text"[..]));
+    router.stop().await;
+}
+
+/// A binary answer relayed as it arrives (speech audio to a request that did not ask to
+/// stream) keeps the upstream's Content-Length, its bytes passing unchanged, so a client can
+/// show progress: the head with the length comes while the upstream still holds the rest,
+/// and the connection carries the next request. One the upstream sent chunked goes chunked.
+/// Over HTTP/2 the length is kept too. Each record notes the audio's type and size.
+#[tokio::test]
+async fn a_binary_answer_keeps_the_upstreams_content_length_or_its_chunking() {
+    use crate::http1::{Raw, post};
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let audio: Vec<Vec<u8>> = vec![
+        b"ID3\x03\x00frame0 ".to_vec(),
+        (0u8..=255).cycle().take(70_000).collect(),
+    ];
+    let whole = audio.concat();
+    let length = whole.len().to_string();
+    let body = r#"{"model":"[mock]tts-1","voice":"alloy","input":"hello"}"#;
+    let speech = |declared: bool, gate: Option<std::sync::Arc<tokio::sync::Semaphore>>| Behavior {
+        stream_unasked: true,
+        raw_chunks: Some(audio.clone()),
+        stream_content_type: Some("audio/mpeg".into()),
+        headers: if declared {
+            vec![("content-length".into(), length.clone())]
+        } else {
+            Vec::new()
+        },
+        hold_chunk: gate.map(|gate| (1, gate)),
+        ..Default::default()
+    };
+
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    upstream.set(speech(true, Some(gate.clone())));
+    let mut raw = Raw::connect(router.addr).await;
+    raw.send(post("/v1/audio/speech", body, "").as_bytes())
+        .await;
+    let mut answer = raw.answer_head().await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("content-length"), Some(length.as_str()));
+    assert_eq!(answer.header("transfer-encoding"), None);
+    assert_eq!(answer.header("content-type"), Some("audio/mpeg"));
+    gate.add_permits(1);
+    raw.read_body(&mut answer).await;
+    assert_eq!(answer.body, whole, "the upstream's bytes");
+
+    upstream.set(speech(false, None));
+    raw.send(post("/v1/audio/speech", body, "").as_bytes())
+        .await;
+    let answer = raw.answer().await;
+    assert_eq!(answer.status, 200, "on the same connection");
+    assert_eq!(answer.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(answer.header("content-length"), None);
+    assert_eq!(answer.body, whole);
+
+    upstream.set(speech(true, None));
+    let response = crate::support::h2c_client()
+        .post(router.url("/v1/audio/speech"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.headers()["content-length"], length.as_str());
+    assert_eq!(response.bytes().await.expect("body"), whole);
+
+    for n in 1..=3 {
+        let record = router.records.nth(n).await;
+        assert_eq!(record.outcome, Outcome::Success);
+        assert!(record.stream && record.complete);
+        assert_eq!(
+            record.response.content,
+            format!("<audio/mpeg, {length} bytes>")
+        );
+        assert!(record.response.usage.is_none() && !record.usage_partial());
+    }
     router.stop().await;
 }
 

@@ -522,3 +522,200 @@ async fn a_responses_stream_answered_only_in_response_completed() {
     assert_eq!(line["response"]["content"], "Final text");
     assert_eq!(line["response"]["reasoning"], "why");
 }
+
+/// A speech event.
+fn speech_event(data: &Value) -> Vec<u8> {
+    format!("data: {data}\n\n").into_bytes()
+}
+
+/// OpenAI's speech stream (`/audio/speech` with `stream_format: "sse"`, a request with no
+/// `"stream"`): `speech.audio.delta` events with base64 audio, then `speech.audio.done` with
+/// the usage, and no `[DONE]`. Relayed as it came; the record is complete at the done event,
+/// with its usage, and its output is a note of the audio (decoded size, delta count), not the
+/// base64, in the record, the span and the log line.
+#[tokio::test]
+async fn a_speech_event_stream_is_complete_at_its_done_event_with_its_usage() {
+    let setup = Setup::start().await;
+    // 4000 base64 characters are 3000 bytes of audio; "AAE=" 2 more.
+    let big = "A".repeat(4000);
+    let chunks = vec![
+        speech_event(&json!({"type": "speech.audio.delta", "audio": big})),
+        speech_event(&json!({"type": "speech.audio.delta", "audio": "AAE="})),
+        speech_event(&json!({"type": "speech.audio.done",
+            "usage": {"input_tokens": 7, "output_tokens": 120, "total_tokens": 127}})),
+    ];
+    setup.upstream.set(Behavior {
+        stream_unasked: true,
+        raw_chunks: Some(chunks.clone()),
+        ..Default::default()
+    });
+    let (id, text) = setup
+        .post(
+            "/v1/audio/speech",
+            &json!({"model": "[mock]gpt-4o-mini-tts", "voice": "alloy", "input": "hello",
+                "stream_format": "sse"}),
+        )
+        .await;
+    assert_eq!(text.as_bytes(), chunks.concat(), "relayed as it came");
+
+    let note = "<speech audio, 3002 bytes in 2 deltas>";
+    let record = setup.router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert!(
+        record.stream && record.complete,
+        "speech.audio.done ends it"
+    );
+    assert!(!record.usage_partial());
+    assert!(record.first_token_at.is_some(), "the first audio");
+    assert_eq!(record.response.content, note);
+    let usage = record.response.usage.as_ref().expect("usage");
+    assert_eq!((usage.input, usage.output, usage.total), (7, 120, 127));
+
+    let span = setup.otlp.span_of(&id).await.span;
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.output"),
+        Some(json!({"role": "assistant", "content": note}))
+    );
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.usage_details"),
+        Some(
+            json!({"input": 7, "output": 120, "total": 127, "input_cached_tokens": 0,
+            "output_reasoning_tokens": 0})
+        )
+    );
+    assert_eq!(str_attr(&span, "langfuse.observation.level"), None);
+    let (row, line) = setup.stop_and_read(&id).await;
+    assert_eq!(row.tokens, (7, 120, 0, 0));
+    assert!(row.usage_known && !row.usage_partial, "{row:?}");
+    assert_eq!(line["response"]["content"], note);
+    assert!(!line.to_string().contains(&big), "no base64 in the log");
+}
+
+/// The same speech stream closed by the upstream before its done event: every byte reached
+/// the client, but its usage never came: partial (tokens unknown), as any stream cut so.
+#[tokio::test]
+async fn a_speech_event_stream_closed_before_its_done_event_is_partial() {
+    let setup = Setup::start().await;
+    let chunks = vec![speech_event(
+        &json!({"type": "speech.audio.delta", "audio": "AAAA"}),
+    )];
+    setup.upstream.set(Behavior {
+        stream_unasked: true,
+        raw_chunks: Some(chunks.clone()),
+        ..Default::default()
+    });
+    let (id, text) = setup
+        .post(
+            "/v1/audio/speech",
+            &json!({"model": "[mock]tts", "input": "hi", "stream_format": "sse"}),
+        )
+        .await;
+    assert_eq!(text.as_bytes(), chunks.concat());
+    let record = setup.router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert!(!record.complete);
+    assert!(record.response.usage.is_none());
+    assert!(record.usage_partial(), "cut before its usage");
+    assert_eq!(
+        record.response.content,
+        "<speech audio, 3 bytes in 1 delta>"
+    );
+    let span = setup.otlp.span_of(&id).await.span;
+    assert_eq!(
+        str_attr(&span, "langfuse.observation.level"),
+        Some("WARNING")
+    );
+    let row = setup.stop_and_read_ledger(&id).await;
+    assert!(!row.usage_known && row.usage_partial, "{row:?}");
+}
+
+/// OpenAI's transcription stream (`/audio/transcriptions` with `stream: true`): the text
+/// deltas are the output, and `transcript.text.done` (no `[DONE]`) ends it with the usage.
+#[tokio::test]
+async fn a_transcription_stream_is_read_from_its_own_events() {
+    let setup = Setup::start().await;
+    let chunks = vec![
+        speech_event(&json!({"type": "transcript.text.delta", "delta": "Hello", "logprobs": []})),
+        speech_event(&json!({"type": "transcript.text.delta", "delta": " world"})),
+        speech_event(
+            &json!({"type": "transcript.text.done", "text": "Hello world",
+            "usage": {"type": "tokens", "input_tokens": 14,
+                "input_token_details": {"text_tokens": 0, "audio_tokens": 14},
+                "output_tokens": 4, "total_tokens": 18}}),
+        ),
+    ];
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(chunks),
+        ..Default::default()
+    });
+    let (id, _) = setup
+        .post(
+            "/v1/audio/transcriptions",
+            &json!({"model": "[mock]gpt-4o-transcribe", "stream": true}),
+        )
+        .await;
+    let record = setup.router.records.nth(1).await;
+    assert!(record.complete && !record.usage_partial());
+    assert!(record.first_token_at.is_some());
+    assert_eq!(record.response.content, "Hello world");
+    let (row, line) = setup.stop_and_read(&id).await;
+    assert_eq!(row.tokens, (14, 4, 0, 0));
+    assert_eq!(line["response"]["content"], "Hello world");
+}
+
+/// A binary answer is recorded as a note of what it was, not its bytes: relayed as it
+/// arrives (speech audio to a request that did not ask to stream), `<audio/mpeg, N bytes>`;
+/// read whole (a body with no Content-Type that is not text), `<binary, N bytes>`. The note
+/// is the output in the record, the span and the log line alike; the usage is unknown (a
+/// binary answer carries none), which is not partial.
+#[tokio::test]
+async fn a_binary_answer_is_recorded_as_a_note_of_its_type_and_size() {
+    let setup = Setup::start().await;
+    let audio: Vec<u8> = (0u8..=255).cycle().take(5000).collect();
+    let cases = [
+        ("audio/mpeg", "<audio/mpeg, 5000 bytes>", true),
+        ("", "<binary, 5000 bytes>", false),
+    ];
+    let mut ids = Vec::new();
+    for (n, (content_type, note, stream)) in cases.into_iter().enumerate() {
+        setup.upstream.set(Behavior {
+            raw_body: Some(audio.clone()),
+            content_type: content_type.into(),
+            ..Default::default()
+        });
+        let response = client()
+            .post(setup.router.url("/v1/audio/speech"))
+            .json(&json!({"model": "[mock]tts-1", "voice": "alloy", "input": "hello"}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        ids.push(request_id(&response));
+        assert_eq!(response.bytes().await.expect("body"), audio);
+        let record = setup.router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::Success, "{note}");
+        assert_eq!(record.stream, stream, "{note}");
+        assert!(record.complete, "{note}");
+        assert_eq!(record.response.content, note);
+        assert!(
+            record.response_body.is_none(),
+            "{note}: the bytes are not kept"
+        );
+        assert!(record.response.usage.is_none() && !record.usage_partial());
+        let span = setup.otlp.span_of(&ids[n]).await.span;
+        assert_eq!(
+            json_attr(&span, "langfuse.observation.output"),
+            Some(json!({"role": "assistant", "content": note}))
+        );
+    }
+    setup.router.stop().await;
+    let lines = read_log_lines(setup.dir.path(), "api_proxy");
+    for (id, (_, note, _)) in ids.iter().zip(cases) {
+        let line = lines
+            .iter()
+            .find(|line| line["request_id"] == id.as_str())
+            .expect("the request's log line");
+        assert_eq!(line["response"]["content"], note, "{line}");
+        assert_eq!(line["usage"], Value::Null);
+    }
+}
