@@ -36,6 +36,7 @@ use crate::app::Route;
 use crate::auth::{authenticate, refuse_cross_site};
 use crate::error::ProxyError;
 use crate::hard_stop::{HardStop, Stopped};
+use crate::proxy::failure_log::FailureLog;
 use crate::proxy::intake::{DISCARD_AT_MOST, DISCARD_FOR_AT_MOST, Gathered, check_encoding};
 use crate::proxy::{self, Answer, AnswerBody, ProxyRequest};
 use crate::state::AppState;
@@ -69,6 +70,7 @@ pub async fn serve_connection(io: TcpStream, service: Arc<Service>) {
         body_read_timeout: service.state.body_read_timeout,
         idle: IdleTimer::new(service.state.idle_timeout),
         send_timeout: service.state.send_timeout,
+        failures: Arc::clone(&service.state.failures),
         served: 0,
         grown: false,
     };
@@ -119,6 +121,8 @@ struct Conn {
     idle: IdleTimer,
     /// See `AppState::send_timeout`.
     send_timeout: Duration,
+    /// Where refusals are noted (see [`Answer::refused`]).
+    failures: Arc<FailureLog>,
     served: u64,
     /// `buf` was grown past the usual read for a large request body; released once idle.
     grown: bool,
@@ -231,7 +235,7 @@ impl Conn {
                 let proxied =
                     head.method == Method::POST && Route::of(head.path_and_query().0).is_proxied();
                 let answer = if proxied {
-                    Answer::refused(&error)
+                    Answer::refused(&error, &self.failures)
                 } else {
                     Answer::error(&error, None)
                 };
@@ -278,7 +282,7 @@ impl Conn {
             Ok(body) => body,
             Err(failure) => {
                 return self
-                    .body_failed(failure, head, limit, keep_alive, Answer::refused)
+                    .body_failed(failure, head, limit, keep_alive, true)
                     .await;
             }
         };
@@ -313,7 +317,7 @@ impl Conn {
             Ok(body) => body,
             Err(failure) => {
                 return self
-                    .body_failed(failure, &head, limit, keep_alive, unrouted)
+                    .body_failed(failure, &head, limit, keep_alive, false)
                     .await;
             }
         };
@@ -431,16 +435,24 @@ impl Conn {
             .unwrap_or(false)
     }
 
-    /// Answers a body that could not be read; `answer` makes the error's answer
-    /// ([`Answer::refused`] on a proxied route, with a request id).
+    /// Answers a body that could not be read: on a `proxied` route with a request id (see
+    /// [`Answer::refused`]).
     async fn body_failed(
         &mut self,
         failure: BodyFailure,
         head: &RequestHead,
         limit: usize,
         keep_alive: bool,
-        answer: fn(&ProxyError) -> Answer,
+        proxied: bool,
     ) -> Next {
+        let failures = Arc::clone(&self.failures);
+        let answer = |error: &ProxyError| {
+            if proxied {
+                Answer::refused(error, &failures)
+            } else {
+                unrouted(error)
+            }
+        };
         match failure {
             BodyFailure::TooLarge { read_all } => {
                 let error = ProxyError::BodyTooLarge { limit };
@@ -473,7 +485,8 @@ impl Conn {
         // connection closes, rather than a go-ahead for a body nobody reads.
         let read_all =
             decoder.is_done() || (!head.expects_continue() && self.discard(&mut decoder).await);
-        self.write_answer(Answer::refused(error), keep_alive && read_all, head.http10)
+        let answer = Answer::refused(error, &self.failures);
+        self.write_answer(answer, keep_alive && read_all, head.http10)
             .await
     }
 

@@ -78,6 +78,28 @@ impl FailureLog {
     }
 }
 
+impl FailureLog {
+    /// Logs, at INFO, a request the router refused before routing it (a key it does not
+    /// know, a body that is not JSON, a model it cannot route), unless another of its code
+    /// was logged within the window: nothing records such a request, so this line is where
+    /// the request id its answer carried can be found. Only the status and code are logged,
+    /// never the message: it may quote what the client sent (a model name, a `?proxy=` URL
+    /// with credentials in it).
+    pub fn refusal(&self, request_id: &str, status: u16, code: &'static str) {
+        match self.admit(code, Instant::now()) {
+            Some(0) => tracing::info!(request_id, status, code, "refused"),
+            Some(left_out) => tracing::info!(
+                request_id,
+                status,
+                code,
+                left_out,
+                "refused ({left_out} more like it since the last line)"
+            ),
+            None => {}
+        }
+    }
+}
+
 impl Default for FailureLog {
     fn default() -> Self {
         Self::new(FAILURE_LOG_WINDOW)

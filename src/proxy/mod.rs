@@ -186,10 +186,13 @@ impl Answer {
     /// The router's own error to a proxied request it refused before it had a record (a
     /// body that is not JSON or too large, a model it cannot route, a key it does not know):
     /// it still carries a request id, as every answer on a proxied route does, so a user can
-    /// quote it. Nothing records such a request; the id is made here, on the error path, so
-    /// a request that is routed pays for one id only.
-    pub fn refused(error: &ProxyError) -> Self {
-        Self::error(error, Some(new_request_id()))
+    /// quote it. Nothing records such a request but a line of the server log (see
+    /// [`FailureLog::refusal`]); the id is made here, on the error path, so a request that is
+    /// routed pays for one id only.
+    pub fn refused(error: &ProxyError, failures: &FailureLog) -> Self {
+        let request_id = new_request_id();
+        failures.refusal(&request_id, error.status().as_u16(), error.code());
+        Self::error(error, Some(request_id))
     }
 
     /// As an axum response (hyper's side of the server).
@@ -245,7 +248,7 @@ pub async fn forward(state: &Arc<AppState>, incoming: Incoming<'_>) -> Response 
     .await
     {
         Ok(body) => body,
-        Err(error) => return Answer::refused(&error).into_axum(),
+        Err(error) => return Answer::refused(&error, &state.failures).into_axum(),
     };
     let request = ProxyRequest {
         caller: incoming.caller,
@@ -268,7 +271,7 @@ pub async fn handle(
 ) -> Answer {
     match forward_inner(state, request, hard_stop).await {
         Ok(answer) => answer,
-        Err(error) => Answer::refused(&error),
+        Err(error) => Answer::refused(&error, &state.failures),
     }
 }
 

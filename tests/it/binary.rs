@@ -787,3 +787,56 @@ async fn an_idle_connection_does_not_keep_the_buffer_of_its_last_large_request()
     );
     assert_eq!(upstream.count(), CONNECTIONS as usize + 1);
 }
+
+/// A request the router refuses before routing it is in no record; its id is in the
+/// server log, with its status and code but not its message (which may quote what the
+/// client sent: a `?proxy=` URL with credentials, a key), one line per code per window.
+#[tokio::test]
+async fn a_refused_requests_id_is_in_the_server_log_without_what_it_sent() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (code, _, stderr) = run_cli(dir.path(), &["user", "add", "alice"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let router = RouterProcess::start_in(dir, &[("ENABLE_ACCOUNT_MANAGEMENT", "true")]);
+    let refuse = |url: String, key: &'static str| async move {
+        let response = client()
+            .post(url)
+            .bearer_auth(key)
+            .json(&json!({"model": "[https://u:sk-in-the-model-name@host]m", "messages": []}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 401);
+        crate::telemetry::request_id(&response)
+    };
+    let proxy_url = "?proxy=https://user:sk-in-the-proxy-url@example.com";
+    let first = refuse(
+        router.url(&format!("/v1/chat/completions{proxy_url}")),
+        "sk-wrong-key-1",
+    )
+    .await;
+    let second = refuse(router.url("/v1/chat/completions"), "sk-wrong-key-2").await;
+    let line = |id: &str| {
+        router
+            .stderr()
+            .lines()
+            .find(|l| l.contains(id))
+            .map(str::to_owned)
+    };
+    wait_until(Duration::from_secs(10), || line(&first).is_some()).await;
+    let logged = line(&first).unwrap_or_default();
+    assert!(
+        logged.contains("refused") && logged.contains("invalid_api_key"),
+        "{logged}"
+    );
+    assert!(logged.contains("401"), "{logged}");
+    // The second of the same code within the window is counted, not logged.
+    assert_eq!(line(&second), None);
+    let log = router.stderr();
+    for secret in [
+        "sk-wrong-key",
+        "sk-in-the-proxy-url",
+        "sk-in-the-model-name",
+    ] {
+        assert!(!log.contains(secret), "{secret} in:\n{log}");
+    }
+}
