@@ -235,7 +235,8 @@ pub enum Command {
     #[command(
         long_about = "Run the router: listen on --host and --port (default 0.0.0.0:8000) \
 and forward every POST /v1/<path> whose JSON body has a \"model\" (chat/completions, \
-completions, embeddings, responses, ...) to the provider that the model name \
+completions, embeddings, responses, ...), or whose multipart/form-data form has a \"model\" \
+field (audio/transcriptions, images/edits, ...), to the provider that the model name \
 ([alias]model) or ?proxy= picks. GET /v1/models lists every provider's models; GET /health \
 answers {\"status\":\"ok\"}.\n\n\
 Starts without a config file too: then only URL targets (?proxy=https://host or \

@@ -79,11 +79,16 @@ pub struct RequestRecord {
     /// The model name sent upstream (`google/gemini-2.5`).
     pub upstream_model: String,
     pub stream: bool,
-    /// The client's request body as received, before the model rewrite. Always one valid
-    /// JSON object: the proxy parsed it before routing, so a sink may embed it as is.
+    /// The client's request body as received, before the model rewrite (a form's, as
+    /// [`Self::request_is_form`] says). Always one valid JSON object: the proxy parsed (or
+    /// wrote) it before routing, so a sink may embed it as is.
     pub request_body: Bytes,
     /// Where `request_body`'s top-level members are, when the proxy kept it.
     pub request_layout: Option<BodyLayout>,
+    /// The client sent a `multipart/form-data` body (an audio file to transcribe, an image
+    /// to edit): `request_body` is then the router's description of it, the text fields and
+    /// each file's filename, content type and size (never its bytes), not the body itself.
+    pub request_is_form: bool,
     pub started_at: SystemTime,
     /// First response bytes from the upstream (headers received).
     pub response_started_at: Option<SystemTime>,
@@ -675,6 +680,7 @@ pub(crate) mod tests {
             stream: false,
             request_body: Bytes::from_static(b"{}"),
             request_layout: None,
+            request_is_form: false,
             started_at: SystemTime::now(),
             response_started_at: None,
             first_token_at: None,

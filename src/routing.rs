@@ -172,6 +172,29 @@ pub fn resolve<'c>(
     }
 }
 
+/// The target of a request that names no model: a form without a `model` field (a file
+/// upload to `/v1/files`, a part to `/v1/uploads/<id>/parts`). `?proxy=` as in rule 1, else
+/// `settings.default_server`; else a 400 that says what would have worked. The upstream sees
+/// no model (`upstream_model` is empty) and the body goes as it came.
+pub fn resolve_unnamed<'c>(
+    proxy_param: Option<&str>,
+    config: &'c Config,
+) -> Result<Target<'c>, ProxyError> {
+    if proxy_param.is_some() {
+        return resolve(proxy_param, "", config, &Lookup::none());
+    }
+    let default = config.settings.default_server.as_deref();
+    if let Some(server) = default.and_then(|alias| config.server(alias)) {
+        return Ok(alias_target(server, "", RouteMode::DefaultServer));
+    }
+    Err(ProxyError::InvalidRequest(
+        "the form has no \"model\" field: add one (model=[alias]name), or name the target \
+         with ?proxy=<url> (a file upload names no model: it goes to ?proxy= or to \
+         settings.default_server)"
+            .into(),
+    ))
+}
+
 fn alias_target<'c>(server: &'c Server, name: &str, mode: RouteMode) -> Target<'c> {
     Target {
         mode,
@@ -506,6 +529,26 @@ servers:
         assert_eq!(t.base_url, "http://h.com:8080/api/v3");
         assert_eq!(t.base_query.as_deref(), Some("api-version=2"));
         assert_eq!(t.provider, "h.com:8080");
+    }
+
+    #[test]
+    fn a_request_without_a_model_goes_to_proxy_or_the_default_server_or_is_400() {
+        let c = config();
+        let t = resolve_unnamed(Some("https://h.com"), &c).expect("proxy");
+        assert_eq!(t.mode, RouteMode::ProxyParam);
+        assert_eq!(t.base_url, "https://h.com/v1");
+        assert_eq!(t.upstream_model, "");
+        let err = resolve_unnamed(None, &c).expect_err("no default");
+        assert_eq!(err.code(), "invalid_request");
+        assert!(err.to_string().contains("no \"model\" field"), "{err}");
+        let mut with_default = config();
+        with_default.settings.default_server = Some("huoshan".into());
+        let t = resolve_unnamed(None, &with_default).expect("default");
+        assert_eq!(t.mode, RouteMode::DefaultServer);
+        assert_eq!(t.alias(), Some("huoshan"));
+        assert_eq!(t.upstream_model, "");
+        let err = resolve_unnamed(Some("ftp://x"), &with_default).expect_err("bad proxy");
+        assert_eq!(err.code(), "invalid_request");
     }
 
     #[test]

@@ -21,12 +21,12 @@ pub const DISCARD_AT_MOST: u64 = 64 * 1024 * 1024;
 /// The longest a too-large body is read and thrown away before the 413 goes out anyway.
 pub const DISCARD_FOR_AT_MOST: Duration = Duration::from_secs(5);
 
-/// Refuses a compressed request body: the router reads the body's JSON to route it.
+/// Refuses a compressed request body: the router reads the body (JSON, or a form) to route it.
 pub fn check_encoding(content_encoding: Option<&[u8]>) -> Result<(), ProxyError> {
     match content_encoding {
         Some(encoding) if !encoding.eq_ignore_ascii_case(b"identity") => {
             Err(ProxyError::InvalidRequest(
-                "compressed request bodies (Content-Encoding) are not supported; send plain JSON"
+                "compressed request bodies (Content-Encoding) are not supported; send the body uncompressed"
                     .into(),
             ))
         }

@@ -5,13 +5,15 @@
 //! it with the fields and body it read; hyper's side (HTTP/2 clients) goes through
 //! [`forward`], which reads the body and turns the [`Answer`] into an axum response.
 //!
-//! The request path does no parsing beyond the body's top level and, for streams, one small
-//! parse per event; everything else the record needs is done by the recorder task.
+//! The request path does no parsing beyond the body's top level (or, for a
+//! `multipart/form-data` body, its part headers: [`form`]) and, for streams, one small parse
+//! per event; everything else the record needs is done by the recorder task.
 
 pub mod body;
 pub mod decoded;
 pub mod early;
 pub mod failure_log;
+pub mod form;
 pub mod headers;
 pub mod intake;
 pub mod members;
@@ -43,6 +45,7 @@ use crate::upstream::{UpstreamError, UpstreamResponse};
 use crate::usage::ResponseSummary;
 use body::RequestView;
 use failure_log::FailureLog;
+use form::FormView;
 use headers::{AnswerFields, Shape, UpstreamFields};
 use intake::{Gathered, read_body};
 use stream::StreamFailures;
@@ -281,52 +284,150 @@ async fn forward_inner(
     hard_stop: &mut Stopped,
 ) -> Result<Answer, ProxyError> {
     let started_at = SystemTime::now();
+    // A JSON body is an object, so it begins with `{` and never pays for a look at the
+    // Content-Type: only a body that does not is checked for being a form.
+    if !request.body.starts_with(b"{") {
+        if let Some(boundary) = form::boundary_of(request.fields)? {
+            let form = FormView::parse(&request.body, &boundary)?;
+            // Boxed: the JSON path's future does not grow by the form path's.
+            return Box::pin(forward_read(state, request, form, started_at, hard_stop)).await;
+        }
+    }
+    let view = RequestView::parse_keeping_layout(&request.body, state.recorder.is_enabled())?;
+    forward_read(state, request, view, started_at, hard_stop).await
+}
+
+/// What the router read of a request body to route, rewrite and record it. Each kind of
+/// body has its own, and [`forward_read`] is compiled once for each: the JSON path
+/// ([`RequestView`]) does the very work it did before forms were read, no branch added.
+trait ReadBody {
+    /// A `multipart/form-data` body, recorded by its description ([`FormView::describe`]).
+    const FORM: bool;
+    /// The `model` the client sent; `None` only for a form without one.
+    fn model(&self) -> Option<&str>;
+    fn stream(&self) -> bool;
+    /// The body to send upstream, and whether `stream_options.include_usage` was added.
+    fn rewrite(&self, body: &Bytes, upstream_model: &str, inject_usage: bool) -> (Bytes, bool);
+    /// What the record holds of the request: one JSON object.
+    fn record_body(&self, body: &Bytes) -> Bytes;
+    /// Where the record body's top-level members are, when known.
+    fn take_layout(&mut self) -> Option<crate::record::BodyLayout>;
+}
+
+impl ReadBody for RequestView {
+    const FORM: bool = false;
+
+    #[inline]
+    fn model(&self) -> Option<&str> {
+        Some(&self.model)
+    }
+
+    #[inline]
+    fn stream(&self) -> bool {
+        self.stream
+    }
+
+    #[inline]
+    fn rewrite(&self, body: &Bytes, upstream_model: &str, inject_usage: bool) -> (Bytes, bool) {
+        RequestView::rewrite(self, body, upstream_model, inject_usage)
+    }
+
+    /// An exact copy: the layout's offsets point into it.
+    #[inline]
+    fn record_body(&self, body: &Bytes) -> Bytes {
+        own_copy(body)
+    }
+
+    #[inline]
+    fn take_layout(&mut self) -> Option<crate::record::BodyLayout> {
+        self.layout.take()
+    }
+}
+
+impl ReadBody for FormView {
+    const FORM: bool = true;
+
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    fn stream(&self) -> bool {
+        self.stream
+    }
+
+    /// Only the model: `stream_options` is JSON's, a form has none to add to.
+    fn rewrite(&self, body: &Bytes, upstream_model: &str, _inject_usage: bool) -> (Bytes, bool) {
+        (FormView::rewrite(self, body, upstream_model), false)
+    }
+
+    /// The text fields and an outline of each file: never a file's bytes.
+    fn record_body(&self, body: &Bytes) -> Bytes {
+        self.describe(body)
+    }
+
+    fn take_layout(&mut self) -> Option<crate::record::BodyLayout> {
+        None
+    }
+}
+
+/// Routes and forwards a request whose body was read as `view`.
+async fn forward_read<V: ReadBody>(
+    state: &Arc<AppState>,
+    request: ProxyRequest<'_>,
+    mut view: V,
+    started_at: SystemTime,
+    hard_stop: &mut Stopped,
+) -> Result<Answer, ProxyError> {
     let config = state.config.load_full();
     let body = request.body;
-    let mut view = RequestView::parse_keeping_layout(&body, state.recorder.is_enabled())?;
-    let request_layout = view.layout.take();
+    let request_layout = view.take_layout();
     let caller = request.caller;
 
     let proxy = routing::proxy_param(request.query);
-    let owner = match (&proxy, routing::parse_model(&view.model)?) {
-        (None, ModelRef::Plain(name)) if config.settings.default_server.is_none() => {
-            state.models.find_owner(state, name, caller).await
+    let target = match view.model() {
+        Some(model) => {
+            let owner = match (&proxy, routing::parse_model(model)?) {
+                (None, ModelRef::Plain(name)) if config.settings.default_server.is_none() => {
+                    state.models.find_owner(state, name, caller).await
+                }
+                _ => None,
+            };
+            let model_owner = |_: &str| owner.clone();
+            let alias_visible = |alias: &str| caller.may_use(alias);
+            let lookup = Lookup {
+                model_owner: &model_owner,
+                alias_visible: &alias_visible,
+                url_targets: !caller.is_account(),
+            };
+            routing::resolve(proxy.as_deref(), model, &config, &lookup)?
         }
-        _ => None,
-    };
-    let target = {
-        let model_owner = |_: &str| owner.clone();
-        let alias_visible = |alias: &str| caller.may_use(alias);
-        let lookup = Lookup {
-            model_owner: &model_owner,
-            alias_visible: &alias_visible,
-            url_targets: !caller.is_account(),
-        };
-        routing::resolve(proxy.as_deref(), &view.model, &config, &lookup)?
+        None => routing::resolve_unnamed(proxy.as_deref(), &config)?,
     };
     check_permission(caller, &target)?;
 
+    let stream = view.stream();
     let (timeout, stream_usage) = target
         .server
         .map_or((DEFAULT_TIMEOUT, true), |s| (s.timeout, s.stream_usage));
-    let inject_usage = view.stream && stream_usage && takes_stream_options(request.path);
+    let inject_usage = stream && stream_usage && takes_stream_options(request.path);
     let (upstream_body, injected_usage) = view.rewrite(&body, &target.upstream_model, inject_usage);
     let url = routing::request_url_text(&target.base, request.path, request.query);
 
     let request_id = new_request_id();
     let mut guard = RecordGuard::start(state.recorder.clone(), || {
+        let model = view.model().unwrap_or_default();
         let mut record = new_record(
             &request_id,
             caller,
             &target,
             request.path,
-            &view,
-            own_copy(&body),
+            (model, stream),
+            view.record_body(&body),
             started_at,
         );
         // Only for redaction in the sinks (an upstream may echo them in an error).
         let credentials = crate::auth::presented_credentials(request.fields).map(Cow::Borrowed);
-        let query = routing::url_query_secrets(&target, &view.model);
+        let query = routing::url_query_secrets(&target, model);
         record.secrets = credentials
             .chain(query)
             .filter(|s| s.len() >= MIN_SECRET_LEN)
@@ -334,6 +435,7 @@ async fn forward_inner(
             .collect();
         // Offsets into `body`, of which the record holds an exact copy.
         record.request_layout = request_layout;
+        record.request_is_form = V::FORM;
         record
     });
     tracing::debug!(request_id, provider = %target.provider, mode = %target.mode, "forwarding");
@@ -354,7 +456,7 @@ async fn forward_inner(
     // One timer: for a stream that may open early it first fires at the keep-alive interval
     // (then the router answers the client itself and the stream goes on waiting, see
     // [`early`]); otherwise at `timeout_secs`.
-    let wake_at = if view.stream && early::opens_early(request.path) {
+    let wake_at = if stream && early::opens_early(request.path) {
         deadline.min(now + state.keepalive_interval)
     } else {
         deadline
@@ -405,13 +507,13 @@ async fn forward_inner(
     // speech request streams audio, or `speech.audio.delta` events): what streams is the
     // upstream's to say, and holding it to the end would hold the client's first byte too.
     let streamed = status.is_success()
-        && if view.stream {
+        && if stream {
             !is_json(&upstream.fields)
         } else {
             streams_unasked(&upstream.fields)
         };
     if streamed {
-        if !view.stream {
+        if !stream {
             if let Some(record) = guard.record_mut() {
                 // Relayed and read as a stream: its record is one (events, first token).
                 record.stream = true;
@@ -526,7 +628,7 @@ fn new_record(
     caller: &Caller,
     target: &Target<'_>,
     path: &str,
-    view: &RequestView,
+    (model, stream): (&str, bool),
     body: Bytes,
     started_at: SystemTime,
 ) -> RequestRecord {
@@ -537,11 +639,12 @@ fn new_record(
         alias: target.alias().map(str::to_owned),
         mode: target.mode,
         endpoint: path.to_owned(),
-        requested_model: routing::model_for_records(&view.model).into_owned(),
+        requested_model: routing::model_for_records(model).into_owned(),
         upstream_model: target.upstream_model.clone(),
-        stream: view.stream,
+        stream,
         request_body: body,
         request_layout: None,
+        request_is_form: false,
         started_at,
         response_started_at: None,
         first_token_at: None,

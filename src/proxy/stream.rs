@@ -650,6 +650,7 @@ mod tests {
             stream: true,
             request_body: Bytes::new(),
             request_layout: None,
+            request_is_form: false,
             started_at: std::time::SystemTime::now(),
             response_started_at: None,
             first_token_at: None,

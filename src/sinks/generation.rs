@@ -112,19 +112,29 @@ pub fn build_with(
             .or_else(|| RequestFields::parse(&record.request_body)),
         None => RequestFields::parse(&record.request_body),
     };
-    let input = request
-        .as_ref()
-        .and_then(RequestFields::input)
-        .map(|s| redactor.redact_owned(s));
+    let form = record.request_is_form;
+    let input = if form {
+        // The form's description is the whole input: its text fields (a prompt, a language)
+        // and an outline of each file.
+        std::str::from_utf8(&record.request_body)
+            .ok()
+            .filter(|body| !body.is_empty())
+            .map(|body| redactor.redact_owned(body.to_owned()))
+    } else {
+        request
+            .as_ref()
+            .and_then(RequestFields::input)
+            .map(|s| redactor.redact_owned(s))
+    };
     let output = output_of(record).map(|s| redactor.redact_owned(s));
     let (input, output) = fit_io(input, output, max_io_bytes);
     let parameters = request
         .as_ref()
-        .and_then(RequestFields::parameters)
+        .and_then(|r| r.parameters(form))
         .map(|s| redactor.redact_owned(s));
     let request_attributes = request
         .as_ref()
-        .map(RequestFields::request_attributes)
+        .map(|r| r.request_attributes(form))
         .unwrap_or_default();
     let usage = record.response.usage.as_ref();
     let (level, status_message) = level_of(record);
@@ -250,11 +260,17 @@ impl<'a> RequestFields<'a> {
         out
     }
 
-    fn parameters(&self) -> Option<String> {
+    /// The model parameters: every member that is not content or plumbing. Of a form's
+    /// description (`form`), the text fields only: a file's outline (an object, or a list of
+    /// them) is input.
+    fn parameters(&self, form: bool) -> Option<String> {
         let mut out = String::with_capacity(128);
         out.push('{');
         for (key, value) in &self.fields {
             if NOT_PARAMETERS.contains(&key.as_ref()) {
+                continue;
+            }
+            if form && (value.starts_with('{') || value.starts_with("[{")) {
                 continue;
             }
             if out.len() > 1 {
@@ -273,14 +289,19 @@ impl<'a> RequestFields<'a> {
         (out.len() > 2).then_some(out)
     }
 
-    fn request_attributes(&self) -> Vec<(&'static str, ParamValue)> {
+    /// `form`: the values are a form's text fields, so a number is in quotes (`"0.2"`).
+    fn request_attributes(&self, form: bool) -> Vec<(&'static str, ParamValue)> {
         let mut out = Vec::new();
+        let number = |k: &str| {
+            let raw = self.raw(k)?;
+            Some(if form { raw.trim_matches('"') } else { raw })
+        };
         let float = |k: &str| {
-            self.raw(k)
+            number(k)
                 .and_then(|v| v.parse::<f64>().ok())
                 .filter(|f| f.is_finite())
         };
-        let int = |k: &str| self.raw(k).and_then(|v| v.parse::<i64>().ok());
+        let int = |k: &str| number(k).and_then(|v| v.parse::<i64>().ok());
         for (attr, key) in [
             ("gen_ai.request.temperature", "temperature"),
             ("gen_ai.request.top_p", "top_p"),
@@ -541,6 +562,7 @@ mod tests {
             stream: false,
             request_body: Bytes::from(body.to_string()),
             request_layout: None,
+            request_is_form: false,
             started_at: SystemTime::now(),
             response_started_at: None,
             first_token_at: None,
@@ -733,6 +755,41 @@ mod tests {
         assert_eq!(
             build(&r, &Redactor::default(), 1 << 20).operation,
             "text_completion"
+        );
+    }
+
+    /// A form's record (a transcription): its description is the input, its text fields
+    /// the parameters (numbers read from their text), a file's outline no parameter.
+    #[test]
+    fn a_forms_description_is_the_input_and_its_text_fields_the_parameters() {
+        let description = json!({"model": "[openai]whisper-1",
+            "file": {"filename": "a.wav", "content_type": "audio/wav", "size_bytes": 9},
+            "image[]": [{"filename": "b.png", "content_type": "image/png", "size_bytes": 3}],
+            "language": "en", "temperature": "0.2", "prompt": "names: Ann"});
+        let mut r = record(description.clone());
+        r.endpoint = "/audio/transcriptions".into();
+        r.request_is_form = true;
+        r.response = summarize_body(
+            json!({"text": "hello", "usage": {"type": "tokens", "input_tokens": 14,
+                "output_tokens": 45, "total_tokens": 59}})
+            .to_string()
+            .as_bytes(),
+        );
+        let g = build(&r, &Redactor::default(), 1 << 20);
+        assert_eq!(g.operation, "audio/transcriptions");
+        assert_eq!(json_of(&g.input), description);
+        assert_eq!(
+            json_of(&g.parameters),
+            json!({"language": "en", "temperature": "0.2"})
+        );
+        assert_eq!(
+            g.request_attributes,
+            vec![("gen_ai.request.temperature", ParamValue::Float(0.2))]
+        );
+        assert_eq!(
+            json_of(&g.usage_details),
+            json!({"input": 14, "output": 45, "total": 59, "input_cached_tokens": 0,
+                "output_reasoning_tokens": 0})
         );
     }
 

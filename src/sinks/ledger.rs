@@ -516,6 +516,7 @@ mod tests {
             stream: true,
             request_body: Bytes::new(),
             request_layout: None,
+            request_is_form: false,
             started_at: start,
             response_started_at: None,
             first_token_at: Some(start + Duration::from_millis(40)),

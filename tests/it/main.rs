@@ -7,6 +7,7 @@ mod binary;
 mod dotenv;
 mod early_head;
 mod errors;
+mod forms;
 mod forwarding;
 mod help;
 mod http1;

@@ -6,7 +6,7 @@ mod binary;
 mod langfuse;
 mod ledger;
 mod mock_otlp;
-mod request_log;
+pub mod request_log;
 mod secrets;
 mod shapes;
 
