@@ -31,7 +31,12 @@ const FLAG_VARIABLES: &[(&str, &str)] = &[
     ("--email", "LLMSROUTER_USER_EMAIL"),
     ("--permissions", PERMISSIONS_VAR),
     ("--json", JSON_VAR),
+    ("--key", KEY_VAR),
+    ("--rowid", "LLMSROUTER_USER_ROWID"),
 ];
+
+/// The variable behind `--key` of `user show/modify/delete/rotate-key`.
+const KEY_VAR: &str = "LLMSROUTER_USER_KEY";
 
 impl Cli {
     /// Parses the process's command line. A mistake is one line on stderr, exit status 2
@@ -83,6 +88,9 @@ pub fn error_line(
         .collect::<Vec<_>>()
         .join(" ");
     let message = message.strip_prefix("error: ").unwrap_or(&message);
+    if let Some(from) = conflict_from_a_variable(error, args, env) {
+        return Some(from);
+    }
     Some(match from_a_variable(error, args, env) {
         Some(from) if from.value.to_string_lossy().trim().is_empty() => format!(
             "{} is set but empty: unset it, or give it a value (it stands for {})",
@@ -129,6 +137,12 @@ fn path_value() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
     clap::builder::OsStringValueParser::new().map(PathBuf::from)
 }
 
+/// `--key`: kept as a [`crate::secret::Secret`], so no `Debug` of the command line shows it.
+fn secret_value() -> impl clap::builder::TypedValueParser<Value = crate::secret::Secret> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::StringValueParser::new().map(crate::secret::Secret::new)
+}
+
 /// Whether `flag` is on the command line (`--db x` or `--db=x`).
 fn on_the_line(args: &[OsString], flag: &str) -> bool {
     args.iter().skip(1).any(|a| {
@@ -172,6 +186,36 @@ fn from_a_variable<'e>(
         variable,
         value: env(variable)?,
     })
+}
+
+/// A conflict (`user show ann` with `LLMSROUTER_USER_KEY` set) where one side came from a
+/// variable: clap's words would name a flag never typed.
+fn conflict_from_a_variable(
+    error: &clap::Error,
+    args: &[OsString],
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::ArgumentConflict {
+        return None;
+    }
+    let sides = [ContextKind::InvalidArg, ContextKind::PriorArg];
+    let (flag, variable) = sides.iter().find_map(|kind| {
+        let name = match error.get(*kind)? {
+            ContextValue::String(arg) => arg.split([' ', '=']).next()?.to_owned(),
+            ContextValue::Strings(args) => args.first()?.split([' ', '=']).next()?.to_owned(),
+            _ => return None,
+        };
+        FLAG_VARIABLES
+            .iter()
+            .find(|(flag, variable)| {
+                *flag == name && !on_the_line(args, flag) && env(variable).is_some()
+            })
+            .copied()
+    })?;
+    Some(format!(
+        "{variable} is set (it stands for {flag}), which cannot be combined with this command line: unset it, or leave out what conflicts with {flag}"
+    ))
 }
 
 /// `--since`: a real calendar day, `YYYY-MM-DD`.
@@ -440,13 +484,22 @@ KEY=$(llmsrouter user add bob)"
     #[command(
         long_about = "Delete a user. Its key stops working on a running server within about \
 200 ms, without a restart. An unknown user is an error (exit 1).\n\n\
+The user is named as `user list` prints it, or found by its key with --key (the way to \
+revoke a leaked key whoever holds it; --key - reads the key from stdin, out of the shell \
+history). A name the Python version's database holds as NULL, as a BLOB or as text that \
+is not UTF-8 prints, and is accepted, as <null>, <blob:HEX> or with \\xNN for each byte \
+that is not UTF-8 (quote it for the shell). \
+When several users print alike, nothing is done and the error lists them with their \
+rowids: add --rowid N to pick one. The same holds for show, modify and rotate-key.\n\n\
 Examples:\n  \
 llmsrouter user delete bob\n  \
-llmsrouter user delete bob --db /srv/llmsrouter/users.db"
+llmsrouter user delete bob --db /srv/llmsrouter/users.db\n  \
+llmsrouter user delete '<null>'\n  \
+llmsrouter user delete --key - < leaked-key.txt"
     )]
     Delete {
-        /// The user's name, as `llmsrouter user list` shows it.
-        username: String,
+        #[command(flatten)]
+        who: WhichUser,
     },
     /// Create users from a CSV (username,email[,permissions]) or JSON array file.
     #[command(
@@ -490,11 +543,12 @@ key stays the same. A running server applies them within about 200 ms. An alias 
 config.yaml is accepted with a warning.\n\n\
 Examples:\n  \
 llmsrouter user modify ci-bot --permissions \"openrouter,deepseek\"\n  \
-llmsrouter user modify ann --permissions \"*\""
+llmsrouter user modify ann --permissions \"*\"\n  \
+llmsrouter user modify 'bob\\xff' --permissions \"openrouter\""
     )]
     Modify {
-        /// The user's name, as `llmsrouter user list` shows it.
-        username: String,
+        #[command(flatten)]
+        who: WhichUser,
         /// Provider aliases the user may use, comma-separated, or "*" for all.
         #[arg(long, env = PERMISSIONS_VAR, value_name = "\"a,b\" | \"*\"")]
         permissions: String,
@@ -503,14 +557,16 @@ llmsrouter user modify ann --permissions \"*\""
     #[command(
         long_about = "Show one user: username, email, permissions, key (masked), created_at \
 and updated_at. --json prints the object `llmsrouter user list --json` prints for that \
-user.\n\n\
+user. The user is named as `user list` prints it (see `user delete --help`), or found by \
+its key with --key.\n\n\
 Examples:\n  \
 llmsrouter user show ann\n  \
-llmsrouter user show ann --json"
+llmsrouter user show ann --json\n  \
+llmsrouter user show --key - <<< \"$KEY\""
     )]
     Show {
-        /// The user's name, as `llmsrouter user list` shows it.
-        username: String,
+        #[command(flatten)]
+        who: WhichUser,
         /// JSON for scripts instead of text.
         #[arg(long, env = JSON_VAR, value_parser = flag_value)]
         json: bool,
@@ -519,13 +575,51 @@ llmsrouter user show ann --json"
     #[command(
         long_about = "Give a user a new key and print it on stdout (the key alone; it is \
 shown only now). The old key stops working on a running server within about 200 ms; \
-username, email and permissions stay. This is the way to replace a lost or leaked key.\n\n\
+username, email and permissions stay. This is the way to replace a lost or leaked key. The \
+user is named as `user list` prints it (see `user delete --help`), or found by its (leaked) \
+key with --key.\n\n\
 Examples:\n  \
 llmsrouter user rotate-key ann\n  \
-KEY=$(llmsrouter user rotate-key ann)"
+KEY=$(llmsrouter user rotate-key ann)\n  \
+llmsrouter user rotate-key '<blob:ff00>'"
     )]
     RotateKey {
-        /// The user's name, as `llmsrouter user list` shows it.
-        username: String,
+        #[command(flatten)]
+        who: WhichUser,
     },
+}
+
+/// The user a command acts on: by name, or by key (`--key`). A name is the one `user list`
+/// prints, `<null>`, `<blob:ff00>` and `bob\xff` too for the Python version's odd names.
+#[derive(Debug, Args)]
+pub struct WhichUser {
+    #[command(flatten)]
+    pub by: NameOrKey,
+
+    /// Which of several users that print alike is meant (the refusal lists their rowids).
+    #[arg(
+        long,
+        env = "LLMSROUTER_USER_ROWID",
+        value_name = "N",
+        conflicts_with = "key"
+    )]
+    pub rowid: Option<i64>,
+}
+
+/// A user's name or key: one of them, not both.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct NameOrKey {
+    /// The user's name, as `llmsrouter user list` shows it.
+    pub username: Option<String>,
+
+    /// The user's key instead of the name ("-": read it from stdin); never printed.
+    #[arg(
+        long,
+        env = KEY_VAR,
+        value_name = "KEY",
+        hide_env_values = true,
+        value_parser = secret_value()
+    )]
+    pub key: Option<crate::secret::Secret>,
 }

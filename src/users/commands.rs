@@ -17,10 +17,11 @@ use super::UserError;
 use super::import::{self, ImportRow};
 use super::key::masked;
 use super::permissions::{self, parse_spec, unknown_aliases};
-use super::store::{NewUser, OpenMode, User, UserStore};
+use super::store::{NewUser, OpenMode, User, UserStore, Who};
 use crate::auth::Permissions;
-use crate::cli::UserCommand;
+use crate::cli::{UserCommand, WhichUser};
 use crate::printable;
+use crate::secret::Secret;
 
 /// Where a command writes, and what it checks permissions against.
 pub struct Context<'a> {
@@ -39,40 +40,72 @@ pub fn run(command: &UserCommand, cx: &mut Context<'_>) -> Result<(), UserError>
             email,
             permissions,
         } => add(cx, username, email.as_deref(), permissions),
-        UserCommand::Delete { username } => {
-            UserStore::open(cx.db, OpenMode::Existing)?.delete(username)?;
-            writeln!(cx.out, "deleted user {}", quoted(username))?;
+        UserCommand::Delete { who } => {
+            let key = presented_key(who)?;
+            let user = UserStore::open(cx.db, OpenMode::Existing)?.delete(target(who, &key))?;
+            writeln!(cx.out, "deleted user {}", user.quoted_name())?;
             Ok(())
         }
         UserCommand::Import { file } => import_file(cx, file),
         UserCommand::List { json } => list(cx, *json),
-        UserCommand::Modify {
-            username,
-            permissions,
-        } => {
+        UserCommand::Modify { who, permissions } => {
             let permissions = parse_spec(permissions)?;
-            UserStore::open(cx.db, OpenMode::Existing)?.set_permissions(username, &permissions)?;
-            warn_unknown_aliases(cx, &permissions, username)?;
+            let key = presented_key(who)?;
+            let user = UserStore::open(cx.db, OpenMode::Existing)?
+                .set_permissions(target(who, &key), &permissions)?;
+            let name = user.quoted_name();
+            warn_unknown_aliases(cx, &permissions, &name)?;
             writeln!(
                 cx.out,
-                "user {} may now use: {}",
-                quoted(username),
+                "user {name} may now use: {}",
                 permissions::display(&permissions)
             )?;
             Ok(())
         }
-        UserCommand::Show { username, json } => show(cx, username, *json),
-        UserCommand::RotateKey { username } => {
+        UserCommand::Show { who, json } => {
+            let key = presented_key(who)?;
+            show(cx, target(who, &key), *json)
+        }
+        UserCommand::RotateKey { who } => {
+            let key = presented_key(who)?;
             let out = &mut *cx.out;
-            UserStore::open(cx.db, OpenMode::Existing)?
-                .rotate_key_delivering(username, |key| print_key(out, key))?;
+            let (user, _) = UserStore::open(cx.db, OpenMode::Existing)?
+                .rotate_key_delivering(target(who, &key), |key| print_key(out, key))?;
             writeln!(
                 cx.err,
                 "new key for {} (above, shown only now); the old key no longer works",
-                quoted(username)
+                user.quoted_name()
             )?;
             Ok(())
         }
+    }
+}
+
+/// The key `--key` gives, read from stdin for `-` (so it stays out of the shell's history
+/// and the process list); `None` when the user is named instead.
+fn presented_key(who: &WhichUser) -> Result<Option<Secret>, UserError> {
+    match &who.by.key {
+        None => Ok(None),
+        Some(key) if key.expose() == "-" => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(UserError::KeyInput)?;
+            Ok(Some(Secret::new(line.trim_end_matches(['\n', '\r']))))
+        }
+        Some(key) => Ok(Some(key.clone())),
+    }
+}
+
+/// Whom the command means: the key when one was given (clap allows a name or a key, not
+/// both), else the name with its `--rowid`.
+fn target<'a>(who: &'a WhichUser, key: &'a Option<Secret>) -> Who<'a> {
+    match key {
+        Some(key) => Who::Key(key.expose()),
+        None => Who::Name {
+            name: who.by.username.as_deref().unwrap_or_default(),
+            rowid: who.rowid,
+        },
     }
 }
 
@@ -103,7 +136,7 @@ fn add(
         quoted(username),
         permissions::display(&user.permissions)
     )?;
-    warn_unknown_aliases(cx, &user.permissions, username)?;
+    warn_unknown_aliases(cx, &user.permissions, &quoted(username))?;
     Ok(())
 }
 
@@ -131,7 +164,7 @@ fn unmade_if_undelivered<T>(
 }
 
 /// A new key alone on its line, flushed: it must have left before the change is committed.
-fn print_key(out: &mut dyn Write, key: &crate::secret::Secret) -> std::io::Result<()> {
+fn print_key(out: &mut dyn Write, key: &Secret) -> std::io::Result<()> {
     writeln!(out, "{}", key.expose())?;
     out.flush()
 }
@@ -256,8 +289,8 @@ fn list(cx: &mut Context<'_>, json: bool) -> Result<(), UserError> {
     Ok(())
 }
 
-fn show(cx: &mut Context<'_>, username: &str, json: bool) -> Result<(), UserError> {
-    let user = UserStore::open(cx.db, OpenMode::Read)?.get(username)?;
+fn show(cx: &mut Context<'_>, who: Who<'_>, json: bool) -> Result<(), UserError> {
+    let user = UserStore::open(cx.db, OpenMode::Read)?.get(who)?;
     if json {
         write_json(cx.out, &UserJson::of(&user))?;
         return Ok(());
@@ -292,10 +325,11 @@ fn write_json(out: &mut dyn Write, value: &impl Serialize) -> Result<(), UserErr
     Ok(())
 }
 
+/// `quoted_name`: the user as messages name it (quoted, escaped).
 fn warn_unknown_aliases(
     cx: &mut Context<'_>,
     permissions: &Permissions,
-    username: &str,
+    quoted_name: &str,
 ) -> Result<(), UserError> {
     let Some(known) = cx.known_aliases else {
         return Ok(());
@@ -303,8 +337,7 @@ fn warn_unknown_aliases(
     for alias in unknown_aliases(permissions, known) {
         writeln!(
             cx.err,
-            "warning: provider {alias:?} is not in config.yaml; {} cannot use it until it is added there",
-            quoted(username)
+            "warning: provider {alias:?} is not in config.yaml; {quoted_name} cannot use it until it is added there"
         )?;
     }
     Ok(())

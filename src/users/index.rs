@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use super::UserError;
 use super::key::{KeyHash, hash_key};
+use super::names::StoredName;
 use super::permissions::from_json;
 use super::store::text;
 use crate::auth::{Caller, KeyIndex, Permissions};
@@ -89,7 +90,9 @@ impl UserIndex {
         let mut rows = statement.query([])?;
         let mut callers = HashMap::new();
         while let Some(row) = rows.next()? {
-            let username = text(row, 0)?;
+            // As `user list` prints it, so the request log, traces and the ledger name the
+            // user as the CLI does (`<null>` rather than an empty name).
+            let username = StoredName::from_sql(row.get_ref(0)?).shown();
             let key = text(row, 1)?;
             if key.is_empty() {
                 tracing::warn!(user = %username, "user has an empty key; it cannot sign in");

@@ -20,7 +20,7 @@ pub mod store;
 use crate::db::DbError;
 
 pub use index::{RefreshTask, UserIndex};
-pub use store::{NewUser, OpenMode, User, UserStore};
+pub use store::{NewUser, OpenMode, User, UserStore, Who};
 
 /// Why a user command failed. `Display` is the one line the CLI prints; names from the user
 /// are quoted with escapes and clipped, so a control character or a 1 MB name cannot garble
@@ -37,6 +37,22 @@ pub enum UserError {
     NoDatabase(String),
     #[error("user {0:?} does not exist")]
     UnknownUser(String),
+    /// `--key` matched no user. The key itself is never part of a message.
+    #[error("no user has the given key")]
+    UnknownKey,
+    /// `--rowid` named none of the users that answer to the name.
+    #[error("no user {name:?} has rowid {rowid} (the error without --rowid lists them)")]
+    NoSuchRowid { name: String, rowid: i64 },
+    /// Several users answer to a name (users of the Python version's database that print
+    /// alike): none is picked.
+    #[error("{what} names {count} users ({users}); nothing was changed: {hint}")]
+    Ambiguous {
+        what: String,
+        count: usize,
+        users: String,
+        /// How to name one of them.
+        hint: &'static str,
+    },
     #[error("user {0:?} already exists; its key is unchanged")]
     DuplicateUser(String),
     #[error("bad username {name:?}: {reason}")]
@@ -49,6 +65,8 @@ pub enum UserError {
     Random(#[from] key::RandomError),
     #[error("{file}: {reason}; nothing imported")]
     Import { file: String, reason: String },
+    #[error("cannot read the key from stdin: {0}")]
+    KeyInput(std::io::Error),
     #[error("cannot write the output: {0}")]
     Output(std::io::Error),
     /// A new key could not be written out; the change that made it was not committed.

@@ -1,7 +1,12 @@
-//! What a new username and an email address may look like.
+//! What a new username and an email address may look like, and how a stored username of
+//! any SQLite type is printed and addressed.
 //!
-//! Pure. Only applied to names being created: an existing user from the Python version's
-//! database keeps whatever name it has and can still be shown, modified and deleted.
+//! Pure. The checks apply only to names being created: an existing user from the Python
+//! version's database keeps whatever name it has (SQLite does not enforce the column's type:
+//! it may be NULL, a BLOB or text that is not UTF-8) and can still be shown, modified and
+//! deleted by the name `user list` prints for it ([`StoredName`]).
+
+use rusqlite::types::ValueRef;
 
 /// Longest username accepted for a new user, in characters.
 pub const MAX_USERNAME_CHARS: usize = 64;
@@ -75,6 +80,81 @@ pub fn check_email(email: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A username as the users table holds it. Every form prints as one string, the same in the
+/// table, in JSON and in messages, and that string addresses the user again:
+///
+/// - text that is UTF-8: itself (as it always did);
+/// - text that is not UTF-8: its UTF-8 parts as they are but for `\` (doubled), each other
+///   byte as `\xNN` (`bob\xff`);
+/// - a BLOB: `<blob:HEX>` (`<blob:ff00>`), whatever the bytes, as SQLite never matches a blob
+///   to a text name;
+/// - NULL: `<null>`.
+///
+/// A new name cannot contain `\`, `<` or `>`, so only another Python-era name can print alike;
+/// the commands refuse such an ambiguous name rather than guess (see `UserStore`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredName {
+    Text(String),
+    NotUtf8(Vec<u8>),
+    Blob(Vec<u8>),
+    Null,
+}
+
+impl StoredName {
+    pub fn from_sql(value: ValueRef<'_>) -> Self {
+        match value {
+            ValueRef::Null => Self::Null,
+            ValueRef::Integer(i) => Self::Text(i.to_string()),
+            ValueRef::Real(f) => Self::Text(f.to_string()),
+            ValueRef::Text(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => Self::Text(text.to_owned()),
+                Err(_) => Self::NotUtf8(bytes.to_vec()),
+            },
+            ValueRef::Blob(bytes) => Self::Blob(bytes.to_vec()),
+        }
+    }
+
+    /// Whether this is a name `user add` could have stored: UTF-8 text, printed as it is.
+    pub fn is_text(&self) -> bool {
+        matches!(self, Self::Text(_))
+    }
+
+    /// The name as printed (see the type's doc). No two different names of the same kind
+    /// print alike; a UTF-8 name can print like another kind's.
+    pub fn shown(&self) -> String {
+        match self {
+            Self::Text(text) => text.clone(),
+            Self::NotUtf8(bytes) => {
+                let mut shown = String::with_capacity(bytes.len() + 8);
+                for chunk in bytes.utf8_chunks() {
+                    shown.push_str(&chunk.valid().replace('\\', "\\\\"));
+                    for byte in chunk.invalid() {
+                        shown.push_str(&format!("\\x{byte:02x}"));
+                    }
+                }
+                shown
+            }
+            Self::Blob(bytes) => {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                format!("<blob:{hex}>")
+            }
+            Self::Null => "<null>".to_owned(),
+        }
+    }
+
+    /// Whether `name`, as given on the command line, names this user: the stored text
+    /// itself, or the name as `user list --json` or the `user list` table prints it.
+    pub fn answers_to(&self, name: &str) -> bool {
+        if let Self::Text(text) = self {
+            if text == name {
+                return true;
+            }
+        }
+        let shown = self.shown();
+        shown == name || crate::printable(&shown) == name
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +206,37 @@ mod tests {
         }
         let huge = format!("{}@example.com", "a".repeat(300));
         assert!(check_email(&huge).is_err());
+    }
+
+    #[test]
+    fn stored_names_print_losslessly_and_answer_to_what_they_print() {
+        let cases = [
+            (StoredName::Text("ann".into()), "ann"),
+            (StoredName::NotUtf8(b"bob\xff".to_vec()), "bob\\xff"),
+            (StoredName::NotUtf8(b"\xe6\x9d\x8e\xc0".to_vec()), "李\\xc0"),
+            (StoredName::NotUtf8(b"\\xc0\xff".to_vec()), "\\\\xc0\\xff"),
+            (StoredName::Blob(vec![0xff, 0x00]), "<blob:ff00>"),
+            (StoredName::Blob(Vec::new()), "<blob:>"),
+            (StoredName::Null, "<null>"),
+        ];
+        for (name, shown) in &cases {
+            assert_eq!(name.shown(), *shown);
+            assert!(name.answers_to(shown), "{shown}");
+            assert!(!name.answers_to(""), "{shown}");
+        }
+        // The table escapes control characters; that form answers too.
+        let bell = StoredName::NotUtf8(b"a\x07\xff".to_vec());
+        assert_eq!(bell.shown(), "a\u{7}\\xff");
+        assert!(bell.answers_to("a\\u{7}\\xff"));
+        let text_bell = StoredName::Text("a\u{7}".into());
+        assert!(text_bell.answers_to("a\u{7}") && text_bell.answers_to("a\\u{7}"));
+        // A blob holding UTF-8 is still a blob: it does not answer to the text.
+        assert!(!StoredName::Blob(b"ann".to_vec()).answers_to("ann"));
+        assert_eq!(
+            StoredName::from_sql(ValueRef::Text(b"x\xff")),
+            StoredName::NotUtf8(b"x\xff".to_vec())
+        );
+        assert_eq!(StoredName::from_sql(ValueRef::Null), StoredName::Null);
+        assert!(StoredName::from_sql(ValueRef::Text(b"ann")).is_text());
     }
 }

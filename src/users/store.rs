@@ -5,16 +5,21 @@
 //! this user exist?) cannot race another process. Timestamps are written as the Python
 //! version wrote them: local time, ISO 8601 with microseconds (`2024-05-01T12:34:56.789012`).
 //! Keys leave this module only as [`Secret`]s, and only from `add`, `rotate_key` and `import`.
+//!
+//! A command that acts on an existing user first finds its row ([`Who`]: by name as `user
+//! list` prints it, or by key) and then acts on that row by its rowid, so a name that is NULL,
+//! a BLOB or not UTF-8 (the Python version's table does not enforce the type) is addressed
+//! exactly, and two users that print alike are refused rather than confused.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, Row, TransactionBehavior, params};
 
 use super::UserError;
-use super::key::generate_key;
-use super::names::{check_email, check_username};
+use super::key::{generate_key, hash_key, masked};
+use super::names::{StoredName, check_email, check_username};
 use super::permissions::{from_json, to_json};
 use crate::auth::Permissions;
 use crate::secret::Secret;
@@ -22,7 +27,13 @@ use crate::secret::Secret;
 /// One account as stored.
 #[derive(Debug, Clone)]
 pub struct User {
+    /// SQLite's id of the row: what a command acts on once a name or key picked the user.
+    pub rowid: i64,
+    /// The name as printed ([`StoredName::shown`]): the stored name itself when it is UTF-8
+    /// text, as every name `user add` makes is.
     pub username: String,
+    /// The name as stored.
+    pub stored_name: StoredName,
     pub key: Secret,
     pub email: Option<String>,
     /// `Err` with the reason when the stored column cannot be read; such a user may use no
@@ -30,6 +41,42 @@ pub struct User {
     pub permissions: Result<Permissions, String>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+impl User {
+    /// The name for a message: quoted, control characters escaped, clipped.
+    pub fn quoted_name(&self) -> String {
+        let clipped = crate::error::clip(&self.username, 80);
+        if self.stored_name.is_text() {
+            format!("{clipped:?}")
+        } else {
+            // Printed as `user list` prints it, so it can be pasted back (`{:?}` would double
+            // the backslash of `\xff`).
+            format!("\"{}\"", crate::printable(&clipped))
+        }
+    }
+}
+
+/// Which existing user a command means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who<'a> {
+    /// A name as `user list` (or `user list --json`) prints it, or as stored; `rowid` picks
+    /// one of several users that print alike (the refusal lists them).
+    Name { name: &'a str, rowid: Option<i64> },
+    /// The user's key, matched as the server matches it (by its SHA-256). Never printed.
+    Key(&'a str),
+}
+
+impl<'a> From<&'a str> for Who<'a> {
+    fn from(name: &'a str) -> Self {
+        Self::Name { name, rowid: None }
+    }
+}
+
+impl<'a> From<&'a String> for Who<'a> {
+    fn from(name: &'a String) -> Self {
+        Self::from(name.as_str())
+    }
 }
 
 /// An account to create; its key is made by the store.
@@ -126,35 +173,26 @@ impl UserStore {
         Ok(key)
     }
 
-    pub fn delete(&mut self, username: &str) -> Result<(), UserError> {
+    /// Deletes the user `who` means; returns it as it was.
+    pub fn delete<'a>(&mut self, who: impl Into<Who<'a>>) -> Result<User, UserError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let deleted = tx.execute("DELETE FROM users WHERE username = ?1", [username])?;
-        if deleted == 0 {
-            return Err(unknown(username));
-        }
+        let user = find(&tx, who.into())?;
+        tx.execute("DELETE FROM users WHERE rowid = ?1", [user.rowid])?;
         tx.commit()?;
-        Ok(())
+        Ok(user)
     }
 
-    pub fn get(&self, username: &str) -> Result<User, UserError> {
-        self.conn
-            .query_row(
-                "SELECT username, api_key, email, permissions, created_at, updated_at
-                 FROM users WHERE username = ?1",
-                [username],
-                user_from_row,
-            )
-            .optional()?
-            .ok_or_else(|| unknown(username))
+    pub fn get<'a>(&self, who: impl Into<Who<'a>>) -> Result<User, UserError> {
+        find(&self.conn, who.into())
     }
 
     /// Every account, by username.
     pub fn list(&self) -> Result<Vec<User>, UserError> {
         let mut statement = self.conn.prepare(
-            "SELECT username, api_key, email, permissions, created_at, updated_at
-             FROM users ORDER BY username",
+            "SELECT rowid, username, api_key, email, permissions, created_at, updated_at
+             FROM users ORDER BY username, rowid",
         )?;
         let users = statement
             .query_map([], user_from_row)?
@@ -162,56 +200,55 @@ impl UserStore {
         Ok(users)
     }
 
-    pub fn set_permissions(
+    /// Replaces the permissions of the user `who` means; returns it as it was.
+    pub fn set_permissions<'a>(
         &mut self,
-        username: &str,
+        who: impl Into<Who<'a>>,
         permissions: &Permissions,
-    ) -> Result<(), UserError> {
+    ) -> Result<User, UserError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let user = find(&tx, who.into())?;
         let now = now_iso(&tx)?;
-        let changed = tx.execute(
-            "UPDATE users SET permissions = ?1, updated_at = ?2 WHERE username = ?3",
-            params![to_json(permissions), now, username],
+        tx.execute(
+            "UPDATE users SET permissions = ?1, updated_at = ?2 WHERE rowid = ?3",
+            params![to_json(permissions), now, user.rowid],
         )?;
-        if changed == 0 {
-            return Err(unknown(username));
-        }
         tx.commit()?;
-        Ok(())
+        Ok(user)
     }
 
-    /// Gives `username` a new key and returns it; the old key no longer matches any row.
-    pub fn rotate_key(&mut self, username: &str) -> Result<Secret, UserError> {
-        self.rotate_key_delivering(username, |_| Ok(()))
+    /// Gives the user `who` means a new key and returns it; the old key no longer matches
+    /// any row.
+    pub fn rotate_key<'a>(&mut self, who: impl Into<Who<'a>>) -> Result<Secret, UserError> {
+        self.rotate_key_delivering(who, |_| Ok(()))
+            .map(|(_, key)| key)
     }
 
     /// [`Self::rotate_key`], handing the new key to `deliver` before the change is
     /// committed: when it cannot be shown, the old key keeps working (see
-    /// [`Self::add_delivering`]).
-    pub fn rotate_key_delivering(
+    /// [`Self::add_delivering`]). Returns the user as it was, and the new key.
+    pub fn rotate_key_delivering<'a>(
         &mut self,
-        username: &str,
+        who: impl Into<Who<'a>>,
         deliver: impl FnOnce(&Secret) -> std::io::Result<()>,
-    ) -> Result<Secret, UserError> {
+    ) -> Result<(User, Secret), UserError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if !exists(&tx, username)? {
-            return Err(unknown(username));
-        }
+        let user = find(&tx, who.into())?;
         let now = now_iso(&tx)?;
         let key = with_fresh_key(|key| {
             tx.execute(
-                "UPDATE users SET api_key = ?1, updated_at = ?2 WHERE username = ?3",
-                params![key.expose(), now, username],
+                "UPDATE users SET api_key = ?1, updated_at = ?2 WHERE rowid = ?3",
+                params![key.expose(), now, user.rowid],
             )
         })?;
         deliver(&key).map_err(UserError::Undelivered)?;
         tx.commit()
             .map_err(|error| unsaved(error, "the new key", "the old key still works"))?;
-        Ok(key)
+        Ok((user, key))
     }
 
     /// Creates every user of `users` that does not exist yet, all in one transaction: either
@@ -258,6 +295,102 @@ fn unsaved(error: rusqlite::Error, printed: &'static str, kept: &'static str) ->
         error,
         printed,
         kept,
+    }
+}
+
+/// The one user `who` means. Every row is read and compared here rather than in SQL: a
+/// name matches by what it prints as too ([`StoredName::answers_to`]), and a key by its
+/// hash, as the server's index matches it. More than one match is refused, listing them.
+fn find(conn: &Connection, who: Who<'_>) -> Result<User, UserError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT rowid, username, api_key, email, permissions, created_at, updated_at
+         FROM users ORDER BY rowid",
+    )?;
+    let users = statement.query_map([], user_from_row)?;
+    let mut found = Vec::new();
+    match who {
+        Who::Name { name, rowid } => {
+            let mut named = 0;
+            for user in users {
+                let user = user?;
+                if user.stored_name.answers_to(name) {
+                    named += 1;
+                    if rowid.is_none_or(|id| id == user.rowid) {
+                        found.push(user);
+                    }
+                }
+            }
+            if named == 0 {
+                return Err(unknown(name));
+            }
+            if let (Some(rowid), true) = (rowid, found.is_empty()) {
+                return Err(UserError::NoSuchRowid {
+                    name: crate::error::clip(name, 80),
+                    rowid,
+                });
+            }
+        }
+        Who::Key(key) => {
+            let presented = hash_key(key);
+            for user in users {
+                let user = user?;
+                // As the index: an empty key signs in nobody.
+                if !user.key.expose().is_empty() && hash_key(user.key.expose()) == presented {
+                    found.push(user);
+                }
+            }
+            if found.is_empty() {
+                return Err(UserError::UnknownKey);
+            }
+        }
+    }
+    if found.len() > 1 {
+        return Err(ambiguous(who, &found));
+    }
+    found.pop().ok_or(UserError::UnknownKey)
+}
+
+/// Several users answer to `who`: the refusal lists each (rowid, name, masked key, created)
+/// so the rowid of the one meant can be given with the name.
+fn ambiguous(who: Who<'_>, found: &[User]) -> UserError {
+    const LISTED: usize = 5;
+    let mut users: Vec<String> = found
+        .iter()
+        .take(LISTED)
+        .map(|u| {
+            format!(
+                "rowid {}: {}, key {}, created {}",
+                u.rowid,
+                u.quoted_name(),
+                masked(&u.key),
+                crate::printable(
+                    &u.created_at
+                        .get(..19)
+                        .unwrap_or(&u.created_at)
+                        .replacen('T', " ", 1)
+                )
+            )
+        })
+        .collect();
+    if found.len() > LISTED {
+        users.push(format!("and {} more", found.len() - LISTED));
+    }
+    let (what, hint) = match who {
+        Who::Name { name, .. } => (
+            format!("{:?}", crate::error::clip(name, 80)),
+            "add --rowid <N> to pick one, or give --key <KEY> instead of the name",
+        ),
+        // Two stored keys that read as the same text (a BLOB and text of the same bytes).
+        Who::Key(_) => (
+            "the given key".to_owned(),
+            "name the user instead, with --rowid <N>",
+        ),
+    };
+    UserError::Ambiguous {
+        what,
+        count: found.len(),
+        users: users.join("; "),
+        hint,
     }
 }
 
@@ -320,15 +453,19 @@ fn now_iso(conn: &Connection) -> rusqlite::Result<String> {
     Ok(format!("{seconds}.{:06}", now.subsec_micros()))
 }
 
+/// A row of `SELECT rowid, username, api_key, email, permissions, created_at, updated_at`.
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
-    let email = text(row, 2)?;
+    let stored_name = StoredName::from_sql(row.get_ref(1)?);
+    let email = text(row, 3)?;
     Ok(User {
-        username: text(row, 0)?,
-        key: Secret::new(text(row, 1)?),
+        rowid: row.get(0)?,
+        username: stored_name.shown(),
+        stored_name,
+        key: Secret::new(text(row, 2)?),
         email: (!email.is_empty()).then_some(email),
-        permissions: from_json(&text(row, 3)?),
-        created_at: text(row, 4)?,
-        updated_at: text(row, 5)?,
+        permissions: from_json(&text(row, 4)?),
+        created_at: text(row, 5)?,
+        updated_at: text(row, 6)?,
     })
 }
 
@@ -401,6 +538,95 @@ mod tests {
             store.set_permissions("ann", &Permissions::All),
             Err(UserError::UnknownUser(_))
         ));
+    }
+
+    /// Names of the Python version's table that are not UTF-8 text: each is addressed by
+    /// what it prints as, acted on by rowid, and names that print alike are refused.
+    #[test]
+    fn odd_names_are_found_by_their_printed_form_and_never_confused() {
+        let (_dir, mut store) = store();
+        store.conn
+            .execute_batch(
+                "INSERT INTO users VALUES (NULL, 'k-null-1', NULL, '{\"*\": true}', 't', 't');
+                 INSERT INTO users VALUES (NULL, 'k-null-2', NULL, '{\"*\": true}', 't', 't');
+                 INSERT INTO users VALUES (x'ff00', 'k-blob', NULL, '{\"*\": true}', 't', 't');
+                 INSERT INTO users VALUES (CAST(x'626f62ff' AS TEXT), 'k-bad', NULL, '{\"*\": true}', 't', 't');
+                 INSERT INTO users VALUES ('bob\\xff', 'k-slash', NULL, '{\"*\": true}', 't', 't');",
+            )
+            .expect("rows");
+        let key_of =
+            |store: &UserStore, who: Who<'_>| store.get(who).map(|u| u.key.expose().to_owned());
+        assert_eq!(
+            key_of(&store, "<blob:ff00>".into()).expect("blob"),
+            "k-blob"
+        );
+        // A non-UTF-8 name and the text `bob\xff` print alike: refused, both listed.
+        let err = key_of(&store, "bob\\xff".into()).expect_err("ambiguous");
+        let message = err.to_string();
+        assert!(
+            matches!(err, UserError::Ambiguous { count: 2, .. }),
+            "{message}"
+        );
+        assert!(
+            message.contains("rowid 4") && message.contains("rowid 5"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("k-bad") && !message.contains("k-slash"),
+            "{message}"
+        );
+        let picked = Who::Name {
+            name: "bob\\xff",
+            rowid: Some(4),
+        };
+        assert_eq!(key_of(&store, picked).expect("rowid 4"), "k-bad");
+        let wrong = Who::Name {
+            name: "bob\\xff",
+            rowid: Some(1),
+        };
+        assert!(matches!(
+            store.get(wrong),
+            Err(UserError::NoSuchRowid { .. })
+        ));
+
+        assert!(matches!(
+            store.delete("<null>"),
+            Err(UserError::Ambiguous { .. })
+        ));
+        let deleted = store.delete(Who::Key("k-null-2")).expect("by key");
+        assert_eq!((deleted.rowid, deleted.username.as_str()), (2, "<null>"));
+        assert!(matches!(
+            store.get(Who::Key("k-null-2")),
+            Err(UserError::UnknownKey)
+        ));
+        assert_eq!(
+            key_of(&store, "<null>".into()).expect("one left"),
+            "k-null-1"
+        );
+        store.rotate_key(Who::Key("k-blob")).expect("rotate");
+        store
+            .set_permissions(picked, &Permissions::All)
+            .expect("modify");
+        // Acting by rowid leaves the stored names exactly as they were.
+        let kinds: Vec<(String, String)> = store
+            .conn
+            .prepare("SELECT typeof(username), hex(username) FROM users ORDER BY rowid")
+            .expect("select")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let expected = [
+            ("null", ""),
+            ("blob", "FF00"),
+            ("text", "626F62FF"),
+            ("text", "626F625C786666"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(t, h)| ((*t).to_owned(), (*h).to_owned()))
+            .collect();
+        assert_eq!(kinds, expected);
     }
 
     #[test]

@@ -17,3 +17,4 @@ mod streaming;
 mod telemetry;
 mod upstream_tls;
 mod users;
+mod users_odd_names;

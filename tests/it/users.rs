@@ -15,7 +15,7 @@ use crate::support::{
 };
 
 /// The Python version's `CREATE TABLE`, exactly as it ran it.
-const PYTHON_SCHEMA: &str = "
+pub(crate) const PYTHON_SCHEMA: &str = "
                 CREATE TABLE IF NOT EXISTS users (
                     username TEXT PRIMARY KEY,
                     api_key TEXT UNIQUE NOT NULL,
@@ -36,7 +36,7 @@ fn is_new_key(text: &str) -> bool {
 }
 
 /// Runs `llmsrouter user <args>` in `dir`; asserts a failure is one `error:` line.
-fn user(dir: &Path, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn user(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let mut full = vec!["user"];
     full.extend_from_slice(args);
     let (code, out, err) = run_cli(dir, &full, &[]);
@@ -702,21 +702,21 @@ fn python_users_db(path: &Path) {
 }
 
 /// Two providers on the same mock: `mock` and `other`.
-fn two_server_config(upstream: &MockUpstream) -> String {
+pub(crate) fn two_server_config(upstream: &MockUpstream) -> String {
     format!(
         "servers:\n  mock:\n    url: \"{0}\"\n    api_key: \"sk-mock-upstream-key\"\n  other:\n    url: \"{0}\"\n    api_key: \"sk-other-upstream-key\"\n",
         upstream.url()
     )
 }
 
-enum Auth<'a> {
+pub(crate) enum Auth<'a> {
     None,
     Bearer(&'a str),
     XApiKey(&'a str),
 }
 
 /// POSTs a chat completion; returns the status and the error code, if any.
-async fn chat(url: &str, auth: Auth<'_>, model: &str) -> (u16, Option<String>) {
+pub(crate) async fn chat(url: &str, auth: Auth<'_>, model: &str) -> (u16, Option<String>) {
     let mut request = client()
         .post(url)
         .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}));
@@ -732,7 +732,7 @@ async fn chat(url: &str, auth: Auth<'_>, model: &str) -> (u16, Option<String>) {
     (status, code)
 }
 
-async fn cli(dir: PathBuf, args: Vec<String>) -> (i32, String, String) {
+pub(crate) async fn cli(dir: PathBuf, args: Vec<String>) -> (i32, String, String) {
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run_cli(&dir, &args, &[])
@@ -741,7 +741,7 @@ async fn cli(dir: PathBuf, args: Vec<String>) -> (i32, String, String) {
     .expect("cli thread")
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
+pub(crate) fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
 }
 

@@ -446,6 +446,14 @@ pub fn run_cli_writing_to(dir: &Path, args: &[&str], stdout: std::fs::File) -> (
     (code, stderr)
 }
 
+/// Runs the binary with `args` in `dir` reading its stdin from `stdin`; returns (exit code,
+/// stdout, stderr).
+pub fn run_cli_reading(dir: &Path, args: &[&str], stdin: std::fs::File) -> (i32, String, String) {
+    let mut command = Command::new(binary());
+    command.stdin(stdin);
+    run_prepared(command, dir, args, &[])
+}
+
 /// [`run_cli`] by a user who may not write `dir`'s read-only files ([`reader_command`]).
 pub fn run_cli_as_reader(
     dir: &Path,

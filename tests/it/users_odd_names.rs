@@ -1,0 +1,386 @@
+//! Users of the Python version's users.db whose name is NULL, a BLOB or text that is not
+//! UTF-8 (SQLite does not enforce the column's type): `user list` prints them, every command
+//! that takes a name accepts what it prints and acts on exactly that row, `--key` finds a
+//! user by key, and a running server stops taking the key of such a user once deleted.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+use serde_json::Value;
+
+use crate::support::upstream::{Behavior, MockUpstream};
+use crate::support::{RouterProcess, TestRouter, run_cli, run_cli_reading};
+use crate::users::{Auth, PYTHON_SCHEMA, chat, cli, strings, two_server_config, user};
+
+const ANN_KEY: &str = "Xq3vB9kLm2Np7Rt5Wz8Yc1Df4Gh6Jk0A";
+const NULL_KEY: &str = "nU1lKeyAAAAAAAAAAAAAAAAAAAAAAAAA";
+const NULL2_KEY: &str = "nU1lKeyBBBBBBBBBBBBBBBBBBBBBBBBB";
+const BLOB_KEY: &str = "bL0bKeyCCCCCCCCCCCCCCCCCCCCCCCCC";
+const BAD_TEXT_KEY: &str = "bAdTextKeyDDDDDDDDDDDDDDDDDDDDDD";
+const SAME_BYTES_BLOB_KEY: &str = "sAmeBytesEEEEEEEEEEEEEEEEEEEEEEE";
+const ESCAPED_KEY: &str = "eScApedFFFFFFFFFFFFFFFFFFFFFFFFF";
+const ALL_KEYS: [&str; 7] = [
+    ANN_KEY,
+    NULL_KEY,
+    NULL2_KEY,
+    BLOB_KEY,
+    BAD_TEXT_KEY,
+    SAME_BYTES_BLOB_KEY,
+    ESCAPED_KEY,
+];
+
+/// The Python version's users.db with a name of every odd kind, each with its own key:
+/// two NULLs, the BLOB x'ff00', the text bytes `bob` 0xff, a BLOB of the same bytes, and text
+/// with an escape character and a byte that is not UTF-8.
+fn odd_users_db(path: &Path) {
+    let conn = Connection::open(path).expect("create");
+    conn.execute_batch(PYTHON_SCHEMA).expect("schema");
+    let rows: [(&str, &str); 7] = [
+        ("'ann'", ANN_KEY),
+        ("NULL", NULL_KEY),
+        ("NULL", NULL2_KEY),
+        ("x'ff00'", BLOB_KEY),
+        ("CAST(x'626f62ff' AS TEXT)", BAD_TEXT_KEY),
+        ("x'626f62ff'", SAME_BYTES_BLOB_KEY),
+        ("CAST(x'6576651bff' AS TEXT)", ESCAPED_KEY),
+    ];
+    for (name, key) in rows {
+        conn.execute(
+            &format!(
+                "INSERT INTO users (username, api_key, email, permissions, created_at, updated_at)
+                 VALUES ({name}, ?1, NULL, '{{\"mock\": true}}', '2024-05-01T12:34:56.789012', '2024-05-01T12:34:56.789012')"
+            ),
+            [key],
+        )
+        .expect("row");
+    }
+    assert_eq!(
+        stored(path)
+            .iter()
+            .map(|r| r.1.as_str())
+            .collect::<Vec<_>>(),
+        ["text", "null", "null", "blob", "text", "blob", "text"],
+        "the rows hold the odd kinds meant"
+    );
+}
+
+/// Every row as stored: (rowid, typeof(username), hex(username), api_key, permissions).
+fn stored(db: &Path) -> Vec<(i64, String, String, String, String)> {
+    let conn = Connection::open(db).expect("open");
+    let mut statement = conn
+        .prepare(
+            "SELECT rowid, typeof(username), hex(username), api_key, permissions FROM users ORDER BY rowid",
+        )
+        .expect("select");
+    statement
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+fn key_of(db: &Path, rowid: i64) -> Option<String> {
+    stored(db).into_iter().find(|r| r.0 == rowid).map(|r| r.3)
+}
+
+fn assert_no_key(outputs: &[&str]) {
+    for output in outputs {
+        for key in ALL_KEYS {
+            assert!(!output.contains(key), "a key was printed: {output}");
+        }
+    }
+}
+
+#[test]
+fn every_listed_name_addresses_exactly_its_row() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    odd_users_db(&db);
+
+    let (code, table, err) = user(dir.path(), &["list"]);
+    assert_eq!(code, 0, "{err}");
+    let names: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split("  ").next())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "<null>",
+            "<null>",
+            "ann",
+            "bob\\xff",
+            "eve\\u{1b}\\xff",
+            "<blob:626f62ff>",
+            "<blob:ff00>"
+        ],
+        "{table}"
+    );
+    let (code, json, _) = user(dir.path(), &["list", "--json"]);
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(&json).expect("json");
+    let listed = listed.as_array().expect("array");
+    let json_names: Vec<&str> = listed
+        .iter()
+        .map(|u| u["username"].as_str().expect("a string"))
+        .collect();
+    assert_eq!(
+        json_names,
+        [
+            "<null>",
+            "<null>",
+            "ann",
+            "bob\\xff",
+            "eve\u{1b}\\xff",
+            "<blob:626f62ff>",
+            "<blob:ff00>"
+        ]
+    );
+    assert_no_key(&[&table, &json]);
+
+    // Each name printed once (in the table or JSON form) shows that user and no other: its
+    // object is the one `list --json` printed.
+    for (name, position) in [
+        ("ann", 2),
+        ("bob\\xff", 3),
+        ("eve\\u{1b}\\xff", 4),
+        ("eve\u{1b}\\xff", 4),
+        ("<blob:626f62ff>", 5),
+        ("<blob:ff00>", 6),
+    ] {
+        let (code, shown, err) = user(dir.path(), &["show", name, "--json"]);
+        assert_eq!(code, 0, "{name}: {err}");
+        let shown: Value = serde_json::from_str(&shown).expect("json");
+        assert_eq!(shown, listed[position], "{name}");
+    }
+
+    // The two NULLs print alike: refused, one line listing both with their rowids, nothing
+    // changed, no key shown.
+    let before = stored(&db);
+    for args in [
+        vec!["show", "<null>"],
+        vec!["delete", "<null>"],
+        vec!["rotate-key", "<null>"],
+        vec!["modify", "<null>", "--permissions", "*"],
+    ] {
+        let (code, out, err) = user(dir.path(), &args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(out.is_empty(), "{out}");
+        for part in ["names 2 users", "rowid 2", "rowid 3", "--rowid", "--key"] {
+            assert!(err.contains(part), "{args:?}: {err}");
+        }
+        assert_no_key(&[&err]);
+        assert_eq!(stored(&db), before, "{args:?} changed the database");
+    }
+    let (code, _, err) = user(dir.path(), &["delete", "<null>", "--rowid", "1"]);
+    assert_eq!(code, 1, "rowid 1 is ann, not a <null>: {err}");
+    assert!(err.contains("has rowid 1"), "{err}");
+    assert_eq!(stored(&db), before);
+
+    // --rowid picks one; every command acts on that row alone and keeps its stored name.
+    let (code, out, err) = user(dir.path(), &["delete", "<null>", "--rowid", "3"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "deleted user \"<null>\"\n");
+    assert_eq!(key_of(&db, 3), None);
+    assert_eq!(key_of(&db, 2).as_deref(), Some(NULL_KEY));
+    let (code, _, err) = user(dir.path(), &["modify", "<null>", "--permissions", "other"]);
+    assert_eq!(code, 0, "the one left: {err}");
+
+    let (code, out, err) = user(dir.path(), &["rotate-key", "bob\\xff"]);
+    assert_eq!(code, 0, "{err}");
+    let new_key = out.trim_end();
+    assert!(new_key.starts_with("sk-lr-"), "{out}");
+    assert!(err.contains("\"bob\\xff\""), "{err}");
+    assert_eq!(key_of(&db, 5).as_deref(), Some(new_key));
+    assert_eq!(
+        key_of(&db, 6).as_deref(),
+        Some(SAME_BYTES_BLOB_KEY),
+        "the blob of the same bytes is another user"
+    );
+
+    let (code, _, err) = user(dir.path(), &["modify", "<blob:ff00>", "--permissions", "*"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = user(dir.path(), &["delete", "<blob:626f62ff>"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "deleted user \"<blob:626f62ff>\"\n");
+    let (code, _, err) = user(dir.path(), &["delete", "eve\\u{1b}\\xff"]);
+    assert_eq!(code, 0, "the table's form of a name: {err}");
+
+    let after: Vec<(i64, String, String, String)> = stored(&db)
+        .into_iter()
+        .map(|(rowid, kind, hex, _, permissions)| (rowid, kind, hex, permissions))
+        .collect();
+    let expected: Vec<(i64, String, String, String)> = [
+        (1, "text", "616E6E", r#"{"mock": true}"#),
+        (2, "null", "", r#"{"other": true}"#),
+        (4, "blob", "FF00", r#"{"*": true}"#),
+        (5, "text", "626F62FF", r#"{"mock": true}"#),
+    ]
+    .into_iter()
+    .map(|(r, k, h, p)| (r, k.to_owned(), h.to_owned(), p.to_owned()))
+    .collect();
+    assert_eq!(after, expected);
+    let (code, _, _) = user(dir.path(), &["show", "<blob:626f62ff>"]);
+    assert_eq!(code, 1, "deleted");
+}
+
+#[test]
+fn a_user_is_found_by_its_key_which_is_never_printed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    odd_users_db(&db);
+    let mut outputs = Vec::new();
+
+    let (code, out, err) = user(dir.path(), &["show", "--key", NULL2_KEY, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["username"], "<null>");
+    assert_eq!(shown["key_prefix"], &NULL2_KEY[..10]);
+    outputs.push(out);
+
+    let (code, out, err) = user(dir.path(), &["delete", "--key", BAD_TEXT_KEY]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "deleted user \"bob\\xff\"\n");
+    assert_eq!(key_of(&db, 5), None);
+    assert_eq!(stored(&db).len(), 6);
+    outputs.extend([out, err]);
+
+    // A wrong key (or the one just deleted): one line, exit 1, nothing changed.
+    let before = stored(&db);
+    for args in [
+        vec!["delete", "--key", BAD_TEXT_KEY],
+        vec!["show", "--key", "sk-lr-wrong"],
+        vec!["rotate-key", "--key", &ANN_KEY[..31]],
+        vec!["modify", "--key", "", "--permissions", "*"],
+    ] {
+        let (code, out, err) = user(dir.path(), &args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert_eq!(err, "error: no user has the given key\n");
+        assert!(out.is_empty());
+        assert_eq!(stored(&db), before);
+    }
+
+    // `--key -` reads it from stdin (out of the shell's history and the process list).
+    let key_file = dir.path().join("leaked.txt");
+    std::fs::write(&key_file, format!("{BLOB_KEY}\n")).expect("key file");
+    let stdin = std::fs::File::open(&key_file).expect("open");
+    let (code, out, err) =
+        run_cli_reading(dir.path(), &["user", "rotate-key", "--key", "-"], stdin);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(key_of(&db, 4).as_deref(), Some(out.trim_end()));
+    assert!(err.contains("\"<blob:ff00>\""), "{err}");
+
+    // LLMSROUTER_USER_KEY stands for --key; with a name too, the command is refused.
+    let key_var = [("LLMSROUTER_USER_KEY", NULL_KEY)];
+    let (code, out, err) = run_cli(dir.path(), &["user", "show"], &key_var);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("<null>"), "{out}");
+    outputs.push(out);
+    let (code, out, err) = run_cli(
+        dir.path(),
+        &["user", "show", "<null>", "--json"],
+        &[("LLMSROUTER_USER_ROWID", "3")],
+    );
+    assert_eq!(code, 0, "LLMSROUTER_USER_ROWID stands for --rowid: {err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json")["key_prefix"],
+        &NULL2_KEY[..10]
+    );
+    let (code, _, err) = run_cli(dir.path(), &["user", "delete", "ann"], &key_var);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("LLMSROUTER_USER_KEY is set"), "{err}");
+    outputs.push(err);
+    let (code, _, err) = run_cli(
+        dir.path(),
+        &["user", "delete", "ann", "--key", ANN_KEY],
+        &[],
+    );
+    assert_eq!(code, 2, "a name or a key, not both: {err}");
+    outputs.push(err);
+    let (code, _, err) = run_cli(dir.path(), &["user", "delete"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--key"), "{err}");
+    assert_eq!(key_of(&db, 1).as_deref(), Some(ANN_KEY));
+    let (code, help, _) = run_cli(dir.path(), &["user", "delete", "--help"], &key_var);
+    assert_eq!(code, 0);
+    outputs.push(help);
+
+    let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    assert_no_key(&outputs);
+}
+
+/// The running server's key index follows deletions and rotations of odd-named users, made
+/// by name or by key, from the next request on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_refuses_an_odd_users_key_once_deleted() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), two_server_config(&upstream)).expect("cfg");
+    odd_users_db(&dir.path().join("users.db"));
+    let router = RouterProcess::start_in(dir, &[("ENABLE_ACCOUNT_MANAGEMENT", "true")]);
+    let here = router.path().to_owned();
+    let url = router.url("/v1/chat/completions");
+    let run = |args: &[&str]| {
+        let mut full = vec!["user"];
+        full.extend_from_slice(args);
+        cli(here.clone(), strings(&full))
+    };
+    let status = |key: String| {
+        let url = url.clone();
+        async move { chat(&url, Auth::Bearer(&key), "[mock]m").await.0 }
+    };
+    for key in [NULL_KEY, NULL2_KEY, BLOB_KEY, BAD_TEXT_KEY] {
+        assert_eq!(status(key.to_owned()).await, 200, "{key} works before");
+    }
+
+    let (code, _, err) = run(&["delete", "<null>", "--rowid", "2"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status(NULL_KEY.to_owned()).await, 401, "deleted by name");
+    assert_eq!(status(NULL2_KEY.to_owned()).await, 200, "the other <null>");
+
+    let (code, out, err) = run(&["rotate-key", "<blob:ff00>"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status(BLOB_KEY.to_owned()).await, 401, "rotated");
+    assert_eq!(status(out.trim_end().to_owned()).await, 200);
+
+    let (code, _, err) = run(&["delete", "--key", BAD_TEXT_KEY]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status(BAD_TEXT_KEY.to_owned()).await, 401, "deleted by key");
+
+    let (code, _, err) = run(&["delete", "<null>"]).await;
+    assert_eq!(code, 0, "the one <null> left: {err}");
+    assert_eq!(status(NULL2_KEY.to_owned()).await, 401);
+    assert_eq!(status(ANN_KEY.to_owned()).await, 200, "ann untouched");
+
+    assert_no_key(&[&router.stderr()]);
+}
+
+/// Requests of a user whose name is NULL are recorded under the name `user list` prints.
+#[tokio::test]
+async fn an_odd_users_requests_are_recorded_under_its_printed_name() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    odd_users_db(&db);
+    let (index, refresh) = llmsrouter::users::index::start(&db).expect("users");
+    let router = TestRouter::start_with(&two_server_config(&upstream), |state| {
+        state.keys = Some(index);
+    })
+    .await;
+    let url = router.url("/v1/chat/completions");
+    assert_eq!(chat(&url, Auth::Bearer(NULL_KEY), "[mock]m").await.0, 200);
+    assert_eq!(router.records.nth(1).await.user.as_deref(), Some("<null>"));
+    assert_eq!(
+        chat(&url, Auth::Bearer(BAD_TEXT_KEY), "[mock]m").await.0,
+        200
+    );
+    assert_eq!(
+        router.records.nth(2).await.user.as_deref(),
+        Some("bob\\xff")
+    );
+    router.stop().await;
+    refresh.shutdown().await;
+}
