@@ -439,9 +439,33 @@ fn file_id(_meta: &std::fs::Metadata) -> (u64, u64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Arc;
+
+    /// A named pipe `log.pipe` in `dir`, nobody reading it yet.
+    #[cfg(unix)]
+    pub(crate) fn named_pipe(dir: &Path) -> PathBuf {
+        let fifo = dir.join("log.pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        fifo
+    }
+
+    /// A reader of `fifo` that never blocks, and reads only when the test does: the pipe
+    /// takes writes until it is full.
+    #[cfg(unix)]
+    pub(crate) fn pipe_reader(fifo: &Path) -> std::fs::File {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(fifo)
+            .expect("reader")
+    }
 
     #[test]
     fn file_names_keep_the_extension() {
@@ -734,25 +758,15 @@ mod tests {
     #[test]
     fn a_named_pipe_is_written_once_it_has_a_reader() {
         use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
         let dir = tempfile::tempdir().expect("dir");
-        let fifo = dir.path().join("log.pipe");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .expect("mkfifo");
-        assert!(made.success());
+        let fifo = named_pipe(dir.path());
         let mut file = log_file(&fifo);
         let today = day("2026-12-02");
         let t0 = Instant::now();
         file.open_at_start(today).expect("no reader is no error");
         file.write_lines(today, &lines(0, 1), 1, t0);
         assert_eq!(file.stats.failed(), 1);
-        let mut reader = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-            .open(&fifo)
-            .expect("reader");
+        let mut reader = pipe_reader(&fifo);
         file.write_lines(today, &lines(1, 2), 2, t0 + RECHECK);
         assert_eq!(file.stats.written(), 2);
         drop(file);

@@ -484,20 +484,11 @@ mod tests {
     #[cfg(unix)]
     #[tokio::test]
     async fn shutdown_does_not_wait_for_a_pipe_nobody_reads() {
-        use std::os::unix::fs::OpenOptionsExt;
         let dir = tempfile::tempdir().expect("dir");
-        let fifo = dir.path().join("log.pipe");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .expect("mkfifo");
-        assert!(made.success());
         // Opened, never read: the pipe fills (64 KiB) and the writer blocks.
-        let _reader = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-            .open(&fifo)
-            .expect("reader");
+        use crate::sinks::log_file::tests::{named_pipe, pipe_reader};
+        let fifo = named_pipe(dir.path());
+        let _reader = pipe_reader(&fifo);
         let sink = RequestLogSink::start(RequestLogOptions {
             path: fifo.clone(),
             bodies: true,

@@ -390,16 +390,8 @@ async fn rows_wait_for_a_lock_held_longer_than_the_busy_timeout() {
         busy_timeout: Duration::from_millis(50),
         close_deadline: Duration::from_secs(30),
     };
-    let (
-        LedgerSetup {
-            dir: _dir,
-            upstream: _upstream,
-            ledger,
-            router,
-            ..
-        },
-        admin,
-    ) = requests_under_a_lock(waits, 5).await;
+    let (setup, admin) = requests_under_a_lock(waits, 5).await;
+    let (ledger, router) = (&setup.ledger, setup.router);
     // Far more attempts than the one retry after which a batch used to be given up.
     wait_until(Duration::from_secs(20), || ledger.stats().retries() >= 3).await;
     assert_eq!((ledger.stats().written(), ledger.stats().failed()), (0, 0));
@@ -421,16 +413,8 @@ async fn shutdown_under_a_lock_that_lasts_counts_the_rows_as_failed() {
         busy_timeout: Duration::from_millis(50),
         close_deadline: Duration::from_millis(300),
     };
-    let (
-        LedgerSetup {
-            dir: _dir,
-            upstream: _upstream,
-            ledger,
-            router,
-            ..
-        },
-        admin,
-    ) = requests_under_a_lock(waits, 3).await;
+    let (setup, admin) = requests_under_a_lock(waits, 3).await;
+    let (ledger, router) = (&setup.ledger, setup.router);
     wait_until(Duration::from_secs(20), || ledger.stats().retries() >= 1).await;
     let stopping = Instant::now();
     router.stop().await;
