@@ -4,10 +4,24 @@
 //! Under CI (`CI=true`) a missing venv fails the test; on a developer machine that has not run
 //! `.ci/run` yet the test says so and passes.
 
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Output};
 
 use crate::support::upstream::{Behavior, MockUpstream};
 use crate::support::{TestRouter, one_server_config, test_python};
+
+/// Runs `script` with `python`, the router's base URL its one argument.
+async fn run_script(python: PathBuf, script: &'static str, base: String) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args(["-c", script, &base])
+            .env("NO_PROXY", "*")
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run python")
+}
 
 const SCRIPT: &str = r#"
 import json, sys
@@ -36,15 +50,7 @@ async fn the_openai_python_sdk_works_through_the_router() {
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let base = router.url("/v1");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .args(["-c", SCRIPT, &base])
-            .env("NO_PROXY", "*")
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("run python");
+    let output = run_script(python, SCRIPT, base).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -91,15 +97,7 @@ async fn the_openai_python_sdk_transcribes_through_the_router() {
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let base = router.url("/v1");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .args(["-c", TRANSCRIBE, &base])
-            .env("NO_PROXY", "*")
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("run python");
+    let output = run_script(python, TRANSCRIBE, base).await;
     assert!(
         output.status.success(),
         "python failed: {}",
