@@ -561,10 +561,16 @@ fn complete_summary(record: &mut RequestRecord) {
         }
     };
     let readable = decoded.as_deref().unwrap_or(body);
-    let Some(summary) = summarize_json_body(readable) else {
-        let text = std::str::from_utf8(readable).is_ok();
-        describe_binary(record, text);
-        return;
+    let (summary, decoded) = match summarize_json_body(readable) {
+        Some(summary) => (summary, decoded),
+        None => match repaired_json(readable) {
+            Some((summary, repaired)) => (summary, Some(repaired)),
+            None => {
+                let text = std::str::from_utf8(readable).is_ok();
+                describe_binary(record, text);
+                return;
+            }
+        },
     };
     // `{"error": {...}}` under a 200: relayed as it came, recorded as the upstream's error.
     if let Some(reported) = &summary.error {
@@ -581,6 +587,21 @@ fn complete_summary(record: &mut RequestRecord) {
         record.response_encoding = None;
         record.body_ticket.grow(grown);
     }
+}
+
+/// A JSON answer that only a stray byte keeps from parsing: a byte-order mark before it, or a
+/// byte that is not UTF-8 (an upstream's Latin-1 `é`). Its usage and text must not be lost
+/// for one character, so it is read, and kept for the record, without the mark and with
+/// U+FFFD in place of each bad byte (the client got the bytes as they came). `None` when
+/// neither was the trouble.
+fn repaired_json(body: &[u8]) -> Option<(ResponseSummary, Bytes)> {
+    let unmarked = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let text = String::from_utf8_lossy(unmarked);
+    if unmarked.len() == body.len() && matches!(text, std::borrow::Cow::Borrowed(_)) {
+        return None;
+    }
+    let summary = summarize_json_body(text.as_bytes())?;
+    Some((summary, Bytes::from(text.into_owned())))
 }
 
 /// A 2xx whole answer that is not JSON: kept when it is `text` (sinks show it); otherwise

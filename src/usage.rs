@@ -53,8 +53,11 @@ impl Usage {
             .or(count(output_details.reasoning_tokens))
             .unwrap_or(0);
         let mut input = input.unwrap_or(0);
-        // Anthropic-style counts leave cache reads and writes out of input_tokens.
-        if raw.cache_read_input_tokens.is_some() && raw.prompt_tokens.is_none() {
+        // Anthropic-style counts leave cache reads and writes out of input_tokens; either may
+        // come alone (a first request that writes the cache reads none) or as null.
+        let anthropic_cache = count(raw.cache_read_input_tokens).is_some()
+            || count(raw.cache_creation_input_tokens).is_some();
+        if anthropic_cache && raw.prompt_tokens.is_none() {
             input = input
                 .saturating_add(cache_read)
                 .saturating_add(cache_creation);
@@ -908,8 +911,12 @@ impl StreamAccumulator {
         }
         // UTF-8 checked once for the whole payload: from bytes, serde_json checks every key
         // and string on its own, which cost a sixth of reading a typical event.
-        let Ok(text) = std::str::from_utf8(trimmed) else {
-            return EventKind::Other;
+        let text = match std::str::from_utf8(trimmed) {
+            Ok(text) => text,
+            // A byte that is not UTF-8 (an upstream's Latin-1 `é`) spoils one character, not
+            // the event: it is read with U+FFFD in that place (the client gets the bytes as
+            // they came). The lossy copy is valid UTF-8, so this recurses once.
+            Err(_) => return self.push_data(String::from_utf8_lossy(trimmed).as_bytes()),
         };
         // An audio event stream's events (its first one told: see below), read on their own
         // path; an event of another type there (an `error`) is read as any other.

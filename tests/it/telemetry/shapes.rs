@@ -719,3 +719,137 @@ async fn a_binary_answer_is_recorded_as_a_note_of_its_type_and_size() {
         assert_eq!(line["usage"], Value::Null);
     }
 }
+
+/// Anthropic counts cache writes outside `input_tokens`, also when the answer reads nothing
+/// from the cache (a first request that writes it) or says so with `null`: input is all of
+/// them, and Langfuse's `input` is the uncached part. Before, without a cache read count the
+/// writes were left out of input, and Langfuse's input was 0.
+#[tokio::test]
+async fn anthropic_cache_writes_count_as_input_without_cache_reads() {
+    let setup = Setup::start().await;
+    let mut ids = Vec::new();
+    for reads in [None, Some(Value::Null)] {
+        let mut usage =
+            json!({"input_tokens": 10, "cache_creation_input_tokens": 500, "output_tokens": 5});
+        if let Some(reads) = reads {
+            usage["cache_read_input_tokens"] = reads;
+        }
+        let body = json!({"id": "msg_c", "type": "message", "role": "assistant",
+            "model": "claude-r", "content": [{"type": "text", "text": "ok"}],
+            "stop_reason": "end_turn", "usage": usage});
+        setup.upstream.set(Behavior {
+            body: Some(body.to_string()),
+            ..Default::default()
+        });
+        let (id, _) = setup
+            .post(
+                "/v1/messages",
+                &json!({"model": "[mock]claude-c", "max_tokens": 10, "messages": []}),
+            )
+            .await;
+        ids.push(id);
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let record = setup.router.records.nth(n + 1).await;
+        let usage = record.response.usage.as_ref().expect("usage");
+        assert_eq!(
+            (
+                usage.input,
+                usage.output,
+                usage.total,
+                usage.cache_creation_input
+            ),
+            (510, 5, 515, 500),
+            "{id}"
+        );
+        let span = setup.otlp.span_of(id).await.span;
+        let details = json_attr(&span, "langfuse.observation.usage_details").expect("usage");
+        assert_eq!(
+            (&details["input"], &details["input_cache_creation"]),
+            (&json!(10), &json!(500)),
+            "{details}"
+        );
+    }
+    let row = setup.stop_and_read_ledger(&ids[1]).await;
+    assert_eq!(row.tokens, (510, 5, 0, 500));
+}
+
+/// A JSON answer that a byte-order mark precedes, or with one byte that is not UTF-8 (an
+/// upstream's Latin-1 `é`), reaches the client as it came and keeps its usage, model and
+/// text in the records (U+FFFD in the bad byte's place); so does a stream event with such a
+/// byte. Before, the whole answer was recorded as bytes that are not text, without usage,
+/// and the event's text was dropped.
+#[tokio::test]
+async fn a_stray_byte_or_mark_does_not_cost_an_answer_its_record() {
+    let setup = Setup::start().await;
+    let answer = |content: &[u8]| {
+        let mut body = br#"{"id":"c1","model":"gpt-r","choices":[{"index":0,"message":{"role":"assistant","content":""#.to_vec();
+        body.extend_from_slice(content);
+        body.extend_from_slice(br#""},"finish_reason":"stop"}],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#);
+        body
+    };
+    let mut marked = b"\xEF\xBB\xBF".to_vec();
+    marked.extend(answer(b"caf\xC3\xA9"));
+    let mut ids = Vec::new();
+    for body in [answer(b"caf\xE9"), marked] {
+        setup.upstream.set(Behavior {
+            raw_body: Some(body.clone()),
+            ..Default::default()
+        });
+        let response = client()
+            .post(setup.router.url("/v1/chat/completions"))
+            .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        ids.push(request_id(&response));
+        assert_eq!(&response.bytes().await.expect("body")[..], &body[..]);
+    }
+    let event = |data: &[u8]| [b"data: ".as_slice(), data, b"\n\n"].concat();
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(vec![
+            event(
+                &[
+                    br#"{"id":"c2","model":"gpt-r","choices":[{"index":0,"delta":{"content":"caf"#
+                        .as_slice(),
+                    b"\xE9\"}}]}",
+                ]
+                .concat(),
+            ),
+            event(br#"{"id":"c2","model":"gpt-r","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#),
+            event(b"[DONE]"),
+        ]),
+        ..Default::default()
+    });
+    let (stream_id, _) = setup
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "[mock]gpt-4o", "stream": true, "messages": []}),
+        )
+        .await;
+    for (n, content) in [(1, "caf\u{FFFD}"), (2, "café"), (3, "caf\u{FFFD}")] {
+        let record = setup.router.records.nth(n).await;
+        assert_eq!(record.response.content, content, "record {n}");
+        assert_eq!(
+            record.response.model.as_deref(),
+            Some("gpt-r"),
+            "record {n}"
+        );
+        let usage = record.response.usage.as_ref().expect("usage");
+        assert_eq!((usage.input, usage.output), (7, 3), "record {n}");
+    }
+    let span = setup.otlp.span_of(&ids[0]).await.span;
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.output").expect("output")["content"],
+        "caf\u{FFFD}"
+    );
+    let (row, line) = setup.stop_and_read(&ids[0]).await;
+    assert!(row.usage_known, "{row:?}");
+    assert_eq!(line["response"]["usage"]["total_tokens"], 10, "{line}");
+    assert_eq!(
+        line["response"]["choices"][0]["message"]["content"],
+        "caf\u{FFFD}"
+    );
+    assert!(!stream_id.is_empty());
+}
