@@ -74,7 +74,10 @@ pub fn start(
 /// waits, and waits for it to end.
 pub(crate) struct WriterQueue {
     tx: Mutex<Option<SyncSender<Arc<RequestRecord>>>>,
-    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Resolves when the writer thread ended (its sender is dropped then, panic or not). The
+    /// thread itself is never joined: a thread blocked for good (see [`Self::finish`]) would
+    /// hold up whoever joined it, and a runtime waits for its blocking tasks when it drops.
+    ended: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     dropped: AtomicU64,
     last_warning: Mutex<Option<Instant>>,
     /// The warning, e.g. "request log writer behind: lines dropped".
@@ -91,12 +94,16 @@ impl WriterQueue {
         writer: impl FnOnce(Receiver<Arc<RequestRecord>>) + Send + 'static,
     ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(depth);
-        let worker = std::thread::Builder::new()
+        let (ended_tx, ended) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || writer(rx))?;
+            .spawn(move || {
+                let _ended = ended_tx;
+                writer(rx);
+            })?;
         Ok(Self {
             tx: Mutex::new(Some(tx)),
-            worker: Mutex::new(Some(worker)),
+            ended: Mutex::new(Some(ended)),
             dropped: AtomicU64::new(0),
             last_warning: Mutex::new(None),
             behind,
@@ -128,10 +135,10 @@ impl WriterQueue {
     /// it for good, so it is left behind, its records lost with the process.
     pub(crate) async fn finish(&self, limit: Duration) -> bool {
         drop(self.tx.lock().ok().and_then(|mut tx| tx.take()));
-        let worker = self.worker.lock().ok().and_then(|mut w| w.take());
-        let Some(worker) = worker else { return true };
-        let joined = tokio::task::spawn_blocking(move || worker.join());
-        tokio::time::timeout(limit, joined).await.is_ok()
+        let ended = self.ended.lock().ok().and_then(|mut e| e.take());
+        let Some(ended) = ended else { return true };
+        // `Err` from the channel is an end too: the thread dropped its sender in a panic.
+        tokio::time::timeout(limit, ended).await.is_ok()
     }
 }
 

@@ -365,3 +365,53 @@ async fn a_named_pipe_gets_the_lines_as_they_are() {
         .collect();
     assert_eq!(names, ["requests.pipe"]);
 }
+
+/// A log collector that opened the named pipe and then stopped reading: the pipe fills and
+/// the log writer blocks in `write()`. SIGTERM still ends the router with 0, about 10 s
+/// later, with a warning that the writer was left behind. Before, the writer was joined
+/// on the runtime's blocking pool, which a runtime waits for as it drops: the process never
+/// ended, and further signals did nothing.
+#[tokio::test]
+async fn shutdown_ends_while_a_stalled_pipe_blocks_the_log_writer() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let data = tempfile::tempdir().expect("dir");
+    let pipe = data.path().join("requests.pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    // Opened, never read.
+    let _collector = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(&pipe)
+        .expect("reader");
+    let pipe_value = pipe.display().to_string();
+    let mut router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[
+            ("LLMSROUTER_LOG_FILE", pipe_value.as_str()),
+            ("LLMSROUTER_LEDGER", "false"),
+        ],
+    );
+    // Lines of about 20 KiB: a pipe holds 64 KiB, so the writer blocks within a few.
+    let prompt = "x".repeat(20 * 1024);
+    let body = json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": prompt}]});
+    request_until(&router, async || {
+        counter(&router, "llmsrouter_request_log_lines_written_total").await >= 3
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(router.chat(&body).await.status(), 200);
+    }
+    router.terminate();
+    let status = router.wait_exit(Duration::from_secs(40)).await;
+    assert_eq!(status.code(), Some(0), "{}", router.stderr());
+    assert!(
+        router.stderr().contains("request log writer still blocked"),
+        "{}",
+        router.stderr()
+    );
+}
