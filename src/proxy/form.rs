@@ -113,7 +113,7 @@ impl FormView {
                 .next_delimiter(body, content_start)
                 .ok_or_else(unterminated)?;
             let part = Part::new(headers, body, content_start..content_end);
-            view.note(&part, body)?;
+            view.note(&part, body, boundary)?;
             view.parts.push(part);
             at = next;
         }
@@ -121,7 +121,7 @@ impl FormView {
     }
 
     /// Takes in what a part says about the request as a whole: `model`, `stream`.
-    fn note(&mut self, part: &Part, body: &[u8]) -> Result<(), ProxyError> {
+    fn note(&mut self, part: &Part, body: &[u8], boundary: &str) -> Result<(), ProxyError> {
         if part.filename.is_some() {
             return Ok(());
         }
@@ -131,6 +131,7 @@ impl FormView {
                 let Ok(model) = std::str::from_utf8(value) else {
                     return Err(malformed("the form's \"model\" field is not UTF-8 text"));
                 };
+                check_model_value(model, boundary)?;
                 self.model = Some(model.to_owned());
                 self.model_ranges.push(part.value.clone());
             }
@@ -440,6 +441,24 @@ fn extended_value(value: &str) -> String {
     }
 }
 
+/// A model name is one line of text. Once the router strips `[alias]` off the front, what
+/// is left starts a line of the body it sends: a line break, or the boundary, in the value
+/// would then frame parts of its own upstream (another `model` field the upstream reads,
+/// while the record has this one), so either is refused.
+fn check_model_value(model: &str, boundary: &str) -> Result<(), ProxyError> {
+    if model.chars().any(char::is_control) {
+        return Err(malformed(
+            "the form's \"model\" field holds a line break or another control character",
+        ));
+    }
+    if memmem::find(model.as_bytes(), format!("--{boundary}").as_bytes()).is_some() {
+        return Err(malformed(
+            "the form's \"model\" field holds the form's boundary",
+        ));
+    }
+    Ok(())
+}
+
 fn malformed(reason: &str) -> ProxyError {
     ProxyError::InvalidRequest(format!(
         "the multipart/form-data body is malformed: {reason}"
@@ -571,9 +590,13 @@ mod tests {
 
     #[test]
     fn a_line_that_only_starts_like_the_boundary_is_content() {
-        let body = b"--B\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nm\r\n--Bx not a boundary\r\n--B--";
+        let body = b"--B\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nm\r\n--Bx not a boundary\r\n--B--";
         let view = FormView::parse(body, "B").expect("parses");
-        assert_eq!(view.model.as_deref(), Some("m\r\n--Bx not a boundary"));
+        assert_eq!(view.parts.len(), 1);
+        assert_eq!(
+            &body[view.parts[0].value.clone()],
+            b"m\r\n--Bx not a boundary"
+        );
     }
 
     #[test]
@@ -605,6 +628,24 @@ mod tests {
             );
             assert!(error.to_string().contains("multipart"), "{error}");
         }
+    }
+
+    /// A model value is one line without the boundary: either would frame parts of its own
+    /// in the body sent upstream once `[alias]` is stripped off its front.
+    #[test]
+    fn a_model_that_would_frame_parts_upstream_is_refused() {
+        for model in [
+            format!("[a]--{B}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nx"),
+            format!("[a]--{B}--"),
+            "[a]m\nx".to_owned(),
+            "[a]m\tx".to_owned(),
+        ] {
+            let body = form(&[("model", None, model.as_bytes())]);
+            let error = parse(&body).expect_err(&model);
+            assert_eq!(error.code(), "invalid_request", "{model:?}");
+        }
+        let fine = form(&[("model", None, b"[a]--not-the-boundary")]);
+        assert!(parse(&fine).is_ok());
     }
 
     #[test]
@@ -698,9 +739,12 @@ mod tests {
                 .iter()
                 .map(|(n, f, v)| (n.as_str(), f.as_deref(), v.as_slice()))
                 .collect();
-            // A text field named model must be text (else the form is refused, rightly).
+            // A text field named model must be one line of text without the boundary (else
+            // the form is refused, rightly).
             prop_assume!(parts.iter().all(|(n, f, v)| {
-                n != "model" || f.is_some() || std::str::from_utf8(v).is_ok()
+                n != "model"
+                    || f.is_some()
+                    || std::str::from_utf8(v).is_ok_and(|v| check_model_value(v, B).is_ok())
             }));
             let body = Bytes::from(form(&as_refs));
             let view = parse(&body).expect("a well-formed form parses");

@@ -225,7 +225,25 @@ async fn forms_without_a_model_or_malformed_get_a_400_in_openai_shape() {
     let unterminated = format!(
         "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n[mock]whisper-1\r\n"
     );
-    let cases: [(&str, String, Vec<u8>, &str); 4] = [
+    // Once `[mock]` is stripped, what follows starts a line upstream: a boundary there would
+    // frame a `model` field of its own, which the upstream would read and the record not.
+    let smuggled = format!(
+        "[mock]--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nexpensive"
+    );
+    let cut = format!("[mock]--{BOUNDARY}--");
+    let cases: [(&str, String, Vec<u8>, &str); 6] = [
+        (
+            "a line break in the model",
+            form_type(),
+            form(&[("model", None, smuggled.as_bytes())]),
+            "line break",
+        ),
+        (
+            "the boundary in the model",
+            form_type(),
+            form(&[("model", None, cut.as_bytes())]),
+            "holds the form's boundary",
+        ),
         ("no model", form_type(), no_model, "no \"model\" field"),
         (
             "no boundary",
