@@ -116,7 +116,8 @@ pub struct RequestRecord {
     /// `response_body` off the request path. An answer whose bytes the record does not keep
     /// has a note of them as its `content` instead: a binary body (`<audio/mpeg, 48213
     /// bytes>`, see [`body_description`]), a speech event stream's audio (`<speech audio,
-    /// 48213 bytes in 12 deltas>`).
+    /// 48213 bytes in 12 deltas>`), embeddings (`<3 embeddings, 1536 dimensions>`), base64
+    /// images (`<2 images (b64_json, 1.2 MB)>`; see `usage::read_data`).
     pub response: ResponseSummary,
     /// For streams: whether the stream's end marker was seen: `data: [DONE]`, or in the
     /// formats without one their own last event (Anthropic's `message_stop`, the Responses
@@ -567,6 +568,12 @@ fn complete_summary(record: &mut RequestRecord) {
             Some((summary, repaired)) => (summary, Some(repaired)),
             None => {
                 let text = std::str::from_utf8(readable).is_ok();
+                if let (true, Some(decoded)) = (text, decoded) {
+                    // A compressed text answer (srt, plain text) is kept decoded, as a
+                    // compressed JSON one is: sinks show text, not its gzip.
+                    keep_decoded(record, decoded);
+                    return;
+                }
                 describe_binary(record, text);
                 return;
             }
@@ -579,14 +586,28 @@ fn complete_summary(record: &mut RequestRecord) {
             record.error = Some(reported.clone());
         }
     }
+    // Embedding vectors or base64 images: the note in the content stands for them, and no
+    // sink shows megabytes of them.
+    if summary.body_noted {
+        record.response = summary;
+        record.response_body = None;
+        record.response_encoding = None;
+        return;
+    }
     record.response = summary;
     record.response_is_json = true;
     if let Some(decoded) = decoded {
-        let grown = decoded.len().saturating_sub(body.len());
-        record.response_body = Some(decoded);
-        record.response_encoding = None;
-        record.body_ticket.grow(grown);
+        keep_decoded(record, decoded);
     }
+}
+
+/// Keeps `decoded` as the record's body in place of the compressed one it came as.
+fn keep_decoded(record: &mut RequestRecord, decoded: Bytes) {
+    let before = record.response_body.as_ref().map_or(0, Bytes::len);
+    let grown = decoded.len().saturating_sub(before);
+    record.response_body = Some(decoded);
+    record.response_encoding = None;
+    record.body_ticket.grow(grown);
 }
 
 /// A JSON answer that only a stray byte keeps from parsing: a byte-order mark before it, or a

@@ -23,6 +23,10 @@ pub struct Usage {
     pub reasoning: u64,
     /// USD, when the upstream reports it (OpenRouter's `usage.cost`).
     pub cost: Option<f64>,
+    /// Seconds of audio, for a transcription billed by duration (`whisper-1`'s
+    /// `{"type": "duration", "seconds": N}`): it counts no tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_seconds: Option<u64>,
 }
 
 impl Usage {
@@ -38,7 +42,8 @@ impl Usage {
         let input = count(raw.prompt_tokens).or(count(raw.input_tokens));
         let output = count(raw.completion_tokens).or(count(raw.output_tokens));
         let total = count(raw.total_tokens);
-        if input.is_none() && output.is_none() && total.is_none() {
+        let audio_seconds = count(raw.seconds);
+        if input.is_none() && output.is_none() && total.is_none() && audio_seconds.is_none() {
             return None;
         }
         let cache_read = count(prompt_details.cached_tokens)
@@ -75,6 +80,7 @@ impl Usage {
             cache_creation_input: cache_creation,
             reasoning,
             cost,
+            audio_seconds,
         })
     }
 
@@ -115,6 +121,9 @@ struct UsageRaw<'a> {
     cache_creation_input_tokens: Option<&'a RawValue>,
     #[serde(borrow, default)]
     cost: Option<&'a RawValue>,
+    /// A transcription billed by duration: `{"type": "duration", "seconds": 12}`.
+    #[serde(borrow, default)]
+    seconds: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -175,6 +184,10 @@ pub struct ResponseSummary {
     /// `error`. The answer is relayed as it came; the record counts it as the upstream's
     /// error.
     pub error: Option<String>,
+    /// `content` is a note standing for the bulk of a whole JSON answer (embedding vectors,
+    /// base64 images: `<3 embeddings, 1536 dimensions>`), so the record need not keep the
+    /// body, whose bulk no sink should show.
+    pub body_noted: bool,
 }
 
 // ---- whole bodies ------------------------------------------------------------------------
@@ -291,7 +304,11 @@ impl FastBody<'_> {
     /// `None` when the body needs the lenient path (a Responses API body, an Anthropic
     /// message, vendor usage).
     fn into_summary(self) -> Option<ResponseSummary> {
-        if self.output.is_some()
+        // No `choices`: not a chat or completions answer (embeddings, images, a
+        // transcription, moderations, ...). Those shapes are read on the lenient path, so a
+        // chat answer pays nothing for them.
+        if self.choices.is_none()
+            || self.output.is_some()
             || self.content.is_some_and(|c| c.get() != "null")
             || self.error.is_some_and(|e| e.get() != "null")
         {
@@ -332,6 +349,7 @@ impl FastBody<'_> {
                             .and_then(|d| d.reasoning_tokens)
                             .unwrap_or(0),
                         cost: u.cost.filter(|c| c.is_finite() && *c >= 0.0),
+                        audio_seconds: None,
                     })
                 }
             }
@@ -415,6 +433,8 @@ fn summarize_leniently(body: &[u8]) -> Option<ResponseSummary> {
         // An Anthropic message (`/v1/messages`): content blocks and a `stop_reason`.
         read_anthropic_content(&blocks, &mut out);
         out.finish_reason = raw_str(top.stop_reason);
+    } else if top.choices.is_none() && top.output.is_none() && top.content.is_none() {
+        read_other_shapes(&top, body, &mut out);
     }
     // An error reported under a 2xx (a gateway's `{"error": {...}}` with status 200, a
     // Responses API `"status": "failed"`).
@@ -449,6 +469,15 @@ struct BodyTop<'a> {
     stop_reason: Option<&'a RawValue>,
     #[serde(borrow, default)]
     error: Option<&'a RawValue>,
+    /// Embeddings' vectors or images (see [`read_data`]).
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    /// A transcription's or translation's text.
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+    /// Moderations' results.
+    #[serde(borrow, default)]
+    results: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -591,6 +620,210 @@ fn read_anthropic_content(blocks: &[&RawValue], out: &mut ResponseSummary) {
             _ => {}
         }
     }
+}
+
+/// A whole answer with no `choices`, `output` or `content`: a transcription or translation
+/// (`text`: its text is the content), embeddings or images (`data`: a note, see
+/// [`read_data`]), moderations (`results`: a note, see [`moderation_note`]). A JSON answer
+/// of none of these shapes (and no error) gets a note of its top-level keys, never their
+/// values: an unknown answer may hold anything (a session's client secret), and the request
+/// log keeps its body anyway.
+fn read_other_shapes(top: &BodyTop<'_>, body: &[u8], out: &mut ResponseSummary) {
+    if let Some(text) = raw_str(top.text) {
+        out.content = text;
+        return;
+    }
+    if top.data.is_some_and(|data| read_data(data, out)) {
+        return;
+    }
+    if let Some(note) = top.results.and_then(moderation_note) {
+        out.content = note;
+        return;
+    }
+    if top.error.is_none_or(|e| e.get() == "null") {
+        out.content = keys_note(body);
+    }
+}
+
+/// One item of an answer's `data` list: an embedding, or an image. The vector and the base64
+/// are left raw: only their lengths are read, never a copy of them.
+#[derive(Deserialize)]
+struct DataItem<'a> {
+    #[serde(borrow, default)]
+    embedding: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    b64_json: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    url: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    revised_prompt: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Embeddings (`<3 embeddings, 1536 dimensions>`) or images (`<2 images (b64_json, 1.2
+/// MB)>`, then each image's URL and revised prompt, one a line) as the content; false when
+/// `data` is neither. Vectors and base64 images set [`ResponseSummary::body_noted`].
+fn read_data(data: &RawValue, out: &mut ResponseSummary) -> bool {
+    let Ok(items) = serde_json::from_str::<Vec<DataItem<'_>>>(data.get()) else {
+        return false;
+    };
+    if let Some(first) = items.iter().find_map(|item| item.embedding) {
+        out.content = embeddings_note(items.len(), first);
+        out.body_noted = true;
+        return true;
+    }
+    if !items
+        .iter()
+        .any(|item| item.b64_json.is_some() || item.url.is_some())
+    {
+        return false;
+    }
+    out.content = images_note(&items);
+    out.body_noted = items.iter().any(|item| item.b64_json.is_some());
+    true
+}
+
+/// `<3 embeddings, 1536 dimensions>`, from the first vector's length: a list of numbers
+/// (its commas counted) or, with `encoding_format: "base64"`, float32s in base64.
+fn embeddings_note(n: usize, first: &RawValue) -> String {
+    let plural = if n == 1 { "embedding" } else { "embeddings" };
+    let raw = first.get().as_bytes();
+    let dimensions = match raw.first() {
+        Some(b'[') => {
+            let inner = raw[1..raw.len().saturating_sub(1)].trim_ascii();
+            let commas = memchr::memchr_iter(b',', inner).count();
+            Some((if inner.is_empty() { 0 } else { commas + 1 }, ""))
+        }
+        Some(b'"') => {
+            let floats = usize::try_from(base64_decoded_len(first) / 4).unwrap_or(usize::MAX);
+            Some((floats, ", base64"))
+        }
+        _ => None,
+    };
+    match dimensions {
+        Some((d, encoding)) => format!("<{n} {plural}, {d} dimensions{encoding}>"),
+        None => format!("<{n} {plural}>"),
+    }
+}
+
+/// `<2 images (b64_json, 1.2 MB)>` (the decoded size of all of them) or `<1 image (url)>`,
+/// then for each image its URL and its revised prompt, when it has them.
+fn images_note(items: &[DataItem<'_>]) -> String {
+    let n = items.len();
+    let plural = if n == 1 { "image" } else { "images" };
+    let b64: u64 = items
+        .iter()
+        .filter_map(|item| item.b64_json)
+        .map(base64_decoded_len)
+        .sum();
+    let has_b64 = items.iter().any(|item| item.b64_json.is_some());
+    let mut note = if has_b64 {
+        format!("<{n} {plural} (b64_json, {})>", human_bytes(b64))
+    } else {
+        format!("<{n} {plural} (url)>")
+    };
+    for (i, item) in items.iter().enumerate() {
+        if let Some(url) = &item.url {
+            note.push_str(&format!("\nimage {}: {url}", i + 1));
+        }
+        if let Some(prompt) = &item.revised_prompt {
+            note.push_str(&format!("\nimage {} revised prompt: {prompt}", i + 1));
+        }
+    }
+    note
+}
+
+/// `1.2 MB`, `34.5 kB`, `512 bytes` (decimal units).
+fn human_bytes(bytes: u64) -> String {
+    // Exact enough: one decimal is shown.
+    let f = bytes as f64;
+    if bytes >= 1_000_000 {
+        format!("{:.1} MB", f / 1_000_000.0)
+    } else if bytes >= 1_000 {
+        format!("{:.1} kB", f / 1_000.0)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// One of a moderation answer's `results`.
+#[derive(Deserialize)]
+struct ModerationResult {
+    #[serde(default)]
+    flagged: Option<bool>,
+    #[serde(default)]
+    categories: Option<std::collections::BTreeMap<String, Value>>,
+}
+
+/// `<moderation: not flagged>`, `<moderation: flagged (harassment, violence)>`, or for
+/// several inputs `<moderation of 3 inputs: 1 flagged (violence)>`: the categories set to
+/// `true` in any flagged result, in name order. `None` when `results` is not a moderation's
+/// (a rerank's results have no `flagged`).
+fn moderation_note(results: &RawValue) -> Option<String> {
+    let results = serde_json::from_str::<Vec<ModerationResult>>(results.get()).ok()?;
+    if results.is_empty() || results.iter().any(|r| r.flagged.is_none()) {
+        return None;
+    }
+    let flagged: Vec<&ModerationResult> =
+        results.iter().filter(|r| r.flagged == Some(true)).collect();
+    let mut categories: Vec<&str> = flagged
+        .iter()
+        .filter_map(|r| r.categories.as_ref())
+        .flat_map(|c| c.iter().filter(|(_, v)| **v == Value::Bool(true)))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    categories.sort_unstable();
+    categories.dedup();
+    let which = if categories.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", categories.join(", "))
+    };
+    Some(match (results.len(), flagged.len()) {
+        (1, 0) => "<moderation: not flagged>".to_owned(),
+        (1, _) => format!("<moderation: flagged{which}>"),
+        (n, 0) => format!("<moderation of {n} inputs: none flagged>"),
+        (n, k) => format!("<moderation of {n} inputs: {k} flagged{which}>"),
+    })
+}
+
+/// Most top-level keys [`keys_note`] names, and the longest key it shows whole.
+const MAX_NOTED_KEYS: usize = 16;
+const MAX_NOTED_KEY_CHARS: usize = 64;
+
+/// `<JSON answer with keys: id, object, status>`: the top-level keys of an answer of no
+/// known shape, in order, at most [`MAX_NOTED_KEYS`] (then `...`), each cut to
+/// [`MAX_NOTED_KEY_CHARS`] characters. An empty string when the body is not an object.
+fn keys_note(body: &[u8]) -> String {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = (Vec<String>, usize);
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let (mut keys, mut n) = (Vec::new(), 0);
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                n += 1;
+                if keys.len() < MAX_NOTED_KEYS {
+                    keys.push(key.chars().take(MAX_NOTED_KEY_CHARS).collect());
+                }
+            }
+            Ok((keys, n))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let Ok((keys, n)) = serde::Deserializer::deserialize_map(&mut de, Keys) else {
+        return String::new();
+    };
+    if keys.is_empty() {
+        return "<JSON answer: an empty object>".to_owned();
+    }
+    let more = if n > keys.len() { ", ..." } else { "" };
+    format!("<JSON answer with keys: {}{more}>", keys.join(", "))
 }
 
 // ---- streams -----------------------------------------------------------------------------
@@ -1490,7 +1723,8 @@ mod tests {
                 cached_input: 40,
                 cache_creation_input: 0,
                 reasoning: 20,
-                cost: None
+                cost: None,
+                audio_seconds: None,
             }
         );
     }
@@ -1717,7 +1951,8 @@ mod tests {
                 cached_input: 100,
                 cache_creation_input: 50,
                 reasoning: 0,
-                cost: None
+                cost: None,
+                audio_seconds: None,
             })
         );
     }
@@ -1943,6 +2178,172 @@ mod tests {
         assert_eq!(acc.into_summary().content, "Hello world", "from done alone");
     }
 
+    /// Embeddings: a note of how many and how long, never the vectors (numbers or base64);
+    /// their `prompt_tokens` / `total_tokens` are the usage. The note stands for the body.
+    #[test]
+    fn embeddings_are_a_note_of_their_count_and_dimensions() {
+        let body = json!({"object": "list", "model": "text-embedding-3-small",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2, 3e-5]},
+                     {"object": "embedding", "index": 1, "embedding": [0.4, 0.5, 0.6]}],
+            "usage": {"prompt_tokens": 8, "total_tokens": 8}});
+        let s = summarize_body(body.to_string().as_bytes());
+        assert_eq!(s.content, "<2 embeddings, 3 dimensions>");
+        assert!(s.body_noted);
+        assert_eq!(s.model.as_deref(), Some("text-embedding-3-small"));
+        let u = s.usage.expect("usage");
+        assert_eq!((u.input, u.output, u.total), (8, 0, 8));
+
+        // base64: 4 float32s are 16 bytes, 24 base64 characters (one JSON-escaped `/`).
+        let b64 = json!({"data": [{"embedding": "AAAAAAAAAAAAAAAAAAA/AAAA"}]}).to_string();
+        assert_eq!(
+            summarize_body(b64.replace('/', "\\/").as_bytes()).content,
+            "<1 embedding, 4 dimensions, base64>"
+        );
+        let empty = json!({"data": [{"embedding": []}]}).to_string();
+        assert_eq!(
+            summarize_body(empty.as_bytes()).content,
+            "<1 embedding, 0 dimensions>"
+        );
+    }
+
+    /// Images: a note of how many, and for base64 ones their decoded size, never the base64;
+    /// URLs and revised prompts are kept. gpt-image-1's usage is read.
+    #[test]
+    fn images_are_a_note_with_their_urls_and_revised_prompts() {
+        let body = json!({"created": 1, "data": [
+                {"b64_json": "A".repeat(1_600_000), "revised_prompt": "a red cat"},
+                {"b64_json": "AAAA"}],
+            "usage": {"input_tokens": 50, "output_tokens": 4160, "total_tokens": 4210,
+                "input_tokens_details": {"text_tokens": 40, "image_tokens": 10}}});
+        let s = summarize_body(body.to_string().as_bytes());
+        assert_eq!(
+            s.content,
+            "<2 images (b64_json, 1.2 MB)>\nimage 1 revised prompt: a red cat"
+        );
+        assert!(s.body_noted);
+        let u = s.usage.expect("usage");
+        assert_eq!((u.input, u.output, u.total), (50, 4160, 4210));
+
+        let urls = json!({"created": 1, "data": [
+            {"url": "https://img.example/1.png", "revised_prompt": "a cat"},
+            {"url": "https://img.example/2.png"}]});
+        let s = summarize_body(urls.to_string().as_bytes());
+        assert_eq!(
+            s.content,
+            "<2 images (url)>\nimage 1: https://img.example/1.png\nimage 1 revised prompt: a cat\nimage 2: https://img.example/2.png"
+        );
+        assert!(!s.body_noted, "a few URLs: the body is small");
+        assert_eq!(human_bytes(999), "999 bytes");
+        assert_eq!(human_bytes(34_500), "34.5 kB");
+    }
+
+    /// A transcription's (or translation's) `text` is the content, in `json` and
+    /// `verbose_json` alike; its usage in tokens or in seconds is read.
+    #[test]
+    fn a_transcription_body_has_its_text_and_usage() {
+        let tokens = json!({"text": "Hello world", "usage": {"type": "tokens",
+            "input_tokens": 14, "input_token_details": {"text_tokens": 0, "audio_tokens": 14},
+            "output_tokens": 4, "total_tokens": 18}});
+        let s = summarize_body(tokens.to_string().as_bytes());
+        assert_eq!(s.content, "Hello world");
+        assert!(!s.body_noted);
+        let u = s.usage.expect("usage");
+        assert_eq!(
+            (u.input, u.output, u.total, u.audio_seconds),
+            (14, 4, 18, None)
+        );
+
+        let verbose = json!({"task": "transcribe", "language": "english", "duration": 8.47,
+            "text": "The beach was a popular spot.", "segments": [{"id": 0, "start": 0.0,
+            "end": 3.3, "text": "The beach was a popular spot.", "tokens": [50364, 440]}],
+            "usage": {"type": "duration", "seconds": 9}});
+        let s = summarize_body(verbose.to_string().as_bytes());
+        assert_eq!(s.content, "The beach was a popular spot.");
+        let u = s.usage.expect("a duration is usage");
+        assert_eq!(
+            (u.input, u.output, u.total, u.audio_seconds),
+            (0, 0, 0, Some(9))
+        );
+    }
+
+    /// Moderations: whether each input was flagged and for what, not the scores.
+    #[test]
+    fn moderations_are_a_note_of_what_was_flagged() {
+        let result = |flagged: bool, categories: Value| {
+            json!({"flagged": flagged, "categories": categories,
+                "category_scores": {"violence": 0.9, "harassment": 0.1}})
+        };
+        let one =
+            |r: Value| json!({"id": "modr-1", "model": "omni-moderation-latest", "results": [r]});
+        let cases = [
+            (
+                one(result(false, json!({"violence": false}))),
+                "<moderation: not flagged>",
+            ),
+            (
+                one(result(
+                    true,
+                    json!({"violence": true, "harassment/threatening": true, "sexual": false}),
+                )),
+                "<moderation: flagged (harassment/threatening, violence)>",
+            ),
+            (
+                json!({"results": [result(true, json!({"violence": true})),
+                    result(false, json!({"violence": false})),
+                    result(true, json!({"violence": true, "hate": true}))]}),
+                "<moderation of 3 inputs: 2 flagged (hate, violence)>",
+            ),
+            (
+                json!({"results": [result(false, json!({})), result(false, json!({}))]}),
+                "<moderation of 2 inputs: none flagged>",
+            ),
+        ];
+        for (body, note) in cases {
+            let s = summarize_body(body.to_string().as_bytes());
+            assert_eq!(s.content, note, "{body}");
+            assert!(!s.body_noted);
+        }
+    }
+
+    /// A JSON answer of no known shape: a note of its top-level keys, never their values
+    /// (bounded in number and length); none for an error under a 200.
+    #[test]
+    fn an_unknown_answer_is_a_note_of_its_keys() {
+        let rerank = json!({"id": "r1", "results": [{"index": 0, "relevance_score": 0.9}],
+            "usage": {"total_tokens": 5}});
+        let s = summarize_body(rerank.to_string().as_bytes());
+        assert_eq!(s.content, "<JSON answer with keys: id, results, usage>");
+        assert_eq!(s.usage.map(|u| u.total), Some(5));
+        // In the body's order.
+        let secret = br#"{"object":"realtime.session","client_secret":{"value":"ek_abc123secret"},"id":"sess_1"}"#;
+        let s = summarize_body(secret);
+        assert_eq!(
+            s.content,
+            "<JSON answer with keys: object, client_secret, id>"
+        );
+        assert!(!s.content.contains("ek_abc"));
+        let mut many = serde_json::Map::new();
+        for i in 0..20 {
+            many.insert(format!("k{i:02}{}", "x".repeat(100)), json!(i));
+        }
+        let s = summarize_body(Value::Object(many).to_string().as_bytes());
+        assert!(s.content.ends_with(", ...>"), "{}", s.content);
+        assert!(s.content.len() < 16 * 70 + 40, "{}", s.content.len());
+        assert_eq!(
+            summarize_body(b"{}").content,
+            "<JSON answer: an empty object>"
+        );
+        let error = summarize_body(br#"{"error": {"message": "boom"}}"#);
+        assert_eq!(
+            (error.content.as_str(), error.error.as_deref()),
+            ("", Some("boom"))
+        );
+        // An empty `data` list is no known shape.
+        let s = summarize_body(br#"{"object":"list","data":[]}"#);
+        assert_eq!(s.content, "<JSON answer with keys: object, data>");
+        assert!(!s.body_noted);
+    }
+
     #[test]
     fn the_fast_path_agrees_with_the_lenient_one() {
         let bodies = [
@@ -1955,7 +2356,6 @@ mod tests {
             json!({"choices": [{"text": "completion", "finish_reason": "length"}], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}),
             json!({"model": "m", "choices": [{"message": {"content": [{"type": "text", "text": "a"}, {"text": "b"}]}}], "usage": {"prompt_tokens": 1, "prompt_cache_hit_tokens": 1}}),
             json!({"model": "m", "choices": [], "usage": null}),
-            json!({"object": "list", "data": [{"embedding": [0.1]}], "usage": {"prompt_tokens": 3, "total_tokens": 3}}),
             json!({"model": "m", "choices": [{"message": {"content": null, "reasoning": "only"}}]}),
             json!({"model": "m", "choices": [{"message": {"content": null, "refusal": "no"}}]}),
         ];
@@ -1980,6 +2380,20 @@ mod tests {
         assert_eq!(
             summarize_body(vendor.as_bytes()).usage.map(|u| u.input),
             Some(6)
+        );
+        // So are answers with no `choices` (embeddings, images, transcriptions, ...).
+        let embeddings = json!({"object": "list", "data": [{"embedding": [0.1]}],
+            "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+        .to_string();
+        assert!(
+            serde_json::from_slice::<FastBody<'_>>(embeddings.as_bytes())
+                .ok()
+                .and_then(FastBody::into_summary)
+                .is_none()
+        );
+        assert_eq!(
+            summarize_body(embeddings.as_bytes()).usage.map(|u| u.input),
+            Some(3)
         );
         let odd = json!({"model": 42, "choices": [{"message": {"content": "x"}}]}).to_string();
         assert_eq!(summarize_body(odd.as_bytes()).content, "x");

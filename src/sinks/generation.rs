@@ -80,7 +80,8 @@ pub struct Generation {
     pub model: String,
     /// JSON: the messages, or `{"tools": .., "messages": ..}` when tools were offered.
     pub input: Option<String>,
-    /// JSON: the assistant message (content, reasoning, tool calls), or the upstream's error
+    /// JSON: the assistant message (content, reasoning, tool calls; a whole text answer as
+    /// its content; a note for embeddings, images, moderations), or the upstream's error
     /// body.
     pub output: Option<String>,
     /// JSON object of the request's model parameters (temperature, max_tokens, ...).
@@ -126,7 +127,7 @@ pub fn build_with(
             .and_then(RequestFields::input)
             .map(|s| redactor.redact_owned(s))
     };
-    let output = output_of(record).map(|s| redactor.redact_owned(s));
+    let output = output_of(record, max_io_bytes).map(|s| redactor.redact_owned(s));
     let (input, output) = fit_io(input, output, max_io_bytes);
     let parameters = request
         .as_ref()
@@ -380,14 +381,22 @@ fn has_message(summary: &ResponseSummary) -> bool {
         || summary.finish_reason.is_some()
 }
 
-/// The assistant message as far as it was seen (also for cut streams), else the upstream's
-/// error body, else nothing (embeddings, router errors).
-fn output_of(record: &RequestRecord) -> Option<String> {
+/// The assistant message as far as it was seen (also for cut streams; a note for answers
+/// whose bulk is not shown: embeddings, images, audio), else the upstream's error body, else
+/// a whole answer that is text (a transcription as `text`, `srt` or `vtt`) as the message's
+/// content, else nothing (router errors). `max_bytes` bounds the text taken from such an
+/// answer before it is copied; [`fit_io`] cuts the result as any output.
+fn output_of(record: &RequestRecord, max_bytes: usize) -> Option<String> {
     let summary = &record.response;
-    if has_message(summary) {
+    let text_answer = if has_message(summary) {
+        None
+    } else {
+        text_answer(record, max_bytes)
+    };
+    if has_message(summary) || text_answer.is_some() {
         let message = OutputMessage {
             role: "assistant",
-            content: &summary.content,
+            content: text_answer.unwrap_or(&summary.content),
             reasoning_content: &summary.reasoning,
             refusal: &summary.refusal,
             tool_calls: summary
@@ -418,6 +427,31 @@ fn output_of(record: &RequestRecord) -> Option<String> {
         return serde_json::to_string(&String::from_utf8_lossy(body)).ok();
     }
     None
+}
+
+/// A successful whole answer kept as text (the recorder keeps a 2xx body that is neither
+/// JSON nor binary as it came: a transcription asked for as `text`, `srt` or `vtt`), its
+/// first `max_bytes` at most, on a character boundary. A longer one is cut by [`fit_io`],
+/// which then marks it.
+fn text_answer(record: &RequestRecord, max_bytes: usize) -> Option<&str> {
+    if record.outcome != Outcome::Success
+        || record.response_is_json
+        || record.response_encoding.is_some()
+    {
+        return None;
+    }
+    let body = record.response_body.as_deref()?;
+    // One byte more than the cap, so `fit_io` sees it is over and marks the cut.
+    let head = &body[..body.len().min(max_bytes.saturating_add(1))];
+    let text = match std::str::from_utf8(head) {
+        Ok(text) => text,
+        // A character the head's end cuts in two: left out.
+        Err(e) if e.error_len().is_none() && head.len() < body.len() => {
+            std::str::from_utf8(&head[..e.valid_up_to()]).ok()?
+        }
+        Err(_) => return None,
+    };
+    (!text.is_empty()).then_some(text)
 }
 
 /// Cuts input and output so together they fit `cap` bytes. The output keeps at least half
@@ -470,7 +504,8 @@ fn clip(s: &str, max: usize) -> Cow<'_, str> {
 
 /// Langfuse's usage keys. `input` and `output` are the parts not already counted in the
 /// cached / reasoning keys (Langfuse prices each key separately, as it does for OpenAI's
-/// usage itself); `total` is everything.
+/// usage itself); `total` is everything. A transcription billed by duration adds its
+/// `audio_seconds` (Langfuse's keys are free-form: a model price may name it).
 pub fn usage_details(usage: &Usage) -> String {
     let mut out = String::with_capacity(128);
     let _ = write!(
@@ -491,6 +526,9 @@ pub fn usage_details(usage: &Usage) -> String {
             ",\"input_cache_creation\":{}",
             usage.cache_creation_input
         );
+    }
+    if let Some(seconds) = usage.audio_seconds {
+        let _ = write!(out, ",\"audio_seconds\":{seconds}");
     }
     out.push('}');
     out

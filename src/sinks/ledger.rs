@@ -536,6 +536,7 @@ mod tests {
                     cache_creation_input: 1,
                     reasoning: 2,
                     cost: Some(0.25),
+                    audio_seconds: None,
                 }),
                 ..Default::default()
             },

@@ -1,11 +1,13 @@
 //! What is read from each upstream answer shape, through every sink: the record, the span a
 //! mock OTLP endpoint received and the usage ledger's row, for Anthropic-style `/v1/messages`
-//! streams and bodies, refusals, and Responses API streams.
+//! streams and bodies, refusals, Responses API streams, OpenAI's audio streams, and the
+//! whole answers with no chat message: embeddings, images, transcriptions (JSON and text),
+//! moderations and answers of no known shape.
 
 use std::sync::Arc;
 
 use llmsrouter::record::{Outcome, RecordSink};
-use llmsrouter::sinks::langfuse::LangfuseSink;
+use llmsrouter::sinks::langfuse::{LangfuseOptions, LangfuseSink};
 use llmsrouter::sinks::ledger::LedgerSink;
 use llmsrouter::sinks::redact::Redactor;
 use llmsrouter::sinks::request_log::{RequestLogOptions, RequestLogSink};
@@ -31,11 +33,18 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`Self::start`] with the exporter's options adjusted.
+    async fn start_with(adjust: impl FnOnce(&mut LangfuseOptions)) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         let db = dir.path().join("users.db");
         let upstream = MockUpstream::start(Behavior::default()).await;
         let otlp = MockOtlp::start().await;
-        let langfuse = Arc::new(LangfuseSink::start(langfuse_options(&otlp)).expect("exporter"));
+        let mut options = langfuse_options(&otlp);
+        adjust(&mut options);
+        let langfuse = Arc::new(LangfuseSink::start(options).expect("exporter"));
         let ledger = Arc::new(LedgerSink::start(&db, Redactor::default()).expect("ledger"));
         let log = Arc::new(
             RequestLogSink::start(RequestLogOptions {
@@ -86,30 +95,91 @@ impl Setup {
     /// Stops the router (the sinks are flushed) and reads the ledger's row and the request
     /// log's line of `request_id`.
     async fn stop_and_read(self, request_id: &str) -> (LedgerRow, Value) {
+        let mut all = self.stop_and_read_all(&[request_id]).await;
+        all.pop().expect("one")
+    }
+
+    /// [`Self::stop_and_read`] for each of `request_ids`, in that order.
+    async fn stop_and_read_all(self, request_ids: &[&str]) -> Vec<(LedgerRow, Value)> {
         self.router.stop().await;
-        let line = read_log_lines(self.dir.path(), "api_proxy")
-            .into_iter()
-            .find(|line| line["request_id"] == request_id)
-            .expect("the request's log line");
+        let lines = read_log_lines(self.dir.path(), "api_proxy");
         let conn = llmsrouter::db::open(&self.db).expect("open");
-        let row = conn
-            .query_row(
-                "SELECT input_tokens, output_tokens, cached_tokens, cache_creation_tokens, \
-             usage_known, usage_partial, response_model, ttft_ms FROM usage_ledger \
-             WHERE request_id = ?1",
-                [request_id],
-                |r| {
-                    Ok(LedgerRow {
-                        tokens: (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?),
-                        usage_known: r.get(4)?,
-                        usage_partial: r.get(5)?,
-                        response_model: r.get(6)?,
-                        ttft_ms: r.get(7)?,
-                    })
-                },
-            )
-            .expect("the request's row");
-        (row, line)
+        let mut out = Vec::new();
+        for request_id in request_ids {
+            let line = lines
+                .iter()
+                .find(|line| line["request_id"] == *request_id)
+                .expect("the request's log line")
+                .clone();
+            let row = conn
+                .query_row(
+                    "SELECT input_tokens, output_tokens, cached_tokens, cache_creation_tokens, \
+                 usage_known, usage_partial, response_model, ttft_ms, total_tokens \
+                 FROM usage_ledger WHERE request_id = ?1",
+                    [request_id],
+                    |r| {
+                        Ok(LedgerRow {
+                            tokens: (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?),
+                            usage_known: r.get(4)?,
+                            usage_partial: r.get(5)?,
+                            response_model: r.get(6)?,
+                            ttft_ms: r.get(7)?,
+                            total_tokens: r.get(8)?,
+                        })
+                    },
+                )
+                .expect("the request's row");
+            out.push((row, line));
+        }
+        out
+    }
+
+    /// The upstream answers the next requests with `body` as `content_type`.
+    fn answer_with(&self, body: &[u8], content_type: &str) {
+        self.upstream.set(Behavior {
+            raw_body: Some(body.to_vec()),
+            content_type: content_type.into(),
+            ..Default::default()
+        });
+    }
+
+    /// POSTs `request` to `path` and checks the client got the upstream's `answer` as it
+    /// came; the request id, its record (the `nth` of this router) and its span's output
+    /// (parsed, or as a string when it is not JSON).
+    async fn whole_answer(
+        &self,
+        nth: usize,
+        path: &str,
+        request: &Value,
+        answer: &[u8],
+    ) -> (
+        String,
+        Arc<llmsrouter::record::RequestRecord>,
+        Option<Value>,
+    ) {
+        let response = client()
+            .post(self.router.url(path))
+            .json(request)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        let id = request_id(&response);
+        let got = response.bytes().await.expect("body");
+        assert!(got == answer, "relayed as it came");
+        let record = self.router.records.nth(nth).await;
+        assert_eq!(record.outcome, Outcome::Success, "{path}");
+        let span = self.otlp.span_of(&id).await.span;
+        // A cut output is no longer JSON: then as a string.
+        let output = str_attr(&span, "langfuse.observation.output")
+            .map(|text| serde_json::from_str(text).unwrap_or_else(|_| json!(text)));
+        (id, record, output)
+    }
+
+    /// The span of `request_id`'s `langfuse.observation.usage_details`.
+    async fn usage_details(&self, request_id: &str) -> Option<Value> {
+        let span = self.otlp.span_of(request_id).await.span;
+        json_attr(&span, "langfuse.observation.usage_details")
     }
 }
 
@@ -121,6 +191,7 @@ struct LedgerRow {
     usage_partial: bool,
     response_model: Option<String>,
     ttft_ms: Option<i64>,
+    total_tokens: i64,
 }
 
 /// One SSE event with an `event:` line, as Anthropic sends them.
@@ -852,4 +923,288 @@ async fn a_stray_byte_or_mark_does_not_cost_an_answer_its_record() {
         "caf\u{FFFD}"
     );
     assert!(!stream_id.is_empty());
+}
+
+/// The output Langfuse shows for an answer whose record content is `content`.
+fn assistant(content: &str) -> Option<Value> {
+    Some(json!({"role": "assistant", "content": content}))
+}
+
+/// Embeddings: the output is a note of how many vectors and how long, in the record, the
+/// span and the log line, which hold none of the vectors (the client gets them all); the
+/// usage is `prompt_tokens` / `total_tokens`.
+#[tokio::test]
+async fn embeddings_are_a_note_in_every_sink_never_their_vectors() {
+    let setup = Setup::start().await;
+    let vector: Vec<f64> = (0..1536).map(|i| f64::from(i) * 0.000_123_457).collect();
+    let data: Vec<Value> = (0..3)
+        .map(|i| json!({"object": "embedding", "index": i, "embedding": vector}))
+        .collect();
+    let answer = json!({"object": "list", "model": "text-embedding-3-small", "data": data,
+        "usage": {"prompt_tokens": 8, "total_tokens": 8}})
+    .to_string();
+    setup.answer_with(answer.as_bytes(), "application/json");
+    let request = json!({"model": "[mock]text-embedding-3-small", "input": ["a", "b", "c"]});
+    let (id, record, output) = setup
+        .whole_answer(1, "/v1/embeddings", &request, answer.as_bytes())
+        .await;
+    let note = "<3 embeddings, 1536 dimensions>";
+    assert_eq!(record.response.content, note);
+    assert!(record.response_body.is_none(), "the vectors are not kept");
+    assert_eq!(output, assistant(note));
+    assert_eq!(
+        setup.usage_details(&id).await,
+        Some(
+            json!({"input": 8, "output": 0, "total": 8, "input_cached_tokens": 0,
+            "output_reasoning_tokens": 0})
+        )
+    );
+    let (row, line) = setup.stop_and_read(&id).await;
+    assert_eq!((row.tokens, row.total_tokens), ((8, 0, 0, 0), 8));
+    assert!(row.usage_known, "{row:?}");
+    assert_eq!(
+        row.response_model.as_deref(),
+        Some("text-embedding-3-small")
+    );
+    assert_eq!(line["response"]["content"], note);
+    assert!(
+        !line.to_string().contains("0.000123457"),
+        "no vector in the log"
+    );
+}
+
+/// Images: base64 ones are a note of their count and decoded size, never the base64 (in
+/// the record, the span, the log line), with each revised prompt; URL ones keep their URLs
+/// in the output and their (small) body in the log. gpt-image-1's usage reaches the ledger.
+#[tokio::test]
+async fn images_are_a_note_with_urls_and_revised_prompts_never_their_base64() {
+    let setup = Setup::start().await;
+    // 1,600,000 base64 characters are 1,200,000 bytes of image.
+    let b64 = "iVBORw0K".repeat(200_000);
+    let answer = json!({"created": 1_713_833_628, "data": [
+            {"b64_json": b64, "revised_prompt": "a red cat on a mat"}],
+        "usage": {"input_tokens": 50, "output_tokens": 4160, "total_tokens": 4210,
+            "input_tokens_details": {"text_tokens": 40, "image_tokens": 10}}})
+    .to_string();
+    setup.answer_with(answer.as_bytes(), "application/json");
+    let request = json!({"model": "[mock]gpt-image-1", "prompt": "a cat"});
+    let (b64_id, record, output) = setup
+        .whole_answer(1, "/v1/images/generations", &request, answer.as_bytes())
+        .await;
+    let b64_note = "<1 image (b64_json, 1.2 MB)>\nimage 1 revised prompt: a red cat on a mat";
+    assert_eq!(record.response.content, b64_note);
+    assert!(record.response_body.is_none(), "the base64 is not kept");
+    assert_eq!(output, assistant(b64_note));
+
+    let urls = json!({"created": 1, "data": [
+        {"url": "https://img.example/1.png?sig=abc", "revised_prompt": "a cat"},
+        {"url": "https://img.example/2.png?sig=def"}]})
+    .to_string();
+    setup.answer_with(urls.as_bytes(), "application/json");
+    let request = json!({"model": "[mock]dall-e-3", "prompt": "a cat", "n": 2});
+    let (url_id, record, output) = setup
+        .whole_answer(2, "/v1/images/generations", &request, urls.as_bytes())
+        .await;
+    let note = "<2 images (url)>\nimage 1: https://img.example/1.png?sig=abc\n\
+        image 1 revised prompt: a cat\nimage 2: https://img.example/2.png?sig=def";
+    assert_eq!(record.response.content, note);
+    assert_eq!(output, assistant(note));
+    assert!(record.response.usage.is_none(), "dall-e-3 reports none");
+
+    let rows = setup.stop_and_read_all(&[&b64_id, &url_id]).await;
+    let (row, line) = &rows[0];
+    assert_eq!((row.tokens, row.total_tokens), ((50, 4160, 0, 0), 4210));
+    assert_eq!(line["response"]["content"], b64_note);
+    assert!(line.to_string().len() < 10_000, "no base64 in the log");
+    let (row, line) = &rows[1];
+    assert!(!row.usage_known, "{row:?}");
+    assert_eq!(
+        line["response"],
+        serde_json::from_str::<Value>(&urls).expect("JSON"),
+        "a URL answer's body is logged as it came"
+    );
+}
+
+/// A transcription (or translation) answered as JSON: its text is the output; usage in
+/// tokens (`gpt-4o-transcribe`) or in seconds (`whisper-1`, `verbose_json`) is read: the
+/// seconds reach the span's usage and the log line, and the ledger counts no tokens but
+/// knows the usage.
+#[tokio::test]
+async fn a_transcription_answer_is_its_text_with_its_usage() {
+    let setup = Setup::start().await;
+    let tokens = json!({"text": "Hello world", "usage": {"type": "tokens", "input_tokens": 14,
+        "input_token_details": {"text_tokens": 0, "audio_tokens": 14},
+        "output_tokens": 4, "total_tokens": 18}})
+    .to_string();
+    setup.answer_with(tokens.as_bytes(), "application/json");
+    let request = json!({"model": "[mock]gpt-4o-transcribe"});
+    let (tokens_id, record, output) = setup
+        .whole_answer(1, "/v1/audio/transcriptions", &request, tokens.as_bytes())
+        .await;
+    assert_eq!(record.response.content, "Hello world");
+    assert_eq!(output, assistant("Hello world"));
+    assert_eq!(
+        setup.usage_details(&tokens_id).await,
+        Some(
+            json!({"input": 14, "output": 4, "total": 18, "input_cached_tokens": 0,
+            "output_reasoning_tokens": 0})
+        )
+    );
+
+    let verbose = json!({"task": "translate", "language": "english", "duration": 8.47,
+        "text": "The beach was a popular spot.",
+        "segments": [{"id": 0, "start": 0.0, "end": 3.3, "text": "The beach was a popular spot."}],
+        "usage": {"type": "duration", "seconds": 9}})
+    .to_string();
+    setup.answer_with(verbose.as_bytes(), "application/json");
+    let request = json!({"model": "[mock]whisper-1", "response_format": "verbose_json"});
+    let (seconds_id, record, output) = setup
+        .whole_answer(2, "/v1/audio/translations", &request, verbose.as_bytes())
+        .await;
+    assert_eq!(output, assistant("The beach was a popular spot."));
+    assert_eq!(
+        record.response.usage.as_ref().and_then(|u| u.audio_seconds),
+        Some(9)
+    );
+    assert_eq!(
+        setup.usage_details(&seconds_id).await,
+        Some(
+            json!({"input": 0, "output": 0, "total": 0, "input_cached_tokens": 0,
+            "output_reasoning_tokens": 0, "audio_seconds": 9})
+        )
+    );
+
+    let rows = setup.stop_and_read_all(&[&tokens_id, &seconds_id]).await;
+    assert_eq!(
+        (rows[0].0.tokens, rows[0].0.total_tokens),
+        ((14, 4, 0, 0), 18)
+    );
+    assert_eq!(
+        rows[0].1["response"]["text"], "Hello world",
+        "the body as it came"
+    );
+    assert!(rows[1].0.usage_known, "{:?}", rows[1].0);
+    assert_eq!(
+        (rows[1].0.tokens, rows[1].0.total_tokens),
+        ((0, 0, 0, 0), 0)
+    );
+    assert_eq!(rows[1].1["usage"]["audio_seconds"], 9);
+    assert_eq!(rows[1].1["response"]["duration"], 8.47);
+}
+
+/// A transcription answered as text (`response_format` `text`, `srt`, `vtt`): the log line
+/// keeps it as it came, and the span's output is it as the assistant's content, cut to the
+/// trace's cap like any output.
+#[tokio::test]
+async fn a_text_transcription_is_the_output_cut_to_the_trace_cap() {
+    let cap = 4096;
+    let setup = Setup::start_with(|options| options.max_io_bytes = cap).await;
+    let srt = "1\n00:00:00,000 --> 00:00:01,000\nhello wörld\n";
+    setup.answer_with(srt.as_bytes(), "text/plain; charset=utf-8");
+    let request = json!({"model": "[mock]whisper-1", "response_format": "srt"});
+    let (srt_id, record, output) = setup
+        .whole_answer(1, "/v1/audio/transcriptions", &request, srt.as_bytes())
+        .await;
+    assert_eq!(record.response_body.as_deref(), Some(srt.as_bytes()));
+    assert_eq!(output, assistant(srt));
+
+    // Longer than the cap, with a two-byte character across it: cut, marked, never split.
+    let long = "ö".repeat(cap);
+    setup.answer_with(long.as_bytes(), "text/plain");
+    let (long_id, _, _) = setup
+        .whole_answer(2, "/v1/audio/transcriptions", &request, long.as_bytes())
+        .await;
+    let span = setup.otlp.span_of(&long_id).await.span;
+    let output = str_attr(&span, "langfuse.observation.output").expect("output");
+    let input = str_attr(&span, "langfuse.observation.input").map_or(0, str::len);
+    assert!(output.len() + input <= cap, "{} + {input}", output.len());
+    assert!(
+        output.starts_with(r#"{"role":"assistant","content":"ööö"#),
+        "{output}"
+    );
+    assert!(
+        output.ends_with(llmsrouter::sinks::generation::TRUNCATION_MARKER),
+        "{output}"
+    );
+
+    let rows = setup.stop_and_read_all(&[&srt_id, &long_id]).await;
+    assert_eq!(rows[0].1["response"], srt);
+    assert!(!rows[0].0.usage_known && !rows[0].0.usage_partial);
+    assert_eq!(rows[1].1["response"], long.as_str());
+}
+
+/// Moderations: the output says whether each input was flagged and for which categories,
+/// never the scores.
+#[tokio::test]
+async fn a_moderation_is_a_note_of_what_was_flagged() {
+    let setup = Setup::start().await;
+    let answer = json!({"id": "modr-1", "model": "omni-moderation-latest", "results": [
+        {"flagged": true, "categories": {"violence": true, "harassment": false,
+            "harassment/threatening": true},
+         "category_scores": {"violence": 0.91, "harassment": 0.2,
+            "harassment/threatening": 0.7},
+         "category_applied_input_types": {"violence": ["text"]}}]})
+    .to_string();
+    setup.answer_with(answer.as_bytes(), "application/json");
+    let request = json!({"model": "[mock]omni-moderation-latest", "input": "..."});
+    let (id, record, output) = setup
+        .whole_answer(1, "/v1/moderations", &request, answer.as_bytes())
+        .await;
+    let note = "<moderation: flagged (harassment/threatening, violence)>";
+    assert_eq!(record.response.content, note);
+    assert_eq!(output, assistant(note));
+    let (row, line) = setup.stop_and_read(&id).await;
+    assert!(!row.usage_known, "a moderation reports no usage");
+    assert_eq!(line["response"]["results"][0]["flagged"], true, "the body");
+}
+
+/// A 2xx JSON answer of no known shape: the output is a note of its top-level keys, never
+/// their values (an answer may hold a secret of its own: a realtime session's client
+/// secret); the log line keeps the body, as for any JSON answer.
+#[tokio::test]
+async fn an_unknown_json_answer_is_a_note_of_its_keys() {
+    let setup = Setup::start().await;
+    let answer = br#"{"id":"sess_1","object":"realtime.session","model":"gpt-realtime","client_secret":{"value":"ek_68af296e8e408191a1120ab6383263c2","expires_at":1756310470}}"#;
+    setup.answer_with(answer, "application/json");
+    let request = json!({"model": "[mock]gpt-realtime"});
+    let (id, record, output) = setup
+        .whole_answer(1, "/v1/realtime/sessions", &request, answer)
+        .await;
+    let note = "<JSON answer with keys: id, object, model, client_secret>";
+    assert_eq!(record.response.content, note);
+    assert_eq!(output, assistant(note));
+    let span = setup.otlp.span_of(&id).await;
+    assert!(!super::mock_otlp::all_text(&span).contains("ek_68af"));
+    let (_, line) = setup.stop_and_read(&id).await;
+    assert_eq!(line["response"]["object"], "realtime.session");
+}
+
+/// A text answer the upstream compressed (gzip) is recorded decoded, as a compressed JSON
+/// answer is: the request log and Langfuse show its text. Before, the record kept the
+/// compressed bytes, shown as `<binary, N bytes>` with no output.
+#[tokio::test]
+async fn a_compressed_text_answer_is_recorded_as_its_text() {
+    let setup = Setup::start().await;
+    let srt = "1\n00:00:00,000 --> 00:00:01,000\nhello\n";
+    setup.upstream.set(Behavior {
+        raw_body: Some(crate::support::upstream::gzip(srt.as_bytes())),
+        content_type: "text/plain; charset=utf-8".into(),
+        headers: vec![("content-encoding".into(), "gzip".into())],
+        ..Default::default()
+    });
+    let (id, _) = setup
+        .post(
+            "/v1/audio/transcriptions",
+            &json!({"model": "[mock]whisper-1", "response_format": "srt"}),
+        )
+        .await;
+    let record = setup.router.records.nth(1).await;
+    assert_eq!(record.response_body.as_deref(), Some(srt.as_bytes()));
+    let span = setup.otlp.span_of(&id).await.span;
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.output"),
+        assistant(srt)
+    );
+    let (_, line) = setup.stop_and_read(&id).await;
+    assert_eq!(line["response"], srt);
 }
