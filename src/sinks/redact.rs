@@ -13,6 +13,7 @@ use std::sync::Arc;
 use memchr::memmem::Finder;
 
 use crate::secret::Secret;
+use crate::users::key::{KEY_PREFIX, KEY_RANDOM_CHARS};
 
 /// What a secret is replaced with.
 pub const REDACTED: &str = "[redacted]";
@@ -136,10 +137,11 @@ impl RequestRedactor<'_> {
     /// Every secret is looked for in the text as given and the occurrences are replaced
     /// together (overlapping ones as one): a secret that holds another is replaced whole.
     pub fn redact_bytes<'t>(&self, bytes: &'t [u8]) -> Cow<'t, [u8]> {
-        if bytes.len() < self.shortest {
+        if bytes.len() < self.shortest.min(ROUTER_KEY_LEN) {
             return Cow::Borrowed(bytes);
         }
         let mut found = Vec::new();
+        find_router_keys(bytes, &mut found);
         if memchr::memchr(b'\\', bytes).is_none() {
             for needle in self.needles() {
                 let at = needle.whole.find_iter(bytes);
@@ -436,6 +438,30 @@ fn read_char(hay: &[u8], at: usize, depth: u8) -> Option<(u32, usize)> {
 /// `haystack` with each of `found` (sorted by start) replaced. Overlapping occurrences are
 /// replaced as one: a secret holding another goes whole, and one read from inside an escape
 /// does not leave the real one's end.
+/// Length of a key this router makes: `sk-lr-` and its random characters.
+const ROUTER_KEY_LEN: usize = KEY_PREFIX.len() + KEY_RANDOM_CHARS;
+
+/// Adds every key this router makes (`sk-lr-` and 32 base62 characters, see
+/// [`crate::users::key`]) found in `hay`, whoever it belongs to: one user pasting another's
+/// key in a prompt must not put it in the logs and traces, and the router cannot search for
+/// every user's key by value. Only the form as written is found (its characters need no
+/// JSON escape); one `memmem` for the prefix, which most texts do not hold.
+fn find_router_keys(hay: &[u8], found: &mut Vec<Range<usize>>) {
+    static PREFIX: std::sync::LazyLock<Finder<'static>> =
+        std::sync::LazyLock::new(|| Finder::new(KEY_PREFIX.as_bytes()));
+    for at in PREFIX.find_iter(hay) {
+        let end = at + ROUTER_KEY_LEN;
+        let Some(random) = hay.get(at + KEY_PREFIX.len()..end) else {
+            break;
+        };
+        let whole = random.iter().all(u8::is_ascii_alphanumeric)
+            && !hay.get(end).is_some_and(u8::is_ascii_alphanumeric);
+        if whole {
+            found.push(at..end);
+        }
+    }
+}
+
 fn replace(haystack: &[u8], found: &[Range<usize>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(haystack.len());
     let mut last = 0;
@@ -463,6 +489,24 @@ mod tests {
             Secret::new("short"),
             Secret::new(""),
         ]
+    }
+
+    /// Any key of this router's form is replaced, known to the redactor or not (another
+    /// user's, pasted in a prompt); a longer or shorter run after the prefix is not a key.
+    #[test]
+    fn every_router_key_is_replaced_whoever_it_belongs_to() {
+        let key = "sk-lr-0123456789abcdefghijABCDEFGHIJkl";
+        assert_eq!(key.len(), ROUTER_KEY_LEN);
+        let r = Redactor::default();
+        let text = format!("{{\"content\":\"mine: {key}, \\n{key}\"}} sk-lr-short {key}x");
+        assert_eq!(
+            r.redact(&text, &[]),
+            format!("{{\"content\":\"mine: {REDACTED}, \\n{REDACTED}\"}} sk-lr-short {key}x")
+        );
+        assert!(matches!(
+            r.redact("no key here at all", &[]),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

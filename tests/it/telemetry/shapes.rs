@@ -1208,3 +1208,32 @@ async fn a_compressed_text_answer_is_recorded_as_its_text() {
     let (_, line) = setup.stop_and_read(&id).await;
     assert_eq!(line["response"], srt);
 }
+
+/// A key of this router's form in a prompt (one user pasting another's) is in no sink,
+/// though the redactor was never told of it; the upstream gets the prompt as it was sent.
+#[tokio::test]
+async fn any_router_key_in_a_prompt_is_redacted_in_every_sink() {
+    let setup = Setup::start().await;
+    let key = "sk-lr-Zy9876543210abcdefghijKLMNOPQRst";
+    let (id, _) = setup
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "[mock]gpt-4o",
+                "messages": [{"role": "user", "content": format!("bob's key is {key}")}]}),
+        )
+        .await;
+    let sent = setup.upstream.last().json();
+    assert_eq!(
+        sent["messages"][0]["content"],
+        format!("bob's key is {key}")
+    );
+    let span = setup.otlp.span_of(&id).await.span;
+    let input = str_attr(&span, "langfuse.observation.input").expect("input");
+    assert!(
+        !input.contains(key) && input.contains("[redacted]"),
+        "{input}"
+    );
+    let (_, line) = setup.stop_and_read(&id).await;
+    let line = line.to_string();
+    assert!(!line.contains(key) && line.contains("[redacted]"), "{line}");
+}
