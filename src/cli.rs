@@ -138,9 +138,18 @@ fn path_value() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
 }
 
 /// `--key`: kept as a [`crate::secret::Secret`], so no `Debug` of the command line shows it.
+/// An empty (or blank) key is refused here, never looked up: from `LLMSROUTER_USER_KEY=` it
+/// is reported as a variable set but empty ([`error_line`]), as every variable is. Only a
+/// blank value can be refused, so clap's message never quotes a key.
 fn secret_value() -> impl clap::builder::TypedValueParser<Value = crate::secret::Secret> {
     use clap::builder::TypedValueParser as _;
-    clap::builder::StringValueParser::new().map(crate::secret::Secret::new)
+    clap::builder::StringValueParser::new().try_map(|value| {
+        if value.trim().is_empty() {
+            Err("a key cannot be empty")
+        } else {
+            Ok(crate::secret::Secret::new(value))
+        }
+    })
 }
 
 /// Whether `flag` is on the command line (`--db x` or `--db=x`).

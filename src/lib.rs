@@ -32,22 +32,38 @@ pub mod users;
 
 pub use app::build_app;
 
-/// A cell for the terminal (the `user list` and `usage` tables): control characters (escape
-/// sequences, newlines) from an older database are shown escaped, never sent to the
-/// terminal, so a name cannot forge a row or clear the screen.
+/// A cell for the terminal (the `user list` and `usage` tables, and names in messages):
+/// control characters (escape sequences, newlines) and invisible formatting characters
+/// (bidi overrides, zero-width characters) from an older database are shown escaped
+/// (`\u{1b}`, `\u{202e}`), never sent to the terminal, so a name cannot forge a row, clear
+/// the screen, or show `evil\u{202e}gnp.exe` as `evilexe.png`.
 pub fn printable(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(hidden) {
         return text.to_owned();
     }
     text.chars()
         .map(|c| {
-            if c.is_control() {
+            if hidden(c) {
                 c.escape_default().to_string()
             } else {
                 c.to_string()
             }
         })
         .collect()
+}
+
+/// A character [`printable`] escapes: a control character, or one that changes how the text
+/// around it shows while showing nothing itself (zero-width spaces and joiners, direction
+/// marks, embeddings, overrides and isolates, word joiners, the byte-order mark).
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
 }
 
 /// `1 server`, `2 servers`: a count with its noun, for messages people read.

@@ -16,6 +16,7 @@ use unicode_width::UnicodeWidthStr;
 use super::UserError;
 use super::import::{self, ImportRow};
 use super::key::masked;
+use super::names::quoted;
 use super::permissions::{self, parse_spec, unknown_aliases};
 use super::store::{NewUser, OpenMode, User, UserStore, Who};
 use crate::auth::Permissions;
@@ -91,7 +92,11 @@ fn presented_key(who: &WhichUser) -> Result<Option<Secret>, UserError> {
             std::io::stdin()
                 .read_line(&mut line)
                 .map_err(UserError::KeyInput)?;
-            Ok(Some(Secret::new(line.trim_end_matches(['\n', '\r']))))
+            let key = line.trim_end_matches(['\n', '\r']);
+            if key.trim().is_empty() {
+                return Err(UserError::NoKeyRead);
+            }
+            Ok(Some(Secret::new(key)))
         }
         Some(key) => Ok(Some(key.clone())),
     }
@@ -343,11 +348,6 @@ fn warn_unknown_aliases(
     Ok(())
 }
 
-/// A name in a message: quoted, control characters escaped, clipped.
-fn quoted(name: &str) -> String {
-    format!("{:?}", crate::error::clip(name, 80))
-}
-
 /// `2024-05-01T12:34:56.789012` → `2024-05-01 12:34:56` for the table; JSON keeps it whole.
 fn short_time(iso: &str) -> String {
     iso.get(..19).unwrap_or(iso).replacen('T', " ", 1)
@@ -409,6 +409,16 @@ mod tests {
         assert_eq!(printable("ann"), "ann");
         assert_eq!(printable("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
         assert_eq!(quoted("a\u{7}"), "\"a\\u{7}\"");
+        // Invisible formatting characters too: a right-to-left override, a zero-width
+        // space, a byte-order mark; the rest of the text as it is.
+        assert_eq!(
+            printable("evil\u{202e}gnp.exe \u{200b}李\u{feff}"),
+            "evil\\u{202e}gnp.exe \\u{200b}李\\u{feff}"
+        );
+        assert_eq!(printable("a\u{2066}b\u{2069}"), "a\\u{2066}b\\u{2069}");
+        assert_eq!(printable("\u{2070}\u{200a}"), "\u{2070}\u{200a}");
+        // Quoted as the table prints: one backslash in `bob\xff`, not `{:?}`'s two.
+        assert_eq!(quoted("bob\\xff"), "\"bob\\xff\"");
     }
 
     #[test]

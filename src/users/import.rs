@@ -94,8 +94,8 @@ pub fn parse(file_name: &str, bytes: &[u8]) -> Result<Vec<ImportRow>, ImportErro
             errors.push((
                 row.row,
                 format!(
-                    "username {:?} already appears on row {first}",
-                    crate::error::clip(&row.user.username, 80)
+                    "username {} already appears on row {first}",
+                    super::names::quoted(&row.user.username)
                 ),
             ));
             first_seen.insert(&row.user.username, first);

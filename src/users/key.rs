@@ -62,6 +62,12 @@ fn fill_base62(
     Ok(())
 }
 
+/// Whether `text` (a name given on the command line, say) may be one of this router's keys,
+/// pasted where a name goes: such text is masked in messages, never echoed.
+pub fn looks_like_key(text: &str) -> bool {
+    text.starts_with(KEY_PREFIX)
+}
+
 /// What `list` and `show` print instead of a key: enough to tell two keys apart, far too
 /// little to use. A third of the key at most (10 characters), so a short legacy key is not
 /// shown whole: `sk-lr-AbCd…`.

@@ -18,13 +18,15 @@ pub mod permissions;
 pub mod store;
 
 use crate::db::DbError;
+use names::quoted;
 
 pub use index::{RefreshTask, UserIndex};
 pub use store::{NewUser, OpenMode, User, UserStore, Who};
 
-/// Why a user command failed. `Display` is the one line the CLI prints; names from the user
-/// are quoted with escapes and clipped, so a control character or a 1 MB name cannot garble
-/// the terminal.
+/// Why a user command failed. `Display` is the one line the CLI prints; names are quoted as
+/// `user list` prints them ([`names::quoted`]: escaped and clipped, so a control character
+/// or a 1 MB name cannot garble the terminal, and the name can be copied back), and a name
+/// given on the command line that looks like a key is masked ([`names::given`]).
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
     #[error(transparent)]
@@ -35,14 +37,32 @@ pub enum UserError {
         "{0}: no such database file (create users with `llmsrouter user add`, or point --db / LLMSROUTER_DB at the right file)"
     )]
     NoDatabase(String),
-    #[error("user {0:?} does not exist")]
+    #[error("user {} does not exist", quoted(.0))]
     UnknownUser(String),
+    /// A name that names no user and looks like a key; holds the masked form only.
+    #[error(
+        "no user is named {} (that looks like a key: to find a user by its key, use --key)",
+        quoted(.0)
+    )]
+    KeyLikeName(String),
+    /// A name that names no user is some user's key (pasted where the name goes): the
+    /// message must not echo it.
+    #[error("that is a user's key, not a name: use --key (`--key -` reads it from stdin)")]
+    KeyAsName,
+    /// `--key -` read nothing but an empty line (or none): it is not a key to look up.
+    #[error("--key -: no key was read from stdin (it is empty, or its first line is)")]
+    NoKeyRead,
     /// `--key` matched no user. The key itself is never part of a message.
     #[error("no user has the given key")]
     UnknownKey,
     /// `--rowid` named none of the users that answer to the name.
-    #[error("no user {name:?} has rowid {rowid} (the error without --rowid lists them)")]
-    NoSuchRowid { name: String, rowid: i64 },
+    #[error("no user {} has rowid {rowid} ({})", quoted(.name), rowid_hint(.name, *.only))]
+    NoSuchRowid {
+        name: String,
+        rowid: i64,
+        /// The rowid of the one user that answers to the name, when only one does.
+        only: Option<i64>,
+    },
     /// Several users answer to a name (users of the Python version's database that print
     /// alike): none is picked.
     #[error("{what} names {count} users ({users}); nothing was changed: {hint}")]
@@ -53,11 +73,12 @@ pub enum UserError {
         /// How to name one of them.
         hint: &'static str,
     },
-    #[error("user {0:?} already exists; its key is unchanged")]
+    #[error("user {} already exists; its key is unchanged", quoted(.0))]
     DuplicateUser(String),
-    #[error("bad username {name:?}: {reason}")]
+    /// `name` as [`names::given`] leaves it (a key-like name masked).
+    #[error("bad username {}: {reason}", quoted(.name))]
     BadUsername { name: String, reason: String },
-    #[error("bad email {email:?}: {reason}")]
+    #[error("bad email {}: {reason}", quoted(.email))]
     BadEmail { email: String, reason: String },
     #[error("bad --permissions: {0}")]
     Permissions(permissions::PermissionsError),
@@ -83,6 +104,15 @@ pub enum UserError {
         /// What still holds: "nothing was changed", "the old key still works".
         kept: &'static str,
     },
+}
+
+/// Where to find the rowid `--rowid` should have given: the one user that answers to the
+/// name has it, or the error without `--rowid` lists them all.
+fn rowid_hint(name: &str, only: Option<i64>) -> String {
+    match only {
+        Some(rowid) => format!("the only user {} has rowid {rowid}", quoted(name)),
+        None => "the error without --rowid lists them".to_owned(),
+    }
 }
 
 // Written out rather than `#[from]`, which would also make the inner error the `source`,

@@ -80,6 +80,31 @@ pub fn check_email(email: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest part of a name a message quotes, in characters; the rest is clipped.
+const QUOTED_CHARS: usize = 80;
+
+/// A name (or email) in a message: in double quotes, exactly as the `user list` table prints
+/// it ([`crate::printable`]: control and invisible formatting characters escaped, `bob\xff`
+/// with one backslash), so it can be copied from the message into the next command; clipped
+/// to 80 characters, so a 1 MB name cannot flood the terminal.
+pub fn quoted(name: &str) -> String {
+    format!(
+        "\"{}\"",
+        crate::printable(&crate::error::clip(name, QUOTED_CHARS))
+    )
+}
+
+/// A name as given on the command line, for a message that may echo it although no user
+/// has it: text that looks like one of this router's keys (a key pasted where a name goes)
+/// is masked as `user list` masks keys, so the key never reaches a terminal or a log.
+pub fn given(name: &str) -> String {
+    if super::key::looks_like_key(name) {
+        super::key::masked(&crate::secret::Secret::new(name))
+    } else {
+        name.to_owned()
+    }
+}
+
 /// A username as the users table holds it. Every form prints as one string, the same in the
 /// table, in JSON and in messages, and that string addresses the user again:
 ///
@@ -230,6 +255,10 @@ mod tests {
         assert!(bell.answers_to("a\\u{7}\\xff"));
         let text_bell = StoredName::Text("a\u{7}".into());
         assert!(text_bell.answers_to("a\u{7}") && text_bell.answers_to("a\\u{7}"));
+        // So does the escaped form of an invisible formatting character.
+        let bidi = StoredName::Text("evil\u{202e}gnp.exe".into());
+        assert!(bidi.answers_to("evil\\u{202e}gnp.exe"));
+        assert!(!bidi.answers_to("evilgnp.exe"));
         // A blob holding UTF-8 is still a blob: it does not answer to the text.
         assert!(!StoredName::Blob(b"ann".to_vec()).answers_to("ann"));
         assert_eq!(

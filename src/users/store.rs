@@ -18,8 +18,8 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Row, TransactionBehavior, params};
 
 use super::UserError;
-use super::key::{generate_key, hash_key, masked};
-use super::names::{StoredName, check_email, check_username};
+use super::key::{KeyHash, generate_key, hash_key, looks_like_key, masked};
+use super::names::{self, StoredName, check_email, check_username};
 use super::permissions::{from_json, to_json};
 use crate::auth::Permissions;
 use crate::secret::Secret;
@@ -44,16 +44,9 @@ pub struct User {
 }
 
 impl User {
-    /// The name for a message: quoted, control characters escaped, clipped.
+    /// The name for a message, as `user list` prints it ([`names::quoted`]).
     pub fn quoted_name(&self) -> String {
-        let clipped = crate::error::clip(&self.username, 80);
-        if self.stored_name.is_text() {
-            format!("{clipped:?}")
-        } else {
-            // Printed as `user list` prints it, so it can be pasted back (`{:?}` would double
-            // the backslash of `\xff`).
-            format!("\"{}\"", crate::printable(&clipped))
-        }
+        names::quoted(&self.username)
     }
 }
 
@@ -91,12 +84,12 @@ impl NewUser {
     /// Checks the username and email of an account about to be created.
     pub fn validate(&self) -> Result<(), UserError> {
         check_username(&self.username).map_err(|reason| UserError::BadUsername {
-            name: crate::error::clip(&self.username, 80),
+            name: names::given(&self.username),
             reason,
         })?;
         if let Some(email) = &self.email {
             check_email(email).map_err(|reason| UserError::BadEmail {
-                email: crate::error::clip(email, 80),
+                email: email.clone(),
                 reason,
             })?;
         }
@@ -161,10 +154,7 @@ impl UserStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         if exists(&tx, &user.username)? {
-            return Err(UserError::DuplicateUser(crate::error::clip(
-                &user.username,
-                80,
-            )));
+            return Err(UserError::DuplicateUser(user.username.clone()));
         }
         let key = insert(&tx, user)?;
         deliver(&key).map_err(UserError::Undelivered)?;
@@ -310,23 +300,37 @@ fn find(conn: &Connection, who: Who<'_>) -> Result<User, UserError> {
     let mut found = Vec::new();
     match who {
         Who::Name { name, rowid } => {
-            let mut named = 0;
+            // The rowids of the users that answer to the name, and whether the name is
+            // some other user's key (pasted where the name goes).
+            let mut named = Vec::new();
+            let mut is_a_key = false;
+            let as_key = hash_key(name);
             for user in users {
                 let user = user?;
                 if user.stored_name.answers_to(name) {
-                    named += 1;
+                    named.push(user.rowid);
                     if rowid.is_none_or(|id| id == user.rowid) {
                         found.push(user);
                     }
+                } else if holds_key(&user, &as_key) {
+                    is_a_key = true;
                 }
             }
-            if named == 0 {
-                return Err(unknown(name));
+            if named.is_empty() {
+                return Err(if is_a_key {
+                    UserError::KeyAsName
+                } else {
+                    unknown(name)
+                });
             }
             if let (Some(rowid), true) = (rowid, found.is_empty()) {
                 return Err(UserError::NoSuchRowid {
-                    name: crate::error::clip(name, 80),
+                    name: name.to_owned(),
                     rowid,
+                    only: match named[..] {
+                        [one] => Some(one),
+                        _ => None,
+                    },
                 });
             }
         }
@@ -334,8 +338,7 @@ fn find(conn: &Connection, who: Who<'_>) -> Result<User, UserError> {
             let presented = hash_key(key);
             for user in users {
                 let user = user?;
-                // As the index: an empty key signs in nobody.
-                if !user.key.expose().is_empty() && hash_key(user.key.expose()) == presented {
+                if holds_key(&user, &presented) {
                     found.push(user);
                 }
             }
@@ -377,7 +380,7 @@ fn ambiguous(who: Who<'_>, found: &[User]) -> UserError {
     }
     let (what, hint) = match who {
         Who::Name { name, .. } => (
-            format!("{:?}", crate::error::clip(name, 80)),
+            names::quoted(name),
             "add --rowid <N> to pick one, or give --key <KEY> instead of the name",
         ),
         // Two stored keys that read as the same text (a BLOB and text of the same bytes).
@@ -394,8 +397,19 @@ fn ambiguous(who: Who<'_>, found: &[User]) -> UserError {
     }
 }
 
-fn unknown(username: &str) -> UserError {
-    UserError::UnknownUser(crate::error::clip(username, 80))
+/// Whether `user` signs in with the key whose hash is `presented`, matched as the server's
+/// index matches it: by hash, and an empty key signs in nobody.
+fn holds_key(user: &User, presented: &KeyHash) -> bool {
+    !user.key.expose().is_empty() && hash_key(user.key.expose()) == *presented
+}
+
+/// No user answers to `name`: the error echoes it, unless it looks like a key.
+fn unknown(name: &str) -> UserError {
+    if looks_like_key(name) {
+        UserError::KeyLikeName(names::given(name))
+    } else {
+        UserError::UnknownUser(name.to_owned())
+    }
 }
 
 fn exists(conn: &Connection, username: &str) -> rusqlite::Result<bool> {

@@ -17,4 +17,5 @@ mod streaming;
 mod telemetry;
 mod upstream_tls;
 mod users;
+mod users_messages;
 mod users_odd_names;

@@ -48,7 +48,7 @@ pub(crate) fn user(dir: &Path, args: &[&str]) -> (i32, String, String) {
 }
 
 /// `llmsrouter user add`, which must succeed; returns the key.
-fn add(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn add(dir: &Path, args: &[&str]) -> String {
     let mut full = vec!["add"];
     full.extend_from_slice(args);
     let (code, out, err) = user(dir, &full);

@@ -12,14 +12,14 @@ use crate::support::upstream::{Behavior, MockUpstream};
 use crate::support::{RouterProcess, TestRouter, run_cli, run_cli_reading};
 use crate::users::{Auth, PYTHON_SCHEMA, chat, cli, strings, two_server_config, user};
 
-const ANN_KEY: &str = "Xq3vB9kLm2Np7Rt5Wz8Yc1Df4Gh6Jk0A";
+pub(crate) const ANN_KEY: &str = "Xq3vB9kLm2Np7Rt5Wz8Yc1Df4Gh6Jk0A";
 const NULL_KEY: &str = "nU1lKeyAAAAAAAAAAAAAAAAAAAAAAAAA";
 const NULL2_KEY: &str = "nU1lKeyBBBBBBBBBBBBBBBBBBBBBBBBB";
 const BLOB_KEY: &str = "bL0bKeyCCCCCCCCCCCCCCCCCCCCCCCCC";
 const BAD_TEXT_KEY: &str = "bAdTextKeyDDDDDDDDDDDDDDDDDDDDDD";
 const SAME_BYTES_BLOB_KEY: &str = "sAmeBytesEEEEEEEEEEEEEEEEEEEEEEE";
 const ESCAPED_KEY: &str = "eScApedFFFFFFFFFFFFFFFFFFFFFFFFF";
-const ALL_KEYS: [&str; 7] = [
+pub(crate) const ALL_KEYS: [&str; 7] = [
     ANN_KEY,
     NULL_KEY,
     NULL2_KEY,
@@ -32,7 +32,7 @@ const ALL_KEYS: [&str; 7] = [
 /// The Python version's users.db with a name of every odd kind, each with its own key:
 /// two NULLs, the BLOB x'ff00', the text bytes `bob` 0xff, a BLOB of the same bytes, and text
 /// with an escape character and a byte that is not UTF-8.
-fn odd_users_db(path: &Path) {
+pub(crate) fn odd_users_db(path: &Path) {
     let conn = Connection::open(path).expect("create");
     conn.execute_batch(PYTHON_SCHEMA).expect("schema");
     let rows: [(&str, &str); 7] = [
@@ -65,7 +65,7 @@ fn odd_users_db(path: &Path) {
 }
 
 /// Every row as stored: (rowid, typeof(username), hex(username), api_key, permissions).
-fn stored(db: &Path) -> Vec<(i64, String, String, String, String)> {
+pub(crate) fn stored(db: &Path) -> Vec<(i64, String, String, String, String)> {
     let conn = Connection::open(db).expect("open");
     let mut statement = conn
         .prepare(
@@ -85,7 +85,7 @@ fn key_of(db: &Path, rowid: i64) -> Option<String> {
     stored(db).into_iter().find(|r| r.0 == rowid).map(|r| r.3)
 }
 
-fn assert_no_key(outputs: &[&str]) {
+pub(crate) fn assert_no_key(outputs: &[&str]) {
     for output in outputs {
         for key in ALL_KEYS {
             assert!(!output.contains(key), "a key was printed: {output}");
@@ -254,7 +254,6 @@ fn a_user_is_found_by_its_key_which_is_never_printed() {
         vec!["delete", "--key", BAD_TEXT_KEY],
         vec!["show", "--key", "sk-lr-wrong"],
         vec!["rotate-key", "--key", &ANN_KEY[..31]],
-        vec!["modify", "--key", "", "--permissions", "*"],
     ] {
         let (code, out, err) = user(dir.path(), &args);
         assert_eq!(code, 1, "{args:?}: {err}");
