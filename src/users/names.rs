@@ -30,6 +30,14 @@ pub fn check_username(name: &str) -> Result<(), String> {
     if name.starts_with('-') {
         return Err("a username cannot start with '-'".into());
     }
+    // A key's form: such a name would be redacted in every record, and read as a leaked key
+    // by secret scanners wherever it is printed.
+    if name.starts_with(super::key::KEY_PREFIX) {
+        return Err(format!(
+            "a username cannot start with '{}' (keys do)",
+            super::key::KEY_PREFIX
+        ));
+    }
     if let Some(bad) = name
         .chars()
         .find(|c| !(c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | '+')))
