@@ -690,7 +690,8 @@ fn is_event_stream(fields: &Fields) -> bool {
 /// an event stream, or a body the router has no reason to hold (audio, octet-stream,
 /// NDJSON). A whole answer is read in full only to search an error it may report for echoed
 /// keys (`{"error": ...}`, see [`without_echoed_keys`]) and to record its body; JSON (also
-/// `+json`), text and an answer with no Content-Type are still read so.
+/// `+json`), text (also the `application/` types of text a transcription may come as:
+/// SubRip, XML) and an answer with no Content-Type are still read so.
 fn streams_unasked(fields: &Fields) -> bool {
     let Some(content_type) = fields.get_str("content-type") else {
         return false;
@@ -704,12 +705,20 @@ fn streams_unasked(fields: &Fields) -> bool {
     if starts("text/event-stream") {
         return true;
     }
-    let json_suffix = essence
-        .len()
-        .checked_sub("+json".len())
-        .and_then(|at| essence.get(at..))
-        .is_some_and(|end| end.eq_ignore_ascii_case("+json"));
-    !(essence.is_empty() || starts("text/") || starts("application/json") || json_suffix)
+    let suffix = |wanted: &str| {
+        essence
+            .len()
+            .checked_sub(wanted.len())
+            .and_then(|at| essence.get(at..))
+            .is_some_and(|end| end.eq_ignore_ascii_case(wanted))
+    };
+    let text = starts("text/")
+        || starts("application/json")
+        || suffix("+json")
+        || essence.eq_ignore_ascii_case("application/x-subrip")
+        || essence.eq_ignore_ascii_case("application/xml")
+        || suffix("+xml");
+    !(essence.is_empty() || text)
 }
 
 /// A router error after the target was known: logged (see [`FailureLog`]), recorded, then
@@ -1206,6 +1215,9 @@ mod tests {
             "application/problem+json",
             "text/plain",
             "TEXT/HTML",
+            "application/x-subrip",
+            "application/xml",
+            "application/atom+xml",
             "",
         ] {
             assert!(!with(whole), "{whole}");

@@ -184,34 +184,39 @@ async fn a_transcription_form_reaches_the_upstream_with_only_the_model_changed()
     );
 }
 
-/// A transcription asked for as text (or srt, vtt) comes back as text, and is recorded so.
+/// A transcription asked for as text (or srt, vtt) comes back as text, and is recorded so;
+/// also under SubRip's own type, `application/x-subrip`, which some servers send (it used to
+/// be relayed as a binary answer, recorded as `<application/x-subrip, N bytes>`).
 #[tokio::test]
 async fn a_text_answer_to_a_form_reaches_the_client_and_the_record() {
     let srt = "1\n00:00:00,000 --> 00:00:01,000\nhello world\n";
-    let upstream = MockUpstream::start(Behavior {
-        body: Some(srt.into()),
-        content_type: "text/plain; charset=utf-8".into(),
-        ..Default::default()
-    })
-    .await;
+    let upstream = MockUpstream::start(Behavior::default()).await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let body = form(&[
-        ("model", None, b"[mock]whisper-1"),
-        ("file", Some(("a.mp3", "audio/mpeg")), b"ID3\x04\x00"),
-        ("response_format", None, b"srt"),
-    ]);
-    let response = post_form(&client(), &router, "/v1/audio/translations", body).await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["content-type"],
-        "text/plain; charset=utf-8"
-    );
-    assert_eq!(response.text().await.expect("body"), srt);
-    let record = router.records.nth(1).await;
-    assert_eq!(record.outcome, Outcome::Success);
-    assert_eq!(record.endpoint, "/audio/translations");
-    assert_eq!(record.response_body.as_deref(), Some(srt.as_bytes()));
-    assert!(!record.response_is_json);
+    for (n, content_type) in ["text/plain; charset=utf-8", "application/x-subrip"]
+        .into_iter()
+        .enumerate()
+    {
+        upstream.set(Behavior {
+            body: Some(srt.into()),
+            content_type: content_type.into(),
+            ..Default::default()
+        });
+        let body = form(&[
+            ("model", None, b"[mock]whisper-1"),
+            ("file", Some(("a.mp3", "audio/mpeg")), b"ID3\x04\x00"),
+            ("response_format", None, b"srt"),
+        ]);
+        let response = post_form(&client(), &router, "/v1/audio/translations", body).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], content_type);
+        assert_eq!(response.text().await.expect("body"), srt);
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::Success);
+        assert_eq!(record.endpoint, "/audio/translations");
+        assert!(!record.stream, "{content_type}");
+        assert_eq!(record.response_body.as_deref(), Some(srt.as_bytes()));
+        assert!(!record.response_is_json);
+    }
     router.stop().await;
 }
 
