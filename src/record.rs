@@ -97,12 +97,15 @@ pub struct RequestRecord {
     pub ended_at: SystemTime,
     /// The answer's status: the upstream's, or the router's own error status. For a stream
     /// the router opened before its upstream answered (`proxy::early`), the client got 200
-    /// and this is what the upstream then answered (or the router's error status).
+    /// and this is what the upstream then answered (or the router's error status); 200 when
+    /// the client left before the upstream's head came.
     pub status: Option<u16>,
     pub outcome: Outcome,
     /// Error text for failed requests (upstream error message, router error, stream failure).
     pub error: Option<String>,
-    /// The non-stream response body as relayed.
+    /// The non-stream response body as relayed; or a streamed body relayed unread whose
+    /// label did not rule out one JSON document, kept next to its note in `response.content`
+    /// (see `proxy::stream`): the recorder reads it as JSON when it is, else drops it.
     pub response_body: Option<Bytes>,
     /// `response_body` is one valid JSON document (set by the proxy for error bodies, which
     /// it parsed or wrote, and by the recorder for answers it could read), so a sink may
@@ -566,6 +569,12 @@ fn complete_summary(record: &mut RequestRecord) {
         Some(summary) => (summary, decoded),
         None => match repaired_json(readable) {
             Some((summary, repaired)) => (summary, Some(repaired)),
+            // A streamed body kept beside its note (see `proxy::stream`'s `Unread::copy`):
+            // not JSON after all, so the note stands for it.
+            None if !record.response.content.is_empty() => {
+                record.response_body = None;
+                return;
+            }
             None => {
                 let text = std::str::from_utf8(readable).is_ok();
                 if let (true, Some(decoded)) = (text, decoded) {

@@ -1169,8 +1169,9 @@ impl StreamAccumulator {
                 self.summary.model = Some(model.to_owned());
             }
         }
+        // The error is the record's (its outcome, level and message); the finish reason
+        // stays what the upstream gave, none here.
         if let Some(error) = chunk.error.as_ref() {
-            self.summary.finish_reason = Some("error".to_owned());
             self.note_error(error_message(error));
         }
         if let Some(kind) = chunk.event_type.as_deref() {
@@ -1307,9 +1308,17 @@ impl StreamAccumulator {
                     self.summary.refusal.push_str(&text);
                 }
             }
+            // The model answering is known from the first event: a stream cut (or ended by
+            // an `error` event) before `response.completed` still names it, as a chat
+            // stream does from its first chunk.
             "response.created" | "response.in_progress" => {
                 if let Some(response) = response {
                     self.note_response_id(response);
+                    if let Some(model) = response.get("model").and_then(Value::as_str) {
+                        if self.summary.model.as_deref() != Some(model) {
+                            self.summary.model = Some(model.to_owned());
+                        }
+                    }
                 }
             }
             "response.completed" | "response.incomplete" | "response.failed" => {

@@ -721,6 +721,24 @@ fn streams_unasked(fields: &Fields) -> bool {
     !(essence.is_empty() || text)
 }
 
+/// Whether a 2xx body relayed unread may still be one JSON document: its label is text
+/// (not an event stream), `+json` or missing, and it is not compressed. An upstream may
+/// answer a stream request so (a whole JSON answer as `text/plain`); the record then reads
+/// it as JSON, as it would the same body labelled `application/json`.
+fn may_be_json(fields: &Fields) -> bool {
+    if crate::content_coding::content_encoding(fields).is_some() {
+        return false;
+    }
+    let Some(content_type) = fields.get_str("content-type") else {
+        return true;
+    };
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let essence = essence.to_ascii_lowercase();
+    essence.is_empty()
+        || (essence.starts_with("text/") && essence != "text/event-stream")
+        || essence.ends_with("+json")
+}
+
 /// A router error after the target was known: logged (see [`FailureLog`]), recorded, then
 /// answered.
 fn fail(
@@ -805,7 +823,8 @@ fn stream_answer(
     };
     let mut tee = StreamTee::new(body, settings, guard, state.hard_stop.clone(), failures);
     if !sse {
-        tee.relay_unread(length, || unread_kind(&upstream.fields));
+        let may_be_json = may_be_json(&upstream.fields);
+        tee.relay_unread(length, || unread_kind(&upstream.fields), may_be_json);
     }
     Answer {
         status: upstream.status,

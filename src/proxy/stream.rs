@@ -103,6 +103,39 @@ struct Unread {
     kind: Option<String>,
     /// Bytes relayed so far.
     relayed: u64,
+    /// A copy of a body that may be one JSON document under another label (a stream request
+    /// answered whole as `text/plain`, say): kept while recording, from a first chunk that
+    /// opens with `{`, up to [`MAX_UNREAD_COPY`]. At the body's end the record gets it, and
+    /// the recorder reads it as a whole answer when it parses (see
+    /// `record::complete_summary`); the client's bytes do not change.
+    copy: Option<Vec<u8>>,
+}
+
+/// Most bytes of a body relayed unread kept to be read as a whole JSON answer (see
+/// [`Unread::copy`]); a longer one keeps only its note.
+const MAX_UNREAD_COPY: usize = 4 * 1024 * 1024;
+
+impl Unread {
+    /// Takes `chunk` into the copy, if one is kept: the first chunk decides whether the body
+    /// may be JSON at all (so an NDJSON or text stream is copied only when it opens so).
+    fn keep(&mut self, chunk: &[u8]) {
+        let Some(copy) = &mut self.copy else { return };
+        if chunk.is_empty() {
+            return;
+        }
+        // A byte-order mark may come first, as before any JSON answer (see
+        // `record::repaired_json`).
+        let opening = chunk.strip_prefix(BOM).unwrap_or(chunk).trim_ascii_start();
+        if self.relayed == 0 && opening.first() != Some(&b'{') {
+            self.copy = None;
+            return;
+        }
+        if copy.len() + chunk.len() > MAX_UNREAD_COPY {
+            self.copy = None;
+            return;
+        }
+        copy.extend_from_slice(chunk);
+    }
 }
 
 /// UTF-8's byte-order mark, which may open an event stream (SSE clients skip it).
@@ -208,12 +241,23 @@ impl StreamTee {
     /// unchanged, so the client gets it too, see [`Self::length`]); `kind` what its record
     /// calls the body (the content type), which the record then describes with the bytes
     /// relayed (`<audio/mpeg, 48213 bytes>`) rather than keeping them.
-    pub fn relay_unread(&mut self, length: Option<u64>, kind: impl FnOnce() -> String) {
-        let kind = self.guard.is_recording().then(kind);
+    ///
+    /// `may_be_json`: the body's label does not rule out one JSON document (`text/plain`, no
+    /// Content-Type, `+json`, and no Content-Encoding): a copy is kept for the record then
+    /// (see [`Unread::copy`]).
+    pub fn relay_unread(
+        &mut self,
+        length: Option<u64>,
+        kind: impl FnOnce() -> String,
+        may_be_json: bool,
+    ) {
+        let recording = self.guard.is_recording();
+        let kind = recording.then(kind);
         self.unread = Some(Unread {
             length,
             kind,
             relayed: 0,
+            copy: (recording && may_be_json).then(Vec::new),
         });
     }
 
@@ -436,11 +480,20 @@ impl StreamTee {
             (Outcome::Success, Some(reported)) => (Outcome::UpstreamError, Some(reported.clone())),
             _ => (outcome, error),
         };
+        // A whole body that may be one JSON document: the recorder reads it as one.
+        let copy = self
+            .unread
+            .as_mut()
+            .and_then(|unread| unread.copy.take())
+            .filter(|copy| complete && !copy.is_empty());
         if let Some(record) = self.guard.record_mut() {
             record.complete = complete;
             record.response = summary;
             if error.is_some() {
                 record.error = error;
+            }
+            if let Some(copy) = copy {
+                record.response_body = Some(Bytes::from(copy));
             }
         }
         self.guard.finish(outcome);
@@ -534,8 +587,14 @@ impl Drop for StreamTee {
         if let Some(description) = self.unread_description() {
             summary.content = description;
         }
+        // Left while the router's own `200` waited for the upstream's head (see
+        // [`Self::awaiting_head`]): the status is the one the client got.
+        let early = matches!(self.state, State::Opening | State::AwaitingHead);
         if let Some(record) = self.guard.record_mut() {
             record.response = summary;
+            if early && record.status.is_none() {
+                record.status = Some(http::StatusCode::OK.as_u16());
+            }
         }
     }
 }
@@ -574,6 +633,7 @@ impl Stream for StreamTee {
                     this.last_upstream = Instant::now();
                     if !this.settings.sse {
                         if let Some(unread) = &mut this.unread {
+                            unread.keep(&chunk);
                             unread.relayed += chunk.len() as u64;
                         }
                         return Poll::Ready(Some(Ok(chunk)));

@@ -326,7 +326,8 @@ impl<'a> RequestFields<'a> {
         if let Some(v) = int("n") {
             out.push(("gen_ai.request.choice.count", ParamValue::Int(v)));
         }
-        if let Some(stop) = self.raw("stop") {
+        // OpenAI's `stop`, Anthropic's `stop_sequences`.
+        if let Some(stop) = self.raw("stop").or_else(|| self.raw("stop_sequences")) {
             let stops = serde_json::from_str::<Vec<String>>(stop)
                 .ok()
                 .or_else(|| serde_json::from_str::<String>(stop).ok().map(|s| vec![s]));
@@ -349,7 +350,9 @@ fn push_json_string(out: &mut String, s: &str) {
 #[derive(Serialize)]
 struct OutputMessage<'a> {
     role: &'static str,
-    content: &'a str,
+    /// `null` in a tool-call answer without text, as in OpenAI's message; an empty string
+    /// otherwise (next to a refusal, or an answer with nothing in it).
+    content: Option<&'a str>,
     #[serde(skip_serializing_if = "str::is_empty")]
     reasoning_content: &'a str,
     /// OpenAI's message has the refusal next to an empty content.
@@ -396,7 +399,11 @@ fn output_of(record: &RequestRecord, max_bytes: usize) -> Option<String> {
     if has_message(summary) || text_answer.is_some() {
         let message = OutputMessage {
             role: "assistant",
-            content: text_answer.unwrap_or(&summary.content),
+            content: match text_answer {
+                Some(text) => Some(text),
+                None if summary.content.is_empty() && !summary.tool_calls.is_empty() => None,
+                None => Some(&summary.content),
+            },
             reasoning_content: &summary.reasoning,
             refusal: &summary.refusal,
             tool_calls: summary

@@ -931,7 +931,7 @@ struct TraceMetadata<'a> {
     requested_model: &'a str,
     outcome: &'static str,
     stream: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    /// Always present, `false` too: a filter on it must not miss the records without it.
     usage_partial: bool,
 }
 

@@ -209,7 +209,7 @@ impl UsageReport {
                 t.output_tokens.to_string(),
                 t.cached_tokens.to_string(),
                 t.reasoning_tokens.to_string(),
-                t.cost.map_or_else(|| "-".to_owned(), |c| format!("{c:.6}")),
+                t.cost.map_or_else(|| "-".to_owned(), cost_cell),
                 t.errors.to_string(),
             ]
         };
@@ -249,6 +249,23 @@ impl UsageReport {
         }
         out
     }
+}
+
+/// A cost as the table shows it: six decimals (`0.002000`); a non-zero cost that would show
+/// as `0.000000` gets two significant digits instead (`0.00000040`), so it does not read as
+/// free (below a trillionth, in exponent form: `1.0e-13`). `--json` has the exact value.
+fn cost_cell(cost: f64) -> String {
+    const HALF_A_MILLIONTH: f64 = 0.000_000_5;
+    if cost == 0.0 || cost.abs() >= HALF_A_MILLIONTH || !cost.is_finite() {
+        return format!("{cost:.6}");
+    }
+    // -log10 of 4e-7 is 6.4: its first digit is the 7th decimal, and two digits need 8.
+    let decimals = (-cost.abs().log10()).floor() as usize + 2;
+    if decimals > 12 {
+        // Below a trillionth nothing reads well in decimals.
+        return format!("{cost:.1e}");
+    }
+    format!("{cost:.decimals$}")
 }
 
 #[cfg(test)]
@@ -356,6 +373,27 @@ mod tests {
         assert_eq!(j["rows"][1]["cost"], 0.002);
         assert_eq!(j["total"]["requests"], 5);
         assert!(j["total"].get("provider").is_none());
+    }
+
+    /// A cost below half a millionth (a cheap model's short request) is not shown as
+    /// `0.000000`, which reads as free; the JSON keeps the exact value.
+    #[test]
+    fn a_tiny_cost_is_not_shown_as_zero() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut conn = db::open(&dir.path().join("u.db")).expect("open");
+        let mut cheap = row("2025-01-01", Some("ann"), "cheap", "success");
+        cheap.cost = Some(0.000_000_4);
+        insert_rows(&mut conn, &[cheap]).expect("insert");
+        let r = query(&conn, GroupBy::Provider, None).expect("query");
+        let table = r.to_table();
+        let total = table.lines().last().expect("total line");
+        assert!(total.contains(" 0.00000040 "), "{table}");
+        assert_eq!(r.to_json()["total"]["cost"], 0.000_000_4);
+        assert_eq!(cost_cell(0.0), "0.000000");
+        assert_eq!(cost_cell(0.002), "0.002000");
+        assert_eq!(cost_cell(0.000_000_6), "0.000001");
+        assert_eq!(cost_cell(0.000_000_012_3), "0.000000012");
+        assert_eq!(cost_cell(1e-30), "1.0e-30");
     }
 
     #[test]

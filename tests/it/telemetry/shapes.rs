@@ -1237,3 +1237,289 @@ async fn any_router_key_in_a_prompt_is_redacted_in_every_sink() {
     let line = line.to_string();
     assert!(!line.contains(key) && line.contains("[redacted]"), "{line}");
 }
+
+/// A Responses API stream that never reaches `response.completed` (closed after a delta, or
+/// ended by an `error` event) still names the model that answered, from
+/// `response.created`'s `response`, as a chat stream does from its first chunk: in the
+/// record, the span's model and the ledger.
+#[tokio::test]
+async fn a_responses_stream_cut_before_its_end_names_its_model() {
+    let setup = Setup::start().await;
+    let created = json!({"type": "response.created", "response": {"id": "resp_c",
+        "model": "resp-cut-2025", "status": "in_progress", "output": []}});
+    let delta = json!({"type": "response.output_text.delta", "delta": "Hal"});
+    let error = json!({"type": "error", "code": "server_error", "message": "boom"});
+    let mut ids = Vec::new();
+    for last in [None, Some(&error)] {
+        let events: Vec<&Value> = [&created, &delta].into_iter().chain(last).collect();
+        setup.upstream.set(Behavior {
+            raw_chunks: Some(events.into_iter().map(named_event).collect()),
+            ..Default::default()
+        });
+        let (id, _) = setup
+            .post(
+                "/v1/responses",
+                &json!({"model": "[mock]resp-cut", "input": "x", "stream": true}),
+            )
+            .await;
+        let span = setup.otlp.span_of(&id).await.span;
+        assert_eq!(
+            str_attr(&span, "langfuse.observation.model.name"),
+            Some("resp-cut-2025"),
+            "not the requested name"
+        );
+        assert_eq!(
+            str_attr(&span, "gen_ai.response.model"),
+            Some("resp-cut-2025")
+        );
+        assert_eq!(str_attr(&span, "gen_ai.response.id"), Some("resp_c"));
+        ids.push(id);
+    }
+    let cut = setup.router.records.nth(1).await;
+    assert!(!cut.complete && cut.usage_partial());
+    let errored = setup.router.records.nth(2).await;
+    assert_eq!(errored.outcome, Outcome::UpstreamError);
+    let rows = setup
+        .stop_and_read_all(&[ids[0].as_str(), ids[1].as_str()])
+        .await;
+    for (row, line) in rows {
+        assert_eq!(row.response_model.as_deref(), Some("resp-cut-2025"));
+        assert_eq!(line["response_model"], "resp-cut-2025");
+    }
+}
+
+/// A tool-call answer without text (`content: null`, as OpenAI sends it) has a null content
+/// in the span's output, whole and streamed, not an empty string; an answer with text and a
+/// refusal keep theirs.
+#[tokio::test]
+async fn a_tool_call_answer_has_a_null_content() {
+    let setup = Setup::start().await;
+    let call = json!({"id": "call_1", "type": "function",
+        "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}});
+    setup.upstream.set(Behavior {
+        body: Some(
+            json!({"id": "x", "model": "m", "choices": [{"index": 0, "finish_reason": "tool_calls",
+                "message": {"role": "assistant", "content": null, "tool_calls": [call]}}],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17}})
+            .to_string(),
+        ),
+        ..Default::default()
+    });
+    let (whole, _) = setup
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "[mock]m", "messages": []}),
+        )
+        .await;
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "s", "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+        .into_bytes()
+    };
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(vec![
+            chunk(
+                json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0,
+                    "id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":\"Oslo\"}"}}]}),
+                Value::Null,
+            ),
+            chunk(json!({}), json!("tool_calls")),
+            b"data: [DONE]\n\n".to_vec(),
+        ]),
+        ..Default::default()
+    });
+    let (streamed, _) = setup
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "[mock]m", "stream": true, "messages": []}),
+        )
+        .await;
+    let expected = json!({"role": "assistant", "content": null, "tool_calls": [call]});
+    for id in [&whole, &streamed] {
+        let span = setup.otlp.span_of(id).await.span;
+        assert_eq!(
+            json_attr(&span, "langfuse.observation.output"),
+            Some(expected.clone())
+        );
+    }
+    setup.router.stop().await;
+}
+
+/// An upstream's error mid-stream (OpenAI's `data: {"error": ...}`, Anthropic's
+/// `event: error`) gives no finish reason: the record has none (the error is its outcome,
+/// level and message), not an invented `"error"`.
+#[tokio::test]
+async fn an_error_event_mid_stream_invents_no_finish_reason() {
+    let setup = Setup::start().await;
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(vec![
+            br#"data: {"id":"s","model":"m","choices":[{"index":0,"delta":{"content":"Hi"}}]}"#
+                .to_vec(),
+            b"\n\n".to_vec(),
+            br#"data: {"error":{"message":"provider failed","code":502}}"#.to_vec(),
+            b"\n\n".to_vec(),
+        ]),
+        ..Default::default()
+    });
+    let (chat, _) = setup
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "[mock]m", "stream": true, "messages": []}),
+        )
+        .await;
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(vec![
+            named_event(&json!({"type": "message_start", "message": {"id": "msg_e",
+                "model": "claude-e", "usage": {"input_tokens": 3, "output_tokens": 1}}})),
+            named_event(&json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": "Hi"}})),
+            named_event(&json!({"type": "error",
+                "error": {"type": "overloaded_error", "message": "Overloaded"}})),
+        ]),
+        ..Default::default()
+    });
+    let (messages, _) = setup
+        .post(
+            "/v1/messages",
+            &json!({"model": "[mock]claude", "stream": true, "max_tokens": 5, "messages": []}),
+        )
+        .await;
+    for (nth, id, message) in [(1, &chat, "provider failed"), (2, &messages, "Overloaded")] {
+        let record = setup.router.records.nth(nth).await;
+        assert_eq!(record.outcome, Outcome::UpstreamError);
+        assert_eq!(record.error.as_deref(), Some(message));
+        assert_eq!(record.response.finish_reason, None);
+        let span = setup.otlp.span_of(id).await.span;
+        assert_eq!(strings_attr(&span, "gen_ai.response.finish_reasons"), None);
+        assert_eq!(str_attr(&span, "langfuse.observation.level"), Some("ERROR"));
+    }
+    let rows = setup
+        .stop_and_read_all(&[chat.as_str(), messages.as_str()])
+        .await;
+    for (_, line) in rows {
+        assert_eq!(line["response"]["finish_reason"], Value::Null, "{line}");
+        assert_eq!(line["response"]["content"], "Hi");
+    }
+}
+
+/// A stream request answered with one whole JSON document labelled `text/plain` reaches the
+/// client as it came, and is recorded as the same body labelled `application/json` is: its
+/// usage, text and model, in every sink.
+#[tokio::test]
+async fn a_whole_json_answer_to_a_stream_request_is_read_whatever_its_label() {
+    let setup = Setup::start().await;
+    let answer = json!({"id": "x", "model": "plain-2025", "choices": [{"index": 0,
+        "finish_reason": "stop", "message": {"role": "assistant", "content": "whole"}}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}})
+    .to_string();
+    let mut ids = Vec::new();
+    for (nth, content_type) in [(1, "text/plain; charset=utf-8"), (2, "application/json")] {
+        setup.upstream.set(Behavior {
+            raw_body: Some(answer.clone().into_bytes()),
+            content_type: content_type.into(),
+            never_stream: true,
+            ..Default::default()
+        });
+        let (id, record, output) = setup
+            .whole_answer(
+                nth,
+                "/v1/chat/completions",
+                &json!({"model": "[mock]m", "stream": true, "messages": []}),
+                answer.as_bytes(),
+            )
+            .await;
+        assert_eq!(
+            record.response.usage.as_ref().map(|u| u.total),
+            Some(9),
+            "{content_type}"
+        );
+        assert_eq!(record.response.model.as_deref(), Some("plain-2025"));
+        assert_eq!(
+            output,
+            Some(json!({"role": "assistant", "content": "whole"})),
+            "{content_type}"
+        );
+        assert_eq!(
+            setup.usage_details(&id).await.map(|u| u["total"].clone()),
+            Some(json!(9))
+        );
+        ids.push(id);
+    }
+    let rows = setup
+        .stop_and_read_all(&[ids[0].as_str(), ids[1].as_str()])
+        .await;
+    for (row, line) in rows {
+        assert_eq!(row.tokens, (7, 2, 0, 0), "{row:?}");
+        assert!(row.usage_known && !row.usage_partial);
+        assert_eq!(
+            line["response"]["choices"][0]["message"]["content"],
+            "whole"
+        );
+    }
+}
+
+/// A text answer that is not JSON, to a stream request, keeps the note of its type and size
+/// (it is not kept whole for being text).
+#[tokio::test]
+async fn a_text_answer_to_a_stream_request_stays_a_note() {
+    let setup = Setup::start().await;
+    let text = b"{not json, only braces}";
+    setup.upstream.set(Behavior {
+        raw_body: Some(text.to_vec()),
+        content_type: "text/plain".into(),
+        never_stream: true,
+        ..Default::default()
+    });
+    let (id, record, output) = setup
+        .whole_answer(
+            1,
+            "/v1/chat/completions",
+            &json!({"model": "[mock]m", "stream": true, "messages": []}),
+            text,
+        )
+        .await;
+    assert_eq!(record.response.content, "<text/plain, 23 bytes>");
+    assert!(record.response_body.is_none());
+    assert_eq!(
+        output,
+        Some(json!({"role": "assistant", "content": "<text/plain, 23 bytes>"}))
+    );
+    let (_, line) = setup.stop_and_read(&id).await;
+    assert_eq!(line["response"]["content"], "<text/plain, 23 bytes>");
+}
+
+/// Anthropic's `stop_sequences` is the span's `gen_ai.request.stop_sequences`, as OpenAI's
+/// `stop` is.
+#[tokio::test]
+async fn anthropic_stop_sequences_are_the_spans_stop_sequences() {
+    let setup = Setup::start().await;
+    setup.upstream.set(Behavior {
+        body: Some(
+            json!({"id": "msg_1", "type": "message", "model": "claude-s",
+                "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+                "usage": {"input_tokens": 3, "output_tokens": 1}})
+            .to_string(),
+        ),
+        ..Default::default()
+    });
+    let (id, _) = setup
+        .post(
+            "/v1/messages",
+            &json!({"model": "[mock]claude", "max_tokens": 5, "stop_sequences": ["END", "\n\nHuman:"],
+                "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    let span = setup.otlp.span_of(&id).await.span;
+    assert_eq!(
+        strings_attr(&span, "gen_ai.request.stop_sequences"),
+        Some(vec!["END".to_owned(), "\n\nHuman:".to_owned()])
+    );
+    setup.router.stop().await;
+}
