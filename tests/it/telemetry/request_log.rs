@@ -306,6 +306,17 @@ fn a_folder_as_the_request_log_is_refused_by_check_and_serve() {
     assert!(stdout.contains("request log /dev/null"), "{stdout}");
 }
 
+/// A named pipe `requests.pipe` in `dir`.
+fn named_pipe(dir: &Path) -> std::path::PathBuf {
+    let pipe = dir.join("requests.pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    pipe
+}
+
 /// A named pipe (a log collector reading it) gets the lines as they are: no dated file is
 /// made beside it, and the router starts before the collector does.
 #[tokio::test]
@@ -313,12 +324,7 @@ async fn a_named_pipe_gets_the_lines_as_they_are() {
     use std::io::BufRead;
     let upstream = MockUpstream::start(Behavior::default()).await;
     let data = tempfile::tempdir().expect("dir");
-    let pipe = data.path().join("requests.pipe");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&pipe)
-        .status()
-        .expect("mkfifo");
-    assert!(made.success());
+    let pipe = named_pipe(data.path());
     let pipe_value = pipe.display().to_string();
     let router = RouterProcess::start(
         Some(&one_server_config(&upstream.url(), "")),
@@ -376,12 +382,7 @@ async fn shutdown_ends_while_a_stalled_pipe_blocks_the_log_writer() {
     use std::os::unix::fs::OpenOptionsExt;
     let upstream = MockUpstream::start(Behavior::default()).await;
     let data = tempfile::tempdir().expect("dir");
-    let pipe = data.path().join("requests.pipe");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&pipe)
-        .status()
-        .expect("mkfifo");
-    assert!(made.success());
+    let pipe = named_pipe(data.path());
     // Opened, never read.
     let _collector = std::fs::OpenOptions::new()
         .read(true)

@@ -87,6 +87,18 @@ impl Setup {
         (id, response.text().await.expect("body"))
     }
 
+    /// Checks the records of a stream cut before its usage (the span's level is WARNING,
+    /// the ledger's usage unknown and partial), stopping the router to read the ledger.
+    async fn stop_and_check_partial(self, request_id: &str) {
+        let span = self.otlp.span_of(request_id).await.span;
+        assert_eq!(
+            str_attr(&span, "langfuse.observation.level"),
+            Some("WARNING")
+        );
+        let row = self.stop_and_read_ledger(request_id).await;
+        assert!(!row.usage_known && row.usage_partial, "{row:?}");
+    }
+
     /// Stops the router (the sinks are flushed) and reads the ledger's row of `request_id`.
     async fn stop_and_read_ledger(self, request_id: &str) -> LedgerRow {
         self.stop_and_read(request_id).await.0
@@ -327,13 +339,7 @@ async fn an_anthropic_stream_closed_before_its_end_is_partial() {
     assert!(!record.complete);
     assert!(record.usage_partial());
     assert_eq!(record.response.content, "Bon");
-    let span = setup.otlp.span_of(&id).await.span;
-    assert_eq!(
-        str_attr(&span, "langfuse.observation.level"),
-        Some("WARNING")
-    );
-    let row = setup.stop_and_read_ledger(&id).await;
-    assert!(!row.usage_known && row.usage_partial, "{row:?}");
+    setup.stop_and_check_partial(&id).await;
 }
 
 /// A stream that reached its own last event (`message_stop`, `response.completed`) and then
@@ -691,13 +697,7 @@ async fn a_speech_event_stream_closed_before_its_done_event_is_partial() {
         record.response.content,
         "<speech audio, 3 bytes in 1 delta>"
     );
-    let span = setup.otlp.span_of(&id).await.span;
-    assert_eq!(
-        str_attr(&span, "langfuse.observation.level"),
-        Some("WARNING")
-    );
-    let row = setup.stop_and_read_ledger(&id).await;
-    assert!(!row.usage_known && row.usage_partial, "{row:?}");
+    setup.stop_and_check_partial(&id).await;
 }
 
 /// OpenAI's transcription stream (`/audio/transcriptions` with `stream: true`): the text
