@@ -85,6 +85,16 @@ fn connection_tokens(fields: &Fields) -> Vec<&[u8]> {
         .collect()
 }
 
+/// A `multipart/...` type: its boundary parameter is what frames the body, so the client's
+/// value must reach the upstream even where a server's configured `headers` name a
+/// `Content-Type` (often `application/json`, copied from a provider's curl example).
+fn is_form(content_type: &[u8]) -> bool {
+    let value = content_type.trim_ascii_start();
+    value
+        .get(..b"multipart/".len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(b"multipart/"))
+}
+
 fn is(name: &[u8], wanted: &str) -> bool {
     name.eq_ignore_ascii_case(wanted.as_bytes())
 }
@@ -125,8 +135,9 @@ impl FieldSource for UpstreamFields<'_> {
                 Known::Accept => accept = true,
                 _ => {}
             }
-            // The server's configured value replaces the client's.
-            if configured(name) {
+            // The server's configured value replaces the client's; but not a form's type,
+            // whose boundary frames the body (see `is_form`).
+            if configured(name) && !(matches!(kind, Known::ContentType) && is_form(value)) {
                 continue;
             }
             emit(name, value);
@@ -142,7 +153,11 @@ impl FieldSource for UpstreamFields<'_> {
                 if is(name, "content-length") || is(name, "transfer-encoding") {
                     continue;
                 }
-                content_type |= is(name, "content-type");
+                let names_type = is(name, "content-type");
+                if names_type && self.client.get("content-type").is_some_and(is_form) {
+                    continue;
+                }
+                content_type |= names_type;
                 accept |= is(name, "accept");
                 accept_encoding |= is(name, "accept-encoding");
                 emit(name, value.as_bytes());
@@ -309,6 +324,31 @@ mod tests {
             .filter(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
             .collect()
+    }
+
+    /// A configured `Content-Type` replaces the client's, except a form's, whose boundary
+    /// frames the body.
+    #[test]
+    fn a_configured_content_type_leaves_a_forms_alone() {
+        let c = Config::parse(
+            "servers:\n  j:\n    url: http://j/v1\n    headers: {Content-Type: application/json}\n",
+            &|_| None,
+        )
+        .expect("config");
+        let t = resolve(None, "[j]m", &c, &Lookup::none()).expect("target");
+        let form = "multipart/form-data; boundary=xyz";
+        for (client, expected) in [
+            (form, form),
+            ("application/json; charset=utf-8", "application/json"),
+            ("text/plain", "application/json"),
+        ] {
+            let client = fields(&[("Content-Type", client)]);
+            let h = collect(&UpstreamFields {
+                client: &client,
+                target: &t,
+            });
+            assert_eq!(value(&h, "content-type"), [expected]);
+        }
     }
 
     #[test]
