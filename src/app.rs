@@ -162,12 +162,14 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let proxied_post = parts.method == Method::POST && route.is_proxied();
     if proxied_post {
         if let Err(error) = refuse_cross_site(&fields) {
+            proxy::intake::drain_before_refusal(body, &fields).await;
             return proxy::Answer::refused(&error, &state.failures).into_axum();
         }
     }
     let caller = match authenticate(state.keys.as_ref(), &fields) {
         Ok(caller) => caller,
         Err(error) if proxied_post => {
+            proxy::intake::drain_before_refusal(body, &fields).await;
             return proxy::Answer::refused(&error, &state.failures).into_axum();
         }
         Err(error) => return error.into_response(),

@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt as _;
 
 use crate::error::ProxyError;
+use crate::http1::fields::Fields;
 
 /// The most bytes of a too-large body read and thrown away so the client can read its 413.
 pub const DISCARD_AT_MOST: u64 = 64 * 1024 * 1024;
@@ -134,6 +135,25 @@ impl Gathered {
             .or(self.first)
             .unwrap_or_default()
     }
+}
+
+/// Before answering a refusal to a request whose body was not read (a key it does not know,
+/// a cross-site post): reads the body and drops it, within bounds, as the router's HTTP/1
+/// does before its refusals. An HTTP/2 client still sending would otherwise get the answer
+/// followed by a reset of its stream, which httpx (so the openai SDK over HTTP/2) reports as
+/// a connection error, and retries, instead of the refusal. Not read: a body declared longer
+/// than [`DISCARD_AT_MOST`], or one a client holds back until `100 Continue`.
+pub async fn drain_before_refusal(body: Body, fields: &Fields) {
+    let expects_continue = fields
+        .get("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    let declared = fields
+        .get_str("content-length")
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if expects_continue || declared.is_some_and(|len| len > DISCARD_AT_MOST) {
+        return;
+    }
+    discard(body).await;
 }
 
 /// Reads what is left of `body` and drops it, within [`DISCARD_AT_MOST`] and

@@ -1127,3 +1127,65 @@ async fn a_cross_site_browser_post_is_refused_before_the_upstream() {
     }
     router.stop().await;
 }
+
+/// No key is anyone's: every request is refused with 401.
+struct NobodysKey;
+
+impl llmsrouter::auth::KeyIndex for NobodysKey {
+    fn find(&self, _presented_key: &str) -> Option<llmsrouter::auth::Caller> {
+        None
+    }
+}
+
+/// Over HTTP/2 a request refused before its body is read (here a key nobody has, with a
+/// 3 MB prompt) gets its 401 after the router read the rest of the body, as over HTTP/1.
+/// Before, the router answered and reset the stream while the client was still sending
+/// (past the first flow-control window): httpx, and so the openai SDK over HTTP/2, reports
+/// that as a connection error, never the 401, and retries the upload.
+#[tokio::test]
+async fn an_http2_refusal_reads_the_body_the_client_is_still_sending() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start_with(&one_server_config(&upstream.url(), ""), |state| {
+        state.keys = Some(std::sync::Arc::new(NobodysKey));
+    })
+    .await;
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 48;
+    let sent = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = sent.clone();
+    let body = futures_util::stream::iter(0..CHUNKS).map(move |i| {
+        counted.fetch_add(CHUNK, Ordering::SeqCst);
+        let piece = if i == 0 {
+            let mut first =
+                br#"{"model":"[mock]m","messages":[{"role":"user","content":""#.to_vec();
+            first.resize(CHUNK, b'a');
+            first
+        } else if i == CHUNKS - 1 {
+            let mut last = vec![b'a'; CHUNK - 4];
+            last.extend_from_slice(br#""}]}"#);
+            last
+        } else {
+            vec![b'a'; CHUNK]
+        };
+        Ok::<_, std::io::Error>(bytes::Bytes::from(piece))
+    });
+    let response = h2c_client()
+        .post(router.url("/v1/chat/completions"))
+        .bearer_auth("sk-lr-nobodys00000000000000000000000000")
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .expect("the refusal, not a reset stream");
+    let (status, error) = error_of(response).await;
+    assert_eq!(status, 401);
+    assert_eq!(error["error"]["code"], "invalid_api_key");
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        CHUNK * CHUNKS,
+        "the whole body was read"
+    );
+    assert_eq!(upstream.count(), 0);
+    router.stop().await;
+}
