@@ -215,10 +215,12 @@ impl UsageReport {
         };
         let mut lines: Vec<[String; 8]> = vec![header];
         for row in &self.rows {
-            // Usernames and model names come from the database as they were stored.
+            // Usernames and model names come from the database as they were stored. None or
+            // empty (no user; a file upload, which names no model) is `-`, not a blank cell.
             let key = row
                 .key
                 .as_deref()
+                .filter(|key| !key.is_empty())
                 .map_or_else(|| "-".into(), crate::printable);
             lines.push(cells(row, key));
         }
@@ -394,6 +396,18 @@ mod tests {
         assert_eq!(cost_cell(0.000_000_6), "0.000001");
         assert_eq!(cost_cell(0.000_000_012_3), "0.000000012");
         assert_eq!(cost_cell(1e-30), "1.0e-30");
+    }
+
+    /// A request that named no model (a file upload) is `-` in the table, as a request with
+    /// no user is, never a blank cell.
+    #[test]
+    fn an_empty_key_is_a_dash() {
+        let (_dir, conn) = conn();
+        let mut report = query(&conn, GroupBy::User, None).expect("query");
+        report.rows[0].key = Some(String::new());
+        let table = report.to_table();
+        let first = table.lines().nth(1).expect("a row");
+        assert!(first.starts_with("- "), "{table}");
     }
 
     #[test]
