@@ -96,6 +96,26 @@ impl RequestView {
         })
     }
 
+    /// For a body that names no model: `Some(stream)` when it is empty (a `POST` with no
+    /// body, such as `/responses/{id}/cancel`) or a JSON object without a top-level `model`
+    /// (`/batches`), `stream` being its `"stream": true`; `None` for anything else. Read only
+    /// after [`Self::parse`] refused the body, so a request that names its model never pays.
+    pub fn unnamed(body: &[u8]) -> Option<bool> {
+        if body.trim_ascii().is_empty() {
+            return Some(false);
+        }
+        let members = top_level_members(body).ok()?;
+        let mut stream = false;
+        for (key, value) in &members {
+            match key.as_ref() {
+                "model" => return None,
+                "stream" => stream = *value == "true",
+                _ => {}
+            }
+        }
+        Some(stream)
+    }
+
     /// Whether the client asked for `stream_options.include_usage` itself.
     pub fn client_asked_for_usage(&self) -> bool {
         matches!(

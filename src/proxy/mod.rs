@@ -293,8 +293,59 @@ async fn forward_inner(
             return Box::pin(forward_read(state, request, form, started_at, hard_stop)).await;
         }
     }
-    let view = RequestView::parse_keeping_layout(&request.body, state.recorder.is_enabled())?;
+    let view = match RequestView::parse_keeping_layout(&request.body, state.recorder.is_enabled()) {
+        Ok(view) => view,
+        Err(error) => {
+            // A body that names no model goes where the request's target is named otherwise.
+            let elsewhere = routing::proxy_param(request.query).is_some()
+                || state.config.load().settings.default_server.is_some();
+            return match RequestView::unnamed(&request.body).filter(|_| elsewhere) {
+                Some(stream) => {
+                    let view = Unnamed { stream };
+                    Box::pin(forward_read(state, request, view, started_at, hard_stop)).await
+                }
+                None => Err(error),
+            };
+        }
+    };
     forward_read(state, request, view, started_at, hard_stop).await
+}
+
+/// A JSON body without a `model`, or none at all (`/batches`, `/responses/{id}/cancel`),
+/// sent where `?proxy=` or `settings.default_server` says (see [`RequestView::unnamed`]): it
+/// goes upstream as it came, and is recorded as it came (`{}` when empty).
+struct Unnamed {
+    stream: bool,
+}
+
+impl ReadBody for Unnamed {
+    const FORM: bool = false;
+
+    fn model(&self) -> Option<&str> {
+        None
+    }
+
+    fn stream(&self) -> bool {
+        self.stream
+    }
+
+    /// As it came: no model to change, and no `stream_options` added to a body the router
+    /// did not parse for them.
+    fn rewrite(&self, body: &Bytes, _upstream_model: &str, _inject_usage: bool) -> (Bytes, bool) {
+        (body.clone(), false)
+    }
+
+    fn record_body(&self, body: &Bytes) -> Bytes {
+        if body.trim_ascii().is_empty() {
+            Bytes::from_static(b"{}")
+        } else {
+            own_copy(body)
+        }
+    }
+
+    fn take_layout(&mut self) -> Option<crate::record::BodyLayout> {
+        None
+    }
 }
 
 /// What the router read of a request body to route, rewrite and record it. Each kind of

@@ -370,3 +370,75 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     );
     router.stop().await;
 }
+
+/// A JSON body that names no model (`batches.create`), or no body at all
+/// (`responses.cancel`), goes to `settings.default_server` with its key, or to `?proxy=`,
+/// as it came; with neither it is refused as before. A form without a model went there
+/// already; such requests used to get 400 even when a target was named.
+#[tokio::test]
+async fn a_request_without_a_model_goes_to_the_default_server_or_proxy() {
+    let upstream = MockUpstream::start(Behavior {
+        body: Some(r#"{"id":"batch_1","object":"batch"}"#.into()),
+        ..Default::default()
+    })
+    .await;
+    let batch =
+        r#"{"input_file_id":"file-1","endpoint":"/v1/chat/completions","completion_window":"24h"}"#;
+    let post = |router: &TestRouter, path: &str, body: &'static str| {
+        client()
+            .post(router.url(path))
+            .bearer_auth("sk-client-own-key")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    let plain = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let refused = post(&plain, "/v1/batches", batch).await.expect("send");
+    assert_eq!(refused.status(), 400);
+    let text = refused.text().await.expect("body");
+    assert!(text.contains(r#"no \"model\""#), "{text}");
+    assert_eq!(upstream.count(), 0);
+    let proxied = post(
+        &plain,
+        &format!("/v1/batches?proxy={}", upstream.url()),
+        batch,
+    )
+    .await
+    .expect("send");
+    assert_eq!(proxied.status(), 200);
+    let got = upstream.last();
+    assert_eq!(
+        (got.path.as_str(), &got.body[..]),
+        ("/v1/batches", batch.as_bytes())
+    );
+    assert_eq!(got.headers["authorization"], "Bearer sk-client-own-key");
+    plain.stop().await;
+
+    let config = format!(
+        "{}settings:\n  default_server: mock\n",
+        one_server_config(&upstream.url(), "")
+    );
+    let router = TestRouter::start(&config).await;
+    for (path, body) in [("/v1/batches", batch), ("/v1/responses/resp_1/cancel", "")] {
+        let response = post(&router, path, body).await.expect("send");
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(
+            response.text().await.expect("body"),
+            r#"{"id":"batch_1","object":"batch"}"#
+        );
+        let got = upstream.last();
+        assert_eq!((got.path.as_str(), &got.body[..]), (path, body.as_bytes()));
+        assert_eq!(got.headers["authorization"], "Bearer sk-mock-upstream-key");
+    }
+    for n in [1, 2] {
+        let record = router.records.nth(n).await;
+        assert_eq!(record.outcome, Outcome::Success);
+        assert_eq!(record.alias.as_deref(), Some("mock"));
+        assert_eq!(record.requested_model, "");
+        let body: serde_json::Value =
+            serde_json::from_slice(&record.request_body).expect("the record's body is JSON");
+        assert!(body.is_object());
+    }
+    router.stop().await;
+}
