@@ -36,6 +36,10 @@ pub struct FormView {
     pub model: Option<String>,
     /// Where the value of every text field named `model` sits in the body: all rewritten.
     model_ranges: Vec<Range<usize>>,
+    /// Where the value of a `Content-Length` header of such a part sits (RFC 7578 deprecates
+    /// it, but a sender may still write one): rewritten to the new value's length, so a
+    /// server that believes it reads the whole new model name.
+    length_ranges: Vec<Range<usize>>,
     /// A text field `stream` with the value `true` (the openai SDKs send `stream=true` for
     /// a streamed transcription).
     pub stream: bool,
@@ -51,6 +55,8 @@ struct Part {
     content_type: Option<String>,
     /// Its content's place in the body.
     value: Range<usize>,
+    /// Where the value of its `Content-Length` header sits, if it has one.
+    declared_length: Option<Range<usize>>,
     /// A file: named by a `filename`, typed as neither text nor JSON, or not UTF-8. Its
     /// bytes are never recorded, only described.
     file: bool,
@@ -97,6 +103,7 @@ impl FormView {
         let mut view = Self {
             model: None,
             model_ranges: Vec::new(),
+            length_ranges: Vec::new(),
             stream: false,
             parts: Vec::new(),
         };
@@ -134,6 +141,7 @@ impl FormView {
                 check_model_value(model, boundary)?;
                 self.model = Some(model.to_owned());
                 self.model_ranges.push(part.value.clone());
+                self.length_ranges.extend(part.declared_length.clone());
             }
             "stream" => self.stream = value.eq_ignore_ascii_case(b"true"),
             _ => {}
@@ -147,11 +155,24 @@ impl FormView {
         if self.model.as_deref().is_none_or(|m| m == upstream_model) {
             return body.clone();
         }
+        let length = upstream_model.len().to_string();
+        let mut splices: Vec<(&Range<usize>, &[u8])> = self
+            .model_ranges
+            .iter()
+            .map(|range| (range, upstream_model.as_bytes()))
+            .chain(
+                self.length_ranges
+                    .iter()
+                    .map(|range| (range, length.as_bytes())),
+            )
+            .collect();
+        // A part's headers come before its value: in body order, each header before its value.
+        splices.sort_by_key(|(range, _)| range.start);
         let mut out = Vec::with_capacity(body.len() + upstream_model.len());
         let mut at = 0;
-        for range in &self.model_ranges {
+        for (range, replacement) in splices {
             out.extend_from_slice(&body[at..range.start]);
-            out.extend_from_slice(upstream_model.as_bytes());
+            out.extend_from_slice(replacement);
             at = range.end;
         }
         out.extend_from_slice(&body[at..]);
@@ -215,6 +236,7 @@ impl Part {
             name,
             filename,
             content_type,
+            declared_length,
         } = headers;
         let typed_as_data = content_type.as_deref().is_some_and(|t| {
             let t = t.trim_start().as_bytes();
@@ -232,6 +254,7 @@ impl Part {
             filename,
             content_type,
             value,
+            declared_length,
             file,
         }
     }
@@ -326,6 +349,8 @@ struct Headers {
     name: Option<String>,
     filename: Option<String>,
     content_type: Option<String>,
+    /// Where a `Content-Length` header's value (its digits, without white space) sits.
+    declared_length: Option<Range<usize>>,
 }
 
 /// Reads a part's header lines from `at` to the blank line that ends them; returns them and
@@ -338,9 +363,14 @@ fn read_headers(body: &[u8], mut at: usize) -> Result<(Headers, usize), ProxyErr
         let newline = memchr::memchr(b'\n', rest).ok_or_else(unterminated)?;
         let line = &rest[..newline];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line_start = at;
         at += newline + 1;
         if line.is_empty() {
             return Ok((headers, at));
+        }
+        if let Some(digits) = content_length_value(line) {
+            headers.declared_length = Some(line_start + digits.start..line_start + digits.end);
+            continue;
         }
         let line = String::from_utf8_lossy(line);
         let Some((name, value)) = line.split_once(':') else {
@@ -362,6 +392,23 @@ fn read_headers(body: &[u8], mut at: usize) -> Result<(Headers, usize), ProxyErr
             headers.content_type = Some(value.trim().to_owned());
         }
     }
+}
+
+/// Where the digits of a `Content-Length: 123` header line sit in the line; `None` for any
+/// other line, or one whose value is not a plain number (that one is left as it came).
+fn content_length_value(line: &[u8]) -> Option<Range<usize>> {
+    let colon = memchr::memchr(b':', line)?;
+    if !line[..colon]
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"content-length")
+    {
+        return None;
+    }
+    let value = &line[colon + 1..];
+    let start = colon + 1 + (value.len() - value.trim_ascii_start().len());
+    let end = colon + 1 + value.trim_ascii_end().len();
+    let digits = line.get(start..end)?;
+    (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit)).then_some(start..end)
 }
 
 /// The `; name=value` parameters after a header value's first item (`form-data`,
@@ -523,6 +570,19 @@ mod tests {
         let again = parse(&out).expect("still a form");
         assert_eq!(again.model.as_deref(), Some("whisper-1"));
         assert_eq!(again.parts[0].value.len(), audio.len());
+    }
+
+    #[test]
+    fn a_content_length_of_the_model_part_follows_the_new_value() {
+        let body = b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\nContent-Length: 17\r\n\r\n[openai]whisper-1\r\n--b\r\nContent-Disposition: form-data; name=\"language\"\r\ncontent-length : 2 \r\n\r\nen\r\n--b--\r\n";
+        let view = FormView::parse(body, "b").expect("parses");
+        let out = view.rewrite(&Bytes::from_static(body), "whisper-1");
+        let expected = String::from_utf8_lossy(body).replace(
+            "Content-Length: 17\r\n\r\n[openai]whisper-1",
+            "Content-Length: 9\r\n\r\nwhisper-1",
+        );
+        assert_eq!(String::from_utf8_lossy(&out), expected);
+        assert!(String::from_utf8_lossy(&out).contains("content-length : 2 \r\n"));
     }
 
     #[test]

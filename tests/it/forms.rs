@@ -184,6 +184,40 @@ async fn a_transcription_form_reaches_the_upstream_with_only_the_model_changed()
     );
 }
 
+/// A model part that declares its own `Content-Length` (RFC 7578 deprecates it; some
+/// hand-written clients still send one) reaches the upstream with the length of the value it
+/// now carries: a server that trusts it would otherwise read a cut or overlong model name.
+#[tokio::test]
+async fn a_model_parts_own_content_length_follows_the_rewrite() {
+    let upstream = MockUpstream::start(Behavior {
+        body: Some(TRANSCRIPTION.into()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let with_length = |model: &str| {
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"model\"\r\nContent-Length: {}\r\n\r\n{model}\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\nContent-Length: 3\r\n\r\nabc\r\n--{BOUNDARY}--\r\n",
+            model.len()
+        )
+        .into_bytes()
+    };
+    let response = post_form(
+        &client(),
+        &router,
+        "/v1/audio/transcriptions",
+        with_length("[mock]whisper-1"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let got = upstream.last();
+    assert_eq!(
+        String::from_utf8_lossy(&got.body),
+        String::from_utf8_lossy(&with_length("whisper-1"))
+    );
+    router.stop().await;
+}
+
 /// A transcription asked for as text (or srt, vtt) comes back as text, and is recorded so;
 /// also under SubRip's own type, `application/x-subrip`, which some servers send (it used to
 /// be relayed as a binary answer, recorded as `<application/x-subrip, N bytes>`).
