@@ -1,7 +1,7 @@
 //! The HTTP surface: one dispatcher that normalises the path, authenticates, and hands the
 //! request to its handler. The router's own HTTP/1 ([`crate::http1::server`]) serves
-//! proxied `POST`s itself, with the same [`Route`] and the same authentication, and brings
-//! every other request here.
+//! proxied `POST`s itself, and the `GET`s and `DELETE`s it forwards ([`forwarded_path`]),
+//! with the same [`Route`] and the same authentication, and brings every other request here.
 //!
 //! Paths are normalised before matching, because clients build URLs from a base URL: `/v1` is
 //! optional, doubled and trailing slashes are ignored. Authentication runs for every route
@@ -116,6 +116,32 @@ impl Route {
     }
 }
 
+/// The path (after `/v1`) a `GET` or `DELETE` is forwarded upstream with, or `None` when the
+/// router answers it itself. Forwarded: any path but `/`, `/health` and `/metrics` when the
+/// request names a target, `?proxy=` or `settings.default_server`; the model routes only
+/// with `?proxy=` (without it they are the merged list of every server, with it the client
+/// asks that server for its own names). One rule for both servers: the router's HTTP/1
+/// ([`crate::http1::server`]) and this dispatcher (HTTP/2).
+pub fn forwarded_path(
+    method: &Method,
+    raw_path: &str,
+    query: Option<&str>,
+    state: &AppState,
+) -> Option<String> {
+    if method != Method::GET && method != Method::DELETE {
+        return None;
+    }
+    let proxy = || crate::routing::proxy_param(query).is_some();
+    match Route::of(raw_path) {
+        Route::ListModels | Route::GetModel(_) if proxy() => Some(normalize_path(raw_path)),
+        Route::Upstream(path) if path != "/" && path != "/metrics" => {
+            let default_server = state.config.load().settings.default_server.is_some();
+            (default_server || proxy()).then_some(path)
+        }
+        _ => None,
+    }
+}
+
 /// An HTTP/2 request whose header fields pass the limits an HTTP/1 head has
 /// ([`crate::http1::MAX_FIELDS`] fields, [`crate::http1::MAX_HEAD_BYTES`] bytes) gets the same
 /// JSON 431; hyper's own HTTP/2 limit is set above them (see `http1::http2`), so that only a
@@ -160,6 +186,11 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     }
     let fields = Fields::from_header_map(&parts.headers);
     let proxied_post = parts.method == Method::POST && route.is_proxied();
+    let forwarded = if parts.method == Method::POST {
+        None
+    } else {
+        forwarded_path(&parts.method, parts.uri.path(), parts.uri.query(), &state)
+    };
     if proxied_post {
         if let Err(error) = refuse_cross_site(&fields) {
             proxy::intake::drain_before_refusal(body, &fields).await;
@@ -172,8 +203,22 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             proxy::intake::drain_before_refusal(body, &fields).await;
             return proxy::Answer::refused(&error, &state.failures).into_axum();
         }
+        // Forwarded, its refusal carries a request id as a proxied `POST`'s does.
+        Err(error) if forwarded.is_some() => {
+            return proxy::Answer::refused(&error, &state.failures).into_axum();
+        }
         Err(error) => return error.into_response(),
     };
+    if let Some(path) = forwarded {
+        let incoming = Incoming {
+            caller: &caller,
+            path: &path,
+            query: parts.uri.query(),
+            fields: &fields,
+            body,
+        };
+        return proxy::forward_other(&state, incoming, &parts.method).await;
+    }
     match (route, &parts.method) {
         (Route::Upstream(path), _) if path == "/" => not_found(&path),
         (Route::Upstream(path), &Method::GET | &Method::HEAD) if path == "/metrics" => {
@@ -204,7 +249,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             };
             method_not_allowed(
                 format!(
-                    "{method} {path} is not served: the router forwards POST requests with a JSON \"model\""
+                    "{method} {path} is not served: the router forwards POST requests with a JSON \"model\"; \
+                     a GET or DELETE goes upstream when the request names its target with \
+                     ?proxy=<url> or config.yaml sets settings.default_server"
                 ),
                 allow,
             )

@@ -290,9 +290,10 @@ pub enum Command {
 and forward every POST /v1/<path> whose JSON body has a \"model\" (chat/completions, \
 completions, embeddings, responses, ...), or whose multipart/form-data form has a \"model\" \
 field (audio/transcriptions, images/edits, ...), to the provider that the model name \
-([alias]model) or ?proxy= picks (one naming no model, such as batches: ?proxy= or \
-settings.default_server). GET /v1/models lists every provider's models; GET /health \
-answers {\"status\":\"ok\"}.\n\n\
+([alias]model) or ?proxy= picks (one naming no model, such as batches, and every other GET \
+or DELETE /v1/<path>, such as files/<id>/content: ?proxy= or settings.default_server). \
+GET /v1/models lists every provider's models (with ?proxy=, that server's own list); \
+GET /health answers {\"status\":\"ok\"}.\n\n\
 Starts without a config file too: then only URL targets (?proxy=https://host or \
 \"[https://host]model\") work. SIGTERM or Ctrl-C lets running requests finish (30 s at \
 most), flushes the records and exits 0.\n\n\

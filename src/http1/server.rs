@@ -4,8 +4,9 @@
 //! A proxied `POST` (any route but the router's own, PRODUCT.md "Routing a request") is read
 //! and answered here: authentication, the body (its size limit, `Expect: 100-continue`, the
 //! 413 after reading an oversized body to its end), then [`proxy::handle`], then its answer
-//! written as bytes, a stream event by event. Every other request goes to the axum app,
-//! with its body read first. Both watch the client while they wait: a client that closes
+//! written as bytes, a stream event by event; so is a `GET` or `DELETE` forwarded to the
+//! target it names ([`crate::app::forwarded_path`]). Every other request goes to the axum
+//! app, with its body read first. Both watch the client while they wait: a client that closes
 //! the connection before its answer is complete has its request dropped (and recorded as a
 //! disconnect), its stream's upstream connection closed.
 //!
@@ -253,8 +254,67 @@ impl Conn {
                         .await;
                 }
             }
+        } else if let Some(path) =
+            crate::app::forwarded_path(&head.method, path, query, &service.state)
+        {
+            return self
+                .forward_other(&head, length, &path, query, keep_alive, service)
+                .await;
         }
         self.serve_by_app(head, length, keep_alive, service).await
+    }
+
+    /// A `GET` or `DELETE` forwarded to the target it names ([`crate::app::forwarded_path`]):
+    /// as [`Self::proxy`], then [`proxy::handle_other`]. Served here, not by the app, so a
+    /// large answer (`files.content`) is written as it arrives, as a `POST`'s is. No
+    /// cross-site check: that guards a body, and these have none.
+    async fn forward_other(
+        &mut self,
+        head: &RequestHead,
+        length: BodyLength,
+        path: &str,
+        query: Option<&str>,
+        keep_alive: bool,
+        service: &Service,
+    ) -> Next {
+        let state = &service.state;
+        let ready = authenticate(state.keys.as_ref(), &head.fields).and_then(|caller| {
+            check_encoding(head.fields.get("content-encoding")).map(|()| caller)
+        });
+        let caller = match ready {
+            Ok(caller) => caller,
+            Err(error) => return self.refuse_unread(&error, head, length, keep_alive).await,
+        };
+        let limit = state.config.load().settings.max_body_bytes;
+        let body = match self.read_body(head, length, limit).await {
+            Ok(body) => body,
+            Err(failure) => {
+                return self
+                    .body_failed(failure, head, limit, keep_alive, true)
+                    .await;
+            }
+        };
+        let request = ProxyRequest {
+            caller: &caller,
+            path,
+            query,
+            fields: &head.fields,
+            body,
+        };
+        let answer = {
+            let handled = pin!(proxy::handle_other(
+                state,
+                request,
+                &head.method,
+                &mut self.hard_stop
+            ));
+            tokio::select! {
+                biased;
+                answer = handled => answer,
+                () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED) => return Next::Gone,
+            }
+        };
+        self.write_answer(answer, keep_alive, head.http10).await
     }
 
     /// A proxied `POST`: the same steps as the app's dispatcher, then [`proxy::handle`].

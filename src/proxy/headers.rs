@@ -107,6 +107,9 @@ pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub struct UpstreamFields<'a> {
     pub client: &'a Fields,
     pub target: &'a Target<'a>,
+    /// A `POST`: without a Content-Type of its own it goes as JSON. A `GET` or `DELETE` gets
+    /// none added: it has no body to describe.
+    pub post: bool,
 }
 
 impl FieldSource for UpstreamFields<'_> {
@@ -163,7 +166,7 @@ impl FieldSource for UpstreamFields<'_> {
                 emit(name, value.as_bytes());
             }
         }
-        if !content_type {
+        if !content_type && self.post {
             emit(b"content-type", b"application/json");
         }
         // What reqwest sent when the client named no type; some upstreams expect one.
@@ -346,6 +349,7 @@ mod tests {
             let h = collect(&UpstreamFields {
                 client: &client,
                 target: &t,
+                post: true,
             });
             assert_eq!(value(&h, "content-type"), [expected]);
         }
@@ -359,6 +363,7 @@ mod tests {
         let h = collect(&UpstreamFields {
             client: &client,
             target: &t,
+            post: true,
         });
         assert_eq!(value(&h, "authorization"), ["Bearer sk-a"]);
         assert!(value(&h, "x-api-key").is_empty());
@@ -392,6 +397,7 @@ mod tests {
         let h = collect(&UpstreamFields {
             client: &client,
             target: &t,
+            post: true,
         });
         assert_eq!(value(&h, "authorization"), ["Basic xyz"]);
         assert_eq!(value(&h, "accept"), ["text/plain"]);
@@ -410,6 +416,7 @@ mod tests {
         let h = collect(&UpstreamFields {
             client: &client,
             target: &t,
+            post: true,
         });
         assert!(value(&h, "authorization").is_empty());
     }
@@ -422,6 +429,7 @@ mod tests {
         let h = collect(&UpstreamFields {
             client: &client,
             target: &t,
+            post: true,
         });
         assert_eq!(value(&h, "authorization"), ["Bearer client"]);
         assert_eq!(value(&h, "x-api-key"), ["client-x"]);

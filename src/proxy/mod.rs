@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use http::StatusCode;
+use http::{Method, StatusCode};
 use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 
@@ -232,6 +232,35 @@ pub struct Incoming<'a> {
 }
 
 pub async fn forward(state: &Arc<AppState>, incoming: Incoming<'_>) -> Response {
+    let request = match read_incoming(state, incoming).await {
+        Ok(request) => request,
+        Err(refused) => return refused,
+    };
+    let mut hard_stop = state.hard_stop.stopped();
+    handle(state, request, &mut hard_stop).await.into_axum()
+}
+
+/// [`forward`] for a `GET` or `DELETE` (see [`handle_other`]).
+pub async fn forward_other(
+    state: &Arc<AppState>,
+    incoming: Incoming<'_>,
+    method: &Method,
+) -> Response {
+    let request = match read_incoming(state, incoming).await {
+        Ok(request) => request,
+        Err(refused) => return refused,
+    };
+    let mut hard_stop = state.hard_stop.stopped();
+    handle_other(state, request, method, &mut hard_stop)
+        .await
+        .into_axum()
+}
+
+/// Reads an HTTP/2 request's body within `max_body_bytes`; the refusal when it cannot.
+async fn read_incoming<'a>(
+    state: &AppState,
+    incoming: Incoming<'a>,
+) -> Result<ProxyRequest<'a>, Response> {
     let limit = state.config.load().settings.max_body_bytes;
     let encoding = incoming.fields.get("content-encoding");
     let declared = incoming.fields.get_str("content-length");
@@ -251,17 +280,15 @@ pub async fn forward(state: &Arc<AppState>, incoming: Incoming<'_>) -> Response 
     .await
     {
         Ok(body) => body,
-        Err(error) => return Answer::refused(&error, &state.failures).into_axum(),
+        Err(error) => return Err(Answer::refused(&error, &state.failures).into_axum()),
     };
-    let request = ProxyRequest {
+    Ok(ProxyRequest {
         caller: incoming.caller,
         path: incoming.path,
         query: incoming.query,
         fields: incoming.fields,
         body,
-    };
-    let mut hard_stop = state.hard_stop.stopped();
-    handle(state, request, &mut hard_stop).await.into_axum()
+    })
 }
 
 /// Proxies one request whose body was read: routing, the upstream exchange, the record.
@@ -273,6 +300,26 @@ pub async fn handle(
     hard_stop: &mut Stopped,
 ) -> Answer {
     match forward_inner(state, request, hard_stop).await {
+        Ok(answer) => answer,
+        Err(error) => Answer::refused(&error, &state.failures),
+    }
+}
+
+/// Forwards a `GET` or `DELETE` (`files.content`, `batches.retrieve`, `models.list` with
+/// `?proxy=`) to the target the request names: `?proxy=`, else `settings.default_server`
+/// ([`routing::resolve_unnamed`]). Its body, if any, goes as it came; its answer comes back
+/// as a `POST`'s does (a binary one streamed unread), and it is recorded as a `POST` naming
+/// no model is, its endpoint `GET /files/<id>`. A path of its own, so a `POST` pays nothing.
+pub async fn handle_other(
+    state: &Arc<AppState>,
+    request: ProxyRequest<'_>,
+    method: &Method,
+    hard_stop: &mut Stopped,
+) -> Answer {
+    let view = Verbatim {
+        method: method.clone(),
+    };
+    match forward_read(state, request, view, SystemTime::now(), hard_stop).await {
         Ok(answer) => answer,
         Err(error) => Answer::refused(&error, &state.failures),
     }
@@ -348,12 +395,51 @@ impl ReadBody for Unnamed {
     }
 }
 
+/// A `GET` or `DELETE` ([`handle_other`]): no model, no stream asked for, its body (if any)
+/// sent as it came and recorded as `{}`, since neither method has a body in OpenAI's API.
+struct Verbatim {
+    method: Method,
+}
+
+impl ReadBody for Verbatim {
+    const FORM: bool = false;
+
+    fn method(&self) -> &Method {
+        &self.method
+    }
+
+    fn model(&self) -> Option<&str> {
+        None
+    }
+
+    fn stream(&self) -> bool {
+        false
+    }
+
+    fn rewrite(&self, body: &Bytes, _upstream_model: &str, _inject_usage: bool) -> (Bytes, bool) {
+        (body.clone(), false)
+    }
+
+    fn record_body(&self, _body: &Bytes) -> Bytes {
+        Bytes::from_static(b"{}")
+    }
+
+    fn take_layout(&mut self) -> Option<crate::record::BodyLayout> {
+        None
+    }
+}
+
 /// What the router read of a request body to route, rewrite and record it. Each kind of
 /// body has its own, and [`forward_read`] is compiled once for each: the JSON path
 /// ([`RequestView`]) does the very work it did before forms were read, no branch added.
 trait ReadBody {
     /// A `multipart/form-data` body, recorded by its description ([`FormView::describe`]).
     const FORM: bool;
+    /// The method it goes upstream with: `POST` but for [`Verbatim`].
+    #[inline]
+    fn method(&self) -> &Method {
+        &Method::POST
+    }
     /// The `model` the client sent; `None` only for a form without one.
     fn model(&self) -> Option<&str>;
     fn stream(&self) -> bool;
@@ -487,15 +573,22 @@ async fn forward_read<V: ReadBody>(
         // Offsets into `body`, of which the record holds an exact copy.
         record.request_layout = request_layout;
         record.request_is_form = V::FORM;
+        if *view.method() != Method::POST {
+            record.endpoint = format!("{} {}", view.method(), request.path);
+        }
         record
     });
     tracing::debug!(request_id, provider = %target.provider, mode = %target.mode, "forwarding");
 
+    let post = *view.method() == Method::POST;
     let upstream_fields = UpstreamFields {
         client: request.fields,
         target: &target,
+        post,
     };
-    let prepared = state.upstream.prepare(url, &upstream_fields, upstream_body);
+    let prepared = state
+        .upstream
+        .prepare(view.method(), url, &upstream_fields, upstream_body);
     // Boxed: the exchange's future is large, and a future held inline is moved (copied)
     // with every future that contains it. It owns what it needs, so a stream the router
     // answers before its upstream does can take it along ([`early`]).

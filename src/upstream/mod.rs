@@ -301,15 +301,23 @@ impl UpstreamClient {
         self.direct.len()
     }
 
-    /// One `POST` with the header fields `fields` yields (all but `Host`, which comes from the
-    /// URL unless `fields` names one, and the framing), ready to send: its fields are written
-    /// here, so it borrows nothing and its exchange ([`Self::send_prepared`]) may be awaited
-    /// by whatever outlives the request's own fields (a stream the router answered before its
-    /// upstream did).
-    pub fn prepare(&self, url: String, fields: &(dyn FieldSource + Sync), body: Bytes) -> Prepared {
+    /// One request with the header fields `fields` yields (all but `Host`, which comes from
+    /// the URL unless `fields` names one, and the framing), ready to send: its fields are
+    /// written here, so it borrows nothing and its exchange ([`Self::send_prepared`]) may be
+    /// awaited by whatever outlives the request's own fields (a stream the router answered
+    /// before its upstream did). `method` is `POST`, or the `GET` or `DELETE` forwarded to the
+    /// target a request names (`?proxy=`, `settings.default_server`); never `HEAD`, whose
+    /// answer's body would be read by its length.
+    pub fn prepare(
+        &self,
+        method: &Method,
+        url: String,
+        fields: &(dyn FieldSource + Sync),
+        body: Bytes,
+    ) -> Prepared {
         if let Some((authority, origin)) = url.strip_prefix("http://").and_then(plain_target) {
             if !self.proxy_env || self.direct_uri(&url).is_some() {
-                let head = plain_head(authority, origin, fields, body.len());
+                let head = plain_head(method, authority, origin, fields, body.len());
                 let start = "http://".len();
                 let authority = start..start + authority.len();
                 return Prepared(Route::Plain {
@@ -322,10 +330,15 @@ impl UpstreamClient {
         }
         let Some(uri) = self.direct_uri(&url) else {
             let headers = header_map_of(fields);
-            return Prepared(Route::Fallback { url, headers, body });
+            return Prepared(Route::Fallback {
+                method: method.clone(),
+                url,
+                headers,
+                body,
+            });
         };
         let mut request = Request::new(Full::new(body));
-        *request.method_mut() = Method::POST;
+        *request.method_mut() = method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = header_map_of(fields);
         Prepared(Route::Direct(request))
@@ -351,8 +364,13 @@ impl UpstreamClient {
                 };
                 return self.send_plain(authority, &head, &body).await;
             }
-            Route::Fallback { url, headers, body } => {
-                return self.send_fallback(&url, headers, body).await;
+            Route::Fallback {
+                method,
+                url,
+                headers,
+                body,
+            } => {
+                return self.send_fallback(method, &url, headers, body).await;
             }
             Route::Direct(request) => request,
         };
@@ -422,13 +440,14 @@ impl UpstreamClient {
 
     async fn send_fallback(
         &self,
+        method: Method,
         url: &str,
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let response = self
             .fallback
-            .request(Method::POST, url)
+            .request(method, url)
             .headers(headers)
             .body(body)
             .send()
@@ -459,6 +478,7 @@ enum Route {
     },
     Direct(Request<Full<Bytes>>),
     Fallback {
+        method: Method,
         url: String,
         headers: HeaderMap,
         body: Bytes,
@@ -466,15 +486,18 @@ enum Route {
 }
 
 /// A plain-HTTP request's head as bytes, with the `Host` hyper-util's client would add (the
-/// URL's authority; a URL never names the default port) and the body's length.
+/// URL's authority; a URL never names the default port) and the body's length (left out of
+/// a `GET` or `DELETE` without a body, as hyper leaves it out).
 fn plain_head(
+    method: &Method,
     authority: &str,
     origin: &str,
     fields: &(dyn FieldSource + Sync),
     body_len: usize,
 ) -> BytesMut {
     let mut head = BytesMut::with_capacity(512);
-    head.extend_from_slice(b"POST ");
+    head.extend_from_slice(method.as_str().as_bytes());
+    head.extend_from_slice(b" ");
     if !origin.starts_with('/') {
         head.extend_from_slice(b"/");
     }
@@ -488,11 +511,13 @@ fn plain_head(
     if !has_host {
         write_field(&mut head, b"host", authority.as_bytes());
     }
-    write_field(
-        &mut head,
-        b"content-length",
-        itoa::Buffer::new().format(body_len).as_bytes(),
-    );
+    if body_len > 0 || *method == Method::POST {
+        write_field(
+            &mut head,
+            b"content-length",
+            itoa::Buffer::new().format(body_len).as_bytes(),
+        );
+    }
     head.extend_from_slice(b"\r\n");
     head
 }

@@ -13,6 +13,7 @@ mod help;
 mod http1;
 mod models;
 mod openai_sdk;
+mod other_methods;
 mod streaming;
 mod telemetry;
 mod upstream_tls;

@@ -12,9 +12,16 @@ use crate::support::{TestRouter, one_server_config, test_python};
 
 /// Runs `script` with `python`, the router's base URL its one argument.
 async fn run_script(python: PathBuf, script: &'static str, base: String) -> Output {
+    run_script_with(python, script, vec![base]).await
+}
+
+/// Runs `script` with `python` and `args` (`sys.argv[1:]`).
+async fn run_script_with(python: PathBuf, script: &'static str, args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
         Command::new(python)
-            .args(["-c", script, &base])
+            .arg("-c")
+            .arg(script)
+            .args(&args)
             .env("NO_PROXY", "*")
             .output()
     })
@@ -134,5 +141,54 @@ async fn the_openai_python_sdk_transcribes_through_the_router() {
     assert_eq!(recorded["model"], "[mock]whisper-1");
     assert_eq!(recorded["file"]["filename"], "speech.wav");
     assert_eq!(recorded["file"]["size_bytes"], audio.len());
+    router.stop().await;
+}
+
+const PROXIED: &str = r#"
+import json, sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="sk-client-own-key", default_query={"proxy": sys.argv[2]})
+models = [m.id for m in client.models.list()]
+deleted = client.files.delete("file-abc")
+print(json.dumps({"models": models, "deleted": deleted.deleted}))
+"#;
+
+/// `default_query={"proxy": url}`: `models.list()` and `files.delete()` reach that server
+/// (a `GET` and a `DELETE`) with the client's own key, and its own model names come back.
+#[tokio::test]
+async fn the_openai_python_sdk_lists_models_and_deletes_files_through_proxy() {
+    let Some(python) = test_python() else {
+        return;
+    };
+    let upstream = MockUpstream::start(Behavior {
+        models_body: Some(r#"{"object":"list","data":[{"id":"gpt-4o","object":"model","created":1,"owned_by":"them"}]}"#.into()),
+        body: Some(r#"{"id":"file-abc","object":"file","deleted":true}"#.into()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start("servers: {}\n").await;
+    let args = vec![router.url("/v1"), upstream.origin()];
+    let output = run_script_with(python, PROXIED, args).await;
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json from python");
+    assert_eq!(result["models"], serde_json::json!(["gpt-4o"]));
+    assert_eq!(result["deleted"], true);
+    let received = upstream.received();
+    let seen: Vec<(&str, &str)> = received
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("GET", "/v1/models"), ("DELETE", "/v1/files/file-abc")]
+    );
+    for got in &received {
+        assert_eq!(got.headers["authorization"], "Bearer sk-client-own-key");
+    }
     router.stop().await;
 }

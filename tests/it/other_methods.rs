@@ -1,0 +1,340 @@
+//! `GET` and `DELETE` forwarded to the target a request names (`?proxy=`, else
+//! `settings.default_server`): `models.list()` with `?proxy=`, `files.content`,
+//! `files.delete`, ... over HTTP/1 (the router's own server) and HTTP/2 (hyper's) alike.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmsrouter::auth::{Caller, KeyIndex, Permissions};
+use llmsrouter::record::Outcome;
+use serde_json::{Value, json};
+
+use crate::support::upstream::{Behavior, MockUpstream};
+use crate::support::{TestRouter, client, h2c_client, one_server_config};
+
+/// The model list a server answers for itself: its own names, no `[prefix]`.
+const OWN_MODELS: &str =
+    r#"{"object":"list","data":[{"id":"gpt-4o","object":"model","owned_by":"them","extra":1}]}"#;
+
+/// Both clients: HTTP/1 (the router's own server) and HTTP/2 without TLS (hyper's).
+fn clients() -> [(&'static str, reqwest::Client); 2] {
+    [("http1", client()), ("h2c", h2c_client())]
+}
+
+/// `GET /v1/models?proxy=<url>` asks that server, with the client's own key, and its answer
+/// comes back as it came (status, its own headers, its body byte for byte, no `[prefix]`);
+/// the rest of the query goes along. Without `?proxy=` the route is the merged list still.
+#[tokio::test]
+async fn the_model_routes_with_proxy_ask_that_server() {
+    let upstream = MockUpstream::start(Behavior {
+        models_body: Some(OWN_MODELS.into()),
+        body: Some(r#"{"id":"gpt-4o","object":"model"}"#.into()),
+        headers: vec![("x-request-id".into(), "req-upstream-7".into())],
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for (name, http) in clients() {
+        let url = router.url(&format!("/v1/models?proxy={}&limit=5", upstream.origin()));
+        let response = http
+            .get(url)
+            .bearer_auth("sk-client-own-key")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "{name}");
+        assert_eq!(
+            response.headers()["x-request-id"],
+            "req-upstream-7",
+            "{name}"
+        );
+        assert_eq!(response.text().await.expect("body"), OWN_MODELS, "{name}");
+        let got = upstream.last();
+        assert_eq!(
+            (got.method.as_str(), got.path.as_str(), got.query.as_deref()),
+            ("GET", "/v1/models", Some("limit=5")),
+            "{name}"
+        );
+        assert_eq!(got.headers["authorization"], "Bearer sk-client-own-key");
+        for framing in ["content-type", "content-length"] {
+            assert!(
+                got.headers.get(framing).is_none(),
+                "{name}: no body, no {framing}"
+            );
+        }
+
+        let url = router.url(&format!("/v1/models/gpt-4o?proxy={}", upstream.origin()));
+        let response = http
+            .get(url)
+            .bearer_auth("sk-client-own-key")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "{name}");
+        assert_eq!(
+            response.text().await.expect("body"),
+            r#"{"id":"gpt-4o","object":"model"}"#
+        );
+        assert_eq!(upstream.last().path, "/v1/models/gpt-4o", "{name}");
+
+        // Without `?proxy=`: the merged list, each id with its alias.
+        let merged: Value = http
+            .get(router.url("/v1/models"))
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(merged["data"][0]["id"], "[mock]gpt-4o", "{name}");
+    }
+    router.stop().await;
+}
+
+/// `files.content` through `settings.default_server`: the alias's key upstream, the binary
+/// answer's bytes intact and relayed as they arrive (the first part reaches the client while
+/// the upstream still holds the rest), and a record whose endpoint names the method.
+#[tokio::test]
+async fn a_binary_answer_through_the_default_server_streams_intact() {
+    let first: Vec<u8> = (0u8..=255).chain(*b"\r\n\r\ndata: x\n\n").collect();
+    let rest: Vec<u8> = (0u8..=255).rev().cycle().take(100_000).collect();
+    // The second part waits for the gate: a fresh one for each client, since a permit
+    // goes back to its gate once the part has passed.
+    let held = |gate: &Arc<tokio::sync::Semaphore>| Behavior {
+        stream_unasked: true,
+        stream_content_type: Some("application/octet-stream".into()),
+        raw_chunks: Some(vec![first.clone(), rest.clone()]),
+        hold_chunk: Some((1, gate.clone())),
+        // Its length known, as a file's is: the router must still relay it as it arrives,
+        // not hold it whole because its size is known.
+        headers: vec![(
+            "content-length".into(),
+            (first.len() + rest.len()).to_string(),
+        )],
+        ..Default::default()
+    };
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let config = format!(
+        "{}settings:\n  default_server: mock\n",
+        one_server_config(&upstream.url(), "")
+    );
+    let router = TestRouter::start(&config).await;
+    for (n, (name, http)) in clients().into_iter().enumerate() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        upstream.set(held(&gate));
+        let sent = http
+            .get(router.url("/v1/files/file-abc/content"))
+            .bearer_auth("sk-client-own-key")
+            .send();
+        let mut response = tokio::time::timeout(Duration::from_secs(10), sent)
+            .await
+            .expect("the head arrives before the upstream sends the rest")
+            .expect("send");
+        assert_eq!(response.status(), 200, "{name}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/octet-stream"
+        );
+        assert_eq!(
+            response.content_length(),
+            Some((first.len() + rest.len()) as u64),
+            "{name}"
+        );
+        let mut got = Vec::new();
+        while got.len() < first.len() {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+                .await
+                .expect("the first part arrives before the upstream sends the rest")
+                .expect("read")
+                .expect("more");
+            got.extend_from_slice(&chunk);
+        }
+        assert!(got == first, "{name}: the first part is intact, and alone");
+        gate.add_permits(1);
+        got.extend_from_slice(&response.bytes().await.expect("the rest"));
+        assert_eq!(got.len(), first.len() + rest.len(), "{name}");
+        assert!(
+            got[first.len()..] == rest[..],
+            "{name}: the bytes are intact"
+        );
+        let sent = upstream.last();
+        assert_eq!(
+            (sent.method.as_str(), sent.path.as_str()),
+            ("GET", "/v1/files/file-abc/content")
+        );
+        assert_eq!(sent.headers["authorization"], "Bearer sk-mock-upstream-key");
+
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.endpoint, "GET /files/file-abc/content", "{name}");
+        assert_eq!(record.alias.as_deref(), Some("mock"));
+        assert_eq!(record.requested_model, "");
+        assert_eq!(record.outcome, Outcome::Success);
+        assert_eq!(&record.request_body[..], b"{}");
+    }
+    router.stop().await;
+}
+
+/// `files.delete` with `?proxy=`: a `DELETE` upstream with the client's key, the answer back.
+#[tokio::test]
+async fn a_delete_with_proxy_is_forwarded() {
+    let deleted = r#"{"id":"file-abc","object":"file","deleted":true}"#;
+    let upstream = MockUpstream::start(Behavior {
+        body: Some(deleted.into()),
+        ..Default::default()
+    })
+    .await;
+    // No server configured at all: `?proxy=` alone names the target.
+    let router = TestRouter::start("servers: {}\n").await;
+    for (name, http) in clients() {
+        let url = router.url(&format!("/v1/files/file-abc?proxy={}", upstream.origin()));
+        let response = http
+            .delete(url)
+            .bearer_auth("sk-client-own-key")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "{name}");
+        assert!(response.headers().contains_key("x-llmsrouter-request-id"));
+        assert_eq!(response.text().await.expect("body"), deleted, "{name}");
+        let got = upstream.last();
+        assert_eq!(
+            (got.method.as_str(), got.path.as_str(), got.query.as_deref()),
+            ("DELETE", "/v1/files/file-abc", None),
+            "{name}"
+        );
+        assert_eq!(got.headers["authorization"], "Bearer sk-client-own-key");
+    }
+    let record = router.records.nth(1).await;
+    assert_eq!(record.endpoint, "DELETE /files/file-abc");
+    router.stop().await;
+}
+
+/// With no `?proxy=` and no `default_server` a `GET` or `DELETE` is refused as before, and
+/// the message says what would route it; nothing goes upstream.
+#[tokio::test]
+async fn without_a_target_other_methods_are_refused_with_the_way_to_route_them() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for (name, http) in clients() {
+        for request in [
+            http.get(router.url("/v1/files/file-abc/content")),
+            http.delete(router.url("/v1/files/file-abc")),
+        ] {
+            let response = request.send().await.expect("send");
+            assert_eq!(response.status(), 405, "{name}");
+            assert_eq!(response.headers()["allow"], "POST");
+            let error: Value = response.json().await.expect("json");
+            assert_eq!(error["error"]["code"], "method_not_allowed");
+            let message = error["error"]["message"].as_str().expect("message");
+            assert!(
+                message.contains("?proxy=") && message.contains("default_server"),
+                "{message}"
+            );
+        }
+    }
+    assert_eq!(upstream.count(), 0);
+    router.stop().await;
+}
+
+const ANN_KEY: &str = "sk-lr-othermethods0123456789abcdAB";
+const BOB_KEY: &str = "sk-lr-othermethods0123456789abcdCD";
+
+/// Ann may use `mock` only, Bob every provider.
+struct Users;
+
+impl KeyIndex for Users {
+    fn find(&self, presented_key: &str) -> Option<Caller> {
+        match presented_key {
+            ANN_KEY => Some(Caller {
+                user: Some("ann".into()),
+                permissions: Permissions::Only(["mock".to_owned()].into()),
+            }),
+            BOB_KEY => Some(Caller {
+                user: Some("bob".into()),
+                permissions: Permissions::All,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// With accounts on, the guards a `POST` has: `?proxy=` is refused (403
+/// `url_target_forbidden`, the model routes too), the default server needs the user's key
+/// (401) and a user who may use it (403 `provider_forbidden`); one who may goes through with
+/// the server's key.
+#[tokio::test]
+async fn with_accounts_on_other_methods_are_held_to_what_the_user_may_use() {
+    let upstream = MockUpstream::start(Behavior {
+        body: Some(r#"{"object":"list","data":[]}"#.into()),
+        ..Default::default()
+    })
+    .await;
+    let config = format!(
+        "{}  other:\n    url: \"{}\"\n    api_key: \"sk-other-upstream-key\"\nsettings:\n  default_server: other\n",
+        one_server_config(&upstream.url(), ""),
+        upstream.url()
+    );
+    let router = TestRouter::start_with(&config, |state| {
+        state.keys = Some(Arc::new(Users));
+    })
+    .await;
+    let proxy = format!("?proxy={}", upstream.origin());
+    for (name, http) in clients() {
+        let refusals = [
+            (
+                format!("/v1/files{proxy}"),
+                Some(ANN_KEY),
+                403,
+                "url_target_forbidden",
+            ),
+            (
+                format!("/v1/models{proxy}"),
+                Some(BOB_KEY),
+                403,
+                "url_target_forbidden",
+            ),
+            (
+                "/v1/files".to_owned(),
+                Some(ANN_KEY),
+                403,
+                "provider_forbidden",
+            ),
+            (
+                "/v1/files".to_owned(),
+                Some("sk-lr-nobody"),
+                401,
+                "invalid_api_key",
+            ),
+            ("/v1/files".to_owned(), None, 401, "invalid_api_key"),
+        ];
+        for (path, key, status, code) in refusals {
+            let mut request = http.get(router.url(&path));
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let response = request.send().await.expect("send");
+            assert_eq!(response.status(), status, "{name} {path} {key:?}");
+            assert!(response.headers().contains_key("x-llmsrouter-request-id"));
+            let error: Value = response.json().await.expect("json");
+            assert_eq!(error["error"]["code"], json!(code), "{name} {path}");
+        }
+        assert_eq!(upstream.count(), 0, "{name}: nothing refused went upstream");
+    }
+    let response = client()
+        .get(router.url("/v1/files"))
+        .bearer_auth(BOB_KEY)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let got = upstream.last();
+    assert_eq!(
+        (got.method.as_str(), got.path.as_str()),
+        ("GET", "/v1/files")
+    );
+    assert_eq!(got.headers["authorization"], "Bearer sk-other-upstream-key");
+    let record = router.records.nth(1).await;
+    assert_eq!(record.user.as_deref(), Some("bob"));
+    assert_eq!(record.endpoint, "GET /files");
+    router.stop().await;
+}
