@@ -89,6 +89,10 @@ pub struct StreamTee {
     failures: StreamFailures,
     /// No event has been read yet: the first may open with a byte-order mark.
     at_start: bool,
+    /// The last event was dropped (the usage-only chunk) and ended in a `\r` that was the
+    /// last byte come: a `\n` opening the next event is the rest of its `\r\n`, and goes
+    /// with it (see `EventSplitter`).
+    dropped_cr: bool,
     /// A body that is not SSE, relayed unread: its length and what its record says of it
     /// (see [`Self::relay_unread`]). `None` for an event stream.
     unread: Option<Unread>,
@@ -232,6 +236,7 @@ impl StreamTee {
             state,
             failures: parts.failures,
             at_start: true,
+            dropped_cr: false,
             unread: None,
         }
     }
@@ -345,15 +350,26 @@ impl StreamTee {
         self.splitter.push(chunk);
         let mut single: Option<Bytes> = None;
         let mut joined: Option<BytesMut> = None;
-        while let Some(event) = self.splitter.next_event() {
+        while let Some(mut event) = self.splitter.next_event() {
+            if std::mem::take(&mut self.dropped_cr) && event.first() == Some(&b'\n') {
+                event = event.slice(1..);
+            }
             let kind = self.observe(&event);
             let event = if kind == EventKind::UsageOnly && self.settings.drop_usage_chunk {
+                self.dropped_cr = event.last() == Some(&b'\r');
                 // A '\n' in front of it ends the previous event's "\r\n", cut between two
                 // chunks (see `EventSplitter`): that byte is the client's.
                 if event.first() != Some(&b'\n') {
                     continue;
                 }
                 event.slice(..1)
+            } else if kind == EventKind::Done && event.ends_with(b"\r\n\r") {
+                // Its blank line's "\r\n" was cut after the '\r'; the body ends before the
+                // '\n' comes, so the client gets it here, as the upstream's CRLF lines say.
+                let mut whole = BytesMut::with_capacity(event.len() + 1);
+                whole.extend_from_slice(&event);
+                whole.extend_from_slice(b"\n");
+                whole.freeze()
             } else {
                 event
             };

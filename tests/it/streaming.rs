@@ -608,6 +608,50 @@ async fn a_dropped_usage_chunk_keeps_the_lf_of_a_split_crlf_before_it() {
     router.stop().await;
 }
 
+/// The other side of the same cut: the usage chunk ends between its blank line's '\r' and
+/// '\n'. That '\n' comes at the front of the next read and is the dropped chunk's, not the
+/// client's: before, the client got it as a stray blank line before `[DONE]`.
+#[tokio::test]
+async fn a_dropped_usage_chunk_takes_the_lf_of_its_own_split_crlf() {
+    let first = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r\n";
+    let usage = usage_chunk("m", 1).replace("\n\n", "\r\n\r");
+    let chunks: Vec<Vec<u8>> = vec![
+        first.into(),
+        usage.into_bytes(),
+        b"\ndata: [DONE]\r\n\r\n".to_vec(),
+    ];
+    let (_upstream, router, response) = stream_from(Behavior {
+        raw_chunks: Some(chunks),
+        chunk_delay: Duration::from_millis(30),
+        ..Default::default()
+    })
+    .await;
+    let (_, text) = read_timed(response).await;
+    assert_eq!(text, format!("{first}data: [DONE]\r\n\r\n"));
+    let record = router.records.nth(1).await;
+    assert_eq!(record.response.usage.as_ref().map(|u| u.output), Some(1));
+    router.stop().await;
+}
+
+/// `[DONE]`'s blank line cut between its '\r' and '\n': the body ends at `[DONE]`, before
+/// the '\n' comes, so the router completes the CRLF itself and the client's bytes are the
+/// upstream's (before, they ended in a lone '\r').
+#[tokio::test]
+async fn a_done_cut_inside_its_last_crlf_reaches_the_client_whole() {
+    let first = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r\n";
+    let chunks: Vec<Vec<u8>> = vec![first.into(), b"data: [DONE]\r\n\r".to_vec(), b"\n".to_vec()];
+    let (_upstream, router, response) = stream_from(Behavior {
+        raw_chunks: Some(chunks.clone()),
+        chunk_delay: Duration::from_millis(30),
+        ..Default::default()
+    })
+    .await;
+    let (_, text) = read_timed(response).await;
+    assert_eq!(text.as_bytes(), chunks.concat());
+    assert!(router.records.nth(1).await.complete);
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn a_stream_request_answered_with_an_error_is_relayed_whole() {
     let upstream = MockUpstream::start(Behavior {
