@@ -120,7 +120,8 @@ pub struct RequestRecord {
     /// has a note of them as its `content` instead: a binary body (`<audio/mpeg, 48213
     /// bytes>`, see [`body_description`]), a speech event stream's audio (`<speech audio,
     /// 48213 bytes in 12 deltas>`), embeddings (`<3 embeddings, 1536 dimensions>`), base64
-    /// images (`<2 images (b64_json, 1.2 MB)>`; see `usage::read_data`).
+    /// images (`<2 images (b64_json, 1.2 MB)>`; see `usage::read_data`), an image stream's
+    /// images (`<1 image (b64_json, 1.2 MB)>`).
     pub response: ResponseSummary,
     /// For streams: whether the stream's end marker was seen: `data: [DONE]`, or in the
     /// formats without one their own last event (Anthropic's `message_stop`, the Responses

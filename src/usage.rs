@@ -914,6 +914,66 @@ pub struct StreamAccumulator {
     /// then on each event is read as an [`AudioEvent`] first. A chat stream never sets it, so
     /// its events are never looked at for these.
     audio: Option<AudioTally>,
+    /// Set by the first event of an image stream (see [`is_image_event`]), as `audio` is.
+    images: Option<ImageTally>,
+}
+
+/// What an image stream (`/images/generations` or `/images/edits` with `stream: true`)
+/// carried: its record's content is a note of it (see [`ImageTally::note`]), never the
+/// base64.
+#[derive(Debug, Default)]
+struct ImageTally {
+    /// `image_generation.completed` / `image_edit.completed` events read, and the bytes
+    /// their base64 decodes to.
+    completed: u64,
+    completed_bytes: u64,
+    /// `*.partial_image` events read, and their decoded bytes.
+    partial: u64,
+    partial_bytes: u64,
+}
+
+impl ImageTally {
+    /// `<1 image (b64_json, 1.2 MB)>`, as a whole answer's note of its base64 images (see
+    /// [`images_note`]): the completed images and their decoded size. A stream cut before
+    /// any image completed says what partial images it had:
+    /// `<no image completed; 2 partial images (b64_json, 301.2 kB)>`.
+    fn note(&self) -> String {
+        let plural = |n: u64| if n == 1 { "image" } else { "images" };
+        if self.completed == 0 && self.partial > 0 {
+            return format!(
+                "<no image completed; {} partial {} (b64_json, {})>",
+                self.partial,
+                plural(self.partial),
+                human_bytes(self.partial_bytes)
+            );
+        }
+        format!(
+            "<{} {} (b64_json, {})>",
+            self.completed,
+            plural(self.completed),
+            human_bytes(self.completed_bytes)
+        )
+    }
+}
+
+/// The event types of OpenAI's image streams: `image_generation.partial_image` and
+/// `image_generation.completed` (`/images/generations`), `image_edit.partial_image` and
+/// `image_edit.completed` (`/images/edits`), each with a base64 `b64_json`, the completed
+/// one with `usage`.
+fn is_image_event(kind: &str) -> bool {
+    kind.starts_with("image_generation.") || kind.starts_with("image_edit.")
+}
+
+/// One event of an image stream, only what the record needs: the base64 is left raw, only
+/// its length is read.
+#[derive(Deserialize)]
+struct ImageEvent<'a> {
+    #[serde(rename = "type", borrow, default, deserialize_with = "borrowed_text")]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    b64_json: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
 }
 
 /// What an audio event stream carried beyond the summary's fields.
@@ -1158,6 +1218,11 @@ impl StreamAccumulator {
                 return kind;
             }
         }
+        if self.images.is_some() {
+            if let Some(kind) = self.push_image_event(text) {
+                return kind;
+            }
+        }
         let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(text) else {
             return EventKind::Other;
         };
@@ -1183,6 +1248,13 @@ impl StreamAccumulator {
                 // The stream's first audio event, read once more on the audio path.
                 self.audio = Some(AudioTally::default());
                 if let Some(kind) = self.push_audio_event(text) {
+                    return kind;
+                }
+            }
+            if self.images.is_none() && is_image_event(kind) {
+                // The stream's first image event, read once more on the image path.
+                self.images = Some(ImageTally::default());
+                if let Some(kind) = self.push_image_event(text) {
                     return kind;
                 }
             }
@@ -1393,6 +1465,27 @@ impl StreamAccumulator {
         Some(EventKind::Other)
     }
 
+    /// Reads one event of an image stream (see [`is_image_event`]); `None` when it is not
+    /// one, to be read as any other event. The images are counted, never kept.
+    fn push_image_event(&mut self, text: &str) -> Option<EventKind> {
+        let event = serde_json::from_str::<ImageEvent<'_>>(text).ok()?;
+        let kind = event.kind.as_deref()?;
+        if !is_image_event(kind) {
+            return None;
+        }
+        let bytes = event.b64_json.map_or(0, base64_decoded_len);
+        let tally = self.images.get_or_insert_with(ImageTally::default);
+        if kind.ends_with(".completed") {
+            tally.completed += 1;
+            tally.completed_bytes = tally.completed_bytes.saturating_add(bytes);
+            self.take_usage(event.usage);
+        } else if kind.ends_with(".partial_image") {
+            tally.partial += 1;
+            tally.partial_bytes = tally.partial_bytes.saturating_add(bytes);
+        }
+        Some(EventKind::Other)
+    }
+
     /// A usage object, when it has counts, becomes the summary's.
     fn take_usage(&mut self, usage: Option<&RawValue>) {
         if let Some(parsed) = usage.and_then(Usage::from_raw) {
@@ -1590,10 +1683,14 @@ impl StreamAccumulator {
     }
 
     /// The summary of what was read. A speech stream's content is then a note of the audio it
-    /// carried (`<speech audio, 48213 bytes in 12 deltas>`), never the audio.
+    /// carried (`<speech audio, 48213 bytes in 12 deltas>`), an image stream's a note of its
+    /// images (`<1 image (b64_json, 1.2 MB)>`), never the audio or the images.
     pub fn into_summary(mut self) -> ResponseSummary {
         if let Some(tally) = self.audio.take().filter(|tally| tally.speech) {
             self.summary.content = speech_description(&tally);
+        }
+        if let Some(tally) = self.images.take() {
+            self.summary.content = tally.note();
         }
         self.summary
     }
@@ -2165,6 +2262,38 @@ mod tests {
 
     /// OpenAI's transcription event stream: the text deltas are the content, and
     /// `transcript.text.done` ends it with its usage (and its whole text, when no delta came).
+    /// An image stream's record content is a note of its completed images and their
+    /// decoded size; one cut before any completed says what partial images it had. The
+    /// base64 is never kept, and the completed event's usage is read.
+    #[test]
+    fn an_image_stream_is_a_note_of_its_images() {
+        let event = |kind: &str, b64: &str| {
+            json!({"type": kind, "b64_json": b64, "usage": {"input_tokens": 3,
+                "output_tokens": 9, "total_tokens": 12}})
+            .to_string()
+        };
+        let mut acc = StreamAccumulator::default();
+        for kind in ["image_edit.partial_image", "image_edit.partial_image"] {
+            acc.push_data(event(kind, &"AAAA".repeat(100_000)).as_bytes());
+        }
+        acc.push_data(event("image_edit.completed", &"AAAA".repeat(500_000)).as_bytes());
+        let summary = acc.into_summary();
+        assert_eq!(summary.content, "<1 image (b64_json, 1.5 MB)>");
+        assert_eq!(summary.usage.map(|u| u.total), Some(12));
+
+        let mut cut = StreamAccumulator::default();
+        for kind in [
+            "image_generation.partial_image",
+            "image_generation.partial_image",
+        ] {
+            cut.push_data(event(kind, &"AAAA".repeat(50)).as_bytes());
+        }
+        assert_eq!(
+            cut.into_summary().content,
+            "<no image completed; 2 partial images (b64_json, 300 bytes)>"
+        );
+    }
+
     #[test]
     fn a_transcription_stream_assembles_its_text_and_usage() {
         let done = br#"{"type":"transcript.text.done","text":"Hello world","usage":{"type":"tokens","input_tokens":14,"input_token_details":{"text_tokens":0,"audio_tokens":14},"output_tokens":4,"total_tokens":18}}"#;

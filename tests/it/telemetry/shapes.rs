@@ -734,6 +734,72 @@ async fn a_transcription_stream_is_read_from_its_own_events() {
     assert_eq!(line["response"]["content"], "Hello world");
 }
 
+/// OpenAI's image streams (`/images/generations` and `/images/edits` with `stream: true`
+/// and `partial_images`): partial images, then the completed image with the usage, each as
+/// base64. Relayed as they came; the output is the note a whole base64 answer gets, of the
+/// completed image and its decoded size, in the record, the span and the log line, which
+/// hold no base64; the usage reaches the ledger.
+#[tokio::test]
+async fn an_image_stream_is_a_note_of_its_completed_image_never_its_base64() {
+    let setup = Setup::start().await;
+    // 1,600,000 base64 characters are 1,200,000 bytes of image; a partial one 3,000.
+    let image = "iVBORw0K".repeat(200_000);
+    let partial = "AAAA".repeat(1000);
+    let usage = json!({"input_tokens": 50, "output_tokens": 4160, "total_tokens": 4210,
+        "input_tokens_details": {"text_tokens": 40, "image_tokens": 10}});
+    let mut ids = Vec::new();
+    for (nth, (path, prefix)) in [
+        ("/v1/images/generations", "image_generation"),
+        ("/v1/images/edits", "image_edit"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let chunks = vec![
+            speech_event(&json!({"type": format!("{prefix}.partial_image"),
+                "b64_json": partial, "partial_image_index": 0, "size": "1024x1024"})),
+            speech_event(&json!({"type": format!("{prefix}.partial_image"),
+                "b64_json": partial, "partial_image_index": 1, "size": "1024x1024"})),
+            speech_event(&json!({"type": format!("{prefix}.completed"),
+                "b64_json": image, "size": "1024x1024", "output_format": "png",
+                "usage": usage})),
+        ];
+        setup.upstream.set(Behavior {
+            raw_chunks: Some(chunks.clone()),
+            ..Default::default()
+        });
+        let (id, text) = setup
+            .post(
+                path,
+                &json!({"model": "[mock]gpt-image-1", "prompt": "a cat", "stream": true,
+                    "partial_images": 2}),
+            )
+            .await;
+        assert!(text.as_bytes() == chunks.concat(), "relayed as it came");
+        let note = "<1 image (b64_json, 1.2 MB)>";
+        let record = setup.router.records.nth(nth + 1).await;
+        assert_eq!(record.outcome, Outcome::Success, "{path}");
+        assert_eq!(record.response.content, note, "{path}");
+        let usage = record.response.usage.as_ref().expect("usage");
+        assert_eq!((usage.input, usage.output, usage.total), (50, 4160, 4210));
+        let span = setup.otlp.span_of(&id).await.span;
+        assert_eq!(
+            json_attr(&span, "langfuse.observation.output"),
+            assistant(note),
+            "{path}"
+        );
+        ids.push(id);
+    }
+    let rows = setup
+        .stop_and_read_all(&[ids[0].as_str(), ids[1].as_str()])
+        .await;
+    for (row, line) in rows {
+        assert_eq!((row.tokens, row.total_tokens), ((50, 4160, 0, 0), 4210));
+        assert_eq!(line["response"]["content"], "<1 image (b64_json, 1.2 MB)>");
+        assert!(line.to_string().len() < 10_000, "no base64 in the log");
+    }
+}
+
 /// A binary answer is recorded as a note of what it was, not its bytes: relayed as it
 /// arrives (speech audio to a request that did not ask to stream), `<audio/mpeg, N bytes>`;
 /// read whole (a body with no Content-Type that is not text), `<binary, N bytes>`. The note
