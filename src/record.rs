@@ -130,6 +130,12 @@ pub struct RequestRecord {
     /// that is not an event stream. An event stream the upstream closed without it ended
     /// early.
     pub complete: bool,
+    /// The answer was one whole body: read to its end by the proxy (any non-stream answer,
+    /// and one JSON document labelled so to a stream request), or relayed unread to a stream
+    /// request and then read by the recorder as one JSON document (a chat completion under
+    /// `text/plain`). It has no first token of its own: its completion started when it
+    /// arrived (see [`Self::completion_start`]).
+    pub answered_whole: bool,
     /// What this request itself carried that no record may show: every credential the client
     /// sent (`Authorization` whatever its scheme, `x-api-key`: a URL target's upstream key, a
     /// user's router key) and a URL target's query (see `routing::url_query_secrets`). Kept
@@ -235,6 +241,20 @@ impl RequestRecord {
     pub fn time_to_first_token(&self) -> Option<std::time::Duration> {
         self.first_token_at
             .and_then(|t| t.duration_since(self.started_at).ok())
+    }
+
+    /// When the completion started: the first token of a stream; for a whole answer
+    /// ([`Self::answered_whole`]) that succeeded, when it arrived (its head), as it came in
+    /// one piece. Langfuse's `completion_start_time`; the request log's and the ledger's
+    /// `ttft_ms` are the first token alone.
+    pub fn completion_start(&self) -> Option<SystemTime> {
+        if self.first_token_at.is_some() {
+            return self.first_token_at;
+        }
+        let whole = !self.stream || self.answered_whole;
+        (self.outcome == Outcome::Success && whole)
+            .then_some(self.response_started_at)
+            .flatten()
     }
 
     /// The answer was cut (client gone, stream broken, or a stream the upstream ended with
@@ -596,6 +616,8 @@ fn complete_summary(record: &mut RequestRecord) {
             record.error = Some(reported.clone());
         }
     }
+    // One JSON document, whatever way it came (a streamed body relayed unread included).
+    record.answered_whole = true;
     // Embedding vectors or base64 images: the note in the content stands for them, and no
     // sink shows megabytes of them.
     if summary.body_noted {
@@ -748,6 +770,7 @@ pub(crate) mod tests {
             response: ResponseSummary::default(),
             complete: true,
             secrets: Vec::new(),
+            answered_whole: false,
             bodies_dropped: false,
             body_ticket: Default::default(),
         }

@@ -802,6 +802,7 @@ fn new_record(
         response: ResponseSummary::default(),
         complete: false,
         secrets: Vec::new(),
+        answered_whole: false,
         bodies_dropped: false,
         body_ticket: Default::default(),
     }
@@ -1155,6 +1156,7 @@ async fn whole_answer(
         }
         record.error = error;
         record.complete = true;
+        record.answered_whole = true;
     }
     Answer {
         status,

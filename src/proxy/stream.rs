@@ -740,6 +740,7 @@ mod tests {
             response: Default::default(),
             complete: false,
             secrets: Vec::new(),
+            answered_whole: false,
             bodies_dropped: false,
             body_ticket: Default::default(),
         };

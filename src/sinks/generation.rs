@@ -621,6 +621,7 @@ mod tests {
             response: ResponseSummary::default(),
             complete: true,
             secrets: Vec::new(),
+            answered_whole: false,
             bodies_dropped: false,
             body_ticket: Default::default(),
         }

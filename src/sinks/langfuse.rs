@@ -970,11 +970,8 @@ fn write_attributes(
     if let Some(cost) = g.cost_details {
         a.str("langfuse.observation.cost_details", cost);
     }
-    if let Some(first) = record.first_token_at.or(match record.outcome {
-        // A whole answer's first token came with its headers.
-        crate::record::Outcome::Success if !record.stream => record.response_started_at,
-        _ => None,
-    }) {
+    // A whole answer's first token came with its headers.
+    if let Some(first) = record.completion_start() {
         a.str(
             "langfuse.observation.completion_start_time",
             rfc3339_millis(first),

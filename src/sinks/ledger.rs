@@ -542,6 +542,7 @@ mod tests {
             },
             complete: false,
             secrets: Vec::new(),
+            answered_whole: false,
             bodies_dropped: false,
             body_ticket: Default::default(),
         }

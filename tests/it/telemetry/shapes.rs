@@ -1477,7 +1477,8 @@ async fn an_error_event_mid_stream_invents_no_finish_reason() {
 
 /// A stream request answered with one whole JSON document labelled `text/plain` reaches the
 /// client as it came, and is recorded as the same body labelled `application/json` is: its
-/// usage, text and model, in every sink.
+/// usage, text and model, in every sink; and, as any whole answer, its completion start in
+/// Langfuse is when it arrived, with no `ttft_ms` of its own in the log and the ledger.
 #[tokio::test]
 async fn a_whole_json_answer_to_a_stream_request_is_read_whatever_its_label() {
     let setup = Setup::start().await;
@@ -1516,6 +1517,19 @@ async fn a_whole_json_answer_to_a_stream_request_is_read_whatever_its_label() {
             setup.usage_details(&id).await.map(|u| u["total"].clone()),
             Some(json!(9))
         );
+        let arrived = record.response_started_at.expect("answered");
+        let span = setup.otlp.span_of(&id).await.span;
+        let start = str_attr(&span, "langfuse.observation.completion_start_time")
+            .unwrap_or_else(|| panic!("{content_type}: no completion start"));
+        assert_eq!(
+            super::parse_rfc3339_millis(start),
+            arrived
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis() as i64,
+            "{content_type}"
+        );
+        assert!(record.first_token_at.is_none(), "{content_type}");
         ids.push(id);
     }
     let rows = setup
@@ -1524,6 +1538,7 @@ async fn a_whole_json_answer_to_a_stream_request_is_read_whatever_its_label() {
     for (row, line) in rows {
         assert_eq!(row.tokens, (7, 2, 0, 0), "{row:?}");
         assert!(row.usage_known && !row.usage_partial);
+        assert_eq!((row.ttft_ms, &line["ttft_ms"]), (None, &Value::Null));
         assert_eq!(
             line["response"]["choices"][0]["message"]["content"],
             "whole"
