@@ -188,6 +188,10 @@ pub struct ResponseSummary {
     /// base64 images: `<3 embeddings, 1536 dimensions>`), so the record need not keep the
     /// body, whose bulk no sink should show.
     pub body_noted: bool,
+    /// The answer is a text, which is its content even when empty: a transcription's or
+    /// translation's `text` (`{"text": ""}` for silence), a transcription stream's
+    /// `transcript.text.done`. Its output is then that text, `""` included, not absent.
+    pub text_answer: bool,
 }
 
 // ---- whole bodies ------------------------------------------------------------------------
@@ -631,6 +635,7 @@ fn read_anthropic_content(blocks: &[&RawValue], out: &mut ResponseSummary) {
 fn read_other_shapes(top: &BodyTop<'_>, body: &[u8], out: &mut ResponseSummary) {
     if let Some(text) = raw_str(top.text) {
         out.content = text;
+        out.text_answer = true;
         return;
     }
     if top.data.is_some_and(|data| read_data(data, out)) {
@@ -1450,6 +1455,7 @@ impl StreamAccumulator {
             }
             "transcript.text.done" => {
                 self.saw_end = true;
+                self.summary.text_answer = true;
                 self.take_usage(event.usage);
                 // The whole text, when no delta carried it.
                 if let Some(text) = event.text.filter(|_| self.summary.content.is_empty()) {

@@ -378,6 +378,7 @@ struct OutputFunction<'a> {
 
 fn has_message(summary: &ResponseSummary) -> bool {
     !summary.content.is_empty()
+        || summary.text_answer
         || !summary.reasoning.is_empty()
         || !summary.refusal.is_empty()
         || !summary.tool_calls.is_empty()

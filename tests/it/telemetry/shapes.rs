@@ -1158,6 +1158,46 @@ async fn a_transcription_answer_is_its_text_with_its_usage() {
     assert_eq!(rows[1].1["response"]["duration"], 8.47);
 }
 
+/// An empty transcription (silence: `{"text": ""}`, or a stream whose
+/// `transcript.text.done` has an empty text) has an empty output in Langfuse, not none, as
+/// the log line shows it: the text is the answer, empty or not.
+#[tokio::test]
+async fn an_empty_transcription_is_an_empty_output_not_none() {
+    let setup = Setup::start().await;
+    let empty = json!({"text": "", "usage": {"type": "duration", "seconds": 2}}).to_string();
+    setup.answer_with(empty.as_bytes(), "application/json");
+    let request = json!({"model": "[mock]whisper-1"});
+    let (whole, record, output) = setup
+        .whole_answer(1, "/v1/audio/transcriptions", &request, empty.as_bytes())
+        .await;
+    assert_eq!(record.response.content, "");
+    assert_eq!(output, assistant(""), "the empty text is the output");
+
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(vec![speech_event(&json!({"type": "transcript.text.done",
+            "text": "", "usage": {"type": "tokens", "input_tokens": 3, "output_tokens": 0,
+                "total_tokens": 3}}))]),
+        ..Default::default()
+    });
+    let (streamed, _) = setup
+        .post(
+            "/v1/audio/transcriptions",
+            &json!({"model": "[mock]gpt-4o-transcribe", "stream": true}),
+        )
+        .await;
+    let span = setup.otlp.span_of(&streamed).await.span;
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.output"),
+        assistant("")
+    );
+
+    let rows = setup
+        .stop_and_read_all(&[whole.as_str(), streamed.as_str()])
+        .await;
+    assert_eq!(rows[0].1["response"]["text"], "", "the body as it came");
+    assert_eq!(rows[1].1["response"]["content"], "");
+}
+
 /// A transcription answered as text (`response_format` `text`, `srt`, `vtt`): the log line
 /// keeps it as it came, and the span's output is it as the assistant's content, cut to the
 /// trace's cap like any output.
