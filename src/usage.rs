@@ -194,6 +194,19 @@ pub struct ResponseSummary {
     pub text_answer: bool,
 }
 
+impl ResponseSummary {
+    /// The content as OpenAI's message has it: `None` (JSON `null`) in a tool-call answer
+    /// without text (a stream that had no content delta, only tool calls); the text
+    /// otherwise, `""` included (next to a refusal, or an answer with nothing in it). Every
+    /// sink that writes the content as a message's says the same.
+    pub fn message_content(&self) -> Option<&str> {
+        if self.content.is_empty() && !self.tool_calls.is_empty() {
+            return None;
+        }
+        Some(&self.content)
+    }
+}
+
 // ---- whole bodies ------------------------------------------------------------------------
 
 /// Reads a non-stream JSON response body (chat, completions, embeddings, responses).

@@ -402,8 +402,7 @@ fn output_of(record: &RequestRecord, max_bytes: usize) -> Option<String> {
             role: "assistant",
             content: match text_answer {
                 Some(text) => Some(text),
-                None if summary.content.is_empty() && !summary.tool_calls.is_empty() => None,
-                None => Some(&summary.content),
+                None => summary.message_content(),
             },
             reasoning_content: &summary.reasoning,
             refusal: &summary.refusal,

@@ -318,7 +318,9 @@ fn put_body(out: &mut Vec<u8>, bytes: &[u8], is_json: bool) -> serde_json::Resul
 /// What a stream said, assembled from its events.
 #[derive(Serialize)]
 struct StreamOutput<'a> {
-    content: &'a str,
+    /// `null` in a tool-call answer without text, as in OpenAI's message and in Langfuse's
+    /// output (see [`crate::usage::ResponseSummary::message_content`]).
+    content: Option<&'a str>,
     #[serde(skip_serializing_if = "str::is_empty")]
     reasoning: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
@@ -377,7 +379,7 @@ fn serialize_line(
                 out,
                 "response",
                 &StreamOutput {
-                    content: &summary.content,
+                    content: summary.message_content(),
                     reasoning: &summary.reasoning,
                     refusal: &summary.refusal,
                     tool_calls: &summary.tool_calls,

@@ -1395,8 +1395,9 @@ async fn a_responses_stream_cut_before_its_end_names_its_model() {
 }
 
 /// A tool-call answer without text (`content: null`, as OpenAI sends it) has a null content
-/// in the span's output, whole and streamed, not an empty string; an answer with text and a
-/// refusal keep theirs.
+/// in the span's output, whole and streamed, not an empty string; so has the request log's
+/// line of the stream (the whole answer's is its body, with the upstream's `null`). An answer
+/// with text and a refusal keep theirs.
 #[tokio::test]
 async fn a_tool_call_answer_has_a_null_content() {
     let setup = Setup::start().await;
@@ -1455,7 +1456,20 @@ async fn a_tool_call_answer_has_a_null_content() {
             Some(expected.clone())
         );
     }
-    setup.router.stop().await;
+    let rows = setup
+        .stop_and_read_all(&[whole.as_str(), streamed.as_str()])
+        .await;
+    assert_eq!(
+        rows[0].1["response"]["choices"][0]["message"]["content"],
+        Value::Null
+    );
+    let logged = &rows[1].1["response"];
+    assert_eq!(logged["content"], Value::Null, "{logged}");
+    assert!(
+        logged.get("content").is_some(),
+        "null, not left out: {logged}"
+    );
+    assert_eq!(logged["tool_calls"][0]["arguments"], "{\"city\":\"Oslo\"}");
 }
 
 /// An upstream's error mid-stream (OpenAI's `data: {"error": ...}`, Anthropic's
