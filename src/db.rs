@@ -69,6 +69,10 @@ pub const MIGRATIONS: &[&str] = &[
         BEGIN UPDATE users_changes SET n = n + 1 WHERE id = 1; END;
     CREATE TRIGGER IF NOT EXISTS users_changed_on_delete AFTER DELETE ON users
         BEGIN UPDATE users_changes SET n = n + 1 WHERE id = 1; END;",
+    // 4: seconds of audio of a transcription billed by duration (`whisper-1`'s
+    // `{"type": "duration", "seconds": N}`), which counts no tokens; NULL for every other
+    // request, and for the rows written before this step.
+    "ALTER TABLE usage_ledger ADD COLUMN audio_seconds INTEGER;",
 ];
 
 /// The schema version this build writes.

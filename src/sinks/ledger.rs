@@ -104,6 +104,9 @@ pub struct LedgerRow<'a> {
     pub usage_known: bool,
     /// Cut before the usage arrived: see [`RequestRecord::usage_partial`].
     pub usage_partial: bool,
+    /// Seconds of audio of a transcription billed by duration (no tokens); `None` for any
+    /// other request.
+    pub audio_seconds: Option<i64>,
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -152,6 +155,7 @@ impl<'a> LedgerRow<'a> {
             cost: usage.and_then(|u| u.cost),
             usage_known: usage.is_some(),
             usage_partial: record.usage_partial(),
+            audio_seconds: usage.and_then(|u| u.audio_seconds).map(to_i64),
         }
     }
 }
@@ -164,13 +168,13 @@ pub fn is_error_outcome(outcome: &str) -> bool {
 const COLUMNS: &str = "request_id, started_at, day, username, provider, mode, endpoint, \
     model, response_model, stream, status, outcome, error, latency_ms, ttft_ms, input_tokens, \
     output_tokens, total_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens, cost, \
-    usage_known, usage_partial";
+    usage_known, usage_partial, audio_seconds";
 /// Values per row, in the order of [`COLUMNS`] and [`LedgerRow::values`].
-const VALUES_PER_ROW: usize = 24;
+const VALUES_PER_ROW: usize = 25;
 /// Rows per INSERT statement, largest first: a batch is cut into chunks of these sizes. One
 /// statement for many rows pays SQLite's per-statement work (reset, unbind, halt: about a
 /// fifth of a row's cost) once per chunk. Each size's statement is prepared once and cached
-/// (six of them, within rusqlite's cache of 16). 32 rows are 768 parameters, far under
+/// (six of them, within rusqlite's cache of 16). 32 rows are 800 parameters, far under
 /// SQLite's limit of 32,766.
 const CHUNK_SIZES: [usize; 6] = [32, 16, 8, 4, 2, 1];
 
@@ -221,6 +225,7 @@ impl LedgerRow<'_> {
             &self.cost,
             &self.usage_known,
             &self.usage_partial,
+            &self.audio_seconds,
         ]
     }
 }

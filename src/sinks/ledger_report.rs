@@ -56,6 +56,9 @@ pub struct UsageTotals {
     pub errors: u64,
     /// Requests cut before their usage arrived (their tokens are not counted).
     pub partial: u64,
+    /// Seconds of audio of transcriptions billed by duration (`whisper-1`), which count no
+    /// tokens.
+    pub audio_seconds: u64,
 }
 
 impl UsageTotals {
@@ -72,6 +75,7 @@ impl UsageTotals {
         };
         self.errors = self.errors.saturating_add(other.errors);
         self.partial = self.partial.saturating_add(other.partial);
+        self.audio_seconds = self.audio_seconds.saturating_add(other.audio_seconds);
     }
 
     fn to_json(&self, key_name: Option<&str>) -> Value {
@@ -88,6 +92,7 @@ impl UsageTotals {
         obj.insert("cost".into(), json!(self.cost));
         obj.insert("errors".into(), json!(self.errors));
         obj.insert("partial".into(), json!(self.partial));
+        obj.insert("audio_seconds".into(), json!(self.audio_seconds));
         Value::Object(obj)
     }
 }
@@ -122,10 +127,22 @@ pub fn query(conn: &Connection, by: GroupBy, since: Option<&str>) -> rusqlite::R
             total: UsageTotals::default(),
         });
     }
+    // A file read as it is may have a ledger older than its `audio_seconds` column (schema
+    // step 4): none of its rows had any then.
+    let has_audio_seconds: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM pragma_table_info('usage_ledger') WHERE name = 'audio_seconds')",
+        [],
+        |row| row.get(0),
+    )?;
+    let audio_seconds = if has_audio_seconds {
+        "TOTAL(audio_seconds)"
+    } else {
+        "0.0"
+    };
     let sql = format!(
         "SELECT {col} AS key, COUNT(*) AS requests, TOTAL(input_tokens), TOTAL(output_tokens),
             TOTAL(total_tokens), TOTAL(cached_tokens), TOTAL(reasoning_tokens), SUM(cost),
-            outcome, TOTAL(usage_partial)
+            outcome, TOTAL(usage_partial), {audio_seconds}
          FROM usage_ledger WHERE (?1 IS NULL OR day >= ?1)
          GROUP BY {col}, outcome",
         col = by.column()
@@ -150,6 +167,7 @@ pub fn query(conn: &Connection, by: GroupBy, since: Option<&str>) -> rusqlite::R
                 0
             },
             partial: r.get::<_, f64>(9)? as u64,
+            audio_seconds: r.get::<_, f64>(10)? as u64,
         })
     })?;
     for row in rows {
@@ -189,9 +207,12 @@ impl UsageReport {
         })
     }
 
-    /// A fixed-width table with a TOTAL line; `-` for no user and for unknown cost.
+    /// A fixed-width table with a TOTAL line; `-` for no user and for unknown cost. An
+    /// `AUDIO_SECONDS` column comes last, only when some request in the report was billed
+    /// by duration, so the other columns keep their places either way.
     pub fn to_table(&self) -> String {
-        let header = [
+        let audio = self.total.audio_seconds > 0;
+        let mut header = vec![
             self.by.as_str().to_ascii_uppercase(),
             "REQUESTS".into(),
             "INPUT".into(),
@@ -201,8 +222,11 @@ impl UsageReport {
             "COST".into(),
             "ERRORS".into(),
         ];
-        let cells = |t: &UsageTotals, key: String| -> [String; 8] {
-            [
+        if audio {
+            header.push("AUDIO_SECONDS".into());
+        }
+        let cells = |t: &UsageTotals, key: String| -> Vec<String> {
+            let mut cells = vec![
                 key,
                 t.requests.to_string(),
                 t.input_tokens.to_string(),
@@ -211,9 +235,13 @@ impl UsageReport {
                 t.reasoning_tokens.to_string(),
                 t.cost.map_or_else(|| "-".to_owned(), cost_cell),
                 t.errors.to_string(),
-            ]
+            ];
+            if audio {
+                cells.push(t.audio_seconds.to_string());
+            }
+            cells
         };
-        let mut lines: Vec<[String; 8]> = vec![header];
+        let mut lines: Vec<Vec<String>> = vec![header];
         for row in &self.rows {
             // Usernames and model names come from the database as they were stored. None or
             // empty (no user; a file upload, which names no model) is `-`, not a blank cell.
@@ -226,7 +254,7 @@ impl UsageReport {
         }
         lines.push(cells(&self.total, "TOTAL".into()));
         // By display width, so user and model names in CJK line up.
-        let mut widths = [0usize; 8];
+        let mut widths = vec![0usize; lines[0].len()];
         for line in &lines {
             for (w, cell) in widths.iter_mut().zip(line) {
                 *w = (*w).max(cell.width());
@@ -235,7 +263,7 @@ impl UsageReport {
         let mut out = String::new();
         for line in &lines {
             let mut text = String::new();
-            for (i, (cell, w)) in line.iter().zip(widths).enumerate() {
+            for (i, (cell, w)) in line.iter().zip(&widths).enumerate() {
                 let pad = " ".repeat(w.saturating_sub(cell.width()));
                 if i == 0 {
                     text.push_str(cell);
@@ -307,6 +335,7 @@ mod tests {
             cost: (provider == "openrouter").then_some(0.001),
             usage_known: true,
             usage_partial: false,
+            audio_seconds: None,
         }
     }
 
@@ -396,6 +425,31 @@ mod tests {
         assert_eq!(cost_cell(0.000_000_6), "0.000001");
         assert_eq!(cost_cell(0.000_000_012_3), "0.000000012");
         assert_eq!(cost_cell(1e-30), "1.0e-30");
+    }
+
+    /// A ledger older than the `audio_seconds` column (schema version 3, a file read as it
+    /// is, without the schema steps: read-only) is reported as before, with no audio seconds
+    /// and no such column in the table.
+    #[test]
+    fn a_ledger_without_audio_seconds_is_read_as_it_is() {
+        let dir = tempfile::tempdir().expect("dir");
+        let conn = Connection::open(dir.path().join("v3.db")).expect("create");
+        for step in &db::MIGRATIONS[..3] {
+            conn.execute_batch(step).expect("previous DDL");
+        }
+        conn.execute_batch(
+            "INSERT INTO usage_ledger (request_id, started_at, day, provider, mode, endpoint,
+                model, stream, outcome, latency_ms, input_tokens, output_tokens, total_tokens,
+                cached_tokens, cache_creation_tokens, reasoning_tokens, usage_known,
+                usage_partial)
+             VALUES ('r', '2025-01-01T00:00:00.000Z', '2025-01-01', 'p', 'alias', '/x', 'm',
+                0, 'success', 1, 4, 1, 5, 0, 0, 0, 1, 0);",
+        )
+        .expect("row");
+        let report = query(&conn, GroupBy::Provider, None).expect("query");
+        assert_eq!((report.total.requests, report.total.audio_seconds), (1, 0));
+        assert_eq!(report.to_json()["total"]["audio_seconds"], 0);
+        assert!(!report.to_table().contains("AUDIO"));
     }
 
     /// A request that named no model (a file upload) is `-` in the table, as a request with

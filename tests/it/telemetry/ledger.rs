@@ -465,3 +465,89 @@ async fn usage_by_user_escapes_names_as_user_list_does() {
     let json: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(json["rows"][0]["user"], forged);
 }
+
+/// A database of the previous schema (version 3, made by its DDL, with a row in its ledger)
+/// gains the `audio_seconds` column when the router opens it, keeps its row (no audio
+/// seconds), and the router writes a `whisper-1` transcription's seconds there;
+/// `llmsrouter usage` shows them, in `--json` and as the table's last column.
+#[tokio::test]
+async fn a_previous_ledger_gains_audio_seconds_and_usage_shows_them() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    {
+        let conn = rusqlite::Connection::open(&db).expect("create");
+        for step in &llmsrouter::db::MIGRATIONS[..3] {
+            conn.execute_batch(step).expect("previous DDL");
+        }
+        conn.pragma_update(None, "user_version", 3)
+            .expect("version");
+        conn.execute_batch(
+            "INSERT INTO usage_ledger (request_id, started_at, day, username, provider, mode,
+                endpoint, model, response_model, stream, status, outcome, error, latency_ms,
+                ttft_ms, input_tokens, output_tokens, total_tokens, cached_tokens,
+                cache_creation_tokens, reasoning_tokens, cost, usage_known, usage_partial)
+             VALUES ('old', '2025-01-31T09:05:03.123Z', '2025-01-31', NULL, 'mock', 'alias',
+                '/chat/completions', 'gpt-4o', NULL, 0, 200, 'success', NULL, 10, NULL,
+                5, 2, 7, 0, 0, 0, NULL, 1, 0);",
+        )
+        .expect("an old row");
+    }
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let ledger = Arc::new(LedgerSink::start(&db, Redactor::default()).expect("ledger"));
+    let router = TestRouter::start_with_sinks(
+        &one_server_config(&upstream.url(), ""),
+        vec![ledger.clone() as Arc<dyn RecordSink>],
+        |_| {},
+    )
+    .await;
+    let answer = json!({"text": "hello", "usage": {"type": "duration", "seconds": 7}});
+    upstream.set(Behavior {
+        raw_body: Some(answer.to_string().into_bytes()),
+        content_type: "application/json".into(),
+        ..Default::default()
+    });
+    let response = client()
+        .post(router.url("/v1/audio/transcriptions"))
+        .json(&json!({"model": "[mock]whisper-1"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    router.stop().await;
+
+    let conn = llmsrouter::db::open(&db).expect("open");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, llmsrouter::db::current_version());
+    let seconds = |request_id: &str| -> Option<i64> {
+        conn.query_row(
+            "SELECT audio_seconds FROM usage_ledger WHERE request_id = ?1",
+            [request_id],
+            |r| r.get(0),
+        )
+        .expect("the row")
+    };
+    assert_eq!(seconds("old"), None, "the old row is kept, with no seconds");
+    assert_eq!(seconds(&id), Some(7));
+
+    let db_arg = db.to_str().expect("utf8");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["usage", "--json", "--db", db_arg], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["total"]["requests"], 2, "{report}");
+    assert_eq!(report["total"]["audio_seconds"], 7, "{report}");
+    let (code, table, stderr) = run_cli(dir.path(), &["usage", "--db", db_arg], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let header = table.lines().next().expect("header");
+    assert!(
+        header.starts_with("PROVIDER") && header.ends_with("ERRORS  AUDIO_SECONDS"),
+        "{table}"
+    );
+    let total = table.lines().last().expect("total");
+    assert!(
+        total.starts_with("TOTAL") && total.ends_with(" 7"),
+        "{table}"
+    );
+}
