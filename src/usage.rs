@@ -261,6 +261,14 @@ struct FastBody<'a> {
     content: Option<&'a RawValue>,
     #[serde(borrow, default)]
     error: Option<&'a RawValue>,
+    /// Embeddings' vectors or images, read in this same pass (see [`read_items`]): a big
+    /// embeddings answer was read three times, by this pass, the lenient one and once more
+    /// for its `data`. A chat answer has no such member, so it costs it nothing.
+    #[serde(borrow, default)]
+    data: Option<Vec<DataItem<'a>>>,
+    /// A transcription's text: such an answer is read on the lenient path.
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -317,59 +325,63 @@ struct FastDetails {
     cache_write_tokens: Option<u64>,
 }
 
+impl FastUsage {
+    /// The usage in one shape; `None` when it needs the lenient path (vendor fields), else
+    /// `Some(None)` when it holds no count at all.
+    fn into_usage(self) -> Option<Option<Usage>> {
+        let u = self;
+        if u.input_tokens.is_some()
+            || u.output_tokens.is_some()
+            || u.input_tokens_details.is_some()
+            || u.output_tokens_details.is_some()
+            || u.cache_read_input_tokens.is_some()
+            || u.cache_creation_input_tokens.is_some()
+        {
+            return None;
+        }
+        let input = u.prompt_tokens;
+        let output = u.completion_tokens;
+        if input.is_none() && output.is_none() && u.total_tokens.is_none() {
+            return Some(None);
+        }
+        let (input, output) = (input.unwrap_or(0), output.unwrap_or(0));
+        let prompt = u.prompt_tokens_details.as_ref();
+        Some(Some(Usage {
+            input,
+            output,
+            total: u.total_tokens.unwrap_or(input.saturating_add(output)),
+            cached_input: prompt
+                .and_then(|d| d.cached_tokens)
+                .or(u.prompt_cache_hit_tokens)
+                .unwrap_or(0),
+            cache_creation_input: prompt.and_then(|d| d.cache_write_tokens).unwrap_or(0),
+            reasoning: u
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+            cost: u.cost.filter(|c| c.is_finite() && *c >= 0.0),
+            audio_seconds: None,
+        }))
+    }
+}
+
 impl FastBody<'_> {
     /// `None` when the body needs the lenient path (a Responses API body, an Anthropic
-    /// message, vendor usage).
+    /// message, vendor usage, a transcription, moderations, any other shape).
     fn into_summary(self) -> Option<ResponseSummary> {
-        // No `choices`: not a chat or completions answer (embeddings, images, a
-        // transcription, moderations, ...). Those shapes are read on the lenient path, so a
-        // chat answer pays nothing for them.
-        if self.choices.is_none()
-            || self.output.is_some()
+        if self.output.is_some()
             || self.content.is_some_and(|c| c.get() != "null")
             || self.error.is_some_and(|e| e.get() != "null")
         {
             return None;
         }
+        // No `choices` and no `data` (a transcription, moderations, ...): the lenient path.
+        if self.choices.is_none() && self.data.is_none() {
+            return None;
+        }
         let usage = match self.usage {
             None => None,
-            Some(u) => {
-                if u.input_tokens.is_some()
-                    || u.output_tokens.is_some()
-                    || u.input_tokens_details.is_some()
-                    || u.output_tokens_details.is_some()
-                    || u.cache_read_input_tokens.is_some()
-                    || u.cache_creation_input_tokens.is_some()
-                {
-                    return None;
-                }
-                let input = u.prompt_tokens;
-                let output = u.completion_tokens;
-                if input.is_none() && output.is_none() && u.total_tokens.is_none() {
-                    None
-                } else {
-                    let (input, output) = (input.unwrap_or(0), output.unwrap_or(0));
-                    let prompt = u.prompt_tokens_details.as_ref();
-                    Some(Usage {
-                        input,
-                        output,
-                        total: u.total_tokens.unwrap_or(input.saturating_add(output)),
-                        cached_input: prompt
-                            .and_then(|d| d.cached_tokens)
-                            .or(u.prompt_cache_hit_tokens)
-                            .unwrap_or(0),
-                        cache_creation_input: prompt
-                            .and_then(|d| d.cache_write_tokens)
-                            .unwrap_or(0),
-                        reasoning: u
-                            .completion_tokens_details
-                            .and_then(|d| d.reasoning_tokens)
-                            .unwrap_or(0),
-                        cost: u.cost.filter(|c| c.is_finite() && *c >= 0.0),
-                        audio_seconds: None,
-                    })
-                }
-            }
+            Some(u) => u.into_usage()?,
         };
         let mut out = ResponseSummary {
             id: self.id.map(std::borrow::Cow::into_owned),
@@ -377,7 +389,17 @@ impl FastBody<'_> {
             usage,
             ..Default::default()
         };
-        if let Some(choice) = self.choices.and_then(|c| c.into_iter().next()) {
+        let Some(choices) = self.choices else {
+            // Embeddings or images, read in this one pass as the lenient path reads them
+            // (which a test checks); a `text` comes first there, and `data` of neither shape
+            // is left to it too.
+            let items = self.data?;
+            if self.text.is_some() || !read_items(&items, &mut out) {
+                return None;
+            }
+            return Some(out);
+        };
+        if let Some(choice) = choices.into_iter().next() {
             out.finish_reason = choice.finish_reason.map(std::borrow::Cow::into_owned);
             if let Some(message) = choice.message {
                 fill_from_message(&mut out, message);
@@ -684,6 +706,11 @@ fn read_data(data: &RawValue, out: &mut ResponseSummary) -> bool {
     let Ok(items) = serde_json::from_str::<Vec<DataItem<'_>>>(data.get()) else {
         return false;
     };
+    read_items(&items, out)
+}
+
+/// [`read_data`] for a `data` list already read (by the fast path's one pass).
+fn read_items(items: &[DataItem<'_>], out: &mut ResponseSummary) -> bool {
     if let Some(first) = items.iter().find_map(|item| item.embedding) {
         out.content = embeddings_note(items.len(), first);
         out.body_noted = true;
@@ -695,7 +722,7 @@ fn read_data(data: &RawValue, out: &mut ResponseSummary) -> bool {
     {
         return false;
     }
-    out.content = images_note(&items);
+    out.content = images_note(items);
     out.body_noted = items.iter().any(|item| item.b64_json.is_some());
     true
 }
@@ -2538,22 +2565,88 @@ mod tests {
             summarize_body(vendor.as_bytes()).usage.map(|u| u.input),
             Some(6)
         );
-        // So are answers with no `choices` (embeddings, images, transcriptions, ...).
-        let embeddings = json!({"object": "list", "data": [{"embedding": [0.1]}],
-            "usage": {"prompt_tokens": 3, "total_tokens": 3}})
-        .to_string();
+        // So are answers with no `choices` and no `data` (transcriptions, moderations, ...).
+        let transcription =
+            json!({"text": "hi", "usage": {"type": "duration", "seconds": 3}}).to_string();
         assert!(
-            serde_json::from_slice::<FastBody<'_>>(embeddings.as_bytes())
+            serde_json::from_slice::<FastBody<'_>>(transcription.as_bytes())
                 .ok()
                 .and_then(FastBody::into_summary)
                 .is_none()
         );
         assert_eq!(
-            summarize_body(embeddings.as_bytes()).usage.map(|u| u.input),
+            summarize_body(transcription.as_bytes())
+                .usage
+                .and_then(|u| u.audio_seconds),
             Some(3)
         );
         let odd = json!({"model": 42, "choices": [{"message": {"content": "x"}}]}).to_string();
         assert_eq!(summarize_body(odd.as_bytes()).content, "x");
+    }
+
+    /// Embeddings and images are read in the fast path's one pass over the body (a big
+    /// embeddings answer was read three times: the fast pass, the lenient one, and its `data`
+    /// once more), with the same result as the lenient path, which still reads what the fast
+    /// one leaves to it.
+    #[test]
+    fn embeddings_and_images_are_read_in_one_pass_as_the_lenient_path_reads_them() {
+        let fast = |text: &str| {
+            std::str::from_utf8(text.as_bytes())
+                .ok()
+                .and_then(|t| serde_json::from_str::<FastBody<'_>>(t).ok())
+                .and_then(FastBody::into_summary)
+        };
+        let one_pass = [
+            json!({"object": "list", "model": "text-embedding-3-small",
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2, 3e-5]},
+                         {"object": "embedding", "index": 1, "embedding": [0.4, 0.5, 0.6]}],
+                "usage": {"prompt_tokens": 8, "total_tokens": 8}}),
+            json!({"id": "e", "data": [{"embedding": "AAAAAAAAAAAAAAAAAAA/AAAA"}]}),
+            json!({"data": [{"embedding": []}], "usage": null}),
+            json!({"data": [{"embedding": [ 1 , 2 ]}, {"embedding": null}], "error": null}),
+            json!({"created": 1, "data": [{"b64_json": "iVBORw0K", "revised_prompt": "a cat"},
+                {"b64_json": "AAAA"}], "usage": {"prompt_tokens": 2}}),
+            json!({"created": 1, "data": [{"url": "https://img.example/1.png"},
+                {"url": "https://img.example/2.png", "revised_prompt": "two"}]}),
+            json!({"data": [{"b64_json": "AAAA"}], "usage": {"total_tokens": 4, "cost": 0.25}}),
+        ];
+        for body in one_pass {
+            let text = body.to_string();
+            let read = fast(&text).unwrap_or_else(|| panic!("one pass: {text}"));
+            assert!(read.body_noted || read.content.contains("(url)"), "{text}");
+            assert_eq!(
+                Some(&read),
+                summarize_leniently(text.as_bytes()).as_ref(),
+                "{text}"
+            );
+            assert_eq!(read, summarize_body(text.as_bytes()), "{text}");
+        }
+        // Left to the lenient path, and read there as before.
+        let lenient = [
+            // gpt-image-1's usage in input/output tokens.
+            json!({"data": [{"b64_json": "AAAA"}], "usage": {"input_tokens": 5, "output_tokens": 9}}),
+            json!({"text": "hi", "data": [{"embedding": [1]}]}),
+            json!({"data": [{"object": "model", "id": "m"}]}),
+            json!({"data": {"embedding": [1]}}),
+            json!({"data": [1, 2]}),
+            json!({"data": [{"embedding": [1]}], "error": {"message": "half"}}),
+            json!({"model": 3, "data": [{"embedding": [1]}]}),
+        ];
+        for body in lenient {
+            let text = body.to_string();
+            assert_eq!(fast(&text), None, "{text}");
+            assert_eq!(
+                Some(summarize_body(text.as_bytes())),
+                summarize_leniently(text.as_bytes()),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            summarize_body(br#"{"data": [{"b64_json": "AAAA"}], "usage": {"input_tokens": 5, "output_tokens": 9}}"#)
+                .usage
+                .map(|u| u.total),
+            Some(14)
+        );
     }
 
     /// `null` means the upstream did not say: a count sent as `null` reads exactly as one left
@@ -2632,6 +2725,33 @@ mod tests {
             if let Some(r) = reasoning { usage["completion_tokens_details"] = json!({"reasoning_tokens": r}); }
             let body = json!({"id": "x", "model": "m", "choices": [{"message": {"content": content}, "finish_reason": "stop"}], "usage": usage}).to_string();
             prop_assert_eq!(Some(summarize_body(body.as_bytes())), summarize_leniently(body.as_bytes()));
+        }
+
+        /// Generated embeddings answers (numbers or base64, any count and length) read the
+        /// same in the fast path's one pass as on the lenient path.
+        #[test]
+        fn embeddings_read_the_same_in_one_pass(
+            n in 1usize..5,
+            dims in 0usize..40,
+            base64 in any::<bool>(),
+            prompt in proptest::option::of(0u64..1000),
+        ) {
+            let vector = if base64 {
+                json!("A".repeat(dims * 4))
+            } else {
+                json!((0..dims).map(|i| i as f64 * 0.25 - 1.0).collect::<Vec<_>>())
+            };
+            let data: Vec<Value> = (0..n).map(|i| json!({"index": i, "embedding": vector})).collect();
+            let mut body = json!({"object": "list", "model": "e", "data": data});
+            if let Some(p) = prompt {
+                body["usage"] = json!({"prompt_tokens": p, "total_tokens": p});
+            }
+            let text = body.to_string();
+            let fast = serde_json::from_str::<FastBody<'_>>(&text)
+                .ok()
+                .and_then(FastBody::into_summary);
+            prop_assert!(fast.is_some());
+            prop_assert_eq!(fast, summarize_leniently(text.as_bytes()));
         }
 
         /// Whichever counts are numbers, `null` or left out: the fast path agrees with the
