@@ -1525,10 +1525,15 @@ impl StreamAccumulator {
             tally.completed += 1;
             tally.completed_bytes = tally.completed_bytes.saturating_add(bytes);
             self.take_usage(event.usage);
+            // These streams have no `[DONE]`: the upstream closes after its completed image.
+            // (With `n` above 1, a stream cut after its first image counts as complete.)
+            self.saw_end = true;
         } else if kind.ends_with(".partial_image") {
             tally.partial += 1;
             tally.partial_bytes = tally.partial_bytes.saturating_add(bytes);
         }
+        // The first image, partial or whole, is the stream's first token.
+        self.note_output(bytes > 0);
         Some(EventKind::Other)
     }
 

@@ -780,6 +780,9 @@ async fn an_image_stream_is_a_note_of_its_completed_image_never_its_base64() {
         let record = setup.router.records.nth(nth + 1).await;
         assert_eq!(record.outcome, Outcome::Success, "{path}");
         assert_eq!(record.response.content, note, "{path}");
+        // No `[DONE]` in these streams: the completed image ends them.
+        assert!(record.complete, "{path}");
+        assert!(record.first_token_at.is_some(), "{path}");
         let usage = record.response.usage.as_ref().expect("usage");
         assert_eq!((usage.input, usage.output, usage.total), (50, 4160, 4210));
         let span = setup.otlp.span_of(&id).await.span;
