@@ -159,7 +159,8 @@ enum State {
 /// Where the chunked decoder is: a size line, a chunk's data, or the trailer section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
-    /// Hex digits of a size; `digits` read so far.
+    /// Hex digits of a size; `digits` read so far (at most [`MAX_SIZE_DIGITS`]; leading zeros
+    /// count there, but only 16 digits after them fit a `u64`).
     Size {
         size: u64,
         digits: u8,
@@ -197,6 +198,10 @@ enum Chunk {
 const MAX_EXTENSION: u32 = 4096;
 /// Largest trailer section accepted; trailers are read and dropped.
 const MAX_TRAILERS: u32 = 16 * 1024;
+
+/// Most digits a chunk size may have, leading zeros included (a sender padding its sizes to a
+/// fixed width writes a few; nobody writes a hundred).
+const MAX_SIZE_DIGITS: u8 = 128;
 
 impl Decoder {
     pub fn new(length: BodyLength) -> Self {
@@ -302,7 +307,9 @@ fn step(chunk: Chunk, byte: u8) -> Result<Option<Chunk>, FramingError> {
     let bad = Err(FramingError::BadChunk);
     let next = match chunk {
         Size { size, digits } => match hex_value(byte) {
-            Some(v) if digits < 16 => Size {
+            // RFC 9112 §7.1 bounds neither the digits nor leading zeros: a size fits while
+            // its top four bits are clear before the shift.
+            Some(v) if size >> 60 == 0 && digits < MAX_SIZE_DIGITS => Size {
                 size: size << 4 | u64::from(v),
                 digits: digits + 1,
             },
@@ -512,6 +519,10 @@ mod tests {
         let (body, _) = decode_all(BodyLength::Chunked, b"A\r\n0123456789\r\n0\r\n\r\n", 4)
             .expect("upper and lower hex");
         assert_eq!(body, b"0123456789");
+        // Leading zeros past 16 digits: the size still fits (RFC 9112 §7.1 bounds neither).
+        let padded = b"00000000000000000001f\r\n0123456789012345678901234567890\r\n000000000000000000000\r\n\r\n";
+        let (body, _) = decode_all(BodyLength::Chunked, padded, 5).expect("zero-padded sizes");
+        assert_eq!(body.len(), 31);
     }
 
     #[test]
@@ -523,6 +534,7 @@ mod tests {
             b"5\r\nhello\r\n0\r\n\n",
             b"g\r\n",
             b"11111111111111111\r\n",
+            b"000000000000000011111111111111111\r\n",
             b"0\r\nbad\ntrailer\r\n\r\n",
         ] {
             assert_eq!(

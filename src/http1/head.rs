@@ -163,13 +163,48 @@ pub fn parse_request(
         .collect();
     let head = buf.split_to(len).freeze();
     *scanned = 0;
-    Ok(Some(RequestHead {
+    let request = RequestHead {
         method,
         target,
         http10: version == 0,
         fields: Fields::from_spans(head.clone(), spans),
         head,
-    }))
+    };
+    check_target_and_host(&request)?;
+    Ok(Some(request))
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request must have exactly one `Host`, and a server must answer
+/// 400 to one without, with two, or with one that is not a host; an HTTP/1.0 request may
+/// have none. A `#fragment` is never part of a request target (RFC 9112 §3.2): a client that
+/// sends one would have it go upstream percent-encoded as part of the path.
+fn check_target_and_host(request: &RequestHead) -> Result<(), HeadError> {
+    if request.target().contains('#') {
+        return Err(HeadError::Malformed(
+            "the request target holds a '#' fragment".into(),
+        ));
+    }
+    let mut hosts = request.fields.get_all("host");
+    match (hosts.next(), hosts.next()) {
+        (None, _) if request.http10 => Ok(()),
+        (None, _) => Err(HeadError::Malformed(
+            "an HTTP/1.1 request without a Host header field".into(),
+        )),
+        (Some(_), Some(_)) => Err(HeadError::Malformed(
+            "more than one Host header field".into(),
+        )),
+        (Some(host), None) if host.iter().all(|&b| is_host_byte(b)) => Ok(()),
+        (Some(_), None) => Err(HeadError::Malformed(
+            "the Host header field is not a host[:port]".into(),
+        )),
+    }
+}
+
+/// A byte of RFC 3986's `host [ ":" port ]`: a registered name (unreserved, sub-delims,
+/// percent-encoding), an IP literal's brackets and colons, the port's digits. An empty
+/// `Host` is allowed: RFC 9110 §7.2 has clients send one for a target without authority.
+fn is_host_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&byte)
 }
 
 /// The response head at the start of `buf`, split off it; `None` while it is incomplete.
@@ -310,11 +345,13 @@ mod tests {
 
     #[test]
     fn targets_in_absolute_form_keep_path_and_query() {
-        let head = request("POST http://router:8000/v1/embeddings?x=1 HTTP/1.1\r\n\r\n")
-            .expect("valid")
-            .expect("complete");
+        let head = request(
+            "POST http://router:8000/v1/embeddings?x=1 HTTP/1.1\r\nHost: router:8000\r\n\r\n",
+        )
+        .expect("valid")
+        .expect("complete");
         assert_eq!(head.path_and_query(), ("/v1/embeddings", Some("x=1")));
-        let head = request("POST http://router:8000 HTTP/1.1\r\n\r\n")
+        let head = request("POST http://router:8000 HTTP/1.1\r\nHost: router:8000\r\n\r\n")
             .expect("valid")
             .expect("complete");
         assert_eq!(head.path_and_query(), ("/", None));
@@ -330,6 +367,26 @@ mod tests {
             request("POST /x HTTP/1.1\r\nbad header\r\n\r\n"),
             Err(HeadError::Malformed(_))
         ));
+        for bad in [
+            "POST /x HTTP/1.1\r\n\r\n",
+            "POST /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "POST /x HTTP/1.1\r\nHost: a b\r\n\r\n",
+            "POST /x HTTP/1.1\r\nHost: a/b\r\n\r\n",
+            "POST /x#frag HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert!(
+                matches!(request(bad), Err(HeadError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "POST /x HTTP/1.0\r\n\r\n",
+            "POST /x HTTP/1.1\r\nHost:\r\n\r\n",
+            "POST /x HTTP/1.1\r\nHost: [::1]:8000\r\n\r\n",
+            "POST /x HTTP/1.1\r\nhost: router.example:80\r\n\r\n",
+        ] {
+            assert!(matches!(request(good), Ok(Some(_))), "{good:?}");
+        }
         let many: String = (0..=MAX_FIELDS).map(|i| format!("x-{i}: v\r\n")).collect();
         assert_eq!(
             request(&format!("GET / HTTP/1.1\r\n{many}\r\n")).map(|h| h.is_some()),

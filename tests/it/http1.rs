@@ -195,7 +195,8 @@ async fn a_chunked_request_body_goes_upstream_whole() {
     let mut raw = Raw::connect(router.addr).await;
     let (a, b) = CHAT.split_at(20);
     let wire = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nTransfer-Encoding: chunked\r\n\r\n{:x};ext=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nx-trailer: t\r\n\r\n",
+        // The second size and the last padded with zeros past 16 digits, as RFC 9112 allows.
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nTransfer-Encoding: chunked\r\n\r\n{:x};ext=1\r\n{a}\r\n{:020x}\r\n{b}\r\n00000000000000000000\r\nx-trailer: t\r\n\r\n",
         a.len(),
         b.len()
     );
@@ -272,6 +273,50 @@ async fn ambiguous_framing_is_refused_and_the_connection_closed() {
         assert!(raw.closed().await, "{framing}: the connection must close");
     }
     assert_eq!(upstream.count(), 0, "nothing was forwarded");
+    router.stop().await;
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request needs exactly one `Host` that is a host, and a
+/// request target never holds a fragment; each is refused with 400 before anything goes
+/// upstream. HTTP/1.0 may leave `Host` out, and an empty one is allowed.
+#[tokio::test]
+async fn a_missing_doubled_or_bad_host_and_a_fragment_are_refused() {
+    let (upstream, router) = setup().await;
+    let body = CHAT;
+    let length = body.len();
+    for (line, host) in [
+        ("POST /v1/chat/completions HTTP/1.1", ""),
+        (
+            "POST /v1/chat/completions HTTP/1.1",
+            "Host: a\r\nHost: b\r\n",
+        ),
+        ("POST /v1/chat/completions HTTP/1.1", "Host: a b\r\n"),
+        ("POST /v1/chat/completions HTTP/1.1", "Host: evil/x\r\n"),
+        (
+            "POST /v1/chat/completions#frag HTTP/1.1",
+            "Host: router\r\n",
+        ),
+    ] {
+        let mut raw = Raw::connect(router.addr).await;
+        let wire = format!(
+            "{line}\r\n{host}Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{body}"
+        );
+        raw.send(wire.as_bytes()).await;
+        let answer = raw.answer().await;
+        assert_eq!(answer.status, 400, "{line} {host:?}");
+        assert_eq!(answer.json()["error"]["code"], "invalid_request");
+        assert!(raw.closed().await, "{host:?}: the connection must close");
+    }
+    assert_eq!(upstream.count(), 0, "nothing was forwarded");
+    for (version, host) in [("HTTP/1.0", ""), ("HTTP/1.1", "Host:\r\n")] {
+        let mut raw = Raw::connect(router.addr).await;
+        let wire = format!(
+            "POST /v1/chat/completions {version}\r\n{host}Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{body}"
+        );
+        raw.send(wire.as_bytes()).await;
+        assert_eq!(raw.answer().await.status, 200, "{version} {host:?}");
+    }
+    assert_eq!(upstream.count(), 2);
     router.stop().await;
 }
 
