@@ -3,8 +3,10 @@
 //! a queueing gateway), the client gets the router's own `200` with the stream's headers and a
 //! `: keep-alive` comment, then one every interval, so a client with an idle timeout does not
 //! cut the wait. The upstream's head decides what follows: a 2xx event stream goes on through
-//! the tee as any stream does; anything else ends the stream with one error event carrying
-//! what the client would have got (see [`StreamTee::awaiting_head`]).
+//! the tee as any stream does; a whole 2xx chat or text completion (an upstream that ignores
+//! `"stream": true`) goes as the events a stream of it would have been ([`super::chunks`]);
+//! anything else ends the stream with one error event carrying what the client would have
+//! got (see [`StreamTee::awaiting_head`]).
 //!
 //! Only the slow path pays for this: a request answered within the interval is relayed as
 //! before, with nothing made here. The upstream's own headers (`Retry-After`,
@@ -59,6 +61,9 @@ pub struct Wait {
     pub provider: String,
     /// The router asked for `include_usage`: the usage-only chunk is not the client's.
     pub drop_usage_chunk: bool,
+    /// The client asked for `stream_options.include_usage` itself: a whole answer made into
+    /// events ([`super::chunks`]) ends with its usage chunk.
+    pub client_usage: bool,
     /// The form of the error event that ends a stream the upstream failed.
     pub errors: StreamErrorForm,
 }
@@ -105,8 +110,38 @@ pub enum LateHead {
         status: StatusCode,
         answered_at: SystemTime,
     },
+    /// A whole chat or text completion (the upstream ignored `"stream": true`): sent as the
+    /// events a stream of it would have been.
+    Whole(WholeAnswer),
     /// Anything else: the stream ends with this failure's error event.
     Failed(LateFailure),
+}
+
+/// A whole 2xx completion, made into the events of the stream already begun
+/// ([`super::chunks`]).
+pub struct WholeAnswer {
+    /// For the client: one chunk per choice, the usage chunk if asked for, `[DONE]`.
+    events: Bytes,
+    /// The answer (decoded, keys redacted): the record reads its usage, model and output
+    /// from it as from any whole answer's body.
+    body: Bytes,
+    status: StatusCode,
+    answered_at: SystemTime,
+}
+
+impl WholeAnswer {
+    /// The events that end the stream; the record is finished as the same answer to a
+    /// request that waited for it would have been: a success, its body kept.
+    pub fn end(self, guard: &mut RecordGuard) -> Bytes {
+        if let Some(record) = guard.record_mut() {
+            record.response_started_at = Some(self.answered_at);
+            record.status = Some(self.status.as_u16());
+            record.response_body = Some(super::own_copy(&self.body));
+            record.complete = true;
+        }
+        guard.finish(Outcome::Success);
+        self.events
+    }
 }
 
 /// Why a stream opened early ends before any event: the upstream's error answer, an answer
@@ -122,6 +157,9 @@ pub struct LateFailure {
     logged: Option<&'static str>,
     /// When the upstream's head arrived, if it did.
     answered_at: Option<SystemTime>,
+    /// A whole 2xx answer that could not be sent in the stream, and its status: the record
+    /// keeps it (with that status), so its usage is counted: the provider billed it.
+    answer: Option<(StatusCode, Bytes)>,
 }
 
 impl LateFailure {
@@ -135,6 +173,21 @@ impl LateFailure {
             outcome: Outcome::RouterError,
             logged: Some(error.code()),
             answered_at,
+            answer: None,
+        }
+    }
+
+    /// The router's `error` for a whole 2xx `answer` it could not send in the stream: the
+    /// client gets the error event, and the record the answer, as a whole answer's has it.
+    fn unsent_answer(
+        error: &ProxyError,
+        status: StatusCode,
+        answer: Bytes,
+        answered_at: SystemTime,
+    ) -> Self {
+        Self {
+            answer: Some((status, answer)),
+            ..Self::router(error, Some(answered_at))
         }
     }
 
@@ -147,6 +200,7 @@ impl LateFailure {
             outcome: Outcome::UpstreamError,
             logged: None,
             answered_at: Some(answered_at),
+            answer: None,
         }
     }
 
@@ -177,6 +231,11 @@ impl LateFailure {
             if self.outcome == Outcome::UpstreamError {
                 record.response_body = Some(self.payload);
                 record.response_is_json = true;
+                record.complete = true;
+            }
+            if let Some((status, answer)) = self.answer {
+                record.status = Some(status.as_u16());
+                record.response_body = Some(super::own_copy(&answer));
                 record.complete = true;
             }
             record.error = Some(self.message);
@@ -232,6 +291,7 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
         deadline,
         timeout,
         provider,
+        client_usage,
         ..
     } = wait;
     let router =
@@ -249,9 +309,6 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
     } = upstream;
     if status.is_success() {
         if super::is_json(&fields) {
-            // A whole JSON answer: an error under a 200 (`{"error": {...}}`) ends the stream
-            // with the upstream's own message, as a whole answer's record has it; any other
-            // cannot be relayed in the stream already begun.
             let declared = http_body::Body::size_hint(&body).exact();
             let read = super::read_upstream_body(body, declared);
             let body = match tokio::time::timeout_at(deadline, read).await {
@@ -263,28 +320,28 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
                 }
                 Ok(Ok(body)) => body,
             };
-            let error = super::upstream_error_body(status, body, &fields, &redactor);
-            let reports_error = serde_json::from_slice::<serde_json::Value>(&error.body)
-                .ok()
-                .is_some_and(|v| v.get("error").is_some_and(serde_json::Value::is_object));
-            if reports_error {
-                let failure =
-                    LateFailure::upstream(status, &error.body, error.message, answered_at);
-                return LateHead::Failed(failure);
-            }
-            let error = not_relayable(&provider, status, &fields, None);
-            return router(error, Some(answered_at));
+            let answer = LateAnswer {
+                status,
+                answered_at,
+                provider: &provider,
+                redactor: &redactor,
+            };
+            return answer.whole_json(body, &fields, client_usage);
         }
         if !super::is_event_stream(&fields) {
-            let error = not_relayable(&provider, status, &fields, None);
+            let error = not_relayable(&provider, status, &content_type_of(&fields));
             return router(error, Some(answered_at));
         }
         let decoder = match StreamCoding::of(&fields) {
             StreamCoding::Plain => None,
             StreamCoding::Decoded(decoder) => Some(decoder),
             StreamCoding::Opaque => {
-                let coding = crate::content_coding::content_encoding(&fields);
-                let error = not_relayable(&provider, status, &fields, coding.as_deref());
+                let coding = crate::content_coding::content_encoding(&fields).unwrap_or_default();
+                let what = format!(
+                    "an event stream in a coding the router cannot decode ({})",
+                    clip(&coding, 100)
+                );
+                let error = not_relayable(&provider, status, &what);
                 return router(error, Some(answered_at));
             }
         };
@@ -318,21 +375,97 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
     ))
 }
 
-/// A 2xx answer the router cannot relay in the event stream it already began: not SSE, or
-/// in a `coding` it cannot decode.
-fn not_relayable(
-    provider: &str,
+/// The head of a 2xx JSON answer that came after the stream began, and what reading its
+/// body needs.
+struct LateAnswer<'a> {
     status: StatusCode,
-    fields: &Fields,
-    coding: Option<&str>,
-) -> ProxyError {
-    let what = match coding {
-        Some(coding) => format!("an event stream in a coding the router cannot decode ({coding})"),
-        None => match fields.get_str("content-type") {
-            Some(content_type) => format!("Content-Type {}", clip(content_type, 100)),
-            None => "no Content-Type".to_owned(),
-        },
-    };
+    answered_at: SystemTime,
+    provider: &'a str,
+    redactor: &'a Redactor,
+}
+
+impl LateAnswer<'_> {
+    /// A whole JSON `body` answering the stream already begun: an error under a 2xx
+    /// (`{"error": {...}}`) ends the stream with the upstream's own message, as a whole
+    /// answer's record has it; a chat or text completion goes on as the events a stream of
+    /// it would have been ([`super::chunks`], the usage chunk only if `client_usage`); any
+    /// other cannot be sent in the stream and ends it with the router's error, its record
+    /// keeping the answer (and so its usage).
+    fn whole_json(self, body: Bytes, fields: &Fields, client_usage: bool) -> LateHead {
+        let Self {
+            status,
+            answered_at,
+            provider,
+            redactor,
+        } = self;
+        // Asked for `identity`, an upstream may still compress it: read decoded.
+        let body = match crate::content_coding::content_encoding(fields) {
+            None => body,
+            Some(coding) => {
+                match crate::content_coding::decode(&coding, &body, super::MAX_UPSTREAM_BODY) {
+                    Ok(decoded) => Bytes::from(decoded),
+                    Err(error) => {
+                        let what = format!("a JSON body the router cannot decode ({error})");
+                        let error = not_relayable(provider, status, &what);
+                        return LateHead::Failed(LateFailure::router(&error, Some(answered_at)));
+                    }
+                }
+            }
+        };
+        let body = super::without_echoed_keys(redactor, body);
+        let value = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+        if value.get("error").is_some_and(serde_json::Value::is_object) {
+            let (_, message) = super::wrap_upstream_error(status, &body);
+            return LateHead::Failed(LateFailure::upstream(status, &body, message, answered_at));
+        }
+        if let Some(events) = super::chunks::as_events(&value, client_usage) {
+            return LateHead::Whole(WholeAnswer {
+                events,
+                body,
+                status,
+                answered_at,
+            });
+        }
+        let what = whole_answer_kind(&value);
+        let error = ProxyError::UpstreamUnreachable(format!(
+            "the upstream {provider} answered HTTP {} with one whole JSON body {what} to a \
+             stream request, after the router had begun the stream (the upstream sent no \
+             answer within the keep-alive interval); it cannot be sent as that stream (its \
+             usage is recorded)",
+            status.as_u16()
+        ));
+        LateHead::Failed(LateFailure::unsent_answer(
+            &error,
+            status,
+            body,
+            answered_at,
+        ))
+    }
+}
+
+/// What a whole JSON answer is, for the error that says it could not be sent: its `object`
+/// or `type` (`"response"`, `"message"`), never its content, which may be long.
+fn whole_answer_kind(value: &serde_json::Value) -> String {
+    let named = ["object", "type"]
+        .iter()
+        .find_map(|key| value.get(*key).and_then(serde_json::Value::as_str));
+    match named {
+        Some(name) => format!("of type \"{}\"", clip(name, 40)),
+        None if value.is_null() => "not valid JSON".to_owned(),
+        None => "of no known shape".to_owned(),
+    }
+}
+
+fn content_type_of(fields: &Fields) -> String {
+    match fields.get_str("content-type") {
+        Some(content_type) => format!("Content-Type {}", clip(content_type, 100)),
+        None => "no Content-Type".to_owned(),
+    }
+}
+
+/// A 2xx answer the router cannot relay in the event stream it already began: `what` it
+/// was (not SSE, an event stream in a coding it cannot decode).
+fn not_relayable(provider: &str, status: StatusCode, what: &str) -> ProxyError {
     ProxyError::UpstreamUnreachable(format!(
         "the upstream {provider} answered HTTP {} with {what}, not an event stream; the \
          router had already begun the stream (the upstream sent no answer within the \

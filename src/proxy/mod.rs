@@ -10,6 +10,7 @@
 //! per event; everything else the record needs is done by the recorder task.
 
 pub mod body;
+pub mod chunks;
 pub mod decoded;
 pub mod early;
 pub mod failure_log;
@@ -449,6 +450,11 @@ trait ReadBody {
     fn record_body(&self, body: &Bytes) -> Bytes;
     /// Where the record body's top-level members are, when known.
     fn take_layout(&mut self) -> Option<crate::record::BodyLayout>;
+    /// Whether the client asked for `stream_options.include_usage` itself. Read only for a
+    /// stream the router answers before its upstream ([`early`]).
+    fn client_asked_for_usage(&self) -> bool {
+        false
+    }
 }
 
 impl ReadBody for RequestView {
@@ -478,6 +484,10 @@ impl ReadBody for RequestView {
     #[inline]
     fn take_layout(&mut self) -> Option<crate::record::BodyLayout> {
         self.layout.take()
+    }
+
+    fn client_asked_for_usage(&self) -> bool {
+        RequestView::client_asked_for_usage(self)
     }
 }
 
@@ -622,6 +632,7 @@ async fn forward_read<V: ReadBody>(
                 timeout,
                 provider: target.provider.clone(),
                 drop_usage_chunk: injected_usage,
+                client_usage: view.client_asked_for_usage(),
                 errors: StreamErrorForm::of(request.path),
             };
             return Ok(early::answer(state, wait, guard, request_id));

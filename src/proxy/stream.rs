@@ -13,7 +13,8 @@
 //!
 //! A stream the router answered before its upstream sent its head ([`super::early`]) starts
 //! in that wait: keep-alive comments until the head comes, then the upstream's events as in
-//! any stream, or the one error event that ends it.
+//! any stream, a whole completion's as events ([`super::chunks`]), or the one error event
+//! that ends it.
 //!
 //! A body that is not an event stream (audio, NDJSON, a coding the router cannot decode)
 //! passes through chunk by chunk, unread and unchanged ([`StreamTee::relay_unread`]): it
@@ -307,6 +308,11 @@ impl StreamTee {
                     record.status = Some(status.as_u16());
                 }
                 Poll::Ready(None)
+            }
+            Poll::Ready(LateHead::Whole(answer)) => {
+                self.head = None;
+                self.state = State::Ending;
+                Poll::Ready(Some(answer.end(&mut self.guard)))
             }
             Poll::Ready(LateHead::Failed(failure)) => {
                 Poll::Ready(Some(self.end_before_head(failure)))

@@ -11,7 +11,7 @@ use llmsrouter::record::Outcome;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS, expected_stream};
+use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS, expected_stream, gzip};
 use crate::support::{TestRouter, client, h2c_client, one_server_config, wait_until};
 
 const KEEPALIVE: &str = ": keep-alive\n\n";
@@ -457,5 +457,279 @@ async fn the_hard_stop_before_the_head_ends_the_stream_with_an_error_event() {
     assert_eq!(record.outcome, Outcome::RouterError);
     assert_eq!(record.status, Some(503));
     wait_until(Duration::from_secs(5), || upstream.count() == 1).await;
+    router.stop().await;
+}
+
+/// Sends `request` to a router in front of `upstream`, which holds its head until the client
+/// has had a keep-alive comment, then answers `answer` whole (`application/json`, ignoring
+/// `"stream": true`); returns what the client got after the keep-alive comments.
+async fn late_whole_answer(
+    upstream: &MockUpstream,
+    request: reqwest::RequestBuilder,
+    answer: &Value,
+) -> String {
+    let behavior = Behavior {
+        body: Some(answer.to_string()),
+        ..Default::default()
+    };
+    late_answer(upstream, request, behavior).await
+}
+
+/// [`late_whole_answer`] with the upstream answering as `behavior` says.
+async fn late_answer(
+    upstream: &MockUpstream,
+    request: reqwest::RequestBuilder,
+    behavior: Behavior,
+) -> String {
+    let gate = Arc::new(Semaphore::new(0));
+    upstream.set(Behavior {
+        hold_head: Some(gate.clone()),
+        never_stream: true,
+        ..behavior
+    });
+    let response = head_of(request).await;
+    assert_stream_head(&response);
+    let mut body: Body = response.bytes_stream().boxed();
+    let before = read_keepalives(&mut body, 1).await;
+    assert_eq!(
+        before, KEEPALIVE,
+        "the router's own head, before the upstream's"
+    );
+    gate.add_permits(1);
+    let rest = tokio::time::timeout(Duration::from_secs(10), read_rest(&mut body))
+        .await
+        .expect("the stream ends");
+    rest.replace(KEEPALIVE, "")
+}
+
+/// The events of `text` (each one `data:` line, `[DONE]` last), parsed.
+fn chunk_events(text: &str) -> Vec<Value> {
+    let body = text
+        .strip_suffix("data: [DONE]\n\n")
+        .unwrap_or_else(|| panic!("[DONE] last: {text:?}"));
+    body.split_terminator("\n\n")
+        .map(|event| {
+            let data = event
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("one data line: {event:?}"));
+            assert!(!data.contains('\n'), "{event:?}");
+            serde_json::from_str(data).expect("event json")
+        })
+        .collect()
+}
+
+fn whole_chat_completion() -> Value {
+    json!({"id": "c1", "object": "chat.completion", "created": 1700000000, "model": "m-2024",
+        "system_fingerprint": "fp_1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "the real answer",
+            "reasoning_content": "thought"}, "logprobs": null, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 30, "completion_tokens": 20, "total_tokens": 50}})
+}
+
+/// (5) The upstream ignores `"stream": true` and, after the router began the stream, answers
+/// one whole chat completion: the client gets it as the chunk a stream of it would have been
+/// (the whole message as the delta, the answer's id, created, model and fingerprint), the
+/// usage chunk only when it asked for `include_usage` itself (the one the router asks for
+/// is not the client's), then `[DONE]`; the record is the whole answer's: a success with its
+/// usage, model and output. A gzipped answer likewise, and a text completion on
+/// `/v1/completions`.
+#[tokio::test]
+async fn a_late_whole_chat_completion_goes_as_its_chunks() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = router_for(&upstream, "").await;
+    let answer = whole_chat_completion();
+    let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1700000000,
+        "model": "m-2024", "system_fingerprint": "fp_1",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "the real answer",
+            "reasoning_content": "thought"}, "logprobs": null, "finish_reason": "stop"}]});
+    let usage_chunk = json!({"id": "c1", "object": "chat.completion.chunk",
+        "created": 1700000000, "model": "m-2024", "system_fingerprint": "fp_1", "choices": [],
+        "usage": answer["usage"]});
+    for (n, client_usage) in [false, true].into_iter().enumerate() {
+        let mut request = stream_request();
+        if client_usage {
+            request["stream_options"] = json!({"include_usage": true});
+        }
+        let post = client()
+            .post(router.url("/v1/chat/completions"))
+            .json(&request);
+        let text = late_whole_answer(&upstream, post, &answer).await;
+        let expected = if client_usage {
+            vec![chunk.clone(), usage_chunk.clone()]
+        } else {
+            vec![chunk.clone()]
+        };
+        assert_eq!(
+            chunk_events(&text),
+            expected,
+            "include_usage {client_usage}"
+        );
+        assert_eq!(
+            upstream.last().json()["stream_options"],
+            json!({"include_usage": true})
+        );
+
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::Success, "{:?}", record.error);
+        assert_eq!(record.status, Some(200));
+        assert!(record.complete);
+        assert_eq!(record.error, None);
+        let usage = record.response.usage.clone().expect("usage");
+        assert_eq!((usage.input, usage.output, usage.total), (30, 20, 50));
+        assert_eq!(record.response.content, "the real answer");
+        assert_eq!(record.response.model.as_deref(), Some("m-2024"));
+        assert!(!record.usage_partial());
+    }
+
+    // Compressed although asked for `identity`: read decoded, the same chunk.
+    let gzipped = Behavior {
+        raw_body: Some(gzip(answer.to_string().as_bytes())),
+        headers: vec![("content-encoding".into(), "gzip".into())],
+        ..Default::default()
+    };
+    let post = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&stream_request());
+    let text = late_answer(&upstream, post, gzipped).await;
+    assert_eq!(chunk_events(&text), vec![chunk.clone()]);
+    let record = router.records.nth(3).await;
+    assert_eq!(record.outcome, Outcome::Success, "{:?}", record.error);
+    assert_eq!(record.response.usage.clone().expect("usage").total, 50);
+
+    let text_answer = json!({"id": "t1", "object": "text_completion", "created": 1700000000,
+        "model": "m-2024", "choices": [{"text": "once upon", "index": 0, "logprobs": null,
+            "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}});
+    let post = client()
+        .post(router.url("/v1/completions"))
+        .json(&json!({"model": "[mock]m", "stream": true, "prompt": "tell"}));
+    let text = late_whole_answer(&upstream, post, &text_answer).await;
+    assert_eq!(
+        chunk_events(&text),
+        [
+            json!({"id": "t1", "object": "text_completion", "created": 1700000000,
+            "model": "m-2024", "choices": [text_answer["choices"][0].clone()]})
+        ]
+    );
+    let record = router.records.nth(4).await;
+    assert_eq!(record.outcome, Outcome::Success, "{:?}", record.error);
+    assert_eq!(record.response.usage.clone().expect("usage").total, 5);
+    assert_eq!(record.response.content, "once upon");
+    router.stop().await;
+}
+
+/// (5b) A late whole answer that calls tools: each tool call goes in the delta with the
+/// `index` a stream's tool call delta carries, the choice's `finish_reason` with it; the
+/// record keeps the tool calls.
+#[tokio::test]
+async fn a_late_whole_answer_with_tool_calls_goes_as_tool_call_deltas() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = router_for(&upstream, "").await;
+    let call = |id: &str, city: &str| {
+        json!({"id": id, "type": "function",
+            "function": {"name": "weather", "arguments": format!("{{\"city\":\"{city}\"}}")}})
+    };
+    let answer = json!({"id": "c2", "object": "chat.completion", "created": 1700000001,
+        "model": "m-2024",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+            "tool_calls": [call("call_a", "Paris"), call("call_b", "Oslo")]},
+            "finish_reason": "tool_calls"}],
+        "usage": {"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52}});
+    let post = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&stream_request());
+    let text = late_whole_answer(&upstream, post, &answer).await;
+    let mut first = call("call_a", "Paris");
+    first["index"] = json!(0);
+    let mut second = call("call_b", "Oslo");
+    second["index"] = json!(1);
+    assert_eq!(
+        chunk_events(&text),
+        [
+            json!({"id": "c2", "object": "chat.completion.chunk", "created": 1700000001,
+            "model": "m-2024",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": null,
+                "tool_calls": [first, second]}, "finish_reason": "tool_calls"}]})
+        ]
+    );
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success, "{:?}", record.error);
+    assert_eq!(record.response.usage.clone().expect("usage").total, 52);
+    let calls: Vec<_> = record
+        .response
+        .tool_calls
+        .iter()
+        .map(|call| {
+            (
+                call.id.as_str(),
+                call.name.as_str(),
+                call.arguments.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("call_a", "weather", "{\"city\":\"Paris\"}"),
+            ("call_b", "weather", "{\"city\":\"Oslo\"}")
+        ]
+    );
+    router.stop().await;
+}
+
+/// (5c) A late whole answer of any other shape (a Responses API response, an Anthropic
+/// message) cannot be sent in the stream: it ends with the router's `upstream_unreachable`
+/// error event (Anthropic's form on `/v1/messages`), whose message says what came, not the
+/// answer's text; the record keeps the answer with its status and usage, since the provider
+/// billed it, as the router's failure.
+#[tokio::test]
+async fn a_late_whole_answer_of_another_shape_ends_with_upstream_unreachable() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = router_for(&upstream, "").await;
+    let response = json!({"id": "resp_1", "object": "response", "model": "m-2024",
+        "output": [{"type": "message", "role": "assistant",
+            "content": [{"type": "output_text", "text": "a secret-ish long answer"}]}],
+        "usage": {"input_tokens": 30, "output_tokens": 20, "total_tokens": 50}});
+    let post = client()
+        .post(router.url("/v1/responses"))
+        .json(&json!({"model": "[mock]m", "stream": true, "input": "hi"}));
+    let text = late_whole_answer(&upstream, post, &response).await;
+    let event = only_event(&text);
+    assert_eq!(event["error"]["code"], "upstream_unreachable", "{event}");
+    let message = event["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("one whole JSON body of type \"response\""),
+        "{message}"
+    );
+    assert!(!message.contains("long answer"), "{message}");
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::RouterError);
+    assert_eq!(record.status, Some(200));
+    assert_eq!(record.error.as_deref(), Some(message));
+    let usage = record.response.usage.clone().expect("the billed usage");
+    assert_eq!((usage.input, usage.output), (30, 20));
+    assert_eq!(record.response.model.as_deref(), Some("m-2024"));
+
+    let message_answer = json!({"id": "msg_1", "type": "message", "role": "assistant",
+        "model": "claude-x", "content": [{"type": "text", "text": "hello"}],
+        "stop_reason": "end_turn", "usage": {"input_tokens": 9, "output_tokens": 4}});
+    let post = client().post(router.url("/v1/messages")).json(
+        &json!({"model": "[mock]claude-x", "stream": true, "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    let text = late_whole_answer(&upstream, post, &message_answer).await;
+    let error = only_anthropic_error(&(KEEPALIVE.to_owned() + &text));
+    assert_eq!(error["type"], "api_error", "{error}");
+    let message = error["message"].as_str().expect("message");
+    assert!(
+        message.contains("one whole JSON body of type \"message\"")
+            && message.ends_with("(llmsrouter: upstream_unreachable)"),
+        "{message}"
+    );
+    let record = router.records.nth(2).await;
+    assert_eq!(record.outcome, Outcome::RouterError);
+    assert_eq!(record.status, Some(200));
+    let usage = record.response.usage.clone().expect("the billed usage");
+    assert_eq!((usage.input, usage.output), (9, 4));
     router.stop().await;
 }

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use crate::support::upstream::{Behavior, MockUpstream};
 use crate::support::{TestRouter, one_server_config, test_python};
@@ -189,6 +190,94 @@ async fn the_openai_python_sdk_lists_models_and_deletes_files_through_proxy() {
     );
     for got in &received {
         assert_eq!(got.headers["authorization"], "Bearer sk-client-own-key");
+    }
+    router.stop().await;
+}
+
+const LATE_WHOLE: &str = r#"
+import json, sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="sk-anything")
+tools = [{"type": "function", "function": {"name": "weather", "strict": True, "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+    "additionalProperties": False}}}]
+out = {}
+for name, extra in [("plain", {}), ("usage", {"stream_options": {"include_usage": True}})]:
+    with client.chat.completions.stream(model="[mock]m", tools=tools,
+            messages=[{"role": "user", "content": "hi"}], **extra) as stream:
+        final = stream.get_final_completion()
+    choice = final.choices[0]
+    message = choice.message
+    out[name] = {"id": final.id, "model": final.model, "role": message.role,
+        "content": message.content, "reasoning": getattr(message, "reasoning_content", None),
+        "tool_calls": [[c.id, c.type, c.function.name, c.function.arguments]
+                       for c in (message.tool_calls or [])],
+        "finish": choice.finish_reason,
+        "usage": final.usage.total_tokens if final.usage else None}
+print(json.dumps(out))
+"#;
+
+/// A stream request whose upstream ignores `"stream": true` and answers one whole chat
+/// completion after the keep-alive interval (so after the router began the stream itself):
+/// the SDK's stream helper assembles the events it gets into the same message (content,
+/// reasoning, tool calls, finish reason, id, model), with the usage only when it asked for
+/// `include_usage`.
+#[tokio::test]
+async fn the_openai_python_sdk_assembles_a_late_whole_answer() {
+    let Some(python) = test_python() else {
+        return;
+    };
+    let answer = serde_json::json!({"id": "c1", "object": "chat.completion",
+        "created": 1700000000, "model": "m-2024",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "let me look",
+            "reasoning_content": "weather needs a tool",
+            "tool_calls": [{"id": "call_a", "type": "function",
+                "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+            "finish_reason": "tool_calls"}],
+        "usage": {"prompt_tokens": 30, "completion_tokens": 20, "total_tokens": 50}});
+    // The upstream's head comes long after the router's keep-alive interval (20 ms): the
+    // router has answered the client itself by then.
+    let upstream = MockUpstream::start(Behavior {
+        body: Some(answer.to_string()),
+        never_stream: true,
+        delay: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start_with(&one_server_config(&upstream.url(), ""), |state| {
+        state.keepalive_interval = Duration::from_millis(20);
+    })
+    .await;
+    let output = run_script(python, LATE_WHOLE, router.url("/v1")).await;
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json from python");
+    for (name, usage) in [("plain", serde_json::Value::Null), ("usage", 50.into())] {
+        assert_eq!(
+            result[name],
+            serde_json::json!({"id": "c1", "model": "m-2024", "role": "assistant",
+                "content": "let me look", "reasoning": "weather needs a tool",
+                "tool_calls": [["call_a", "function", "weather", "{\"city\":\"Paris\"}"]],
+                "finish": "tool_calls", "usage": usage}),
+            "{name}"
+        );
+    }
+    for n in 1..=2 {
+        let record = router.records.nth(n).await;
+        assert_eq!(record.outcome, llmsrouter::record::Outcome::Success);
+        let started = record.response_started_at.expect("the upstream's head");
+        assert!(
+            started
+                .duration_since(record.started_at)
+                .unwrap_or_default()
+                >= Duration::from_millis(20),
+            "the head came after the router's own"
+        );
+        assert_eq!(record.response.usage.clone().expect("usage").total, 50);
     }
     router.stop().await;
 }
