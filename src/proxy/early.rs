@@ -308,7 +308,11 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
         body,
     } = upstream;
     if status.is_success() {
-        if super::is_json(&fields) {
+        // A body labelled JSON, or one whose label does not rule JSON out (`text/plain`, none:
+        // a whole answer so labelled is relayed and recorded as JSON on the usual path), is
+        // read whole: if it is JSON it is a whole answer.
+        let labelled_json = super::is_json(&fields);
+        if labelled_json || super::may_be_json(&fields) {
             let declared = http_body::Body::size_hint(&body).exact();
             let read = super::read_upstream_body(body, declared);
             let body = match tokio::time::timeout_at(deadline, read).await {
@@ -320,13 +324,17 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
                 }
                 Ok(Ok(body)) => body,
             };
-            let answer = LateAnswer {
-                status,
-                answered_at,
-                provider: &provider,
-                redactor: &redactor,
-            };
-            return answer.whole_json(body, &fields, client_usage);
+            if labelled_json || is_json_object(&body) {
+                let answer = LateAnswer {
+                    status,
+                    answered_at,
+                    provider: &provider,
+                    redactor: &redactor,
+                };
+                return answer.whole_json(body, &fields, client_usage);
+            }
+            let error = not_relayable(&provider, status, &content_type_of(&fields));
+            return router(error, Some(answered_at));
         }
         if !super::is_event_stream(&fields) {
             let error = not_relayable(&provider, status, &content_type_of(&fields));
@@ -454,6 +462,12 @@ fn whole_answer_kind(value: &serde_json::Value) -> String {
         None if value.is_null() => "not valid JSON".to_owned(),
         None => "of no known shape".to_owned(),
     }
+}
+
+/// Whether `body` is one JSON object (what a whole completion is), whatever its label said.
+fn is_json_object(body: &[u8]) -> bool {
+    body.trim_ascii_start().starts_with(b"{")
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
 fn content_type_of(fields: &Fields) -> String {

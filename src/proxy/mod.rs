@@ -881,7 +881,7 @@ fn streams_unasked(fields: &Fields) -> bool {
 /// (not an event stream), `+json` or missing, and it is not compressed. An upstream may
 /// answer a stream request so (a whole JSON answer as `text/plain`); the record then reads
 /// it as JSON, as it would the same body labelled `application/json`.
-fn may_be_json(fields: &Fields) -> bool {
+pub(super) fn may_be_json(fields: &Fields) -> bool {
     if crate::content_coding::content_encoding(fields).is_some() {
         return false;
     }

@@ -615,6 +615,21 @@ async fn a_late_whole_chat_completion_goes_as_its_chunks() {
     assert_eq!(record.outcome, Outcome::Success, "{:?}", record.error);
     assert_eq!(record.response.usage.clone().expect("usage").total, 5);
     assert_eq!(record.response.content, "once upon");
+
+    // Labelled as text: a whole answer all the same, as on the usual path.
+    let as_text = Behavior {
+        body: Some(answer.to_string()),
+        content_type: "text/plain; charset=utf-8".into(),
+        ..Default::default()
+    };
+    let post = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&stream_request());
+    let text = late_answer(&upstream, post, as_text).await;
+    assert_eq!(chunk_events(&text), vec![chunk.clone()]);
+    let record = router.records.nth(5).await;
+    assert_eq!(record.outcome, Outcome::Success, "{:?}", record.error);
+    assert_eq!(record.response.usage.clone().expect("usage").total, 50);
     router.stop().await;
 }
 
