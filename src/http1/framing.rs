@@ -4,7 +4,8 @@
 //! (`Transfer-Encoding` and `Content-Length` together, lengths that disagree, a transfer coding
 //! other than `chunked`) is refused, never guessed at. Responses are read as RFC 9112 §6.3
 //! says a client must, and a response framed oddly is not followed by a reuse of its
-//! connection.
+//! connection; but one in a transfer coding other than `chunked` is refused too (see
+//! [`response_codings`]).
 
 use bytes::{Buf as _, Bytes, BytesMut};
 
@@ -32,6 +33,12 @@ pub enum FramingError {
     BadContentLength,
     #[error("Transfer-Encoding {0:?} (only chunked is supported)")]
     UnsupportedCoding(String),
+    /// An answer in a transfer coding the router did not ask for (it sends no `TE`) and
+    /// does not undo.
+    #[error(
+        "Transfer-Encoding {0:?}: a transfer coding the router did not ask for and cannot undo (only chunked is read)"
+    )]
+    UnrequestedCoding(String),
     #[error("Transfer-Encoding in an HTTP/1.0 message")]
     CodingInHttp10,
     #[error("a malformed chunk")]
@@ -73,23 +80,41 @@ pub fn response_length(status: u16, fields: &Fields) -> Result<(BodyLength, bool
     if status == 204 || status == 304 || (100..200).contains(&status) {
         return Ok((BodyLength::Empty, true));
     }
-    if fields.contains("transfer-encoding") {
-        let codings = codings(fields);
-        let chunked_last = codings
-            .last()
-            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+    if let Some(length) = response_codings(fields)? {
         // A length beside a transfer coding is ignored, and the connection not trusted again.
-        let reusable = !fields.contains("content-length");
-        return Ok(if chunked_last {
-            (BodyLength::Chunked, reusable)
-        } else {
-            (BodyLength::UntilClose, false)
-        });
+        let reusable = length == BodyLength::Chunked && !fields.contains("content-length");
+        return Ok((length, reusable));
     }
     match content_length(fields)? {
         Some(0) => Ok((BodyLength::Empty, true)),
         Some(n) => Ok((BodyLength::Known(n), true)),
         None => Ok((BodyLength::UntilClose, false)),
+    }
+}
+
+/// The framing a response's `Transfer-Encoding` gives it (`None` without one): `chunked`
+/// alone, or the obsolete `identity` alone (no coding: the body ends at the close, as RFC 9112
+/// §6.3 reads any list that does not end in `chunked`). Any other coding (`gzip, chunked`,
+/// `chunked, gzip`, `gzip`) is an error: transfer codings are hop-by-hop, so the router could
+/// only relay such a body by undoing the coding, which it does not; passed on without its
+/// `Transfer-Encoding`, the body would reach the client as a silently corrupt answer. The
+/// router sends no `TE`, so an upstream has no business sending one. hyper reads the same
+/// answers (see `crate::upstream`), so every client refuses them alike.
+pub fn response_codings(fields: &Fields) -> Result<Option<BodyLength>, FramingError> {
+    if !fields.contains("transfer-encoding") {
+        return Ok(None);
+    }
+    let codings = codings(fields);
+    match codings.as_slice() {
+        [only] if only.eq_ignore_ascii_case(b"chunked") => Ok(Some(BodyLength::Chunked)),
+        [only] if only.eq_ignore_ascii_case(b"identity") => Ok(Some(BodyLength::UntilClose)),
+        _ => Err(FramingError::UnrequestedCoding(
+            codings
+                .iter()
+                .map(|c| String::from_utf8_lossy(c))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
     }
 }
 
@@ -487,8 +512,29 @@ mod tests {
         assert_eq!(of(304, &[]), Ok((Empty, true)));
         assert_eq!(of(200, &[]), Ok((UntilClose, false)));
         assert_eq!(
-            of(200, &[("transfer-encoding", "gzip, chunked")]),
+            of(200, &[("transfer-encoding", "Chunked")]),
             Ok((Chunked, true))
+        );
+        assert_eq!(
+            of(200, &[("transfer-encoding", "identity")]),
+            Ok((UntilClose, false))
+        );
+        for unrequested in ["gzip, chunked", "chunked, gzip", "gzip", "chunked, chunked"] {
+            assert_eq!(
+                of(200, &[("transfer-encoding", unrequested)]),
+                Err(FramingError::UnrequestedCoding(unrequested.into())),
+                "{unrequested}"
+            );
+        }
+        assert_eq!(
+            of(
+                200,
+                &[
+                    ("transfer-encoding", "gzip"),
+                    ("transfer-encoding", "chunked")
+                ]
+            ),
+            Err(FramingError::UnrequestedCoding("gzip, chunked".into()))
         );
         assert_eq!(
             of(
@@ -496,10 +542,6 @@ mod tests {
                 &[("transfer-encoding", "chunked"), ("content-length", "3")]
             ),
             Ok((Chunked, false))
-        );
-        assert_eq!(
-            of(200, &[("transfer-encoding", "gzip")]),
-            Ok((UntilClose, false))
         );
         assert_eq!(
             of(200, &[("content-length", "1, 2")]),

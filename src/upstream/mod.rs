@@ -2,8 +2,9 @@
 //! connections for plain `http://` upstreams ([`plain`], written and read by the request's
 //! own task), hyper's pooled client for TLS upstreams (it speaks HTTP/2 to those that offer
 //! it), and reqwest kept for the few targets it handles and hyper does not. Both HTTP/1
-//! clients read an answer the upstream sent before it closed the connection mid-request
-//! ([`plain`], [`keep_reading`]).
+//! clients read an answer the upstream sent before it had the whole request, whether it then
+//! closed the connection or kept it open unread ([`plain`], [`keep_reading`]), and refuse an
+//! answer in a transfer coding they cannot undo (`refuse_unrequested_coding`).
 //!
 //! Why not reqwest for everything: its redirect layer parses the URL twice and clones the
 //! headers on every request, even with redirects off, and its tower stack adds a dozen
@@ -380,9 +381,11 @@ impl UpstreamClient {
             .await
             .map_err(|e| UpstreamError::from_hyper(&e))?;
         let (parts, body) = response.into_parts();
+        let fields = Fields::from_header_map(&parts.headers);
+        refuse_unrequested_coding(parts.version, &fields)?;
         Ok(UpstreamResponse {
             status: parts.status,
-            fields: Fields::from_header_map(&parts.headers),
+            fields,
             body: UpstreamBody::Direct(body),
         })
     }
@@ -455,11 +458,31 @@ impl UpstreamClient {
             .map_err(|e| UpstreamError::from_reqwest(&e))?;
         let response: Response<reqwest::Body> = response.into();
         let (parts, body) = response.into_parts();
+        let fields = Fields::from_header_map(&parts.headers);
+        refuse_unrequested_coding(parts.version, &fields)?;
         Ok(UpstreamResponse {
             status: parts.status,
-            fields: Fields::from_header_map(&parts.headers),
+            fields,
             body: UpstreamBody::Fallback(body),
         })
+    }
+}
+
+/// An HTTP/1 answer in a transfer coding the router did not ask for and cannot undo
+/// (`gzip, chunked`) is refused, as [`plain`] refuses it (see
+/// [`crate::http1::framing::response_codings`]): hyper undoes only a final `chunked` and would
+/// hand on a body still in the other coding, which the router relays without the (hop-by-hop)
+/// `Transfer-Encoding` that named it. HTTP/2 has no transfer codings (h2 rejects the field).
+/// The body is dropped unread, so hyper does not keep that connection.
+fn refuse_unrequested_coding(version: http::Version, fields: &Fields) -> Result<(), UpstreamError> {
+    if version >= http::Version::HTTP_2 {
+        return Ok(());
+    }
+    match crate::http1::framing::response_codings(fields) {
+        Ok(_) => Ok(()),
+        Err(error) => Err(UpstreamError::from_hyper(&plain::PlainError::Framing(
+            error,
+        ))),
     }
 }
 

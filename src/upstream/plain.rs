@@ -11,12 +11,17 @@
 //! has been read to its end and nothing else arrived; a body dropped before its end closes
 //! the connection (the rest of the answer would still be on the wire).
 //!
-//! An upstream may answer before it has read the whole request and close the connection: a
-//! front-end with a body-size limit (nginx's `client_max_body_size`) answers 413 as soon as it
-//! sees the head. Once the socket's buffers are full the write then fails (a broken pipe, or
-//! a reset), but the answer is already in the receive buffer: it is read and relayed, as
-//! nginx and curl do, and that connection is never used again.
+//! An upstream may answer before it has read the whole request: a front-end with a body-size
+//! limit (nginx's `client_max_body_size`) answers 413 as soon as it sees the head. If it then
+//! closes the connection, the write fails once the socket's buffers are full (a broken pipe,
+//! or a reset), but the answer is already in the receive buffer: it is read and relayed, as
+//! nginx and curl do. If it keeps the connection open without reading, the write would wait
+//! for room that never comes; so a write that has to wait reads meanwhile (RFC 9112 §9.3: a
+//! client sending a body watches for an early answer), and once a whole answer is in it stops
+//! (`write_request`). Either way that connection is never used again.
 
+use std::future::Future as _;
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
@@ -27,7 +32,7 @@ use super::closed_by_upstream;
 use super::pool::{LanePools, PlainConn};
 use crate::http1::framing::{Decoded, Decoder, FramingError, response_length};
 use crate::http1::head::{HeadError, ResponseHead, parse_response};
-use crate::http1::io::{MIN_READ, read_some, reserve, write_all};
+use crate::http1::io::{MIN_READ, WriteFailure, read_some, reserve};
 use crate::state::SEND_TIMEOUT;
 
 /// Why an exchange with an upstream failed.
@@ -83,32 +88,31 @@ where
 {
     let (authority, mut idle) = pools.take(lane, authority);
     let mut sent = None;
-    while let Some(conn) = idle {
-        match write_all(&conn.io, head, body, SEND_TIMEOUT).await {
-            Ok(()) => {
-                sent = Some((conn, Ok(())));
-                break;
-            }
+    while let Some(mut conn) = idle {
+        let mut early = Early::default();
+        match write_request(&mut conn, head, body, &mut early).await {
             // Closed before it took a byte: the request may go on another connection.
-            Err(failure) if failure.written == 0 => idle = pools.take(lane, &authority).1,
-            Err(failure) => {
-                sent = Some((conn, Err(failure.error)));
+            Written::Failed(failure) if failure.written == 0 => {
+                idle = pools.take(lane, &authority).1;
+            }
+            written => {
+                sent = Some((conn, written, early));
                 break;
             }
         }
     }
     // `connect` serves once: the request's first connection when no kept one took it, else
     // its one retry.
-    let (mut conn, written, unused_connect) = match sent {
-        Some((conn, written)) => (conn, written, Some(connect)),
+    let (mut conn, written, early, unused_connect) = match sent {
+        Some((conn, written, early)) => (conn, written, early, Some(connect)),
         None => {
-            let (conn, written) = on_new_connection(connect, head, body).await?;
-            (conn, written, None)
+            let (conn, written, early) = on_new_connection(connect, head, body).await?;
+            (conn, written, early, None)
         }
     };
     let written_at = std::time::Instant::now();
     let mut interim = false;
-    let mut answer = read_answer(&mut conn, written, &mut interim).await;
+    let mut answer = read_answer(&mut conn, written, early, &mut interim).await;
     let idled_out = !interim
         && conn.buf.is_empty()
         && written_at.elapsed() < RETRY_WINDOW
@@ -116,8 +120,8 @@ where
     let retry = unused_connect.filter(|_| idled_out);
     if let Some(connect) = retry {
         (conn, answer) = match on_new_connection(connect, head, body).await {
-            Ok((mut conn, written)) => {
-                let answer = read_answer(&mut conn, written, &mut interim).await;
+            Ok((mut conn, written, early)) => {
+                let answer = read_answer(&mut conn, written, early, &mut interim).await;
                 (conn, answer)
             }
             // The new connection could not be made: the first failure is the one to report.
@@ -152,32 +156,242 @@ where
 /// round trip), rather than coming after the upstream read and worked on it.
 const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Connects and writes the request: the connection, and how the write went.
+/// Connects and writes the request: the connection, how the write went and what the
+/// upstream sent meanwhile.
 async fn on_new_connection<C, F>(
     connect: C,
     head: &[u8],
     body: &Bytes,
-) -> Result<(PlainConn, Result<(), std::io::Error>), SendError>
+) -> Result<(PlainConn, Written, Early), SendError>
 where
     C: FnOnce() -> F,
     F: std::future::Future<Output = Result<tokio::net::TcpStream, super::BoxError>>,
 {
-    let conn = PlainConn::new(connect().await.map_err(SendError::Connect)?);
-    let written = write_all(&conn.io, head, body, SEND_TIMEOUT).await;
-    Ok((conn, written.map_err(|failure| failure.error)))
+    let mut conn = PlainConn::new(connect().await.map_err(SendError::Connect)?);
+    let mut early = Early::default();
+    let written = write_request(&mut conn, head, body, &mut early).await;
+    Ok((conn, written, early))
 }
 
-/// The answer's head once the request was written (`written` says how that went), and
-/// whether the upstream answered before it had the whole request.
+/// How writing a request ended.
+enum Written {
+    /// All of it went out.
+    Whole,
+    /// The write failed, after `written` bytes.
+    Failed(WriteFailure),
+    /// The upstream's whole answer (or one that cannot be read) came before the request was
+    /// all written: the rest was not sent (see [`write_request`]).
+    Stopped,
+}
+
+/// What the upstream may send, unread, while its request still waits to be written before
+/// the write stops reading (and waits for room alone, as an upstream that neither reads nor
+/// answers leaves it): an early answer is nearly always a short error, and a larger one that
+/// does not fit would have to be held whole in memory.
+const EARLY_ANSWER_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Writes the request (`head`, then `body`) in one system call when the kernel takes it all,
+/// the common case, which costs nothing more than a plain write. Only when the socket's
+/// buffer is full does it wait for room, and while it waits it reads what the upstream sends
+/// into `conn.buf` ([`Early`]): an upstream may answer before it has read the request (a
+/// front-end's body-size limit), then read nothing more and keep the connection open, and
+/// the write would wait for room until it stalled out, the answer unread. Once that answer
+/// is whole the write stops ([`Written::Stopped`]); the connection is then reset when it is
+/// dropped (the rest of the request is thrown away, not left to the kernel to deliver), and
+/// never reused. An answer's head alone stops nothing: the upstream may still read the rest
+/// (an upstream that answers 200 early and then reads the body is within its rights). Fails
+/// with `TimedOut` when the upstream takes nothing for [`SEND_TIMEOUT`].
+async fn write_request(
+    conn: &mut PlainConn,
+    head: &[u8],
+    body: &[u8],
+    early: &mut Early,
+) -> Written {
+    let total = head.len() + body.len();
+    let mut written = 0;
+    let mut watching = true;
+    while written < total {
+        let parts = if written < head.len() {
+            [IoSlice::new(&head[written..]), IoSlice::new(body)]
+        } else {
+            [
+                IoSlice::new(&body[written - head.len()..]),
+                IoSlice::new(&[]),
+            ]
+        };
+        match conn.io.try_write_vectored(&parts) {
+            Ok(0) => {
+                let error = std::io::ErrorKind::WriteZero.into();
+                return Written::Failed(WriteFailure { written, error });
+            }
+            Ok(n) => {
+                written += n;
+                continue;
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Written::Failed(WriteFailure { written, error }),
+        }
+        let mut stall = std::pin::pin!(tokio::time::sleep(SEND_TIMEOUT));
+        loop {
+            match wait_for_room(&conn.io, watching, stall.as_mut()).await {
+                Room::Writable => break,
+                Room::Failed(error) => return Written::Failed(WriteFailure { written, error }),
+                Room::Stalled => {
+                    let error = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the peer took nothing for {} s", SEND_TIMEOUT.as_secs()),
+                    );
+                    return Written::Failed(WriteFailure { written, error });
+                }
+                Room::Readable => {}
+            }
+            reserve(&mut conn.buf, 0);
+            let decided = match conn.io.try_read_buf(&mut conn.buf) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => false,
+                Ok(0) => {
+                    watching = false;
+                    early.arrived(&mut conn.buf, true)
+                }
+                Ok(_) => {
+                    watching = conn.buf.len() < EARLY_ANSWER_LIMIT;
+                    early.arrived(&mut conn.buf, false)
+                }
+                // A reset: the write fails next, and the answer's reader finds what came.
+                Err(_) => {
+                    watching = false;
+                    false
+                }
+            };
+            if decided {
+                // Dropped, the connection is reset rather than left to deliver the rest.
+                let _ = conn.io.set_zero_linger();
+                return Written::Stopped;
+            }
+        }
+    }
+    Written::Whole
+}
+
+/// What a write that found no room waited for.
+enum Room {
+    Writable,
+    /// The upstream sent something (looked for only while `watching`).
+    Readable,
+    Stalled,
+    Failed(std::io::Error),
+}
+
+/// Waits until `io` has room for more of the request, or (when `watching`) has something to
+/// read, or `stall` is over.
+async fn wait_for_room(
+    io: &tokio::net::TcpStream,
+    watching: bool,
+    mut stall: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Room {
+    std::future::poll_fn(|cx| {
+        // An error here shows in the read that follows.
+        if watching && io.poll_read_ready(cx).is_ready() {
+            return Poll::Ready(Room::Readable);
+        }
+        match io.poll_write_ready(cx) {
+            Poll::Ready(Ok(())) => return Poll::Ready(Room::Writable),
+            Poll::Ready(Err(error)) => return Poll::Ready(Room::Failed(error)),
+            Poll::Pending => {}
+        }
+        stall.as_mut().poll(cx).map(|()| Room::Stalled)
+    })
+    .await
+}
+
+/// What an upstream sent while its request was still being written: interim answers, the
+/// final answer's head, and as much of its body as came, left in the connection's buffer for
+/// [`PlainBody`] to read as usual.
+#[derive(Default)]
+struct Early {
+    /// How far [`parse_response`] looked for the end of a head.
+    scanned: usize,
+    /// An interim (1xx) answer came.
+    interim: bool,
+    /// The final answer's head, and a decoder run over its body as it arrives (to tell when
+    /// it is whole); or why the answer cannot be read.
+    head: Option<Result<(ResponseHead, Decoder), PlainError>>,
+    /// How much of the buffer after the head the decoder has been run over.
+    probed: usize,
+}
+
+impl Early {
+    /// Takes in what was just read into `buf` (`closed`: the upstream closed its side).
+    /// True once the answer is decided: its head and whole body are in, or it cannot be read
+    /// (malformed, an upgrade, or ended by the close before its end: the body's reader
+    /// reports those as it would have).
+    fn arrived(&mut self, buf: &mut BytesMut, closed: bool) -> bool {
+        if self.head.is_none() {
+            self.head = self.next_head(buf);
+        }
+        let decoder = match &mut self.head {
+            None => return false,
+            Some(Err(_)) => return true,
+            Some(Ok((_, decoder))) => decoder,
+        };
+        if let Some(fresh) = buf.get(self.probed..).filter(|f| !f.is_empty()) {
+            let mut fresh = BytesMut::from(fresh);
+            self.probed = buf.len();
+            loop {
+                match decoder.decode(&mut fresh) {
+                    Ok(Decoded::Data(_)) => {}
+                    Ok(Decoded::NeedMore | Decoded::Done) => break,
+                    Err(_) => return true,
+                }
+            }
+        }
+        decoder.is_done() || closed
+    }
+
+    /// The final answer's head when it is in `buf` (taken out of it, interim answers too).
+    fn next_head(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> Option<Result<(ResponseHead, Decoder), PlainError>> {
+        loop {
+            let head = match parse_response(buf, &mut self.scanned) {
+                Ok(None) => return None,
+                Err(error) => return Some(Err(error.into())),
+                Ok(Some(head)) => head,
+            };
+            match head.status {
+                101 => return Some(Err(PlainError::Upgrade)),
+                100..200 => self.interim = true,
+                status => {
+                    let framed = response_length(status, &head.fields);
+                    return Some(match framed {
+                        Ok((length, _)) => Ok((head, Decoder::new(length))),
+                        Err(error) => Err(error.into()),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The answer's head once the request was written (`written` says how that went, `early`
+/// what came meanwhile), and whether the upstream answered before it had the whole request.
 async fn read_answer(
     conn: &mut PlainConn,
-    written: Result<(), std::io::Error>,
+    written: Written,
+    early: Early,
     interim: &mut bool,
 ) -> Result<(ResponseHead, bool), PlainError> {
+    *interim |= early.interim;
+    let cut_short = !matches!(written, Written::Whole);
+    if let Some(head) = early.head {
+        // The answer's head came while the request was written: it is the answer, however
+        // the write ended.
+        return head.map(|(head, _)| (head, cut_short));
+    }
     let write_error = match written {
-        Ok(()) => None,
-        Err(error) if closed_by_upstream(&error) => Some(error),
-        Err(error) => return Err(error.into()),
+        Written::Whole | Written::Stopped => None,
+        Written::Failed(failure) if closed_by_upstream(&failure.error) => Some(failure.error),
+        Written::Failed(failure) => return Err(failure.error.into()),
     };
     match (read_head(conn, interim).await, write_error) {
         (Ok(head), write_error) => Ok((head, write_error.is_some())),
@@ -223,8 +437,9 @@ pub struct PlainBody {
     decoder: Decoder,
     /// The answer's framing and `Connection` allow another request after it.
     reusable: bool,
-    /// The upstream answered before it took the whole request, then closed: a reset after
-    /// the answer's bytes ends it as the close would.
+    /// The upstream answered before it took the whole request (then closed, or the router
+    /// stopped writing): a reset after the answer's bytes ends it as the close would, and the
+    /// connection is not reused.
     answered_early: bool,
     lease: Lease,
     /// The buffer was grown for a large declared body: not kept while the connection idles.
@@ -739,6 +954,108 @@ mod tests {
             }
             Err(_) => panic!("the write's error was replaced"),
         }
+        server.abort();
+    }
+
+    /// An upstream that answers as soon as it has read a request's head and then neither
+    /// reads nor closes: the write, waiting for room, reads the answer and stops once it is
+    /// whole (by its length, or its last chunk; interim answers skipped). The connection is
+    /// not kept.
+    #[tokio::test]
+    async fn a_whole_answer_sent_before_the_body_was_read_ends_the_write() {
+        let answers: [&[u8]; 2] = [
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413 Payload Too Large\r\n\
+              transfer-encoding: chunked\r\n\r\n3\r\ntoo\r\n5\r\n big!\r\n0\r\n\r\n",
+        ];
+        for answer in answers {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let server = tokio::spawn(async move {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut seen = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                // Half of it, then the rest: the write goes on until the answer is whole.
+                let (first, rest) = answer.split_at(answer.len() / 2);
+                let _ = socket.write_all(first).await;
+                tokio::task::yield_now().await;
+                let _ = socket.write_all(rest).await;
+                std::future::pending::<()>().await;
+            });
+            let client = Client::new(addr);
+            let large = Bytes::from(vec![b'x'; 32 << 20]);
+            let sent = tokio::time::timeout(Duration::from_secs(20), client.try_post(large)).await;
+            let Ok(Ok((head, body))) = sent else {
+                panic!("the early answer was not read");
+            };
+            assert_eq!(head.status, 413);
+            assert_eq!(body.collect().await.expect("body").to_bytes(), "too big!");
+            assert_eq!(
+                client.idle(),
+                0,
+                "a request cut short leaves its connection unusable"
+            );
+            server.abort();
+        }
+    }
+
+    /// An upstream that sends its answer's head before it reads the body, then reads it all
+    /// and sends the answer's body: the write goes on after the head, and the connection,
+    /// with its whole request written and its whole answer read, is kept.
+    #[tokio::test]
+    async fn an_early_head_does_not_stop_the_write() {
+        const LARGE: usize = 32 << 20;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut seen = Vec::new();
+            let mut buffer = vec![0u8; 64 * 1024];
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+                .await;
+            let head_end = loop {
+                if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break at + 4;
+                }
+                match socket.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                }
+            };
+            let mut body = seen.len() - head_end;
+            while body < LARGE {
+                match socket.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => body += n,
+                }
+            }
+            let _ = socket.write_all(b"ok").await;
+            std::future::pending::<()>().await;
+        });
+        let client = Client::new(addr);
+        let large = Bytes::from(vec![b'x'; LARGE]);
+        let sent = tokio::time::timeout(Duration::from_secs(20), client.try_post(large)).await;
+        let Ok(Ok((head, body))) = sent else {
+            panic!("no answer");
+        };
+        assert_eq!(head.status, 200);
+        assert_eq!(body.collect().await.expect("body").to_bytes(), "ok");
+        assert_eq!(client.idle(), 1, "written and read whole: kept");
         server.abort();
     }
 

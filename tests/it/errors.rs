@@ -436,6 +436,121 @@ async fn an_upstream_that_answers_before_reading_a_large_body_is_relayed() {
     router.stop().await;
 }
 
+/// How long a test waits for an answer an upstream sent before it read the request: far
+/// below the `timeout_secs` of [`early_config`], so a router that waits for the upstream to
+/// read (or close) fails the test here, not at the upstream timeout.
+const EARLY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// One server `early` at `url`, with a `timeout_secs` no test here should reach.
+fn early_config(url: &str) -> String {
+    format!("servers:\n  early:\n    url: \"{url}\"\n    timeout_secs: 60\n")
+}
+
+/// A chat request to `early` whose body (16 MiB) is far larger than the socket buffers.
+fn large_chat() -> Value {
+    let prompt = "x".repeat(16 << 20);
+    json!({"model": "[early]m", "messages": [{"role": "user", "content": prompt}]})
+}
+
+/// An upstream that answers 413 as soon as it has read the head of a large request, then
+/// neither reads the body nor closes the connection: the router's write of the body waits
+/// for room that never comes. It reads while it waits, and relays the 413 once it came whole
+/// (and does not use that connection again), instead of waiting for `timeout_secs` and
+/// answering 504.
+#[tokio::test]
+async fn an_early_answer_on_a_connection_the_upstream_keeps_open_is_relayed() {
+    let message = "payload too large (upstream)";
+    let answer = json!({"error": {"message": message, "type": "invalid_request_error", "code": "too_large"}})
+        .to_string();
+    let upstream = EarlyAnswer::keeping_open(
+        "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\nx-body-limit: 1m\r\n",
+        &answer,
+    )
+    .await;
+    let router = TestRouter::start(&early_config(&upstream.url())).await;
+    let body = large_chat();
+    for round in 1..=2 {
+        let response = tokio::time::timeout(EARLY_DEADLINE, router.chat(&body))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the upstream's 413 was not relayed"));
+        assert_eq!(response.status(), 413, "round {round}");
+        assert_eq!(response.headers()["x-body-limit"], "1m");
+        assert_eq!(response.text().await.expect("body"), answer);
+        let record = router.records.nth(round).await;
+        assert_eq!(record.outcome, Outcome::UpstreamError);
+        assert_eq!(record.status, Some(413));
+        assert_eq!(record.error.as_deref(), Some(message));
+    }
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "a connection whose request was not written whole is not reused"
+    );
+    router.stop().await;
+}
+
+/// An upstream may also answer a whole 200 before it read the request (and keep the
+/// connection open): that completion reaches the client and its record, usage and all,
+/// instead of a 504 that replaced it.
+#[tokio::test]
+async fn a_whole_completion_sent_before_the_request_was_read_is_relayed() {
+    let completion = crate::support::upstream::chat_completion("early-model");
+    let upstream = EarlyAnswer::keeping_open(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n",
+        &completion,
+    )
+    .await;
+    let router = TestRouter::start(&early_config(&upstream.url())).await;
+    let response = tokio::time::timeout(EARLY_DEADLINE, router.chat(&large_chat()))
+        .await
+        .expect("the upstream's completion was not relayed");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.expect("body"), completion);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert_eq!(record.status, Some(200));
+    let usage = record.response.usage.clone().expect("usage");
+    assert_eq!((usage.input, usage.output), (11, 2));
+    router.stop().await;
+}
+
+/// `Transfer-Encoding: gzip, chunked`, a transfer coding the router never asked for (it sends
+/// no `TE`) and does not undo: relayed without its hop-by-hop `Transfer-Encoding`, the gzip
+/// bytes reached the client as a 200 JSON answer with no coding named. It is an upstream
+/// failure instead, as is any transfer coding but a lone `chunked` (or the obsolete
+/// `identity`).
+#[tokio::test]
+async fn an_answer_in_a_transfer_coding_the_router_cannot_undo_is_a_502() {
+    let compressed = gzip(crate::support::upstream::chat_completion("m").as_bytes());
+    for coding in ["gzip, chunked", "chunked, gzip", "gzip"] {
+        let mut answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: {coding}\r\n\r\n{:x}\r\n",
+            compressed.len()
+        )
+        .into_bytes();
+        answer.extend_from_slice(&compressed);
+        answer.extend_from_slice(b"\r\n0\r\n\r\n");
+        let upstream = EarlyAnswer::answering(answer, true).await;
+        let router = TestRouter::start(&early_config(&upstream.url())).await;
+        let response = tokio::time::timeout(
+            EARLY_DEADLINE,
+            router.chat(&json!({"model": "[early]m", "messages": []})),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{coding}: no answer"));
+        let (status, body) = error_of(response).await;
+        assert_eq!(status, 502, "{coding}: {body}");
+        assert_eq!(body["error"]["code"], "upstream_unreachable", "{coding}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains(coding), "{coding}: {message}");
+        let record = router.records.nth(1).await;
+        assert_eq!(record.outcome, Outcome::RouterError, "{coding}");
+        assert_eq!(record.status, Some(502), "{coding}");
+        assert_eq!(record.error.as_deref(), Some(message), "{coding}");
+        router.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn unreachable_upstream_is_502() {
     let router = TestRouter::start(&one_server_config(&crate::support::closed_url(), "")).await;

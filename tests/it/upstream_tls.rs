@@ -205,6 +205,18 @@ const TOO_LARGE: &str = r#"{"error":{"message":"payload too large (upstream)","t
 /// answering, for a request with `silent=1` in its query); over HTTP/2 (hyper's server) it
 /// answers 413 without reading the body, and hyper ends the stream with `RST_STREAM`.
 async fn start_early_answering_tls_upstream(alpn: &[&[u8]]) -> SocketAddr {
+    let answer = format!(
+        "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{TOO_LARGE}",
+        TOO_LARGE.len()
+    );
+    start_raw_tls_upstream(alpn, answer.into_bytes(), false).await
+}
+
+/// As [`start_early_answering_tls_upstream`], answering `answer` (exact HTTP/1.1 bytes) over
+/// HTTP/1.1, and keeping the connection open after it, its request's body unread, when
+/// `keep_open`.
+async fn start_raw_tls_upstream(alpn: &[&[u8]], answer: Vec<u8>, keep_open: bool) -> SocketAddr {
+    let answer: Arc<[u8]> = answer.into();
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let (listener, acceptor) = tls_listener(alpn).await;
     let addr = listener.local_addr().expect("addr");
@@ -213,7 +225,7 @@ async fn start_early_answering_tls_upstream(alpn: &[&[u8]]) -> SocketAddr {
             // The answer goes out at once, not held back by Nagle's algorithm until the close
             // (a reset) throws it away.
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let (acceptor, answer) = (acceptor.clone(), answer.clone());
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
@@ -240,12 +252,13 @@ async fn start_early_answering_tls_upstream(alpn: &[&[u8]]) -> SocketAddr {
                 if seen.windows(8).any(|w| w == b"silent=1") {
                     return;
                 }
-                let answer = format!(
-                    "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{TOO_LARGE}",
-                    TOO_LARGE.len()
-                );
-                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.write_all(&answer).await;
                 let _ = tls.flush().await;
+                if keep_open {
+                    // Held, unread, until the test's runtime ends.
+                    std::future::pending::<()>().await;
+                    drop(tls);
+                }
             });
         }
     });
@@ -303,4 +316,65 @@ async fn a_tls_upstream_answering_before_it_read_the_body_is_relayed_over_http1(
 #[tokio::test]
 async fn a_tls_upstream_answering_before_it_read_the_body_is_relayed_over_http2() {
     early_answer_through_the_router(&[b"h2"]).await;
+}
+
+/// A TLS upstream over HTTP/1.1 that answers 413 as soon as it has read a request's head, then
+/// neither reads the body nor closes: hyper's client reads while it writes, so the answer is
+/// relayed at once, not after `timeout_secs`.
+#[tokio::test]
+async fn a_tls_upstream_answering_early_and_keeping_the_connection_open_is_relayed() {
+    let answer = format!(
+        "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{TOO_LARGE}",
+        TOO_LARGE.len()
+    );
+    let addr = start_raw_tls_upstream(&[b"http/1.1"], answer.into_bytes(), true).await;
+    let config = format!(
+        "servers:\n  secure:\n    url: \"https://localhost:{}/v1\"\n    timeout_secs: 60\n",
+        addr.port()
+    );
+    let router = router_trusting_the_test_ca(&config);
+    let prompt = "x".repeat(16 << 20);
+    let request = json!({"model": "[secure]m", "messages": [{"role": "user", "content": prompt}]});
+    for round in 1..=2 {
+        let response =
+            tokio::time::timeout(std::time::Duration::from_secs(20), router.chat(&request))
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the 413 was not relayed"));
+        let status = response.status();
+        let body = response.text().await.expect("body");
+        assert_eq!(
+            (status.as_u16(), body.as_str()),
+            (413, TOO_LARGE),
+            "round {round}"
+        );
+    }
+}
+
+/// A TLS upstream over HTTP/1.1 answering in `Transfer-Encoding: gzip, chunked`: hyper undoes
+/// the chunked coding only, and the gzip bytes reached the client as a 200 JSON answer; the
+/// router answers 502 instead, as it does for a plain-HTTP upstream.
+#[tokio::test]
+async fn a_tls_upstream_answering_in_a_transfer_coding_the_router_cannot_undo_is_a_502() {
+    let compressed = crate::support::upstream::gzip(chat_completion("tls-model").as_bytes());
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: gzip, chunked\r\n\r\n{:x}\r\n",
+        compressed.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&compressed);
+    answer.extend_from_slice(b"\r\n0\r\n\r\n");
+    let addr = start_raw_tls_upstream(&[b"http/1.1"], answer, true).await;
+    let config = format!(
+        "servers:\n  secure:\n    url: \"https://localhost:{}/v1\"\n",
+        addr.port()
+    );
+    let router = router_trusting_the_test_ca(&config);
+    let response = router
+        .chat(&json!({"model": "[secure]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 502);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "upstream_unreachable");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("gzip, chunked"), "{message}");
 }

@@ -434,10 +434,11 @@ fn sse_stream(
 }
 
 /// An upstream that answers every request with one HTTP/1 answer as soon as it has read the
-/// request's head, leaves the body unread and closes the connection: what a
-/// front-end with a body-size limit (nginx's `client_max_body_size`) does. Closing with the
-/// body unread makes the kernel reset the connection, so a sender still writing the body sees
-/// its write fail.
+/// request's head, and leaves the body unread: what a front-end with a body-size limit
+/// (nginx's `client_max_body_size`) does. It then closes the connection ([`Self::start`]):
+/// closing with the body unread makes the kernel reset the connection, so a sender still
+/// writing the body sees its write fail. Or it keeps the connection open, reading nothing
+/// more ([`Self::keeping_open`]): a sender that only writes then waits for room forever.
 pub struct EarlyAnswer {
     pub addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
@@ -446,12 +447,22 @@ pub struct EarlyAnswer {
 
 impl EarlyAnswer {
     /// `head` is the status line and header fields, each ending in CRLF; the framing
-    /// (`content-length`) is added for `body`.
+    /// (`content-length`) is added for `body`. The connection closes after the answer.
     pub async fn start(head: &str, body: &str) -> Self {
+        Self::answering(framed(head, body), false).await
+    }
+
+    /// As [`Self::start`], but the connection stays open after the answer, its request's body
+    /// unread, until the test ends.
+    pub async fn keeping_open(head: &str, body: &str) -> Self {
+        Self::answering(framed(head, body), true).await
+    }
+
+    /// Answers with exactly `answer` (head and body, framing included), keeping the
+    /// connection open after it when `keep_open`.
+    pub async fn answering(answer: Vec<u8>, keep_open: bool) -> Self {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let answer: Arc<[u8]> = format!("{head}content-length: {}\r\n\r\n{body}", body.len())
-            .into_bytes()
-            .into();
+        let answer: Arc<[u8]> = answer.into();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind early-answer upstream");
@@ -475,6 +486,11 @@ impl EarlyAnswer {
                         }
                     }
                     let _ = socket.write_all(&answer).await;
+                    if keep_open {
+                        // Held, unread, until the test's runtime ends.
+                        std::future::pending::<()>().await;
+                        drop(socket);
+                    }
                 });
             }
         });
@@ -494,6 +510,12 @@ impl EarlyAnswer {
     pub fn connections(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+}
+
+/// `head` (status line and fields, each ending in CRLF), a `content-length` for `body`, and
+/// `body`.
+fn framed(head: &str, body: &str) -> Vec<u8> {
+    format!("{head}content-length: {}\r\n\r\n{body}", body.len()).into_bytes()
 }
 
 impl Drop for EarlyAnswer {
