@@ -12,6 +12,13 @@
 //! is never idle, so the pool cannot give it to another request (hyper#2646). Should the end
 //! not be found, the write fails after [`GRACE`] and the connection closes then. Reads, and
 //! every other write error, pass through as they are.
+//!
+//! An upstream that answers early may also keep the connection open and read nothing more.
+//! hyper reads and relays that answer all the same, but its connection would go on waiting to
+//! write the rest of the request for as long as the upstream keeps it, holding the body: a
+//! write that waits [`SEND_TIMEOUT`] without room fails instead (as the plain-HTTP client's
+//! does), and the connection closes. That holds for HTTP/2 connections too, whose peer, not
+//! reading its socket for that long, cannot be reading anything (pings, window updates).
 
 use std::future::Future as _;
 use std::io::{self, IoSlice};
@@ -22,6 +29,7 @@ use std::time::Duration;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 
 use super::closed_by_upstream;
+use crate::state::SEND_TIMEOUT;
 
 /// How long a write that found the connection closed waits before it fails: time enough to
 /// read an answer already received.
@@ -32,6 +40,11 @@ pub struct KeepReading<T> {
     inner: T,
     /// A write found the connection closed by the upstream.
     failed: Option<Failed>,
+    /// The timer of a write waiting for room, kept for the next wait (see [`Self::settle`]).
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The last write (or flush) waited for room and has not made progress since: the timer
+    /// runs on from when that wait began.
+    waiting: bool,
 }
 
 struct Failed {
@@ -45,6 +58,8 @@ impl<T> KeepReading<T> {
         Self {
             inner,
             failed: None,
+            stall: None,
+            waiting: false,
         }
     }
 
@@ -64,6 +79,50 @@ impl<T> KeepReading<T> {
             .take()
             .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into());
         Poll::Ready(Err(error))
+    }
+
+    /// A write's poll: a result is held when the upstream closed the connection (see
+    /// [`Self::hold`]); a wait for room fails once it has lasted [`SEND_TIMEOUT`]
+    /// ([`Self::poll_stall`]). A write that does not wait costs a flag.
+    fn settle<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match poll {
+            Poll::Ready(result) => {
+                self.waiting = false;
+                self.hold(cx, result)
+            }
+            Poll::Pending => self.poll_stall(cx),
+        }
+    }
+
+    /// A write is waiting for room: pending until [`SEND_TIMEOUT`] after the wait began,
+    /// then `TimedOut`. The timer is allocated at the first wait and reset at the next.
+    fn poll_stall<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        let deadline = tokio::time::Instant::now() + SEND_TIMEOUT;
+        let stall = match self.stall.as_mut() {
+            Some(stall) => {
+                if !self.waiting {
+                    stall.as_mut().reset(deadline);
+                }
+                stall
+            }
+            None => self
+                .stall
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.waiting = true;
+        ready!(stall.as_mut().poll(cx));
+        self.waiting = false;
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the upstream took nothing of the request for {} s",
+                SEND_TIMEOUT.as_secs()
+            ),
+        )))
     }
 
     /// The result of a write, held (see the module) when the upstream closed the connection.
@@ -101,8 +160,8 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for KeepReading<T> {
         if self.failed.is_some() {
             return self.poll_failed(cx);
         }
-        let result = ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
-        self.hold(cx, result)
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.settle(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -113,8 +172,8 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for KeepReading<T> {
         if self.failed.is_some() {
             return self.poll_failed(cx);
         }
-        let result = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs));
-        self.hold(cx, result)
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.settle(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -125,8 +184,8 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for KeepReading<T> {
         if self.failed.is_some() {
             return self.poll_failed(cx);
         }
-        let result = ready!(Pin::new(&mut self.inner).poll_flush(cx));
-        self.hold(cx, result)
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.settle(cx, poll)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -141,5 +200,42 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for KeepReading<T> {
 impl<T: Connection> Connection for KeepReading<T> {
     fn connected(&self) -> Connected {
         self.inner.connected()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::rt::Write as _;
+
+    /// A peer that takes nothing more: a write waiting for room fails after [`SEND_TIMEOUT`]
+    /// instead of waiting for as long as the peer keeps the connection open.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_waits_for_room_too_long_fails() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        // Accepted and held, never read.
+        let (_peer, _) = listener.accept().await.expect("accept");
+        let mut io = KeepReading::new(hyper_util::rt::TokioIo::new(client));
+        let chunk = vec![b'x'; 1 << 20];
+        let started = tokio::time::Instant::now();
+        let failed = tokio::time::timeout(SEND_TIMEOUT * 2, async {
+            loop {
+                let written =
+                    std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, &chunk)).await;
+                if let Err(error) = written {
+                    return error;
+                }
+            }
+        })
+        .await;
+        let Ok(error) = failed else {
+            panic!("the write still waits for room");
+        };
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(started.elapsed() >= SEND_TIMEOUT, "{:?}", started.elapsed());
     }
 }
