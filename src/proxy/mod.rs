@@ -931,6 +931,12 @@ fn send_error(provider: &str, error: &UpstreamError) -> ProxyError {
         ProxyError::UpstreamTimeout(format!(
             "could not connect to the upstream {provider} in time: {description}"
         ))
+    } else if error.is_unreadable() {
+        // Reached, but what it sent is not HTTP the router can relay: same code (the answer
+        // is as lost to the client), a message that does not send them looking at the network.
+        ProxyError::UpstreamUnreachable(format!(
+            "the upstream {provider} answered, but not in a form the router can read: {description}"
+        ))
     } else {
         ProxyError::UpstreamUnreachable(format!(
             "could not reach the upstream {provider}: {description}"

@@ -126,6 +126,9 @@ pub struct UpstreamError {
     timeout: bool,
     /// The body arrived but its `Content-Encoding` could not be undone.
     undecodable: bool,
+    /// The upstream answered, but not in a form the router can read (malformed framing or
+    /// head, an invalid status, an unrequested transfer coding, an upgrade): it was reached.
+    unreadable: bool,
     description: String,
 }
 
@@ -141,6 +144,7 @@ impl UpstreamError {
         Self {
             timeout: false,
             undecodable: true,
+            unreadable: false,
             description: error.to_string(),
         }
     }
@@ -149,9 +153,28 @@ impl UpstreamError {
         self.undecodable
     }
 
+    /// The upstream answered something the router cannot read (see the `unreadable` field).
+    pub fn is_unreadable(&self) -> bool {
+        self.unreadable
+    }
+
+    /// An exchange over the lane's own connections failed: unreadable when the upstream's
+    /// answer was the trouble, as [`Self::from_hyper`] says for hyper's parse errors.
+    fn from_plain(error: &plain::PlainError) -> Self {
+        let unreadable = matches!(
+            error,
+            plain::PlainError::Framing(_) | plain::PlainError::Head(_) | plain::PlainError::Upgrade
+        );
+        Self {
+            unreadable,
+            ..Self::from_hyper(error)
+        }
+    }
+
     fn from_hyper(error: &(dyn std::error::Error + 'static)) -> Self {
         let mut parts: Vec<String> = Vec::new();
         let mut timeout = false;
+        let mut unreadable = false;
         let mut next = Some(error);
         while let Some(cause) = next {
             if cause
@@ -159,6 +182,12 @@ impl UpstreamError {
                 .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
             {
                 timeout = true;
+            }
+            if cause
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_parse)
+            {
+                unreadable = true;
             }
             let text = cause.to_string();
             if !parts.iter().any(|p| p.contains(&text)) {
@@ -169,14 +198,27 @@ impl UpstreamError {
         Self {
             timeout,
             undecodable: false,
+            unreadable,
             description: join_causes(parts),
         }
     }
 
+    /// A request that could not go out at all.
     fn unsendable(why: &str) -> Self {
         Self {
             timeout: false,
             undecodable: false,
+            unreadable: false,
+            description: why.to_owned(),
+        }
+    }
+
+    /// An answer whose status line the router cannot use.
+    fn unreadable(why: &str) -> Self {
+        Self {
+            timeout: false,
+            undecodable: false,
+            unreadable: true,
             description: why.to_owned(),
         }
     }
@@ -185,6 +227,7 @@ impl UpstreamError {
         Self {
             timeout: error.is_timeout(),
             undecodable: false,
+            unreadable: false,
             description: crate::proxy::describe_reqwest_error(error),
         }
     }
@@ -403,7 +446,7 @@ impl UpstreamClient {
         match plain::send(&self.plain, lane, authority, head, body, connect).await {
             Ok((head, body)) => Ok(UpstreamResponse {
                 status: StatusCode::from_u16(head.status).map_err(|_| {
-                    UpstreamError::unsendable(&format!(
+                    UpstreamError::unreadable(&format!(
                         "the upstream answered with the invalid status {}",
                         head.status
                     ))
@@ -412,7 +455,7 @@ impl UpstreamClient {
                 body: UpstreamBody::Plain(body),
             }),
             Err(plain::SendError::Connect(error)) => Err(UpstreamError::from_hyper(error.as_ref())),
-            Err(plain::SendError::Exchange(error)) => Err(UpstreamError::from_hyper(&error)),
+            Err(plain::SendError::Exchange(error)) => Err(UpstreamError::from_plain(&error)),
         }
     }
 
@@ -480,7 +523,7 @@ fn refuse_unrequested_coding(version: http::Version, fields: &Fields) -> Result<
     }
     match crate::http1::framing::response_codings(fields) {
         Ok(_) => Ok(()),
-        Err(error) => Err(UpstreamError::from_hyper(&plain::PlainError::Framing(
+        Err(error) => Err(UpstreamError::from_plain(&plain::PlainError::Framing(
             error,
         ))),
     }

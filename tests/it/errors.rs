@@ -543,6 +543,9 @@ async fn an_answer_in_a_transfer_coding_the_router_cannot_undo_is_a_502() {
         assert_eq!(body["error"]["code"], "upstream_unreachable", "{coding}");
         let message = body["error"]["message"].as_str().expect("message");
         assert!(message.contains(coding), "{coding}: {message}");
+        // It did answer: the message must not send the user looking at the network.
+        assert!(message.contains("answered, but not in a form"), "{message}");
+        assert!(!message.contains("could not reach"), "{message}");
         let record = router.records.nth(1).await;
         assert_eq!(record.outcome, Outcome::RouterError, "{coding}");
         assert_eq!(record.status, Some(502), "{coding}");
@@ -560,6 +563,10 @@ async fn unreachable_upstream_is_502() {
     assert_eq!(body["error"]["code"], "upstream_unreachable");
     let message = body["error"]["message"].as_str().expect("message");
     assert!(!message.contains("sk-mock-upstream-key"));
+    assert!(
+        message.starts_with("could not reach the upstream mock"),
+        "{message}"
+    );
     let record = router.records.nth(1).await;
     assert_eq!(record.outcome, Outcome::RouterError);
     assert_eq!(record.status, Some(502));

@@ -377,4 +377,5 @@ async fn a_tls_upstream_answering_in_a_transfer_coding_the_router_cannot_undo_is
     assert_eq!(body["error"]["code"], "upstream_unreachable");
     let message = body["error"]["message"].as_str().expect("message");
     assert!(message.contains("gzip, chunked"), "{message}");
+    assert!(message.contains("answered, but not in a form"), "{message}");
 }
