@@ -258,66 +258,17 @@ impl Conn {
             crate::app::forwarded_path(&head.method, path, query, &service.state)
         {
             return self
-                .forward_other(&head, length, &path, query, keep_alive, service)
+                .proxy(&head, length, &path, query, keep_alive, service)
                 .await;
         }
         self.serve_by_app(head, length, keep_alive, service).await
     }
 
-    /// A `GET` or `DELETE` forwarded to the target it names ([`crate::app::forwarded_path`]):
-    /// as [`Self::proxy`], then [`proxy::handle_other`]. Served here, not by the app, so a
-    /// large answer (`files.content`) is written as it arrives, as a `POST`'s is. No
-    /// cross-site check: that guards a body, and these have none.
-    async fn forward_other(
-        &mut self,
-        head: &RequestHead,
-        length: BodyLength,
-        path: &str,
-        query: Option<&str>,
-        keep_alive: bool,
-        service: &Service,
-    ) -> Next {
-        let state = &service.state;
-        let ready = authenticate(state.keys.as_ref(), &head.fields).and_then(|caller| {
-            check_encoding(head.fields.get("content-encoding")).map(|()| caller)
-        });
-        let caller = match ready {
-            Ok(caller) => caller,
-            Err(error) => return self.refuse_unread(&error, head, length, keep_alive).await,
-        };
-        let limit = state.config.load().settings.max_body_bytes;
-        let body = match self.read_body(head, length, limit).await {
-            Ok(body) => body,
-            Err(failure) => {
-                return self
-                    .body_failed(failure, head, limit, keep_alive, true)
-                    .await;
-            }
-        };
-        let request = ProxyRequest {
-            caller: &caller,
-            path,
-            query,
-            fields: &head.fields,
-            body,
-        };
-        let answer = {
-            let handled = pin!(proxy::handle_other(
-                state,
-                request,
-                &head.method,
-                &mut self.hard_stop
-            ));
-            tokio::select! {
-                biased;
-                answer = handled => answer,
-                () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED) => return Next::Gone,
-            }
-        };
-        self.write_answer(answer, keep_alive, head.http10).await
-    }
-
-    /// A proxied `POST`: the same steps as the app's dispatcher, then [`proxy::handle`].
+    /// A proxied `POST`: the same steps as the app's dispatcher, then [`proxy::handle`]. A
+    /// `GET` or `DELETE` forwarded to the target it names ([`crate::app::forwarded_path`])
+    /// takes them too, then [`proxy::handle_other`]: served here, not by the app, so a large
+    /// answer (`files.content`) is written as it arrives. It has no cross-site check: that
+    /// guards a body, and these have none.
     async fn proxy(
         &mut self,
         head: &RequestHead,
@@ -328,7 +279,13 @@ impl Conn {
         service: &Service,
     ) -> Next {
         let state = &service.state;
-        let ready = refuse_cross_site(&head.fields)
+        let post = head.method == Method::POST;
+        let cross_site = if post {
+            refuse_cross_site(&head.fields)
+        } else {
+            Ok(())
+        };
+        let ready = cross_site
             .and_then(|()| authenticate(state.keys.as_ref(), &head.fields))
             .and_then(|caller| {
                 check_encoding(head.fields.get("content-encoding")).map(|()| caller)
@@ -354,7 +311,14 @@ impl Conn {
             body,
         };
         let answer = {
-            let handled = pin!(proxy::handle(state, request, &mut self.hard_stop));
+            let handled = async {
+                if post {
+                    proxy::handle(state, request, &mut self.hard_stop).await
+                } else {
+                    proxy::handle_other(state, request, &head.method, &mut self.hard_stop).await
+                }
+            };
+            let handled = pin!(handled);
             tokio::select! {
                 biased;
                 answer = handled => answer,
