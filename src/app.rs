@@ -95,9 +95,13 @@ impl Route {
     }
 
     pub fn of(raw_path: &str) -> Self {
-        // A dot segment has a `.` (raw or as `%2e`); the usual path has neither.
-        let may_have_dots = memchr::memchr2(b'.', b'%', raw_path.as_bytes()).is_some();
-        if may_have_dots && raw_path.split('/').any(is_dot_segment) {
+        // A dot segment has a `.` (raw or as `%2e`); the usual path has neither. A backslash
+        // is refused with them: URL parsers read it as `/` (WHATWG, for http URLs), so
+        // `a\..\..\admin` would climb out of a server's base URL where no `/` shows it.
+        let bytes = raw_path.as_bytes();
+        if memchr::memchr3(b'.', b'%', b'\\', bytes).is_some()
+            && (bytes.contains(&b'\\') || raw_path.split('/').any(is_dot_segment))
+        {
             return Self::DotSegment;
         }
         let path = normalize_path(raw_path);
@@ -175,7 +179,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         Route::Health => return health(&parts.method),
         Route::DotSegment => {
             return ProxyError::InvalidRequest(
-                "the path has a \".\" or \"..\" segment; send the plain path, e.g. /v1/chat/completions".into(),
+                "the path has a \".\" or \"..\" segment or a backslash; send the plain path, e.g. /v1/chat/completions".into(),
             )
             .into_response();
         }

@@ -642,6 +642,9 @@ async fn dot_segments_cannot_escape_the_configured_base_path() {
         "/v1/chat/../../../admin/secret",
         "/v1/%2e%2e/%2E%2e/tenant-b/v1/chat/completions",
         "/v1/./chat/completions",
+        // URL parsers read a backslash as '/': these climbed out of the base path.
+        "/v1/a\\..\\..\\admin/keys",
+        "/v1\\..\\..\\secret",
     ] {
         let answer = raw_post(router.addr, path, r#"{"model":"[mock]m"}"#).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
