@@ -52,6 +52,10 @@ pub enum ProxyError {
     /// Shutdown's grace period ended while the request still waited for its upstream.
     #[error("{0}")]
     ShuttingDown(String),
+    /// The request has come through routers (this one, or others of its kind) more times
+    /// than any real chain needs: a target that leads back to a router.
+    #[error("{0}")]
+    LoopDetected(String),
 }
 
 impl ProxyError {
@@ -69,6 +73,7 @@ impl ProxyError {
             Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::LoopDetected(_) => StatusCode::LOOP_DETECTED,
         }
     }
 
@@ -88,6 +93,7 @@ impl ProxyError {
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::ShuttingDown(_) => "server_shutting_down",
+            Self::LoopDetected(_) => "loop_detected",
         }
     }
 

@@ -453,16 +453,26 @@ fn is_plain_path(path: &str) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'/')
 }
 
-/// The client's query string without its `proxy` parameter, which is the router's own.
+/// The client's query string without its `proxy` parameter, which is the router's own. A
+/// key is compared decoded, as [`proxy_param`] reads it: `%70roxy=` names the target too, and
+/// left in the query it would go upstream, naming the target again (a router that is its own
+/// target would forward it to itself without end).
 pub fn strip_proxy_param(query: &str) -> String {
     query
         .split('&')
-        .filter(|pair| {
-            let key = pair.split('=').next().unwrap_or("");
-            !pair.is_empty() && key != "proxy"
-        })
+        .filter(|pair| !pair.is_empty() && !is_proxy_pair(pair))
         .collect::<Vec<_>>()
         .join("&")
+}
+
+fn is_proxy_pair(pair: &str) -> bool {
+    let key = pair.split('=').next().unwrap_or("");
+    if !key.contains(['%', '+']) {
+        return key == "proxy";
+    }
+    url::form_urlencoded::parse(pair.as_bytes())
+        .next()
+        .is_some_and(|(key, _)| key == "proxy")
 }
 
 /// Finds the decoded `proxy` parameter of a raw query string.
@@ -746,6 +756,24 @@ servers:
         );
         assert_eq!(proxy_param(Some("a=1")), None);
         assert_eq!(proxy_param(None), None);
+    }
+
+    /// Every spelling of the key that names the target is taken out of the query sent on.
+    #[test]
+    fn the_proxy_parameter_is_stripped_however_its_key_is_spelled() {
+        for query in [
+            "proxy=http://h&limit=1",
+            "%70roxy=http://h&limit=1",
+            "%70%72%6F%78%79=http://h&limit=1",
+            "limit=1&proxy=a&proxy=b",
+        ] {
+            assert!(proxy_param(Some(query)).is_some(), "{query}");
+            assert_eq!(strip_proxy_param(query), "limit=1", "{query}");
+        }
+        assert_eq!(
+            strip_proxy_param("proxyx=1&xproxy=2&a+b=3"),
+            "proxyx=1&xproxy=2&a+b=3"
+        );
     }
 
     proptest! {

@@ -38,6 +38,8 @@ enum Known {
     CacheControl,
     XAccelBuffering,
     RequestId,
+    /// [`HOPS`]: the router writes its own.
+    Hops,
     Other,
 }
 
@@ -60,6 +62,7 @@ fn known(name: &[u8]) -> Known {
         16 if is("content-encoding") => Known::ContentEncoding,
         17 if is("transfer-encoding") => Known::HopByHop,
         17 if is("x-accel-buffering") => Known::XAccelBuffering,
+        17 if is(HOPS) => Known::Hops,
         18 if is("proxy-authenticate") => Known::HopByHop,
         19 if is("proxy-authorization") => Known::HopByHop,
         23 if is(REQUEST_ID) => Known::RequestId,
@@ -127,9 +130,11 @@ impl FieldSource for UpstreamFields<'_> {
                 continue;
             }
             match kind {
-                Known::Host | Known::ContentLength | Known::AcceptEncoding | Known::Expect => {
-                    continue;
-                }
+                Known::Host
+                | Known::ContentLength
+                | Known::AcceptEncoding
+                | Known::Expect
+                | Known::Hops => continue,
                 // A configured server is reached with the router's key: the client's
                 // credentials (a router user key, or a key for some other provider) are not
                 // passed on.
@@ -176,6 +181,8 @@ impl FieldSource for UpstreamFields<'_> {
         if !accept_encoding {
             emit(b"accept-encoding", b"identity");
         }
+        let hops = hops_of(self.client).saturating_add(1);
+        emit(HOPS.as_bytes(), itoa::Buffer::new().format(hops).as_bytes());
     }
 }
 
@@ -228,6 +235,29 @@ pub fn fields_without_echoed_keys(redactor: &Redactor, fields: Fields) -> Fields
 
 /// The id of this request, returned to the client so it can be found in logs and traces.
 pub const REQUEST_ID: &str = "x-llmsrouter-request-id";
+
+/// How many routers a request has come through: each one sends it on with one more, and
+/// refuses it past [`MAX_HOPS`]. A target can lead back to the router (`?proxy=` or
+/// `[http://...]` naming its own address, an alias whose url is the router): each hop
+/// strips one prefix, so a request nested thousands deep would hold thousands of
+/// connections open, and a configuration that points at itself would never end.
+pub const HOPS: &str = "x-llmsrouter-hops";
+
+/// Most routers a request may come through: a real chain (a team router in front of a
+/// company one) is two or three deep.
+pub const MAX_HOPS: u32 = 8;
+
+/// The hops a request has made so far (none without the field; an unreadable value counts
+/// as the most, so a loop cannot hide by garbling it).
+pub fn hops_of(fields: &Fields) -> u32 {
+    match fields.get(HOPS) {
+        None => 0,
+        Some(value) => std::str::from_utf8(trim(value))
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MAX_HOPS),
+    }
+}
 
 impl FieldSource for AnswerFields {
     fn for_each(&self, emit: &mut dyn FnMut(&[u8], &[u8])) {

@@ -529,6 +529,15 @@ async fn forward_read<V: ReadBody>(
     let body = request.body;
     let request_layout = view.take_layout();
     let caller = request.caller;
+    let hops = headers::hops_of(request.fields);
+    if hops >= headers::MAX_HOPS {
+        return Err(ProxyError::LoopDetected(format!(
+            "the request has come through {hops} routers ({} header); its target leads back \
+             to a router (a ?proxy= or [http://...] URL naming the router itself, or a server \
+             url that does)",
+            headers::HOPS
+        )));
+    }
 
     let proxy = routing::proxy_param(request.query);
     let target = match view.model() {

@@ -172,6 +172,62 @@ async fn client_query_parameters_other_than_proxy_are_forwarded() {
     router.stop().await;
 }
 
+/// `proxy` percent-encoded in its key names the target too, and is taken out of the query
+/// like the plain spelling: left in, it named the target again upstream, and a router that
+/// was its own target sent the request to itself without end.
+#[tokio::test]
+async fn an_encoded_proxy_key_is_stripped_like_the_plain_one() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start("").await;
+    let response = client()
+        .post(router.url(&format!(
+            "/v1/chat/completions?%70roxy={}&limit=1",
+            upstream.origin()
+        )))
+        .json(&json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let got = upstream.last();
+    assert_eq!(got.path, "/v1/chat/completions");
+    assert_eq!(got.query.as_deref(), Some("limit=1"));
+    router.stop().await;
+}
+
+/// A target that leads back to the router: each hop counts itself in `x-llmsrouter-hops`,
+/// and past 8 the request is refused with 508 `loop_detected` instead of holding a
+/// connection per hop. The upstream is never reached; a request that goes through the
+/// router once reaches it with `x-llmsrouter-hops: 1`.
+#[tokio::test]
+async fn a_target_leading_back_to_the_router_is_refused_after_eight_hops() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let own = format!("[http://{}/v1]", router.addr);
+    let model = format!("{}[mock]m", own.repeat(40));
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": model, "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 508);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "loop_detected");
+    assert_eq!(upstream.count(), 0, "the loop never reached the upstream");
+
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .header("x-llmsrouter-hops", "2")
+        .json(&json!({"model": format!("{own}[mock]m"), "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.last().headers["x-llmsrouter-hops"], "4");
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn health_answers_ok() {
     let router = TestRouter::start("").await;
