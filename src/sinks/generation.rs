@@ -98,6 +98,11 @@ pub struct Generation {
 
 /// Builds the generation view of `record`. Input plus output are cut to `max_io_bytes`
 /// together; every string that came from the request or the upstream is redacted.
+/// Input and output of a record whose bodies were left out (a JSON string, as Langfuse
+/// shows it), the request log's `"bodies": "left out: ..."` in Langfuse's terms.
+pub const BODIES_LEFT_OUT: &str =
+    "\"[left out by llmsrouter: telemetry was too far behind to hold this request's bodies]\"";
+
 pub fn build(record: &RequestRecord, redactor: &Redactor, max_io_bytes: usize) -> Generation {
     build_with(record, &redactor.for_request(&record.secrets), max_io_bytes)
 }
@@ -128,7 +133,16 @@ pub fn build_with(
             .map(|s| redactor.redact_owned(s))
     };
     let output = output_of(record, max_io_bytes).map(|s| redactor.redact_owned(s));
-    let (input, output) = fit_io(input, output, max_io_bytes);
+    let (input, output) = if record.bodies_dropped {
+        // Left out to bound memory (see `record::BODY_BUDGET`): said so, rather than an empty
+        // prompt and an empty answer that read as what the model was sent and said.
+        (
+            Some(BODIES_LEFT_OUT.to_owned()),
+            Some(BODIES_LEFT_OUT.to_owned()),
+        )
+    } else {
+        fit_io(input, output, max_io_bytes)
+    };
     let parameters = request
         .as_ref()
         .and_then(|r| r.parameters(form))
@@ -629,6 +643,29 @@ mod tests {
 
     fn json_of(s: &Option<String>) -> Value {
         serde_json::from_str(s.as_deref().expect("present")).expect("valid JSON")
+    }
+
+    /// A record whose bodies were left out (records in flight over their memory budget) says
+    /// so in Langfuse, as in the request log: before, it had no input and an empty answer,
+    /// which read as what the model was sent and said. Usage is still there.
+    #[test]
+    fn bodies_left_out_are_said_to_be_left_out() {
+        let mut r = record(json!({}));
+        r.request_body = Bytes::new();
+        r.bodies_dropped = true;
+        r.response.usage = Some(crate::usage::Usage {
+            input: 3,
+            output: 2,
+            total: 5,
+            ..Default::default()
+        });
+        let g = build(&r, &Redactor::default(), 1 << 20);
+        let marker = json!(
+            "[left out by llmsrouter: telemetry was too far behind to hold this request's bodies]"
+        );
+        assert_eq!(json_of(&g.input), marker);
+        assert_eq!(json_of(&g.output), marker);
+        assert_eq!(json_of(&g.usage_details)["total"], 5);
     }
 
     #[test]

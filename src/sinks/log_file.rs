@@ -270,12 +270,21 @@ impl LogFile {
             return;
         };
         if self.torn == Some(open.id) {
-            self.torn = None;
-            if let Err(e) = open.file.write(b"\n") {
-                self.open = None;
-                self.checked_at = Some(now);
-                self.lost(lines, day, "cannot write", &e, now);
-                return;
+            // The torn line stays torn (and this mark set) until its end is written: a disk
+            // still full fails this too, and the next line must not be glued onto it.
+            match open.file.write(b"\n") {
+                Ok(1) => self.torn = None,
+                Ok(_) => {
+                    let e = std::io::Error::new(std::io::ErrorKind::WriteZero, "short write");
+                    self.lost(lines, day, "cannot write", &e, now);
+                    return;
+                }
+                Err(e) => {
+                    self.open = None;
+                    self.checked_at = Some(now);
+                    self.lost(lines, day, "cannot write", &e, now);
+                    return;
+                }
             }
         }
         match open.file.write(bytes) {
@@ -465,6 +474,29 @@ pub(crate) mod tests {
             .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
             .open(fifo)
             .expect("reader")
+    }
+
+    /// A line torn by a short write (a full disk) is ended before the next line is written,
+    /// also when the line break itself failed first (the disk still full) and the file was
+    /// opened again: the next line was glued onto the torn one.
+    #[test]
+    fn a_torn_line_is_ended_even_after_its_line_break_failed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let files = daily(dir.path(), "api_proxy", Some("log"));
+        let today = day("2025-01-31");
+        let path = files.path(today);
+        let mut log = LogFile::new(Target::Daily(files), Arc::new(LogStats::default()));
+        let now = Instant::now();
+        log.ready(Some(today), now).expect("opens");
+        std::fs::write(&path, "{\"torn\":").expect("the torn piece");
+        let open = log.open.as_mut().expect("open");
+        log.torn = Some(open.id);
+        // Writes now fail, as on a full disk.
+        open.file = File::open(&path).expect("read-only");
+        log.write_lines(today, b"{\"lost\":1}\n", 1, now);
+        log.write_lines(today, b"{\"next\":2}\n", 1, now);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "{\"torn\":\n{\"next\":2}\n");
     }
 
     #[test]
