@@ -535,9 +535,9 @@ async fn run_recorder(
     while let Some(record) = rx.recv().await {
         deliver(record, &sinks);
     }
-    for sink in &sinks {
-        sink.close().await;
-    }
+    // Together: each waits for its own bound (the ledger for a lock, the request log for a
+    // pipe's reader, Langfuse for its endpoint), and one after another they added up.
+    futures_util::future::join_all(sinks.iter().map(|sink| sink.close())).await;
 }
 
 fn deliver(mut record: Box<RequestRecord>, sinks: &[Arc<dyn RecordSink>]) {

@@ -267,10 +267,18 @@ impl DestinationStats {
     fn count_failed(&self, n: u64, reason: &str) {
         let failed = self.failed.fetch_add(n, Ordering::Relaxed) + n;
         if rate_limit(&self.last_failure_warning) {
+            // Only 429, 5xx and network errors are retried: "after retries" misled for a 401.
+            let hint = if reason.contains("401") || reason.contains("403") {
+                " (the endpoint refused the credentials: check LANGFUSE_PUBLIC_KEY and \
+                 LANGFUSE_SECRET_KEY, or OTEL_EXPORTER_OTLP_HEADERS)"
+            } else {
+                ""
+            };
             tracing::warn!(
                 destination = self.name,
                 failed,
-                "trace export failed after retries, spans lost: {reason}"
+                "trace export failed, spans lost (429, 5xx and network errors are retried \
+                 first, others not): {reason}{hint}"
             );
         }
     }

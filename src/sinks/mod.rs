@@ -79,6 +79,8 @@ pub(crate) struct WriterQueue {
     /// hold up whoever joined it, and a runtime waits for its blocking tasks when it drops.
     ended: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     dropped: AtomicU64,
+    /// Records queued for the writer (all it was given, as `dropped` is all it was not).
+    accepted: AtomicU64,
     last_warning: Mutex<Option<Instant>>,
     /// The warning, e.g. "request log writer behind: lines dropped".
     behind: &'static str,
@@ -105,6 +107,7 @@ impl WriterQueue {
             tx: Mutex::new(Some(tx)),
             ended: Mutex::new(Some(ended)),
             dropped: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             last_warning: Mutex::new(None),
             behind,
         })
@@ -113,13 +116,19 @@ impl WriterQueue {
     pub(crate) fn offer(&self, record: &Arc<RequestRecord>) {
         let Ok(tx) = self.tx.lock() else { return };
         let Some(tx) = tx.as_ref() else { return };
-        if let Err(TrySendError::Full(_)) = tx.try_send(record.clone()) {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if let Ok(mut last) = self.last_warning.lock() {
-                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    *last = Some(Instant::now());
-                    tracing::warn!(dropped, "{}", self.behind);
-                }
+        match tx.try_send(record.clone()) {
+            Ok(()) => {
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(TrySendError::Disconnected(_)) => return,
+            Err(TrySendError::Full(_)) => {}
+        }
+        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut last) = self.last_warning.lock() {
+            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                *last = Some(Instant::now());
+                tracing::warn!(dropped, "{}", self.behind);
             }
         }
     }
@@ -127,6 +136,11 @@ impl WriterQueue {
     /// Records not queued because the writer was behind.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records queued for the writer.
+    pub(crate) fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// No more records: the writer drains the queue and ends; this waits for it, at most

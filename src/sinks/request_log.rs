@@ -134,8 +134,18 @@ impl RecordSink for RequestLogSink {
     fn close(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             if !self.queue.finish(self.close_limit).await {
+                // One line a record: what was queued and neither written nor counted as
+                // failed is lost with the process (the writer is left blocked).
+                let (written, failed) = (self.stats.written(), self.stats.failed());
+                let lost = self
+                    .queue
+                    .accepted()
+                    .saturating_sub(written.saturating_add(failed));
                 tracing::warn!(
-                    written = self.stats.written(),
+                    written,
+                    dropped = self.dropped(),
+                    failed,
+                    lost,
                     "request log writer still blocked {} s into shutdown (a pipe nobody \
                      reads?): the lines it holds are lost",
                     self.close_limit.as_secs()

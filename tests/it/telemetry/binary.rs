@@ -125,6 +125,50 @@ async fn ledger_false_writes_no_ledger_and_no_log_when_both_are_off() {
     assert_eq!(files, ["config.yaml"], "no users.db, no request log");
 }
 
+/// Langfuse refusing the credentials (401): the spans are lost at once, not retried, and
+/// the warning says so and names the variables to check. It used to say "failed after
+/// retries", which sent a user looking for an outage.
+#[tokio::test]
+async fn a_401_from_langfuse_is_a_warning_about_the_credentials() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    otlp.fail_with(401);
+    let data = tempfile::tempdir().expect("data dir");
+    let vars = [
+        ("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY.to_owned()),
+        ("LANGFUSE_SECRET_KEY", SECRET_KEY.to_owned()),
+        ("LANGFUSE_HOST", otlp.origin()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
+        ("LLMSROUTER_LEDGER", "false".to_owned()),
+        (
+            "LLMSROUTER_LOG_FILE",
+            data.path().join("a.log").display().to_string(),
+        ),
+    ];
+    let envs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &envs);
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let name = "llmsrouter_spans_failed_total{destination=\"langfuse\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while super::request_log::counter(&router, name).await < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            router.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    router.terminate();
+    router.wait_exit(Duration::from_secs(30)).await;
+    let stderr = router.stderr();
+    assert!(stderr.contains("check LANGFUSE_PUBLIC_KEY"), "{stderr}");
+    assert!(!stderr.contains("after retries"), "{stderr}");
+    assert!(!stderr.contains(SECRET_KEY), "{stderr}");
+}
+
 /// `GET /metrics` counts what each sink wrote and dropped, in Prometheus text.
 #[tokio::test]
 async fn metrics_count_what_every_sink_wrote_and_dropped() {

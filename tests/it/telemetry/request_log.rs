@@ -168,7 +168,7 @@ async fn start_deletes_only_the_routers_own_old_files_and_keeps_seven() {
 }
 
 /// The value of counter `name` (`llmsrouter_..._total`) at the router's `/metrics`.
-async fn counter(router: &RouterProcess, name: &str) -> u64 {
+pub(crate) async fn counter(router: &RouterProcess, name: &str) -> u64 {
     let text = crate::support::client()
         .get(router.url("/metrics"))
         .send()
@@ -410,9 +410,18 @@ async fn shutdown_ends_while_a_stalled_pipe_blocks_the_log_writer() {
     router.terminate();
     let status = router.wait_exit(Duration::from_secs(40)).await;
     assert_eq!(status.code(), Some(0), "{}", router.stderr());
+    let stderr = router.stderr();
     assert!(
-        router.stderr().contains("request log writer still blocked"),
-        "{}",
-        router.stderr()
+        stderr.contains("request log writer still blocked"),
+        "{stderr}"
     );
+    // The lines held up are counted in the warning, not lost without a number: at least the
+    // five sent after the writer blocked, less any that still fitted in the pipe.
+    let lost: u64 = stderr
+        .split("lost=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no lost= count: {stderr}"));
+    assert!(lost >= 1, "{stderr}");
 }
