@@ -193,7 +193,9 @@ fn check_target_and_host(request: &RequestHead) -> Result<(), HeadError> {
         (Some(_), Some(_)) => Err(HeadError::Malformed(
             "more than one Host header field".into(),
         )),
-        (Some(host), None) if host.iter().all(|&b| is_host_byte(b)) => Ok(()),
+        (Some(host), None) if host.iter().all(|&b| is_host_byte(b)) && brackets_close(host) => {
+            Ok(())
+        }
         (Some(_), None) => Err(HeadError::Malformed(
             "the Host header field is not a host[:port]".into(),
         )),
@@ -205,6 +207,26 @@ fn check_target_and_host(request: &RequestHead) -> Result<(), HeadError> {
 /// `Host` is allowed: RFC 9110 §7.2 has clients send one for a target without authority.
 fn is_host_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&byte)
+}
+
+/// Whether a `Host` of host bytes ([`is_host_byte`]) places its brackets as RFC 3986 does:
+/// only around an IP literal at the start, closed, with nothing after but `:port`
+/// (`[::1]:8000`). `[::1` or `a]b` would otherwise pass, since each byte alone may appear.
+fn brackets_close(host: &[u8]) -> bool {
+    let Some(literal) = host.strip_prefix(b"[") else {
+        return !host.contains(&b'[') && !host.contains(&b']');
+    };
+    let Some(end) = literal.iter().position(|&b| b == b']') else {
+        return false;
+    };
+    if literal[..end].contains(&b'[') {
+        return false;
+    }
+    match &literal[end + 1..] {
+        [] => true,
+        [b':', port @ ..] => port.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
 }
 
 /// The response head at the start of `buf`, split off it; `None` while it is incomplete.
@@ -397,6 +419,38 @@ mod tests {
             request(&huge).map(|h| h.is_some()),
             Err(HeadError::TooLarge)
         );
+    }
+
+    /// An IP literal's brackets close, with nothing after but `:port`: each byte of
+    /// `[::1` may appear in a Host, so a check of bytes alone let it through.
+    #[test]
+    fn a_host_ip_literal_closes_its_bracket() {
+        for bad in [
+            "[::1",
+            "[::1]x",
+            "[::1]:80]",
+            "[::1]:8a",
+            "[[::1]]",
+            "a]b",
+            "a[::1]",
+            "]",
+        ] {
+            let text = format!("GET /x HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+            assert!(
+                matches!(request(&text), Err(HeadError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "[::1]",
+            "[::1]:8000",
+            "[::1]:",
+            "127.0.0.1:80",
+            "router.example",
+        ] {
+            let text = format!("GET /x HTTP/1.1\r\nHost: {good}\r\n\r\n");
+            assert!(matches!(request(&text), Ok(Some(_))), "{good:?}");
+        }
     }
 
     #[test]

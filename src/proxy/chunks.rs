@@ -17,13 +17,25 @@ const DONE: &[u8] = b"data: [DONE]\n\n";
 /// and the answer has usage; then `data: [DONE]`. `None` when `answer` is neither a chat
 /// completion (`object: "chat.completion"`) nor a text completion (`"text_completion"`)
 /// with a list of choices, each an object (a chat choice with a `message` object).
+///
+/// An answer without `"object"` is a chat completion when it has choices and every one has
+/// a `message` object: some OpenAI-compatible servers leave `object` out, and that shape is
+/// the chat completion's alone (a text completion's choices have `text`, the Responses and
+/// Anthropic answers no `choices`), so refusing it would fail a stream whose answer is
+/// plain. An `object` naming anything else, or no choices to tell by, is still `None`.
 pub fn as_events(answer: &Value, with_usage: bool) -> Option<Bytes> {
-    let (object, chat) = match answer.get("object")?.as_str()? {
-        "chat.completion" => ("chat.completion.chunk", true),
-        "text_completion" => ("text_completion", false),
-        _ => return None,
-    };
     let choices = answer.get("choices")?.as_array()?;
+    let (object, chat) = match answer.get("object") {
+        Some(object) => match object.as_str()? {
+            "chat.completion" => ("chat.completion.chunk", true),
+            "text_completion" => ("text_completion", false),
+            _ => return None,
+        },
+        None if !choices.is_empty() && choices.iter().all(has_message) => {
+            ("chat.completion.chunk", true)
+        }
+        None => return None,
+    };
     let mut out = BytesMut::new();
     for (i, choice) in choices.iter().enumerate() {
         let choice = if chat {
@@ -41,21 +53,26 @@ pub fn as_events(answer: &Value, with_usage: bool) -> Option<Bytes> {
     Some(out.freeze())
 }
 
+fn has_message(choice: &Value) -> bool {
+    choice.get("message").is_some_and(Value::is_object)
+}
+
 fn push(out: &mut BytesMut, chunk: &Value) {
     // A `Value` always serialises (its keys are strings).
     let data = serde_json::to_vec(chunk).unwrap_or_default();
     out.extend_from_slice(&sse_event(None, &data));
 }
 
-/// One chunk: the answer's `id`, `created`, `model` and `system_fingerprint`, with `choice`
-/// as its one choice (none for the usage chunk, which carries `usage`).
+/// One chunk: the answer's `id`, `created`, `model`, `system_fingerprint` and `service_tier`
+/// (each streamed chunk carries them), with `choice` as its one choice (none for the usage
+/// chunk, which carries `usage`).
 fn chunk(answer: &Value, object: &str, choice: Value, usage: Option<&Value>) -> Value {
     let mut chunk = Map::new();
     if let Some(id) = answer.get("id") {
         chunk.insert("id".into(), id.clone());
     }
     chunk.insert("object".into(), object.into());
-    for key in ["created", "model", "system_fingerprint"] {
+    for key in ["created", "model", "system_fingerprint", "service_tier"] {
         if let Some(value) = answer.get(key) {
             chunk.insert(key.into(), value.clone());
         }
@@ -131,7 +148,7 @@ mod tests {
     #[test]
     fn a_chat_completion_is_one_chunk_per_choice_and_usage_when_asked() {
         let answer = json!({"id": "c1", "object": "chat.completion", "created": 7, "model": "m",
-            "system_fingerprint": "fp",
+            "system_fingerprint": "fp", "service_tier": "default",
             "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": "a",
                     "reasoning_content": "r"}, "finish_reason": "stop"},
@@ -141,7 +158,7 @@ mod tests {
                     "finish_reason": "tool_calls"}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}});
         let head = json!({"id": "c1", "object": "chat.completion.chunk", "created": 7,
-            "model": "m", "system_fingerprint": "fp"});
+            "model": "m", "system_fingerprint": "fp", "service_tier": "default"});
         let with = |extra: Value| {
             let mut chunk = head.clone();
             for (key, value) in extra.as_object().expect("object") {
@@ -179,6 +196,23 @@ mod tests {
         );
     }
 
+    /// No `object`, but choices with a `message`: the chat completion's shape alone.
+    #[test]
+    fn a_chat_completion_without_object_is_told_by_its_messages() {
+        let answer = json!({"id": "c2", "created": 7, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "a"},
+                "finish_reason": "stop"}]});
+        let got = events(&as_events(&answer, false).expect("a chat completion"));
+        assert_eq!(
+            got,
+            [
+                json!({"id": "c2", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"},
+                    "finish_reason": "stop"}]})
+            ]
+        );
+    }
+
     #[test]
     fn other_shapes_are_not_made_into_events() {
         for answer in [
@@ -186,6 +220,10 @@ mod tests {
             json!({"type": "message", "content": [{"type": "text", "text": "hi"}]}),
             json!({"object": "chat.completion"}),
             json!({"object": "chat.completion", "choices": [{"text": "no message"}]}),
+            json!({"choices": []}),
+            json!({"choices": [{"text": "no object, no message"}]}),
+            json!({"choices": [{"message": {"content": "a"}}, {"text": "b"}]}),
+            json!({"object": "response", "choices": [{"message": {"content": "a"}}]}),
             json!([1, 2]),
         ] {
             assert!(as_events(&answer, true).is_none(), "{answer}");
