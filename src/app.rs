@@ -4,7 +4,8 @@
 //! with the same [`Route`] and the same authentication, and brings every other request here.
 //!
 //! Paths are normalised before matching, because clients build URLs from a base URL: `/v1` is
-//! optional, doubled and trailing slashes are ignored. Authentication runs for every route
+//! optional (but for a forwarded `GET` or `DELETE`), doubled and trailing slashes are
+//! ignored. Authentication runs for every route
 //! except `/health`, checked first, so a route added later is protected by default.
 
 use std::sync::Arc;
@@ -121,29 +122,106 @@ impl Route {
 }
 
 /// The path (after `/v1`) a `GET` or `DELETE` is forwarded upstream with, or `None` when the
-/// router answers it itself. Forwarded: any path but `/`, `/health` and `/metrics` when the
-/// request names a target, `?proxy=` or `settings.default_server`; the model routes only
-/// with `?proxy=` (without it they are the merged list of every server, with it the client
-/// asks that server for its own names). One rule for both servers: the router's HTTP/1
-/// ([`crate::http1::server`]) and this dispatcher (HTTP/2).
+/// router answers it itself. Forwarded: a path that came with its `/v1/` prefix (doubled
+/// slashes aside), but `/v1`, `/v1/health` and `/v1/metrics`, when the request names a
+/// target, `?proxy=` or `settings.default_server`. The model routes: a `GET` only with
+/// `?proxy=` (without it they are the merged list of every server, with it the client asks
+/// that server for its own names), a `DELETE` (`models.delete`) to either target. The prefix
+/// is not optional here as it is for a `POST`: a browser's `/favicon.ico` or a scanner's
+/// `/.env` would otherwise go upstream with the provider's key. One rule for both servers:
+/// the router's HTTP/1 ([`crate::http1::server`]) and this dispatcher (HTTP/2).
 pub fn forwarded_path(
     method: &Method,
     raw_path: &str,
     query: Option<&str>,
     state: &AppState,
 ) -> Option<String> {
-    if method != Method::GET && method != Method::DELETE {
+    if method != Method::GET && method != Method::DELETE || !has_v1_prefix(raw_path) {
         return None;
     }
     let proxy = || crate::routing::proxy_param(query).is_some();
+    let default_server = || state.config.load().settings.default_server.is_some();
     match Route::of(raw_path) {
-        Route::ListModels | Route::GetModel(_) if proxy() => Some(normalize_path(raw_path)),
+        Route::ListModels | Route::GetModel(_)
+            if proxy() || (method == Method::DELETE && default_server()) =>
+        {
+            Some(normalize_path(raw_path))
+        }
         Route::Upstream(path) if path != "/" && path != "/metrics" => {
-            let default_server = state.config.load().settings.default_server.is_some();
-            (default_server || proxy()).then_some(path)
+            (default_server() || proxy()).then_some(path)
         }
         _ => None,
     }
+}
+
+/// Whether a path's first segment is `v1`, doubled slashes ignored (`//v1//files`).
+fn has_v1_prefix(raw_path: &str) -> bool {
+    raw_path.split('/').find(|s| !s.is_empty()) == Some("v1")
+}
+
+/// Whether the request names a target a `GET` or `DELETE` could be forwarded to.
+fn names_target(query: Option<&str>, state: &AppState) -> bool {
+    crate::routing::proxy_param(query).is_some()
+        || state.config.load().settings.default_server.is_some()
+}
+
+/// The methods `route` takes for this request, for a 405's `Allow` (RFC 9110 §15.5.6): the
+/// `GET` and `HEAD` the router answers itself, the `GET` and `DELETE` it forwards
+/// ([`forwarded_path`], so they depend on the prefix and the target), the `POST` it proxies.
+/// A `HEAD` is never forwarded, so where a `GET` is, `HEAD` is not named.
+fn allowed_methods(route: &Route, parts: &http::request::Parts, state: &AppState) -> String {
+    let forwards = |method: Method| {
+        forwarded_path(&method, parts.uri.path(), parts.uri.query(), state).is_some()
+    };
+    let get_forwarded = forwards(Method::GET);
+    let own_read = !get_forwarded
+        && match route {
+            Route::ListModels | Route::GetModel(_) => true,
+            Route::Upstream(path) => path == "/metrics",
+            _ => false,
+        };
+    let allowed = [
+        ("GET", get_forwarded || own_read),
+        ("HEAD", own_read),
+        ("DELETE", forwards(Method::DELETE)),
+        ("POST", route.is_proxied()),
+    ];
+    let names: Vec<&str> = allowed
+        .into_iter()
+        .filter_map(|(name, taken)| taken.then_some(name))
+        .collect();
+    names.join(", ")
+}
+
+/// The 405 for a method `route` does not take for this request: its `Allow`, and a message
+/// that says what would be taken, worded from what the request had (its prefix, its target).
+fn refuse_method(route: &Route, parts: &http::request::Parts, state: &AppState) -> Response {
+    let allow = allowed_methods(route, parts, state);
+    let method = &parts.method;
+    let path = parts.uri.path();
+    let mut message = format!("{method} {path} is not served: this path takes {allow}");
+    let mut hint = |text: &str| {
+        message.push_str("; ");
+        message.push_str(text);
+    };
+    let get_forwarded = || forwarded_path(&Method::GET, path, parts.uri.query(), state).is_some();
+    if method == Method::HEAD && get_forwarded() {
+        hint("a GET here is forwarded upstream, a HEAD is not: send the GET");
+    } else if method == Method::GET || method == Method::DELETE {
+        if !has_v1_prefix(path) {
+            hint(
+                "a GET or DELETE is forwarded upstream only on a path that starts with /v1/, \
+                 e.g. /v1/files (a POST is proxied on any path)",
+            );
+        }
+        if !names_target(parts.uri.query(), state) {
+            hint(
+                "a GET or DELETE goes upstream when the request names its target with \
+                 ?proxy=<url> or config.yaml sets settings.default_server",
+            );
+        }
+    }
+    method_not_allowed(message, &allow)
 }
 
 /// An HTTP/2 request whose header fields pass the limits an HTTP/1 head has
@@ -223,8 +301,13 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         };
         return proxy::forward_other(&state, incoming, &parts.method).await;
     }
-    match (route, &parts.method) {
-        (Route::Upstream(path), _) if path == "/" => not_found(&path),
+    // A `HEAD` where the `GET` is forwarded is not answered with the router's own list:
+    // it would not be the head of what the `GET` gets.
+    let head_of_forwarded = parts.method == Method::HEAD
+        && forwarded_path(&Method::GET, parts.uri.path(), parts.uri.query(), &state).is_some();
+    match (&route, &parts.method) {
+        (Route::Upstream(path), _) if path == "/" => not_found(path),
+        _ if head_of_forwarded => refuse_method(&route, &parts, &state),
         (Route::Upstream(path), &Method::GET | &Method::HEAD) if path == "/metrics" => {
             metrics(&state)
         }
@@ -232,35 +315,19 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             crate::models::handle_list(&state, &caller).await
         }
         (Route::GetModel(id), &Method::GET | &Method::HEAD) => {
-            crate::models::handle_get(&state, &caller, &id).await
+            crate::models::handle_get(&state, &caller, id).await
         }
         (Route::Upstream(path), &Method::POST) => {
             let incoming = Incoming {
                 caller: &caller,
-                path: &path,
+                path,
                 query: parts.uri.query(),
                 fields: &fields,
                 body,
             };
             proxy::forward(&state, incoming).await
         }
-        (Route::Upstream(path), method) if method != Method::POST => {
-            // `/metrics` answers GET too; a POST there is forwarded like any other path.
-            let allow = if path == "/metrics" {
-                "GET, HEAD, POST"
-            } else {
-                "POST"
-            };
-            method_not_allowed(
-                format!(
-                    "{method} {path} is not served: the router forwards POST requests with a JSON \"model\"; \
-                     a GET or DELETE goes upstream when the request names its target with \
-                     ?proxy=<url> or config.yaml sets settings.default_server"
-                ),
-                allow,
-            )
-        }
-        (_, method) => method_not_allowed(format!("{method} is not allowed here"), READ_ONLY),
+        _ => refuse_method(&route, &parts, &state),
     }
 }
 
@@ -268,11 +335,12 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
 const READ_ONLY: &str = "GET, HEAD";
 
 /// 405, with the `Allow` field RFC 9110 asks of it.
-fn method_not_allowed(message: String, allow: &'static str) -> Response {
+fn method_not_allowed(message: String, allow: &str) -> Response {
     let mut response = ProxyError::MethodNotAllowed(message).into_response();
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    // The method names are tokens, always a valid field value.
+    if let Ok(allow) = HeaderValue::from_str(allow) {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
     response
 }
 

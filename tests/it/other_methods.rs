@@ -338,3 +338,167 @@ async fn with_accounts_on_other_methods_are_held_to_what_the_user_may_use() {
     assert_eq!(record.endpoint, "GET /files");
     router.stop().await;
 }
+
+/// `mock` as `settings.default_server`, its model list [`OWN_MODELS`].
+async fn with_default_server(behavior: Behavior) -> (MockUpstream, TestRouter) {
+    let upstream = MockUpstream::start(Behavior {
+        models_body: Some(OWN_MODELS.into()),
+        ..behavior
+    })
+    .await;
+    let config = format!(
+        "{}settings:\n  default_server: mock\n",
+        one_server_config(&upstream.url(), "")
+    );
+    let router = TestRouter::start(&config).await;
+    (upstream, router)
+}
+
+/// A browser's `/favicon.ico` or a scanner's `/.env` does not go upstream with the provider's
+/// key: a `GET` or `DELETE` is forwarded only on a path that came with `/v1/` (doubled
+/// slashes aside); without it the answer is the 405 it was before forwarding, and no record.
+#[tokio::test]
+async fn stray_paths_without_v1_are_not_forwarded() {
+    let (upstream, router) = with_default_server(Behavior::default()).await;
+    for (name, http) in clients() {
+        for path in [
+            "/favicon.ico",
+            "/.env",
+            "/wp-login.php",
+            "/robots.txt",
+            "/files",
+        ] {
+            for request in [http.get(router.url(path)), http.delete(router.url(path))] {
+                let response = request.send().await.expect("send");
+                assert_eq!(response.status(), 405, "{name} {path}");
+                assert_eq!(response.headers()["allow"], "POST", "{name} {path}");
+                let error: Value = response.json().await.expect("json");
+                let message = error["error"]["message"].as_str().expect("message");
+                assert!(message.contains("/v1/"), "{message}");
+                assert!(!message.contains("default_server"), "{message}");
+            }
+        }
+        assert_eq!(upstream.count(), 0, "{name}: nothing went upstream");
+    }
+    for (n, (name, http)) in clients().into_iter().enumerate() {
+        let response = http
+            .get(router.url("//v1//files"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "{name}");
+        let got = upstream.last();
+        assert_eq!(
+            (got.method.as_str(), got.path.as_str()),
+            ("GET", "/v1/files")
+        );
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.endpoint, "GET /files", "{name}: no stray's record");
+    }
+    router.stop().await;
+}
+
+/// `models.delete` (a fine-tuned model) goes to the default server, its key upstream; a
+/// `GET` of the model routes is still the router's merged list. Without a target the
+/// `DELETE` is refused, its `Allow` the routes' own.
+#[tokio::test]
+async fn a_model_delete_goes_to_the_default_server() {
+    let deleted = r#"{"id":"ft:gpt-4o:acme::abc","object":"model","deleted":true}"#;
+    let (upstream, router) = with_default_server(Behavior {
+        body: Some(deleted.into()),
+        ..Default::default()
+    })
+    .await;
+    for (name, http) in clients() {
+        let response = http
+            .delete(router.url("/v1/models/ft:gpt-4o:acme::abc"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "{name}");
+        assert_eq!(response.text().await.expect("body"), deleted, "{name}");
+        let got = upstream.last();
+        assert_eq!(
+            (got.method.as_str(), got.path.as_str()),
+            ("DELETE", "/v1/models/ft:gpt-4o:acme::abc"),
+            "{name}"
+        );
+        assert_eq!(got.headers["authorization"], "Bearer sk-mock-upstream-key");
+        let merged: Value = http
+            .get(router.url("/v1/models"))
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(merged["data"][0]["id"], "[mock]gpt-4o", "{name}");
+    }
+    router.stop().await;
+
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for (name, http) in clients() {
+        let response = http
+            .delete(router.url("/v1/models/ft:gpt-4o:acme::abc"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 405, "{name}");
+        assert_eq!(response.headers()["allow"], "GET, HEAD", "{name}");
+    }
+    assert_eq!(upstream.count(), 0);
+    router.stop().await;
+}
+
+/// A 405's `Allow` names what the route takes for that request: `GET, DELETE, POST` where a
+/// target exists. A `HEAD` is not forwarded, so where the `GET` is (`/v1/files` with a
+/// target, the model routes with `?proxy=`) it gets 405 rather than the head of the
+/// router's own list. The message is worded from what the request had: one with `?proxy=`
+/// is not told to add it.
+#[tokio::test]
+async fn allow_and_head_follow_the_routing() {
+    let (upstream, router) = with_default_server(Behavior::default()).await;
+    let proxy = format!("?proxy={}", upstream.origin());
+    let cases = [
+        ("HEAD", "/v1/files".to_owned(), "GET, DELETE, POST"),
+        ("PUT", format!("/v1/files{proxy}"), "GET, DELETE, POST"),
+        ("HEAD", format!("/v1/models{proxy}"), "GET, DELETE"),
+        ("HEAD", format!("/v1/models/gpt-4o{proxy}"), "GET, DELETE"),
+        ("PUT", "/v1/models".to_owned(), "GET, HEAD, DELETE"),
+        ("DELETE", "/v1/metrics".to_owned(), "GET, HEAD, POST"),
+    ];
+    for (name, http) in clients() {
+        for (method, path, allow) in &cases {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let response = http
+                .request(method.clone(), router.url(path))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(response.status(), 405, "{name} {method} {path}");
+            assert_eq!(
+                response.headers()["allow"],
+                *allow,
+                "{name} {method} {path}"
+            );
+            if method == reqwest::Method::HEAD {
+                continue;
+            }
+            let error: Value = response.json().await.expect("json");
+            let message = error["error"]["message"].as_str().expect("message");
+            assert!(!message.contains("?proxy=<url>"), "{message}");
+        }
+    }
+    assert_eq!(upstream.count(), 0, "nothing refused went upstream");
+    // Without `?proxy=` the model list is the router's own, its HEAD too.
+    for (name, http) in clients() {
+        let response = http
+            .head(router.url("/v1/models"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "{name}");
+    }
+    router.stop().await;
+}
