@@ -307,15 +307,30 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(1);
         let got = next_batch_until(&rx, &mut batch, 1024, window, Some(soon), &mut nap);
         assert_eq!(got, Batch::TimedOut);
-        let sender = std::thread::spawn(move || {
-            tx.send(7).expect("send");
-            tx
-        });
-        let got = next_batch_until(&rx, &mut batch, 1024, window, None, &mut nap);
-        assert_eq!((got, batch.as_slice()), (Batch::Taken, &[7][..]));
-        assert_eq!(*naps.borrow(), [window]);
-        drop(sender.join().expect("sender"));
-        batch.clear();
+        // The item is sent from another thread while this one waits. It may also come before
+        // the wait begins (the threads race), and is then taken without a nap: tried until the
+        // wait came first, which it nearly always does at once.
+        let mut tx = tx;
+        let mut napped = false;
+        for _ in 0..100 {
+            naps.borrow_mut().clear();
+            let sender = std::thread::spawn(move || {
+                tx.send(7).expect("send");
+                tx
+            });
+            let got = next_batch_until(&rx, &mut batch, 1024, window, None, &mut nap);
+            assert_eq!((got, batch.as_slice()), (Batch::Taken, &[7][..]));
+            batch.clear();
+            tx = sender.join().expect("sender");
+            let naps = naps.borrow();
+            assert!(naps.is_empty() || *naps == [window], "{naps:?}");
+            if !naps.is_empty() {
+                napped = true;
+                break;
+            }
+        }
+        assert!(napped, "an item waited for is napped on once");
+        drop(tx);
         let got = next_batch_until(&rx, &mut batch, 1024, window, None, &mut nap);
         assert_eq!(got, Batch::Closed);
     }
