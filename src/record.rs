@@ -145,6 +145,12 @@ pub struct RequestRecord {
     /// The bodies were left out because records in flight held more than the recorder's body
     /// budget (see [`BODY_BUDGET`]); usage and every other field are still here.
     pub bodies_dropped: bool,
+    /// The request named no model (a `GET`, a `DELETE`, a `POST` without `model`): it reads
+    /// back or acts on something generated before (a batch, a stored response, a
+    /// cancellation), whose tokens were billed and counted when it was made. The usage its
+    /// answer repeats is left out of the record when it reaches the sinks ([`deliver`]), so
+    /// polling a batch does not count its tokens again in the ledger or Langfuse.
+    pub usage_uncounted: bool,
     /// Releases this record's share of the body budget when the last holder is done.
     pub body_ticket: BodyTicket,
 }
@@ -272,7 +278,7 @@ impl RequestRecord {
             Outcome::Success => generating_stream && !self.complete,
             Outcome::RouterError => false,
         };
-        cut && self.response.usage.is_none()
+        cut && self.response.usage.is_none() && !self.usage_uncounted
     }
 }
 
@@ -542,6 +548,9 @@ async fn run_recorder(
 
 fn deliver(mut record: Box<RequestRecord>, sinks: &[Arc<dyn RecordSink>]) {
     complete_summary(&mut record);
+    if record.usage_uncounted {
+        record.response.usage = None;
+    }
     let record = Arc::new(*record);
     for sink in sinks {
         sink.accept(&record);
@@ -772,6 +781,7 @@ pub(crate) mod tests {
             secrets: Vec::new(),
             answered_whole: false,
             bodies_dropped: false,
+            usage_uncounted: false,
             body_ticket: Default::default(),
         }
     }

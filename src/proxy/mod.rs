@@ -308,9 +308,11 @@ pub async fn handle(
 
 /// Forwards a `GET` or `DELETE` (`files.content`, `batches.retrieve`, `models.list` with
 /// `?proxy=`) to the target the request names: `?proxy=`, else `settings.default_server`
-/// ([`routing::resolve_unnamed`]). Its body, if any, goes as it came; its answer comes back
-/// as a `POST`'s does (a binary one streamed unread), and it is recorded as a `POST` naming
-/// no model is, its endpoint `GET /files/<id>`. A path of its own, so a `POST` pays nothing.
+/// ([`routing::resolve_unnamed`]). Its body, if any, goes as it came; a 2xx answer is relayed
+/// as it arrives, never held whole (a file's content may be large, whatever its type), an
+/// error answer is read whole as a `POST`'s is, and a 3xx is an ordinary outcome. It is
+/// recorded as a `POST` naming no model is (its answer's usage not counted), its endpoint
+/// `GET /files/<id>`. A path of its own, so a `POST` pays nothing.
 pub async fn handle_other(
     state: &Arc<AppState>,
     request: ProxyRequest<'_>,
@@ -368,6 +370,7 @@ struct Unnamed {
 
 impl ReadBody for Unnamed {
     const FORM: bool = false;
+    const COUNTS_USAGE: bool = false;
 
     fn model(&self) -> Option<&str> {
         None
@@ -404,6 +407,8 @@ struct Verbatim {
 
 impl ReadBody for Verbatim {
     const FORM: bool = false;
+    const COUNTS_USAGE: bool = false;
+    const OTHER_METHOD: bool = true;
 
     fn method(&self) -> &Method {
         &self.method
@@ -436,6 +441,14 @@ impl ReadBody for Verbatim {
 trait ReadBody {
     /// A `multipart/form-data` body, recorded by its description ([`FormView::describe`]).
     const FORM: bool;
+    /// The answer's usage counts: the request named a model, so it generated something.
+    /// One that named none reads back or acts on what was generated (and counted) before:
+    /// see [`crate::record::RequestRecord::usage_uncounted`].
+    const COUNTS_USAGE: bool = true;
+    /// A `GET` or `DELETE` ([`Verbatim`]): a 2xx answer is relayed as it arrives whatever its
+    /// type (a file's content may be any size, JSON or text included), and a 3xx (a `304 Not
+    /// Modified`) is an ordinary outcome, not the upstream's error.
+    const OTHER_METHOD: bool = false;
     /// The method it goes upstream with: `POST` but for [`Verbatim`].
     #[inline]
     fn method(&self) -> &Method {
@@ -592,6 +605,7 @@ async fn forward_read<V: ReadBody>(
         // Offsets into `body`, of which the record holds an exact copy.
         record.request_layout = request_layout;
         record.request_is_form = V::FORM;
+        record.usage_uncounted = !V::COUNTS_USAGE;
         if *view.method() != Method::POST {
             record.endpoint = format!("{} {}", view.method(), request.path);
         }
@@ -670,16 +684,19 @@ async fn forward_read<V: ReadBody>(
     // 2xx event stream or binary body to a request that did not say `"stream": true` (a
     // speech request streams audio, or `speech.audio.delta` events): what streams is the
     // upstream's to say, and holding it to the end would hold the client's first byte too.
+    // A `GET`'s or `DELETE`'s 2xx answer always is: see [`ReadBody::OTHER_METHOD`].
     let streamed = status.is_success()
-        && if stream {
-            !is_json(&upstream.fields)
-        } else {
-            streams_unasked(&upstream.fields)
-        };
+        && (V::OTHER_METHOD
+            || if stream {
+                !is_json(&upstream.fields)
+            } else {
+                streams_unasked(&upstream.fields)
+            });
     if streamed {
-        if !stream {
+        // Relayed and read as a stream: its record is one (events, first token). A `GET`'s
+        // answer that is no event stream is one document relayed as it arrives, not a stream.
+        if !stream && (!V::OTHER_METHOD || is_event_stream(&upstream.fields)) {
             if let Some(record) = guard.record_mut() {
-                // Relayed and read as a stream: its record is one (events, first token).
                 record.stream = true;
             }
         }
@@ -711,7 +728,7 @@ async fn forward_read<V: ReadBody>(
         upstream,
         limits,
         &target,
-        guard,
+        (guard, V::OTHER_METHOD),
         request_id,
         &state.redactor,
     );
@@ -824,6 +841,7 @@ fn new_record(
         secrets: Vec::new(),
         answered_whole: false,
         bodies_dropped: false,
+        usage_uncounted: false,
         body_ticket: Default::default(),
     }
 }
@@ -835,11 +853,15 @@ fn own_copy(body: &Bytes) -> Bytes {
     Bytes::copy_from_slice(body)
 }
 
+/// Whether the Content-Type's media type (without parameters) is `wanted`: exactly, so
+/// `application/jsonl` or `application/json-seq` (many documents) is not `application/json`.
 fn content_type_is(fields: &Fields, wanted: &str) -> bool {
     fields.get_str("content-type").is_some_and(|ct| {
-        ct.trim_start()
-            .get(..wanted.len())
-            .is_some_and(|start| start.eq_ignore_ascii_case(wanted))
+        ct.split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .eq_ignore_ascii_case(wanted)
     })
 }
 
@@ -877,8 +899,10 @@ fn streams_unasked(fields: &Fields) -> bool {
             .and_then(|at| essence.get(at..))
             .is_some_and(|end| end.eq_ignore_ascii_case(wanted))
     };
+    // `application/json` exactly: `application/jsonl`, `application/json-seq` are many
+    // documents, streamed as NDJSON is.
     let text = starts("text/")
-        || starts("application/json")
+        || essence.eq_ignore_ascii_case("application/json")
         || suffix("+json")
         || essence.eq_ignore_ascii_case("application/x-subrip")
         || essence.eq_ignore_ascii_case("application/xml")
@@ -886,10 +910,11 @@ fn streams_unasked(fields: &Fields) -> bool {
     !(essence.is_empty() || text)
 }
 
-/// Whether a 2xx body relayed unread may still be one JSON document: its label is text
-/// (not an event stream), `+json` or missing, and it is not compressed. An upstream may
-/// answer a stream request so (a whole JSON answer as `text/plain`); the record then reads
-/// it as JSON, as it would the same body labelled `application/json`.
+/// Whether a 2xx body relayed unread may still be one JSON document: its label is JSON
+/// (a `GET`'s answer is relayed unread whatever it is), text (not an event stream), `+json`
+/// or missing, and it is not compressed. An upstream may answer a stream request so (a whole
+/// JSON answer as `text/plain`); the record then reads it as JSON, as it would the same body
+/// labelled `application/json`.
 pub(super) fn may_be_json(fields: &Fields) -> bool {
     if crate::content_coding::content_encoding(fields).is_some() {
         return false;
@@ -900,6 +925,7 @@ pub(super) fn may_be_json(fields: &Fields) -> bool {
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     let essence = essence.to_ascii_lowercase();
     essence.is_empty()
+        || essence == "application/json"
         || (essence.starts_with("text/") && essence != "text/event-stream")
         || essence.ends_with("+json")
 }
@@ -1095,7 +1121,7 @@ async fn whole_answer(
     upstream: UpstreamResponse,
     limits: Limits<'_>,
     target: &Target<'_>,
-    mut guard: RecordGuard,
+    (mut guard, redirect_ordinary): (RecordGuard, bool),
     request_id: String,
     redactor: &Redactor,
 ) -> Answer {
@@ -1145,6 +1171,10 @@ async fn whole_answer(
             Shape::Relayed
         };
         (body, shape, Outcome::Success, None)
+    } else if status.is_redirection() && redirect_ordinary {
+        // To a `GET` or `DELETE` a redirect (a `304 Not Modified` above all) is an answer
+        // like any other, relayed as it came.
+        (body, Shape::Relayed, Outcome::Success, None)
     } else if status.is_redirection() {
         // Relayed as it came (the router does not follow redirects: the client decides),
         // but no completion happened: recorded as the upstream's error, so the ledger
@@ -1397,6 +1427,9 @@ mod tests {
             "audio/mpeg",
             "application/octet-stream",
             "application/x-ndjson",
+            "application/jsonl",
+            "Application/JSONLines",
+            "application/json-seq",
         ] {
             assert!(with(streams), "{streams}");
         }
@@ -1414,6 +1447,28 @@ mod tests {
             assert!(!with(whole), "{whole}");
         }
         assert!(!streams_unasked(&Fields::default()), "no Content-Type");
+    }
+
+    #[test]
+    fn only_the_json_media_type_itself_is_json() {
+        let with =
+            |content_type: &str| is_json(&Fields::from_pairs(&[("content-type", content_type)]));
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/json ",
+        ] {
+            assert!(with(json), "{json}");
+        }
+        for other in [
+            "application/jsonl",
+            "application/jsonlines",
+            "application/json-seq",
+            "application/x-ndjson",
+            "text/plain",
+        ] {
+            assert!(!with(other), "{other}");
+        }
     }
 
     #[test]

@@ -637,6 +637,7 @@ mod tests {
             secrets: Vec::new(),
             answered_whole: false,
             bodies_dropped: false,
+            usage_uncounted: false,
             body_ticket: Default::default(),
         }
     }

@@ -502,3 +502,223 @@ async fn allow_and_head_follow_the_routing() {
     }
     router.stop().await;
 }
+
+/// A stored response as `GET /v1/responses/<id>` (and its cancellation) answers it, usage and
+/// all: tokens generated, billed and counted when it was made.
+const STORED_RESPONSE: &str = r#"{"id":"resp_1","object":"response","status":"completed","model":"gpt-4o","output":[],"usage":{"input_tokens":10,"output_tokens":5,"total_tokens":15}}"#;
+
+/// A read-back (`GET`, and a `POST` that names no model, as `responses.cancel`) records no
+/// usage: each poll would count the same tokens again in the ledger and Langfuse. Its answer
+/// is still recorded readably (a small JSON answer whole); a request that names a model
+/// still counts its usage.
+#[tokio::test]
+async fn read_backs_do_not_count_the_usage_they_repeat() {
+    let upstream = MockUpstream::start(Behavior {
+        body: Some(STORED_RESPONSE.into()),
+        ..Default::default()
+    })
+    .await;
+    let config = format!(
+        "{}settings:\n  default_server: mock\n",
+        one_server_config(&upstream.url(), "")
+    );
+    let router = TestRouter::start(&config).await;
+    let mut n = 0;
+    for (name, http) in clients() {
+        let got = http
+            .get(router.url("/v1/responses/resp_1"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(got.status(), 200, "{name}");
+        assert_eq!(got.text().await.expect("body"), STORED_RESPONSE, "{name}");
+        let got = http
+            .post(router.url("/v1/responses/resp_1/cancel"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(got.status(), 200, "{name}");
+        assert_eq!(got.text().await.expect("body"), STORED_RESPONSE, "{name}");
+        for endpoint in ["GET /responses/resp_1", "/responses/resp_1/cancel"] {
+            n += 1;
+            let record = router.records.nth(n).await;
+            assert_eq!(record.endpoint, endpoint, "{name}");
+            assert_eq!(record.outcome, Outcome::Success, "{name} {endpoint}");
+            assert!(
+                record.response.usage.is_none(),
+                "{name} {endpoint}: {:?}",
+                record.response.usage
+            );
+            assert!(!record.usage_partial(), "{name} {endpoint}");
+            assert!(!record.stream, "{name} {endpoint}: one document");
+            // Readable still: the answer whole, as JSON.
+            assert!(record.response_is_json, "{name} {endpoint}");
+            assert_eq!(
+                record.response_body.as_deref(),
+                Some(STORED_RESPONSE.as_bytes()),
+                "{name} {endpoint}"
+            );
+        }
+    }
+    // A generation names its model: its usage counts.
+    upstream.set(Behavior::default());
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let record = router.records.nth(n + 1).await;
+    assert!(record.response.usage.is_some());
+    router.stop().await;
+}
+
+/// `files.content` of a text file is relayed as it arrives, never held whole (the head and
+/// first part reach the client while the upstream holds the rest), and its record is a note
+/// of its type and size, not megabytes of its bytes (the request log writes the record).
+#[tokio::test]
+async fn a_large_text_answer_to_a_get_is_relayed_as_it_arrives() {
+    // JSONL as `text/plain`: it opens with `{`, as one JSON document would.
+    let line = format!("{{\"custom_id\":\"{}\"}}\n", "x".repeat(1000));
+    let part: Vec<u8> = line.repeat(1024).into_bytes();
+    let parts = 5;
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let config = format!(
+        "{}settings:\n  default_server: mock\n",
+        one_server_config(&upstream.url(), "")
+    );
+    let router = TestRouter::start(&config).await;
+    for (n, (name, http)) in clients().into_iter().enumerate() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        upstream.set(Behavior {
+            stream_unasked: true,
+            stream_content_type: Some("text/plain; charset=utf-8".into()),
+            raw_chunks: Some(vec![part.clone(); parts]),
+            hold_chunk: Some((1, gate.clone())),
+            ..Default::default()
+        });
+        let sent = http.get(router.url("/v1/files/file-abc/content")).send();
+        let mut response = tokio::time::timeout(Duration::from_secs(10), sent)
+            .await
+            .expect("the head arrives before the upstream sends the rest")
+            .expect("send");
+        assert_eq!(response.status(), 200, "{name}");
+        let mut got = Vec::new();
+        while got.len() < part.len() {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+                .await
+                .expect("the first part arrives before the upstream sends the rest")
+                .expect("read")
+                .expect("more");
+            got.extend_from_slice(&chunk);
+        }
+        gate.add_permits(1);
+        got.extend_from_slice(&response.bytes().await.expect("the rest"));
+        assert_eq!(got.len(), part.len() * parts, "{name}");
+        assert!(got == part.repeat(parts), "{name}: the bytes are intact");
+
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::Success, "{name}");
+        assert_eq!(
+            record.response.content,
+            format!("<text/plain, {} bytes>", part.len() * parts),
+            "{name}"
+        );
+        assert!(record.response_body.is_none(), "{name}");
+        assert!(
+            record.body_bytes() < 1024,
+            "{name}: {}",
+            record.body_bytes()
+        );
+    }
+    router.stop().await;
+}
+
+/// `application/jsonl` (and its kin) is many JSON documents, not one: a 2xx answer so
+/// labelled to a `POST` is relayed as it arrives, as NDJSON is, so one cut halfway gives the
+/// client the bytes that came rather than a 502 for a body the router held and lost.
+#[tokio::test]
+async fn a_jsonl_answer_cut_halfway_gives_the_client_what_came() {
+    let first = b"{\"id\":1}\n{\"id\":2}\n".to_vec();
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for label in [
+        "application/jsonl",
+        "application/jsonlines",
+        "application/json-seq",
+    ] {
+        for (name, http) in clients() {
+            // The cut waits for the gate, so the first part is on the wire before it.
+            let gate = Arc::new(tokio::sync::Semaphore::new(0));
+            upstream.set(Behavior {
+                stream_unasked: true,
+                stream_content_type: Some(label.into()),
+                raw_chunks: Some(vec![first.clone(), b"{\"id\":3}\n".to_vec()]),
+                hold_chunk: Some((1, gate.clone())),
+                abort_after: Some(1),
+                ..Default::default()
+            });
+            let sent = http
+                .post(router.url("/v1/chat/completions"))
+                .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
+                .send();
+            let mut response = tokio::time::timeout(Duration::from_secs(10), sent)
+                .await
+                .expect("the head arrives before the upstream breaks off")
+                .expect("send");
+            assert_eq!(response.status(), 200, "{name} {label}");
+            assert_eq!(response.headers()["content-type"], label, "{name} {label}");
+            let mut got = Vec::new();
+            while got.len() < first.len() {
+                let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+                    .await
+                    .expect("the first part arrives before the upstream breaks off")
+                    .expect("read")
+                    .expect("more");
+                got.extend_from_slice(&chunk);
+            }
+            gate.add_permits(1);
+            // Then the body ends in an error where the upstream broke off.
+            while let Ok(Some(chunk)) = response.chunk().await {
+                got.extend_from_slice(&chunk);
+            }
+            assert!(
+                got == first,
+                "{name} {label}: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+    }
+    router.stop().await;
+}
+
+/// A `304 Not Modified` (or another 3xx) to a `GET` is an ordinary answer: relayed, and
+/// recorded as a success with its status, not as the upstream's error.
+#[tokio::test]
+async fn a_redirect_to_a_get_is_an_ordinary_answer() {
+    let upstream = MockUpstream::start(Behavior {
+        status: 304,
+        body: Some(String::new()),
+        headers: vec![("etag".into(), "\"v1\"".into())],
+        ..Default::default()
+    })
+    .await;
+    let config = format!(
+        "{}settings:\n  default_server: mock\n",
+        one_server_config(&upstream.url(), "")
+    );
+    let router = TestRouter::start(&config).await;
+    for (n, (name, http)) in clients().into_iter().enumerate() {
+        let response = http
+            .get(router.url("/v1/files/file-abc/content"))
+            .header("if-none-match", "\"v1\"")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 304, "{name}");
+        assert_eq!(response.headers()["etag"], "\"v1\"", "{name}");
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.status, Some(304), "{name}");
+        assert_eq!(record.outcome, Outcome::Success, "{name}");
+        assert_eq!(record.error, None, "{name}");
+    }
+    router.stop().await;
+}
