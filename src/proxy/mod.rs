@@ -684,9 +684,11 @@ async fn forward_read<V: ReadBody>(
     // 2xx event stream or binary body to a request that did not say `"stream": true` (a
     // speech request streams audio, or `speech.audio.delta` events): what streams is the
     // upstream's to say, and holding it to the end would hold the client's first byte too.
-    // A `GET`'s or `DELETE`'s 2xx answer always is: see [`ReadBody::OTHER_METHOD`].
+    // A `GET`'s or `DELETE`'s 2xx answer always is (see [`ReadBody::OTHER_METHOD`]), but a
+    // `204 No Content`, which has no body to relay: it goes the whole answer's way, which
+    // writes no framing for it.
     let streamed = status.is_success()
-        && (V::OTHER_METHOD
+        && ((V::OTHER_METHOD && status != StatusCode::NO_CONTENT)
             || if stream {
                 !is_json(&upstream.fields)
             } else {

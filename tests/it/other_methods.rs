@@ -9,6 +9,7 @@ use llmsrouter::auth::{Caller, KeyIndex, Permissions};
 use llmsrouter::record::Outcome;
 use serde_json::{Value, json};
 
+use crate::http1::Raw;
 use crate::support::upstream::{Behavior, MockUpstream};
 use crate::support::{TestRouter, client, h2c_client, one_server_config};
 
@@ -719,6 +720,49 @@ async fn a_redirect_to_a_get_is_an_ordinary_answer() {
         assert_eq!(record.status, Some(304), "{name}");
         assert_eq!(record.outcome, Outcome::Success, "{name}");
         assert_eq!(record.error, None, "{name}");
+    }
+    router.stop().await;
+}
+
+/// A `204 No Content` to a `DELETE` (relayed as it arrives, as every 2xx to it is) reaches
+/// either client as an empty answer, and is recorded as a success.
+#[tokio::test]
+async fn a_no_content_answer_to_a_delete_is_relayed() {
+    let upstream = MockUpstream::start(Behavior {
+        status: 204,
+        body: Some(String::new()),
+        stream_unasked: false,
+        ..Default::default()
+    })
+    .await;
+    let config = format!(
+        "{}settings:\n  default_server: mock\n",
+        one_server_config(&upstream.url(), "")
+    );
+    let router = TestRouter::start(&config).await;
+    for (n, (name, http)) in clients().into_iter().enumerate() {
+        let response = http
+            .delete(router.url("/v1/files/file-abc"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 204, "{name}");
+        assert_eq!(response.bytes().await.expect("body").len(), 0, "{name}");
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::Success, "{name}");
+        assert_eq!(record.status, Some(204), "{name}");
+    }
+    // On the wire: no framing (a 204 has no body, RFC 9110), so the connection carries the
+    // next answer cleanly.
+    let mut raw = Raw::connect(router.addr).await;
+    for _ in 0..2 {
+        raw.send(b"DELETE /v1/files/file-abc HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let answer = raw.answer().await;
+        assert_eq!(answer.status, 204);
+        for framing in ["content-length", "transfer-encoding"] {
+            assert_eq!(answer.header(framing), None, "{framing}");
+        }
     }
     router.stop().await;
 }
