@@ -306,6 +306,7 @@ impl LedgerSink {
         let stats = Arc::new(LedgerStats::default());
         let closing = Arc::new(OnceLock::new());
         let writer = Writer {
+            file: DbFile::new(path),
             redactor,
             stats: stats.clone(),
             closing: closing.clone(),
@@ -395,7 +396,57 @@ impl RecordSink for LedgerSink {
 }
 
 /// The writer thread's side of the sink.
+/// The database file the ledger writes, and whether its path still names it. A file deleted
+/// (or replaced) while the router runs would take every later row into the unlinked inode,
+/// counted as written, gone for `llmsrouter usage`: the writer opens the path again instead,
+/// as the request log does its file.
+struct DbFile {
+    path: std::path::PathBuf,
+    id: Option<(u64, u64)>,
+    checked_at: Instant,
+}
+
+impl DbFile {
+    fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            id: file_id(path),
+            checked_at: Instant::now(),
+        }
+    }
+
+    /// True when, at most once a second, the path is found to name another file or none.
+    fn replaced(&mut self) -> bool {
+        if self.checked_at.elapsed() < Duration::from_secs(1) {
+            return false;
+        }
+        self.checked_at = Instant::now();
+        self.id.is_some() && file_id(&self.path) != self.id
+    }
+
+    /// A connection to what the path names now (made again, with its schema, if deleted).
+    fn reopen(&mut self, busy_timeout: Duration) -> Result<Connection, DbError> {
+        let conn = db::open(&self.path)?;
+        conn.busy_timeout(busy_timeout)?;
+        self.id = file_id(&self.path);
+        Ok(conn)
+    }
+}
+
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// No inode to compare: the file is taken to be the one opened.
+#[cfg(not(unix))]
+fn file_id(_path: &Path) -> Option<(u64, u64)> {
+    None
+}
+
 struct Writer {
+    file: DbFile,
     redactor: Redactor,
     stats: Arc<LedgerStats>,
     closing: Arc<OnceLock<Instant>>,
@@ -424,6 +475,26 @@ impl Writer {
     fn run(mut self, mut conn: Connection, rx: &Receiver<Arc<RequestRecord>>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while next_batch(rx, &mut batch, MAX_BATCH, BATCH_WINDOW) {
+            if self.file.replaced() {
+                match self.file.reopen(self.busy_timeout) {
+                    Ok(fresh) => {
+                        tracing::warn!(
+                            "usage ledger: {} was deleted or replaced while the router ran; \
+                             writing to the file at that path now (rows written since the \
+                             last second went to the old one)",
+                            self.file.path.display()
+                        );
+                        conn = fresh;
+                    }
+                    Err(error) => warn_now_and_then(
+                        &mut self.failure_warned,
+                        format_args!(
+                            "usage ledger: {} was deleted or replaced, and cannot be opened again: {error}",
+                            self.file.path.display()
+                        ),
+                    ),
+                }
+            }
             let rows: Vec<LedgerRow<'_>> = batch
                 .iter()
                 .map(|record| LedgerRow::from_record(record, &self.redactor))
@@ -626,6 +697,7 @@ mod tests {
             .expect("an instant 20 s back");
         let _ = closing.set(began);
         let mut writer = Writer {
+            file: DbFile::new(&path),
             redactor: Redactor::default(),
             stats: Arc::new(LedgerStats::default()),
             closing,

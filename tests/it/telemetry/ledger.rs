@@ -551,3 +551,47 @@ async fn a_previous_ledger_gains_audio_seconds_and_usage_shows_them() {
         "{table}"
     );
 }
+
+/// The database deleted while the router runs (a cleanup script, a mistaken `rm`): the rows
+/// of the requests after it went into the unlinked file, counted as written, and `usage`
+/// found no database. The writer now opens the path again (within a second) and its rows
+/// land there.
+#[tokio::test]
+async fn a_database_deleted_while_serving_is_made_again_and_written() {
+    let LedgerSetup {
+        dir: _dir,
+        db,
+        upstream: _upstream,
+        ledger: _ledger,
+        router,
+    } = LedgerSetup::start().await;
+    let chat = json!({"model": "[mock]m", "messages": []});
+    assert_eq!(router.chat(&chat).await.status(), 200);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.clone().into_os_string();
+        name.push(suffix);
+        let _ = std::fs::remove_file(&name);
+    }
+    let rows_in_the_new_file = || {
+        std::fs::metadata(&db).ok()?;
+        llmsrouter::db::open_to_read(&db)
+            .ok()?
+            .query_row("SELECT count(*) FROM usage_ledger", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .ok()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert_eq!(router.chat(&chat).await.status(), 200);
+        if rows_in_the_new_file().is_some_and(|n| n > 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rows in a new file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    router.stop().await;
+}
