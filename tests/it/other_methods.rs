@@ -17,6 +17,17 @@ use crate::support::{TestRouter, client, h2c_client, one_server_config};
 const OWN_MODELS: &str =
     r#"{"object":"list","data":[{"id":"gpt-4o","object":"model","owned_by":"them","extra":1}]}"#;
 
+/// The JSON answer to a `GET` of `url`.
+async fn get_json(http: &reqwest::Client, url: String) -> Value {
+    http.get(url)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json")
+}
+
 /// Both clients: HTTP/1 (the router's own server) and HTTP/2 without TLS (hyper's).
 fn clients() -> [(&'static str, reqwest::Client); 2] {
     [("http1", client()), ("h2c", h2c_client())]
@@ -79,14 +90,7 @@ async fn the_model_routes_with_proxy_ask_that_server() {
         assert_eq!(upstream.last().path, "/v1/models/gpt-4o", "{name}");
 
         // Without `?proxy=`: the merged list, each id with its alias.
-        let merged: Value = http
-            .get(router.url("/v1/models"))
-            .send()
-            .await
-            .expect("send")
-            .json()
-            .await
-            .expect("json");
+        let merged: Value = get_json(&http, router.url("/v1/models")).await;
         assert_eq!(merged["data"][0]["id"], "[mock]gpt-4o", "{name}");
     }
     router.stop().await;
@@ -425,14 +429,7 @@ async fn a_model_delete_goes_to_the_default_server() {
             "{name}"
         );
         assert_eq!(got.headers["authorization"], "Bearer sk-mock-upstream-key");
-        let merged: Value = http
-            .get(router.url("/v1/models"))
-            .send()
-            .await
-            .expect("send")
-            .json()
-            .await
-            .expect("json");
+        let merged: Value = get_json(&http, router.url("/v1/models")).await;
         assert_eq!(merged["data"][0]["id"], "[mock]gpt-4o", "{name}");
     }
     router.stop().await;
