@@ -511,16 +511,11 @@ const STORED_RESPONSE: &str = r#"{"id":"resp_1","object":"response","status":"co
 /// still counts its usage.
 #[tokio::test]
 async fn read_backs_do_not_count_the_usage_they_repeat() {
-    let upstream = MockUpstream::start(Behavior {
+    let (upstream, router) = with_default_server(Behavior {
         body: Some(STORED_RESPONSE.into()),
         ..Default::default()
     })
     .await;
-    let config = format!(
-        "{}settings:\n  default_server: mock\n",
-        one_server_config(&upstream.url(), "")
-    );
-    let router = TestRouter::start(&config).await;
     let mut n = 0;
     for (name, http) in clients() {
         let got = http
@@ -692,18 +687,13 @@ async fn a_jsonl_answer_cut_halfway_gives_the_client_what_came() {
 /// recorded as a success with its status, not as the upstream's error.
 #[tokio::test]
 async fn a_redirect_to_a_get_is_an_ordinary_answer() {
-    let upstream = MockUpstream::start(Behavior {
+    let (_upstream, router) = with_default_server(Behavior {
         status: 304,
         body: Some(String::new()),
         headers: vec![("etag".into(), "\"v1\"".into())],
         ..Default::default()
     })
     .await;
-    let config = format!(
-        "{}settings:\n  default_server: mock\n",
-        one_server_config(&upstream.url(), "")
-    );
-    let router = TestRouter::start(&config).await;
     for (n, (name, http)) in clients().into_iter().enumerate() {
         let response = http
             .get(router.url("/v1/files/file-abc/content"))
@@ -725,18 +715,13 @@ async fn a_redirect_to_a_get_is_an_ordinary_answer() {
 /// either client as an empty answer, and is recorded as a success.
 #[tokio::test]
 async fn a_no_content_answer_to_a_delete_is_relayed() {
-    let upstream = MockUpstream::start(Behavior {
+    let (_upstream, router) = with_default_server(Behavior {
         status: 204,
         body: Some(String::new()),
         stream_unasked: false,
         ..Default::default()
     })
     .await;
-    let config = format!(
-        "{}settings:\n  default_server: mock\n",
-        one_server_config(&upstream.url(), "")
-    );
-    let router = TestRouter::start(&config).await;
     for (n, (name, http)) in clients().into_iter().enumerate() {
         let response = http
             .delete(router.url("/v1/files/file-abc"))
