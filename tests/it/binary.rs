@@ -566,9 +566,7 @@ async fn the_python_versions_dot_env_loads_unchanged() {
 
     // Serving with it: quoted "false" turns accounts off. The real environment wins over
     // .env, so tracing goes to a closed local port instead of Langfuse Cloud.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let closed_url = format!("http://{}", closed.local_addr().expect("addr"));
-    drop(closed);
+    let closed_url = crate::support::closed_origin();
     let router = RouterProcess::start_in(dir, &[("LANGFUSE_HOST", &closed_url)]);
     let response = client()
         .post(router.url(&format!("/v1/chat/completions?proxy={}", upstream.origin())))

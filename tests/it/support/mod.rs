@@ -207,12 +207,27 @@ fn isolate_env(command: &mut Command) {
     }
 }
 
-/// A loopback URL nothing listens on: a port the OS just gave out and took back.
+/// A loopback URL nothing listens on: a port bound for the rest of the test process and never
+/// listened on, so a connection is refused. (A port taken and let go could be given to another
+/// test's listener running alongside.)
 pub fn closed_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
-    format!("http://{addr}/v1")
+    format!("{}/v1", closed_origin())
+}
+
+/// `closed_url` without the `/v1` path.
+pub fn closed_origin() -> String {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let addr = socket
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("an IP address");
+    std::mem::forget(socket);
+    format!("http://{addr}")
 }
 
 /// Path of the built binary under test.

@@ -557,12 +557,13 @@ async fn a_hanging_endpoint_never_slows_requests_memory_stays_bounded_and_export
 #[tokio::test]
 async fn an_endpoint_answering_500_or_absent_loses_only_spans_and_recovers() {
     let upstream = MockUpstream::start(Behavior::default()).await;
-    // An address nobody listens on (taken, then let go).
-    let parked = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
+    // An address bound but not listened on: refused until the endpoint comes up on it, and
+    // never free for another test's listener in between.
+    let parked = tokio::net::TcpSocket::new_v4().expect("socket");
+    parked
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
         .expect("bind");
     let addr = parked.local_addr().expect("addr");
-    drop(parked);
     let mut options = langfuse_options(&MockOtlp::start().await);
     options.destinations[0].endpoint = format!("http://{addr}/api/public/otel/v1/traces");
     let (router, sink) =
@@ -585,7 +586,7 @@ async fn an_endpoint_answering_500_or_absent_loses_only_spans_and_recovers() {
     assert!(stats.retries() >= 3, "retries {}", stats.retries());
 
     // The endpoint comes up on that address, answering 500 first.
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    let listener = parked.listen(1024).expect("listen");
     let otlp = MockOtlp::start_on(listener).await;
     otlp.fail_with(500);
     send().await;
