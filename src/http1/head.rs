@@ -193,7 +193,7 @@ fn check_target_and_host(request: &RequestHead) -> Result<(), HeadError> {
         (Some(_), Some(_)) => Err(HeadError::Malformed(
             "more than one Host header field".into(),
         )),
-        (Some(host), None) if host.iter().all(|&b| is_host_byte(b)) && brackets_close(host) => {
+        (Some(host), None) if host.iter().all(|&b| is_host_byte(b)) && host_then_port(host) => {
             Ok(())
         }
         (Some(_), None) => Err(HeadError::Malformed(
@@ -209,12 +209,21 @@ fn is_host_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&byte)
 }
 
-/// Whether a `Host` of host bytes ([`is_host_byte`]) places its brackets as RFC 3986 does:
-/// only around an IP literal at the start, closed, with nothing after but `:port`
-/// (`[::1]:8000`). `[::1` or `a]b` would otherwise pass, since each byte alone may appear.
-fn brackets_close(host: &[u8]) -> bool {
+/// Whether a `Host` of host bytes ([`is_host_byte`]) is shaped as RFC 3986's
+/// `host [ ":" port ]`: brackets only around an IP literal at the start, closed, and after
+/// the host nothing but a colon and the port's digits (`[::1]:8000`, `router.example:80`).
+/// `[::1`, `a]b` or `router.example:abc` would otherwise pass, since each byte alone may
+/// appear.
+fn host_then_port(host: &[u8]) -> bool {
     let Some(literal) = host.strip_prefix(b"[") else {
-        return !host.contains(&b'[') && !host.contains(&b']');
+        if host.contains(&b'[') || host.contains(&b']') {
+            return false;
+        }
+        // A registered name or IPv4 address holds no colon: the first one starts the port.
+        return match memchr::memchr(b':', host) {
+            None => true,
+            Some(colon) => host[colon + 1..].iter().all(u8::is_ascii_digit),
+        };
     };
     let Some(end) = literal.iter().position(|&b| b == b']') else {
         return false;
@@ -421,10 +430,11 @@ mod tests {
         );
     }
 
-    /// An IP literal's brackets close, with nothing after but `:port`: each byte of
-    /// `[::1` may appear in a Host, so a check of bytes alone let it through.
+    /// An IP literal's brackets close, with nothing after but `:port`, and a port is digits:
+    /// each byte of `[::1` or `example:abc` may appear in a Host, so a check of bytes alone
+    /// let them through.
     #[test]
-    fn a_host_ip_literal_closes_its_bracket() {
+    fn a_host_ip_literal_closes_its_bracket_and_a_port_is_digits() {
         for bad in [
             "[::1",
             "[::1]x",
@@ -434,6 +444,10 @@ mod tests {
             "a]b",
             "a[::1]",
             "]",
+            "router.example:abc",
+            "router.example:80:80",
+            "a:b:c",
+            "::1",
         ] {
             let text = format!("GET /x HTTP/1.1\r\nHost: {bad}\r\n\r\n");
             assert!(
@@ -447,6 +461,7 @@ mod tests {
             "[::1]:",
             "127.0.0.1:80",
             "router.example",
+            "router.example:",
         ] {
             let text = format!("GET /x HTTP/1.1\r\nHost: {good}\r\n\r\n");
             assert!(matches!(request(&text), Ok(Some(_))), "{good:?}");
