@@ -9,6 +9,7 @@ mod mock_otlp;
 pub mod request_log;
 mod secrets;
 mod shapes;
+mod shutdown;
 
 use std::sync::Arc;
 use std::time::Duration;
