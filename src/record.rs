@@ -595,6 +595,16 @@ fn complete_summary(record: &mut RequestRecord) {
         }
     };
     let readable = decoded.as_deref().unwrap_or(body);
+    // The escape of a lone UTF-16 surrogate (see `usage::lone_surrogates_replaced`) is
+    // repaired in the kept body too, as a stray byte is (see [`repaired_json`]): the request
+    // log's line stays readable by strict JSON readers, which refuse the escape.
+    let repaired = std::str::from_utf8(readable)
+        .ok()
+        .and_then(crate::usage::lone_surrogates_replaced)
+        .map(Bytes::from);
+    let unrepaired = decoded.clone();
+    let decoded = repaired.or(decoded);
+    let readable = decoded.as_deref().unwrap_or(body);
     let (summary, decoded) = match summarize_json_body(readable) {
         Some(summary) => (summary, decoded),
         None => match repaired_json(readable) {
@@ -607,7 +617,8 @@ fn complete_summary(record: &mut RequestRecord) {
             }
             None => {
                 let text = std::str::from_utf8(readable).is_ok();
-                if let (true, Some(decoded)) = (text, decoded) {
+                // Text that is not JSON has no escapes: kept as it came.
+                if let (true, Some(decoded)) = (text, unrepaired) {
                     // A compressed text answer (srt, plain text) is kept decoded, as a
                     // compressed JSON one is: sinks show text, not its gzip.
                     keep_decoded(record, decoded);

@@ -209,6 +209,58 @@ impl ResponseSummary {
 
 // ---- whole bodies ------------------------------------------------------------------------
 
+/// `text` (JSON) with each `\u` escape of a lone UTF-16 surrogate (`\ud800` not followed by
+/// a low one, or a low one on its own) replaced by `\ufffd`; `None` when it holds none.
+/// serde_json refuses to decode such an escape into a string, and one in an answer (an
+/// upstream cutting an emoji's pair apart) would lose the whole answer or event for the
+/// record: its text, tool calls and usage. Read so, it loses one character, as a byte that
+/// is not UTF-8 does. Both escapes are six bytes, so the text keeps its length. Only the
+/// record's copy is changed: the client gets the bytes as they came.
+pub(crate) fn lone_surrogates_replaced(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    // Most answers and events hold no `\u` escape at all.
+    memchr::memmem::find(bytes, b"\\u")?;
+    let mut fixed: Option<Vec<u8>> = None;
+    let mut at = 0;
+    while let Some(found) = bytes.get(at..).and_then(|rest| memchr::memchr(b'\\', rest)) {
+        let escape = at + found;
+        let end = escape + 6;
+        // `\\` and the other two-byte escapes are stepped over whole, so the backslash of
+        // `\\ud800` (a backslash, then text) never starts an escape.
+        let Some(unit) = (bytes.get(escape + 1) == Some(&b'u'))
+            .then(|| utf16_unit(bytes, escape + 2))
+            .flatten()
+        else {
+            at = escape + 2;
+            continue;
+        };
+        let lone = match unit {
+            0xD800..=0xDBFF => {
+                !(bytes.get(end..end + 2) == Some(b"\\u".as_slice())
+                    && matches!(utf16_unit(bytes, end + 2), Some(0xDC00..=0xDFFF)))
+            }
+            0xDC00..=0xDFFF => true,
+            _ => false,
+        };
+        if lone {
+            fixed.get_or_insert_with(|| bytes.to_vec())[escape..end].copy_from_slice(b"\\ufffd");
+            at = end;
+        } else if (0xD800..=0xDBFF).contains(&unit) {
+            at = end + 6;
+        } else {
+            at = end;
+        }
+    }
+    // ASCII replaced by ASCII: still UTF-8.
+    fixed.and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
+/// The four hex digits at `at` as a UTF-16 code unit.
+fn utf16_unit(bytes: &[u8], at: usize) -> Option<u16> {
+    let digits = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
+    u16::from_str_radix(digits, 16).ok()
+}
+
 /// Reads a non-stream JSON response body (chat, completions, embeddings, responses).
 pub fn summarize_body(body: &[u8]) -> ResponseSummary {
     summarize_json_body(body).unwrap_or_default()
@@ -217,6 +269,12 @@ pub fn summarize_body(body: &[u8]) -> ResponseSummary {
 /// [`summarize_body`], or `None` when the body is not a JSON object: then nothing could be
 /// read from it, and whoever writes it out must not take it for JSON.
 pub fn summarize_json_body(body: &[u8]) -> Option<ResponseSummary> {
+    if let Some(fixed) = std::str::from_utf8(body)
+        .ok()
+        .and_then(lone_surrogates_replaced)
+    {
+        return summarize_json_body(fixed.as_bytes());
+    }
     // Fast path: one typed pass over the body, strings borrowed. Any field of an unexpected
     // type makes it fail, and the lenient path below reads the fields one by one instead.
     // The body's UTF-8 is checked once, up front: reading from bytes, serde_json checks
@@ -1256,6 +1314,11 @@ impl StreamAccumulator {
             // they came). The lossy copy is valid UTF-8, so this recurses once.
             Err(_) => return self.push_data(String::from_utf8_lossy(trimmed).as_bytes()),
         };
+        // A lone surrogate's escape likewise spoils one character (see
+        // [`lone_surrogates_replaced`]); the copy has none left, so this recurses once.
+        if let Some(fixed) = lone_surrogates_replaced(text) {
+            return self.push_data(fixed.as_bytes());
+        }
         // An audio event stream's events (its first one told: see below), read on their own
         // path; an event of another type there (an `error`) is read as any other.
         if self.audio.is_some() {
@@ -1752,6 +1815,52 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    /// Only a lone surrogate's escape is replaced: pairs, other escapes and an escaped
+    /// backslash followed by `ud800` as text stay as they were.
+    #[test]
+    fn lone_surrogate_escapes_become_the_replacement_character() {
+        for (text, wanted) in [
+            (r#""a\ud800b""#, Some(r#""a\ufffdb""#)),
+            (r#""\udc00""#, Some(r#""\ufffd""#)),
+            (r#""\uD83D""#, Some(r#""\ufffd""#)),
+            (r#""\ud83d\ud83d\ude00""#, Some(r#""\ufffd\ud83d\ude00""#)),
+            (r#""\ud83d\u0041""#, Some(r#""\ufffd\u0041""#)),
+            (r#""\ud83d""#, Some(r#""\ufffd""#)),
+            (r#""\ud83d\ude00 \u00e9 \n""#, None),
+            (r#""\\ud800""#, None),
+            (r#""\\\ud800""#, Some(r#""\\\ufffd""#)),
+            (r#""no escapes""#, None),
+        ] {
+            assert_eq!(lone_surrogates_replaced(text).as_deref(), wanted, "{text}");
+            let read = wanted.unwrap_or(text);
+            assert!(serde_json::from_str::<String>(read).is_ok(), "{read}");
+        }
+        // Not JSON: left for serde_json to refuse.
+        assert_eq!(lone_surrogates_replaced(r#""\ud8""#), None);
+    }
+
+    /// An event or answer with a lone surrogate keeps everything else for the record.
+    #[test]
+    fn a_lone_surrogate_loses_one_character_not_the_event() {
+        let mut stream = StreamAccumulator::default();
+        let event = r#"{"id":"c\udfff","choices":[{"delta":{"content":"bad \ud800 char"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}"#;
+        stream.push_data(event.as_bytes());
+        let usage_only = r#"{"id":"c\udfff","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}"#;
+        assert_eq!(
+            stream.push_data(usage_only.as_bytes()),
+            EventKind::UsageOnly
+        );
+        let summary = stream.into_summary();
+        assert_eq!(summary.content, "bad \u{fffd} char");
+        assert_eq!(summary.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(summary.usage.map(|u| u.total), Some(8));
+        let body = r#"{"id":"x","choices":[{"message":{"role":"assistant","content":"a\ud800","tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+        let summary = summarize_body(body.as_bytes());
+        assert_eq!(summary.content, "a\u{fffd}");
+        assert_eq!(summary.tool_calls.len(), 1);
+        assert_eq!(summary.usage.map(|u| u.total), Some(3));
+    }
 
     #[test]
     fn strings_are_borrowed_from_an_event_unless_escaped() {

@@ -914,6 +914,73 @@ async fn anthropic_cache_writes_count_as_input_without_cache_reads() {
     assert_eq!(row.tokens, (510, 5, 0, 500));
 }
 
+/// An answer or stream event with the escape of a lone UTF-16 surrogate (`\ud800`: an
+/// upstream cut an emoji's pair apart) keeps its text (U+FFFD in that place), tool calls and
+/// usage in every sink, and the usage chunk the router asked for is still taken out of the
+/// stream of a client that did not ask for it. Before, serde_json's refusal of the escape
+/// lost the whole answer or event: its text, its usage, and the usage chunk reached the
+/// client.
+#[tokio::test]
+async fn a_lone_surrogate_does_not_cost_an_answer_its_record() {
+    let usage = r#""usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}"#;
+    let whole = Setup::start().await;
+    let answer = format!(
+        r#"{{"id":"c1","model":"gpt-r","choices":[{{"index":0,"message":{{"role":"assistant","content":"bad \ud800 char","tool_calls":[{{"id":"t1","type":"function","function":{{"name":"look","arguments":"{{}}"}}}}]}},"finish_reason":"tool_calls"}}],{usage}}}"#
+    );
+    whole.upstream.set(Behavior {
+        body: Some(answer.clone()),
+        ..Default::default()
+    });
+    let (whole_id, text) = whole
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "[mock]gpt-4o", "messages": []}),
+        )
+        .await;
+    assert_eq!(text, answer, "the client gets the answer as it came");
+    let record = whole.router.records.nth(1).await;
+    assert_eq!(record.response.content, "bad \u{FFFD} char");
+    let usage_read = record.response.usage.as_ref().expect("usage");
+    assert_eq!((usage_read.input, usage_read.output), (7, 3));
+    let span = whole.otlp.span_of(&whole_id).await.span;
+    let output = json_attr(&span, "langfuse.observation.output").expect("output");
+    assert_eq!(output["content"], "bad \u{FFFD} char", "{output}");
+    assert_eq!(
+        output["tool_calls"][0]["function"]["name"], "look",
+        "{output}"
+    );
+    let (_, line) = whole.stop_and_read(&whole_id).await;
+    assert_eq!(
+        line["response"]["choices"][0]["message"]["content"], "bad \u{FFFD} char",
+        "the log's copy is repaired too: {line}"
+    );
+
+    let streamed = Setup::start().await;
+    let content = r#"data: {"id":"c2","model":"gpt-r","choices":[{"index":0,"delta":{"content":"bad \udfff char"},"finish_reason":"stop"}]}"#;
+    let usage_only = format!(r#"data: {{"id":"c2\ud800","model":"gpt-r","choices":[],{usage}}}"#);
+    streamed.upstream.set(Behavior {
+        raw_chunks: Some(vec![
+            format!("{content}\n\n").into_bytes(),
+            format!("{usage_only}\n\n").into_bytes(),
+            b"data: [DONE]\n\n".to_vec(),
+        ]),
+        ..Default::default()
+    });
+    let (stream_id, text) = streamed
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "[mock]gpt-4o", "stream": true, "messages": []}),
+        )
+        .await;
+    assert_eq!(text, format!("{content}\n\ndata: [DONE]\n\n"));
+    let record = streamed.router.records.nth(1).await;
+    assert_eq!(record.response.content, "bad \u{FFFD} char");
+    let (row, line) = streamed.stop_and_read(&stream_id).await;
+    assert!(row.usage_known, "{row:?}");
+    assert_eq!(row.tokens.0, 7, "{row:?}");
+    assert_eq!(line["usage"]["total"], 10, "{line}");
+}
+
 /// A JSON answer that a byte-order mark precedes, or with one byte that is not UTF-8 (an
 /// upstream's Latin-1 `é`), reaches the client as it came and keeps its usage, model and
 /// text in the records (U+FFFD in the bad byte's place); so does a stream event with such a
