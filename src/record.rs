@@ -8,6 +8,7 @@
 //! non-stream bodies and gives an `Arc` of the record to every [`RecordSink`]. Sinks (Langfuse,
 //! request log, usage ledger) plug in here; the proxy does not know them.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -499,13 +501,14 @@ async fn run_recorder(
     sinks: Vec<Arc<dyn RecordSink>>,
     stop: CancellationToken,
 ) {
+    let mut background = BackgroundResults::default();
     let mut idle = true;
     loop {
         if idle {
             tokio::select! {
                 biased;
                 record = rx.recv() => match record {
-                    Some(record) => deliver(record, &sinks),
+                    Some(record) => deliver(record, &sinks, &mut background),
                     None => break,
                 },
                 () = stop.cancelled() => break,
@@ -530,7 +533,7 @@ async fn run_recorder(
         let mut taken = 0;
         while taken < MAX_BATCH {
             match rx.try_recv() {
-                Ok(record) => deliver(record, &sinks),
+                Ok(record) => deliver(record, &sinks, &mut background),
                 Err(_) => break,
             }
             taken += 1;
@@ -539,22 +542,97 @@ async fn run_recorder(
     }
     rx.close();
     while let Some(record) = rx.recv().await {
-        deliver(record, &sinks);
+        deliver(record, &sinks, &mut background);
     }
     // Together: each waits for its own bound (the ledger for a lock, the request log for a
     // pipe's reader, Langfuse for its endpoint), and one after another they added up.
     futures_util::future::join_all(sinks.iter().map(|sink| sink.close())).await;
 }
 
-fn deliver(mut record: Box<RequestRecord>, sinks: &[Arc<dyn RecordSink>]) {
+fn deliver(
+    mut record: Box<RequestRecord>,
+    sinks: &[Arc<dyn RecordSink>],
+    background: &mut BackgroundResults,
+) {
     complete_summary(&mut record);
-    if record.usage_uncounted {
+    if record.usage_uncounted && !background.counts(&record) {
         record.response.usage = None;
     }
     let record = Arc::new(*record);
     for sink in sinks {
         sink.accept(&record);
     }
+}
+
+/// Responses API `background: true` generations whose usage was counted, by response id.
+/// Such a generation's own request answers at once (`"status": "queued"`, no usage); its
+/// tokens are known only to the read-back that finds it done (`GET /v1/responses/<id>`, or
+/// the answer to `responses/<id>/cancel`). The first such read-back counts them, later ones
+/// do not, as any read-back does not (see [`RequestRecord::usage_uncounted`]). Held in
+/// memory, up to [`Self::MAX`] ids: a generation read back again after a restart, or after
+/// that many others, counts again.
+#[derive(Default)]
+struct BackgroundResults {
+    counted: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl BackgroundResults {
+    const MAX: usize = 16 * 1024;
+
+    /// Whether `record`, a read-back, is the first to find a background generation done:
+    /// then its usage counts, and the generation's id is remembered.
+    fn counts(&mut self, record: &RequestRecord) -> bool {
+        let Some(id) = finished_background_generation(record) else {
+            return false;
+        };
+        if self.counted.contains(&id) {
+            return false;
+        }
+        if self.order.len() == Self::MAX {
+            if let Some(oldest) = self.order.pop_front() {
+                self.counted.remove(&oldest);
+            }
+        }
+        self.order.push_back(id.clone());
+        self.counted.insert(id);
+        true
+    }
+}
+
+/// The id of the Responses API generation `record`'s answer holds, when that is a
+/// `background: true` one that is over (completed, incomplete, failed or cancelled) and
+/// reports usage; `None` for any other answer.
+fn finished_background_generation(record: &RequestRecord) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Generation<'a> {
+        #[serde(borrow)]
+        id: Cow<'a, str>,
+        object: Option<Cow<'a, str>>,
+        #[serde(default)]
+        background: Option<bool>,
+        status: Option<Cow<'a, str>>,
+    }
+    if record.response.usage.is_none() || !record.response_is_json {
+        return None;
+    }
+    let path = record
+        .endpoint
+        .strip_prefix("GET ")
+        .unwrap_or(&record.endpoint);
+    if !path.starts_with("/responses/") {
+        return None;
+    }
+    let generation: Generation<'_> =
+        serde_json::from_slice(record.response_body.as_deref()?).ok()?;
+    let over = matches!(
+        generation.status.as_deref(),
+        Some("completed" | "incomplete" | "failed" | "cancelled")
+    );
+    (generation.background == Some(true)
+        && over
+        && generation.object.as_deref() == Some("response"))
+    .then(|| generation.id.into_owned())
 }
 
 /// What a record says of an answer body it does not keep (audio, or any body that is not

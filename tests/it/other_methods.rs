@@ -564,6 +564,81 @@ async fn read_backs_do_not_count_the_usage_they_repeat() {
     router.stop().await;
 }
 
+/// A Responses API `background: true` generation answers its own request at once, queued and
+/// without usage; its tokens count when a read-back first finds it over (`GET`, or the answer
+/// to its cancellation), and never again however often it is read back. Before, they never
+/// counted. A background generation still running, or one that is not background, counts
+/// nothing when read back.
+#[tokio::test]
+async fn a_background_generations_usage_counts_once_when_read_back_done() {
+    let generation = |id: &str, status: &str, background: bool| {
+        format!(
+            r#"{{"id":"{id}","object":"response","background":{background},"status":"{status}","model":"gpt-4o","output":[],"usage":{{"input_tokens":10,"output_tokens":5,"total_tokens":15}}}}"#
+        )
+    };
+    let (upstream, router) = with_default_server(Behavior::default()).await;
+    let read_back = |path: &'static str, body: String| {
+        upstream.set(Behavior {
+            body: Some(body),
+            ..Default::default()
+        });
+        let http = client();
+        let url = router.url(path);
+        async move {
+            let request = if path.ends_with("/cancel") {
+                http.post(url)
+            } else {
+                http.get(url)
+            };
+            let response = request.send().await.expect("send");
+            assert_eq!(response.status(), 200, "{path}");
+        }
+    };
+    let counted = [
+        (
+            "/v1/responses/resp_bg",
+            generation("resp_bg", "in_progress", true),
+            false,
+        ),
+        (
+            "/v1/responses/resp_bg",
+            generation("resp_bg", "completed", true),
+            true,
+        ),
+        (
+            "/v1/responses/resp_bg",
+            generation("resp_bg", "completed", true),
+            false,
+        ),
+        (
+            "/v1/responses/resp_fg",
+            generation("resp_fg", "completed", false),
+            false,
+        ),
+        (
+            "/v1/responses/resp_c/cancel",
+            generation("resp_c", "cancelled", true),
+            true,
+        ),
+        (
+            "/v1/responses/resp_c",
+            generation("resp_c", "cancelled", true),
+            false,
+        ),
+    ];
+    for (n, (path, body, counts)) in counted.into_iter().enumerate() {
+        read_back(path, body).await;
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(
+            record.response.usage.as_ref().map(|u| u.total),
+            counts.then_some(15),
+            "read-back {} of {path}",
+            n + 1
+        );
+    }
+    router.stop().await;
+}
+
 /// `files.content` of a text file is relayed as it arrives, never held whole (the head and
 /// first part reach the client while the upstream holds the rest), and its record is a note
 /// of its type and size, not megabytes of its bytes (the request log writes the record).
