@@ -48,6 +48,7 @@ pub struct Server {
     pub append: Vec<String>,
     /// Extra headers sent upstream; they win over forwarded client headers. Their values are
     /// marked sensitive (they often carry keys: Azure's `api-key`), so `Debug` hides them.
+    /// Never `Content-Length` or `Transfer-Encoding`: those are left out when it is read.
     pub headers: HeaderMap,
     /// The values of `headers` whose names look like credentials (`api-key`, `x-auth-token`,
     /// ...), kept for redaction wherever a sink writes text.
@@ -395,6 +396,13 @@ fn validate_server(
         header_value.set_sensitive(true);
         if looks_like_credential(header_name.as_str()) {
             header_secrets.push(Secret::new(value));
+        }
+        // Framing is each request's own: a configured `Content-Length: 5` sent on the body-less
+        // `GET /models` had the upstream wait for five bytes that never came.
+        if header_name == http::header::CONTENT_LENGTH
+            || header_name == http::header::TRANSFER_ENCODING
+        {
+            continue;
         }
         headers.insert(header_name, header_value);
     }

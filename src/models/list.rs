@@ -189,8 +189,11 @@ impl MergedList {
         list
     }
 
+    /// Adds `[alias]id`, unless `id` is blank: `[alias]` or `[alias]  ` routes nowhere (a
+    /// request naming it has no model name), so a blank `override` or `append` entry, or an
+    /// upstream's blank id, is not listed.
     fn push(&mut self, server: usize, alias: &str, id: &str, fields: &[(String, Box<RawValue>)]) {
-        if id.is_empty() {
+        if id.trim().is_empty() {
             return;
         }
         let prefixed: Box<str> = format!("[{alias}]{id}").into_boxed_str();
@@ -410,6 +413,34 @@ mod tests {
             data[2],
             json!({"id": "[or]m3", "object": "model", "created": 0, "owned_by": "or"})
         );
+    }
+
+    #[test]
+    fn blank_ids_are_not_listed() {
+        let upstream = parse_listing(br#"["m", " ", ""]"#).expect("parsed").models;
+        let none = Filter::parse("");
+        let blanks = [
+            "a".to_owned(),
+            String::new(),
+            "  ".to_owned(),
+            "\t".to_owned(),
+        ];
+        let (_, data) = merged(&[
+            ServerInput {
+                alias: "ov",
+                source: Source::Override(&blanks),
+                filter: &none,
+                append: &blanks,
+            },
+            ServerInput {
+                alias: "up",
+                source: Source::Upstream(&upstream),
+                filter: &none,
+                append: &[],
+            },
+        ]);
+        let ids: Vec<&str> = data.iter().map(|e| e["id"].as_str().expect("id")).collect();
+        assert_eq!(ids, ["[ov]a", "[up]m"]);
     }
 
     #[test]

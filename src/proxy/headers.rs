@@ -156,11 +156,8 @@ impl FieldSource for UpstreamFields<'_> {
                 emit(b"authorization", value.as_bytes());
             }
             for (name, value) in &server.headers {
+                // (Never framing: the config leaves `Content-Length` and `Transfer-Encoding` out.)
                 let name = name.as_str().as_bytes();
-                // Framing is the sender's; a configured one would contradict it.
-                if is(name, "content-length") || is(name, "transfer-encoding") {
-                    continue;
-                }
                 let names_type = is(name, "content-type");
                 if names_type && self.client.get("content-type").is_some_and(is_form) {
                     continue;
