@@ -126,7 +126,7 @@ fn langfuse_env(
     };
     let base = http_url(host_name, &host)?;
     Ok(Some(LangfuseEnv {
-        endpoint: format!("{}/api/public/otel/v1/traces", base.trim_end_matches('/')),
+        endpoint: with_path_appended(&base, "/api/public/otel/v1/traces"),
         public_key: Secret::new(public_key),
         secret_key: Secret::new(secret_key),
     }))
@@ -209,7 +209,47 @@ fn otlp_gzip(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<String>) -
 
 /// `base` + `/v1/traces`, with exactly one `/` between them (OTLP exporter spec).
 pub fn traces_endpoint(base: &str) -> String {
-    format!("{}/v1/traces", base.trim_end_matches('/'))
+    with_path_appended(base, "/v1/traces")
+}
+
+/// `base` with `suffix` after its path, before any query: `http://h/otel?token=t` gives
+/// `http://h/otel/v1/traces?token=t`, where appending to the text put the suffix inside the
+/// query. A base without a query or fragment keeps its exact text.
+fn with_path_appended(base: &str, suffix: &str) -> String {
+    let end = base.find(['?', '#']).unwrap_or(base.len());
+    let (before, after) = base.split_at(end);
+    format!("{}{suffix}{after}", before.trim_end_matches('/'))
+}
+
+/// A URL as it may be printed (`check`, the start-up log, errors): the user name and
+/// password before `@` and the query, which may hold a token, are shown as `[redacted]`.
+/// Works on the text, so a value that is not a URL at all is masked too.
+pub fn shown_url(value: &str) -> String {
+    let authority_start = value.find("://").map_or(0, |at| at + 3);
+    let rest = &value[authority_start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_len);
+    let mut shown = value[..authority_start].to_owned();
+    match authority.rfind('@') {
+        Some(at) => {
+            shown.push_str("[redacted]");
+            shown.push_str(&authority[at..]);
+        }
+        None => shown.push_str(authority),
+    }
+    let query = tail.find('?');
+    let fragment = tail.find('#');
+    match query.filter(|q| fragment.is_none_or(|f| *q < f)) {
+        Some(q) => {
+            shown.push_str(&tail[..=q]);
+            shown.push_str("[redacted]");
+            if let Some(f) = fragment {
+                shown.push_str(&tail[f..]);
+            }
+        }
+        None => shown.push_str(tail),
+    }
+    shown
 }
 
 /// Checks that `value` is an absolute http(s) URL; the error names the variable.
@@ -220,7 +260,7 @@ fn http_url(name: &'static str, value: &str) -> Result<String, EnvError> {
         }
         _ => Err(EnvError {
             name,
-            reason: format!("\"{value}\" is not an http(s) URL"),
+            reason: format!("\"{}\" is not an http(s) URL", shown_url(value)),
         }),
     }
 }
@@ -443,6 +483,45 @@ mod tests {
         let (on, warnings) = gzip(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")]);
         assert!(!on);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
+    }
+
+    #[test]
+    fn printed_urls_hide_credentials_and_queries() {
+        for (value, shown) in [
+            ("https://lf.example.com", "https://lf.example.com"),
+            (
+                "https://admin:pw@lf.example.com:3000/x",
+                "https://[redacted]@lf.example.com:3000/x",
+            ),
+            (
+                "http://token@h/v1/traces?key=s#f",
+                "http://[redacted]@h/v1/traces?[redacted]#f",
+            ),
+            ("http://h/p#frag?not-a-query", "http://h/p#frag?not-a-query"),
+            ("ftp://u:p@h", "ftp://[redacted]@h"),
+            ("u:p@h?q", "[redacted]@h?[redacted]"),
+        ] {
+            assert_eq!(shown_url(value), shown, "{value}");
+        }
+        let err = EnvSettings::from_lookup(&lookup(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "ftp://u:hunter2@h",
+        )]))
+        .expect_err("not http");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn the_traces_path_goes_before_a_query() {
+        assert_eq!(traces_endpoint("http://h:4318/"), "http://h:4318/v1/traces");
+        assert_eq!(
+            traces_endpoint("http://h/otel/?token=t#f"),
+            "http://h/otel/v1/traces?token=t#f"
+        );
+        assert_eq!(
+            with_path_appended("https://lf.example?x=1", "/api/public/otel/v1/traces"),
+            "https://lf.example/api/public/otel/v1/traces?x=1"
+        );
     }
 
     #[test]

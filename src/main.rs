@@ -269,12 +269,13 @@ fn start_users(db: &Path) -> anyhow::Result<(Arc<users::UserIndex>, users::Refre
 }
 
 fn tracing_destinations(env: &EnvSettings) -> String {
+    use llmsrouter::env::shown_url;
     let mut on = Vec::new();
     if let Some(langfuse) = &env.langfuse {
-        on.push(format!("langfuse {}", langfuse.endpoint));
+        on.push(format!("langfuse {}", shown_url(&langfuse.endpoint)));
     }
     if let Some(otlp) = &env.otlp {
-        on.push(format!("otlp {}", otlp.endpoint));
+        on.push(format!("otlp {}", shown_url(&otlp.endpoint)));
     }
     if on.is_empty() {
         "off".to_owned()

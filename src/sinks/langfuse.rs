@@ -446,7 +446,7 @@ impl LangfuseSink {
             tracing::info!(
                 destination = destination.name,
                 "tracing to {}",
-                destination.endpoint
+                crate::env::shown_url(&destination.endpoint)
             );
         }
         Ok(Self {

@@ -578,6 +578,44 @@ async fn the_python_versions_dot_env_loads_unchanged() {
     assert!(router.stderr().contains(&closed_url), "{}", router.stderr());
 }
 
+/// A password (or token) in `LANGFUSE_HOST` or `OTEL_EXPORTER_OTLP_ENDPOINT`, before `@` or
+/// in the query, is never printed: `check` and the start-up log show `[redacted]` there.
+/// Before, both printed the URL whole.
+#[tokio::test]
+async fn tracing_urls_are_printed_without_their_credentials() {
+    let closed = crate::support::closed_origin();
+    let with_credentials = closed.replace("http://", "http://admin:hunter2secret@");
+    let otlp = format!("{with_credentials}/otel?token=otlptokensecret");
+    let envs = [
+        ("LANGFUSE_PUBLIC_KEY", "pk-lf-1"),
+        ("LANGFUSE_SECRET_KEY", "sk-lf-1"),
+        ("LANGFUSE_HOST", with_credentials.as_str()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+    ];
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("write");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &envs);
+    assert_eq!(code, 0, "{stderr}");
+    let host = closed.trim_start_matches("http://");
+    assert!(
+        stdout.contains(&format!(
+            "http://[redacted]@{host}/otel/v1/traces?[redacted]"
+        )),
+        "{stdout}"
+    );
+    let router = RouterProcess::start_in(dir, &envs);
+    crate::support::wait_until(Duration::from_secs(10), || {
+        router.stderr().matches("tracing to").count() == 2
+    })
+    .await;
+    for (name, text) in [("check", stdout), ("serve", router.stderr())] {
+        assert!(
+            !text.contains("hunter2secret") && !text.contains("otlptokensecret"),
+            "{name}: {text}"
+        );
+    }
+}
+
 /// With HTTP_PROXY set, requests to a provider go through that proxy (here the mock, which
 /// answers the absolute-form request itself): the provider's host is never resolved.
 #[tokio::test]
