@@ -479,6 +479,42 @@ fn run_models(cli: &Cli, args: &ModelsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether standard output is `/dev/null`: a new key printed there is lost. Rust's runtime
+/// gives a process started with it closed (`>&-`) `/dev/null` in its place, so that case is
+/// this one too; before, `user add` printed its key to nowhere and saved it.
+fn stdout_is_dev_null() -> bool {
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() else {
+        return true;
+    };
+    let (Ok(out), Ok(null)) = (
+        std::fs::File::from(fd).metadata(),
+        std::fs::metadata("/dev/null"),
+    ) else {
+        return false;
+    };
+    (out.dev(), out.ino(), out.rdev()) == (null.dev(), null.ino(), null.rdev())
+}
+
+/// Standard output where a new key would be lost: every write fails, saying so.
+struct LosingStdout;
+
+impl std::io::Write for LosingStdout {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(Self::error())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Err(Self::error())
+    }
+}
+
+impl LosingStdout {
+    fn error() -> std::io::Error {
+        std::io::Error::other("standard output is /dev/null or closed, where it would be lost")
+    }
+}
+
 /// `llmsrouter user ...`: the users store from the command line.
 fn run_user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {
     let (known_aliases, warning) = match command {
@@ -489,12 +525,22 @@ fn run_user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {
     };
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
-    let mut out = stdout.lock();
+    let mut locked = stdout.lock();
+    let mut losing = LosingStdout;
+    let prints_a_new_key = matches!(
+        command,
+        UserCommand::Add { .. } | UserCommand::RotateKey { .. } | UserCommand::Import { .. }
+    );
+    let out: &mut dyn std::io::Write = if prints_a_new_key && stdout_is_dev_null() {
+        &mut losing
+    } else {
+        &mut locked
+    };
     let mut err = stderr.lock();
     let mut cx = users::commands::Context {
         db: &cli.db,
         known_aliases: known_aliases.as_deref(),
-        out: &mut out,
+        out,
         err: &mut err,
     };
     users::commands::run(command, &mut cx)?;

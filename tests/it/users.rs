@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 
 use crate::support::upstream::{Behavior, MockUpstream};
 use crate::support::{
-    RouterProcess, TestRouter, client, run_cli, run_cli_as_reader, run_cli_writing_to,
+    RouterProcess, TestRouter, client, run_cli, run_cli_as_reader, run_cli_with_stdout_closed,
+    run_cli_writing_to,
 };
 
 /// The Python version's `CREATE TABLE`, exactly as it ran it.
@@ -419,9 +420,11 @@ fn aliases_are_checked_without_the_key_variables_and_failures_stay_one_line() {
     );
 }
 
-/// A new key that cannot be written out (stdout a full disk, a closed pipe) is never
-/// stored: `add`, `rotate-key` and `import` fail in one line and change nothing, so no
-/// account is left with a key nobody saw, and the old key of a rotation keeps working.
+/// A new key that cannot be written out (stdout a full disk, a closed pipe, `/dev/null`,
+/// closed itself) is never stored: `add`, `rotate-key` and `import` fail in one line and change nothing, so
+/// no account is left with a key nobody saw, and the old key of a rotation keeps working.
+/// (`/dev/null`, which Rust's runtime puts in place of a closed standard output, took every
+/// write before: the key went nowhere and was saved.)
 #[test]
 fn a_key_that_cannot_be_shown_is_not_stored() {
     let dir = tempfile::tempdir().expect("dir");
@@ -439,14 +442,23 @@ fn a_key_that_cannot_be_shown_is_not_stored() {
         &["user", "rotate-key", "ann"][..],
         &["user", "import", "team.csv"][..],
     ] {
-        let (code, err) = run_cli_writing_to(dir.path(), args, full());
-        assert_eq!(code, 1, "{args:?}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
-        assert!(
-            err.starts_with("error: cannot write the new key:")
-                && err.trim_end().ends_with("nothing was changed"),
-            "{err}"
-        );
+        let null = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .expect("/dev/null");
+        for (code, err) in [
+            run_cli_writing_to(dir.path(), args, full()),
+            run_cli_writing_to(dir.path(), args, null),
+            run_cli_with_stdout_closed(dir.path(), args),
+        ] {
+            assert_eq!(code, 1, "{args:?}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+            assert!(
+                err.starts_with("error: cannot write the new key:")
+                    && err.trim_end().ends_with("nothing was changed"),
+                "{err}"
+            );
+        }
     }
     let stored: Vec<[String; 6]> = rows(&db);
     assert_eq!(stored.len(), 1, "only ann: {stored:?}");

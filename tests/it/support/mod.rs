@@ -461,6 +461,15 @@ pub fn run_cli_writing_to(dir: &Path, args: &[&str], stdout: std::fs::File) -> (
     (code, stderr)
 }
 
+/// Runs the binary with `args` in `dir` with its standard output closed (`>&-`); returns
+/// (exit code, stderr).
+pub fn run_cli_with_stdout_closed(dir: &Path, args: &[&str]) -> (i32, String) {
+    let mut command = Command::new("sh");
+    command.args(["-c", "exec \"$0\" \"$@\" >&-"]).arg(binary());
+    let (code, _, stderr) = run_prepared(command, dir, args, &[]);
+    (code, stderr)
+}
+
 /// Runs the binary with `args` in `dir` reading its stdin from `stdin`; returns (exit code,
 /// stdout, stderr).
 pub fn run_cli_reading(dir: &Path, args: &[&str], stdin: std::fs::File) -> (i32, String, String) {
