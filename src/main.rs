@@ -519,7 +519,7 @@ impl LosingStdout {
 fn run_user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {
     let (known_aliases, warning) = match command {
         UserCommand::Add { .. } | UserCommand::Modify { .. } | UserCommand::Import { .. } => {
-            config_aliases(&cli.config)
+            config_aliases(&cli.config, names_providers(command))
         }
         _ => (None, None),
     };
@@ -552,13 +552,27 @@ fn run_user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// config.yaml's aliases, to warn about permissions naming others. No config file: no
-/// check (the CLI may run where the config is not); one that cannot be read: no check, and
-/// why (for a warning).
-fn config_aliases(path: &Path) -> (Option<Vec<String>>, Option<ConfigError>) {
+/// config.yaml's aliases, to warn about permissions naming others. One that cannot be read:
+/// no check, and why (for a warning). No config file: no check (the CLI may run where the
+/// config is not), said when the command names providers (`names_providers`), since a typo
+/// in one then goes unnoticed.
+fn config_aliases(
+    path: &Path,
+    names_providers: bool,
+) -> (Option<Vec<String>>, Option<ConfigError>) {
     match Config::aliases(path) {
         Ok(aliases) => (Some(aliases), None),
-        Err(ConfigError::NotFound { .. }) => (None, None),
+        Err(error @ ConfigError::NotFound { .. }) => (None, names_providers.then_some(error)),
         Err(error) => (None, Some(error)),
+    }
+}
+
+/// Whether `command` grants providers by name: `--permissions` other than `*` (an import
+/// file may name them in any row, and is checked when config.yaml is there).
+fn names_providers(command: &UserCommand) -> bool {
+    match command {
+        UserCommand::Add { permissions, .. } => permissions.trim() != "*",
+        UserCommand::Modify { permissions, .. } => permissions.trim() != "*",
+        _ => false,
     }
 }

@@ -83,22 +83,24 @@ pub fn run(command: &UserCommand, cx: &mut Context<'_>) -> Result<(), UserError>
 }
 
 /// The key `--key` gives, read from stdin for `-` (so it stays out of the shell's history
-/// and the process list); `None` when the user is named instead.
+/// and the process list); `None` when the user is named instead. White space around it is
+/// not part of it, as the server reads `Bearer  <key> `: a key pasted with a space still
+/// finds its user.
 fn presented_key(who: &WhichUser) -> Result<Option<Secret>, UserError> {
     match &who.by.key {
         None => Ok(None),
-        Some(key) if key.expose() == "-" => {
+        Some(key) if key.expose().trim() == "-" => {
             let mut line = String::new();
             std::io::stdin()
                 .read_line(&mut line)
                 .map_err(UserError::KeyInput)?;
-            let key = line.trim_end_matches(['\n', '\r']);
-            if key.trim().is_empty() {
+            let key = line.trim();
+            if key.is_empty() {
                 return Err(UserError::NoKeyRead);
             }
             Ok(Some(Secret::new(key)))
         }
-        Some(key) => Ok(Some(key.clone())),
+        Some(key) => Ok(Some(Secret::new(key.expose().trim()))),
     }
 }
 

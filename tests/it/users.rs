@@ -373,9 +373,16 @@ fn aliases_missing_from_config_yaml_are_accepted_with_a_warning() {
     let (code, _, err) = user(dir.path(), &["modify", "ann", "--permissions", "gone"]);
     assert_eq!(code, 0);
     assert!(err.contains("\"gone\" is not in config.yaml"), "{err}");
-    // Without a config.yaml there is nothing to check against, and nothing to warn about.
+    // Without a config.yaml there is nothing to check against: that is said when providers
+    // are named (a typo would go unnoticed), and "*" names none.
     let bare = tempfile::tempdir().expect("dir");
     let (code, _, err) = user(bare.path(), &["add", "ann", "--permissions", "later"]);
+    assert_eq!(code, 0);
+    assert!(
+        err.ends_with("\nwarning: provider names not checked: ./config.yaml: file not found\n"),
+        "{err}"
+    );
+    let (code, _, err) = user(bare.path(), &["add", "bob"]);
     assert_eq!(code, 0);
     assert!(!err.contains("warning"), "{err}");
 }
@@ -421,8 +428,9 @@ fn aliases_are_checked_without_the_key_variables_and_failures_stay_one_line() {
 }
 
 /// A new key that cannot be written out (stdout a full disk, a closed pipe, `/dev/null`,
-/// closed itself) is never stored: `add`, `rotate-key` and `import` fail in one line and change nothing, so
-/// no account is left with a key nobody saw, and the old key of a rotation keeps working.
+/// closed itself) is never stored: `add`, `rotate-key` and `import` fail in one line and
+/// change nothing, so no account is left with a key nobody saw, and the old key of a rotation
+/// keeps working.
 /// (`/dev/null`, which Rust's runtime puts in place of a closed standard output, took every
 /// write before: the key went nowhere and was saved.)
 #[test]

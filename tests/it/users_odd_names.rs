@@ -262,9 +262,18 @@ fn a_user_is_found_by_its_key_which_is_never_printed() {
         assert_eq!(stored(&db), before);
     }
 
-    // `--key -` reads it from stdin (out of the shell's history and the process list).
+    // `--key -` reads it from stdin (out of the shell's history and the process list);
+    // white space around it, pasted along, is not part of it (as the server reads it).
     let key_file = dir.path().join("leaked.txt");
-    std::fs::write(&key_file, format!("{BLOB_KEY}\n")).expect("key file");
+    std::fs::write(&key_file, format!("  {BLOB_KEY} \t\r\n")).expect("key file");
+    let stdin = std::fs::File::open(&key_file).expect("open");
+    let (code, out, err) = run_cli_reading(dir.path(), &["user", "show", "--key", "-"], stdin);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("<blob:ff00>"), "{out}");
+    let padded = format!(" {BLOB_KEY} ");
+    let (code, out, err) = user(dir.path(), &["show", "--key", &padded]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("<blob:ff00>"), "{out}");
     let stdin = std::fs::File::open(&key_file).expect("open");
     let (code, out, err) =
         run_cli_reading(dir.path(), &["user", "rotate-key", "--key", "-"], stdin);
