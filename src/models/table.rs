@@ -54,9 +54,11 @@ pub fn render(list: &Value) -> String {
     out
 }
 
+/// A cell: ids and owners come from upstreams' lists, so a newline (a forged row), an
+/// escape sequence or a bidi override in one is shown escaped, as in every other table.
 fn text(value: &Value) -> String {
     match value {
-        Value::String(s) => s.clone(),
+        Value::String(s) => crate::printable(s),
         Value::Null => String::new(),
         other => other.to_string(),
     }
@@ -109,5 +111,19 @@ mod tests {
              [local]qwen                          local     -\n"
         );
         assert_eq!(render(&json!({"data": []})), "(no models)\n");
+    }
+
+    #[test]
+    fn cells_show_control_and_bidi_characters_escaped() {
+        let list = json!({"data": [
+            {"id": "[a]x\nFAKE  row", "owned_by": "\u{1b}[31mred"},
+            {"id": "[a]\u{202e}evil", "owned_by": "a"},
+        ]});
+        assert_eq!(
+            render(&list),
+            "ID               OWNED BY       CREATED\n\
+             [a]x\\nFAKE  row  \\u{1b}[31mred  -\n\
+             [a]\\u{202e}evil  a              -\n"
+        );
     }
 }
