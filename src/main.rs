@@ -36,9 +36,19 @@ fn main() -> ExitCode {
         _ => "info",
     });
     let dotenv_problems = dotenv_problems(&dotenv);
-    if !matches!(cli.command, Command::Check) {
-        for problem in &dotenv_problems {
-            tracing::warn!("{problem}");
+    // `check` fails on them; the server logs them; the other commands warn as they warn of
+    // anything else, one `warning:` line each, not a log line.
+    match cli.command {
+        Command::Check => {}
+        Command::Serve(_) => {
+            for problem in &dotenv_problems {
+                tracing::warn!("{problem}");
+            }
+        }
+        _ => {
+            for problem in &dotenv_problems {
+                eprintln!("warning: {problem}");
+            }
         }
     }
     let result = match &cli.command {

@@ -190,7 +190,8 @@ fn a_dot_env_name_that_is_no_variable_is_named_by_its_line_only() {
 
 /// A line python-dotenv reads but dotenvy refused (an unquoted value with spaces) and a line
 /// nobody can read: the lines after them still count, so accounts stay on. `check` names the
-/// unreadable line by number, never by its text (it may hold a key).
+/// unreadable line by number, never by its text (it may hold a key); other commands warn of it
+/// in a `warning:` line (a log line with a time stamp before).
 #[tokio::test]
 async fn a_dot_env_line_that_cannot_be_read_loses_only_itself() {
     let dir = tempfile::tempdir().expect("dir");
@@ -203,6 +204,12 @@ async fn a_dot_env_line_that_cannot_be_read_loses_only_itself() {
     assert_eq!(code, 1, "{stdout}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains(".env line 2"), "{stderr}");
+    assert!(!stderr.contains("sk-secret"), "{stderr}");
+
+    // Another command goes on without the line, and says so as it says any warning.
+    let (code, _, stderr) = run_cli(dir.path(), &["models", "--json"], &[]);
+    assert_eq!(code, 1, "no config.yaml: {stderr}");
+    assert!(stderr.starts_with("warning: .env line 2"), "{stderr}");
     assert!(!stderr.contains("sk-secret"), "{stderr}");
 
     let router = RouterProcess::start_in(dir, &[]);
