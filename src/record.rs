@@ -269,10 +269,13 @@ impl RequestRecord {
     /// an error: an error event, corrupt compressed data) before the upstream reported token
     /// usage: the token counts of this request are unknown, not zero. So is an event stream
     /// the upstream closed after generating but before its `[DONE]` and usage (a cut the
-    /// client cannot tell from an end). An upstream error before any token (a 429, an error
-    /// under a 200 instead of a stream) is not partial.
+    /// client cannot tell from an end). A stream that announced its answer with an event of
+    /// its own (Anthropic's `message_start`, the Responses API's `response.created`: see
+    /// `ResponseSummary::begun`) had begun it, token or not. An upstream error before that
+    /// (a 429, an error under a 200 instead of a stream) is not partial.
     pub fn usage_partial(&self) -> bool {
-        let generating_stream = self.stream && self.first_token_at.is_some();
+        let generating_stream =
+            self.stream && (self.first_token_at.is_some() || self.response.begun);
         let cut = match self.outcome {
             Outcome::ClientDisconnected | Outcome::StreamFailed => true,
             // A stream that had begun generating when the upstream ended it with an error.

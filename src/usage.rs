@@ -192,6 +192,13 @@ pub struct ResponseSummary {
     /// translation's `text` (`{"text": ""}` for silence), a transcription stream's
     /// `transcript.text.done`. Its output is then that text, `""` included, not absent.
     pub text_answer: bool,
+    /// A stream's upstream announced its answer with an event of its own before any token:
+    /// Anthropic's `message_start`, the Responses API's `response.created` (or
+    /// `response.in_progress`). It had taken the request on (the input is counted from
+    /// there), so an error event ending the stream after it cuts an answer under way, whose
+    /// tokens are unknown, as one after a first token does (see
+    /// `RequestRecord::usage_partial`).
+    pub begun: bool,
 }
 
 impl ResponseSummary {
@@ -1492,6 +1499,7 @@ impl StreamAccumulator {
             // an `error` event) before `response.completed` still names it, as a chat
             // stream does from its first chunk.
             "response.created" | "response.in_progress" => {
+                self.summary.begun = true;
                 if let Some(response) = response {
                     self.note_response_id(response);
                     if let Some(model) = response.get("model").and_then(Value::as_str) {
@@ -1611,6 +1619,7 @@ impl StreamAccumulator {
     fn push_anthropic_event(&mut self, kind: &str, chunk: &Chunk<'_>) {
         match kind {
             "message_start" => {
+                self.summary.begun = true;
                 let Some(message) = chunk
                     .message
                     .and_then(|raw| serde_json::from_str::<AnthropicMessage<'_>>(raw.get()).ok())

@@ -342,6 +342,97 @@ async fn an_anthropic_stream_closed_before_its_end_is_partial() {
     setup.stop_and_check_partial(&id).await;
 }
 
+/// The same stream closed right after `message_start`, before any token: the upstream had
+/// taken the input on, so its usage is unknown too, not absent.
+#[tokio::test]
+async fn an_anthropic_stream_closed_after_message_start_alone_is_partial() {
+    let setup = Setup::start().await;
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(vec![named_event(
+            &json!({"type": "message_start", "message": {"id": "msg_3", "model": "claude-r",
+            "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+        )]),
+        ..Default::default()
+    });
+    let (id, _) = setup
+        .post(
+            "/v1/messages",
+            &json!({"model": "[mock]claude-st", "stream": true, "messages": []}),
+        )
+        .await;
+    let record = setup.router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert!(!record.complete && record.first_token_at.is_none());
+    assert!(record.usage_partial());
+    setup.stop_and_check_partial(&id).await;
+}
+
+/// A stream the upstream ends with an error event after announcing its answer (Anthropic's
+/// `message_start`, the Responses API's `response.created`), before any token: the input was
+/// taken on, so its tokens are unknown, and every sink says `usage_partial` (as for an error
+/// event after a first token), with no usage.
+#[tokio::test]
+async fn a_stream_ended_by_an_error_event_after_its_start_event_is_partial() {
+    let setup = Setup::start().await;
+    let anthropic = vec![
+        named_event(
+            &json!({"type": "message_start", "message": {"id": "msg_4", "model": "claude-r",
+            "content": [], "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+        ),
+        named_event(&json!({"type": "error",
+            "error": {"type": "overloaded_error", "message": "Overloaded mid-stream"}})),
+    ];
+    let responses = vec![
+        named_event(
+            &json!({"type": "response.created", "response": {"id": "resp_4",
+            "model": "o4-r", "status": "in_progress", "output": [], "usage": null}}),
+        ),
+        named_event(&json!({"type": "error", "code": "server_error",
+            "message": "The model failed", "param": null})),
+    ];
+    let mut ids = Vec::new();
+    for (nth, (path, chunks, says)) in [
+        ("/v1/messages", anthropic, "Overloaded mid-stream"),
+        ("/v1/responses", responses, "The model failed"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        setup.upstream.set(Behavior {
+            raw_chunks: Some(chunks.clone()),
+            ..Default::default()
+        });
+        let (id, text) = setup
+            .post(
+                path,
+                &json!({"model": "[mock]m", "stream": true, "max_tokens": 5, "messages": []}),
+            )
+            .await;
+        assert_eq!(text.as_bytes(), &chunks.concat()[..], "relayed as it came");
+        let record = setup.router.records.nth(nth + 1).await;
+        assert_eq!(record.outcome, Outcome::UpstreamError, "{path}");
+        assert_eq!(record.error.as_deref(), Some(says));
+        assert!(record.first_token_at.is_none(), "{path}: no token came");
+        assert!(record.usage_partial(), "{path}");
+        let span = setup.otlp.span_of(&id).await.span;
+        let metadata = json_attr(&span, "langfuse.trace.metadata").expect("metadata");
+        assert_eq!(metadata["usage_partial"], true, "{path}");
+        assert_eq!(
+            str_attr(&span, "langfuse.observation.usage_details"),
+            None,
+            "{path}"
+        );
+        ids.push(id);
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    for (row, line) in setup.stop_and_read_all(&ids).await {
+        assert!(!row.usage_known && row.usage_partial, "{row:?}");
+        assert_eq!(line["usage_partial"], true, "{line}");
+        assert_eq!(line["usage"], Value::Null, "{line}");
+        assert_eq!(line["outcome"], "upstream_error", "{line}");
+    }
+}
+
 /// A stream that reached its own last event (`message_stop`, `response.completed`) and then
 /// broke (the upstream reset instead of ending the body): the client gets the events as
 /// they came and nothing after them (no error event), and the record is a complete success,
