@@ -29,10 +29,22 @@ pub struct Usage {
     pub audio_seconds: Option<u64>,
 }
 
+/// The largest count a usage field may hold (tokens of one request, or seconds of audio):
+/// 10^12. Real counts are millions at most; one beyond this (`2^63 - 1`, `1e400`) is not a
+/// count but a broken upstream, and kept it would make every sink wrong in its own way (JSON
+/// readers round it, the ledger clamps it, and a sum over the ledger overflows SQLite's
+/// integers). Under it, a ledger of millions of rows sums exactly.
+pub const MAX_COUNT: u64 = 1_000_000_000_000;
+
+/// What [`count`] makes of a number that is not a count (negative, not finite, or beyond
+/// [`MAX_COUNT`]): a value [`Usage::checked`] refuses, so the usage it is in is unknown.
+const NOT_A_COUNT: u64 = u64::MAX;
+
 impl Usage {
     /// Normalises a `usage` object given as raw JSON; `None` when it is not an object or holds
     /// no token count at all. Each field is read on its own: one of an unexpected type (a
-    /// vendor's string, say) is skipped, not fatal.
+    /// vendor's string, say) is skipped, not fatal. A number that is not a count (negative,
+    /// beyond [`MAX_COUNT`]) makes the whole usage unknown: see [`Self::checked`].
     pub fn from_raw(usage: &RawValue) -> Option<Self> {
         let raw: UsageRaw<'_> = serde_json::from_str(usage.get()).ok()?;
         let prompt_details = details(raw.prompt_tokens_details);
@@ -72,7 +84,7 @@ impl Usage {
             .cost
             .and_then(|c| c.get().parse::<f64>().ok())
             .filter(|c| c.is_finite() && *c >= 0.0);
-        Some(Self {
+        Self {
             input,
             output,
             total: total.unwrap_or(input.saturating_add(output)),
@@ -81,7 +93,26 @@ impl Usage {
             reasoning,
             cost,
             audio_seconds,
-        })
+        }
+        .checked()
+    }
+
+    /// The usage, when every count in it is one (at most [`MAX_COUNT`]); else `None`: usage
+    /// with a count that is not one is unknown, as a usage object with no count is, rather
+    /// than kept in part (`prompt_tokens: -5` next to `total_tokens: 5` made an input of 0
+    /// that disagreed with the total). The one rule for both readers of usage, so every sink
+    /// agrees.
+    fn checked(self) -> Option<Self> {
+        let counts = [
+            self.input,
+            self.output,
+            self.total,
+            self.cached_input,
+            self.cache_creation_input,
+            self.reasoning,
+            self.audio_seconds.unwrap_or(0),
+        ];
+        counts.iter().all(|n| *n <= MAX_COUNT).then_some(self)
     }
 
     /// [`Self::from_raw`] for an already parsed value (the Responses API's rare paths).
@@ -141,15 +172,18 @@ fn details(raw: Option<&RawValue>) -> DetailsRaw<'_> {
         .unwrap_or_default()
 }
 
-/// A token count: a non-negative integer, or a float some upstreams send; else `None`.
+/// A token count: a non-negative integer, or a float some upstreams send (its whole part);
+/// `None` when absent or not a number (a string, `null`). A number that cannot be a count
+/// (negative, not finite, beyond [`MAX_COUNT`]) is [`NOT_A_COUNT`].
 fn count(raw: Option<&RawValue>) -> Option<u64> {
     let text = raw?.get();
-    text.parse::<u64>().ok().or_else(|| {
-        text.parse::<f64>()
-            .ok()
-            .filter(|f| f.is_finite() && *f >= 0.0)
-            .map(|f| f as u64)
-    })
+    if let Ok(n) = text.parse::<u64>() {
+        return Some(if n <= MAX_COUNT { n } else { NOT_A_COUNT });
+    }
+    let f = text.parse::<f64>().ok()?;
+    // `1e400` parses as infinity.
+    let fits = f.is_finite() && (0.0..=MAX_COUNT as f64).contains(&f);
+    Some(if fits { f as u64 } else { NOT_A_COUNT })
 }
 
 /// One tool call, assembled from stream deltas or read whole.
@@ -392,7 +426,7 @@ struct FastDetails {
 
 impl FastUsage {
     /// The usage in one shape; `None` when it needs the lenient path (vendor fields), else
-    /// `Some(None)` when it holds no count at all.
+    /// `Some(None)` when it holds no count at all, or one beyond [`MAX_COUNT`].
     fn into_usage(self) -> Option<Option<Usage>> {
         let u = self;
         if u.input_tokens.is_some()
@@ -411,7 +445,7 @@ impl FastUsage {
         }
         let (input, output) = (input.unwrap_or(0), output.unwrap_or(0));
         let prompt = u.prompt_tokens_details.as_ref();
-        Some(Some(Usage {
+        let usage = Usage {
             input,
             output,
             total: u.total_tokens.unwrap_or(input.saturating_add(output)),
@@ -426,7 +460,8 @@ impl FastUsage {
                 .unwrap_or(0),
             cost: u.cost.filter(|c| c.is_finite() && *c >= 0.0),
             audio_seconds: None,
-        }))
+        };
+        Some(usage.checked())
     }
 }
 
@@ -2026,6 +2061,39 @@ mod tests {
         assert!(Usage::from_json(&json!({"prompt_tokens": -3})).is_none());
     }
 
+    /// A number that is not a count (negative, not finite, beyond `MAX_COUNT`) anywhere in a
+    /// usage makes it unknown, on the typed path and the lenient one alike; a string is
+    /// skipped as before; a float is its whole part.
+    #[test]
+    fn a_count_that_is_not_one_makes_the_usage_unknown() {
+        let chat = |usage: &str| {
+            let body = format!(r#"{{"model":"m","choices":[],"usage":{usage}}}"#);
+            summarize_body(body.as_bytes()).usage
+        };
+        for usage in [
+            r#"{"prompt_tokens":9223372036854775807,"completion_tokens":1}"#,
+            r#"{"prompt_tokens":-5,"completion_tokens":10,"total_tokens":5}"#,
+            r#"{"prompt_tokens":1,"completion_tokens":1,"total_tokens":1e400}"#,
+            r#"{"prompt_tokens":1,"completion_tokens":-0.5}"#,
+            r#"{"prompt_tokens":1,"completion_tokens_details":{"reasoning_tokens":1000000000001}}"#,
+            r#"{"input_tokens":1,"cache_read_input_tokens":18446744073709551615}"#,
+            r#"{"type":"duration","seconds":-1}"#,
+        ] {
+            assert_eq!(chat(usage), None, "{usage}");
+        }
+        // The rest of such an answer is read as ever.
+        let body = r#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"total_tokens":1e400}}"#;
+        let summary = summarize_body(body.as_bytes());
+        assert_eq!((summary.content.as_str(), summary.usage), ("hi", None));
+        let bound = chat(r#"{"prompt_tokens":1000000000000,"completion_tokens":"7"}"#);
+        assert_eq!(bound.map(|u| (u.input, u.output)), Some((MAX_COUNT, 0)));
+        let float = chat(r#"{"prompt_tokens":12.0,"completion_tokens":3.5}"#);
+        assert_eq!(
+            float.map(|u| (u.input, u.output, u.total)),
+            Some((12, 3, 15))
+        );
+    }
+
     #[test]
     fn chat_body_summary() {
         let body = json!({
@@ -2924,12 +2992,14 @@ mod tests {
         }
 
         #[test]
-        fn huge_counts_saturate_instead_of_overflowing(p in (u64::MAX - 10)..=u64::MAX, c in 0u64..100) {
+        fn huge_counts_are_unknown_usage_without_overflowing(p in (MAX_COUNT + 1)..=u64::MAX, c in 0u64..100) {
             let body = json!({"choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c}}).to_string();
-            let u = summarize_body(body.as_bytes()).usage.expect("usage");
-            prop_assert_eq!(u.total, p.saturating_add(c));
+            prop_assert_eq!(summarize_body(body.as_bytes()).usage, None);
             let vendor = json!({"usage": {"input_tokens": p, "cache_read_input_tokens": p, "cache_creation_input_tokens": c}}).to_string();
-            prop_assert_eq!(summarize_body(vendor.as_bytes()).usage.map(|u| u.input), Some(u64::MAX));
+            prop_assert_eq!(summarize_body(vendor.as_bytes()).usage, None);
+            // Counts within the bound whose sum is beyond it: no overflow, unknown too.
+            let sum = json!({"usage": {"input_tokens": MAX_COUNT, "cache_read_input_tokens": MAX_COUNT, "output_tokens": c}}).to_string();
+            prop_assert_eq!(summarize_body(sum.as_bytes()).usage, None);
         }
 
         #[test]

@@ -1319,6 +1319,92 @@ async fn a_transcription_answer_is_its_text_with_its_usage() {
     assert_eq!(rows[1].1["response"]["duration"], 8.47);
 }
 
+/// A usage with a count that is not one (beyond 10^12: `2^63 - 1`, `1e30`; negative) is
+/// unknown in every sink, as a usage with no count is: the log's `usage` is null, the span has
+/// no usage details, the ledger's `usage_known` is false with its token columns 0 (so a sum
+/// over the ledger neither overflows nor is rounded). Not kept in part: `prompt_tokens: -5`
+/// next to `total_tokens: 5` does not become an input of 0. A count at the bound is kept.
+#[tokio::test]
+async fn a_usage_with_a_count_that_is_not_one_is_unknown_in_every_sink() {
+    let setup = Setup::start().await;
+    let body = |usage: &str| {
+        format!(
+            r#"{{"id":"x","object":"chat.completion","model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":"hi"}},"finish_reason":"stop"}}],"usage":{usage}}}"#
+        )
+    };
+    let absurd = [
+        r#"{"prompt_tokens":9223372036854775807,"completion_tokens":1,"total_tokens":9223372036854775808}"#,
+        r#"{"prompt_tokens":-5,"completion_tokens":10,"total_tokens":5}"#,
+        r#"{"prompt_tokens":99999999999999999999999,"completion_tokens":1,"total_tokens":1e30}"#,
+        r#"{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":18446744073709551615}}"#,
+        r#"{"input_tokens":1000000000001,"output_tokens":1}"#,
+    ];
+    let mut ids = Vec::new();
+    for (n, usage) in absurd.iter().enumerate() {
+        let answer = body(usage);
+        setup.answer_with(answer.as_bytes(), "application/json");
+        let (id, record, _) = setup
+            .whole_answer(
+                n + 1,
+                "/v1/chat/completions",
+                &json!({"model": "[mock]m"}),
+                answer.as_bytes(),
+            )
+            .await;
+        assert_eq!(record.response.usage, None, "{usage}");
+        assert_eq!(setup.usage_details(&id).await, None, "{usage}");
+        ids.push(id);
+    }
+    // The same in a stream's usage chunk.
+    let chunk = json!({"id": "c", "choices": [],
+        "usage": {"prompt_tokens": 9_223_372_036_854_775_807_u64, "completion_tokens": 1}});
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(vec![
+            format!("data: {chunk}\n\n").into_bytes(),
+            b"data: [DONE]\n\n".to_vec(),
+        ]),
+        ..Default::default()
+    });
+    let (stream_id, _) = setup
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "[mock]m", "stream": true, "messages": []}),
+        )
+        .await;
+    assert_eq!(setup.usage_details(&stream_id).await, None);
+    ids.push(stream_id);
+    // A count at the bound is one.
+    let answer = body(r#"{"prompt_tokens":1000000000000,"completion_tokens":0}"#);
+    setup.answer_with(answer.as_bytes(), "application/json");
+    let (at_bound, record, _) = setup
+        .whole_answer(
+            absurd.len() + 2,
+            "/v1/chat/completions",
+            &json!({"model": "[mock]m"}),
+            answer.as_bytes(),
+        )
+        .await;
+    let usage = record.response.usage.as_ref().expect("usage");
+    assert_eq!(
+        (usage.input, usage.total),
+        (1_000_000_000_000, 1_000_000_000_000)
+    );
+    ids.push(at_bound);
+
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let rows = setup.stop_and_read_all(&ids).await;
+    let (last, unknown) = rows.split_last().expect("rows");
+    for (row, line) in unknown {
+        assert!(!row.usage_known && !row.usage_partial, "{row:?}");
+        assert_eq!((row.tokens, row.total_tokens), ((0, 0, 0, 0), 0), "{row:?}");
+        assert_eq!(line["usage"], Value::Null, "{line}");
+        assert_eq!(line["usage_partial"], false, "{line}");
+    }
+    assert!(last.0.usage_known);
+    assert_eq!(last.0.tokens.0, 1_000_000_000_000);
+    assert_eq!(last.1["usage"]["input"], 1_000_000_000_000_u64);
+}
+
 /// An empty transcription (silence: `{"text": ""}`, or a stream whose
 /// `transcript.text.done` has an empty text) has an empty output in Langfuse, not none, as
 /// the log line shows it: the text is the answer, empty or not.
