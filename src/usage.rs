@@ -24,9 +24,33 @@ pub struct Usage {
     /// USD, when the upstream reports it (OpenRouter's `usage.cost`).
     pub cost: Option<f64>,
     /// Seconds of audio, for a transcription billed by duration (`whisper-1`'s
-    /// `{"type": "duration", "seconds": N}`): it counts no tokens.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub audio_seconds: Option<u64>,
+    /// `{"type": "duration", "seconds": N}`): it counts no tokens. Kept with its fraction
+    /// (`9.7`): an upstream may bill by the millisecond.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_seconds"
+    )]
+    pub audio_seconds: Option<f64>,
+}
+
+/// Seconds as a JSON number: to the millisecond, and a whole number without a fraction (`9`,
+/// not `9.0`), as lines written before fractions were kept had it.
+pub fn seconds_number(seconds: f64) -> serde_json::Number {
+    let rounded = (seconds * 1000.0).round() / 1000.0;
+    if rounded.fract() == 0.0 && (0.0..=MAX_COUNT as f64).contains(&rounded) {
+        return serde_json::Number::from(rounded as u64);
+    }
+    serde_json::Number::from_f64(rounded).unwrap_or_else(|| serde_json::Number::from(0))
+}
+
+fn serialize_seconds<S: serde::Serializer>(
+    seconds: &Option<f64>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match seconds {
+        Some(seconds) => seconds_number(*seconds).serialize(serializer),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// The largest count a usage field may hold (tokens of one request, or seconds of audio):
@@ -54,7 +78,7 @@ impl Usage {
         let input = count(raw.prompt_tokens).or(count(raw.input_tokens));
         let output = count(raw.completion_tokens).or(count(raw.output_tokens));
         let total = count(raw.total_tokens);
-        let audio_seconds = count(raw.seconds);
+        let audio_seconds = seconds(raw.seconds);
         if input.is_none() && output.is_none() && total.is_none() && audio_seconds.is_none() {
             return None;
         }
@@ -110,9 +134,11 @@ impl Usage {
             self.cached_input,
             self.cache_creation_input,
             self.reasoning,
-            self.audio_seconds.unwrap_or(0),
         ];
-        counts.iter().all(|n| *n <= MAX_COUNT).then_some(self)
+        let seconds = self
+            .audio_seconds
+            .is_none_or(|s| (0.0..=MAX_COUNT as f64).contains(&s));
+        (seconds && counts.iter().all(|n| *n <= MAX_COUNT)).then_some(self)
     }
 
     /// [`Self::from_raw`] for an already parsed value (the Responses API's rare paths).
@@ -184,6 +210,13 @@ fn count(raw: Option<&RawValue>) -> Option<u64> {
     // `1e400` parses as infinity.
     let fits = f.is_finite() && (0.0..=MAX_COUNT as f64).contains(&f);
     Some(if fits { f as u64 } else { NOT_A_COUNT })
+}
+
+/// Seconds of audio as the upstream sent them, fraction and all; `None` when absent or not a
+/// number. One that is not a count (negative; `1e400`, which parses as infinity) is kept as it
+/// is, for [`Usage::checked`] to refuse.
+fn seconds(raw: Option<&RawValue>) -> Option<f64> {
+    raw?.get().parse::<f64>().ok()
 }
 
 /// One tool call, assembled from stream deltas or read whole.
@@ -2637,8 +2670,30 @@ mod tests {
         let u = s.usage.expect("a duration is usage");
         assert_eq!(
             (u.input, u.output, u.total, u.audio_seconds),
-            (0, 0, 0, Some(9))
+            (0, 0, 0, Some(9.0))
         );
+        // A fraction is kept, and written with it; a whole number is written without one.
+        let fraction = json!({"text": "f", "usage": {"type": "duration", "seconds": 9.7}});
+        let u = summarize_body(fraction.to_string().as_bytes())
+            .usage
+            .expect("usage");
+        assert_eq!(u.audio_seconds, Some(9.7));
+        assert_eq!(
+            serde_json::to_value(&u).expect("json")["audio_seconds"],
+            json!(9.7)
+        );
+        let whole = Usage {
+            audio_seconds: Some(9.0),
+            ..Usage::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&whole)
+                .expect("json")
+                .matches("\"audio_seconds\":9}")
+                .count(),
+            1
+        );
+        assert_eq!(seconds_number(0.1 + 0.2).to_string(), "0.3");
     }
 
     /// Moderations: whether each input was flagged and for what, not the scores.
@@ -2769,7 +2824,7 @@ mod tests {
             summarize_body(transcription.as_bytes())
                 .usage
                 .and_then(|u| u.audio_seconds),
-            Some(3)
+            Some(3.0)
         );
         let odd = json!({"model": 42, "choices": [{"message": {"content": "x"}}]}).to_string();
         assert_eq!(summarize_body(odd.as_bytes()).content, "x");

@@ -526,7 +526,10 @@ fn clip(s: &str, max: usize) -> Cow<'_, str> {
 /// Langfuse's usage keys. `input` and `output` are the parts not already counted in the
 /// cached / reasoning keys (Langfuse prices each key separately, as it does for OpenAI's
 /// usage itself); `total` is everything. A transcription billed by duration adds its
-/// `audio_seconds` (Langfuse's keys are free-form: a model price may name it).
+/// `audio_seconds` and `audio_milliseconds` (Langfuse's keys are free-form: a model price may
+/// name either). Langfuse takes whole counts only: a fraction in any key makes it drop the
+/// usage details whole. So the seconds are whole, rounded up (a part of a second is not
+/// free), and the milliseconds keep the fraction.
 pub fn usage_details(usage: &Usage) -> String {
     let mut out = String::with_capacity(128);
     let _ = write!(
@@ -549,7 +552,13 @@ pub fn usage_details(usage: &Usage) -> String {
         );
     }
     if let Some(seconds) = usage.audio_seconds {
-        let _ = write!(out, ",\"audio_seconds\":{seconds}");
+        // Within 0..=MAX_COUNT (see `Usage::checked`): the casts are exact.
+        let _ = write!(
+            out,
+            ",\"audio_seconds\":{},\"audio_milliseconds\":{}",
+            seconds.ceil() as u64,
+            (seconds * 1000.0).round() as u64
+        );
     }
     out.push('}');
     out

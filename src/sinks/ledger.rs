@@ -104,9 +104,10 @@ pub struct LedgerRow<'a> {
     pub usage_known: bool,
     /// Cut before the usage arrived: see [`RequestRecord::usage_partial`].
     pub usage_partial: bool,
-    /// Seconds of audio of a transcription billed by duration (no tokens); `None` for any
-    /// other request.
-    pub audio_seconds: Option<i64>,
+    /// Seconds of audio of a transcription billed by duration (no tokens), fraction and all;
+    /// `None` for any other request. The column's INTEGER affinity stores a whole number as
+    /// an integer and keeps any other as a REAL (SQLite converts only when nothing is lost).
+    pub audio_seconds: Option<f64>,
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -155,7 +156,7 @@ impl<'a> LedgerRow<'a> {
             cost: usage.and_then(|u| u.cost),
             usage_known: usage.is_some(),
             usage_partial: record.usage_partial(),
-            audio_seconds: usage.and_then(|u| u.audio_seconds).map(to_i64),
+            audio_seconds: usage.and_then(|u| u.audio_seconds),
         }
     }
 }

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use unicode_width::UnicodeWidthStr;
 
 use crate::sinks::ledger::is_error_outcome;
+use crate::usage::seconds_number;
 
 /// What rows are grouped by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +58,8 @@ pub struct UsageTotals {
     /// Requests cut before their usage arrived (their tokens are not counted).
     pub partial: u64,
     /// Seconds of audio of transcriptions billed by duration (`whisper-1`), which count no
-    /// tokens.
-    pub audio_seconds: u64,
+    /// tokens; with their fractions (`9.7`), shown to the millisecond.
+    pub audio_seconds: f64,
 }
 
 impl UsageTotals {
@@ -75,7 +76,7 @@ impl UsageTotals {
         };
         self.errors = self.errors.saturating_add(other.errors);
         self.partial = self.partial.saturating_add(other.partial);
-        self.audio_seconds = self.audio_seconds.saturating_add(other.audio_seconds);
+        self.audio_seconds += other.audio_seconds;
     }
 
     fn to_json(&self, key_name: Option<&str>) -> Value {
@@ -92,7 +93,10 @@ impl UsageTotals {
         obj.insert("cost".into(), json!(self.cost));
         obj.insert("errors".into(), json!(self.errors));
         obj.insert("partial".into(), json!(self.partial));
-        obj.insert("audio_seconds".into(), json!(self.audio_seconds));
+        obj.insert(
+            "audio_seconds".into(),
+            Value::Number(seconds_number(self.audio_seconds)),
+        );
         Value::Object(obj)
     }
 }
@@ -167,7 +171,7 @@ pub fn query(conn: &Connection, by: GroupBy, since: Option<&str>) -> rusqlite::R
                 0
             },
             partial: r.get::<_, f64>(9)? as u64,
-            audio_seconds: r.get::<_, f64>(10)? as u64,
+            audio_seconds: r.get::<_, f64>(10)?,
         })
     })?;
     for row in rows {
@@ -211,7 +215,7 @@ impl UsageReport {
     /// `AUDIO_SECONDS` column comes last, only when some request in the report was billed
     /// by duration, so the other columns keep their places either way.
     pub fn to_table(&self) -> String {
-        let audio = self.total.audio_seconds > 0;
+        let audio = self.total.audio_seconds > 0.0;
         let mut header = vec![
             self.by.as_str().to_ascii_uppercase(),
             "REQUESTS".into(),
@@ -237,7 +241,7 @@ impl UsageReport {
                 t.errors.to_string(),
             ];
             if audio {
-                cells.push(t.audio_seconds.to_string());
+                cells.push(seconds_number(t.audio_seconds).to_string());
             }
             cells
         };
@@ -447,7 +451,10 @@ mod tests {
         )
         .expect("row");
         let report = query(&conn, GroupBy::Provider, None).expect("query");
-        assert_eq!((report.total.requests, report.total.audio_seconds), (1, 0));
+        assert_eq!(
+            (report.total.requests, report.total.audio_seconds),
+            (1, 0.0)
+        );
         assert_eq!(report.to_json()["total"]["audio_seconds"], 0);
         assert!(!report.to_table().contains("AUDIO"));
     }

@@ -552,6 +552,64 @@ async fn a_previous_ledger_gains_audio_seconds_and_usage_shows_them() {
     );
 }
 
+/// Seconds of audio with a fraction (`9.7`, as some upstreams bill) are kept: the ledger's
+/// column holds them as a REAL (a whole number stays an INTEGER), and `llmsrouter usage` sums
+/// them to the millisecond, in `--json` and in the table, a whole sum without a fraction.
+#[tokio::test]
+async fn fractional_audio_seconds_are_kept_in_the_ledger_and_usage() {
+    let LedgerSetup {
+        dir,
+        db,
+        upstream,
+        ledger: _ledger,
+        router,
+    } = LedgerSetup::start().await;
+    let mut ids = Vec::new();
+    for seconds in [json!(9.7), json!(0.6), json!(7)] {
+        let answer = json!({"text": "hello", "usage": {"type": "duration", "seconds": seconds}});
+        upstream.set(Behavior {
+            raw_body: Some(answer.to_string().into_bytes()),
+            content_type: "application/json".into(),
+            ..Default::default()
+        });
+        let response = client()
+            .post(router.url("/v1/audio/transcriptions"))
+            .json(&json!({"model": "[mock]whisper-1"}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        ids.push(request_id(&response));
+    }
+    router.stop().await;
+
+    let conn = llmsrouter::db::open(&db).expect("open");
+    let stored = |request_id: &str| -> (String, f64) {
+        conn.query_row(
+            "SELECT typeof(audio_seconds), audio_seconds FROM usage_ledger WHERE request_id = ?1",
+            [request_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the row")
+    };
+    assert_eq!(stored(&ids[0]), ("real".to_owned(), 9.7));
+    assert_eq!(stored(&ids[1]), ("real".to_owned(), 0.6));
+    assert_eq!(stored(&ids[2]), ("integer".to_owned(), 7.0));
+
+    let db_arg = db.to_str().expect("utf8");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["usage", "--json", "--db", db_arg], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["total"]["audio_seconds"], 17.3, "{report}");
+    let (code, table, stderr) = run_cli(dir.path(), &["usage", "--db", db_arg], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let total = table.lines().last().expect("total");
+    assert!(
+        total.starts_with("TOTAL") && total.ends_with(" 17.3"),
+        "{table}"
+    );
+}
+
 /// The database deleted while the router runs (a cleanup script, a mistaken `rm`): the rows
 /// of the requests after it went into the unlinked file, counted as written, and `usage`
 /// found no database. The writer now opens the path again (within a second) and its rows

@@ -1291,17 +1291,40 @@ async fn a_transcription_answer_is_its_text_with_its_usage() {
     assert_eq!(output, assistant("The beach was a popular spot."));
     assert_eq!(
         record.response.usage.as_ref().and_then(|u| u.audio_seconds),
-        Some(9)
+        Some(9.0)
     );
     assert_eq!(
         setup.usage_details(&seconds_id).await,
         Some(
             json!({"input": 0, "output": 0, "total": 0, "input_cached_tokens": 0,
-            "output_reasoning_tokens": 0, "audio_seconds": 9})
+            "output_reasoning_tokens": 0, "audio_seconds": 9, "audio_milliseconds": 9000})
         )
     );
 
-    let rows = setup.stop_and_read_all(&[&tokens_id, &seconds_id]).await;
+    // Seconds with a fraction keep it: in Langfuse, whose usage counts must be whole, as
+    // whole seconds rounded up and as milliseconds.
+    let fraction = json!({"text": "f", "usage": {"type": "duration", "seconds": 9.7}}).to_string();
+    setup.answer_with(fraction.as_bytes(), "application/json");
+    let request = json!({"model": "[mock]whisper-1"});
+    let (fraction_id, record, _) = setup
+        .whole_answer(3, "/v1/audio/transcriptions", &request, fraction.as_bytes())
+        .await;
+    assert_eq!(
+        record.response.usage.as_ref().and_then(|u| u.audio_seconds),
+        Some(9.7)
+    );
+    assert_eq!(
+        setup.usage_details(&fraction_id).await,
+        Some(
+            json!({"input": 0, "output": 0, "total": 0, "input_cached_tokens": 0,
+            "output_reasoning_tokens": 0, "audio_seconds": 10, "audio_milliseconds": 9700})
+        )
+    );
+
+    let rows = setup
+        .stop_and_read_all(&[&tokens_id, &seconds_id, &fraction_id])
+        .await;
+    assert_eq!(rows[2].1["usage"]["audio_seconds"], 9.7, "{}", rows[2].1);
     assert_eq!(
         (rows[0].0.tokens, rows[0].0.total_tokens),
         ((14, 4, 0, 0), 18)
