@@ -94,7 +94,8 @@ pub struct RequestRecord {
     pub started_at: SystemTime,
     /// First response bytes from the upstream (headers received).
     pub response_started_at: Option<SystemTime>,
-    /// First generated token (first event carrying text, reasoning or a tool call).
+    /// First generated token (first event carrying text, reasoning or a tool call); of a body
+    /// relayed unread that is not one JSON document (speech audio), its first bytes.
     pub first_token_at: Option<SystemTime>,
     pub ended_at: SystemTime,
     /// The answer's status: the upstream's, or the router's own error status. For a stream

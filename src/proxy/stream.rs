@@ -108,6 +108,10 @@ struct Unread {
     kind: Option<String>,
     /// Bytes relayed so far.
     relayed: u64,
+    /// When the first bytes of the body came: the first token of a body that is not one JSON
+    /// document (audio), as a speech event stream's first audio delta is (see
+    /// [`Unread::first_token`]).
+    first_bytes_at: Option<SystemTime>,
     /// A copy of a body that may be one JSON document under another label (a stream request
     /// answered whole as `text/plain`, say): kept while recording, from a first chunk that
     /// opens with `{`, up to [`MAX_UNREAD_COPY`]. At the body's end the record gets it, and
@@ -121,6 +125,22 @@ struct Unread {
 const MAX_UNREAD_COPY: usize = 4 * 1024 * 1024;
 
 impl Unread {
+    /// Notes what arrived: the time of the first bytes, and the copy (see [`Self::keep`]).
+    fn arrived(&mut self, chunk: &[u8]) {
+        if self.first_bytes_at.is_none() && !chunk.is_empty() {
+            self.first_bytes_at = Some(SystemTime::now());
+        }
+        self.keep(chunk);
+        self.relayed += chunk.len() as u64;
+    }
+
+    /// The body's first token: when its first bytes came, unless it may still be one JSON
+    /// document (a copy is kept for the recorder, see [`Self::copy`]): a whole answer has no
+    /// first token of its own, its completion started when it arrived.
+    fn first_token(&self) -> Option<SystemTime> {
+        self.first_bytes_at.filter(|_| self.copy.is_none())
+    }
+
     /// Takes `chunk` into the copy, if one is kept: the first chunk decides whether the body
     /// may be JSON at all (so an NDJSON or text stream is copied only when it opens so).
     fn keep(&mut self, chunk: &[u8]) {
@@ -263,6 +283,7 @@ impl StreamTee {
             length,
             kind,
             relayed: 0,
+            first_bytes_at: None,
             copy: (recording && may_be_json).then(Vec::new),
         });
     }
@@ -503,6 +524,7 @@ impl StreamTee {
             _ => (outcome, error),
         };
         // A whole body that may be one JSON document: the recorder reads it as one.
+        let first_token = self.unread.as_ref().and_then(Unread::first_token);
         let copy = self
             .unread
             .as_mut()
@@ -511,6 +533,9 @@ impl StreamTee {
         if let Some(record) = self.guard.record_mut() {
             record.complete = complete;
             record.response = summary;
+            if first_token.is_some() {
+                record.first_token_at = first_token;
+            }
             if error.is_some() {
                 record.error = error;
             }
@@ -612,8 +637,12 @@ impl Drop for StreamTee {
         // Left while the router's own `200` waited for the upstream's head (see
         // [`Self::awaiting_head`]): the status is the one the client got.
         let early = matches!(self.state, State::Opening | State::AwaitingHead);
+        let first_token = self.unread.as_ref().and_then(Unread::first_token);
         if let Some(record) = self.guard.record_mut() {
             record.response = summary;
+            if first_token.is_some() {
+                record.first_token_at = first_token;
+            }
             if early && record.status.is_none() {
                 record.status = Some(http::StatusCode::OK.as_u16());
             }
@@ -655,8 +684,7 @@ impl Stream for StreamTee {
                     this.last_upstream = Instant::now();
                     if !this.settings.sse {
                         if let Some(unread) = &mut this.unread {
-                            unread.keep(&chunk);
-                            unread.relayed += chunk.len() as u64;
+                            unread.arrived(&chunk);
                         }
                         return Poll::Ready(Some(Ok(chunk)));
                     }

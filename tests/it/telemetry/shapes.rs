@@ -898,7 +898,10 @@ async fn an_image_stream_is_a_note_of_its_completed_image_never_its_base64() {
 /// arrives (speech audio to a request that did not ask to stream), `<audio/mpeg, N bytes>`;
 /// read whole (a body with no Content-Type that is not text), `<binary, N bytes>`. The note
 /// is the output in the record, the span and the log line alike; the usage is unknown (a
-/// binary answer carries none), which is not partial.
+/// binary answer carries none), which is not partial. Each has a completion start in the span
+/// as every successful answer has: the audio relayed as it arrives has its first bytes as its
+/// first token (its `ttft_ms` in the log and the ledger, as a speech event stream's first
+/// audio delta is); the body read whole, when it arrived (no `ttft_ms`, as any whole answer).
 #[tokio::test]
 async fn a_binary_answer_is_recorded_as_a_note_of_its_type_and_size() {
     let setup = Setup::start().await;
@@ -938,16 +941,27 @@ async fn a_binary_answer_is_recorded_as_a_note_of_its_type_and_size() {
             json_attr(&span, "langfuse.observation.output"),
             Some(json!({"role": "assistant", "content": note}))
         );
+        assert_eq!(record.first_token_at.is_some(), stream, "{note}");
+        let started = record.completion_start().expect("a completion start");
+        assert!(
+            record
+                .response_started_at
+                .is_some_and(|head| head <= started),
+            "{note}"
+        );
+        assert_eq!(
+            str_attr(&span, "langfuse.observation.completion_start_time"),
+            Some(llmsrouter::sinks::clock::rfc3339_millis(started).as_str()),
+            "{note}"
+        );
     }
-    setup.router.stop().await;
-    let lines = read_log_lines(setup.dir.path(), "api_proxy");
-    for (id, (_, note, _)) in ids.iter().zip(cases) {
-        let line = lines
-            .iter()
-            .find(|line| line["request_id"] == id.as_str())
-            .expect("the request's log line");
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let rows = setup.stop_and_read_all(&ids).await;
+    for ((row, line), (_, note, stream)) in rows.iter().zip(cases) {
         assert_eq!(line["response"]["content"], note, "{line}");
         assert_eq!(line["usage"], Value::Null);
+        assert_eq!(line["ttft_ms"].is_u64(), stream, "{line}");
+        assert_eq!(row.ttft_ms.is_some(), stream, "{row:?}");
     }
 }
 
