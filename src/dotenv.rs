@@ -52,6 +52,9 @@ pub struct Loaded {
     /// number, never by the key: such a "key" is most often a pasted secret (base64 has `/`
     /// and `+`).
     pub skipped_key_lines: Vec<usize>,
+    /// Lines (1-based) holding bytes that are not UTF-8: read with U+FFFD in their place, so
+    /// a key on one is not the key that was meant (python-dotenv refused the whole file).
+    pub non_utf8_lines: Vec<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +68,11 @@ pub enum DotenvError {
 /// Reads `path` (a missing file is normal) and sets each of its variables that the
 /// environment does not already have.
 pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
-    let text = match std::fs::read(path) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+    let (text, non_utf8_lines) = match std::fs::read(path) {
+        Ok(bytes) => (
+            String::from_utf8_lossy(&bytes).into_owned(),
+            non_utf8_lines(&bytes),
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::default()),
         Err(e) => return Err(DotenvError::Read(e)),
     };
@@ -81,6 +87,7 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
     let loaded = Loaded {
         bad_lines,
         skipped_key_lines,
+        non_utf8_lines,
     };
     let mut quoted = String::new();
     for (key, value) in values {
@@ -97,6 +104,19 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
         // Its error quotes the line, value included: say only that it failed.
         .map_err(|_| DotenvError::Load("a value could not be passed to the environment".into()))?;
     Ok(loaded)
+}
+
+/// The lines (1-based) of `bytes` that are not UTF-8.
+fn non_utf8_lines(bytes: &[u8]) -> Vec<usize> {
+    if std::str::from_utf8(bytes).is_ok() {
+        return Vec::new();
+    }
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| std::str::from_utf8(line).is_err())
+        .map(|(index, _)| index + 1)
+        .collect()
 }
 
 /// `(key, value)` in file order; `None` for a key with no `=`.

@@ -84,6 +84,11 @@ fn dotenv_problems(
                     ".env line {line}: the name before '=' is not a variable name the router can set; the line is skipped"
                 )
             }))
+            .chain(loaded.non_utf8_lines.iter().map(|line| {
+                format!(
+                    ".env line {line}: not UTF-8 (saved in another encoding?); read with U+FFFD in place of each bad byte, so a key there is not the one meant"
+                )
+            }))
             .collect(),
     }
 }

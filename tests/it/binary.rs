@@ -188,6 +188,31 @@ fn a_dot_env_name_that_is_no_variable_is_named_by_its_line_only() {
     assert!(!stderr.contains("c2VjcmV0"), "{stderr}");
 }
 
+/// A `.env` line that is not UTF-8 (a file saved as Latin-1) is named by its line number:
+/// `check` fails, the other commands warn. Before, it was read with U+FFFD in silence, and a
+/// key on it went out as another key.
+#[test]
+fn a_dot_env_line_that_is_not_utf8_is_named() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    std::fs::write(
+        dir.path().join(".env"),
+        b"APP_TITLE=ok\nOPENROUTER_API_KEY=sk-caf\xe9-secret\n".as_slice(),
+    )
+    .expect("env");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stdout}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(".env line 2: not UTF-8"), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+    let (code, _, stderr) = run_cli(dir.path(), &["models", "--json"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.starts_with("warning: .env line 2: not UTF-8"),
+        "{stderr}"
+    );
+}
+
 /// A line python-dotenv reads but dotenvy refused (an unquoted value with spaces) and a line
 /// nobody can read: the lines after them still count, so accounts stay on. `check` names the
 /// unreadable line by number, never by its text (it may hold a key); other commands warn of it
