@@ -292,8 +292,11 @@ impl ResponseSummary {
 /// record's copy is changed: the client gets the bytes as they came.
 pub(crate) fn lone_surrogates_replaced(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
-    // Most answers and events hold no `\u` escape at all.
-    memchr::memmem::find(bytes, b"\\u")?;
+    // Most answers and events hold no `\u` escape at all. (The searcher is built once: that
+    // costs more than searching a typical event.)
+    static ESCAPE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\\u"));
+    ESCAPE.find(bytes)?;
     let mut fixed: Option<Vec<u8>> = None;
     let mut at = 0;
     while let Some(found) = bytes.get(at..).and_then(|rest| memchr::memchr(b'\\', rest)) {
