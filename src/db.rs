@@ -5,7 +5,10 @@
 //! tables. `PRAGMA user_version` numbers the schema; [`MIGRATIONS`] brings any older file up
 //! to date, and a file from a newer llmsrouter is refused rather than misread. WAL mode and a
 //! busy timeout let the CLI write while the server runs without "database is locked".
+//!
+//! A path is always a file name: never SQLite's `:memory:`, never a `file:` URI.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::time::Duration;
 
@@ -92,8 +95,36 @@ pub enum DbError {
         found: i64,
         known: i64,
     },
+    #[error(
+        "--db / LLMSROUTER_DB is \":memory:\", a database SQLite keeps in memory only: users and usage written there are lost when the command exits; give a file name"
+    )]
+    InMemory,
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+}
+
+/// Refuses the one name SQLite never takes as a file, whatever the open flags: `:memory:`
+/// opens a database that lives as long as the connection, so `user add` would print a key
+/// that no server ever accepts and `serve` would keep its ledger nowhere. Commands call this
+/// before looking for the file, so the refusal does not read as "no such file".
+pub fn check_path(path: &Path) -> Result<(), DbError> {
+    if path.as_os_str() == ":memory:" {
+        return Err(DbError::InMemory);
+    }
+    Ok(())
+}
+
+/// The name to hand SQLite for `path`, so that it opens the file of that name. The bundled
+/// SQLite is built with URI names on (libsqlite3-sys compiles it with `SQLITE_USE_URI`), so
+/// leaving `SQLITE_OPEN_URI` out of the flags is not enough: a name that begins `file:` would
+/// still be read as a URI (`file:x.db?mode=memory`, a database in memory). Only a relative
+/// name can begin so; `./` in front makes it the plain file name it is for every other tool.
+fn plain_file_name(path: &Path) -> Cow<'_, Path> {
+    if path.as_os_str().as_encoded_bytes().starts_with(b"file:") {
+        Cow::Owned(Path::new(".").join(path))
+    } else {
+        Cow::Borrowed(path)
+    }
 }
 
 /// Opens (creating if needed) and migrates the database at `path`.
@@ -117,11 +148,13 @@ enum Access {
 
 fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
     let shown = path.display().to_string();
+    check_path(path)?;
+    let path = plain_file_name(path);
     if access == Access::ReadWrite {
-        create_private(path);
+        create_private(&path);
     }
     let conn = Connection::open_with_flags(
-        path,
+        &path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,

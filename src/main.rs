@@ -301,6 +301,7 @@ fn tracing_destinations(env: &EnvSettings) -> String {
 
 fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
     use llmsrouter::sinks::ledger_report::{GroupBy, query};
+    llmsrouter::db::check_path(&cli.db)?;
     if !cli.db.exists() {
         return Err(anyhow!(
             "{}: not found (no usage recorded there yet; serve writes the ledger to LLMSROUTER_DB/--db)",

@@ -124,6 +124,7 @@ pub struct UserStore {
 
 impl UserStore {
     pub fn open(path: &Path, mode: OpenMode) -> Result<Self, UserError> {
+        crate::db::check_path(path)?;
         let existed = path.exists();
         if !existed && mode != OpenMode::Create {
             return Err(UserError::NoDatabase(path.display().to_string()));

@@ -494,7 +494,7 @@ pub fn run_cli(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String
 
 /// Runs `command` (the binary, however launched) with `args` in `dir` and only `envs` of
 /// the router's variables; returns (exit code, stdout unless redirected, stderr).
-fn run_prepared(
+pub fn run_prepared(
     mut command: Command,
     dir: &Path,
     args: &[&str],
