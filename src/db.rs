@@ -168,6 +168,7 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let found = user_version(&conn).map_err(|e| not_a_database(&shown, e))?;
     check_version(found, &shown)?;
+    check_ours(&conn, &shown)?;
     // SQLite opens a file the process may not write read-only, and says so.
     if access == Access::ReadOnlyWhenSo && conn.is_readonly(rusqlite::MAIN_DB)? {
         return Ok(conn);
@@ -196,6 +197,29 @@ fn create_private(path: &Path) {
             );
         }
     }
+}
+
+/// Refuses, before anything is written, a database of another program: one that holds
+/// tables but no `users` table. Every file llmsrouter or the Python version made has that
+/// table (schema step 1 makes it first), so such a file is not ours whatever its
+/// `user_version` says, and the schema steps, the triggers and the switch to WAL must not
+/// be added to it. An empty database (a new file, or one with no tables) is made ours.
+fn check_ours(conn: &Connection, path: &str) -> Result<(), DbError> {
+    let (tables, users): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), count(*) FILTER (WHERE lower(name) = 'users')
+             FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .map_err(|e| not_a_database(path, e))?;
+    if tables > 0 && users == 0 {
+        return Err(DbError::Open {
+            path: path.to_owned(),
+            reason: "holds other tables and no users table: not a llmsrouter database".to_owned(),
+        });
+    }
+    Ok(())
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {

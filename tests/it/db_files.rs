@@ -76,3 +76,71 @@ fn memory_names_are_refused_and_file_uris_are_plain_file_names() {
     assert_eq!(stored, key.trim_end());
     assert!(!dir.path().join("x.db").exists());
 }
+
+/// A database of another program (tables, none of them `users`) is refused by every command
+/// with one line naming the file, and left exactly as it was: no llmsrouter tables, no
+/// switch to WAL, no `user_version`, whatever `user_version` it had. A database without
+/// tables is still made ours.
+#[test]
+fn another_programs_database_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("in.csv"), "username,email\nann,\n").expect("csv");
+    for (name, version) in [("other.db", 0), ("other2.db", 2)] {
+        let path = dir.path().join(name);
+        let conn = rusqlite::Connection::open(&path).expect("create");
+        conn.execute_batch("CREATE TABLE foo (x); INSERT INTO foo VALUES (1);")
+            .expect("foo");
+        conn.pragma_update(None, "user_version", version)
+            .expect("version");
+        drop(conn);
+        let before = std::fs::read(&path).expect("read");
+        let expected = format!("{name}: holds other tables and no users table");
+        for args in [
+            vec!["user", "list", "--db", name],
+            vec!["user", "show", "ann", "--db", name],
+            vec!["user", "add", "ann", "--db", name],
+            vec!["user", "import", "in.csv", "--db", name],
+            vec!["user", "delete", "ann", "--db", name],
+            vec!["usage", "--db", name],
+        ] {
+            let (code, out, err) = run_cli(dir.path(), &args, &[]);
+            assert_eq!(code, 1, "{args:?}: {out}{err}");
+            assert!(out.is_empty(), "{args:?}: {out}");
+            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+            assert!(err.contains(&expected), "{args:?}: {err}");
+        }
+        for envs in [
+            vec![("LLMSROUTER_DB", name), ("LLMSROUTER_LOG_FILE", "")],
+            vec![
+                ("LLMSROUTER_DB", name),
+                ("LLMSROUTER_LOG_FILE", ""),
+                ("LLMSROUTER_LEDGER", "false"),
+                ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+            ],
+        ] {
+            let (code, _, err) = run_bounded(
+                dir.path(),
+                &["serve", "--host", "127.0.0.1", "--port", "0"],
+                &envs,
+            );
+            assert_eq!(code, 1, "{envs:?}: {err}");
+            assert!(err.contains(&expected), "{envs:?}: {err}");
+        }
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            before,
+            "{name} untouched"
+        );
+    }
+    assert_eq!(files_in(dir.path()), ["in.csv", "other.db", "other2.db"]);
+
+    // No tables: ours to use, as a new file is.
+    let empty = dir.path().join("empty.db");
+    let conn = rusqlite::Connection::open(&empty).expect("create");
+    conn.pragma_update(None, "user_version", 0)
+        .expect("version");
+    drop(conn);
+    let (code, out, err) = run_cli(dir.path(), &["user", "list", "--db", "empty.db"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("no users"), "{out}");
+}
