@@ -153,29 +153,103 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
     if access == Access::ReadWrite {
         create_private(&path);
     }
-    let conn = Connection::open_with_flags(
-        &path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| DbError::Open {
-        path: shown.clone(),
-        reason: e.to_string(),
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
+    let conn = open_file(&path, flags).map_err(|e| match access {
+        Access::ReadWrite => cannot_write(&shown, &path, e),
+        Access::ReadOnlyWhenSo => not_a_database(&shown, e),
     })?;
-    // A file from a newer llmsrouter (or not a database at all) is refused before anything,
-    // even the switch to WAL, is written to it.
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // A file from a newer llmsrouter (or not a database at all, or another program's) is
+    // refused before anything, even the switch to WAL, is written to it.
     let found = user_version(&conn).map_err(|e| not_a_database(&shown, e))?;
     check_version(found, &shown)?;
     check_ours(&conn, &shown)?;
-    // SQLite opens a file the process may not write read-only, and says so.
-    if access == Access::ReadOnlyWhenSo && conn.is_readonly(rusqlite::MAIN_DB)? {
-        return Ok(conn);
+    if access == Access::ReadOnlyWhenSo {
+        // SQLite opens a file the process may not write read-only, and says so.
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Ok(conn);
+        }
+        // A file the process may write, in a folder it may not: every write (the switch to
+        // WAL, a schema step) needs a journal file made next to it, and fails. It is read
+        // as a read-only file is.
+        if !folder_writable(&path) {
+            drop(conn);
+            return open_file(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|e| not_a_database(&shown, e));
+        }
     }
-    configure(&conn).map_err(|e| not_a_database(&shown, e))?;
-    migrate(&conn, &shown)?;
+    configure(&conn).map_err(|e| cannot_write(&shown, &path, e))?;
+    migrate(&conn, &shown).map_err(|e| match e {
+        DbError::Sqlite(e) => cannot_write(&shown, &path, e),
+        e => e,
+    })?;
     Ok(conn)
+}
+
+/// Opens `path` as a plain file name (`flags` never hold `SQLITE_OPEN_URI`), with the busy
+/// timeout.
+fn open_file(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// The folder holding the database file, where SQLite makes its `-wal`, `-shm` and
+/// `-journal` files.
+fn folder_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|folder| !folder.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Whether this process may make files in the database's folder. (The real ids are asked:
+/// llmsrouter is never set-uid, so they are the effective ones.)
+#[cfg(unix)]
+fn folder_writable(path: &Path) -> bool {
+    rustix::fs::access(folder_of(path), rustix::fs::Access::WRITE_OK).is_ok()
+}
+
+#[cfg(not(unix))]
+fn folder_writable(_path: &Path) -> bool {
+    true
+}
+
+/// Whether the folder, and not the file, is what keeps this process from writing the
+/// database: the file is writable (or yet to be made) and its folder is not.
+#[cfg(unix)]
+fn only_folder_refuses(path: &Path) -> bool {
+    let file_writable = match rustix::fs::access(path, rustix::fs::Access::WRITE_OK) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::NOENT,
+    };
+    file_writable && !folder_writable(path)
+}
+
+#[cfg(not(unix))]
+fn only_folder_refuses(_path: &Path) -> bool {
+    false
+}
+
+/// The error of a write to the database (or of making it). When the folder is what cannot
+/// be written, SQLite only says "attempt to write a readonly database" (or "unable to open
+/// database file") about a file that may well be writable itself, so the message names the
+/// folder instead.
+fn cannot_write(shown: &str, path: &Path, e: rusqlite::Error) -> DbError {
+    let folder_refused = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)
+    ) && only_folder_refuses(path);
+    if !folder_refused {
+        return not_a_database(shown, e);
+    }
+    let folder = folder_of(path);
+    let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
+    DbError::Open {
+        path: shown.to_owned(),
+        reason: format!(
+            "cannot write it: its folder {} is not writable by this user, and SQLite makes its journal files (-wal, -shm, -journal) there",
+            folder.display()
+        ),
+    }
 }
 
 /// The database holds every user's key (in the clear, as the Python version's table does), so

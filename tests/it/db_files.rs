@@ -2,11 +2,16 @@
 //! quite its own: SQLite's special names, a file in a folder the router may not write, a
 //! file of another program, a users table from before permissions.
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{binary, run_cli, run_prepared};
-use crate::users::user;
+use crate::support::upstream::{Behavior, MockUpstream};
+use crate::support::{RouterProcess, binary, run_cli, run_prepared};
+use crate::users::{Auth, PYTHON_SCHEMA, chat, two_server_config, user};
+
+/// A key as the Python version made them.
+const ANN_KEY: &str = "Xq3vB9kLm2Np7Rt5Wz8Yc1Df4Gh6Jk0A";
 
 /// Runs the binary with `args` in `dir`, killed after 20 s (exit code 124), for commands
 /// that would otherwise keep running (`serve`) when the router accepts what it must refuse.
@@ -143,4 +148,161 @@ fn another_programs_database_is_refused_and_left_alone() {
     let (code, out, err) = run_cli(dir.path(), &["user", "list", "--db", "empty.db"], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("no users"), "{out}");
+}
+
+/// Runs the binary as a user who may write the file `db` but not `dir`, the folder holding
+/// it. As root (which writes any folder) that is `nobody`, given the file, in the
+/// root-owned folder (mode 755); as anyone else, the test's own user, with the folder made
+/// read-only (mode 555) until this is dropped.
+struct FolderLocked {
+    dir: std::path::PathBuf,
+    program: Vec<OsString>,
+}
+
+impl FolderLocked {
+    fn new(dir: &Path, db: &Path) -> Self {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let root = std::fs::metadata(dir).expect("dir").uid() == 0;
+        let mut program = Vec::new();
+        if root {
+            std::os::unix::fs::chown(db, Some(65534), Some(65534)).expect("chown");
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            program.extend(
+                [
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                ]
+                .map(OsString::from),
+            );
+        } else {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+        }
+        program.push(binary().into_os_string());
+        Self {
+            dir: dir.to_path_buf(),
+            program,
+        }
+    }
+
+    /// The command, killed after 20 s when `bounded`.
+    fn command(&self, bounded: bool) -> Command {
+        let mut program = self.program.iter();
+        let mut command = if bounded {
+            let mut command = Command::new("timeout");
+            command.arg("20").args(&mut program);
+            command
+        } else {
+            let mut command = Command::new(program.next().expect("a program"));
+            command.args(program);
+            command
+        };
+        command.env("LLMSROUTER_LOG_FILE", "");
+        command
+    }
+
+    fn run(&self, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+        run_prepared(self.command(true), &self.dir, args, envs)
+    }
+}
+
+impl Drop for FolderLocked {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+/// Writes a users.db as the Python version left it (rollback journal, `user_version` 0)
+/// holding `ann`, who may use every provider.
+fn python_db(path: &Path) {
+    let conn = rusqlite::Connection::open(path).expect("create");
+    conn.execute_batch(PYTHON_SCHEMA).expect("schema");
+    conn.execute(
+        "INSERT INTO users VALUES ('ann', ?1, NULL, '{\"*\": true}', '2024-05-01T12:34:56.789012', '2024-05-01T12:34:56.789012')",
+        [ANN_KEY],
+    )
+    .expect("ann");
+}
+
+/// A users.db the router may write, in a folder it may not (a file given to the service's
+/// user in a root-owned folder): SQLite cannot make its journal files there, so the reading
+/// commands and `serve` with the ledger off read it as a read-only file is read, without
+/// writing a byte; the commands that must write (and `serve` with the ledger on) fail with
+/// one line that names the folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writable_database_in_a_folder_that_is_not_is_read_as_it_is() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), two_server_config(&upstream)).expect("cfg");
+    let db = dir.path().join("users.db");
+    python_db(&db);
+    let before = std::fs::read(&db).expect("db");
+    let locked = FolderLocked::new(dir.path(), &db);
+
+    let (code, out, err) = locked.run(&["user", "list"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|line| line.starts_with("ann ")), "{out}");
+    let (code, out, err) = locked.run(&["user", "show", "ann", "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"ann\""), "{out}");
+    let (code, out, err) = locked.run(&["usage", "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"rows\":[]"), "{out}");
+
+    let folder = std::path::absolute(dir.path()).expect("absolute");
+    let expected = format!(
+        "users.db: cannot write it: its folder {} is not writable",
+        folder.display()
+    );
+    for args in [
+        vec!["user", "add", "carl"],
+        vec!["user", "rotate-key", "ann"],
+    ] {
+        let (code, out, err) = locked.run(&args, &[]);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(out.is_empty(), "{args:?}: no key printed: {out}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(&expected),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, _, err) = locked.run(
+        &["serve", "--host", "127.0.0.1", "--port", "0"],
+        &[("ENABLE_ACCOUNT_MANAGEMENT", "true")],
+    );
+    assert_eq!(code, 1, "the ledger cannot be written there: {err}");
+    assert!(
+        err.lines().last().unwrap_or_default().contains(&expected),
+        "{err}"
+    );
+
+    let router = RouterProcess::start_with(
+        tempfile::tempdir().expect("cwd"),
+        &[
+            ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+            ("LLMSROUTER_LEDGER", "false"),
+            ("LLMSROUTER_DB", db.to_str().expect("utf-8")),
+            (
+                "LLMSROUTER_CONFIG",
+                dir.path().join("config.yaml").to_str().expect("utf-8"),
+            ),
+        ],
+        locked.command(false),
+    );
+    let url = router.url("/v1/chat/completions");
+    assert_eq!(
+        chat(&url, Auth::Bearer(ANN_KEY), "[mock]m").await,
+        (200, None)
+    );
+    assert_eq!(
+        chat(&url, Auth::Bearer("sk-lr-nobody"), "[mock]m").await.0,
+        401
+    );
+    drop(router);
+
+    assert_eq!(std::fs::read(&db).expect("db"), before, "not written");
+    assert_eq!(files_in(dir.path()), ["config.yaml", "users.db"]);
 }

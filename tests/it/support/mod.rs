@@ -265,6 +265,8 @@ enum Launch {
     /// With SIGHUP ignored, as `nohup` starts a program.
     IgnoringHangup,
     AsReader,
+    /// As the test prepared it (another user, a wrapper).
+    Prepared(Command),
 }
 
 /// A command running the binary as a user for whom a file of mode 444 is read-only: the
@@ -311,6 +313,12 @@ impl RouterProcess {
         Self::spawn(dir, envs, Launch::AsReader)
     }
 
+    /// [`Self::start_in`] with `command` (the binary, however launched) in place of the
+    /// binary itself.
+    pub fn start_with(dir: tempfile::TempDir, envs: &[(&str, &str)], command: Command) -> Self {
+        Self::spawn(dir, envs, Launch::Prepared(command))
+    }
+
     /// [`Self::start`] with the soft limit on open files lowered to `soft_limit` first (by
     /// the shell that then becomes the router), as a login shell or systemd would start it.
     pub fn start_with_open_files(
@@ -335,6 +343,7 @@ impl RouterProcess {
         let mut command = match launch {
             Launch::Plain => Command::new(binary()),
             Launch::AsReader => reader_command(dir.path()),
+            Launch::Prepared(command) => command,
             Launch::OpenFiles(limit) => {
                 let mut shell = Command::new("sh");
                 shell
