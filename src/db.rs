@@ -7,6 +7,8 @@
 //! busy timeout let the CLI write while the server runs without "database is locked".
 //!
 //! A path is always a file name: never SQLite's `:memory:`, never a `file:` URI.
+//! Another program's database is refused before anything is written to it; a file the
+//! process may not write (or whose folder it may not) is read as it is.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -166,23 +168,75 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
     if access == Access::ReadOnlyWhenSo {
         // SQLite opens a file the process may not write read-only, and says so.
         if conn.is_readonly(rusqlite::MAIN_DB)? {
-            return Ok(conn);
+            return read_as_is(conn, &shown);
         }
         // A file the process may write, in a folder it may not: every write (the switch to
         // WAL, a schema step) needs a journal file made next to it, and fails. It is read
         // as a read-only file is.
         if !folder_writable(&path) {
             drop(conn);
-            return open_file(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .map_err(|e| not_a_database(&shown, e));
+            let conn = open_file(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|e| not_a_database(&shown, e))?;
+            return read_as_is(conn, &shown);
         }
     }
     configure(&conn).map_err(|e| cannot_write(&shown, &path, e))?;
-    migrate(&conn, &shown).map_err(|e| match e {
-        DbError::Sqlite(e) => cannot_write(&shown, &path, e),
-        e => e,
-    })?;
+    migrate(&conn, &shown)
+        .and_then(|()| add_permissions_column(&conn))
+        .map_err(|e| match e {
+            DbError::Sqlite(e) => cannot_write(&shown, &path, e),
+            e => e,
+        })?;
     Ok(conn)
+}
+
+/// A connection to a database this process may not write, as it is. A users table from
+/// before the Python version had permissions (see [`add_permissions_column`]) is read
+/// through a view of this connection alone, in its temporary schema, that shadows it with
+/// `permissions` NULL, so every reader of `users` works unchanged and the file is not
+/// written.
+fn read_as_is(conn: Connection, path: &str) -> Result<Connection, DbError> {
+    let shadow = lacks_permissions(&conn).and_then(|lacks| {
+        if lacks {
+            conn.execute_batch(
+                "CREATE TEMP VIEW users AS
+                 SELECT rowid AS rowid, username, api_key, email, NULL AS permissions,
+                        created_at, updated_at
+                 FROM main.users",
+            )?;
+        }
+        Ok(())
+    });
+    shadow.map_err(|e| not_a_database(path, e))?;
+    Ok(conn)
+}
+
+/// The earliest Python version's users table had no `permissions` column. It is added here,
+/// on every open that may write, rather than by a schema step: such a file may already be
+/// at the current version (an llmsrouter that did not add it brought it there). A user
+/// without permissions (NULL) may use no provider, as with any unreadable value, until
+/// `user modify` gives it some. The check and the change run in one IMMEDIATE transaction,
+/// so two processes opening the file at once add the column once.
+fn add_permissions_column(conn: &Connection) -> Result<(), DbError> {
+    if !lacks_permissions(conn)? {
+        return Ok(());
+    }
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    if lacks_permissions(&tx)? {
+        tx.execute_batch("ALTER TABLE users ADD COLUMN permissions TEXT")?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Whether the database has a users table without a `permissions` column.
+fn lacks_permissions(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) > 0 AND count(*) FILTER (WHERE lower(name) = 'permissions') = 0
+         FROM pragma_table_info('users', 'main')",
+        [],
+        |row| row.get(0),
+    )
 }
 
 /// Opens `path` as a plain file name (`flags` never hold `SQLITE_OPEN_URI`), with the busy
@@ -455,6 +509,44 @@ mod tests {
             })
             .expect("row");
         assert_eq!(key, "sk-old");
+    }
+
+    /// The earliest Python table, already at the current version (as an llmsrouter that did
+    /// not add the column left it), opened by several processes at once: each succeeds, and
+    /// the column is added once.
+    #[test]
+    fn a_users_table_without_permissions_gets_the_column_at_any_version() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("early.db");
+        {
+            let conn = Connection::open(&path).expect("create");
+            conn.execute_batch(
+                "CREATE TABLE users (username TEXT PRIMARY KEY, api_key TEXT UNIQUE NOT NULL, email TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+                 INSERT INTO users VALUES ('ann', 'sk-old', NULL, '2023-01-01T00:00:00', '2023-01-01T00:00:00');",
+            )
+            .expect("early schema");
+            conn.pragma_update(None, "user_version", current_version())
+                .expect("version");
+        }
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || open(&path).map(|_| ()).map_err(|e| e.to_string()))
+            })
+            .collect();
+        for thread in threads {
+            assert_eq!(thread.join().expect("thread"), Ok(()));
+        }
+        let conn = open(&path).expect("open");
+        assert!(!lacks_permissions(&conn).expect("columns"));
+        let permissions: Option<String> = conn
+            .query_row(
+                "SELECT permissions FROM users WHERE username = 'ann'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("row");
+        assert_eq!(permissions, None);
     }
 
     #[test]

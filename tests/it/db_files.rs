@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::upstream::{Behavior, MockUpstream};
-use crate::support::{RouterProcess, binary, run_cli, run_prepared};
+use crate::support::{RouterProcess, binary, run_cli, run_cli_as_reader, run_prepared};
 use crate::users::{Auth, PYTHON_SCHEMA, chat, two_server_config, user};
 
 /// A key as the Python version made them.
@@ -305,4 +305,100 @@ async fn a_writable_database_in_a_folder_that_is_not_is_read_as_it_is() {
 
     assert_eq!(std::fs::read(&db).expect("db"), before, "not written");
     assert_eq!(files_in(dir.path()), ["config.yaml", "users.db"]);
+}
+
+/// The earliest Python version's users table, before permissions.
+const EARLY_SCHEMA: &str = "CREATE TABLE users (username TEXT PRIMARY KEY, api_key TEXT UNIQUE NOT NULL, email TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)";
+
+/// Writes a users.db with the earliest Python version's table, holding `ann`.
+fn early_python_db(path: &Path) {
+    let conn = rusqlite::Connection::open(path).expect("create");
+    conn.execute_batch(EARLY_SCHEMA).expect("schema");
+    conn.execute(
+        "INSERT INTO users VALUES ('ann', ?1, NULL, '2023-01-01T00:00:00.000001', '2023-01-01T00:00:00.000001')",
+        [ANN_KEY],
+    )
+    .expect("ann");
+}
+
+/// A users table without the `permissions` column (the earliest Python version's): read as
+/// it is where the router may not write (a user without permissions, who may use no
+/// provider), and given the column, NULL, where it may; then `user modify` grants some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_table_without_permissions_is_read_and_given_the_column() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let upstream = MockUpstream::start(Behavior::default()).await;
+
+    // Read-only: nothing is written, ann's key is known and grants nothing.
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), two_server_config(&upstream)).expect("cfg");
+    let db = dir.path().join("users.db");
+    early_python_db(&db);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+    let before = std::fs::read(&db).expect("db");
+    let (code, out, err) = run_cli_as_reader(dir.path(), &["user", "list"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let ann = out
+        .lines()
+        .find(|line| line.starts_with("ann "))
+        .unwrap_or_default();
+    assert!(ann.contains("none granted"), "{out}");
+    let router = RouterProcess::start_as_reader(
+        dir,
+        &[
+            ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+            ("LLMSROUTER_LEDGER", "false"),
+            ("LLMSROUTER_LOG_FILE", ""),
+        ],
+    );
+    let url = router.url("/v1/chat/completions");
+    assert_eq!(
+        chat(&url, Auth::Bearer(ANN_KEY), "[mock]m").await,
+        (403, Some("provider_forbidden".to_owned()))
+    );
+    assert_eq!(std::fs::read(&db).expect("db"), before, "not written");
+    drop(router);
+
+    // Writable: the column is added by any command, reading ones too.
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), two_server_config(&upstream)).expect("cfg");
+    let db = dir.path().join("users.db");
+    early_python_db(&db);
+    let (code, out, err) = user(dir.path(), &["list"]);
+    assert_eq!(code, 0, "{err}");
+    let ann = out
+        .lines()
+        .find(|line| line.starts_with("ann "))
+        .unwrap_or_default();
+    assert!(ann.contains("none granted"), "{out}");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let column: Option<String> = conn
+        .query_row(
+            "SELECT permissions FROM users WHERE username = 'ann'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the column is there");
+    assert_eq!(column, None);
+    drop(conn);
+    let (code, _, err) = user(dir.path(), &["modify", "ann", "--permissions", "mock"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = user(dir.path(), &["add", "bob"]);
+    assert_eq!(code, 0, "{err}");
+    let router = RouterProcess::start_in(
+        dir,
+        &[
+            ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+            ("LLMSROUTER_LOG_FILE", ""),
+        ],
+    );
+    let url = router.url("/v1/chat/completions");
+    assert_eq!(
+        chat(&url, Auth::Bearer(ANN_KEY), "[mock]m").await,
+        (200, None)
+    );
+    assert_eq!(
+        chat(&url, Auth::Bearer(ANN_KEY), "[other]m").await,
+        (403, Some("provider_forbidden".to_owned()))
+    );
 }
