@@ -111,8 +111,9 @@ pub fn presented_key(fields: &Fields) -> Option<&str> {
 }
 
 /// Headers whose whole value is a key: Anthropic's and many gateways' `x-api-key`, Azure
-/// OpenAI's `api-key`, Gemini's `x-goog-api-key`.
-const KEY_HEADERS: [&str; 3] = ["x-api-key", "api-key", "x-goog-api-key"];
+/// OpenAI's `api-key`, Gemini's `x-goog-api-key`. Redacted from records, and never sent to
+/// a configured server (`proxy::headers` drops each; a test there keeps the two in step).
+pub const KEY_HEADERS: [&str; 3] = ["x-api-key", "api-key", "x-goog-api-key"];
 
 /// Every credential the client sent, whatever its scheme: each `Authorization` value's
 /// credentials (what follows `Bearer`, `Basic` or any other scheme, or the whole value when

@@ -1,7 +1,8 @@
 //! Which headers cross the router, in each direction.
 //!
 //! Upstream: the client's headers minus hop-by-hop ones, Host, Content-Length, Accept-Encoding,
-//! Expect and the router's own credentials; Authorization by the rules of PRODUCT.md; then
+//! Expect and the router's own credentials; Authorization and the other client credentials
+//! ([`crate::auth::KEY_HEADERS`]) by the rules of PRODUCT.md; then
 //! the server's configured `headers`, which win; then `Accept-Encoding: identity` unless they
 //! named one (the router reads answers, so it asks for them uncompressed: no Accept-Encoding
 //! at all would mean any coding is acceptable, RFC 9110 §12.5.3). Downstream: the upstream's
@@ -31,7 +32,9 @@ enum Known {
     AcceptEncoding,
     Expect,
     Authorization,
-    XApiKey,
+    /// A header whose whole value is a client's key ([`crate::auth::KEY_HEADERS`]:
+    /// `x-api-key`, `api-key`, `x-goog-api-key`).
+    ClientKey,
     ContentType,
     Accept,
     ContentEncoding,
@@ -51,12 +54,14 @@ fn known(name: &[u8]) -> Known {
         6 if is("expect") => Known::Expect,
         6 if is("accept") => Known::Accept,
         7 if is("trailer") || is("upgrade") => Known::HopByHop,
-        9 if is("x-api-key") => Known::XApiKey,
+        7 if is("api-key") => Known::ClientKey,
+        9 if is("x-api-key") => Known::ClientKey,
         10 if is("connection") || is("keep-alive") => Known::HopByHop,
         12 if is("content-type") => Known::ContentType,
         13 if is("authorization") => Known::Authorization,
         13 if is("cache-control") => Known::CacheControl,
         14 if is("content-length") => Known::ContentLength,
+        14 if is("x-goog-api-key") => Known::ClientKey,
         15 if is("accept-encoding") => Known::AcceptEncoding,
         16 if is("proxy-connection") => Known::HopByHop,
         16 if is("content-encoding") => Known::ContentEncoding,
@@ -136,9 +141,9 @@ impl FieldSource for UpstreamFields<'_> {
                 | Known::Expect
                 | Known::Hops => continue,
                 // A configured server is reached with the router's key: the client's
-                // credentials (a router user key, or a key for some other provider) are not
-                // passed on.
-                Known::Authorization | Known::XApiKey if server.is_some() => continue,
+                // credentials (a router user key, or a key for some other provider), in any
+                // header the router reads as one, are not passed on.
+                Known::Authorization | Known::ClientKey if server.is_some() => continue,
                 Known::ContentType => content_type = true,
                 Known::Accept => accept = true,
                 _ => {}
@@ -324,6 +329,8 @@ mod tests {
         fields(&[
             ("Authorization", "Bearer client"),
             ("x-api-key", "client-x"),
+            ("Api-Key", "client-azure"),
+            ("x-goog-api-key", "client-gemini"),
             ("Host", "router"),
             ("Content-Length", "10"),
             ("Connection", "keep-alive, x-drop"),
@@ -393,7 +400,9 @@ mod tests {
             post: true,
         });
         assert_eq!(value(&h, "authorization"), ["Bearer sk-a"]);
-        assert!(value(&h, "x-api-key").is_empty());
+        for key in crate::auth::KEY_HEADERS {
+            assert!(value(&h, key).is_empty(), "the client's {key} is not sent");
+        }
         assert_eq!(value(&h, "x-title"), ["me"], "the configured value wins");
         assert_eq!(value(&h, "x-custom"), ["kept"]);
         assert_eq!(value(&h, "openai-organization"), ["org"]);
@@ -460,6 +469,21 @@ mod tests {
         });
         assert_eq!(value(&h, "authorization"), ["Bearer client"]);
         assert_eq!(value(&h, "x-api-key"), ["client-x"]);
+        assert_eq!(value(&h, "api-key"), ["client-azure"]);
+        assert_eq!(value(&h, "x-goog-api-key"), ["client-gemini"]);
+    }
+
+    /// Every header the router reads as a client's key is one the walk drops for a configured
+    /// server: the two lists cannot drift apart.
+    #[test]
+    fn every_client_key_header_is_known_as_one() {
+        for name in crate::auth::KEY_HEADERS {
+            assert_eq!(known(name.as_bytes()), Known::ClientKey, "{name}");
+            assert_eq!(
+                known(name.to_ascii_uppercase().as_bytes()),
+                Known::ClientKey
+            );
+        }
     }
 
     #[test]

@@ -498,3 +498,56 @@ async fn a_request_without_a_model_goes_to_the_default_server_or_proxy() {
     }
     router.stop().await;
 }
+
+/// The client's credentials, in any header the router reads as one (`Authorization`,
+/// `x-api-key`, Azure's `api-key`, Gemini's `x-goog-api-key`), never reach a configured
+/// server, which gets the router's key: neither an alias's `POST` nor a `GET` forwarded to
+/// `settings.default_server`. A `?proxy=` URL target still gets them as sent.
+#[tokio::test]
+async fn client_credentials_never_reach_a_configured_server() {
+    const CREDENTIALS: [(&str, &str); 4] = [
+        ("authorization", "Bearer client-own-key"),
+        ("x-api-key", "client-anthropic-key"),
+        ("api-key", "client-azure-key-123"),
+        ("x-goog-api-key", "client-gemini-key-456"),
+    ];
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let config = format!(
+        "{}settings:\n  default_server: mock\n",
+        one_server_config(&upstream.url(), "")
+    );
+    let router = TestRouter::start(&config).await;
+    let with_credentials = |mut request: reqwest::RequestBuilder| {
+        for (name, value) in CREDENTIALS {
+            request = request.header(name, value);
+        }
+        request
+    };
+    let alias = with_credentials(client().post(router.url("/v1/chat/completions")))
+        .json(&json!({"model": "[mock]gpt-4o", "messages": []}));
+    let forwarded = with_credentials(client().get(router.url("/v1/files")));
+    for (what, request) in [("alias POST", alias), ("forwarded GET", forwarded)] {
+        let response = request.send().await.expect("send");
+        assert_eq!(response.status(), 200, "{what}");
+        let got = upstream.last();
+        assert_eq!(
+            got.headers["authorization"], "Bearer sk-mock-upstream-key",
+            "{what}"
+        );
+        assert_eq!(got.headers.get_all("authorization").iter().count(), 1);
+        for (name, _) in &CREDENTIALS[1..] {
+            assert!(!got.headers.contains_key(*name), "{what}: {name} was sent");
+        }
+    }
+
+    let url_target = with_credentials(
+        client().post(router.url(&format!("/v1/chat/completions?proxy={}", upstream.origin()))),
+    )
+    .json(&json!({"model": "gpt-4o", "messages": []}));
+    assert_eq!(url_target.send().await.expect("send").status(), 200);
+    let got = upstream.last();
+    for (name, value) in CREDENTIALS {
+        assert_eq!(got.headers[name], value, "a URL target gets {name} as sent");
+    }
+    router.stop().await;
+}
