@@ -124,19 +124,22 @@ impl Route {
 /// The path (after `/v1`) a `GET` or `DELETE` is forwarded upstream with, or `None` when the
 /// router answers it itself. Forwarded: a path that came with its `/v1/` prefix (doubled
 /// slashes aside), but `/v1`, `/v1/health` and `/v1/metrics`, when the request names a
-/// target, `?proxy=` or `settings.default_server`. The model routes: a `GET` only with
-/// `?proxy=` (without it they are the merged list of every server, with it the client asks
-/// that server for its own names), a `DELETE` (`models.delete`) to either target. The prefix
-/// is not optional here as it is for a `POST`: a browser's `/favicon.ico` or a scanner's
-/// `/.env` would otherwise go upstream with the provider's key. One rule for both servers:
-/// the router's HTTP/1 ([`crate::http1::server`]) and this dispatcher (HTTP/2).
+/// target, `?proxy=` or `settings.default_server`. The prefix is not optional here as it is
+/// for a `POST`: a browser's `/favicon.ico` or a scanner's `/.env` would otherwise go
+/// upstream with the provider's key. The model routes are the exception: they are the
+/// router's own, answered with or without `/v1`, so they are forwarded the same either way
+/// (a client whose base URL lacks `/v1` must not get the merged list for its `?proxy=`): a
+/// `GET` only with `?proxy=` (without it they are the merged list of every server, with it
+/// the client asks that server for its own names), a `DELETE` (`models.delete`) to either
+/// target. One rule for both servers: the router's HTTP/1 ([`crate::http1::server`]) and
+/// this dispatcher (HTTP/2).
 pub fn forwarded_path(
     method: &Method,
     raw_path: &str,
     query: Option<&str>,
     state: &AppState,
 ) -> Option<String> {
-    if method != Method::GET && method != Method::DELETE || !has_v1_prefix(raw_path) {
+    if method != Method::GET && method != Method::DELETE {
         return None;
     }
     let proxy = || crate::routing::proxy_param(query).is_some();
@@ -147,7 +150,7 @@ pub fn forwarded_path(
         {
             Some(normalize_path(raw_path))
         }
-        Route::Upstream(path) if path != "/" && path != "/metrics" => {
+        Route::Upstream(path) if has_v1_prefix(raw_path) && path != "/" && path != "/metrics" => {
             (default_server() || proxy()).then_some(path)
         }
         _ => None,
@@ -208,7 +211,8 @@ fn refuse_method(route: &Route, parts: &http::request::Parts, state: &AppState) 
     if method == Method::HEAD && get_forwarded() {
         hint("a GET here is forwarded upstream, a HEAD is not: send the GET");
     } else if method == Method::GET || method == Method::DELETE {
-        if !has_v1_prefix(path) {
+        let model_route = matches!(route, Route::ListModels | Route::GetModel(_));
+        if !has_v1_prefix(path) && !model_route {
             hint(
                 "a GET or DELETE is forwarded upstream only on a path that starts with /v1/, \
                  e.g. /v1/files (a POST is proxied on any path)",

@@ -179,6 +179,71 @@ async fn a_binary_answer_through_the_default_server_streams_intact() {
     router.stop().await;
 }
 
+/// The model routes answer without `/v1` too, and so take `?proxy=` there as they do with
+/// it: a client whose base URL lacks `/v1` got the router's merged list for
+/// `GET /models?proxy=<url>` (and 200 for a `?proxy=` that is no URL). Each request is
+/// answered as its `/v1/` form is: same status, same `code`, same `Allow`, same request
+/// upstream.
+#[tokio::test]
+async fn the_model_routes_take_proxy_without_v1_as_with_it() {
+    let upstream = MockUpstream::start(Behavior {
+        models_body: Some(OWN_MODELS.into()),
+        body: Some(r#"{"id":"gpt-4o","object":"model"}"#.into()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let proxy = format!("proxy={}", upstream.origin());
+    let cases = [
+        ("GET", format!("/models?{proxy}&limit=5"), 200),
+        ("GET", format!("/models/gpt-4o?{proxy}"), 200),
+        (
+            "DELETE",
+            format!("/models/ft:gpt-4o:acme::abc?{proxy}"),
+            200,
+        ),
+        ("GET", "/models?proxy=nonsense".to_owned(), 400),
+        ("HEAD", format!("/models?{proxy}"), 405),
+    ];
+    for (name, http) in clients() {
+        for (method, path, status) in &cases {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let mut answers = Vec::new();
+            for spelling in [format!("/v1{path}"), path.clone()] {
+                let before = upstream.count();
+                let response = http
+                    .request(method.clone(), router.url(&spelling))
+                    .bearer_auth("sk-client-own-key")
+                    .send()
+                    .await
+                    .expect("send");
+                let what = format!("{name} {method} {spelling}");
+                assert_eq!(response.status(), *status, "{what}");
+                let allow = response.headers().get("allow").cloned();
+                let body = response.bytes().await.expect("body");
+                let went = upstream.count() - before;
+                let got = (went > 0).then(|| {
+                    let got = upstream.last();
+                    assert_eq!(got.headers["authorization"], "Bearer sk-client-own-key");
+                    (got.method, got.path, got.query)
+                });
+                let code = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .map(|v| v["error"]["code"].clone());
+                let body = if *status == 200 { Some(body) } else { None };
+                answers.push((went, got, allow, code, body));
+            }
+            assert_eq!(answers[0], answers[1], "{name} {method} {path}");
+        }
+    }
+    assert_eq!(
+        upstream.received()[0].path,
+        "/v1/models",
+        "the first was forwarded"
+    );
+    router.stop().await;
+}
+
 /// `files.delete` with `?proxy=`: a `DELETE` upstream with the client's key, the answer back.
 #[tokio::test]
 async fn a_delete_with_proxy_is_forwarded() {
@@ -294,6 +359,12 @@ async fn with_accounts_on_other_methods_are_held_to_what_the_user_may_use() {
             ),
             (
                 format!("/v1/models{proxy}"),
+                Some(BOB_KEY),
+                403,
+                "url_target_forbidden",
+            ),
+            (
+                format!("/models/gpt-4o{proxy}"),
                 Some(BOB_KEY),
                 403,
                 "url_target_forbidden",
