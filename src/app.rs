@@ -142,7 +142,8 @@ pub fn forwarded_path(
     if method != Method::GET && method != Method::DELETE {
         return None;
     }
-    let proxy = || crate::routing::proxy_param(query).is_some();
+    // A conflicting `?proxy=` names a target too: forwarded, it is refused with a request id.
+    let proxy = || crate::routing::names_proxy(query);
     let default_server = || state.config.load().settings.default_server.is_some();
     match Route::of(raw_path) {
         Route::ListModels | Route::GetModel(_)
@@ -164,8 +165,7 @@ fn has_v1_prefix(raw_path: &str) -> bool {
 
 /// Whether the request names a target a `GET` or `DELETE` could be forwarded to.
 fn names_target(query: Option<&str>, state: &AppState) -> bool {
-    crate::routing::proxy_param(query).is_some()
-        || state.config.load().settings.default_server.is_some()
+    crate::routing::names_proxy(query) || state.config.load().settings.default_server.is_some()
 }
 
 /// The methods `route` takes for this request, for a 405's `Allow` (RFC 9110 §15.5.6): the

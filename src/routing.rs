@@ -475,12 +475,37 @@ fn is_proxy_pair(pair: &str) -> bool {
         .is_some_and(|(key, _)| key == "proxy")
 }
 
-/// Finds the decoded `proxy` parameter of a raw query string.
-pub fn proxy_param(query: Option<&str>) -> Option<String> {
-    let query = query?;
-    url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "proxy")
-        .map(|(_, v)| v.into_owned())
+/// Finds the decoded `proxy` parameter of a raw query string. Sent twice with different
+/// values it is a 400: whichever the router took, the client meant the other one just as
+/// much (the same value repeated, as a client that adds its default query to a URL that has
+/// it already sends, is one target).
+pub fn proxy_param(query: Option<&str>) -> Result<Option<String>, ProxyError> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    let mut values = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == "proxy")
+        .map(|(_, v)| v);
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    // The values are not quoted: a URL target's query may hold a key.
+    if values.any(|other| other != first) {
+        return Err(ProxyError::InvalidRequest(
+            "the query has more than one proxy= parameter, with different values: name one \
+             target (send ?proxy=<url> once)"
+                .into(),
+        ));
+    }
+    Ok(Some(first.into_owned()))
+}
+
+/// Whether a raw query string has a `proxy` parameter at all (one [`proxy_param`] would read,
+/// or refuse), without decoding its value: the request names its target with it.
+pub fn names_proxy(query: Option<&str>) -> bool {
+    query.is_some_and(|query| {
+        url::form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "proxy")
+    })
 }
 
 #[cfg(test)]
@@ -751,11 +776,41 @@ servers:
     #[test]
     fn proxy_param_is_decoded() {
         assert_eq!(
-            proxy_param(Some("a=1&proxy=https%3A%2F%2Fh.com%2Fv1")).as_deref(),
+            proxy_param(Some("a=1&proxy=https%3A%2F%2Fh.com%2Fv1"))
+                .expect("one")
+                .as_deref(),
             Some("https://h.com/v1")
         );
-        assert_eq!(proxy_param(Some("a=1")), None);
-        assert_eq!(proxy_param(None), None);
+        assert_eq!(proxy_param(Some("a=1")), Ok(None));
+        assert_eq!(proxy_param(None), Ok(None));
+        assert!(!names_proxy(Some("a=1&proxyx=2")));
+        assert!(!names_proxy(None));
+    }
+
+    /// Two different targets are refused, whichever comes first and however each is
+    /// spelled; the same one repeated is that target.
+    #[test]
+    fn conflicting_proxy_params_are_refused() {
+        for query in [
+            "proxy=http://a&proxy=http://b",
+            "proxy=http://b&limit=1&%70roxy=http://a",
+            "proxy=http://a&proxy=",
+        ] {
+            let error = proxy_param(Some(query)).expect_err(query);
+            assert_eq!(error.code(), "invalid_request");
+            assert!(
+                error.to_string().contains("more than one proxy="),
+                "{error}"
+            );
+            assert!(
+                !error.to_string().contains("http://"),
+                "no value quoted: {error}"
+            );
+        }
+        assert_eq!(
+            proxy_param(Some("proxy=http://a&proxy=http%3A%2F%2Fa")),
+            Ok(Some("http://a".to_owned()))
+        );
     }
 
     /// Every spelling of the key that names the target is taken out of the query sent on.
@@ -767,7 +822,7 @@ servers:
             "%70%72%6F%78%79=http://h&limit=1",
             "limit=1&proxy=a&proxy=b",
         ] {
-            assert!(proxy_param(Some(query)).is_some(), "{query}");
+            assert!(names_proxy(Some(query)), "{query}");
             assert_eq!(strip_proxy_param(query), "limit=1", "{query}");
         }
         assert_eq!(

@@ -347,7 +347,7 @@ async fn forward_inner(
         Ok(view) => view,
         Err(error) => {
             // A body that names no model goes where the request's target is named otherwise.
-            let elsewhere = routing::proxy_param(request.query).is_some()
+            let elsewhere = routing::names_proxy(request.query)
                 || state.config.load().settings.default_server.is_some();
             return match RequestView::unnamed(&request.body).filter(|_| elsewhere) {
                 Some(stream) => {
@@ -552,7 +552,7 @@ async fn forward_read<V: ReadBody>(
         )));
     }
 
-    let proxy = routing::proxy_param(request.query);
+    let proxy = routing::proxy_param(request.query)?;
     let target = match view.model() {
         Some(model) => {
             let owner = match (&proxy, routing::parse_model(model)?) {

@@ -195,6 +195,59 @@ async fn an_encoded_proxy_key_is_stripped_like_the_plain_one() {
     router.stop().await;
 }
 
+/// `?proxy=` twice with different values is a 400 on every route that reads it (a `POST`,
+/// a forwarded `GET` or `DELETE`, the model routes): whichever the router picked, the client
+/// meant the other as much. Neither upstream is asked. The same value repeated is one target.
+#[tokio::test]
+async fn conflicting_proxy_values_are_refused() {
+    let first = MockUpstream::start(Behavior::default()).await;
+    let second = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start("servers: {}\n").await;
+    let both = format!("proxy={}&proxy={}", first.origin(), second.origin());
+    let encoded = format!(
+        "proxy={}&limit=1&%70roxy={}",
+        second.origin(),
+        first.origin()
+    );
+    let http2 = crate::support::h2c_client();
+    for (name, http) in [("http1", client()), ("h2c", http2)] {
+        for query in [&both, &encoded] {
+            let requests = [
+                http.post(router.url(&format!("/v1/chat/completions?{query}")))
+                    .json(&json!({"model": "gpt-4o", "messages": []})),
+                http.post(router.url(&format!("/v1/batches?{query}")))
+                    .json(&json!({"input_file_id": "f"})),
+                http.get(router.url(&format!("/v1/files?{query}"))),
+                http.delete(router.url(&format!("/v1/files/file-1?{query}"))),
+                http.get(router.url(&format!("/v1/models?{query}"))),
+                http.get(router.url(&format!("/models/gpt-4o?{query}"))),
+            ];
+            for request in requests {
+                let response = request.send().await.expect("send");
+                let what = format!("{name} {:?}", response.url().path());
+                assert_eq!(response.status(), 400, "{what}");
+                assert!(response.headers().contains_key("x-llmsrouter-request-id"));
+                let error: serde_json::Value = response.json().await.expect("json");
+                assert_eq!(error["error"]["code"], "invalid_request", "{what}");
+                let message = error["error"]["message"].as_str().expect("message");
+                assert!(message.contains("more than one proxy="), "{message}");
+            }
+        }
+    }
+    assert_eq!((first.count(), second.count()), (0, 0), "no upstream asked");
+
+    let same = format!("proxy={}&proxy={}", first.origin(), first.origin());
+    let response = client()
+        .post(router.url(&format!("/v1/chat/completions?{same}")))
+        .json(&json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(first.last().query, None, "no proxy= goes upstream");
+    router.stop().await;
+}
+
 /// A target that leads back to the router: each hop counts itself in `x-llmsrouter-hops`,
 /// and past 8 the request is refused with 508 `loop_detected` instead of holding a
 /// connection per hop. The upstream is never reached; a request that goes through the
