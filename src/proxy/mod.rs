@@ -349,16 +349,33 @@ async fn forward_inner(
             // A body that names no model goes where the request's target is named otherwise.
             let elsewhere = routing::names_proxy(request.query)
                 || state.config.load().settings.default_server.is_some();
-            return match RequestView::unnamed(&request.body).filter(|_| elsewhere) {
-                Some(stream) => {
+            return match RequestView::unnamed(&request.body) {
+                Some(stream) if elsewhere => {
                     let view = Unnamed { stream };
                     Box::pin(forward_read(state, request, view, started_at, hard_stop)).await
                 }
+                Some(_) => Err(no_target(&request.body)),
                 None => Err(error),
             };
         }
     };
     forward_read(state, request, view, started_at, hard_stop).await
+}
+
+/// The refusal of a `POST` that names no model (an empty body, or JSON without `model`)
+/// where nothing else names its target: it says what would route it, as a form's and a
+/// `GET`'s refusals do, rather than only that the body is not JSON or has no model.
+fn no_target(body: &[u8]) -> ProxyError {
+    let what = if body.trim_ascii().is_empty() {
+        "the request has no body, so it names no model"
+    } else {
+        "the request body has no \"model\""
+    };
+    ProxyError::InvalidRequest(format!(
+        "{what}: add one (\"model\": \"[alias]name\"), or name the target with \
+         ?proxy=<url> or settings.default_server in config.yaml (a POST without a model, \
+         such as responses.cancel or batches.create, goes to one of them)"
+    ))
 }
 
 /// A JSON body without a `model`, or none at all (`/batches`, `/responses/{id}/cancel`),

@@ -482,8 +482,10 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 
 /// A JSON body that names no model (`batches.create`), or no body at all
 /// (`responses.cancel`), goes to `settings.default_server` with its key, or to `?proxy=`,
-/// as it came; with neither it is refused as before. A form without a model went there
-/// already; such requests used to get 400 even when a target was named.
+/// as it came; with neither it is refused with 400, and the message says what would route
+/// it (as a form's and a `GET`'s do: an empty body was told only that it was not JSON). A
+/// form without a model went there already; such requests used to get 400 even when a
+/// target was named.
 #[tokio::test]
 async fn a_request_without_a_model_goes_to_the_default_server_or_proxy() {
     let upstream = MockUpstream::start(Behavior {
@@ -503,10 +505,21 @@ async fn a_request_without_a_model_goes_to_the_default_server_or_proxy() {
     };
 
     let plain = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let refused = post(&plain, "/v1/batches", batch).await.expect("send");
-    assert_eq!(refused.status(), 400);
-    let text = refused.text().await.expect("body");
-    assert!(text.contains(r#"no \"model\""#), "{text}");
+    for (path, body, what) in [
+        ("/v1/batches", batch, r#"no "model""#),
+        ("/v1/responses/resp_1/cancel", "", "no body"),
+    ] {
+        let refused = post(&plain, path, body).await.expect("send");
+        assert_eq!(refused.status(), 400, "{path}");
+        let error: serde_json::Value = refused.json().await.expect("json");
+        assert_eq!(error["error"]["code"], "invalid_request");
+        let message = error["error"]["message"].as_str().expect("message");
+        assert!(message.contains(what), "{message}");
+        assert!(
+            message.contains("?proxy=") && message.contains("settings.default_server"),
+            "{path}: says what would route it: {message}"
+        );
+    }
     assert_eq!(upstream.count(), 0);
     let proxied = post(
         &plain,
