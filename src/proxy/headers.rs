@@ -16,6 +16,7 @@ use std::borrow::Cow;
 
 use http::header::HeaderName;
 
+use crate::error::ProxyError;
 use crate::http1::fields::{FieldSource, Fields, FieldsBuilder, trim};
 use crate::routing::Target;
 use crate::sinks::redact::Redactor;
@@ -118,6 +119,9 @@ pub struct UpstreamFields<'a> {
     /// A `POST`: without a Content-Type of its own it goes as JSON. A `GET` or `DELETE` gets
     /// none added: it has no body to describe.
     pub post: bool,
+    /// The routers the request has come through so far ([`hops_of`], read once when it was
+    /// checked): it goes upstream with one more.
+    pub hops: u32,
 }
 
 impl FieldSource for UpstreamFields<'_> {
@@ -183,7 +187,7 @@ impl FieldSource for UpstreamFields<'_> {
         if !accept_encoding {
             emit(b"accept-encoding", b"identity");
         }
-        let hops = hops_of(self.client).saturating_add(1);
+        let hops = self.hops.saturating_add(1);
         emit(HOPS.as_bytes(), itoa::Buffer::new().format(hops).as_bytes());
     }
 }
@@ -249,16 +253,25 @@ pub const HOPS: &str = "x-llmsrouter-hops";
 /// company one) is two or three deep.
 pub const MAX_HOPS: u32 = 8;
 
-/// The hops a request has made so far (none without the field; an unreadable value counts
-/// as the most, so a loop cannot hide by garbling it).
-pub fn hops_of(fields: &Fields) -> u32 {
-    match fields.get(HOPS) {
-        None => 0,
-        Some(value) => std::str::from_utf8(trim(value))
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(MAX_HOPS),
+/// The hops a request has made so far: none without the field. A value that is not a
+/// whole number (`abc`, `-1`, empty) is refused as malformed rather than read as 0, so a loop
+/// cannot hide by garbling it, nor as [`MAX_HOPS`], which told the client it had come through
+/// eight routers. Digits too many for a `u32` are past any limit: the most.
+pub fn hops_of(fields: &Fields) -> Result<u32, ProxyError> {
+    let Some(value) = fields.get(HOPS) else {
+        return Ok(0);
+    };
+    let digits = trim(value);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(ProxyError::InvalidRequest(format!(
+            "the {HOPS} header is malformed: it must be a whole number (how many routers the \
+             request has come through; a client need not send it)"
+        )));
     }
+    let count = digits.iter().try_fold(0u32, |n, d| {
+        n.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+    });
+    Ok(count.unwrap_or(u32::MAX))
 }
 
 impl FieldSource for AnswerFields {
@@ -384,6 +397,7 @@ mod tests {
                 client: &client,
                 target: &t,
                 post: true,
+                hops: 0,
             });
             assert_eq!(value(&h, "content-type"), [expected]);
         }
@@ -398,6 +412,7 @@ mod tests {
             client: &client,
             target: &t,
             post: true,
+            hops: 0,
         });
         assert_eq!(value(&h, "authorization"), ["Bearer sk-a"]);
         for key in crate::auth::KEY_HEADERS {
@@ -434,6 +449,7 @@ mod tests {
             client: &client,
             target: &t,
             post: true,
+            hops: 0,
         });
         assert_eq!(value(&h, "authorization"), ["Basic xyz"]);
         assert_eq!(value(&h, "accept"), ["text/plain"]);
@@ -453,6 +469,7 @@ mod tests {
             client: &client,
             target: &t,
             post: true,
+            hops: 0,
         });
         assert!(value(&h, "authorization").is_empty());
     }
@@ -466,6 +483,7 @@ mod tests {
             client: &client,
             target: &t,
             post: true,
+            hops: 0,
         });
         assert_eq!(value(&h, "authorization"), ["Bearer client"]);
         assert_eq!(value(&h, "x-api-key"), ["client-x"]);
@@ -483,6 +501,19 @@ mod tests {
                 known(name.to_ascii_uppercase().as_bytes()),
                 Known::ClientKey
             );
+        }
+    }
+
+    #[test]
+    fn hops_are_a_whole_number_or_malformed() {
+        let hops = |value: &str| hops_of(&fields(&[(HOPS, value)]));
+        assert_eq!(hops_of(&fields(&[])), Ok(0));
+        assert_eq!(hops(" 3 "), Ok(3));
+        assert_eq!(hops("99999999999999"), Ok(u32::MAX));
+        for malformed in ["abc", "-1", "", "+1", "1.5", "0x8"] {
+            let error = hops(malformed).expect_err(malformed);
+            assert_eq!(error.code(), "invalid_request", "{malformed:?}");
+            assert!(error.to_string().contains("malformed"), "{error}");
         }
     }
 

@@ -559,7 +559,7 @@ async fn forward_read<V: ReadBody>(
     let body = request.body;
     let request_layout = view.take_layout();
     let caller = request.caller;
-    let hops = headers::hops_of(request.fields);
+    let hops = headers::hops_of(request.fields)?;
     if hops >= headers::MAX_HOPS {
         return Err(ProxyError::LoopDetected(format!(
             "the request has come through {hops} routers ({} header); its target leads back \
@@ -635,6 +635,7 @@ async fn forward_read<V: ReadBody>(
         client: request.fields,
         target: &target,
         post,
+        hops,
     };
     let prepared = state
         .upstream

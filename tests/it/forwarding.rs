@@ -281,6 +281,46 @@ async fn a_target_leading_back_to_the_router_is_refused_after_eight_hops() {
     router.stop().await;
 }
 
+/// An `x-llmsrouter-hops` that is not a whole number is a 400 that says the field is
+/// malformed: it was read as 8 and answered 508 "has come through 8 routers", which sent the
+/// client looking for a loop. Nothing goes upstream (read as 0 a loop could hide by garbling
+/// it).
+#[tokio::test]
+async fn a_malformed_hop_count_is_a_400_not_a_loop() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let config = format!(
+        "{}settings:\n  default_server: mock\n",
+        one_server_config(&upstream.url(), "")
+    );
+    let router = TestRouter::start(&config).await;
+    for value in ["abc", "-1", "", "1.5"] {
+        let requests = [
+            client()
+                .post(router.url("/v1/chat/completions"))
+                .json(&json!({"model": "[mock]m", "messages": []})),
+            client().get(router.url("/v1/files")),
+        ];
+        for request in requests {
+            let response = request
+                .header("x-llmsrouter-hops", value)
+                .send()
+                .await
+                .expect("send");
+            let what = format!("{value:?} {}", response.url().path());
+            assert_eq!(response.status(), 400, "{what}");
+            let error: serde_json::Value = response.json().await.expect("json");
+            assert_eq!(error["error"]["code"], "invalid_request", "{what}");
+            let message = error["error"]["message"].as_str().expect("message");
+            assert!(
+                message.contains("x-llmsrouter-hops") && message.contains("malformed"),
+                "{message}"
+            );
+        }
+    }
+    assert_eq!(upstream.count(), 0);
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn health_answers_ok() {
     let router = TestRouter::start("").await;
