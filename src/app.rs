@@ -39,6 +39,10 @@ pub enum Route {
     /// A path with a `.` or `..` segment (raw or percent-encoded): refused, since the upstream
     /// URL would resolve it and leave the configured base path, with the provider's key.
     DotSegment,
+    /// The target `*` (RFC 9112 §3.2.4: the server as a whole, for `OPTIONS`): no path, so
+    /// never proxied (it was, as `/*`). The router's HTTP/1 refuses it before this for any
+    /// other method.
+    Asterisk,
 }
 
 /// Collapses repeated slashes, drops a trailing slash and a leading `/v1` segment.
@@ -96,6 +100,9 @@ impl Route {
     }
 
     pub fn of(raw_path: &str) -> Self {
+        if raw_path == "*" {
+            return Self::Asterisk;
+        }
         // A dot segment has a `.` (raw or as `%2e`); the usual path has neither. A backslash
         // is refused with them: URL parsers read it as `/` (WHATWG, for http URLs), so
         // `a\..\..\admin` would climb out of a server's base URL where no `/` shows it.
@@ -259,6 +266,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let route = Route::of(parts.uri.path());
     match route {
         Route::Health => return health(&parts.method),
+        Route::Asterisk => return asterisk(&parts.method),
         Route::DotSegment => {
             return ProxyError::InvalidRequest(
                 "the path has a \".\" or \"..\" segment or a backslash; send the plain path, e.g. /v1/chat/completions".into(),
@@ -365,6 +373,24 @@ fn metrics(state: &AppState) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
+}
+
+/// `OPTIONS *` asks what the server as a whole takes: the router answers `OPTIONS`
+/// nowhere, so 405 with an empty `Allow`. Any other method with `*` is a malformed request.
+fn asterisk(method: &Method) -> Response {
+    if method == Method::OPTIONS {
+        return method_not_allowed(
+            "OPTIONS is not served: send a request to a path, e.g. POST /v1/chat/completions"
+                .into(),
+            "",
+        );
+    }
+    ProxyError::InvalidRequest(
+        "the request target \"*\" is only for OPTIONS (RFC 9112 §3.2.4); send a path, e.g. \
+         /v1/chat/completions"
+            .into(),
+    )
+    .into_response()
 }
 
 fn health(method: &Method) -> Response {

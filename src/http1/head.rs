@@ -177,12 +177,31 @@ pub fn parse_request(
 /// RFC 9112 §3.2: an HTTP/1.1 request must have exactly one `Host`, and a server must answer
 /// 400 to one without, with two, or with one that is not a host; an HTTP/1.0 request may
 /// have none. A `#fragment` is never part of a request target (RFC 9112 §3.2): a client that
-/// sends one would have it go upstream percent-encoded as part of the path.
+/// sends one would have it go upstream percent-encoded as part of the path. A target is a
+/// path (origin form) or a URL (absolute form), or `*` for a server-wide `OPTIONS` (§3.2.4):
+/// anything else (`POST *`, `POST chat/completions`) was read as a path after `/v1` and
+/// proxied, `*` to `<base>/*` with the provider's key.
 fn check_target_and_host(request: &RequestHead) -> Result<(), HeadError> {
-    if request.target().contains('#') {
+    let target = request.target();
+    if target.contains('#') {
         return Err(HeadError::Malformed(
             "the request target holds a '#' fragment".into(),
         ));
+    }
+    if !target.starts_with('/') && !target.contains("://") {
+        return Err(match target {
+            "*" if request.method == http::Method::OPTIONS => return Ok(()),
+            "*" => HeadError::Malformed(
+                "the request target \"*\" is only for OPTIONS (RFC 9112 §3.2.4); send a path, \
+                 e.g. /v1/chat/completions"
+                    .into(),
+            ),
+            _ => HeadError::Malformed(
+                "the request target is not a path: send one that starts with /, \
+                 e.g. /v1/chat/completions"
+                    .into(),
+            ),
+        });
     }
     let mut hosts = request.fields.get_all("host");
     match (hosts.next(), hosts.next()) {
@@ -404,6 +423,10 @@ mod tests {
             "POST /x HTTP/1.1\r\nHost: a b\r\n\r\n",
             "POST /x HTTP/1.1\r\nHost: a/b\r\n\r\n",
             "POST /x#frag HTTP/1.1\r\nHost: a\r\n\r\n",
+            "POST * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "POST chat/completions HTTP/1.1\r\nHost: a\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             assert!(
                 matches!(request(bad), Err(HeadError::Malformed(_))),
@@ -415,6 +438,8 @@ mod tests {
             "POST /x HTTP/1.1\r\nHost:\r\n\r\n",
             "POST /x HTTP/1.1\r\nHost: [::1]:8000\r\n\r\n",
             "POST /x HTTP/1.1\r\nhost: router.example:80\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "POST http://a/v1/x HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             assert!(matches!(request(good), Ok(Some(_))), "{good:?}");
         }

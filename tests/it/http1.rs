@@ -320,6 +320,51 @@ async fn a_missing_doubled_or_bad_host_and_a_fragment_are_refused() {
     router.stop().await;
 }
 
+/// A request target that is not a path is not proxied: `POST *` went upstream as
+/// `<base>/*` with the provider's key, and `POST chat/completions` as a path. `*` is only
+/// for a server-wide `OPTIONS` (RFC 9112 §3.2.4), which gets 405 as `OPTIONS` does
+/// everywhere; the others are malformed (400, the connection closes). Through a
+/// `settings.default_server` too, which a `GET` would otherwise reach.
+#[tokio::test]
+async fn a_target_that_is_not_a_path_is_refused() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let config = format!(
+        "{}settings:\n  default_server: mock\n",
+        one_server_config(&upstream.url(), "")
+    );
+    let router = TestRouter::start(&config).await;
+    for (method, target) in [
+        ("POST", "*"),
+        ("GET", "*"),
+        ("DELETE", "*"),
+        ("POST", "chat/completions"),
+        ("POST", "v1/chat/completions"),
+    ] {
+        let mut raw = Raw::connect(router.addr).await;
+        let wire = post(target, CHAT, "").replacen("POST", method, 1);
+        raw.send(wire.as_bytes()).await;
+        let answer = raw.answer().await;
+        assert_eq!(answer.status, 400, "{method} {target}");
+        let error = answer.json();
+        assert_eq!(error["error"]["code"], "invalid_request");
+        let message = error["error"]["message"].as_str().expect("message");
+        assert!(message.contains("request target"), "{message}");
+        assert!(
+            raw.closed().await,
+            "{method} {target}: the connection closes"
+        );
+    }
+    let mut raw = Raw::connect(router.addr).await;
+    raw.send(b"OPTIONS * HTTP/1.1\r\nHost: router\r\n\r\n")
+        .await;
+    let answer = raw.answer().await;
+    assert_eq!(answer.status, 405);
+    assert_eq!(answer.header("allow"), Some(""));
+    assert_eq!(answer.json()["error"]["code"], "method_not_allowed");
+    assert_eq!(upstream.count(), 0, "nothing was forwarded");
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn heads_it_cannot_take_get_openai_shaped_errors() {
     let (upstream, router) = setup().await;
