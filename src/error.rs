@@ -40,6 +40,10 @@ pub enum ProxyError {
     /// A request head (request line and header fields) over the router's limits.
     #[error("{0}")]
     HeadTooLarge(String),
+    /// A request target longer than a route the router answers itself can take
+    /// ([`crate::http1::MAX_URI_BYTES`]).
+    #[error("{0}")]
+    UriTooLong(String),
     /// Request body over `settings.max_body_bytes`.
     #[error("request body is larger than the limit of {limit} bytes (settings.max_body_bytes)")]
     BodyTooLarge { limit: usize },
@@ -70,6 +74,7 @@ impl ProxyError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -90,6 +95,7 @@ impl ProxyError {
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::HeadTooLarge(_) => "request_header_too_large",
+            Self::UriTooLong(_) => "uri_too_long",
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::ShuttingDown(_) => "server_shutting_down",

@@ -31,3 +31,22 @@ pub const MAX_HEAD_BYTES: usize = 256 * 1024;
 
 /// Most header fields in one message head: 431 beyond it (hyper's limit too).
 pub const MAX_FIELDS: usize = 100;
+
+/// Longest request target (path and query) a request the axum app answers may have: the
+/// limit of `http::Uri` (`u16::MAX - 1`), which the app's request is built on; 414 beyond
+/// it. A proxied `POST` or a forwarded `GET`/`DELETE` never becomes a `Uri` and takes
+/// targets up to [`MAX_HEAD_BYTES`].
+pub const MAX_URI_BYTES: usize = u16::MAX as usize - 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`MAX_URI_BYTES`] is `http::Uri`'s own limit: the longest target it parses.
+    #[test]
+    fn the_uri_limit_is_that_of_http_uri() {
+        let longest = format!("/{}", "a".repeat(MAX_URI_BYTES - 1));
+        assert!(longest.parse::<http::Uri>().is_ok());
+        assert!(format!("{longest}a").parse::<http::Uri>().is_err());
+    }
+}

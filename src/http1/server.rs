@@ -347,6 +347,14 @@ impl Conn {
         };
         let http10 = head.http10;
         let is_head = head.method == Method::HEAD;
+        if head.target().len() > super::MAX_URI_BYTES {
+            let error = ProxyError::UriTooLong(format!(
+                "the request target (path and query) is longer than {} bytes, the most the \
+                 router takes on a route it answers itself; shorten the query",
+                super::MAX_URI_BYTES
+            ));
+            return self.answer_error(&error, keep_alive, http10).await;
+        }
         let Some(request) = app_request(head, body) else {
             let error = ProxyError::InvalidRequest("the request target is not a valid URI".into());
             return self.answer_error(&error, keep_alive, http10).await;

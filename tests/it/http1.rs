@@ -365,6 +365,47 @@ async fn a_target_that_is_not_a_path_is_refused() {
     router.stop().await;
 }
 
+/// A request the router answers itself (the model list, a 405) with a target longer than
+/// `http::Uri` takes gets 414 `uri_too_long` in OpenAI's shape, not 400 "not a valid URI"
+/// (the head itself is well within its 256 KiB); the connection stays usable.
+#[tokio::test]
+async fn a_target_too_long_for_the_routers_own_routes_is_414() {
+    let (upstream, router) = setup().await;
+    let mut raw = Raw::connect(router.addr).await;
+    let query = "a".repeat(70 * 1024);
+    for target in [
+        format!("/v1/models?x={query}"),
+        format!("/v1/files?x={query}"),
+    ] {
+        raw.send(format!("GET {target} HTTP/1.1\r\nHost: router\r\n\r\n").as_bytes())
+            .await;
+        let answer = raw.answer().await;
+        assert_eq!(answer.status, 414);
+        let error = answer.json();
+        assert_eq!(error["error"]["code"], "uri_too_long");
+        let message = error["error"]["message"].as_str().expect("message");
+        assert!(message.contains("65534 bytes"), "{message}");
+    }
+    let fits = format!("/v1/models?x={}", "a".repeat(60 * 1024));
+    raw.send(format!("GET {fits} HTTP/1.1\r\nHost: router\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(
+        raw.answer().await.status,
+        200,
+        "same connection, a target that fits"
+    );
+    assert_eq!(
+        upstream
+            .received()
+            .iter()
+            .filter(|r| r.path != "/v1/models")
+            .count(),
+        0,
+        "nothing but the model list was asked upstream"
+    );
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn heads_it_cannot_take_get_openai_shaped_errors() {
     let (upstream, router) = setup().await;
