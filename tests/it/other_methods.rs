@@ -515,6 +515,18 @@ async fn a_model_delete_goes_to_the_default_server() {
             .expect("send");
         assert_eq!(response.status(), 405, "{name}");
         assert_eq!(response.headers()["allow"], "GET, HEAD", "{name}");
+        // Without `/v1` the same: the model routes need no prefix, so it is not suggested.
+        let response = http
+            .delete(router.url("/models/ft:gpt-4o:acme::abc"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 405, "{name}");
+        assert_eq!(response.headers()["allow"], "GET, HEAD", "{name}");
+        let error: Value = response.json().await.expect("json");
+        let message = error["error"]["message"].as_str().expect("message");
+        assert!(message.contains("?proxy="), "{message}");
+        assert!(!message.contains("starts with /v1/"), "{message}");
     }
     assert_eq!(upstream.count(), 0);
     router.stop().await;
