@@ -1097,6 +1097,52 @@ pub struct StreamAccumulator {
     audio: Option<AudioTally>,
     /// Set by the first event of an image stream (see [`is_image_event`]), as `audio` is.
     images: Option<ImageTally>,
+    /// How much text the record keeps of this stream (see [`TextBudget`]).
+    budget: TextBudget,
+}
+
+/// Most bytes of text a stream's record keeps: its content, reasoning, refusal and tool
+/// calls together. A real answer is a few hundred kilobytes at most; an upstream that streams
+/// without end (or a `?proxy=` server made to) would otherwise grow the record, and the
+/// router's memory, with every byte it relays, gigabytes within seconds. Past it the record
+/// keeps what it had, ending in [`crate::sinks::generation::TRUNCATION_MARKER`]; the client
+/// gets every byte, and usage is still read.
+pub const MAX_STREAM_TEXT: usize = 8 * 1024 * 1024;
+
+/// Most tool calls a stream's record keeps (each costs a record entry even when empty), for
+/// the reason [`MAX_STREAM_TEXT`] bounds the text.
+pub const MAX_STREAM_TOOL_CALLS: usize = 1024;
+
+/// The text a stream's record has kept so far, against [`MAX_STREAM_TEXT`].
+#[derive(Debug, Default)]
+struct TextBudget {
+    kept: usize,
+    cut: bool,
+}
+
+impl TextBudget {
+    /// Appends `text` to `field` while there is room; the piece that does not fit is cut at a
+    /// character boundary and the field that was growing ends with the marker; after that
+    /// nothing more is kept.
+    fn append(&mut self, field: &mut String, text: &str) {
+        if self.cut || text.is_empty() {
+            return;
+        }
+        let room = MAX_STREAM_TEXT - self.kept;
+        if text.len() <= room {
+            field.push_str(text);
+            self.kept += text.len();
+            return;
+        }
+        let mut end = room;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        field.push_str(&text[..end]);
+        field.push_str(crate::sinks::generation::TRUNCATION_MARKER);
+        self.kept = MAX_STREAM_TEXT;
+        self.cut = true;
+    }
 }
 
 /// What an image stream (`/images/generations` or `/images/edits` with `stream: true`)
@@ -1484,20 +1530,20 @@ impl StreamAccumulator {
         }
         if let Some(text) = choice.text {
             self.note_output(!text.is_empty());
-            self.summary.content.push_str(&text);
+            self.budget.append(&mut self.summary.content, &text);
         }
         let Some(delta) = choice.delta else { return };
         if let Some(text) = delta.content {
             self.note_output(!text.is_empty());
-            self.summary.content.push_str(&text);
+            self.budget.append(&mut self.summary.content, &text);
         }
         if let Some(text) = delta.reasoning_content.or(delta.reasoning) {
             self.note_output(!text.is_empty());
-            self.summary.reasoning.push_str(&text);
+            self.budget.append(&mut self.summary.reasoning, &text);
         }
         if let Some(text) = delta.refusal {
             self.note_output(!text.is_empty());
-            self.summary.refusal.push_str(&text);
+            self.budget.append(&mut self.summary.refusal, &text);
         }
         for call in delta.tool_calls.unwrap_or_default() {
             self.note_output(true);
@@ -1512,8 +1558,9 @@ impl StreamAccumulator {
                     _ => calls.len().saturating_sub(1),
                 }
             });
-            // An index far beyond what was seen would make us allocate for nothing.
-            if index > self.summary.tool_calls.len() + 64 {
+            // An index far beyond what was seen would make us allocate for nothing; past
+            // [`MAX_STREAM_TOOL_CALLS`] no call is added.
+            if index > self.summary.tool_calls.len() + 64 || index >= MAX_STREAM_TOOL_CALLS {
                 continue;
             }
             while self.summary.tool_calls.len() <= index {
@@ -1531,10 +1578,10 @@ impl StreamAccumulator {
             }
             if let Some(function) = call.function {
                 if let Some(name) = function.name {
-                    slot.name.push_str(&name);
+                    self.budget.append(&mut slot.name, &name);
                 }
                 if let Some(args) = function.arguments {
-                    slot.arguments.push_str(&args);
+                    self.budget.append(&mut slot.arguments, &args);
                 }
             }
         }
@@ -1551,19 +1598,19 @@ impl StreamAccumulator {
             "response.output_text.delta" => {
                 if let Some(text) = delta_text() {
                     self.note_output(!text.is_empty());
-                    self.summary.content.push_str(&text);
+                    self.budget.append(&mut self.summary.content, &text);
                 }
             }
             "response.reasoning_summary_text.delta" | "response.reasoning_text.delta" => {
                 if let Some(text) = delta_text() {
                     self.note_output(!text.is_empty());
-                    self.summary.reasoning.push_str(&text);
+                    self.budget.append(&mut self.summary.reasoning, &text);
                 }
             }
             "response.refusal.delta" => {
                 if let Some(text) = delta_text() {
                     self.note_output(!text.is_empty());
-                    self.summary.refusal.push_str(&text);
+                    self.budget.append(&mut self.summary.refusal, &text);
                 }
             }
             // The model answering is known from the first event: a stream cut (or ended by
@@ -1632,7 +1679,7 @@ impl StreamAccumulator {
             "transcript.text.delta" => {
                 if let Some(text) = event.delta {
                     self.note_output(!text.is_empty());
-                    self.summary.content.push_str(&text);
+                    self.budget.append(&mut self.summary.content, &text);
                 }
             }
             "transcript.text.done" => {
@@ -1713,6 +1760,9 @@ impl StreamAccumulator {
                 };
                 if is_tool_use(block.kind.as_deref()) {
                     self.note_output(true);
+                    if self.summary.tool_calls.len() >= MAX_STREAM_TOOL_CALLS {
+                        return;
+                    }
                     let index = chunk.index.and_then(|raw| raw.get().parse::<u64>().ok());
                     if let Some(index) = index {
                         let slot = self.summary.tool_calls.len();
@@ -1746,7 +1796,7 @@ impl StreamAccumulator {
                     };
                     if let Some(call) = slot.and_then(|i| self.summary.tool_calls.get_mut(i)) {
                         self.saw_output |= !piece.is_empty();
-                        call.arguments.push_str(piece);
+                        self.budget.append(&mut call.arguments, piece);
                     }
                     return;
                 }
@@ -1776,11 +1826,11 @@ impl StreamAccumulator {
     fn push_anthropic_text(&mut self, part: &AnthropicPart<'_>) {
         if let Some(text) = part.text.as_deref() {
             self.note_output(!text.is_empty());
-            self.summary.content.push_str(text);
+            self.budget.append(&mut self.summary.content, text);
         }
         if let Some(text) = part.thinking.as_deref() {
             self.note_output(!text.is_empty());
-            self.summary.reasoning.push_str(text);
+            self.budget.append(&mut self.summary.reasoning, text);
         }
     }
 
@@ -1895,6 +1945,29 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    /// A stream of ever new tool calls keeps [`MAX_STREAM_TOOL_CALLS`] of them, OpenAI's and
+    /// Anthropic's shapes alike.
+    #[test]
+    fn a_streams_tool_calls_are_bounded() {
+        let mut openai = StreamAccumulator::default();
+        let mut anthropic = StreamAccumulator::default();
+        for i in 0..MAX_STREAM_TOOL_CALLS + 100 {
+            let event = json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": i, "id": format!("c{i}"), "type": "function",
+                 "function": {"name": "f", "arguments": "{}"}}]}}]});
+            openai.push_data(event.to_string().as_bytes());
+            let block = json!({"type": "content_block_start", "index": i,
+                "content_block": {"type": "tool_use", "id": format!("t{i}"), "name": "f", "input": {}}});
+            anthropic.push_data(block.to_string().as_bytes());
+        }
+        for stream in [openai, anthropic] {
+            assert_eq!(
+                stream.into_summary().tool_calls.len(),
+                MAX_STREAM_TOOL_CALLS
+            );
+        }
+    }
 
     /// Only a lone surrogate's escape is replaced: pairs, other escapes and an escaped
     /// backslash followed by `ud800` as text stay as they were.

@@ -1186,3 +1186,59 @@ async fn a_byte_order_mark_before_the_first_event_is_forwarded_and_the_event_rea
     assert_eq!(record.response.content, "tok0 tok1 ");
     router.stop().await;
 }
+
+/// An upstream that streams more text than any answer holds: the client gets every byte,
+/// the record keeps the first `MAX_STREAM_TEXT` bytes of it, ending in the truncation marker,
+/// and still reads the usage that comes after. Before, the record grew with every byte
+/// relayed (gigabytes within seconds from an endless stream, one client's doing).
+#[tokio::test]
+async fn a_streams_record_keeps_a_bounded_text() {
+    use llmsrouter::sinks::generation::TRUNCATION_MARKER;
+    use llmsrouter::usage::MAX_STREAM_TEXT;
+    let piece = "é".repeat(256 * 1024); // 512 KiB
+    let event = |delta: serde_json::Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "model": "m", "choices": [{"index": 0, "delta": delta}]})
+        )
+        .into_bytes()
+    };
+    let mut events: Vec<Vec<u8>> = (0..18).map(|_| event(json!({"content": piece}))).collect();
+    events.push(event(json!({"reasoning_content": "kept no more"})));
+    events.push(
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "model": "m", "choices": [],
+                   "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}})
+        )
+        .into_bytes(),
+    );
+    events.push(b"data: [DONE]\n\n".to_vec());
+    let sent: usize = events.iter().map(Vec::len).sum();
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(events),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router
+        .chat(
+            &json!({"model": "[mock]m", "stream": true, "stream_options": {"include_usage": true}}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body = response.bytes().await.expect("body");
+    assert_eq!(body.len(), sent, "the client gets every byte");
+    let record = router.records.nth(1).await;
+    let content = &record.response.content;
+    assert!(content.ends_with(TRUNCATION_MARKER), "{}", content.len());
+    assert!(content.len() <= MAX_STREAM_TEXT + TRUNCATION_MARKER.len());
+    assert!(content.len() > MAX_STREAM_TEXT - 4, "kept up to the bound");
+    assert!(
+        record.response.reasoning.is_empty(),
+        "nothing after the cut"
+    );
+    let usage = record.response.usage.as_ref().expect("usage still read");
+    assert_eq!((usage.input, usage.output), (3, 9));
+    router.stop().await;
+}
