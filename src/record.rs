@@ -512,7 +512,7 @@ async fn run_recorder(
             tokio::select! {
                 biased;
                 record = rx.recv() => match record {
-                    Some(record) => deliver(record, &sinks, &mut background),
+                    Some(record) => deliver_completed(record, &sinks, &mut background).await,
                     None => break,
                 },
                 () = stop.cancelled() => break,
@@ -537,7 +537,7 @@ async fn run_recorder(
         let mut taken = 0;
         while taken < MAX_BATCH {
             match rx.try_recv() {
-                Ok(record) => deliver(record, &sinks, &mut background),
+                Ok(record) => deliver_completed(record, &sinks, &mut background).await,
                 Err(_) => break,
             }
             taken += 1;
@@ -546,11 +546,53 @@ async fn run_recorder(
     }
     rx.close();
     while let Some(record) = rx.recv().await {
-        deliver(record, &sinks, &mut background);
+        deliver_completed(record, &sinks, &mut background).await;
     }
     // Together: each waits for its own bound (the ledger for a lock, the request log for a
     // pipe's reader, Langfuse for its endpoint), and one after another they added up.
     futures_util::future::join_all(sinks.iter().map(|sink| sink.close())).await;
+}
+
+/// An answer body from this size up (or one to decode: a gzip of a few hundred kilobytes may
+/// hold 256 MiB) is read for the record on a blocking thread, not on the recorder's: that
+/// runtime also accepts every new connection, and seconds spent inflating and parsing one
+/// answer kept every new client (and a container's health check) waiting.
+const READ_ON_THE_SIDE: usize = 1024 * 1024;
+
+/// Reads `record`'s answer ([`complete_summary`]) and hands it to the sinks ([`deliver`]):
+/// the usual small answer here, a big or compressed one on a blocking thread (see
+/// [`READ_ON_THE_SIDE`]).
+async fn deliver_completed(
+    mut record: Box<RequestRecord>,
+    sinks: &[Arc<dyn RecordSink>],
+    background: &mut BackgroundResults,
+) {
+    let heavy = record
+        .response_body
+        .as_ref()
+        .is_some_and(|body| body.len() >= READ_ON_THE_SIDE || record.response_encoding.is_some());
+    if !heavy {
+        complete_summary(&mut record);
+        deliver(record, sinks, background);
+        return;
+    }
+    let request_id = record.request_id.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        complete_summary(&mut record);
+        record
+    })
+    .await;
+    match read {
+        Ok(record) => deliver(record, sinks, background),
+        // Reading never panics on any input (its parsers are total); were it to, the panic
+        // took this record along, and this says so rather than ending the recorder.
+        Err(error) => {
+            tracing::error!(
+                request_id,
+                "reading an answer for its record failed: {error}"
+            );
+        }
+    }
 }
 
 fn deliver(
@@ -558,7 +600,6 @@ fn deliver(
     sinks: &[Arc<dyn RecordSink>],
     background: &mut BackgroundResults,
 ) {
-    complete_summary(&mut record);
     if record.usage_uncounted && !background.counts(&record) {
         record.response.usage = None;
     }
@@ -911,6 +952,39 @@ pub(crate) mod tests {
             drop(ticket);
             assert_eq!(held.load(Ordering::Acquire), 0, "all given back");
         }
+    }
+
+    /// A big answer is read for its record off the recorder's thread, which also accepts
+    /// connections: while it is read, that runtime's other tasks run (a ticker here), where
+    /// reading it in place held them all until it was done. A small one is read in place.
+    #[tokio::test]
+    async fn a_big_answer_is_read_off_the_recorders_thread() {
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let mut big = sample();
+        let mut body = br#"{"model":"m-1","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":2}"#.to_vec();
+        body.resize(body.len() + READ_ON_THE_SIDE, b' ');
+        body.push(b'}');
+        big.response_body = Some(Bytes::from(body));
+        for (record, read_aside) in [(sample(), false), (big, true)] {
+            let sink = Arc::new(Collect(Default::default()));
+            let sinks: Vec<Arc<dyn RecordSink>> = vec![sink.clone()];
+            let before = ticks.load(Ordering::Relaxed);
+            deliver_completed(Box::new(record), &sinks, &mut BackgroundResults::default()).await;
+            let ticked = ticks.load(Ordering::Relaxed) > before;
+            assert_eq!(ticked, read_aside, "the runtime ran other tasks meanwhile");
+            let got = sink.0.lock().expect("lock").clone();
+            assert_eq!(got[0].response.usage.as_ref().map(|u| u.total), Some(3));
+        }
+        ticker.abort();
     }
 
     #[tokio::test]
