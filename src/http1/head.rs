@@ -278,6 +278,11 @@ pub fn parse_response(
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
         Err(error) => return Err(HeadError::Malformed(error.to_string())),
     };
+    // A head that arrived whole in one read is over the limit as much as one still coming
+    // (before, one that did was relayed, or not, by how the reads fell).
+    if len > MAX_HEAD_BYTES {
+        return Err(HeadError::TooLarge);
+    }
     let (Some(status), Some(version)) = (response.code, response.version) else {
         return Err(HeadError::Malformed("incomplete status line".into()));
     };
@@ -491,6 +496,31 @@ mod tests {
             let text = format!("GET /x HTTP/1.1\r\nHost: {good}\r\n\r\n");
             assert!(matches!(request(&text), Ok(Some(_))), "{good:?}");
         }
+    }
+
+    /// A response head over the limit is refused whether it came in one read or in many.
+    #[test]
+    fn a_response_head_over_the_limit_is_refused_however_it_arrives() {
+        let huge = format!(
+            "HTTP/1.1 200 OK\r\nx: {}\r\n\r\nbody",
+            "v".repeat(MAX_HEAD_BYTES)
+        );
+        let mut whole = BytesMut::from(huge.as_str());
+        assert_eq!(
+            parse_response(&mut whole, &mut 0).map(|h| h.is_some()),
+            Err(HeadError::TooLarge)
+        );
+        let mut piecewise = BytesMut::new();
+        let mut scanned = 0;
+        let mut outcome = Ok(false);
+        for piece in huge.as_bytes().chunks(64 * 1024) {
+            piecewise.extend_from_slice(piece);
+            outcome = parse_response(&mut piecewise, &mut scanned).map(|h| h.is_some());
+            if outcome != Ok(false) {
+                break;
+            }
+        }
+        assert_eq!(outcome, Err(HeadError::TooLarge));
     }
 
     #[test]
