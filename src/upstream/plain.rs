@@ -1181,6 +1181,46 @@ mod tests {
         }
     }
 
+    /// An idle connection the upstream closed (as uvicorn does after 5 s) is dropped by the
+    /// lane's sweep long before the idle timeout, not held in CLOSE-WAIT, with its file,
+    /// until a request takes it or the timeout passes.
+    #[tokio::test]
+    async fn idle_connections_the_upstream_closed_are_dropped_by_the_sweep() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.ends_with(b"\r\n\r\n{}") {
+                let n = socket.read(&mut buf).await.expect("read");
+                assert!(n > 0, "the request came whole");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .expect("write");
+            // Then closed, as an upstream that ends idle connections does.
+        });
+        // Nine seconds idle at most: the sweep runs every second.
+        let client = Client::idling(addr, Duration::from_secs(9));
+        let (_, body) = client.post().await;
+        assert_eq!(body.collect().await.expect("body").to_bytes(), "ok");
+        server.await.expect("server");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while client.idle() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the closed connection is still held"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Connections past the idle timeout are closed even when no request comes to return or
     /// take one.
     #[tokio::test]

@@ -6,7 +6,8 @@
 //! What a connection in the list may be: closed by the upstream since (found when taken: its
 //! socket is readable and says end of file, and the next one is tried), or older than the
 //! idle timeout (dropped when taken, when another is returned, or by the lane's [`sweep`],
-//! which also forgets hosts left without idle connections).
+//! which also drops those the upstream closed and forgets hosts left without idle
+//! connections).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -168,13 +169,19 @@ impl Host {
     }
 }
 
-/// Closes lane `lane`'s connections that idled past the timeout, every timeout: otherwise the
-/// connections to an upstream that gets no more requests would stay open for as long as the
-/// upstream keeps them. Ends when the lane holds no idle connection (the next one returned
-/// starts it again) or the client is gone.
+/// How many times per idle timeout a lane's [`sweep`] runs: a connection lives at most a
+/// ninth of the timeout past it (100 s for 90 s), where one sweep per timeout let it live
+/// almost twice as long.
+const SWEEPS_PER_TIMEOUT: u32 = 9;
+
+/// Closes lane `lane`'s connections that idled past the timeout, and those the upstream
+/// closed meanwhile (each held a socket, and its file, in CLOSE-WAIT until taken), several
+/// times per timeout: otherwise the connections to an upstream that gets no more requests
+/// would stay open for as long as the upstream keeps them. Ends when the lane holds no idle
+/// connection (the next one returned starts it again) or the client is gone.
 async fn sweep(pools: Weak<LanePools>, lane: usize) {
     loop {
-        let Some(every) = pools.upgrade().map(|p| p.idle_timeout) else {
+        let Some(every) = pools.upgrade().map(|p| p.idle_timeout / SWEEPS_PER_TIMEOUT) else {
             return;
         };
         tokio::time::sleep(every).await;
@@ -185,6 +192,7 @@ async fn sweep(pools: Weak<LanePools>, lane: usize) {
         let mut guard = pools.lane(lane);
         for host in &mut guard.hosts {
             host.drop_expired(now, pools.idle_timeout);
+            host.idle.retain_mut(|idle| idle.conn.still_open());
         }
         // A lane that served many hosts (`?proxy=` URLs, say) does not keep them all.
         guard.hosts.retain(|h| !h.idle.is_empty());
