@@ -266,7 +266,9 @@ pub fn parse_model(model: &str) -> Result<ModelRef<'_>, ProxyError> {
             clip(model, MODEL_IN_MESSAGE)
         )));
     }
-    if name.is_empty() {
+    // White space alone is no name either: sent upstream as `"  "`, it was recorded as a
+    // success (or a provider's error) where the client named nothing.
+    if name.trim().is_empty() {
         return Err(ProxyError::InvalidRequest(format!(
             "model \"{}\" has no model name after the [provider] prefix",
             clip(model, MODEL_IN_MESSAGE)
@@ -665,7 +667,14 @@ servers:
     #[test]
     fn malformed_prefixes_are_400() {
         let c = config();
-        for bad in ["[", "[]x", "[unclosed", "[openrouter]", ""] {
+        for bad in [
+            "[",
+            "[]x",
+            "[unclosed",
+            "[openrouter]",
+            "[openrouter]  \t",
+            "",
+        ] {
             let err = resolve(None, bad, &c, &Lookup::none()).expect_err(bad);
             assert_eq!(err.code(), "invalid_request", "{bad}");
         }
@@ -839,7 +848,7 @@ servers:
         }
 
         #[test]
-        fn alias_prefix_sends_the_name_unchanged(name in "[^\\[].{0,40}") {
+        fn alias_prefix_sends_the_name_unchanged(name in "[^\\[\\s].{0,40}") {
             let c = config();
             let t = resolve(None, &format!("[openrouter]{name}"), &c, &Lookup::none()).expect("resolves");
             prop_assert_eq!(t.upstream_model, name);

@@ -131,6 +131,11 @@ pub fn to_json(permissions: &Permissions) -> String {
 /// aliases is read as the same grant. Text that is not one of these is an error; the caller
 /// then grants nothing.
 pub fn from_json(text: &str) -> Result<Permissions, String> {
+    // NULL or empty (the earliest Python table had no such column; see `db`): said as such,
+    // not as the JSON parser's "EOF while parsing", which reads as a damaged file.
+    if text.trim().is_empty() {
+        return Err("empty: none was ever set (grant some with user modify)".to_owned());
+    }
     let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
     let granted: Vec<&str> = match &value {
         Value::Object(map) => map
@@ -250,6 +255,10 @@ mod tests {
         assert_eq!(from_json(r#"["a", "b"]"#), Ok(only(&["a", "b"])));
         assert_eq!(from_json(r#"["*"]"#), Ok(Permissions::All));
         assert!(from_json("not json").is_err());
+        assert_eq!(
+            from_json(" "),
+            Err("empty: none was ever set (grant some with user modify)".to_owned())
+        );
         assert!(from_json("true").is_err());
         // What we write, we read back.
         let p = only(&["x", "y"]);

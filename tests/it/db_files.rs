@@ -343,6 +343,10 @@ async fn a_users_table_without_permissions_is_read_and_given_the_column() {
         .find(|line| line.starts_with("ann "))
         .unwrap_or_default();
     assert!(ann.contains("none granted"), "{out}");
+    assert!(
+        ann.contains("empty: none was ever set") && !ann.contains("EOF"),
+        "said as empty, not as a damaged file: {out}"
+    );
     let router = RouterProcess::start_as_reader(
         dir,
         &[
