@@ -170,6 +170,20 @@ fn unused_otlp_variables(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Ve
             ));
         }
     }
+    // Spans leave as OTLP/HTTP protobuf only (Langfuse takes nothing else); a collector set
+    // up for gRPC or JSON would otherwise wonder why nothing it understands arrives.
+    for name in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    ] {
+        if let Some(protocol) = non_empty(env, name) {
+            if !protocol.trim().eq_ignore_ascii_case("http/protobuf") {
+                warnings.push(format!(
+                    "{name}={protocol} is not supported: spans are sent as http/protobuf"
+                ));
+            }
+        }
+    }
     for name in [
         "OTEL_EXPORTER_OTLP_TIMEOUT",
         "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
@@ -440,12 +454,15 @@ mod tests {
                 "http://collector:4318/v1/traces",
             ),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
         ]))
         .expect("ok");
-        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+        assert_eq!(s.warnings.len(), 3, "{:?}", s.warnings);
         for name in [
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is not read",
             "OTEL_EXPORTER_OTLP_TIMEOUT has no effect",
+            "OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported",
         ] {
             assert!(s.warnings.iter().any(|w| w.starts_with(name)), "{name}");
         }
