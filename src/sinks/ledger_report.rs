@@ -90,7 +90,7 @@ impl UsageTotals {
         obj.insert("total_tokens".into(), json!(self.total_tokens));
         obj.insert("cached_tokens".into(), json!(self.cached_tokens));
         obj.insert("reasoning_tokens".into(), json!(self.reasoning_tokens));
-        obj.insert("cost".into(), json!(self.cost));
+        obj.insert("cost".into(), json!(self.cost.map(significant)));
         obj.insert("errors".into(), json!(self.errors));
         obj.insert("partial".into(), json!(self.partial));
         obj.insert(
@@ -285,6 +285,13 @@ impl UsageReport {
     }
 }
 
+/// `cost` to 12 significant digits: a sum of floats carries noise in its last digits that
+/// depends on the order it was added in (`0.024` by provider, `0.023999999999999997` by day
+/// for the same rows); no upstream reports a cost that precisely.
+fn significant(cost: f64) -> f64 {
+    format!("{cost:.11e}").parse().unwrap_or(cost)
+}
+
 /// A cost as the table shows it: six decimals (`0.002000`); a non-zero cost that would show
 /// as `0.000000` gets two significant digits instead (`0.00000040`), so it does not read as
 /// free (below a trillionth, in exponent form: `1.0e-13`). `--json` has the exact value.
@@ -424,6 +431,10 @@ mod tests {
         let total = table.lines().last().expect("total line");
         assert!(total.contains(" 0.00000040 "), "{table}");
         assert_eq!(r.to_json()["total"]["cost"], 0.000_000_4);
+        // The noise of a float sum is not shown, however small the cost.
+        assert_eq!(significant(0.023_999_999_999_999_997), 0.024);
+        assert_eq!(significant(1.0e-13), 1.0e-13);
+        assert_eq!(significant(0.1 + 0.2), 0.3);
         assert_eq!(cost_cell(0.0), "0.000000");
         assert_eq!(cost_cell(0.002), "0.002000");
         assert_eq!(cost_cell(0.000_000_6), "0.000001");
