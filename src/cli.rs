@@ -92,10 +92,9 @@ pub fn error_line(
         return Some(from);
     }
     Some(match from_a_variable(error, args, env) {
-        Some(from) if from.value.to_string_lossy().trim().is_empty() => format!(
-            "{} is set but empty: unset it, or give it a value (it stands for {})",
-            from.variable, from.flag
-        ),
+        Some(from) if from.value.to_string_lossy().trim().is_empty() => {
+            set_but_empty(from.variable, from.flag)
+        }
         Some(from) => format!(
             "{}: {}",
             from.variable,
@@ -120,9 +119,7 @@ impl Cli {
         Some(if on_the_line(args, flag) {
             format!("a value is required for {flag} but none was supplied (see --help)")
         } else {
-            format!(
-                "{variable} is set but empty: unset it, or give it a value (it stands for {flag})"
-            )
+            set_but_empty(variable, flag)
         })
     }
 }
@@ -225,6 +222,25 @@ fn conflict_from_a_variable(
     Some(format!(
         "{variable} is set (it stands for {flag}), which cannot be combined with this command line: unset it, or leave out what conflicts with {flag}"
     ))
+}
+
+/// `--host`: an IP address (`[::1]` too, as a URL writes it) or `localhost` (127.0.0.1).
+/// Parsed by clap, so a bad or empty host is a command-line mistake (exit status 2, named
+/// by its variable when `LLMSROUTER_HOST` gave it), as a bad port is.
+pub fn listen_host(value: &str) -> Result<std::net::IpAddr, String> {
+    let host = value.trim_start_matches('[').trim_end_matches(']');
+    if host == "localhost" {
+        return Ok(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    host.parse().map_err(|_| {
+        "not an IP address (give one such as 0.0.0.0, 127.0.0.1 or ::, or localhost)".to_owned()
+    })
+}
+
+/// The error line of a variable that is set but empty, `flag` being the flag it stands for:
+/// the same words for every variable, whichever command reads it.
+pub fn set_but_empty(variable: &str, flag: &str) -> String {
+    format!("{variable} is set but empty: unset it, or give it a value (it stands for {flag})")
 }
 
 /// `--since`: a real calendar day, `YYYY-MM-DD`.
@@ -358,7 +374,7 @@ llmsrouter healthcheck\n  \
 llmsrouter healthcheck --port 9000\n  \
 docker exec llmsrouter llmsrouter healthcheck",
         mut_arg("host", |arg| arg
-            .help("Address of the router to probe (0.0.0.0 or :: is asked on loopback)")),
+            .help("Address of the router to probe: an IP address (0.0.0.0 or :: is asked on loopback) or localhost")),
         mut_arg("port", |arg| arg.help("Port of the router to probe"))
     )]
     Healthcheck(ServeArgs),
@@ -440,14 +456,15 @@ pub enum UsageGroup {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on: an IP address (0.0.0.0 or :: for all interfaces) or localhost.
     #[arg(
         long,
         env = "LLMSROUTER_HOST",
         default_value = "0.0.0.0",
-        value_name = "ADDR"
+        value_name = "ADDR",
+        value_parser = listen_host
     )]
-    pub host: String,
+    pub host: std::net::IpAddr,
 
     /// Port to listen on (0 picks a free one).
     #[arg(

@@ -63,7 +63,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {}", one_line(&error));
-            ExitCode::FAILURE
+            if error.is::<CommandLineError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -180,7 +184,7 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         } else {
             (None, None)
         };
-        let addr = listen_addr(&args.host, args.port)?;
+        let addr = SocketAddr::new(args.host, args.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -228,7 +232,7 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
 
 /// `llmsrouter healthcheck`: GET /health on the address `serve` listens on.
 fn run_healthcheck(args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut addr = listen_addr(&args.host, args.port)?;
+    let mut addr = SocketAddr::new(args.host, args.port);
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr.ip() {
             std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
@@ -325,29 +329,19 @@ fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn listen_addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let ip: std::net::IpAddr = if host == "localhost" {
-        std::net::Ipv4Addr::LOCALHOST.into()
-    } else {
-        host.parse()
-            .map_err(|_| anyhow!("LLMSROUTER_HOST/--host: \"{host}\" is not an IP address"))?
-    };
-    Ok(SocketAddr::new(ip, port))
-}
-
 /// What `serve` would refuse at start that `check` can see without starting: the listen
 /// address (`LLMSROUTER_HOST`, `LLMSROUTER_PORT`; `serve`'s own flags are not `check`'s), and
 /// the request log's path (a file, device or pipe, not a folder) and folder, and the database's folder.
 fn check_serve_variables(cli: &Cli, env: &EnvSettings) -> anyhow::Result<()> {
-    let host = env_lookup("LLMSROUTER_HOST").unwrap_or_else(|| "0.0.0.0".to_owned());
-    let port = match env_lookup("LLMSROUTER_PORT") {
-        None => 8000,
-        Some(port) => port.trim().parse::<u16>().map_err(|_| {
+    if let Some(host) = listen_variable("LLMSROUTER_HOST", "--host")? {
+        llmsrouter::cli::listen_host(&host)
+            .map_err(|reason| anyhow!("LLMSROUTER_HOST: \"{host}\" is {reason}"))?;
+    }
+    if let Some(port) = listen_variable("LLMSROUTER_PORT", "--port")? {
+        port.trim().parse::<u16>().map_err(|_| {
             anyhow!("LLMSROUTER_PORT: \"{port}\" is not a port number (0 to 65535)")
-        })?,
-    };
-    listen_addr(&host, port)?;
+        })?;
+    }
     // SQLite makes the file, not its folder.
     let db_folder = folder_of(&cli.db);
     if !db_folder.is_dir() {
@@ -381,6 +375,24 @@ fn check_serve_variables(cli: &Cli, env: &EnvSettings) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A listen variable's value for `check`, `None` when unset. Set but empty is the
+/// command-line mistake `serve` reports for it (clap reads it there), with the same line
+/// and exit status 2, so the two commands agree.
+fn listen_variable(variable: &str, flag: &str) -> anyhow::Result<Option<String>> {
+    match env_lookup(variable) {
+        Some(value) if value.trim().is_empty() => Err(anyhow!(CommandLineError(
+            llmsrouter::cli::set_but_empty(variable, flag)
+        ))),
+        value => Ok(value),
+    }
+}
+
+/// A mistake in how the command was called (a variable set but empty), found after clap
+/// parsed: one line on stderr and exit status 2, as clap's own are.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct CommandLineError(String);
 
 /// The folder a file is in (`.` for a bare file name).
 fn folder_of(file: &Path) -> &Path {

@@ -321,6 +321,46 @@ fn a_bad_value_is_named_by_where_it_came_from() {
     }
 }
 
+/// The listen address is checked as every other value is: a host set but empty, or one that
+/// is no address, is one line and exit status 2 (it was exit 1, and `""` was called "not an
+/// IP address"), from `--host` or `LLMSROUTER_HOST`, and `check` names an empty listen
+/// variable as `serve` does.
+#[test]
+fn an_empty_or_bad_listen_address_is_a_command_line_mistake() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let empty_host =
+        "LLMSROUTER_HOST is set but empty: unset it, or give it a value (it stands for --host)";
+    let empty_port =
+        "LLMSROUTER_PORT is set but empty: unset it, or give it a value (it stands for --port)";
+    let cases: &[Case] = &[
+        (&["serve"], &[("LLMSROUTER_HOST", "")], empty_host),
+        (&["healthcheck"], &[("LLMSROUTER_HOST", "")], empty_host),
+        (&["check"], &[("LLMSROUTER_HOST", "")], empty_host),
+        (&["check"], &[("LLMSROUTER_PORT", "")], empty_port),
+        (&["serve"], &[("LLMSROUTER_PORT", "")], empty_port),
+        (
+            &["serve", "--host", "nohost"],
+            &[],
+            "invalid value 'nohost' for '--host <ADDR>': not an IP address",
+        ),
+        (
+            &["serve"],
+            &[("LLMSROUTER_HOST", "nohost")],
+            "LLMSROUTER_HOST: invalid value 'nohost' for --host: not an IP address",
+        ),
+    ];
+    for (args, envs, expected) in cases {
+        let (code, _, stderr) = run_cli(dir.path(), args, envs);
+        assert_eq!(code, 2, "{args:?} {envs:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: {expected}")),
+            "{args:?} {envs:?}: {stderr}"
+        );
+    }
+}
+
 /// A flag on the line wins over its variable, even one set but empty: `LLMSROUTER_CONFIG=`
 /// or `LLMSROUTER_DB=` with `--config` / `--db` given (after the command, as they may be) used
 /// to fail with clap's "a value is required for '--config <PATH>'", naming neither. Without

@@ -130,3 +130,23 @@ fn short_help_is_the_summary() {
     );
     assert!(!stdout.contains("Examples:"), "-h stays short: {stdout}");
 }
+
+/// `--host` takes IP addresses and `localhost`, and its help says so.
+#[test]
+fn host_help_names_what_it_takes() {
+    let dir = tempfile::tempdir().expect("dir");
+    for command in ["serve", "healthcheck"] {
+        let (code, stdout, stderr) = run_cli(dir.path(), &[command, "--help"], &[]);
+        assert_eq!(code, 0, "{stderr}");
+        let host = stdout
+            .split("--host <ADDR>")
+            .nth(1)
+            .and_then(|rest| rest.split("[env:").next())
+            .unwrap_or_default();
+        let host = host.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            host.contains("IP address") && host.contains("localhost"),
+            "{command}: {host}"
+        );
+    }
+}
