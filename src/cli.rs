@@ -386,8 +386,8 @@ docker exec llmsrouter llmsrouter healthcheck",
 database (--db / LLMSROUTER_DB, default ./users.db), the Python version's table unchanged.\n\n\
 Accounts matter when serve runs with ENABLE_ACCOUNT_MANAGEMENT=true: then every route but \
 /health needs a user key (Authorization: Bearer <key> or x-api-key: <key>), and a user may \
-use only the providers they are granted. Changes made here reach a running server within \
-about 200 ms, without a restart. New keys are printed once, on stdout; list and show mask \
+use only the providers they are granted. Once a command here has returned, the very next \
+request to a running server sees its change, without a restart. New keys are printed once, on stdout; list and show mask \
 them. Exit status: 0 done, 1 refused or failed (one line on stderr), 2 bad command line.\n\n\
 Examples:\n  \
 llmsrouter user add ann --email ann@example.com\n  \
@@ -508,10 +508,10 @@ KEY=$(llmsrouter user add bob)"
         )]
         permissions: String,
     },
-    /// Delete a user; its key stops working on running servers within a second.
+    /// Delete a user; running servers refuse its key from the very next request.
     #[command(
-        long_about = "Delete a user. Its key stops working on a running server within about \
-200 ms, without a restart. An unknown user is an error (exit 1).\n\n\
+        long_about = "Delete a user. A running server refuses its key from the very next \
+request, without a restart. An unknown user is an error (exit 1).\n\n\
 The user is named as `user list` prints it, or found by its key with --key (the way to \
 revoke a leaked key whoever holds it; --key - reads the key from stdin, out of the shell \
 history). A name the Python version's database holds as NULL, as a BLOB or as text that \
@@ -567,7 +567,7 @@ llmsrouter user list --json | jq -r '.[].username'"
     #[command(
         long_about = "Change which providers a user may use: --permissions \"a,b\" (aliases \
 from config.yaml) or \"*\" (every provider). The new permissions replace the old ones; the \
-key stays the same. A running server applies them within about 200 ms. An alias not in \
+key stays the same. A running server applies them from the very next request. An alias not in \
 config.yaml is accepted with a warning.\n\n\
 Examples:\n  \
 llmsrouter user modify ci-bot --permissions \"openrouter,deepseek\"\n  \
@@ -602,7 +602,7 @@ llmsrouter user show --key - <<< \"$KEY\""
     /// Give a user a new key and print it; the old key stops working.
     #[command(
         long_about = "Give a user a new key and print it on stdout (the key alone; it is \
-shown only now). The old key stops working on a running server within about 200 ms; \
+shown only now). A running server refuses the old key from the very next request; \
 username, email and permissions stay. This is the way to replace a lost or leaked key. The \
 user is named as `user list` prints it (see `user delete --help`), or found by its (leaked) \
 key with --key.\n\n\

@@ -131,6 +131,29 @@ fn short_help_is_the_summary() {
     assert!(!stdout.contains("Examples:"), "-h stays short: {stdout}");
 }
 
+/// The user commands' help says what README's "Changes while the server runs" says and the
+/// server does: the very next request sees a change. It used to promise "within about
+/// 200 ms" or "within a second", a delay that does not exist.
+#[test]
+fn user_help_promises_the_next_request_not_a_delay() {
+    let dir = tempfile::tempdir().expect("dir");
+    for args in [
+        &["user", "--help"][..],
+        &["user", "-h"],
+        &["user", "delete", "--help"],
+        &["user", "modify", "--help"],
+        &["user", "rotate-key", "--help"],
+    ] {
+        let (code, stdout, stderr) = run_cli(dir.path(), args, &[]);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        let text = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            !text.contains("within") && text.contains("very next request"),
+            "{args:?}: {text}"
+        );
+    }
+}
+
 /// `--host` takes IP addresses and `localhost`, and its help says so.
 #[test]
 fn host_help_names_what_it_takes() {
