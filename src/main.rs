@@ -202,7 +202,8 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         }
         let state = Arc::new(state);
         let servers = state.config.load().servers.len();
-        tracing::info!("llmsrouter listening on http://{local} ({servers} servers configured)");
+        let servers = llmsrouter::plural(servers, "server", "servers");
+        tracing::info!("llmsrouter listening on http://{local} ({servers} configured)");
         let (signals, counted) = tokio::sync::watch::channel(0);
         tokio::spawn(server::count_signals(signals));
         let served = server::run(

@@ -29,6 +29,17 @@ async fn serve_starts_without_a_config_file_and_serves_url_targets() {
     assert_eq!(upstream.count(), 1);
 }
 
+/// The start-up line counts the servers in good English: "1 server", not "1 servers".
+#[tokio::test]
+async fn the_start_up_line_counts_servers_in_the_singular_too() {
+    let one = one_server_config("http://127.0.0.1:9", "");
+    let router = RouterProcess::start(Some(&one), &[]);
+    logged(&router, "(1 server configured)").await;
+    let two = "servers:\n  a:\n    url: http://127.0.0.1:9\n  b:\n    url: http://127.0.0.1:9\n";
+    let router = RouterProcess::start(Some(two), &[]);
+    logged(&router, "(2 servers configured)").await;
+}
+
 #[tokio::test]
 async fn the_python_versions_template_loads_unchanged() {
     let router = RouterProcess::start(Some(PYTHON_TEMPLATE), &[]);
