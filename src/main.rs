@@ -61,6 +61,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // A reader that stopped reading (`| head -1`) is no failure: ended quietly.
+        Err(error) if error.is::<ClosedPipe>() => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", one_line(&error));
             if error.is::<CommandLineError>() {
@@ -323,9 +325,9 @@ fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
     let report = query(&conn, by, args.since.as_deref())
         .with_context(|| format!("{}: cannot read the usage ledger", cli.db.display()))?;
     if args.json {
-        println!("{}", report.to_json());
+        print_out(format_args!("{}\n", report.to_json()))?;
     } else {
-        print!("{}", report.to_table());
+        print_out(format_args!("{}", report.to_table()))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -395,6 +397,27 @@ fn listen_variable(variable: &str, flag: &str) -> anyhow::Result<Option<String>>
 #[error("{0}")]
 struct CommandLineError(String);
 
+/// Standard output is a pipe whose reader has gone (`llmsrouter user list | head -1`): the
+/// command ends quietly with exit status 0, as ripgrep and most Unix tools do, not with
+/// `error: ... Broken pipe` for output nobody wanted. Never for a command that prints a new
+/// key: losing that is a failure ([`run_user`]).
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+struct ClosedPipe;
+
+/// Writes `text` to standard output and flushes it, so a write error is seen here rather than
+/// lost at exit (or a panic of `println!`): a closed pipe is [`ClosedPipe`].
+fn print_out(text: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(text)
+        .and_then(|()| out.flush())
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow!(ClosedPipe),
+            _ => anyhow!("cannot write the output: {error}"),
+        })
+}
+
 /// The folder a file is in (`.` for a bare file name).
 fn folder_of(file: &Path) -> &Path {
     match file.parent() {
@@ -423,8 +446,8 @@ fn run_check(cli: &Cli, dotenv_problems: &[String]) -> anyhow::Result<ExitCode> 
         Err(error) => return Err(anyhow!(error)),
     };
     let aliases: Vec<&str> = config.servers.keys().map(String::as_str).collect();
-    println!(
-        "{}: ok, {} ({})",
+    print_out(format_args!(
+        "{}: ok, {} ({})\n",
         cli.config.display(),
         llmsrouter::plural(aliases.len(), "server", "servers"),
         if aliases.is_empty() {
@@ -432,17 +455,17 @@ fn run_check(cli: &Cli, dotenv_problems: &[String]) -> anyhow::Result<ExitCode> 
         } else {
             aliases.join(", ")
         }
-    );
-    println!(
-        "environment: ok (account management {}, request log {}, tracing {})",
+    ))?;
+    print_out(format_args!(
+        "environment: ok (account management {}, request log {}, tracing {})\n",
         if env.account_management { "on" } else { "off" },
         env.log_file
             .as_ref()
             .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
         tracing_destinations(&env)
-    );
+    ))?;
     for warning in &env.warnings {
-        println!("warning: {warning}");
+        print_out(format_args!("warning: {warning}\n"))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -499,11 +522,11 @@ fn run_models(cli: &Cli, args: &ModelsArgs) -> anyhow::Result<ExitCode> {
     }
     let body = snapshot.list().body(|_| true);
     if args.json {
-        println!("{}", String::from_utf8_lossy(&body));
+        print_out(format_args!("{}\n", String::from_utf8_lossy(&body)))?;
     } else {
         let list: serde_json::Value =
             serde_json::from_slice(&body).context("the merged list is not JSON")?;
-        print!("{}", models::table::render(&list));
+        print_out(format_args!("{}", models::table::render(&list)))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -572,7 +595,14 @@ fn run_user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {
         out,
         err: &mut err,
     };
-    users::commands::run(command, &mut cx)?;
+    match users::commands::run(command, &mut cx) {
+        Err(users::UserError::Output(error))
+            if !prints_a_new_key && error.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            return Err(anyhow!(ClosedPipe));
+        }
+        done => done?,
+    }
     // Only after success: a command that fails says so in one line.
     if let Some(warning) = warning {
         use std::io::Write as _;

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use crate::support::upstream::{Behavior, MockUpstream};
 use crate::support::{
-    RouterProcess, TestRouter, client, run_cli, run_cli_as_reader, run_cli_with_stdout_closed,
-    run_cli_writing_to,
+    RouterProcess, TestRouter, client, run_cli, run_cli_as_reader, run_cli_into_closed_pipe,
+    run_cli_with_stdout_closed, run_cli_writing_to,
 };
 
 /// The Python version's `CREATE TABLE`, exactly as it ran it.
@@ -479,6 +479,43 @@ fn a_key_that_cannot_be_shown_is_not_stored() {
     );
     assert_eq!(code, 1);
     assert!(!dir.path().join("new.db").exists());
+}
+
+/// A reader that went away (`llmsrouter user list | head -1`) ends a command's ordinary
+/// output quietly with exit status 0, as other Unix tools do; it used to print `error: cannot
+/// write the output: Broken pipe` (exit 1), or make `println!` panic. A new key that cannot
+/// be delivered still fails, and nothing is changed.
+#[test]
+fn a_closed_pipe_ends_ordinary_output_quietly() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    add(dir.path(), &["ann"]);
+    for args in [
+        &["user", "list"][..],
+        &["user", "list", "--json"],
+        &["user", "show", "ann"],
+        &["user", "show", "ann", "--json"],
+        &["usage"],
+        &["usage", "--json"],
+        &["models"],
+        &["models", "--json"],
+        &["check"],
+    ] {
+        let (code, stderr) = run_cli_into_closed_pipe(dir.path(), args, &[]);
+        assert_eq!((code, stderr.as_str()), (0, ""), "{args:?}");
+    }
+    for args in [&["user", "add", "bob"][..], &["user", "rotate-key", "ann"]] {
+        let (code, stderr) = run_cli_into_closed_pipe(dir.path(), args, &[]);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: cannot write the new key:")
+                && stderr.trim_end().ends_with("nothing was changed"),
+            "{stderr}"
+        );
+    }
+    let (code, stdout, _) = run_cli(dir.path(), &["user", "list", "--json"], &[]);
+    assert_eq!(code, 0);
+    assert!(!stdout.contains("bob"), "{stdout}");
 }
 
 /// The commit fails after the new key was printed (a full disk; here a deferred foreign key

@@ -470,6 +470,18 @@ pub fn run_cli_writing_to(dir: &Path, args: &[&str], stdout: std::fs::File) -> (
     (code, stderr)
 }
 
+/// Runs the binary with `args` in `dir` writing to a pipe whose reader is already gone (as
+/// `| head -1` leaves it once head has exited, but every time); returns (exit code, stderr).
+/// The pipe is one end of a socket pair, the other dropped: a write fails with EPIPE.
+pub fn run_cli_into_closed_pipe(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+    drop(ours);
+    let mut command = Command::new(binary());
+    command.stdout(std::os::fd::OwnedFd::from(theirs));
+    let (code, _, stderr) = run_prepared(command, dir, args, envs);
+    (code, stderr)
+}
+
 /// Runs the binary with `args` in `dir` with its standard output closed (`>&-`); returns
 /// (exit code, stderr).
 pub fn run_cli_with_stdout_closed(dir: &Path, args: &[&str]) -> (i32, String) {
