@@ -660,13 +660,13 @@ async fn a_background_generations_usage_counts_once_when_read_back_done() {
         )
     };
     let (upstream, router) = with_default_server(Behavior::default()).await;
-    let read_back = |path: &'static str, body: String| {
+    let read_back = |path: String, body: String| {
         upstream.set(Behavior {
             body: Some(body),
             ..Default::default()
         });
         let http = client();
-        let url = router.url(path);
+        let url = router.url(&path);
         async move {
             let request = if path.ends_with("/cancel") {
                 http.post(url)
@@ -677,40 +677,18 @@ async fn a_background_generations_usage_counts_once_when_read_back_done() {
             assert_eq!(response.status(), 200, "{path}");
         }
     };
-    let counted = [
-        (
-            "/v1/responses/resp_bg",
-            generation("resp_bg", "in_progress", true),
-            false,
-        ),
-        (
-            "/v1/responses/resp_bg",
-            generation("resp_bg", "completed", true),
-            true,
-        ),
-        (
-            "/v1/responses/resp_bg",
-            generation("resp_bg", "completed", true),
-            false,
-        ),
-        (
-            "/v1/responses/resp_fg",
-            generation("resp_fg", "completed", false),
-            false,
-        ),
-        (
-            "/v1/responses/resp_c/cancel",
-            generation("resp_c", "cancelled", true),
-            true,
-        ),
-        (
-            "/v1/responses/resp_c",
-            generation("resp_c", "cancelled", true),
-            false,
-        ),
+    // (id, path after it, status, background, whether this read-back counts)
+    let read_backs = [
+        ("resp_bg", "", "in_progress", true, false),
+        ("resp_bg", "", "completed", true, true),
+        ("resp_bg", "", "completed", true, false),
+        ("resp_fg", "", "completed", false, false),
+        ("resp_c", "/cancel", "cancelled", true, true),
+        ("resp_c", "", "cancelled", true, false),
     ];
-    for (n, (path, body, counts)) in counted.into_iter().enumerate() {
-        read_back(path, body).await;
+    for (n, (id, rest, status, background, counts)) in read_backs.into_iter().enumerate() {
+        let path = format!("/v1/responses/{id}{rest}");
+        read_back(path.clone(), generation(id, status, background)).await;
         let record = router.records.nth(n + 1).await;
         assert_eq!(
             record.response.usage.as_ref().map(|u| u.total),
