@@ -262,7 +262,7 @@ fn run_healthcheck(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         if status.is_success() && body.contains("\"ok\"") {
-            println!("ok");
+            print_out(format_args!("ok\n"))?;
             Ok(ExitCode::SUCCESS)
         } else {
             Err(anyhow!("{url}: answered HTTP {}", status.as_u16()))
@@ -336,13 +336,20 @@ fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
 /// address (`LLMSROUTER_HOST`, `LLMSROUTER_PORT`; `serve`'s own flags are not `check`'s), and
 /// the request log's path (a file, device or pipe, not a folder) and folder, and the database's folder.
 fn check_serve_variables(cli: &Cli, env: &EnvSettings) -> anyhow::Result<()> {
+    // A bad value is the command-line mistake (exit 2) `serve`, where clap reads these,
+    // reports too.
     if let Some(host) = listen_variable("LLMSROUTER_HOST", "--host")? {
-        llmsrouter::cli::listen_host(&host)
-            .map_err(|reason| anyhow!("LLMSROUTER_HOST: \"{host}\" is {reason}"))?;
+        llmsrouter::cli::listen_host(&host).map_err(|reason| {
+            anyhow!(CommandLineError(format!(
+                "LLMSROUTER_HOST: \"{host}\" is {reason}"
+            )))
+        })?;
     }
     if let Some(port) = listen_variable("LLMSROUTER_PORT", "--port")? {
         port.trim().parse::<u16>().map_err(|_| {
-            anyhow!("LLMSROUTER_PORT: \"{port}\" is not a port number (0 to 65535)")
+            anyhow!(CommandLineError(format!(
+                "LLMSROUTER_PORT: \"{port}\" is not a port number (0 to 65535)"
+            )))
         })?;
     }
     // SQLite makes the file, not its folder.

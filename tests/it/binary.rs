@@ -415,27 +415,32 @@ fn an_empty_path_variable_yields_to_its_flag() {
 fn check_sees_the_variables_serve_would_refuse() {
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
-    let cases: &[(&str, &str, &str)] = &[
+    // The listen address is a command-line mistake, exit 2, as `serve` (where clap reads it)
+    // gives; the files are checks of what exists, exit 1.
+    let cases: &[(&str, &str, &str, i32)] = &[
         (
             "LLMSROUTER_PORT",
             "abc",
             "LLMSROUTER_PORT: \"abc\" is not a port number",
+            2,
         ),
-        ("LLMSROUTER_HOST", "bad", "\"bad\" is not an IP address"),
+        ("LLMSROUTER_HOST", "bad", "\"bad\" is not an IP address", 2),
         (
             "LLMSROUTER_LOG_FILE",
             "/proc/self/no-such-folder/api.log",
             "LLMSROUTER_LOG_FILE: /proc/self/no-such-folder/api.log: /proc/self is not a folder the log can be written in",
+            1,
         ),
         (
             "LLMSROUTER_DB",
             "no-such-folder/users.db",
             "LLMSROUTER_DB/--db: no-such-folder/users.db: the folder no-such-folder does not exist",
+            1,
         ),
     ];
-    for (name, value, expected) in cases {
+    for (name, value, expected, exit) in cases {
         let (code, _, stderr) = run_cli(dir.path(), &["check"], &[(name, value)]);
-        assert_eq!(code, 1, "{name}={value}: {stderr}");
+        assert_eq!(code, *exit, "{name}={value}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
         // serve refuses each at start (on a free port when the port is not the case).
@@ -615,6 +620,13 @@ async fn healthcheck_probes_a_running_router() {
     );
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.trim(), "ok");
+    // Its `ok` into a pipe nobody reads: still the answer (exit 0), not a panic.
+    let (code, stderr) = crate::support::run_cli_into_closed_pipe(
+        router.path(),
+        &["healthcheck", "--port", &port],
+        &[],
+    );
+    assert_eq!((code, stderr.as_str()), (0, ""));
     drop(router);
     let (code, _, stderr) = run_cli(
         std::path::Path::new("."),
