@@ -28,6 +28,21 @@ async fn get_json(http: &reqwest::Client, url: String) -> Value {
         .expect("json")
 }
 
+/// The first `len` bytes of `response`'s body (at least), which must arrive while the upstream
+/// still holds the rest, before it `then` (sends the rest, breaks off).
+async fn first_part(response: &mut reqwest::Response, len: usize, then: &str) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < len {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("the first part arrives before the upstream {then}"))
+            .expect("read")
+            .expect("more");
+        got.extend_from_slice(&chunk);
+    }
+    got
+}
+
 /// Both clients: HTTP/1 (the router's own server) and HTTP/2 without TLS (hyper's).
 fn clients() -> [(&'static str, reqwest::Client); 2] {
     [("http1", client()), ("h2c", h2c_client())]
@@ -145,15 +160,7 @@ async fn a_binary_answer_through_the_default_server_streams_intact() {
             Some((first.len() + rest.len()) as u64),
             "{name}"
         );
-        let mut got = Vec::new();
-        while got.len() < first.len() {
-            let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
-                .await
-                .expect("the first part arrives before the upstream sends the rest")
-                .expect("read")
-                .expect("more");
-            got.extend_from_slice(&chunk);
-        }
+        let mut got = first_part(&mut response, first.len(), "sends the rest").await;
         assert!(got == first, "{name}: the first part is intact, and alone");
         gate.add_permits(1);
         got.extend_from_slice(&response.bytes().await.expect("the rest"));
@@ -730,15 +737,7 @@ async fn a_large_text_answer_to_a_get_is_relayed_as_it_arrives() {
             .expect("the head arrives before the upstream sends the rest")
             .expect("send");
         assert_eq!(response.status(), 200, "{name}");
-        let mut got = Vec::new();
-        while got.len() < part.len() {
-            let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
-                .await
-                .expect("the first part arrives before the upstream sends the rest")
-                .expect("read")
-                .expect("more");
-            got.extend_from_slice(&chunk);
-        }
+        let mut got = first_part(&mut response, part.len(), "sends the rest").await;
         gate.add_permits(1);
         got.extend_from_slice(&response.bytes().await.expect("the rest"));
         assert_eq!(got.len(), part.len() * parts, "{name}");
@@ -795,15 +794,7 @@ async fn a_jsonl_answer_cut_halfway_gives_the_client_what_came() {
                 .expect("send");
             assert_eq!(response.status(), 200, "{name} {label}");
             assert_eq!(response.headers()["content-type"], label, "{name} {label}");
-            let mut got = Vec::new();
-            while got.len() < first.len() {
-                let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
-                    .await
-                    .expect("the first part arrives before the upstream breaks off")
-                    .expect("read")
-                    .expect("more");
-                got.extend_from_slice(&chunk);
-            }
+            let mut got = first_part(&mut response, first.len(), "breaks off").await;
             gate.add_permits(1);
             // Then the body ends in an error where the upstream broke off.
             while let Ok(Some(chunk)) = response.chunk().await {
