@@ -531,9 +531,8 @@ fn run_models(cli: &Cli, args: &ModelsArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         print_out(format_args!("{}\n", String::from_utf8_lossy(&body)))?;
     } else {
-        let list: serde_json::Value =
-            serde_json::from_slice(&body).context("the merged list is not JSON")?;
-        print_out(format_args!("{}", models::table::render(&list)))?;
+        let table = models::table::render(&body).context("the merged list is not JSON")?;
+        print_out(format_args!("{table}"))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,29 +3,127 @@
 //! Pure: the `/v1/models` JSON in, text out, so the table can never show something the JSON
 //! (and the server) would not.
 
-use serde_json::Value;
+use serde::Deserialize;
 use unicode_width::UnicodeWidthStr;
 
-/// One row per entry: id, owned_by, created (a UTC date; `-` when unknown).
-pub fn render(list: &Value) -> String {
-    let rows: Vec<[String; 3]> = list["data"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|entry| {
+/// The merged list as the table reads it: only the three columns. Every other field an
+/// upstream sent is skipped unread (serde skips without recursing), so one entry nested
+/// deeper than the JSON reader's recursion limit cannot keep the whole table from printing,
+/// as it did when the list was read into a `Value` first.
+#[derive(Deserialize)]
+struct Listing {
+    #[serde(default)]
+    data: Vec<Row>,
+}
+
+/// One entry; the list module gives every entry a string `id` and `owned_by` and a number
+/// `created`, but the table does not rely on it.
+#[derive(Deserialize)]
+struct Row {
+    #[serde(default)]
+    id: Scalar,
+    #[serde(default)]
+    owned_by: Scalar,
+    #[serde(default)]
+    created: Scalar,
+}
+
+/// A field as the table shows it. Any JSON value is taken (an array or object skipped unread),
+/// so a field of an unexpected type costs its cell, not the table.
+#[derive(Default)]
+enum Scalar {
+    Text(String),
+    /// The number, and its text as JSON writes it.
+    Number(f64, String),
+    #[default]
+    Other,
+}
+
+impl Scalar {
+    /// A text cell: strings escaped, numbers and booleans as JSON writes them.
+    fn cell(self) -> String {
+        match self {
+            Self::Text(text) => crate::printable(&text),
+            Self::Number(_, text) => text,
+            Self::Other => String::new(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v.to_owned()))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v.to_string()))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v as f64, v.to_string()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v as f64, v.to_string()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+        let text = serde_json::Number::from_f64(v).map_or_else(String::new, |n| n.to_string());
+        Ok(Scalar::Number(v, text))
+    }
+
+    fn visit_unit<E>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Scalar::Other)
+    }
+}
+
+/// One row per entry of the `/v1/models` JSON `body`: id, owned_by, created (a UTC date;
+/// `-` when unknown).
+pub fn render(body: &[u8]) -> Result<String, serde_json::Error> {
+    let listing: Listing = serde_json::from_slice(body)?;
+    let rows: Vec<[String; 3]> = listing
+        .data
+        .into_iter()
+        .map(|row| {
             [
-                text(&entry["id"]),
-                text(&entry["owned_by"]),
-                entry["created"]
-                    .as_f64()
-                    .filter(|secs| *secs > 0.0 && *secs < 1e12)
-                    .map_or_else(|| "-".to_owned(), |secs| utc_date(secs as i64)),
+                row.id.cell(),
+                row.owned_by.cell(),
+                match row.created {
+                    Scalar::Number(secs, _) if secs > 0.0 && secs < 1e12 => utc_date(secs as i64),
+                    _ => "-".to_owned(),
+                },
             ]
         })
         .collect();
     if rows.is_empty() {
-        return "(no models)\n".to_owned();
+        return Ok("(no models)\n".to_owned());
     }
     let header = ["ID", "OWNED BY", "CREATED"].map(str::to_owned);
     let width = |column: usize| {
@@ -51,17 +149,7 @@ pub fn render(list: &Value) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    out
-}
-
-/// A cell: ids and owners come from upstreams' lists, so a newline (a forged row), an
-/// escape sequence or a bidi override in one is shown escaped, as in every other table.
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => crate::printable(s),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
+    Ok(out)
 }
 
 /// `YYYY-MM-DD` of a Unix time (days-to-civil conversion of the proleptic Gregorian calendar).
@@ -87,7 +175,11 @@ fn utc_date(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    fn table(list: &Value) -> String {
+        render(&serde_json::to_vec(list).expect("json")).expect("a list")
+    }
 
     #[test]
     fn dates() {
@@ -105,12 +197,12 @@ mod tests {
             {"id": "[local]qwen", "owned_by": "local", "created": 0},
         ]});
         assert_eq!(
-            render(&list),
+            table(&list),
             "ID                                   OWNED BY  CREATED\n\
              [openrouter]google/gemini-2.0-flash  google    2023-11-14\n\
              [local]qwen                          local     -\n"
         );
-        assert_eq!(render(&json!({"data": []})), "(no models)\n");
+        assert_eq!(table(&json!({"data": []})), "(no models)\n");
     }
 
     #[test]
@@ -120,10 +212,29 @@ mod tests {
             {"id": "[a]\u{202e}evil", "owned_by": "a"},
         ]});
         assert_eq!(
-            render(&list),
+            table(&list),
             "ID               OWNED BY       CREATED\n\
              [a]x\\nFAKE  row  \\u{1b}[31mred  -\n\
              [a]\\u{202e}evil  a              -\n"
+        );
+    }
+
+    #[test]
+    fn an_entry_nested_past_the_recursion_limit_does_not_hide_the_others() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let body = format!(
+            r#"{{"object":"list","data":[{{"id":"[a]deep","owned_by":"a","created":0,"extra":{deep}}},{{"id":"[b]ok","owned_by":"b","created":1700000000}},{{"id":7,"owned_by":{{"x":[1]}},"created":"soon"}}]}}"#
+        );
+        assert!(
+            serde_json::from_str::<Value>(&body).is_err(),
+            "past the limit"
+        );
+        assert_eq!(
+            render(body.as_bytes()).expect("a list"),
+            "ID       OWNED BY  CREATED\n\
+             [a]deep  a         -\n\
+             [b]ok    b         2023-11-14\n\
+             7                  -\n"
         );
     }
 }
