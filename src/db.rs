@@ -152,9 +152,10 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
     let shown = path.display().to_string();
     check_path(path)?;
     let path = plain_file_name(path);
-    if access == Access::ReadWrite {
-        create_private(&path);
-    }
+    // For a reader too: `serve` with accounts on opens the file to read the users table
+    // before (or, with the ledger off, instead of) the ledger's writer, and SQLite creates a
+    // missing one with the umask's mode (0644: every user key readable by anyone).
+    create_private(&path);
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
     let conn = open_file(&path, flags).map_err(|e| match access {
         Access::ReadWrite => cannot_write(&shown, &path, e),
@@ -471,13 +472,20 @@ mod tests {
     fn a_new_file_is_private_and_an_existing_one_keeps_its_mode() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("new.db");
-        drop(open(&path).expect("open"));
-        for file in ["new.db", "new.db-wal", "new.db-shm"] {
-            let Ok(meta) = std::fs::metadata(dir.path().join(file)) else {
-                continue;
-            };
-            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+        for (name, opener) in [
+            ("new", open as fn(&Path) -> Result<Connection, DbError>),
+            ("read", open_to_read),
+        ] {
+            let path = dir.path().join(format!("{name}.db"));
+            drop(opener(&path).expect("open"));
+            assert!(path.exists(), "{name}");
+            for suffix in ["", "-wal", "-shm"] {
+                let Ok(meta) = std::fs::metadata(dir.path().join(format!("{name}.db{suffix}")))
+                else {
+                    continue;
+                };
+                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}{suffix}");
+            }
         }
         let shared = dir.path().join("shared.db");
         std::fs::write(&shared, b"").expect("create");

@@ -313,9 +313,31 @@ async fn refresh_loop(index: Arc<UserIndex>, every: Duration, stop: Cancellation
 /// starts the refresh task. Needs a Tokio runtime.
 pub fn start(path: &Path) -> Result<(Arc<UserIndex>, RefreshTask), UserError> {
     let conn = crate::db::open_to_read(path)?;
+    warn_when_others_may_read(path);
     let index = Arc::new(UserIndex::following(conn)?);
     let task = RefreshTask::start(index.clone(), REFRESH_INTERVAL);
     Ok((index, task))
+}
+
+/// The database holds every user's key in the clear (as the Python version's did). A file
+/// others may read, made so by hand or by an earlier build that created it with the umask's
+/// mode, is kept as it is (its mode is the administrator's), but said once at start-up.
+fn warn_when_others_may_read(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o044 != 0 {
+            tracing::warn!(
+                "{}: other users of this machine may read it (mode {mode:04o}), and it holds \
+                 every user key; `chmod 600` it unless that is meant",
+                path.display()
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -406,3 +406,67 @@ async fn a_users_table_without_permissions_is_read_and_given_the_column() {
         (403, Some("provider_forbidden".to_owned()))
     );
 }
+
+/// With accounts on, `serve` opens the database to read its users before the ledger's
+/// writer does (and instead of it, with the ledger off): a file it has to create is made
+/// mode 600 all the same, though the umask would let SQLite make it 644. A file others may
+/// read is kept as it is, and said at start-up.
+#[tokio::test]
+async fn serve_with_accounts_makes_a_private_database_and_names_one_others_may_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let envs = [
+        ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+        ("LLMSROUTER_LEDGER", "false"),
+        ("LLMSROUTER_LOG_FILE", ""),
+    ];
+    let with_umask_022 = || {
+        let mut shell = Command::new("sh");
+        shell
+            .arg("-c")
+            .arg("umask 022 && exec \"$0\" \"$@\"")
+            .arg(binary());
+        shell
+    };
+    let mode = |path: &Path| std::fs::metadata(path).expect("meta").permissions().mode() & 0o777;
+
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), two_server_config(&upstream)).expect("cfg");
+    let router = RouterProcess::start_with(dir, &envs, with_umask_022());
+    let db = router.path().join("users.db");
+    assert_eq!(mode(&db), 0o600);
+    assert!(
+        !router.stderr().contains("may read it"),
+        "{}",
+        router.stderr()
+    );
+    let (code, _, err) = user(router.path(), &["add", "ann"]);
+    assert_eq!(code, 0, "{err}");
+    for suffix in ["", "-wal", "-shm"] {
+        if let Ok(meta) = std::fs::metadata(router.path().join(format!("users.db{suffix}"))) {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "users.db{suffix}");
+        }
+    }
+    drop(router);
+
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), two_server_config(&upstream)).expect("cfg");
+    python_db(&dir.path().join("users.db"));
+    std::fs::set_permissions(
+        dir.path().join("users.db"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    let router = RouterProcess::start_with(dir, &envs, with_umask_022());
+    let said = router.stderr();
+    assert!(
+        said.contains("users.db: other users of this machine may read it (mode 0644)"),
+        "{said}"
+    );
+    assert!(!said.contains(ANN_KEY), "{said}");
+    assert_eq!(
+        mode(&router.path().join("users.db")),
+        0o644,
+        "kept as it was"
+    );
+}
