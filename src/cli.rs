@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The variable behind every `--json` flag.
 const JSON_VAR: &str = "LLMSROUTER_JSON";
+/// The variable behind `user add --email`.
+const EMAIL_VAR: &str = "LLMSROUTER_USER_EMAIL";
 /// The variable behind `user add --permissions` and `user modify --permissions`.
 const PERMISSIONS_VAR: &str = "LLMSROUTER_USER_PERMISSIONS";
 
@@ -28,7 +30,7 @@ const FLAG_VARIABLES: &[(&str, &str)] = &[
     ("--port", "LLMSROUTER_PORT"),
     ("--by", "LLMSROUTER_USAGE_BY"),
     ("--since", "LLMSROUTER_USAGE_SINCE"),
-    ("--email", "LLMSROUTER_USER_EMAIL"),
+    ("--email", EMAIL_VAR),
     ("--permissions", PERMISSIONS_VAR),
     ("--json", JSON_VAR),
     ("--key", KEY_VAR),
@@ -46,7 +48,10 @@ impl Cli {
     pub fn parse_or_exit() -> Self {
         let args: Vec<OsString> = std::env::args_os().collect();
         match Self::try_parse() {
-            Ok(cli) => match cli.empty_path(&args) {
+            Ok(cli) => match cli
+                .empty_path(&args)
+                .or_else(|| cli.bad_user_variable(&args, &|name| std::env::var_os(name)))
+            {
                 None => cli,
                 Some(line) => {
                     eprintln!("error: {line}");
@@ -121,6 +126,46 @@ impl Cli {
         } else {
             set_but_empty(variable, flag)
         })
+    }
+}
+
+impl Cli {
+    /// The error line for a `user add`/`modify` value that came from its variable and is
+    /// blank or not valid: the command would fail on it (or, for an empty email, quietly
+    /// take none), naming `--permissions` or "bad email", which the user never typed. Said
+    /// under the variable's name, as every other variable's bad value is; exit status 2.
+    pub fn bad_user_variable(
+        &self,
+        args: &[OsString],
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Option<String> {
+        let Command::User(command) = &self.command else {
+            return None;
+        };
+        let (email, permissions) = match command {
+            UserCommand::Add {
+                email, permissions, ..
+            } => (email.as_deref(), permissions),
+            UserCommand::Modify { permissions, .. } => (None, permissions),
+            _ => return None,
+        };
+        let from_variable =
+            |flag: &str, variable: &str| !on_the_line(args, flag) && env(variable).is_some();
+        if from_variable("--permissions", PERMISSIONS_VAR) {
+            if permissions.trim().is_empty() {
+                return Some(set_but_empty(PERMISSIONS_VAR, "--permissions"));
+            }
+            if let Err(e) = crate::users::permissions::parse_spec(permissions) {
+                return Some(format!("{PERMISSIONS_VAR}: {e}"));
+            }
+        }
+        let email = email.filter(|_| from_variable("--email", EMAIL_VAR))?;
+        if email.trim().is_empty() {
+            return Some(set_but_empty(EMAIL_VAR, "--email"));
+        }
+        crate::users::names::check_email(email)
+            .err()
+            .map(|reason| format!("{EMAIL_VAR}: not an email address: {reason}"))
     }
 }
 
@@ -497,7 +542,7 @@ KEY=$(llmsrouter user add bob)"
         /// Letters, digits and . _ - @ + ; at most 64 characters.
         username: String,
         /// The user's email address (optional; "" means none).
-        #[arg(long, env = "LLMSROUTER_USER_EMAIL", value_name = "EMAIL")]
+        #[arg(long, env = EMAIL_VAR, value_name = "EMAIL")]
         email: Option<String>,
         /// Provider aliases the user may use, comma-separated, or "*" for all.
         #[arg(

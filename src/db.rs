@@ -298,12 +298,20 @@ fn cannot_write(shown: &str, path: &Path, e: rusqlite::Error) -> DbError {
     }
     let folder = folder_of(path);
     let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
-    DbError::Open {
-        path: shown.to_owned(),
-        reason: format!(
+    let reason = if folder.is_dir() {
+        format!(
             "cannot write it: its folder {} is not writable by this user, and SQLite makes its journal files (-wal, -shm, -journal) there",
             folder.display()
-        ),
+        )
+    } else {
+        format!(
+            "cannot create it: the folder {} does not exist",
+            folder.display()
+        )
+    };
+    DbError::Open {
+        path: shown.to_owned(),
+        reason,
     }
 }
 

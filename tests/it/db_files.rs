@@ -470,3 +470,29 @@ async fn serve_with_accounts_makes_a_private_database_and_names_one_others_may_r
         "kept as it was"
     );
 }
+
+/// A database in a folder that does not exist: the commands that would create it say so,
+/// not that the folder is not writable.
+#[test]
+fn a_database_in_a_missing_folder_is_said_so() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("u.csv"), "username,email\nbob,\n").expect("csv");
+    for args in [
+        &["user", "add", "ann", "--db", "nodir/x.db"][..],
+        &["user", "import", "u.csv", "--db", "nodir/x.db"][..],
+    ] {
+        let (code, out, err) = run_cli(dir.path(), args, &[]);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(out.is_empty(), "{out}");
+        let folder = dir.path().join("nodir");
+        assert_eq!(
+            err,
+            format!(
+                "error: nodir/x.db: cannot create it: the folder {} does not exist\n",
+                folder.display()
+            ),
+            "{args:?}"
+        );
+    }
+    assert!(!dir.path().join("nodir").exists());
+}

@@ -259,3 +259,81 @@ fn invisible_formatting_characters_are_escaped_and_accepted_escaped() {
     let (code, _, err) = user(dir.path(), &["show", "evil\u{202e}gnp.exe"]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// `--permissions` and `--email` from their variables: blank is "set but empty" and a bad
+/// value is said under the variable's name, both exit status 2 with nothing written, as for
+/// every other variable; before, a blank email was quietly taken as none and the others
+/// blamed flags never typed. The flags on the line keep their own messages, and win.
+#[test]
+fn user_variables_that_are_blank_or_bad_are_named() {
+    let dir = tempfile::tempdir().expect("dir");
+    add(dir.path(), &["ann"]);
+    let db = dir.path().join("users.db");
+    let before = stored(&db);
+    let cases: [(&[&str], (&str, &str), &str); 6] = [
+        (
+            &["user", "add", "bob"],
+            ("LLMSROUTER_USER_PERMISSIONS", ""),
+            "error: LLMSROUTER_USER_PERMISSIONS is set but empty: unset it, or give it a value (it stands for --permissions)\n",
+        ),
+        (
+            &["user", "modify", "ann"],
+            ("LLMSROUTER_USER_PERMISSIONS", " "),
+            "error: LLMSROUTER_USER_PERMISSIONS is set but empty: unset it, or give it a value (it stands for --permissions)\n",
+        ),
+        (
+            &["user", "add", "bob"],
+            ("LLMSROUTER_USER_PERMISSIONS", "*,p1"),
+            "error: LLMSROUTER_USER_PERMISSIONS: \"*\" (every provider) cannot be combined with aliases\n",
+        ),
+        (
+            &["user", "modify", "ann"],
+            ("LLMSROUTER_USER_PERMISSIONS", "a,,b"),
+            "error: LLMSROUTER_USER_PERMISSIONS: permissions \"a,,b\" have an empty entry: give provider aliases (\"a,b\") or \"*\"\n",
+        ),
+        (
+            &["user", "add", "bob"],
+            ("LLMSROUTER_USER_EMAIL", ""),
+            "error: LLMSROUTER_USER_EMAIL is set but empty: unset it, or give it a value (it stands for --email)\n",
+        ),
+        (
+            &["user", "add", "bob"],
+            ("LLMSROUTER_USER_EMAIL", "bad"),
+            "error: LLMSROUTER_USER_EMAIL: not an email address: an email address needs an '@'\n",
+        ),
+    ];
+    for (args, variable, said) in cases {
+        let (code, out, err) = run_cli(dir.path(), args, &[variable]);
+        assert_eq!((code, err.as_str()), (2, said), "{args:?} {variable:?}");
+        assert!(out.is_empty(), "{out}");
+    }
+    assert_eq!(stored(&db), before, "nothing written");
+
+    // On the line: the flag's own message (exit 1), and the flag wins over its variable.
+    let (code, _, err) = run_cli(
+        dir.path(),
+        &["user", "add", "bob", "--email", "bad"],
+        &[("LLMSROUTER_USER_EMAIL", "")],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("error: bad email"), "{err}");
+    let (code, out, err) = run_cli(
+        dir.path(),
+        &["user", "add", "bob", "--email", "", "--permissions", "*"],
+        &[
+            ("LLMSROUTER_USER_EMAIL", ""),
+            ("LLMSROUTER_USER_PERMISSIONS", "*,p1"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("sk-lr-"), "{out}");
+    let (code, _, err) = run_cli(
+        dir.path(),
+        &["user", "add", "carl"],
+        &[
+            ("LLMSROUTER_USER_EMAIL", "carl@example.com"),
+            ("LLMSROUTER_USER_PERMISSIONS", "a,b"),
+        ],
+    );
+    assert_eq!(code, 0, "good values from variables: {err}");
+}
