@@ -35,6 +35,8 @@ pub enum FetchError {
     TooLarge,
     #[error("its answer broke off: {0}")]
     BrokeOff(String),
+    #[error("its answer cannot be decoded: {0}")]
+    Undecodable(String),
     #[error(transparent)]
     Invalid(#[from] ParseError),
 }
@@ -55,7 +57,8 @@ async fn fetch(client: &reqwest::Client, server: &Server) -> Result<Parsed, Fetc
         // Built as a chat request's URL is: the base's own query (`?api-version=...`) stays a
         // query, after `/models`.
         .get(request_url(&server.base, "/models", None))
-        .header(ACCEPT, "application/json");
+        .header(ACCEPT, "application/json")
+        .header(http::header::ACCEPT_ENCODING, "identity");
     // The very value a chat request carries: built (or refused) once, at config load.
     if let Some(authorization) = server.authorization() {
         request = request.header(http::header::AUTHORIZATION, authorization.clone());
@@ -74,8 +77,41 @@ async fn fetch(client: &reqwest::Client, server: &Server) -> Result<Parsed, Fetc
             detail: quote(&body, server),
         });
     }
+    let coding = content_coding(response.headers());
     let body = read_body(response, MAX_MODELS_BODY, false).await?;
+    let body = match coding {
+        None => body,
+        Some(coding) => decoded(coding, body).await?,
+    };
     Ok(parse_listing(&body)?)
+}
+
+/// The codings of an answer's `Content-Encoding`, or `None` for a body as it is. The router
+/// asks for `Accept-Encoding: identity`, but some servers compress their lists anyway (the
+/// Python version's aiohttp asked for and decoded gzip, so they worked there).
+fn content_coding(headers: &http::HeaderMap) -> Option<String> {
+    let codings: Vec<&str> = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+        .collect();
+    (!codings.is_empty()).then(|| codings.join(", "))
+}
+
+/// `body` decoded (at most [`MAX_MODELS_BODY`] of it), on a blocking thread: a list of
+/// several MB takes milliseconds of CPU to inflate.
+async fn decoded(coding: String, body: Vec<u8>) -> Result<Vec<u8>, FetchError> {
+    let decode = move || {
+        crate::content_coding::decode(&coding, &body, MAX_MODELS_BODY).map_err(|e| e.to_string())
+    };
+    match tokio::task::spawn_blocking(decode).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(reason)) => Err(FetchError::Undecodable(reason)),
+        Err(e) => Err(FetchError::Undecodable(e.to_string())),
+    }
 }
 
 /// Reads at most `limit` bytes. Past it: truncated when `truncate`, else [`FetchError::TooLarge`]

@@ -624,6 +624,59 @@ async fn bad_upstream_answers_leave_only_that_server_out() {
     router.stop().await;
 }
 
+/// A list compressed although the router asked for `identity` (as some servers do; the
+/// Python version's aiohttp decoded them) is decoded; one that does not decode leaves only
+/// its server out, saying why.
+#[tokio::test]
+async fn a_compressed_list_is_decoded_and_a_corrupt_one_named() {
+    let coded = |coding: &'static str, body: &str| {
+        MockUpstream::start(Behavior {
+            models_body: Some(body.to_owned()),
+            models_coding: Some(coding),
+            ..Behavior::default()
+        })
+    };
+    let gzipped = coded("gzip", r#"{"data":[{"id":"gz-model"}]}"#).await;
+    let deflated = coded("deflate", r#"["zl-model"]"#).await;
+    let corrupt = MockUpstream::start(Behavior {
+        models_body: Some(r#"["plain"]"#.to_owned()),
+        headers: vec![("content-encoding".to_owned(), "gzip".to_owned())],
+        ..Behavior::default()
+    })
+    .await;
+    let yaml = config(
+        &[
+            server("gz", &gzipped.url(), ""),
+            server("zl", &deflated.url(), ""),
+            server("corrupt", &corrupt.url(), ""),
+        ],
+        "",
+    );
+    let router = TestRouter::start(&yaml).await;
+    assert_eq!(list_ids(&router).await, ["[gz]gz-model", "[zl]zl-model"]);
+    let fetch = gzipped
+        .received()
+        .into_iter()
+        .find(|r| r.method == "GET")
+        .expect("the list was asked for");
+    assert_eq!(fetch.headers["accept-encoding"], "identity");
+    router.stop().await;
+
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), &yaml).expect("write");
+    let (code, stdout, stderr) = cli(dir.path(), &["models"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("[gz]gz-model") && stdout.contains("[zl]zl-model"),
+        "{stdout}"
+    );
+    assert!(
+        stderr
+            .contains("server \"corrupt\": its answer cannot be decoded: the gzip body is corrupt"),
+        "{stderr}"
+    );
+}
+
 // ---- llmsrouter models -------------------------------------------------------------------
 
 async fn cli(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {

@@ -88,6 +88,9 @@ pub struct Behavior {
     pub hold_chunk: Option<(usize, Arc<tokio::sync::Semaphore>)>,
     /// Status for `GET .../models`; `None`: `status`.
     pub models_status: Option<u16>,
+    /// `GET .../models`: compress the answer (`"gzip"` or `"deflate"`) whatever the request
+    /// accepts, and say so in `Content-Encoding`.
+    pub models_coding: Option<&'static str>,
     /// Extra delay before answering `GET .../models`.
     pub models_delay: Duration,
     /// `GET .../models` waits for a permit of this semaphore (a closed gate the test opens
@@ -120,6 +123,7 @@ impl Default for Behavior {
             stream_coding: None,
             hold_chunk: None,
             models_status: None,
+            models_coding: None,
             models_delay: Duration::ZERO,
             models_gate: None,
         }
@@ -285,12 +289,21 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             .models_body
             .clone()
             .unwrap_or_else(|| r#"{"object":"list","data":[]}"#.to_owned());
-        return respond(
-            status,
-            "application/json",
-            &behavior.headers,
-            Body::from(body),
-        );
+        let Some(coding) = behavior.models_coding else {
+            return respond(
+                status,
+                "application/json",
+                &behavior.headers,
+                Body::from(body),
+            );
+        };
+        let encoded = match coding {
+            "gzip" => gzip(body.as_bytes()),
+            _ => zlib(body.as_bytes()),
+        };
+        let mut headers = behavior.headers.clone();
+        headers.push(("content-encoding".to_owned(), coding.to_owned()));
+        return respond(status, "application/json", &headers, Body::from(encoded));
     }
     if let Some(gate) = &behavior.hold_head {
         // Held only while passing: one permit lets every waiting request through.
