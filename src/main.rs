@@ -504,6 +504,9 @@ fn run_models(cli: &Cli, args: &ModelsArgs) -> anyhow::Result<ExitCode> {
     })?;
     let mut failed = 0;
     for server in snapshot.servers() {
+        if let Some(warning) = &server.filter_kept_none {
+            eprintln!("warning: server \"{}\": {warning}", server.alias);
+        }
         if let ServerStatus::Failed {
             error,
             kept_last_good,

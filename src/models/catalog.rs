@@ -179,6 +179,9 @@ pub struct ServerState {
     latest_good: Option<Arc<Vec<UpstreamModel>>>,
     /// When to ask again; `None`: never (an `override` server).
     due: Option<Instant>,
+    /// Its `filter` kept none of the models it listed (see
+    /// [`super::filter::keeps_none_warning`]): what to warn of.
+    pub filter_kept_none: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +233,7 @@ impl Snapshot {
                 url: server.url.clone(),
                 latest_good: None,
                 due: Some(now),
+                filter_kept_none: None,
             });
         }
         let filters: Vec<Filter> = config
@@ -304,6 +308,7 @@ async fn server_state(
         url: server.url.clone(),
         latest_good: None,
         due: None,
+        filter_kept_none: None,
     };
     if server.override_models.is_some() {
         return state;
@@ -323,12 +328,20 @@ async fn server_state(
                     parsed.skipped
                 );
             }
+            state.filter_kept_none = filter_kept_none(server, &parsed.models);
+            if let Some(warning) = &state.filter_kept_none {
+                // Once, not at every refresh while it lasts.
+                if before.is_none_or(|b| b.filter_kept_none.is_none()) {
+                    tracing::warn!(server = %server.alias, "{warning}");
+                }
+            }
             state.status = ServerStatus::Listed;
             state.latest_good = Some(Arc::new(parsed.models));
             state.due = Instant::now().checked_add(ttl);
         }
         Err(error) => {
             state.latest_good = before.and_then(|b| b.latest_good.clone());
+            state.filter_kept_none = before.and_then(|b| b.filter_kept_none.clone());
             let kept_last_good = state.latest_good.is_some();
             if kept_last_good {
                 tracing::warn!(server = %server.alias, "GET /models failed: {error}; serving its last good model list");
@@ -343,4 +356,12 @@ async fn server_state(
         }
     }
     state
+}
+
+/// The warning for a server whose `filter` keeps none of the (non-empty) list it answered.
+fn filter_kept_none(server: &Server, models: &[UpstreamModel]) -> Option<String> {
+    let text = server.filter.as_deref()?;
+    let filter = Filter::parse(text);
+    (!models.is_empty() && !models.iter().any(|m| filter.matches(&m.id)))
+        .then(|| super::filter::keeps_none_warning(text, models.len()))
 }

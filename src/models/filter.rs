@@ -25,6 +25,25 @@ enum Term {
     Glob(Vec<String>),
 }
 
+/// What to say of a server's `filter` that keeps none of its `listed` upstream models: most
+/// likely a filter written for the Python version, which ran each term through `re.search`
+/// (`^gpt`, `gpt|claude`, `deepseek.*free`), where here only `*` is special and such a term
+/// matches nothing. A filter meant to hide everything is better written as `override: []`.
+pub fn keeps_none_warning(filter: &str, listed: usize) -> String {
+    let regex_like = filter.contains(['^', '$', '|', '(', ')', '[', ']', '\\', '+', '?', '{', '}'])
+        || filter.contains(".*");
+    let hint = if regex_like {
+        "; its terms look like regular expressions, but filter terms are plain text and \
+         globs (only `*` is special; see README \"filter\")"
+    } else {
+        ""
+    };
+    format!(
+        "filter {} keeps none of its {listed} models{hint}",
+        serde_json::Value::from(filter)
+    )
+}
+
 impl Filter {
     pub fn parse(text: &str) -> Self {
         let terms = text

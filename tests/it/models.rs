@@ -677,6 +677,74 @@ async fn a_compressed_list_is_decoded_and_a_corrupt_one_named() {
     );
 }
 
+/// A `filter` that keeps none of a server's models (most likely a regular expression from the
+/// Python version, where here only `*` is special) is warned of: by `llmsrouter models`, and
+/// by `serve` once, not at each refresh. Said without the hint for a plain term, and not at
+/// all for a filter that keeps something or an `override` server's (never applied).
+#[tokio::test]
+async fn a_filter_that_keeps_nothing_is_warned_of_once() {
+    let shared = upstream_listing(r#"["gpt-4o","claude-3","deepseek-r1:free"]"#).await;
+    let url = shared.url();
+    let yaml = config(
+        &[
+            server("anchored", &url, "    filter: \"^gpt\"\n"),
+            server("either", &url, "    filter: \"gpt|claude\"\n"),
+            server("plain", &url, "    filter: \"llama\"\n"),
+            server("fine", &url, "    filter: \"gpt*\"\n"),
+            server("fixed", &url, "    filter: \"^x\"\n    override: [\"m\"]\n"),
+        ],
+        "  models_cache_ttl_secs: 0\n",
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), &yaml).expect("write");
+    let (code, stdout, stderr) = cli(dir.path(), &["models"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("[fine]gpt-4o") && stdout.contains("[fixed]m"),
+        "{stdout}"
+    );
+    let regex_hint = "; its terms look like regular expressions, but filter terms are plain \
+                      text and globs (only `*` is special; see README \"filter\")";
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("warning:"))
+            .collect::<Vec<_>>(),
+        [
+            format!(
+                "warning: server \"anchored\": filter \"^gpt\" keeps none of its 3 models{regex_hint}"
+            ),
+            format!(
+                "warning: server \"either\": filter \"gpt|claude\" keeps none of its 3 models{regex_hint}"
+            ),
+            "warning: server \"plain\": filter \"llama\" keeps none of its 3 models".to_owned(),
+        ]
+    );
+
+    let router = crate::support::RouterProcess::start(
+        Some(&yaml),
+        &[("LLMSROUTER_LEDGER", "false"), ("LLMSROUTER_LOG_FILE", "")],
+    );
+    for _ in 0..3 {
+        let (status, _) = get_json(&router.url("/v1/models")).await;
+        assert_eq!(status, 200);
+    }
+    let fetched = model_fetches(&shared);
+    assert!(fetched >= 4 * 4, "asked again at each request: {fetched}");
+    let said = router.stderr();
+    for alias in ["anchored", "either", "plain"] {
+        let warnings = said
+            .lines()
+            .filter(|l| l.contains("keeps none") && l.contains(&format!("server={alias}")))
+            .count();
+        assert_eq!(warnings, 1, "{alias}: {said}");
+    }
+    assert!(
+        !said.contains("server=fine") && !said.contains("server=fixed"),
+        "{said}"
+    );
+}
+
 // ---- llmsrouter models -------------------------------------------------------------------
 
 async fn cli(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
