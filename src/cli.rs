@@ -96,6 +96,9 @@ pub fn error_line(
     if let Some(from) = conflict_from_a_variable(error, args, env) {
         return Some(from);
     }
+    if let Some(from) = not_utf8_variable(error, args, env) {
+        return Some(from);
+    }
     Some(match from_a_variable(error, args, env) {
         Some(from) if from.value.to_string_lossy().trim().is_empty() => {
             set_but_empty(from.variable, from.flag)
@@ -239,6 +242,23 @@ fn from_a_variable<'e>(
     })
 }
 
+/// clap's "invalid UTF-8 was detected in one or more arguments" where the bytes came from a
+/// variable (the flag not on the line): said under the variable's name, which clap's words
+/// leave out. The value is not shown.
+fn not_utf8_variable(
+    error: &clap::Error,
+    args: &[OsString],
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Option<String> {
+    if error.kind() != clap::error::ErrorKind::InvalidUtf8 {
+        return None;
+    }
+    let &(flag, variable) = FLAG_VARIABLES.iter().find(|(flag, variable)| {
+        !on_the_line(args, flag) && env(variable).is_some_and(|v| v.to_str().is_none())
+    })?;
+    Some(not_utf8(variable, flag))
+}
+
 /// A conflict (`user show ann` with `LLMSROUTER_USER_KEY` set) where one side came from a
 /// variable: clap's words would name a flag never typed.
 fn conflict_from_a_variable(
@@ -286,6 +306,13 @@ pub fn listen_host(value: &str) -> Result<std::net::IpAddr, String> {
 /// the same words for every variable, whichever command reads it.
 pub fn set_but_empty(variable: &str, flag: &str) -> String {
     format!("{variable} is set but empty: unset it, or give it a value (it stands for {flag})")
+}
+
+/// The error line of a variable whose value is not UTF-8 (never shown: it may be a key).
+pub fn not_utf8(variable: &str, flag: &str) -> String {
+    format!(
+        "{variable} is not UTF-8 text (saved in another encoding?): fix its value, or unset it (it stands for {flag})"
+    )
 }
 
 /// `--since`: a real calendar day, `YYYY-MM-DD`.

@@ -4,6 +4,7 @@
 //! message naming the file, the key path and what is wrong. Nothing here does network I/O, and
 //! no error message ever contains an `api_key` value.
 
+use std::env::VarError;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -125,10 +126,11 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads and validates `file`, expanding `${NAME}` with `env`.
-    pub fn load(file: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    /// Reads and validates `file`, expanding `${NAME}` with `env` (`std::env::var` in the
+    /// binary: a value that is not UTF-8 is told apart from an unset one).
+    pub fn load(file: &Path, env: &EnvLookup<'_>) -> Result<Self, ConfigError> {
         let text = Self::read(file)?;
-        Self::parse(&text, env).map_err(|(path, reason)| ConfigError::Invalid {
+        Self::parse_with(&text, env).map_err(|(path, reason)| ConfigError::Invalid {
             file: file.to_owned(),
             path,
             reason,
@@ -163,11 +165,16 @@ impl Config {
         })
     }
 
-    /// Parses YAML text; the error is `(key path, reason)`.
+    /// Parses YAML text; the error is `(key path, reason)`. `env` gives each set variable.
     pub fn parse(
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, (String, String)> {
+        Self::parse_with(text, &|name| env(name).ok_or(VarError::NotPresent))
+    }
+
+    /// [`Config::parse`], with an environment that can hold values that are not UTF-8.
+    pub fn parse_with(text: &str, env: &EnvLookup<'_>) -> Result<Self, (String, String)> {
         let raw = parse_yaml(text)?;
         let Some(raw) = raw else {
             return Ok(Self::default());
@@ -175,6 +182,9 @@ impl Config {
         validate(raw, env)
     }
 }
+
+/// An environment variable by name, as `std::env::var` gives it.
+pub type EnvLookup<'a> = dyn Fn(&str) -> Result<String, VarError> + 'a;
 
 // ---- raw, as written in the file ---------------------------------------------------------
 
@@ -220,35 +230,16 @@ struct RawSettings {
     default_server: Option<String>,
 }
 
-/// A YAML scalar taken as text: `X-Retry: 3` or `override: [1234]` mean the string, which is
-/// what a user writing them expects.
+/// A YAML scalar taken as its literal text, as written: `X-Retry: 3` or `override: [1234]`
+/// mean the string, which is what a user writing them expects, and `api_key: 0123456789`,
+/// `1234e12` or `1.10` keep every character (read as a number first, they lost their
+/// leading zero, were expanded, or lost digits). PyYAML kept such text too. Lists,
+/// mappings and `null` are refused.
 struct Scalar(String);
 
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_owned()))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-        }
-        d.deserialize_any(V)
+        String::deserialize(d).map(Scalar)
     }
 }
 
@@ -268,14 +259,82 @@ fn parse_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
             None | Some("" | ".") => "(top level)".to_owned(),
             Some(p) => p.trim_end_matches(".?").to_owned(),
         };
-        let mut reason = in_plain_words(&first_line(&e.to_string()));
+        let message = first_line(&e.to_string());
+        let mut reason = in_plain_words(&message);
         if let Some(loc) = e.location() {
-            if !reason.contains("line ") {
+            if let Some(key) = duplicate_key(&message) {
+                reason = twice(text, key, loc.line() as usize, loc.column() as usize);
+            } else if !reason.contains("line ") {
                 reason = format!("{reason} (line {}, column {})", loc.line(), loc.column());
             }
         }
         (path, reason)
     })
+}
+
+/// The key of the YAML library's duplicate-key message.
+fn duplicate_key(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("duplicate mapping key: ")
+        .and_then(|rest| rest.split(", set DuplicateKeyPolicy").next())
+}
+
+/// A key written twice in one mapping, said with both lines. Refused, where PyYAML took the
+/// last one: a second `a:` under `servers:` is most often a pasted block meant under
+/// another name, and taking the last would silently drop the first server.
+fn twice(text: &str, key: &str, line: usize, column: usize) -> String {
+    match earlier_line_of_key(text, key, line, column) {
+        Some(first) if first < line => format!(
+            "the key {key} appears twice, at line {first} and again at line {line}, column {column}; keep one"
+        ),
+        Some(_) => format!("the key {key} appears twice on line {line}; keep one"),
+        None => {
+            format!("the key {key} appears twice (again at line {line}, column {column}); keep one")
+        }
+    }
+}
+
+/// Where `key` (which appears again at `line`, `column`, both 1-based) was first written in
+/// the same mapping: earlier on the same line (a `{flow: mapping}`), or on an earlier line at
+/// the same indentation, before a line that starts further left (which ends that mapping).
+fn earlier_line_of_key(text: &str, key: &str, line: usize, column: usize) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let at = line.checked_sub(1)?;
+    let here = lines.get(at)?;
+    let before_key = here
+        .char_indices()
+        .nth(column.checked_sub(1)?)
+        .map_or(here.len(), |(i, _)| i);
+    if here[..before_key]
+        .split([',', '{'])
+        .skip(1)
+        .any(|piece| starts_with_key(piece.trim_start(), key))
+    {
+        return Some(line);
+    }
+    let indent = column - 1;
+    for (index, earlier) in lines[..at].iter().enumerate().rev() {
+        let trimmed = earlier.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let this_indent = earlier.chars().count() - trimmed.chars().count();
+        if this_indent < indent {
+            return None;
+        }
+        if this_indent == indent && starts_with_key(trimmed, key) {
+            return Some(index + 1);
+        }
+    }
+    None
+}
+
+/// Whether `text` starts with `key:`, the key plain or quoted.
+fn starts_with_key(text: &str, key: &str) -> bool {
+    [key.to_owned(), format!("\"{key}\""), format!("'{key}'")]
+        .iter()
+        .filter_map(|written| text.strip_prefix(written.as_str()))
+        .any(|rest| rest.trim_start().starts_with(':'))
 }
 
 /// The YAML library's messages that speak to its programmer ("set DuplicateKeyPolicy in
@@ -286,10 +345,7 @@ fn in_plain_words(reason: &str) -> String {
         Some(at) => reason.split_at(at),
         None => (reason, ""),
     };
-    let plain = if let Some(key) = message
-        .strip_prefix("duplicate mapping key: ")
-        .and_then(|rest| rest.split(", set DuplicateKeyPolicy").next())
-    {
+    let plain = if let Some(key) = duplicate_key(message) {
         format!("the key {key} appears twice")
     } else if message.starts_with("multiple YAML documents detected") {
         "more than one YAML document (a `---` line in the middle); keep one".to_owned()
@@ -299,6 +355,18 @@ fn in_plain_words(reason: &str) -> String {
         "expected one value (text or a number), not a list or a mapping".to_owned()
     } else if message == "expected mapping start" {
         "expected a mapping (indented `key: value` lines)".to_owned()
+    } else if message == "invalid u64" {
+        "expected a whole number (digits only: no sign, fraction or exponent such as 1e6)"
+            .to_owned()
+    } else if message == "invalid floating point" || message == "invalid f64" {
+        "expected a number".to_owned()
+    } else if message == "invalid boolean" || message == "invalid bool" {
+        "expected true or false".to_owned()
+    } else if message.starts_with("non-finite float") {
+        // The message quotes the value; a number is all that is wanted here anyway.
+        "expected a finite number (not .inf or .nan)".to_owned()
+    } else if message.starts_with("cannot deserialize tagged scalar") {
+        "a tagged value (`!!int`, `!!float`, ...) where text is expected: remove the tag".to_owned()
     } else {
         message.to_owned()
     };
@@ -321,7 +389,7 @@ fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Invalid {
     (path.into(), reason.into())
 }
 
-fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Invalid> {
+fn validate(raw: RawConfig, env: &EnvLookup<'_>) -> Result<Config, Invalid> {
     let mut servers = IndexMap::new();
     for (alias, raw_server) in raw.servers.unwrap_or_default() {
         let server = validate_server(&alias, raw_server, env)?;
@@ -341,11 +409,7 @@ pub fn is_valid_alias(alias: &str) -> bool {
             .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn validate_server(
-    alias: &str,
-    raw: RawServer,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Server, Invalid> {
+fn validate_server(alias: &str, raw: RawServer, env: &EnvLookup<'_>) -> Result<Server, Invalid> {
     let at = |key: &str| format!("servers.{alias}.{key}");
     if !is_valid_alias(alias) {
         return Err(invalid(
@@ -480,7 +544,7 @@ fn unsendable(text: &str) -> Option<String> {
 fn validate_settings(
     raw: Option<RawSettings>,
     servers: &IndexMap<String, Server>,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &EnvLookup<'_>,
 ) -> Result<Settings, Invalid> {
     let mut settings = Settings::default();
     let Some(raw) = raw else {
@@ -552,11 +616,7 @@ fn positive_duration(secs: f64) -> Option<Duration> {
     (secs.is_finite() && secs > 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs))
 }
 
-fn expand_list(
-    list: Vec<Scalar>,
-    path: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<String>, Invalid> {
+fn expand_list(list: Vec<Scalar>, path: &str, env: &EnvLookup<'_>) -> Result<Vec<String>, Invalid> {
     list.into_iter()
         .enumerate()
         .map(|(i, item)| expand_env(&item.0, &format!("{path}[{i}]"), env))
@@ -564,12 +624,11 @@ fn expand_list(
 }
 
 /// Replaces every `${NAME}` with that environment variable. An unset variable is an error:
-/// an empty api key would only surface later as a confusing 401 from the provider.
-pub fn expand_env(
-    value: &str,
-    path: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, Invalid> {
+/// an empty api key would only surface later as a confusing 401 from the provider. So is one
+/// set but empty (what `docker --env-file` leaves for a missing value, hiding `.env`'s), as
+/// every variable the router reads itself is, and one that is not UTF-8. No message quotes
+/// a value.
+pub fn expand_env(value: &str, path: &str, env: &EnvLookup<'_>) -> Result<String, Invalid> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(start) = rest.find("${") {
@@ -588,16 +647,24 @@ pub fn expand_env(
                 format!("\"${{{name}}}\" is not a valid environment variable reference"),
             ));
         }
-        match env(name) {
-            Some(v) => out.push_str(&v),
-            None => {
-                return Err(invalid(
-                    path,
-                    format!("environment variable {name} is not set (set it, or put it in .env)"),
-                ));
+        let reason = match env(name) {
+            Ok(v) if !v.is_empty() => {
+                out.push_str(&v);
+                rest = &after[end + 1..];
+                continue;
             }
-        }
-        rest = &after[end + 1..];
+            Ok(_) => "is set but empty (as `docker --env-file` leaves a missing value): \
+                      give it a value, or leave this key out"
+                .to_owned(),
+            Err(VarError::NotPresent) => "is not set (set it, or put it in .env)".to_owned(),
+            Err(VarError::NotUnicode(_)) => {
+                "is not UTF-8 text (saved in another encoding?): fix it where it is set".to_owned()
+            }
+        };
+        return Err(invalid(
+            path,
+            format!("environment variable {name} {reason}"),
+        ));
     }
     out.push_str(rest);
     Ok(out)
@@ -734,7 +801,7 @@ settings:
         let cases = [
             (
                 "servers:\n  a:\n    url: http://x\n  a:\n    url: http://y\n",
-                "the key a appears twice at line 4",
+                "the key a appears twice, at line 2 and again at line 4",
             ),
             (
                 "servers: {}\n---\nservers: {}\n",
@@ -749,6 +816,26 @@ settings:
                 "expected one value (text or a number)",
             ),
             ("settings: 5\n", "expected a mapping"),
+            (
+                "servers:\n  a:\n    url: http://x\n    override: [m1, null]\n",
+                "empty (null) where a value is needed at line 4, column 20",
+            ),
+            (
+                "settings:\n  max_body_bytes: 1e20\n",
+                "expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 2",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    timeout_secs: soon\n",
+                "expected a number at line 4",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    stream_usage: maybe\n",
+                "expected true or false at line 4",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    api_key: !!int 5\n",
+                "a tagged value (`!!int`, `!!float`, ...) where text is expected",
+            ),
         ];
         for (yaml, expected) in cases {
             let (_, reason) = error_of(yaml);
@@ -758,6 +845,10 @@ settings:
                 "from_str_multiple",
                 "Option<",
                 "scalar",
+                "unit value",
+                "u64",
+                "floating point",
+                "policy",
             ] {
                 assert!(!reason.contains(jargon), "{reason}");
             }
@@ -860,7 +951,7 @@ settings:
 
     #[test]
     fn expand_env_replaces_every_reference() {
-        let env = |n: &str| Some(format!("<{n}>"));
+        let env = |n: &str| Ok(format!("<{n}>"));
         assert_eq!(
             expand_env("a${X}b${Y_2}c", "p", &env).expect("ok"),
             "a<X>b<Y_2>c"
@@ -871,5 +962,94 @@ settings:
         );
         assert!(expand_env("${", "p", &env).is_err());
         assert!(expand_env("${1A}", "p", &env).is_err());
+    }
+
+    /// `${K}` with K set but empty (what `docker --env-file` leaves, hiding `.env`'s value)
+    /// or not UTF-8 is refused naming K, as an unset K is; before, the empty one loaded and
+    /// the server got no key, and the one not UTF-8 was called "not set".
+    #[test]
+    fn an_empty_or_not_utf8_variable_is_refused_naming_it() {
+        let yaml = "servers:\n  a:\n    url: http://x\n    api_key: \"pre-${K}\"\n";
+        let empty = |_: &str| Ok(String::new());
+        let (path, reason) = Config::parse_with(yaml, &empty).expect_err("empty");
+        assert_eq!(path, "servers.a.api_key");
+        assert!(
+            reason.starts_with("environment variable K is set but empty"),
+            "{reason}"
+        );
+        let not_utf8 = |_: &str| {
+            use std::os::unix::ffi::OsStringExt as _;
+            Err(VarError::NotUnicode(std::ffi::OsString::from_vec(
+                b"sk-\xff".to_vec(),
+            )))
+        };
+        let (path, reason) = Config::parse_with(yaml, &not_utf8).expect_err("not UTF-8");
+        assert_eq!(path, "servers.a.api_key");
+        assert!(
+            reason.starts_with("environment variable K is not UTF-8 text"),
+            "{reason}"
+        );
+        assert!(
+            !reason.contains("pre-") && !reason.contains("sk-"),
+            "{reason}"
+        );
+    }
+
+    /// Every string-typed value keeps the scalar's text exactly as written, as PyYAML did:
+    /// read as a number first, `0123456789` lost its zero, `1234e12` was expanded, a long
+    /// number lost digits, `1.10` became `1.1`, and `8e4512345678` failed with a message
+    /// quoting the key.
+    #[test]
+    fn number_like_scalars_keep_their_text() {
+        let keys = [
+            "0123456789",
+            "1234e12",
+            "12345678901234567890123",
+            "8e4512345678",
+            "1.10",
+            ".inf",
+            "0x1F",
+            "true",
+            "-0",
+        ];
+        for key in keys {
+            let yaml = format!(
+                "servers:\n  a:\n    url: http://x\n    api_key: {key}\n    filter: {key}\n    override: [{key}]\n    append: [{key}]\n    headers: {{X-V: {key}}}\n"
+            );
+            let c = Config::parse(&yaml, &no_env).unwrap_or_else(|e| panic!("{key}: {e:?}"));
+            let a = &c.servers["a"];
+            assert_eq!(a.api_key.as_ref().map(Secret::expose), Some(key));
+            assert_eq!(a.filter.as_deref(), Some(key));
+            assert_eq!(a.override_models.as_deref(), Some(&[key.to_owned()][..]));
+            assert_eq!(a.append, [key]);
+            assert_eq!(a.headers["x-v"], key);
+        }
+    }
+
+    /// A key written twice is refused, naming both lines (PyYAML took the last one).
+    #[test]
+    fn a_key_written_twice_is_named_with_both_lines() {
+        let cases = [
+            (
+                "servers:\n  a:\n    url: http://x\n  # again\n  b:\n    url: http://y\n  a:\n    url: http://z\n",
+                "servers",
+                "the key a appears twice, at line 2 and again at line 7, column 3; keep one",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    headers:\n      X-A: 1\n      \"X-A\": 2\n",
+                "servers.a.headers",
+                "the key X-A appears twice, at line 5 and again at line 6, column 7; keep one",
+            ),
+            (
+                "servers: {a: {url: http://x}, a: {url: http://y}}\n",
+                "servers",
+                "the key a appears twice on line 1; keep one",
+            ),
+        ];
+        for (yaml, expected_path, expected) in cases {
+            let (path, reason) = error_of(yaml);
+            assert_eq!(path, expected_path, "{yaml}");
+            assert_eq!(reason, expected, "{yaml}");
+        }
     }
 }

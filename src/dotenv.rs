@@ -55,6 +55,9 @@ pub struct Loaded {
     /// Lines (1-based) holding bytes that are not UTF-8: read with U+FFFD in their place, so
     /// a key on one is not the key that was meant (python-dotenv refused the whole file).
     pub non_utf8_lines: Vec<usize>,
+    /// Lines (1-based, where the statement starts) whose value holds a NUL byte, which no
+    /// environment variable can: skipped (setting it panicked, printing the value).
+    pub nul_lines: Vec<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,19 +82,40 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
     let (bindings, lines, bad_lines) = parse_with_lines(&text);
     let skipped_key_lines = bindings
         .iter()
-        .zip(lines)
+        .zip(&lines)
         .filter(|((key, value), _)| value.is_some() && !dotenvy_can_take(key))
-        .map(|(_, line)| line)
+        .map(|(_, line)| *line)
+        .collect();
+    // The line that gave each key its value: the last one setting it.
+    let line_of: HashMap<String, usize> = bindings
+        .iter()
+        .zip(&lines)
+        .filter(|((_, value), _)| value.is_some())
+        .map(|((key, _), line)| (key.clone(), *line))
         .collect();
     let values = resolve(bindings, &|name| std::env::var(name).ok());
+    let mut nul_lines: Vec<usize> = values
+        .iter()
+        .filter(|(key, value)| dotenvy_can_take(key) && value.contains('\0'))
+        .filter_map(|(key, _)| line_of.get(key).copied())
+        .collect();
+    nul_lines.sort_unstable();
     let loaded = Loaded {
         bad_lines,
         skipped_key_lines,
         non_utf8_lines,
+        nul_lines,
     };
     let mut quoted = String::new();
     for (key, value) in values {
-        if !dotenvy_can_take(&key) {
+        // Only what `std::env::set_var` (behind dotenvy) takes without a panic: a name of
+        // `[A-Za-z_][A-Za-z0-9_.]*` (no `=`, no NUL) and a value with no NUL.
+        if !dotenvy_can_take(&key) || value.contains('\0') {
+            continue;
+        }
+        // The environment wins, with a value that is not UTF-8 too (dotenvy asks
+        // `std::env::var`, which has no value for it, and so replaced it with the file's).
+        if std::env::var_os(&key).is_some() {
             continue;
         }
         quoted.push_str(&key);

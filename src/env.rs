@@ -1,7 +1,9 @@
 //! Settings that come only from environment variables (and `.env`), not from flags.
 //!
 //! Booleans accept `true/false`, `1/0`, `yes/no` in any case; anything else is an error that
-//! names the variable, so a typo never silently turns a feature off.
+//! names the variable, so a typo never silently turns a feature off. For the same reason a
+//! variable the router would use that is set but empty (what `docker --env-file` leaves for
+//! a missing value) or not UTF-8 is an error naming it, never taken as unset.
 
 use std::path::PathBuf;
 
@@ -64,8 +66,47 @@ pub struct EnvError {
     pub reason: String,
 }
 
+/// Every variable [`EnvSettings::from_lookup`] reads, and the proxy variables the upstream
+/// client reads: a value of one that is not UTF-8 stops start-up naming it (`std::env::var`
+/// gives no value for it, which read as "unset" turned accounts off, or the proxy).
+pub const VARIABLES: &[&str] = &[
+    "ENABLE_ACCOUNT_MANAGEMENT",
+    "LLMSROUTER_LOG_FILE",
+    "LLMSROUTER_LOG_BODIES",
+    "LLMSROUTER_LEDGER",
+    "LANGFUSE_PUBLIC_KEY",
+    "LANGFUSE_SECRET_KEY",
+    "LANGFUSE_HOST",
+    "LANGFUSE_BASE_URL",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "LLMSROUTER_TRACE_MAX_IO_BYTES",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "ALL_PROXY",
+    "all_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
 impl EnvSettings {
     pub fn from_env() -> Result<Self, EnvError> {
+        for &name in VARIABLES {
+            if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(name) {
+                return Err(not_utf8(name));
+            }
+        }
         Self::from_lookup(&|name| std::env::var(name).ok())
     }
 
@@ -86,7 +127,7 @@ impl EnvSettings {
             otlp: otlp_env(env, &mut warnings)?,
             trace_max_io_bytes: trace_max_io_bytes(env)?,
             trace_export_interval: trace_export_interval(env)?,
-            trace_gzip: otlp_gzip(env, &mut warnings),
+            trace_gzip: otlp_gzip(env, &mut warnings)?,
             warnings,
         })
     }
@@ -99,30 +140,77 @@ fn non_empty(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String>
         .filter(|v| !v.is_empty())
 }
 
+/// A variable the router uses, trimmed; `None` when unset. Set but blank is an error: taken
+/// as unset, `LANGFUSE_HOST=` sent a self-hosted user's prompts to Langfuse Cloud.
+fn given(
+    env: &dyn Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<String>, EnvError> {
+    match env(name) {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Err(set_but_empty(name)),
+        Some(v) => Ok(Some(v.trim().to_owned())),
+    }
+}
+
+/// The error of a variable that is set but empty, in the words the command line uses.
+pub fn set_but_empty(name: &'static str) -> EnvError {
+    EnvError {
+        name,
+        reason: "is set but empty: unset it, or give it a value".into(),
+    }
+}
+
+/// The error of a variable whose value is not UTF-8 (never shown: it may be a key).
+pub fn not_utf8(name: &'static str) -> EnvError {
+    EnvError {
+        name,
+        reason: "is not UTF-8 text (saved in another encoding?): fix its value, or unset it".into(),
+    }
+}
+
 fn langfuse_env(
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
 ) -> Result<Option<LangfuseEnv>, EnvError> {
-    let public_key = non_empty(env, "LANGFUSE_PUBLIC_KEY");
-    let secret_key = non_empty(env, "LANGFUSE_SECRET_KEY");
-    let (host_name, host) = match (
-        non_empty(env, "LANGFUSE_HOST"),
-        non_empty(env, "LANGFUSE_BASE_URL"),
-    ) {
-        (Some(host), _) => ("LANGFUSE_HOST", host),
-        (None, Some(base)) => ("LANGFUSE_BASE_URL", base),
-        (None, None) => ("LANGFUSE_HOST", DEFAULT_LANGFUSE_HOST.to_owned()),
-    };
+    const KEYS: [&str; 2] = ["LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY"];
+    let public_key = non_empty(env, KEYS[0]);
+    let secret_key = non_empty(env, KEYS[1]);
     let (public_key, secret_key) = match (public_key, secret_key) {
         (Some(public_key), Some(secret_key)) => (public_key, secret_key),
-        (None, None) => return Ok(None),
-        (Some(_), None) | (None, Some(_)) => {
-            warnings.push(
-                "Langfuse tracing is off: set both LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY"
-                    .to_owned(),
-            );
+        (public_key, secret_key) => {
+            // An empty key turns tracing off with a warning, not an error: a Python version's
+            // `.env` may hold `LANGFUSE_SECRET_KEY=` as a blank placeholder, and nothing is
+            // sent anywhere.
+            let empty: Vec<&str> = KEYS
+                .into_iter()
+                .filter(|name| env(name).is_some_and(|v| v.trim().is_empty()))
+                .collect();
+            if !empty.is_empty() {
+                warnings.push(format!(
+                    "Langfuse tracing is off: {} set but empty",
+                    match empty[..] {
+                        [one] => format!("{one} is"),
+                        _ => format!("{} are", empty.join(" and ")),
+                    }
+                ));
+            } else if public_key.is_some() || secret_key.is_some() {
+                warnings.push(
+                    "Langfuse tracing is off: set both LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY"
+                        .to_owned(),
+                );
+            }
             return Ok(None);
         }
+    };
+    // `LANGFUSE_HOST` first; `LANGFUSE_BASE_URL` only when it is unset. The one used must
+    // not be empty.
+    let (host_name, host) = match given(env, "LANGFUSE_HOST")? {
+        Some(host) => ("LANGFUSE_HOST", host),
+        None => match given(env, "LANGFUSE_BASE_URL")? {
+            Some(base) => ("LANGFUSE_BASE_URL", base),
+            None => ("LANGFUSE_HOST", DEFAULT_LANGFUSE_HOST.to_owned()),
+        },
     };
     let base = http_url(host_name, &host)?;
     Ok(Some(LangfuseEnv {
@@ -136,11 +224,11 @@ fn otlp_env(
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
 ) -> Result<Option<OtlpEnv>, EnvError> {
-    let headers = match env("OTEL_EXPORTER_OTLP_HEADERS") {
-        Some(raw) => parse_otlp_headers(&raw)?,
-        None => Vec::new(),
-    };
-    let Some(endpoint) = non_empty(env, "OTEL_EXPORTER_OTLP_ENDPOINT") else {
+    let Some(endpoint) = given(env, "OTEL_EXPORTER_OTLP_ENDPOINT")? else {
+        let headers = non_empty(env, "OTEL_EXPORTER_OTLP_HEADERS")
+            .map(|raw| parse_otlp_headers(&raw))
+            .transpose()?
+            .unwrap_or_default();
         if !headers.is_empty() {
             warnings.push(
                 "OTEL_EXPORTER_OTLP_HEADERS is set without OTEL_EXPORTER_OTLP_ENDPOINT; it is ignored"
@@ -148,6 +236,10 @@ fn otlp_env(
             );
         }
         return Ok(None);
+    };
+    let headers = match given(env, "OTEL_EXPORTER_OTLP_HEADERS")? {
+        Some(raw) => parse_otlp_headers(&raw)?,
+        None => Vec::new(),
     };
     let base = http_url("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)?;
     Ok(Some(OtlpEnv {
@@ -200,25 +292,28 @@ fn unused_otlp_variables(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Ve
 /// variable that holds `gzip` or `none` decides, as in the OTLP crate (which reads them too,
 /// for every exporter, so the router and the crate always agree). Other values are skipped
 /// with a warning: `zstd` is a valid OTLP value that Langfuse does not accept.
-fn otlp_gzip(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<String>) -> bool {
+fn otlp_gzip(
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<bool, EnvError> {
     for name in [
         "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
         "OTEL_EXPORTER_OTLP_COMPRESSION",
     ] {
-        let Some(value) = non_empty(env, name) else {
+        let Some(value) = given(env, name)? else {
             continue;
         };
         if value.eq_ignore_ascii_case("gzip") {
-            return true;
+            return Ok(true);
         }
         if value.eq_ignore_ascii_case("none") {
-            return false;
+            return Ok(false);
         }
         warnings.push(format!(
             "{name}={value} is not supported (gzip or none); it is ignored"
         ));
     }
-    false
+    Ok(false)
 }
 
 /// `base` + `/v1/traces`, with exactly one `/` between them (OTLP exporter spec).
@@ -338,7 +433,7 @@ fn trace_export_interval(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<std::time::Duration, EnvError> {
     const NAME: &str = "OTEL_BSP_SCHEDULE_DELAY";
-    let Some(value) = non_empty(env, NAME) else {
+    let Some(value) = given(env, NAME)? else {
         return Ok(DEFAULT_TRACE_EXPORT_INTERVAL);
     };
     match value.parse::<u64>() {
@@ -352,7 +447,7 @@ fn trace_export_interval(
 
 fn trace_max_io_bytes(env: &dyn Fn(&str) -> Option<String>) -> Result<usize, EnvError> {
     const NAME: &str = "LLMSROUTER_TRACE_MAX_IO_BYTES";
-    let Some(value) = non_empty(env, NAME) else {
+    let Some(value) = given(env, NAME)? else {
         return Ok(DEFAULT_TRACE_MAX_IO_BYTES);
     };
     match value.parse::<usize>() {
@@ -668,6 +763,125 @@ mod tests {
             assert!(
                 err.to_string()
                     .starts_with("LLMSROUTER_TRACE_MAX_IO_BYTES:")
+            );
+        }
+    }
+
+    /// A variable the router would use that is set but empty is an error naming it, as
+    /// `ENABLE_ACCOUNT_MANAGEMENT=` is, never its default: `LANGFUSE_HOST=` meant Langfuse
+    /// Cloud, so a self-hosted user's prompts went to a third party.
+    #[test]
+    fn an_empty_variable_in_use_is_an_error_not_its_default() {
+        let keys = [("LANGFUSE_PUBLIC_KEY", "pk"), ("LANGFUSE_SECRET_KEY", "sk")];
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[keys[0], keys[1], ("LANGFUSE_HOST", "")], "LANGFUSE_HOST"),
+            (
+                &[
+                    keys[0],
+                    keys[1],
+                    ("LANGFUSE_HOST", " "),
+                    ("LANGFUSE_BASE_URL", "http://lf"),
+                ],
+                "LANGFUSE_HOST",
+            ),
+            (
+                &[keys[0], keys[1], ("LANGFUSE_BASE_URL", "")],
+                "LANGFUSE_BASE_URL",
+            ),
+            (
+                &[("LLMSROUTER_TRACE_MAX_IO_BYTES", "")],
+                "LLMSROUTER_TRACE_MAX_IO_BYTES",
+            ),
+            (
+                &[("OTEL_BSP_SCHEDULE_DELAY", "")],
+                "OTEL_BSP_SCHEDULE_DELAY",
+            ),
+            (
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", "")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            (
+                &[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+                    ("OTEL_EXPORTER_OTLP_HEADERS", ""),
+                ],
+                "OTEL_EXPORTER_OTLP_HEADERS",
+            ),
+            (
+                &[("OTEL_EXPORTER_OTLP_COMPRESSION", "")],
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+            ),
+        ];
+        for (pairs, name) in cases {
+            let err = EnvSettings::from_lookup(&lookup(pairs)).expect_err(name);
+            assert_eq!(
+                err.to_string(),
+                format!("{name}: is set but empty: unset it, or give it a value"),
+                "{pairs:?}"
+            );
+        }
+        // Not in use, not an error: the base URL behind a host, the host with tracing off.
+        let s = EnvSettings::from_lookup(&lookup(&[
+            keys[0],
+            keys[1],
+            ("LANGFUSE_HOST", "http://lf.local"),
+            ("LANGFUSE_BASE_URL", ""),
+        ]))
+        .expect("host wins");
+        assert!(s.langfuse.is_some());
+        let s = EnvSettings::from_lookup(&lookup(&[("LANGFUSE_HOST", "")])).expect("off");
+        assert!(
+            s.langfuse.is_none() && s.warnings.is_empty(),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    /// Empty Langfuse keys (a blank placeholder in a Python version's `.env`) turn tracing
+    /// off with one warning naming them, never an error.
+    #[test]
+    fn empty_langfuse_keys_are_named_in_one_warning() {
+        let s = EnvSettings::from_lookup(&lookup(&[
+            ("LANGFUSE_PUBLIC_KEY", ""),
+            ("LANGFUSE_SECRET_KEY", ""),
+        ]))
+        .expect("off");
+        assert!(s.langfuse.is_none());
+        assert_eq!(
+            s.warnings,
+            [
+                "Langfuse tracing is off: LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY are set but empty"
+            ]
+        );
+        let s = EnvSettings::from_lookup(&lookup(&[
+            ("LANGFUSE_PUBLIC_KEY", "pk"),
+            ("LANGFUSE_SECRET_KEY", ""),
+        ]))
+        .expect("off");
+        assert_eq!(
+            s.warnings,
+            ["Langfuse tracing is off: LANGFUSE_SECRET_KEY is set but empty"]
+        );
+    }
+
+    /// [`VARIABLES`] (checked for values that are not UTF-8) holds every name
+    /// [`EnvSettings::from_lookup`] reads, so none can be added without the check.
+    #[test]
+    fn every_variable_read_is_checked_for_utf8() {
+        let read = std::cell::RefCell::new(Vec::new());
+        let all_set = |name: &str| {
+            read.borrow_mut().push(name.to_owned());
+            match name {
+                "LANGFUSE_PUBLIC_KEY" | "LANGFUSE_SECRET_KEY" => Some("k".to_owned()),
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://c".to_owned()),
+                _ => None,
+            }
+        };
+        EnvSettings::from_lookup(&all_set).expect("ok");
+        for name in read.into_inner() {
+            assert!(
+                VARIABLES.contains(&name.as_str()),
+                "{name} is not in VARIABLES"
             );
         }
     }

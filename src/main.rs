@@ -65,7 +65,8 @@ fn main() -> ExitCode {
         Err(error) if error.is::<ClosedPipe>() => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", one_line(&error));
-            if error.is::<CommandLineError>() {
+            // A bad variable is a mistake in how the command was called, as a bad flag is.
+            if error.is::<CommandLineError>() || error.is::<llmsrouter::env::EnvError>() {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -95,6 +96,11 @@ fn dotenv_problems(
                     ".env line {line}: not UTF-8 (saved in another encoding?); read with U+FFFD in place of each bad byte, so a key there is not the one meant"
                 )
             }))
+            .chain(loaded.nul_lines.iter().map(|line| {
+                format!(
+                    ".env line {line}: the value holds a NUL byte, which no environment variable can hold; the line is skipped"
+                )
+            }))
             .collect(),
     }
 }
@@ -102,12 +108,21 @@ fn dotenv_problems(
 /// The console log, filtered by `RUST_LOG` (a filter that cannot be read is named in a
 /// warning, and `default_filter` used).
 fn init_tracing(default_filter: &str) {
+    use std::env::VarError;
     let (filter, unreadable) = match std::env::var("RUST_LOG") {
         Ok(wanted) if !wanted.trim().is_empty() => match EnvFilter::try_new(&wanted) {
             Ok(filter) => (filter, None),
             Err(e) => (EnvFilter::new(default_filter), Some(e.to_string())),
         },
-        _ => (EnvFilter::new(default_filter), None),
+        Ok(_) => (
+            EnvFilter::new(default_filter),
+            Some("it is set but empty".to_owned()),
+        ),
+        Err(VarError::NotUnicode(_)) => (
+            EnvFilter::new(default_filter),
+            Some("it is not UTF-8 text".to_owned()),
+        ),
+        Err(VarError::NotPresent) => (EnvFilter::new(default_filter), None),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -139,13 +154,14 @@ fn one_line(error: &anyhow::Error) -> String {
     line.replace('\n', " ")
 }
 
-fn env_lookup(name: &str) -> Option<String> {
-    std::env::var(name).ok()
+/// A variable of the process's environment, for `${NAME}` in config.yaml.
+fn env_var(name: &str) -> Result<String, std::env::VarError> {
+    std::env::var(name)
 }
 
 /// Loads config.yaml; a missing file is a warning and an empty config (URL targets still work).
 fn load_config(path: &Path) -> anyhow::Result<Config> {
-    match Config::load(path, &env_lookup) {
+    match Config::load(path, &env_var) {
         Ok(config) => Ok(config),
         Err(ConfigError::NotFound { file }) => {
             tracing::warn!(
@@ -386,15 +402,19 @@ fn check_serve_variables(cli: &Cli, env: &EnvSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A listen variable's value for `check`, `None` when unset. Set but empty is the
-/// command-line mistake `serve` reports for it (clap reads it there), with the same line
+/// A listen variable's value for `check`, `None` when unset. Set but empty, or not UTF-8, is
+/// the command-line mistake `serve` reports for it (clap reads it there), with the same line
 /// and exit status 2, so the two commands agree.
 fn listen_variable(variable: &str, flag: &str) -> anyhow::Result<Option<String>> {
-    match env_lookup(variable) {
-        Some(value) if value.trim().is_empty() => Err(anyhow!(CommandLineError(
+    match std::env::var(variable) {
+        Ok(value) if value.trim().is_empty() => Err(anyhow!(CommandLineError(
             llmsrouter::cli::set_but_empty(variable, flag)
         ))),
-        value => Ok(value),
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(anyhow!(CommandLineError(
+            llmsrouter::cli::not_utf8(variable, flag)
+        ))),
     }
 }
 
@@ -442,7 +462,7 @@ fn run_check(cli: &Cli, dotenv_problems: &[String]) -> anyhow::Result<ExitCode> 
     }
     let env = EnvSettings::from_env()?;
     check_serve_variables(cli, &env)?;
-    let config = match Config::load(&cli.config, &env_lookup) {
+    let config = match Config::load(&cli.config, &env_var) {
         Ok(config) => config,
         Err(ConfigError::NotFound { file }) => {
             return Err(anyhow!(
@@ -481,7 +501,7 @@ fn run_check(cli: &Cli, dotenv_problems: &[String]) -> anyhow::Result<ExitCode> 
 /// non-zero only when nothing could be listed and some server failed: an empty list from
 /// servers that answered (or no servers) is an answer, not an error.
 fn run_models(cli: &Cli, args: &ModelsArgs) -> anyhow::Result<ExitCode> {
-    let config = match Config::load(&cli.config, &env_lookup) {
+    let config = match Config::load(&cli.config, &env_var) {
         Ok(config) => config,
         Err(ConfigError::NotFound { file }) => {
             return Err(anyhow!(

@@ -264,7 +264,10 @@ async fn a_bad_boolean_variable_stops_start_up_naming_it() {
         &["serve", "--port", "0"],
         &[("LLMSROUTER_LOG_BODIES", "perhaps")],
     );
-    assert_eq!(code, 1);
+    assert_eq!(
+        code, 2,
+        "a bad variable is a command-line mistake: {stderr}"
+    );
     assert!(stderr.contains("LLMSROUTER_LOG_BODIES"), "{stderr}");
 }
 
@@ -278,7 +281,7 @@ fn an_empty_account_switch_stops_start_up_instead_of_opening_the_router() {
     let empty = [("ENABLE_ACCOUNT_MANAGEMENT", "")];
     for command in [&["check"][..], &["serve", "--port", "0"][..]] {
         let (code, _, stderr) = run_cli(dir.path(), command, &empty);
-        assert_eq!(code, 1, "{command:?}: {stderr}");
+        assert_eq!(code, 2, "{command:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(
             stderr.contains("ENABLE_ACCOUNT_MANAGEMENT: is set but empty"),

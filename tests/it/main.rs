@@ -4,6 +4,7 @@
 mod support;
 
 mod binary;
+mod config_values;
 mod db_files;
 mod dotenv;
 mod early_head;

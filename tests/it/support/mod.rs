@@ -508,6 +508,38 @@ pub fn run_cli_as_reader(
     run_prepared(reader_command(dir), dir, args, envs)
 }
 
+/// Runs the binary with `args` in `dir` and `envs`, whose values may be any bytes (not
+/// UTF-8, say); returns (exit code, stdout, stderr). One still running after 20 s (a `serve`
+/// that should have refused to start) is killed and gives exit code -1, so a test of a
+/// refusal fails rather than hangs.
+pub fn run_cli_bytes(dir: &Path, args: &[&str], envs: &[(&str, &[u8])]) -> (i32, String, String) {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut command = Command::new(binary());
+    isolate_env(&mut command);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        command.env(k, std::ffi::OsStr::from_bytes(v));
+    }
+    let mut child = command.spawn().expect("run llmsrouter");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs the binary with `args` in `dir`; returns (exit code, stdout, stderr).
 pub fn run_cli(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     run_prepared(Command::new(binary()), dir, args, envs)

@@ -309,7 +309,7 @@ fn a_broken_percent_escape_in_otlp_headers_stops_check_and_serve() {
         // `check` first: were the value accepted, `serve` would start and serve.
         for command in ["check", "serve"] {
             let (code, stdout, stderr) = run_cli(dir.path(), &[command], &envs);
-            assert_eq!(code, 1, "{command} {headers}: {stdout} {stderr}");
+            assert_eq!(code, 2, "{command} {headers}: {stdout} {stderr}");
             assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
             assert!(
                 stderr.starts_with("error: OTEL_EXPORTER_OTLP_HEADERS: entry "),

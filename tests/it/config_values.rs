@@ -1,0 +1,283 @@
+//! Values from config.yaml, `.env` and the environment, as the real router reads them: a
+//! number-like scalar kept as written, a `.env` value with a NUL, variables that are empty
+//! or not UTF-8. Each is either used exactly as given or refused naming where it came from,
+//! never quietly changed or taken as unset, and no message shows a value.
+
+use serde_json::json;
+
+use crate::support::upstream::{Behavior, MockUpstream};
+use crate::support::{RouterProcess, TestRouter, run_cli, run_cli_bytes};
+
+/// Number-like scalars reach the upstream exactly as written in config.yaml: `0123456789`
+/// was sent as `Bearer 123456789`, `1.10` as `1.1`, and a long number lost digits.
+#[tokio::test]
+async fn number_like_scalars_reach_the_upstream_as_written() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let config = format!(
+        "servers:\n  mock:\n    url: \"{}\"\n    api_key: 0123456789\n    headers: {{X-Version: 1.10, X-Big: 12345678901234567890123, X-Exp: 1234e12}}\n  listed:\n    url: \"{}\"\n    override: [1234e12, 0x1F, 1.10]\n",
+        upstream.url(),
+        upstream.url()
+    );
+    let router = TestRouter::start(&config).await;
+    let response = router
+        .chat(&json!({"model": "[mock]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let got = upstream.last();
+    assert_eq!(got.headers["authorization"], "Bearer 0123456789");
+    assert_eq!(got.headers["x-version"], "1.10");
+    assert_eq!(got.headers["x-big"], "12345678901234567890123");
+    assert_eq!(got.headers["x-exp"], "1234e12");
+
+    let list: serde_json::Value = crate::support::client()
+        .get(router.url("/v1/models"))
+        .send()
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("json");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .filter(|id| id.starts_with("[listed]"))
+        .collect();
+    assert_eq!(ids, ["[listed]1234e12", "[listed]0x1F", "[listed]1.10"]);
+}
+
+/// `api_key: 8e4512345678` is a key like any other: it failed with a message that printed
+/// it ("non-finite float `8e4512345678` rejected ...").
+#[test]
+fn a_key_that_reads_as_a_huge_number_loads() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    api_key: 8e4512345678\n",
+    )
+    .expect("config");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    assert!(!stderr.contains("8e4512345678"), "{stderr}");
+}
+
+/// A `.env` value with a NUL byte (no environment variable can hold one) is skipped and
+/// named by its line number, as every unreadable line is: `check` fails on it, the other
+/// commands warn and go on, the lines after it still count. Before, every command panicked
+/// (exit 101) with a message that printed the value.
+#[tokio::test]
+async fn a_nul_in_a_dot_env_value_skips_that_line_alone() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    std::fs::write(
+        dir.path().join(".env"),
+        b"APP_TITLE=ok\nOPENROUTER_API_KEY=sk-or-secret-123456\x00\nENABLE_ACCOUNT_MANAGEMENT=true\n"
+            .as_slice(),
+    )
+    .expect("env");
+    let line = ".env line 2: the value holds a NUL byte";
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stdout} {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with(&format!("error: {line}")), "{stderr}");
+    for args in [&["models", "--json"][..], &["user", "list"], &["usage"]] {
+        let (code, _, stderr) = run_cli(dir.path(), args, &[]);
+        assert_ne!(code, 101, "{args:?} panicked: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("warning: {line}")),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("secret"), "{args:?}: {stderr}");
+    }
+    let router = RouterProcess::start_in(dir, &[]);
+    let response = router.chat(&json!({"model": "m", "messages": []})).await;
+    assert_eq!(response.status(), 401, "the line after it still counts");
+    let log = router.stderr();
+    assert!(log.contains(line), "{log}");
+    assert!(!log.contains("secret"), "{log}");
+}
+
+/// A variable whose value is not UTF-8 stops `check` and `serve` naming it (exit status 2,
+/// as every bad variable), never shown and never taken as unset: `ENABLE_ACCOUNT_MANAGEMENT`
+/// so read ran the router open, `LLMSROUTER_PORT` passed `check` and got clap's "invalid
+/// UTF-8 ... in one or more arguments" from `serve`.
+#[test]
+fn a_variable_that_is_not_utf8_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let cases: &[(&str, &[u8], &str)] = &[
+        (
+            "ENABLE_ACCOUNT_MANAGEMENT",
+            b"tru\xc3e",
+            "ENABLE_ACCOUNT_MANAGEMENT: is not UTF-8 text",
+        ),
+        (
+            "LANGFUSE_HOST",
+            b"https://lf.example\xff",
+            "LANGFUSE_HOST: is not UTF-8 text",
+        ),
+        (
+            "HTTPS_PROXY",
+            b"http://p\xff",
+            "HTTPS_PROXY: is not UTF-8 text",
+        ),
+        (
+            "LLMSROUTER_PORT",
+            b"80\xff",
+            "LLMSROUTER_PORT is not UTF-8 text (saved in another encoding?): fix its value, or unset it (it stands for --port)",
+        ),
+        (
+            "LLMSROUTER_HOST",
+            b"127.0.0.\xff",
+            "LLMSROUTER_HOST is not UTF-8 text",
+        ),
+    ];
+    for (name, value, expected) in cases {
+        for args in [&["check"][..], &["serve"]] {
+            // On a free loopback port, but for the variable under test.
+            let mut envs = vec![(*name, *value)];
+            for (listen, given) in [
+                ("LLMSROUTER_PORT", &b"0"[..]),
+                ("LLMSROUTER_HOST", b"127.0.0.1"),
+            ] {
+                if *name != listen {
+                    envs.push((listen, given));
+                }
+            }
+            let (code, _, stderr) = run_cli_bytes(dir.path(), args, &envs);
+            assert_eq!(code, 2, "{name} {args:?}: {stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+            assert!(
+                stderr.starts_with(&format!("error: {expected}")),
+                "{name} {args:?}: {stderr}"
+            );
+        }
+    }
+}
+
+/// `${K}` in config.yaml with K not UTF-8 is named as such (it was "K is not set"); with K
+/// set but empty (`docker --env-file` leaves a missing value so, and the real variable hides
+/// `.env`'s) it is refused as the router's own empty variables are: the server used to get
+/// no key at all, in silence. Neither message shows a value.
+#[test]
+fn a_config_variable_empty_or_not_utf8_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    api_key: \"${K}\"\n",
+    )
+    .expect("config");
+    std::fs::write(dir.path().join(".env"), "K=sk-from-dotenv\n").expect("env");
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"",
+            "error: ./config.yaml: servers.a.api_key: environment variable K is set but empty",
+        ),
+        (
+            b"sk-\xff-secret",
+            "error: ./config.yaml: servers.a.api_key: environment variable K is not UTF-8 text",
+        ),
+    ];
+    for (value, expected) in cases {
+        for args in [
+            &["check"][..],
+            &["serve", "--host", "127.0.0.1", "--port", "0"],
+        ] {
+            let (code, _, stderr) = run_cli_bytes(dir.path(), args, &[("K", value)]);
+            assert_eq!(code, 1, "{args:?}: {stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+            assert!(stderr.starts_with(expected), "{args:?}: {stderr}");
+            assert!(
+                !stderr.contains("sk-from-dotenv") && !stderr.contains("secret"),
+                "{stderr}"
+            );
+        }
+    }
+}
+
+/// A variable the router would use that is set but empty is refused by `check` and `serve`
+/// alike (exit status 2), as `LLMSROUTER_PORT=` is: `LANGFUSE_HOST=` (a value missing from
+/// a `docker --env-file`) silently meant Langfuse Cloud, sending a self-hosted user's
+/// prompts to a third party.
+#[test]
+fn an_empty_variable_in_use_is_refused_not_defaulted() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let keys = [
+        ("LANGFUSE_PUBLIC_KEY", "pk-lf-selfhosted"),
+        ("LANGFUSE_SECRET_KEY", "sk-lf-selfhosted"),
+    ];
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        ("LANGFUSE_HOST", &[keys[0], keys[1], ("LANGFUSE_HOST", "")]),
+        (
+            "LANGFUSE_BASE_URL",
+            &[keys[0], keys[1], ("LANGFUSE_BASE_URL", "")],
+        ),
+        (
+            "LLMSROUTER_TRACE_MAX_IO_BYTES",
+            &[("LLMSROUTER_TRACE_MAX_IO_BYTES", "")],
+        ),
+        (
+            "OTEL_BSP_SCHEDULE_DELAY",
+            &[("OTEL_BSP_SCHEDULE_DELAY", "")],
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "")],
+        ),
+    ];
+    for (name, envs) in cases {
+        for args in [
+            &["check"][..],
+            &["serve", "--host", "127.0.0.1", "--port", "0"],
+        ] {
+            let envs: Vec<(&str, &[u8])> = envs.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+            let (code, _, stderr) = run_cli_bytes(dir.path(), args, &envs);
+            assert_eq!(code, 2, "{name} {args:?}: {stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+            assert_eq!(
+                stderr.trim(),
+                format!("error: {name}: is set but empty: unset it, or give it a value"),
+                "{args:?}"
+            );
+        }
+    }
+}
+
+/// config.yaml mistakes are said in the editor's terms, with the file, key path and line:
+/// `null` in a list was "invalid type: unit value, expected a string", `1e20` bytes "invalid
+/// u64"; a key written twice names both its lines (PyYAML took the last one; the router
+/// refuses it, since the first is most often a server meant under another name).
+#[test]
+fn config_mistakes_are_said_in_the_editors_terms() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cases = [
+        (
+            "servers:\n  a:\n    url: http://x\n    override: [m1, null]\n",
+            "error: ./config.yaml: servers.a.override[1]: empty (null) where a value is needed at line 4, column 20",
+        ),
+        (
+            "settings:\n  max_body_bytes: 1e20\n",
+            "error: ./config.yaml: settings.max_body_bytes: expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 2, column 19",
+        ),
+        (
+            "servers:\n  a:\n    url: http://x\n    api_key: k1\n  a:\n    url: http://y\n    api_key: k2\n",
+            "error: ./config.yaml: servers: the key a appears twice, at line 2 and again at line 5, column 3; keep one",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        std::fs::write(dir.path().join("config.yaml"), yaml).expect("config");
+        let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!(code, 1, "{yaml}: {stderr}");
+        assert_eq!(stderr.trim(), expected, "{yaml}");
+    }
+    // `.inf` where text is expected is the text, as every scalar there is.
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  a:\n    url: http://x\n    override: [m1, .inf]\n",
+    )
+    .expect("config");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+}
