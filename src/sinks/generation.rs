@@ -28,6 +28,23 @@ const MAX_STATUS_MESSAGE: usize = 4096;
 /// A model parameter whose raw JSON is longer than this is replaced by a short note.
 const MAX_PARAMETER_BYTES: usize = 2048;
 
+/// Longest text of any span attribute but input, output and the model parameters (a model
+/// name, a user id, a response id, the metadata's requested model, a stop sequence list):
+/// each comes from a client or an upstream, and one request's 2 MB model name made a span,
+/// and with it a whole export batch of other users' spans, too big for the endpoint (Langfuse
+/// Cloud refuses more than 5 MB, and such a refusal is not retried). A longer text is cut
+/// and ends with [`TRUNCATION_MARKER`].
+pub const MAX_ATTRIBUTE_BYTES: usize = 2048;
+
+/// Longest `model.parameters` JSON: each value is cut at [`MAX_PARAMETER_BYTES`], and a
+/// request with thousands of keys still gives a bounded object (the rest counted under
+/// [`OMITTED_PARAMETERS_KEY`]).
+const MAX_PARAMETERS_BYTES: usize = 8192;
+
+/// The key under which `model.parameters` counts the parameters left out to fit
+/// [`MAX_PARAMETERS_BYTES`].
+pub const OMITTED_PARAMETERS_KEY: &str = "[omitted by llmsrouter]";
+
 /// Top-level request keys that are content or plumbing, not model parameters.
 const NOT_PARAMETERS: &[&str] = &[
     "model",
@@ -76,7 +93,8 @@ pub enum ParamValue {
 pub struct Generation {
     /// `gen_ai.operation.name`: `chat`, `text_completion`, `embeddings`, ...
     pub operation: Cow<'static, str>,
-    /// The model to show and price: the upstream's responded model, else the name sent up.
+    /// The model to show and price: the upstream's responded model, else the name sent up;
+    /// redacted and cut to [`MAX_ATTRIBUTE_BYTES`].
     pub model: String,
     /// JSON: the messages, or `{"tools": .., "messages": ..}` when tools were offered.
     pub input: Option<String>,
@@ -154,13 +172,17 @@ pub fn build_with(
     let usage = record.response.usage.as_ref();
     let (level, status_message) = level_of(record);
     Generation {
-        operation: operation_of(&record.endpoint),
-        model: record
-            .response
-            .model
-            .clone()
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| record.upstream_model.clone()),
+        operation: bounded_cow(operation_of(&record.endpoint)),
+        model: bounded(
+            redactor.redact_owned(
+                record
+                    .response
+                    .model
+                    .clone()
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| record.upstream_model.clone()),
+            ),
+        ),
         input,
         output,
         parameters,
@@ -278,9 +300,14 @@ impl<'a> RequestFields<'a> {
     /// The model parameters: every member that is not content or plumbing. Of a form's
     /// description (`form`), the text fields only: a file's outline (an object, or a list of
     /// them) is input.
+    ///
+    /// At most about [`MAX_PARAMETERS_BYTES`]: the members that do not fit (a request may
+    /// have thousands, or a key of megabytes) are left out and counted, under
+    /// [`OMITTED_PARAMETERS_KEY`].
     fn parameters(&self, form: bool) -> Option<String> {
         let mut out = String::with_capacity(128);
         out.push('{');
+        let (mut omitted, mut omitted_bytes) = (0usize, 0usize);
         for (key, value) in &self.fields {
             if NOT_PARAMETERS.contains(&key.as_ref()) {
                 continue;
@@ -288,17 +315,33 @@ impl<'a> RequestFields<'a> {
             if form && (value.starts_with('{') || value.starts_with("[{")) {
                 continue;
             }
+            let raw = value.trim();
+            let value_len = raw.len().min(MAX_PARAMETER_BYTES);
+            // The key is written escaped: at most 6 bytes for each of its bytes.
+            if out.len() + key.len() * 6 + value_len + 4 > MAX_PARAMETERS_BYTES {
+                omitted += 1;
+                omitted_bytes += key.len() + raw.len();
+                continue;
+            }
             if out.len() > 1 {
                 out.push(',');
             }
             push_json_string(&mut out, key);
             out.push(':');
-            let raw = value.trim();
             if raw.len() > MAX_PARAMETER_BYTES {
                 let _ = write!(out, "\"[omitted: {} bytes]\"", raw.len());
             } else {
                 out.push_str(raw);
             }
+        }
+        if omitted > 0 {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "\"{OMITTED_PARAMETERS_KEY}\":\"{omitted} more parameters, {omitted_bytes} bytes\""
+            );
         }
         out.push('}');
         (out.len() > 2).then_some(out)
@@ -342,6 +385,15 @@ impl<'a> RequestFields<'a> {
         }
         // OpenAI's `stop`, Anthropic's `stop_sequences`.
         if let Some(stop) = self.raw("stop").or_else(|| self.raw("stop_sequences")) {
+            // Cut as the parameter is (one request's 6 MB of stop sequences made its span
+            // too big to export).
+            if stop.len() > MAX_PARAMETER_BYTES {
+                out.push((
+                    "gen_ai.request.stop_sequences",
+                    ParamValue::Strings(vec![format!("[omitted: {} bytes]", stop.len())]),
+                ));
+                return out;
+            }
             let stops = serde_json::from_str::<Vec<String>>(stop)
                 .ok()
                 .or_else(|| serde_json::from_str::<String>(stop).ok().map(|s| vec![s]));
@@ -514,6 +566,42 @@ pub fn truncate(mut s: String, budget: usize) -> String {
     s.truncate(keep);
     s.push_str(marker);
     s
+}
+
+/// `s` cut to [`MAX_ATTRIBUTE_BYTES`] (see there). Redact before: a cut could leave half a
+/// secret that the redactor no longer recognises.
+pub fn bounded(s: String) -> String {
+    truncate(s, MAX_ATTRIBUTE_BYTES)
+}
+
+/// [`bounded`] for borrowed text: copies only what is too long.
+pub fn bounded_str(s: &str) -> Cow<'_, str> {
+    clip(s, MAX_ATTRIBUTE_BYTES)
+}
+
+fn bounded_cow(s: Cow<'static, str>) -> Cow<'static, str> {
+    match s {
+        Cow::Owned(s) => Cow::Owned(bounded(s)),
+        borrowed => borrowed,
+    }
+}
+
+/// `items` as far as they fit [`MAX_ATTRIBUTE_BYTES`] together, each cut to it; when some
+/// are left out, a last item says how many (`[omitted: 3 more]`).
+pub fn bounded_list(items: Vec<String>) -> Vec<String> {
+    let mut total = 0;
+    let mut out = Vec::with_capacity(items.len().min(16));
+    let count = items.len();
+    for item in items {
+        let item = bounded(item);
+        if total + item.len() > MAX_ATTRIBUTE_BYTES && !out.is_empty() {
+            out.push(format!("[omitted: {} more]", count - out.len()));
+            return out;
+        }
+        total += item.len();
+        out.push(item);
+    }
+    out
 }
 
 fn clip(s: &str, max: usize) -> Cow<'_, str> {

@@ -37,7 +37,9 @@ use crate::env::EnvSettings;
 use crate::record::{RecordSink, RequestRecord};
 use crate::secret::Secret;
 use crate::sinks::clock::rfc3339_millis;
-use crate::sinks::generation::{self, GENERATION_NAME, Level, ParamValue};
+use crate::sinks::generation::{
+    self, GENERATION_NAME, Level, ParamValue, bounded, bounded_list, bounded_str,
+};
 use crate::sinks::otlp_http::{OtlpTransport, RetryPolicy, ShutdownDeadline, TransportError};
 use crate::sinks::redact::Redactor;
 use crate::sinks::{BATCH_WINDOW, Batch, next_batch_until};
@@ -674,6 +676,27 @@ impl Outbox {
         self.spans.bytes += bytes;
     }
 
+    /// Adds an admitted span of `bytes`. The gathering batch leaves first when the span
+    /// would take it past its byte limit (an endpoint may refuse a bigger request whole,
+    /// every user's spans in it lost: Langfuse Cloud above 5 MB), and after it when full.
+    fn add(&mut self, span: SpanData, bytes: usize, limits: BatchLimits) {
+        if self.would_overflow(bytes, limits) {
+            self.seal();
+            self.hand_over_waiting();
+        }
+        self.push(span, bytes);
+        if self.full(limits) {
+            self.seal();
+            self.hand_over_waiting();
+        }
+    }
+
+    /// A span of `bytes` would take the gathering batch past its byte limit (a span alone
+    /// is never refused: it is a batch of its own).
+    fn would_overflow(&self, bytes: usize, limits: BatchLimits) -> bool {
+        !self.spans.spans.is_empty() && self.spans.bytes + bytes > limits.bytes
+    }
+
     fn full(&self, limits: BatchLimits) -> bool {
         self.spans.spans.len() >= limits.spans || self.spans.bytes >= limits.bytes
     }
@@ -854,11 +877,7 @@ impl SpanBuilderThread {
             // The last destination takes the span itself, the others a copy.
             let this = if i == last { span.take() } else { span.clone() };
             if let Some(this) = this {
-                outbox.push(this, bytes);
-            }
-            if outbox.full(self.limits) {
-                outbox.seal();
-                outbox.hand_over_waiting();
+                outbox.add(this, bytes, self.limits);
             }
         }
     }
@@ -957,18 +976,18 @@ fn write_attributes(
     // Langfuse's own keys.
     a.str("langfuse.observation.type", "generation");
     a.str("langfuse.trace.name", GENERATION_NAME);
-    a.strs(
-        "langfuse.trace.tags",
-        vec![redactor.redact(&record.provider).into_owned()],
-    );
+    // Every text beyond input, output and parameters is cut to `MAX_ATTRIBUTE_BYTES`
+    // (after redaction, so that no cut leaves half a key), so a span is at most the
+    // input/output cap plus a few KiB.
+    let text = |s: &str| bounded(redactor.redact(s).into_owned());
+    let provider = text(&record.provider);
+    a.strs("langfuse.trace.tags", vec![provider.clone()]);
     if let Some(user) = &record.user {
-        a.str("user.id", user.as_str().to_owned());
-        a.str("langfuse.user.id", user.as_str().to_owned());
+        let user = bounded_str(user.as_str()).into_owned();
+        a.str("user.id", user.clone());
+        a.str("langfuse.user.id", user);
     }
-    a.str(
-        "langfuse.observation.model.name",
-        redactor.redact_owned(g.model),
-    );
+    a.str("langfuse.observation.model.name", g.model);
     if let Some(parameters) = g.parameters {
         a.str("langfuse.observation.model.parameters", parameters);
     }
@@ -1001,8 +1020,8 @@ fn write_attributes(
     // One JSON attribute; the request id is the trace id and the provider the tag.
     let metadata = TraceMetadata {
         route_mode: record.mode.as_str(),
-        endpoint: &record.endpoint,
-        requested_model: &record.requested_model,
+        endpoint: &text(&record.endpoint),
+        requested_model: &text(&record.requested_model),
         outcome: record.outcome.as_str(),
         stream: record.stream,
         usage_partial: record.usage_partial(),
@@ -1012,14 +1031,8 @@ fn write_attributes(
     }
     // OpenTelemetry GenAI conventions, for any OTLP backend.
     a.str("gen_ai.operation.name", g.operation);
-    a.str(
-        "gen_ai.provider.name",
-        redactor.redact(&record.provider).into_owned(),
-    );
-    a.str(
-        "gen_ai.request.model",
-        redactor.redact(&record.upstream_model).into_owned(),
-    );
+    a.str("gen_ai.provider.name", provider);
+    a.str("gen_ai.request.model", text(&record.upstream_model));
     for (key, value) in g.request_attributes {
         match value {
             ParamValue::Int(v) => a.int(key, v),
@@ -1027,22 +1040,19 @@ fn write_attributes(
             ParamValue::Strings(v) => {
                 a.strs(
                     key,
-                    v.into_iter().map(|s| redactor.redact_owned(s)).collect(),
+                    bounded_list(v.into_iter().map(|s| redactor.redact_owned(s)).collect()),
                 );
             }
         }
     }
     if let Some(model) = &record.response.model {
-        a.str("gen_ai.response.model", redactor.redact(model).into_owned());
+        a.str("gen_ai.response.model", text(model));
     }
     if let Some(id) = &record.response.id {
-        a.str("gen_ai.response.id", redactor.redact(id).into_owned());
+        a.str("gen_ai.response.id", text(id));
     }
     if let Some(reason) = &record.response.finish_reason {
-        a.strs(
-            "gen_ai.response.finish_reasons",
-            vec![redactor.redact(reason).into_owned()],
-        );
+        a.strs("gen_ai.response.finish_reasons", vec![text(reason)]);
     }
     if let Some(usage) = &record.response.usage {
         a.int(
@@ -1098,11 +1108,43 @@ mod tests {
     /// Adds a span as the builder does: admitted by the gate, then sealed when full.
     fn add(outbox: &mut Outbox, limits: BatchLimits) {
         assert!(outbox.stats.admit(10));
-        outbox.push(a_span(), 10);
-        if outbox.full(limits) {
-            outbox.seal();
-            outbox.hand_over_waiting();
+        outbox.add(a_span(), 10, limits);
+    }
+
+    /// A batch never goes past its byte limit: the span that would take it there starts the
+    /// next one (before, a batch under 4 MiB took one more span of up to the input/output
+    /// cap, and went over the 5 MB Langfuse Cloud accepts). A span alone is a batch.
+    #[test]
+    fn a_span_that_would_take_a_batch_past_its_byte_limit_starts_the_next() {
+        let (mut batches, mut rx) = outbox(8);
+        let limits = BatchLimits {
+            spans: 100,
+            bytes: 25,
+        };
+        for _ in 0..5 {
+            add(&mut batches, limits);
         }
+        let mut sizes = Vec::new();
+        while let Ok(batch) = rx.try_recv() {
+            assert!(batch.bytes <= 25, "{}", batch.bytes);
+            sizes.push(batch.spans.len());
+        }
+        assert_eq!(sizes, [2, 2]);
+        assert_eq!(
+            batches.spans.spans.len(),
+            1,
+            "the fifth gathers the next batch"
+        );
+
+        let (mut alone, mut rx) = outbox(8);
+        add(
+            &mut alone,
+            BatchLimits {
+                spans: 100,
+                bytes: 5,
+            },
+        );
+        assert_eq!(rx.try_recv().expect("a batch").spans.len(), 1);
     }
 
     #[test]

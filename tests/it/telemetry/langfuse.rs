@@ -10,7 +10,9 @@ use base64::Engine as _;
 use futures_util::StreamExt;
 use llmsrouter::auth::{Caller, KeyIndex, Permissions};
 use llmsrouter::secret::Secret;
-use llmsrouter::sinks::generation::TRUNCATION_MARKER;
+use llmsrouter::sinks::generation::{
+    MAX_ATTRIBUTE_BYTES, OMITTED_PARAMETERS_KEY, TRUNCATION_MARKER,
+};
 use llmsrouter::sinks::langfuse::{Destination, LangfuseOptions, LangfuseSink};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode as SpanStatusCode;
 use serde_json::json;
@@ -480,6 +482,85 @@ async fn inputs_and_outputs_over_the_cap_are_truncated_with_a_marker() {
     assert!(input.starts_with("[{\"content\":\"word word"), "{input}");
     assert!(input.len() + output.len() <= 4096);
     assert_eq!(output, r#"{"role":"assistant","content":"Hello there"}"#);
+    router.stop().await;
+}
+
+/// What a client or an upstream puts outside the prompt and the answer is bounded too: 6 MB
+/// of stop sequences, a 1 MB model name (sent up, and answered as a 2 MB one), thousands of
+/// parameters. Before, they went out whole, in up to four copies, and one such request
+/// made its export batch too big for the endpoint, losing every span in it.
+#[tokio::test]
+async fn every_attribute_beside_input_and_output_is_bounded_so_a_span_is() {
+    let upstream = MockUpstream::start(Behavior {
+        model: "R".repeat(2 << 20),
+        ..Default::default()
+    })
+    .await;
+    let otlp = MockOtlp::start().await;
+    let mut options = langfuse_options(&otlp);
+    options.max_io_bytes = 4096;
+    let (router, _sink) =
+        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let mut body = json!({"model": format!("[mock]{}", "m".repeat(1 << 20)),
+        "stop": vec!["S".repeat(3000); 2000],
+        "messages": [{"role": "user", "content": "hi"}]});
+    for i in 0..3000 {
+        // After `stop` in the body (serde_json sorts the keys).
+        body[format!("x{i}")] = json!("v".repeat(1000));
+    }
+    let response = router.chat(&body).await;
+    assert_eq!(response.status(), 200);
+    let received = otlp.span_of(&request_id(&response)).await;
+    let span = &received.span;
+
+    // Cut where they are longer, each with a marker.
+    let model = str_attr(span, "langfuse.observation.model.name").expect("model");
+    assert!(model.starts_with("RRRR") && model.ends_with(TRUNCATION_MARKER));
+    for key in ["gen_ai.request.model", "gen_ai.response.model"] {
+        let text = str_attr(span, key).expect(key);
+        assert!(text.ends_with(TRUNCATION_MARKER), "{key}");
+    }
+    let metadata = json_attr(span, "langfuse.trace.metadata").expect("metadata");
+    let requested = metadata["requested_model"]
+        .as_str()
+        .expect("requested_model");
+    assert!(requested.starts_with("[mock]mmm") && requested.ends_with(TRUNCATION_MARKER));
+    assert_eq!(
+        strings_attr(span, "gen_ai.request.stop_sequences"),
+        Some(vec![format!("[omitted: {} bytes]", 2000 * 3003 + 1)])
+    );
+    let parameters = json_attr(span, "langfuse.observation.model.parameters").expect("params");
+    assert_eq!(
+        parameters["stop"],
+        format!("[omitted: {} bytes]", 2000 * 3003 + 1)
+    );
+    assert_eq!(parameters["x0"], "v".repeat(1000));
+    let kept = parameters.as_object().expect("an object").len() - 2;
+    let omitted = parameters[OMITTED_PARAMETERS_KEY]
+        .as_str()
+        .expect("counted");
+    assert!(
+        omitted.starts_with(&format!("{} more parameters, 30", 3000 - kept)),
+        "{omitted}"
+    );
+
+    // Every attribute but input and output within the cap (the parameters within theirs),
+    // and so the whole span and its export request.
+    let mut total = 0;
+    for kv in &span.attributes {
+        let text = format!("{:?}", kv.value);
+        total += text.len();
+        let cap = match kv.key.as_str() {
+            "langfuse.observation.input" | "langfuse.observation.output" => 4096,
+            "langfuse.observation.model.parameters" => 8192,
+            _ => MAX_ATTRIBUTE_BYTES,
+        };
+        assert!(text.len() <= cap + 200, "{}: {} bytes", kv.key, text.len());
+    }
+    assert!(total < 64 * 1024, "{total} bytes of attributes");
+    let export = otlp.exports().len();
+    assert_eq!(export, 1);
+    assert!(otlp.exports()[0].body.len() < 64 * 1024);
     router.stop().await;
 }
 
