@@ -54,6 +54,8 @@ pub struct Server {
     /// The values of `headers` whose names look like credentials (`api-key`, `x-auth-token`,
     /// ...), kept for redaction wherever a sink writes text.
     pub header_secrets: Vec<Secret>,
+    /// The credentials written into `url` (see [`url_secrets`]), for redaction as well.
+    pub url_secrets: Vec<Secret>,
     pub timeout: Duration,
     pub stream_usage: bool,
 }
@@ -97,13 +99,13 @@ impl Config {
             .filter(|k| !k.is_empty())
     }
 
-    /// Every configured secret: api keys and credential-like header values. What must never
-    /// be written anywhere, nor echoed back to a client.
+    /// Every configured secret: api keys, credential-like header values and the credentials
+    /// in a `url`. What must never be written anywhere, nor echoed back to a client.
     pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
         self.api_keys().chain(
             self.servers
                 .values()
-                .flat_map(|s| s.header_secrets.iter())
+                .flat_map(|s| s.header_secrets.iter().chain(&s.url_secrets))
                 .filter(|k| !k.is_empty()),
         )
     }
@@ -423,6 +425,7 @@ fn validate_server(alias: &str, raw: RawServer, env: &EnvLookup<'_>) -> Result<S
     let url = expand_env(&url, &at("url"), env)?;
     let url = validate_base_url(&url).map_err(|reason| invalid(at("url"), reason))?;
     let base = url::Url::parse(&url).map_err(|e| invalid(at("url"), e.to_string()))?;
+    let url_secrets = url_secrets(&base);
 
     let api_key = raw
         .api_key
@@ -493,9 +496,67 @@ fn validate_server(alias: &str, raw: RawServer, env: &EnvLookup<'_>) -> Result<S
         append,
         headers,
         header_secrets,
+        url_secrets,
         timeout,
         stream_usage: raw.stream_usage.unwrap_or(true),
     })
+}
+
+/// The credentials a server's `url` carries, in each form an upstream may echo them: the
+/// user info (`http://user:password@host`, or a token as the user name, `http://token@host`),
+/// as written and percent-decoded, and the Basic credentials the upstream client builds of it
+/// (`Authorization: Basic base64(user:password)`); each query value (`?key=AIza...`), as
+/// written and percent-decoded, except `api-version`'s (Azure's, a date: not a secret, and
+/// redacting it would blank that date in every prompt). Values too short to be keys are left
+/// out later, by the redactor.
+pub fn url_secrets(base: &url::Url) -> Vec<Secret> {
+    use base64::Engine as _;
+    let decoded = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .map(std::borrow::Cow::into_owned)
+            .ok()
+    };
+    let mut out: Vec<String> = Vec::new();
+    let (user, password) = (base.username(), base.password());
+    if !user.is_empty() || password.is_some() {
+        let user_decoded = decoded(user).unwrap_or_default();
+        let password_decoded = password.and_then(decoded);
+        match password {
+            Some(password) => out.push(password.to_owned()),
+            // The user name is the credential.
+            None => out.push(user.to_owned()),
+        }
+        out.extend(
+            password_decoded
+                .clone()
+                .or_else(|| Some(user_decoded.clone())),
+        );
+        out.push(base64::engine::general_purpose::STANDARD.encode(format!(
+            "{user_decoded}:{}",
+            password_decoded.unwrap_or_default()
+        )));
+    }
+    for (name, value) in base
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+    {
+        if name.eq_ignore_ascii_case("api-version") {
+            continue;
+        }
+        out.push(value.to_owned());
+        out.extend(decoded(value));
+        // `+` is a space in a form-encoded query.
+        out.extend(decoded(&value.replace('+', " ")));
+    }
+    out.sort_unstable();
+    out.dedup();
+    out.into_iter()
+        .filter(|s| !s.is_empty())
+        .map(Secret::new)
+        .collect()
 }
 
 /// The Authorization value for `key`; `None` for an empty key (a local server needs none).
@@ -699,6 +760,43 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    /// What a url carries that is a credential, in the forms an upstream may echo it.
+    #[test]
+    fn the_credentials_in_a_url_are_secrets() {
+        let secrets = |url: &str| -> Vec<String> {
+            let base = url::Url::parse(url).expect("url");
+            url_secrets(&base)
+                .iter()
+                .map(|s| s.expose().to_owned())
+                .collect()
+        };
+        // reqwest sends `Authorization: Basic base64("user:s3cret pw")`.
+        assert_eq!(
+            secrets("http://user:s3cret%20pw@h/v1"),
+            ["dXNlcjpzM2NyZXQgcHc=", "s3cret pw", "s3cret%20pw"]
+        );
+        // A token as the user name is the credential.
+        assert_eq!(
+            secrets("https://tok%2Ben-123456@h/v1"),
+            ["dG9rK2VuLTEyMzQ1Njo=", "tok%2Ben-123456", "tok+en-123456"]
+        );
+        assert_eq!(
+            secrets("https://h/v1?key=AIza%2F12+3&api-version=2024-10-21&flag"),
+            ["AIza%2F12+3", "AIza/12 3", "AIza/12+3"]
+        );
+        assert!(secrets("https://h/v1").is_empty());
+        let config = Config::parse(
+            "servers:\n  a:\n    url: http://u:pw-secret-1@h/v1?k=qs-secret-22\n",
+            &no_env,
+        )
+        .expect("config");
+        let all: Vec<&str> = config.secrets().map(Secret::expose).collect();
+        assert!(
+            all.contains(&"pw-secret-1") && all.contains(&"qs-secret-22"),
+            "{all:?}"
+        );
     }
 
     #[test]

@@ -143,8 +143,8 @@ async fn read_body(
     }
 }
 
-/// The start of an error answer, on one line, with the server's api key and configured header
-/// values blanked out, JSON-escaped or not (some providers echo the credentials they were
+/// The start of an error answer, on one line, with the server's api key, configured header
+/// values and the credentials in its url blanked out, JSON-escaped or not (some providers echo the credentials they were
 /// sent, and a key may sit in a header such as `api-key`).
 fn quote(body: &[u8], server: &Server) -> String {
     let text = String::from_utf8_lossy(body);
@@ -155,6 +155,7 @@ fn quote(body: &[u8], server: &Server) -> String {
         .iter()
         .cloned()
         .chain(header_values.map(Secret::new))
+        .chain(server.url_secrets.iter().cloned())
         .collect();
     let text = Redactor::default().redact(&text, &secrets);
     if text.is_empty() {
@@ -193,6 +194,24 @@ mod tests {
         assert_eq!(quote(b"  \n ", &s), "");
         let long = "x".repeat(5000);
         assert!(quote(long.as_bytes(), &s).len() < 300);
+    }
+
+    /// The credentials in a server's url (sent as Basic auth, or in the query) that an
+    /// upstream echoes are no more in the warning than an `api_key` is.
+    #[test]
+    fn quoted_error_text_never_holds_the_urls_credentials() {
+        let yaml = "servers:\n  s:\n    url: http://user:s3cretpw@127.0.0.1:9/v1\n  q:\n    url: http://127.0.0.1:9/v1?key=AIzaQuerySecret123456\n";
+        let config = Config::parse(yaml, &|_| None).expect("config");
+        let quoted = quote(
+            b"bad auth: Basic dXNlcjpzM2NyZXRwdw== (s3cretpw)",
+            &config.servers["s"],
+        );
+        assert_eq!(quoted, ": bad auth: Basic [redacted] ([redacted])");
+        let quoted = quote(
+            b"bad path /v1/models?key=AIzaQuerySecret123456",
+            &config.servers["q"],
+        );
+        assert_eq!(quoted, ": bad path /v1/models?key=[redacted]");
     }
 
     #[test]

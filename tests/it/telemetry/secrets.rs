@@ -477,3 +477,67 @@ async fn a_url_targets_query_is_redacted_from_every_record() {
     written.assert_absent(PREFIX_KEY);
     written.assert_absent(PROXY_KEY);
 }
+
+/// The credentials written into a configured server's `url` (user info, which goes upstream
+/// as `Authorization: Basic ...`, and a `?key=` query) are secrets like an `api_key`: an
+/// upstream echoing them gets them neither to the client nor into any record.
+#[tokio::test]
+async fn the_credentials_in_a_configured_url_are_redacted_like_an_api_key() {
+    use base64::Engine as _;
+    const PASSWORD: &str = "url-PASSWORD-1234";
+    const QUERY_KEY: &str = "AIzaURLQUERYKEY-5678";
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let host = upstream.origin().replace("http://", "");
+    let yaml = format!(
+        "servers:\n  ui:\n    url: \"http://user:{PASSWORD}@{host}/v1\"\n  q:\n    url: \"http://{host}/v1?key={QUERY_KEY}\"\n"
+    );
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("user:{PASSWORD}"));
+    let sinks = AllSinks::start(&yaml).await;
+    upstream.set(Behavior {
+        status: 401,
+        body: Some(
+            json!({"error": {"message": format!(
+                "bad auth: Basic {basic} path /v1/chat/completions?key={QUERY_KEY} ({PASSWORD})"
+            )}})
+            .to_string(),
+        ),
+        ..Default::default()
+    });
+    let secrets = [PASSWORD, QUERY_KEY, basic.as_str()];
+    for model in ["[ui]gpt-4o", "[q]gpt-4o"] {
+        let prompt = format!("mine: {PASSWORD} {QUERY_KEY}");
+        let response = sinks
+            .router
+            .chat(&json!({"model": model, "messages": [{"role": "user", "content": prompt}]}))
+            .await;
+        assert_eq!(response.status(), 401);
+        let text = response.text().await.expect("body");
+        for secret in secrets {
+            assert_no_secret("the error relayed to the client", &text, secret);
+        }
+        assert!(text.contains("Basic [redacted]"), "{text}");
+    }
+    // They went upstream as configured.
+    let posts: Vec<_> = upstream
+        .received()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(
+        posts[0].headers["authorization"],
+        format!("Basic {basic}").as_str()
+    );
+    assert_eq!(
+        posts[1].query.as_deref(),
+        Some(format!("key={QUERY_KEY}").as_str())
+    );
+    let (written, records) = sinks.finish(2).await;
+    // The records held them (in the prompt), so the scan below can fail.
+    assert!(records.iter().all(|r| {
+        let holds = |s: &str| memchr::memmem::find(&r.request_body, s.as_bytes()).is_some();
+        holds(PASSWORD) && holds(QUERY_KEY)
+    }));
+    for secret in secrets {
+        written.assert_absent(secret);
+    }
+}
