@@ -54,6 +54,42 @@ pub struct OtlpEnv {
     pub headers: Vec<(String, Secret)>,
 }
 
+impl EnvSettings {
+    /// The credentials of the trace destinations, for the sinks' redactor: a prompt holding
+    /// the Langfuse secret key or an OTLP token must not carry it to Langfuse, the collector
+    /// or the request log. `LANGFUSE_SECRET_KEY` and the Basic credentials made of it; each
+    /// `OTEL_EXPORTER_OTLP_HEADERS` value, and its last word (the token of `Bearer <token>`);
+    /// the credentials in either endpoint's URL (see `config::url_secrets`). Values too short
+    /// to be keys are left out by the redactor, as for config.yaml's.
+    pub fn secrets(&self) -> Vec<Secret> {
+        let mut out = Vec::new();
+        if let Some(langfuse) = &self.langfuse {
+            out.push(langfuse.secret_key.clone());
+            out.push(crate::sinks::langfuse::basic_credentials(
+                &langfuse.public_key,
+                &langfuse.secret_key,
+            ));
+            out.extend(endpoint_secrets(&langfuse.endpoint));
+        }
+        if let Some(otlp) = &self.otlp {
+            for (_, value) in &otlp.headers {
+                out.push(value.clone());
+                if let Some((_, token)) = value.expose().trim().rsplit_once([' ', '\t']) {
+                    out.push(Secret::new(token));
+                }
+            }
+            out.extend(endpoint_secrets(&otlp.endpoint));
+        }
+        out
+    }
+}
+
+fn endpoint_secrets(endpoint: &str) -> Vec<Secret> {
+    url::Url::parse(endpoint)
+        .map(|url| crate::config::url_secrets(&url))
+        .unwrap_or_default()
+}
+
 /// Default of `LLMSROUTER_TRACE_MAX_IO_BYTES`: 1 MiB of input plus output per span.
 pub const DEFAULT_TRACE_MAX_IO_BYTES: usize = 1024 * 1024;
 /// Default of `LANGFUSE_HOST`.
@@ -526,6 +562,42 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// The destinations' credentials are what the sinks' redactor looks for beside the
+    /// config's; a value too short to be a key (`x-team=ml`) is then skipped by the redactor.
+    #[test]
+    fn the_trace_destinations_credentials_are_secrets() {
+        let s = EnvSettings::from_lookup(&lookup(&[
+            ("LANGFUSE_PUBLIC_KEY", "pk-lf-1"),
+            ("LANGFUSE_SECRET_KEY", "sk-lf-secret-1"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://c:4318/otel?token=qtoken-123",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization=Bearer%20tok-123456789,x-team=ml",
+            ),
+        ]))
+        .expect("ok");
+        let secrets: Vec<String> = s.secrets().iter().map(|s| s.expose().to_owned()).collect();
+        assert_eq!(
+            secrets,
+            [
+                "sk-lf-secret-1",
+                "cGstbGYtMTpzay1sZi1zZWNyZXQtMQ==",
+                "Bearer tok-123456789",
+                "tok-123456789",
+                "ml",
+                "qtoken-123",
+            ]
+        );
+        let redactor = crate::sinks::redact::Redactor::new(&s.secrets());
+        assert_eq!(
+            redactor.redact("sk-lf-secret-1 tok-123456789 ml", &[]),
+            "[redacted] [redacted] ml"
+        );
     }
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

@@ -61,23 +61,28 @@ impl Destination {
     /// Langfuse's OTLP endpoint with Basic auth and ingestion version 4 (spans go straight
     /// to the tables its UI reads).
     pub fn langfuse(endpoint: String, public_key: &Secret, secret_key: &Secret) -> Self {
-        let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            public_key.expose(),
-            secret_key.expose()
-        ));
+        let credentials = basic_credentials(public_key, secret_key);
         Self {
             name: "langfuse",
             endpoint,
             headers: vec![
                 (
                     "authorization".to_owned(),
-                    Secret::new(format!("Basic {credentials}")),
+                    Secret::new(format!("Basic {}", credentials.expose())),
                 ),
                 ("x-langfuse-ingestion-version".to_owned(), Secret::new("4")),
             ],
         }
     }
+}
+
+/// Langfuse's Basic credentials, `base64(public:secret)`: a secret (it holds the secret key).
+pub fn basic_credentials(public_key: &Secret, secret_key: &Secret) -> Secret {
+    Secret::new(base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        public_key.expose(),
+        secret_key.expose()
+    )))
 }
 
 /// Knobs of the exporter; [`Self::from_env`] gives the production values.

@@ -49,8 +49,9 @@ pub fn start(
     config: &Config,
     db_path: &Path,
 ) -> Result<Vec<Arc<dyn RecordSink>>, SinkError> {
-    // Keys of the config as loaded at start-up.
-    let redactor = Redactor::new(config.secrets());
+    // Keys of the config as loaded at start-up, and the trace destinations' own.
+    let env_secrets = env.secrets();
+    let redactor = Redactor::new(config.secrets().chain(&env_secrets));
     let mut sinks: Vec<Arc<dyn RecordSink>> = Vec::new();
     if env.ledger {
         sinks.push(Arc::new(LedgerSink::start(db_path, redactor.clone())?));

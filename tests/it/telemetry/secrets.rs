@@ -34,9 +34,17 @@ struct Written {
 
 impl AllSinks {
     async fn start(yaml: &str) -> Self {
+        Self::start_with(yaml, |_| Vec::new()).await
+    }
+
+    /// [`Self::start`] with more environment variables, given the mock OTLP endpoint.
+    async fn start_with(
+        yaml: &str,
+        more: impl FnOnce(&MockOtlp) -> Vec<(&'static str, String)>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         let otlp = MockOtlp::start().await;
-        let vars: HashMap<&str, String> = HashMap::from([
+        let mut vars: HashMap<&str, String> = HashMap::from([
             ("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY.to_owned()),
             ("LANGFUSE_SECRET_KEY", SECRET_KEY.to_owned()),
             ("LANGFUSE_HOST", otlp.origin()),
@@ -46,6 +54,7 @@ impl AllSinks {
                 dir.path().join("api_proxy.log").display().to_string(),
             ),
         ]);
+        vars.extend(more(&otlp));
         let env = EnvSettings::from_lookup(&|name| vars.get(name).cloned()).expect("env");
         let config = Config::parse(yaml, &|_| None).expect("config");
         let sinks =
@@ -540,4 +549,42 @@ async fn the_credentials_in_a_configured_url_are_redacted_like_an_api_key() {
     for secret in secrets {
         written.assert_absent(secret);
     }
+}
+
+/// The trace destinations' own credentials (the Langfuse secret key, an
+/// `OTEL_EXPORTER_OTLP_HEADERS` token) in a prompt reach neither destination nor the request
+/// log, as a provider's key does not.
+#[tokio::test]
+async fn the_trace_destinations_credentials_are_redacted_too() {
+    const OTLP_TOKEN: &str = "otlp-TOKEN-abcdef123";
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let sinks = AllSinks::start_with(&one_server_config(&upstream.url(), ""), |otlp| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.origin()),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                format!("authorization=Bearer%20{OTLP_TOKEN},x-team=ml"),
+            ),
+        ]
+    })
+    .await;
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{PUBLIC_KEY}:{SECRET_KEY}"),
+    );
+    let prompt = format!("lf {SECRET_KEY} otlp {OTLP_TOKEN} basic {basic} provider {UPSTREAM_KEY}");
+    let response = sinks
+        .router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": prompt}]}))
+        .await;
+    assert_eq!(response.status(), 200);
+    // One span for each destination.
+    let (written, records) = sinks.finish(2).await;
+    assert!(memchr::memmem::find(&records[0].request_body, SECRET_KEY.as_bytes()).is_some());
+    assert_eq!(written.spans.len(), 2);
+    assert_eq!(written.log.len(), 1);
+    for secret in [SECRET_KEY, OTLP_TOKEN, basic.as_str(), UPSTREAM_KEY] {
+        written.assert_absent(secret);
+    }
+    assert!(written.spans.iter().all(|t| t.contains("[redacted]")));
 }
