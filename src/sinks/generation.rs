@@ -685,10 +685,16 @@ fn level_of(record: &RequestRecord) -> (Level, Option<String>) {
     }
 }
 
+/// `gen_ai.operation.name`: the OpenTelemetry GenAI value where one fits ("If one of them
+/// applies, then that value MUST be used"): `chat` for OpenAI's chat completions, the
+/// Responses API and Anthropic's `/messages` (each a model answering a conversation);
+/// `text_completion` for OpenAI's `/completions` and Anthropic's legacy `/complete`;
+/// `embeddings`. Other endpoints have no such value: the path, as a custom one
+/// (`images/generations`, `audio/transcriptions`, `GET files`).
 fn operation_of(endpoint: &str) -> Cow<'static, str> {
     match endpoint {
-        "/chat/completions" | "/responses" => Cow::Borrowed("chat"),
-        "/completions" => Cow::Borrowed("text_completion"),
+        "/chat/completions" | "/responses" | "/messages" => Cow::Borrowed("chat"),
+        "/completions" | "/complete" => Cow::Borrowed("text_completion"),
         "/embeddings" => Cow::Borrowed("embeddings"),
         other => Cow::Owned(other.trim_start_matches('/').to_owned()),
     }
@@ -931,12 +937,18 @@ mod tests {
             json_of(&g.input),
             json!({"instructions": "be brief", "input": "hi"})
         );
-        let mut r = record(json!({"model": "c", "prompt": "once upon"}));
-        r.endpoint = "/completions".into();
-        assert_eq!(
-            build(&r, &Redactor::default(), 1 << 20).operation,
-            "text_completion"
-        );
+        for (endpoint, operation) in [
+            ("/completions", "text_completion"),
+            ("/complete", "text_completion"),
+            ("/messages", "chat"),
+            ("/responses", "chat"),
+            ("/images/generations", "images/generations"),
+        ] {
+            let mut r = record(json!({"model": "c", "prompt": "once upon"}));
+            r.endpoint = endpoint.into();
+            let g = build(&r, &Redactor::default(), 1 << 20);
+            assert_eq!(g.operation, operation, "{endpoint}");
+        }
     }
 
     /// A form's record (a transcription): its description is the input, its text fields

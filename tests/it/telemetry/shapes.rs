@@ -297,6 +297,8 @@ async fn an_anthropic_stream_is_read_from_its_own_events() {
         Some("claude-r")
     );
     assert_eq!(str_attr(&span, "gen_ai.response.id"), Some("msg_1"));
+    // OpenTelemetry's GenAI value for a conversation turn, not the path (`messages`).
+    assert_eq!(str_attr(&span, "gen_ai.operation.name"), Some("chat"));
     assert_eq!(
         strings_attr(&span, "gen_ai.response.finish_reasons"),
         Some(vec!["tool_use".to_owned()])
