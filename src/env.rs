@@ -32,6 +32,11 @@ pub struct EnvSettings {
     /// `OTEL_EXPORTER_OTLP_TRACES_COMPRESSION`, else `OTEL_EXPORTER_OTLP_COMPRESSION`, is
     /// `gzip`: every destination's export requests are gzipped (Langfuse accepts that).
     pub trace_gzip: bool,
+    /// The resource of every exported span, `service.name` first: `OTEL_SERVICE_NAME`, else
+    /// `service.name` of `OTEL_RESOURCE_ATTRIBUTES`, else `llmsrouter`; then the other
+    /// attributes of `OTEL_RESOURCE_ATTRIBUTES` (`deployment.environment.name`, which
+    /// Langfuse shows as the environment), and `service.version` unless given there.
+    pub resource: Vec<(String, String)>,
     /// Settings that look like mistakes but do not stop start-up (logged by `serve`).
     pub warnings: Vec<String>,
 }
@@ -126,6 +131,8 @@ pub const VARIABLES: &[&str] = &[
     "OTEL_EXPORTER_OTLP_COMPRESSION",
     "LLMSROUTER_TRACE_MAX_IO_BYTES",
     "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
     "ALL_PROXY",
     "all_proxy",
     "HTTP_PROXY",
@@ -164,6 +171,7 @@ impl EnvSettings {
             trace_max_io_bytes: trace_max_io_bytes(env)?,
             trace_export_interval: trace_export_interval(env)?,
             trace_gzip: otlp_gzip(env, &mut warnings)?,
+            resource: resource(env)?,
             warnings,
         })
     }
@@ -451,6 +459,81 @@ pub fn parse_otlp_headers(raw: &str) -> Result<Vec<(String, Secret)>, EnvError> 
     Ok(headers)
 }
 
+/// The default `service.name`.
+pub const DEFAULT_SERVICE_NAME: &str = "llmsrouter";
+
+/// The span resource (see [`EnvSettings::resource`]), as the OpenTelemetry SDK
+/// configuration says: `OTEL_SERVICE_NAME` wins over a `service.name` in
+/// `OTEL_RESOURCE_ATTRIBUTES`, whose values are percent-decoded.
+fn resource(env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<(String, String)>, EnvError> {
+    let attributes = match env("OTEL_RESOURCE_ATTRIBUTES") {
+        Some(raw) => parse_resource_attributes(&raw)?,
+        None => Vec::new(),
+    };
+    let service_name = non_empty(env, "OTEL_SERVICE_NAME")
+        .or_else(|| {
+            attributes
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "service.name")
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned());
+    let mut out = vec![("service.name".to_owned(), service_name)];
+    if !attributes.iter().any(|(k, _)| k == "service.version") {
+        out.push((
+            "service.version".to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        ));
+    }
+    for (key, value) in attributes {
+        if key == "service.name" {
+            continue;
+        }
+        // A key given twice: the last one counts, as the SDKs read it.
+        out.retain(|(k, _)| *k != key);
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// `key1=value1,key2=value2` with percent-encoded values (OpenTelemetry's
+/// `OTEL_RESOURCE_ATTRIBUTES`). Errors name the entry, never its value (a value may be a
+/// secret someone put there).
+pub fn parse_resource_attributes(raw: &str) -> Result<Vec<(String, String)>, EnvError> {
+    let mut out = Vec::new();
+    for (index, entry) in raw.split(',').enumerate() {
+        if entry.trim().is_empty() {
+            continue;
+        }
+        let bad = |what: &str| EnvError {
+            name: "OTEL_RESOURCE_ATTRIBUTES",
+            reason: format!(
+                "entry {} {what} (expected key=value,key2=value2, values percent-encoded)",
+                index + 1
+            ),
+        };
+        let Some((key, value)) = entry.split_once('=') else {
+            return Err(bad("has no '='"));
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(bad("has an empty key"));
+        }
+        let value = value.trim();
+        if !percent_escapes_are_whole(value) {
+            return Err(bad(
+                "has a '%' not followed by two hex digits; write a literal '%' as %25",
+            ));
+        }
+        let value = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .map_err(|_| bad("has a value that is not UTF-8 after percent-decoding"))?;
+        out.push((key.to_owned(), value.into_owned()));
+    }
+    Ok(out)
+}
+
 /// Every `%` in `value` starts an escape of two hex digits. (`percent_decode_str` leaves a
 /// bad escape as it is, silently.)
 fn percent_escapes_are_whole(value: &str) -> bool {
@@ -597,6 +680,48 @@ mod tests {
         assert_eq!(
             redactor.redact("sk-lf-secret-1 tok-123456789 ml", &[]),
             "[redacted] [redacted] ml"
+        );
+    }
+
+    #[test]
+    fn the_resource_follows_the_otel_variables() {
+        let resource = |pairs: &[(&str, &str)]| {
+            EnvSettings::from_lookup(&lookup(pairs))
+                .expect("ok")
+                .resource
+        };
+        let version = env!("CARGO_PKG_VERSION");
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            resource(&[]),
+            [
+                pair("service.name", "llmsrouter"),
+                pair("service.version", version)
+            ]
+        );
+        assert_eq!(
+            resource(&[(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=a%20b,service.version=9,x=1,x=2,,"
+            )]),
+            [
+                pair("service.name", "a b"),
+                pair("service.version", "9"),
+                pair("x", "2")
+            ]
+        );
+        assert_eq!(
+            resource(&[
+                ("OTEL_SERVICE_NAME", " gw "),
+                ("OTEL_RESOURCE_ATTRIBUTES", "service.name=a")
+            ])[0],
+            pair("service.name", "gw")
+        );
+        let error = EnvSettings::from_lookup(&lookup(&[("OTEL_RESOURCE_ATTRIBUTES", "a=1,tok")]))
+            .expect_err("no '='");
+        assert_eq!(
+            error.to_string(),
+            "OTEL_RESOURCE_ATTRIBUTES: entry 2 has no '=' (expected key=value,key2=value2, values percent-encoded)"
         );
     }
 

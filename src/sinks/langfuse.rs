@@ -109,6 +109,8 @@ pub struct LangfuseOptions {
     pub gzip: bool,
     /// Longest the final flush may take on shutdown.
     pub shutdown_timeout: Duration,
+    /// The spans' resource attributes (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`).
+    pub resource: Vec<(String, String)>,
 }
 
 impl LangfuseOptions {
@@ -130,6 +132,16 @@ impl LangfuseOptions {
             retry: RetryPolicy::default(),
             gzip: false,
             shutdown_timeout: Duration::from_secs(15),
+            resource: vec![
+                (
+                    "service.name".to_owned(),
+                    crate::env::DEFAULT_SERVICE_NAME.to_owned(),
+                ),
+                (
+                    "service.version".to_owned(),
+                    env!("CARGO_PKG_VERSION").to_owned(),
+                ),
+            ],
         }
     }
 
@@ -157,6 +169,7 @@ impl LangfuseOptions {
         options.max_io_bytes = env.trace_max_io_bytes;
         options.export_interval = env.trace_export_interval;
         options.gzip = env.trace_gzip;
+        options.resource = env.resource.clone();
         Some(options)
     }
 }
@@ -388,8 +401,12 @@ impl LangfuseSink {
             })?;
         let stopping = ShutdownDeadline::new();
         let resource = Resource::builder_empty()
-            .with_service_name("llmsrouter")
-            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .with_attributes(
+                options
+                    .resource
+                    .iter()
+                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+            )
             .build();
         let mut stats = Vec::new();
         let mut outboxes = Vec::new();

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValueKind;
 use serde_json::json;
 
 use super::mock_otlp::{MockOtlp, str_attr, trace_id};
@@ -319,6 +320,86 @@ fn a_broken_percent_escape_in_otlp_headers_stops_check_and_serve() {
             for secret in ["Basic", "%zz", "secret-tok"] {
                 assert!(!stderr.contains(secret), "{secret} in {stderr}");
             }
+        }
+    }
+}
+
+/// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` were ignored: every span's resource said
+/// `service.name=llmsrouter`, and Langfuse's environment (`deployment.environment.name`)
+/// could not be set. They are honoured as the OpenTelemetry spec says: the service name wins
+/// over a `service.name` attribute, values are percent-decoded.
+#[tokio::test]
+async fn the_span_resource_comes_from_otel_service_name_and_resource_attributes() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    let data = tempfile::tempdir().expect("data dir");
+    let db = data.path().join("ledger.db").display().to_string();
+    let log = data.path().join("api_proxy.log").display().to_string();
+    let mut vars: Vec<(&str, String)> = every_sink(&otlp.origin(), &db, &log, "50").into();
+    vars.push(("OTEL_SERVICE_NAME", "gateway-eu".to_owned()));
+    vars.push((
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "service.name=ignored, deployment.environment.name=staging,team=ml%20ops%2Cgpu".to_owned(),
+    ));
+    let envs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &envs);
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let received = otlp.span_of(&request_id(&response)).await;
+    let resource: Vec<(String, String)> = received
+        .resource
+        .iter()
+        .map(|kv| {
+            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(AnyValueKind::StringValue(s)) => s.clone(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), value)
+        })
+        .collect();
+    let get = |key: &str| {
+        resource
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(get("service.name"), Some("gateway-eu"), "{resource:?}");
+    assert_eq!(get("deployment.environment.name"), Some("staging"));
+    assert_eq!(get("team"), Some("ml ops,gpu"));
+    assert_eq!(get("service.version"), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        resource.iter().filter(|(k, _)| k == "service.name").count(),
+        1
+    );
+}
+
+/// A resource attribute list that cannot be read stops `check` and `serve` with one line
+/// naming the variable and the entry, never a value.
+#[test]
+fn a_bad_otel_resource_attributes_stops_check_and_serve() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    for (attributes, why) in [
+        ("env=prod,secret-tok-123", "has no '='"),
+        ("=secret-tok-123", "has an empty key"),
+        ("k=secret-tok-123%zz", "two hex digits"),
+    ] {
+        let envs = [
+            ("OTEL_RESOURCE_ATTRIBUTES", attributes),
+            ("LLMSROUTER_PORT", "0"),
+        ];
+        for command in ["check", "serve"] {
+            let (code, stdout, stderr) = run_cli(dir.path(), &[command], &envs);
+            assert_eq!(code, 1, "{command} {attributes}: {stdout} {stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+            assert!(
+                stderr.starts_with("error: OTEL_RESOURCE_ATTRIBUTES: entry "),
+                "{stderr}"
+            );
+            assert!(stderr.contains(why), "{stderr}");
+            assert!(!stderr.contains("secret-tok"), "{stderr}");
         }
     }
 }
