@@ -229,13 +229,23 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+/// Most finish reasons kept of choices beyond the first (OpenAI's `n` goes to 128): an
+/// upstream sending any index it likes must not grow a record without end.
+pub const MAX_MORE_FINISH_REASONS: usize = 128;
+
 /// What the response said, as far as it was seen.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ResponseSummary {
     pub id: Option<String>,
     /// The model the upstream says answered.
     pub model: Option<String>,
+    /// The first choice's (with `n` above 1, choice 0's).
     pub finish_reason: Option<String>,
+    /// With `n` above 1, the other choices' finish reasons, each with its index, in the
+    /// order they came; at most [`MAX_MORE_FINISH_REASONS`]. Read from what is parsed
+    /// anyway (a chunk's choices, a whole body's), so no work is added for them; empty, as
+    /// it stays with one choice, it allocates nothing.
+    pub more_finish_reasons: Vec<(usize, String)>,
     pub content: String,
     pub reasoning: String,
     /// The assistant declined: OpenAI's `message.refusal` / `delta.refusal` (the Responses
@@ -535,7 +545,8 @@ impl FastBody<'_> {
             }
             return Some(out);
         };
-        if let Some(choice) = choices.into_iter().next() {
+        let mut choices = choices.into_iter();
+        if let Some(choice) = choices.next() {
             out.finish_reason = choice.finish_reason.map(std::borrow::Cow::into_owned);
             if let Some(message) = choice.message {
                 fill_from_message(&mut out, message);
@@ -543,6 +554,12 @@ impl FastBody<'_> {
                 out.content = text.into_owned();
             }
         }
+        // With `n` above 1: the others' reasons, already parsed (none with one choice).
+        out.more_finish_reasons = choices
+            .enumerate()
+            .filter_map(|(i, c)| Some((i + 1, c.finish_reason?.into_owned())))
+            .take(MAX_MORE_FINISH_REASONS)
+            .collect();
         Some(out)
     }
 }
@@ -1520,9 +1537,24 @@ impl StreamAccumulator {
         EventKind::Other
     }
 
+    /// Keeps choice `index`'s finish reason (a second one for the same choice replaces the
+    /// first), up to [`MAX_MORE_FINISH_REASONS`] choices.
+    fn note_more_finish_reason(&mut self, index: usize, reason: String) {
+        let more = &mut self.summary.more_finish_reasons;
+        if let Some(slot) = more.iter_mut().find(|(i, _)| *i == index) {
+            slot.1 = reason;
+        } else if more.len() < MAX_MORE_FINISH_REASONS {
+            more.push((index, reason));
+        }
+    }
+
     fn push_choice(&mut self, choice: ChunkChoice<'_>) {
-        // With `n` > 1 the answers' deltas interleave; mixed, they made one text of all.
-        if choice.index.is_some_and(|i| i != 0) {
+        // With `n` > 1 the answers' deltas interleave; mixed, they made one text of all. Of
+        // the others only the finish reason is kept (parsed with the chunk anyway).
+        if let Some(index) = choice.index.filter(|i| *i != 0) {
+            if let Some(reason) = choice.finish_reason {
+                self.note_more_finish_reason(index, reason.into_owned());
+            }
             return;
         }
         if let Some(reason) = choice.finish_reason {
@@ -2277,6 +2309,30 @@ mod tests {
         let s = acc.into_summary();
         assert_eq!(s.content, "A1A2");
         assert_eq!(s.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(s.more_finish_reasons, [(1, "stop".to_owned())]);
+    }
+
+    /// The other choices' finish reasons are kept, a bounded number of them, however many
+    /// indices an upstream sends; a whole body's too, by position.
+    #[test]
+    fn other_choices_finish_reasons_are_kept_bounded() {
+        let mut acc = StreamAccumulator::default();
+        for i in 1..1000 {
+            let e =
+                format!(r#"{{"choices":[{{"index":{i},"delta":{{}},"finish_reason":"stop"}}]}}"#);
+            acc.push_data(e.as_bytes());
+        }
+        acc.push_data(br#"{"choices":[{"index":1,"delta":{},"finish_reason":"length"}]}"#);
+        let s = acc.into_summary();
+        assert_eq!(s.more_finish_reasons.len(), MAX_MORE_FINISH_REASONS);
+        assert_eq!(s.more_finish_reasons[0], (1, "length".to_owned()));
+        assert_eq!(s.finish_reason, None);
+
+        let body = json!({"choices": [{"message": {"content": "a"}, "finish_reason": "stop"},
+            {"message": {"content": "b"}}, {"message": {"content": "c"}, "finish_reason": "length"}]});
+        let s = summarize_body(body.to_string().as_bytes());
+        assert_eq!(s.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(s.more_finish_reasons, [(2, "length".to_owned())]);
     }
 
     #[test]

@@ -1073,8 +1073,22 @@ fn write_attributes(
     if let Some(id) = &record.response.id {
         a.str("gen_ai.response.id", text(id));
     }
-    if let Some(reason) = &record.response.finish_reason {
-        a.strs("gen_ai.response.finish_reasons", vec![text(reason)]);
+    // One per choice, choice 0's first, as the GenAI conventions have them.
+    let mut more = record
+        .response
+        .more_finish_reasons
+        .iter()
+        .collect::<Vec<_>>();
+    more.sort_by_key(|(index, _)| *index);
+    let reasons: Vec<String> = record
+        .response
+        .finish_reason
+        .iter()
+        .chain(more.into_iter().map(|(_, reason)| reason))
+        .map(|reason| text(reason))
+        .collect();
+    if !reasons.is_empty() {
+        a.strs("gen_ai.response.finish_reasons", bounded_list(reasons));
     }
     if let Some(usage) = &record.response.usage {
         a.int(

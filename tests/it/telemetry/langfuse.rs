@@ -564,6 +564,68 @@ async fn every_attribute_beside_input_and_output_is_bounded_so_a_span_is() {
     router.stop().await;
 }
 
+/// With `n` = 2 a stream's choices end each with its own reason: the span has one per
+/// choice, choice 0's first (before, only choice 0's), whole answers too.
+#[tokio::test]
+async fn every_choices_finish_reason_is_in_the_span() {
+    let chunk = |index: usize, content: &str, finish: &str| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "model": "m", "choices": [{"index": index,
+                "delta": {"content": content}, "finish_reason": (!finish.is_empty()).then_some(finish)}]})
+        )
+        .into_bytes()
+    };
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(vec![
+            chunk(0, "A", ""),
+            chunk(1, "B", ""),
+            chunk(1, "", "length"),
+            chunk(0, "", "stop"),
+            crate::support::upstream::DONE.as_bytes().to_vec(),
+        ]),
+        ..Default::default()
+    })
+    .await;
+    let otlp = MockOtlp::start().await;
+    let (router, _sink) = router_with_langfuse(
+        &one_server_config(&upstream.url(), ""),
+        langfuse_options(&otlp),
+        |_| {},
+    )
+    .await;
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "n": 2, "stream": true, "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    assert!(response.text().await.expect("body").contains("length"));
+    let span = otlp.span_of(&id).await.span;
+    assert_eq!(
+        strings_attr(&span, "gen_ai.response.finish_reasons"),
+        Some(vec!["stop".to_owned(), "length".to_owned()])
+    );
+
+    upstream.set(Behavior {
+        body: Some(
+            json!({"id": "c2", "model": "m", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "A"}, "finish_reason": "stop"},
+                {"index": 1, "message": {"role": "assistant", "content": "B"}, "finish_reason": "length"}]})
+            .to_string(),
+        ),
+        ..Default::default()
+    });
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "n": 2, "messages": []}))
+        .await;
+    let span = otlp.span_of(&request_id(&response)).await.span;
+    assert_eq!(
+        strings_attr(&span, "gen_ai.response.finish_reasons"),
+        Some(vec!["stop".to_owned(), "length".to_owned()])
+    );
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn throttling_and_server_errors_are_retried_with_backoff_then_delivered() {
     let upstream = MockUpstream::start(Behavior::default()).await;
