@@ -520,21 +520,15 @@ pub fn url_secrets(base: &url::Url) -> Vec<Secret> {
     let mut out: Vec<String> = Vec::new();
     let (user, password) = (base.username(), base.password());
     if !user.is_empty() || password.is_some() {
-        let user_decoded = decoded(user).unwrap_or_default();
-        let password_decoded = password.and_then(decoded);
-        match password {
-            Some(password) => out.push(password.to_owned()),
-            // The user name is the credential.
-            None => out.push(user.to_owned()),
-        }
-        out.extend(
-            password_decoded
-                .clone()
-                .or_else(|| Some(user_decoded.clone())),
-        );
+        // The password, or a lone user name (a token), is the credential.
+        let credential = password.unwrap_or(user);
+        out.push(credential.to_owned());
+        out.extend(decoded(credential));
+        // What reqwest sends: `Basic base64(user:password)`, both decoded.
+        let password_decoded = password.and_then(decoded).unwrap_or_default();
         out.push(base64::engine::general_purpose::STANDARD.encode(format!(
-            "{user_decoded}:{}",
-            password_decoded.unwrap_or_default()
+            "{}:{password_decoded}",
+            decoded(user).unwrap_or_default()
         )));
     }
     for (name, value) in base
