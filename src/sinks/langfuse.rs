@@ -316,16 +316,29 @@ fn rate_limit(last: &Mutex<Option<Instant>>) -> bool {
     true
 }
 
-/// Text a span holds, for the byte bound (the same sum on the way in and out).
+/// Text a span holds, for the byte bounds (the same sum on the way in and out): its
+/// attributes' keys and values and its status message, about what its protobuf takes, so
+/// that a batch's byte limit bounds the export request.
 fn span_bytes(span: &SpanData) -> usize {
-    span.attributes
+    let status = match &span.status {
+        Status::Error { description } => description.len(),
+        Status::Unset | Status::Ok => 0,
+    };
+    let attributes: usize = span
+        .attributes
         .iter()
-        .map(|kv| match &kv.value {
-            Value::String(s) => s.as_str().len(),
-            Value::Array(Array::String(items)) => items.iter().map(|s| s.as_str().len()).sum(),
-            _ => 8,
+        .map(|kv| {
+            kv.key.as_str().len()
+                + match &kv.value {
+                    Value::String(s) => s.as_str().len(),
+                    Value::Array(Array::String(items)) => {
+                        items.iter().map(|s| s.as_str().len()).sum()
+                    }
+                    _ => 8,
+                }
         })
-        .sum()
+        .sum();
+    attributes + status
 }
 
 /// Spans on their way to one destination, and the text they hold (for the gate).
@@ -1278,6 +1291,26 @@ mod tests {
             Some(&Value::I64(200))
         );
         assert_eq!(span.instrumentation_scope.name(), SCOPE_NAME);
+    }
+
+    /// The byte count behind the batch limit takes in what the export request carries
+    /// beside the attribute values: their keys, and the status message (an error span's is
+    /// up to 4 KiB, a second copy of the attribute's).
+    #[test]
+    fn a_spans_bytes_count_its_keys_and_status_message() {
+        let mut record = crate::record::tests::sample();
+        record.outcome = Outcome::UpstreamError;
+        record.status = Some(500);
+        record.error = Some("e".repeat(3000));
+        let scope = InstrumentationScope::builder(SCOPE_NAME).build();
+        let span = span_of(&record, &scope, &Redactor::new(Vec::new()), 1 << 20);
+        let keys: usize = span.attributes.iter().map(|kv| kv.key.as_str().len()).sum();
+        assert!(keys > 300, "{keys}");
+        assert!(
+            span_bytes(&span) >= 2 * 3000 + keys,
+            "{}",
+            span_bytes(&span)
+        );
     }
 
     #[test]
