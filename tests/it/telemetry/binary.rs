@@ -392,7 +392,7 @@ fn a_bad_otel_resource_attributes_stops_check_and_serve() {
         ];
         for command in ["check", "serve"] {
             let (code, stdout, stderr) = run_cli(dir.path(), &[command], &envs);
-            assert_eq!(code, 1, "{command} {attributes}: {stdout} {stderr}");
+            assert_eq!(code, 2, "{command} {attributes}: {stdout} {stderr}");
             assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
             assert!(
                 stderr.starts_with("error: OTEL_RESOURCE_ATTRIBUTES: entry "),
