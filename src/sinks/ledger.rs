@@ -130,21 +130,22 @@ impl<'a> LedgerRow<'a> {
             username: record.user.as_deref().map(Cow::Borrowed),
             provider: Cow::Borrowed(&record.provider),
             mode: record.mode.as_str(),
-            endpoint: Cow::Borrowed(&record.endpoint),
-            model: redactor.redact(&record.upstream_model),
+            endpoint: clipped(Cow::Borrowed(&record.endpoint), MAX_NAME_CHARS),
+            model: clipped(redactor.redact(&record.upstream_model), MAX_NAME_CHARS),
             // The upstream's echo of the model name may hold what the client put in it.
-            response_model: record.response.model.as_deref().map(|m| redactor.redact(m)),
+            response_model: record
+                .response
+                .model
+                .as_deref()
+                .map(|m| clipped(redactor.redact(m), MAX_NAME_CHARS)),
             stream: record.stream,
             status: record.status,
             outcome: record.outcome.as_str(),
             // Redacted whole, then cut: a key that crosses the cut is still found.
-            error: record.error.as_deref().map(|e| {
-                let e = redactor.redact(e);
-                match e.char_indices().nth(MAX_ERROR_CHARS) {
-                    Some((cut, _)) => Cow::Owned(e[..cut].to_owned()),
-                    None => e,
-                }
-            }),
+            error: record
+                .error
+                .as_deref()
+                .map(|e| clipped(redactor.redact(e), MAX_ERROR_CHARS)),
             latency_ms: millis(record.latency()),
             ttft_ms: record.time_to_first_token().map(millis),
             input_tokens: count(|u| u.input),
@@ -158,6 +159,19 @@ impl<'a> LedgerRow<'a> {
             usage_partial: record.usage_partial(),
             audio_seconds: usage.and_then(|u| u.audio_seconds),
         }
+    }
+}
+
+/// Most characters of a model name or endpoint kept in a row. They come from the client (and
+/// the upstream's echo): a request naming a 2 MB model would otherwise store 2 MB per row, the
+/// ledger growing by what any key holder sends; real names are a few dozen characters.
+pub const MAX_NAME_CHARS: usize = 1024;
+
+/// `text` cut to `max` characters.
+fn clipped(text: Cow<'_, str>, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => Cow::Owned(text[..cut].to_owned()),
+        None => text,
     }
 }
 

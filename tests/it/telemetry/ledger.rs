@@ -359,6 +359,42 @@ async fn null_token_counts_are_unknown_like_missing_ones() {
     }
 }
 
+/// A model name (and the upstream's echo of it) of megabytes is kept to its first 1,024
+/// characters in the row: the ledger does not grow by whatever a client puts there.
+#[tokio::test]
+async fn long_model_names_are_cut_in_the_row() {
+    let LedgerSetup {
+        dir: _dir,
+        db,
+        upstream,
+        ledger: _ledger,
+        router,
+    } = LedgerSetup::start().await;
+    let name = format!("m-{}", "é".repeat(300_000));
+    upstream.set(Behavior {
+        model: name.clone(),
+        ..Default::default()
+    });
+    let response = router
+        .chat(&json!({"model": format!("[mock]{name}"), "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    let _ = response.bytes().await.expect("body");
+    router.stop().await;
+    let conn = llmsrouter::db::open(&db).expect("open");
+    let (model, response_model): (String, String) = conn
+        .query_row(
+            "SELECT model, response_model FROM usage_ledger WHERE request_id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("row");
+    let kept: String = name.chars().take(1024).collect();
+    assert_eq!(model, kept);
+    assert_eq!(response_model, kept);
+}
+
 /// A ledger router with `waits`, another connection holding the database's write lock, and
 /// `requests` chat requests answered meanwhile (their rows wait for the lock).
 async fn requests_under_a_lock(
