@@ -1116,6 +1116,8 @@ pub struct StreamAccumulator {
     images: Option<ImageTally>,
     /// How much text the record keeps of this stream (see [`TextBudget`]).
     budget: TextBudget,
+    /// Tool calls past [`MAX_STREAM_TOOL_CALLS`] came and were left out.
+    tool_calls_cut: bool,
 }
 
 /// Most bytes of text a stream's record keeps: its content, reasoning, refusal and tool
@@ -1590,9 +1592,11 @@ impl StreamAccumulator {
                     _ => calls.len().saturating_sub(1),
                 }
             });
-            // An index far beyond what was seen would make us allocate for nothing; past
-            // [`MAX_STREAM_TOOL_CALLS`] no call is added.
-            if index > self.summary.tool_calls.len() + 64 || index >= MAX_STREAM_TOOL_CALLS {
+            // An index far beyond what was seen would make us allocate for nothing.
+            if index > self.summary.tool_calls.len() + 64 {
+                continue;
+            }
+            if index >= self.summary.tool_calls.len() && !self.room_for_a_new_tool_call(index) {
                 continue;
             }
             while self.summary.tool_calls.len() <= index {
@@ -1617,6 +1621,27 @@ impl StreamAccumulator {
                 }
             }
         }
+    }
+
+    /// Whether a tool call at `index` (one past those kept, or further) may be added. Not
+    /// once the text was cut ([`TextBudget`]): the record keeps nothing after its marker, and
+    /// a call added then would have lost its name and arguments, reading as a call of no
+    /// function. Not past [`MAX_STREAM_TOOL_CALLS`] either: the last call kept then ends in
+    /// the marker, so the record says it is not all there (once).
+    fn room_for_a_new_tool_call(&mut self, index: usize) -> bool {
+        if self.budget.cut {
+            return false;
+        }
+        if index < MAX_STREAM_TOOL_CALLS {
+            return true;
+        }
+        if !std::mem::replace(&mut self.tool_calls_cut, true) {
+            if let Some(last) = self.summary.tool_calls.last_mut() {
+                last.arguments
+                    .push_str(crate::sinks::generation::TRUNCATION_MARKER);
+            }
+        }
+        false
     }
 
     fn push_responses_event(
@@ -1792,7 +1817,7 @@ impl StreamAccumulator {
                 };
                 if is_tool_use(block.kind.as_deref()) {
                     self.note_output(true);
-                    if self.summary.tool_calls.len() >= MAX_STREAM_TOOL_CALLS {
+                    if !self.room_for_a_new_tool_call(self.summary.tool_calls.len()) {
                         return;
                     }
                     let index = chunk.index.and_then(|raw| raw.get().parse::<u64>().ok());
@@ -1994,10 +2019,46 @@ mod tests {
             anthropic.push_data(block.to_string().as_bytes());
         }
         for stream in [openai, anthropic] {
-            assert_eq!(
-                stream.into_summary().tool_calls.len(),
-                MAX_STREAM_TOOL_CALLS
+            let calls = stream.into_summary().tool_calls;
+            assert_eq!(calls.len(), MAX_STREAM_TOOL_CALLS);
+            let marker = crate::sinks::generation::TRUNCATION_MARKER;
+            let last = calls.last().expect("calls");
+            assert_eq!(last.arguments.matches(marker).count(), 1, "{last:?}");
+            assert!(
+                calls[..MAX_STREAM_TOOL_CALLS - 1]
+                    .iter()
+                    .all(|c| !c.arguments.contains(marker))
             );
+        }
+    }
+
+    /// Once the text budget is spent, a tool call that starts later is not recorded: it would
+    /// have had no name and no arguments, reading as a call of no function.
+    #[test]
+    fn no_tool_call_is_added_after_the_text_was_cut() {
+        let marker = crate::sinks::generation::TRUNCATION_MARKER;
+        let big = "x".repeat(MAX_STREAM_TEXT + 10);
+        let mut openai = StreamAccumulator::default();
+        let mut anthropic = StreamAccumulator::default();
+        for (i, id) in ["tA", "tB"].iter().enumerate() {
+            let arguments = if i == 0 { big.as_str() } else { "{}" };
+            let event = json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": i, "id": id, "type": "function",
+                 "function": {"name": "attempt_completion", "arguments": arguments}}]}}]});
+            openai.push_data(event.to_string().as_bytes());
+            let start = json!({"type": "content_block_start", "index": i,
+                "content_block": {"type": "tool_use", "id": id, "name": "attempt_completion", "input": {}}});
+            anthropic.push_data(start.to_string().as_bytes());
+            let delta = json!({"type": "content_block_delta", "index": i,
+                "delta": {"type": "input_json_delta", "partial_json": arguments}});
+            anthropic.push_data(delta.to_string().as_bytes());
+        }
+        for stream in [openai, anthropic] {
+            let calls = stream.into_summary().tool_calls;
+            assert_eq!(calls.len(), 1, "tB is not recorded");
+            assert_eq!(calls[0].id, "tA");
+            assert_eq!(calls[0].name, "attempt_completion");
+            assert!(calls[0].arguments.ends_with(marker));
         }
     }
 
