@@ -94,6 +94,10 @@ pub struct StreamTee {
     /// last byte come: a `\n` opening the next event is the rest of its `\r\n`, and goes
     /// with it (see `EventSplitter`).
     dropped_cr: bool,
+    /// An event longer than [`MAX_EVENT_BYTES`] came whole within one read: the stream fails
+    /// as one whose event grew past it unended does, once what came before it is out. Both
+    /// are checked, so the same bytes fail however the reads fall.
+    oversized: bool,
     /// A body that is not SSE, relayed unread: its length and what its record says of it
     /// (see [`Self::relay_unread`]). `None` for an event stream.
     unread: Option<Unread>,
@@ -258,6 +262,7 @@ impl StreamTee {
             failures: parts.failures,
             at_start: true,
             dropped_cr: false,
+            oversized: false,
             unread: None,
         }
     }
@@ -378,6 +383,10 @@ impl StreamTee {
         let mut single: Option<Bytes> = None;
         let mut joined: Option<BytesMut> = None;
         while let Some(mut event) = self.splitter.next_event() {
+            if event.len() > MAX_EVENT_BYTES {
+                self.oversized = true;
+                break;
+            }
             if std::mem::take(&mut self.dropped_cr) && event.first() == Some(&b'\n') {
                 event = event.slice(1..);
             }
@@ -424,6 +433,15 @@ impl StreamTee {
             }
         }
         joined.map(BytesMut::freeze).or(single)
+    }
+
+    /// The upstream sent over [`MAX_EVENT_BYTES`] without ending an event.
+    fn fail_event_too_long(&mut self) -> Result<Bytes, std::io::Error> {
+        let message = format!(
+            "the upstream sent over {} MiB without ending an SSE event; the stream was cut",
+            MAX_EVENT_BYTES / (1024 * 1024)
+        );
+        self.fail(message, "upstream_unreachable")
     }
 
     fn observe(&mut self, event: &[u8]) -> EventKind {
@@ -675,6 +693,9 @@ impl Stream for StreamTee {
                 }
                 State::Streaming => {}
             }
+            if this.oversized {
+                return Poll::Ready(Some(this.fail_event_too_long()));
+            }
             let Some(upstream) = this.upstream.as_mut() else {
                 this.state = State::Ended;
                 return Poll::Ready(None);
@@ -689,14 +710,12 @@ impl Stream for StreamTee {
                         return Poll::Ready(Some(Ok(chunk)));
                     }
                     if let Some(bytes) = this.forward_chunk(chunk) {
+                        // An unended event past the limit behind the events sent now.
+                        this.oversized |= this.splitter.pending_len() > MAX_EVENT_BYTES;
                         return Poll::Ready(Some(Ok(bytes)));
                     }
-                    if this.splitter.pending_len() > MAX_EVENT_BYTES {
-                        let message = format!(
-                            "the upstream sent over {} MiB without ending an SSE event; the stream was cut",
-                            MAX_EVENT_BYTES / (1024 * 1024)
-                        );
-                        return Poll::Ready(Some(this.fail(message, "upstream_unreachable")));
+                    if this.oversized || this.splitter.pending_len() > MAX_EVENT_BYTES {
+                        return Poll::Ready(Some(this.fail_event_too_long()));
                     }
                 }
                 // A compressed stream whose data is corrupt or cut ([`super::decoded`]): the
@@ -782,18 +801,9 @@ mod tests {
         RecordGuard::new(record, Recorder::disabled())
     }
 
-    #[tokio::test]
-    async fn an_event_that_never_ends_is_cut_at_the_limit() {
-        let chunk = Bytes::from(vec![b'x'; 1024 * 1024]);
-        let first = Bytes::from_static(b"data: {\"a\":1}\n\n");
-        let endless = futures_util::stream::iter(
-            std::iter::once(first.clone())
-                .chain(std::iter::repeat_n(
-                    chunk,
-                    MAX_EVENT_BYTES / (1024 * 1024) + 2,
-                ))
-                .map(Ok::<_, UpstreamError>),
-        );
+    /// What a client gets of an SSE stream of `chunks`.
+    async fn relayed(chunks: Vec<Bytes>) -> Vec<Bytes> {
+        let upstream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, UpstreamError>));
         let settings = StreamSettings {
             keepalive: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(60),
@@ -807,22 +817,79 @@ mod tests {
             redactor: Default::default(),
         };
         let tee = StreamTee::new(
-            Box::pin(endless),
+            Box::pin(upstream),
             settings,
             guard(),
             HardStop::new(),
             failures,
         );
-        let out: Vec<Bytes> = tee
-            .map(|item| item.expect("sse failures are events"))
+        tee.map(|item| item.expect("sse failures are events"))
             .collect()
-            .await;
-        assert_eq!(out[0], first, "whole events before the endless one pass");
-        assert_eq!(out.len(), 2);
+            .await
+    }
+
+    fn assert_cut_after_first(out: &[Bytes], first: &Bytes) {
+        assert_eq!(&out[0], first, "whole events before the long one pass");
+        assert_eq!(
+            out.len(),
+            2,
+            "{:?}",
+            out.iter().map(Bytes::len).collect::<Vec<_>>()
+        );
         let error = std::str::from_utf8(&out[1]).expect("utf8");
         assert!(
             error.starts_with("data: {\"error\"") && error.contains("MiB"),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_event_that_never_ends_is_cut_at_the_limit() {
+        let chunk = Bytes::from(vec![b'x'; 1024 * 1024]);
+        let first = Bytes::from_static(b"data: {\"a\":1}\n\n");
+        let endless = std::iter::once(first.clone())
+            .chain(std::iter::repeat_n(
+                chunk,
+                MAX_EVENT_BYTES / (1024 * 1024) + 2,
+            ))
+            .collect();
+        assert_cut_after_first(&relayed(endless).await, &first);
+    }
+
+    /// An event over the limit fails the stream however the reads fall: whole in one read
+    /// with the events around it, ended by the read that took it past the limit, or
+    /// unended behind an event sent in the same read. Before, the first two passed whole
+    /// and only the unended one was cut.
+    #[tokio::test]
+    async fn an_event_over_the_limit_is_cut_however_it_arrives() {
+        let first = Bytes::from_static(b"data: {\"a\":1}\n\n");
+        let mut long = b"data: ".to_vec();
+        long.resize(MAX_EVENT_BYTES + 100_000, b'x');
+        let after = b"\n\ndata: {\"b\":2}\n\ndata: [DONE]\n\n".to_vec();
+        let whole = Bytes::from([first.to_vec(), long.clone(), after.clone()].concat());
+        let (head, tail) = long.split_at(MAX_EVENT_BYTES - 10);
+        let ended_late = vec![
+            first.clone(),
+            Bytes::from(head.to_vec()),
+            Bytes::from([tail.to_vec(), after.clone()].concat()),
+        ];
+        let behind_first = vec![
+            Bytes::from([first.to_vec(), long].concat()),
+            Bytes::from(after),
+        ];
+        for chunks in [vec![whole], ended_late] {
+            let out = relayed(chunks).await;
+            let error = std::str::from_utf8(out.last().expect("out")).expect("utf8");
+            assert!(
+                error.starts_with("data: {\"error\"") && error.contains("MiB"),
+                "{error}"
+            );
+            let relayed: usize = out.iter().map(Bytes::len).sum();
+            assert!(
+                relayed < 1024 * 1024,
+                "the long event is not relayed: {relayed}"
+            );
+        }
+        assert_cut_after_first(&relayed(behind_first).await, &first);
     }
 }
