@@ -1062,6 +1062,14 @@ pub fn classify_event(data: &[u8], want_usage_only: bool) -> EventKind {
     }
 }
 
+/// A payload cut short (not whole JSON) that names a `usage` object: it may be the usage-only
+/// chunk, cut by the end of the body it was the last event of. A piece of JSON cannot be told
+/// apart further. Read only at a stream's end, never per event.
+pub fn may_be_cut_usage_chunk(data: &[u8]) -> bool {
+    let trimmed = data.trim_ascii();
+    has_usage_object(trimmed) && serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_err()
+}
+
 /// `"usage"` followed by a colon and an object somewhere in `data`: the one shape that can
 /// make a usage-only chunk. `"usage": null`, which OpenAI puts in every other chunk once
 /// `include_usage` is on, is not. A key inside a JSON string has its quotes escaped, so it

@@ -10,6 +10,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
+use crate::hard_stop::Stopped;
+
 /// The least a read asks the kernel for, and the most.
 pub const MIN_READ: usize = 8 * 1024;
 const MAX_READ: usize = 256 * 1024;
@@ -67,6 +69,32 @@ pub async fn write_all(
     second: &[u8],
     stall: Duration,
 ) -> Result<(), WriteFailure> {
+    match write_all_unless(io, first, second, stall, None).await {
+        Ok(Wrote::All | Wrote::Stopped) => Ok(()),
+        Err(failure) => Err(failure),
+    }
+}
+
+/// How [`write_all_unless`] ended without failing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wrote {
+    All,
+    /// `stop` fired while the peer took nothing: what was written of it is unknown to the
+    /// peer's parser (a chunk may be cut), so the connection can only be closed.
+    Stopped,
+}
+
+/// [`write_all`], giving up when `stop` fires while it waits for the peer to take more (a
+/// client that stopped reading a stream, at shutdown's hard stop: it would otherwise hold
+/// the exit for the stall limit). `stop` is looked at only while the write waits, so a write
+/// the kernel takes at once costs nothing more.
+pub async fn write_all_unless(
+    io: &TcpStream,
+    first: &[u8],
+    second: &[u8],
+    stall: Duration,
+    mut stop: Option<&mut Stopped>,
+) -> Result<Wrote, WriteFailure> {
     let total = first.len() + second.len();
     let mut written = 0;
     while written < total {
@@ -85,7 +113,16 @@ pub async fn write_all(
             }
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout(stall, io.writable()).await {
+                let writable = tokio::time::timeout(stall, io.writable());
+                let writable = match stop.as_deref_mut() {
+                    None => writable.await,
+                    Some(stop) => tokio::select! {
+                        biased;
+                        writable = writable => writable,
+                        () = stop => return Ok(Wrote::Stopped),
+                    },
+                };
+                match writable {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => return Err(WriteFailure { written, error }),
                     Err(_) => {
@@ -100,7 +137,7 @@ pub async fn write_all(
             Err(error) => return Err(WriteFailure { written, error }),
         }
     }
-    Ok(())
+    Ok(Wrote::All)
 }
 
 /// Resolves when the peer closed the connection (or it failed); bytes it sends meanwhile (a

@@ -32,7 +32,7 @@ use super::framing::{BodyLength, Decoded, Decoder, FramingError, LAST_CHUNK, enc
 use super::head::{
     HeadError, RequestHead, parse_request, write_date, write_field, write_status_line,
 };
-use super::io::{MIN_READ, closed_by_peer, read_some, write_all};
+use super::io::{MIN_READ, Wrote, closed_by_peer, read_some, write_all, write_all_unless};
 use crate::app::Route;
 use crate::auth::{authenticate, refuse_cross_site};
 use crate::error::ProxyError;
@@ -176,6 +176,9 @@ enum BodyFailure {
         read_all: bool,
     },
     Framing(FramingError),
+    /// Shutdown: a go-ahead (`100 Continue`) was asked for after it began, or the body was
+    /// still coming when its grace period ended. Answered 503, then the connection closes.
+    ShuttingDown,
     Gone,
 }
 
@@ -211,12 +214,20 @@ impl Conn {
                 }
             } else {
                 let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.head_timeout);
-                match tokio::time::timeout_at(deadline, read_some(&mut self.io, &mut self.buf, 0))
-                    .await
-                {
-                    Ok(read) => read,
-                    // Half a head, and nothing more for this long: not a client worth waiting for.
-                    Err(_) => return Ok(None),
+                let read =
+                    tokio::time::timeout_at(deadline, read_some(&mut self.io, &mut self.buf, 0));
+                tokio::select! {
+                    biased;
+                    read = read => match read {
+                        Ok(read) => read,
+                        // Half a head, and nothing more for this long: not a client worth
+                        // waiting for.
+                        Err(_) => return Ok(None),
+                    },
+                    // No request runs until its head is whole: at shutdown the connection
+                    // closes as an idle one does, rather than hold the exit for the head
+                    // timeout.
+                    () = &mut self.draining => return Ok(None),
                 }
             };
             match read {
@@ -398,6 +409,10 @@ impl Conn {
             return Ok(Bytes::new());
         }
         if head.expects_continue() && self.buf.is_empty() && !head.http10 {
+            // Shutdown began: no go-ahead for a body the router would only start on now.
+            if self.draining.is_fired() {
+                return Err(BodyFailure::ShuttingDown);
+            }
             let go_ahead = b"HTTP/1.1 100 Continue\r\n\r\n";
             if write_all(&self.io, go_ahead, &[], self.send_timeout)
                 .await
@@ -427,7 +442,14 @@ impl Conn {
                     // `read_some` reserves room for the rest of a declared body.
                     self.grown |= expect > MIN_READ;
                     let read = read_some(&mut self.io, &mut self.buf, expect);
-                    match tokio::time::timeout(self.body_read_timeout, read).await {
+                    let read = tokio::select! {
+                        biased;
+                        read = tokio::time::timeout(self.body_read_timeout, read) => read,
+                        // The grace period ended with the body still coming: answered (the
+                        // client may read it while it sends), then the connection closes.
+                        () = &mut self.hard_stop => return Err(BodyFailure::ShuttingDown),
+                    };
+                    match read {
                         Ok(Ok(n)) if n > 0 => {}
                         // Closed, failed, or silent for too long.
                         _ => return Err(BodyFailure::Gone),
@@ -495,6 +517,15 @@ impl Conn {
                 let error = ProxyError::InvalidRequest(format!(
                     "the request's body cannot be read: {error}"
                 ));
+                self.write_answer(answer(&error), false, head.http10).await;
+                Next::Close
+            }
+            BodyFailure::ShuttingDown => {
+                let error = ProxyError::ShuttingDown(
+                    "the router is shutting down and did not take this request (its body had \
+                     not all arrived); try again"
+                        .into(),
+                );
                 self.write_answer(answer(&error), false, head.http10).await;
                 Next::Close
             }
@@ -641,11 +672,16 @@ impl Conn {
                 None => {}
             }
             if !out.is_empty() {
-                if write_all(&self.io, &out, &[], self.send_timeout)
-                    .await
-                    .is_err()
-                {
-                    return Next::Gone;
+                let stop = Some(&mut self.hard_stop);
+                match write_all_unless(&self.io, &out, &[], self.send_timeout, stop).await {
+                    Ok(Wrote::All) => {}
+                    // A client that takes nothing more at shutdown's hard stop: the stream
+                    // is cut as any other then (its error event cannot reach that client).
+                    Ok(Wrote::Stopped) => {
+                        tee.cut_at_shutdown();
+                        return Next::Gone;
+                    }
+                    Err(_) => return Next::Gone,
                 }
                 out.clear();
             }

@@ -38,7 +38,7 @@ use crate::proxy::failure_log::FailureLog;
 use crate::proxy::sse::{EventSplitter, event_data};
 use crate::record::{Outcome, RecordGuard};
 use crate::upstream::UpstreamError;
-use crate::usage::{EventKind, StreamAccumulator, classify_event};
+use crate::usage::{EventKind, StreamAccumulator, classify_event, may_be_cut_usage_chunk};
 
 /// The upstream body as a stream of chunks.
 pub type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
@@ -65,6 +65,11 @@ pub struct StreamSettings {
 pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
 const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
+
+/// The error of a stream cut by shutdown's hard stop, and its `code` (see
+/// [`crate::error::ProxyError::ShuttingDown`]).
+const SHUT_DOWN: &str = "the router is shutting down; the stream was cut";
+const SHUT_DOWN_CODE: &str = "server_shutting_down";
 
 /// The error event's `code` when a compressed stream turns out corrupt or cut.
 const BAD_ENCODING: &str = "upstream_bad_encoding";
@@ -353,6 +358,24 @@ impl StreamTee {
         }
     }
 
+    /// Shutdown's hard stop came while the client took nothing of the stream (the server's
+    /// write waits for room): the stream ends as any the hard stop cuts, recorded as broken
+    /// by the shutdown, not as the client's leaving. The error event is dropped: that client
+    /// reads nothing more. Nothing changes for a stream already ended (its record is out).
+    pub fn cut_at_shutdown(&mut self) {
+        match self.state {
+            State::Ending | State::Ended => {}
+            State::Opening | State::AwaitingHead => {
+                let failure = LateFailure::router(&super::shutting_down(), None);
+                let _ = self.end_before_head(failure);
+            }
+            State::Streaming => {
+                let _ = self.fail(SHUT_DOWN.to_owned(), SHUT_DOWN_CODE);
+            }
+        }
+        self.state = State::Ended;
+    }
+
     /// Ends a stream that is still waiting for its upstream's head (dropping that wait, and
     /// with it the upstream connection).
     fn end_before_head(&mut self, failure: LateFailure) -> Bytes {
@@ -444,6 +467,40 @@ impl StreamTee {
         self.fail(message, "upstream_unreachable")
     }
 
+    /// What goes to the client of an event the upstream's body ended inside (no blank line
+    /// after it): read as any event, for the record (its usage counts), then passed on as it
+    /// came, but for what every event gets: the usage-only chunk the router asked for is
+    /// dropped, and keys echoed in an error are taken out. A usage chunk cut short by the
+    /// body's end cannot be read, so when the router asked for it, a piece of JSON that names
+    /// a `usage` object is taken for it and dropped too. An SSE client discards an event the
+    /// body ends inside (the WHATWG rule; the openai SDKs do), so the rest reaches no SDK,
+    /// but a client that reads `data:` lines one by one gets a whole last chunk the upstream
+    /// did not end, and one read by hand (curl) shows what the upstream sent. At the body's
+    /// end only: nothing of this runs per chunk.
+    fn unfinished_tail(&mut self, mut rest: Bytes) -> Bytes {
+        // The rest of a dropped usage chunk's "\r\n" (see `dropped_cr`).
+        if std::mem::take(&mut self.dropped_cr) && rest.first() == Some(&b'\n') {
+            rest = rest.slice(1..);
+        }
+        if rest.is_empty() {
+            return rest;
+        }
+        let kind = self.observe(&rest);
+        let router_asked = self.settings.drop_usage_chunk;
+        let usage_chunk = kind == EventKind::UsageOnly
+            || event_data(&rest).is_some_and(|data| may_be_cut_usage_chunk(&data));
+        if router_asked && usage_chunk {
+            // A '\n' in front of it ends the previous event's "\r\n": that byte is the
+            // client's (as in `forward_chunk`).
+            return if rest.first() == Some(&b'\n') {
+                rest.slice(..1)
+            } else {
+                Bytes::new()
+            };
+        }
+        super::without_echoed_keys(&self.failures.redactor, rest)
+    }
+
     fn observe(&mut self, event: &[u8]) -> EventKind {
         // Read without the mark (its line would not start with `data`); forwarded with it.
         let event = if std::mem::take(&mut self.at_start) {
@@ -506,9 +563,10 @@ impl StreamTee {
         self.upstream = None;
         self.state = State::Ending;
         let event = match self.settings.errors {
-            StreamErrorForm::OpenAi => {
-                sse_event(None, &error_body(&message, "upstream_error", Some(code)))
-            }
+            StreamErrorForm::OpenAi => sse_event(
+                None,
+                &error_body(&message, openai_type_of(code), Some(code)),
+            ),
             // Anthropic's error has no `code`: the router's goes at the end of the message.
             StreamErrorForm::Anthropic => {
                 let text = format!("{message} (llmsrouter: {code})");
@@ -607,11 +665,21 @@ impl StreamTee {
     }
 }
 
+/// OpenAI's error `type` for the router's own failure `code` mid-stream: the upstream's
+/// failures are `upstream_error`; a cut at shutdown is the router's doing, `server_error`
+/// as its 503 to a request still waiting says ([`crate::error::ProxyError::kind`]).
+fn openai_type_of(code: &str) -> &'static str {
+    match code {
+        SHUT_DOWN_CODE => "server_error",
+        _ => "upstream_error",
+    }
+}
+
 /// Anthropic's error type for the router's own failure `code` mid-stream.
 fn anthropic_type_of(code: &str) -> &'static str {
     match code {
         "upstream_timeout" => "timeout_error",
-        "server_shutting_down" => "overloaded_error",
+        SHUT_DOWN_CODE => "overloaded_error",
         _ => "api_error",
     }
 }
@@ -731,11 +799,9 @@ impl Stream for StreamTee {
                     return Poll::Ready(Some(this.fail(message, "upstream_unreachable")));
                 }
                 Poll::Ready(None) => {
-                    // The upstream ended without [DONE]: pass on any unterminated tail as is.
+                    // The upstream ended without [DONE], perhaps inside an event.
                     let rest = this.splitter.take_rest();
-                    if !rest.is_empty() {
-                        this.observe(&rest);
-                    }
+                    let rest = this.unfinished_tail(rest);
                     this.state = State::Ending;
                     // An event stream is complete only with its end marker: `[DONE]`, or in
                     // the formats that have none, their own last event (Anthropic's
@@ -750,8 +816,8 @@ impl Stream for StreamTee {
                 }
                 Poll::Pending => {
                     if Pin::new(&mut this.hard_stop).poll(cx).is_ready() {
-                        let message = "the router is shutting down; the stream was cut".to_owned();
-                        return Poll::Ready(Some(this.fail(message, "server_shutting_down")));
+                        let message = SHUT_DOWN.to_owned();
+                        return Poll::Ready(Some(this.fail(message, SHUT_DOWN_CODE)));
                     }
                     return this.poll_silence(cx);
                 }

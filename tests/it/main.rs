@@ -16,6 +16,7 @@ mod http1;
 mod models;
 mod openai_sdk;
 mod other_methods;
+mod shutdown;
 mod streaming;
 mod telemetry;
 mod upstream_tls;

@@ -512,6 +512,82 @@ async fn a_stream_closed_before_done_and_usage_is_recorded_as_partial() {
     router.stop().await;
 }
 
+/// The upstream's body ends inside its last event (no blank line after it), and that event is
+/// the usage-only chunk the router asked for: it is not the client's, whole or not, so it is
+/// dropped; its usage still counts. The record is a stream that ended without its `[DONE]`.
+#[tokio::test]
+async fn an_unfinished_usage_chunk_the_router_asked_for_is_dropped_and_counted() {
+    let content = content_chunk("m", 0, 1);
+    let usage = usage_chunk("m", 1);
+    let chunks: Vec<Vec<u8>> = vec![content.clone().into(), usage.trim_end().into()];
+    let (_upstream, router, response) = stream_of_raw_chunks(&chunks).await;
+    let (_, text) = read_timed(response).await;
+    assert_eq!(
+        text, content,
+        "nothing of the usage chunk reached the client"
+    );
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert_eq!(record.response.usage.as_ref().map(|u| u.output), Some(1));
+    assert!(!record.complete, "no [DONE] came");
+    router.stop().await;
+}
+
+/// The same usage chunk cut short by the end of the body (a Content-Length shorter than what
+/// the upstream meant to send): it cannot be read, but a piece of JSON naming a `usage`
+/// object, when the router asked for it, is taken for that chunk and dropped too.
+#[tokio::test]
+async fn a_usage_chunk_cut_short_the_router_asked_for_is_dropped() {
+    let content = content_chunk("m", 0, 1);
+    let usage = usage_chunk("m", 1);
+    let cut = &usage[..usage.find("\"completion_tokens\"").expect("field")];
+    let chunks: Vec<Vec<u8>> = vec![content.clone().into(), cut.into()];
+    let (_upstream, router, response) = stream_of_raw_chunks(&chunks).await;
+    let (_, text) = read_timed(response).await;
+    assert_eq!(text, content);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert!(record.response.usage.is_none());
+    assert!(record.usage_partial());
+    router.stop().await;
+}
+
+/// Any other event the body ends inside reaches the client as it came, at the body's end:
+/// a content chunk cut short, and the usage chunk the client asked for itself. SSE clients
+/// discard such an event; the bytes are the upstream's all the same.
+#[tokio::test]
+async fn other_unfinished_last_events_are_passed_on_as_they_came() {
+    let content = content_chunk("m", 0, 2);
+    let half = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"HALF";
+    let chunks: Vec<Vec<u8>> = vec![content.clone().into(), half.into()];
+    let (_upstream, router, response) = stream_of_raw_chunks(&chunks).await;
+    let (_, text) = read_timed(response).await;
+    assert_eq!(text, format!("{content}{half}"));
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert!(!record.complete);
+    router.stop().await;
+
+    let usage = usage_chunk("m", 1);
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(vec![content.clone().into(), usage.trim_end().into()]),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let mut asked = stream_request("[mock]m");
+    asked["stream_options"] = json!({"include_usage": true});
+    let (_, text) = read_timed(router.chat(&asked).await).await;
+    assert_eq!(
+        text,
+        format!("{content}{}", usage.trim_end()),
+        "the client's own usage chunk"
+    );
+    let record = router.records.nth(1).await;
+    assert_eq!(record.response.usage.as_ref().map(|u| u.output), Some(1));
+    router.stop().await;
+}
+
 /// The same stream with its `[DONE]` but no usage (an upstream that ignores
 /// `include_usage`) ran to its end: usage unknown, but nothing was cut.
 #[tokio::test]

@@ -1,0 +1,357 @@
+//! Shutdown: what each client and each record gets when the router stops (the grace period,
+//! its end, and connections that are not running a request).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use llmsrouter::record::Outcome;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::support::client;
+use crate::support::one_server_config;
+use crate::support::upstream::{Behavior, MockUpstream};
+
+/// The status and JSON error body of an answer.
+async fn error_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("error body is JSON");
+    (status, body)
+}
+
+/// Everything the router sends on `tcp` until it closes it (at most 10 s).
+async fn read_to_close(tcp: &mut tokio::net::TcpStream) -> String {
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+        .await
+        .expect("the router closed the connection within 10 s")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A router served by `server::run` itself (the binary's shutdown path) with a short grace
+/// period, recording into a collector: for what happens when shutdown begins and when its
+/// grace period ends.
+struct GracefulRouter {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    records: std::sync::Arc<crate::support::Collector>,
+    recorder: llmsrouter::record::Recorder,
+    recorder_task: llmsrouter::record::RecorderTask,
+}
+
+impl GracefulRouter {
+    /// With a 300 ms grace period.
+    async fn start(upstream: &MockUpstream) -> Self {
+        Self::with_grace(upstream, Duration::from_millis(300)).await
+    }
+
+    async fn with_grace(upstream: &MockUpstream, grace: Duration) -> Self {
+        use std::sync::Arc;
+
+        use llmsrouter::record::{RecordSink, Recorder};
+        use llmsrouter::state::{AppState, build_http_client};
+
+        let config =
+            llmsrouter::config::Config::parse(&one_server_config(&upstream.url(), ""), &|_| None)
+                .expect("config");
+        let records = Arc::new(crate::support::Collector::default());
+        let (recorder, recorder_task) =
+            Recorder::start(vec![records.clone() as Arc<dyn RecordSink>]);
+        let state = Arc::new(
+            AppState::new(
+                config,
+                build_http_client().expect("client"),
+                recorder.clone(),
+            )
+            .expect("state"),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(llmsrouter::server::run(
+            listener,
+            state,
+            async move {
+                let _ = stopped.await;
+            },
+            std::future::pending(),
+            grace,
+        ));
+        Self {
+            addr,
+            stop: Some(stop),
+            server,
+            records,
+            recorder,
+            recorder_task,
+        }
+    }
+
+    fn chat(&self, body: Value) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        self.post("/v1/chat/completions", body)
+    }
+
+    fn post(
+        &self,
+        path: &str,
+        body: Value,
+    ) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        let url = format!("http://{}{path}", self.addr);
+        tokio::spawn(async move { client().post(url).json(&body).send().await })
+    }
+
+    /// A connection on which the router answered `GET /health`, sent in one write with
+    /// `then` after it (the start of a next request): the router has read `then` too by the
+    /// time the answer is here, so a test can begin the shutdown knowing where it stands.
+    async fn answered_health_then(&self, then: &[u8]) -> tokio::net::TcpStream {
+        let mut tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let mut request = b"GET /health HTTP/1.1\r\nHost: router\r\n\r\n".to_vec();
+        request.extend_from_slice(then);
+        tcp.write_all(&request).await.expect("write");
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"}") {
+            let mut piece = [0u8; 1024];
+            let n = tcp.read(&mut piece).await.expect("read");
+            assert!(n > 0, "closed before answering /health");
+            answer.extend_from_slice(&piece[..n]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+        tcp
+    }
+
+    /// Starts the shutdown (as SIGTERM does); its grace period ends after the grace given.
+    fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits (at most `within`) for the server to end.
+    async fn wait_ended(&mut self, within: Duration) {
+        tokio::time::timeout(within, &mut self.server)
+            .await
+            .expect("the server ended in time")
+            .expect("server task")
+            .expect("server");
+    }
+
+    /// Waits for the server to end and every record to be handed over; the `n`th record.
+    async fn finish(self, n: usize) -> std::sync::Arc<llmsrouter::record::RequestRecord> {
+        let _ = self.server.await;
+        assert!(self.recorder.wait_idle(Duration::from_secs(5)).await);
+        self.recorder_task.shutdown().await;
+        self.records.nth(n).await
+    }
+}
+
+#[tokio::test]
+async fn a_request_still_waiting_when_the_grace_period_ends_is_answered_and_recorded() {
+    let upstream = MockUpstream::start(Behavior {
+        delay: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .await;
+    let mut router = GracefulRouter::start(&upstream).await;
+    let request = router.chat(json!({"model": "[mock]m"}));
+    crate::support::wait_until(Duration::from_secs(5), || upstream.count() == 1).await;
+    router.begin_shutdown();
+    let response = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("answered once the grace period ended, not after the upstream's 30 s")
+        .expect("task")
+        .expect("an answer, not a reset");
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "server_shutting_down");
+    let record = router.finish(1).await;
+    assert_eq!(record.outcome, Outcome::RouterError);
+    assert_eq!(record.status, Some(503));
+}
+
+/// A stream still running when the grace period ends gets an error event and ends, at once,
+/// though its upstream would go on for 20 s more; its record says it was cut.
+#[tokio::test]
+async fn a_stream_still_running_when_the_grace_period_ends_gets_an_error_event() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 200,
+        chunk_delay: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let mut router = GracefulRouter::start(&upstream).await;
+    let response = router
+        .chat(json!({"model": "[mock]m", "stream": true}))
+        .await
+        .expect("task")
+        .expect("stream started");
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("a first event")
+        .expect("bytes")
+        .expect("no error");
+    assert!(first.starts_with(b"data: "), "{first:?}");
+    router.begin_shutdown();
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut rest = Vec::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            rest.extend_from_slice(&chunk);
+        }
+        rest
+    })
+    .await
+    .expect("the stream ended when the grace period did, not after the upstream's 20 s");
+    let rest = String::from_utf8_lossy(&rest);
+    let last = rest.trim_end().rsplit("\n\n").next().expect("a last event");
+    let error: Value = serde_json::from_str(last.trim_start_matches("data: ")).expect("json");
+    assert_eq!(error["error"]["code"], "server_shutting_down", "{rest}");
+    // The cut is the router's doing, as its 503 to a request still waiting says: not the
+    // upstream's.
+    assert_eq!(error["error"]["type"], "server_error", "{rest}");
+    assert!(!rest.contains("[DONE]"), "{rest}");
+    let record = router.finish(1).await;
+    assert_eq!(record.outcome, Outcome::StreamFailed);
+    assert!(
+        record
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("shutting down")),
+        "{:?}",
+        record.error
+    );
+}
+
+/// The same cut on `/v1/messages`: Anthropic's error event, typed as Anthropic's 503 is
+/// (`overloaded_error`, try again later), with the router's code at the end of the message.
+#[tokio::test]
+async fn a_messages_stream_cut_at_shutdown_gets_anthropics_overloaded_error() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 200,
+        chunk_delay: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let mut router = GracefulRouter::start(&upstream).await;
+    let body = json!({"model": "[mock]m", "stream": true, "max_tokens": 10, "messages": []});
+    let response = router
+        .post("/v1/messages", body)
+        .await
+        .expect("task")
+        .expect("stream started");
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("a first event")
+        .expect("bytes")
+        .expect("no error");
+    assert!(first.starts_with(b"data: "), "{first:?}");
+    router.begin_shutdown();
+    let mut rest = Vec::new();
+    while let Some(Ok(chunk)) = body.next().await {
+        rest.extend_from_slice(&chunk);
+    }
+    let rest = String::from_utf8_lossy(&rest);
+    let last = rest.trim_end().rsplit("\n\n").next().expect("a last event");
+    let data = last
+        .strip_prefix("event: error\n")
+        .and_then(|l| l.strip_prefix("data: "))
+        .unwrap_or_else(|| panic!("Anthropic's error event: {rest}"));
+    let error: Value = serde_json::from_str(data).expect("json");
+    assert_eq!(error["error"]["type"], "overloaded_error", "{rest}");
+    let message = error["error"]["message"].as_str().expect("message");
+    assert!(message.contains("server_shutting_down"), "{message}");
+    let record = router.finish(1).await;
+    assert_eq!(record.outcome, Outcome::StreamFailed);
+}
+
+/// A connection on which a client sent part of a request head is running no request: at
+/// shutdown it closes at once, as an idle one does, rather than holding the exit open for
+/// the head timeout (30 s) or the grace period.
+#[tokio::test]
+async fn a_connection_with_half_a_head_closes_at_once_at_shutdown() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let mut router = GracefulRouter::with_grace(&upstream, Duration::from_secs(20)).await;
+    let half = b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\n";
+    let mut tcp = router.answered_health_then(half).await;
+    router.begin_shutdown();
+    let answer = read_to_close(&mut tcp).await;
+    assert_eq!(answer, "", "closed without an answer: no request was made");
+    router.wait_ended(Duration::from_secs(10)).await;
+    assert_eq!(upstream.count(), 0);
+}
+
+/// A request whose body is still coming when the grace period ends is running, so it is cut
+/// then; the client, which may read while it sends, gets the router's 503 rather than a
+/// connection closed without a word, and the connection closes after it. (The client asks
+/// for `100 Continue` here only so the test knows the router has its head.)
+#[tokio::test]
+async fn a_body_still_coming_when_the_grace_period_ends_is_answered_503() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let mut router = GracefulRouter::start(&upstream).await;
+    let mut tcp = tokio::net::TcpStream::connect(router.addr)
+        .await
+        .expect("connect");
+    tcp.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let go_ahead = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut got = vec![0u8; go_ahead.len()];
+    tcp.read_exact(&mut got).await.expect("a go-ahead");
+    assert_eq!(&got[..], go_ahead);
+    tcp.write_all(b"{\"model\":").await.expect("write");
+    router.begin_shutdown();
+    let answer = read_to_close(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).expect("a body");
+    let error: Value = serde_json::from_str(body).expect("json");
+    assert_eq!(error["error"]["code"], "server_shutting_down", "{error}");
+    assert_eq!(error["error"]["type"], "server_error", "{error}");
+    router.wait_ended(Duration::from_secs(10)).await;
+    assert_eq!(upstream.count(), 0);
+}
+
+/// A stream whose client stopped reading is cut at the end of the grace period like any
+/// other, though its error event cannot reach that client: its record says the shutdown cut
+/// it, not that the client left.
+#[tokio::test]
+async fn a_stream_whose_client_reads_nothing_is_recorded_as_cut_by_shutdown() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 100_000,
+        ..Default::default()
+    })
+    .await;
+    let mut router = GracefulRouter::with_grace(&upstream, Duration::from_secs(1)).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small buffer");
+    let mut tcp = socket.connect(router.addr).await.expect("connect");
+    let body = json!({"model": "[mock]m", "stream": true, "messages": []}).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    crate::support::wait_until(Duration::from_secs(10), || upstream.count() == 1).await;
+    router.begin_shutdown();
+    let record = router.finish(1).await;
+    assert_eq!(record.outcome, Outcome::StreamFailed, "{:?}", record.error);
+    assert!(
+        record
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("shutting down")),
+        "{:?}",
+        record.error
+    );
+    drop(tcp);
+}
