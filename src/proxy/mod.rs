@@ -644,10 +644,11 @@ async fn forward_read<V: ReadBody>(
     // with every future that contains it. It owns what it needs, so a stream the router
     // answers before its upstream does can take it along ([`early`]).
     let exchange = Arc::clone(state);
-    let mut sent: early::Sending =
-        Box::pin(async move { exchange.upstream.send_prepared(prepared).await });
     let now = Instant::now();
     let deadline = now + timeout;
+    let within = crate::upstream::Within { deadline, timeout };
+    let mut sent: early::Sending =
+        Box::pin(async move { exchange.upstream.send_prepared(prepared, within).await });
     // One timer: for a stream that may open early it first fires at the keep-alive interval
     // (then the router answers the client itself and the stream goes on waiting, see
     // [`early`]); otherwise at `timeout_secs`.
@@ -983,14 +984,21 @@ fn timeout_error(provider: &str, timeout: Duration) -> ProxyError {
 fn send_error(provider: &str, error: &UpstreamError) -> ProxyError {
     let description = error.to_string();
     if error.is_timeout() {
+        // Says which limit it was: the connect timeout, or `timeout_secs` (see `Within`).
         ProxyError::UpstreamTimeout(format!(
-            "could not connect to the upstream {provider} in time: {description}"
+            "could not connect to the upstream {provider}: {description}"
         ))
     } else if error.is_unreadable() {
         // Reached, but what it sent is not HTTP the router can relay: same code (the answer
         // is as lost to the client), a message that does not send them looking at the network.
         ProxyError::UpstreamUnreachable(format!(
             "the upstream {provider} answered, but not in a form the router can read: {description}"
+        ))
+    } else if error.had_request() {
+        // Reached: the request went out whole, and the connection ended unanswered. Same
+        // code (the answer is as lost), but not "could not reach".
+        ProxyError::UpstreamUnreachable(format!(
+            "no answer from the upstream {provider}: {description}"
         ))
     } else {
         ProxyError::UpstreamUnreachable(format!(

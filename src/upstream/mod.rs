@@ -91,11 +91,26 @@ impl tower_service::Service<http::Uri> for Connector {
                 Ok(connected) => connected.map(KeepReading::new),
                 Err(_) => Err(Box::new(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    "connect and TLS handshake timed out",
+                    format!(
+                        "no connection within {} s (the connect timeout, TLS handshake included)",
+                        timeout.as_secs()
+                    ),
                 )) as BoxError),
             }
         })
     }
+}
+
+/// The caller's limit on a whole exchange (`timeout_secs`): its deadline, and how long it
+/// was, for the message. A new connection to a plain-HTTP upstream that is not made by then
+/// fails as a connect timeout naming it, a moment before the caller's own timer (the same
+/// deadline: the exchange is polled first), so the client is told the connection could not
+/// be made, not that an upstream it never reached did not answer. (hyper's pool, for TLS
+/// upstreams, connects on its own: there the caller's timer says it.)
+#[derive(Debug, Clone, Copy)]
+pub struct Within {
+    pub deadline: tokio::time::Instant,
+    pub timeout: Duration,
 }
 
 /// Idle pooled connections are closed after this long.
@@ -129,6 +144,9 @@ pub struct UpstreamError {
     /// The upstream answered, but not in a form the router can read (malformed framing or
     /// head, an invalid status, an unrequested transfer coding, an upgrade): it was reached.
     unreadable: bool,
+    /// The upstream had the whole request, then closed or reset the connection without
+    /// answering: it was reached (see [`plain::PlainError::ClosedAfterRequest`]).
+    had_request: bool,
     description: String,
 }
 
@@ -145,6 +163,7 @@ impl UpstreamError {
             timeout: false,
             undecodable: true,
             unreadable: false,
+            had_request: false,
             description: error.to_string(),
         }
     }
@@ -158,6 +177,12 @@ impl UpstreamError {
         self.unreadable
     }
 
+    /// The upstream had the whole request when it ended the connection unanswered (see the
+    /// `had_request` field).
+    pub fn had_request(&self) -> bool {
+        self.had_request
+    }
+
     /// An exchange over the lane's own connections failed: unreadable when the upstream's
     /// answer was the trouble, as [`Self::from_hyper`] says for hyper's parse errors.
     fn from_plain(error: &plain::PlainError) -> Self {
@@ -167,6 +192,7 @@ impl UpstreamError {
         );
         Self {
             unreadable,
+            had_request: error.had_request(),
             ..Self::from_hyper(error)
         }
     }
@@ -199,6 +225,7 @@ impl UpstreamError {
             timeout,
             undecodable: false,
             unreadable,
+            had_request: false,
             description: join_causes(parts),
         }
     }
@@ -209,6 +236,7 @@ impl UpstreamError {
             timeout: false,
             undecodable: false,
             unreadable: false,
+            had_request: false,
             description: why.to_owned(),
         }
     }
@@ -219,6 +247,7 @@ impl UpstreamError {
             timeout: false,
             undecodable: false,
             unreadable: true,
+            had_request: false,
             description: why.to_owned(),
         }
     }
@@ -228,6 +257,7 @@ impl UpstreamError {
             timeout: error.is_timeout(),
             undecodable: false,
             unreadable: false,
+            had_request: false,
             description: crate::proxy::describe_reqwest_error(error),
         }
     }
@@ -388,10 +418,13 @@ impl UpstreamClient {
         Prepared(Route::Direct(request))
     }
 
-    /// Sends a request [`Self::prepare`] made. Timeouts beyond connecting are the caller's.
+    /// Sends a request [`Self::prepare`] made. Timeouts beyond connecting are the caller's;
+    /// `within` is the caller's, which bounds a new connection to a plain-HTTP upstream too
+    /// (see [`Within`]).
     pub async fn send_prepared(
         &self,
         prepared: Prepared,
+        within: Within,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let request = match prepared.0 {
             Route::Plain {
@@ -406,7 +439,7 @@ impl UpstreamClient {
                         "the upstream URL has no authority",
                     ));
                 };
-                return self.send_plain(authority, &head, &body).await;
+                return self.send_plain(authority, &head, &body, within).await;
             }
             Route::Fallback {
                 method,
@@ -440,8 +473,9 @@ impl UpstreamClient {
         authority: &str,
         head: &[u8],
         body: &Bytes,
+        within: Within,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let connect = || self.connect_plain(authority);
+        let connect = || self.connect_plain(authority, within);
         let lane = crate::lanes::current();
         match plain::send(&self.plain, lane, authority, head, body, connect).await {
             Ok((head, body)) => Ok(UpstreamResponse {
@@ -460,10 +494,24 @@ impl UpstreamClient {
     }
 
     /// A new TCP connection to `authority`, with the connector's timeout, keep-alive and
-    /// `TCP_NODELAY`.
-    async fn connect_plain(&self, authority: &str) -> Result<tokio::net::TcpStream, BoxError> {
+    /// `TCP_NODELAY`, and given up at `within`'s deadline if that comes first.
+    async fn connect_plain(
+        &self,
+        authority: &str,
+        within: Within,
+    ) -> Result<tokio::net::TcpStream, BoxError> {
         let uri: http::Uri = format!("http://{authority}/").parse()?;
-        match self.connector.connect(uri).await?.into_inner() {
+        let connecting = self.connector.connect(uri);
+        let Ok(connected) = tokio::time::timeout_at(within.deadline, connecting).await else {
+            return Err(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no connection within {} s (timeout_secs)",
+                    within.timeout.as_secs_f64()
+                ),
+            )));
+        };
+        match connected?.into_inner() {
             hyper_rustls::MaybeHttpsStream::Http(io) => Ok(io.into_inner()),
             hyper_rustls::MaybeHttpsStream::Https(_) => {
                 Err("a plain-HTTP upstream answered with TLS".into())

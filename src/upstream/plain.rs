@@ -46,6 +46,14 @@ pub enum PlainError {
     Head(#[from] HeadError),
     #[error("the upstream closed the connection without answering")]
     ClosedBeforeAnswer,
+    /// The whole request went out and the upstream then closed the connection, or reset it,
+    /// without a byte of answer: it had the request, and may have worked on it (a crash, a
+    /// restart, a worker killed mid-generation); the connection was made. Never sent again
+    /// (see [`send`]), and not said as "could not reach".
+    #[error("the upstream closed the connection without answering (after it had the request)")]
+    ClosedAfterRequest,
+    #[error("the upstream reset the connection without answering (after it had the request): {0}")]
+    ResetAfterRequest(std::io::Error),
     #[error("the upstream switched protocols (101), which the router never asks for")]
     Upgrade,
 }
@@ -124,8 +132,9 @@ where
                 let answer = read_answer(&mut conn, written, early, &mut interim).await;
                 (conn, answer)
             }
-            // The new connection could not be made: the first failure is the one to report.
-            Err(_) => (conn, answer),
+            // The new connection could not be made: the first failure is the one to report,
+            // an idle close that crossed the request, which the upstream never had.
+            Err(_) => (conn, answer.map_err(PlainError::before_request)),
         };
     }
     let (head, answered_early) = answer.map_err(SendError::Exchange)?;
@@ -388,6 +397,7 @@ async fn read_answer(
         // the write ended.
         return head.map(|(head, _)| (head, cut_short));
     }
+    let whole = matches!(written, Written::Whole);
     let write_error = match written {
         Written::Whole | Written::Stopped => None,
         Written::Failed(failure) if closed_by_upstream(&failure.error) => Some(failure.error),
@@ -397,15 +407,43 @@ async fn read_answer(
         (Ok(head), write_error) => Ok((head, write_error.is_some())),
         // No answer came before the close: the failed write is what went wrong.
         (Err(_), Some(write_error)) => Err(write_error.into()),
+        // Nothing of an answer came (a head cut short is not "without answering").
+        (Err(error), None) if whole && conn.buf.is_empty() => Err(error.after_request()),
         (Err(error), None) => Err(error),
+    }
+}
+
+impl PlainError {
+    /// The error of an upstream that closed or reset the connection unanswered once it had
+    /// the whole request ([`Self::ClosedAfterRequest`], [`Self::ResetAfterRequest`]).
+    fn after_request(self) -> Self {
+        match self {
+            Self::ClosedBeforeAnswer => Self::ClosedAfterRequest,
+            Self::Io(error) if closed_by_upstream(&error) => Self::ResetAfterRequest(error),
+            other => other,
+        }
+    }
+
+    /// Undoes [`Self::after_request`]: the close crossed the request (see [`send`]).
+    fn before_request(self) -> Self {
+        match self {
+            Self::ClosedAfterRequest => Self::ClosedBeforeAnswer,
+            Self::ResetAfterRequest(error) => Self::Io(error),
+            other => other,
+        }
+    }
+
+    /// The upstream had the whole request when the connection ended unanswered.
+    pub(super) fn had_request(&self) -> bool {
+        matches!(self, Self::ClosedAfterRequest | Self::ResetAfterRequest(_))
     }
 }
 
 /// The upstream closed (or reset) the connection and sent nothing.
 fn never_answered(error: &PlainError) -> bool {
     match error {
-        PlainError::ClosedBeforeAnswer => true,
-        PlainError::Io(error) => closed_by_upstream(error),
+        PlainError::ClosedBeforeAnswer | PlainError::ClosedAfterRequest => true,
+        PlainError::Io(error) | PlainError::ResetAfterRequest(error) => closed_by_upstream(error),
         _ => false,
     }
 }

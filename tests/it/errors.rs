@@ -554,6 +554,74 @@ async fn an_answer_in_a_transfer_coding_the_router_cannot_undo_is_a_502() {
     }
 }
 
+/// An upstream that reads the whole request and then closes the connection without a byte of
+/// answer (a crash, a worker killed mid-generation) was reached: the 502 says it had the
+/// request, not that it could not be reached.
+#[tokio::test]
+async fn an_upstream_closing_after_it_had_the_request_is_not_called_unreachable() {
+    let upstream = EarlyAnswer::start_closing_unanswered().await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router.chat(&json!({"model": "[mock]m"})).await;
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 502);
+    assert_eq!(body["error"]["code"], "upstream_unreachable");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("no answer from the upstream mock: the upstream "),
+        "{message}"
+    );
+    assert!(
+        message.contains("without answering (after it had the request)"),
+        "{message}"
+    );
+    assert!(!message.contains("could not reach"), "{message}");
+    assert_eq!(upstream.connections(), 1, "never sent twice");
+    router.stop().await;
+}
+
+/// A connection that cannot be made (the upstream's listen queue is full, so its SYNs go
+/// unanswered) within a server's `timeout_secs`, shorter than the 10 s connect timeout: the
+/// 504 says the connection could not be made within `timeout_secs`, not that the upstream
+/// did not answer.
+#[tokio::test]
+async fn a_connect_outlasting_timeout_secs_is_said_to_be_the_connection() {
+    let (addr, _held) = unconnectable();
+    let url = format!("http://{addr}/v1");
+    let router = TestRouter::start(&one_server_config(&url, "    timeout_secs: 0.5\n")).await;
+    let response = router.chat(&json!({"model": "[mock]m"})).await;
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 504);
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+    assert_eq!(
+        body["error"]["message"],
+        "could not connect to the upstream mock: no connection within 0.5 s (timeout_secs)"
+    );
+    router.stop().await;
+}
+
+/// A loopback address whose connections are never made: a listener with no room in its
+/// accept queue (filled, never accepted) drops new SYNs. Holds the sockets while alive.
+fn unconnectable() -> (std::net::SocketAddr, Vec<socket2::Socket>) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    listener.bind(&any.into()).expect("bind");
+    listener.listen(0).expect("listen");
+    let addr = listener
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet");
+    let mut held = vec![listener];
+    for _ in 0..4 {
+        let filler = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        filler.set_nonblocking(true).expect("nonblocking");
+        let _ = filler.connect(&addr.into());
+        held.push(filler);
+    }
+    (addr, held)
+}
+
 #[tokio::test]
 async fn unreachable_upstream_is_502() {
     let router = TestRouter::start(&one_server_config(&crate::support::closed_url(), "")).await;

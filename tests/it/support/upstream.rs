@@ -471,6 +471,12 @@ impl EarlyAnswer {
         Self::answering(framed(head, body), true).await
     }
 
+    /// Reads each request's head (and what came with it: a small body) and closes the
+    /// connection without a byte of answer.
+    pub async fn start_closing_unanswered() -> Self {
+        Self::answering(Vec::new(), false).await
+    }
+
     /// Answers with exactly `answer` (head and body, framing included), keeping the
     /// connection open after it when `keep_open`.
     pub async fn answering(answer: Vec<u8>, keep_open: bool) -> Self {
