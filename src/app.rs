@@ -39,6 +39,10 @@ pub enum Route {
     /// A path with a `.` or `..` segment (raw or percent-encoded): refused, since the upstream
     /// URL would resolve it and leave the configured base path, with the provider's key.
     DotSegment,
+    /// `/api/user/bypass`: the Python version's per-user model pin (`ENABLE_BYPASS`), which
+    /// llmsrouter does not have. Refused with a message saying so: proxied as any other POST
+    /// with a model, the pin request went to a provider with its key, and looked set.
+    PythonBypass,
     /// The target `*` (RFC 9112 §3.2.4: the server as a whole, for `OPTIONS`): no path, so
     /// never proxied (it was, as `/*`). The router's HTTP/1 refuses it before this for any
     /// other method.
@@ -116,6 +120,7 @@ impl Route {
         match path.as_str() {
             "/health" => Self::Health,
             "/models" => Self::ListModels,
+            "/api/user/bypass" => Self::PythonBypass,
             _ => match path.strip_prefix("/models/") {
                 Some(id) => Self::GetModel(
                     percent_encoding::percent_decode_str(id)
@@ -267,6 +272,14 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     match route {
         Route::Health => return health(&parts.method),
         Route::Asterisk => return asterisk(&parts.method),
+        Route::PythonBypass => {
+            return ProxyError::NotFound(
+                "llmsrouter has no bypass endpoint: the Python version's per-user model pin \
+                 (ENABLE_BYPASS) is not supported; name the model in each request instead"
+                    .into(),
+            )
+            .into_response();
+        }
         Route::DotSegment => {
             return ProxyError::InvalidRequest(
                 "the path has a \".\" or \"..\" segment or a backslash; send the plain path, e.g. /v1/chat/completions".into(),

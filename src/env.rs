@@ -161,6 +161,7 @@ impl EnvSettings {
         };
         let mut warnings = Vec::new();
         unused_otlp_variables(env, &mut warnings);
+        python_bypass(env, &mut warnings);
         Ok(Self {
             account_management: bool_var(env, "ENABLE_ACCOUNT_MANAGEMENT", false)?,
             log_file,
@@ -294,6 +295,19 @@ fn otlp_env(
 
 /// Standard OTLP variables a user may well set that the router does not act on: each gets a
 /// warning at start rather than being silently ignored.
+/// The Python version's `ENABLE_BYPASS` (a per-user model pin, on unless set to false there)
+/// has no counterpart: ignored, as every variable the router does not know is, but said when
+/// it is turned on, so nobody counts on pins that no longer apply.
+fn python_bypass(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<String>) {
+    if non_empty(env, "ENABLE_BYPASS").and_then(|v| parse_bool(&v)) == Some(true) {
+        warnings.push(
+            "ENABLE_BYPASS is ignored: llmsrouter has no bypass (the Python version's per-user \
+             model pin, /api/user/bypass); each request's model is used as it names it"
+                .to_owned(),
+        );
+    }
+}
+
 fn unused_otlp_variables(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<String>) {
     for name in [
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -1075,7 +1089,12 @@ mod tests {
             }
         };
         EnvSettings::from_lookup(&all_set).expect("ok");
-        for name in read.into_inner() {
+        // Looked at only to warn that it is ignored: one that is not UTF-8 is ignored too.
+        for name in read
+            .into_inner()
+            .into_iter()
+            .filter(|n| n != "ENABLE_BYPASS")
+        {
             assert!(
                 VARIABLES.contains(&name.as_str()),
                 "{name} is not in VARIABLES"

@@ -154,8 +154,14 @@ pub fn from_json(text: &str) -> Result<Permissions, String> {
     if granted.contains(&"*") {
         return Ok(Permissions::All);
     }
+    // A blank name (`{"": true}`, what the Python version stored for `--permissions ""`)
+    // names no provider: left out, so the user shows as granted none, which is what it is.
     Ok(Permissions::Only(
-        granted.into_iter().map(str::to_owned).collect(),
+        granted
+            .into_iter()
+            .filter(|name| !name.trim().is_empty())
+            .map(str::to_owned)
+            .collect(),
     ))
 }
 
@@ -289,6 +295,15 @@ mod tests {
         assert_eq!(display(&Permissions::All), "*");
         assert_eq!(display(&only(&["b", "a"])), "a, b");
         assert_eq!(display(&only(&[])), "(none)");
+        for python_blank in [r#"{"": true}"#, r#"{" ": true, "a": true}"#, r#"[""]"#] {
+            let read = from_json(python_blank).expect("read");
+            let expected = if python_blank.contains("\"a\"") {
+                "a"
+            } else {
+                "(none)"
+            };
+            assert_eq!(display(&read), expected, "{python_blank}");
+        }
         let known = vec!["a".to_owned()];
         assert_eq!(unknown_aliases(&only(&["a", "z"]), &known), vec!["z"]);
         assert!(unknown_aliases(&Permissions::All, &known).is_empty());

@@ -1230,3 +1230,53 @@ async fn an_http2_refusal_reads_the_body_the_client_is_still_sending() {
     assert_eq!(upstream.count(), 0);
     router.stop().await;
 }
+
+/// The Python version's `/api/user/bypass` (a per-user model pin) does not exist here: it is
+/// refused with a 404 that says so, for any method, and never proxied (it went to the
+/// provider its body named, with that provider's key, and looked set). `ENABLE_BYPASS=true`
+/// is warned of by `serve` and `check`.
+#[tokio::test]
+async fn the_python_bypass_endpoint_is_refused_and_its_switch_warned_of() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let config = one_server_config(&upstream.url(), "");
+    let router = crate::support::RouterProcess::start(
+        Some(&config),
+        &[
+            ("ENABLE_BYPASS", "true"),
+            ("LLMSROUTER_LEDGER", "false"),
+            ("LLMSROUTER_LOG_FILE", ""),
+        ],
+    );
+    let warning = "ENABLE_BYPASS is ignored: llmsrouter has no bypass";
+    assert!(router.stderr().contains(warning), "{}", router.stderr());
+    for path in ["/api/user/bypass", "/v1/api/user/bypass"] {
+        let url = router.url(path);
+        let post = client()
+            .post(&url)
+            .json(&json!({"model": "[mock]pinned"}))
+            .send()
+            .await
+            .expect("post");
+        let get = client().get(&url).send().await.expect("get");
+        for response in [post, get] {
+            let (status, body) = error_of(response).await;
+            assert_eq!(status, 404, "{body}");
+            assert_eq!(body["error"]["code"], "not_found", "{body}");
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("no bypass endpoint"), "{message}");
+        }
+    }
+    assert!(upstream.received().is_empty(), "nothing was proxied");
+
+    let (code, out, err) =
+        crate::support::run_cli(router.path(), &["check"], &[("ENABLE_BYPASS", "yes")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(warning) || err.contains(warning), "{out}{err}");
+    let (code, out, err) =
+        crate::support::run_cli(router.path(), &["check"], &[("ENABLE_BYPASS", "false")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("ENABLE_BYPASS") && !err.contains("ENABLE_BYPASS"),
+        "{out}{err}"
+    );
+}
