@@ -61,6 +61,8 @@ pub struct AppState {
     pub redactor: Redactor,
     /// Rate limit of the WARN lines for router errors (one per code per 10 s).
     pub failures: Arc<FailureLog>,
+    /// Targets that refused the `stream_options` the router adds to chat streams.
+    pub stream_options_refused: crate::proxy::stream_options::Refusals,
 }
 
 impl AppState {
@@ -85,6 +87,7 @@ impl AppState {
             send_timeout: SEND_TIMEOUT,
             failures: Arc::default(),
             hard_stop: HardStop::new(),
+            stream_options_refused: Default::default(),
         })
     }
 }

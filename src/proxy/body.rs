@@ -127,6 +127,11 @@ impl RequestView {
         )
     }
 
+    /// Whether the client sent no `stream_options`: one the upstream got was the router's alone.
+    pub fn sends_no_stream_options(&self) -> bool {
+        matches!(self.stream_options, StreamOptions::Absent)
+    }
+
     /// Whether `include_usage` can be added without breaking a field the client set oddly.
     fn can_inject_usage(&self) -> bool {
         !matches!(self.stream_options, StreamOptions::Other) && !self.client_asked_for_usage()

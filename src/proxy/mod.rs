@@ -20,6 +20,7 @@ pub mod intake;
 pub mod members;
 pub mod sse;
 pub mod stream;
+pub mod stream_options;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -485,6 +486,11 @@ trait ReadBody {
     fn client_asked_for_usage(&self) -> bool {
         false
     }
+    /// Whether the client sent no `stream_options`, so any the upstream got was the router's
+    /// ([`stream_options`]). Read only after a 400 to a stream the router asked for usage.
+    fn sends_no_stream_options(&self) -> bool {
+        false
+    }
 }
 
 impl ReadBody for RequestView {
@@ -518,6 +524,10 @@ impl ReadBody for RequestView {
 
     fn client_asked_for_usage(&self) -> bool {
         RequestView::client_asked_for_usage(self)
+    }
+
+    fn sends_no_stream_options(&self) -> bool {
+        RequestView::sends_no_stream_options(self)
     }
 }
 
@@ -595,7 +605,10 @@ async fn forward_read<V: ReadBody>(
     let (timeout, stream_usage) = target
         .server
         .map_or((DEFAULT_TIMEOUT, true), |s| (s.timeout, s.stream_usage));
-    let inject_usage = stream && stream_usage && takes_stream_options(request.path);
+    let inject_usage = stream
+        && stream_usage
+        && takes_stream_options(request.path)
+        && !state.stream_options_refused.refused(&target);
     let (upstream_body, injected_usage) = view.rewrite(&body, &target.upstream_model, inject_usage);
     let url = routing::request_url_text(&target.base, request.path, request.query);
 
@@ -691,6 +704,43 @@ async fn forward_read<V: ReadBody>(
             response.fields = headers::fields_without_echoed_keys(&state.redactor, response.fields);
             response
         }
+    };
+    // An upstream that refuses the `stream_options` the router added (a strict local server)
+    // gets the request once more as the client sent it. Boxed: only this answer pays for it.
+    let (upstream, injected_usage) = if injected_usage
+        && upstream.status == StatusCode::BAD_REQUEST
+        && view.sends_no_stream_options()
+    {
+        let resend = stream_options::Resend {
+            state,
+            view: &view,
+            body: &body,
+            target: &target,
+            request: (request.path, request.query, request.fields),
+            hops,
+            within,
+        };
+        match Box::pin(stream_options::without_them(&resend, upstream, hard_stop)).await {
+            stream_options::Retried::Again(response) => (response, false),
+            stream_options::Retried::Kept(status, fields, read) => {
+                if let Some(record) = guard.record_mut() {
+                    record.response_started_at = Some(SystemTime::now());
+                    record.status = Some(status.as_u16());
+                }
+                let read = Read {
+                    status,
+                    fields,
+                    body: read,
+                };
+                let answered = (guard, V::OTHER_METHOD);
+                return Ok(read_answer(read, answered, request_id, &state.redactor));
+            }
+            stream_options::Retried::Failed(error) => {
+                return Ok(fail(guard, error, request_id, &state.failures));
+            }
+        }
+    } else {
+        (upstream, injected_usage)
     };
     let status = upstream.status;
     if let Some(record) = guard.record_mut() {
@@ -1149,7 +1199,7 @@ async fn whole_answer(
     upstream: UpstreamResponse,
     limits: Limits<'_>,
     target: &Target<'_>,
-    (mut guard, redirect_ordinary): (RecordGuard, bool),
+    (guard, redirect_ordinary): (RecordGuard, bool),
     request_id: String,
     redactor: &Redactor,
 ) -> Answer {
@@ -1190,6 +1240,33 @@ async fn whole_answer(
         }
         Ok(Ok(body)) => body,
     };
+    let read = Read {
+        status,
+        fields,
+        body,
+    };
+    read_answer(read, (guard, redirect_ordinary), request_id, redactor)
+}
+
+/// An upstream's answer, read whole.
+struct Read {
+    status: StatusCode,
+    fields: Fields,
+    body: Bytes,
+}
+
+/// Relays an answer read whole ([`whole_answer`]) and hands its record over on delivery.
+fn read_answer(
+    read: Read,
+    (mut guard, redirect_ordinary): (RecordGuard, bool),
+    request_id: String,
+    redactor: &Redactor,
+) -> Answer {
+    let Read {
+        status,
+        fields,
+        body,
+    } = read;
     let (body, shape, outcome, error) = if status.is_success() || status.is_informational() {
         // A 200 may report an error too (`{"error": ...}`), echoing the key it was sent.
         let (body, decoded) = success_body(body, &fields, redactor);

@@ -974,3 +974,47 @@ async fn a_refused_requests_id_is_in_the_server_log_without_what_it_sent() {
         assert!(!log.contains(secret), "{secret} in:\n{log}");
     }
 }
+
+/// Two streams refused at once for the `stream_options` the router added: both are sent
+/// again without them, and the server log warns once, naming the alias and the config key
+/// that skips the retry.
+#[tokio::test]
+async fn a_target_refusing_stream_options_is_warned_about_once() {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let upstream = MockUpstream::start(Behavior {
+        refuse_stream_options: Some(
+            r#"{"detail":[{"type":"extra_forbidden","loc":["body","stream_options"],"msg":"Extra inputs are not permitted"}]}"#
+                .to_owned(),
+        ),
+        hold_head: Some(gate.clone()),
+        ..Default::default()
+    })
+    .await;
+    let router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &[]);
+    let request = json!({"model": "[mock]m", "stream": true, "messages": []});
+    let send = || {
+        client()
+            .post(router.url("/v1/chat/completions"))
+            .json(&request)
+            .send()
+    };
+    let both = futures_util::future::join(send(), send());
+    let opened = async {
+        wait_until(Duration::from_secs(10), || upstream.count() == 2).await;
+        gate.add_permits(1000);
+    };
+    let ((first, second), ()) = tokio::join!(both, opened);
+    for response in [first, second] {
+        let text = response.expect("send").text().await.expect("body");
+        assert_eq!(text, expected_stream(&upstream.behavior(), false));
+    }
+    assert_eq!(upstream.count(), 4);
+    let stderr = router.stderr();
+    assert_eq!(
+        stderr.matches("refused stream_options").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("upstream mock refused"), "{stderr}");
+    assert!(stderr.contains("stream_usage: false"), "{stderr}");
+}

@@ -11,7 +11,7 @@ use crate::support::upstream::{
     Behavior, DONE, MockUpstream, PROMPT_TOKENS, compress_flushed, content_chunk, expected_stream,
     usage_chunk,
 };
-use crate::support::{TestRouter, client, one_server_config};
+use crate::support::{TestRouter, client, one_server_config, post_json};
 
 fn stream_request(model: &str) -> serde_json::Value {
     json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]})
@@ -1316,5 +1316,116 @@ async fn a_streams_record_keeps_a_bounded_text() {
     );
     let usage = record.response.usage.as_ref().expect("usage still read");
     assert_eq!((usage.input, usage.output), (3, 9));
+    router.stop().await;
+}
+
+/// What a pydantic-validated local server answers a field it does not know.
+const EXTRA_FORBIDDEN: &str = r#"{"object":"error","message":"[{'type': 'extra_forbidden', 'loc': ('body', 'stream_options'), 'msg': 'Extra inputs are not permitted'}]","type":"BadRequestError","code":400}"#;
+
+fn strict_upstream() -> Behavior {
+    Behavior {
+        refuse_stream_options: Some(EXTRA_FORBIDDEN.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// The Python version never added `stream_options`: a strict upstream that refuses the one
+/// the router adds gets the stream once more as the client sent it, and is not asked again.
+#[tokio::test]
+async fn a_strict_upstream_refusing_stream_options_gets_the_stream_again_without_them() {
+    let upstream = MockUpstream::start(strict_upstream()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let body = r#"{"model":"[mock]m","stream":true,"messages":[]}"#;
+    let send = || {
+        client()
+            .post(router.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let response = send().await.expect("send");
+    assert_eq!(response.status(), 200);
+    let (_, text) = read_timed(response).await;
+    assert_eq!(text, expected_stream(&upstream.behavior(), false));
+    let received = upstream.received();
+    assert_eq!(received.len(), 2, "one retry");
+    assert_eq!(
+        received[0].json()["stream_options"],
+        json!({"include_usage": true})
+    );
+    assert_eq!(
+        received[1].body,
+        r#"{"model":"m","stream":true,"messages":[]}"#
+    );
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert_eq!(record.status, Some(200));
+    assert!(record.response.usage.is_none(), "the upstream sent none");
+    assert_eq!(record.response.content, "tok0 tok1 tok2 ");
+
+    // Remembered: the next stream goes without them at once.
+    let (_, text) = read_timed(send().await.expect("send")).await;
+    assert_eq!(text, expected_stream(&upstream.behavior(), false));
+    assert_eq!(upstream.count(), 3);
+    assert_eq!(upstream.last().body, received[1].body);
+    router.stop().await;
+}
+
+/// A URL target is remembered by its origin.
+#[tokio::test]
+async fn a_strict_proxy_target_is_remembered_by_its_origin() {
+    let upstream = MockUpstream::start(strict_upstream()).await;
+    let router = TestRouter::start("servers: {}\n").await;
+    let url = router.url(&format!("/v1/chat/completions?proxy={}", upstream.url()));
+    for _ in 0..2 {
+        let response = post_json(&url, &stream_request("m")).await;
+        assert_eq!(response.status(), 200);
+        let (_, text) = read_timed(response).await;
+        assert_eq!(text, expected_stream(&upstream.behavior(), false));
+    }
+    let received = upstream.received();
+    assert_eq!(received.len(), 3, "one retry, then none");
+    assert!(received[1].json().get("stream_options").is_none());
+    assert!(received[2].json().get("stream_options").is_none());
+    router.stop().await;
+}
+
+/// Not retried: a client that sent `stream_options` itself, and a 400 about something else.
+#[tokio::test]
+async fn a_400_is_relayed_unretried_when_the_client_sent_stream_options_or_it_names_others() {
+    let upstream = MockUpstream::start(strict_upstream()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let mut request = stream_request("[mock]m");
+    request["stream_options"] = json!({"include_usage": true});
+    let response = router.chat(&request).await;
+    assert_eq!(response.status(), 400);
+    let answer: serde_json::Value = response.json().await.expect("json");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("stream_options")
+    );
+    assert_eq!(upstream.count(), 1);
+
+    let other =
+        r#"{"error":{"message":"messages must not be empty","type":"invalid_request_error"}}"#;
+    upstream.set(Behavior {
+        status: 400,
+        body: Some(other.to_owned()),
+        ..Default::default()
+    });
+    let response = router.chat(&stream_request("[mock]m")).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.text().await.expect("text"), other);
+    assert_eq!(upstream.count(), 2);
+    // Not remembered either: the next stream still asks for usage.
+    upstream.set(Behavior::default());
+    let (_, text) = read_timed(router.chat(&stream_request("[mock]m")).await).await;
+    assert_eq!(text, expected_stream(&upstream.behavior(), false));
+    assert_eq!(
+        upstream.last().json()["stream_options"],
+        json!({"include_usage": true})
+    );
     router.stop().await;
 }

@@ -96,6 +96,9 @@ pub struct Behavior {
     /// `GET .../models` waits for a permit of this semaphore (a closed gate the test opens
     /// with `add_permits(1)`), so a test can hold a model-list fetch in flight.
     pub models_gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// A strict upstream (a pydantic-validated local server): a request with
+    /// `stream_options` is answered 400 with this body.
+    pub refuse_stream_options: Option<String>,
 }
 
 impl Default for Behavior {
@@ -126,6 +129,7 @@ impl Default for Behavior {
             models_coding: None,
             models_delay: Duration::ZERO,
             models_gate: None,
+            refuse_stream_options: None,
         }
     }
 }
@@ -310,6 +314,12 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         let _permit = gate.acquire().await;
     }
     let request_json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if let Some(refusal) = &behavior.refuse_stream_options {
+        if request_json.get("stream_options").is_some() {
+            let body = Body::from(refusal.clone());
+            return respond(StatusCode::BAD_REQUEST, "application/json", &[], body);
+        }
+    }
     let wants_stream =
         request_json["stream"] == serde_json::Value::Bool(true) || behavior.stream_unasked;
     if !wants_stream || behavior.never_stream || !(200..300).contains(&behavior.status) {

@@ -1,0 +1,171 @@
+//! Upstreams that refuse the `stream_options` the router adds to a chat stream.
+//!
+//! The router asks every chat stream for `stream_options.include_usage` (so each has token
+//! counts); the Python version never did, and a strict upstream (a pydantic-validated local
+//! server) answers such a request 400 "Extra inputs are not permitted". When the router added
+//! the field itself and the upstream's 400 names it, the request goes once more as the client
+//! sent it, and that target is not asked again for the process's life ([`Refusals`]). Only that
+//! answer pays for any of this: the normal stream path checks one atomic flag.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+
+use super::headers::UpstreamFields;
+use super::{
+    ReadBody, decode_error_body, read_upstream_body, send_error, shutting_down, timeout_error,
+};
+use crate::error::ProxyError;
+use crate::hard_stop::Stopped;
+use crate::http1::fields::Fields;
+use crate::routing::Target;
+use crate::state::AppState;
+use crate::upstream::{UpstreamResponse, Within};
+
+/// The targets that refused `stream_options` since the router started: configured aliases,
+/// and the origins of URL targets.
+#[derive(Default)]
+pub struct Refusals {
+    /// Set once any target is in `targets`: until then a stream looks no further.
+    any: AtomicBool,
+    targets: Mutex<HashSet<String>>,
+}
+
+impl Refusals {
+    /// Whether `target` refused `stream_options` before. One atomic load while none has.
+    #[inline]
+    pub fn refused(&self, target: &Target<'_>) -> bool {
+        if !self.any.load(Ordering::Relaxed) {
+            return false;
+        }
+        let key = key_of(target);
+        let targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        targets.contains(&key)
+    }
+
+    /// Remembers that `target` refused `stream_options`; logs one warning per target, the
+    /// first time.
+    pub fn remember(&self, target: &Target<'_>) {
+        let key = key_of(target);
+        let first = {
+            let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+            targets.insert(key.clone())
+        };
+        self.any.store(true, Ordering::Relaxed);
+        if !first {
+            return;
+        }
+        let advice = match target.alias() {
+            Some(alias) => format!(
+                "set `stream_usage: false` under servers.{alias} in config.yaml to skip the retry"
+            ),
+            None => "configure it as a server with `stream_usage: false` in config.yaml to skip \
+                     the retry"
+                .to_owned(),
+        };
+        tracing::warn!(
+            "the upstream {key} refused stream_options (HTTP 400): its streams were sent again \
+             without it, and until the router restarts it is not asked for \
+             stream_options.include_usage (its streams' usage is what it reports unasked); \
+             {advice}"
+        );
+    }
+}
+
+/// What a target is remembered by: its alias, or a URL target's origin (scheme, host, port;
+/// never its path or query, which may carry a key).
+fn key_of(target: &Target<'_>) -> String {
+    match target.alias() {
+        Some(alias) => alias.to_owned(),
+        None => target.base.origin().ascii_serialization(),
+    }
+}
+
+/// Whether an upstream's 400 body (decoded) is about `stream_options`.
+pub fn mentions_stream_options(body: &[u8]) -> bool {
+    memchr::memmem::find(body, b"stream_options").is_some()
+}
+
+/// What sending a chat stream once more without `stream_options` needs.
+pub(super) struct Resend<'a, V> {
+    pub state: &'a Arc<AppState>,
+    pub view: &'a V,
+    /// The client's body, as it came.
+    pub body: &'a Bytes,
+    pub target: &'a Target<'a>,
+    /// The path after `/v1`, the query, the client's header fields.
+    pub request: (&'a str, Option<&'a str>, &'a Fields),
+    pub hops: u32,
+    /// The first attempt's deadline: the retry does not extend `timeout_secs`.
+    pub within: Within,
+}
+
+/// How a 400 to a stream the router added `stream_options` to ended.
+pub(super) enum Retried {
+    /// The 400 named `stream_options`: the upstream's answer to the request without them.
+    Again(UpstreamResponse),
+    /// The 400 was about something else: it, read whole, for the client as it is.
+    Kept(StatusCode, Fields, Bytes),
+    /// Reading the 400 or sending again failed.
+    Failed(ProxyError),
+}
+
+/// Reads the upstream's 400 (`refused`) and, when it names `stream_options`, remembers the
+/// target and sends the request once more: the client's body with only the model rewritten.
+pub(super) async fn without_them<V: ReadBody>(
+    resend: &Resend<'_, V>,
+    refused: UpstreamResponse,
+    hard_stop: &mut Stopped,
+) -> Retried {
+    let Within { deadline, timeout } = resend.within;
+    let provider = &resend.target.provider;
+    let UpstreamResponse {
+        status,
+        fields,
+        body,
+    } = refused;
+    let declared = http_body::Body::size_hint(&body).exact();
+    let read = tokio::select! {
+        read = tokio::time::timeout_at(deadline, read_upstream_body(body, declared)) => read,
+        () = &mut *hard_stop => return Retried::Failed(shutting_down()),
+    };
+    let body = match read {
+        Err(_) => return Retried::Failed(timeout_error(provider, timeout)),
+        Ok(Err(error)) => return Retried::Failed(error.into_proxy_error(provider)),
+        Ok(Ok(body)) => body,
+    };
+    let (readable, _) = decode_error_body(status, body.clone(), &fields);
+    if !mentions_stream_options(&readable) {
+        return Retried::Kept(status, fields, body);
+    }
+    resend.state.stream_options_refused.remember(resend.target);
+    let (path, query, client) = resend.request;
+    let (upstream_body, _) = resend
+        .view
+        .rewrite(resend.body, &resend.target.upstream_model, false);
+    let url = crate::routing::request_url_text(&resend.target.base, path, query);
+    let upstream_fields = UpstreamFields {
+        client,
+        target: resend.target,
+        post: true,
+        hops: resend.hops,
+    };
+    let upstream = &resend.state.upstream;
+    let prepared = upstream.prepare(&Method::POST, url, &upstream_fields, upstream_body);
+    let sent = tokio::select! {
+        sent = tokio::time::timeout_at(deadline, upstream.send_prepared(prepared, resend.within)) => sent,
+        () = &mut *hard_stop => return Retried::Failed(shutting_down()),
+    };
+    match sent {
+        Err(_) => Retried::Failed(timeout_error(provider, timeout)),
+        Ok(Err(error)) => Retried::Failed(send_error(provider, &error)),
+        Ok(Ok(mut response)) => {
+            let redactor = &resend.state.redactor;
+            response.fields = super::headers::fields_without_echoed_keys(redactor, response.fields);
+            Retried::Again(response)
+        }
+    }
+}
