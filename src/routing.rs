@@ -480,13 +480,15 @@ fn is_proxy_pair(pair: &str) -> bool {
 /// Finds the decoded `proxy` parameter of a raw query string. Sent twice with different
 /// values it is a 400: whichever the router took, the client meant the other one just as
 /// much (the same value repeated, as a client that adds its default query to a URL that has
-/// it already sends, is one target).
+/// it already sends, is one target). An empty or blank value (`?proxy=`, left by a client
+/// that builds the URL from an unset setting) names nothing and counts as absent, as the
+/// Python version took it.
 pub fn proxy_param(query: Option<&str>) -> Result<Option<String>, ProxyError> {
     let Some(query) = query else {
         return Ok(None);
     };
     let mut values = url::form_urlencoded::parse(query.as_bytes())
-        .filter(|(k, _)| k == "proxy")
+        .filter(|(k, v)| k == "proxy" && names_something(v))
         .map(|(_, v)| v);
     let Some(first) = values.next() else {
         return Ok(None);
@@ -502,12 +504,18 @@ pub fn proxy_param(query: Option<&str>) -> Result<Option<String>, ProxyError> {
     Ok(Some(first.into_owned()))
 }
 
-/// Whether a raw query string has a `proxy` parameter at all (one [`proxy_param`] would read,
-/// or refuse), without decoding its value: the request names its target with it.
+/// Whether a raw query string has a `proxy` parameter that is not blank (one [`proxy_param`]
+/// would read, or refuse): the request names its target with it.
 pub fn names_proxy(query: Option<&str>) -> bool {
     query.is_some_and(|query| {
-        url::form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "proxy")
+        url::form_urlencoded::parse(query.as_bytes())
+            .any(|(k, v)| k == "proxy" && names_something(&v))
     })
+}
+
+/// Whether a `proxy` value names a target: an empty or blank one is taken as absent.
+fn names_something(value: &str) -> bool {
+    !value.trim().is_empty()
 }
 
 #[cfg(test)]
@@ -796,6 +804,23 @@ servers:
         assert!(!names_proxy(None));
     }
 
+    /// An empty or blank value names no target: absent, and no conflict with one that does.
+    #[test]
+    fn a_blank_proxy_param_is_absent() {
+        for query in ["proxy=", "proxy=%20", "a=1&proxy=+&proxy="] {
+            assert_eq!(proxy_param(Some(query)), Ok(None), "{query}");
+            assert!(!names_proxy(Some(query)), "{query}");
+        }
+        for query in ["proxy=http://a&proxy=", "proxy=&%70roxy=http://a&proxy=%09"] {
+            assert_eq!(
+                proxy_param(Some(query)),
+                Ok(Some("http://a".to_owned())),
+                "{query}"
+            );
+            assert!(names_proxy(Some(query)), "{query}");
+        }
+    }
+
     /// Two different targets are refused, whichever comes first and however each is
     /// spelled; the same one repeated is that target.
     #[test]
@@ -803,7 +828,7 @@ servers:
         for query in [
             "proxy=http://a&proxy=http://b",
             "proxy=http://b&limit=1&%70roxy=http://a",
-            "proxy=http://a&proxy=",
+            "proxy=&proxy=http://a&proxy=%20&proxy=http://b",
         ] {
             let error = proxy_param(Some(query)).expect_err(query);
             assert_eq!(error.code(), "invalid_request");

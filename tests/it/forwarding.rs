@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::support::upstream::{
     Behavior, MockUpstream, PROMPT_TOKENS, chat_completion, gzip, zlib,
 };
-use crate::support::{TestRouter, client, one_server_config};
+use crate::support::{TestRouter, client, one_server_config, post_json};
 
 #[tokio::test]
 async fn alias_request_reaches_upstream_with_only_the_model_changed() {
@@ -655,5 +655,47 @@ async fn client_credentials_never_reach_a_configured_server() {
     for (name, value) in CREDENTIALS {
         assert_eq!(got.headers[name], value, "a URL target gets {name} as sent");
     }
+    router.stop().await;
+}
+
+/// An empty or blank `?proxy=` names no target: the request is routed by its model (the
+/// Python version did so; it was refused with 400 `bad proxy URL ""`), also beside another
+/// `proxy` that is not blank, and `GET /v1/models` answers the router's own list. No
+/// `proxy=` goes upstream.
+#[tokio::test]
+async fn an_empty_proxy_parameter_counts_as_absent() {
+    let upstream = MockUpstream::start(Behavior {
+        models_body: Some(r#"{"object":"list","data":[{"id":"gpt-4o"}]}"#.to_owned()),
+        ..Default::default()
+    })
+    .await;
+    let other = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for query in ["proxy=", "proxy=%20", "proxy=&proxy="] {
+        let url = router.url(&format!("/v1/chat/completions?{query}"));
+        let response = post_json(&url, &json!({"model": "[mock]gpt-4o", "messages": []})).await;
+        assert_eq!(response.status(), 200, "{query}");
+        assert_eq!(upstream.last().json()["model"], "gpt-4o");
+        assert_eq!(upstream.last().query, None, "{query}");
+
+        let response = client()
+            .get(router.url(&format!("/v1/models?{query}")))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "{query}");
+        let list: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(
+            list["data"][0]["id"], "[mock]gpt-4o",
+            "the router's own list"
+        );
+    }
+    // Only values that name something count as two different ones.
+    let query = format!("proxy=&proxy={}", other.origin());
+    let url = router.url(&format!("/v1/chat/completions?{query}"));
+    let response = post_json(&url, &json!({"model": "gpt-4o", "messages": []})).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(other.count(), 1);
+    assert_eq!(other.last().query, None);
     router.stop().await;
 }
