@@ -3,7 +3,8 @@
 //! `(?proxy=, model, config, model lookup) -> Target`. No I/O and no clock: everything the
 //! rules need comes in as arguments, so every rule of PRODUCT.md "Routing a request" is unit-
 //! and property-tested here. Rules, first match wins:
-//! 1. `?proxy=<http(s) URL>`: that URL is the base (no path: `/v1`); the model goes up unchanged.
+//! 1. `?proxy=<http(s) URL>`: that URL is the base (no path: `/v1`); the model goes up without
+//!    a `[prefix]` it may have (`[alias]name` goes up as `name`), otherwise unchanged.
 //! 2. `[alias]name`: that server; upstream sees `name`.
 //! 3. `[http(s) URL]name`: that URL is the base, as in 1; upstream sees `name`.
 //! 4. `name`: `settings.default_server`, else the first server whose model list holds `name`.
@@ -120,7 +121,7 @@ pub fn resolve<'c>(
             base_url,
             base_query,
             base: Cow::Owned(base),
-            upstream_model: model.to_owned(),
+            upstream_model: without_prefix(model).to_owned(),
             server: None,
         });
     }
@@ -224,6 +225,16 @@ fn how_to_address(config: &Config, lookup: &Lookup<'_>) -> String {
             "address a provider as \"[alias]model\", aliases: {}",
             aliases.join(", ")
         )
+    }
+}
+
+/// The model a `?proxy=` target sees: without a `[prefix]`, which names a target that
+/// `?proxy=` overrides (the Python version stripped it too, so a saved `[alias]name` model
+/// works on a `?proxy=` base URL). A model that does not parse as prefixed goes unchanged.
+fn without_prefix(model: &str) -> &str {
+    match parse_model(model) {
+        Ok(ModelRef::Prefixed { name, .. }) => name,
+        _ => model,
     }
 }
 
@@ -565,8 +576,18 @@ servers:
         let t = resolve_ok(Some("https://target-server.com"), "[openrouter]x", &c);
         assert_eq!(t.mode, RouteMode::ProxyParam);
         assert_eq!(t.base_url, "https://target-server.com/v1");
-        assert_eq!(t.upstream_model, "[openrouter]x");
+        // The prefix names a target `?proxy=` overrides: the upstream sees the name alone.
+        assert_eq!(t.upstream_model, "x");
         assert_eq!(t.provider, "target-server.com");
+        for (model, upstream) in [
+            ("[unknown]x/y:free", "x/y:free"),
+            ("[http://[::1]:8080/v1]m", "m"),
+            ("plain", "plain"),
+            ("a[b]c", "a[b]c"),
+        ] {
+            let t = resolve_ok(Some("https://h.com"), model, &c);
+            assert_eq!(t.upstream_model, upstream, "{model}");
+        }
         assert!(t.server.is_none());
         let t = resolve_ok(Some("https://h.com/"), "m", &c);
         assert_eq!(t.base_url, "https://h.com/v1");

@@ -699,3 +699,30 @@ async fn an_empty_proxy_parameter_counts_as_absent() {
     assert_eq!(other.last().query, None);
     router.stop().await;
 }
+
+/// With `?proxy=`, a model's `[prefix]` names a target the query overrides: the upstream
+/// sees the name alone, as with the Python version, so a saved `[alias]name` model works on
+/// a `?proxy=` base URL (the alias need not be configured). The record keeps what the
+/// client asked for.
+#[tokio::test]
+async fn a_proxy_target_gets_the_model_without_its_prefix() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let configured = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&configured.url(), "")).await;
+    let url = router.url(&format!("/v1/chat/completions?proxy={}", upstream.origin()));
+    for (model, sent) in [
+        ("[mock]gpt-4o", "gpt-4o"),
+        ("[elsewhere]org/model:free", "org/model:free"),
+        ("gpt-4o", "gpt-4o"),
+    ] {
+        let response = post_json(&url, &json!({"model": model, "messages": []})).await;
+        assert_eq!(response.status(), 200, "{model}");
+        assert_eq!(upstream.last().json()["model"], sent, "{model}");
+    }
+    assert_eq!(configured.count(), 0, "?proxy= wins over the alias");
+    let record = router.records.nth(1).await;
+    assert_eq!(record.mode, RouteMode::ProxyParam);
+    assert_eq!(record.requested_model, "[mock]gpt-4o");
+    assert_eq!(record.upstream_model, "gpt-4o");
+    router.stop().await;
+}
