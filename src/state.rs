@@ -62,7 +62,7 @@ pub struct AppState {
     /// Rate limit of the WARN lines for router errors (one per code per 10 s).
     pub failures: Arc<FailureLog>,
     /// Targets that refused the `stream_options` the router adds to chat streams.
-    pub stream_options_refused: crate::proxy::stream_options::Refusals,
+    pub stream_options_refused: Arc<crate::proxy::stream_options::Refusals>,
 }
 
 impl AppState {

@@ -66,6 +66,9 @@ pub struct Wait {
     pub client_usage: bool,
     /// The form of the error event that ends a stream the upstream failed.
     pub errors: StreamErrorForm,
+    /// The request without the `stream_options` the router added, for an upstream that
+    /// refuses them ([`super::stream_options`]).
+    pub again: Option<super::stream_options::Again>,
 }
 
 /// The router's own answer to a stream whose upstream is still silent: `200`, the headers of
@@ -109,6 +112,9 @@ pub enum LateHead {
         body: UpstreamBody,
         status: StatusCode,
         answered_at: SystemTime,
+        /// Sent again without the `stream_options` the router added: a usage chunk in it
+        /// is the upstream's own, and the client's.
+        resent: bool,
     },
     /// A whole chat or text completion (the upstream ignored `"stream": true`): sent as the
     /// events a stream of it would have been.
@@ -287,100 +293,115 @@ fn event_payload(body: &[u8], status: StatusCode, message: &str) -> Bytes {
 /// and for an error answer its body too.
 async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
     let Wait {
-        sent,
+        mut sent,
         deadline,
         timeout,
         provider,
         client_usage,
+        mut again,
         ..
     } = wait;
     let router =
         |error: ProxyError, answered_at| LateHead::Failed(LateFailure::router(&error, answered_at));
-    let upstream = match tokio::time::timeout_at(deadline, sent).await {
-        Err(_) => return router(super::timeout_error(&provider, timeout), None),
-        Ok(Err(error)) => return router(super::send_error(&provider, &error), None),
-        Ok(Ok(upstream)) => upstream,
-    };
-    let answered_at = SystemTime::now();
-    let UpstreamResponse {
-        status,
-        fields,
-        body,
-    } = upstream;
-    if status.is_success() {
-        // A body labelled JSON, or one whose label does not rule JSON out (`text/plain`, none:
-        // a whole answer so labelled is relayed and recorded as JSON on the usual path), is
-        // read whole: if it is JSON it is a whole answer.
-        let labelled_json = super::is_json(&fields);
-        if labelled_json || super::may_be_json(&fields) {
-            let declared = http_body::Body::size_hint(&body).exact();
-            let read = super::read_upstream_body(body, declared);
-            let body = match tokio::time::timeout_at(deadline, read).await {
-                Err(_) => {
-                    return router(super::timeout_error(&provider, timeout), Some(answered_at));
-                }
-                Ok(Err(error)) => {
-                    return router(error.into_proxy_error(&provider), Some(answered_at));
-                }
-                Ok(Ok(body)) => body,
-            };
-            if labelled_json || is_json_object(&body) {
-                let answer = LateAnswer {
-                    status,
-                    answered_at,
-                    provider: &provider,
-                    redactor: &redactor,
+    let mut resent = false;
+    loop {
+        let upstream = match tokio::time::timeout_at(deadline, &mut sent).await {
+            Err(_) => return router(super::timeout_error(&provider, timeout), None),
+            Ok(Err(error)) => return router(super::send_error(&provider, &error), None),
+            Ok(Ok(upstream)) => upstream,
+        };
+        let answered_at = SystemTime::now();
+        let UpstreamResponse {
+            status,
+            fields,
+            body,
+        } = upstream;
+        if status.is_success() {
+            // A body labelled JSON, or one whose label does not rule JSON out (`text/plain`, none:
+            // a whole answer so labelled is relayed and recorded as JSON on the usual path), is
+            // read whole: if it is JSON it is a whole answer.
+            let labelled_json = super::is_json(&fields);
+            if labelled_json || super::may_be_json(&fields) {
+                let declared = http_body::Body::size_hint(&body).exact();
+                let read = super::read_upstream_body(body, declared);
+                let body = match tokio::time::timeout_at(deadline, read).await {
+                    Err(_) => {
+                        return router(super::timeout_error(&provider, timeout), Some(answered_at));
+                    }
+                    Ok(Err(error)) => {
+                        return router(error.into_proxy_error(&provider), Some(answered_at));
+                    }
+                    Ok(Ok(body)) => body,
                 };
-                return answer.whole_json(body, &fields, client_usage);
-            }
-            let error = not_relayable(&provider, status, &content_type_of(&fields));
-            return router(error, Some(answered_at));
-        }
-        if !super::is_event_stream(&fields) {
-            let error = not_relayable(&provider, status, &content_type_of(&fields));
-            return router(error, Some(answered_at));
-        }
-        let decoder = match StreamCoding::of(&fields) {
-            StreamCoding::Plain => None,
-            StreamCoding::Decoded(decoder) => Some(decoder),
-            StreamCoding::Opaque => {
-                let coding = crate::content_coding::content_encoding(&fields).unwrap_or_default();
-                let what = format!(
-                    "an event stream in a coding the router cannot decode ({})",
-                    clip(&coding, 100)
-                );
-                let error = not_relayable(&provider, status, &what);
+                if labelled_json || is_json_object(&body) {
+                    let answer = LateAnswer {
+                        status,
+                        answered_at,
+                        provider: &provider,
+                        redactor: &redactor,
+                    };
+                    return answer.whole_json(body, &fields, client_usage);
+                }
+                let error = not_relayable(&provider, status, &content_type_of(&fields));
                 return router(error, Some(answered_at));
             }
+            if !super::is_event_stream(&fields) {
+                let error = not_relayable(&provider, status, &content_type_of(&fields));
+                return router(error, Some(answered_at));
+            }
+            let decoder = match StreamCoding::of(&fields) {
+                StreamCoding::Plain => None,
+                StreamCoding::Decoded(decoder) => Some(decoder),
+                StreamCoding::Opaque => {
+                    let coding =
+                        crate::content_coding::content_encoding(&fields).unwrap_or_default();
+                    let what = format!(
+                        "an event stream in a coding the router cannot decode ({})",
+                        clip(&coding, 100)
+                    );
+                    let error = not_relayable(&provider, status, &what);
+                    return router(error, Some(answered_at));
+                }
+            };
+            return LateHead::Stream {
+                body: super::relayed_body(body, decoder),
+                status,
+                answered_at,
+                resent,
+            };
+        }
+        if status.is_redirection() {
+            // Not followed, and not relayable in a stream: the upstream's error, as a whole
+            // answer's record has it.
+            let message = super::redirect_message(status);
+            let body = error_body(&message, "upstream_error", None);
+            let failure = LateFailure::upstream(status, &body, message, answered_at);
+            return LateHead::Failed(failure);
+        }
+        let declared = http_body::Body::size_hint(&body).exact();
+        let read = super::read_upstream_body(body, declared);
+        let body = match tokio::time::timeout_at(deadline, read).await {
+            Err(_) => return router(super::timeout_error(&provider, timeout), Some(answered_at)),
+            Ok(Err(error)) => return router(error.into_proxy_error(&provider), Some(answered_at)),
+            Ok(Ok(body)) => body,
         };
-        return LateHead::Stream {
-            body: super::relayed_body(body, decoder),
+        // A strict upstream refused the `stream_options` the router added: once more without.
+        if let Some(instead) = again
+            .take()
+            .and_then(|a| a.instead_of(status, &body, &fields))
+        {
+            sent = instead;
+            resent = true;
+            continue;
+        }
+        let error = super::upstream_error_body(status, body, &fields, &redactor);
+        return LateHead::Failed(LateFailure::upstream(
             status,
+            &error.body,
+            error.message,
             answered_at,
-        };
+        ));
     }
-    if status.is_redirection() {
-        // Not followed, and not relayable in a stream: the upstream's error, as a whole
-        // answer's record has it.
-        let message = super::redirect_message(status);
-        let body = error_body(&message, "upstream_error", None);
-        let failure = LateFailure::upstream(status, &body, message, answered_at);
-        return LateHead::Failed(failure);
-    }
-    let declared = http_body::Body::size_hint(&body).exact();
-    let read = super::read_upstream_body(body, declared);
-    let body = match tokio::time::timeout_at(deadline, read).await {
-        Err(_) => return router(super::timeout_error(&provider, timeout), Some(answered_at)),
-        Ok(Err(error)) => return router(error.into_proxy_error(&provider), Some(answered_at)),
-        Ok(Ok(body)) => body,
-    };
-    let error = super::upstream_error_body(status, body, &fields, &redactor);
-    LateHead::Failed(LateFailure::upstream(
-        status,
-        &error.body,
-        error.message,
-        answered_at,
-    ))
 }
 
 /// The head of a 2xx JSON answer that came after the stream began, and what reading its

@@ -681,7 +681,20 @@ async fn forward_read<V: ReadBody>(
     };
     let upstream = match answered {
         None if wake_at < deadline => {
+            // Made now (the slow path), sent only if the upstream refuses `stream_options`.
+            let again = (injected_usage && view.sends_no_stream_options()).then(|| {
+                stream_options::Again::of(&stream_options::Resend {
+                    state,
+                    view: &view,
+                    body: &body,
+                    target: &target,
+                    request: (request.path, request.query, request.fields),
+                    hops,
+                    within,
+                })
+            });
             let wait = early::Wait {
+                again,
                 sent,
                 deadline,
                 timeout,

@@ -329,8 +329,11 @@ impl StreamTee {
                 body,
                 status,
                 answered_at,
+                resent,
             }) => {
                 self.head = None;
+                // Sent again without `stream_options`: the router asked for no usage chunk.
+                self.settings.drop_usage_chunk &= !resent;
                 self.upstream = Some(body);
                 self.last_upstream = Instant::now();
                 self.state = State::Streaming;

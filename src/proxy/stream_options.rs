@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 
+use super::early::Sending;
 use super::headers::UpstreamFields;
 use super::{
     ReadBody, decode_error_body, read_upstream_body, send_error, shutting_down, timeout_error,
@@ -23,7 +24,7 @@ use crate::hard_stop::Stopped;
 use crate::http1::fields::Fields;
 use crate::routing::Target;
 use crate::state::AppState;
-use crate::upstream::{UpstreamResponse, Within};
+use crate::upstream::{Prepared, UpstreamResponse, Within};
 
 /// The targets that refused `stream_options` since the router started: configured aliases,
 /// and the origins of URL targets.
@@ -48,17 +49,17 @@ impl Refusals {
 
     /// Remembers that `target` refused `stream_options`; logs one warning per target, the
     /// first time.
-    pub fn remember(&self, target: &Target<'_>) {
-        let key = key_of(target);
+    pub fn remember(&self, target: &Refusal) {
         let first = {
             let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
-            targets.insert(key.clone())
+            targets.insert(target.key.clone())
         };
         self.any.store(true, Ordering::Relaxed);
         if !first {
             return;
         }
-        let advice = match target.alias() {
+        let key = &target.key;
+        let advice = match &target.alias {
             Some(alias) => format!(
                 "set `stream_usage: false` under servers.{alias} in config.yaml to skip the retry"
             ),
@@ -75,8 +76,25 @@ impl Refusals {
     }
 }
 
-/// What a target is remembered by: its alias, or a URL target's origin (scheme, host, port;
-/// never its path or query, which may carry a key).
+/// A target that refused `stream_options`, owned: a stream answered early ([`super::early`])
+/// outlives the request's borrow of the config.
+pub struct Refusal {
+    /// Its alias, or a URL target's origin (scheme, host, port; never its path or query,
+    /// which may carry a key).
+    key: String,
+    alias: Option<String>,
+}
+
+impl Refusal {
+    pub fn of(target: &Target<'_>) -> Self {
+        Self {
+            key: key_of(target),
+            alias: target.alias().map(str::to_owned),
+        }
+    }
+}
+
+/// What a target is remembered by ([`Refusal::key`]).
 fn key_of(target: &Target<'_>) -> String {
     match target.alias() {
         Some(alias) => alias.to_owned(),
@@ -141,20 +159,12 @@ pub(super) async fn without_them<V: ReadBody>(
     if !mentions_stream_options(&readable) {
         return Retried::Kept(status, fields, body);
     }
-    resend.state.stream_options_refused.remember(resend.target);
-    let (path, query, client) = resend.request;
-    let (upstream_body, _) = resend
-        .view
-        .rewrite(resend.body, &resend.target.upstream_model, false);
-    let url = crate::routing::request_url_text(&resend.target.base, path, query);
-    let upstream_fields = UpstreamFields {
-        client,
-        target: resend.target,
-        post: true,
-        hops: resend.hops,
-    };
+    resend
+        .state
+        .stream_options_refused
+        .remember(&Refusal::of(resend.target));
+    let prepared = prepare_without(resend);
     let upstream = &resend.state.upstream;
-    let prepared = upstream.prepare(&Method::POST, url, &upstream_fields, upstream_body);
     let sent = tokio::select! {
         sent = tokio::time::timeout_at(deadline, upstream.send_prepared(prepared, resend.within)) => sent,
         () = &mut *hard_stop => return Retried::Failed(shutting_down()),
@@ -167,5 +177,60 @@ pub(super) async fn without_them<V: ReadBody>(
             response.fields = super::headers::fields_without_echoed_keys(redactor, response.fields);
             Retried::Again(response)
         }
+    }
+}
+
+/// The request as the client sent it (only the model rewritten), ready to go upstream.
+fn prepare_without<V: ReadBody>(resend: &Resend<'_, V>) -> Prepared {
+    let (path, query, client) = resend.request;
+    let (upstream_body, _) = resend
+        .view
+        .rewrite(resend.body, &resend.target.upstream_model, false);
+    let url = crate::routing::request_url_text(&resend.target.base, path, query);
+    let upstream_fields = UpstreamFields {
+        client,
+        target: resend.target,
+        post: true,
+        hops: resend.hops,
+    };
+    let upstream = &resend.state.upstream;
+    upstream.prepare(&Method::POST, url, &upstream_fields, upstream_body)
+}
+
+/// For a stream answered before its upstream ([`super::early`]): the request without
+/// `stream_options`, made when the stream opened (the slow path) and sent only if the
+/// upstream's answer refuses them.
+pub struct Again {
+    sending: Sending,
+    refusal: Refusal,
+    refusals: Arc<Refusals>,
+}
+
+impl Again {
+    pub(super) fn of<V: ReadBody>(resend: &Resend<'_, V>) -> Self {
+        let prepared = prepare_without(resend);
+        let exchange = Arc::clone(resend.state);
+        let within = resend.within;
+        Self {
+            sending: Box::pin(
+                async move { exchange.upstream.send_prepared(prepared, within).await },
+            ),
+            refusal: Refusal::of(resend.target),
+            refusals: Arc::clone(&resend.state.stream_options_refused),
+        }
+    }
+
+    /// The request to send instead, when `body` (the upstream's error answer, read whole)
+    /// is a 400 about `stream_options`: the target is remembered then.
+    pub fn instead_of(self, status: StatusCode, body: &Bytes, fields: &Fields) -> Option<Sending> {
+        if status != StatusCode::BAD_REQUEST {
+            return None;
+        }
+        let (readable, _) = decode_error_body(status, body.clone(), fields);
+        if !mentions_stream_options(&readable) {
+            return None;
+        }
+        self.refusals.remember(&self.refusal);
+        Some(self.sending)
     }
 }

@@ -748,3 +748,48 @@ async fn a_late_whole_answer_of_another_shape_ends_with_upstream_unreachable() {
     assert_eq!((usage.input, usage.output), (9, 4));
     router.stop().await;
 }
+
+/// A stream answered early whose upstream then refuses the `stream_options` the router added
+/// (a strict local server, slow to answer) is sent once more without them, and goes on in
+/// the stream already begun; a usage chunk the upstream sends unasked is the client's.
+#[tokio::test]
+async fn a_late_refusal_of_stream_options_is_retried_in_the_open_stream() {
+    let gate = Arc::new(Semaphore::new(0));
+    let upstream = MockUpstream::start(Behavior {
+        refuse_stream_options: Some(
+            r#"{"detail":[{"type":"extra_forbidden","loc":["body","stream_options"],"msg":"Extra inputs are not permitted"}]}"#
+                .to_owned(),
+        ),
+        hold_head: Some(gate.clone()),
+        usage_always: true,
+        ..Default::default()
+    })
+    .await;
+    let router = router_for(&upstream, "").await;
+    let response = head_of(stream_to(&router)).await;
+    assert_stream_head(&response);
+    let mut body: Body = response.bytes_stream().boxed();
+    let before = read_keepalives(&mut body, 1).await;
+    gate.add_permits(1000);
+    let rest = read_rest(&mut body).await;
+    let text = format!("{before}{rest}");
+    let events = text.replace(KEEPALIVE, "");
+    assert_eq!(events, expected_stream(&upstream.behavior(), true));
+    let received = upstream.received();
+    assert_eq!(received.len(), 2, "one retry");
+    assert!(received[0].json().get("stream_options").is_some());
+    assert!(received[1].json().get("stream_options").is_none());
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert_eq!(record.status, Some(200));
+    assert_eq!(
+        record.response.usage.as_ref().map(|u| u.input),
+        Some(PROMPT_TOKENS)
+    );
+    // Remembered: the next stream is not given them.
+    let response = head_of(stream_to(&router)).await;
+    read_rest(&mut response.bytes_stream().boxed()).await;
+    assert_eq!(upstream.count(), 3);
+    assert!(upstream.last().json().get("stream_options").is_none());
+    router.stop().await;
+}
