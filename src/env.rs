@@ -432,45 +432,80 @@ fn http_url(name: &'static str, value: &str) -> Result<String, EnvError> {
     }
 }
 
-/// `key1=value1,key2=value2` with percent-encoded values (the OpenTelemetry format). Errors
-/// never quote the value: it usually holds a token. A `%` not followed by two hex digits
-/// (`Basic%2`, `%zz`) is refused rather than sent as it is: the value was meant to be
-/// decoded, and a token sent half-decoded only fails later, at the backend, as a 401.
+/// `OTEL_EXPORTER_OTLP_HEADERS`: header names and values (see [`KeyValues`]).
 pub fn parse_otlp_headers(raw: &str) -> Result<Vec<(String, Secret)>, EnvError> {
-    let mut headers = Vec::new();
-    for (index, entry) in raw.split(',').enumerate() {
-        if entry.trim().is_empty() {
-            continue;
+    let entries = KeyValues {
+        name: "OTEL_EXPORTER_OTLP_HEADERS",
+        expected: "key=value,key2=value2",
+        bad_key: |key| {
+            http::HeaderName::from_bytes(key.as_bytes())
+                .is_err()
+                .then_some("has an invalid header name")
+        },
+        bad_value: |value| {
+            http::HeaderValue::from_str(value)
+                .is_err()
+                .then_some("has a value that is not a valid header value")
+        },
+    };
+    Ok(entries
+        .parse(raw)?
+        .into_iter()
+        .map(|(key, value)| (key, Secret::new(value)))
+        .collect())
+}
+
+/// A `key1=value1,key2=value2` variable with percent-encoded values, the OpenTelemetry
+/// format of `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_RESOURCE_ATTRIBUTES`. Errors name the
+/// entry by its number, never its value (it usually holds a token).
+struct KeyValues {
+    name: &'static str,
+    /// What an entry looks like, for the error.
+    expected: &'static str,
+    /// What is wrong with a (trimmed) key, if anything.
+    bad_key: fn(&str) -> Option<&'static str>,
+    /// What is wrong with a decoded value, if anything.
+    bad_value: fn(&str) -> Option<&'static str>,
+}
+
+impl KeyValues {
+    /// The entries, keys trimmed and values trimmed and decoded; blank entries skipped. A `%`
+    /// not followed by two hex digits (`Basic%2`, `%zz`) is refused rather than sent as it
+    /// is: the value was meant to be decoded, and a token sent half-decoded only fails later,
+    /// at the backend, as a 401.
+    fn parse(&self, raw: &str) -> Result<Vec<(String, String)>, EnvError> {
+        let mut out = Vec::new();
+        for (index, entry) in raw.split(',').enumerate() {
+            if entry.trim().is_empty() {
+                continue;
+            }
+            let bad = |what: &str| EnvError {
+                name: self.name,
+                reason: format!("entry {} {what} (expected {})", index + 1, self.expected),
+            };
+            let Some((key, value)) = entry.split_once('=') else {
+                return Err(bad("has no '='"));
+            };
+            let key = key.trim();
+            if let Some(what) = (self.bad_key)(key) {
+                return Err(bad(what));
+            }
+            let value = value.trim();
+            if !percent_escapes_are_whole(value) {
+                return Err(bad(
+                    "has a '%' not followed by two hex digits; write a literal '%' as %25",
+                ));
+            }
+            let value = percent_encoding::percent_decode_str(value)
+                .decode_utf8()
+                .map_err(|_| bad("has a value that is not UTF-8 after percent-decoding"))?;
+            if let Some(what) = (self.bad_value)(&value) {
+                return Err(bad(what));
+            }
+            out.push((key.to_owned(), value.into_owned()));
         }
-        let bad = |what: &str| EnvError {
-            name: "OTEL_EXPORTER_OTLP_HEADERS",
-            reason: format!(
-                "entry {} {what} (expected key=value,key2=value2)",
-                index + 1
-            ),
-        };
-        let Some((key, value)) = entry.split_once('=') else {
-            return Err(bad("has no '='"));
-        };
-        let key = key.trim();
-        if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
-            return Err(bad("has an invalid header name"));
-        }
-        let value = value.trim();
-        if !percent_escapes_are_whole(value) {
-            return Err(bad(
-                "has a '%' not followed by two hex digits; write a literal '%' as %25",
-            ));
-        }
-        let value = percent_encoding::percent_decode_str(value)
-            .decode_utf8()
-            .map_err(|_| bad("has a value that is not UTF-8 after percent-decoding"))?;
-        if http::HeaderValue::from_str(&value).is_err() {
-            return Err(bad("has a value that is not a valid header value"));
-        }
-        headers.push((key.to_owned(), Secret::new(value.into_owned())));
+        Ok(out)
     }
-    Ok(headers)
 }
 
 /// The default `service.name`.
@@ -511,41 +546,15 @@ fn resource(env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<(String, String)
     Ok(out)
 }
 
-/// `key1=value1,key2=value2` with percent-encoded values (OpenTelemetry's
-/// `OTEL_RESOURCE_ATTRIBUTES`). Errors name the entry, never its value (a value may be a
-/// secret someone put there).
+/// `OTEL_RESOURCE_ATTRIBUTES`: resource attributes (see [`KeyValues`]).
 pub fn parse_resource_attributes(raw: &str) -> Result<Vec<(String, String)>, EnvError> {
-    let mut out = Vec::new();
-    for (index, entry) in raw.split(',').enumerate() {
-        if entry.trim().is_empty() {
-            continue;
-        }
-        let bad = |what: &str| EnvError {
-            name: "OTEL_RESOURCE_ATTRIBUTES",
-            reason: format!(
-                "entry {} {what} (expected key=value,key2=value2, values percent-encoded)",
-                index + 1
-            ),
-        };
-        let Some((key, value)) = entry.split_once('=') else {
-            return Err(bad("has no '='"));
-        };
-        let key = key.trim();
-        if key.is_empty() {
-            return Err(bad("has an empty key"));
-        }
-        let value = value.trim();
-        if !percent_escapes_are_whole(value) {
-            return Err(bad(
-                "has a '%' not followed by two hex digits; write a literal '%' as %25",
-            ));
-        }
-        let value = percent_encoding::percent_decode_str(value)
-            .decode_utf8()
-            .map_err(|_| bad("has a value that is not UTF-8 after percent-decoding"))?;
-        out.push((key.to_owned(), value.into_owned()));
+    KeyValues {
+        name: "OTEL_RESOURCE_ATTRIBUTES",
+        expected: "key=value,key2=value2, values percent-encoded",
+        bad_key: |key| key.is_empty().then_some("has an empty key"),
+        bad_value: |_| None,
     }
-    Ok(out)
+    .parse(raw)
 }
 
 /// Every `%` in `value` starts an escape of two hex digits. (`percent_decode_str` leaves a
