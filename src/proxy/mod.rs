@@ -679,20 +679,22 @@ async fn forward_read<V: ReadBody>(
         () = timer => None,
         () = &mut *hard_stop => return Ok(fail(guard, shutting_down(), request_id, &state.failures)),
     };
+    // The request once more without the `stream_options` the router added, should the
+    // upstream refuse them (see [`stream_options`]): described here, built only then.
+    let resend = || stream_options::Resend {
+        state,
+        view: &view,
+        body: &body,
+        target: &target,
+        request: (request.path, request.query, request.fields),
+        hops,
+        within,
+    };
     let upstream = match answered {
         None if wake_at < deadline => {
             // Made now (the slow path), sent only if the upstream refuses `stream_options`.
-            let again = (injected_usage && view.sends_no_stream_options()).then(|| {
-                stream_options::Again::of(&stream_options::Resend {
-                    state,
-                    view: &view,
-                    body: &body,
-                    target: &target,
-                    request: (request.path, request.query, request.fields),
-                    hops,
-                    within,
-                })
-            });
+            let again = (injected_usage && view.sends_no_stream_options())
+                .then(|| stream_options::Again::of(&resend()));
             let wait = early::Wait {
                 again,
                 sent,
@@ -724,16 +726,7 @@ async fn forward_read<V: ReadBody>(
         && upstream.status == StatusCode::BAD_REQUEST
         && view.sends_no_stream_options()
     {
-        let resend = stream_options::Resend {
-            state,
-            view: &view,
-            body: &body,
-            target: &target,
-            request: (request.path, request.query, request.fields),
-            hops,
-            within,
-        };
-        match Box::pin(stream_options::without_them(&resend, upstream, hard_stop)).await {
+        match Box::pin(stream_options::without_them(&resend(), upstream, hard_stop)).await {
             stream_options::Retried::Again(response) => (response, false),
             stream_options::Retried::Kept(status, fields, read) => {
                 if let Some(record) = guard.record_mut() {
