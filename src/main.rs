@@ -65,8 +65,14 @@ fn main() -> ExitCode {
         Err(error) if error.is::<ClosedPipe>() => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", one_line(&error));
-            // A bad variable is a mistake in how the command was called, as a bad flag is.
-            if error.is::<CommandLineError>() || error.is::<llmsrouter::env::EnvError>() {
+            // A bad variable is a mistake in how the command was called, as a bad flag is;
+            // but the environment is what `check` validates, and it says so with 1 (its
+            // contract: 0 valid, 1 not), as for a bad config.yaml.
+            let validated =
+                matches!(cli.command, Command::Check) && error.is::<llmsrouter::env::EnvError>();
+            if error.is::<CommandLineError>()
+                || (error.is::<llmsrouter::env::EnvError>() && !validated)
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
