@@ -174,22 +174,10 @@ async fn a_request_still_waiting_when_the_grace_period_ends_is_answered_and_reco
     assert_eq!(record.status, Some(503));
 }
 
-/// A stream still running when the grace period ends gets an error event and ends, at once,
-/// though its upstream would go on for 20 s more; its record says it was cut.
-#[tokio::test]
-async fn a_stream_still_running_when_the_grace_period_ends_gets_an_error_event() {
-    let upstream = MockUpstream::start(Behavior {
-        chunks: 200,
-        chunk_delay: Duration::from_millis(100),
-        ..Default::default()
-    })
-    .await;
-    let mut router = GracefulRouter::start(&upstream).await;
-    let response = router
-        .chat(json!({"model": "[mock]m", "stream": true}))
-        .await
-        .expect("task")
-        .expect("stream started");
+/// What a running stream's client gets after its first event, once shutdown began: the rest
+/// of the body, which must end with the grace period (the upstreams here would go on for
+/// 20 s more).
+async fn rest_after_shutdown(router: &mut GracefulRouter, response: reqwest::Response) -> String {
     assert_eq!(response.status(), 200);
     let mut body = response.bytes_stream();
     let first = tokio::time::timeout(Duration::from_secs(10), body.next())
@@ -208,7 +196,26 @@ async fn a_stream_still_running_when_the_grace_period_ends_gets_an_error_event()
     })
     .await
     .expect("the stream ended when the grace period did, not after the upstream's 20 s");
-    let rest = String::from_utf8_lossy(&rest);
+    String::from_utf8_lossy(&rest).into_owned()
+}
+
+/// A stream still running when the grace period ends gets an error event and ends, at once,
+/// though its upstream would go on for 20 s more; its record says it was cut.
+#[tokio::test]
+async fn a_stream_still_running_when_the_grace_period_ends_gets_an_error_event() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 200,
+        chunk_delay: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let mut router = GracefulRouter::start(&upstream).await;
+    let response = router
+        .chat(json!({"model": "[mock]m", "stream": true}))
+        .await
+        .expect("task")
+        .expect("stream started");
+    let rest = rest_after_shutdown(&mut router, response).await;
     let last = rest.trim_end().rsplit("\n\n").next().expect("a last event");
     let error: Value = serde_json::from_str(last.trim_start_matches("data: ")).expect("json");
     assert_eq!(error["error"]["code"], "server_shutting_down", "{rest}");
@@ -245,20 +252,7 @@ async fn a_messages_stream_cut_at_shutdown_gets_anthropics_overloaded_error() {
         .await
         .expect("task")
         .expect("stream started");
-    assert_eq!(response.status(), 200);
-    let mut body = response.bytes_stream();
-    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
-        .await
-        .expect("a first event")
-        .expect("bytes")
-        .expect("no error");
-    assert!(first.starts_with(b"data: "), "{first:?}");
-    router.begin_shutdown();
-    let mut rest = Vec::new();
-    while let Some(Ok(chunk)) = body.next().await {
-        rest.extend_from_slice(&chunk);
-    }
-    let rest = String::from_utf8_lossy(&rest);
+    let rest = rest_after_shutdown(&mut router, response).await;
     let last = rest.trim_end().rsplit("\n\n").next().expect("a last event");
     let data = last
         .strip_prefix("event: error\n")
