@@ -27,7 +27,7 @@ use crate::db::{self, DbError};
 use crate::record::{Outcome, RecordSink, RequestRecord};
 use crate::sinks::clock::{rfc3339_millis, utc_day};
 use crate::sinks::redact::Redactor;
-use crate::sinks::{BATCH_WINDOW, WriterQueue, next_batch};
+use crate::sinks::{BATCH_WINDOW, MAX_NAME_CHARS, WriterQueue, clipped_chars, next_batch};
 
 /// Rows waiting for the writer before new ones are dropped (and counted). Rows are small.
 const QUEUE_DEPTH: usize = 16 * 1024;
@@ -130,14 +130,14 @@ impl<'a> LedgerRow<'a> {
             username: record.user.as_deref().map(Cow::Borrowed),
             provider: Cow::Borrowed(&record.provider),
             mode: record.mode.as_str(),
-            endpoint: clipped(Cow::Borrowed(&record.endpoint), MAX_NAME_CHARS),
-            model: clipped(redactor.redact(&record.upstream_model), MAX_NAME_CHARS),
+            endpoint: clipped_chars(Cow::Borrowed(&record.endpoint), MAX_NAME_CHARS),
+            model: clipped_chars(redactor.redact(&record.upstream_model), MAX_NAME_CHARS),
             // The upstream's echo of the model name may hold what the client put in it.
             response_model: record
                 .response
                 .model
                 .as_deref()
-                .map(|m| clipped(redactor.redact(m), MAX_NAME_CHARS)),
+                .map(|m| clipped_chars(redactor.redact(m), MAX_NAME_CHARS)),
             stream: record.stream,
             status: record.status,
             outcome: record.outcome.as_str(),
@@ -145,7 +145,7 @@ impl<'a> LedgerRow<'a> {
             error: record
                 .error
                 .as_deref()
-                .map(|e| clipped(redactor.redact(e), MAX_ERROR_CHARS)),
+                .map(|e| clipped_chars(redactor.redact(e), MAX_ERROR_CHARS)),
             latency_ms: millis(record.latency()),
             ttft_ms: record.time_to_first_token().map(millis),
             input_tokens: count(|u| u.input),
@@ -159,19 +159,6 @@ impl<'a> LedgerRow<'a> {
             usage_partial: record.usage_partial(),
             audio_seconds: usage.and_then(|u| u.audio_seconds),
         }
-    }
-}
-
-/// Most characters of a model name or endpoint kept in a row. They come from the client (and
-/// the upstream's echo): a request naming a 2 MB model would otherwise store 2 MB per row, the
-/// ledger growing by what any key holder sends; real names are a few dozen characters.
-pub const MAX_NAME_CHARS: usize = 1024;
-
-/// `text` cut to `max` characters.
-fn clipped(text: Cow<'_, str>, max: usize) -> Cow<'_, str> {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => Cow::Owned(text[..cut].to_owned()),
-        None => text,
     }
 }
 

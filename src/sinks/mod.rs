@@ -14,6 +14,7 @@ pub mod otlp_http;
 pub mod redact;
 pub mod request_log;
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{
@@ -67,6 +68,20 @@ pub fn start(
         sinks.push(Arc::new(LangfuseSink::start(options)?));
     }
     Ok(sinks)
+}
+
+/// Most characters of a model name or endpoint kept in a ledger row or a request log line.
+/// They come from the client (and the upstream's echo): a request naming a 2 MB model would
+/// otherwise store 2 MB per row and per line, the ledger and the log growing by what any key
+/// holder sends; real names are a few dozen characters.
+pub const MAX_NAME_CHARS: usize = 1024;
+
+/// `text` cut to `max` characters.
+pub(crate) fn clipped_chars(text: Cow<'_, str>, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => Cow::Owned(text[..cut].to_owned()),
+        None => text,
+    }
 }
 
 /// A sink's writer thread and the bounded queue feeding it. `offer` never waits: when the

@@ -8,6 +8,7 @@
 //! whole, so no configured key or client key is written, wherever it appeared (bodies, error
 //! texts). Request headers are never logged.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::record::{RecordSink, RequestRecord};
 use crate::sinks::clock::{rfc3339_millis, utc_date};
 use crate::sinks::log_file::{LogFile, LogStats, Target};
 use crate::sinks::redact::Redactor;
-use crate::sinks::{BATCH_WINDOW, WriterQueue, next_batch};
+use crate::sinks::{BATCH_WINDOW, MAX_NAME_CHARS, WriterQueue, clipped_chars, next_batch};
 use crate::usage::ToolCall;
 
 pub use crate::sinks::log_file::KEPT_FILES;
@@ -207,7 +208,7 @@ impl Writer {
     /// its own day's file, never another.
     fn add(&mut self, record: &RequestRecord) {
         self.line.clear();
-        if serialize_line(&mut self.line, record, self.bodies).is_err() {
+        if serialize_line(&mut self.line, record, self.bodies, &self.redactor).is_err() {
             return;
         }
         let redacted = self.redactor.redact_bytes(&self.line, &record.secrets);
@@ -344,6 +345,17 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A model name or endpoint as a line holds it: at most [`MAX_NAME_CHARS`], as in the ledger
+/// (the request's body, when logged, still has what the client sent). Redacted whole before
+/// the cut, so a key crossing it is not left half there for the line's redaction to miss.
+fn bounded_name<'a>(text: &'a str, redactor: &Redactor, record: &RequestRecord) -> Cow<'a, str> {
+    // Characters are at least a byte each: a name this short needs no count.
+    if text.len() <= MAX_NAME_CHARS {
+        return Cow::Borrowed(text);
+    }
+    clipped_chars(redactor.redact(text, &record.secrets), MAX_NAME_CHARS)
+}
+
 /// Serialises one record as one JSON line (no newline) into `out`. Written field by field:
 /// the bodies are JSON already (the request always; the response when the record says so)
 /// and go in without being parsed again.
@@ -351,8 +363,10 @@ fn serialize_line(
     out: &mut Vec<u8>,
     record: &RequestRecord,
     bodies: bool,
+    redactor: &Redactor,
 ) -> serde_json::Result<()> {
     let summary = &record.response;
+    let name = |text| bounded_name(text, redactor, record);
     out.extend_from_slice(b"{\"time\":\"");
     out.extend_from_slice(rfc3339_millis(record.started_at).as_bytes());
     out.push(b'"');
@@ -360,10 +374,11 @@ fn serialize_line(
     field_opt_str(out, "user", record.user.as_deref())?;
     field_str(out, "provider", &record.provider)?;
     field_str(out, "mode", record.mode.as_str())?;
-    field_str(out, "endpoint", &record.endpoint)?;
-    field_str(out, "model", &record.requested_model)?;
-    field_str(out, "upstream_model", &record.upstream_model)?;
-    field_opt_str(out, "response_model", summary.model.as_deref())?;
+    field_str(out, "endpoint", &name(&record.endpoint))?;
+    field_str(out, "model", &name(&record.requested_model))?;
+    field_str(out, "upstream_model", &name(&record.upstream_model))?;
+    let response_model = summary.model.as_deref().map(name);
+    field_opt_str(out, "response_model", response_model.as_deref())?;
     field(out, "stream", &record.stream)?;
     field(out, "status", &record.status)?;
     field_str(out, "outcome", record.outcome.as_str())?;
@@ -423,7 +438,7 @@ mod tests {
         record.response_body = None;
         record.response.refusal = "I cannot help with that.".into();
         let mut out = Vec::new();
-        serialize_line(&mut out, &record, true).expect("serialized");
+        serialize_line(&mut out, &record, true, &Redactor::default()).expect("serialized");
         let line: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
         assert_eq!(
             line["response"],

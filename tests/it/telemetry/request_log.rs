@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmsrouter::record::RecordSink;
-use llmsrouter::sinks::redact::Redactor;
+use llmsrouter::secret::Secret;
+use llmsrouter::sinks::redact::{REDACTED, Redactor};
 use llmsrouter::sinks::request_log::{RequestLogOptions, RequestLogSink};
 use serde_json::{Value, json};
 
-use super::request_id;
+use super::{UPSTREAM_KEY, request_id};
 use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS};
 use crate::support::{RouterProcess, TestRouter, one_server_config, run_cli};
 
@@ -118,6 +119,51 @@ async fn bodies_can_be_left_out() {
         assert!(line.get("response").is_none(), "{line}");
         assert_eq!(line["usage"]["input"], PROMPT_TOKENS);
     }
+}
+
+/// Model names of megabytes (the client's, and the upstream's echo) are kept to their first
+/// 1,024 characters in a line, as in the ledger; a key crossing the cut is redacted before it,
+/// not left half there.
+#[tokio::test]
+async fn long_model_names_are_cut_in_the_line_after_redaction() {
+    let dir = tempfile::tempdir().expect("dir");
+    let echoed = format!("e-{}", "é".repeat(300_000));
+    let upstream = MockUpstream::start(Behavior {
+        model: echoed.clone(),
+        ..Default::default()
+    })
+    .await;
+    let sink = Arc::new(
+        RequestLogSink::start(RequestLogOptions {
+            path: dir.path().join("logs/api_proxy.log"),
+            bodies: false,
+            redactor: Redactor::new([&Secret::new(UPSTREAM_KEY)]),
+        })
+        .expect("log"),
+    );
+    let router = TestRouter::start_with_sinks(
+        &one_server_config(&upstream.url(), ""),
+        vec![sink.clone() as Arc<dyn RecordSink>],
+        |_| {},
+    )
+    .await;
+    // The key begins 10 characters before the cut (4 with the prefix) and goes on past it.
+    let sent = format!("{}{UPSTREAM_KEY}{}", "m".repeat(1014), "x".repeat(2 << 20));
+    let response = router
+        .chat(&json!({"model": format!("[mock]{sent}"), "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let _ = response.bytes().await.expect("body");
+    router.stop().await;
+    assert_eq!(sink.dropped(), 0);
+    let lines = read_log_lines(&dir.path().join("logs"), "api_proxy");
+    assert_eq!(lines.len(), 1);
+    let redacted = format!("{}{REDACTED}", "m".repeat(1014));
+    let kept = |name: String| name.chars().take(1024).collect::<String>();
+    assert_eq!(lines[0]["model"], kept(format!("[mock]{redacted}")));
+    assert_eq!(lines[0]["upstream_model"], kept(redacted));
+    assert_eq!(lines[0]["response_model"], kept(echoed));
+    assert!(!lines[0].to_string().contains(&UPSTREAM_KEY[..6]));
 }
 
 #[tokio::test]
