@@ -331,7 +331,8 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let head_of_forwarded = parts.method == Method::HEAD
         && forwarded_path(&Method::GET, parts.uri.path(), parts.uri.query(), &state).is_some();
     match (&route, &parts.method) {
-        (Route::Upstream(path), _) if path == "/" => not_found(path),
+        // Named as the client wrote it (`/v1`, `/v1/`), not as the route it left.
+        (Route::Upstream(path), _) if path == "/" => not_found(parts.uri.path()),
         _ if head_of_forwarded => refuse_method(&route, &parts, &state),
         (Route::Upstream(path), &Method::GET | &Method::HEAD) if path == "/metrics" => {
             metrics(&state)

@@ -142,6 +142,34 @@ pub fn open_to_read(path: &Path) -> Result<Connection, DbError> {
     open_as(path, Access::ReadOnlyWhenSo)
 }
 
+/// What `llmsrouter check` can tell of the database at `path` without writing to it: the
+/// refusals `serve` would meet when opening it (a folder, not a database, another program's,
+/// a newer schema). A missing file is no problem: `serve` creates it.
+pub fn inspect(path: &Path) -> Result<(), DbError> {
+    let shown = path.display().to_string();
+    check_path(path)?;
+    let path = plain_file_name(path);
+    match std::fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Ok(meta) if meta.is_dir() => return Err(a_folder(&shown)),
+        _ => {}
+    }
+    let conn = open_file(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| not_a_database(&shown, e))?;
+    let found = user_version(&conn).map_err(|e| not_a_database(&shown, e))?;
+    check_version(found, &shown)?;
+    check_ours(&conn, &shown)
+}
+
+/// A folder named as the database, said as such rather than SQLite's "unable to open
+/// database file".
+fn a_folder(shown: &str) -> DbError {
+    DbError::Open {
+        path: shown.to_owned(),
+        reason: "is a folder, not a database file".to_owned(),
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Access {
     ReadWrite,
@@ -152,6 +180,9 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
     let shown = path.display().to_string();
     check_path(path)?;
     let path = plain_file_name(path);
+    if path.is_dir() {
+        return Err(a_folder(&shown));
+    }
     // For a reader too: `serve` with accounts on opens the file to read the users table
     // before (or, with the ledger off, instead of) the ledger's writer, and SQLite creates a
     // missing one with the umask's mode (0644: every user key readable by anyone).

@@ -468,6 +468,11 @@ fn run_check(cli: &Cli, dotenv_problems: &[String]) -> anyhow::Result<ExitCode> 
     }
     let env = EnvSettings::from_env()?;
     check_serve_variables(cli, &env)?;
+    // `serve` opens the database for the ledger or the users table; with neither it never
+    // touches it.
+    if env.ledger || env.account_management {
+        llmsrouter::db::inspect(&cli.db)?;
+    }
     let config = match Config::load(&cli.config, &env_var) {
         Ok(config) => config,
         Err(ConfigError::NotFound { file }) => {
@@ -497,8 +502,9 @@ fn run_check(cli: &Cli, dotenv_problems: &[String]) -> anyhow::Result<ExitCode> 
             .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
         tracing_destinations(&env)
     ))?;
+    // On stderr, as every command's notes and warnings: stdout holds only the result.
     for warning in &env.warnings {
-        print_out(format_args!("warning: {warning}\n"))?;
+        eprintln!("warning: {warning}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -600,6 +600,46 @@ fn bad_database_files_are_refused_and_left_untouched() {
     }
 }
 
+/// `check` meets the database refusals `serve` would (it used to say "ok" of each), without
+/// writing the file; a missing one is fine (serve creates it) and is not created; with the
+/// ledger and accounts off, serve never opens it, so neither does check.
+#[test]
+fn check_refuses_the_databases_serve_would() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    std::fs::create_dir(dir.path().join("folder.db")).expect("folder");
+    std::fs::write(dir.path().join("junk.db"), "not a database\n".repeat(300)).expect("junk");
+    {
+        let conn = Connection::open(dir.path().join("future.db")).expect("create");
+        conn.execute_batch(PYTHON_SCHEMA).expect("schema");
+        conn.pragma_update(None, "user_version", 99)
+            .expect("version");
+        let other = Connection::open(dir.path().join("other.db")).expect("create");
+        other
+            .execute_batch("CREATE TABLE notes (text TEXT)")
+            .expect("other");
+    }
+    for (file, expected) in [
+        ("folder.db", "folder.db: is a folder, not a database file"),
+        ("junk.db", "junk.db: not an SQLite database"),
+        ("future.db", "newer than this llmsrouter"),
+        ("other.db", "holds other tables and no users table"),
+    ] {
+        let before = std::fs::read(dir.path().join(file)).ok();
+        let (code, _, err) = run_cli(dir.path(), &["check", "--db", file], &[]);
+        assert_eq!(code, 1, "{file}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{file}: {err}");
+        assert!(err.contains(expected), "{file}: {err}");
+        assert_eq!(std::fs::read(dir.path().join(file)).ok(), before, "{file}");
+        let off = [("LLMSROUTER_LEDGER", "false")];
+        let (code, _, err) = run_cli(dir.path(), &["check", "--db", file], &off);
+        assert_eq!(code, 0, "{file} unused: {err}");
+    }
+    let (code, _, err) = run_cli(dir.path(), &["check", "--db", "new.db"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!dir.path().join("new.db").exists());
+}
+
 #[test]
 fn serve_with_accounts_refuses_a_database_it_cannot_use() {
     let dir = tempfile::tempdir().expect("dir");
