@@ -50,6 +50,9 @@ pub struct UsageTotals {
     pub output_tokens: u64,
     pub total_tokens: u64,
     pub cached_tokens: u64,
+    /// Input tokens written to the provider's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`), billed above plain input: part of `input_tokens`.
+    pub cache_creation_tokens: u64,
     pub reasoning_tokens: u64,
     /// Sum of the costs upstreams reported; `None` when none did.
     pub cost: Option<f64>,
@@ -69,6 +72,9 @@ impl UsageTotals {
         self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
         self.total_tokens = self.total_tokens.saturating_add(other.total_tokens);
         self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
+        self.cache_creation_tokens = self
+            .cache_creation_tokens
+            .saturating_add(other.cache_creation_tokens);
         self.reasoning_tokens = self.reasoning_tokens.saturating_add(other.reasoning_tokens);
         self.cost = match (self.cost, other.cost) {
             (None, None) => None,
@@ -89,6 +95,10 @@ impl UsageTotals {
         obj.insert("output_tokens".into(), json!(self.output_tokens));
         obj.insert("total_tokens".into(), json!(self.total_tokens));
         obj.insert("cached_tokens".into(), json!(self.cached_tokens));
+        obj.insert(
+            "cache_creation_tokens".into(),
+            json!(self.cache_creation_tokens),
+        );
         obj.insert("reasoning_tokens".into(), json!(self.reasoning_tokens));
         obj.insert("cost".into(), json!(self.cost.map(significant)));
         obj.insert("errors".into(), json!(self.errors));
@@ -146,7 +156,7 @@ pub fn query(conn: &Connection, by: GroupBy, since: Option<&str>) -> rusqlite::R
     let sql = format!(
         "SELECT {col} AS key, COUNT(*) AS requests, TOTAL(input_tokens), TOTAL(output_tokens),
             TOTAL(total_tokens), TOTAL(cached_tokens), TOTAL(reasoning_tokens), SUM(cost),
-            outcome, TOTAL(usage_partial), {audio_seconds}
+            outcome, TOTAL(usage_partial), {audio_seconds}, TOTAL(cache_creation_tokens)
          FROM usage_ledger WHERE (?1 IS NULL OR day >= ?1)
          GROUP BY {col}, outcome",
         col = by.column()
@@ -163,6 +173,7 @@ pub fn query(conn: &Connection, by: GroupBy, since: Option<&str>) -> rusqlite::R
             output_tokens: r.get::<_, f64>(3)? as u64,
             total_tokens: r.get::<_, f64>(4)? as u64,
             cached_tokens: r.get::<_, f64>(5)? as u64,
+            cache_creation_tokens: r.get::<_, f64>(11)? as u64,
             reasoning_tokens: r.get::<_, f64>(6)? as u64,
             cost: r.get(7)?,
             errors: if is_error_outcome(&outcome) {
@@ -211,10 +222,12 @@ impl UsageReport {
         })
     }
 
-    /// A fixed-width table with a TOTAL line; `-` for no user and for unknown cost. An
-    /// `AUDIO_SECONDS` column comes last, only when some request in the report was billed
-    /// by duration, so the other columns keep their places either way.
+    /// A fixed-width table with a TOTAL line; `-` for no user and for unknown cost. Two
+    /// columns come after the others, only when some request in the report had any:
+    /// `CACHE_WRITE` (prompt-cache writes) and `AUDIO_SECONDS` (transcriptions billed by
+    /// duration), so the other columns keep their places either way.
     pub fn to_table(&self) -> String {
+        let cache_write = self.total.cache_creation_tokens > 0;
         let audio = self.total.audio_seconds > 0.0;
         let mut header = vec![
             self.by.as_str().to_ascii_uppercase(),
@@ -226,6 +239,9 @@ impl UsageReport {
             "COST".into(),
             "ERRORS".into(),
         ];
+        if cache_write {
+            header.push("CACHE_WRITE".into());
+        }
         if audio {
             header.push("AUDIO_SECONDS".into());
         }
@@ -240,6 +256,9 @@ impl UsageReport {
                 t.cost.map_or_else(|| "-".to_owned(), cost_cell),
                 t.errors.to_string(),
             ];
+            if cache_write {
+                cells.push(t.cache_creation_tokens.to_string());
+            }
             if audio {
                 cells.push(seconds_number(t.audio_seconds).to_string());
             }
@@ -415,6 +434,37 @@ mod tests {
         assert_eq!(j["rows"][1]["cost"], 0.002);
         assert_eq!(j["total"]["requests"], 5);
         assert!(j["total"].get("provider").is_none());
+    }
+
+    /// Prompt-cache writes (Anthropic's `cache_creation_input_tokens`, billed above plain
+    /// input) are summed in the JSON always, and in a `CACHE_WRITE` column after the others
+    /// when there are any; without any the table is as before (`table_and_json`).
+    #[test]
+    fn cache_writes_are_reported() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut conn = db::open(&dir.path().join("u.db")).expect("open");
+        let mut written = row("2025-01-01", Some("ann"), "anthropic", "success");
+        written.cache_creation_tokens = 100;
+        let plain = row("2025-01-01", Some("ann"), "deepseek", "success");
+        insert_rows(&mut conn, &[written.clone(), written, plain]).expect("insert");
+        let r = query(&conn, GroupBy::Provider, None).expect("query");
+        let j = r.to_json();
+        assert_eq!(j["rows"][0]["provider"], "anthropic");
+        assert_eq!(j["rows"][0]["cache_creation_tokens"], 200);
+        assert_eq!(j["rows"][1]["cache_creation_tokens"], 0);
+        assert_eq!(j["total"]["cache_creation_tokens"], 200);
+        let table = r.to_table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].ends_with("ERRORS  CACHE_WRITE"), "{table}");
+        assert!(
+            lines[1].starts_with("anthropic ") && lines[1].ends_with(" 200"),
+            "{table}"
+        );
+        assert!(lines[2].ends_with(" 0"), "{table}");
+        assert!(
+            lines[3].starts_with("TOTAL ") && lines[3].ends_with(" 200"),
+            "{table}"
+        );
     }
 
     /// A cost below half a millionth (a cheap model's short request) is not shown as
