@@ -357,6 +357,8 @@ fn in_plain_words(reason: &str) -> String {
         "expected one value (text or a number), not a list or a mapping".to_owned()
     } else if message == "expected mapping start" {
         "expected a mapping (indented `key: value` lines)".to_owned()
+    } else if message == "expected sequence start" {
+        "expected a list (`- item` lines, or `[a, b]`)".to_owned()
     } else if message == "invalid u64" {
         "expected a whole number (digits only: no sign, fraction or exponent such as 1e6)"
             .to_owned()
@@ -413,6 +415,12 @@ pub fn is_valid_alias(alias: &str) -> bool {
 
 fn validate_server(alias: &str, raw: RawServer, env: &EnvLookup<'_>) -> Result<Server, Invalid> {
     let at = |key: &str| format!("servers.{alias}.{key}");
+    if alias.is_empty() {
+        return Err(invalid(
+            "servers.\"\"",
+            "an alias is empty: name the server",
+        ));
+    }
     if !is_valid_alias(alias) {
         return Err(invalid(
             format!("servers.{alias}"),
@@ -927,6 +935,14 @@ settings:
             (
                 "servers:\n  a:\n    url: http://x\n    api_key: !!int 5\n",
                 "a tagged value (`!!int`, `!!float`, ...) where text is expected",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    override: \"m1\"\n",
+                "expected a list (`- item` lines, or `[a, b]`) at line 4",
+            ),
+            (
+                "servers:\n  \"\":\n    url: http://x\n",
+                "an alias is empty",
             ),
         ];
         for (yaml, expected) in cases {
