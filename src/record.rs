@@ -36,7 +36,8 @@ pub enum Outcome {
     UpstreamError,
     /// The router answered with its own error (502 unreachable, 504 timeout, ...).
     RouterError,
-    /// The stream broke after it started (upstream reset, idle timeout).
+    /// The stream broke after it started (upstream reset, idle timeout), or shutdown's hard
+    /// stop cut an answer, streamed or whole, that was still being written.
     StreamFailed,
     /// The client went away before the answer was complete.
     ClientDisconnected,

@@ -47,8 +47,8 @@ pub struct Service {
     pub state: Arc<AppState>,
     /// Every request but a proxied `POST` (and every HTTP/2 connection).
     pub app: axum::Router,
-    /// Fired when shutdown begins: an idle connection closes at once, a busy one after the
-    /// answer it is writing.
+    /// Fired when shutdown begins: an idle connection closes at once (once a request already
+    /// in its socket is served), a busy one after the answer it is writing.
     pub draining: HardStop,
 }
 
@@ -93,9 +93,10 @@ pub async fn serve_connection(io: TcpStream, service: Arc<Service>) {
         };
         conn.served += 1;
         match conn.serve(head, &service).await {
-            Next::KeepAlive if !service.draining.is_fired() => {}
-            Next::KeepAlive | Next::Close => return conn.linger().await,
-            Next::Gone => return,
+            // Once shutdown began, the next head decides: a request already sent is served.
+            Next::KeepAlive => {}
+            Next::Close => return conn.linger().await,
+            Next::Gone | Next::Cut => return,
         }
     }
 }
@@ -107,6 +108,10 @@ enum Next {
     Close,
     /// The client went away, or the connection failed: nothing more to do.
     Gone,
+    /// Shutdown's hard stop came while the answer's write waited for the client to take more
+    /// (it stopped reading): the answer is cut and the connection dropped, rather than held
+    /// open until the send timeout.
+    Cut,
 }
 
 struct Conn {
@@ -208,7 +213,7 @@ impl Conn {
                 tokio::select! {
                     biased;
                     read = read_some(&mut self.io, &mut self.buf, 0) => read,
-                    () = &mut self.draining => return Ok(None),
+                    () = &mut self.draining => return self.head_sent_before_shutdown(&mut scanned),
                     // Nothing asked for this long: the client has forgotten the connection.
                     () = self.idle.expired() => return Ok(None),
                 }
@@ -227,7 +232,7 @@ impl Conn {
                     // No request runs until its head is whole: at shutdown the connection
                     // closes as an idle one does, rather than hold the exit for the head
                     // timeout.
-                    () = &mut self.draining => return Ok(None),
+                    () = &mut self.draining => return self.head_sent_before_shutdown(&mut scanned),
                 }
             };
             match read {
@@ -235,6 +240,37 @@ impl Conn {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Shutdown began while the connection waited for a request head: the head, when the
+    /// client's kernel buffer already holds the rest of it, else `None` (the connection
+    /// closes). A request sent before shutdown began is running and must be served; but the
+    /// lane may not have seen its bytes arrive yet (tokio learns a socket is readable only
+    /// when its reactor next runs, and the wake-up by `draining` can come first), so the
+    /// socket is read here at once, whatever tokio believes. Only at shutdown: no request
+    /// pays for it.
+    fn head_sent_before_shutdown(
+        &mut self,
+        scanned: &mut usize,
+    ) -> Result<Option<RequestHead>, HeadError> {
+        use std::io::Read as _;
+        let socket = socket2::SockRef::from(&self.io);
+        // A head is at most `MAX_HEAD_BYTES`: reading beyond it is not needed to judge it.
+        while self.buf.len() <= super::MAX_HEAD_BYTES {
+            let start = self.buf.len();
+            self.buf.resize(start + MIN_READ, 0);
+            // The socket does not block (tokio set it so): nothing there is `WouldBlock`.
+            let read = (&*socket).read(&mut self.buf[start..]);
+            let n = read.as_ref().map_or(0, |n| *n);
+            self.buf.truncate(start + n);
+            if n == 0 {
+                break;
+            }
+        }
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        parse_request(&mut self.buf, scanned, self.served == 0)
     }
 
     async fn serve(&mut self, head: RequestHead, service: &Service) -> Next {
@@ -592,9 +628,13 @@ impl Conn {
             Bytes::new()
         };
         let next = self.write_whole(out, &body, keep_alive, http10).await;
-        // A write that failed drops the delivery: the record says the client left.
-        if let (Some(delivery), false) = (delivery, matches!(next, Next::Gone)) {
-            delivery.delivered();
+        if let Some(delivery) = delivery {
+            match next {
+                // A write that failed drops the delivery: the record says the client left.
+                Next::Gone => drop(delivery),
+                Next::Cut => delivery.cut_at_shutdown(),
+                Next::KeepAlive | Next::Close => delivery.delivered(),
+            }
         }
         next
     }
@@ -607,10 +647,21 @@ impl Conn {
         http10: bool,
     ) -> Next {
         end_head(&mut out, keep_alive, http10);
-        match write_all(&self.io, &out, body, self.send_timeout).await {
+        self.send(&out, body, keep_alive).await
+    }
+
+    /// Writes `first` then `second`, and what comes of the connection then. A client that
+    /// takes nothing more when shutdown's hard stop comes has its answer cut ([`Next::Cut`]):
+    /// a whole answer of many MB to a client that stopped reading would otherwise hold the
+    /// exit open. The hard stop is looked at only while the write waits for room, so a write
+    /// the kernel takes at once costs nothing more.
+    async fn send(&mut self, first: &[u8], second: &[u8], keep_alive: bool) -> Next {
+        let stop = Some(&mut self.hard_stop);
+        match write_all_unless(&self.io, first, second, self.send_timeout, stop).await {
             Err(_) => Next::Gone,
-            Ok(()) if keep_alive => Next::KeepAlive,
-            Ok(()) => Next::Close,
+            Ok(Wrote::Stopped) => Next::Cut,
+            Ok(Wrote::All) if keep_alive => Next::KeepAlive,
+            Ok(Wrote::All) => Next::Close,
         }
     }
 
@@ -652,7 +703,7 @@ impl Conn {
                 Some(Some(Ok(data))) => {
                     if let Some(left) = &mut left {
                         let Some(less) = left.checked_sub(data.len() as u64) else {
-                            let _ = write_all(&self.io, &out, &[], self.send_timeout).await;
+                            let _ = self.send(&out, &[], false).await;
                             return Next::Gone;
                         };
                         *left = less;
@@ -662,7 +713,7 @@ impl Conn {
                 // A stream that is not SSE failed: the body is cut short, so the client sees
                 // an incomplete answer rather than a complete wrong one.
                 Some(Some(Err(_))) => {
-                    let _ = write_all(&self.io, &out, &[], self.send_timeout).await;
+                    let _ = self.send(&out, &[], false).await;
                     return Next::Gone;
                 }
                 Some(None) => {
@@ -746,16 +797,14 @@ impl Conn {
         let (chunked, keep_alive) = end_head_of_streamed_body(&mut out, keep_alive, http10);
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
-                let _ = write_all(&self.io, &out, &[], self.send_timeout).await;
+                let _ = self.send(&out, &[], false).await;
                 return Next::Gone;
             };
             if let Ok(data) = frame.into_data() {
                 push_body_data(&mut out, &data, chunked);
-                if write_all(&self.io, &out, &[], self.send_timeout)
-                    .await
-                    .is_err()
-                {
-                    return Next::Gone;
+                match self.send(&out, &[], true).await {
+                    Next::KeepAlive => {}
+                    ended => return ended,
                 }
                 out.clear();
             }
@@ -773,11 +822,7 @@ impl Conn {
         if chunked {
             out.extend_from_slice(LAST_CHUNK);
         }
-        match write_all(&self.io, &out, &[], self.send_timeout).await {
-            Err(_) => Next::Gone,
-            Ok(()) if keep_alive => Next::KeepAlive,
-            Ok(()) => Next::Close,
-        }
+        self.send(&out, &[], keep_alive).await
     }
 
     /// Closing after an answer: stop sending, then read (and drop) what the client still

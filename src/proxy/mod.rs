@@ -95,7 +95,21 @@ impl Delivery {
     pub fn delivered(mut self) {
         self.guard.finish(self.outcome);
     }
+
+    /// Shutdown's hard stop came while the client took nothing more of the answer (the
+    /// write waited for room): recorded as a stream the hard stop cuts is (`StreamFailed`,
+    /// "shutting down"), since the cut is the router's doing, not the client's leaving.
+    pub fn cut_at_shutdown(mut self) {
+        if let Some(record) = self.guard.record_mut() {
+            record.error = Some(ANSWER_CUT_AT_SHUTDOWN.to_owned());
+        }
+        self.guard.finish(Outcome::StreamFailed);
+    }
 }
+
+/// The record's error for a whole answer cut at shutdown ([`Delivery::cut_at_shutdown`]).
+const ANSWER_CUT_AT_SHUTDOWN: &str =
+    "the router is shutting down; the answer was cut (the client took nothing more of it)";
 
 /// A whole answer for hyper's side of the server: its record is handed over after hyper
 /// took the last byte, or as a disconnect when the body is dropped first. The body goes in

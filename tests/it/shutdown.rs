@@ -12,6 +12,38 @@ use crate::support::client;
 use crate::support::one_server_config;
 use crate::support::upstream::{Behavior, MockUpstream};
 
+/// The router's state, with `upstream` as its one server `mock`, recording into `recorder`.
+fn state_for(
+    upstream: &MockUpstream,
+    recorder: llmsrouter::record::Recorder,
+) -> std::sync::Arc<llmsrouter::state::AppState> {
+    use llmsrouter::state::{AppState, build_http_client};
+
+    let config =
+        llmsrouter::config::Config::parse(&one_server_config(&upstream.url(), ""), &|_| None)
+            .expect("config");
+    let client = build_http_client().expect("client");
+    std::sync::Arc::new(AppState::new(config, client, recorder).expect("state"))
+}
+
+/// A `POST /v1/chat/completions` with `body`, as raw bytes.
+fn chat_request(body: &Value) -> Vec<u8> {
+    let body = body.to_string();
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A connection to `addr` whose client takes little at a time (a 4 KiB receive buffer), so
+/// the router's writes soon wait for room once the client stops reading.
+async fn connect_small_window(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small buffer");
+    socket.connect(addr).await.expect("connect")
+}
+
 /// The status and JSON error body of an answer.
 async fn error_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
@@ -51,22 +83,11 @@ impl GracefulRouter {
         use std::sync::Arc;
 
         use llmsrouter::record::{RecordSink, Recorder};
-        use llmsrouter::state::{AppState, build_http_client};
 
-        let config =
-            llmsrouter::config::Config::parse(&one_server_config(&upstream.url(), ""), &|_| None)
-                .expect("config");
         let records = Arc::new(crate::support::Collector::default());
         let (recorder, recorder_task) =
             Recorder::start(vec![records.clone() as Arc<dyn RecordSink>]);
-        let state = Arc::new(
-            AppState::new(
-                config,
-                build_http_client().expect("client"),
-                recorder.clone(),
-            )
-            .expect("state"),
-        );
+        let state = state_for(upstream, recorder.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -326,15 +347,9 @@ async fn a_stream_whose_client_reads_nothing_is_recorded_as_cut_by_shutdown() {
     })
     .await;
     let mut router = GracefulRouter::with_grace(&upstream, Duration::from_secs(1)).await;
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("small buffer");
-    let mut tcp = socket.connect(router.addr).await.expect("connect");
-    let body = json!({"model": "[mock]m", "stream": true, "messages": []}).to_string();
-    let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut tcp = connect_small_window(router.addr).await;
+    let request = chat_request(&json!({"model": "[mock]m", "stream": true, "messages": []}));
+    tcp.write_all(&request).await.expect("write");
     crate::support::wait_until(Duration::from_secs(10), || upstream.count() == 1).await;
     router.begin_shutdown();
     let record = router.finish(1).await;
@@ -348,4 +363,129 @@ async fn a_stream_whose_client_reads_nothing_is_recorded_as_cut_by_shutdown() {
         record.error
     );
     drop(tcp);
+}
+
+/// A whole answer (not a stream: a 20 MB JSON body, a large embeddings answer) whose client
+/// read its head and then stopped reading is cut at the end of the grace period as such a
+/// stream is, rather than holding its connection open until the send timeout (60 s), and
+/// the shutdown with it; its record says the shutdown cut it, not that the client left.
+#[tokio::test]
+async fn a_whole_answer_whose_client_reads_nothing_is_recorded_as_cut_by_shutdown() {
+    let content = "a".repeat(20 << 20);
+    let answer = json!({
+        "id": "chatcmpl-large",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": "stop",
+        }],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    });
+    let upstream = MockUpstream::start(Behavior {
+        body: Some(answer.to_string()),
+        ..Default::default()
+    })
+    .await;
+    let mut router = GracefulRouter::with_grace(&upstream, Duration::from_secs(1)).await;
+    let mut tcp = connect_small_window(router.addr).await;
+    let request = chat_request(&json!({"model": "[mock]m", "messages": []}));
+    tcp.write_all(&request).await.expect("write");
+    // The head, written with the start of the body: the router is writing the answer, and
+    // the client reads nothing more of it.
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut piece = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut piece))
+            .await
+            .expect("the answer's head within 10 s")
+            .expect("read");
+        assert!(n > 0, "closed before the answer's head");
+        head.extend_from_slice(&piece[..n]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    router.begin_shutdown();
+    let record = tokio::time::timeout(Duration::from_secs(30), router.finish(1))
+        .await
+        .expect("the shutdown ended with the grace period, not at the send timeout");
+    assert_eq!(record.outcome, Outcome::StreamFailed, "{:?}", record.error);
+    assert!(
+        record
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("shutting down")),
+        "{:?}",
+        record.error
+    );
+    assert_eq!(record.status, Some(200));
+    drop(tcp);
+}
+
+/// A request whose bytes reached the router's socket before shutdown began is running (its
+/// head is whole) and is served, though the connection's task may learn of those bytes only
+/// after shutdown began: tokio sees a socket readable when its reactor next runs, and the
+/// wake-up by shutdown can come first. That moment is made here on one connection served as
+/// a lane serves it (`serve_connection`): the request is in the socket, shutdown has
+/// begun, and the connection is polled before this runtime's reactor has run.
+#[tokio::test]
+async fn a_request_already_in_the_socket_when_shutdown_begins_is_served() {
+    use std::io::Write as _;
+    use std::sync::Arc;
+
+    use llmsrouter::hard_stop::HardStop;
+    use llmsrouter::http1::server::{Service, serve_connection};
+
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let (recorder, _recorder_task) = llmsrouter::record::Recorder::start(Vec::new());
+    let state = state_for(&upstream, recorder);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client =
+        std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    server.set_nonblocking(true).expect("non-blocking");
+    let request = chat_request(&json!({"model": "[mock]m", "messages": []}));
+    client.write_all(&request).expect("write");
+    // The whole request waits in the router's socket (a peek leaves it there).
+    let mut peeked = vec![0u8; request.len() + 1];
+    crate::support::wait_until(Duration::from_secs(10), || {
+        server.peek(&mut peeked).is_ok_and(|n| n == request.len())
+    })
+    .await;
+    let service = Arc::new(Service {
+        app: llmsrouter::app::build_app(state.clone()),
+        state,
+        draining: HardStop::new(),
+    });
+    service.draining.fire();
+    let server = tokio::net::TcpStream::from_std(server).expect("register");
+    let mut serving = Box::pin(serve_connection(server, service));
+    // Its first poll, before the reactor ran: as far as tokio knows, nothing has arrived.
+    let first = futures_util::poll!(serving.as_mut());
+    // Done at once: the connection closed without serving the request (what the client
+    // then reads says so).
+    let serving = tokio::spawn(async move {
+        if first.is_pending() {
+            serving.await;
+        }
+    });
+    client.set_nonblocking(true).expect("non-blocking");
+    let mut client = tokio::net::TcpStream::from_std(client).expect("register");
+    let mut answer = Vec::new();
+    // A reset ends the read too: what came before it is the answer.
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+        .await
+        .expect("the router closed the connection within 10 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the request was not served: {answer:?}"
+    );
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.contains("Hello there"), "{answer}");
+    assert_eq!(upstream.count(), 1);
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("the connection ended")
+        .expect("task");
 }
