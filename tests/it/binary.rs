@@ -820,11 +820,6 @@ async fn assert_warned_once_per_window(router: &mut RouterProcess, code: &str, e
     router.terminate();
     let status = router.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(0), "{}", router.stderr());
-    // Every line is in once the last one ("stopped") is.
-    wait_until(Duration::from_secs(10), || {
-        router.stderr().contains("stopped")
-    })
-    .await;
     let stderr = router.stderr();
     let warnings = stderr
         .lines()
@@ -990,7 +985,7 @@ async fn a_target_refusing_stream_options_is_warned_about_once() {
         ..Default::default()
     })
     .await;
-    let router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &[]);
+    let mut router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &[]);
     let request = json!({"model": "[mock]m", "stream": true, "messages": []});
     let send = || {
         client()
@@ -1009,6 +1004,10 @@ async fn a_target_refusing_stream_options_is_warned_about_once() {
         assert_eq!(text, expected_stream(&upstream.behavior(), false));
     }
     assert_eq!(upstream.count(), 4);
+    // The whole log, once the router has exited.
+    router.terminate();
+    let status = router.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", router.stderr());
     let stderr = router.stderr();
     assert_eq!(
         stderr.matches("refused stream_options").count(),

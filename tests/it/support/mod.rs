@@ -291,6 +291,8 @@ pub struct RouterProcess {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub stderr_lines: Arc<Mutex<Vec<String>>>,
+    /// Set when the thread reading the router's stderr saw its end: every line is in.
+    stderr_read: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RouterProcess {
@@ -376,6 +378,8 @@ impl RouterProcess {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
         let sink = lines.clone();
+        let stderr_read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let read = stderr_read.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = listening_addr(&line) {
@@ -383,6 +387,7 @@ impl RouterProcess {
                 }
                 sink.lock().expect("lock").push(line);
             }
+            read.store(true, std::sync::atomic::Ordering::Release);
         });
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(addr) => addr,
@@ -399,6 +404,7 @@ impl RouterProcess {
             addr,
             dir,
             stderr_lines: lines,
+            stderr_read,
         }
     }
 
@@ -433,11 +439,18 @@ impl RouterProcess {
         assert!(status.success());
     }
 
-    /// Waits for exit with a deadline; returns the exit status.
+    /// Waits for exit with a deadline; returns the exit status. Its stderr is then read to
+    /// the end: [`Self::stderr`] holds every line it wrote (the pipe is read by a thread,
+    /// which may lag the exit).
     pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                let read = &self.stderr_read;
+                wait_until(Duration::from_secs(10), || {
+                    read.load(std::sync::atomic::Ordering::Acquire)
+                })
+                .await;
                 return status;
             }
             assert!(
