@@ -1033,8 +1033,59 @@ pub enum EventKind {
     Done,
     /// A chunk with `choices: []` and a usage object: the reply to `include_usage`.
     UsageOnly,
+    /// The last event of a format that has no `[DONE]` (see [`is_last_event`]): the answer
+    /// is complete once it is forwarded, as at `[DONE]`. Told from the event's name by the
+    /// stream tee, never returned by [`classify_event`] or [`StreamAccumulator::push_data`].
+    End,
     /// Anything else: forwarded as is.
     Other,
+}
+
+/// The last events of the formats that have no `data: [DONE]`: Anthropic's `message_stop`,
+/// the Responses API's `response.completed`, `response.incomplete` and `response.failed`.
+/// Nothing of the answer follows them (the upstream closes), so the body ends there as it does
+/// after `[DONE]`. Not the audio and image streams' end events: an image stream with `n`
+/// above 1 has one `image_generation.completed` per image.
+const LAST_EVENTS: [&[u8]; 4] = [
+    b"message_stop",
+    b"response.completed",
+    b"response.incomplete",
+    b"response.failed",
+];
+
+/// Whether `event` (whole, its `data` payload `data`) is one of [`LAST_EVENTS`]: by its
+/// `event:` name when its first line is one (Anthropic and the Responses API name every
+/// event so), else by its data's `"type"` when that is the object's first member. No JSON is
+/// parsed: a chat chunk fails at its first bytes, so this costs what `[DONE]`'s comparison
+/// does, and it is the same whether a sink records the stream or not.
+pub fn is_last_event(event: &[u8], data: &[u8]) -> bool {
+    let last = |name: &[u8]| LAST_EVENTS.contains(&name);
+    if let Some(name) = event_name(event) {
+        if last(name) {
+            return true;
+        }
+    }
+    leading_type(data).is_some_and(last)
+}
+
+/// The name an event's first line gives it (`event: message_stop`), if that line is its
+/// `event:` field.
+fn event_name(event: &[u8]) -> Option<&[u8]> {
+    let rest = event.strip_prefix(b"event:")?;
+    let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+    let end = memchr::memchr2(b'\n', b'\r', rest).unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// The value of a JSON object's `"type"` member when it is the object's first, read without
+/// parsing the rest (`{"type": "message_stop"}`). `None` when the object opens otherwise.
+fn leading_type(data: &[u8]) -> Option<&[u8]> {
+    let rest = data.trim_ascii_start().strip_prefix(b"{")?;
+    let rest = rest.trim_ascii_start().strip_prefix(b"\"type\"")?;
+    let rest = rest.trim_ascii_start().strip_prefix(b":")?;
+    let rest = rest.trim_ascii_start().strip_prefix(b"\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    Some(&rest[..end])
 }
 
 /// The [`EventKind`] of one `data:` payload without reading it into a summary, for streams
@@ -2182,6 +2233,41 @@ mod tests {
                 EventKind::Other
             };
             assert_eq!(classify_event(event.as_bytes(), false), without, "{event}");
+        }
+    }
+
+    /// The formats' last events are told by their `event:` name, or without one by a leading
+    /// `"type"`; other events, a `type` further in, and chat chunks are not.
+    #[test]
+    fn last_events_are_told_by_their_name() {
+        let last = |event: &str| {
+            let data = crate::proxy::sse::event_data(event.as_bytes()).expect("data");
+            is_last_event(event.as_bytes(), &data)
+        };
+        for event in [
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+            "event:message_stop\r\ndata: {}\r\n\r\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\"}\n\n",
+            "event: response.incomplete\ndata: {}\n\n",
+            "event: response.failed\ndata: {}\n\n",
+            "data: {\"type\":\"message_stop\"}\n\n",
+            "data:  { \"type\" : \"response.completed\", \"response\": {}}\n\n",
+            "event: message\ndata: {\"type\": \"response.failed\"}\n\n",
+        ] {
+            assert!(last(event), "{event:?}");
+        }
+        for event in [
+            "event: message_delta\ndata: {\"type\":\"message_delta\"}\n\n",
+            "event: error\ndata: {\"type\":\"error\",\"error\":{}}\n\n",
+            "event: response.output_text.done\ndata: {}\n\n",
+            "event: image_generation.completed\ndata: {}\n\n",
+            "data: {\"id\":\"c\",\"type\":\"message_stop\"}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[]}\n\n",
+            "data: [DONE]\n\n",
+            "data: {\"type\":\"message_stop_not\"}\n\n",
+            "data: {\"type\":\"message_stop\n\n",
+        ] {
+            assert!(!last(event), "{event:?}");
         }
     }
 

@@ -5,11 +5,15 @@
 //! Forwarded whole events only (an incomplete event waits for its blank line, as any SSE client
 //! would), so the router can drop the usage-only chunk it asked for and can put a keep-alive
 //! comment or a final error event between events without splitting one. The body ends right
-//! after `data: [DONE]`; what the upstream still sends after it is read off the wire in the
-//! background and discarded ([`drain_after_done`]), so its connection can be used again.
-//! Dropping this stream (client gone) drops the upstream response, which closes the upstream
-//! connection (so the upstream stops generating), and the record guard hands over a partial
-//! record.
+//! after `data: [DONE]`, or after the last event of a format that has none (Anthropic's
+//! `message_stop`, the Responses API's `response.completed`: see
+//! [`crate::usage::is_last_event`]); what the upstream still sends after it is read off the
+//! wire in the background and discarded ([`drain_after_end`]), so its connection can be used
+//! again. Dropping this stream (client gone) drops the upstream response, which closes the
+//! upstream connection (so the upstream stops generating), and the record guard hands over a
+//! partial record: unless the stream had already said how it ends (the upstream's error
+//! event, or a format's last event that does not end the body), which stays the outcome (see
+//! the `Drop` impl).
 //!
 //! A stream the router answered before its upstream sent its head ([`super::early`]) starts
 //! in that wait: keep-alive comments until the head comes, then the upstream's events as in
@@ -38,7 +42,9 @@ use crate::proxy::failure_log::FailureLog;
 use crate::proxy::sse::{EventSplitter, event_data};
 use crate::record::{Outcome, RecordGuard};
 use crate::upstream::UpstreamError;
-use crate::usage::{EventKind, StreamAccumulator, classify_event, may_be_cut_usage_chunk};
+use crate::usage::{
+    EventKind, StreamAccumulator, classify_event, is_last_event, may_be_cut_usage_chunk,
+};
 
 /// The upstream body as a stream of chunks.
 pub type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
@@ -192,7 +198,8 @@ enum State {
     /// Waiting for the upstream's head: keep-alive comments meanwhile.
     AwaitingHead,
     Streaming,
-    /// `[DONE]` forwarded or an error event sent: the next poll ends the body.
+    /// `[DONE]` or a format's last event forwarded ([`EventKind::End`]), or an error event
+    /// sent: the next poll ends the body.
     Ending,
     Ended,
 }
@@ -425,7 +432,7 @@ impl StreamTee {
                     continue;
                 }
                 event.slice(..1)
-            } else if kind == EventKind::Done && event.ends_with(b"\r\n\r") {
+            } else if ends_body(kind) && event.ends_with(b"\r\n\r") {
                 // Its blank line's "\r\n" was cut after the '\r'; the body ends before the
                 // '\n' comes, so the client gets it here, as the upstream's CRLF lines say.
                 let mut whole = BytesMut::with_capacity(event.len() + 1);
@@ -447,13 +454,14 @@ impl StreamTee {
                 }
                 (_, Some(buf)) => buf.extend_from_slice(&event),
             }
-            if kind == EventKind::Done {
-                // Anything after [DONE] is not part of the answer; the body ends here.
+            if ends_body(kind) {
+                // Anything after [DONE] (or a format's last event) is not part of the answer;
+                // the body ends here. A `response.failed` is recorded as the upstream's error.
                 let rest = self.upstream.take();
                 self.state = State::Ending;
                 self.finish(Outcome::Success, None);
                 if let Some(rest) = rest {
-                    drain_after_done(rest);
+                    drain_after_end(rest);
                 }
                 break;
             }
@@ -514,13 +522,25 @@ impl StreamTee {
         let Some(data) = event_data(event) else {
             return EventKind::Other;
         };
-        if !self.guard.is_recording() {
+        let kind = if self.guard.is_recording() {
+            self.read_into_summary(&data)
+        } else {
             // No sink reads this stream: only the forwarding decision is needed, and reading
             // every event into a summary was a third of a stream's instructions.
-            return classify_event(&data, self.settings.drop_usage_chunk);
+            classify_event(&data, self.settings.drop_usage_chunk)
+        };
+        // Told from the name alone, the same whether a sink records or not: the body ends
+        // there either way.
+        if kind == EventKind::Other && is_last_event(event, &data) {
+            return EventKind::End;
         }
+        kind
+    }
+
+    /// Reads one event's data into the record's summary; the first output is the first token.
+    fn read_into_summary(&mut self, data: &[u8]) -> EventKind {
         let had_output = self.accumulator.saw_output();
-        let kind = self.accumulator.push_data(&data);
+        let kind = self.accumulator.push_data(data);
         if !had_output && self.accumulator.saw_output() {
             if let Some(record) = self.guard.record_mut() {
                 record.first_token_at = Some(SystemTime::now());
@@ -687,16 +707,22 @@ fn anthropic_type_of(code: &str) -> &'static str {
     }
 }
 
-/// How long, and how much, [`drain_after_done`] reads before it gives the connection up.
+/// The events after which the body ends: `[DONE]`, and a format's last event.
+fn ends_body(kind: EventKind) -> bool {
+    matches!(kind, EventKind::Done | EventKind::End)
+}
+
+/// How long, and how much, [`drain_after_end`] reads before it gives the connection up.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 const DRAIN_BYTES: usize = 64 * 1024;
 
-/// Reads what an upstream sends after `[DONE]` (usually only the chunked encoding's last few
-/// bytes, a moment later) and discards it. A body read to its end hands its keep-alive
-/// connection back for the next request; one dropped early closes it, which would cost every
-/// stream a new upstream connection and leave a socket in TIME_WAIT on the router's side.
-/// An upstream that sends more than a little, or keeps the body open, loses the connection.
-fn drain_after_done(mut rest: UpstreamBody) {
+/// Reads what an upstream sends after `[DONE]` or a format's last event (usually only the
+/// chunked encoding's last few bytes, a moment later) and discards it. A body read to its end
+/// hands its keep-alive connection back for the next request; one dropped early closes it,
+/// which would cost every stream a new upstream connection and leave a socket in TIME_WAIT on
+/// the router's side. An upstream that sends more than a little, or keeps the body open,
+/// loses the connection.
+fn drain_after_end(mut rest: UpstreamBody) {
     use futures_util::StreamExt as _;
     tokio::spawn(async move {
         let drained = async {
@@ -714,9 +740,22 @@ fn drain_after_done(mut rest: UpstreamBody) {
 
 impl Drop for StreamTee {
     /// The client went away mid-stream: the record keeps what the stream carried so far;
-    /// the guard then hands it over as a disconnect.
+    /// the guard then hands it over as a disconnect. Unless the stream had already said how
+    /// it ends: an error event of the upstream's (an SDK raises on it and closes the
+    /// connection, usually before the upstream's body ends) makes it the upstream's error,
+    /// with its message, as when the body ends after it; a format's own last event that did
+    /// not end the body (an image stream's `image_generation.completed`) makes it complete,
+    /// as a reset after it does (see [`Self::fail_as`]).
     fn drop(&mut self) {
         if self.guard.record_mut().is_none() {
+            return;
+        }
+        if self.accumulator.saw_end() {
+            self.finish_as(Outcome::Success, None, true);
+            return;
+        }
+        if let Some(reported) = self.accumulator.summary().error.clone() {
+            self.finish_as(Outcome::UpstreamError, Some(reported), false);
             return;
         }
         let mut summary = std::mem::take(&mut self.accumulator).into_summary();

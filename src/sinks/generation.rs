@@ -660,9 +660,20 @@ fn cost_details(cost: f64) -> String {
 }
 
 /// The status message of a stream the upstream closed early, cleanly (see
-/// [`RequestRecord::usage_partial`]).
-const UNTERMINATED: &str =
-    "the upstream closed the stream before data: [DONE] and its usage; token counts unknown";
+/// [`RequestRecord::usage_partial`]): it names the end marker of the endpoint's format, the
+/// event that would have brought the usage.
+fn unterminated(endpoint: &str) -> String {
+    let marker = match endpoint {
+        "/messages" => "message_stop",
+        "/responses" => "response.completed",
+        "/audio/speech" => "speech.audio.done",
+        "/audio/transcriptions" => "transcript.text.done",
+        "/images/generations" => "image_generation.completed",
+        "/images/edits" => "image_edit.completed",
+        _ => "data: [DONE]",
+    };
+    format!("the upstream closed the stream before {marker} and its usage; token counts unknown")
+}
 
 fn level_of(record: &RequestRecord) -> (Level, Option<String>) {
     let error = || {
@@ -674,7 +685,7 @@ fn level_of(record: &RequestRecord) -> (Level, Option<String>) {
     match record.outcome {
         // Every byte reached the client, but what the request cost is unknown.
         Outcome::Success if record.usage_partial() => {
-            (Level::Warning, Some(UNTERMINATED.to_owned()))
+            (Level::Warning, Some(unterminated(&record.endpoint)))
         }
         Outcome::Success => (Level::Default, None),
         // The client chose to leave; nothing failed upstream or in the router.
@@ -915,7 +926,25 @@ mod tests {
         r.first_token_at = Some(SystemTime::now());
         let g = build(&r, &Redactor::default(), 1 << 20);
         assert_eq!(g.level, Level::Warning);
-        assert_eq!(g.status_message.as_deref(), Some(UNTERMINATED));
+        assert_eq!(
+            g.status_message.as_deref(),
+            Some(
+                "the upstream closed the stream before data: [DONE] and its usage; token counts unknown"
+            )
+        );
+        for (endpoint, marker) in [
+            ("/messages", "message_stop"),
+            ("/responses", "response.completed"),
+        ] {
+            r.endpoint = endpoint.into();
+            let g = build(&r, &Redactor::default(), 1 << 20);
+            let message = g.status_message.expect("a warning");
+            assert!(
+                message.contains(&format!(" before {marker} and its usage")),
+                "{message}"
+            );
+            assert!(!message.contains("[DONE]"), "{message}");
+        }
         r.response.usage = Some(Default::default());
         let g = build(&r, &Redactor::default(), 1 << 20);
         assert_eq!(g.level, Level::Default, "its usage came: nothing unknown");

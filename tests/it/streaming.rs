@@ -297,7 +297,8 @@ async fn upstream_reset_mid_stream_ends_with_one_error_event() {
     router.stop().await;
 }
 
-/// An Anthropic-style event (`event: <type>` before its data), as `/v1/messages` streams.
+/// An Anthropic-style event (`event: <type>` before its data), as `/v1/messages` streams (and
+/// the Responses API).
 fn anthropic_event(data: &serde_json::Value) -> Vec<u8> {
     let name = data["type"].as_str().expect("typed event");
     format!("event: {name}\ndata: {data}\n\n").into_bytes()
@@ -448,6 +449,241 @@ async fn the_body_ends_right_after_done() {
     assert!(!text.contains("after"));
     let record = router.records.nth(1).await;
     assert_eq!(record.outcome, Outcome::Success);
+    router.stop().await;
+}
+
+/// Reads `response` until `marker` has arrived (panics if it does not within 10 s), then
+/// drops it, as an SDK that stops at an event and closes the connection does: what came.
+async fn read_until_and_leave(response: reqwest::Response, marker: &str) -> String {
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    let read = async {
+        while !seen.contains(marker) {
+            let piece = body.next().await.expect("more").expect("a piece");
+            seen.push_str(&String::from_utf8_lossy(&piece));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap_or_else(|_| panic!("{marker:?} arrived"));
+    drop(body);
+    seen
+}
+
+/// A stream request to `path` in the shape its format wants.
+async fn post_stream(router: &TestRouter, path: &str) -> reqwest::Response {
+    let response = client()
+        .post(router.url(path))
+        .json(
+            &json!({"model": "[mock]m", "stream": true, "max_tokens": 5, "input": "hi",
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    response
+}
+
+/// A stream in a format without `[DONE]`, ending with its own last event: the path, the
+/// events, and the record's outcome and error.
+struct EndedStream {
+    path: &'static str,
+    events: Vec<Vec<u8>>,
+    outcome: Outcome,
+    error: Option<&'static str>,
+}
+
+fn streams_ended_by_their_last_event() -> Vec<EndedStream> {
+    let anthropic = vec![
+        anthropic_event(&json!({"type": "message_start", "message": {"id": "msg_1",
+            "model": "claude-x", "usage": {"input_tokens": 5, "output_tokens": 1}}})),
+        anthropic_event(&json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "Hi"}})),
+        anthropic_event(
+            &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": 2}}),
+        ),
+        anthropic_event(&json!({"type": "message_stop"})),
+    ];
+    let responses = |last: &str, status: &str, error: serde_json::Value| {
+        vec![
+            anthropic_event(
+                &json!({"type": "response.created", "response": {"id": "resp_1",
+                "model": "m", "status": "in_progress", "output": []}}),
+            ),
+            anthropic_event(&json!({"type": "response.output_text.delta", "delta": "Hi"})),
+            anthropic_event(
+                &json!({"type": last, "response": {"id": "resp_1", "model": "m",
+                "status": status, "error": error, "usage": {"input_tokens": 5,
+                "output_tokens": 1, "total_tokens": 6}}}),
+            ),
+        ]
+    };
+    let failed = json!({"code": "server_error", "message": "The model failed"});
+    let stream = |path, events, outcome, error| EndedStream {
+        path,
+        events,
+        outcome,
+        error,
+    };
+    vec![
+        stream("/v1/messages", anthropic, Outcome::Success, None),
+        stream(
+            "/v1/responses",
+            responses("response.completed", "completed", serde_json::Value::Null),
+            Outcome::Success,
+            None,
+        ),
+        stream(
+            "/v1/responses",
+            responses("response.incomplete", "incomplete", serde_json::Value::Null),
+            Outcome::Success,
+            None,
+        ),
+        stream(
+            "/v1/responses",
+            responses("response.failed", "failed", failed),
+            Outcome::UpstreamError,
+            Some("The model failed"),
+        ),
+    ]
+}
+
+/// Anthropic's `message_stop` and the Responses API's `response.completed`, `incomplete`
+/// and `failed` end their answer as `[DONE]` does: the body ends right after them, though
+/// the upstream holds its connection open, and a client that leaves as soon as the event
+/// came (an SDK stopping at it) leaves the record the stream ended with (complete, its
+/// usage; `response.failed` the upstream's error), not a disconnect. With every sink off
+/// the body ends there too.
+#[tokio::test]
+async fn the_body_ends_right_after_a_formats_last_event() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let unrecorded = TestRouter::start_unrecorded(&one_server_config(&upstream.url(), "")).await;
+    let mut n = 0;
+    for stream in streams_ended_by_their_last_event() {
+        let path = stream.path;
+        upstream.set(Behavior {
+            raw_chunks: Some(stream.events.clone()),
+            // Junk after the last event on a connection that stays open.
+            linger_after_done: Some(Duration::from_secs(30)),
+            ..Default::default()
+        });
+        let last = String::from_utf8_lossy(stream.events.last().expect("events")).into_owned();
+        let check_record = |record: &llmsrouter::record::RequestRecord| {
+            assert_eq!(record.outcome, stream.outcome, "{path}: {:?}", record.error);
+            assert_eq!(record.error.as_deref(), stream.error, "{path}");
+            assert!(record.complete && !record.usage_partial(), "{path}");
+            assert_eq!(record.response.content, "Hi", "{path}");
+        };
+        read_until_and_leave(post_stream(&router, path).await, &last).await;
+        n += 1;
+        check_record(&*router.records.nth(n).await);
+        for router in [&router, &unrecorded] {
+            let response = post_stream(router, path).await;
+            let (_, text) = tokio::time::timeout(Duration::from_secs(10), read_timed(response))
+                .await
+                .unwrap_or_else(|_| panic!("{path}: the body ended at {last:?}"));
+            assert_eq!(text.as_bytes(), stream.events.concat(), "{path}");
+        }
+        n += 1;
+        check_record(&*router.records.nth(n).await);
+    }
+    assert!(unrecorded.records.all().is_empty());
+    unrecorded.stop().await;
+    router.stop().await;
+}
+
+/// An upstream's error event mid-stream (Anthropic's `event: error`, a chat chunk
+/// `{"error": {...}}`, the Responses API's `error`), the upstream holding its connection
+/// open after it: a client that leaves as soon as it came (the SDKs raise on it and close)
+/// leaves the upstream's error as the outcome, with its message, not a disconnect.
+#[tokio::test]
+async fn a_client_leaving_after_an_upstream_error_event_leaves_the_upstreams_error() {
+    let anthropic = vec![
+        anthropic_event(&json!({"type": "message_start", "message": {"id": "msg_1",
+            "model": "claude-x", "usage": {"input_tokens": 5, "output_tokens": 1}}})),
+        anthropic_event(&json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "Par"}})),
+        anthropic_event(&json!({"type": "error",
+            "error": {"type": "overloaded_error", "message": "Overloaded"}})),
+    ];
+    let chat = vec![
+        content_chunk("m", 0, 2).into_bytes(),
+        b"data: {\"error\":{\"message\":\"Provider returned error\",\"code\":502}}\n\n".to_vec(),
+    ];
+    let responses = vec![
+        anthropic_event(
+            &json!({"type": "response.created", "response": {"id": "resp_1",
+            "model": "m", "status": "in_progress", "output": []}}),
+        ),
+        anthropic_event(&json!({"type": "response.output_text.delta", "delta": "Par"})),
+        anthropic_event(&json!({"type": "error", "code": "server_error",
+            "message": "mid-stream boom", "param": null})),
+    ];
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let cases = [
+        ("/v1/messages", anthropic, "Overloaded"),
+        ("/v1/chat/completions", chat, "Provider returned error"),
+        ("/v1/responses", responses, "mid-stream boom"),
+    ];
+    for (n, (path, events, message)) in cases.into_iter().enumerate() {
+        upstream.set(Behavior {
+            raw_chunks: Some(events.clone()),
+            linger_after_done: Some(Duration::from_secs(30)),
+            ..Default::default()
+        });
+        let last = String::from_utf8_lossy(events.last().expect("events")).into_owned();
+        let seen = read_until_and_leave(post_stream(&router, path).await, &last).await;
+        assert_eq!(
+            seen.as_bytes(),
+            events.concat(),
+            "{path}: relayed as it came"
+        );
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::UpstreamError, "{path}");
+        assert_eq!(record.error.as_deref(), Some(message), "{path}");
+        assert_eq!(record.status, Some(200), "{path}");
+        assert!(!record.complete && record.usage_partial(), "{path}");
+    }
+    router.stop().await;
+}
+
+/// A speech event stream's `speech.audio.done` does not end the body (only the chat, Anthropic
+/// and Responses formats' last events do), but it ends the answer: a client that leaves right
+/// after it, the upstream holding its connection open, leaves a complete record with its
+/// usage, as a reset after it does, not a disconnect.
+#[tokio::test]
+async fn a_client_leaving_after_a_speech_streams_done_event_leaves_a_complete_record() {
+    let done = "data: {\"type\":\"speech.audio.done\",\"usage\":{\"input_tokens\":3,\"output_tokens\":9,\"total_tokens\":12}}\n\n";
+    let upstream = MockUpstream::start(Behavior {
+        stream_unasked: true,
+        raw_chunks: Some(vec![
+            b"data: {\"type\":\"speech.audio.delta\",\"audio\":\"AAA\"}\n\n".to_vec(),
+            done.as_bytes().to_vec(),
+        ]),
+        linger_after_done: Some(Duration::from_secs(30)),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = client()
+        .post(router.url("/v1/audio/speech"))
+        .json(
+            &json!({"model": "[mock]tts", "voice": "alloy", "input": "hello",
+            "stream_format": "sse"}),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    read_until_and_leave(response, done).await;
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success, "{:?}", record.error);
+    assert!(record.complete && !record.usage_partial());
+    assert_eq!(record.response.usage.as_ref().map(|u| u.total), Some(12));
     router.stop().await;
 }
 

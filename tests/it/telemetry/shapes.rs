@@ -126,8 +126,8 @@ impl Setup {
             let row = conn
                 .query_row(
                     "SELECT input_tokens, output_tokens, cached_tokens, cache_creation_tokens, \
-                 usage_known, usage_partial, response_model, ttft_ms, total_tokens \
-                 FROM usage_ledger WHERE request_id = ?1",
+                 usage_known, usage_partial, response_model, ttft_ms, total_tokens, outcome, \
+                 error FROM usage_ledger WHERE request_id = ?1",
                     [request_id],
                     |r| {
                         Ok(LedgerRow {
@@ -137,6 +137,8 @@ impl Setup {
                             response_model: r.get(6)?,
                             ttft_ms: r.get(7)?,
                             total_tokens: r.get(8)?,
+                            outcome: r.get(9)?,
+                            error: r.get(10)?,
                         })
                     },
                 )
@@ -204,6 +206,8 @@ struct LedgerRow {
     response_model: Option<String>,
     ttft_ms: Option<i64>,
     total_tokens: i64,
+    outcome: String,
+    error: Option<String>,
 }
 
 /// One SSE event with an `event:` line, as Anthropic sends them.
@@ -492,6 +496,117 @@ async fn a_stream_broken_after_its_own_last_event_is_complete() {
         assert!(record.complete && !record.usage_partial(), "{path}");
         assert!(record.response.usage.is_some(), "{path}");
     }
+}
+
+/// A `/v1/messages` or `/v1/responses` stream the upstream closes cleanly after generating,
+/// before its last event and usage: Langfuse's warning names that event (`message_stop`,
+/// `response.completed`), not `[DONE]`, which these formats do not have.
+#[tokio::test]
+async fn a_stream_closed_before_its_last_event_names_it_in_the_warning() {
+    let setup = Setup::start().await;
+    let anthropic = vec![
+        named_event(&json!({"type": "message_start", "message": {"id": "msg_4",
+            "model": "claude-r", "usage": {"input_tokens": 12, "output_tokens": 1}}})),
+        named_event(&json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "Bon"}})),
+    ];
+    let responses = vec![
+        named_event(
+            &json!({"type": "response.created", "response": {"id": "resp_4",
+            "model": "m", "status": "in_progress", "output": []}}),
+        ),
+        named_event(&json!({"type": "response.output_text.delta", "delta": "Hi"})),
+    ];
+    for (path, chunks, marker) in [
+        ("/v1/messages", anthropic, "message_stop"),
+        ("/v1/responses", responses, "response.completed"),
+    ] {
+        setup.upstream.set(Behavior {
+            raw_chunks: Some(chunks),
+            ..Default::default()
+        });
+        let (id, _) = setup
+            .post(
+                path,
+                &json!({"model": "[mock]m", "stream": true, "messages": []}),
+            )
+            .await;
+        let span = setup.otlp.span_of(&id).await.span;
+        assert_eq!(
+            str_attr(&span, "langfuse.observation.level"),
+            Some("WARNING")
+        );
+        assert_eq!(
+            str_attr(&span, "langfuse.observation.status_message"),
+            Some(
+                format!(
+                    "the upstream closed the stream before {marker} and its usage; \
+                     token counts unknown"
+                )
+                .as_str()
+            ),
+            "{path}"
+        );
+    }
+}
+
+/// A client that leaves right after the upstream's error event (the Anthropic SDK raises on
+/// `event: error` and closes the connection) while the upstream holds its connection open:
+/// every sink has the upstream's error with its message (Langfuse at ERROR, the request
+/// log, the ledger, so `llmsrouter usage` counts it), not a client that left.
+#[tokio::test]
+async fn a_client_leaving_after_an_upstream_error_event_leaves_the_error_in_every_sink() {
+    use futures_util::StreamExt as _;
+    let setup = Setup::start().await;
+    let error = named_event(&json!({"type": "error",
+        "error": {"type": "overloaded_error", "message": "Overloaded"}}));
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(vec![
+            named_event(&json!({"type": "message_start", "message": {"id": "msg_5",
+                "model": "claude-r", "usage": {"input_tokens": 12, "output_tokens": 1}}})),
+            error.clone(),
+        ]),
+        linger_after_done: Some(std::time::Duration::from_secs(30)),
+        ..Default::default()
+    });
+    let response = client()
+        .post(setup.router.url("/v1/messages"))
+        .json(
+            &json!({"model": "[mock]claude-r", "stream": true, "max_tokens": 5,
+            "messages": []}),
+        )
+        .send()
+        .await
+        .expect("send");
+    let id = request_id(&response);
+    let mut body = response.bytes_stream();
+    let error = String::from_utf8(error).expect("utf8");
+    let mut seen = String::new();
+    let read = async {
+        while !seen.contains(&error) {
+            let piece = body.next().await.expect("more").expect("a piece");
+            seen.push_str(&String::from_utf8_lossy(&piece));
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("the error event came");
+    drop(body);
+    let span = setup.otlp.span_of(&id).await.span;
+    assert_eq!(str_attr(&span, "langfuse.observation.level"), Some("ERROR"));
+    assert_eq!(
+        str_attr(&span, "langfuse.observation.status_message"),
+        Some("Overloaded")
+    );
+    let (row, line) = setup.stop_and_read(&id).await;
+    assert_eq!(
+        (row.outcome.as_str(), row.error.as_deref()),
+        ("upstream_error", Some("Overloaded"))
+    );
+    assert_eq!(
+        (&line["outcome"], &line["error"]),
+        (&json!("upstream_error"), &json!("Overloaded"))
+    );
 }
 
 /// A whole Anthropic message: its content blocks are the output (text, thinking, tool
