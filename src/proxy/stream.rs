@@ -572,6 +572,15 @@ impl StreamTee {
             self.finish_as(Outcome::Success, None, true);
             return Ok(Bytes::new());
         }
+        if let Some(reported) = self.accumulator.summary().error.clone() {
+            // The upstream had already sent its own error event, relayed to the client: what
+            // broke after it (a reset, silence) is that failed stream ending. Recorded as the
+            // upstream's error, with its message (the provider's reason, not the router's
+            // "reset"), and the client, which has that event, gets no second one.
+            self.state = State::Ending;
+            self.finish_as(Outcome::UpstreamError, Some(reported), false);
+            return Ok(Bytes::new());
+        }
         let failures = &self.failures;
         failures.log.warn(&failures.request_id, code, &message);
         if !self.settings.sse {

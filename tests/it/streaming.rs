@@ -651,6 +651,49 @@ async fn a_client_leaving_after_an_upstream_error_event_leaves_the_upstreams_err
     router.stop().await;
 }
 
+/// An upstream that resets its connection after its own error event: the record keeps the
+/// provider's message as the upstream's error (not the router's "reset"), and the client,
+/// which got that event, gets no second error event from the router.
+#[tokio::test]
+async fn a_reset_after_an_upstream_error_event_keeps_the_upstreams_error() {
+    let anthropic = vec![
+        anthropic_event(&json!({"type": "message_start", "message": {"id": "msg_1",
+            "model": "claude-x", "usage": {"input_tokens": 5, "output_tokens": 1}}})),
+        anthropic_event(&json!({"type": "error",
+            "error": {"type": "overloaded_error", "message": "Overloaded"}})),
+    ];
+    let chat = vec![
+        content_chunk("m", 0, 2).into_bytes(),
+        b"data: {\"error\":{\"message\":\"Provider returned error\",\"code\":502}}\n\n".to_vec(),
+    ];
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let cases = [
+        ("/v1/messages", anthropic, "Overloaded"),
+        ("/v1/chat/completions", chat, "Provider returned error"),
+    ];
+    for (n, (path, events, message)) in cases.into_iter().enumerate() {
+        let sent = events.len();
+        let mut chunks = events.clone();
+        // Never sent: the connection is cut where it would go.
+        chunks.push(b"data: {}\n\n".to_vec());
+        upstream.set(Behavior {
+            raw_chunks: Some(chunks),
+            abort_after: Some(sent),
+            // Each event goes out on its own, the cut after them.
+            chunk_delay: Duration::from_millis(20),
+            ..Default::default()
+        });
+        let text = post_stream(&router, path).await.text().await.expect("body");
+        let sent = String::from_utf8(events.concat()).expect("UTF-8");
+        assert_eq!(text, sent, "{path}: nothing added");
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::UpstreamError, "{path}");
+        assert_eq!(record.error.as_deref(), Some(message), "{path}");
+    }
+    router.stop().await;
+}
+
 /// A speech event stream's `speech.audio.done` does not end the body (only the chat, Anthropic
 /// and Responses formats' last events do), but it ends the answer: a client that leaves right
 /// after it, the upstream holding its connection open, leaves a complete record with its
