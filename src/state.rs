@@ -92,12 +92,13 @@ impl AppState {
     }
 }
 
-/// The upstream client: connect timeout, no total timeout (each request sets its own), no
+/// The upstream client: connect timeout (or the request's `timeout_secs`, if shorter: see
+/// [`crate::upstream::ConnectLimitLayer`]), no total timeout (each request sets its own), no
 /// redirects followed (a 3xx goes back to the client as the upstream sent it), no automatic
 /// decompression (bodies pass through as sent).
 pub fn build_http_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connector_layer(crate::upstream::ConnectLimitLayer)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         .tcp_keepalive(Duration::from_secs(30))

@@ -1083,7 +1083,7 @@ pub fn describe_reqwest_error(error: &reqwest::Error) -> String {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         let text = cause.to_string();
-        if !parts.contains(&text) {
+        if !crate::upstream::is_client_wrapper(cause) && !parts.contains(&text) {
             parts.push(text);
         }
         source = cause.source();

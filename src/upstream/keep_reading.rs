@@ -19,6 +19,12 @@
 //! write that waits [`SEND_TIMEOUT`] without room fails instead (as the plain-HTTP client's
 //! does), and the connection closes. That holds for HTTP/2 connections too, whose peer, not
 //! reading its socket for that long, cannot be reading anything (pings, window updates).
+//!
+//! A read that fails (the connection reset, a TLS session ended without `close_notify`) before
+//! the request was written whole, or on an HTTP/2 connection (where that cannot be told), is
+//! marked ([`cut_request`]), as is a held write's error: an upstream that ended the
+//! connection unanswered is then not said to have had the request (see
+//! `UpstreamError::from_direct`).
 
 use std::future::Future as _;
 use std::io::{self, IoSlice};
@@ -28,7 +34,7 @@ use std::time::Duration;
 
 use hyper_util::client::legacy::connect::{Connected, Connection};
 
-use super::closed_by_upstream;
+use super::{closed_by_upstream, ended_by_upstream};
 use crate::state::SEND_TIMEOUT;
 
 /// How long a write that found the connection closed waits before it fails: time enough to
@@ -45,6 +51,13 @@ pub struct KeepReading<T> {
     /// The last write (or flush) waited for room and has not made progress since: the timer
     /// runs on from when that wait began.
     waiting: bool,
+    /// Bytes were written since the last flush that completed. hyper's HTTP/1 client flushes
+    /// only once it has handed over all it holds, so while this is false, all of the request
+    /// hyper had is with the connection.
+    unflushed: bool,
+    /// HTTP/2: a flush says nothing of a request's body, which may wait in h2's buffers for
+    /// the upstream's window, so no read error tells of a request written whole.
+    multiplexed: bool,
 }
 
 struct Failed {
@@ -53,13 +66,28 @@ struct Failed {
     until: Pin<Box<tokio::time::Sleep>>,
 }
 
+/// The error of a connection whose request may not have been written whole when it ended
+/// (see the module): its words kept, its kind made `Other`, so that it does not read as an
+/// upstream that ended the connection once it had the request (a reset, an unexpected end).
+/// The kind, not a type of error, says it: h2 rebuilds an error from its kind and words.
+fn cut_request(error: io::Error) -> io::Error {
+    if ended_by_upstream(&error) {
+        io::Error::other(error)
+    } else {
+        error
+    }
+}
+
 impl<T> KeepReading<T> {
-    pub fn new(inner: T) -> Self {
+    /// `multiplexed`: the connection speaks HTTP/2.
+    pub fn new(inner: T, multiplexed: bool) -> Self {
         Self {
             inner,
             failed: None,
             stall: None,
             waiting: false,
+            unflushed: false,
+            multiplexed,
         }
     }
 
@@ -78,7 +106,7 @@ impl<T> KeepReading<T> {
             .error
             .take()
             .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into());
-        Poll::Ready(Err(error))
+        Poll::Ready(Err(cut_request(error)))
     }
 
     /// A write's poll: a result is held when the upstream closed the connection (see
@@ -147,7 +175,14 @@ impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for KeepReading<T> {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Err(error))
+                if self.unflushed || self.multiplexed || self.failed.is_some() =>
+            {
+                Poll::Ready(Err(cut_request(error)))
+            }
+            poll => poll,
+        }
     }
 }
 
@@ -161,7 +196,9 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for KeepReading<T> {
             return self.poll_failed(cx);
         }
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.settle(cx, poll)
+        let poll = self.settle(cx, poll);
+        self.unflushed |= matches!(poll, Poll::Ready(Ok(n)) if n > 0);
+        poll
     }
 
     fn poll_write_vectored(
@@ -173,7 +210,9 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for KeepReading<T> {
             return self.poll_failed(cx);
         }
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.settle(cx, poll)
+        let poll = self.settle(cx, poll);
+        self.unflushed |= matches!(poll, Poll::Ready(Ok(n)) if n > 0);
+        poll
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -185,7 +224,11 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for KeepReading<T> {
             return self.poll_failed(cx);
         }
         let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.settle(cx, poll)
+        let poll = self.settle(cx, poll);
+        if let Poll::Ready(Ok(())) = poll {
+            self.unflushed = false;
+        }
+        poll
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -219,7 +262,7 @@ mod tests {
         let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         // Accepted and held, never read.
         let (_peer, _) = listener.accept().await.expect("accept");
-        let mut io = KeepReading::new(hyper_util::rt::TokioIo::new(client));
+        let mut io = KeepReading::new(hyper_util::rt::TokioIo::new(client), false);
         let chunk = vec![b'x'; 1 << 20];
         let started = tokio::time::Instant::now();
         let failed = tokio::time::timeout(SEND_TIMEOUT * 2, async {

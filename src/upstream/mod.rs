@@ -85,19 +85,102 @@ impl tower_service::Service<http::Uri> for Connector {
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let connecting = self.inner.call(uri);
-        let timeout = self.timeout;
+        let limits = ConnectLimits::now(self.timeout);
         Box::pin(async move {
-            match tokio::time::timeout(timeout, connecting).await {
-                Ok(connected) => connected.map(KeepReading::new),
-                Err(_) => Err(Box::new(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "no connection within {} s (the connect timeout, TLS handshake included)",
-                        timeout.as_secs()
-                    ),
-                )) as BoxError),
-            }
+            let connected = limits.apply(connecting).await?;
+            let multiplexed = match &connected {
+                hyper_rustls::MaybeHttpsStream::Https(tls) => {
+                    tls.inner().get_ref().1.alpn_protocol() == Some(b"h2")
+                }
+                hyper_rustls::MaybeHttpsStream::Http(_) => false,
+            };
+            Ok(KeepReading::new(connected, multiplexed))
         })
+    }
+}
+
+tokio::task_local! {
+    /// The exchange's limit while a request is sent by a client that connects on its own
+    /// (hyper's pool for TLS upstreams, reqwest): their connectors run on the request's task
+    /// when it needs a new connection, and read it there ([`ConnectLimits::now`]).
+    static EXCHANGE: Within;
+}
+
+/// When a new connection must be made by: the connect timeout, or the exchange's deadline
+/// ([`EXCHANGE`], when connecting for one) if that comes first, so that a `timeout_secs`
+/// that runs out while connecting is said to be the connection, as for plain-HTTP upstreams.
+struct ConnectLimits {
+    timeout: Duration,
+    exchange: Option<Within>,
+}
+
+impl ConnectLimits {
+    fn now(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            exchange: EXCHANGE.try_with(|within| *within).ok(),
+        }
+    }
+
+    /// `connecting`, given up at the first limit with an error that names it.
+    async fn apply<T, E: Into<BoxError>>(
+        self,
+        connecting: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, BoxError> {
+        let by = tokio::time::Instant::now() + self.timeout;
+        let exchange = self.exchange.filter(|within| within.deadline < by);
+        let deadline = exchange.map_or(by, |within| within.deadline);
+        let Ok(connected) = tokio::time::timeout_at(deadline, connecting).await else {
+            let limit = match exchange {
+                Some(within) => format!("{} s (timeout_secs)", within.timeout.as_secs_f64()),
+                None => format!(
+                    "{} s (the connect timeout, TLS handshake included)",
+                    self.timeout.as_secs_f64()
+                ),
+            };
+            return Err(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {limit}"),
+            )));
+        };
+        connected.map_err(Into::into)
+    }
+}
+
+/// The layer reqwest's connector gets ([`crate::state::build_http_client`]) in place of its
+/// `connect_timeout`: the same limits as the router's own connections, and the same words.
+#[derive(Clone, Copy)]
+pub struct ConnectLimitLayer;
+
+impl<S> tower_layer::Layer<S> for ConnectLimitLayer {
+    type Service = ConnectLimited<S>;
+
+    fn layer(&self, inner: S) -> ConnectLimited<S> {
+        ConnectLimited(inner)
+    }
+}
+
+/// reqwest's connector, each new connection bounded by [`ConnectLimits`].
+#[derive(Clone)]
+pub struct ConnectLimited<S>(S);
+
+impl<S, R> tower_service::Service<R> for ConnectLimited<S>
+where
+    S: tower_service::Service<R, Error = BoxError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let connecting = self.0.call(request);
+        Box::pin(ConnectLimits::now(CONNECT_TIMEOUT).apply(connecting))
     }
 }
 
@@ -105,8 +188,8 @@ impl tower_service::Service<http::Uri> for Connector {
 /// was, for the message. A new connection to a plain-HTTP upstream that is not made by then
 /// fails as a connect timeout naming it, a moment before the caller's own timer (the same
 /// deadline: the exchange is polled first), so the client is told the connection could not
-/// be made, not that an upstream it never reached did not answer. (hyper's pool, for TLS
-/// upstreams, connects on its own: there the caller's timer says it.)
+/// be made, not that an upstream it never reached did not answer. So does one to a TLS
+/// upstream or one reqwest makes (see [`ConnectLimits`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Within {
     pub deadline: tokio::time::Instant,
@@ -215,9 +298,11 @@ impl UpstreamError {
             {
                 unreadable = true;
             }
-            let text = cause.to_string();
-            if !parts.iter().any(|p| p.contains(&text)) {
-                parts.push(text);
+            if !is_client_wrapper(cause) {
+                let text = cause.to_string();
+                if !parts.iter().any(|p| p.contains(&text)) {
+                    parts.push(text);
+                }
             }
             next = cause.source();
         }
@@ -228,6 +313,55 @@ impl UpstreamError {
             had_request: false,
             description: join_causes(parts),
         }
+    }
+
+    /// A request hyper's pool (TLS upstreams) could not get an answer to. A connection the
+    /// upstream ended (closed, reset, its TLS session cut) before a byte of answer, once it
+    /// had the whole request, is said as the plain-HTTP client says it
+    /// ([`plain::PlainError::ClosedAfterRequest`]): a connection made, a request written whole
+    /// ([`keep_reading`] marks the errors of one that was not, and all over HTTP/2, where it
+    /// cannot be told), and nothing of an answer parsed.
+    fn from_direct(error: &hyper_util::client::legacy::Error) -> Self {
+        let described = Self::from_hyper(error);
+        if error.is_connect() || described.timeout || described.unreadable {
+            return described;
+        }
+        match ended_after_request(error) {
+            Some(ended) => Self {
+                had_request: true,
+                description: ended.to_string(),
+                ..described
+            },
+            None => described,
+        }
+    }
+
+    /// A request reqwest could not get an answer to: as [`Self::from_direct`], but reqwest's
+    /// connections do not say whether a failed read came before the request was written
+    /// whole, so only a connection that closed cleanly (hyper's "connection closed before
+    /// message completed") counts as one the upstream had the request on: hyper fails the
+    /// request as soon as a write fails, and a clean close with part of the request unread
+    /// would have been a reset.
+    fn from_reqwest_send(error: &reqwest::Error) -> Self {
+        let described = Self::from_reqwest(error);
+        if error.is_connect() || described.timeout {
+            return described;
+        }
+        let mut next = std::error::Error::source(error);
+        while let Some(cause) = next {
+            if cause
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_incomplete_message)
+            {
+                return Self {
+                    had_request: true,
+                    description: plain::PlainError::ClosedAfterRequest.to_string(),
+                    ..described
+                };
+            }
+            next = cause.source();
+        }
+        described
     }
 
     /// A request that could not go out at all.
@@ -281,6 +415,45 @@ fn closed_by_upstream(error: &std::io::Error) -> bool {
         error.kind(),
         ErrorKind::BrokenPipe | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
     )
+}
+
+/// hyper-util's client error, when it only wraps its cause ("client error (Connect)"): said
+/// in no message, so the client reads the same words whichever client failed.
+pub(crate) fn is_client_wrapper(cause: &(dyn std::error::Error + 'static)) -> bool {
+    cause.is::<hyper_util::client::legacy::Error>() && cause.source().is_some()
+}
+
+/// How the connection of a request written whole ended before a byte of answer, in the
+/// plain-HTTP client's words: hyper's "connection closed before message completed", a TLS
+/// session ended without `close_notify`, or a reset; `None` for any other failure (and one
+/// [`keep_reading`] marked is another).
+fn ended_after_request(error: &(dyn std::error::Error + 'static)) -> Option<plain::PlainError> {
+    let mut ended = None;
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::UnexpectedEof {
+                ended.get_or_insert(plain::PlainError::ClosedAfterRequest);
+            } else if closed_by_upstream(io) {
+                let reset = std::io::Error::new(io.kind(), io.to_string());
+                ended.get_or_insert(plain::PlainError::ResetAfterRequest(reset));
+            }
+        }
+        if cause
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            ended.get_or_insert(plain::PlainError::ClosedAfterRequest);
+        }
+        next = cause.source();
+    }
+    ended
+}
+
+/// Whether a read or write failed because the upstream ended the connection: closed it
+/// ([`closed_by_upstream`]) or, over TLS, ended the session without `close_notify`.
+fn ended_by_upstream(error: &std::io::Error) -> bool {
+    closed_by_upstream(error) || error.kind() == std::io::ErrorKind::UnexpectedEof
 }
 
 fn join_causes(parts: Vec<String>) -> String {
@@ -447,15 +620,20 @@ impl UpstreamClient {
                 headers,
                 body,
             } => {
-                return self.send_fallback(method, &url, headers, body).await;
+                let sending = self.send_fallback(method, &url, headers, body);
+                return EXCHANGE.scope(within, sending).await;
             }
             Route::Direct(request) => request,
         };
         let pool = &self.direct[crate::lanes::current() % self.direct.len()];
-        let response = pool
-            .request(request)
-            .await
-            .map_err(|e| UpstreamError::from_hyper(&e))?;
+        // Only a `timeout_secs` no longer than the connect timeout can run out while
+        // connecting: only then does the pool's connector need it.
+        let response = if within.timeout <= CONNECT_TIMEOUT {
+            EXCHANGE.scope(within, pool.request(request)).await
+        } else {
+            pool.request(request).await
+        };
+        let response = response.map_err(|e| UpstreamError::from_direct(&e))?;
         let (parts, body) = response.into_parts();
         let fields = Fields::from_header_map(&parts.headers);
         refuse_unrequested_coding(parts.version, &fields)?;
@@ -546,7 +724,7 @@ impl UpstreamClient {
             .body(body)
             .send()
             .await
-            .map_err(|e| UpstreamError::from_reqwest(&e))?;
+            .map_err(|e| UpstreamError::from_reqwest_send(&e))?;
         let response: Response<reqwest::Body> = response.into();
         let (parts, body) = response.into_parts();
         let fields = Fields::from_header_map(&parts.headers);

@@ -606,7 +606,7 @@ async fn an_upstream_closing_after_it_had_the_request_is_not_called_unreachable(
 /// did not answer.
 #[tokio::test]
 async fn a_connect_outlasting_timeout_secs_is_said_to_be_the_connection() {
-    let (addr, _held) = unconnectable();
+    let (addr, _held) = crate::support::unconnectable();
     let url = format!("http://{addr}/v1");
     let router = TestRouter::start(&one_server_config(&url, "    timeout_secs: 0.5\n")).await;
     let response = router.chat(&json!({"model": "[mock]m"})).await;
@@ -618,29 +618,6 @@ async fn a_connect_outlasting_timeout_secs_is_said_to_be_the_connection() {
         "could not connect to the upstream mock: no connection within 0.5 s (timeout_secs)"
     );
     router.stop().await;
-}
-
-/// A loopback address whose connections are never made: a listener with no room in its
-/// accept queue (filled, never accepted) drops new SYNs. Holds the sockets while alive.
-fn unconnectable() -> (std::net::SocketAddr, Vec<socket2::Socket>) {
-    use socket2::{Domain, Socket, Type};
-    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    listener.bind(&any.into()).expect("bind");
-    listener.listen(0).expect("listen");
-    let addr = listener
-        .local_addr()
-        .expect("addr")
-        .as_socket()
-        .expect("inet");
-    let mut held = vec![listener];
-    for _ in 0..4 {
-        let filler = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-        filler.set_nonblocking(true).expect("nonblocking");
-        let _ = filler.connect(&addr.into());
-        held.push(filler);
-    }
-    (addr, held)
 }
 
 #[tokio::test]

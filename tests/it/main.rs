@@ -19,6 +19,7 @@ mod other_methods;
 mod shutdown;
 mod streaming;
 mod telemetry;
+mod upstream_messages;
 mod upstream_tls;
 mod users;
 mod users_messages;

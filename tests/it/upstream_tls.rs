@@ -65,7 +65,9 @@ async fn start_tls_upstream(alpn: &[&[u8]]) -> (SocketAddr, Arc<Mutex<Vec<Seen>>
 }
 
 /// A loopback listener and the TLS acceptor of the test certificate, offering `alpn`.
-async fn tls_listener(alpn: &[&[u8]]) -> (tokio::net::TcpListener, tokio_rustls::TlsAcceptor) {
+pub(crate) async fn tls_listener(
+    alpn: &[&[u8]],
+) -> (tokio::net::TcpListener, tokio_rustls::TlsAcceptor) {
     let certs = CertificateDer::pem_file_iter(fixture("upstream.pem"))
         .expect("certificate file")
         .collect::<Result<Vec<_>, _>>()
@@ -136,7 +138,7 @@ async fn answer(
 
 /// The real binary with `config`, trusting the fixtures' CA (the upstreams' certificates),
 /// with no ledger and no request log.
-fn router_trusting_the_test_ca(config: &str) -> RouterProcess {
+pub(crate) fn router_trusting_the_test_ca(config: &str) -> RouterProcess {
     let ca = fixture("ca.pem");
     RouterProcess::start(
         Some(config),
@@ -292,7 +294,8 @@ async fn early_answer_through_the_router(alpn: &[&[u8]]) -> RouterProcess {
 
 /// Over HTTP/1.1 hyper's client gave up on the request when writing its body failed; the
 /// router holds the failed write (see `upstream::keep_reading`) so hyper reads the answer.
-/// An upstream that closes without answering still gets a prompt 502, not a wait.
+/// An upstream that closes without answering still gets a prompt 502, not a wait, which says
+/// it could not be reached: it never had the whole request.
 #[tokio::test]
 async fn a_tls_upstream_answering_before_it_read_the_body_is_relayed_over_http1() {
     let router = early_answer_through_the_router(&[b"http/1.1"]).await;
@@ -309,6 +312,13 @@ async fn a_tls_upstream_answering_before_it_read_the_body_is_relayed_over_http1(
         started.elapsed() < std::time::Duration::from_secs(5),
         "took {:?}",
         started.elapsed()
+    );
+    // It closed with most of the body unread: not said to have had the request.
+    let body: serde_json::Value = response.json().await.expect("json");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("could not reach the upstream secure: "),
+        "{message}"
     );
 }
 

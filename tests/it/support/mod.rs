@@ -230,6 +230,29 @@ pub fn closed_origin() -> String {
     format!("http://{addr}")
 }
 
+/// A loopback address whose connections are never made: a listener with no room in its
+/// accept queue (filled, never accepted) drops new SYNs. Holds the sockets while alive.
+pub fn unconnectable() -> (std::net::SocketAddr, Vec<socket2::Socket>) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    listener.bind(&any.into()).expect("bind");
+    listener.listen(0).expect("listen");
+    let addr = listener
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet");
+    let mut held = vec![listener];
+    for _ in 0..4 {
+        let filler = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        filler.set_nonblocking(true).expect("nonblocking");
+        let _ = filler.connect(&addr.into());
+        held.push(filler);
+    }
+    (addr, held)
+}
+
 /// Path of the built binary under test.
 /// The Python of the venv `.ci/run` makes (`.venv`, or `LLMSROUTER_TEST_PYTHON`), which holds
 /// the `openai` and `python-dotenv` packages. Under CI (`CI=true`) a missing venv fails the

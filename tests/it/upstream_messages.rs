@@ -1,0 +1,337 @@
+//! What the client is told when an upstream cannot be reached, is not connected to in time,
+//! or takes the request and closes the connection unanswered: the same, with the same status
+//! and code, whichever client sends the request (a plain `http://` upstream's own
+//! connections, hyper's pool for a TLS upstream, or reqwest for a URL with `user:password@`
+//! and for a target an `HTTP_PROXY` setting covers).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+
+use crate::support::{RouterProcess, TestRouter, closed_origin, one_server_config, unconnectable};
+use crate::upstream_tls::{router_trusting_the_test_ca, tls_listener};
+
+/// An upstream that took the whole request and closed the connection without answering.
+const CLOSED_AFTER_REQUEST: &str = "no answer from the upstream mock: the upstream closed the connection without answering (after it had the request)";
+/// A connection not made within the server's `timeout_secs` of 0.5 s.
+const NOT_CONNECTED_IN_TIME: &str =
+    "could not connect to the upstream mock: no connection within 0.5 s (timeout_secs)";
+/// Nothing listens where the upstream should be.
+const REFUSED: &str =
+    "could not reach the upstream mock: tcp connect error: Connection refused (os error 111)";
+
+/// The status, error code and message of a router error.
+async fn error_of(response: reqwest::Response) -> (u16, String, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("error body is JSON");
+    let text = |key: &str| body["error"][key].as_str().unwrap_or_default().to_owned();
+    (status, text("code"), text("message"))
+}
+
+fn chat_request() -> Value {
+    json!({"model": "[mock]m", "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// `origin` (`http://host:port`) with a user name and password, which reqwest sends.
+fn with_credentials(origin: &str) -> String {
+    origin.replacen("http://", "http://user:secret-password@", 1)
+}
+
+/// An upstream that reads each request whole (its head, then a body of its `content-length`)
+/// and closes the connection without a byte of answer, as an upstream that crashed or whose
+/// worker was killed mid-generation does. Over TLS with `tls`, closed without TLS's
+/// `close_notify`, as a crash closes it.
+struct ClosingAfterRequest {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ClosingAfterRequest {
+    async fn start(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        Self::serve(listener, tls)
+    }
+
+    async fn start_tls() -> Self {
+        let (listener, acceptor) = tls_listener(&[b"http/1.1"]).await;
+        Self::serve(listener, Some(acceptor))
+    }
+
+    fn serve(listener: tokio::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (tls, counter) = (tls.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let whole = match tls {
+                        Some(acceptor) => match acceptor.accept(tcp).await {
+                            Ok(mut stream) => read_whole_request(&mut stream).await,
+                            Err(_) => false,
+                        },
+                        None => read_whole_request(&mut { tcp }).await,
+                    };
+                    if whole {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests it read whole.
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ClosingAfterRequest {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one request whole from `stream`: its head, then a body of its `content-length`.
+async fn read_whole_request<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if seen.len() >= end + 4 + length {
+                return true;
+            }
+        }
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+/// A listener that accepts connections and never says a word: a TLS handshake with it never
+/// completes.
+async fn silent_listener() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (addr, task)
+}
+
+/// A TLS upstream at `addr` (its certificate names `localhost`), as the router's `mock`.
+fn tls_config(addr: SocketAddr, extra: &str) -> String {
+    one_server_config(&format!("https://localhost:{}/v1", addr.port()), extra)
+}
+
+/// A router (the real binary) whose `HTTP_PROXY` is `proxy`, in front of an upstream that is
+/// only reached through it (its host never resolves).
+fn router_behind_proxy(proxy: &str, extra: &str) -> RouterProcess {
+    let config = one_server_config("http://provider.invalid/v1", extra);
+    RouterProcess::start(Some(&config), &[("HTTP_PROXY", proxy)])
+}
+
+#[tokio::test]
+async fn a_tls_upstream_closing_after_it_had_the_request_is_not_called_unreachable() {
+    let upstream = ClosingAfterRequest::start_tls().await;
+    let router = router_trusting_the_test_ca(&tls_config(upstream.addr, ""));
+    let (status, code, message) = error_of(router.chat(&chat_request()).await).await;
+    assert_eq!(
+        (status, code.as_str(), message.as_str()),
+        (502, "upstream_unreachable", CLOSED_AFTER_REQUEST)
+    );
+    assert_eq!(upstream.requests(), 1, "never sent twice");
+}
+
+/// A TLS handshake that has not ended within a `timeout_secs` shorter than the connect
+/// timeout: the 504 says the connection was not made, not that the upstream did not answer.
+#[tokio::test]
+async fn a_tls_handshake_outlasting_timeout_secs_is_said_to_be_the_connection() {
+    let (addr, _silent) = silent_listener().await;
+    let router = router_trusting_the_test_ca(&tls_config(addr, "    timeout_secs: 0.5\n"));
+    let (status, code, message) = error_of(router.chat(&chat_request()).await).await;
+    assert_eq!(
+        (status, code.as_str(), message.as_str()),
+        (504, "upstream_timeout", NOT_CONNECTED_IN_TIME)
+    );
+}
+
+#[tokio::test]
+async fn a_tls_upstream_not_listening_could_not_be_reached() {
+    let origin = closed_origin();
+    let config = one_server_config(&format!("{}/v1", origin.replacen("http", "https", 1)), "");
+    let router = router_trusting_the_test_ca(&config);
+    let (status, code, message) = error_of(router.chat(&chat_request()).await).await;
+    assert_eq!(
+        (status, code.as_str(), message.as_str()),
+        (502, "upstream_unreachable", REFUSED)
+    );
+}
+
+/// A plain upstream and the same one named with credentials (reqwest sends that request):
+/// both say the upstream had the request.
+#[tokio::test]
+async fn an_upstream_with_credentials_closing_after_it_had_the_request_is_not_called_unreachable() {
+    let upstream = ClosingAfterRequest::start(None).await;
+    for origin in [upstream.origin(), with_credentials(&upstream.origin())] {
+        let router = TestRouter::start(&one_server_config(&format!("{origin}/v1"), "")).await;
+        let (status, code, message) = error_of(router.chat(&chat_request()).await).await;
+        assert_eq!(
+            (status, code.as_str(), message.as_str()),
+            (502, "upstream_unreachable", CLOSED_AFTER_REQUEST),
+            "{origin}"
+        );
+        router.stop().await;
+    }
+    assert_eq!(upstream.requests(), 2, "each sent once");
+}
+
+#[tokio::test]
+async fn an_upstream_with_credentials_connecting_past_timeout_secs_is_said_to_be_the_connection() {
+    let (addr, _held) = unconnectable();
+    let origin = format!("http://{addr}");
+    for origin in [origin.clone(), with_credentials(&origin)] {
+        let config = one_server_config(&format!("{origin}/v1"), "    timeout_secs: 0.5\n");
+        let router = TestRouter::start(&config).await;
+        let (status, code, message) = error_of(router.chat(&chat_request()).await).await;
+        assert_eq!(
+            (status, code.as_str(), message.as_str()),
+            (504, "upstream_timeout", NOT_CONNECTED_IN_TIME),
+            "{origin}"
+        );
+        router.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_with_credentials_not_listening_could_not_be_reached() {
+    let origin = closed_origin();
+    for origin in [origin.clone(), with_credentials(&origin)] {
+        let router = TestRouter::start(&one_server_config(&format!("{origin}/v1"), "")).await;
+        let (status, code, message) = error_of(router.chat(&chat_request()).await).await;
+        assert_eq!(
+            (status, code.as_str(), message.as_str()),
+            (502, "upstream_unreachable", REFUSED),
+            "{origin}"
+        );
+        router.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_closing_after_it_had_the_request_is_not_called_unreachable() {
+    let proxy = ClosingAfterRequest::start(None).await;
+    let router = router_behind_proxy(&proxy.origin(), "");
+    let (status, code, message) = error_of(router.chat(&chat_request()).await).await;
+    assert_eq!(
+        (status, code.as_str(), message.as_str()),
+        (502, "upstream_unreachable", CLOSED_AFTER_REQUEST),
+        "{}",
+        router.stderr()
+    );
+    assert_eq!(proxy.requests(), 1, "never sent twice");
+}
+
+#[tokio::test]
+async fn a_proxy_connecting_past_timeout_secs_is_said_to_be_the_connection() {
+    let (addr, _held) = unconnectable();
+    let router = router_behind_proxy(&format!("http://{addr}"), "    timeout_secs: 0.5\n");
+    let (status, code, message) = error_of(router.chat(&chat_request()).await).await;
+    assert_eq!(
+        (status, code.as_str(), message.as_str()),
+        (504, "upstream_timeout", NOT_CONNECTED_IN_TIME)
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_not_listening_could_not_be_reached() {
+    let router = router_behind_proxy(&closed_origin(), "");
+    let (status, code, message) = error_of(router.chat(&chat_request()).await).await;
+    assert_eq!(
+        (status, code.as_str(), message.as_str()),
+        (502, "upstream_unreachable", REFUSED)
+    );
+}
+
+/// An HTTP/2 TLS upstream that reads each request's body whole and then drops the connection
+/// (no GOAWAY, no `close_notify`), as a crash does.
+async fn start_h2_closing_after_request() -> SocketAddr {
+    use http_body_util::BodyExt as _;
+    let (listener, acceptor) = tls_listener(&[b"h2"]).await;
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let (read_whole, crash) = tokio::sync::mpsc::channel::<()>(1);
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let read_whole = read_whole.clone();
+                        async move {
+                            let _ = request.into_body().collect().await;
+                            let _ = read_whole.send(()).await;
+                            std::future::pending::<()>().await;
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Empty::<bytes::Bytes>::new(),
+                            ))
+                        }
+                    },
+                );
+                let serving =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+                let mut crash = crash;
+                tokio::select! {
+                    _ = serving => {}
+                    _ = crash.recv() => {}
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Over HTTP/2 whether the request went out whole cannot be told (a body may wait for the
+/// upstream's window however the writes went): an upstream that ended the connection
+/// unanswered is not said to have had it, even when, as here, it had.
+#[tokio::test]
+async fn an_http2_upstream_closing_unanswered_is_not_said_to_have_had_the_request() {
+    let addr = start_h2_closing_after_request().await;
+    let router = router_trusting_the_test_ca(&tls_config(addr, ""));
+    let (status, code, message) = error_of(router.chat(&chat_request()).await).await;
+    assert_eq!((status, code.as_str()), (502, "upstream_unreachable"));
+    assert!(
+        message.starts_with("could not reach the upstream mock: "),
+        "{message}"
+    );
+}
