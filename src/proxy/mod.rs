@@ -703,22 +703,25 @@ async fn forward_read<V: ReadBody>(
         request: (request.path, request.query, request.fields),
         hops,
         within,
+        opens_early: wake_at < deadline,
+    };
+    // The rest of a stream's wait, answered by the router meanwhile (see [`early`]).
+    let wait = |sent, again, drop_usage_chunk| early::Wait {
+        again,
+        sent,
+        deadline,
+        timeout,
+        provider: target.provider.clone(),
+        drop_usage_chunk,
+        client_usage: view.client_asked_for_usage(),
+        errors: StreamErrorForm::of(request.path),
     };
     let upstream = match answered {
         None if wake_at < deadline => {
             // Made now (the slow path), sent only if the upstream refuses `stream_options`.
             let again = (injected_usage && view.sends_no_stream_options())
                 .then(|| stream_options::Again::of(&resend()));
-            let wait = early::Wait {
-                again,
-                sent,
-                deadline,
-                timeout,
-                provider: target.provider.clone(),
-                drop_usage_chunk: injected_usage,
-                client_usage: view.client_asked_for_usage(),
-                errors: StreamErrorForm::of(request.path),
-            };
+            let wait = wait(sent, again, injected_usage);
             return Ok(early::answer(state, wait, guard, request_id));
         }
         None => {
@@ -742,6 +745,10 @@ async fn forward_read<V: ReadBody>(
     {
         match Box::pin(stream_options::without_them(&resend(), upstream, hard_stop)).await {
             stream_options::Retried::Again(response) => (response, false),
+            stream_options::Retried::Waiting(sending) => {
+                let wait = wait(sending, None, false);
+                return Ok(early::answer(state, wait, guard, request_id));
+            }
             stream_options::Retried::Kept(status, fields, read) => {
                 if let Some(record) = guard.record_mut() {
                     record.response_started_at = Some(SystemTime::now());

@@ -119,12 +119,19 @@ pub(super) struct Resend<'a, V> {
     pub hops: u32,
     /// The first attempt's deadline: the retry does not extend `timeout_secs`.
     pub within: Within,
+    /// The stream may open before its upstream answers ([`super::early`]): a resend still
+    /// unanswered after the keep-alive interval is handed to the early answer, as the first
+    /// attempt would have been.
+    pub opens_early: bool,
 }
 
 /// How a 400 to a stream the router added `stream_options` to ended.
 pub(super) enum Retried {
     /// The 400 named `stream_options`: the upstream's answer to the request without them.
     Again(UpstreamResponse),
+    /// As `Again`, but the upstream had not answered within the keep-alive interval: the
+    /// exchange under way, for the router to answer the client early meanwhile.
+    Waiting(Sending),
     /// The 400 was about something else: it, read whole, for the client as it is.
     Kept(StatusCode, Fields, Bytes),
     /// Reading the 400 or sending again failed.
@@ -163,16 +170,25 @@ pub(super) async fn without_them<V: ReadBody>(
         .state
         .stream_options_refused
         .remember(&Refusal::of(resend.target));
-    let prepared = prepare_without(resend);
-    let upstream = &resend.state.upstream;
+    let mut sending = sending_without(resend);
+    // As the first attempt waits (see `forward_read`): one timer, at the keep-alive interval
+    // when the stream may open early, else at the deadline.
+    let wake_at = if resend.opens_early {
+        deadline.min(tokio::time::Instant::now() + resend.state.keepalive_interval)
+    } else {
+        deadline
+    };
     let sent = tokio::select! {
-        sent = tokio::time::timeout_at(deadline, upstream.send_prepared(prepared, resend.within)) => sent,
+        biased;
+        sent = &mut sending => Some(sent),
+        () = tokio::time::sleep_until(wake_at) => None,
         () = &mut *hard_stop => return Retried::Failed(shutting_down()),
     };
     match sent {
-        Err(_) => Retried::Failed(timeout_error(provider, timeout)),
-        Ok(Err(error)) => Retried::Failed(send_error(provider, &error)),
-        Ok(Ok(mut response)) => {
+        None if wake_at < deadline => Retried::Waiting(sending),
+        None => Retried::Failed(timeout_error(provider, timeout)),
+        Some(Err(error)) => Retried::Failed(send_error(provider, &error)),
+        Some(Ok(mut response)) => {
             let redactor = &resend.state.redactor;
             response.fields = super::headers::fields_without_echoed_keys(redactor, response.fields);
             Retried::Again(response)
@@ -206,15 +222,19 @@ pub struct Again {
     refusals: Arc<Refusals>,
 }
 
+/// The exchange of the request without `stream_options`, owning what it needs (a stream
+/// answered early takes it along).
+fn sending_without<V: ReadBody>(resend: &Resend<'_, V>) -> Sending {
+    let prepared = prepare_without(resend);
+    let exchange = Arc::clone(resend.state);
+    let within = resend.within;
+    Box::pin(async move { exchange.upstream.send_prepared(prepared, within).await })
+}
+
 impl Again {
     pub(super) fn of<V: ReadBody>(resend: &Resend<'_, V>) -> Self {
-        let prepared = prepare_without(resend);
-        let exchange = Arc::clone(resend.state);
-        let within = resend.within;
         Self {
-            sending: Box::pin(
-                async move { exchange.upstream.send_prepared(prepared, within).await },
-            ),
+            sending: sending_without(resend),
             refusal: Refusal::of(resend.target),
             refusals: Arc::clone(&resend.state.stream_options_refused),
         }
@@ -232,5 +252,28 @@ impl Again {
         }
         self.refusals.remember(&self.refusal);
         Some(self.sending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::routing::resolve_unnamed;
+
+    /// A URL target is remembered by its origin as the router parsed it for routing: another
+    /// spelling of the same origin (case, default port, path) is the same target.
+    #[test]
+    fn a_url_target_is_remembered_whatever_its_spelling() {
+        let config = Config::parse("", &|_| None).expect("empty config");
+        let target = |url: &str| resolve_unnamed(Some(url), &config).expect("a URL target");
+        let refusals = Refusals::default();
+        refusals.remember(&Refusal::of(&target("http://a/v1")));
+        for same in ["HTTP://A:80/v1", "http://a:80/other/", "http://A/v1?x=1"] {
+            assert!(refusals.refused(&target(same)), "{same}");
+        }
+        for other in ["https://a/v1", "http://a:8080/v1", "http://b/v1"] {
+            assert!(!refusals.refused(&target(other)), "{other}");
+        }
     }
 }

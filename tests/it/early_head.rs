@@ -793,3 +793,43 @@ async fn a_late_refusal_of_stream_options_is_retried_in_the_open_stream() {
     assert!(upstream.last().json().get("stream_options").is_none());
     router.stop().await;
 }
+
+/// An upstream that refuses the `stream_options` the router added at once, then is slow to
+/// answer the request sent again without them (a strict local server loading its model): the
+/// client gets the router's head and keep-alive comments meanwhile, as for any stream, not
+/// silence until the upstream answers.
+#[tokio::test]
+async fn a_resend_without_stream_options_is_answered_early_while_the_upstream_is_silent() {
+    let gate = Arc::new(Semaphore::new(0));
+    let upstream = MockUpstream::start(Behavior {
+        refuse_stream_options: Some(
+            r#"{"detail":[{"type":"extra_forbidden","loc":["body","stream_options"],"msg":"Extra inputs are not permitted"}]}"#
+                .to_owned(),
+        ),
+        refuse_at_once: true,
+        hold_head: Some(gate.clone()),
+        usage_always: true,
+        ..Default::default()
+    })
+    .await;
+    let router = router_for(&upstream, "").await;
+    let response = head_of(stream_to(&router)).await;
+    assert_stream_head(&response);
+    let mut body: Body = response.bytes_stream().boxed();
+    let before = read_keepalives(&mut body, 2).await;
+    assert_eq!(upstream.count(), 2, "refused, then sent again");
+    gate.add_permits(1000);
+    let rest = read_rest(&mut body).await;
+    let events = format!("{before}{rest}").replace(KEEPALIVE, "");
+    assert_eq!(events, expected_stream(&upstream.behavior(), true));
+    let received = upstream.received();
+    assert!(received[0].json().get("stream_options").is_some());
+    assert!(received[1].json().get("stream_options").is_none());
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert_eq!(
+        record.response.usage.as_ref().map(|u| u.input),
+        Some(PROMPT_TOKENS)
+    );
+    router.stop().await;
+}

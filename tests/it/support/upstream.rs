@@ -99,6 +99,8 @@ pub struct Behavior {
     /// A strict upstream (a pydantic-validated local server): a request with
     /// `stream_options` is answered 400 with this body.
     pub refuse_stream_options: Option<String>,
+    /// That 400 is not held by `hold_head`: only the request sent again waits.
+    pub refuse_at_once: bool,
 }
 
 impl Default for Behavior {
@@ -130,6 +132,7 @@ impl Default for Behavior {
             models_delay: Duration::ZERO,
             models_gate: None,
             refuse_stream_options: None,
+            refuse_at_once: false,
         }
     }
 }
@@ -309,16 +312,24 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         headers.push(("content-encoding".to_owned(), coding.to_owned()));
         return respond(status, "application/json", &headers, Body::from(encoded));
     }
+    let request_json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let refusal = behavior
+        .refuse_stream_options
+        .as_ref()
+        .filter(|_| request_json.get("stream_options").is_some());
+    let refuse = |refusal: &String| {
+        let body = Body::from(refusal.clone());
+        respond(StatusCode::BAD_REQUEST, "application/json", &[], body)
+    };
+    if let Some(refusal) = refusal.filter(|_| behavior.refuse_at_once) {
+        return refuse(refusal);
+    }
     if let Some(gate) = &behavior.hold_head {
         // Held only while passing: one permit lets every waiting request through.
         let _permit = gate.acquire().await;
     }
-    let request_json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    if let Some(refusal) = &behavior.refuse_stream_options {
-        if request_json.get("stream_options").is_some() {
-            let body = Body::from(refusal.clone());
-            return respond(StatusCode::BAD_REQUEST, "application/json", &[], body);
-        }
+    if let Some(refusal) = refusal {
+        return refuse(refusal);
     }
     let wants_stream =
         request_json["stream"] == serde_json::Value::Bool(true) || behavior.stream_unasked;
