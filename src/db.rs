@@ -3,8 +3,11 @@
 //!
 //! One file holds the users table (the Python version's, unchanged) and the router's own
 //! tables. `PRAGMA user_version` numbers the schema; [`MIGRATIONS`] brings any older file up
-//! to date, and a file from a newer llmsrouter is refused rather than misread. WAL mode and a
-//! busy timeout let the CLI write while the server runs without "database is locked".
+//! to date (all steps in one transaction, each safe on a file that has what it adds), and a
+//! file from a newer llmsrouter is refused rather than misread. Every open that may write
+//! also puts back the triggers that count user changes, which other tools drop when they
+//! rebuild the users table ([`ensure_change_tracking`]). WAL mode and a busy timeout let the
+//! CLI write while the server runs without "database is locked".
 //!
 //! A path is always a file name: never SQLite's `:memory:`, never a `file:` URI.
 //! Another program's database is refused before anything is written to it; a file the
@@ -12,18 +15,103 @@
 
 use std::borrow::Cow;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags};
 
 /// How long a writer waits for another writer before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The three triggers that count changes to `users` in `users_changes` (schema step 3), as
+/// one batch that drops any of their names first: a trigger of that name left on another
+/// table (a users table renamed away by a rebuild) would otherwise keep `IF NOT EXISTS`
+/// from making it on `users`.
+macro_rules! change_triggers {
+    () => {
+        "DROP TRIGGER IF EXISTS users_changed_on_insert;
+        DROP TRIGGER IF EXISTS users_changed_on_update;
+        DROP TRIGGER IF EXISTS users_changed_on_delete;
+        CREATE TRIGGER users_changed_on_insert AFTER INSERT ON users
+            BEGIN UPDATE users_changes SET n = n + 1 WHERE id = 1; END;
+        CREATE TRIGGER users_changed_on_update AFTER UPDATE ON users
+            BEGIN UPDATE users_changes SET n = n + 1 WHERE id = 1; END;
+        CREATE TRIGGER users_changed_on_delete AFTER DELETE ON users
+            BEGIN UPDATE users_changes SET n = n + 1 WHERE id = 1; END;"
+    };
+}
+
+/// The counter's table (schema step 3), made again by [`ensure_change_tracking`] if dropped.
+macro_rules! change_counter_table {
+    () => {
+        "CREATE TABLE IF NOT EXISTS users_changes (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            n INTEGER NOT NULL
+        );"
+    };
+}
+
+/// The names of the triggers `change_triggers!` makes.
+const CHANGE_TRIGGERS: [&str; 3] = [
+    "users_changed_on_insert",
+    "users_changed_on_update",
+    "users_changed_on_delete",
+];
+
+/// One schema step. Every step can run on a file that already has what it adds (a
+/// `sqlite3 .dump` restored into a new file has every table and column, and `user_version`
+/// 0, as `.dump` does not carry it), so a step checks before it adds.
+#[derive(Debug, Clone, Copy)]
+pub enum Step {
+    /// Statements that are safe to repeat (`CREATE ... IF NOT EXISTS`, `INSERT OR IGNORE`).
+    Sql(&'static str),
+    /// `ALTER TABLE table ADD COLUMN column definition`, unless the column exists (SQLite
+    /// has no `ADD COLUMN IF NOT EXISTS`).
+    AddColumn {
+        table: &'static str,
+        column: &'static str,
+        definition: &'static str,
+    },
+}
+
+impl Step {
+    /// Applies the step to `conn` (the caller's transaction); doing nothing where it is
+    /// done already.
+    pub fn apply(&self, conn: &Connection) -> rusqlite::Result<()> {
+        match *self {
+            Self::Sql(sql) => conn.execute_batch(sql),
+            Self::AddColumn {
+                table,
+                column,
+                definition,
+            } => {
+                if has_column(conn, table, column)? {
+                    return Ok(());
+                }
+                conn.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+                ))
+            }
+        }
+    }
+}
+
+/// Whether `table` (of the main schema) has `column`.
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info(?1, 'main') WHERE lower(name) = lower(?2)",
+        [table, column],
+        |row| row.get(0),
+    )
+}
+
 /// Schema steps; step `i` (0-based) brings a database from version `i` to `i + 1`. Every step
-/// must be safe on a database the Python version made (version 0, users table present).
-pub const MIGRATIONS: &[&str] = &[
+/// must be safe on a database the Python version made (version 0, users table present), and
+/// on one that has what the step adds (see [`Step`]). [`migrate`] runs all the steps a file
+/// needs in one transaction.
+pub const MIGRATIONS: &[Step] = &[
     // 1: the Python version's users table, exactly.
-    "CREATE TABLE IF NOT EXISTS users (
+    Step::Sql(
+        "CREATE TABLE IF NOT EXISTS users (
         username TEXT PRIMARY KEY,
         api_key TEXT UNIQUE NOT NULL,
         email TEXT,
@@ -31,8 +119,10 @@ pub const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL
     );",
+    ),
     // 2: the usage ledger, one row per routed request (src/sinks/ledger.rs writes it).
-    "CREATE TABLE IF NOT EXISTS usage_ledger (
+    Step::Sql(
+        "CREATE TABLE IF NOT EXISTS usage_ledger (
         id INTEGER PRIMARY KEY,
         request_id TEXT NOT NULL,
         started_at TEXT NOT NULL,
@@ -60,24 +150,25 @@ pub const MIGRATIONS: &[&str] = &[
         usage_partial INTEGER NOT NULL
     );
     CREATE INDEX IF NOT EXISTS usage_ledger_day ON usage_ledger (day);",
+    ),
     // 3: a counter of changes to `users`, kept by triggers, so the server's key index reloads
     // when users change and not on every ledger write (which also bumps data_version).
-    // Writers that know nothing of it (the Python version's CLI) bump it too.
-    "CREATE TABLE IF NOT EXISTS users_changes (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        n INTEGER NOT NULL
-    );
-    INSERT OR IGNORE INTO users_changes (id, n) VALUES (1, 0);
-    CREATE TRIGGER IF NOT EXISTS users_changed_on_insert AFTER INSERT ON users
-        BEGIN UPDATE users_changes SET n = n + 1 WHERE id = 1; END;
-    CREATE TRIGGER IF NOT EXISTS users_changed_on_update AFTER UPDATE ON users
-        BEGIN UPDATE users_changes SET n = n + 1 WHERE id = 1; END;
-    CREATE TRIGGER IF NOT EXISTS users_changed_on_delete AFTER DELETE ON users
-        BEGIN UPDATE users_changes SET n = n + 1 WHERE id = 1; END;",
+    // Writers that know nothing of it (the Python version's CLI) bump it too. Another tool
+    // that rebuilds the users table drops the triggers: every open puts them back
+    // ([`ensure_change_tracking`]), and so does a running server that sees the schema change.
+    Step::Sql(concat!(
+        change_counter_table!(),
+        "INSERT OR IGNORE INTO users_changes (id, n) VALUES (1, 0);",
+        change_triggers!()
+    )),
     // 4: seconds of audio of a transcription billed by duration (`whisper-1`'s
     // `{"type": "duration", "seconds": N}`), which counts no tokens; NULL for every other
     // request, and for the rows written before this step.
-    "ALTER TABLE usage_ledger ADD COLUMN audio_seconds INTEGER;",
+    Step::AddColumn {
+        table: "usage_ledger",
+        column: "audio_seconds",
+        definition: "INTEGER",
+    },
 ];
 
 /// The schema version this build writes.
@@ -97,6 +188,22 @@ pub enum DbError {
         found: i64,
         known: i64,
     },
+    /// A step of the upgrade failed; the upgrade is one transaction, so none of it stayed.
+    #[error(
+        "{path}: cannot upgrade its schema from version {from} to {to} ({reason}); the file was left as it was"
+    )]
+    Upgrade {
+        path: String,
+        from: i64,
+        to: i64,
+        reason: String,
+    },
+    /// The busy timeout ran out: another process kept the write lock all along.
+    #[error(
+        "{path}: another program held the database's lock for more than {} s (an open sqlite3 transaction, a long VACUUM); nothing was changed; try again",
+        BUSY_TIMEOUT.as_secs()
+    )]
+    Locked { path: String },
     #[error(
         "--db / LLMSROUTER_DB is \":memory:\", a database SQLite keeps in memory only: users and usage written there are lost when the command exits; give a file name"
     )]
@@ -215,6 +322,7 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
     configure(&conn).map_err(|e| cannot_write(&shown, &path, e))?;
     migrate(&conn, &shown)
         .and_then(|()| add_permissions_column(&conn))
+        .and_then(|()| Ok(ensure_change_tracking(&conn)?))
         .map_err(|e| match e {
             DbError::Sqlite(e) => cannot_write(&shown, &path, e),
             e => e,
@@ -417,7 +525,20 @@ fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
+/// Whether `e` says another connection kept the lock past the busy timeout.
+pub fn is_locked(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 fn not_a_database(path: &str, e: rusqlite::Error) -> DbError {
+    if is_locked(&e) {
+        return DbError::Locked {
+            path: path.to_owned(),
+        };
+    }
     let reason = match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::NotADatabase) => "not an SQLite database".to_owned(),
         _ => e.to_string(),
@@ -428,31 +549,116 @@ fn not_a_database(path: &str, e: rusqlite::Error) -> DbError {
     }
 }
 
+/// Brings the file up to [`current_version`]: every step it needs, and the new version, in
+/// one IMMEDIATE transaction, so a failure leaves the file as it was (never half upgraded)
+/// and says so in one line. The transaction reads the version again: a second process
+/// opening the same file at the same moment waits (busy timeout) and then finds nothing to
+/// do, instead of failing with "database is locked" or applying a step twice. A negative
+/// version (set by hand) is read as 0: every step is safe to repeat.
 fn migrate(conn: &Connection, path: &str) -> Result<(), DbError> {
     let found = user_version(conn).map_err(|e| not_a_database(path, e))?;
     check_version(found, path)?;
     if found == current_version() {
         return Ok(());
     }
-    // Each step runs in an IMMEDIATE transaction that reads the version again: a second
-    // process opening the same file at the same moment waits (busy timeout) and then skips
-    // the steps already done, instead of failing with "database is locked" or applying a
-    // step twice.
-    loop {
-        let tx =
-            rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
-        let version = user_version(&tx)?;
-        check_version(version, path)?;
-        let Some(step) = usize::try_from(version)
-            .ok()
-            .and_then(|v| MIGRATIONS.get(v))
-        else {
-            return Ok(());
-        };
-        tx.execute_batch(step)?;
-        tx.pragma_update(None, "user_version", version + 1)?;
-        tx.commit()?;
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let version = user_version(&tx)?;
+    check_version(version, path)?;
+    let done = usize::try_from(version).unwrap_or(0);
+    let Some(steps) = MIGRATIONS.get(done..).filter(|steps| !steps.is_empty()) else {
+        return Ok(());
+    };
+    let upgraded = steps
+        .iter()
+        .try_for_each(|step| step.apply(&tx))
+        .and_then(|()| tx.pragma_update(None, "user_version", current_version()))
+        .and_then(|()| tx.commit());
+    upgraded.map_err(|e| {
+        if is_locked(&e) {
+            return DbError::Locked {
+                path: path.to_owned(),
+            };
+        }
+        DbError::Upgrade {
+            path: path.to_owned(),
+            from: version,
+            to: current_version(),
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// Puts back the triggers that count changes to `users` and the counter's row, when they
+/// are gone: another tool that rebuilds the users table (DB Browser for SQLite, `sqlite-utils
+/// transform`, a script that drops and recreates it) drops its triggers with it, and an
+/// admin may delete the row of a table they do not know. Without them a running server
+/// would miss every later change (a deleted key would keep working). Called on every open
+/// that may write, and by the server's index when the schema changed under it; a check
+/// (two reads) when all is in place, one IMMEDIATE transaction when not.
+pub fn ensure_change_tracking(conn: &Connection) -> rusqlite::Result<()> {
+    if change_tracking_in_place(conn)? {
+        return Ok(());
     }
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let triggers = triggers_in_place(&tx)?;
+    if !has_table(&tx, "users")? || (triggers && counter_row_in_place(&tx)?) {
+        return tx.commit();
+    }
+    tx.execute_batch(change_counter_table!())?;
+    tx.execute(
+        "INSERT OR IGNORE INTO users_changes (id, n) VALUES (1, ?1)",
+        [fresh_count()],
+    )?;
+    if !triggers {
+        tx.execute_batch(change_triggers!())?;
+    }
+    tx.commit()
+}
+
+/// Whether the three triggers are on `users` and the counter has its row.
+pub fn change_tracking_in_place(conn: &Connection) -> rusqlite::Result<bool> {
+    Ok(triggers_in_place(conn)? && counter_row_in_place(conn)?)
+}
+
+fn triggers_in_place(conn: &Connection) -> rusqlite::Result<bool> {
+    let [insert, update, delete] = CHANGE_TRIGGERS;
+    conn.query_row(
+        "SELECT count(*) = 3 FROM sqlite_schema
+         WHERE type = 'trigger' AND lower(tbl_name) = 'users' AND name IN (?1, ?2, ?3)",
+        [insert, update, delete],
+        |row| row.get(0),
+    )
+}
+
+fn counter_row_in_place(conn: &Connection) -> rusqlite::Result<bool> {
+    if !has_table(conn, "users_changes")? {
+        return Ok(false);
+    }
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM users_changes WHERE id = 1)",
+        [],
+        |row| row.get(0),
+    )
+}
+
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND lower(name) = lower(?1))",
+        [name],
+        |row| row.get(0),
+    )
+}
+
+/// The value a counter row made anew starts from: the microseconds since 1970. A reader
+/// tells a change by the counter differing from what it saw last; a row deleted and made
+/// again from 0 could come back to that very value after as many changes, and the change
+/// would be missed. Counting from the clock, it never comes back to a value seen before.
+fn fresh_count() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |since| {
+            i64::try_from(since.as_micros()).unwrap_or(i64::MAX / 2)
+        })
 }
 
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
@@ -594,6 +800,32 @@ mod tests {
             )
             .expect("row");
         assert_eq!(permissions, None);
+    }
+
+    /// Opening a file whose counting is in place writes nothing (the schema stays as it
+    /// was, so a running server has no reason to reload); one whose triggers or row are gone
+    /// gets them back, the row from a value never counted before.
+    #[test]
+    fn every_open_puts_the_change_counting_back_and_only_then_writes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("u.db");
+        let conn = open(&path).expect("open");
+        let schema = |conn: &Connection| -> i64 {
+            conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
+                .expect("schema")
+        };
+        let before = schema(&conn);
+        drop(open(&path).expect("again"));
+        assert_eq!(schema(&conn), before);
+        conn.execute_batch("DROP TRIGGER users_changed_on_delete; DELETE FROM users_changes;")
+            .expect("lose them");
+        assert!(!change_tracking_in_place(&conn).expect("gone"));
+        drop(open(&path).expect("again"));
+        assert!(change_tracking_in_place(&conn).expect("back"));
+        let n: i64 = conn
+            .query_row("SELECT n FROM users_changes", [], |r| r.get(0))
+            .expect("n");
+        assert!(n > 1_000_000_000_000_000, "{n}");
     }
 
     #[test]

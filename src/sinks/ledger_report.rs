@@ -500,7 +500,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let conn = Connection::open(dir.path().join("v3.db")).expect("create");
         for step in &db::MIGRATIONS[..3] {
-            conn.execute_batch(step).expect("previous DDL");
+            step.apply(&conn).expect("previous DDL");
         }
         conn.execute_batch(
             "INSERT INTO usage_ledger (request_id, started_at, day, provider, mode, endpoint,

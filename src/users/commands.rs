@@ -35,6 +35,24 @@ pub struct Context<'a> {
 }
 
 pub fn run(command: &UserCommand, cx: &mut Context<'_>) -> Result<(), UserError> {
+    run_command(command, cx).map_err(|e| locked_at(cx.db, e))
+}
+
+/// SQLite's bare "database is locked" (another program kept the write lock past the busy
+/// timeout) said as what it is, with the file, and that the command changed nothing: each
+/// change is one transaction, which never began.
+fn locked_at(db: &Path, e: UserError) -> UserError {
+    match e {
+        UserError::Sqlite(e) if crate::db::is_locked(&e) => {
+            UserError::Db(crate::db::DbError::Locked {
+                path: db.display().to_string(),
+            })
+        }
+        e => e,
+    }
+}
+
+fn run_command(command: &UserCommand, cx: &mut Context<'_>) -> Result<(), UserError> {
     match command {
         UserCommand::Add {
             username,

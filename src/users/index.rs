@@ -135,16 +135,24 @@ impl fmt::Debug for UserIndex {
 }
 
 /// Reloads an index when its database changed. Owns its own connection: `data_version`
-/// only reports commits made by *other* connections, and this one never writes.
+/// only reports commits made by *other* connections, and this one writes only to put the
+/// change counting back ([`crate::db::ensure_change_tracking`]).
 pub struct IndexRefresher {
     conn: Connection,
     seen_version: Option<i64>,
-    /// `users_changes.n` at the last reload.
-    seen_changes: Option<i64>,
-    /// `Some(true)` once the database is known to count changes to `users`; asked again
-    /// while it does not (another process may bring the schema up to date meanwhile).
-    counted: Option<bool>,
+    /// What the database looked like at the last reload; `None` before the first.
+    seen: Option<Seen>,
     failing: bool,
+}
+
+/// The schema version and the change counter (`users_changes.n`, `None` when it is gone),
+/// and whether the counter could be trusted then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    schema: i64,
+    changes: Option<i64>,
+    /// The triggers that keep the counter were in place (see [`IndexRefresher::track`]).
+    tracked: bool,
 }
 
 impl IndexRefresher {
@@ -152,8 +160,7 @@ impl IndexRefresher {
         Self {
             conn,
             seen_version: None,
-            seen_changes: None,
-            counted: None,
+            seen: None,
             failing: false,
         }
     }
@@ -161,6 +168,14 @@ impl IndexRefresher {
     /// Reloads `index` if the database changed since the last call (always on the first);
     /// returns whether it did. The version is read before the rows, so a commit landing in
     /// between is seen again on the next call rather than missed.
+    ///
+    /// Something committed; the ledger writes often. Only a change to `users` (counted by
+    /// triggers, schema step 3) is worth a reload, read with the schema's version in the same
+    /// statement. A changed schema may mean the triggers are gone (another tool rebuilt the
+    /// users table: `DROP TABLE` takes its triggers along), and a counter whose row is gone
+    /// counts nothing: either way the counting is put back and the users reloaded. A file
+    /// read as it is (read-only, older than step 3) has no counter: every commit reloads
+    /// (none comes from this router, which cannot write there).
     pub fn refresh(&mut self, index: &UserIndex) -> rusqlite::Result<bool> {
         // Cached: on the request path, preparing the statement would cost more than running it.
         let version: i64 = self
@@ -170,29 +185,70 @@ impl IndexRefresher {
         if self.seen_version == Some(version) {
             return Ok(false);
         }
-        // Something committed; the ledger writes often. Only a change to `users` (counted by
-        // triggers, schema step 3) is worth a reload. A file read as it is (read-only, older
-        // than step 3) has no counter: every commit reloads (none comes from this router,
-        // which cannot write there).
-        let changes: Option<i64> = if self.counted()? {
-            let n = self
-                .conn
-                .prepare_cached("SELECT n FROM users_changes WHERE id = 1")?
-                .query_row([], |row| row.get(0))?;
-            Some(n)
-        } else {
-            None
-        };
+        let (schema, changes) = self.counter()?;
         self.seen_version = Some(version);
-        if changes.is_some() && self.seen_changes == changes {
+        if let Some(seen) = self.seen
+            && seen.tracked
+            && seen.schema == schema
+            && changes.is_some()
+            && seen.changes == changes
+        {
             return Ok(false);
         }
+        let now = match self.seen {
+            Some(seen) if seen.tracked && seen.schema == schema && changes.is_some() => Seen {
+                schema,
+                changes,
+                tracked: true,
+            },
+            _ => self.track()?,
+        };
         let count = index.reload(&self.conn)?;
-        if self.seen_changes.is_some() {
+        if self.seen.is_some() {
             tracing::info!("users changed in the database; {count} users now");
         }
-        self.seen_changes = changes;
+        self.seen = Some(now);
         Ok(true)
+    }
+
+    /// The schema version and the counter, in one statement (one read of the file). A
+    /// counter whose table is gone reads as `None`, as one whose row is.
+    fn counter(&self) -> rusqlite::Result<(i64, Option<i64>)> {
+        let read = self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT schema_version FROM pragma_schema_version),
+                        (SELECT n FROM users_changes WHERE id = 1)",
+            )
+            .and_then(|mut statement| {
+                statement.query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+            });
+        match read {
+            Err(e) if !crate::db::is_locked(&e) => {
+                let schema = self
+                    .conn
+                    .query_row("PRAGMA schema_version", [], |row| row.get(0))?;
+                Ok((schema, None))
+            }
+            read => read,
+        }
+    }
+
+    /// Puts the change counting back where it is gone and this connection may write (an
+    /// attempt that fails, the lock held by another writer, is made again at the next
+    /// commit); returns what the database looks like afterwards.
+    fn track(&mut self) -> rusqlite::Result<Seen> {
+        let writable = !self.conn.is_readonly(rusqlite::MAIN_DB)?;
+        if writable && let Err(e) = crate::db::ensure_change_tracking(&self.conn) {
+            tracing::debug!("cannot put back the counting of user changes yet: {e}");
+        }
+        let tracked = crate::db::change_tracking_in_place(&self.conn)?;
+        let (schema, changes) = self.counter()?;
+        Ok(Seen {
+            schema,
+            changes,
+            tracked,
+        })
     }
 
     /// After a failed refresh of a database the router may only read: its owner changed it
@@ -214,8 +270,7 @@ impl IndexRefresher {
             conn.busy_timeout(CHECK_BUSY_TIMEOUT)?;
             self.conn = conn;
             self.seen_version = None;
-            self.seen_changes = None;
-            self.counted = None;
+            self.seen = None;
             if let Ok(refreshed) = self.refresh(index) {
                 return Ok(refreshed);
             }
@@ -227,18 +282,6 @@ impl IndexRefresher {
             );
         }
         Err(failure)
-    }
-
-    /// Whether the database counts changes to `users` (schema step 3 made the counter).
-    fn counted(&mut self) -> rusqlite::Result<bool> {
-        if self.counted.is_none() {
-            let version: i64 = self
-                .conn
-                .query_row("PRAGMA user_version", [], |row| row.get(0))?;
-            // Step 3 cannot be undone: once counted, always counted.
-            self.counted = (version >= 3).then_some(true);
-        }
-        Ok(self.counted.unwrap_or(false))
     }
 
     /// One tick of the task: a failure keeps the previous index (logged once, not on every
@@ -372,12 +415,16 @@ mod tests {
         assert!(index.find(ann_key.expose()).is_none());
         assert!(index.find(new_key.expose()).is_some());
 
-        // A write elsewhere in the database (the usage ledger's) is not a users change.
+        // A write elsewhere in the database (the usage ledger's) is not a users change. (A
+        // change of the schema is, whatever it changed: the users table may have been
+        // rebuilt.)
         let other = crate::db::open(&path).expect("open");
         other
-            .execute_batch(
-                "CREATE TABLE IF NOT EXISTS scratch (x); INSERT INTO scratch VALUES (1);",
-            )
+            .execute_batch("CREATE TABLE IF NOT EXISTS scratch (x);")
+            .expect("create");
+        assert!(refresher.refresh(&index).expect("schema changed"));
+        other
+            .execute_batch("INSERT INTO scratch VALUES (1);")
             .expect("write");
         assert!(
             !refresher
@@ -398,6 +445,52 @@ mod tests {
         store.delete("ann").expect("delete");
         assert!(refresher.refresh(&index).expect("changed"));
         assert!(index.is_empty());
+    }
+
+    /// Another tool rebuilds the users table (dropping its triggers) or empties the counter:
+    /// the refresher reloads (a changed schema, a missing counter are changes) and puts the
+    /// counting back, so a later plain delete is counted again.
+    #[test]
+    fn a_rebuilt_table_and_an_emptied_counter_are_changes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("u.db");
+        let mut store = UserStore::open(&path, OpenMode::Create).expect("store");
+        let user = |name: &str| NewUser {
+            username: name.into(),
+            email: None,
+            permissions: Permissions::All,
+        };
+        let ann = store.add(&user("ann")).expect("ann");
+        let bob = store.add(&user("bob")).expect("bob");
+        let index = UserIndex::empty();
+        let mut refresher = IndexRefresher::new(crate::db::open(&path).expect("open"));
+        assert!(refresher.refresh(&index).expect("first load"));
+        let other = Connection::open(&path).expect("other");
+        other
+            .execute_batch(
+                "BEGIN;
+                 CREATE TABLE users_new AS SELECT * FROM users;
+                 DROP TABLE users;
+                 ALTER TABLE users_new RENAME TO users;
+                 COMMIT;",
+            )
+            .expect("rebuild");
+        assert!(!crate::db::change_tracking_in_place(&other).expect("gone"));
+        assert!(refresher.refresh(&index).expect("schema changed"));
+        assert!(crate::db::change_tracking_in_place(&other).expect("put back"));
+        other
+            .execute("DELETE FROM users WHERE username = 'ann'", [])
+            .expect("delete");
+        assert!(refresher.refresh(&index).expect("counted"));
+        assert!(index.find(ann.expose()).is_none());
+
+        other
+            .execute_batch("DELETE FROM users_changes; DELETE FROM users WHERE username = 'bob';")
+            .expect("empty the counter");
+        assert!(refresher.refresh(&index).expect("counter gone"));
+        assert!(index.find(bob.expose()).is_none());
+        assert!(crate::db::change_tracking_in_place(&other).expect("row made again"));
+        assert!(!refresher.refresh(&index).expect("nothing new"));
     }
 
     #[test]

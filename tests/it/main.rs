@@ -22,5 +22,6 @@ mod telemetry;
 mod upstream_messages;
 mod upstream_tls;
 mod users;
+mod users_db_changes;
 mod users_messages;
 mod users_odd_names;

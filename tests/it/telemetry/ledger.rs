@@ -513,7 +513,7 @@ async fn a_previous_ledger_gains_audio_seconds_and_usage_shows_them() {
     {
         let conn = rusqlite::Connection::open(&db).expect("create");
         for step in &llmsrouter::db::MIGRATIONS[..3] {
-            conn.execute_batch(step).expect("previous DDL");
+            step.apply(&conn).expect("previous DDL");
         }
         conn.pragma_update(None, "user_version", 3)
             .expect("version");

@@ -1,0 +1,325 @@
+//! users.db as other tools leave it: a users table rebuilt by DB Browser for SQLite or
+//! `sqlite-utils transform` (its triggers dropped), the change counter's row deleted, a file
+//! restored from `sqlite3 .dump` (every table, `user_version` 0), a write lock another
+//! program holds. A running server must still see each change at the next request, and the
+//! commands must open such files or say plainly why not.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use crate::support::upstream::{Behavior, MockUpstream};
+use crate::support::{RouterProcess, wait_until};
+use crate::users::{Auth, add, chat, cli, strings, two_server_config, user};
+
+/// What DB Browser for SQLite and `sqlite-utils transform` do to change a table: a new table,
+/// the rows copied, the old table dropped (its triggers with it), the new one renamed.
+const REBUILD_USERS: &str = "
+    BEGIN;
+    CREATE TABLE users_new (username TEXT PRIMARY KEY, api_key TEXT UNIQUE NOT NULL,
+        email TEXT, permissions TEXT NOT NULL, created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL);
+    INSERT INTO users_new SELECT username, api_key, email, permissions, created_at, updated_at
+        FROM users;
+    DROP TABLE users;
+    ALTER TABLE users_new RENAME TO users;
+    COMMIT;";
+
+/// The names of the triggers that count changes to `users`, as the file holds them now.
+fn triggers(db: &Path) -> Vec<String> {
+    let conn = Connection::open(db).expect("open");
+    let mut statement = conn
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'users'
+             ORDER BY name",
+        )
+        .expect("select");
+    statement
+        .query_map([], |row| row.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("names")
+}
+
+fn sql(db: &Path, batch: &str) {
+    Connection::open(db)
+        .expect("open")
+        .execute_batch(batch)
+        .expect("sql");
+}
+
+/// A folder with config.yaml (providers `mock` and `other`) and the path of its users.db.
+struct Setup {
+    dir: tempfile::TempDir,
+    db: PathBuf,
+    _upstream: MockUpstream,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let upstream = MockUpstream::start(Behavior::default()).await;
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("config.yaml"), two_server_config(&upstream)).expect("cfg");
+        let db = dir.path().join("users.db");
+        Self {
+            dir,
+            db,
+            _upstream: upstream,
+        }
+    }
+
+    /// `llmsrouter serve` with accounts on, on this folder's files (from a folder of its own,
+    /// so it can be stopped and started again).
+    fn serve(&self) -> RouterProcess {
+        let config = self.dir.path().join("config.yaml");
+        RouterProcess::start(
+            None,
+            &[
+                ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+                ("LLMSROUTER_DB", self.db.to_str().expect("utf-8")),
+                ("LLMSROUTER_CONFIG", config.to_str().expect("utf-8")),
+            ],
+        )
+    }
+
+    /// `llmsrouter user <args>` on this folder's users.db, off the runtime's threads.
+    async fn user(&self, args: &[&str]) -> (i32, String, String) {
+        let mut full = vec!["user"];
+        full.extend_from_slice(args);
+        cli(self.dir.path().to_owned(), strings(&full)).await
+    }
+}
+
+async fn status(router: &RouterProcess, key: &str) -> u16 {
+    chat(
+        &router.url("/v1/chat/completions"),
+        Auth::Bearer(key),
+        "[mock]m",
+    )
+    .await
+    .0
+}
+
+/// The users table rebuilt by another tool while the server runs: `user delete` is seen at
+/// the very next request, and so is a new user; the server puts the triggers back itself
+/// (it sees the schema change), so a plain SQL delete after that is seen too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_table_rebuilt_by_another_tool_keeps_changes_reaching_a_running_server() {
+    let setup = Setup::new().await;
+    let victim = add(setup.dir.path(), &["victim"]);
+    let keeper = add(setup.dir.path(), &["keeper"]);
+    let router = setup.serve();
+    assert_eq!(status(&router, &victim).await, 200);
+
+    sql(&setup.db, REBUILD_USERS);
+    let (code, _, err) = setup.user(&["delete", "victim"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        status(&router, &victim).await,
+        401,
+        "deleted after a rebuild"
+    );
+    assert_eq!(status(&router, &keeper).await, 200);
+    let (code, newcomer, err) = setup.user(&["add", "newcomer"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        status(&router, newcomer.trim()).await,
+        200,
+        "added after a rebuild"
+    );
+
+    // Rebuilt again, and no llmsrouter command runs: the server puts the triggers back.
+    sql(&setup.db, REBUILD_USERS);
+    let db = setup.db.clone();
+    wait_until(Duration::from_secs(10), || triggers(&db).len() == 3).await;
+    sql(&setup.db, "DELETE FROM users WHERE username = 'keeper'");
+    assert_eq!(status(&router, &keeper).await, 401, "deleted by plain SQL");
+    assert_eq!(status(&router, newcomer.trim()).await, 200);
+}
+
+/// A rebuild and a plain SQL delete in one go, before the server looks: the changed schema
+/// alone makes it reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_and_a_delete_together_are_seen_at_the_next_request() {
+    let setup = Setup::new().await;
+    let victim = add(setup.dir.path(), &["victim"]);
+    let router = setup.serve();
+    assert_eq!(status(&router, &victim).await, 200);
+    let rebuild_and_delete = REBUILD_USERS.replace(
+        "COMMIT;",
+        "DELETE FROM users WHERE username = 'victim'; COMMIT;",
+    );
+    sql(&setup.db, &rebuild_and_delete);
+    assert_eq!(status(&router, &victim).await, 401);
+}
+
+/// A restart after the triggers were lost puts them back (the schema is at the current
+/// version already, so no upgrade step would), and later changes reach the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_the_triggers_were_lost_puts_them_back() {
+    let setup = Setup::new().await;
+    let victim = add(setup.dir.path(), &["victim"]);
+    sql(&setup.db, REBUILD_USERS);
+    assert!(triggers(&setup.db).is_empty());
+    let router = setup.serve();
+    assert_eq!(triggers(&setup.db).len(), 3, "{}", router.stderr());
+    assert_eq!(status(&router, &victim).await, 200);
+    sql(&setup.db, "DELETE FROM users WHERE username = 'victim'");
+    assert_eq!(status(&router, &victim).await, 401);
+}
+
+/// The counter's row deleted (or its table dropped) by an admin cleaning up: a deletion
+/// through the CLI or plain SQL is still seen at the next request, and `serve` still starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_change_counter_is_made_again_and_changes_are_seen() {
+    let setup = Setup::new().await;
+    let victim = add(setup.dir.path(), &["victim"]);
+    let other = add(setup.dir.path(), &["other"]);
+    let third = add(setup.dir.path(), &["third"]);
+    let router = setup.serve();
+    assert_eq!(status(&router, &victim).await, 200);
+
+    sql(&setup.db, "DELETE FROM users_changes");
+    let (code, _, err) = setup.user(&["delete", "victim"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status(&router, &victim).await, 401, "deleted by the CLI");
+
+    sql(
+        &setup.db,
+        "DELETE FROM users_changes; DELETE FROM users WHERE username = 'other';",
+    );
+    assert_eq!(status(&router, &other).await, 401, "deleted by plain SQL");
+
+    sql(&setup.db, "DROP TABLE users_changes");
+    assert_eq!(status(&router, &third).await, 200);
+    sql(&setup.db, "DELETE FROM users WHERE username = 'third'");
+    assert_eq!(status(&router, &third).await, 401, "counter table dropped");
+    drop(router);
+
+    sql(&setup.db, "DELETE FROM users_changes");
+    let kept = add(setup.dir.path(), &["kept"]);
+    sql(&setup.db, "DELETE FROM users_changes");
+    let router = setup.serve();
+    assert_eq!(status(&router, &kept).await, 200, "{}", router.stderr());
+    let (code, _, err) = setup.user(&["delete", "kept"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status(&router, &kept).await, 401);
+}
+
+/// A users.db restored from `sqlite3 users.db .dump | sqlite3 restored.db`: every table,
+/// index and trigger the current schema makes, and its rows, at `user_version` 0 (`.dump`
+/// does not carry it). Every command opens it, and brings it to the current version.
+#[test]
+fn a_database_restored_from_a_dump_opens() {
+    let dir = tempfile::tempdir().expect("dir");
+    let key = add(dir.path(), &["ann", "--email", "ann@example.com"]);
+    let original = Connection::open(dir.path().join("users.db")).expect("open");
+    let restored_path = dir.path().join("restored.db");
+    let restored = Connection::open(&restored_path).expect("create");
+    // As `.dump` writes it: the tables, their rows, then the indexes and triggers.
+    let objects = |tables: bool| -> Vec<String> {
+        let mut statement = original
+            .prepare(
+                "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND (type = 'table') = ?1
+                 ORDER BY rowid",
+            )
+            .expect("schema");
+        statement
+            .query_map([tables], |row| row.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("sql")
+    };
+    for statement in objects(true) {
+        restored.execute_batch(&statement).expect("table");
+    }
+    restored
+        .execute_batch(&format!(
+            "ATTACH '{}' AS original;
+             INSERT INTO users SELECT * FROM original.users;
+             INSERT INTO users_changes SELECT * FROM original.users_changes;
+             DETACH original;",
+            dir.path().join("users.db").display()
+        ))
+        .expect("rows");
+    let rest = objects(false);
+    assert_eq!(rest.len(), 4, "an index and three triggers: {rest:?}");
+    for statement in rest {
+        restored
+            .execute_batch(&statement)
+            .expect("index or trigger");
+    }
+    let version = |conn: &Connection| -> i64 {
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version")
+    };
+    assert_eq!(version(&restored), 0);
+    drop(restored);
+
+    let (code, out, err) = user(dir.path(), &["list", "--db", "restored.db"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ann@example.com"), "{out}");
+    let (code, _, err) = user(dir.path(), &["show", "--db", "restored.db", "--key", &key]);
+    assert_eq!(code, 0, "{err}");
+    let restored = Connection::open(&restored_path).expect("open");
+    assert_eq!(version(&restored), llmsrouter::db::current_version());
+    assert_eq!(triggers(&restored_path).len(), 3);
+}
+
+/// An upgrade that fails part way leaves the file as it was (all steps are one
+/// transaction), and says so in one line.
+#[test]
+fn an_upgrade_that_fails_changes_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("odd.db");
+    sql(
+        &db,
+        &format!(
+            "{} CREATE TABLE users_changes (x TEXT); PRAGMA user_version = 1;",
+            crate::users::PYTHON_SCHEMA.trim().to_owned() + ";"
+        ),
+    );
+    let (code, _, err) = user(dir.path(), &["list", "--db", "odd.db"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("error: odd.db: cannot upgrade its schema from version 1 to ")
+            && err.trim_end().ends_with("the file was left as it was"),
+        "{err}"
+    );
+    let conn = Connection::open(&db).expect("open");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, 1);
+    let ledger: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'usage_ledger'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(ledger, 0, "step 2 was undone with the failing step 3");
+}
+
+/// Another program holding the write lock for longer than the 10 s wait: the command says
+/// so, and that nothing was changed, instead of SQLite's bare "database is locked".
+#[test]
+fn a_lock_held_past_the_wait_is_said_plainly() {
+    let dir = tempfile::tempdir().expect("dir");
+    add(dir.path(), &["ann"]);
+    let holder = Connection::open(dir.path().join("users.db")).expect("open");
+    holder
+        .execute_batch("BEGIN IMMEDIATE; UPDATE users SET email = email;")
+        .expect("lock");
+    let (code, out, err) = user(dir.path(), &["add", "bob"]);
+    holder.execute_batch("ROLLBACK").expect("unlock");
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(
+        err,
+        "error: ./users.db: another program held the database's lock for more than 10 s (an open sqlite3 transaction, a long VACUUM); nothing was changed; try again\n"
+    );
+    let (code, out, _) = user(dir.path(), &["list"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("bob"), "{out}");
+}
