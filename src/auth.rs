@@ -144,12 +144,27 @@ pub fn authenticate(
         return Ok(Caller::anonymous());
     };
     let Some(key) = presented_key(fields) else {
-        return Err(ProxyError::InvalidApiKey(
-            "missing API key: send \"Authorization: Bearer <your llmsrouter key>\"".into(),
-        ));
+        return Err(ProxyError::InvalidApiKey(no_key(fields).into()));
     };
     keys.find(key)
         .ok_or_else(|| ProxyError::InvalidApiKey("invalid API key".into()))
+}
+
+/// Why no key was read: none was sent, or a field meant to carry one holds none that can
+/// be read (a byte that is not text, `Bearer` and a tab, another scheme). A client that did
+/// send its key must not be told it sent none, or its author looks for the wrong mistake.
+/// Neither message quotes the field: it may hold a key. Off the hot path (refusals only).
+fn no_key(fields: &Fields) -> &'static str {
+    let sent = |name| {
+        fields
+            .get_all(name)
+            .any(|value| !crate::http1::fields::trim(value).is_empty())
+    };
+    if sent("authorization") || sent("x-api-key") {
+        "unreadable API key: the Authorization (or x-api-key) header holds no key the router can read; send \"Authorization: Bearer <your llmsrouter key>\" (one space after Bearer, the key in printable ASCII)"
+    } else {
+        "missing API key: send \"Authorization: Bearer <your llmsrouter key>\""
+    }
 }
 
 #[cfg(test)]

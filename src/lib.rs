@@ -55,7 +55,7 @@ pub fn printable(text: &str) -> String {
 /// A character [`printable`] escapes: a control character, or one that changes how the text
 /// around it shows while showing nothing itself (zero-width spaces and joiners, direction
 /// marks, embeddings, overrides and isolates, word joiners, the byte-order mark).
-fn hidden(c: char) -> bool {
+pub(crate) fn hidden(c: char) -> bool {
     c.is_control()
         || matches!(
             c,

@@ -50,9 +50,24 @@ pub fn check_username(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A plausible address: one `@`, a non-empty local part of at most 64 characters, a domain
-/// of dot-separated labels (letters, digits, `-`) with at least one dot; no spaces or
-/// control characters. Deliverability is not checked.
+/// Top-level domains reserved for special use (RFC 6761, 6762, 7686, 6303's `arpa`), which
+/// the Python version's tools (pydantic's `EmailStr`, that is the email-validator package)
+/// refuse.
+const SPECIAL_USE_TLDS: [&str; 6] = ["arpa", "invalid", "local", "localhost", "onion", "test"];
+
+/// Longest label of a domain name (RFC 1035).
+const MAX_LABEL_CHARS: usize = 63;
+
+/// An address the Python version's tools accept too: they read every user with pydantic's
+/// `EmailStr` (the email-validator package), so one address it refuses breaks them for
+/// every user of the shared users.db. What it refuses and is cheap to check is refused
+/// here: one `@`; a local part of 1 to 64 characters, letters and digits of any script and
+/// ``! # $ % & ' * + - / = ? ^ _ ` { | } ~``, with dots only between them (none first, last
+/// or twice in a row; no quoted local parts); a domain of at least two dot-separated labels,
+/// each 1 to 63 letters, digits or `-` not first or last, the last one ending in a letter
+/// and not a special-use name (`test`, `local`, `localhost`, `invalid`, `onion`, `arpa`);
+/// no spaces, control or invisible formatting characters. Deliverability is not checked,
+/// nor IDNA's rules for a domain in other scripts.
 pub fn check_email(email: &str) -> Result<(), String> {
     let count = email.chars().count();
     if count > MAX_EMAIL_CHARS {
@@ -60,30 +75,81 @@ pub fn check_email(email: &str) -> Result<(), String> {
             "an email address has at most {MAX_EMAIL_CHARS} characters (this one has {count})"
         ));
     }
-    if let Some(bad) = email.chars().find(|c| c.is_whitespace() || c.is_control()) {
+    if let Some(bad) = email
+        .chars()
+        .find(|&c| c.is_whitespace() || crate::hidden(c))
+    {
         return Err(format!("an email address cannot contain {bad:?}"));
     }
     let Some((local, domain)) = email.split_once('@') else {
         return Err("an email address needs an '@'".into());
     };
-    if local.is_empty() || local.chars().count() > 64 {
-        return Err("the part before '@' must have 1 to 64 characters".into());
-    }
     if domain.contains('@') {
         return Err("an email address has one '@'".into());
     }
-    let labels: Vec<&str> = domain.split('.').collect();
-    let label_ok = |l: &&str| {
-        !l.is_empty()
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-    };
-    if labels.len() < 2 || !labels.iter().all(label_ok) {
-        return Err(format!(
-            "{:?} is not a domain name (like example.com)",
+    check_local_part(local)?;
+    check_domain(domain)
+}
+
+/// The part before `@`: an unquoted dot-atom (RFC 5322), in any script (RFC 6531).
+fn check_local_part(local: &str) -> Result<(), String> {
+    if local.is_empty() || local.chars().count() > 64 {
+        return Err("the part before '@' must have 1 to 64 characters".into());
+    }
+    let atext = |c: char| c.is_alphanumeric() || !c.is_ascii() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    if let Some(bad) = local.chars().find(|&c| c != '.' && !atext(c)) {
+        return Err(format!("the part before '@' cannot contain {bad:?}"));
+    }
+    if local.starts_with('.') || local.ends_with('.') {
+        return Err("the part before '@' cannot start or end with '.'".into());
+    }
+    if local.contains("..") {
+        return Err("the part before '@' cannot have two dots in a row".into());
+    }
+    Ok(())
+}
+
+/// The part after `@`: a domain name with a top-level domain mail can go to.
+fn check_domain(domain: &str) -> Result<(), String> {
+    let not_a_domain = |why: &str| {
+        format!(
+            "{:?} is not a domain name like example.com ({why})",
             crate::error::clip(domain, 100)
+        )
+    };
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2 {
+        return Err(not_a_domain("it has no dot"));
+    }
+    for label in &labels {
+        if label.is_empty() {
+            return Err(not_a_domain("a dot first, last or next to another"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(not_a_domain("a part starts or ends with '-'"));
+        }
+        if let Some(bad) = label.chars().find(|&c| !(c.is_alphanumeric() || c == '-')) {
+            return Err(not_a_domain(&format!("it cannot contain {bad:?}")));
+        }
+        if label.chars().count() > MAX_LABEL_CHARS {
+            return Err(not_a_domain(&format!(
+                "a part between dots has at most {MAX_LABEL_CHARS} characters"
+            )));
+        }
+    }
+    let tld = labels.last().copied().unwrap_or_default();
+    if !tld.chars().last().is_some_and(char::is_alphabetic) {
+        return Err(not_a_domain(
+            "the last part must end with a letter: no top-level domain ends with a digit",
         ));
+    }
+    if SPECIAL_USE_TLDS
+        .iter()
+        .any(|special| tld.eq_ignore_ascii_case(special))
+    {
+        return Err(not_a_domain(&format!(
+            ".{tld} is reserved for special use and takes no mail"
+        )));
     }
     Ok(())
 }
@@ -239,6 +305,72 @@ mod tests {
         }
         let huge = format!("{}@example.com", "a".repeat(300));
         assert!(check_email(&huge).is_err());
+    }
+
+    /// Verdicts of email-validator 2.4.0 (`validate_email(e, check_deliverability=False)`,
+    /// what pydantic's `EmailStr` runs in the Python version's tools): every address it
+    /// refuses for a reason checked here is refused, every one it takes is taken.
+    #[test]
+    fn emails_as_the_python_versions_email_validator_judges_them() {
+        for good in [
+            "a+b@ex.com",
+            "a!#$%&'*/=?^_`{|}~-@ex.com",
+            "é@example.com",
+            "Ann@Example.COM",
+            "a@ex.c",
+            "a@example.c0m",
+            "a@ex.1com",
+            "a@ex.co-m",
+            "a@a.b.c.d.example",
+            "a@localhost.localdomain",
+            "a@foo.internal",
+            "a@ex.xn--p1ai",
+        ] {
+            assert_eq!(check_email(good), Ok(()), "{good}");
+        }
+        let long_label = format!("a@{}.com", "x".repeat(64));
+        for bad in [
+            "a..b@example.com",
+            ".a@example.com",
+            "a.@example.com",
+            "a@example",
+            "a@-ex.com",
+            "a@ex-.com",
+            "a@ex.-com",
+            "a@ex..com",
+            "a@.ex.com",
+            "a@ex.com.",
+            "a@ex.123",
+            "a@1.2.3.4",
+            "a@ex.com1",
+            "a@x.local",
+            "a@x.TEST",
+            "a@x.invalid",
+            "a@x.onion",
+            "a@x.arpa",
+            "a@foo.localhost",
+            "a@ex_ample.com",
+            "a@ex%.com",
+            "a(b)@ex.com",
+            "a,b@ex.com",
+            "a\"b@ex.com",
+            "\"a b\"@ex.com",
+            "a[b]@ex.com",
+            "a:b@ex.com",
+            "a;b@ex.com",
+            "a<b@ex.com",
+            "a\\b@ex.com",
+            "a\u{200b}@ex.com",
+            "a@ex\u{200b}.com",
+            &long_label,
+        ] {
+            let reason = check_email(bad).expect_err(bad);
+            assert_eq!(reason.lines().count(), 1, "{reason}");
+        }
+        assert_eq!(
+            check_email("a..b@example.com"),
+            Err("the part before '@' cannot have two dots in a row".into())
+        );
     }
 
     #[test]

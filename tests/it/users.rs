@@ -1200,3 +1200,111 @@ async fn the_users_name_reaches_the_request_record() {
     router.stop().await;
     refresh.shutdown().await;
 }
+
+/// A key sent in a field the router cannot read it from (a byte that is not text after it,
+/// a tab after `Bearer`) is 401 `invalid_api_key` saying the key is unreadable, not that none
+/// was sent; with no field at all it is "missing". No message quotes what was sent.
+#[tokio::test]
+async fn an_unreadable_key_is_not_called_missing() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    python_users_db(&db);
+    let (index, refresh) = llmsrouter::users::index::start(&db).expect("users");
+    let router = TestRouter::start_with(&two_server_config(&upstream), |state| {
+        state.keys = Some(index);
+    })
+    .await;
+    let url = router.url("/v1/chat/completions");
+    let refused = |field: &'static str, value: Vec<u8>| {
+        let request = client()
+            .post(&url)
+            .json(&json!({"model": "[mock]m", "messages": []}));
+        let request = if value.is_empty() {
+            request
+        } else {
+            let value = reqwest::header::HeaderValue::from_bytes(&value).expect("value");
+            request.header(field, value)
+        };
+        async move {
+            let response = request.send().await.expect("send");
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.expect("json");
+            (
+                status,
+                body["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        }
+    };
+    for (field, value) in [
+        (
+            "authorization",
+            [b"Bearer ", BOB_KEY.as_bytes(), b"\xff"].concat(),
+        ),
+        ("authorization", [b"Bearer\t", BOB_KEY.as_bytes()].concat()),
+        ("x-api-key", [BOB_KEY.as_bytes(), b"\xff"].concat()),
+    ] {
+        let (status, code, message) = refused(field, value).await;
+        assert_eq!((status, code.as_str()), (401, "invalid_api_key"));
+        assert!(message.starts_with("unreadable API key: "), "{message}");
+        assert!(!message.contains(BOB_KEY), "{message}");
+    }
+    let (status, code, message) = refused("authorization", Vec::new()).await;
+    assert_eq!((status, code.as_str()), (401, "invalid_api_key"));
+    assert!(message.starts_with("missing API key: "), "{message}");
+    assert_eq!(upstream.count(), 0);
+    router.stop().await;
+    refresh.shutdown().await;
+}
+
+/// An email the Python version's tools refuse (pydantic's `EmailStr`) is refused by `user
+/// add` and `import` too, which write nothing: one such address breaks those tools for
+/// every user of the shared users.db.
+#[test]
+fn emails_the_python_tools_refuse_are_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    add(dir.path(), &["ann", "--email", "ann@example.com"]);
+    for bad in [
+        "a..b@example.com",
+        ".a@example.com",
+        "a.@example.com",
+        "a@ex-.com",
+    ] {
+        let (code, out, err) = user(dir.path(), &["add", "bob", "--email", bad]);
+        assert_eq!((code, out.as_str()), (1, ""), "{bad}: {err}");
+        assert!(
+            err.starts_with(&format!("error: bad email \"{bad}\": ")),
+            "{err}"
+        );
+        let (code, _, err) = run_cli(
+            dir.path(),
+            &["user", "add", "bob"],
+            &[("LLMSROUTER_USER_EMAIL", bad)],
+        );
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.starts_with("error: LLMSROUTER_USER_EMAIL: not an email address: "),
+            "{err}"
+        );
+    }
+    std::fs::write(
+        dir.path().join("team.csv"),
+        "username,email\ncarl,c..d@example.com\n",
+    )
+    .expect("csv");
+    let (code, _, err) = user(dir.path(), &["import", "team.csv"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("row 2: bad email \"c..d@example.com\""),
+        "{err}"
+    );
+    assert_eq!(rows(&db).len(), 1);
+}
