@@ -37,6 +37,10 @@ pub struct EnvSettings {
     /// attributes of `OTEL_RESOURCE_ATTRIBUTES` (`deployment.environment.name`, which
     /// Langfuse shows as the environment), and `service.version` unless given there.
     pub resource: Vec<(String, String)>,
+    /// `LLMSROUTER_TEST_WARNING_INTERVAL_MS`, for tests only (undocumented): the interval
+    /// between two warnings about lost records (10 s otherwise), so a test of the catch-up
+    /// warning need not wait 10 s. See [`crate::sinks::loss`].
+    pub warning_interval: Option<std::time::Duration>,
     /// Settings that look like mistakes but do not stop start-up (logged by `serve`).
     pub warnings: Vec<String>,
 }
@@ -133,6 +137,7 @@ pub const VARIABLES: &[&str] = &[
     "OTEL_BSP_SCHEDULE_DELAY",
     "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
+    "LLMSROUTER_TEST_WARNING_INTERVAL_MS",
     "ALL_PROXY",
     "all_proxy",
     "HTTP_PROXY",
@@ -173,6 +178,7 @@ impl EnvSettings {
             trace_export_interval: trace_export_interval(env)?,
             trace_gzip: otlp_gzip(env, &mut warnings)?,
             resource: resource(env)?,
+            warning_interval: warning_interval(env)?,
             warnings,
         })
     }
@@ -580,6 +586,22 @@ fn trace_export_interval(
     };
     match value.parse::<u64>() {
         Ok(ms) if ms > 0 => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(EnvError {
+            name: NAME,
+            reason: format!("\"{value}\" is not a positive number of milliseconds"),
+        }),
+    }
+}
+
+fn warning_interval(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<std::time::Duration>, EnvError> {
+    const NAME: &str = "LLMSROUTER_TEST_WARNING_INTERVAL_MS";
+    let Some(value) = given(env, NAME)? else {
+        return Ok(None);
+    };
+    match value.parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Some(std::time::Duration::from_millis(ms))),
         _ => Err(EnvError {
             name: NAME,
             reason: format!("\"{value}\" is not a positive number of milliseconds"),

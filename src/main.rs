@@ -189,6 +189,9 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     for warning in &env.warnings {
         tracing::warn!("{warning}");
     }
+    if let Some(interval) = env.warning_interval {
+        llmsrouter::sinks::loss::set_warning_interval(interval);
+    }
     let config = load_config(&cli.config)?;
     // Each connection and each upstream connection is a file: see `open_files`.
     #[cfg(unix)]

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::routing::RouteMode;
 use crate::secret::Secret;
+use crate::sinks::loss::LossWarnings;
 use crate::usage::{ResponseSummary, summarize_json_body};
 
 /// How a request ended.
@@ -319,9 +320,8 @@ struct RecorderInner {
     /// Bytes of bodies held by submitted records not yet released by every sink.
     body_bytes: Arc<AtomicUsize>,
     body_budget: usize,
-    bodies_dropped: AtomicU64,
-    dropped: AtomicU64,
-    last_warning: std::sync::Mutex<Option<Instant>>,
+    /// Counted here (an atomic add on the request path); the task warns about them.
+    losses: Arc<Losses>,
     /// The sinks the task feeds, for their counters.
     sinks: Vec<Arc<dyn RecordSink>>,
 }
@@ -341,9 +341,7 @@ impl Recorder {
                 live: AtomicUsize::new(0),
                 body_bytes: Arc::default(),
                 body_budget: BODY_BUDGET,
-                bodies_dropped: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
-                last_warning: std::sync::Mutex::new(None),
+                losses: Arc::default(),
                 sinks: Vec::new(),
             }),
         }
@@ -362,7 +360,9 @@ impl Recorder {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        tracker.spawn(run_recorder(rx, sinks.clone(), stop.clone()));
+        let losses = Arc::<Losses>::default();
+        let log = LossLog::new(losses.clone());
+        tracker.spawn(run_recorder(rx, sinks.clone(), stop.clone(), log));
         tracker.close();
         let recorder = Self {
             inner: Arc::new(RecorderInner {
@@ -370,9 +370,7 @@ impl Recorder {
                 live: AtomicUsize::new(0),
                 body_bytes: Arc::default(),
                 body_budget,
-                bodies_dropped: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
-                last_warning: std::sync::Mutex::new(None),
+                losses,
                 sinks,
             }),
         };
@@ -393,8 +391,7 @@ impl Recorder {
         let Some(tx) = &self.inner.tx else { return };
         self.take_body_budget(&mut record);
         if tx.try_send(record).is_err() {
-            let dropped = self.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            self.warn_dropped(dropped);
+            self.inner.losses.records.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -416,17 +413,7 @@ impl Recorder {
         }
         held.fetch_sub(bytes, Ordering::AcqRel);
         record.drop_bodies();
-        let n = self.inner.bodies_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Ok(mut last) = self.inner.last_warning.lock() {
-            let now = Instant::now();
-            if last.is_none_or(|t| now.duration_since(t).as_secs() >= 10) {
-                *last = Some(now);
-                tracing::warn!(
-                    records = n,
-                    "telemetry is behind: bodies left out of request records (usage kept)"
-                );
-            }
-        }
+        self.inner.losses.bodies.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Waits until no request is under way (every record handed over), at most `within`.
@@ -444,7 +431,7 @@ impl Recorder {
 
     /// Records whose bodies were left out because the body budget was spent.
     pub fn bodies_dropped(&self) -> u64 {
-        self.inner.bodies_dropped.load(Ordering::Relaxed)
+        self.inner.losses.bodies.load(Ordering::Relaxed)
     }
 
     /// Bytes of bodies held right now by records on their way through the sinks.
@@ -454,7 +441,7 @@ impl Recorder {
 
     /// Records lost because the queue was full (or the recorder had shut down).
     pub fn dropped(&self) -> u64 {
-        self.inner.dropped.load(Ordering::Relaxed)
+        self.inner.losses.records.load(Ordering::Relaxed)
     }
 
     /// The recorder's and every sink's counters, as `GET /metrics` shows them.
@@ -477,16 +464,61 @@ impl Recorder {
         }
         out
     }
+}
 
-    fn warn_dropped(&self, dropped: u64) {
-        let Ok(mut last) = self.inner.last_warning.lock() else {
-            return;
-        };
-        let now = Instant::now();
-        if last.is_none_or(|t| now.duration_since(t).as_secs() >= 10) {
-            *last = Some(now);
-            tracing::warn!(dropped, "record queue full: request records dropped");
+/// Records lost on their way to the sinks: counted on the request path, where nothing more
+/// may be done; the recorder's task warns about them ([`LossLog`]).
+#[derive(Debug, Default)]
+struct Losses {
+    /// Records dropped because the queue was full.
+    records: AtomicU64,
+    /// Records whose bodies were left out because the body budget was spent.
+    bodies: AtomicU64,
+}
+
+/// The recorder task's warnings about [`Losses`]: at most one line per kind per interval,
+/// and every loss in one (see [`crate::sinks::loss`]).
+struct LossLog {
+    losses: Arc<Losses>,
+    records: LossWarnings,
+    bodies: LossWarnings,
+}
+
+impl LossLog {
+    fn new(losses: Arc<Losses>) -> Self {
+        Self {
+            losses,
+            records: LossWarnings::default(),
+            bodies: LossWarnings::default(),
         }
+    }
+
+    fn warn(&mut self, now: Instant) {
+        let records = self.losses.records.load(Ordering::Relaxed);
+        if let Some(lost) = self.records.due(records, now) {
+            tracing::warn!(
+                dropped = lost.total,
+                since_last_warning = lost.new,
+                "record queue full: request records dropped"
+            );
+        }
+        let bodies = self.losses.bodies.load(Ordering::Relaxed);
+        if let Some(lost) = self.bodies.due(bodies, now) {
+            tracing::warn!(
+                records = lost.total,
+                since_last_warning = lost.new,
+                "telemetry is behind: bodies left out of request records (usage kept)"
+            );
+        }
+    }
+
+    /// When [`Self::warn`] should run next.
+    fn next_check(&self, now: Instant) -> Instant {
+        let records = self.losses.records.load(Ordering::Relaxed);
+        let bodies = self.losses.bodies.load(Ordering::Relaxed);
+        self.records
+            .next_check(records, now)
+            .min(self.bodies.next_check(bodies, now))
     }
 }
 
@@ -505,11 +537,14 @@ async fn run_recorder(
     mut rx: mpsc::Receiver<Box<RequestRecord>>,
     sinks: Vec<Arc<dyn RecordSink>>,
     stop: CancellationToken,
+    mut losses: LossLog,
 ) {
     let mut background = BackgroundResults::default();
     let mut idle = true;
     loop {
+        losses.warn(Instant::now());
         if idle {
+            let check = losses.next_check(Instant::now());
             tokio::select! {
                 biased;
                 record = rx.recv() => match record {
@@ -517,6 +552,8 @@ async fn run_recorder(
                     None => break,
                 },
                 () = stop.cancelled() => break,
+                // A loss warning may be due: no record needs to come for it.
+                () = tokio::time::sleep_until(check.into()) => continue,
             }
             // Let records gather before taking them all: an idle router wakes this task (and
             // its thread) at most 200 times a second, not once per request. Each wake-up of

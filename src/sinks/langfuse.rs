@@ -40,7 +40,10 @@ use crate::sinks::clock::rfc3339_millis;
 use crate::sinks::generation::{
     self, GENERATION_NAME, Level, ParamValue, bounded, bounded_list, bounded_str,
 };
-use crate::sinks::otlp_http::{OtlpTransport, RetryPolicy, ShutdownDeadline, TransportError};
+use crate::sinks::loss::LossWarnings;
+use crate::sinks::otlp_http::{
+    OtlpTransport, Rejected, RejectedSlot, RetryPolicy, ShutdownDeadline, TransportError,
+};
 use crate::sinks::redact::Redactor;
 use crate::sinks::{BATCH_WINDOW, Batch, next_batch_until};
 
@@ -202,11 +205,12 @@ pub struct DestinationStats {
     dropped: AtomicU64,
     failed: AtomicU64,
     retries: Arc<AtomicU64>,
-    last_drop_warning: Mutex<Option<Instant>>,
-    last_failure_warning: Mutex<Option<Instant>>,
+    drop_warnings: Mutex<LossWarnings>,
+    /// With the reason of the latest failure, for the catch-up warning.
+    failure_warnings: Mutex<(LossWarnings, String)>,
 }
 
-/// At most one warning per this interval per destination and kind.
+/// Between two looks at the counters when their locks are poisoned (a panic elsewhere).
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 impl DestinationStats {
@@ -221,8 +225,8 @@ impl DestinationStats {
             dropped: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             retries: Arc::new(AtomicU64::new(0)),
-            last_drop_warning: Mutex::new(None),
-            last_failure_warning: Mutex::new(None),
+            drop_warnings: Mutex::new(LossWarnings::default()),
+            failure_warnings: Mutex::new((LossWarnings::default(), String::new())),
         }
     }
 
@@ -273,47 +277,92 @@ impl DestinationStats {
         self.pending_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
+    /// Counts `n` spans dropped, and nothing else: for callers a request may wait on
+    /// ([`LangfuseSink::accept`]). The builder thread gives the warning.
+    fn note_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` spans dropped and warns if a warning is due (off the request path only).
     fn count_dropped(&self, n: u64) {
-        let dropped = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
-        if rate_limit(&self.last_drop_warning) {
-            tracing::warn!(
-                destination = self.name,
-                dropped,
-                "trace export queue full (the endpoint is slow or down): spans dropped"
-            );
-        }
+        self.note_dropped(n);
+        self.warn_dropped(Instant::now());
     }
 
+    /// Counts `n` spans lost for `reason` and warns if a warning is due.
     fn count_failed(&self, n: u64, reason: &str) {
-        let failed = self.failed.fetch_add(n, Ordering::Relaxed) + n;
-        if rate_limit(&self.last_failure_warning) {
-            // Only 429, 5xx and network errors are retried: "after retries" misled for a 401.
-            let hint = if reason.contains("401") || reason.contains("403") {
-                " (the endpoint refused the credentials: check LANGFUSE_PUBLIC_KEY and \
-                 LANGFUSE_SECRET_KEY, or OTEL_EXPORTER_OTLP_HEADERS)"
-            } else {
-                ""
-            };
-            tracing::warn!(
-                destination = self.name,
-                failed,
-                "trace export failed, spans lost (429, 5xx and network errors are retried \
-                 first, others not): {reason}{hint}"
-            );
+        self.failed.fetch_add(n, Ordering::Relaxed);
+        if let Ok(mut warnings) = self.failure_warnings.lock() {
+            reason.clone_into(&mut warnings.1);
+        }
+        self.warn_failed(Instant::now());
+    }
+
+    /// Warns about spans dropped since the last warning, when one is due.
+    fn warn_dropped(&self, now: Instant) {
+        let Ok(mut warnings) = self.drop_warnings.lock() else {
+            return;
+        };
+        let Some(lost) = warnings.due(self.dropped(), now) else {
+            return;
+        };
+        tracing::warn!(
+            destination = self.name,
+            dropped = lost.total,
+            since_last_warning = lost.new,
+            "trace export queue full (the endpoint is slow or down): spans dropped"
+        );
+    }
+
+    /// Warns about spans lost since the last warning, when one is due, with the latest
+    /// reason.
+    fn warn_failed(&self, now: Instant) {
+        let Ok(mut warnings) = self.failure_warnings.lock() else {
+            return;
+        };
+        let (warnings, reason) = &mut *warnings;
+        let Some(lost) = warnings.due(self.failed(), now) else {
+            return;
+        };
+        // Only 429, 5xx and network errors are retried: "after retries" misled for a 401.
+        let hint = if reason.contains("status code: 401") || reason.contains("status code: 403") {
+            " (the endpoint refused the credentials: check LANGFUSE_PUBLIC_KEY and \
+             LANGFUSE_SECRET_KEY, or OTEL_EXPORTER_OTLP_HEADERS)"
+        } else {
+            ""
+        };
+        tracing::warn!(
+            destination = self.name,
+            failed = lost.total,
+            since_last_warning = lost.new,
+            "trace export failed, spans lost (429, 5xx and network errors are retried \
+             first, others not): {reason}{hint}"
+        );
+    }
+
+    /// The catch-up of both warnings: losses counted within the last interval and not
+    /// reported yet (the builder thread calls this whenever it wakes).
+    fn warn_losses(&self, now: Instant) {
+        self.warn_dropped(now);
+        self.warn_failed(now);
+    }
+
+    /// When [`Self::warn_losses`] should run next.
+    fn next_loss_check(&self, now: Instant) -> Instant {
+        let dropped = self
+            .drop_warnings
+            .lock()
+            .map(|w| w.next_check(self.dropped(), now));
+        let failed = self
+            .failure_warnings
+            .lock()
+            .map(|w| w.0.next_check(self.failed(), now));
+        match (dropped, failed) {
+            (Ok(a), Ok(b)) => a.min(b),
+            (Ok(at), Err(_)) | (Err(_), Ok(at)) => at,
+            (Err(_), Err(_)) => now + WARNING_INTERVAL,
         }
     }
-}
-
-fn rate_limit(last: &Mutex<Option<Instant>>) -> bool {
-    let Ok(mut last) = last.lock() else {
-        return false;
-    };
-    let now = Instant::now();
-    if last.is_some_and(|t| now.duration_since(t) < WARNING_INTERVAL) {
-        return false;
-    }
-    *last = Some(now);
-    true
 }
 
 /// Text a span holds, for the byte bounds (the same sum on the way in and out): its
@@ -351,26 +400,66 @@ struct SpanBatch {
 /// One destination's OTLP exporter (`opentelemetry_otlp::SpanExporter`, which converts the
 /// spans to OTLP protobuf and posts them through our [`OtlpTransport`]), counting the outcome
 /// and releasing the gate once a batch is sent or given up.
-#[derive(Debug)]
 struct CountingExporter {
     stats: Arc<DestinationStats>,
     inner: opentelemetry_otlp::SpanExporter,
+    /// What the endpoint rejected of the latest export (its transport's).
+    rejected: RejectedSlot,
+    /// For the endpoint's message about rejected spans: it may quote them.
+    redactor: Redactor,
 }
+
+/// Most characters of an endpoint's message about rejected spans kept in the warning.
+const MAX_ENDPOINT_MESSAGE_CHARS: usize = 300;
 
 impl CountingExporter {
     async fn export(&self, batch: SpanBatch) {
-        let spans = batch.spans.len();
+        let count = batch.spans.len();
         let result = self.inner.export(batch.spans).await;
-        self.stats.release(spans, batch.bytes);
+        let rejected = self.rejected.lock().ok().and_then(|mut slot| slot.take());
+        self.stats.release(count, batch.bytes);
         match result {
-            Ok(()) => {
-                self.stats
-                    .exported
-                    .fetch_add(spans as u64, Ordering::Relaxed);
-            }
-            Err(error) => self.stats.count_failed(spans as u64, &error.to_string()),
+            Ok(()) => self.count_accepted(count as u64, rejected),
+            Err(error) => self.stats.count_failed(count as u64, &error.to_string()),
         }
     }
+
+    /// Counts an export the endpoint answered with success: its spans exported, but those
+    /// it `rejected` (OTLP `partial_success`) failed. Those are not sent again, as the spec
+    /// says, yet lost: counted and warned of with the endpoint's message.
+    fn count_accepted(&self, spans: u64, rejected: Option<Rejected>) {
+        let refused = rejected.as_ref().map_or(0, |r| r.spans.min(spans));
+        self.stats
+            .exported
+            .fetch_add(spans - refused, Ordering::Relaxed);
+        let Some(rejected) = rejected.filter(|_| refused > 0) else {
+            return;
+        };
+        let message = endpoint_message(&rejected.message, &self.redactor);
+        self.stats.count_failed(
+            refused,
+            &format!("the endpoint rejected {refused} of {spans} spans: {message}"),
+        );
+    }
+}
+
+/// An endpoint's message for the log: keys redacted, one line, at most
+/// [`MAX_ENDPOINT_MESSAGE_CHARS`] characters.
+fn endpoint_message(text: &str, redactor: &Redactor) -> String {
+    if text.trim().is_empty() {
+        return "(no message)".to_owned();
+    }
+    // Redacted before the cut, so that no cut leaves half a key.
+    let redacted = redactor.redact(text, &[]);
+    let mut line: String = redacted
+        .chars()
+        .take(MAX_ENDPOINT_MESSAGE_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if redacted.chars().nth(MAX_ENDPOINT_MESSAGE_CHARS).is_some() {
+        line.push_str("...");
+    }
+    line
 }
 
 /// Depth of the queue between `accept` and the builder thread (a few batch windows at
@@ -430,27 +519,30 @@ impl LangfuseSink {
                 options.max_queued_spans,
                 options.max_queued_bytes,
             ));
-            let transport: Arc<dyn HttpClient> = Arc::new(
-                OtlpTransport::new(
-                    destination.name,
-                    &destination.headers,
-                    options.retry,
-                    stopping.clone(),
-                    destination_stats.retries.clone(),
-                )
-                .map_err(|source| LangfuseError::Transport {
-                    destination: destination.name,
-                    source,
-                })?,
-            );
+            let transport = OtlpTransport::new(
+                destination.name,
+                &destination.headers,
+                options.retry,
+                stopping.clone(),
+                destination_stats.retries.clone(),
+            )
+            .map_err(|source| LangfuseError::Transport {
+                destination: destination.name,
+                source,
+            })?;
             // The SDK's exporter is not called again before its export returns; several
-            // exports under way need as many exporters (sharing one transport and its pool).
+            // exports under way need as many exporters (sharing one connection pool, each
+            // with its own transport, which tells it what the endpoint rejected).
             let pool = (0..EXPORTS_IN_FLIGHT)
                 .map(|_| {
+                    let (transport, rejected) = transport.for_one_exporter();
+                    let transport: Arc<dyn HttpClient> = Arc::new(transport);
                     build_exporter(destination, &transport, &options, &resource).map(|inner| {
                         CountingExporter {
                             stats: destination_stats.clone(),
                             inner,
+                            rejected,
+                            redactor: options.redactor.clone(),
                         }
                     })
                 })
@@ -613,9 +705,10 @@ impl RecordSink for LangfuseSink {
         let Some(tx) = tx.as_ref() else { return };
         match tx.try_send(record.clone()) {
             Ok(()) => {}
+            // Only counted here: the builder thread, busy with the full queue, warns.
             Err(TrySendError::Full(_)) => {
                 for stats in &self.stats {
-                    stats.count_dropped(1);
+                    stats.note_dropped(1);
                 }
             }
             Err(TrySendError::Disconnected(_)) => {}
@@ -847,6 +940,7 @@ impl SpanBuilderThread {
             let now = Instant::now();
             for outbox in &mut self.outboxes {
                 outbox.send(now, self.export_interval, self.limits);
+                outbox.stats.warn_losses(now);
             }
         }
         self.hand_over_the_rest();
@@ -872,16 +966,19 @@ impl SpanBuilderThread {
     }
 
     /// Takes the records waiting into `records` (see [`next_batch_until`]); when none
-    /// waits, waits no longer than the next batch falls due.
+    /// waits, waits no longer than the next batch falls due, or a loss warning (spans
+    /// dropped or failed since the last one) may be due.
     fn gather(
         &self,
         rx: &Receiver<Arc<RequestRecord>>,
         records: &mut Vec<Arc<RequestRecord>>,
     ) -> Batch {
+        let now = Instant::now();
         let deadline = self
             .outboxes
             .iter()
             .filter_map(|o| o.next_wake(self.export_interval))
+            .chain(self.outboxes.iter().map(|o| o.stats.next_loss_check(now)))
             .min();
         next_batch_until(
             rx,

@@ -18,7 +18,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ToSql, params_from_iter};
@@ -26,8 +25,9 @@ use rusqlite::{Connection, ToSql, params_from_iter};
 use crate::db::{self, DbError};
 use crate::record::{Outcome, RecordSink, RequestRecord};
 use crate::sinks::clock::{rfc3339_millis, utc_day};
+use crate::sinks::loss::LossWarnings;
 use crate::sinks::redact::Redactor;
-use crate::sinks::{BATCH_WINDOW, MAX_NAME_CHARS, WriterQueue, clipped_chars, next_batch};
+use crate::sinks::{BATCH_WINDOW, Batch, MAX_NAME_CHARS, QueueRx, WriterQueue, clipped_chars};
 
 /// Rows waiting for the writer before new ones are dropped (and counted). Rows are small.
 const QUEUE_DEPTH: usize = 16 * 1024;
@@ -315,13 +315,15 @@ impl LedgerSink {
             close_deadline: waits.close_deadline,
             busy_timeout: waits.busy_timeout,
             lock_warned: None,
-            failure_warned: None,
+            reopen_warned: None,
+            loss_warnings: LossWarnings::default(),
+            failure_reason: String::new(),
         };
         let queue = WriterQueue::start(
             "llmsrouter-ledger",
             QUEUE_DEPTH,
             "usage ledger writer behind: rows dropped",
-            move |rx| writer.run(conn, &rx),
+            move |mut rx| writer.run(conn, &mut rx),
         )
         .map_err(LedgerError::Thread)?;
         Ok(Self {
@@ -459,7 +461,11 @@ struct Writer {
     /// When each kind of warning was last logged: a lock that lasts does not hide the
     /// warning that rows were lost after all.
     lock_warned: Option<Instant>,
-    failure_warned: Option<Instant>,
+    reopen_warned: Option<Instant>,
+    /// Rows lost: every loss reported, at most one line per interval.
+    loss_warnings: LossWarnings,
+    /// The latest error rows were lost to, for the warning.
+    failure_reason: String,
 }
 
 /// Whether SQLite refused because another connection holds the lock: worth waiting for,
@@ -473,56 +479,94 @@ fn is_locked(error: &rusqlite::Error) -> bool {
 
 impl Writer {
     /// Until the sink closes its end: take what is waiting (up to a batch, see
-    /// [`next_batch`]), insert it in one transaction, retried as [`Self::write`] says.
-    fn run(mut self, mut conn: Connection, rx: &Receiver<Arc<RequestRecord>>) {
+    /// [`QueueRx::next`]), insert it in one transaction, retried as [`Self::write`] says;
+    /// between batches, the warnings about rows lost (dropped or failed) that fell due.
+    fn run(mut self, mut conn: Connection, rx: &mut QueueRx) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while next_batch(rx, &mut batch, MAX_BATCH, BATCH_WINDOW) {
-            if self.file.replaced() {
-                match self.file.reopen(self.busy_timeout) {
-                    Ok(fresh) => {
-                        tracing::warn!(
-                            "usage ledger: {} was deleted or replaced while the router ran; \
-                             writing to the file at that path now (rows written since the \
-                             last second went to the old one)",
-                            self.file.path.display()
-                        );
-                        conn = fresh;
-                    }
-                    Err(error) => warn_now_and_then(
-                        &mut self.failure_warned,
-                        format_args!(
-                            "usage ledger: {} was deleted or replaced, and cannot be opened again: {error}",
-                            self.file.path.display()
-                        ),
-                    ),
-                }
+        loop {
+            let check = self
+                .loss_warnings
+                .next_check(self.stats.failed(), Instant::now());
+            match rx.next(&mut batch, MAX_BATCH, BATCH_WINDOW, check) {
+                Batch::Closed => break,
+                Batch::TimedOut => {}
+                Batch::Taken => self.write_batch(&mut conn, rx, &batch),
             }
-            let rows: Vec<LedgerRow<'_>> = batch
-                .iter()
-                .map(|record| LedgerRow::from_record(record, &self.redactor))
-                .collect();
-            let result = self.write(&mut conn, &rows);
-            drop(rows);
-            let counter = match result {
-                Ok(()) => &self.stats.written,
-                Err(error) => {
-                    warn_now_and_then(
-                        &mut self.failure_warned,
-                        format_args!("usage ledger: cannot write {} rows: {error}", batch.len()),
-                    );
-                    &self.stats.failed
-                }
-            };
-            counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
             batch.clear();
+            self.warn_failed(Instant::now());
         }
+    }
+
+    /// Writes one batch of rows, counted as written or failed.
+    fn write_batch(
+        &mut self,
+        conn: &mut Connection,
+        rx: &mut QueueRx,
+        batch: &[Arc<RequestRecord>],
+    ) {
+        if self.file.replaced() {
+            match self.file.reopen(self.busy_timeout) {
+                Ok(fresh) => {
+                    tracing::warn!(
+                        "usage ledger: {} was deleted or replaced while the router ran; \
+                         writing to the file at that path now (rows written since the \
+                         last second went to the old one)",
+                        self.file.path.display()
+                    );
+                    *conn = fresh;
+                }
+                Err(error) => warn_now_and_then(
+                    &mut self.reopen_warned,
+                    format_args!(
+                        "usage ledger: {} was deleted or replaced, and cannot be opened again: {error}",
+                        self.file.path.display()
+                    ),
+                ),
+            }
+        }
+        let rows: Vec<LedgerRow<'_>> = batch
+            .iter()
+            .map(|record| LedgerRow::from_record(record, &self.redactor))
+            .collect();
+        let result = self.write(conn, rx, &rows);
+        drop(rows);
+        let rows = batch.len() as u64;
+        match result {
+            Ok(()) => {
+                self.stats.written.fetch_add(rows, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.stats.failed.fetch_add(rows, Ordering::Relaxed);
+                self.failure_reason = error.to_string();
+                self.warn_failed(Instant::now());
+            }
+        }
+    }
+
+    /// Warns about rows lost since the last warning, at most once per interval (see
+    /// [`crate::sinks::loss`]) and at the latest when it has passed, with the latest error.
+    fn warn_failed(&mut self, now: Instant) {
+        let Some(lost) = self.loss_warnings.due(self.stats.failed(), now) else {
+            return;
+        };
+        tracing::warn!(
+            failed = lost.total,
+            since_last_warning = lost.new,
+            "usage ledger: cannot write rows: {}",
+            self.failure_reason
+        );
     }
 
     /// Inserts `rows`. A database locked by another process is waited for, with growing
     /// pauses, for as long as it takes (the queue behind fills meanwhile, and drops only
     /// what overflows it) until shutdown began [`LedgerWaits::close_deadline`] ago. Any
     /// other error gets one more attempt (it may pass), then the batch is given up.
-    fn write(&mut self, conn: &mut Connection, rows: &[LedgerRow<'_>]) -> rusqlite::Result<()> {
+    fn write(
+        &mut self,
+        conn: &mut Connection,
+        rx: &mut QueueRx,
+        rows: &[LedgerRow<'_>],
+    ) -> rusqlite::Result<()> {
         let mut backoff = FIRST_BACKOFF;
         let mut other_errors = 0;
         loop {
@@ -566,6 +610,8 @@ impl Writer {
                 );
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
+            // The queue behind fills while this waits: its drops are reported meanwhile.
+            rx.warn_dropped(Instant::now());
             std::thread::sleep(pause);
         }
     }
@@ -706,12 +752,18 @@ mod tests {
             close_deadline,
             busy_timeout,
             lock_warned: None,
-            failure_warned: None,
+            reopen_warned: None,
+            loss_warnings: LossWarnings::default(),
+            failure_reason: String::new(),
         };
         let record = record();
         let rows = numbered_rows(&record, 1);
         let start = Instant::now();
-        assert!(writer.write(&mut conn, &rows).is_err(), "the lock is held");
+        let (_tx, mut rx) = QueueRx::for_tests(1);
+        assert!(
+            writer.write(&mut conn, &mut rx, &rows).is_err(),
+            "the lock is held"
+        );
         // Far below the 5 s a whole busy timeout would take.
         assert!(
             start.elapsed() < Duration::from_secs(3),

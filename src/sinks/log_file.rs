@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use time::Date;
 
 use crate::sinks::clock::{parse_day, utc_date};
+use crate::sinks::loss::LossWarnings;
 
 /// Daily files kept, today's included.
 pub const KEPT_FILES: usize = 7;
@@ -22,9 +23,6 @@ pub const KEPT_FILES: usize = 7;
 /// How often the path is compared with the open file: a rename or delete is noticed within
 /// about this long (lines written meanwhile go to the moved or deleted file).
 const RECHECK: Duration = Duration::from_secs(1);
-
-/// Between two warnings about lost lines.
-const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Splits `dir/name.ext` into the directory, prefix and suffix, so files are
 /// `name.YYYY-MM-DD.ext` next to where the user pointed.
@@ -205,7 +203,9 @@ pub struct LogFile {
     torn: Option<(u64, u64)>,
     /// The UTC day old files were last deleted for.
     pruned_for: Option<Date>,
-    last_warning: Option<Instant>,
+    loss_warnings: LossWarnings,
+    /// What the latest lost lines could not be written for, for the warning.
+    loss_reason: String,
     stats: std::sync::Arc<LogStats>,
 }
 
@@ -217,7 +217,8 @@ impl LogFile {
             checked_at: None,
             torn: None,
             pruned_for: None,
-            last_warning: None,
+            loss_warnings: LossWarnings::default(),
+            loss_reason: String::new(),
             stats,
         }
     }
@@ -391,7 +392,7 @@ impl LogFile {
         Ok(())
     }
 
-    /// Counts `lines` as lost and warns, at most every [`WARN_EVERY`], with the total so far.
+    /// Counts `lines` as lost, keeps the reason for the warning, and warns if one is due.
     fn lost(
         &mut self,
         lines: u64,
@@ -400,19 +401,29 @@ impl LogFile {
         error: &std::io::Error,
         now: Instant,
     ) {
-        let failed = self.stats.failed.fetch_add(lines, Ordering::Relaxed) + lines;
-        if self
-            .last_warning
-            .is_some_and(|at| now.duration_since(at) < WARN_EVERY)
-        {
+        self.stats.failed.fetch_add(lines, Ordering::Relaxed);
+        self.loss_reason = format!("{doing} {}: {error}", self.path_of(day).display());
+        self.warn_lost(now);
+    }
+
+    /// Warns about lines lost since the last warning, at most once per interval (see
+    /// [`crate::sinks::loss`]) and at the latest when it has passed (the writer calls this whenever it wakes), with the
+    /// total so far and the latest reason.
+    pub fn warn_lost(&mut self, now: Instant) {
+        let Some(lost) = self.loss_warnings.due(self.stats.failed(), now) else {
             return;
-        }
-        self.last_warning = Some(now);
+        };
         tracing::warn!(
-            failed,
-            "request log: {doing} {}: {error}; lines are lost until it works again",
-            self.path_of(day).display()
+            failed = lost.total,
+            since_last_warning = lost.new,
+            "request log: {}; lines are lost until it works again",
+            self.loss_reason
         );
+    }
+
+    /// When [`Self::warn_lost`] should run next.
+    pub fn next_loss_check(&self, now: Instant) -> Instant {
+        self.loss_warnings.next_check(self.stats.failed(), now)
     }
 }
 

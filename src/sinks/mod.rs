@@ -10,6 +10,7 @@ pub mod langfuse;
 pub mod ledger;
 pub mod ledger_report;
 pub mod log_file;
+pub mod loss;
 pub mod otlp_http;
 pub mod redact;
 pub mod request_log;
@@ -28,6 +29,7 @@ use crate::env::EnvSettings;
 use crate::record::{RecordSink, RequestRecord};
 use langfuse::{LangfuseError, LangfuseOptions, LangfuseSink};
 use ledger::{LedgerError, LedgerSink};
+use loss::LossWarnings;
 use redact::Redactor;
 use request_log::{RequestLogError, RequestLogOptions, RequestLogSink};
 
@@ -85,21 +87,85 @@ pub(crate) fn clipped_chars(text: Cow<'_, str>, max: usize) -> Cow<'_, str> {
 }
 
 /// A sink's writer thread and the bounded queue feeding it. `offer` never waits: when the
-/// writer is behind and the queue full, the record is dropped for this sink, counted, and a
-/// warning logged at most every 10 s. `finish` closes the queue, lets the writer drain what
-/// waits, and waits for it to end.
+/// writer is behind and the queue full, the record is dropped for this sink and counted (an
+/// atomic add, nothing more); the writer warns about drops through its [`QueueRx`], at most
+/// every 10 s and at the latest once those 10 s have passed. `finish` closes the queue, lets
+/// the writer drain what waits, and waits for it to end.
 pub(crate) struct WriterQueue {
     tx: Mutex<Option<SyncSender<Arc<RequestRecord>>>>,
     /// Resolves when the writer thread ended (its sender is dropped then, panic or not). The
     /// thread itself is never joined: a thread blocked for good (see [`Self::finish`]) would
     /// hold up whoever joined it, and a runtime waits for its blocking tasks when it drops.
     ended: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
-    dropped: AtomicU64,
+    dropped: Arc<AtomicU64>,
     /// Records queued for the writer (all it was given, as `dropped` is all it was not).
     accepted: AtomicU64,
-    last_warning: Mutex<Option<Instant>>,
+}
+
+/// The writer's end of a [`WriterQueue`]: its records, and the warning about those dropped.
+pub(crate) struct QueueRx {
+    rx: Receiver<Arc<RequestRecord>>,
+    dropped: Arc<AtomicU64>,
+    warnings: LossWarnings,
     /// The warning, e.g. "request log writer behind: lines dropped".
     behind: &'static str,
+}
+
+impl QueueRx {
+    /// The next records (see [`next_batch_until`]), waiting for the first one no later
+    /// than `check` (the writer's own next loss check) or than a warning about dropped
+    /// records may be due ([`Batch::TimedOut`], nothing taken); gives that warning when due.
+    pub(crate) fn next(
+        &mut self,
+        batch: &mut Vec<Arc<RequestRecord>>,
+        max: usize,
+        window: Duration,
+        check: Instant,
+    ) -> Batch {
+        let now = Instant::now();
+        let deadline = check.min(self.warnings.next_check(self.dropped(), now));
+        let got = next_batch_until(
+            &self.rx,
+            batch,
+            max,
+            window,
+            Some(deadline),
+            &mut std::thread::sleep,
+        );
+        self.warn_dropped(Instant::now());
+        got
+    }
+
+    /// Warns about the records dropped since the last warning, if one is due. Also for a
+    /// writer waiting long on its own (the ledger on a locked database): the queue is full
+    /// then, and dropping.
+    pub(crate) fn warn_dropped(&mut self, now: Instant) {
+        if let Some(lost) = self.warnings.due(self.dropped(), now) {
+            tracing::warn!(
+                dropped = lost.total,
+                since_last_warning = lost.new,
+                "{}",
+                self.behind
+            );
+        }
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// A queue of `depth` records with no thread behind it (for tests of writers).
+    #[cfg(test)]
+    pub(crate) fn for_tests(depth: usize) -> (SyncSender<Arc<RequestRecord>>, Self) {
+        let (tx, rx) = sync_channel(depth);
+        let rx = Self {
+            rx,
+            dropped: Arc::default(),
+            warnings: LossWarnings::default(),
+            behind: "test writer behind",
+        };
+        (tx, rx)
+    }
 }
 
 impl WriterQueue {
@@ -109,10 +175,17 @@ impl WriterQueue {
         name: &str,
         depth: usize,
         behind: &'static str,
-        writer: impl FnOnce(Receiver<Arc<RequestRecord>>) + Send + 'static,
+        writer: impl FnOnce(QueueRx) + Send + 'static,
     ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(depth);
         let (ended_tx, ended) = tokio::sync::oneshot::channel();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let rx = QueueRx {
+            rx,
+            dropped: dropped.clone(),
+            warnings: LossWarnings::default(),
+            behind,
+        };
         std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
@@ -122,10 +195,8 @@ impl WriterQueue {
         Ok(Self {
             tx: Mutex::new(Some(tx)),
             ended: Mutex::new(Some(ended)),
-            dropped: AtomicU64::new(0),
+            dropped,
             accepted: AtomicU64::new(0),
-            last_warning: Mutex::new(None),
-            behind,
         })
     }
 
@@ -135,16 +206,11 @@ impl WriterQueue {
         match tx.try_send(record.clone()) {
             Ok(()) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
-                return;
             }
-            Err(TrySendError::Disconnected(_)) => return,
-            Err(TrySendError::Full(_)) => {}
-        }
-        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Ok(mut last) = self.last_warning.lock() {
-            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                *last = Some(Instant::now());
-                tracing::warn!(dropped, "{}", self.behind);
+            Err(TrySendError::Disconnected(_)) => {}
+            // The writer, busy with the full queue, warns.
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -213,21 +279,6 @@ impl Metrics {
 /// 7.1 ms at 25 ms, 3.5 ms at 5 ms, the same throughput).
 pub const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
-/// Moves the next items of `rx` into `batch` (at most `max` in it): what is waiting at once,
-/// else the next one to arrive plus whatever follows within `window`. `false` once the
-/// sending side is gone and nothing is left.
-pub(crate) fn next_batch<T>(
-    rx: &Receiver<T>,
-    batch: &mut Vec<T>,
-    max: usize,
-    window: Duration,
-) -> bool {
-    !matches!(
-        next_batch_until(rx, batch, max, window, None, &mut std::thread::sleep),
-        Batch::Closed
-    )
-}
-
 /// What [`next_batch_until`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Batch {
@@ -238,7 +289,9 @@ pub(crate) enum Batch {
     Closed,
 }
 
-/// [`next_batch`], waiting for a first item no later than `deadline`, napping with `nap`.
+/// Moves the next items of `rx` into `batch` (at most `max` in it): what is waiting at once,
+/// else the next one to arrive (waited for no later than `deadline`) plus whatever follows
+/// within `window`, napping with `nap`.
 ///
 /// The nap comes only after a wait: an idle writer wakes at most 200 times a second, not
 /// once per item, while a busy one (items already waiting) takes them at once, as fast as
@@ -281,6 +334,48 @@ pub(crate) fn next_batch_until<T>(
 mod tests {
     use super::*;
     use std::sync::mpsc::sync_channel;
+
+    fn next_batch<T>(rx: &Receiver<T>, batch: &mut Vec<T>, max: usize, window: Duration) -> bool {
+        let nap = &mut std::thread::sleep;
+        next_batch_until(rx, batch, max, window, None, nap) != Batch::Closed
+    }
+
+    /// Records dropped while the writer is behind, after a first warning: the writer,
+    /// with nothing more to take, wakes when the interval ends and warns with the total.
+    /// The drops themselves only add to an atomic.
+    #[test]
+    fn a_writer_warns_of_drops_within_the_interval_once_it_ends() {
+        let (tx, mut rx) = QueueRx::for_tests(1);
+        let interval = Duration::from_millis(200);
+        rx.warnings = LossWarnings::every(interval);
+        let queue = WriterQueue {
+            tx: Mutex::new(Some(tx)),
+            ended: Mutex::new(None),
+            dropped: rx.dropped.clone(),
+            accepted: AtomicU64::new(0),
+        };
+        let record = Arc::new(crate::record::tests::sample());
+        let mut batch = Vec::new();
+        let far = Instant::now() + Duration::from_secs(60);
+        // One queued, two dropped: the first warning, at once.
+        for _ in 0..3 {
+            queue.offer(&record);
+        }
+        assert_eq!(rx.next(&mut batch, 8, Duration::ZERO, far), Batch::Taken);
+        assert_eq!(rx.warnings.said(), 2);
+        // Two more within the interval: not yet.
+        batch.clear();
+        for _ in 0..3 {
+            queue.offer(&record);
+        }
+        assert_eq!(rx.next(&mut batch, 8, Duration::ZERO, far), Batch::Taken);
+        assert_eq!((queue.dropped(), rx.warnings.said()), (4, 2));
+        // Nothing more comes: the writer wakes at the interval's end and reports them.
+        let started = Instant::now();
+        assert_eq!(rx.next(&mut batch, 8, Duration::ZERO, far), Batch::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(rx.warnings.said(), 4);
+    }
 
     #[test]
     fn batches_take_what_waits_and_end_when_closed() {

@@ -10,7 +10,7 @@
 //! the OTLP crate also reads) never reach another, and it never logs a header value.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -86,6 +86,20 @@ pub fn is_retryable(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
+/// What an endpoint refused of an export it answered with success: OTLP's
+/// `partial_success`. The client must not send those spans again, but they are lost and
+/// must be reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub spans: u64,
+    /// The endpoint's `error_message`, as it sent it (not redacted, not bounded).
+    pub message: String,
+}
+
+/// Where a transport leaves what the endpoint refused of its latest export, for the one
+/// exporter that sends through it (an exporter never has two exports under way).
+pub type RejectedSlot = Arc<Mutex<Option<Rejected>>>;
+
 /// One OTLP/HTTP destination's transport. `Debug` shows the endpoint's name only.
 pub struct OtlpTransport {
     name: &'static str,
@@ -95,6 +109,7 @@ pub struct OtlpTransport {
     policy: RetryPolicy,
     stopping: ShutdownDeadline,
     retries: Arc<AtomicU64>,
+    rejected: RejectedSlot,
 }
 
 impl std::fmt::Debug for OtlpTransport {
@@ -150,7 +165,26 @@ impl OtlpTransport {
             policy,
             stopping,
             retries,
+            rejected: RejectedSlot::default(),
         })
+    }
+
+    /// A transport for one more exporter: the same connections, headers and counters, its
+    /// own [`RejectedSlot`] (returned too), so that what an endpoint refused is counted
+    /// against the export it answered.
+    pub fn for_one_exporter(&self) -> (Self, RejectedSlot) {
+        let rejected = RejectedSlot::default();
+        let transport = Self {
+            name: self.name,
+            client: self.client.clone(),
+            runtime: self.runtime.clone(),
+            headers: self.headers.clone(),
+            policy: self.policy,
+            stopping: self.stopping.clone(),
+            retries: self.retries.clone(),
+            rejected: rejected.clone(),
+        };
+        (transport, rejected)
     }
 }
 
@@ -180,11 +214,75 @@ impl HttpClient for OtlpTransport {
         };
         // The request runs as a task on the runtime the transport was made in, whatever
         // polls the exporter's future (the HttpClient trait does not say); this only waits.
-        self.runtime
+        let response = self
+            .runtime
             .spawn(send.run())
             .await
-            .map_err(|e| Box::new(e) as HttpError)?
+            .map_err(|e| Box::new(e) as HttpError)??;
+        if response.status().is_success() {
+            let content_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let rejected = rejected_spans(content_type, response.body());
+            if let Ok(mut slot) = self.rejected.lock() {
+                *slot = rejected;
+            }
+        }
+        Ok(response)
     }
+}
+
+/// The spans a successful export answer says were rejected (`partial_success`), read from
+/// its body in the protobuf or JSON encoding its content type names; `None` when none were
+/// (an empty body, the usual answer) or the body cannot be read.
+pub fn rejected_spans(content_type: Option<&str>, body: &[u8]) -> Option<Rejected> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    use prost::Message as _;
+    if body.is_empty() {
+        return None;
+    }
+    let media = content_type
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase());
+    let rejected = match media.as_deref() {
+        Some("application/x-protobuf" | "application/protobuf") => {
+            let partial = ExportTraceServiceResponse::decode(body)
+                .ok()?
+                .partial_success?;
+            Rejected {
+                spans: u64::try_from(partial.rejected_spans).unwrap_or(0),
+                message: partial.error_message,
+            }
+        }
+        Some("application/json") => rejected_in_json(body)?,
+        _ => return None,
+    };
+    (rejected.spans > 0).then_some(rejected)
+}
+
+/// `partialSuccess` of an OTLP/JSON answer (`rejectedSpans` is an int64: a number or, as
+/// proto3's JSON mapping writes it, a string).
+fn rejected_in_json(body: &[u8]) -> Option<Rejected> {
+    let answer: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let partial = answer
+        .get("partialSuccess")
+        .or_else(|| answer.get("partial_success"))?;
+    let count = partial
+        .get("rejectedSpans")
+        .or_else(|| partial.get("rejected_spans"))?;
+    let spans = match count {
+        serde_json::Value::Number(n) => n.as_u64()?,
+        serde_json::Value::String(s) => s.parse().ok()?,
+        _ => return None,
+    };
+    let message = partial
+        .get("errorMessage")
+        .or_else(|| partial.get("error_message"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    Some(Rejected { spans, message })
 }
 
 struct Attempts {
@@ -293,6 +391,9 @@ async fn into_http_response(mut response: reqwest::Response) -> Result<Response<
     }
     let mut out = Response::new(body.freeze());
     *out.status_mut() = status;
+    if let Some(content_type) = response.headers().get(CONTENT_TYPE) {
+        out.headers_mut().insert(CONTENT_TYPE, content_type.clone());
+    }
     Ok(out)
 }
 
@@ -323,6 +424,42 @@ fn jitter(backoff: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partial_success_is_read_from_protobuf_and_json_answers() {
+        use opentelemetry_proto::tonic::collector::trace::v1::{
+            ExportTracePartialSuccess, ExportTraceServiceResponse,
+        };
+        use prost::Message as _;
+        let answer = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        let rejected = Rejected {
+            spans: 3,
+            message: "too old".into(),
+        };
+        let protobuf = Some("application/x-protobuf");
+        assert_eq!(rejected_spans(protobuf, &answer), Some(rejected.clone()));
+        // Int64 in OTLP/JSON: a string, or a number from lenient servers.
+        for json in [
+            r#"{"partialSuccess":{"rejectedSpans":"3","errorMessage":"too old"}}"#,
+            r#"{"partialSuccess":{"rejectedSpans":3,"errorMessage":"too old"}}"#,
+        ] {
+            let got = rejected_spans(Some("application/json; charset=utf-8"), json.as_bytes());
+            assert_eq!(got, Some(rejected.clone()), "{json}");
+        }
+        // The usual answers: nothing rejected.
+        assert_eq!(rejected_spans(protobuf, b""), None);
+        let none = ExportTraceServiceResponse::default().encode_to_vec();
+        assert_eq!(rejected_spans(protobuf, &none), None);
+        assert_eq!(rejected_spans(Some("application/json"), b"{}"), None);
+        assert_eq!(rejected_spans(Some("text/plain"), b"ok"), None);
+        assert_eq!(rejected_spans(protobuf, b"\xff\xff\xff"), None);
+    }
 
     #[test]
     fn retryable_statuses() {

@@ -12,7 +12,6 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -22,7 +21,7 @@ use crate::record::{RecordSink, RequestRecord};
 use crate::sinks::clock::{rfc3339_millis, utc_date};
 use crate::sinks::log_file::{LogFile, LogStats, Target};
 use crate::sinks::redact::Redactor;
-use crate::sinks::{BATCH_WINDOW, MAX_NAME_CHARS, WriterQueue, clipped_chars, next_batch};
+use crate::sinks::{BATCH_WINDOW, Batch, MAX_NAME_CHARS, QueueRx, WriterQueue, clipped_chars};
 use crate::usage::ToolCall;
 
 pub use crate::sinks::log_file::KEPT_FILES;
@@ -191,14 +190,24 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Arc<RequestRecord>>) {
+    /// Until the sink closes its end: lines written a batch at a time; between batches,
+    /// the warnings about lines lost (dropped or failed) that fell due.
+    fn run(mut self, mut rx: QueueRx) {
         let mut batch = Vec::with_capacity(256);
-        while next_batch(&rx, &mut batch, 256, BATCH_WINDOW) {
-            self.file.prune_once_a_day(SystemTime::now());
-            for record in batch.drain(..) {
-                self.add(&record);
+        loop {
+            let check = self.file.next_loss_check(Instant::now());
+            match rx.next(&mut batch, 256, BATCH_WINDOW, check) {
+                Batch::Closed => break,
+                Batch::TimedOut => {}
+                Batch::Taken => {
+                    self.file.prune_once_a_day(SystemTime::now());
+                    for record in batch.drain(..) {
+                        self.add(&record);
+                    }
+                    self.pending.write(&mut self.file);
+                }
             }
-            self.pending.write(&mut self.file);
+            self.file.warn_lost(Instant::now());
         }
         self.pending.write(&mut self.file);
     }

@@ -1,7 +1,7 @@
 //! A mock OTLP/HTTP traces endpoint: decodes each protobuf `ExportTraceServiceRequest` with
 //! the `opentelemetry-proto` crate and keeps it with its headers. It can answer scripted
-//! statuses (429, 500, ...) and hold requests until released, to test retries, drops and
-//! recovery.
+//! statuses (429, 500, ...), hold requests until released, or accept exports while
+//! rejecting their spans (OTLP `partial_success`), to test retries, drops and recovery.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -14,7 +14,9 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValueKind;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -56,6 +58,8 @@ struct Shared {
     hit_times: Mutex<Vec<Instant>>,
     /// `true`: requests wait until it turns `false`.
     hold: watch::Sender<bool>,
+    /// When set, a 200 answer says every span of the export was rejected, with this message.
+    reject: Mutex<Option<String>>,
 }
 
 pub struct MockOtlp {
@@ -81,6 +85,7 @@ impl MockOtlp {
             hits: AtomicUsize::new(0),
             hit_times: Mutex::default(),
             hold: watch::channel(false).0,
+            reject: Mutex::default(),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let addr = listener.local_addr().expect("addr");
@@ -119,6 +124,12 @@ impl MockOtlp {
     /// Every request answers `status` until [`Self::heal`].
     pub fn fail_with(&self, status: u16) {
         *self.shared.fail_with.lock().expect("lock") = Some(status);
+    }
+
+    /// Every export is answered 200 with a `partial_success` rejecting all its spans, with
+    /// `message` as the `error_message` (the spans are still kept here, as received).
+    pub fn reject_spans(&self, message: &str) {
+        *self.shared.reject.lock().expect("lock") = Some(message.to_owned());
     }
 
     pub fn heal(&self) {
@@ -230,6 +241,9 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         };
         let request = ExportTraceServiceRequest::decode(body.clone())
             .expect("the router sends protobuf ExportTraceServiceRequest");
+        if let Some(message) = shared.reject.lock().expect("lock").clone() {
+            *response.body_mut() = partial_success(&request, message).into();
+        }
         shared.exports.lock().expect("lock").push(Export {
             path: parts.uri.path().to_owned(),
             headers: parts.headers,
@@ -243,6 +257,23 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         );
     }
     response
+}
+
+/// An `ExportTraceServiceResponse` rejecting every span of `request`.
+fn partial_success(request: &ExportTraceServiceRequest, message: String) -> Vec<u8> {
+    let spans: usize = request
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len())
+        .sum();
+    ExportTraceServiceResponse {
+        partial_success: Some(ExportTracePartialSuccess {
+            rejected_spans: spans as i64,
+            error_message: message,
+        }),
+    }
+    .encode_to_vec()
 }
 
 fn gunzip(body: &[u8]) -> Bytes {

@@ -5,6 +5,7 @@
 mod binary;
 mod langfuse;
 mod ledger;
+mod loss_warnings;
 mod mock_otlp;
 pub mod request_log;
 mod secrets;

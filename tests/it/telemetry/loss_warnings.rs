@@ -1,0 +1,161 @@
+//! Warnings about lost records in the real binary's log: losses within the warning interval
+//! are reported once it ends, even when no further loss comes, so the last warning's total
+//! is the counter's; and spans an OTLP endpoint rejects in a successful answer
+//! (`partial_success`) are counted as failed, with its message, redacted and bounded.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::mock_otlp::MockOtlp;
+use super::request_log::counter;
+use super::{PUBLIC_KEY, SECRET_KEY};
+use crate::support::upstream::{Behavior, MockUpstream};
+use crate::support::{RouterProcess, one_server_config};
+
+/// The warning interval the router runs with here: long enough that the losses a test makes
+/// fall within one interval, short enough that its end comes quickly.
+const INTERVAL_MS: &str = "3000";
+
+/// The total (`field=N`) in the last WARN line of `stderr` that contains `phrase`.
+fn last_total(stderr: &str, phrase: &str, field: &str) -> Option<u64> {
+    let key = format!("{field}=");
+    stderr
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains(phrase))
+        .filter_map(|l| {
+            let rest = &l[l.find(&key)? + key.len()..];
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .next_back()
+}
+
+/// Sends one request, then waits until counter `name` reaches `n` (each loss its own batch).
+async fn lose_one(router: &RouterProcess, name: &str, n: u64) {
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while counter(router, name).await < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            router.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls the router's log until the last warning containing `phrase` gives `field=total`.
+async fn wait_for_warning(router: &RouterProcess, phrase: &str, field: &str, total: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while last_total(&router.stderr(), phrase, field) != Some(total) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no warning with {field}={total}: {}",
+            router.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Spans lost to an endpoint refusing them, four times within one warning interval: the
+/// first loss is warned of at once, the other three once the interval ends, with no new
+/// loss after them. Before, the log said `failed=1` and nothing more while the counter said 4.
+#[tokio::test]
+async fn span_export_failures_within_the_interval_are_reported_when_it_ends() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    // Not retried: each export fails at once.
+    otlp.fail_with(400);
+    let mut router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[
+            ("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY),
+            ("LANGFUSE_SECRET_KEY", SECRET_KEY),
+            ("LANGFUSE_HOST", &otlp.origin()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "20"),
+            ("LLMSROUTER_LEDGER", "false"),
+            ("LLMSROUTER_LOG_FILE", ""),
+            ("LLMSROUTER_TEST_WARNING_INTERVAL_MS", INTERVAL_MS),
+        ],
+    );
+    let name = "llmsrouter_spans_failed_total{destination=\"langfuse\"}";
+    for n in 1..=4 {
+        lose_one(&router, name, n).await;
+    }
+    wait_for_warning(&router, "trace export failed", "failed", 4).await;
+    assert_eq!(counter(&router, name).await, 4);
+    router.terminate();
+    assert!(router.wait_exit(Duration::from_secs(30)).await.success());
+}
+
+/// Request log lines lost to a full disk (`/dev/full`), four within one warning interval:
+/// the last warning counts all four.
+#[tokio::test]
+async fn request_log_lines_lost_within_the_interval_are_reported_when_it_ends() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let mut router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[
+            ("LLMSROUTER_LOG_FILE", "/dev/full"),
+            ("LLMSROUTER_LEDGER", "false"),
+            ("LLMSROUTER_TEST_WARNING_INTERVAL_MS", INTERVAL_MS),
+        ],
+    );
+    let name = "llmsrouter_request_log_lines_failed_total";
+    for n in 1..=4 {
+        lose_one(&router, name, n).await;
+    }
+    wait_for_warning(&router, "request log: cannot write", "failed", 4).await;
+    router.terminate();
+    assert!(router.wait_exit(Duration::from_secs(30)).await.success());
+}
+
+/// An endpoint answering 200 with a `partial_success` that rejects every span: they are
+/// failed, not exported, and the warning carries the endpoint's message with the Langfuse
+/// secret key redacted, on one line, cut short. Before, all were counted as exported and
+/// nothing was said.
+#[tokio::test]
+async fn spans_an_endpoint_rejects_in_a_partial_success_are_counted_failed() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    let message = format!(
+        "span refused: {SECRET_KEY}\nsecond line {}",
+        "x".repeat(5000)
+    );
+    otlp.reject_spans(&message);
+    let mut router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[
+            ("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY),
+            ("LANGFUSE_SECRET_KEY", SECRET_KEY),
+            ("LANGFUSE_HOST", &otlp.origin()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "20"),
+            ("LLMSROUTER_LEDGER", "false"),
+            ("LLMSROUTER_LOG_FILE", ""),
+        ],
+    );
+    let failed = "llmsrouter_spans_failed_total{destination=\"langfuse\"}";
+    for n in 1..=3 {
+        lose_one(&router, failed, n).await;
+    }
+    let exported = "llmsrouter_spans_exported_total{destination=\"langfuse\"}";
+    assert_eq!(counter(&router, exported).await, 0);
+    assert_eq!(otlp.spans().len(), 3, "they did reach the endpoint");
+    let stderr = router.stderr();
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains(" WARN ") && l.contains("the endpoint rejected"))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(warning.contains("span refused: [redacted]"), "{warning}");
+    assert!(warning.len() < 1000, "bounded: {} bytes", warning.len());
+    assert!(!stderr.contains(SECRET_KEY), "{stderr}");
+    assert!(!stderr.contains("check LANGFUSE_PUBLIC_KEY"), "{stderr}");
+    router.terminate();
+    assert!(router.wait_exit(Duration::from_secs(30)).await.success());
+}
