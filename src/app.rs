@@ -266,8 +266,28 @@ fn head_over_limits(parts: &http::request::Parts) -> Option<ProxyError> {
     })
 }
 
+/// RFC 9113 §8.2.3: an HTTP/2 client may split its `Cookie` into one field per cookie (for
+/// HPACK's sake), and they must be joined with "; " before the request goes on over
+/// HTTP/1.1, where a second `Cookie` line is not allowed (RFC 6265 §5.4). Only HTTP/2
+/// requests are looked at; an HTTP/1 one comes with its one line already.
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for cookie in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(cookie.as_bytes());
+    }
+    // Each part was a valid value, and "; " is too.
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, joined);
+    }
+}
+
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let route = Route::of(parts.uri.path());
     match route {
         Route::Health => return health(&parts.method),
@@ -290,6 +310,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     }
     if let Some(error) = head_over_limits(&parts) {
         return error.into_response();
+    }
+    if parts.version == http::Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
     }
     let fields = Fields::from_header_map(&parts.headers);
     let proxied_post = parts.method == Method::POST && route.is_proxied();

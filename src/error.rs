@@ -44,6 +44,9 @@ pub enum ProxyError {
     /// ([`crate::http1::MAX_URI_BYTES`]).
     #[error("{0}")]
     UriTooLong(String),
+    /// An HTTP/1 request line naming a major version other than 1 (`HTTP/2.0`).
+    #[error("{0}")]
+    HttpVersionNotSupported(String),
     /// Request body over `settings.max_body_bytes`.
     #[error("request body is larger than the limit of {limit} bytes (settings.max_body_bytes)")]
     BodyTooLarge { limit: usize },
@@ -75,6 +78,7 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::HttpVersionNotSupported(_) => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -96,6 +100,7 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::HeadTooLarge(_) => "request_header_too_large",
             Self::UriTooLong(_) => "uri_too_long",
+            Self::HttpVersionNotSupported(_) => "http_version_not_supported",
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::ShuttingDown(_) => "server_shutting_down",

@@ -43,8 +43,22 @@ pub enum FramingError {
     CodingInHttp10,
     #[error("a malformed chunk")]
     BadChunk,
+    /// Over [`MAX_EXTENSION`]: well-formed, but more than the router reads of something it
+    /// does not use.
+    #[error("a chunk extension over {MAX_EXTENSION} bytes (the router's limit)")]
+    ExtensionTooLong,
+    /// Over [`MAX_TRAILERS`], counted as sent (names, values and line ends).
+    #[error("a trailer section over {} KiB (the router's limit)", MAX_TRAILERS / 1024)]
+    TrailersTooLarge,
     #[error("the connection closed before the body's end")]
     Truncated,
+}
+
+impl FramingError {
+    /// Well-formed, but over one of the router's limits (not the sender's mistake as such).
+    pub fn is_limit(&self) -> bool {
+        matches!(self, Self::ExtensionTooLong | Self::TrailersTooLarge)
+    }
 }
 
 /// The framing of a request from a client; `http10` for an HTTP/1.0 request.
@@ -220,9 +234,9 @@ enum Chunk {
 }
 
 /// Longest chunk extension accepted (they are unused; a size line must not grow forever).
-const MAX_EXTENSION: u32 = 4096;
+pub const MAX_EXTENSION: u32 = 4096;
 /// Largest trailer section accepted; trailers are read and dropped.
-const MAX_TRAILERS: u32 = 16 * 1024;
+pub const MAX_TRAILERS: u32 = 16 * 1024;
 
 /// Most digits a chunk size may have, leading zeros included (a sender padding its sizes to a
 /// fixed width writes a few; nobody writes a hundred).
@@ -347,7 +361,7 @@ fn step(chunk: Chunk, byte: u8) -> Result<Option<Chunk>, FramingError> {
         Extension { size, seen } => match byte {
             b'\r' => SizeLf { size },
             b'\n' => return bad,
-            _ if seen >= MAX_EXTENSION => return bad,
+            _ if seen >= MAX_EXTENSION => return Err(FramingError::ExtensionTooLong),
             _ => Extension {
                 size,
                 seen: seen + 1,
@@ -371,12 +385,14 @@ fn step(chunk: Chunk, byte: u8) -> Result<Option<Chunk>, FramingError> {
         TrailerStart { seen } => match byte {
             b'\r' => TrailerLf { seen, last: true },
             b'\n' => return bad,
+            // Checked here too: lines of one byte each never reach the check in a line.
+            _ if seen >= MAX_TRAILERS => return Err(FramingError::TrailersTooLarge),
             _ => TrailerLine { seen: seen + 1 },
         },
         TrailerLine { seen } => match byte {
             b'\r' => TrailerLf { seen, last: false },
             b'\n' => return bad,
-            _ if seen >= MAX_TRAILERS => return bad,
+            _ if seen >= MAX_TRAILERS => return Err(FramingError::TrailersTooLarge),
             _ => TrailerLine { seen: seen + 1 },
         },
         TrailerLf { seen, last } => match byte {
@@ -589,6 +605,25 @@ mod tests {
         assert_eq!(
             decode_all(BodyLength::Chunked, b"5\r\nhel", 100),
             Err(FramingError::Truncated)
+        );
+        // Well-formed, but past the limits: named as such, not as malformed.
+        let long_extension = format!("5;x={}\r\nhello\r\n0\r\n\r\n", "e".repeat(5000));
+        assert_eq!(
+            decode_all(BodyLength::Chunked, long_extension.as_bytes(), 1000),
+            Err(FramingError::ExtensionTooLong)
+        );
+        let trailers: String = (0..20)
+            .map(|i| format!("x-t{i}: {}\r\n", "v".repeat(1000)))
+            .collect();
+        let wire = format!("5\r\nhello\r\n0\r\n{trailers}\r\n");
+        assert_eq!(
+            decode_all(BodyLength::Chunked, wire.as_bytes(), 1000),
+            Err(FramingError::TrailersTooLarge)
+        );
+        let short_lines = format!("0\r\n{}\r\n", "a\r\n".repeat(10_000));
+        assert_eq!(
+            decode_all(BodyLength::Chunked, short_lines.as_bytes(), 1000),
+            Err(FramingError::TrailersTooLarge)
         );
         assert_eq!(
             decode_all(BodyLength::Known(10), b"short", 100),

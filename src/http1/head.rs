@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use bytes::{Bytes, BytesMut};
 
 use super::fields::Fields;
-use super::{MAX_FIELDS, MAX_HEAD_BYTES};
+use super::{MAX_FIELDS, MAX_HEAD_BYTES, MAX_RESPONSE_FIELDS};
 
 /// Why a head could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,6 +18,15 @@ pub enum HeadError {
     TooLarge,
     #[error("the message head has more than {MAX_FIELDS} header fields")]
     TooManyFields,
+    #[error("the answer's head has more than {MAX_RESPONSE_FIELDS} header fields")]
+    TooManyResponseFields,
+    /// A request line naming an HTTP version other than 1.x (`HTTP/2.0`, `HTTP/3.0` in
+    /// HTTP/1's text form): 505.
+    #[error(
+        "{0} is not served in an HTTP/1 request line: send HTTP/1.1, or HTTP/2 with prior \
+         knowledge (h2c, its binary framing)"
+    )]
+    VersionNotSupported(String),
     #[error("malformed HTTP/1 message head ({0})")]
     Malformed(String),
     /// The connection opened with HTTP/2's preface (prior knowledge, h2c).
@@ -135,6 +144,15 @@ pub fn parse_request(
     if !head_complete_within_limit(buf, scanned)? {
         return Ok(None);
     }
+    let parsed = parse_whole_request(buf)?;
+    if parsed.is_some() {
+        *scanned = 0;
+    }
+    Ok(parsed)
+}
+
+/// [`parse_request`] once `buf` holds a whole head.
+fn parse_whole_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut request = httparse::Request::new(&mut []);
     let base = buf.as_ptr() as usize;
@@ -143,6 +161,8 @@ pub fn parse_request(
         // The blank line was an empty line before the request line (allowed, and skipped).
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
+        // Off the common path: httparse takes only 1.0 and 1.1.
+        Err(httparse::Error::Version) => return parse_other_version(buf),
         Err(error) => return Err(HeadError::Malformed(error.to_string())),
     };
     if len > MAX_HEAD_BYTES {
@@ -162,7 +182,6 @@ pub fn parse_request(
         .map(|h| (span(base, h.name.as_bytes()), span(base, h.value)))
         .collect();
     let head = buf.split_to(len).freeze();
-    *scanned = 0;
     let request = RequestHead {
         method,
         target,
@@ -172,6 +191,39 @@ pub fn parse_request(
     };
     check_target_and_host(&request)?;
     Ok(Some(request))
+}
+
+/// A request line whose version httparse refused. RFC 9112 §2.3: a server that speaks 1.1
+/// serves a request of a higher 1.x minor version (`HTTP/1.2` ... `HTTP/1.9`) as 1.1, so its
+/// digit is made a 1 and the head parsed again (one more parse at most: the version is then
+/// 1.1). A higher major version (`HTTP/2.0`, `HTTP/3.0`) is not spoken in this form: 505.
+/// Anything else (a space in the target, `HTTP/1.10`) stays malformed.
+fn parse_other_version(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
+    let (at, version) = request_line_version(buf);
+    match *version {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => {
+            buf[at + 7] = b'1';
+            parse_whole_request(buf)
+        }
+        [b'H', b'T', b'T', b'P', b'/', b'2'..=b'9', b'.', b'0'..=b'9'] => Err(
+            HeadError::VersionNotSupported(String::from_utf8_lossy(version).into_owned()),
+        ),
+        _ => Err(HeadError::Malformed(httparse::Error::Version.to_string())),
+    }
+}
+
+/// Where the request line's last word (its version) starts in `buf`, and that word; empty
+/// lines before the request line are skipped, as httparse skips them.
+fn request_line_version(buf: &[u8]) -> (usize, &[u8]) {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let rest = &buf[start..];
+    let line = &rest[..memchr::memchr(b'\n', rest).unwrap_or(rest.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let word = memchr::memrchr(b' ', line).map_or(0, |space| space + 1);
+    (start + word, &line[word..])
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request must have exactly one `Host`, and a server must answer
@@ -265,7 +317,7 @@ pub fn parse_response(
     if !head_complete_within_limit(buf, scanned)? {
         return Ok(None);
     }
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_FIELDS];
     let mut response = httparse::Response::new(&mut []);
     let base = buf.as_ptr() as usize;
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -275,7 +327,7 @@ pub fn parse_response(
     ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyResponseFields),
         Err(error) => return Err(HeadError::Malformed(error.to_string())),
     };
     // A head that arrived whole in one read is over the limit as much as one still coming
@@ -457,6 +509,59 @@ mod tests {
         assert_eq!(
             request(&huge).map(|h| h.is_some()),
             Err(HeadError::TooLarge)
+        );
+    }
+
+    /// RFC 9112 §2.3: a higher 1.x minor version is served as 1.1; another major version is
+    /// named, for a 505; anything else stays malformed.
+    #[test]
+    fn other_versions_in_a_request_line() {
+        for served in ["HTTP/1.2", "HTTP/1.9"] {
+            let head = request(&format!("\r\nGET /x {served}\r\nHost: a\r\n\r\n"))
+                .expect("served")
+                .expect("complete");
+            assert!(!head.http10 && head.keep_alive(), "{served}");
+            assert_eq!(head.fields.get("host"), Some(&b"a"[..]));
+        }
+        for refused in ["HTTP/2.0", "HTTP/3.0"] {
+            assert_eq!(
+                request(&format!("GET /x {refused}\r\nHost: a\r\n\r\n")).map(|h| h.is_some()),
+                Err(HeadError::VersionNotSupported(refused.into()))
+            );
+        }
+        for malformed in ["HTTP/1.10", "HTTP/1.x", "HTTP/0.9", "http/1.2", "HTTP/2"] {
+            assert!(
+                matches!(
+                    request(&format!("GET /x {malformed}\r\nHost: a\r\n\r\n")),
+                    Err(HeadError::Malformed(_))
+                ),
+                "{malformed}"
+            );
+        }
+        // A space in the target is not a version to serve, whatever follows it.
+        assert!(matches!(
+            request("GET /a b HTTP/1.2\r\nHost: a\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+    }
+
+    /// An answer's head takes up to [`MAX_RESPONSE_FIELDS`] fields, more than a request's.
+    #[test]
+    fn answer_heads_take_more_fields_than_requests() {
+        let fields = |n: usize| -> String { (0..n).map(|i| format!("x-{i}: v\r\n")).collect() };
+        let mut buf = BytesMut::from(
+            format!("HTTP/1.1 200 OK\r\n{}\r\n", fields(MAX_RESPONSE_FIELDS)).as_str(),
+        );
+        let head = parse_response(&mut buf, &mut 0)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.fields.len(), MAX_RESPONSE_FIELDS);
+        let mut buf = BytesMut::from(
+            format!("HTTP/1.1 200 OK\r\n{}\r\n", fields(MAX_RESPONSE_FIELDS + 1)).as_str(),
+        );
+        assert_eq!(
+            parse_response(&mut buf, &mut 0).map(|h| h.is_some()),
+            Err(HeadError::TooManyResponseFields)
         );
     }
 

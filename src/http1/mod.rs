@@ -11,7 +11,7 @@
 //! request, writes it upstream, and relays the answer, with header fields kept as slices of
 //! the bytes they arrived in.
 //!
-//! What it serves itself: HTTP/1.0 and 1.1, keep-alive and pipelining, `Content-Length` and
+//! What it serves itself: HTTP/1.0 and 1.1 (a later 1.x as 1.1), keep-alive and pipelining, `Content-Length` and
 //! chunked bodies both ways, `Expect: 100-continue`. Everything else goes to code that
 //! already handles it: requests other than a proxied `POST` to the axum app (the same
 //! handlers as before), and a connection that opens with HTTP/2's preface to hyper.
@@ -29,8 +29,15 @@ pub mod server;
 /// Largest request head (request line and header fields) a client may send: 431 beyond it.
 pub const MAX_HEAD_BYTES: usize = 256 * 1024;
 
-/// Most header fields in one message head: 431 beyond it (hyper's limit too).
+/// Most header fields in a request head: 431 beyond it (hyper's limit too).
 pub const MAX_FIELDS: usize = 100;
+
+/// Most header fields in an upstream's answer head (bounded by [`MAX_HEAD_BYTES`] too): an
+/// answer the upstream has made, and billed, is not thrown away for the number of its
+/// fields alone; a provider's rate-limit, tracing and CDN fields together pass 100 more
+/// easily than a client's request does. The slots for them are on the stack and left
+/// uninitialised, so a larger limit costs an answer nothing.
+pub const MAX_RESPONSE_FIELDS: usize = 256;
 
 /// Longest request target (path and query) a request the axum app answers may have: the
 /// limit of `http::Uri` (`u16::MAX - 1`), which the app's request is built on; 414 beyond

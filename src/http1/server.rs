@@ -85,6 +85,9 @@ pub async fn serve_connection(io: TcpStream, service: Arc<Service>) {
                     HeadError::TooLarge | HeadError::TooManyFields => {
                         ProxyError::HeadTooLarge(error.to_string())
                     }
+                    HeadError::VersionNotSupported(_) => {
+                        ProxyError::HttpVersionNotSupported(error.to_string())
+                    }
                     other => ProxyError::InvalidRequest(other.to_string()),
                 };
                 conn.answer_error(&error, false, false).await;

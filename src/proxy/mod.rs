@@ -231,10 +231,46 @@ impl Answer {
                 None => Body::from_stream(*tee),
             },
         };
+        // hyper's HTTP/2 server sends a body's exact size as its Content-Length, so an
+        // answer whose status has no body (204, 304) went out with `content-length: 0`
+        // (RFC 9110 §8.6 forbids it on a 204, and on a 304 it must be the 200's); over
+        // HTTP/1 it has none, and now neither here.
+        let body = if bodiless(self.status) {
+            Body::new(Unsized(body))
+        } else {
+            body
+        };
         let mut response = Response::new(body);
         *response.status_mut() = self.status;
         *response.headers_mut() = header_map_of(&self.fields);
         response
+    }
+}
+
+/// Statuses whose answers have no body, and so no `Content-Length` of their own.
+fn bodiless(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+/// A body that tells hyper no size (so hyper writes no `Content-Length` for it), polled as
+/// usual (a record handed over at its end still is).
+struct Unsized(Body);
+
+impl http_body::Body for Unsized {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.0).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
     }
 }
 
@@ -1410,6 +1446,9 @@ fn redirect_message(status: StatusCode) -> String {
 enum BodyError {
     Read(String),
     TooLarge,
+    /// Its `Content-Length` (this many bytes) is over the limit: refused before a byte of
+    /// the body is read, so the message says what was announced, not what was sent.
+    AnnouncedTooLarge(u64),
 }
 
 impl BodyError {
@@ -1422,6 +1461,11 @@ impl BodyError {
                 "the upstream {provider} sent an answer over {} MiB",
                 MAX_UPSTREAM_BODY / (1024 * 1024)
             )),
+            Self::AnnouncedTooLarge(declared) => ProxyError::UpstreamUnreachable(format!(
+                "the upstream {provider} announced an answer of {declared} bytes \
+                 (Content-Length), over the router's limit of {} MiB",
+                MAX_UPSTREAM_BODY / (1024 * 1024)
+            )),
         }
     }
 }
@@ -1430,9 +1474,10 @@ async fn read_upstream_body(
     mut body: crate::upstream::UpstreamBody,
     declared: Option<u64>,
 ) -> Result<Bytes, BodyError> {
-    let declared = declared.map_or(0, |len| usize::try_from(len).unwrap_or(usize::MAX));
+    let announced = declared.unwrap_or(0);
+    let declared = usize::try_from(announced).unwrap_or(usize::MAX);
     if declared > MAX_UPSTREAM_BODY {
-        return Err(BodyError::TooLarge);
+        return Err(BodyError::AnnouncedTooLarge(announced));
     }
     let mut gathered = Gathered::expecting(declared);
     while let Some(frame) = body.frame().await {

@@ -40,7 +40,11 @@ use crate::state::SEND_TIMEOUT;
 pub enum PlainError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("the upstream's answer is malformed: {0}")]
+    #[error(
+        "the upstream's answer {how}: {error}",
+        how = if .0.is_limit() { "cannot be read" } else { "is malformed" },
+        error = .0
+    )]
     Framing(#[from] FramingError),
     #[error("the upstream's answer could not be read: {0}")]
     Head(#[from] HeadError),

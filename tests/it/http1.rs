@@ -142,7 +142,7 @@ impl Raw {
     }
 
     /// Whether the router closed the connection (end of file with nothing more).
-    async fn closed(&mut self) -> bool {
+    pub(crate) async fn closed(&mut self) -> bool {
         self.buf.is_empty() && !self.fill().await
     }
 }

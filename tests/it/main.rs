@@ -13,6 +13,7 @@ mod forms;
 mod forwarding;
 mod help;
 mod http1;
+mod http_edges;
 mod models;
 mod openai_sdk;
 mod other_methods;
