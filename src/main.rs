@@ -252,6 +252,12 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(task) = recorder_task {
             task.shutdown().await;
         }
+        // Beside the sinks' own summaries: what never reached them.
+        tracing::info!(
+            records_dropped = recorder.dropped(),
+            record_bodies_dropped = recorder.bodies_dropped(),
+            "recorder finished"
+        );
         served.context("server error")?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)

@@ -15,6 +15,7 @@ use crate::app::build_app;
 use crate::hard_stop::HardStop;
 use crate::http1::server::{Service, serve_connection};
 use crate::lanes::Lanes;
+use crate::sinks::loss::LossWarnings;
 use crate::state::AppState;
 
 /// How long running requests may take to finish after a shutdown signal.
@@ -55,11 +56,13 @@ async fn serve(
     // Every connection, so shutdown can wait for the last one.
     let connections = TaskTracker::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut accept_errors = LossWarnings::default();
+    let mut failed_accepts = 0;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => hand_over(&mut lanes, tcp, &service, &connections),
-                Err(error) => pause_after(error).await,
+                Err(error) => pause_after(error, &mut failed_accepts, &mut accept_errors).await,
             },
             () = &mut shutdown => break,
         }
@@ -127,8 +130,10 @@ fn hand_over(lanes: &mut Lanes, tcp: TcpStream, service: &Arc<Service>, connecti
 }
 
 /// After a failed `accept`: go on at once when only that connection failed; otherwise (out
-/// of file descriptors, say) wait a second rather than spin.
-async fn pause_after(error: std::io::Error) {
+/// of file descriptors, say) wait a second rather than spin. Said at most once per warning
+/// interval (10 s), with the count of failures so far: out of file descriptors, the loop
+/// fails every second until connections close, which filled the log a line a second.
+async fn pause_after(error: std::io::Error, failed: &mut u64, warnings: &mut LossWarnings) {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     if matches!(
         error.kind(),
@@ -136,7 +141,14 @@ async fn pause_after(error: std::io::Error) {
     ) {
         return;
     }
-    tracing::error!("accept error: {error}");
+    *failed += 1;
+    if let Some(unsaid) = warnings.due(*failed, std::time::Instant::now()) {
+        tracing::error!(
+            failed = unsaid.total,
+            since_last_warning = unsaid.new,
+            "accept error: {error}; new connections wait in the listen queue"
+        );
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 

@@ -235,8 +235,7 @@ impl LogFile {
 
     #[cfg(unix)]
     fn is_pipe_without_reader(&self, e: &std::io::Error) -> bool {
-        matches!(self.target, Target::AsIs(_))
-            && e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error())
+        e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error())
     }
 
     #[cfg(not(unix))]
@@ -377,12 +376,15 @@ impl LogFile {
                 let Some(day) = day else {
                     return Err(std::io::Error::other("no day"));
                 };
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(files.path(day))?
+                // Without waiting too: a dated name someone made a named pipe would
+                // otherwise hold start-up (and the writer) until a reader came.
+                let mut options = std::fs::OpenOptions::new();
+                options.append(true).create(true);
+                open_without_waiting(&mut options, &files.path(day))?
             }
-            Target::AsIs(path) => open_as_is(path)?,
+            Target::AsIs(path) => {
+                open_without_waiting(std::fs::OpenOptions::new().write(true), path)?
+            }
         };
         let id = file_id(&file.metadata()?);
         if self.torn.is_some_and(|torn| torn != id) {
@@ -427,13 +429,13 @@ impl LogFile {
     }
 }
 
-/// Opens a device or pipe for writing. A named pipe is opened without waiting for a reader
-/// (none yet: `ENXIO`, tried again later), then writes wait for the reader as usual.
+/// Opens `path` for writing with `options`. A named pipe is opened without waiting for a
+/// reader (none yet: `ENXIO`, tried again later), then writes wait for the reader as usual;
+/// for a file or a device the flag changes nothing.
 #[cfg(unix)]
-fn open_as_is(path: &Path) -> std::io::Result<File> {
+fn open_without_waiting(options: &mut std::fs::OpenOptions, path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
+    let file = options
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(path)?;
     let flags = rustix::fs::fcntl_getfl(&file)?;
@@ -442,8 +444,8 @@ fn open_as_is(path: &Path) -> std::io::Result<File> {
 }
 
 #[cfg(not(unix))]
-fn open_as_is(path: &Path) -> std::io::Result<File> {
-    std::fs::OpenOptions::new().write(true).open(path)
+fn open_without_waiting(options: &mut std::fs::OpenOptions, path: &Path) -> std::io::Result<File> {
+    options.open(path)
 }
 
 #[cfg(unix)]

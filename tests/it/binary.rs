@@ -515,7 +515,17 @@ async fn sighup_shuts_down_gracefully_and_a_second_one_cuts_nothing() {
     assert_eq!(text, expected_stream(&upstream.behavior(), false));
     let status = router.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(0), "{}", router.stderr());
-    assert!(router.stderr().contains("stopped"), "{}", router.stderr());
+    let stderr = router.stderr();
+    assert!(stderr.contains("stopped"), "{stderr}");
+    // The recorder's figures with the sinks': nothing lost here.
+    let recorder = stderr
+        .lines()
+        .find(|l| l.contains("recorder finished"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        recorder.contains("records_dropped=0") && recorder.contains("record_bodies_dropped=0"),
+        "{recorder}"
+    );
 }
 
 /// Started with SIGHUP ignored (`nohup llmsrouter serve &`), the router keeps it ignored: it
@@ -746,6 +756,75 @@ fn soft_open_files(pid: u32) -> u64 {
         .next()
         .expect("soft limit");
     soft.parse().unwrap_or(u64::MAX)
+}
+
+/// Out of file descriptors, `accept` fails every second until connections close: said at
+/// most once per warning interval with the count so far (it was a line a second), and the
+/// router serves again once connections close.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn failed_accepts_are_warned_of_at_most_once_per_interval_with_their_count() {
+    let router = RouterProcess::start_with_hard_open_files(
+        "servers: {}\n",
+        &[
+            ("LLMSROUTER_TEST_WARNING_INTERVAL_MS", "1500"),
+            ("LLMSROUTER_LEDGER", "false"),
+            ("LLMSROUTER_LOG_FILE", ""),
+        ],
+        48,
+    );
+    // Connected, never asking: each holds one of the router's descriptors.
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(
+            tokio::net::TcpStream::connect(router.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // A line that counts failures it did not say one by one (one a second, a line at most
+    // every 1.5 s).
+    wait_until(Duration::from_secs(20), || {
+        router.stderr().lines().any(|line| {
+            line.contains("accept error")
+                && line
+                    .split("since_last_warning=")
+                    .nth(1)
+                    .and_then(|n| n.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n >= 2)
+        })
+    })
+    .await;
+    let lines = router.stderr();
+    let every_second = lines.lines().filter(|l| l.contains("accept error")).count();
+    let failed: u64 = lines
+        .lines()
+        .filter_map(|l| l.split(" failed=").nth(1))
+        .filter_map(|n| n.split_whitespace().next()?.parse().ok())
+        .max()
+        .unwrap_or(0);
+    assert!((every_second as u64) < failed, "{lines}");
+    drop(idle);
+    let health = reqwest_retrying(&router.url("/health")).await;
+    assert_eq!(health, 200);
+}
+
+/// GETs `url` until it answers (connections queued while the router was out of descriptors
+/// are served as they close), within a deadline; the status.
+async fn reqwest_retrying(url: &str) -> u16 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(response) = client()
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            return response.status().as_u16();
+        }
+        assert!(std::time::Instant::now() < deadline, "no answer");
+    }
 }
 
 #[cfg(target_os = "linux")]

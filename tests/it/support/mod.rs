@@ -285,6 +285,8 @@ enum Launch {
     Plain,
     /// With the soft limit on open files lowered to this first.
     OpenFiles(u64),
+    /// With the hard limit on open files (and so the soft one) lowered to this first.
+    HardOpenFiles(u64),
     /// With SIGHUP ignored, as `nohup` starts a program.
     IgnoringHangup,
     AsReader,
@@ -356,6 +358,18 @@ impl RouterProcess {
         Self::spawn(dir, envs, Launch::OpenFiles(soft_limit))
     }
 
+    /// [`Self::start`] with the hard limit on open files lowered to `limit` first: the router
+    /// cannot raise it, and runs out of file descriptors past it.
+    pub fn start_with_hard_open_files(
+        config_yaml: &str,
+        envs: &[(&str, &str)],
+        limit: u64,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("config.yaml"), config_yaml).expect("write config");
+        Self::spawn(dir, envs, Launch::HardOpenFiles(limit))
+    }
+
     /// [`Self::start`] as `nohup` would: SIGHUP ignored (by the shell that then becomes the
     /// router; an ignored signal stays ignored across `exec`).
     pub fn start_ignoring_hangup(config_yaml: &str, envs: &[(&str, &str)]) -> Self {
@@ -374,6 +388,16 @@ impl RouterProcess {
                 shell
                     .arg("-c")
                     .arg(format!("ulimit -Sn {limit} && exec \"$0\" \"$@\""))
+                    .arg(binary());
+                shell
+            }
+            Launch::HardOpenFiles(limit) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!(
+                        "ulimit -Sn {limit} && ulimit -Hn {limit} && exec \"$0\" \"$@\""
+                    ))
                     .arg(binary());
                 shell
             }

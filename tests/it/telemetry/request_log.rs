@@ -363,6 +363,37 @@ fn named_pipe(dir: &Path) -> std::path::PathBuf {
     pipe
 }
 
+/// Today's dated file made a named pipe nobody reads does not hold start-up (the router
+/// waited in `open` for a reader, listening but answering nothing): it starts, answers, and
+/// counts the lines it cannot write.
+#[tokio::test]
+async fn a_dated_file_that_is_a_pipe_nobody_reads_does_not_hold_start_up() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let data = tempfile::tempdir().expect("dir");
+    let today = llmsrouter::sinks::clock::utc_date(std::time::SystemTime::now());
+    let made = std::process::Command::new("mkfifo")
+        .arg(data.path().join(format!("requests.{today}.log")))
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let log = data.path().join("requests.log").display().to_string();
+    let router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[
+            ("LLMSROUTER_LOG_FILE", log.as_str()),
+            ("LLMSROUTER_LEDGER", "false"),
+        ],
+    );
+    let response = router
+        .chat(&json!({"model": "[mock]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    request_until(&router, async || {
+        counter(&router, "llmsrouter_request_log_lines_failed_total").await > 0
+    })
+    .await;
+}
+
 /// A named pipe (a log collector reading it) gets the lines as they are: no dated file is
 /// made beside it, and the router starts before the collector does.
 #[tokio::test]
