@@ -163,7 +163,7 @@ fn no_key(fields: &Fields) -> &'static str {
     if sent("authorization") || sent("x-api-key") {
         "unreadable API key: the Authorization (or x-api-key) header holds no key the router can read; send \"Authorization: Bearer <your llmsrouter key>\" (one space after Bearer, the key in printable ASCII)"
     } else {
-        "missing API key: send \"Authorization: Bearer <your llmsrouter key>\""
+        "missing API key: send \"Authorization: Bearer <your llmsrouter key>\" (or \"x-api-key: <your llmsrouter key>\", as Anthropic's SDKs do)"
     }
 }
 

@@ -710,6 +710,21 @@ impl UpstreamClient {
         Some(uri)
     }
 
+    /// `error`, saying that the request went through the proxy the environment names, when
+    /// it did: a proxy that cannot be reached (a typo in `HTTP_PROXY`) otherwise reads as the
+    /// upstream's fault. The proxy's URL is not said: it may hold credentials.
+    fn through_proxy(&self, url: &str, mut error: UpstreamError) -> UpstreamError {
+        let proxied = self.proxy_env
+            && http::Uri::try_from(url).is_ok_and(|uri| self.proxies.intercept(&uri).is_some());
+        if proxied {
+            error.description = format!(
+                "through the proxy the environment names (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY): {}",
+                error.description
+            );
+        }
+        error
+    }
+
     async fn send_fallback(
         &self,
         method: Method,
@@ -724,7 +739,7 @@ impl UpstreamClient {
             .body(body)
             .send()
             .await
-            .map_err(|e| UpstreamError::from_reqwest_send(&e))?;
+            .map_err(|e| self.through_proxy(url, UpstreamError::from_reqwest_send(&e)))?;
         let response: Response<reqwest::Body> = response.into();
         let (parts, body) = response.into_parts();
         let fields = Fields::from_header_map(&parts.headers);

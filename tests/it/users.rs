@@ -1259,6 +1259,11 @@ async fn an_unreadable_key_is_not_called_missing() {
     let (status, code, message) = refused("authorization", Vec::new()).await;
     assert_eq!((status, code.as_str()), (401, "invalid_api_key"));
     assert!(message.starts_with("missing API key: "), "{message}");
+    // Both ways a key is read are named (an Anthropic SDK user sends x-api-key).
+    assert!(
+        message.contains("Authorization: Bearer") && message.contains("x-api-key"),
+        "{message}"
+    );
     assert_eq!(upstream.count(), 0);
     router.stop().await;
     refresh.shutdown().await;
