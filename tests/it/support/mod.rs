@@ -429,10 +429,12 @@ impl RouterProcess {
         let read = stderr_read.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = listening_addr(&line) {
+                let addr = listening_addr(&line);
+                // Stored before the start is reported: a test may read it at once.
+                sink.lock().expect("lock").push(line);
+                if let Some(addr) = addr {
                     let _ = tx.send(addr);
                 }
-                sink.lock().expect("lock").push(line);
             }
             read.store(true, std::sync::atomic::Ordering::Release);
         });
