@@ -190,7 +190,7 @@ pub enum DbError {
     },
     /// A step of the upgrade failed; the upgrade is one transaction, so none of it stayed.
     #[error(
-        "{path}: cannot upgrade its schema from version {from} to {to} ({reason}); the file was left as it was"
+        "{path}: cannot upgrade its schema from version {from} to {to} ({reason}); its tables were left as they were"
     )]
     Upgrade {
         path: String,
@@ -251,11 +251,15 @@ pub fn open_to_read(path: &Path) -> Result<Connection, DbError> {
 
 /// What `llmsrouter check` can tell of the database at `path` without writing to it: the
 /// refusals `serve` would meet when opening it (a folder, not a database, another program's,
-/// a newer schema). A missing file is no problem: `serve` creates it.
-pub fn inspect(path: &Path) -> Result<(), DbError> {
+/// a newer schema; with `writes`, for the ledger, a file or folder this user may not
+/// write). A missing file is no problem: `serve` creates it.
+pub fn inspect(path: &Path, writes: bool) -> Result<(), DbError> {
     let shown = path.display().to_string();
     check_path(path)?;
     let path = plain_file_name(path);
+    if writes && only_folder_refuses(&path) {
+        return Err(folder_refuses(&shown, &path));
+    }
     match std::fs::metadata(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Ok(meta) if meta.is_dir() => return Err(a_folder(&shown)),
@@ -435,6 +439,12 @@ fn cannot_write(shown: &str, path: &Path, e: rusqlite::Error) -> DbError {
     if !folder_refused {
         return not_a_database(shown, e);
     }
+    folder_refuses(shown, path)
+}
+
+/// The database at `path` cannot be written because of its folder: one that does not exist,
+/// or one this user may not write (SQLite makes its journal files there).
+fn folder_refuses(shown: &str, path: &Path) -> DbError {
     let folder = folder_of(path);
     let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
     let reason = if folder.is_dir() {
@@ -494,6 +504,27 @@ fn check_ours(conn: &Connection, path: &str) -> Result<(), DbError> {
             path: path.to_owned(),
             reason: "holds other tables and no users table: not a llmsrouter database".to_owned(),
         });
+    }
+    // Another program's own `users` table (an app's, with `id` and `name`) is not ours
+    // either: the schema steps would add columns and tables to that program's file, and
+    // every read fail after. Ours, and the Python version's, have `username` and `api_key`.
+    if users > 0 {
+        let ours: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('users')
+                 WHERE lower(name) IN ('username', 'api_key')",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(|e| not_a_database(path, e))?;
+        if ours < 2 {
+            return Err(DbError::Open {
+                path: path.to_owned(),
+                reason: "holds a users table without the username and api_key columns: \
+                         another program's, not a llmsrouter database"
+                    .to_owned(),
+            });
+        }
     }
     Ok(())
 }

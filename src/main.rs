@@ -404,8 +404,9 @@ fn check_serve_variables(cli: &Cli, env: &EnvSettings) -> anyhow::Result<()> {
             .ancestors()
             .find(|folder| folder.exists())
             .unwrap_or(Path::new("."));
-        let writable =
-            std::fs::metadata(existing).is_ok_and(|m| m.is_dir() && !m.permissions().readonly());
+        // Whether this user may write there, not whether anyone may (root reads 0555 as
+        // writable, and a folder of another user's as writable for all is not).
+        let writable = existing.is_dir() && folder_writable_by_me(existing);
         if !writable {
             return Err(anyhow!(
                 "LLMSROUTER_LOG_FILE: {}: {} is not a folder the log can be written in",
@@ -460,6 +461,16 @@ fn print_out(text: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
         })
 }
 
+#[cfg(unix)]
+fn folder_writable_by_me(folder: &Path) -> bool {
+    rustix::fs::access(folder, rustix::fs::Access::WRITE_OK).is_ok()
+}
+
+#[cfg(not(unix))]
+fn folder_writable_by_me(folder: &Path) -> bool {
+    std::fs::metadata(folder).is_ok_and(|m| !m.permissions().readonly())
+}
+
 /// The folder a file is in (`.` for a bare file name).
 fn folder_of(file: &Path) -> &Path {
     match file.parent() {
@@ -480,7 +491,7 @@ fn run_check(cli: &Cli, dotenv_problems: &[String]) -> anyhow::Result<ExitCode> 
     // `serve` opens the database for the ledger or the users table; with neither it never
     // touches it.
     if env.ledger || env.account_management {
-        llmsrouter::db::inspect(&cli.db)?;
+        llmsrouter::db::inspect(&cli.db, env.ledger)?;
     }
     let config = match Config::load(&cli.config, &env_var) {
         Ok(config) => config,

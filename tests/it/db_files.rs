@@ -278,6 +278,19 @@ async fn a_writable_database_in_a_folder_that_is_not_is_read_as_it_is() {
         err.lines().last().unwrap_or_default().contains(&expected),
         "{err}"
     );
+    // `check` says what `serve` does, in both cases: it refused the ledger's database, it
+    // let the one read with the ledger off pass.
+    let (code, _, err) = locked.run(&["check"], &[("ENABLE_ACCOUNT_MANAGEMENT", "true")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.trim().ends_with(&format!("{expected} by this user, and SQLite makes its journal files (-wal, -shm, -journal) there")), "{err}");
+    let (code, _, err) = locked.run(
+        &["check"],
+        &[
+            ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+            ("LLMSROUTER_LEDGER", "false"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
 
     let router = RouterProcess::start_with(
         tempfile::tempdir().expect("cwd"),

@@ -284,7 +284,9 @@ fn an_upgrade_that_fails_changes_nothing() {
     assert_eq!(code, 1, "{err}");
     assert!(
         err.starts_with("error: odd.db: cannot upgrade its schema from version 1 to ")
-            && err.trim_end().ends_with("the file was left as it was"),
+            && err
+                .trim_end()
+                .ends_with("its tables were left as they were"),
         "{err}"
     );
     let conn = Connection::open(&db).expect("open");
