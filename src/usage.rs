@@ -1041,25 +1041,51 @@ pub enum EventKind {
     Other,
 }
 
-/// The last events of the formats that have no `data: [DONE]`: Anthropic's `message_stop`,
-/// the Responses API's `response.completed`, `response.incomplete` and `response.failed`.
-/// Nothing of the answer follows them (the upstream closes), so the body ends there as it does
-/// after `[DONE]`. Not the audio and image streams' end events: an image stream with `n`
-/// above 1 has one `image_generation.completed` per image.
-const LAST_EVENTS: [&[u8]; 4] = [
-    b"message_stop",
-    b"response.completed",
-    b"response.incomplete",
-    b"response.failed",
-];
+/// The last events of an endpoint's own format when it has no `data: [DONE]`: Anthropic's
+/// `message_stop` on `/messages`, the Responses API's `response.completed`,
+/// `response.incomplete` and `response.failed` on `/responses`; none elsewhere (a chat
+/// stream ends at `[DONE]` only, whatever its events are named: an upstream that names one
+/// `message_stop` must not cut it short). Nothing of the answer follows them (the upstream
+/// closes), so the body ends there as it does after `[DONE]`. Not the audio and image
+/// streams' end events: an image stream with `n` above 1 has one
+/// `image_generation.completed` per image.
+#[derive(Debug, Clone, Copy)]
+pub struct LastEvents(&'static [&'static [u8]]);
 
-/// Whether `event` (whole, its `data` payload `data`) is one of [`LAST_EVENTS`]: by its
-/// `event:` name when its first line is one (Anthropic and the Responses API name every
-/// event so), else by its data's `"type"` when that is the object's first member. No JSON is
-/// parsed: a chat chunk fails at its first bytes, so this costs what `[DONE]`'s comparison
-/// does, and it is the same whether a sink records the stream or not.
-pub fn is_last_event(event: &[u8], data: &[u8]) -> bool {
-    let last = |name: &[u8]| LAST_EVENTS.contains(&name);
+impl LastEvents {
+    /// Those of the format of `path` (the path after `/v1`).
+    pub fn of(path: &str) -> Self {
+        if path == "/messages" {
+            Self(&[b"message_stop"])
+        } else if path == "/responses" || path.starts_with("/responses/") {
+            Self(&[
+                b"response.completed",
+                b"response.incomplete",
+                b"response.failed",
+            ])
+        } else {
+            Self::NONE
+        }
+    }
+
+    /// A format that ends at `[DONE]` only.
+    pub const NONE: Self = Self(&[]);
+
+    fn contains(self, name: &[u8]) -> bool {
+        self.0.contains(&name)
+    }
+}
+
+/// Whether `event` (whole, its `data` payload `data`) is one of `last`: by its `event:` name
+/// when its first line is one (Anthropic and the Responses API name every event so), else
+/// by its data's `"type"` when that is the object's first member. No JSON is parsed, and a
+/// chat stream has nothing to compare, so this costs what `[DONE]`'s comparison does; it is
+/// the same whether a sink records the stream or not.
+pub fn is_last_event(event: &[u8], data: &[u8], last: LastEvents) -> bool {
+    if last.0.is_empty() {
+        return false;
+    }
+    let last = |name: &[u8]| last.contains(name);
     if let Some(name) = event_name(event) {
         if last(name) {
             return true;
@@ -2237,25 +2263,47 @@ mod tests {
     }
 
     /// The formats' last events are told by their `event:` name, or without one by a leading
-    /// `"type"`; other events, a `type` further in, and chat chunks are not.
+    /// `"type"`, each on its own endpoint only; other events, a `type` further in, and chat
+    /// chunks are not, and a chat stream has none (it ends at `[DONE]` whatever its events
+    /// are named).
     #[test]
-    fn last_events_are_told_by_their_name() {
-        let last = |event: &str| {
+    fn last_events_are_told_by_their_name_on_their_own_endpoint() {
+        let last = |path: &str, event: &str| {
             let data = crate::proxy::sse::event_data(event.as_bytes()).expect("data");
-            is_last_event(event.as_bytes(), &data)
+            is_last_event(event.as_bytes(), &data, LastEvents::of(path))
         };
-        for event in [
-            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-            "event:message_stop\r\ndata: {}\r\n\r\n",
-            "event: response.completed\ndata: {\"type\":\"response.completed\"}\n\n",
-            "event: response.incomplete\ndata: {}\n\n",
-            "event: response.failed\ndata: {}\n\n",
-            "data: {\"type\":\"message_stop\"}\n\n",
-            "data:  { \"type\" : \"response.completed\", \"response\": {}}\n\n",
-            "event: message\ndata: {\"type\": \"response.failed\"}\n\n",
+        for (path, event) in [
+            (
+                "/messages",
+                "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+            ),
+            ("/messages", "event:message_stop\r\ndata: {}\r\n\r\n"),
+            ("/messages", "data: {\"type\":\"message_stop\"}\n\n"),
+            (
+                "/responses",
+                "event: response.completed\ndata: {\"type\":\"response.completed\"}\n\n",
+            ),
+            ("/responses", "event: response.incomplete\ndata: {}\n\n"),
+            ("/responses/resp_1", "event: response.failed\ndata: {}\n\n"),
+            (
+                "/responses",
+                "data:  { \"type\" : \"response.completed\", \"response\": {}}\n\n",
+            ),
+            (
+                "/responses",
+                "event: message\ndata: {\"type\": \"response.failed\"}\n\n",
+            ),
         ] {
-            assert!(last(event), "{event:?}");
+            assert!(last(path, event), "{path} {event:?}");
+            for other in ["/chat/completions", "/completions", "/audio/speech"] {
+                assert!(!last(other, event), "{other} {event:?}");
+            }
         }
+        assert!(!last("/responses", "event: message_stop\ndata: {}\n\n"));
+        assert!(!last(
+            "/messages",
+            "event: response.completed\ndata: {}\n\n"
+        ));
         for event in [
             "event: message_delta\ndata: {\"type\":\"message_delta\"}\n\n",
             "event: error\ndata: {\"type\":\"error\",\"error\":{}}\n\n",
@@ -2267,7 +2315,8 @@ mod tests {
             "data: {\"type\":\"message_stop_not\"}\n\n",
             "data: {\"type\":\"message_stop\n\n",
         ] {
-            assert!(!last(event), "{event:?}");
+            assert!(!last("/messages", event), "{event:?}");
+            assert!(!last("/responses", event), "{event:?}");
         }
     }
 

@@ -66,6 +66,8 @@ pub struct Wait {
     pub client_usage: bool,
     /// The form of the error event that ends a stream the upstream failed.
     pub errors: StreamErrorForm,
+    /// The events after which the endpoint's format ends, as at `[DONE]`.
+    pub last_events: crate::usage::LastEvents,
     /// The request without the `stream_options` the router added, for an upstream that
     /// refuses them ([`super::stream_options`]).
     pub again: Option<super::stream_options::Again>,
@@ -86,6 +88,7 @@ pub(super) fn answer(
         drop_usage_chunk: wait.drop_usage_chunk,
         sse: true,
         errors: wait.errors,
+        last_events: wait.last_events,
     };
     let head = Box::pin(await_head(wait, state.redactor.clone()));
     let failures = StreamFailures {

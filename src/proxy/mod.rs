@@ -751,6 +751,7 @@ async fn forward_read<V: ReadBody>(
         drop_usage_chunk,
         client_usage: view.client_asked_for_usage(),
         errors: StreamErrorForm::of(request.path),
+        last_events: crate::usage::LastEvents::of(request.path),
     };
     let upstream = match answered {
         None if wake_at < deadline => {
@@ -841,6 +842,7 @@ async fn forward_read<V: ReadBody>(
             drop_usage_chunk: injected_usage,
             sse: is_event_stream(&upstream.fields) && !matches!(coding, StreamCoding::Opaque),
             errors: StreamErrorForm::of(request.path),
+            last_events: crate::usage::LastEvents::of(request.path),
         };
         // A compressed stream that is not SSE passes through as it came, coding and all, as
         // any stream that is not SSE does.

@@ -43,7 +43,7 @@ use crate::proxy::sse::{EventSplitter, event_data};
 use crate::record::{Outcome, RecordGuard};
 use crate::upstream::UpstreamError;
 use crate::usage::{
-    EventKind, StreamAccumulator, classify_event, is_last_event, may_be_cut_usage_chunk,
+    EventKind, LastEvents, StreamAccumulator, classify_event, is_last_event, may_be_cut_usage_chunk,
 };
 
 /// The upstream body as a stream of chunks.
@@ -64,6 +64,8 @@ pub struct StreamSettings {
     pub sse: bool,
     /// The form of the router's own error event (see [`StreamErrorForm`]).
     pub errors: StreamErrorForm,
+    /// The events after which the endpoint's format ends, as at `[DONE]` (none for chat).
+    pub last_events: LastEvents,
 }
 
 /// Longest SSE event held while waiting for its blank line. An upstream that never ends an
@@ -531,7 +533,7 @@ impl StreamTee {
         };
         // Told from the name alone, the same whether a sink records or not: the body ends
         // there either way.
-        if kind == EventKind::Other && is_last_event(event, &data) {
+        if kind == EventKind::Other && is_last_event(event, &data, self.settings.last_events) {
             return EventKind::End;
         }
         kind
@@ -927,6 +929,7 @@ mod tests {
             drop_usage_chunk: false,
             sse: true,
             errors: StreamErrorForm::OpenAi,
+            last_events: LastEvents::NONE,
         };
         let failures = StreamFailures {
             log: Arc::default(),

@@ -651,6 +651,35 @@ async fn a_client_leaving_after_an_upstream_error_event_leaves_the_upstreams_err
     router.stop().await;
 }
 
+/// A chat stream ends at `[DONE]` only: an upstream that names one of its chunks
+/// `message_stop` or `response.completed` (a proxy translating formats, say) does not cut it
+/// short; those names end only their own endpoints' streams.
+#[tokio::test]
+async fn a_chat_stream_is_not_ended_by_another_formats_last_event_name() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for name in ["message_stop", "response.completed"] {
+        let chunks = vec![
+            content_chunk("m", 0, 3).into_bytes(),
+            format!("event: {name}\n{}", content_chunk("m", 1, 3)).into_bytes(),
+            content_chunk("m", 2, 3).into_bytes(),
+            b"data: [DONE]\n\n".to_vec(),
+        ];
+        upstream.set(Behavior {
+            raw_chunks: Some(chunks.clone()),
+            ..Default::default()
+        });
+        let text = post_stream(&router, "/v1/chat/completions")
+            .await
+            .text()
+            .await
+            .expect("body");
+        let sent = String::from_utf8(chunks.concat()).expect("UTF-8");
+        assert_eq!(text, sent, "{name}: relayed whole");
+    }
+    router.stop().await;
+}
+
 /// An upstream that resets its connection after its own error event: the record keeps the
 /// provider's message as the upstream's error (not the router's "reset"), and the client,
 /// which got that event, gets no second error event from the router.
