@@ -185,14 +185,17 @@ impl IndexRefresher {
         if self.seen_version == Some(version) {
             return Ok(false);
         }
+        // The version is taken as seen only once it was read through: a failure (the users
+        // table gone for a moment) is tried again at the next look, not passed over as
+        // "no change" (and then said to be over) while the file stays as it was.
         let (schema, changes) = self.counter()?;
-        self.seen_version = Some(version);
         if let Some(seen) = self.seen
             && seen.tracked
             && seen.schema == schema
             && changes.is_some()
             && seen.changes == changes
         {
+            self.seen_version = Some(version);
             return Ok(false);
         }
         let now = match self.seen {
@@ -208,6 +211,7 @@ impl IndexRefresher {
             tracing::info!("users changed in the database; {count} users now");
         }
         self.seen = Some(now);
+        self.seen_version = Some(version);
         Ok(true)
     }
 
@@ -491,6 +495,41 @@ mod tests {
         assert!(index.find(bob.expose()).is_none());
         assert!(crate::db::change_tracking_in_place(&other).expect("row made again"));
         assert!(!refresher.refresh(&index).expect("nothing new"));
+    }
+
+    /// A users table gone for a while (renamed away by another tool) fails every look until
+    /// it is back, not only the first: the second used to pass as "no change", and the
+    /// task logged that the users were read again while the table was still missing.
+    #[test]
+    fn a_missing_users_table_fails_every_look_until_it_is_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("u.db");
+        let mut store = UserStore::open(&path, OpenMode::Create).expect("store");
+        let ann = store
+            .add(&NewUser {
+                username: "ann".into(),
+                email: None,
+                permissions: Permissions::All,
+            })
+            .expect("ann");
+        let index = UserIndex::empty();
+        let mut refresher = IndexRefresher::new(crate::db::open(&path).expect("open"));
+        assert!(refresher.refresh(&index).expect("first load"));
+        let other = Connection::open(&path).expect("other");
+        other
+            .execute_batch("ALTER TABLE users RENAME TO users_bak")
+            .expect("away");
+        assert!(refresher.refresh(&index).is_err(), "gone");
+        assert!(refresher.refresh(&index).is_err(), "still gone");
+        assert!(
+            index.find(ann.expose()).is_some(),
+            "the previous users stay"
+        );
+        other
+            .execute_batch("ALTER TABLE users_bak RENAME TO users")
+            .expect("back");
+        assert!(refresher.refresh(&index).expect("read again"));
+        assert!(index.find(ann.expose()).is_some());
     }
 
     #[test]
