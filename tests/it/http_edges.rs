@@ -24,6 +24,22 @@ fn error_of(body: &[u8]) -> (String, String) {
     (field("message"), field("code"))
 }
 
+/// What one chat request on a new connection to `addr` gets.
+async fn one_chat(addr: std::net::SocketAddr) -> crate::http1::Answer {
+    let mut raw = Raw::connect(addr).await;
+    raw.send(post("/v1/chat/completions", CHAT, "").as_bytes())
+        .await;
+    raw.answer().await
+}
+
+/// The message of a 502 `upstream_unreachable` answer (asserted to be one).
+fn unreachable_message(answer: &crate::http1::Answer) -> String {
+    assert_eq!(answer.status, 502);
+    let (message, code) = error_of(&answer.body);
+    assert_eq!(code, "upstream_unreachable");
+    message
+}
+
 /// RFC 9113 §8.2.3: an HTTP/2 client may send each cookie as a field of its own; they go on
 /// over HTTP/1.1 joined into one `Cookie` with "; " (two `Cookie` lines are not HTTP/1.1).
 #[tokio::test]
@@ -155,10 +171,7 @@ fn answer_with_fields(n: usize) -> Vec<u8> {
 #[tokio::test]
 async fn upstream_answers_with_many_header_fields_are_relayed() {
     let (_upstream, router) = router_before(answer_with_fields(200)).await;
-    let mut raw = Raw::connect(router.addr).await;
-    raw.send(post("/v1/chat/completions", CHAT, "").as_bytes())
-        .await;
-    let answer = raw.answer().await;
+    let answer = one_chat(router.addr).await;
     assert_eq!(
         answer.status,
         200,
@@ -169,13 +182,8 @@ async fn upstream_answers_with_many_header_fields_are_relayed() {
     router.stop().await;
 
     let (_upstream, router) = router_before(answer_with_fields(300)).await;
-    let mut raw = Raw::connect(router.addr).await;
-    raw.send(post("/v1/chat/completions", CHAT, "").as_bytes())
-        .await;
-    let answer = raw.answer().await;
-    assert_eq!(answer.status, 502);
-    let (message, code) = error_of(&answer.body);
-    assert_eq!(code, "upstream_unreachable");
+    let answer = one_chat(router.addr).await;
+    let message = unreachable_message(&answer);
     assert!(message.contains("more than 256 header fields"), "{message}");
     router.stop().await;
 }
@@ -242,10 +250,7 @@ async fn upstream_trailer_limit_is_named() {
         .into_bytes()
     };
     let (_upstream, router) = router_before(chunked(10)).await;
-    let mut raw = Raw::connect(router.addr).await;
-    raw.send(post("/v1/chat/completions", CHAT, "").as_bytes())
-        .await;
-    let answer = raw.answer().await;
+    let answer = one_chat(router.addr).await;
     assert_eq!(
         (answer.status, answer.body.as_slice()),
         (200, body.as_bytes())
@@ -253,13 +258,8 @@ async fn upstream_trailer_limit_is_named() {
     router.stop().await;
 
     let (_upstream, router) = router_before(chunked(20)).await;
-    let mut raw = Raw::connect(router.addr).await;
-    raw.send(post("/v1/chat/completions", CHAT, "").as_bytes())
-        .await;
-    let answer = raw.answer().await;
-    assert_eq!(answer.status, 502);
-    let (message, code) = error_of(&answer.body);
-    assert_eq!(code, "upstream_unreachable");
+    let answer = one_chat(router.addr).await;
+    let message = unreachable_message(&answer);
     assert!(
         message.contains("a trailer section over 16 KiB"),
         "{message}"
@@ -277,13 +277,8 @@ async fn an_answer_announced_over_the_limit_is_named_as_announced() {
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000000000\r\n\r\n{body}"
     );
     let (_upstream, router) = router_before(answer.into_bytes()).await;
-    let mut raw = Raw::connect(router.addr).await;
-    raw.send(post("/v1/chat/completions", CHAT, "").as_bytes())
-        .await;
-    let answer = raw.answer().await;
-    assert_eq!(answer.status, 502);
-    let (message, code) = error_of(&answer.body);
-    assert_eq!(code, "upstream_unreachable");
+    let answer = one_chat(router.addr).await;
+    let message = unreachable_message(&answer);
     assert!(
         message.contains("announced an answer of 100000000000 bytes")
             && message.contains("256 MiB"),
