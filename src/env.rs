@@ -40,7 +40,7 @@ pub struct EnvSettings {
     /// `LLMSROUTER_TEST_WARNING_INTERVAL_MS`, for tests only (undocumented): the interval
     /// between two warnings about lost records (10 s otherwise), so a test of the catch-up
     /// warning need not wait 10 s. See [`crate::sinks::loss`].
-    pub warning_interval: Option<std::time::Duration>,
+    pub test_warning_interval: Option<std::time::Duration>,
     /// Settings that look like mistakes but do not stop start-up (logged by `serve`).
     pub warnings: Vec<String>,
 }
@@ -64,6 +64,13 @@ pub struct OtlpEnv {
 }
 
 impl EnvSettings {
+    /// How often at most a warning about lost records (or failed accepts) of one kind is
+    /// given: 10 s, or what `LLMSROUTER_TEST_WARNING_INTERVAL_MS` says (tests only).
+    pub fn warning_interval(&self) -> std::time::Duration {
+        self.test_warning_interval
+            .unwrap_or(crate::sinks::loss::DEFAULT_WARNING_INTERVAL)
+    }
+
     /// The credentials of the trace destinations, for the sinks' redactor: a prompt holding
     /// the Langfuse secret key or an OTLP token must not carry it to Langfuse, the collector
     /// or the request log. `LANGFUSE_SECRET_KEY` and the Basic credentials made of it; each
@@ -178,7 +185,7 @@ impl EnvSettings {
             trace_export_interval: trace_export_interval(env)?,
             trace_gzip: otlp_gzip(env, &mut warnings)?,
             resource: resource(env)?,
-            warning_interval: warning_interval(env)?,
+            test_warning_interval: warning_interval(env)?,
             warnings,
         })
     }

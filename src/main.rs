@@ -189,9 +189,6 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     for warning in &env.warnings {
         tracing::warn!("{warning}");
     }
-    if let Some(interval) = env.warning_interval {
-        llmsrouter::sinks::loss::set_warning_interval(interval);
-    }
     let config = load_config(&cli.config)?;
     // Each connection and each upstream connection is a file: see `open_files`.
     #[cfg(unix)]
@@ -220,10 +217,11 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         let (recorder, recorder_task) = if sinks.is_empty() {
             (Recorder::disabled(), None)
         } else {
-            let (recorder, task) = Recorder::start(sinks);
+            let (recorder, task) = Recorder::start_warning_every(sinks, env.warning_interval());
             (recorder, Some(task))
         };
         let mut state = AppState::new(config, client, recorder.clone())?;
+        state.warning_interval = env.warning_interval();
         if let Some(index) = users_index {
             state.keys = Some(index);
         }

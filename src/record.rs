@@ -352,16 +352,36 @@ impl Recorder {
         Self::start_with_budget(sinks, BODY_BUDGET)
     }
 
+    /// [`Self::start`] with its loss warnings given at most every `warning_interval`.
+    pub fn start_warning_every(
+        sinks: Vec<Arc<dyn RecordSink>>,
+        warning_interval: std::time::Duration,
+    ) -> (Self, RecorderTask) {
+        Self::start_with(sinks, BODY_BUDGET, warning_interval)
+    }
+
     /// [`Self::start`] with another body budget (tests).
     pub fn start_with_budget(
         sinks: Vec<Arc<dyn RecordSink>>,
         body_budget: usize,
     ) -> (Self, RecorderTask) {
+        Self::start_with(
+            sinks,
+            body_budget,
+            crate::sinks::loss::DEFAULT_WARNING_INTERVAL,
+        )
+    }
+
+    fn start_with(
+        sinks: Vec<Arc<dyn RecordSink>>,
+        body_budget: usize,
+        warning_interval: std::time::Duration,
+    ) -> (Self, RecorderTask) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let losses = Arc::<Losses>::default();
-        let log = LossLog::new(losses.clone());
+        let log = LossLog::new(losses.clone(), warning_interval);
         tracker.spawn(run_recorder(rx, sinks.clone(), stop.clone(), log));
         tracker.close();
         let recorder = Self {
@@ -485,11 +505,11 @@ struct LossLog {
 }
 
 impl LossLog {
-    fn new(losses: Arc<Losses>) -> Self {
+    fn new(losses: Arc<Losses>, interval: std::time::Duration) -> Self {
         Self {
             losses,
-            records: LossWarnings::default(),
-            bodies: LossWarnings::default(),
+            records: LossWarnings::every(interval),
+            bodies: LossWarnings::every(interval),
         }
     }
 

@@ -56,7 +56,7 @@ async fn serve(
     // Every connection, so shutdown can wait for the last one.
     let connections = TaskTracker::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut accept_errors = LossWarnings::default();
+    let mut accept_errors = LossWarnings::every(state.warning_interval);
     let mut failed_accepts = 0;
     loop {
         tokio::select! {

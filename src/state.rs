@@ -46,6 +46,8 @@ pub struct AppState {
     pub keys: Option<Arc<dyn KeyIndex>>,
     pub models: ModelCatalog,
     pub keepalive_interval: Duration,
+    /// How often at most the accept loop warns that accepting failed (out of descriptors).
+    pub warning_interval: Duration,
     /// How long the rest of a request head may take once its first bytes arrived.
     pub head_timeout: Duration,
     /// How long a request body may pause between two reads.
@@ -81,6 +83,7 @@ impl AppState {
             keys: None,
             models: ModelCatalog::default(),
             keepalive_interval: KEEPALIVE_INTERVAL,
+            warning_interval: crate::sinks::loss::DEFAULT_WARNING_INTERVAL,
             head_timeout: HEAD_TIMEOUT,
             body_read_timeout: BODY_READ_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,

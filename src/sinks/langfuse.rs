@@ -114,6 +114,8 @@ pub struct LangfuseOptions {
     pub shutdown_timeout: Duration,
     /// The spans' resource attributes (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`).
     pub resource: Vec<(String, String)>,
+    /// Warnings about dropped or failed spans come at most this often.
+    pub warning_interval: Duration,
 }
 
 impl LangfuseOptions {
@@ -135,6 +137,7 @@ impl LangfuseOptions {
             retry: RetryPolicy::default(),
             gzip: false,
             shutdown_timeout: Duration::from_secs(15),
+            warning_interval: crate::sinks::loss::DEFAULT_WARNING_INTERVAL,
             resource: vec![
                 (
                     "service.name".to_owned(),
@@ -173,6 +176,7 @@ impl LangfuseOptions {
         options.export_interval = env.trace_export_interval;
         options.gzip = env.trace_gzip;
         options.resource = env.resource.clone();
+        options.warning_interval = env.warning_interval();
         Some(options)
     }
 }
@@ -214,7 +218,7 @@ pub struct DestinationStats {
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 impl DestinationStats {
-    fn new(name: &'static str, max_spans: usize, max_bytes: usize) -> Self {
+    fn new(name: &'static str, max_spans: usize, max_bytes: usize, warnings: Duration) -> Self {
         Self {
             name,
             max_spans,
@@ -225,8 +229,8 @@ impl DestinationStats {
             dropped: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             retries: Arc::new(AtomicU64::new(0)),
-            drop_warnings: Mutex::new(LossWarnings::default()),
-            failure_warnings: Mutex::new((LossWarnings::default(), String::new())),
+            drop_warnings: Mutex::new(LossWarnings::every(warnings)),
+            failure_warnings: Mutex::new((LossWarnings::every(warnings), String::new())),
         }
     }
 
@@ -518,6 +522,7 @@ impl LangfuseSink {
                 destination.name,
                 options.max_queued_spans,
                 options.max_queued_bytes,
+                options.warning_interval,
             ));
             let transport = OtlpTransport::new(
                 destination.name,
@@ -1247,7 +1252,12 @@ mod tests {
     /// An outbox whose export loop takes `room` batches before it is full, and the loop's end.
     fn outbox(room: usize) -> (Outbox, mpsc::Receiver<SpanBatch>) {
         let (tx, rx) = mpsc::channel(room);
-        let stats = Arc::new(DestinationStats::new("test", 1000, 1 << 30));
+        let stats = Arc::new(DestinationStats::new(
+            "test",
+            1000,
+            1 << 30,
+            crate::sinks::loss::DEFAULT_WARNING_INTERVAL,
+        ));
         (Outbox::new(stats, tx), rx)
     }
 

@@ -50,6 +50,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct LedgerWaits {
     pub busy_timeout: Duration,
     pub close_deadline: Duration,
+    /// Loss warnings come at most this often.
+    pub warning_interval: Duration,
 }
 
 impl Default for LedgerWaits {
@@ -57,6 +59,7 @@ impl Default for LedgerWaits {
         Self {
             busy_timeout: db::BUSY_TIMEOUT,
             close_deadline: CLOSE_DEADLINE,
+            warning_interval: crate::sinks::loss::DEFAULT_WARNING_INTERVAL,
         }
     }
 }
@@ -316,13 +319,14 @@ impl LedgerSink {
             busy_timeout: waits.busy_timeout,
             lock_warned: None,
             reopen_warned: None,
-            loss_warnings: LossWarnings::default(),
+            loss_warnings: LossWarnings::every(waits.warning_interval),
             failure_reason: String::new(),
         };
         let queue = WriterQueue::start(
             "llmsrouter-ledger",
             QUEUE_DEPTH,
             "usage ledger writer behind: rows dropped",
+            waits.warning_interval,
             move |mut rx| writer.run(conn, &mut rx),
         )
         .map_err(LedgerError::Thread)?;

@@ -223,6 +223,12 @@ impl LogFile {
         }
     }
 
+    /// This log with its loss warnings given at most every `interval`.
+    pub fn warning_every(mut self, interval: std::time::Duration) -> Self {
+        self.loss_warnings = LossWarnings::every(interval);
+        self
+    }
+
     /// Opens the file of `day` now (creating the directory): start-up fails when this does, so
     /// a wrong setting is seen at once. A named pipe nobody reads yet is no failure: it is
     /// opened when a reader comes.

@@ -8,28 +8,10 @@
 //! the interval has passed, whenever the count moved since the last line, so the last line's
 //! total is the counter's. Whoever counts a loss on the request path only adds to an atomic.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Default of the interval between two warnings of one kind.
 pub const DEFAULT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The interval, in milliseconds. Process-wide: set once at start-up from
-/// `LLMSROUTER_TEST_WARNING_INTERVAL_MS` (tests only, so that they need not wait 10 s).
-static INTERVAL_MS: AtomicU64 = AtomicU64::new(DEFAULT_WARNING_INTERVAL.as_millis() as u64);
-
-/// Sets the interval of warnings made from now on (start-up only).
-pub fn set_warning_interval(interval: Duration) {
-    let ms = u64::try_from(interval.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    INTERVAL_MS.store(ms, Ordering::Relaxed);
-}
-
-/// The interval between two warnings of one kind.
-pub fn warning_interval() -> Duration {
-    Duration::from_millis(INTERVAL_MS.load(Ordering::Relaxed))
-}
 
 /// How long a loop owning warnings may wait at most before it looks at its counters again
 /// when nothing is due yet: another thread may count a loss meanwhile (the request path
@@ -56,7 +38,7 @@ pub struct LossWarnings {
 
 impl Default for LossWarnings {
     fn default() -> Self {
-        Self::every(warning_interval())
+        Self::every(DEFAULT_WARNING_INTERVAL)
     }
 }
 

@@ -56,15 +56,28 @@ pub fn start(
     let env_secrets = env.secrets();
     let redactor = Redactor::new(config.secrets().chain(&env_secrets));
     let mut sinks: Vec<Arc<dyn RecordSink>> = Vec::new();
+    let warning_interval = env.warning_interval();
     if env.ledger {
-        sinks.push(Arc::new(LedgerSink::start(db_path, redactor.clone())?));
+        let waits = ledger::LedgerWaits {
+            warning_interval,
+            ..Default::default()
+        };
+        sinks.push(Arc::new(LedgerSink::start_waiting(
+            db_path,
+            redactor.clone(),
+            waits,
+        )?));
     }
     if let Some(path) = &env.log_file {
-        sinks.push(Arc::new(RequestLogSink::start(RequestLogOptions {
+        let options = RequestLogOptions {
             path: path.clone(),
             bodies: env.log_bodies,
             redactor: redactor.clone(),
-        })?));
+        };
+        sinks.push(Arc::new(RequestLogSink::start_warning_every(
+            options,
+            warning_interval,
+        )?));
     }
     if let Some(options) = LangfuseOptions::from_env(env, redactor) {
         sinks.push(Arc::new(LangfuseSink::start(options)?));
@@ -170,11 +183,13 @@ impl QueueRx {
 
 impl WriterQueue {
     /// Starts thread `name` running `writer` over a queue of `depth` records (pointers: a
-    /// bounded std channel allocates every slot at once).
+    /// bounded std channel allocates every slot at once); the warning about dropped records
+    /// (`behind`) is given at most every `warning_interval`.
     pub(crate) fn start(
         name: &str,
         depth: usize,
         behind: &'static str,
+        warning_interval: Duration,
         writer: impl FnOnce(QueueRx) + Send + 'static,
     ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(depth);
@@ -183,7 +198,7 @@ impl WriterQueue {
         let rx = QueueRx {
             rx,
             dropped: dropped.clone(),
-            warnings: LossWarnings::default(),
+            warnings: LossWarnings::every(warning_interval),
             behind,
         };
         std::thread::Builder::new()

@@ -20,6 +20,7 @@ use time::Date;
 use crate::record::{RecordSink, RequestRecord};
 use crate::sinks::clock::{rfc3339_millis, utc_date};
 use crate::sinks::log_file::{LogFile, LogStats, Target};
+use crate::sinks::loss::DEFAULT_WARNING_INTERVAL;
 use crate::sinks::redact::Redactor;
 use crate::sinks::{BATCH_WINDOW, Batch, MAX_NAME_CHARS, QueueRx, WriterQueue, clipped_chars};
 use crate::usage::ToolCall;
@@ -70,9 +71,17 @@ pub struct RequestLogSink {
 impl RequestLogSink {
     /// Opens today's file (creating the directory) and starts the writer thread.
     pub fn start(options: RequestLogOptions) -> Result<Self, RequestLogError> {
+        Self::start_warning_every(options, DEFAULT_WARNING_INTERVAL)
+    }
+
+    /// [`Self::start`], its loss warnings given at most every `warning_interval`.
+    pub fn start_warning_every(
+        options: RequestLogOptions,
+        warning_interval: Duration,
+    ) -> Result<Self, RequestLogError> {
         let target = target(&options.path)?;
         let stats = Arc::new(LogStats::default());
-        let mut file = LogFile::new(target, stats.clone());
+        let mut file = LogFile::new(target, stats.clone()).warning_every(warning_interval);
         let now = SystemTime::now();
         file.open_at_start(utc_date(now))
             .map_err(|e| RequestLogError::Open {
@@ -95,6 +104,7 @@ impl RequestLogSink {
             "llmsrouter-request-log",
             QUEUE_DEPTH,
             "request log writer behind: lines dropped",
+            warning_interval,
             move |rx| writer.run(rx),
         )
         .map_err(RequestLogError::Thread)?;

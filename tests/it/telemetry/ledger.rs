@@ -425,6 +425,7 @@ async fn rows_wait_for_a_lock_held_longer_than_the_busy_timeout() {
     let waits = LedgerWaits {
         busy_timeout: Duration::from_millis(50),
         close_deadline: Duration::from_secs(30),
+        ..Default::default()
     };
     let (setup, admin) = requests_under_a_lock(waits, 5).await;
     let (ledger, router) = (&setup.ledger, setup.router);
@@ -448,6 +449,7 @@ async fn shutdown_under_a_lock_that_lasts_counts_the_rows_as_failed() {
     let waits = LedgerWaits {
         busy_timeout: Duration::from_millis(50),
         close_deadline: Duration::from_millis(300),
+        ..Default::default()
     };
     let (setup, admin) = requests_under_a_lock(waits, 3).await;
     let (ledger, router) = (&setup.ledger, setup.router);
