@@ -83,17 +83,19 @@ fn rebuild_path(raw: &str) -> String {
     out
 }
 
-/// Whether a path segment is `.` or `..`, also when percent-encoded (`%2e`, `.%2E`, ...).
+/// Whether a path segment is `.` or `..`, also when percent-encoded (`%2e`, `.%2E`, ...), or
+/// holds one behind an encoded slash or backslash (`..%2f..%2fadmin`): a server that decodes
+/// `%2F` before it resolves dot segments (nginx normalises URIs so) would climb out of the
+/// configured base URL there too.
 fn is_dot_segment(segment: &str) -> bool {
-    if segment.len() > 6
-        || !segment
-            .bytes()
-            .all(|b| b == b'.' || b == b'%' || b == b'2' || b.eq_ignore_ascii_case(&b'e'))
-    {
-        return false;
+    let bytes = segment.as_bytes();
+    if !bytes.contains(&b'%') {
+        return segment == "." || segment == "..";
     }
-    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
-    decoded == "." || decoded == ".."
+    let decoded = percent_encoding::percent_decode(bytes).collect::<Vec<u8>>();
+    decoded
+        .split(|&b| b == b'/' || b == b'\\')
+        .any(|piece| piece == b"." || piece == b"..")
 }
 
 impl Route {

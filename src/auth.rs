@@ -162,6 +162,10 @@ fn no_key(fields: &Fields) -> &'static str {
     };
     if sent("authorization") || sent("x-api-key") {
         "unreadable API key: the Authorization (or x-api-key) header holds no key the router can read; send \"Authorization: Bearer <your llmsrouter key>\" (one space after Bearer, the key in printable ASCII)"
+    } else if sent("api-key") || sent("x-goog-api-key") {
+        // Azure's and Gemini's SDKs put the key there: the client did send one, in a field
+        // the router does not read its users' keys from.
+        "API key in a header the router does not read: the router takes your llmsrouter key from \"Authorization: Bearer <key>\" or \"x-api-key: <key>\", not from api-key or x-goog-api-key"
     } else {
         "missing API key: send \"Authorization: Bearer <your llmsrouter key>\" (or \"x-api-key: <your llmsrouter key>\", as Anthropic's SDKs do)"
     }

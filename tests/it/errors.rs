@@ -711,6 +711,12 @@ async fn dot_segments_cannot_escape_the_configured_base_path() {
         // URL parsers read a backslash as '/': these climbed out of the base path.
         "/v1/a\\..\\..\\admin/keys",
         "/v1\\..\\..\\secret",
+        // Behind an encoded slash or backslash: a server that decodes `%2F` before it
+        // resolves dot segments climbs out there.
+        "/v1/..%2f..%2fadmin",
+        "/v1/%2e%2e%2F%2E%2e%2fadmin",
+        "/v1/a%5c..%5c..%5cadmin",
+        "/v1/chat%2F.%2Fcompletions",
     ] {
         let answer = raw_post(router.addr, path, r#"{"model":"[mock]m"}"#).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
@@ -729,6 +735,10 @@ async fn dot_segments_cannot_escape_the_configured_base_path() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(upstream.last().path, "/api/v3/chat/completions");
+    // An encoded slash with no dot segment behind it is forwarded as it came.
+    let answer = raw_post(router.addr, "/v1/a..b%2F.c", r#"{"model":"[mock]m"}"#).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(upstream.last().path, "/api/v3/a..b%2F.c");
     router.stop().await;
 }
 

@@ -1281,6 +1281,17 @@ async fn an_unreadable_key_is_not_called_missing() {
         message.contains("Authorization: Bearer") && message.contains("x-api-key"),
         "{message}"
     );
+    // A key sent where Azure's or Gemini's SDKs put it was sent: the message names the field
+    // it should be in, not "missing".
+    for field in ["api-key", "x-goog-api-key"] {
+        let (status, code, message) = refused(field, BOB_KEY.as_bytes().to_vec()).await;
+        assert_eq!((status, code.as_str()), (401, "invalid_api_key"));
+        assert!(
+            message.starts_with("API key in a header the router does not read: "),
+            "{field}: {message}"
+        );
+        assert!(!message.contains(BOB_KEY), "{message}");
+    }
     assert_eq!(upstream.count(), 0);
     router.stop().await;
     refresh.shutdown().await;
