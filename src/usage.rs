@@ -565,16 +565,35 @@ impl FastBody<'_> {
 }
 
 fn fill_from_message(out: &mut ResponseSummary, message: MessageRaw<'_>) {
-    out.content = content_text(message.content);
+    let (content, thinking) = content_texts(message.content);
+    out.content = content;
     out.refusal = raw_str(message.refusal).unwrap_or_default();
     out.reasoning = raw_str(message.reasoning_content)
         .or_else(|| raw_str(message.reasoning))
         .unwrap_or_default();
+    out.reasoning.push_str(&thinking);
     out.tool_calls = message
         .tool_calls
         .and_then(|raw| serde_json::from_str::<Vec<Value>>(raw.get()).ok())
         .map(|calls| calls.iter().map(tool_call_of).collect())
         .unwrap_or_default();
+    // The legacy functions API's one call (`function_call: {"name", "arguments"}`), recorded
+    // as a tool call of type `function` with no id.
+    if out.tool_calls.is_empty() {
+        if let Some(call) = message
+            .function_call
+            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+            .filter(Value::is_object)
+        {
+            let (name, arguments) = function_fields(Some(&call));
+            out.tool_calls.push(ToolCall {
+                kind: "function".to_owned(),
+                name,
+                arguments,
+                ..Default::default()
+            });
+        }
+    }
 }
 
 /// Reads a body field by field, tolerating odd types.
@@ -694,25 +713,69 @@ struct MessageRaw<'a> {
     refusal: Option<&'a RawValue>,
     #[serde(borrow, default)]
     tool_calls: Option<&'a RawValue>,
+    /// The legacy functions API's call, in place of `tool_calls`.
+    #[serde(borrow, default)]
+    function_call: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
+/// One part of a `content` list (multimodal, some vendors): `{"type": "text", "text": ...}`,
+/// or, from Mistral's thinking models, `{"type": "thinking", "thinking": [{"type": "text",
+/// "text": ...}]}` (its `thinking` a string in some), which is reasoning.
+#[derive(Debug, Deserialize)]
 struct PartRaw<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
     #[serde(borrow, default)]
     text: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    thinking: Option<&'a RawValue>,
 }
 
-/// `content` is a string, or (multimodal / some vendors) a list of parts with `text`.
-fn content_text(content: Option<&RawValue>) -> String {
+impl PartRaw<'_> {
+    /// The part's text and its thinking (either may be empty).
+    fn texts(&self) -> (String, String) {
+        if self.kind.is_some_and(|kind| kind.get() == "\"thinking\"") {
+            // A list of text parts, or a string: `content`'s own shapes.
+            return (String::new(), content_texts(self.thinking).0);
+        }
+        (raw_str(self.text).unwrap_or_default(), String::new())
+    }
+}
+
+/// The parts of a `content` list, each read on its own: one that is not an object is
+/// skipped, not the list.
+fn content_parts(raw: &RawValue) -> Vec<PartRaw<'_>> {
+    serde_json::from_str::<Vec<&RawValue>>(raw.get())
+        .map(|parts| {
+            parts
+                .into_iter()
+                .filter_map(|part| serde_json::from_str(part.get()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `content`'s text and thinking: a string is all text; a list of parts has each part's text
+/// and thinking (see [`PartRaw`]).
+fn content_texts(content: Option<&RawValue>) -> (String, String) {
     let Some(raw) = content else {
-        return String::new();
+        return Default::default();
     };
     match raw.get().as_bytes().first() {
-        Some(b'"') => serde_json::from_str(raw.get()).unwrap_or_default(),
-        Some(b'[') => serde_json::from_str::<Vec<PartRaw<'_>>>(raw.get())
-            .map(|parts| parts.into_iter().filter_map(|p| raw_str(p.text)).collect())
-            .unwrap_or_default(),
-        _ => String::new(),
+        Some(b'"') => (
+            serde_json::from_str(raw.get()).unwrap_or_default(),
+            String::new(),
+        ),
+        Some(b'[') => {
+            let (mut text, mut thinking) = (String::new(), String::new());
+            for part in content_parts(raw) {
+                let (t, r) = part.texts();
+                text.push_str(&t);
+                thinking.push_str(&r);
+            }
+            (text, thinking)
+        }
+        _ => Default::default(),
     }
 }
 
@@ -738,26 +801,39 @@ fn str_field(v: &Value, key: &str) -> Option<String> {
 }
 
 fn tool_call_of(call: &Value) -> ToolCall {
-    let function = call.get("function");
+    let (name, arguments) = function_fields(call.get("function"));
     ToolCall {
         id: str_field(call, "id").unwrap_or_default(),
         kind: str_field(call, "type").unwrap_or_else(|| "function".to_owned()),
-        name: function
-            .and_then(|f| str_field(f, "name"))
-            .unwrap_or_default(),
-        arguments: function
-            .and_then(|f| f.get("arguments"))
-            .map(|a| match a {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .unwrap_or_default(),
+        name,
+        arguments,
     }
 }
 
-/// The Responses API: `output` is a list of items; messages hold `output_text` parts.
+/// A `function` object's name and arguments (a string as is, anything else as JSON).
+fn function_fields(function: Option<&Value>) -> (String, String) {
+    let name = function
+        .and_then(|f| str_field(f, "name"))
+        .unwrap_or_default();
+    let arguments = function
+        .and_then(|f| f.get("arguments"))
+        .map(|a| match a {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default();
+    (name, arguments)
+}
+
+/// The Responses API: `output` is a list of items; messages hold `output_text` parts,
+/// reasoning items their raw `reasoning_text` parts (`content`) and their `summary`, tool
+/// calls are `function_call`s and `custom_tool_call`s.
 fn read_responses_output(output: &[Value], out: &mut ResponseSummary) {
     for item in output {
+        if let Some(call) = responses_tool_call(item) {
+            out.tool_calls.push(call);
+            continue;
+        }
         match item.get("type").and_then(Value::as_str) {
             Some("message") => {
                 if let Some(parts) = item.get("content").and_then(Value::as_array) {
@@ -771,23 +847,37 @@ fn read_responses_output(output: &[Value], out: &mut ResponseSummary) {
                 }
             }
             Some("reasoning") => {
-                if let Some(parts) = item.get("summary").and_then(Value::as_array) {
-                    for part in parts {
-                        if let Some(text) = part.get("text").and_then(Value::as_str) {
-                            out.reasoning.push_str(text);
+                // The raw chain (`reasoning_text`, which a stream sends as
+                // `response.reasoning_text.delta`) before its summary, in a stream's order.
+                for key in ["content", "summary"] {
+                    if let Some(parts) = item.get(key).and_then(Value::as_array) {
+                        for part in parts {
+                            if let Some(text) = part.get("text").and_then(Value::as_str) {
+                                out.reasoning.push_str(text);
+                            }
                         }
                     }
                 }
             }
-            Some("function_call") => out.tool_calls.push(ToolCall {
-                id: str_field(item, "call_id").unwrap_or_default(),
-                kind: "function".to_owned(),
-                name: str_field(item, "name").unwrap_or_default(),
-                arguments: str_field(item, "arguments").unwrap_or_default(),
-            }),
             _ => {}
         }
     }
+}
+
+/// A Responses API output item that is a tool call: a `function_call` (its `arguments`), or
+/// a `custom_tool_call` (type `custom`, its free-form `input` as the arguments).
+fn responses_tool_call(item: &Value) -> Option<ToolCall> {
+    let (kind, arguments) = match item.get("type").and_then(Value::as_str)? {
+        "function_call" => ("function", "arguments"),
+        "custom_tool_call" => ("custom", "input"),
+        _ => return None,
+    };
+    Some(ToolCall {
+        id: str_field(item, "call_id").unwrap_or_default(),
+        kind: kind.to_owned(),
+        name: str_field(item, "name").unwrap_or_default(),
+        arguments: str_field(item, arguments).unwrap_or_default(),
+    })
 }
 
 /// An Anthropic message's `content` blocks: `text` is content, `thinking` reasoning,
@@ -799,7 +889,7 @@ fn read_anthropic_content(blocks: &[&RawValue], out: &mut ResponseSummary) {
             continue;
         };
         if is_tool_use(block.kind.as_deref()) {
-            out.tool_calls.push(anthropic_tool_call(&block, false));
+            out.tool_calls.push(anthropic_tool_call(&block));
             continue;
         }
         match block.kind.as_deref() {
@@ -1190,9 +1280,12 @@ pub struct StreamAccumulator {
     /// counts (and a provisional output count), `message_delta` the output (cumulative, and
     /// in newer versions the input again); each count keeps the largest value seen.
     anthropic_usage: Option<serde_json::Map<String, Value>>,
-    /// Anthropic: which tool call (index into `summary.tool_calls`) each `tool_use` content
-    /// block (by its `index`) became, for its `input_json_delta` pieces.
-    anthropic_tools: Vec<(u64, usize)>,
+    /// Anthropic: which tool call each `tool_use` content block became, for its
+    /// `input_json_delta` pieces.
+    anthropic_tools: Vec<AnthropicTool>,
+    /// The Responses API: which tool call (index into `summary.tool_calls`) each tool call
+    /// item (by its `output_index`) became, for the pieces of its arguments.
+    responses_tools: Vec<(Option<u64>, usize)>,
     /// Set by the first event of OpenAI's audio event streams (see [`is_audio_event`]): from
     /// then on each event is read as an [`AudioEvent`] first. A chat stream never sets it, so
     /// its events are never looked at for these.
@@ -1246,6 +1339,15 @@ impl TextBudget {
         field.push_str(crate::sinks::generation::TRUNCATION_MARKER);
         self.kept = MAX_STREAM_TEXT;
         self.cut = true;
+    }
+
+    /// Empties `field`, all of whose text was appended here, and gives its bytes back. Once
+    /// the text was cut nothing more is kept anyway, and `field` stays as it is.
+    fn take_back(&mut self, field: &mut String) {
+        if !self.cut {
+            self.kept = self.kept.saturating_sub(field.len());
+            field.clear();
+        }
     }
 }
 
@@ -1427,16 +1529,14 @@ fn is_tool_use(kind: Option<&str>) -> bool {
 }
 
 /// A tool call from an Anthropic `tool_use` block: its `input` object becomes the arguments
-/// (a JSON string, as in OpenAI's shape). In a stream (`streamed`) the block opens with an
-/// empty `{}` and the arguments come as `input_json_delta` pieces, so the `{}` is left out.
-fn anthropic_tool_call(block: &AnthropicPart<'_>, streamed: bool) -> ToolCall {
+/// (a JSON string, as in OpenAI's shape). In a stream the block opens with an empty `{}`,
+/// which its `input_json_delta` pieces replace when any come (see [`AnthropicTool`]); a
+/// call of a tool without arguments has none, and keeps the `{}` a whole message has.
+fn anthropic_tool_call(block: &AnthropicPart<'_>) -> ToolCall {
     let arguments = block
         .input
         .map(RawValue::get)
-        .filter(|raw| {
-            let compact: String = raw.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-            compact != "null" && !(streamed && compact == "{}")
-        })
+        .filter(|raw| raw.trim_ascii() != "null")
         .unwrap_or_default();
     ToolCall {
         id: block.id.as_deref().unwrap_or_default().to_owned(),
@@ -1444,6 +1544,81 @@ fn anthropic_tool_call(block: &AnthropicPart<'_>, streamed: bool) -> ToolCall {
         name: block.name.as_deref().unwrap_or_default().to_owned(),
         arguments: arguments.to_owned(),
     }
+}
+
+/// The Responses API stream events about a tool call, read on their own path (see
+/// [`ResponsesToolEvent`]).
+const RESPONSES_TOOL_EVENTS: &[&str] = &[
+    "response.output_item.added",
+    "response.output_item.done",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
+    "response.custom_tool_call_input.delta",
+    "response.custom_tool_call_input.done",
+];
+
+/// One of [`RESPONSES_TOOL_EVENTS`]: `response.output_item.added` and `.done` (an `item`,
+/// which may be a tool call), `response.function_call_arguments.delta` and
+/// `response.custom_tool_call_input.delta` (a piece of a call's arguments or input), and
+/// their `.done` (all of them), each naming its item by its `output_index`.
+#[derive(Deserialize)]
+struct ResponsesToolEvent<'a> {
+    #[serde(default)]
+    output_index: Option<u64>,
+    #[serde(borrow, default)]
+    item: Option<ResponsesItem<'a>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    delta: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    arguments: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    input: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// A Responses API output item, only what a tool call has: a message's text is skipped
+/// unread.
+#[derive(Deserialize)]
+struct ResponsesItem<'a> {
+    #[serde(rename = "type", borrow, default, deserialize_with = "borrowed_text")]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    call_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    arguments: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    input: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl ResponsesItem<'_> {
+    /// The item as a tool call, as [`responses_tool_call`] reads one in a whole `output`.
+    fn tool_call(self) -> Option<ToolCall> {
+        let (kind, arguments) = match self.kind.as_deref()? {
+            "function_call" => ("function", self.arguments),
+            "custom_tool_call" => ("custom", self.input),
+            _ => return None,
+        };
+        let owned = |text: Option<std::borrow::Cow<'_, str>>| text.unwrap_or_default().into_owned();
+        Some(ToolCall {
+            id: owned(self.call_id),
+            kind: kind.to_owned(),
+            name: owned(self.name),
+            arguments: owned(arguments),
+        })
+    }
+}
+
+/// An Anthropic stream's `tool_use` block and the tool call it became.
+#[derive(Debug)]
+struct AnthropicTool {
+    /// The block's `index`, which its `input_json_delta` pieces name.
+    block: Option<u64>,
+    /// The call's place in `summary.tool_calls`.
+    slot: usize,
+    /// The call's arguments are still the block's own `input` (`{}`): its first piece of
+    /// JSON replaces them.
+    start_input: bool,
 }
 
 #[derive(Deserialize)]
@@ -1493,8 +1668,8 @@ struct ChunkChoice<'a> {
 
 #[derive(Deserialize)]
 struct Delta<'a> {
-    #[serde(borrow, default, deserialize_with = "borrowed_text")]
-    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<DeltaContent<'a>>,
     #[serde(borrow, default, deserialize_with = "borrowed_text")]
     reasoning_content: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "borrowed_text")]
@@ -1503,6 +1678,54 @@ struct Delta<'a> {
     refusal: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+    /// The legacy functions API's one call: its name first, then its arguments in pieces.
+    #[serde(default)]
+    function_call: Option<FunctionDelta<'a>>,
+}
+
+/// A delta's `content`: a string, borrowed from the event unless escaped (almost every
+/// delta), or a list of parts (Mistral's thinking models: `[{"type": "thinking",
+/// "thinking": [...]}]`, `[{"type": "text", "text": ...}]`), read as a whole answer's (see
+/// [`PartRaw`]). A string is read in the chunk's one pass, as before; only a list costs more.
+#[derive(Debug)]
+enum DeltaContent<'a> {
+    Text(std::borrow::Cow<'a, str>),
+    Parts(Vec<PartRaw<'a>>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for DeltaContent<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = DeltaContent<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of content parts")
+            }
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(DeltaContent::Text(std::borrow::Cow::Borrowed(text)))
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(DeltaContent::Text(std::borrow::Cow::Owned(text.to_owned())))
+            }
+            fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
+                Ok(DeltaContent::Text(std::borrow::Cow::Owned(text)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                // Each part read on its own: one that is not an object is skipped.
+                let mut parts = Vec::new();
+                while let Some(part) = seq.next_element::<&'de RawValue>()? {
+                    if let Ok(part) = serde_json::from_str::<PartRaw<'de>>(part.get()) {
+                        parts.push(part);
+                    }
+                }
+                Ok(DeltaContent::Parts(parts))
+            }
+        }
+        deserializer.deserialize_any(Visit(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -1611,7 +1834,11 @@ impl StreamAccumulator {
                     .unwrap_or_else(|| "the upstream reported an error".to_owned());
                 self.note_error(message);
             }
-            self.push_responses_event(kind, chunk.delta, chunk.response.as_ref());
+            if RESPONSES_TOOL_EVENTS.contains(&kind) {
+                self.push_responses_tool_event(kind, text);
+            } else {
+                self.push_responses_event(kind, chunk.delta, chunk.response.as_ref());
+            }
             return EventKind::Other;
         }
         let choices = chunk.choices.unwrap_or_default();
@@ -1652,9 +1879,20 @@ impl StreamAccumulator {
             self.budget.append(&mut self.summary.content, &text);
         }
         let Some(delta) = choice.delta else { return };
-        if let Some(text) = delta.content {
-            self.note_output(!text.is_empty());
-            self.budget.append(&mut self.summary.content, &text);
+        match delta.content {
+            Some(DeltaContent::Text(text)) => {
+                self.note_output(!text.is_empty());
+                self.budget.append(&mut self.summary.content, &text);
+            }
+            Some(DeltaContent::Parts(parts)) => {
+                for part in parts {
+                    let (text, thinking) = part.texts();
+                    self.note_output(!text.is_empty() || !thinking.is_empty());
+                    self.budget.append(&mut self.summary.content, &text);
+                    self.budget.append(&mut self.summary.reasoning, &thinking);
+                }
+            }
+            None => {}
         }
         if let Some(text) = delta.reasoning_content.or(delta.reasoning) {
             self.note_output(!text.is_empty());
@@ -1677,20 +1915,9 @@ impl StreamAccumulator {
                     _ => calls.len().saturating_sub(1),
                 }
             });
-            // An index far beyond what was seen would make us allocate for nothing.
-            if index > self.summary.tool_calls.len() + 64 {
+            let Some(slot) = self.tool_call_slot(index) else {
                 continue;
-            }
-            if index >= self.summary.tool_calls.len() && !self.room_for_a_new_tool_call(index) {
-                continue;
-            }
-            while self.summary.tool_calls.len() <= index {
-                self.summary.tool_calls.push(ToolCall {
-                    kind: "function".to_owned(),
-                    ..Default::default()
-                });
-            }
-            let slot = &mut self.summary.tool_calls[index];
+            };
             if let Some(id) = call.id {
                 slot.id = id.into_owned();
             }
@@ -1698,13 +1925,48 @@ impl StreamAccumulator {
                 slot.kind = kind.into_owned();
             }
             if let Some(function) = call.function {
-                if let Some(name) = function.name {
-                    self.budget.append(&mut slot.name, &name);
-                }
-                if let Some(args) = function.arguments {
-                    self.budget.append(&mut slot.arguments, &args);
-                }
+                self.push_function_delta(index, function);
             }
+        }
+        // The legacy functions API's one call: recorded as the first tool call (type
+        // `function`, no id), as a whole answer's `message.function_call` is.
+        if let Some(function) = delta.function_call {
+            self.note_output(true);
+            if self.tool_call_slot(0).is_some() {
+                self.push_function_delta(0, function);
+            }
+        }
+    }
+
+    /// The tool call at `index`, added (with those before it) when it is new and there is room
+    /// for it (see [`Self::room_for_a_new_tool_call`]).
+    fn tool_call_slot(&mut self, index: usize) -> Option<&mut ToolCall> {
+        // An index far beyond what was seen would make us allocate for nothing.
+        if index > self.summary.tool_calls.len() + 64 {
+            return None;
+        }
+        if index >= self.summary.tool_calls.len() && !self.room_for_a_new_tool_call(index) {
+            return None;
+        }
+        while self.summary.tool_calls.len() <= index {
+            self.summary.tool_calls.push(ToolCall {
+                kind: "function".to_owned(),
+                ..Default::default()
+            });
+        }
+        self.summary.tool_calls.get_mut(index)
+    }
+
+    /// A piece of tool call `index`'s name and arguments (a `function` delta).
+    fn push_function_delta(&mut self, index: usize, function: FunctionDelta<'_>) {
+        let Some(slot) = self.summary.tool_calls.get_mut(index) else {
+            return;
+        };
+        if let Some(name) = function.name {
+            self.budget.append(&mut slot.name, &name);
+        }
+        if let Some(args) = function.arguments {
+            self.budget.append(&mut slot.arguments, &args);
         }
     }
 
@@ -1905,14 +2167,15 @@ impl StreamAccumulator {
                     if !self.room_for_a_new_tool_call(self.summary.tool_calls.len()) {
                         return;
                     }
-                    let index = chunk.index.and_then(|raw| raw.get().parse::<u64>().ok());
-                    if let Some(index) = index {
-                        let slot = self.summary.tool_calls.len();
-                        self.anthropic_tools.push((index, slot));
-                    }
-                    self.summary
-                        .tool_calls
-                        .push(anthropic_tool_call(&block, true));
+                    let mut call = anthropic_tool_call(&block);
+                    let input = std::mem::take(&mut call.arguments);
+                    self.budget.append(&mut call.arguments, &input);
+                    self.anthropic_tools.push(AnthropicTool {
+                        block: chunk.index.and_then(|raw| raw.get().parse::<u64>().ok()),
+                        slot: self.summary.tool_calls.len(),
+                        start_input: !call.arguments.is_empty(),
+                    });
+                    self.summary.tool_calls.push(call);
                     return;
                 }
                 self.push_anthropic_text(&block);
@@ -1927,19 +2190,23 @@ impl StreamAccumulator {
                     };
                     let index = chunk.index.and_then(|raw| raw.get().parse::<u64>().ok());
                     // The block this piece belongs to; without an index, the last tool call.
-                    let slot = match index {
+                    let tool = match index {
                         Some(index) => self
                             .anthropic_tools
-                            .iter()
+                            .iter_mut()
                             .rev()
-                            .find(|(block, _)| *block == index)
-                            .map(|(_, slot)| *slot),
-                        None => self.summary.tool_calls.len().checked_sub(1),
+                            .find(|tool| tool.block == Some(index)),
+                        None => self.anthropic_tools.last_mut(),
                     };
-                    if let Some(call) = slot.and_then(|i| self.summary.tool_calls.get_mut(i)) {
-                        self.saw_output |= !piece.is_empty();
-                        self.budget.append(&mut call.arguments, piece);
+                    let Some(tool) = tool else { return };
+                    let Some(call) = self.summary.tool_calls.get_mut(tool.slot) else {
+                        return;
+                    };
+                    if !piece.is_empty() && std::mem::take(&mut tool.start_input) {
+                        self.budget.take_back(&mut call.arguments);
                     }
+                    self.saw_output |= !piece.is_empty();
+                    self.budget.append(&mut call.arguments, piece);
                     return;
                 }
                 self.push_anthropic_text(&delta);
@@ -2017,6 +2284,71 @@ impl StreamAccumulator {
         }
     }
 
+    /// Reads one of [`RESPONSES_TOOL_EVENTS`]: a tool call item opens a call (its first
+    /// token), whose arguments come as pieces, or whole in its `.done` events when no piece
+    /// carried them. A stream cut before `response.completed` keeps the calls so far.
+    fn push_responses_tool_event(&mut self, kind: &str, text: &str) {
+        let Ok(event) = serde_json::from_str::<ResponsesToolEvent<'_>>(text) else {
+            return;
+        };
+        if let Some(item) = event.item {
+            let Some(call) = item.tool_call() else {
+                return;
+            };
+            self.note_output(true);
+            let seen = self
+                .responses_tools
+                .iter()
+                .rev()
+                .find(|(index, _)| *index == event.output_index);
+            if let Some(&(_, slot)) = seen {
+                // The item again, done: its arguments, when no piece carried them.
+                self.fill_arguments(slot, &call.arguments);
+                return;
+            }
+            let slot = self.summary.tool_calls.len();
+            if !self.room_for_a_new_tool_call(slot) {
+                return;
+            }
+            let mut kept = ToolCall {
+                arguments: String::new(),
+                ..call
+            };
+            self.budget.append(&mut kept.arguments, &call.arguments);
+            self.summary.tool_calls.push(kept);
+            self.responses_tools.push((event.output_index, slot));
+            return;
+        }
+        // The call this is about; without an index, the last one.
+        let seen = match event.output_index {
+            Some(_) => self
+                .responses_tools
+                .iter()
+                .rev()
+                .find(|(index, _)| *index == event.output_index),
+            None => self.responses_tools.last(),
+        };
+        let Some(&(_, slot)) = seen else { return };
+        if kind.ends_with(".delta") {
+            let Some(piece) = event.delta else { return };
+            self.note_output(!piece.is_empty());
+            if let Some(call) = self.summary.tool_calls.get_mut(slot) {
+                self.budget.append(&mut call.arguments, &piece);
+            }
+        } else if let Some(whole) = event.arguments.or(event.input) {
+            self.fill_arguments(slot, &whole);
+        }
+    }
+
+    /// Tool call `slot`'s arguments are `whole` when it has none yet.
+    fn fill_arguments(&mut self, slot: usize, whole: &str) {
+        if let Some(call) = self.summary.tool_calls.get_mut(slot) {
+            if call.arguments.is_empty() {
+                self.budget.append(&mut call.arguments, whole);
+            }
+        }
+    }
+
     /// A Responses API stream's final `output`, read as a whole body's is: its tool calls;
     /// and its text, reasoning and refusal where no delta event carried them (an upstream
     /// may send the answer only here). Any of them is output, so a stream whose answer came
@@ -2029,7 +2361,11 @@ impl StreamAccumulator {
             || !whole.refusal.is_empty()
             || !whole.tool_calls.is_empty();
         self.note_output(found);
-        self.summary.tool_calls = whole.tool_calls;
+        // The calls as they were sent whole, over those assembled from their events; none
+        // there (an upstream that leaves `output` empty) leaves those.
+        if !whole.tool_calls.is_empty() {
+            self.summary.tool_calls = whole.tool_calls;
+        }
         for (seen, complete) in [
             (&mut self.summary.content, whole.content),
             (&mut self.summary.reasoning, whole.reasoning),
@@ -2204,7 +2540,7 @@ mod tests {
         assert!(matches!(choice.finish_reason, Some(Cow::Borrowed("stop"))));
         let content = &choice.delta.as_ref().expect("delta").content;
         assert!(
-            matches!(content, Some(Cow::Borrowed("Hello"))),
+            matches!(content, Some(DeltaContent::Text(Cow::Borrowed("Hello")))),
             "{content:?}"
         );
 
@@ -2217,7 +2553,9 @@ mod tests {
             .remove(0)
             .delta
             .expect("delta");
-        assert!(matches!(delta.content, Some(Cow::Owned(ref s)) if s == "a\nb"));
+        assert!(
+            matches!(delta.content, Some(DeltaContent::Text(Cow::Owned(ref s))) if s == "a\nb")
+        );
         assert!(delta.reasoning.is_none() && chunk.model.is_none());
         // Not a string: the event is not read (as before), and is forwarded untouched.
         assert!(serde_json::from_str::<Chunk<'_>>(r#"{"model":5}"#).is_err());
@@ -2244,6 +2582,9 @@ mod tests {
         r#"{"type":"speech.audio.delta","audio":"AAAA"}"#,
         r#"{"type":"speech.audio.done","usage":{"input_tokens":1,"output_tokens":2,"total_tokens":3}}"#,
         r#"{"type":"transcript.text.delta","delta":"hi"}"#,
+        r#"{"id":"c","choices":[{"index":0,"delta":{"content":[{"type":"text","text":"hi"}]}}]}"#,
+        r#"{"id":"c","choices":[{"index":0,"delta":{"function_call":{"name":"f"}}}]}"#,
+        r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"custom_tool_call"}}"#,
         "not json",
         "",
     ];
@@ -2593,6 +2934,51 @@ mod tests {
         assert_eq!(s.content, "Hi");
         assert_eq!(s.model.as_deref(), Some("o4"));
         assert_eq!(s.usage.map(|u| u.total), Some(3));
+    }
+
+    /// A Responses API stream's tool calls, assembled from their items' events before
+    /// `response.completed` (a stream cut there keeps them): a function call's argument pieces,
+    /// a custom tool call's input given whole in its `.done` event alone; the first item is
+    /// the first token.
+    #[test]
+    fn responses_stream_tool_calls_are_assembled_from_their_events() {
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(br#"{"type":"response.output_item.added","output_index":0,"item":{"type":"message","content":[]}}"#);
+        assert!(!acc.saw_output(), "a message item is no output yet");
+        let events = [
+            r#"{"type":"response.output_item.added","output_index":1,"item":{"type":"function_call","call_id":"call_F","name":"get_w","arguments":""}}"#,
+            r#"{"type":"response.function_call_arguments.delta","output_index":1,"delta":"{\"c\":"}"#,
+            r#"{"type":"response.output_item.added","output_index":2,"item":{"type":"custom_tool_call","call_id":"call_C","name":"code_exec","input":""}}"#,
+            r#"{"type":"response.function_call_arguments.delta","output_index":1,"delta":"1}"}"#,
+            r#"{"type":"response.function_call_arguments.done","output_index":1,"arguments":"{\"c\":1}"}"#,
+            r#"{"type":"response.custom_tool_call_input.done","output_index":2,"input":"print(1)"}"#,
+            r#"{"type":"response.output_item.done","output_index":2,"item":{"type":"custom_tool_call","call_id":"call_C","name":"code_exec","input":"print(1)"}}"#,
+        ];
+        for event in events {
+            assert_eq!(acc.push_data(event.as_bytes()), EventKind::Other);
+            assert!(acc.saw_output(), "{event}");
+        }
+        let calls: Vec<(String, String, String, String)> = acc
+            .into_summary()
+            .tool_calls
+            .into_iter()
+            .map(|c| (c.id, c.kind, c.name, c.arguments))
+            .collect();
+        let call = |id: &str, kind: &str, name: &str, arguments: &str| {
+            (
+                id.to_owned(),
+                kind.to_owned(),
+                name.to_owned(),
+                arguments.to_owned(),
+            )
+        };
+        assert_eq!(
+            calls,
+            [
+                call("call_F", "function", "get_w", r#"{"c":1}"#),
+                call("call_C", "custom", "code_exec", "print(1)")
+            ]
+        );
     }
 
     /// Anthropic's Messages stream: input and cache counts come in `message_start`, the
@@ -3124,6 +3510,11 @@ mod tests {
             json!({"model": "m", "choices": [], "usage": null}),
             json!({"model": "m", "choices": [{"message": {"content": null, "reasoning": "only"}}]}),
             json!({"model": "m", "choices": [{"message": {"content": null, "refusal": "no"}}]}),
+            json!({"model": "m", "choices": [{"message": {"content": [
+                {"type": "thinking", "thinking": [{"type": "text", "text": "t"}]}, "skipped",
+                {"type": "text", "text": "a"}]}}]}),
+            json!({"model": "m", "choices": [{"finish_reason": "function_call", "message": {
+                "content": null, "function_call": {"name": "f", "arguments": "{}"}}}]}),
         ];
         for body in bodies {
             let text = body.to_string();

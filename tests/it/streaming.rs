@@ -921,7 +921,7 @@ async fn a_stream_with_done_but_no_usage_is_not_partial() {
 /// Reads `response` until `first` has arrived while the upstream holds a later chunk behind
 /// `gate` (panics if it does not within 10 s), then lets the upstream go on and reads the
 /// rest: (what came before the release, everything).
-async fn read_past_a_held_chunk(
+pub(crate) async fn read_past_a_held_chunk(
     response: reqwest::Response,
     first: &str,
     gate: &tokio::sync::Semaphore,

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::mock_otlp::{MockOtlp, json_attr, str_attr, strings_attr};
 use super::request_log::read_log_lines;
 use super::{langfuse_options, request_id};
+use crate::streaming::read_past_a_held_chunk;
 use crate::support::upstream::{Behavior, MockUpstream};
 use crate::support::{TestRouter, client, one_server_config};
 
@@ -1871,6 +1872,290 @@ async fn a_tool_call_answer_has_a_null_content() {
         "null, not left out: {logged}"
     );
     assert_eq!(logged["tool_calls"][0]["arguments"], "{\"city\":\"Oslo\"}");
+}
+
+/// One chat stream chunk with choice 0's `delta` and `finish_reason`.
+fn chat_chunk(delta: Value, finish: Value) -> Vec<u8> {
+    format!(
+        "data: {}\n\n",
+        json!({"id": "s", "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    )
+    .into_bytes()
+}
+
+/// Mistral's thinking models send `content` as a list of parts: `thinking` parts (whose
+/// `thinking` is a list of text parts) are the reasoning, `text` parts the content, in a
+/// stream (beside string deltas) as in a whole answer; a stream's first token is its first
+/// part with text, here a `thinking` one.
+#[tokio::test]
+async fn content_parts_are_read_as_text_and_thinking() {
+    let setup = Setup::start().await;
+    let thinking = chat_chunk(
+        json!({"content": [{"type": "thinking", "thinking": [{"type": "text", "text": "Let me reason."}]}]}),
+        Value::Null,
+    );
+    let chunks = vec![
+        chat_chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+        thinking.clone(),
+        chat_chunk(json!({"content": "The answer"}), Value::Null),
+        chat_chunk(
+            json!({"content": [{"type": "text", "text": " is 4."}]}),
+            Value::Null,
+        ),
+        chat_chunk(json!({}), json!("stop")),
+        b"data: [DONE]\n\n".to_vec(),
+    ];
+    // The string delta after the thinking part waits until the client has the part.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(chunks.clone()),
+        hold_chunk: Some((2, gate.clone())),
+        ..Default::default()
+    });
+    let response = client()
+        .post(setup.router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]m", "stream": true, "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    let streamed = request_id(&response);
+    let thinking = String::from_utf8(thinking).expect("text");
+    let (_, seen) = read_past_a_held_chunk(response, &thinking, &gate).await;
+    let released = std::time::SystemTime::now();
+    assert_eq!(seen.as_bytes(), chunks.concat(), "relayed as it came");
+    let record = setup.router.records.nth(1).await;
+    let first = record.first_token_at.expect("a first token");
+    assert!(first <= released, "the thinking part is the first token");
+
+    let answer =
+        json!({"id": "w", "model": "magistral", "choices": [{"index": 0, "finish_reason": "stop",
+        "message": {"role": "assistant", "tool_calls": null, "content": [
+            {"type": "thinking", "thinking": [{"type": "text", "text": "Let me reason."}]},
+            {"type": "text", "text": "The answer is 4."}]}}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 20, "total_tokens": 32}})
+        .to_string();
+    setup.answer_with(answer.as_bytes(), "application/json");
+    let (whole, _, _) = setup
+        .whole_answer(
+            2,
+            "/v1/chat/completions",
+            &json!({"model": "[mock]m", "messages": []}),
+            answer.as_bytes(),
+        )
+        .await;
+    let expected = json!({"role": "assistant", "content": "The answer is 4.", "reasoning_content": "Let me reason."});
+    for id in [&streamed, &whole] {
+        let span = setup.otlp.span_of(id).await.span;
+        assert_eq!(
+            json_attr(&span, "langfuse.observation.output"),
+            Some(expected.clone())
+        );
+    }
+    let (row, line) = setup.stop_and_read(&streamed).await;
+    assert!(row.ttft_ms.is_some(), "{row:?}");
+    assert_eq!(line["response"]["content"], "The answer is 4.");
+    assert_eq!(line["response"]["reasoning"], "Let me reason.");
+}
+
+/// The legacy functions API's call (`message.function_call`, a stream's
+/// `delta.function_call` pieces) is recorded as a tool call, as `tool_calls` are: one call of
+/// that name and those arguments, with no id; a stream's first piece is its first token.
+#[tokio::test]
+async fn a_legacy_function_call_is_recorded_as_a_tool_call() {
+    let setup = Setup::start().await;
+    let answer = json!({"id": "f", "model": "gpt-3.5-turbo-0613", "choices": [{"index": 0,
+        "message": {"role": "assistant", "content": null,
+            "function_call": {"name": "get_w", "arguments": "{\"c\":1}"}},
+        "finish_reason": "function_call"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}})
+    .to_string();
+    setup.answer_with(answer.as_bytes(), "application/json");
+    let request = json!({"model": "[mock]m", "messages": [],
+        "functions": [{"name": "get_w", "parameters": {}}]});
+    let (whole, _, _) = setup
+        .whole_answer(1, "/v1/chat/completions", &request, answer.as_bytes())
+        .await;
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(vec![
+            chat_chunk(
+                json!({"role": "assistant", "content": null,
+                    "function_call": {"name": "get_w", "arguments": ""}}),
+                Value::Null,
+            ),
+            chat_chunk(
+                json!({"function_call": {"arguments": "{\"c\":"}}),
+                Value::Null,
+            ),
+            chat_chunk(json!({"function_call": {"arguments": "1}"}}), Value::Null),
+            chat_chunk(json!({}), json!("function_call")),
+            b"data: [DONE]\n\n".to_vec(),
+        ]),
+        ..Default::default()
+    });
+    let mut request = request;
+    request["stream"] = json!(true);
+    let (streamed, _) = setup.post("/v1/chat/completions", &request).await;
+    let record = setup.router.records.nth(2).await;
+    assert!(record.first_token_at.is_some(), "the call's first piece");
+    let expected = json!({"role": "assistant", "content": null, "tool_calls": [{"id": "",
+        "type": "function", "function": {"name": "get_w", "arguments": "{\"c\":1}"}}]});
+    for id in [&whole, &streamed] {
+        let span = setup.otlp.span_of(id).await.span;
+        assert_eq!(
+            json_attr(&span, "langfuse.observation.output"),
+            Some(expected.clone())
+        );
+    }
+    let (row, line) = setup.stop_and_read(&streamed).await;
+    assert!(row.ttft_ms.is_some(), "{row:?}");
+    let logged = &line["response"];
+    assert_eq!(logged["tool_calls"][0]["name"], "get_w", "{logged}");
+    assert_eq!(
+        logged["tool_calls"][0]["arguments"], "{\"c\":1}",
+        "{logged}"
+    );
+    assert_eq!(logged["finish_reason"], "function_call");
+}
+
+/// A Responses API reasoning item's raw `reasoning_text` parts are reasoning and a
+/// `custom_tool_call` item is a tool call (type `custom`, its `input` the arguments), in a
+/// whole answer as in a stream: read from `response.completed`'s `output`, and, in a stream
+/// closed before it, from the item's events (`response.output_item.added`, then
+/// `response.custom_tool_call_input.delta` pieces).
+#[tokio::test]
+async fn responses_reasoning_text_and_custom_tool_calls_read_alike_whole_and_streamed() {
+    let setup = Setup::start().await;
+    let call = json!({"id": "ct", "type": "custom_tool_call", "status": "completed",
+        "call_id": "call_C", "name": "code_exec", "input": "print(1)"});
+    let output = json!([
+        {"id": "rs", "type": "reasoning", "summary": [],
+            "content": [{"type": "reasoning_text", "text": "raw chain"}]},
+        call,
+        {"id": "m", "type": "message", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": "fin", "annotations": []}]},
+    ]);
+    let usage = json!({"input_tokens": 4, "output_tokens": 6, "total_tokens": 10});
+    let answer = json!({"id": "resp_1", "object": "response", "status": "completed",
+        "model": "gpt-oss", "output": output, "usage": usage})
+    .to_string();
+    setup.answer_with(answer.as_bytes(), "application/json");
+    let (whole, _, _) = setup
+        .whole_answer(
+            1,
+            "/v1/responses",
+            &json!({"model": "[mock]r", "input": "x"}),
+            answer.as_bytes(),
+        )
+        .await;
+    let mut opening = call.clone();
+    opening["input"] = json!("");
+    opening["status"] = json!("in_progress");
+    let events = [
+        json!({"type": "response.created", "response": {"id": "resp_2", "model": "gpt-oss",
+            "status": "in_progress", "output": []}}),
+        json!({"type": "response.reasoning_text.delta", "item_id": "rs", "output_index": 0,
+            "content_index": 0, "delta": "raw chain"}),
+        json!({"type": "response.output_item.added", "output_index": 1, "item": opening}),
+        json!({"type": "response.custom_tool_call_input.delta", "item_id": "ct",
+            "output_index": 1, "delta": "print("}),
+        json!({"type": "response.custom_tool_call_input.delta", "item_id": "ct",
+            "output_index": 1, "delta": "1)"}),
+        json!({"type": "response.custom_tool_call_input.done", "item_id": "ct",
+            "output_index": 1, "input": "print(1)"}),
+        json!({"type": "response.output_item.done", "output_index": 1, "item": call}),
+        json!({"type": "response.output_text.delta", "item_id": "m", "output_index": 2,
+            "content_index": 0, "delta": "fin"}),
+        json!({"type": "response.completed", "response": {"id": "resp_2", "model": "gpt-oss",
+            "status": "completed", "output": output, "usage": usage}}),
+    ];
+    let chunks: Vec<Vec<u8>> = events.iter().map(named_event).collect();
+    let mut streamed = Vec::new();
+    // Whole, then closed before `response.completed`.
+    for chunks in [&chunks[..], &chunks[..chunks.len() - 1]] {
+        setup.upstream.set(Behavior {
+            raw_chunks: Some(chunks.to_vec()),
+            ..Default::default()
+        });
+        let (id, _) = setup
+            .post(
+                "/v1/responses",
+                &json!({"model": "[mock]r", "input": "x", "stream": true}),
+            )
+            .await;
+        let record = setup.router.records.nth(streamed.len() + 2).await;
+        assert!(record.first_token_at.is_some());
+        streamed.push(id);
+    }
+    let expected = json!({"role": "assistant", "content": "fin", "reasoning_content": "raw chain",
+        "tool_calls": [{"id": "call_C", "type": "custom",
+            "function": {"name": "code_exec", "arguments": "print(1)"}}]});
+    for id in [&whole, &streamed[0], &streamed[1]] {
+        let span = setup.otlp.span_of(id).await.span;
+        assert_eq!(
+            json_attr(&span, "langfuse.observation.output"),
+            Some(expected.clone()),
+            "{id}"
+        );
+    }
+    let rows = setup
+        .stop_and_read_all(&[streamed[0].as_str(), streamed[1].as_str()])
+        .await;
+    for (_, line) in rows {
+        let logged = &line["response"];
+        assert_eq!(logged["reasoning"], "raw chain", "{logged}");
+        assert_eq!(logged["tool_calls"][0]["arguments"], "print(1)", "{logged}");
+        assert_eq!(logged["tool_calls"][0]["type"], "custom", "{logged}");
+    }
+}
+
+/// An Anthropic `tool_use` block of a tool without arguments: its `input` is `{}`, and a
+/// stream sends no piece of JSON for it (or only an empty one). Its arguments are `{}` in the
+/// stream's record as in the whole message's, not `""`.
+#[tokio::test]
+async fn an_anthropic_tool_call_without_arguments_is_an_empty_object() {
+    let setup = Setup::start().await;
+    let events = [
+        json!({"type": "message_start", "message": {"id": "msg_t", "type": "message",
+            "role": "assistant", "model": "claude-r", "content": [], "stop_reason": null,
+            "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use",
+            "id": "toolu_n", "name": "now", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": ""}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+            "usage": {"output_tokens": 9}}),
+        json!({"type": "message_stop"}),
+    ];
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(events.iter().map(named_event).collect()),
+        ..Default::default()
+    });
+    let request = json!({"model": "[mock]c", "max_tokens": 5, "messages": []});
+    let mut stream_request = request.clone();
+    stream_request["stream"] = json!(true);
+    let (streamed, _) = setup.post("/v1/messages", &stream_request).await;
+    setup.upstream.set(Behavior {
+        body: Some(
+            json!({"id": "msg_w", "type": "message", "role": "assistant", "model": "claude-r",
+                "content": [{"type": "tool_use", "id": "toolu_n", "name": "now", "input": {}}],
+                "stop_reason": "tool_use", "usage": {"input_tokens": 3, "output_tokens": 9}})
+            .to_string(),
+        ),
+        ..Default::default()
+    });
+    let (whole, _) = setup.post("/v1/messages", &request).await;
+    let expected = json!({"role": "assistant", "content": null, "tool_calls": [{"id": "toolu_n",
+        "type": "function", "function": {"name": "now", "arguments": "{}"}}]});
+    for id in [&streamed, &whole] {
+        let span = setup.otlp.span_of(id).await.span;
+        assert_eq!(
+            json_attr(&span, "langfuse.observation.output"),
+            Some(expected.clone())
+        );
+    }
+    let (_, line) = setup.stop_and_read(&streamed).await;
+    assert_eq!(line["response"]["tool_calls"][0]["arguments"], "{}");
 }
 
 /// An upstream's error mid-stream (OpenAI's `data: {"error": ...}`, Anthropic's
