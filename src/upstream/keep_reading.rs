@@ -25,10 +25,18 @@
 //! marked ([`cut_request`]), as is a held write's error: an upstream that ended the
 //! connection unanswered is then not said to have had the request (see
 //! `UpstreamError::from_direct`).
+//!
+//! An HTTP/1 connection also says whether any of an answer came since the request was last
+//! written ([`AnswerBegun`], in its [`Connected`] extra, which a failed request's error
+//! carries): a request that fails once some of its answer came, the connection ended, had its
+//! answer's head cut short, as the plain-HTTP client says it
+//! (`plain::PlainError::HeadCut`), not an upstream that sent nothing.
 
 use std::future::Future as _;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -40,6 +48,10 @@ use crate::state::SEND_TIMEOUT;
 /// How long a write that found the connection closed waits before it fails: time enough to
 /// read an answer already received.
 const GRACE: Duration = Duration::from_secs(10);
+
+/// The most the first read after a request takes (see [`KeepReading::poll_first_read`]): an
+/// answer's head, usually, and hyper reads the rest next.
+const FIRST_READ: usize = 4096;
 
 /// A connection whose writes wait once the upstream closed it (see the module).
 pub struct KeepReading<T> {
@@ -58,6 +70,30 @@ pub struct KeepReading<T> {
     /// HTTP/2: a flush says nothing of a request's body, which may wait in h2's buffers for
     /// the upstream's window, so no read error tells of a request written whole.
     multiplexed: bool,
+    /// Bytes were read since the last write: `begun`'s value, kept here so that reads and
+    /// writes touch the shared flag only when it changes.
+    answered: bool,
+    /// Shared with the connection's [`Connected`] (HTTP/1 only).
+    begun: AnswerBegun,
+}
+
+/// Whether bytes of an answer were read on an HTTP/1 connection since its request was last
+/// written (see the module). Cloned into the connection's [`Connected`] extra.
+#[derive(Clone, Default)]
+pub struct AnswerBegun(Arc<AtomicBool>);
+
+impl AnswerBegun {
+    /// The flag of the connection a request that failed with `error` was sent on, when that
+    /// was an HTTP/1 connection this module made.
+    pub fn of(error: &hyper_util::client::legacy::Error) -> Option<Self> {
+        let mut extensions = http::Extensions::new();
+        error.connect_info()?.get_extras(&mut extensions);
+        extensions.remove::<Self>()
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 struct Failed {
@@ -88,6 +124,56 @@ impl<T> KeepReading<T> {
             waiting: false,
             unflushed: false,
             multiplexed,
+            answered: false,
+            begun: AnswerBegun::default(),
+        }
+    }
+
+    /// `wrote` bytes of a request went out: what is read next is its answer.
+    fn wrote(&mut self, wrote: bool) {
+        if wrote && self.answered {
+            self.answered = false;
+            self.begun.0.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// The first read after a request was written (HTTP/1), through a small buffer of its
+    /// own, so that it tells whether any of an answer came: what a cursor was filled with
+    /// cannot be seen once it is handed on (nor the cursor moved on without `unsafe`). Later
+    /// reads, until the next request, go straight to the caller's buffer.
+    fn poll_first_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>>
+    where
+        T: hyper::rt::Read + Unpin,
+    {
+        let mut scratch = [0u8; FIRST_READ];
+        let room = buf.remaining().min(FIRST_READ);
+        let mut first = hyper::rt::ReadBuf::new(&mut scratch[..room]);
+        match Pin::new(&mut self.inner).poll_read(cx, first.unfilled()) {
+            Poll::Ready(Ok(())) => {
+                let read = first.filled();
+                if !read.is_empty() {
+                    buf.put_slice(read);
+                    self.answered = true;
+                    self.begun.0.store(true, Ordering::Relaxed);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(self.read_failed(error))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// A read's error, marked when the request may not have been written whole (see
+    /// [`cut_request`]).
+    fn read_failed(&self, error: io::Error) -> io::Error {
+        if self.unflushed || self.multiplexed || self.failed.is_some() {
+            cut_request(error)
+        } else {
+            error
         }
     }
 
@@ -175,14 +261,12 @@ impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for KeepReading<T> {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(Err(error))
-                if self.unflushed || self.multiplexed || self.failed.is_some() =>
-            {
-                Poll::Ready(Err(cut_request(error)))
-            }
-            poll => poll,
+        if !self.answered && !self.multiplexed {
+            return self.poll_first_read(cx, buf);
         }
+        Pin::new(&mut self.inner)
+            .poll_read(cx, buf)
+            .map_err(|error| self.read_failed(error))
     }
 }
 
@@ -197,7 +281,9 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for KeepReading<T> {
         }
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         let poll = self.settle(cx, poll);
-        self.unflushed |= matches!(poll, Poll::Ready(Ok(n)) if n > 0);
+        let wrote = matches!(poll, Poll::Ready(Ok(n)) if n > 0);
+        self.unflushed |= wrote;
+        self.wrote(wrote);
         poll
     }
 
@@ -211,7 +297,9 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for KeepReading<T> {
         }
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         let poll = self.settle(cx, poll);
-        self.unflushed |= matches!(poll, Poll::Ready(Ok(n)) if n > 0);
+        let wrote = matches!(poll, Poll::Ready(Ok(n)) if n > 0);
+        self.unflushed |= wrote;
+        self.wrote(wrote);
         poll
     }
 
@@ -242,7 +330,12 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for KeepReading<T> {
 
 impl<T: Connection> Connection for KeepReading<T> {
     fn connected(&self) -> Connected {
-        self.inner.connected()
+        let connected = self.inner.connected();
+        if self.multiplexed {
+            connected
+        } else {
+            connected.extra(self.begun.clone())
+        }
     }
 }
 

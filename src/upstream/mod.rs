@@ -225,7 +225,8 @@ pub struct UpstreamError {
     /// The body arrived but its `Content-Encoding` could not be undone.
     undecodable: bool,
     /// The upstream answered, but not in a form the router can read (malformed framing or
-    /// head, an invalid status, an unrequested transfer coding, an upgrade): it was reached.
+    /// head, a head cut short by the connection's end, an invalid status, an unrequested
+    /// transfer coding, an upgrade): it was reached.
     unreadable: bool,
     /// The upstream had the whole request, then closed or reset the connection without
     /// answering: it was reached (see [`plain::PlainError::ClosedAfterRequest`]).
@@ -271,7 +272,10 @@ impl UpstreamError {
     fn from_plain(error: &plain::PlainError) -> Self {
         let unreadable = matches!(
             error,
-            plain::PlainError::Framing(_) | plain::PlainError::Head(_) | plain::PlainError::Upgrade
+            plain::PlainError::Framing(_)
+                | plain::PlainError::Head(_)
+                | plain::PlainError::HeadCut
+                | plain::PlainError::Upgrade
         );
         Self {
             unreadable,
@@ -320,11 +324,22 @@ impl UpstreamError {
     /// had the whole request, is said as the plain-HTTP client says it
     /// ([`plain::PlainError::ClosedAfterRequest`]): a connection made, a request written whole
     /// ([`keep_reading`] marks the errors of one that was not, and all over HTTP/2, where it
-    /// cannot be told), and nothing of an answer parsed.
+    /// cannot be told), and nothing of an answer parsed. One that ended after part of an
+    /// answer's head came (HTTP/1: [`keep_reading::AnswerBegun`]) is
+    /// [`plain::PlainError::HeadCut`], unreadable, as the plain-HTTP client says it.
     fn from_direct(error: &hyper_util::client::legacy::Error) -> Self {
         let described = Self::from_hyper(error);
         if error.is_connect() || described.timeout || described.unreadable {
             return described;
+        }
+        // Some of an answer came, and the connection ended before its head did.
+        let answer_begun = keep_reading::AnswerBegun::of(error).is_some_and(|begun| begun.get());
+        if answer_begun && connection_ended(error) {
+            return Self {
+                unreadable: true,
+                description: plain::PlainError::HeadCut.to_string(),
+                ..described
+            };
         }
         match ended_after_request(error) {
             Some(ended) => Self {
@@ -448,6 +463,31 @@ fn ended_after_request(error: &(dyn std::error::Error + 'static)) -> Option<plai
         next = cause.source();
     }
     ended
+}
+
+/// Whether a request failed because its connection ended: closed (hyper's "connection closed
+/// before message completed"), reset, or a TLS session ended without `close_notify`, the
+/// error marked by [`keep_reading`] or not.
+fn connection_ended(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            let marked = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<std::io::Error>());
+            if ended_by_upstream(io) || marked.is_some_and(ended_by_upstream) {
+                return true;
+            }
+        }
+        if cause
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        next = cause.source();
+    }
+    false
 }
 
 /// Whether a read or write failed because the upstream ended the connection: closed it

@@ -58,6 +58,11 @@ pub enum PlainError {
     ClosedAfterRequest,
     #[error("the upstream reset the connection without answering (after it had the request): {0}")]
     ResetAfterRequest(std::io::Error),
+    /// Part of an answer's head came, then the connection ended (closed or reset) before
+    /// the head's end: the upstream answered, in a form the router cannot read. Not said as
+    /// "without answering", nor sent again.
+    #[error("the upstream closed the connection in the middle of its answer head")]
+    HeadCut,
     #[error("the upstream switched protocols (101), which the router never asks for")]
     Upgrade,
 }
@@ -409,6 +414,8 @@ async fn read_answer(
     };
     match (read_head(conn, interim).await, write_error) {
         (Ok(head), write_error) => Ok((head, write_error.is_some())),
+        // Part of an answer came: that, not the failed write, is what went wrong.
+        (Err(PlainError::HeadCut), _) => Err(PlainError::HeadCut),
         // No answer came before the close: the failed write is what went wrong.
         (Err(_), Some(write_error)) => Err(write_error.into()),
         // Nothing of an answer came (a head cut short is not "without answering").
@@ -452,7 +459,8 @@ fn never_answered(error: &PlainError) -> bool {
     }
 }
 
-/// The answer's head, after any interim (1xx) answers (`interim` says one came).
+/// The answer's head, after any interim (1xx) answers (`interim` says one came). A
+/// connection that ends with part of a head in the buffer is [`PlainError::HeadCut`].
 async fn read_head(conn: &mut PlainConn, interim: &mut bool) -> Result<ResponseHead, PlainError> {
     let mut scanned = 0;
     loop {
@@ -463,11 +471,15 @@ async fn read_head(conn: &mut PlainConn, interim: &mut bool) -> Result<ResponseH
                 continue;
             }
             Some(head) => return Ok(head),
-            None => {
-                if read_some(&mut conn.io, &mut conn.buf, 0).await? == 0 {
-                    return Err(PlainError::ClosedBeforeAnswer);
+            None => match read_some(&mut conn.io, &mut conn.buf, 0).await {
+                Ok(0) if conn.buf.is_empty() => return Err(PlainError::ClosedBeforeAnswer),
+                Ok(0) => return Err(PlainError::HeadCut),
+                Ok(_) => {}
+                Err(error) if closed_by_upstream(&error) && !conn.buf.is_empty() => {
+                    return Err(PlainError::HeadCut);
                 }
-            }
+                Err(error) => return Err(error.into()),
+            },
         }
     }
 }

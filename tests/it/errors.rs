@@ -600,6 +600,43 @@ async fn an_upstream_closing_after_it_had_the_request_is_not_called_unreachable(
     router.stop().await;
 }
 
+/// An upstream that reads the whole request, sends part of an answer's head (cut inside a
+/// field, after whole fields without the blank line, or after the status line alone) and
+/// closes: it answered, in a form the router cannot read, and the 502 says so, not "could
+/// not reach" nor "without answering"; the record says the same.
+#[tokio::test]
+async fn an_answer_head_cut_by_the_close_is_said_to_be_unreadable() {
+    let cut_heads: [&[u8]; 3] = [
+        b"HTTP/1.1 200 OK\r\nContent-Type: appl",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10\r\n",
+        b"HTTP/1.1 200",
+    ];
+    for (n, cut) in cut_heads.into_iter().enumerate() {
+        let upstream = EarlyAnswer::answering(cut.to_vec(), false).await;
+        let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+        let response = router.chat(&json!({"model": "[mock]m"})).await;
+        let (status, body) = error_of(response).await;
+        assert_eq!(status, 502, "head {n}");
+        assert_eq!(body["error"]["code"], "upstream_unreachable", "head {n}");
+        assert_eq!(
+            body["error"]["message"],
+            "the upstream mock answered, but not in a form the router can read: \
+             the upstream closed the connection in the middle of its answer head",
+            "head {n}"
+        );
+        let record = router.records.nth(1).await;
+        assert_eq!(record.outcome, Outcome::RouterError, "head {n}");
+        assert_eq!(record.status, Some(502), "head {n}");
+        assert_eq!(
+            record.error.as_deref(),
+            body["error"]["message"].as_str(),
+            "head {n}"
+        );
+        assert_eq!(upstream.connections(), 1, "head {n}: never sent twice");
+        router.stop().await;
+    }
+}
+
 /// A connection that cannot be made (the upstream's listen queue is full, so its SYNs go
 /// unanswered) within a server's `timeout_secs`, shorter than the 10 s connect timeout: the
 /// 504 says the connection could not be made within `timeout_secs`, not that the upstream

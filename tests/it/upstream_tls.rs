@@ -389,3 +389,32 @@ async fn a_tls_upstream_answering_in_a_transfer_coding_the_router_cannot_undo_is
     assert!(message.contains("gzip, chunked"), "{message}");
     assert!(message.contains("answered, but not in a form"), "{message}");
 }
+
+/// A TLS upstream over HTTP/1.1 that sends part of an answer's head and closes: the 502 says
+/// it answered in a form the router cannot read, as for a plain-HTTP upstream, not that it
+/// closed the connection without answering.
+#[tokio::test]
+async fn a_tls_upstream_cutting_its_answer_head_is_said_to_have_answered_unreadably() {
+    let addr = start_raw_tls_upstream(
+        &[b"http/1.1"],
+        b"HTTP/1.1 200 OK\r\ncontent-type: appl".to_vec(),
+        false,
+    )
+    .await;
+    let config = format!(
+        "servers:\n  secure:\n    url: \"https://localhost:{}/v1\"\n",
+        addr.port()
+    );
+    let router = router_trusting_the_test_ca(&config);
+    let response = router
+        .chat(&json!({"model": "[secure]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 502);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "upstream_unreachable");
+    assert_eq!(
+        body["error"]["message"],
+        "the upstream secure answered, but not in a form the router can read: \
+         the upstream closed the connection in the middle of its answer head"
+    );
+}
