@@ -768,7 +768,8 @@ fn complete_summary(record: &mut RequestRecord) {
             match crate::content_coding::decode(coding, body, limit) {
                 Ok(decoded) => Some(Bytes::from(decoded)),
                 // Read as it came: bytes that are not text are described.
-                Err(_) => {
+                Err(error) => {
+                    undecodable(record, &error);
                     describe_binary(record, false);
                     return;
                 }
@@ -831,6 +832,25 @@ fn complete_summary(record: &mut RequestRecord) {
     record.response_is_json = true;
     if let Some(decoded) = decoded {
         keep_decoded(record, decoded);
+    }
+}
+
+/// A whole answer in gzip or deflate whose data is corrupt or cut short: relayed as it came
+/// (the client got those bytes), but the upstream's error, as the same fault in a compressed
+/// stream is (`proxy::stream`'s `upstream_bad_encoding`), not a success with no usage. A
+/// coding the router does not decode (br, zstd), or one that decodes past the limit, says
+/// nothing of the upstream's answer: its record stays as it was.
+fn undecodable(record: &mut RequestRecord, error: &crate::content_coding::DecodeError) {
+    use crate::content_coding::DecodeError;
+    let broken = matches!(
+        error,
+        DecodeError::Corrupt { .. } | DecodeError::Truncated(_)
+    );
+    if broken && record.outcome == Outcome::Success {
+        record.outcome = Outcome::UpstreamError;
+        record.error = Some(format!(
+            "the upstream's compressed answer could not be decoded: {error}"
+        ));
     }
 }
 

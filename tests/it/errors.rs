@@ -970,6 +970,60 @@ async fn a_compressed_200_error_echoing_the_providers_key_reaches_the_client_dec
     router.stop().await;
 }
 
+/// A 200 whole answer in gzip or deflate whose compressed data is corrupt, or cut short:
+/// the client gets it as it came (status, coding, bytes), and the record is the upstream's
+/// error saying the coding could not be undone, as for such a stream, not a success with
+/// no usage.
+#[tokio::test]
+async fn a_corrupt_compressed_whole_answer_is_recorded_as_the_upstreams_error() {
+    let answer = crate::support::upstream::chat_completion("m");
+    let corrupt = |mut compressed: Vec<u8>, header: usize| {
+        // 0xFF after the header: a deflate block of the reserved type 3.
+        compressed[header..].fill(0xFF);
+        compressed
+    };
+    let cut = |mut compressed: Vec<u8>| {
+        compressed.truncate(compressed.len() / 2);
+        compressed
+    };
+    let cases = [
+        ("gzip", corrupt(gzip(answer.as_bytes()), 10), "corrupt"),
+        ("gzip", cut(gzip(answer.as_bytes())), "incomplete"),
+        ("deflate", corrupt(zlib(answer.as_bytes()), 2), "corrupt"),
+    ];
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for (n, (coding, raw, says)) in cases.into_iter().enumerate() {
+        upstream.set(Behavior {
+            raw_body: Some(raw.clone()),
+            headers: vec![
+                ("content-encoding".into(), coding.into()),
+                ("content-type".into(), "application/json".into()),
+            ],
+            ..Default::default()
+        });
+        let response = router.chat(&json!({"model": "[mock]m"})).await;
+        assert_eq!(response.status(), 200, "{coding} {says}");
+        assert_eq!(response.headers()["content-encoding"], coding);
+        assert_eq!(response.bytes().await.expect("body"), raw, "as it came");
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::UpstreamError, "{coding} {says}");
+        assert_eq!(record.status, Some(200), "{coding} {says}");
+        let error = record.error.as_deref().unwrap_or_default();
+        assert!(
+            error.starts_with("the upstream's compressed answer could not be decoded: ")
+                && error.contains(coding)
+                && error.contains(says),
+            "{coding} {says}: {error}"
+        );
+        assert_eq!(
+            record.response.content,
+            format!("<binary, {coding}, {} bytes>", raw.len())
+        );
+    }
+    router.stop().await;
+}
+
 /// An upstream (or a gateway before it) that reflects request headers into its answer's:
 /// the client gets the provider's key redacted in them, in a whole answer, an error and a
 /// stream alike, and every other header as it came.
