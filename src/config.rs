@@ -118,7 +118,9 @@ pub enum ConfigError {
     NotFound { file: PathBuf },
     #[error("{file}: cannot read: {reason}")]
     Unreadable { file: PathBuf, reason: String },
-    #[error("{file}: {path}: {reason}")]
+    /// The key path and the reason are shown escaped ([`crate::printable`]): an alias or a
+    /// header name is the file's text, and an escape sequence in it would reach the terminal.
+    #[error("{file}: {}: {}", crate::printable(path), crate::printable(reason))]
     Invalid {
         file: PathBuf,
         /// Dotted key path, e.g. `servers.openrouter.url`; `(top level)` for the document.

@@ -297,3 +297,32 @@ fn config_mistakes_are_said_in_the_editors_terms() {
     let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
     assert_eq!(code, 0, "{stdout} {stderr}");
 }
+
+/// A control character in a key (an alias, a header name, an unknown key) is shown escaped
+/// in the message, as the value part already was: the key path went to the terminal raw, so
+/// `"a\e[31mRED"` as an alias coloured the rest of the line.
+#[test]
+fn a_control_character_in_a_key_path_is_shown_escaped() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cases = [
+        (
+            "servers:\n  \"a\\e[31mRED\":\n    url: https://x/v1\n",
+            "error: ./config.yaml: servers.a\\u{1b}[31mRED: an alias may contain only",
+        ),
+        (
+            "servers:\n  a:\n    url: https://x/v1\n    \"bad\\e[31m\": 1\n",
+            "error: ./config.yaml: servers.a.bad\\u{1b}[31m: unknown field",
+        ),
+        (
+            "servers:\n  a:\n    url: https://x/v1\n    headers: {\"X-\\e[2J\": v}\n",
+            "error: ./config.yaml: servers.a.headers.X-\\u{1b}[2J: not a valid HTTP header name",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        std::fs::write(dir.path().join("config.yaml"), yaml).expect("config");
+        let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!(code, 1, "{yaml}: {stderr}");
+        assert!(stderr.starts_with(expected), "{yaml}: {stderr}");
+        assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+    }
+}
