@@ -49,7 +49,8 @@ pub struct Server {
     pub append: Vec<String>,
     /// Extra headers sent upstream; they win over forwarded client headers. Their values are
     /// marked sensitive (they often carry keys: Azure's `api-key`), so `Debug` hides them.
-    /// Never `Content-Length` or `Transfer-Encoding`: those are left out when it is read.
+    /// Never framing or hop-by-hop fields (`Content-Length`, `Connection`, ...), nor one name
+    /// twice in different case: [`validate`] refuses those.
     pub headers: HeaderMap,
     /// The values of `headers` whose names look like credentials (`api-key`, `x-auth-token`,
     /// ...), kept for redaction wherever a sink writes text.
@@ -457,10 +458,24 @@ fn validate_server(alias: &str, raw: RawServer, env: &EnvLookup<'_>) -> Result<S
 
     let mut headers = HeaderMap::new();
     let mut header_secrets = Vec::new();
+    // Each name as first written, to say both spellings of one written twice.
+    let mut written: Vec<(HeaderName, String)> = Vec::new();
     for (name, value) in raw.headers.unwrap_or_default() {
         let path = format!("servers.{alias}.headers.{name}");
         let header_name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| invalid(&path, "not a valid HTTP header name"))?;
+        if let Some(reason) = not_configurable(&header_name) {
+            return Err(invalid(&path, reason));
+        }
+        if let Some((_, first)) = written.iter().find(|(n, _)| *n == header_name) {
+            return Err(invalid(
+                &path,
+                format!(
+                    "the header {first} is written twice (\"{first}\" and \"{name}\"; header names ignore case): keep one"
+                ),
+            ));
+        }
+        written.push((header_name.clone(), name.clone()));
         let value = expand_env(&value.0, &path, env)?;
         if let Some(reason) = unsendable(&value) {
             return Err(invalid(
@@ -473,13 +488,6 @@ fn validate_server(alias: &str, raw: RawServer, env: &EnvLookup<'_>) -> Result<S
         header_value.set_sensitive(true);
         if looks_like_credential(header_name.as_str()) {
             header_secrets.push(Secret::new(value));
-        }
-        // Framing is each request's own: a configured `Content-Length: 5` sent on the body-less
-        // `GET /models` had the upstream wait for five bytes that never came.
-        if header_name == http::header::CONTENT_LENGTH
-            || header_name == http::header::TRANSFER_ENCODING
-        {
-            continue;
         }
         headers.insert(header_name, header_value);
     }
@@ -510,6 +518,28 @@ fn validate_server(alias: &str, raw: RawServer, env: &EnvLookup<'_>) -> Result<S
         timeout,
         stream_usage: raw.stream_usage.unwrap_or(true),
     })
+}
+
+/// Why a server's `headers` may not name `name`; `None` when they may. Framing is each
+/// request's own: a configured `Content-Length: 5` sent on the body-less `GET /models` had
+/// the upstream wait for five bytes that never came. Hop-by-hop fields describe one
+/// connection, which the router opens and reuses as it sees fit: a configured `Connection:
+/// close` or `Upgrade` went to the upstream on every request. Refused rather than dropped,
+/// so no line of the file is silently ignored; a config of the Python version has none
+/// (with one, its requests failed there: httpx sent them as written). `Host` may be set: it
+/// is sent in place of the URL's host.
+fn not_configurable(name: &HeaderName) -> Option<&'static str> {
+    use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+    if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+        return Some(
+            "the router frames each request's body itself (its length, or chunked): remove this header",
+        );
+    }
+    let hop_by_hop = [CONNECTION, TE, TRAILER, UPGRADE].contains(name)
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection");
+    hop_by_hop.then_some(
+        "a hop-by-hop header (it describes one connection, not the request), which the router sets for its own connections: remove it",
+    )
 }
 
 /// The credentials a server's `url` carries, in each form an upstream may echo them: the
@@ -1134,6 +1164,49 @@ settings:
             assert_eq!(a.append, [key]);
             assert_eq!(a.headers["x-v"], key);
         }
+    }
+
+    /// One header written twice in different case (`X-A`, `x-a`) is refused naming both
+    /// spellings: both loaded and one was dropped in silence.
+    #[test]
+    fn a_header_written_twice_in_any_case_is_refused() {
+        let (path, reason) = error_of(
+            "servers:\n  e:\n    url: http://x\n    headers:\n      X-A: one\n      x-a: two\n",
+        );
+        assert_eq!(path, "servers.e.headers.x-a");
+        assert_eq!(
+            reason,
+            "the header X-A is written twice (\"X-A\" and \"x-a\"; header names ignore case): keep one"
+        );
+    }
+
+    /// Framing and hop-by-hop fields are refused by name: `Connection: close` from the config
+    /// went upstream on every request, `Content-Length` was dropped in silence. `Host` is
+    /// allowed (it names the upstream's virtual host).
+    #[test]
+    fn framing_and_hop_by_hop_headers_are_refused() {
+        for name in [
+            "Connection",
+            "keep-alive",
+            "Transfer-Encoding",
+            "Upgrade",
+            "TE",
+            "Trailer",
+            "Proxy-Connection",
+            "Content-Length",
+        ] {
+            let (path, reason) = error_of(&format!(
+                "servers:\n  e:\n    url: http://x\n    headers: {{{name}: \"5\"}}\n"
+            ));
+            assert_eq!(path, format!("servers.e.headers.{name}"));
+            assert!(reason.ends_with("remove it") || reason.ends_with("remove this header"), "{name}: {reason}");
+        }
+        let c = Config::parse(
+            "servers:\n  e:\n    url: http://10.0.0.1/v1\n    headers: {Host: api.internal}\n",
+            &no_env,
+        )
+        .expect("Host loads");
+        assert_eq!(c.servers["e"].headers["host"], "api.internal");
     }
 
     /// A key written twice is refused, naming both lines (PyYAML took the last one).

@@ -165,7 +165,7 @@ impl FieldSource for UpstreamFields<'_> {
                 emit(b"authorization", value.as_bytes());
             }
             for (name, value) in &server.headers {
-                // (Never framing: the config leaves `Content-Length` and `Transfer-Encoding` out.)
+                // (Never framing or hop-by-hop fields: the config refuses them.)
                 let name = name.as_str().as_bytes();
                 let names_type = is(name, "content-type");
                 if names_type && self.client.get("content-type").is_some_and(is_form) {

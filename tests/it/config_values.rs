@@ -326,3 +326,41 @@ fn a_control_character_in_a_key_path_is_shown_escaped() {
         assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
     }
 }
+
+/// A server's `headers` naming one field twice in different case, or a framing or hop-by-hop
+/// field, stop `check` and `serve` with the key path: `X-A` and `x-a` both loaded and one was
+/// dropped in silence, `Connection: close` went upstream on every request, and a configured
+/// `Content-Length` was left out without a word.
+#[test]
+fn headers_the_router_cannot_send_as_written_are_refused_by_key_path() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cases = [
+        (
+            "      X-A: one\n      x-a: two\n",
+            "error: ./config.yaml: servers.e.headers.x-a: the header X-A is written twice (\"X-A\" and \"x-a\"; header names ignore case): keep one",
+        ),
+        (
+            "      X-Title: me\n      Connection: close\n",
+            "error: ./config.yaml: servers.e.headers.Connection: a hop-by-hop header (it describes one connection, not the request), which the router sets for its own connections: remove it",
+        ),
+        (
+            "      Content-Length: \"5\"\n",
+            "error: ./config.yaml: servers.e.headers.Content-Length: the router frames each request's body itself (its length, or chunked): remove this header",
+        ),
+    ];
+    for (headers, expected) in cases {
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            format!("servers:\n  e:\n    url: http://127.0.0.1:9/v1\n    headers:\n{headers}"),
+        )
+        .expect("config");
+        for args in [
+            &["check"][..],
+            &["serve", "--host", "127.0.0.1", "--port", "0"],
+        ] {
+            let (code, _, stderr) = run_cli(dir.path(), args, &[]);
+            assert_eq!(code, 1, "{args:?}: {stderr}");
+            assert_eq!(stderr.trim(), expected, "{args:?}");
+        }
+    }
+}

@@ -875,25 +875,3 @@ async fn the_models_command_fails_only_when_nothing_could_be_listed() {
         "{stderr}"
     );
 }
-
-/// A server's configured `Content-Length` or `Transfer-Encoding` is left out of the model
-/// list's fetch, as of every proxied request: sent on a `GET` with no body, it had the upstream
-/// wait for bytes that never came, and the server was left out of the list after the fetch's
-/// timeout. Its other configured headers still go.
-#[tokio::test]
-async fn configured_framing_headers_never_reach_the_model_fetch() {
-    let upstream = upstream_listing(r#"{"data":[{"id":"m1"}]}"#).await;
-    let extra = "    headers: {Content-Length: \"5\", Transfer-Encoding: chunked, X-Title: me}\n";
-    let router = TestRouter::start(&config(
-        &[server("a", &upstream.url(), extra)],
-        "  models_fetch_timeout_secs: 5\n",
-    ))
-    .await;
-    assert_eq!(list_ids(&router).await, ["[a]m1"]);
-    let fetch = upstream.last();
-    assert_eq!(fetch.headers["x-title"], "me");
-    for framing in ["content-length", "transfer-encoding"] {
-        assert!(fetch.headers.get(framing).is_none(), "{framing} sent");
-    }
-    router.stop().await;
-}
