@@ -217,20 +217,20 @@ struct RawServer {
     #[serde(default)]
     headers: Option<IndexMap<String, Scalar>>,
     #[serde(default)]
-    timeout_secs: Option<f64>,
+    timeout_secs: Option<Typed>,
     #[serde(default)]
-    stream_usage: Option<bool>,
+    stream_usage: Option<Typed>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
     #[serde(default)]
-    models_cache_ttl_secs: Option<f64>,
+    models_cache_ttl_secs: Option<Typed>,
     #[serde(default)]
-    models_fetch_timeout_secs: Option<f64>,
+    models_fetch_timeout_secs: Option<Typed>,
     #[serde(default)]
-    max_body_bytes: Option<u64>,
+    max_body_bytes: Option<Typed>,
     #[serde(default)]
     default_server: Option<String>,
 }
@@ -248,14 +248,25 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
-fn parse_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
+/// A number or boolean key's scalar as written, plain or quoted, with where it is. It is read
+/// as its type only after `${NAME}` is expanded ([`typed`]), so `timeout_secs: "${T}"` works
+/// as `${NAME}` does in a text key; before, it was "expected a number".
+type Typed = serde_saphyr::Spanned<Scalar>;
+
+/// The YAML library's options: the file's, and each [`Typed`] value's.
+fn yaml_options() -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
     // A snippet of the file could show an api_key next to the error; never print one.
     options.with_snippet = false;
+    options
+}
+
+fn parse_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
+    let options = yaml_options();
     let mut inner_path = None;
     let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
         serde_path_to_error::deserialize::<_, Option<RawConfig>>(de).map_err(|e| {
-            inner_path = Some(e.path().to_string());
+            inner_path = Some(key_path(e.path()));
             e.into_inner()
         })
     });
@@ -276,6 +287,30 @@ fn parse_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
         (path, reason)
     })
 }
+
+/// The dotted key path of `path`, without the field a [`Typed`] value adds inside its key
+/// (`timeout_secs.value`: the YAML library's span wrapper is a struct to serde).
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    if let [.., Segment::Map { key }, Segment::Map { key: last }] = segments.as_slice()
+        && last == "value"
+        && TYPED_KEYS.contains(&key.as_str())
+    {
+        let text = path.to_string();
+        return text[..text.len() - ".value".len()].to_owned();
+    }
+    path.to_string()
+}
+
+/// The keys whose values are [`Typed`].
+const TYPED_KEYS: [&str; 5] = [
+    "timeout_secs",
+    "stream_usage",
+    "models_cache_ttl_secs",
+    "models_fetch_timeout_secs",
+    "max_body_bytes",
+];
 
 /// The key of the YAML library's duplicate-key message.
 fn duplicate_key(message: &str) -> Option<&str> {
@@ -363,12 +398,11 @@ fn in_plain_words(reason: &str) -> String {
     } else if message == "expected sequence start" {
         "expected a list (`- item` lines, or `[a, b]`)".to_owned()
     } else if message == "invalid u64" {
-        "expected a whole number (digits only: no sign, fraction or exponent such as 1e6)"
-            .to_owned()
+        WHOLE_NUMBER.to_owned()
     } else if message == "invalid floating point" || message == "invalid f64" {
-        "expected a number".to_owned()
+        NUMBER.to_owned()
     } else if message == "invalid boolean" || message == "invalid bool" {
-        "expected true or false".to_owned()
+        BOOLEAN.to_owned()
     } else if message.starts_with("non-finite float") {
         // The message quotes the value; a number is all that is wanted here anyway.
         "expected a finite number (not .inf or .nan)".to_owned()
@@ -495,9 +529,15 @@ fn validate_server(alias: &str, raw: RawServer, env: &EnvLookup<'_>) -> Result<S
     let timeout = match raw.timeout_secs {
         None => DEFAULT_TIMEOUT,
         Some(secs) => {
+            let secs = typed::<f64>(secs, &at("timeout_secs"), env, NUMBER)?;
             positive_duration(secs).ok_or_else(|| invalid(at("timeout_secs"), SECONDS_RANGE))?
         }
     };
+    let stream_usage = raw
+        .stream_usage
+        .map(|b| typed::<bool>(b, &at("stream_usage"), env, BOOLEAN))
+        .transpose()?
+        .unwrap_or(true);
 
     let authorization = match &api_key {
         None => None,
@@ -516,7 +556,7 @@ fn validate_server(alias: &str, raw: RawServer, env: &EnvLookup<'_>) -> Result<S
         header_secrets,
         url_secrets,
         timeout,
-        stream_usage: raw.stream_usage.unwrap_or(true),
+        stream_usage,
     })
 }
 
@@ -646,19 +686,24 @@ fn validate_settings(
         return Ok(settings);
     };
     if let Some(secs) = raw.models_cache_ttl_secs {
+        let path = "settings.models_cache_ttl_secs";
+        let secs = typed::<f64>(secs, path, env, NUMBER)?;
         if !(secs.is_finite() && (0.0..1e9).contains(&secs)) {
             return Err(invalid(
-                "settings.models_cache_ttl_secs",
+                path,
                 "must be a number of seconds, 0 or more (below 1e9)",
             ));
         }
         settings.models_cache_ttl = Duration::from_secs_f64(secs);
     }
     if let Some(secs) = raw.models_fetch_timeout_secs {
-        settings.models_fetch_timeout = positive_duration(secs)
-            .ok_or_else(|| invalid("settings.models_fetch_timeout_secs", SECONDS_RANGE))?;
+        let path = "settings.models_fetch_timeout_secs";
+        let secs = typed::<f64>(secs, path, env, NUMBER)?;
+        settings.models_fetch_timeout =
+            positive_duration(secs).ok_or_else(|| invalid(path, SECONDS_RANGE))?;
     }
     if let Some(bytes) = raw.max_body_bytes {
+        let bytes = typed::<u64>(bytes, "settings.max_body_bytes", env, WHOLE_NUMBER)?;
         if bytes == 0 {
             return Err(invalid("settings.max_body_bytes", "must be above 0"));
         }
@@ -709,6 +754,71 @@ const SECONDS_RANGE: &str = "must be a number of seconds above 0 and below 10000
 
 fn positive_duration(secs: f64) -> Option<Duration> {
     (secs.is_finite() && secs > 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs))
+}
+
+/// What a number key takes, said as [`in_plain_words`] says the YAML library's message.
+const NUMBER: &str = "expected a number";
+const WHOLE_NUMBER: &str =
+    "expected a whole number (digits only: no sign, fraction or exponent such as 1e6)";
+const BOOLEAN: &str = "expected true or false";
+
+/// A number or boolean key's value: `${NAME}` expanded, then read as YAML reads that text in
+/// quotes (`"5"` was a number already, as `5` is). Text that is not a `T` is said as the
+/// YAML library says it, with the line; text that came from a variable names the variable
+/// (`expected`, the kind of value wanted), never its value.
+fn typed<T: serde::de::DeserializeOwned>(
+    written: Typed,
+    path: &str,
+    env: &EnvLookup<'_>,
+    expected: &str,
+) -> Result<T, Invalid> {
+    let text = &written.value.0;
+    let expanded = expand_env(text, path, env)?;
+    // A double-quoted YAML scalar holding exactly `expanded` (JSON's quoting is YAML's).
+    let quoted = serde_json::to_string(&expanded).unwrap_or_default();
+    let error = match serde_saphyr::from_str_with_options::<T>(&quoted, yaml_options()) {
+        Ok(value) => return Ok(value),
+        Err(error) => error,
+    };
+    let at = written.referenced;
+    let location = format!("line {}, column {}", at.line(), at.column());
+    let variables = variables_in(text);
+    if variables.is_empty() {
+        let message = first_line(&error.to_string());
+        let message = message
+            .rfind(" at line ")
+            .map_or(message.as_str(), |end| &message[..end]);
+        return Err(invalid(
+            path,
+            format!("{} at {location}", in_plain_words(message)),
+        ));
+    }
+    let reason = match variables.as_slice() {
+        [name] if text.len() == name.len() + 3 => {
+            format!("environment variable {name} does not hold one (its value is not shown)")
+        }
+        [name] => format!(
+            "\"{text}\" does not give one with the value of environment variable {name} (not shown)"
+        ),
+        _ => format!(
+            "\"{text}\" does not give one with the values of environment variables {} (not shown)",
+            variables.join(", ")
+        ),
+    };
+    Err(invalid(path, format!("{expected} at {location}: {reason}")))
+}
+
+/// The variable names of the `${NAME}` references in `text` (which [`expand_env`] took).
+fn variables_in(text: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        names.push(&after[..end]);
+        rest = &after[end + 1..];
+    }
+    names
 }
 
 fn expand_list(list: Vec<Scalar>, path: &str, env: &EnvLookup<'_>) -> Result<Vec<String>, Invalid> {
@@ -1199,7 +1309,10 @@ settings:
                 "servers:\n  e:\n    url: http://x\n    headers: {{{name}: \"5\"}}\n"
             ));
             assert_eq!(path, format!("servers.e.headers.{name}"));
-            assert!(reason.ends_with("remove it") || reason.ends_with("remove this header"), "{name}: {reason}");
+            assert!(
+                reason.ends_with("remove it") || reason.ends_with("remove this header"),
+                "{name}: {reason}"
+            );
         }
         let c = Config::parse(
             "servers:\n  e:\n    url: http://10.0.0.1/v1\n    headers: {Host: api.internal}\n",
@@ -1207,6 +1320,72 @@ settings:
         )
         .expect("Host loads");
         assert_eq!(c.servers["e"].headers["host"], "api.internal");
+    }
+
+    /// `${NAME}` is replaced in number and boolean keys too, then the text is read as the
+    /// key's type: `timeout_secs: "${T}"` was "expected a number" while `"5"` loaded. Text
+    /// that is not one names the variable, never its value.
+    #[test]
+    fn variables_are_replaced_in_number_and_boolean_keys() {
+        let yaml = "servers:\n  a:\n    url: http://x\n    timeout_secs: \"${T}\"\n    stream_usage: \"${B}\"\nsettings:\n  models_cache_ttl_secs: \"${T}0\"\n  models_fetch_timeout_secs: ${T}\n  max_body_bytes: \"${N}\"\n";
+        let env = |values: [&'static str; 3]| {
+            move |name: &str| match name {
+                "T" => Some(values[0].to_owned()),
+                "B" => Some(values[1].to_owned()),
+                "N" => Some(values[2].to_owned()),
+                _ => None,
+            }
+        };
+        let c = Config::parse(yaml, &env(["1.5", "no", "1000"])).expect("loads");
+        assert_eq!(c.servers["a"].timeout, Duration::from_millis(1500));
+        assert!(!c.servers["a"].stream_usage);
+        assert_eq!(
+            c.settings.models_cache_ttl,
+            Duration::from_millis(1500),
+            "\"1.5\" + \"0\""
+        );
+        assert_eq!(c.settings.models_fetch_timeout, Duration::from_millis(1500));
+        assert_eq!(c.settings.max_body_bytes, 1000);
+
+        let cases = [
+            (
+                ["soon-secret", "no", "1000"],
+                "servers.a.timeout_secs",
+                "expected a number at line 4, column 19: environment variable T does not hold one (its value is not shown)",
+            ),
+            (
+                ["1", "maybe-secret", "1000"],
+                "servers.a.stream_usage",
+                "expected true or false at line 5, column 19: environment variable B does not hold one (its value is not shown)",
+            ),
+            (
+                ["1", "no", "1e6"],
+                "settings.max_body_bytes",
+                "expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 9, column 19: environment variable N does not hold one (its value is not shown)",
+            ),
+        ];
+        for (values, expected_path, expected) in cases {
+            let (path, reason) = Config::parse(yaml, &env(values)).expect_err(expected);
+            assert_eq!((path.as_str(), reason.as_str()), (expected_path, expected));
+        }
+        // Text written with a variable: said with the text as written.
+        let (path, reason) = Config::parse(
+            "servers:\n  a:\n    url: http://x\n    timeout_secs: \"${T}s\"\n",
+            &|_| Some("5".to_owned()),
+        )
+        .expect_err("5s");
+        assert_eq!(path, "servers.a.timeout_secs");
+        assert_eq!(
+            reason,
+            "expected a number at line 4, column 19: \"${T}s\" does not give one with the value of environment variable T (not shown)"
+        );
+        // An unset one is said as in a text key.
+        let (path, reason) = error_of("settings:\n  max_body_bytes: \"${N}\"\n");
+        assert_eq!(path, "settings.max_body_bytes");
+        assert!(
+            reason.starts_with("environment variable N is not set"),
+            "{reason}"
+        );
     }
 
     /// A key written twice is refused, naming both lines (PyYAML took the last one).

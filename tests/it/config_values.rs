@@ -364,3 +364,28 @@ fn headers_the_router_cannot_send_as_written_are_refused_by_key_path() {
         }
     }
 }
+
+/// `${NAME}` in a number or boolean key is replaced, as config.yaml.template says of every
+/// value: `timeout_secs: "${T}"` with T=5 was "expected a number" while `"5"` loaded. A
+/// value that is not a number names the variable, not the value.
+#[test]
+fn a_variable_in_a_number_key_is_replaced_then_read() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  a:\n    url: https://x/v1\n    timeout_secs: \"${T}\"\nsettings:\n  max_body_bytes: \"${T}\"\n",
+    )
+    .expect("config");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[("T", "5")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("./config.yaml: ok, 1 server (a)"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &[("T", "five-secret")]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "error: ./config.yaml: servers.a.timeout_secs: expected a number at line 4, column 19: environment variable T does not hold one (its value is not shown)"
+    );
+}
