@@ -159,7 +159,7 @@ impl Config {
     }
 
     fn read(file: &Path) -> Result<String, ConfigError> {
-        std::fs::read_to_string(file).map_err(|e| match e.kind() {
+        let bytes = std::fs::read(file).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ConfigError::NotFound {
                 file: file.to_owned(),
             },
@@ -167,7 +167,21 @@ impl Config {
                 file: file.to_owned(),
                 reason: e.to_string(),
             },
-        })
+        })?;
+        let unreadable = |reason| ConfigError::Unreadable {
+            file: file.to_owned(),
+            reason,
+        };
+        let text = String::from_utf8(bytes)
+            .map_err(|e| unreadable(not_utf8(e.as_bytes(), e.utf8_error())))?;
+        // UTF-16 without a byte-order mark is valid UTF-8, with a NUL after every ASCII letter.
+        if let Some(at) = text.find('\0') {
+            let line = text[..at].matches('\n').count() + 1;
+            return Err(unreadable(format!(
+                "line {line} holds a NUL byte (saved as UTF-16?): save the file as UTF-8"
+            )));
+        }
+        Ok(text)
     }
 
     /// Parses YAML text; the error is `(key path, reason)`. `env` gives each set variable.
@@ -186,6 +200,26 @@ impl Config {
         };
         validate(raw, env)
     }
+}
+
+/// Where `bytes` (config.yaml) stop being UTF-8, as the `.env` reader says it: by line, never
+/// quoting the bytes (the line may hold a key). A file saved as UTF-16 (Windows editors
+/// offer it as "Unicode") is named as such: its first bytes are already not UTF-8.
+fn not_utf8(bytes: &[u8], error: std::str::Utf8Error) -> String {
+    if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        return "the file is UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8"
+            .to_owned();
+    }
+    let valid = &bytes[..error.valid_up_to()];
+    let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&valid[line_start..])
+        .chars()
+        .count()
+        + 1;
+    format!(
+        "line {line}, column {column} is not UTF-8 text (saved as Latin-1 or another encoding?): save the file as UTF-8"
+    )
 }
 
 /// An environment variable by name, as `std::env::var` gives it.

@@ -389,3 +389,38 @@ fn a_variable_in_a_number_key_is_replaced_then_read() {
         "error: ./config.yaml: servers.a.timeout_secs: expected a number at line 4, column 19: environment variable T does not hold one (its value is not shown)"
     );
 }
+
+/// A config.yaml that is not UTF-8 is named by line, as a `.env` line is: it was "cannot
+/// read: stream did not contain valid UTF-8", with no line. A UTF-16 file (a byte-order
+/// mark, or none and a NUL after every letter) is said to be UTF-16. No byte is quoted.
+#[test]
+fn a_config_that_is_not_utf8_is_named_by_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let utf16 = |bom: &[u8]| {
+        let mut bytes = bom.to_vec();
+        for unit in "servers:\n  a:\n    url: https://x/v1\n".encode_utf16() {
+            bytes.extend_from_slice(&unit.to_le_bytes());
+        }
+        bytes
+    };
+    let cases: [(Vec<u8>, &str); 3] = [
+        (
+            b"servers:\n  a:\n    url: https://x/v1\n    api_key: caf\xe9-secret\n".to_vec(),
+            "error: c.yaml: cannot read: line 4, column 17 is not UTF-8 text (saved as Latin-1 or another encoding?): save the file as UTF-8",
+        ),
+        (
+            utf16(&[0xFF, 0xFE]),
+            "error: c.yaml: cannot read: the file is UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8",
+        ),
+        (
+            utf16(&[]),
+            "error: c.yaml: cannot read: line 1 holds a NUL byte (saved as UTF-16?): save the file as UTF-8",
+        ),
+    ];
+    for (bytes, expected) in cases {
+        std::fs::write(dir.path().join("c.yaml"), &bytes).expect("config");
+        let (code, _, stderr) = run_cli(dir.path(), &["check", "--config", "c.yaml"], &[]);
+        assert_eq!(code, 1, "{stderr}");
+        assert_eq!(stderr.trim(), expected);
+    }
+}
