@@ -289,14 +289,53 @@ fn run_healthcheck(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
         let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        if status.is_success() && body.contains("\"ok\"") {
-            print_out(format_args!("ok\n"))?;
-            Ok(ExitCode::SUCCESS)
-        } else {
-            Err(anyhow!("{url}: answered HTTP {}", status.as_u16()))
+        if !status.is_success() {
+            return Err(anyhow!("{url}: answered HTTP {}", status.as_u16()));
         }
+        let body = health_body(response).await;
+        let ok = serde_json::from_slice::<serde_json::Value>(&body)
+            .is_ok_and(|v| v.get("status").and_then(|s| s.as_str()) == Some("ok"));
+        if !ok {
+            return Err(anyhow!(
+                "{url}: answered HTTP {}, but not with {{\"status\":\"ok\"}} (is another program listening there?); {}",
+                status.as_u16(),
+                body_start(&body)
+            ));
+        }
+        print_out(format_args!("ok\n"))?;
+        Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The first bytes of a `/health` answer: the router's is 15 bytes, and another program's
+/// may be any size.
+async fn health_body(mut response: reqwest::Response) -> Vec<u8> {
+    const ENOUGH: usize = 4096;
+    let mut body = Vec::new();
+    while body.len() < ENOUGH {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body
+}
+
+/// How an unexpected `/health` body begins, for the message: a short prefix, with control
+/// characters escaped (it is another program's text, bound for a terminal).
+fn body_start(body: &[u8]) -> String {
+    const SHOWN: usize = 60;
+    let text = String::from_utf8_lossy(body);
+    if text.trim().is_empty() {
+        return "the body is empty".to_owned();
+    }
+    let start: String = text.chars().take(SHOWN).collect();
+    let more = if text.chars().nth(SHOWN).is_some() {
+        "…"
+    } else {
+        ""
+    };
+    format!("the body begins: {}{more}", llmsrouter::printable(&start))
 }
 
 /// Loads every user into the in-memory key index and starts the task that follows changes

@@ -651,6 +651,41 @@ async fn healthcheck_probes_a_running_router() {
     assert!(stderr.contains("/health"), "{stderr}");
 }
 
+/// `healthcheck` against something answering 200 with another body (another program on the
+/// router's port) says the body was not the router's and how it begins, escaped: it said
+/// only "answered HTTP 200", which read as a contradiction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_says_a_body_that_is_not_the_routers() {
+    let other = MockUpstream::start(Behavior {
+        body: Some(format!(
+            "<h1>\u{1b}[2JWelcome to nginx!</h1>\n{}",
+            "x".repeat(100)
+        )),
+        content_type: "text/html".into(),
+        ..Behavior::default()
+    })
+    .await;
+    let port = other.addr.port().to_string();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        run_cli(
+            std::path::Path::new("."),
+            &["healthcheck", "--host", "127.0.0.1", "--port", &port],
+            &[],
+        )
+    })
+    .await
+    .expect("healthcheck");
+    assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: http://127.0.0.1:{}/health: answered HTTP 200, but not with {{\"status\":\"ok\"}} (is another program listening there?); the body begins: <h1>\\u{{1b}}[2JWelcome to nginx!</h1>\\n{}…",
+            other.addr.port(),
+            "x".repeat(29)
+        )
+    );
+}
+
 /// The Python version's `.env`, byte for byte: quoted values and emoji in comments.
 const PYTHON_DOT_ENV: &str = "LANGFUSE_SECRET_KEY=\"sk-lf-...\"\nLANGFUSE_PUBLIC_KEY=\"pk-lf-...\"\n# 🇪🇺 EU region\nLANGFUSE_HOST=\"https://cloud.langfuse.com\"\n# 🇺🇸 US region\n# LANGFUSE_HOST=\"https://us.cloud.langfuse.com\"\n# self-host\n# LANGFUSE_HOST=\"http://<YOUR_LANGFUSE_SERVER>:3000\"\n\nENABLE_ACCOUNT_MANAGEMENT=\"false\"";
 
