@@ -599,6 +599,26 @@ mod tests {
         );
     }
 
+    /// The three lines python-dotenv 1.2 reads differently from 1.0.1 (the Python version's
+    /// pin), each a 1.0.1 bug fixed upstream; the router reads them as 1.2 does, and the
+    /// README says so (it claimed 1.0.1's reading, and a tester found `V= #hash` read as
+    /// empty, where 1.0.1 gave `#hash`).
+    #[test]
+    fn reads_as_python_dotenv_1_2_where_1_0_1_differs() {
+        // 1.0.1 lost a first line after a byte-order mark.
+        assert_eq!(values("\u{feff}A=1\n"), pairs(&[("A", "1")]));
+        // 1.0.1 took the comment as the value.
+        assert_eq!(
+            values("V= #hash\nW=#hash\n"),
+            pairs(&[("V", ""), ("W", "#hash")])
+        );
+        // 1.0.1 read `C:\dir\`; a backslash in quotes always takes the next character along,
+        // so the quote is never closed and the line is skipped (and named).
+        let (bindings, bad) = parse("P='C:\\dir\\'\nNEXT=ok\n");
+        assert_eq!(bad, [BadLine { line: 1 }]);
+        assert_eq!(resolve(bindings, &|_| None), pairs(&[("NEXT", "ok")]));
+    }
+
     #[test]
     fn the_last_of_a_repeated_key_wins() {
         assert_eq!(values("A=1\nA=2\n"), pairs(&[("A", "2")]));

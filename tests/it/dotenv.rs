@@ -1,6 +1,7 @@
-//! `.env` is read as the Python version read it: the router's parser gives what
-//! python-dotenv (the package, from the venv `.ci/run` makes) gives, on a set of files
-//! written to be awkward and on generated ones.
+//! `.env` is read as python-dotenv reads it: the router's parser gives what python-dotenv
+//! 1.2.4 (the package `.ci/run` installs in its venv) gives, on a set of files written to be
+//! awkward and on generated ones. The Python version pinned 1.0.1, which reads three rare
+//! lines differently (see `dotenv::tests::reads_as_python_dotenv_1_2_where_1_0_1_differs`).
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -39,6 +40,7 @@ const AWKWARD: &[&str] = &[
     "=novalue\n#=comment\n # indented comment\n\n\n  K = v  \n",
     "K=v # c # d\nL=v\t#tab comment\nM=v#x #y\n",
     "K=é 火山 🚀\nL='é'\n",
+    "V= #hash\nP='C:\\dir\\'\nQ=\"C:\\dir\\\"\nNEXT=ok\n",
 ];
 
 /// Pieces that generated files are made of.
