@@ -26,6 +26,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub struct Config {
     pub servers: IndexMap<String, Server>,
     pub settings: Settings,
+    /// What was read but left out, each `key.path: why` (the caller names the file): said at
+    /// start by `serve` and `check`, so a line of the file is never ignored in silence.
+    pub warnings: Vec<String>,
 }
 
 /// One provider under `servers:`.
@@ -466,12 +469,17 @@ fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Invalid {
 
 fn validate(raw: RawConfig, env: &EnvLookup<'_>) -> Result<Config, Invalid> {
     let mut servers = IndexMap::new();
+    let mut warnings = Vec::new();
     for (alias, raw_server) in raw.servers.unwrap_or_default() {
-        let server = validate_server(&alias, raw_server, env)?;
+        let server = validate_server(&alias, raw_server, env, &mut warnings)?;
         servers.insert(alias, server);
     }
     let settings = validate_settings(raw.settings, &servers, env)?;
-    Ok(Config { servers, settings })
+    Ok(Config {
+        servers,
+        settings,
+        warnings,
+    })
 }
 
 /// Aliases appear inside `[...]` in model names and in permission lists; brackets, spaces and
@@ -484,7 +492,12 @@ pub fn is_valid_alias(alias: &str) -> bool {
             .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn validate_server(alias: &str, raw: RawServer, env: &EnvLookup<'_>) -> Result<Server, Invalid> {
+fn validate_server(
+    alias: &str,
+    raw: RawServer,
+    env: &EnvLookup<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Server, Invalid> {
     let at = |key: &str| format!("servers.{alias}.{key}");
     if alias.is_empty() {
         return Err(invalid(
@@ -532,9 +545,6 @@ fn validate_server(alias: &str, raw: RawServer, env: &EnvLookup<'_>) -> Result<S
         let path = format!("servers.{alias}.headers.{name}");
         let header_name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| invalid(&path, "not a valid HTTP header name"))?;
-        if let Some(reason) = not_configurable(&header_name) {
-            return Err(invalid(&path, reason));
-        }
         if let Some((_, first)) = written.iter().find(|(n, _)| *n == header_name) {
             return Err(invalid(
                 &path,
@@ -545,6 +555,10 @@ fn validate_server(alias: &str, raw: RawServer, env: &EnvLookup<'_>) -> Result<S
         }
         written.push((header_name.clone(), name.clone()));
         let value = expand_env(&value.0, &path, env)?;
+        if let Some(reason) = not_configurable(&header_name) {
+            warnings.push(format!("{path}: {reason}; not sent (remove it)"));
+            continue;
+        }
         if let Some(reason) = unsendable(&value) {
             return Err(invalid(
                 &path,
@@ -594,25 +608,23 @@ fn validate_server(alias: &str, raw: RawServer, env: &EnvLookup<'_>) -> Result<S
     })
 }
 
-/// Why a server's `headers` may not name `name`; `None` when they may. Framing is each
-/// request's own: a configured `Content-Length: 5` sent on the body-less `GET /models` had
-/// the upstream wait for five bytes that never came. Hop-by-hop fields describe one
-/// connection, which the router opens and reuses as it sees fit: a configured `Connection:
-/// close` or `Upgrade` went to the upstream on every request. Refused rather than dropped,
-/// so no line of the file is silently ignored; a config of the Python version has none
-/// (with one, its requests failed there: httpx sent them as written). `Host` may be set: it
+/// Why a server's `headers` name a field the router leaves out; `None` when they may name
+/// it. Framing is each request's own: a configured `Content-Length: 5` sent on the body-less
+/// `GET /models` had the upstream wait for five bytes that never came. Hop-by-hop fields
+/// describe one connection, which the router opens and reuses as it sees fit: a configured
+/// `Connection: close` or `Upgrade` went to the upstream on every request. Left out with a
+/// warning rather than refused: the Python version sent them as written (httpx), so a config
+/// of it with `Connection: keep-alive` worked there and must load here. `Host` may be set: it
 /// is sent in place of the URL's host.
 fn not_configurable(name: &HeaderName) -> Option<&'static str> {
     use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
     if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-        return Some(
-            "the router frames each request's body itself (its length, or chunked): remove this header",
-        );
+        return Some("the router frames each request's body itself (its length, or chunked)");
     }
     let hop_by_hop = [CONNECTION, TE, TRAILER, UPGRADE].contains(name)
         || matches!(name.as_str(), "keep-alive" | "proxy-connection");
     hop_by_hop.then_some(
-        "a hop-by-hop header (it describes one connection, not the request), which the router sets for its own connections: remove it",
+        "a hop-by-hop header (it describes one connection, not the request), which the router sets for its own connections",
     )
 }
 
@@ -1324,11 +1336,12 @@ settings:
         );
     }
 
-    /// Framing and hop-by-hop fields are refused by name: `Connection: close` from the config
-    /// went upstream on every request, `Content-Length` was dropped in silence. `Host` is
-    /// allowed (it names the upstream's virtual host).
+    /// Framing and hop-by-hop fields are left out, each named in a warning: `Connection:
+    /// close` from the config went upstream on every request, `Content-Length` was dropped in
+    /// silence. The config still loads (a Python version's config may have one). `Host` is
+    /// sent (it names the upstream's virtual host).
     #[test]
-    fn framing_and_hop_by_hop_headers_are_refused() {
+    fn framing_and_hop_by_hop_headers_are_left_out_with_a_warning() {
         for name in [
             "Connection",
             "keep-alive",
@@ -1339,13 +1352,21 @@ settings:
             "Proxy-Connection",
             "Content-Length",
         ] {
-            let (path, reason) = error_of(&format!(
-                "servers:\n  e:\n    url: http://x\n    headers: {{{name}: \"5\"}}\n"
-            ));
-            assert_eq!(path, format!("servers.e.headers.{name}"));
+            let c = Config::parse(
+                &format!(
+                    "servers:\n  e:\n    url: http://x\n    headers: {{{name}: \"5\", X-Kept: k}}\n"
+                ),
+                &no_env,
+            )
+            .expect(name);
+            assert_eq!(c.servers["e"].headers.len(), 1, "{name}");
+            assert_eq!(c.servers["e"].headers["x-kept"], "k");
+            assert_eq!(c.warnings.len(), 1, "{name}");
+            let warning = &c.warnings[0];
             assert!(
-                reason.ends_with("remove it") || reason.ends_with("remove this header"),
-                "{name}: {reason}"
+                warning.starts_with(&format!("servers.e.headers.{name}: "))
+                    && warning.ends_with("; not sent (remove it)"),
+                "{name}: {warning}"
             );
         }
         let c = Config::parse(
@@ -1354,6 +1375,7 @@ settings:
         )
         .expect("Host loads");
         assert_eq!(c.servers["e"].headers["host"], "api.internal");
+        assert!(c.warnings.is_empty());
     }
 
     /// `${NAME}` is replaced in number and boolean keys too, then the text is read as the

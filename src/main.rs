@@ -168,7 +168,12 @@ fn env_var(name: &str) -> Result<String, std::env::VarError> {
 /// Loads config.yaml; a missing file is a warning and an empty config (URL targets still work).
 fn load_config(path: &Path) -> anyhow::Result<Config> {
     match Config::load(path, &env_var) {
-        Ok(config) => Ok(config),
+        Ok(config) => {
+            for warning in &config.warnings {
+                tracing::warn!("{}: {warning}", path.display());
+            }
+            Ok(config)
+        }
         Err(ConfigError::NotFound { file }) => {
             tracing::warn!(
                 "{}: not found; serving URL targets only (?proxy=https://host or \"[https://host]model\")",
@@ -540,6 +545,10 @@ fn run_check(cli: &Cli, dotenv_problems: &[String]) -> anyhow::Result<ExitCode> 
         }
         Err(error) => return Err(anyhow!(error)),
     };
+    // On stderr, as every command's notes and warnings: stdout holds only the result.
+    for warning in &config.warnings {
+        eprintln!("warning: {}: {warning}", cli.config.display());
+    }
     let aliases: Vec<&str> = config.servers.keys().map(String::as_str).collect();
     print_out(format_args!(
         "{}: ok, {} ({})\n",

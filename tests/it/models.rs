@@ -875,3 +875,51 @@ async fn the_models_command_fails_only_when_nothing_could_be_listed() {
         "{stderr}"
     );
 }
+
+/// A server's configured framing and hop-by-hop fields (`Content-Length`, `Transfer-Encoding`,
+/// `Connection`, `Keep-Alive`) are left out of the model list's fetch and of every proxied
+/// request, and the config still loads: sent on a `GET` with no body, a `Content-Length` had
+/// the upstream wait for bytes that never came, and a `Connection: close` went upstream on
+/// every request. Its other configured headers still go.
+#[tokio::test]
+async fn configured_framing_and_hop_by_hop_headers_never_reach_the_upstream() {
+    let upstream = upstream_listing(r#"{"data":[{"id":"m1"}]}"#).await;
+    let extra = "    headers: {Content-Length: \"5\", Transfer-Encoding: chunked, Connection: close, Keep-Alive: timeout=5, X-Title: me}\n";
+    let router = TestRouter::start(&config(
+        &[server("a", &upstream.url(), extra)],
+        "  models_fetch_timeout_secs: 5\n",
+    ))
+    .await;
+    assert_eq!(list_ids(&router).await, ["[a]m1"]);
+    let fetch = upstream.last();
+    let chat = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[a]m1", "messages": []}))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(chat.status(), 200);
+    let proxied = upstream.last();
+    for request in [&fetch, &proxied] {
+        let field = |name: &str| request.headers.get(name).map(|v| v.as_bytes().to_vec());
+        let path = &request.path;
+        assert_eq!(field("x-title").as_deref(), Some(&b"me"[..]), "{path}");
+        assert_ne!(
+            field("content-length").as_deref(),
+            Some(&b"5"[..]),
+            "{path}"
+        );
+        assert_ne!(
+            field("transfer-encoding").as_deref(),
+            Some(&b"chunked"[..]),
+            "{path}"
+        );
+        assert_ne!(
+            field("connection").as_deref(),
+            Some(&b"close"[..]),
+            "{path}"
+        );
+        assert_eq!(field("keep-alive"), None, "{path}");
+    }
+    router.stop().await;
+}
