@@ -206,6 +206,10 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Before anything else is started: a SIGTERM from here on is a graceful stop (exit 0),
+        // also one sent the moment the start-up line appears.
+        let (signals, counted) = tokio::sync::watch::channel(0);
+        tokio::spawn(server::count_signals(signals));
         let client = build_http_client().context("cannot build the HTTP client")?;
         let (users_index, users_task) = if env.account_management {
             let (index, task) = start_users(&cli.db)?;
@@ -234,8 +238,6 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         let servers = state.config.load().servers.len();
         let servers = llmsrouter::plural(servers, "server", "servers");
         tracing::info!("llmsrouter listening on http://{local} ({servers} configured)");
-        let (signals, counted) = tokio::sync::watch::channel(0);
-        tokio::spawn(server::count_signals(signals));
         let served = server::run(
             listener,
             state,

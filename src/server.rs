@@ -162,55 +162,81 @@ async fn pause_after(error: std::io::Error, failed: &mut u64, warnings: &mut Los
 /// under way. It never counts further: a closing session may send it twice (the shell, then
 /// the kernel), which must not cut the running requests. A SIGHUP ignored when the process
 /// started (`nohup llmsrouter serve &`) stays ignored.
-pub async fn count_signals(count: tokio::sync::watch::Sender<u32>) {
+///
+/// The handlers are installed by this call, inside a runtime, not when the returned future
+/// first runs: a signal that arrives from then on is counted. Spawned after the start-up
+/// line, they were installed only once the task first ran, and a SIGTERM sent at once by a
+/// supervisor that waits for that line killed the process by the signal (exit status 143,
+/// nothing flushed). Call it before binding the listener.
+pub fn count_signals(
+    count: tokio::sync::watch::Sender<u32>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut interrupt), Ok(mut terminate)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            tracing::warn!("cannot listen for Ctrl-C and SIGTERM; stop the router with SIGKILL");
-            return;
-        };
-        let mut hangup = if hangup_ignored() {
-            None
-        } else {
-            signal(SignalKind::hangup()).ok()
-        };
-        loop {
-            let hung_up = tokio::select! {
-                _ = interrupt.recv() => false,
-                _ = terminate.recv() => false,
-                () = next_hangup(&mut hangup) => true,
+    let installed = unix_signals();
+    async move {
+        #[cfg(unix)]
+        {
+            let Some((mut interrupt, mut terminate, mut hangup)) = installed else {
+                tracing::warn!(
+                    "cannot listen for Ctrl-C and SIGTERM; stop the router with SIGKILL"
+                );
+                return;
             };
-            if hung_up {
-                if *count.borrow() > 0 {
-                    tracing::info!("SIGHUP ignored: already shutting down");
-                    continue;
-                }
-                tracing::info!("SIGHUP (terminal or session closed): shutting down as for SIGTERM");
-            }
-            count.send_modify(|n| *n += 1);
-            match *count.borrow() {
-                1 => {}
-                2 => tracing::warn!(
-                    "asked again to stop: cutting running requests now (a third time exits at once)"
-                ),
-                _ => {
-                    tracing::warn!(
-                        "asked a third time to stop: exiting now; records not yet written are lost"
+            loop {
+                let hung_up = tokio::select! {
+                    _ = interrupt.recv() => false,
+                    _ = terminate.recv() => false,
+                    () = next_hangup(&mut hangup) => true,
+                };
+                if hung_up {
+                    if *count.borrow() > 0 {
+                        tracing::info!("SIGHUP ignored: already shutting down");
+                        continue;
+                    }
+                    tracing::info!(
+                        "SIGHUP (terminal or session closed): shutting down as for SIGTERM"
                     );
-                    std::process::exit(130);
+                }
+                count.send_modify(|n| *n += 1);
+                match *count.borrow() {
+                    1 => {}
+                    2 => tracing::warn!(
+                        "asked again to stop: cutting running requests now (a third time exits at once)"
+                    ),
+                    _ => {
+                        tracing::warn!(
+                            "asked a third time to stop: exiting now; records not yet written are lost"
+                        );
+                        std::process::exit(130);
+                    }
                 }
             }
         }
+        #[cfg(not(unix))]
+        loop {
+            shutdown_signal().await;
+            count.send_modify(|n| *n += 1);
+        }
     }
-    #[cfg(not(unix))]
-    loop {
-        shutdown_signal().await;
-        count.send_modify(|n| *n += 1);
-    }
+}
+
+/// The handlers of Ctrl-C, SIGTERM and (unless it was ignored at start) SIGHUP, installed
+/// now; `None` when the first two cannot be.
+#[cfg(unix)]
+fn unix_signals() -> Option<(
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+    Option<tokio::signal::unix::Signal>,
+)> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt()).ok()?;
+    let terminate = signal(SignalKind::terminate()).ok()?;
+    let hangup = if hangup_ignored() {
+        None
+    } else {
+        signal(SignalKind::hangup()).ok()
+    };
+    Some((interrupt, terminate, hangup))
 }
 
 /// The next SIGHUP; never, when it is not listened for.

@@ -498,6 +498,21 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_zero() {
     assert!(refused.is_err(), "no new connections after shutdown");
 }
 
+/// A SIGTERM sent the moment the start-up line appears (a supervisor that waits for it, or a
+/// test harness) is a graceful stop, exit 0. The handlers used to be installed only after
+/// that line, and such a signal killed the process by its default action (exit status 143,
+/// nothing flushed) most times.
+#[tokio::test]
+async fn a_sigterm_right_after_the_start_up_line_is_a_graceful_stop() {
+    for _ in 0..5 {
+        let mut router = RouterProcess::start(None, &[]);
+        router.terminate();
+        let status = router.wait_exit(Duration::from_secs(20)).await;
+        assert_eq!(status.code(), Some(0), "{status}: {}", router.stderr());
+        assert!(router.stderr().contains("stopped"), "{}", router.stderr());
+    }
+}
+
 /// SIGHUP (the terminal or ssh session closed) is a graceful shutdown, as SIGTERM is: the
 /// running stream finishes and the router exits 0. Before, it killed the process at once
 /// (exit 129) and the records of the requests under way were lost. A second SIGHUP (a
