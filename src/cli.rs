@@ -302,6 +302,22 @@ pub fn listen_host(value: &str) -> Result<std::net::IpAddr, String> {
     })
 }
 
+/// The listen address `serve` takes from `LLMSROUTER_HOST` and `LLMSROUTER_PORT` alone (no
+/// flags: they are not `check`'s), or the error line `serve` prints for them: the same clap
+/// parse, so `check` refuses exactly what `serve` refuses, in the same words (a port with a
+/// space around it, `" 42125"`, passed `check` and stopped `serve`).
+pub fn listen_variables() -> Result<ServeArgs, String> {
+    use clap::FromArgMatches as _;
+    let args = [OsString::from("llmsrouter")];
+    ServeArgs::augment_args(clap::Command::new("serve"))
+        .try_get_matches_from(&args)
+        .and_then(|matches| ServeArgs::from_arg_matches(&matches))
+        .map_err(|error| {
+            error_line(&error, &args, &|name| std::env::var_os(name))
+                .unwrap_or_else(|| error.to_string())
+        })
+}
+
 /// The error line of a variable that is set but empty, `flag` being the flag it stands for:
 /// the same words for every variable, whichever command reads it.
 pub fn set_but_empty(variable: &str, flag: &str) -> String {

@@ -412,21 +412,8 @@ fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
 /// the request log's path (a file, device or pipe, not a folder) and folder, and the database's folder.
 fn check_serve_variables(cli: &Cli, env: &EnvSettings) -> anyhow::Result<()> {
     // A bad value is the command-line mistake (exit 2) `serve`, where clap reads these,
-    // reports too.
-    if let Some(host) = listen_variable("LLMSROUTER_HOST", "--host")? {
-        llmsrouter::cli::listen_host(&host).map_err(|reason| {
-            anyhow!(CommandLineError(format!(
-                "LLMSROUTER_HOST: \"{host}\" is {reason}"
-            )))
-        })?;
-    }
-    if let Some(port) = listen_variable("LLMSROUTER_PORT", "--port")? {
-        port.trim().parse::<u16>().map_err(|_| {
-            anyhow!(CommandLineError(format!(
-                "LLMSROUTER_PORT: \"{port}\" is not a port number (0 to 65535)"
-            )))
-        })?;
-    }
+    // reports too, in its words.
+    llmsrouter::cli::listen_variables().map_err(|line| anyhow!(CommandLineError(line)))?;
     // SQLite makes the file, not its folder.
     let db_folder = folder_of(&cli.db);
     if !db_folder.is_dir() {
@@ -460,22 +447,6 @@ fn check_serve_variables(cli: &Cli, env: &EnvSettings) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A listen variable's value for `check`, `None` when unset. Set but empty, or not UTF-8, is
-/// the command-line mistake `serve` reports for it (clap reads it there), with the same line
-/// and exit status 2, so the two commands agree.
-fn listen_variable(variable: &str, flag: &str) -> anyhow::Result<Option<String>> {
-    match std::env::var(variable) {
-        Ok(value) if value.trim().is_empty() => Err(anyhow!(CommandLineError(
-            llmsrouter::cli::set_but_empty(variable, flag)
-        ))),
-        Ok(value) => Ok(Some(value)),
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => Err(anyhow!(CommandLineError(
-            llmsrouter::cli::not_utf8(variable, flag)
-        ))),
-    }
 }
 
 /// A mistake in how the command was called (a variable set but empty), found after clap

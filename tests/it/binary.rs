@@ -412,7 +412,8 @@ fn an_empty_path_variable_yields_to_its_flag() {
     }
 }
 
-/// `check` refuses what `serve` would refuse at start: a listen address from the variables,
+/// `check` refuses what `serve` would refuse at start: a listen address from the variables
+/// (in `serve`'s words: a port with a space around it passed `check`, and stopped `serve`),
 /// and a request log or database in a folder that does not exist.
 #[test]
 fn check_sees_the_variables_serve_would_refuse() {
@@ -424,10 +425,27 @@ fn check_sees_the_variables_serve_would_refuse() {
         (
             "LLMSROUTER_PORT",
             "abc",
-            "LLMSROUTER_PORT: \"abc\" is not a port number",
+            "LLMSROUTER_PORT: invalid value 'abc' for --port: invalid digit found in string",
             2,
         ),
-        ("LLMSROUTER_HOST", "bad", "\"bad\" is not an IP address", 2),
+        (
+            "LLMSROUTER_PORT",
+            " 42125",
+            "LLMSROUTER_PORT: invalid value ' 42125' for --port",
+            2,
+        ),
+        (
+            "LLMSROUTER_PORT",
+            "42125 ",
+            "LLMSROUTER_PORT: invalid value '42125 ' for --port",
+            2,
+        ),
+        (
+            "LLMSROUTER_HOST",
+            "bad",
+            "LLMSROUTER_HOST: invalid value 'bad' for --host: not an IP address",
+            2,
+        ),
         (
             "LLMSROUTER_LOG_FILE",
             "/proc/self/no-such-folder/api.log",
@@ -451,8 +469,18 @@ fn check_sees_the_variables_serve_would_refuse() {
         if *name != "LLMSROUTER_PORT" {
             envs.push(("LLMSROUTER_PORT", "0"));
         }
-        let (code, _, stderr) = run_cli(dir.path(), &["serve"], &envs);
-        assert_ne!(code, 0, "serve refuses {name}={value} too: {stderr}");
+        let (serve_code, _, serve_stderr) = run_cli(dir.path(), &["serve"], &envs);
+        assert_ne!(
+            serve_code, 0,
+            "serve refuses {name}={value} too: {serve_stderr}"
+        );
+        if *exit == 2 {
+            assert_eq!(
+                (serve_code, &serve_stderr),
+                (code, &stderr),
+                "{name}={value:?}: serve says what check says"
+            );
+        }
     }
     // A log folder that does not exist yet is made by serve: fine.
     let (code, stdout, stderr) = run_cli(
