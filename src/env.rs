@@ -183,7 +183,7 @@ impl EnvSettings {
             otlp: otlp_env(env, &mut warnings)?,
             trace_max_io_bytes: trace_max_io_bytes(env)?,
             trace_export_interval: trace_export_interval(env)?,
-            trace_gzip: otlp_gzip(env, &mut warnings)?,
+            trace_gzip: otlp_gzip(env)?,
             resource: resource(env)?,
             test_warning_interval: warning_interval(env)?,
             warnings,
@@ -359,14 +359,13 @@ fn unused_otlp_variables(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Ve
     }
 }
 
-/// Whether spans are gzipped: the first of the per-signal and the general compression
-/// variable that holds `gzip` or `none` decides, as in the OTLP crate (which reads them too,
-/// for every exporter, so the router and the crate always agree). Other values are skipped
-/// with a warning: `zstd` is a valid OTLP value that Langfuse does not accept.
-fn otlp_gzip(
-    env: &dyn Fn(&str) -> Option<String>,
-    warnings: &mut Vec<String>,
-) -> Result<bool, EnvError> {
+/// Whether spans are gzipped: the per-signal compression variable if set, else the general
+/// one, as in the OTLP crate (which reads them too, for every exporter, so the router and the
+/// crate always agree). Each one set must say `gzip` or `none`: any other value stops
+/// start-up naming it. Skipped with a warning, `zstd` (a valid OTLP value that Langfuse does
+/// not accept) left the exports uncompressed while `check` said ok.
+fn otlp_gzip(env: &dyn Fn(&str) -> Option<String>) -> Result<bool, EnvError> {
+    let mut gzip = None;
     for name in [
         "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
         "OTEL_EXPORTER_OTLP_COMPRESSION",
@@ -374,17 +373,22 @@ fn otlp_gzip(
         let Some(value) = given(env, name)? else {
             continue;
         };
-        if value.eq_ignore_ascii_case("gzip") {
-            return Ok(true);
-        }
-        if value.eq_ignore_ascii_case("none") {
-            return Ok(false);
-        }
-        warnings.push(format!(
-            "{name}={value} is not supported (gzip or none); it is ignored"
-        ));
+        let on = if value.eq_ignore_ascii_case("gzip") {
+            true
+        } else if value.eq_ignore_ascii_case("none") {
+            false
+        } else {
+            return Err(EnvError {
+                name,
+                reason: format!(
+                    "\"{}\" is not supported: give gzip or none, or unset it",
+                    value.escape_debug()
+                ),
+            });
+        };
+        gzip.get_or_insert(on);
     }
-    Ok(false)
+    Ok(gzip.unwrap_or(false))
 }
 
 /// `base` + `/v1/traces`, with exactly one `/` between them (OTLP exporter spec).
@@ -830,20 +834,29 @@ mod tests {
             ]),
             (false, vec![])
         );
-        let (on, warnings) = gzip(&[
-            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd"),
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
-        ]);
-        assert!(on);
-        assert_eq!(
-            warnings,
-            vec![
-                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION=zstd is not supported (gzip or none); it is ignored"
-            ]
-        );
-        let (on, warnings) = gzip(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")]);
-        assert!(!on);
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        // Any other value stops start-up, in either variable, whichever comes first.
+        for pairs in [
+            &[
+                ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ][..],
+            &[
+                ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
+            ],
+        ] {
+            let error = EnvSettings::from_lookup(&lookup(pairs)).expect_err("zstd");
+            assert!(
+                error
+                    .to_string()
+                    .ends_with(": \"zstd\" is not supported: give gzip or none, or unset it"),
+                "{error}"
+            );
+        }
+        let error =
+            EnvSettings::from_lookup(&lookup(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")]))
+                .expect_err("brotli");
+        assert_eq!(error.name, "OTEL_EXPORTER_OTLP_COMPRESSION");
     }
 
     #[test]

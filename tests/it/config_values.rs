@@ -261,6 +261,41 @@ fn an_empty_variable_in_use_is_refused_not_defaulted() {
     }
 }
 
+/// A trace compression other than gzip or none stops `check` (exit status 1) and `serve` (2)
+/// naming the variable: `zstd` (which Langfuse does not take) was a warning, `check` said
+/// ok, and the exports went uncompressed.
+#[test]
+fn a_compression_other_than_gzip_or_none_stops_start_up() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    for name in [
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    ] {
+        for (args, status) in [
+            (&["check"][..], 1),
+            (&["serve", "--host", "127.0.0.1", "--port", "0"], 2),
+        ] {
+            let (code, _, stderr) = run_cli_bytes(dir.path(), args, &[(name, b"zstd")]);
+            assert_eq!(code, status, "{name} {args:?}: {stderr}");
+            assert_eq!(
+                stderr.trim(),
+                format!("error: {name}: \"zstd\" is not supported: give gzip or none, or unset it"),
+                "{args:?}"
+            );
+        }
+    }
+    for (name, value) in [
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "GZIP"),
+        ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
+    ] {
+        let (code, stdout, stderr) =
+            run_cli_bytes(dir.path(), &["check"], &[(name, value.as_bytes())]);
+        assert_eq!(code, 0, "{name}={value}: {stdout}{stderr}");
+        assert!(stderr.is_empty(), "{stderr}");
+    }
+}
+
 /// config.yaml mistakes are said in the editor's terms, with the file, key path and line:
 /// `null` in a list was "invalid type: unit value, expected a string", `1e20` bytes "invalid
 /// u64"; a key written twice names both its lines (PyYAML took the last one; the router
