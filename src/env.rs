@@ -174,6 +174,7 @@ impl EnvSettings {
         let mut warnings = Vec::new();
         unused_otlp_variables(env, &mut warnings);
         python_bypass(env, &mut warnings);
+        proxy_variables(env)?;
         Ok(Self {
             account_management: bool_var(env, "ENABLE_ACCOUNT_MANAGEMENT", false)?,
             log_file,
@@ -656,6 +657,71 @@ pub fn bool_var(
     }
 }
 
+/// The variables the upstream client takes its proxies from (hyper-util's `Matcher`, which
+/// reqwest uses too), as it reads them; `NO_PROXY` cannot be wrong.
+const PROXY_VARIABLES: [&str; 6] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// Each proxy variable that is set (empty counts as unset, as in curl) must be a proxy the
+/// upstream client uses: one its matcher cannot read (`http://[bad`, `http://proxy host:3128`)
+/// it skips without a word, and requests went straight to the provider, past the proxy that
+/// was meant to carry them; a `socks5://` one it reads, but reqwest is built without SOCKS,
+/// so every request through it failed with 502. The value is never shown: a proxy URL often
+/// holds a password.
+fn proxy_variables(env: &dyn Fn(&str) -> Option<String>) -> Result<(), EnvError> {
+    use hyper_util::client::proxy::matcher::Matcher;
+    for name in PROXY_VARIABLES {
+        // Untrimmed: the matcher reads it so.
+        let Some(value) = env(name).filter(|v| !v.trim().is_empty()) else {
+            continue;
+        };
+        let bad = |reason: String| EnvError { name, reason };
+        let scheme = value
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| uri.scheme_str().map(str::to_ascii_lowercase));
+        if let Some(scheme) = scheme.filter(|s| s != "http" && s != "https") {
+            return Err(bad(format!(
+                "{scheme}:// proxies are not supported: give an http:// or https:// proxy \
+                 (http://host:port), or unset it"
+            )));
+        }
+        // What the matcher makes of it, asked as the upstream client asks it; a port it
+        // takes as text (`:99999`, `:pa` of a password with a `/` in it) reaches no proxy.
+        let matcher = Matcher::builder().all(value).build();
+        let probe = http::Uri::from_static("http://llmsrouter.invalid/");
+        let used = matcher.intercept(&probe).is_some_and(|proxy| {
+            proxy
+                .uri()
+                .authority()
+                .is_some_and(|authority| port_is_whole(authority.as_str()))
+        });
+        if !used {
+            return Err(bad(
+                "is not a proxy URL such as http://host:port or http://user:password@host:port \
+                 (its value is not shown: it may hold a password)"
+                    .to_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `host[:port]` has no port, an empty one (the default), or one from 0 to 65535
+/// (`[::1]` has none).
+fn port_is_whole(authority: &str) -> bool {
+    match authority.rsplit_once(':') {
+        Some((_, port)) if !port.contains(']') => port.is_empty() || port.parse::<u16>().is_ok(),
+        _ => true,
+    }
+}
+
 pub fn parse_bool(value: &str) -> Option<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" => Some(true),
@@ -857,6 +923,49 @@ mod tests {
             EnvSettings::from_lookup(&lookup(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")]))
                 .expect_err("brotli");
         assert_eq!(error.name, "OTEL_EXPORTER_OTLP_COMPRESSION");
+    }
+
+    #[test]
+    fn a_proxy_must_be_one_the_upstream_client_uses() {
+        let refused = |name: &str, value: &str| {
+            EnvSettings::from_lookup(&lookup(&[(name, value)]))
+                .err()
+                .map(|e| e.to_string())
+        };
+        for value in [
+            "http://proxy:3128",
+            "https://u:p%40ss@proxy:3128",
+            "proxy:3128",
+            "HTTP://proxy",
+            "http://[::1]:3128",
+            "http://proxy:",
+            "",
+            "  ",
+        ] {
+            assert_eq!(refused("HTTP_PROXY", value), None, "{value:?}");
+        }
+        for (value, reason) in [
+            ("http://[bad", "is not a proxy URL"),
+            ("http://proxy host:3128", "is not a proxy URL"),
+            (" http://proxy:3128", "is not a proxy URL"),
+            ("/just/a/path", "is not a proxy URL"),
+            ("http://proxy:65536", "is not a proxy URL"),
+            ("http://u:hun/ter2@proxy:3128", "is not a proxy URL"),
+            (
+                "socks5h://u:hunter2@proxy:1080",
+                "socks5h:// proxies are not supported",
+            ),
+            ("ftp://proxy", "ftp:// proxies are not supported"),
+        ] {
+            for name in PROXY_VARIABLES {
+                let error = refused(name, value).unwrap_or_else(|| panic!("{name}={value}"));
+                assert!(error.starts_with(&format!("{name}: {reason}")), "{error}");
+                assert!(
+                    !error.contains("hunter2") && !error.contains("ter2"),
+                    "{error}"
+                );
+            }
+        }
     }
 
     #[test]

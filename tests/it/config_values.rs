@@ -261,6 +261,63 @@ fn an_empty_variable_in_use_is_refused_not_defaulted() {
     }
 }
 
+/// A proxy variable the upstream client cannot use stops `check` (exit status 1) and `serve`
+/// (2) with one line naming the variable, never the proxy's credentials. The client's proxy
+/// matcher skipped an unreadable proxy in silence, so requests went straight to the
+/// provider; a `socks5://` one failed every request with 502.
+#[test]
+fn a_proxy_the_upstream_client_cannot_use_stops_start_up() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let not_a_proxy = "is not a proxy URL such as http://host:port or http://user:password@host:port (its value is not shown: it may hold a password)";
+    let cases: &[(&str, &str, String)] = &[
+        (
+            "HTTP_PROXY",
+            "http://[bad",
+            format!("HTTP_PROXY: {not_a_proxy}"),
+        ),
+        ("ALL_PROXY", "http://[bad", format!("ALL_PROXY: {not_a_proxy}")),
+        (
+            "https_proxy",
+            "http://me:hunter2@proxy host:3128",
+            format!("https_proxy: {not_a_proxy}"),
+        ),
+        (
+            "HTTPS_PROXY",
+            "http://me:hunter2@proxy:99999",
+            format!("HTTPS_PROXY: {not_a_proxy}"),
+        ),
+        (
+            "ALL_PROXY",
+            "socks5://me:hunter2@proxy:1080",
+            "ALL_PROXY: socks5:// proxies are not supported: give an http:// or https:// proxy (http://host:port), or unset it".to_owned(),
+        ),
+    ];
+    for (name, value, expected) in cases {
+        for (args, status) in [
+            (&["check"][..], 1),
+            (&["serve", "--host", "127.0.0.1", "--port", "0"], 2),
+        ] {
+            let (code, _, stderr) = run_cli_bytes(dir.path(), args, &[(name, value.as_bytes())]);
+            assert_eq!(code, status, "{name}={value} {args:?}: {stderr}");
+            assert_eq!(stderr.trim(), format!("error: {expected}"), "{args:?}");
+            assert!(!stderr.contains("hunter2"), "{stderr}");
+        }
+    }
+    // What the client does use passes: a proxy with credentials, one without a scheme
+    // (http:// is meant), an empty one (unset, as in curl).
+    for (name, value) in [
+        ("HTTPS_PROXY", "http://me:hunter2@proxy.example:3128"),
+        ("HTTP_PROXY", "proxy.example:3128"),
+        ("ALL_PROXY", ""),
+    ] {
+        let (code, stdout, stderr) =
+            run_cli_bytes(dir.path(), &["check"], &[(name, value.as_bytes())]);
+        assert_eq!(code, 0, "{name}={value}: {stdout}{stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
+}
+
 /// A trace compression other than gzip or none stops `check` (exit status 1) and `serve` (2)
 /// naming the variable: `zstd` (which Langfuse does not take) was a warning, `check` said
 /// ok, and the exports went uncompressed.
