@@ -252,12 +252,14 @@ pub fn open_to_read(path: &Path) -> Result<Connection, DbError> {
 /// What `llmsrouter check` can tell of the database at `path` without writing to it: the
 /// refusals `serve` would meet when opening it (a folder, not a database, another program's,
 /// a newer schema; with `writes`, for the ledger, a file or folder this user may not
-/// write). A missing file is no problem: `serve` creates it.
+/// write). A missing file is no problem when `serve` can create it, ledger or not: it
+/// creates it for the users table too, so a folder this user may not write refuses it.
 pub fn inspect(path: &Path, writes: bool) -> Result<(), DbError> {
     let shown = path.display().to_string();
     check_path(path)?;
     let path = plain_file_name(path);
-    if writes && only_folder_refuses(&path) {
+    let missing = !path.exists() && !path.is_symlink();
+    if (writes || missing) && only_folder_refuses(&path) {
         return Err(folder_refuses(&shown, &path));
     }
     match std::fs::metadata(&path) {
@@ -297,11 +299,14 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
     // For a reader too: `serve` with accounts on opens the file to read the users table
     // before (or, with the ledger off, instead of) the ledger's writer, and SQLite creates a
     // missing one with the umask's mode (0644: every user key readable by anyone).
+    let missing = !path.exists() && !path.is_symlink();
     create_private(&path);
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
     let conn = open_file(&path, flags).map_err(|e| match access {
-        Access::ReadWrite => cannot_write(&shown, &path, e),
-        Access::ReadOnlyWhenSo => not_a_database(&shown, e),
+        // A reader creating a missing file writes it: a folder that refuses that is named,
+        // as for a writer (SQLite says only "unable to open database file").
+        Access::ReadOnlyWhenSo if !missing => not_a_database(&shown, e),
+        _ => cannot_write(&shown, &path, e),
     })?;
     // A file from a newer llmsrouter (or not a database at all, or another program's) is
     // refused before anything, even the switch to WAL, is written to it.
@@ -447,14 +452,19 @@ fn cannot_write(shown: &str, path: &Path, e: rusqlite::Error) -> DbError {
 fn folder_refuses(shown: &str, path: &Path) -> DbError {
     let folder = folder_of(path);
     let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
-    let reason = if folder.is_dir() {
+    let reason = if !folder.is_dir() {
         format!(
-            "cannot write it: its folder {} is not writable by this user, and SQLite makes its journal files (-wal, -shm, -journal) there",
+            "cannot create it: the folder {} does not exist",
+            folder.display()
+        )
+    } else if !path.exists() && !path.is_symlink() {
+        format!(
+            "cannot create it: its folder {} is not writable by this user",
             folder.display()
         )
     } else {
         format!(
-            "cannot create it: the folder {} does not exist",
+            "cannot write it: its folder {} is not writable by this user, and SQLite makes its journal files (-wal, -shm, -journal) there",
             folder.display()
         )
     };

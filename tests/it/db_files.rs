@@ -150,10 +150,10 @@ fn another_programs_database_is_refused_and_left_alone() {
     assert!(out.starts_with("no users"), "{out}");
 }
 
-/// Runs the binary as a user who may write the file `db` but not `dir`, the folder holding
-/// it. As root (which writes any folder) that is `nobody`, given the file, in the
-/// root-owned folder (mode 755); as anyone else, the test's own user, with the folder made
-/// read-only (mode 555) until this is dropped.
+/// Runs the binary as a user who may write the file `db` (when there is one) but not `dir`,
+/// the folder holding it. As root (which writes any folder) that is `nobody`, given the
+/// file, in the root-owned folder (mode 755); as anyone else, the test's own user, with the
+/// folder made read-only (mode 555) until this is dropped.
 struct FolderLocked {
     dir: std::path::PathBuf,
     program: Vec<OsString>,
@@ -165,7 +165,9 @@ impl FolderLocked {
         let root = std::fs::metadata(dir).expect("dir").uid() == 0;
         let mut program = Vec::new();
         if root {
-            std::os::unix::fs::chown(db, Some(65534), Some(65534)).expect("chown");
+            if db.exists() {
+                std::os::unix::fs::chown(db, Some(65534), Some(65534)).expect("chown");
+            }
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
             program.extend(
                 [
@@ -318,6 +320,39 @@ async fn a_writable_database_in_a_folder_that_is_not_is_read_as_it_is() {
 
     assert_eq!(std::fs::read(&db).expect("db"), before, "not written");
     assert_eq!(files_in(dir.path()), ["config.yaml", "users.db"]);
+}
+
+/// Accounts on, ledger off, and no users.db yet in a folder this user may not write: `serve`
+/// must create the file for the users table, and cannot. `check` said ok; now both refuse it
+/// with the folder named (`serve` said only SQLite's "unable to open database file").
+#[test]
+fn a_database_to_create_in_a_folder_that_is_not_writable_fails_check_as_serve() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("cfg");
+    let db = dir.path().join("users.db");
+    let locked = FolderLocked::new(dir.path(), &db);
+    let folder = std::path::absolute(dir.path()).expect("absolute");
+    let expected = format!(
+        "users.db: cannot create it: its folder {} is not writable by this user",
+        folder.display()
+    );
+    let envs = [
+        ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+        ("LLMSROUTER_LEDGER", "false"),
+    ];
+    let (code, out, err) = locked.run(&["check"], &envs);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.trim_end().ends_with(&expected), "{err}");
+    let (code, _, err) = locked.run(&["serve", "--host", "127.0.0.1", "--port", "0"], &envs);
+    assert_eq!(code, 1, "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ENABLE_ACCOUNT_MANAGEMENT=true needs the users database: ")
+            && last.ends_with(&expected),
+        "{err}"
+    );
+    assert_eq!(files_in(dir.path()), ["config.yaml"]);
 }
 
 /// The earliest Python version's users table, before permissions.
