@@ -23,7 +23,7 @@ fn flag_value(value: &str) -> Result<bool, String> {
 }
 
 /// Each flag that takes a value, and the variable that gives it when the flag is absent.
-const FLAG_VARIABLES: &[(&str, &str)] = &[
+pub(crate) const FLAG_VARIABLES: &[(&str, &str)] = &[
     ("--config", "LLMSROUTER_CONFIG"),
     ("--db", "LLMSROUTER_DB"),
     ("--host", "LLMSROUTER_HOST"),

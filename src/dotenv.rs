@@ -58,6 +58,11 @@ pub struct Loaded {
     /// Lines (1-based, where the statement starts) whose value holds a NUL byte, which no
     /// environment variable can: skipped (setting it panicked, printing the value).
     pub nul_lines: Vec<usize>,
+    /// Of the skipped lines (`bad_lines`, `nul_lines`), those whose key can still be read:
+    /// the line and the variable it was to set, so that a skipped line for one the router
+    /// reads can stop it (`ENABLE_ACCOUNT_MANAGEMENT="true`, a quote left open, ran the
+    /// router open). Never a value.
+    pub skipped_keys: Vec<(usize, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +84,12 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::default()),
         Err(e) => return Err(DotenvError::Read(e)),
     };
-    let (bindings, lines, bad_lines) = parse_with_lines(&text);
+    let (bindings, lines, bad) = parse_with_lines(&text);
+    let mut skipped_keys: Vec<(usize, String)> = bad
+        .iter()
+        .filter_map(|(bad, key)| Some((bad.line, key.clone()?)))
+        .collect();
+    let bad_lines = bad.into_iter().map(|(bad, _)| bad).collect();
     let skipped_key_lines = bindings
         .iter()
         .zip(&lines)
@@ -94,17 +104,21 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
         .map(|((key, _), line)| (key.clone(), *line))
         .collect();
     let values = resolve(bindings, &|name| std::env::var(name).ok());
-    let mut nul_lines: Vec<usize> = values
+    let mut nul_keys: Vec<(usize, String)> = values
         .iter()
         .filter(|(key, value)| dotenvy_can_take(key) && value.contains('\0'))
-        .filter_map(|(key, _)| line_of.get(key).copied())
+        .filter_map(|(key, _)| Some((*line_of.get(key)?, key.clone())))
         .collect();
-    nul_lines.sort_unstable();
+    nul_keys.sort_unstable();
+    let nul_lines = nul_keys.iter().map(|(line, _)| *line).collect();
+    skipped_keys.extend(nul_keys);
+    skipped_keys.sort_unstable();
     let loaded = Loaded {
         bad_lines,
         skipped_key_lines,
         non_utf8_lines,
         nul_lines,
+        skipped_keys,
     };
     let mut quoted = String::new();
     for (key, value) in values {
@@ -149,11 +163,15 @@ pub type Bindings = Vec<(String, Option<String>)>;
 /// Every statement of `text`, and the lines that could not be read.
 pub fn parse(text: &str) -> (Bindings, Vec<BadLine>) {
     let (bindings, _, bad) = parse_with_lines(text);
-    (bindings, bad)
+    (bindings, bad.into_iter().map(|(bad, _)| bad).collect())
 }
 
-/// [`parse`], with the line each binding starts on.
-fn parse_with_lines(text: &str) -> (Bindings, Vec<usize>, Vec<BadLine>) {
+/// Lines that could not be read, each with the key it names when that can be read.
+type BadLines = Vec<(BadLine, Option<String>)>;
+
+/// [`parse`], with the line each binding starts on, and the key of each bad line when it
+/// can be read.
+fn parse_with_lines(text: &str) -> (Bindings, Vec<usize>, BadLines) {
     let mut reader = Reader {
         text: text.strip_prefix('\u{feff}').unwrap_or(text),
         pos: 0,
@@ -174,9 +192,17 @@ fn parse_with_lines(text: &str) -> (Bindings, Vec<usize>, Vec<BadLine>) {
             }
             Ok(None) => {}
             Err(Unreadable) => {
-                bad.push(BadLine {
-                    line: reader.line_of(start),
-                });
+                let key = Reader {
+                    text: reader.text,
+                    pos: start,
+                }
+                .statement_key();
+                bad.push((
+                    BadLine {
+                        line: reader.line_of(start),
+                    },
+                    key,
+                ));
                 reader.rest_of_line();
             }
         }
@@ -345,6 +371,17 @@ impl<'a> Reader<'a> {
         self.comment();
         self.end_of_line()?;
         Ok(key.map(|key| (key, value)))
+    }
+
+    /// The key of the statement here, read as [`Self::statement`] reads it, for one that
+    /// could not be read as a whole: the variable it was meant to set.
+    fn statement_key(mut self) -> Option<String> {
+        self.export_prefix();
+        match self.peek() {
+            None | Some('#') => None,
+            Some('\'') => self.single_quoted_key().ok(),
+            _ => self.unquoted_key().ok(),
+        }
     }
 
     fn export_prefix(&mut self) {
@@ -579,6 +616,29 @@ mod tests {
         assert!(
             !message.contains("open"),
             "the line's text stays out: {message}"
+        );
+    }
+
+    /// The key of a line that cannot be read is kept (not its value), so the caller can
+    /// tell a skipped setting of its own from another program's.
+    #[test]
+    fn a_bad_line_keeps_its_key() {
+        let (_, _, bad) = parse_with_lines(
+            "A=1\nexport  B = 'x'y\nC words\n\"E\"='a'b\n'D K'='a'b\nENABLE_ACCOUNT_MANAGEMENT=\"true\n",
+        );
+        let keys: Vec<(usize, Option<&str>)> = bad
+            .iter()
+            .map(|(bad, key)| (bad.line, key.as_deref()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (2, Some("B")),
+                (3, Some("C")),
+                (4, Some("\"E\"")),
+                (5, Some("D K")),
+                (6, Some("ENABLE_ACCOUNT_MANAGEMENT")),
+            ]
         );
     }
 

@@ -155,6 +155,18 @@ pub const VARIABLES: &[&str] = &[
     "no_proxy",
 ];
 
+/// Whether llmsrouter reads the variable `name`: one of [`VARIABLES`], a flag's variable
+/// (`LLMSROUTER_HOST`, `LLMSROUTER_DB`, ...), or `RUST_LOG`. A `.env` line for one that is
+/// skipped (it cannot be read) stops `serve` and `check`: the router would run without the
+/// setting, which for `ENABLE_ACCOUNT_MANAGEMENT` or `LLMSROUTER_HOST` opens it up.
+pub fn read_by_router(name: &str) -> bool {
+    VARIABLES.contains(&name)
+        || crate::cli::FLAG_VARIABLES
+            .iter()
+            .any(|(_, variable)| *variable == name)
+        || name == "RUST_LOG"
+}
+
 impl EnvSettings {
     pub fn from_env() -> Result<Self, EnvError> {
         for &name in VARIABLES {

@@ -36,23 +36,26 @@ fn main() -> ExitCode {
         _ => "info",
     });
     let dotenv_problems = dotenv_problems(&dotenv);
-    // `check` fails on them; the server logs them; the other commands warn as they warn of
-    // anything else, one `warning:` line each, not a log line.
+    // `check` fails on them; the server logs them, and stops on those it cannot start
+    // without; the other commands warn as they warn of anything else, one `warning:` line
+    // each, not a log line.
     match cli.command {
         Command::Check => {}
         Command::Serve(_) => {
-            for problem in &dotenv_problems {
-                tracing::warn!("{problem}");
+            for problem in dotenv_problems.iter().filter(|p| !p.stops_serve) {
+                tracing::warn!("{}", problem.text);
             }
         }
         _ => {
             for problem in &dotenv_problems {
-                eprintln!("warning: {problem}");
+                eprintln!("warning: {}", problem.text);
             }
         }
     }
     let result = match &cli.command {
-        Command::Serve(args) => run_serve(&cli, args),
+        Command::Serve(args) => {
+            refuse_dotenv(&dotenv_problems).and_then(|()| run_serve(&cli, args))
+        }
         Command::Check => run_check(&cli, &dotenv_problems),
         Command::Models(args) => run_models(&cli, args),
         Command::Healthcheck(args) => run_healthcheck(args),
@@ -81,34 +84,99 @@ fn main() -> ExitCode {
     }
 }
 
+/// Something wrong with `.env`, said in one line.
+struct DotenvProblem {
+    text: String,
+    /// `serve` refuses to start on it (exit status 1), as on an unreadable config.yaml: the
+    /// file could not be read at all, or a line setting a variable the router reads was
+    /// skipped. Either way the router would run without settings meant for it, which for
+    /// `ENABLE_ACCOUNT_MANAGEMENT=true` left it open to anyone. The others are warnings.
+    stops_serve: bool,
+}
+
 /// What went wrong reading `.env`, one line each: `serve` and the other commands warn (as the
-/// Python version did, they go on without the lines), `check` fails.
+/// Python version did, they go on without the lines) unless it [`DotenvProblem::stops_serve`];
+/// `check` fails on every one.
 fn dotenv_problems(
     loaded: &Result<llmsrouter::dotenv::Loaded, llmsrouter::dotenv::DotenvError>,
-) -> Vec<String> {
-    match loaded {
-        Err(error) => vec![error.to_string()],
-        Ok(loaded) => loaded
-            .bad_lines
+) -> Vec<DotenvProblem> {
+    let loaded = match loaded {
+        Err(error) => {
+            return vec![DotenvProblem {
+                text: error.to_string(),
+                stops_serve: true,
+            }];
+        }
+        Ok(loaded) => loaded,
+    };
+    // A skipped line for one of the router's variables is said with the variable's name
+    // (never the value); other skipped lines by their number only (the "key" may be a
+    // pasted secret).
+    let router_variable = |line: usize| {
+        loaded
+            .skipped_keys
             .iter()
-            .map(ToString::to_string)
-            .chain(loaded.skipped_key_lines.iter().map(|line| {
-                format!(
-                    ".env line {line}: the name before '=' is not a variable name the router can set; the line is skipped"
-                )
-            }))
-            .chain(loaded.non_utf8_lines.iter().map(|line| {
-                format!(
-                    ".env line {line}: not UTF-8 (saved in another encoding?); read with U+FFFD in place of each bad byte, so a key there is not the one meant"
-                )
-            }))
-            .chain(loaded.nul_lines.iter().map(|line| {
-                format!(
-                    ".env line {line}: the value holds a NUL byte, which no environment variable can hold; the line is skipped"
-                )
-            }))
-            .collect(),
+            .find(|(at, key)| *at == line && llmsrouter::env::read_by_router(key))
+            .map(|(_, key)| key.as_str())
+    };
+    let warning = |text: String| DotenvProblem {
+        text,
+        stops_serve: false,
+    };
+    let stops = |text: String| DotenvProblem {
+        text,
+        stops_serve: true,
+    };
+    const WITHOUT_IT: &str =
+        "skipping it would start the router without this setting: fix the line";
+    let mut problems = Vec::new();
+    for bad in &loaded.bad_lines {
+        problems.push(match router_variable(bad.line) {
+            Some(key) => stops(format!(
+                ".env line {}: the line for {key} is not KEY=value (an unclosed quote, or text after a closing quote?); {WITHOUT_IT}",
+                bad.line
+            )),
+            None => warning(bad.to_string()),
+        });
     }
+    problems.extend(loaded.skipped_key_lines.iter().map(|line| {
+        warning(format!(
+            ".env line {line}: the name before '=' is not a variable name the router can set; the line is skipped"
+        ))
+    }));
+    problems.extend(loaded.non_utf8_lines.iter().map(|line| {
+        warning(format!(
+            ".env line {line}: not UTF-8 (saved in another encoding?); read with U+FFFD in place of each bad byte, so a key there is not the one meant"
+        ))
+    }));
+    for &line in &loaded.nul_lines {
+        problems.push(match router_variable(line) {
+            Some(key) => stops(format!(
+                ".env line {line}: the value of {key} holds a NUL byte, which no environment variable can hold; {WITHOUT_IT}"
+            )),
+            None => warning(format!(
+                ".env line {line}: the value holds a NUL byte, which no environment variable can hold; the line is skipped"
+            )),
+        });
+    }
+    problems
+}
+
+/// `serve`'s refusal of the `.env` problems it cannot start with: each on an `error:` line,
+/// the last as the error (exit status 1).
+fn refuse_dotenv(problems: &[DotenvProblem]) -> anyhow::Result<()> {
+    let stopping: Vec<&str> = problems
+        .iter()
+        .filter(|p| p.stops_serve)
+        .map(|p| p.text.as_str())
+        .collect();
+    let Some((last, others)) = stopping.split_last() else {
+        return Ok(());
+    };
+    for problem in others {
+        eprintln!("error: {problem}");
+    }
+    Err(anyhow!("{last}"))
 }
 
 /// The console log, filtered by `RUST_LOG` (a filter that cannot be read is named in a
@@ -494,12 +562,12 @@ fn folder_of(file: &Path) -> &Path {
     }
 }
 
-fn run_check(cli: &Cli, dotenv_problems: &[String]) -> anyhow::Result<ExitCode> {
+fn run_check(cli: &Cli, dotenv_problems: &[DotenvProblem]) -> anyhow::Result<ExitCode> {
     if let Some((last, others)) = dotenv_problems.split_last() {
         for problem in others {
-            eprintln!("error: {problem}");
+            eprintln!("error: {}", problem.text);
         }
-        return Err(anyhow!("{last}"));
+        return Err(anyhow!("{}", last.text));
     }
     let env = EnvSettings::from_env()?;
     check_serve_variables(cli, &env)?;

@@ -7,7 +7,10 @@ use serde_json::json;
 
 use crate::http1::{CHAT, Raw, post};
 use crate::support::upstream::{Behavior, MockUpstream, expected_stream};
-use crate::support::{RouterProcess, client, one_server_config, run_cli, wait_until};
+use crate::support::{
+    RouterProcess, client, one_server_config, reader_command, run_cli, run_cli_bytes, run_prepared,
+    wait_until,
+};
 
 const PYTHON_TEMPLATE: &str = include_str!("../fixtures/python-config.yaml.template");
 
@@ -254,6 +257,97 @@ async fn a_dot_env_line_that_cannot_be_read_loses_only_itself() {
     let log = router.stderr();
     assert!(log.contains(".env line 2"), "{log}");
     assert!(!log.contains("sk-secret"), "{log}");
+}
+
+/// A `.env` that is there but cannot be read (a folder, a file this user may not read) stops
+/// `serve` as it fails `check`, with one line and exit status 1, as an unreadable
+/// config.yaml does. `serve` used to warn and start without its settings: with
+/// `ENABLE_ACCOUNT_MANAGEMENT=true` there, open to anyone.
+#[test]
+fn a_dot_env_that_cannot_be_read_stops_serve_as_check() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let serve = ["serve", "--host", "127.0.0.1", "--port", "0"];
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    std::fs::create_dir(dir.path().join(".env")).expect(".env folder");
+    for args in [&["check"][..], &serve] {
+        let (code, _, stderr) = run_cli_bytes(dir.path(), args, &[]);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim(),
+            "error: .env: Is a directory (os error 21)",
+            "{args:?}"
+        );
+    }
+    // A file this user may not read (as root, `nobody` reads for the test: root reads any
+    // file). Bounded: a `serve` that starts is killed, and the test fails rather than hangs.
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let dot_env = dir.path().join(".env");
+    std::fs::write(&dot_env, "ENABLE_ACCOUNT_MANAGEMENT=true\n").expect(".env");
+    std::fs::set_permissions(&dot_env, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    for args in [&["check"][..], &serve] {
+        let reader = reader_command(dir.path());
+        let mut command = std::process::Command::new("timeout");
+        command
+            .arg("20")
+            .arg(reader.get_program())
+            .args(reader.get_args());
+        let (code, _, stderr) = run_prepared(command, dir.path(), args, &[]);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim(),
+            "error: .env: Permission denied (os error 13)",
+            "{args:?}"
+        );
+    }
+}
+
+/// A `.env` line that cannot be read and names a variable the router reads stops `serve` and
+/// `check` (exit status 1), naming the line and the variable, never the value: skipped with a
+/// warning, as python-dotenv skips it, `ENABLE_ACCOUNT_MANAGEMENT="true` (a quote left open)
+/// started the router open to anyone. A skipped line for another program's variable stays a
+/// warning (see above).
+#[test]
+fn a_skipped_dot_env_line_for_a_router_variable_stops_serve_and_check() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let without = "skipping it would start the router without this setting: fix the line";
+    let not_key_value = "is not KEY=value (an unclosed quote, or text after a closing quote?)";
+    let cases: &[(&[u8], String)] = &[
+        (
+            b"APP_TITLE=My Team\nENABLE_ACCOUNT_MANAGEMENT=\"true\n",
+            format!(
+                ".env line 2: the line for ENABLE_ACCOUNT_MANAGEMENT {not_key_value}; {without}"
+            ),
+        ),
+        (
+            b"export LLMSROUTER_HOST = '127.0.0.1'x\nAPP_TITLE=ok\n",
+            format!(".env line 1: the line for LLMSROUTER_HOST {not_key_value}; {without}"),
+        ),
+        (
+            b"LANGFUSE_SECRET_KEY=\"sk-lf-hunter2\" extra\n",
+            format!(".env line 1: the line for LANGFUSE_SECRET_KEY {not_key_value}; {without}"),
+        ),
+        (
+            b"A=1\n\nHTTPS_PROXY=http://me:hunter2@proxy:3128\x00\n",
+            format!(
+                ".env line 3: the value of HTTPS_PROXY holds a NUL byte, which no environment variable can hold; {without}"
+            ),
+        ),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(dir.path().join(".env"), text).expect(".env");
+        for args in [
+            &["check"][..],
+            &["serve", "--host", "127.0.0.1", "--port", "0"],
+        ] {
+            let (code, _, stderr) = run_cli_bytes(dir.path(), args, &[]);
+            assert_eq!(code, 1, "{args:?}: {stderr}");
+            assert_eq!(stderr.trim(), format!("error: {expected}"), "{args:?}");
+            assert!(!stderr.contains("hunter2"), "{stderr}");
+        }
+    }
 }
 
 #[tokio::test]
