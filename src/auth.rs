@@ -50,7 +50,8 @@ impl Caller {
 }
 
 /// Looks a presented key up. Implementations must not wait on anything slow (the users
-/// index asks SQLite only whether the database changed, a read of shared memory) and must
+/// index asks SQLite only whether the database changed, a read of shared memory, and the
+/// file system whether its path still names the same file, a `stat`) and must
 /// compare keys without leaking timing (hash the presented key, look the hash up).
 pub trait KeyIndex: Send + Sync + 'static {
     fn find(&self, presented_key: &str) -> Option<Caller>;

@@ -14,8 +14,8 @@
 //! process may not write (or whose folder it may not) is read as it is.
 
 use std::borrow::Cow;
-use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -716,6 +716,94 @@ fn check_version(found: i64, path: &str) -> Result<(), DbError> {
         });
     }
     Ok(())
+}
+
+/// The database file a long-lived connection reads or writes, and whether its path still
+/// names it. A file deleted or replaced while the router runs (a backup restored with
+/// `mv restored.db users.db`: a new file at the same path) stays open under its connections,
+/// which would go on with it unseen by every command, which opens the path: the usage ledger
+/// would write its rows where `llmsrouter usage` never looks, and the users index would
+/// authenticate with keys revoked since. Each owner asks [`Self::check`] and opens the path
+/// again ([`Self::reopen`]) when it names another file or none.
+pub struct DbFile {
+    path: PathBuf,
+    /// The identity of the file followed (device and inode); `None` when there is none (or
+    /// nothing to compare it with: see [`file_id`]).
+    id: Option<(u64, u64)>,
+    /// The path is looked at no more often than this.
+    every: Duration,
+    checked_at: Instant,
+}
+
+/// What the path of a [`DbFile`] names, as [`DbFile::check`] found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtPath {
+    /// The file followed (or it was not looked at: checked less than `every` ago).
+    Same,
+    /// Another file than the one followed.
+    Replaced,
+    /// No file: deleted or moved away.
+    Gone,
+}
+
+impl DbFile {
+    /// Follows the file `path` names now (the caller has just opened it), looking at the path
+    /// again at most once per `every`.
+    pub fn new(path: &Path, every: Duration) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            id: file_id(path),
+            every,
+            checked_at: Instant::now(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the path names now compared with the file followed; [`AtPath::Same`] when it
+    /// was looked at less than `every` ago (a `stat` otherwise).
+    pub fn check(&mut self) -> AtPath {
+        if self.checked_at.elapsed() < self.every {
+            return AtPath::Same;
+        }
+        self.checked_at = Instant::now();
+        match file_id(&self.path) {
+            now if now == self.id => AtPath::Same,
+            None => AtPath::Gone,
+            Some(_) => AtPath::Replaced,
+        }
+    }
+
+    /// Opens what the path names now with `open`, and follows that file from then on. The
+    /// file is identified before it is opened: one replaced in between is found replaced at
+    /// the next check, and opened again, rather than taken for the one opened.
+    pub fn reopen<T, E>(&mut self, open: impl FnOnce(&Path) -> Result<T, E>) -> Result<T, E> {
+        let before = file_id(&self.path);
+        let opened = open(&self.path)?;
+        // A file `open` made (there was none) is identified now.
+        self.id = before.or_else(|| file_id(&self.path));
+        Ok(opened)
+    }
+
+    /// Follows no file any more (the path names none, and the owner does not make one): the
+    /// next file found at the path is [`AtPath::Replaced`].
+    pub fn forget(&mut self) {
+        self.id = None;
+    }
+}
+
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// No inode to compare: the file is taken to be the one opened.
+#[cfg(not(unix))]
+fn file_id(_path: &Path) -> Option<(u64, u64)> {
+    None
 }
 
 #[cfg(test)]

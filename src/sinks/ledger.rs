@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ToSql, params_from_iter};
 
-use crate::db::{self, DbError};
+use crate::db::{self, AtPath, DbError, DbFile};
 use crate::record::{Outcome, RecordSink, RequestRecord};
 use crate::sinks::clock::{rfc3339_millis, utc_day};
 use crate::sinks::loss::LossWarnings;
@@ -311,7 +311,7 @@ impl LedgerSink {
         let stats = Arc::new(LedgerStats::default());
         let closing = Arc::new(OnceLock::new());
         let writer = Writer {
-            file: DbFile::new(path),
+            file: DbFile::new(path, REPLACED_CHECK),
             redactor,
             stats: stats.clone(),
             closing: closing.clone(),
@@ -403,57 +403,14 @@ impl RecordSink for LedgerSink {
     }
 }
 
+/// How often the writer looks whether the database's path still names the file it writes
+/// (see [`DbFile`]): a file deleted or replaced takes at most the rows of this long with it.
+const REPLACED_CHECK: Duration = Duration::from_secs(1);
+
 /// The writer thread's side of the sink.
-/// The database file the ledger writes, and whether its path still names it. A file deleted
-/// (or replaced) while the router runs would take every later row into the unlinked inode,
-/// counted as written, gone for `llmsrouter usage`: the writer opens the path again instead,
-/// as the request log does its file.
-struct DbFile {
-    path: std::path::PathBuf,
-    id: Option<(u64, u64)>,
-    checked_at: Instant,
-}
-
-impl DbFile {
-    fn new(path: &Path) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            id: file_id(path),
-            checked_at: Instant::now(),
-        }
-    }
-
-    /// True when, at most once a second, the path is found to name another file or none.
-    fn replaced(&mut self) -> bool {
-        if self.checked_at.elapsed() < Duration::from_secs(1) {
-            return false;
-        }
-        self.checked_at = Instant::now();
-        self.id.is_some() && file_id(&self.path) != self.id
-    }
-
-    /// A connection to what the path names now (made again, with its schema, if deleted).
-    fn reopen(&mut self, busy_timeout: Duration) -> Result<Connection, DbError> {
-        let conn = db::open(&self.path)?;
-        conn.busy_timeout(busy_timeout)?;
-        self.id = file_id(&self.path);
-        Ok(conn)
-    }
-}
-
-#[cfg(unix)]
-fn file_id(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-/// No inode to compare: the file is taken to be the one opened.
-#[cfg(not(unix))]
-fn file_id(_path: &Path) -> Option<(u64, u64)> {
-    None
-}
-
 struct Writer {
+    /// The file written: when its path names another file or none, the writer opens the path
+    /// again (making the file anew if deleted), as the request log does its file.
     file: DbFile,
     redactor: Redactor,
     stats: Arc<LedgerStats>,
@@ -508,14 +465,20 @@ impl Writer {
         rx: &mut QueueRx,
         batch: &[Arc<RequestRecord>],
     ) {
-        if self.file.replaced() {
-            match self.file.reopen(self.busy_timeout) {
+        if self.file.check() != AtPath::Same {
+            let busy_timeout = self.busy_timeout;
+            let reopened = self.file.reopen(|path| -> Result<Connection, DbError> {
+                let conn = db::open(path)?;
+                conn.busy_timeout(busy_timeout)?;
+                Ok(conn)
+            });
+            match reopened {
                 Ok(fresh) => {
                     tracing::warn!(
                         "usage ledger: {} was deleted or replaced while the router ran; \
                          writing to the file at that path now (rows written since the \
                          last second went to the old one)",
-                        self.file.path.display()
+                        self.file.path().display()
                     );
                     *conn = fresh;
                 }
@@ -523,7 +486,7 @@ impl Writer {
                     &mut self.reopen_warned,
                     format_args!(
                         "usage ledger: {} was deleted or replaced, and cannot be opened again: {error}",
-                        self.file.path.display()
+                        self.file.path().display()
                     ),
                 ),
             }
@@ -749,7 +712,7 @@ mod tests {
             .expect("an instant 20 s back");
         let _ = closing.set(began);
         let mut writer = Writer {
-            file: DbFile::new(&path),
+            file: DbFile::new(&path, REPLACED_CHECK),
             redactor: Redactor::default(),
             stats: Arc::new(LedgerStats::default()),
             closing,

@@ -10,12 +10,17 @@
 //! by hand) apply to the next request once the command has returned, with no restart, as
 //! PRODUCT.md says. A background task does the same every [`REFRESH_INTERVAL`], so reloads
 //! mostly happen off the request path. The index never holds or prints a key: only hashes.
+//!
+//! A lookup also asks whether the database's path still names the file the index reads (a
+//! `stat`, see [`DbFile`]): a file put in its place while the server runs (a backup restored
+//! with `mv restored.db users.db`) is opened and its users loaded instead, and while the path
+//! names no file every key is refused, since the users held may have been revoked since.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rusqlite::Connection;
@@ -28,6 +33,7 @@ use super::names::StoredName;
 use super::permissions::from_json;
 use super::store::text;
 use crate::auth::{Caller, KeyIndex, Permissions};
+use crate::db::{AtPath, DbFile};
 
 /// How often the refresh task asks whether the database changed.
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
@@ -51,11 +57,11 @@ impl UserIndex {
         }
     }
 
-    /// An index that follows `conn`'s database: loaded now, and brought up to date before
-    /// each lookup and by [`Self::catch_up`].
-    pub fn following(conn: Connection) -> rusqlite::Result<Self> {
+    /// An index that follows the database at `path`, which `conn` has just opened: loaded
+    /// now, and brought up to date before each lookup and by [`Self::catch_up`].
+    pub fn following(conn: Connection, path: &Path) -> rusqlite::Result<Self> {
         conn.busy_timeout(CHECK_BUSY_TIMEOUT)?;
-        let mut refresher = IndexRefresher::new(conn);
+        let mut refresher = IndexRefresher::new(conn, path);
         let index = Self::empty();
         refresher.refresh(&index)?;
         Ok(Self {
@@ -82,6 +88,11 @@ impl UserIndex {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Drops every user: each key is refused until the users are loaded again.
+    fn refuse_all(&self) {
+        self.callers.store(Arc::new(HashMap::new()));
     }
 
     /// Replaces the whole index with the users in `conn`; returns how many were loaded.
@@ -139,6 +150,10 @@ impl fmt::Debug for UserIndex {
 /// change counting back ([`crate::db::ensure_change_tracking`]).
 pub struct IndexRefresher {
     conn: Connection,
+    /// The file `conn` reads, and whether its path still names it (asked before each look).
+    file: DbFile,
+    /// Why no file is read (every key refused), while none can be.
+    detached: Option<Detached>,
     seen_version: Option<i64>,
     /// What the database looked like at the last reload; `None` before the first.
     seen: Option<Seen>,
@@ -155,10 +170,25 @@ struct Seen {
     tracked: bool,
 }
 
+/// Why the refresher reads no file: see [`IndexRefresher::follow_the_path`].
+enum Detached {
+    /// The path names no file.
+    Gone,
+    /// The file at the path (`file`) cannot be opened: tried again once the path names
+    /// another, or at `retry_at`.
+    Unopenable { file: DbFile, retry_at: Instant },
+}
+
 impl IndexRefresher {
-    pub fn new(conn: Connection) -> Self {
+    /// A refresher of the database at `path`, which `conn` has just opened.
+    pub fn new(conn: Connection, path: &Path) -> Self {
         Self {
             conn,
+            // Asked at every look: a `stat`, next to the read of shared memory that
+            // `data_version` is. A change made to a file put in place a moment ago must reach
+            // the very next request, as any other change does.
+            file: DbFile::new(path, Duration::ZERO),
+            detached: None,
             seen_version: None,
             seen: None,
             failing: false,
@@ -280,7 +310,7 @@ impl IndexRefresher {
             }
         }
         if !index.is_empty() {
-            index.callers.store(Arc::new(HashMap::new()));
+            index.refuse_all();
             tracing::error!(
                 "the users database changed and cannot be read ({failure}); every key is refused until it can be"
             );
@@ -288,10 +318,110 @@ impl IndexRefresher {
         Err(failure)
     }
 
+    /// Whether the connection reads the file the path names now, as every command (which
+    /// opens the path) does. A file put in its place (a backup restored with `mv`) is opened,
+    /// and its users loaded instead of the old file's. While the path names no file, or one
+    /// that cannot be opened, every key is refused: the users held are the old file's, and
+    /// may have been revoked since (in the file now at the path, or in the one restored
+    /// next). The path is asked again at each look; a file that could not be opened is
+    /// tried again every [`REFRESH_INTERVAL`], and at once when another takes its place.
+    fn follow_the_path(&mut self, index: &UserIndex) -> bool {
+        match self.file.check() {
+            AtPath::Same => self.detached.is_none(),
+            AtPath::Gone => {
+                if self.detach(index, Detached::Gone) {
+                    tracing::error!(
+                        "{}: the users database was deleted or moved away while the router ran; every key is refused until one is there again",
+                        self.file.path().display()
+                    );
+                }
+                false
+            }
+            AtPath::Replaced if self.waits_to_retry() => false,
+            AtPath::Replaced => self.reopen(index),
+        }
+    }
+
+    /// Whether the file at the path is the one that could not be opened, tried less than
+    /// [`REFRESH_INTERVAL`] ago.
+    fn waits_to_retry(&mut self) -> bool {
+        match &mut self.detached {
+            Some(Detached::Unopenable { file, retry_at }) => {
+                Instant::now() < *retry_at && file.check() == AtPath::Same
+            }
+            _ => false,
+        }
+    }
+
+    /// Opens the file the path names now in place of the one read, and loads its users;
+    /// returns whether it could be opened.
+    fn reopen(&mut self, index: &UserIndex) -> bool {
+        let opened = self.file.reopen(|path| -> Result<Connection, UserError> {
+            let conn = crate::db::open_to_read(path)?;
+            conn.busy_timeout(CHECK_BUSY_TIMEOUT)?;
+            Ok(conn)
+        });
+        let conn = match opened {
+            Ok(conn) => conn,
+            Err(e) => {
+                let why = Detached::Unopenable {
+                    file: DbFile::new(self.file.path(), Duration::ZERO),
+                    retry_at: Instant::now() + REFRESH_INTERVAL,
+                };
+                if self.detach(index, why) {
+                    tracing::error!(
+                        "{}: the users database was replaced while the router ran, and the new file cannot be opened ({e}); every key is refused until it can be",
+                        self.file.path().display()
+                    );
+                }
+                return false;
+            }
+        };
+        // The old file's users are not the new one's, even when the new one cannot be read.
+        index.refuse_all();
+        self.conn = conn;
+        self.detached = None;
+        self.seen_version = None;
+        self.seen = None;
+        let refreshed = self.refresh(index);
+        let path = self.file.path().display();
+        match refreshed {
+            Ok(_) => {
+                self.failing = false;
+                tracing::warn!(
+                    "{path}: the users database was replaced while the router ran; the users are read from the file at that path now ({} users)",
+                    index.len()
+                );
+            }
+            Err(e) => {
+                self.failing = true;
+                tracing::error!(
+                    "{path}: the users database was replaced while the router ran, and its users cannot be read ({e}); every key is refused until they can be"
+                );
+            }
+        }
+        true
+    }
+
+    /// Refuses every key while no file can be read at the path; returns whether `why` is
+    /// new (to be said: once, not at every look). The file read is not followed any more:
+    /// whatever file is at the path next (the very one put back too) is opened anew.
+    fn detach(&mut self, index: &UserIndex, why: Detached) -> bool {
+        index.refuse_all();
+        self.file.forget();
+        let new = std::mem::discriminant(&why);
+        self.detached
+            .replace(why)
+            .is_none_or(|was| std::mem::discriminant(&was) != new)
+    }
+
     /// One tick of the task: a failure keeps the previous index (logged once, not on every
     /// tick) and is retried on the next tick. A database the router may only read is the
     /// exception (see [`Self::refresh_read_only`]).
     fn tick(&mut self, index: &UserIndex) {
+        if !self.follow_the_path(index) {
+            return;
+        }
         let refreshed = match self.refresh(index) {
             Err(e) if self.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) => {
                 self.refresh_read_only(index, e)
@@ -361,7 +491,7 @@ async fn refresh_loop(index: Arc<UserIndex>, every: Duration, stop: Cancellation
 pub fn start(path: &Path) -> Result<(Arc<UserIndex>, RefreshTask), UserError> {
     let conn = crate::db::open_to_read(path)?;
     warn_when_others_may_read(path);
-    let index = Arc::new(UserIndex::following(conn)?);
+    let index = Arc::new(UserIndex::following(conn, path)?);
     let task = RefreshTask::start(index.clone(), REFRESH_INTERVAL);
     Ok((index, task))
 }
@@ -406,7 +536,7 @@ mod tests {
             .expect("add");
 
         let index = UserIndex::empty();
-        let mut refresher = IndexRefresher::new(crate::db::open(&path).expect("open"));
+        let mut refresher = IndexRefresher::new(crate::db::open(&path).expect("open"), &path);
         assert!(refresher.refresh(&index).expect("first load"));
         let ann = index.find(ann_key.expose()).expect("ann");
         assert_eq!(ann.user.as_deref(), Some("ann"));
@@ -467,7 +597,7 @@ mod tests {
         let ann = store.add(&user("ann")).expect("ann");
         let bob = store.add(&user("bob")).expect("bob");
         let index = UserIndex::empty();
-        let mut refresher = IndexRefresher::new(crate::db::open(&path).expect("open"));
+        let mut refresher = IndexRefresher::new(crate::db::open(&path).expect("open"), &path);
         assert!(refresher.refresh(&index).expect("first load"));
         let other = Connection::open(&path).expect("other");
         other
@@ -513,7 +643,7 @@ mod tests {
             })
             .expect("ann");
         let index = UserIndex::empty();
-        let mut refresher = IndexRefresher::new(crate::db::open(&path).expect("open"));
+        let mut refresher = IndexRefresher::new(crate::db::open(&path).expect("open"), &path);
         assert!(refresher.refresh(&index).expect("first load"));
         let other = Connection::open(&path).expect("other");
         other
@@ -530,6 +660,55 @@ mod tests {
             .expect("back");
         assert!(refresher.refresh(&index).expect("read again"));
         assert!(index.find(ann.expose()).is_some());
+    }
+
+    /// Another file moved to the database's path is read from the next lookup on; while
+    /// the path names no file, or one that is not a database, every key is refused (the
+    /// previous users are not kept); a database put back there is read again at once.
+    #[test]
+    fn the_file_at_the_path_is_the_one_read() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("u.db");
+        let user = |name: &str| NewUser {
+            username: name.into(),
+            email: None,
+            permissions: Permissions::All,
+        };
+        let ann = UserStore::open(&path, OpenMode::Create)
+            .expect("store")
+            .add(&user("ann"))
+            .expect("ann");
+        let index =
+            UserIndex::following(crate::db::open(&path).expect("open"), &path).expect("index");
+        assert!(index.find(ann.expose()).is_some());
+
+        let copy = dir.path().join("copy.db");
+        let bob = UserStore::open(&copy, OpenMode::Create)
+            .expect("store")
+            .add(&user("bob"))
+            .expect("bob");
+        std::fs::rename(&copy, &path).expect("mv copy.db u.db");
+        assert!(index.find(ann.expose()).is_none(), "the old file's user");
+        assert!(index.find(bob.expose()).is_some(), "the new file's user");
+
+        let away = dir.path().join("away.db");
+        std::fs::rename(&path, &away).expect("mv u.db away.db");
+        assert!(index.find(bob.expose()).is_none(), "no file at the path");
+        assert!(!path.exists(), "the index does not make one");
+        std::fs::write(&path, "not a database").expect("write");
+        assert!(index.find(bob.expose()).is_none(), "not a database");
+        assert!(index.find(bob.expose()).is_none(), "still not one");
+        std::fs::rename(&away, &path).expect("mv away.db u.db");
+        assert!(index.find(bob.expose()).is_some(), "back");
+
+        // The very file read, put back over one that could not be opened, is read again.
+        let read = dir.path().join("read.db");
+        std::fs::hard_link(&path, &read).expect("ln u.db read.db");
+        std::fs::write(dir.path().join("junk"), "not a database").expect("write");
+        std::fs::rename(dir.path().join("junk"), &path).expect("mv junk u.db");
+        assert!(index.find(bob.expose()).is_none(), "not a database");
+        std::fs::rename(&read, &path).expect("mv read.db u.db");
+        assert!(index.find(bob.expose()).is_some(), "the file read, back");
     }
 
     #[test]
@@ -580,7 +759,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("u.db");
         let mut store = UserStore::open(&path, OpenMode::Create).expect("store");
-        let index = UserIndex::following(crate::db::open(&path).expect("open")).expect("index");
+        let index =
+            UserIndex::following(crate::db::open(&path).expect("open"), &path).expect("index");
         for round in 0..20 {
             let key = store
                 .add(&NewUser {

@@ -4,7 +4,8 @@
 //!
 //! The request path only ever sees [`index::UserIndex`] (through [`crate::auth::KeyIndex`]),
 //! whose only SQLite work there is asking whether the database changed (and, when the users
-//! did, reloading them); all other SQLite work runs in the CLI or on the index's refresh task.
+//! did, reloading them, or when another file was put at the database's path, opening it);
+//! all other SQLite work runs in the CLI or on the index's refresh task.
 //! No key is
 //! ever logged, put in an error, or printed, except the new key that `add`, `rotate-key`
 //! and `import` print once on stdout.

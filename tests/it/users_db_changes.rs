@@ -49,6 +49,15 @@ fn sql(db: &Path, batch: &str) {
         .expect("sql");
 }
 
+/// `PRAGMA wal_checkpoint(TRUNCATE)`: what the log holds moved into the database file.
+fn checkpoint(db: &Path) {
+    let busy: i64 = Connection::open(db)
+        .expect("open")
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+        .expect("checkpoint");
+    assert_eq!(busy, 0, "the checkpoint was blocked");
+}
+
 /// A folder with config.yaml (providers `mock` and `other`) and the path of its users.db.
 struct Setup {
     dir: tempfile::TempDir,
@@ -136,6 +145,10 @@ async fn a_users_table_rebuilt_by_another_tool_keeps_changes_reaching_a_running_
     sql(&setup.db, "DELETE FROM users WHERE username = 'keeper'");
     assert_eq!(status(&router, &keeper).await, 401, "deleted by plain SQL");
     assert_eq!(status(&router, newcomer.trim()).await, 200);
+    let stderr = router.stderr();
+    for key in [victim.as_str(), keeper.as_str(), newcomer.trim()] {
+        assert!(!stderr.contains(key), "a key reached the log");
+    }
 }
 
 /// A rebuild and a plain SQL delete in one go, before the server looks: the changed schema
@@ -324,4 +337,66 @@ fn a_lock_held_past_the_wait_is_said_plainly() {
     let (code, out, _) = user(dir.path(), &["list"]);
     assert_eq!(code, 0);
     assert!(!out.contains("bob"), "{out}");
+}
+
+/// users.db replaced while the server runs, as restoring a backup does (`sqlite3 users.db
+/// ".backup restored.db"; mv restored.db users.db`: a new file at the same path). The server
+/// follows the path: a user deleted from the new file afterwards is refused at the next
+/// request, one added there is let in, and the log says the file was opened again. While the
+/// path names no file, every key is refused (the users it had may have been revoked since);
+/// the file put back is read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_file_replaced_while_the_server_runs_is_followed() {
+    let setup = Setup::new().await;
+    let victim = add(setup.dir.path(), &["victim"]);
+    let keeper = add(setup.dir.path(), &["keeper"]);
+    let router = setup.serve();
+    assert_eq!(status(&router, &victim).await, 200);
+
+    let restored = setup.dir.path().join("restored.db");
+    Connection::open(&setup.db)
+        .expect("open")
+        .backup(rusqlite::MAIN_DB, &restored, None)
+        .expect(".backup restored.db");
+    std::fs::rename(&restored, &setup.db).expect("mv restored.db users.db");
+    let (code, _, err) = setup.user(&["delete", "victim"]).await;
+    assert_eq!(code, 0, "{err}");
+    // SQLite moves its log (-wal, which the old file's connections share while they last)
+    // into the database file from time to time; here at once. From then on only the new file
+    // has the change: the old one, read by a server that did not follow the path, lacks it.
+    checkpoint(&setup.db);
+    assert_eq!(
+        status(&router, &victim).await,
+        401,
+        "deleted from the new file: {}",
+        router.stderr()
+    );
+    assert_eq!(status(&router, &keeper).await, 200);
+    let (code, newcomer, err) = setup.user(&["add", "newcomer"]).await;
+    assert_eq!(code, 0, "{err}");
+    checkpoint(&setup.db);
+    assert_eq!(status(&router, newcomer.trim()).await, 200, "added to it");
+    let stderr = router.stderr();
+    assert!(
+        stderr.contains("users.db: the users database was replaced while the router ran; the users are read from the file at that path now"),
+        "{stderr}"
+    );
+
+    // Moved away: no file at the path (or, once the ledger writes, a new empty one).
+    let moved = setup.dir.path().join("moved.db");
+    std::fs::rename(&setup.db, &moved).expect("mv users.db moved.db");
+    assert_eq!(status(&router, &keeper).await, 401, "no file at the path");
+    wait_until(Duration::from_secs(10), || {
+        router
+            .stderr()
+            .contains("users.db: the users database was deleted or moved away while the router ran; every key is refused")
+    })
+    .await;
+    std::fs::rename(&moved, &setup.db).expect("mv moved.db users.db");
+    assert_eq!(status(&router, &keeper).await, 200, "the file is back");
+    assert_eq!(status(&router, newcomer.trim()).await, 200);
+    let stderr = router.stderr();
+    for key in [victim.as_str(), keeper.as_str(), newcomer.trim()] {
+        assert!(!stderr.contains(key), "a key reached the log");
+    }
 }
