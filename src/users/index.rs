@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use super::UserError;
 use super::key::{KeyHash, hash_key};
-use super::names::StoredName;
+use super::names::{StoredName, quoted};
 use super::permissions::from_json;
 use super::store::text;
 use crate::auth::{Caller, KeyIndex, Permissions};
@@ -96,10 +96,18 @@ impl UserIndex {
     }
 
     /// Replaces the whole index with the users in `conn`; returns how many were loaded.
+    ///
+    /// A key that several rows hold (possible once a tool rebuilt the table without its
+    /// `UNIQUE`) signs in as the first of them, by rowid, as the Python version's lookup
+    /// (`fetchone`) did; a warning names the users who share it (never the key), once per
+    /// reload, that is once per change of the users.
     pub fn reload(&self, conn: &Connection) -> rusqlite::Result<usize> {
-        let mut statement = conn.prepare("SELECT username, api_key, permissions FROM users")?;
+        let mut statement =
+            conn.prepare("SELECT username, api_key, permissions FROM users ORDER BY rowid")?;
         let mut rows = statement.query([])?;
         let mut callers = HashMap::new();
+        // The keys held by more than one row, with the names of those rows, first first.
+        let mut shared: Vec<(KeyHash, Vec<String>)> = Vec::new();
         while let Some(row) = rows.next()? {
             // As `user list` prints it, so the request log, traces and the ledger name the
             // user as the CLI does (`<null>` rather than an empty name).
@@ -107,6 +115,11 @@ impl UserIndex {
             let key = text(row, 1)?;
             if key.is_empty() {
                 tracing::warn!(user = %username, "user has an empty key; it cannot sign in");
+                continue;
+            }
+            let hash = hash_key(&key);
+            if let Some(first) = callers.get(&hash) {
+                note_shared(&mut shared, hash, first, username);
                 continue;
             }
             let permissions = from_json(&text(row, 2)?).unwrap_or_else(|reason| {
@@ -120,12 +133,44 @@ impl UserIndex {
                 user: Some(username),
                 permissions,
             };
-            callers.insert(hash_key(&key), caller);
+            callers.insert(hash, caller);
+        }
+        for (_, names) in &shared {
+            warn_shared(names);
         }
         let count = callers.len();
         self.callers.store(Arc::new(callers));
         Ok(count)
     }
+}
+
+/// Adds `username` to the names that share the key `hash` with `first`, who signs in with it.
+fn note_shared(
+    shared: &mut Vec<(KeyHash, Vec<String>)>,
+    hash: KeyHash,
+    first: &Caller,
+    username: String,
+) {
+    match shared.iter_mut().find(|(h, _)| *h == hash) {
+        Some((_, names)) => names.push(username),
+        None => {
+            let first = first.user.clone().unwrap_or_default();
+            shared.push((hash, vec![first, username]));
+        }
+    }
+}
+
+/// Says that the users `names` (the first one signs in) share one key.
+fn warn_shared(names: &[String]) {
+    let Some(first) = names.first() else {
+        return;
+    };
+    let all: Vec<String> = names.iter().map(|name| quoted(name)).collect();
+    tracing::warn!(
+        "users {} have the same key: it signs in as {} (the first of them in the table, by rowid), never as the others; give each its own key (llmsrouter user rotate-key <username>)",
+        all.join(", "),
+        quoted(first),
+    );
 }
 
 impl KeyIndex for UserIndex {

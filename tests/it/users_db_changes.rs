@@ -400,3 +400,60 @@ async fn a_database_file_replaced_while_the_server_runs_is_followed() {
         assert!(!stderr.contains(key), "a key reached the log");
     }
 }
+
+/// Two rows with one key (a tool rebuilt the users table without its `UNIQUE`, then a key was
+/// copied by hand): the key signs in as the first row by rowid, as the Python version's
+/// `fetchone` did, not the later one (nor the first by name). A warning names both users,
+/// never the key, once per change of the users, not at every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_two_rows_hold_signs_in_as_the_first_row() {
+    let setup = Setup::new().await;
+    let zed = add(setup.dir.path(), &["zed", "--permissions", "mock"]);
+    let amy = add(setup.dir.path(), &["amy", "--permissions", "other"]);
+    let router = setup.serve();
+    let as_user = |key: &str| {
+        let url = router.url("/v1/chat/completions");
+        let key = key.to_owned();
+        async move {
+            (
+                chat(&url, Auth::Bearer(&key), "[mock]m").await.0,
+                chat(&url, Auth::Bearer(&key), "[other]m").await.0,
+            )
+        }
+    };
+    assert_eq!(as_user(&amy).await, (403, 200));
+
+    sql(
+        &setup.db,
+        &REBUILD_USERS.replace("api_key TEXT UNIQUE NOT NULL", "api_key TEXT NOT NULL"),
+    );
+    sql(
+        &setup.db,
+        "UPDATE users SET api_key = (SELECT api_key FROM users WHERE username = 'zed')
+         WHERE username = 'amy'",
+    );
+    assert_eq!(as_user(&zed).await, (200, 403), "zed's row is the first");
+    assert_eq!(as_user(&zed).await, (200, 403));
+    assert_eq!(as_user(&amy).await, (401, 401), "amy's own key is gone");
+    let warning = "users \"zed\", \"amy\" have the same key: it signs in as \"zed\"";
+    let warnings = || router.stderr().matches(warning).count();
+    wait_until(Duration::from_secs(10), || warnings() >= 1).await;
+    assert_eq!(warnings(), 1, "once, not per request: {}", router.stderr());
+
+    // Another change of the users: said again, once.
+    add(setup.dir.path(), &["carl"]);
+    wait_until(Duration::from_secs(10), || warnings() >= 2).await;
+    assert_eq!(as_user(&zed).await, (200, 403));
+    assert_eq!(warnings(), 2, "{}", router.stderr());
+
+    // Amy given a key of her own: both sign in, and nothing more is said.
+    let (code, amy_new, err) = setup.user(&["rotate-key", "amy"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(as_user(amy_new.trim()).await, (403, 200));
+    assert_eq!(as_user(&zed).await, (200, 403));
+    assert_eq!(warnings(), 2, "{}", router.stderr());
+    let stderr = router.stderr();
+    for key in [zed.as_str(), amy.as_str(), amy_new.trim()] {
+        assert!(!stderr.contains(key), "a key reached the log");
+    }
+}
