@@ -60,8 +60,14 @@ impl UserIndex {
     /// An index that follows the database at `path`, which `conn` has just opened: loaded
     /// now, and brought up to date before each lookup and by [`Self::catch_up`].
     pub fn following(conn: Connection, path: &Path) -> rusqlite::Result<Self> {
+        Self::following_every(conn, path, REFRESH_INTERVAL)
+    }
+
+    /// [`Self::following`], looking at what the path names at most once per `every`.
+    fn following_every(conn: Connection, path: &Path, every: Duration) -> rusqlite::Result<Self> {
         conn.busy_timeout(CHECK_BUSY_TIMEOUT)?;
         let mut refresher = IndexRefresher::new(conn, path);
+        refresher.file = DbFile::new(path, every);
         let index = Self::empty();
         refresher.refresh(&index)?;
         Ok(Self {
@@ -229,10 +235,11 @@ impl IndexRefresher {
     pub fn new(conn: Connection, path: &Path) -> Self {
         Self {
             conn,
-            // Asked at every look: a `stat`, next to the read of shared memory that
-            // `data_version` is. A change made to a file put in place a moment ago must reach
-            // the very next request, as any other change does.
-            file: DbFile::new(path, Duration::ZERO),
+            // Asked at most every REFRESH_INTERVAL (a look in between costs a clock read, not
+            // a `stat` on every request): a file put in place is followed within that, as the
+            // background refresh would anyway; a change made in the file read is seen at the
+            // next request, as ever (`data_version`).
+            file: DbFile::new(path, REFRESH_INTERVAL),
             detached: None,
             seen_version: None,
             seen: None,
@@ -723,8 +730,13 @@ mod tests {
             .expect("store")
             .add(&user("ann"))
             .expect("ann");
-        let index =
-            UserIndex::following(crate::db::open(&path).expect("open"), &path).expect("index");
+        // Looking at the path at every lookup, for the test; the server looks every 200 ms.
+        let index = UserIndex::following_every(
+            crate::db::open(&path).expect("open"),
+            &path,
+            Duration::ZERO,
+        )
+        .expect("index");
         assert!(index.find(ann.expose()).is_some());
 
         let copy = dir.path().join("copy.db");
