@@ -800,11 +800,21 @@ fn str_field(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
+/// A message's tool call: a `function` call's name and `arguments`, or a custom tool call's
+/// (OpenAI's `{"type": "custom", "custom": {"name", "input"}}`) name and free-form `input` as
+/// the arguments, as the Responses API's `custom_tool_call` is read.
 fn tool_call_of(call: &Value) -> ToolCall {
-    let (name, arguments) = function_fields(call.get("function"));
+    let function = call.get("function").filter(|function| !function.is_null());
+    let custom = call
+        .get("custom")
+        .filter(|custom| custom.is_object() && function.is_none());
+    let ((name, arguments), kind) = match custom {
+        Some(custom) => (tool_fields(Some(custom), "input"), "custom"),
+        None => (function_fields(function), "function"),
+    };
     ToolCall {
         id: str_field(call, "id").unwrap_or_default(),
-        kind: str_field(call, "type").unwrap_or_else(|| "function".to_owned()),
+        kind: str_field(call, "type").unwrap_or_else(|| kind.to_owned()),
         name,
         arguments,
     }
@@ -812,11 +822,15 @@ fn tool_call_of(call: &Value) -> ToolCall {
 
 /// A `function` object's name and arguments (a string as is, anything else as JSON).
 fn function_fields(function: Option<&Value>) -> (String, String) {
-    let name = function
-        .and_then(|f| str_field(f, "name"))
-        .unwrap_or_default();
-    let arguments = function
-        .and_then(|f| f.get("arguments"))
+    tool_fields(function, "arguments")
+}
+
+/// A tool object's name and its arguments under `arguments_key` (a string as is, anything
+/// else as JSON).
+fn tool_fields(tool: Option<&Value>, arguments_key: &str) -> (String, String) {
+    let name = tool.and_then(|t| str_field(t, "name")).unwrap_or_default();
+    let arguments = tool
+        .and_then(|t| t.get(arguments_key))
         .map(|a| match a {
             Value::String(s) => s.clone(),
             other => other.to_string(),
@@ -1738,6 +1752,9 @@ struct ToolCallDelta<'a> {
     kind: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     function: Option<FunctionDelta<'a>>,
+    /// A custom tool call's (type `custom`) name and pieces of its free-form input.
+    #[serde(default)]
+    custom: Option<CustomDelta<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -1746,6 +1763,16 @@ struct FunctionDelta<'a> {
     name: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "borrowed_text")]
     arguments: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// A piece of a custom tool call (OpenAI's `{"type": "custom", "custom": {"name",
+/// "input"}}`): its name first, then its input in pieces, which are the call's arguments.
+#[derive(Deserialize)]
+struct CustomDelta<'a> {
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    input: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl StreamAccumulator {
@@ -1923,9 +1950,19 @@ impl StreamAccumulator {
             }
             if let Some(kind) = call.kind {
                 slot.kind = kind.into_owned();
+            } else if call.custom.is_some() && slot.kind != "custom" {
+                // A custom call's first piece without its `type`: it is no function's.
+                slot.kind = "custom".to_owned();
             }
             if let Some(function) = call.function {
                 self.push_function_delta(index, function);
+            }
+            if let Some(custom) = call.custom {
+                let piece = FunctionDelta {
+                    name: custom.name,
+                    arguments: custom.input,
+                };
+                self.push_function_delta(index, piece);
             }
         }
         // The legacy functions API's one call: recorded as the first tool call (type
@@ -1957,7 +1994,8 @@ impl StreamAccumulator {
         self.summary.tool_calls.get_mut(index)
     }
 
-    /// A piece of tool call `index`'s name and arguments (a `function` delta).
+    /// A piece of tool call `index`'s name and arguments (a `function` delta, or a custom
+    /// call's name and input).
     fn push_function_delta(&mut self, index: usize, function: FunctionDelta<'_>) {
         let Some(slot) = self.summary.tool_calls.get_mut(index) else {
             return;
@@ -2584,6 +2622,7 @@ mod tests {
         r#"{"type":"transcript.text.delta","delta":"hi"}"#,
         r#"{"id":"c","choices":[{"index":0,"delta":{"content":[{"type":"text","text":"hi"}]}}]}"#,
         r#"{"id":"c","choices":[{"index":0,"delta":{"function_call":{"name":"f"}}}]}"#,
+        r#"{"id":"c","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"custom":{"input":"x"}}]}}]}"#,
         r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"custom_tool_call"}}"#,
         "not json",
         "",
@@ -2915,6 +2954,58 @@ mod tests {
         assert_eq!(s.finish_reason.as_deref(), Some("tool_calls"));
         assert_eq!(s.usage.map(|u| u.total), Some(11));
         assert_eq!(s.model.as_deref(), Some("m1"));
+    }
+
+    /// Chat Completions' custom tool calls (`{"type": "custom", "custom": {"name",
+    /// "input"}}`) are tool calls of type `custom` whose arguments are the input, whole and
+    /// streamed (the input in pieces, beside a function call); the first piece is output.
+    #[test]
+    fn custom_tool_calls_are_read_whole_and_streamed() {
+        let custom = ToolCall {
+            id: "call_1".into(),
+            kind: "custom".into(),
+            name: "code_exec".into(),
+            arguments: "print(1)".into(),
+        };
+        let whole = summarize_body(
+            json!({"choices": [{"finish_reason": "tool_calls", "message": {"content": null,
+                "tool_calls": [{"id": "call_1", "type": "custom",
+                    "custom": {"name": "code_exec", "input": "print(1)"}}]}}]})
+            .to_string()
+            .as_bytes(),
+        );
+        assert_eq!(whole.tool_calls, std::slice::from_ref(&custom));
+        // Without its `type`, the `custom` object still tells it.
+        let untyped = summarize_body(
+            br#"{"choices":[{"message":{"tool_calls":[{"id":"call_1","custom":{"name":"code_exec","input":"print(1)"}}]}}]}"#,
+        );
+        assert_eq!(untyped.tool_calls, std::slice::from_ref(&custom));
+
+        let mut acc = StreamAccumulator::default();
+        let events = [
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"custom","custom":{"name":"code_exec","input":"pri"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"call_2","type":"function","function":{"name":"f","arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"custom":{"input":"nt(1)"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":2,"custom":{"name":"g","input":"x"}}]},"finish_reason":"tool_calls"}]}"#,
+        ];
+        acc.push_data(events[0].as_bytes());
+        assert!(acc.saw_output(), "the first piece is output");
+        for event in &events[1..] {
+            assert_eq!(acc.push_data(event.as_bytes()), EventKind::Other);
+        }
+        let function = ToolCall {
+            id: "call_2".into(),
+            kind: "function".into(),
+            name: "f".into(),
+            arguments: "{}".into(),
+        };
+        let untyped = ToolCall {
+            kind: "custom".into(),
+            name: "g".into(),
+            arguments: "x".into(),
+            ..Default::default()
+        };
+        assert_eq!(acc.into_summary().tool_calls, [custom, function, untyped]);
     }
 
     #[test]
@@ -3515,6 +3606,9 @@ mod tests {
                 {"type": "text", "text": "a"}]}}]}),
             json!({"model": "m", "choices": [{"finish_reason": "function_call", "message": {
                 "content": null, "function_call": {"name": "f", "arguments": "{}"}}}]}),
+            json!({"model": "m", "choices": [{"finish_reason": "tool_calls", "message": {
+                "content": null, "tool_calls": [{"id": "c", "type": "custom",
+                "custom": {"name": "code_exec", "input": "print(1)"}}]}}]}),
         ];
         for body in bodies {
             let text = body.to_string();

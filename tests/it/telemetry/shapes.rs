@@ -2017,6 +2017,104 @@ async fn a_legacy_function_call_is_recorded_as_a_tool_call() {
     assert_eq!(logged["finish_reason"], "function_call");
 }
 
+/// Chat Completions' custom tool calls (OpenAI's GPT-5 custom tools: `{"type": "custom",
+/// "custom": {"name", "input"}}`, a stream's input in `custom.input` pieces) are tool calls
+/// of type `custom` with that name and the input as the arguments, whole and streamed, as
+/// the Responses API's `custom_tool_call`; a stream's first piece is its first token.
+#[tokio::test]
+async fn chat_custom_tool_calls_are_recorded_with_their_name_and_input() {
+    let setup = Setup::start().await;
+    let answer = json!({"id": "c", "model": "gpt-5", "choices": [{"index": 0,
+        "message": {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+            "type": "custom", "custom": {"name": "code_exec", "input": "print(1)"}}]},
+        "finish_reason": "tool_calls"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}})
+    .to_string();
+    setup.answer_with(answer.as_bytes(), "application/json");
+    let request = json!({"model": "[mock]m", "messages": [],
+        "tools": [{"type": "custom", "custom": {"name": "code_exec"}}]});
+    let (whole, record, _) = setup
+        .whole_answer(1, "/v1/chat/completions", &request, answer.as_bytes())
+        .await;
+    let call = llmsrouter::usage::ToolCall {
+        id: "call_1".into(),
+        kind: "custom".into(),
+        name: "code_exec".into(),
+        arguments: "print(1)".into(),
+    };
+    assert_eq!(record.response.tool_calls, std::slice::from_ref(&call));
+
+    let first = chat_chunk(
+        json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0,
+            "id": "call_1", "type": "custom", "custom": {"name": "code_exec", "input": "pri"}}]}),
+        Value::Null,
+    );
+    let chunks = vec![
+        first.clone(),
+        chat_chunk(
+            json!({"tool_calls": [{"index": 0, "custom": {"input": "nt(1)"}}]}),
+            Value::Null,
+        ),
+        chat_chunk(json!({}), json!("tool_calls")),
+        b"data: [DONE]\n\n".to_vec(),
+    ];
+    // The second piece waits until the client has the first.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(chunks.clone()),
+        hold_chunk: Some((1, gate.clone())),
+        ..Default::default()
+    });
+    let mut request = request;
+    request["stream"] = json!(true);
+    let response = client()
+        .post(setup.router.url("/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .expect("send");
+    let streamed = request_id(&response);
+    let first = String::from_utf8(first).expect("text");
+    let (_, seen) = read_past_a_held_chunk(response, &first, &gate).await;
+    let released = std::time::SystemTime::now();
+    assert_eq!(seen.as_bytes(), chunks.concat(), "relayed as it came");
+    let record = setup.router.records.nth(2).await;
+    let first_token = record.first_token_at.expect("a first token");
+    assert!(
+        first_token <= released,
+        "the call's first piece is the first token"
+    );
+    assert_eq!(record.response.tool_calls, [call]);
+
+    let expected = json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+        "type": "custom", "function": {"name": "code_exec", "arguments": "print(1)"}}]});
+    for id in [&whole, &streamed] {
+        let span = setup.otlp.span_of(id).await.span;
+        assert_eq!(
+            json_attr(&span, "langfuse.observation.output"),
+            Some(expected.clone()),
+            "{id}"
+        );
+    }
+    let rows = setup
+        .stop_and_read_all(&[whole.as_str(), streamed.as_str()])
+        .await;
+    // The whole answer's line has its body as it came; the stream's, the call as it was read.
+    assert_eq!(
+        rows[0].1["response"]["choices"][0]["message"]["tool_calls"][0]["custom"]["input"],
+        "print(1)"
+    );
+    let (row, line) = &rows[1];
+    assert!(row.ttft_ms.is_some(), "{row:?}");
+    let logged = &line["response"];
+    assert_eq!(
+        logged["tool_calls"],
+        json!([{"id": "call_1", "type": "custom", "name": "code_exec", "arguments": "print(1)"}]),
+        "{logged}"
+    );
+    assert_eq!(logged["finish_reason"], "tool_calls");
+}
+
 /// A Responses API reasoning item's raw `reasoning_text` parts are reasoning and a
 /// `custom_tool_call` item is a tool call (type `custom`, its `input` the arguments), in a
 /// whole answer as in a stream: read from `response.completed`'s `output`, and, in a stream
