@@ -60,6 +60,17 @@ fn serialize_seconds<S: serde::Serializer>(
 /// integers). Under it, a ledger of millions of rows sums exactly.
 pub const MAX_COUNT: u64 = 1_000_000_000_000;
 
+/// The most one request may cost, in USD, to be believed: far above any model's price for the
+/// largest request, far below what a sum of the ledger's rows could overflow with. An upstream
+/// that reports more (`1e300`) is broken; its cost is unknown (the tokens are kept), as a
+/// negative or non-finite one is, rather than a 300-digit cell or an infinite total.
+pub const MAX_COST: f64 = 1_000_000.0;
+
+/// `cost` when it can be one request's cost (see [`MAX_COST`]).
+fn plausible_cost(cost: f64) -> Option<f64> {
+    (cost.is_finite() && (0.0..=MAX_COST).contains(&cost)).then_some(cost)
+}
+
 /// What [`count`] makes of a number that is not a count (negative, not finite, or beyond
 /// [`MAX_COUNT`]): a value [`Usage::checked`] refuses, so the usage it is in is unknown.
 const NOT_A_COUNT: u64 = u64::MAX;
@@ -107,7 +118,7 @@ impl Usage {
         let cost = raw
             .cost
             .and_then(|c| c.get().parse::<f64>().ok())
-            .filter(|c| c.is_finite() && *c >= 0.0);
+            .and_then(plausible_cost);
         Self {
             input,
             output,
@@ -504,7 +515,7 @@ impl FastUsage {
                 .completion_tokens_details
                 .and_then(|d| d.reasoning_tokens)
                 .unwrap_or(0),
-            cost: u.cost.filter(|c| c.is_finite() && *c >= 0.0),
+            cost: u.cost.and_then(plausible_cost),
             audio_seconds: None,
         };
         Some(usage.checked())
@@ -3585,6 +3596,39 @@ mod tests {
         let s = summarize_body(br#"{"object":"list","data":[]}"#);
         assert_eq!(s.content, "<JSON answer with keys: object, data>");
         assert!(!s.body_noted);
+    }
+
+    /// A cost no request can have (`1e300`, beyond [`MAX_COST`]) is unknown, as a negative
+    /// one is, on both paths, and the tokens are kept: it was stored as is, printed as a
+    /// 300-digit cell, and two of them summed to an infinite total.
+    #[test]
+    fn an_implausible_cost_is_unknown_and_the_tokens_stay() {
+        for cost in [
+            json!(1e300),
+            json!(1.7e308),
+            json!(-0.5),
+            json!(1_000_000.5),
+        ] {
+            let usage = json!({"prompt_tokens": 3, "completion_tokens": 4, "cost": cost});
+            let lenient = Usage::from_json(&usage).expect("usage");
+            assert_eq!(
+                (lenient.input, lenient.output, lenient.cost),
+                (3, 4, None),
+                "{cost}"
+            );
+            let body = json!({"model": "m", "choices": [], "usage": usage}).to_string();
+            let fast = serde_json::from_slice::<FastBody<'_>>(body.as_bytes())
+                .ok()
+                .and_then(FastBody::into_summary)
+                .and_then(|summary| summary.usage)
+                .expect("the fast path reads it");
+            assert_eq!((fast.input, fast.output, fast.cost), (3, 4, None), "{cost}");
+        }
+        let usage = json!({"prompt_tokens": 3, "completion_tokens": 4, "cost": 1_000_000});
+        assert_eq!(
+            Usage::from_json(&usage).and_then(|u| u.cost),
+            Some(MAX_COST)
+        );
     }
 
     #[test]

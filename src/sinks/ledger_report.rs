@@ -315,9 +315,15 @@ fn significant(cost: f64) -> f64 {
 /// as `0.000000` gets two significant digits instead (`0.00000040`), so it does not read as
 /// free (below a trillionth, in exponent form: `1.0e-13`). `--json` has the exact value.
 fn cost_cell(cost: f64) -> String {
-    const HALF_A_MILLIONTH: f64 = 0.000_000_5;
-    if cost == 0.0 || cost.abs() >= HALF_A_MILLIONTH || !cost.is_finite() {
-        return format!("{cost:.6}");
+    let six = format!("{cost:.6}");
+    // Asked of the text, not of the number: 5e-7 (the float just below a half-millionth)
+    // prints as 0.000000 though a comparison with 0.0000005 puts it at or above.
+    let reads_as_zero = six
+        .trim_start_matches('-')
+        .bytes()
+        .all(|b| b == b'0' || b == b'.');
+    if cost == 0.0 || !reads_as_zero || !cost.is_finite() {
+        return six;
     }
     // -log10 of 4e-7 is 6.4: its first digit is the 7th decimal, and two digits need 8.
     let decimals = (-cost.abs().log10()).floor() as usize + 2;
@@ -490,6 +496,10 @@ mod tests {
         assert_eq!(cost_cell(0.000_000_6), "0.000001");
         assert_eq!(cost_cell(0.000_000_012_3), "0.000000012");
         assert_eq!(cost_cell(1e-30), "1.0e-30");
+        // 5e-7 is the float just below a half-millionth: {:.6} rounds it down to zero.
+        assert_eq!(cost_cell(5e-7), "0.00000050");
+        assert_eq!(cost_cell(2.5e-7 + 2.5e-7), "0.00000050");
+        assert_eq!(cost_cell(-5e-7), "-0.00000050");
     }
 
     /// A ledger older than the `audio_seconds` column (schema version 3, a file read as it
