@@ -86,16 +86,19 @@ fn rebuild_path(raw: &str) -> String {
 /// Whether a path segment is `.` or `..`, also when percent-encoded (`%2e`, `.%2E`, ...), or
 /// holds one behind an encoded slash or backslash (`..%2f..%2fadmin`): a server that decodes
 /// `%2F` before it resolves dot segments (nginx normalises URIs so) would climb out of the
-/// configured base URL there too.
+/// configured base URL there too. A piece's path parameters count for nothing (`..;/admin`,
+/// `..;x`): Tomcat and Spring take `..;` for `..`.
 fn is_dot_segment(segment: &str) -> bool {
+    let is_dot = |piece: &[u8]| {
+        let name = piece.split(|&b| b == b';').next().unwrap_or_default();
+        name == b"." || name == b".."
+    };
     let bytes = segment.as_bytes();
     if !bytes.contains(&b'%') {
-        return segment == "." || segment == "..";
+        return is_dot(bytes);
     }
     let decoded = percent_encoding::percent_decode(bytes).collect::<Vec<u8>>();
-    decoded
-        .split(|&b| b == b'/' || b == b'\\')
-        .any(|piece| piece == b"." || piece == b"..")
+    decoded.split(|&b| b == b'/' || b == b'\\').any(is_dot)
 }
 
 impl Route {

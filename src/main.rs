@@ -352,8 +352,11 @@ fn run_healthcheck(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Redirects are not followed: the router answers `/health` itself, so a redirect is
+        // another program's (and one to a dead port read as "no answer" from this one).
         let client = reqwest::Client::builder()
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(std::time::Duration::from_secs(5))
             .build()
             .context("cannot build the HTTP client")?;

@@ -823,6 +823,40 @@ async fn healthcheck_says_a_body_that_is_not_the_routers() {
     );
 }
 
+/// A redirect on `/health` is another program's answer (the router answers it itself), said as
+/// such: healthcheck followed it, printing `ok` for one to a router elsewhere, and "no answer"
+/// from this port for one to a dead port.
+#[tokio::test]
+async fn healthcheck_does_not_follow_a_redirect() {
+    let router_elsewhere = crate::support::TestRouter::start("").await;
+    let other = MockUpstream::start(Behavior {
+        status: 301,
+        headers: vec![("location".into(), router_elsewhere.url("/health"))],
+        body: Some(String::new()),
+        ..Behavior::default()
+    })
+    .await;
+    let port = other.addr.port().to_string();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        run_cli(
+            std::path::Path::new("."),
+            &["healthcheck", "--host", "127.0.0.1", "--port", &port],
+            &[],
+        )
+    })
+    .await
+    .expect("healthcheck");
+    assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: http://127.0.0.1:{}/health: answered HTTP 301",
+            other.addr.port()
+        )
+    );
+    router_elsewhere.stop().await;
+}
+
 /// The Python version's `.env`, byte for byte: quoted values and emoji in comments.
 const PYTHON_DOT_ENV: &str = "LANGFUSE_SECRET_KEY=\"sk-lf-...\"\nLANGFUSE_PUBLIC_KEY=\"pk-lf-...\"\n# 🇪🇺 EU region\nLANGFUSE_HOST=\"https://cloud.langfuse.com\"\n# 🇺🇸 US region\n# LANGFUSE_HOST=\"https://us.cloud.langfuse.com\"\n# self-host\n# LANGFUSE_HOST=\"http://<YOUR_LANGFUSE_SERVER>:3000\"\n\nENABLE_ACCOUNT_MANAGEMENT=\"false\"";
 

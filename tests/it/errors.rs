@@ -754,6 +754,11 @@ async fn dot_segments_cannot_escape_the_configured_base_path() {
         "/v1/%2e%2e%2F%2E%2e%2fadmin",
         "/v1/a%5c..%5c..%5cadmin",
         "/v1/chat%2F.%2Fcompletions",
+        // Path parameters after a dot segment: Tomcat and Spring read `..;` as `..`.
+        "/v1/..;/admin",
+        "/v1/..;x/..;/admin",
+        "/v1/%2e%2e;/admin",
+        "/v1/..%3B%2Fadmin",
     ] {
         let answer = raw_post(router.addr, path, r#"{"model":"[mock]m"}"#).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
