@@ -704,6 +704,13 @@ fn proxy_variables(env: &dyn Fn(&str) -> Option<String>) -> Result<(), EnvError>
                  (http://host:port), or unset it"
             )));
         }
+        if authority_of(&value).matches('@').count() > 1 {
+            return Err(bad(
+                "holds more than one @ before its host: percent-encode an @ in the user name \
+                 or password as %40 (its value is not shown: it may hold a password)"
+                    .to_owned(),
+            ));
+        }
         // What the matcher makes of it, asked as the upstream client asks it; a port it
         // takes as text (`:99999`, `:pa` of a password with a `/` in it) reaches no proxy.
         let matcher = Matcher::builder().all(value).build();
@@ -723,6 +730,27 @@ fn proxy_variables(env: &dyn Fn(&str) -> Option<String>) -> Result<(), EnvError>
         }
     }
     Ok(())
+}
+
+/// The authority of a proxy URL as written (`user:password@host:port`): after the scheme's
+/// `://`, if any, up to the path, query or fragment. The matcher splits it at its first `@`,
+/// so in `http://user:p@ss@host` it took the password to be `p` and the host `ss@host`, and
+/// the proxy got the wrong credentials; curl refuses such a URL.
+fn authority_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// `NO_PROXY` (or `no_proxy`, when `NO_PROXY` is unset or empty) is `*`: no host is reached
+/// through a proxy, as curl and httpx read it. hyper-util's matcher, which reqwest uses too,
+/// takes `*` for every name but for no IP address, so `http://127.0.0.1:8000/v1` still went
+/// through the proxy; the upstream clients are given no proxy at all instead.
+pub fn no_proxy_for_any_host() -> bool {
+    ["NO_PROXY", "no_proxy"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+        .is_some_and(|value| value.trim() == "*")
 }
 
 /// Whether `host[:port]` has no port, an empty one (the default), or one from 0 to 65535
@@ -947,6 +975,7 @@ mod tests {
         for value in [
             "http://proxy:3128",
             "https://u:p%40ss@proxy:3128",
+            "http://u:p%40ss@proxy:3128/a@b",
             "proxy:3128",
             "HTTP://proxy",
             "http://[::1]:3128",
@@ -963,6 +992,9 @@ mod tests {
             ("/just/a/path", "is not a proxy URL"),
             ("http://proxy:65536", "is not a proxy URL"),
             ("http://u:hun/ter2@proxy:3128", "is not a proxy URL"),
+            ("http://u:hun@ter2@proxy:3128", "holds more than one @"),
+            ("u@ser:hunter2@proxy:3128", "holds more than one @"),
+            ("https://u:h@@proxy:3128/x@y", "holds more than one @"),
             (
                 "socks5h://u:hunter2@proxy:1080",
                 "socks5h:// proxies are not supported",

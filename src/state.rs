@@ -98,13 +98,19 @@ impl AppState {
 /// The upstream client: connect timeout (or the request's `timeout_secs`, if shorter: see
 /// [`crate::upstream::ConnectLimitLayer`]), no total timeout (each request sets its own), no
 /// redirects followed (a 3xx goes back to the client as the upstream sent it), no automatic
-/// decompression (bodies pass through as sent).
+/// decompression (bodies pass through as sent), no proxy with `NO_PROXY=*`
+/// ([`crate::env::no_proxy_for_any_host`]).
 pub fn build_http_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .connector_layer(crate::upstream::ConnectLimitLayer)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         .tcp_keepalive(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+        .redirect(reqwest::redirect::Policy::none());
+    // reqwest's own reading of `NO_PROXY=*` leaves IP addresses proxied.
+    if crate::env::no_proxy_for_any_host() {
+        builder.no_proxy().build()
+    } else {
+        builder.build()
+    }
 }

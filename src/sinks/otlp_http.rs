@@ -149,11 +149,18 @@ impl OtlpTransport {
             value.set_sensitive(true);
             map.insert(key, value);
         }
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(policy.attempt_timeout.min(Duration::from_secs(5)))
             .timeout(policy.attempt_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        // reqwest's own reading of `NO_PROXY=*` leaves IP addresses proxied.
+        let builder = if crate::env::no_proxy_for_any_host() {
+            builder.no_proxy()
+        } else {
+            builder
+        };
+        let client = builder
             .build()
             .map_err(|e| TransportError::Client(e.to_string()))?;
         Ok(Self {

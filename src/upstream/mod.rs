@@ -215,6 +215,8 @@ pub struct UpstreamClient {
     /// Some proxy variable is set: only then can `proxies` intercept a request. Asking it
     /// when none is set cost 650 instructions a request for a certain `None`.
     proxy_env: bool,
+    /// The variable `http://` targets' proxy comes from, for the words of a proxy's refusal.
+    http_proxy_variable: &'static str,
 }
 
 /// Why an upstream request failed, described without its URL (which may carry a key in its
@@ -580,6 +582,7 @@ impl UpstreamClient {
             fallback,
             proxies: Arc::new(Matcher::from_env()),
             proxy_env: proxy_env_set(),
+            http_proxy_variable: http_proxy_variable(),
         })
     }
 
@@ -765,6 +768,26 @@ impl UpstreamClient {
         error
     }
 
+    /// A 407 a proxy answered a request to an `http://` target it carries (one to an
+    /// `https://` target is the tunnel's refusal, which reqwest reports as an error): the
+    /// proxy's own refusal, not the provider's answer, so it is the router's error (502).
+    /// The proxy's URL is not said: it may hold the credentials refused.
+    fn proxy_refusal(&self, url: &str, status: StatusCode) -> Option<UpstreamError> {
+        if status != StatusCode::PROXY_AUTHENTICATION_REQUIRED || !self.proxy_env {
+            return None;
+        }
+        let uri = http::Uri::try_from(url).ok()?;
+        if uri.scheme_str() != Some("http") {
+            return None;
+        }
+        self.proxies.intercept(&uri)?;
+        Some(UpstreamError::unsendable(&format!(
+            "the proxy ({}) refused the request: 407 Proxy Authentication Required; check the \
+             credentials in the variable",
+            self.http_proxy_variable
+        )))
+    }
+
     async fn send_fallback(
         &self,
         method: Method,
@@ -780,6 +803,9 @@ impl UpstreamClient {
             .send()
             .await
             .map_err(|e| self.through_proxy(url, UpstreamError::from_reqwest_send(&e)))?;
+        if let Some(refusal) = self.proxy_refusal(url, response.status()) {
+            return Err(refusal);
+        }
         let response: Response<reqwest::Body> = response.into();
         let (parts, body) = response.into_parts();
         let fields = Fields::from_header_map(&parts.headers);
@@ -893,19 +919,36 @@ fn plain_target(rest: &str) -> Option<(&str, &str)> {
     Some((authority, origin))
 }
 
-/// Whether a variable `Matcher::from_env` reads a proxy from is set and not empty. When none
-/// is, the matcher has no proxy to offer any request.
+/// Whether a variable `Matcher::from_env` reads a proxy from is set and not empty, and
+/// `NO_PROXY` is not `*`. When none is, the matcher has no proxy to offer any request; with
+/// `NO_PROXY=*` it must offer none (see [`crate::env::no_proxy_for_any_host`]).
 fn proxy_env_set() -> bool {
-    [
-        "ALL_PROXY",
-        "all_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-    ]
-    .iter()
-    .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+    !crate::env::no_proxy_for_any_host()
+        && [
+            "ALL_PROXY",
+            "all_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "HTTPS_PROXY",
+            "https_proxy",
+        ]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+}
+
+/// The variable `Matcher::from_env` takes `http://` targets' proxy from: `HTTP_PROXY` (or
+/// `http_proxy`) when one is set and not empty, else `ALL_PROXY` (or `all_proxy`); start-up
+/// refused any set one the matcher could not use.
+fn http_proxy_variable() -> &'static str {
+    let first_set = |names: [&'static str; 2]| {
+        names
+            .into_iter()
+            .find(|name| std::env::var_os(name).is_some())
+            .filter(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+    };
+    first_set(["HTTP_PROXY", "http_proxy"])
+        .or_else(|| first_set(["ALL_PROXY", "all_proxy"]))
+        .unwrap_or("ALL_PROXY")
 }
 
 /// rustls with the bundled Mozilla roots plus the system's (as the reqwest client is set up),

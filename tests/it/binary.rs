@@ -950,6 +950,42 @@ async fn providers_are_reached_through_the_proxy_the_environment_names() {
     );
 }
 
+/// `NO_PROXY=*` (either case of the name, spaces around it) sends every request directly, to
+/// an upstream named by its IP address too, as curl and httpx read it: the client's matcher
+/// took `*` for every host name but no address, and `http://127.0.0.1:port` went through the
+/// proxy. Both clients: the router's own for a plain URL, reqwest for one with credentials.
+#[tokio::test]
+async fn no_proxy_star_sends_every_request_directly() {
+    let proxy = MockUpstream::start(Behavior::default()).await;
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let with_credentials = upstream.url().replacen("http://", "http://user:pw@", 1);
+    for (name, value) in [("NO_PROXY", "*"), ("no_proxy", " * ")] {
+        for url in [upstream.url(), with_credentials.clone()] {
+            let config = one_server_config(&url, "");
+            let router = RouterProcess::start(
+                Some(&config),
+                &[("HTTP_PROXY", &proxy.origin()), (name, value)],
+            );
+            let response = router
+                .chat(&json!({"model": "[mock]m", "messages": []}))
+                .await;
+            assert_eq!(response.status(), 200, "{}", router.stderr());
+            assert_eq!(
+                proxy.count(),
+                0,
+                "{name}={value:?} {url}: through the proxy"
+            );
+        }
+    }
+    let chats = upstream.received().into_iter();
+    assert_eq!(
+        chats
+            .filter(|r| r.path.ends_with("/chat/completions"))
+            .count(),
+        4
+    );
+}
+
 /// The soft limit on open files, from `/proc/<pid>/limits`.
 fn soft_open_files(pid: u32) -> u64 {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");

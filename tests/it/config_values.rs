@@ -288,6 +288,11 @@ fn a_proxy_the_upstream_client_cannot_use_stops_start_up() {
             format!("HTTPS_PROXY: {not_a_proxy}"),
         ),
         (
+            "HTTP_PROXY",
+            "http://me:hunter2@x@proxy:3128",
+            "HTTP_PROXY: holds more than one @ before its host: percent-encode an @ in the user name or password as %40 (its value is not shown: it may hold a password)".to_owned(),
+        ),
+        (
             "ALL_PROXY",
             "socks5://me:hunter2@proxy:1080",
             "ALL_PROXY: socks5:// proxies are not supported: give an http:// or https:// proxy (http://host:port), or unset it".to_owned(),
@@ -308,6 +313,7 @@ fn a_proxy_the_upstream_client_cannot_use_stops_start_up() {
     // (http:// is meant), an empty one (unset, as in curl).
     for (name, value) in [
         ("HTTPS_PROXY", "http://me:hunter2@proxy.example:3128"),
+        ("HTTP_PROXY", "http://me:hunter2%40x@proxy.example:3128"),
         ("HTTP_PROXY", "proxy.example:3128"),
         ("ALL_PROXY", ""),
     ] {

@@ -298,6 +298,53 @@ async fn a_proxy_not_listening_could_not_be_reached() {
     );
 }
 
+/// A proxy that answers 407 (its credentials refused, `user:p` of a password with an `@`
+/// the matcher split, say): the router's 502 naming the proxy's variable, in the answer
+/// and the request log alike, never the provider's 407 with an empty body; never the
+/// credentials.
+#[tokio::test]
+async fn a_proxy_refusing_its_credentials_is_the_routers_error_naming_it() {
+    let proxy = crate::support::upstream::MockUpstream::start(crate::support::upstream::Behavior {
+        status: 407,
+        body: Some(String::new()),
+        ..Default::default()
+    })
+    .await;
+    let with_credentials = with_credentials(&proxy.origin());
+    let router = router_behind_proxy(&with_credentials, "");
+    let (status, code, message) = error_of(router.chat(&chat_request()).await).await;
+    let refused = "could not reach the upstream mock: the proxy (HTTP_PROXY) refused the \
+                   request: 407 Proxy Authentication Required; check the credentials in the \
+                   variable";
+    assert_eq!(
+        (status, code.as_str(), message.as_str()),
+        (502, "upstream_unreachable", refused),
+        "{}",
+        router.stderr()
+    );
+    assert!(
+        proxy.last().headers.contains_key("proxy-authorization"),
+        "it was the proxy that was asked"
+    );
+    let dir = router.dir.path().to_owned();
+    let logged = || {
+        std::fs::read_dir(&dir).expect("dir").any(|entry| {
+            let path = entry.expect("entry").path();
+            path.to_string_lossy().contains("api_proxy.")
+                && std::fs::metadata(&path).is_ok_and(|m| m.len() > 0)
+        })
+    };
+    crate::support::wait_until(std::time::Duration::from_secs(10), logged).await;
+    let lines = crate::telemetry::request_log::read_log_lines(&dir, "api_proxy");
+    assert_eq!(
+        (&lines[0]["status"], &lines[0]["error"]),
+        (&json!(502), &json!(refused)),
+        "{lines:?}"
+    );
+    let text = format!("{lines:?}{}", router.stderr());
+    assert!(!text.contains("secret-password"), "{text}");
+}
+
 /// An HTTP/2 TLS upstream that reads each request's body whole and then drops the connection
 /// (no GOAWAY, no `close_notify`), as a crash does.
 async fn start_h2_closing_after_request() -> SocketAddr {
