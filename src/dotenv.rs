@@ -29,10 +29,26 @@ use std::path::Path;
 pub struct BadLine {
     /// 1-based line where the statement starts.
     pub line: usize,
+    /// 1-based line where it ends: later than `line` when a quote opened on `line` closes
+    /// only on a later line, and every line up to it is skipped with it (as python-dotenv
+    /// skips them).
+    pub last_line: usize,
 }
 
 impl std::fmt::Display for BadLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.last_line > self.line {
+            return write!(
+                f,
+                ".env lines {}-{}: not KEY=value: a quote opened on line {} closes only on \
+                 line {} (an unclosed quote?), so these {} lines are skipped as one statement",
+                self.line,
+                self.last_line,
+                self.line,
+                self.last_line,
+                self.last_line - self.line + 1
+            );
+        }
         write!(
             f,
             ".env line {}: not KEY=value (an unclosed quote, or text after a closing quote?); \
@@ -58,11 +74,23 @@ pub struct Loaded {
     /// Lines (1-based, where the statement starts) whose value holds a NUL byte, which no
     /// environment variable can: skipped (setting it panicked, printing the value).
     pub nul_lines: Vec<usize>,
-    /// Of the skipped lines (`bad_lines`, `nul_lines`), those whose key can still be read:
-    /// the line and the variable it was to set, so that a skipped line for one the router
-    /// reads can stop it (`ENABLE_ACCOUNT_MANAGEMENT="true`, a quote left open, ran the
-    /// router open). Never a value.
-    pub skipped_keys: Vec<(usize, String)>,
+    /// Of the skipped statements (`bad_lines`, `nul_lines`), the keys that can still be
+    /// read, so that a skipped line for a variable the router reads can stop it
+    /// (`ENABLE_ACCOUNT_MANAGEMENT="true`, a quote left open, ran the router open). Never a
+    /// value.
+    pub skipped_keys: Vec<SkippedKey>,
+}
+
+/// A key in a skipped statement: the statement's own, or, for one spanning several lines,
+/// the `KEY=` or `KEY:` that begins a line inside it (`APP_TITLE="My Team` left open above
+/// `ENABLE_ACCOUNT_MANAGEMENT=true` swallowed that line into the skipped statement).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SkippedKey {
+    /// 1-based line where the statement starts (its [`BadLine::line`]).
+    pub statement: usize,
+    /// 1-based line of the key.
+    pub line: usize,
+    pub key: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +99,8 @@ pub enum DotenvError {
     Read(std::io::Error),
     #[error(".env: {0}")]
     Load(String),
+    #[error(".env is a link to {}, which does not exist", .0.display())]
+    DanglingLink(std::path::PathBuf),
 }
 
 /// Reads `path` (a missing file is normal) and sets each of its variables that the
@@ -81,13 +111,26 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
             String::from_utf8_lossy(&bytes).into_owned(),
             non_utf8_lines(&bytes),
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A link to nothing (a secret mount not there yet) is not a missing `.env`: the
+            // settings meant for the router are somewhere it cannot read.
+            return match std::fs::read_link(path) {
+                Ok(target) => Err(DotenvError::DanglingLink(target)),
+                Err(_) => Ok(Loaded::default()),
+            };
+        }
         Err(e) => return Err(DotenvError::Read(e)),
     };
     let (bindings, lines, bad) = parse_with_lines(&text);
-    let mut skipped_keys: Vec<(usize, String)> = bad
+    let mut skipped_keys: Vec<SkippedKey> = bad
         .iter()
-        .filter_map(|(bad, key)| Some((bad.line, key.clone()?)))
+        .flat_map(|(bad, keys)| {
+            keys.iter().map(|(line, key)| SkippedKey {
+                statement: bad.line,
+                line: *line,
+                key: key.clone(),
+            })
+        })
         .collect();
     let bad_lines = bad.into_iter().map(|(bad, _)| bad).collect();
     let skipped_key_lines = bindings
@@ -104,13 +147,20 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
         .map(|((key, _), line)| (key.clone(), *line))
         .collect();
     let values = resolve(bindings, &|name| std::env::var(name).ok());
-    let mut nul_keys: Vec<(usize, String)> = values
+    let mut nul_keys: Vec<SkippedKey> = values
         .iter()
         .filter(|(key, value)| dotenvy_can_take(key) && value.contains('\0'))
-        .filter_map(|(key, _)| Some((*line_of.get(key)?, key.clone())))
+        .filter_map(|(key, _)| {
+            let line = *line_of.get(key)?;
+            Some(SkippedKey {
+                statement: line,
+                line,
+                key: key.clone(),
+            })
+        })
         .collect();
     nul_keys.sort_unstable();
-    let nul_lines = nul_keys.iter().map(|(line, _)| *line).collect();
+    let nul_lines = nul_keys.iter().map(|skipped| skipped.line).collect();
     skipped_keys.extend(nul_keys);
     skipped_keys.sort_unstable();
     let loaded = Loaded {
@@ -166,11 +216,12 @@ pub fn parse(text: &str) -> (Bindings, Vec<BadLine>) {
     (bindings, bad.into_iter().map(|(bad, _)| bad).collect())
 }
 
-/// Lines that could not be read, each with the key it names when that can be read.
-type BadLines = Vec<(BadLine, Option<String>)>;
+/// Statements that could not be read, each with the keys that can be read in it and their
+/// lines: the statement's own key, and for one spanning several lines, each later line's
+/// `KEY=` or `KEY:`.
+type BadLines = Vec<(BadLine, Vec<(usize, String)>)>;
 
-/// [`parse`], with the line each binding starts on, and the key of each bad line when it
-/// can be read.
+/// [`parse`], with the line each binding starts on, and the keys of each bad statement.
 fn parse_with_lines(text: &str) -> (Bindings, Vec<usize>, BadLines) {
     let mut reader = Reader {
         text: text.strip_prefix('\u{feff}').unwrap_or(text),
@@ -192,22 +243,58 @@ fn parse_with_lines(text: &str) -> (Bindings, Vec<usize>, BadLines) {
             }
             Ok(None) => {}
             Err(Unreadable) => {
-                let key = Reader {
+                // python-dotenv skips from where the statement began to the end of the line
+                // where reading it failed: past a quote that closed on a later line.
+                reader.skip_while(|c| c != '\n' && c != '\r');
+                let skipped = &reader.text[start..reader.pos];
+                let line = reader.line_of(start);
+                let own_key = Reader {
                     text: reader.text,
                     pos: start,
                 }
-                .statement_key();
+                .statement_key()
+                // `KEY: value`, as docker-compose writes it.
+                .map(|key| key.split(':').next().unwrap_or_default().to_owned());
+                let keys = physical_lines(skipped)
+                    .enumerate()
+                    .filter_map(|(i, text)| match i {
+                        0 => Some((line, own_key.clone()?)),
+                        _ => Some((line + i, line_key(text)?)),
+                    })
+                    .filter(|(_, key)| !key.is_empty())
+                    .collect();
                 bad.push((
                     BadLine {
-                        line: reader.line_of(start),
+                        line,
+                        last_line: reader.line_of(reader.pos),
                     },
-                    key,
+                    keys,
                 ));
                 reader.rest_of_line();
             }
         }
     }
     (bindings, lines, bad)
+}
+
+/// The lines of `text`, each ended by `\r\n`, `\n` or a lone `\r` (as [`Reader::line_of`]
+/// counts them).
+fn physical_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line))
+        .flat_map(|line| line.split('\r'))
+}
+
+/// The `KEY` of a line that begins, after blanks and `export `, with `KEY=` or `KEY:`.
+fn line_key(line: &str) -> Option<String> {
+    let mut reader = Reader {
+        text: line.trim_start_matches(is_blank),
+        pos: 0,
+    };
+    reader.export_prefix();
+    let key = reader.skip_while(|c| !matches!(c, '=' | ':' | '#') && !c.is_whitespace());
+    reader.skip_blanks();
+    (!key.is_empty() && matches!(reader.peek(), Some('=' | ':'))).then(|| key.to_owned())
 }
 
 /// Expands `${NAME}` / `${NAME:-default}` in each value and drops keys with no value; a key
@@ -583,7 +670,10 @@ mod tests {
         let (bindings, bad) = parse(text);
         assert_eq!(
             bad,
-            vec![BadLine { line: 3 }],
+            vec![BadLine {
+                line: 3,
+                last_line: 3
+            }],
             "B='it''s' has text after its quote"
         );
         assert_eq!(
@@ -606,7 +696,19 @@ mod tests {
     fn a_bad_line_loses_only_itself() {
         let (bindings, bad) = parse("A=1\nB=\"open\nC=3\nD E=4\nF=6\n");
         // `"open` never closes: the line is skipped, the next ones are read.
-        assert_eq!(bad, vec![BadLine { line: 2 }, BadLine { line: 4 }]);
+        assert_eq!(
+            bad,
+            vec![
+                BadLine {
+                    line: 2,
+                    last_line: 2
+                },
+                BadLine {
+                    line: 4,
+                    last_line: 4
+                }
+            ]
+        );
         assert_eq!(
             resolve(bindings, &|_| None),
             pairs(&[("A", "1"), ("C", "3"), ("F", "6")])
@@ -626,19 +728,63 @@ mod tests {
         let (_, _, bad) = parse_with_lines(
             "A=1\nexport  B = 'x'y\nC words\n\"E\"='a'b\n'D K'='a'b\nENABLE_ACCOUNT_MANAGEMENT=\"true\n",
         );
-        let keys: Vec<(usize, Option<&str>)> = bad
+        let keys: Vec<(usize, &[(usize, String)])> = bad
             .iter()
-            .map(|(bad, key)| (bad.line, key.as_deref()))
+            .map(|(bad, keys)| (bad.line, keys.as_slice()))
             .collect();
+        let key = |line: usize, key: &str| vec![(line, key.to_owned())];
         assert_eq!(
             keys,
             [
-                (2, Some("B")),
-                (3, Some("C")),
-                (4, Some("\"E\"")),
-                (5, Some("D K")),
-                (6, Some("ENABLE_ACCOUNT_MANAGEMENT")),
+                (2, key(2, "B").as_slice()),
+                (3, &key(3, "C")),
+                (4, &key(4, "\"E\"")),
+                (5, &key(5, "D K")),
+                (6, &key(6, "ENABLE_ACCOUNT_MANAGEMENT")),
             ]
+        );
+    }
+
+    /// A quote left open on one line and closed on a later one, with text after it, makes
+    /// one skipped statement of every line between: the key beginning each of those lines
+    /// (`KEY=` or `KEY:`) is kept, so a router variable swallowed there can stop the router.
+    #[test]
+    fn a_statement_skipped_over_several_lines_keeps_the_key_of_each() {
+        let (bindings, _, bad) = parse_with_lines(
+            "APP_TITLE=\"My Team\r\n  export ENABLE_ACCOUNT_MANAGEMENT=true\nplain words\nX : y\rLANGFUSE_HOST=\"http://h\"\nENABLE_ACCOUNT_MANAGEMENT: true\nNEXT=ok\n",
+        );
+        let owned = |list: &[(usize, &str)]| -> Vec<(usize, String)> {
+            list.iter().map(|(l, k)| (*l, (*k).to_owned())).collect()
+        };
+        assert_eq!(
+            bad,
+            [
+                (
+                    BadLine {
+                        line: 1,
+                        last_line: 5
+                    },
+                    owned(&[
+                        (1, "APP_TITLE"),
+                        (2, "ENABLE_ACCOUNT_MANAGEMENT"),
+                        (4, "X"),
+                        (5, "LANGFUSE_HOST")
+                    ])
+                ),
+                (
+                    BadLine {
+                        line: 6,
+                        last_line: 6
+                    },
+                    owned(&[(6, "ENABLE_ACCOUNT_MANAGEMENT")])
+                ),
+            ]
+        );
+        assert_eq!(bindings, [("NEXT".to_owned(), Some("ok".to_owned()))]);
+        assert_eq!(
+            bad[0].0.to_string(),
+            ".env lines 1-5: not KEY=value: a quote opened on line 1 closes only on line 5 \
+             (an unclosed quote?), so these 5 lines are skipped as one statement"
         );
     }
 
@@ -675,7 +821,13 @@ mod tests {
         // 1.0.1 read `C:\dir\`; a backslash in quotes always takes the next character along,
         // so the quote is never closed and the line is skipped (and named).
         let (bindings, bad) = parse("P='C:\\dir\\'\nNEXT=ok\n");
-        assert_eq!(bad, [BadLine { line: 1 }]);
+        assert_eq!(
+            bad,
+            [BadLine {
+                line: 1,
+                last_line: 1
+            }]
+        );
         assert_eq!(resolve(bindings, &|_| None), pairs(&[("NEXT", "ok")]));
     }
 

@@ -112,12 +112,14 @@ fn dotenv_problems(
     // A skipped line for one of the router's variables is said with the variable's name
     // (never the value); other skipped lines by their number only (the "key" may be a
     // pasted secret).
-    let router_variable = |line: usize| {
+    let router_variables = |statement: usize| {
         loaded
             .skipped_keys
             .iter()
-            .find(|(at, key)| *at == line && llmsrouter::env::read_by_router(key))
-            .map(|(_, key)| key.as_str())
+            .filter(move |skipped| {
+                skipped.statement == statement && llmsrouter::env::read_by_router(&skipped.key)
+            })
+            .map(|skipped| (skipped.line, skipped.key.as_str()))
     };
     let warning = |text: String| DotenvProblem {
         text,
@@ -131,13 +133,24 @@ fn dotenv_problems(
         "skipping it would start the router without this setting: fix the line";
     let mut problems = Vec::new();
     for bad in &loaded.bad_lines {
-        problems.push(match router_variable(bad.line) {
-            Some(key) => stops(format!(
-                ".env line {}: the line for {key} is not KEY=value (an unclosed quote, or text after a closing quote?); {WITHOUT_IT}",
-                bad.line
-            )),
-            None => warning(bad.to_string()),
-        });
+        let before = problems.len();
+        // Each line of the statement that sets one: a quote left open above
+        // `ENABLE_ACCOUNT_MANAGEMENT=true` swallows that line into the skipped statement.
+        for (line, key) in router_variables(bad.line) {
+            problems.push(stops(if line == bad.line {
+                format!(
+                    ".env line {line}: the line for {key} is not KEY=value (an unclosed quote, text after a closing quote, or ':' for '='?); {WITHOUT_IT}"
+                )
+            } else {
+                format!(
+                    ".env line {line}: the line for {key} is inside the statement that begins at line {}, which is skipped as a whole, lines {}-{} (an unclosed quote on line {}?); {WITHOUT_IT}",
+                    bad.line, bad.line, bad.last_line, bad.line
+                )
+            }));
+        }
+        if problems.len() == before {
+            problems.push(warning(bad.to_string()));
+        }
     }
     problems.extend(loaded.skipped_key_lines.iter().map(|line| {
         warning(format!(
@@ -150,8 +163,8 @@ fn dotenv_problems(
         ))
     }));
     for &line in &loaded.nul_lines {
-        problems.push(match router_variable(line) {
-            Some(key) => stops(format!(
+        problems.push(match router_variables(line).next() {
+            Some((_, key)) => stops(format!(
                 ".env line {line}: the value of {key} holds a NUL byte, which no environment variable can hold; {WITHOUT_IT}"
             )),
             None => warning(format!(

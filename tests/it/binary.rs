@@ -303,6 +303,54 @@ fn a_dot_env_that_cannot_be_read_stops_serve_as_check() {
     }
 }
 
+/// A `.env` that is a link to nothing (a secret mount not there yet) stops `serve` and fails
+/// `check`, naming where the link leads: it was taken for a missing `.env`, and the router
+/// started in silence without the settings meant for it, open to anyone.
+#[test]
+fn a_dot_env_link_to_nothing_stops_serve_and_check() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let target = dir.path().join("secrets").join("llmsrouter.env");
+    std::os::unix::fs::symlink(&target, dir.path().join(".env")).expect("link");
+    for args in [
+        &["check"][..],
+        &["serve", "--host", "127.0.0.1", "--port", "0"],
+    ] {
+        let (code, _, stderr) = run_cli_bytes(dir.path(), args, &[]);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!(
+                "error: .env is a link to {}, which does not exist",
+                target.display()
+            ),
+            "{args:?}"
+        );
+    }
+}
+
+/// A skipped `.env` statement that spans lines (a quote opened on line 1 closes on line 3,
+/// text after it) and sets none of the router's variables is named with all the lines it
+/// takes: `check` fails, the other commands warn.
+#[test]
+fn a_skipped_dot_env_statement_over_several_lines_is_named_with_its_lines() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join(".env"),
+        "APP_TITLE=\"My Team\nNOTES=sk-secret words\nOTHER=\"x\" y\nMOCK_KEY=k\n",
+    )
+    .expect("env");
+    let said = ".env lines 1-3: not KEY=value: a quote opened on line 1 closes only on line 3 (an unclosed quote?), so these 3 lines are skipped as one statement";
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.trim(), format!("error: {said}"));
+    let (_, _, stderr) = run_cli(dir.path(), &["models", "--json"], &[]);
+    assert!(
+        stderr.starts_with(&format!("warning: {said}\n")),
+        "{stderr}"
+    );
+}
+
 /// A `.env` line that cannot be read and names a variable the router reads stops `serve` and
 /// `check` (exit status 1), naming the line and the variable, never the value: skipped with a
 /// warning, as python-dotenv skips it, `ENABLE_ACCOUNT_MANAGEMENT="true` (a quote left open)
@@ -313,7 +361,13 @@ fn a_skipped_dot_env_line_for_a_router_variable_stops_serve_and_check() {
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
     let without = "skipping it would start the router without this setting: fix the line";
-    let not_key_value = "is not KEY=value (an unclosed quote, or text after a closing quote?)";
+    let not_key_value =
+        "is not KEY=value (an unclosed quote, text after a closing quote, or ':' for '='?)";
+    let inside = |line: usize, key: &str, first: usize, last: usize| {
+        format!(
+            ".env line {line}: the line for {key} is inside the statement that begins at line {first}, which is skipped as a whole, lines {first}-{last} (an unclosed quote on line {first}?); {without}"
+        )
+    };
     let cases: &[(&[u8], String)] = &[
         (
             b"APP_TITLE=My Team\nENABLE_ACCOUNT_MANAGEMENT=\"true\n",
@@ -334,6 +388,25 @@ fn a_skipped_dot_env_line_for_a_router_variable_stops_serve_and_check() {
             format!(
                 ".env line 3: the value of HTTPS_PROXY holds a NUL byte, which no environment variable can hold; {without}"
             ),
+        ),
+        // A quote left open on line 1 closes on line 3, with text after it: python-dotenv
+        // skips lines 1-3 as one statement, and the lines for the router's variables in it.
+        (
+            b"APP_TITLE=\"My Team Router\nENABLE_ACCOUNT_MANAGEMENT=true\nLANGFUSE_HOST=\"http://langfuse.internal\"\n",
+            format!(
+                "{}\nerror: {}",
+                inside(2, "ENABLE_ACCOUNT_MANAGEMENT", 1, 3),
+                inside(3, "LANGFUSE_HOST", 1, 3)
+            ),
+        ),
+        (
+            b"LANGFUSE_PUBLIC_KEY=pk-lf-1\nAPP_TITLE=\"Team Router\n  export LANGFUSE_HOST=http://127.0.0.1:1\nNOTE=\"x\"\n",
+            inside(3, "LANGFUSE_HOST", 2, 4),
+        ),
+        // docker-compose's `KEY: value`, which python-dotenv skips.
+        (
+            b"ENABLE_ACCOUNT_MANAGEMENT: true\n",
+            format!(".env line 1: the line for ENABLE_ACCOUNT_MANAGEMENT {not_key_value}; {without}"),
         ),
     ];
     for (text, expected) in cases {
