@@ -79,6 +79,26 @@ pub struct Loaded {
     /// (`ENABLE_ACCOUNT_MANAGEMENT="true`, a quote left open, ran the router open). Never a
     /// value.
     pub skipped_keys: Vec<SkippedKey>,
+    /// Keys read but set to nothing, with their lines: a statement with no `=`
+    /// (`ENABLE_ACCOUNT_MANAGEMENT:true`, which python-dotenv reads as a key with no value),
+    /// the key cut at `:`. A router variable written so would start the router without it.
+    pub keys_without_value: Vec<(usize, String)>,
+    /// Lines inside a quoted value over several lines that read `KEY=` or `KEY:`: a quote
+    /// left open above `ENABLE_ACCOUNT_MANAGEMENT=true` and closed by a later value's quote
+    /// makes that line part of the value, with no warning from python-dotenv either.
+    pub keys_inside_values: Vec<KeyInsideValue>,
+}
+
+/// A `KEY=` line that is part of another variable's quoted value (see
+/// [`Loaded::keys_inside_values`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInsideValue {
+    /// 1-based line of the `KEY=`.
+    pub line: usize,
+    pub key: String,
+    /// The variable whose value holds it, and the line that value begins on.
+    pub holder: String,
+    pub holder_line: usize,
 }
 
 /// A key in a skipped statement: the statement's own, or, for one spanning several lines,
@@ -146,6 +166,7 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
         .filter(|((_, value), _)| value.is_some())
         .map(|((key, _), line)| (key.clone(), *line))
         .collect();
+    let (keys_without_value, keys_inside_values) = keys_set_to_nothing(&bindings, &lines);
     let values = resolve(bindings, &|name| std::env::var(name).ok());
     let mut nul_keys: Vec<SkippedKey> = values
         .iter()
@@ -169,6 +190,8 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
         non_utf8_lines,
         nul_lines,
         skipped_keys,
+        keys_without_value,
+        keys_inside_values,
     };
     let mut quoted = String::new();
     for (key, value) in values {
@@ -192,6 +215,40 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
         // Its error quotes the line, value included: say only that it failed.
         .map_err(|_| DotenvError::Load("a value could not be passed to the environment".into()))?;
     Ok(loaded)
+}
+
+/// The keys a read file sets to nothing ([`Loaded::keys_without_value`]) and the `KEY=` lines
+/// inside quoted values ([`Loaded::keys_inside_values`]).
+fn keys_set_to_nothing(
+    bindings: &Bindings,
+    lines: &[usize],
+) -> (Vec<(usize, String)>, Vec<KeyInsideValue>) {
+    let mut without_value = Vec::new();
+    let mut inside_values = Vec::new();
+    for ((key, value), &line) in bindings.iter().zip(lines) {
+        match value {
+            None => {
+                let key = key.split(':').next().unwrap_or_default().trim();
+                if !key.is_empty() {
+                    without_value.push((line, key.to_owned()));
+                }
+            }
+            Some(value) if value.contains('\n') => {
+                for (i, text) in physical_lines(value).enumerate().skip(1) {
+                    if let Some(inner) = line_key(text) {
+                        inside_values.push(KeyInsideValue {
+                            line: line + i,
+                            key: inner,
+                            holder: key.clone(),
+                            holder_line: line,
+                        });
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    (without_value, inside_values)
 }
 
 /// The lines (1-based) of `bytes` that are not UTF-8.

@@ -162,6 +162,21 @@ fn dotenv_problems(
             ".env line {line}: not UTF-8 (saved in another encoding?); read with U+FFFD in place of each bad byte, so a key there is not the one meant"
         ))
     }));
+    for (line, key) in &loaded.keys_without_value {
+        if llmsrouter::env::read_by_router(key) {
+            problems.push(stops(format!(
+                ".env line {line}: the line for {key} sets nothing (no '=' after the name; ':' for '='?); {WITHOUT_IT}"
+            )));
+        }
+    }
+    for inside in &loaded.keys_inside_values {
+        if llmsrouter::env::read_by_router(&inside.key) {
+            problems.push(stops(format!(
+                ".env line {}: the line for {} is inside the quoted value of {} that begins at line {} (a quote left open on line {}?); {WITHOUT_IT}",
+                inside.line, inside.key, inside.holder, inside.holder_line, inside.holder_line
+            )));
+        }
+    }
     for &line in &loaded.nul_lines {
         problems.push(match router_variables(line).next() {
             Some((_, key)) => stops(format!(

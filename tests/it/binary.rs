@@ -408,6 +408,28 @@ fn a_skipped_dot_env_line_for_a_router_variable_stops_serve_and_check() {
             b"ENABLE_ACCOUNT_MANAGEMENT: true\n",
             format!(".env line 1: the line for ENABLE_ACCOUNT_MANAGEMENT {not_key_value}; {without}"),
         ),
+        // With no space after ':' python-dotenv reads a key with no value (it sets nothing),
+        // and a bare name the same: no warning came, and the router started open.
+        (
+            b"ENABLE_ACCOUNT_MANAGEMENT:true\n",
+            format!(
+                ".env line 1: the line for ENABLE_ACCOUNT_MANAGEMENT sets nothing (no '=' after the name; ':' for '='?); {without}"
+            ),
+        ),
+        (
+            b"A=1\nLANGFUSE_HOST\n",
+            format!(
+                ".env line 2: the line for LANGFUSE_HOST sets nothing (no '=' after the name; ':' for '='?); {without}"
+            ),
+        ),
+        // A quote left open on line 1 that a later value's quote closes at the end of its
+        // line: one valid value over three lines, which python-dotenv reads without a word.
+        (
+            b"APP_TITLE=\"My Team\nENABLE_ACCOUNT_MANAGEMENT=true\nNOTE=\"\nA=1\n",
+            format!(
+                ".env line 2: the line for ENABLE_ACCOUNT_MANAGEMENT is inside the quoted value of APP_TITLE that begins at line 1 (a quote left open on line 1?); {without}"
+            ),
+        ),
     ];
     for (text, expected) in cases {
         std::fs::write(dir.path().join(".env"), text).expect(".env");
