@@ -671,7 +671,7 @@ pub fn bool_var(
 
 /// The variables the upstream client takes its proxies from (hyper-util's `Matcher`, which
 /// reqwest uses too), as it reads them; `NO_PROXY` cannot be wrong.
-const PROXY_VARIABLES: [&str; 6] = [
+pub const PROXY_VARIABLES: [&str; 6] = [
     "HTTPS_PROXY",
     "https_proxy",
     "HTTP_PROXY",

@@ -924,16 +924,9 @@ fn plain_target(rest: &str) -> Option<(&str, &str)> {
 /// `NO_PROXY=*` it must offer none (see [`crate::env::no_proxy_for_any_host`]).
 fn proxy_env_set() -> bool {
     !crate::env::no_proxy_for_any_host()
-        && [
-            "ALL_PROXY",
-            "all_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-            "HTTPS_PROXY",
-            "https_proxy",
-        ]
-        .iter()
-        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+        && crate::env::PROXY_VARIABLES
+            .iter()
+            .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
 }
 
 /// The variable `Matcher::from_env` takes `http://` targets' proxy from: `HTTP_PROXY` (or

@@ -854,6 +854,20 @@ async fn a_third_sigterm_exits_at_once() {
     held.abort();
 }
 
+/// `llmsrouter healthcheck` of a port on 127.0.0.1: exit status, stdout, stderr.
+async fn healthcheck_of(port: u16) -> (i32, String, String) {
+    let port = port.to_string();
+    tokio::task::spawn_blocking(move || {
+        run_cli(
+            std::path::Path::new("."),
+            &["healthcheck", "--host", "127.0.0.1", "--port", &port],
+            &[],
+        )
+    })
+    .await
+    .expect("healthcheck")
+}
+
 #[tokio::test]
 async fn healthcheck_probes_a_running_router() {
     let router = RouterProcess::start(None, &[]);
@@ -897,16 +911,7 @@ async fn healthcheck_says_a_body_that_is_not_the_routers() {
         ..Behavior::default()
     })
     .await;
-    let port = other.addr.port().to_string();
-    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        run_cli(
-            std::path::Path::new("."),
-            &["healthcheck", "--host", "127.0.0.1", "--port", &port],
-            &[],
-        )
-    })
-    .await
-    .expect("healthcheck");
+    let (code, stdout, stderr) = healthcheck_of(other.addr.port()).await;
     assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
     assert_eq!(
         stderr.trim(),
@@ -931,16 +936,7 @@ async fn healthcheck_does_not_follow_a_redirect() {
         ..Behavior::default()
     })
     .await;
-    let port = other.addr.port().to_string();
-    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        run_cli(
-            std::path::Path::new("."),
-            &["healthcheck", "--host", "127.0.0.1", "--port", &port],
-            &[],
-        )
-    })
-    .await
-    .expect("healthcheck");
+    let (code, stdout, stderr) = healthcheck_of(other.addr.port()).await;
     assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
     assert_eq!(
         stderr.trim(),
