@@ -191,6 +191,38 @@ impl Setup {
         (id, record, output)
     }
 
+    /// Streams `chunks` to a chat `request` (made a stream), the upstream holding chunk
+    /// `held` until the client has every byte before it; checks the client got the chunks as
+    /// they came. The request id, and when the held chunk was let go: a first token read from
+    /// the chunks before it is no later.
+    async fn held_stream(
+        &self,
+        request: &Value,
+        chunks: &[Vec<u8>],
+        held: usize,
+    ) -> (String, std::time::SystemTime) {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        self.upstream.set(Behavior {
+            raw_chunks: Some(chunks.to_vec()),
+            hold_chunk: Some((held, gate.clone())),
+            ..Default::default()
+        });
+        let mut request = request.clone();
+        request["stream"] = json!(true);
+        let response = client()
+            .post(self.router.url("/v1/chat/completions"))
+            .json(&request)
+            .send()
+            .await
+            .expect("send");
+        let id = request_id(&response);
+        let before = String::from_utf8(chunks[..held].concat()).expect("text");
+        let (_, seen) = read_past_a_held_chunk(response, &before, &gate).await;
+        let released = std::time::SystemTime::now();
+        assert_eq!(seen.as_bytes(), chunks.concat(), "relayed as it came");
+        (id, released)
+    }
+
     /// The span of `request_id`'s `langfuse.observation.usage_details`.
     async fn usage_details(&self, request_id: &str) -> Option<Value> {
         let span = self.otlp.span_of(request_id).await.span;
@@ -1896,7 +1928,7 @@ async fn content_parts_are_read_as_text_and_thinking() {
     );
     let chunks = vec![
         chat_chunk(json!({"role": "assistant", "content": ""}), Value::Null),
-        thinking.clone(),
+        thinking,
         chat_chunk(json!({"content": "The answer"}), Value::Null),
         chat_chunk(
             json!({"content": [{"type": "text", "text": " is 4."}]}),
@@ -1906,23 +1938,9 @@ async fn content_parts_are_read_as_text_and_thinking() {
         b"data: [DONE]\n\n".to_vec(),
     ];
     // The string delta after the thinking part waits until the client has the part.
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    setup.upstream.set(Behavior {
-        raw_chunks: Some(chunks.clone()),
-        hold_chunk: Some((2, gate.clone())),
-        ..Default::default()
-    });
-    let response = client()
-        .post(setup.router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]m", "stream": true, "messages": []}))
-        .send()
-        .await
-        .expect("send");
-    let streamed = request_id(&response);
-    let thinking = String::from_utf8(thinking).expect("text");
-    let (_, seen) = read_past_a_held_chunk(response, &thinking, &gate).await;
-    let released = std::time::SystemTime::now();
-    assert_eq!(seen.as_bytes(), chunks.concat(), "relayed as it came");
+    let (streamed, released) = setup
+        .held_stream(&json!({"model": "[mock]m", "messages": []}), &chunks, 2)
+        .await;
     let record = setup.router.records.nth(1).await;
     let first = record.first_token_at.expect("a first token");
     assert!(first <= released, "the thinking part is the first token");
@@ -2050,7 +2068,7 @@ async fn chat_custom_tool_calls_are_recorded_with_their_name_and_input() {
         Value::Null,
     );
     let chunks = vec![
-        first.clone(),
+        first,
         chat_chunk(
             json!({"tool_calls": [{"index": 0, "custom": {"input": "nt(1)"}}]}),
             Value::Null,
@@ -2059,25 +2077,7 @@ async fn chat_custom_tool_calls_are_recorded_with_their_name_and_input() {
         b"data: [DONE]\n\n".to_vec(),
     ];
     // The second piece waits until the client has the first.
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    setup.upstream.set(Behavior {
-        raw_chunks: Some(chunks.clone()),
-        hold_chunk: Some((1, gate.clone())),
-        ..Default::default()
-    });
-    let mut request = request;
-    request["stream"] = json!(true);
-    let response = client()
-        .post(setup.router.url("/v1/chat/completions"))
-        .json(&request)
-        .send()
-        .await
-        .expect("send");
-    let streamed = request_id(&response);
-    let first = String::from_utf8(first).expect("text");
-    let (_, seen) = read_past_a_held_chunk(response, &first, &gate).await;
-    let released = std::time::SystemTime::now();
-    assert_eq!(seen.as_bytes(), chunks.concat(), "relayed as it came");
+    let (streamed, released) = setup.held_stream(&request, &chunks, 1).await;
     let record = setup.router.records.nth(2).await;
     let first_token = record.first_token_at.expect("a first token");
     assert!(
