@@ -206,6 +206,9 @@ pub struct LogFile {
     loss_warnings: LossWarnings,
     /// What the latest lost lines could not be written for, for the warning.
     loss_reason: String,
+    /// Lines are written again since the latest were lost: a warning due after that says the
+    /// loss is over, not that it goes on.
+    recovered: bool,
     stats: std::sync::Arc<LogStats>,
 }
 
@@ -219,6 +222,7 @@ impl LogFile {
             pruned_for: None,
             loss_warnings: LossWarnings::default(),
             loss_reason: String::new(),
+            recovered: false,
             stats,
         }
     }
@@ -296,6 +300,7 @@ impl LogFile {
         match open.file.write(bytes) {
             Ok(n) if n == bytes.len() => {
                 self.stats.written.fetch_add(lines, Ordering::Relaxed);
+                self.recovered = true;
             }
             Ok(n) => {
                 let done = memchr::memchr_iter(b'\n', &bytes[..n]).count() as u64;
@@ -411,6 +416,7 @@ impl LogFile {
     ) {
         self.stats.failed.fetch_add(lines, Ordering::Relaxed);
         self.loss_reason = format!("{doing} {}: {error}", self.path_of(day).display());
+        self.recovered = false;
         self.warn_lost(now);
     }
 
@@ -421,10 +427,15 @@ impl LogFile {
         let Some(lost) = self.loss_warnings.due(self.stats.failed(), now) else {
             return;
         };
+        let state = if self.recovered {
+            "lines were lost until it worked again; they are written again now"
+        } else {
+            "lines are lost until it works again"
+        };
         tracing::warn!(
             failed = lost.total,
             since_last_warning = lost.new,
-            "request log: {}; lines are lost until it works again",
+            "request log: {}; {state}",
             self.loss_reason
         );
     }

@@ -253,37 +253,50 @@ impl WriterQueue {
     }
 }
 
-/// Prometheus text exposition (format 0.0.4) of counters, for `GET /metrics`.
+/// Prometheus text exposition (format 0.0.4) of counters, for `GET /metrics`. Samples are
+/// kept per counter and written together under its `# HELP` / `# TYPE` lines, in the order
+/// the counters were first added: the format wants one group per metric, and a counter whose
+/// samples come from two places (the span counters of Langfuse and of the OTLP destination)
+/// was split in two, its second group read as untyped metrics by Prometheus's parser.
 #[derive(Default)]
 pub struct Metrics {
-    text: String,
-    /// Names whose `# HELP` / `# TYPE` lines were written.
-    described: Vec<&'static str>,
+    /// Each counter's name, help and sample lines.
+    families: Vec<(&'static str, String, String)>,
 }
 
 impl Metrics {
     /// Adds one sample of counter `name` (`_total` is appended), described once.
     pub fn counter(&mut self, name: &'static str, help: &str, labels: &[(&str, &str)], value: u64) {
         use std::fmt::Write as _;
-        if !self.described.contains(&name) {
-            self.described.push(name);
-            let _ = writeln!(self.text, "# HELP llmsrouter_{name}_total {help}");
-            let _ = writeln!(self.text, "# TYPE llmsrouter_{name}_total counter");
-        }
-        let _ = write!(self.text, "llmsrouter_{name}_total");
+        let index = match self.families.iter().position(|(n, _, _)| *n == name) {
+            Some(index) => index,
+            None => {
+                self.families.push((name, help.to_owned(), String::new()));
+                self.families.len() - 1
+            }
+        };
+        let samples = &mut self.families[index].2;
+        let _ = write!(samples, "llmsrouter_{name}_total");
         for (i, (key, value)) in labels.iter().enumerate() {
             let open = if i == 0 { "{" } else { "," };
             // Label values are the router's own names (sinks, destinations): no escaping needed.
-            let _ = write!(self.text, "{open}{key}=\"{value}\"");
+            let _ = write!(samples, "{open}{key}=\"{value}\"");
         }
         if !labels.is_empty() {
-            self.text.push('}');
+            samples.push('}');
         }
-        let _ = writeln!(self.text, " {value}");
+        let _ = writeln!(samples, " {value}");
     }
 
     pub fn into_text(self) -> String {
-        self.text
+        use std::fmt::Write as _;
+        let mut text = String::new();
+        for (name, help, samples) in self.families {
+            let _ = writeln!(text, "# HELP llmsrouter_{name}_total {help}");
+            let _ = writeln!(text, "# TYPE llmsrouter_{name}_total counter");
+            text.push_str(&samples);
+        }
+        text
     }
 }
 

@@ -416,9 +416,12 @@ fn serialize_line(
         if let Some(bytes) = &record.response_body {
             out.extend_from_slice(b",\"response\":");
             put_body(out, bytes, record.response_is_json)?;
-        } else if record.stream || !summary.content.is_empty() {
-            // A stream's answer as it was read; or the note a body not kept left in its
-            // place (`<binary, 48213 bytes>`, see `record::describe_binary`).
+        } else if (record.stream && record.response_started_at.is_some())
+            || !summary.content.is_empty()
+        {
+            // A stream's answer as it was read (none for one that got no answer: an empty
+            // content would read as an empty answer); or the note a body not kept left in
+            // its place (`<binary, 48213 bytes>`, see `record::describe_binary`).
             field(
                 out,
                 "response",
@@ -454,6 +457,7 @@ mod tests {
     fn a_streamed_refusal_is_logged() {
         let mut record = crate::record::tests::sample();
         record.stream = true;
+        record.response_started_at = Some(record.started_at);
         record.response_body = None;
         record.response.refusal = "I cannot help with that.".into();
         let mut out = Vec::new();

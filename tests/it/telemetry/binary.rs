@@ -178,7 +178,9 @@ async fn metrics_count_what_every_sink_wrote_and_dropped() {
     let data = tempfile::tempdir().expect("data dir");
     let db = data.path().join("ledger.db").display().to_string();
     let log = data.path().join("api_proxy.log").display().to_string();
-    let vars = every_sink(&otlp.origin(), &db, &log, "50");
+    let collector = MockOtlp::start().await;
+    let mut vars = every_sink(&otlp.origin(), &db, &log, "50").to_vec();
+    vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", collector.origin()));
     let envs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &envs);
     for _ in 0..3 {
@@ -207,6 +209,7 @@ async fn metrics_count_what_every_sink_wrote_and_dropped() {
     let complete = [
         "llmsrouter_ledger_rows_written_total 3",
         "llmsrouter_spans_exported_total{destination=\"langfuse\"} 3",
+        "llmsrouter_spans_exported_total{destination=\"otlp\"} 3",
     ];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let text = loop {
@@ -233,6 +236,22 @@ async fn metrics_count_what_every_sink_wrote_and_dropped() {
         assert!(text.lines().any(|l| l == zero), "{zero} in:\n{text}");
     }
     assert_eq!(otlp.spans().len(), 3);
+    // Each counter is one group under its own HELP and TYPE, as format 0.0.4 wants: the two
+    // destinations' span counters were two groups, the second read as untyped by Prometheus.
+    let mut groups: Vec<&str> = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        if groups.last() != Some(&name) {
+            assert!(!groups.contains(&name), "{name} in two groups:\n{text}");
+            groups.push(name);
+            let typed = format!("# TYPE {name} counter");
+            assert_eq!(
+                text.lines().filter(|l| *l == typed).count(),
+                1,
+                "{name}:\n{text}"
+            );
+        }
+    }
     // `POST /v1/metrics` is still a path a provider may serve: it is forwarded, not answered.
     let before = upstream.count();
     let forwarded = crate::support::client()

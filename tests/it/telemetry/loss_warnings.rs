@@ -159,3 +159,50 @@ async fn spans_an_endpoint_rejects_in_a_partial_success_are_counted_failed() {
     router.terminate();
     assert!(router.wait_exit(Duration::from_secs(30)).await.success());
 }
+
+/// Request log lines lost while a named pipe had no reader, then written once one came: the
+/// warning due at the interval's end counts them and says the loss is over. It said "lines
+/// are lost until it works again" seconds after lines were written again.
+#[tokio::test]
+async fn a_warning_due_after_the_log_works_again_says_the_loss_is_over() {
+    use std::io::BufRead;
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let data = tempfile::tempdir().expect("dir");
+    let pipe = data.path().join("requests.pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let pipe_value = pipe.display().to_string();
+    let mut router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[
+            ("LLMSROUTER_LOG_FILE", pipe_value.as_str()),
+            ("LLMSROUTER_LEDGER", "false"),
+            ("LLMSROUTER_TEST_WARNING_INTERVAL_MS", INTERVAL_MS),
+        ],
+    );
+    let failed = "llmsrouter_request_log_lines_failed_total";
+    lose_one(&router, failed, 1).await;
+    lose_one(&router, failed, 2).await;
+    // A reader comes: the next lines are written.
+    std::thread::spawn(move || {
+        if let Ok(file) = std::fs::File::open(&pipe) {
+            for _ in std::io::BufReader::new(file).lines().map_while(Result::ok) {}
+        }
+    });
+    lose_one(&router, "llmsrouter_request_log_lines_written_total", 1).await;
+    wait_for_warning(&router, "request log: cannot open", "failed", 2).await;
+    let stderr = router.stderr();
+    let last = stderr
+        .lines()
+        .rfind(|l| l.contains(" WARN ") && l.contains("request log: cannot open"))
+        .expect("a warning");
+    assert!(
+        last.contains("lines were lost until it worked again; they are written again now"),
+        "{stderr}"
+    );
+    router.terminate();
+    assert!(router.wait_exit(Duration::from_secs(30)).await.success());
+}

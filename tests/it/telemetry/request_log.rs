@@ -121,6 +121,43 @@ async fn bodies_can_be_left_out() {
     }
 }
 
+/// A stream the router could not send (its upstream refused the connection) has no
+/// `response` in its line, as a whole request has none: there was no answer, and
+/// `{"content": ""}` read as an empty one.
+#[tokio::test]
+async fn a_stream_that_got_no_answer_logs_no_response() {
+    let dir = tempfile::tempdir().expect("dir");
+    let sink = Arc::new(
+        RequestLogSink::start(RequestLogOptions {
+            path: dir.path().join("api_proxy.log"),
+            bodies: true,
+            redactor: Redactor::default(),
+        })
+        .expect("log"),
+    );
+    let router = TestRouter::start_with_sinks(
+        &one_server_config(&format!("{}/v1", crate::support::closed_origin()), ""),
+        vec![sink.clone() as Arc<dyn RecordSink>],
+        |_| {},
+    )
+    .await;
+    for stream in [true, false] {
+        let response = router
+            .chat(&json!({"model": "[mock]m", "stream": stream, "messages": []}))
+            .await;
+        assert_eq!(response.status(), 502);
+        let _ = response.bytes().await.expect("body");
+    }
+    router.stop().await;
+    let lines = read_log_lines(dir.path(), "api_proxy");
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        assert_eq!(line["outcome"], "router_error", "{line}");
+        assert!(line.get("response").is_none(), "{line}");
+        assert_eq!(line["request"]["model"], "[mock]m");
+    }
+}
+
 /// Model names of megabytes (the client's, and the upstream's echo) are kept to their first
 /// 1,024 characters in a line, as in the ledger; a key crossing the cut is redacted before it,
 /// not left half there.
