@@ -607,6 +607,12 @@ fn run_check(cli: &Cli, dotenv_problems: &[DotenvProblem]) -> anyhow::Result<Exi
     if env.ledger || env.account_management {
         llmsrouter::db::inspect(&cli.db, env.ledger)?;
     }
+    // As `serve` warns at start: the file holds every user key in the clear.
+    if env.account_management {
+        if let Some(warning) = users::index::others_may_read(&cli.db) {
+            eprintln!("warning: {warning}");
+        }
+    }
     let config = match Config::load(&cli.config, &env_var) {
         Ok(config) => config,
         Err(ConfigError::NotFound { file }) => {

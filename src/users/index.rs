@@ -552,20 +552,31 @@ pub fn start(path: &Path) -> Result<(Arc<UserIndex>, RefreshTask), UserError> {
 /// others may read, made so by hand or by an earlier build that created it with the umask's
 /// mode, is kept as it is (its mode is the administrator's), but said once at start-up.
 fn warn_when_others_may_read(path: &Path) {
+    if let Some(warning) = others_may_read(path) {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// The warning for a users database others may read (see [`warn_when_others_may_read`]), for
+/// `serve`'s log and `check`'s stderr alike; `None` when only its owner's group or its owner
+/// may, or it cannot be looked at.
+pub fn others_may_read(path: &Path) -> Option<String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let Ok(meta) = std::fs::metadata(path) else {
-            return;
-        };
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o044 != 0 {
-            tracing::warn!(
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o044 != 0).then(|| {
+            format!(
                 "{}: other users of this machine may read it (mode {mode:04o}), and it holds \
                  every user key; `chmod 600` it unless that is meant",
                 path.display()
-            );
-        }
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
     }
 }
 

@@ -505,6 +505,13 @@ async fn serve_with_accounts_makes_a_private_database_and_names_one_others_may_r
         std::fs::Permissions::from_mode(0o644),
     )
     .expect("chmod");
+    // `check` says it too, as a warning (it passes).
+    let (code, _, err) = run_cli(dir.path(), &["check"], &envs);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: ./users.db: other users of this machine may read it (mode 0644)"),
+        "{err}"
+    );
     let router = RouterProcess::start_with(dir, &envs, with_umask_022());
     let said = router.stderr();
     assert!(
