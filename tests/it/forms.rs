@@ -9,7 +9,6 @@ use llmsrouter::record::{Outcome, RecordSink};
 use llmsrouter::routing::RouteMode;
 use llmsrouter::sinks::generation;
 use llmsrouter::sinks::redact::Redactor;
-use llmsrouter::sinks::request_log::{RequestLogOptions, RequestLogSink};
 use serde_json::{Value, json};
 
 use crate::support::upstream::{Behavior, MockUpstream};
@@ -94,14 +93,7 @@ async fn a_transcription_form_reaches_the_upstream_with_only_the_model_changed()
     })
     .await;
     let dir = tempfile::tempdir().expect("dir");
-    let log = Arc::new(
-        RequestLogSink::start(RequestLogOptions {
-            path: dir.path().join("api_proxy.log"),
-            bodies: true,
-            redactor: Redactor::default(),
-        })
-        .expect("log"),
-    );
+    let log = crate::telemetry::request_log::log_sink(dir.path().join("api_proxy.log"), true);
     let router = TestRouter::start_with_sinks(
         &one_server_config(&upstream.url(), ""),
         vec![log as Arc<dyn RecordSink>],

@@ -15,6 +15,18 @@ use super::{UPSTREAM_KEY, request_id};
 use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS};
 use crate::support::{RouterProcess, TestRouter, one_server_config, run_cli};
 
+/// A request log at `path` (dated files beside it), with or without bodies, redacting nothing.
+pub(crate) fn log_sink(path: std::path::PathBuf, bodies: bool) -> Arc<RequestLogSink> {
+    Arc::new(
+        RequestLogSink::start(RequestLogOptions {
+            path,
+            bodies,
+            redactor: Redactor::default(),
+        })
+        .expect("log"),
+    )
+}
+
 /// The one dated file `name.YYYY-MM-DD.log` in `dir`, as lines of JSON.
 pub fn read_log_lines(dir: &Path, stem: &str) -> Vec<Value> {
     let files: Vec<_> = std::fs::read_dir(dir)
@@ -43,14 +55,7 @@ pub fn read_log_lines(dir: &Path, stem: &str) -> Vec<Value> {
 async fn run(bodies: bool) -> (tempfile::TempDir, Vec<String>) {
     let dir = tempfile::tempdir().expect("dir");
     let upstream = MockUpstream::start(Behavior::default()).await;
-    let sink = Arc::new(
-        RequestLogSink::start(RequestLogOptions {
-            path: dir.path().join("logs/api_proxy.log"),
-            bodies,
-            redactor: Redactor::default(),
-        })
-        .expect("log"),
-    );
+    let sink = log_sink(dir.path().join("logs/api_proxy.log"), bodies);
     let router = TestRouter::start_with_sinks(
         &one_server_config(&upstream.url(), ""),
         vec![sink.clone() as Arc<dyn RecordSink>],
@@ -127,14 +132,7 @@ async fn bodies_can_be_left_out() {
 #[tokio::test]
 async fn a_stream_that_got_no_answer_logs_no_response() {
     let dir = tempfile::tempdir().expect("dir");
-    let sink = Arc::new(
-        RequestLogSink::start(RequestLogOptions {
-            path: dir.path().join("api_proxy.log"),
-            bodies: true,
-            redactor: Redactor::default(),
-        })
-        .expect("log"),
-    );
+    let sink = log_sink(dir.path().join("api_proxy.log"), true);
     let router = TestRouter::start_with_sinks(
         &one_server_config(&format!("{}/v1", crate::support::closed_origin()), ""),
         vec![sink.clone() as Arc<dyn RecordSink>],

@@ -10,7 +10,7 @@ use llmsrouter::record::{Outcome, RecordSink};
 use llmsrouter::sinks::langfuse::{LangfuseOptions, LangfuseSink};
 use llmsrouter::sinks::ledger::LedgerSink;
 use llmsrouter::sinks::redact::Redactor;
-use llmsrouter::sinks::request_log::{RequestLogOptions, RequestLogSink};
+use llmsrouter::sinks::request_log::RequestLogSink;
 use serde_json::{Value, json};
 
 use super::mock_otlp::{MockOtlp, json_attr, str_attr, strings_attr};
@@ -47,14 +47,7 @@ impl Setup {
         adjust(&mut options);
         let langfuse = Arc::new(LangfuseSink::start(options).expect("exporter"));
         let ledger = Arc::new(LedgerSink::start(&db, Redactor::default()).expect("ledger"));
-        let log = Arc::new(
-            RequestLogSink::start(RequestLogOptions {
-                path: dir.path().join("api_proxy.log"),
-                bodies: true,
-                redactor: Redactor::default(),
-            })
-            .expect("log"),
-        );
+        let log = super::request_log::log_sink(dir.path().join("api_proxy.log"), true);
         let router = TestRouter::start_with_sinks(
             &one_server_config(&upstream.url(), ""),
             vec![
@@ -221,6 +214,18 @@ impl Setup {
         let released = std::time::SystemTime::now();
         assert_eq!(seen.as_bytes(), chunks.concat(), "relayed as it came");
         (id, released)
+    }
+
+    /// Asserts that the span of each of `ids` has `expected` as its output.
+    async fn assert_outputs(&self, ids: &[&str], expected: &Value) {
+        for id in ids {
+            let span = self.otlp.span_of(id).await.span;
+            assert_eq!(
+                json_attr(&span, "langfuse.observation.output").as_ref(),
+                Some(expected),
+                "{id}"
+            );
+        }
     }
 
     /// The span of `request_id`'s `langfuse.observation.usage_details`.
@@ -1883,13 +1888,9 @@ async fn a_tool_call_answer_has_a_null_content() {
         )
         .await;
     let expected = json!({"role": "assistant", "content": null, "tool_calls": [call]});
-    for id in [&whole, &streamed] {
-        let span = setup.otlp.span_of(id).await.span;
-        assert_eq!(
-            json_attr(&span, "langfuse.observation.output"),
-            Some(expected.clone())
-        );
-    }
+    setup
+        .assert_outputs(&[whole.as_str(), streamed.as_str()], &expected)
+        .await;
     let rows = setup
         .stop_and_read_all(&[whole.as_str(), streamed.as_str()])
         .await;
@@ -1962,13 +1963,9 @@ async fn content_parts_are_read_as_text_and_thinking() {
         )
         .await;
     let expected = json!({"role": "assistant", "content": "The answer is 4.", "reasoning_content": "Let me reason."});
-    for id in [&streamed, &whole] {
-        let span = setup.otlp.span_of(id).await.span;
-        assert_eq!(
-            json_attr(&span, "langfuse.observation.output"),
-            Some(expected.clone())
-        );
-    }
+    setup
+        .assert_outputs(&[streamed.as_str(), whole.as_str()], &expected)
+        .await;
     let (row, line) = setup.stop_and_read(&streamed).await;
     assert!(row.ttft_ms.is_some(), "{row:?}");
     assert_eq!(line["response"]["content"], "The answer is 4.");
@@ -2017,13 +2014,9 @@ async fn a_legacy_function_call_is_recorded_as_a_tool_call() {
     assert!(record.first_token_at.is_some(), "the call's first piece");
     let expected = json!({"role": "assistant", "content": null, "tool_calls": [{"id": "",
         "type": "function", "function": {"name": "get_w", "arguments": "{\"c\":1}"}}]});
-    for id in [&whole, &streamed] {
-        let span = setup.otlp.span_of(id).await.span;
-        assert_eq!(
-            json_attr(&span, "langfuse.observation.output"),
-            Some(expected.clone())
-        );
-    }
+    setup
+        .assert_outputs(&[whole.as_str(), streamed.as_str()], &expected)
+        .await;
     let (row, line) = setup.stop_and_read(&streamed).await;
     assert!(row.ttft_ms.is_some(), "{row:?}");
     let logged = &line["response"];
@@ -2088,14 +2081,9 @@ async fn chat_custom_tool_calls_are_recorded_with_their_name_and_input() {
 
     let expected = json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
         "type": "custom", "function": {"name": "code_exec", "arguments": "print(1)"}}]});
-    for id in [&whole, &streamed] {
-        let span = setup.otlp.span_of(id).await.span;
-        assert_eq!(
-            json_attr(&span, "langfuse.observation.output"),
-            Some(expected.clone()),
-            "{id}"
-        );
-    }
+    setup
+        .assert_outputs(&[whole.as_str(), streamed.as_str()], &expected)
+        .await;
     let rows = setup
         .stop_and_read_all(&[whole.as_str(), streamed.as_str()])
         .await;
@@ -2245,13 +2233,9 @@ async fn an_anthropic_tool_call_without_arguments_is_an_empty_object() {
     let (whole, _) = setup.post("/v1/messages", &request).await;
     let expected = json!({"role": "assistant", "content": null, "tool_calls": [{"id": "toolu_n",
         "type": "function", "function": {"name": "now", "arguments": "{}"}}]});
-    for id in [&streamed, &whole] {
-        let span = setup.otlp.span_of(id).await.span;
-        assert_eq!(
-            json_attr(&span, "langfuse.observation.output"),
-            Some(expected.clone())
-        );
-    }
+    setup
+        .assert_outputs(&[streamed.as_str(), whole.as_str()], &expected)
+        .await;
     let (_, line) = setup.stop_and_read(&streamed).await;
     assert_eq!(line["response"]["tool_calls"][0]["arguments"], "{}");
 }
