@@ -366,7 +366,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             metrics(&state)
         }
         (Route::ListModels, &Method::GET | &Method::HEAD) => {
-            crate::models::handle_list(&state, &caller).await
+            crate::models::handle_list(&state, &caller, &fields).await
         }
         (Route::GetModel(id), &Method::GET | &Method::HEAD) => {
             crate::models::handle_get(&state, &caller, id).await

@@ -16,9 +16,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::fetch::{FetchError, fetch_models};
+use super::fetch::{FetchError, Fetched, fetch_models};
 use super::filter::Filter;
 use super::list::{MergedList, ServerInput, Source, UpstreamModel};
+use super::loops::{Chain, RouterId};
 use crate::config::{Config, Server, Settings};
 
 /// A server that failed is asked again after this long (or after the cache TTL, if shorter),
@@ -41,6 +42,8 @@ struct Inner {
     stop: CancellationToken,
     /// Callers waiting for a refresh right now.
     waiting: AtomicUsize,
+    /// This router's id on its model-list fetches (see [`super::loops`]).
+    id: RouterId,
 }
 
 /// A running refresh; `None` when it was stopped by shutdown.
@@ -68,6 +71,41 @@ impl ModelCatalog {
             Some(snapshot) => snapshot,
             None => Arc::new(Snapshot::assemble(config, Vec::new())),
         }
+    }
+
+    /// [`Self::snapshot`] for a `GET /v1/models` made for other routers (`askers`, not
+    /// empty; see [`super::loops`]). It never joins the refresh other callers share, which
+    /// may be waiting on one of the askers: a cached list is returned (refreshed in the
+    /// background when expired), and with none a list is built for them alone, its fetches
+    /// naming them too, so a router that finds itself there answers at once.
+    pub async fn snapshot_for_routers(
+        &self,
+        client: &reqwest::Client,
+        config: Arc<Config>,
+        askers: &Chain,
+    ) -> Arc<Snapshot> {
+        if let Some(current) = self.current_for(&config) {
+            if current.is_fresh(Instant::now()) {
+                return current;
+            }
+            if !config.settings.models_cache_ttl.is_zero() {
+                drop(self.refresh(client, config));
+                return current;
+            }
+        }
+        let chain = Chain::of(&self.inner.id, askers);
+        let previous = self.inner.current.load_full();
+        let built = tokio::select! {
+            built = build(client, config.clone(), previous.as_deref(), &chain) => Arc::new(built),
+            () = self.inner.stop.cancelled() => return Arc::new(Snapshot::assemble(config, Vec::new())),
+        };
+        self.inner.current.store(Some(Arc::clone(&built)));
+        built
+    }
+
+    /// This router's id among routers.
+    pub fn id(&self) -> &RouterId {
+        &self.inner.id
     }
 
     /// Marks the current list expired: the next caller gets it once more and starts a refresh
@@ -113,11 +151,12 @@ impl ModelCatalog {
         }
         let inner = Arc::clone(&self.inner);
         let client = client.clone();
+        let chain = Chain::of(&self.inner.id, &Chain::default());
         let task = self.inner.tasks.spawn(async move {
             let _clear = ClearRunning(&inner);
             let previous = inner.current.load_full();
             let built = tokio::select! {
-                built = build(&client, config, previous.as_deref()) => Arc::new(built),
+                built = build(&client, config, previous.as_deref(), &chain) => Arc::new(built),
                 () = inner.stop.cancelled() => return None,
             };
             inner.current.store(Some(Arc::clone(&built)));
@@ -182,6 +221,8 @@ pub struct ServerState {
     /// Its `filter` kept none of the models it listed (see
     /// [`super::filter::keeps_none_warning`]): what to warn of.
     pub filter_kept_none: Option<String>,
+    /// The routers whose lists `latest_good` holds, when the server is a router.
+    routers: Arc<[Box<str>]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +263,11 @@ impl Snapshot {
         self.servers.iter().find(|s| s.alias == alias)
     }
 
+    /// The routers whose lists the server `alias` answered with (none when it is no router).
+    pub fn routers_behind(&self, alias: &str) -> &[Box<str>] {
+        self.server(alias).map_or(&[], |s| &s.routers)
+    }
+
     /// Merges the servers' lists. `states` follows `config.servers`; a missing state (nothing
     /// fetched) counts as not asked.
     fn assemble(config: Arc<Config>, mut states: Vec<ServerState>) -> Self {
@@ -234,6 +280,7 @@ impl Snapshot {
                 latest_good: None,
                 due: Some(now),
                 filter_kept_none: None,
+                routers: Arc::from([]),
             });
         }
         let filters: Vec<Filter> = config
@@ -275,6 +322,7 @@ async fn build(
     client: &reqwest::Client,
     config: Arc<Config>,
     previous: Option<&Snapshot>,
+    chain: &Chain,
 ) -> Snapshot {
     let reusable = previous
         .filter(|p| Arc::ptr_eq(&p.config, &config) && !p.invalidated.load(Ordering::Acquire));
@@ -283,7 +331,14 @@ async fn build(
         let before = previous
             .and_then(|p| p.server(&server.alias))
             .filter(|s| s.url == server.url);
-        server_state(client, server, &config.settings, before, reusable.is_some())
+        server_state(
+            client,
+            server,
+            &config.settings,
+            before,
+            reusable.is_some(),
+            chain,
+        )
     }))
     .await;
     let snapshot = Snapshot::assemble(config, states);
@@ -301,6 +356,7 @@ async fn server_state(
     settings: &Settings,
     before: Option<&ServerState>,
     may_reuse: bool,
+    chain: &Chain,
 ) -> ServerState {
     let mut state = ServerState {
         alias: server.alias.clone(),
@@ -309,6 +365,7 @@ async fn server_state(
         latest_good: None,
         due: None,
         filter_kept_none: None,
+        routers: Arc::from([]),
     };
     if server.override_models.is_some() {
         return state;
@@ -319,8 +376,8 @@ async fn server_state(
         }
     }
     let ttl = settings.models_cache_ttl;
-    match fetch_models(client, server, settings.models_fetch_timeout).await {
-        Ok(parsed) => {
+    match fetch_models(client, server, settings.models_fetch_timeout, chain).await {
+        Ok(Fetched { parsed, routers }) => {
             if parsed.skipped > 0 {
                 tracing::warn!(
                     server = %server.alias,
@@ -337,11 +394,15 @@ async fn server_state(
             }
             state.status = ServerStatus::Listed;
             state.latest_good = Some(Arc::new(parsed.models));
+            state.routers = routers.into();
             state.due = Instant::now().checked_add(ttl);
         }
         Err(error) => {
             state.latest_good = before.and_then(|b| b.latest_good.clone());
             state.filter_kept_none = before.and_then(|b| b.filter_kept_none.clone());
+            if let Some(before) = before {
+                state.routers = Arc::clone(&before.routers);
+            }
             let kept_last_good = state.latest_good.is_some();
             if kept_last_good {
                 tracing::warn!(server = %server.alias, "GET /models failed: {error}; serving its last good model list");

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::header::ACCEPT;
 
 use super::list::{ParseError, Parsed, parse_listing};
+use super::loops::{Chain, MODELS_FOR, routers_of};
 use crate::config::Server;
 use crate::proxy::describe_reqwest_error;
 use crate::routing::request_url;
@@ -41,24 +42,38 @@ pub enum FetchError {
     Invalid(#[from] ParseError),
 }
 
-/// Fetches and parses `server`'s model list, all within `timeout`.
+/// A server's list, and the routers whose lists it holds when the server is a router.
+#[derive(Debug)]
+pub struct Fetched {
+    pub parsed: Parsed,
+    pub routers: Vec<Box<str>>,
+}
+
+/// Fetches and parses `server`'s model list, all within `timeout`. The fetch names `chain`,
+/// the routers it is made for ([`super::loops`]).
 pub async fn fetch_models(
     client: &reqwest::Client,
     server: &Server,
     timeout: Duration,
-) -> Result<Parsed, FetchError> {
-    tokio::time::timeout(timeout, fetch(client, server))
+    chain: &Chain,
+) -> Result<Fetched, FetchError> {
+    tokio::time::timeout(timeout, fetch(client, server, chain))
         .await
         .unwrap_or(Err(FetchError::Timeout(timeout)))
 }
 
-async fn fetch(client: &reqwest::Client, server: &Server) -> Result<Parsed, FetchError> {
+async fn fetch(
+    client: &reqwest::Client,
+    server: &Server,
+    chain: &Chain,
+) -> Result<Fetched, FetchError> {
     let mut request = client
         // Built as a chat request's URL is: the base's own query (`?api-version=...`) stays a
         // query, after `/models`.
         .get(request_url(&server.base, "/models", None))
         .header(ACCEPT, "application/json")
-        .header(http::header::ACCEPT_ENCODING, "identity");
+        .header(http::header::ACCEPT_ENCODING, "identity")
+        .header(MODELS_FOR, chain.header_value());
     // The very value a chat request carries: built (or refused) once, at config load.
     if let Some(authorization) = server.authorization() {
         request = request.header(http::header::AUTHORIZATION, authorization.clone());
@@ -78,12 +93,16 @@ async fn fetch(client: &reqwest::Client, server: &Server) -> Result<Parsed, Fetc
         });
     }
     let coding = content_coding(response.headers());
+    let routers = routers_of(response.headers());
     let body = read_body(response, MAX_MODELS_BODY, false).await?;
     let body = match coding {
         None => body,
         Some(coding) => decoded(coding, body).await?,
     };
-    Ok(parse_listing(&body)?)
+    Ok(Fetched {
+        parsed: parse_listing(&body)?,
+        routers,
+    })
 }
 
 /// The codings of an answer's `Content-Encoding`, or `None` for a body as it is. The router

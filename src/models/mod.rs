@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod fetch;
 pub mod filter;
 pub mod list;
+pub mod loops;
 pub mod table;
 
 use axum::body::Body;
@@ -19,6 +20,7 @@ use http::{HeaderValue, header};
 
 use crate::auth::Caller;
 use crate::error::{ProxyError, clip};
+use crate::http1::fields::Fields;
 use crate::routing::{ModelRef, parse_model};
 use crate::state::AppState;
 pub use catalog::{ModelCatalog, ServerState, ServerStatus, Snapshot};
@@ -42,13 +44,35 @@ impl ModelCatalog {
     }
 }
 
-/// `GET /v1/models`: the merged list, narrowed to the providers the caller may use.
-pub async fn handle_list(state: &AppState, caller: &Caller) -> Response {
+/// `GET /v1/models`: the merged list, narrowed to the providers the caller may use. Asked by
+/// other routers ([`loops`]), it leaves out the servers whose lists hold theirs and names the
+/// routers whose lists it holds.
+pub async fn handle_list(state: &AppState, caller: &Caller, fields: &Fields) -> Response {
+    let askers = match loops::chain_of(fields, state.models.id()) {
+        Ok(askers) => askers,
+        Err(error) => return error.into_response(),
+    };
+    let config = state.config.load_full();
+    if askers.is_empty() {
+        let snapshot = state.models.snapshot(&state.client, config).await;
+        return json_response(snapshot.list().body(|alias| caller.may_use(alias)));
+    }
     let snapshot = state
         .models
-        .snapshot(&state.client, state.config.load_full())
+        .snapshot_for_routers(&state.client, config, &askers)
         .await;
-    json_response(snapshot.list().body(|alias| caller.may_use(alias)))
+    let visible =
+        |alias: &str| caller.may_use(alias) && !askers.meets(snapshot.routers_behind(alias));
+    let held = snapshot
+        .list()
+        .aliases()
+        .iter()
+        .filter(|alias| visible(alias))
+        .flat_map(|alias| snapshot.routers_behind(alias));
+    let from = loops::models_from_value(state.models.id(), held);
+    let mut response = json_response(snapshot.list().body(visible));
+    response.headers_mut().insert(loops::MODELS_FROM, from);
+    response
 }
 
 /// `GET /v1/models/<id>`: one entry. `id` is `[alias]id` (the dispatcher has percent-decoded

@@ -278,6 +278,83 @@ async fn a_cache_ttl_of_zero_asks_the_servers_on_every_request() {
     router.stop().await;
 }
 
+/// Two routers whose servers point at each other, one of them also at itself: each list
+/// answers at once (they waited on each other for the whole fetch timeout and listed nothing
+/// of the other), holds the other router's own models, and never comes back nested
+/// (`[b][a][b]...`). A fetch naming the router itself is a 508; a garbled one a 400.
+#[tokio::test]
+async fn routers_listing_each_other_or_themselves_answer_at_once_without_nesting() {
+    let x = upstream_listing(r#"["mx"]"#).await;
+    let y = upstream_listing(r#"["my"]"#).await;
+    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    let (la, lb) = (bind().await.expect("bind"), bind().await.expect("bind"));
+    let (a_url, b_url) = (
+        format!("http://{}/v1", la.local_addr().expect("addr")),
+        format!("http://{}/v1", lb.local_addr().expect("addr")),
+    );
+    // Far longer than the client waits below: only answering at once passes.
+    let settings = "  models_cache_ttl_secs: 0\n  models_fetch_timeout_secs: 600\n";
+    let a = TestRouter::start_on(
+        la,
+        &config(
+            &[
+                server("x", &x.url(), ""),
+                server("b", &b_url, ""),
+                server("me", &a_url, ""),
+            ],
+            settings,
+        ),
+    )
+    .await;
+    let b = TestRouter::start_on(
+        lb,
+        &config(
+            &[server("y", &y.url(), ""), server("a", &a_url, "")],
+            settings,
+        ),
+    )
+    .await;
+    let listed = |router: &TestRouter| {
+        let url = router.url("/v1/models");
+        async move {
+            let (status, body) = tokio::time::timeout(WITHIN, get_json(&url))
+                .await
+                .expect("the routers waited on each other");
+            assert_eq!(status, 200, "{body}");
+            ids(&body)
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(listed(&a).await, ["[x]mx", "[b][y]my"]);
+        assert_eq!(listed(&b).await, ["[y]my", "[a][x]mx"]);
+    }
+
+    let own = a.state.models.id().as_str().to_owned();
+    let fetch = |value: String| {
+        client()
+            .get(a.url("/v1/models"))
+            .header("x-llmsrouter-models-for", value)
+            .send()
+    };
+    let response = fetch(format!("0123,{own}")).await.expect("send");
+    assert_eq!(response.status().as_u16(), 508);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "loop_detected", "{body}");
+    let response = fetch("not an id".into()).await.expect("send");
+    assert_eq!(response.status().as_u16(), 400);
+    // Another router asking gets the list and the routers whose lists it holds.
+    let response = fetch("0123".into()).await.expect("send");
+    assert_eq!(response.status().as_u16(), 200);
+    let from = response.headers()["x-llmsrouter-models-from"]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    let b_id = b.state.models.id().as_str();
+    assert_eq!(from, format!("{own},{b_id}"));
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn a_server_that_fails_after_answering_keeps_its_last_good_list() {
     let a = upstream_listing(r#"["a-model"]"#).await;

@@ -72,6 +72,22 @@ impl TestRouter {
         Self::start_with(config_yaml, |_| {}).await
     }
 
+    /// Serves on `listener`, bound beforehand: for configs that name the router's own
+    /// address, or another router's that names this one.
+    pub async fn start_on(listener: tokio::net::TcpListener, config_yaml: &str) -> Self {
+        let records = Arc::new(Collector::default());
+        let (recorder, recorder_task) = Recorder::start(vec![records.clone()]);
+        Self::launch_on(
+            listener,
+            config_yaml,
+            recorder,
+            Some(recorder_task),
+            records,
+            |_| {},
+        )
+        .await
+    }
+
     /// Starts with a config and a chance to adjust the state (keep-alive interval, keys).
     pub async fn start_with(config_yaml: &str, adjust: impl FnOnce(&mut AppState)) -> Self {
         Self::start_with_sinks(config_yaml, Vec::new(), adjust).await
@@ -104,15 +120,34 @@ impl TestRouter {
         records: Arc<Collector>,
         adjust: impl FnOnce(&mut AppState),
     ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        Self::launch_on(
+            listener,
+            config_yaml,
+            recorder,
+            recorder_task,
+            records,
+            adjust,
+        )
+        .await
+    }
+
+    async fn launch_on(
+        listener: tokio::net::TcpListener,
+        config_yaml: &str,
+        recorder: Recorder,
+        recorder_task: Option<RecorderTask>,
+        records: Arc<Collector>,
+        adjust: impl FnOnce(&mut AppState),
+    ) -> Self {
         let config =
             Config::parse(config_yaml, &|n| std::env::var(n).ok()).expect("test config is valid");
         let mut state =
             AppState::new(config, build_http_client().expect("client"), recorder).expect("state");
         adjust(&mut state);
         let state = Arc::new(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server_state = state.clone();
