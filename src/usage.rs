@@ -2011,7 +2011,9 @@ impl StreamAccumulator {
         let Some(slot) = self.summary.tool_calls.get_mut(index) else {
             return;
         };
-        if let Some(name) = function.name {
+        // Some providers (Fireworks, MiniMax, GPT-5 at times) repeat the whole name in every
+        // piece rather than send it once: a piece that is the name so far is a repeat.
+        if let Some(name) = function.name.filter(|name| *name != slot.name) {
             self.budget.append(&mut slot.name, &name);
         }
         if let Some(args) = function.arguments {

@@ -1836,7 +1836,8 @@ async fn a_responses_stream_cut_before_its_end_names_its_model() {
 /// A tool-call answer without text (`content: null`, as OpenAI sends it) has a null content
 /// in the span's output, whole and streamed, not an empty string; so has the request log's
 /// line of the stream (the whole answer's is its body, with the upstream's `null`). An answer
-/// with text and a refusal keep theirs.
+/// with text and a refusal keep theirs. A stream whose pieces repeat the call's name records
+/// the name once.
 #[tokio::test]
 async fn a_tool_call_answer_has_a_null_content() {
     let setup = Setup::start().await;
@@ -1873,7 +1874,13 @@ async fn a_tool_call_answer_has_a_null_content() {
                 Value::Null,
             ),
             chunk(
-                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":\"Oslo\"}"}}]}),
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
+                Value::Null,
+            ),
+            // Fireworks (and others) repeat the id, type and name in every piece: one name.
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "\"Oslo\"}"}}]}),
                 Value::Null,
             ),
             chunk(json!({}), json!("tool_calls")),
