@@ -55,15 +55,8 @@ impl ModelCatalog {
     /// background refresh runs. No list yet (cold), a changed config, or a TTL of 0: waits
     /// for the one refresh every such caller shares.
     pub async fn snapshot(&self, client: &reqwest::Client, config: Arc<Config>) -> Arc<Snapshot> {
-        if let Some(current) = self.current_for(&config) {
-            if current.is_fresh(Instant::now()) {
-                return current;
-            }
-            if !config.settings.models_cache_ttl.is_zero() {
-                // Started (or joined) and left to run: its result lands in `current`.
-                drop(self.refresh(client, config));
-                return current;
-            }
+        if let Some(cached) = self.cached(client, &config) {
+            return cached;
         }
         let refresh = self.refresh(client, config.clone());
         let _waiting = Waiting::enter(&self.inner.waiting);
@@ -84,14 +77,8 @@ impl ModelCatalog {
         config: Arc<Config>,
         askers: &Chain,
     ) -> Arc<Snapshot> {
-        if let Some(current) = self.current_for(&config) {
-            if current.is_fresh(Instant::now()) {
-                return current;
-            }
-            if !config.settings.models_cache_ttl.is_zero() {
-                drop(self.refresh(client, config));
-                return current;
-            }
+        if let Some(cached) = self.cached(client, &config) {
+            return cached;
         }
         let chain = Chain::of(&self.inner.id, askers);
         let previous = self.inner.current.load_full();
@@ -101,6 +88,21 @@ impl ModelCatalog {
         };
         self.inner.current.store(Some(Arc::clone(&built)));
         built
+    }
+
+    /// The cached list, when it may be served without waiting: fresh, or expired with a TTL
+    /// above 0 (one background refresh is then started or joined; its result lands in
+    /// `current`).
+    fn cached(&self, client: &reqwest::Client, config: &Arc<Config>) -> Option<Arc<Snapshot>> {
+        let current = self.current_for(config)?;
+        if current.is_fresh(Instant::now()) {
+            return Some(current);
+        }
+        if config.settings.models_cache_ttl.is_zero() {
+            return None;
+        }
+        drop(self.refresh(client, Arc::clone(config)));
+        Some(current)
     }
 
     /// This router's id among routers.
