@@ -197,6 +197,29 @@ fn secret_value() -> impl clap::builder::TypedValueParser<Value = crate::secret:
     })
 }
 
+impl Cli {
+    /// The name an error about the database's path gives its origin, as a bad value is
+    /// named: `LLMSROUTER_DB` when the variable gave it, `--db` when the flag (or its
+    /// default) did.
+    pub fn db_named(&self) -> &'static str {
+        let args: Vec<OsString> = std::env::args_os().collect();
+        given_by("--db", &args, &|name| std::env::var_os(name))
+    }
+}
+
+/// `flag`'s variable when the value came from it (set, and the flag not on the line),
+/// else `flag`.
+pub fn given_by(
+    flag: &'static str,
+    args: &[OsString],
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> &'static str {
+    FLAG_VARIABLES
+        .iter()
+        .find(|(f, variable)| *f == flag && !on_the_line(args, f) && env(variable).is_some())
+        .map_or(flag, |&(_, variable)| variable)
+}
+
 /// Whether `flag` is on the command line (`--db x` or `--db=x`).
 fn on_the_line(args: &[OsString], flag: &str) -> bool {
     args.iter().skip(1).any(|a| {

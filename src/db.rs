@@ -180,6 +180,13 @@ pub fn current_version() -> i64 {
 pub enum DbError {
     #[error("{path}: {reason}")]
     Open { path: String, reason: String },
+    /// A file this user may not write (its mode, its owner, a read-only mount), opened to
+    /// write: SQLite opens it read-only, and says only "attempt to write a readonly
+    /// database" at the first write.
+    #[error(
+        "{path}: attempt to write a readonly database (this user may not write the file: its permissions, or a read-only mount)"
+    )]
+    ReadOnly { path: String },
     #[error(
         "{path}: schema version {found} is newer than this llmsrouter understands ({known}); upgrade llmsrouter"
     )]
@@ -271,7 +278,22 @@ pub fn inspect(path: &Path, writes: bool) -> Result<(), DbError> {
         .map_err(|e| not_a_database(&shown, e))?;
     let found = user_version(&conn).map_err(|e| not_a_database(&shown, e))?;
     check_version(found, &shown)?;
-    check_ours(&conn, &shown)
+    check_ours(&conn, &shown)?;
+    drop(conn);
+    if writes && !file_writable(&path) {
+        return Err(DbError::ReadOnly { path: shown });
+    }
+    Ok(())
+}
+
+/// Whether SQLite opens the existing file at `path` for writing, as [`open`] would: it opens
+/// a file this user may not write (its mode, a read-only mount) read-only instead. Nothing
+/// is read through the connection, so nothing is written either (a connection that read a
+/// file in WAL mode may write to it when it closes).
+fn file_writable(path: &Path) -> bool {
+    open_file(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .and_then(|conn| conn.is_readonly(rusqlite::MAIN_DB))
+        .is_ok_and(|read_only| !read_only)
 }
 
 /// A folder named as the database, said as such rather than SQLite's "unable to open
@@ -313,9 +335,13 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
     let found = user_version(&conn).map_err(|e| not_a_database(&shown, e))?;
     check_version(found, &shown)?;
     check_ours(&conn, &shown)?;
+    // SQLite opens a file the process may not write read-only, and says so.
+    let read_only = conn.is_readonly(rusqlite::MAIN_DB)?;
+    if access == Access::ReadWrite && read_only {
+        return Err(DbError::ReadOnly { path: shown });
+    }
     if access == Access::ReadOnlyWhenSo {
-        // SQLite opens a file the process may not write read-only, and says so.
-        if conn.is_readonly(rusqlite::MAIN_DB)? {
+        if read_only {
             return read_as_is(conn, &shown);
         }
         // A file the process may write, in a folder it may not: every write (the switch to

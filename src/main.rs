@@ -11,10 +11,13 @@ use tracing_subscriber::EnvFilter;
 
 use llmsrouter::cli::{Cli, Command, ModelsArgs, ServeArgs, UsageArgs, UsageGroup, UserCommand};
 use llmsrouter::config::{Config, ConfigError};
+use llmsrouter::db::DbError;
 use llmsrouter::env::EnvSettings;
 use llmsrouter::models::{self, ModelCatalog, ServerStatus};
 use llmsrouter::record::Recorder;
 use llmsrouter::server;
+use llmsrouter::sinks::SinkError;
+use llmsrouter::sinks::ledger::LedgerError;
 use llmsrouter::state::{AppState, build_http_client};
 use llmsrouter::users;
 
@@ -318,7 +321,10 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr().context("no local address")?;
-        let sinks = llmsrouter::sinks::start(&env, &config, &cli.db)?;
+        let sinks = llmsrouter::sinks::start(&env, &config, &cli.db).map_err(|e| match e {
+            SinkError::Ledger(LedgerError::Db(e)) => ledger_db_error(cli, e),
+            e => anyhow!(e),
+        })?;
         let (recorder, recorder_task) = if sinks.is_empty() {
             (Recorder::disabled(), None)
         } else {
@@ -363,6 +369,17 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The database refused the ledger, said under the name of what gave its path (`--db` or
+/// `LLMSROUTER_DB`), by `serve` and, as `serve` would, by `check`.
+fn ledger_db_error(cli: &Cli, error: DbError) -> anyhow::Error {
+    let error = LedgerError::Db(error);
+    match error {
+        // Names both itself.
+        LedgerError::Db(DbError::InMemory) => anyhow!(error),
+        _ => anyhow!("{}: {error}", cli.db_named()),
+    }
 }
 
 /// `llmsrouter healthcheck`: GET /health on the address `serve` listens on.
@@ -605,7 +622,13 @@ fn run_check(cli: &Cli, dotenv_problems: &[DotenvProblem]) -> anyhow::Result<Exi
     // `serve` opens the database for the ledger or the users table; with neither it never
     // touches it.
     if env.ledger || env.account_management {
-        llmsrouter::db::inspect(&cli.db, env.ledger)?;
+        llmsrouter::db::inspect(&cli.db, env.ledger).map_err(|e| {
+            if env.ledger {
+                ledger_db_error(cli, e)
+            } else {
+                anyhow!(e)
+            }
+        })?;
     }
     // As `serve` warns at start: the file holds every user key in the clear.
     if env.account_management {

@@ -66,12 +66,24 @@ impl Default for LedgerWaits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("LLMSROUTER_DB: {0}")]
+    /// The database cannot take the ledger. Said without naming `--db` or `LLMSROUTER_DB`:
+    /// only the command line knows which of them gave the path.
+    #[error("{0}{way_out}", way_out = read_only_way_out(.0))]
     Db(#[from] DbError),
     #[error("usage ledger: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot start the usage ledger writer thread: {0}")]
     Thread(std::io::Error),
+}
+
+/// A database this user may only read can still serve the users table, without the ledger.
+fn read_only_way_out(error: &DbError) -> &'static str {
+    match error {
+        DbError::ReadOnly { .. } => {
+            "; the usage ledger writes its rows there: LLMSROUTER_LEDGER=false serves without it, reading the file as it is"
+        }
+        _ => "",
+    }
 }
 
 /// One ledger row, as stored. Its texts borrow from the record it was read from, so writing a

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::upstream::{Behavior, MockUpstream};
-use crate::support::{RouterProcess, binary, run_cli, run_cli_as_reader, run_prepared};
+use crate::support::{
+    RouterProcess, binary, reader_command, run_cli, run_cli_as_reader, run_prepared,
+};
 use crate::users::{Auth, PYTHON_SCHEMA, chat, two_server_config, user};
 
 /// A key as the Python version made them.
@@ -353,6 +355,76 @@ fn a_database_to_create_in_a_folder_that_is_not_writable_fails_check_as_serve() 
         "{err}"
     );
     assert_eq!(files_in(dir.path()), ["config.yaml"]);
+}
+
+/// Runs the binary as a user who may not write files of the test's user ([`reader_command`]),
+/// killed after 20 s (exit code 124), for a `serve` that should refuse to start.
+fn run_as_reader_bounded(
+    dir: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (i32, String, String) {
+    let reader = reader_command(dir);
+    let mut command = Command::new("timeout");
+    command
+        .arg("20")
+        .arg(reader.get_program())
+        .args(reader.get_args());
+    run_prepared(command, dir, args, envs)
+}
+
+/// A users.db this user may only read (its mode here; a read-only mount alike): `serve`
+/// with the ledger on cannot write its rows there and stops at start. `check` said ok; now
+/// it refuses the file with `serve`'s own line, which names `--db` or `LLMSROUTER_DB` as
+/// whichever gave the path (it said `LLMSROUTER_DB` for `--db` too) and the way out,
+/// `LLMSROUTER_LEDGER=false`, with which both pass. Nothing is written to the file.
+#[test]
+fn a_database_this_user_may_not_write_fails_check_as_serve() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("cfg");
+    let db = dir.path().join("users.db");
+    python_db(&db);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+    let before = std::fs::read(&db).expect("db");
+    let refusal = "users.db: attempt to write a readonly database (this user may not write the file: its permissions, or a read-only mount); the usage ledger writes its rows there: LLMSROUTER_LEDGER=false serves without it, reading the file as it is";
+    let serve = ["serve", "--host", "127.0.0.1", "--port", "0"];
+    for accounts in ["false", "true"] {
+        for (flag, variable, named) in [
+            (&["--db", "users.db"][..], None, "--db"),
+            (&[][..], Some("users.db"), "LLMSROUTER_DB"),
+        ] {
+            let mut envs = vec![
+                ("LLMSROUTER_LOG_FILE", ""),
+                ("ENABLE_ACCOUNT_MANAGEMENT", accounts),
+            ];
+            envs.extend(variable.map(|db| ("LLMSROUTER_DB", db)));
+            let expected = format!("error: {named}: {refusal}");
+            let args = [&["check"], flag].concat();
+            let (code, out, err) = run_as_reader_bounded(dir.path(), &args, &envs);
+            assert_eq!((code, out.as_str()), (1, ""), "{args:?} {envs:?}: {err}");
+            assert_eq!(
+                err.lines().last().unwrap_or_default(),
+                expected,
+                "{args:?} {envs:?}"
+            );
+            let args = [&serve[..], flag].concat();
+            let (code, _, err) = run_as_reader_bounded(dir.path(), &args, &envs);
+            assert_eq!(code, 1, "{args:?} {envs:?}: {err}");
+            assert_eq!(
+                err.lines().last().unwrap_or_default(),
+                expected,
+                "{args:?} {envs:?}"
+            );
+            // The way out the line gives.
+            envs.push(("LLMSROUTER_LEDGER", "false"));
+            let args = [&["check"], flag].concat();
+            let (code, _, err) = run_as_reader_bounded(dir.path(), &args, &envs);
+            assert_eq!(code, 0, "{args:?} {envs:?}: {err}");
+        }
+    }
+    assert_eq!(std::fs::read(&db).expect("db"), before, "not written");
+    assert_eq!(files_in(dir.path()), ["config.yaml", "users.db"]);
 }
 
 /// The earliest Python version's users table, before permissions.
