@@ -208,6 +208,7 @@ pub struct IndexRefresher {
     seen_version: Option<i64>,
     /// What the database looked like at the last reload; `None` before the first.
     seen: Option<Seen>,
+    /// A refresh failed and that was said; the next success says it is over.
     failing: bool,
 }
 
@@ -342,7 +343,9 @@ impl IndexRefresher {
     /// version's file to WAL mode, which a reader that cannot write its folder cannot
     /// open). The users it held may include a key since revoked, so they are not kept: the
     /// connection is opened anew, and if the users still cannot be read, every key is
-    /// refused until they can (the failure is logged, and retried every tick).
+    /// refused until they can (the failure is logged once, as a failing refresh is, and
+    /// retried every tick). The failure is said as that refusal only: never also as a
+    /// failure that keeps the previous users.
     fn refresh_read_only(
         &mut self,
         index: &UserIndex,
@@ -361,12 +364,14 @@ impl IndexRefresher {
                 return Ok(refreshed);
             }
         }
-        if !index.is_empty() {
+        // Said when keys are refused now, or when nothing was said of the failure yet.
+        if !index.is_empty() || !self.failing {
             index.refuse_all();
             tracing::error!(
                 "the users database changed and cannot be read ({failure}); every key is refused until it can be"
             );
         }
+        self.failing = true;
         Err(failure)
     }
 

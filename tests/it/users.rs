@@ -890,7 +890,7 @@ async fn a_read_only_python_users_db_is_read_as_it_is() {
     assert_eq!(code, 0, "no ledger there: an empty report: {err}");
     assert!(out.contains("\"rows\":[]"), "{out}");
 
-    let router = RouterProcess::start_as_reader(
+    let mut router = RouterProcess::start_as_reader(
         dir,
         &[
             ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
@@ -958,6 +958,16 @@ async fn a_read_only_python_users_db_is_read_as_it_is() {
         );
         tokio::task::yield_now().await;
     }
+    // Logged as what it is, once: not also as a failure that keeps the previous users.
+    router.terminate();
+    router.wait_exit(std::time::Duration::from_secs(20)).await;
+    let said = router.stderr();
+    assert_eq!(
+        said.matches("the users database changed and cannot be read (attempt to write a readonly database); every key is refused until it can be").count(),
+        1,
+        "{said}"
+    );
+    assert!(!said.contains("the previous users stay in force"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
