@@ -582,10 +582,7 @@ impl Writer {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 warn_now_and_then(
                     &mut self.lock_warned,
-                    format_args!(
-                        "usage ledger: the database is locked by another connection; keeping {} rows and retrying",
-                        rows.len()
-                    ),
+                    format_args!("{}", lock_warning(rows.len())),
                 );
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -594,6 +591,14 @@ impl Writer {
             std::thread::sleep(pause);
         }
     }
+}
+
+/// The warning of a batch of `rows` kept while another connection holds the lock.
+fn lock_warning(rows: usize) -> String {
+    format!(
+        "usage ledger: the database is locked by another connection; keeping {} and retrying",
+        crate::plural(rows, "row", "rows")
+    )
 }
 
 /// Logs `message` unless a warning of its kind (`last`) was logged less than 10 s ago.
@@ -658,6 +663,13 @@ mod tests {
             usage_uncounted: false,
             body_ticket: Default::default(),
         }
+    }
+
+    /// A batch of one row is "1 row" ("keeping 1 rows" before).
+    #[test]
+    fn the_lock_warning_counts_rows_in_words() {
+        assert!(lock_warning(1).ends_with("; keeping 1 row and retrying"));
+        assert!(lock_warning(2).ends_with("; keeping 2 rows and retrying"));
     }
 
     #[test]
