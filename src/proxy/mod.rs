@@ -1127,7 +1127,7 @@ pub fn describe_reqwest_error(error: &reqwest::Error) -> String {
     let mut parts = Vec::new();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
-        let text = cause.to_string();
+        let text = crate::upstream::cause_text(cause);
         if !crate::upstream::is_client_wrapper(cause) && !parts.contains(&text) {
             parts.push(text);
         }

@@ -305,7 +305,7 @@ impl UpstreamError {
                 unreadable = true;
             }
             if !is_client_wrapper(cause) {
-                let text = cause.to_string();
+                let text = cause_text(cause);
                 if !parts.iter().any(|p| p.contains(&text)) {
                     parts.push(text);
                 }
@@ -432,6 +432,43 @@ fn closed_by_upstream(error: &std::io::Error) -> bool {
         error.kind(),
         ErrorKind::BrokenPipe | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
     )
+}
+
+/// One cause of a failure in a message's words: its own, but what a TLS failure most likely
+/// means where rustls's words do not say it (a plain-HTTP server behind an `https://` url,
+/// whose `HTTP/1.1 400` reads as "corrupt message of type InvalidContentType"; a private CA),
+/// and without the documentation link some rustls errors end with.
+pub(crate) fn cause_text(cause: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = cause.to_string();
+    if let Some(at) = text.find(": https://docs.rs/") {
+        text.truncate(at);
+    }
+    match tls_error(cause) {
+        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+            format!(
+                "{text} (the upstream did not answer in TLS: is it a plain http:// server behind an https:// url?)"
+            )
+        }
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+            format!(
+                "{text} (its certificate is not signed by a CA the router trusts; a private CA is trusted with SSL_CERT_FILE or SSL_CERT_DIR)"
+            )
+        }
+        _ => text,
+    }
+}
+
+/// The rustls error a cause is, or wraps in I/O errors (tokio-rustls wraps it twice), which
+/// the cause chain skips: an `io::Error`'s source is its inner error's source.
+fn tls_error<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut error = cause;
+    for _ in 0..4 {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        error = error.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
+    None
 }
 
 /// hyper-util's client error, when it only wraps its cause ("client error (Connect)"): said

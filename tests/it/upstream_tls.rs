@@ -418,3 +418,69 @@ async fn a_tls_upstream_cutting_its_answer_head_is_said_to_have_answered_unreada
          the upstream closed the connection in the middle of its answer head"
     );
 }
+
+/// A TLS failure says what it most likely means where rustls's words do not: a plain-HTTP
+/// server behind an `https://` url (whose `HTTP/1.1 400` reads as a corrupt TLS message),
+/// and a certificate of a CA the router does not trust (how to trust a private one), on a
+/// chat request and on the model-list fetch (reqwest) alike.
+#[tokio::test]
+async fn tls_failures_name_their_likely_cause() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let plain_port = plain.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = plain.accept().await {
+            tokio::spawn(async move {
+                let mut hello = [0u8; 1024];
+                let _ = tcp.read(&mut hello).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let (tls_addr, _) = start_tls_upstream(&[b"http/1.1"]).await;
+    let config = format!(
+        "servers:\n  plain:\n    url: \"https://localhost:{plain_port}/v1\"\n  private:\n    url: \"https://localhost:{}/v1\"\n",
+        tls_addr.port()
+    );
+    // No SSL_CERT_FILE: the test CA is not trusted.
+    let router = RouterProcess::start(
+        Some(&config),
+        &[("LLMSROUTER_LEDGER", "false"), ("LLMSROUTER_LOG_FILE", "")],
+    );
+    let message = |alias: &'static str| {
+        let router = &router;
+        async move {
+            let response = router
+                .chat(&json!({"model": format!("[{alias}]m"), "messages": []}))
+                .await;
+            assert_eq!(response.status(), 502);
+            let body: serde_json::Value = response.json().await.expect("json");
+            body["error"]["message"].as_str().unwrap_or("").to_owned()
+        }
+    };
+    let plain_hint = "(the upstream did not answer in TLS: is it a plain http:// server behind an https:// url?)";
+    let ca_hint = "(its certificate is not signed by a CA the router trusts; a private CA is trusted with SSL_CERT_FILE or SSL_CERT_DIR)";
+    let said = message("plain").await;
+    assert!(said.ends_with(plain_hint), "{said}");
+    let said = message("private").await;
+    assert!(said.ends_with(ca_hint), "{said}");
+    let listed = crate::support::client()
+        .get(router.url("/v1/models"))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(listed.status(), 200);
+    crate::support::wait_until(std::time::Duration::from_secs(10), || {
+        let log = router.stderr();
+        log.lines()
+            .any(|l| l.contains("server=plain") && l.contains(plain_hint))
+            && log
+                .lines()
+                .any(|l| l.contains("server=private") && l.contains(ca_hint))
+    })
+    .await;
+}
