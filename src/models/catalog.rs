@@ -66,28 +66,35 @@ impl ModelCatalog {
         }
     }
 
-    /// [`Self::snapshot`] for a `GET /v1/models` made for other routers (`askers`, not
-    /// empty; see [`super::loops`]). It never joins the refresh other callers share, which
-    /// may be waiting on one of the askers: a cached list is returned (refreshed in the
-    /// background when expired), and with none a list is built for them alone, its fetches
-    /// naming them too, so a router that finds itself there answers at once.
+    /// The list for a `GET /v1/models` made for other routers (`askers`, not empty; see
+    /// [`super::loops`]). Built for them, never taken from the refresh other callers share,
+    /// which may be waiting on one of the askers: each server that is a router is asked
+    /// again, naming them, so one that leads back to them answers 508 at once and is left
+    /// out; the others come from the cache, due or not (a due cache is refreshed in the
+    /// background, as for any caller), or are asked when never asked, within half the fetch
+    /// timeout so the asker, which waits as long as its own timeout, has the answer in time.
+    /// Not cached: a list built for routers leaves out what this router's own callers see.
     pub async fn snapshot_for_routers(
         &self,
         client: &reqwest::Client,
         config: Arc<Config>,
         askers: &Chain,
     ) -> Arc<Snapshot> {
-        if let Some(cached) = self.cached(client, &config) {
-            return cached;
+        let current = self.inner.current.load_full();
+        let fresh = current
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.config, &config) && c.is_fresh(Instant::now()));
+        if !fresh && !config.settings.models_cache_ttl.is_zero() {
+            drop(self.refresh(client, config.clone()));
         }
-        let chain = Chain::of(&self.inner.id, askers);
-        let previous = self.inner.current.load_full();
-        let built = tokio::select! {
-            built = build(client, config.clone(), previous.as_deref(), &chain) => Arc::new(built),
-            () = self.inner.stop.cancelled() => return Arc::new(Snapshot::assemble(config, Vec::new())),
+        let asking = Asking {
+            chain: &Chain::of(&self.inner.id, askers),
+            for_routers: true,
         };
-        self.inner.current.store(Some(Arc::clone(&built)));
-        built
+        tokio::select! {
+            built = build(client, config.clone(), current.as_deref(), asking) => Arc::new(built),
+            () = self.inner.stop.cancelled() => Arc::new(Snapshot::assemble(config, Vec::new())),
+        }
     }
 
     /// The cached list, when it may be served without waiting: fresh, or expired with a TTL
@@ -157,8 +164,12 @@ impl ModelCatalog {
         let task = self.inner.tasks.spawn(async move {
             let _clear = ClearRunning(&inner);
             let previous = inner.current.load_full();
+            let asking = Asking {
+                chain: &chain,
+                for_routers: false,
+            };
             let built = tokio::select! {
-                built = build(&client, config, previous.as_deref(), &chain) => Arc::new(built),
+                built = build(&client, config, previous.as_deref(), asking) => Arc::new(built),
                 () = inner.stop.cancelled() => return None,
             };
             inner.current.store(Some(Arc::clone(&built)));
@@ -223,8 +234,9 @@ pub struct ServerState {
     /// Its `filter` kept none of the models it listed (see
     /// [`super::filter::keeps_none_warning`]): what to warn of.
     pub filter_kept_none: Option<String>,
-    /// The routers whose lists `latest_good` holds, when the server is a router.
-    routers: Arc<[Box<str>]>,
+    /// The server is a router (another llmsrouter, [`super::loops`]): asked again for every
+    /// list built for routers.
+    from_a_router: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,11 +277,6 @@ impl Snapshot {
         self.servers.iter().find(|s| s.alias == alias)
     }
 
-    /// The routers whose lists the server `alias` answered with (none when it is no router).
-    pub fn routers_behind(&self, alias: &str) -> &[Box<str>] {
-        self.server(alias).map_or(&[], |s| &s.routers)
-    }
-
     /// Merges the servers' lists. `states` follows `config.servers`; a missing state (nothing
     /// fetched) counts as not asked.
     fn assemble(config: Arc<Config>, mut states: Vec<ServerState>) -> Self {
@@ -282,7 +289,7 @@ impl Snapshot {
                 latest_good: None,
                 due: Some(now),
                 filter_kept_none: None,
-                routers: Arc::from([]),
+                from_a_router: false,
             });
         }
         let filters: Vec<Filter> = config
@@ -318,13 +325,22 @@ impl Snapshot {
     }
 }
 
+/// Whom a list is built for, and so which fetches it makes.
+#[derive(Clone, Copy)]
+struct Asking<'a> {
+    /// The routers every fetch names: this one first.
+    chain: &'a Chain,
+    /// Built for other routers ([`ModelCatalog::snapshot_for_routers`]).
+    for_routers: bool,
+}
+
 /// One refresh: every server asked concurrently, but for those whose answer in `previous`
-/// (same config, not invalidated) is not yet due.
+/// (same config, not invalidated) may be reused (see [`server_state`]).
 async fn build(
     client: &reqwest::Client,
     config: Arc<Config>,
     previous: Option<&Snapshot>,
-    chain: &Chain,
+    asking: Asking<'_>,
 ) -> Snapshot {
     let reusable = previous
         .filter(|p| Arc::ptr_eq(&p.config, &config) && !p.invalidated.load(Ordering::Acquire));
@@ -339,7 +355,7 @@ async fn build(
             &config.settings,
             before,
             reusable.is_some(),
-            chain,
+            asking,
         )
     }))
     .await;
@@ -352,13 +368,16 @@ async fn build(
     snapshot
 }
 
+/// One server's part of a list: asked, or its previous answer reused. For the router's own
+/// callers a previous answer is reused until due; for other routers, due or not, unless the
+/// server is a router (it may lead back to them) or the TTL is 0.
 async fn server_state(
     client: &reqwest::Client,
     server: &Server,
     settings: &Settings,
     before: Option<&ServerState>,
     may_reuse: bool,
-    chain: &Chain,
+    asking: Asking<'_>,
 ) -> ServerState {
     let mut state = ServerState {
         alias: server.alias.clone(),
@@ -367,19 +386,32 @@ async fn server_state(
         latest_good: None,
         due: None,
         filter_kept_none: None,
-        routers: Arc::from([]),
+        from_a_router: false,
     };
     if server.override_models.is_some() {
         return state;
     }
+    let ttl = settings.models_cache_ttl;
     if let Some(before) = before.filter(|_| may_reuse) {
-        if before.due.is_none_or(|due| Instant::now() < due) {
+        let reuse = if asking.for_routers {
+            !before.from_a_router && before.status != ServerStatus::NotAsked && !ttl.is_zero()
+        } else {
+            before.due.is_none_or(|due| Instant::now() < due)
+        };
+        if reuse {
             return before.clone();
         }
     }
-    let ttl = settings.models_cache_ttl;
-    match fetch_models(client, server, settings.models_fetch_timeout, chain).await {
-        Ok(Fetched { parsed, routers }) => {
+    let timeout = if asking.for_routers {
+        settings.models_fetch_timeout / 2
+    } else {
+        settings.models_fetch_timeout
+    };
+    match fetch_models(client, server, timeout, asking.chain).await {
+        Ok(Fetched {
+            parsed,
+            from_a_router,
+        }) => {
             if parsed.skipped > 0 {
                 tracing::warn!(
                     server = %server.alias,
@@ -396,15 +428,38 @@ async fn server_state(
             }
             state.status = ServerStatus::Listed;
             state.latest_good = Some(Arc::new(parsed.models));
-            state.routers = routers.into();
+            state.from_a_router = from_a_router;
             state.due = Instant::now().checked_add(ttl);
+        }
+        Err(FetchError::Loop) => {
+            // Nothing of its list, not even a last good one: it would hold this router's.
+            state.from_a_router = true;
+            let said_before = before.is_some_and(|b| {
+                matches!(
+                    &b.status,
+                    ServerStatus::Failed {
+                        error: FetchError::Loop,
+                        ..
+                    }
+                )
+            });
+            // Built for routers, a loop found is the check doing its work; found by the own
+            // refresh, it is a server that leads back here: said once while it lasts.
+            if asking.for_routers || said_before {
+                tracing::debug!(server = %server.alias, "GET /models: {}", FetchError::Loop);
+            } else {
+                tracing::warn!(server = %server.alias, "GET /models: {}", FetchError::Loop);
+            }
+            state.status = ServerStatus::Failed {
+                error: FetchError::Loop,
+                kept_last_good: false,
+            };
+            state.due = Instant::now().checked_add(ttl.min(RETRY_FAILED_AFTER));
         }
         Err(error) => {
             state.latest_good = before.and_then(|b| b.latest_good.clone());
             state.filter_kept_none = before.and_then(|b| b.filter_kept_none.clone());
-            if let Some(before) = before {
-                state.routers = Arc::clone(&before.routers);
-            }
+            state.from_a_router = before.is_some_and(|b| b.from_a_router);
             let kept_last_good = state.latest_good.is_some();
             if kept_last_good {
                 tracing::warn!(server = %server.alias, "GET /models failed: {error}; serving its last good model list");

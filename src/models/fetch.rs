@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::header::ACCEPT;
 
 use super::list::{ParseError, Parsed, parse_listing};
-use super::loops::{Chain, MODELS_FOR, routers_of};
+use super::loops::{Chain, MODELS_FOR, from_a_router};
 use crate::config::Server;
 use crate::proxy::describe_reqwest_error;
 use crate::routing::request_url;
@@ -32,6 +32,11 @@ pub enum FetchError {
     Unreachable(String),
     #[error("HTTP {status}{detail}")]
     Status { status: u16, detail: String },
+    /// A router that found itself among those the fetch was made for ([`super::loops`]).
+    #[error(
+        "it leads back to this router (HTTP 508: its url is this router's own address, or a router whose servers lead here); its models are left out"
+    )]
+    Loop,
     #[error("its answer is larger than {} MiB", MAX_MODELS_BODY / (1024 * 1024))]
     TooLarge,
     #[error("its answer broke off: {0}")]
@@ -42,11 +47,11 @@ pub enum FetchError {
     Invalid(#[from] ParseError),
 }
 
-/// A server's list, and the routers whose lists it holds when the server is a router.
+/// A server's list, and whether the server is a router (another llmsrouter).
 #[derive(Debug)]
 pub struct Fetched {
     pub parsed: Parsed,
-    pub routers: Vec<Box<str>>,
+    pub from_a_router: bool,
 }
 
 /// Fetches and parses `server`'s model list, all within `timeout`. The fetch names `chain`,
@@ -85,6 +90,9 @@ async fn fetch(
         .await
         .map_err(|e| FetchError::Unreachable(describe_reqwest_error(&e)))?;
     let status = response.status();
+    if status == http::StatusCode::LOOP_DETECTED && from_a_router(response.headers()) {
+        return Err(FetchError::Loop);
+    }
     if !status.is_success() {
         let body = read_body(response, ERROR_BODY_READ, true).await?;
         return Err(FetchError::Status {
@@ -93,7 +101,7 @@ async fn fetch(
         });
     }
     let coding = content_coding(response.headers());
-    let routers = routers_of(response.headers());
+    let from_a_router = from_a_router(response.headers());
     let body = read_body(response, MAX_MODELS_BODY, false).await?;
     let body = match coding {
         None => body,
@@ -101,7 +109,7 @@ async fn fetch(
     };
     Ok(Fetched {
         parsed: parse_listing(&body)?,
-        routers,
+        from_a_router,
     })
 }
 

@@ -10,14 +10,14 @@
 //!
 //! - every router has a random id for its lifetime ([`RouterId`]);
 //! - a model-list fetch names the routers it is made for ([`MODELS_FOR`]): the fetching
-//!   router, then the routers that asked it, when its own list is being built for one;
-//! - a router that finds its own id there answers 508 `loop_detected` at once;
-//! - a router asked by routers does not wait on the refresh every other caller shares (it may
-//!   be waiting on the asker): it answers from its cache, or builds a list for them whose
-//!   fetches carry them too;
-//! - its answer names the routers whose lists it holds ([`MODELS_FROM`]), and it leaves out
-//!   the servers whose lists hold the asker's, so a list never comes back to where it began.
-
+//!   router, then the routers that asked it, when its list is being built for them;
+//! - a router that finds its own id there answers 508 `loop_detected` at once, and the server
+//!   that answered so is left out of the list being built ([`super::fetch::FetchError::Loop`]);
+//! - a router asked by routers never waits on the refresh every other caller shares (it may
+//!   be waiting on the asker): it builds a list for them, asking again each of its servers
+//!   that is a router (its answers carry [`MODELS_FROM`]) with them named too, and taking the
+//!   others from its cache. A router restarted with a new id is thereby never mistaken for
+//!   another one: whether a server leads back is asked each time, not remembered.
 use http::HeaderValue;
 
 use crate::error::ProxyError;
@@ -28,8 +28,8 @@ use crate::proxy::headers::MAX_HOPS;
 /// fetching router first.
 pub const MODELS_FOR: &str = "x-llmsrouter-models-for";
 
-/// On a router's model-list answer to another router: its own id and those of every router
-/// whose list it holds, comma-separated.
+/// On a router's model-list answer to another router: its own id. Marks the server as a
+/// router, whose list is asked again for every list built for routers.
 pub const MODELS_FROM: &str = "x-llmsrouter-models-from";
 
 /// Longest id read from another router: ours are 16 hex digits.
@@ -52,6 +52,11 @@ impl RouterId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The [`MODELS_FROM`] value: hex, so always a valid value.
+    pub fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_str(&self.0).unwrap_or(HeaderValue::from_static(""))
     }
 }
 
@@ -79,11 +84,6 @@ impl Chain {
 
     pub fn contains(&self, id: &str) -> bool {
         self.0.iter().any(|own| &**own == id)
-    }
-
-    /// Whether any of `ids` is in the chain.
-    pub fn meets(&self, ids: &[Box<str>]) -> bool {
-        ids.iter().any(|id| self.contains(id))
     }
 
     /// The header value: ids are hex, so always a valid value.
@@ -122,27 +122,12 @@ pub fn chain_of(fields: &Fields, own: &RouterId) -> Result<Chain, ProxyError> {
     Ok(Chain(ids))
 }
 
-/// The ids a router named in [`MODELS_FROM`] on its answer; none from a server that is not a
-/// router, or that sent something else there.
-pub fn routers_of(headers: &http::HeaderMap) -> Vec<Box<str>> {
+/// Whether an answer came from a router: it names one valid id in [`MODELS_FROM`].
+pub fn from_a_router(headers: &http::HeaderMap) -> bool {
     headers
         .get(MODELS_FROM)
         .and_then(|value| router_ids(value.as_bytes()))
-        .unwrap_or_default()
-}
-
-/// The [`MODELS_FROM`] value: `own`, then `held`, each once.
-pub fn models_from_value<'a>(
-    own: &RouterId,
-    held: impl Iterator<Item = &'a Box<str>>,
-) -> HeaderValue {
-    let mut ids: Vec<&str> = vec![own.as_str()];
-    for id in held {
-        if !ids.contains(&&**id) {
-            ids.push(id);
-        }
-    }
-    HeaderValue::from_str(&ids.join(",")).unwrap_or(HeaderValue::from_static(""))
+        .is_some_and(|ids| ids.len() == 1)
 }
 
 /// Comma-separated ids of ASCII letters, digits and `-`; `None` when any is not.
@@ -188,7 +173,6 @@ mod tests {
             Some(format!("{},aa,bb", own.as_str()).as_str())
         );
         assert!(chain.contains("bb") && !chain.contains("cc"));
-        assert!(chain.meets(&[Box::from("cc"), Box::from("aa")]));
         assert!(chain_of(&Fields::default(), &own).expect("none").is_empty());
     }
 
@@ -204,18 +188,13 @@ mod tests {
     }
 
     #[test]
-    fn the_from_value_names_each_router_once() {
+    fn an_answer_from_a_router_names_one_id() {
         let own = RouterId::random();
-        let held: Vec<Box<str>> = vec!["aa".into(), "bb".into(), "aa".into()];
-        let value = models_from_value(&own, held.iter());
-        assert_eq!(
-            value.to_str().ok(),
-            Some(format!("{},aa,bb", own.as_str()).as_str())
-        );
         let mut headers = http::HeaderMap::new();
-        headers.insert(MODELS_FROM, value);
-        assert_eq!(routers_of(&headers).len(), 3);
+        assert!(!from_a_router(&headers));
+        headers.insert(MODELS_FROM, own.header_value());
+        assert!(from_a_router(&headers));
         headers.insert(MODELS_FROM, HeaderValue::from_static("no way"));
-        assert!(routers_of(&headers).is_empty());
+        assert!(!from_a_router(&headers));
     }
 }

@@ -45,33 +45,31 @@ impl ModelCatalog {
 }
 
 /// `GET /v1/models`: the merged list, narrowed to the providers the caller may use. Asked by
-/// other routers ([`loops`]), it leaves out the servers whose lists hold theirs and names the
-/// routers whose lists it holds.
+/// other routers ([`loops`]), a list built for them, and the answer says it is a router's.
 pub async fn handle_list(state: &AppState, caller: &Caller, fields: &Fields) -> Response {
-    let askers = match loops::chain_of(fields, state.models.id()) {
+    let own = state.models.id();
+    let askers = match loops::chain_of(fields, own) {
         Ok(askers) => askers,
-        Err(error) => return error.into_response(),
+        Err(error) => return from_a_router(error.into_response(), own),
     };
     let config = state.config.load_full();
+    let visible = |alias: &str| caller.may_use(alias);
     if askers.is_empty() {
         let snapshot = state.models.snapshot(&state.client, config).await;
-        return json_response(snapshot.list().body(|alias| caller.may_use(alias)));
+        return json_response(snapshot.list().body(visible));
     }
     let snapshot = state
         .models
         .snapshot_for_routers(&state.client, config, &askers)
         .await;
-    let visible =
-        |alias: &str| caller.may_use(alias) && !askers.meets(snapshot.routers_behind(alias));
-    let held = snapshot
-        .list()
-        .aliases()
-        .iter()
-        .filter(|alias| visible(alias))
-        .flat_map(|alias| snapshot.routers_behind(alias));
-    let from = loops::models_from_value(state.models.id(), held);
-    let mut response = json_response(snapshot.list().body(visible));
-    response.headers_mut().insert(loops::MODELS_FROM, from);
+    from_a_router(json_response(snapshot.list().body(visible)), own)
+}
+
+/// `response`, marked as a router's answer to a router's fetch: its 508 is a loop found.
+fn from_a_router(mut response: Response, own: &loops::RouterId) -> Response {
+    response
+        .headers_mut()
+        .insert(loops::MODELS_FROM, own.header_value());
     response
 }
 

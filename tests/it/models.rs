@@ -278,81 +278,163 @@ async fn a_cache_ttl_of_zero_asks_the_servers_on_every_request() {
     router.stop().await;
 }
 
-/// Two routers whose servers point at each other, one of them also at itself: each list
-/// answers at once (they waited on each other for the whole fetch timeout and listed nothing
-/// of the other), holds the other router's own models, and never comes back nested
-/// (`[b][a][b]...`). A fetch naming the router itself is a 508; a garbled one a 400.
-#[tokio::test]
-async fn routers_listing_each_other_or_themselves_answer_at_once_without_nesting() {
-    let x = upstream_listing(r#"["mx"]"#).await;
-    let y = upstream_listing(r#"["my"]"#).await;
-    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
-    let (la, lb) = (bind().await.expect("bind"), bind().await.expect("bind"));
-    let (a_url, b_url) = (
-        format!("http://{}/v1", la.local_addr().expect("addr")),
-        format!("http://{}/v1", lb.local_addr().expect("addr")),
-    );
-    // Far longer than the client waits below: only answering at once passes.
-    let settings = "  models_cache_ttl_secs: 0\n  models_fetch_timeout_secs: 600\n";
-    let a = TestRouter::start_on(
-        la,
-        &config(
+/// Two routers whose servers point at each other, one of them also at itself.
+struct LoopedPair {
+    x: MockUpstream,
+    y: MockUpstream,
+    a: TestRouter,
+    /// `None` only while it restarts.
+    b: Option<TestRouter>,
+    b_addr: std::net::SocketAddr,
+    b_config: String,
+}
+
+impl LoopedPair {
+    async fn start(settings: &str) -> Self {
+        let x = upstream_listing(r#"["mx"]"#).await;
+        let y = upstream_listing(r#"["my"]"#).await;
+        let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        let (la, lb) = (bind().await.expect("bind"), bind().await.expect("bind"));
+        let b_addr = lb.local_addr().expect("addr");
+        let a_url = format!("http://{}/v1", la.local_addr().expect("addr"));
+        let b_url = format!("http://{b_addr}/v1");
+        let a_config = config(
             &[
                 server("x", &x.url(), ""),
                 server("b", &b_url, ""),
                 server("me", &a_url, ""),
             ],
             settings,
-        ),
-    )
-    .await;
-    let b = TestRouter::start_on(
-        lb,
-        &config(
+        );
+        let b_config = config(
             &[server("y", &y.url(), ""), server("a", &a_url, "")],
             settings,
-        ),
-    )
-    .await;
-    let listed = |router: &TestRouter| {
-        let url = router.url("/v1/models");
-        async move {
-            let (status, body) = tokio::time::timeout(WITHIN, get_json(&url))
-                .await
-                .expect("the routers waited on each other");
-            assert_eq!(status, 200, "{body}");
-            ids(&body)
+        );
+        let a = TestRouter::start_on(la, &a_config).await;
+        let b = TestRouter::start_on(lb, &b_config).await;
+        Self {
+            x,
+            y,
+            a,
+            b: Some(b),
+            b_addr,
+            b_config,
         }
-    };
-    for _ in 0..3 {
-        assert_eq!(listed(&a).await, ["[x]mx", "[b][y]my"]);
-        assert_eq!(listed(&b).await, ["[y]my", "[a][x]mx"]);
     }
 
-    let own = a.state.models.id().as_str().to_owned();
+    /// B stopped and started again on its address: a new process, with a new id.
+    async fn restart_b(&mut self) {
+        if let Some(old) = self.b.take() {
+            old.stop().await;
+        }
+        let listener = tokio::net::TcpListener::bind(self.b_addr)
+            .await
+            .expect("rebind");
+        self.b = Some(TestRouter::start_on(listener, &self.b_config).await);
+    }
+
+    fn b(&self) -> &TestRouter {
+        self.b.as_ref().expect("b runs")
+    }
+
+    async fn assert_lists(&self) {
+        assert_eq!(listed(&self.a).await, ["[x]mx", "[b][y]my"]);
+        assert_eq!(listed(self.b()).await, ["[y]my", "[a][x]mx"]);
+    }
+
+    async fn stop(self) {
+        self.a.stop().await;
+        if let Some(b) = self.b {
+            b.stop().await;
+        }
+        drop((self.x, self.y));
+    }
+}
+
+/// The ids of a router's list, which must come at once: the fetch timeout in these tests is
+/// far longer than this wait.
+async fn listed(router: &TestRouter) -> Vec<String> {
+    let (status, body) = tokio::time::timeout(WITHIN, get_json(&router.url("/v1/models")))
+        .await
+        .expect("the routers waited on each other");
+    assert_eq!(status, 200, "{body}");
+    ids(&body)
+}
+
+/// Two routers whose servers point at each other, one of them also at itself: each list
+/// answers at once (they waited on each other for the whole fetch timeout and listed nothing
+/// of the other), holds the other router's own models, and never comes back nested
+/// (`[b][a][b]...`), with a cache or none, and after one of them restarts with a new id.
+#[tokio::test]
+async fn routers_listing_each_other_or_themselves_answer_at_once_without_nesting() {
+    let mut pair = LoopedPair::start("  models_fetch_timeout_secs: 600\n").await;
+    for _ in 0..2 {
+        pair.assert_lists().await;
+    }
+    pair.restart_b().await;
+    // B's first list is asked of A, which still knows B's old process.
+    assert_eq!(listed(pair.b()).await, ["[y]my", "[a][x]mx"]);
+    pair.assert_lists().await;
+    pair.stop().await;
+
+    let pair =
+        LoopedPair::start("  models_cache_ttl_secs: 0\n  models_fetch_timeout_secs: 600\n").await;
+    for _ in 0..3 {
+        pair.assert_lists().await;
+    }
+    pair.stop().await;
+}
+
+/// A router in front of a router with a slow server: the list the back router builds for
+/// the front one leaves the slow server out after half its fetch timeout, so the front one,
+/// waiting as long as its own timeout, lists the back router's other models (it listed none
+/// of them: both gave up at the same moment).
+#[tokio::test]
+async fn a_router_behind_a_router_answers_within_half_its_fetch_timeout() {
+    let p = upstream_listing(r#"["mp"]"#).await;
+    let slow = MockUpstream::start(Behavior {
+        models_body: Some(r#"["too-late"]"#.into()),
+        models_delay: Duration::from_secs(600),
+        ..Behavior::default()
+    })
+    .await;
+    let settings = "  models_fetch_timeout_secs: 2\n";
+    let back = TestRouter::start(&config(
+        &[server("p", &p.url(), ""), server("slow", &slow.url(), "")],
+        settings,
+    ))
+    .await;
+    let front = TestRouter::start(&config(&[server("b", &back.url("/v1"), "")], settings)).await;
+    assert_eq!(listed(&front).await, ["[b][p]mp"]);
+    front.stop().await;
+    back.stop().await;
+}
+
+/// A model-list fetch naming the router itself is a 508, marked as a router's answer; a
+/// garbled one a 400; one from another router gets the list, marked.
+#[tokio::test]
+async fn a_fetch_naming_the_router_itself_is_a_loop() {
+    let pair = LoopedPair::start("").await;
+    let own = pair.a.state.models.id().as_str().to_owned();
     let fetch = |value: String| {
         client()
-            .get(a.url("/v1/models"))
+            .get(pair.a.url("/v1/models"))
             .header("x-llmsrouter-models-for", value)
             .send()
     };
     let response = fetch(format!("0123,{own}")).await.expect("send");
     assert_eq!(response.status().as_u16(), 508);
+    assert_eq!(response.headers()["x-llmsrouter-models-from"], own.as_str());
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "loop_detected", "{body}");
     let response = fetch("not an id".into()).await.expect("send");
     assert_eq!(response.status().as_u16(), 400);
-    // Another router asking gets the list and the routers whose lists it holds.
     let response = fetch("0123".into()).await.expect("send");
     assert_eq!(response.status().as_u16(), 200);
-    let from = response.headers()["x-llmsrouter-models-from"]
-        .to_str()
-        .expect("text")
-        .to_owned();
-    let b_id = b.state.models.id().as_str();
-    assert_eq!(from, format!("{own},{b_id}"));
-    a.stop().await;
-    b.stop().await;
+    assert_eq!(response.headers()["x-llmsrouter-models-from"], own.as_str());
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(ids(&body), ["[x]mx", "[b][y]my"]);
+    pair.stop().await;
 }
 
 #[tokio::test]
