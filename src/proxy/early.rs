@@ -329,7 +329,10 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
                 let read = super::read_upstream_body(body, declared);
                 let body = match tokio::time::timeout_at(deadline, read).await {
                     Err(_) => {
-                        return router(super::timeout_error(&provider, timeout), Some(answered_at));
+                        return router(
+                            super::unfinished_error(&provider, timeout),
+                            Some(answered_at),
+                        );
                     }
                     Ok(Err(error)) => {
                         return router(error.into_proxy_error(&provider), Some(answered_at));
@@ -384,7 +387,12 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
         let declared = http_body::Body::size_hint(&body).exact();
         let read = super::read_upstream_body(body, declared);
         let body = match tokio::time::timeout_at(deadline, read).await {
-            Err(_) => return router(super::timeout_error(&provider, timeout), Some(answered_at)),
+            Err(_) => {
+                return router(
+                    super::unfinished_error(&provider, timeout),
+                    Some(answered_at),
+                );
+            }
             Ok(Err(error)) => return router(error.into_proxy_error(&provider), Some(answered_at)),
             Ok(Ok(body)) => body,
         };

@@ -1096,6 +1096,16 @@ fn timeout_error(provider: &str, timeout: Duration) -> ProxyError {
     ))
 }
 
+/// [`timeout_error`] for an upstream whose answer's head had come, and whose body had not
+/// all come when `timeout_secs` ran out: it answered, so "did not answer" would send the
+/// reader looking for a server that never replied.
+fn unfinished_error(provider: &str, timeout: Duration) -> ProxyError {
+    ProxyError::UpstreamTimeout(format!(
+        "the upstream {provider} did not finish its answer within {} s (timeout_secs)",
+        timeout.as_secs_f64()
+    ))
+}
+
 fn send_error(provider: &str, error: &UpstreamError) -> ProxyError {
     let description = error.to_string();
     if error.is_timeout() {
@@ -1290,7 +1300,7 @@ async fn whole_answer(
         Err(_) => {
             return fail(
                 guard,
-                timeout_error(provider, timeout),
+                unfinished_error(provider, timeout),
                 request_id,
                 failures,
             );

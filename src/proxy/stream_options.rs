@@ -18,6 +18,7 @@ use super::early::Sending;
 use super::headers::UpstreamFields;
 use super::{
     ReadBody, decode_error_body, read_upstream_body, send_error, shutting_down, timeout_error,
+    unfinished_error,
 };
 use crate::error::ProxyError;
 use crate::hard_stop::Stopped;
@@ -158,7 +159,7 @@ pub(super) async fn without_them<V: ReadBody>(
         () = &mut *hard_stop => return Retried::Failed(shutting_down()),
     };
     let body = match read {
-        Err(_) => return Retried::Failed(timeout_error(provider, timeout)),
+        Err(_) => return Retried::Failed(unfinished_error(provider, timeout)),
         Ok(Err(error)) => return Retried::Failed(error.into_proxy_error(provider)),
         Ok(Ok(body)) => body,
     };

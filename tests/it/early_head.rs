@@ -356,6 +356,42 @@ async fn no_head_within_timeout_secs_ends_the_stream_with_the_timeout() {
     router.stop().await;
 }
 
+/// (3b) A head that came after the stream opened, then half a whole answer and silence (a 200
+/// and an error status alike): the router's timeout still, but saying the upstream did not
+/// finish its answer, not that it did not answer.
+#[tokio::test]
+async fn a_late_whole_answer_stuck_after_its_head_did_not_finish() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = router_for(&upstream, "    timeout_secs: 1\n").await;
+    for (n, status) in [200, 500].into_iter().enumerate() {
+        upstream.set(Behavior {
+            status,
+            delay: Duration::from_millis(300),
+            never_stream: true,
+            stall_whole: true,
+            ..Default::default()
+        });
+        let response = head_of(stream_to(&router)).await;
+        assert_stream_head(&response);
+        let mut body: Body = response.bytes_stream().boxed();
+        let text = tokio::time::timeout(Duration::from_secs(10), read_rest(&mut body))
+            .await
+            .expect("the stream ends at timeout_secs");
+        let event = only_event(&text);
+        assert_eq!(event["error"]["code"], "upstream_timeout", "{event}");
+        let message = event["error"]["message"].as_str().expect("message");
+        assert!(
+            message.contains("the upstream mock did not finish its answer within 1 s"),
+            "{message}"
+        );
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::RouterError);
+        assert_eq!(record.status, Some(504));
+        assert_eq!(record.error.as_deref(), Some(message));
+    }
+    router.stop().await;
+}
+
 /// (4) An upstream that answers within the interval is relayed byte for byte, with no
 /// keep-alive comment; a whole request, and a stream on an endpoint whose streams need not be
 /// SSE (Ollama's `/api/chat`), wait for their upstream however long it takes, as before.

@@ -694,6 +694,47 @@ async fn slow_upstream_is_504_after_timeout_secs() {
     assert!(started.elapsed() < Duration::from_secs(4));
     assert_eq!(status, 504);
     assert_eq!(body["error"]["code"], "upstream_timeout");
+    let message = "the upstream mock did not answer within 0.3 s (timeout_secs)";
+    assert_eq!(body["error"]["message"], message);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.error.as_deref(), Some(message));
+    router.stop().await;
+}
+
+/// An upstream that sent its answer's head and half its body, then nothing more, is still a
+/// 504 at `timeout_secs`, but it did answer: the message says it did not finish, for a 200 and
+/// for an error status alike, and so does the record.
+#[tokio::test]
+async fn an_answer_stuck_after_its_head_did_not_finish_within_timeout_secs() {
+    let upstream = MockUpstream::start(Behavior {
+        stall_whole: true,
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(
+        &upstream.url(),
+        "    timeout_secs: 0.3\n",
+    ))
+    .await;
+    let message = "the upstream mock did not finish its answer within 0.3 s (timeout_secs)";
+    for (n, status) in [200, 500].into_iter().enumerate() {
+        upstream.set(Behavior {
+            status,
+            stall_whole: true,
+            ..Default::default()
+        });
+        let response = router.chat(&json!({"model": "[mock]m"})).await;
+        let (got, body) = error_of(response).await;
+        assert_eq!(
+            (got, &body["error"]["code"]),
+            (504, &json!("upstream_timeout"))
+        );
+        assert_eq!(body["error"]["message"], message, "{status}");
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::RouterError);
+        assert_eq!(record.status, Some(504));
+        assert_eq!(record.error.as_deref(), Some(message));
+    }
     router.stop().await;
 }
 

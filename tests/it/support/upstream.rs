@@ -101,6 +101,9 @@ pub struct Behavior {
     pub refuse_stream_options: Option<String>,
     /// That 400 is not held by `hold_head`: only the request sent again waits.
     pub refuse_at_once: bool,
+    /// Non-stream: the head (with the body's `Content-Length`) and the first half of the
+    /// body, then nothing more, the connection left open: an upstream stuck mid-answer.
+    pub stall_whole: bool,
 }
 
 impl Default for Behavior {
@@ -133,6 +136,7 @@ impl Default for Behavior {
             models_gate: None,
             refuse_stream_options: None,
             refuse_at_once: false,
+            stall_whole: false,
         }
     }
 }
@@ -335,11 +339,25 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         request_json["stream"] == serde_json::Value::Bool(true) || behavior.stream_unasked;
     if !wants_stream || behavior.never_stream || !(200..300).contains(&behavior.status) {
         let body = match (&behavior.raw_body, &behavior.body) {
-            (Some(raw), _) => Body::from(raw.clone()),
-            (None, Some(text)) => Body::from(text.clone()),
-            (None, None) => Body::from(chat_completion(&behavior.model)),
+            (Some(raw), _) => raw.clone(),
+            (None, Some(text)) => text.clone().into_bytes(),
+            (None, None) => chat_completion(&behavior.model).into_bytes(),
         };
-        return respond(status, &behavior.content_type, &behavior.headers, body);
+        if behavior.stall_whole {
+            let mut headers = behavior.headers.clone();
+            headers.push(("content-length".into(), body.len().to_string()));
+            let half = Bytes::from(body[..body.len() / 2].to_vec());
+            let stalled = futures_util::stream::once(async move { Ok::<_, std::io::Error>(half) })
+                .chain(futures_util::stream::pending());
+            let body = Body::from_stream(stalled);
+            return respond(status, &behavior.content_type, &headers, body);
+        }
+        return respond(
+            status,
+            &behavior.content_type,
+            &behavior.headers,
+            Body::from(body),
+        );
     }
     let include_usage =
         request_json["stream_options"]["include_usage"] == serde_json::Value::Bool(true);
