@@ -787,7 +787,7 @@ fn complete_summary(record: &mut RequestRecord) {
     let unrepaired = decoded.clone();
     let decoded = repaired.or(decoded);
     let readable = decoded.as_deref().unwrap_or(body);
-    let (summary, decoded) = match summarize_json_body(readable) {
+    let (mut summary, decoded) = match summarize_json_body(readable) {
         Some(summary) => (summary, decoded),
         None => match repaired_json(readable) {
             Some((summary, repaired)) => (summary, Some(repaired)),
@@ -811,6 +811,8 @@ fn complete_summary(record: &mut RequestRecord) {
             }
         },
     };
+    // The record keeps the body itself: the texts read from it need not be whole too.
+    summary.bound_texts();
     // `{"error": {...}}` under a 200: relayed as it came, recorded as the upstream's error.
     if let Some(reported) = &summary.error {
         if record.outcome == Outcome::Success {
@@ -1063,6 +1065,32 @@ pub(crate) mod tests {
             assert_eq!(got[0].response.usage.as_ref().map(|u| u.total), Some(3));
         }
         ticker.abort();
+    }
+
+    /// A whole answer's texts are bounded as a stream's are: its record keeps the body whole
+    /// (what the request log writes), and at most [`crate::usage::MAX_STREAM_TEXT`] of the
+    /// content beside it, ending in the marker, rather than a second copy of megabytes.
+    #[test]
+    fn a_whole_answers_texts_are_bounded_and_its_body_kept_whole() {
+        let max = crate::usage::MAX_STREAM_TEXT;
+        let marker = crate::sinks::generation::TRUNCATION_MARKER;
+        let content = "é".repeat(max / 2 + 10);
+        let body = serde_json::json!({"model": "m-1", "choices": [{"message":
+            {"content": content, "refusal": "no"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
+        .to_string();
+        let mut record = sample();
+        record.response_body = Some(Bytes::from(body.clone()));
+        complete_summary(&mut record);
+        assert_eq!(record.response_body.as_deref(), Some(body.as_bytes()));
+        assert!(record.response_is_json);
+        let kept = &record.response.content;
+        assert!(kept.ends_with(marker), "cut, and marked");
+        assert!(kept.len() <= max + marker.len());
+        assert!(content.starts_with(kept.trim_end_matches(marker)));
+        assert_eq!(record.response.refusal, "", "nothing after the cut");
+        assert_eq!(record.response.usage.as_ref().map(|u| u.total), Some(3));
+        assert_eq!(record.response.finish_reason.as_deref(), Some("stop"));
     }
 
     #[tokio::test]

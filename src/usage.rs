@@ -290,6 +290,38 @@ pub struct ResponseSummary {
 }
 
 impl ResponseSummary {
+    /// Bounds a whole answer's texts (content, reasoning, refusal, then each tool call's name
+    /// and arguments) to [`MAX_STREAM_TEXT`] together, as a stream's are bounded while they
+    /// come: past it a text ends in the truncation marker, the texts after it are empty and
+    /// the tool calls after it are not kept. The record keeps the answer's body, which the
+    /// request log writes whole; these texts are a second copy of what it says, for the
+    /// traces (which show 1 MiB by default), and a 50 MB answer's record held them all.
+    pub fn bound_texts(&mut self) {
+        let calls: usize = self
+            .tool_calls
+            .iter()
+            .map(|c| c.name.len() + c.arguments.len())
+            .sum();
+        if self.content.len() + self.reasoning.len() + self.refusal.len() + calls <= MAX_STREAM_TEXT
+        {
+            return;
+        }
+        let mut budget = TextBudget::default();
+        budget.keep(&mut self.content);
+        budget.keep(&mut self.reasoning);
+        budget.keep(&mut self.refusal);
+        let mut kept = self.tool_calls.len();
+        for (i, call) in self.tool_calls.iter_mut().enumerate() {
+            if budget.cut {
+                kept = i;
+                break;
+            }
+            budget.keep(&mut call.name);
+            budget.keep(&mut call.arguments);
+        }
+        self.tool_calls.truncate(kept);
+    }
+
     /// The content as OpenAI's message has it: `None` (JSON `null`) in a tool-call answer
     /// without text (a stream that had no content delta, only tool calls); the text
     /// otherwise, `""` included (next to a refusal, or an answer with nothing in it). Every
@@ -1362,6 +1394,30 @@ impl TextBudget {
         }
         field.push_str(&text[..end]);
         field.push_str(crate::sinks::generation::TRUNCATION_MARKER);
+        self.kept = MAX_STREAM_TEXT;
+        self.cut = true;
+    }
+
+    /// Keeps `field`, a text read whole, within the budget: cut as [`Self::append`] cuts a
+    /// piece that does not fit, emptied once the budget is spent.
+    fn keep(&mut self, field: &mut String) {
+        if self.cut {
+            *field = String::new();
+            return;
+        }
+        let room = MAX_STREAM_TEXT - self.kept;
+        if field.len() <= room {
+            self.kept += field.len();
+            return;
+        }
+        let mut end = room;
+        while !field.is_char_boundary(end) {
+            end -= 1;
+        }
+        field.truncate(end);
+        field.push_str(crate::sinks::generation::TRUNCATION_MARKER);
+        // The cut-off bytes are given back, not kept as spare room.
+        field.shrink_to_fit();
         self.kept = MAX_STREAM_TEXT;
         self.cut = true;
     }
@@ -2502,6 +2558,54 @@ mod tests {
                     .all(|c| !c.arguments.contains(marker))
             );
         }
+    }
+
+    /// A whole answer's texts under the bound are left as they are; over it, they are cut in
+    /// order (content, reasoning, refusal, tool calls) and what comes after the cut is not
+    /// kept, as in a stream.
+    #[test]
+    fn a_whole_answers_texts_are_bounded_together() {
+        let marker = crate::sinks::generation::TRUNCATION_MARKER;
+        let call = |arguments: &str| ToolCall {
+            name: "f".into(),
+            arguments: arguments.into(),
+            ..Default::default()
+        };
+        let mut small = ResponseSummary {
+            content: "a".repeat(MAX_STREAM_TEXT / 2),
+            reasoning: "b".repeat(MAX_STREAM_TEXT / 2 - 1),
+            tool_calls: vec![call("")],
+            ..Default::default()
+        };
+        small.bound_texts();
+        assert_eq!(
+            small.content.len() + small.reasoning.len(),
+            MAX_STREAM_TEXT - 1
+        );
+        assert_eq!(small.tool_calls.len(), 1);
+
+        let mut big = ResponseSummary {
+            content: "a".repeat(MAX_STREAM_TEXT / 2),
+            reasoning: "b".repeat(MAX_STREAM_TEXT / 4),
+            refusal: "c".repeat(MAX_STREAM_TEXT / 8),
+            tool_calls: vec![call(&"d".repeat(MAX_STREAM_TEXT)), call("{}")],
+            ..Default::default()
+        };
+        big.bound_texts();
+        assert_eq!(big.content.len(), MAX_STREAM_TEXT / 2);
+        assert_eq!(big.reasoning.len(), MAX_STREAM_TEXT / 4);
+        assert_eq!(big.refusal.len(), MAX_STREAM_TEXT / 8);
+        assert_eq!(
+            big.tool_calls.len(),
+            1,
+            "the call after the cut is not kept"
+        );
+        let kept = &big.tool_calls[0].arguments;
+        assert!(kept.ends_with(marker));
+        assert_eq!(
+            big.content.len() + big.reasoning.len() + big.refusal.len() + 1 + kept.len(),
+            MAX_STREAM_TEXT + marker.len()
+        );
     }
 
     /// Once the text budget is spent, a tool call that starts later is not recorded: it would

@@ -984,10 +984,20 @@ fn new_record(
 
 /// The record's own copy of a body. A body is usually a slice of a connection's read buffer;
 /// a record waiting in a sink's queue must not keep that whole buffer (up to hundreds of KB)
-/// alive, so it gets an allocation of exactly the body's size.
+/// alive, so it gets an allocation of exactly the body's size. A body of [`SHARED_BODY`] or
+/// more fills a buffer gathered for it (see `intake::Gathered`: sized to its declared
+/// length, or grown for it), which the record shares instead: copied, a 50 MB answer was
+/// held twice while it was relayed.
 fn own_copy(body: &Bytes) -> Bytes {
+    if body.len() >= SHARED_BODY {
+        return body.clone();
+    }
     Bytes::copy_from_slice(body)
 }
+
+/// From this size on a record shares a body's buffer rather than copying it (see
+/// [`own_copy`]).
+const SHARED_BODY: usize = 1024 * 1024;
 
 /// Whether the Content-Type's media type (without parameters) is `wanted`: exactly, so
 /// `application/jsonl` or `application/json-seq` (many documents) is not `application/json`.

@@ -137,10 +137,33 @@ impl RequestRedactor<'_> {
     /// Every secret is looked for in the text as given and the occurrences are replaced
     /// together (overlapping ones as one): a secret that holds another is replaced whole.
     pub fn redact_bytes<'t>(&self, bytes: &'t [u8]) -> Cow<'t, [u8]> {
-        if bytes.len() < self.shortest.min(ROUTER_KEY_LEN) {
+        let found = self.occurrences(bytes);
+        if found.is_empty() {
             return Cow::Borrowed(bytes);
         }
+        Cow::Owned(replace(bytes, &found))
+    }
+
+    /// [`Self::redact_bytes`] on a buffer the caller owns, rewritten where it is: a request
+    /// log line holding a 50 MB body is not copied once more for the key found in it. Only
+    /// when an occurrence is shorter than [`REDACTED`] (a secret of 8 or 9 bytes), which
+    /// would make the text grow, is it rebuilt in a second buffer.
+    pub fn redact_in_place(&self, bytes: &mut Vec<u8>) {
+        let found = self.occurrences(bytes);
+        if found.is_empty() {
+            return;
+        }
+        if !replace_in_place(bytes, &found) {
+            *bytes = replace(bytes, &found);
+        }
+    }
+
+    /// Where the secrets occur in `bytes`, sorted by start (overlapping ones included).
+    fn occurrences(&self, bytes: &[u8]) -> Vec<Range<usize>> {
         let mut found = Vec::new();
+        if bytes.len() < self.shortest.min(ROUTER_KEY_LEN) {
+            return found;
+        }
         find_router_keys(bytes, &mut found);
         if memchr::memchr(b'\\', bytes).is_none() {
             for needle in self.needles() {
@@ -158,11 +181,8 @@ impl RequestRedactor<'_> {
             }
             self.find_escaped_heads(bytes, &mut found);
         }
-        if found.is_empty() {
-            return Cow::Borrowed(bytes);
-        }
         found.sort_unstable_by_key(|r| (r.start, r.end));
-        Cow::Owned(replace(bytes, &found))
+        found
     }
 
     /// [`Self::redact_bytes`] for text.
@@ -435,9 +455,6 @@ fn read_char(hay: &[u8], at: usize, depth: u8) -> Option<(u32, usize)> {
     Some((decoded, next))
 }
 
-/// `haystack` with each of `found` (sorted by start) replaced. Overlapping occurrences are
-/// replaced as one: a secret holding another goes whole, and one read from inside an escape
-/// does not leave the real one's end.
 /// Length of a key this router makes: `sk-lr-` and its random characters.
 const ROUTER_KEY_LEN: usize = KEY_PREFIX.len() + KEY_RANDOM_CHARS;
 
@@ -462,19 +479,52 @@ fn find_router_keys(hay: &[u8], found: &mut Vec<Range<usize>>) {
     }
 }
 
+/// `haystack` with each of `found` (sorted by start) replaced. Overlapping occurrences are
+/// replaced as one: a secret holding another goes whole, and one read from inside an escape
+/// does not leave the real one's end.
 fn replace(haystack: &[u8], found: &[Range<usize>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(haystack.len());
     let mut last = 0;
-    for range in found {
-        if range.start < last {
-            last = last.max(range.end);
-            continue;
-        }
+    for range in merged(found) {
         out.extend_from_slice(&haystack[last..range.start]);
         out.extend_from_slice(REDACTED.as_bytes());
         last = range.end;
     }
     out.extend_from_slice(&haystack[last..]);
+    out
+}
+
+/// [`replace`] within `bytes` itself, front to back, when every (merged) occurrence is at
+/// least as long as the marker: what is written then never overtakes what is still to be
+/// read. Returns false, with `bytes` untouched, when one is shorter.
+fn replace_in_place(bytes: &mut Vec<u8>, found: &[Range<usize>]) -> bool {
+    let ranges = merged(found);
+    if ranges.iter().any(|r| r.len() < REDACTED.len()) {
+        return false;
+    }
+    let (mut write, mut last) = (0, 0);
+    for range in ranges {
+        bytes.copy_within(last..range.start, write);
+        write += range.start - last;
+        bytes[write..write + REDACTED.len()].copy_from_slice(REDACTED.as_bytes());
+        write += REDACTED.len();
+        last = range.end;
+    }
+    let tail = bytes.len() - last;
+    bytes.copy_within(last.., write);
+    bytes.truncate(write + tail);
+    true
+}
+
+/// `found` (sorted by start) with overlapping occurrences joined into one.
+fn merged(found: &[Range<usize>]) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::with_capacity(found.len());
+    for range in found {
+        match out.last_mut() {
+            Some(last) if range.start < last.end => last.end = last.end.max(range.end),
+            _ => out.push(range.clone()),
+        }
+    }
     out
 }
 
@@ -628,7 +678,55 @@ mod tests {
         }
     }
 
+    /// What `redact_in_place` leaves is what `redact_bytes` returns, whether the line shrinks
+    /// (rewritten where it is) or grows (a secret shorter than the marker: rebuilt).
+    #[test]
+    fn redacting_in_place_agrees_with_a_copy() {
+        let secrets = [
+            Secret::new("sk-configured-1234"),
+            Secret::new("eightchr"),
+            Secret::new("configured-12"),
+        ];
+        let r = Redactor::new(&secrets);
+        let request = r.for_request(&[]);
+        for text in [
+            "nothing to find here at all",
+            "sk-configured-1234",
+            "a sk-configured-1234 b sk-configured-1234sk-configured-1234 c",
+            "x eightchr y sk-configured-1234",
+            "sk-configured-1\\u0032\\u00334 tail",
+        ] {
+            let mut line = text.as_bytes().to_vec();
+            request.redact_in_place(&mut line);
+            assert_eq!(
+                line,
+                request.redact_bytes(text.as_bytes()).as_ref(),
+                "{text}"
+            );
+        }
+    }
+
     proptest! {
+        #[test]
+        fn redacting_in_place_agrees_with_a_copy_on_any_text(
+            pieces in proptest::collection::vec(prop_oneof![
+                Just("sk-configured-1234"), Just("eightchr"), Just("configured-12"),
+                Just("\\u0073"), Just("\\"), Just("k-"), Just(" "), Just("abc"),
+            ], 0..24),
+            short in any::<bool>(),
+        ) {
+            let mut secrets = vec![Secret::new("sk-configured-1234"), Secret::new("configured-12")];
+            if short {
+                secrets.push(Secret::new("eightchr"));
+            }
+            let r = Redactor::new(&secrets);
+            let request = r.for_request(&[]);
+            let text = pieces.concat();
+            let mut line = text.as_bytes().to_vec();
+            request.redact_in_place(&mut line);
+            prop_assert_eq!(line, request.redact_bytes(text.as_bytes()).into_owned());
+        }
+
         #[test]
         fn no_key_survives(prefix in ".{0,40}", suffix in ".{0,40}", key in "[a-zA-Z0-9_-]{8,40}") {
             // The only key the marker itself contains.

@@ -91,7 +91,7 @@ impl RequestLogSink {
         file.prune_once_a_day(now);
         let writer = Writer {
             file,
-            line: Vec::with_capacity(8 * 1024),
+            line: Vec::with_capacity(LINE_BYTES),
             pending: Pending {
                 bytes: Vec::with_capacity(WRITE_BYTES),
                 lines: 0,
@@ -225,23 +225,62 @@ impl Writer {
     /// Adds `record`'s line to what the next `write()` holds. A line goes to the file of the
     /// UTC day of its `time`, so a clock set back (or a stream begun before midnight) finds
     /// its own day's file, never another.
+    ///
+    /// The bodies are copied once, into the line: it is sized for them before it is written
+    /// (grown by doubling, a 50 MB body was copied at each step and took up to twice its
+    /// size), redacted where it is (`RequestRedactor::redact_in_place`), and a line longer
+    /// than [`WRITE_BYTES`] is written from where it was built rather than copied into
+    /// [`Pending`]. A 50 MB answer took four times its size here before.
     fn add(&mut self, record: &RequestRecord) {
         self.line.clear();
+        if self.bodies {
+            self.line.reserve(line_bytes_expected(record));
+        }
         if serialize_line(&mut self.line, record, self.bodies, &self.redactor).is_err() {
             return;
         }
-        let redacted = self.redactor.redact_bytes(&self.line, &record.secrets);
+        self.redactor
+            .for_request(&record.secrets)
+            .redact_in_place(&mut self.line);
+        self.line.push(b'\n');
         let day = utc_date(record.started_at);
         let pending = &mut self.pending;
-        let full = pending.bytes.len() + redacted.len() + 1 > WRITE_BYTES;
+        let long = self.line.len() > WRITE_BYTES;
+        let full = pending.bytes.len() + self.line.len() > WRITE_BYTES;
         if pending.lines > 0 && (day != pending.day || full) {
             pending.write(&mut self.file);
         }
+        if long {
+            // Alone in its `write()`, as it would be from `pending`.
+            self.file.write_lines(day, &self.line, 1, Instant::now());
+            // One huge body must not keep its buffer for good.
+            if self.line.capacity() > 4 * WRITE_BYTES {
+                self.line = Vec::with_capacity(LINE_BYTES);
+            }
+            return;
+        }
         pending.day = day;
-        pending.bytes.extend_from_slice(&redacted);
-        pending.bytes.push(b'\n');
+        pending.bytes.extend_from_slice(&self.line);
         pending.lines += 1;
     }
+}
+
+/// What a line is first given room for; one with bodies gets room for them too
+/// ([`line_bytes_expected`]).
+const LINE_BYTES: usize = 8 * 1024;
+
+/// Bytes `record`'s line with bodies is expected to take: its bodies as they are (escaping may
+/// add some; a stream's answer texts stand for a body not kept, see [`serialize_line`]), and
+/// room for the other fields.
+fn line_bytes_expected(record: &RequestRecord) -> usize {
+    let response = match &record.response_body {
+        Some(body) => body.len(),
+        None => {
+            let texts = &record.response;
+            texts.content.len() + texts.reasoning.len() + texts.refusal.len()
+        }
+    };
+    record.request_body.len() + response + record.error.as_ref().map_or(0, String::len) + LINE_BYTES
 }
 
 /// Whole lines (each with its `\n`) of one day, for one `write()`.

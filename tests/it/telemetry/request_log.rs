@@ -126,6 +126,78 @@ async fn bodies_can_be_left_out() {
     }
 }
 
+/// Answers and prompts of megabytes (longer than what one `write()` gathers, and than what a
+/// record copies rather than shares) are logged whole, each in its own line between the
+/// lines before and after it, with every key in them redacted: the configured key the answer
+/// echoes, and the client's own key in the prompt. The client gets the answer as it came.
+#[tokio::test]
+async fn large_bodies_are_logged_whole_with_their_keys_redacted() {
+    let client_key = "sk-client-own-key-0123456789";
+    let content = format!(
+        "{} {UPSTREAM_KEY}\n{}",
+        "x".repeat(3 << 20),
+        "y".repeat(1 << 20)
+    );
+    let answer = json!({"id": "chatcmpl-big", "object": "chat.completion", "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+            "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}})
+    .to_string();
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let sink = Arc::new(
+        RequestLogSink::start(RequestLogOptions {
+            path: dir.path().join("api_proxy.log"),
+            bodies: true,
+            redactor: Redactor::new([&Secret::new(UPSTREAM_KEY)]),
+        })
+        .expect("log"),
+    );
+    let router = TestRouter::start_with_sinks(
+        &one_server_config(&upstream.url(), ""),
+        vec![sink.clone() as Arc<dyn RecordSink>],
+        |_| {},
+    )
+    .await;
+    let prompt = format!("{} {client_key} {}", "p".repeat(2 << 20), "q".repeat(10));
+    let small = json!({"model": "[mock]m", "messages": [{"role": "user", "content": "small"}]});
+    let big = json!({"model": "[mock]m", "messages": [{"role": "user", "content": prompt}]});
+    for (body, answer) in [(&small, None), (&big, Some(&answer)), (&small, None)] {
+        upstream.set(Behavior {
+            body: answer.cloned(),
+            ..Default::default()
+        });
+        let response = crate::support::client()
+            .post(router.url("/v1/chat/completions"))
+            .bearer_auth(client_key)
+            .json(body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        let got = response.text().await.expect("body");
+        if let Some(answer) = answer {
+            assert_eq!(&got, answer, "relayed as it came");
+        }
+    }
+    router.stop().await;
+    let lines = read_log_lines(dir.path(), "api_proxy");
+    let contents: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            l["request"]["messages"][0]["content"]
+                .as_str()
+                .expect("prompt")
+        })
+        .collect();
+    let redacted_prompt = prompt.replace(client_key, REDACTED);
+    assert_eq!(contents, ["small", redacted_prompt.as_str(), "small"]);
+    let logged = &lines[1]["response"]["choices"][0]["message"]["content"];
+    assert_eq!(logged, content.replace(UPSTREAM_KEY, REDACTED).as_str());
+    assert_eq!(lines[1]["usage"]["output"], 2);
+    assert_eq!(sink.stats().written(), 3);
+}
+
 /// A stream the router could not send (its upstream refused the connection) has no
 /// `response` in its line, as a whole request has none: there was no answer, and
 /// `{"content": ""}` read as an empty one.
