@@ -611,11 +611,18 @@ fn folder_of(file: &Path) -> &Path {
 }
 
 fn run_check(cli: &Cli, dotenv_problems: &[DotenvProblem]) -> anyhow::Result<ExitCode> {
-    if let Some((last, others)) = dotenv_problems.split_last() {
-        for problem in others {
+    if !dotenv_problems.is_empty() {
+        for problem in dotenv_problems {
             eprintln!("error: {}", problem.text);
         }
-        return Err(anyhow!("{}", last.text));
+        // config.yaml is checked all the same, so one run names the mistakes of both files
+        // (its `${VAR}`s read the environment as it is, `.env` lines that could be read
+        // included); the environment's own checks wait for a `.env` that reads.
+        match checked_config(cli) {
+            Ok(config) => print_config_ok(cli, &config)?,
+            Err(error) => eprintln!("error: {error}"),
+        }
+        return Ok(ExitCode::FAILURE);
     }
     let env = EnvSettings::from_env()?;
     check_serve_variables(cli, &env)?;
@@ -636,16 +643,37 @@ fn run_check(cli: &Cli, dotenv_problems: &[DotenvProblem]) -> anyhow::Result<Exi
             eprintln!("warning: {warning}");
         }
     }
-    let config = match Config::load(&cli.config, &env_var) {
-        Ok(config) => config,
-        Err(ConfigError::NotFound { file }) => {
-            return Err(anyhow!(
-                "{}: not found (serve would start with no providers; create it from config.yaml.template)",
-                file.display()
-            ));
-        }
-        Err(error) => return Err(anyhow!(error)),
-    };
+    let config = checked_config(cli)?;
+    print_config_ok(cli, &config)?;
+    print_out(format_args!(
+        "environment: ok (account management {}, request log {}, tracing {})\n",
+        if env.account_management { "on" } else { "off" },
+        env.log_file
+            .as_ref()
+            .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
+        tracing_destinations(&env)
+    ))?;
+    // On stderr, as every command's notes and warnings: stdout holds only the result.
+    for warning in &env.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// config.yaml as `serve` would load it, or why `serve` would not start with it.
+fn checked_config(cli: &Cli) -> anyhow::Result<Config> {
+    match Config::load(&cli.config, &env_var) {
+        Ok(config) => Ok(config),
+        Err(ConfigError::NotFound { file }) => Err(anyhow!(
+            "{}: not found (serve would start with no providers; create it from config.yaml.template)",
+            file.display()
+        )),
+        Err(error) => Err(anyhow!(error)),
+    }
+}
+
+/// `check`'s line for a config.yaml that loads, after its warnings.
+fn print_config_ok(cli: &Cli, config: &Config) -> anyhow::Result<()> {
     // On stderr, as every command's notes and warnings: stdout holds only the result.
     for warning in &config.warnings {
         eprintln!("warning: {}: {warning}", cli.config.display());
@@ -660,20 +688,7 @@ fn run_check(cli: &Cli, dotenv_problems: &[DotenvProblem]) -> anyhow::Result<Exi
         } else {
             aliases.join(", ")
         }
-    ))?;
-    print_out(format_args!(
-        "environment: ok (account management {}, request log {}, tracing {})\n",
-        if env.account_management { "on" } else { "off" },
-        env.log_file
-            .as_ref()
-            .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
-        tracing_destinations(&env)
-    ))?;
-    // On stderr, as every command's notes and warnings: stdout holds only the result.
-    for warning in &env.warnings {
-        eprintln!("warning: {warning}");
-    }
-    Ok(ExitCode::SUCCESS)
+    ))
 }
 
 /// `llmsrouter models`: the merged list, fetched now, as a table or as /v1/models JSON. Exits

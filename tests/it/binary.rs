@@ -229,7 +229,8 @@ fn a_dot_env_line_that_is_not_utf8_is_named() {
 
 /// A line python-dotenv reads but dotenvy refused (an unquoted value with spaces) and a line
 /// nobody can read: the lines after them still count, so accounts stay on. `check` names the
-/// unreadable line by number, never by its text (it may hold a key); other commands warn of it
+/// unreadable line by number, never by its text (it may hold a key), and checks config.yaml
+/// all the same (it stopped at the `.env`); other commands warn of it
 /// in a `warning:` line (a log line with a time stamp before).
 #[tokio::test]
 async fn a_dot_env_line_that_cannot_be_read_loses_only_itself() {
@@ -241,9 +242,25 @@ async fn a_dot_env_line_that_cannot_be_read_loses_only_itself() {
     .expect("env");
     let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
     assert_eq!(code, 1, "{stdout}");
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains(".env line 2"), "{stderr}");
+    // config.yaml is checked all the same: one run names the mistakes of both files.
+    let lines: Vec<&str> = stderr.trim().lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(lines[0].starts_with("error: .env line 2"), "{stderr}");
+    assert!(
+        lines[1].starts_with("error: ./config.yaml: not found"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("sk-secret"), "{stderr}");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  a:\n    url: http://127.0.0.1:9/v1\n",
+    )
+    .expect("config");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stdout}");
+    assert_eq!(stdout, "./config.yaml: ok, 1 server (a)\n", "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    std::fs::remove_file(dir.path().join("config.yaml")).expect("remove");
 
     // Another command goes on without the line, and says so as it says any warning.
     let (code, _, stderr) = run_cli(dir.path(), &["models", "--json"], &[]);
@@ -340,6 +357,7 @@ fn a_skipped_dot_env_statement_over_several_lines_is_named_with_its_lines() {
         "APP_TITLE=\"My Team\nNOTES=sk-secret words\nOTHER=\"x\" y\nMOCK_KEY=k\n",
     )
     .expect("env");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
     let said = ".env lines 1-3: not KEY=value: a quote opened on line 1 closes only on line 3 (an unclosed quote?), so these 3 lines are skipped as one statement";
     let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
     assert_eq!(code, 1, "{stderr}");
