@@ -180,6 +180,14 @@ pub fn current_version() -> i64 {
 pub enum DbError {
     #[error("{path}: {reason}")]
     Open { path: String, reason: String },
+    /// Its folder refuses what SQLite must do there: create the file (`exists` false: the
+    /// folder is missing or this user may not write it), or make its journal files beside it.
+    #[error("{path}: {reason}")]
+    Folder {
+        path: String,
+        reason: String,
+        exists: bool,
+    },
     /// A file this user may not write (its mode, its owner, a read-only mount), opened to
     /// write: SQLite opens it read-only, and says only "attempt to write a readonly
     /// database" at the first write.
@@ -478,12 +486,13 @@ fn cannot_write(shown: &str, path: &Path, e: rusqlite::Error) -> DbError {
 fn folder_refuses(shown: &str, path: &Path) -> DbError {
     let folder = folder_of(path);
     let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
+    let exists = path.exists() || path.is_symlink();
     let reason = if !folder.is_dir() {
         format!(
             "cannot create it: the folder {} does not exist",
             folder.display()
         )
-    } else if !path.exists() && !path.is_symlink() {
+    } else if !exists {
         format!(
             "cannot create it: its folder {} is not writable by this user",
             folder.display()
@@ -494,9 +503,10 @@ fn folder_refuses(shown: &str, path: &Path) -> DbError {
             folder.display()
         )
     };
-    DbError::Open {
+    DbError::Folder {
         path: shown.to_owned(),
         reason,
+        exists,
     }
 }
 

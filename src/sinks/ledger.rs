@@ -76,11 +76,15 @@ pub enum LedgerError {
     Thread(std::io::Error),
 }
 
-/// A database this user may only read can still serve the users table, without the ledger.
+/// A database this user may only read can still serve the users table, without the ledger;
+/// one that cannot be created is only needed for the ledger when accounts are off.
 fn read_only_way_out(error: &DbError) -> &'static str {
     match error {
-        DbError::ReadOnly { .. } => {
+        DbError::ReadOnly { .. } | DbError::Folder { exists: true, .. } => {
             "; the usage ledger writes its rows there: LLMSROUTER_LEDGER=false serves without it, reading the file as it is"
+        }
+        DbError::Folder { exists: false, .. } => {
+            "; the usage ledger keeps its rows there: give --db (LLMSROUTER_DB) a path this user may write, or LLMSROUTER_LEDGER=false to serve without it"
         }
         _ => "",
     }

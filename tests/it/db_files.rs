@@ -286,7 +286,12 @@ async fn a_writable_database_in_a_folder_that_is_not_is_read_as_it_is() {
     // let the one read with the ledger off pass.
     let (code, _, err) = locked.run(&["check"], &[("ENABLE_ACCOUNT_MANAGEMENT", "true")]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.trim().ends_with(&format!("{expected} by this user, and SQLite makes its journal files (-wal, -shm, -journal) there")), "{err}");
+    assert!(
+        err.trim().ends_with(&format!(
+            "{expected} by this user, and SQLite makes its journal files (-wal, -shm, -journal) there; the usage ledger writes its rows there: LLMSROUTER_LEDGER=false serves without it, reading the file as it is"
+        )),
+        "{err}"
+    );
     let (code, _, err) = locked.run(
         &["check"],
         &[
@@ -326,7 +331,8 @@ async fn a_writable_database_in_a_folder_that_is_not_is_read_as_it_is() {
 
 /// Accounts on, ledger off, and no users.db yet in a folder this user may not write: `serve`
 /// must create the file for the users table, and cannot. `check` said ok; now both refuse it
-/// with the folder named (`serve` said only SQLite's "unable to open database file").
+/// with the folder named (`serve` said only SQLite's "unable to open database file"). With
+/// the ledger on and accounts off, the refusal says the way out (it did not).
 #[test]
 fn a_database_to_create_in_a_folder_that_is_not_writable_fails_check_as_serve() {
     let dir = tempfile::tempdir().expect("dir");
@@ -354,6 +360,23 @@ fn a_database_to_create_in_a_folder_that_is_not_writable_fails_check_as_serve() 
             && last.ends_with(&expected),
         "{err}"
     );
+    // With the ledger on (accounts off) the file is only the ledger's: the way out is said.
+    let ledger = format!(
+        "{expected}; the usage ledger keeps its rows there: give --db (LLMSROUTER_DB) a path this user may write, or LLMSROUTER_LEDGER=false to serve without it"
+    );
+    let envs = [("LLMSROUTER_LEDGER", "true"), ("LLMSROUTER_LOG_FILE", "")];
+    for args in [
+        &["check"][..],
+        &["serve", "--host", "127.0.0.1", "--port", "0"],
+    ] {
+        let (code, _, err) = locked.run(args, &envs);
+        assert_eq!(code, 1, "{err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: --db: ") && last.ends_with(&ledger),
+            "{err}"
+        );
+    }
     assert_eq!(files_in(dir.path()), ["config.yaml"]);
 }
 
