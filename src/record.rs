@@ -106,7 +106,8 @@ pub struct RequestRecord {
     /// the client left before the upstream's head came.
     pub status: Option<u16>,
     pub outcome: Outcome,
-    /// Error text for failed requests (upstream error message, router error, stream failure).
+    /// Error text for failed requests (upstream error message, router error, stream failure);
+    /// an upstream's message at most [`MAX_ERROR_CHARS`] ([`bounded_error`]).
     pub error: Option<String>,
     /// The non-stream response body as relayed; or a streamed body relayed unread whose
     /// label did not rule out one JSON document, kept next to its note in `response.content`
@@ -817,7 +818,7 @@ fn complete_summary(record: &mut RequestRecord) {
     if let Some(reported) = &summary.error {
         if record.outcome == Outcome::Success {
             record.outcome = Outcome::UpstreamError;
-            record.error = Some(reported.clone());
+            record.error = Some(bounded_error(reported));
         }
     }
     // One JSON document, whatever way it came (a streamed body relayed unread included).
@@ -835,6 +836,17 @@ fn complete_summary(record: &mut RequestRecord) {
     if let Some(decoded) = decoded {
         keep_decoded(record, decoded);
     }
+}
+
+/// Most characters of an upstream's error message a record keeps: the body it came in is
+/// kept whole beside it (the request log writes both), so a 50 MB error message was written
+/// twice. The ledger keeps 1,000 and a span's status message 4 KiB of it anyway.
+pub const MAX_ERROR_CHARS: usize = 8192;
+
+/// An upstream's error message as a record keeps it: cut past [`MAX_ERROR_CHARS`], saying
+/// how long it was.
+pub fn bounded_error(message: &str) -> String {
+    crate::error::clip(message, MAX_ERROR_CHARS)
 }
 
 /// A whole answer in gzip or deflate whose data is corrupt or cut short: relayed as it came

@@ -2487,7 +2487,7 @@ impl StreamAccumulator {
     /// The first error reported is kept: later ones are usually its consequences.
     fn note_error(&mut self, message: String) {
         if self.summary.error.is_none() {
-            self.summary.error = Some(message);
+            self.summary.error = Some(crate::record::bounded_error(&message));
         }
     }
 

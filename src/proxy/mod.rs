@@ -1400,7 +1400,7 @@ fn read_answer(
             // Decoded off the request path, by the recorder.
             record.response_encoding = crate::content_coding::content_encoding(&fields);
         }
-        record.error = error;
+        record.error = error.as_deref().map(crate::record::bounded_error);
         record.complete = true;
         record.answered_whole = true;
     }

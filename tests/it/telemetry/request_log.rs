@@ -198,6 +198,52 @@ async fn large_bodies_are_logged_whole_with_their_keys_redacted() {
     assert_eq!(sink.stats().written(), 3);
 }
 
+/// An upstream's error message of megabytes is kept to its first 8,192 characters in the
+/// record's `error` (it was written whole, beside the whole body that holds it: twice), for a
+/// whole error answer and a stream's error event alike; the body itself is logged whole.
+#[tokio::test]
+async fn a_huge_upstream_error_message_is_cut_in_the_error_field() {
+    let message = format!("{}{}", "e".repeat(8192), "f".repeat(100_000));
+    let error_body = json!({"error": {"message": message, "type": "invalid_request_error"}});
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let sink = log_sink(dir.path().join("api_proxy.log"), true);
+    let router = TestRouter::start_with_sinks(
+        &one_server_config(&upstream.url(), ""),
+        vec![sink.clone() as Arc<dyn RecordSink>],
+        |_| {},
+    )
+    .await;
+    upstream.set(Behavior {
+        status: 400,
+        body: Some(error_body.to_string()),
+        ..Default::default()
+    });
+    let response = router
+        .chat(&json!({"model": "[mock]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 400);
+    let _ = response.bytes().await.expect("body");
+    upstream.set(Behavior {
+        raw_chunks: Some(vec![format!("data: {error_body}\n\n").into_bytes()]),
+        ..Default::default()
+    });
+    let response = router
+        .chat(&json!({"model": "[mock]m", "stream": true, "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let _ = response.bytes().await.expect("stream");
+    router.stop().await;
+    let lines = read_log_lines(dir.path(), "api_proxy");
+    assert_eq!(lines.len(), 2);
+    let cut = format!("{}… ({} bytes)", "e".repeat(8192), message.len());
+    for line in &lines {
+        assert_eq!(line["outcome"], "upstream_error", "{line}");
+        assert_eq!(line["error"], cut.as_str());
+    }
+    assert_eq!(lines[0]["response"]["error"]["message"], message.as_str());
+}
+
 /// A stream the router could not send (its upstream refused the connection) has no
 /// `response` in its line, as a whole request has none: there was no answer, and
 /// `{"content": ""}` read as an empty one.
