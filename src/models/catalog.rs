@@ -5,6 +5,7 @@
 //! `TaskTracker` that [`ModelCatalog::shutdown`] waits for); every caller that needs it joins
 //! that task, none starts a second one. No lock is held across an `.await`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -44,7 +45,14 @@ struct Inner {
     waiting: AtomicUsize,
     /// This router's id on its model-list fetches (see [`super::loops`]).
     id: RouterId,
+    /// The lists being built for other routers, by the chain their fetches name: callers
+    /// asking for the same routers at once share one.
+    for_routers: Mutex<HashMap<Box<str>, Refresh>>,
 }
+
+/// Most lists built for other routers at once. A client may send any chain (the header is
+/// not secret): past this many, askers get the cached list rather than more fetches.
+const MAX_BUILDS_FOR_ROUTERS: usize = 8;
 
 /// A running refresh; `None` when it was stopped by shutdown.
 type Refresh = Shared<BoxFuture<'static, Option<Arc<Snapshot>>>>;
@@ -71,9 +79,10 @@ impl ModelCatalog {
     /// which may be waiting on one of the askers: each server that is a router is asked
     /// again, naming them, so one that leads back to them answers 508 at once and is left
     /// out; the others come from the cache, due or not (a due cache is refreshed in the
-    /// background, as for any caller), or are asked when never asked, within half the fetch
-    /// timeout so the asker, which waits as long as its own timeout, has the answer in time.
-    /// Not cached: a list built for routers leaves out what this router's own callers see.
+    /// background, as for any caller), or are asked when never asked, within the share of the
+    /// fetch timeout [`Asking::timeout`] gives, so every router up the chain has the answer
+    /// in time. Callers asking for the same routers at once share one build. Not cached: a
+    /// list built for routers leaves out what this router's own callers see.
     pub async fn snapshot_for_routers(
         &self,
         client: &reqwest::Client,
@@ -88,13 +97,58 @@ impl ModelCatalog {
             drop(self.refresh(client, config.clone()));
         }
         let asking = Asking {
-            chain: &Chain::of(&self.inner.id, askers),
-            for_routers: true,
+            chain: Chain::of(&self.inner.id, askers),
+            for_routers: askers.len(),
         };
-        tokio::select! {
-            built = build(client, config.clone(), current.as_deref(), asking) => Arc::new(built),
-            () = self.inner.stop.cancelled() => Arc::new(Snapshot::assemble(config, Vec::new())),
+        let key: Box<str> = asking.chain.to_string().into();
+        let build = {
+            let mut running = lock(&self.inner.for_routers);
+            match running.get(&key) {
+                Some(build) => build.clone(),
+                None if running.len() >= MAX_BUILDS_FOR_ROUTERS => {
+                    drop(running);
+                    return current
+                        .filter(|c| Arc::ptr_eq(&c.config, &config))
+                        .unwrap_or_else(|| Arc::new(Snapshot::assemble(config, Vec::new())));
+                }
+                None => {
+                    let build = self.build_for_routers(
+                        client,
+                        config.clone(),
+                        current,
+                        asking,
+                        key.clone(),
+                    );
+                    running.insert(key, build.clone());
+                    build
+                }
+            }
+        };
+        match build.await {
+            Some(snapshot) => snapshot,
+            None => Arc::new(Snapshot::assemble(config, Vec::new())),
         }
+    }
+
+    /// Starts one build for other routers, removed from the running ones when it ends.
+    fn build_for_routers(
+        &self,
+        client: &reqwest::Client,
+        config: Arc<Config>,
+        previous: Option<Arc<Snapshot>>,
+        asking: Asking,
+        key: Box<str>,
+    ) -> Refresh {
+        let inner = Arc::clone(&self.inner);
+        let client = client.clone();
+        let task = self.inner.tasks.spawn(async move {
+            let _clear = ClearBuildForRouters(&inner, key);
+            tokio::select! {
+                built = build(&client, config, previous.as_deref(), &asking) => Some(Arc::new(built)),
+                () = inner.stop.cancelled() => None,
+            }
+        });
+        async move { task.await.ok().flatten() }.boxed().shared()
     }
 
     /// The cached list, when it may be served without waiting: fresh, or expired with a TTL
@@ -160,16 +214,15 @@ impl ModelCatalog {
         }
         let inner = Arc::clone(&self.inner);
         let client = client.clone();
-        let chain = Chain::of(&self.inner.id, &Chain::default());
+        let asking = Asking {
+            chain: Chain::of(&self.inner.id, &Chain::default()),
+            for_routers: 0,
+        };
         let task = self.inner.tasks.spawn(async move {
             let _clear = ClearRunning(&inner);
             let previous = inner.current.load_full();
-            let asking = Asking {
-                chain: &chain,
-                for_routers: false,
-            };
             let built = tokio::select! {
-                built = build(&client, config, previous.as_deref(), asking) => Arc::new(built),
+                built = build(&client, config, previous.as_deref(), &asking) => Arc::new(built),
                 () = inner.stop.cancelled() => return None,
             };
             inner.current.store(Some(Arc::clone(&built)));
@@ -192,6 +245,15 @@ struct ClearRunning<'a>(&'a Inner);
 impl Drop for ClearRunning<'_> {
     fn drop(&mut self) {
         *lock(&self.0.running) = None;
+    }
+}
+
+/// Removes a build for other routers from the running ones when it ends, however it ends.
+struct ClearBuildForRouters<'a>(&'a Inner, Box<str>);
+
+impl Drop for ClearBuildForRouters<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.for_routers).remove(&self.1);
     }
 }
 
@@ -310,7 +372,18 @@ impl Snapshot {
                     (None, None) => Source::Nothing,
                 },
                 filter,
-                append: &server.append,
+                // A server that leads back here lists nothing, its own additions included.
+                append: if matches!(
+                    &state.status,
+                    ServerStatus::Failed {
+                        error: FetchError::Loop,
+                        ..
+                    }
+                ) {
+                    &[]
+                } else {
+                    &server.append
+                },
             })
             .collect();
         let list = MergedList::merge(&inputs);
@@ -326,12 +399,27 @@ impl Snapshot {
 }
 
 /// Whom a list is built for, and so which fetches it makes.
-#[derive(Clone, Copy)]
-struct Asking<'a> {
+struct Asking {
     /// The routers every fetch names: this one first.
-    chain: &'a Chain,
-    /// Built for other routers ([`ModelCatalog::snapshot_for_routers`]).
-    for_routers: bool,
+    chain: Chain,
+    /// How many other routers it is built for ([`ModelCatalog::snapshot_for_routers`]); 0
+    /// for this router's own callers.
+    for_routers: usize,
+}
+
+impl Asking {
+    fn for_routers(&self) -> bool {
+        self.for_routers > 0
+    }
+
+    /// How long a fetch may take: the whole fetch timeout for the own callers; for other
+    /// routers half of it per router the list is built for, so each router up a chain (with
+    /// the same timeout) has its answer in time: one asked for A waits 5 s of 10, one asked
+    /// through it for A and B 2.5 s.
+    fn timeout(&self, settings: &Settings) -> std::time::Duration {
+        let halvings = u32::try_from(self.for_routers).unwrap_or(u32::MAX).min(16);
+        settings.models_fetch_timeout / (1u32 << halvings)
+    }
 }
 
 /// One refresh: every server asked concurrently, but for those whose answer in `previous`
@@ -340,7 +428,7 @@ async fn build(
     client: &reqwest::Client,
     config: Arc<Config>,
     previous: Option<&Snapshot>,
-    asking: Asking<'_>,
+    asking: &Asking,
 ) -> Snapshot {
     let reusable = previous
         .filter(|p| Arc::ptr_eq(&p.config, &config) && !p.invalidated.load(Ordering::Acquire));
@@ -377,7 +465,7 @@ async fn server_state(
     settings: &Settings,
     before: Option<&ServerState>,
     may_reuse: bool,
-    asking: Asking<'_>,
+    asking: &Asking,
 ) -> ServerState {
     let mut state = ServerState {
         alias: server.alias.clone(),
@@ -393,7 +481,7 @@ async fn server_state(
     }
     let ttl = settings.models_cache_ttl;
     if let Some(before) = before.filter(|_| may_reuse) {
-        let reuse = if asking.for_routers {
+        let reuse = if asking.for_routers() {
             !before.from_a_router && before.status != ServerStatus::NotAsked && !ttl.is_zero()
         } else {
             before.due.is_none_or(|due| Instant::now() < due)
@@ -402,12 +490,14 @@ async fn server_state(
             return before.clone();
         }
     }
-    let timeout = if asking.for_routers {
-        settings.models_fetch_timeout / 2
-    } else {
-        settings.models_fetch_timeout
+    let timeout = asking.timeout(settings);
+    let fetched = match fetch_models(client, server, timeout, &asking.chain).await {
+        Err(FetchError::Timeout(after)) if asking.for_routers() => {
+            Err(FetchError::TimeoutForRouters(after))
+        }
+        fetched => fetched,
     };
-    match fetch_models(client, server, timeout, asking.chain).await {
+    match fetched {
         Ok(Fetched {
             parsed,
             from_a_router,
@@ -445,7 +535,7 @@ async fn server_state(
             });
             // Built for routers, a loop found is the check doing its work; found by the own
             // refresh, it is a server that leads back here: said once while it lasts.
-            if asking.for_routers || said_before {
+            if asking.for_routers() || said_before {
                 tracing::debug!(server = %server.alias, "GET /models: {}", FetchError::Loop);
             } else {
                 tracing::warn!(server = %server.alias, "GET /models: {}", FetchError::Loop);

@@ -28,6 +28,13 @@ const ERROR_BODY_QUOTED: usize = 200;
 pub enum FetchError {
     #[error("no answer within {} s (settings.models_fetch_timeout_secs)", .0.as_secs_f64())]
     Timeout(Duration),
+    /// Asked for a list built for other routers, which gives each server a share of the
+    /// timeout ([`super::loops`]).
+    #[error(
+        "no answer within {} s (the share of settings.models_fetch_timeout_secs a list built for other routers gives it)",
+        .0.as_secs_f64()
+    )]
+    TimeoutForRouters(Duration),
     #[error("unreachable: {0}")]
     Unreachable(String),
     #[error("HTTP {status}{detail}")]

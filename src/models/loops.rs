@@ -82,13 +82,23 @@ impl Chain {
         self.0.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn contains(&self, id: &str) -> bool {
         self.0.iter().any(|own| &**own == id)
     }
 
     /// The header value: ids are hex, so always a valid value.
     pub fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.0.join(",")).unwrap_or(HeaderValue::from_static(""))
+        HeaderValue::from_str(&self.to_string()).unwrap_or(HeaderValue::from_static(""))
+    }
+}
+
+impl std::fmt::Display for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
     }
 }
 

@@ -23,6 +23,16 @@ async fn upstream_listing(body: &str) -> MockUpstream {
     .await
 }
 
+/// A mock whose `GET /models` answers only after every timeout here.
+async fn slow_listing() -> MockUpstream {
+    MockUpstream::start(Behavior {
+        models_body: Some(r#"["too-late"]"#.into()),
+        models_delay: Duration::from_secs(600),
+        ..Behavior::default()
+    })
+    .await
+}
+
 /// `GET .../models` requests the upstream received.
 fn model_fetches(upstream: &MockUpstream) -> usize {
     upstream
@@ -85,12 +95,7 @@ async fn the_list_merges_every_server_and_leaves_out_failing_and_slow_ones() {
         ..Behavior::default()
     })
     .await;
-    let slow = MockUpstream::start(Behavior {
-        models_body: Some(r#"["too-late"]"#.into()),
-        models_delay: Duration::from_secs(600),
-        ..Behavior::default()
-    })
-    .await;
+    let slow = slow_listing().await;
     let fixed = upstream_listing(r#"["never-asked"]"#).await;
     let yaml = config(
         &[
@@ -301,7 +306,7 @@ impl LoopedPair {
         let a_config = config(
             &[
                 server("x", &x.url(), ""),
-                server("b", &b_url, ""),
+                server("b", &b_url, "    append: [\"b-app\"]\n"),
                 server("me", &a_url, ""),
             ],
             settings,
@@ -338,7 +343,8 @@ impl LoopedPair {
     }
 
     async fn assert_lists(&self) {
-        assert_eq!(listed(&self.a).await, ["[x]mx", "[b][y]my"]);
+        assert_eq!(listed(&self.a).await, ["[x]mx", "[b][y]my", "[b]b-app"]);
+        // A's addition to b leads back here: left out with b's list.
         assert_eq!(listed(self.b()).await, ["[y]my", "[a][x]mx"]);
     }
 
@@ -385,28 +391,44 @@ async fn routers_listing_each_other_or_themselves_answer_at_once_without_nesting
     pair.stop().await;
 }
 
-/// A router in front of a router with a slow server: the list the back router builds for
-/// the front one leaves the slow server out after half its fetch timeout, so the front one,
-/// waiting as long as its own timeout, lists the back router's other models (it listed none
-/// of them: both gave up at the same moment).
+/// Routers in front of routers, three deep, with a slow server at the back: each list built
+/// for the routers in front takes half the fetch timeout per router it is for, so every
+/// router up the chain has its answer in time and the front one lists the back router's other
+/// models (with one half for all, the middle router gave up on the back one at the moment the
+/// back one gave up on its slow server). Twenty askers at once share one build.
 #[tokio::test]
-async fn a_router_behind_a_router_answers_within_half_its_fetch_timeout() {
-    let p = upstream_listing(r#"["mp"]"#).await;
-    let slow = MockUpstream::start(Behavior {
-        models_body: Some(r#"["too-late"]"#.into()),
-        models_delay: Duration::from_secs(600),
+async fn routers_behind_routers_answer_within_their_share_of_the_fetch_timeout() {
+    let p = MockUpstream::start(Behavior {
+        models_body: Some(r#"["mp"]"#.into()),
+        // Long enough for the twenty askers below to meet in one build.
+        models_delay: Duration::from_millis(300),
         ..Behavior::default()
     })
     .await;
-    let settings = "  models_fetch_timeout_secs: 2\n";
+    let slow = slow_listing().await;
+    let settings = "  models_fetch_timeout_secs: 4\n";
     let back = TestRouter::start(&config(
         &[server("p", &p.url(), ""), server("slow", &slow.url(), "")],
         settings,
     ))
     .await;
-    let front = TestRouter::start(&config(&[server("b", &back.url("/v1"), "")], settings)).await;
-    assert_eq!(listed(&front).await, ["[b][p]mp"]);
+    let asked = (0..20).map(|_| {
+        client()
+            .get(back.url("/v1/models"))
+            .header("x-llmsrouter-models-for", "0123")
+            .send()
+    });
+    for response in futures_util::future::join_all(asked).await {
+        let body: Value = response.expect("send").json().await.expect("json");
+        assert_eq!(ids(&body), ["[p]mp"]);
+    }
+    // One fetch for the twenty, one by the refresh they started for the back router's own.
+    assert_eq!(model_fetches(&p), 2);
+    let middle = TestRouter::start(&config(&[server("z3", &back.url("/v1"), "")], settings)).await;
+    let front = TestRouter::start(&config(&[server("z2", &middle.url("/v1"), "")], settings)).await;
+    assert_eq!(listed(&front).await, ["[z2][z3][p]mp"]);
     front.stop().await;
+    middle.stop().await;
     back.stop().await;
 }
 
@@ -433,7 +455,7 @@ async fn a_fetch_naming_the_router_itself_is_a_loop() {
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["x-llmsrouter-models-from"], own.as_str());
     let body: Value = response.json().await.expect("json");
-    assert_eq!(ids(&body), ["[x]mx", "[b][y]my"]);
+    assert_eq!(ids(&body), ["[x]mx", "[b][y]my", "[b]b-app"]);
     pair.stop().await;
 }
 

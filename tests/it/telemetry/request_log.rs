@@ -17,14 +17,33 @@ use crate::support::{RouterProcess, TestRouter, one_server_config, run_cli};
 
 /// A request log at `path` (dated files beside it), with or without bodies, redacting nothing.
 pub(crate) fn log_sink(path: std::path::PathBuf, bodies: bool) -> Arc<RequestLogSink> {
+    log_sink_redacting(path, bodies, Redactor::default())
+}
+
+/// [`log_sink`] with the redactor the router gives it (the configured keys).
+fn log_sink_redacting(
+    path: std::path::PathBuf,
+    bodies: bool,
+    redactor: Redactor,
+) -> Arc<RequestLogSink> {
     Arc::new(
         RequestLogSink::start(RequestLogOptions {
             path,
             bodies,
-            redactor: Redactor::default(),
+            redactor,
         })
         .expect("log"),
     )
+}
+
+/// The router in front of `upstream`, its records going to `sink` alone.
+async fn router_logging_to(upstream: &MockUpstream, sink: &Arc<RequestLogSink>) -> TestRouter {
+    TestRouter::start_with_sinks(
+        &one_server_config(&upstream.url(), ""),
+        vec![sink.clone() as Arc<dyn RecordSink>],
+        |_| {},
+    )
+    .await
 }
 
 /// The one dated file `name.YYYY-MM-DD.log` in `dir`, as lines of JSON.
@@ -56,12 +75,7 @@ async fn run(bodies: bool) -> (tempfile::TempDir, Vec<String>) {
     let dir = tempfile::tempdir().expect("dir");
     let upstream = MockUpstream::start(Behavior::default()).await;
     let sink = log_sink(dir.path().join("logs/api_proxy.log"), bodies);
-    let router = TestRouter::start_with_sinks(
-        &one_server_config(&upstream.url(), ""),
-        vec![sink.clone() as Arc<dyn RecordSink>],
-        |_| {},
-    )
-    .await;
+    let router = router_logging_to(&upstream, &sink).await;
     let mut ids = Vec::new();
     for body in [
         json!({"model": "[mock]gpt-4o", "temperature": 0.5, "messages": [{"role": "user", "content": "a"}]}),
@@ -145,20 +159,12 @@ async fn large_bodies_are_logged_whole_with_their_keys_redacted() {
     .to_string();
     let upstream = MockUpstream::start(Behavior::default()).await;
     let dir = tempfile::tempdir().expect("dir");
-    let sink = Arc::new(
-        RequestLogSink::start(RequestLogOptions {
-            path: dir.path().join("api_proxy.log"),
-            bodies: true,
-            redactor: Redactor::new([&Secret::new(UPSTREAM_KEY)]),
-        })
-        .expect("log"),
+    let sink = log_sink_redacting(
+        dir.path().join("api_proxy.log"),
+        true,
+        Redactor::new([&Secret::new(UPSTREAM_KEY)]),
     );
-    let router = TestRouter::start_with_sinks(
-        &one_server_config(&upstream.url(), ""),
-        vec![sink.clone() as Arc<dyn RecordSink>],
-        |_| {},
-    )
-    .await;
+    let router = router_logging_to(&upstream, &sink).await;
     let prompt = format!("{} {client_key} {}", "p".repeat(2 << 20), "q".repeat(10));
     let small = json!({"model": "[mock]m", "messages": [{"role": "user", "content": "small"}]});
     let big = json!({"model": "[mock]m", "messages": [{"role": "user", "content": prompt}]});
@@ -208,12 +214,7 @@ async fn a_huge_upstream_error_message_is_cut_in_the_error_field() {
     let upstream = MockUpstream::start(Behavior::default()).await;
     let dir = tempfile::tempdir().expect("dir");
     let sink = log_sink(dir.path().join("api_proxy.log"), true);
-    let router = TestRouter::start_with_sinks(
-        &one_server_config(&upstream.url(), ""),
-        vec![sink.clone() as Arc<dyn RecordSink>],
-        |_| {},
-    )
-    .await;
+    let router = router_logging_to(&upstream, &sink).await;
     upstream.set(Behavior {
         status: 400,
         body: Some(error_body.to_string()),
@@ -286,20 +287,12 @@ async fn long_model_names_are_cut_in_the_line_after_redaction() {
         ..Default::default()
     })
     .await;
-    let sink = Arc::new(
-        RequestLogSink::start(RequestLogOptions {
-            path: dir.path().join("logs/api_proxy.log"),
-            bodies: false,
-            redactor: Redactor::new([&Secret::new(UPSTREAM_KEY)]),
-        })
-        .expect("log"),
+    let sink = log_sink_redacting(
+        dir.path().join("logs/api_proxy.log"),
+        false,
+        Redactor::new([&Secret::new(UPSTREAM_KEY)]),
     );
-    let router = TestRouter::start_with_sinks(
-        &one_server_config(&upstream.url(), ""),
-        vec![sink.clone() as Arc<dyn RecordSink>],
-        |_| {},
-    )
-    .await;
+    let router = router_logging_to(&upstream, &sink).await;
     // The key begins 10 characters before the cut (4 with the prefix) and goes on past it.
     let sent = format!("{}{UPSTREAM_KEY}{}", "m".repeat(1014), "x".repeat(2 << 20));
     let response = router
