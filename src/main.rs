@@ -461,11 +461,13 @@ fn body_start(body: &[u8]) -> String {
     format!("the body begins: {}{more}", llmsrouter::printable(&start))
 }
 
+/// What `serve` and `check` say before why the users table cannot be read.
+const USERS_NEED_THE_DB: &str = "ENABLE_ACCOUNT_MANAGEMENT=true needs the users database";
+
 /// Loads every user into the in-memory key index and starts the task that follows changes
 /// made with `llmsrouter user ...` while the server runs.
 fn start_users(db: &Path) -> anyhow::Result<(Arc<users::UserIndex>, users::RefreshTask)> {
-    let (index, task) = users::index::start(db)
-        .context("ENABLE_ACCOUNT_MANAGEMENT=true needs the users database")?;
+    let (index, task) = users::index::start(db).context(USERS_NEED_THE_DB)?;
     if index.is_empty() {
         tracing::warn!(
             "account management is on but {} has no users: every /v1 request gets 401 until one is added (llmsrouter user add <username>)",
@@ -628,14 +630,13 @@ fn run_check(cli: &Cli, dotenv_problems: &[DotenvProblem]) -> anyhow::Result<Exi
     check_serve_variables(cli, &env)?;
     // `serve` opens the database for the ledger or the users table; with neither it never
     // touches it.
-    if env.ledger || env.account_management {
-        llmsrouter::db::inspect(&cli.db, env.ledger).map_err(|e| {
-            if env.ledger {
-                ledger_db_error(cli, e)
-            } else {
-                anyhow!(e)
-            }
-        })?;
+    // In `serve`'s order, with its words: the users table first (read as it is when it must
+    // be), then the ledger, which writes.
+    if env.account_management {
+        llmsrouter::db::inspect(&cli.db, false).context(USERS_NEED_THE_DB)?;
+    }
+    if env.ledger {
+        llmsrouter::db::inspect(&cli.db, true).map_err(|e| ledger_db_error(cli, e))?;
     }
     // As `serve` warns at start: the file holds every user key in the clear.
     if env.account_management {

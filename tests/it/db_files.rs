@@ -351,7 +351,22 @@ fn a_database_to_create_in_a_folder_that_is_not_writable_fails_check_as_serve() 
     let (code, out, err) = locked.run(&["check"], &envs);
     assert_eq!((code, out.as_str()), (1, ""), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.trim_end().ends_with(&expected), "{err}");
+    // In `serve`'s words (it said `--db: ...` with the ledger on too).
+    assert!(
+        err.starts_with("error: ENABLE_ACCOUNT_MANAGEMENT=true needs the users database: ")
+            && err.trim_end().ends_with(&expected),
+        "{err}"
+    );
+    let ledger_on = [
+        ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+        ("LLMSROUTER_LOG_FILE", ""),
+    ];
+    let (code, _, err) = locked.run(&["check"], &ledger_on);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("error: ENABLE_ACCOUNT_MANAGEMENT=true needs the users database: "),
+        "{err}"
+    );
     let (code, _, err) = locked.run(&["serve", "--host", "127.0.0.1", "--port", "0"], &envs);
     assert_eq!(code, 1, "{err}");
     let last = err.lines().last().unwrap_or_default();
