@@ -30,11 +30,15 @@ impl GroupBy {
         }
     }
 
+    /// What a row is grouped by. A row with no model sent (a read-back) is grouped by the
+    /// model that answered, if its answer named one: a Responses API `background: true`
+    /// generation's usage is in such a row (the read-back that found it done), and grouped as
+    /// "-" it was spend of no model. A file upload names none and stays "-".
     fn column(self) -> &'static str {
         match self {
             Self::Provider => "provider",
             Self::User => "username",
-            Self::Model => "model",
+            Self::Model => "CASE WHEN model = '' THEN COALESCE(response_model, '') ELSE model END",
             Self::Day => "day",
         }
     }
@@ -414,6 +418,22 @@ mod tests {
             days,
             [Some("2025-01-02".to_owned()), Some("2025-01-03".to_owned())]
         );
+    }
+
+    /// A background generation's usage, in the row of the read-back that found it done (no
+    /// model sent), is grouped under the model that answered, not with the file uploads.
+    #[test]
+    fn a_read_back_is_grouped_by_the_model_that_answered() {
+        let (_dir, mut conn) = conn();
+        let mut read_back = row("2025-01-04", None, "openai", "success");
+        read_back.model = "".into();
+        read_back.response_model = Some("o3-2025".into());
+        let mut upload = row("2025-01-04", None, "openai", "success");
+        upload.model = "".into();
+        insert_rows(&mut conn, &[read_back, upload]).expect("insert");
+        let r = query(&conn, GroupBy::Model, None).expect("query");
+        let keys: Vec<_> = r.rows.iter().map(|r| r.key.as_deref()).collect();
+        assert_eq!(keys, [Some("m"), Some(""), Some("o3-2025")]);
     }
 
     #[test]
