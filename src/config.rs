@@ -893,10 +893,7 @@ pub fn expand_env(value: &str, path: &str, env: &EnvLookup<'_>) -> Result<String
             && !name.starts_with(|c: char| c.is_ascii_digit())
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid_name {
-            return Err(invalid(
-                path,
-                format!("\"${{{name}}}\" is not a valid environment variable reference"),
-            ));
+            return Err(invalid(path, not_a_reference(name)));
         }
         let reason = match env(name) {
             Ok(v) if !v.is_empty() => {
@@ -919,6 +916,23 @@ pub fn expand_env(value: &str, path: &str, env: &EnvLookup<'_>) -> Result<String
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Why `${text}` is no reference, without `text`: a key pasted where the template has
+/// `${OPENROUTER_API_KEY}`, or given as a shell default (`${NAME:-sk-...}`, `:=`, `:?`), would be printed
+/// by `check` and at every `serve` start, into container logs.
+fn not_a_reference(text: &str) -> String {
+    let is_name = |name: &str| {
+        !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match text.split_once(':') {
+        Some((name, _)) if is_name(name) => format!(
+            "${{{name}...}}: defaults and other shell forms are not supported (the text after the name is not shown): write ${{{name}}} and give {name} a value"
+        ),
+        _ => "a ${...} whose text is not a variable name (letters, digits and _; the text is not shown: a key written where its variable's name belongs?)".to_owned(),
+    }
 }
 
 /// Checks an http(s) base URL and returns it with trailing slashes trimmed.
@@ -1258,6 +1272,17 @@ settings:
         );
         assert!(expand_env("${", "p", &env).is_err());
         assert!(expand_env("${1A}", "p", &env).is_err());
+        // A key where a name belongs, or as a shell default, is never quoted.
+        let said = |value: &str| expand_env(value, "p", &env).expect_err(value).1;
+        let pasted = said("${sk-or-v1-0123456789abcdef}");
+        assert!(!pasted.contains("0123456789abcdef"), "{pasted}");
+        assert!(pasted.contains("not a variable name"), "{pasted}");
+        let default = said("Bearer ${OPENROUTER_API_KEY:-sk-or-v1-0123456789abcdef}");
+        assert!(!default.contains("0123456789abcdef"), "{default}");
+        assert!(
+            default.contains("write ${OPENROUTER_API_KEY} and give OPENROUTER_API_KEY a value"),
+            "{default}"
+        );
     }
 
     /// `${K}` with K set but empty (what `docker --env-file` leaves, hiding `.env`'s value)
