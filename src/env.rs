@@ -43,6 +43,8 @@ pub struct EnvSettings {
     pub test_warning_interval: Option<std::time::Duration>,
     /// Settings that look like mistakes but do not stop start-up (logged by `serve`).
     pub warnings: Vec<String>,
+    /// The credentials in the proxy variables' URLs, for the sinks' redactor.
+    pub proxy_secrets: Vec<Secret>,
 }
 
 /// Where and how to send spans to Langfuse.
@@ -75,10 +77,11 @@ impl EnvSettings {
     /// the Langfuse secret key or an OTLP token must not carry it to Langfuse, the collector
     /// or the request log. `LANGFUSE_SECRET_KEY` and the Basic credentials made of it; each
     /// `OTEL_EXPORTER_OTLP_HEADERS` value, and its last word (the token of `Bearer <token>`);
-    /// the credentials in either endpoint's URL (see `config::url_secrets`). Values too short
-    /// to be keys are left out by the redactor, as for config.yaml's.
+    /// the credentials in either endpoint's URL (see `config::url_secrets`); and those of the
+    /// proxy variables (a proxy that passes `Proxy-Authorization` on lets an upstream echo
+    /// them). Values too short to be keys are left out by the redactor, as for config.yaml's.
     pub fn secrets(&self) -> Vec<Secret> {
-        let mut out = Vec::new();
+        let mut out = self.proxy_secrets.clone();
         if let Some(langfuse) = &self.langfuse {
             out.push(langfuse.secret_key.clone());
             out.push(crate::sinks::langfuse::basic_credentials(
@@ -98,6 +101,24 @@ impl EnvSettings {
         }
         out
     }
+}
+
+/// The credentials in each proxy variable's URL (`http://user:password@host:port`, the
+/// scheme optional as the upstream client reads it), with the Basic credentials made of them.
+fn proxy_secrets(env: &dyn Fn(&str) -> Option<String>) -> Vec<Secret> {
+    PROXY_VARIABLES
+        .iter()
+        .filter_map(|name| env(name))
+        .map(|value| {
+            let value = value.trim().to_owned();
+            if value.contains("://") {
+                value
+            } else {
+                format!("http://{value}")
+            }
+        })
+        .flat_map(|url| endpoint_secrets(&url))
+        .collect()
 }
 
 fn endpoint_secrets(endpoint: &str) -> Vec<Secret> {
@@ -200,6 +221,7 @@ impl EnvSettings {
             resource: resource(env)?,
             test_warning_interval: warning_interval(env)?,
             warnings,
+            proxy_secrets: proxy_secrets(env),
         })
     }
 }
@@ -842,6 +864,38 @@ mod tests {
         assert_eq!(
             redactor.redact("sk-lf-secret-1 tok-123456789 ml", &[]),
             "[redacted] [redacted] ml"
+        );
+    }
+
+    /// A proxy variable's credentials are secrets too (a proxy passing `Proxy-Authorization`
+    /// on lets an upstream echo them into a logged error), with or without a scheme.
+    #[test]
+    fn the_proxy_variables_credentials_are_secrets() {
+        let s = EnvSettings::from_lookup(&lookup(&[
+            (
+                "HTTPS_PROXY",
+                "http://proxyuser:ProxyPass_s3cret99@127.0.0.1:3128",
+            ),
+            ("http_proxy", "tokenonly-123456@proxy:3128"),
+        ]))
+        .expect("ok");
+        let secrets: Vec<String> = s.secrets().iter().map(|s| s.expose().to_owned()).collect();
+        assert_eq!(
+            secrets,
+            [
+                "ProxyPass_s3cret99",
+                "cHJveHl1c2VyOlByb3h5UGFzc19zM2NyZXQ5OQ==",
+                "dG9rZW5vbmx5LTEyMzQ1Njo=",
+                "tokenonly-123456",
+            ]
+        );
+        let redactor = crate::sinks::redact::Redactor::new(&s.secrets());
+        assert_eq!(
+            redactor.redact(
+                "'proxy-authorization': 'Basic cHJveHl1c2VyOlByb3h5UGFzc19zM2NyZXQ5OQ==' ProxyPass_s3cret99",
+                &[]
+            ),
+            "'proxy-authorization': 'Basic [redacted]' [redacted]"
         );
     }
 
