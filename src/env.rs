@@ -103,6 +103,12 @@ impl EnvSettings {
     }
 }
 
+/// [`proxy_secrets`] of the process's environment, as the upstream client reads its
+/// proxies (`.env` applied): for the redactor of the error bodies clients get.
+pub fn process_proxy_secrets() -> Vec<Secret> {
+    proxy_secrets(&|name| std::env::var(name).ok())
+}
+
 /// The credentials in each proxy variable's URL (`http://user:password@host:port`, the
 /// scheme optional as the upstream client reads it), with the Basic credentials made of them.
 fn proxy_secrets(env: &dyn Fn(&str) -> Option<String>) -> Vec<Secret> {

@@ -58,8 +58,9 @@ pub struct AppState {
     pub send_timeout: Duration,
     /// Fired when shutdown's grace period is over: running requests and streams end at once.
     pub hard_stop: HardStop,
-    /// The config's secrets (api keys, credential headers): removed from upstream error
-    /// bodies before they reach a client, since an upstream may echo the key it was sent.
+    /// The config's secrets (api keys, credential headers) and the proxy variables'
+    /// credentials: removed from upstream error bodies before they reach a client, since an
+    /// upstream may echo the key it was sent (and a proxy may pass its credentials on).
     pub redactor: Redactor,
     /// Rate limit of the WARN lines for router errors (one per code per 10 s).
     pub failures: Arc<FailureLog>,
@@ -73,7 +74,8 @@ impl AppState {
         client: reqwest::Client,
         recorder: Recorder,
     ) -> Result<Self, ClientError> {
-        let redactor = Redactor::new(config.secrets());
+        let proxies = crate::env::process_proxy_secrets();
+        let redactor = Redactor::new(config.secrets().chain(&proxies));
         Ok(Self {
             redactor,
             config: ArcSwap::from_pointee(config),

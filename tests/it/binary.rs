@@ -1059,6 +1059,51 @@ async fn providers_are_reached_through_the_proxy_the_environment_names() {
     );
 }
 
+/// The proxy variable's credentials are secrets like a configured key: an upstream that
+/// echoes the `Proxy-Authorization` a proxy passed on shows them neither to the client nor in
+/// the request log (they were written as sent).
+#[tokio::test]
+async fn a_proxys_credentials_echoed_by_an_upstream_are_redacted() {
+    let password = "ProxyPass_s3cret99";
+    let basic = "cHJveHl1c2VyOlByb3h5UGFzc19zM2NyZXQ5OQ==";
+    let echo = json!({"error": {"message": format!("bad auth: Proxy-Authorization: Basic {basic} ({password})")}});
+    let proxy = MockUpstream::start(Behavior {
+        status: 401,
+        body: Some(echo.to_string()),
+        ..Behavior::default()
+    })
+    .await;
+    let config = one_server_config("http://provider.invalid/v1", "");
+    let with_credentials =
+        proxy
+            .origin()
+            .replacen("http://", &format!("http://proxyuser:{password}@"), 1);
+    let router = RouterProcess::start(Some(&config), &[("HTTP_PROXY", &with_credentials)]);
+    let response = router
+        .chat(&json!({"model": "[mock]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 401, "{}", router.stderr());
+    let body = response.text().await.expect("body");
+    assert!(
+        body.contains("Proxy-Authorization: Basic [redacted] ([redacted])"),
+        "{body}"
+    );
+    // The request log (on by default, `./api_proxy.YYYY-MM-DD.log`) has the line once written.
+    let written = || {
+        std::fs::read_dir(router.path()).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name().to_string_lossy().starts_with("api_proxy.")
+                    && e.metadata().is_ok_and(|m| m.len() > 0)
+            })
+        })
+    };
+    wait_until(Duration::from_secs(10), written).await;
+    let lines = crate::telemetry::request_log::read_log_lines(router.path(), "api_proxy");
+    let line = lines[0].to_string();
+    assert!(!line.contains(password) && !line.contains(basic), "{line}");
+    assert!(line.contains("[redacted]"), "{line}");
+}
+
 /// `NO_PROXY=*` (either case of the name, spaces around it) sends every request directly, to
 /// an upstream named by its IP address too, as curl and httpx read it: the client's matcher
 /// took `*` for every host name but no address, and `http://127.0.0.1:port` went through the
