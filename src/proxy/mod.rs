@@ -820,10 +820,24 @@ async fn forward_read<V: ReadBody>(
     // A `GET`'s or `DELETE`'s 2xx answer always is (see [`ReadBody::OTHER_METHOD`]), but a
     // `204 No Content`, which has no body to relay: it goes the whole answer's way, which
     // writes no framing for it.
+    //
+    // An event stream whose label does not say so (none, `text/plain`, `application/json`)
+    // is told by its first bytes, where a stream is an event stream by definition (see
+    // [`sniffed_event_stream`]): read as SSE, it goes out as one.
+    let (upstream, sniffed_sse) = if stream
+        && status.is_success()
+        && early::opens_early(request.path)
+        && may_be_unlabelled_sse(&upstream.fields)
+    {
+        // Boxed: only such an answer pays for the wait.
+        Box::pin(sniffed_event_stream(upstream, timeout, hard_stop)).await
+    } else {
+        (upstream, false)
+    };
     let streamed = status.is_success()
         && ((V::OTHER_METHOD && status != StatusCode::NO_CONTENT)
             || if stream {
-                !is_json(&upstream.fields)
+                sniffed_sse || !is_json(&upstream.fields)
             } else {
                 streams_unasked(&upstream.fields)
             });
@@ -840,7 +854,8 @@ async fn forward_read<V: ReadBody>(
             keepalive: state.keepalive_interval,
             idle_timeout: timeout,
             drop_usage_chunk: injected_usage,
-            sse: is_event_stream(&upstream.fields) && !matches!(coding, StreamCoding::Opaque),
+            sse: (sniffed_sse || is_event_stream(&upstream.fields))
+                && !matches!(coding, StreamCoding::Opaque),
             errors: StreamErrorForm::of(request.path),
             last_events: crate::usage::LastEvents::of(request.path),
         };
@@ -1017,6 +1032,59 @@ pub(crate) fn is_json(fields: &Fields) -> bool {
 
 fn is_event_stream(fields: &Fields) -> bool {
     content_type_is(fields, "text/event-stream")
+}
+
+/// Whether a stream request's 2xx answer may be an event stream its label does not name:
+/// labelled nothing, `text/plain` or `application/json` (some servers and gateways label
+/// every answer so), and not compressed. Its first bytes tell ([`sniffed_event_stream`]).
+fn may_be_unlabelled_sse(fields: &Fields) -> bool {
+    crate::content_coding::content_encoding(fields).is_none()
+        && (fields.get_str("content-type").is_none()
+            || content_type_is(fields, "")
+            || content_type_is(fields, "text/plain")
+            || is_json(fields))
+}
+
+/// `upstream`'s answer, and whether it is an event stream: its first data frame read (within
+/// `timeout`, the stream's idle timeout, or until the hard stop) and told by its opening
+/// ([`sse::looks_like_sse`]). Whatever was read (a frame, an error, the end) is put back in
+/// front of the rest of the body, so the path the answer takes gets the upstream's bytes as
+/// they came; a body still silent is handed on unread. Without this, such a stream was
+/// relayed unread (the usage chunk the router asked for reached a client that had not, and
+/// the record had no usage), or held to its end when labelled JSON.
+async fn sniffed_event_stream(
+    mut upstream: UpstreamResponse,
+    timeout: Duration,
+    hard_stop: &mut Stopped,
+) -> (UpstreamResponse, bool) {
+    let first = tokio::select! {
+        biased;
+        () = &mut *hard_stop => None,
+        () = tokio::time::sleep(timeout) => None,
+        first = first_data_frame(&mut upstream.body) => Some(first),
+    };
+    let Some(first) = first else {
+        return (upstream, false);
+    };
+    let sse = first
+        .as_ref()
+        .and_then(|first| first.as_ref().ok())
+        .and_then(http_body::Frame::data_ref)
+        .is_some_and(|data| sse::looks_like_sse(data));
+    upstream.body = crate::upstream::UpstreamBody::read_ahead(first, upstream.body);
+    (upstream, sse)
+}
+
+/// A body's next frame that is not empty data (an empty one carries nothing to tell by).
+async fn first_data_frame(
+    body: &mut crate::upstream::UpstreamBody,
+) -> Option<Result<http_body::Frame<Bytes>, UpstreamError>> {
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => {}
+            next => return next,
+        }
+    }
 }
 
 /// Whether a 2xx answer to a request that did not ask to stream is relayed as it arrives:

@@ -162,6 +162,22 @@ pub fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
     found
 }
 
+/// Whether a body's first bytes open an event stream: after a byte-order mark and blank
+/// lines, a `data:`, `event:`, `id:` or `retry:` field or a `:` comment. A whole JSON answer
+/// (`{`), NDJSON or text does not. Read only for a stream request's answer whose label does
+/// not say what it is (see `proxy::sniffed_event_stream`).
+pub fn looks_like_sse(first: &[u8]) -> bool {
+    let opening = first.strip_prefix(super::stream::BOM).unwrap_or(first);
+    let at = opening
+        .iter()
+        .position(|&b| b != b'\n' && b != b'\r')
+        .unwrap_or(opening.len());
+    let opening = &opening[at..];
+    [&b"data:"[..], b"event:", b"id:", b"retry:", b":"]
+        .iter()
+        .any(|field| opening.starts_with(field))
+}
+
 fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = event;
     std::iter::from_fn(move || {
@@ -192,6 +208,31 @@ fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_event_stream_is_told_by_its_first_field() {
+        for sse in [
+            &b"data: {}\n\n"[..],
+            b"\xEF\xBB\xBFdata:{}\n\n",
+            b"\r\n\nevent: message_start\n",
+            b"id: 1\n",
+            b"retry: 100\n",
+            b": keep-alive\n\n",
+        ] {
+            assert!(looks_like_sse(sse), "{}", String::from_utf8_lossy(sse));
+        }
+        for other in [
+            &b"{\"choices\": []}"[..],
+            b"\xEF\xBB\xBF{}",
+            b"",
+            b"dat",
+            b"database: x\n",
+            b" data: x\n",
+            b"plain text",
+        ] {
+            assert!(!looks_like_sse(other), "{}", String::from_utf8_lossy(other));
+        }
+    }
 
     fn split_all(chunks: &[&[u8]]) -> (Vec<Bytes>, Bytes) {
         let mut s = EventSplitter::default();

@@ -181,7 +181,7 @@ impl Unread {
 }
 
 /// UTF-8's byte-order mark, which may open an event stream (SSE clients skip it).
-const BOM: &[u8] = b"\xEF\xBB\xBF";
+pub(super) const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Where a stream that breaks off is logged (see [`FailureLog`]), and as which request.
 pub struct StreamFailures {

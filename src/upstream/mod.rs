@@ -548,6 +548,27 @@ pub enum UpstreamBody {
     Direct(hyper::body::Incoming),
     Plain(plain::PlainBody),
     Fallback(reqwest::Body),
+    /// A body whose first frame the router read ahead (to tell an event stream by its first
+    /// bytes), put back in front of the rest.
+    ReadAhead(Box<ReadAhead>),
+}
+
+/// A frame read off a body, and the body it came from: it yields the frame again first,
+/// then the rest as it comes (nothing is copied).
+pub struct ReadAhead {
+    /// The frame read ahead, until it is polled again; an error stays an error.
+    first: Option<Result<Frame<Bytes>, UpstreamError>>,
+    /// `None`: the body had ended when it was read ahead.
+    rest: Option<UpstreamBody>,
+}
+
+impl UpstreamBody {
+    /// `first`, as the body's next frame was read off it (`None`: its end), put back in
+    /// front of `rest`.
+    pub fn read_ahead(first: Option<Result<Frame<Bytes>, UpstreamError>>, rest: Self) -> Self {
+        let rest = first.is_some().then_some(rest);
+        Self::ReadAhead(Box::new(ReadAhead { first, rest }))
+    }
 }
 
 impl Body for UpstreamBody {
@@ -568,6 +589,11 @@ impl Body for UpstreamBody {
             Self::Fallback(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|e| UpstreamError::from_reqwest(&e)),
+            Self::ReadAhead(body) => match (body.first.take(), &mut body.rest) {
+                (Some(first), _) => Poll::Ready(Some(first)),
+                (None, Some(rest)) => Pin::new(rest).poll_frame(cx),
+                (None, None) => Poll::Ready(None),
+            },
         }
     }
 
@@ -576,6 +602,9 @@ impl Body for UpstreamBody {
             Self::Direct(body) => body.is_end_stream(),
             Self::Plain(body) => body.is_end_stream(),
             Self::Fallback(body) => body.is_end_stream(),
+            Self::ReadAhead(body) => {
+                body.first.is_none() && body.rest.as_ref().is_none_or(Body::is_end_stream)
+            }
         }
     }
 
@@ -584,6 +613,22 @@ impl Body for UpstreamBody {
             Self::Direct(body) => body.size_hint(),
             Self::Plain(body) => body.size_hint(),
             Self::Fallback(body) => body.size_hint(),
+            Self::ReadAhead(body) => {
+                let mut hint = body
+                    .rest
+                    .as_ref()
+                    .map_or(SizeHint::with_exact(0), Body::size_hint);
+                let first = body.first.as_ref().and_then(|first| first.as_ref().ok());
+                if let Some(data) = first.and_then(Frame::data_ref) {
+                    let len = data.len() as u64;
+                    // The upper bound first: a lower bound over it panics.
+                    if let Some(upper) = hint.upper() {
+                        hint.set_upper(upper.saturating_add(len));
+                    }
+                    hint.set_lower(hint.lower().saturating_add(len));
+                }
+                hint
+            }
         }
     }
 }

@@ -1117,6 +1117,63 @@ async fn a_stream_request_answered_with_one_json_body_is_still_recorded() {
     router.stop().await;
 }
 
+/// An event stream its upstream labels otherwise (no Content-Type, `text/plain`,
+/// `application/json`: some servers and gateways label every answer so) is told by its first
+/// bytes and read as one: the client gets it as `text/event-stream`, event by event (the
+/// mock holds a later chunk until the first has arrived, so a stream labelled JSON is not
+/// held to its end), without the usage chunk only the router asked for, and the record has
+/// the usage. A whole JSON answer under `text/plain` still reaches the client as it came.
+#[tokio::test]
+async fn an_event_stream_labelled_otherwise_is_read_as_one() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let labels = ["", "text/plain", "application/json; charset=utf-8"];
+    for (n, label) in labels.into_iter().enumerate() {
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        upstream.set(Behavior {
+            chunks: 3,
+            stream_content_type: Some(label.into()),
+            hold_chunk: Some((2, gate.clone())),
+            ..Default::default()
+        });
+        let response = router.chat(&stream_request("[mock]gpt-4o")).await;
+        assert_eq!(response.status(), 200, "{label}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/event-stream",
+            "{label}"
+        );
+        let (_, text) = read_past_a_held_chunk(response, "tok0", &gate).await;
+        assert_eq!(
+            text,
+            expected_stream(&upstream.behavior(), false),
+            "{label}: no usage chunk"
+        );
+        let sent = upstream.last().json();
+        assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::Success, "{label}");
+        assert!(record.stream && record.complete, "{label}");
+        let usage = record.response.usage.clone().expect("usage");
+        assert_eq!((usage.input, usage.output), (PROMPT_TOKENS, 3), "{label}");
+        assert_eq!(record.response.content, "tok0 tok1 tok2 ", "{label}");
+    }
+
+    let whole = crate::support::upstream::chat_completion("m-1");
+    upstream.set(Behavior {
+        raw_chunks: Some(vec![whole.clone().into_bytes()]),
+        stream_content_type: Some("text/plain".into()),
+        ..Default::default()
+    });
+    let response = router.chat(&stream_request("[mock]m")).await;
+    assert_eq!(response.headers()["content-type"], "text/plain");
+    assert_eq!(response.text().await.expect("body"), whole);
+    let record = router.records.nth(labels.len() + 1).await;
+    assert_eq!(record.response.usage.as_ref().map(|u| u.output), Some(2));
+    assert!(record.response_is_json);
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn a_streamed_answer_that_is_not_sse_passes_through_as_it_arrives() {
     let lines: Vec<Vec<u8>> = (0..3)

@@ -76,7 +76,7 @@ pub struct Behavior {
     /// Stream even when the request does not ask to, as OpenAI's speech endpoint streams
     /// audio to a body with no `stream`.
     pub stream_unasked: bool,
-    /// Content type of a streamed answer (default `text/event-stream`).
+    /// Content type of a streamed answer (default `text/event-stream`; empty: none at all).
     pub stream_content_type: Option<String>,
     /// Stream: compress it (`"gzip"` or `"deflate"`, the zlib format) as an upstream that
     /// ignores `Accept-Encoding: identity` does, flushing the compressor after each chunk
@@ -386,7 +386,11 @@ fn respond(
 ) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = status;
-    if let Ok(v) = HeaderValue::from_str(content_type) {
+    // Empty: no Content-Type at all, as some servers answer.
+    if let Some(v) = HeaderValue::from_str(content_type)
+        .ok()
+        .filter(|_| !content_type.is_empty())
+    {
         response.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     for (k, v) in headers {
