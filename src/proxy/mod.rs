@@ -1045,11 +1045,17 @@ fn may_be_unlabelled_sse(fields: &Fields) -> bool {
             || is_json(fields))
 }
 
-/// `upstream`'s answer, and whether it is an event stream: its first data frame read (within
-/// `timeout`, the stream's idle timeout, or until the hard stop) and told by its opening
-/// ([`sse::looks_like_sse`]). Whatever was read (a frame, an error, the end) is put back in
-/// front of the rest of the body, so the path the answer takes gets the upstream's bytes as
-/// they came; a body still silent is handed on unread. Without this, such a stream was
+/// Longest wait for the first bytes of an answer whose label does not say it is an event
+/// stream: its head is held meanwhile (no keep-alive either), so a stream whose first token
+/// is slow to come goes on as before, relayed unread, rather than leave the client without a
+/// head for as long as the upstream thinks.
+const SNIFF_WAIT: Duration = Duration::from_secs(2);
+
+/// `upstream`'s answer, and whether it is an event stream: its first bytes read (within
+/// [`SNIFF_WAIT`] and `timeout`, or until the hard stop) until they tell
+/// ([`sse::sse_opening`]: a byte-order mark or blank lines written alone do not). Whatever was
+/// read (frames, an error, the end) is put back in front of the rest of the body, so the path
+/// the answer takes gets the upstream's bytes as they came. Without this, such a stream was
 /// relayed unread (the usage chunk the router asked for reached a client that had not, and
 /// the record had no usage), or held to its end when labelled JSON.
 async fn sniffed_event_stream(
@@ -1057,34 +1063,46 @@ async fn sniffed_event_stream(
     timeout: Duration,
     hard_stop: &mut Stopped,
 ) -> (UpstreamResponse, bool) {
-    let first = tokio::select! {
-        biased;
-        () = &mut *hard_stop => None,
-        () = tokio::time::sleep(timeout) => None,
-        first = first_data_frame(&mut upstream.body) => Some(first),
-    };
-    let Some(first) = first else {
-        return (upstream, false);
-    };
-    let sse = first
-        .as_ref()
-        .and_then(|first| first.as_ref().ok())
-        .and_then(http_body::Frame::data_ref)
-        .is_some_and(|data| sse::looks_like_sse(data));
-    upstream.body = crate::upstream::UpstreamBody::read_ahead(first, upstream.body);
-    (upstream, sse)
-}
-
-/// A body's next frame that is not empty data (an empty one carries nothing to tell by).
-async fn first_data_frame(
-    body: &mut crate::upstream::UpstreamBody,
-) -> Option<Result<http_body::Frame<Bytes>, UpstreamError>> {
+    let wait = tokio::time::sleep(timeout.min(SNIFF_WAIT));
+    tokio::pin!(wait);
+    let mut read = Vec::new();
+    let mut opening = Vec::new();
+    let mut ended = false;
+    let mut sse = false;
     loop {
-        match body.frame().await {
-            Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => {}
-            next => return next,
+        let next = tokio::select! {
+            biased;
+            () = &mut *hard_stop => break,
+            () = &mut wait => break,
+            next = upstream.body.frame() => next,
+        };
+        let Some(next) = next else {
+            ended = true;
+            break;
+        };
+        let data = next.as_ref().ok().and_then(http_body::Frame::data_ref);
+        let decided = match data {
+            Some(data) => {
+                opening.extend_from_slice(&data[..data.len().min(64)]);
+                sse::sse_opening(&opening)
+            }
+            // An error, or trailers: nothing more to tell by.
+            None => Some(false),
+        };
+        read.push(next);
+        match decided {
+            Some(is_sse) => {
+                sse = is_sse;
+                break;
+            }
+            None if opening.len() >= 64 => break,
+            None => {}
         }
     }
+    if !read.is_empty() || ended {
+        upstream.body = crate::upstream::UpstreamBody::read_ahead(read, ended, upstream.body);
+    }
+    (upstream, sse)
 }
 
 /// Whether a 2xx answer to a request that did not ask to stream is relayed as it arrives:

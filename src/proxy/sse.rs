@@ -167,15 +167,32 @@ pub fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
 /// (`{`), NDJSON or text does not. Read only for a stream request's answer whose label does
 /// not say what it is (see `proxy::sniffed_event_stream`).
 pub fn looks_like_sse(first: &[u8]) -> bool {
-    let opening = first.strip_prefix(super::stream::BOM).unwrap_or(first);
+    sse_opening(first) == Some(true)
+}
+
+/// Whether a body that begins with `first` is an event stream, or `None` while `first` cannot
+/// tell yet: it is empty, a byte-order mark or a part of one, blank lines, or the start of a
+/// field name (`dat`), as an upstream writing a byte at a time sends it.
+pub fn sse_opening(first: &[u8]) -> Option<bool> {
+    const BOM: &[u8] = super::stream::BOM;
+    if first.len() < BOM.len() && BOM.starts_with(first) {
+        return None;
+    }
+    let opening = first.strip_prefix(BOM).unwrap_or(first);
     let at = opening
         .iter()
         .position(|&b| b != b'\n' && b != b'\r')
         .unwrap_or(opening.len());
     let opening = &opening[at..];
-    [&b"data:"[..], b"event:", b"id:", b"retry:", b":"]
-        .iter()
-        .any(|field| opening.starts_with(field))
+    let fields = [&b"data:"[..], b"event:", b"id:", b"retry:", b":"];
+    if opening.is_empty()
+        || fields
+            .iter()
+            .any(|f| f.len() > opening.len() && f.starts_with(opening))
+    {
+        return None;
+    }
+    Some(fields.iter().any(|field| opening.starts_with(field)))
 }
 
 fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {

@@ -553,21 +553,28 @@ pub enum UpstreamBody {
     ReadAhead(Box<ReadAhead>),
 }
 
-/// A frame read off a body, and the body it came from: it yields the frame again first,
-/// then the rest as it comes (nothing is copied).
+/// Frames read off a body, and the body they came from: it yields them again first, then the
+/// rest as it comes (nothing is copied).
 pub struct ReadAhead {
-    /// The frame read ahead, until it is polled again; an error stays an error.
-    first: Option<Result<Frame<Bytes>, UpstreamError>>,
+    /// The frames read ahead, in order, until polled again; an error stays an error.
+    read: std::collections::VecDeque<Result<Frame<Bytes>, UpstreamError>>,
     /// `None`: the body had ended when it was read ahead.
     rest: Option<UpstreamBody>,
 }
 
 impl UpstreamBody {
-    /// `first`, as the body's next frame was read off it (`None`: its end), put back in
-    /// front of `rest`.
-    pub fn read_ahead(first: Option<Result<Frame<Bytes>, UpstreamError>>, rest: Self) -> Self {
-        let rest = first.is_some().then_some(rest);
-        Self::ReadAhead(Box::new(ReadAhead { first, rest }))
+    /// `read`, the frames read off the body in order, put back in front of `rest`; `ended`:
+    /// the body's end was read too.
+    pub fn read_ahead(
+        read: Vec<Result<Frame<Bytes>, UpstreamError>>,
+        ended: bool,
+        rest: Self,
+    ) -> Self {
+        let rest = (!ended).then_some(rest);
+        Self::ReadAhead(Box::new(ReadAhead {
+            read: read.into(),
+            rest,
+        }))
     }
 }
 
@@ -589,8 +596,8 @@ impl Body for UpstreamBody {
             Self::Fallback(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|e| UpstreamError::from_reqwest(&e)),
-            Self::ReadAhead(body) => match (body.first.take(), &mut body.rest) {
-                (Some(first), _) => Poll::Ready(Some(first)),
+            Self::ReadAhead(body) => match (body.read.pop_front(), &mut body.rest) {
+                (Some(read), _) => Poll::Ready(Some(read)),
                 (None, Some(rest)) => Pin::new(rest).poll_frame(cx),
                 (None, None) => Poll::Ready(None),
             },
@@ -603,7 +610,7 @@ impl Body for UpstreamBody {
             Self::Plain(body) => body.is_end_stream(),
             Self::Fallback(body) => body.is_end_stream(),
             Self::ReadAhead(body) => {
-                body.first.is_none() && body.rest.as_ref().is_none_or(Body::is_end_stream)
+                body.read.is_empty() && body.rest.as_ref().is_none_or(Body::is_end_stream)
             }
         }
     }
@@ -618,9 +625,14 @@ impl Body for UpstreamBody {
                     .rest
                     .as_ref()
                     .map_or(SizeHint::with_exact(0), Body::size_hint);
-                let first = body.first.as_ref().and_then(|first| first.as_ref().ok());
-                if let Some(data) = first.and_then(Frame::data_ref) {
-                    let len = data.len() as u64;
+                let read: u64 = body
+                    .read
+                    .iter()
+                    .filter_map(|frame| frame.as_ref().ok()?.data_ref())
+                    .map(|data| data.len() as u64)
+                    .sum();
+                if read > 0 {
+                    let len = read;
                     // The upper bound first: a lower bound over it panics.
                     if let Some(upper) = hint.upper() {
                         hint.set_upper(upper.saturating_add(len));

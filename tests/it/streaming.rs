@@ -1174,6 +1174,74 @@ async fn an_event_stream_labelled_otherwise_is_read_as_one() {
     router.stop().await;
 }
 
+/// A mislabelled event stream whose first writes are a byte-order mark and a blank line
+/// alone, or that comes a byte at a time, is told once its bytes can tell (the first write
+/// alone told nothing, and it was relayed unread). One whose first bytes are slow to come
+/// gets its head within the sniffing wait, relayed unread as before (its head was held for
+/// as long as the upstream was silent, up to `timeout_secs`).
+#[tokio::test]
+async fn a_mislabelled_event_stream_is_told_across_writes_and_never_holds_its_head() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let content = content_chunk("m", 0, 1);
+    let bytewise: Vec<Vec<u8>> = content.bytes().take(8).map(|b| vec![b]).collect();
+    let rest_of_content = content.as_bytes()[8..].to_vec();
+    let openings: [Vec<Vec<u8>>; 2] = [
+        vec![
+            "\u{feff}".into(),
+            b"\n".to_vec(),
+            content.clone().into_bytes(),
+        ],
+        [bytewise, vec![rest_of_content]].concat(),
+    ];
+    for (n, opening) in openings.into_iter().enumerate() {
+        let expected: Vec<u8> = [opening.concat(), DONE.as_bytes().to_vec()].concat();
+        let chunks = [opening, vec![usage_chunk("m", 1).into_bytes(), DONE.into()]].concat();
+        upstream.set(Behavior {
+            raw_chunks: Some(chunks),
+            stream_content_type: Some("text/plain".into()),
+            chunk_delay: Duration::from_millis(5),
+            ..Default::default()
+        });
+        let response = router.chat(&stream_request("[mock]m")).await;
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/event-stream",
+            "{n}"
+        );
+        let body = response.bytes().await.expect("body");
+        assert_eq!(body.as_ref(), expected.as_slice(), "{n}: no usage chunk");
+        let record = router.records.nth(n + 1).await;
+        assert!(
+            record.response.usage.is_some(),
+            "{n}: {:?}",
+            record.response
+        );
+    }
+
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    upstream.set(Behavior {
+        chunks: 2,
+        stream_content_type: Some("text/plain".into()),
+        hold_chunk: Some((0, gate.clone())),
+        ..Default::default()
+    });
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        router.chat(&stream_request("[mock]m")),
+    )
+    .await
+    .expect("the head comes while the upstream is silent");
+    assert_eq!(response.headers()["content-type"], "text/plain");
+    gate.add_permits(1);
+    let text = response.text().await.expect("body");
+    assert!(
+        text.starts_with("data: ") && text.contains("tok0") && text.contains("tok1"),
+        "{text}"
+    );
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn a_streamed_answer_that_is_not_sse_passes_through_as_it_arrives() {
     let lines: Vec<Vec<u8>> = (0..3)
