@@ -911,11 +911,31 @@ pub fn expand_env(value: &str, path: &str, env: &EnvLookup<'_>) -> Result<String
         };
         return Err(invalid(
             path,
-            format!("environment variable {name} {reason}"),
+            format!("environment variable {} {reason}", shown_name(name)),
         ));
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// A `${NAME}`'s name as a message shows it, unless it looks like a key pasted where the
+/// name belongs: Groq's `gsk_...` keys (and others of letters, digits and `_`) are valid
+/// names, and "environment variable gsk_... is not set" printed the key. Variable names are
+/// upper case by custom; a long one with lower-case letters and digits both is taken for a
+/// key.
+fn shown_name(name: &str) -> std::borrow::Cow<'_, str> {
+    let key_like = name.len() >= 20
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && name.bytes().any(|b| b.is_ascii_digit());
+    if key_like {
+        format!(
+            "(a name of {} characters, not shown: it looks like a key written where its variable's name belongs)",
+            name.len()
+        )
+        .into()
+    } else {
+        name.into()
+    }
 }
 
 /// Why `${text}` is no reference, without `text`: a key pasted where the template has
@@ -1277,6 +1297,15 @@ settings:
         let pasted = said("${sk-or-v1-0123456789abcdef}");
         assert!(!pasted.contains("0123456789abcdef"), "{pasted}");
         assert!(pasted.contains("not a variable name"), "{pasted}");
+        let unset = |value: &str| {
+            expand_env(value, "p", &|_| Err(VarError::NotPresent))
+                .expect_err(value)
+                .1
+        };
+        let groq = unset("${gsk_Q1w2E3r4T5y6U7i8O9p0AsDfGhJkLzXcVbNm1234}");
+        assert!(!groq.contains("Q1w2E3r4"), "{groq}");
+        assert!(groq.contains("looks like a key"), "{groq}");
+        assert!(unset("${OPENROUTER_API_KEY_2}").contains("OPENROUTER_API_KEY_2 is not set"));
         let default = said("Bearer ${OPENROUTER_API_KEY:-sk-or-v1-0123456789abcdef}");
         assert!(!default.contains("0123456789abcdef"), "{default}");
         assert!(
