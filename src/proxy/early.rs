@@ -466,6 +466,23 @@ impl LateAnswer<'_> {
                 answered_at,
             });
         }
+        if value.is_null() {
+            // Labelled JSON but not JSON: most likely an event stream under the wrong label,
+            // which the router tells by its first bytes only when the head comes first.
+            let error = ProxyError::UpstreamUnreachable(format!(
+                "the upstream {provider} answered HTTP {} with a body labelled JSON that is \
+                 not JSON (an event stream under the wrong label?); the router had already \
+                 begun the stream (the upstream sent no answer within the keep-alive \
+                 interval), so that answer cannot be relayed",
+                status.as_u16()
+            ));
+            return LateHead::Failed(LateFailure::unsent_answer(
+                &error,
+                status,
+                body,
+                answered_at,
+            ));
+        }
         let what = whole_answer_kind(&value);
         let error = ProxyError::UpstreamUnreachable(format!(
             "the upstream {provider} answered HTTP {} with one whole JSON body {what} to a \
@@ -491,7 +508,6 @@ fn whole_answer_kind(value: &serde_json::Value) -> String {
         .find_map(|key| value.get(*key).and_then(serde_json::Value::as_str));
     match named {
         Some(name) => format!("of type \"{}\"", clip(name, 40)),
-        None if value.is_null() => "not valid JSON".to_owned(),
         None => "of no known shape".to_owned(),
     }
 }

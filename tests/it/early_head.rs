@@ -785,6 +785,29 @@ async fn a_late_whole_answer_of_another_shape_ends_with_upstream_unreachable() {
     router.stop().await;
 }
 
+/// A late answer labelled JSON that is not JSON (an event stream under the wrong label) says
+/// so; it read "one whole JSON body not valid JSON ... (its usage is recorded)".
+#[tokio::test]
+async fn a_late_answer_labelled_json_that_is_not_json_says_so() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = router_for(&upstream, "").await;
+    let behavior = Behavior {
+        body: Some("data: {\"choices\":[]}\n\ndata: [DONE]\n\n".into()),
+        ..Default::default()
+    };
+    let text = late_answer(&upstream, stream_to(&router), behavior).await;
+    let event = only_event(&text);
+    assert_eq!(event["error"]["code"], "upstream_unreachable", "{event}");
+    let message = event["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains(
+            "with a body labelled JSON that is not JSON (an event stream under the wrong label?); the router had already begun the stream"
+        ),
+        "{message}"
+    );
+    router.stop().await;
+}
+
 /// A stream answered early whose upstream then refuses the `stream_options` the router added
 /// (a strict local server, slow to answer) is sent once more without them, and goes on in
 /// the stream already begun; a usage chunk the upstream sends unasked is the client's.
