@@ -220,6 +220,15 @@ pub fn given_by(
         .map_or(flag, |&(_, variable)| variable)
 }
 
+/// The flag on the command line that gives `variable`'s setting, if any: a `.env` line for
+/// the variable then sets nothing the command reads.
+pub fn flag_on_the_line_for(variable: &str, args: &[OsString]) -> Option<&'static str> {
+    FLAG_VARIABLES
+        .iter()
+        .find(|(flag, v)| *v == variable && on_the_line(args, flag))
+        .map(|&(flag, _)| flag)
+}
+
 /// Whether `flag` is on the command line (`--db x` or `--db=x`).
 fn on_the_line(args: &[OsString], flag: &str) -> bool {
     args.iter().skip(1).any(|a| {

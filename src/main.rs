@@ -1,6 +1,8 @@
 //! The `llmsrouter` binary: load `.env`, parse the command line, run the subcommand, own
 //! start-up errors (one line on stderr, non-zero exit) and shutdown.
 
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -30,6 +32,8 @@ use llmsrouter::users;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Taken before `.env` adds its own: what the real environment sets wins over `.env`.
+    let in_environment: HashSet<OsString> = std::env::vars_os().map(|(name, _)| name).collect();
     // Only the working directory's `.env`, not a parent directory's (another project's).
     let dotenv = llmsrouter::dotenv::load(Path::new(".env"));
     let cli = Cli::parse_or_exit();
@@ -38,7 +42,9 @@ fn main() -> ExitCode {
         Command::Models(_) | Command::Healthcheck(_) => "error",
         _ => "info",
     });
-    let dotenv_problems = dotenv_problems(&dotenv);
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let dotenv_problems =
+        dotenv_problems(&dotenv, &|key| given_anyway(key, &in_environment, &args));
     // `check` fails on them; the server logs them, and stops on those it cannot start
     // without; the other commands warn as they warn of anything else, one `warning:` line
     // each, not a log line.
@@ -97,11 +103,28 @@ struct DotenvProblem {
     stops_serve: bool,
 }
 
+/// What gives the router variable `key` its setting whatever `.env` says: its flag on the
+/// command line, or the real environment (which wins over `.env`), said as the end of a
+/// warning. `None` when `.env` was the only place for it.
+fn given_anyway(
+    key: &str,
+    in_environment: &HashSet<OsString>,
+    args: &[OsString],
+) -> Option<String> {
+    if let Some(flag) = llmsrouter::cli::flag_on_the_line_for(key, args) {
+        return Some(format!("{flag} on the command line gives this setting"));
+    }
+    in_environment
+        .contains(OsStr::new(key))
+        .then(|| format!("{key} is set in the environment, which wins over .env"))
+}
+
 /// What went wrong reading `.env`, one line each: `serve` and the other commands warn (as the
 /// Python version did, they go on without the lines) unless it [`DotenvProblem::stops_serve`];
-/// `check` fails on every one.
+/// `check` fails on every one. `given_anyway` is [`given_anyway`] for this run.
 fn dotenv_problems(
     loaded: &Result<llmsrouter::dotenv::Loaded, llmsrouter::dotenv::DotenvError>,
+    given_anyway: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<DotenvProblem> {
     let loaded = match loaded {
         Err(error) => {
@@ -128,28 +151,39 @@ fn dotenv_problems(
         text,
         stops_serve: false,
     };
-    let stops = |text: String| DotenvProblem {
-        text,
-        stops_serve: true,
+    // A setting the command line or the real environment gives anyway is no setting lost:
+    // the line is skipped with a warning, as any other.
+    let stops = |key: &str, text: String| match given_anyway(key) {
+        Some(giver) => DotenvProblem {
+            text: format!("{text}; the line is skipped, and {giver}"),
+            stops_serve: false,
+        },
+        None => DotenvProblem {
+            text: format!(
+                "{text}; skipping it would start the router without this setting: fix the line"
+            ),
+            stops_serve: true,
+        },
     };
-    const WITHOUT_IT: &str =
-        "skipping it would start the router without this setting: fix the line";
     let mut problems = Vec::new();
     for bad in &loaded.bad_lines {
         let before = problems.len();
         // Each line of the statement that sets one: a quote left open above
         // `ENABLE_ACCOUNT_MANAGEMENT=true` swallows that line into the skipped statement.
         for (line, key) in router_variables(bad.line) {
-            problems.push(stops(if line == bad.line {
-                format!(
-                    ".env line {line}: the line for {key} is not KEY=value (an unclosed quote, text after a closing quote, or ':' for '='?); {WITHOUT_IT}"
-                )
-            } else {
-                format!(
-                    ".env line {line}: the line for {key} is inside the statement that begins at line {}, which is skipped as a whole, lines {}-{} (an unclosed quote on line {}?); {WITHOUT_IT}",
-                    bad.line, bad.line, bad.last_line, bad.line
-                )
-            }));
+            problems.push(stops(
+                key,
+                if line == bad.line {
+                    format!(
+                        ".env line {line}: the line for {key} is not KEY=value (an unclosed quote, text after a closing quote, or ':' for '='?)"
+                    )
+                } else {
+                    format!(
+                        ".env line {line}: the line for {key} is inside the statement that begins at line {}, which is skipped as a whole, lines {}-{} (an unclosed quote on line {}?)",
+                        bad.line, bad.line, bad.last_line, bad.line
+                    )
+                },
+            ));
         }
         if problems.len() == before {
             problems.push(warning(bad.to_string()));
@@ -167,24 +201,33 @@ fn dotenv_problems(
     }));
     for (line, key) in &loaded.keys_without_value {
         if llmsrouter::env::read_by_router(key) {
-            problems.push(stops(format!(
-                ".env line {line}: the line for {key} sets nothing (no '=' after the name; ':' for '='?); {WITHOUT_IT}"
-            )));
+            problems.push(stops(
+                key,
+                format!(
+                    ".env line {line}: the line for {key} sets nothing (no '=' after the name; ':' for '='?)"
+                ),
+            ));
         }
     }
     for inside in &loaded.keys_inside_values {
         if llmsrouter::env::read_by_router(&inside.key) {
-            problems.push(stops(format!(
-                ".env line {}: the line for {} is inside the quoted value of {} that begins at line {} (a quote left open on line {}?); {WITHOUT_IT}",
-                inside.line, inside.key, inside.holder, inside.holder_line, inside.holder_line
-            )));
+            problems.push(stops(
+                &inside.key,
+                format!(
+                    ".env line {}: the line for {} is inside the quoted value of {} that begins at line {} (a quote left open on line {}?)",
+                    inside.line, inside.key, inside.holder, inside.holder_line, inside.holder_line
+                ),
+            ));
         }
     }
     for &line in &loaded.nul_lines {
         problems.push(match router_variables(line).next() {
-            Some((_, key)) => stops(format!(
-                ".env line {line}: the value of {key} holds a NUL byte, which no environment variable can hold; {WITHOUT_IT}"
-            )),
+            Some((_, key)) => stops(
+                key,
+                format!(
+                    ".env line {line}: the value of {key} holds a NUL byte, which no environment variable can hold"
+                ),
+            ),
             None => warning(format!(
                 ".env line {line}: the value holds a NUL byte, which no environment variable can hold; the line is skipped"
             )),

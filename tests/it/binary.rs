@@ -451,16 +451,48 @@ fn a_skipped_dot_env_line_for_a_router_variable_stops_serve_and_check() {
     ];
     for (text, expected) in cases {
         std::fs::write(dir.path().join(".env"), text).expect(".env");
-        for args in [
-            &["check"][..],
-            &["serve", "--host", "127.0.0.1", "--port", "0"],
-        ] {
+        // No `--host`: it would give LLMSROUTER_HOST's setting (see below).
+        for args in [&["check"][..], &["serve", "--port", "0"]] {
             let (code, _, stderr) = run_cli_bytes(dir.path(), args, &[]);
             assert_eq!(code, 1, "{args:?}: {stderr}");
             assert_eq!(stderr.trim(), format!("error: {expected}"), "{args:?}");
             assert!(!stderr.contains("hunter2"), "{stderr}");
         }
     }
+}
+
+/// A skipped `.env` line for a router variable that the command line or the real environment
+/// sets anyway loses no setting: `serve` warns of it, saying what gives the setting, and
+/// starts (it refused to, though python-dotenv's users had the setting); `check` still fails.
+#[tokio::test]
+async fn a_skipped_dot_env_line_for_a_setting_given_anyway_is_a_warning() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    std::fs::write(
+        dir.path().join(".env"),
+        "ENABLE_ACCOUNT_MANAGEMENT=\"true\nexport LLMSROUTER_HOST = '0.0.0.0'x\n",
+    )
+    .expect(".env");
+    let not_key_value = "is not KEY=value (an unclosed quote, text after a closing quote, or ':' for '='?); the line is skipped";
+    let accounts = format!(
+        ".env line 1: the line for ENABLE_ACCOUNT_MANAGEMENT {not_key_value}, and ENABLE_ACCOUNT_MANAGEMENT is set in the environment, which wins over .env"
+    );
+    let host = format!(
+        ".env line 2: the line for LLMSROUTER_HOST {not_key_value}, and --host on the command line gives this setting"
+    );
+    let env = [("ENABLE_ACCOUNT_MANAGEMENT", "true")];
+    let (code, _, stderr) = run_cli(dir.path(), &["check", "--host", "127.0.0.1"], &env);
+    assert_eq!(code, 2, "check takes no --host: {stderr}");
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &env);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("error: {accounts}\n")), "{stderr}");
+
+    let router = RouterProcess::start_in(dir, &env);
+    let response = router.chat(&json!({"model": "m", "messages": []})).await;
+    assert_eq!(response.status(), 401, "accounts on, from the environment");
+    let log = router.stderr();
+    assert!(log.contains(&accounts), "{log}");
+    assert!(log.contains(&host), "{log}");
 }
 
 #[tokio::test]
