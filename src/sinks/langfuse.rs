@@ -42,7 +42,7 @@ use crate::sinks::generation::{
 };
 use crate::sinks::loss::LossWarnings;
 use crate::sinks::otlp_http::{
-    OtlpTransport, Rejected, RejectedSlot, RetryPolicy, ShutdownDeadline, TransportError,
+    CauseSlot, OtlpTransport, Rejected, RejectedSlot, RetryPolicy, ShutdownDeadline, TransportError,
 };
 use crate::sinks::redact::Redactor;
 use crate::sinks::{BATCH_WINDOW, Batch, next_batch_until};
@@ -351,6 +351,18 @@ impl DestinationStats {
         self.warn_failed(now);
     }
 
+    /// The last warnings, before the exporter stops: every span lost so far is in one,
+    /// whether or not the interval has passed.
+    fn warn_losses_at_exit(&self) {
+        if let Ok(mut warnings) = self.drop_warnings.lock() {
+            warnings.closing();
+        }
+        if let Ok(mut warnings) = self.failure_warnings.lock() {
+            warnings.0.closing();
+        }
+        self.warn_losses(Instant::now());
+    }
+
     /// When [`Self::warn_losses`] should run next.
     fn next_loss_check(&self, now: Instant) -> Instant {
         let dropped = self
@@ -409,8 +421,22 @@ struct CountingExporter {
     inner: opentelemetry_otlp::SpanExporter,
     /// What the endpoint rejected of the latest export (its transport's).
     rejected: RejectedSlot,
+    /// Why the latest export failed without an answer (its transport's).
+    cause: CauseSlot,
     /// For the endpoint's message about rejected spans: it may quote them.
     redactor: Redactor,
+}
+
+/// The OTLP crate's error, with the transport's cause when it has one: the crate says only
+/// "network error" for every failure without an answer.
+fn failure_reason(error: &impl std::fmt::Display, cause: Option<String>) -> String {
+    match cause {
+        Some(cause) => {
+            let cause = cause.strip_prefix("OTLP export failed: ").unwrap_or(&cause);
+            format!("{error} ({cause})")
+        }
+        None => error.to_string(),
+    }
 }
 
 /// Most characters of an endpoint's message about rejected spans kept in the warning.
@@ -421,10 +447,13 @@ impl CountingExporter {
         let count = batch.spans.len();
         let result = self.inner.export(batch.spans).await;
         let rejected = self.rejected.lock().ok().and_then(|mut slot| slot.take());
+        let cause = self.cause.lock().ok().and_then(|mut slot| slot.take());
         self.stats.release(count, batch.bytes);
         match result {
             Ok(()) => self.count_accepted(count as u64, rejected),
-            Err(error) => self.stats.count_failed(count as u64, &error.to_string()),
+            Err(error) => self
+                .stats
+                .count_failed(count as u64, &failure_reason(&error, cause)),
         }
     }
 
@@ -540,13 +569,14 @@ impl LangfuseSink {
             // with its own transport, which tells it what the endpoint rejected).
             let pool = (0..EXPORTS_IN_FLIGHT)
                 .map(|_| {
-                    let (transport, rejected) = transport.for_one_exporter();
+                    let (transport, rejected, cause) = transport.for_one_exporter();
                     let transport: Arc<dyn HttpClient> = Arc::new(transport);
                     build_exporter(destination, &transport, &options, &resource).map(|inner| {
                         CountingExporter {
                             stats: destination_stats.clone(),
                             inner,
                             rejected,
+                            cause,
                             redactor: options.redactor.clone(),
                         }
                     })
@@ -759,6 +789,7 @@ impl RecordSink for LangfuseSink {
                 );
             }
             for stats in &self.stats {
+                stats.warn_losses_at_exit();
                 tracing::info!(
                     destination = stats.name,
                     exported = stats.exported(),

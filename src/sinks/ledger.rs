@@ -472,6 +472,8 @@ impl Writer {
             batch.clear();
             self.warn_failed(Instant::now());
         }
+        self.loss_warnings.closing();
+        self.warn_failed(Instant::now());
     }
 
     /// Writes one batch of rows, counted as written or failed.

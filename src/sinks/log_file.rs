@@ -440,6 +440,13 @@ impl LogFile {
         );
     }
 
+    /// The last warning, before the writer ends: every line lost so far is in one, whether
+    /// or not the interval has passed.
+    pub fn warn_lost_at_exit(&mut self) {
+        self.loss_warnings.closing();
+        self.warn_lost(Instant::now());
+    }
+
     /// When [`Self::warn_lost`] should run next.
     pub fn next_loss_check(&self, now: Instant) -> Instant {
         self.loss_warnings.next_check(self.stats.failed(), now)

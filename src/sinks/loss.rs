@@ -70,6 +70,13 @@ impl LossWarnings {
         Some(Unreported { new, total })
     }
 
+    /// The sink is stopping: the next [`Self::due`] gives its line whatever the interval, so
+    /// losses counted in the last interval (the last seconds of a shutdown flush, say) are in
+    /// a warning before the process ends, not only in the shutdown summary.
+    pub fn closing(&mut self) {
+        self.said_at = None;
+    }
+
     /// The total the last line gave (for tests).
     #[cfg(test)]
     pub fn said(&self) -> u64 {
@@ -114,6 +121,23 @@ mod tests {
         assert_eq!(warnings.due(87, t0 + Duration::from_secs(30)), None);
         let later = t0 + Duration::from_secs(30);
         assert_eq!(warnings.next_check(87, later), later + LOOK_AGAIN);
+    }
+
+    #[test]
+    fn losses_inside_the_last_interval_are_due_once_closing() {
+        let mut warnings = LossWarnings::every(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert!(warnings.due(10, t0).is_some());
+        let soon = t0 + Duration::from_secs(1);
+        assert_eq!(warnings.due(30, soon), None);
+        warnings.closing();
+        assert_eq!(
+            warnings.due(30, soon),
+            Some(Unreported { new: 20, total: 30 })
+        );
+        // Nothing more to say.
+        warnings.closing();
+        assert_eq!(warnings.due(30, soon), None);
     }
 
     #[test]

@@ -100,6 +100,12 @@ pub struct Rejected {
 /// exporter that sends through it (an exporter never has two exports under way).
 pub type RejectedSlot = Arc<Mutex<Option<Rejected>>>;
 
+/// Where a transport leaves why its latest export failed without an answer (the network
+/// error, said without URL or header), for the one exporter that sends through it: the
+/// OTLP crate replaces every such error with its own "network error", which told an
+/// operator nothing (a refused connection, a TLS problem and a timeout all read the same).
+pub type CauseSlot = Arc<Mutex<Option<String>>>;
+
 /// One OTLP/HTTP destination's transport. `Debug` shows the endpoint's name only.
 pub struct OtlpTransport {
     name: &'static str,
@@ -110,6 +116,7 @@ pub struct OtlpTransport {
     stopping: ShutdownDeadline,
     retries: Arc<AtomicU64>,
     rejected: RejectedSlot,
+    cause: CauseSlot,
 }
 
 impl std::fmt::Debug for OtlpTransport {
@@ -173,14 +180,16 @@ impl OtlpTransport {
             stopping,
             retries,
             rejected: RejectedSlot::default(),
+            cause: CauseSlot::default(),
         })
     }
 
     /// A transport for one more exporter: the same connections, headers and counters, its
-    /// own [`RejectedSlot`] (returned too), so that what an endpoint refused is counted
-    /// against the export it answered.
-    pub fn for_one_exporter(&self) -> (Self, RejectedSlot) {
+    /// own [`RejectedSlot`] and [`CauseSlot`] (returned too), so that what an endpoint
+    /// refused, or why an export failed, is told with the export it belongs to.
+    pub fn for_one_exporter(&self) -> (Self, RejectedSlot, CauseSlot) {
         let rejected = RejectedSlot::default();
+        let cause = CauseSlot::default();
         let transport = Self {
             name: self.name,
             client: self.client.clone(),
@@ -190,8 +199,9 @@ impl OtlpTransport {
             stopping: self.stopping.clone(),
             retries: self.retries.clone(),
             rejected: rejected.clone(),
+            cause: cause.clone(),
         };
-        (transport, rejected)
+        (transport, rejected, cause)
     }
 }
 
@@ -221,11 +231,20 @@ impl HttpClient for OtlpTransport {
         };
         // The request runs as a task on the runtime the transport was made in, whatever
         // polls the exporter's future (the HttpClient trait does not say); this only waits.
-        let response = self
+        let sent = self
             .runtime
             .spawn(send.run())
             .await
-            .map_err(|e| Box::new(e) as HttpError)??;
+            .map_err(|e| Box::new(e) as HttpError)?;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => {
+                if let Ok(mut slot) = self.cause.lock() {
+                    *slot = Some(error.to_string());
+                }
+                return Err(error);
+            }
+        };
         if response.status().is_success() {
             let content_type = response
                 .headers()

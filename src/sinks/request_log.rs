@@ -220,6 +220,7 @@ impl Writer {
             self.file.warn_lost(Instant::now());
         }
         self.pending.write(&mut self.file);
+        self.file.warn_lost_at_exit();
     }
 
     /// Adds `record`'s line to what the next `write()` holds. A line goes to the file of the

@@ -206,3 +206,54 @@ async fn a_warning_due_after_the_log_works_again_says_the_loss_is_over() {
     router.terminate();
     assert!(router.wait_exit(Duration::from_secs(30)).await.success());
 }
+
+/// Losses within the last warning interval before the router stops are in a warning before
+/// it exits, not only in the shutdown summary (an INFO line, gone at `RUST_LOG=warn`): two
+/// request log lines lost to a full disk, the second within the interval of the first; and a
+/// span export that fails without an answer says why (the OTLP crate says only "network
+/// error"; a refused connection and a TLS problem read the same).
+#[tokio::test]
+async fn losses_of_the_last_interval_are_warned_of_before_exit_and_network_errors_say_why() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let mut router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[
+            ("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY),
+            ("LANGFUSE_SECRET_KEY", SECRET_KEY),
+            ("LANGFUSE_HOST", &format!("http://127.0.0.1:{closed}")),
+            ("OTEL_BSP_SCHEDULE_DELAY", "20"),
+            ("LLMSROUTER_LOG_FILE", "/dev/full"),
+            ("LLMSROUTER_LEDGER", "false"),
+            ("LLMSROUTER_TEST_WARNING_INTERVAL_MS", "600000"),
+        ],
+    );
+    let lines = "llmsrouter_request_log_lines_failed_total";
+    for n in 1..=2 {
+        lose_one(&router, lines, n).await;
+    }
+    router.terminate();
+    assert!(router.wait_exit(Duration::from_secs(40)).await.success());
+    let log = router.stderr();
+    assert_eq!(
+        last_total(&log, "request log: cannot write", "failed"),
+        Some(2),
+        "{log}"
+    );
+    assert_eq!(
+        last_total(&log, "trace export failed", "failed"),
+        Some(2),
+        "{log}"
+    );
+    let export_failure = log
+        .lines()
+        .rfind(|l| l.contains("trace export failed"))
+        .unwrap_or_default();
+    assert!(
+        export_failure.contains("Connection refused"),
+        "{export_failure}"
+    );
+}
