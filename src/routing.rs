@@ -246,7 +246,8 @@ pub enum ModelRef<'m> {
 }
 
 /// Splits `[prefix]name`. A URL prefix may itself hold brackets (`[http://[::1]:8080]m`): the
-/// prefix ends at the first `]` after which the text so far is a well-formed URL.
+/// prefix ends at the first `]` after which the text so far is a well-formed URL, with user
+/// info or not (a `?proxy=` request's prefix is not checked as a target).
 pub fn parse_model(model: &str) -> Result<ModelRef<'_>, ProxyError> {
     if model.is_empty() {
         return Err(ProxyError::InvalidRequest("\"model\" is empty".into()));
@@ -258,7 +259,7 @@ pub fn parse_model(model: &str) -> Result<ModelRef<'_>, ProxyError> {
         inner
             .match_indices(']')
             .map(|(i, _)| i)
-            .find(|&i| url_target_base(&inner[..i]).is_ok())
+            .find(|&i| well_formed(&inner[..i]).is_ok())
             .or_else(|| inner.find(']'))
     } else {
         inner.find(']')
@@ -334,12 +335,14 @@ pub fn url_query_secrets<'a>(target: &'a Target<'_>, model: &'a str) -> Vec<Cow<
     out
 }
 
+/// Whether `text` starts as a URL target does: `http:` or `https:`, either case. No alias
+/// holds a `:`, so a prefix that starts so is a URL, well-formed or not.
 fn is_url(text: &str) -> bool {
     let starts = |scheme: &str| {
         text.get(..scheme.len())
             .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
     };
-    starts("http://") || starts("https://")
+    starts("http:") || starts("https:")
 }
 
 /// [`url_target_base`], plus the base parsed (query included) for building request URLs.
@@ -350,17 +353,44 @@ fn url_target(text: &str) -> Result<(String, Option<String>, url::Url), String> 
     Ok((base_url, query, base))
 }
 
-/// Validates a URL target and returns `(base without trailing '/' or query, query)`.
-/// A URL with no path gets `/v1`, as the openai SDK's default base URL has.
-pub fn url_target_base(text: &str) -> Result<(String, Option<String>), String> {
+/// Checks that `text` is an http(s) URL with a host written as such, and returns it parsed
+/// with its authority as written (`user@host:port`). The url crate reads URLs as browsers do
+/// (WHATWG): `http:/h`, `http:h` and `http:\\h` as `http://h`, `http:///v1` as host `v1`,
+/// `http://h\v1` as path `/v1`; a target that is not written `http(s)://host` is refused
+/// rather than guessed at (`http:///v1` went to a host named `v1`). Leading and trailing
+/// white space and control characters are ignored, as the url crate ignores them.
+fn well_formed(text: &str) -> Result<(url::Url, &str), String> {
+    let text = text.trim_matches(|c: char| c <= ' ');
     let parsed = url::Url::parse(text).map_err(|e| format!("not a valid URL ({e})"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err("only http and https URLs can be targets".to_owned());
     }
+    let authority = ["http://", "https://"].into_iter().find_map(|scheme| {
+        let rest = text
+            .get(..scheme.len())
+            .filter(|start| start.eq_ignore_ascii_case(scheme))
+            .map(|_| &text[scheme.len()..])?;
+        Some(&rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())])
+    });
+    let Some(authority) = authority.filter(|a| !a.is_empty() && !a.starts_with('\\')) else {
+        return Err("the URL has no host: write http://host or https://host".to_owned());
+    };
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("the URL has no host".to_owned());
     }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
+    if authority.contains(|c: char| c == '\\' || c.is_whitespace() || c.is_control()) {
+        return Err(
+            "a backslash, white space or a control character in the URL's host part".to_owned(),
+        );
+    }
+    Ok((parsed, authority))
+}
+
+/// Validates a URL target and returns `(base without trailing '/' or query, query)`.
+/// A URL with no path gets `/v1`, as the openai SDK's default base URL has.
+pub fn url_target_base(text: &str) -> Result<(String, Option<String>), String> {
+    let (parsed, authority) = well_formed(text)?;
+    if authority.contains('@') || !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(
             "credentials in the URL are not accepted; send an Authorization header".to_owned(),
         );
@@ -626,10 +656,55 @@ servers:
             "not a url",
             "",
             "http://user:pw@h.com",
+            "http://@h.com",
+            "http://h.com\\@evil.com",
         ] {
             let err = resolve(Some(bad), "m", &c, &Lookup::none()).expect_err(bad);
             assert_eq!(err.code(), "invalid_request", "{bad}");
         }
+    }
+
+    /// The url crate reads these as browsers do (`http:///v1` as host `v1`, `http:/h` as
+    /// `http://h`): a target must be written `http(s)://host`, in the query or a prefix.
+    #[test]
+    fn a_url_target_without_a_written_host_is_400() {
+        let c = config();
+        for bad in [
+            "http:///v1",
+            "http:///127.0.0.1:8080/v1",
+            "HTTPS:///v1",
+            "http:/127.0.0.1:8080/v1",
+            "http:127.0.0.1:8080/v1",
+            "http:\\\\127.0.0.1:8080\\v1",
+            "http://\\h/v1",
+            "http://h\\v1",
+            "http://h\\:8080/v1",
+            "http://\n/v1",
+            "http://h\t.com/v1",
+        ] {
+            let err = resolve(Some(bad), "m", &c, &Lookup::none()).expect_err(bad);
+            assert_eq!(err.code(), "invalid_request", "{bad}");
+            let msg = err.to_string();
+            assert!(msg.starts_with("bad proxy URL"), "{msg}");
+            let prefixed = format!("[{bad}]m");
+            let err = resolve(None, &prefixed, &c, &Lookup::none()).expect_err(bad);
+            assert_eq!(err.code(), "invalid_request", "{bad}");
+            assert!(
+                err.to_string().starts_with("bad URL in model prefix"),
+                "{err}"
+            );
+        }
+        for no_host in ["http:///v1", "http:/h/v1", "http:h", "Http:\\\\h"] {
+            let msg = resolve(Some(no_host), "m", &c, &Lookup::none())
+                .expect_err(no_host)
+                .to_string();
+            assert!(msg.contains("the URL has no host"), "{msg}");
+        }
+        // What the url crate leaves out around a URL is still left out.
+        let t = resolve_ok(Some(" https://h.com/v1\n"), "m", &c);
+        assert_eq!(t.base_url, "https://h.com/v1");
+        let t = resolve_ok(Some("HTTPS://H.com"), "m", &c);
+        assert_eq!(t.base_url, "https://h.com/v1");
     }
 
     #[test]

@@ -153,6 +153,73 @@ async fn bad_input_gets_a_4xx_in_openai_shape_and_the_server_keeps_serving() {
     router.stop().await;
 }
 
+/// `?proxy=` as a query value: every character that is not a letter or digit encoded.
+fn proxy_query(target: &str) -> String {
+    let value: String = url::form_urlencoded::byte_serialize(target.as_bytes()).collect();
+    format!("/v1/chat/completions?proxy={value}")
+}
+
+/// Posts a chat request with `model` to `path`, which must be refused with 400
+/// `invalid_request`; returns the message.
+async fn refused_400(router: &TestRouter, path: &str, model: &str) -> String {
+    let body = json!({"model": model, "messages": []});
+    let response = client()
+        .post(router.url(path))
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let (status, error) = error_of(response).await;
+    assert_eq!(status, 400, "{path} {model}: {error}");
+    assert_eq!(error["error"]["code"], "invalid_request", "{error}");
+    error["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// None of the requests so far was recorded: the first record is the next one's.
+async fn assert_none_recorded(router: &TestRouter) {
+    let response = router
+        .chat(&json!({"model": "[mock]m1", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.requested_model, "[mock]m1");
+    assert_eq!(router.records.all().len(), 1);
+}
+
+/// A URL target must be written `http(s)://host`: the url crate reads URLs as browsers do,
+/// `http:///v1` as the host `v1` (a DNS error recorded with provider `v1`) and `http:/host`
+/// or `http:///host` as `http://host` (which went upstream). Refused with 400 in the query
+/// and in a `[URL]` prefix; nothing is sent or recorded.
+#[tokio::test]
+async fn a_url_target_without_a_written_host_is_400() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let host = upstream.origin().replace("http://", "");
+    let targets = [
+        "http:///v1".to_owned(),
+        format!("http:///{host}/v1"),
+        format!("http:/{host}/v1"),
+        format!("http:{host}/v1"),
+        format!("HTTP:\\\\{host}\\v1"),
+        format!("http://{host}\\v1"),
+    ];
+    for target in &targets {
+        let message = refused_400(&router, &proxy_query(target), "m1").await;
+        assert!(message.starts_with("bad proxy URL"), "{message}");
+        let prefixed = format!("[{target}]m1");
+        let message = refused_400(&router, "/v1/chat/completions", &prefixed).await;
+        assert!(message.starts_with("bad URL in model prefix"), "{message}");
+    }
+    let message = refused_400(&router, &proxy_query("http:///v1"), "m1").await;
+    assert!(message.contains("the URL has no host"), "{message}");
+    assert_eq!(upstream.count(), 0, "nothing went upstream");
+    assert_none_recorded(&router).await;
+    router.stop().await;
+}
+
 /// A client writes its whole body before it reads the answer, so the router reads an
 /// oversized body to its end before it answers 413; answering and closing mid-body left the
 /// client with a broken pipe instead of the 413 (a race the 413 case above lost on CI).
