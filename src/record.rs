@@ -144,9 +144,10 @@ pub struct RequestRecord {
     pub answered_whole: bool,
     /// What this request itself carried that no record may show: every credential the client
     /// sent (`Authorization` whatever its scheme, `x-api-key`: a URL target's upstream key, a
-    /// user's router key) and a URL target's query (see `routing::url_query_secrets`). Kept
-    /// only so sinks can redact them wherever they might be echoed (an upstream error
-    /// message, a body, the logged request's `model`); never written anywhere.
+    /// user's router key), a URL target's query and a URL prefix's user info (see
+    /// `routing::url_target_secrets`). Kept only so sinks can redact them wherever they might
+    /// be echoed (an upstream error message, a body, the logged request's `model`); never
+    /// written anywhere.
     pub secrets: Vec<Secret>,
     /// The bodies were left out because records in flight held more than the recorder's body
     /// budget (see [`BODY_BUDGET`]); usage and every other field are still here.

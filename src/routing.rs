@@ -246,8 +246,9 @@ pub enum ModelRef<'m> {
 }
 
 /// Splits `[prefix]name`. A URL prefix may itself hold brackets (`[http://[::1]:8080]m`): the
-/// prefix ends at the first `]` after which the text so far is a well-formed URL, with user
-/// info or not (a `?proxy=` request's prefix is not checked as a target).
+/// prefix ends at the first `]` after which the text so far is a well-formed URL (with user
+/// info or not: a `?proxy=` request's prefix is not checked, yet its record must know where
+/// the user info is).
 pub fn parse_model(model: &str) -> Result<ModelRef<'_>, ProxyError> {
     if model.is_empty() {
         return Err(ProxyError::InvalidRequest("\"model\" is empty".into()));
@@ -289,33 +290,45 @@ pub fn parse_model(model: &str) -> Result<ModelRef<'_>, ProxyError> {
     Ok(ModelRef::Prefixed { prefix, name })
 }
 
-/// The model name as records (log, ledger, traces) show it: a URL prefix's query, which may
-/// carry a key (`[https://host/v1?key=...]model`), is replaced by `?[redacted]`.
+/// The model name as records (log, ledger, traces) show it: a URL prefix's user info and
+/// query, which may carry a password or a key (`[https://user:pw@host/v1?key=...]model`),
+/// are replaced by `[redacted]` and `?[redacted]`. A URL target refuses user info, but with
+/// `?proxy=` the prefix names no target and is not checked: the record still shows it.
 pub fn model_for_records(model: &str) -> Cow<'_, str> {
     let Ok(ModelRef::Prefixed { prefix, name }) = parse_model(model) else {
         return Cow::Borrowed(model);
     };
-    match prefix.split_once('?') {
-        Some((base, _)) if is_url(prefix) => Cow::Owned(format!("[{base}?[redacted]]{name}")),
-        _ => Cow::Borrowed(model),
+    if !is_url(prefix) {
+        return Cow::Borrowed(model);
+    }
+    let shown = without_userinfo(prefix);
+    // The user info ends before the first `?` (see [`userinfo`]): that `?` is the query's.
+    let shown = match shown.split_once('?') {
+        Some((base, _)) => Cow::Owned(format!("{base}?[redacted]")),
+        None => shown,
+    };
+    match shown {
+        Cow::Borrowed(_) => Cow::Borrowed(model),
+        Cow::Owned(shown) => Cow::Owned(format!("[{shown}]{name}")),
     }
 }
 
-/// What of a URL target's query no record may show (it may carry a key), in each form a
-/// record might hold it: the query as the model text writes it (so the logged request body
-/// reads `?[redacted]`, as [`model_for_records`] does), as it went upstream, and each
-/// parameter's value, also percent-decoded (an upstream may quote just the key). Empty for
-/// other targets.
-pub fn url_query_secrets<'a>(target: &'a Target<'_>, model: &'a str) -> Vec<Cow<'a, str>> {
+/// What of a URL target no record may show (it may carry a key or a password), in each form
+/// a record might hold it: a URL prefix's query as the model text writes it (so the logged
+/// request body reads `?[redacted]`, as [`model_for_records`] does), the target's query as it
+/// went upstream, and each parameter's value, also percent-decoded (an upstream may quote
+/// just the key); and a URL prefix's user info (which only a `?proxy=` request gets past
+/// the router: its prefix names no target), whole and in parts, also percent-decoded.
+/// Empty for other targets.
+pub fn url_target_secrets<'a>(target: &'a Target<'_>, model: &'a str) -> Vec<Cow<'a, str>> {
     if !target.mode.is_url_target() {
         return Vec::new();
     }
-    let in_model = match parse_model(model) {
-        Ok(ModelRef::Prefixed { prefix, .. }) if is_url(prefix) => {
-            prefix.split_once('?').map(|(_, query)| query)
-        }
+    let prefix = match parse_model(model) {
+        Ok(ModelRef::Prefixed { prefix, .. }) if is_url(prefix) => Some(prefix),
         _ => None,
     };
+    let in_model = prefix.and_then(|prefix| prefix.split_once('?').map(|(_, query)| query));
     let mut out = Vec::new();
     for query in in_model.into_iter().chain(target.base_query.as_deref()) {
         out.push(Cow::Borrowed(query));
@@ -325,14 +338,71 @@ pub fn url_query_secrets<'a>(target: &'a Target<'_>, model: &'a str) -> Vec<Cow<
         {
             let value = value.1;
             out.push(Cow::Borrowed(value));
-            if let Ok(Cow::Owned(decoded)) =
-                percent_encoding::percent_decode_str(value).decode_utf8()
-            {
-                out.push(Cow::Owned(decoded));
-            }
+            out.extend(percent_decoded(value));
         }
     }
+    if let Some(prefix) = prefix {
+        userinfo_secrets(prefix, &mut out);
+    }
     out
+}
+
+/// The user info of `prefix` ([`userinfo`]) as [`url_target_secrets`] lists it: whole, its
+/// user and password, each also percent-decoded. One too short to be redacted on its own
+/// (`u:pw`) goes also with the host after it, so the logged body shows neither.
+fn userinfo_secrets<'a>(prefix: &'a str, out: &mut Vec<Cow<'a, str>>) {
+    let Some(range) = userinfo(prefix) else {
+        return;
+    };
+    let info = &prefix[range.clone()];
+    let (user, password) = info.split_once(':').unwrap_or(("", ""));
+    for part in [info, user, password].into_iter().filter(|p| !p.is_empty()) {
+        out.push(Cow::Borrowed(part));
+        out.extend(percent_decoded(part));
+    }
+    if info.len() < crate::sinks::redact::MIN_SECRET_LEN {
+        let rest = &prefix[range.end..];
+        let end = range.end + rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        out.push(Cow::Borrowed(&prefix[range.start..end]));
+    }
+}
+
+/// `text` percent-decoded, when that changes it.
+fn percent_decoded(text: &str) -> Option<Cow<'static, str>> {
+    match percent_encoding::percent_decode_str(text).decode_utf8() {
+        Ok(Cow::Owned(decoded)) => Some(Cow::Owned(decoded)),
+        _ => None,
+    }
+}
+
+/// `text` with the user info of the URL it holds ([`userinfo`]) replaced by `[redacted]`:
+/// how a record quotes a URL the client sent.
+fn without_userinfo(text: &str) -> Cow<'_, str> {
+    match userinfo(text) {
+        Some(range) => Cow::Owned(format!(
+            "{}[redacted]{}",
+            &text[..range.start],
+            &text[range.end..]
+        )),
+        None => Cow::Borrowed(text),
+    }
+}
+
+/// Where the user info (`user:password`, or a token) of the URL in `text` is: from after the
+/// scheme and its slashes (or backslashes, however many) to the last `@` before the path,
+/// query or fragment. In text that is no well-formed URL (`http://u:p/ss@host`, a password
+/// with a `/` in it) the user info may reach further: to the last `@` before the query.
+fn userinfo(text: &str) -> Option<std::ops::Range<usize>> {
+    let scheme = text.find(':')?;
+    let rest = &text[scheme + 1..];
+    let start = scheme + 1 + (rest.len() - rest.trim_start_matches(['/', '\\']).len());
+    let rest = &text[start..];
+    let before = |ends: &[char]| &rest[..rest.find(ends).unwrap_or(rest.len())];
+    let at = before(&['/', '?', '#'][..]).rfind('@').or_else(|| {
+        let wider = before(&['?', '#'][..]).rfind('@')?;
+        well_formed(text).is_err().then_some(wider)
+    })?;
+    Some(start..start + at)
 }
 
 /// Whether `text` starts as a URL target does: `http:` or `https:`, either case. No alias
@@ -849,12 +919,39 @@ servers:
         assert_eq!(model_for_records("plain"), "plain");
     }
 
+    /// A URL prefix with user info is refused as a target, but with `?proxy=` the prefix
+    /// names none and the request goes through: its record never shows the user info.
+    #[test]
+    fn records_never_show_a_url_prefixs_user_info() {
+        for (model, shown) in [
+            (
+                "[http://u:secretpw99@127.0.0.1:1/v1]m1",
+                "[http://[redacted]@127.0.0.1:1/v1]m1",
+            ),
+            (
+                "[http://tok_abcdefgh12345@h.com/v1?key=sk-1]m1",
+                "[http://[redacted]@h.com/v1?[redacted]]m1",
+            ),
+            (
+                "[HTTPS://u%3Ap:p%40ss@[::1]:8080/v1]m",
+                "[HTTPS://[redacted]@[::1]:8080/v1]m",
+            ),
+            ("[http://u:p/ss@h.com/v1]m", "[http://[redacted]@h.com/v1]m"),
+            ("[http:/u:pw@h.com]m", "[http:/[redacted]@h.com]m"),
+            // An `@` in a well-formed URL's path is no user info.
+            ("[https://h.com/v1/@org]m", "[https://h.com/v1/@org]m"),
+            ("[http://[::1]:8080/v1]m", "[http://[::1]:8080/v1]m"),
+        ] {
+            assert_eq!(model_for_records(model), shown, "{model}");
+        }
+    }
+
     #[test]
     fn a_url_targets_query_is_a_secret_of_its_request() {
         let config = config();
         let secrets = |proxy: Option<&str>, model: &str| {
             let target = resolve_ok(proxy, model, &config);
-            url_query_secrets(&target, model)
+            url_target_secrets(&target, model)
                 .into_iter()
                 .map(Cow::into_owned)
                 .collect::<Vec<_>>()
@@ -884,6 +981,41 @@ servers:
         assert!(secrets(None, "[https://h.com/v1]m").is_empty());
         assert!(secrets(None, "[openrouter]a?key=b").is_empty());
         assert!(secrets(Some("https://h.com/v1"), "[x?y=z]m").is_empty());
+    }
+
+    /// A URL prefix's user info gets past the router only under `?proxy=`: it is a secret
+    /// of the request, whole and in parts, as written and percent-decoded.
+    #[test]
+    fn a_url_prefixs_user_info_is_a_secret_of_its_request() {
+        let config = config();
+        let secrets = |model: &str| {
+            let target = resolve_ok(Some("https://h.com/v1"), model, &config);
+            url_target_secrets(&target, model)
+                .into_iter()
+                .map(Cow::into_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            secrets("[http://user:pw%2Dsecret1@127.0.0.1:1/v1]m"),
+            [
+                "user:pw%2Dsecret1",
+                "user:pw-secret1",
+                "user",
+                "pw%2Dsecret1",
+                "pw-secret1"
+            ]
+        );
+        assert_eq!(
+            secrets("[https://tok_abcdefgh12345@h.com/v1?k=v]m"),
+            ["k=v", "v", "tok_abcdefgh12345"]
+        );
+        // Too short to be redacted alone: with its host, the logged body shows neither.
+        assert_eq!(
+            secrets("[http://u:pw@127.0.0.1:1/v1]m"),
+            ["u:pw", "u", "pw", "u:pw@127.0.0.1:1"]
+        );
+        let target = resolve_ok(None, "[openrouter]m", &config);
+        assert!(url_target_secrets(&target, "[http://u:pw@h]m").is_empty());
     }
 
     #[test]

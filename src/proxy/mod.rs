@@ -676,7 +676,7 @@ async fn forward_read<V: ReadBody>(
         );
         // Only for redaction in the sinks (an upstream may echo them in an error).
         let credentials = crate::auth::presented_credentials(request.fields).map(Cow::Borrowed);
-        let query = routing::url_query_secrets(&target, model);
+        let query = routing::url_target_secrets(&target, model);
         record.secrets = credentials
             .chain(query)
             .filter(|s| s.len() >= MIN_SECRET_LEN)

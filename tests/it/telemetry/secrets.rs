@@ -487,6 +487,74 @@ async fn a_url_targets_query_is_redacted_from_every_record() {
     written.assert_absent(PROXY_KEY);
 }
 
+/// A URL prefix's user info (`[http://user:password@host/v1]model`) is refused as a target,
+/// but under `?proxy=` the prefix names none and the request goes through: no record shows
+/// the user info, as written or percent-decoded; the model reads `[http://[redacted]@...]`.
+#[tokio::test]
+async fn a_url_prefixs_user_info_under_proxy_is_redacted_from_every_record() {
+    const PASSWORD: &str = "PSECRET-cccccccccc";
+    const TOKEN: &str = "tok_UISECRET-dddddddddd";
+    const ENCODED: &str = "ESECRET%2Deeeeeeeeee";
+    const DECODED: &str = "ESECRET-eeeeeeeeee";
+    const QUERY_KEY: &str = "QSECRET-ffffffffff";
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
+    let origin = upstream.origin();
+    let host = origin.replace("http://", "");
+    let url = sinks
+        .router
+        .url(&format!("/v1/chat/completions?proxy={origin}/v1"));
+    let models = [
+        format!("[http://u:{PASSWORD}@{host}/v1]m1"),
+        format!("[http://{TOKEN}@{host}/v1]m1"),
+        format!("[http://user:{ENCODED}@{host}/v1?key={QUERY_KEY}]m1"),
+    ];
+    let mut ids = Vec::new();
+    for model in &models {
+        let body = json!({"model": model, "temperature": 0.2, "messages": [{"role": "user", "content": "hi"}]});
+        let response = client().post(&url).json(&body).send().await.expect("send");
+        assert_eq!(response.status(), 200, "{model}");
+        ids.push(super::request_id(&response));
+        assert_eq!(upstream.last().json()["model"], "m1", "?proxy= wins");
+    }
+
+    let (written, records) = sinks.finish(models.len()).await;
+    // The records held each secret, so the scan below can fail.
+    for secret in [PASSWORD, TOKEN, ENCODED] {
+        assert!(
+            records
+                .iter()
+                .any(|r| memchr::memmem::find(&r.request_body, secret.as_bytes()).is_some()),
+            "{secret}"
+        );
+    }
+    let shown = [
+        format!("[http://[redacted]@{host}/v1]m1"),
+        format!("[http://[redacted]@{host}/v1]m1"),
+        format!("[http://[redacted]@{host}/v1?[redacted]]m1"),
+    ];
+    for (id, shown) in ids.iter().zip(&shown) {
+        let line: serde_json::Value = written
+            .log
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+            .find(|l| l["request_id"] == id.as_str())
+            .expect("the request's line");
+        assert_eq!(line["model"], shown.as_str());
+        assert_eq!(line["request"]["model"], shown.as_str());
+        assert_eq!(line["request"]["temperature"], 0.2);
+    }
+    let records: Vec<&str> = records.iter().map(|r| r.requested_model.as_str()).collect();
+    assert_eq!(
+        records,
+        shown.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(written.spans.len(), models.len());
+    for secret in [PASSWORD, TOKEN, ENCODED, DECODED, QUERY_KEY] {
+        written.assert_absent(secret);
+    }
+}
+
 /// The credentials written into a configured server's `url` (user info, which goes upstream
 /// as `Authorization: Basic ...`, and a `?key=` query) are secrets like an `api_key`: an
 /// upstream echoing them gets them neither to the client nor into any record.
