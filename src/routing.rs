@@ -112,7 +112,7 @@ pub fn resolve<'c>(
         let (base_url, base_query, base) = url_target(proxy).map_err(|reason| {
             ProxyError::InvalidRequest(format!(
                 "bad proxy URL \"{}\": {reason}",
-                clip(proxy, MODEL_IN_MESSAGE)
+                clip(&without_userinfo(proxy), MODEL_IN_MESSAGE)
             ))
         })?;
         return Ok(Target {
@@ -130,7 +130,7 @@ pub fn resolve<'c>(
             let (base_url, base_query, base) = url_target(prefix).map_err(|reason| {
                 ProxyError::InvalidRequest(format!(
                     "bad URL in model prefix \"[{}]\": {reason}",
-                    clip(prefix, MODEL_IN_MESSAGE)
+                    clip(&without_userinfo(prefix), MODEL_IN_MESSAGE)
                 ))
             })?;
             Ok(Target {
@@ -376,7 +376,7 @@ fn percent_decoded(text: &str) -> Option<Cow<'static, str>> {
 }
 
 /// `text` with the user info of the URL it holds ([`userinfo`]) replaced by `[redacted]`:
-/// how a record quotes a URL the client sent.
+/// how an error message or a record quotes a URL the client sent.
 fn without_userinfo(text: &str) -> Cow<'_, str> {
     match userinfo(text) {
         Some(range) => Cow::Owned(format!(
@@ -775,6 +775,47 @@ servers:
         assert_eq!(t.base_url, "https://h.com/v1");
         let t = resolve_ok(Some("HTTPS://H.com"), "m", &c);
         assert_eq!(t.base_url, "https://h.com/v1");
+    }
+
+    /// A 400 quotes the URL it refuses, but never the user info in it, however written.
+    #[test]
+    fn a_refused_urls_credentials_are_not_quoted() {
+        let c = config();
+        let long = format!("http://user:{}@h.com/v1", "x".repeat(300));
+        for (bad, shown) in [
+            (
+                "http://user@x:p@ss@127.0.0.1:21001/v1",
+                "http://[redacted]@127.0.0.1:21001/v1",
+            ),
+            (
+                "https://tok_abcdefgh12345@h.com",
+                "https://[redacted]@h.com",
+            ),
+            ("http://u:p/ss@h.com/v1", "http://[redacted]@h.com/v1"),
+            ("http:/u:p@ss@h.com/v1", "http:/[redacted]@h.com/v1"),
+            ("http://u:p@ss@h.com:x/v1", "http://[redacted]@h.com:x/v1"),
+            (long.as_str(), "http://[redacted]@h.com/v1"),
+        ] {
+            let msg = resolve(Some(bad), "m", &c, &Lookup::none())
+                .expect_err(bad)
+                .to_string();
+            assert!(msg.contains(&format!("\"{shown}\"")), "{msg}");
+            assert!(
+                !msg.contains("p@ss") && !msg.contains("ss@") && !msg.contains("xxx"),
+                "{msg}"
+            );
+            let msg = resolve(None, &format!("[{bad}]m"), &c, &Lookup::none())
+                .expect_err(bad)
+                .to_string();
+            assert!(msg.contains(&format!("\"[{shown}]\"")), "{msg}");
+        }
+        let msg = resolve(Some("http://user:pw@h.com"), "m", &c, &Lookup::none())
+            .expect_err("credentials")
+            .to_string();
+        assert!(
+            msg.contains("credentials in the URL are not accepted"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -220,6 +220,36 @@ async fn a_url_target_without_a_written_host_is_400() {
     router.stop().await;
 }
 
+/// A URL target with user info is refused, and the 400 quotes the URL without it (the
+/// `?proxy=` value percent-decoded, as the router read it).
+#[tokio::test]
+async fn a_refused_url_target_is_quoted_without_its_credentials() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let host = upstream.origin().replace("http://", "");
+    let with_credentials = format!("http://user@x:p@ss-word@{host}/v1");
+    let shown = format!("http://[redacted]@{host}/v1");
+    let prefixed = format!("[{with_credentials}]m1");
+    for (path, model) in [
+        (proxy_query(&with_credentials), "m1"),
+        ("/v1/chat/completions".to_owned(), prefixed.as_str()),
+    ] {
+        let message = refused_400(&router, &path, model).await;
+        assert!(message.contains(&shown), "{message}");
+        assert!(
+            message.contains("credentials in the URL are not accepted"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("ss-word") && !message.contains("user"),
+            "{message}"
+        );
+    }
+    assert_eq!(upstream.count(), 0, "nothing went upstream");
+    assert_none_recorded(&router).await;
+    router.stop().await;
+}
+
 /// A client writes its whole body before it reads the answer, so the router reads an
 /// oversized body to its end before it answers 413; answering and closing mid-body left the
 /// client with a broken pipe instead of the 413 (a race the 413 case above lost on CI).
