@@ -958,14 +958,17 @@ async fn a_read_only_python_users_db_is_read_as_it_is() {
         );
         tokio::task::yield_now().await;
     }
-    // Logged as what it is, once, and not followed by a warning that the previous users stay
-    // in force (they do not). A passing lock while the CLI converts the file may be warned of
-    // before it, truly: the previous users did stay then.
+    // Logged as what it is, at most once, and not followed by a warning that the previous
+    // users stay in force (they do not). A passing lock while the CLI converts the file may
+    // be warned of before it, truly: the previous users did stay then. Whether the refusal
+    // comes at all depends on when the router looks: while the CLI holds the file open (its
+    // -wal and -shm there), and at times after, SQLite lets the reader read the rotated users,
+    // which refuse the old key as well.
     router.terminate();
     router.wait_exit(std::time::Duration::from_secs(20)).await;
     let said = router.stderr();
     let refusal = "the users database changed and cannot be read (attempt to write a readonly database); every key is refused until it can be";
-    assert_eq!(said.matches(refusal).count(), 1, "{said}");
+    assert!(said.matches(refusal).count() <= 1, "{said}");
     let after = said.split(refusal).nth(1).unwrap_or_default();
     assert!(
         !after.contains("the previous users stay in force"),
