@@ -10,9 +10,10 @@
 //! `std::env::set_var` is unsafe in edition 2024; each value is handed to dotenvy quoted in
 //! a form its parser reads back exactly.
 //!
-//! The grammar, as python-dotenv 1.2's parser has it: blank lines and `#` comments are
-//! skipped; `[export ]KEY[ ]=[ ]VALUE[ # comment]`; a key is `'quoted'` or runs to `=`, `#` or
-//! white space; a value is `'single-quoted'` (`\\` and `\'` decoded), `"double-quoted"`
+//! The grammar, as python-dotenv 1.2's parser has it, on the text as Python reads a file
+//! (`\r\n` and a lone `\r` become `\n`): blank lines and `#` comments are skipped;
+//! `[export ]KEY[ ]=[ ]VALUE[ # comment]`; a key is `'quoted'` or runs to `=`, `#` or white
+//! space; a value is `'single-quoted'` (`\\` and `\'` decoded), `"double-quoted"`
 //! (`\\`, `\'`, `\"`, `\a`, `\b`, `\f`, `\n`, `\r`, `\t`, `\v` decoded), both possibly
 //! spanning lines, a backslash in them always taking the next character along; or unquoted
 //! to the end of the line, less a ` #comment` and trailing white space (`KEY= #x` is empty,
@@ -280,8 +281,13 @@ type BadLines = Vec<(BadLine, Vec<(usize, String)>)>;
 
 /// [`parse`], with the line each binding starts on, and the keys of each bad statement.
 fn parse_with_lines(text: &str) -> (Bindings, Vec<usize>, BadLines) {
+    // python-dotenv reads the file in text mode, whose universal newlines turn `\r\n` and a
+    // lone `\r` into `\n` before its parser sees them: a quoted value over several lines of
+    // a CRLF file holds `\n`, not `\r\n`. Line numbers stay as they were (each of the three
+    // ended a line).
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
     let mut reader = Reader {
-        text: text.strip_prefix('\u{feff}').unwrap_or(text),
+        text: text.strip_prefix('\u{feff}').unwrap_or(&text),
         pos: 0,
     };
     let mut bindings = Vec::new();

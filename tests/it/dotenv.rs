@@ -8,14 +8,17 @@ use std::process::{Command, Stdio};
 
 use crate::support::test_python;
 
-/// python-dotenv's `dotenv_values` of each text (keys with a value, in order), as JSON.
+/// python-dotenv's `dotenv_values` of each text (keys with a value, in order), as JSON. Read
+/// as `load_dotenv()` reads a file, in text mode (`newline=None`: universal newlines turn
+/// `\r\n` and a lone `\r` into `\n`); a plain `StringIO` kept the `\r\n` in a quoted value
+/// over several lines, which the Python version never saw.
 const SCRIPT: &str = r#"
 import io, json, logging, sys
 from dotenv import dotenv_values
 logging.disable(logging.CRITICAL)
 out = []
 for text in json.load(sys.stdin):
-    values = dotenv_values(stream=io.StringIO(text))
+    values = dotenv_values(stream=io.StringIO(text, newline=None))
     out.append([[k, v] for k, v in values.items() if v is not None])
 print(json.dumps(out))
 "#;
@@ -34,6 +37,7 @@ const AWKWARD: &[&str] = &[
     "NOTES some words\nBARE\nK=v\n",
     "'QUOTED KEY'=1\n''=2\n'open=3\nK=4\n",
     "A=1\r\nB=2\rC=3\n",
+    "MULTI=\"a\r\nb\"\r\nSQ='c\r\nd'\r\nLONE=\"e\rf\"\rESC=\"g\\r\\nh\"\r\nNEXT=ok\r\n",
     "A=base\nB=${A}/x\nC=${MISSING:-fallback}\nD=${MISSING}\nE=$A ${A\nF=${A:x} ${:-d} ${}\n",
     "A=first\nA=second\nB=${A}\n",
     "A='it\\'s'\nB='a\\\\'\nC='a\\' b'\nD=\"q\\\"\"\nE=\"a\\\\\"\n",
