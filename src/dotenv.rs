@@ -65,9 +65,9 @@ pub struct Loaded {
     /// Lines skipped because they could not be read.
     pub bad_lines: Vec<BadLine>,
     /// Lines (1-based, where the statement starts) whose key the environment cannot take
-    /// through dotenvy (not `[A-Za-z_][A-Za-z0-9_.]*`); the router reads none of them. By
-    /// number, never by the key: such a "key" is most often a pasted secret (base64 has `/`
-    /// and `+`).
+    /// through dotenvy (not `[A-Za-z_][A-Za-z0-9_.]*`), a name with `-` aside (see
+    /// `another_programs_name`); the router reads none of them. By number, never by the
+    /// key: such a "key" is most often a pasted secret (base64 has `/` and `+`).
     pub skipped_key_lines: Vec<usize>,
     /// Lines (1-based) holding bytes that are not UTF-8: read with U+FFFD in their place, so
     /// a key on one is not the key that was meant (python-dotenv refused the whole file).
@@ -157,7 +157,9 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
     let skipped_key_lines = bindings
         .iter()
         .zip(&lines)
-        .filter(|((key, value), _)| value.is_some() && !dotenvy_can_take(key))
+        .filter(|((key, value), _)| {
+            value.is_some() && !dotenvy_can_take(key) && !another_programs_name(key)
+        })
         .map(|(_, line)| *line)
         .collect();
     // The line that gave each key its value: the last one setting it.
@@ -433,6 +435,19 @@ fn dotenvy_can_take(key: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// A name with `-` (`MY-OTHER-APP_TOKEN`, from a `.env` shared with other programs), which
+/// python-dotenv sets and dotenvy cannot: skipped in silence, as it costs the router nothing
+/// (none of its variables has a `-`, nor can a `${NAME}` in config.yaml) and starts no
+/// program that could read it. `check` failed on it. A name with other characters (`/`,
+/// `+`, `=` of a pasted base64 secret) is still named by its line.
+fn another_programs_name(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// `value` double-quoted so that dotenvy's parser gives it back unchanged: it decodes `\\`,

@@ -202,6 +202,35 @@ fn a_dot_env_name_that_is_no_variable_is_named_by_its_line_only() {
     assert!(!stderr.contains("c2VjcmV0"), "{stderr}");
 }
 
+/// A `.env` name with `-` (`MY-OTHER-APP_TOKEN`, from a `.env` shared with other programs),
+/// which python-dotenv sets and the router cannot, is skipped without a word: no variable of
+/// the router has a `-`, and `check` failed on it. The lines after it still count.
+#[test]
+fn a_dot_env_name_with_a_dash_is_skipped_in_silence() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    std::fs::write(
+        dir.path().join(".env"),
+        "APP_TITLE=ok\nMY-OTHER-APP_TOKEN=abc\nexport other-tool.url = http://x\nLLMSROUTER_LEDGER=maybe\n",
+    )
+    .expect("env");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stdout}");
+    assert_eq!(
+        stderr.trim(),
+        "error: LLMSROUTER_LEDGER: \"maybe\" is not a boolean (use true/false, 1/0 or yes/no)",
+        "only the line after them speaks"
+    );
+    std::fs::write(
+        dir.path().join(".env"),
+        "APP_TITLE=ok\nMY-OTHER-APP_TOKEN=abc\nexport other-tool.url = http://x\n",
+    )
+    .expect("env");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr, "", "{stdout}");
+}
+
 /// A `.env` line that is not UTF-8 (a file saved as Latin-1) is named by its line number:
 /// `check` fails, the other commands warn. Before, it was read with U+FFFD in silence, and a
 /// key on it went out as another key.
