@@ -209,7 +209,7 @@ impl Config {
 /// quoting the bytes (the line may hold a key). A file saved as UTF-16 (Windows editors
 /// offer it as "Unicode") is named as such: its first bytes are already not UTF-8.
 fn not_utf8(bytes: &[u8], error: std::str::Utf8Error) -> String {
-    if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+    if starts_with_utf16_bom(bytes) {
         return "the file is UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8"
             .to_owned();
     }
@@ -223,6 +223,12 @@ fn not_utf8(bytes: &[u8], error: std::str::Utf8Error) -> String {
     format!(
         "line {line}, column {column} is not UTF-8 text (saved as Latin-1 or another encoding?): save the file as UTF-8"
     )
+}
+
+/// Whether `bytes` begin with a UTF-16 byte-order mark (little- or big-endian): a file saved
+/// as UTF-16, as Windows editors ("Unicode") and PowerShell 5's `>` write it.
+pub(crate) fn starts_with_utf16_bom(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF])
 }
 
 /// An environment variable by name, as `std::env::var` gives it.

@@ -122,12 +122,19 @@ pub enum DotenvError {
     Load(String),
     #[error(".env is a link to {}, which does not exist", .0.display())]
     DanglingLink(std::path::PathBuf),
+    /// Read as UTF-8, each `KEY=` of it was a name with NULs, skipped with a warning that
+    /// did not say why, and `ENABLE_ACCOUNT_MANAGEMENT=true` there started the router open;
+    /// python-dotenv refused the file (UnicodeDecodeError), so the Python version never
+    /// started with it.
+    #[error(".env is UTF-16 (as Windows PowerShell writes it); save it as UTF-8")]
+    Utf16,
 }
 
 /// Reads `path` (a missing file is normal) and sets each of its variables that the
 /// environment does not already have.
 pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
     let (text, non_utf8_lines) = match std::fs::read(path) {
+        Ok(bytes) if is_utf16(&bytes) => return Err(DotenvError::Utf16),
         Ok(bytes) => (
             String::from_utf8_lossy(&bytes).into_owned(),
             non_utf8_lines(&bytes),
@@ -252,6 +259,24 @@ fn keys_set_to_nothing(
         }
     }
     (without_value, inside_values)
+}
+
+/// Whether `bytes` are UTF-16 text: with a byte-order mark (what PowerShell 5's `echo ... >
+/// .env` writes), or without one, a NUL in more than half the bytes at odd positions
+/// (little-endian) or at even ones (big-endian), as mostly-ASCII text such as a `.env` has
+/// in UTF-16. A UTF-8 `.env` has no NUL but in a value, which no variable can hold.
+fn is_utf16(bytes: &[u8]) -> bool {
+    let mostly_nul = |start: usize| {
+        let (nul, all) = bytes
+            .iter()
+            .skip(start)
+            .step_by(2)
+            .fold((0, 0), |(nul, all), &b| {
+                (nul + usize::from(b == 0), all + 1)
+            });
+        nul >= 2 && nul * 2 > all
+    };
+    crate::config::starts_with_utf16_bom(bytes) || mostly_nul(0) || mostly_nul(1)
 }
 
 /// The lines (1-based) of `bytes` that are not UTF-8.
@@ -907,6 +932,39 @@ mod tests {
             }]
         );
         assert_eq!(resolve(bindings, &|_| None), pairs(&[("NEXT", "ok")]));
+    }
+
+    /// UTF-16, with a byte-order mark or without (either byte order), is told from UTF-8,
+    /// a UTF-8 file with a NUL in a value included.
+    #[test]
+    fn utf16_is_told_from_utf8() {
+        let utf16 = |text: &str, big_endian: bool| -> Vec<u8> {
+            text.encode_utf16()
+                .flat_map(|unit| {
+                    if big_endian {
+                        unit.to_be_bytes()
+                    } else {
+                        unit.to_le_bytes()
+                    }
+                })
+                .collect()
+        };
+        let text = "ENABLE_ACCOUNT_MANAGEMENT=true\r\n# 火山 一\r\n";
+        for big_endian in [false, true] {
+            let without_bom = utf16(text, big_endian);
+            assert!(is_utf16(&without_bom), "big-endian {big_endian}");
+            let with_bom = utf16(&format!("\u{feff}{text}"), big_endian);
+            assert!(is_utf16(&with_bom), "big-endian {big_endian}");
+        }
+        for utf8 in [
+            "ENABLE_ACCOUNT_MANAGEMENT=true\n",
+            "A=\0\n",
+            "A=1\n\nHTTPS_PROXY=http://proxy:3128\0\n",
+            "\u{feff}A=火山\n",
+            "",
+        ] {
+            assert!(!is_utf16(utf8.as_bytes()), "{utf8:?}");
+        }
     }
 
     #[test]

@@ -349,6 +349,38 @@ fn a_dot_env_that_cannot_be_read_stops_serve_as_check() {
     }
 }
 
+/// A `.env` saved as UTF-16 (Windows PowerShell 5's `echo ... > .env` writes UTF-16LE with a
+/// byte-order mark) stops `serve` and fails `check` as an unreadable `.env` does; the other
+/// commands warn. Read as UTF-8, its `ENABLE_ACCOUNT_MANAGEMENT=true` set nothing and the
+/// router started open, where python-dotenv refused the file.
+#[test]
+fn a_dot_env_in_utf16_stops_serve_and_check() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let said = "error: .env is UTF-16 (as Windows PowerShell writes it); save it as UTF-8";
+    let text = "ENABLE_ACCOUNT_MANAGEMENT=true\r\n";
+    let little_endian_with_bom: Vec<u8> = "\u{feff}"
+        .encode_utf16()
+        .chain(text.encode_utf16())
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let big_endian: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+    for bytes in [little_endian_with_bom, big_endian] {
+        std::fs::write(dir.path().join(".env"), &bytes).expect(".env");
+        for args in [
+            &["check"][..],
+            &["serve", "--host", "127.0.0.1", "--port", "0"],
+        ] {
+            let (code, _, stderr) = run_cli_bytes(dir.path(), args, &[]);
+            assert_eq!(code, 1, "{args:?}: {stderr}");
+            assert_eq!(stderr.trim(), said, "{args:?}");
+        }
+        let (code, _, stderr) = run_cli(dir.path(), &["models", "--json"], &[]);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(stderr.trim(), said.replace("error:", "warning:"));
+    }
+}
+
 /// A `.env` that is a link to nothing (a secret mount not there yet) stops `serve` and fails
 /// `check`, naming where the link leads: it was taken for a missing `.env`, and the router
 /// started in silence without the settings meant for it, open to anyone.
