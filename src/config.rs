@@ -201,7 +201,30 @@ impl Config {
         let Some(raw) = raw else {
             return Ok(Self::default());
         };
-        validate(raw, env)
+        // A `${NAME}` whose value is in quotes (`docker run --env-file` keeps a `.env`'s) is
+        // read without them, with a warning naming it once: `api_key: "${K}"` went
+        // upstream as `Bearer "sk-..."`, and `check` said ok.
+        let quoted: std::cell::RefCell<Vec<String>> = std::cell::RefCell::default();
+        let unquoting = |name: &str| {
+            let value = env(name)?;
+            let Some(inner) = crate::env::without_docker_quotes(&value) else {
+                return Ok(value);
+            };
+            let mut quoted = quoted.borrow_mut();
+            if !quoted.iter().any(|seen| seen == name) {
+                quoted.push(name.to_owned());
+            }
+            Ok(inner.to_owned())
+        };
+        let mut config = validate(raw, &unquoting)?;
+        config.warnings.extend(quoted.take().iter().map(|name| {
+            format!(
+                "${{{}}}: {}",
+                shown_name(name),
+                crate::env::READ_WITHOUT_QUOTES
+            )
+        }));
+        Ok(config)
     }
 }
 

@@ -227,6 +227,21 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
     Ok(loaded)
 }
 
+/// Sets each `(name, value)` in the process's environment, over a value it has: through
+/// dotenvy, as [`load`] sets `.env`'s (see the module's comment). Names of the router's
+/// variables, values with no NUL.
+pub(crate) fn set_all(variables: &[(&str, String)]) -> Result<(), DotenvError> {
+    let mut quoted = String::new();
+    for (name, value) in variables {
+        quoted.push_str(name);
+        quoted.push('=');
+        quoted.push_str(&dotenvy_quoted(value));
+        quoted.push('\n');
+    }
+    dotenvy::from_read_override(std::io::Cursor::new(quoted))
+        .map_err(|_| DotenvError::Load("a value could not be passed to the environment".into()))
+}
+
 /// The keys a read file sets to nothing ([`Loaded::keys_without_value`]) and the `KEY=` lines
 /// inside quoted values ([`Loaded::keys_inside_values`]).
 fn keys_set_to_nothing(

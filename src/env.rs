@@ -187,11 +187,63 @@ pub const VARIABLES: &[&str] = &[
 /// skipped (it cannot be read) stops `serve` and `check`: the router would run without the
 /// setting, which for `ENABLE_ACCOUNT_MANAGEMENT` or `LLMSROUTER_HOST` opens it up.
 pub fn read_by_router(name: &str) -> bool {
-    VARIABLES.contains(&name)
-        || crate::cli::FLAG_VARIABLES
-            .iter()
-            .any(|(_, variable)| *variable == name)
-        || name == "RUST_LOG"
+    router_variables().any(|variable| variable == name)
+}
+
+/// The variables [`read_by_router`] names: [`VARIABLES`], the flags' and `RUST_LOG`.
+fn router_variables() -> impl Iterator<Item = &'static str> {
+    VARIABLES
+        .iter()
+        .copied()
+        .chain(
+            crate::cli::FLAG_VARIABLES
+                .iter()
+                .map(|&(_, variable)| variable),
+        )
+        .chain(["RUST_LOG"])
+}
+
+/// Why a variable's value is read without the quotes around it, after the variable's name.
+pub const READ_WITHOUT_QUOTES: &str =
+    "its value is in quotes, as `docker run --env-file` keeps them: read without them";
+
+/// What is inside the quotes of `value` when one pair of matching quotes (`"..."` or
+/// `'...'`) wraps it whole, taken as it is (no escapes decoded); `None` otherwise.
+/// `docker run --env-file .env` keeps a `.env`'s quotes in the value (moby#46773,
+/// docker/cli#3630), where python-dotenv takes them off: the Python version's own `.env`
+/// (`ENABLE_ACCOUNT_MANAGEMENT="false"`, `LANGFUSE_HOST="https://..."`) stopped the router
+/// ("\"\"false\"\" is not a boolean"), and `api_key: "${K}"` sent `Bearer "sk-..."`. A value
+/// with its quote inside as well (`"a" "b"`) is more than one pair, and stays as it is.
+pub fn without_docker_quotes(value: &str) -> Option<&str> {
+    let quote = value.chars().next().filter(|c| matches!(c, '"' | '\''))?;
+    let inner = value.strip_prefix(quote)?.strip_suffix(quote)?;
+    (!inner.contains(quote)).then_some(inner)
+}
+
+/// Takes the quotes off each variable llmsrouter reads whose value is in quotes (see
+/// [`without_docker_quotes`]), in the process's environment, before anything reads it: the
+/// flags' variables are read by clap, the proxy variables by the upstream client, `RUST_LOG`
+/// by the log, the others by [`EnvSettings::from_env`]. Returns one warning for each,
+/// naming the variable, never the value. Run at start, before any thread is started.
+pub fn unquote_router_variables() -> Vec<String> {
+    let unquoted: Vec<(&str, String)> = router_variables()
+        .filter_map(|name| {
+            let value = std::env::var(name).ok()?;
+            Some((name, without_docker_quotes(&value)?.to_owned()))
+        })
+        .collect();
+    if unquoted.is_empty() {
+        return Vec::new();
+    }
+    if crate::dotenv::set_all(&unquoted).is_err() {
+        // Not expected (the values came from the environment); if it happens the quoted
+        // values stay, and each reader names its variable as it does a bad value.
+        return Vec::new();
+    }
+    unquoted
+        .into_iter()
+        .map(|(name, _)| format!("{name}: {READ_WITHOUT_QUOTES}"))
+        .collect()
 }
 
 impl EnvSettings {
@@ -811,6 +863,35 @@ mod tests {
             assert_eq!(parse_bool(f), Some(false), "{f}");
         }
         assert_eq!(parse_bool("on"), None);
+    }
+
+    /// One pair of matching quotes around the whole value, and nothing else, is taken off;
+    /// what is inside is kept as it is.
+    #[test]
+    fn quotes_docker_kept_are_told() {
+        for (value, inner) in [
+            ("\"false\"", "false"),
+            ("'https://cloud.langfuse.com'", "https://cloud.langfuse.com"),
+            ("\"\"", ""),
+            ("'{\"a\": \"b\"}'", "{\"a\": \"b\"}"),
+            ("\"a\\nb 'c'\"", "a\\nb 'c'"),
+        ] {
+            assert_eq!(without_docker_quotes(value), Some(inner), "{value}");
+        }
+        for value in [
+            "false",
+            "\"",
+            "'",
+            "\"false",
+            "false\"",
+            "\"false'",
+            " \"false\"",
+            "\"false\" ",
+            "\"a\" \"b\"",
+            "'it's'",
+        ] {
+            assert_eq!(without_docker_quotes(value), None, "{value}");
+        }
     }
 
     #[test]

@@ -36,6 +36,8 @@ fn main() -> ExitCode {
     let in_environment: HashSet<OsString> = std::env::vars_os().map(|(name, _)| name).collect();
     // Only the working directory's `.env`, not a parent directory's (another project's).
     let dotenv = llmsrouter::dotenv::load(Path::new(".env"));
+    // Before anything reads them (the flags' variables are read by the next line).
+    let unquoted = llmsrouter::env::unquote_router_variables();
     let cli = Cli::parse_or_exit();
     // `models` reports failing servers itself, on one line each; log lines would repeat them.
     init_tracing(match cli.command {
@@ -49,13 +51,28 @@ fn main() -> ExitCode {
     // without; the other commands warn as they warn of anything else, one `warning:` line
     // each, not a log line.
     match cli.command {
-        Command::Check => {}
+        Command::Check => {
+            // Warnings, which `check` does not fail on: the values are read as meant.
+            for warning in &unquoted {
+                eprintln!("warning: {warning}");
+            }
+        }
         Command::Serve(_) => {
+            for warning in &unquoted {
+                tracing::warn!("{warning}");
+            }
             for problem in dotenv_problems.iter().filter(|p| !p.stops_serve) {
                 tracing::warn!("{}", problem.text);
             }
         }
         _ => {
+            // Not from `healthcheck`, which a container runs every few seconds in the
+            // environment `serve` has warned of once.
+            if !matches!(cli.command, Command::Healthcheck(_)) {
+                for warning in &unquoted {
+                    eprintln!("warning: {warning}");
+                }
+            }
             for problem in &dotenv_problems {
                 eprintln!("warning: {}", problem.text);
             }

@@ -1094,6 +1094,76 @@ async fn the_python_versions_dot_env_loads_unchanged() {
     assert!(router.stderr().contains(&closed_url), "{}", router.stderr());
 }
 
+/// `docker run --env-file .env` keeps the quotes of the Python version's `.env` in the values
+/// (moby#46773): `ENABLE_ACCOUNT_MANAGEMENT="false"` stopped the router ("\"\"false\"\" is not
+/// a boolean"), and `api_key: "${A_KEY}"` went upstream as `Bearer "sk-..."`. A value in one
+/// pair of quotes is read without them, for every variable the router reads (flags' too) and
+/// every `${NAME}` of config.yaml, with one warning naming each, never the value; `check`
+/// says the same warnings and passes.
+#[tokio::test]
+async fn values_in_quotes_as_docker_env_file_keeps_them_are_read_without() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let closed = crate::support::closed_origin();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!(
+            "servers:\n  mock:\n    url: \"{}\"\n    api_key: \"${{A_KEY}}\"\n    headers: {{X-Again: \"${{A_KEY}}\"}}\n",
+            upstream.url()
+        ),
+    )
+    .expect("config");
+    let quoted_host = format!("\"{closed}\"");
+    let envs = [
+        ("LANGFUSE_SECRET_KEY", "\"sk-lf-secret1\""),
+        ("LANGFUSE_PUBLIC_KEY", "\"pk-lf-public1\""),
+        ("LANGFUSE_HOST", quoted_host.as_str()),
+        ("ENABLE_ACCOUNT_MANAGEMENT", "\"false\""),
+        ("LLMSROUTER_LOG_FILE", "'requests.log'"),
+        ("LLMSROUTER_CONFIG", "\"config.yaml\""),
+        ("A_KEY", "\"sk-x-secret\""),
+    ];
+    let warnings: Vec<String> = [
+        "ENABLE_ACCOUNT_MANAGEMENT",
+        "LLMSROUTER_LOG_FILE",
+        "LANGFUSE_PUBLIC_KEY",
+        "LANGFUSE_SECRET_KEY",
+        "LANGFUSE_HOST",
+        "LLMSROUTER_CONFIG",
+        "config.yaml: ${A_KEY}",
+    ]
+    .iter()
+    .map(|name| {
+        format!("{name}: its value is in quotes, as `docker run --env-file` keeps them: read without them")
+    })
+    .collect();
+    let secrets = ["sk-lf-secret1", "pk-lf-public1", "sk-x-secret"];
+
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &envs);
+    assert_eq!(code, 0, "{stderr}");
+    let said: Vec<String> = warnings.iter().map(|w| format!("warning: {w}")).collect();
+    assert_eq!(stderr.trim().lines().collect::<Vec<_>>(), said);
+    assert_eq!(
+        stdout,
+        format!(
+            "config.yaml: ok, 1 server (mock)\nenvironment: ok (account management off, request log requests.log, tracing langfuse {closed}/api/public/otel/v1/traces)\n"
+        )
+    );
+    assert!(secrets.iter().all(|s| !stderr.contains(s)), "{stderr}");
+
+    let router = RouterProcess::start_in(dir, &envs);
+    let response = router.chat(&json!({"model": "[mock]m"})).await;
+    assert_eq!(response.status(), 200, "no key needed: accounts are off");
+    let got = upstream.last();
+    assert_eq!(got.headers["authorization"], "Bearer sk-x-secret");
+    assert_eq!(got.headers["x-again"], "sk-x-secret");
+    let log = router.stderr();
+    for warning in &warnings {
+        assert_eq!(log.matches(warning.as_str()).count(), 1, "{warning}: {log}");
+    }
+    assert!(secrets.iter().all(|s| !log.contains(s)), "{log}");
+}
+
 /// A password (or token) in `LANGFUSE_HOST` or `OTEL_EXPORTER_OTLP_ENDPOINT`, before `@` or
 /// in the query, is never printed: `check` and the start-up log show `[redacted]` there.
 /// Before, both printed the URL whole.
