@@ -436,8 +436,9 @@ fn closed_by_upstream(error: &std::io::Error) -> bool {
 
 /// One cause of a failure in a message's words: its own, but what a TLS failure most likely
 /// means where rustls's words do not say it (a plain-HTTP server behind an `https://` url,
-/// whose `HTTP/1.1 400` reads as "corrupt message of type InvalidContentType"; a private CA),
-/// and without the documentation link some rustls errors end with.
+/// whose `HTTP/1.1 400` reads as "corrupt message of type InvalidContentType"; a private CA;
+/// a CA's certificate as the server's own), and without the documentation link some rustls
+/// errors end with.
 pub(crate) fn cause_text(cause: &(dyn std::error::Error + 'static)) -> String {
     let mut text = cause.to_string();
     if let Some(at) = text.find(": https://docs.rs/") {
@@ -454,7 +455,29 @@ pub(crate) fn cause_text(cause: &(dyn std::error::Error + 'static)) -> String {
                 "{text} (its certificate is not signed by a CA the router trusts; a private CA is trusted with SSL_CERT_FILE or SSL_CERT_DIR)"
             )
         }
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+            webpki_refusal(other)
+        }
         _ => text,
+    }
+}
+
+/// A certificate refusal webpki made that rustls has no variant for: rustls writes it with
+/// its debug text ("invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))"), so it
+/// is said without the wrappers, and in words for the one a self-signed certificate made the
+/// usual way meets (`openssl req -x509` makes a CA, `CA:TRUE`, which TLS does not accept as a
+/// server's own certificate, even one trusted through `SSL_CERT_FILE`). webpki's error is
+/// known by its text (its `Display` is its variant's name): the router does not depend on
+/// webpki itself, and a test holds the words.
+fn webpki_refusal(other: &rustls::OtherError) -> String {
+    let reason = other.to_string();
+    if reason == "CaUsedAsEndEntity" {
+        "the server's certificate is a CA certificate (basicConstraints CA:TRUE), which TLS does \
+         not accept as a server's own: sign a server certificate with that CA, or make it with \
+         `-addext basicConstraints=critical,CA:FALSE`"
+            .to_owned()
+    } else {
+        format!("invalid peer certificate: {reason}")
     }
 }
 
@@ -1101,6 +1124,27 @@ mod tests {
         };
         assert!(error.is_timeout(), "{error}");
         silent.abort();
+    }
+
+    /// A refusal webpki made that rustls writes with its debug text is said without the
+    /// wrappers (`Other(OtherError(...))`), and as an I/O error's cause as tokio-rustls wraps it.
+    #[test]
+    fn webpki_refusals_are_said_without_debug_wrappers() {
+        let refusal = |name: &str| {
+            let other = rustls::OtherError(Arc::new(std::io::Error::other(name.to_owned())));
+            let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other));
+            cause_text(&std::io::Error::other(tls))
+        };
+        assert_eq!(
+            refusal("RequiredEkuNotFound"),
+            "invalid peer certificate: RequiredEkuNotFound"
+        );
+        assert!(
+            refusal("CaUsedAsEndEntity")
+                .starts_with("the server's certificate is a CA certificate"),
+            "{}",
+            refusal("CaUsedAsEndEntity")
+        );
     }
 
     #[test]

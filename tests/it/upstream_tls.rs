@@ -5,6 +5,9 @@
 //!
 //! The certificate in `tests/fixtures/tls/` is for `localhost` and 127.0.0.1, signed by a
 //! CA made for these tests alone (its key was thrown away); both are valid for 100 years.
+//! `self-signed.pem` (and its key) is one made the usual way, `openssl req -x509 -newkey ec
+//! -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 36500 -subj /CN=localhost -addext
+//! subjectAltName=DNS:localhost,IP:127.0.0.1`, which makes it a CA (`CA:TRUE`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -43,7 +46,13 @@ type Body = BoxBody<Bytes, Infallible>;
 /// An HTTPS upstream on 127.0.0.1 offering `alpn` ("h2", "http/1.1"): a chat completion, or
 /// three SSE events and `[DONE]` when the request streams.
 async fn start_tls_upstream(alpn: &[&[u8]]) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
-    let (listener, acceptor) = tls_listener(alpn).await;
+    start_tls_upstream_of("upstream", alpn).await
+}
+
+/// [`start_tls_upstream`] with the fixtures' certificate and key named `name` (see
+/// [`tls_listener_of`]).
+async fn start_tls_upstream_of(name: &str, alpn: &[&[u8]]) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    let (listener, acceptor) = tls_listener_of(name, alpn).await;
     let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
@@ -68,11 +77,19 @@ async fn start_tls_upstream(alpn: &[&[u8]]) -> (SocketAddr, Arc<Mutex<Vec<Seen>>
 pub(crate) async fn tls_listener(
     alpn: &[&[u8]],
 ) -> (tokio::net::TcpListener, tokio_rustls::TlsAcceptor) {
-    let certs = CertificateDer::pem_file_iter(fixture("upstream.pem"))
+    tls_listener_of("upstream", alpn).await
+}
+
+/// [`tls_listener`] with the fixtures' certificate and key `{name}.pem` and `{name}.key`.
+async fn tls_listener_of(
+    name: &str,
+    alpn: &[&[u8]],
+) -> (tokio::net::TcpListener, tokio_rustls::TlsAcceptor) {
+    let certs = CertificateDer::pem_file_iter(fixture(&format!("{name}.pem")))
         .expect("certificate file")
         .collect::<Result<Vec<_>, _>>()
         .expect("certificate");
-    let key = PrivateKeyDer::from_pem_file(fixture("upstream.key")).expect("key");
+    let key = PrivateKeyDer::from_pem_file(fixture(&format!("{name}.key"))).expect("key");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -485,4 +502,55 @@ async fn tls_failures_name_their_likely_cause() {
                 .any(|l| l.contains("server=private") && l.contains(ca_hint))
     })
     .await;
+}
+
+/// A self-signed certificate made the usual way (`openssl req -x509`, which makes it a CA)
+/// and trusted through `SSL_CERT_FILE` is still refused, as TLS refuses a CA's certificate as
+/// a server's own; the message says so in words and how to make one that works, on a chat
+/// request and in the model-list fetch's warning alike, without rustls's debug text.
+#[tokio::test]
+async fn a_self_signed_ca_certificate_as_the_servers_own_is_said_in_words() {
+    let (addr, seen) = start_tls_upstream_of("self-signed", &[b"http/1.1"]).await;
+    let config = format!(
+        "servers:\n  selfsigned:\n    url: \"https://localhost:{}/v1\"\n",
+        addr.port()
+    );
+    let certificate = fixture("self-signed.pem");
+    let router = RouterProcess::start(
+        Some(&config),
+        &[
+            ("SSL_CERT_FILE", certificate.to_str().expect("utf-8 path")),
+            ("LLMSROUTER_LEDGER", "false"),
+            ("LLMSROUTER_LOG_FILE", ""),
+        ],
+    );
+    let response = router
+        .chat(&json!({"model": "[selfsigned]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 502);
+    let body: serde_json::Value = response.json().await.expect("json");
+    let said = body["error"]["message"].as_str().unwrap_or_default();
+    let words = "the server's certificate is a CA certificate (basicConstraints CA:TRUE), which \
+                 TLS does not accept as a server's own: sign a server certificate with that CA, \
+                 or make it with `-addext basicConstraints=critical,CA:FALSE`";
+    assert_eq!(
+        said,
+        format!("could not reach the upstream selfsigned: {words}")
+    );
+    assert!(seen.lock().expect("lock").is_empty(), "no request was sent");
+    let listed = crate::support::client()
+        .get(router.url("/v1/models"))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(listed.status(), 200);
+    crate::support::wait_until(std::time::Duration::from_secs(10), || {
+        router
+            .stderr()
+            .lines()
+            .any(|l| l.contains("server=selfsigned") && l.contains(words))
+    })
+    .await;
+    let log = router.stderr();
+    assert!(!log.contains("OtherError"), "{log}");
 }
