@@ -1204,7 +1204,12 @@ fn unfinished_error(provider: &str, timeout: Duration) -> ProxyError {
 
 fn send_error(provider: &str, error: &UpstreamError) -> ProxyError {
     let description = error.to_string();
-    if error.is_timeout() {
+    if error.is_unanswered() {
+        // Through the proxy: the message names it (see `UpstreamError::is_unanswered`).
+        ProxyError::UpstreamTimeout(format!(
+            "the upstream {provider} did not answer: {description}"
+        ))
+    } else if error.is_timeout() {
         // Says which limit it was: the connect timeout, or `timeout_secs` (see `Within`).
         ProxyError::UpstreamTimeout(format!(
             "could not connect to the upstream {provider}: {description}"

@@ -233,6 +233,10 @@ pub struct UpstreamError {
     /// The upstream had the whole request, then closed or reset the connection without
     /// answering: it was reached (see [`plain::PlainError::ClosedAfterRequest`]).
     had_request: bool,
+    /// A request sent through the proxy the environment names got no answer within
+    /// `timeout_secs` ([`UpstreamClient::send_fallback`]): the connection was made, so it is
+    /// not a connect timeout, and the message names the proxy, which may be the one silent.
+    unanswered: bool,
     description: String,
 }
 
@@ -250,6 +254,7 @@ impl UpstreamError {
             undecodable: true,
             unreadable: false,
             had_request: false,
+            unanswered: false,
             description: error.to_string(),
         }
     }
@@ -267,6 +272,11 @@ impl UpstreamError {
     /// `had_request` field).
     pub fn had_request(&self) -> bool {
         self.had_request
+    }
+
+    /// No answer came through the proxy within `timeout_secs` (see the `unanswered` field).
+    pub fn is_unanswered(&self) -> bool {
+        self.unanswered
     }
 
     /// An exchange over the lane's own connections failed: unreadable when the upstream's
@@ -317,6 +327,7 @@ impl UpstreamError {
             undecodable: false,
             unreadable,
             had_request: false,
+            unanswered: false,
             description: join_causes(parts),
         }
     }
@@ -388,6 +399,7 @@ impl UpstreamError {
             undecodable: false,
             unreadable: false,
             had_request: false,
+            unanswered: false,
             description: why.to_owned(),
         }
     }
@@ -399,6 +411,7 @@ impl UpstreamError {
             undecodable: false,
             unreadable: true,
             had_request: false,
+            unanswered: false,
             description: why.to_owned(),
         }
     }
@@ -409,6 +422,7 @@ impl UpstreamError {
             undecodable: false,
             unreadable: false,
             had_request: false,
+            unanswered: false,
             description: crate::proxy::describe_reqwest_error(error),
         }
     }
@@ -780,7 +794,7 @@ impl UpstreamClient {
                 headers,
                 body,
             } => {
-                let sending = self.send_fallback(method, &url, headers, body);
+                let sending = self.send_fallback(method, &url, headers, body, within);
                 return EXCHANGE.scope(within, sending).await;
             }
             Route::Direct(request) => request,
@@ -874,15 +888,33 @@ impl UpstreamClient {
     /// it did: a proxy that cannot be reached (a typo in `HTTP_PROXY`) otherwise reads as the
     /// upstream's fault. The proxy's URL is not said: it may hold credentials.
     fn through_proxy(&self, url: &str, mut error: UpstreamError) -> UpstreamError {
-        let proxied = self.proxy_env
-            && http::Uri::try_from(url).is_ok_and(|uri| self.proxies.intercept(&uri).is_some());
-        if proxied {
+        if self.proxied(url) {
             error.description = format!(
                 "through the proxy the environment names (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY): {}",
                 error.description
             );
         }
         error
+    }
+
+    /// Whether a request to `url` goes through the proxy the environment names.
+    fn proxied(&self, url: &str) -> bool {
+        self.proxy_env
+            && http::Uri::try_from(url).is_ok_and(|uri| self.proxies.intercept(&uri).is_some())
+    }
+
+    /// No answer through the proxy within `within`'s `timeout_secs`, said as
+    /// [`Self::through_proxy`] says a failure.
+    fn unanswered_through_proxy(&self, url: &str, within: Within) -> UpstreamError {
+        let description = format!(
+            "no answer within {} s (timeout_secs)",
+            within.timeout.as_secs_f64()
+        );
+        let error = UpstreamError {
+            unanswered: true,
+            ..UpstreamError::unsendable(&description)
+        };
+        self.through_proxy(url, error)
     }
 
     /// A 407 a proxy answered a request to an `http://` target it carries (one to an
@@ -905,21 +937,34 @@ impl UpstreamClient {
         )))
     }
 
+    /// Sends the request with reqwest. One through the proxy the environment names is given
+    /// up at `within`'s deadline, a moment before the caller's own timer (the same deadline:
+    /// the exchange is polled first, see [`Within`]), so that the message names the proxy,
+    /// which may be the one that does not answer, as it does when the proxy cannot be reached.
     async fn send_fallback(
         &self,
         method: Method,
         url: &str,
         headers: HeaderMap,
         body: Bytes,
+        within: Within,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let response = self
+        let sending = self
             .fallback
             .request(method, url)
             .headers(headers)
             .body(body)
-            .send()
-            .await
-            .map_err(|e| self.through_proxy(url, UpstreamError::from_reqwest_send(&e)))?;
+            .send();
+        let sent = if self.proxied(url) {
+            match tokio::time::timeout_at(within.deadline, sending).await {
+                Ok(sent) => sent,
+                Err(_) => return Err(self.unanswered_through_proxy(url, within)),
+            }
+        } else {
+            sending.await
+        };
+        let response =
+            sent.map_err(|e| self.through_proxy(url, UpstreamError::from_reqwest_send(&e)))?;
         if let Some(refusal) = self.proxy_refusal(url, response.status()) {
             return Err(refusal);
         }

@@ -288,6 +288,22 @@ async fn a_proxy_connecting_past_timeout_secs_is_said_to_be_the_connection() {
     );
 }
 
+/// A proxy that takes the connection and never answers: the 504 names the proxy, as a
+/// proxy's connect timeout does, not only the upstream it never reached.
+#[tokio::test]
+async fn a_proxy_that_never_answers_is_named_in_the_timeout() {
+    let (addr, _silent) = silent_listener().await;
+    let router = router_behind_proxy(&format!("http://{addr}"), "    timeout_secs: 0.5\n");
+    let (status, code, message) = error_of(router.chat(&chat_request()).await).await;
+    let unanswered = "the upstream mock did not answer: no answer within 0.5 s (timeout_secs)";
+    assert_eq!(
+        (status, code.as_str(), message.as_str()),
+        (504, "upstream_timeout", via_proxy(unanswered).as_str()),
+        "{}",
+        router.stderr()
+    );
+}
+
 #[tokio::test]
 async fn a_proxy_not_listening_could_not_be_reached() {
     let router = router_behind_proxy(&closed_origin(), "");
