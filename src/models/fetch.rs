@@ -14,6 +14,7 @@ use crate::proxy::describe_reqwest_error;
 use crate::routing::request_url;
 use crate::secret::Secret;
 use crate::sinks::redact::Redactor;
+use crate::upstream::ProxyEnv;
 
 /// Largest `/models` answer read. OpenRouter's full list is a few MB; more than this is not a
 /// model list, and holding it whole would only cost memory.
@@ -35,8 +36,15 @@ pub enum FetchError {
         .0.as_secs_f64()
     )]
     TimeoutForRouters(Duration),
+    /// No answer had: the cause, through the proxy the environment names when the request
+    /// went through it ([`ProxyEnv::through`]).
     #[error("unreachable: {0}")]
     Unreachable(String),
+    /// The proxy the environment names refused the request (a 407 to an `http://` server's
+    /// request, [`ProxyEnv::refusal`]): said as a chat request's 502 says it, not as the
+    /// server's answer.
+    #[error("{0}")]
+    ProxyRefused(String),
     #[error("HTTP {status}{detail}")]
     Status { status: u16, detail: String },
     /// A router that found itself among those the fetch was made for ([`super::loops`]).
@@ -79,10 +87,12 @@ async fn fetch(
     server: &Server,
     chain: &Chain,
 ) -> Result<Fetched, FetchError> {
+    // Built as a chat request's URL is: the base's own query (`?api-version=...`) stays a
+    // query, after `/models`.
+    let url = request_url(&server.base, "/models", None);
+    let proxy = ProxyEnv::get();
     let mut request = client
-        // Built as a chat request's URL is: the base's own query (`?api-version=...`) stays a
-        // query, after `/models`.
-        .get(request_url(&server.base, "/models", None))
+        .get(url.clone())
         .header(ACCEPT, "application/json")
         .header(http::header::ACCEPT_ENCODING, "identity")
         .header(MODELS_FOR, chain.header_value());
@@ -95,8 +105,13 @@ async fn fetch(
         .headers(server.headers.clone())
         .send()
         .await
-        .map_err(|e| FetchError::Unreachable(describe_reqwest_error(&e)))?;
+        .map_err(|e| {
+            FetchError::Unreachable(proxy.through(url.as_str(), describe_reqwest_error(&e)))
+        })?;
     let status = response.status();
+    if let Some(refusal) = proxy.refusal(url.as_str(), status) {
+        return Err(FetchError::ProxyRefused(refusal));
+    }
     if status == http::StatusCode::LOOP_DETECTED && from_a_router(response.headers()) {
         return Err(FetchError::Loop);
     }

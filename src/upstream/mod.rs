@@ -27,7 +27,6 @@ use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::http1::fields::{FieldSource, Fields, header_map_of};
@@ -37,8 +36,10 @@ use crate::state::CONNECT_TIMEOUT;
 mod keep_reading;
 pub mod plain;
 mod pool;
+mod proxy_env;
 
 use keep_reading::KeepReading;
+pub use proxy_env::ProxyEnv;
 
 /// The TCP connection and the TLS handshake together, as reqwest's `connect_timeout` bounds
 /// them: hyper's connector times only the TCP part.
@@ -211,12 +212,7 @@ pub struct UpstreamClient {
     connector: Connector,
     fallback: reqwest::Client,
     /// The proxy environment, read once at start (as reqwest reads it).
-    proxies: Arc<Matcher>,
-    /// Some proxy variable is set: only then can `proxies` intercept a request. Asking it
-    /// when none is set cost 650 instructions a request for a certain `None`.
-    proxy_env: bool,
-    /// The variable `http://` targets' proxy comes from, for the words of a proxy's refusal.
-    http_proxy_variable: &'static str,
+    proxy: &'static ProxyEnv,
 }
 
 /// Why an upstream request failed, described without its URL (which may carry a key in its
@@ -711,9 +707,7 @@ impl UpstreamClient {
             plain: Arc::new(pool::LanePools::new(lanes, POOL_IDLE_TIMEOUT)),
             connector,
             fallback,
-            proxies: Arc::new(Matcher::from_env()),
-            proxy_env: proxy_env_set(),
-            http_proxy_variable: http_proxy_variable(),
+            proxy: ProxyEnv::get(),
         })
     }
 
@@ -737,7 +731,7 @@ impl UpstreamClient {
         body: Bytes,
     ) -> Prepared {
         if let Some((authority, origin)) = url.strip_prefix("http://").and_then(plain_target) {
-            if !self.proxy_env || self.direct_uri(&url).is_some() {
+            if !self.proxy.is_set() || self.direct_uri(&url).is_some() {
                 let head = plain_head(method, authority, origin, fields, body.len());
                 let start = "http://".len();
                 let authority = start..start + authority.len();
@@ -878,29 +872,17 @@ impl UpstreamClient {
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
             return None;
         }
-        if self.proxy_env && self.proxies.intercept(&uri).is_some() {
+        if self.proxy.covers_uri(&uri) {
             return None;
         }
         Some(uri)
     }
 
     /// `error`, saying that the request went through the proxy the environment names, when
-    /// it did: a proxy that cannot be reached (a typo in `HTTP_PROXY`) otherwise reads as the
-    /// upstream's fault. The proxy's URL is not said: it may hold credentials.
+    /// it did (see [`ProxyEnv::through`]).
     fn through_proxy(&self, url: &str, mut error: UpstreamError) -> UpstreamError {
-        if self.proxied(url) {
-            error.description = format!(
-                "through the proxy the environment names (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY): {}",
-                error.description
-            );
-        }
+        error.description = self.proxy.through(url, error.description);
         error
-    }
-
-    /// Whether a request to `url` goes through the proxy the environment names.
-    fn proxied(&self, url: &str) -> bool {
-        self.proxy_env
-            && http::Uri::try_from(url).is_ok_and(|uri| self.proxies.intercept(&uri).is_some())
     }
 
     /// No answer through the proxy within `within`'s `timeout_secs`, said as
@@ -917,24 +899,12 @@ impl UpstreamClient {
         self.through_proxy(url, error)
     }
 
-    /// A 407 a proxy answered a request to an `http://` target it carries (one to an
-    /// `https://` target is the tunnel's refusal, which reqwest reports as an error): the
-    /// proxy's own refusal, not the provider's answer, so it is the router's error (502).
-    /// The proxy's URL is not said: it may hold the credentials refused.
+    /// A 407 the proxy answered a request to an `http://` target (see
+    /// [`ProxyEnv::refusal`]): the proxy's own refusal, not the provider's answer, so it is
+    /// the router's error (502).
     fn proxy_refusal(&self, url: &str, status: StatusCode) -> Option<UpstreamError> {
-        if status != StatusCode::PROXY_AUTHENTICATION_REQUIRED || !self.proxy_env {
-            return None;
-        }
-        let uri = http::Uri::try_from(url).ok()?;
-        if uri.scheme_str() != Some("http") {
-            return None;
-        }
-        self.proxies.intercept(&uri)?;
-        Some(UpstreamError::unsendable(&format!(
-            "the proxy ({}) refused the request: 407 Proxy Authentication Required; check the \
-             credentials in the variable",
-            self.http_proxy_variable
-        )))
+        let refusal = self.proxy.refusal(url, status)?;
+        Some(UpstreamError::unsendable(&refusal))
     }
 
     /// Sends the request with reqwest. One through the proxy the environment names is given
@@ -955,7 +925,7 @@ impl UpstreamClient {
             .headers(headers)
             .body(body)
             .send();
-        let sent = if self.proxied(url) {
+        let sent = if self.proxy.covers(url) {
             match tokio::time::timeout_at(within.deadline, sending).await {
                 Ok(sent) => sent,
                 Err(_) => return Err(self.unanswered_through_proxy(url, within)),
@@ -1081,31 +1051,6 @@ fn plain_target(rest: &str) -> Option<(&str, &str)> {
     Some((authority, origin))
 }
 
-/// Whether a variable `Matcher::from_env` reads a proxy from is set and not empty, and
-/// `NO_PROXY` is not `*`. When none is, the matcher has no proxy to offer any request; with
-/// `NO_PROXY=*` it must offer none (see [`crate::env::no_proxy_for_any_host`]).
-fn proxy_env_set() -> bool {
-    !crate::env::no_proxy_for_any_host()
-        && crate::env::PROXY_VARIABLES
-            .iter()
-            .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
-}
-
-/// The variable `Matcher::from_env` takes `http://` targets' proxy from: `HTTP_PROXY` (or
-/// `http_proxy`) when one is set and not empty, else `ALL_PROXY` (or `all_proxy`); start-up
-/// refused any set one the matcher could not use.
-fn http_proxy_variable() -> &'static str {
-    let first_set = |names: [&'static str; 2]| {
-        names
-            .into_iter()
-            .find(|name| std::env::var_os(name).is_some())
-            .filter(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
-    };
-    first_set(["HTTP_PROXY", "http_proxy"])
-        .or_else(|| first_set(["ALL_PROXY", "all_proxy"]))
-        .unwrap_or("ALL_PROXY")
-}
-
 /// rustls with the bundled Mozilla roots plus the system's (as the reqwest client is set up),
 /// so a provider behind a private CA in the system store still verifies.
 fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
@@ -1138,7 +1083,7 @@ mod tests {
             assert!(client.direct_uri(with_credentials).is_none());
         }
         let plain = client.direct_uri("http://127.0.0.1:9/v1/chat/completions?a=1");
-        if !client.proxy_env {
+        if !client.proxy.is_set() {
             let plain = plain.expect("sent by hyper");
             assert_eq!(
                 plain.path_and_query().map(|p| p.as_str()),

@@ -304,6 +304,7 @@ async fn a_proxy_that_never_answers_is_named_in_the_timeout() {
     );
 }
 
+/// On a chat request and in the model-list refresh's warning alike.
 #[tokio::test]
 async fn a_proxy_not_listening_could_not_be_reached() {
     let router = router_behind_proxy(&closed_origin(), "");
@@ -312,6 +313,20 @@ async fn a_proxy_not_listening_could_not_be_reached() {
         (status, code.as_str(), message.as_str()),
         (502, "upstream_unreachable", via_proxy(REFUSED).as_str())
     );
+    let listed = crate::support::client()
+        .get(router.url("/v1/models"))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(listed.status(), 200);
+    let unreachable = via_proxy("unreachable: tcp connect error: Connection refused");
+    crate::support::wait_until(std::time::Duration::from_secs(10), || {
+        router
+            .stderr()
+            .lines()
+            .any(|l| l.contains("server=mock") && l.contains(&unreachable))
+    })
+    .await;
 }
 
 /// A proxy that answers 407 (its credentials refused, `user:p` of a password with an `@`
@@ -359,6 +374,42 @@ async fn a_proxy_refusing_its_credentials_is_the_routers_error_naming_it() {
     );
     let text = format!("{lines:?}{}", router.stderr());
     assert!(!text.contains("secret-password"), "{text}");
+}
+
+/// The model-list refresh through a proxy that answers 407 warns of the proxy's refusal in
+/// the chat request's words, not of an `HTTP 407` as if the provider had answered it; never
+/// with the credentials.
+#[tokio::test]
+async fn a_proxy_refusing_the_model_list_fetch_is_named_in_the_warning() {
+    let proxy = crate::support::upstream::MockUpstream::start(crate::support::upstream::Behavior {
+        status: 407,
+        body: Some(String::new()),
+        ..Default::default()
+    })
+    .await;
+    let router = router_behind_proxy(&with_credentials(&proxy.origin()), "");
+    let listed = crate::support::client()
+        .get(router.url("/v1/models"))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(listed.status(), 200);
+    let refused = "GET /models failed: the proxy (HTTP_PROXY) refused the request: 407 Proxy \
+                   Authentication Required; check the credentials in the variable; its models \
+                   are left out of /v1/models";
+    crate::support::wait_until(std::time::Duration::from_secs(10), || {
+        router
+            .stderr()
+            .lines()
+            .any(|l| l.contains(" WARN ") && l.contains(refused) && l.contains("server=mock"))
+    })
+    .await;
+    assert!(
+        proxy.last().headers.contains_key("proxy-authorization"),
+        "it was the proxy that was asked"
+    );
+    let log = router.stderr();
+    assert!(!log.contains("secret-password"), "{log}");
 }
 
 /// An HTTP/2 TLS upstream that reads each request's body whole and then drops the connection
