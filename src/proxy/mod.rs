@@ -360,7 +360,8 @@ pub async fn handle(
 /// Forwards a `GET` or `DELETE` (`files.content`, `batches.retrieve`, `models.list` with
 /// `?proxy=`) to the target the request names: `?proxy=`, else `settings.default_server`
 /// ([`routing::resolve_unnamed`]). Its body, if any, goes as it came; a 2xx answer is relayed
-/// as it arrives, never held whole (a file's content may be large, whatever its type), an
+/// as it arrives (a file's content may be large, whatever its type), but for one that may be
+/// a small JSON document (an error under a 200 that echoes the key: see [`held_answer`]), an
 /// error answer is read whole as a `POST`'s is, and a 3xx is an ordinary outcome. It is
 /// recorded as a `POST` naming no model is (its answer's usage not counted), its endpoint
 /// `GET /files/<id>`. A path of its own, so a `POST` pays nothing.
@@ -514,8 +515,9 @@ trait ReadBody {
     /// see [`crate::record::RequestRecord::usage_uncounted`].
     const COUNTS_USAGE: bool = true;
     /// A `GET` or `DELETE` ([`Verbatim`]): a 2xx answer is relayed as it arrives whatever its
-    /// type (a file's content may be any size, JSON or text included), and a 3xx (a `304 Not
-    /// Modified`) is an ordinary outcome, not the upstream's error.
+    /// type (a file's content may be any size, JSON or text included), once it is longer than
+    /// a small document (see [`held_answer`]), and a 3xx (a `304 Not Modified`) is an ordinary
+    /// outcome, not the upstream's error.
     const OTHER_METHOD: bool = false;
     /// The method it goes upstream with: `POST` but for [`Verbatim`].
     #[inline]
@@ -819,7 +821,7 @@ async fn forward_read<V: ReadBody>(
     // upstream's to say, and holding it to the end would hold the client's first byte too.
     // A `GET`'s or `DELETE`'s 2xx answer always is (see [`ReadBody::OTHER_METHOD`]), but a
     // `204 No Content`, which has no body to relay: it goes the whole answer's way, which
-    // writes no framing for it.
+    // writes no framing for it, and a small document (see [`held_answer`] below).
     //
     // An event stream whose label does not say so (none, `text/plain`, `application/json`)
     // is told by its first bytes, where a stream is an event stream by definition (see
@@ -833,6 +835,40 @@ async fn forward_read<V: ReadBody>(
         Box::pin(sniffed_event_stream(upstream, timeout, hard_stop)).await
     } else {
         (upstream, false)
+    };
+    // A `GET`'s or `DELETE`'s 2xx answer that may be one document (JSON, text, no label) is
+    // first read ahead: one that ends within [`MAX_HELD_ANSWER`] is answered whole, as a
+    // `POST`'s is, so an error under a 200 that echoes the key is redacted (see
+    // [`held_answer`]); a longer one (a file's content) is relayed as it arrives.
+    let upstream = if V::OTHER_METHOD
+        && status.is_success()
+        && status != StatusCode::NO_CONTENT
+        && may_be_document(&upstream.fields)
+    {
+        // Boxed: only such an answer pays for the wait.
+        match Box::pin(held_answer(upstream, deadline, hard_stop)).await {
+            Held::Whole(read) => {
+                return Ok(read_answer(
+                    read,
+                    (guard, true),
+                    request_id,
+                    &state.redactor,
+                ));
+            }
+            Held::Longer(upstream) => upstream,
+            Held::Failed(error) => {
+                let error = match error {
+                    None => unfinished_error(&target.provider, timeout),
+                    Some(error) => error.into_proxy_error(&target.provider),
+                };
+                return Ok(fail(guard, error, request_id, &state.failures));
+            }
+            Held::Stopped => {
+                return Ok(fail(guard, shutting_down(), request_id, &state.failures));
+            }
+        }
+    } else {
+        upstream
     };
     let streamed = status.is_success()
         && ((V::OTHER_METHOD && status != StatusCode::NO_CONTENT)
@@ -1148,9 +1184,18 @@ fn streams_unasked(fields: &Fields) -> bool {
 /// JSON answer as `text/plain`); the record then reads it as JSON, as it would the same body
 /// labelled `application/json`.
 pub(super) fn may_be_json(fields: &Fields) -> bool {
-    if crate::content_coding::content_encoding(fields).is_some() {
-        return false;
-    }
+    crate::content_coding::content_encoding(fields).is_none() && may_be_document(fields)
+}
+
+/// Most bytes of a `GET`'s or `DELETE`'s 2xx answer the router holds to answer it whole (see
+/// [`held_answer`]). An error under a 200 is far smaller; a file's content may be far larger,
+/// and is relayed as it arrives.
+const MAX_HELD_ANSWER: usize = 64 * 1024;
+
+/// Whether a 2xx body's label leaves it possibly one JSON document, whatever its coding: JSON
+/// (also `+json`), text other than an event stream, or none. [`may_be_json`] without the
+/// coding (a compressed one is read decoded, see [`success_body`]).
+fn may_be_document(fields: &Fields) -> bool {
     let Some(content_type) = fields.get_str("content-type") else {
         return true;
     };
@@ -1160,6 +1205,73 @@ pub(super) fn may_be_json(fields: &Fields) -> bool {
         || essence == "application/json"
         || (essence.starts_with("text/") && essence != "text/event-stream")
         || essence.ends_with("+json")
+}
+
+/// What [`held_answer`] made of an answer.
+enum Held {
+    /// It ended within [`MAX_HELD_ANSWER`]: read whole.
+    Whole(Read),
+    /// It is longer (or announced so): what was read goes in front of the rest, relayed as it
+    /// arrives.
+    Longer(UpstreamResponse),
+    /// It broke off (`Some`), or had not ended when `timeout_secs` ran out (`None`): failed as
+    /// a whole answer that does.
+    Failed(Option<BodyError>),
+    /// Shutdown's hard stop came first.
+    Stopped,
+}
+
+/// A `GET`'s or `DELETE`'s 2xx answer, read ahead up to [`MAX_HELD_ANSWER`]. A forwarded
+/// `GET` is relayed as it arrives, since a file's content may be any size; but the answer
+/// may be an error under a 200 (`{"error": ...}`) echoing the key the router sent, which a
+/// body relayed unread would hand to the client. One that ends within the bound is read
+/// whole, so it is answered (searched for keys, decoded when it must be) and recorded as a
+/// `POST`'s whole answer is; one that goes past it, or announces a longer `Content-Length`,
+/// keeps being relayed as it arrives, from its first byte.
+async fn held_answer(
+    mut upstream: UpstreamResponse,
+    deadline: Instant,
+    hard_stop: &mut Stopped,
+) -> Held {
+    let hint = http_body::Body::size_hint(&upstream.body);
+    if hint.lower() > MAX_HELD_ANSWER as u64 {
+        return Held::Longer(upstream);
+    }
+    let wait = tokio::time::sleep_until(deadline);
+    tokio::pin!(wait);
+    let mut read = Vec::new();
+    let mut size = 0usize;
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = &mut *hard_stop => return Held::Stopped,
+            () = &mut wait => return Held::Failed(None),
+            next = upstream.body.frame() => next,
+        };
+        let Some(next) = next else { break };
+        let frame = match next {
+            Ok(frame) => frame,
+            Err(e) => return Held::Failed(Some(BodyError::Read(e.to_string()))),
+        };
+        size = size.saturating_add(frame.data_ref().map_or(0, Bytes::len));
+        read.push(Ok(frame));
+        if size > MAX_HELD_ANSWER {
+            upstream.body = crate::upstream::UpstreamBody::read_ahead(read, false, upstream.body);
+            return Held::Longer(upstream);
+        }
+    }
+    let mut body = bytes::BytesMut::with_capacity(size);
+    // Trailers carry nothing a client of a whole answer reads (as in `read_upstream_body`).
+    for frame in read.into_iter().flatten() {
+        if let Some(data) = frame.data_ref() {
+            body.extend_from_slice(data);
+        }
+    }
+    Held::Whole(Read {
+        status: upstream.status,
+        fields: upstream.fields,
+        body: body.freeze(),
+    })
 }
 
 /// A router error after the target was known: logged (see [`FailureLog`]), recorded, then

@@ -760,6 +760,76 @@ async fn a_large_text_answer_to_a_get_is_relayed_as_it_arrives() {
     router.stop().await;
 }
 
+/// An error under a 200 that echoes the provider's key, answered to a forwarded `GET` or
+/// `DELETE` (relayed as it arrives otherwise): it reaches the client without the key, as the
+/// same answer to a `POST` does, whether it came with a `Content-Length`, chunked with the
+/// key cut between two chunks, or gzipped (then decoded). Its record is the upstream's error.
+#[tokio::test]
+async fn a_200_error_echoing_the_key_to_a_get_reaches_the_client_redacted() {
+    let echoed = r#"{"error":{"message":"provider failed, key sk-mock-upstream-key"}}"#;
+    let redacted = echoed.replace("sk-mock-upstream-key", "[redacted]");
+    let (at, _) = echoed.split_at(echoed.find("upstream-key").expect("key"));
+    let cases = [
+        (
+            "content-length",
+            Behavior {
+                body: Some(echoed.into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "chunked",
+            Behavior {
+                stream_unasked: true,
+                stream_content_type: Some("application/json".into()),
+                raw_chunks: Some(vec![
+                    at.as_bytes().to_vec(),
+                    echoed.as_bytes()[at.len()..].to_vec(),
+                ]),
+                ..Default::default()
+            },
+        ),
+        (
+            "gzip",
+            Behavior {
+                raw_body: Some(crate::support::upstream::gzip(echoed.as_bytes())),
+                headers: vec![("content-encoding".into(), "gzip".into())],
+                ..Default::default()
+            },
+        ),
+    ];
+    let (upstream, router) = with_default_server(Behavior::default()).await;
+    let mut n = 0;
+    for (framing, behavior) in cases {
+        upstream.set(behavior);
+        for (name, http) in clients() {
+            for method in [http::Method::GET, http::Method::DELETE] {
+                let response = http
+                    .request(method.clone(), router.url("/v1/files/file-abc"))
+                    .send()
+                    .await
+                    .expect("send");
+                assert_eq!(response.status(), 200, "{name} {method} {framing}");
+                assert!(
+                    response.headers().get("content-encoding").is_none(),
+                    "{name} {method} {framing}"
+                );
+                let text = response.text().await.expect("body");
+                assert_eq!(text, redacted, "{name} {method} {framing}");
+                n += 1;
+                let record = router.records.nth(n).await;
+                assert_eq!(record.outcome, Outcome::UpstreamError, "{name} {method}");
+                assert_eq!(
+                    record.error.as_deref(),
+                    Some("provider failed, key [redacted]"),
+                    "{name} {method} {framing}"
+                );
+            }
+        }
+    }
+    router.stop().await;
+}
+
 /// `application/jsonl` (and its kin) is many JSON documents, not one: a 2xx answer so
 /// labelled to a `POST` is relayed as it arrives, as NDJSON is, so one cut halfway gives the
 /// client the bytes that came rather than a 502 for a body the router held and lost.
