@@ -337,9 +337,7 @@ impl Conn {
         };
         let ready = cross_site
             .and_then(|()| authenticate(state.keys.as_ref(), &head.fields))
-            .and_then(|caller| {
-                check_encoding(head.fields.get("content-encoding")).map(|()| caller)
-            });
+            .and_then(|caller| check_encoding(&head.fields).map(|()| caller));
         let caller = match ready {
             Ok(caller) => caller,
             Err(error) => return self.refuse_unread(&error, head, length, keep_alive).await,

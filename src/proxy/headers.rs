@@ -139,8 +139,12 @@ impl FieldSource for UpstreamFields<'_> {
                 continue;
             }
             match kind {
+                // A request's `Content-Encoding` can only say `identity` (a compressed body
+                // was refused: `intake::check_encoding`), and the body goes as the router
+                // wrote it: passed on, a stray value would tell the upstream otherwise.
                 Known::Host
                 | Known::ContentLength
+                | Known::ContentEncoding
                 | Known::AcceptEncoding
                 | Known::Expect
                 | Known::Hops => continue,

@@ -23,29 +23,39 @@ pub const DISCARD_AT_MOST: u64 = 64 * 1024 * 1024;
 pub const DISCARD_FOR_AT_MOST: Duration = Duration::from_secs(5);
 
 /// Refuses a compressed request body: the router reads the body (JSON, or a form) to route it.
-pub fn check_encoding(content_encoding: Option<&[u8]>) -> Result<(), ProxyError> {
-    match content_encoding {
-        Some(encoding) if !encoding.eq_ignore_ascii_case(b"identity") => {
-            Err(ProxyError::InvalidRequest(
-                "compressed request bodies (Content-Encoding) are not supported; send the body uncompressed"
-                    .into(),
-            ))
-        }
-        _ => Ok(()),
+/// Every `Content-Encoding` line of the request counts, read as one list (RFC 9110: lines of
+/// one field are one comma-separated list): `identity` on one line and `gzip` on the next is
+/// a gzip body as much as `identity, gzip` is. A body whose codings are all `identity` (or
+/// none: a blank value) is not compressed; the request goes upstream without the field (see
+/// `headers::UpstreamFields`), so the upstream is told nothing else of it.
+pub fn check_encoding(fields: &Fields) -> Result<(), ProxyError> {
+    let compressed = fields
+        .get_all("content-encoding")
+        .flat_map(|value| value.split(|b| *b == b','))
+        .map(crate::http1::fields::trim)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"));
+    if compressed {
+        return Err(ProxyError::InvalidRequest(
+            "compressed request bodies (Content-Encoding) are not supported; send the body uncompressed"
+                .into(),
+        ));
     }
+    Ok(())
 }
 
 /// Reads the client's body (hyper's side of the server), refusing more than `limit` bytes
-/// with 413. `declared` is its `Content-Length`.
+/// with 413, and a compressed one ([`check_encoding`]). `fields` are the request's.
 pub async fn read_body(
     body: Body,
-    content_encoding: Option<&[u8]>,
-    declared: Option<&str>,
-    expects_continue: bool,
+    fields: &Fields,
     limit: usize,
     stall: Duration,
 ) -> Result<Bytes, ProxyError> {
-    check_encoding(content_encoding)?;
+    check_encoding(fields)?;
+    let declared = fields.get_str("content-length");
+    let expects_continue = fields
+        .get("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
     let declared = declared.and_then(|v| v.trim().parse::<u64>().ok());
     if let Some(declared) = declared.filter(|&len| len > limit as u64) {
         // A client that asked `Expect: 100-continue` waits for this answer before it sends

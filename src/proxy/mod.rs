@@ -314,23 +314,8 @@ async fn read_incoming<'a>(
     incoming: Incoming<'a>,
 ) -> Result<ProxyRequest<'a>, Response> {
     let limit = state.config.load().settings.max_body_bytes;
-    let encoding = incoming.fields.get("content-encoding");
-    let declared = incoming.fields.get_str("content-length");
-    let expects_continue = incoming
-        .fields
-        .get("expect")
-        .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
     let stall = state.body_read_timeout;
-    let body = match read_body(
-        incoming.body,
-        encoding,
-        declared,
-        expects_continue,
-        limit,
-        stall,
-    )
-    .await
-    {
+    let body = match read_body(incoming.body, incoming.fields, limit, stall).await {
         Ok(body) => body,
         Err(error) => return Err(Answer::refused(&error, &state.failures).into_axum()),
     };

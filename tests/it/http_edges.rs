@@ -1,7 +1,8 @@
 //! Edges of HTTP the router's own server and its plain-`http://` upstream client meet less
 //! often: HTTP/2 cookies split per field, other HTTP versions in an HTTP/1 request line,
 //! answers without a body over HTTP/2, answers with many header fields, trailer sections and
-//! chunk extensions past the router's limits, an answer announced far over the size limit.
+//! chunk extensions past the router's limits, an answer announced far over the size limit,
+//! `Content-Encoding` split over several lines.
 
 use llmsrouter::record::Outcome;
 
@@ -38,6 +39,87 @@ fn unreachable_message(answer: &crate::http1::Answer) -> String {
     let (message, code) = error_of(&answer.body);
     assert_eq!(code, "upstream_unreachable");
     message
+}
+
+/// Every `Content-Encoding` line of a request counts, read as one list (RFC 9110 §5.3): a
+/// body with any coding besides `identity` is refused with 400 however the lines fall
+/// (`identity` then `gzip` on two lines, as on one), over HTTP/1 and HTTP/2 alike; one whose
+/// codings are all `identity`, or blank, is a plain body, and goes upstream with no
+/// `Content-Encoding` to say otherwise.
+#[tokio::test]
+async fn content_encoding_lines_of_a_request_are_read_together() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let refused: &[&[&str]] = &[
+        &["identity", "gzip"],
+        &["gzip", "identity"],
+        &["identity, gzip"],
+        &["", "br"],
+    ];
+    let accepted: &[&[&str]] = &[
+        &[""],
+        &["identity"],
+        &["identity", ""],
+        &["Identity , identity"],
+        &["identity", "IDENTITY"],
+    ];
+    let h2 = h2c_client();
+    for (lines, refuse) in refused
+        .iter()
+        .map(|l| (l, true))
+        .chain(accepted.iter().map(|l| (l, false)))
+    {
+        let before = upstream.count();
+        let extra: String = lines
+            .iter()
+            .map(|value| format!("Content-Encoding: {value}\r\n"))
+            .collect();
+        let mut raw = Raw::connect(router.addr).await;
+        raw.send(post("/v1/chat/completions", CHAT, &extra).as_bytes())
+            .await;
+        let http1 = raw.answer().await;
+        let mut request = h2
+            .post(router.url("/v1/chat/completions"))
+            .header("content-type", "application/json");
+        for value in *lines {
+            request = request.header("content-encoding", *value);
+        }
+        let response = request.body(CHAT).send().await.expect("send over HTTP/2");
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        let http2_status = response.status().as_u16();
+        let http2_body = response.bytes().await.expect("body");
+        for (version, status, body) in [
+            ("HTTP/1", http1.status, &http1.body[..]),
+            ("HTTP/2", http2_status, &http2_body[..]),
+        ] {
+            if refuse {
+                assert_eq!(status, 400, "{version} {lines:?}");
+                let (message, code) = error_of(body);
+                assert_eq!(code, "invalid_request", "{version} {lines:?}");
+                assert!(
+                    message.contains("compressed request bodies"),
+                    "{version} {lines:?}: {message}"
+                );
+            } else {
+                assert_eq!(status, 200, "{version} {lines:?}");
+            }
+        }
+        if refuse {
+            assert_eq!(upstream.count(), before, "{lines:?}: nothing went upstream");
+            continue;
+        }
+        let received = upstream.received();
+        assert_eq!(received.len(), before + 2, "{lines:?}");
+        for got in &received[before..] {
+            assert_eq!(got.json()["messages"][0]["content"], "hi", "{lines:?}");
+            assert!(
+                got.headers.get("content-encoding").is_none(),
+                "{lines:?}: {:?}",
+                got.headers
+            );
+        }
+    }
+    router.stop().await;
 }
 
 /// RFC 9113 §8.2.3: an HTTP/2 client may send each cookie as a field of its own; they go on
