@@ -142,6 +142,13 @@ pub struct RequestRecord {
     /// `text/plain`). It has no first token of its own: its completion started when it
     /// arrived (see [`Self::completion_start`]).
     pub answered_whole: bool,
+    /// The upstream answered 2xx with nothing, to a request that named a model (see
+    /// [`Self::usage_uncounted`]): an event stream it closed before any event, a body relayed
+    /// unread without a byte, or an empty whole body (not a `204 No Content`). The client got
+    /// that answer as it came; the record keeps it as the upstream's failure to answer, a
+    /// success with a warning: `error` says the answer was empty, and an event stream so
+    /// ended is cut as one closed before its end marker is ([`Self::usage_partial`]).
+    pub empty_answer: bool,
     /// What this request itself carried that no record may show: every credential the client
     /// sent (`Authorization` whatever its scheme, `x-api-key`: a URL target's upstream key, a
     /// user's router key), a URL target's query and a URL prefix's user info (see
@@ -277,10 +284,12 @@ impl RequestRecord {
     /// client cannot tell from an end). A stream that announced its answer with an event of
     /// its own (Anthropic's `message_start`, the Responses API's `response.created`: see
     /// `ResponseSummary::begun`) had begun it, token or not. An upstream error before that
-    /// (a 429, an error under a 200 instead of a stream) is not partial.
+    /// (a 429, an error under a 200 instead of a stream) is not partial. An event stream the
+    /// upstream closed before any event is ([`Self::empty_answer`]): it took the request and
+    /// said nothing, not even that it failed.
     pub fn usage_partial(&self) -> bool {
-        let generating_stream =
-            self.stream && (self.first_token_at.is_some() || self.response.begun);
+        let generating_stream = self.stream
+            && (self.first_token_at.is_some() || self.response.begun || self.empty_answer);
         let cut = match self.outcome {
             Outcome::ClientDisconnected | Outcome::StreamFailed => true,
             // A stream that had begun generating when the upstream ended it with an error.
@@ -779,6 +788,13 @@ fn complete_summary(record: &mut RequestRecord) {
         }
     };
     let readable = decoded.as_deref().unwrap_or(body);
+    if readable.trim_ascii().is_empty() {
+        empty_whole_answer(record);
+        if let Some(decoded) = decoded {
+            keep_decoded(record, decoded);
+        }
+        return;
+    }
     // The escape of a lone UTF-16 surrogate (see `usage::lone_surrogates_replaced`) is
     // repaired in the kept body too, as a stray byte is (see [`repaired_json`]): the request
     // log's line stays readable by strict JSON readers, which refuse the escape.
@@ -837,6 +853,19 @@ fn complete_summary(record: &mut RequestRecord) {
     if let Some(decoded) = decoded {
         keep_decoded(record, decoded);
     }
+}
+
+/// A whole 2xx answer with an empty body (decoded, white space aside): the upstream's
+/// failure to answer a request that named a model, which the client got as it came (see
+/// [`RequestRecord::empty_answer`]). A `204 No Content` says it has nothing to say, and a
+/// read-back's answer counts nothing: those stay plain successes.
+fn empty_whole_answer(record: &mut RequestRecord) {
+    let status = record.status.unwrap_or_default();
+    if record.usage_uncounted || status == 204 || record.outcome != Outcome::Success {
+        return;
+    }
+    record.empty_answer = true;
+    record.error = Some(format!("the upstream answered {status} with an empty body"));
 }
 
 /// Most characters of an upstream's error message a record keeps: the body it came in is
@@ -1007,6 +1036,7 @@ pub(crate) mod tests {
             complete: true,
             secrets: Vec::new(),
             answered_whole: false,
+            empty_answer: false,
             bodies_dropped: false,
             usage_uncounted: false,
             body_ticket: Default::default(),

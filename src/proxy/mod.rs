@@ -1012,6 +1012,7 @@ fn new_record(
         complete: false,
         secrets: Vec::new(),
         answered_whole: false,
+        empty_answer: false,
         bodies_dropped: false,
         usage_uncounted: false,
         body_ticket: Default::default(),

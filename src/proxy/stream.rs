@@ -103,6 +103,9 @@ pub struct StreamTee {
     failures: StreamFailures,
     /// No event has been read yet: the first may open with a byte-order mark.
     at_start: bool,
+    /// An event with data came (a comment alone is none): a stream that ends without one was
+    /// an empty answer (see [`Self::note_if_empty`]).
+    saw_event: bool,
     /// The last event was dropped (the usage-only chunk) and ended in a `\r` that was the
     /// last byte come: a `\n` opening the next event is the rest of its `\r\n`, and goes
     /// with it (see `EventSplitter`).
@@ -275,6 +278,7 @@ impl StreamTee {
             state,
             failures: parts.failures,
             at_start: true,
+            saw_event: false,
             dropped_cr: false,
             oversized: false,
             unread: None,
@@ -524,6 +528,7 @@ impl StreamTee {
         let Some(data) = event_data(event) else {
             return EventKind::Other;
         };
+        self.saw_event = true;
         let kind = if self.guard.is_recording() {
             self.read_into_summary(&data)
         } else {
@@ -654,6 +659,37 @@ impl StreamTee {
             }
         }
         self.guard.finish(outcome);
+    }
+
+    /// At the upstream body's end: a stream that carried nothing (an event stream without an
+    /// event, a body relayed unread without a byte) is noted in its record as the upstream's
+    /// failure to answer, if the request named a model (see
+    /// [`crate::record::RequestRecord::empty_answer`]). The client gets what came: nothing.
+    fn note_if_empty(&mut self) {
+        let empty = match &self.unread {
+            Some(unread) => unread.relayed == 0,
+            None => !self.saw_event,
+        };
+        if !empty {
+            return;
+        }
+        let sse = self.settings.sse;
+        let Some(record) = self.guard.record_mut() else {
+            return;
+        };
+        if record.usage_uncounted {
+            return;
+        }
+        let status = record.status.unwrap_or_default();
+        record.empty_answer = true;
+        record.error = Some(if sse {
+            format!(
+                "the upstream answered {status} with an empty event stream: it closed it \
+                 before any event; token counts unknown"
+            )
+        } else {
+            format!("the upstream answered {status} with an empty body")
+        });
     }
 
     /// Upstream is quiet: a keep-alive comment when due, the idle failure when over, else
@@ -862,6 +898,7 @@ impl Stream for StreamTee {
                     // the upstream closes. A body that is not an event stream is complete at
                     // its end.
                     let complete = !this.settings.sse || this.accumulator.saw_end();
+                    this.note_if_empty();
                     this.finish_as(Outcome::Success, None, complete);
                     if !rest.is_empty() {
                         return Poll::Ready(Some(Ok(rest)));
@@ -913,6 +950,7 @@ mod tests {
             complete: false,
             secrets: Vec::new(),
             answered_whole: false,
+            empty_answer: false,
             bodies_dropped: false,
             usage_uncounted: false,
             body_ticket: Default::default(),

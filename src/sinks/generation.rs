@@ -683,6 +683,9 @@ fn level_of(record: &RequestRecord) -> (Level, Option<String>) {
         })
     };
     match record.outcome {
+        // The upstream answered nothing (an empty body, an event stream without an event):
+        // relayed as it came, but no answer; its error says so.
+        Outcome::Success if record.empty_answer => (Level::Warning, Some(error())),
         // Every byte reached the client, but what the request cost is unknown.
         Outcome::Success if record.usage_partial() => {
             (Level::Warning, Some(unterminated(&record.endpoint)))
@@ -750,6 +753,7 @@ mod tests {
             complete: true,
             secrets: Vec::new(),
             answered_whole: false,
+            empty_answer: false,
             bodies_dropped: false,
             usage_uncounted: false,
             body_ticket: Default::default(),

@@ -665,6 +665,7 @@ mod tests {
             complete: false,
             secrets: Vec::new(),
             answered_whole: false,
+            empty_answer: false,
             bodies_dropped: false,
             usage_uncounted: false,
             body_ticket: Default::default(),

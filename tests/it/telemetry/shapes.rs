@@ -2,7 +2,7 @@
 //! mock OTLP endpoint received and the usage ledger's row, for Anthropic-style `/v1/messages`
 //! streams and bodies, refusals, Responses API streams, OpenAI's audio streams, and the
 //! whole answers with no chat message: embeddings, images, transcriptions (JSON and text),
-//! moderations and answers of no known shape.
+//! moderations and answers of no known shape; and 200s with nothing in them.
 
 use std::sync::Arc;
 
@@ -2432,4 +2432,122 @@ async fn anthropic_stop_sequences_are_the_spans_stop_sequences() {
         Some(vec!["END".to_owned(), "\n\nHuman:".to_owned()])
     );
     setup.router.stop().await;
+}
+
+/// A 200 with nothing in it, to a request that named a model: the client gets it as it came
+/// (no byte), but the record is the upstream's failure to answer, not a clean success. An
+/// event stream without a single event (plain or gzipped) is cut as one closed before
+/// `[DONE]` is (level WARNING, usage partial), its message saying it was empty; an empty
+/// whole body (plain or gzipped, to a stream request as well) is a WARNING whose message
+/// says so. A `204 No Content` stays a plain success: it says it has nothing.
+#[tokio::test]
+async fn an_empty_200_answer_is_recorded_as_the_upstreams_failure_to_answer() {
+    let setup = Setup::start().await;
+    let empty_stream = "the upstream answered 200 with an empty event stream: it closed it \
+                        before any event; token counts unknown";
+    let empty_body = "the upstream answered 200 with an empty body";
+    let gzipped = || vec![("content-encoding".to_owned(), "gzip".to_owned())];
+    // (what the upstream does, the request asks to stream, the record's error)
+    let cases = [
+        (
+            Behavior {
+                raw_chunks: Some(vec![]),
+                ..Default::default()
+            },
+            true,
+            Some(empty_stream),
+        ),
+        (
+            Behavior {
+                raw_chunks: Some(vec![]),
+                stream_coding: Some("gzip"),
+                ..Default::default()
+            },
+            true,
+            Some(empty_stream),
+        ),
+        (
+            Behavior {
+                body: Some(String::new()),
+                ..Default::default()
+            },
+            false,
+            Some(empty_body),
+        ),
+        (
+            Behavior {
+                body: Some(String::new()),
+                never_stream: true,
+                ..Default::default()
+            },
+            true,
+            Some(empty_body),
+        ),
+        (
+            Behavior {
+                raw_body: Some(crate::support::upstream::gzip(b"")),
+                headers: gzipped(),
+                ..Default::default()
+            },
+            false,
+            Some(empty_body),
+        ),
+        (
+            Behavior {
+                status: 204,
+                body: Some(String::new()),
+                ..Default::default()
+            },
+            false,
+            None,
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (n, (behavior, stream, error)) in cases.iter().enumerate() {
+        let status = behavior.status;
+        setup.upstream.set(behavior.clone());
+        let response = client()
+            .post(setup.router.url("/v1/chat/completions"))
+            .json(&json!({"model": "[mock]m", "stream": stream, "messages": []}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status().as_u16(), status, "case {n}");
+        let id = request_id(&response);
+        let got = response.bytes().await.expect("body");
+        // Nothing, or a whole answer's empty gzip as it came.
+        let sent = behavior.raw_body.clone().unwrap_or_default();
+        assert!(got == sent, "case {n}: the client gets what came: {got:?}");
+        let record = setup.router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::Success, "case {n}");
+        assert_eq!(record.error.as_deref(), *error, "case {n}");
+        let cut = *error == Some(empty_stream);
+        assert_eq!(record.usage_partial(), cut, "case {n}");
+        let span = setup.otlp.span_of(&id).await.span;
+        // DEFAULT is Langfuse's own: not written.
+        let level = error.map(|_| "WARNING");
+        assert_eq!(
+            str_attr(&span, "langfuse.observation.level"),
+            level,
+            "case {n}"
+        );
+        assert_eq!(
+            str_attr(&span, "langfuse.observation.status_message"),
+            *error,
+            "case {n}"
+        );
+        ids.push(id);
+    }
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let rows = setup.stop_and_read_all(&id_refs).await;
+    for (n, ((row, line), (_, _, error))) in rows.iter().zip(&cases).enumerate() {
+        let cut = *error == Some(empty_stream);
+        assert_eq!(row.outcome, "success", "case {n}");
+        assert_eq!(row.error.as_deref(), *error, "case {n}");
+        assert!(!row.usage_known, "case {n}");
+        assert_eq!(row.usage_partial, cut, "case {n}");
+        assert_eq!(line["outcome"], "success", "case {n}");
+        assert_eq!(line["error"].as_str(), *error, "case {n}");
+        assert_eq!(line["usage_partial"], cut, "case {n}");
+    }
 }
