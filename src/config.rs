@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
+mod merge_order;
+
 /// Default for `timeout_secs`: a whole non-stream request, or the idle gap inside a stream.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_MODELS_CACHE_TTL: Duration = Duration::from_secs(300);
@@ -328,6 +330,7 @@ fn yaml_options() -> serde_saphyr::Options {
 }
 
 fn parse_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
+    let text = &*merge_order::in_pyyaml_order(text)?;
     let options = yaml_options();
     let mut inner_path = None;
     let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
@@ -1417,6 +1420,74 @@ settings:
             reason,
             "the header X-A is written twice (\"X-A\" and \"x-a\"; header names ignore case): keep one"
         );
+    }
+
+    /// Separate `<<` keys in one mapping apply as PyYAML applies them (the last one wins),
+    /// where the first one used to win: `b` went to `a`'s upstream with `a`'s key where the
+    /// Python version sent it to `o`'s with `o`'s. Within one `<<: [...]` list the first
+    /// listed wins, and keys written in the mapping win over every merge. Each expected
+    /// value is what PyYAML 6.0.2 loads from the same text.
+    #[test]
+    fn separate_merge_keys_apply_last_first_as_pyyaml_does() {
+        let base = "servers:\n  a: &a\n    url: http://a/v1\n    api_key: key-a\n  o: &o\n    url: http://o/v1\n    api_key: key-o\n  p: &p\n    url: http://p/v1\n    timeout_secs: 5\n";
+        let cases = [
+            ("  b:\n    <<: *a\n    <<: *o\n", "http://o/v1", "key-o"),
+            ("  b:\n    <<: [*a, *o]\n", "http://a/v1", "key-a"),
+            (
+                "  b:\n    <<: [*a, *o]\n    <<: *p\n",
+                "http://p/v1",
+                "key-a",
+            ),
+            (
+                "  b:\n    <<: *p\n    <<: [*a, *o]\n",
+                "http://a/v1",
+                "key-a",
+            ),
+            (
+                "  b:\n    <<: *a\n    <<: *o\n    <<: *p\n",
+                "http://p/v1",
+                "key-o",
+            ),
+            (
+                "  b:\n    <<: [*p, *a]\n    <<: [*o]\n    <<: *p\n",
+                "http://p/v1",
+                "key-o",
+            ),
+            (
+                "  b:\n    <<: *a\n    url: http://b/v1\n    <<: *o\n",
+                "http://b/v1",
+                "key-o",
+            ),
+            ("  b: {<<: *a, <<: *o}\n", "http://o/v1", "key-o"),
+            (
+                "  b:\n    # one\n    <<: *o   # two\n    !!merge <<: {api_key: \"火山\"}\n",
+                "http://o/v1",
+                "火山",
+            ),
+            // Nested: a merged mapping's own separate `<<` keys, and `<<` inside a moved value.
+            (
+                "  d: &d\n    <<: *a\n    <<: *o\n  b: {<<: *d, api_key: key-b}\n",
+                "http://o/v1",
+                "key-b",
+            ),
+            (
+                "  b: {<<: {<<: *a, <<: *o}, <<: *p}\n",
+                "http://p/v1",
+                "key-o",
+            ),
+        ];
+        for (yaml, url, key) in cases {
+            let c = Config::parse(&format!("{base}{yaml}"), &no_env).expect(yaml);
+            let b = c.server("b").expect("b");
+            assert_eq!(b.url, url, "{yaml}");
+            assert_eq!(b.api_key.as_ref().map(Secret::expose), Some(key), "{yaml}");
+        }
+        // The lines keep their numbers.
+        let (path, reason) = error_of(&format!(
+            "{base}  b:\n    <<: [*a]\n    <<: *o\n    timeout_secs: soon\n"
+        ));
+        assert_eq!(path, "servers.b.timeout_secs");
+        assert!(reason.ends_with("at line 14, column 19"), "{reason}");
     }
 
     /// Framing and hop-by-hop fields are left out, each named in a warning: `Connection:

@@ -472,6 +472,41 @@ fn headers_the_router_cannot_send_as_written_are_named_by_key_path() {
     );
 }
 
+/// `<<` merge keys load as PyYAML loads them, so a Python version's config sends each request
+/// where it did there: of two separate `<<` in one server the last wins (the first used to,
+/// and `[b]` went to `a`'s upstream with `a`'s key), within one `<<: [...]` list the first
+/// listed.
+#[tokio::test]
+async fn merge_keys_send_each_request_where_pyyaml_read_them() {
+    let a = MockUpstream::start(Behavior::default()).await;
+    let o = MockUpstream::start(Behavior::default()).await;
+    let config = format!(
+        "servers:\n  a: &a\n    url: \"{}\"\n    api_key: key-for-a\n    headers: &h\n      X-Title: t1\n  o: &o\n    url: \"{}\"\n    api_key: key-for-o\n  b:\n    <<: *a\n    <<: *o\n  l:\n    <<: [*a, *o]\n",
+        a.url(),
+        o.url()
+    );
+    let router = TestRouter::start(&config).await;
+    for (model, upstream, key, title) in [
+        ("[b]m", &o, "Bearer key-for-o", vec!["t1"]),
+        ("[l]m", &a, "Bearer key-for-a", vec!["t1"]),
+    ] {
+        let (before, all_before) = (upstream.count(), a.count() + o.count());
+        let response = router.chat(&json!({"model": model, "messages": []})).await;
+        assert_eq!(response.status(), 200, "{model}");
+        assert_eq!(upstream.count(), before + 1, "{model}");
+        assert_eq!(a.count() + o.count(), all_before + 1, "{model}");
+        let got = upstream.last();
+        assert_eq!(got.headers["authorization"], key, "{model}");
+        let titles: Vec<&str> = got
+            .headers
+            .get_all("x-title")
+            .iter()
+            .map(|v| v.to_str().expect("text"))
+            .collect();
+        assert_eq!(titles, title, "{model}");
+    }
+}
+
 /// `${NAME}` in a number or boolean key is replaced, as config.yaml.template says of every
 /// value: `timeout_secs: "${T}"` with T=5 was "expected a number" while `"5"` loaded. A
 /// value that is not a number names the variable, not the value.

@@ -1,0 +1,391 @@
+//! `<<` merge keys written more than once in one mapping, put in the order PyYAML applies them.
+//!
+//! PyYAML (which read the Python version's config.yaml) lets the last of several separate
+//! `<<` keys win, and within one `<<: [*a, *b]` list the first listed (up to 6.0.3, as the YAML
+//! merge spec says; 6.0.4's last-listed is a reported regression); keys written in the mapping
+//! itself win over every merge. The YAML library lets the first separate `<<` win. So
+//! before the library reads the text, the values of a mapping's separate `<<` keys trade
+//! places, last first (`<<: *a` then `<<: *o` is read as `<<: *o` then `<<: *a`): each moved
+//! value is one line (an alias or a `[...]`/`{...}`), so every line keeps its number. A value
+//! that cannot move so (an indented block, several lines, an anchor or a tag on it) is refused,
+//! never read in the other order. Nothing else in the text changes.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span, StrInput, StructureStyle};
+
+/// `text`, with the values of each mapping's separate `<<` keys in reverse order; `text` itself
+/// when no mapping has two. Text the YAML parser refuses is given back as it is: the YAML
+/// library says why, with the line. The error is `(key path, reason)`, as the config's.
+pub(super) fn in_pyyaml_order(text: &str) -> Result<Cow<'_, str>, (String, String)> {
+    let mut walk = Walk {
+        events: Parser::new_from_str(text),
+        path: Vec::new(),
+        moves: Vec::new(),
+    };
+    match walk.stream() {
+        Ok(()) => {}
+        Err(Stop::Unreadable) => return Ok(Cow::Borrowed(text)),
+        Err(Stop::Refused(path, reason)) => return Err((path, reason)),
+    }
+    if walk.moves.is_empty() {
+        return Ok(Cow::Borrowed(text));
+    }
+    walk.moves.sort_by_key(|m| m.to.start);
+    let mut out = String::with_capacity(text.len());
+    render(text, &walk.moves, 0..text.len(), &mut out);
+    Ok(Cow::Owned(out))
+}
+
+/// The text of `from` (with the moves inside it) goes where `to` was. Byte ranges of `text`.
+struct Move {
+    to: Range<usize>,
+    from: Range<usize>,
+}
+
+enum Child<'a> {
+    Node(Event<'a>, Span),
+    /// The end of the collection, `]` or `}` in flow style (empty in block style).
+    End(Span),
+}
+
+/// A collection's end: its byte offset and line, and whether it defines an anchor.
+fn end(span: Span, anchored: bool) -> Result<(usize, usize, bool), Stop> {
+    Ok((offset(span.end.byte_offset())?, span.end.line(), anchored))
+}
+
+enum Stop {
+    /// The parser refused the text, or gave no byte offsets.
+    Unreadable,
+    /// A `<<` value that cannot trade places: `(key path, reason)`.
+    Refused(String, String),
+}
+
+/// One node of the document, as far as a `<<` value needs it.
+struct Node {
+    range: Range<usize>,
+    /// Why this value cannot trade places with another `<<` value; `None` when it can.
+    stuck: Option<&'static str>,
+    /// A scalar (`<<: ~`): it merges nothing (or is refused by the YAML library), so its place
+    /// does not matter.
+    scalar: bool,
+    /// An anchor is defined in it: moved, it could land after an alias of that anchor.
+    anchored: bool,
+}
+
+struct Walk<'a> {
+    events: Parser<'a, StrInput<'a>>,
+    /// The keys (and list positions) above the current node, for a refusal's key path.
+    path: Vec<String>,
+    moves: Vec<Move>,
+}
+
+impl<'a> Walk<'a> {
+    fn stream(&mut self) -> Result<(), Stop> {
+        while let Some((event, span)) = self.next()? {
+            if is_node_start(&event) {
+                self.node(event, span)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<Option<(Event<'a>, Span)>, Stop> {
+        self.events.next().transpose().map_err(|_| Stop::Unreadable)
+    }
+
+    /// The next node's first event, or the end of the collection the walk is in. Comments
+    /// and other events that are no node are passed over.
+    fn child(&mut self) -> Result<Child<'a>, Stop> {
+        loop {
+            let Some((event, span)) = self.next()? else {
+                return Err(Stop::Unreadable);
+            };
+            if is_node_start(&event) {
+                return Ok(Child::Node(event, span));
+            }
+            if matches!(event, Event::MappingEnd | Event::SequenceEnd) {
+                return Ok(Child::End(span));
+            }
+        }
+    }
+
+    /// Reads the node that `event` starts, to its end.
+    fn node(&mut self, event: Event<'a>, span: Span) -> Result<Node, Stop> {
+        let start = offset(span.start.byte_offset())?;
+        let line = span.start.line();
+        let (anchor, tagged, flow) = match &event {
+            Event::Scalar(_, _, anchor, _) => {
+                return Ok(Node {
+                    range: start..offset(span.end.byte_offset())?,
+                    stuck: None,
+                    scalar: true,
+                    anchored: *anchor != 0,
+                });
+            }
+            Event::Alias(_) => {
+                return Ok(Node {
+                    range: start..offset(span.end.byte_offset())?,
+                    stuck: None,
+                    scalar: false,
+                    anchored: false,
+                });
+            }
+            Event::SequenceStart(style, anchor, tag) | Event::MappingStart(style, anchor, tag) => {
+                (*anchor != 0, tag.is_some(), *style == StructureStyle::Flow)
+            }
+            _ => return Err(Stop::Unreadable),
+        };
+        let (end, end_line, anchored) = match event {
+            Event::MappingStart(..) => self.mapping()?,
+            _ => self.sequence()?,
+        };
+        let stuck = if !flow {
+            Some("is an indented block")
+        } else if end_line != line {
+            Some("spans several lines")
+        } else if anchor || anchored {
+            Some("defines an anchor (&name)")
+        } else if tagged {
+            Some("has a tag")
+        } else {
+            None
+        };
+        Ok(Node {
+            range: start..end,
+            stuck,
+            scalar: false,
+            anchored: anchor || anchored,
+        })
+    }
+
+    /// Reads a sequence's items: where it ends (byte offset, line), whether it defines an
+    /// anchor.
+    fn sequence(&mut self) -> Result<(usize, usize, bool), Stop> {
+        let mut anchored = false;
+        let mut index = 0;
+        loop {
+            let (event, span) = match self.child()? {
+                Child::Node(event, span) => (event, span),
+                Child::End(span) => return end(span, anchored),
+            };
+            self.path.push(format!("[{index}]"));
+            anchored |= self.node(event, span)?.anchored;
+            self.path.pop();
+            index += 1;
+        }
+    }
+
+    /// Reads a mapping's entries, and puts the values of its separate `<<` keys last first.
+    fn mapping(&mut self) -> Result<(usize, usize, bool), Stop> {
+        let mut anchored = false;
+        let mut merges = Vec::new();
+        loop {
+            let (key_event, key_span) = match self.child()? {
+                Child::Node(event, span) => (event, span),
+                Child::End(span) => {
+                    if merges.len() > 1 {
+                        self.reverse(&merges)?;
+                    }
+                    return end(span, anchored);
+                }
+            };
+            let is_merge = is_merge_key(&key_event);
+            let key_line = key_span.start.line();
+            let name = match &key_event {
+                Event::Scalar(name, ..) => name.to_string(),
+                _ => "?".to_owned(),
+            };
+            anchored |= self.node(key_event, key_span)?.anchored;
+            let Child::Node(event, span) = self.child()? else {
+                return Err(Stop::Unreadable);
+            };
+            self.path.push(name);
+            let value = self.node(event, span)?;
+            self.path.pop();
+            anchored |= value.anchored;
+            if is_merge && !value.scalar {
+                merges.push((key_line, value));
+            }
+        }
+    }
+
+    /// The `<<` values of one mapping (each with its key's line) trade places, last first.
+    fn reverse(&mut self, merges: &[(usize, Node)]) -> Result<(), Stop> {
+        let stuck = merges
+            .iter()
+            .find_map(|(line, m)| m.stuck.map(|why| (line, why)));
+        if let Some((line, why)) = stuck {
+            let lines: Vec<String> = merges.iter().map(|(line, _)| line.to_string()).collect();
+            return Err(Stop::Refused(
+                self.key_path(),
+                format!(
+                    "`<<` is written {} times in this mapping (lines {}) and the value of the one at line {line} {why}: \
+                     separate `<<` keys are applied as PyYAML applies them (the last one wins) only \
+                     when each value is an alias (`<<: *name`) or a one-line `[...]` or `{{...}}`; \
+                     write it so, or merge with one `<<: [*first, *second]` list (the first listed wins)",
+                    merges.len(),
+                    lines.join(", "),
+                ),
+            ));
+        }
+        for ((_, to), (_, from)) in merges.iter().zip(merges.iter().rev()) {
+            if to.range != from.range {
+                self.moves.push(Move {
+                    to: to.range.clone(),
+                    from: from.range.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn key_path(&self) -> String {
+        if self.path.is_empty() {
+            return "(top level)".to_owned();
+        }
+        let mut path = String::new();
+        for key in &self.path {
+            if !path.is_empty() && !key.starts_with('[') {
+                path.push('.');
+            }
+            path.push_str(key);
+        }
+        path
+    }
+}
+
+fn is_node_start(event: &Event<'_>) -> bool {
+    matches!(
+        event,
+        Event::Scalar(..) | Event::Alias(_) | Event::SequenceStart(..) | Event::MappingStart(..)
+    )
+}
+
+/// A merge key as the YAML library takes one: a plain `<<`, or one tagged `!!merge`.
+fn is_merge_key(event: &Event<'_>) -> bool {
+    let Event::Scalar(value, style, _, tag) = event else {
+        return false;
+    };
+    value == "<<"
+        && match tag {
+            None => *style == ScalarStyle::Plain,
+            Some(tag) => tag.handle() == "tag:yaml.org,2002:" && tag.suffix() == "merge",
+        }
+}
+
+fn offset(byte_offset: Option<usize>) -> Result<usize, Stop> {
+    byte_offset.ok_or(Stop::Unreadable)
+}
+
+/// Writes `range` of `text` to `out`, each move inside it replaced by the text it takes (with
+/// the moves inside that, in turn).
+fn render(text: &str, moves: &[Move], range: Range<usize>, out: &mut String) {
+    let mut cursor = range.start;
+    for m in moves {
+        let inside = m.to.start >= cursor && m.to.end <= range.end && m.to != range;
+        if inside {
+            out.push_str(&text[cursor..m.to.start]);
+            render(text, moves, m.from.clone(), out);
+            cursor = m.to.end;
+        }
+    }
+    out.push_str(&text[cursor..range.end]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Anchors for the texts below (an alias of none is a parse error, left to the library).
+    const ANCHORS: &str = "x: [&a {}, &b {}, &c {}, &d {}]\n";
+
+    fn reordered(text: &str) -> String {
+        let text = format!("{ANCHORS}{text}");
+        match in_pyyaml_order(&text) {
+            Ok(out) => out[ANCHORS.len()..].to_owned(),
+            Err(e) => panic!("{text}: {e:?}"),
+        }
+    }
+
+    /// Only the values of separate `<<` keys move, each line keeps its number, and a text with
+    /// one `<<` per mapping (or none) is the same text.
+    #[test]
+    fn the_values_of_separate_merge_keys_trade_places() {
+        assert_eq!(
+            reordered("m:\n  <<: *a # one\n  x: 1\n  <<: [*c, *d]\n"),
+            "m:\n  <<: [*c, *d] # one\n  x: 1\n  <<: *a\n"
+        );
+        assert_eq!(
+            reordered("m: {<<: *a, <<: *b, <<: *c}\n"),
+            "m: {<<: *c, <<: *b, <<: *a}\n"
+        );
+        // Inside a moved value, its own `<<` keys trade places too.
+        assert_eq!(
+            reordered("m: {<<: {<<: *a, <<: *b}, <<: *c}\n"),
+            "m: {<<: *c, <<: {<<: *b, <<: *a}}\n"
+        );
+        // A `<<: ~` merges nothing and stays where it is; a quoted "<<" is an ordinary key.
+        assert_eq!(
+            reordered("m:\n  <<: ~\n  \"<<\": *a\n  <<: *b\n"),
+            "m:\n  <<: ~\n  \"<<\": *a\n  <<: *b\n"
+        );
+        for same in [
+            "m:\n  <<: *a\n  <<:\n",
+            "m:\n  <<: [*a, *b]\n  x: 1\n",
+            "m: [{<<: *a}, {<<: *a}]\n",
+            "m: {<<: *a, <<: *b\n",
+        ] {
+            let text = format!("{ANCHORS}{same}");
+            assert!(
+                matches!(in_pyyaml_order(&text), Ok(Cow::Borrowed(_))),
+                "{same}"
+            );
+        }
+    }
+
+    /// A `<<` value that cannot trade places keeping every line (an indented block, several
+    /// lines, an anchor or a tag on it) is refused with its line, never read in the other order.
+    #[test]
+    fn a_merge_value_that_cannot_move_is_refused_with_its_line() {
+        let cases = [
+            (
+                "s:\n  m:\n    <<:\n      x: 1\n    <<: *a\n",
+                "s.m",
+                "line 4 is an indented block",
+            ),
+            (
+                "m:\n  <<: *a\n  <<: [*c,\n    *d]\n",
+                "m",
+                "line 4 spans several lines",
+            ),
+            (
+                "m:\n  <<: *a\n  <<: &q {x: 1}\n",
+                "m",
+                "line 4 defines an anchor",
+            ),
+            (
+                "m:\n  <<: [{x: &q 1}]\n  <<: *a\n",
+                "m",
+                "line 3 defines an anchor",
+            ),
+            (
+                "m:\n  - {<<: *a, <<: !!map {x: 1}}\n",
+                "m[0]",
+                "line 3 has a tag",
+            ),
+        ];
+        for (text, expected_path, why) in cases {
+            let text = format!("{ANCHORS}{text}");
+            let Err((path, reason)) = in_pyyaml_order(&text) else {
+                panic!("expected a refusal: {text}");
+            };
+            assert_eq!(path, expected_path, "{text}");
+            assert!(
+                reason.contains(&format!("the value of the one at {why}")),
+                "{text}: {reason}"
+            );
+        }
+    }
+}
