@@ -283,7 +283,7 @@ struct RawServer {
     #[serde(default)]
     append: Option<Vec<Scalar>>,
     #[serde(default)]
-    headers: Option<IndexMap<String, Scalar>>,
+    headers: Option<IndexMap<String, Located>>,
     #[serde(default)]
     timeout_secs: Option<Typed>,
     #[serde(default)]
@@ -321,6 +321,10 @@ impl<'de> Deserialize<'de> for Scalar {
 /// as `${NAME}` does in a text key; before, it was "expected a number".
 type Typed = serde_saphyr::Spanned<Scalar>;
 
+/// A scalar with where it is used and where it is written, which differ for one merged in by
+/// `<<` (see [`written_here`]).
+type Located = serde_saphyr::Spanned<Scalar>;
+
 /// The YAML library's options: the file's, and each [`Typed`] value's.
 fn yaml_options() -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
@@ -357,15 +361,27 @@ fn parse_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
     })
 }
 
-/// The dotted key path of `path`, without the field a [`Typed`] value adds inside its key
-/// (`timeout_secs.value`: the YAML library's span wrapper is a struct to serde).
+/// The dotted key path of `path`, without the field a [`Typed`] or [`Located`] value adds
+/// inside its key (`timeout_secs.value`, `headers.X-Title.value`: the YAML library's span
+/// wrapper is a struct to serde).
 fn key_path(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     let segments: Vec<&Segment> = path.iter().collect();
-    if let [.., Segment::Map { key }, Segment::Map { key: last }] = segments.as_slice()
-        && last == "value"
-        && TYPED_KEYS.contains(&key.as_str())
-    {
+    let wrapped = match segments.as_slice() {
+        [.., Segment::Map { key }, Segment::Map { key: last }]
+            if last == "value" && TYPED_KEYS.contains(&key.as_str()) =>
+        {
+            true
+        }
+        [
+            ..,
+            Segment::Map { key },
+            Segment::Map { .. },
+            Segment::Map { key: last },
+        ] => last == "value" && key == "headers",
+        _ => false,
+    };
+    if wrapped {
         let text = path.to_string();
         return text[..text.len() - ".value".len()].to_owned();
     }
@@ -573,11 +589,19 @@ fn validate_server(
     let mut header_secrets = Vec::new();
     // Each name as first written, to say both spellings of one written twice.
     let mut written: Vec<(HeaderName, String)> = Vec::new();
-    for (name, value) in raw.headers.unwrap_or_default() {
+    let raw_headers: Vec<(String, Located)> = raw.headers.unwrap_or_default().into_iter().collect();
+    let here = written_here(&raw_headers);
+    for (index, (name, value)) in raw_headers.into_iter().enumerate() {
         let path = format!("servers.{alias}.headers.{name}");
         let header_name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| invalid(&path, "not a valid HTTP header name"))?;
         if let Some((_, first)) = written.iter().find(|(n, _)| *n == header_name) {
+            // A merged header gives way to one of its name in any case written in the mapping
+            // or merged from a `<<` that wins (the YAML library gives those first), as one of
+            // the same spelling does.
+            if index >= here {
+                continue;
+            }
             return Err(invalid(
                 &path,
                 format!(
@@ -586,7 +610,7 @@ fn validate_server(
             ));
         }
         written.push((header_name.clone(), name.clone()));
-        let value = expand_env(&value.0, &path, env)?;
+        let value = expand_env(&value.value.0, &path, env)?;
         if let Some(reason) = not_configurable(&header_name) {
             warnings.push(format!("{path}: {reason}; not sent (remove it)"));
             continue;
@@ -638,6 +662,19 @@ fn validate_server(
         timeout,
         stream_usage,
     })
+}
+
+/// How many of `entries` (a mapping's, as the YAML library gives them) are written in the
+/// mapping itself; the rest are merged in by `<<`. The library gives the written ones first,
+/// then the merged ones, the winning `<<` first. A merged value is used at the `<<` and
+/// written elsewhere; a written one is used where it is written (unless it is an alias,
+/// `X-Title: *t`: so every entry up to the last one used where it is written counts as
+/// written).
+fn written_here(entries: &[(String, Located)]) -> usize {
+    entries
+        .iter()
+        .rposition(|(_, value)| value.referenced == value.defined)
+        .map_or(0, |last| last + 1)
 }
 
 /// Why a server's `headers` name a field the router leaves out; `None` when they may name
@@ -1420,6 +1457,59 @@ settings:
             reason,
             "the header X-A is written twice (\"X-A\" and \"x-a\"; header names ignore case): keep one"
         );
+    }
+
+    /// A header written in a `headers` mapping overrides a merged one (`<<: *h`) of its name
+    /// in any case, as it does one of the same spelling (`x-title: t2` over a merged
+    /// `X-Title: t1` was refused as "written twice"); of two merged in different case, the
+    /// winning `<<`'s is kept. Two spellings written in the mapping itself stay refused.
+    #[test]
+    fn a_header_written_here_overrides_a_merged_one_in_any_case() {
+        let base = "servers:\n  h:\n    url: http://h/v1\n    headers: &h {X-Title: t1, x-h: h}\n";
+        let headers = |yaml: &str| -> Vec<(String, String)> {
+            let c = Config::parse(&format!("{base}{yaml}"), &no_env).expect(yaml);
+            let b = c.server("b").expect("b");
+            let mut got: Vec<(String, String)> = b
+                .headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().expect("text").to_owned()))
+                .collect();
+            got.sort();
+            got
+        };
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            headers("  b:\n    url: http://b/v1\n    headers:\n      <<: *h\n      x-title: t2\n"),
+            pairs(&[("x-h", "h"), ("x-title", "t2")])
+        );
+        assert_eq!(
+            headers("  b:\n    url: http://b/v1\n    headers: {x-title: t2, <<: *h, X-H: e}\n"),
+            pairs(&[("x-h", "e"), ("x-title", "t2")])
+        );
+        // Two separate `<<`: the last one wins (PyYAML's order), in any case.
+        assert_eq!(
+            headers(
+                "  b:\n    url: http://b/v1\n    headers:\n      <<: {x-title: m1, X-Z: z1}\n      <<: *h\n"
+            ),
+            pairs(&[("x-h", "h"), ("x-title", "t1"), ("x-z", "z1")])
+        );
+        let (path, reason) = error_of(&format!(
+            "{base}  b:\n    url: http://b/v1\n    headers: {{X-Title: e1, <<: *h, x-title: e2}}\n"
+        ));
+        assert_eq!(path, "servers.b.headers.x-title");
+        assert_eq!(
+            reason,
+            "the header X-Title is written twice (\"X-Title\" and \"x-title\"; header names ignore case): keep one"
+        );
+        // A value the YAML library refuses is still named by its header.
+        let (path, reason) =
+            error_of("servers:\n  b:\n    url: http://b/v1\n    headers: {X-A: ~}\n");
+        assert_eq!(path, "servers.b.headers.X-A");
+        assert!(reason.starts_with("empty (null)"), "{reason}");
     }
 
     /// Separate `<<` keys in one mapping apply as PyYAML applies them (the last one wins),

@@ -475,13 +475,15 @@ fn headers_the_router_cannot_send_as_written_are_named_by_key_path() {
 /// `<<` merge keys load as PyYAML loads them, so a Python version's config sends each request
 /// where it did there: of two separate `<<` in one server the last wins (the first used to,
 /// and `[b]` went to `a`'s upstream with `a`'s key), within one `<<: [...]` list the first
-/// listed.
+/// listed, and a header written in the server's `headers` overrides a merged one in any case
+/// (`x-title: t2` over a merged `X-Title: t1` was refused as written twice). The upstream
+/// gets the one value.
 #[tokio::test]
 async fn merge_keys_send_each_request_where_pyyaml_read_them() {
     let a = MockUpstream::start(Behavior::default()).await;
     let o = MockUpstream::start(Behavior::default()).await;
     let config = format!(
-        "servers:\n  a: &a\n    url: \"{}\"\n    api_key: key-for-a\n    headers: &h\n      X-Title: t1\n  o: &o\n    url: \"{}\"\n    api_key: key-for-o\n  b:\n    <<: *a\n    <<: *o\n  l:\n    <<: [*a, *o]\n",
+        "servers:\n  a: &a\n    url: \"{}\"\n    api_key: key-for-a\n    headers: &h\n      X-Title: t1\n  o: &o\n    url: \"{}\"\n    api_key: key-for-o\n  b:\n    <<: *a\n    <<: *o\n  l:\n    <<: [*a, *o]\n  t:\n    <<: *a\n    headers:\n      <<: *h\n      x-title: t2\n",
         a.url(),
         o.url()
     );
@@ -489,6 +491,7 @@ async fn merge_keys_send_each_request_where_pyyaml_read_them() {
     for (model, upstream, key, title) in [
         ("[b]m", &o, "Bearer key-for-o", vec!["t1"]),
         ("[l]m", &a, "Bearer key-for-a", vec!["t1"]),
+        ("[t]m", &a, "Bearer key-for-a", vec!["t2"]),
     ] {
         let (before, all_before) = (upstream.count(), a.count() + o.count());
         let response = router.chat(&json!({"model": model, "messages": []})).await;
