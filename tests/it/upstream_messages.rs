@@ -313,20 +313,20 @@ async fn a_proxy_not_listening_could_not_be_reached() {
         (status, code.as_str(), message.as_str()),
         (502, "upstream_unreachable", via_proxy(REFUSED).as_str())
     );
-    let listed = crate::support::client()
-        .get(router.url("/v1/models"))
-        .send()
-        .await
-        .expect("list");
-    assert_eq!(listed.status(), 200);
     let unreachable = via_proxy("unreachable: tcp connect error: Connection refused");
-    crate::support::wait_until(std::time::Duration::from_secs(10), || {
-        router
-            .stderr()
-            .lines()
-            .any(|l| l.contains("server=mock") && l.contains(&unreachable))
+    router
+        .list_models_and_wait_for_warnings(&[("mock", &unreachable)])
+        .await;
+}
+
+/// A proxy that refuses every request: 407 with an empty body.
+async fn proxy_refusing_credentials() -> crate::support::upstream::MockUpstream {
+    crate::support::upstream::MockUpstream::start(crate::support::upstream::Behavior {
+        status: 407,
+        body: Some(String::new()),
+        ..Default::default()
     })
-    .await;
+    .await
 }
 
 /// A proxy that answers 407 (its credentials refused, `user:p` of a password with an `@`
@@ -335,12 +335,7 @@ async fn a_proxy_not_listening_could_not_be_reached() {
 /// credentials.
 #[tokio::test]
 async fn a_proxy_refusing_its_credentials_is_the_routers_error_naming_it() {
-    let proxy = crate::support::upstream::MockUpstream::start(crate::support::upstream::Behavior {
-        status: 407,
-        body: Some(String::new()),
-        ..Default::default()
-    })
-    .await;
+    let proxy = proxy_refusing_credentials().await;
     let with_credentials = with_credentials(&proxy.origin());
     let router = router_behind_proxy(&with_credentials, "");
     let (status, code, message) = error_of(router.chat(&chat_request()).await).await;
@@ -381,29 +376,21 @@ async fn a_proxy_refusing_its_credentials_is_the_routers_error_naming_it() {
 /// with the credentials.
 #[tokio::test]
 async fn a_proxy_refusing_the_model_list_fetch_is_named_in_the_warning() {
-    let proxy = crate::support::upstream::MockUpstream::start(crate::support::upstream::Behavior {
-        status: 407,
-        body: Some(String::new()),
-        ..Default::default()
-    })
-    .await;
+    let proxy = proxy_refusing_credentials().await;
     let router = router_behind_proxy(&with_credentials(&proxy.origin()), "");
-    let listed = crate::support::client()
-        .get(router.url("/v1/models"))
-        .send()
-        .await
-        .expect("list");
-    assert_eq!(listed.status(), 200);
     let refused = "GET /models failed: the proxy (HTTP_PROXY) refused the request: 407 Proxy \
                    Authentication Required; check the credentials in the variable; its models \
                    are left out of /v1/models";
-    crate::support::wait_until(std::time::Duration::from_secs(10), || {
+    router
+        .list_models_and_wait_for_warnings(&[("mock", refused)])
+        .await;
+    assert!(
         router
             .stderr()
             .lines()
-            .any(|l| l.contains(" WARN ") && l.contains(refused) && l.contains("server=mock"))
-    })
-    .await;
+            .any(|l| l.contains(" WARN ") && l.contains(refused)),
+        "a warning"
+    );
     assert!(
         proxy.last().headers.contains_key("proxy-authorization"),
         "it was the proxy that was asked"

@@ -487,21 +487,9 @@ async fn tls_failures_name_their_likely_cause() {
     assert!(said.ends_with(plain_hint), "{said}");
     let said = message("private").await;
     assert!(said.ends_with(ca_hint), "{said}");
-    let listed = crate::support::client()
-        .get(router.url("/v1/models"))
-        .send()
-        .await
-        .expect("list");
-    assert_eq!(listed.status(), 200);
-    crate::support::wait_until(std::time::Duration::from_secs(10), || {
-        let log = router.stderr();
-        log.lines()
-            .any(|l| l.contains("server=plain") && l.contains(plain_hint))
-            && log
-                .lines()
-                .any(|l| l.contains("server=private") && l.contains(ca_hint))
-    })
-    .await;
+    router
+        .list_models_and_wait_for_warnings(&[("plain", plain_hint), ("private", ca_hint)])
+        .await;
 }
 
 /// A self-signed certificate made the usual way (`openssl req -x509`, which makes it a CA)
@@ -538,19 +526,9 @@ async fn a_self_signed_ca_certificate_as_the_servers_own_is_said_in_words() {
         format!("could not reach the upstream selfsigned: {words}")
     );
     assert!(seen.lock().expect("lock").is_empty(), "no request was sent");
-    let listed = crate::support::client()
-        .get(router.url("/v1/models"))
-        .send()
-        .await
-        .expect("list");
-    assert_eq!(listed.status(), 200);
-    crate::support::wait_until(std::time::Duration::from_secs(10), || {
-        router
-            .stderr()
-            .lines()
-            .any(|l| l.contains("server=selfsigned") && l.contains(words))
-    })
-    .await;
+    router
+        .list_models_and_wait_for_warnings(&[("selfsigned", words)])
+        .await;
     let log = router.stderr();
     assert!(!log.contains("OtherError"), "{log}");
 }

@@ -509,6 +509,29 @@ impl RouterProcess {
         self.dir.path()
     }
 
+    /// Asks for `/v1/models` (which refreshes every server's list) and waits until the log
+    /// has, for each `(server, text)`, a line of `server=<server>` holding `text`: the
+    /// refresh's warning about that server.
+    pub async fn list_models_and_wait_for_warnings(&self, warnings: &[(&str, &str)]) {
+        let listed = client()
+            .get(self.url("/v1/models"))
+            .send()
+            .await
+            .expect("list");
+        assert_eq!(listed.status(), 200);
+        let said = |log: &str, server: &str, text: &str| {
+            let server = format!("server={server}");
+            log.lines().any(|l| l.contains(&server) && l.contains(text))
+        };
+        wait_until(Duration::from_secs(10), || {
+            let log = self.stderr();
+            warnings
+                .iter()
+                .all(|(server, text)| said(&log, server, text))
+        })
+        .await;
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         self.signal("TERM");
