@@ -7,10 +7,13 @@
 //! The router asks every upstream for `Accept-Encoding: identity`, so an encoded answer comes
 //! only from an upstream that ignores it. Codings other than gzip and deflate (br, zstd) are
 //! not decoded; [`decode`] says so and the caller decides what to do without the text.
+//!
+//! What follows the end of the compressed data is ignored, as curl and the zlib-based HTTP
+//! clients (the openai SDKs') ignore it: bytes after a gzip member that do not open another
+//! member (a proxy's padding, a stray newline), anything after the end of deflate data. The
+//! client reads the answer; so does its record.
 
-use std::io::Read as _;
-
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 
 use crate::http1::fields::{Fields, trim};
 
@@ -52,77 +55,92 @@ pub fn content_encoding(fields: &Fields) -> Option<String> {
 }
 
 /// `body` with the codings of `content_encoding` (as [`content_encoding`] gives it, in the
-/// order they were applied) undone, at most `limit` bytes of it.
+/// order they were applied) undone, at most `limit` bytes of it. The same decoder as a
+/// stream's ([`StreamDecoder`]), so a body reads the same whichever way it came.
 pub fn decode(content_encoding: &str, body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
-    let mut data = body.to_vec();
+    let mut decoded: Option<Vec<u8>> = None;
     for coding in content_encoding.rsplit(',').map(str::trim) {
-        data = match coding.to_ascii_lowercase().as_str() {
-            "" | "identity" => continue,
-            "gzip" | "x-gzip" => {
-                read_limited(flate2::read::MultiGzDecoder::new(&data[..]), limit, "gzip")?
-            }
-            // RFC 9110's deflate is the zlib format; some servers send raw deflate instead.
-            "deflate" => {
-                match read_limited(flate2::read::ZlibDecoder::new(&data[..]), limit, "deflate") {
-                    Err(DecodeError::Corrupt { .. }) => read_limited(
-                        flate2::read::DeflateDecoder::new(&data[..]),
-                        limit,
-                        "deflate",
-                    )?,
-                    zlib => zlib?,
-                }
-            }
-            other => return Err(DecodeError::Unsupported(other.to_owned())),
+        let coding = coding.to_ascii_lowercase();
+        if coding.is_empty() || coding == "identity" {
+            continue;
+        }
+        let Some(decoder) = StreamDecoder::new(&coding) else {
+            return Err(DecodeError::Unsupported(coding));
         };
+        let input = match decoded.take() {
+            Some(before) => Bytes::from(before),
+            None => Bytes::copy_from_slice(body),
+        };
+        decoded = Some(decode_whole(decoder, input, limit)?);
     }
-    Ok(data)
+    Ok(decoded.unwrap_or_else(|| body.to_vec()))
 }
 
-/// Reads `decoder` to its end, failing past `limit` bytes (a small body may decode to
-/// gigabytes).
-fn read_limited(
-    decoder: impl std::io::Read,
+/// Everything `input` decodes to with `decoder`, failing past `limit` bytes (a small body may
+/// decode to gigabytes).
+fn decode_whole(
+    mut decoder: StreamDecoder,
+    input: Bytes,
     limit: usize,
-    coding: &'static str,
 ) -> Result<Vec<u8>, DecodeError> {
     let mut out = Vec::new();
-    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    decoder
-        .take(cap)
-        .read_to_end(&mut out)
-        .map_err(|error| DecodeError::Corrupt { coding, error })?;
-    if out.len() > limit {
-        return Err(DecodeError::TooLarge(limit));
+    decoder.push(input);
+    while let Some(piece) = decoder.next_piece()? {
+        append_limited(&mut out, &piece, limit)?;
+    }
+    if let Some(tail) = decoder.finish()? {
+        append_limited(&mut out, &tail, limit)?;
     }
     Ok(out)
 }
 
+/// Appends `piece` to `out`, failing when that would take it past `limit`.
+fn append_limited(out: &mut Vec<u8>, piece: &[u8], limit: usize) -> Result<(), DecodeError> {
+    if out.len().saturating_add(piece.len()) > limit {
+        return Err(DecodeError::TooLarge(limit));
+    }
+    out.extend_from_slice(piece);
+    Ok(())
+}
+
 /// Most decoded bytes [`StreamDecoder::next_piece`] gathers before it hands them out (one
-/// write into the decoder can add up to its 32 KiB buffer more). A chunk of a few KiB may
-/// decode to gigabytes: that must go on piece by piece, as fast as the client takes it, never
-/// be held whole.
+/// step of a decoder can add up to its 32 KiB buffer more). A chunk of a few KiB may decode
+/// to gigabytes: that must go on piece by piece, as fast as the client takes it, never be
+/// held whole.
 pub const STREAM_PIECE: usize = 64 * 1024;
 
-/// Where a decoder writes what it decoded; [`StreamDecoder`] hands it out from there.
+/// Where a flate2 decoder writes what it decoded; [`StreamDecoder`] moves it out from there
+/// after each step.
 type Sink = bytes::buf::Writer<BytesMut>;
 
-/// The decoder of one stream.
+/// gzip's magic bytes, which open every member (RFC 1952).
+const GZIP_MAGIC: [u8; 2] = [0x1F, 0x8B];
+
+/// The decoder of one stream, in the state the compressed data has reached.
 enum Codec {
-    Gzip(flate2::write::MultiGzDecoder<Sink>),
-    Zlib(flate2::write::ZlibDecoder<Sink>),
-    RawDeflate(flate2::write::DeflateDecoder<Sink>),
+    /// A gzip member, from its header to its trailer.
+    Gzip(Box<flate2::write::GzDecoder<Sink>>),
+    /// Before a gzip member. The body opens with gzip's magic bytes; after a whole member,
+    /// what follows is another member when it opens with them too, else bytes that are not
+    /// part of the body.
+    GzipNext {
+        after_member: bool,
+    },
+    Zlib(Box<flate2::write::ZlibDecoder<Sink>>),
+    RawDeflate(Box<flate2::write::DeflateDecoder<Sink>>),
     /// `deflate` before its first two bytes tell the zlib format (RFC 9110's deflate) from
-    /// raw deflate (which some servers send instead); holds the first byte when it came alone.
-    Deflate(Option<u8>),
+    /// raw deflate (which some servers send instead).
+    Deflate,
 }
 
 impl Codec {
+    /// The flate2 decoder writing into its sink, in the states that have one.
     fn writer(&mut self) -> Option<&mut dyn std::io::Write> {
         match self {
-            Self::Gzip(d) => Some(d),
-            Self::Zlib(d) => Some(d),
-            Self::RawDeflate(d) => Some(d),
-            Self::Deflate(_) => None,
+            Self::Gzip(d) => Some(&mut **d),
+            Self::Zlib(d) => Some(&mut **d),
+            Self::RawDeflate(d) => Some(&mut **d),
+            Self::GzipNext { .. } | Self::Deflate => None,
         }
     }
 
@@ -131,18 +149,7 @@ impl Codec {
             Self::Gzip(d) => Some(d.get_mut().get_mut()),
             Self::Zlib(d) => Some(d.get_mut().get_mut()),
             Self::RawDeflate(d) => Some(d.get_mut().get_mut()),
-            Self::Deflate(_) => None,
-        }
-    }
-
-    /// Checks that the compressed data ended (and, for gzip, its checksum), writing out what
-    /// was still held. No write may follow.
-    fn try_finish(&mut self) -> std::io::Result<()> {
-        match self {
-            Self::Gzip(d) => d.try_finish(),
-            Self::Zlib(d) => d.try_finish(),
-            Self::RawDeflate(d) => d.try_finish(),
-            Self::Deflate(_) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Self::GzipNext { .. } | Self::Deflate => None,
         }
     }
 }
@@ -168,7 +175,12 @@ pub struct StreamDecoder {
     codec: Codec,
     /// What is left of the chunk pushed last.
     input: Bytes,
-    /// The decoder may hold output of input it consumed since it was last flushed.
+    /// Bytes taken from the input that do not yet tell what follows (the opening of deflate
+    /// data, or of what comes after a gzip member): joined back in front of the next chunk.
+    held: Vec<u8>,
+    /// Decoded bytes not handed out yet.
+    out: BytesMut,
+    /// The flate2 decoder may hold output of input it consumed since it was last flushed.
     unflushed: bool,
     /// The compressed data ended; whatever follows it is ignored.
     ended: bool,
@@ -186,15 +198,19 @@ impl StreamDecoder {
     pub fn new(content_encoding: &str) -> Option<Self> {
         let (codec, coding) = match content_encoding {
             "gzip" | "x-gzip" => (
-                Codec::Gzip(flate2::write::MultiGzDecoder::new(sink())),
+                Codec::GzipNext {
+                    after_member: false,
+                },
                 "gzip",
             ),
-            "deflate" => (Codec::Deflate(None), "deflate"),
+            "deflate" => (Codec::Deflate, "deflate"),
             _ => return None,
         };
         Some(Self {
             codec,
             input: Bytes::new(),
+            held: Vec::new(),
+            out: BytesMut::new(),
             unflushed: false,
             ended: false,
             seen_input: false,
@@ -221,47 +237,124 @@ impl StreamDecoder {
         if let Some(error) = self.failed.take() {
             return Err(error);
         }
-        while !self.input.is_empty() {
-            if let Codec::Deflate(held) = self.codec {
-                if !self.choose_deflate(held) {
-                    break;
-                }
+        while !self.ended && !self.input.is_empty() {
+            if let Err(error) = self.step() {
+                return self.fail(error);
             }
-            let Some(writer) = self.codec.writer() else {
-                break;
-            };
-            let coding = self.coding;
-            let written = match writer.write(&self.input) {
-                Ok(written) => written,
-                Err(error) => {
-                    // The output of the input before the corrupt part may still sit in the
-                    // decoder; a flush moves it out (and fails again, which says nothing new).
-                    let _ = writer.flush();
-                    return self.fail(DecodeError::Corrupt { coding, error });
-                }
-            };
-            self.unflushed = true;
-            if written == 0 {
-                // The compressed data ended before this input: what follows it is not part
-                // of the body (gzip members that follow are read by the decoder itself).
-                self.input.clear();
-                self.end()?;
-                break;
-            }
-            self.input.advance(written);
-            if self.codec.sink().is_some_and(|s| s.len() >= STREAM_PIECE) {
+            if self.out.len() >= STREAM_PIECE {
                 return Ok(self.take());
             }
         }
         if std::mem::take(&mut self.unflushed) && !self.ended {
-            let coding = self.coding;
             if let Some(writer) = self.codec.writer() {
-                if let Err(error) = writer.flush() {
+                let flushed = writer.flush();
+                self.drain_sink();
+                if let Err(error) = flushed {
+                    let coding = self.coding;
                     return self.fail(DecodeError::Corrupt { coding, error });
                 }
             }
         }
         Ok(self.take())
+    }
+
+    /// Decodes some of the input: at most one buffer of output (32 KiB) at a time.
+    fn step(&mut self) -> Result<(), DecodeError> {
+        let coding = self.coding;
+        match self.codec {
+            Codec::Deflate => {
+                if let Some(opening) = self.opening::<2>() {
+                    self.codec = if is_zlib_header(opening[0], opening[1]) {
+                        Codec::Zlib(Box::new(flate2::write::ZlibDecoder::new(sink())))
+                    } else {
+                        Codec::RawDeflate(Box::new(flate2::write::DeflateDecoder::new(sink())))
+                    };
+                }
+                return Ok(());
+            }
+            Codec::GzipNext { after_member } => {
+                match self.opening::<2>() {
+                    Some(GZIP_MAGIC) => self.codec = Codec::Gzip(gzip_member()),
+                    Some(_) if after_member => self.ignore_the_rest(),
+                    Some(_) => {
+                        let error = std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "invalid gzip header",
+                        );
+                        return Err(DecodeError::Corrupt { coding, error });
+                    }
+                    None => {}
+                }
+                return Ok(());
+            }
+            Codec::Gzip(_) | Codec::Zlib(_) | Codec::RawDeflate(_) => {}
+        }
+        let Some(writer) = self.codec.writer() else {
+            return Ok(());
+        };
+        let written = writer.write(&self.input);
+        // What was decoded before corrupt data is handed out first: a flush moves it out of
+        // the decoder (and fails again, which says nothing new).
+        if written.is_err() {
+            let _ = writer.flush();
+        }
+        self.drain_sink();
+        let written = written.map_err(|error| DecodeError::Corrupt { coding, error })?;
+        self.unflushed = true;
+        if written > 0 {
+            self.input.advance(written);
+            return Ok(());
+        }
+        // The compressed data ended before this input.
+        if let Codec::Gzip(_) = self.codec {
+            // A whole member (its checksum checked): another may follow.
+            self.end()?;
+            self.codec = Codec::GzipNext { after_member: true };
+            return Ok(());
+        }
+        self.ignore_the_rest();
+        self.end()
+    }
+
+    /// The first `N` bytes of what is left (bytes held from before joined back in front), or
+    /// `None` while fewer than `n` have come: the input is held then, waiting for the next
+    /// chunk.
+    fn opening<const N: usize>(&mut self) -> Option<[u8; N]> {
+        if !self.held.is_empty() {
+            self.held.extend_from_slice(&self.input);
+            self.input = Bytes::from(std::mem::take(&mut self.held));
+        }
+        match self.input.first_chunk::<N>() {
+            Some(opening) => Some(*opening),
+            None => {
+                self.held = self.input.to_vec();
+                self.input.clear();
+                None
+            }
+        }
+    }
+
+    /// What is left is not part of the compressed data (see the module's doc).
+    fn ignore_the_rest(&mut self) {
+        self.input.clear();
+        self.held.clear();
+        self.ended = true;
+    }
+
+    /// Moves what the flate2 decoder wrote out of its sink.
+    fn drain_sink(&mut self) {
+        let Some(sink) = self.codec.sink() else {
+            return;
+        };
+        if sink.is_empty() {
+            return;
+        }
+        let decoded = sink.split();
+        if self.out.is_empty() {
+            self.out = decoded;
+        } else {
+            self.out.extend_from_slice(&decoded);
+        }
     }
 
     /// The data is corrupt: what was decoded before the corrupt part (chunks that arrived
@@ -281,16 +374,30 @@ impl StreamDecoder {
     /// The body ended: checks that its compressed data did too, and hands out what was left.
     pub fn finish(&mut self) -> Result<Option<Bytes>, DecodeError> {
         if self.ended || !self.seen_input {
-            return Ok(None);
+            return Ok(self.take());
         }
+        self.ended = true;
         self.end()?;
         Ok(self.take())
     }
 
+    /// Checks that the compressed data ended (and, for gzip, its checksum), moving out what
+    /// the decoder still held.
     fn end(&mut self) -> Result<(), DecodeError> {
-        self.ended = true;
         let coding = self.coding;
-        self.codec.try_finish().map_err(|error| {
+        let ended = match &mut self.codec {
+            Codec::Gzip(d) => d.try_finish(),
+            Codec::Zlib(d) => d.try_finish(),
+            Codec::RawDeflate(d) => d.try_finish(),
+            // Whatever came after the last member was not gzip.
+            Codec::GzipNext { after_member: true } => Ok(()),
+            Codec::GzipNext {
+                after_member: false,
+            } => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Codec::Deflate => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        };
+        self.drain_sink();
+        ended.map_err(|error| {
             if error.kind() == std::io::ErrorKind::UnexpectedEof {
                 DecodeError::Truncated(coding)
             } else {
@@ -299,40 +406,17 @@ impl StreamDecoder {
         })
     }
 
-    /// `deflate`: picks the format once two bytes are there (holding a first byte that came
-    /// alone). False while it still waits.
-    fn choose_deflate(&mut self, held: Option<u8>) -> bool {
-        let (first, second) = match (held, self.input.first(), self.input.get(1)) {
-            (Some(first), Some(&second), _) => (first, second),
-            (None, Some(&first), Some(&second)) => (first, second),
-            (None, Some(&first), None) => {
-                self.codec = Codec::Deflate(Some(first));
-                self.input.clear();
-                return false;
-            }
-            _ => return false,
-        };
-        if let Some(first) = held {
-            let mut joined = BytesMut::with_capacity(1 + self.input.len());
-            joined.put_u8(first);
-            joined.extend_from_slice(&self.input);
-            self.input = joined.freeze();
-        }
-        self.codec = if is_zlib_header(first, second) {
-            Codec::Zlib(flate2::write::ZlibDecoder::new(sink()))
-        } else {
-            Codec::RawDeflate(flate2::write::DeflateDecoder::new(sink()))
-        };
-        true
-    }
-
     fn take(&mut self) -> Option<Bytes> {
-        let sink = self.codec.sink()?;
-        (!sink.is_empty()).then(|| sink.split().freeze())
+        (!self.out.is_empty()).then(|| self.out.split().freeze())
     }
 }
 
+fn gzip_member() -> Box<flate2::write::GzDecoder<Sink>> {
+    Box::new(flate2::write::GzDecoder::new(sink()))
+}
+
 fn sink() -> Sink {
+    use bytes::BufMut as _;
     BytesMut::new().writer()
 }
 
@@ -585,6 +669,53 @@ mod tests {
         let mut body = zlib(EVENTS);
         body.extend_from_slice(b"trailing junk");
         assert_eq!(decode_chunks("deflate", &[&body]).expect("deflate"), EVENTS);
+    }
+
+    /// Bytes after a whole gzip member that do not open another member are not part of the
+    /// body: the members before them are its text, as curl and zlib-based clients read it.
+    /// Bytes that do open one must be a whole member.
+    #[test]
+    fn what_follows_the_last_gzip_member_is_ignored() {
+        let two = [gzip(b"data: 1\n\n"), gzip(b"data: 2\n\n")].concat();
+        for (body, text) in [
+            ([gzip(EVENTS), b"\r\n".to_vec()].concat(), EVENTS),
+            (
+                [gzip(EVENTS), b"trailing garbage".to_vec()].concat(),
+                EVENTS,
+            ),
+            ([gzip(EVENTS), vec![0; 512]].concat(), EVENTS),
+            ([gzip(EVENTS), vec![0x1F]].concat(), EVENTS),
+            ([gzip(EVENTS), vec![0x1F, 0x00, 0x8B]].concat(), EVENTS),
+            (
+                [two.clone(), b"junk".to_vec()].concat(),
+                b"data: 1\n\ndata: 2\n\n",
+            ),
+        ] {
+            assert_eq!(decode("gzip", &body, 1 << 20).expect("decodes"), text);
+            let bytes: Vec<&[u8]> = body.chunks(1).collect();
+            assert_eq!(decode_chunks("gzip", &bytes).expect("by byte"), text);
+            for at in 0..=body.len() {
+                let (a, b) = body.split_at(at);
+                assert_eq!(
+                    decode_chunks("gzip", &[a, b]).expect("split"),
+                    text,
+                    "at {at}"
+                );
+            }
+        }
+        let member = gzip(EVENTS);
+        let cut = [member.clone(), member[..member.len() / 2].to_vec()].concat();
+        assert!(matches!(
+            decode("gzip", &cut, 1 << 20),
+            Err(DecodeError::Truncated("gzip"))
+        ));
+        // Not gzip from the start: nothing to keep, however short.
+        for body in [&b"not gzip at all"[..], b"[\"a\"]", b"{}"] {
+            assert!(matches!(
+                decode("gzip", body, 1 << 20),
+                Err(DecodeError::Corrupt { .. })
+            ));
+        }
     }
 
     /// A few KiB that decode to many MiB come out in bounded pieces, all of it.

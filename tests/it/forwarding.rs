@@ -432,6 +432,42 @@ async fn a_compressed_answer_is_relayed_as_it_came_and_recorded_decoded() {
     router.stop().await;
 }
 
+/// A gzip answer with bytes after its member that do not open another one (a stray line
+/// end, a proxy's padding): curl and the openai SDKs read the member and ignore the rest, and
+/// so does its record, which used to be the upstream's error ("invalid gzip header") with no
+/// usage. The client still gets the bytes as they came.
+#[tokio::test]
+async fn bytes_after_a_gzip_answers_last_member_are_ignored_in_its_record() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let answer = chat_completion("mock-model-2024");
+    let member = gzip(answer.as_bytes());
+    let sent = [
+        [member.clone(), b"\r\n".to_vec()].concat(),
+        [member.clone(), b"\r\ntrailing garbage\x00\x00".to_vec()].concat(),
+    ];
+    for (n, sent) in sent.into_iter().enumerate() {
+        upstream.set(Behavior {
+            raw_body: Some(sent.clone()),
+            headers: vec![("content-encoding".into(), "gzip".into())],
+            ..Default::default()
+        });
+        let response = router
+            .chat(&json!({"model": "[mock]m", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.bytes().await.expect("body"), sent);
+
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::Success, "{:?}", record.error);
+        let usage = record.response.usage.clone().expect("usage read");
+        assert_eq!(usage.total, PROMPT_TOKENS + 2);
+        assert_eq!(record.response.content, "Hello there");
+        assert_eq!(record.response_body.as_deref(), Some(answer.as_bytes()));
+    }
+    router.stop().await;
+}
+
 /// A plain-HTTP upstream gets one keep-alive connection for requests one after another
 /// (from one client connection, hence one lane):
 /// answers and errors read to their end hand it back at once; a stream hands it back once
