@@ -1,17 +1,21 @@
-//! Undoing an upstream's `Content-Encoding` (gzip, deflate) where the router must read a body:
-//! an error body it redacts and wraps, a whole answer the recorder reads usage from, an event
-//! stream it splits into events ([`StreamDecoder`], as the chunks arrive). Pure: no I/O, and
-//! never on a body being relayed as it came (a decoded stream goes on decoded, without the
-//! coding).
+//! Undoing an upstream's `Content-Encoding` (gzip, deflate, br, zstd) where the router must
+//! read a body: an error body it redacts and wraps, a whole answer the recorder reads usage
+//! from, an event stream it splits into events ([`StreamDecoder`], as the chunks arrive).
+//! Pure: no I/O, and never on a body being relayed as it came (a decoded stream goes on
+//! decoded, without the coding).
 //!
 //! The router asks every upstream for `Accept-Encoding: identity`, so an encoded answer comes
-//! only from an upstream that ignores it. Codings other than gzip and deflate (br, zstd) are
+//! only from an upstream that ignores it. Other codings (`compress`, a coding of its own) are
 //! not decoded; [`decode`] says so and the caller decides what to do without the text.
 //!
 //! What follows the end of the compressed data is ignored, as curl and the zlib-based HTTP
-//! clients (the openai SDKs') ignore it: bytes after a gzip member that do not open another
-//! member (a proxy's padding, a stray newline), anything after the end of deflate data. The
-//! client reads the answer; so does its record.
+//! clients (the openai SDKs') ignore it: bytes after a gzip member or a zstd frame that do
+//! not open another one (a proxy's padding, a stray newline), anything after the end of
+//! deflate or br data. The client reads the answer; so does its record.
+//!
+//! br is decoded by `brotli-decompressor` (pure Rust), zstd by libzstd (through the `zstd`
+//! crate): the pure-Rust zstd decoder holds the last window of output (up to 8 MiB) until its
+//! frame ends, so an event stream's events would wait for the end of the stream.
 
 use bytes::{Buf as _, Bytes, BytesMut};
 
@@ -20,7 +24,7 @@ use crate::http1::fields::{Fields, trim};
 /// Why a body could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("the content coding \"{0}\" is not one the router decodes (gzip, deflate)")]
+    #[error("the content coding \"{0}\" is not one the router decodes (gzip, deflate, br, zstd)")]
     Unsupported(String),
     #[error("the {coding} body is corrupt: {error}")]
     Corrupt {
@@ -116,6 +120,41 @@ type Sink = bytes::buf::Writer<BytesMut>;
 /// gzip's magic bytes, which open every member (RFC 1952).
 const GZIP_MAGIC: [u8; 2] = [0x1F, 0x8B];
 
+/// Most decoded bytes one step of the br or zstd decoder writes (flate2's write at most its
+/// 32 KiB buffer).
+const STEP_OUT: usize = 32 * 1024;
+
+/// The largest zstd window the router decodes: 8 MiB, the most a `Content-Encoding: zstd`
+/// body may use (RFC 9659); a decoder holds its window in memory. libzstd's own limit is
+/// 128 MiB.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// The brotli decoder's state (its window, up to 16 MiB, allocated as the stream needs it).
+type Brotli = brotli_decompressor::BrotliState<
+    brotli_decompressor::StandardAlloc,
+    brotli_decompressor::StandardAlloc,
+    brotli_decompressor::StandardAlloc,
+>;
+
+/// The bytes of a zstd frame's header libzstd reads first (its magic number and descriptor):
+/// its hint before a frame begins.
+const ZSTD_FRAME_PREFIX: usize = 5;
+
+/// The input to give libzstd's next step, from its `hint`: not the next block's 3-byte header
+/// that the hint of a block includes (less than a header's hint asks for is only read in
+/// more steps). A step that decodes a block and then finds the header after it corrupt fails
+/// without saying what it wrote, and the block's events would be lost; given the block
+/// alone, the step hands them out, and the next one fails.
+fn zstd_input(hint: usize) -> usize {
+    hint.saturating_sub(3).max(1)
+}
+
+/// Whether `opening` opens a zstd frame: its magic number, or a skippable frame's (RFC 8878).
+fn is_zstd_frame(opening: [u8; 4]) -> bool {
+    let magic = u32::from_le_bytes(opening);
+    magic == 0xFD2F_B528 || magic & 0xFFFF_FFF0 == 0x184D_2A50
+}
+
 /// The decoder of one stream, in the state the compressed data has reached.
 enum Codec {
     /// A gzip member, from its header to its trailer.
@@ -131,6 +170,17 @@ enum Codec {
     /// `deflate` before its first two bytes tell the zlib format (RFC 9110's deflate) from
     /// raw deflate (which some servers send instead).
     Deflate,
+    /// One brotli stream.
+    Brotli(Box<Brotli>),
+    /// zstd frames. After a whole one (`frame_over`), what follows is another frame when it
+    /// opens with a frame's magic number, else bytes that are not part of the body.
+    Zstd {
+        decoder: Box<zstd::stream::raw::Decoder<'static>>,
+        frame_over: bool,
+        /// libzstd's hint of the input its next step needs: the rest of a header, or of a
+        /// block and the next block's header (see [`zstd_input`]).
+        hint: usize,
+    },
 }
 
 impl Codec {
@@ -140,7 +190,7 @@ impl Codec {
             Self::Gzip(d) => Some(&mut **d),
             Self::Zlib(d) => Some(&mut **d),
             Self::RawDeflate(d) => Some(&mut **d),
-            Self::GzipNext { .. } | Self::Deflate => None,
+            Self::GzipNext { .. } | Self::Deflate | Self::Brotli(_) | Self::Zstd { .. } => None,
         }
     }
 
@@ -149,7 +199,7 @@ impl Codec {
             Self::Gzip(d) => Some(d.get_mut().get_mut()),
             Self::Zlib(d) => Some(d.get_mut().get_mut()),
             Self::RawDeflate(d) => Some(d.get_mut().get_mut()),
-            Self::GzipNext { .. } | Self::Deflate => None,
+            Self::GzipNext { .. } | Self::Deflate | Self::Brotli(_) | Self::Zstd { .. } => None,
         }
     }
 }
@@ -163,10 +213,11 @@ fn is_zlib_header(cmf: u8, flg: u8) -> bool {
         && (u16::from(cmf) << 8 | u16::from(flg)) % 31 == 0
 }
 
-/// Undoes one `Content-Encoding` (gzip or deflate) of a body that arrives in chunks, handing
-/// out what each chunk decodes to before the next one is there: an event stream's events go
-/// on as they arrive, not when the upstream finishes. Memory stays bounded whatever the
-/// compression ratio: output is handed out in pieces of about [`STREAM_PIECE`].
+/// Undoes one `Content-Encoding` (gzip, deflate, br or zstd) of a body that arrives in
+/// chunks, handing out what each chunk decodes to before the next one is there: an event
+/// stream's events go on as they arrive, not when the upstream finishes. Memory stays bounded
+/// whatever the compression ratio: output is handed out in pieces of about [`STREAM_PIECE`]
+/// (a br or zstd decoder also holds its window: up to 16 or 8 MiB).
 ///
 /// Use: [`Self::push`] a chunk, then [`Self::next_piece`] until it gives `None` (the chunk is
 /// then consumed, and everything it decoded to handed out), then the next chunk; at the end
@@ -176,12 +227,16 @@ pub struct StreamDecoder {
     /// What is left of the chunk pushed last.
     input: Bytes,
     /// Bytes taken from the input that do not yet tell what follows (the opening of deflate
-    /// data, or of what comes after a gzip member): joined back in front of the next chunk.
+    /// data, or of what comes after a gzip member or a zstd frame): joined back in front of
+    /// the next chunk.
     held: Vec<u8>,
     /// Decoded bytes not handed out yet.
     out: BytesMut,
     /// The flate2 decoder may hold output of input it consumed since it was last flushed.
     unflushed: bool,
+    /// The br or zstd decoder's last step filled its room: it may hold more output of input
+    /// it consumed.
+    more_output: bool,
     /// The compressed data ended; whatever follows it is ignored.
     ended: bool,
     /// Some input arrived: a body with none decodes to nothing, not to an error.
@@ -194,7 +249,8 @@ pub struct StreamDecoder {
 
 impl StreamDecoder {
     /// A decoder for a body in `content_encoding` (as [`content_encoding`] gives it); `None`
-    /// when that is not one coding the router decodes (br, zstd, or a list of codings).
+    /// when that is not one coding the router decodes (`compress`, or a list of codings),
+    /// or libzstd could not allocate a decoder.
     pub fn new(content_encoding: &str) -> Option<Self> {
         let (codec, coding) = match content_encoding {
             "gzip" | "x-gzip" => (
@@ -204,6 +260,8 @@ impl StreamDecoder {
                 "gzip",
             ),
             "deflate" => (Codec::Deflate, "deflate"),
+            "br" => (Codec::Brotli(Box::new(brotli())), "br"),
+            "zstd" => (zstd_decoder()?, "zstd"),
             _ => return None,
         };
         Some(Self {
@@ -212,6 +270,7 @@ impl StreamDecoder {
             held: Vec::new(),
             out: BytesMut::new(),
             unflushed: false,
+            more_output: false,
             ended: false,
             seen_input: false,
             coding,
@@ -237,7 +296,7 @@ impl StreamDecoder {
         if let Some(error) = self.failed.take() {
             return Err(error);
         }
-        while !self.ended && !self.input.is_empty() {
+        while !self.ended && (!self.input.is_empty() || self.more_output) {
             if let Err(error) = self.step() {
                 return self.fail(error);
             }
@@ -287,6 +346,8 @@ impl StreamDecoder {
                 }
                 return Ok(());
             }
+            Codec::Brotli(_) => return self.brotli_step(),
+            Codec::Zstd { .. } => return self.zstd_step(),
             Codec::Gzip(_) | Codec::Zlib(_) | Codec::RawDeflate(_) => {}
         }
         let Some(writer) = self.codec.writer() else {
@@ -316,8 +377,98 @@ impl StreamDecoder {
         self.end()
     }
 
+    /// One step of br: at most [`STEP_OUT`] bytes of output.
+    fn brotli_step(&mut self) -> Result<(), DecodeError> {
+        use brotli_decompressor::BrotliResult;
+        let Codec::Brotli(state) = &mut self.codec else {
+            return Ok(());
+        };
+        let start = self.out.len();
+        self.out.resize(start + STEP_OUT, 0);
+        let (mut available_in, mut input_offset) = (self.input.len(), 0);
+        let (mut available_out, mut output_offset, mut total_out) = (STEP_OUT, 0, 0);
+        let result = brotli_decompressor::BrotliDecompressStream(
+            &mut available_in,
+            &mut input_offset,
+            &self.input,
+            &mut available_out,
+            &mut output_offset,
+            &mut self.out[start..],
+            &mut total_out,
+            state,
+        );
+        self.out.truncate(start + output_offset);
+        self.input.advance(input_offset.min(self.input.len()));
+        self.more_output = matches!(result, BrotliResult::NeedsMoreOutput);
+        match result {
+            BrotliResult::NeedsMoreInput | BrotliResult::NeedsMoreOutput => Ok(()),
+            BrotliResult::ResultSuccess => {
+                self.ignore_the_rest();
+                Ok(())
+            }
+            BrotliResult::ResultFailure => Err(DecodeError::Corrupt {
+                coding: "br",
+                error: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("invalid brotli data ({:?})", state.error_code),
+                ),
+            }),
+        }
+    }
+
+    /// One step of zstd: at most [`STEP_OUT`] bytes of output.
+    fn zstd_step(&mut self) -> Result<(), DecodeError> {
+        use zstd::stream::raw::{InBuffer, Operation as _, OutBuffer};
+        if let Codec::Zstd {
+            frame_over: true, ..
+        } = self.codec
+        {
+            self.more_output = false;
+            match self.opening::<4>() {
+                Some(opening) if is_zstd_frame(opening) => {}
+                Some(_) => self.ignore_the_rest(),
+                None => {}
+            }
+            if self.input.is_empty() {
+                return Ok(());
+            }
+        }
+        let Codec::Zstd {
+            decoder,
+            frame_over,
+            hint,
+        } = &mut self.codec
+        else {
+            return Ok(());
+        };
+        let start = self.out.len();
+        self.out.resize(start + STEP_OUT, 0);
+        let fed = zstd_input(*hint).min(self.input.len());
+        let mut input = InBuffer::around(&self.input[..fed]);
+        let mut output = OutBuffer::around(&mut self.out[start..]);
+        let ran = decoder.run(&mut input, &mut output);
+        let (consumed, written) = (input.pos(), output.pos());
+        self.out.truncate(start + written);
+        self.input.advance(consumed.min(self.input.len()));
+        let corrupt = |error| DecodeError::Corrupt {
+            coding: "zstd",
+            error,
+        };
+        let next = ran.map_err(corrupt)?;
+        // libzstd makes progress whenever it can; none at all would loop for ever.
+        if consumed == 0 && written == 0 && fed > 0 {
+            let stuck = std::io::Error::new(std::io::ErrorKind::InvalidData, "no progress");
+            return Err(corrupt(stuck));
+        }
+        // At a frame's end (0) libzstd has handed out all of it.
+        self.more_output = written == STEP_OUT && next != 0;
+        *frame_over = next == 0;
+        *hint = if next == 0 { ZSTD_FRAME_PREFIX } else { next };
+        Ok(())
+    }
+
     /// The first `N` bytes of what is left (bytes held from before joined back in front), or
-    /// `None` while fewer than `n` have come: the input is held then, waiting for the next
+    /// `None` while fewer than `N` have come: the input is held then, waiting for the next
     /// chunk.
     fn opening<const N: usize>(&mut self) -> Option<[u8; N]> {
         if !self.held.is_empty() {
@@ -395,6 +546,11 @@ impl StreamDecoder {
                 after_member: false,
             } => Err(std::io::ErrorKind::UnexpectedEof.into()),
             Codec::Deflate => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Codec::Brotli(state) if brotli_decompressor::BrotliDecoderIsFinished(state) => Ok(()),
+            Codec::Zstd {
+                frame_over: true, ..
+            } => Ok(()),
+            Codec::Brotli(_) | Codec::Zstd { .. } => Err(std::io::ErrorKind::UnexpectedEof.into()),
         };
         self.drain_sink();
         ended.map_err(|error| {
@@ -409,6 +565,31 @@ impl StreamDecoder {
     fn take(&mut self) -> Option<Bytes> {
         (!self.out.is_empty()).then(|| self.out.split().freeze())
     }
+}
+
+fn brotli() -> Brotli {
+    use brotli_decompressor::StandardAlloc;
+    Brotli::new(
+        StandardAlloc::default(),
+        StandardAlloc::default(),
+        StandardAlloc::default(),
+    )
+}
+
+/// A zstd decoder that refuses windows over [`ZSTD_WINDOW_LOG_MAX`]; `None` when libzstd
+/// could not allocate one.
+fn zstd_decoder() -> Option<Codec> {
+    let mut decoder = zstd::stream::raw::Decoder::new().ok()?;
+    decoder
+        .set_parameter(zstd::stream::raw::DParameter::WindowLogMax(
+            ZSTD_WINDOW_LOG_MAX,
+        ))
+        .ok()?;
+    Some(Codec::Zstd {
+        decoder: Box::new(decoder),
+        frame_over: false,
+        hint: ZSTD_FRAME_PREFIX,
+    })
 }
 
 fn gzip_member() -> Box<flate2::write::GzDecoder<Sink>> {
@@ -446,6 +627,78 @@ mod tests {
         encoder.finish().expect("deflate")
     }
 
+    fn zstd(data: &[u8]) -> Vec<u8> {
+        zstd::stream::encode_all(data, 3).expect("zstd")
+    }
+
+    /// `chunks` as one br stream of uncompressed meta-blocks (RFC 7932 §9.2), one for each
+    /// chunk, then the last, empty one: valid br of which each chunk decodes as it arrives,
+    /// as a flushed compressor's output does (no brotli compressor among the dependencies;
+    /// real compressor output is in [`BROTLI_FLUSHED`]).
+    fn brotli_stored(chunks: &[&[u8]]) -> Vec<Vec<u8>> {
+        #[derive(Default)]
+        struct Bits(Vec<u8>, usize);
+        impl Bits {
+            fn push(&mut self, value: usize, n: usize) {
+                for i in 0..n {
+                    if self.1 % 8 == 0 {
+                        self.0.push(0);
+                    }
+                    let bit = u8::from(value >> i & 1 == 1);
+                    if let Some(last) = self.0.last_mut() {
+                        *last |= bit << (self.1 % 8);
+                    }
+                    self.1 += 1;
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut first = true;
+        for chunk in chunks {
+            let mut bytes = Vec::new();
+            for part in chunk.chunks(1 << 16) {
+                let mut bits = Bits::default();
+                if std::mem::take(&mut first) {
+                    bits.push(0, 1); // WBITS: a window of 64 KiB
+                }
+                bits.push(0, 1); // ISLAST
+                bits.push(0, 2); // MNIBBLES: 4
+                bits.push(part.len() - 1, 16); // MLEN - 1
+                bits.push(1, 1); // ISUNCOMPRESSED, then zero bits to the byte's end
+                bytes.extend_from_slice(&bits.0);
+                bytes.extend_from_slice(part);
+            }
+            out.push(bytes);
+        }
+        let mut last = Bits::default();
+        if first {
+            last.push(0, 1);
+        }
+        last.push(0b11, 2); // ISLAST, ISLASTEMPTY
+        out.push(last.0);
+        out
+    }
+
+    /// What Python's `brotli` (Google's C library) made of `data: one\n\n`, `data: two\n\n`,
+    /// `data: [DONE]\n\n`, flushed after each: compressed meta-blocks after the first, then
+    /// the end.
+    const BROTLI_FLUSHED: [&[u8]; 4] = [
+        b"\x0b\x05\x80data: one\n\n",
+        b"\x50\x00\x80\x5f\x5a\xe1\x8d\xee\x4e\x11\xa2\x4a\x04\x60\x0b",
+        b"\x68\x00\x80\x5f\x52\x61\xab\x2b\x09\x50\x44\x93\x50\x49\x35\xf8\x31\x00",
+        b"\x03",
+    ];
+
+    /// `TEXT` as Python's `brotli.compress` made it.
+    const BROTLI_TEXT: &[u8] = b"\x0b\x0f\x80{\"detail\":\"gzipped error text\"}\x03";
+
+    /// 8 MiB of `0`, in 14 bytes of br.
+    const BROTLI_BOMB: &[u8] = b"\xcb\xff\xff\x3f\xf8\x25\x60\xe2\xb1\x40\x20\xf7\xfe\x6f";
+
+    fn brotli(data: &[u8]) -> Vec<u8> {
+        brotli_stored(&[data]).concat()
+    }
+
     #[test]
     fn the_listed_codings_are_read_from_every_field() {
         let none = Fields::from_pairs(&[("Content-Type", "application/json")]);
@@ -466,8 +719,12 @@ mod tests {
             ("x-gzip", gzip(TEXT)),
             ("deflate", zlib(TEXT)),
             ("deflate", raw_deflate(TEXT)),
+            ("br", BROTLI_TEXT.to_vec()),
+            ("br", brotli(TEXT)),
+            ("zstd", zstd(TEXT)),
             ("identity", TEXT.to_vec()),
             ("deflate, gzip", gzip(&zlib(TEXT))),
+            ("zstd, br", brotli(&zstd(TEXT))),
         ] {
             let decoded = decode(coding, &body, 1024).expect(coding);
             assert_eq!(decoded, TEXT, "{coding}");
@@ -477,8 +734,8 @@ mod tests {
     #[test]
     fn other_codings_corrupt_bodies_and_bombs_are_refused() {
         assert!(matches!(
-            decode("br", TEXT, 1024),
-            Err(DecodeError::Unsupported(c)) if c == "br"
+            decode("compress", TEXT, 1024),
+            Err(DecodeError::Unsupported(c)) if c == "compress"
         ));
         assert!(matches!(
             decode("gzip", b"not gzip at all", 1024),
@@ -494,6 +751,15 @@ mod tests {
             decode("gzip", &bomb, 1 << 20).expect("at the limit").len(),
             1 << 20
         );
+        for (coding, bomb) in [
+            ("br", BROTLI_BOMB.to_vec()),
+            ("zstd", zstd(&[b'0'; 1 << 20])),
+        ] {
+            assert!(matches!(
+                decode(coding, &bomb, 64 * 1024),
+                Err(DecodeError::TooLarge(_))
+            ));
+        }
     }
 
     /// Everything `chunks` decode to, each chunk's output checked to be handed out before
@@ -524,10 +790,17 @@ mod tests {
             ("x-gzip", gzip(EVENTS)),
             ("deflate", zlib(EVENTS)),
             ("deflate", raw_deflate(EVENTS)),
-            // Two gzip members, as `decode` reads them too.
+            ("br", brotli(EVENTS)),
+            ("br", BROTLI_FLUSHED.concat()),
+            ("zstd", zstd(EVENTS)),
+            // Two gzip members, or two zstd frames, as `decode` reads them too.
             (
                 "gzip",
                 [gzip(b"data: 1\n\n"), gzip(b"data: 2\n\n")].concat(),
+            ),
+            (
+                "zstd",
+                [zstd(b"data: 1\n\n"), zstd(b"data: 2\n\n")].concat(),
             ),
         ] {
             let whole = decode(coding, &body, 1 << 20).expect(coding);
@@ -553,6 +826,19 @@ mod tests {
     fn flushed_chunks(coding: &str, events: &[&[u8]]) -> Vec<Vec<u8>> {
         let level = flate2::Compression::fast();
         let mut chunks = Vec::new();
+        if coding == "br" {
+            return brotli_stored(events);
+        }
+        if coding == "zstd" {
+            let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("zstd");
+            for event in events {
+                encoder.write_all(event).expect("write");
+                encoder.flush().expect("flush");
+                chunks.push(std::mem::take(encoder.get_mut()));
+            }
+            chunks.push(encoder.finish().expect("finish"));
+            return chunks;
+        }
         if coding == "gzip" {
             let mut encoder = flate2::write::GzEncoder::new(Vec::new(), level);
             for event in events {
@@ -578,8 +864,14 @@ mod tests {
     #[test]
     fn each_flushed_event_is_handed_out_with_its_chunk() {
         let events = [&b"data: one\n\n"[..], b"data: two\n\n", b"data: [DONE]\n\n"];
-        for coding in ["gzip", "deflate"] {
-            let chunks = flushed_chunks(coding, &events);
+        let real_br: Vec<Vec<u8>> = BROTLI_FLUSHED.iter().map(|c| c.to_vec()).collect();
+        for (coding, chunks) in [
+            ("gzip", flushed_chunks("gzip", &events)),
+            ("deflate", flushed_chunks("deflate", &events)),
+            ("br", flushed_chunks("br", &events)),
+            ("br", real_br),
+            ("zstd", flushed_chunks("zstd", &events)),
+        ] {
             let mut decoder = StreamDecoder::new(coding).expect(coding);
             for (chunk, event) in chunks.iter().zip(events) {
                 decoder.push(Bytes::copy_from_slice(chunk));
@@ -601,7 +893,10 @@ mod tests {
     #[test]
     fn output_before_corruption_in_the_same_chunk_is_handed_out_first() {
         let events = [&b"data: one\n\n"[..], b"data: two\n\n"];
-        for coding in ["gzip", "deflate"] {
+        // Not br: its decoder hands out what it decoded only when it needs more input, and
+        // loses it when the same call finds the data corrupt (the error still comes, see
+        // `corrupt_br_after_good_chunks_is_an_error`).
+        for coding in ["gzip", "deflate", "zstd"] {
             let chunks = flushed_chunks(coding, &events);
             let mut joined = chunks[0].clone();
             joined.extend_from_slice(b"\xFF\xFF\xFF\xFFjunk");
@@ -616,9 +911,27 @@ mod tests {
         }
     }
 
+    /// br: corrupt data in the chunk that ended the events before it still ends the stream
+    /// with an error; the events of earlier chunks went out with them.
+    #[test]
+    fn corrupt_br_after_good_chunks_is_an_error() {
+        let mut decoder = StreamDecoder::new("br").expect("br");
+        decoder.push(Bytes::from_static(BROTLI_FLUSHED[0]));
+        assert_eq!(
+            decoder.next_piece().expect("good").as_deref(),
+            Some(&b"data: one\n\n"[..])
+        );
+        assert_eq!(decoder.next_piece().expect("consumed"), None);
+        decoder.push(Bytes::from_static(b"\xff\xff\xff\xffjunk"));
+        assert!(matches!(
+            decoder.next_piece(),
+            Err(DecodeError::Corrupt { coding: "br", .. })
+        ));
+    }
+
     #[test]
     fn unknown_codings_and_lists_are_not_decoded() {
-        for coding in ["br", "zstd", "deflate, gzip", "compress"] {
+        for coding in ["deflate, gzip", "zstd, br", "compress", "x-foo"] {
             assert!(StreamDecoder::new(coding).is_none(), "{coding}");
         }
     }
@@ -660,15 +973,45 @@ mod tests {
             decode_chunks("deflate", &[&zlib_body[..1]]),
             Err(DecodeError::Truncated("deflate"))
         ));
+        for (coding, body) in [("br", BROTLI_FLUSHED.concat()), ("zstd", zstd(EVENTS))] {
+            for cut in [1, 3, body.len() / 2, body.len() - 1] {
+                assert!(
+                    matches!(
+                        decode_chunks(coding, &[&body[..cut]]),
+                        Err(DecodeError::Truncated(_))
+                    ),
+                    "{coding} cut at {cut}"
+                );
+            }
+        }
+        assert!(matches!(
+            decode_chunks("br", &[b"\xff\xff\xff\xffnot br at all"]),
+            Err(DecodeError::Corrupt { coding: "br", .. })
+        ));
+        assert!(matches!(
+            decode_chunks("zstd", &[b"not zstd at all"]),
+            Err(DecodeError::Corrupt { coding: "zstd", .. })
+        ));
         // No body at all is an empty body, not a cut one.
         assert_eq!(decode_chunks("gzip", &[]).expect("empty"), b"");
     }
 
     #[test]
-    fn what_follows_the_end_of_deflate_data_is_ignored() {
-        let mut body = zlib(EVENTS);
-        body.extend_from_slice(b"trailing junk");
-        assert_eq!(decode_chunks("deflate", &[&body]).expect("deflate"), EVENTS);
+    fn what_follows_the_end_of_deflate_or_br_data_or_a_zstd_frame_is_ignored() {
+        for (coding, body) in [
+            ("deflate", zlib(EVENTS)),
+            ("br", brotli(EVENTS)),
+            ("br", BROTLI_FLUSHED.concat()),
+            ("zstd", zstd(EVENTS)),
+        ] {
+            let text = decode(coding, &body, 1 << 20).expect(coding);
+            for junk in [&b"trailing junk"[..], b"\r\n", b"\x28"] {
+                let body = [&body[..], junk].concat();
+                assert_eq!(decode(coding, &body, 1 << 20).expect(coding), text);
+                let bytes: Vec<&[u8]> = body.chunks(1).collect();
+                assert_eq!(decode_chunks(coding, &bytes).expect(coding), text);
+            }
+        }
     }
 
     /// Bytes after a whole gzip member that do not open another member are not part of the
@@ -736,6 +1079,21 @@ mod tests {
         total += decoder.finish().expect("complete").map_or(0, |t| t.len());
         assert_eq!(total, size);
         assert!(pieces >= size / (2 * STREAM_PIECE), "{pieces}");
+        for (coding, bomb) in [
+            ("br", BROTLI_BOMB.to_vec()),
+            ("zstd", zstd(&vec![b'0'; size])),
+        ] {
+            assert!(bomb.len() < 64 * 1024);
+            let mut decoder = StreamDecoder::new(coding).expect(coding);
+            decoder.push(Bytes::from(bomb));
+            let mut total = 0;
+            while let Some(piece) = decoder.next_piece().expect("valid") {
+                assert!(piece.len() <= STREAM_PIECE + STEP_OUT, "{}", piece.len());
+                total += piece.len();
+            }
+            total += decoder.finish().expect("complete").map_or(0, |t| t.len());
+            assert_eq!(total, size, "{coding}");
+        }
     }
 
     proptest::proptest! {
@@ -743,9 +1101,14 @@ mod tests {
         fn any_split_of_any_stream_decodes_to_the_text(
             text in proptest::collection::vec(proptest::num::u8::ANY, 0..4096),
             cuts in proptest::collection::vec(0usize..4096, 0..8),
-            raw in proptest::bool::ANY,
+            which in 0..4u8,
         ) {
-            let (coding, body) = if raw { ("deflate", raw_deflate(&text)) } else { ("gzip", gzip(&text)) };
+            let (coding, body) = match which {
+                0 => ("deflate", raw_deflate(&text)),
+                1 => ("zstd", zstd(&text)),
+                2 => ("br", brotli(&text)),
+                _ => ("gzip", gzip(&text)),
+            };
             let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (body.len() + 1)).collect();
             cuts.sort_unstable();
             let mut chunks = Vec::new();

@@ -119,7 +119,7 @@ pub struct RequestRecord {
     pub response_is_json: bool,
     /// The `Content-Encoding` of `response_body` (`gzip`), when the upstream sent a 2xx
     /// answer encoded although asked for `identity` (the client gets it as it came). The
-    /// recorder decodes gzip and deflate for the record, then clears this.
+    /// recorder decodes gzip, deflate, br and zstd for the record, then clears this.
     pub response_encoding: Option<String>,
     /// What the answer said: filled from the stream as it passed, or parsed from
     /// `response_body` off the request path. An answer whose bytes the record does not keep
@@ -760,7 +760,7 @@ pub fn body_description(kind: &str, bytes: u64, declared: Option<u64>) -> String
 }
 
 /// Whole (non-streamed) answers are parsed here, on the recorder task, not while the client
-/// waits. One the upstream compressed (gzip, deflate) is decoded here first, and the record
+/// waits. One the upstream compressed (gzip, deflate, br, zstd) is decoded here first, and the record
 /// keeps it decoded: its usage and text reach the sinks as an uncompressed answer's would.
 /// One that is neither JSON nor text is described instead of kept (see [`describe_binary`]).
 fn complete_summary(record: &mut RequestRecord) {
@@ -879,10 +879,10 @@ pub fn bounded_error(message: &str) -> String {
     crate::error::clip(message, MAX_ERROR_CHARS)
 }
 
-/// A whole answer in gzip or deflate whose data is corrupt or cut short: relayed as it came
+/// A whole answer in gzip, deflate, br or zstd whose data is corrupt or cut short: relayed as it came
 /// (the client got those bytes), but the upstream's error, as the same fault in a compressed
 /// stream is (`proxy::stream`'s `upstream_bad_encoding`), not a success with no usage. A
-/// coding the router does not decode (br, zstd), or one that decodes past the limit, says
+/// coding the router does not decode (`compress`), or one that decodes past the limit, says
 /// nothing of the upstream's answer: its record stays as it was.
 fn undecodable(record: &mut RequestRecord, error: &crate::content_coding::DecodeError) {
     use crate::content_coding::DecodeError;

@@ -911,10 +911,10 @@ async fn forward_read<V: ReadBody>(
 pub(crate) enum StreamCoding {
     /// None: the bytes are the events.
     Plain,
-    /// gzip or deflate: decoded as it arrives ([`decoded`]) and relayed decoded, without the
-    /// coding, so events can be split, read and dropped as in a plain stream.
+    /// gzip, deflate, br or zstd: decoded as it arrives ([`decoded`]) and relayed decoded,
+    /// without the coding, so events can be split, read and dropped as in a plain stream.
     Decoded(Box<crate::content_coding::StreamDecoder>),
-    /// A coding the router cannot decode (br, zstd, a list of codings): the stream cannot be
+    /// A coding the router cannot decode (`compress`, a list of codings): the stream cannot be
     /// split into events (nor a comment put into it), so it passes through unread with its
     /// `Content-Encoding`, as a stream that is not SSE does. Its record is honest about it:
     /// no usage, no text (and a usage chunk the router asked for reaches the client).
@@ -1447,8 +1447,8 @@ fn echoed_keys_removed(redactor: &Redactor, bytes: &[u8]) -> Option<Bytes> {
 }
 
 /// A 2xx answer's body as the client gets it, and whether the router decoded it. One the
-/// upstream compressed although asked for `identity` is searched decoded (gzip, deflate, up
-/// to [`MAX_DECODED_ERROR`]): when it reports an error that echoes a key, the client gets
+/// upstream compressed although asked for `identity` is searched decoded (gzip, deflate, br,
+/// zstd, up to [`MAX_DECODED_ERROR`]): when it reports an error that echoes a key, the client gets
 /// it decoded and without the key, since the compressed bytes would carry the key past
 /// [`without_echoed_keys`]; any other goes as it came, compressed.
 fn success_body(body: Bytes, fields: &Fields, redactor: &Redactor) -> (Bytes, bool) {
@@ -1713,10 +1713,10 @@ const MAX_DECODED_ERROR: usize = 4 * 1024 * 1024;
 
 /// An error body as the router can read it, and whether it was decoded. The router asks for
 /// `identity`, but an upstream (or a proxy in front of it) may still compress its error. Such
-/// a body is decoded (gzip, deflate) rather than passed on as it came: the router must read
+/// a body is decoded (gzip, deflate, br, zstd) rather than passed on as it came: the router must read
 /// it to redact an echoed key and to wrap it into OpenAI's shape, and the client, whose own
 /// `Accept-Encoding` was not passed on, may not have asked for that coding. One the router
-/// cannot decode (br, zstd, corrupt, a bomb) is replaced by a message saying so: passing
+/// cannot decode (`compress`, corrupt, a bomb) is replaced by a message saying so: passing
 /// bytes on unread would skip the redaction.
 fn decode_error_body(status: StatusCode, body: Bytes, fields: &Fields) -> (Bytes, bool) {
     let Some(coding) = crate::content_coding::content_encoding(fields) else {

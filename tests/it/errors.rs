@@ -7,7 +7,9 @@ use futures_util::StreamExt;
 use llmsrouter::record::Outcome;
 use serde_json::{Value, json};
 
-use crate::support::upstream::{Behavior, EarlyAnswer, MockUpstream, gzip, zlib};
+use crate::support::upstream::{
+    Behavior, EarlyAnswer, MockUpstream, brotli, compress_flushed, gzip, zlib, zstd,
+};
 use crate::support::{TestRouter, client, h2c_client, one_server_config};
 
 async fn error_of(response: reqwest::Response) -> (u16, Value) {
@@ -964,11 +966,32 @@ async fn a_compressed_error_body_is_decoded_then_relayed() {
             "Incorrect API key provided: [redacted]",
         ),
         (
+            403,
+            "br",
+            brotli(echoing.as_bytes()),
+            Some(redacted),
+            "Incorrect API key provided: [redacted]",
+        ),
+        (
+            401,
+            "zstd",
+            zstd(echoing.as_bytes()),
+            Some(redacted),
+            "Incorrect API key provided: [redacted]",
+        ),
+        (
             502,
             "br",
-            b"\x1b\x03\x00\xf8".to_vec(),
+            b"\xff\xff\xff\xffnot br".to_vec(),
             None,
             "the upstream answered HTTP 502 with a br-encoded body the router cannot read",
+        ),
+        (
+            502,
+            "compress",
+            b"\x1f\x9d\x90".to_vec(),
+            None,
+            "the upstream answered HTTP 502 with a compress-encoded body the router cannot read",
         ),
     ];
     for (n, (status, coding, compressed, exact, message)) in cases.into_iter().enumerate() {
@@ -1087,6 +1110,8 @@ async fn a_compressed_200_error_echoing_the_providers_key_reaches_the_client_dec
     for (coding, raw) in [
         ("gzip", gzip(echoed.as_bytes())),
         ("deflate", zlib(echoed.as_bytes())),
+        ("br", brotli(echoed.as_bytes())),
+        ("zstd", zstd(echoed.as_bytes())),
     ] {
         upstream.set(compressed_answer(coding, raw));
         let response = router.chat(&json!({"model": "[mock]m"})).await;
@@ -1108,15 +1133,55 @@ async fn a_compressed_200_error_echoing_the_providers_key_reaches_the_client_dec
     let response = router.chat(&json!({"model": "[mock]m"})).await;
     assert_eq!(response.headers()["content-encoding"], "gzip");
     assert_eq!(response.bytes().await.expect("body"), compressed);
-    let record = router.records.nth(3).await;
+    let record = router.records.nth(5).await;
     assert_eq!(record.response.content, "hi", "the record reads it decoded");
     router.stop().await;
 }
 
-/// A 200 whole answer in gzip or deflate whose compressed data is corrupt, or cut short:
-/// the client gets it as it came (status, coding, bytes), and the record is the upstream's
-/// error saying the coding could not be undone, as for such a stream, not a success with
-/// no usage.
+/// An error event echoing the key in a compressed stream (gzip, deflate, br, zstd): the
+/// stream is decoded as it arrives, so the event reaches the client redacted (br and zstd
+/// streams passed through unread, the key with them), and the record is the upstream's
+/// error.
+#[tokio::test]
+async fn a_compressed_streams_error_event_echoing_the_providers_key_reaches_the_client_redacted() {
+    let echoed = r#"{"error":{"message":"provider rejected key Bearer sk-mock-upstream-key"}}"#;
+    let before = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n";
+    let error_event = format!("data: {echoed}\n\n");
+    let events = [before.as_bytes().to_vec(), error_event.clone().into_bytes()];
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for (n, coding) in ["gzip", "deflate", "br", "zstd"].into_iter().enumerate() {
+        upstream.set(Behavior {
+            raw_chunks: Some(compress_flushed(coding, &events)),
+            headers: vec![("content-encoding".into(), coding.into())],
+            ..Default::default()
+        });
+        let response = router
+            .chat(&json!({"model": "[mock]m", "stream": true}))
+            .await;
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers().get("content-encoding").is_none(),
+            "{coding}"
+        );
+        assert_eq!(
+            response.text().await.expect("body"),
+            format!(
+                "{before}{}",
+                error_event.replace("sk-mock-upstream-key", "[redacted]")
+            ),
+            "{coding}"
+        );
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::UpstreamError, "{coding}");
+    }
+    router.stop().await;
+}
+
+/// A 200 whole answer in gzip, deflate, br or zstd whose compressed data is corrupt, or cut
+/// short: the client gets it as it came (status, coding, bytes), and the record is the
+/// upstream's error saying the coding could not be undone, as for such a stream, not a
+/// success with no usage.
 #[tokio::test]
 async fn a_corrupt_compressed_whole_answer_is_recorded_as_the_upstreams_error() {
     let answer = crate::support::upstream::chat_completion("m");
@@ -1133,6 +1198,8 @@ async fn a_corrupt_compressed_whole_answer_is_recorded_as_the_upstreams_error() 
         ("gzip", corrupt(gzip(answer.as_bytes()), 10), "corrupt"),
         ("gzip", cut(gzip(answer.as_bytes())), "ended before"),
         ("deflate", corrupt(zlib(answer.as_bytes()), 2), "corrupt"),
+        ("br", cut(brotli(answer.as_bytes())), "ended before"),
+        ("zstd", corrupt(zstd(answer.as_bytes()), 6), "corrupt"),
     ];
     let upstream = MockUpstream::start(Behavior::default()).await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;

@@ -1516,8 +1516,8 @@ async fn a_whole_200_answer_that_is_an_error_is_recorded_as_the_upstreams_error(
     router.stop().await;
 }
 
-/// A stream the upstream compresses anyway (the router asks for `identity`, gzip or deflate
-/// comes): decoded as it arrives and relayed decoded, without `Content-Encoding`, so the
+/// A stream the upstream compresses anyway (the router asks for `identity`, gzip, deflate, br
+/// or zstd comes): decoded as it arrives and relayed decoded, without `Content-Encoding`, so the
 /// client gets plain events, the usage chunk the router asked for is still dropped (and one
 /// the client asked for still passes), and the record has the upstream's token counts.
 #[tokio::test]
@@ -1525,7 +1525,7 @@ async fn a_compressed_stream_is_relayed_decoded_and_recorded_with_its_usage() {
     let upstream = MockUpstream::start(Behavior::default()).await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let mut n = 0;
-    for coding in ["gzip", "deflate"] {
+    for coding in ["gzip", "deflate", "br", "zstd"] {
         for client_asked in [false, true] {
             upstream.set(Behavior {
                 chunks: 4,
@@ -1573,23 +1573,29 @@ async fn a_compressed_stream_is_relayed_decoded_and_recorded_with_its_usage() {
 /// event.
 #[tokio::test]
 async fn a_compressed_streams_events_arrive_before_the_upstream_finishes() {
-    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let upstream = MockUpstream::start(Behavior {
-        chunks: 3,
-        stream_coding: Some("gzip"),
-        // 3 content chunks and [DONE] (the usage chunk is asked for but dropped): the last.
-        hold_chunk: Some((4, gate.clone())),
-        ..Default::default()
-    })
-    .await;
-    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let response = router.chat(&stream_request("[mock]m")).await;
-    let first = content_chunk("mock-model-2024", 0, 3);
-    let (before, seen) = read_past_a_held_chunk(response, &first, &gate).await;
-    assert!(!before.contains(DONE));
-    assert_eq!(seen, expected_stream(&upstream.behavior(), false));
-    assert_eq!(router.records.nth(1).await.outcome, Outcome::Success);
-    router.stop().await;
+    for coding in ["gzip", "deflate", "br", "zstd"] {
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let upstream = MockUpstream::start(Behavior {
+            chunks: 3,
+            stream_coding: Some(coding),
+            // 3 content chunks and [DONE] (the usage chunk is asked for but dropped): the last.
+            hold_chunk: Some((4, gate.clone())),
+            ..Default::default()
+        })
+        .await;
+        let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+        let response = router.chat(&stream_request("[mock]m")).await;
+        let first = content_chunk("mock-model-2024", 0, 3);
+        let (before, seen) = read_past_a_held_chunk(response, &first, &gate).await;
+        assert!(!before.contains(DONE), "{coding}");
+        assert_eq!(
+            seen,
+            expected_stream(&upstream.behavior(), false),
+            "{coding}"
+        );
+        assert_eq!(router.records.nth(1).await.outcome, Outcome::Success);
+        router.stop().await;
+    }
 }
 
 /// A compressed stream whose data turns out corrupt, or is cut before its compressed data
@@ -1606,15 +1612,19 @@ async fn a_corrupt_compressed_stream_ends_with_an_error_event() {
     // 0xFF after a flushed block: a block of the reserved type 3.
     let corrupt = vec![compressed[0].clone(), b"\xFF\xFF\xFF\xFFjunk".to_vec()];
     let cut = vec![compressed[0].clone()];
+    let cut_in = |coding| vec![compress_flushed(coding, &events)[0].clone()];
     let upstream = MockUpstream::start(Behavior::default()).await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    for (n, (chunks, says)) in [(corrupt, "corrupt"), (cut, "ended before")]
-        .into_iter()
-        .enumerate()
-    {
+    let cases = [
+        ("gzip", corrupt, "corrupt"),
+        ("gzip", cut, "ended before"),
+        ("br", cut_in("br"), "ended before"),
+        ("zstd", cut_in("zstd"), "ended before"),
+    ];
+    for (n, (coding, chunks, says)) in cases.into_iter().enumerate() {
         upstream.set(Behavior {
             raw_chunks: Some(chunks),
-            headers: vec![("content-encoding".into(), "gzip".into())],
+            headers: vec![("content-encoding".into(), coding.into())],
             ..Default::default()
         });
         let response = router.chat(&stream_request("[mock]m")).await;
@@ -1635,7 +1645,7 @@ async fn a_corrupt_compressed_stream_ends_with_an_error_event() {
         assert_eq!(payload["error"]["type"], "upstream_error");
         let message = payload["error"]["message"].as_str().expect("message");
         assert!(
-            message.contains("gzip") && message.contains(says),
+            message.contains(coding) && message.contains(says),
             "{message}"
         );
 
@@ -1652,23 +1662,23 @@ async fn a_corrupt_compressed_stream_ends_with_an_error_event() {
     router.stop().await;
 }
 
-/// A stream in a coding the router does not decode (br here) cannot be split into events: it
-/// passes through unread with its `Content-Encoding` (without it the client could not read
-/// it), nothing (a keep-alive comment, an error event) is put into it, and its record has no
-/// usage rather than a wrong one.
+/// A stream in a coding the router does not decode (`compress` here) cannot be split into
+/// events: it passes through unread with its `Content-Encoding` (without it the client could
+/// not read it), nothing (a keep-alive comment, an error event) is put into it, and its
+/// record has no usage rather than a wrong one.
 #[tokio::test]
 async fn a_stream_in_a_coding_the_router_cannot_decode_passes_through_unread() {
     let opaque: Vec<u8> = (0u8..=255).cycle().take(700).collect();
     let upstream = MockUpstream::start(Behavior {
         raw_chunks: Some(vec![opaque[..300].to_vec(), opaque[300..].to_vec()]),
-        headers: vec![("content-encoding".into(), "br".into())],
+        headers: vec![("content-encoding".into(), "compress".into())],
         ..Default::default()
     })
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let response = router.chat(&stream_request("[mock]m")).await;
     assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-encoding"], "br");
+    assert_eq!(response.headers()["content-encoding"], "compress");
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     assert_eq!(response.bytes().await.expect("body"), opaque);
     let record = router.records.nth(1).await;
