@@ -775,13 +775,11 @@ fn complete_summary(record: &mut RequestRecord) {
     let decoded = match &record.response_encoding {
         None => None,
         Some(coding) => {
-            let limit = crate::proxy::MAX_UPSTREAM_BODY;
+            let limit = crate::content_coding::MAX_DECODED_BODY;
             match crate::content_coding::decode(coding, body, limit) {
                 Ok(decoded) => Some(Bytes::from(decoded)),
-                // Read as it came: bytes that are not text are described.
                 Err(error) => {
                     undecodable(record, &error);
-                    describe_binary(record, false);
                     return;
                 }
             }
@@ -879,23 +877,38 @@ pub fn bounded_error(message: &str) -> String {
     crate::error::clip(message, MAX_ERROR_CHARS)
 }
 
-/// A whole answer in gzip, deflate, br or zstd whose data is corrupt or cut short: relayed as it came
-/// (the client got those bytes), but the upstream's error, as the same fault in a compressed
-/// stream is (`proxy::stream`'s `upstream_bad_encoding`), not a success with no usage. A
-/// coding the router does not decode (`compress`), or one that decodes past the limit, says
-/// nothing of the upstream's answer: its record stays as it was.
+/// A whole answer whose coding could not be undone for its record. One in gzip, deflate, br or
+/// zstd whose data is corrupt or cut short: relayed as it came (the client got those bytes),
+/// but the upstream's error, as the same fault in a compressed stream is (`proxy::stream`'s
+/// `upstream_bad_encoding`), not a success with no usage. One that decodes past
+/// [`crate::content_coding::MAX_DECODED_BODY`] is not read: its record says so in place of
+/// its text (`<gzip, 306006 bytes, over 64 MiB decoded: not read>`), its usage unknown. A
+/// coding the router does not decode (`compress`) says nothing of the upstream's answer:
+/// the record describes its bytes.
 fn undecodable(record: &mut RequestRecord, error: &crate::content_coding::DecodeError) {
     use crate::content_coding::DecodeError;
-    let broken = matches!(
-        error,
-        DecodeError::Corrupt { .. } | DecodeError::Truncated(_)
-    );
-    if broken && record.outcome == Outcome::Success {
-        record.outcome = Outcome::UpstreamError;
-        record.error = Some(format!(
-            "the upstream's compressed answer could not be decoded: {error}"
-        ));
+    match error {
+        DecodeError::Corrupt { .. } | DecodeError::Truncated(_) => {
+            if record.outcome == Outcome::Success {
+                record.outcome = Outcome::UpstreamError;
+                record.error = Some(format!(
+                    "the upstream's compressed answer could not be decoded: {error}"
+                ));
+            }
+        }
+        DecodeError::TooLarge(limit) => {
+            let coding = record.response_encoding.take().unwrap_or_default();
+            let bytes = record.response_body.take().map_or(0, |body| body.len());
+            record.response.content = format!(
+                "<{coding}, {bytes} bytes, over {} MiB decoded: not read>",
+                limit / (1024 * 1024)
+            );
+            return;
+        }
+        DecodeError::Unsupported(_) => {}
     }
+    // Read as it came: bytes that are not text are described.
+    describe_binary(record, false);
 }
 
 /// Keeps `decoded` as the record's body in place of the compressed one it came as.

@@ -442,7 +442,8 @@ impl LateAnswer<'_> {
         let body = match crate::content_coding::content_encoding(fields) {
             None => body,
             Some(coding) => {
-                match crate::content_coding::decode(&coding, &body, super::MAX_UPSTREAM_BODY) {
+                let limit = crate::content_coding::MAX_DECODED_BODY;
+                match crate::content_coding::decode(&coding, &body, limit) {
                     Ok(decoded) => Bytes::from(decoded),
                     Err(error) => {
                         let what = format!("a JSON body the router cannot decode ({error})");

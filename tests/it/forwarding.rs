@@ -432,6 +432,50 @@ async fn a_compressed_answer_is_relayed_as_it_came_and_recorded_decoded() {
     router.stop().await;
 }
 
+/// A small gzip answer that decodes to more than the router reads for a record (64 MiB; the
+/// one that took the router from 15 MB to 815 MB held 300 MiB in 300 KB): the client gets the
+/// bytes as they came, and the record says the answer was too large to read, in place of its
+/// text, its usage unknown, where it used to say `<binary, gzip, N bytes>` as if nothing were
+/// amiss.
+#[tokio::test]
+async fn a_compressed_answer_too_large_once_decoded_is_noted_in_its_record() {
+    // Members of 1 MiB each: one made, sent 65 times.
+    let mebibyte = gzip(&vec![b'a'; 1 << 20]);
+    let mut sent = gzip(br#"{"id":"x","choices":[{"message":{"content":""#);
+    for _ in 0..65 {
+        sent.extend_from_slice(&mebibyte);
+    }
+    sent.extend(gzip(
+        br#""}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
+    ));
+    let upstream = MockUpstream::start(Behavior {
+        raw_body: Some(sent.clone()),
+        headers: vec![("content-encoding".into(), "gzip".into())],
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router
+        .chat(&json!({"model": "[mock]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(response.bytes().await.expect("body"), sent);
+
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert_eq!(
+        record.response.content,
+        format!(
+            "<gzip, {} bytes, over 64 MiB decoded: not read>",
+            sent.len()
+        )
+    );
+    assert!(record.response.usage.is_none());
+    assert!(record.response_body.is_none());
+    router.stop().await;
+}
+
 /// A gzip answer with bytes after its member that do not open another one (a stray line
 /// end, a proxy's padding): curl and the openai SDKs read the member and ignore the rest, and
 /// so does its record, which used to be the upstream's error ("invalid gzip header") with no
