@@ -118,8 +118,9 @@ pub struct RequestRecord {
     /// embed it as is; otherwise it is text or binary.
     pub response_is_json: bool,
     /// The `Content-Encoding` of `response_body` (`gzip`), when the upstream sent a 2xx
-    /// answer encoded although asked for `identity` (the client gets it as it came). The
-    /// recorder decodes gzip, deflate, br and zstd for the record, then clears this.
+    /// answer encoded although asked for `identity` (the client gets it as it came): a whole
+    /// answer, or the copy of one relayed unread (a `GET`'s). The recorder decodes gzip,
+    /// deflate, br and zstd for the record, then clears this.
     pub response_encoding: Option<String>,
     /// What the answer said: filled from the stream as it passed, or parsed from
     /// `response_body` off the request path. An answer whose bytes the record does not keep
@@ -811,6 +812,7 @@ fn complete_summary(record: &mut RequestRecord) {
             // not JSON after all, so the note stands for it.
             None if !record.response.content.is_empty() => {
                 record.response_body = None;
+                record.response_encoding = None;
                 return;
             }
             None => {
@@ -899,13 +901,21 @@ fn undecodable(record: &mut RequestRecord, error: &crate::content_coding::Decode
         DecodeError::TooLarge(limit) => {
             let coding = record.response_encoding.take().unwrap_or_default();
             let bytes = record.response_body.take().map_or(0, |body| body.len());
-            record.response.content = format!(
-                "<{coding}, {bytes} bytes, over {} MiB decoded: not read>",
-                limit / (1024 * 1024)
-            );
+            let over = format!("over {} MiB decoded: not read", limit / (1024 * 1024));
+            record.response.content = match record.response.content.strip_suffix('>') {
+                // The note of a body relayed unread (`<application/json, gzip, 205 bytes>`).
+                Some(note) => format!("{note}, {over}>"),
+                None => format!("<{coding}, {bytes} bytes, {over}>"),
+            };
             return;
         }
         DecodeError::Unsupported(_) => {}
+    }
+    if !record.response.content.is_empty() {
+        // A body relayed unread: its note stands for it.
+        record.response_body = None;
+        record.response_encoding = None;
+        return;
     }
     // Read as it came: bytes that are not text are described.
     describe_binary(record, false);

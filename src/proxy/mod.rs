@@ -1372,8 +1372,12 @@ fn stream_answer(
     };
     let mut tee = StreamTee::new(body, settings, guard, state.hard_stop.clone(), failures);
     if !sse {
-        let may_be_json = may_be_json(&upstream.fields);
-        tee.relay_unread(length, || unread_kind(&upstream.fields), may_be_json);
+        // A compressed one is copied as it came, for the recorder to decode, as a whole
+        // answer's is (a `GET /responses/<id>` read-back in gzip lost its usage).
+        let may_be_json = may_be_document(&upstream.fields);
+        let coding = crate::content_coding::content_encoding(&upstream.fields);
+        let kind = || unread_kind(&upstream.fields);
+        tee.relay_unread(length, kind, may_be_json, coding);
     }
     Answer {
         status: upstream.status,

@@ -133,11 +133,15 @@ struct Unread {
     /// [`Unread::first_token`]).
     first_bytes_at: Option<SystemTime>,
     /// A copy of a body that may be one JSON document under another label (a stream request
-    /// answered whole as `text/plain`, say): kept while recording, from a first chunk that
-    /// opens with `{`, up to [`MAX_UNREAD_COPY`]. At the body's end the record gets it, and
-    /// the recorder reads it as a whole answer when it parses (see
-    /// `record::complete_summary`); the client's bytes do not change.
+    /// answered whole as `text/plain`, say, or any `GET`'s answer): kept while recording,
+    /// from a first chunk that opens with `{` (any, when compressed), up to
+    /// [`MAX_UNREAD_COPY`]. At the body's end the record gets it, and the recorder reads it
+    /// as a whole answer when it parses (see `record::complete_summary`); the client's bytes
+    /// do not change.
     copy: Option<Vec<u8>>,
+    /// The body's `Content-Encoding`: the copy is kept as it came, and the recorder decodes
+    /// it as a whole answer's.
+    coding: Option<String>,
 }
 
 /// Most bytes of a body relayed unread kept to be read as a whole JSON answer (see
@@ -171,7 +175,7 @@ impl Unread {
         // A byte-order mark may come first, as before any JSON answer (see
         // `record::repaired_json`).
         let opening = chunk.strip_prefix(BOM).unwrap_or(chunk).trim_ascii_start();
-        if self.relayed == 0 && opening.first() != Some(&b'{') {
+        if self.relayed == 0 && self.coding.is_none() && opening.first() != Some(&b'{') {
             self.copy = None;
             return;
         }
@@ -292,13 +296,14 @@ impl StreamTee {
     /// relayed (`<audio/mpeg, 48213 bytes>`) rather than keeping them.
     ///
     /// `may_be_json`: the body's label does not rule out one JSON document (`text/plain`, no
-    /// Content-Type, `+json`, and no Content-Encoding): a copy is kept for the record then
-    /// (see [`Unread::copy`]).
+    /// Content-Type, `+json`): a copy is kept for the record then (see [`Unread::copy`]), as
+    /// it came, in `coding` (its Content-Encoding) if it has one.
     pub fn relay_unread(
         &mut self,
         length: Option<u64>,
         kind: impl FnOnce() -> String,
         may_be_json: bool,
+        coding: Option<String>,
     ) {
         let recording = self.guard.is_recording();
         let kind = recording.then(kind);
@@ -308,6 +313,7 @@ impl StreamTee {
             relayed: 0,
             first_bytes_at: None,
             copy: (recording && may_be_json).then(Vec::new),
+            coding,
         });
     }
 
@@ -643,8 +649,8 @@ impl StreamTee {
         let copy = self
             .unread
             .as_mut()
-            .and_then(|unread| unread.copy.take())
-            .filter(|copy| complete && !copy.is_empty());
+            .and_then(|unread| Some((unread.copy.take()?, unread.coding.take())))
+            .filter(|(copy, _)| complete && !copy.is_empty());
         if let Some(record) = self.guard.record_mut() {
             record.complete = complete;
             record.response = summary;
@@ -654,8 +660,9 @@ impl StreamTee {
             if error.is_some() {
                 record.error = error;
             }
-            if let Some(copy) = copy {
+            if let Some((copy, coding)) = copy {
                 record.response_body = Some(Bytes::from(copy));
+                record.response_encoding = coding;
             }
         }
         self.guard.finish(outcome);

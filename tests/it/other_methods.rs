@@ -10,7 +10,7 @@ use llmsrouter::record::Outcome;
 use serde_json::{Value, json};
 
 use crate::http1::Raw;
-use crate::support::upstream::{Behavior, MockUpstream};
+use crate::support::upstream::{Behavior, MockUpstream, brotli, gzip, zstd};
 use crate::support::{TestRouter, client, h2c_client, one_server_config};
 
 /// The model list a server answers for itself: its own names, no `[prefix]`.
@@ -703,6 +703,73 @@ async fn a_background_generations_usage_counts_once_when_read_back_done() {
             "read-back {} of {path}",
             n + 1
         );
+    }
+    router.stop().await;
+}
+
+/// A `GET`'s answer compressed although the router asked for `identity` is decoded for its
+/// record, as a `POST`'s is: a background generation read back done counts its usage (the
+/// record said `<application/json, gzip, 205 bytes>`, without usage), and a corrupt one is
+/// the upstream's error, as a corrupt answer to a `POST` is (it was a success). The client
+/// gets the bytes as they came.
+#[tokio::test]
+async fn a_compressed_answer_to_a_get_is_decoded_for_its_record() {
+    let done = |id: &str| {
+        format!(
+            r#"{{"id":"{id}","object":"response","background":true,"status":"completed","model":"gpt-4o","output":[],"usage":{{"input_tokens":10,"output_tokens":5,"total_tokens":15}}}}"#
+        )
+    };
+    let (upstream, router) = with_default_server(Behavior::default()).await;
+    let http = client();
+    let mut corrupt = gzip(done("resp_bad").as_bytes());
+    corrupt[10..].fill(0xFF);
+    let cases = [
+        ("resp_gzip", "gzip", gzip(done("resp_gzip").as_bytes())),
+        ("resp_br", "br", brotli(done("resp_br").as_bytes())),
+        ("resp_zstd", "zstd", zstd(done("resp_zstd").as_bytes())),
+        ("resp_bad", "gzip", corrupt),
+    ];
+    for (n, (id, coding, sent)) in cases.into_iter().enumerate() {
+        upstream.set(Behavior {
+            raw_body: Some(sent.clone()),
+            headers: vec![("content-encoding".into(), coding.into())],
+            ..Default::default()
+        });
+        let response = http
+            .get(router.url(&format!("/v1/responses/{id}")))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-encoding"], coding);
+        assert_eq!(response.bytes().await.expect("body"), sent, "{id}");
+
+        let record = router.records.nth(n + 1).await;
+        if id == "resp_bad" {
+            assert_eq!(record.outcome, Outcome::UpstreamError);
+            let error = record.error.as_deref().unwrap_or_default();
+            assert!(
+                error.starts_with("the upstream's compressed answer could not be decoded: "),
+                "{error}"
+            );
+            assert_eq!(
+                record.response.content,
+                format!("<application/json, gzip, {} bytes>", sent.len())
+            );
+            continue;
+        }
+        assert_eq!(record.outcome, Outcome::Success, "{id}: {:?}", record.error);
+        assert_eq!(
+            record.response.usage.as_ref().map(|u| u.total),
+            Some(15),
+            "{id}"
+        );
+        assert_eq!(
+            record.response_body.as_deref(),
+            Some(done(id).as_bytes()),
+            "{id}"
+        );
+        assert!(record.response_is_json);
     }
     router.stop().await;
 }
