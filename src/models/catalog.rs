@@ -492,8 +492,8 @@ async fn server_state(
     }
     let timeout = asking.timeout(settings);
     let fetched = match fetch_models(client, server, timeout, &asking.chain).await {
-        Err(FetchError::Timeout(after)) if asking.for_routers() => {
-            Err(FetchError::TimeoutForRouters(after))
+        Err(FetchError::Timeout { after, via }) if asking.for_routers() => {
+            Err(FetchError::TimeoutForRouters { after, via })
         }
         fetched => fetched,
     };

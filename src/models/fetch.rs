@@ -14,7 +14,7 @@ use crate::proxy::describe_reqwest_error;
 use crate::routing::request_url;
 use crate::secret::Secret;
 use crate::sinks::redact::Redactor;
-use crate::upstream::ProxyEnv;
+use crate::upstream::{ProxyEnv, Via};
 
 /// Largest `/models` answer read. OpenRouter's full list is a few MB; more than this is not a
 /// model list, and holding it whole would only cost memory.
@@ -27,15 +27,18 @@ const ERROR_BODY_QUOTED: usize = 200;
 /// Why a server's list could not be had. `Display` is one line for the log and the CLI.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
-    #[error("no answer within {} s (settings.models_fetch_timeout_secs)", .0.as_secs_f64())]
-    Timeout(Duration),
+    /// No answer within `after`, through the proxy the environment names when `via` it, as a
+    /// chat request's 504 says: a proxy that accepts and never answers is not the server's
+    /// fault.
+    #[error("{via}no answer within {} s (settings.models_fetch_timeout_secs)", .after.as_secs_f64())]
+    Timeout { after: Duration, via: Via },
     /// Asked for a list built for other routers, which gives each server a share of the
     /// timeout ([`super::loops`]).
     #[error(
-        "no answer within {} s (the share of settings.models_fetch_timeout_secs a list built for other routers gives it)",
-        .0.as_secs_f64()
+        "{via}no answer within {} s (the share of settings.models_fetch_timeout_secs a list built for other routers gives it)",
+        .after.as_secs_f64()
     )]
-    TimeoutForRouters(Duration),
+    TimeoutForRouters { after: Duration, via: Via },
     /// No answer had: the cause, through the proxy the environment names when the request
     /// went through it ([`ProxyEnv::through`]).
     #[error("unreachable: {0}")]
@@ -77,20 +80,27 @@ pub async fn fetch_models(
     timeout: Duration,
     chain: &Chain,
 ) -> Result<Fetched, FetchError> {
-    tokio::time::timeout(timeout, fetch(client, server, chain))
+    // Built as a chat request's URL is: the base's own query (`?api-version=...`) stays a
+    // query, after `/models`.
+    let url = request_url(&server.base, "/models", None);
+    let proxy = ProxyEnv::get();
+    tokio::time::timeout(timeout, fetch(client, server, chain, &url, proxy))
         .await
-        .unwrap_or(Err(FetchError::Timeout(timeout)))
+        .unwrap_or_else(|_| {
+            Err(FetchError::Timeout {
+                after: timeout,
+                via: proxy.via(url.as_str()),
+            })
+        })
 }
 
 async fn fetch(
     client: &reqwest::Client,
     server: &Server,
     chain: &Chain,
+    url: &url::Url,
+    proxy: &ProxyEnv,
 ) -> Result<Fetched, FetchError> {
-    // Built as a chat request's URL is: the base's own query (`?api-version=...`) stays a
-    // query, after `/models`.
-    let url = request_url(&server.base, "/models", None);
-    let proxy = ProxyEnv::get();
     let mut request = client
         .get(url.clone())
         .header(ACCEPT, "application/json")
@@ -265,10 +275,25 @@ mod tests {
 
     #[test]
     fn errors_read_as_one_line() {
-        let text = FetchError::Timeout(Duration::from_millis(1500)).to_string();
+        let after = Duration::from_millis(1500);
+        let text = FetchError::Timeout {
+            after,
+            via: Via::Direct,
+        }
+        .to_string();
         assert_eq!(
             text,
             "no answer within 1.5 s (settings.models_fetch_timeout_secs)"
+        );
+        let text = FetchError::Timeout {
+            after,
+            via: Via::Proxy,
+        }
+        .to_string();
+        assert_eq!(
+            text,
+            "through the proxy the environment names (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY): \
+             no answer within 1.5 s (settings.models_fetch_timeout_secs)"
         );
         let text = FetchError::Status {
             status: 500,

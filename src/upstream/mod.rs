@@ -39,7 +39,7 @@ mod pool;
 mod proxy_env;
 
 use keep_reading::KeepReading;
-pub use proxy_env::ProxyEnv;
+pub use proxy_env::{ProxyEnv, Via};
 
 /// The TCP connection and the TLS handshake together, as reqwest's `connect_timeout` bounds
 /// them: hyper's connector times only the TCP part.

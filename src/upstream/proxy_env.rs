@@ -13,6 +13,24 @@ use hyper_util::client::proxy::matcher::Matcher;
 const THROUGH: &str =
     "through the proxy the environment names (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY)";
 
+/// Whether a request went through the proxy the environment names, said (as `Proxy`'s
+/// prefix) before the words of its failure, for an error put into words after the request,
+/// such as the model-list fetch's timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Direct,
+    Proxy,
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Direct => Ok(()),
+            Self::Proxy => write!(f, "{THROUGH}: "),
+        }
+    }
+}
+
 pub struct ProxyEnv {
     matcher: Matcher,
     /// Some proxy variable is set: only then can `matcher` intercept a request. Asking it
@@ -49,15 +67,20 @@ impl ProxyEnv {
         self.set && http::Uri::try_from(url).is_ok_and(|uri| self.covers_uri(&uri))
     }
 
+    /// The way a request to `url` goes: through the proxy or not.
+    pub fn via(&self, url: &str) -> Via {
+        if self.covers(url) {
+            Via::Proxy
+        } else {
+            Via::Direct
+        }
+    }
+
     /// `description` of a failed request to `url`, saying that it went through the proxy
     /// when it did: a proxy that cannot be reached (a typo in `HTTP_PROXY`) or does not
     /// answer otherwise reads as the upstream's fault.
     pub fn through(&self, url: &str, description: String) -> String {
-        if self.covers(url) {
-            format!("{THROUGH}: {description}")
-        } else {
-            description
-        }
+        format!("{}{description}", self.via(url))
     }
 
     /// A 407 a proxy answered a request to an `http://` target it carries (one to an

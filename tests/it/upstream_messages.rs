@@ -304,6 +304,40 @@ async fn a_proxy_that_never_answers_is_named_in_the_timeout() {
     );
 }
 
+/// The model-list fetch through a proxy that takes the connection and never answers: its
+/// timeout names the proxy, as the chat request's 504 does, in the refresh's warning and in
+/// `llmsrouter models` alike; never the proxy's credentials.
+#[tokio::test]
+async fn a_proxy_that_never_answers_the_model_list_fetch_is_named_in_its_timeout() {
+    let (addr, _silent) = silent_listener().await;
+    let proxy = with_credentials(&format!("http://{addr}"));
+    let settings = "settings:\n  models_fetch_timeout_secs: 0.5\n";
+    let router = router_behind_proxy(&proxy, settings);
+    let unanswered = "GET /models failed: through the proxy the environment names (HTTP_PROXY, \
+                      HTTPS_PROXY or ALL_PROXY): no answer within 0.5 s \
+                      (settings.models_fetch_timeout_secs)";
+    router
+        .list_models_and_wait_for_warnings(&[("mock", unanswered)])
+        .await;
+    let log = router.stderr();
+    assert!(!log.contains("secret-password"), "{log}");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let config = one_server_config("http://provider.invalid/v1", settings);
+    std::fs::write(dir.path().join("config.yaml"), config).expect("write");
+    let cli_dir = dir.path().to_owned();
+    let (_, _, stderr) = tokio::task::spawn_blocking(move || {
+        crate::support::run_cli(&cli_dir, &["models"], &[("HTTP_PROXY", &proxy)])
+    })
+    .await
+    .expect("cli task");
+    let warned = "warning: server \"mock\": through the proxy the environment names \
+                  (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY): no answer within 0.5 s \
+                  (settings.models_fetch_timeout_secs); its models are left out";
+    assert!(stderr.contains(warned), "{stderr}");
+    assert!(!stderr.contains("secret-password"), "{stderr}");
+}
+
 /// On a chat request and in the model-list refresh's warning alike.
 #[tokio::test]
 async fn a_proxy_not_listening_could_not_be_reached() {
