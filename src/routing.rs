@@ -147,7 +147,7 @@ pub fn resolve<'c>(
             let Some(server) = config.server(prefix) else {
                 return Err(ProxyError::ModelNotFound(format!(
                     "unknown provider \"[{}]\"; {}",
-                    clip(prefix, MODEL_IN_MESSAGE),
+                    quoted(prefix),
                     how_to_address(config, lookup)
                 )));
             };
@@ -166,7 +166,7 @@ pub fn resolve<'c>(
             }
             Err(ProxyError::ModelNotFound(format!(
                 "model \"{}\" has no [provider] prefix and no provider lists it; {}",
-                clip(name, MODEL_IN_MESSAGE),
+                quoted(name),
                 how_to_address(config, lookup)
             )))
         }
@@ -268,7 +268,7 @@ pub fn parse_model(model: &str) -> Result<ModelRef<'_>, ProxyError> {
     let Some(close) = close else {
         return Err(ProxyError::InvalidRequest(format!(
             "model \"{}\" starts with '[' but has no closing ']': write \"[alias]model\"",
-            clip(model, MODEL_IN_MESSAGE)
+            quoted(model)
         )));
     };
     let prefix = &inner[..close];
@@ -276,7 +276,7 @@ pub fn parse_model(model: &str) -> Result<ModelRef<'_>, ProxyError> {
     if prefix.is_empty() {
         return Err(ProxyError::InvalidRequest(format!(
             "model \"{}\" has an empty [provider] prefix: write \"[alias]model\"",
-            clip(model, MODEL_IN_MESSAGE)
+            quoted(model)
         )));
     }
     // White space alone is no name either: sent upstream as `"  "`, it was recorded as a
@@ -284,7 +284,7 @@ pub fn parse_model(model: &str) -> Result<ModelRef<'_>, ProxyError> {
     if name.trim().is_empty() {
         return Err(ProxyError::InvalidRequest(format!(
             "model \"{}\" has no model name after the [provider] prefix",
-            clip(model, MODEL_IN_MESSAGE)
+            quoted(model)
         )));
     }
     Ok(ModelRef::Prefixed { prefix, name })
@@ -292,9 +292,89 @@ pub fn parse_model(model: &str) -> Result<ModelRef<'_>, ProxyError> {
 
 /// The model name as records (log, ledger, traces) show it: a URL prefix's user info and
 /// query, which may carry a password or a key (`[https://user:pw@host/v1?key=...]model`),
-/// are replaced by `[redacted]` and `?[redacted]`. A URL target refuses user info, but with
-/// `?proxy=` the prefix names no target and is not checked: the record still shows it.
+/// are replaced by `[redacted]` and `?[redacted]`, and so is any other `scheme://` URL's
+/// user info in it ([`redact_userinfo`]: `[ftp://u:p@h]m`, `[[http://u:p@h]]m`). A URL
+/// target refuses user info, but with `?proxy=` the prefix names no target and is not
+/// checked: the record still shows it.
 pub fn model_for_records(model: &str) -> Cow<'_, str> {
+    let shown = url_prefix_for_records(model);
+    if let Cow::Owned(shown) = redact_userinfo(&shown) {
+        return Cow::Owned(shown);
+    }
+    shown
+}
+
+/// An endpoint path as records show it: with [`redact_userinfo`] applied, to the path
+/// percent-decoded when that is where a URL's user info shows (the id of
+/// `GET /v1/models/%5Bhttp%3A%2F%2Fu%3Ap%40h%5Dm`).
+pub fn path_for_records(path: &str) -> Cow<'_, str> {
+    if path.contains('%') {
+        let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+        if let Cow::Owned(shown) = redact_userinfo(&decoded) {
+            return Cow::Owned(shown);
+        }
+    }
+    redact_userinfo(path)
+}
+
+/// `text` as an error message quotes a model or an id the client sent: its URLs' user info
+/// redacted ([`redact_userinfo`]), then clipped.
+pub fn quoted(text: &str) -> String {
+    clip(&redact_userinfo(text), MODEL_IN_MESSAGE)
+}
+
+/// `text` with the user info of every `scheme://` URL in it ([`userinfo_spans`]) replaced
+/// by `[redacted]`: the rule for any model text, path or message the router writes, whether
+/// the router reads that text as a URL or not. Borrows, after one search for `@`, when there
+/// is none (the usual text).
+pub fn redact_userinfo(text: &str) -> Cow<'_, str> {
+    let mut shown = String::new();
+    let mut done = 0;
+    for span in userinfo_spans(text) {
+        shown.push_str(&text[done..span.start]);
+        shown.push_str(crate::sinks::redact::REDACTED);
+        done = span.end;
+    }
+    if done == 0 {
+        return Cow::Borrowed(text);
+    }
+    shown.push_str(&text[done..]);
+    Cow::Owned(shown)
+}
+
+/// Where the user info of each `scheme://userinfo@` in `text` is: from after a `://` to the
+/// last `@` before the next `/`, `]`, `?`, `#` or white space. Read so without parsing a URL,
+/// for any scheme: a prefix the router does not take for a URL (`[ftp://u:p@h]m`) holds a
+/// password all the same. A `//` or a `:/` starts one too: a path's doubled slashes are
+/// merged (`/models/[http:/u:p@h]m`), and `[http//u:p@h]m` has no colon. Nothing when
+/// `text` has no `@`.
+fn userinfo_spans(text: &str) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let bytes = text.as_bytes();
+    let any = memchr::memchr(b'@', bytes).is_some();
+    let mut next = 0;
+    memchr::memchr_iter(b'/', bytes)
+        .take_while(move |_| any)
+        .filter_map(move |slash| {
+            let after_scheme = slash > 0 && matches!(bytes[slash - 1], b':' | b'/');
+            if slash < next || !after_scheme {
+                return None;
+            }
+            let rest = text[slash..].trim_start_matches('/');
+            let start = text.len() - rest.len();
+            let end = rest.find(ends_authority).unwrap_or(rest.len());
+            next = start + end;
+            let info = rest[..end].rfind('@').filter(|&len| len > 0)?;
+            Some(start..start + info)
+        })
+}
+
+/// Whether `c` ends a URL's authority in [`userinfo_spans`]'s reading.
+fn ends_authority(c: char) -> bool {
+    matches!(c, '/' | ']' | '?' | '#') || c.is_whitespace()
+}
+
+/// The URL prefix's part of [`model_for_records`].
+fn url_prefix_for_records(model: &str) -> Cow<'_, str> {
     let Ok(ModelRef::Prefixed { prefix, name }) = parse_model(model) else {
         return Cow::Borrowed(model);
     };
@@ -318,18 +398,34 @@ pub fn model_for_records(model: &str) -> Cow<'_, str> {
 /// request body reads `?[redacted]`, as [`model_for_records`] does), the target's query as it
 /// went upstream, and each parameter's value, also percent-decoded (an upstream may quote
 /// just the key); and a URL prefix's user info (which only a `?proxy=` request gets past
-/// the router: its prefix names no target), whole and in parts, also percent-decoded.
-/// Empty for other targets.
+/// the router: its prefix names no target), whole and in parts, also percent-decoded. For
+/// any target, also the user info of any other `scheme://` URL in the model text
+/// ([`userinfo_spans`]), which records show as `[redacted]` ([`model_for_records`]).
 pub fn url_target_secrets<'a>(target: &'a Target<'_>, model: &'a str) -> Vec<Cow<'a, str>> {
-    if !target.mode.is_url_target() {
-        return Vec::new();
+    let mut out = Vec::new();
+    let prefix_info = if target.mode.is_url_target() {
+        url_target_query_secrets(target, model, &mut out)
+    } else {
+        None
+    };
+    for span in userinfo_spans(model).filter(|span| Some(span) != prefix_info.as_ref()) {
+        userinfo_secrets(model, span, &mut out);
     }
+    out
+}
+
+/// [`url_target_secrets`] of a URL target: its queries' and its URL prefix's user info.
+/// Returns where in `model` that user info is.
+fn url_target_query_secrets<'a>(
+    target: &'a Target<'_>,
+    model: &'a str,
+    out: &mut Vec<Cow<'a, str>>,
+) -> Option<std::ops::Range<usize>> {
     let prefix = match parse_model(model) {
         Ok(ModelRef::Prefixed { prefix, .. }) if is_url(prefix) => Some(prefix),
         _ => None,
     };
     let in_model = prefix.and_then(|prefix| prefix.split_once('?').map(|(_, query)| query));
-    let mut out = Vec::new();
     for query in in_model.into_iter().chain(target.base_query.as_deref()) {
         out.push(Cow::Borrowed(query));
         for value in query
@@ -341,29 +437,28 @@ pub fn url_target_secrets<'a>(target: &'a Target<'_>, model: &'a str) -> Vec<Cow
             out.extend(percent_decoded(value));
         }
     }
-    if let Some(prefix) = prefix {
-        userinfo_secrets(prefix, &mut out);
-    }
-    out
+    // The prefix starts after the model's `[`.
+    let range = userinfo(prefix?)?;
+    let range = range.start + 1..range.end + 1;
+    userinfo_secrets(model, range.clone(), out);
+    Some(range)
 }
 
-/// The user info of `prefix` ([`userinfo`]) as [`url_target_secrets`] lists it: whole, its
-/// user and password, each also percent-decoded. One too short to be redacted on its own
-/// (`u:pw`) goes also with the host after it, so the logged body shows neither.
-fn userinfo_secrets<'a>(prefix: &'a str, out: &mut Vec<Cow<'a, str>>) {
-    let Some(range) = userinfo(prefix) else {
-        return;
-    };
-    let info = &prefix[range.clone()];
+/// The user info at `range` of `text` (a URL prefix's, [`userinfo`], or another URL's,
+/// [`userinfo_spans`]) as [`url_target_secrets`] lists it: whole, its user and password,
+/// each also percent-decoded. One too short to be redacted on its own (`u:pw`) goes also
+/// with the host after it, so the logged body shows neither.
+fn userinfo_secrets<'a>(text: &'a str, range: std::ops::Range<usize>, out: &mut Vec<Cow<'a, str>>) {
+    let info = &text[range.clone()];
     let (user, password) = info.split_once(':').unwrap_or(("", ""));
     for part in [info, user, password].into_iter().filter(|p| !p.is_empty()) {
         out.push(Cow::Borrowed(part));
         out.extend(percent_decoded(part));
     }
     if info.len() < crate::sinks::redact::MIN_SECRET_LEN {
-        let rest = &prefix[range.end..];
-        let end = range.end + rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        out.push(Cow::Borrowed(&prefix[range.start..end]));
+        let rest = &text[range.end..];
+        let end = range.end + rest.find(ends_authority).unwrap_or(rest.len());
+        out.push(Cow::Borrowed(&text[range.start..end]));
     }
 }
 
@@ -1056,7 +1151,77 @@ servers:
             ["u:pw", "u", "pw", "u:pw@127.0.0.1:1"]
         );
         let target = resolve_ok(None, "[openrouter]m", &config);
-        assert!(url_target_secrets(&target, "[http://u:pw@h]m").is_empty());
+        assert!(url_target_secrets(&target, "[openrouter]m@h").is_empty());
+    }
+
+    /// Any `scheme://` URL's user info in the model text is a secret of its request, for any
+    /// target: the router need not read the prefix as a URL (`?proxy=` wins over it).
+    #[test]
+    fn any_urls_user_info_in_a_model_is_a_secret_of_its_request() {
+        let config = config();
+        let secrets = |proxy: Option<&str>, model: &str| {
+            let target = resolve_ok(proxy, model, &config);
+            url_target_secrets(&target, model)
+                .into_iter()
+                .map(Cow::into_owned)
+                .collect::<Vec<_>>()
+        };
+        let proxy = Some("https://h.com/v1");
+        assert_eq!(
+            secrets(proxy, "[ftp://bob:pw-secret-77@h]m"),
+            ["bob:pw-secret-77", "bob", "pw-secret-77"]
+        );
+        assert_eq!(
+            secrets(proxy, "[[http://u:pw@h.com/v1]]m"),
+            ["u:pw", "u", "pw", "u:pw@h.com"]
+        );
+        assert_eq!(
+            secrets(proxy, "[http//tok_abcdefgh1@h]m"),
+            ["tok_abcdefgh1"]
+        );
+        assert_eq!(
+            secrets(None, "[openrouter]ftp://bob:pw-secret-77@h"),
+            ["bob:pw-secret-77", "bob", "pw-secret-77"]
+        );
+    }
+
+    /// The general rule: after `://` (or `//`, `:/`), up to the last `@` before the next
+    /// `/`, `]`, `?`, `#` or white space, whatever the scheme and wherever in the text.
+    #[test]
+    fn any_urls_user_info_is_redacted() {
+        for (text, shown) in [
+            ("[ftp://u:p@h]m", "[ftp://[redacted]@h]m"),
+            ("[http//u:p@h]m", "[http//[redacted]@h]m"),
+            ("[[http://u:p@h/v1]]m", "[[http://[redacted]@h/v1]]m"),
+            (
+                "/models/[http:/bob:pw@h:1/v1]m1",
+                "/models/[http:/[redacted]@h:1/v1]m1",
+            ),
+            (
+                "a x://u@v@h?q@r y://k@h",
+                "a x://[redacted]@h?q@r y://[redacted]@h",
+            ),
+            (
+                "[http://u:p@[::1]:8080]m",
+                "[http://[redacted]@[::1]:8080]m",
+            ),
+            ("x://@h z://u:p w@h", "x://@h z://u:p w@h"),
+            ("[openrouter]org/model@v2", "[openrouter]org/model@v2"),
+            ("http://h/v1/@org", "http://h/v1/@org"),
+            ("no at sign://", "no at sign://"),
+        ] {
+            assert_eq!(redact_userinfo(text), shown, "{text}");
+        }
+        assert!(matches!(redact_userinfo("[openrouter]m"), Cow::Borrowed(_)));
+        assert_eq!(
+            path_for_records("/models/%5Bftp%3A%2F%2Fu%3Apw%40h%5Dm"),
+            "/models/[ftp://[redacted]@h]m"
+        );
+        assert_eq!(path_for_records("/models/a%20b"), "/models/a%20b");
+        assert_eq!(
+            model_for_records("[ftp://u:p@h?key=k]m"),
+            "[ftp://[redacted]@h?key=k]m"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::{HeaderValue, header};
 
 use crate::auth::Caller;
-use crate::error::{ProxyError, clip};
+use crate::error::ProxyError;
 use crate::http1::fields::Fields;
 use crate::routing::{ModelRef, parse_model};
 use crate::state::AppState;
@@ -112,7 +112,7 @@ pub async fn handle_get(state: &AppState, caller: &Caller, id: &str) -> Response
     };
     ProxyError::ModelNotFound(format!(
         "model \"{}\" is not in the model list (see GET /v1/models); {hint}",
-        clip(id, 200)
+        crate::routing::quoted(id)
     ))
     .into_response()
 }

@@ -674,7 +674,8 @@ async fn forward_read<V: ReadBody>(
         record.request_is_form = V::FORM;
         record.usage_uncounted = !V::COUNTS_USAGE;
         if *view.method() != Method::POST {
-            record.endpoint = format!("{} {}", view.method(), request.path);
+            let path = routing::path_for_records(request.path);
+            record.endpoint = format!("{} {path}", view.method());
         }
         record
     });
@@ -991,9 +992,9 @@ fn new_record(
         provider: target.provider.clone(),
         alias: target.alias().map(str::to_owned),
         mode: target.mode,
-        endpoint: path.to_owned(),
+        endpoint: routing::path_for_records(path).into_owned(),
         requested_model: routing::model_for_records(model).into_owned(),
-        upstream_model: target.upstream_model.clone(),
+        upstream_model: routing::redact_userinfo(&target.upstream_model).into_owned(),
         stream,
         request_body: body,
         request_layout: None,

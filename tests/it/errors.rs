@@ -252,6 +252,53 @@ async fn a_refused_url_target_is_quoted_without_its_credentials() {
     router.stop().await;
 }
 
+/// Every message that quotes a model or a model id shows the user info of a `scheme://` URL
+/// in it as `[redacted]`, whether or not the router reads the text as a URL target.
+#[tokio::test]
+async fn a_message_quoting_a_model_shows_no_user_info() {
+    const PASSWORD: &str = "secretpw55";
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let host = upstream.origin().replace("http://", "");
+    let url = format!("http://alice:{PASSWORD}@{host}/v1");
+    for (model, status, says) in [
+        (format!("[{url}]"), 400, "has no model name after"),
+        (format!("[{url}]   "), 400, "has no model name after"),
+        (format!("[{url}"), 400, "has no closing ']'"),
+        (
+            format!("[ftp://alice:{PASSWORD}@{host}]m1"),
+            404,
+            "unknown provider",
+        ),
+        (
+            format!("[http//alice:{PASSWORD}@{host}]m1"),
+            404,
+            "unknown provider",
+        ),
+        (format!("{url}/m1"), 404, "has no [provider] prefix"),
+    ] {
+        let response = router.chat(&json!({"model": model, "messages": []})).await;
+        let (got, error) = error_of(response).await;
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(got, status, "{model}: {message}");
+        assert!(message.contains(says), "{model}: {message}");
+        assert!(message.contains("/[redacted]@"), "{model}: {message}");
+        assert!(!message.contains(PASSWORD), "{model}: {message}");
+    }
+    let response = client()
+        .get(router.url(&format!("/v1/models/[{url}]m1")))
+        .send()
+        .await
+        .expect("send");
+    let (got, error) = error_of(response).await;
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(got, 404, "{message}");
+    assert!(message.contains("/[redacted]@"), "{message}");
+    assert!(!message.contains(PASSWORD), "{message}");
+    assert_none_recorded(&router).await;
+    router.stop().await;
+}
+
 /// A client writes its whole body before it reads the answer, so the router reads an
 /// oversized body to its end before it answers 413; answering and closing mid-body left the
 /// client with a broken pipe instead of the 413 (a race the 413 case above lost on CI).

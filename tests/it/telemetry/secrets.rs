@@ -555,6 +555,80 @@ async fn a_url_prefixs_user_info_under_proxy_is_redacted_from_every_record() {
     }
 }
 
+/// Under `?proxy=`, the user info of a URL in a model the router does not read as a URL
+/// target (`[ftp://...]`, `[http//...]`, `[[http://...]]`), and in the id of a forwarded
+/// `GET`/`DELETE /v1/models/<id>` (as sent or percent-encoded), is in no record: the model,
+/// the logged body's model and the endpoint read `[redacted]` in its place.
+#[tokio::test]
+async fn user_info_in_any_model_text_or_model_id_is_redacted_from_every_record() {
+    const PASSWORD: &str = "pw-secret-77";
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
+    let origin = upstream.origin();
+    let host = origin.replace("http://", "");
+    let proxy = format!("?proxy={origin}/v1");
+    let url = sinks.router.url(&format!("/v1/chat/completions{proxy}"));
+    let models = [
+        (
+            format!("[ftp://bob:{PASSWORD}@{host}]m1"),
+            format!("[ftp://[redacted]@{host}]m1"),
+        ),
+        (
+            format!("[http//bob:{PASSWORD}@{host}]m1"),
+            format!("[http//[redacted]@{host}]m1"),
+        ),
+        (
+            format!("[[http://bob:{PASSWORD}@{host}/v1]]m1"),
+            format!("[[http://[redacted]@{host}/v1]]m1"),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (model, _) in &models {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        let response = client().post(&url).json(&body).send().await.expect("send");
+        assert_eq!(response.status(), 200, "{model}");
+        ids.push(super::request_id(&response));
+    }
+    let id = format!("[http://bob:{PASSWORD}@{host}/v1]m1");
+    let encoded: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+    for (method, id) in [
+        (reqwest::Method::GET, &id),
+        (reqwest::Method::DELETE, &encoded),
+    ] {
+        let path = sinks.router.url(&format!("/v1/models/{id}{proxy}"));
+        let response = client().request(method, path).send().await.expect("send");
+        assert_eq!(response.status(), 200, "{id}");
+    }
+
+    let (written, records) = sinks.finish(models.len() + 2).await;
+    // The records held the password, so the scan below can fail.
+    assert!(
+        records
+            .iter()
+            .any(|r| memchr::memmem::find(&r.request_body, PASSWORD.as_bytes()).is_some())
+    );
+    for (id, (_, shown)) in ids.iter().zip(&models) {
+        let line: serde_json::Value = written
+            .log
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+            .find(|l| l["request_id"] == id.as_str())
+            .expect("the request's line");
+        assert_eq!(line["model"], shown.as_str());
+        assert_eq!(line["request"]["model"], shown.as_str());
+    }
+    // The path as sent has its doubled slashes merged; the encoded one is shown decoded.
+    let endpoints: Vec<&str> = records.iter().map(|r| r.endpoint.as_str()).collect();
+    for shown in [
+        format!("GET /models/[http:/[redacted]@{host}/v1]m1"),
+        format!("DELETE /models/[http://[redacted]@{host}/v1]m1"),
+    ] {
+        assert!(endpoints.contains(&shown.as_str()), "{endpoints:?}");
+    }
+    assert_eq!(written.spans.len(), models.len() + 2);
+    written.assert_absent(PASSWORD);
+}
+
 /// The credentials written into a configured server's `url` (user info, which goes upstream
 /// as `Authorization: Basic ...`, and a `?key=` query) are secrets like an `api_key`: an
 /// upstream echoing them gets them neither to the client nor into any record.
