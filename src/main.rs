@@ -766,6 +766,10 @@ fn run_models(cli: &Cli, args: &ModelsArgs) -> anyhow::Result<ExitCode> {
         }
         Err(error) => return Err(anyhow!(error)),
     };
+    // As `check` says them: the log is off for `models` (its level is `error`).
+    for warning in &config.warnings {
+        eprintln!("warning: {}: {warning}", cli.config.display());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

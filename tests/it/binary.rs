@@ -1164,6 +1164,29 @@ async fn values_in_quotes_as_docker_env_file_keeps_them_are_read_without() {
     assert!(secrets.iter().all(|s| !log.contains(s)), "{log}");
 }
 
+/// `models` says that it read a `${NAME}` of config.yaml without its quotes as `check` does,
+/// on a `warning:` line. Before, it took them off in silence.
+#[test]
+fn models_names_a_config_value_read_without_quotes() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!(
+            "servers:\n  s:\n    url: \"{}/v1\"\n    api_key: \"${{M_KEY}}\"\n",
+            crate::support::closed_origin()
+        ),
+    )
+    .expect("config");
+    let (_, _, stderr) = run_cli(
+        dir.path(),
+        &["models", "--json"],
+        &[("M_KEY", "\"sk-m-secret\"")],
+    );
+    let warning = "warning: ./config.yaml: ${M_KEY}: its value is in quotes, as `docker run --env-file` keeps them: read without them";
+    assert_eq!(stderr.matches(warning).count(), 1, "{stderr}");
+    assert!(!stderr.contains("sk-m-secret"), "{stderr}");
+}
+
 /// A password (or token) in `LANGFUSE_HOST` or `OTEL_EXPORTER_OTLP_ENDPOINT`, before `@` or
 /// in the query, is never printed: `check` and the start-up log show `[redacted]` there.
 /// Before, both printed the URL whole.
