@@ -137,13 +137,23 @@ pub enum ConfigError {
 
 impl Config {
     /// Reads and validates `file`, expanding `${NAME}` with `env` (`std::env::var` in the
-    /// binary: a value that is not UTF-8 is told apart from an unset one).
-    pub fn load(file: &Path, env: &EnvLookup<'_>) -> Result<Self, ConfigError> {
+    /// binary: a value that is not UTF-8 is told apart from an unset one). A `${NAME}` for
+    /// which `from_environment` is true may be read without quotes (see [`Config::parse_with`]);
+    /// the others are taken as they are: a `.env` value was read by the `.env` reader, which
+    /// took its quotes off already, and one left in (`V='"x"'`) is meant, as python-dotenv
+    /// reads it.
+    pub fn load(
+        file: &Path,
+        env: &EnvLookup<'_>,
+        from_environment: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, ConfigError> {
         let text = Self::read(file)?;
-        Self::parse_with(&text, env).map_err(|(path, reason)| ConfigError::Invalid {
-            file: file.to_owned(),
-            path,
-            reason,
+        Self::parse_unquoting(&text, env, from_environment).map_err(|(path, reason)| {
+            ConfigError::Invalid {
+                file: file.to_owned(),
+                path,
+                reason,
+            }
         })
     }
 
@@ -199,6 +209,15 @@ impl Config {
 
     /// [`Config::parse`], with an environment that can hold values that are not UTF-8.
     pub fn parse_with(text: &str, env: &EnvLookup<'_>) -> Result<Self, (String, String)> {
+        Self::parse_unquoting(text, env, &|_| true)
+    }
+
+    /// [`Config::parse_with`], taking quotes off only the `${NAME}`s `unquotable` names.
+    fn parse_unquoting(
+        text: &str,
+        env: &EnvLookup<'_>,
+        unquotable: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, (String, String)> {
         let raw = parse_yaml(text)?;
         let Some(raw) = raw else {
             return Ok(Self::default());
@@ -209,6 +228,9 @@ impl Config {
         let quoted: std::cell::RefCell<Vec<String>> = std::cell::RefCell::default();
         let unquoting = |name: &str| {
             let value = env(name)?;
+            if !unquotable(name) {
+                return Ok(value);
+            }
             let Some(inner) = crate::env::without_docker_quotes(&value) else {
                 return Ok(value);
             };

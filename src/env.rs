@@ -223,10 +223,14 @@ pub fn without_docker_quotes(value: &str) -> Option<&str> {
 /// Takes the quotes off each variable llmsrouter reads whose value is in quotes (see
 /// [`without_docker_quotes`]), in the process's environment, before anything reads it: the
 /// flags' variables are read by clap, the proxy variables by the upstream client, `RUST_LOG`
-/// by the log, the others by [`EnvSettings::from_env`]. Returns one warning for each,
-/// naming the variable, never the value. Run at start, before any thread is started.
-pub fn unquote_router_variables() -> Vec<String> {
+/// by the log, the others by [`EnvSettings::from_env`]. Only those `from_environment` names
+/// (set before `.env` was loaded): the `.env` reader took a `.env` value's quotes off already,
+/// and quotes left in one (`V='"x"'`) are meant, as python-dotenv reads them. Returns one
+/// warning for each, naming the variable, never the value. Run at start, before any thread
+/// is started.
+pub fn unquote_router_variables(from_environment: &dyn Fn(&str) -> bool) -> Vec<String> {
     let unquoted: Vec<(&str, String)> = router_variables()
+        .filter(|name| from_environment(name))
         .filter_map(|name| {
             let value = std::env::var(name).ok()?;
             Some((name, without_docker_quotes(&value)?.to_owned()))

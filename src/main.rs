@@ -37,7 +37,8 @@ fn main() -> ExitCode {
     // Only the working directory's `.env`, not a parent directory's (another project's).
     let dotenv = llmsrouter::dotenv::load(Path::new(".env"));
     // Before anything reads them (the flags' variables are read by the next line).
-    let unquoted = llmsrouter::env::unquote_router_variables();
+    let from_environment = |name: &str| in_environment.contains(OsStr::new(name));
+    let unquoted = llmsrouter::env::unquote_router_variables(&from_environment);
     let cli = Cli::parse_or_exit();
     // `models` reports failing servers itself, on one line each; log lines would repeat them.
     init_tracing(match cli.command {
@@ -80,10 +81,10 @@ fn main() -> ExitCode {
     }
     let result = match &cli.command {
         Command::Serve(args) => {
-            refuse_dotenv(&dotenv_problems).and_then(|()| run_serve(&cli, args))
+            refuse_dotenv(&dotenv_problems).and_then(|()| run_serve(&cli, args, &from_environment))
         }
-        Command::Check => run_check(&cli, &dotenv_problems),
-        Command::Models(args) => run_models(&cli, args),
+        Command::Check => run_check(&cli, &dotenv_problems, &from_environment),
+        Command::Models(args) => run_models(&cli, args, &from_environment),
         Command::Healthcheck(args) => run_healthcheck(args),
         Command::User(command) => run_user(&cli, command),
         Command::Usage(args) => run_usage(&cli, args),
@@ -325,8 +326,8 @@ fn env_var(name: &str) -> Result<String, std::env::VarError> {
 }
 
 /// Loads config.yaml; a missing file is a warning and an empty config (URL targets still work).
-fn load_config(path: &Path) -> anyhow::Result<Config> {
-    match Config::load(path, &env_var) {
+fn load_config(path: &Path, from_environment: &dyn Fn(&str) -> bool) -> anyhow::Result<Config> {
+    match Config::load(path, &env_var, from_environment) {
         Ok(config) => {
             for warning in &config.warnings {
                 tracing::warn!("{}: {warning}", path.display());
@@ -348,12 +349,17 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
 /// their records (they were cut when the grace period ended, so this is short).
 const RECORDS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn run_serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+/// `from_environment` names the variables set before `.env` was loaded (see [`Config::load`]).
+fn run_serve(
+    cli: &Cli,
+    args: &ServeArgs,
+    from_environment: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<ExitCode> {
     let env = EnvSettings::from_env()?;
     for warning in &env.warnings {
         tracing::warn!("{warning}");
     }
-    let config = load_config(&cli.config)?;
+    let config = load_config(&cli.config, from_environment)?;
     // Each connection and each upstream connection is a file: see `open_files`.
     #[cfg(unix)]
     llmsrouter::open_files::raise_and_report();
@@ -672,7 +678,11 @@ fn folder_of(file: &Path) -> &Path {
     }
 }
 
-fn run_check(cli: &Cli, dotenv_problems: &[DotenvProblem]) -> anyhow::Result<ExitCode> {
+fn run_check(
+    cli: &Cli,
+    dotenv_problems: &[DotenvProblem],
+    from_environment: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<ExitCode> {
     if !dotenv_problems.is_empty() {
         for problem in dotenv_problems {
             eprintln!("error: {}", problem.text);
@@ -680,7 +690,7 @@ fn run_check(cli: &Cli, dotenv_problems: &[DotenvProblem]) -> anyhow::Result<Exi
         // config.yaml is checked all the same, so one run names the mistakes of both files
         // (its `${VAR}`s read the environment as it is, `.env` lines that could be read
         // included); the environment's own checks wait for a `.env` that reads.
-        match checked_config(cli) {
+        match checked_config(cli, from_environment) {
             Ok(config) => print_config_ok(cli, &config)?,
             Err(error) => eprintln!("error: {error}"),
         }
@@ -704,7 +714,7 @@ fn run_check(cli: &Cli, dotenv_problems: &[DotenvProblem]) -> anyhow::Result<Exi
             eprintln!("warning: {warning}");
         }
     }
-    let config = checked_config(cli)?;
+    let config = checked_config(cli, from_environment)?;
     print_config_ok(cli, &config)?;
     print_out(format_args!(
         "environment: ok (account management {}, request log {}, tracing {})\n",
@@ -722,8 +732,8 @@ fn run_check(cli: &Cli, dotenv_problems: &[DotenvProblem]) -> anyhow::Result<Exi
 }
 
 /// config.yaml as `serve` would load it, or why `serve` would not start with it.
-fn checked_config(cli: &Cli) -> anyhow::Result<Config> {
-    match Config::load(&cli.config, &env_var) {
+fn checked_config(cli: &Cli, from_environment: &dyn Fn(&str) -> bool) -> anyhow::Result<Config> {
+    match Config::load(&cli.config, &env_var, from_environment) {
         Ok(config) => Ok(config),
         Err(ConfigError::NotFound { file }) => Err(anyhow!(
             "{}: not found (serve would start with no providers; create it from config.yaml.template)",
@@ -755,8 +765,12 @@ fn print_config_ok(cli: &Cli, config: &Config) -> anyhow::Result<()> {
 /// `llmsrouter models`: the merged list, fetched now, as a table or as /v1/models JSON. Exits
 /// non-zero only when nothing could be listed and some server failed: an empty list from
 /// servers that answered (or no servers) is an answer, not an error.
-fn run_models(cli: &Cli, args: &ModelsArgs) -> anyhow::Result<ExitCode> {
-    let config = match Config::load(&cli.config, &env_var) {
+fn run_models(
+    cli: &Cli,
+    args: &ModelsArgs,
+    from_environment: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(&cli.config, &env_var, from_environment) {
         Ok(config) => config,
         Err(ConfigError::NotFound { file }) => {
             return Err(anyhow!(

@@ -1187,6 +1187,43 @@ fn models_names_a_config_value_read_without_quotes() {
     assert!(!stderr.contains("sk-m-secret"), "{stderr}");
 }
 
+/// Quotes inside a `.env` value's own quotes (`V='"x"'`) are part of the value, as
+/// python-dotenv reads them (the Python version sent `Bearer "x"`): only a value from the real
+/// environment, where `docker run --env-file` leaves a `.env`'s quotes, is read without them.
+/// Before, the router took them off a second time and blamed docker.
+#[tokio::test]
+async fn quotes_kept_inside_a_dotenv_value_are_meant() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!(
+            "servers:\n  mock:\n    url: \"{}\"\n    api_key: \"${{V1}}\"\n",
+            upstream.url()
+        ),
+    )
+    .expect("config");
+    std::fs::write(
+        dir.path().join(".env"),
+        "V1='\"quoted-in-dotenv\"'\nLLMSROUTER_LOG_FILE='\"requests.log\"'\n",
+    )
+    .expect(".env");
+
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr, "", "nothing was unquoted");
+    assert!(stdout.contains("request log \"requests.log\""), "{stdout}");
+
+    let router = RouterProcess::start_in(dir, &[]);
+    let response = router.chat(&json!({"model": "[mock]m"})).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        upstream.last().headers["authorization"],
+        "Bearer \"quoted-in-dotenv\""
+    );
+    assert!(!router.stderr().contains("docker"), "{}", router.stderr());
+}
+
 /// A password (or token) in `LANGFUSE_HOST` or `OTEL_EXPORTER_OTLP_ENDPOINT`, before `@` or
 /// in the query, is never printed: `check` and the start-up log show `[redacted]` there.
 /// Before, both printed the URL whole.
