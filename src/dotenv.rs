@@ -88,6 +88,11 @@ pub struct Loaded {
     /// left open above `ENABLE_ACCOUNT_MANAGEMENT=true` and closed by a later value's quote
     /// makes that line part of the value, with no warning from python-dotenv either.
     pub keys_inside_values: Vec<KeyInsideValue>,
+    /// The names with `-` skipped in silence (see `another_programs_name`), with their lines
+    /// (where the statement starts): the caller warns of one that looks like a variable it
+    /// reads written with `-` for `_` (`ENABLE-ACCOUNT-MANAGEMENT=true` left accounts off
+    /// without a word).
+    pub dashed_keys: Vec<(usize, String)>,
 }
 
 /// A `KEY=` line that is part of another variable's quoted value (see
@@ -169,6 +174,14 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
         })
         .map(|(_, line)| *line)
         .collect();
+    let dashed_keys = bindings
+        .iter()
+        .zip(&lines)
+        .filter(|((key, value), _)| {
+            value.is_some() && !dotenvy_can_take(key) && another_programs_name(key)
+        })
+        .map(|((key, _), line)| (*line, key.clone()))
+        .collect();
     // The line that gave each key its value: the last one setting it.
     let line_of: HashMap<String, usize> = bindings
         .iter()
@@ -202,6 +215,7 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
         skipped_keys,
         keys_without_value,
         keys_inside_values,
+        dashed_keys,
     };
     let mut quoted = String::new();
     for (key, value) in values {

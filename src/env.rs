@@ -190,6 +190,13 @@ pub fn read_by_router(name: &str) -> bool {
     router_variables().any(|variable| variable == name)
 }
 
+/// The variable of the router's that `name` (a `.env` name with `-`, which none of them
+/// has) was probably meant to be: the same with `_` for each `-`, in any case.
+pub fn meant_for_router(name: &str) -> Option<&'static str> {
+    let underscored = name.replace('-', "_");
+    router_variables().find(|variable| variable.eq_ignore_ascii_case(&underscored))
+}
+
 /// The variables [`read_by_router`] names: [`VARIABLES`], the flags' and `RUST_LOG`.
 fn router_variables() -> impl Iterator<Item = &'static str> {
     VARIABLES

@@ -212,6 +212,13 @@ fn dotenv_problems(
             ".env line {line}: the name before '=' is not a variable name the router can set; the line is skipped"
         ))
     }));
+    // Skipped in silence as another program's name, unless it looks like one of ours.
+    problems.extend(loaded.dashed_keys.iter().filter_map(|(line, key)| {
+        let meant = llmsrouter::env::meant_for_router(key)?;
+        Some(warning(format!(
+            ".env line {line}: {key} is no variable the router reads (none has a '-'); {meant} was meant? the line is skipped"
+        )))
+    }));
     problems.extend(loaded.non_utf8_lines.iter().map(|line| {
         warning(format!(
             ".env line {line}: not UTF-8 (saved in another encoding?); read with U+FFFD in place of each bad byte, so a key there is not the one meant"

@@ -231,6 +231,37 @@ fn a_dot_env_name_with_a_dash_is_skipped_in_silence() {
     assert_eq!(stderr, "", "{stdout}");
 }
 
+/// A `.env` name with `-` that is one of the router's variables with `-` for `_`
+/// (`ENABLE-ACCOUNT-MANAGEMENT=true`) is named with the variable it was meant to be: `check`
+/// fails on it, `serve` warns. Before, it was skipped in silence and accounts stayed off.
+#[test]
+fn a_dot_env_name_with_a_dash_for_a_router_variable_is_named() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    std::fs::write(
+        dir.path().join(".env"),
+        "MY-OTHER-APP_TOKEN=abc\nenable-account-management=true\n",
+    )
+    .expect("env");
+    let said = ".env line 2: enable-account-management is no variable the router reads (none has a '-'); ENABLE_ACCOUNT_MANAGEMENT was meant? the line is skipped";
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stdout}");
+    assert_eq!(
+        stderr.trim().lines().next(),
+        Some(format!("error: {said}").as_str()),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+
+    let router = RouterProcess::start_in(dir, &[]);
+    assert_eq!(
+        router.stderr().matches(said).count(),
+        1,
+        "{}",
+        router.stderr()
+    );
+}
+
 /// A `.env` line that is not UTF-8 (a file saved as Latin-1) is named by its line number:
 /// `check` fails, the other commands warn. Before, it was read with U+FFFD in silence, and a
 /// key on it went out as another key.
