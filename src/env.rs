@@ -5,7 +5,7 @@
 //! variable the router would use that is set but empty (what `docker --env-file` leaves for
 //! a missing value) or not UTF-8 is an error naming it, never taken as unset.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::secret::Secret;
 
@@ -180,6 +180,8 @@ pub const VARIABLES: &[&str] = &[
     "https_proxy",
     "NO_PROXY",
     "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
 ];
 
 /// Whether llmsrouter reads the variable `name`: one of [`VARIABLES`], a flag's variable
@@ -277,6 +279,7 @@ impl EnvSettings {
         unused_otlp_variables(env, &mut warnings);
         python_bypass(env, &mut warnings);
         proxy_variables(env)?;
+        trusted_cas(env)?;
         Ok(Self {
             account_management: bool_var(env, "ENABLE_ACCOUNT_MANAGEMENT", false)?,
             log_file,
@@ -293,6 +296,75 @@ impl EnvSettings {
             proxy_secrets: proxy_secrets(env),
         })
     }
+}
+
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR` name the CAs the upstream client trusts in place of the
+/// system's store (rustls-native-certs reads them when the client is built, and drops what
+/// it cannot read): a file or folder that cannot be read, a file with no certificate, or
+/// folders with none between them stop `serve` and `check` naming the variable, as the user
+/// asked for that CA. Before, they were dropped in silence, `check` said ok, and every
+/// request to the provider behind the private CA failed with UnknownIssuer. A file in a
+/// folder that cannot be read is skipped, as OpenSSL skips it.
+fn trusted_cas(env: &dyn Fn(&str) -> Option<String>) -> Result<(), EnvError> {
+    let not_trusted = "the CAs it names would not be trusted";
+    if let Some(file) = env("SSL_CERT_FILE") {
+        if file.trim().is_empty() {
+            return Err(set_but_empty("SSL_CERT_FILE"));
+        }
+        let path = Path::new(&file);
+        let error = |reason: String| EnvError {
+            name: "SSL_CERT_FILE",
+            reason: format!("{}: {reason}: {not_trusted}", path.display()),
+        };
+        if let Err(e) = std::fs::File::open(path) {
+            return Err(error(format!("cannot be read ({e})")));
+        }
+        if rustls_native_certs::load_certs_from_paths(Some(path), None)
+            .certs
+            .is_empty()
+        {
+            return Err(error(
+                "holds no PEM certificate (a -----BEGIN CERTIFICATE----- block) that can be read"
+                    .to_owned(),
+            ));
+        }
+    }
+    if let Some(dirs) = env("SSL_CERT_DIR") {
+        if dirs.trim().is_empty() {
+            return Err(set_but_empty("SSL_CERT_DIR"));
+        }
+        // Folders separated by ':', as rustls-native-certs and OpenSSL read it: each must be
+        // one, and together they must hold a certificate (an image may list an empty one).
+        let folders: Vec<PathBuf> = std::env::split_paths(&dirs)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        for dir in &folders {
+            if let Err(e) = std::fs::read_dir(dir) {
+                return Err(EnvError {
+                    name: "SSL_CERT_DIR",
+                    reason: format!(
+                        "{}: cannot be read as a folder ({e}): {not_trusted}",
+                        dir.display()
+                    ),
+                });
+            }
+        }
+        let holds_one = folders.iter().any(|dir| {
+            !rustls_native_certs::load_certs_from_paths(None, Some(dir))
+                .certs
+                .is_empty()
+        });
+        if !holds_one {
+            return Err(EnvError {
+                name: "SSL_CERT_DIR",
+                reason: format!(
+                    "{}: holds no file with a PEM certificate (a -----BEGIN CERTIFICATE----- block): {not_trusted}",
+                    dirs.trim()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A set, non-blank variable.

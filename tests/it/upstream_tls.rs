@@ -532,3 +532,74 @@ async fn a_self_signed_ca_certificate_as_the_servers_own_is_said_in_words() {
     let log = router.stderr();
     assert!(!log.contains("OtherError"), "{log}");
 }
+
+/// `SSL_CERT_FILE` in quotes, as `docker run --env-file` keeps a `.env`'s, is read without
+/// them with one warning, as the router's other variables are; one naming a file that cannot
+/// be read, or that holds no certificate, stops `check` and `serve` naming it. Before, both
+/// were dropped in silence: `check` said ok, and every request failed with UnknownIssuer.
+#[tokio::test]
+async fn ssl_cert_file_in_quotes_is_read_and_one_that_cannot_be_read_stops_start_up() {
+    let (addr, _) = start_tls_upstream(&[b"http/1.1"]).await;
+    let config = format!(
+        "servers:\n  secure:\n    url: \"https://localhost:{}/v1\"\n",
+        addr.port()
+    );
+    let quoted = format!("\"{}\"", fixture("ca.pem").to_str().expect("utf-8 path"));
+    let quiet = [("LLMSROUTER_LEDGER", "false"), ("LLMSROUTER_LOG_FILE", "")];
+    let router = RouterProcess::start(
+        Some(&config),
+        &[quiet[0], quiet[1], ("SSL_CERT_FILE", quoted.as_str())],
+    );
+    let response = router
+        .chat(&json!({"model": "[secure]gpt-x", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200, "{}", router.stderr());
+    let warning = "SSL_CERT_FILE: its value is in quotes, as `docker run --env-file` keeps them: read without them";
+    assert_eq!(
+        router.stderr().matches(warning).count(),
+        1,
+        "{}",
+        router.stderr()
+    );
+
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), &config).expect("config");
+    let not_pem = dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n").expect("file");
+    let missing = dir.path().join("missing.pem");
+    let cases = [
+        (
+            "SSL_CERT_FILE",
+            missing.clone(),
+            "cannot be read (No such file or directory",
+        ),
+        ("SSL_CERT_FILE", not_pem.clone(), "holds no PEM certificate"),
+        (
+            "SSL_CERT_DIR",
+            missing.clone(),
+            "cannot be read as a folder",
+        ),
+        (
+            "SSL_CERT_DIR",
+            dir.path().to_owned(),
+            "holds no file with a PEM certificate",
+        ),
+    ];
+    for (name, path, reason) in cases {
+        let path = path.to_str().expect("utf-8 path");
+        let envs = [quiet[0], quiet[1], (name, path)];
+        for (command, status) in [("check", 1), ("serve", 2)] {
+            let args = [command, "--port", "0"];
+            let args = if command == "check" {
+                &args[..1]
+            } else {
+                &args[..]
+            };
+            let (code, _, stderr) = crate::support::run_cli(dir.path(), args, &envs);
+            assert_eq!(code, status, "{command} {name}={path}: {stderr}");
+            let said = format!("error: {name}: {path}: {reason}");
+            assert!(stderr.starts_with(&said), "{command}: {said}: {stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        }
+    }
+}
