@@ -1082,16 +1082,19 @@ servers:
         }
     }
 
+    /// What of `model`'s request (to `proxy`, if given) no record may show.
+    fn secrets_of(proxy: Option<&str>, model: &str, config: &Config) -> Vec<String> {
+        let target = resolve_ok(proxy, model, config);
+        url_target_secrets(&target, model)
+            .into_iter()
+            .map(Cow::into_owned)
+            .collect()
+    }
+
     #[test]
     fn a_url_targets_query_is_a_secret_of_its_request() {
         let config = config();
-        let secrets = |proxy: Option<&str>, model: &str| {
-            let target = resolve_ok(proxy, model, &config);
-            url_target_secrets(&target, model)
-                .into_iter()
-                .map(Cow::into_owned)
-                .collect::<Vec<_>>()
-        };
+        let secrets = |proxy: Option<&str>, model: &str| secrets_of(proxy, model, &config);
         assert_eq!(
             secrets(None, "[https://h.com/v1?key=sk%2B1&v=2]m"),
             [
@@ -1124,13 +1127,7 @@ servers:
     #[test]
     fn a_url_prefixs_user_info_is_a_secret_of_its_request() {
         let config = config();
-        let secrets = |model: &str| {
-            let target = resolve_ok(Some("https://h.com/v1"), model, &config);
-            url_target_secrets(&target, model)
-                .into_iter()
-                .map(Cow::into_owned)
-                .collect::<Vec<_>>()
-        };
+        let secrets = |model: &str| secrets_of(Some("https://h.com/v1"), model, &config);
         assert_eq!(
             secrets("[http://user:pw%2Dsecret1@127.0.0.1:1/v1]m"),
             [
@@ -1159,13 +1156,7 @@ servers:
     #[test]
     fn any_urls_user_info_in_a_model_is_a_secret_of_its_request() {
         let config = config();
-        let secrets = |proxy: Option<&str>, model: &str| {
-            let target = resolve_ok(proxy, model, &config);
-            url_target_secrets(&target, model)
-                .into_iter()
-                .map(Cow::into_owned)
-                .collect::<Vec<_>>()
-        };
+        let secrets = |proxy: Option<&str>, model: &str| secrets_of(proxy, model, &config);
         let proxy = Some("https://h.com/v1");
         assert_eq!(
             secrets(proxy, "[ftp://bob:pw-secret-77@h]m"),

@@ -135,6 +135,15 @@ impl AllSinks {
 }
 
 impl Written {
+    /// The request log line of request `id`.
+    fn log_line(&self, id: &str) -> serde_json::Value {
+        self.log
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+            .find(|l| l["request_id"] == id)
+            .expect("the request's line")
+    }
+
     fn all(&self) -> impl Iterator<Item = (&'static str, &String)> {
         let spans = self.spans.iter().map(|t| ("an exported span", t));
         let log = self.log.iter().map(|t| ("the request log", t));
@@ -534,12 +543,7 @@ async fn a_url_prefixs_user_info_under_proxy_is_redacted_from_every_record() {
         format!("[http://[redacted]@{host}/v1?[redacted]]m1"),
     ];
     for (id, shown) in ids.iter().zip(&shown) {
-        let line: serde_json::Value = written
-            .log
-            .iter()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
-            .find(|l| l["request_id"] == id.as_str())
-            .expect("the request's line");
+        let line = written.log_line(id);
         assert_eq!(line["model"], shown.as_str());
         assert_eq!(line["request"]["model"], shown.as_str());
         assert_eq!(line["request"]["temperature"], 0.2);
@@ -608,12 +612,7 @@ async fn user_info_in_any_model_text_or_model_id_is_redacted_from_every_record()
             .any(|r| memchr::memmem::find(&r.request_body, PASSWORD.as_bytes()).is_some())
     );
     for (id, (_, shown)) in ids.iter().zip(&models) {
-        let line: serde_json::Value = written
-            .log
-            .iter()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
-            .find(|l| l["request_id"] == id.as_str())
-            .expect("the request's line");
+        let line = written.log_line(id);
         assert_eq!(line["model"], shown.as_str());
         assert_eq!(line["request"]["model"], shown.as_str());
     }
