@@ -189,11 +189,12 @@ impl Config {
         };
         let text = String::from_utf8(bytes)
             .map_err(|e| unreadable(not_utf8(e.as_bytes(), e.utf8_error())))?;
-        // UTF-16 without a byte-order mark is valid UTF-8, with a NUL after every ASCII letter.
+        // UTF-16 or UTF-32 without a byte-order mark is valid UTF-8, with NULs beside every
+        // ASCII letter.
         if let Some(at) = text.find('\0') {
             let line = text[..at].matches('\n').count() + 1;
             return Err(unreadable(format!(
-                "line {line} holds a NUL byte (saved as UTF-16?): save the file as UTF-8"
+                "line {line} holds a NUL byte (saved as UTF-16 or UTF-32?): save the file as UTF-8"
             )));
         }
         Ok(text)
@@ -256,6 +257,10 @@ impl Config {
 /// quoting the bytes (the line may hold a key). A file saved as UTF-16 (Windows editors
 /// offer it as "Unicode") is named as such: its first bytes are already not UTF-8.
 fn not_utf8(bytes: &[u8], error: std::str::Utf8Error) -> String {
+    if starts_with_utf32_bom(bytes) {
+        return "the file is UTF-32 text (it starts with a UTF-32 byte-order mark); save it as UTF-8"
+            .to_owned();
+    }
     if starts_with_utf16_bom(bytes) {
         return "the file is UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8"
             .to_owned();
@@ -270,6 +275,13 @@ fn not_utf8(bytes: &[u8], error: std::str::Utf8Error) -> String {
     format!(
         "line {line}, column {column} is not UTF-8 text (saved as Latin-1 or another encoding?): save the file as UTF-8"
     )
+}
+
+/// Whether `bytes` begin with a UTF-32 byte-order mark (little- or big-endian;
+/// `Out-File -Encoding utf32`). Checked before [`starts_with_utf16_bom`]: the little-endian
+/// one begins with UTF-16's.
+pub(crate) fn starts_with_utf32_bom(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0xFF, 0xFE, 0, 0]) || bytes.starts_with(&[0, 0, 0xFE, 0xFF])
 }
 
 /// Whether `bytes` begin with a UTF-16 byte-order mark (little- or big-endian): a file saved

@@ -133,12 +133,17 @@ pub enum DotenvError {
     /// started with it.
     #[error(".env is UTF-16 (as Windows PowerShell writes it); save it as UTF-8")]
     Utf16,
+    /// As [`Self::Utf16`], for a file in UTF-32 (`Out-File -Encoding utf32`), which was
+    /// called UTF-16.
+    #[error(".env is UTF-32; save it as UTF-8")]
+    Utf32,
 }
 
 /// Reads `path` (a missing file is normal) and sets each of its variables that the
 /// environment does not already have.
 pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
     let (text, non_utf8_lines) = match std::fs::read(path) {
+        Ok(bytes) if is_utf32(&bytes) => return Err(DotenvError::Utf32),
         Ok(bytes) if is_utf16(&bytes) => return Err(DotenvError::Utf16),
         Ok(bytes) => (
             String::from_utf8_lossy(&bytes).into_owned(),
@@ -288,6 +293,24 @@ fn keys_set_to_nothing(
         }
     }
     (without_value, inside_values)
+}
+
+/// Whether `bytes` are UTF-32 text: with a byte-order mark, or without one, NULs in more
+/// than half of each of three byte positions out of four, as mostly-ASCII text has in
+/// UTF-32 (either byte order). Checked before [`is_utf16`], which such a file also fits.
+fn is_utf32(bytes: &[u8]) -> bool {
+    let mostly_nul = |start: usize| {
+        let (nul, all) = bytes
+            .iter()
+            .skip(start)
+            .step_by(4)
+            .fold((0, 0), |(nul, all), &b| {
+                (nul + usize::from(b == 0), all + 1)
+            });
+        nul >= 2 && nul * 2 > all
+    };
+    let nul_positions = (0..4).filter(|&start| mostly_nul(start)).count();
+    crate::config::starts_with_utf32_bom(bytes) || nul_positions >= 3
 }
 
 /// Whether `bytes` are UTF-16 text: with a byte-order mark (what PowerShell 5's `echo ... >
@@ -985,6 +1008,23 @@ mod tests {
             let with_bom = utf16(&format!("\u{feff}{text}"), big_endian);
             assert!(is_utf16(&with_bom), "big-endian {big_endian}");
         }
+        for big_endian in [false, true] {
+            let utf32 = |text: &str| -> Vec<u8> {
+                text.chars()
+                    .flat_map(|c| {
+                        let unit = u32::from(c);
+                        if big_endian {
+                            unit.to_be_bytes()
+                        } else {
+                            unit.to_le_bytes()
+                        }
+                    })
+                    .collect()
+            };
+            assert!(is_utf32(&utf32(text)), "big-endian {big_endian}");
+            assert!(is_utf32(&utf32(&format!("\u{feff}{text}"))));
+            assert!(!is_utf32(&utf16(text, big_endian)), "UTF-16 is not UTF-32");
+        }
         for utf8 in [
             "ENABLE_ACCOUNT_MANAGEMENT=true\n",
             "A=\0\n",
@@ -993,6 +1033,7 @@ mod tests {
             "",
         ] {
             assert!(!is_utf16(utf8.as_bytes()), "{utf8:?}");
+            assert!(!is_utf32(utf8.as_bytes()), "{utf8:?}");
         }
     }
 

@@ -396,7 +396,16 @@ fn a_dot_env_in_utf16_stops_serve_and_check() {
         .flat_map(u16::to_le_bytes)
         .collect();
     let big_endian: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
-    for bytes in [little_endian_with_bom, big_endian] {
+    let utf32: Vec<u8> = "\u{feff}ENABLE_ACCOUNT_MANAGEMENT=true\r\n"
+        .chars()
+        .flat_map(|c| u32::from(c).to_le_bytes())
+        .collect();
+    for (bytes, said) in [
+        (little_endian_with_bom, said),
+        (big_endian, said),
+        // It was called UTF-16.
+        (utf32, "error: .env is UTF-32; save it as UTF-8"),
+    ] {
         std::fs::write(dir.path().join(".env"), &bytes).expect(".env");
         for args in [
             &["check"][..],

@@ -537,7 +537,8 @@ fn a_variable_in_a_number_key_is_replaced_then_read() {
 
 /// A config.yaml that is not UTF-8 is named by line, as a `.env` line is: it was "cannot
 /// read: stream did not contain valid UTF-8", with no line. A UTF-16 file (a byte-order
-/// mark, or none and a NUL after every letter) is said to be UTF-16. No byte is quoted.
+/// mark, or none and a NUL after every letter) is said to be UTF-16, a UTF-32 one UTF-32.
+/// No byte is quoted.
 #[test]
 fn a_config_that_is_not_utf8_is_named_by_line() {
     let dir = tempfile::tempdir().expect("dir");
@@ -548,7 +549,11 @@ fn a_config_that_is_not_utf8_is_named_by_line() {
         }
         bytes
     };
-    let cases: [(Vec<u8>, &str); 3] = [
+    let utf32_with_bom: Vec<u8> = "\u{feff}servers: {}\n"
+        .chars()
+        .flat_map(|c| u32::from(c).to_le_bytes())
+        .collect();
+    let cases: [(Vec<u8>, &str); 4] = [
         (
             b"servers:\n  a:\n    url: https://x/v1\n    api_key: caf\xe9-secret\n".to_vec(),
             "error: c.yaml: cannot read: line 4, column 17 is not UTF-8 text (saved as Latin-1 or another encoding?): save the file as UTF-8",
@@ -559,7 +564,12 @@ fn a_config_that_is_not_utf8_is_named_by_line() {
         ),
         (
             utf16(&[]),
-            "error: c.yaml: cannot read: line 1 holds a NUL byte (saved as UTF-16?): save the file as UTF-8",
+            "error: c.yaml: cannot read: line 1 holds a NUL byte (saved as UTF-16 or UTF-32?): save the file as UTF-8",
+        ),
+        // Its byte-order mark begins with UTF-16's: it was called UTF-16.
+        (
+            utf32_with_bom,
+            "error: c.yaml: cannot read: the file is UTF-32 text (it starts with a UTF-32 byte-order mark); save it as UTF-8",
         ),
     ];
     for (bytes, expected) in cases {
