@@ -644,52 +644,14 @@ mod tests {
         zstd::stream::encode_all(data, 3).expect("zstd")
     }
 
-    /// `chunks` as one br stream of uncompressed meta-blocks (RFC 7932 §9.2), one for each
-    /// chunk, then the last, empty one: valid br of which each chunk decodes as it arrives,
-    /// as a flushed compressor's output does (no brotli compressor among the dependencies;
-    /// real compressor output is in [`BROTLI_FLUSHED`]).
+    include!("../tests/fixtures/brotli_stored.rs");
+
+    /// `chunks` in br (see `brotli_stored_blocks`), one piece for each, then the last
+    /// meta-block as a piece of its own (real compressor output is in [`BROTLI_FLUSHED`]).
     fn brotli_stored(chunks: &[&[u8]]) -> Vec<Vec<u8>> {
-        #[derive(Default)]
-        struct Bits(Vec<u8>, usize);
-        impl Bits {
-            fn push(&mut self, value: usize, n: usize) {
-                for i in 0..n {
-                    if self.1 % 8 == 0 {
-                        self.0.push(0);
-                    }
-                    let bit = u8::from(value >> i & 1 == 1);
-                    if let Some(last) = self.0.last_mut() {
-                        *last |= bit << (self.1 % 8);
-                    }
-                    self.1 += 1;
-                }
-            }
-        }
-        let mut out = Vec::new();
-        let mut first = true;
-        for chunk in chunks {
-            let mut bytes = Vec::new();
-            for part in chunk.chunks(1 << 16) {
-                let mut bits = Bits::default();
-                if std::mem::take(&mut first) {
-                    bits.push(0, 1); // WBITS: a window of 64 KiB
-                }
-                bits.push(0, 1); // ISLAST
-                bits.push(0, 2); // MNIBBLES: 4
-                bits.push(part.len() - 1, 16); // MLEN - 1
-                bits.push(1, 1); // ISUNCOMPRESSED, then zero bits to the byte's end
-                bytes.extend_from_slice(&bits.0);
-                bytes.extend_from_slice(part);
-            }
-            out.push(bytes);
-        }
-        let mut last = Bits::default();
-        if first {
-            last.push(0, 1);
-        }
-        last.push(0b11, 2); // ISLAST, ISLASTEMPTY
-        out.push(last.0);
-        out
+        let (mut pieces, last) = brotli_stored_blocks(chunks);
+        pieces.push(last);
+        pieces
     }
 
     /// What Python's `brotli` (Google's C library) made of `data: one\n\n`, `data: two\n\n`,

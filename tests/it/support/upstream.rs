@@ -612,56 +612,23 @@ pub fn brotli(data: &[u8]) -> Vec<u8> {
     brotli_stored(&[data.to_vec()]).concat()
 }
 
-/// `chunks` as one br stream of uncompressed meta-blocks (RFC 7932 §9.2), one for each chunk,
-/// then the last, empty one: valid br of which each chunk decodes as it arrives, as a
-/// flushed compressor's output does. (No brotli compressor among the dependencies; the
-/// router's unit tests also decode real compressor output.)
+include!("../../fixtures/brotli_stored.rs");
+
+/// `chunks` in br (see `brotli_stored_blocks`), one piece for each that is not empty, the
+/// last with the meta-block that ends the stream. (The router's unit tests also decode real
+/// compressor output.)
 pub fn brotli_stored(chunks: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    /// Bits written least significant first, as br packs them.
-    #[derive(Default)]
-    struct Bits(Vec<u8>, usize);
-    impl Bits {
-        fn push(&mut self, value: usize, n: usize) {
-            for i in 0..n {
-                if self.1 % 8 == 0 {
-                    self.0.push(0);
-                }
-                let bit = u8::from(value >> i & 1 == 1);
-                if let Some(last) = self.0.last_mut() {
-                    *last |= bit << (self.1 % 8);
-                }
-                self.1 += 1;
-            }
-        }
+    let chunks: Vec<&[u8]> = chunks
+        .iter()
+        .map(Vec::as_slice)
+        .filter(|chunk| !chunk.is_empty())
+        .collect();
+    let (mut pieces, last) = brotli_stored_blocks(&chunks);
+    match pieces.last_mut() {
+        Some(piece) => piece.extend_from_slice(&last),
+        None => pieces.push(last),
     }
-    let mut out = Vec::new();
-    let mut first = true;
-    for chunk in chunks.iter().filter(|chunk| !chunk.is_empty()) {
-        let mut bytes = Vec::new();
-        for part in chunk.chunks(1 << 16) {
-            let mut bits = Bits::default();
-            if std::mem::take(&mut first) {
-                bits.push(0, 1); // WBITS: a window of 64 KiB
-            }
-            bits.push(0, 1); // ISLAST
-            bits.push(0, 2); // MNIBBLES: 4
-            bits.push(part.len() - 1, 16); // MLEN - 1
-            bits.push(1, 1); // ISUNCOMPRESSED, then zero bits to the byte's end
-            bytes.extend_from_slice(&bits.0);
-            bytes.extend_from_slice(part);
-        }
-        out.push(bytes);
-    }
-    let mut last = Bits::default();
-    if first {
-        last.push(0, 1);
-    }
-    last.push(0b11, 2); // ISLAST, ISLASTEMPTY
-    match out.last_mut() {
-        Some(chunk) => chunk.extend_from_slice(&last.0),
-        None => out.push(last.0),
-    }
-    out
+    pieces
 }
 
 /// `chunks` compressed as one body in `coding` (`"gzip"`, `"deflate"`: the zlib format,
