@@ -299,18 +299,21 @@ fn keys_set_to_nothing(
 /// than half of each of three byte positions out of four, as mostly-ASCII text has in
 /// UTF-32 (either byte order). Checked before [`is_utf16`], which such a file also fits.
 fn is_utf32(bytes: &[u8]) -> bool {
-    let mostly_nul = |start: usize| {
-        let (nul, all) = bytes
-            .iter()
-            .skip(start)
-            .step_by(4)
-            .fold((0, 0), |(nul, all), &b| {
-                (nul + usize::from(b == 0), all + 1)
-            });
-        nul >= 2 && nul * 2 > all
-    };
-    let nul_positions = (0..4).filter(|&start| mostly_nul(start)).count();
+    let nul_positions = (0..4).filter(|&start| mostly_nul(bytes, start, 4)).count();
     crate::config::starts_with_utf32_bom(bytes) || nul_positions >= 3
+}
+
+/// Whether more than half of the bytes at `start`, `start + step`, ... are NUL (two at
+/// least): where mostly-ASCII text in UTF-16 or UTF-32 has its zero high bytes.
+fn mostly_nul(bytes: &[u8], start: usize, step: usize) -> bool {
+    let (nul, all) = bytes
+        .iter()
+        .skip(start)
+        .step_by(step)
+        .fold((0, 0), |(nul, all), &b| {
+            (nul + usize::from(b == 0), all + 1)
+        });
+    nul >= 2 && nul * 2 > all
 }
 
 /// Whether `bytes` are UTF-16 text: with a byte-order mark (what PowerShell 5's `echo ... >
@@ -318,17 +321,9 @@ fn is_utf32(bytes: &[u8]) -> bool {
 /// (little-endian) or at even ones (big-endian), as mostly-ASCII text such as a `.env` has
 /// in UTF-16. A UTF-8 `.env` has no NUL but in a value, which no variable can hold.
 fn is_utf16(bytes: &[u8]) -> bool {
-    let mostly_nul = |start: usize| {
-        let (nul, all) = bytes
-            .iter()
-            .skip(start)
-            .step_by(2)
-            .fold((0, 0), |(nul, all), &b| {
-                (nul + usize::from(b == 0), all + 1)
-            });
-        nul >= 2 && nul * 2 > all
-    };
-    crate::config::starts_with_utf16_bom(bytes) || mostly_nul(0) || mostly_nul(1)
+    crate::config::starts_with_utf16_bom(bytes)
+        || mostly_nul(bytes, 0, 2)
+        || mostly_nul(bytes, 1, 2)
 }
 
 /// The lines (1-based) of `bytes` that are not UTF-8.
