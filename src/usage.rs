@@ -231,13 +231,42 @@ fn seconds(raw: Option<&RawValue>) -> Option<f64> {
 }
 
 /// One tool call, assembled from stream deltas or read whole.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+///
+/// Serialised in the shape of OpenAI's message (`{"id", "type", "function": {"name",
+/// "arguments"}}`), whatever shape it came in: the request log's line for a stream and the
+/// Langfuse output show the same call the same way, as a whole answer's body has it.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ToolCall {
     pub id: String,
-    #[serde(rename = "type")]
     pub kind: String,
     pub name: String,
     pub arguments: String,
+}
+
+impl Serialize for ToolCall {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Function<'a> {
+            name: &'a str,
+            arguments: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Call<'a> {
+            id: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            function: Function<'a>,
+        }
+        Call {
+            id: &self.id,
+            kind: &self.kind,
+            function: Function {
+                name: &self.name,
+                arguments: &self.arguments,
+            },
+        }
+        .serialize(serializer)
+    }
 }
 
 /// Most finish reasons kept of choices beyond the first (OpenAI's `n` goes to 128): an

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use crate::proxy::body::JsonKey;
 use crate::record::{Outcome, RequestRecord};
 use crate::sinks::redact::{Redactor, RequestRedactor};
-use crate::usage::{ResponseSummary, Usage};
+use crate::usage::{ResponseSummary, ToolCall, Usage};
 
 /// The trace and generation name, as the Python version's traces were named.
 pub const GENERATION_NAME: &str = "OpenAI-generation";
@@ -424,22 +424,8 @@ struct OutputMessage<'a> {
     /// OpenAI's message has the refusal next to an empty content.
     #[serde(skip_serializing_if = "str::is_empty")]
     refusal: &'a str,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    tool_calls: Vec<OutputToolCall<'a>>,
-}
-
-#[derive(Serialize)]
-struct OutputToolCall<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    function: OutputFunction<'a>,
-}
-
-#[derive(Serialize)]
-struct OutputFunction<'a> {
-    name: &'a str,
-    arguments: &'a str,
+    #[serde(skip_serializing_if = "<[ToolCall]>::is_empty")]
+    tool_calls: &'a [ToolCall],
 }
 
 fn has_message(summary: &ResponseSummary) -> bool {
@@ -472,18 +458,7 @@ fn output_of(record: &RequestRecord, max_bytes: usize) -> Option<String> {
             },
             reasoning_content: &summary.reasoning,
             refusal: &summary.refusal,
-            tool_calls: summary
-                .tool_calls
-                .iter()
-                .map(|c| OutputToolCall {
-                    id: &c.id,
-                    kind: &c.kind,
-                    function: OutputFunction {
-                        name: &c.name,
-                        arguments: &c.arguments,
-                    },
-                })
-                .collect(),
+            tool_calls: &summary.tool_calls,
         };
         // Sized for the texts plus the JSON around them: no regrowth while writing.
         let texts = summary.content.len() + summary.reasoning.len() + summary.refusal.len();

@@ -1911,7 +1911,10 @@ async fn a_tool_call_answer_has_a_null_content() {
         logged.get("content").is_some(),
         "null, not left out: {logged}"
     );
-    assert_eq!(logged["tool_calls"][0]["arguments"], "{\"city\":\"Oslo\"}");
+    assert_eq!(
+        logged["tool_calls"][0]["function"]["arguments"],
+        "{\"city\":\"Oslo\"}"
+    );
 }
 
 /// One chat stream chunk with choice 0's `delta` and `finish_reason`.
@@ -2027,9 +2030,12 @@ async fn a_legacy_function_call_is_recorded_as_a_tool_call() {
     let (row, line) = setup.stop_and_read(&streamed).await;
     assert!(row.ttft_ms.is_some(), "{row:?}");
     let logged = &line["response"];
-    assert_eq!(logged["tool_calls"][0]["name"], "get_w", "{logged}");
     assert_eq!(
-        logged["tool_calls"][0]["arguments"], "{\"c\":1}",
+        logged["tool_calls"][0]["function"]["name"], "get_w",
+        "{logged}"
+    );
+    assert_eq!(
+        logged["tool_calls"][0]["function"]["arguments"], "{\"c\":1}",
         "{logged}"
     );
     assert_eq!(logged["finish_reason"], "function_call");
@@ -2104,7 +2110,8 @@ async fn chat_custom_tool_calls_are_recorded_with_their_name_and_input() {
     let logged = &line["response"];
     assert_eq!(
         logged["tool_calls"],
-        json!([{"id": "call_1", "type": "custom", "name": "code_exec", "arguments": "print(1)"}]),
+        json!([{"id": "call_1", "type": "custom",
+            "function": {"name": "code_exec", "arguments": "print(1)"}}]),
         "{logged}"
     );
     assert_eq!(logged["finish_reason"], "tool_calls");
@@ -2196,7 +2203,10 @@ async fn responses_reasoning_text_and_custom_tool_calls_read_alike_whole_and_str
     for (_, line) in rows {
         let logged = &line["response"];
         assert_eq!(logged["reasoning"], "raw chain", "{logged}");
-        assert_eq!(logged["tool_calls"][0]["arguments"], "print(1)", "{logged}");
+        assert_eq!(
+            logged["tool_calls"][0]["function"]["arguments"], "print(1)",
+            "{logged}"
+        );
         assert_eq!(logged["tool_calls"][0]["type"], "custom", "{logged}");
     }
 }
@@ -2244,7 +2254,10 @@ async fn an_anthropic_tool_call_without_arguments_is_an_empty_object() {
         .assert_outputs(&[streamed.as_str(), whole.as_str()], &expected)
         .await;
     let (_, line) = setup.stop_and_read(&streamed).await;
-    assert_eq!(line["response"]["tool_calls"][0]["arguments"], "{}");
+    assert_eq!(
+        line["response"]["tool_calls"][0]["function"]["arguments"],
+        "{}"
+    );
 }
 
 /// An upstream's error mid-stream (OpenAI's `data: {"error": ...}`, Anthropic's
