@@ -59,6 +59,8 @@ pub struct Wait {
     pub timeout: Duration,
     /// For error messages.
     pub provider: String,
+    /// Whether the request went through the proxy the environment names, for error messages.
+    pub via: crate::upstream::Via,
     /// The router asked for `include_usage`: the usage-only chunk is not the client's.
     pub drop_usage_chunk: bool,
     /// The client asked for `stream_options.include_usage` itself: a whole answer made into
@@ -300,16 +302,21 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
         deadline,
         timeout,
         provider,
+        via,
         client_usage,
         mut again,
         ..
     } = wait;
+    let named = super::Named {
+        provider: &provider,
+        via,
+    };
     let router =
         |error: ProxyError, answered_at| LateHead::Failed(LateFailure::router(&error, answered_at));
     let mut resent = false;
     loop {
         let upstream = match tokio::time::timeout_at(deadline, &mut sent).await {
-            Err(_) => return router(super::timeout_error(&provider, timeout), None),
+            Err(_) => return router(super::timeout_error(named, timeout), None),
             Ok(Err(error)) => return router(super::send_error(&provider, &error), None),
             Ok(Ok(upstream)) => upstream,
         };
@@ -329,13 +336,10 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
                 let read = super::read_upstream_body(body, declared);
                 let body = match tokio::time::timeout_at(deadline, read).await {
                     Err(_) => {
-                        return router(
-                            super::unfinished_error(&provider, timeout),
-                            Some(answered_at),
-                        );
+                        return router(super::unfinished_error(named, timeout), Some(answered_at));
                     }
                     Ok(Err(error)) => {
-                        return router(error.into_proxy_error(&provider), Some(answered_at));
+                        return router(error.into_proxy_error(named), Some(answered_at));
                     }
                     Ok(Ok(body)) => body,
                 };
@@ -388,12 +392,9 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
         let read = super::read_upstream_body(body, declared);
         let body = match tokio::time::timeout_at(deadline, read).await {
             Err(_) => {
-                return router(
-                    super::unfinished_error(&provider, timeout),
-                    Some(answered_at),
-                );
+                return router(super::unfinished_error(named, timeout), Some(answered_at));
             }
-            Ok(Err(error)) => return router(error.into_proxy_error(&provider), Some(answered_at)),
+            Ok(Err(error)) => return router(error.into_proxy_error(named), Some(answered_at)),
             Ok(Ok(body)) => body,
         };
         // A strict upstream refused the `stream_options` the router added: once more without.

@@ -43,7 +43,7 @@ use crate::routing::{self, Lookup, ModelRef, Target};
 use crate::secret::Secret;
 use crate::sinks::redact::{MIN_SECRET_LEN, Redactor};
 use crate::state::AppState;
-use crate::upstream::{UpstreamError, UpstreamResponse};
+use crate::upstream::{ProxyEnv, UpstreamError, UpstreamResponse, Via};
 use crate::usage::ResponseSummary;
 use body::RequestView;
 use failure_log::FailureLog;
@@ -736,6 +736,7 @@ async fn forward_read<V: ReadBody>(
         deadline,
         timeout,
         provider: target.provider.clone(),
+        via: Named::of(&target).via,
         drop_usage_chunk,
         client_usage: view.client_asked_for_usage(),
         errors: StreamErrorForm::of(request.path),
@@ -750,7 +751,7 @@ async fn forward_read<V: ReadBody>(
             return Ok(early::answer(state, wait, guard, request_id));
         }
         None => {
-            let error = timeout_error(&target.provider, timeout);
+            let error = timeout_error(Named::of(&target), timeout);
             return Ok(fail(guard, error, request_id, &state.failures));
         }
         Some(Err(e)) => {
@@ -844,8 +845,8 @@ async fn forward_read<V: ReadBody>(
             Held::Longer(upstream) => upstream,
             Held::Failed(error) => {
                 let error = match error {
-                    None => unfinished_error(&target.provider, timeout),
-                    Some(error) => error.into_proxy_error(&target.provider),
+                    None => unfinished_error(Named::of(&target), timeout),
+                    Some(error) => error.into_proxy_error(Named::of(&target)),
                 };
                 return Ok(fail(guard, error, request_id, &state.failures));
             }
@@ -1284,7 +1285,32 @@ pub(crate) fn shutting_down() -> ProxyError {
     )
 }
 
-fn timeout_error(provider: &str, timeout: Duration) -> ProxyError {
+/// An upstream as a failure of its answer names it: its provider, and the proxy the
+/// environment names when the request went through one (a proxy that holds or cuts an
+/// answer reads as the upstream's fault otherwise). A failure to send says the proxy in its
+/// own words ([`UpstreamError`]), so [`send_error`] takes the provider alone.
+#[derive(Clone, Copy)]
+struct Named<'a> {
+    provider: &'a str,
+    via: Via,
+}
+
+impl<'a> Named<'a> {
+    fn of(target: &'a Target<'_>) -> Self {
+        Self {
+            provider: &target.provider,
+            via: ProxyEnv::get().via(&target.base_url),
+        }
+    }
+}
+
+impl std::fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.provider, self.via.aside())
+    }
+}
+
+fn timeout_error(provider: Named<'_>, timeout: Duration) -> ProxyError {
     ProxyError::UpstreamTimeout(format!(
         "the upstream {provider} did not answer within {} s (timeout_secs)",
         timeout.as_secs_f64()
@@ -1294,7 +1320,7 @@ fn timeout_error(provider: &str, timeout: Duration) -> ProxyError {
 /// [`timeout_error`] for an upstream whose answer's head had come, and whose body had not
 /// all come when `timeout_secs` ran out: it answered, so "did not answer" would send the
 /// reader looking for a server that never replied.
-fn unfinished_error(provider: &str, timeout: Duration) -> ProxyError {
+fn unfinished_error(provider: Named<'_>, timeout: Duration) -> ProxyError {
     ProxyError::UpstreamTimeout(format!(
         "the upstream {provider} did not finish its answer within {} s (timeout_secs)",
         timeout.as_secs_f64()
@@ -1499,7 +1525,7 @@ async fn whole_answer(
         read = tokio::time::timeout_at(deadline, read_upstream_body(body, declared)) => read,
         () = hard_stop => return fail(guard, shutting_down(), request_id, failures),
     };
-    let provider = &target.provider;
+    let provider = Named::of(target);
     let body = match read {
         Err(_) => {
             return fail(
@@ -1668,7 +1694,7 @@ enum BodyError {
 }
 
 impl BodyError {
-    fn into_proxy_error(self, provider: &str) -> ProxyError {
+    fn into_proxy_error(self, provider: Named<'_>) -> ProxyError {
         match self {
             Self::Read(description) => ProxyError::UpstreamUnreachable(format!(
                 "the upstream {provider} broke off its answer: {description}"

@@ -17,8 +17,8 @@ use http::{Method, StatusCode};
 use super::early::Sending;
 use super::headers::UpstreamFields;
 use super::{
-    ReadBody, decode_error_body, read_upstream_body, send_error, shutting_down, timeout_error,
-    unfinished_error,
+    Named, ReadBody, decode_error_body, read_upstream_body, send_error, shutting_down,
+    timeout_error, unfinished_error,
 };
 use crate::error::ProxyError;
 use crate::hard_stop::Stopped;
@@ -159,8 +159,8 @@ pub(super) async fn without_them<V: ReadBody>(
         () = &mut *hard_stop => return Retried::Failed(shutting_down()),
     };
     let body = match read {
-        Err(_) => return Retried::Failed(unfinished_error(provider, timeout)),
-        Ok(Err(error)) => return Retried::Failed(error.into_proxy_error(provider)),
+        Err(_) => return Retried::Failed(unfinished_error(Named::of(resend.target), timeout)),
+        Ok(Err(error)) => return Retried::Failed(error.into_proxy_error(Named::of(resend.target))),
         Ok(Ok(body)) => body,
     };
     let (readable, _) = decode_error_body(status, body.clone(), &fields);
@@ -187,7 +187,7 @@ pub(super) async fn without_them<V: ReadBody>(
     };
     match sent {
         None if wake_at < deadline => Retried::Waiting(sending),
-        None => Retried::Failed(timeout_error(provider, timeout)),
+        None => Retried::Failed(timeout_error(Named::of(resend.target), timeout)),
         Some(Err(error)) => Retried::Failed(send_error(provider, &error)),
         Some(Ok(mut response)) => {
             let redactor = &resend.state.redactor;

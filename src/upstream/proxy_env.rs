@@ -10,8 +10,15 @@ use hyper_util::client::proxy::matcher::Matcher;
 
 /// What a failure of a request through the proxy is prefixed with. The proxy's URL is not
 /// said: it may hold credentials.
-const THROUGH: &str =
-    "through the proxy the environment names (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY)";
+macro_rules! through {
+    () => {
+        "through the proxy the environment names (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY)"
+    };
+}
+const THROUGH: &str = through!();
+
+/// [`THROUGH`] as an aside after the upstream's name.
+const ASIDE: &str = concat!(", ", through!(), ",");
 
 /// Whether a request went through the proxy the environment names, said (as `Proxy`'s
 /// prefix) before the words of its failure, for an error put into words after the request,
@@ -20,6 +27,18 @@ const THROUGH: &str =
 pub enum Via {
     Direct,
     Proxy,
+}
+
+impl Via {
+    /// The words that say the request went through the proxy, as an aside after the
+    /// upstream's name (`the upstream m, through the proxy ..., did not finish its answer`),
+    /// for a failure whose message begins with the upstream; nothing for a direct one.
+    pub fn aside(self) -> &'static str {
+        match self {
+            Self::Direct => "",
+            Self::Proxy => ASIDE,
+        }
+    }
 }
 
 impl std::fmt::Display for Via {

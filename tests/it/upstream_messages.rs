@@ -488,3 +488,32 @@ async fn an_http2_upstream_closing_unanswered_is_not_said_to_have_had_the_reques
         "{message}"
     );
 }
+
+/// A proxy that passes an answer's head and half its body on, then nothing more: the 504 at
+/// `timeout_secs` says the answer came through the proxy, which may be the one holding it,
+/// for a whole answer and for a stream's error answer (read whole as well) alike.
+#[tokio::test]
+async fn an_answer_stuck_behind_a_proxy_names_the_proxy() {
+    use crate::support::upstream::{Behavior, MockUpstream};
+    let proxy = MockUpstream::start(Behavior {
+        status: 500,
+        stall_whole: true,
+        ..Default::default()
+    })
+    .await;
+    let router = router_behind_proxy(&proxy.origin(), "    timeout_secs: 0.5\n");
+    let stuck = "the upstream mock, through the proxy the environment names (HTTP_PROXY, \
+                 HTTPS_PROXY or ALL_PROXY), did not finish its answer within 0.5 s (timeout_secs)";
+    for stream in [false, true] {
+        let mut request = chat_request();
+        request["stream"] = json!(stream);
+        let (status, code, message) = error_of(router.chat(&request).await).await;
+        assert_eq!(
+            (status, code.as_str(), message.as_str()),
+            (504, "upstream_timeout", stuck),
+            "stream: {stream}; {}",
+            router.stderr()
+        );
+    }
+    assert_eq!(proxy.count(), 2, "it was the proxy that was asked");
+}
