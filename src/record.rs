@@ -670,8 +670,12 @@ fn deliver(
     sinks: &[Arc<dyn RecordSink>],
     background: &mut BackgroundResults,
 ) {
-    if record.usage_uncounted && !background.counts(&record) {
-        record.response.usage = None;
+    if record.usage_uncounted {
+        if !background.counts(&record) {
+            record.response.usage = None;
+        }
+    } else if let Some(id) = background_generation_counted_at_once(&record) {
+        background.remember(id);
     }
     let record = Arc::new(*record);
     for sink in sinks {
@@ -680,12 +684,14 @@ fn deliver(
 }
 
 /// Responses API `background: true` generations whose usage was counted, by response id.
-/// Such a generation's own request answers at once (`"status": "queued"`, no usage); its
-/// tokens are known only to the read-back that finds it done (`GET /v1/responses/<id>`, or
-/// the answer to `responses/<id>/cancel`). The first such read-back counts them, later ones
-/// do not, as any read-back does not (see [`RequestRecord::usage_uncounted`]). Held in
-/// memory, up to [`Self::MAX`] ids: a generation read back again after a restart, or after
-/// that many others, counts again.
+/// Such a generation's own request usually answers at once (`"status": "queued"`, no usage);
+/// its tokens are known only to the read-back that finds it done (`GET /v1/responses/<id>`,
+/// or the answer to `responses/<id>/cancel`). The first such read-back counts them, later
+/// ones do not, as any read-back does not (see [`RequestRecord::usage_uncounted`]). One
+/// whose own request carried its usage (streamed to its `response.completed`, or answered
+/// already completed) was counted there, and is remembered then: no read-back counts it.
+/// Held in memory, up to [`Self::MAX`] ids: a generation read back again after a restart, or
+/// after that many others, counts again.
 #[derive(Default)]
 struct BackgroundResults {
     counted: std::collections::HashSet<String>,
@@ -704,15 +710,62 @@ impl BackgroundResults {
         if self.counted.contains(&id) {
             return false;
         }
+        self.remember(id);
+        true
+    }
+
+    /// Remembers that generation `id`'s usage was counted (forgetting the oldest past
+    /// [`Self::MAX`]).
+    fn remember(&mut self, id: String) {
+        if !self.counted.insert(id.clone()) {
+            return;
+        }
         if self.order.len() == Self::MAX {
             if let Some(oldest) = self.order.pop_front() {
                 self.counted.remove(&oldest);
             }
         }
-        self.order.push_back(id.clone());
-        self.counted.insert(id);
-        true
+        self.order.push_back(id);
     }
+}
+
+/// The id of the Responses API generation `record` made, when its request asked for
+/// `background: true` and its answer already carried the usage: streamed (to its
+/// `response.completed`), or answered done rather than queued. Its tokens count in this
+/// record, so no read-back of it may count them again. `None` for any other request (one
+/// answered queued, without usage, is owed its usage by its first read-back done).
+fn background_generation_counted_at_once(record: &RequestRecord) -> Option<String> {
+    if record.endpoint != "/responses" || record.response.usage.is_none() {
+        return None;
+    }
+    let id = record.response.id.as_deref()?;
+    asked_for_background(record).then(|| id.to_owned())
+}
+
+/// Whether `record`'s request body has `"background": true` at its top level: read where the
+/// proxy found the member ([`RequestRecord::request_layout`]), or, without a layout (a key
+/// with an escape), parsed. A body left out ([`RequestRecord::bodies_dropped`]) says no.
+fn asked_for_background(record: &RequestRecord) -> bool {
+    let body = &record.request_body;
+    if let Some(layout) = &record.request_layout {
+        let at = |range: &std::ops::Range<u32>| {
+            let start = usize::try_from(range.start).ok()?;
+            let end = usize::try_from(range.end).ok()?;
+            body.get(start..end)
+        };
+        // The last one, as JSON parsers read a duplicate key.
+        return layout
+            .iter()
+            .rev()
+            .find(|(key, _)| at(key) == Some(b"background".as_slice()))
+            .is_some_and(|(_, value)| at(value).map(<[u8]>::trim_ascii) == Some(b"true"));
+    }
+    #[derive(Deserialize)]
+    struct Request {
+        #[serde(default)]
+        background: Option<bool>,
+    }
+    serde_json::from_slice::<Request>(body).is_ok_and(|request| request.background == Some(true))
 }
 
 /// The id of the Responses API generation `record`'s answer holds, when that is a
@@ -1229,5 +1282,33 @@ pub(crate) mod tests {
         assert_eq!(got[1].outcome, Outcome::Success);
         assert_eq!(got[1].response.content, "hi");
         assert_eq!(got[1].response.usage.as_ref().map(|u| u.total), Some(3));
+    }
+
+    /// `"background": true` is read where the proxy found it, or parsed when it kept no
+    /// layout (a key with an escape): the last of duplicate keys, as JSON parsers read it.
+    #[test]
+    fn a_request_asks_for_background_with_its_top_level_member() {
+        let asks = |body: &'static str, layout: bool| {
+            let mut record = sample();
+            record.request_body = Bytes::from_static(body.as_bytes());
+            record.request_layout = layout.then(|| {
+                crate::proxy::body::RequestView::parse_keeping_layout(body.as_bytes(), true)
+                    .expect("view")
+                    .layout
+                    .expect("layout")
+            });
+            asked_for_background(&record)
+        };
+        for layout in [true, false] {
+            assert!(asks(r#"{"model":"m","background": true }"#, layout));
+            assert!(!asks(r#"{"model":"m","background":false}"#, layout));
+            assert!(!asks(r#"{"model":"m","x":{"background":true}}"#, layout));
+            assert!(!asks(r#"{"model":"m"}"#, layout));
+        }
+        assert!(asks(
+            r#"{"model":"m","background":false,"background":true}"#,
+            true
+        ));
+        assert!(asks(r#"{"model":"m","\u0062ackground":true}"#, false));
     }
 }

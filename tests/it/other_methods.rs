@@ -707,6 +707,97 @@ async fn a_background_generations_usage_counts_once_when_read_back_done() {
     router.stop().await;
 }
 
+/// A `background: true` generation whose own request already carried its usage (streamed to
+/// its `response.completed`, or answered already completed) was counted there: a read-back
+/// finding it done counts nothing. Before, the first read-back counted its tokens again. One
+/// answered queued, without usage, still counts at its first read-back done, and only there.
+#[tokio::test]
+async fn a_background_generation_counted_by_its_own_request_counts_no_read_back() {
+    let usage = r#"{"input_tokens":1000,"output_tokens":500,"total_tokens":1500}"#;
+    let generation = |id: &str, status: &str, usage: Option<&str>| {
+        let usage = usage.map_or(String::new(), |u| format!(r#","usage":{u}"#));
+        format!(
+            r#"{{"id":"{id}","object":"response","background":true,"status":"{status}","model":"gpt-4o","output":[]{usage}}}"#
+        )
+    };
+    let (upstream, router) = with_default_server(Behavior::default()).await;
+    let http = client();
+    let create = |stream: bool| json!({"model": "[mock]gpt-4o", "input": "long task", "background": true, "stream": stream});
+    // A streamed create: its `response.completed` carries the usage.
+    let events = |id: &str| {
+        let created = generation(id, "in_progress", None);
+        let completed = generation(id, "completed", Some(usage));
+        vec![
+            format!("event: response.created\ndata: {{\"type\":\"response.created\",\"response\":{created}}}\n\n").into_bytes(),
+            format!("event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{completed}}}\n\n").into_bytes(),
+        ]
+    };
+    // (case, generation id, streamed)
+    let cases = [
+        ("streamed", "resp_streamed", true),
+        ("answered done", "resp_done", false),
+        ("answered queued", "resp_queued", false),
+    ];
+    let mut n = 0;
+    for (name, id, stream) in cases {
+        let queued = name == "answered queued";
+        upstream.set(if stream {
+            Behavior {
+                raw_chunks: Some(events(id)),
+                ..Default::default()
+            }
+        } else if queued {
+            Behavior {
+                body: Some(generation(id, "queued", None)),
+                ..Default::default()
+            }
+        } else {
+            Behavior {
+                body: Some(generation(id, "completed", Some(usage))),
+                ..Default::default()
+            }
+        });
+        let response = http
+            .post(router.url("/v1/responses"))
+            .json(&create(stream))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "{name}");
+        response.bytes().await.expect("body");
+        n += 1;
+        let record = router.records.nth(n).await;
+        assert_eq!(
+            record.response.usage.as_ref().map(|u| u.total),
+            (!queued).then_some(1500),
+            "{name}: its own request"
+        );
+        // Read back done, twice: only a generation answered queued counts, at the first.
+        for read in [1, 2] {
+            upstream.set(Behavior {
+                body: Some(generation(id, "completed", Some(usage))),
+                ..Default::default()
+            });
+            let response = http
+                .get(router.url(&format!("/v1/responses/{id}")))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(response.status(), 200, "{name}");
+            response.bytes().await.expect("body");
+            n += 1;
+            let record = router.records.nth(n).await;
+            assert_eq!(record.endpoint, format!("GET /responses/{id}"));
+            assert_eq!(
+                record.response.usage.as_ref().map(|u| u.total),
+                (queued && read == 1).then_some(1500),
+                "{name}: read-back {read}"
+            );
+        }
+    }
+    router.stop().await;
+}
+
 /// A `GET`'s answer compressed although the router asked for `identity` is decoded for its
 /// record, as a `POST`'s is: a background generation read back done counts its usage (the
 /// record said `<application/json, gzip, 205 bytes>`, without usage), and a corrupt one is
