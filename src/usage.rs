@@ -761,6 +761,9 @@ struct BodyTop<'a> {
     /// Moderations' results.
     #[serde(borrow, default)]
     results: Option<&'a RawValue>,
+    /// Anthropic's legacy Text Completions API (`/v1/complete`): the generated text.
+    #[serde(borrow, default)]
+    completion: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -1000,6 +1003,13 @@ fn read_other_shapes(top: &BodyTop<'_>, body: &[u8], out: &mut ResponseSummary) 
     if let Some(text) = raw_str(top.text) {
         out.content = text;
         out.text_answer = true;
+        return;
+    }
+    // Anthropic's legacy `/v1/complete`: `{"type": "completion", "completion": " Hello",
+    // "stop_reason": "stop_sequence", ...}`, read as a legacy completion's `choices[0].text`.
+    if let Some(text) = raw_str(top.completion) {
+        out.content = text;
+        out.finish_reason = raw_str(top.stop_reason);
         return;
     }
     if top.data.is_some_and(|data| read_data(data, out)) {
@@ -1357,8 +1367,9 @@ pub struct StreamAccumulator {
     /// Set once an event carried text, reasoning or a tool call (or, in a speech stream,
     /// audio).
     saw_output: bool,
-    /// Set once the stream's own end event was read (Anthropic's `message_stop`, the
-    /// Responses API's `response.completed` / `incomplete` / `failed`, the audio streams'
+    /// Set once the stream's own end event was read (Anthropic's `message_stop`, or on the
+    /// legacy `/v1/complete` the `completion` event with a `stop_reason`, the Responses
+    /// API's `response.completed` / `incomplete` / `failed`, the audio streams'
     /// `speech.audio.done` and `transcript.text.done`): those formats have no
     /// `data: [DONE]`, and a stream of theirs that closes after it ran to its end.
     saw_end: bool,
@@ -1760,6 +1771,12 @@ struct Chunk<'a> {
     /// Anthropic: a `content_block_start`'s block (text, thinking, tool_use).
     #[serde(borrow, default)]
     content_block: Option<&'a RawValue>,
+    /// Anthropic's legacy `/v1/complete`: a `completion` event's piece of text.
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    completion: Option<std::borrow::Cow<'a, str>>,
+    /// Anthropic's legacy `/v1/complete`: set on a stream's last `completion` event.
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    stop_reason: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -1924,6 +1941,10 @@ impl StreamAccumulator {
         if let Some(kind) = chunk.event_type.as_deref() {
             if ANTHROPIC_EVENTS.contains(&kind) {
                 self.push_anthropic_event(kind, &chunk);
+                return EventKind::Other;
+            }
+            if kind == "completion" {
+                self.push_legacy_completion(&chunk);
                 return EventKind::Other;
             }
             if self.audio.is_none() && is_audio_event(kind) {
@@ -2363,6 +2384,22 @@ impl StreamAccumulator {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// An event of Anthropic's legacy Text Completions stream (`/v1/complete`): each
+    /// `completion` event carries a piece of the text (the first one with text is the first
+    /// token); the last has the `stop_reason` (every other one `null`), which ends the answer
+    /// as `message_stop` ends a message, since that stream has no `[DONE]` and no other last
+    /// event. It carries no usage.
+    fn push_legacy_completion(&mut self, chunk: &Chunk<'_>) {
+        if let Some(text) = chunk.completion.as_deref() {
+            self.note_output(!text.is_empty());
+            self.budget.append(&mut self.summary.content, text);
+        }
+        if let Some(reason) = chunk.stop_reason.as_deref() {
+            self.summary.finish_reason = Some(reason.to_owned());
+            self.saw_end = true;
         }
     }
 

@@ -640,6 +640,8 @@ fn cost_details(cost: f64) -> String {
 fn unterminated(endpoint: &str) -> String {
     let marker = match endpoint {
         "/messages" => "message_stop",
+        // Anthropic's legacy Text Completions: its last `completion` event has one.
+        "/complete" => "a stop_reason",
         "/responses" => "response.completed",
         "/audio/speech" => "speech.audio.done",
         "/audio/transcriptions" => "transcript.text.done",
@@ -913,6 +915,7 @@ mod tests {
         );
         for (endpoint, marker) in [
             ("/messages", "message_stop"),
+            ("/complete", "a stop_reason"),
             ("/responses", "response.completed"),
         ] {
             r.endpoint = endpoint.into();

@@ -555,9 +555,13 @@ async fn a_stream_closed_before_its_last_event_names_it_in_the_warning() {
         ),
         named_event(&json!({"type": "response.output_text.delta", "delta": "Hi"})),
     ];
+    let legacy = vec![named_event(
+        &json!({"type": "completion", "completion": " Hi", "stop_reason": null, "model": "claude-2.1"}),
+    )];
     for (path, chunks, marker) in [
         ("/v1/messages", anthropic, "message_stop"),
         ("/v1/responses", responses, "response.completed"),
+        ("/v1/complete", legacy, "a stop_reason"),
     ] {
         setup.upstream.set(Behavior {
             raw_chunks: Some(chunks),
@@ -682,6 +686,86 @@ async fn an_anthropic_body_has_its_content_blocks_as_output() {
     );
     let row = setup.stop_and_read_ledger(&id).await;
     assert_eq!(row.tokens, (162, 42, 100, 50));
+}
+
+/// Anthropic's legacy Text Completions API (`/v1/complete`) is read as a legacy completion
+/// is: its `completion` is the output (a stream's pieces joined, the first with text its first
+/// token), its `stop_reason` the finish reason, with its id and model. A stream (no `[DONE]`,
+/// no usage) is complete at the `completion` event with a `stop_reason`, not cut. Before, the
+/// output was a note of the answer's keys, and a stream's was empty.
+#[tokio::test]
+async fn an_anthropic_legacy_completion_is_its_text_whole_and_streamed() {
+    let setup = Setup::start().await;
+    let request = json!({"model": "[mock]claude-2.1", "max_tokens_to_sample": 100,
+        "prompt": "\n\nHuman: hi\n\nAssistant:"});
+    let whole = json!({"type": "completion", "id": "compl_1", "completion": " Hello there!",
+        "stop_reason": "stop_sequence", "model": "claude-2.1", "stop": "\n\nHuman:",
+        "log_id": "compl_1"})
+    .to_string();
+    setup.answer_with(whole.as_bytes(), "application/json");
+    let (whole_id, record, output) = setup
+        .whole_answer(1, "/v1/complete", &request, whole.as_bytes())
+        .await;
+    assert_eq!(output, assistant(" Hello there!"));
+    assert_eq!(
+        record.response.finish_reason.as_deref(),
+        Some("stop_sequence")
+    );
+
+    let piece = |text: &str, stop: Value| {
+        named_event(
+            &json!({"type": "completion", "id": "compl_2", "completion": text,
+            "stop_reason": stop, "model": "claude-2.1", "log_id": "compl_2"}),
+        )
+    };
+    let chunks = vec![
+        piece(" Hello", Value::Null),
+        named_event(&json!({"type": "ping"})),
+        piece(" there!", Value::Null),
+        piece("", json!("stop_sequence")),
+    ];
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(chunks.clone()),
+        ..Default::default()
+    });
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    let (stream_id, text) = setup.post("/v1/complete", &streamed).await;
+    assert_eq!(text.as_bytes(), &chunks.concat()[..], "relayed as it came");
+    let record = setup.router.records.nth(2).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert!(record.complete, "the stop_reason is the end of the stream");
+    assert!(!record.usage_partial());
+    assert!(record.first_token_at.is_some());
+    assert_eq!(record.response.content, " Hello there!");
+
+    for id in [&whole_id, &stream_id] {
+        let span = setup.otlp.span_of(id).await.span;
+        assert_eq!(
+            json_attr(&span, "langfuse.observation.output"),
+            assistant(" Hello there!"),
+            "{id}"
+        );
+        assert_eq!(
+            strings_attr(&span, "gen_ai.response.finish_reasons"),
+            Some(vec!["stop_sequence".to_owned()]),
+            "{id}"
+        );
+        assert_eq!(
+            str_attr(&span, "langfuse.observation.model.name"),
+            Some("claude-2.1")
+        );
+        assert!(str_attr(&span, "gen_ai.response.id").is_some_and(|r| r.starts_with("compl_")));
+        assert!(str_attr(&span, "langfuse.observation.completion_start_time").is_some());
+        assert_eq!(str_attr(&span, "langfuse.observation.level"), None, "{id}");
+    }
+    let (row, line) = setup.stop_and_read(&stream_id).await;
+    assert!(row.ttft_ms.is_some());
+    assert!(!row.usage_partial, "{row:?}");
+    assert_eq!(
+        line["response"],
+        json!({"content": " Hello there!", "finish_reason": "stop_sequence"})
+    );
 }
 
 /// A refusal (OpenAI's `refusal`, with `content` null) is the answer: the span's output has
