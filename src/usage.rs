@@ -1653,15 +1653,22 @@ fn is_tool_use(kind: Option<&str>) -> bool {
 /// (a JSON string, as in OpenAI's shape). In a stream the block opens with an empty `{}`,
 /// which its `input_json_delta` pieces replace when any come (see [`AnthropicTool`]); a
 /// call of a tool without arguments has none, and keeps the `{}` a whole message has.
+/// A `server_tool_use` block (web search, code execution: run by the provider, its result in
+/// the block after it) keeps that type, so a trace tells it from a `function` call the client
+/// has to run.
 fn anthropic_tool_call(block: &AnthropicPart<'_>) -> ToolCall {
     let arguments = block
         .input
         .map(RawValue::get)
         .filter(|raw| raw.trim_ascii() != "null")
         .unwrap_or_default();
+    let kind = match block.kind.as_deref() {
+        Some("server_tool_use") => "server_tool_use",
+        _ => "function",
+    };
     ToolCall {
         id: block.id.as_deref().unwrap_or_default().to_owned(),
-        kind: "function".to_owned(),
+        kind: kind.to_owned(),
         name: block.name.as_deref().unwrap_or_default().to_owned(),
         arguments: arguments.to_owned(),
     }

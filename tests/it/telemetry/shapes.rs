@@ -2344,6 +2344,70 @@ async fn an_anthropic_tool_call_without_arguments_is_an_empty_object() {
     );
 }
 
+/// An Anthropic `server_tool_use` block (a web search the provider runs, its result in the
+/// `web_search_tool_result` block after it) is a tool call of type `server_tool_use`, with its
+/// name and input, beside the `tool_use` call the client has to run (type `function`), whole
+/// and streamed alike. Before, both were `function` calls.
+#[tokio::test]
+async fn an_anthropic_server_tool_use_is_not_a_client_function_call() {
+    let setup = Setup::start().await;
+    let result = json!({"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1",
+        "content": [{"type": "web_search_result", "url": "https://example.com", "title": "SF"}]});
+    let events = [
+        json!({"type": "message_start", "message": {"id": "msg_s", "type": "message",
+            "role": "assistant", "model": "claude-r", "content": [], "stop_reason": null,
+            "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "server_tool_use",
+            "id": "srvtoolu_1", "name": "web_search", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": "{\"query\":\"weather SF\"}"}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_start", "index": 1, "content_block": result}),
+        json!({"type": "content_block_stop", "index": 1}),
+        json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use",
+            "id": "toolu_1", "name": "get_weather", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 2,
+            "delta": {"type": "input_json_delta", "partial_json": "{\"city\":\"SF\"}"}}),
+        json!({"type": "content_block_stop", "index": 2}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+            "usage": {"output_tokens": 9}}),
+        json!({"type": "message_stop"}),
+    ];
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(events.iter().map(named_event).collect()),
+        ..Default::default()
+    });
+    let request = json!({"model": "[mock]c", "max_tokens": 5, "messages": [],
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}]});
+    let mut stream_request = request.clone();
+    stream_request["stream"] = json!(true);
+    let (streamed, _) = setup.post("/v1/messages", &stream_request).await;
+    setup.upstream.set(Behavior {
+        body: Some(
+            json!({"id": "msg_w", "type": "message", "role": "assistant", "model": "claude-r",
+                "content": [
+                    {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search",
+                        "input": {"query": "weather SF"}},
+                    result,
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "SF"}}],
+                "stop_reason": "tool_use", "usage": {"input_tokens": 3, "output_tokens": 9}})
+            .to_string(),
+        ),
+        ..Default::default()
+    });
+    let (whole, _) = setup.post("/v1/messages", &request).await;
+    let expected = json!({"role": "assistant", "content": null, "tool_calls": [
+        {"id": "srvtoolu_1", "type": "server_tool_use",
+            "function": {"name": "web_search", "arguments": "{\"query\":\"weather SF\"}"}},
+        {"id": "toolu_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\":\"SF\"}"}}]});
+    setup
+        .assert_outputs(&[streamed.as_str(), whole.as_str()], &expected)
+        .await;
+    let (_, line) = setup.stop_and_read(&streamed).await;
+    assert_eq!(line["response"]["tool_calls"], expected["tool_calls"]);
+}
+
 /// An upstream's error mid-stream (OpenAI's `data: {"error": ...}`, Anthropic's
 /// `event: error`) gives no finish reason: the record has none (the error is its outcome,
 /// level and message), not an invented `"error"`.
