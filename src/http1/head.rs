@@ -83,7 +83,9 @@ impl RequestHead {
     /// Whether the client wants the connection kept after this request.
     pub fn keep_alive(&self) -> bool {
         if self.http10 {
+            // `close` wins whatever the version (RFC 9112 9.6): `Connection: close, keep-alive`.
             self.fields.has_token("connection", "keep-alive")
+                && !self.fields.has_token("connection", "close")
         } else {
             !self.fields.has_token("connection", "close")
         }

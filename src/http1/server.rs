@@ -90,7 +90,8 @@ pub async fn serve_connection(io: TcpStream, service: Arc<Service>) {
                     }
                     other => ProxyError::InvalidRequest(other.to_string()),
                 };
-                conn.answer_error(&error, false, false).await;
+                // The connection closes after it: nothing is misread if a HEAD gets a body.
+                conn.answer_error(&error, false, Asked::UNREAD).await;
                 return conn.linger().await;
             }
         };
@@ -290,7 +291,7 @@ impl Conn {
                 } else {
                     Answer::error(&error, None)
                 };
-                self.write_answer(answer, false, head.http10).await;
+                self.write_answer(answer, false, Asked::of(&head)).await;
                 return Next::Close;
             }
         };
@@ -373,7 +374,7 @@ impl Conn {
                 () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED) => return Next::Gone,
             }
         };
-        self.write_answer(answer, keep_alive, head.http10).await
+        self.write_answer(answer, keep_alive, Asked::of(head)).await
     }
 
     /// Any other request: to the axum app, its body read first.
@@ -393,19 +394,19 @@ impl Conn {
                     .await;
             }
         };
-        let http10 = head.http10;
-        let is_head = head.method == Method::HEAD;
+        let asked = Asked::of(&head);
+        let Asked { http10, is_head } = asked;
         if head.target().len() > super::MAX_URI_BYTES {
             let error = ProxyError::UriTooLong(format!(
                 "the request target (path and query) is longer than {} bytes, the most the \
                  router takes on a route it answers itself; shorten the query",
                 super::MAX_URI_BYTES
             ));
-            return self.answer_error(&error, keep_alive, http10).await;
+            return self.answer_error(&error, keep_alive, asked).await;
         }
         let Some(request) = app_request(head, body) else {
             let error = ProxyError::InvalidRequest("the request target is not a valid URI".into());
-            return self.answer_error(&error, keep_alive, http10).await;
+            return self.answer_error(&error, keep_alive, asked).await;
         };
         let response = {
             use tower_service::Service as _;
@@ -547,14 +548,15 @@ impl Conn {
         match failure {
             BodyFailure::TooLarge { read_all } => {
                 let error = ProxyError::BodyTooLarge { limit };
-                self.write_answer(answer(&error), keep_alive && read_all, head.http10)
+                self.write_answer(answer(&error), keep_alive && read_all, Asked::of(head))
                     .await
             }
             BodyFailure::Framing(error) => {
                 let error = ProxyError::InvalidRequest(format!(
                     "the request's body cannot be read: {error}"
                 ));
-                self.write_answer(answer(&error), false, head.http10).await;
+                self.write_answer(answer(&error), false, Asked::of(head))
+                    .await;
                 Next::Close
             }
             BodyFailure::ShuttingDown => {
@@ -563,7 +565,8 @@ impl Conn {
                      not all arrived); try again"
                         .into(),
                 );
-                self.write_answer(answer(&error), false, head.http10).await;
+                self.write_answer(answer(&error), false, Asked::of(head))
+                    .await;
                 Next::Close
             }
             BodyFailure::Gone => Next::Gone,
@@ -586,18 +589,19 @@ impl Conn {
         let read_all =
             decoder.is_done() || (!head.expects_continue() && self.discard(&mut decoder).await);
         let answer = Answer::refused(error, &self.failures);
-        self.write_answer(answer, keep_alive && read_all, head.http10)
+        self.write_answer(answer, keep_alive && read_all, Asked::of(head))
             .await
     }
 
-    async fn answer_error(&mut self, error: &ProxyError, keep_alive: bool, http10: bool) -> Next {
-        self.write_answer(Answer::error(error, None), keep_alive, http10)
+    async fn answer_error(&mut self, error: &ProxyError, keep_alive: bool, asked: Asked) -> Next {
+        self.write_answer(Answer::error(error, None), keep_alive, asked)
             .await
     }
 
     /// Writes a proxied request's answer: head and body in one write, or a stream event by
     /// event as the upstream sends them.
-    async fn write_answer(&mut self, answer: Answer, keep_alive: bool, http10: bool) -> Next {
+    async fn write_answer(&mut self, answer: Answer, keep_alive: bool, asked: Asked) -> Next {
+        let Asked { http10, is_head } = asked;
         // Once shutdown began, every answer says it is the connection's last.
         let keep_alive = keep_alive && !self.draining.is_fired();
         let mut out = BytesMut::with_capacity(1024);
@@ -614,9 +618,17 @@ impl Conn {
         let (body, delivery) = match answer.body {
             AnswerBody::Whole(body) => (body, None),
             AnswerBody::Recorded(body, delivery) => (body, Some(delivery)),
+            AnswerBody::Stream(tee) if !has_body(answer.status) || is_head => {
+                // A relayed 204 or 304 has no body, nor any framing for one (a chunked one's
+                // last chunk would be read as the start of the next answer).
+                let length = tee.length().filter(|_| has_body(answer.status));
+                return self
+                    .write_bodiless_stream(out, tee, length, keep_alive, http10)
+                    .await;
+            }
             AnswerBody::Stream(tee) => {
                 // A body relayed unchanged with its upstream's length keeps it.
-                let length = tee.length().filter(|_| has_body(answer.status));
+                let length = tee.length();
                 return self
                     .write_stream(out, tee, length, keep_alive, http10)
                     .await;
@@ -624,7 +636,8 @@ impl Conn {
         };
         let body = if has_body(answer.status) {
             write_length(&mut out, body.len());
-            body
+            // A HEAD's answer has the length of the body a GET would get, not the body.
+            if is_head { Bytes::new() } else { body }
         } else {
             Bytes::new()
         };
@@ -742,6 +755,43 @@ impl Conn {
                 next = tee.next() => Some(next),
                 () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED) => return Next::Gone,
             };
+        }
+    }
+
+    /// Relays the head of an answer that has no body (a 204 or 304, or any answer to a
+    /// `HEAD`), with no framing but the `Content-Length` a body would have had, then takes
+    /// the tee to its end, sending nothing, so the record is made as for any answer.
+    async fn write_bodiless_stream(
+        &mut self,
+        mut out: BytesMut,
+        mut tee: Box<proxy::stream::StreamTee>,
+        length: Option<u64>,
+        keep_alive: bool,
+        http10: bool,
+    ) -> Next {
+        if let Some(length) = length {
+            write_field(
+                &mut out,
+                b"content-length",
+                itoa::Buffer::new().format(length).as_bytes(),
+            );
+        }
+        end_head(&mut out, keep_alive, http10);
+        let next = self.send(&out, &[], keep_alive).await;
+        if matches!(next, Next::Gone | Next::Cut) {
+            return next;
+        }
+        loop {
+            let item = tokio::select! {
+                biased;
+                item = tee.next() => item,
+                () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED) => return Next::Gone,
+            };
+            match item {
+                Some(Ok(_)) => {}
+                None => return next,
+                Some(Err(_)) => return Next::Close,
+            }
         }
     }
 
@@ -902,6 +952,29 @@ fn push_body_data(out: &mut BytesMut, data: &[u8], chunked: bool) {
         encode_chunk(out, data);
     } else {
         out.extend_from_slice(data);
+    }
+}
+
+/// What the answer's framing depends on of the request it answers.
+#[derive(Clone, Copy)]
+struct Asked {
+    http10: bool,
+    /// A `HEAD` gets the head a `GET` would get and no body.
+    is_head: bool,
+}
+
+impl Asked {
+    /// For a request whose head could not be read.
+    const UNREAD: Self = Self {
+        http10: false,
+        is_head: false,
+    };
+
+    fn of(head: &RequestHead) -> Self {
+        Self {
+            http10: head.http10,
+            is_head: head.method == Method::HEAD,
+        }
     }
 }
 

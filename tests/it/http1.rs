@@ -481,6 +481,22 @@ async fn http10_clients_get_whole_answers_and_close_delimited_streams() {
         "kept, as asked"
     );
 
+    // `close` wins over `keep-alive` whatever the version (RFC 9112 9.6).
+    let wire = post(
+        "/v1/chat/completions",
+        CHAT,
+        "Connection: close, keep-alive\r\n",
+    )
+    .replacen("HTTP/1.1", "HTTP/1.0", 1);
+    let mut closing = Raw::connect(router.addr).await;
+    closing.send(wire.as_bytes()).await;
+    let last = closing.answer().await;
+    assert_eq!(
+        (last.status, last.header("connection")),
+        (200, Some("close"))
+    );
+    assert!(closing.closed().await);
+
     let stream = CHAT.replace("\"messages\"", "\"stream\":true,\"messages\"");
     let wire = post("/v1/chat/completions", &stream, "").replacen("HTTP/1.1", "HTTP/1.0", 1);
     raw.send(wire.as_bytes()).await;
@@ -559,6 +575,44 @@ async fn head_gets_the_head_of_get_and_405_says_what_is_allowed() {
         assert_eq!(refused.header("allow"), Some(allow), "{method} {path}");
         assert_eq!(refused.json()["error"]["code"], "method_not_allowed");
     }
+    router.stop().await;
+}
+
+/// A router error to a `HEAD` (a target too long for a route the router answers itself, a
+/// body over `max_body_bytes`) has the head of the error alone: a body after it would be
+/// read as the next answer on the connection.
+#[tokio::test]
+async fn router_errors_to_head_have_no_body() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let mut raw = Raw::connect(router.addr).await;
+    let long = "a".repeat(70_000);
+    raw.send(format!("HEAD /v1/models?{long} HTTP/1.1\r\nHost: r\r\n\r\n").as_bytes())
+        .await;
+    let refused = raw.answer_head().await;
+    assert_eq!(refused.status, 414);
+    assert!(refused.header("content-length").is_some(), "{refused:?}");
+    raw.send(b"GET /health HTTP/1.1\r\nHost: r\r\n\r\n").await;
+    let next = raw.answer().await;
+    assert_eq!(next.status, 200, "{next:?}");
+    assert_eq!(next.json()["status"], "ok");
+    router.stop().await;
+
+    let router = TestRouter::start(&one_server_config(
+        &upstream.url(),
+        "settings:\n  max_body_bytes: 100\n",
+    ))
+    .await;
+    let mut raw = Raw::connect(router.addr).await;
+    let body = "x".repeat(200);
+    raw.send(
+        format!("HEAD /v1/models HTTP/1.1\r\nHost: r\r\nContent-Length: 200\r\n\r\n{body}")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(raw.answer_head().await.status, 413);
+    raw.send(b"GET /health HTTP/1.1\r\nHost: r\r\n\r\n").await;
+    assert_eq!(raw.answer().await.status, 200);
     router.stop().await;
 }
 

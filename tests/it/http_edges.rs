@@ -190,6 +190,38 @@ async fn other_http_versions_in_a_request_line() {
     router.stop().await;
 }
 
+/// A 204 relayed as it arrives (to a stream, or labelled as no JSON) has no framing over
+/// HTTP/1.1 either: no `Transfer-Encoding`, and no last chunk after its head, which the
+/// client would read as the start of the next answer on the connection (RFC 9112 6.1).
+#[tokio::test]
+async fn a_relayed_no_content_answer_has_no_chunked_framing() {
+    for head in [
+        "HTTP/1.1 204 No Content\r\n\r\n",
+        "HTTP/1.1 204 No Content\r\ncontent-type: application/octet-stream\r\n\r\n",
+    ] {
+        let (_upstream, router) = router_before(head.as_bytes().to_vec()).await;
+        let mut raw = Raw::connect(router.addr).await;
+        let stream = CHAT.replace("\"messages\"", "\"stream\":true,\"messages\"");
+        raw.send(post("/v1/chat/completions", &stream, "").as_bytes())
+            .await;
+        let answer = raw.answer().await;
+        assert_eq!(answer.status, 204, "{head:?}");
+        for framing in ["content-length", "transfer-encoding"] {
+            assert_eq!(answer.header(framing), None, "{head:?}: {framing}");
+        }
+        raw.send(b"GET /health HTTP/1.1\r\nHost: r\r\n\r\n").await;
+        let next = raw.answer().await;
+        assert_eq!(next.status, 200, "{head:?}: {next:?}");
+        let record = router.records.nth(1).await;
+        assert_eq!(
+            (record.outcome, record.status),
+            (Outcome::Success, Some(204)),
+            "{head:?}"
+        );
+        router.stop().await;
+    }
+}
+
 /// RFC 9110 §8.6: a 204 has no `Content-Length`, and a 304's may only be the 200's; over
 /// HTTP/2 hyper used to write `content-length: 0` on both (over HTTP/1 they had none).
 #[tokio::test]
