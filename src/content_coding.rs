@@ -58,6 +58,60 @@ pub fn content_encoding(fields: &Fields) -> Option<String> {
     codings
 }
 
+/// Whether a client whose request carried the header fields `request` takes an answer in
+/// `content_encoding` (as [`content_encoding`] gives it; every coding listed must be one it
+/// takes), by its `Accept-Encoding` (RFC 9110 §12.5.3): a coding it lists with a weight above
+/// 0 (`x-gzip` is gzip; names are compared without case), any other when it lists `*` so.
+/// A client that sends no `Accept-Encoding` takes none: an HTTP library that decodes no
+/// coding sends none (RFC 9110 lets that mean "any", which such a client cannot read).
+pub fn accepted(request: &Fields, content_encoding: &str) -> bool {
+    content_encoding
+        .split(',')
+        .map(str::trim)
+        .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
+        .all(|coding| takes(request, coding.as_bytes()))
+}
+
+/// Whether `request`'s `Accept-Encoding` takes `coding` (see [`accepted`]): its own entry
+/// decides, else `*`'s.
+fn takes(request: &Fields, coding: &[u8]) -> bool {
+    let coding = canonical_coding(coding);
+    let mut any = None;
+    let listed = request
+        .get_all("accept-encoding")
+        .flat_map(|value| value.split(|b| *b == b','));
+    for element in listed {
+        let mut parts = element.split(|b| *b == b';');
+        let name = canonical_coding(trim(parts.next().unwrap_or_default()));
+        let refused = parts.any(|parameter| {
+            let parameter = trim(parameter);
+            let weight = parameter
+                .split_first_chunk::<2>()
+                .filter(|(name, _)| name.eq_ignore_ascii_case(b"q="))
+                .map(|(_, weight)| trim(weight));
+            // A weight of 0 (`0`, `0.0`, `0.000`) refuses the coding.
+            weight.is_some_and(|w| !w.is_empty() && w.iter().all(|b| matches!(b, b'0' | b'.')))
+        });
+        if name == coding {
+            return !refused;
+        }
+        if name == b"*" && any.is_none() {
+            any = Some(!refused);
+        }
+    }
+    any.unwrap_or(false)
+}
+
+/// A coding's name as [`takes`] compares it: lower case, `x-gzip` and `x-compress` as the
+/// codings they are (RFC 9110 §8.4.1).
+fn canonical_coding(name: &[u8]) -> Vec<u8> {
+    let name = name.to_ascii_lowercase();
+    match name.strip_prefix(b"x-") {
+        Some(rest) if rest == b"gzip" || rest == b"compress" => rest.to_vec(),
+        _ => name,
+    }
+}
+
 /// Most bytes a compressed answer is decoded to for the router's own reading: its record,
 /// a late JSON answer to a stream (error bodies and the key search of a 2xx stop at 4 MiB).
 /// A few hundred KB of gzip may hold gigabytes; decoded whole up to the 256 MiB an answer
@@ -685,6 +739,41 @@ mod tests {
             ("content-encoding", "identity, GZIP"),
         ]);
         assert_eq!(content_encoding(&two).as_deref(), Some("deflate, gzip"));
+    }
+
+    #[test]
+    fn a_client_takes_the_codings_its_accept_encoding_lists() {
+        let client = |value: Option<&str>| match value {
+            Some(value) => Fields::from_pairs(&[("Accept-Encoding", value)]),
+            None => Fields::from_pairs(&[("Accept", "application/json")]),
+        };
+        for (accept, coding, taken) in [
+            (None, "gzip", false),
+            (Some(""), "gzip", false),
+            (Some("gzip, deflate, br"), "zstd", false),
+            (Some("gzip, deflate, br"), "br", true),
+            (Some("gzip, deflate, br"), "gzip, br", true),
+            (Some("gzip, deflate"), "gzip, br", false),
+            (Some("GZIP"), "gzip", true),
+            (Some("gzip"), "x-gzip", true),
+            (Some("x-gzip"), "gzip", true),
+            (Some("*"), "zstd", true),
+            (Some("*;q=0"), "zstd", false),
+            (Some("br;q=0, *"), "br", false),
+            (Some("gzip;q=0.000"), "gzip", false),
+            (Some("gzip;Q=0"), "gzip", false),
+            (Some("gzip; q=0.5"), "gzip", true),
+            (Some("zstd;q=1, *;q=0"), "zstd", true),
+            (Some("identity"), "gzip", false),
+        ] {
+            assert_eq!(
+                accepted(&client(accept), coding),
+                taken,
+                "{accept:?} takes {coding}"
+            );
+        }
+        let two = Fields::from_pairs(&[("Accept-Encoding", "gzip"), ("accept-encoding", "zstd")]);
+        assert!(accepted(&two, "zstd"));
     }
 
     #[test]

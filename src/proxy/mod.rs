@@ -786,7 +786,8 @@ async fn forward_read<V: ReadBody>(
                     body: read,
                 };
                 let answered = (guard, V::OTHER_METHOD);
-                return Ok(read_answer(read, answered, request_id, &state.redactor));
+                let reading = (&state.redactor, request.fields);
+                return Ok(read_answer(read, answered, request_id, reading).await);
             }
             stream_options::Retried::Failed(error) => {
                 return Ok(fail(guard, error, request_id, &state.failures));
@@ -835,12 +836,8 @@ async fn forward_read<V: ReadBody>(
         // Boxed: only such an answer pays for the wait.
         match Box::pin(held_answer(upstream, deadline, hard_stop)).await {
             Held::Whole(read) => {
-                return Ok(read_answer(
-                    read,
-                    (guard, true),
-                    request_id,
-                    &state.redactor,
-                ));
+                let reading = (&state.redactor, request.fields);
+                return Ok(read_answer(read, (guard, true), request_id, reading).await);
             }
             Held::Longer(upstream) => upstream,
             Held::Failed(error) => {
@@ -904,7 +901,7 @@ async fn forward_read<V: ReadBody>(
         &target,
         (guard, V::OTHER_METHOD),
         request_id,
-        &state.redactor,
+        (&state.redactor, request.fields),
     );
     Ok(Box::pin(whole).await)
 }
@@ -1478,14 +1475,32 @@ fn echoed_keys_removed(redactor: &Redactor, bytes: &[u8]) -> Option<Bytes> {
 }
 
 /// A 2xx answer's body as the client gets it, and whether the router decoded it. One the
-/// upstream compressed although asked for `identity` is searched decoded (gzip, deflate, br,
-/// zstd, up to [`MAX_DECODED_ERROR`]): when it reports an error that echoes a key, the client gets
-/// it decoded and without the key, since the compressed bytes would carry the key past
-/// [`without_echoed_keys`]; any other goes as it came, compressed.
-fn success_body(body: Bytes, fields: &Fields, redactor: &Redactor) -> (Bytes, bool) {
+/// upstream compressed although asked for `identity` goes as it came when the client takes
+/// its coding (its `Accept-Encoding`, which was not passed on, lists it: see
+/// [`crate::content_coding::accepted`]); in one it does not take (zstd to the openai SDKs,
+/// which take gzip, deflate and br; any to a client that lists none), the client could not
+/// read it, so it goes decoded ([`decoded_aside`]), as an error body does. With keys
+/// configured one sent as it came is first searched decoded (gzip, deflate, br, zstd, up to
+/// [`MAX_DECODED_ERROR`]): when it reports an error that echoes a key, the client gets it
+/// decoded and without the key, since the compressed bytes would carry the key past
+/// [`without_echoed_keys`].
+async fn success_body(
+    body: Bytes,
+    fields: &Fields,
+    redactor: &Redactor,
+    client: &Fields,
+) -> (Bytes, bool) {
     let Some(coding) = crate::content_coding::content_encoding(fields) else {
         return (without_echoed_keys(redactor, body), false);
     };
+    if !crate::content_coding::accepted(client, &coding) {
+        return match decoded_aside(coding, body.clone(), redactor).await {
+            Some(decoded) => (decoded, true),
+            // Too large once decoded, corrupt, or a coding the router does not decode: as it
+            // came (the record says what it was).
+            None => (body, false),
+        };
+    }
     if redactor.is_empty() {
         return (body, false);
     }
@@ -1498,6 +1513,21 @@ fn success_body(body: Bytes, fields: &Fields, redactor: &Redactor) -> (Bytes, bo
     }
 }
 
+/// A whole answer's `body` decoded from `coding` (up to the
+/// [`crate::content_coding::MAX_DECODED_BODY`] its record reads) and without echoed keys, on a
+/// blocking thread: a few hundred KB of gzip may take a second to inflate, and the lane's
+/// thread serves every other connection on it meanwhile. `None` when it does not decode
+/// within that.
+async fn decoded_aside(coding: String, body: Bytes, redactor: &Redactor) -> Option<Bytes> {
+    let redactor = redactor.clone();
+    let decode = move || {
+        let limit = crate::content_coding::MAX_DECODED_BODY;
+        let decoded = Bytes::from(crate::content_coding::decode(&coding, &body, limit).ok()?);
+        Some(echoed_keys_removed(&redactor, &decoded).unwrap_or(decoded))
+    };
+    tokio::task::spawn_blocking(decode).await.ok().flatten()
+}
+
 /// Relays a whole (non-stream) answer, wrapping an upstream error body into OpenAI's shape
 /// when it is not in it already.
 async fn whole_answer(
@@ -1506,7 +1536,7 @@ async fn whole_answer(
     target: &Target<'_>,
     (guard, redirect_ordinary): (RecordGuard, bool),
     request_id: String,
-    redactor: &Redactor,
+    reading: (&Redactor, &Fields),
 ) -> Answer {
     let Limits {
         deadline,
@@ -1550,7 +1580,7 @@ async fn whole_answer(
         fields,
         body,
     };
-    read_answer(read, (guard, redirect_ordinary), request_id, redactor)
+    read_answer(read, (guard, redirect_ordinary), request_id, reading).await
 }
 
 /// An upstream's answer, read whole.
@@ -1561,11 +1591,11 @@ struct Read {
 }
 
 /// Relays an answer read whole ([`whole_answer`]) and hands its record over on delivery.
-fn read_answer(
+async fn read_answer(
     read: Read,
     (mut guard, redirect_ordinary): (RecordGuard, bool),
     request_id: String,
-    redactor: &Redactor,
+    (redactor, client): (&Redactor, &Fields),
 ) -> Answer {
     let Read {
         status,
@@ -1574,7 +1604,7 @@ fn read_answer(
     } = read;
     let (body, shape, outcome, error) = if status.is_success() || status.is_informational() {
         // A 200 may report an error too (`{"error": ...}`), echoing the key it was sent.
-        let (body, decoded) = success_body(body, &fields, redactor);
+        let (body, decoded) = success_body(body, &fields, redactor, client).await;
         let shape = if decoded {
             Shape::Decoded
         } else {

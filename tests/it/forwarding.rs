@@ -5,7 +5,7 @@ use llmsrouter::routing::RouteMode;
 use serde_json::json;
 
 use crate::support::upstream::{
-    Behavior, MockUpstream, PROMPT_TOKENS, chat_completion, gzip, zlib,
+    Behavior, MockUpstream, PROMPT_TOKENS, brotli, chat_completion, gzip, zlib, zstd,
 };
 use crate::support::{TestRouter, client, one_server_config, post_json};
 
@@ -388,9 +388,9 @@ async fn upstreams_are_asked_for_uncompressed_answers() {
     router.stop().await;
 }
 
-/// An upstream that compresses its answer anyway: the client gets it as it came, with its
-/// `Content-Encoding`, and the recorder decodes it (off the request path), so the record has
-/// the answer's usage, text and body, as for an uncompressed answer.
+/// An upstream that compresses its answer anyway: a client that takes the coding gets it as
+/// it came, with its `Content-Encoding`, and the recorder decodes it (off the request path),
+/// so the record has the answer's usage, text and body, as for an uncompressed answer.
 #[tokio::test]
 async fn a_compressed_answer_is_relayed_as_it_came_and_recorded_decoded() {
     let upstream = MockUpstream::start(Behavior::default()).await;
@@ -406,9 +406,7 @@ async fn a_compressed_answer_is_relayed_as_it_came_and_recorded_decoded() {
             headers: vec![("content-encoding".into(), coding.into())],
             ..Default::default()
         });
-        let response = router
-            .chat(&json!({"model": "[mock]m", "messages": []}))
-            .await;
+        let response = chat_accepting("gzip, deflate", &router).await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-encoding"], coding);
         assert_eq!(
@@ -432,9 +430,98 @@ async fn a_compressed_answer_is_relayed_as_it_came_and_recorded_decoded() {
     router.stop().await;
 }
 
+/// A chat request to `router` whose client takes the codings `accepts` (its
+/// `Accept-Encoding`).
+async fn chat_accepting(accepts: &str, router: &TestRouter) -> reqwest::Response {
+    client()
+        .post(router.url("/v1/chat/completions"))
+        .header("accept-encoding", accepts)
+        .json(&json!({"model": "[mock]m", "messages": []}))
+        .send()
+        .await
+        .expect("send")
+}
+
+/// A whole answer in a coding the client did not list in its `Accept-Encoding` (zstd to the
+/// openai SDKs, which send `gzip, deflate, br` and failed on it; any coding to a client that
+/// sends none) goes to it decoded, without the `Content-Encoding`, as an error body does;
+/// one in a coding it takes (`*` takes any it does not refuse) goes as it came. The record
+/// reads it either way.
+#[tokio::test]
+async fn a_compressed_answer_in_a_coding_the_client_does_not_take_goes_decoded() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let answer = chat_completion("mock-model-2024");
+    let cases = [
+        (
+            "zstd",
+            zstd(answer.as_bytes()),
+            Some("gzip, deflate, br"),
+            true,
+        ),
+        ("gzip", gzip(answer.as_bytes()), None, true),
+        ("br", brotli(answer.as_bytes()), Some("gzip, BR;q=0"), true),
+        (
+            "gzip, br",
+            brotli(&gzip(answer.as_bytes())),
+            Some("gzip"),
+            true,
+        ),
+        ("zstd", zstd(answer.as_bytes()), Some("*"), false),
+        ("x-gzip", gzip(answer.as_bytes()), Some("GZIP"), false),
+        (
+            "gzip, br",
+            brotli(&gzip(answer.as_bytes())),
+            Some("br, gzip"),
+            false,
+        ),
+    ];
+    for (n, (coding, sent, accepts, decoded)) in cases.into_iter().enumerate() {
+        upstream.set(Behavior {
+            raw_body: Some(sent.clone()),
+            headers: vec![("content-encoding".into(), coding.into())],
+            ..Default::default()
+        });
+        let mut request = client().post(router.url("/v1/chat/completions"));
+        if let Some(accepts) = accepts {
+            request = request.header("accept-encoding", accepts);
+        }
+        let body = json!({"model": "[mock]m", "messages": []});
+        let response = request.json(&body).send().await.expect("send");
+        assert_eq!(response.status(), 200);
+        let case = format!("{coding} to {accepts:?}");
+        let headers = response.headers().clone();
+        let got = response.bytes().await.expect("body");
+        if decoded {
+            assert!(headers.get("content-encoding").is_none(), "{case}");
+            assert_eq!(
+                headers["content-length"],
+                answer.len().to_string(),
+                "{case}"
+            );
+            assert_eq!(got, answer.as_bytes(), "{case}");
+        } else {
+            assert_eq!(headers["content-encoding"], coding, "{case}");
+            assert_eq!(got, sent, "{case}");
+        }
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(
+            record.outcome,
+            Outcome::Success,
+            "{case}: {:?}",
+            record.error
+        );
+        let usage = record.response.usage.clone().expect("usage read");
+        assert_eq!(usage.total, PROMPT_TOKENS + 2, "{case}");
+        assert_eq!(record.response_body.as_deref(), Some(answer.as_bytes()));
+    }
+    router.stop().await;
+}
+
 /// A small gzip answer that decodes to more than the router reads for a record (64 MiB; the
 /// one that took the router from 15 MB to 815 MB held 300 MiB in 300 KB): the client gets the
-/// bytes as they came, and the record says the answer was too large to read, in place of its
+/// bytes as they came (even one that does not take gzip, as this one: the router decodes no
+/// more than that for it either), and the record says the answer was too large to read, in place of its
 /// text, its usage unknown, where it used to say `<binary, gzip, N bytes>` as if nothing were
 /// amiss.
 #[tokio::test]
@@ -496,9 +583,7 @@ async fn bytes_after_a_gzip_answers_last_member_are_ignored_in_its_record() {
             headers: vec![("content-encoding".into(), "gzip".into())],
             ..Default::default()
         });
-        let response = router
-            .chat(&json!({"model": "[mock]m", "messages": []}))
-            .await;
+        let response = chat_accepting("gzip", &router).await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.bytes().await.expect("body"), sent);
 

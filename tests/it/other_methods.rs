@@ -846,6 +846,7 @@ async fn a_compressed_answer_to_a_get_is_decoded_for_its_record() {
         });
         let response = http
             .get(router.url(&format!("/v1/responses/{id}")))
+            .header("accept-encoding", "gzip, br, zstd")
             .send()
             .await
             .expect("send");
@@ -882,6 +883,38 @@ async fn a_compressed_answer_to_a_get_is_decoded_for_its_record() {
         );
         assert!(record.response_is_json);
     }
+    router.stop().await;
+}
+
+/// A `GET`'s small answer (read whole, see `proxy::held_answer`) in a coding the client does
+/// not take goes to it decoded, as a `POST`'s whole answer does: zstd to a client that takes
+/// gzip, deflate and br (the openai SDKs), which failed to read it.
+#[tokio::test]
+async fn a_small_get_answer_in_a_coding_the_client_does_not_take_goes_decoded() {
+    let answer = r#"{"id":"resp_1","object":"response","status":"completed","output":[]}"#;
+    let (upstream, router) = with_default_server(Behavior {
+        raw_body: Some(zstd(answer.as_bytes())),
+        headers: vec![("content-encoding".into(), "zstd".into())],
+        ..Default::default()
+    })
+    .await;
+    let response = client()
+        .get(router.url("/v1/responses/resp_1"))
+        .header("accept-encoding", "gzip, deflate, br")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("content-encoding").is_none());
+    assert_eq!(
+        response.headers()["content-length"],
+        answer.len().to_string()
+    );
+    assert_eq!(response.text().await.expect("body"), answer);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success, "{:?}", record.error);
+    assert_eq!(record.response_body.as_deref(), Some(answer.as_bytes()));
+    drop(upstream);
     router.stop().await;
 }
 

@@ -2667,8 +2667,10 @@ async fn an_empty_200_answer_is_recorded_as_the_upstreams_failure_to_answer() {
     for (n, (behavior, stream, error)) in cases.iter().enumerate() {
         let status = behavior.status;
         setup.upstream.set(behavior.clone());
+        // A client that takes gzip: a whole answer in it comes as it came.
         let response = client()
             .post(setup.router.url("/v1/chat/completions"))
+            .header("accept-encoding", "gzip")
             .json(&json!({"model": "[mock]m", "stream": stream, "messages": []}))
             .send()
             .await
