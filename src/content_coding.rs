@@ -122,40 +122,104 @@ pub const MAX_DECODED_BODY: usize = 64 * 1024 * 1024;
 /// order they were applied) undone, at most `limit` bytes of it. The same decoder as a
 /// stream's ([`StreamDecoder`]), so a body reads the same whichever way it came.
 pub fn decode(content_encoding: &str, body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
+    decode_partly(content_encoding, body, limit).map_err(|broken| broken.error)
+}
+
+/// A body that could not be decoded whole, and what it decoded to before that.
+#[derive(Debug)]
+pub struct Broken {
+    pub error: DecodeError,
+    /// What decoded before the data turned out corrupt or cut short (as much as a client
+    /// that reads on to the fault gets); for any other error, nothing to go by.
+    pub decoded: Vec<u8>,
+}
+
+impl Broken {
+    /// Whether the data was corrupt or cut short only after one whole JSON document: a gzip
+    /// answer without its 8-byte trailer, deflate cut after its last block. curl and the
+    /// openai SDKs read such an answer without complaint, so the router reads it so too.
+    pub fn holds_one_json_document(&self) -> bool {
+        self.is_broken_data()
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&self.decoded).is_ok()
+    }
+
+    /// Whether the compressed data itself is corrupt or cut short (not too large, nor in a
+    /// coding the router does not decode): [`Self::decoded`] is then what came before that.
+    pub fn is_broken_data(&self) -> bool {
+        matches!(
+            self.error,
+            DecodeError::Corrupt { .. } | DecodeError::Truncated(_)
+        )
+    }
+}
+
+/// [`decode`], keeping on failure what decoded before it ([`Broken`]). In stacked codings
+/// what a broken outer coding gave is decoded on as far as it goes.
+pub fn decode_partly(content_encoding: &str, body: &[u8], limit: usize) -> Result<Vec<u8>, Broken> {
     let mut decoded: Option<Vec<u8>> = None;
+    let mut first_error = None;
     for coding in content_encoding.rsplit(',').map(str::trim) {
         let coding = coding.to_ascii_lowercase();
         if coding.is_empty() || coding == "identity" {
             continue;
         }
         let Some(decoder) = StreamDecoder::new(&coding) else {
-            return Err(DecodeError::Unsupported(coding));
+            let error = DecodeError::Unsupported(coding);
+            return Err(Broken {
+                error,
+                decoded: Vec::new(),
+            });
         };
         let input = match decoded.take() {
             Some(before) => Bytes::from(before),
             None => Bytes::copy_from_slice(body),
         };
-        decoded = Some(decode_whole(decoder, input, limit)?);
+        match decode_whole(decoder, input, limit) {
+            Ok(out) => decoded = Some(out),
+            Err(broken) if !broken.is_broken_data() => return Err(broken),
+            Err(Broken {
+                error,
+                decoded: out,
+            }) => {
+                first_error.get_or_insert(error);
+                decoded = Some(out);
+            }
+        }
     }
-    Ok(decoded.unwrap_or_else(|| body.to_vec()))
+    let decoded = decoded.unwrap_or_else(|| body.to_vec());
+    match first_error {
+        Some(error) => Err(Broken { error, decoded }),
+        None => Ok(decoded),
+    }
 }
 
 /// Everything `input` decodes to with `decoder`, failing past `limit` bytes (a small body may
-/// decode to gigabytes).
-fn decode_whole(
-    mut decoder: StreamDecoder,
-    input: Bytes,
-    limit: usize,
-) -> Result<Vec<u8>, DecodeError> {
+/// decode to gigabytes); on failure, with what decoded before it.
+fn decode_whole(mut decoder: StreamDecoder, input: Bytes, limit: usize) -> Result<Vec<u8>, Broken> {
     let mut out = Vec::new();
     decoder.push(input);
-    while let Some(piece) = decoder.next_piece()? {
-        append_limited(&mut out, &piece, limit)?;
+    let decoded = loop {
+        match decoder.next_piece() {
+            Ok(Some(piece)) => {
+                if let Err(error) = append_limited(&mut out, &piece, limit) {
+                    break Err(error);
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(error) => break Err(error),
+        }
+    };
+    let finished = decoded.and_then(|()| match decoder.finish()? {
+        Some(tail) => append_limited(&mut out, &tail, limit),
+        None => Ok(()),
+    });
+    match finished {
+        Ok(()) => Ok(out),
+        Err(error) => Err(Broken {
+            error,
+            decoded: out,
+        }),
     }
-    if let Some(tail) = decoder.finish()? {
-        append_limited(&mut out, &tail, limit)?;
-    }
-    Ok(out)
 }
 
 /// Appends `piece` to `out`, failing when that would take it past `limit`. `out` doubles as
@@ -774,6 +838,38 @@ mod tests {
         }
         let two = Fields::from_pairs(&[("Accept-Encoding", "gzip"), ("accept-encoding", "zstd")]);
         assert!(accepted(&two, "zstd"));
+    }
+
+    /// What decoded before the data broke off is kept, and told whole JSON or not.
+    #[test]
+    fn a_body_cut_after_its_json_keeps_what_decoded() {
+        let body = gzip(TEXT);
+        for cut in [8, 4, 1] {
+            let broken = decode_partly("gzip", &body[..body.len() - cut], 1024)
+                .expect_err("cut in its trailer");
+            assert_eq!(broken.decoded, TEXT, "cut by {cut}");
+            assert!(broken.holds_one_json_document(), "cut by {cut}");
+        }
+        let zlib_body = zlib(TEXT);
+        let broken = decode_partly("deflate", &zlib_body[..zlib_body.len() - 4], 1024)
+            .expect_err("cut in its checksum");
+        assert!(broken.holds_one_json_document());
+        // Stacked: the outer coding cut, the inner decodes what it gave.
+        let stacked = brotli(&gzip(TEXT));
+        let mut cut_inner = gzip(TEXT);
+        cut_inner.truncate(cut_inner.len() - 8);
+        let broken = decode_partly("gzip, br", &brotli(&cut_inner), 1024).expect_err("cut");
+        assert!(broken.holds_one_json_document());
+        assert_eq!(
+            decode_partly("gzip, br", &stacked, 1024).expect("whole"),
+            TEXT
+        );
+        // Cut inside the document: what decoded is no whole document.
+        let broken = decode_partly("gzip", &body[..body.len() / 2], 1024).expect_err("cut");
+        assert!(!broken.holds_one_json_document());
+        let bomb = gzip(&[b'{'; 4096]);
+        let broken = decode_partly("gzip", &bomb, 1024).expect_err("too large");
+        assert!(!broken.is_broken_data());
     }
 
     #[test]

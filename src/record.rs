@@ -830,10 +830,15 @@ fn complete_summary(record: &mut RequestRecord) {
         None => None,
         Some(coding) => {
             let limit = crate::content_coding::MAX_DECODED_BODY;
-            match crate::content_coding::decode(coding, body, limit) {
+            match crate::content_coding::decode_partly(coding, body, limit) {
                 Ok(decoded) => Some(Bytes::from(decoded)),
-                Err(error) => {
-                    undecodable(record, &error);
+                // Cut short or corrupt only after one whole JSON document (a gzip answer
+                // without its trailer): read as the client read it, not as a failure.
+                Err(broken) if broken.holds_one_json_document() => {
+                    Some(Bytes::from(broken.decoded))
+                }
+                Err(broken) => {
+                    undecodable(record, &broken.error);
                     return;
                 }
             }
@@ -933,7 +938,8 @@ pub fn bounded_error(message: &str) -> String {
 }
 
 /// A whole answer whose coding could not be undone for its record. One in gzip, deflate, br or
-/// zstd whose data is corrupt or cut short: relayed as it came (the client got those bytes),
+/// zstd whose data is corrupt or cut short (before the end of one whole JSON document, else
+/// it is read as that): relayed as it came (the client got those bytes),
 /// but the upstream's error, as the same fault in a compressed stream is (`proxy::stream`'s
 /// `upstream_bad_encoding`), not a success with no usage. One that decodes past
 /// [`crate::content_coding::MAX_DECODED_BODY`] is not read: its record says so in place of

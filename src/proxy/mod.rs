@@ -1504,26 +1504,55 @@ async fn success_body(
     if redactor.is_empty() {
         return (body, false);
     }
-    let clean = crate::content_coding::decode(&coding, &body, MAX_DECODED_ERROR)
-        .ok()
-        .and_then(|decoded| echoed_keys_removed(redactor, &decoded));
+    let clean = readable_part(crate::content_coding::decode_partly(
+        &coding,
+        &body,
+        MAX_DECODED_ERROR,
+    ))
+    .and_then(|(decoded, _)| echoed_keys_removed(redactor, &decoded));
     match clean {
         Some(clean) => (clean, true),
         None => (body, false),
     }
 }
 
+/// What of a compressed answer the router reads (and searches for keys): all of it, or,
+/// when its data turns out corrupt or cut short, what decoded before that (a client reading
+/// on to the fault gets as much); with whether it stands for the answer: all of it, or one
+/// whole JSON document (a gzip answer without its trailer, which curl and the openai SDKs
+/// read without complaint). `None` when it is too large once decoded, or in a coding the
+/// router does not decode.
+fn readable_part(
+    decoded: Result<Vec<u8>, crate::content_coding::Broken>,
+) -> Option<(Vec<u8>, bool)> {
+    match decoded {
+        Ok(decoded) => Some((decoded, true)),
+        Err(broken) if broken.is_broken_data() => {
+            let whole = broken.holds_one_json_document();
+            Some((broken.decoded, whole))
+        }
+        Err(_) => None,
+    }
+}
+
 /// A whole answer's `body` decoded from `coding` (up to the
 /// [`crate::content_coding::MAX_DECODED_BODY`] its record reads) and without echoed keys, on a
 /// blocking thread: a few hundred KB of gzip may take a second to inflate, and the lane's
-/// thread serves every other connection on it meanwhile. `None` when it does not decode
-/// within that.
+/// thread serves every other connection on it meanwhile. One whose data is corrupt or cut
+/// short after one whole JSON document is that document ([`readable_part`]); `None` when it
+/// does not decode within the limit, or is corrupt before that, and holds no key (one that
+/// does is what decoded, without the key: the key must not pass).
 async fn decoded_aside(coding: String, body: Bytes, redactor: &Redactor) -> Option<Bytes> {
     let redactor = redactor.clone();
     let decode = move || {
         let limit = crate::content_coding::MAX_DECODED_BODY;
-        let decoded = Bytes::from(crate::content_coding::decode(&coding, &body, limit).ok()?);
-        Some(echoed_keys_removed(&redactor, &decoded).unwrap_or(decoded))
+        let decoded = crate::content_coding::decode_partly(&coding, &body, limit);
+        let (decoded, whole) = readable_part(decoded)?;
+        let clean = echoed_keys_removed(&redactor, &decoded);
+        match clean {
+            Some(clean) => Some(clean),
+            None => whole.then(|| Bytes::from(decoded)),
+        }
     };
     tokio::task::spawn_blocking(decode).await.ok().flatten()
 }

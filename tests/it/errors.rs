@@ -1231,6 +1231,105 @@ async fn a_compressed_streams_error_event_echoing_the_providers_key_reaches_the_
     router.stop().await;
 }
 
+/// A whole answer whose compressed data breaks off only after one whole JSON document (a
+/// gzip answer without its 8-byte trailer, or part of it; deflate without its checksum):
+/// curl and the openai SDKs read it without complaint, and so does its record (usage, text),
+/// which was the upstream's error with the usage lost. A client that takes the coding gets
+/// it as it came; one that does not, the document. A 200 `{"error": ...}` cut so, or cut
+/// short anywhere after the key it echoes, is searched in what decoded: the key does not
+/// pass, where it passed unsearched in the compressed bytes.
+#[tokio::test]
+async fn a_compressed_answer_cut_after_its_json_is_read_as_clients_read_it() {
+    let answer = crate::support::upstream::chat_completion("m");
+    let cut = |mut compressed: Vec<u8>, by: usize| {
+        compressed.truncate(compressed.len() - by);
+        compressed
+    };
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let send = |raw: Vec<u8>, coding: &str, accepts: Option<&str>| {
+        upstream.set(Behavior {
+            raw_body: Some(raw),
+            headers: vec![("content-encoding".into(), coding.into())],
+            ..Default::default()
+        });
+        let mut request = client().post(router.url("/v1/chat/completions"));
+        if let Some(accepts) = accepts {
+            request = request.header("accept-encoding", accepts);
+        }
+        request.json(&json!({"model": "[mock]m"})).send()
+    };
+    let cases = [
+        ("gzip", cut(gzip(answer.as_bytes()), 8)),
+        ("gzip", cut(gzip(answer.as_bytes()), 4)),
+        ("deflate", cut(zlib(answer.as_bytes()), 4)),
+    ];
+    let mut n = 0;
+    for (coding, raw) in cases {
+        for accepts in [Some(coding), None] {
+            let response = send(raw.clone(), coding, accepts).await.expect("send");
+            assert_eq!(response.status(), 200);
+            let case = format!("{coding} cut, {} bytes, to {accepts:?}", raw.len());
+            let encoding = response.headers().get("content-encoding").cloned();
+            let got = response.bytes().await.expect("body");
+            if accepts.is_some() {
+                assert_eq!(encoding.expect("as it came"), coding, "{case}");
+                assert_eq!(got, raw, "{case}");
+            } else {
+                assert!(encoding.is_none(), "{case}");
+                assert_eq!(got, answer.as_bytes(), "{case}");
+            }
+            n += 1;
+            let record = router.records.nth(n).await;
+            assert_eq!(
+                record.outcome,
+                Outcome::Success,
+                "{case}: {:?}",
+                record.error
+            );
+            let usage = record.response.usage.clone().expect("usage read");
+            assert_eq!(usage.total, crate::support::upstream::PROMPT_TOKENS + 2);
+            assert_eq!(record.response_body.as_deref(), Some(answer.as_bytes()));
+        }
+    }
+    // The key echoed in a 200 error whose gzip is cut: in its trailer, or past the key.
+    let echoed = r#"{"error":{"message":"provider rejected key Bearer sk-mock-upstream-key"}}"#;
+    // Digits that do not shrink much: half of the gzip is well past the key.
+    let mut seed: u64 = 7;
+    let noise: String = (0..4000)
+        .map(|_| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            char::from(b'0' + (seed >> 59) as u8 % 10)
+        })
+        .collect();
+    let padded = format!(
+        r#"{{"error":{{"message":"provider rejected key Bearer sk-mock-upstream-key","detail":"{noise}"}}}}"#
+    );
+    let half = gzip(padded.as_bytes());
+    let half = cut(half.clone(), half.len() / 2);
+    for (raw, whole) in [(cut(gzip(echoed.as_bytes()), 8), true), (half, false)] {
+        for accepts in [Some("gzip"), None] {
+            let response = send(raw.clone(), "gzip", accepts).await.expect("send");
+            assert_eq!(response.status(), 200);
+            let case = format!("whole {whole}, {} bytes, to {accepts:?}", raw.len());
+            let encoding = response.headers().get("content-encoding").cloned();
+            assert!(encoding.is_none(), "{case}: {encoding:?}");
+            let text = response.text().await.expect("body");
+            assert!(!text.contains("sk-mock-upstream-key"), "{text}");
+            assert!(
+                text.starts_with(
+                    r#"{"error":{"message":"provider rejected key Bearer [redacted]""#
+                ),
+                "{text}"
+            );
+            if whole {
+                assert_eq!(text, echoed.replace("sk-mock-upstream-key", "[redacted]"));
+            }
+        }
+    }
+    router.stop().await;
+}
+
 /// A 200 whole answer in gzip, deflate, br or zstd whose compressed data is corrupt, or cut
 /// short: the client gets it as it came (status, coding, bytes), and the record is the
 /// upstream's error saying the coding could not be undone, as for such a stream, not a
