@@ -163,7 +163,7 @@ pub fn decode_partly(content_encoding: &str, body: &[u8], limit: usize) -> Resul
         if coding.is_empty() || coding == "identity" {
             continue;
         }
-        let Some(decoder) = StreamDecoder::new(&coding) else {
+        let Some(decoder) = Layer::new(&coding) else {
             let error = DecodeError::Unsupported(coding);
             return Err(Broken {
                 error,
@@ -195,7 +195,7 @@ pub fn decode_partly(content_encoding: &str, body: &[u8], limit: usize) -> Resul
 
 /// Everything `input` decodes to with `decoder`, failing past `limit` bytes (a small body may
 /// decode to gigabytes); on failure, with what decoded before it.
-fn decode_whole(mut decoder: StreamDecoder, input: Bytes, limit: usize) -> Result<Vec<u8>, Broken> {
+fn decode_whole(mut decoder: Layer, input: Bytes, limit: usize) -> Result<Vec<u8>, Broken> {
     let mut out = Vec::new();
     decoder.push(input);
     let decoded = loop {
@@ -344,16 +344,96 @@ fn is_zlib_header(cmf: u8, flg: u8) -> bool {
         && (u16::from(cmf) << 8 | u16::from(flg)) % 31 == 0
 }
 
-/// Undoes one `Content-Encoding` (gzip, deflate, br or zstd) of a body that arrives in
-/// chunks, handing out what each chunk decodes to before the next one is there: an event
-/// stream's events go on as they arrive, not when the upstream finishes. Memory stays bounded
-/// whatever the compression ratio: output is handed out in pieces of about [`STREAM_PIECE`]
-/// (a br or zstd decoder also holds its window: up to 16 or 8 MiB).
+/// Undoes the `Content-Encoding` (gzip, deflate, br or zstd, or several of them stacked:
+/// `gzip, br`) of a body that arrives in chunks, handing out what each chunk decodes to
+/// before the next one is there: an event stream's events go on as they arrive, not when the
+/// upstream finishes. Memory stays bounded whatever the compression ratio: output is handed
+/// out in pieces of about [`STREAM_PIECE`] (a br or zstd decoder also holds its window: up to
+/// 16 or 8 MiB), and stacked codings pass each piece on through the next decoder before the
+/// next piece is taken.
 ///
 /// Use: [`Self::push`] a chunk, then [`Self::next_piece`] until it gives `None` (the chunk is
 /// then consumed, and everything it decoded to handed out), then the next chunk; at the end
-/// of the body, [`Self::finish`].
+/// of the body, [`Self::finish`] until it gives `None`.
 pub struct StreamDecoder {
+    /// One decoder per coding, the one applied last (listed last) first: it gets the body.
+    layers: Vec<Layer>,
+    /// Layers whose input ended and which were finished, from the first.
+    finished: usize,
+    /// The body ended ([`Self::finish`]).
+    ending: bool,
+}
+
+impl StreamDecoder {
+    /// A decoder for a body in `content_encoding` (as [`content_encoding`] gives it); `None`
+    /// when a coding listed is not one the router decodes (`compress`), none is, or libzstd
+    /// could not allocate a decoder.
+    pub fn new(content_encoding: &str) -> Option<Self> {
+        let layers = content_encoding
+            .rsplit(',')
+            .map(str::trim)
+            .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
+            .map(|coding| Layer::new(&coding.to_ascii_lowercase()))
+            .collect::<Option<Vec<Layer>>>()?;
+        (!layers.is_empty()).then_some(Self {
+            layers,
+            finished: 0,
+            ending: false,
+        })
+    }
+
+    /// The next chunk of the body. The one before must be consumed ([`Self::next_piece`]
+    /// gave `None`).
+    pub fn push(&mut self, chunk: Bytes) {
+        if let Some(first) = self.layers.first_mut() {
+            first.push(chunk);
+        }
+    }
+
+    /// Decoded bytes of the chunks pushed so far, at most about [`STREAM_PIECE`] at a time;
+    /// `None` once all of them are handed out. An error means the body is corrupt; the
+    /// decoder is not to be used after one.
+    pub fn next_piece(&mut self) -> Result<Option<Bytes>, DecodeError> {
+        self.pull(self.layers.len().saturating_sub(1))
+    }
+
+    /// The body ended: hands out what was left, a piece at a time (`None` once all of it is
+    /// out), checking that the compressed data of each coding ended too.
+    pub fn finish(&mut self) -> Result<Option<Bytes>, DecodeError> {
+        self.ending = true;
+        self.next_piece()
+    }
+
+    /// The next piece out of layer `at`, fed from the layers before it as it needs input.
+    fn pull(&mut self, at: usize) -> Result<Option<Bytes>, DecodeError> {
+        loop {
+            let Some(layer) = self.layers.get_mut(at) else {
+                return Ok(None);
+            };
+            if let Some(piece) = layer.next_piece()? {
+                return Ok(Some(piece));
+            }
+            let more = match at.checked_sub(1) {
+                Some(before) => self.pull(before)?,
+                None => None,
+            };
+            match more {
+                Some(piece) => self.layers[at].push(piece),
+                // Nothing more for now, or (the body ended, and the layers before it are
+                // finished) ever: this layer is finished in turn.
+                None if self.ending && self.finished == at => {
+                    self.finished += 1;
+                    return self.layers[at].finish();
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Undoes one `Content-Encoding` of a body that arrives in chunks (see [`StreamDecoder`],
+/// which has the same use).
+struct Layer {
     codec: Codec,
     /// What is left of the chunk pushed last.
     input: Bytes,
@@ -378,12 +458,11 @@ pub struct StreamDecoder {
     failed: Option<DecodeError>,
 }
 
-impl StreamDecoder {
-    /// A decoder for a body in `content_encoding` (as [`content_encoding`] gives it); `None`
-    /// when that is not one coding the router decodes (`compress`, or a list of codings),
-    /// or libzstd could not allocate a decoder.
-    pub fn new(content_encoding: &str) -> Option<Self> {
-        let (codec, coding) = match content_encoding {
+impl Layer {
+    /// A decoder for a body in `coding` (one, in lower case); `None` when the router does not
+    /// decode it (`compress`), or libzstd could not allocate a decoder.
+    fn new(coding: &str) -> Option<Self> {
+        let (codec, coding) = match coding {
             "gzip" | "x-gzip" => (
                 Codec::GzipNext {
                     after_member: false,
@@ -411,7 +490,7 @@ impl StreamDecoder {
 
     /// The next chunk of the body. The one before must be consumed ([`Self::next_piece`]
     /// gave `None`).
-    pub fn push(&mut self, chunk: Bytes) {
+    fn push(&mut self, chunk: Bytes) {
         debug_assert!(self.input.is_empty(), "the chunk before was not consumed");
         if self.ended || chunk.is_empty() {
             return;
@@ -423,7 +502,7 @@ impl StreamDecoder {
     /// Decoded bytes of the chunks pushed so far, at most about [`STREAM_PIECE`] at a time;
     /// `None` once all of them are handed out. An error means the body is corrupt; the
     /// decoder is not to be used after one.
-    pub fn next_piece(&mut self) -> Result<Option<Bytes>, DecodeError> {
+    fn next_piece(&mut self) -> Result<Option<Bytes>, DecodeError> {
         if let Some(error) = self.failed.take() {
             return Err(error);
         }
@@ -654,7 +733,7 @@ impl StreamDecoder {
     }
 
     /// The body ended: checks that its compressed data did too, and hands out what was left.
-    pub fn finish(&mut self) -> Result<Option<Bytes>, DecodeError> {
+    fn finish(&mut self) -> Result<Option<Bytes>, DecodeError> {
         if self.ended || !self.seen_input {
             return Ok(self.take());
         }
@@ -954,7 +1033,7 @@ mod tests {
                 out.extend_from_slice(&piece);
             }
         }
-        if let Some(tail) = decoder.finish()? {
+        while let Some(tail) = decoder.finish()? {
             out.extend_from_slice(&tail);
         }
         Ok(out)
@@ -1110,10 +1189,50 @@ mod tests {
     }
 
     #[test]
-    fn unknown_codings_and_lists_are_not_decoded() {
-        for coding in ["deflate, gzip", "zstd, br", "compress", "x-foo"] {
+    fn unknown_codings_are_not_decoded() {
+        for coding in ["compress", "x-foo", "gzip, compress", "", "identity"] {
             assert!(StreamDecoder::new(coding).is_none(), "{coding}");
         }
+    }
+
+    /// Stacked codings (`gzip, br`: gzip applied first) are undone in turn, whatever the
+    /// chunk boundaries, and a bomb inside them still comes out in bounded pieces, the end of
+    /// the body included.
+    #[test]
+    fn stacked_codings_decode_as_a_stream() {
+        for (coding, body) in [
+            ("gzip, br", brotli(&gzip(EVENTS))),
+            ("deflate, zstd", zstd(&zlib(EVENTS))),
+            ("br, gzip", gzip(&brotli(EVENTS))),
+            ("gzip, identity, gzip", gzip(&gzip(EVENTS))),
+        ] {
+            for at in 0..=body.len() {
+                let (a, b) = body.split_at(at);
+                assert_eq!(decode_chunks(coding, &[a, b]).expect(coding), EVENTS);
+            }
+            let bytes: Vec<&[u8]> = body.chunks(1).collect();
+            assert_eq!(decode_chunks(coding, &bytes).expect(coding), EVENTS);
+            let cut = &body[..body.len() - 2];
+            assert!(decode_chunks(coding, &[cut]).is_err(), "{coding} cut");
+        }
+        let size = 8 << 20;
+        let bomb = gzip(&gzip(&vec![b'0'; size]));
+        assert!(bomb.len() < 64 * 1024);
+        let mut decoder = StreamDecoder::new("gzip, gzip").expect("stacked");
+        decoder.push(Bytes::from(bomb));
+        let mut total = 0;
+        loop {
+            let piece = match decoder.next_piece().expect("valid") {
+                Some(piece) => piece,
+                None => match decoder.finish().expect("complete") {
+                    Some(piece) => piece,
+                    None => break,
+                },
+            };
+            assert!(piece.len() <= 2 * STREAM_PIECE, "{}", piece.len());
+            total += piece.len();
+        }
+        assert_eq!(total, size);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Decoded {
     decoder: StreamDecoder,
     /// The body ended, or the data was found corrupt: nothing more comes.
     ended: bool,
+    /// The upstream's body ended: what the decoder still holds is handed out.
+    finishing: bool,
 }
 
 impl Decoded {
@@ -34,6 +36,7 @@ impl Decoded {
             upstream,
             decoder,
             ended: false,
+            finishing: false,
         }
     }
 
@@ -58,6 +61,14 @@ impl Stream for Decoded {
             if this.ended {
                 return Poll::Ready(None);
             }
+            if this.finishing {
+                // Piece by piece, as before the end: in stacked codings the last chunk of
+                // the outer one may decode to any size in the inner ones.
+                return match this.decoder.finish() {
+                    Ok(Some(piece)) => Poll::Ready(Some(Ok(piece))),
+                    tail => this.end_with(tail),
+                };
+            }
             // What the last chunk decoded to goes on before the next chunk is awaited.
             match this.decoder.next_piece() {
                 Ok(Some(piece)) => return Poll::Ready(Some(Ok(piece))),
@@ -70,10 +81,7 @@ impl Stream for Decoded {
                     this.ended = true;
                     return Poll::Ready(Some(Err(error)));
                 }
-                None => {
-                    let tail = this.decoder.finish();
-                    return this.end_with(tail);
-                }
+                None => this.finishing = true,
             }
         }
     }

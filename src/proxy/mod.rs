@@ -910,11 +910,12 @@ async fn forward_read<V: ReadBody>(
 pub(crate) enum StreamCoding {
     /// None: the bytes are the events.
     Plain,
-    /// gzip, deflate, br or zstd: decoded as it arrives ([`decoded`]) and relayed decoded,
-    /// without the coding, so events can be split, read and dropped as in a plain stream.
+    /// gzip, deflate, br or zstd (or several stacked: `gzip, br`): decoded as it arrives
+    /// ([`decoded`]) and relayed decoded, without the coding, so events can be split, read
+    /// and dropped as in a plain stream.
     Decoded(Box<crate::content_coding::StreamDecoder>),
-    /// A coding the router cannot decode (`compress`, a list of codings): the stream cannot be
-    /// split into events (nor a comment put into it), so it passes through unread with its
+    /// A coding the router cannot decode (`compress`, alone or among others): the stream
+    /// cannot be split into events (nor a comment put into it), so it passes through unread with its
     /// `Content-Encoding`, as a stream that is not SSE does. Its record is honest about it:
     /// no usage, no text (and a usage chunk the router asked for reaches the client).
     Opaque,

@@ -1191,10 +1191,10 @@ async fn a_compressed_200_error_echoing_the_providers_key_reaches_the_client_dec
     router.stop().await;
 }
 
-/// An error event echoing the key in a compressed stream (gzip, deflate, br, zstd): the
-/// stream is decoded as it arrives, so the event reaches the client redacted (br and zstd
-/// streams passed through unread, the key with them), and the record is the upstream's
-/// error.
+/// An error event echoing the key in a compressed stream (gzip, deflate, br, zstd, or
+/// stacked codings: `gzip, br`): the stream is decoded as it arrives, so the event reaches
+/// the client redacted (br and zstd streams, then stacked ones, passed through unread, the
+/// key with them), and the record is the upstream's error.
 #[tokio::test]
 async fn a_compressed_streams_error_event_echoing_the_providers_key_reaches_the_client_redacted() {
     let echoed = r#"{"error":{"message":"provider rejected key Bearer sk-mock-upstream-key"}}"#;
@@ -1203,9 +1203,21 @@ async fn a_compressed_streams_error_event_echoing_the_providers_key_reaches_the_
     let events = [before.as_bytes().to_vec(), error_event.clone().into_bytes()];
     let upstream = MockUpstream::start(Behavior::default()).await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    for (n, coding) in ["gzip", "deflate", "br", "zstd"].into_iter().enumerate() {
+    let stacked = |inner: &str, outer: &str| {
+        let chunks = compress_flushed(inner, &events);
+        compress_flushed(outer, &chunks)
+    };
+    let cases = [
+        ("gzip", compress_flushed("gzip", &events)),
+        ("deflate", compress_flushed("deflate", &events)),
+        ("br", compress_flushed("br", &events)),
+        ("zstd", compress_flushed("zstd", &events)),
+        ("gzip, br", stacked("gzip", "br")),
+        ("deflate, zstd", stacked("deflate", "zstd")),
+    ];
+    for (n, (coding, chunks)) in cases.into_iter().enumerate() {
         upstream.set(Behavior {
-            raw_chunks: Some(compress_flushed(coding, &events)),
+            raw_chunks: Some(chunks),
             headers: vec![("content-encoding".into(), coding.into())],
             ..Default::default()
         });

@@ -1517,7 +1517,7 @@ async fn a_whole_200_answer_that_is_an_error_is_recorded_as_the_upstreams_error(
 }
 
 /// A stream the upstream compresses anyway (the router asks for `identity`, gzip, deflate, br
-/// or zstd comes): decoded as it arrives and relayed decoded, without `Content-Encoding`, so the
+/// or zstd comes, or several stacked: `gzip, br`, which passed through unread): decoded as it arrives and relayed decoded, without `Content-Encoding`, so the
 /// client gets plain events, the usage chunk the router asked for is still dropped (and one
 /// the client asked for still passes), and the record has the upstream's token counts.
 #[tokio::test]
@@ -1525,7 +1525,7 @@ async fn a_compressed_stream_is_relayed_decoded_and_recorded_with_its_usage() {
     let upstream = MockUpstream::start(Behavior::default()).await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let mut n = 0;
-    for coding in ["gzip", "deflate", "br", "zstd"] {
+    for coding in ["gzip", "deflate", "br", "zstd", "gzip, br", "deflate, zstd"] {
         for client_asked in [false, true] {
             upstream.set(Behavior {
                 chunks: 4,

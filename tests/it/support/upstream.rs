@@ -78,10 +78,10 @@ pub struct Behavior {
     pub stream_unasked: bool,
     /// Content type of a streamed answer (default `text/event-stream`; empty: none at all).
     pub stream_content_type: Option<String>,
-    /// Stream: compress it (`"gzip"` or `"deflate"`, the zlib format) as an upstream that
-    /// ignores `Accept-Encoding: identity` does, flushing the compressor after each chunk
-    /// (so each chunk's events can be decoded when it arrives), and say so in
-    /// `Content-Encoding`.
+    /// Stream: compress it (`"gzip"`, `"deflate"` (the zlib format), `"br"`, `"zstd"`, or
+    /// several in turn: `"gzip, br"`) as an upstream that ignores `Accept-Encoding:
+    /// identity` does, flushing the compressor after each chunk (so each chunk's events can
+    /// be decoded when it arrives), and say so in `Content-Encoding`.
     pub stream_coding: Option<&'static str>,
     /// Stream: chunk `.0` (0-based) waits for a permit of this semaphore (a closed gate the
     /// test opens with `add_permits(1)`), so a test can see what arrived before it.
@@ -439,8 +439,11 @@ fn sse_stream(
         }
         chunks.push(DONE.as_bytes().to_vec());
     }
-    if let Some(coding) = b.stream_coding {
-        chunks = compress_flushed(coding, &chunks);
+    if let Some(codings) = b.stream_coding {
+        // Stacked (`gzip, br`): in the order listed, each chunk still one of its own.
+        for coding in codings.split(',').map(str::trim) {
+            chunks = compress_flushed(coding, &chunks);
+        }
     }
     let total = chunks.len();
     let watch = DropWatch {
