@@ -113,7 +113,8 @@ fn canonical_coding(name: &[u8]) -> Vec<u8> {
 }
 
 /// Most bytes a compressed answer is decoded to for the router's own reading: its record,
-/// a late JSON answer to a stream (error bodies and the key search of a 2xx stop at 4 MiB).
+/// the key search of a whole 2xx and its copy for a client that does not take its coding, a
+/// late JSON answer to a stream (error bodies stop at 4 MiB).
 /// A few hundred KB of gzip may hold gigabytes; decoded whole up to the 256 MiB an answer
 /// may have, one such answer took the router from 15 MB to 815 MB.
 pub const MAX_DECODED_BODY: usize = 64 * 1024 * 1024;

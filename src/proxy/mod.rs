@@ -1481,10 +1481,9 @@ fn echoed_keys_removed(redactor: &Redactor, bytes: &[u8]) -> Option<Bytes> {
 /// [`crate::content_coding::accepted`]); in one it does not take (zstd to the openai SDKs,
 /// which take gzip, deflate and br; any to a client that lists none), the client could not
 /// read it, so it goes decoded ([`decoded_aside`]), as an error body does. With keys
-/// configured one sent as it came is first searched decoded (gzip, deflate, br, zstd, up to
-/// [`MAX_DECODED_ERROR`]): when it reports an error that echoes a key, the client gets it
-/// decoded and without the key, since the compressed bytes would carry the key past
-/// [`without_echoed_keys`].
+/// configured one is searched decoded, up to the 64 MiB its record reads: when it reports an
+/// error that echoes a key, the client gets it decoded and without the key, since the
+/// compressed bytes would carry the key past [`without_echoed_keys`].
 async fn success_body(
     body: Bytes,
     fields: &Fields,
@@ -1494,27 +1493,56 @@ async fn success_body(
     let Some(coding) = crate::content_coding::content_encoding(fields) else {
         return (without_echoed_keys(redactor, body), false);
     };
-    if !crate::content_coding::accepted(client, &coding) {
-        return match decoded_aside(coding, body.clone(), redactor).await {
-            Some(decoded) => (decoded, true),
-            // Too large once decoded, corrupt, or a coding the router does not decode: as it
-            // came (the record says what it was).
-            None => (body, false),
-        };
-    }
-    if redactor.is_empty() {
+    let taken = crate::content_coding::accepted(client, &coding);
+    if taken && redactor.is_empty() {
         return (body, false);
     }
-    let clean = readable_part(crate::content_coding::decode_partly(
-        &coding,
-        &body,
-        MAX_DECODED_ERROR,
-    ))
-    .and_then(|(decoded, _)| echoed_keys_removed(redactor, &decoded));
-    match clean {
-        Some(clean) => (clean, true),
-        None => (body, false),
+    match decoded_aside(coding, body.clone(), redactor).await {
+        // The key must not pass, whatever the client takes.
+        Some(aside) if aside.redacted => (aside.body, true),
+        Some(aside) if !taken && aside.whole => (aside.body, true),
+        // Taken as it came; or too large once decoded, corrupt, or in a coding the router
+        // does not decode: as it came (the record says what it was).
+        _ => (body, false),
     }
+}
+
+/// What [`decoded_aside`] made of a compressed answer.
+struct Aside {
+    /// What it decoded to, without echoed keys.
+    body: Bytes,
+    /// A key was taken out of it.
+    redacted: bool,
+    /// It stands for the whole answer (see [`readable_part`]).
+    whole: bool,
+}
+
+/// A whole answer's `body` decoded from `coding` (up to the
+/// [`crate::content_coding::MAX_DECODED_BODY`] its record reads) and searched for echoed
+/// keys, on a blocking thread: a few hundred KB of gzip may take a second to inflate, and the
+/// lane's thread serves every other connection on it meanwhile. One whose data is corrupt or
+/// cut short is what decoded before that ([`readable_part`]). `None` when it does not decode
+/// within the limit, or is in a coding the router does not decode.
+async fn decoded_aside(coding: String, body: Bytes, redactor: &Redactor) -> Option<Aside> {
+    let redactor = redactor.clone();
+    let decode = move || {
+        let limit = crate::content_coding::MAX_DECODED_BODY;
+        let decoded = crate::content_coding::decode_partly(&coding, &body, limit);
+        let (decoded, whole) = readable_part(decoded)?;
+        Some(match echoed_keys_removed(&redactor, &decoded) {
+            Some(clean) => Aside {
+                body: clean,
+                redacted: true,
+                whole,
+            },
+            None => Aside {
+                body: Bytes::from(decoded),
+                redacted: false,
+                whole,
+            },
+        })
+    };
+    tokio::task::spawn_blocking(decode).await.ok().flatten()
 }
 
 /// What of a compressed answer the router reads (and searches for keys): all of it, or,
@@ -1534,28 +1562,6 @@ fn readable_part(
         }
         Err(_) => None,
     }
-}
-
-/// A whole answer's `body` decoded from `coding` (up to the
-/// [`crate::content_coding::MAX_DECODED_BODY`] its record reads) and without echoed keys, on a
-/// blocking thread: a few hundred KB of gzip may take a second to inflate, and the lane's
-/// thread serves every other connection on it meanwhile. One whose data is corrupt or cut
-/// short after one whole JSON document is that document ([`readable_part`]); `None` when it
-/// does not decode within the limit, or is corrupt before that, and holds no key (one that
-/// does is what decoded, without the key: the key must not pass).
-async fn decoded_aside(coding: String, body: Bytes, redactor: &Redactor) -> Option<Bytes> {
-    let redactor = redactor.clone();
-    let decode = move || {
-        let limit = crate::content_coding::MAX_DECODED_BODY;
-        let decoded = crate::content_coding::decode_partly(&coding, &body, limit);
-        let (decoded, whole) = readable_part(decoded)?;
-        let clean = echoed_keys_removed(&redactor, &decoded);
-        match clean {
-            Some(clean) => Some(clean),
-            None => whole.then(|| Bytes::from(decoded)),
-        }
-    };
-    tokio::task::spawn_blocking(decode).await.ok().flatten()
 }
 
 /// Relays a whole (non-stream) answer, wrapping an upstream error body into OpenAI's shape

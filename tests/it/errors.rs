@@ -1191,6 +1191,39 @@ async fn a_compressed_200_error_echoing_the_providers_key_reaches_the_client_dec
     router.stop().await;
 }
 
+/// A compressed 200 `{"error": ...}` echoing the key that decodes to more than 4 MiB (a long
+/// error, padded): it is searched as far as its record reads (64 MiB), so the key does not
+/// pass, even to a client that takes the coding; it went as it came, searched up to 4 MiB
+/// only, while a 4xx so large was replaced by a message.
+#[tokio::test]
+async fn a_large_compressed_200_error_echoing_the_key_is_searched_whole() {
+    let echoed = format!(
+        r#"{{"error":{{"message":"provider rejected key Bearer sk-mock-upstream-key","detail":"{}"}}}}"#,
+        " ".repeat(5 << 20)
+    );
+    let upstream = MockUpstream::start(Behavior {
+        raw_body: Some(gzip(echoed.as_bytes())),
+        headers: vec![("content-encoding".into(), "gzip".into())],
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .header("accept-encoding", "gzip")
+        .json(&json!({"model": "[mock]m"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("content-encoding").is_none());
+    let text = response.text().await.expect("body");
+    assert_eq!(text, echoed.replace("sk-mock-upstream-key", "[redacted]"));
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::UpstreamError);
+    router.stop().await;
+}
+
 /// An error event echoing the key in a compressed stream (gzip, deflate, br, zstd, or
 /// stacked codings: `gzip, br`): the stream is decoded as it arrives, so the event reaches
 /// the client redacted (br and zstd streams, then stacked ones, passed through unread, the
