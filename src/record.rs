@@ -675,7 +675,7 @@ fn deliver(
             record.response.usage = None;
         }
     } else if let Some(id) = background_generation_counted_at_once(&record) {
-        background.remember(id);
+        background.remember(&id);
     }
     let record = Arc::new(*record);
     for sink in sinks {
@@ -691,11 +691,15 @@ fn deliver(
 /// whose own request carried its usage (streamed to its `response.completed`, or answered
 /// already completed) was counted there, and is remembered then: no read-back counts it.
 /// Held in memory, up to [`Self::MAX`] ids: a generation read back again after a restart, or
-/// after that many others, counts again.
+/// after that many others, counts again. Each id is kept as a 64-bit fingerprint (keyed
+/// SipHash, its key drawn at start), not as its text: the upstream picks the ids, and a
+/// megabyte-long one would otherwise be held (twice) until 16,384 others pushed it out. Two
+/// ids sharing a fingerprint among 16,384 is a chance of about 1 in 10^11.
 #[derive(Default)]
 struct BackgroundResults {
-    counted: std::collections::HashSet<String>,
-    order: std::collections::VecDeque<String>,
+    counted: std::collections::HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+    fingerprints: std::hash::RandomState,
 }
 
 impl BackgroundResults {
@@ -707,25 +711,23 @@ impl BackgroundResults {
         let Some(id) = finished_background_generation(record) else {
             return false;
         };
-        if self.counted.contains(&id) {
-            return false;
-        }
-        self.remember(id);
-        true
+        self.remember(&id)
     }
 
     /// Remembers that generation `id`'s usage was counted (forgetting the oldest past
-    /// [`Self::MAX`]).
-    fn remember(&mut self, id: String) {
-        if !self.counted.insert(id.clone()) {
-            return;
+    /// [`Self::MAX`]); false when it was remembered already.
+    fn remember(&mut self, id: &str) -> bool {
+        let fingerprint = std::hash::BuildHasher::hash_one(&self.fingerprints, id);
+        if !self.counted.insert(fingerprint) {
+            return false;
         }
         if self.order.len() == Self::MAX {
             if let Some(oldest) = self.order.pop_front() {
                 self.counted.remove(&oldest);
             }
         }
-        self.order.push_back(id);
+        self.order.push_back(fingerprint);
+        true
     }
 }
 

@@ -7,7 +7,7 @@
 //! sent it, and that target is not asked again for the process's life ([`Refusals`]). Only that
 //! answer pays for any of this: the normal stream path checks one atomic flag.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 
 use super::early::Sending;
+use super::failure_log::{FAILURE_LOG_WINDOW, FailureLog};
 use super::headers::UpstreamFields;
 use super::{
     Named, ReadBody, decode_error_body, read_upstream_body, send_error, shutting_down,
@@ -26,14 +27,56 @@ use crate::http1::fields::Fields;
 use crate::routing::Target;
 use crate::state::AppState;
 use crate::upstream::{Prepared, UpstreamResponse, Within};
+use tokio::time::Instant;
 
 /// The targets that refused `stream_options` since the router started: configured aliases,
-/// and the origins of URL targets.
-#[derive(Default)]
+/// and the origins of URL targets. Aliases are few (the config's); URL origins are the
+/// clients' to pick (with accounts off, a wildcard DNS name gives any number), so at most
+/// [`MAX_URL_ORIGINS`] of them are remembered (the oldest forgotten first: it pays one
+/// refused attempt again) and their warnings share the failure lines' window.
 pub struct Refusals {
     /// Set once any target is in `targets`: until then a stream looks no further.
     any: AtomicBool,
-    targets: Mutex<HashSet<String>>,
+    targets: Mutex<Remembered>,
+    url_warnings: FailureLog,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Self {
+            any: AtomicBool::new(false),
+            targets: Mutex::default(),
+            url_warnings: FailureLog::new(FAILURE_LOG_WINDOW),
+        }
+    }
+}
+
+/// Most URL origins remembered as refusing `stream_options`.
+pub const MAX_URL_ORIGINS: usize = 1024;
+
+#[derive(Default)]
+struct Remembered {
+    targets: HashSet<String>,
+    /// The URL origins among `targets`, oldest first.
+    urls: VecDeque<String>,
+}
+
+impl Remembered {
+    /// Adds `target`; false when it was there already.
+    fn insert(&mut self, target: &Refusal) -> bool {
+        if !self.targets.insert(target.key.clone()) {
+            return false;
+        }
+        if target.alias.is_none() {
+            self.urls.push_back(target.key.clone());
+            if self.urls.len() > MAX_URL_ORIGINS {
+                if let Some(oldest) = self.urls.pop_front() {
+                    self.targets.remove(&oldest);
+                }
+            }
+        }
+        true
+    }
 }
 
 impl Refusals {
@@ -44,21 +87,32 @@ impl Refusals {
             return false;
         }
         let key = key_of(target);
-        let targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
-        targets.contains(&key)
+        let remembered = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        remembered.targets.contains(&key)
     }
 
     /// Remembers that `target` refused `stream_options`; logs one warning per target, the
-    /// first time.
+    /// first time (for URL origins, at most one per window, saying how many it left out).
     pub fn remember(&self, target: &Refusal) {
         let first = {
-            let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
-            targets.insert(target.key.clone())
+            let mut remembered = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+            remembered.insert(target)
         };
         self.any.store(true, Ordering::Relaxed);
         if !first {
             return;
         }
+        let left_out = match target.alias {
+            Some(_) => 0,
+            None => match self.url_warnings.admit("stream_options", Instant::now()) {
+                Some(left_out) => left_out,
+                None => return,
+            },
+        };
+        let others = match left_out {
+            0 => String::new(),
+            n => format!(" ({n} more URL targets refused it since the last such line)"),
+        };
         let key = &target.key;
         let advice = match &target.alias {
             Some(alias) => format!(
@@ -72,7 +126,7 @@ impl Refusals {
             "the upstream {key} refused stream_options (HTTP 400): its streams were sent again \
              without it, and until the router restarts it is not asked for \
              stream_options.include_usage (its streams' usage is what it reports unasked); \
-             {advice}"
+             {advice}{others}"
         );
     }
 }
@@ -261,6 +315,28 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::routing::resolve_unnamed;
+
+    /// At most [`MAX_URL_ORIGINS`] URL origins are remembered, the oldest forgotten first;
+    /// aliases (the config's few) are never forgotten.
+    #[test]
+    fn url_origins_remembered_are_bounded() {
+        let config =
+            Config::parse("servers:\n  a:\n    url: http://a/v1\n", &|_| None).expect("config");
+        let lookup = crate::routing::Lookup::none();
+        let alias = crate::routing::resolve(None, "[a]m", &config, &lookup).expect("an alias");
+        let target = |n: usize| {
+            resolve_unnamed(Some(&format!("http://h{n}/v1")), &config).expect("a URL target")
+        };
+        let refusals = Refusals::default();
+        refusals.remember(&Refusal::of(&alias));
+        for n in 0..=MAX_URL_ORIGINS {
+            refusals.remember(&Refusal::of(&target(n)));
+        }
+        assert!(!refusals.refused(&target(0)), "the oldest is forgotten");
+        assert!(refusals.refused(&target(1)));
+        assert!(refusals.refused(&target(MAX_URL_ORIGINS)));
+        assert!(refusals.refused(&alias));
+    }
 
     /// A URL target is remembered by its origin as the router parsed it for routing: another
     /// spelling of the same origin (case, default port, path) is the same target.

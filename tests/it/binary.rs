@@ -1755,3 +1755,121 @@ async fn a_target_refusing_stream_options_is_warned_about_once() {
     assert!(stderr.contains("upstream mock refused"), "{stderr}");
     assert!(stderr.contains("stream_usage: false"), "{stderr}");
 }
+
+/// URL targets are the clients' to pick (any number, with accounts off): those refusing
+/// `stream_options` are warned about at most once per window, as the router's failures are,
+/// not once each. Four refusing origins, one line; the configured alias still gets its own.
+#[tokio::test]
+async fn url_targets_refusing_stream_options_share_one_warning_per_window() {
+    let refusing = || {
+        Behavior {
+        refuse_stream_options: Some(
+            r#"{"detail":[{"loc":["body","stream_options"],"msg":"Extra inputs are not permitted"}]}"#
+                .to_owned(),
+        ),
+        ..Default::default()
+    }
+    };
+    let mut upstreams = Vec::new();
+    for _ in 0..5 {
+        upstreams.push(MockUpstream::start(refusing()).await);
+    }
+    let mut router = RouterProcess::start(Some(&one_server_config(&upstreams[0].url(), "")), &[]);
+    let mut models = vec!["[mock]m".to_owned()];
+    models.extend(upstreams[1..].iter().map(|u| format!("[{}]m", u.url())));
+    for model in &models {
+        let response = client()
+            .post(router.url("/v1/chat/completions"))
+            .json(&json!({"model": model, "stream": true, "messages": []}))
+            .send()
+            .await
+            .expect("send");
+        let text = response.text().await.expect("body");
+        assert!(text.ends_with("data: [DONE]\n\n"), "{model}: {text}");
+    }
+    for upstream in &upstreams {
+        assert_eq!(upstream.count(), 2, "refused, then sent again");
+    }
+    router.terminate();
+    let status = router.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", router.stderr());
+    let stderr = router.stderr();
+    assert_eq!(
+        stderr.matches("refused stream_options").count(),
+        2,
+        "the alias's line and one for the URL targets:\n{stderr}"
+    );
+    assert!(stderr.contains("upstream mock refused"), "{stderr}");
+}
+
+/// The ids of background generations the recorder remembers (so a read-back counts their
+/// usage once) are the upstream's to pick, of any length: a megabyte-long one must not be
+/// held until 16,384 others push it out. 40 read-backs of generations with 1 MB ids leave
+/// the router about as large as it was (it held 2 MB per id).
+#[tokio::test]
+async fn long_background_generation_ids_are_not_held() {
+    let generation = |n: usize| {
+        let id = format!("resp_{n}_{}", "x".repeat(1_000_000));
+        format!(
+            r#"{{"id":"{id}","object":"response","background":true,"status":"completed","model":"m","output":[],"usage":{{"input_tokens":1,"output_tokens":1,"total_tokens":2}}}}"#
+        )
+    };
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let config = format!(
+        "{}settings:\n  default_server: mock\n",
+        one_server_config(&upstream.url(), "")
+    );
+    // The ledger alone: a record's way through the sinks, without a log line's copy of it.
+    let router = RouterProcess::start(Some(&config), &[("LLMSROUTER_LOG_FILE", "")]);
+    let written = || async {
+        let metrics = client()
+            .get(router.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("llmsrouter_ledger_rows_written_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let read_back = |n: usize| {
+        upstream.set(Behavior {
+            body: Some(generation(n)),
+            ..Default::default()
+        });
+        let url = router.url(&format!("/v1/responses/resp_{n}"));
+        async move {
+            let response = client().get(url).send().await.expect("send");
+            assert_eq!(response.status(), 200);
+            response.bytes().await.expect("body");
+        }
+    };
+    // The first one warms the allocator up; then the measure.
+    read_back(0).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while written().await < 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = router.child.id();
+    let before = rss_kib(pid);
+    const READS: usize = 40;
+    for n in 1..=READS {
+        read_back(n).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while written().await < READS as u64 + 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        written().await,
+        READS as u64 + 1,
+        "every read-back recorded"
+    );
+    let limit = 30 * 1024;
+    let grown = settled_growth(pid, before, limit).await;
+    assert!(grown < limit, "{grown} KiB more after {READS} read-backs");
+}
