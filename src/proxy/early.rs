@@ -91,6 +91,7 @@ pub(super) fn answer(
         sse: true,
         errors: wait.errors,
         last_events: wait.last_events,
+        via: wait.via,
     };
     let head = Box::pin(await_head(wait, state.redactor.clone()));
     let failures = StreamFailures {

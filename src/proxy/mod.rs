@@ -878,6 +878,7 @@ async fn forward_read<V: ReadBody>(
                 && !matches!(coding, StreamCoding::Opaque),
             errors: StreamErrorForm::of(request.path),
             last_events: crate::usage::LastEvents::of(request.path),
+            via: Named::of(&target).via,
         };
         // A compressed stream that is not SSE passes through as it came, coding and all, as
         // any stream that is not SSE does.

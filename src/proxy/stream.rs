@@ -66,6 +66,9 @@ pub struct StreamSettings {
     pub errors: StreamErrorForm,
     /// The events after which the endpoint's format ends, as at `[DONE]` (none for chat).
     pub last_events: LastEvents,
+    /// Whether the stream comes through the proxy the environment names: its failures say
+    /// so, as a whole answer's do (the proxy may be the one holding or cutting it).
+    pub via: crate::upstream::Via,
 }
 
 /// Longest SSE event held while waiting for its blank line. An upstream that never ends an
@@ -712,7 +715,9 @@ impl StreamTee {
                 let secs = self.settings.idle_timeout.as_secs_f64();
                 return Poll::Ready(Some(self.fail(
                     format!(
-                        "the upstream sent nothing for {secs} s (timeout_secs); the stream was cut"
+                        "the upstream{} sent nothing for {secs} s (timeout_secs); the stream was \
+                         cut",
+                        self.settings.via.aside()
                     ),
                     "upstream_timeout",
                 )));
@@ -891,7 +896,10 @@ impl Stream for StreamTee {
                     return Poll::Ready(Some(this.fail_as(message, BAD_ENCODING, outcome)));
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    let message = format!("the upstream connection failed mid-stream: {}", e);
+                    let message = format!(
+                        "the upstream connection{} failed mid-stream: {e}",
+                        this.settings.via.aside()
+                    );
                     return Poll::Ready(Some(this.fail(message, "upstream_unreachable")));
                 }
                 Poll::Ready(None) => {
@@ -975,6 +983,7 @@ mod tests {
             sse: true,
             errors: StreamErrorForm::OpenAi,
             last_events: LastEvents::NONE,
+            via: crate::upstream::Via::Direct,
         };
         let failures = StreamFailures {
             log: Arc::default(),

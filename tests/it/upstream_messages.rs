@@ -517,3 +517,44 @@ async fn an_answer_stuck_behind_a_proxy_names_the_proxy() {
     }
     assert_eq!(proxy.count(), 2, "it was the proxy that was asked");
 }
+
+/// A stream through the environment's proxy that falls silent or breaks off: its error event
+/// names the proxy, as a whole answer's 504 does (the proxy may be the one holding it).
+#[tokio::test]
+async fn a_stream_stuck_or_cut_behind_a_proxy_names_the_proxy() {
+    use crate::support::upstream::{Behavior, MockUpstream};
+    let silent = Behavior {
+        chunks: 3,
+        chunk_delay: std::time::Duration::from_secs(5),
+        ..Default::default()
+    };
+    let cut = Behavior {
+        chunks: 5,
+        abort_after: Some(2),
+        chunk_delay: std::time::Duration::from_millis(10),
+        ..Default::default()
+    };
+    let proxy = MockUpstream::start(silent.clone()).await;
+    let router = router_behind_proxy(&proxy.origin(), "    timeout_secs: 0.5\n");
+    let through = "through the proxy the environment names (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY)";
+    let cases = [
+        (
+            silent,
+            format!("the upstream, {through}, sent nothing for 0.5 s"),
+        ),
+        (
+            cut,
+            format!("the upstream connection, {through}, failed mid-stream"),
+        ),
+    ];
+    for (behavior, message) in cases {
+        proxy.set(behavior);
+        let mut request = chat_request();
+        request["stream"] = json!(true);
+        let response = router.chat(&request).await;
+        let status = response.status();
+        let text = response.text().await.expect("the stream, cut");
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains(&message), "{message}: {text}");
+    }
+}
