@@ -693,11 +693,7 @@ impl Conn {
     ) -> Next {
         let (chunked, keep_alive) = match length {
             Some(length) => {
-                write_field(
-                    &mut out,
-                    b"content-length",
-                    itoa::Buffer::new().format(length).as_bytes(),
-                );
+                write_length(&mut out, length);
                 end_head(&mut out, keep_alive, http10);
                 (false, keep_alive)
             }
@@ -770,11 +766,7 @@ impl Conn {
         http10: bool,
     ) -> Next {
         if let Some(length) = length {
-            write_field(
-                &mut out,
-                b"content-length",
-                itoa::Buffer::new().format(length).as_bytes(),
-            );
+            write_length(&mut out, length);
         }
         end_head(&mut out, keep_alive, http10);
         let next = self.send(&out, &[], keep_alive).await;
@@ -985,7 +977,7 @@ fn has_body(status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED)
 }
 
-fn write_length(out: &mut BytesMut, length: usize) {
+fn write_length(out: &mut BytesMut, length: impl itoa::Integer) {
     write_field(
         out,
         b"content-length",

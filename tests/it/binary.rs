@@ -1555,10 +1555,7 @@ async fn an_unreachable_upstream_is_one_warning_per_ten_seconds_not_one_per_requ
 /// Stops the router, then checks its log has at least one WARN line for `code` and no more
 /// than one per 10-s window of the `elapsed` the failures took.
 async fn assert_warned_once_per_window(router: &mut RouterProcess, code: &str, elapsed: Duration) {
-    router.terminate();
-    let status = router.wait_exit(Duration::from_secs(20)).await;
-    assert_eq!(status.code(), Some(0), "{}", router.stderr());
-    let stderr = router.stderr();
+    let stderr = router.stop_for_log().await;
     let warnings = stderr
         .lines()
         .filter(|l| l.contains("WARN") && l.contains(code))
@@ -1743,10 +1740,7 @@ async fn a_target_refusing_stream_options_is_warned_about_once() {
     }
     assert_eq!(upstream.count(), 4);
     // The whole log, once the router has exited.
-    router.terminate();
-    let status = router.wait_exit(Duration::from_secs(20)).await;
-    assert_eq!(status.code(), Some(0), "{}", router.stderr());
-    let stderr = router.stderr();
+    let stderr = router.stop_for_log().await;
     assert_eq!(
         stderr.matches("refused stream_options").count(),
         1,
@@ -1790,10 +1784,7 @@ async fn url_targets_refusing_stream_options_share_one_warning_per_window() {
     for upstream in &upstreams {
         assert_eq!(upstream.count(), 2, "refused, then sent again");
     }
-    router.terminate();
-    let status = router.wait_exit(Duration::from_secs(20)).await;
-    assert_eq!(status.code(), Some(0), "{}", router.stderr());
-    let stderr = router.stderr();
+    let stderr = router.stop_for_log().await;
     assert_eq!(
         stderr.matches("refused stream_options").count(),
         2,

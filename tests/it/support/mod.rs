@@ -537,6 +537,15 @@ impl RouterProcess {
         self.signal("TERM");
     }
 
+    /// Stops the router with SIGTERM, asserts that it exited cleanly (within 20 s, status 0),
+    /// and gives its whole log.
+    pub async fn stop_for_log(&mut self) -> String {
+        self.terminate();
+        let status = self.wait_exit(Duration::from_secs(20)).await;
+        assert_eq!(status.code(), Some(0), "{}", self.stderr());
+        self.stderr()
+    }
+
     /// Sends the signal `name` (`TERM`, `HUP`, ...).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
