@@ -880,10 +880,15 @@ async fn forward_read<V: ReadBody>(
             last_events: crate::usage::LastEvents::of(request.path),
             via: Named::of(&target).via,
         };
-        // A compressed stream that is not SSE passes through as it came, coding and all, as
-        // any stream that is not SSE does.
+        // A compressed body that is not SSE passes through as it came, coding and all, to a
+        // client that takes its coding (no CPU spent on it); to one that does not (zstd audio
+        // to the openai SDKs, gzip to curl without `--compressed`) it goes decoded as it
+        // arrives, as a whole answer goes decoded (see [`success_body`]).
         let decoder = match coding {
             StreamCoding::Decoded(decoder) if settings.sse => Some(decoder),
+            StreamCoding::Decoded(decoder) if !client_takes(request.fields, &upstream.fields) => {
+                Some(decoder)
+            }
             _ => None,
         };
         return Ok(stream_answer(
@@ -932,6 +937,13 @@ impl StreamCoding {
             None => Self::Opaque,
         }
     }
+}
+
+/// Whether the client whose request carried `client` takes the coding of an answer with
+/// the header fields `answer` (see [`crate::content_coding::accepted`]).
+fn client_takes(client: &Fields, answer: &Fields) -> bool {
+    crate::content_coding::content_encoding(answer)
+        .is_none_or(|coding| crate::content_coding::accepted(client, &coding))
 }
 
 /// Whether an endpoint takes OpenAI's `stream_options.include_usage`. Only chat and legacy
@@ -1383,11 +1395,14 @@ fn stream_answer(
     request_id: String,
 ) -> Answer {
     // Decoded, the stream goes on without the upstream's Content-Encoding (`Shape::Stream`
-    // with `sse` drops it; every answer's Content-Length is the router's to write).
+    // with `sse` drops it, as `Shape::Decoded` does for a body that is not SSE; every
+    // answer's Content-Length is the router's to write).
     let sse = settings.sse;
-    // A body that is not SSE passes unchanged (never decoded, nothing put in): it keeps its
-    // upstream's Content-Length, known from its head as for a whole answer.
-    let length = (!sse)
+    let decoded = decoder.is_some();
+    // A body that is not SSE and not decoded passes unchanged (nothing put in): it keeps its
+    // upstream's Content-Length, known from its head as for a whole answer. Decoded, its
+    // length is unknown ahead: it goes chunked (or close-delimited to an HTTP/1.0 client).
+    let length = (!sse && !decoded)
         .then(|| http_body::Body::size_hint(&upstream.body).exact())
         .flatten();
     let body = relayed_body(upstream.body, decoder);
@@ -1399,17 +1414,22 @@ fn stream_answer(
     let mut tee = StreamTee::new(body, settings, guard, state.hard_stop.clone(), failures);
     if !sse {
         // A compressed one is copied as it came, for the recorder to decode, as a whole
-        // answer's is (a `GET /responses/<id>` read-back in gzip lost its usage).
+        // answer's is (a `GET /responses/<id>` read-back in gzip lost its usage); one decoded
+        // here is copied decoded.
         let may_be_json = may_be_document(&upstream.fields);
         let coding = crate::content_coding::content_encoding(&upstream.fields);
-        let kind = || unread_kind(&upstream.fields);
-        tee.relay_unread(length, kind, may_be_json, coding);
+        let kind = || unread_kind(&upstream.fields, !decoded);
+        tee.relay_unread(length, kind, may_be_json, coding.filter(|_| !decoded));
     }
+    let shape = match (sse, decoded) {
+        (false, true) => Shape::Decoded,
+        (sse, _) => Shape::Stream { sse },
+    };
     Answer {
         status: upstream.status,
         fields: AnswerFields {
             upstream: Some(upstream.fields),
-            shape: Shape::Stream { sse },
+            shape,
             request_id: Some(request_id),
         },
         body: AnswerBody::Stream(Box::new(tee)),
@@ -1417,14 +1437,15 @@ fn stream_answer(
 }
 
 /// What the record of a body relayed unread calls it: its content type (without
-/// parameters), with the Content-Encoding it came in, if any (`text/event-stream, br`).
-fn unread_kind(fields: &Fields) -> String {
+/// parameters), with the Content-Encoding it came in (`text/event-stream, br`) when it has
+/// one and `with_coding`: one relayed decoded is counted in decoded bytes, under its type.
+fn unread_kind(fields: &Fields, with_coding: bool) -> String {
     let content_type = fields
         .get_str("content-type")
         .map(|value| value.split(';').next().unwrap_or_default().trim())
         .filter(|essence| !essence.is_empty())
         .unwrap_or("no Content-Type");
-    match crate::content_coding::content_encoding(fields) {
+    match crate::content_coding::content_encoding(fields).filter(|_| with_coding) {
         Some(coding) => format!("{content_type}, {coding}"),
         None => content_type.to_owned(),
     }

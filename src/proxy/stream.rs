@@ -890,8 +890,13 @@ impl Stream for StreamTee {
                 // A compressed stream whose data is corrupt or cut ([`super::decoded`]): the
                 // upstream's fault, not the connection's.
                 Poll::Ready(Some(Err(e))) if e.is_undecodable() => {
+                    let what = if this.settings.sse {
+                        "event stream"
+                    } else {
+                        "answer"
+                    };
                     let message =
-                        format!("the upstream's compressed event stream could not be decoded: {e}");
+                        format!("the upstream's compressed {what} could not be decoded: {e}");
                     let outcome = Outcome::UpstreamError;
                     return Poll::Ready(Some(this.fail_as(message, BAD_ENCODING, outcome)));
                 }

@@ -141,6 +141,15 @@ impl Raw {
         }
     }
 
+    /// At least `n` bytes of what came after the head, read but not taken: a later
+    /// [`Self::read_body`] still reads them.
+    pub(crate) async fn peek_at_least(&mut self, n: usize) -> &[u8] {
+        while self.buf.len() < n {
+            assert!(self.fill().await, "closed before {n} bytes came");
+        }
+        &self.buf
+    }
+
     /// Whether the router closed the connection (end of file with nothing more).
     pub(crate) async fn closed(&mut self) -> bool {
         self.buf.is_empty() && !self.fill().await

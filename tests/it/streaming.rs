@@ -1450,6 +1450,132 @@ async fn a_binary_answer_keeps_the_upstreams_content_length_or_its_chunking() {
     router.stop().await;
 }
 
+/// A binary answer relayed as it arrives (speech audio) in a coding the client does not take
+/// (zstd to the openai SDKs, which send `gzip, deflate, br` and saved the zstd bytes as the
+/// mp3; gzip to curl without `--compressed`, which sends no `Accept-Encoding`) is decoded as
+/// it arrives: it goes without the `Content-Encoding` and without a `Content-Length`
+/// (chunked), its first part before the upstream sends the rest. One the client takes goes
+/// as it came. Corrupt compressed data cuts the body (the client sees an incomplete answer),
+/// and the record says why.
+#[tokio::test]
+async fn a_binary_answer_in_a_coding_the_client_does_not_take_goes_decoded_as_it_arrives() {
+    use crate::http1::{Raw, post};
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let audio: Vec<Vec<u8>> = vec![
+        b"ID3\x03\x00frame0 ".to_vec(),
+        (0u8..=255).cycle().take(200_000).collect(),
+    ];
+    let whole = audio.concat();
+    let body = r#"{"model":"[mock]tts-1","voice":"alloy","input":"hello"}"#;
+    let speech = |coding: &'static str, chunks: Vec<Vec<u8>>, gate| Behavior {
+        stream_unasked: true,
+        raw_chunks: Some(chunks),
+        stream_content_type: Some("audio/mpeg".into()),
+        headers: vec![("content-encoding".into(), coding.into())],
+        hold_chunk: gate,
+        ..Default::default()
+    };
+    let mut n = 0;
+    for (coding, accepts) in [
+        ("zstd", "Accept-Encoding: gzip, deflate, br\r\n"),
+        ("gzip", ""),
+        ("gzip, br", "Accept-Encoding: gzip\r\n"),
+    ] {
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let chunks = if coding == "gzip, br" {
+            let gzipped = compress_flushed("gzip", &audio);
+            compress_flushed("br", &gzipped)
+        } else {
+            compress_flushed(coding, &audio)
+        };
+        upstream.set(speech(coding, chunks, Some((1, gate.clone()))));
+        let mut raw = Raw::connect(router.addr).await;
+        raw.send(post("/v1/audio/speech", body, accepts).as_bytes())
+            .await;
+        let mut answer = raw.answer_head().await;
+        assert_eq!(answer.status, 200, "{coding}");
+        assert_eq!(answer.header("content-encoding"), None, "{coding}");
+        assert_eq!(answer.header("content-length"), None, "{coding}");
+        assert_eq!(answer.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(answer.header("content-type"), Some("audio/mpeg"));
+        // The first part is decoded and sent before the upstream sends the rest.
+        let first = raw.peek_at_least(audio[0].len()).await;
+        assert!(first.windows(3).any(|w| w == b"ID3"), "{coding}");
+        gate.add_permits(1);
+        raw.read_body(&mut answer).await;
+        assert_eq!(answer.body, whole, "{coding}: decoded");
+        n += 1;
+        let record = router.records.nth(n).await;
+        assert_eq!(record.outcome, Outcome::Success, "{:?}", record.error);
+        assert_eq!(
+            record.response.content,
+            format!("<audio/mpeg, {} bytes>", whole.len())
+        );
+    }
+
+    // Taken: as it came, with its coding and length.
+    let sent = crate::support::upstream::zstd(&whole);
+    upstream.set(Behavior {
+        headers: vec![
+            ("content-encoding".into(), "zstd".into()),
+            ("content-length".into(), sent.len().to_string()),
+        ],
+        ..speech("zstd", vec![sent.clone()], None)
+    });
+    let response = client()
+        .post(router.url("/v1/audio/speech"))
+        .header("content-type", "application/json")
+        .header("accept-encoding", "gzip, zstd")
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.headers()["content-encoding"], "zstd");
+    assert_eq!(response.headers()["content-length"], sent.len().to_string());
+    assert_eq!(response.bytes().await.expect("body"), sent);
+    n += 1;
+    router.records.nth(n).await;
+
+    // Corrupt after its first part: that part, then the body is cut.
+    let mut chunks = compress_flushed("gzip", &audio);
+    chunks.truncate(1);
+    chunks.push(b"\xFF\xFF\xFF\xFFjunk".to_vec());
+    upstream.set(speech("gzip", chunks, None));
+    let response = client()
+        .post(router.url("/v1/audio/speech"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("content-encoding").is_none());
+    let mut stream = response.bytes_stream();
+    let mut got = Vec::new();
+    let mut cut = false;
+    while let Some(piece) = stream.next().await {
+        match piece {
+            Ok(piece) => got.extend_from_slice(&piece),
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(cut, "the client sees an incomplete answer");
+    assert!(audio[0].starts_with(&got), "what decoded before the fault");
+    n += 1;
+    let record = router.records.nth(n).await;
+    assert_eq!(record.outcome, Outcome::UpstreamError);
+    let error = record.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("compressed answer could not be decoded") && error.contains("corrupt"),
+        "{error}"
+    );
+    router.stop().await;
+}
+
 /// A provider failing mid-stream under a 200 (OpenRouter sends `data: {"error": {...}}`):
 /// the client gets the stream byte for byte, and the record is the upstream's error with the
 /// provider's message, so Langfuse shows it at level ERROR and the ledger counts it, with
