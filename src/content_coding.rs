@@ -61,7 +61,9 @@ pub fn content_encoding(fields: &Fields) -> Option<String> {
 /// Whether a client whose request carried the header fields `request` takes an answer in
 /// `content_encoding` (as [`content_encoding`] gives it; every coding listed must be one it
 /// takes), by its `Accept-Encoding` (RFC 9110 §12.5.3): a coding it lists with a weight above
-/// 0 (`x-gzip` is gzip; names are compared without case), any other when it lists `*` so.
+/// 0 (names are compared without case; a listed `x-gzip` takes gzip too), any other when it
+/// lists `*` so. An answer in `x-gzip` is taken only by a client that lists `x-gzip` itself
+/// (or `*`): httpx, and so the openai Python SDK, lists `gzip` and cannot read `x-gzip`.
 /// A client that sends no `Accept-Encoding` takes none: an HTTP library that decodes no
 /// coding sends none (RFC 9110 lets that mean "any", which such a client cannot read).
 pub fn accepted(request: &Fields, content_encoding: &str) -> bool {
@@ -73,16 +75,26 @@ pub fn accepted(request: &Fields, content_encoding: &str) -> bool {
 }
 
 /// Whether `request`'s `Accept-Encoding` takes `coding` (see [`accepted`]): its own entry
-/// decides, else `*`'s.
+/// decides, else `*`'s. An old alias (`x-gzip`) is matched only by its own name.
 fn takes(request: &Fields, coding: &[u8]) -> bool {
-    let coding = canonical_coding(coding);
+    let alias = coding.len() > 2 && coding[..2].eq_ignore_ascii_case(b"x-");
+    let coding = if alias {
+        coding.to_ascii_lowercase()
+    } else {
+        canonical_coding(coding)
+    };
     let mut any = None;
     let listed = request
         .get_all("accept-encoding")
         .flat_map(|value| value.split(|b| *b == b','));
     for element in listed {
         let mut parts = element.split(|b| *b == b';');
-        let name = canonical_coding(trim(parts.next().unwrap_or_default()));
+        let name = trim(parts.next().unwrap_or_default());
+        let name = if alias {
+            name.to_ascii_lowercase()
+        } else {
+            canonical_coding(name)
+        };
         let refused = parts.any(|parameter| {
             let parameter = trim(parameter);
             let weight = parameter
@@ -899,7 +911,10 @@ mod tests {
             (Some("gzip, deflate, br"), "gzip, br", true),
             (Some("gzip, deflate"), "gzip, br", false),
             (Some("GZIP"), "gzip", true),
-            (Some("gzip"), "x-gzip", true),
+            // httpx lists gzip and cannot read x-gzip.
+            (Some("gzip"), "x-gzip", false),
+            (Some("X-GZIP"), "x-gzip", true),
+            (Some("*"), "x-gzip", true),
             (Some("x-gzip"), "gzip", true),
             (Some("*"), "zstd", true),
             (Some("*;q=0"), "zstd", false),
