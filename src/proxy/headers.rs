@@ -41,6 +41,9 @@ enum Known {
     ContentEncoding,
     CacheControl,
     XAccelBuffering,
+    /// An answer's `Vary`: one whose coding depends on the client's `Accept-Encoding` says
+    /// so in it (see [`AnswerFields`]).
+    Vary,
     RequestId,
     /// [`HOPS`]: the router writes its own.
     Hops,
@@ -52,6 +55,7 @@ fn known(name: &[u8]) -> Known {
     match name.len() {
         2 if is("te") => Known::HopByHop,
         4 if is("host") => Known::Host,
+        4 if is("vary") => Known::Vary,
         6 if is("expect") => Known::Expect,
         6 if is("accept") => Known::Accept,
         7 if is("trailer") || is("upgrade") => Known::HopByHop,
@@ -278,15 +282,84 @@ pub fn hops_of(fields: &Fields) -> Result<u32, ProxyError> {
     Ok(count.unwrap_or(u32::MAX))
 }
 
+/// An answer that came with a `Content-Encoding` goes as it came or decoded by the client's
+/// `Accept-Encoding` (see `proxy::success_body`): so a cache in front does not hand one
+/// client's form to another, its `Vary` names `Accept-Encoding` (added to the upstream's when
+/// it lacks it). Shapes that go the same way to every client (an error body, an event
+/// stream: decoded for all) are left as they came.
+fn varies_by_coding(shape: Shape) -> bool {
+    matches!(
+        shape,
+        Shape::Relayed | Shape::Decoded | Shape::Stream { sse: false }
+    )
+}
+
+/// Whether a `Content-Encoding` value names a coding (not only `identity`).
+fn names_a_coding(value: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .map(trim)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"))
+}
+
+/// Whether a `Vary` value already covers `Accept-Encoding` (it names it, or `*`).
+fn vary_covers_coding(value: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .map(trim)
+        .any(|name| name == b"*" || name.eq_ignore_ascii_case(b"accept-encoding"))
+}
+
+/// Emits the upstream's `Vary` fields held back by [`AnswerFields`], with `Accept-Encoding`
+/// added (to the last one) when `coded` and none covers it.
+fn emit_vary(held: &[&[u8]], coded: bool, emit: &mut dyn FnMut(&[u8], &[u8])) {
+    let add = coded && !held.iter().any(|value| vary_covers_coding(value));
+    let Some((last, before)) = held.split_last().filter(|_| add) else {
+        for value in held {
+            emit(b"vary", value);
+        }
+        if add {
+            emit(b"vary", b"Accept-Encoding");
+        }
+        return;
+    };
+    for value in before {
+        emit(b"vary", value);
+    }
+    let last = trim(last);
+    if last.is_empty() {
+        emit(b"vary", b"Accept-Encoding");
+    } else {
+        let mut joined = last.to_vec();
+        joined.extend_from_slice(b", Accept-Encoding");
+        emit(b"vary", &joined);
+    }
+}
+
 impl FieldSource for AnswerFields {
     fn for_each(&self, emit: &mut dyn FnMut(&[u8], &[u8])) {
         if let Some(upstream) = &self.upstream {
             let tokens = connection_tokens(upstream);
+            let varies = varies_by_coding(self.shape);
+            // Only an answer whose shape may vary holds its `Vary` back: nothing is kept, nor
+            // allocated, for one without a `Vary` (see [`emit_vary`]).
+            let mut coded = false;
+            let mut held_vary: Vec<&[u8]> = Vec::new();
             for (name, value) in upstream.iter() {
                 let kind = known(name);
                 // Framing is the router's own: it frames the body it sends.
                 if is_hop_by_hop(kind, name, &tokens) || kind == Known::ContentLength {
                     continue;
+                }
+                if varies {
+                    match kind {
+                        Known::ContentEncoding => coded |= names_a_coding(value),
+                        Known::Vary => {
+                            held_vary.push(value);
+                            continue;
+                        }
+                        _ => {}
+                    }
                 }
                 let replaced = match self.shape {
                     Shape::Relayed | Shape::RouterError | Shape::Stream { sse: false } => false,
@@ -305,6 +378,9 @@ impl FieldSource for AnswerFields {
                 if !replaced && kind != Known::RequestId {
                     emit(name, value);
                 }
+            }
+            if coded || !held_vary.is_empty() {
+                emit_vary(&held_vary, coded, emit);
             }
         }
         match self.shape {
@@ -552,11 +628,55 @@ mod tests {
         assert_eq!(value(&wrapped, "content-type"), ["application/json"]);
         assert!(value(&wrapped, "content-encoding").is_empty());
 
+        assert_eq!(
+            value(&relayed, "vary"),
+            ["Accept-Encoding"],
+            "a compressed answer"
+        );
+
         let stream = answer(Shape::Stream { sse: true });
         assert_eq!(value(&stream, "content-type"), ["text/event-stream"]);
         assert_eq!(value(&stream, "cache-control"), ["no-cache"]);
         assert_eq!(value(&stream, "x-accel-buffering"), ["no"]);
         assert!(value(&stream, "content-encoding").is_empty());
         assert_eq!(value(&stream, "retry-after"), ["3"]);
+    }
+
+    /// An answer whose coding depends on the client's `Accept-Encoding` (it came compressed,
+    /// and goes as it came or decoded) says so in its `Vary`; an uncompressed one keeps the
+    /// upstream's as it came, and so does an error body (decoded for every client).
+    #[test]
+    fn a_compressed_answer_varies_by_accept_encoding() {
+        let answer = |pairs: &[(&str, &str)], shape| {
+            let all = collect(&AnswerFields {
+                upstream: Some(fields(pairs)),
+                shape,
+                request_id: None,
+            });
+            value(&all, "vary").join(" | ")
+        };
+        let gzip = ("Content-Encoding", "gzip");
+        for shape in [Shape::Relayed, Shape::Decoded, Shape::Stream { sse: false }] {
+            assert_eq!(answer(&[gzip], shape), "Accept-Encoding", "{shape:?}");
+            assert_eq!(
+                answer(&[("Vary", "Origin"), gzip], shape),
+                "Origin, Accept-Encoding"
+            );
+            assert_eq!(
+                answer(
+                    &[("Vary", "Origin"), ("vary", "accept-encoding"), gzip],
+                    shape
+                ),
+                "Origin | accept-encoding"
+            );
+            assert_eq!(answer(&[("Vary", "*"), gzip], shape), "*");
+            assert_eq!(answer(&[("Vary", "Origin")], shape), "Origin");
+            assert_eq!(answer(&[("Content-Encoding", "identity")], shape), "");
+        }
+        assert_eq!(
+            answer(&[("Vary", "Origin"), gzip], Shape::WrappedError),
+            "Origin"
+        );
+        assert_eq!(answer(&[gzip], Shape::Stream { sse: true }), "");
     }
 }

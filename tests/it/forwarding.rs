@@ -494,6 +494,8 @@ async fn a_compressed_answer_in_a_coding_the_client_does_not_take_goes_decoded()
         let case = format!("{coding} to {accepts:?}");
         let headers = response.headers().clone();
         let got = response.bytes().await.expect("body");
+        // Its form depends on the client's Accept-Encoding: a cache in front must know.
+        assert_eq!(headers["vary"], "Accept-Encoding", "{case}");
         if decoded {
             assert!(headers.get("content-encoding").is_none(), "{case}");
             assert_eq!(
@@ -517,6 +519,36 @@ async fn a_compressed_answer_in_a_coding_the_client_does_not_take_goes_decoded()
         assert_eq!(usage.total, PROMPT_TOKENS + 2, "{case}");
         assert_eq!(record.response_body.as_deref(), Some(answer.as_bytes()));
     }
+    router.stop().await;
+}
+
+/// A compressed answer's `Vary` names `Accept-Encoding` (its form depends on it): added to
+/// the upstream's when it lacks it (`Origin` → `Origin, Accept-Encoding`), whether it goes as
+/// it came or decoded. An uncompressed answer keeps the upstream's `Vary` as it came.
+#[tokio::test]
+async fn a_compressed_answers_vary_names_accept_encoding() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let answer = chat_completion("mock-model-2024");
+    let vary = ("vary".to_owned(), "Origin".to_owned());
+    for accepts in ["gzip", "br"] {
+        upstream.set(Behavior {
+            raw_body: Some(gzip(answer.as_bytes())),
+            headers: vec![vary.clone(), ("content-encoding".into(), "gzip".into())],
+            ..Default::default()
+        });
+        let response = chat_accepting(accepts, &router).await;
+        assert_eq!(response.status(), 200);
+        let values: Vec<_> = response.headers().get_all("vary").iter().collect();
+        assert_eq!(values, ["Origin, Accept-Encoding"], "to {accepts}");
+    }
+    upstream.set(Behavior {
+        headers: vec![vary],
+        ..Default::default()
+    });
+    let response = chat_accepting("gzip", &router).await;
+    let values: Vec<_> = response.headers().get_all("vary").iter().collect();
+    assert_eq!(values, ["Origin"], "uncompressed: as it came");
     router.stop().await;
 }
 

@@ -1499,6 +1499,7 @@ async fn a_binary_answer_in_a_coding_the_client_does_not_take_goes_decoded_as_it
         assert_eq!(answer.header("content-length"), None, "{coding}");
         assert_eq!(answer.header("transfer-encoding"), Some("chunked"));
         assert_eq!(answer.header("content-type"), Some("audio/mpeg"));
+        assert_eq!(answer.header("vary"), Some("Accept-Encoding"));
         // The first part is decoded and sent before the upstream sends the rest.
         let first = raw.peek_at_least(audio[0].len()).await;
         assert!(first.windows(3).any(|w| w == b"ID3"), "{coding}");
