@@ -143,7 +143,9 @@ pub fn decode(content_encoding: &str, body: &[u8], limit: usize) -> Result<Vec<u
 pub struct Broken {
     pub error: DecodeError,
     /// What decoded before the data turned out corrupt or cut short (as much as a client
-    /// that reads on to the fault gets); for any other error, nothing to go by.
+    /// that reads on to the fault gets), or before it went past the limit (its first bytes,
+    /// up to the limit: see [`Self::is_over_limit`]); in a coding the router does not decode,
+    /// nothing.
     pub decoded: Vec<u8>,
 }
 
@@ -154,6 +156,11 @@ impl Broken {
     pub fn holds_one_json_document(&self) -> bool {
         self.is_broken_data()
             && serde_json::from_slice::<serde::de::IgnoredAny>(&self.decoded).is_ok()
+    }
+
+    /// Whether the body decodes to more than the limit: [`Self::decoded`] is its beginning.
+    pub fn is_over_limit(&self) -> bool {
+        matches!(self.error, DecodeError::TooLarge(_))
     }
 
     /// Whether the compressed data itself is corrupt or cut short (not too large, nor in a
@@ -167,7 +174,7 @@ impl Broken {
 }
 
 /// [`decode`], keeping on failure what decoded before it ([`Broken`]). In stacked codings
-/// what a broken outer coding gave is decoded on as far as it goes.
+/// what a broken (or over-limit) outer coding gave is decoded on as far as it goes.
 pub fn decode_partly(content_encoding: &str, body: &[u8], limit: usize) -> Result<Vec<u8>, Broken> {
     let mut decoded: Option<Vec<u8>> = None;
     let mut first_error = None;
@@ -189,7 +196,9 @@ pub fn decode_partly(content_encoding: &str, body: &[u8], limit: usize) -> Resul
         };
         match decode_whole(decoder, input, limit) {
             Ok(out) => decoded = Some(out),
-            Err(broken) if !broken.is_broken_data() => return Err(broken),
+            Err(broken) if !broken.is_broken_data() && !broken.is_over_limit() => {
+                return Err(broken);
+            }
             Err(Broken {
                 error,
                 decoded: out,
@@ -235,12 +244,15 @@ fn decode_whole(mut decoder: Layer, input: Bytes, limit: usize) -> Result<Vec<u8
     }
 }
 
-/// Appends `piece` to `out`, failing when that would take it past `limit`. `out` doubles as
-/// it grows, as a `Vec` does, but never past `limit`: doubling from just under it took twice
-/// the limit.
+/// Appends `piece` to `out`, failing when that would take it past `limit` (`out` then holds
+/// the first `limit` bytes: see [`Broken::decoded`]). `out` doubles as it grows, as a `Vec`
+/// does, but never past `limit`: doubling from just under it took twice the limit.
 fn append_limited(out: &mut Vec<u8>, piece: &[u8], limit: usize) -> Result<(), DecodeError> {
     let len = out.len().saturating_add(piece.len());
     if len > limit {
+        let room = limit.saturating_sub(out.len());
+        out.reserve_exact(room);
+        out.extend_from_slice(&piece[..room.min(piece.len())]);
         return Err(DecodeError::TooLarge(limit));
     }
     if len > out.capacity() {
@@ -965,6 +977,13 @@ mod tests {
         let bomb = gzip(&[b'{'; 4096]);
         let broken = decode_partly("gzip", &bomb, 1024).expect_err("too large");
         assert!(!broken.is_broken_data());
+        assert!(broken.is_over_limit());
+        // Its beginning, up to the limit, in stacked codings too.
+        assert_eq!(broken.decoded, [b'{'; 1024], "its first 1024 bytes");
+        let stacked = brotli(&gzip(&[b'{'; 4096]));
+        let broken = decode_partly("gzip, br", &stacked, 1024).expect_err("too large");
+        assert!(broken.is_over_limit(), "{:?}", broken.error);
+        assert_eq!(broken.decoded, [b'{'; 1024], "its first 1024 bytes");
     }
 
     #[test]

@@ -1497,7 +1497,20 @@ fn echoed_keys_removed(redactor: &Redactor, bytes: &[u8]) -> Option<Bytes> {
     }
 }
 
-/// A 2xx answer's body as the client gets it, and whether the router decoded it. One the
+/// How a 2xx answer's body goes to the client ([`success_body`]).
+enum SuccessForm {
+    /// As the upstream sent it.
+    AsItCame,
+    /// Decoded from its Content-Encoding.
+    Decoded,
+    /// Replaced by the router's error (this message), as an error body that cannot be read
+    /// within its limit is: one over [`crate::content_coding::MAX_DECODED_BODY`] decoded
+    /// that reports an error echoing a configured key, which cannot go decoded (too large)
+    /// nor compressed (the key would pass).
+    Replaced(String),
+}
+
+/// A 2xx answer's body as the client gets it, and how ([`SuccessForm`]). One the
 /// upstream compressed although asked for `identity` goes as it came when the client takes
 /// its coding (its `Accept-Encoding`, which was not passed on, lists it: see
 /// [`crate::content_coding::accepted`]); in one it does not take (zstd to the openai SDKs,
@@ -1505,27 +1518,38 @@ fn echoed_keys_removed(redactor: &Redactor, bytes: &[u8]) -> Option<Bytes> {
 /// read it, so it goes decoded ([`decoded_aside`]), as an error body does. With keys
 /// configured one is searched decoded, up to the 64 MiB its record reads: when it reports an
 /// error that echoes a key, the client gets it decoded and without the key, since the
-/// compressed bytes would carry the key past [`without_echoed_keys`].
+/// compressed bytes would carry the key past [`without_echoed_keys`]; one that decodes to
+/// more is searched in its first 64 MiB, and found to echo a key there it is replaced by the
+/// router's error ([`SuccessForm::Replaced`]).
 async fn success_body(
     body: Bytes,
     fields: &Fields,
     redactor: &Redactor,
     client: &Fields,
-) -> (Bytes, bool) {
+) -> (Bytes, SuccessForm) {
     let Some(coding) = crate::content_coding::content_encoding(fields) else {
-        return (without_echoed_keys(redactor, body), false);
+        return (without_echoed_keys(redactor, body), SuccessForm::AsItCame);
     };
     let taken = crate::content_coding::accepted(client, &coding);
     if taken && redactor.is_empty() {
-        return (body, false);
+        return (body, SuccessForm::AsItCame);
     }
-    match decoded_aside(coding, body.clone(), redactor).await {
+    match decoded_aside(coding.clone(), body.clone(), redactor).await {
+        // Too large to go decoded, and compressed the key would pass: the router's error.
+        Some(aside) if aside.redacted && aside.over_limit => {
+            let message = format!(
+                "the upstream's {coding}-encoded answer decodes to more than {} MiB and                  reports an error that echoes a configured key: not relayed, as the router                  can send it neither decoded (too large) nor as it came (the key would pass)",
+                crate::content_coding::MAX_DECODED_BODY / (1024 * 1024)
+            );
+            let replaced = error_body(&message, "upstream_error", None);
+            (replaced, SuccessForm::Replaced(message))
+        }
         // The key must not pass, whatever the client takes.
-        Some(aside) if aside.redacted => (aside.body, true),
-        Some(aside) if !taken && aside.whole => (aside.body, true),
+        Some(aside) if aside.redacted => (aside.body, SuccessForm::Decoded),
+        Some(aside) if !taken && aside.whole => (aside.body, SuccessForm::Decoded),
         // Taken as it came; or too large once decoded, corrupt, or in a coding the router
         // does not decode: as it came (the record says what it was).
-        _ => (body, false),
+        _ => (body, SuccessForm::AsItCame),
     }
 }
 
@@ -1537,30 +1561,35 @@ struct Aside {
     redacted: bool,
     /// It stands for the whole answer (see [`readable_part`]).
     whole: bool,
+    /// The answer decodes to more than the limit: `body` is its beginning.
+    over_limit: bool,
 }
 
 /// A whole answer's `body` decoded from `coding` (up to the
 /// [`crate::content_coding::MAX_DECODED_BODY`] its record reads) and searched for echoed
 /// keys, on a blocking thread: a few hundred KB of gzip may take a second to inflate, and the
 /// lane's thread serves every other connection on it meanwhile. One whose data is corrupt or
-/// cut short is what decoded before that ([`readable_part`]). `None` when it does not decode
-/// within the limit, or is in a coding the router does not decode.
+/// cut short is what decoded before that, one that decodes past the limit its beginning
+/// ([`readable_part`]). `None` in a coding the router does not decode.
 async fn decoded_aside(coding: String, body: Bytes, redactor: &Redactor) -> Option<Aside> {
     let redactor = redactor.clone();
     let decode = move || {
         let limit = crate::content_coding::MAX_DECODED_BODY;
         let decoded = crate::content_coding::decode_partly(&coding, &body, limit);
+        let over_limit = decoded.as_ref().is_err_and(|broken| broken.is_over_limit());
         let (decoded, whole) = readable_part(decoded)?;
         Some(match echoed_keys_removed(&redactor, &decoded) {
             Some(clean) => Aside {
                 body: clean,
                 redacted: true,
                 whole,
+                over_limit,
             },
             None => Aside {
                 body: Bytes::from(decoded),
                 redacted: false,
                 whole,
+                over_limit,
             },
         })
     };
@@ -1571,8 +1600,9 @@ async fn decoded_aside(coding: String, body: Bytes, redactor: &Redactor) -> Opti
 /// when its data turns out corrupt or cut short, what decoded before that (a client reading
 /// on to the fault gets as much); with whether it stands for the answer: all of it, or one
 /// whole JSON document (a gzip answer without its trailer, which curl and the openai SDKs
-/// read without complaint). `None` when it is too large once decoded, or in a coding the
-/// router does not decode.
+/// read without complaint). One too large once decoded is its beginning, up to the limit
+/// (searched for keys as far as that, never whole). `None` in a coding the router does not
+/// decode.
 fn readable_part(
     decoded: Result<Vec<u8>, crate::content_coding::Broken>,
 ) -> Option<(Vec<u8>, bool)> {
@@ -1582,6 +1612,7 @@ fn readable_part(
             let whole = broken.holds_one_json_document();
             Some((broken.decoded, whole))
         }
+        Err(broken) if broken.is_over_limit() => Some((broken.decoded, false)),
         Err(_) => None,
     }
 }
@@ -1662,13 +1693,17 @@ async fn read_answer(
     } = read;
     let (body, shape, outcome, error) = if status.is_success() || status.is_informational() {
         // A 200 may report an error too (`{"error": ...}`), echoing the key it was sent.
-        let (body, decoded) = success_body(body, &fields, redactor, client).await;
-        let shape = if decoded {
-            Shape::Decoded
-        } else {
-            Shape::Relayed
-        };
-        (body, shape, Outcome::Success, None)
+        match success_body(body, &fields, redactor, client).await {
+            (body, SuccessForm::AsItCame) => (body, Shape::Relayed, Outcome::Success, None),
+            (body, SuccessForm::Decoded) => (body, Shape::Decoded, Outcome::Success, None),
+            // The status stays, as for an error body replaced by a message.
+            (body, SuccessForm::Replaced(message)) => (
+                body,
+                Shape::WrappedError,
+                Outcome::UpstreamError,
+                Some(message),
+            ),
+        }
     } else if status.is_redirection() && redirect_ordinary {
         // To a `GET` or `DELETE` a redirect (a `304 Not Modified` above all) is an answer
         // like any other, relayed as it came.
@@ -1701,8 +1736,8 @@ async fn read_answer(
     // A record exists only when some sink will read it.
     if let Some(record) = guard.record_mut() {
         record.response_body = Some(own_copy(&body));
-        // An error body passed on was parsed as OpenAI-shaped JSON; any other was wrapped. A
-        // redirect's body was not read.
+        // An error body passed on was parsed as OpenAI-shaped JSON; any other was wrapped (a
+        // 2xx replaced by the router's error too). A redirect's body was not read.
         record.response_is_json = outcome == Outcome::UpstreamError && !status.is_redirection();
         if outcome == Outcome::Success && shape == Shape::Relayed {
             // Decoded off the request path, by the recorder.

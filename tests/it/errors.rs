@@ -1224,6 +1224,69 @@ async fn a_large_compressed_200_error_echoing_the_key_is_searched_whole() {
     router.stop().await;
 }
 
+/// A compressed 200 `{"error": ...}` echoing the key in its first bytes that decodes to more
+/// than the 64 MiB its record reads (a few hundred KB of gzip): it is searched in those 64
+/// MiB, and since it can go neither decoded (too large) nor as it came (the key would pass),
+/// the client gets the router's error in its place, under the same status, as a 4xx error
+/// body over its limit gets a message. It went as it came, unsearched, key and all. One
+/// without a key in its first 64 MiB still goes as it came.
+#[tokio::test]
+async fn a_compressed_200_error_echoing_the_key_over_64_mib_decoded_is_replaced() {
+    // Members of 1 MiB each: one made, sent 65 times.
+    let mebibyte = gzip(&vec![b' '; 1 << 20]);
+    let opening = |message: &str| {
+        let mut sent = gzip(format!(r#"{{"error":{{"message":"{message}","detail":""#).as_bytes());
+        for _ in 0..65 {
+            sent.extend_from_slice(&mebibyte);
+        }
+        sent.extend(gzip(br#""}}"#));
+        sent
+    };
+    let echoed = opening("provider rejected key Bearer sk-mock-upstream-key");
+    let upstream = MockUpstream::start(Behavior {
+        raw_body: Some(echoed),
+        headers: vec![("content-encoding".into(), "gzip".into())],
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let ask = || {
+        client()
+            .post(router.url("/v1/chat/completions"))
+            .header("accept-encoding", "gzip")
+            .json(&json!({"model": "[mock]m"}))
+            .send()
+    };
+    let response = ask().await.expect("send");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("content-encoding").is_none());
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let text = response.text().await.expect("body");
+    assert!(!text.contains("sk-mock-upstream-key"), "{text}");
+    let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(body["error"]["type"], "upstream_error");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("more than 64 MiB") && message.contains("echoes a configured key"),
+        "{message}"
+    );
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::UpstreamError);
+    assert_eq!(record.error.as_deref(), Some(message));
+
+    let clean = opening("provider failed");
+    upstream.set(Behavior {
+        raw_body: Some(clean.clone()),
+        headers: vec![("content-encoding".into(), "gzip".into())],
+        ..Default::default()
+    });
+    let response = ask().await.expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(response.bytes().await.expect("body"), clean);
+    router.stop().await;
+}
+
 /// An error event echoing the key in a compressed stream (gzip, deflate, br, zstd, or
 /// stacked codings: `gzip, br`): the stream is decoded as it arrives, so the event reaches
 /// the client redacted (br and zstd streams, then stacked ones, passed through unread, the
