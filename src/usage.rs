@@ -937,11 +937,16 @@ fn read_responses_output(output: &[Value], out: &mut ResponseSummary) {
             }
             Some("reasoning") => {
                 // The raw chain (`reasoning_text`, which a stream sends as
-                // `response.reasoning_text.delta`) before its summary, in a stream's order.
+                // `response.reasoning_text.delta`) before its summary, in a stream's order;
+                // each summary part after some reasoning a paragraph of its own, as a
+                // stream's `response.reasoning_summary_part.added` makes it.
                 for key in ["content", "summary"] {
                     if let Some(parts) = item.get(key).and_then(Value::as_array) {
                         for part in parts {
                             if let Some(text) = part.get("text").and_then(Value::as_str) {
+                                if key == "summary" && !out.reasoning.is_empty() {
+                                    out.reasoning.push_str(REASONING_PARTS_APART);
+                                }
                                 out.reasoning.push_str(text);
                             }
                         }
@@ -952,6 +957,11 @@ fn read_responses_output(output: &[Value], out: &mut ResponseSummary) {
         }
     }
 }
+
+/// What stands between a Responses API reasoning summary's parts (and between the raw chain
+/// and the summary) in a record: a paragraph break, so `**Checking**` of a second part does
+/// not run on from the first part's last sentence.
+const REASONING_PARTS_APART: &str = "\n\n";
 
 /// A Responses API output item that is a tool call: a `function_call` (its `arguments`), or
 /// a `custom_tool_call` (type `custom`, its free-form `input` as the arguments).
@@ -2174,6 +2184,12 @@ impl StreamAccumulator {
                     self.note_output(!text.is_empty());
                     self.budget.append(&mut self.summary.reasoning, &text);
                 }
+            }
+            // Each summary part after some reasoning begins a paragraph, as a whole answer's
+            // parts are joined ([`REASONING_PARTS_APART`]).
+            "response.reasoning_summary_part.added" if !self.summary.reasoning.is_empty() => {
+                self.budget
+                    .append(&mut self.summary.reasoning, REASONING_PARTS_APART);
             }
             "response.refusal.delta" => {
                 if let Some(text) = delta_text() {

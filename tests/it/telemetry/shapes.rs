@@ -2714,3 +2714,71 @@ async fn an_empty_200_answer_is_recorded_as_the_upstreams_failure_to_answer() {
         assert_eq!(line["usage_partial"], cut, "case {n}");
     }
 }
+
+/// A Responses API reasoning summary of several parts is recorded with a paragraph break
+/// between them, whole and streamed alike (each `response.reasoning_summary_part.added`
+/// after some reasoning begins one): run together, a part's `**Checking**` heading stuck to
+/// the last sentence of the part before it.
+#[tokio::test]
+async fn responses_reasoning_summary_parts_are_paragraphs_whole_and_streamed() {
+    let setup = Setup::start().await;
+    let parts = json!([{"type": "summary_text", "text": "Part one."},
+        {"type": "summary_text", "text": "**Check**\n\nPart two."}]);
+    let output = json!([
+        {"id": "rs", "type": "reasoning", "summary": parts},
+        {"id": "m", "type": "message", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": "fin", "annotations": []}]},
+    ]);
+    let usage = json!({"input_tokens": 4, "output_tokens": 6, "total_tokens": 10});
+    let answer = json!({"id": "resp_1", "object": "response", "status": "completed",
+        "model": "o4", "output": output, "usage": usage})
+    .to_string();
+    setup.answer_with(answer.as_bytes(), "application/json");
+    let (whole, _, _) = setup
+        .whole_answer(
+            1,
+            "/v1/responses",
+            &json!({"model": "[mock]r", "input": "x"}),
+            answer.as_bytes(),
+        )
+        .await;
+    let part_added = |index: usize| {
+        json!({"type": "response.reasoning_summary_part.added", "item_id": "rs",
+            "output_index": 0, "summary_index": index,
+            "part": {"type": "summary_text", "text": ""}})
+    };
+    let delta = |index: usize, text: &str| {
+        json!({"type": "response.reasoning_summary_text.delta", "item_id": "rs",
+            "output_index": 0, "summary_index": index, "delta": text})
+    };
+    let events = [
+        json!({"type": "response.created", "response": {"id": "resp_2", "model": "o4",
+            "status": "in_progress", "output": []}}),
+        part_added(0),
+        delta(0, "Part "),
+        delta(0, "one."),
+        part_added(1),
+        delta(1, "**Check**\n\nPart two."),
+        json!({"type": "response.output_text.delta", "item_id": "m", "output_index": 1,
+            "content_index": 0, "delta": "fin"}),
+        json!({"type": "response.completed", "response": {"id": "resp_2", "model": "o4",
+            "status": "completed", "output": output, "usage": usage}}),
+    ];
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(events.iter().map(named_event).collect()),
+        ..Default::default()
+    });
+    let (streamed, _) = setup
+        .post(
+            "/v1/responses",
+            &json!({"model": "[mock]r", "input": "x", "stream": true}),
+        )
+        .await;
+    let reasoning = "Part one.\n\n**Check**\n\nPart two.";
+    let expected = json!({"role": "assistant", "content": "fin", "reasoning_content": reasoning});
+    setup
+        .assert_outputs(&[whole.as_str(), streamed.as_str()], &expected)
+        .await;
+    let (_, line) = setup.stop_and_read(&streamed).await;
+    assert_eq!(line["response"]["reasoning"], reasoning, "{line}");
+}
