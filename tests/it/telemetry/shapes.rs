@@ -2201,6 +2201,29 @@ async fn chat_custom_tool_calls_are_recorded_with_their_name_and_input() {
     assert_eq!(logged["finish_reason"], "tool_calls");
 }
 
+/// A whole Responses API answer (`resp_1`, completed) of `model` with `output` and `usage`,
+/// as the first request of `setup`'s router: the request id of its record.
+async fn whole_responses_answer(
+    setup: &Setup,
+    model: &str,
+    output: &Value,
+    usage: &Value,
+) -> String {
+    let answer = json!({"id": "resp_1", "object": "response", "status": "completed",
+        "model": model, "output": output, "usage": usage})
+    .to_string();
+    setup.answer_with(answer.as_bytes(), "application/json");
+    let (whole, _, _) = setup
+        .whole_answer(
+            1,
+            "/v1/responses",
+            &json!({"model": "[mock]r", "input": "x"}),
+            answer.as_bytes(),
+        )
+        .await;
+    whole
+}
+
 /// A Responses API reasoning item's raw `reasoning_text` parts are reasoning and a
 /// `custom_tool_call` item is a tool call (type `custom`, its `input` the arguments), in a
 /// whole answer as in a stream: read from `response.completed`'s `output`, and, in a stream
@@ -2219,18 +2242,7 @@ async fn responses_reasoning_text_and_custom_tool_calls_read_alike_whole_and_str
             "content": [{"type": "output_text", "text": "fin", "annotations": []}]},
     ]);
     let usage = json!({"input_tokens": 4, "output_tokens": 6, "total_tokens": 10});
-    let answer = json!({"id": "resp_1", "object": "response", "status": "completed",
-        "model": "gpt-oss", "output": output, "usage": usage})
-    .to_string();
-    setup.answer_with(answer.as_bytes(), "application/json");
-    let (whole, _, _) = setup
-        .whole_answer(
-            1,
-            "/v1/responses",
-            &json!({"model": "[mock]r", "input": "x"}),
-            answer.as_bytes(),
-        )
-        .await;
+    let whole = whole_responses_answer(&setup, "gpt-oss", &output, &usage).await;
     let mut opening = call.clone();
     opening["input"] = json!("");
     opening["status"] = json!("in_progress");
@@ -2730,18 +2742,7 @@ async fn responses_reasoning_summary_parts_are_paragraphs_whole_and_streamed() {
             "content": [{"type": "output_text", "text": "fin", "annotations": []}]},
     ]);
     let usage = json!({"input_tokens": 4, "output_tokens": 6, "total_tokens": 10});
-    let answer = json!({"id": "resp_1", "object": "response", "status": "completed",
-        "model": "o4", "output": output, "usage": usage})
-    .to_string();
-    setup.answer_with(answer.as_bytes(), "application/json");
-    let (whole, _, _) = setup
-        .whole_answer(
-            1,
-            "/v1/responses",
-            &json!({"model": "[mock]r", "input": "x"}),
-            answer.as_bytes(),
-        )
-        .await;
+    let whole = whole_responses_answer(&setup, "o4", &output, &usage).await;
     let part_added = |index: usize| {
         json!({"type": "response.reasoning_summary_part.added", "item_id": "rs",
             "output_index": 0, "summary_index": index,
