@@ -54,13 +54,13 @@ impl Cli {
             {
                 None => cli,
                 Some(line) => {
-                    eprintln!("error: {line}");
+                    crate::console::line(format_args!("error: {line}"));
                     std::process::exit(2);
                 }
             },
             Err(error) => match error_line(&error, &args, &|name| std::env::var_os(name)) {
                 Some(line) => {
-                    eprintln!("error: {line}");
+                    crate::console::line(format_args!("error: {line}"));
                     std::process::exit(2);
                 }
                 None => error.exit(),

@@ -3,11 +3,14 @@
 //! Data flows one way: request → auth ([`auth`]) → routing ([`routing`]) → proxy ([`proxy`])
 //! → stream tee ([`proxy::stream`]) → client; the tee hands one finished
 //! [`record::RequestRecord`] to the sinks through [`record::Recorder`], off the request path.
+// Standard error only through `console`, whose writes cannot panic.
+#![warn(clippy::print_stderr, clippy::print_stdout)]
 
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod content_coding;
 pub mod db;
 pub mod dotenv;

@@ -1,5 +1,7 @@
 //! The `llmsrouter` binary: load `.env`, parse the command line, run the subcommand, own
 //! start-up errors (one line on stderr, non-zero exit) and shutdown.
+// Standard error only through `console`, whose writes cannot panic.
+#![warn(clippy::print_stderr, clippy::print_stdout)]
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -13,6 +15,7 @@ use tracing_subscriber::EnvFilter;
 
 use llmsrouter::cli::{Cli, Command, ModelsArgs, ServeArgs, UsageArgs, UsageGroup, UserCommand};
 use llmsrouter::config::{Config, ConfigError};
+use llmsrouter::console;
 use llmsrouter::db::DbError;
 use llmsrouter::env::EnvSettings;
 use llmsrouter::models::{self, ModelCatalog, ServerStatus};
@@ -55,7 +58,7 @@ fn main() -> ExitCode {
         Command::Check => {
             // Warnings, which `check` does not fail on: the values are read as meant.
             for warning in &unquoted {
-                eprintln!("warning: {warning}");
+                console::line(format_args!("warning: {warning}"));
             }
         }
         Command::Serve(_) => {
@@ -71,11 +74,11 @@ fn main() -> ExitCode {
             // environment `serve` has warned of once.
             if !matches!(cli.command, Command::Healthcheck(_)) {
                 for warning in &unquoted {
-                    eprintln!("warning: {warning}");
+                    console::line(format_args!("warning: {warning}"));
                 }
             }
             for problem in &dotenv_problems {
-                eprintln!("warning: {}", problem.text);
+                console::line(format_args!("warning: {}", problem.text));
             }
         }
     }
@@ -94,7 +97,7 @@ fn main() -> ExitCode {
         // A reader that stopped reading (`| head -1`) is no failure: ended quietly.
         Err(error) if error.is::<ClosedPipe>() => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", one_line(&error));
+            console::line(format_args!("error: {}", one_line(&error)));
             // A bad variable is a mistake in how the command was called, as a bad flag is;
             // but the environment is what `check` validates, and it says so with 1 (its
             // contract: 0 valid, 1 not), as for a bad config.yaml.
@@ -273,7 +276,7 @@ fn refuse_dotenv(problems: &[DotenvProblem]) -> anyhow::Result<()> {
         return Ok(());
     };
     for problem in others {
-        eprintln!("error: {problem}");
+        console::line(format_args!("error: {problem}"));
     }
     Err(anyhow!("{last}"))
 }
@@ -301,7 +304,9 @@ fn init_tracing(default_filter: &str) {
         .with_env_filter(filter)
         // Colours only for a terminal: a file or a log collector would keep the escape codes.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        // A line that cannot be written is dropped, never reported by `eprintln!` (which
+        // panics when stderr is a closed pipe or a full disk): see `console`.
+        .with_writer(console::Stderr::default)
         .with_target(false)
         .init();
     if let Some(reason) = unreadable {
@@ -692,14 +697,14 @@ fn run_check(
 ) -> anyhow::Result<ExitCode> {
     if !dotenv_problems.is_empty() {
         for problem in dotenv_problems {
-            eprintln!("error: {}", problem.text);
+            console::line(format_args!("error: {}", problem.text));
         }
         // config.yaml is checked all the same, so one run names the mistakes of both files
         // (its `${VAR}`s read the environment as it is, `.env` lines that could be read
         // included); the environment's own checks wait for a `.env` that reads.
         match checked_config(cli, from_environment) {
             Ok(config) => print_config_ok(cli, &config)?,
-            Err(error) => eprintln!("error: {error}"),
+            Err(error) => console::line(format_args!("error: {error}")),
         }
         return Ok(ExitCode::FAILURE);
     }
@@ -718,7 +723,7 @@ fn run_check(
     // As `serve` warns at start: the file holds every user key in the clear.
     if env.account_management {
         if let Some(warning) = users::index::others_may_read(&cli.db) {
-            eprintln!("warning: {warning}");
+            console::line(format_args!("warning: {warning}"));
         }
     }
     let config = checked_config(cli, from_environment)?;
@@ -733,7 +738,7 @@ fn run_check(
     ))?;
     // On stderr, as every command's notes and warnings: stdout holds only the result.
     for warning in &env.warnings {
-        eprintln!("warning: {warning}");
+        console::line(format_args!("warning: {warning}"));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -754,7 +759,7 @@ fn checked_config(cli: &Cli, from_environment: &dyn Fn(&str) -> bool) -> anyhow:
 fn print_config_ok(cli: &Cli, config: &Config) -> anyhow::Result<()> {
     // On stderr, as every command's notes and warnings: stdout holds only the result.
     for warning in &config.warnings {
-        eprintln!("warning: {}: {warning}", cli.config.display());
+        console::line(format_args!("warning: {}: {warning}", cli.config.display()));
     }
     let aliases: Vec<&str> = config.servers.keys().map(String::as_str).collect();
     print_out(format_args!(
@@ -789,7 +794,7 @@ fn run_models(
     };
     // As `check` says them: the log is off for `models` (its level is `error`).
     for warning in &config.warnings {
-        eprintln!("warning: {}: {warning}", cli.config.display());
+        console::line(format_args!("warning: {}: {warning}", cli.config.display()));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -805,7 +810,10 @@ fn run_models(
     let mut failed = 0;
     for server in snapshot.servers() {
         if let Some(warning) = &server.filter_kept_none {
-            eprintln!("warning: server \"{}\": {warning}", server.alias);
+            console::line(format_args!(
+                "warning: server \"{}\": {warning}",
+                server.alias
+            ));
         }
         if let ServerStatus::Failed {
             error,
@@ -818,10 +826,10 @@ fn run_models(
             } else {
                 "its models are left out"
             };
-            eprintln!(
+            console::line(format_args!(
                 "warning: server \"{}\": {error}; {consequence}",
                 server.alias
-            );
+            ));
         }
     }
     if snapshot.list().is_empty() && failed > 0 {
@@ -885,7 +893,6 @@ fn run_user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {
         _ => (None, None),
     };
     let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
     let mut locked = stdout.lock();
     let mut losing = LosingStdout;
     let prints_a_new_key = matches!(
@@ -897,7 +904,8 @@ fn run_user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {
     } else {
         &mut locked
     };
-    let mut err = stderr.lock();
+    // Notes after a change is made: one that cannot be written must not make it look failed.
+    let mut err = console::Stderr;
     let mut cx = users::commands::Context {
         db: &cli.db,
         known_aliases: known_aliases.as_deref(),
@@ -914,8 +922,9 @@ fn run_user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {
     }
     // Only after success: a command that fails says so in one line.
     if let Some(warning) = warning {
-        use std::io::Write as _;
-        let _ = writeln!(err, "warning: provider names not checked: {warning}");
+        console::line(format_args!(
+            "warning: provider names not checked: {warning}"
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,8 +8,8 @@ use serde_json::json;
 use crate::http1::{CHAT, Raw, post};
 use crate::support::upstream::{Behavior, MockUpstream, expected_stream};
 use crate::support::{
-    RouterProcess, client, one_server_config, reader_command, run_cli, run_cli_bytes, run_prepared,
-    wait_until,
+    RouterProcess, client, closed_url, one_server_config, reader_command, run_cli, run_cli_bytes,
+    run_prepared, wait_until,
 };
 
 const PYTHON_TEMPLATE: &str = include_str!("../fixtures/python-config.yaml.template");
@@ -1703,6 +1703,62 @@ async fn a_refused_requests_id_is_in_the_server_log_without_what_it_sent() {
     ] {
         assert!(!log.contains(secret), "{secret} in:\n{log}");
     }
+}
+
+/// A console log that cannot be written (stderr a pipe whose reader left, as `serve 2>&1 |
+/// head -2` leaves it once `head` exits; a full disk) is dropped, and the server answers as
+/// ever. Each request here is logged (a refusal, a model it cannot route, an upstream that
+/// cannot be reached), and so is a user added while it runs. Writing the line panicked
+/// before: the client got an empty reply instead of its JSON error, and SIGTERM ended the
+/// server with exit status 101.
+#[tokio::test]
+async fn a_console_log_that_cannot_be_written_is_dropped_and_serving_goes_on() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        one_server_config(&closed_url(), ""),
+    )
+    .expect("config");
+    let (code, alice, stderr) = run_cli(dir.path(), &["user", "add", "alice"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let alice = alice.trim_end().to_owned();
+    let mut router =
+        RouterProcess::start_then_close_stderr(dir, &[("ENABLE_ACCOUNT_MANAGEMENT", "true")]);
+    let url = router.url("/v1/chat/completions");
+    // The status of an OpenAI-shaped error answer.
+    let ask = |key: String, model: &'static str| {
+        let url = url.clone();
+        async move {
+            let response = client()
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"model": model, "messages": []}))
+                .send()
+                .await
+                .expect("an answer, not a closed connection");
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.expect("a JSON body");
+            assert!(body["error"]["message"].is_string(), "{body}");
+            status
+        }
+    };
+    assert_eq!(ask("sk-wrong".to_owned(), "[mock]m").await, 401);
+    assert_eq!(ask(alice.clone(), "nosuch").await, 404);
+    assert_eq!(ask(alice.clone(), "[mock]m").await, 502);
+    let (code, bob, stderr) = run_cli(router.path(), &["user", "add", "bob"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let bob = bob.trim_end().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ask(bob.clone(), "[mock]m").await == 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the running server never saw bob"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ask(alice, "[mock]m").await, 502);
+    // Exit status 0, asserted.
+    router.stop_for_log().await;
 }
 
 /// Two streams refused at once for the `stream_options` the router added: both are sent

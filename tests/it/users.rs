@@ -4,6 +4,7 @@
 //! in any output.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 
 use rusqlite::Connection;
@@ -11,8 +12,8 @@ use serde_json::{Value, json};
 
 use crate::support::upstream::{Behavior, MockUpstream};
 use crate::support::{
-    RouterProcess, TestRouter, client, run_cli, run_cli_as_reader, run_cli_into_closed_pipe,
-    run_cli_with_stdout_closed, run_cli_writing_to,
+    RouterProcess, TestRouter, client, closed_pipe, run_cli, run_cli_as_reader,
+    run_cli_into_closed_pipe, run_cli_with_stderr, run_cli_with_stdout_closed, run_cli_writing_to,
 };
 
 /// The Python version's `CREATE TABLE`, exactly as it ran it.
@@ -516,6 +517,69 @@ fn a_closed_pipe_ends_ordinary_output_quietly() {
     let (code, stdout, _) = run_cli(dir.path(), &["user", "list", "--json"], &[]);
     assert_eq!(code, 0);
     assert!(!stdout.contains("bob"), "{stdout}");
+}
+
+/// Standard error that cannot be written (a full disk; a pipe whose reader left, as
+/// `user add carol 2>&1 | head -1` leaves it) changes no exit status: a command that made its
+/// change exits 0 with its key on stdout, a refusal 1, a bad command line 2. They exited 101
+/// before (`eprintln!` panicked), even after the change was committed, so a script's
+/// `KEY=$(llmsrouter user rotate-key ann) || keep_old` kept a key that no longer worked.
+#[test]
+fn stderr_that_cannot_be_written_changes_no_exit_status() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    // No server in config.yaml: `--permissions mock` adds a warning to `add`'s note.
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    std::fs::write(dir.path().join("bad.yaml"), "servers: [\n").expect("bad config");
+    add(dir.path(), &["ann"]);
+    let unwritable = |full: bool| -> Stdio {
+        if full {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .expect("/dev/full")
+                .into()
+        } else {
+            closed_pipe().into()
+        }
+    };
+    for (full, kind) in [(true, "full"), (false, "closed")] {
+        let run = |args: &[&str]| run_cli_with_stderr(dir.path(), args, &[], unwritable(full));
+        let bob = format!("bob-{kind}");
+        let (code, out) = run(&["user", "add", &bob, "--permissions", "mock"]);
+        assert_eq!(code, 0, "{kind}: add");
+        assert!(is_new_key(out.trim_end()), "{kind}: {out:?}");
+        assert_eq!(row_of(&db, &bob)[1], out.trim_end(), "{kind}");
+        let (code, out) = run(&["user", "rotate-key", "ann"]);
+        assert_eq!(code, 0, "{kind}: rotate-key");
+        assert_eq!(
+            row_of(&db, "ann")[1],
+            out.trim_end(),
+            "{kind}: the key printed works"
+        );
+        let csv = format!("team-{kind}.csv");
+        std::fs::write(
+            dir.path().join(&csv),
+            format!("username,email\ncid-{kind},\nann,\n"),
+        )
+        .expect("csv");
+        let (code, out) = run(&["user", "import", &csv]);
+        assert_eq!(code, 0, "{kind}: import (ann skipped with a warning)");
+        assert!(out.starts_with(&format!("cid-{kind}\t")), "{kind}: {out:?}");
+        assert_eq!(run(&["user", "show", "nobody"]).0, 1, "{kind}: show nobody");
+        assert_eq!(run(&["user", "list", "--bogus"]).0, 2, "{kind}: a bad flag");
+        let (code, _) = run(&["serve", "--port", "0", "--config", "bad.yaml"]);
+        assert_eq!(code, 1, "{kind}: serve refusing a config");
+    }
+    // A `.env` line that is skipped: every command warns of it first.
+    std::fs::write(dir.path().join(".env"), "1BAD=x\n").expect(".env");
+    let (_, _, err) = run_cli(dir.path(), &["models"], &[]);
+    assert!(err.starts_with("warning: .env line 1"), "{err}");
+    for stderr in [unwritable(true), unwritable(false)] {
+        let (code, out) = run_cli_with_stderr(dir.path(), &["models", "--json"], &[], stderr);
+        assert_eq!(code, 0);
+        assert!(out.contains("\"data\""), "{out}");
+    }
 }
 
 /// The commit fails after the new key was printed (a full disk; here a deferred foreign key

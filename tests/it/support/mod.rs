@@ -327,6 +327,9 @@ enum Launch {
     AsReader,
     /// As the test prepared it (another user, a wrapper).
     Prepared(Command),
+    /// Its stderr's read end closed once it listens, as `serve 2>&1 | head -2` leaves it
+    /// once `head` has exited: every later log line fails to write (EPIPE).
+    StderrClosedOnceListening,
 }
 
 /// A command running the binary as a user for whom a file of mode 444 is read-only: the
@@ -413,9 +416,16 @@ impl RouterProcess {
         Self::spawn(dir, envs, Launch::IgnoringHangup)
     }
 
+    /// [`Self::start_in`], then its stderr closed ([`Launch::StderrClosedOnceListening`]):
+    /// [`Self::stderr`] holds the lines up to the start-up line only.
+    pub fn start_then_close_stderr(dir: tempfile::TempDir, envs: &[(&str, &str)]) -> Self {
+        Self::spawn(dir, envs, Launch::StderrClosedOnceListening)
+    }
+
     fn spawn(dir: tempfile::TempDir, envs: &[(&str, &str)], launch: Launch) -> Self {
+        let close_stderr = matches!(launch, Launch::StderrClosedOnceListening);
         let mut command = match launch {
-            Launch::Plain => Command::new(binary()),
+            Launch::Plain | Launch::StderrClosedOnceListening => Command::new(binary()),
             Launch::AsReader => reader_command(dir.path()),
             Launch::Prepared(command) => command,
             Launch::OpenFiles(limit) => {
@@ -469,6 +479,9 @@ impl RouterProcess {
                 sink.lock().expect("lock").push(line);
                 if let Some(addr) = addr {
                     let _ = tx.send(addr);
+                    if close_stderr {
+                        break;
+                    }
                 }
             }
             read.store(true, std::sync::atomic::Ordering::Release);
@@ -601,14 +614,33 @@ pub fn run_cli_writing_to(dir: &Path, args: &[&str], stdout: std::fs::File) -> (
 
 /// Runs the binary with `args` in `dir` writing to a pipe whose reader is already gone (as
 /// `| head -1` leaves it once head has exited, but every time); returns (exit code, stderr).
-/// The pipe is one end of a socket pair, the other dropped: a write fails with EPIPE.
 pub fn run_cli_into_closed_pipe(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
-    drop(ours);
     let mut command = Command::new(binary());
-    command.stdout(std::os::fd::OwnedFd::from(theirs));
+    command.stdout(closed_pipe());
     let (code, _, stderr) = run_prepared(command, dir, args, envs);
     (code, stderr)
+}
+
+/// A pipe whose reader is already gone: one end of a socket pair, the other dropped, so a
+/// write fails with EPIPE.
+pub fn closed_pipe() -> std::os::fd::OwnedFd {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+    drop(ours);
+    theirs.into()
+}
+
+/// Runs the binary with `args` in `dir` and `envs` writing its stderr to `stderr` (a full
+/// device, a closed pipe); returns (exit code, stdout).
+pub fn run_cli_with_stderr(
+    dir: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    stderr: impl Into<Stdio>,
+) -> (i32, String) {
+    let mut command = Command::new(binary());
+    command.stderr(stderr);
+    let (code, stdout, _) = run_prepared(command, dir, args, envs);
+    (code, stdout)
 }
 
 /// Runs the binary with `args` in `dir` with its standard output closed (`>&-`); returns
