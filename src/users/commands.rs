@@ -217,7 +217,17 @@ fn import_file(cx: &mut Context<'_>, file: &Path) -> Result<(), UserError> {
             out.flush()
         })
     });
-    let outcome = unmade_if_undelivered(cx.db, existed, imported)?;
+    let outcome = unmade_if_undelivered(cx.db, existed, imported).map_err(|e| match e {
+        // Which row, as for every other bad row.
+        UserError::NameIsAKey {
+            position: Some(position),
+        } => failed(format!(
+            "row {}: {}",
+            rows.get(position).map_or(position + 1, |r| r.row),
+            UserError::NameIsAKey { position: None }
+        )),
+        e => e,
+    })?;
     for &position in &outcome.skipped {
         let ImportRow { row, user } = &rows[position];
         writeln!(

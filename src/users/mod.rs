@@ -50,6 +50,11 @@ pub enum UserError {
     /// message must not echo it.
     #[error("that is a user's key, not a name: use --key (`--key -` reads it from stdin)")]
     KeyAsName,
+    /// A new user's name (of `add`, or of the import row at `position`) is some user's
+    /// key: `user list` and every request record of the new user would print that key
+    /// whole. The message must not echo it.
+    #[error("that is a user's key, not a name: no user may be named with another user's key")]
+    NameIsAKey { position: Option<usize> },
     /// `--key -` read nothing but an empty line (or none): it is not a key to look up.
     #[error("--key -: no key was read from stdin (it is empty, or its first line is)")]
     NoKeyRead,

@@ -11,6 +11,7 @@
 //! a BLOB or not UTF-8 (the Python version's table does not enforce the type) is addressed
 //! exactly, and two users that print alike are refused rather than confused.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -154,6 +155,11 @@ impl UserStore {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Before the name is looked up: a name that is a key is never echoed, not even as
+        // an existing user's.
+        if stored_keys(&tx)?.contains(&hash_key(&user.username)) {
+            return Err(UserError::NameIsAKey { position: None });
+        }
         if exists(&tx, &user.username)? {
             return Err(UserError::DuplicateUser(user.username.clone()));
         }
@@ -261,6 +267,15 @@ impl UserStore {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let keys = stored_keys(&tx)?;
+        if let Some(position) = users
+            .iter()
+            .position(|user| keys.contains(&hash_key(&user.username)))
+        {
+            return Err(UserError::NameIsAKey {
+                position: Some(position),
+            });
+        }
         let mut outcome = ImportOutcome::default();
         for (position, user) in users.iter().enumerate() {
             if exists(&tx, &user.username)? {
@@ -402,6 +417,23 @@ fn ambiguous(who: Who<'_>, found: &[User]) -> UserError {
 /// index matches it: by hash, and an empty key signs in nobody.
 fn holds_key(user: &User, presented: &KeyHash) -> bool {
     !user.key.expose().is_empty() && hash_key(user.key.expose()) == *presented
+}
+
+/// The hashes of every stored key that signs someone in ([`holds_key`]): a new user's name
+/// must be none of them (a key pasted where the name goes, a Python-era key of 32 letters
+/// and digits, which a name may look like), or `user list` and every request record of that
+/// user would print the key whole.
+fn stored_keys(conn: &Connection) -> rusqlite::Result<HashSet<KeyHash>> {
+    let mut statement = conn.prepare_cached("SELECT api_key FROM users")?;
+    let keys = statement.query_map([], |row| text(row, 0).map(Secret::new))?;
+    let mut hashes = HashSet::new();
+    for key in keys {
+        let key = key?;
+        if !key.expose().is_empty() {
+            hashes.insert(hash_key(key.expose()));
+        }
+    }
+    Ok(hashes)
 }
 
 /// No user answers to `name`: the error echoes it, unless it looks like a key.

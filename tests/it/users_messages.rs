@@ -196,6 +196,67 @@ fn a_key_given_as_a_name_is_never_echoed() {
     assert_no_key(&outputs);
 }
 
+/// Some user's key (the Python version's form: 32 letters and digits, which a name may
+/// be) given as the name of a new user is refused by `add` and `import`, as where a name
+/// picks a user, and never echoed: taken, `user list` and every request record of the new
+/// user would print that key whole. The refusal comes before "already exists", which would
+/// echo it.
+#[test]
+fn a_users_key_is_no_new_users_name() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    odd_users_db(&db);
+    let before = stored(&db);
+    let mut outputs = Vec::new();
+
+    let refused =
+        "error: that is a user's key, not a name: no user may be named with another user's key\n";
+    let (code, out, err) = user(dir.path(), &["add", ANN_KEY]);
+    assert_eq!((code, out.as_str(), err.as_str()), (1, "", refused));
+    outputs.extend([out, err]);
+
+    std::fs::write(
+        dir.path().join("team.csv"),
+        format!("username,email\ncarl,\n{ANN_KEY},\n"),
+    )
+    .expect("csv");
+    std::fs::write(
+        dir.path().join("team.json"),
+        format!(r#"[{{"username": "carl"}}, {{"username": "dan"}}, {{"username": "{ANN_KEY}"}}]"#),
+    )
+    .expect("json");
+    for (file, row) in [("team.csv", 3), ("team.json", 3)] {
+        let (code, out, err) = user(dir.path(), &["import", file]);
+        assert_eq!(code, 1, "{file}: {err}");
+        assert_eq!(
+            err,
+            format!(
+                "error: {file}: row {row}: that is a user's key, not a name: no user may be named with another user's key; nothing imported\n"
+            )
+        );
+        assert!(out.is_empty(), "no key printed: {out}");
+        outputs.extend([out, err]);
+    }
+    assert_eq!(stored(&db), before, "nothing changed");
+
+    // A name that is both a user's name (a Python-era row) and another user's key.
+    insert_raw(
+        &db,
+        &format!("'{ANN_KEY}'"),
+        "dAvEKeyKKKKKKKKKKKKKKKKKKKKKKKKK",
+    );
+    let before = stored(&db);
+    let (code, out, err) = user(dir.path(), &["add", ANN_KEY]);
+    assert_eq!((code, err.as_str()), (1, refused));
+    outputs.extend([out, err]);
+    assert_eq!(stored(&db), before, "nothing changed");
+
+    let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    assert_no_key(&outputs);
+    // Any other name still goes in.
+    add(dir.path(), &["carl"]);
+}
+
 #[test]
 fn invisible_formatting_characters_are_escaped_and_accepted_escaped() {
     let dir = tempfile::tempdir().expect("dir");
