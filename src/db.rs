@@ -265,22 +265,21 @@ pub fn open_to_read(path: &Path) -> Result<Connection, DbError> {
 }
 
 /// What `llmsrouter check` can tell of the database at `path` without writing to it: the
-/// refusals `serve` would meet when opening it (a folder, not a database, another program's,
-/// a newer schema; with `writes`, for the ledger, a file or folder this user may not
-/// write). A missing file is no problem when `serve` can create it, ledger or not: it
+/// refusals `serve` would meet when opening it (a folder or a device, not a database,
+/// another program's, a newer schema; with `writes`, for the ledger, a file or folder this
+/// user may not write). A missing file is no problem when `serve` can create it, ledger or not: it
 /// creates it for the users table too, so a folder this user may not write refuses it.
 pub fn inspect(path: &Path, writes: bool) -> Result<(), DbError> {
     let shown = path.display().to_string();
     check_path(path)?;
     let path = plain_file_name(path);
+    check_file_kind(&path, &shown)?;
     let missing = !path.exists() && !path.is_symlink();
     if (writes || missing) && only_folder_refuses(&path) {
         return Err(folder_refuses(&shown, &path));
     }
-    match std::fs::metadata(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Ok(meta) if meta.is_dir() => return Err(a_folder(&shown)),
-        _ => {}
+    if matches!(std::fs::metadata(&path), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+        return Ok(());
     }
     let conn = open_file(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| not_a_database(&shown, e))?;
@@ -304,13 +303,48 @@ fn file_writable(path: &Path) -> bool {
         .is_ok_and(|read_only| !read_only)
 }
 
-/// A folder named as the database, said as such rather than SQLite's "unable to open
-/// database file".
-fn a_folder(shown: &str) -> DbError {
-    DbError::Open {
-        path: shown.to_owned(),
-        reason: "is a folder, not a database file".to_owned(),
+/// Refuses what `path` names (through any symlink) when it is there and is not a regular
+/// file, said as what it is rather than as SQLite says it: a folder ("unable to open database
+/// file"), a device such as `/dev/null` ("disk I/O error", after SQLite has made a
+/// `/dev/null-journal` beside it when the folder lets it), a named pipe or a socket. A
+/// missing path is no refusal (it is created), nor one that cannot be looked at (SQLite then
+/// says why).
+fn check_file_kind(path: &Path, shown: &str) -> Result<(), DbError> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    if meta.is_file() {
+        return Ok(());
     }
+    let reason = if meta.is_dir() {
+        "is a folder, not a database file"
+    } else {
+        not_a_regular_file(&meta.file_type())
+    };
+    Err(DbError::Open {
+        path: shown.to_owned(),
+        reason: reason.to_owned(),
+    })
+}
+
+/// What a path that is neither a file nor a folder names, for [`check_file_kind`].
+#[cfg(unix)]
+fn not_a_regular_file(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_char_device() || kind.is_block_device() {
+        "not a regular file (a device): a database must be a file"
+    } else if kind.is_fifo() {
+        "not a regular file (a named pipe): a database must be a file"
+    } else if kind.is_socket() {
+        "not a regular file (a socket): a database must be a file"
+    } else {
+        "not a regular file: a database must be a file"
+    }
+}
+
+#[cfg(not(unix))]
+fn not_a_regular_file(_kind: &std::fs::FileType) -> &'static str {
+    "not a regular file: a database must be a file"
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -323,9 +357,7 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
     let shown = path.display().to_string();
     check_path(path)?;
     let path = plain_file_name(path);
-    if path.is_dir() {
-        return Err(a_folder(&shown));
-    }
+    check_file_kind(&path, &shown)?;
     // For a reader too: `serve` with accounts on opens the file to read the users table
     // before (or, with the ledger off, instead of) the ledger's writer, and SQLite creates a
     // missing one with the umask's mode (0644: every user key readable by anyone).

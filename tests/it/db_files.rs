@@ -661,3 +661,111 @@ fn a_database_in_a_missing_folder_is_said_so() {
     }
     assert!(!dir.path().join("nodir").exists());
 }
+
+/// A journal file SQLite may make beside a device (as root, `/dev/null-journal`), removed
+/// when the test ends if it was not there before, so a failing run leaves nothing in `/dev`.
+struct NoJournalMade {
+    path: &'static Path,
+    there_before: bool,
+}
+
+impl NoJournalMade {
+    fn new(path: &'static Path) -> Self {
+        Self {
+            path,
+            there_before: path.exists(),
+        }
+    }
+
+    /// Whether the file is there now and was not before.
+    fn made(&self) -> bool {
+        !self.there_before && self.path.exists()
+    }
+}
+
+impl Drop for NoJournalMade {
+    fn drop(&mut self) {
+        if self.made() {
+            let _ = std::fs::remove_file(self.path);
+        }
+    }
+}
+
+/// `--db` naming something that is not a regular file: a device (`/dev/null`, also through a
+/// symlink), a named pipe. Every command refuses it with one line saying what it is, and
+/// nothing is made beside it (SQLite said "disk I/O error", or that it could not upgrade
+/// the schema, and as root left a `/dev/null-journal` behind). A symlink to a regular file
+/// is that file.
+#[cfg(unix)]
+#[test]
+fn a_device_or_a_named_pipe_is_refused_and_nothing_is_made_beside_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("cfg");
+    std::fs::write(dir.path().join("u.csv"), "username,email\nbob,\n").expect("csv");
+    let made = Command::new("mkfifo")
+        .arg(dir.path().join("pipe.db"))
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    std::os::unix::fs::symlink("/dev/null", dir.path().join("null.db")).expect("link");
+    let journal = NoJournalMade::new(Path::new("/dev/null-journal"));
+    let cases = [
+        ("/dev/null", "/dev/null: not a regular file (a device)"),
+        ("/dev/zero", "/dev/zero: not a regular file (a device)"),
+        ("null.db", "null.db: not a regular file (a device)"),
+        ("pipe.db", "pipe.db: not a regular file (a named pipe)"),
+    ];
+    for (db, expected) in cases {
+        for args in [
+            &["user", "list"][..],
+            &["user", "add", "ann"],
+            &["user", "import", "u.csv"],
+            &["user", "show", "ann"],
+            &["usage"],
+            &["check"],
+        ] {
+            let args = [args, &["--db", db]].concat();
+            let (code, out, err) = run_bounded(dir.path(), &args, &[]);
+            assert_eq!((code, out.as_str()), (1, ""), "{args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+            assert!(
+                err.contains(expected) && err.trim_end().ends_with("a database must be a file"),
+                "{args:?}: {err}"
+            );
+        }
+        for envs in [
+            &[
+                ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+                ("LLMSROUTER_LEDGER", "false"),
+            ][..],
+            &[("LLMSROUTER_LEDGER", "true")],
+        ] {
+            let envs = [envs, &[("LLMSROUTER_DB", db), ("LLMSROUTER_LOG_FILE", "")]].concat();
+            let (code, _, err) = run_bounded(
+                dir.path(),
+                &["serve", "--host", "127.0.0.1", "--port", "0"],
+                &envs,
+            );
+            assert_eq!(code, 1, "{envs:?}: {err}");
+            let last = err.lines().last().unwrap_or_default();
+            assert!(last.contains(expected), "{envs:?}: {err}");
+        }
+    }
+    assert_eq!(
+        files_in(dir.path()),
+        ["config.yaml", "null.db", "pipe.db", "u.csv"]
+    );
+    assert!(!journal.made(), "/dev/null-journal was made");
+
+    // A symlink to a regular file is that file; one to a missing file creates it, as a
+    // missing --db is created.
+    std::fs::create_dir(dir.path().join("real")).expect("folder");
+    std::os::unix::fs::symlink("real/users.db", dir.path().join("link.db")).expect("link");
+    let (code, key, err) = run_cli(dir.path(), &["user", "add", "ann", "--db", "link.db"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(dir.path().join("real/users.db").is_file());
+    let (code, out, err) = run_cli(dir.path(), &["user", "list", "--db", "link.db"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|line| line.starts_with("ann ")), "{out}");
+    assert!(key.starts_with("sk-lr-"), "{key}");
+}
