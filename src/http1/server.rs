@@ -462,7 +462,7 @@ impl Conn {
         let expected = decoder
             .remaining()
             .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
-        let mut gathered = Gathered::expecting(expected);
+        let mut gathered = Gathered::expecting(expected).within(limit);
         loop {
             match decoder.decode(&mut self.buf) {
                 Ok(Decoded::Data(data)) => {

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt as _;
 
 use crate::error::ProxyError;
@@ -77,7 +77,7 @@ async fn collect_within(
     declared: Option<u64>,
     stall: Duration,
 ) -> Result<Bytes, ProxyError> {
-    let mut gathered = Gathered::expecting(declared.map_or(0, |len| len as usize));
+    let mut gathered = Gathered::expecting(declared.map_or(0, |len| len as usize)).within(limit);
     loop {
         let Ok(frame) = tokio::time::timeout(stall, body.frame()).await else {
             return Err(ProxyError::InvalidRequest(format!(
@@ -103,9 +103,15 @@ async fn collect_within(
 /// case for both clients and upstreams, is kept as it is, without a copy.
 pub struct Gathered {
     first: Option<Bytes>,
-    joined: Option<BytesMut>,
+    joined: Option<Vec<u8>>,
     expected: usize,
+    /// The most the body may be (see [`Self::within`]); 0 when not given.
+    limit: usize,
 }
+
+/// How far the buffer of a body of unknown length grows by doubling when [`Gathered::within`]
+/// gave its limit; past it, room up to the limit is reserved at once.
+const DOUBLED_UP_TO: usize = 1024 * 1024;
 
 impl Gathered {
     /// `expected` is the declared length, used as the capacity once a second frame comes.
@@ -114,7 +120,18 @@ impl Gathered {
             first: None,
             joined: None,
             expected,
+            limit: 0,
         }
+    }
+
+    /// A body the caller refuses past `limit` bytes: one of unknown length (chunked) that
+    /// outgrows [`DOUBLED_UP_TO`] gets room up to `limit` at once, as a declared length gets
+    /// it from the start. Grown by doubling, its buffer was copied at each step and the old
+    /// ones were still held by the allocator: a 32 MiB upload took about 96 MiB. Room not
+    /// written to is address space, not memory.
+    pub fn within(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
     }
 
     pub fn size(&self) -> usize {
@@ -127,10 +144,15 @@ impl Gathered {
 
     pub fn push(&mut self, data: Bytes) {
         if let Some(buffer) = &mut self.joined {
+            let needed = buffer.len().saturating_add(data.len());
+            if needed > buffer.capacity() && needed > DOUBLED_UP_TO && self.limit >= needed {
+                // Address space refused: grown by doubling, as without a limit.
+                let _ = buffer.try_reserve_exact(self.limit - buffer.len());
+            }
             buffer.extend_from_slice(&data);
         } else if let Some(head) = self.first.take() {
             let capacity = self.expected.max(head.len() + data.len());
-            let mut buffer = BytesMut::with_capacity(capacity);
+            let mut buffer = Vec::with_capacity(capacity);
             buffer.extend_from_slice(&head);
             buffer.extend_from_slice(&data);
             self.joined = Some(buffer);
@@ -141,7 +163,7 @@ impl Gathered {
 
     pub fn into_bytes(self) -> Bytes {
         self.joined
-            .map(BytesMut::freeze)
+            .map(Bytes::from)
             .or(self.first)
             .unwrap_or_default()
     }
@@ -185,4 +207,32 @@ async fn discard(mut body: Body) {
 
 fn unreadable() -> ProxyError {
     ProxyError::InvalidRequest("could not read the request body".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body of unknown length grows by doubling up to [`DOUBLED_UP_TO`], then gets room up
+    /// to its limit at once, and is never grown (copied) again.
+    #[test]
+    fn a_chunked_body_past_a_mebibyte_gets_room_to_its_limit_at_once() {
+        const LIMIT: usize = 8 * 1024 * 1024;
+        let piece = Bytes::from(vec![7u8; 64 * 1024]);
+        let mut gathered = Gathered::expecting(0).within(LIMIT);
+        let mut capacities = Vec::new();
+        while gathered.size() + piece.len() <= LIMIT {
+            gathered.push(piece.clone());
+            if let Some(buffer) = &gathered.joined {
+                capacities.push(buffer.capacity());
+            }
+        }
+        let past = capacities.iter().position(|&c| c > DOUBLED_UP_TO);
+        let past = past.expect("grown past a mebibyte");
+        assert_eq!(capacities[past], LIMIT);
+        assert!(capacities[past..].iter().all(|&c| c == LIMIT));
+        let body = gathered.into_bytes();
+        assert_eq!(body.len(), LIMIT);
+        assert!(body.iter().all(|&b| b == 7));
+    }
 }
