@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::error::ProxyError;
 use crate::record::BodyLayout;
+use crate::upstream::RequestBody;
 
 /// The top-level facts of a request body the router needs.
 #[derive(Debug)]
@@ -140,23 +141,29 @@ impl RequestView {
     /// The body to send upstream: `model` replaced by `upstream_model`, and when
     /// `inject_usage`, `stream_options.include_usage: true` set. Returns whether usage was
     /// injected (then the usage-only chunk is the router's to drop). Shares `body` when
-    /// nothing changes.
-    pub fn rewrite(&self, body: &Bytes, upstream_model: &str, inject_usage: bool) -> (Bytes, bool) {
+    /// nothing changes, and a large body's unchanged bytes when something does (see
+    /// [`RequestBody::spliced`]).
+    pub fn rewrite(
+        &self,
+        body: &Bytes,
+        upstream_model: &str,
+        inject_usage: bool,
+    ) -> (RequestBody, bool) {
         let inject = inject_usage && self.can_inject_usage();
         let model_changed = upstream_model != self.model;
         if !model_changed && !inject {
-            return (body.clone(), false);
+            return (body.clone().into(), false);
         }
         let quoted = if model_changed {
             json_string(upstream_model)
         } else {
             String::new()
         };
-        let mut edits: Vec<(Range<usize>, Cow<'_, [u8]>)> =
-            Vec::with_capacity(self.model_ranges.len() + 1);
+        let with_usage;
+        let mut edits: Vec<(Range<usize>, &[u8])> = Vec::with_capacity(self.model_ranges.len() + 1);
         if model_changed {
             for range in &self.model_ranges {
-                edits.push((range.clone(), Cow::Borrowed(quoted.as_bytes())));
+                edits.push((range.clone(), quoted.as_bytes()));
             }
         }
         if inject {
@@ -167,29 +174,20 @@ impl RequestView {
                     } else {
                         br#""stream_options":{"include_usage":true}"#
                     };
-                    edits.push((self.closing_brace..self.closing_brace, Cow::Borrowed(text)));
+                    edits.push((self.closing_brace..self.closing_brace, text));
                 }
                 StreamOptions::Null(range) => {
-                    edits.push((range.clone(), Cow::Borrowed(br#"{"include_usage":true}"#)));
+                    edits.push((range.clone(), br#"{"include_usage":true}"#));
                 }
                 StreamOptions::Object { range, .. } => {
-                    let original = &body[range.clone()];
-                    edits.push((range.clone(), Cow::Owned(with_include_usage(original))));
+                    with_usage = with_include_usage(&body[range.clone()]);
+                    edits.push((range.clone(), &with_usage));
                 }
                 StreamOptions::Other => {}
             }
         }
         edits.sort_by_key(|(range, _)| range.start);
-        let extra: usize = edits.iter().map(|(_, text)| text.len()).sum();
-        let mut out = Vec::with_capacity(body.len() + extra);
-        let mut at = 0;
-        for (range, text) in &edits {
-            out.extend_from_slice(&body[at..range.start]);
-            out.extend_from_slice(text);
-            at = range.end;
-        }
-        out.extend_from_slice(&body[at..]);
-        (Bytes::from(out), inject)
+        (RequestBody::spliced(body, &edits), inject)
     }
 }
 
@@ -377,7 +375,7 @@ mod tests {
         let bytes = Bytes::copy_from_slice(body.as_bytes());
         let view = RequestView::parse(&bytes).expect("parses");
         let (out, _) = view.rewrite(&bytes, model, inject);
-        String::from_utf8(out.to_vec()).expect("utf8")
+        String::from_utf8(out.to_bytes().to_vec()).expect("utf8")
     }
 
     #[test]
@@ -394,7 +392,7 @@ mod tests {
         let bytes = Bytes::from_static(br#"{"model":"m"}"#);
         let view = RequestView::parse(&bytes).expect("parses");
         let (out, injected) = view.rewrite(&bytes, "m", false);
-        assert_eq!(out.as_ptr(), bytes.as_ptr());
+        assert_eq!(out.as_whole().map(|b| b.as_ptr()), Some(bytes.as_ptr()));
         assert!(!injected);
     }
 
@@ -429,7 +427,7 @@ mod tests {
         assert!(view.client_asked_for_usage());
         let (out, injected) = view.rewrite(&body, "a", true);
         assert!(!injected);
-        assert_eq!(out, body);
+        assert_eq!(out.to_bytes(), body);
     }
 
     #[test]

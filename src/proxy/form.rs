@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::error::ProxyError;
 use crate::http1::fields::Fields;
+use crate::upstream::RequestBody;
 
 /// Most parts a form may have: each costs the router a little memory, and a body of tiny
 /// parts (one every few bytes of `max_body_bytes`) must not cost it gigabytes. OpenAI's forms
@@ -150,33 +151,26 @@ impl FormView {
     }
 
     /// The body to send upstream: every `model` value replaced by `upstream_model`, every
-    /// other byte as it came. Shares `body` when the model does not change.
-    pub fn rewrite(&self, body: &Bytes, upstream_model: &str) -> Bytes {
+    /// other byte as it came. Shares `body` when the model does not change, and a large
+    /// body's other bytes (the files) when it does (see [`RequestBody::spliced`]).
+    pub fn rewrite(&self, body: &Bytes, upstream_model: &str) -> RequestBody {
         if self.model.as_deref().is_none_or(|m| m == upstream_model) {
-            return body.clone();
+            return body.clone().into();
         }
         let length = upstream_model.len().to_string();
-        let mut splices: Vec<(&Range<usize>, &[u8])> = self
+        let mut splices: Vec<(Range<usize>, &[u8])> = self
             .model_ranges
             .iter()
-            .map(|range| (range, upstream_model.as_bytes()))
+            .map(|range| (range.clone(), upstream_model.as_bytes()))
             .chain(
                 self.length_ranges
                     .iter()
-                    .map(|range| (range, length.as_bytes())),
+                    .map(|range| (range.clone(), length.as_bytes())),
             )
             .collect();
         // A part's headers come before its value: in body order, each header before its value.
         splices.sort_by_key(|(range, _)| range.start);
-        let mut out = Vec::with_capacity(body.len() + upstream_model.len());
-        let mut at = 0;
-        for (range, replacement) in splices {
-            out.extend_from_slice(&body[at..range.start]);
-            out.extend_from_slice(replacement);
-            at = range.end;
-        }
-        out.extend_from_slice(&body[at..]);
-        Bytes::from(out)
+        RequestBody::spliced(body, &splices)
     }
 
     /// The form as its record shows it: one JSON object of the text fields (a field sent
@@ -563,7 +557,9 @@ mod tests {
         let view = parse(&body).expect("parses");
         assert_eq!(view.model.as_deref(), Some("[openai]whisper-1"));
         assert!(!view.stream);
-        let out = view.rewrite(&Bytes::from(body.clone()), "whisper-1");
+        let out = view
+            .rewrite(&Bytes::from(body.clone()), "whisper-1")
+            .to_bytes();
         let text = String::from_utf8_lossy(&body).replace("[openai]whisper-1", "whisper-1");
         assert_eq!(String::from_utf8_lossy(&out), text);
         assert_eq!(out.len(), body.len() - "[openai]".len());
@@ -576,7 +572,9 @@ mod tests {
     fn a_content_length_of_the_model_part_follows_the_new_value() {
         let body = b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\nContent-Length: 17\r\n\r\n[openai]whisper-1\r\n--b\r\nContent-Disposition: form-data; name=\"language\"\r\ncontent-length : 2 \r\n\r\nen\r\n--b--\r\n";
         let view = FormView::parse(body, "b").expect("parses");
-        let out = view.rewrite(&Bytes::from_static(body), "whisper-1");
+        let out = view
+            .rewrite(&Bytes::from_static(body), "whisper-1")
+            .to_bytes();
         let expected = String::from_utf8_lossy(body).replace(
             "Content-Length: 17\r\n\r\n[openai]whisper-1",
             "Content-Length: 9\r\n\r\nwhisper-1",
@@ -589,7 +587,8 @@ mod tests {
     fn an_unchanged_model_shares_the_body() {
         let body = Bytes::from(form(&[("model", None, b"whisper-1")]));
         let view = parse(&body).expect("parses");
-        assert_eq!(view.rewrite(&body, "whisper-1").as_ptr(), body.as_ptr());
+        let out = view.rewrite(&body, "whisper-1");
+        assert_eq!(out.as_whole().map(|b| b.as_ptr()), Some(body.as_ptr()));
     }
 
     #[test]
@@ -814,7 +813,7 @@ mod tests {
                 prop_assert_eq!(&read.filename, filename);
                 prop_assert_eq!(&body[read.value.clone()], value.as_slice());
             }
-            let out = view.rewrite(&body, &upstream);
+            let out = view.rewrite(&body, &upstream).to_bytes();
             let again = parse(&out).expect("the rewritten form parses");
             prop_assert_eq!(again.parts.len(), parts.len());
             for ((read, before), (name, _, value)) in again.parts.iter().zip(&view.parts).zip(&parts) {

@@ -43,7 +43,7 @@ use crate::routing::{self, Lookup, ModelRef, Target};
 use crate::secret::Secret;
 use crate::sinks::redact::{MIN_SECRET_LEN, Redactor};
 use crate::state::AppState;
-use crate::upstream::{ProxyEnv, UpstreamError, UpstreamResponse, Via};
+use crate::upstream::{ProxyEnv, RequestBody, UpstreamError, UpstreamResponse, Via};
 use crate::usage::ResponseSummary;
 use body::RequestView;
 use failure_log::FailureLog;
@@ -436,8 +436,13 @@ impl ReadBody for Unnamed {
 
     /// As it came: no model to change, and no `stream_options` added to a body the router
     /// did not parse for them.
-    fn rewrite(&self, body: &Bytes, _upstream_model: &str, _inject_usage: bool) -> (Bytes, bool) {
-        (body.clone(), false)
+    fn rewrite(
+        &self,
+        body: &Bytes,
+        _upstream_model: &str,
+        _inject_usage: bool,
+    ) -> (RequestBody, bool) {
+        (body.clone().into(), false)
     }
 
     fn record_body(&self, body: &Bytes) -> Bytes {
@@ -476,8 +481,13 @@ impl ReadBody for Verbatim {
         false
     }
 
-    fn rewrite(&self, body: &Bytes, _upstream_model: &str, _inject_usage: bool) -> (Bytes, bool) {
-        (body.clone(), false)
+    fn rewrite(
+        &self,
+        body: &Bytes,
+        _upstream_model: &str,
+        _inject_usage: bool,
+    ) -> (RequestBody, bool) {
+        (body.clone().into(), false)
     }
 
     fn record_body(&self, _body: &Bytes) -> Bytes {
@@ -513,7 +523,12 @@ trait ReadBody {
     fn model(&self) -> Option<&str>;
     fn stream(&self) -> bool;
     /// The body to send upstream, and whether `stream_options.include_usage` was added.
-    fn rewrite(&self, body: &Bytes, upstream_model: &str, inject_usage: bool) -> (Bytes, bool);
+    fn rewrite(
+        &self,
+        body: &Bytes,
+        upstream_model: &str,
+        inject_usage: bool,
+    ) -> (RequestBody, bool);
     /// What the record holds of the request: one JSON object.
     fn record_body(&self, body: &Bytes) -> Bytes;
     /// Where the record body's top-level members are, when known.
@@ -544,7 +559,12 @@ impl ReadBody for RequestView {
     }
 
     #[inline]
-    fn rewrite(&self, body: &Bytes, upstream_model: &str, inject_usage: bool) -> (Bytes, bool) {
+    fn rewrite(
+        &self,
+        body: &Bytes,
+        upstream_model: &str,
+        inject_usage: bool,
+    ) -> (RequestBody, bool) {
         RequestView::rewrite(self, body, upstream_model, inject_usage)
     }
 
@@ -580,7 +600,12 @@ impl ReadBody for FormView {
     }
 
     /// Only the model: `stream_options` is JSON's, a form has none to add to.
-    fn rewrite(&self, body: &Bytes, upstream_model: &str, _inject_usage: bool) -> (Bytes, bool) {
+    fn rewrite(
+        &self,
+        body: &Bytes,
+        upstream_model: &str,
+        _inject_usage: bool,
+    ) -> (RequestBody, bool) {
         (FormView::rewrite(self, body, upstream_model), false)
     }
 

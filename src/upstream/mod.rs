@@ -23,7 +23,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -37,9 +36,11 @@ mod keep_reading;
 pub mod plain;
 mod pool;
 mod proxy_env;
+mod request_body;
 
 use keep_reading::KeepReading;
 pub use proxy_env::{ProxyEnv, Via};
+pub use request_body::{Frames, RequestBody};
 
 /// The TCP connection and the TLS handshake together, as reqwest's `connect_timeout` bounds
 /// them: hyper's connector times only the TCP part.
@@ -206,7 +207,7 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 pub struct UpstreamClient {
     /// One pool per lane (see [`crate::lanes`]): a request uses connections its own thread
     /// drives, so sending it wakes no other thread.
-    direct: Arc<[Client<Connector, Full<Bytes>>]>,
+    direct: Arc<[Client<Connector, Frames>]>,
     /// Each lane's idle connections to plain-HTTP upstreams.
     plain: Arc<pool::LanePools>,
     connector: Connector,
@@ -728,7 +729,7 @@ impl UpstreamClient {
         method: &Method,
         url: String,
         fields: &(dyn FieldSource + Sync),
-        body: Bytes,
+        body: RequestBody,
     ) -> Prepared {
         if let Some((authority, origin)) = url.strip_prefix("http://").and_then(plain_target) {
             if !self.proxy.is_set() || self.direct_uri(&url).is_some() {
@@ -752,7 +753,7 @@ impl UpstreamClient {
                 body,
             });
         };
-        let mut request = Request::new(Full::new(body));
+        let mut request = Request::new(body.into_frames());
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = header_map_of(fields);
@@ -818,7 +819,7 @@ impl UpstreamClient {
         &self,
         authority: &str,
         head: &[u8],
-        body: &Bytes,
+        body: &RequestBody,
         within: Within,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let connect = || self.connect_plain(authority, within);
@@ -916,9 +917,14 @@ impl UpstreamClient {
         method: Method,
         url: &str,
         headers: HeaderMap,
-        body: Bytes,
+        body: RequestBody,
         within: Within,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        // A whole body goes as reqwest keeps it, reusable; pieces as one frame each.
+        let body = match body.as_whole() {
+            Some(whole) => reqwest::Body::from(whole.clone()),
+            None => reqwest::Body::wrap(body.into_frames()),
+        };
         let sending = self
             .fallback
             .request(method, url)
@@ -979,14 +985,14 @@ enum Route {
         url: String,
         authority: std::ops::Range<usize>,
         head: BytesMut,
-        body: Bytes,
+        body: RequestBody,
     },
-    Direct(Request<Full<Bytes>>),
+    Direct(Request<Frames>),
     Fallback {
         method: Method,
         url: String,
         headers: HeaderMap,
-        body: Bytes,
+        body: RequestBody,
     },
 }
 

@@ -3,10 +3,10 @@
 //! the request and its connection (hyper's client had both, and they cost about a fifth of a
 //! proxied request's instructions).
 //!
-//! The request goes out in one write (head and body together). A connection taken from the
-//! lane's list that fails before any byte of the request was written is set aside and the
-//! next one tried, as hyper-util's client retried such requests; once a byte went out, a
-//! request is never sent again. The answer's body ([`PlainBody`]) is read from the same
+//! The request goes out in one write (head and body together, a body in pieces too: see
+//! [`super::RequestBody`]). A connection taken from the lane's list that fails before any byte
+//! of the request was written is set aside and the next one tried, as hyper-util's client
+//! retried such requests; once a byte went out, a request is never sent again. The answer's body ([`PlainBody`]) is read from the same
 //! connection as the caller polls it, and the connection goes back to the list when that body
 //! has been read to its end and nothing else arrived; a body dropped before its end closes
 //! the connection (the rest of the answer would still be on the wire).
@@ -30,6 +30,7 @@ use http_body::{Frame, SizeHint};
 
 use super::closed_by_upstream;
 use super::pool::{LanePools, PlainConn};
+use super::request_body::{RequestBody, unwritten};
 use crate::http1::framing::{Decoded, Decoder, FramingError, response_length};
 use crate::http1::head::{HeadError, ResponseHead, parse_response};
 use crate::http1::io::{MIN_READ, WriteFailure, read_some, reserve};
@@ -96,7 +97,7 @@ pub(super) async fn send<C, F>(
     lane: usize,
     authority: &str,
     head: &[u8],
-    body: &Bytes,
+    body: &RequestBody,
     connect: C,
 ) -> Result<(ResponseHead, PlainBody), SendError>
 where
@@ -107,7 +108,7 @@ where
     let mut sent = None;
     while let Some(mut conn) = idle {
         let mut early = Early::default();
-        match write_request(&mut conn, head, body, &mut early).await {
+        match write_request(&mut conn, head, body.pieces(), &mut early).await {
             // Closed before it took a byte: the request may go on another connection.
             Written::Failed(failure) if failure.written == 0 => {
                 idle = pools.take(lane, &authority).1;
@@ -179,7 +180,7 @@ const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
 async fn on_new_connection<C, F>(
     connect: C,
     head: &[u8],
-    body: &Bytes,
+    body: &RequestBody,
 ) -> Result<(PlainConn, Written, Early), SendError>
 where
     C: FnOnce() -> F,
@@ -187,7 +188,7 @@ where
 {
     let mut conn = PlainConn::new(connect().await.map_err(SendError::Connect)?);
     let mut early = Early::default();
-    let written = write_request(&mut conn, head, body, &mut early).await;
+    let written = write_request(&mut conn, head, body.pieces(), &mut early).await;
     Ok((conn, written, early))
 }
 
@@ -222,22 +223,17 @@ const EARLY_ANSWER_LIMIT: usize = 16 * 1024 * 1024;
 async fn write_request(
     conn: &mut PlainConn,
     head: &[u8],
-    body: &[u8],
+    body: &[Bytes],
     early: &mut Early,
 ) -> Written {
-    let total = head.len() + body.len();
+    let total = head.len() + body.iter().map(Bytes::len).sum::<usize>();
     let mut written = 0;
     let mut watching = true;
     while written < total {
-        let parts = if written < head.len() {
-            [IoSlice::new(&head[written..]), IoSlice::new(body)]
-        } else {
-            [
-                IoSlice::new(&body[written - head.len()..]),
-                IoSlice::new(&[]),
-            ]
-        };
-        match conn.io.try_write_vectored(&parts) {
+        // A body in pieces (see [`RequestBody`]) goes up to this many slices a write.
+        let mut parts = [IoSlice::new(&[]); 16];
+        let filled = unwritten(head, body, written, &mut parts);
+        match conn.io.try_write_vectored(&parts[..filled]) {
             Ok(0) => {
                 let error = std::io::ErrorKind::WriteZero.into();
                 return Written::Failed(WriteFailure { written, error });
@@ -754,7 +750,7 @@ mod tests {
                 0,
                 &self.authority,
                 head.as_bytes(),
-                &body,
+                &RequestBody::from(body),
                 connect,
             )
             .await

@@ -1320,6 +1320,21 @@ async fn providers_are_reached_through_the_proxy_the_environment_names() {
         Some("provider.invalid"),
         "the proxy was asked for the provider"
     );
+    // A large body goes as pieces around the client's bytes, with its exact length.
+    let content = "0123456789abcdef".repeat(16 * 1024);
+    let body = json!({"model": "[mock]m", "messages": [{"role": "user", "content": content}]});
+    let response = router.chat(&body).await;
+    assert_eq!(response.status(), 200);
+    let expected = json!({"model": "m", "messages": [{"role": "user", "content": content}]});
+    let received = proxy.last();
+    assert!(
+        received.body == expected.to_string().as_bytes(),
+        "the body differs"
+    );
+    assert_eq!(
+        received.headers["content-length"],
+        expected.to_string().len().to_string().as_str()
+    );
 }
 
 /// The proxy variable's credentials are secrets like a configured key: an upstream that

@@ -12,7 +12,7 @@ use llmsrouter::sinks::redact::Redactor;
 use serde_json::{Value, json};
 
 use crate::support::upstream::{Behavior, MockUpstream};
-use crate::support::{TestRouter, client, h2c_client, one_server_config};
+use crate::support::{RouterProcess, TestRouter, client, h2c_client, one_server_config};
 use crate::telemetry::request_log::read_log_lines;
 
 const BOUNDARY: &str = "llmsrouter-test-boundary-7d1f";
@@ -529,4 +529,88 @@ async fn a_streamed_transcription_is_relayed_as_it_came() {
         .expect("usage of the done event");
     assert_eq!((usage.input, usage.output), (14, 45));
     router.stop().await;
+}
+
+/// The router's peak resident memory (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// A 32 MiB upload whose model the router rewrites reaches the upstream byte for byte, every
+/// `model` field rewritten to the last one's model, and the router holds it once, whether it
+/// came with a `Content-Length` or chunked: its upstream body shares the client's bytes (it
+/// used to be a second, edited copy), and a chunked body's buffer is not grown by doubling
+/// (each step a copy the allocator still held: three times the upload at worst).
+#[tokio::test]
+async fn a_large_rewritten_upload_is_sent_exact_and_held_once() {
+    const SIZE: usize = 32 * 1024 * 1024;
+    let audio: Vec<u8> = (0..SIZE as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let parts = |first: &'static [u8], last: &'static [u8]| {
+        form(&[
+            ("model", None, first),
+            ("file", Some(("speech.wav", "audio/wav")), &audio),
+            ("language", None, b"en"),
+            ("model", None, last),
+        ])
+    };
+    // Two `model` fields: routed by the last, both rewritten to its model.
+    let body = bytes::Bytes::from(parts(b"[mock]whisper-0", b"[mock]whisper-1"));
+    let expected = parts(b"whisper-1", b"whisper-1");
+    for chunked in [false, true] {
+        let upstream = MockUpstream::start(Behavior {
+            body: Some(TRANSCRIPTION.into()),
+            ..Default::default()
+        })
+        .await;
+        // No sinks, and a new process each time: only this request's memory is measured.
+        let router = RouterProcess::start(
+            Some(&one_server_config(&upstream.url(), "")),
+            &[("LLMSROUTER_LEDGER", "false"), ("LLMSROUTER_LOG_FILE", "")],
+        );
+        let send = |body: reqwest::Body| {
+            client()
+                .post(router.url("/v1/audio/transcriptions"))
+                .header("content-type", form_type())
+                .body(body)
+                .send()
+        };
+        // A small one first: what the router allocates once is not counted.
+        let small = form(&[("model", None, b"[mock]whisper-1"), ("file", None, b"RIFF")]);
+        assert_eq!(send(small.into()).await.expect("send").status(), 200);
+        let pid = router.child.id();
+        let before = peak_rss_kib(pid);
+        let sent = if chunked {
+            let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = (0..body.len())
+                .step_by(16 * 1024)
+                .map(|at| Ok(body.slice(at..body.len().min(at + 16 * 1024))))
+                .collect();
+            reqwest::Body::wrap_stream(futures_util::stream::iter(pieces))
+        } else {
+            reqwest::Body::from(body.clone())
+        };
+        let response = send(sent).await.expect("send");
+        assert_eq!(response.status(), 200, "chunked: {chunked}");
+        assert_eq!(response.text().await.expect("answer"), TRANSCRIPTION);
+        let grown = peak_rss_kib(pid).saturating_sub(before);
+
+        let received = upstream.last();
+        assert_eq!(
+            received.headers["content-length"],
+            expected.len().to_string().as_str()
+        );
+        assert!(received.body == expected, "the upstream's body differs");
+        let limit = (SIZE + SIZE / 2) as u64 / 1024;
+        assert!(
+            grown < limit,
+            "the router's peak grew {grown} KiB for a {} KiB upload (chunked: {chunked})",
+            SIZE / 1024
+        );
+    }
 }

@@ -1941,6 +1941,55 @@ async fn a_strict_upstream_refusing_stream_options_gets_the_stream_again_without
     router.stop().await;
 }
 
+/// A large body (an image inlined as base64) goes upstream exact, both times: with the model
+/// rewritten and `stream_options` added, then, refused, with only the model rewritten (the
+/// router sends its pieces around the client's bytes, not an edited copy); the record keeps
+/// the body the client sent.
+#[tokio::test]
+async fn a_large_body_goes_upstream_exact_with_and_without_stream_options() {
+    let upstream = MockUpstream::start(strict_upstream()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let image = "QUJD".repeat(512 * 1024);
+    let messages = format!(
+        r#"[{{"role":"user","content":[{{"type":"image_url","image_url":{{"url":"data:image/png;base64,{image}"}}}}]}}]"#
+    );
+    let body = format!(r#"{{"model":"[mock]m","messages":{messages}, "stream":true}}"#);
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let (_, text) = read_timed(response).await;
+    assert_eq!(text, expected_stream(&upstream.behavior(), false));
+    let received = upstream.received();
+    assert_eq!(received.len(), 2, "one retry");
+    let with = format!(
+        r#"{{"model":"m","messages":{messages}, "stream":true,"stream_options":{{"include_usage":true}}}}"#
+    );
+    let without = format!(r#"{{"model":"m","messages":{messages}, "stream":true}}"#);
+    assert!(
+        received[0].body == with.as_bytes(),
+        "the first body differs"
+    );
+    assert_eq!(
+        received[0].headers["content-length"],
+        with.len().to_string().as_str()
+    );
+    assert!(
+        received[1].body == without.as_bytes(),
+        "the second body differs"
+    );
+    let record = router.records.nth(1).await;
+    assert!(
+        record.request_body == body.as_bytes(),
+        "the record's body differs"
+    );
+    router.stop().await;
+}
+
 /// A URL target is remembered by its origin.
 #[tokio::test]
 async fn a_strict_proxy_target_is_remembered_by_its_origin() {

@@ -192,9 +192,18 @@ async fn through_the_router(alpn: &[&[u8]], expect: http::Version) {
         .chain(["data: [DONE]\n\n".to_owned()])
         .collect();
     assert_eq!(text, expected);
+    // A large body goes as pieces around the client's bytes (one frame each).
+    let content = "0123456789abcdef".repeat(16 * 1024);
+    let large = router
+        .chat(
+            &json!({"model": "[secure]gpt-x", "messages": [{"role": "user", "content": content}]}),
+        )
+        .await;
+    assert_eq!(large.status(), 200);
 
     let seen = seen.lock().expect("lock").clone();
-    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[2].body["messages"][0]["content"], content.as_str());
     for request in &seen {
         assert_eq!(request.version, expect, "{request:?}");
         assert_eq!(
