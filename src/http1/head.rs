@@ -242,20 +242,10 @@ fn check_target_and_host(request: &RequestHead) -> Result<(), HeadError> {
             "the request target holds a '#' fragment".into(),
         ));
     }
-    if !target.starts_with('/') && !target.contains("://") {
-        return Err(match target {
-            "*" if request.method == http::Method::OPTIONS => return Ok(()),
-            "*" => HeadError::Malformed(
-                "the request target \"*\" is only for OPTIONS (RFC 9112 §3.2.4); send a path, \
-                 e.g. /v1/chat/completions"
-                    .into(),
-            ),
-            _ => HeadError::Malformed(
-                "the request target is not a path: send one that starts with /, \
-                 e.g. /v1/chat/completions"
-                    .into(),
-            ),
-        });
+    if !target.contains("://") {
+        if let Some(why) = target_form_error(target, &request.method) {
+            return Err(HeadError::Malformed(why.into()));
+        }
     }
     let mut hosts = request.fields.get_all("host");
     match (hosts.next(), hosts.next()) {
@@ -272,6 +262,24 @@ fn check_target_and_host(request: &RequestHead) -> Result<(), HeadError> {
         (Some(_), None) => Err(HeadError::Malformed(
             "the Host header field is not a host[:port]".into(),
         )),
+    }
+}
+
+/// Why a request target that is no URL cannot be served: it is not a path, or it is `*`
+/// for a method other than `OPTIONS`. An HTTP/2 request's `:path` takes the same rule (a
+/// `CONNECT`, which has none, is not a path either), so both get the same 400.
+pub fn target_form_error(target: &str, method: &http::Method) -> Option<&'static str> {
+    match target {
+        _ if target.starts_with('/') => None,
+        "*" if method == http::Method::OPTIONS => None,
+        "*" => Some(
+            "the request target \"*\" is only for OPTIONS (RFC 9112 §3.2.4); send a path, \
+             e.g. /v1/chat/completions",
+        ),
+        _ => Some(
+            "the request target is not a path: send one that starts with /, \
+             e.g. /v1/chat/completions",
+        ),
     }
 }
 

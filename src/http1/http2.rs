@@ -207,6 +207,9 @@ impl hyper::service::Service<http::Request<Incoming>> for CountedService {
     >;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+        if let Some(refused) = refused_target(&request) {
+            return Box::pin(std::future::ready(Ok(refused)));
+        }
         let open = OpenRequest::new(&self.open);
         let unsent = self.unsent.clone();
         let answer = self.inner.call(request);
@@ -224,6 +227,17 @@ impl hyper::service::Service<http::Request<Incoming>> for CountedService {
             }))
         })
     }
+}
+
+/// HTTP/1's 400 for a request whose target is not a path ([`super::head::target_form_error`]):
+/// over HTTP/2 a `CONNECT` (which has no `:path`), `*` for a method other than `OPTIONS`, or a
+/// `:path` that does not start with `/`; the app would have looked each up as a route.
+fn refused_target(request: &http::Request<Incoming>) -> Option<http::Response<axum::body::Body>> {
+    let target = request.uri().path_and_query().map_or("", |p| p.as_str());
+    let why = super::head::target_form_error(target, request.method())?;
+    let error =
+        crate::error::ProxyError::InvalidRequest(format!("malformed HTTP/2 request ({why})"));
+    Some(axum::response::IntoResponse::into_response(error))
 }
 
 /// An answer's body, counted as open while it lives, noting in [`Unsent`] when it waits on

@@ -374,6 +374,42 @@ async fn a_target_that_is_not_a_path_is_refused() {
     router.stop().await;
 }
 
+/// Over HTTP/2 a `CONNECT` has no `:path`: it gets HTTP/1's 400 for a target that is not a
+/// path, where the app used to look up an empty route (404 "no route"); the connection
+/// carries the next request.
+#[tokio::test]
+async fn an_http2_connect_is_refused_as_a_target_that_is_not_a_path() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let config = format!(
+        "{}settings:\n  default_server: mock\n",
+        one_server_config(&upstream.url(), "")
+    );
+    let router = TestRouter::start(&config).await;
+    let client = h2c_client();
+    let answer = client
+        .request(reqwest::Method::CONNECT, router.url("/"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    assert_eq!(answer.status(), 400);
+    let error: serde_json::Value = answer.json().await.expect("JSON error");
+    assert_eq!(error["error"]["code"], "invalid_request");
+    let message = error["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("the request target is not a path"),
+        "{message}"
+    );
+    let health = client
+        .get(router.url("/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200);
+    assert_eq!(upstream.count(), 0, "nothing was forwarded");
+    router.stop().await;
+}
+
 /// A request the router answers itself (the model list, a 405) with a target longer than
 /// `http::Uri` takes gets 414 `uri_too_long` in OpenAI's shape, not 400 "not a valid URI"
 /// (the head itself is well within its 256 KiB); the connection stays usable.
