@@ -8,18 +8,25 @@
 //!
 //! A client that answers PINGs but stops reading an answer (its flow-control window stays
 //! shut) would hold that answer, and the upstream connection behind it, for ever: each answer
-//! notes when it last handed hyper a frame that hyper has not come back for, and a connection
-//! with an answer left waiting that way for the send timeout is closed, as HTTP/1 closes one
-//! whose writes stall (nginx's `send_timeout`).
+//! notes when it last handed hyper a frame that hyper has not come back for, and an answer
+//! left waiting that way for the send timeout is given up, as HTTP/1 closes a connection
+//! whose writes stall (nginx's `send_timeout`). Only that stream ends (RST_STREAM, CANCEL):
+//! the connection's other streams go on. hyper drives each stream (its service future, then
+//! its answer's body, polled only once the last frame fits in the client's window) as a task
+//! of the executor it is given; [`StreamExecutor`] runs each one under a watch that drops it
+//! once its answer has waited for the send timeout, and h2 resets a stream dropped still
+//! open. A client that shuts the whole connection's window stalls every answer so, and ends
+//! with no stream open: the idle timeout then closes it.
 
+use std::future::Future;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -35,8 +42,8 @@ const GOAWAY_LINGER: Duration = Duration::from_secs(2);
 
 /// Serves one HTTP/2 connection until the client closes it, it has been idle for
 /// `idle_timeout`, or shutdown begins (`draining`): in the last two cases with GOAWAY, letting
-/// the requests under way finish (shutdown's own deadline bounds those). A client that leaves
-/// an answer unread for `send_timeout` loses the connection at once.
+/// the requests under way finish (shutdown's own deadline bounds those). An answer the client
+/// leaves unread for `send_timeout` has its stream reset.
 pub async fn serve<I>(io: I, app: axum::Router, limits: Limits, mut draining: Stopped)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -46,13 +53,11 @@ where
         send_timeout,
     } = limits;
     let (open, mut watch_open) = watch::channel(0usize);
-    let unsent = Arc::new(Unsent::default());
     let service = CountedService {
         inner: TowerToHyperService::new(app),
         open: Arc::new(open),
-        unsent: unsent.clone(),
     };
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let mut builder = hyper::server::conn::http2::Builder::new(StreamExecutor { send_timeout });
     builder
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(PING_INTERVAL))
@@ -66,7 +71,6 @@ where
         _ = &mut connection => return,
         () = &mut draining => {}
         () = idle_for(&mut watch_open, idle_timeout) => {}
-        () = unsent.stalled_for(send_timeout) => return,
     }
     connection.as_mut().graceful_shutdown();
     // hyper ends the connection once the requests under way are answered and the client has
@@ -76,7 +80,6 @@ where
     tokio::select! {
         _ = &mut connection => {}
         () = idle_for(&mut watch_open, GOAWAY_LINGER) => {}
-        () = unsent.stalled_for(send_timeout) => {}
     }
 }
 
@@ -87,74 +90,100 @@ pub struct Limits {
     pub send_timeout: Duration,
 }
 
-/// For each answer under way on a connection: since when (milliseconds after `epoch`, plus
-/// one; 0 for not waiting) it has had a frame out that hyper has not asked past. hyper asks
-/// an answer for its next frame as soon as the last one fits in the client's flow-control
-/// window, so an answer left waiting is one the client is not reading.
-struct Unsent {
-    epoch: Instant,
-    answers: Mutex<Vec<Arc<AtomicU64>>>,
+tokio::task_local! {
+    /// The note of the stream task being polled, for its answer's body to take
+    /// ([`CountedService`] takes it when the answer's head is ready).
+    static WAITING: Arc<Waiting>;
 }
 
-impl Default for Unsent {
-    fn default() -> Self {
+/// Since when (milliseconds after `epoch`, plus one; 0 for not waiting) an answer has had a
+/// frame out that hyper has not asked past. hyper asks an answer for its next frame as soon
+/// as the last one fits in the client's flow-control window, so an answer left waiting is
+/// one the client is not reading.
+struct Waiting {
+    epoch: Instant,
+    since: AtomicU64,
+}
+
+impl Waiting {
+    fn new() -> Self {
         Self {
             epoch: Instant::now(),
-            answers: Mutex::default(),
+            since: AtomicU64::new(0),
+        }
+    }
+
+    /// The answer has handed hyper a frame.
+    fn start(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1);
+        self.since.store(now, Ordering::Relaxed);
+    }
+
+    /// hyper came back for the next frame.
+    fn stop(&self) {
+        self.since.store(0, Ordering::Relaxed);
+    }
+
+    /// When the answer, waiting now, will have waited `timeout`.
+    fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        match self.since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(self.epoch + Duration::from_millis(since - 1) + timeout),
         }
     }
 }
 
-impl Unsent {
-    fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX - 1)
-            .saturating_add(1)
-    }
+/// Runs hyper's tasks for one connection (each stream's, one per request) on tokio, each
+/// under [`reset_if_unread`].
+#[derive(Clone, Copy)]
+struct StreamExecutor {
+    send_timeout: Duration,
+}
 
-    fn add(&self) -> Arc<AtomicU64> {
-        let since = Arc::new(AtomicU64::new(0));
-        self.lock().push(since.clone());
-        since
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+{
+    fn execute(&self, task: F) {
+        tokio::spawn(reset_if_unread(task, self.send_timeout));
     }
+}
 
-    fn remove(&self, since: &Arc<AtomicU64>) {
-        self.lock().retain(|other| !Arc::ptr_eq(other, since));
-    }
-
-    /// The longest any answer has been left waiting.
-    fn longest_wait(&self) -> Duration {
-        let now = self.now();
-        let oldest = self
-            .lock()
-            .iter()
-            .map(|since| since.load(Ordering::Relaxed))
-            .filter(|since| *since != 0)
-            .min();
-        oldest.map_or(Duration::ZERO, |since| {
-            Duration::from_millis(now.saturating_sub(since))
-        })
-    }
-
-    /// Returns once an answer has been left waiting for `timeout` (checked four times per
-    /// timeout, so it is found within 1.25 timeouts).
-    async fn stalled_for(&self, timeout: Duration) {
-        let period = (timeout / 4).max(Duration::from_millis(10));
-        loop {
-            tokio::time::sleep(period).await;
-            if self.longest_wait() >= timeout {
-                tracing::debug!("HTTP/2 client left an answer unread; connection closed");
-                return;
-            }
+/// Runs a stream's task until it ends, or until its answer has waited on the client for
+/// `send_timeout`: the task is then dropped, which drops the answer (its request recorded as
+/// a disconnect, its upstream connection closed) and has h2 reset the stream. Until the
+/// answer's body has taken the task's note, each poll offers it ([`WAITING`]); a timer is
+/// set only while the answer waits.
+async fn reset_if_unread<F: Future>(task: F, send_timeout: Duration) {
+    let mut task = pin!(task);
+    let waiting = Arc::new(Waiting::new());
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        let polled = if Arc::strong_count(&waiting) == 1 {
+            WAITING.sync_scope(waiting.clone(), || task.as_mut().poll(cx))
+        } else {
+            task.as_mut().poll(cx)
+        };
+        if polled.is_ready() {
+            return Poll::Ready(());
         }
-    }
-
-    /// A poisoned lock only means a panic elsewhere; the list itself is always whole.
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AtomicU64>>> {
-        self.answers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+        let Some(deadline) = waiting.deadline(send_timeout) else {
+            return Poll::Pending;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            tracing::debug!("HTTP/2 client left an answer unread; its stream reset");
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    })
+    .await;
 }
 
 /// Returns once no request has been open for `timeout` in a row.
@@ -180,7 +209,6 @@ async fn idle_for(open: &mut watch::Receiver<usize>, timeout: Duration) {
 struct CountedService {
     inner: TowerToHyperService<axum::Router>,
     open: Arc<watch::Sender<usize>>,
-    unsent: Arc<Unsent>,
 }
 
 /// One open request; counted down when dropped.
@@ -211,17 +239,17 @@ impl hyper::service::Service<http::Request<Incoming>> for CountedService {
             return Box::pin(std::future::ready(Ok(refused)));
         }
         let open = OpenRequest::new(&self.open);
-        let unsent = self.unsent.clone();
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
+            // Polled inside the stream's task, so its note is there to take.
+            let waiting = WAITING.try_with(Arc::clone).ok();
             // The body owns the count: it ends when hyper has sent the last frame or the
             // client reset the stream.
             Ok(response.map(|inner| {
                 axum::body::Body::new(WatchedBody {
-                    since: unsent.add(),
-                    unsent,
                     inner,
+                    waiting,
                     _open: open,
                 })
             }))
@@ -240,12 +268,11 @@ fn refused_target(request: &http::Request<Incoming>) -> Option<http::Response<ax
     Some(axum::response::IntoResponse::into_response(error))
 }
 
-/// An answer's body, counted as open while it lives, noting in [`Unsent`] when it waits on
-/// hyper.
+/// An answer's body, counted as open while it lives, noting in its stream's [`Waiting`]
+/// when it waits on hyper.
 struct WatchedBody {
     inner: axum::body::Body,
-    unsent: Arc<Unsent>,
-    since: Arc<AtomicU64>,
+    waiting: Option<Arc<Waiting>>,
     _open: OpenRequest,
 }
 
@@ -258,10 +285,13 @@ impl http_body::Body for WatchedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
-        this.since.store(0, Ordering::Relaxed);
+        let Some(waiting) = &this.waiting else {
+            return Pin::new(&mut this.inner).poll_frame(cx);
+        };
+        waiting.stop();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = &polled {
-            this.since.store(this.unsent.now(), Ordering::Relaxed);
+            waiting.start();
         }
         polled
     }
@@ -272,11 +302,5 @@ impl http_body::Body for WatchedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for WatchedBody {
-    fn drop(&mut self) {
-        self.unsent.remove(&self.since);
     }
 }

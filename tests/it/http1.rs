@@ -3,6 +3,7 @@
 //! a client that leaves early, and HTTP/2 with prior knowledge (handed to hyper).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use llmsrouter::record::Outcome;
@@ -1222,9 +1223,10 @@ fn h2_frame_types(mut wire: &[u8]) -> Vec<u8> {
     types
 }
 
-/// A stream request over HTTP/2 with prior knowledge; its answer's head.
-async fn h2c_stream_request(router: &TestRouter) -> reqwest::Response {
-    h2c_client()
+/// A stream request over HTTP/2 with prior knowledge (on `client`'s connection); its
+/// answer's head.
+async fn h2c_stream_request(client: &reqwest::Client, router: &TestRouter) -> reqwest::Response {
+    client
         .post(router.url("/v1/chat/completions"))
         .header("content-type", "application/json")
         .body(r#"{"model":"[mock]m","stream":true,"messages":[]}"#)
@@ -1251,7 +1253,7 @@ async fn an_idle_http2_connection_is_closed_one_streaming_an_answer_is_not() {
 
     // A stream three idle timeouts long: open all along, so never idle.
     let began = std::time::Instant::now();
-    let response = h2c_stream_request(&router).await;
+    let response = h2c_stream_request(&h2c_client(), &router).await;
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     let text = response.text().await.expect("the whole stream");
     assert!(began.elapsed() > idle_timeout * 3);
@@ -1302,12 +1304,12 @@ async fn an_http2_request_body_that_stalls_is_refused() {
 }
 
 /// An HTTP/2 client that keeps its connection alive (it answers PINGs) but stops reading an
-/// answer shuts that stream's flow-control window: after the send timeout the router closes
-/// the connection, lets the upstream go and records a disconnect.
+/// answer shuts that stream's flow-control window: after the send timeout the router resets
+/// the stream, lets the upstream go and records a disconnect.
 #[tokio::test]
-async fn an_http2_client_that_stops_reading_loses_the_connection_after_the_send_timeout() {
+async fn an_http2_client_that_stops_reading_has_its_stream_reset_after_the_send_timeout() {
     let (upstream, router) = endless_stream_with_a_short_send_timeout().await;
-    let response = h2c_stream_request(&router).await;
+    let response = h2c_stream_request(&h2c_client(), &router).await;
     assert_eq!(response.status(), 200);
     // The body is never read: once the window is full the router waits, then gives up.
     upstream
@@ -1321,5 +1323,60 @@ async fn an_http2_client_that_stops_reading_loses_the_connection_after_the_send_
         text.as_ref().map_or(true, |t| !t.contains("[DONE]")),
         "the whole stream arrived"
     );
+    router.stop().await;
+}
+
+/// One unread answer on an HTTP/2 connection costs only its own stream: the router resets
+/// it (CANCEL) after the send timeout, and the connection's other stream, read all along,
+/// goes on to its end. The connection used to be closed, taking every stream with it.
+#[tokio::test]
+async fn an_unread_http2_stream_is_reset_alone_its_connection_goes_on() {
+    // Both answers pause at a gate far past what the unread one can push into the client's
+    // window and the buffers on the way (2 MiB and a few MiB, at about 170 bytes a chunk).
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 160_000,
+        hold_chunk: Some((150_000, gate.clone())),
+        ..Behavior::default()
+    })
+    .await;
+    let router = TestRouter::start_with(&one_server_config(&upstream.url(), ""), |state| {
+        state.send_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let client = h2c_client();
+    let unread = h2c_stream_request(&client, &router).await;
+    let read = h2c_stream_request(&client, &router).await;
+    assert_eq!(unread.status(), 200);
+    assert_eq!(read.status(), 200);
+    let reading = tokio::spawn(read.text());
+
+    upstream
+        .wait_streams_dropped(1, Duration::from_secs(20))
+        .await;
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::ClientDisconnected);
+    assert!(record.stream && !record.complete);
+    let reset = unread
+        .text()
+        .await
+        .expect_err("the unread stream was reset");
+    assert!(format!("{reset:?}").contains("CANCEL"), "{reset:?}");
+
+    // The other stream waits at the gate, its connection still open: it finishes.
+    gate.add_permits(1);
+    let text = reading
+        .await
+        .expect("task")
+        .expect("the read stream, whole");
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "{}",
+        &text[text.len() - 100..]
+    );
+    let record = router.records.nth(2).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert!(record.complete);
+    assert_eq!(upstream.streams_dropped(), 1);
     router.stop().await;
 }
