@@ -31,7 +31,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-use crate::hard_stop::Stopped;
+use crate::hard_stop::{HardStop, Stopped};
 
 /// How often an otherwise quiet connection is PINGed, and how long its answer may take.
 const PING_INTERVAL: Duration = Duration::from_secs(60);
@@ -51,13 +51,17 @@ where
     let Limits {
         idle_timeout,
         send_timeout,
+        hard_stop,
     } = limits;
     let (open, mut watch_open) = watch::channel(0usize);
     let service = CountedService {
         inner: TowerToHyperService::new(app),
         open: Arc::new(open),
     };
-    let mut builder = hyper::server::conn::http2::Builder::new(StreamExecutor { send_timeout });
+    let mut builder = hyper::server::conn::http2::Builder::new(StreamExecutor {
+        send_timeout,
+        hard_stop,
+    });
     builder
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(PING_INTERVAL))
@@ -84,10 +88,13 @@ where
 }
 
 /// The timeouts of one HTTP/2 connection (the router's HTTP/1 ones).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub idle_timeout: Duration,
     pub send_timeout: Duration,
+    /// Shutdown's end of grace: an answer left waiting on its client is given up then, at
+    /// once, as HTTP/1 cuts one whose write waits for room.
+    pub hard_stop: HardStop,
 }
 
 tokio::task_local! {
@@ -137,9 +144,10 @@ impl Waiting {
 
 /// Runs hyper's tasks for one connection (each stream's, one per request) on tokio, each
 /// under [`reset_if_unread`].
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct StreamExecutor {
     send_timeout: Duration,
+    hard_stop: HardStop,
 }
 
 impl<F> hyper::rt::Executor<F> for StreamExecutor
@@ -147,19 +155,25 @@ where
     F: Future + Send + 'static,
 {
     fn execute(&self, task: F) {
-        tokio::spawn(reset_if_unread(task, self.send_timeout));
+        tokio::spawn(reset_if_unread(
+            task,
+            self.send_timeout,
+            self.hard_stop.clone(),
+        ));
     }
 }
 
 /// Runs a stream's task until it ends, or until its answer has waited on the client for
-/// `send_timeout`: the task is then dropped, which drops the answer (its request recorded as
-/// a disconnect, its upstream connection closed) and has h2 reset the stream. Until the
-/// answer's body has taken the task's note, each poll offers it ([`WAITING`]); a timer is
-/// set only while the answer waits.
-async fn reset_if_unread<F: Future>(task: F, send_timeout: Duration) {
+/// `send_timeout`, or waits when shutdown's grace ends (`hard_stop`): the task is then
+/// dropped, which drops the answer (its request recorded as a disconnect, or at the hard
+/// stop as cut by the shutdown; its upstream connection closed) and has h2 reset the stream.
+/// Until the answer's body has taken the task's note, each poll offers it ([`WAITING`]); a
+/// timer and a wait for the hard stop are set only while the answer waits.
+async fn reset_if_unread<F: Future>(task: F, send_timeout: Duration, hard_stop: HardStop) {
     let mut task = pin!(task);
     let waiting = Arc::new(Waiting::new());
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut stopped: Option<Stopped> = None;
     std::future::poll_fn(|cx| {
         let polled = if Arc::strong_count(&waiting) == 1 {
             WAITING.sync_scope(waiting.clone(), || task.as_mut().poll(cx))
@@ -179,6 +193,11 @@ async fn reset_if_unread<F: Future>(task: F, send_timeout: Duration) {
         }
         if timer.as_mut().poll(cx).is_ready() {
             tracing::debug!("HTTP/2 client left an answer unread; its stream reset");
+            return Poll::Ready(());
+        }
+        let stopped = stopped.get_or_insert_with(|| hard_stop.stopped());
+        if Pin::new(stopped).poll(cx).is_ready() {
+            tracing::debug!("shutdown's grace is over; an HTTP/2 answer left unread is cut");
             return Poll::Ready(());
         }
         Poll::Pending

@@ -902,6 +902,7 @@ impl Conn {
         let limits = super::http2::Limits {
             idle_timeout: service.state.idle_timeout,
             send_timeout: service.state.send_timeout,
+            hard_stop: service.state.hard_stop.clone(),
         };
         super::http2::serve(io, service.app.clone(), limits, self.draining).await;
     }

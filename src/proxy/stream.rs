@@ -817,6 +817,17 @@ impl Drop for StreamTee {
             self.finish_as(Outcome::UpstreamError, Some(reported), false);
             return;
         }
+        let under_way = matches!(
+            self.state,
+            State::Opening | State::AwaitingHead | State::Streaming
+        );
+        if under_way && self.hard_stop.is_fired() {
+            // Dropped once shutdown's grace was over: the router gave it up, not the client
+            // (an HTTP/2 answer its client stopped reading is dropped so, by its stream's
+            // task, as HTTP/1 cuts one whose write waits).
+            self.cut_at_shutdown();
+            return;
+        }
         let mut summary = std::mem::take(&mut self.accumulator).into_summary();
         if let Some(description) = self.unread_description() {
             summary.content = description;

@@ -365,6 +365,44 @@ async fn a_stream_whose_client_reads_nothing_is_recorded_as_cut_by_shutdown() {
     drop(tcp);
 }
 
+/// Over HTTP/2 too: a stream whose client stopped reading (its window shut, hyper waits to
+/// send) is given up when the grace period ends and recorded as cut by the shutdown. Its
+/// body is not polled while it waits, so it used to stay until the connection was torn
+/// down, recorded as the client's leaving.
+#[tokio::test]
+async fn an_unread_http2_stream_is_recorded_as_cut_by_shutdown() {
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 100_000,
+        ..Default::default()
+    })
+    .await;
+    // Long enough for the ~17 MB stream to fill the client's 2 MiB window first.
+    let mut router = GracefulRouter::with_grace(&upstream, Duration::from_secs(2)).await;
+    let client = crate::support::h2c_client();
+    let response = client
+        .post(format!("http://{}/v1/chat/completions", router.addr))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"[mock]m","stream":true,"messages":[]}"#)
+        .send()
+        .await
+        .expect("an answer over HTTP/2");
+    assert_eq!(response.status(), 200);
+    router.begin_shutdown();
+    let record = tokio::time::timeout(Duration::from_secs(20), router.finish(1))
+        .await
+        .expect("the shutdown ended");
+    assert_eq!(record.outcome, Outcome::StreamFailed, "{:?}", record.error);
+    assert!(
+        record
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("shutting down")),
+        "{:?}",
+        record.error
+    );
+    drop(response);
+}
+
 /// A whole answer (not a stream: a 20 MB JSON body, a large embeddings answer) whose client
 /// read its head and then stopped reading is cut at the end of the grace period as such a
 /// stream is, rather than holding its connection open until the send timeout (60 s), and
