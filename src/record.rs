@@ -94,6 +94,10 @@ pub struct RequestRecord {
     /// each file's filename, content type and size (never its bytes), not the body itself.
     pub request_is_form: bool,
     pub started_at: SystemTime,
+    /// The monotonic clock when `started_at` was read: later times are `started_at` plus the
+    /// time elapsed on it ([`Self::at`]), so a wall-clock step during the request (NTP, a VM
+    /// resumed) moves none of them: no hour-long latency, no end before the start.
+    pub started_mono: Instant,
     /// First response bytes from the upstream (headers received).
     pub response_started_at: Option<SystemTime>,
     /// First generated token (first event carrying text, reasoning or a tool call); of a body
@@ -219,7 +223,33 @@ impl std::fmt::Debug for BodyTicket {
     }
 }
 
+/// When a request began, on both clocks (see [`RequestRecord::started_mono`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Started {
+    pub wall: SystemTime,
+    pub mono: Instant,
+}
+
+impl Started {
+    pub fn now() -> Self {
+        Self {
+            wall: SystemTime::now(),
+            mono: Instant::now(),
+        }
+    }
+}
+
 impl RequestRecord {
+    /// The wall-clock time of `instant`, counted from the request's start.
+    pub fn at(&self, instant: Instant) -> SystemTime {
+        self.started_at + instant.saturating_duration_since(self.started_mono)
+    }
+
+    /// Now, counted from the request's start (see [`Self::started_mono`]).
+    pub fn now(&self) -> SystemTime {
+        self.at(Instant::now())
+    }
+
     /// Bytes of bodies this record holds: the request and response bodies, and the text a
     /// stream's answer was assembled into.
     pub fn body_bytes(&self) -> usize {
@@ -1065,7 +1095,7 @@ impl RecordGuard {
     pub fn finish(&mut self, outcome: Outcome) {
         if let Some(mut record) = self.record.take() {
             record.outcome = outcome;
-            record.ended_at = SystemTime::now();
+            record.ended_at = record.now();
             self.recorder.submit_boxed(record);
             self.recorder.inner.live.fetch_sub(1, Ordering::AcqRel);
         }
@@ -1105,6 +1135,7 @@ pub(crate) mod tests {
             request_layout: None,
             request_is_form: false,
             started_at: SystemTime::now(),
+            started_mono: Instant::now(),
             response_started_at: None,
             first_token_at: None,
             ended_at: SystemTime::now(),
@@ -1192,6 +1223,39 @@ pub(crate) mod tests {
             assert_eq!(got[0].response.usage.as_ref().map(|u| u.total), Some(3));
         }
         ticker.abort();
+    }
+
+    /// A wall-clock step during a request (NTP, a VM resumed) moves none of its times: the
+    /// end is the start plus the time elapsed on the monotonic clock. Read off the wall
+    /// clock, a step of an hour forward made a 0 s request an hour long.
+    #[tokio::test]
+    async fn a_wall_clock_step_during_a_request_moves_none_of_its_times() {
+        let sink = Arc::new(Collect(Default::default()));
+        let (recorder, task) = Recorder::start(vec![sink.clone() as Arc<dyn RecordSink>]);
+        let hour = std::time::Duration::from_secs(3600);
+        // The wall clock read an hour behind at the start, then stepped forward.
+        let started_at = SystemTime::now() - hour;
+        let mut guard = RecordGuard::start(recorder.clone(), || {
+            let mut record = sample();
+            record.started_at = started_at;
+            record.started_mono = Instant::now();
+            record
+        });
+        guard.finish(Outcome::Success);
+        assert!(recorder.wait_idle(std::time::Duration::from_secs(10)).await);
+        drop(recorder);
+        task.shutdown().await;
+        let got = sink.0.lock().expect("lock").clone();
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].ended_at >= started_at,
+            "the end is not before the start"
+        );
+        assert!(
+            got[0].latency() < std::time::Duration::from_secs(60),
+            "{:?}",
+            got[0].latency()
+        );
     }
 
     /// A whole answer's texts are bounded as a stream's are: its record keeps the body whole

@@ -15,7 +15,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+type Moment = std::time::Instant;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -117,7 +119,7 @@ pub enum LateHead {
     Stream {
         body: UpstreamBody,
         status: StatusCode,
-        answered_at: SystemTime,
+        answered_at: Moment,
         /// Sent again without the `stream_options` the router added: a usage chunk in it
         /// is the upstream's own, and the client's.
         resent: bool,
@@ -138,7 +140,7 @@ pub struct WholeAnswer {
     /// from it as from any whole answer's body.
     body: Bytes,
     status: StatusCode,
-    answered_at: SystemTime,
+    answered_at: Moment,
 }
 
 impl WholeAnswer {
@@ -146,7 +148,7 @@ impl WholeAnswer {
     /// request that waited for it would have been: a success, its body kept.
     pub fn end(self, guard: &mut RecordGuard) -> Bytes {
         if let Some(record) = guard.record_mut() {
-            record.response_started_at = Some(self.answered_at);
+            record.response_started_at = Some(record.at(self.answered_at));
             record.status = Some(self.status.as_u16());
             record.response_body = Some(super::own_copy(&self.body));
             record.complete = true;
@@ -168,7 +170,7 @@ pub struct LateFailure {
     /// The router's own failure, logged at WARN with this code as [`super::fail`] does.
     logged: Option<&'static str>,
     /// When the upstream's head arrived, if it did.
-    answered_at: Option<SystemTime>,
+    answered_at: Option<Moment>,
     /// A whole 2xx answer that could not be sent in the stream, and its status: the record
     /// keeps it (with that status), so its usage is counted: the provider billed it.
     answer: Option<(StatusCode, Bytes)>,
@@ -176,7 +178,7 @@ pub struct LateFailure {
 
 impl LateFailure {
     /// The router's own error: its body, as a whole answer would carry it.
-    pub fn router(error: &ProxyError, answered_at: Option<SystemTime>) -> Self {
+    pub fn router(error: &ProxyError, answered_at: Option<Moment>) -> Self {
         let message = error.to_string();
         Self {
             payload: event_payload(&error.body(), error.status(), &message),
@@ -195,7 +197,7 @@ impl LateFailure {
         error: &ProxyError,
         status: StatusCode,
         answer: Bytes,
-        answered_at: SystemTime,
+        answered_at: Moment,
     ) -> Self {
         Self {
             answer: Some((status, answer)),
@@ -204,7 +206,7 @@ impl LateFailure {
     }
 
     /// The upstream's error answer: `body` as a whole answer would carry it.
-    fn upstream(status: StatusCode, body: &[u8], message: String, answered_at: SystemTime) -> Self {
+    fn upstream(status: StatusCode, body: &[u8], message: String, answered_at: Moment) -> Self {
         Self {
             payload: event_payload(body, status, &message),
             status,
@@ -236,8 +238,8 @@ impl LateFailure {
             }
         };
         if let Some(record) = guard.record_mut() {
-            if self.answered_at.is_some() {
-                record.response_started_at = self.answered_at;
+            if let Some(answered_at) = self.answered_at {
+                record.response_started_at = Some(record.at(answered_at));
             }
             record.status = Some(self.status.as_u16());
             if self.outcome == Outcome::UpstreamError {
@@ -321,7 +323,7 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
             Ok(Err(error)) => return router(super::send_error(&provider, &error), None),
             Ok(Ok(upstream)) => upstream,
         };
-        let answered_at = SystemTime::now();
+        let answered_at = Moment::now();
         let UpstreamResponse {
             status,
             fields,
@@ -421,7 +423,7 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
 /// body needs.
 struct LateAnswer<'a> {
     status: StatusCode,
-    answered_at: SystemTime,
+    answered_at: Moment,
     provider: &'a str,
     redactor: &'a Redactor,
 }
@@ -605,7 +607,7 @@ mod tests {
             (openai, StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
             (openai, StatusCode::BAD_GATEWAY, "api_error"),
         ] {
-            let failure = LateFailure::upstream(status, body, "m".into(), SystemTime::now());
+            let failure = LateFailure::upstream(status, body, "m".into(), Moment::now());
             let value = parsed(&failure.anthropic_payload());
             assert_eq!(
                 value,

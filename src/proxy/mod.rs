@@ -38,7 +38,7 @@ use crate::config::DEFAULT_TIMEOUT;
 use crate::error::{ProxyError, StreamErrorForm, error_body};
 use crate::hard_stop::Stopped;
 use crate::http1::fields::{Fields, header_map_of};
-use crate::record::{Outcome, RecordGuard, RequestRecord};
+use crate::record::{Outcome, RecordGuard, RequestRecord, Started};
 use crate::routing::{self, Lookup, ModelRef, Target};
 use crate::secret::Secret;
 use crate::sinks::redact::{MIN_SECRET_LEN, Redactor};
@@ -359,7 +359,7 @@ pub async fn handle_other(
     let view = Verbatim {
         method: method.clone(),
     };
-    match forward_read(state, request, view, SystemTime::now(), hard_stop).await {
+    match forward_read(state, request, view, Started::now(), hard_stop).await {
         Ok(answer) => answer,
         Err(error) => Answer::refused(&error, &state.failures),
     }
@@ -370,7 +370,7 @@ async fn forward_inner(
     request: ProxyRequest<'_>,
     hard_stop: &mut Stopped,
 ) -> Result<Answer, ProxyError> {
-    let started_at = SystemTime::now();
+    let started_at = Started::now();
     // A JSON body is an object, so it begins with `{` and never pays for a look at the
     // Content-Type: only a body that does not is checked for being a form.
     if !request.body.starts_with(b"{") {
@@ -624,7 +624,7 @@ async fn forward_read<V: ReadBody>(
     state: &Arc<AppState>,
     request: ProxyRequest<'_>,
     mut view: V,
-    started_at: SystemTime,
+    started_at: Started,
     hard_stop: &mut Stopped,
 ) -> Result<Answer, ProxyError> {
     let config = state.config.load_full();
@@ -802,7 +802,7 @@ async fn forward_read<V: ReadBody>(
             }
             stream_options::Retried::Kept(status, fields, read) => {
                 if let Some(record) = guard.record_mut() {
-                    record.response_started_at = Some(SystemTime::now());
+                    record.response_started_at = Some(record.now());
                     record.status = Some(status.as_u16());
                 }
                 let read = Read {
@@ -823,7 +823,7 @@ async fn forward_read<V: ReadBody>(
     };
     let status = upstream.status;
     if let Some(record) = guard.record_mut() {
-        record.response_started_at = Some(SystemTime::now());
+        record.response_started_at = Some(record.now());
         record.status = Some(status.as_u16());
     }
 
@@ -1021,7 +1021,7 @@ fn new_record(
     path: &str,
     (model, stream): (&str, bool),
     body: Bytes,
-    started_at: SystemTime,
+    started: Started,
 ) -> RequestRecord {
     RequestRecord {
         request_id: request_id.to_owned(),
@@ -1036,10 +1036,11 @@ fn new_record(
         request_body: body,
         request_layout: None,
         request_is_form: false,
-        started_at,
+        started_at: started.wall,
+        started_mono: started.mono,
         response_started_at: None,
         first_token_at: None,
-        ended_at: started_at,
+        ended_at: started.wall,
         status: None,
         outcome: Outcome::ClientDisconnected,
         error: None,

@@ -29,7 +29,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
@@ -134,7 +134,7 @@ struct Unread {
     /// When the first bytes of the body came: the first token of a body that is not one JSON
     /// document (audio), as a speech event stream's first audio delta is (see
     /// [`Unread::first_token`]).
-    first_bytes_at: Option<SystemTime>,
+    first_bytes_at: Option<std::time::Instant>,
     /// A copy of a body that may be one JSON document under another label (a stream request
     /// answered whole as `text/plain`, say, or any `GET`'s answer): kept while recording,
     /// from a first chunk that opens with `{` (any, when compressed), up to
@@ -155,7 +155,7 @@ impl Unread {
     /// Notes what arrived: the time of the first bytes, and the copy (see [`Self::keep`]).
     fn arrived(&mut self, chunk: &[u8]) {
         if self.first_bytes_at.is_none() && !chunk.is_empty() {
-            self.first_bytes_at = Some(SystemTime::now());
+            self.first_bytes_at = Some(std::time::Instant::now());
         }
         self.keep(chunk);
         self.relayed += chunk.len() as u64;
@@ -164,7 +164,7 @@ impl Unread {
     /// The body's first token: when its first bytes came, unless it may still be one JSON
     /// document (a copy is kept for the recorder, see [`Self::copy`]): a whole answer has no
     /// first token of its own, its completion started when it arrived.
-    fn first_token(&self) -> Option<SystemTime> {
+    fn first_token(&self) -> Option<std::time::Instant> {
         self.first_bytes_at.filter(|_| self.copy.is_none())
     }
 
@@ -360,7 +360,7 @@ impl StreamTee {
                 self.last_upstream = Instant::now();
                 self.state = State::Streaming;
                 if let Some(record) = self.guard.record_mut() {
-                    record.response_started_at = Some(answered_at);
+                    record.response_started_at = Some(record.at(answered_at));
                     record.status = Some(status.as_u16());
                 }
                 Poll::Ready(None)
@@ -559,7 +559,7 @@ impl StreamTee {
         let kind = self.accumulator.push_data(data);
         if !had_output && self.accumulator.saw_output() {
             if let Some(record) = self.guard.record_mut() {
-                record.first_token_at = Some(SystemTime::now());
+                record.first_token_at = Some(record.now());
             }
         }
         kind
@@ -657,8 +657,8 @@ impl StreamTee {
         if let Some(record) = self.guard.record_mut() {
             record.complete = complete;
             record.response = summary;
-            if first_token.is_some() {
-                record.first_token_at = first_token;
+            if let Some(first_token) = first_token {
+                record.first_token_at = Some(record.at(first_token));
             }
             if error.is_some() {
                 record.error = error;
@@ -838,8 +838,8 @@ impl Drop for StreamTee {
         let first_token = self.unread.as_ref().and_then(Unread::first_token);
         if let Some(record) = self.guard.record_mut() {
             record.response = summary;
-            if first_token.is_some() {
-                record.first_token_at = first_token;
+            if let Some(first_token) = first_token {
+                record.first_token_at = Some(record.at(first_token));
             }
             if early && record.status.is_none() {
                 record.status = Some(http::StatusCode::OK.as_u16());
@@ -968,6 +968,7 @@ mod tests {
             request_layout: None,
             request_is_form: false,
             started_at: std::time::SystemTime::now(),
+            started_mono: std::time::Instant::now(),
             response_started_at: None,
             first_token_at: None,
             ended_at: std::time::SystemTime::now(),

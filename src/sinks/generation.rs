@@ -137,19 +137,19 @@ pub fn build_with(
         None => RequestFields::parse(&record.request_body),
     };
     let form = record.request_is_form;
+    // Borrowed from the request body as far as it can be, and copied only once cut to
+    // `max_io_bytes`: a 20 MiB prompt (a base64 image) is not held a second time whole.
     let input = if form {
         // The form's description is the whole input: its text fields (a prompt, a language)
         // and an outline of each file.
         std::str::from_utf8(&record.request_body)
             .ok()
             .filter(|body| !body.is_empty())
-            .map(|body| redactor.redact_owned(body.to_owned()))
+            .map(Cow::Borrowed)
     } else {
-        request
-            .as_ref()
-            .and_then(RequestFields::input)
-            .map(|s| redactor.redact_owned(s))
-    };
+        request.as_ref().and_then(RequestFields::input)
+    }
+    .map(|s| redacted_cow(redactor, s));
     let output = output_of(record, max_io_bytes).map(|s| redactor.redact_owned(s));
     let (input, output) = if record.bodies_dropped {
         // Left out to bound memory (see `record::BODY_BUDGET`): said so, rather than an empty
@@ -262,7 +262,7 @@ impl<'a> RequestFields<'a> {
     /// its `instructions` and `tools` beside it the same way. Those parts are the prompt
     /// (and a system prompt is often many KiB): never model parameters, which are cut at
     /// [`MAX_PARAMETER_BYTES`].
-    fn input(&self) -> Option<String> {
+    fn input(&self) -> Option<Cow<'a, str>> {
         if let Some(messages) = self.raw("messages") {
             return Some(self.with_context(
                 &["system", "tools", "functions"],
@@ -271,7 +271,7 @@ impl<'a> RequestFields<'a> {
             ));
         }
         if let Some(prompt) = self.raw("prompt") {
-            return Some(prompt.to_owned());
+            return Some(Cow::Borrowed(prompt));
         }
         let input = self.raw("input")?;
         Some(self.with_context(&["instructions", "tools"], "input", input))
@@ -279,13 +279,13 @@ impl<'a> RequestFields<'a> {
 
     /// `main` as is when the request has none of `context`, else one object of the present
     /// `context` members followed by `main` under `main_key`.
-    fn with_context(&self, context: &[&str], main_key: &str, main: &str) -> String {
+    fn with_context(&self, context: &[&str], main_key: &str, main: &'a str) -> Cow<'a, str> {
         let extras: Vec<(&str, &str)> = context
             .iter()
             .filter_map(|k| self.raw(k).map(|v| (*k, v)))
             .collect();
         if extras.is_empty() {
-            return main.to_owned();
+            return Cow::Borrowed(main);
         }
         let extra_len: usize = extras.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
         let mut out = String::with_capacity(main.len() + extra_len + main_key.len() + 5);
@@ -294,7 +294,7 @@ impl<'a> RequestFields<'a> {
             let _ = write!(out, "\"{k}\":{v},");
         }
         let _ = write!(out, "\"{main_key}\":{main}}}");
-        out
+        Cow::Owned(out)
     }
 
     /// The model parameters: every member that is not content or plumbing. Of a form's
@@ -506,21 +506,46 @@ fn text_answer(record: &RequestRecord, max_bytes: usize) -> Option<&str> {
 /// the cap when both are large (the answer is usually what one looks for); a cut string ends
 /// with [`TRUNCATION_MARKER`] and is then plain text, not JSON.
 pub fn fit_io(
-    input: Option<String>,
+    input: Option<Cow<'_, str>>,
     output: Option<String>,
     cap: usize,
 ) -> (Option<String>, Option<String>) {
-    let in_len = input.as_ref().map_or(0, String::len);
+    let in_len = input.as_ref().map_or(0, |s| s.len());
     let out_len = output.as_ref().map_or(0, String::len);
     if in_len + out_len <= cap {
-        return (input, output);
+        return (input.map(Cow::into_owned), output);
     }
     let out_budget = out_len.min((cap / 2).max(cap.saturating_sub(in_len)));
     let in_budget = cap - out_budget;
     (
-        input.map(|s| truncate(s, in_budget)),
+        input.map(|s| truncate_cow(s, in_budget)),
         output.map(|s| truncate(s, out_budget)),
     )
+}
+
+/// [`truncate`] that copies only what it keeps of borrowed text.
+fn truncate_cow(s: Cow<'_, str>, budget: usize) -> String {
+    match s {
+        Cow::Owned(s) => truncate(s, budget),
+        Cow::Borrowed(s) if s.len() <= budget => s.to_owned(),
+        Cow::Borrowed(s) => {
+            // Copied a character past the budget, so `truncate` still sees it is over and
+            // marks the cut.
+            let mut end = budget.saturating_add(1).min(s.len());
+            while !s.is_char_boundary(end) {
+                end += 1;
+            }
+            truncate(s[..end].to_owned(), budget)
+        }
+    }
+}
+
+/// `text` with the request's secrets taken out: borrowed when it holds none.
+fn redacted_cow<'t>(redactor: &RequestRedactor<'_>, text: Cow<'t, str>) -> Cow<'t, str> {
+    match text {
+        Cow::Borrowed(text) => redactor.redact(text),
+        Cow::Owned(text) => Cow::Owned(redactor.redact_owned(text)),
+    }
 }
 
 /// `s` cut to at most `budget` bytes including the marker, on a character boundary.
@@ -717,6 +742,7 @@ mod tests {
             request_layout: None,
             request_is_form: false,
             started_at: SystemTime::now(),
+            started_mono: std::time::Instant::now(),
             response_started_at: None,
             first_token_at: None,
             ended_at: SystemTime::now(),
@@ -1066,13 +1092,22 @@ mod tests {
     proptest! {
         #[test]
         fn fit_io_respects_the_cap(a in 0usize..5000, b in 0usize..5000, cap in 64usize..6000) {
-            let (i, o) = fit_io(Some("a".repeat(a)), Some("ü".repeat(b / 2)), cap);
+            let (i, o) = fit_io(Some("a".repeat(a).into()), Some("ü".repeat(b / 2)), cap);
             let total = i.as_ref().map_or(0, String::len) + o.as_ref().map_or(0, String::len);
             if a + (b / 2) * 2 <= cap {
                 prop_assert_eq!(i.map(|s| s.len()), Some(a));
             } else {
                 prop_assert!(total <= cap, "{} > {}", total, cap);
             }
+        }
+
+        /// Borrowed text is cut as owned text is: the same bytes, the same marker.
+        #[test]
+        fn borrowed_text_is_cut_as_owned_text(text in "\\PC{0,300}", budget in 0usize..400) {
+            prop_assert_eq!(
+                truncate_cow(Cow::Borrowed(&text), budget),
+                truncate(text.clone(), budget)
+            );
         }
 
         /// The fields found at the proxy's layout are the fields a parse finds; the whole

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use crate::env::EnvSettings;
 use crate::record::{RecordSink, RequestRecord};
 use crate::secret::Secret;
-use crate::sinks::clock::rfc3339_millis;
+use crate::sinks::clock::rfc3339_micros;
 use crate::sinks::generation::{
     self, GENERATION_NAME, Level, ParamValue, bounded, bounded_list, bounded_str,
 };
@@ -1169,7 +1169,7 @@ fn write_attributes(
     if let Some(first) = record.completion_start() {
         a.str(
             "langfuse.observation.completion_start_time",
-            rfc3339_millis(first),
+            rfc3339_micros(first),
         );
     }
     if let Some(input) = g.input {

@@ -640,6 +640,7 @@ mod tests {
             request_layout: None,
             request_is_form: false,
             started_at: start,
+            started_mono: std::time::Instant::now(),
             response_started_at: None,
             first_token_at: Some(start + Duration::from_millis(40)),
             ended_at: start + Duration::from_millis(250),

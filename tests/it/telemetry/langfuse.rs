@@ -138,6 +138,16 @@ async fn a_plain_completion_becomes_one_generation_with_every_attribute() {
         start <= first && first <= end,
         "{start} <= {first} <= {end}"
     );
+    // To the microsecond, as the span's own times are finer still: cut to the millisecond, a
+    // first token 0.4 ms after the start read as before it.
+    let first_micros = super::parse_rfc3339_micros(
+        str_attr(span, "langfuse.observation.completion_start_time").expect("completion start"),
+    );
+    let start_micros = (span.start_time_unix_nano / 1000) as i64;
+    assert!(
+        start_micros <= first_micros,
+        "{start_micros} <= {first_micros}"
+    );
     let now = UNIX_EPOCH.elapsed().expect("clock").as_millis() as i64;
     assert!(start > now - 60_000 && end <= now);
 

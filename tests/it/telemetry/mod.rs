@@ -78,9 +78,16 @@ pub fn request_id(response: &reqwest::Response) -> String {
         .to_owned()
 }
 
-/// Milliseconds since the epoch of `2025-01-31T09:05:03.123Z` (the form the sinks write).
+/// Milliseconds since the epoch of `2025-01-31T09:05:03.123Z` (the form the sinks write),
+/// or of `2025-01-31T09:05:03.123456Z` (a span's completion start), cut to the millisecond.
 pub fn parse_rfc3339_millis(text: &str) -> i64 {
-    assert_eq!(text.len(), 24, "{text}");
+    parse_rfc3339_micros(text) / 1000
+}
+
+/// Microseconds since the epoch of `2025-01-31T09:05:03.123Z` or
+/// `2025-01-31T09:05:03.123456Z`.
+pub fn parse_rfc3339_micros(text: &str) -> i64 {
+    assert!(text.len() == 24 || text.len() == 27, "{text}");
     assert!(text.ends_with('Z'), "{text}");
     let n = |r: std::ops::Range<usize>| -> i64 { text[r].parse().expect("digits") };
     let date = time::Date::from_calendar_date(
@@ -89,13 +96,11 @@ pub fn parse_rfc3339_millis(text: &str) -> i64 {
         n(8..10) as u8,
     )
     .expect("date");
-    let time = time::Time::from_hms_milli(
-        n(11..13) as u8,
-        n(14..16) as u8,
-        n(17..19) as u8,
-        n(20..23) as u16,
-    )
-    .expect("time");
+    let time = time::Time::from_hms_milli(n(11..13) as u8, n(14..16) as u8, n(17..19) as u8, 0)
+        .expect("time");
     let at = time::PrimitiveDateTime::new(date, time).assume_utc();
-    (at.unix_timestamp_nanos() / 1_000_000) as i64
+    let fraction = &text[20..text.len() - 1];
+    let micros: i64 =
+        fraction.parse::<i64>().expect("digits") * 10_i64.pow(6 - fraction.len() as u32);
+    (at.unix_timestamp_nanos() / 1_000) as i64 + micros
 }

@@ -1190,7 +1190,7 @@ async fn a_binary_answer_is_recorded_as_a_note_of_its_type_and_size() {
         );
         assert_eq!(
             str_attr(&span, "langfuse.observation.completion_start_time"),
-            Some(llmsrouter::sinks::clock::rfc3339_millis(started).as_str()),
+            Some(llmsrouter::sinks::clock::rfc3339_micros(started).as_str()),
             "{note}"
         );
     }
