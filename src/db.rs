@@ -546,13 +546,17 @@ fn folder_refuses(shown: &str, path: &Path) -> DbError {
 /// a new file is created empty and readable by its owner only, before SQLite opens it; SQLite
 /// gives its `-wal` and `-shm` files the mode of the database file. Whoever creates it — the
 /// server (for the ledger) or `user add` — the mode is the same. An existing file's mode is
-/// left as the administrator set it. Failing here is not an error: SQLite then creates the
-/// file and reports any real problem.
+/// left as the administrator set it. A symlink to a missing file is followed: SQLite creates
+/// the file it points to (`create_new` alone would see the link and leave that to SQLite,
+/// with the umask's mode). Failing here is not an error: SQLite then creates the file and
+/// reports any real problem.
 fn create_private(path: &Path) {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let target = dangling_link_target(path);
+    let path = target.as_deref().unwrap_or(path);
     if let Err(e) = options.open(path) {
         if e.kind() != std::io::ErrorKind::AlreadyExists {
             tracing::debug!(
@@ -561,6 +565,27 @@ fn create_private(path: &Path) {
             );
         }
     }
+}
+
+/// Where the symlink at `path` leads when it leads nowhere yet (to a missing file, through any
+/// chain of links): the file SQLite would create. `None` for anything else: no link, a link
+/// to something that is there, or a chain too long or that cannot be read (SQLite then says
+/// why, as the kernel would: 40 links, as Linux's own limit).
+fn dangling_link_target(path: &Path) -> Option<std::path::PathBuf> {
+    const MAX_LINKS: usize = 40;
+    if !path.is_symlink() || path.exists() {
+        return None;
+    }
+    let mut current = path.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        let link = std::fs::read_link(&current).ok()?;
+        // A relative target is read from the link's folder; an absolute one replaces it.
+        current = folder_of(&current).join(link);
+        if !current.is_symlink() {
+            return Some(current);
+        }
+    }
+    None
 }
 
 /// Refuses, before anything is written, a database of another program: one that holds

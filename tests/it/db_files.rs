@@ -636,6 +636,75 @@ async fn serve_with_accounts_makes_a_private_database_and_names_one_others_may_r
     );
 }
 
+/// `--db` (or LLMSROUTER_DB) naming a symlink to a file not made yet: whoever creates that
+/// file through the link (`user add`, `serve` for its users or its ledger) makes it mode 600
+/// as for a direct path, though the umask would let SQLite make it 644; its -wal and -shm
+/// files beside it likewise.
+#[tokio::test]
+async fn a_database_made_through_a_symlink_is_private_too() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let with_umask_022 = || {
+        let mut shell = Command::new("sh");
+        shell
+            .arg("-c")
+            .arg("umask 022 && exec \"$0\" \"$@\"")
+            .arg(binary());
+        shell
+    };
+    let assert_private = |folder: &Path| {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let file = folder.join(format!("users.db{suffix}"));
+            if let Ok(meta) = std::fs::metadata(&file) {
+                assert_eq!(
+                    meta.permissions().mode() & 0o777,
+                    0o600,
+                    "{}",
+                    file.display()
+                );
+            }
+        }
+    };
+
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir(dir.path().join("real")).expect("folder");
+    std::os::unix::fs::symlink("real/users.db", dir.path().join("link.db")).expect("link");
+    let (code, key, err) = run_prepared(
+        with_umask_022(),
+        dir.path(),
+        &["user", "add", "ann", "--db", "link.db"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(key.starts_with("sk-lr-"), "{key}");
+    assert!(dir.path().join("real/users.db").is_file());
+    assert_private(&dir.path().join("real"));
+
+    // `serve` with accounts and the ledger on, the link absolute, through a second link.
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), two_server_config(&upstream)).expect("cfg");
+    std::fs::create_dir(dir.path().join("real")).expect("folder");
+    std::os::unix::fs::symlink(
+        dir.path().join("real/users.db"),
+        dir.path().join("inner.db"),
+    )
+    .expect("link");
+    std::os::unix::fs::symlink("inner.db", dir.path().join("link.db")).expect("link");
+    let envs = [
+        ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+        ("LLMSROUTER_DB", "link.db"),
+        ("LLMSROUTER_LOG_FILE", ""),
+    ];
+    let router = RouterProcess::start_with(dir, &envs, with_umask_022());
+    assert!(router.path().join("real/users.db").is_file());
+    assert!(
+        !router.stderr().contains("may read it"),
+        "{}",
+        router.stderr()
+    );
+    assert_private(&router.path().join("real"));
+}
+
 /// A database in a folder that does not exist: the commands that would create it say so,
 /// not that the folder is not writable.
 #[test]
