@@ -62,10 +62,25 @@ fn fill_base62(
     Ok(())
 }
 
-/// Whether `text` (a name given on the command line, say) may be one of this router's keys,
-/// pasted where a name goes: such text is masked in messages, never echoed.
+/// Whether `text` (a name given on the command line, say) may be a key pasted where a name
+/// goes: such text is masked in messages, never echoed. White space around it is not part
+/// of a key (a copy and paste often brings some), so it is looked past: text that starts
+/// with this router's prefix once trimmed; or, with white space around it, what is left
+/// having a Python-era key's form (32 letters and digits). Without white space around it
+/// that form is also a good username, which messages echo as such.
 pub fn looks_like_key(text: &str) -> bool {
-    text.starts_with(KEY_PREFIX)
+    let trimmed = text.trim();
+    trimmed.starts_with(KEY_PREFIX) || (trimmed.len() != text.len() && has_python_key_form(trimmed))
+}
+
+/// The Python version's keys: 32 letters and digits (`-` and `_` let in too, as URL-safe
+/// random tokens have them: for masking, a wider net is the safe side).
+fn has_python_key_form(text: &str) -> bool {
+    const PYTHON_KEY_CHARS: usize = 32;
+    text.len() == PYTHON_KEY_CHARS
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
 /// What `list` and `show` print instead of a key: enough to tell two keys apart, far too
@@ -146,5 +161,25 @@ mod tests {
         assert_eq!(masked(&key), "sk-lr-AbCd…");
         assert_eq!(masked(&Secret::new("sk-old")), "sk…");
         assert_eq!(masked(&Secret::new("")), "…");
+    }
+
+    #[test]
+    fn white_space_around_a_key_does_not_hide_it() {
+        let key = "sk-lr-AbCdEfGhIjKlMnOpQrStUvWxYz012345";
+        let python = "Xq3vB9kLm2Np7Rt5Wz8Yc1Df4Gh6Jk0A";
+        for text in [
+            key.to_owned(),
+            format!(" {key}"),
+            format!("{key}\t"),
+            format!("\u{3000}{key}\u{a0}"),
+            format!(" {python}"),
+            format!("{python}\n"),
+        ] {
+            assert!(looks_like_key(&text), "{text:?}");
+        }
+        // Alone, a Python-era key's form is a good username.
+        for text in [python, "bob", " bob", "sk-l", " x-sk-lr-"] {
+            assert!(!looks_like_key(text), "{text:?}");
+        }
     }
 }

@@ -320,7 +320,8 @@ fn find(conn: &Connection, who: Who<'_>) -> Result<User, UserError> {
             // some other user's key (pasted where the name goes).
             let mut named = Vec::new();
             let mut is_a_key = false;
-            let as_key = hash_key(name);
+            // White space around a key is not part of it, as for `--key` and the server.
+            let as_key = hash_key(name.trim());
             for user in users {
                 let user = user?;
                 if user.stored_name.answers_to(name) {

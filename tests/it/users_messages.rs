@@ -187,6 +187,38 @@ fn a_key_given_as_a_name_is_never_echoed() {
     assert!(err.starts_with("error: bad username \"sk-lr-"), "{err}");
     outputs.extend([out, err]);
 
+    // White space around a key (as a copy and paste gives) is not part of it, before it
+    // too: some user's key is still said to be one, any other masked, never echoed whole.
+    for key in [ANN_KEY, new_key.as_str()] {
+        for pasted in [
+            format!(" {key}"),
+            format!("{key} "),
+            format!("\u{3000}{key}\t"),
+        ] {
+            for command in ["show", "delete", "rotate-key"] {
+                let (code, out, err) = user(dir.path(), &[command, &pasted]);
+                assert_eq!(
+                    (code, err.as_str()),
+                    (1, key_as_name),
+                    "{command} {pasted:?}"
+                );
+                outputs.extend([out, err]);
+            }
+            let (code, out, err) = user(dir.path(), &["add", &pasted]);
+            assert_eq!(code, 1, "{pasted:?}");
+            let masked = format!("error: bad username \"{}…\": ", &key[..10]);
+            assert!(err.starts_with(&masked), "{pasted:?}: {err}");
+            outputs.extend([out, err]);
+        }
+    }
+    let (code, out, err) = user(dir.path(), &["show", &format!(" {stale}")]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "error: no user is named \"sk-lr-AbCd…\" (that looks like a key: to find a user by its key, use --key)\n"
+    );
+    outputs.extend([out, err]);
+
     assert_eq!(stored(&db), before, "nothing changed");
     for output in &outputs {
         assert!(!output.contains(&new_key), "a key was printed: {output}");
