@@ -139,17 +139,28 @@ pub fn build_with(
     let form = record.request_is_form;
     // Borrowed from the request body as far as it can be, and copied only once cut to
     // `max_io_bytes`: a 20 MiB prompt (a base64 image) is not held a second time whole.
-    let input = if form {
-        // The form's description is the whole input: its text fields (a prompt, a language)
-        // and an outline of each file.
-        std::str::from_utf8(&record.request_body)
-            .ok()
-            .filter(|body| !body.is_empty())
-            .map(Cow::Borrowed)
-    } else {
-        request.as_ref().and_then(RequestFields::input)
-    }
-    .map(|s| redacted_cow(redactor, s));
+    let input_text = |limit: usize| {
+        if form {
+            // The form's description is the whole input: its text fields (a prompt, a
+            // language) and an outline of each file.
+            std::str::from_utf8(&record.request_body)
+                .ok()
+                .filter(|body| !body.is_empty())
+                .map(|body| prefix(body, limit))
+        } else {
+            request.as_ref().and_then(|r| r.input(limit))
+        }
+    };
+    let input = input_text(max_io_bytes.saturating_add(REDACTION_ROOM)).map(|(text, whole)| {
+        let read = text.len();
+        let redacted = redacted_cow(redactor, text);
+        if read < whole && read - redacted.len().min(read) > REDACTION_ROOM / 2 {
+            // Keys by the thousand in the prompt: read whole, as the cut may need more.
+            let (text, _) = input_text(usize::MAX).unwrap_or_default();
+            return redacted_cow(redactor, text);
+        }
+        redacted
+    });
     let output = output_of(record, max_io_bytes).map(|s| redactor.redact_owned(s));
     let (input, output) = if record.bodies_dropped {
         // Left out to bound memory (see `record::BODY_BUDGET`): said so, rather than an empty
@@ -262,39 +273,58 @@ impl<'a> RequestFields<'a> {
     /// its `instructions` and `tools` beside it the same way. Those parts are the prompt
     /// (and a system prompt is often many KiB): never model parameters, which are cut at
     /// [`MAX_PARAMETER_BYTES`].
-    fn input(&self) -> Option<Cow<'a, str>> {
+    ///
+    /// Its first `limit` bytes (on a character boundary), with the length of the whole.
+    fn input(&self, limit: usize) -> Option<(Cow<'a, str>, usize)> {
         if let Some(messages) = self.raw("messages") {
             return Some(self.with_context(
                 &["system", "tools", "functions"],
                 "messages",
                 messages,
+                limit,
             ));
         }
         if let Some(prompt) = self.raw("prompt") {
-            return Some(Cow::Borrowed(prompt));
+            return Some(prefix(prompt, limit));
         }
         let input = self.raw("input")?;
-        Some(self.with_context(&["instructions", "tools"], "input", input))
+        Some(self.with_context(&["instructions", "tools"], "input", input, limit))
     }
 
     /// `main` as is when the request has none of `context`, else one object of the present
     /// `context` members followed by `main` under `main_key`.
-    fn with_context(&self, context: &[&str], main_key: &str, main: &'a str) -> Cow<'a, str> {
+    /// Its first `limit` bytes, with the length of the whole: a prompt of megabytes is
+    /// not joined whole to be cut to the span's 1 MiB.
+    fn with_context(
+        &self,
+        context: &[&str],
+        main_key: &str,
+        main: &'a str,
+        limit: usize,
+    ) -> (Cow<'a, str>, usize) {
         let extras: Vec<(&str, &str)> = context
             .iter()
             .filter_map(|k| self.raw(k).map(|v| (*k, v)))
             .collect();
         if extras.is_empty() {
-            return Cow::Borrowed(main);
+            return prefix(main, limit);
         }
-        let extra_len: usize = extras.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
-        let mut out = String::with_capacity(main.len() + extra_len + main_key.len() + 5);
-        out.push('{');
-        for (k, v) in extras {
-            let _ = write!(out, "\"{k}\":{v},");
+        let mut pieces: Vec<&str> = vec!["{"];
+        for (k, v) in &extras {
+            pieces.extend(["\"", k, "\":", v, ","]);
         }
-        let _ = write!(out, "\"{main_key}\":{main}}}");
-        Cow::Owned(out)
+        pieces.extend(["\"", main_key, "\":", main, "}"]);
+        let whole: usize = pieces.iter().map(|p| p.len()).sum();
+        let mut out = String::with_capacity(whole.min(limit));
+        for piece in pieces {
+            let (kept, len) = prefix(piece, limit - out.len());
+            out.push_str(&kept);
+            if kept.len() < len {
+                // Cut: what follows is past the limit (or past a character the cut split).
+                break;
+            }
+        }
+        (Cow::Owned(out), whole)
     }
 
     /// The model parameters: every member that is not content or plumbing. Of a form's
@@ -538,6 +568,23 @@ fn truncate_cow(s: Cow<'_, str>, budget: usize) -> String {
             truncate(s[..end].to_owned(), budget)
         }
     }
+}
+
+/// How much more than a span keeps of its input is read of it: room for redaction to
+/// shorten it (a key replaced by the shorter `[redacted]`) and still leave more than the cut
+/// takes, so the cut falls where it would in the whole, redacted text, and is marked.
+const REDACTION_ROOM: usize = if cfg!(test) { 64 } else { 64 * 1024 };
+
+/// The first `limit` bytes of `text` (on a character boundary), with the length of all of it.
+fn prefix(text: &str, limit: usize) -> (Cow<'_, str>, usize) {
+    if text.len() <= limit {
+        return (Cow::Borrowed(text), text.len());
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (Cow::Borrowed(&text[..end]), text.len())
 }
 
 /// `text` with the request's secrets taken out: borrowed when it holds none.
@@ -1108,6 +1155,31 @@ mod tests {
                 truncate_cow(Cow::Borrowed(&text), budget),
                 truncate(text.clone(), budget)
             );
+        }
+
+        /// The input read only as far as its cut needs is the input cut whole: the same
+        /// bytes, the same marker, keys redacted alike (those across the early cut too).
+        #[test]
+        fn the_input_read_up_to_its_cut_is_the_input_cut_whole(
+            system in "(é|ab|\\n|sk-cut-key-0123456789|[redacted]){0,120}",
+            content in "(é|ab|\\n|sk-cut-key-0123456789|日本){0,200}",
+            with_system in any::<bool>(),
+            cap in 1024usize..1400,
+        ) {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": content}]});
+            if with_system {
+                body["system"] = json!(system);
+            }
+            let mut r = record(body);
+            r.secrets = vec![Secret::new("sk-cut-key-0123456789")];
+            let redactor = Redactor::default();
+            let g = build(&r, &redactor, cap);
+            let request = RequestFields::parse(&r.request_body).expect("fields");
+            let (whole, _) = request.input(usize::MAX).expect("input");
+            let redacted = redactor.for_request(&r.secrets).redact(&whole).into_owned();
+            let output = output_of(&r, cap);
+            let (expected, _) = fit_io(Some(Cow::Owned(redacted)), output, cap);
+            prop_assert_eq!(g.input, expected);
         }
 
         /// The fields found at the proxy's layout are the fields a parse finds; the whole

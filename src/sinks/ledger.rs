@@ -335,6 +335,7 @@ impl LedgerSink {
             busy_timeout: waits.busy_timeout,
             lock_warned: None,
             reopen_warned: None,
+            orphaned: false,
             loss_warnings: LossWarnings::every(waits.warning_interval),
             failure_reason: String::new(),
         };
@@ -439,6 +440,10 @@ struct Writer {
     /// warning that rows were lost after all.
     lock_warned: Option<Instant>,
     reopen_warned: Option<Instant>,
+    /// The file followed was deleted or replaced and what the path names now cannot be
+    /// opened: rows written to the old file would be lost with it, so none are, until the
+    /// path can be opened again.
+    orphaned: bool,
     /// Rows lost: every loss reported, at most one line per interval.
     loss_warnings: LossWarnings,
     /// The latest error rows were lost to, for the warning.
@@ -499,15 +504,32 @@ impl Writer {
                         self.file.path().display()
                     );
                     *conn = fresh;
+                    self.orphaned = false;
                 }
-                Err(error) => warn_now_and_then(
-                    &mut self.reopen_warned,
-                    format_args!(
-                        "usage ledger: {} was deleted or replaced, and cannot be opened again: {error}",
+                Err(error) => {
+                    self.orphaned = true;
+                    warn_now_and_then(
+                        &mut self.reopen_warned,
+                        format_args!(
+                            "usage ledger: {} was deleted or replaced, and cannot be opened again: {error}",
+                            self.file.path().display()
+                        ),
+                    );
+                    self.failure_reason = format!(
+                        "{} was deleted or replaced, and cannot be opened again: {error}",
                         self.file.path().display()
-                    ),
-                ),
+                    );
+                }
             }
+        }
+        if self.orphaned {
+            // Written to the old file they would be lost with it, yet counted as written:
+            // they are lost here, counted and warned of as every loss is.
+            self.stats
+                .failed
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.warn_failed(Instant::now());
+            return;
         }
         let rows: Vec<LedgerRow<'_>> = batch
             .iter()
@@ -752,6 +774,7 @@ mod tests {
             busy_timeout,
             lock_warned: None,
             reopen_warned: None,
+            orphaned: false,
             loss_warnings: LossWarnings::default(),
             failure_reason: String::new(),
         };
@@ -863,6 +886,54 @@ mod tests {
                 .expect("count");
             assert_eq!(n, 10 * round);
         }
+    }
+
+    /// A ledger file deleted and replaced by what cannot be opened (a folder): the rows
+    /// that would have gone to the deleted file are counted lost, not written; once the path
+    /// can be opened again, they go to the new file.
+    #[test]
+    fn rows_for_a_file_that_cannot_be_opened_again_are_counted_lost() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("u.db");
+        let mut conn = db::open(&path).expect("open");
+        let stats = Arc::new(LedgerStats::default());
+        let mut writer = Writer {
+            // Looked at before every batch.
+            file: DbFile::new(&path, Duration::ZERO),
+            redactor: Redactor::default(),
+            stats: stats.clone(),
+            closing: Arc::new(OnceLock::new()),
+            close_deadline: Duration::from_secs(1),
+            busy_timeout: Duration::from_secs(1),
+            lock_warned: None,
+            reopen_warned: None,
+            orphaned: false,
+            loss_warnings: LossWarnings::default(),
+            failure_reason: String::new(),
+        };
+        let (_tx, mut rx) = QueueRx::for_tests(1);
+        let batch =
+            |n: usize| -> Vec<Arc<RequestRecord>> { (0..n).map(|_| Arc::new(record())).collect() };
+        writer.write_batch(&mut conn, &mut rx, &batch(1));
+        assert_eq!((stats.written(), stats.failed()), (1, 0));
+
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        std::fs::create_dir(&path).expect("a folder where the file was");
+        writer.write_batch(&mut conn, &mut rx, &batch(3));
+        writer.write_batch(&mut conn, &mut rx, &batch(2));
+        assert_eq!((stats.written(), stats.failed()), (1, 5));
+        assert!(writer.failure_reason.contains("cannot be opened again"));
+
+        std::fs::remove_dir(&path).expect("the folder gone");
+        writer.write_batch(&mut conn, &mut rx, &batch(4));
+        assert_eq!((stats.written(), stats.failed()), (5, 5));
+        let stored: i64 = db::open(&path)
+            .expect("the new file")
+            .query_row("SELECT COUNT(*) FROM usage_ledger", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(stored, 4);
     }
 
     #[test]
