@@ -434,17 +434,6 @@ impl ReadBody for Unnamed {
         self.stream
     }
 
-    /// As it came: no model to change, and no `stream_options` added to a body the router
-    /// did not parse for them.
-    fn rewrite(
-        &self,
-        body: &Bytes,
-        _upstream_model: &str,
-        _inject_usage: bool,
-    ) -> (RequestBody, bool) {
-        (body.clone().into(), false)
-    }
-
     fn record_body(&self, body: &Bytes) -> Bytes {
         if body.trim_ascii().is_empty() {
             Bytes::from_static(b"{}")
@@ -481,15 +470,6 @@ impl ReadBody for Verbatim {
         false
     }
 
-    fn rewrite(
-        &self,
-        body: &Bytes,
-        _upstream_model: &str,
-        _inject_usage: bool,
-    ) -> (RequestBody, bool) {
-        (body.clone().into(), false)
-    }
-
     fn record_body(&self, _body: &Bytes) -> Bytes {
         Bytes::from_static(b"{}")
     }
@@ -522,13 +502,17 @@ trait ReadBody {
     /// The `model` the client sent; `None` only for a form without one.
     fn model(&self) -> Option<&str>;
     fn stream(&self) -> bool;
-    /// The body to send upstream, and whether `stream_options.include_usage` was added.
+    /// The body to send upstream, and whether `stream_options.include_usage` was added. By
+    /// default as it came: no model to change, and no `stream_options` added to a body the
+    /// router did not parse for them.
     fn rewrite(
         &self,
         body: &Bytes,
-        upstream_model: &str,
-        inject_usage: bool,
-    ) -> (RequestBody, bool);
+        _upstream_model: &str,
+        _inject_usage: bool,
+    ) -> (RequestBody, bool) {
+        (body.clone().into(), false)
+    }
     /// What the record holds of the request: one JSON object.
     fn record_body(&self, body: &Bytes) -> Bytes;
     /// Where the record body's top-level members are, when known.
