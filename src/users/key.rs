@@ -63,14 +63,26 @@ fn fill_base62(
 }
 
 /// Whether `text` (a name given on the command line, say) may be a key pasted where a name
-/// goes: such text is masked in messages, never echoed. White space around it is not part
-/// of a key (a copy and paste often brings some), so it is looked past: text that starts
-/// with this router's prefix once trimmed; or, with white space around it, what is left
-/// having a Python-era key's form (32 letters and digits). Without white space around it
-/// that form is also a good username, which messages echo as such.
+/// goes: such text is masked in messages, never echoed. What a copy and paste brings around
+/// a key is not part of it ([`pasted_key`]), so it is looked past: text that starts with
+/// this router's prefix once trimmed; or, with something trimmed, what is left having a
+/// Python-era key's form (32 letters and digits). Without anything around it that form is
+/// also a good username, which messages echo as such.
 pub fn looks_like_key(text: &str) -> bool {
-    let trimmed = text.trim();
+    let trimmed = pasted_key(text);
     trimmed.starts_with(KEY_PREFIX) || (trimmed.len() != text.len() && has_python_key_form(trimmed))
+}
+
+/// `text` without what a copy and paste of a key often brings along: white space and quote
+/// characters (`"`, `'`, `` ` ``, typographic quotes) at both ends, and the `,` or `;` that
+/// ends a key copied out of a list or a line of code. No key has any of these characters.
+pub fn pasted_key(text: &str) -> &str {
+    const QUOTES: [char; 7] = [
+        '"', '\'', '`', '\u{201c}', '\u{201d}', '\u{2018}', '\u{2019}',
+    ];
+    let around = |c: char| c.is_whitespace() || QUOTES.contains(&c);
+    text.trim_start_matches(around)
+        .trim_end_matches(|c: char| around(c) || matches!(c, ',' | ';'))
 }
 
 /// The Python version's keys: 32 letters and digits (`-` and `_` let in too, as URL-safe
@@ -177,6 +189,21 @@ mod tests {
         ] {
             assert!(looks_like_key(&text), "{text:?}");
         }
+        // Quotes and a trailing `,` or `;` as a copy and paste brings them are looked past too.
+        for text in [
+            format!("\"{key}\""),
+            format!("'{key}'"),
+            format!("`{key}`"),
+            format!("\u{201c}{key}\u{201d}"),
+            format!("\u{2018}{python}\u{2019}"),
+            format!("{key},"),
+            format!("\"{key}\";"),
+            format!("'{python}',"),
+            format!("{python};"),
+        ] {
+            assert!(looks_like_key(&text), "{text:?}");
+        }
+        assert_eq!(pasted_key(&format!(" \"{key}\", ")), key);
         // Alone, a Python-era key's form is a good username.
         for text in [python, "bob", " bob", "sk-l", " x-sk-lr-"] {
             assert!(!looks_like_key(text), "{text:?}");

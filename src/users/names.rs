@@ -193,10 +193,11 @@ pub fn quoted(name: &str) -> String {
 /// A name as given on the command line, for a message that may echo it although no user
 /// has it: text that looks like one of this router's keys (a key pasted where a name goes)
 /// is masked as `user list` masks keys, so the key never reaches a terminal or a log. The
-/// white space around it is left out first, or it would take the place of key characters.
+/// white space and quotes around it are left out first, or they would take the place of key
+/// characters.
 pub fn given(name: &str) -> String {
     if super::key::looks_like_key(name) {
-        super::key::masked(&crate::secret::Secret::new(name.trim()))
+        super::key::masked(&crate::secret::Secret::new(super::key::pasted_key(name)))
     } else {
         name.to_owned()
     }

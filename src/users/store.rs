@@ -19,7 +19,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Row, TransactionBehavior, params};
 
 use super::UserError;
-use super::key::{KeyHash, generate_key, hash_key, looks_like_key, masked};
+use super::key::{KeyHash, generate_key, hash_key, looks_like_key, masked, pasted_key};
 use super::names::{self, StoredName, check_email, check_username};
 use super::permissions::{from_json, to_json};
 use crate::auth::Permissions;
@@ -320,8 +320,8 @@ fn find(conn: &Connection, who: Who<'_>) -> Result<User, UserError> {
             // some other user's key (pasted where the name goes).
             let mut named = Vec::new();
             let mut is_a_key = false;
-            // White space around a key is not part of it, as for `--key` and the server.
-            let as_key = hash_key(name.trim());
+            // White space and quotes around a key are not part of it (nor a `,` after it).
+            let as_key = hash_key(pasted_key(name));
             for user in users {
                 let user = user?;
                 if user.stored_name.answers_to(name) {

@@ -194,14 +194,24 @@ fn a_key_given_as_a_name_is_never_echoed() {
             format!(" {key}"),
             format!("{key} "),
             format!("\u{3000}{key}\t"),
+            // Quotes, and a `,` or `;` after it, as a key copied out of code or a list has.
+            format!("\"{key}\""),
+            format!("'{key}'"),
+            format!("`{key}`"),
+            format!("\u{201c}{key}\u{201d}"),
+            format!("\u{2018}{key}\u{2019}"),
+            format!("{key},"),
+            format!("{key};"),
+            format!(" \"{key}\", "),
         ] {
-            for command in ["show", "delete", "rotate-key"] {
-                let (code, out, err) = user(dir.path(), &[command, &pasted]);
-                assert_eq!(
-                    (code, err.as_str()),
-                    (1, key_as_name),
-                    "{command} {pasted:?}"
-                );
+            for args in [
+                vec!["show", &pasted],
+                vec!["delete", &pasted],
+                vec!["rotate-key", &pasted],
+                vec!["modify", &pasted, "--permissions", "*"],
+            ] {
+                let (code, out, err) = user(dir.path(), &args);
+                assert_eq!((code, err.as_str()), (1, key_as_name), "{args:?}");
                 outputs.extend([out, err]);
             }
             let (code, out, err) = user(dir.path(), &["add", &pasted]);
@@ -211,12 +221,29 @@ fn a_key_given_as_a_name_is_never_echoed() {
             outputs.extend([out, err]);
         }
     }
-    let (code, out, err) = user(dir.path(), &["show", &format!(" {stale}")]);
-    assert_eq!(code, 1);
-    assert_eq!(
-        err,
-        "error: no user is named \"sk-lr-AbCd…\" (that looks like a key: to find a user by its key, use --key)\n"
-    );
+    for pasted in [
+        format!(" {stale}"),
+        format!("\"{stale}\","),
+        format!("'{stale}';"),
+    ] {
+        let (code, out, err) = user(dir.path(), &["show", &pasted]);
+        assert_eq!(code, 1);
+        assert_eq!(
+            err,
+            "error: no user is named \"sk-lr-AbCd…\" (that looks like a key: to find a user by its key, use --key)\n",
+            "{pasted:?}"
+        );
+        outputs.extend([out, err]);
+    }
+    // `import` rows name users too: a quoted key there is masked as well.
+    std::fs::write(
+        dir.path().join("team.json"),
+        format!(r#"[{{"username": "dan"}}, {{"username": "\"{new_key}\""}}]"#),
+    )
+    .expect("json");
+    let (code, out, err) = user(dir.path(), &["import", "team.json"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("row 2: bad username \"sk-lr-"), "{err}");
     outputs.extend([out, err]);
 
     assert_eq!(stored(&db), before, "nothing changed");
