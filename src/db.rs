@@ -567,6 +567,13 @@ fn create_private(path: &Path) {
     }
 }
 
+/// The file that opening `path` for the first time creates: the missing file a symlink (or
+/// chain of links) at `path` leads to, else `path` itself. A command that undoes its own
+/// creation removes this file, not the link the administrator made.
+pub fn file_to_create(path: &Path) -> std::path::PathBuf {
+    dangling_link_target(path).unwrap_or_else(|| path.to_path_buf())
+}
+
 /// Where the symlink at `path` leads when it leads nowhere yet (to a missing file, through any
 /// chain of links): the file SQLite would create. `None` for anything else: no link, a link
 /// to something that is there, or a chain too long or that cannot be read (SQLite then says

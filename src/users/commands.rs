@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use unicode_width::UnicodeWidthStr;
@@ -151,10 +151,10 @@ fn add(
     // Checked before the database is opened (or created): bad input writes nothing.
     user.validate()?;
     let out = &mut *cx.out;
-    let existed = cx.db.exists();
+    let made = file_made_by_opening(cx.db);
     let added = UserStore::open(cx.db, OpenMode::Create)
         .and_then(|mut store| store.add_delivering(&user, |key| print_key(out, key)));
-    unmade_if_undelivered(cx.db, existed, added)?;
+    unmade_if_undelivered(made.as_deref(), added)?;
     writeln!(
         cx.err,
         "created user {} (may use: {}); the key above is shown only now",
@@ -165,20 +165,27 @@ fn add(
     Ok(())
 }
 
+/// The database file that opening `db` will make, asked before it is opened: `None` when
+/// there is one already. Through a symlink to a missing file that is the link's target.
+fn file_made_by_opening(db: &Path) -> Option<PathBuf> {
+    (!db.exists()).then(|| crate::db::file_to_create(db))
+}
+
 /// Passes `result` on; when the keys could not be shown (or, shown, not saved) and the
-/// command made the database file itself, removes that file too (with SQLite's side files),
-/// so "nothing was changed" holds for the file system as well.
+/// command made the database file itself (`made`), removes that file too (with SQLite's side
+/// files, which are made beside it), so "nothing was changed" holds for the file system as
+/// well. A symlink the file was made through is the administrator's, and stays.
 fn unmade_if_undelivered<T>(
-    db: &Path,
-    existed: bool,
+    made: Option<&Path>,
     result: Result<T, UserError>,
 ) -> Result<T, UserError> {
-    if !existed
-        && matches!(
+    if let (Some(db), true) = (
+        made,
+        matches!(
             result,
             Err(UserError::Undelivered(_) | UserError::Unsaved { .. })
-        )
-    {
+        ),
+    ) {
         for suffix in ["", "-wal", "-shm", "-journal"] {
             let mut file = db.as_os_str().to_owned();
             file.push(suffix);
@@ -208,7 +215,7 @@ fn import_file(cx: &mut Context<'_>, file: &Path) -> Result<(), UserError> {
     let rows = import::parse(name, &bytes).map_err(|e| failed(e.to_string()))?;
     let users: Vec<NewUser> = rows.iter().map(|r| r.user.clone()).collect();
     let out = &mut *cx.out;
-    let existed = cx.db.exists();
+    let made = file_made_by_opening(cx.db);
     let imported = UserStore::open(cx.db, OpenMode::Create).and_then(|mut store| {
         store.import_delivering(&users, |outcome| {
             for (username, key) in &outcome.created {
@@ -217,7 +224,7 @@ fn import_file(cx: &mut Context<'_>, file: &Path) -> Result<(), UserError> {
             out.flush()
         })
     });
-    let outcome = unmade_if_undelivered(cx.db, existed, imported).map_err(|e| match e {
+    let outcome = unmade_if_undelivered(made.as_deref(), imported).map_err(|e| match e {
         // Which row, as for every other bad row.
         UserError::NameIsAKey {
             position: Some(position),

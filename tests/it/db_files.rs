@@ -8,7 +8,8 @@ use std::process::Command;
 
 use crate::support::upstream::{Behavior, MockUpstream};
 use crate::support::{
-    RouterProcess, binary, reader_command, run_cli, run_cli_as_reader, run_prepared,
+    RouterProcess, binary, reader_command, run_cli, run_cli_as_reader, run_cli_writing_to,
+    run_prepared,
 };
 use crate::users::{Auth, PYTHON_SCHEMA, chat, two_server_config, user};
 
@@ -703,6 +704,48 @@ async fn a_database_made_through_a_symlink_is_private_too() {
         router.stderr()
     );
     assert_private(&router.path().join("real"));
+}
+
+/// A command that fails before its keys are shown removes the database it made, through a
+/// symlink (or a chain of them) too: the file made at the end of the links goes, the links
+/// stay. (The link itself was removed and the new file left behind, with the users' table.)
+#[cfg(unix)]
+#[test]
+fn a_database_made_through_a_symlink_is_removed_not_the_link() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("team.csv"),
+        "username,email
+bob,
+",
+    )
+    .expect("csv");
+    std::os::unix::fs::symlink("target.db", dir.path().join("link.db")).expect("link");
+    std::os::unix::fs::symlink("c2.db", dir.path().join("c1.db")).expect("link");
+    std::os::unix::fs::symlink("ctarget.db", dir.path().join("c2.db")).expect("link");
+    let links = ["link.db", "c1.db", "c2.db"];
+    for args in [
+        &["user", "add", "ann", "--db", "link.db"][..],
+        &["user", "import", "team.csv", "--db", "link.db"],
+        &["user", "add", "ann", "--db", "c1.db"],
+    ] {
+        let null = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .expect("/dev/null");
+        let (code, err) = run_cli_writing_to(dir.path(), args, null);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.trim_end().ends_with("nothing was changed"), "{err}");
+        for link in links {
+            assert!(
+                dir.path().join(link).is_symlink(),
+                "{args:?}: {link} removed"
+            );
+        }
+        let mut left = files_in(dir.path());
+        left.retain(|name| !links.contains(&name.as_str()));
+        assert_eq!(left, ["team.csv"], "{args:?}");
+    }
 }
 
 /// A database in a folder that does not exist: the commands that would create it say so,
