@@ -64,6 +64,20 @@ async fn read_to_close(tcp: &mut tokio::net::TcpStream) -> String {
 /// A router served by `server::run` itself (the binary's shutdown path) with a short grace
 /// period, recording into a collector: for what happens when shutdown begins and when its
 /// grace period ends.
+/// The record of an answer the shutdown cut: a failed stream, said to be the shutdown's doing
+/// (not the client's leaving).
+fn assert_cut_by_shutdown(record: &llmsrouter::record::RequestRecord) {
+    assert_eq!(record.outcome, Outcome::StreamFailed, "{:?}", record.error);
+    assert!(
+        record
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("shutting down")),
+        "{:?}",
+        record.error
+    );
+}
+
 struct GracefulRouter {
     addr: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -353,15 +367,7 @@ async fn a_stream_whose_client_reads_nothing_is_recorded_as_cut_by_shutdown() {
     crate::support::wait_until(Duration::from_secs(10), || upstream.count() == 1).await;
     router.begin_shutdown();
     let record = router.finish(1).await;
-    assert_eq!(record.outcome, Outcome::StreamFailed, "{:?}", record.error);
-    assert!(
-        record
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("shutting down")),
-        "{:?}",
-        record.error
-    );
+    assert_cut_by_shutdown(&record);
     drop(tcp);
 }
 
@@ -391,15 +397,7 @@ async fn an_unread_http2_stream_is_recorded_as_cut_by_shutdown() {
     let record = tokio::time::timeout(Duration::from_secs(20), router.finish(1))
         .await
         .expect("the shutdown ended");
-    assert_eq!(record.outcome, Outcome::StreamFailed, "{:?}", record.error);
-    assert!(
-        record
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("shutting down")),
-        "{:?}",
-        record.error
-    );
+    assert_cut_by_shutdown(&record);
     drop(response);
 }
 
@@ -447,15 +445,7 @@ async fn a_whole_answer_whose_client_reads_nothing_is_recorded_as_cut_by_shutdow
     let record = tokio::time::timeout(Duration::from_secs(30), router.finish(1))
         .await
         .expect("the shutdown ended with the grace period, not at the send timeout");
-    assert_eq!(record.outcome, Outcome::StreamFailed, "{:?}", record.error);
-    assert!(
-        record
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("shutting down")),
-        "{:?}",
-        record.error
-    );
+    assert_cut_by_shutdown(&record);
     assert_eq!(record.status, Some(200));
     drop(tcp);
 }
