@@ -63,6 +63,13 @@ pub enum ProxyError {
     /// than any real chain needs: a target that leads back to a router.
     #[error("{0}")]
     LoopDetected(String),
+    /// A panic in the router's own code ended the handling of the request before its answer
+    /// began ([`crate::caught`]). The message says nothing of the panic's: it may quote what
+    /// the request held.
+    #[error(
+        "internal error in the router while handling this request; the router's log says where"
+    )]
+    Internal,
 }
 
 impl ProxyError {
@@ -83,6 +90,7 @@ impl ProxyError {
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::LoopDetected(_) => StatusCode::LOOP_DETECTED,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -105,6 +113,7 @@ impl ProxyError {
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::ShuttingDown(_) => "server_shutting_down",
             Self::LoopDetected(_) => "loop_detected",
+            Self::Internal => "internal_error",
         }
     }
 
@@ -116,7 +125,7 @@ impl ProxyError {
             | Self::UrlTargetForbidden(_)
             | Self::CrossSiteRequest(_) => "permission_error",
             Self::UpstreamUnreachable(_) | Self::UpstreamTimeout(_) => "upstream_error",
-            Self::ShuttingDown(_) => "server_error",
+            Self::ShuttingDown(_) | Self::Internal => "server_error",
             _ => "invalid_request_error",
         }
     }

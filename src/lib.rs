@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod caught;
 pub mod cli;
 pub mod config;
 pub mod console;

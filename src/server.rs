@@ -125,7 +125,11 @@ fn hand_over(lanes: &mut Lanes, tcp: TcpStream, service: &Arc<Service>, connecti
         // until the client's delayed ACK (40 ms on Linux) of the headers.
         let _ = tcp.set_nodelay(true);
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&CLIENT_KEEPALIVE);
-        serve_connection(tcp, service).await;
+        // A panic in a request's handling is caught closer (a 500, or the answer cut); one
+        // anywhere else on the connection (reading a head, HTTP/2's own) ends it here, said.
+        if let Err(panicked) = crate::caught::catching(serve_connection(tcp, service)).await {
+            tracing::error!("internal error: serving a connection panicked {panicked}; closed");
+        }
     });
 }
 

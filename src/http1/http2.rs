@@ -155,11 +155,17 @@ where
     F: Future + Send + 'static,
 {
     fn execute(&self, task: F) {
-        tokio::spawn(reset_if_unread(
-            task,
-            self.send_timeout,
-            self.hard_stop.clone(),
-        ));
+        let task = reset_if_unread(task, self.send_timeout, self.hard_stop.clone());
+        tokio::spawn(async move {
+            // A panic in making the answer is answered 500 ([`CountedService`]); one in
+            // sending its body ends only this stream, reset (as dropped) and said.
+            if let Err(panicked) = crate::caught::catching(task).await {
+                tracing::error!(
+                    "internal error: handling a request panicked {panicked}; its answer was \
+                     under way and is cut (HTTP/2: its stream is reset)"
+                );
+            }
+        });
     }
 }
 
@@ -260,7 +266,18 @@ impl hyper::service::Service<http::Request<Incoming>> for CountedService {
         let open = OpenRequest::new(&self.open);
         let answer = self.inner.call(request);
         Box::pin(async move {
-            let response = answer.await?;
+            let response = match crate::caught::catching(answer).await {
+                Ok(response) => response?,
+                // No head has gone out yet: the client gets the router's 500; the
+                // connection's other streams go on.
+                Err(panicked) => {
+                    tracing::error!(
+                        "internal error: handling a request panicked {panicked}; answered 500 \
+                         internal_error (HTTP/2: the connection's other streams go on)"
+                    );
+                    axum::response::IntoResponse::into_response(crate::error::ProxyError::Internal)
+                }
+            };
             // Polled inside the stream's task, so its note is there to take.
             let waiting = WAITING.try_with(Arc::clone).ok();
             // The body owns the count: it ends when hyper has sent the last frame or the

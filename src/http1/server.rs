@@ -74,6 +74,7 @@ pub async fn serve_connection(io: TcpStream, service: Arc<Service>) {
         failures: Arc::clone(&service.state.failures),
         served: 0,
         grown: false,
+        answering: false,
     };
     loop {
         let head = match conn.next_head().await {
@@ -96,7 +97,14 @@ pub async fn serve_connection(io: TcpStream, service: Arc<Service>) {
             }
         };
         conn.served += 1;
-        match conn.serve(head, &service).await {
+        let asked = Asked::of(&head);
+        conn.answering = false;
+        let served = crate::caught::catching(conn.serve(head, &service)).await;
+        let next = match served {
+            Ok(next) => next,
+            Err(panicked) => return conn.after_panic(&panicked, asked).await,
+        };
+        match next {
             // Once shutdown began, the next head decides: a request already sent is served.
             Next::KeepAlive => {}
             Next::Close => return conn.linger().await,
@@ -136,6 +144,9 @@ struct Conn {
     served: u64,
     /// `buf` was grown past the usual read for a large request body; released once idle.
     grown: bool,
+    /// Part of the current request's answer has been handed to the socket (a `100 Continue`
+    /// does not count): after a panic, too late for a 500 ([`Conn::after_panic`]).
+    answering: bool,
 }
 
 /// Closes a connection that waits too long for its next request (`AppState::idle_timeout`).
@@ -670,6 +681,7 @@ impl Conn {
     /// exit open. The hard stop is looked at only while the write waits for room, so a write
     /// the kernel takes at once costs nothing more.
     async fn send(&mut self, first: &[u8], second: &[u8], keep_alive: bool) -> Next {
+        self.answering = true;
         let stop = Some(&mut self.hard_stop);
         match write_all_unless(&self.io, first, second, self.send_timeout, stop).await {
             Err(_) => Next::Gone,
@@ -733,6 +745,7 @@ impl Conn {
                 None => {}
             }
             if !out.is_empty() {
+                self.answering = true;
                 let stop = Some(&mut self.hard_stop);
                 match write_all_unless(&self.io, &out, &[], self.send_timeout, stop).await {
                     Ok(Wrote::All) => {}
@@ -866,6 +879,28 @@ impl Conn {
             out.extend_from_slice(LAST_CHUNK);
         }
         self.send(&out, &[], keep_alive).await
+    }
+
+    /// A panic ended the handling of a request ([`crate::caught`]): the client gets a 500
+    /// `internal_error` when nothing of the answer had gone out, else the connection is cut
+    /// (a client cannot tell a whole answer from part of one otherwise). Either way the
+    /// connection closes: what the handling left unread of the request is unknown. The log
+    /// says where the panic happened, never its message (it may quote the request).
+    async fn after_panic(mut self, panicked: &crate::caught::Panicked, asked: Asked) {
+        if self.answering {
+            tracing::error!(
+                "internal error: handling a request panicked {panicked}; its answer was under \
+                 way and is cut (the connection closes)"
+            );
+            return;
+        }
+        tracing::error!(
+            "internal error: handling a request panicked {panicked}; answered 500 \
+             internal_error (the connection closes)"
+        );
+        if let Next::Close = self.answer_error(&ProxyError::Internal, false, asked).await {
+            self.linger().await;
+        }
     }
 
     /// Closing after an answer: stop sending, then read (and drop) what the client still

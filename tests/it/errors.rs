@@ -1850,3 +1850,226 @@ async fn the_python_bypass_endpoint_is_refused_and_its_switch_warned_of() {
         "{out}{err}"
     );
 }
+
+/// What the panics below say: it must reach neither the client nor the log.
+const PANIC_SECRET: &str = "sk-a-key-the-panic-quoted";
+
+async fn panics() -> &'static str {
+    panic!("{PANIC_SECRET}")
+}
+
+/// An app with a handler that panics before its answer (`/panics`), one whose body panics
+/// after its first piece went out (`/panics-midway`), and a plain one (`/fine`). No handler
+/// of the router's own is known to panic, and none is made to: the router's connection
+/// code serves this app in their place.
+fn panicking_app() -> axum::Router {
+    use axum::routing::get;
+    let midway = || async {
+        let pieces = futures_util::stream::iter(0..2).map(|i| {
+            assert!(i == 0, "{PANIC_SECRET}");
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"first part"))
+        });
+        axum::body::Body::from_stream(pieces)
+    };
+    axum::Router::new()
+        .route("/fine", get(|| async { "fine" }))
+        .route("/panics", get(panics))
+        .route("/panics-midway", get(midway))
+}
+
+/// Serves `app` on a loopback port as the router serves its client connections (its own
+/// HTTP/1, HTTP/2 through hyper), with the router's state otherwise; returns the address and
+/// the count of connections accepted.
+async fn serve_app(
+    app: axum::Router,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use llmsrouter::hard_stop::HardStop;
+    use llmsrouter::http1::server::{Service, serve_connection};
+    use llmsrouter::state::{AppState, build_http_client};
+
+    let config = llmsrouter::config::Config::parse(
+        &one_server_config(&crate::support::closed_url(), ""),
+        &|_| None,
+    )
+    .expect("config");
+    let recorder = llmsrouter::record::Recorder::disabled();
+    let state = AppState::new(config, build_http_client().expect("client"), recorder);
+    let service = Arc::new(Service {
+        app,
+        state: Arc::new(state.expect("state")),
+        draining: HardStop::new(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve_connection(tcp, service.clone()));
+        }
+    });
+    (addr, accepted)
+}
+
+/// What is logged on this thread (a test's current-thread runtime runs its router here) while
+/// the guard lives.
+#[derive(Clone, Default)]
+struct Logged(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logged {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logged {
+    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logged = Self::default();
+        let writer = logged.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (logged, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+    }
+}
+
+/// Writes `request` on a new connection to `addr` and reads until the router closes it.
+async fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    // A reset ends the read too: what came before it is the answer.
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+        .await
+        .expect("the router closed the connection within 10 s");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_panic_in_a_request_is_answered_500_and_logged_without_its_message() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (logged, _guard) = Logged::capture();
+    let (addr, _) = serve_app(panicking_app()).await;
+    // Open across the panic, and served after it.
+    let mut other = tokio::net::TcpStream::connect(addr).await.expect("connect");
+
+    let answer = exchange(
+        addr,
+        "GET /fine HTTP/1.1\r\nHost: r\r\n\r\nGET /panics HTTP/1.1\r\nHost: r\r\n\r\n",
+    )
+    .await;
+    // The request before it on the connection is answered as ever; the one that panicked
+    // gets the router's 500, and the connection closes after it.
+    let (first, second) = answer.split_once("HTTP/1.1 500").expect(&answer);
+    assert!(first.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(first.ends_with("fine"), "{answer}");
+    assert!(second.contains("connection: close"), "{answer}");
+    assert!(
+        second.contains("content-type: application/json"),
+        "{answer}"
+    );
+    let (_, body) = second.split_once("\r\n\r\n").expect(&answer);
+    let body: Value = serde_json::from_str(body).expect(&answer);
+    assert_eq!(body["error"]["code"], "internal_error", "{body}");
+    assert_eq!(body["error"]["type"], "server_error", "{body}");
+    assert!(body["error"]["param"].is_null(), "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("internal error in the router"),
+        "{body}"
+    );
+    assert!(!answer.contains(PANIC_SECRET), "{answer}");
+
+    let request = "GET /fine HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n";
+    other.write_all(request.as_bytes()).await.expect("write");
+    let mut served = String::new();
+    tokio::time::timeout(Duration::from_secs(10), other.read_to_string(&mut served))
+        .await
+        .expect("answered within 10 s")
+        .expect("read");
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    assert!(served.ends_with("fine"), "{served}");
+
+    let log = logged.text();
+    let line = log
+        .lines()
+        .find(|line| line.contains("panicked"))
+        .expect(&log);
+    assert!(line.contains("ERROR"), "{log}");
+    assert!(line.contains(&format!("panicked at {}:", file!())), "{log}");
+    assert!(line.contains("answered 500 internal_error"), "{log}");
+    assert!(!log.contains(PANIC_SECRET), "{log}");
+}
+
+#[tokio::test]
+async fn a_panic_after_the_answer_began_cuts_it() {
+    let (logged, _guard) = Logged::capture();
+    let (addr, _) = serve_app(panicking_app()).await;
+    let answer = exchange(addr, "GET /panics-midway HTTP/1.1\r\nHost: r\r\n\r\n").await;
+    // The head and the first piece went out; no last chunk, nor a 500, follows them.
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("transfer-encoding: chunked"), "{answer}");
+    assert!(answer.ends_with("first part\r\n"), "{answer}");
+    assert!(!answer.contains(PANIC_SECRET), "{answer}");
+    let log = logged.text();
+    assert!(log.contains("its answer was under way and is cut"), "{log}");
+    assert!(!log.contains(PANIC_SECRET), "{log}");
+}
+
+#[tokio::test]
+async fn over_http2_a_panic_is_answered_500_and_the_connection_serves_on() {
+    let (logged, _guard) = Logged::capture();
+    let (addr, accepted) = serve_app(panicking_app()).await;
+    let client = h2c_client();
+    let url = |path: &str| format!("http://{addr}{path}");
+
+    let response = client.get(url("/panics")).send().await.expect("send");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "internal_error", "{body}");
+    assert_eq!(body["error"]["type"], "server_error", "{body}");
+
+    // Begun, then cut: the stream is reset, the body read fails.
+    let response = client
+        .get(url("/panics-midway"))
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.bytes().await.is_err(),
+        "a cut answer read as whole"
+    );
+
+    // The same connection goes on serving.
+    let response = client.get(url("/fine")).send().await.expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.expect("body"), "fine");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let log = logged.text();
+    assert!(log.contains("answered 500 internal_error"), "{log}");
+    assert!(log.contains("its stream is reset"), "{log}");
+    assert!(log.contains(&format!("panicked at {}:", file!())), "{log}");
+    assert!(!log.contains(PANIC_SECRET), "{log}");
+}
