@@ -17,7 +17,7 @@ use time::Date;
 use crate::sinks::clock::{parse_day, utc_date};
 use crate::sinks::loss::LossWarnings;
 
-/// Daily files kept, today's included.
+/// Daily files kept up to today, today's included (one dated later is kept besides).
 pub const KEPT_FILES: usize = 7;
 
 /// How often the path is compared with the open file: a rename or delete is noticed within
@@ -128,10 +128,13 @@ impl DailyFiles {
         parse_day(day)
     }
 
-    /// Deletes the oldest of these files until the [`KEPT_FILES`] newest (by the day in their
-    /// names) remain, today's counted among them whether or not it exists yet. Only regular
-    /// files with exactly such a name are looked at; anything else in the directory stays.
-    /// Returns how many were deleted; failures are logged, never fatal.
+    /// Deletes the oldest of these files until the [`KEPT_FILES`] newest up to today (by the
+    /// day in their names) remain, today's counted among them whether or not it exists yet.
+    /// A file dated after today (written while the clock was set ahead) holds requests' lines:
+    /// it is never deleted, and not counted, until its day comes (counted, it took a past
+    /// day's place, and fewer than 6 past days were kept until its date). Only regular files
+    /// with exactly such a name are looked at; anything else in the directory stays. Returns
+    /// how many were deleted; failures are logged, never fatal.
     fn prune(&self, today: Date) -> usize {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
@@ -144,9 +147,10 @@ impl DailyFiles {
             .filter_map(Result::ok)
             .filter_map(|entry| {
                 let day = self.day_of(entry.file_name().to_str()?)?;
-                // Today's is being written to; a symlink or a directory is not the router's.
+                // Today's is being written to, a later day's is left alone (see above); a
+                // symlink or a directory is not the router's.
                 let is_file = entry.file_type().ok()?.is_file();
-                (day != today && is_file).then(|| (day, entry.path()))
+                (day < today && is_file).then(|| (day, entry.path()))
             })
             .collect();
         // Newest first.
@@ -660,6 +664,36 @@ pub(crate) mod tests {
         assert!(path.join("api_proxy.2020-01-02.log").is_dir());
         #[cfg(unix)]
         assert!(path.join("api_proxy.2020-01-03.log").is_symlink());
+    }
+
+    #[test]
+    fn a_file_dated_after_today_is_kept_and_takes_no_past_days_place() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path();
+        // Written while the clock was set ahead, and already within the 7 kept by date.
+        for name in ["api_proxy.2025-01-11.log", "api_proxy.2026-06-01.log"] {
+            std::fs::write(path.join(name), "lines of requests").expect("write");
+        }
+        for d in 1..=10 {
+            std::fs::write(path.join(format!("api_proxy.2025-01-{d:02}.log")), "{}\n")
+                .expect("write");
+        }
+        let files = daily(path, "api_proxy", Some("log"));
+
+        // Today and the 6 days before it stay, as with no later file.
+        assert_eq!(files.prune(day("2025-01-10")), 3);
+        let mut expected: Vec<String> = (4..=11)
+            .map(|d| format!("api_proxy.2025-01-{d:02}.log"))
+            .collect();
+        expected.push("api_proxy.2026-06-01.log".to_owned());
+        assert_eq!(names(path), expected);
+        // Its day come, the once later file is one of the 7 as any other.
+        assert_eq!(files.prune(day("2025-01-11")), 1);
+        assert_eq!(names(path), expected[1..]);
+        assert_eq!(
+            std::fs::read_to_string(path.join("api_proxy.2026-06-01.log")).expect("kept"),
+            "lines of requests"
+        );
     }
 
     #[test]

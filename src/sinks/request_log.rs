@@ -1,7 +1,8 @@
 //! The request log (`LLMSROUTER_LOG_FILE`): one JSON line per routed request, in a file per
 //! UTC day (see [`log_file`](crate::sinks::log_file) for which file, and what happens when it
 //! is deleted or cannot be written). The router deletes old ones itself (7 kept, today's
-//! included), and only files named exactly as it names them.
+//! included; one dated after today is kept besides), and only files named exactly as it
+//! names them.
 //!
 //! `accept` only queues the record; one writer thread serialises and writes, so neither a
 //! request nor the recorder waits for the disk. Every line passes through the [`Redactor`]
