@@ -47,6 +47,14 @@ pub enum ProxyError {
     /// An HTTP/1 request line naming a major version other than 1 (`HTTP/2.0`).
     #[error("{0}")]
     HttpVersionNotSupported(String),
+    /// A request to switch the connection to WebSocket
+    /// ([`crate::http1::head::RequestHead::asks_for_websocket`]): the router relays HTTP
+    /// requests and answers, not a connection's frames.
+    #[error(
+        "WebSocket upgrades (the Realtime API) are not proxied by llmsrouter; use the Realtime \
+         API's HTTP endpoints or connect to the provider directly"
+    )]
+    WebSocketNotSupported,
     /// Request body over `settings.max_body_bytes`.
     #[error("request body is larger than the limit of {limit} bytes (settings.max_body_bytes)")]
     BodyTooLarge { limit: usize },
@@ -86,6 +94,7 @@ impl ProxyError {
             Self::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::HttpVersionNotSupported(_) => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            Self::WebSocketNotSupported => StatusCode::NOT_IMPLEMENTED,
             Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -109,6 +118,7 @@ impl ProxyError {
             Self::HeadTooLarge(_) => "request_header_too_large",
             Self::UriTooLong(_) => "uri_too_long",
             Self::HttpVersionNotSupported(_) => "http_version_not_supported",
+            Self::WebSocketNotSupported => "websocket_not_supported",
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::ShuttingDown(_) => "server_shutting_down",

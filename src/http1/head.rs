@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
 
-use super::fields::Fields;
+use super::fields::{Fields, trim};
 use super::{MAX_FIELDS, MAX_HEAD_BYTES, MAX_RESPONSE_FIELDS};
 
 /// Why a head could not be read.
@@ -89,6 +89,38 @@ impl RequestHead {
         } else {
             !self.fields.has_token("connection", "close")
         }
+    }
+
+    /// Whether the request asks to switch its connection to WebSocket (RFC 6455 §4.1; the
+    /// openai SDKs' Realtime clients open `GET /v1/realtime?model=...` so): HTTP/1.1, an
+    /// `Upgrade` that lists the protocol `websocket` (any case, with or without a
+    /// `/version`), and a `Connection` that lists `upgrade`, as RFC 9110 §7.8 has every
+    /// sender of `Upgrade` add. Without that option the `Upgrade` was not meant for this hop
+    /// (something in front passed a hop-by-hop field on), and in an HTTP/1.0 request it must
+    /// be ignored (RFC 9110 §7.8): neither counts. Any method counts (RFC 6455 asks for
+    /// `GET`): whatever the method, the client waits for a `101` the router never sends, and
+    /// the request forwarded with its `Upgrade` stripped, or refused for its method, would
+    /// not tell it why. Other protocols are not looked at: an `Upgrade: h2c` (deprecated by
+    /// RFC 9113) is ignored and the request answered over HTTP/1.1, as RFC 9110 lets a
+    /// server.
+    pub fn asks_for_websocket(&self) -> bool {
+        // The usual request has no `Upgrade`: one look through its fields.
+        if self.http10 || !self.fields.contains("upgrade") {
+            return false;
+        }
+        let websocket = |protocol: &[u8]| {
+            let name = trim(protocol)
+                .split(|b| *b == b'/')
+                .next()
+                .unwrap_or_default();
+            name.eq_ignore_ascii_case(b"websocket")
+        };
+        self.fields.has_token("connection", "upgrade")
+            && self
+                .fields
+                .get_all("upgrade")
+                .flat_map(|v| v.split(|b| *b == b','))
+                .any(websocket)
     }
 
     /// `Expect: 100-continue`: the client waits for a go-ahead before it sends the body.
@@ -442,6 +474,43 @@ mod tests {
         assert_eq!(head.fields.get("content-length"), Some(&b"2"[..]));
         assert!(head.keep_alive() && !head.http10);
         assert_eq!(&buf[..], b"{}", "the body stays in the buffer");
+    }
+
+    /// A WebSocket upgrade needs `websocket` among the `Upgrade` protocols and `upgrade`
+    /// among the `Connection` options, over HTTP/1.1; `h2c` is not one.
+    #[test]
+    fn a_websocket_upgrade_is_told_apart() {
+        let asks = |version: &str, fields: &str| {
+            let text = format!("GET /v1/realtime?model=m {version}\r\nHost: r\r\n{fields}\r\n");
+            request(&text)
+                .expect("valid")
+                .expect("complete")
+                .asks_for_websocket()
+        };
+        let yes = [
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n",
+            "Upgrade: WebSocket\r\nConnection: keep-alive, upgrade\r\n",
+            "upgrade: foo, websocket/13\r\nconnection: close\r\nConnection: UPGRADE\r\n",
+            "Upgrade: h2c\r\nUpgrade:  websocket \r\nConnection: Upgrade, HTTP2-Settings\r\n",
+        ];
+        for fields in yes {
+            assert!(asks("HTTP/1.1", fields), "{fields:?}");
+        }
+        let no = [
+            "",
+            "Upgrade: websocket\r\n",
+            "Upgrade: websocket\r\nConnection: keep-alive\r\n",
+            "Connection: Upgrade\r\n",
+            "Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n",
+            "Upgrade: websockets\r\nConnection: Upgrade\r\n",
+        ];
+        for fields in no {
+            assert!(!asks("HTTP/1.1", fields), "{fields:?}");
+        }
+        assert!(!asks(
+            "HTTP/1.0",
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        ));
     }
 
     #[test]

@@ -306,6 +306,9 @@ impl Conn {
                 return Next::Close;
             }
         };
+        if head.asks_for_websocket() {
+            return self.refuse_websocket(&head).await;
+        }
         let keep_alive = head.keep_alive();
         let (path, query) = head.path_and_query();
         if head.method == Method::POST {
@@ -324,6 +327,20 @@ impl Conn {
                 .await;
         }
         self.serve_by_app(head, length, keep_alive, service).await
+    }
+
+    /// A WebSocket upgrade ([`RequestHead::asks_for_websocket`]): 501
+    /// `websocket_not_supported`, before its route, key or target is looked at, since each
+    /// would answer something that does not say why (a 405 for a `GET` to a `POST` route, or
+    /// the request forwarded as a plain `GET` with its `Upgrade` stripped, to which the
+    /// upstream answers 400 or 426). Never proxied, it is answered as a 404 or 405 is: no
+    /// request id, no record. The connection closes after it: the client meant it for
+    /// WebSocket frames, and a body, if any, is not read. HTTP/2 needs no such check: h2
+    /// refuses an `Upgrade` field, and an extended `CONNECT` (RFC 8441) since the router
+    /// does not announce it, each with a reset of the stream.
+    async fn refuse_websocket(&mut self, head: &RequestHead) -> Next {
+        let answer = unrouted(&ProxyError::WebSocketNotSupported);
+        self.write_answer(answer, false, Asked::of(head)).await
     }
 
     /// A proxied `POST`: the same steps as the app's dispatcher, then [`proxy::handle`]. A

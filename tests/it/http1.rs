@@ -624,6 +624,108 @@ async fn head_gets_the_head_of_get_and_405_says_what_is_allowed() {
     router.stop().await;
 }
 
+/// What the openai SDKs' Realtime client sends to open its WebSocket.
+fn websocket_upgrade(target: &str) -> String {
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: router\r\nAuthorization: Bearer sk-client-own-key\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// The router's answer to a WebSocket upgrade: 501 `websocket_not_supported` with no request
+/// id (it is not proxied), and the connection closed after it.
+async fn assert_websocket_refused(raw: &mut Raw, what: &str) {
+    let answer = raw.answer().await;
+    assert_eq!(answer.status, 501, "{what}: {answer:?}");
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    let error = answer.json();
+    assert_eq!(error["error"]["code"], "websocket_not_supported", "{what}");
+    assert_eq!(error["error"]["type"], "invalid_request_error", "{what}");
+    let message = error["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("WebSocket upgrades (the Realtime API) are not proxied"),
+        "{message}"
+    );
+    assert!(
+        answer.header("x-llmsrouter-request-id").is_none(),
+        "{what}: not proxied, no request id"
+    );
+    assert_eq!(answer.header("connection"), Some("close"), "{what}");
+    assert!(raw.closed().await, "{what}: the connection closes");
+}
+
+/// A WebSocket upgrade (the Realtime API's `GET /v1/realtime`) gets 501
+/// `websocket_not_supported`, whatever would have routed a plain `GET`: with `?proxy=`, and
+/// through `settings.default_server`, it used to go upstream as a plain `GET` with its
+/// `Upgrade` stripped (and get the upstream's puzzling 400 or 426); nothing reaches either
+/// upstream now, and nothing is recorded, as for a 405.
+#[tokio::test]
+async fn a_websocket_upgrade_is_refused_and_never_forwarded() {
+    let configured = MockUpstream::start(Behavior::default()).await;
+    let named = MockUpstream::start(Behavior::default()).await;
+    let config = format!(
+        "{}settings:\n  default_server: mock\n",
+        one_server_config(&configured.url(), "")
+    );
+    let router = TestRouter::start(&config).await;
+    let targets = [
+        format!("/v1/realtime?model=gpt-realtime&proxy={}", named.origin()),
+        "/v1/realtime?model=gpt-realtime".to_owned(),
+    ];
+    for target in &targets {
+        let mut raw = Raw::connect(router.addr).await;
+        raw.send(websocket_upgrade(target).as_bytes()).await;
+        assert_websocket_refused(&mut raw, target).await;
+    }
+    assert_eq!(named.count(), 0, "nothing reached the ?proxy= target");
+    assert_eq!(configured.count(), 0, "nothing reached the default server");
+
+    // The next request is recorded, and is the only one.
+    let mut raw = Raw::connect(router.addr).await;
+    raw.send(post("/v1/chat/completions", CHAT, "").as_bytes())
+        .await;
+    assert_eq!(raw.answer().await.status, 200);
+    assert_eq!(router.records.nth(1).await.endpoint, "/chat/completions");
+    assert_eq!(router.records.all().len(), 1, "the upgrades have no record");
+    router.stop().await;
+}
+
+/// Without `?proxy=` or `settings.default_server` a WebSocket upgrade used to get a 405 that
+/// named the methods of the path, not the upgrade; it gets the 501 too, on any route.
+#[tokio::test]
+async fn a_websocket_upgrade_with_no_target_is_refused_as_such() {
+    let (upstream, router) = setup().await;
+    for target in ["/v1/realtime?model=gpt-realtime", "/v1/models", "/health"] {
+        let mut raw = Raw::connect(router.addr).await;
+        raw.send(websocket_upgrade(target).as_bytes()).await;
+        assert_websocket_refused(&mut raw, target).await;
+    }
+    assert_eq!(upstream.count(), 0, "nothing was forwarded");
+    router.stop().await;
+}
+
+/// An `Upgrade: h2c` (HTTP/2 over cleartext by upgrade, which RFC 9113 deprecated) is not
+/// taken: the request is served over HTTP/1.1 as if it had asked for nothing, its upgrade
+/// fields not passed on.
+#[tokio::test]
+async fn an_h2c_upgrade_is_ignored_and_the_request_served() {
+    let (upstream, router) = setup().await;
+    let mut raw = Raw::connect(router.addr).await;
+    let upgrade = "Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                   HTTP2-Settings: AAMAAABkAAQAAP__\r\n";
+    raw.send(post("/v1/chat/completions", CHAT, upgrade).as_bytes())
+        .await;
+    let answer = raw.answer().await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(answer.header("upgrade").is_none());
+    let got = upstream.last();
+    for field in ["upgrade", "http2-settings"] {
+        assert!(got.headers.get(field).is_none(), "{field} went upstream");
+    }
+    router.stop().await;
+}
+
 /// A router error to a `HEAD` (a target too long for a route the router answers itself, a
 /// body over `max_body_bytes`) has the head of the error alone: a body after it would be
 /// read as the next answer on the connection.
