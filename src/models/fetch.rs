@@ -129,7 +129,7 @@ async fn fetch(
         let body = read_body(response, ERROR_BODY_READ, true).await?;
         return Err(FetchError::Status {
             status: status.as_u16(),
-            detail: quote(&body, server),
+            detail: quote(&body, server, &crate::env::process_proxy_secrets()),
         });
     }
     let coding = content_coding(response.headers());
@@ -202,10 +202,13 @@ async fn read_body(
     }
 }
 
-/// The start of an error answer, on one line, with the server's api key, configured header
-/// values and the credentials in its url blanked out, JSON-escaped or not (some providers echo the credentials they were
-/// sent, and a key may sit in a header such as `api-key`).
-fn quote(body: &[u8], server: &Server) -> String {
+/// The start of an error answer, on one line, with the secrets a chat request's error body
+/// loses blanked out, JSON-escaped or not (some providers echo the credentials they were
+/// sent, and a key may sit in a header such as `api-key`): the server's api key, configured
+/// header values and the credentials in its url, and `proxy_secrets`, the proxy variables'
+/// credentials and the Basic credentials made of them, which a proxy passing
+/// `Proxy-Authorization` on (or answering itself) may echo.
+fn quote(body: &[u8], server: &Server, proxy_secrets: &[Secret]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let header_values = server.headers.values().filter_map(|v| v.to_str().ok());
@@ -215,6 +218,7 @@ fn quote(body: &[u8], server: &Server) -> String {
         .cloned()
         .chain(header_values.map(Secret::new))
         .chain(server.url_secrets.iter().cloned())
+        .chain(proxy_secrets.iter().cloned())
         .collect();
     let text = Redactor::default().redact(&text, &secrets);
     if text.is_empty() {
@@ -240,19 +244,19 @@ mod tests {
     fn quoted_error_text_never_holds_the_key() {
         let s = server("sk-secret-123");
         let body = br#"{"error": {"message": "Incorrect API key provided: sk-secret-123"}}"#;
-        let quoted = quote(body, &s);
+        let quoted = quote(body, &s, &[]);
         assert!(!quoted.contains("sk-secret-123"), "{quoted}");
         assert!(
             quoted.contains("Incorrect API key provided: [redacted]"),
             "{quoted}"
         );
-        let quoted = quote(b"bad api-key azure-secret-value", &s);
+        let quoted = quote(b"bad api-key azure-secret-value", &s, &[]);
         assert_eq!(quoted, ": bad api-key [redacted]");
-        let quoted = quote(br#"{"error": "bad key sk\u002dsecret-123"}"#, &s);
+        let quoted = quote(br#"{"error": "bad key sk\u002dsecret-123"}"#, &s, &[]);
         assert_eq!(quoted, r#": {"error": "bad key [redacted]"}"#);
-        assert_eq!(quote(b"  \n ", &s), "");
+        assert_eq!(quote(b"  \n ", &s, &[]), "");
         let long = "x".repeat(5000);
-        assert!(quote(long.as_bytes(), &s).len() < 300);
+        assert!(quote(long.as_bytes(), &s, &[]).len() < 300);
     }
 
     /// The credentials in a server's url (sent as Basic auth, or in the query) that an
@@ -264,11 +268,13 @@ mod tests {
         let quoted = quote(
             b"bad auth: Basic dXNlcjpzM2NyZXRwdw== (s3cretpw)",
             &config.servers["s"],
+            &[],
         );
         assert_eq!(quoted, ": bad auth: Basic [redacted] ([redacted])");
         let quoted = quote(
             b"bad path /v1/models?key=AIzaQuerySecret123456",
             &config.servers["q"],
+            &[],
         );
         assert_eq!(quoted, ": bad path /v1/models?key=[redacted]");
     }

@@ -1382,6 +1382,49 @@ async fn a_proxys_credentials_echoed_by_an_upstream_are_redacted() {
     assert!(line.contains("[redacted]"), "{line}");
 }
 
+/// The model-list fetch's warning (the `serve` log's, `llmsrouter models`'s) quotes an error
+/// body with the same secrets taken out as a chat request's: a proxy that echoes the
+/// `Proxy-Authorization` it was sent shows its credentials, Basic or plain, in neither.
+#[tokio::test]
+async fn a_proxys_credentials_echoed_to_the_model_list_fetch_are_redacted() {
+    let password = "ProxyPass_s3cret99";
+    let basic = "cHJveHl1c2VyOlByb3h5UGFzc19zM2NyZXQ5OQ==";
+    let proxy = MockUpstream::start(Behavior {
+        models_status: Some(500),
+        models_body: Some(format!("echo Basic {basic} (proxyuser:{password})")),
+        ..Behavior::default()
+    })
+    .await;
+    let config = one_server_config("http://provider.invalid/v1", "");
+    let with_credentials =
+        proxy
+            .origin()
+            .replacen("http://", &format!("http://proxyuser:{password}@"), 1);
+    let envs = [("HTTP_PROXY", with_credentials.as_str())];
+    let redacted = "HTTP 500: echo Basic [redacted] (proxyuser:[redacted])";
+    let router = RouterProcess::start(Some(&config), &envs);
+    router
+        .list_models_and_wait_for_warnings(&[("mock", redacted)])
+        .await;
+    let log = router.stderr();
+    assert!(!log.contains(password) && !log.contains(basic), "{log}");
+
+    let dir = router.path().to_owned();
+    let (_, _, stderr) = tokio::task::spawn_blocking(move || {
+        run_cli(&dir, &["models"], &[("HTTP_PROXY", &with_credentials)])
+    })
+    .await
+    .expect("cli task");
+    assert!(
+        stderr.contains(&format!("warning: server \"mock\": {redacted}")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(password) && !stderr.contains(basic),
+        "{stderr}"
+    );
+}
+
 /// `NO_PROXY=*` (either case of the name, spaces around it) sends every request directly, to
 /// an upstream named by its IP address too, as curl and httpx read it: the client's matcher
 /// took `*` for every host name but no address, and `http://127.0.0.1:port` went through the
