@@ -207,7 +207,8 @@ async fn read_body(
 /// sent, and a key may sit in a header such as `api-key`): the server's api key, configured
 /// header values and the credentials in its url, and `proxy_secrets`, the proxy variables'
 /// credentials and the Basic credentials made of them, which a proxy passing
-/// `Proxy-Authorization` on (or answering itself) may echo.
+/// `Proxy-Authorization` on (or answering itself) may echo. Control and invisible formatting
+/// characters are shown escaped ([`crate::printable`]).
 fn quote(body: &[u8], server: &Server, proxy_secrets: &[Secret]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -220,7 +221,9 @@ fn quote(body: &[u8], server: &Server, proxy_secrets: &[Secret]) -> String {
         .chain(server.url_secrets.iter().cloned())
         .chain(proxy_secrets.iter().cloned())
         .collect();
-    let text = Redactor::default().redact(&text, &secrets);
+    // Escaped as the table's ids are: the text goes to a terminal (`llmsrouter models`'
+    // stderr, the `serve` log), where an escape sequence or a bidi override would act.
+    let text = crate::printable(&Redactor::default().redact(&text, &secrets));
     if text.is_empty() {
         return String::new();
     }
@@ -255,6 +258,12 @@ mod tests {
         let quoted = quote(br#"{"error": "bad key sk\u002dsecret-123"}"#, &s, &[]);
         assert_eq!(quoted, r#": {"error": "bad key [redacted]"}"#);
         assert_eq!(quote(b"  \n ", &s, &[]), "");
+        let quoted = quote(
+            "a\u{1b}[31mred\u{1b}[0m \u{202e}rtl\u{200b}".as_bytes(),
+            &s,
+            &[],
+        );
+        assert_eq!(quoted, ": a\\u{1b}[31mred\\u{1b}[0m \\u{202e}rtl\\u{200b}");
         let long = "x".repeat(5000);
         assert!(quote(long.as_bytes(), &s, &[]).len() < 300);
     }

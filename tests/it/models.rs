@@ -1057,6 +1057,38 @@ async fn the_models_command_fails_only_when_nothing_could_be_listed() {
     );
 }
 
+/// A failed server's error text comes from the upstream: its control and invisible
+/// formatting characters are shown escaped, as the table's ids are, in `llmsrouter models`'
+/// warning and in the `serve` log alike, never sent to the terminal.
+#[tokio::test]
+async fn a_failed_servers_error_text_is_shown_escaped() {
+    let broken = MockUpstream::start(Behavior {
+        models_status: Some(500),
+        models_body: Some("\u{1b}[31mred\u{1b}[0m \u{202e}gnp.exe".into()),
+        ..Behavior::default()
+    })
+    .await;
+    let yaml = config(&[server("broken", &broken.url(), "")], "");
+    let escaped = r"HTTP 500: \u{1b}[31mred\u{1b}[0m \u{202e}gnp.exe";
+    let raw = |text: &str| text.contains(['\u{1b}', '\u{202e}']);
+
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), &yaml).expect("write");
+    let (_, _, stderr) = cli(dir.path(), &["models"]).await;
+    assert!(
+        stderr.contains(&format!("warning: server \"broken\": {escaped};")),
+        "{stderr}"
+    );
+    assert!(!raw(&stderr), "{stderr:?}");
+
+    let router = crate::support::RouterProcess::start(Some(&yaml), &[]);
+    router
+        .list_models_and_wait_for_warnings(&[("broken", escaped)])
+        .await;
+    let log = router.stderr();
+    assert!(!raw(&log), "{log:?}");
+}
+
 /// A server's configured framing and hop-by-hop fields (`Content-Length`, `Transfer-Encoding`,
 /// `Connection`, `Keep-Alive`) are left out of the model list's fetch and of every proxied
 /// request, and the config still loads: sent on a `GET` with no body, a `Content-Length` had
