@@ -503,11 +503,7 @@ async fn server_state(
             from_a_router,
         }) => {
             if parsed.skipped > 0 {
-                tracing::warn!(
-                    server = %server.alias,
-                    "{} entries of its model list have no \"id\" and are left out",
-                    parsed.skipped
-                );
+                tracing::warn!(server = %server.alias, "{}", skipped_warning(parsed.skipped));
             }
             state.filter_kept_none = filter_kept_none(server, &parsed.models);
             if let Some(warning) = &state.filter_kept_none {
@@ -564,6 +560,16 @@ async fn server_state(
         }
     }
     state
+}
+
+/// The warning for entries of a server's list left out for want of a usable id (none, not a
+/// string, or blank).
+fn skipped_warning(skipped: usize) -> String {
+    if skipped == 1 {
+        "1 entry of its model list has no usable \"id\" and is left out".to_owned()
+    } else {
+        format!("{skipped} entries of its model list have no usable \"id\" and are left out")
+    }
 }
 
 /// The warning for a server whose `filter` keeps none of the (non-empty) list it answered.

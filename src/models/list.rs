@@ -40,8 +40,18 @@ pub enum ParseError {
     NotJson(String),
     #[error("its answer is not a model list (expected {{\"data\": [...]}} or [...])")]
     NotAList,
-    #[error("none of the {0} entries of its list has a string \"id\"")]
+    #[error("{}", no_ids(*.0))]
     NoIds(usize),
+}
+
+fn no_ids(entries: usize) -> String {
+    if entries == 1 {
+        "the one entry of its list has no usable \"id\" (a string not blank)".to_owned()
+    } else {
+        format!(
+            "none of the {entries} entries of its list has a usable \"id\" (a string not blank)"
+        )
+    }
 }
 
 /// An upstream's list, and how many of its entries had no usable id and were skipped.
@@ -58,7 +68,8 @@ struct Wrapped<'a> {
 }
 
 /// Reads the shapes seen in the wild: `{"data": [objects]}` (OpenAI), `{"data": [strings]}`,
-/// and a bare array of either. An entry without a non-empty string `id` is skipped; a
+/// and a bare array of either. An entry without a string `id` that is not blank (all white
+/// space routes nowhere, see [`MergedList::push`]) is skipped and counted; a
 /// non-empty list where no entry has one is an error, so the server counts as failed.
 pub fn parse_listing(body: &[u8]) -> Result<Parsed, ParseError> {
     let raw: &RawValue =
@@ -93,7 +104,7 @@ fn parse_entry(item: &RawValue) -> Option<UpstreamModel> {
     match first_byte(item) {
         b'"' => serde_json::from_str::<String>(item.get())
             .ok()
-            .filter(|id| !id.is_empty())
+            .filter(|id| !is_blank(id))
             .map(UpstreamModel::bare),
         b'{' => {
             let object: IndexMap<String, Box<RawValue>> = serde_json::from_str(item.get()).ok()?;
@@ -106,11 +117,16 @@ fn parse_entry(item: &RawValue) -> Option<UpstreamModel> {
                     fields.push((key, value));
                 }
             }
-            let id = id.filter(|id| !id.is_empty())?;
+            let id = id.filter(|id| !is_blank(id))?;
             Some(UpstreamModel { id, fields })
         }
         _ => None,
     }
+}
+
+/// An id that names no model: `[alias]` with nothing (or white space) after it routes nowhere.
+fn is_blank(id: &str) -> bool {
+    id.trim().is_empty()
 }
 
 /// Where one server's models come from in a merge.
@@ -193,7 +209,7 @@ impl MergedList {
     /// request naming it has no model name), so a blank `override` or `append` entry, or an
     /// upstream's blank id, is not listed.
     fn push(&mut self, server: usize, alias: &str, id: &str, fields: &[(String, Box<RawValue>)]) {
-        if id.trim().is_empty() {
+        if is_blank(id) {
             return;
         }
         let prefixed: Box<str> = format!("[{alias}]{id}").into_boxed_str();
@@ -365,14 +381,26 @@ mod tests {
                 .expect_err("no ids"),
             ParseError::NoIds(5)
         );
+        assert_eq!(
+            parse_listing(br#"[{"id":" "}]"#)
+                .expect_err("no ids")
+                .to_string(),
+            "the one entry of its list has no usable \"id\" (a string not blank)"
+        );
+        assert_eq!(
+            ParseError::NoIds(2).to_string(),
+            "none of the 2 entries of its list has a usable \"id\" (a string not blank)"
+        );
     }
 
     #[test]
     fn entries_without_an_id_are_skipped_and_counted() {
-        let parsed =
-            parse_listing(br#"[{"id":"a"},{"name":"b"},"c",{"id":null},[]]"#).expect("partly good");
+        let parsed = parse_listing(
+            br#"[{"id":"a"},{"name":"b"},"c",{"id":null},[],{"id":"  "},"\t",{"id":""}]"#,
+        )
+        .expect("partly good");
         assert_eq!(ids(&parsed), ["a", "c"]);
-        assert_eq!(parsed.skipped, 3);
+        assert_eq!(parsed.skipped, 6, "blank ids are counted as empty ones are");
     }
 
     fn merged(servers: &[ServerInput<'_>]) -> (MergedList, Vec<Value>) {

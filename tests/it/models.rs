@@ -805,6 +805,34 @@ async fn bad_upstream_answers_leave_only_that_server_out() {
     router.stop().await;
 }
 
+/// Entries with no usable id (none, not a string, empty or only white space) are left out
+/// and counted in one warning per server, in words that fit the count.
+#[tokio::test]
+async fn entries_without_a_usable_id_are_counted_blank_ones_too() {
+    let one = upstream_listing(r#"{"data":[{"id":"   "},{"id":"ok1"}]}"#).await;
+    let two = upstream_listing(r#"[{"id":""},"\t ","ok2"]"#).await;
+    let yaml = config(
+        &[server("one", &one.url(), ""), server("two", &two.url(), "")],
+        "",
+    );
+    let router = crate::support::RouterProcess::start(Some(&yaml), &[]);
+    router
+        .list_models_and_wait_for_warnings(&[
+            (
+                "one",
+                "1 entry of its model list has no usable \"id\" and is left out",
+            ),
+            (
+                "two",
+                "2 entries of its model list have no usable \"id\" and are left out",
+            ),
+        ])
+        .await;
+    let (status, body) = get_json(&router.url("/v1/models")).await;
+    assert_eq!(status, 200);
+    assert_eq!(ids(&body), ["[one]ok1", "[two]ok2"]);
+}
+
 /// A list compressed although the router asked for `identity` (as some servers do; the
 /// Python version's aiohttp decoded them) is decoded; one that does not decode leaves only
 /// its server out, saying why.
