@@ -821,10 +821,13 @@ fn run_models(
         } = &server.status
         {
             failed += 1;
-            let consequence = if *kept_last_good {
-                "showing its last list"
-            } else {
-                "its models are left out"
+            let consequence = match snapshot.config().servers.get(&server.alias) {
+                _ if *kept_last_good => "showing its last list".to_owned(),
+                // A server leading back lists nothing, its `append` entries included.
+                Some(config) if *error != models::fetch::FetchError::Loop => {
+                    models::catalog::left_out(config, "")
+                }
+                _ => "its models are left out".to_owned(),
             };
             console::line(format_args!(
                 "warning: server \"{}\": {error}; {consequence}",

@@ -550,7 +550,11 @@ async fn server_state(
             if kept_last_good {
                 tracing::warn!(server = %server.alias, "GET /models failed: {error}; serving its last good model list");
             } else {
-                tracing::warn!(server = %server.alias, "GET /models failed: {error}; its models are left out of /v1/models");
+                tracing::warn!(
+                    server = %server.alias,
+                    "GET /models failed: {error}; {}",
+                    left_out(server, " of /v1/models")
+                );
             }
             state.status = ServerStatus::Failed {
                 error,
@@ -560,6 +564,19 @@ async fn server_state(
         }
     }
     state
+}
+
+/// What a failed server's warning says becomes of its models when it has no last good list:
+/// left out (of `place`), but for its `append` entries, which come from the config and are
+/// still listed (by [`Snapshot::assemble`]; a blank one is not, see [`MergedList::merge`]).
+pub fn left_out(server: &Server, place: &str) -> String {
+    if server.append.iter().any(|id| !id.trim().is_empty()) {
+        format!(
+            "its fetched models are left out{place}; its append entries from the config are still listed"
+        )
+    } else {
+        format!("its models are left out{place}")
+    }
 }
 
 /// The warning for entries of a server's list left out for want of a usable id (none, not a

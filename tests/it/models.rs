@@ -1117,6 +1117,57 @@ async fn a_failed_servers_error_text_is_shown_escaped() {
     assert!(!raw(&log), "{log:?}");
 }
 
+/// A failed server's `append` entries come from the config and are still listed: its warning
+/// says its fetched models are left out and those entries are listed, in `llmsrouter models`
+/// and in the `serve` log; a server with none (or only blank ones) has its models left out.
+#[tokio::test]
+async fn a_failed_server_with_append_entries_is_said_to_keep_them() {
+    let dead = crate::support::closed_url();
+    let yaml = config(
+        &[
+            server("dead", &dead, "    append: [\"app-dead\"]\n"),
+            server("plain", &dead, ""),
+            server("blank", &dead, "    append: [\" \"]\n"),
+        ],
+        "",
+    );
+    let kept =
+        "its fetched models are left out; its append entries from the config are still listed";
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), &yaml).expect("write");
+    let (code, stdout, stderr) = cli(dir.path(), &["models", "--json"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        ids(&serde_json::from_str(&stdout).expect("json")),
+        ["[dead]app-dead"]
+    );
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 3, "{stderr}");
+    assert!(
+        warnings[0].starts_with("warning: server \"dead\": unreachable: ")
+            && warnings[0].ends_with(&format!("; {kept}")),
+        "{stderr}"
+    );
+    for line in &warnings[1..] {
+        assert!(line.ends_with("; its models are left out"), "{stderr}");
+    }
+
+    let router = crate::support::RouterProcess::start(Some(&yaml), &[]);
+    router
+        .list_models_and_wait_for_warnings(&[
+            (
+                "dead",
+                &kept.replacen("left out", "left out of /v1/models", 1),
+            ),
+            ("plain", "; its models are left out of /v1/models"),
+            ("blank", "; its models are left out of /v1/models"),
+        ])
+        .await;
+}
+
 /// A server's configured framing and hop-by-hop fields (`Content-Length`, `Transfer-Encoding`,
 /// `Connection`, `Keep-Alive`) are left out of the model list's fetch and of every proxied
 /// request, and the config still loads: sent on a `GET` with no body, a `Content-Length` had
