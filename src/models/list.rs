@@ -68,10 +68,14 @@ struct Wrapped<'a> {
 }
 
 /// Reads the shapes seen in the wild: `{"data": [objects]}` (OpenAI), `{"data": [strings]}`,
-/// and a bare array of either. An entry without a string `id` that is not blank (all white
-/// space routes nowhere, see [`MergedList::push`]) is skipped and counted; a
-/// non-empty list where no entry has one is an error, so the server counts as failed.
+/// and a bare array of either, after a byte-order mark or not. An entry without a string
+/// `id` that is not blank (all white space routes nowhere, see [`MergedList::push`]) is
+/// skipped and counted; a non-empty list where no entry has one is an error, so the server
+/// counts as failed.
 pub fn parse_listing(body: &[u8]) -> Result<Parsed, ParseError> {
+    // A UTF-8 byte-order mark before the JSON (a list saved by a Windows editor and served
+    // as a file), which RFC 8259 lets a parser ignore.
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let raw: &RawValue =
         serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
     let array = match first_byte(raw) {
@@ -350,6 +354,8 @@ mod tests {
         assert_eq!(ids(&parse_listing(bare_objects).expect("bare")), ["a", "b"]);
         let bare_strings = br#"["a","b"]"#;
         assert_eq!(ids(&parse_listing(bare_strings).expect("bare")), ["a", "b"]);
+        let bom = b"\xEF\xBB\xBF{\"data\":[{\"id\":\"bom-model\"}]}";
+        assert_eq!(ids(&parse_listing(bom).expect("bom")), ["bom-model"]);
         let empty = br#"{"data":[]}"#;
         assert!(parse_listing(empty).expect("empty").models.is_empty());
     }

@@ -833,6 +833,16 @@ async fn entries_without_a_usable_id_are_counted_blank_ones_too() {
     assert_eq!(ids(&body), ["[one]ok1", "[two]ok2"]);
 }
 
+/// A list that starts with a UTF-8 byte-order mark (RFC 8259 lets a parser ignore it) is read
+/// as the list it is, not refused as "not JSON".
+#[tokio::test]
+async fn a_list_after_a_byte_order_mark_is_read() {
+    let bom = upstream_listing("\u{feff}{\"data\":[{\"id\":\"bom-model\"}]}").await;
+    let router = TestRouter::start(&config(&[server("bom", &bom.url(), "")], "")).await;
+    assert_eq!(list_ids(&router).await, ["[bom]bom-model"]);
+    router.stop().await;
+}
+
 /// A list compressed although the router asked for `identity` (as some servers do; the
 /// Python version's aiohttp decoded them) is decoded; one that does not decode leaves only
 /// its server out, saying why.
