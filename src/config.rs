@@ -753,7 +753,8 @@ pub fn url_secrets(base: &url::Url) -> Vec<Secret> {
         let credential = password.unwrap_or(user);
         out.push(credential.to_owned());
         out.extend(decoded(credential));
-        // What reqwest sends: `Basic base64(user:password)`, both decoded.
+        // What goes upstream (as reqwest sent it): `Basic base64(user:password)`, both
+        // decoded (see `upstream::url_credentials`).
         let password_decoded = password.and_then(decoded).unwrap_or_default();
         out.push(base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{password_decoded}",
@@ -1099,7 +1100,7 @@ mod tests {
                 .map(|s| s.expose().to_owned())
                 .collect()
         };
-        // reqwest sends `Authorization: Basic base64("user:s3cret pw")`.
+        // The upstream gets `Authorization: Basic base64("user:s3cret pw")`.
         assert_eq!(
             secrets("http://user:s3cret%20pw@h/v1"),
             ["dXNlcjpzM2NyZXQgcHc=", "s3cret pw", "s3cret%20pw"]

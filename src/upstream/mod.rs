@@ -12,7 +12,8 @@
 //! "Benchmark"). The router needs none of it: it follows no redirects, sets its own timeouts
 //! and sends bodies it already holds. reqwest still sends what needs its features: targets an
 //! `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` setting covers (`NO_PROXY` honoured, as reqwest reads
-//! them) and URLs with `user:password@` (which reqwest turns into Basic auth).
+//! them). A URL with `user:password@` goes as any other, with the Basic credentials reqwest
+//! made of it ([`url_credentials`]), so its answers meet the same limits and words.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,6 +38,7 @@ pub mod plain;
 mod pool;
 mod proxy_env;
 mod request_body;
+mod url_credentials;
 
 use keep_reading::KeepReading;
 pub use proxy_env::{ProxyEnv, Via};
@@ -197,6 +199,15 @@ pub struct Within {
     pub deadline: tokio::time::Instant,
     pub timeout: Duration,
 }
+
+/// What an answer reqwest reads (one through the proxy the environment names) is refused
+/// past: hyper's own limits, 100 header fields and a read buffer of 417,792 bytes
+/// (`8192 + 4096 * 100`) for the head, which reqwest 0.12 does not let the router set to
+/// [`crate::http1::MAX_RESPONSE_FIELDS`] and [`crate::http1::MAX_HEAD_BYTES`]. hyper says
+/// both as one error.
+const REQWEST_HEAD_LIMITS: &str = "the answer's head has more than 100 header fields or is \
+                                   larger than 417792 bytes (the limits of the client that \
+                                   sends requests through a proxy)";
 
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -366,7 +377,10 @@ impl UpstreamError {
     /// whole, so only a connection that closed cleanly (hyper's "connection closed before
     /// message completed") counts as one the upstream had the request on: hyper fails the
     /// request as soon as a write fails, and a clean close with part of the request unread
-    /// would have been a reset.
+    /// would have been a reset. An answer hyper could not parse is unreadable, as
+    /// [`Self::from_hyper`] says it; one past hyper's head limits (which reqwest 0.12 does not
+    /// let the router set) is said with those limits ([`REQWEST_HEAD_LIMITS`]), as the
+    /// router's own client names its own.
     fn from_reqwest_send(error: &reqwest::Error) -> Self {
         let described = Self::from_reqwest(error);
         if error.is_connect() || described.timeout {
@@ -374,15 +388,23 @@ impl UpstreamError {
         }
         let mut next = std::error::Error::source(error);
         while let Some(cause) = next {
-            if cause
-                .downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_incomplete_message)
-            {
-                return Self {
-                    had_request: true,
-                    description: plain::PlainError::ClosedAfterRequest.to_string(),
-                    ..described
-                };
+            if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
+                if hyper.is_incomplete_message() {
+                    return Self {
+                        had_request: true,
+                        description: plain::PlainError::ClosedAfterRequest.to_string(),
+                        ..described
+                    };
+                }
+                if hyper.is_parse_too_large() {
+                    return Self::unreadable(REQWEST_HEAD_LIMITS);
+                }
+                if hyper.is_parse() {
+                    return Self {
+                        unreadable: true,
+                        ..described
+                    };
+                }
             }
             next = cause.source();
         }
@@ -731,6 +753,29 @@ impl UpstreamClient {
         fields: &(dyn FieldSource + Sync),
         body: RequestBody,
     ) -> Prepared {
+        // A URL with user info goes without it, its credentials in the fields, unless the
+        // proxy covers it (reqwest then sends it, and makes the same credentials).
+        if url_credentials::has_user_info(&url) && !self.proxy.covers(&url) {
+            if let Some((bare, basic)) = url_credentials::split(&url) {
+                let basic = basic.as_ref();
+                let fields = url_credentials::WithBasic { fields, basic };
+                return self.route(method, bare, &fields, basic, body);
+            }
+        }
+        self.route(method, url, fields, None, body)
+    }
+
+    /// [`Self::prepare`] for a URL without user info (or one the proxy covers): `basic` is
+    /// the `Authorization` made of the user info taken out, which reqwest marked sensitive
+    /// (HTTP/2 never indexes it).
+    fn route(
+        &self,
+        method: &Method,
+        url: String,
+        fields: &(dyn FieldSource + Sync),
+        basic: Option<&http::HeaderValue>,
+        body: RequestBody,
+    ) -> Prepared {
         if let Some((authority, origin)) = url.strip_prefix("http://").and_then(plain_target) {
             if !self.proxy.is_set() || self.direct_uri(&url).is_some() {
                 let head = plain_head(method, authority, origin, fields, body.len());
@@ -756,7 +801,14 @@ impl UpstreamClient {
         let mut request = Request::new(body.into_frames());
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri;
-        *request.headers_mut() = header_map_of(fields);
+        let mut headers = header_map_of(fields);
+        // The credentials, when they were added, come first (see `WithBasic`).
+        if let Some(value) = headers.get_mut(http::header::AUTHORIZATION) {
+            if basic.is_some_and(|basic| value == basic) {
+                value.set_sensitive(true);
+            }
+        }
+        *request.headers_mut() = headers;
         Prepared(Route::Direct(request))
     }
 
@@ -866,8 +918,9 @@ impl UpstreamClient {
         }
     }
 
-    /// The URL as hyper takes it, or `None` when reqwest must send it: credentials in the
-    /// URL (reqwest sends them as Basic auth), a proxy, or a URL hyper cannot take.
+    /// The URL as hyper takes it, or `None` when reqwest must send it: a proxy, credentials
+    /// in a URL the proxy covers (reqwest sends them as Basic auth), or a URL hyper cannot
+    /// take.
     fn direct_uri(&self, url: &str) -> Option<http::Uri> {
         let uri = http::Uri::try_from(url).ok()?;
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
@@ -1041,7 +1094,8 @@ pub struct UpstreamResponse {
 }
 
 /// The authority and origin form (path and query) of an `http://` URL given without its
-/// scheme, as the url crate writes it; `None` for one with credentials (reqwest sends those).
+/// scheme, as the url crate writes it; `None` for one with credentials (only one the proxy
+/// covers still has them: reqwest sends it).
 fn plain_target(rest: &str) -> Option<(&str, &str)> {
     let bytes = rest.as_bytes();
     let end = memchr::memchr3(b'/', b'?', b'#', bytes).unwrap_or(rest.len());
@@ -1079,23 +1133,64 @@ fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
 mod tests {
     use super::*;
 
+    /// A URL with credentials goes as any other, without them: over the lane's connections
+    /// (`http://`) or hyper's pool (`https://`), with the Basic credentials reqwest made of
+    /// them, unless the request has an `Authorization` of its own (a server's `api_key`).
     #[tokio::test]
-    async fn urls_with_credentials_go_through_reqwest() {
+    async fn urls_with_credentials_go_as_others_with_basic_credentials() {
         let client = UpstreamClient::new(reqwest::Client::new(), 1).expect("client");
-        for with_credentials in [
-            "http://user:pass@127.0.0.1:9/v1/chat/completions",
-            "http://user@127.0.0.1:9/v1/chat/completions",
-        ] {
-            assert!(client.direct_uri(with_credentials).is_none());
+        if client.proxy.is_set() {
+            return;
         }
-        let plain = client.direct_uri("http://127.0.0.1:9/v1/chat/completions?a=1");
-        if !client.proxy.is_set() {
-            let plain = plain.expect("sent by hyper");
-            assert_eq!(
-                plain.path_and_query().map(|p| p.as_str()),
-                Some("/v1/chat/completions?a=1")
-            );
-        }
+        let mut map = HeaderMap::new();
+        map.insert("accept", http::HeaderValue::from_static("*/*"));
+        let fields = Fields::from_header_map(&map);
+        let body = || RequestBody::from(Bytes::from_static(b"{}"));
+        let url = "http://user:pass@127.0.0.1:9/v1/chat/completions".to_owned();
+        let Prepared(Route::Plain { url, head, .. }) =
+            client.prepare(&Method::POST, url, &fields, body())
+        else {
+            panic!("not over the lane's connections");
+        };
+        assert_eq!(url, "http://127.0.0.1:9/v1/chat/completions");
+        let head = String::from_utf8_lossy(&head).into_owned();
+        assert!(
+            head.starts_with(
+                "POST /v1/chat/completions HTTP/1.1\r\nauthorization: Basic dXNlcjpwYXNz\r\n"
+            ) && head.contains("\r\nhost: 127.0.0.1:9\r\n")
+                && !head.contains("pass@"),
+            "{head}"
+        );
+
+        let url = "https://user:pass@127.0.0.1:9/v1/chat/completions".to_owned();
+        let Prepared(Route::Direct(request)) = client.prepare(&Method::POST, url, &fields, body())
+        else {
+            panic!("not by hyper's pool");
+        };
+        assert_eq!(
+            request.uri().to_string(),
+            "https://127.0.0.1:9/v1/chat/completions"
+        );
+        let basic = &request.headers()["authorization"];
+        assert_eq!(basic, "Basic dXNlcjpwYXNz");
+        assert!(basic.is_sensitive());
+
+        map.insert(
+            "authorization",
+            http::HeaderValue::from_static("Bearer sk-own"),
+        );
+        let fields = Fields::from_header_map(&map);
+        let url = "http://user:pass@127.0.0.1:9/v1/chat/completions".to_owned();
+        let Prepared(Route::Plain { head, .. }) =
+            client.prepare(&Method::POST, url, &fields, body())
+        else {
+            panic!("not over the lane's connections");
+        };
+        let head = String::from_utf8_lossy(&head).into_owned();
+        assert!(
+            head.contains("authorization: Bearer sk-own") && !head.contains("Basic"),
+            "{head}"
+        );
     }
 
     /// A server that accepts the TCP connection and then says nothing: the TLS handshake

@@ -1428,7 +1428,7 @@ async fn a_proxys_credentials_echoed_to_the_model_list_fetch_are_redacted() {
 /// `NO_PROXY=*` (either case of the name, spaces around it) sends every request directly, to
 /// an upstream named by its IP address too, as curl and httpx read it: the client's matcher
 /// took `*` for every host name but no address, and `http://127.0.0.1:port` went through the
-/// proxy. Both clients: the router's own for a plain URL, reqwest for one with credentials.
+/// proxy. A URL with credentials too (reqwest used to send those).
 #[tokio::test]
 async fn no_proxy_star_sends_every_request_directly() {
     let proxy = MockUpstream::start(Behavior::default()).await;

@@ -857,6 +857,38 @@ async fn client_credentials_never_reach_a_configured_server() {
     router.stop().await;
 }
 
+/// A server whose `url` has `user:password@` gets them as Basic credentials (what reqwest,
+/// which used to send these requests, made of them: both percent-decoded), and its `Host`
+/// and request line without them; a server with an `api_key` too gets only its key, as
+/// reqwest's own `Authorization` replaced the URL's.
+#[tokio::test]
+async fn credentials_in_a_servers_url_go_as_basic_credentials() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let with_credentials = upstream.url().replacen("http://", "http://user:p%40ss@", 1);
+    let config = format!(
+        "servers:\n  basic:\n    url: \"{with_credentials}\"\n  keyed:\n    url: \"{with_credentials}\"\n    api_key: \"sk-keyed-upstream\"\n"
+    );
+    let router = TestRouter::start(&config).await;
+    for (alias, authorization) in [
+        // base64("user:p@ss")
+        ("basic", "Basic dXNlcjpwQHNz"),
+        ("keyed", "Bearer sk-keyed-upstream"),
+    ] {
+        let response = post_json(
+            &router.url("/v1/chat/completions"),
+            &json!({"model": format!("[{alias}]m"), "messages": []}),
+        )
+        .await;
+        assert_eq!(response.status(), 200, "{alias}");
+        let got = upstream.last();
+        let sent: Vec<_> = got.headers.get_all("authorization").iter().collect();
+        assert_eq!(sent, [authorization], "{alias}");
+        assert_eq!(got.headers["host"], upstream.addr.to_string(), "{alias}");
+        assert_eq!(got.path, "/v1/chat/completions", "{alias}");
+    }
+    router.stop().await;
+}
+
 /// An empty or blank `?proxy=` names no target: the request is routed by its model (the
 /// Python version did so; it was refused with 400 `bad proxy URL ""`), also beside another
 /// `proxy` that is not blank, and `GET /v1/models` answers the router's own list. No

@@ -270,7 +270,7 @@ async fn http2_answers_without_a_body_have_no_content_length() {
 }
 
 /// An answer head of `n` extra fields and a small JSON body.
-fn answer_with_fields(n: usize) -> Vec<u8> {
+pub(crate) fn answer_with_fields(n: usize) -> Vec<u8> {
     let body = r#"{"id":"x","choices":[]}"#;
     let fields: String = (0..n).map(|i| format!("x-h{i}: v{i}\r\n")).collect();
     format!(
@@ -300,6 +300,61 @@ async fn upstream_answers_with_many_header_fields_are_relayed() {
     let message = unreachable_message(&answer);
     assert!(message.contains("more than 256 header fields"), "{message}");
     router.stop().await;
+}
+
+/// An answer whose head has a field of `kib` KiB, and a small JSON body.
+pub(crate) fn answer_with_a_head_of(kib: usize) -> Vec<u8> {
+    let body = r#"{"id":"x","choices":[]}"#;
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-large: {}\r\ncontent-length: {}\r\n\r\n{body}",
+        "v".repeat(kib * 1024),
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A server whose `url` has `user:password@` is sent to as any other (its credentials as
+/// Basic auth): its answers meet the same head limits, and a failure is said in the same
+/// words (they were reqwest's: "could not reach the upstream mock: message head is too
+/// large" for 101 fields, a 300 KiB head relayed).
+#[tokio::test]
+async fn an_upstream_named_with_credentials_meets_the_same_head_limits() {
+    let bad_status = b"HTTP/1.1 abc OK\r\ncontent-length: 2\r\n\r\n{}".to_vec();
+    for (answer, said) in [
+        (answer_with_fields(101), None),
+        (answer_with_fields(300), Some("more than 256 header fields")),
+        (bad_status, Some("(invalid response status)")),
+        (
+            answer_with_a_head_of(300),
+            Some("the message head is larger than 262144 bytes"),
+        ),
+    ] {
+        let upstream = EarlyAnswer::answering(answer, false).await;
+        let with_credentials = upstream.url().replacen("http://", "http://user:pw@", 1);
+        let mut answers = Vec::new();
+        for url in [upstream.url(), with_credentials] {
+            let router = TestRouter::start(&one_server_config(&url, "")).await;
+            let answer = one_chat(router.addr).await;
+            match said {
+                None => {
+                    assert_eq!(answer.status, 200, "{url}");
+                    assert_eq!(answer.header("x-h100"), Some("v100"), "{url}");
+                }
+                Some(said) => {
+                    let message = unreachable_message(&answer);
+                    let answered =
+                        "the upstream mock answered, but not in a form the router can read: ";
+                    assert!(
+                        message.starts_with(answered) && message.contains(said),
+                        "{url}: {message}"
+                    );
+                }
+            }
+            answers.push((answer.status, answer.body));
+            router.stop().await;
+        }
+        assert_eq!(answers[0], answers[1], "{said:?}");
+    }
 }
 
 /// `n` trailer fields of 1,000 bytes each, and the blank line that ends them.

@@ -1,8 +1,8 @@
 //! What the client is told when an upstream cannot be reached, is not connected to in time,
 //! or takes the request and closes the connection unanswered: the same, with the same status
 //! and code, whichever client sends the request (a plain `http://` upstream's own
-//! connections, hyper's pool for a TLS upstream, or reqwest for a URL with `user:password@`
-//! and for a target an `HTTP_PROXY` setting covers).
+//! connections, hyper's pool for a TLS upstream, or reqwest for a target an `HTTP_PROXY`
+//! setting covers; a URL with `user:password@` goes as the same URL without them).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
+use crate::http_edges::{answer_with_a_head_of, answer_with_fields};
+use crate::support::upstream::EarlyAnswer;
 use crate::support::{RouterProcess, TestRouter, closed_origin, one_server_config, unconnectable};
 use crate::upstream_tls::{router_trusting_the_test_ca, tls_listener};
 
@@ -35,7 +37,7 @@ fn chat_request() -> Value {
     json!({"model": "[mock]m", "messages": [{"role": "user", "content": "hi"}]})
 }
 
-/// `origin` (`http://host:port`) with a user name and password, which reqwest sends.
+/// `origin` (`http://host:port`) with a user name and password, sent as Basic credentials.
 fn with_credentials(origin: &str) -> String {
     origin.replacen("http://", "http://user:secret-password@", 1)
 }
@@ -205,8 +207,8 @@ async fn a_tls_upstream_not_listening_could_not_be_reached() {
     );
 }
 
-/// A plain upstream and the same one named with credentials (reqwest sends that request):
-/// both say the upstream had the request.
+/// A plain upstream and the same one named with credentials (reqwest used to send that
+/// request): both say the upstream had the request.
 #[tokio::test]
 async fn an_upstream_with_credentials_closing_after_it_had_the_request_is_not_called_unreachable() {
     let upstream = ClosingAfterRequest::start(None).await;
@@ -271,6 +273,45 @@ async fn a_proxy_closing_after_it_had_the_request_is_not_called_unreachable() {
         router.stderr()
     );
     assert_eq!(proxy.requests(), 1, "never sent twice");
+}
+
+/// An answer through the proxy that hyper (under reqwest) cannot read says the upstream
+/// answered, not that it could not be reached, as the router's own client says it; one past
+/// hyper's head limits (which reqwest does not let the router raise to its own) names them.
+/// Under them, an answer is relayed.
+#[tokio::test]
+async fn an_answer_through_a_proxy_it_cannot_read_is_said_to_be_one() {
+    let answered = via_proxy("the upstream mock answered, but not in a form the router can read: ");
+    let limits = "the answer's head has more than 100 header fields or is larger than 417792 \
+                  bytes (the limits of the client that sends requests through a proxy)";
+    let bad_status = b"HTTP/1.1 abc OK\r\ncontent-length: 2\r\n\r\n{}".to_vec();
+    for (answer, said) in [
+        (answer_with_fields(90), None),
+        (answer_with_fields(101), Some(limits)),
+        (answer_with_a_head_of(500), Some(limits)),
+        (bad_status, Some("invalid HTTP status-code parsed")),
+    ] {
+        let proxy = EarlyAnswer::answering(answer, false).await;
+        let router = router_behind_proxy(&format!("http://{}", proxy.addr), "");
+        let response = router.chat(&chat_request()).await;
+        match said {
+            None => assert_eq!(response.status(), 200, "{}", router.stderr()),
+            Some(said) => {
+                let (status, code, message) = error_of(response).await;
+                assert_eq!(
+                    (status, code.as_str(), message.as_str()),
+                    (
+                        502,
+                        "upstream_unreachable",
+                        format!("{answered}{said}").as_str()
+                    ),
+                    "{}",
+                    router.stderr()
+                );
+            }
+        }
+        assert_eq!(proxy.connections(), 1, "{said:?}");
+    }
 }
 
 #[tokio::test]
