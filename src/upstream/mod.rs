@@ -31,6 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::http1::fields::{FieldSource, Fields, header_map_of};
 use crate::http1::head::write_field;
+use crate::http1::{MAX_HEAD_BYTES, MAX_RESPONSE_FIELDS};
 use crate::state::CONNECT_TIMEOUT;
 
 mod keep_reading;
@@ -209,6 +210,21 @@ const REQWEST_HEAD_LIMITS: &str = "the answer's head has more than 100 header fi
                                    larger than 417792 bytes (the limits of the client that \
                                    sends requests through a proxy)";
 
+/// What an answer hyper's pool reads (a TLS upstream's) is refused past: the limits the
+/// plain-HTTP client keeps ([`MAX_RESPONSE_FIELDS`] fields, a head of [`MAX_HEAD_BYTES`]),
+/// set on hyper's HTTP/1 client, whose read buffer a head must fit in (hyper's own defaults,
+/// 100 fields and 417,792 bytes, threw away billed answers with many rate-limit and CDN
+/// fields). hyper says both as one error.
+const HTTPS_HEAD_LIMITS: &str = "the answer's head has more than 256 header fields or is \
+                                 larger than 262144 bytes";
+
+/// An HTTP/2 answer's header list (names, values and 32 bytes each, as RFC 9113 counts it)
+/// may be as large as an HTTP/1 head: hyper's default, 16 KiB, is smaller than many an
+/// HTTP/1.1 answer the router takes.
+// MAX_HEAD_BYTES is 256 KiB: it fits in a u32.
+#[allow(clippy::cast_possible_truncation)]
+const HTTP2_MAX_HEADER_LIST: u32 = MAX_HEAD_BYTES as u32;
+
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -350,6 +366,9 @@ impl UpstreamError {
     /// [`plain::PlainError::HeadCut`], unreadable, as the plain-HTTP client says it.
     fn from_direct(error: &hyper_util::client::legacy::Error) -> Self {
         let described = Self::from_hyper(error);
+        if described.unreadable && past_head_limits(error) {
+            return Self::unreadable(HTTPS_HEAD_LIMITS);
+        }
         if error.is_connect() || described.timeout || described.unreadable {
             return described;
         }
@@ -560,6 +579,21 @@ fn ended_after_request(error: &(dyn std::error::Error + 'static)) -> Option<plai
     ended
 }
 
+/// Whether hyper refused an answer for its head's size or number of fields.
+fn past_head_limits(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        if cause
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse_too_large)
+        {
+            return true;
+        }
+        next = cause.source();
+    }
+    false
+}
+
 /// Whether a request failed because its connection ended: closed (hyper's "connection closed
 /// before message completed"), reset, or a TLS session ended without `close_notify`, the
 /// error marked by [`keep_reading`] or not.
@@ -722,6 +756,9 @@ impl UpstreamClient {
                     .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                     .pool_timer(TokioTimer::new())
                     .timer(TokioTimer::new())
+                    .http1_max_headers(MAX_RESPONSE_FIELDS)
+                    .http1_max_buf_size(MAX_HEAD_BYTES)
+                    .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST)
                     .build(connector.clone())
             })
             .collect();

@@ -24,6 +24,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 
+use crate::http1::{Raw, post};
 use crate::support::RouterProcess;
 use crate::support::upstream::{chat_completion, content_chunk};
 
@@ -445,6 +446,96 @@ async fn a_tls_upstream_cutting_its_answer_head_is_said_to_have_answered_unreada
         "the upstream secure answered, but not in a form the router can read: \
          the upstream closed the connection in the middle of its answer head"
     );
+}
+
+/// An HTTP/1.1 answer from `count` header fields of `value_len` bytes each, then a chat
+/// completion.
+fn answer_with_fields(count: usize, value_len: usize) -> Vec<u8> {
+    let body = chat_completion("tls-model");
+    let mut head = String::from("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n");
+    for i in 0..count {
+        head.push_str(&format!("x-field-{i}: {}\r\n", "v".repeat(value_len)));
+    }
+    head.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    head.into_bytes()
+}
+
+/// A TLS upstream's HTTP/1.1 answer meets the limits a plain-HTTP one does (256 header
+/// fields, a 256 KiB head), not hyper's defaults (100 fields): an answer with 150 fields is
+/// relayed, one past either limit is a 502 that names them.
+#[tokio::test]
+async fn a_tls_upstreams_answer_head_meets_the_routers_limits() {
+    let cases = [
+        (answer_with_fields(150, 10), 200),
+        (answer_with_fields(300, 10), 502),
+        (answer_with_fields(3, 100 * 1024), 502),
+    ];
+    for (answer, status) in cases {
+        let addr = start_raw_tls_upstream(&[b"http/1.1"], answer, false).await;
+        let config = format!(
+            "servers:\n  secure:\n    url: \"https://localhost:{}/v1\"\n",
+            addr.port()
+        );
+        let router = router_trusting_the_test_ca(&config);
+        // A raw client: reqwest's own reader stops at 100 fields.
+        let mut raw = Raw::connect(router.addr).await;
+        let chat = r#"{"model":"[secure]m","messages":[]}"#;
+        raw.send(post("/v1/chat/completions", chat, "").as_bytes())
+            .await;
+        let answer = raw.answer().await;
+        assert_eq!(answer.status, status);
+        if status == 200 {
+            assert_eq!(answer.header("x-field-149"), Some("vvvvvvvvvv"));
+            continue;
+        }
+        let body: serde_json::Value = serde_json::from_slice(&answer.body).expect("json");
+        assert_eq!(body["error"]["code"], "upstream_unreachable");
+        assert_eq!(
+            body["error"]["message"],
+            "the upstream secure answered, but not in a form the router can read: \
+             the answer's head has more than 256 header fields or is larger than 262144 bytes"
+        );
+    }
+}
+
+/// Over HTTP/2 a TLS upstream's answer may carry a header list as large as an HTTP/1 head
+/// (hyper's default refused one past 16 KiB).
+#[tokio::test]
+async fn a_tls_upstreams_http2_answer_may_carry_a_large_header_list() {
+    let (listener, acceptor) = tls_listener(&[b"h2"]).await;
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(|_request: Request<Incoming>| async {
+                    let mut response =
+                        Response::new(Full::new(Bytes::from(chat_completion("tls-model"))));
+                    let big = http::HeaderValue::from_str(&"v".repeat(64 * 1024)).expect("value");
+                    response.headers_mut().insert("x-big", big);
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_header_list_size(1024 * 1024)
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let config = format!(
+        "servers:\n  secure:\n    url: \"https://localhost:{}/v1\"\n",
+        addr.port()
+    );
+    let router = router_trusting_the_test_ca(&config);
+    let response = router
+        .chat(&json!({"model": "[secure]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let big = response.headers().get("x-big").expect("x-big relayed");
+    assert_eq!(big.len(), 64 * 1024);
 }
 
 /// A TLS failure says what it most likely means where rustls's words do not: a plain-HTTP
