@@ -293,6 +293,10 @@ fn join_cookies(headers: &mut http::HeaderMap) {
 
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
+    // First, as an HTTP/1 head's limits are met before it is routed: `/health` too.
+    if let Some(error) = head_over_limits(&parts) {
+        return error.into_response();
+    }
     let route = Route::of(parts.uri.path());
     match route {
         Route::Health => return health(&parts.method),
@@ -312,9 +316,6 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             .into_response();
         }
         _ => {}
-    }
-    if let Some(error) = head_over_limits(&parts) {
-        return error.into_response();
     }
     if parts.version == http::Version::HTTP_2 {
         join_cookies(&mut parts.headers);

@@ -508,6 +508,19 @@ async fn http2_heads_meet_the_http1_limits_and_their_json_431() {
         assert_eq!(body["error"]["code"], "request_header_too_large");
     }
     assert_eq!(upstream.count(), 1, "only the first reached the upstream");
+
+    // The router's own routes, `/health` first among them, meet the limits too, as over
+    // HTTP/1 (where a head is measured before it is routed).
+    for path in ["/health", "/v1/health", "/v1/models", "/v1/api/user/bypass"] {
+        let mut request = client.get(router.url(path));
+        for i in 0..150 {
+            request = request.header(format!("x-{i}"), "v");
+        }
+        let response = request.send().await.expect("send");
+        assert_eq!(response.status(), 431, "{path}");
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        assert_eq!(body["error"]["code"], "request_header_too_large", "{path}");
+    }
     router.stop().await;
 }
 
