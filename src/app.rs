@@ -175,6 +175,27 @@ pub fn forwarded_path(
     }
 }
 
+/// Whether the router may serve this request by its method and path: `false` where all it
+/// can answer is a refusal that no body would change (404 for no route, 405 for a method the
+/// route does not take, 400 for a dot segment or a misused `*`). The router's HTTP/1 leaves
+/// such a body unread ([`crate::http1::server`]), so an oversized one gets that 404 or 405
+/// (with its `Allow`), not a 413 for a body nobody would read. Mirrors [`dispatch`]'s routes.
+pub fn serves(method: &Method, raw_path: &str, query: Option<&str>, state: &AppState) -> bool {
+    if forwarded_path(method, raw_path, query, state).is_some() {
+        return true;
+    }
+    let read = method == Method::GET
+        || (method == Method::HEAD
+            && forwarded_path(&Method::GET, raw_path, query, state).is_none());
+    match Route::of(raw_path) {
+        Route::Health => method == Method::GET || method == Method::HEAD,
+        Route::ListModels | Route::GetModel(_) => read,
+        Route::Upstream(path) if method == Method::POST => path != "/",
+        Route::Upstream(path) => path == "/metrics" && read,
+        Route::DotSegment | Route::PythonBypass | Route::Asterisk => false,
+    }
+}
+
 /// Whether a path's first segment is `v1`, doubled slashes ignored (`//v1//files`).
 fn has_v1_prefix(raw_path: &str) -> bool {
     raw_path.split('/').find(|s| !s.is_empty()) == Some("v1")

@@ -6,9 +6,10 @@
 //! 413 after reading an oversized body to its end), then [`proxy::handle`], then its answer
 //! written as bytes, a stream event by event; so is a `GET` or `DELETE` forwarded to the
 //! target it names ([`crate::app::forwarded_path`]). Every other request goes to the axum
-//! app, with its body read first. Both watch the client while they wait: a client that closes
-//! the connection before its answer is complete has its request dropped (and recorded as a
-//! disconnect), its stream's upstream connection closed.
+//! app, with its body read first (dropped unread where the app can only refuse it by its
+//! method or path, [`crate::app::serves`]). Both watch the client while they wait: a client
+//! that closes the connection before its answer is complete has its request dropped (and
+//! recorded as a disconnect), its stream's upstream connection closed.
 //!
 //! Must never: guess where an ambiguous body ends (refused, see [`super::framing`]), read a
 //! body without bounds, or keep a connection whose request body was not read to its end.
@@ -405,22 +406,31 @@ impl Conn {
         self.write_answer(answer, keep_alive, Asked::of(head)).await
     }
 
-    /// Any other request: to the axum app, its body read first.
+    /// Any other request: to the axum app, its body read first (or dropped, for a request
+    /// the app only refuses).
     async fn serve_by_app(
         &mut self,
         head: RequestHead,
         length: BodyLength,
-        keep_alive: bool,
+        mut keep_alive: bool,
         service: &Service,
     ) -> Next {
-        let limit = service.state.config.load().settings.max_body_bytes;
-        let body = match self.read_body(&head, length, limit).await {
-            Ok(body) => body,
-            Err(failure) => {
-                return self
-                    .body_failed(failure, &head, limit, keep_alive, false)
-                    .await;
+        let (path, query) = head.path_and_query();
+        let body = if crate::app::serves(&head.method, path, query, &service.state) {
+            let limit = service.state.config.load().settings.max_body_bytes;
+            match self.read_body(&head, length, limit).await {
+                Ok(body) => body,
+                Err(failure) => {
+                    return self
+                        .body_failed(failure, &head, limit, keep_alive, false)
+                        .await;
+                }
             }
+        } else {
+            // Only a 404 or 405 (or a 400) can come of it, whatever its body: an oversized
+            // one gets that, not a 413, and is dropped unread.
+            keep_alive &= self.skip_body(&head, length).await;
+            Bytes::new()
         };
         let asked = Asked::of(&head);
         let Asked { http10, is_head } = asked;
@@ -611,14 +621,20 @@ impl Conn {
         length: BodyLength,
         keep_alive: bool,
     ) -> Next {
-        let mut decoder = Decoder::new(length);
-        // A client waiting for `100 Continue` has sent no body: it gets the answer and the
-        // connection closes, rather than a go-ahead for a body nobody reads.
-        let read_all =
-            decoder.is_done() || (!head.expects_continue() && self.discard(&mut decoder).await);
+        let read_all = self.skip_body(head, length).await;
         let answer = Answer::refused(error, &self.failures);
         self.write_answer(answer, keep_alive && read_all, Asked::of(head))
             .await
+    }
+
+    /// Reads and drops the body of a request that is refused unread (within the bounds of
+    /// [`Conn::discard`]); whether it reached the body's end, so the connection may carry
+    /// another request after the answer.
+    async fn skip_body(&mut self, head: &RequestHead, length: BodyLength) -> bool {
+        let mut decoder = Decoder::new(length);
+        // A client waiting for `100 Continue` has sent no body: it gets the answer and the
+        // connection closes, rather than a go-ahead for a body nobody reads.
+        decoder.is_done() || (!head.expects_continue() && self.discard(&mut decoder).await)
     }
 
     async fn answer_error(&mut self, error: &ProxyError, keep_alive: bool, asked: Asked) -> Next {

@@ -905,6 +905,63 @@ async fn unknown_routes_and_methods_get_openai_shaped_errors() {
     router.stop().await;
 }
 
+/// A request no route takes by its method or path gets its 405 (with `Allow`) or 404 whatever
+/// its body: an oversized body got a 413 instead, which told the client to send less rather
+/// than that the method or path was wrong. Its body is not read; a route that serves the
+/// request keeps its 413.
+#[tokio::test]
+async fn a_refused_method_or_path_is_answered_so_whatever_the_body_size() {
+    let (upstream, router) = with_body_limit(2000).await;
+    let big = format!(r#"{{"model":"[mock]m","pad":"{}"}}"#, "x".repeat(3000));
+    let http = client();
+    let refused = [
+        ("PUT", "/v1/chat/completions", 405, Some("POST")),
+        ("HEAD", "/v1/chat/completions", 405, Some("POST")),
+        ("PUT", "/health", 405, Some("GET, HEAD")),
+        ("POST", "/v1/health", 405, Some("GET, HEAD")),
+        ("PUT", "/v1/models", 405, Some("GET, HEAD")),
+        ("PUT", "/", 404, None),
+        ("POST", "/v1", 404, None),
+    ];
+    for (method, path, status, allow) in refused {
+        for body in [r#"{"model":"[mock]m"}"#.to_owned(), big.clone()] {
+            let what = format!("{method} {path} with {} bytes", body.len());
+            let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let response = http
+                .request(method, router.url(path))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect(&what);
+            assert_eq!(response.status(), status, "{what}");
+            assert_eq!(
+                response
+                    .headers()
+                    .get("allow")
+                    .map(|v| v.to_str().expect("allow")),
+                allow,
+                "{what}"
+            );
+        }
+    }
+    for (method, path) in [("POST", "/v1/chat/completions"), ("GET", "/health")] {
+        let response = http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                router.url(path),
+            )
+            .header("content-type", "application/json")
+            .body(big.clone())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 413, "{method} {path}");
+    }
+    assert_eq!(upstream.count(), 0);
+    router.stop().await;
+}
+
 /// Sends raw HTTP/1.1, so the path reaches the router exactly as written (clients built on the
 /// WHATWG URL rules would resolve dot segments themselves).
 async fn raw_post(addr: std::net::SocketAddr, path: &str, body: &str) -> String {

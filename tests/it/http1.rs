@@ -262,6 +262,41 @@ async fn expect_continue_gets_a_go_ahead_or_a_413_at_once() {
     router.stop().await;
 }
 
+/// A request the router only refuses by its method (or path) is answered without its body
+/// being asked for: no go-ahead, and the connection closes after the 405, since the body
+/// may still come. One whose body came whole is read and dropped, and the connection
+/// carries the next request.
+#[tokio::test]
+async fn a_refused_method_gets_no_go_ahead_and_its_body_is_dropped() {
+    let (upstream, router) = setup().await;
+    let mut raw = Raw::connect(router.addr).await;
+    raw.send(
+        b"PUT /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Length: 99999999999\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    let refused = raw.answer().await;
+    assert_eq!(refused.status, 405);
+    assert_eq!(refused.header("allow"), Some("POST"));
+    assert_eq!(refused.header("connection"), Some("close"));
+    assert!(raw.closed().await);
+
+    let mut raw = Raw::connect(router.addr).await;
+    let put = post("/v1/models", CHAT, "").replacen("POST", "PUT", 1);
+    raw.send(put.as_bytes()).await;
+    let refused = raw.answer().await;
+    assert_eq!(refused.status, 405);
+    assert_eq!(refused.header("allow"), Some("GET, HEAD"));
+    raw.send(post("/v1/chat/completions", CHAT, "").as_bytes())
+        .await;
+    assert_eq!(
+        raw.answer().await.status,
+        200,
+        "the body was read and dropped"
+    );
+    assert_eq!(upstream.count(), 1);
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn ambiguous_framing_is_refused_and_the_connection_closed() {
     let (upstream, router) = setup().await;
