@@ -617,10 +617,12 @@ async fn forward_read<V: ReadBody>(
     let caller = request.caller;
     let hops = headers::hops_of(request.fields)?;
     if hops >= headers::MAX_HOPS {
+        // A count too large for a `u32` was read as the most: not a count to quote as sent.
+        let at_least = if hops == u32::MAX { "at least " } else { "" };
         return Err(ProxyError::LoopDetected(format!(
-            "the request has come through {hops} routers ({} header); its target leads back \
-             to a router (a ?proxy= or [http://...] URL naming the router itself, or a server \
-             url that does)",
+            "the request has come through {at_least}{hops} routers ({} header); its target \
+             leads back to a router (a ?proxy= or [http://...] URL naming the router itself, \
+             or a server url that does)",
             headers::HOPS
         )));
     }

@@ -321,6 +321,34 @@ async fn a_malformed_hop_count_is_a_400_not_a_loop() {
     router.stop().await;
 }
 
+/// A hop count too large for the router's counter is a 508 that does not quote a count the
+/// client never sent: it said "has come through 4294967295 routers" for
+/// `99999999999999999999999`.
+#[tokio::test]
+async fn a_hop_count_past_the_counter_is_quoted_as_at_least_its_most() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for (sent, said) in [
+        ("99999999999999999999999", "at least 4294967295 routers"),
+        ("12", "come through 12 routers"),
+    ] {
+        let response = client()
+            .post(router.url("/v1/chat/completions"))
+            .header("x-llmsrouter-hops", sent)
+            .json(&json!({"model": "[mock]m", "messages": []}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 508, "{sent}");
+        let error: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(error["error"]["code"], "loop_detected", "{sent}");
+        let message = error["error"]["message"].as_str().expect("message");
+        assert!(message.contains(said), "{sent}: {message}");
+    }
+    assert_eq!(upstream.count(), 0);
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn health_answers_ok() {
     let router = TestRouter::start("").await;
