@@ -39,6 +39,10 @@ pub enum FramingError {
         "Transfer-Encoding {0:?}: a transfer coding the router did not ask for and cannot undo (only chunked is read)"
     )]
     UnrequestedCoding(String),
+    /// `chunked` named more than once (`chunked, chunked`): RFC 9112 §6.1 forbids applying it
+    /// twice. Said so, not as a coding the router did not ask for: `chunked` it reads.
+    #[error("Transfer-Encoding {0:?}: chunked applied more than once, which RFC 9112 §6.1 forbids")]
+    ChunkedTwice(String),
     #[error("Transfer-Encoding in an HTTP/1.0 message")]
     CodingInHttp10,
     #[error("a malformed chunk")]
@@ -122,14 +126,27 @@ pub fn response_codings(fields: &Fields) -> Result<Option<BodyLength>, FramingEr
     match codings.as_slice() {
         [only] if only.eq_ignore_ascii_case(b"chunked") => Ok(Some(BodyLength::Chunked)),
         [only] if only.eq_ignore_ascii_case(b"identity") => Ok(Some(BodyLength::UntilClose)),
-        _ => Err(FramingError::UnrequestedCoding(
-            codings
-                .iter()
-                .map(|c| String::from_utf8_lossy(c))
-                .collect::<Vec<_>>()
-                .join(", "),
-        )),
+        _ if chunked_twice(&codings) => Err(FramingError::ChunkedTwice(listed(&codings))),
+        _ => Err(FramingError::UnrequestedCoding(listed(&codings))),
     }
+}
+
+/// Whether `chunked` is among `codings` more than once.
+fn chunked_twice(codings: &[&[u8]]) -> bool {
+    codings
+        .iter()
+        .filter(|c| c.eq_ignore_ascii_case(b"chunked"))
+        .nth(1)
+        .is_some()
+}
+
+/// The codings as a message quotes them.
+fn listed(codings: &[&[u8]]) -> String {
+    codings
+        .iter()
+        .map(|c| String::from_utf8_lossy(c))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Every transfer coding named, in order, across all `Transfer-Encoding` fields.
@@ -535,7 +552,7 @@ mod tests {
             of(200, &[("transfer-encoding", "identity")]),
             Ok((UntilClose, false))
         );
-        for unrequested in ["gzip, chunked", "chunked, gzip", "gzip", "chunked, chunked"] {
+        for unrequested in ["gzip, chunked", "chunked, gzip", "gzip"] {
             assert_eq!(
                 of(200, &[("transfer-encoding", unrequested)]),
                 Err(FramingError::UnrequestedCoding(unrequested.into())),
@@ -552,6 +569,13 @@ mod tests {
             ),
             Err(FramingError::UnrequestedCoding("gzip, chunked".into()))
         );
+        for twice in ["chunked, chunked", "gzip, chunked, chunked"] {
+            assert_eq!(
+                of(200, &[("transfer-encoding", twice)]),
+                Err(FramingError::ChunkedTwice(twice.into())),
+                "{twice}"
+            );
+        }
         assert_eq!(
             of(
                 200,

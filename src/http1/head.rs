@@ -197,7 +197,7 @@ fn parse_whole_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadEr
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
         // Off the common path: httparse takes only 1.0 and 1.1.
         Err(httparse::Error::Version) => return parse_other_version(buf),
-        Err(error) => return Err(HeadError::Malformed(error.to_string())),
+        Err(error) => return Err(malformed(error, buf)),
     };
     if len > MAX_HEAD_BYTES {
         return Err(HeadError::TooLarge);
@@ -370,7 +370,7 @@ pub fn parse_response(
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyResponseFields),
-        Err(error) => return Err(HeadError::Malformed(error.to_string())),
+        Err(error) => return Err(malformed(error, buf)),
     };
     // A head that arrived whole in one read is over the limit as much as one still coming
     // (before, one that did was relayed, or not, by how the reads fell).
@@ -392,6 +392,26 @@ pub fn parse_response(
         http10: version == 0,
         fields: Fields::from_spans(head, spans),
     }))
+}
+
+/// Why httparse refused the whole head `buf` starts with. A folded field line (obs-fold: a
+/// line that starts with a space or tab, continuing the field above it) is named as such:
+/// httparse calls it an invalid header name, which sent the reader looking for a bad name.
+fn malformed(error: httparse::Error, buf: &[u8]) -> HeadError {
+    // The field lines: after the start line, up to the empty line that ends the head.
+    let folded = buf
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .take_while(|line| !line.is_empty() && *line != b"\r")
+        .any(|line| line.starts_with(b" ") || line.starts_with(b"\t"));
+    if error == httparse::Error::HeaderName && folded {
+        return HeadError::Malformed(
+            "a folded header line, obs-fold: a line starting with a space or tab that \
+             continues the field above it, which HTTP/1.1 messages may not use, RFC 9112 §5.2"
+                .into(),
+        );
+    }
+    HeadError::Malformed(error.to_string())
 }
 
 /// Where `part` (a slice of the buffer starting at address `base`) sits in it.
@@ -718,6 +738,15 @@ mod tests {
         assert_eq!(head.status, 429);
         assert_eq!(head.fields.get("retry-after"), Some(&b"3"[..]));
         assert_eq!(&buf[..], b"rest");
+        for fold in [" b", "\tb"] {
+            let mut buf =
+                BytesMut::from(format!("HTTP/1.1 200 OK\r\nX-F: a\r\n{fold}\r\n\r\n").as_str());
+            let error = parse_response(&mut buf, &mut 0).expect_err("folded");
+            assert!(error.to_string().contains("obs-fold"), "{error}");
+        }
+        let error =
+            request("POST /x HTTP/1.1\r\nHost: a\r\nX-F: a\r\n b\r\n\r\n").expect_err("folded");
+        assert!(error.to_string().contains("obs-fold"), "{error}");
         let mut out = BytesMut::new();
         write_status_line(&mut out, http::StatusCode::BAD_GATEWAY);
         write_date(&mut out);

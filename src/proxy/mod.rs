@@ -1262,7 +1262,7 @@ async fn held_answer(
         let Some(next) = next else { break };
         let frame = match next {
             Ok(frame) => frame,
-            Err(e) => return Held::Failed(Some(BodyError::Read(e.to_string()))),
+            Err(e) => return Held::Failed(Some(BodyError::of(&e))),
         };
         size = size.saturating_add(frame.data_ref().map_or(0, Bytes::len));
         read.push(Ok(frame));
@@ -1821,7 +1821,12 @@ fn redirect_message(status: StatusCode) -> String {
 }
 
 enum BodyError {
+    /// It broke off: the connection failed or closed before its end.
     Read(String),
+    /// It came, in a form the router cannot read: malformed framing, or past one of the
+    /// router's limits (a trailer section or chunk extension too long). Not "broke off":
+    /// the upstream may well have sent it all.
+    Unreadable(String),
     TooLarge,
     /// Its `Content-Length` (this many bytes) is over the limit: refused before a byte of
     /// the body is read, so the message says what was announced, not what was sent.
@@ -1829,10 +1834,22 @@ enum BodyError {
 }
 
 impl BodyError {
+    fn of(error: &crate::upstream::UpstreamError) -> Self {
+        if error.is_unreadable() {
+            Self::Unreadable(error.to_string())
+        } else {
+            Self::Read(error.to_string())
+        }
+    }
+
     fn into_proxy_error(self, provider: Named<'_>) -> ProxyError {
         match self {
             Self::Read(description) => ProxyError::UpstreamUnreachable(format!(
                 "the upstream {provider} broke off its answer: {description}"
+            )),
+            Self::Unreadable(description) => ProxyError::UpstreamUnreachable(format!(
+                "the upstream {provider} answered, but not in a form the router can read: \
+                 {description}"
             )),
             Self::TooLarge => ProxyError::UpstreamUnreachable(format!(
                 "the upstream {provider} sent an answer over {} MiB",
@@ -1864,7 +1881,7 @@ async fn read_upstream_body(
                 // Trailers carry nothing a client of a JSON answer reads.
                 Err(_) => continue,
             },
-            Err(e) => return Err(BodyError::Read(e.to_string())),
+            Err(e) => return Err(BodyError::of(&e)),
         };
         if gathered.size().saturating_add(chunk.len()) > MAX_UPSTREAM_BODY {
             return Err(BodyError::TooLarge);

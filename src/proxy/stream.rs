@@ -912,10 +912,16 @@ impl Stream for StreamTee {
                     return Poll::Ready(Some(this.fail_as(message, BAD_ENCODING, outcome)));
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    let message = format!(
-                        "the upstream connection{} failed mid-stream: {e}",
-                        this.settings.via.aside()
-                    );
+                    let aside = this.settings.via.aside();
+                    // Malformed, or past a limit of the router's: the connection did not fail.
+                    let message = if e.is_unreadable() {
+                        format!(
+                            "the upstream{aside} answered mid-stream in a form the router \
+                             cannot read: {e}"
+                        )
+                    } else {
+                        format!("the upstream connection{aside} failed mid-stream: {e}")
+                    };
                     return Poll::Ready(Some(this.fail(message, "upstream_unreachable")));
                 }
                 Poll::Ready(None) => {

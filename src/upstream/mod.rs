@@ -306,12 +306,14 @@ impl UpstreamError {
     /// An exchange over the lane's own connections failed: unreadable when the upstream's
     /// answer was the trouble, as [`Self::from_hyper`] says for hyper's parse errors.
     fn from_plain(error: &plain::PlainError) -> Self {
+        // A body cut by the connection's end is not unreadable: it broke off.
         let unreadable = matches!(
             error,
-            plain::PlainError::Framing(_)
-                | plain::PlainError::Head(_)
-                | plain::PlainError::HeadCut
-                | plain::PlainError::Upgrade
+            plain::PlainError::Framing(framing)
+                if *framing != crate::http1::framing::FramingError::Truncated
+        ) || matches!(
+            error,
+            plain::PlainError::Head(_) | plain::PlainError::HeadCut | plain::PlainError::Upgrade
         );
         Self {
             unreadable,
@@ -682,7 +684,7 @@ impl Body for UpstreamBody {
                 .map_err(|e| UpstreamError::from_hyper(&e)),
             Self::Plain(body) => Pin::new(body)
                 .poll_frame(cx)
-                .map_err(|e| UpstreamError::from_hyper(&e)),
+                .map_err(|e| UpstreamError::from_plain(&e)),
             Self::Fallback(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|e| UpstreamError::from_reqwest(&e)),

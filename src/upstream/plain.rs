@@ -43,7 +43,7 @@ pub enum PlainError {
     Io(#[from] std::io::Error),
     #[error(
         "the upstream's answer {how}: {error}",
-        how = if .0.is_limit() { "cannot be read" } else { "is malformed" },
+        how = if .0.is_limit() { "went past a limit" } else { "is malformed" },
         error = .0
     )]
     Framing(#[from] FramingError),

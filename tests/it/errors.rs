@@ -721,6 +721,109 @@ async fn an_answer_in_a_transfer_coding_the_router_cannot_undo_is_a_502() {
     }
 }
 
+/// An answer the router refuses for its form says what was wrong with it, and that the
+/// upstream answered: a folded header line was "invalid header name", `chunked, chunked` "a
+/// transfer coding the router did not ask for", and an over-long trailer section or chunk
+/// extension "broke off its answer" though the upstream had sent it all.
+#[tokio::test]
+async fn an_answer_the_router_cannot_read_is_named_for_what_is_wrong_with_it() {
+    let json = crate::support::upstream::chat_completion("m");
+    let chunked = |extension: &str, trailers: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
+             {:x}{extension}\r\n{json}\r\n0\r\n{trailers}\r\n",
+            json.len()
+        )
+    };
+    let trailers: String = (0..20)
+        .map(|i| format!("x-t{i}: {}\r\n", "b".repeat(1000)))
+        .collect();
+    let cases = [
+        (
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-f: a\r\n b\r\n\
+                 content-length: {}\r\n\r\n{json}",
+                json.len()
+            ),
+            "a folded header line, obs-fold",
+        ),
+        (
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                 transfer-encoding: chunked, chunked\r\n\r\n{:x}\r\n{json}\r\n0\r\n\r\n",
+                json.len()
+            ),
+            "chunked applied more than once",
+        ),
+        (
+            chunked(&format!(";e={}", "c".repeat(5000)), ""),
+            "went past a limit: a chunk extension over 4096 bytes",
+        ),
+        (
+            chunked("", &trailers),
+            "went past a limit: a trailer section over 16 KiB",
+        ),
+    ];
+    for (answer, said) in cases {
+        let upstream = EarlyAnswer::answering(answer.into_bytes(), true).await;
+        let router = TestRouter::start(&early_config(&upstream.url())).await;
+        let response = tokio::time::timeout(
+            EARLY_DEADLINE,
+            router.chat(&json!({"model": "[early]m", "messages": []})),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{said}: no answer"));
+        let (status, body) = error_of(response).await;
+        assert_eq!(status, 502, "{said}: {body}");
+        assert_eq!(body["error"]["code"], "upstream_unreachable", "{said}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(
+            message.starts_with(
+                "the upstream early answered, but not in a form the router can read: "
+            ),
+            "{message}"
+        );
+        assert!(message.contains(said), "{said}: {message}");
+        for misleading in ["broke off", "invalid header name", "did not ask for"] {
+            assert!(!message.contains(misleading), "{message}");
+        }
+        let record = router.records.nth(1).await;
+        assert_eq!(record.error.as_deref(), Some(message), "{said}");
+        router.stop().await;
+    }
+
+    // In a stream, after events went out: the error event says the same, not that the
+    // connection failed.
+    let event = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n";
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+         {:x}\r\n{event}\r\n{:x};e={}\r\n{event}\r\n0\r\n\r\n",
+        event.len(),
+        event.len(),
+        "c".repeat(5000)
+    );
+    let upstream = EarlyAnswer::answering(answer.into_bytes(), true).await;
+    let router = TestRouter::start(&early_config(&upstream.url())).await;
+    let response = tokio::time::timeout(
+        EARLY_DEADLINE,
+        router.chat(&json!({"model": "[early]m", "messages": [], "stream": true})),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(response.status(), 200);
+    let text = tokio::time::timeout(EARLY_DEADLINE, response.text())
+        .await
+        .expect("the stream ended")
+        .expect("text");
+    assert!(
+        text.contains("answered mid-stream in a form the router cannot read")
+            && text.contains("went past a limit: a chunk extension over 4096 bytes"),
+        "{text}"
+    );
+    assert!(!text.contains("connection failed"), "{text}");
+    router.stop().await;
+}
+
 /// An upstream that reads the whole request and then closes the connection without a byte of
 /// answer (a crash, a worker killed mid-generation) was reached: the 502 says it had the
 /// request, not that it could not be reached.
