@@ -76,8 +76,9 @@ impl UserIndex {
         })
     }
 
-    /// Reloads the users if the database changed since the last look. A failure keeps the
-    /// users the index has (logged once until it works again).
+    /// Reloads the users if the database changed since the last look. A read that waited
+    /// too long for a lock keeps the users the index has; any other failure refuses every
+    /// key until a read works (see [`IndexRefresher::tick`]).
     pub fn catch_up(&self) {
         if let Some(follower) = &self.follower {
             follower
@@ -209,7 +210,25 @@ pub struct IndexRefresher {
     /// What the database looked like at the last reload; `None` before the first.
     seen: Option<Seen>,
     /// A refresh failed and that was said; the next success says it is over.
-    failing: bool,
+    failing: Option<Failing>,
+}
+
+/// What a failed refresh left the index with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failing {
+    /// The users it had: the read waited too long for a lock (another connection's).
+    Kept,
+    /// None: every key is refused until a read works.
+    Refused,
+}
+
+/// Whether `e` is a read that only waited too long for another connection (a lock, or
+/// SQLite's retries of the log index under contention): worth keeping the users for, as
+/// the next look tries again. Anything else (an I/O error, a malformed file, a missing
+/// table) says the file cannot be read as it is.
+fn is_contention(e: &rusqlite::Error) -> bool {
+    crate::db::is_locked(e)
+        || e.sqlite_error_code() == Some(rusqlite::ErrorCode::FileLockingProtocolFailed)
 }
 
 /// The schema version and the change counter (`users_changes.n`, `None` when it is gone),
@@ -244,7 +263,7 @@ impl IndexRefresher {
             detached: None,
             seen_version: None,
             seen: None,
-            failing: false,
+            failing: None,
         }
     }
 
@@ -365,13 +384,13 @@ impl IndexRefresher {
             }
         }
         // Said when keys are refused now, or when nothing was said of the failure yet.
-        if !index.is_empty() || !self.failing {
+        if !index.is_empty() || self.failing.is_none() {
             index.refuse_all();
             tracing::error!(
                 "the users database changed and cannot be read ({failure}); every key is refused until it can be"
             );
         }
-        self.failing = true;
+        self.failing = Some(Failing::Refused);
         Err(failure)
     }
 
@@ -444,14 +463,14 @@ impl IndexRefresher {
         let path = self.file.path().display();
         match refreshed {
             Ok(_) => {
-                self.failing = false;
+                self.failing = None;
                 tracing::warn!(
                     "{path}: the users database was replaced while the router ran; the users are read from the file at that path now ({} users)",
                     index.len()
                 );
             }
             Err(e) => {
-                self.failing = true;
+                self.failing = Some(Failing::Refused);
                 tracing::error!(
                     "{path}: the users database was replaced while the router ran, and its users cannot be read ({e}); every key is refused until they can be"
                 );
@@ -472,32 +491,53 @@ impl IndexRefresher {
             .is_none_or(|was| std::mem::discriminant(&was) != new)
     }
 
-    /// One tick of the task: a failure keeps the previous index (logged once, not on every
-    /// tick) and is retried on the next tick. A database the router may only read is the
-    /// exception (see [`Self::refresh_read_only`]).
+    /// One look (before a lookup, and every tick of the task); a failure is said once, not
+    /// at every look, and tried again at the next. A read that waited too long for another
+    /// connection's lock ([`CHECK_BUSY_TIMEOUT`]) keeps the users the index has. Any other
+    /// failure (an I/O error, a malformed file: the file cannot be read as it is) refuses
+    /// every key until a read works, as while the path names no file: the users held may
+    /// have been revoked since, and a revoked key must not sign in for as long as the file
+    /// stays unreadable. A database the router may only read is handled by
+    /// [`Self::refresh_read_only`].
     fn tick(&mut self, index: &UserIndex) {
         if !self.follow_the_path(index) {
             return;
         }
         let refreshed = match self.refresh(index) {
             Err(e) if self.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) => {
-                self.refresh_read_only(index, e)
+                match self.refresh_read_only(index, e) {
+                    // Said, with every key refused.
+                    Err(_) => return,
+                    refreshed => refreshed,
+                }
             }
             refreshed => refreshed,
         };
         match refreshed {
-            Ok(_) if self.failing => {
-                self.failing = false;
-                tracing::info!("users are read from the database again");
+            Ok(_) => {
+                if self.failing.take().is_some() {
+                    tracing::info!("users are read from the database again");
+                }
             }
-            Ok(_) => {}
-            Err(e) if !self.failing => {
-                self.failing = true;
-                tracing::warn!(
-                    "cannot re-read the users ({e}); the previous users stay in force until it works again"
-                );
+            Err(e) if is_contention(&e) => {
+                if self.failing.is_none() {
+                    self.failing = Some(Failing::Kept);
+                    tracing::warn!(
+                        "cannot re-read the users ({e}); the previous users stay in force until it works again"
+                    );
+                }
             }
-            Err(_) => {}
+            Err(e) => {
+                index.refuse_all();
+                // Every user is loaded again once a read works, changed or not.
+                self.seen_version = None;
+                self.seen = None;
+                if self.failing.replace(Failing::Refused) != Some(Failing::Refused) {
+                    tracing::error!(
+                        "cannot re-read the users ({e}); every key is refused until they can be read, since the users the server holds may have been revoked since"
+                    );
+                }
+            }
         }
     }
 }
@@ -782,6 +822,36 @@ mod tests {
         assert!(index.find(bob.expose()).is_none(), "not a database");
         std::fs::rename(&read, &path).expect("mv read.db u.db");
         assert!(index.find(bob.expose()).is_some(), "the file read, back");
+    }
+
+    /// A look that fails with anything but a lock (here the users table renamed away: the
+    /// file cannot be read as it is) refuses every key until a read works, since the users
+    /// held may have been revoked since.
+    #[test]
+    fn a_failed_read_refuses_every_key_until_one_works() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("u.db");
+        let ann = UserStore::open(&path, OpenMode::Create)
+            .expect("store")
+            .add(&NewUser {
+                username: "ann".into(),
+                email: None,
+                permissions: Permissions::All,
+            })
+            .expect("ann");
+        let index =
+            UserIndex::following(crate::db::open(&path).expect("open"), &path).expect("index");
+        assert!(index.find(ann.expose()).is_some());
+        let other = Connection::open(&path).expect("other");
+        other
+            .execute_batch("ALTER TABLE users RENAME TO users_bak")
+            .expect("away");
+        assert!(index.find(ann.expose()).is_none(), "unreadable: refused");
+        assert!(index.find(ann.expose()).is_none(), "still");
+        other
+            .execute_batch("ALTER TABLE users_bak RENAME TO users")
+            .expect("back");
+        assert!(index.find(ann.expose()).is_some(), "read again");
     }
 
     #[test]
