@@ -865,9 +865,19 @@ impl DbFile {
     /// What the path names now compared with the file followed; [`AtPath::Same`] when it
     /// was looked at less than `every` ago (a `stat` otherwise).
     pub fn check(&mut self) -> AtPath {
+        self.check_due().unwrap_or(AtPath::Same)
+    }
+
+    /// What the path names now, or `None` when it was looked at less than `every` ago.
+    fn check_due(&mut self) -> Option<AtPath> {
         if self.checked_at.elapsed() < self.every {
-            return AtPath::Same;
+            return None;
         }
+        Some(self.check_now())
+    }
+
+    /// What the path names now (a `stat`), whenever it was last looked at.
+    pub fn check_now(&mut self) -> AtPath {
         self.checked_at = Instant::now();
         match file_id(&self.path) {
             now if now == self.id => AtPath::Same,
@@ -891,6 +901,74 @@ impl DbFile {
     /// next file found at the path is [`AtPath::Replaced`].
     pub fn forget(&mut self) {
         self.id = None;
+    }
+}
+
+/// The write-ahead log (`<database>-wal`) a connection in WAL mode has open, and whether its
+/// path still names it. SQLite finds a database's log by name, beside the file, and keeps it
+/// open: a log deleted (or replaced) while the router runs stays open under the router's
+/// connections, which go on with it, while every other process (each command) makes and
+/// uses a new one at that name through the same shared-memory index (`-shm`). The two logs
+/// never meet again: the router no longer sees what commands change, they see the
+/// router's writes wrongly, and a connection closed normally copies its orphaned log into
+/// the database file over what the others wrote there (a malformed file). Owners of a
+/// long-lived connection ask [`Self::intact`], stop using the connection while it says no,
+/// and close it with [`close_without_checkpoint`] then.
+pub struct WalFile {
+    file: DbFile,
+    /// The last look found another file, or none, at the log's path.
+    lost: bool,
+}
+
+impl WalFile {
+    /// The log `conn` has open (it has read the database since it opened it, as every
+    /// [`open`] does), looked at again at most once per `every`; `None` for a connection
+    /// with no log (a file read in rollback mode).
+    pub fn of(conn: &Connection, every: Duration) -> Option<Self> {
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .ok()?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return None;
+        }
+        // SQLite names the log after the full path it opened (`sqlite3_db_filename`).
+        let path = PathBuf::from(format!("{}-wal", conn.path()?));
+        let file = DbFile::new(&path, every);
+        file.id.is_some().then_some(Self { file, lost: false })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Whether the log's path names the log the connection has open: looked at when the
+    /// last look is `every` old, the last answer in between. A log put back (the very file)
+    /// is intact again.
+    pub fn intact(&mut self) -> bool {
+        if let Some(at) = self.file.check_due() {
+            self.lost = at != AtPath::Same;
+        }
+        !self.lost
+    }
+
+    /// [`Self::intact`], looking now: before the connection is closed.
+    pub fn intact_now(&mut self) -> bool {
+        self.lost = self.file.check_now() != AtPath::Same;
+        !self.lost
+    }
+}
+
+/// Makes `conn`, when it is closed, leave the database file and its log as they are: no
+/// checkpoint (copying the log into the file) and no deletion of the log and of the
+/// shared-memory index, which the last connection to a database otherwise does. For a
+/// connection whose log is not the one at the log's path any more (see [`WalFile`]): its
+/// changes not yet in the file (usage rows) are lost, and the file stays readable.
+pub fn close_without_checkpoint(conn: &Connection) {
+    if let Err(e) = conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    ) {
+        tracing::debug!("cannot keep the connection from checkpointing as it closes: {e}");
     }
 }
 

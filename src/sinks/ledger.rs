@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ToSql, params_from_iter};
 
-use crate::db::{self, AtPath, DbError, DbFile};
+use crate::db::{self, AtPath, DbError, DbFile, WalFile};
 use crate::record::{Outcome, RecordSink, RequestRecord};
 use crate::sinks::clock::{rfc3339_millis, utc_day};
 use crate::sinks::loss::LossWarnings;
@@ -328,6 +328,8 @@ impl LedgerSink {
         let closing = Arc::new(OnceLock::new());
         let writer = Writer {
             file: DbFile::new(path, REPLACED_CHECK),
+            wal: WalFile::of(&conn, REPLACED_CHECK),
+            log_lost: false,
             redactor,
             stats: stats.clone(),
             closing: closing.clone(),
@@ -429,6 +431,11 @@ struct Writer {
     /// The file written: when its path names another file or none, the writer opens the path
     /// again (making the file anew if deleted), as the request log does its file.
     file: DbFile,
+    /// The log (`-wal`) the connection has open: when its path names another file or none,
+    /// no row is written (see [`WalFile`]) and the connection closes without a checkpoint.
+    wal: Option<WalFile>,
+    /// The log was found lost, and that was said.
+    log_lost: bool,
     redactor: Redactor,
     stats: Arc<LedgerStats>,
     closing: Arc<OnceLock<Instant>>,
@@ -479,6 +486,42 @@ impl Writer {
         }
         self.loss_warnings.closing();
         self.warn_failed(Instant::now());
+        if let Some(wal) = &mut self.wal
+            && !wal.intact_now()
+        {
+            db::close_without_checkpoint(&conn);
+        }
+    }
+
+    /// Whether the connection's log is the one at the log's path (see [`WalFile`]); said
+    /// once when it is not. Rows written to a log no other process sees would be lost at
+    /// shutdown anyway, and meanwhile would make the commands misread the database.
+    fn log_intact(&mut self) -> bool {
+        let Some(wal) = &mut self.wal else {
+            return true;
+        };
+        let intact = wal.intact();
+        if intact == self.log_lost {
+            self.log_lost = !intact;
+            if intact {
+                tracing::info!(
+                    "usage ledger: {} is back; writing rows again",
+                    wal.path().display()
+                );
+            } else {
+                tracing::error!(
+                    "usage ledger: {} was deleted (or replaced) while the router ran: no rows are written until the router is restarted (they would go to a log no other process sees), and the rows only that log holds are lost at shutdown, when the router closes the database without copying it in",
+                    wal.path().display()
+                );
+            }
+        }
+        if !intact {
+            self.failure_reason = format!(
+                "{} was deleted (or replaced) while the router ran; restart the router",
+                wal.path().display()
+            );
+        }
+        intact
     }
 
     /// Writes one batch of rows, counted as written or failed.
@@ -488,7 +531,13 @@ impl Writer {
         rx: &mut QueueRx,
         batch: &[Arc<RequestRecord>],
     ) {
-        if self.file.check() != AtPath::Same {
+        let mut at = self.file.check();
+        if at == AtPath::Same && self.wal.as_mut().is_some_and(|wal| !wal.intact()) {
+            // A file moved over the database takes its log along when the last connection
+            // to the old file closes: the file is what changed, and is followed.
+            at = self.file.check_now();
+        }
+        if at != AtPath::Same {
             let busy_timeout = self.busy_timeout;
             let reopened = self.file.reopen(|path| -> Result<Connection, DbError> {
                 let conn = db::open(path)?;
@@ -497,6 +546,12 @@ impl Writer {
             });
             match reopened {
                 Ok(fresh) => {
+                    // The old file's log is the new one's (SQLite names it after the path):
+                    // closed normally, the old file's last connection would copy it into the
+                    // old file and delete it, and with it what the commands wrote since.
+                    db::close_without_checkpoint(conn);
+                    self.wal = WalFile::of(&fresh, REPLACED_CHECK);
+                    self.log_lost = false;
                     tracing::warn!(
                         "usage ledger: {} was deleted or replaced while the router ran; \
                          writing to the file at that path now (rows written since the \
@@ -522,9 +577,9 @@ impl Writer {
                 }
             }
         }
-        if self.orphaned {
-            // Written to the old file they would be lost with it, yet counted as written:
-            // they are lost here, counted and warned of as every loss is.
+        if self.orphaned || !self.log_intact() {
+            // Written to the old file (or log) they would be lost with it, yet counted as
+            // written: they are lost here, counted and warned of as every loss is.
             self.stats
                 .failed
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -767,6 +822,8 @@ mod tests {
         let _ = closing.set(began);
         let mut writer = Writer {
             file: DbFile::new(&path, REPLACED_CHECK),
+            wal: None,
+            log_lost: false,
             redactor: Redactor::default(),
             stats: Arc::new(LedgerStats::default()),
             closing,
@@ -900,6 +957,8 @@ mod tests {
         let mut writer = Writer {
             // Looked at before every batch.
             file: DbFile::new(&path, Duration::ZERO),
+            wal: WalFile::of(&conn, Duration::ZERO),
+            log_lost: false,
             redactor: Redactor::default(),
             stats: stats.clone(),
             closing: Arc::new(OnceLock::new()),
@@ -934,6 +993,46 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM usage_ledger", [], |r| r.get(0))
             .expect("count");
         assert_eq!(stored, 4);
+    }
+
+    /// The database's log (`-wal`) deleted under the writer: rows are not written to the
+    /// old log, which no other process sees any more (they are counted lost, and why said).
+    #[test]
+    fn rows_after_the_log_was_deleted_are_counted_lost() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("u.db");
+        let mut conn = db::open(&path).expect("open");
+        let stats = Arc::new(LedgerStats::default());
+        let mut writer = Writer {
+            file: DbFile::new(&path, Duration::ZERO),
+            wal: WalFile::of(&conn, Duration::ZERO),
+            log_lost: false,
+            redactor: Redactor::default(),
+            stats: stats.clone(),
+            closing: Arc::new(OnceLock::new()),
+            close_deadline: Duration::from_secs(1),
+            busy_timeout: Duration::from_secs(1),
+            lock_warned: None,
+            reopen_warned: None,
+            orphaned: false,
+            loss_warnings: LossWarnings::default(),
+            failure_reason: String::new(),
+        };
+        let (_tx, mut rx) = QueueRx::for_tests(1);
+        let batch =
+            |n: usize| -> Vec<Arc<RequestRecord>> { (0..n).map(|_| Arc::new(record())).collect() };
+        writer.write_batch(&mut conn, &mut rx, &batch(1));
+        assert_eq!((stats.written(), stats.failed()), (1, 0));
+        std::fs::remove_file(format!("{}-wal", path.display())).expect("rm u.db-wal");
+        writer.write_batch(&mut conn, &mut rx, &batch(2));
+        assert_eq!((stats.written(), stats.failed()), (1, 2));
+        assert!(
+            writer
+                .failure_reason
+                .contains("u.db-wal was deleted (or replaced)"),
+            "{}",
+            writer.failure_reason
+        );
     }
 
     #[test]

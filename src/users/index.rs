@@ -33,7 +33,7 @@ use super::names::{StoredName, quoted};
 use super::permissions::from_json;
 use super::store::text;
 use crate::auth::{Caller, KeyIndex, Permissions};
-use crate::db::{AtPath, DbFile};
+use crate::db::{AtPath, DbFile, WalFile};
 
 /// How often the refresh task asks whether the database changed.
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
@@ -68,6 +68,8 @@ impl UserIndex {
         conn.busy_timeout(CHECK_BUSY_TIMEOUT)?;
         let mut refresher = IndexRefresher::new(conn, path);
         refresher.file = DbFile::new(path, every);
+        refresher.every = every;
+        refresher.wal = WalFile::of(&refresher.conn, every);
         let index = Self::empty();
         refresher.refresh(&index)?;
         Ok(Self {
@@ -206,6 +208,12 @@ pub struct IndexRefresher {
     file: DbFile,
     /// Why no file is read (every key refused), while none can be.
     detached: Option<Detached>,
+    /// The log (`-wal`) `conn` has open, and whether its path still names it.
+    wal: Option<WalFile>,
+    /// The log's path named another file or none at the last look: every key is refused.
+    log_lost: bool,
+    /// How often the paths of the file and of its log are looked at.
+    every: Duration,
     seen_version: Option<i64>,
     /// What the database looked like at the last reload; `None` before the first.
     seen: Option<Seen>,
@@ -254,6 +262,9 @@ impl IndexRefresher {
     /// A refresher of the database at `path`, which `conn` has just opened.
     pub fn new(conn: Connection, path: &Path) -> Self {
         Self {
+            wal: WalFile::of(&conn, REFRESH_INTERVAL),
+            log_lost: false,
+            every: REFRESH_INTERVAL,
             conn,
             // Asked at most every REFRESH_INTERVAL (a look in between costs a clock read, not
             // a `stat` on every request): a file put in place is followed within that, as the
@@ -376,9 +387,7 @@ impl IndexRefresher {
             .map(|path| crate::db::open_to_read(std::path::Path::new(path)));
         if let Some(Ok(conn)) = reopened {
             conn.busy_timeout(CHECK_BUSY_TIMEOUT)?;
-            self.conn = conn;
-            self.seen_version = None;
-            self.seen = None;
+            self.read_from(conn, false);
             if let Ok(refreshed) = self.refresh(index) {
                 return Ok(refreshed);
             }
@@ -402,8 +411,15 @@ impl IndexRefresher {
     /// next). The path is asked again at each look; a file that could not be opened is
     /// tried again every [`REFRESH_INTERVAL`], and at once when another takes its place.
     fn follow_the_path(&mut self, index: &UserIndex) -> bool {
-        match self.file.check() {
-            AtPath::Same => self.detached.is_none(),
+        let mut at = self.file.check();
+        let log_intact = self.wal.as_mut().is_none_or(WalFile::intact);
+        if at == AtPath::Same && !log_intact {
+            // A file moved over the database takes its log along when the last connection
+            // to the old file closes: the file is what changed, and is followed.
+            at = self.file.check_now();
+        }
+        match at {
+            AtPath::Same => self.detached.is_none() && self.log_state(index, log_intact),
             AtPath::Gone => {
                 if self.detach(index, Detached::Gone) {
                     tracing::error!(
@@ -416,6 +432,53 @@ impl IndexRefresher {
             AtPath::Replaced if self.waits_to_retry() => false,
             AtPath::Replaced => self.reopen(index),
         }
+    }
+
+    /// Whether the log's path (`users.db-wal`) still names the log the connection has open
+    /// (see [`WalFile`]), looked at as often as the file's path. While it names another file
+    /// or none, every key is refused: the connection's log is one no other process sees, so
+    /// a key revoked by a command since would still be found. That lasts until the router
+    /// is restarted, or the very log is put back (then the users are read again).
+    fn log_state(&mut self, index: &UserIndex, intact: bool) -> bool {
+        let Some(wal) = &self.wal else {
+            return true;
+        };
+        if intact != self.log_lost {
+            return intact;
+        }
+        self.log_lost = !intact;
+        if intact {
+            self.seen_version = None;
+            self.seen = None;
+            tracing::info!(
+                "{}: the database's log is back; users are read from the database again",
+                wal.path().display()
+            );
+            return true;
+        }
+        index.refuse_all();
+        tracing::error!(
+            "{} was deleted (or replaced) while the router ran: the router's connection keeps the old log, which no other process sees, so every key is refused until the router is restarted; at shutdown the router closes the database without copying that log into it, so the file stays readable but loses what only that log held (usage ledger rows since the last checkpoint)",
+            wal.path().display()
+        );
+        false
+    }
+
+    /// Reads from `conn` (just opened) from now on, all its users to be loaded. The
+    /// connection it replaces is closed, without a checkpoint when its log was lost or
+    /// (`replaced`) its file is not the one at the path any more: SQLite names the log
+    /// after the path, so the old file's last connection would otherwise copy the log
+    /// into the old file and then delete it, and with it the changes the commands made
+    /// since in the new file, which share that log.
+    fn read_from(&mut self, conn: Connection, replaced: bool) {
+        if replaced || self.wal.as_mut().is_some_and(|wal| !wal.intact_now()) {
+            crate::db::close_without_checkpoint(&self.conn);
+        }
+        self.wal = WalFile::of(&conn, self.every);
+        self.log_lost = false;
+        self.conn = conn;
+        self.seen_version = None;
+        self.seen = None;
     }
 
     /// Whether the file at the path is the one that could not be opened, tried less than
@@ -455,10 +518,8 @@ impl IndexRefresher {
         };
         // The old file's users are not the new one's, even when the new one cannot be read.
         index.refuse_all();
-        self.conn = conn;
+        self.read_from(conn, true);
         self.detached = None;
-        self.seen_version = None;
-        self.seen = None;
         let refreshed = self.refresh(index);
         let path = self.file.path().display();
         match refreshed {
@@ -538,6 +599,18 @@ impl IndexRefresher {
                     );
                 }
             }
+        }
+    }
+}
+
+impl Drop for IndexRefresher {
+    /// A connection whose log was deleted or replaced while the router ran is closed
+    /// without copying that log into the database (see [`WalFile`]).
+    fn drop(&mut self) {
+        if let Some(wal) = &mut self.wal
+            && !wal.intact_now()
+        {
+            crate::db::close_without_checkpoint(&self.conn);
         }
     }
 }
@@ -852,6 +925,40 @@ mod tests {
             .execute_batch("ALTER TABLE users_bak RENAME TO users")
             .expect("back");
         assert!(index.find(ann.expose()).is_some(), "read again");
+    }
+
+    /// The database's log (`-wal`) deleted while the index reads the file: its connection
+    /// keeps the old log, which the commands no longer see, so every key is refused (a key
+    /// revoked since would be found); the very log put back is read again.
+    #[cfg(unix)]
+    #[test]
+    fn a_deleted_log_refuses_every_key() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("u.db");
+        let ann = UserStore::open(&path, OpenMode::Create)
+            .expect("store")
+            .add(&NewUser {
+                username: "ann".into(),
+                email: None,
+                permissions: Permissions::All,
+            })
+            .expect("ann");
+        let index = UserIndex::following_every(
+            crate::db::open(&path).expect("open"),
+            &path,
+            Duration::ZERO,
+        )
+        .expect("index");
+        assert!(index.find(ann.expose()).is_some());
+        let wal = dir.path().join("u.db-wal");
+        let kept = dir.path().join("kept-wal");
+        std::fs::hard_link(&wal, &kept).expect("ln u.db-wal kept-wal");
+        std::fs::remove_file(&wal).expect("rm u.db-wal");
+        assert!(index.find(ann.expose()).is_none(), "log deleted");
+        std::fs::write(&wal, b"").expect("a new log");
+        assert!(index.find(ann.expose()).is_none(), "another log");
+        std::fs::rename(&kept, &wal).expect("mv kept-wal u.db-wal");
+        assert!(index.find(ann.expose()).is_some(), "the log put back");
     }
 
     #[test]

@@ -426,6 +426,51 @@ async fn a_database_file_replaced_while_the_server_runs_is_followed() {
     }
 }
 
+/// users.db-wal deleted while the server runs: the server's connections keep the old log,
+/// which the commands no longer see, so a key revoked since would still sign in; every key
+/// is refused instead, with one line saying why. At shutdown the server does not copy its
+/// orphaned log into the file (which left it malformed: every user lost at the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_deleted_while_the_server_runs_refuses_every_key_and_spares_the_file() {
+    let setup = Setup::new().await;
+    let ann = add(setup.dir.path(), &["ann"]);
+    let bob = add(setup.dir.path(), &["bob"]);
+    let mut router = setup.serve();
+    assert_eq!(status(&router, &ann).await, 200);
+    assert_eq!(status(&router, &bob).await, 200);
+    let wal = setup.dir.path().join("users.db-wal");
+    // The ledger's rows are in the log (not yet in the file) before it goes.
+    wait_until(Duration::from_secs(10), || {
+        Connection::open(&setup.db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM usage_ledger", [], |r| r.get(0)))
+            .is_ok_and(|n: i64| n == 2)
+    })
+    .await;
+    std::fs::remove_file(&wal).expect("rm users.db-wal");
+    assert_eq!(
+        status_once(&router, &ann, 401).await,
+        401,
+        "{}",
+        router.stderr()
+    );
+    let (code, _, err) = setup.user(&["delete", "bob"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status(&router, &bob).await, 401, "deleted");
+    let stderr = router.stop_for_log().await;
+    assert!(
+        stderr.contains("users.db-wal was deleted (or replaced) while the router ran"),
+        "{stderr}"
+    );
+    let conn = Connection::open(&setup.db).expect("open");
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok");
+    let (code, out, err) = setup.user(&["list"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ann"), "{out}");
+}
+
 /// Two rows with one key (a tool rebuilt the users table without its `UNIQUE`, then a key was
 /// copied by hand): the key signs in as the first row by rowid, as the Python version's
 /// `fetchone` did, not the later one (nor the first by name). A warning names both users,
