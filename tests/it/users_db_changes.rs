@@ -353,7 +353,8 @@ fn a_lock_held_past_the_wait_is_said_plainly() {
 }
 
 /// users.db replaced while the server runs, as restoring a backup does (`sqlite3 users.db
-/// ".backup restored.db"; mv restored.db users.db`: a new file at the same path). The server
+/// ".backup restored.db"; mv restored.db users.db`: a new file at the same path; the README
+/// says it is not safe under traffic, the old and new file sharing one log). The server
 /// follows the path (within 200 ms): a user deleted from the new file afterwards is refused,
 /// one added there is let in, and the log says the file was opened again. While the
 /// path names no file, every key is refused (the users it had may have been revoked since);
