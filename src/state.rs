@@ -37,8 +37,8 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 pub struct AppState {
     /// Swapped whole, so a request never sees half a config.
     pub config: ArcSwap<Config>,
-    /// One pooled client for every upstream: keep-alive connections are reused across requests.
-    pub client: reqwest::Client,
+    /// The model-list fetch's clients: keep-alive connections are reused across fetches.
+    pub client: HttpClients,
     /// What proxied requests are sent with (hyper's client; reqwest for proxied targets).
     pub upstream: UpstreamClient,
     pub recorder: Recorder,
@@ -71,7 +71,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         config: Config,
-        client: reqwest::Client,
+        client: HttpClients,
         recorder: Recorder,
     ) -> Result<Self, ClientError> {
         let proxies = crate::env::process_proxy_secrets();
@@ -97,22 +97,55 @@ impl AppState {
     }
 }
 
-/// The upstream client: connect timeout (or the request's `timeout_secs`, if shorter: see
+/// reqwest's clients, as [`build_http_client`] makes them: the model-list fetch's and the one
+/// requests through the proxy the environment names go with.
+#[derive(Clone)]
+pub struct HttpClients {
+    /// HTTP/2 with a TLS server that offers it.
+    any: reqwest::Client,
+    /// HTTP/1.1 only (its TLS handshakes offer nothing else), for a request with a configured
+    /// `Host`: over HTTP/2 a `host` field naming another host than `:authority` (the URL's)
+    /// makes the request malformed (RFC 9113 §8.3.1), and strict servers reset it, or the
+    /// connection the other servers of that origin share (see [`UpstreamClient`]).
+    http1: reqwest::Client,
+}
+
+impl HttpClients {
+    /// The client for a request with these header fields (a server's configured `headers`,
+    /// or all of a request's).
+    pub fn for_headers(&self, headers: &http::HeaderMap) -> &reqwest::Client {
+        if headers.contains_key(http::header::HOST) {
+            &self.http1
+        } else {
+            &self.any
+        }
+    }
+}
+
+/// The upstream clients ([`HttpClients`]): connect timeout (or the request's `timeout_secs`, if shorter: see
 /// [`crate::upstream::ConnectLimitLayer`]), no total timeout (each request sets its own), no
 /// redirects followed (a 3xx goes back to the client as the upstream sent it), no automatic
 /// decompression (bodies pass through as sent), no proxy with `NO_PROXY=*`
 /// ([`crate::env::no_proxy_for_any_host`]).
-pub fn build_http_client() -> Result<reqwest::Client, reqwest::Error> {
-    let builder = reqwest::Client::builder()
-        .connector_layer(crate::upstream::ConnectLimitLayer)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .tcp_keepalive(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none());
-    // reqwest's own reading of `NO_PROXY=*` leaves IP addresses proxied.
-    if crate::env::no_proxy_for_any_host() {
-        builder.no_proxy().build()
-    } else {
+pub fn build_http_client() -> Result<HttpClients, reqwest::Error> {
+    let build = |http1_only: bool| {
+        let mut builder = reqwest::Client::builder()
+            .connector_layer(crate::upstream::ConnectLimitLayer)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .tcp_keepalive(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none());
+        if http1_only {
+            builder = builder.http1_only();
+        }
+        // reqwest's own reading of `NO_PROXY=*` leaves IP addresses proxied.
+        if crate::env::no_proxy_for_any_host() {
+            builder = builder.no_proxy();
+        }
         builder.build()
-    }
+    };
+    Ok(HttpClients {
+        any: build(false)?,
+        http1: build(true)?,
+    })
 }

@@ -22,6 +22,7 @@ use super::filter::Filter;
 use super::list::{MergedList, ServerInput, Source, UpstreamModel};
 use super::loops::{Chain, RouterId};
 use crate::config::{Config, Server, Settings};
+use crate::state::HttpClients;
 
 /// A server that failed is asked again after this long (or after the cache TTL, if shorter),
 /// so a local server started after the router shows up without waiting out a long TTL.
@@ -62,7 +63,7 @@ impl ModelCatalog {
     /// previous list exists (TTL above 0): the previous list is returned at once and one
     /// background refresh runs. No list yet (cold), a changed config, or a TTL of 0: waits
     /// for the one refresh every such caller shares.
-    pub async fn snapshot(&self, client: &reqwest::Client, config: Arc<Config>) -> Arc<Snapshot> {
+    pub async fn snapshot(&self, client: &HttpClients, config: Arc<Config>) -> Arc<Snapshot> {
         if let Some(cached) = self.cached(client, &config) {
             return cached;
         }
@@ -85,7 +86,7 @@ impl ModelCatalog {
     /// list built for routers leaves out what this router's own callers see.
     pub async fn snapshot_for_routers(
         &self,
-        client: &reqwest::Client,
+        client: &HttpClients,
         config: Arc<Config>,
         askers: &Chain,
     ) -> Arc<Snapshot> {
@@ -133,7 +134,7 @@ impl ModelCatalog {
     /// Starts one build for other routers, removed from the running ones when it ends.
     fn build_for_routers(
         &self,
-        client: &reqwest::Client,
+        client: &HttpClients,
         config: Arc<Config>,
         previous: Option<Arc<Snapshot>>,
         asking: Asking,
@@ -154,7 +155,7 @@ impl ModelCatalog {
     /// The cached list, when it may be served without waiting: fresh, or expired with a TTL
     /// above 0 (one background refresh is then started or joined; its result lands in
     /// `current`).
-    fn cached(&self, client: &reqwest::Client, config: &Arc<Config>) -> Option<Arc<Snapshot>> {
+    fn cached(&self, client: &HttpClients, config: &Arc<Config>) -> Option<Arc<Snapshot>> {
         let current = self.current_for(config)?;
         if current.is_fresh(Instant::now()) {
             return Some(current);
@@ -200,7 +201,7 @@ impl ModelCatalog {
     }
 
     /// Joins the running refresh, or starts one.
-    fn refresh(&self, client: &reqwest::Client, config: Arc<Config>) -> Refresh {
+    fn refresh(&self, client: &HttpClients, config: Arc<Config>) -> Refresh {
         let mut running = lock(&self.inner.running);
         if let Some(refresh) = running.as_ref() {
             return refresh.clone();
@@ -425,7 +426,7 @@ impl Asking {
 /// One refresh: every server asked concurrently, but for those whose answer in `previous`
 /// (same config, not invalidated) may be reused (see [`server_state`]).
 async fn build(
-    client: &reqwest::Client,
+    client: &HttpClients,
     config: Arc<Config>,
     previous: Option<&Snapshot>,
     asking: &Asking,
@@ -460,7 +461,7 @@ async fn build(
 /// callers a previous answer is reused until due; for other routers, due or not, unless the
 /// server is a router (it may lead back to them) or the TTL is 0.
 async fn server_state(
-    client: &reqwest::Client,
+    client: &HttpClients,
     server: &Server,
     settings: &Settings,
     before: Option<&ServerState>,

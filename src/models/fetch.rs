@@ -14,6 +14,7 @@ use crate::proxy::describe_reqwest_error;
 use crate::routing::request_url;
 use crate::secret::Secret;
 use crate::sinks::redact::Redactor;
+use crate::state::HttpClients;
 use crate::upstream::{ProxyEnv, Via};
 
 /// Largest `/models` answer read. OpenRouter's full list is a few MB; more than this is not a
@@ -75,7 +76,7 @@ pub struct Fetched {
 /// Fetches and parses `server`'s model list, all within `timeout`. The fetch names `chain`,
 /// the routers it is made for ([`super::loops`]).
 pub async fn fetch_models(
-    client: &reqwest::Client,
+    client: &HttpClients,
     server: &Server,
     timeout: Duration,
     chain: &Chain,
@@ -95,13 +96,16 @@ pub async fn fetch_models(
 }
 
 async fn fetch(
-    client: &reqwest::Client,
+    client: &HttpClients,
     server: &Server,
     chain: &Chain,
     url: &url::Url,
     proxy: &ProxyEnv,
 ) -> Result<Fetched, FetchError> {
+    // A server with a configured `Host` is asked over HTTP/1.1, as its chat requests go
+    // ([`HttpClients`]).
     let mut request = client
+        .for_headers(&server.headers)
         .get(url.clone())
         .header(ACCEPT, "application/json")
         .header(http::header::ACCEPT_ENCODING, "identity")

@@ -1,7 +1,7 @@
 //! The client proxied requests go upstream through: each lane's own keep-alive HTTP/1
 //! connections for plain `http://` upstreams ([`plain`], written and read by the request's
 //! own task), hyper's pooled client for TLS upstreams (it speaks HTTP/2 to those that offer
-//! it), and reqwest kept for the few targets it handles and hyper does not. Both HTTP/1
+//! it, but for a request with a configured `Host`: [`UpstreamClient::http1`]), and reqwest kept for the few targets it handles and hyper does not. Both HTTP/1
 //! clients read an answer the upstream sent before it had the whole request, whether it then
 //! closed the connection or kept it open unread ([`plain`], [`keep_reading`]), and refuse an
 //! answer in a transfer coding they cannot undo (`refuse_unrequested_coding`).
@@ -32,7 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::http1::fields::{FieldSource, Fields, header_map_of};
 use crate::http1::head::write_field;
 use crate::http1::{MAX_HEAD_BYTES, MAX_RESPONSE_FIELDS};
-use crate::state::CONNECT_TIMEOUT;
+use crate::state::{CONNECT_TIMEOUT, HttpClients};
 
 mod keep_reading;
 pub mod plain;
@@ -54,17 +54,21 @@ struct Connector {
 }
 
 impl Connector {
-    fn new(timeout: Duration) -> Result<Self, ClientError> {
+    /// A connector whose TLS handshakes offer `alpn` (`h2` lets an upstream choose HTTP/2),
+    /// with `tls`'s roots; plain `http://` too.
+    fn new(timeout: Duration, mut tls: rustls::ClientConfig, alpn: Alpn) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_keepalive(Some(TCP_KEEPALIVE));
-        let inner = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config()?)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        Ok(Self { inner, timeout })
+        tls.alpn_protocols = match alpn {
+            Alpn::Http2AndHttp1 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Alpn::Http1Only => vec![b"http/1.1".to_vec()],
+        };
+        // What `HttpsConnectorBuilder::https_or_http()` builds, with the ALPN set here (the
+        // builder sets no `http/1.1` for an HTTP/1-only connector: it would offer none).
+        let inner = HttpsConnector::from((http, tls));
+        Self { inner, timeout }
     }
 
     /// A new connection to `uri`'s host, TLS when it is `https`, within the connect timeout.
@@ -72,6 +76,14 @@ impl Connector {
         use tower_service::Service as _;
         self.clone().call(uri)
     }
+}
+
+/// Which protocols a TLS handshake offers the upstream (ALPN).
+#[derive(Clone, Copy)]
+enum Alpn {
+    Http2AndHttp1,
+    /// For a request with a configured `Host` ([`UpstreamClient::http1`]).
+    Http1Only,
 }
 
 type Connection =
@@ -235,10 +247,20 @@ pub struct UpstreamClient {
     /// One pool per lane (see [`crate::lanes`]): a request uses connections its own thread
     /// drives, so sending it wakes no other thread.
     direct: Arc<[Client<Connector, Frames>]>,
+    /// One pool per lane for TLS requests with a configured `Host` (a server's `headers`),
+    /// whose handshakes offer only HTTP/1.1: over HTTP/2 the upstream is named by
+    /// `:authority`, the URL's host, and a `host` field besides one naming another host makes
+    /// the request malformed (RFC 9113 §8.3.1), so strict servers (nginx, hypercorn, Google's
+    /// front-ends) reset the stream, or the whole connection, which would fail the other
+    /// servers' requests on it too. Over HTTP/1.1 the `Host` is sent as written; the other
+    /// servers of that origin keep HTTP/2 on connections of their own.
+    http1: Arc<[Client<Connector, Frames>]>,
     /// Each lane's idle connections to plain-HTTP upstreams.
     plain: Arc<pool::LanePools>,
     connector: Connector,
-    fallback: reqwest::Client,
+    /// reqwest's clients: its HTTP/1.1-only one for a request with a configured `Host`, as
+    /// [`Self::http1`] is hyper's.
+    fallback: HttpClients,
     /// The proxy environment, read once at start (as reqwest reads it).
     proxy: &'static ProxyEnv,
 }
@@ -750,22 +772,27 @@ impl UpstreamClient {
     /// the client as the upstream sent it), no decompression (bodies pass through as sent),
     /// HTTP/2 when a TLS upstream offers it. `fallback` is the shared reqwest client. One
     /// pool for each of `lanes` lanes.
-    pub fn new(fallback: reqwest::Client, lanes: usize) -> Result<Self, ClientError> {
-        let connector = Connector::new(CONNECT_TIMEOUT)?;
-        let direct = (0..lanes.max(1))
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .http1_max_headers(MAX_RESPONSE_FIELDS)
-                    .http1_max_buf_size(MAX_HEAD_BYTES)
-                    .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST)
-                    .build(connector.clone())
-            })
-            .collect();
+    pub fn new(fallback: HttpClients, lanes: usize) -> Result<Self, ClientError> {
+        let tls = tls_config()?;
+        let connector = Connector::new(CONNECT_TIMEOUT, tls.clone(), Alpn::Http2AndHttp1);
+        let http1 = Connector::new(CONNECT_TIMEOUT, tls, Alpn::Http1Only);
+        let pools = |connector: &Connector| -> Arc<[Client<Connector, Frames>]> {
+            (0..lanes.max(1))
+                .map(|_| {
+                    Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                        .pool_timer(TokioTimer::new())
+                        .timer(TokioTimer::new())
+                        .http1_max_headers(MAX_RESPONSE_FIELDS)
+                        .http1_max_buf_size(MAX_HEAD_BYTES)
+                        .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST)
+                        .build(connector.clone())
+                })
+                .collect()
+        };
         Ok(Self {
-            direct,
+            direct: pools(&connector),
+            http1: pools(&http1),
             plain: Arc::new(pool::LanePools::new(lanes, POOL_IDLE_TIMEOUT)),
             connector,
             fallback,
@@ -847,8 +874,10 @@ impl UpstreamClient {
                 value.set_sensitive(true);
             }
         }
+        // Only a server's configured `headers` name a Host (the client's is never passed on).
+        let http1 = headers.contains_key(http::header::HOST);
         *request.headers_mut() = headers;
-        Prepared(Route::Direct(request))
+        Prepared(Route::Direct { request, http1 })
     }
 
     /// Sends a request [`Self::prepare`] made. Timeouts beyond connecting are the caller's;
@@ -859,7 +888,7 @@ impl UpstreamClient {
         prepared: Prepared,
         within: Within,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let request = match prepared.0 {
+        let (request, http1) = match prepared.0 {
             Route::Plain {
                 url,
                 authority,
@@ -883,9 +912,10 @@ impl UpstreamClient {
                 let sending = self.send_fallback(method, &url, headers, body, within);
                 return EXCHANGE.scope(within, sending).await;
             }
-            Route::Direct(request) => request,
+            Route::Direct { request, http1 } => (request, http1),
         };
-        let pool = &self.direct[crate::lanes::current() % self.direct.len()];
+        let pools = if http1 { &self.http1 } else { &self.direct };
+        let pool = &pools[crate::lanes::current() % pools.len()];
         // Only a `timeout_secs` no longer than the connect timeout can run out while
         // connecting: only then does the pool's connector need it.
         let response = if within.timeout <= CONNECT_TIMEOUT {
@@ -1019,6 +1049,7 @@ impl UpstreamClient {
         };
         let sending = self
             .fallback
+            .for_headers(&headers)
             .request(method, url)
             .headers(headers)
             .body(body)
@@ -1079,7 +1110,11 @@ enum Route {
         head: BytesMut,
         body: RequestBody,
     },
-    Direct(Request<Frames>),
+    /// By hyper's pool; `http1`: by the HTTP/1.1-only one ([`UpstreamClient::http1`]).
+    Direct {
+        request: Request<Frames>,
+        http1: bool,
+    },
     Fallback {
         method: Method,
         url: String,
@@ -1177,7 +1212,8 @@ mod tests {
     /// them, unless the request has an `Authorization` of its own (a server's `api_key`).
     #[tokio::test]
     async fn urls_with_credentials_go_as_others_with_basic_credentials() {
-        let client = UpstreamClient::new(reqwest::Client::new(), 1).expect("client");
+        let reqwest = crate::state::build_http_client().expect("reqwest");
+        let client = UpstreamClient::new(reqwest, 1).expect("client");
         if client.proxy.is_set() {
             return;
         }
@@ -1202,7 +1238,8 @@ mod tests {
         );
 
         let url = "https://user:pass@127.0.0.1:9/v1/chat/completions".to_owned();
-        let Prepared(Route::Direct(request)) = client.prepare(&Method::POST, url, &fields, body())
+        let Prepared(Route::Direct { request, .. }) =
+            client.prepare(&Method::POST, url, &fields, body())
         else {
             panic!("not by hyper's pool");
         };
@@ -1246,7 +1283,8 @@ mod tests {
             std::future::pending::<()>().await;
             drop(socket);
         });
-        let mut connector = Connector::new(Duration::from_millis(200)).expect("connector");
+        let tls = tls_config().expect("tls");
+        let mut connector = Connector::new(Duration::from_millis(200), tls, Alpn::Http2AndHttp1);
         let uri: http::Uri = format!("https://{addr}/").parse().expect("uri");
         let error = match connector.call(uri).await {
             Ok(_) => panic!("a silent server cannot complete a TLS handshake"),

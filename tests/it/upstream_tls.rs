@@ -38,6 +38,10 @@ fn fixture(name: &str) -> PathBuf {
 #[derive(Debug, Clone)]
 struct Seen {
     version: http::Version,
+    /// The request's path, query left out.
+    path: String,
+    /// Its `host` field (over HTTP/2, one besides `:authority`).
+    host: Option<String>,
     authorization: Option<String>,
     body: serde_json::Value,
 }
@@ -111,6 +115,12 @@ async fn answer(
     log: Arc<Mutex<Vec<Seen>>>,
 ) -> Result<Response<Body>, Infallible> {
     let version = request.version();
+    let path = request.uri().path().to_owned();
+    let host = request
+        .headers()
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let authorization = request
         .headers()
         .get("authorization")
@@ -126,6 +136,8 @@ async fn answer(
     let streams = body["stream"] == json!(true);
     log.lock().expect("lock").push(Seen {
         version,
+        path,
+        host,
         authorization,
         body,
     });
@@ -224,6 +236,136 @@ async fn a_tls_upstream_offering_http2_is_reached_over_http2() {
 #[tokio::test]
 async fn a_tls_upstream_offering_only_http1_is_reached_over_http1() {
     through_the_router(&[b"http/1.1"], http::Version::HTTP_11).await;
+}
+
+/// A server's configured `Host` is sent as written, over HTTP/1.1, to a TLS upstream that
+/// offers HTTP/2 too: over HTTP/2 a `host` field besides an `:authority` naming another host
+/// is malformed (RFC 9113 §8.3.1), and strict servers reset the stream, or the connection it
+/// shares with the other servers on that origin. Chat requests (hyper's pool) and the
+/// model-list fetch (reqwest) alike; a server without one still speaks HTTP/2, and no HTTP/2
+/// request carries a `host` field.
+#[tokio::test]
+async fn a_configured_host_goes_over_http1_to_an_upstream_offering_http2() {
+    configured_host_over_http1(false).await;
+}
+
+/// As [`a_configured_host_goes_over_http1_to_an_upstream_offering_http2`], with the requests
+/// sent through the proxy the environment names (`HTTPS_PROXY`), which reqwest sends.
+#[tokio::test]
+async fn a_configured_host_goes_over_http1_through_the_environments_proxy() {
+    configured_host_over_http1(true).await;
+}
+
+async fn configured_host_over_http1(behind_a_proxy: bool) {
+    let (addr, seen) = start_tls_upstream(&[b"h2", b"http/1.1"]).await;
+    let port = addr.port();
+    let config = format!(
+        "servers:\n  hosted:\n    url: \"https://localhost:{port}/hosted/v1\"\n    headers:\n      Host: gw.example\n  other:\n    url: \"https://localhost:{port}/other/v1\"\n"
+    );
+    let (router, tunnels) = if behind_a_proxy {
+        let (proxy, tunnels) = start_tunnelling_proxy().await;
+        let ca = fixture("ca.pem");
+        let router = RouterProcess::start(
+            Some(&config),
+            &[
+                ("SSL_CERT_FILE", ca.to_str().expect("utf-8 path")),
+                ("HTTPS_PROXY", &format!("http://{proxy}")),
+                ("LLMSROUTER_LEDGER", "false"),
+                ("LLMSROUTER_LOG_FILE", ""),
+            ],
+        );
+        (router, Some(tunnels))
+    } else {
+        (router_trusting_the_test_ca(&config), None)
+    };
+    for alias in ["hosted", "other", "hosted"] {
+        for stream in [false, true] {
+            let response = router
+                .chat(&json!({"model": format!("[{alias}]m"), "stream": stream, "messages": []}))
+                .await;
+            assert_eq!(response.status(), 200, "{alias}: {}", router.stderr());
+        }
+    }
+    let listed = crate::support::client()
+        .get(router.url("/v1/models"))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(listed.status(), 200);
+    let models = |seen: &[Seen]| seen.iter().filter(|s| s.path.ends_with("/models")).count();
+    crate::support::wait_until(std::time::Duration::from_secs(10), || {
+        models(&seen.lock().expect("lock")) == 2
+    })
+    .await;
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 8, "{seen:?}");
+    for request in &seen {
+        if request.path.starts_with("/hosted/") {
+            assert_eq!(request.version, http::Version::HTTP_11, "{request:?}");
+            assert_eq!(request.host.as_deref(), Some("gw.example"), "{request:?}");
+        } else {
+            assert_eq!(request.version, http::Version::HTTP_2, "{request:?}");
+            assert_eq!(request.host, None, "{request:?}");
+        }
+    }
+    if let Some(tunnels) = tunnels {
+        let tunnels = tunnels.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            tunnels >= 2,
+            "the requests went through the proxy: {tunnels}"
+        );
+    }
+}
+
+/// An HTTP proxy on 127.0.0.1 that tunnels `CONNECT host:port` to that address, and counts
+/// the tunnels it made.
+async fn start_tunnelling_proxy() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let tunnels = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = tunnels.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut client = tokio::io::BufReader::new(client);
+                let mut line = String::new();
+                if client.read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let mut parts = line.split_whitespace();
+                let (Some("CONNECT"), Some(target)) = (parts.next(), parts.next()) else {
+                    return;
+                };
+                let target = target.to_owned();
+                loop {
+                    let mut field = String::new();
+                    match client.read_line(&mut field).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if field == "\r\n" => break,
+                        Ok(_) => {}
+                    }
+                }
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut client = client.into_inner();
+                if client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (addr, tunnels)
 }
 
 /// The 413 a TLS upstream's front-end sends before it reads a request body it will not take.
