@@ -588,7 +588,7 @@ fn host_of(base_url: &str) -> String {
 }
 
 /// Builds the upstream URL: base + the client's path after `/v1`, then the base's query and the
-/// client's query (minus `proxy=`).
+/// client's query (minus `proxy=`), joined by [`joined_query`].
 pub fn upstream_url(
     base_url: &str,
     base_query: Option<&str>,
@@ -597,15 +597,55 @@ pub fn upstream_url(
 ) -> String {
     let mut url = join_path(base_url, path, 32);
     let forwarded = client_query.map(strip_proxy_param).unwrap_or_default();
-    let parts: Vec<&str> = [base_query.unwrap_or(""), forwarded.as_str()]
-        .into_iter()
-        .filter(|q| !q.is_empty())
-        .collect();
-    if !parts.is_empty() {
+    let query = match base_query.filter(|q| !q.is_empty()) {
+        Some(own) => joined_query(own, &forwarded),
+        None => forwarded,
+    };
+    if !query.is_empty() {
         url.push('?');
-        url.push_str(&parts.join("&"));
+        url.push_str(&query);
     }
     url
+}
+
+/// A base url's own query (`own`: a server's url, a `?proxy=` or `[URL]` target's) and the
+/// client's (`forwarded`, its `proxy=` taken out) as one: the base's parameters first, then
+/// the client's, but for a name the client sends, whose value replaces the base's. Both sent,
+/// a parameter went twice (Azure's `api-version` in a server's url and in the openai SDK's
+/// query), and which one the upstream took was its choice; the client's is the one its
+/// request was written for. Names are compared decoded (`api%2Dversion` is `api-version`).
+fn joined_query(own: &str, forwarded: &str) -> String {
+    if forwarded.is_empty() {
+        return own.to_owned();
+    }
+    let replaced: Vec<Cow<'_, str>> = forwarded.split('&').map(query_key).collect();
+    let mut query = String::with_capacity(own.len() + 1 + forwarded.len());
+    for pair in own
+        .split('&')
+        .filter(|pair| !replaced.contains(&query_key(pair)))
+    {
+        if !query.is_empty() {
+            query.push('&');
+        }
+        query.push_str(pair);
+    }
+    if !query.is_empty() {
+        query.push('&');
+    }
+    query.push_str(forwarded);
+    query
+}
+
+/// The name of one `name=value` pair of a query, decoded as a form decodes it (only when it
+/// has something to decode).
+fn query_key(pair: &str) -> Cow<'_, str> {
+    let key = pair.split('=').next().unwrap_or("");
+    if !key.contains(['%', '+']) {
+        return Cow::Borrowed(key);
+    }
+    url::form_urlencoded::parse(key.as_bytes())
+        .next()
+        .map_or(Cow::Borrowed(""), |(key, _)| Cow::Owned(key.into_owned()))
 }
 
 /// The upstream URL of a request, built from a parsed base: the same URL as [`upstream_url`]
@@ -618,7 +658,7 @@ pub fn request_url(base: &url::Url, path: &str, client_query: Option<&str>) -> u
         (None, true) => url.set_query(None),
         (None, false) => url.set_query(Some(&forwarded)),
         (Some(_), true) => {}
-        (Some(own), false) => url.set_query(Some(&format!("{own}&{forwarded}"))),
+        (Some(own), false) => url.set_query(Some(&joined_query(own, &forwarded))),
     }
     url
 }
@@ -674,13 +714,7 @@ pub fn strip_proxy_param(query: &str) -> String {
 }
 
 fn is_proxy_pair(pair: &str) -> bool {
-    let key = pair.split('=').next().unwrap_or("");
-    if !key.contains(['%', '+']) {
-        return key == "proxy";
-    }
-    url::form_urlencoded::parse(pair.as_bytes())
-        .next()
-        .is_some_and(|(key, _)| key == "proxy")
+    query_key(pair) == "proxy"
 }
 
 /// Finds the decoded `proxy` parameter of a raw query string. Sent twice with different
@@ -1038,6 +1072,34 @@ servers:
         assert_eq!(
             upstream_url("http://h/v1", None, "/models", Some("proxy=x")),
             "http://h/v1/models"
+        );
+    }
+
+    /// A parameter both the base url and the client name goes once, with the client's value,
+    /// in the client's place; the others of both stay, the base's first.
+    #[test]
+    fn the_clients_query_parameter_replaces_the_base_urls_of_its_name() {
+        let joined = |own: &str, client: &str| {
+            upstream_url("https://a.com/v1", Some(own), "/chat", Some(client))
+        };
+        assert_eq!(
+            joined("api-version=1&deployment=d", "api-version=2&x=1"),
+            "https://a.com/v1/chat?deployment=d&api-version=2&x=1"
+        );
+        assert_eq!(
+            joined("a=1&api-version=1&a=3", "proxy=p&api%2Dversion=2"),
+            "https://a.com/v1/chat?a=1&a=3&api%2Dversion=2"
+        );
+        assert_eq!(
+            joined("api-version=1", "api-version=2&api-version=3"),
+            "https://a.com/v1/chat?api-version=2&api-version=3"
+        );
+        assert_eq!(joined("k=1", "K=2"), "https://a.com/v1/chat?k=1&K=2");
+        assert_eq!(joined("k=1", "proxy=p"), "https://a.com/v1/chat?k=1");
+        let base = url::Url::parse("https://a.com/v1?api-version=1&key=s").expect("base");
+        assert_eq!(
+            request_url(&base, "/chat", Some("api-version=2")).as_str(),
+            "https://a.com/v1/chat?key=s&api-version=2"
         );
     }
 

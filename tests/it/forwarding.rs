@@ -172,6 +172,45 @@ async fn client_query_parameters_other_than_proxy_are_forwarded() {
     router.stop().await;
 }
 
+/// A parameter both the server's url (or a `?proxy=` URL) and the client's query name, as
+/// Azure's `api-version` often is, goes upstream once, with the client's value; the other
+/// parameters of both stay, the url's first. It went twice, and the upstream took either.
+#[tokio::test]
+async fn a_client_query_parameter_replaces_the_urls_own_of_that_name() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let url = format!("{}?keep=a&api-version=2024-06-01", upstream.url());
+    let router = TestRouter::start(&one_server_config(&url, "")).await;
+    let response = client()
+        .post(router.url("/v1/chat/completions?api-version=2025-01-01&extra=b"))
+        .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let got = upstream.last();
+    assert_eq!(got.path, "/v1/chat/completions");
+    assert_eq!(
+        got.query.as_deref(),
+        Some("keep=a&api-version=2025-01-01&extra=b")
+    );
+
+    let target = format!("{}/openai/v1?api-version=2024-06-01", upstream.origin());
+    let target: String = url::form_urlencoded::byte_serialize(target.as_bytes()).collect();
+    let response = client()
+        .post(router.url(&format!(
+            "/v1/chat/completions?api-version=2025-01-01&proxy={target}"
+        )))
+        .json(&json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let got = upstream.last();
+    assert_eq!(got.path, "/openai/v1/chat/completions");
+    assert_eq!(got.query.as_deref(), Some("api-version=2025-01-01"));
+    router.stop().await;
+}
+
 /// `proxy` percent-encoded in its key names the target too, and is taken out of the query
 /// like the plain spelling: left in, it named the target again upstream, and a router that
 /// was its own target sent the request to itself without end.
