@@ -632,9 +632,15 @@ impl Conn {
     /// another request after the answer.
     async fn skip_body(&mut self, head: &RequestHead, length: BodyLength) -> bool {
         let mut decoder = Decoder::new(length);
+        if decoder.is_done() {
+            return true;
+        }
         // A client waiting for `100 Continue` has sent no body: it gets the answer and the
-        // connection closes, rather than a go-ahead for a body nobody reads.
-        decoder.is_done() || (!head.expects_continue() && self.discard(&mut decoder).await)
+        // connection closes, rather than a go-ahead for a body nobody reads. Nor is a body
+        // declared past what would be dropped read at all: its answer goes out at once, not
+        // after `DISCARD_FOR_AT_MOST` spent on a body that cannot all be dropped.
+        let too_long = matches!(length, BodyLength::Known(declared) if declared > DISCARD_AT_MOST);
+        !head.expects_continue() && !too_long && self.discard(&mut decoder).await
     }
 
     async fn answer_error(&mut self, error: &ProxyError, keep_alive: bool, asked: Asked) -> Next {

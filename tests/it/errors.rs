@@ -1899,7 +1899,7 @@ async fn a_cross_site_browser_post_is_refused_before_the_upstream() {
 }
 
 /// No key is anyone's: every request is refused with 401.
-struct NobodysKey;
+pub(crate) struct NobodysKey;
 
 impl llmsrouter::auth::KeyIndex for NobodysKey {
     fn find(&self, _presented_key: &str) -> Option<llmsrouter::auth::Caller> {

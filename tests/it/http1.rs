@@ -297,6 +297,53 @@ async fn a_refused_method_gets_no_go_ahead_and_its_body_is_dropped() {
     router.stop().await;
 }
 
+/// A body declared longer than the router drops (64 MiB) is not read for a refusal of an
+/// unread body: a method no route takes (405), a path nothing serves (404) or a key nobody
+/// has (401) is answered at once and the connection closed. Before, the router spent its 5 s
+/// of dropping on a body it could never drop whole before it answered.
+#[tokio::test]
+async fn a_refusal_of_a_body_declared_past_what_is_dropped_goes_out_at_once() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let config = one_server_config(&upstream.url(), "");
+    let open = TestRouter::start(&config).await;
+    let keyed = TestRouter::start_with(&config, |state| {
+        state.keys = Some(Arc::new(crate::errors::NobodysKey));
+    })
+    .await;
+    let key = "Authorization: Bearer sk-lr-nobodys00000000000000000000000000\r\n";
+    let refusals = [
+        (&open, "PUT", "/v1/chat/completions", "", 405),
+        (&open, "POST", "/health", "", 405),
+        (&open, "POST", "/v1/", "", 404),
+        (&open, "PUT", "/api/user/bypass", "", 404),
+        // Refused by the proxied route, then by the app.
+        (&keyed, "POST", "/v1/chat/completions", key, 401),
+        (&keyed, "PUT", "/v1/chat/completions", key, 401),
+    ];
+    for (router, method, path, extra, status) in refusals {
+        let what = format!("{method} {path}");
+        let mut raw = Raw::connect(router.addr).await;
+        raw.send(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\n\
+                 Content-Length: 100000000\r\n{extra}\r\n{{\"model\":\"[mock]m\","
+            )
+            .as_bytes(),
+        )
+        .await;
+        // Well under the 5 s the router spends dropping a body it may drop whole.
+        let answer = tokio::time::timeout(Duration::from_secs(3), raw.answer())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: answered at once"));
+        assert_eq!(answer.status, status, "{what}");
+        assert_eq!(answer.header("connection"), Some("close"), "{what}");
+        assert!(raw.closed().await, "{what}");
+    }
+    assert_eq!(upstream.count(), 0);
+    open.stop().await;
+    keyed.stop().await;
+}
+
 #[tokio::test]
 async fn ambiguous_framing_is_refused_and_the_connection_closed() {
     let (upstream, router) = setup().await;
