@@ -15,7 +15,7 @@ use crate::routing::request_url;
 use crate::secret::Secret;
 use crate::sinks::redact::Redactor;
 use crate::state::HttpClients;
-use crate::upstream::{ProxyEnv, Via};
+use crate::upstream::{ProxyEnv, Via, url_credentials};
 
 /// Largest `/models` answer read. OpenRouter's full list is a few MB; more than this is not a
 /// model list, and holding it whole would only cost memory.
@@ -102,19 +102,25 @@ async fn fetch(
     url: &url::Url,
     proxy: &ProxyEnv,
 ) -> Result<Fetched, FetchError> {
-    // A server with a configured `Host` is asked over HTTP/1.1, as its chat requests go
-    // ([`HttpClients`]).
+    // The url's user info goes as a chat request's does (`url_credentials`): out of the URL
+    // (reqwest would keep one that is not UTF-8, password and all, in a proxy's request line),
+    // as Basic credentials only where nothing else authorizes the request; reqwest would send
+    // them beside the api key's, two `Authorization` fields. A server with a configured `Host`
+    // is asked over HTTP/1.1, as its chat requests go ([`HttpClients`]).
+    let mut bare = url.clone();
+    let basic = url_credentials::take_out(&mut bare);
     let mut request = client
         .for_headers(&server.headers)
-        .get(url.clone())
+        .get(bare)
         .header(ACCEPT, "application/json")
         .header(http::header::ACCEPT_ENCODING, "identity")
         .header(MODELS_FOR, chain.header_value());
     // The very value a chat request carries: built (or refused) once, at config load.
-    if let Some(authorization) = server.authorization() {
+    if let Some(authorization) = server.authorization().or(basic.as_ref()) {
         request = request.header(http::header::AUTHORIZATION, authorization.clone());
     }
-    // The server's own headers go last and win, as on every proxied request.
+    // The server's own headers go last and win (a configured `Authorization` replaces the
+    // one above), as on every proxied request.
     let response = request
         .headers(server.headers.clone())
         .send()

@@ -39,7 +39,7 @@ pub mod plain;
 mod pool;
 mod proxy_env;
 mod request_body;
-mod url_credentials;
+pub(crate) mod url_credentials;
 
 use keep_reading::KeepReading;
 pub use proxy_env::{ProxyEnv, Via};

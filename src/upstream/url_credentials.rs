@@ -1,7 +1,8 @@
 //! A server `url` with user info (`http://user:password@host/v1`): sent by the router's own
 //! clients (the lane's connections for `http://`, hyper's pool for `https://`), so that its
 //! answers meet the same limits and are said in the same words as any other upstream's, with
-//! the Basic credentials reqwest 0.12 made of the user info when it sent these requests.
+//! the Basic credentials reqwest 0.12 made of the user info when it sent these requests; and
+//! by reqwest for the model-list fetch, with the user info taken out here too.
 
 use base64::Engine as _;
 use http::HeaderValue;
@@ -17,22 +18,28 @@ pub(super) fn has_user_info(url: &str) -> bool {
     memchr::memchr(b'@', &rest.as_bytes()[..end]).is_some()
 }
 
-/// `url` without its user info, and the `Authorization` value reqwest 0.12 made of it
-/// (`RequestBuilder::new`, `extract_authority`): `Basic base64(user:password)`, both
-/// percent-decoded, `user:` without a password (or with one that is not UTF-8 once decoded);
-/// none when the user name is not UTF-8 once decoded (reqwest then sent none, and hyper's
-/// client wrote neither the user info nor the credentials). `None` when `url` cannot be
-/// parsed (it then goes to reqwest as before, which refuses it).
-pub(super) fn split(url: &str) -> Option<(String, Option<HeaderValue>)> {
+/// `url` without its user info, and the `Authorization` value made of it ([`take_out`]).
+/// `None` when `url` cannot be parsed (it then goes to reqwest as before, which refuses it).
+pub(crate) fn split(url: &str) -> Option<(String, Option<HeaderValue>)> {
     let mut parsed = url::Url::parse(url).ok()?;
+    let basic = take_out(&mut parsed);
+    Some((parsed.into(), basic))
+}
+
+/// Takes the user info out of `url` and returns the `Authorization` value reqwest 0.12 made
+/// of it (`RequestBuilder::new`, `extract_authority`), marked sensitive: `Basic
+/// base64(user:password)`, both percent-decoded, `user:` without a password (or with one that
+/// is not UTF-8 once decoded); none when the user name is not UTF-8 once decoded (reqwest
+/// then sent none, and hyper's client wrote neither the user info nor the credentials).
+pub(crate) fn take_out(url: &mut url::Url) -> Option<HeaderValue> {
     let decoded = |text: &str| {
         percent_encoding::percent_decode_str(text)
             .decode_utf8()
             .ok()
             .map(std::borrow::Cow::into_owned)
     };
-    let basic = decoded(parsed.username()).and_then(|user| {
-        let password = parsed.password().and_then(decoded);
+    let basic = decoded(url.username()).and_then(|user| {
+        let password = url.password().and_then(decoded);
         if user.is_empty() && password.is_none() {
             return None;
         }
@@ -42,10 +49,11 @@ pub(super) fn split(url: &str) -> Option<(String, Option<HeaderValue>)> {
         value.set_sensitive(true);
         Some(value)
     });
-    // An `http(s)` URL has a host: both always succeed.
-    parsed.set_username("").ok()?;
-    parsed.set_password(None).ok()?;
-    Some((parsed.into(), basic))
+    // An `http(s)` URL has a host: both succeed, and on a URL without one there is no user
+    // info to take out.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    basic
 }
 
 /// A request's fields, with the URL's Basic credentials in an `Authorization` ahead of them

@@ -1225,3 +1225,49 @@ async fn configured_framing_and_hop_by_hop_headers_never_reach_the_upstream() {
     }
     router.stop().await;
 }
+
+/// A server whose `url` has `user:password@` is asked for its model list with one
+/// `Authorization`, by the rule a chat request follows: the api key's Bearer, a configured
+/// `Authorization` over that, the url's Basic credentials only when neither is there. reqwest
+/// sent the url's Basic beside the key's Bearer, two fields. The user info is not in the
+/// request it sent.
+#[tokio::test]
+async fn a_model_list_fetch_sends_one_authorization_for_credentials_in_the_url() {
+    let (basic, keyed, configured) = (
+        upstream_listing(r#"{"data":[{"id":"b"}]}"#).await,
+        upstream_listing(r#"{"data":[{"id":"k"}]}"#).await,
+        upstream_listing(r#"{"data":[{"id":"c"}]}"#).await,
+    );
+    let with_credentials =
+        |upstream: &MockUpstream| upstream.url().replacen("http://", "http://user:p%40ss@", 1);
+    let servers = [
+        format!("  basic:\n    url: \"{}\"\n", with_credentials(&basic)),
+        server("keyed", &with_credentials(&keyed), ""),
+        server(
+            "configured",
+            &with_credentials(&configured),
+            "    headers:\n      Authorization: \"Token configured-secret\"\n",
+        ),
+    ];
+    let router = TestRouter::start(&config(&servers, "")).await;
+    let mut listed = list_ids(&router).await;
+    listed.sort();
+    assert_eq!(listed, ["[basic]b", "[configured]c", "[keyed]k"]);
+    for (upstream, authorization) in [
+        // base64("user:p@ss")
+        (&basic, "Basic dXNlcjpwQHNz"),
+        (&keyed, "Bearer sk-keyed-key"),
+        (&configured, "Token configured-secret"),
+    ] {
+        let fetch = upstream.last();
+        assert_eq!(
+            (fetch.method.as_str(), fetch.path.as_str()),
+            ("GET", "/v1/models")
+        );
+        let sent: Vec<_> = fetch.headers.get_all("authorization").iter().collect();
+        assert_eq!(sent, [authorization]);
+        assert!(!fetch.target.contains('@'), "{}", fetch.target);
+        assert_eq!(fetch.headers["host"], upstream.addr.to_string());
+    }
+    router.stop().await;
+}

@@ -24,6 +24,8 @@ use super::wait_until;
 #[derive(Debug, Clone)]
 pub struct Received {
     pub method: String,
+    /// The request target as it came: an absolute URL when the mock is asked as a proxy.
+    pub target: String,
     pub path: String,
     pub query: Option<String>,
     pub headers: HeaderMap,
@@ -269,6 +271,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         .unwrap_or_default();
     let received = Received {
         method: parts.method.to_string(),
+        target: parts.uri.to_string(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers.clone(),
