@@ -739,7 +739,6 @@ fn not_configurable(name: &HeaderName) -> Option<&'static str> {
 /// redacting it would blank that date in every prompt). Values too short to be keys are left
 /// out later, by the redactor.
 pub fn url_secrets(base: &url::Url) -> Vec<Secret> {
-    use base64::Engine as _;
     let decoded = |text: &str| {
         percent_encoding::percent_decode_str(text)
             .decode_utf8()
@@ -753,13 +752,8 @@ pub fn url_secrets(base: &url::Url) -> Vec<Secret> {
         let credential = password.unwrap_or(user);
         out.push(credential.to_owned());
         out.extend(decoded(credential));
-        // What goes upstream (as reqwest sent it): `Basic base64(user:password)`, both
-        // decoded (see `upstream::url_credentials`).
-        let password_decoded = password.and_then(decoded).unwrap_or_default();
-        out.push(base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{password_decoded}",
-            decoded(user).unwrap_or_default()
-        )));
+        // What goes upstream: `Basic base64(user:password)`, both decoded to bytes.
+        out.extend(crate::upstream::url_credentials::basic_credentials(base));
     }
     for (name, value) in base
         .query()
@@ -1109,6 +1103,12 @@ mod tests {
         assert_eq!(
             secrets("https://tok%2Ben-123456@h/v1"),
             ["dG9rK2VuLTEyMzQ1Njo=", "tok%2Ben-123456", "tok+en-123456"]
+        );
+        // A user name that is not UTF-8 once decoded: the Basic credentials of its bytes,
+        // base64(b"\xffkay:secretpw"), as sent.
+        assert_eq!(
+            secrets("https://%FFkay:secretpw@h/v1"),
+            ["/2theTpzZWNyZXRwdw==", "secretpw"]
         );
         assert_eq!(
             secrets("https://h/v1?key=AIza%2F12+3&api-version=2024-10-21&flag"),

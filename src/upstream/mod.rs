@@ -819,9 +819,10 @@ impl UpstreamClient {
         fields: &(dyn FieldSource + Sync),
         body: RequestBody,
     ) -> Prepared {
-        // A URL with user info goes without it, its credentials in the fields, unless the
-        // proxy covers it (reqwest then sends it, and makes the same credentials).
-        if url_credentials::has_user_info(&url) && !self.proxy.covers(&url) {
+        // A URL with user info goes without it, its credentials in the fields: through the
+        // proxy too, whose request line would show them (reqwest takes out only user info
+        // that is UTF-8 once decoded).
+        if url_credentials::has_user_info(&url) {
             if let Some((bare, basic)) = url_credentials::split(&url) {
                 let basic = basic.as_ref();
                 let fields = url_credentials::WithBasic { fields, basic };
@@ -831,9 +832,8 @@ impl UpstreamClient {
         self.route(method, url, fields, None, body)
     }
 
-    /// [`Self::prepare`] for a URL without user info (or one the proxy covers): `basic` is
-    /// the `Authorization` made of the user info taken out, which reqwest marked sensitive
-    /// (HTTP/2 never indexes it).
+    /// [`Self::prepare`] for a URL without user info: `basic` is the `Authorization` made of
+    /// the user info taken out, which reqwest marked sensitive (HTTP/2 never indexes it).
     fn route(
         &self,
         method: &Method,
@@ -856,7 +856,7 @@ impl UpstreamClient {
             }
         }
         let Some(uri) = self.direct_uri(&url) else {
-            let headers = header_map_of(fields);
+            let headers = headers_with_basic(fields, basic);
             return Prepared(Route::Fallback {
                 method: method.clone(),
                 url,
@@ -867,13 +867,7 @@ impl UpstreamClient {
         let mut request = Request::new(body.into_frames());
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri;
-        let mut headers = header_map_of(fields);
-        // The credentials, when they were added, come first (see `WithBasic`).
-        if let Some(value) = headers.get_mut(http::header::AUTHORIZATION) {
-            if basic.is_some_and(|basic| value == basic) {
-                value.set_sensitive(true);
-            }
-        }
+        let headers = headers_with_basic(fields, basic);
         // Only a server's configured `headers` name a Host (the client's is never passed on).
         let http1 = headers.contains_key(http::header::HOST);
         *request.headers_mut() = headers;
@@ -1121,6 +1115,22 @@ enum Route {
         headers: HeaderMap,
         body: RequestBody,
     },
+}
+
+/// The header fields of a request for hyper or reqwest, the URL's credentials (`basic`, when
+/// [`url_credentials::WithBasic`] added them: they come first) marked sensitive, as reqwest
+/// marked them (HTTP/2 never indexes them).
+fn headers_with_basic(
+    fields: &(dyn FieldSource + Sync),
+    basic: Option<&http::HeaderValue>,
+) -> HeaderMap {
+    let mut headers = header_map_of(fields);
+    if let Some(value) = headers.get_mut(http::header::AUTHORIZATION) {
+        if basic.is_some_and(|basic| value == basic) {
+            value.set_sensitive(true);
+        }
+    }
+    headers
 }
 
 /// A plain-HTTP request's head as bytes, with the `Host` hyper-util's client would add (the

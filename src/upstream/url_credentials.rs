@@ -2,7 +2,8 @@
 //! clients (the lane's connections for `http://`, hyper's pool for `https://`), so that its
 //! answers meet the same limits and are said in the same words as any other upstream's, with
 //! the Basic credentials reqwest 0.12 made of the user info when it sent these requests; and
-//! by reqwest for the model-list fetch, with the user info taken out here too.
+//! by reqwest (a target the environment's proxy covers, the model-list fetch) with the user
+//! info taken out here too. Never sends the user info on in a URL.
 
 use base64::Engine as _;
 use http::HeaderValue;
@@ -26,25 +27,12 @@ pub(crate) fn split(url: &str) -> Option<(String, Option<HeaderValue>)> {
     Some((parsed.into(), basic))
 }
 
-/// Takes the user info out of `url` and returns the `Authorization` value reqwest 0.12 made
-/// of it (`RequestBuilder::new`, `extract_authority`), marked sensitive: `Basic
-/// base64(user:password)`, both percent-decoded, `user:` without a password (or with one that
-/// is not UTF-8 once decoded); none when the user name is not UTF-8 once decoded (reqwest
-/// then sent none, and hyper's client wrote neither the user info nor the credentials).
+/// Takes the user info out of `url` and returns the `Authorization` value made of it, marked
+/// sensitive: `Basic base64(user:password)` ([`basic_credentials`]), none when the URL has
+/// neither a user name nor a password. The user info never stays in the URL: a URL sent on
+/// is written in a proxy's request line and in hyper's and reqwest's debug logs.
 pub(crate) fn take_out(url: &mut url::Url) -> Option<HeaderValue> {
-    let decoded = |text: &str| {
-        percent_encoding::percent_decode_str(text)
-            .decode_utf8()
-            .ok()
-            .map(std::borrow::Cow::into_owned)
-    };
-    let basic = decoded(url.username()).and_then(|user| {
-        let password = url.password().and_then(decoded);
-        if user.is_empty() && password.is_none() {
-            return None;
-        }
-        let credentials = format!("{user}:{}", password.unwrap_or_default());
-        let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let basic = basic_credentials(url).and_then(|encoded| {
         let mut value = HeaderValue::try_from(format!("Basic {encoded}")).ok()?;
         value.set_sensitive(true);
         Some(value)
@@ -54,6 +42,25 @@ pub(crate) fn take_out(url: &mut url::Url) -> Option<HeaderValue> {
     let _ = url.set_username("");
     let _ = url.set_password(None);
     basic
+}
+
+/// The base64 of `user:password` for `url`'s user info, both percent-decoded to bytes, as
+/// reqwest 0.12 made it (`RequestBuilder::new`, `extract_authority`): `user:` without a
+/// password; `None` without user info. Bytes, not text: a user name or password that is not
+/// UTF-8 once decoded (`%FF`) goes as those bytes, where reqwest sent no credentials and
+/// left the user info in the URL, password and all. What [`crate::config::url_secrets`]
+/// redacts as the form an upstream may echo.
+pub(crate) fn basic_credentials(url: &url::Url) -> Option<String> {
+    let (user, password) = (url.username(), url.password());
+    if user.is_empty() && password.is_none() {
+        return None;
+    }
+    let mut credentials: Vec<u8> = percent_encoding::percent_decode_str(user).collect();
+    credentials.push(b':');
+    credentials.extend(percent_encoding::percent_decode_str(
+        password.unwrap_or_default(),
+    ));
+    Some(base64::engine::general_purpose::STANDARD.encode(credentials))
 }
 
 /// A request's fields, with the URL's Basic credentials in an `Authorization` ahead of them
@@ -101,11 +108,18 @@ mod tests {
             basic_of("https://tok@h/v1").as_deref(),
             Some("Basic dG9rOg==")
         );
-        // A user name that is not UTF-8 once decoded: no credentials, and no user info sent.
-        let (bare, basic) = split("http://%ff:pw@h/v1").expect("parsed");
-        assert_eq!((bare.as_str(), basic), ("http://h/v1", None));
-        // A password that is not UTF-8 once decoded: `user:`.
-        assert_eq!(basic_of("http://u:%ff@h/").as_deref(), Some("Basic dTo="));
+        // A user name or password that is not UTF-8 once decoded: its bytes, and no user
+        // info left in the URL. base64(b"\xffkay:pw"), base64(b"u:\xff").
+        let (bare, basic) = split("http://%FFkay:pw@h/v1").expect("parsed");
+        assert_eq!(bare, "http://h/v1");
+        assert_eq!(basic.expect("credentials"), "Basic /2theTpwdw==");
+        assert_eq!(basic_of("http://u:%ff@h/").as_deref(), Some("Basic dTr/"));
+        // A password alone: `:password`; no user info at all: no credentials.
+        assert_eq!(basic_of("http://:pw@h/").as_deref(), Some("Basic OnB3"));
+        assert_eq!(
+            split("http://@h/v1").expect("parsed"),
+            ("http://h/v1".into(), None)
+        );
     }
 
     #[test]

@@ -1302,6 +1302,58 @@ async fn tracing_urls_are_printed_without_their_credentials() {
     }
 }
 
+/// Through the proxy the environment names, a server `url`'s user info is never in the
+/// request line (the absolute URL a proxy reads, and may log), nor in the router's debug
+/// log: taken out and sent as Basic credentials, by chat requests and the model-list fetch
+/// alike. reqwest, which sends these, kept a user name that is not UTF-8 once decoded
+/// (`%FF`) in the URL, password and all.
+#[tokio::test]
+async fn a_servers_url_credentials_are_never_in_a_proxys_request_line() {
+    let proxy = MockUpstream::start(Behavior::default()).await;
+    let config = "servers:\n  odd:\n    url: \"http://%FFkay:secretpw@provider.invalid/v1\"\n  \
+                  utf8:\n    url: \"http://user:secretpw@provider.invalid/v1\"\n";
+    let envs = [("HTTP_PROXY", proxy.origin()), ("RUST_LOG", "debug".into())];
+    let envs: Vec<_> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let router = RouterProcess::start(Some(config), &envs);
+    // base64(b"\xffkay:secretpw"), base64("user:secretpw")
+    let credentials = [
+        ("odd", "Basic /2theTpzZWNyZXRwdw=="),
+        ("utf8", "Basic dXNlcjpzZWNyZXRwdw=="),
+    ];
+    for (alias, basic) in credentials {
+        let response = router
+            .chat(&json!({"model": format!("[{alias}]m"), "messages": []}))
+            .await;
+        assert_eq!(response.status(), 200, "{alias}: {}", router.stderr());
+        let got = proxy.last();
+        assert_eq!(got.target, "http://provider.invalid/v1/chat/completions");
+        let sent: Vec<_> = got.headers.get_all("authorization").iter().collect();
+        assert_eq!(sent, [basic], "{alias}");
+    }
+    let response = client()
+        .get(router.url("/v1/models"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let fetches: Vec<_> = proxy
+        .received()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    assert_eq!(fetches.len(), 2);
+    for got in fetches {
+        assert_eq!(got.target, "http://provider.invalid/v1/models");
+        let sent: Vec<_> = got.headers.get_all("authorization").iter().collect();
+        assert!(
+            credentials.iter().any(|(_, basic)| sent == [*basic]),
+            "{sent:?}"
+        );
+    }
+    let log = router.stderr();
+    assert!(!log.contains("secretpw"), "{log}");
+}
+
 /// With HTTP_PROXY set, requests to a provider go through that proxy (here the mock, which
 /// answers the absolute-form request itself): the provider's host is never resolved.
 #[tokio::test]

@@ -956,6 +956,43 @@ async fn credentials_in_a_servers_url_go_as_basic_credentials() {
     router.stop().await;
 }
 
+/// A user name that is not UTF-8 once percent-decoded (`%FF`) in a server's `url` goes as
+/// Basic credentials of its bytes, to chat requests and the model-list fetch alike, and is in
+/// no URL sent: reqwest made no credentials of it and kept it, password and all, in the URL
+/// (a proxy's request line, hyper's debug log), and the chat path sent no credentials.
+#[tokio::test]
+async fn credentials_in_a_servers_url_that_are_not_utf8_go_as_their_bytes() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let with_credentials = upstream
+        .url()
+        .replacen("http://", "http://%FFkay:secretpw@", 1);
+    let config = format!("servers:\n  odd:\n    url: \"{with_credentials}\"\n");
+    let router = TestRouter::start(&config).await;
+    let response = post_json(
+        &router.url("/v1/chat/completions"),
+        &json!({"model": "[odd]m", "messages": []}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let response = client()
+        .get(router.url("/v1/models"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let received = upstream.received();
+    let paths: Vec<_> = received.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/v1/chat/completions", "/v1/models"]);
+    for got in received {
+        let sent: Vec<_> = got.headers.get_all("authorization").iter().collect();
+        // base64(b"\xffkay:secretpw")
+        assert_eq!(sent, ["Basic /2theTpzZWNyZXRwdw=="], "{}", got.path);
+        assert!(!got.target.contains("secretpw"), "{}", got.target);
+        assert_eq!(got.headers["host"], upstream.addr.to_string());
+    }
+    router.stop().await;
+}
+
 /// An empty or blank `?proxy=` names no target: the request is routed by its model (the
 /// Python version did so; it was refused with 400 `bad proxy URL ""`), also beside another
 /// `proxy` that is not blank, and `GET /v1/models` answers the router's own list. No
