@@ -230,6 +230,23 @@ const REQWEST_HEAD_LIMITS: &str = "the answer's head has more than 100 header fi
 const HTTPS_HEAD_LIMITS: &str = "the answer's head has more than 256 header fields or is \
                                  larger than 262144 bytes";
 
+/// hyper's refusals of a TLS upstream's chunked body past limits of its own, which the
+/// plain-HTTP client does not keep (it has 4096 bytes for each chunk extension and no count of
+/// trailer fields), and what the router says of each: the trailer fields count against the
+/// head's field limit, [`MAX_RESPONSE_FIELDS`], set on hyper's client.
+const HTTPS_BODY_LIMITS: [(&str, &str); 2] = [
+    (
+        "chunk extensions over limit",
+        "the upstream's answer went past a limit: chunk extensions over 16 KiB in all (the \
+         limit of the client that reads TLS answers)",
+    ),
+    (
+        "chunk trailers count overflow",
+        "the upstream's answer went past a limit: a trailer section of more than 256 fields \
+         (the limit of the client that reads TLS answers)",
+    ),
+];
+
 /// An HTTP/2 answer's header list (names, values and 32 bytes each, as RFC 9113 counts it)
 /// may be as large as an HTTP/1 head: hyper's default, 16 KiB, is smaller than many an
 /// HTTP/1.1 answer the router takes.
@@ -413,6 +430,31 @@ impl UpstreamError {
             },
             None => described,
         }
+    }
+
+    /// A TLS upstream's body hyper could not read. One past hyper's limits of chunked framing
+    /// went past a limit, as the plain-HTTP client says of its own ([`plain::PlainError`]):
+    /// not "broke off", since the upstream may well have sent it all. A trailer section over
+    /// 16 KiB is hyper's limit and the plain-HTTP client's alike, said in the same words; the
+    /// others are hyper's own ([`HTTPS_BODY_LIMITS`]).
+    fn from_direct_body(error: &hyper::Error) -> Self {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(cause) = next {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::InvalidData {
+                    let said = io.to_string();
+                    if said == "chunk trailers bytes over limit" {
+                        let framing = crate::http1::framing::FramingError::TrailersTooLarge;
+                        return Self::unreadable(&plain::PlainError::Framing(framing).to_string());
+                    }
+                    if let Some((_, ours)) = HTTPS_BODY_LIMITS.iter().find(|(h, _)| *h == said) {
+                        return Self::unreadable(ours);
+                    }
+                }
+            }
+            next = cause.source();
+        }
+        Self::from_hyper(error)
     }
 
     /// A request reqwest could not get an answer to: as [`Self::from_direct`], but reqwest's
@@ -703,7 +745,7 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             Self::Direct(body) => Pin::new(body)
                 .poll_frame(cx)
-                .map_err(|e| UpstreamError::from_hyper(&e)),
+                .map_err(|e| UpstreamError::from_direct_body(&e)),
             Self::Plain(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|e| UpstreamError::from_plain(&e)),

@@ -845,3 +845,87 @@ async fn ssl_cert_file_in_quotes_is_read_and_one_that_cannot_be_read_stops_start
         }
     }
 }
+
+/// A TLS upstream's chunked answer past a limit of its framing is a 502 that says it went
+/// past a limit, as a plain-HTTP upstream's is, not that the upstream broke off its answer
+/// (it sent it all): a trailer section over 16 KiB in the very words of the plain-HTTP path;
+/// hyper's own limits (16 KiB of chunk extensions in all, 256 trailer fields) named as the
+/// client's. What hyper reads and the plain-HTTP path does not (a 5000-byte chunk extension,
+/// relayed) and a folded head line (hyper's "invalid HTTP header parsed") are the differences
+/// the README lists.
+#[tokio::test]
+async fn a_tls_upstreams_framing_past_a_limit_is_said_as_a_plain_upstreams() {
+    let json = chat_completion("tls-model");
+    let chunked = |extension: &str, trailers: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
+             {:x}{extension}\r\n{json}\r\n0\r\n{trailers}\r\n",
+            json.len()
+        )
+    };
+    let big_trailers: String = (0..20)
+        .map(|i| format!("x-t{i}: {}\r\n", "b".repeat(1000)))
+        .collect();
+    let many_trailers: String = (0..300).map(|i| format!("x-t{i}: b\r\n")).collect();
+    let unreadable = "the upstream secure answered, but not in a form the router can read: \
+                      the upstream's answer went past a limit: ";
+    let cases = [
+        (
+            chunked("", &big_trailers),
+            502,
+            format!("{unreadable}a trailer section over 16 KiB (the router's limit)"),
+        ),
+        (
+            chunked(&format!(";e={}", "c".repeat(20_000)), ""),
+            502,
+            format!(
+                "{unreadable}chunk extensions over 16 KiB in all (the limit of the client \
+                 that reads TLS answers)"
+            ),
+        ),
+        (
+            chunked("", &many_trailers),
+            502,
+            format!(
+                "{unreadable}a trailer section of more than 256 fields (the limit of the \
+                 client that reads TLS answers)"
+            ),
+        ),
+        (
+            chunked(&format!(";e={}", "c".repeat(5000)), ""),
+            200,
+            json.clone(),
+        ),
+        (
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-f: a\r\n b\r\n\
+                 content-length: {}\r\n\r\n{json}",
+                json.len()
+            ),
+            502,
+            "the upstream secure answered, but not in a form the router can read: invalid \
+             HTTP header parsed"
+                .to_owned(),
+        ),
+    ];
+    for (answer, status, said) in cases {
+        let addr = start_raw_tls_upstream(&[b"http/1.1"], answer.into_bytes(), true).await;
+        let config = format!(
+            "servers:\n  secure:\n    url: \"https://localhost:{}/v1\"\n",
+            addr.port()
+        );
+        let router = router_trusting_the_test_ca(&config);
+        let response = router
+            .chat(&json!({"model": "[secure]m", "messages": []}))
+            .await;
+        assert_eq!(response.status(), status, "{said}");
+        let body = response.text().await.expect("body");
+        if status == 200 {
+            assert_eq!(body, said);
+            continue;
+        }
+        let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(body["error"]["code"], "upstream_unreachable");
+        assert_eq!(body["error"]["message"], said.as_str());
+    }
+}
