@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::routing::RouteMode;
 use crate::secret::Secret;
 use crate::sinks::loss::LossWarnings;
+use crate::sinks::redact::{CutGuard, Redactor};
 use crate::usage::{ResponseSummary, summarize_json_body};
 
 /// How a request ended.
@@ -158,9 +159,15 @@ pub struct RequestRecord {
     /// sent (`Authorization` whatever its scheme, `x-api-key`: a URL target's upstream key, a
     /// user's router key), a URL target's query and a URL prefix's user info (see
     /// `routing::url_target_secrets`). Kept only so sinks can redact them wherever they might
-    /// be echoed (an upstream error message, a body, the logged request's `model`); never
-    /// written anywhere.
-    pub secrets: Vec<Secret>,
+    /// be echoed (an upstream error message, a body, the logged request's `model`), and so
+    /// no cut of this record's texts leaves a part of one ([`Self::cut_guard`]); never
+    /// written anywhere. Shared, so a stream's reader holds them without a copy.
+    pub secrets: Arc<[Secret]>,
+    /// The configured keys, as the proxy takes them out of what an upstream echoes
+    /// (`AppState::redactor`): a text this record keeps is cut short of any of them
+    /// ([`Self::cut_guard`]), since a sink's redaction no longer recognises half a key. The
+    /// sinks redact with their own, which has these too.
+    pub keys: Redactor,
     /// The bodies were left out because records in flight held more than the recorder's body
     /// budget (see [`BODY_BUDGET`]); usage and every other field are still here.
     pub bodies_dropped: bool,
@@ -279,6 +286,11 @@ impl RequestRecord {
         self.response.refusal = String::new();
         self.response.tool_calls = Vec::new();
         self.bodies_dropped = true;
+    }
+
+    /// What this record's texts are cut around: its secrets and the configured keys.
+    pub fn cut_guard(&self) -> CutGuard {
+        CutGuard::new(self.keys.clone(), self.secrets.clone())
     }
 
     /// Latency from receiving the request to the end of the answer.
@@ -920,12 +932,12 @@ fn complete_summary(record: &mut RequestRecord) {
         },
     };
     // The record keeps the body itself: the texts read from it need not be whole too.
-    summary.bound_texts();
+    summary.bound_texts(record.cut_guard());
     // `{"error": {...}}` under a 200: relayed as it came, recorded as the upstream's error.
     if let Some(reported) = &summary.error {
         if record.outcome == Outcome::Success {
             record.outcome = Outcome::UpstreamError;
-            record.error = Some(bounded_error(reported));
+            record.error = Some(bounded_error(reported, &record.cut_guard()));
         }
     }
     // One JSON document, whatever way it came (a streamed body relayed unread included).
@@ -964,9 +976,16 @@ fn empty_whole_answer(record: &mut RequestRecord) {
 pub const MAX_ERROR_CHARS: usize = 8192;
 
 /// An upstream's error message as a record keeps it: cut past [`MAX_ERROR_CHARS`], saying
-/// how long it was.
-pub fn bounded_error(message: &str) -> String {
-    crate::error::clip(message, MAX_ERROR_CHARS)
+/// how long it was. The cut never ends inside one of `guard`'s secrets (an upstream may echo
+/// the key it was sent anywhere in a long message): it moves back to the secret's start.
+pub fn bounded_error(message: &str, guard: &CutGuard) -> String {
+    match message.char_indices().nth(MAX_ERROR_CHARS) {
+        None => message.to_owned(),
+        Some((cut, _)) => {
+            let cut = guard.safe_cut(message, "", cut);
+            format!("{}… ({} bytes)", &message[..cut], message.len())
+        }
+    }
 }
 
 /// A whole answer whose coding could not be undone for its record. One in gzip, deflate, br or
@@ -1149,7 +1168,8 @@ pub(crate) mod tests {
             response_encoding: None,
             response: ResponseSummary::default(),
             complete: true,
-            secrets: Vec::new(),
+            secrets: Default::default(),
+            keys: Default::default(),
             answered_whole: false,
             empty_answer: false,
             bodies_dropped: false,

@@ -10,6 +10,8 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::sinks::redact::CutGuard;
+
 /// Token usage in one shape. `input` and `output` are totals as the upstream counted them;
 /// `cached_input` and `reasoning` are the parts of those totals that are cache hits and
 /// reasoning tokens.
@@ -325,7 +327,8 @@ impl ResponseSummary {
     /// the tool calls after it are not kept. The record keeps the answer's body, which the
     /// request log writes whole; these texts are a second copy of what it says, for the
     /// traces (which show 1 MiB by default), and a 50 MB answer's record held them all.
-    pub fn bound_texts(&mut self) {
+    /// The cut falls short of any of `guard`'s secrets (see [`TextBudget::append`]).
+    pub fn bound_texts(&mut self, guard: CutGuard) {
         let calls: usize = self
             .tool_calls
             .iter()
@@ -335,7 +338,10 @@ impl ResponseSummary {
         {
             return;
         }
-        let mut budget = TextBudget::default();
+        let mut budget = TextBudget {
+            guard,
+            ..TextBudget::default()
+        };
         budget.keep(&mut self.content);
         budget.keep(&mut self.reasoning);
         budget.keep(&mut self.refusal);
@@ -1417,16 +1423,22 @@ pub const MAX_STREAM_TEXT: usize = 8 * 1024 * 1024;
 /// the reason [`MAX_STREAM_TEXT`] bounds the text.
 pub const MAX_STREAM_TOOL_CALLS: usize = 1024;
 
-/// The text a stream's record has kept so far, against [`MAX_STREAM_TEXT`].
+/// The text a stream's record has kept so far, against [`MAX_STREAM_TEXT`], and the secrets
+/// its cut must not split.
 #[derive(Debug, Default)]
 struct TextBudget {
     kept: usize,
     cut: bool,
+    /// The record's secrets and the configured keys: the cut moves back to before any of
+    /// them it would fall inside (see [`CutGuard`]), since the sinks' redaction would not
+    /// recognise the half kept. Consulted only when the cut is made.
+    guard: CutGuard,
 }
 
 impl TextBudget {
     /// Appends `text` to `field` while there is room; the piece that does not fit is cut at a
-    /// character boundary and the field that was growing ends with the marker; after that
+    /// character boundary, short of any secret that would run across the cut (what `field`
+    /// ends with included), and the field that was growing ends with the marker; after that
     /// nothing more is kept.
     fn append(&mut self, field: &mut String, text: &str) {
         if self.cut || text.is_empty() {
@@ -1442,7 +1454,11 @@ impl TextBudget {
         while !text.is_char_boundary(end) {
             end -= 1;
         }
-        field.push_str(&text[..end]);
+        let cut = self.guard.safe_cut(field, text, field.len() + end);
+        match cut.checked_sub(field.len()) {
+            Some(end) => field.push_str(&text[..end]),
+            None => field.truncate(cut),
+        }
         field.push_str(crate::sinks::generation::TRUNCATION_MARKER);
         self.kept = MAX_STREAM_TEXT;
         self.cut = true;
@@ -1464,6 +1480,7 @@ impl TextBudget {
         while !field.is_char_boundary(end) {
             end -= 1;
         }
+        let end = self.guard.safe_cut(field, "", end);
         field.truncate(end);
         field.push_str(crate::sinks::generation::TRUNCATION_MARKER);
         // The cut-off bytes are given back, not kept as spare room.
@@ -1906,9 +1923,51 @@ struct CustomDelta<'a> {
 }
 
 impl StreamAccumulator {
+    /// Cuts this stream's texts short of `guard`'s secrets (the record's and the configured
+    /// keys), when they are cut at all: see [`TextBudget`]. Without it only keys of the
+    /// router's own form are known.
+    pub fn guard_cuts(&mut self, guard: CutGuard) {
+        self.budget.guard = guard;
+    }
+
     /// Reads one event's `data` payload (the text after `data:`, lines joined). Returns what
     /// kind of event it was; malformed JSON is `Other` and is forwarded untouched.
     pub fn push_data(&mut self, data: &[u8]) -> EventKind {
+        let cut_before = self.budget.cut;
+        let kind = self.read_data(data);
+        if !cut_before && self.budget.cut {
+            self.end_other_texts_at_the_cut();
+        }
+        kind
+    }
+
+    /// Once, when the stream's text is cut: the other texts stop growing there too (nothing
+    /// more is kept), so one that ends with the beginning of a secret, whose rest an event
+    /// not read would have brought (two fields' pieces interleaved), loses that beginning,
+    /// as the text cut does. A text that merely ends with what one begins with (an `s`
+    /// before keys that start `sk-`) loses it as well: nothing tells the two apart.
+    fn end_other_texts_at_the_cut(&mut self) {
+        let redactor = self.budget.guard.redactor();
+        let summary = &mut self.summary;
+        let calls = summary
+            .tool_calls
+            .iter_mut()
+            .flat_map(|call| [&mut call.name, &mut call.arguments]);
+        let texts = [
+            &mut summary.content,
+            &mut summary.reasoning,
+            &mut summary.refusal,
+        ];
+        for text in texts.into_iter().chain(calls) {
+            if text.ends_with(crate::sinks::generation::TRUNCATION_MARKER) {
+                continue;
+            }
+            let end = redactor.safe_cut(text, "", text.len());
+            text.truncate(end);
+        }
+    }
+
+    fn read_data(&mut self, data: &[u8]) -> EventKind {
         let trimmed = data.trim_ascii();
         if trimmed == b"[DONE]" {
             return EventKind::Done;
@@ -1920,12 +1979,12 @@ impl StreamAccumulator {
             // A byte that is not UTF-8 (an upstream's Latin-1 `é`) spoils one character, not
             // the event: it is read with U+FFFD in that place (the client gets the bytes as
             // they came). The lossy copy is valid UTF-8, so this recurses once.
-            Err(_) => return self.push_data(String::from_utf8_lossy(trimmed).as_bytes()),
+            Err(_) => return self.read_data(String::from_utf8_lossy(trimmed).as_bytes()),
         };
         // A lone surrogate's escape likewise spoils one character (see
         // [`lone_surrogates_replaced`]); the copy has none left, so this recurses once.
         if let Some(fixed) = lone_surrogates_replaced(text) {
-            return self.push_data(fixed.as_bytes());
+            return self.read_data(fixed.as_bytes());
         }
         // An audio event stream's events (its first one told: see below), read on their own
         // path; an event of another type there (an `error`) is read as any other.
@@ -2576,7 +2635,7 @@ impl StreamAccumulator {
     /// The first error reported is kept: later ones are usually its consequences.
     fn note_error(&mut self, message: String) {
         if self.summary.error.is_none() {
-            self.summary.error = Some(crate::record::bounded_error(&message));
+            self.summary.error = Some(crate::record::bounded_error(&message, &self.budget.guard));
         }
     }
 
@@ -2666,7 +2725,7 @@ mod tests {
             tool_calls: vec![call("")],
             ..Default::default()
         };
-        small.bound_texts();
+        small.bound_texts(CutGuard::default());
         assert_eq!(
             small.content.len() + small.reasoning.len(),
             MAX_STREAM_TEXT - 1
@@ -2680,7 +2739,7 @@ mod tests {
             tool_calls: vec![call(&"d".repeat(MAX_STREAM_TEXT)), call("{}")],
             ..Default::default()
         };
-        big.bound_texts();
+        big.bound_texts(CutGuard::default());
         assert_eq!(big.content.len(), MAX_STREAM_TEXT / 2);
         assert_eq!(big.reasoning.len(), MAX_STREAM_TEXT / 4);
         assert_eq!(big.refusal.len(), MAX_STREAM_TEXT / 8);
@@ -2724,6 +2783,126 @@ mod tests {
             assert_eq!(calls[0].id, "tA");
             assert_eq!(calls[0].name, "attempt_completion");
             assert!(calls[0].arguments.ends_with(marker));
+        }
+    }
+
+    const CUT_KEY: &str = "sk-upstream-SECRET-abcdefgh12345";
+    const CUT_CLIENT_KEY: &str = "client-key-abcdefgh";
+    const CUT_ROUTER_KEY: &str = "sk-lr-0123456789abcdefghijABCDEFGHIJkl";
+
+    /// A stream reader whose cuts know a configured key and a client's.
+    fn guarded_stream() -> StreamAccumulator {
+        use crate::secret::Secret;
+        let keys = crate::sinks::redact::Redactor::new(&[Secret::new(CUT_KEY)]);
+        let mut stream = StreamAccumulator::default();
+        stream.guard_cuts(CutGuard::new(
+            keys,
+            vec![Secret::new(CUT_CLIENT_KEY)].into(),
+        ));
+        stream
+    }
+
+    fn push_content(stream: &mut StreamAccumulator, text: &str) {
+        let event = json!({"choices": [{"index": 0, "delta": {"content": text}}]});
+        stream.push_data(event.to_string().as_bytes());
+    }
+
+    /// `len` bytes of filler, in pieces of 1 MiB.
+    fn push_filler(stream: &mut StreamAccumulator, len: usize) {
+        let piece = "x".repeat(1024 * 1024);
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(piece.len());
+            push_content(stream, &piece[..n]);
+            left -= n;
+        }
+    }
+
+    /// A key across the stream's text bound, in the piece that crosses it or split between
+    /// two pieces right there, is cut off whole: the record keeps the text before it and the
+    /// marker, no part of the key (which the sinks' redaction would no longer recognise).
+    #[test]
+    fn a_streams_text_is_cut_short_of_a_key_across_its_bound() {
+        let marker = crate::sinks::generation::TRUNCATION_MARKER;
+        for key in [CUT_KEY, CUT_CLIENT_KEY, CUT_ROUTER_KEY] {
+            for inside in [1, key.len() / 2, key.len() - 1] {
+                let before = MAX_STREAM_TEXT - inside - "Bearer ".len();
+                let mut crossing = guarded_stream();
+                push_filler(&mut crossing, before);
+                push_content(&mut crossing, &format!("Bearer {key} and on"));
+                let mut split = guarded_stream();
+                push_filler(&mut split, before);
+                push_content(&mut split, &format!("Bearer {}", &key[..inside]));
+                push_content(&mut split, &key[inside..]);
+                for stream in [crossing, split] {
+                    let content = stream.into_summary().content;
+                    let kept = content.strip_suffix(marker).expect("marked");
+                    assert!(kept.ends_with("xBearer "), "{key} {inside}");
+                    assert_eq!(kept.len(), before + "Bearer ".len(), "{key} {inside}");
+                }
+            }
+        }
+        // Anywhere else, the cut is where the bound is.
+        let mut stream = guarded_stream();
+        push_filler(&mut stream, MAX_STREAM_TEXT - 3);
+        push_content(&mut stream, "abcdef sk-and-more");
+        let content = stream.into_summary().content;
+        assert_eq!(content.len(), MAX_STREAM_TEXT + marker.len());
+        assert!(content.ends_with(&format!("xabc{marker}")));
+    }
+
+    /// Another text that ends with a key's beginning when the text is cut (two fields'
+    /// pieces interleaved) stops there too: it loses that beginning.
+    #[test]
+    fn other_texts_lose_a_keys_beginning_at_the_cut() {
+        let mut stream = guarded_stream();
+        let reasoning = json!({"choices": [{"index": 0, "delta": {"reasoning_content": "think: sk-upstream-SE"}}]});
+        stream.push_data(reasoning.to_string().as_bytes());
+        push_filler(&mut stream, MAX_STREAM_TEXT);
+        let summary = stream.into_summary();
+        assert_eq!(summary.reasoning, "think: ");
+        assert!(summary.content.ends_with("x…[truncated by llmsrouter]"));
+    }
+
+    /// A whole answer's texts are cut short of a key too.
+    #[test]
+    fn a_whole_answers_text_is_cut_short_of_a_key() {
+        use crate::secret::Secret;
+        let before = MAX_STREAM_TEXT - 5;
+        let mut summary = ResponseSummary {
+            content: format!("{}{CUT_KEY} more", "x".repeat(before)),
+            ..Default::default()
+        };
+        let keys = crate::sinks::redact::Redactor::new(&[Secret::new(CUT_KEY)]);
+        summary.bound_texts(CutGuard::new(keys, Default::default()));
+        assert_eq!(
+            summary.content,
+            format!(
+                "{}{}",
+                "x".repeat(before),
+                crate::sinks::generation::TRUNCATION_MARKER
+            )
+        );
+    }
+
+    /// An error message over the record's bound is cut short of a key it echoes there.
+    #[test]
+    fn a_streamed_error_is_cut_short_of_a_key() {
+        let limit = crate::record::MAX_ERROR_CHARS;
+        for key in [CUT_KEY, CUT_CLIENT_KEY, CUT_ROUTER_KEY] {
+            for inside in [1, key.len() / 2, key.len() - 1] {
+                let before = limit - inside;
+                let message = format!("{}{key} and the rest", "y".repeat(before));
+                let mut stream = guarded_stream();
+                let event = json!({"error": {"message": message, "type": "auth"}});
+                stream.push_data(event.to_string().as_bytes());
+                let error = stream.into_summary().error.expect("error");
+                assert_eq!(
+                    error,
+                    format!("{}… ({} bytes)", "y".repeat(before), message.len()),
+                    "{key} {inside}"
+                );
+            }
         }
     }
 

@@ -680,6 +680,9 @@ async fn forward_read<V: ReadBody>(
             .filter(|s| s.len() >= MIN_SECRET_LEN)
             .map(Secret::new)
             .collect();
+        // The configured keys: the record's texts are cut short of them as of the request's
+        // own secrets above (see `RequestRecord::keys`).
+        record.keys = state.redactor.clone();
         // Offsets into `body`, of which the record holds an exact copy.
         record.request_layout = request_layout;
         record.request_is_form = V::FORM;
@@ -1035,7 +1038,8 @@ fn new_record(
         response_encoding: None,
         response: ResponseSummary::default(),
         complete: false,
-        secrets: Vec::new(),
+        secrets: Default::default(),
+        keys: Default::default(),
         answered_whole: false,
         empty_answer: false,
         bodies_dropped: false,
@@ -1755,7 +1759,9 @@ async fn read_answer(
             // Decoded off the request path, by the recorder.
             record.response_encoding = crate::content_coding::content_encoding(&fields);
         }
-        record.error = error.as_deref().map(crate::record::bounded_error);
+        record.error = error
+            .as_deref()
+            .map(|error| crate::record::bounded_error(error, &record.cut_guard()));
         record.complete = true;
         record.answered_whole = true;
     }

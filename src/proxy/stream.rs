@@ -271,13 +271,18 @@ impl StreamTee {
         parts: Parts,
     ) -> Self {
         let now = Instant::now();
+        let mut guard = parts.guard;
+        let mut accumulator = StreamAccumulator::default();
+        if let Some(record) = guard.record_mut() {
+            accumulator.guard_cuts(record.cut_guard());
+        }
         Self {
             upstream,
             head,
             settings: parts.settings,
             splitter: EventSplitter::default(),
-            accumulator: StreamAccumulator::default(),
-            guard: parts.guard,
+            accumulator,
+            guard,
             last_upstream: now,
             last_keepalive: now,
             timer: Box::pin(tokio::time::sleep_until(now + first_wake)),
@@ -438,6 +443,10 @@ impl StreamTee {
             if std::mem::take(&mut self.dropped_cr) && event.first() == Some(&b'\n') {
                 event = event.slice(1..);
             }
+            // Read as the client gets it: an error event without the keys it echoes, so its
+            // message is kept for the record as a whole answer's error is (see
+            // `upstream_error_body`), redacted before it is cut.
+            let event = super::without_echoed_keys(&self.failures.redactor, event);
             let kind = self.observe(&event);
             let event = if kind == EventKind::UsageOnly && self.settings.drop_usage_chunk {
                 self.dropped_cr = event.last() == Some(&b'\r');
@@ -457,7 +466,6 @@ impl StreamTee {
             } else {
                 event
             };
-            let event = super::without_echoed_keys(&self.failures.redactor, event);
             match (&mut single, &mut joined) {
                 (None, None) => single = Some(event),
                 (Some(first), None) => {
@@ -511,6 +519,8 @@ impl StreamTee {
         if rest.is_empty() {
             return rest;
         }
+        // Read as the client gets it (see `forward_chunk`).
+        let rest = super::without_echoed_keys(&self.failures.redactor, rest);
         let kind = self.observe(&rest);
         let router_asked = self.settings.drop_usage_chunk;
         let usage_chunk = kind == EventKind::UsageOnly
@@ -524,7 +534,7 @@ impl StreamTee {
                 Bytes::new()
             };
         }
-        super::without_echoed_keys(&self.failures.redactor, rest)
+        rest
     }
 
     fn observe(&mut self, event: &[u8]) -> EventKind {
@@ -986,7 +996,8 @@ mod tests {
             response_encoding: None,
             response: Default::default(),
             complete: false,
-            secrets: Vec::new(),
+            secrets: Default::default(),
+            keys: Default::default(),
             answered_whole: false,
             empty_answer: false,
             bodies_dropped: false,

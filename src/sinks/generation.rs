@@ -801,7 +801,8 @@ mod tests {
             response_encoding: None,
             response: ResponseSummary::default(),
             complete: true,
-            secrets: Vec::new(),
+            secrets: Default::default(),
+            keys: Default::default(),
             answered_whole: false,
             empty_answer: false,
             bodies_dropped: false,
@@ -955,7 +956,7 @@ mod tests {
         );
         r.outcome = Outcome::ClientDisconnected;
         r.error = Some("client disconnected".into());
-        r.secrets = vec![Secret::new("client-secret-999")];
+        r.secrets = vec![Secret::new("client-secret-999")].into();
         let g = build(&r, &Redactor::default(), 1 << 20);
         assert_eq!(g.level, Level::Warning);
         assert!(
@@ -1171,7 +1172,7 @@ mod tests {
                 body["system"] = json!(system);
             }
             let mut r = record(body);
-            r.secrets = vec![Secret::new("sk-cut-key-0123456789")];
+            r.secrets = vec![Secret::new("sk-cut-key-0123456789")].into();
             let redactor = Redactor::default();
             let g = build(&r, &redactor, cap);
             let request = RequestFields::parse(&r.request_body).expect("fields");

@@ -741,7 +741,8 @@ mod tests {
                 ..Default::default()
             },
             complete: false,
-            secrets: Vec::new(),
+            secrets: Default::default(),
+            keys: Default::default(),
             answered_whole: false,
             empty_answer: false,
             bodies_dropped: false,

@@ -252,6 +252,114 @@ impl RequestRedactor<'_> {
     }
 }
 
+impl RequestRedactor<'_> {
+    /// Where to cut the text `kept` followed by `more` at byte `at` (a character boundary of
+    /// the two joined) or before it, so that what is kept does not end with part of a
+    /// secret: a cut inside one would leave its first part, which no redaction recognises
+    /// any more. The cut moves back to the start of any secret (known, or a key of this
+    /// router's form) that begins before it and runs past it, as far as the text shows; a
+    /// text that ends first, matching so far, counts as one (its rest may come in a piece
+    /// never read), and so does a secret that holds another. Nothing is allocated, and only
+    /// the longest secret's length either side of the cut is read.
+    ///
+    /// The texts cut (an answer's text, an error's message) are read from JSON already:
+    /// secrets are looked for as written, not with escapes (see [`Redactor`]).
+    pub fn safe_cut(&self, kept: &str, more: &str, at: usize) -> usize {
+        let text = Joined(kept.as_bytes(), more.as_bytes());
+        let longest = self
+            .needles()
+            .map(Needle::len)
+            .fold(ROUTER_KEY_LEN, usize::max);
+        let mut cut = at.min(text.len());
+        while let Some(start) = self.first_across(&text, cut, longest) {
+            cut = start;
+        }
+        cut
+    }
+
+    /// The earliest start of a secret that runs across `cut` in `text` (see
+    /// [`Self::safe_cut`]): those start less than `longest` bytes before it.
+    fn first_across(&self, text: &Joined<'_>, cut: usize, longest: usize) -> Option<usize> {
+        (cut.saturating_sub(longest - 1)..cut).find(|&start| {
+            let runs_past = |len: usize| len > cut - start;
+            self.needles()
+                .map(|n| n.text.as_bytes())
+                .filter(|secret| runs_past(secret.len()))
+                .any(|secret| text.matches_from(start, secret.len(), |i, b| b == secret[i]))
+                || (runs_past(ROUTER_KEY_LEN)
+                    && text.matches_from(start, ROUTER_KEY_LEN, router_key_byte))
+        })
+    }
+}
+
+/// Whether `b` may be byte `i` of a key this router makes.
+fn router_key_byte(i: usize, b: u8) -> bool {
+    match KEY_PREFIX.as_bytes().get(i) {
+        Some(&prefix) => b == prefix,
+        None => b.is_ascii_alphanumeric(),
+    }
+}
+
+/// Two texts read as one, without copying them together.
+struct Joined<'a>(&'a [u8], &'a [u8]);
+
+impl Joined<'_> {
+    fn len(&self) -> usize {
+        self.0.len() + self.1.len()
+    }
+
+    fn at(&self, i: usize) -> Option<u8> {
+        match self.0.get(i) {
+            Some(&b) => Some(b),
+            None => self.1.get(i - self.0.len()).copied(),
+        }
+    }
+
+    /// Whether the `len` bytes from `start` each pass `fits`, those past the text's end
+    /// taken to pass (the text may go on where it was not read).
+    fn matches_from(&self, start: usize, len: usize, fits: impl Fn(usize, u8) -> bool) -> bool {
+        (0..len).all(|i| self.at(start + i).is_none_or(|b| fits(i, b)))
+    }
+}
+
+/// What a record's texts are cut around (see [`RequestRedactor::safe_cut`]): the keys the
+/// router knows of (the configured ones, as the proxy redacts them) and those the request
+/// itself carried. Cheap to clone (two `Arc`s), so a stream's reader holds one; the request's
+/// searchers are prepared only when a cut is made.
+#[derive(Clone, Default)]
+pub struct CutGuard {
+    keys: Redactor,
+    secrets: Arc<[Secret]>,
+}
+
+impl std::fmt::Debug for CutGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CutGuard({:?}, {} request secrets)",
+            self.keys,
+            self.secrets.len()
+        )
+    }
+}
+
+impl CutGuard {
+    pub fn new(keys: Redactor, secrets: Arc<[Secret]>) -> Self {
+        Self { keys, secrets }
+    }
+
+    /// The redaction these secrets make, for [`RequestRedactor::safe_cut`]: prepare it once
+    /// for several cuts.
+    pub fn redactor(&self) -> RequestRedactor<'_> {
+        self.keys.for_request(&self.secrets)
+    }
+
+    /// [`RequestRedactor::safe_cut`] of `kept` followed by `more`.
+    pub fn safe_cut(&self, kept: &str, more: &str, at: usize) -> usize {
+        self.redactor().safe_cut(kept, more, at)
+    }
+}
+
 /// A set of characters, exact for ASCII: which escapes could begin a secret.
 #[derive(Clone, Copy, Default)]
 struct HeadChars {
@@ -706,7 +814,94 @@ mod tests {
         }
     }
 
+    const ROUTER_KEY: &str = "sk-lr-0123456789abcdefghijABCDEFGHIJkl";
+
+    /// A cut inside a known secret, a request's or a key of the router's form moves back to
+    /// its start; one elsewhere stays. A text that ends inside a secret's beginning (its rest
+    /// in a piece not read) counts as one.
+    #[test]
+    fn a_cut_never_falls_inside_a_secret() {
+        let r = Redactor::new(&[Secret::new("sk-upstream-SECRET-abcdefgh12345")]);
+        let request = [Secret::new("client-key-abcdef")];
+        let r = r.for_request(&request);
+        for key in [
+            "sk-upstream-SECRET-abcdefgh12345",
+            "client-key-abcdef",
+            ROUTER_KEY,
+        ] {
+            let text = format!("Bearer {key} and more");
+            for at in 7..7 + key.len() {
+                assert_eq!(r.safe_cut(&text, "", at), 7, "{key} at {at}");
+                // The same in two pieces, split anywhere.
+                for split in 0..=text.len() {
+                    let (kept, more) = text.split_at(split);
+                    assert_eq!(r.safe_cut(kept, more, at), 7, "{key} {at} {split}");
+                }
+                // Its rest not read.
+                assert_eq!(r.safe_cut(&text[..at], "", at), 7, "{key} at {at}");
+                assert_eq!(r.safe_cut(&text[..at + 1], "", at), 7, "{key} at {at}");
+            }
+            assert_eq!(r.safe_cut(&text, "", 7 + key.len()), 7 + key.len());
+            assert_eq!(r.safe_cut(&text, "", 6), 6);
+        }
+        // What only begins like one stays whole.
+        let text = "sk-upstream-SECRET-abcdefgh1234X sk-lr-short, words.";
+        for at in 0..=text.len() {
+            assert_eq!(r.safe_cut(text, "", at), at, "{at}");
+        }
+        // A secret holding another, overlapping ones: back to the first one's start.
+        let r = Redactor::new(&[Secret::new("abcabcab")]);
+        let r = r.for_request(&[]);
+        assert_eq!(r.safe_cut("xx abcabcabcabcab yy", "", 14), 3);
+        // Past the text's end: at its end, which may be cut as well.
+        assert_eq!(r.safe_cut("xx abc", "", 100), 3);
+    }
+
     proptest! {
+        /// Wherever a text with keys in it is cut, before or after a piece boundary: the cut
+        /// comes no later than asked, on a character boundary, inside no key; and one with
+        /// nothing read past it keeps no key's beginning at its end.
+        #[test]
+        fn no_cut_leaves_part_of_a_key(
+            pieces in proptest::collection::vec(prop_oneof![
+                Just("sk-configured-1234"), Just("sk-lr-0123456789abcdefghijABCDEFGHIJkl"),
+                Just("sk-"), Just("é"), Just(" "), Just("ab"), Just("sk-lr-"), Just("日本"),
+            ], 0..24),
+            at in 0usize..400,
+            split in 0usize..400,
+        ) {
+            let configured = [Secret::new("sk-configured-1234")];
+            let r = Redactor::new(&configured);
+            let r = r.for_request(&[]);
+            let text = pieces.concat();
+            let mut at = at.min(text.len());
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            let cut = r.safe_cut(&text, "", at);
+            prop_assert!(cut <= at && text.is_char_boundary(cut));
+            let mut split = split.min(text.len());
+            while !text.is_char_boundary(split) {
+                split -= 1;
+            }
+            let (kept, more) = text.split_at(split);
+            prop_assert_eq!(r.safe_cut(kept, more, at), cut);
+            for key in ["sk-configured-1234", ROUTER_KEY] {
+                for (start, _) in text.match_indices(key) {
+                    prop_assert!(!(start < cut && cut < start + key.len()), "{} in {}", cut, text);
+                }
+                // With nothing read past `at`, what is kept ends with no part of a key that
+                // what was read after it does not rule out.
+                let read = &text[..at];
+                let (kept, after) = read.split_at(r.safe_cut(read, "", at));
+                for len in 1..key.len() {
+                    let rest = &key[len..];
+                    let ruled_out = !rest.starts_with(&after[..after.len().min(rest.len())]);
+                    prop_assert!(!kept.ends_with(&key[..len]) || ruled_out, "{} {}", read, len);
+                }
+            }
+        }
+
         #[test]
         fn redacting_in_place_agrees_with_a_copy_on_any_text(
             pieces in proptest::collection::vec(prop_oneof![

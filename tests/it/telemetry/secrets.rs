@@ -729,3 +729,237 @@ async fn the_trace_destinations_credentials_are_redacted_too() {
     }
     assert!(written.spans.iter().all(|t| t.contains("[redacted]")));
 }
+
+/// A key of the router's own form (another user's, say): no sink knows its value, each
+/// finds it by its form.
+const ROUTER_FORM_KEY: &str = "sk-lr-0123456789abcdefghijABCDEFGHIJkl";
+
+/// Whether `text` ends with a part of `key` (its first 1 to all but one characters).
+fn ends_with_part_of(text: &str, key: &str) -> bool {
+    (1..key.len()).any(|n| text.ends_with(&key[..n]))
+}
+
+impl Written {
+    /// No text any sink wrote holds the first six characters of `key` or more (a part the
+    /// redaction no longer recognises as the key).
+    fn assert_no_part_of(&self, key: &str) {
+        for (place, text) in self.all() {
+            assert_no_secret(place, text, &key[..6]);
+        }
+    }
+}
+
+/// How a client of a stream reaches the upstream: an alias whose configured key the upstream
+/// echoes, or `?proxy=` with the client's own key.
+async fn stream_through(sinks: &AllSinks, via_proxy: bool, upstream: &MockUpstream) -> String {
+    let body = json!({"model": "[mock]gpt-4o", "stream": true, "messages": []});
+    let response = if via_proxy {
+        let url = format!("/v1/chat/completions?proxy={}", upstream.origin());
+        let body = json!({"model": "gpt-4o", "stream": true, "messages": []});
+        client()
+            .post(sinks.router.url(&url))
+            .bearer_auth(CLIENT_KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("send")
+    } else {
+        sinks.router.chat(&body).await
+    };
+    assert_eq!(response.status(), 200);
+    let id = super::request_id(&response);
+    response.bytes().await.expect("body");
+    id
+}
+
+/// An upstream's error event in a stream, whose message is longer than a record keeps
+/// (`record::MAX_ERROR_CHARS`) and echoes a key right where it is cut: the record keeps
+/// no part of the key, whichever key it is (the configured one, the client's, one of the
+/// router's form) and wherever in it the cut falls. A cut made before the sinks redact
+/// left the key's first part in the request log's `error`, which no redaction recognised.
+#[tokio::test]
+async fn a_key_across_a_streamed_errors_cut_is_in_no_record() {
+    let limit = llmsrouter::record::MAX_ERROR_CHARS;
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
+    // The key, through which door, how far into it the cut falls, and the event's shape.
+    let cases = [
+        (UPSTREAM_KEY, false, 1, true),
+        (UPSTREAM_KEY, false, UPSTREAM_KEY.len() / 2, false),
+        (UPSTREAM_KEY, false, UPSTREAM_KEY.len() - 1, true),
+        (CLIENT_KEY, true, 1, false),
+        (CLIENT_KEY, true, CLIENT_KEY.len() / 2, true),
+        (ROUTER_FORM_KEY, false, ROUTER_FORM_KEY.len() - 3, true),
+    ];
+    let mut ids = Vec::new();
+    for (key, via_proxy, inside, openrouter) in cases {
+        let message = format!(
+            // Long enough after the key to be cut with the key redacted too.
+            "{} Bearer {key} was refused: the upstream says so at some length",
+            "y".repeat(limit - inside - " Bearer ".len())
+        );
+        assert_eq!(message.find(key), Some(limit - inside));
+        let event = if openrouter {
+            format!(
+                "data: {}\n\n",
+                json!({"error": {"message": message, "code": 401}})
+            )
+        } else {
+            format!(
+                "event: error\ndata: {}\n\n",
+                json!({"type": "error", "message": message})
+            )
+        };
+        upstream.set(Behavior {
+            raw_chunks: Some(vec![event.into_bytes()]),
+            ..Default::default()
+        });
+        ids.push((stream_through(&sinks, via_proxy, &upstream).await, key));
+    }
+    // A whole error answer from a URL target, echoing the client's key there: the same.
+    let inside = CLIENT_KEY.len() / 2;
+    let message = format!(
+        "{} Bearer {CLIENT_KEY} was refused",
+        "y".repeat(limit - inside - " Bearer ".len())
+    );
+    upstream.set(Behavior {
+        status: 401,
+        body: Some(json!({"error": {"message": message}}).to_string()),
+        ..Default::default()
+    });
+    let url = format!("/v1/chat/completions?proxy={}", upstream.origin());
+    let response = client()
+        .post(sinks.router.url(&url))
+        .bearer_auth(CLIENT_KEY)
+        .json(&json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 401);
+    ids.push((super::request_id(&response), CLIENT_KEY));
+    let (written, records) = sinks.finish(ids.len()).await;
+    assert_eq!(records.len(), ids.len());
+    for (id, key) in &ids {
+        let line = written.log_line(id);
+        let error = line["error"].as_str().expect("the upstream's error");
+        let (kept, rest) = error.split_once('…').expect("cut");
+        assert!(
+            rest.starts_with(" (") && rest.ends_with(" bytes)"),
+            "{rest}"
+        );
+        assert!(kept.starts_with("yyy"), "{kept}");
+        assert!(
+            !ends_with_part_of(kept, key),
+            "{key}: {}",
+            &kept[kept.len() - 30..]
+        );
+        // The keys the proxy takes out of an error event it relays are out of the message
+        // before it is cut, as out of a whole answer's error: `[redacted]`, not a cut short
+        // of the key.
+        if *key != CLIENT_KEY {
+            assert!(kept.contains(" Bearer ["), "{}", &kept[kept.len() - 30..]);
+        }
+    }
+    for key in [UPSTREAM_KEY, CLIENT_KEY, ROUTER_FORM_KEY] {
+        written.assert_no_part_of(key);
+    }
+}
+
+/// A stream whose text runs past what a record keeps (`usage::MAX_STREAM_TEXT`) with a key
+/// right across that bound, in the piece that crosses it or split between two pieces there:
+/// the request log's content and the span's output (allowed more than the bound) end with
+/// the text before the key and the truncation marker, no part of the key; the ledger holds
+/// none either. A cut made before the sinks redact left the key's first part.
+#[tokio::test]
+async fn a_key_across_a_streams_text_bound_is_in_no_record() {
+    use llmsrouter::sinks::generation::TRUNCATION_MARKER;
+    use llmsrouter::usage::MAX_STREAM_TEXT;
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let sinks = AllSinks::start_with(&one_server_config(&upstream.url(), ""), |_| {
+        vec![(
+            "LLMSROUTER_TRACE_MAX_IO_BYTES",
+            (2 * MAX_STREAM_TEXT).to_string(),
+        )]
+    })
+    .await;
+    let delta = |text: &str| {
+        format!(
+            "data: {}\n\n",
+            json!({"choices": [{"index": 0, "delta": {"content": text}}]})
+        )
+        .into_bytes()
+    };
+    // The key, through which door, how far into it the cut falls, split there or not.
+    let cases = [
+        (UPSTREAM_KEY, false, 1, false),
+        (UPSTREAM_KEY, false, UPSTREAM_KEY.len() - 1, true),
+        (CLIENT_KEY, true, CLIENT_KEY.len() / 2, false),
+        (ROUTER_FORM_KEY, false, 7, true),
+    ];
+    let mut ids = Vec::new();
+    for (key, via_proxy, inside, split) in cases {
+        let before = MAX_STREAM_TEXT - inside - "Bearer ".len();
+        let piece = "x".repeat(1024 * 1024);
+        let mut events: Vec<Vec<u8>> = (0..before / piece.len()).map(|_| delta(&piece)).collect();
+        events.push(delta(&"x".repeat(before % piece.len())));
+        if split {
+            events.push(delta(&format!("Bearer {}", &key[..inside])));
+            events.push(delta(&format!("{} and on", &key[inside..])));
+        } else {
+            events.push(delta(&format!("Bearer {key} and on")));
+        }
+        events.push(DONE.as_bytes().to_vec());
+        upstream.set(Behavior {
+            raw_chunks: Some(events),
+            ..Default::default()
+        });
+        let id = stream_through(&sinks, via_proxy, &upstream).await;
+        let span = sinks.otlp.span_of(&id).await.span;
+        let output = super::mock_otlp::str_attr(&span, "langfuse.observation.output")
+            .expect("output")
+            .to_owned();
+        ids.push((id, key, before, output));
+    }
+    // A whole answer as long, with the configured key across the bound: its span's output
+    // is the same (the request log keeps the body itself, redacted whole).
+    let before = MAX_STREAM_TEXT - 3 - "Bearer ".len();
+    let content = format!("{}Bearer {UPSTREAM_KEY} and on", "x".repeat(before));
+    upstream.set(Behavior {
+        body: Some(
+            json!({"id": "c", "object": "chat.completion", "model": "m", "choices": [{"index": 0,
+                "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]})
+            .to_string(),
+        ),
+        ..Default::default()
+    });
+    let response = sinks
+        .router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let whole = super::request_id(&response);
+    response.bytes().await.expect("body");
+    let span = sinks.otlp.span_of(&whole).await.span;
+    let output = super::mock_otlp::str_attr(&span, "langfuse.observation.output").expect("output");
+    let output: serde_json::Value = serde_json::from_str(output).expect("JSON");
+    let wanted = format!("xBearer {TRUNCATION_MARKER}");
+    let text = output["content"].as_str().expect("content");
+    assert!(text.ends_with(&wanted), "{}", &text[text.len() - 60..]);
+    assert_eq!(text.len(), before + wanted.len() - 1);
+    let (written, _) = sinks.finish(cases.len() + 1).await;
+    for (id, key, before, output) in &ids {
+        let line = written.log_line(id);
+        let content = line["response"]["content"].as_str().expect("content");
+        assert!(
+            content.ends_with(&wanted),
+            "{key}: {}",
+            &content[content.len() - 60..]
+        );
+        assert_eq!(content.len(), before + wanted.len() - 1, "{key}");
+        let output: serde_json::Value = serde_json::from_str(output).expect("JSON");
+        assert_eq!(output["content"], content, "{key}");
+    }
+    for key in [UPSTREAM_KEY, CLIENT_KEY, ROUTER_FORM_KEY] {
+        written.assert_no_part_of(key);
+    }
+}
