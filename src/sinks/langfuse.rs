@@ -332,6 +332,11 @@ impl DestinationStats {
         let hint = if reason.contains("status code: 401") || reason.contains("status code: 403") {
             " (the endpoint refused the credentials: check LANGFUSE_PUBLIC_KEY and \
              LANGFUSE_SECRET_KEY, or OTEL_EXPORTER_OTLP_HEADERS)"
+        } else if reason.contains("status code: 3") {
+            // An `http://` LANGFUSE_HOST in front of an https-only endpoint: the exporter
+            // does not follow redirects (a POST's body and credentials would go along).
+            " (the endpoint redirected: set LANGFUSE_HOST (or OTEL_EXPORTER_OTLP_ENDPOINT) to \
+             where it redirects, e.g. https://)"
         } else {
             ""
         };
@@ -421,7 +426,8 @@ struct CountingExporter {
     inner: opentelemetry_otlp::SpanExporter,
     /// What the endpoint rejected of the latest export (its transport's).
     rejected: RejectedSlot,
-    /// Why the latest export failed without an answer (its transport's).
+    /// Why the latest export failed without an answer, or where its redirect pointed (its
+    /// transport's).
     cause: CauseSlot,
     /// For the endpoint's message about rejected spans: it may quote them.
     redactor: Redactor,
@@ -451,9 +457,12 @@ impl CountingExporter {
         self.stats.release(count, batch.bytes);
         match result {
             Ok(()) => self.count_accepted(count as u64, rejected),
-            Err(error) => self
-                .stats
-                .count_failed(count as u64, &failure_reason(&error, cause)),
+            Err(error) => {
+                // A cause quoting the endpoint (where it redirects) goes out without a key.
+                let cause = cause.map(|cause| self.redactor.redact(&cause, &[]).into_owned());
+                self.stats
+                    .count_failed(count as u64, &failure_reason(&error, cause));
+            }
         }
     }
 

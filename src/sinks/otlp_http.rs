@@ -104,6 +104,8 @@ pub type RejectedSlot = Arc<Mutex<Option<Rejected>>>;
 /// error, said without URL or header), for the one exporter that sends through it: the
 /// OTLP crate replaces every such error with its own "network error", which told an
 /// operator nothing (a refused connection, a TLS problem and a timeout all read the same).
+/// Of an export answered with a redirect, where it points when that can be named (see
+/// [`redirect_target`]): the crate says only the status.
 pub type CauseSlot = Arc<Mutex<Option<String>>>;
 
 /// One OTLP/HTTP destination's transport. `Debug` shows the endpoint's name only.
@@ -245,6 +247,13 @@ impl HttpClient for OtlpTransport {
                 return Err(error);
             }
         };
+        if response.status().is_redirection() {
+            // The OTLP crate says only the status; where it points is what to configure.
+            if let Ok(mut slot) = self.cause.lock() {
+                *slot =
+                    redirect_target(response.headers()).map(|to| format!("it redirects to {to}"));
+            }
+        }
         if response.status().is_success() {
             let content_type = response
                 .headers()
@@ -258,6 +267,24 @@ impl HttpClient for OtlpTransport {
         Ok(response)
     }
 }
+
+/// Where a redirect points (its `Location`), when it can be named in a log line: an
+/// absolute `http(s)` URL without user info, query or fragment, which may hold credentials
+/// or a signature; at most [`MAX_LOCATION_CHARS`] characters. `None` otherwise.
+pub fn redirect_target(headers: &HeaderMap) -> Option<String> {
+    let location = headers.get(http::header::LOCATION)?.to_str().ok()?;
+    let url = url::Url::parse(location.trim()).ok()?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none();
+    // Serialized, the URL is ASCII (percent-encoded), one line.
+    plain.then(|| crate::error::clip(url.as_str(), MAX_LOCATION_CHARS))
+}
+
+/// Most characters of a redirect's target named in a warning.
+const MAX_LOCATION_CHARS: usize = 200;
 
 /// The spans a successful export answer says were rejected (`partial_success`), read from
 /// its body in the protobuf or JSON encoding its content type names; `None` when none were
@@ -417,8 +444,11 @@ async fn into_http_response(mut response: reqwest::Response) -> Result<Response<
     }
     let mut out = Response::new(body.freeze());
     *out.status_mut() = status;
-    if let Some(content_type) = response.headers().get(CONTENT_TYPE) {
-        out.headers_mut().insert(CONTENT_TYPE, content_type.clone());
+    // What is read of an answer: a partial success's encoding, a redirect's target.
+    for name in [CONTENT_TYPE, http::header::LOCATION] {
+        if let Some(value) = response.headers().get(&name) {
+            out.headers_mut().insert(name, value.clone());
+        }
     }
     Ok(out)
 }
@@ -450,6 +480,46 @@ fn jitter(backoff: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A redirect's target is named only as a plain absolute http(s) URL: none with user
+    /// info, a query or a fragment (credentials, a signature), none relative or of another
+    /// scheme, and cut when long.
+    #[test]
+    fn a_redirects_target_is_named_only_when_plain() {
+        let target = |location: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                http::header::LOCATION,
+                HeaderValue::from_str(location).expect("value"),
+            );
+            redirect_target(&headers)
+        };
+        assert_eq!(
+            target("https://cloud.langfuse.com/api/public/otel/v1/traces").as_deref(),
+            Some("https://cloud.langfuse.com/api/public/otel/v1/traces")
+        );
+        assert_eq!(
+            target("HTTPS://Host:8443/v1").as_deref(),
+            Some("https://host:8443/v1")
+        );
+        for unsafe_or_unknown in [
+            "https://user:pw@host/v1",
+            "https://token@host/v1",
+            "https://host/v1?sig=abc",
+            "https://host/v1#frag",
+            "/api/public/otel/v1/traces",
+            "ftp://host/v1",
+            "not a url",
+        ] {
+            assert_eq!(target(unsafe_or_unknown), None, "{unsafe_or_unknown}");
+        }
+        let long = target(&format!("https://host/{}", "a".repeat(500))).expect("named");
+        assert!(
+            long.starts_with("https://host/aaa") && long.ends_with(" bytes)"),
+            "{long}"
+        );
+        assert_eq!(redirect_target(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn a_partial_success_is_read_from_protobuf_and_json_answers() {

@@ -170,6 +170,82 @@ async fn a_401_from_langfuse_is_a_warning_about_the_credentials() {
     assert!(!stderr.contains(SECRET_KEY), "{stderr}");
 }
 
+/// The router's log after one request whose span the mock OTLP endpoint answers with a
+/// `status` redirect to `location`, once the span is counted failed and the router stopped.
+async fn log_after_a_redirect(status: u16, location: &str) -> String {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    otlp.redirect(status, location);
+    let vars = [
+        ("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY.to_owned()),
+        ("LANGFUSE_SECRET_KEY", SECRET_KEY.to_owned()),
+        ("LANGFUSE_HOST", otlp.origin()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
+        ("LLMSROUTER_LEDGER", "false".to_owned()),
+        ("LLMSROUTER_LOG_FILE", String::new()),
+    ];
+    let envs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut router = RouterProcess::start(Some(&one_server_config(&upstream.url(), "")), &envs);
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let name = "llmsrouter_spans_failed_total{destination=\"langfuse\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while super::request_log::counter(&router, name).await < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            router.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    router.terminate();
+    router.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(otlp.hits(), 1, "a redirect is neither followed nor retried");
+    router.stderr()
+}
+
+/// A 3xx from the trace endpoint (an `http://` LANGFUSE_HOST in front of an https-only
+/// one): the warning says the endpoint redirected and what to set, and names where it
+/// points when that is a plain URL; one with user info or a query (a signature) is not
+/// named. It used to say only `status code: 301`.
+#[tokio::test]
+async fn a_redirect_from_the_trace_endpoint_is_a_warning_about_the_host() {
+    let to = "https://traces.example.com/api/public/otel/v1/traces";
+    let stderr = log_after_a_redirect(301, to).await;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("trace export failed"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("status code: 301"), "{line}");
+    assert!(line.contains(&format!("it redirects to {to}")), "{line}");
+    assert!(
+        line.contains(
+            "the endpoint redirected: set LANGFUSE_HOST (or OTEL_EXPORTER_OTLP_ENDPOINT) to \
+             where it redirects, e.g. https://"
+        ),
+        "{line}"
+    );
+    assert!(!line.contains("check LANGFUSE_PUBLIC_KEY"), "{line}");
+
+    let signed = "https://user:pw-SECRET-1@traces.example.com/v1/traces?sig=SIG-SECRET-2";
+    let stderr = log_after_a_redirect(307, signed).await;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("trace export failed"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("status code: 307"), "{line}");
+    assert!(
+        line.contains("the endpoint redirected: set LANGFUSE_HOST"),
+        "{line}"
+    );
+    assert!(!line.contains("redirects to"), "{line}");
+    for secret in ["pw-SECRET-1", "SIG-SECRET-2", SECRET_KEY] {
+        assert!(!stderr.contains(secret), "{stderr}");
+    }
+}
+
 /// `GET /metrics` counts what each sink wrote and dropped, in Prometheus text.
 #[tokio::test]
 async fn metrics_count_what_every_sink_wrote_and_dropped() {

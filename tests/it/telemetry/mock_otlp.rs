@@ -60,6 +60,8 @@ struct Shared {
     hold: watch::Sender<bool>,
     /// When set, a 200 answer says every span of the export was rejected, with this message.
     reject: Mutex<Option<String>>,
+    /// A `Location` every answer carries (a redirect's target).
+    location: Mutex<Option<String>>,
 }
 
 pub struct MockOtlp {
@@ -86,6 +88,7 @@ impl MockOtlp {
             hit_times: Mutex::default(),
             hold: watch::channel(false).0,
             reject: Mutex::default(),
+            location: Mutex::default(),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let addr = listener.local_addr().expect("addr");
@@ -130,6 +133,12 @@ impl MockOtlp {
     /// `message` as the `error_message` (the spans are still kept here, as received).
     pub fn reject_spans(&self, message: &str) {
         *self.shared.reject.lock().expect("lock") = Some(message.to_owned());
+    }
+
+    /// Every request answers `status` (a redirect) with this `Location`.
+    pub fn redirect(&self, status: u16, location: &str) {
+        *self.shared.location.lock().expect("lock") = Some(location.to_owned());
+        self.fail_with(status);
     }
 
     pub fn heal(&self) {
@@ -231,6 +240,11 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         response
             .headers_mut()
             .insert("retry-after", retry_after.parse().expect("value"));
+    }
+    if let Some(location) = shared.location.lock().expect("lock").clone() {
+        response
+            .headers_mut()
+            .insert(http::header::LOCATION, location.parse().expect("value"));
     }
     if status == 200 {
         let wire_len = body.len();
