@@ -39,6 +39,7 @@ use crate::auth::{authenticate, refuse_cross_site};
 use crate::error::ProxyError;
 use crate::hard_stop::{HardStop, Stopped};
 use crate::proxy::failure_log::FailureLog;
+use crate::proxy::headers::Shape;
 use crate::proxy::intake::{DISCARD_AT_MOST, DISCARD_FOR_AT_MOST, Gathered, check_encoding};
 use crate::proxy::{self, Answer, AnswerBody, ProxyRequest};
 use crate::state::AppState;
@@ -665,6 +666,11 @@ impl Conn {
         if !dated {
             write_date(&mut out);
         }
+        // A whole answer sent as an event stream (a whole chat completion to a stream
+        // request, made into its chunks) is framed as a stream, with no Content-Length.
+        let as_stream = matches!(answer.fields.shape, Shape::Stream { sse: true })
+            && has_body(answer.status)
+            && !is_head;
         let (body, delivery) = match answer.body {
             AnswerBody::Whole(body) => (body, None),
             AnswerBody::Recorded(body, delivery) => (body, Some(delivery)),
@@ -684,14 +690,20 @@ impl Conn {
                     .await;
             }
         };
-        let body = if has_body(answer.status) {
-            write_length(&mut out, body.len());
-            // A HEAD's answer has the length of the body a GET would get, not the body.
-            if is_head { Bytes::new() } else { body }
+        let next = if as_stream {
+            let (chunked, keep_alive) = end_head_of_streamed_body(&mut out, keep_alive, http10);
+            push_body_data(&mut out, &body, chunked);
+            self.end_streamed_body(out, chunked, keep_alive).await
         } else {
-            Bytes::new()
+            let body = if has_body(answer.status) {
+                write_length(&mut out, body.len());
+                // A HEAD's answer has the length of the body a GET would get, not the body.
+                if is_head { Bytes::new() } else { body }
+            } else {
+                Bytes::new()
+            };
+            self.write_whole(out, &body, keep_alive, http10).await
         };
-        let next = self.write_whole(out, &body, keep_alive, http10).await;
         if let Some(delivery) = delivery {
             match next {
                 // A write that failed drops the delivery: the record says the client left.

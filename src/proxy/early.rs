@@ -9,7 +9,8 @@
 //! got (see [`StreamTee::awaiting_head`]).
 //!
 //! Only the slow path pays for this: a request answered within the interval is relayed as
-//! before, with nothing made here. The upstream's own headers (`Retry-After`,
+//! before, with nothing made here (but a whole chat completion, which goes as its events
+//! there too: `super::whole_as_stream`). The upstream's own headers (`Retry-After`,
 //! `x-ratelimit-*`) cannot reach a client whose head already went out.
 
 use std::future::Future;

@@ -218,6 +218,16 @@ impl Answer {
     pub fn into_axum(self) -> Response {
         let body = match self.body {
             AnswerBody::Whole(bytes) => Body::from(bytes),
+            // A whole answer sent as an event stream ([`whole_as_stream`]) has no
+            // Content-Length, as no stream has.
+            AnswerBody::Recorded(bytes, delivery)
+                if matches!(self.fields.shape, Shape::Stream { sse: true }) =>
+            {
+                Body::new(Unsized(Body::new(DeliveredBody {
+                    data: Some(bytes),
+                    delivery: Some(delivery),
+                })))
+            }
             AnswerBody::Recorded(bytes, delivery) => Body::new(DeliveredBody {
                 data: Some(bytes),
                 delivery: Some(delivery),
@@ -518,7 +528,8 @@ trait ReadBody {
     /// Where the record body's top-level members are, when known.
     fn take_layout(&mut self) -> Option<crate::record::BodyLayout>;
     /// Whether the client asked for `stream_options.include_usage` itself. Read only for a
-    /// stream the router answers before its upstream ([`early`]).
+    /// stream the router answers before its upstream ([`early`]), or whose upstream answers
+    /// one whole chat completion ([`whole_as_stream`]).
     fn client_asked_for_usage(&self) -> bool {
         false
     }
@@ -923,7 +934,65 @@ async fn forward_read<V: ReadBody>(
         request_id,
         (&state.redactor, request.fields),
     );
-    Ok(Box::pin(whole).await)
+    let answer = Box::pin(whole).await;
+    if stream && request.path == "/chat/completions" {
+        let client_usage = view.client_asked_for_usage();
+        return Ok(whole_as_stream(answer, client_usage, &state.redactor).await);
+    }
+    Ok(answer)
+}
+
+/// A stream request's whole 2xx chat completion that came before the router's early head (an
+/// upstream that ignores `"stream": true` and answers at once): sent as the events a stream
+/// of it would have been ([`chunks`], the usage chunk only if `client_usage`), as one that
+/// comes after that head is ([`early`]). Relayed as it came, it left the openai SDKs, which
+/// read a stream request's answer as events whatever its label, with no chunk and no error.
+/// The record is the whole answer's, untouched: only what the client gets changes. Any other
+/// answer (an error, a 2xx of another shape, one too large to decode) is left as it was.
+async fn whole_as_stream(answer: Answer, client_usage: bool, redactor: &Redactor) -> Answer {
+    let AnswerBody::Recorded(body, _) = &answer.body else {
+        return answer;
+    };
+    if !answer.status.is_success() {
+        return answer;
+    }
+    // Relayed as it came, it may still be compressed (a client that takes the coding): the
+    // events are made from it decoded, as the early head's are.
+    let json = match answer.fields.shape {
+        Shape::Decoded => body.clone(),
+        Shape::Relayed => {
+            let coding = answer
+                .fields
+                .upstream
+                .as_ref()
+                .and_then(crate::content_coding::content_encoding);
+            match coding {
+                None => body.clone(),
+                Some(coding) => match decoded_aside(coding, body.clone(), redactor).await {
+                    Some(aside) if aside.whole => aside.body,
+                    _ => return answer,
+                },
+            }
+        }
+        _ => return answer,
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json) else {
+        return answer;
+    };
+    let Some(events) = chunks::as_events(&value, client_usage) else {
+        return answer;
+    };
+    match answer.body {
+        AnswerBody::Recorded(_, delivery) => Answer {
+            status: answer.status,
+            fields: AnswerFields {
+                shape: Shape::Stream { sse: true },
+                ..answer.fields
+            },
+            body: AnswerBody::Recorded(events, delivery),
+        },
+        body => Answer { body, ..answer },
+    }
 }
 
 /// How a streamed answer's `Content-Encoding` is dealt with, decided once from its headers.

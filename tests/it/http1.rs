@@ -649,6 +649,34 @@ async fn http10_clients_get_whole_answers_and_close_delimited_streams() {
         String::from_utf8_lossy(&streamed.body),
         expected_stream(&upstream.behavior(), false)
     );
+
+    // A whole chat completion to a stream request goes as its events, framed as a stream:
+    // to the close for HTTP/1.0; chunked to HTTP/1.1, the connection kept for the next.
+    upstream.set(Behavior {
+        never_stream: true,
+        ..Default::default()
+    });
+    let mut old = Raw::connect(router.addr).await;
+    old.send(wire.as_bytes()).await;
+    let events = old.answer().await;
+    assert_eq!(events.header("content-type"), Some("text/event-stream"));
+    assert!(events.header("content-length").is_none());
+    assert!(events.header("transfer-encoding").is_none());
+    assert_eq!(events.header("connection"), Some("close"));
+    let body = String::from_utf8_lossy(&events.body).into_owned();
+    assert!(body.starts_with("data: {") && body.ends_with("data: [DONE]\n\n"));
+    assert!(old.closed().await);
+    let mut kept = Raw::connect(router.addr).await;
+    kept.send(post("/v1/chat/completions", &stream, "").as_bytes())
+        .await;
+    let chunked = kept.answer().await;
+    assert_eq!(chunked.header("transfer-encoding"), Some("chunked"));
+    assert!(chunked.header("content-length").is_none());
+    assert_eq!(chunked.header("connection"), None);
+    assert_eq!(String::from_utf8_lossy(&chunked.body), body);
+    kept.send(post("/v1/chat/completions", CHAT, "").as_bytes())
+        .await;
+    assert_eq!(kept.answer().await.status, 200, "the connection goes on");
     router.stop().await;
 }
 

@@ -224,6 +224,19 @@ print(json.dumps(out))
 /// `include_usage`.
 #[tokio::test]
 async fn the_openai_python_sdk_assembles_a_late_whole_answer() {
+    sdk_assembles_a_whole_answer(true).await;
+}
+
+/// The same whole answer at once, long before the router's early head: the SDK assembles
+/// it as well (relayed as the JSON it was, the SDK's stream yielded no chunk and no error).
+#[tokio::test]
+async fn the_openai_python_sdk_assembles_a_quick_whole_answer() {
+    sdk_assembles_a_whole_answer(false).await;
+}
+
+/// Runs [`LATE_WHOLE`] against an upstream that answers one whole chat completion to its
+/// stream requests, after the router's early head when `late`, else at once.
+async fn sdk_assembles_a_whole_answer(late: bool) {
     let Some(python) = test_python() else {
         return;
     };
@@ -235,17 +248,23 @@ async fn the_openai_python_sdk_assembles_a_late_whole_answer() {
                 "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}}]},
             "finish_reason": "tool_calls"}],
         "usage": {"prompt_tokens": 30, "completion_tokens": 20, "total_tokens": 50}});
-    // The upstream's head comes long after the router's keep-alive interval (20 ms): the
-    // router has answered the client itself by then.
+    // Late, the upstream's head comes long after the router's keep-alive interval (20 ms):
+    // the router has answered the client itself by then. Quick, it comes at once, and the
+    // interval is the usual 15 s.
+    let (delay, interval) = if late {
+        (Duration::from_secs(1), Duration::from_millis(20))
+    } else {
+        (Duration::ZERO, Duration::from_secs(15))
+    };
     let upstream = MockUpstream::start(Behavior {
         body: Some(answer.to_string()),
         never_stream: true,
-        delay: Duration::from_secs(1),
+        delay,
         ..Default::default()
     })
     .await;
     let router = TestRouter::start_with(&one_server_config(&upstream.url(), ""), |state| {
-        state.keepalive_interval = Duration::from_millis(20);
+        state.keepalive_interval = interval;
     })
     .await;
     let output = run_script(python, LATE_WHOLE, router.url("/v1")).await;
@@ -270,13 +289,14 @@ async fn the_openai_python_sdk_assembles_a_late_whole_answer() {
         let record = router.records.nth(n).await;
         assert_eq!(record.outcome, llmsrouter::record::Outcome::Success);
         let started = record.response_started_at.expect("the upstream's head");
-        assert!(
-            started
-                .duration_since(record.started_at)
-                .unwrap_or_default()
-                >= Duration::from_millis(20),
-            "the head came after the router's own"
-        );
+        let waited = started
+            .duration_since(record.started_at)
+            .unwrap_or_default();
+        if late {
+            assert!(waited >= interval, "the head came after the router's own");
+        } else {
+            assert!(waited < interval, "the head came before the router's own");
+        }
         assert_eq!(record.response.usage.clone().expect("usage").total, 50);
     }
     router.stop().await;

@@ -1096,24 +1096,153 @@ async fn usage_is_asked_for_on_chat_and_completions_only() {
     router.stop().await;
 }
 
+/// The events of an event stream's `text` (each one `data:` line, `[DONE]` last), parsed.
+fn chunk_events(text: &str) -> Vec<serde_json::Value> {
+    let body = text
+        .strip_suffix("data: [DONE]\n\n")
+        .unwrap_or_else(|| panic!("[DONE] last: {text:?}"));
+    body.split_terminator("\n\n")
+        .map(|event| {
+            let data = event
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("one data line: {event:?}"));
+            assert!(!data.contains('\n'), "{event:?}");
+            serde_json::from_str(data).expect("event json")
+        })
+        .collect()
+}
+
+/// An upstream that ignores `"stream": true` and answers one whole chat completion at once
+/// (`application/json`, long before the router's early head): the client, over HTTP/1.1 and
+/// HTTP/2, gets it as the stream it would have been (`text/event-stream`, no
+/// `Content-Length`, one `chat.completion.chunk` carrying the whole message, the usage chunk
+/// only when it asked for `include_usage` itself, then `[DONE]`), so an SDK's stream yields
+/// the message instead of nothing; the upstream's own headers still come. The record, and
+/// its request log line, are the whole answer's: a success with its usage and text.
 #[tokio::test]
-async fn a_stream_request_answered_with_one_json_body_is_still_recorded() {
+async fn a_quick_whole_chat_completion_to_a_stream_goes_as_its_chunks() {
+    use crate::telemetry::request_log::{log_sink, read_log_lines};
     let upstream = MockUpstream::start(Behavior {
         never_stream: true,
         model: "m-1".into(),
+        headers: vec![("x-ratelimit-remaining-requests".into(), "7".into())],
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("dir");
+    let log = log_sink(dir.path().join("api_proxy.log"), true);
+    let router = TestRouter::start_with_sinks(
+        &one_server_config(&upstream.url(), ""),
+        vec![log as std::sync::Arc<dyn llmsrouter::record::RecordSink>],
+        |_| {},
+    )
+    .await;
+    let whole: serde_json::Value =
+        serde_json::from_str(&crate::support::upstream::chat_completion("m-1")).expect("json");
+    let chunk = json!({"id": "chatcmpl-whole", "object": "chat.completion.chunk",
+        "created": 1700000000, "model": "m-1",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hello there"},
+            "finish_reason": "stop"}]});
+    let usage = json!({"id": "chatcmpl-whole", "object": "chat.completion.chunk",
+        "created": 1700000000, "model": "m-1", "choices": [], "usage": whole["usage"]});
+    let cases = [
+        (client(), false),
+        (client(), true),
+        (crate::support::h2c_client(), false),
+    ];
+    for (n, (http, client_usage)) in cases.iter().enumerate() {
+        let mut request = stream_request("[mock]m");
+        if *client_usage {
+            request["stream_options"] = json!({"include_usage": true});
+        }
+        let response = http
+            .post(router.url("/v1/chat/completions"))
+            .json(&request)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "case {n}");
+        let headers = response.headers().clone();
+        assert_eq!(headers["content-type"], "text/event-stream", "case {n}");
+        assert_eq!(headers["cache-control"], "no-cache");
+        assert!(headers.get("content-length").is_none(), "case {n}");
+        assert_eq!(headers["x-ratelimit-remaining-requests"], "7");
+        let text = response.text().await.expect("body");
+        let events = chunk_events(&text);
+        let content: String = events
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(content, "Hello there", "case {n}");
+        let expected = if *client_usage {
+            vec![chunk.clone(), usage.clone()]
+        } else {
+            vec![chunk.clone()]
+        };
+        assert_eq!(events, expected, "case {n}");
+        assert_eq!(
+            upstream.last().json()["stream_options"],
+            json!({"include_usage": true})
+        );
+
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::Success, "{:?}", record.error);
+        assert!(record.stream && record.complete);
+        assert_eq!(record.status, Some(200));
+        assert_eq!(record.response.model.as_deref(), Some("m-1"));
+        assert_eq!(record.response.usage.as_ref().map(|u| u.output), Some(2));
+        assert_eq!(record.response.content, "Hello there");
+        assert!(record.response_is_json);
+    }
+    router.stop().await;
+    let lines = read_log_lines(dir.path(), "api_proxy");
+    assert_eq!(lines.len(), cases.len());
+    for line in &lines {
+        assert_eq!(line["outcome"], "success", "{line}");
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["stream"], true, "{line}");
+        assert_eq!(line["usage"]["output"], 2, "{line}");
+        assert_eq!(line["usage"]["input"], PROMPT_TOKENS, "{line}");
+        assert_eq!(
+            line["response"]["choices"][0]["message"]["content"], "Hello there",
+            "{line}"
+        );
+    }
+}
+
+/// Only a whole chat completion to a stream request goes as events: an error answer, and a
+/// whole answer on another endpoint (a Responses API response), reach the client as the
+/// upstream sent them.
+#[tokio::test]
+async fn a_quick_whole_answer_of_another_kind_to_a_stream_goes_as_it_came() {
+    let upstream = MockUpstream::start(Behavior {
+        never_stream: true,
+        status: 429,
+        body: Some(r#"{"error":{"message":"slow down","type":"rate_limit","code":null}}"#.into()),
         ..Default::default()
     })
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let response = router.chat(&stream_request("[mock]m")).await;
+    assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["content-type"], "application/json");
-    let text = response.text().await.expect("body");
-    assert_eq!(text, crate::support::upstream::chat_completion("m-1"));
-    let record = router.records.nth(1).await;
-    assert!(record.stream);
-    assert_eq!(record.response.model.as_deref(), Some("m-1"));
-    assert_eq!(record.response.usage.as_ref().map(|u| u.output), Some(2));
-    assert!(record.response_is_json);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["message"], "slow down");
+
+    let answer = r#"{"id":"resp_1","object":"response","model":"m","output":[]}"#;
+    upstream.set(Behavior {
+        never_stream: true,
+        body: Some(answer.into()),
+        ..Default::default()
+    });
+    let response = post_json(
+        &router.url("/v1/responses"),
+        &json!({"model": "[mock]m", "stream": true, "input": "hi"}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.text().await.expect("body"), answer);
     router.stop().await;
 }
 

@@ -151,8 +151,9 @@ impl Setup {
         });
     }
 
-    /// POSTs `request` to `path` and checks the client got the upstream's `answer` as it
-    /// came; the request id, its record (the `nth` of this router) and its span's output
+    /// POSTs `request` to `path` and checks the client got `answer` (the upstream's, as it
+    /// came, but for a chat completion to a stream request, which goes as its chunks); the
+    /// request id, its record (the `nth` of this router) and its span's output
     /// (parsed, or as a string when it is not JSON).
     async fn whole_answer(
         &self,
@@ -2478,9 +2479,10 @@ async fn an_error_event_mid_stream_invents_no_finish_reason() {
 }
 
 /// A stream request answered with one whole JSON document labelled `text/plain` reaches the
-/// client as it came, and is recorded as the same body labelled `application/json` is: its
-/// usage, text and model, in every sink; and, as any whole answer, its completion start in
-/// Langfuse is when it arrived, with no `ttft_ms` of its own in the log and the ledger.
+/// client as it came (labelled `application/json`, a chat completion, it goes as its chunks),
+/// and is recorded as the same body labelled `application/json` is: its usage, text and
+/// model, in every sink; and, as any whole answer, its completion start in Langfuse is when
+/// it arrived, with no `ttft_ms` of its own in the log and the ledger.
 #[tokio::test]
 async fn a_whole_json_answer_to_a_stream_request_is_read_whatever_its_label() {
     let setup = Setup::start().await;
@@ -2489,6 +2491,8 @@ async fn a_whole_json_answer_to_a_stream_request_is_read_whatever_its_label() {
         "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}})
     .to_string();
     let mut ids = Vec::new();
+    let value = serde_json::from_str(&answer).expect("json");
+    let events = llmsrouter::proxy::chunks::as_events(&value, false).expect("a chat completion");
     for (nth, content_type) in [(1, "text/plain; charset=utf-8"), (2, "application/json")] {
         setup.upstream.set(Behavior {
             raw_body: Some(answer.clone().into_bytes()),
@@ -2496,12 +2500,17 @@ async fn a_whole_json_answer_to_a_stream_request_is_read_whatever_its_label() {
             never_stream: true,
             ..Default::default()
         });
+        let got = if nth == 1 {
+            answer.as_bytes()
+        } else {
+            &events[..]
+        };
         let (id, record, output) = setup
             .whole_answer(
                 nth,
                 "/v1/chat/completions",
                 &json!({"model": "[mock]m", "stream": true, "messages": []}),
-                answer.as_bytes(),
+                got,
             )
             .await;
         assert_eq!(
