@@ -140,11 +140,31 @@ impl ProxyError {
         }
     }
 
+    /// Whether this is a server error (5xx) that the same request would get again: the
+    /// router's own refusal (a loop, a WebSocket upgrade, an HTTP version it does not speak)
+    /// or a panic in its code on this request. Its answer says `x-should-retry: false`
+    /// ([`NO_RETRY`]): the openai SDKs retry every 5xx twice unless told so, and each
+    /// attempt is another record (a loop, another trip around it). An upstream that cannot
+    /// be reached or is slow (502, 504), and shutdown (503), may answer the next attempt.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Self::WebSocketNotSupported
+                | Self::HttpVersionNotSupported(_)
+                | Self::LoopDetected(_)
+                | Self::Internal
+        )
+    }
+
     /// The JSON body, `{"error": {...}}`.
     pub fn body(&self) -> Bytes {
         error_body(&self.to_string(), self.kind(), Some(self.code()))
     }
 }
+
+/// The header the openai SDKs (Python and Node) read before retrying: `false` stops them
+/// retrying an error they would otherwise retry (any 5xx). See [`ProxyError::is_final`].
+pub const NO_RETRY: (&str, &str) = ("x-should-retry", "false");
 
 #[derive(Serialize)]
 struct ErrorEnvelope<'a> {
@@ -285,6 +305,12 @@ impl IntoResponse for ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if self.is_final() {
+            let (name, value) = NO_RETRY;
+            response
+                .headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
         response
     }
 }

@@ -214,8 +214,9 @@ pub enum Shape {
     /// A stream relayed as it arrives; `sse` when it is an event stream, which gets the
     /// headers PRODUCT.md "Streaming" names.
     Stream { sse: bool },
-    /// The router's own error: JSON, and no upstream headers.
-    RouterError,
+    /// The router's own error: JSON, and no upstream headers; `x-should-retry: false` when
+    /// `is_final` ([`ProxyError::is_final`]).
+    RouterError { is_final: bool },
 }
 
 /// The header fields of an answer to the client: the upstream's (filtered on the way out)
@@ -362,7 +363,9 @@ impl FieldSource for AnswerFields {
                     }
                 }
                 let replaced = match self.shape {
-                    Shape::Relayed | Shape::RouterError | Shape::Stream { sse: false } => false,
+                    Shape::Relayed | Shape::RouterError { .. } | Shape::Stream { sse: false } => {
+                        false
+                    }
                     Shape::WrappedError => {
                         matches!(kind, Known::ContentType | Known::ContentEncoding)
                     }
@@ -384,8 +387,13 @@ impl FieldSource for AnswerFields {
             }
         }
         match self.shape {
-            Shape::WrappedError | Shape::RouterError => {
+            Shape::WrappedError | Shape::RouterError { is_final: false } => {
                 emit(b"content-type", b"application/json");
+            }
+            Shape::RouterError { is_final: true } => {
+                emit(b"content-type", b"application/json");
+                let (name, value) = crate::error::NO_RETRY;
+                emit(name.as_bytes(), value.as_bytes());
             }
             Shape::Stream { sse: true } => {
                 emit(b"content-type", b"text/event-stream");

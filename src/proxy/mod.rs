@@ -195,7 +195,9 @@ impl Answer {
             status: error.status(),
             fields: AnswerFields {
                 upstream: None,
-                shape: Shape::RouterError,
+                shape: Shape::RouterError {
+                    is_final: error.is_final(),
+                },
                 request_id,
             },
             body: AnswerBody::Whole(error.body()),

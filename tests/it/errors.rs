@@ -925,6 +925,75 @@ async fn unreachable_upstream_is_502() {
     router.stop().await;
 }
 
+/// The router's own 5xx that the same request would get again (a loop's 508) says
+/// `x-should-retry: false`, over HTTP/1.1 and HTTP/2, so the openai SDKs do not try it twice
+/// more; a 502 or 504 of an upstream that cannot be reached or is slow does not (the next
+/// attempt may pass), and neither does an upstream's own 5xx, relayed as it came.
+#[tokio::test]
+async fn only_the_routers_final_5xx_says_not_to_retry() {
+    let upstream = MockUpstream::start(Behavior {
+        status: 500,
+        body: Some(r#"{"error":{"message":"boom","type":"server_error","code":null}}"#.into()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let chat = json!({"model": "[mock]m", "messages": []});
+    for http in [client(), h2c_client()] {
+        let response = http
+            .post(router.url("/v1/chat/completions"))
+            .header("x-llmsrouter-hops", "12")
+            .json(&chat)
+            .send()
+            .await
+            .expect("send");
+        let retry = response.headers().get("x-should-retry").cloned();
+        let (status, body) = error_of(response).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (508, Some("loop_detected"))
+        );
+        assert_eq!(retry.as_ref().map(|v| v.as_bytes()), Some(&b"false"[..]));
+
+        let response = http
+            .post(router.url("/v1/chat/completions"))
+            .json(&chat)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 500, "the upstream's own");
+        assert!(response.headers().get("x-should-retry").is_none());
+    }
+    assert_eq!(upstream.count(), 2);
+    router.stop().await;
+
+    let closed = TestRouter::start(&one_server_config(&crate::support::closed_url(), "")).await;
+    let slow = MockUpstream::start(Behavior {
+        delay: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .await;
+    let timing_out =
+        TestRouter::start(&one_server_config(&slow.url(), "    timeout_secs: 0.2\n")).await;
+    for (router, expected) in [(&closed, 502), (&timing_out, 504)] {
+        for http in [client(), h2c_client()] {
+            let response = http
+                .post(router.url("/v1/chat/completions"))
+                .json(&chat)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(response.status(), expected);
+            assert!(
+                response.headers().get("x-should-retry").is_none(),
+                "{expected}: the next attempt may pass"
+            );
+        }
+    }
+    closed.stop().await;
+    timing_out.stop().await;
+}
+
 #[tokio::test]
 async fn slow_upstream_is_504_after_timeout_secs() {
     let upstream = MockUpstream::start(Behavior {
@@ -2147,6 +2216,7 @@ async fn a_panic_in_a_request_is_answered_500_and_logged_without_its_message() {
         second.contains("content-type: application/json"),
         "{answer}"
     );
+    assert!(second.contains("x-should-retry: false"), "{answer}");
     let (_, body) = second.split_once("\r\n\r\n").expect(&answer);
     let body: Value = serde_json::from_str(body).expect(&answer);
     assert_eq!(body["error"]["code"], "internal_error", "{body}");
@@ -2204,6 +2274,7 @@ async fn over_http2_a_panic_is_answered_500_and_the_connection_serves_on() {
 
     let response = client.get(url("/panics")).send().await.expect("send");
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.headers()["x-should-retry"], "false");
     let (status, body) = error_of(response).await;
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["error"]["code"], "internal_error", "{body}");

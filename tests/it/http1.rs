@@ -762,6 +762,7 @@ async fn assert_websocket_refused(raw: &mut Raw, what: &str) {
     let answer = raw.answer().await;
     assert_eq!(answer.status, 501, "{what}: {answer:?}");
     assert_eq!(answer.header("content-type"), Some("application/json"));
+    assert_eq!(answer.header("x-should-retry"), Some("false"), "{what}");
     let error = answer.json();
     assert_eq!(error["error"]["code"], "websocket_not_supported", "{what}");
     assert_eq!(error["error"]["type"], "invalid_request_error", "{what}");

@@ -177,6 +177,7 @@ async fn other_http_versions_in_a_request_line() {
             .await;
         let refused = raw.answer().await;
         assert_eq!(refused.status, 505, "{version}");
+        assert_eq!(refused.header("x-should-retry"), Some("false"));
         assert_eq!(refused.header("connection"), Some("close"), "{version}");
         let (message, code) = error_of(&refused.body);
         assert_eq!(code, "http_version_not_supported", "{version}");

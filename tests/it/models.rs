@@ -447,6 +447,7 @@ async fn a_fetch_naming_the_router_itself_is_a_loop() {
     let response = fetch(format!("0123,{own}")).await.expect("send");
     assert_eq!(response.status().as_u16(), 508);
     assert_eq!(response.headers()["x-llmsrouter-models-from"], own.as_str());
+    assert_eq!(response.headers()["x-should-retry"], "false");
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "loop_detected", "{body}");
     let response = fetch("not an id".into()).await.expect("send");

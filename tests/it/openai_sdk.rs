@@ -301,3 +301,49 @@ async fn sdk_assembles_a_whole_answer(late: bool) {
     }
     router.stop().await;
 }
+
+const ONE_CALL: &str = r#"
+import json, sys, openai
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="sk-anything", max_retries=2)
+try:
+    client.chat.completions.create(model=sys.argv[2], messages=[{"role": "user", "content": "hi"}])
+    out = None
+except openai.APIStatusError as e:
+    out = {"status": e.status_code, "code": e.code, "retry": e.response.headers.get("x-should-retry")}
+print(json.dumps(out))
+"#;
+
+/// A model whose `[URL]` prefixes lead back to the router itself: one SDK call is one trip
+/// around the loop (a record per hop, the last of them the router's 508), not three. The
+/// router's 508 says `x-should-retry: false`, relayed by every hop before it, so the SDK,
+/// which retries any 5xx twice unless told not to, raises it at once.
+#[tokio::test]
+async fn the_openai_python_sdk_does_not_retry_a_loop() {
+    let Some(python) = test_python() else {
+        return;
+    };
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let own = format!("[http://{}/v1]", router.addr);
+    let model = format!("{}[mock]m", own.repeat(10));
+    let output = run_script_with(python, ONE_CALL, vec![router.url("/v1"), model]).await;
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json from python");
+    assert_eq!(
+        result,
+        serde_json::json!({"status": 508, "code": "loop_detected", "retry": "false"})
+    );
+    assert_eq!(upstream.count(), 0);
+    let records = std::sync::Arc::clone(&router.records);
+    router.stop().await;
+    // Hops 0 to 7 each made a record; the eighth was refused before it had one.
+    let records = records.all();
+    assert_eq!(records.len(), 8, "one trip around the loop");
+    assert!(records.iter().all(|r| r.status == Some(508)));
+}
