@@ -382,7 +382,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         && forwarded_path(&Method::GET, parts.uri.path(), parts.uri.query(), &state).is_some();
     match (&route, &parts.method) {
         // Named as the client wrote it (`/v1`, `/v1/`), not as the route it left.
-        (Route::Upstream(path), _) if path == "/" => not_found(parts.uri.path()),
+        (Route::Upstream(path), _) if path == "/" => not_found(parts.uri.path(), parts.uri.query()),
         _ if head_of_forwarded => refuse_method(&route, &parts, &state),
         (Route::Upstream(path), &Method::GET | &Method::HEAD) if path == "/metrics" => {
             metrics(&state)
@@ -420,11 +420,79 @@ fn method_not_allowed(message: String, allow: &str) -> Response {
     response
 }
 
-fn not_found(path: &str) -> Response {
-    ProxyError::NotFound(format!(
+/// 404 for the router's root (`/`, `/v1`, `/v1/`): no route there. When its `proxy=` value
+/// ends in an API path, the client is an SDK whose base URL carried `?proxy=`: the SDK
+/// appends the path to the whole URL, query and all (`/v1?proxy=http://h/v1/chat/completions`,
+/// percent-encoded by Node's), so the request lands here; the message says why, and what
+/// works instead, without quoting the value (a URL target's query may hold a key).
+fn not_found(path: &str, query: Option<&str>) -> Response {
+    let mut message = format!(
         "no route {path}: use POST /v1/chat/completions (or any POST /v1/<path> with a model), GET /v1/models, GET /health, GET /metrics"
-    ))
-    .into_response()
+    );
+    if path_in_proxy(query) {
+        message.push_str(
+            "; the request path is inside the proxy= value: an SDK's base URL cannot carry a \
+             query (the SDK appends the path after it); pass proxy= with default_query \
+             (Python) / defaultQuery (Node) and a base URL without it, or name the URL in the \
+             model: [http://host/v1]model",
+        );
+    }
+    ProxyError::NotFound(message).into_response()
+}
+
+/// The endpoints an SDK appends to its base URL, as the end of a `proxy=` value shows them.
+const API_PATHS: [&str; 18] = [
+    "chat/completions",
+    "completions",
+    "responses",
+    "embeddings",
+    "models",
+    "messages",
+    "moderations",
+    "files",
+    "batches",
+    "uploads",
+    "images/generations",
+    "images/edits",
+    "images/variations",
+    "audio/speech",
+    "audio/transcriptions",
+    "audio/translations",
+    "fine_tuning/jobs",
+    "vector_stores",
+];
+
+/// Whether a `proxy` value in `query` ends in an API path: after a `/`
+/// (`http://h/v1/chat/completions`, from a base URL `.../v1?proxy=http://h/v1`), or right
+/// after a version segment (`http://h/v1chat/completions`, from `.../v1/?proxy=http://h/v1`,
+/// the SDK's `/` gone to the base URL's end), or after one of those with an id
+/// (`.../models/gpt-4o`, `.../files/file-abc`).
+fn path_in_proxy(query: Option<&str>) -> bool {
+    let Some(query) = query else {
+        return false;
+    };
+    url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(key, _)| key == "proxy")
+        .any(|(_, value)| ends_in_api_path(value.trim_end_matches('/')))
+}
+
+fn ends_in_api_path(value: &str) -> bool {
+    // One id after the endpoint (`models/<id>`, `files/<id>`): what comes before it is looked at.
+    let before_id = value.rsplit_once('/').map(|(before, _)| before);
+    [Some(value), before_id].into_iter().flatten().any(|value| {
+        API_PATHS.iter().any(|api| {
+            let Some(before) = value.strip_suffix(api) else {
+                return false;
+            };
+            before.ends_with('/') || is_version_end(before)
+        })
+    })
+}
+
+/// Whether `text` ends in a version segment (`/v1`, `/v3`): a base URL's end, with no `/`.
+fn is_version_end(text: &str) -> bool {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_digit());
+    digits.len() < text.len() && digits.ends_with("/v")
 }
 
 /// `GET /metrics`: the recorder's and the sinks' counters in Prometheus text format, so a
@@ -472,6 +540,33 @@ fn health(method: &Method) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_sdk_path_inside_proxy_is_told() {
+        for query in [
+            "proxy=http://h/v1/chat/completions",
+            "proxy=http%3A%2F%2Fh%3A80%2Fv1%2Fchat%2Fcompletions",
+            "proxy=http://h/v1chat/completions",
+            "proxy=https://h/api/v3/embeddings/",
+            "a=1&proxy=http://h/v1/models/gpt-4o",
+            "proxy=http://h/v1/files/file-abc",
+            "proxy=http://h/v1/responses",
+            "%70roxy=http://h/v1/messages",
+        ] {
+            assert!(path_in_proxy(Some(query)), "{query}");
+        }
+        for query in [
+            "proxy=http://h/v1",
+            "proxy=http://h",
+            "proxy=http://h/profiles",
+            "proxy=http://h/v1/x/y/models/a/b",
+            "other=http://h/v1/chat/completions",
+            "",
+        ] {
+            assert!(!path_in_proxy(Some(query)), "{query}");
+        }
+        assert!(!path_in_proxy(None));
+    }
 
     #[test]
     fn paths_are_normalised() {

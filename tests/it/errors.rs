@@ -394,6 +394,56 @@ async fn a_bare_v1_is_named_as_sent_in_the_404() {
     router.stop().await;
 }
 
+/// An SDK whose base URL carried `?proxy=` sends its path inside the proxy value (the Python
+/// SDK as it is, Node's percent-encoded): the 404 for `/v1` says so, and what works instead,
+/// over HTTP/1.1 and HTTP/2, for a `POST` and a `GET`; a `proxy=` that ends in no API path
+/// (a client that posted to `/v1` itself) gets the plain 404. Nothing goes upstream.
+#[tokio::test]
+async fn a_path_inside_proxy_gets_a_404_that_says_so() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start("servers: {}\n").await;
+    let target = upstream.url();
+    let encoded = format!("{target}/chat/completions")
+        .replace(':', "%3A")
+        .replace('/', "%2F");
+    let chat = json!({"model": "m", "messages": []});
+    for http in [client(), h2c_client()] {
+        let requests = [
+            http.post(format!(
+                "{}?proxy={target}/chat/completions",
+                router.url("/v1")
+            ))
+            .json(&chat),
+            http.post(format!("{}?proxy={encoded}", router.url("/v1")))
+                .json(&chat),
+            http.get(format!("{}?proxy={target}models", router.url("/v1/"))),
+        ];
+        for request in requests {
+            let (status, body) = error_of(request.send().await.expect("send")).await;
+            assert_eq!(status, 404, "{body}");
+            let message = body["error"]["message"].as_str().expect("message");
+            assert!(message.starts_with("no route /v1"), "{message}");
+            assert!(
+                message.contains(
+                    "the request path is inside the proxy= value: an SDK's base URL cannot \
+                     carry a query"
+                ) && message.contains("default_query (Python) / defaultQuery (Node)"),
+                "{message}"
+            );
+            assert!(!message.contains(&target), "not quoted: {message}");
+        }
+        let plain = http
+            .post(format!("{}?proxy={target}", router.url("/v1")))
+            .json(&chat);
+        let (status, body) = error_of(plain.send().await.expect("send")).await;
+        assert_eq!(status, 404);
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(!message.contains("inside the proxy= value"), "{message}");
+    }
+    assert_eq!(upstream.count(), 0);
+    router.stop().await;
+}
+
 /// An upstream error whose `error` is a flag or a number (`true`, `429`, `null`) with the
 /// reason beside it in `message` or `detail`: the client and the record get that reason, not
 /// "true". With no reason beside it, the whole body is the message.

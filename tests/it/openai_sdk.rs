@@ -347,3 +347,65 @@ async fn the_openai_python_sdk_does_not_retry_a_loop() {
     assert_eq!(records.len(), 8, "one trip around the loop");
     assert!(records.iter().all(|r| r.status == Some(508)));
 }
+
+const QUERY_IN_BASE_URL: &str = r#"
+import json, sys, openai
+from openai import OpenAI
+out = []
+for base in sys.argv[1:]:
+    client = OpenAI(base_url=base, api_key="sk-anything", max_retries=0)
+    for call in (lambda: client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]),
+                 lambda: client.models.list()):
+        try:
+            call()
+            out.append(None)
+        except openai.APIStatusError as e:
+            out.append({"status": e.status_code, "code": e.code, "message": e.body["message"]})
+print(json.dumps(out))
+"#;
+
+/// A base URL carrying `?proxy=` (`http://router/v1?proxy=http://host/v1`): the SDK appends
+/// the path after the query, so the router sees `/v1` and answers 404; the message now says
+/// the path went into the proxy= value and what to do instead (`default_query`, or the URL
+/// in the model), for a chat request and a model list alike, with a trailing `/` or not.
+/// Nothing reaches the upstream.
+#[tokio::test]
+async fn the_openai_python_sdk_is_told_a_base_url_cannot_carry_proxy() {
+    let Some(python) = test_python() else {
+        return;
+    };
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start("servers: {}\n").await;
+    let target = upstream.url();
+    let bases = vec![
+        format!("{}?proxy={target}", router.url("/v1")),
+        format!("{}?proxy={target}", router.url("/v1/")),
+    ];
+    let output = run_script_with(python, QUERY_IN_BASE_URL, bases).await;
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json from python");
+    let answers = result.as_array().expect("a list");
+    assert_eq!(answers.len(), 4);
+    for answer in answers {
+        assert_eq!(answer["status"], 404, "{answer}");
+        assert_eq!(answer["code"], "not_found", "{answer}");
+        let message = answer["message"].as_str().expect("message");
+        assert!(
+            message.contains("the request path is inside the proxy= value")
+                && message.contains("default_query (Python) / defaultQuery (Node)")
+                && message.contains("[http://host/v1]model"),
+            "{message}"
+        );
+        assert!(
+            !message.contains(&target),
+            "the value is not quoted: {message}"
+        );
+    }
+    assert_eq!(upstream.count(), 0);
+    router.stop().await;
+}
