@@ -2,7 +2,7 @@
 //! before its upstream answered ([`super::early`]) has already told the client "event
 //! stream"; when the upstream, ignoring `"stream": true`, then answers one whole completion,
 //! the client gets it as the chunks a streaming upstream would have sent, which any chat
-//! client assembles into the same message. A whole chat completion that comes before that
+//! client assembles into the same message. A whole chat or text completion that comes before that
 //! head goes the same way (`super::whole_as_stream`): the openai SDKs read a stream
 //! request's answer as events whatever its label, and found none in the JSON.
 

@@ -937,14 +937,14 @@ async fn forward_read<V: ReadBody>(
         (&state.redactor, request.fields),
     );
     let answer = Box::pin(whole).await;
-    if stream && request.path == "/chat/completions" {
+    if stream && takes_stream_options(request.path) {
         let client_usage = view.client_asked_for_usage();
         return Ok(whole_as_stream(answer, client_usage, &state.redactor).await);
     }
     Ok(answer)
 }
 
-/// A stream request's whole 2xx chat completion that came before the router's early head (an
+/// A stream request's whole 2xx chat or text completion that came before the router's early head (an
 /// upstream that ignores `"stream": true` and answers at once): sent as the events a stream
 /// of it would have been ([`chunks`], the usage chunk only if `client_usage`), as one that
 /// comes after that head is ([`early`]). Relayed as it came, it left the openai SDKs, which

@@ -1210,6 +1210,45 @@ async fn a_quick_whole_chat_completion_to_a_stream_goes_as_its_chunks() {
     }
 }
 
+/// A quick whole text completion (`/completions`) to a stream request goes as its events
+/// too, as a late one does: one `text_completion` event per choice, the choice as it came,
+/// then `[DONE]`; the record is the whole answer's.
+#[tokio::test]
+async fn a_quick_whole_text_completion_to_a_stream_goes_as_its_events() {
+    let answer = json!({"id": "t1", "object": "text_completion", "created": 1700000000,
+        "model": "m-1", "choices": [{"text": "once upon", "index": 0, "logprobs": null,
+            "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}});
+    let upstream = MockUpstream::start(Behavior {
+        never_stream: true,
+        body: Some(answer.to_string()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = post_json(
+        &router.url("/v1/completions"),
+        &json!({"model": "[mock]m", "stream": true, "prompt": "tell"}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert!(response.headers().get("content-length").is_none());
+    let text = response.text().await.expect("body");
+    assert_eq!(
+        chunk_events(&text),
+        [
+            json!({"id": "t1", "object": "text_completion", "created": 1700000000,
+            "model": "m-1", "choices": [answer["choices"][0].clone()]})
+        ]
+    );
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success, "{:?}", record.error);
+    assert_eq!(record.response.usage.clone().expect("usage").total, 5);
+    assert_eq!(record.response.content, "once upon");
+    router.stop().await;
+}
+
 /// Only a whole chat completion to a stream request goes as events: an error answer, and a
 /// whole answer on another endpoint (a Responses API response), reach the client as the
 /// upstream sent them.
