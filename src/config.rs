@@ -599,6 +599,9 @@ fn validate_server(
     let url = expand_env(&url, &at("url"), env)?;
     let url = validate_base_url(&url).map_err(|reason| invalid(at("url"), reason))?;
     let base = url::Url::parse(&url).map_err(|e| invalid(at("url"), e.to_string()))?;
+    if let Some(warning) = no_path(&base) {
+        warnings.push(format!("{}: {warning}", at("url")));
+    }
     let url_secrets = url_secrets(&base);
 
     let api_key = raw
@@ -709,6 +712,23 @@ fn written_here(entries: &[(String, Located)]) -> usize {
         .iter()
         .rposition(|(_, value)| value.referenced == value.defined)
         .map_or(0, |last| last + 1)
+}
+
+/// What to say of a server's `url` with no path (`http://host:8000`, or `.../`), `None` for
+/// one with a path. The Python version added `/v1` to every configured url; the router sends
+/// to the url as written, so such a config carried over sends `/chat/completions` where it
+/// sent `/v1/chat/completions`, and an upstream that serves only the latter answers 404 for
+/// reasons nothing said. A warning, not a refusal: some servers do serve at the root
+/// (DeepSeek's `https://api.deepseek.com`). Only the origin is quoted: the url's user info
+/// and query may hold keys.
+fn no_path(base: &url::Url) -> Option<String> {
+    if base.path() != "/" {
+        return None;
+    }
+    let origin = base.origin().ascii_serialization();
+    Some(format!(
+        "no path, so requests go to {origin}/chat/completions; the Python version added /v1 to every url: if this server needs it, end the url with /v1"
+    ))
 }
 
 /// Why a server's `headers` name a field the router leaves out; `None` when they may name
@@ -1615,6 +1635,35 @@ settings:
         assert!(reason.ends_with("at line 14, column 19"), "{reason}");
     }
 
+    /// A url with no path (or just `/`) is warned of by its key path, quoting only the origin
+    /// (never the user info or query, which may hold keys); one with any path is not.
+    #[test]
+    fn a_url_with_no_path_is_warned_of_without_its_credentials() {
+        let warnings = |url: &str| {
+            Config::parse(&format!("servers:\n  s:\n    url: \"{url}\"\n"), &no_env)
+                .expect(url)
+                .warnings
+        };
+        let said = "servers.s.url: no path, so requests go to http://127.0.0.1:8000/chat/completions; the Python version added /v1 to every url: if this server needs it, end the url with /v1";
+        for url in [
+            "http://127.0.0.1:8000",
+            "http://127.0.0.1:8000/",
+            "http://127.0.0.1:8000//",
+            "http://user:pw-secret@127.0.0.1:8000/?key=q-secret",
+        ] {
+            assert_eq!(warnings(url), [said], "{url}");
+        }
+        assert_eq!(
+            warnings("https://api.deepseek.com"),
+            [
+                "servers.s.url: no path, so requests go to https://api.deepseek.com/chat/completions; the Python version added /v1 to every url: if this server needs it, end the url with /v1"
+            ]
+        );
+        for url in ["http://h/v1", "http://h/api/v3/", "http://h/x?key=k"] {
+            assert!(warnings(url).is_empty(), "{url}");
+        }
+    }
+
     /// Framing and hop-by-hop fields are left out, each named in a warning: `Connection:
     /// close` from the config went upstream on every request, `Content-Length` was dropped in
     /// silence. The config still loads (a Python version's config may have one). `Host` is
@@ -1633,7 +1682,7 @@ settings:
         ] {
             let c = Config::parse(
                 &format!(
-                    "servers:\n  e:\n    url: http://x\n    headers: {{{name}: \"5\", X-Kept: k}}\n"
+                    "servers:\n  e:\n    url: http://x/v1\n    headers: {{{name}: \"5\", X-Kept: k}}\n"
                 ),
                 &no_env,
             )

@@ -579,3 +579,64 @@ fn a_config_that_is_not_utf8_is_named_by_line() {
         assert_eq!(stderr.trim(), expected);
     }
 }
+
+/// A server `url` with no path (a Python version's config: it added `/v1` to every url) is
+/// warned of by `check` (which passes), by `serve` once at start and by `models`, quoting the
+/// origin only, never the url's credentials; requests go where the warning says. Before,
+/// nothing said that `/chat/completions` went where `/v1/chat/completions` used to.
+#[tokio::test]
+async fn a_server_url_with_no_path_is_warned_of_by_check_serve_and_models() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let origin = upstream.origin();
+    let with_credentials = origin.replacen("http://", "http://user:pw-secret-1@", 1);
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!(
+            "servers:\n  local_llm:\n    url: \"{with_credentials}/?key=q-secret-2\"\n  pathed:\n    url: \"{}\"\n",
+            upstream.url()
+        ),
+    )
+    .expect("config");
+    let warning = format!(
+        "./config.yaml: servers.local_llm.url: no path, so requests go to {origin}/chat/completions; the Python version added /v1 to every url: if this server needs it, end the url with /v1"
+    );
+    let secrets = ["pw-secret-1", "q-secret-2"];
+
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("./config.yaml: ok, 2 servers (local_llm, pathed)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [format!("warning: {warning}")],
+        "{stderr}"
+    );
+
+    // Off the test's runtime, which serves the mock upstream `models` asks.
+    let at = dir.path().to_owned();
+    let (code, _, stderr) =
+        tokio::task::spawn_blocking(move || run_cli(&at, &["models", "--json"], &[]))
+            .await
+            .expect("models");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stderr.matches(&format!("warning: {warning}\n")).count(),
+        1,
+        "{stderr}"
+    );
+    assert!(secrets.iter().all(|s| !stderr.contains(s)), "{stderr}");
+
+    let router = RouterProcess::start_in(dir, &[]);
+    let response = router
+        .chat(&json!({"model": "[local_llm]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.last().path, "/chat/completions");
+    let log = router.stderr();
+    assert_eq!(log.matches(warning.as_str()).count(), 1, "{log}");
+    assert!(!log.contains("servers.pathed"), "{log}");
+    assert!(secrets.iter().all(|s| !log.contains(s)), "{log}");
+}
