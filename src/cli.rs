@@ -99,6 +99,9 @@ pub fn error_line(
     if let Some(from) = not_utf8_variable(error, args, env) {
         return Some(from);
     }
+    if let Some(hint) = dash_name_hint(error, args) {
+        return Some(format!("{message} ({hint})"));
+    }
     Some(match from_a_variable(error, args, env) {
         Some(from) if from.value.to_string_lossy().trim().is_empty() => {
             set_but_empty(from.variable, from.flag)
@@ -235,6 +238,99 @@ fn on_the_line(args: &[OsString], flag: &str) -> bool {
         a.to_str()
             .is_some_and(|a| a == flag || a.strip_prefix(flag).is_some_and(|r| r.starts_with('=')))
     })
+}
+
+/// The `user` subcommands that name a user as `user list` prints it: a name of the Python
+/// version's may begin with `-` there (`add` refuses such a name).
+const NAMING_A_USER: [&str; 4] = ["delete", "modify", "show", "rotate-key"];
+
+/// How to name a user whose name begins with `-` (the Python version allowed `-bob`, and
+/// `user list` prints it so), when clap took that name for flags: `user delete -bob` said
+/// only "unexpected argument '-b' found", and `--` was documented nowhere. `Some` only when
+/// the unexpected argument stands where such a command's name goes: the name not yet given,
+/// no `--` before it. The command line is walked as clap walks it (subcommands, flags and
+/// the values they take), so `--db -x.db` is a value and `user delete bob -x` a mistyped
+/// flag, not a name.
+fn dash_name_hint(error: &clap::Error, args: &[OsString]) -> Option<String> {
+    use clap::CommandFactory as _;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(invalid)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // A flag of the command mistyped (`--keyy`), not a name.
+    if error.get(ContextKind::SuggestedArg).is_some() {
+        return None;
+    }
+    let mut root = Cli::command();
+    root.build();
+    let mut at = &root;
+    let mut path: Vec<&str> = Vec::new();
+    let mut positionals = 0;
+    let mut tokens = args.iter().skip(1).map(|a| a.to_string_lossy());
+    let unexpected = loop {
+        let token = tokens.next()?;
+        if token == "--" {
+            return None;
+        }
+        let flag = if let Some(long) = token.strip_prefix("--") {
+            let name = long.split_once('=').map_or(long, |(name, _)| name);
+            at.get_arguments()
+                .find(|a| a.get_long() == Some(name))
+                .map(|a| (a, !long.contains('=')))
+        } else if let Some(shorts) = token.strip_prefix('-').filter(|s| !s.is_empty()) {
+            let first = shorts.chars().next();
+            at.get_arguments()
+                .find(|a| a.get_short() == first)
+                .map(|a| (a, shorts.chars().count() == 1))
+        } else {
+            if let Some(sub) = at.find_subcommand(token.as_ref()) {
+                at = sub;
+                path.push(sub.get_name());
+                positionals = 0;
+            } else {
+                positionals += 1;
+            }
+            continue;
+        };
+        match flag {
+            // A flag's value is the next token, whatever it looks like.
+            Some((arg, value_follows)) => {
+                if value_follows && arg.get_action().takes_values() {
+                    tokens.next();
+                }
+            }
+            None => break token,
+        }
+    };
+    let [user, command] = path[..] else {
+        return None;
+    };
+    if user != "user"
+        || !NAMING_A_USER.contains(&command)
+        || positionals > 0
+        || !unexpected.starts_with(invalid.as_str())
+    {
+        return None;
+    }
+    Some(format!(
+        "a user name that begins with \"-\" goes last, after --: llmsrouter user {command} -- {}",
+        shell_word(&crate::printable(&unexpected))
+    ))
+}
+
+/// `word` as a shell reads it back: as is when it holds only characters the shell leaves
+/// alone, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| {
+        c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | '+' | '/' | ':' | ',' | '=')
+    };
+    if word.chars().all(plain) {
+        return word.to_owned();
+    }
+    format!("'{}'", word.replace('\'', r"'\''"))
 }
 
 /// A value the flag did not give, so its variable did.
@@ -636,7 +732,8 @@ The user is named as `user list` prints it, or found by its key with --key (the 
 revoke a leaked key whoever holds it; --key - reads the key from stdin, out of the shell \
 history). A name the Python version's database holds as NULL, as a BLOB or as text that \
 is not UTF-8 prints, and is accepted, as <null>, <blob:HEX> or with \\xNN for each byte \
-that is not UTF-8 (quote it for the shell). \
+that is not UTF-8 (quote it for the shell). A name that begins with - goes last, after \
+--: llmsrouter user delete -- -bob. \
 When several users print alike, nothing is done and the error lists them with their \
 rowids: add --rowid N to pick one. The same holds for show, modify and rotate-key.\n\n\
 Examples:\n  \

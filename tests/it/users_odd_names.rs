@@ -392,3 +392,74 @@ async fn an_odd_users_requests_are_recorded_under_its_printed_name() {
     router.stop().await;
     refresh.shutdown().await;
 }
+
+/// A Python version's user whose name begins with `-` (`user list` prints `-bob`) is named
+/// after `--`, and the error for the name written as a flag says so, naming each command's
+/// own way: `user delete -bob` said only "unexpected argument '-b' found". The command the
+/// hint shows works as shown. A flag mistyped after the name, or `add` (which refuses such a
+/// name), gets no such hint.
+#[test]
+fn a_name_beginning_with_a_dash_is_named_after_double_dash_as_the_error_says() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    let conn = Connection::open(&db).expect("create");
+    conn.execute_batch(PYTHON_SCHEMA).expect("schema");
+    conn.execute(
+        "INSERT INTO users (username, api_key, email, permissions, created_at, updated_at)
+         VALUES ('-bob', ?1, NULL, '{\"*\": true}', '2024-05-01T12:34:56', '2024-05-01T12:34:56')",
+        [ANN_KEY],
+    )
+    .expect("row");
+    drop(conn);
+    let (code, table, err) = user(dir.path(), &["list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("-bob  ")),
+        "{table}"
+    );
+
+    let mut shown = String::new();
+    for (args, command) in [
+        (&["show", "-bob", "--json"][..], "show"),
+        (
+            &["--db", "users.db", "modify", "-bob", "--permissions", "*"],
+            "modify",
+        ),
+        (&["rotate-key", "--db", "users.db", "-bob"], "rotate-key"),
+        (&["delete", "-bob"], "delete"),
+    ] {
+        let (code, out, err) = user(dir.path(), args);
+        assert_eq!((code, out.as_str()), (2, ""), "{args:?}: {err}");
+        assert_eq!(
+            err,
+            format!(
+                "error: unexpected argument '-b' found (a user name that begins with \"-\" goes last, after --: llmsrouter user {command} -- -bob)\n"
+            ),
+            "{args:?}"
+        );
+        shown = err;
+    }
+    for args in [
+        &["delete", "bob", "-x"][..],
+        &["add", "-bob"],
+        &["delete", "--keyy"],
+    ] {
+        let (code, _, err) = user(dir.path(), args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.ends_with(" (see --help)\n"), "{args:?}: {err}");
+    }
+    assert_eq!(stored(&db).len(), 1, "nothing was done");
+
+    // The command the hint shows (the last, delete's), run as shown.
+    let shown = shown
+        .split_once(": llmsrouter ")
+        .and_then(|(_, command)| command.strip_suffix(")\n"))
+        .expect("a command");
+    let args: Vec<&str> = shown.split(' ').collect();
+    let (code, _, err) = run_cli(dir.path(), &args, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stored(&db).is_empty());
+}
