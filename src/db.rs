@@ -11,7 +11,8 @@
 //!
 //! A path is always a file name: never SQLite's `:memory:`, never a `file:` URI.
 //! Another program's database is refused before anything is written to it; a file the
-//! process may not write (or whose folder it may not) is read as it is.
+//! process may not write (or whose folder it may not) is read as it is, and so is, by a
+//! command that only reads, one that another connection keeps from the switch to WAL.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -219,6 +220,16 @@ pub enum DbError {
         BUSY_TIMEOUT.as_secs()
     )]
     Locked { path: String },
+    /// The switch to WAL (once per file: the Python version's is in rollback-journal mode)
+    /// waited the busy timeout for a moment with the file to itself, and never had it:
+    /// another connection kept a transaction open all along, be it only a reader. Said as
+    /// that, since the file is not locked for anything but the switch: waiting for "the
+    /// lock" to go, as [`Self::Locked`] says, would not help while that program is open.
+    #[error(
+        "{path}: another program has the database open in a transaction (a Python sqlite3 connection, a sqlite3 shell, DB Browser for SQLite), and the one-time switch to WAL journal mode needs it to itself: waited {} s; close that program (or run this once while nothing else uses the file) and try again",
+        BUSY_TIMEOUT.as_secs()
+    )]
+    InUse { path: String },
     #[error(
         "--db / LLMSROUTER_DB is \":memory:\", a database SQLite keeps in memory only: users and usage written there are lost when the command exits; give a file name"
     )]
@@ -253,16 +264,33 @@ fn plain_file_name(path: &Path) -> Cow<'_, Path> {
 
 /// Opens (creating if needed) and migrates the database at `path`.
 pub fn open(path: &Path) -> Result<Connection, DbError> {
-    open_as(path, Access::ReadWrite)
+    open_as(path, Access::Write)
 }
 
 /// Opens the database at `path` for reading: as [`open`] when it can be written; a file the
 /// router may only read (a read-only mount of the Python version's users.db) is opened as
 /// it is, without the switch to WAL or the schema steps, which its tables do not need to be
-/// read. What reads it must cope with an older schema (see `users::index`).
+/// read. What reads it must cope with an older schema (see `users::index`). For `serve`'s
+/// users index, which keeps its connection: a file it may write is switched to WAL, so that
+/// commands can change users while it runs.
 pub fn open_to_read(path: &Path) -> Result<Connection, DbError> {
-    open_as(path, Access::ReadOnlyWhenSo)
+    open_as(path, Access::Follow)
 }
+
+/// [`open_to_read`] for a command that reads and exits (`user list`, `user show`, `usage`):
+/// a file in rollback-journal mode (the Python version's) that another program has open in
+/// a transaction, so that the one-time switch to WAL cannot have it to itself, is read as it
+/// is too, as a file it may not write is, rather than waited for and refused: the command
+/// needs neither the switch nor the schema steps. The switch is tried for [`SWITCH_GRACE`]
+/// only; a file already in WAL mode needs no switch.
+pub fn open_to_read_once(path: &Path) -> Result<Connection, DbError> {
+    open_as(path, Access::ReadOnce)
+}
+
+/// How long a command that only reads tries the switch to WAL while another connection
+/// keeps it from having the file to itself, before it reads the file as it is: long enough
+/// for a moment's contention (another command reading), short of a wait anyone notices.
+const SWITCH_GRACE: Duration = Duration::from_millis(200);
 
 /// What `llmsrouter check` can tell of the database at `path` without writing to it: the
 /// refusals `serve` would meet when opening it (a folder or a device, not a database,
@@ -349,8 +377,12 @@ fn not_a_regular_file(_kind: &std::fs::FileType) -> &'static str {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Access {
-    ReadWrite,
-    ReadOnlyWhenSo,
+    /// [`open`].
+    Write,
+    /// [`open_to_read`].
+    Follow,
+    /// [`open_to_read_once`].
+    ReadOnce,
 }
 
 fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
@@ -367,7 +399,7 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
     let conn = open_file(&path, flags).map_err(|e| match access {
         // A reader creating a missing file writes it: a folder that refuses that is named,
         // as for a writer (SQLite says only "unable to open database file").
-        Access::ReadOnlyWhenSo if !missing => not_a_database(&shown, e),
+        Access::Follow | Access::ReadOnce if !missing => not_a_database(&shown, e),
         _ => cannot_write(&shown, &path, e),
     })?;
     // A file from a newer llmsrouter (or not a database at all, or another program's) is
@@ -377,10 +409,10 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
     check_ours(&conn, &shown)?;
     // SQLite opens a file the process may not write read-only, and says so.
     let read_only = conn.is_readonly(rusqlite::MAIN_DB)?;
-    if access == Access::ReadWrite && read_only {
+    if access == Access::Write && read_only {
         return Err(DbError::ReadOnly { path: shown });
     }
-    if access == Access::ReadOnlyWhenSo {
+    if access != Access::Write {
         if read_only {
             return read_as_is(conn, &shown);
         }
@@ -394,7 +426,18 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
             return read_as_is(conn, &shown);
         }
     }
-    configure(&conn).map_err(|e| cannot_write(&shown, &path, e))?;
+    let wait = match access {
+        Access::ReadOnce => SWITCH_GRACE,
+        Access::Write | Access::Follow => BUSY_TIMEOUT,
+    };
+    match configure(&conn, wait) {
+        Ok(()) => {}
+        Err(e) if is_locked(&e) && access == Access::ReadOnce => {
+            return read_as_is(conn, &shown);
+        }
+        Err(e) if is_locked(&e) => return Err(DbError::InUse { path: shown }),
+        Err(e) => return Err(cannot_write(&shown, &path, e)),
+    }
     migrate(&conn, &shown)
         .and_then(|()| add_permissions_column(&conn))
         .and_then(|()| Ok(ensure_change_tracking(&conn)?))
@@ -639,31 +682,39 @@ fn check_ours(conn: &Connection, path: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    set_wal(conn)?;
+/// Switches the file to WAL, waiting up to `wait` for it (see [`set_wal`]), and sets what
+/// every connection of ours uses.
+fn configure(conn: &Connection, wait: Duration) -> rusqlite::Result<()> {
+    set_wal(conn, wait)?;
     conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")?;
     Ok(())
 }
 
 /// Switches the file to WAL (it persists in the file once set). Switching needs the file to
-/// itself, and SQLite answers "busy" at once, without its busy handler, when another process
-/// is switching the same new file at that moment; so this waits and retries, within the
-/// busy timeout.
-fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
-    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
-    loop {
+/// itself: while another connection has a transaction open on a file in rollback-journal
+/// mode (a Python sqlite3 connection only reading holds a shared lock for as long), SQLite
+/// waits through the busy handler and then answers "busy". It also answers "busy" at once,
+/// without its busy handler, when another process is switching the same new file at that
+/// moment; so this retries, within `wait`, which is also the busy timeout meanwhile (the
+/// connection gets [`BUSY_TIMEOUT`] back after). A file already in WAL mode switches at once.
+fn set_wal(conn: &Connection, wait: Duration) -> rusqlite::Result<()> {
+    conn.busy_timeout(wait)?;
+    let deadline = std::time::Instant::now() + wait;
+    let switched = loop {
         // journal_mode answers with a row.
         match conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get::<_, String>(0)) {
-            Ok(_) => return Ok(()),
+            Ok(_) => break Ok(()),
             Err(e)
                 if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err(e) => return Err(e),
+            Err(e) => break Err(e),
         }
-    }
+    };
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    switched
 }
 
 /// Whether `e` says another connection kept the lock past the busy timeout.

@@ -586,7 +586,7 @@ fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
             cli.db.display()
         ));
     }
-    let conn = llmsrouter::db::open_to_read(&cli.db)?;
+    let conn = llmsrouter::db::open_to_read_once(&cli.db)?;
     let by = match args.by {
         UsageGroup::Provider => GroupBy::Provider,
         UsageGroup::User => GroupBy::User,

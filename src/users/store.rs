@@ -114,8 +114,9 @@ pub enum OpenMode {
     /// Every other command: a missing file is an error, so a mistyped `--db` does not
     /// quietly answer from (and leave behind) an empty database.
     Existing,
-    /// `list` and `show`: as `Existing`, and a file the router may only read is read as it
-    /// is (see [`crate::db::open_to_read`]).
+    /// `list` and `show`: as `Existing`, and a file the router may only read, or that
+    /// another program keeps from the switch to WAL, is read as it is (see
+    /// [`crate::db::open_to_read_once`]).
     Read,
 }
 
@@ -131,7 +132,7 @@ impl UserStore {
             return Err(UserError::NoDatabase(path.display().to_string()));
         }
         let conn = match mode {
-            OpenMode::Read => crate::db::open_to_read(path)?,
+            OpenMode::Read => crate::db::open_to_read_once(path)?,
             OpenMode::Create | OpenMode::Existing => crate::db::open(path)?,
         };
         Ok(Self { conn })

@@ -881,3 +881,78 @@ fn a_device_or_a_named_pipe_is_refused_and_nothing_is_made_beside_it() {
     assert!(out.lines().any(|line| line.starts_with("ann ")), "{out}");
     assert!(key.starts_with("sk-lr-"), "{key}");
 }
+
+/// The Python version's users.db (rollback-journal mode) while another program only reads
+/// it (a Python sqlite3 connection with a read transaction open, here this test's own): the
+/// one-time switch to WAL cannot have the file to itself. The commands that only read it do
+/// not need the switch and read the file as it is, at once (they waited the 10 s busy
+/// timeout and failed with "another program held the database's lock"); those that write,
+/// and `serve`, wait the busy timeout as before and then say what is in the way and what to
+/// do. Nothing is written to the file meanwhile; once the reader is done the switch is made.
+#[test]
+fn a_python_database_another_program_reads_is_read_as_it_is_and_switched_later() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("cfg");
+    let db = dir.path().join("users.db");
+    python_db(&db);
+    let before = std::fs::read(&db).expect("db");
+    let reader = rusqlite::Connection::open(&db).expect("reader");
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM users;")
+        .expect("read transaction");
+    let mode: String = reader
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("mode");
+    assert_eq!(mode, "delete", "the Python version's journal mode");
+
+    for args in [
+        &["user", "list"][..],
+        &["user", "show", "ann", "--json"],
+        &["usage", "--json"],
+    ] {
+        let started = std::time::Instant::now();
+        let (code, out, err) = run_bounded(dir.path(), args, &[]);
+        let took = started.elapsed();
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.contains("ann") || out.contains("\"rows\":[]"), "{out}");
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "{args:?} waited {took:?}: the busy timeout is 10 s"
+        );
+    }
+
+    let expected = "users.db: another program has the database open in a transaction (a Python sqlite3 connection, a sqlite3 shell, DB Browser for SQLite), and the one-time switch to WAL journal mode needs it to itself: waited 10 s; close that program (or run this once while nothing else uses the file) and try again";
+    // One after the other: two switching at once keep each other from reading the file
+    // at all (the first holds SQLite's pending lock while it waits), past the bound.
+    let serve = ["serve", "--host", "127.0.0.1", "--port", "0"];
+    for (args, envs) in [
+        (&["user", "add", "carl"][..], &[][..]),
+        (
+            &serve,
+            &[
+                ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+                ("LLMSROUTER_LOG_FILE", ""),
+            ],
+        ),
+    ] {
+        let (code, out, err) = run_bounded(dir.path(), args, envs);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(out.is_empty(), "{args:?}: no key printed: {out}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: ") && last.ends_with(expected),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read(&db).expect("db"), before, "not written");
+
+    reader.execute_batch("COMMIT").expect("done reading");
+    let (code, key, err) = run_cli(dir.path(), &["user", "add", "carl"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(key.starts_with("sk-lr-"), "{key}");
+    drop(reader);
+    let mode: String = rusqlite::Connection::open(&db)
+        .and_then(|conn| conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
+        .expect("mode");
+    assert_eq!(mode, "wal", "switched once the file was free");
+}
