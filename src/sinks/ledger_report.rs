@@ -270,13 +270,20 @@ impl UsageReport {
         };
         let mut lines: Vec<Vec<String>> = vec![header];
         for row in &self.rows {
-            // Usernames and model names come from the database as they were stored. None or
-            // empty (no user; a file upload, which names no model) is `-`, not a blank cell.
+            // Usernames and model names come from the database as they were stored; a
+            // username is shown as `user list` shows it (names that differ only where it
+            // cannot be seen print differently). None or empty (no user; a file upload, which
+            // names no model) is `-`, not a blank cell.
+            let shown = if self.by == GroupBy::User {
+                crate::users::names::in_table
+            } else {
+                crate::printable
+            };
             let key = row
                 .key
                 .as_deref()
                 .filter(|key| !key.is_empty())
-                .map_or_else(|| "-".into(), crate::printable);
+                .map_or_else(|| "-".into(), shown);
             lines.push(cells(row, key));
         }
         lines.push(cells(&self.total, "TOTAL".into()));

@@ -16,7 +16,7 @@ use unicode_width::UnicodeWidthStr;
 use super::UserError;
 use super::import::{self, ImportRow};
 use super::key::masked;
-use super::names::quoted;
+use super::names::{self, quoted};
 use super::permissions::{self, parse_spec, unknown_aliases};
 use super::store::{NewUser, OpenMode, User, UserStore, Who};
 use crate::auth::Permissions;
@@ -315,7 +315,7 @@ fn list(cx: &mut Context<'_>, json: bool) -> Result<(), UserError> {
         .iter()
         .map(|u| {
             vec![
-                printable(&u.username),
+                names::in_table(&u.username),
                 u.email.as_deref().map_or_else(|| "-".to_owned(), printable),
                 permissions_cell(u),
                 masked(&u.key),
@@ -338,7 +338,7 @@ fn show(cx: &mut Context<'_>, who: Who<'_>, json: bool) -> Result<(), UserError>
         return Ok(());
     }
     let rows = vec![
-        vec!["username:".to_owned(), printable(&user.username)],
+        vec!["username:".to_owned(), names::in_table(&user.username)],
         vec![
             "email:".to_owned(),
             user.email

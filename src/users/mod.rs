@@ -61,13 +61,31 @@ pub enum UserError {
     /// `--key` matched no user. The key itself is never part of a message.
     #[error("no user has the given key")]
     UnknownKey,
-    /// `--rowid` named none of the users that answer to the name.
-    #[error("no user {} has rowid {rowid} ({})", quoted(.name), rowid_hint(.name, *.only))]
+    /// `--rowid` named none of the users that answer to the name, or whose names look
+    /// like it.
+    #[error("no user {} has rowid {rowid}{}", quoted(.name), rowid_hint(.name, *.only, .alike))]
     NoSuchRowid {
         name: String,
         rowid: i64,
-        /// The rowid of the one user that answers to the name, when only one does.
+        /// The rowid of the one user that answers to the name, when only one does and
+        /// none looks like it.
         only: Option<i64>,
+        /// When some users' names look like the name: every user that answers to it or
+        /// looks like it, `rowid N: "name"`; empty otherwise.
+        alike: String,
+    },
+    /// No user answers to the name, and some have names that look like it on a screen
+    /// (white space around it, another Unicode normalisation, invisible characters).
+    #[error(
+        "user {} does not exist; {} like it ({users}); nothing was changed: add --rowid <N> to pick one, or give the name exactly as shown here (in single quotes for the shell), or give --key <KEY> instead of the name",
+        quoted(.name),
+        if *.count == 1 { "1 user's name looks".to_owned() } else { format!("{count} users' names look") }
+    )]
+    LookAlikes {
+        name: String,
+        count: usize,
+        /// rowid, name, masked key and creation time of each.
+        users: String,
     },
     /// Several users answer to a name (users of the Python version's database that print
     /// alike): none is picked.
@@ -113,11 +131,15 @@ pub enum UserError {
 }
 
 /// Where to find the rowid `--rowid` should have given: the one user that answers to the
-/// name has it, or the error without `--rowid` lists them all.
-fn rowid_hint(name: &str, only: Option<i64>) -> String {
+/// name has it, or the error without `--rowid` lists them all; when some names look like
+/// the name, every candidate, look-alikes included.
+fn rowid_hint(name: &str, only: Option<i64>, alike: &str) -> String {
+    if !alike.is_empty() {
+        return format!(", nor a user whose name looks like it ({alike})");
+    }
     match only {
-        Some(rowid) => format!("the only user {} has rowid {rowid}", quoted(name)),
-        None => "the error without --rowid lists them".to_owned(),
+        Some(rowid) => format!(" (the only user {} has rowid {rowid})", quoted(name)),
+        None => " (the error without --rowid lists them)".to_owned(),
     }
 }
 

@@ -179,15 +179,96 @@ fn check_domain(domain: &str) -> Result<(), String> {
 /// Longest part of a name a message quotes, in characters; the rest is clipped.
 const QUOTED_CHARS: usize = 80;
 
-/// A name (or email) in a message: in double quotes, exactly as the `user list` table prints
-/// it ([`crate::printable`]: control and invisible formatting characters escaped, `bob\xff`
-/// with one backslash), so it can be copied from the message into the next command; clipped
-/// to 80 characters, so a 1 MB name cannot flood the terminal.
+/// A name (or email) in a message: in double quotes, escaped as the `user list` table prints
+/// it ([`escaped`]: control and invisible characters, `bob\xff` with one backslash), so it
+/// can be copied from the message into the next command; clipped to 80 characters, so a 1 MB
+/// name cannot flood the terminal.
 pub fn quoted(name: &str) -> String {
-    format!(
-        "\"{}\"",
-        crate::printable(&crate::error::clip(name, QUOTED_CHARS))
-    )
+    format!("\"{}\"", escaped(&crate::error::clip(name, QUOTED_CHARS)))
+}
+
+/// A username as the `user list` table, `user show` and `usage --by user` print it:
+/// [`escaped`], and in double quotes when it begins or ends with a space, or is empty, which
+/// a table cell would not show (`"carol "`). Every form answers to the name again
+/// ([`StoredName::answers_to`]).
+pub fn in_table(name: &str) -> String {
+    let shown = escaped(name);
+    if shown.is_empty() || shown.starts_with(' ') || shown.ends_with(' ') {
+        format!("\"{shown}\"")
+    } else {
+        shown
+    }
+}
+
+/// A username with what cannot be seen in it made visible, so that Python-era names which
+/// differ only there print differently (a new name has none of it): as
+/// [`crate::printable`] (control and invisible formatting characters as `\u{1b}`), and, the
+/// same way, every white space character but the plain space (`Jane\u{a0}Doe`), and in a
+/// name that is not in Unicode NFC (a decomposed `é`, `e` and U+0301, as some keyboards and
+/// macOS file names give), each character beyond ASCII from the first that NFC changes to the
+/// last (`Jose\u{301}`, beside the NFC `José`). An NFC name with neither prints as it is.
+pub fn escaped(name: &str) -> String {
+    let changed = not_nfc_span(name);
+    let visible = |i: usize, c: char| {
+        !(crate::hidden(c)
+            || (c.is_whitespace() && c != ' ')
+            || (!c.is_ascii() && changed.contains(&i)))
+    };
+    if name.char_indices().all(|(i, c)| visible(i, c)) {
+        return name.to_owned();
+    }
+    let mut shown = String::with_capacity(name.len() + 8);
+    for (i, c) in name.char_indices() {
+        if visible(i, c) {
+            shown.push(c);
+        } else {
+            shown.extend(c.escape_default());
+        }
+    }
+    shown
+}
+
+/// The bytes of `name` from the first character its NFC form changes to the last (empty
+/// when it is in NFC).
+fn not_nfc_span(name: &str) -> std::ops::Range<usize> {
+    if name.is_ascii() {
+        return 0..0;
+    }
+    let nfc = nfc(name);
+    if nfc == name {
+        return 0..0;
+    }
+    let start: usize = name
+        .chars()
+        .zip(nfc.chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a.len_utf8())
+        .sum();
+    let same_end: usize = name
+        .chars()
+        .rev()
+        .zip(nfc.chars().rev())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a.len_utf8())
+        .sum();
+    start..(name.len() - same_end).max(start)
+}
+
+fn nfc(text: &str) -> std::borrow::Cow<'_, str> {
+    icu_normalizer::ComposingNormalizerBorrowed::new_nfc().normalize(text)
+}
+
+/// What a name looks like on a screen: in NFC, without invisible characters, every white
+/// space a plain space, none around it. Two names that look alike but differ (`carol` and
+/// `carol `, `José` in NFC and decomposed) are each other's look-alikes: when a command is
+/// given one and finds no user so named, it names the users whose names look like it.
+fn looks(name: &str) -> String {
+    let visible: String = nfc(name)
+        .chars()
+        .filter(|&c| !crate::hidden(c) || c.is_whitespace())
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
+        .collect();
+    visible.trim_matches(' ').to_owned()
 }
 
 /// A name as given on the command line, for a message that may echo it although no user
@@ -203,8 +284,9 @@ pub fn given(name: &str) -> String {
     }
 }
 
-/// A username as the users table holds it. Every form prints as one string, the same in the
-/// table, in JSON and in messages, and that string addresses the user again:
+/// A username as the users table holds it. Every form prints as one string ([`Self::shown`]),
+/// in JSON as it is and in the table and messages with what cannot be seen made visible
+/// ([`in_table`], [`escaped`]), and each of these addresses the user again:
 ///
 /// - text that is UTF-8: itself (as it always did);
 /// - text that is not UTF-8: its UTF-8 parts as they are but for `\` (doubled), each other
@@ -266,7 +348,9 @@ impl StoredName {
     }
 
     /// Whether `name`, as given on the command line, names this user: the stored text
-    /// itself, or the name as `user list --json` or the `user list` table prints it.
+    /// itself, or the name as `user list --json`, the `user list` table ([`in_table`]) or a
+    /// message ([`escaped`], in the quotes) prints it; or as earlier builds printed it
+    /// ([`crate::printable`] alone).
     pub fn answers_to(&self, name: &str) -> bool {
         if let Self::Text(text) = self {
             if text == name {
@@ -274,7 +358,16 @@ impl StoredName {
             }
         }
         let shown = self.shown();
-        shown == name || crate::printable(&shown) == name
+        shown == name
+            || crate::printable(&shown) == name
+            || escaped(&shown) == name
+            || in_table(&shown) == name
+    }
+
+    /// Whether this user's name looks like `name` on a screen without answering to it: the
+    /// same but for white space around it, Unicode normalisation or invisible characters.
+    pub fn looks_like(&self, name: &str) -> bool {
+        !self.answers_to(name) && looks(&self.shown()) == looks(name)
     }
 }
 
@@ -445,5 +538,53 @@ mod tests {
         );
         assert_eq!(StoredName::from_sql(ValueRef::Null), StoredName::Null);
         assert!(StoredName::from_sql(ValueRef::Text(b"ann")).is_text());
+    }
+
+    /// Names that differ only where a screen shows nothing print apart, and each answers to
+    /// what it prints; a name in NFC without such characters prints as it is, in any script.
+    #[test]
+    fn look_alike_names_print_apart_and_answer_to_what_they_print() {
+        let cases = [
+            ("carol ", "carol ", "\"carol \""),
+            (" carol", " carol", "\" carol\""),
+            ("", "", "\"\""),
+            ("Jane Doe", "Jane Doe", "Jane Doe"),
+            ("Jane\u{a0}Doe", "Jane\\u{a0}Doe", "Jane\\u{a0}Doe"),
+            ("Jos\u{e9}", "Jos\u{e9}", "Jos\u{e9}"),
+            ("Jose\u{301}", "Jose\\u{301}", "Jose\\u{301}"),
+            // Only from the first character NFC changes to the last: the NFC `ë` stays.
+            (
+                "Zo\u{eb} Jose\u{301}",
+                "Zo\u{eb} Jose\\u{301}",
+                "Zo\u{eb} Jose\\u{301}",
+            ),
+            // A decomposed Hangul syllable, and a singleton NFC replaces (ANGSTROM SIGN).
+            (
+                "\u{1112}\u{1161}\u{11ab}",
+                "\\u{1112}\\u{1161}\\u{11ab}",
+                "\\u{1112}\\u{1161}\\u{11ab}",
+            ),
+            ("\u{212b}", "\\u{212b}", "\\u{212b}"),
+            // NFC with combining marks of its own: as it is.
+            ("हिन्दी", "हिन्दी", "हिन्दी"),
+            ("李雷", "李雷", "李雷"),
+            ("a\u{200b}", "a\\u{200b}", "a\\u{200b}"),
+        ];
+        for (name, escaped_form, table_form) in cases {
+            assert_eq!(escaped(name), escaped_form, "{name:?}");
+            assert_eq!(in_table(name), table_form, "{name:?}");
+            let stored = StoredName::Text(name.to_owned());
+            for given in [name, escaped_form, table_form] {
+                assert!(stored.answers_to(given), "{name:?} answers to {given:?}");
+            }
+            assert_eq!(quoted(name), format!("\"{escaped_form}\""));
+        }
+        let nfd = StoredName::Text("Jose\u{301}".to_owned());
+        assert!(!nfd.answers_to("Jos\u{e9}"));
+        assert!(nfd.looks_like("Jos\u{e9}"));
+        let carol = StoredName::Text("carol ".to_owned());
+        assert!(carol.looks_like("carol") && !carol.looks_like("carol "));
+        assert!(!carol.looks_like("Carol"), "case is no look-alike");
+        assert!(StoredName::Text("a\u{200b}b".into()).looks_like("ab"));
     }
 }

@@ -317,39 +317,30 @@ fn find(conn: &Connection, who: Who<'_>) -> Result<User, UserError> {
     let mut found = Vec::new();
     match who {
         Who::Name { name, rowid } => {
-            // The rowids of the users that answer to the name, and whether the name is
-            // some other user's key (pasted where the name goes).
+            // The users that answer to the name (rowid and name as messages quote it), those
+            // whose names only look like it, and whether the name is some other user's key
+            // (pasted where the name goes).
             let mut named = Vec::new();
+            let mut alike = Vec::new();
             let mut is_a_key = false;
             // White space and quotes around a key are not part of it (nor a `,` after it).
             let as_key = hash_key(pasted_key(name));
             for user in users {
                 let user = user?;
                 if user.stored_name.answers_to(name) {
-                    named.push(user.rowid);
+                    named.push((user.rowid, user.quoted_name()));
                     if rowid.is_none_or(|id| id == user.rowid) {
                         found.push(user);
                     }
-                } else if holds_key(&user, &as_key) {
-                    is_a_key = true;
+                } else {
+                    is_a_key |= holds_key(&user, &as_key);
+                    if user.stored_name.looks_like(name) {
+                        alike.push(user);
+                    }
                 }
             }
-            if named.is_empty() {
-                return Err(if is_a_key {
-                    UserError::KeyAsName
-                } else {
-                    unknown(name)
-                });
-            }
-            if let (Some(rowid), true) = (rowid, found.is_empty()) {
-                return Err(UserError::NoSuchRowid {
-                    name: name.to_owned(),
-                    rowid,
-                    only: match named[..] {
-                        [one] => Some(one),
-                        _ => None,
-                    },
-                });
+            if found.is_empty() {
+                not_found(name, rowid, &named, alike, is_a_key).map(|user| found.push(user))?;
             }
         }
         Who::Key(key) => {
@@ -371,11 +362,62 @@ fn find(conn: &Connection, who: Who<'_>) -> Result<User, UserError> {
     found.pop().ok_or(UserError::UnknownKey)
 }
 
-/// Several users answer to `who`: the refusal lists each (rowid, name, masked key, created)
-/// so the rowid of the one meant can be given with the name.
-fn ambiguous(who: Who<'_>, found: &[User]) -> UserError {
+/// No user answers to `name` (with `rowid`, when given). A look-alike's rowid picks it: the
+/// name given looks like its name (`carol` for `carol `, an NFC `José` for a decomposed one),
+/// so the rowid cannot be a stale one that reaches another user. Otherwise the refusal names
+/// the look-alikes, with their rowids, so the one meant can be named; a name that is some
+/// user's key, or looks like a key, is never echoed.
+fn not_found(
+    name: &str,
+    rowid: Option<i64>,
+    named: &[(i64, String)],
+    mut alike: Vec<User>,
+    is_a_key: bool,
+) -> Result<User, UserError> {
+    if named.is_empty() && is_a_key {
+        return Err(UserError::KeyAsName);
+    }
+    if named.is_empty() && (alike.is_empty() || looks_like_key(name)) {
+        return Err(unknown(name));
+    }
+    let Some(rowid) = rowid else {
+        return Err(UserError::LookAlikes {
+            name: name.to_owned(),
+            count: alike.len(),
+            users: listed(&alike),
+        });
+    };
+    if let Some(at) = alike.iter().position(|u| u.rowid == rowid) {
+        return Ok(alike.swap_remove(at));
+    }
+    let only = match named {
+        [(one, _)] if alike.is_empty() => Some(*one),
+        _ => None,
+    };
+    let candidates = named
+        .iter()
+        .cloned()
+        .chain(alike.iter().map(|u| (u.rowid, u.quoted_name())));
+    let alike = if alike.is_empty() {
+        String::new()
+    } else {
+        candidates
+            .map(|(rowid, name)| format!("rowid {rowid}: {name}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    Err(UserError::NoSuchRowid {
+        name: name.to_owned(),
+        rowid,
+        only,
+        alike,
+    })
+}
+
+/// Users listed in a refusal: rowid, name, masked key, created; the first five.
+fn listed(users: &[User]) -> String {
     const LISTED: usize = 5;
-    let mut users: Vec<String> = found
+    let mut listed: Vec<String> = users
         .iter()
         .take(LISTED)
         .map(|u| {
@@ -393,9 +435,15 @@ fn ambiguous(who: Who<'_>, found: &[User]) -> UserError {
             )
         })
         .collect();
-    if found.len() > LISTED {
-        users.push(format!("and {} more", found.len() - LISTED));
+    if users.len() > LISTED {
+        listed.push(format!("and {} more", users.len() - LISTED));
     }
+    listed.join("; ")
+}
+
+/// Several users answer to `who`: the refusal lists each (rowid, name, masked key, created)
+/// so the rowid of the one meant can be given with the name.
+fn ambiguous(who: Who<'_>, found: &[User]) -> UserError {
     let (what, hint) = match who {
         Who::Name { name, .. } => (
             names::quoted(name),
@@ -410,7 +458,7 @@ fn ambiguous(who: Who<'_>, found: &[User]) -> UserError {
     UserError::Ambiguous {
         what,
         count: found.len(),
-        users: users.join("; "),
+        users: listed(found),
         hint,
     }
 }

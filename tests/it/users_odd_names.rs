@@ -463,3 +463,150 @@ fn a_name_beginning_with_a_dash_is_named_after_double_dash_as_the_error_says() {
     assert_eq!(code, 0, "{err}");
     assert!(stored(&db).is_empty());
 }
+
+/// Python-era names that look alike on a screen: `carol ` (a trailing space), `José` in NFC
+/// and decomposed (`e` and U+0301), and `Jane` NO-BREAK SPACE `Doe`, beside plain ones. Each
+/// prints apart from its look-alike in `user list`, `user show` and `usage --by user`, and
+/// what is printed, pasted back, names that row (`carol` printed as `carol` named nobody; the
+/// two `José` printed alike). A name that names nobody but looks like some names lists them,
+/// with their rowids, and `--rowid` picks a look-alike (it said "no user "José" has rowid 3
+/// (the only user "José" has rowid 2)" of the other José's rowid). No key is printed.
+#[test]
+fn look_alike_names_print_apart_and_are_named_by_what_is_printed() {
+    const KEYS: [&str; 5] = [
+        "AnnKeyAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "CarolKeyBBBBBBBBBBBBBBBBBBBBBBBB",
+        "JoseNfcKeyCCCCCCCCCCCCCCCCCCCCCC",
+        "JoseNfdKeyDDDDDDDDDDDDDDDDDDDDDD",
+        "JaneKeyEEEEEEEEEEEEEEEEEEEEEEEEE",
+    ];
+    const NAMES: [&str; 5] = ["ann", "carol ", "Jos\u{e9}", "Jose\u{301}", "Jane\u{a0}Doe"];
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    {
+        let conn = Connection::open(&db).expect("create");
+        conn.execute_batch(PYTHON_SCHEMA).expect("schema");
+        for (name, key) in NAMES.iter().zip(KEYS) {
+            conn.execute(
+                "INSERT INTO users VALUES (?1, ?2, NULL, '{\"*\": true}', '2024-05-01T12:34:56.789012', '2024-05-01T12:34:56.789012')",
+                [name, &key],
+            )
+            .expect("row");
+        }
+    }
+    let mut outputs = Vec::new();
+    let (code, table, err) = user(dir.path(), &["list"]);
+    assert_eq!(code, 0, "{err}");
+    let printed: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split("  ").next())
+        .collect();
+    // By the stored bytes: the decomposed `e` sorts before the NFC `é`.
+    assert_eq!(
+        printed,
+        [
+            "Jane\\u{a0}Doe",
+            "Jose\\u{301}",
+            "Jos\u{e9}",
+            "ann",
+            "\"carol \""
+        ],
+        "{table}"
+    );
+    outputs.push(table.clone());
+
+    // What is printed names its row, as do the stored name and the form in quotes.
+    let rows = [(5, 0), (4, 1), (3, 2), (1, 3), (2, 4)];
+    for (rowid, at) in rows {
+        let name = NAMES[rowid - 1];
+        for given in [printed[at], name] {
+            let (code, out, err) = user(dir.path(), &["show", given, "--json"]);
+            assert_eq!(code, 0, "{given:?}: {err}");
+            let shown: Value = serde_json::from_str(&out).expect("json");
+            assert_eq!(shown["username"], name, "{given:?}");
+            assert_eq!(shown["key_prefix"], &KEYS[rowid - 1][..10], "{given:?}");
+            outputs.push(out);
+        }
+        let (code, out, err) = user(dir.path(), &["show", printed[at]]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            out.lines().next(),
+            Some(format!("username:     {}", printed[at]).as_str()),
+            "{out}"
+        );
+        outputs.push(out);
+    }
+
+    // The name as it looks names nobody: the look-alike is named, and how to name it.
+    let (code, out, err) = user(dir.path(), &["show", "carol"]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(
+        err,
+        "error: user \"carol\" does not exist; 1 user's name looks like it (rowid 2: \"carol \", key CarolKeyBB…, created 2024-05-01 12:34:56); nothing was changed: add --rowid <N> to pick one, or give the name exactly as shown here (in single quotes for the shell), or give --key <KEY> instead of the name\n"
+    );
+    outputs.push(err);
+    let (code, out, err) = user(dir.path(), &["show", "carol", "--rowid", "2", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"carol \""), "{out}");
+    // A look-alike's rowid picks it; one that is neither's lists both.
+    let (code, out, err) = user(dir.path(), &["show", "Jos\u{e9}", "--rowid", "4", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("JoseNfdKey"), "{out}");
+    let (code, _, err) = user(dir.path(), &["show", "Jos\u{e9}", "--rowid", "1"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "error: no user \"Jos\u{e9}\" has rowid 1, nor a user whose name looks like it (rowid 3: \"Jos\u{e9}\"; rowid 4: \"Jose\\u{301}\")\n"
+    );
+    outputs.push(err);
+
+    // A change acts on the row printed, and on it alone.
+    let (code, out, err) = user(dir.path(), &["delete", "Jose\\u{301}"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "deleted user \"Jose\\u{301}\"\n");
+    let left: Vec<i64> = stored(&db).iter().map(|r| r.0).collect();
+    assert_eq!(left, [1, 2, 3, 5]);
+
+    // `usage --by user` prints the names of the ledger's rows as `user list` does.
+    let conn = Connection::open(&db).expect("open");
+    for name in NAMES {
+        conn.execute(
+            "INSERT INTO usage_ledger (request_id, started_at, day, username, provider, mode,
+                 endpoint, model, stream, outcome, latency_ms, input_tokens, output_tokens,
+                 total_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens,
+                 usage_known, usage_partial)
+             VALUES ('r', '2024-05-01T12:00:00.000Z', '2024-05-01', ?1, 'mock', 'alias',
+                 '/v1/chat/completions', 'm', 0, 'ok', 1, 1, 1, 2, 0, 0, 0, 1, 0)",
+            [name],
+        )
+        .expect("ledger row");
+    }
+    let (code, report, err) = run_cli(dir.path(), &["usage", "--by", "user"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let mut users: Vec<&str> = report
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split("  ").next())
+        .filter(|cell| *cell != "TOTAL")
+        .collect();
+    users.sort_unstable();
+    assert_eq!(
+        users,
+        [
+            "\"carol \"",
+            "Jane\\u{a0}Doe",
+            "Jose\\u{301}",
+            "Jos\u{e9}",
+            "ann"
+        ],
+        "{report}"
+    );
+    outputs.push(report);
+
+    for output in &outputs {
+        for key in KEYS {
+            assert!(!output.contains(key), "a key was printed: {output}");
+        }
+    }
+}
