@@ -158,7 +158,8 @@ pub struct RequestRecord {
     /// What this request itself carried that no record may show: every credential the client
     /// sent (`Authorization` whatever its scheme, `x-api-key`: a URL target's upstream key, a
     /// user's router key), a URL target's query and a URL prefix's user info (see
-    /// `routing::url_target_secrets`). Kept only so sinks can redact them wherever they might
+    /// `routing::url_target_secrets`), the values of the client's own query parameters named
+    /// as credentials (`?key=`, see `routing::client_query_secrets`). Kept only so sinks can redact them wherever they might
     /// be echoed (an upstream error message, a body, the logged request's `model`), and so
     /// no cut of this record's texts leaves a part of one ([`Self::cut_guard`]); never
     /// written anywhere. Shared, so a stream's reader holds them without a copy.

@@ -414,6 +414,32 @@ pub fn url_target_secrets<'a>(target: &'a Target<'_>, model: &'a str) -> Vec<Cow
     out
 }
 
+/// The values of the client's own query parameters whose names say they are credentials
+/// ([`crate::secret::names_a_credential`]: `?key=AIza...` as Gemini's clients send it,
+/// `access_token`, `sig`, `code`, ...), as written, percent-decoded and form-decoded (`+` a
+/// space). They go upstream with the request, to an alias and a URL target alike
+/// ([`upstream_url`]), and an upstream may echo the URL or the key in an error or an answer:
+/// no record may show them. Other parameters (`api-version`, `limit`) are not secrets;
+/// `proxy`'s query is [`url_target_secrets`]'s. Names are compared decoded.
+pub fn client_query_secrets(query: Option<&str>) -> Vec<Cow<'_, str>> {
+    let mut out = Vec::new();
+    for pair in query.unwrap_or_default().split('&') {
+        let Some((_, value)) = pair.split_once('=') else {
+            continue;
+        };
+        let name = query_key(pair);
+        if value.is_empty() || name == "proxy" || !crate::secret::names_a_credential(&name) {
+            continue;
+        }
+        out.push(Cow::Borrowed(value));
+        out.extend(percent_decoded(value));
+        if value.contains('+') {
+            out.extend(percent_decoded(&value.replace('+', " ")));
+        }
+    }
+    out
+}
+
 /// [`url_target_secrets`] of a URL target: its queries' and its URL prefix's user info.
 /// Returns where in `model` that user info is.
 fn url_target_query_secrets<'a>(
@@ -1142,6 +1168,28 @@ servers:
         ] {
             assert_eq!(model_for_records(model), shown, "{model}");
         }
+    }
+
+    /// The client's query values under credential names are secrets, in each decoded form;
+    /// `api-version`, `proxy` and other parameters are not.
+    #[test]
+    fn a_clients_credential_query_values_are_secrets() {
+        let secrets = |query: &str| -> Vec<String> {
+            client_query_secrets(Some(query))
+                .into_iter()
+                .map(Cow::into_owned)
+                .collect()
+        };
+        assert_eq!(
+            secrets("key=AIza%2F12+3&api-version=2024-10-21&limit=5&flag&proxy=http://h/v1"),
+            ["AIza%2F12+3", "AIza/12+3", "AIza/12 3"]
+        );
+        assert_eq!(
+            secrets("access_token=tok&SIG=s1&%6Bey=k1&x-amz-signature=s2&code=c1&session=&after=a"),
+            ["tok", "s1", "k1", "s2", "c1"]
+        );
+        assert!(client_query_secrets(None).is_empty());
+        assert!(secrets("api-version=2024-10-21&model=gpt-4o").is_empty());
     }
 
     /// What of `model`'s request (to `proxy`, if given) no record may show.

@@ -688,8 +688,10 @@ async fn forward_read<V: ReadBody>(
         // Only for redaction in the sinks (an upstream may echo them in an error).
         let credentials = crate::auth::presented_credentials(request.fields).map(Cow::Borrowed);
         let query = routing::url_target_secrets(&target, model);
+        let client_query = routing::client_query_secrets(request.query);
         record.secrets = credentials
             .chain(query)
+            .chain(client_query)
             .filter(|s| s.len() >= MIN_SECRET_LEN)
             .map(Secret::new)
             .collect();

@@ -106,6 +106,10 @@ pub struct Behavior {
     /// Non-stream: the head (with the body's `Content-Length`) and the first half of the
     /// body, then nothing more, the connection left open: an upstream stuck mid-answer.
     pub stall_whole: bool,
+    /// Non-stream: the body quotes the request line and every header it got, as a debugging
+    /// upstream does: the message of an OpenAI-shaped error for a 4xx or 5xx `status`, the
+    /// content of a chat completion otherwise. Wins over `body`.
+    pub echo: bool,
 }
 
 impl Default for Behavior {
@@ -139,6 +143,7 @@ impl Default for Behavior {
             refuse_stream_options: None,
             refuse_at_once: false,
             stall_whole: false,
+            echo: false,
         }
     }
 }
@@ -342,6 +347,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         request_json["stream"] == serde_json::Value::Bool(true) || behavior.stream_unasked;
     if !wants_stream || behavior.never_stream || !(200..300).contains(&behavior.status) {
         let body = match (&behavior.raw_body, &behavior.body) {
+            _ if behavior.echo => echoed(&parts, status).into_bytes(),
             (Some(raw), _) => raw.clone(),
             (None, Some(text)) => text.clone().into_bytes(),
             (None, None) => chat_completion(&behavior.model).into_bytes(),
@@ -379,6 +385,25 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         headers.push(("content-encoding".into(), coding.into()));
     }
     respond(status, content_type, &headers, Body::from_stream(stream))
+}
+
+/// [`Behavior::echo`]'s body for a request with `parts`.
+fn echoed(parts: &http::request::Parts, status: StatusCode) -> String {
+    let mut text = format!("{} {}", parts.method, parts.uri);
+    for (name, value) in &parts.headers {
+        text.push_str(&format!(
+            "\n{name}: {}",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    if status.is_client_error() || status.is_server_error() {
+        return serde_json::json!({"error": {"message": text, "type": "invalid_request_error"}})
+            .to_string();
+    }
+    serde_json::json!({"id": "chatcmpl-echo", "object": "chat.completion", "model": "echo",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+        "finish_reason": "stop"}]})
+    .to_string()
 }
 
 fn respond(

@@ -496,6 +496,135 @@ async fn a_url_targets_query_is_redacted_from_every_record() {
     written.assert_absent(PROXY_KEY);
 }
 
+/// Whether `record` holds `secret` in its error, its answer's text or body, or its request
+/// body: what the sinks write of it, so a scan for `secret` in what they wrote can fail.
+fn record_holds(record: &llmsrouter::record::RequestRecord, secret: &str) -> bool {
+    let in_bytes = |bytes: &[u8]| memchr::memmem::find(bytes, secret.as_bytes()).is_some();
+    record.error.as_deref().is_some_and(|e| e.contains(secret))
+        || record.response.content.contains(secret)
+        || record.response_body.as_deref().is_some_and(in_bytes)
+        || in_bytes(&record.request_body)
+}
+
+/// The client's own query may carry a key (`?key=AIza...`, as Gemini's clients send it,
+/// `access_token`, `sig`): it goes upstream with the request, to an alias or a URL target,
+/// by `POST`, `GET` or `DELETE`, beside a `?proxy=` URL's own query. An upstream that echoes
+/// its request line (in an error, in an answer) gets none of those values into a record,
+/// as written or decoded; `api-version` and the other parameters stay as they are.
+#[tokio::test]
+async fn a_clients_credential_query_values_are_in_no_record() {
+    const ALIAS_KEY: &str = "CLIENTQUERYSECRET1";
+    const TOKEN_SENT: &str = "TOKQUERY%2Dsecret+22";
+    const TOKEN: &str = "TOKQUERY-secret 22";
+    const PROXY_QUERY_KEY: &str = "PROXYQUERYSECRET33";
+    const BESIDE_PROXY_KEY: &str = "CLIENTQUERYSECRET2";
+    const GET_TOKEN: &str = "GETQUERYSECRET44";
+    const DELETE_SIG: &str = "DELQUERYSECRET55";
+    let upstream = MockUpstream::start(Behavior {
+        status: 400,
+        echo: true,
+        ..Default::default()
+    })
+    .await;
+    let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
+    let origin = upstream.origin();
+    let http = client();
+    let chat = |query: String, prompt: &str| {
+        http.post(sinks.router.url(&format!("/v1/chat/completions?{query}")))
+            .json(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": prompt}]}))
+            .send()
+    };
+
+    // An alias, the key echoed in a 400, then in a 200's answer; the decoded token quoted
+    // in the prompt.
+    let response = chat(format!("key={ALIAS_KEY}&api-version=2024-10-21"), "hi")
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 400);
+    let refused = super::request_id(&response);
+    upstream.set(Behavior {
+        echo: true,
+        ..Default::default()
+    });
+    let response = chat(
+        format!("key={ALIAS_KEY}&token={TOKEN_SENT}"),
+        &format!("mine: {TOKEN}"),
+    )
+    .await
+    .expect("send");
+    assert_eq!(response.status(), 200);
+    // A whole answer is relayed as it came: the client sees its own key.
+    assert!(response.text().await.expect("body").contains(ALIAS_KEY));
+    assert_eq!(
+        upstream.last().query.as_deref(),
+        Some(format!("key={ALIAS_KEY}&token={TOKEN_SENT}").as_str())
+    );
+
+    // `?proxy=` with a query of its own and the client's key beside it.
+    upstream.set(Behavior {
+        status: 400,
+        echo: true,
+        ..Default::default()
+    });
+    let proxy = format!("{origin}/v1%3Fk%3D{PROXY_QUERY_KEY}");
+    let response = http
+        .post(sinks.router.url(&format!(
+            "/v1/chat/completions?proxy={proxy}&key={BESIDE_PROXY_KEY}"
+        )))
+        .json(&json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        upstream.last().query.as_deref(),
+        Some(format!("k={PROXY_QUERY_KEY}&key={BESIDE_PROXY_KEY}").as_str())
+    );
+
+    // A forwarded `GET` and `DELETE`.
+    let url = |path: &str, query: String| {
+        sinks
+            .router
+            .url(&format!("/v1/{path}?proxy={origin}/v1&{query}"))
+    };
+    let response = http
+        .get(url("files", format!("access_token={GET_TOKEN}&limit=2")))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 400);
+    let response = http
+        .delete(url("files/file-1", format!("sig={DELETE_SIG}")))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 400);
+    assert_eq!(upstream.last().method, "DELETE");
+
+    let (written, records) = sinks.finish(5).await;
+    let secrets = [
+        ALIAS_KEY,
+        TOKEN_SENT,
+        TOKEN,
+        PROXY_QUERY_KEY,
+        BESIDE_PROXY_KEY,
+        GET_TOKEN,
+        DELETE_SIG,
+    ];
+    for secret in secrets {
+        assert!(records.iter().any(|r| record_holds(r, secret)), "{secret}");
+        written.assert_absent(secret);
+    }
+    // Only the values: the request line's other parameters are as they went.
+    let line = written.log_line(&refused);
+    let error = line["error"].as_str().expect("the upstream's error");
+    assert!(
+        error.contains("?key=[redacted]&api-version=2024-10-21"),
+        "{error}"
+    );
+    assert!(written.log.iter().any(|l| l.contains("&limit=2")));
+}
+
 /// A URL prefix's user info (`[http://user:password@host/v1]model`) is refused as a target,
 /// but under `?proxy=` the prefix names none and the request goes through: no record shows
 /// the user info, as written or percent-decoded; the model reads `[http://[redacted]@...]`.
