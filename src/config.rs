@@ -57,8 +57,11 @@ pub struct Server {
     /// Never framing or hop-by-hop fields (`Content-Length`, `Connection`, ...), nor one name
     /// twice in different case: [`validate`] refuses those.
     pub headers: HeaderMap,
-    /// The values of `headers` whose names look like credentials (`api-key`, `x-auth-token`,
-    /// ...), kept for redaction wherever a sink writes text.
+    /// The values of `headers`, each in the forms an upstream may echo it
+    /// ([`crate::secret::credential_forms`]), kept for redaction wherever a sink writes text
+    /// and in the error bodies relayed to clients: all of them but those of the protocol
+    /// fields [`carries_public_value`] names, and those too when written with a `${NAME}`
+    /// (with each variable's value).
     pub header_secrets: Vec<Secret>,
     /// The credentials written into `url` (see [`url_secrets`]), for redaction as well.
     pub url_secrets: Vec<Secret>,
@@ -105,8 +108,8 @@ impl Config {
             .filter(|k| !k.is_empty())
     }
 
-    /// Every configured secret: api keys, credential-like header values and the credentials
-    /// in a `url`. What must never be written anywhere, nor echoed back to a client.
+    /// Every configured secret: api keys, header values (see [`Server::header_secrets`]) and
+    /// the credentials in a `url`. What must never be written anywhere, nor echoed back to a client.
     pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
         self.api_keys().chain(
             self.servers
@@ -647,6 +650,8 @@ fn validate_server(
             ));
         }
         written.push((header_name.clone(), name.clone()));
+        let names = variables_in(&value.value.0);
+        let substituted: Vec<String> = names.iter().filter_map(|n| env(n).ok()).collect();
         let value = expand_env(&value.value.0, &path, env)?;
         if let Some(reason) = not_configurable(&header_name) {
             warnings.push(format!("{path}: {reason}; not sent (remove it)"));
@@ -661,8 +666,9 @@ fn validate_server(
         let mut header_value = HeaderValue::from_str(&value)
             .map_err(|_| invalid(&path, "not a valid HTTP header value"))?;
         header_value.set_sensitive(true);
-        if looks_like_credential(header_name.as_str()) {
-            header_secrets.push(Secret::new(value));
+        if !substituted.is_empty() || !carries_public_value(&header_name) {
+            let forms = crate::secret::credential_forms(&value);
+            header_secrets.extend(forms.into_iter().chain(substituted).map(Secret::new));
         }
         headers.insert(header_name, header_value);
     }
@@ -894,22 +900,30 @@ fn validate_settings(
     Ok(settings)
 }
 
-/// Header names that carry credentials: `Authorization`, `api-key`, `X-Auth-Token`,
-/// `x-goog-api-key`, `Cookie`, ... (their values are redacted; `X-Title` is not).
-fn looks_like_credential(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    [
-        "auth",
-        "key",
-        "token",
-        "secret",
-        "password",
-        "cookie",
-        "credential",
-        "session",
-    ]
-    .iter()
-    .any(|part| name.contains(part))
+/// Whether a configured header's value is a public protocol value (`anthropic-version:
+/// 2023-06-01`, `X-Title`, `User-Agent`, `x-stainless-*`, ...), not redacted. Every other
+/// configured value is taken for a secret whatever its name (`X-Org-Sig`,
+/// `OpenAI-Organization`, a token under a name of the provider's choosing): a name cannot
+/// tell, and an upstream that echoes its request headers would otherwise hand the admin's
+/// value to a router user in an error. A name that reads as a credential's is never public.
+fn carries_public_value(name: &HeaderName) -> bool {
+    const PUBLIC: [&str; 12] = [
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "anthropic-beta",
+        "anthropic-version",
+        "content-type",
+        "host",
+        "http-referer",
+        "openai-beta",
+        "referer",
+        "user-agent",
+        "x-title",
+    ];
+    let name = name.as_str();
+    (PUBLIC.contains(&name) || name.starts_with("x-stainless-"))
+        && !crate::secret::names_a_credential(name)
 }
 
 /// What [`positive_duration`] takes, said whole: a value above the bound used to be told it
@@ -1389,6 +1403,57 @@ settings:
         let authorization = c.servers["az"].authorization().expect("built");
         assert_eq!(authorization, "Bearer sk-az-key-123");
         assert!(authorization.is_sensitive());
+    }
+
+    /// Every configured header value is a secret, whatever its name, but for the public
+    /// protocol fields; those too when written with a `${NAME}`. A scheme's credentials and
+    /// a variable's value count on their own.
+    #[test]
+    fn every_header_value_but_a_protocol_ones_is_a_secret() {
+        let yaml = r#"servers:
+  a:
+    url: http://x
+    headers:
+      X-Org-Sig: "SECRETHEADERVAL222"
+      X-Passwd: "passwd-value-1"
+      OpenAI-Organization: "org-abcdef123456"
+      X-Custom: "Bearer custom-token-1"
+      X-Plain: "plain-value-12345"
+      anthropic-version: "2023-06-01"
+      anthropic-beta: "${BETA}"
+      X-Title: "llmsrouter app"
+      User-Agent: "my-agent/1.0 (linux)"
+      x-stainless-lang: "python-lang"
+      X-Tenant: "tenant-${TENANT}"
+"#;
+        let env = |name: &str| match name {
+            "BETA" => Some("tools-2024-04-04".to_owned()),
+            "TENANT" => Some("acme-corp-7".to_owned()),
+            _ => None,
+        };
+        let c = Config::parse(yaml, &env).expect("config");
+        let secrets: Vec<&str> = c.secrets().map(Secret::expose).collect();
+        for secret in [
+            "SECRETHEADERVAL222",
+            "passwd-value-1",
+            "org-abcdef123456",
+            "Bearer custom-token-1",
+            "custom-token-1",
+            "plain-value-12345",
+            "tools-2024-04-04",
+            "tenant-acme-corp-7",
+            "acme-corp-7",
+        ] {
+            assert!(secrets.contains(&secret), "{secret}: {secrets:?}");
+        }
+        for public in [
+            "2023-06-01",
+            "llmsrouter app",
+            "my-agent/1.0 (linux)",
+            "python-lang",
+        ] {
+            assert!(!secrets.contains(&public), "{public}: {secrets:?}");
+        }
     }
 
     #[test]

@@ -821,6 +821,73 @@ async fn the_credentials_in_a_configured_url_are_redacted_like_an_api_key() {
     }
 }
 
+/// Every configured header value is a secret, whatever its name (`X-Org-Sig`, `X-Passwd`,
+/// `OpenAI-Organization`, a Bearer token under a name of the provider's choosing), but for
+/// the public protocol fields (`anthropic-version`, `X-Title`): an upstream that echoes its
+/// request headers in an error hands none of them to the client, and none reaches a record
+/// from that error or from an answer quoting them.
+#[tokio::test]
+async fn every_configured_header_value_is_redacted_but_protocol_ones() {
+    const SIG: &str = "SECRETHEADERVAL222";
+    const PASSWD: &str = "PASSWDHEADERVAL333";
+    const ORG: &str = "org-HEADERVAL444";
+    const BEARER: &str = "CUSTOMBEARER555";
+    let upstream = MockUpstream::start(Behavior {
+        status: 400,
+        echo: true,
+        ..Default::default()
+    })
+    .await;
+    let headers = format!(
+        "    headers:\n      X-Org-Sig: {SIG}\n      X-Passwd: {PASSWD}\n      OpenAI-Organization: {ORG}\n      X-Gateway: \"Bearer {BEARER}\"\n      anthropic-version: \"2023-06-01\"\n      X-Title: \"llmsrouter test app\"\n"
+    );
+    let sinks = AllSinks::start(&one_server_config(&upstream.url(), &headers)).await;
+    let secrets = [SIG, PASSWD, ORG, BEARER];
+    let body = json!({"model": "[mock]gpt-4o", "messages": []});
+    let response = sinks.router.chat(&body).await;
+    assert_eq!(response.status(), 400);
+    let text = response.text().await.expect("body");
+    for secret in secrets {
+        assert_no_secret("the error relayed to the client", &text, secret);
+    }
+    // The protocol values are the upstream's words as they were.
+    assert!(text.contains("anthropic-version: 2023-06-01"), "{text}");
+    assert!(text.contains("x-title: llmsrouter test app"), "{text}");
+    assert!(text.contains("x-org-sig: [redacted]"), "{text}");
+    // They went upstream as configured.
+    let got = upstream.last();
+    assert_eq!(got.headers["x-org-sig"], SIG);
+    assert_eq!(
+        got.headers["x-gateway"],
+        format!("Bearer {BEARER}").as_str()
+    );
+    // An answer quoting them: relayed as it came (only errors are searched), recorded
+    // redacted; the Bearer token also on its own, in the prompt.
+    upstream.set(Behavior {
+        echo: true,
+        ..Default::default()
+    });
+    let prompt = format!("is {BEARER} the gateway's token?");
+    let body = json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": prompt}]});
+    let response = sinks.router.chat(&body).await;
+    assert_eq!(response.status(), 200);
+    response.bytes().await.expect("body");
+
+    let (written, records) = sinks.finish(2).await;
+    // The answer's record held them (the error's holds what the client got), so the scan
+    // below can fail.
+    for secret in secrets {
+        assert!(records.iter().any(|r| record_holds(r, secret)), "{secret}");
+        written.assert_absent(secret);
+    }
+    assert!(
+        written
+            .log
+            .iter()
+            .all(|l| l.contains("anthropic-version: 2023-06-01"))
+    );
+}
+
 /// The trace destinations' own credentials (the Langfuse secret key, an
 /// `OTEL_EXPORTER_OTLP_HEADERS` token) in a prompt reach neither destination nor the request
 /// log, as a provider's key does not.
