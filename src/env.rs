@@ -75,7 +75,9 @@ impl EnvSettings {
 
     /// The credentials of the trace destinations, for the sinks' redactor: a prompt holding
     /// the Langfuse secret key or an OTLP token must not carry it to Langfuse, the collector
-    /// or the request log. `LANGFUSE_SECRET_KEY` and the Basic credentials made of it; each
+    /// or the request log. `LANGFUSE_SECRET_KEY`, `LANGFUSE_PUBLIC_KEY` (half of the Basic
+    /// credentials, and with the secret key all a caller needs to read the project's traces)
+    /// and the Basic credentials made of them; each
     /// `OTEL_EXPORTER_OTLP_HEADERS` value, and its last word (the token of `Bearer <token>`);
     /// the credentials in either endpoint's URL (see `config::url_secrets`); and those of the
     /// proxy variables (a proxy that passes `Proxy-Authorization` on lets an upstream echo
@@ -84,6 +86,7 @@ impl EnvSettings {
         let mut out = self.proxy_secrets.clone();
         if let Some(langfuse) = &self.langfuse {
             out.push(langfuse.secret_key.clone());
+            out.push(langfuse.public_key.clone());
             out.push(crate::sinks::langfuse::basic_credentials(
                 &langfuse.public_key,
                 &langfuse.secret_key,
@@ -1006,7 +1009,7 @@ mod tests {
     #[test]
     fn the_trace_destinations_credentials_are_secrets() {
         let s = EnvSettings::from_lookup(&lookup(&[
-            ("LANGFUSE_PUBLIC_KEY", "pk-lf-1"),
+            ("LANGFUSE_PUBLIC_KEY", "pk-lf-public-1"),
             ("LANGFUSE_SECRET_KEY", "sk-lf-secret-1"),
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -1023,7 +1026,8 @@ mod tests {
             secrets,
             [
                 "sk-lf-secret-1",
-                "cGstbGYtMTpzay1sZi1zZWNyZXQtMQ==",
+                "pk-lf-public-1",
+                "cGstbGYtcHVibGljLTE6c2stbGYtc2VjcmV0LTE=",
                 "Bearer tok-123456789",
                 "tok-123456789",
                 "ml",
@@ -1032,8 +1036,8 @@ mod tests {
         );
         let redactor = crate::sinks::redact::Redactor::new(&s.secrets());
         assert_eq!(
-            redactor.redact("sk-lf-secret-1 tok-123456789 ml", &[]),
-            "[redacted] [redacted] ml"
+            redactor.redact("sk-lf-secret-1 pk-lf-public-1 tok-123456789 ml", &[]),
+            "[redacted] [redacted] [redacted] ml"
         );
     }
 

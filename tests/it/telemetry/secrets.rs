@@ -888,7 +888,7 @@ async fn every_configured_header_value_is_redacted_but_protocol_ones() {
     );
 }
 
-/// The trace destinations' own credentials (the Langfuse secret key, an
+/// The trace destinations' own credentials (the Langfuse secret key and public key, an
 /// `OTEL_EXPORTER_OTLP_HEADERS` token) in a prompt reach neither destination nor the request
 /// log, as a provider's key does not.
 #[tokio::test]
@@ -909,7 +909,9 @@ async fn the_trace_destinations_credentials_are_redacted_too() {
         &base64::engine::general_purpose::STANDARD,
         format!("{PUBLIC_KEY}:{SECRET_KEY}"),
     );
-    let prompt = format!("lf {SECRET_KEY} otlp {OTLP_TOKEN} basic {basic} provider {UPSTREAM_KEY}");
+    let prompt = format!(
+        "lf {SECRET_KEY} public {PUBLIC_KEY} otlp {OTLP_TOKEN} basic {basic} provider {UPSTREAM_KEY}"
+    );
     let response = sinks
         .router
         .chat(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": prompt}]}))
@@ -920,7 +922,14 @@ async fn the_trace_destinations_credentials_are_redacted_too() {
     assert!(memchr::memmem::find(&records[0].request_body, SECRET_KEY.as_bytes()).is_some());
     assert_eq!(written.spans.len(), 2);
     assert_eq!(written.log.len(), 1);
-    for secret in [SECRET_KEY, OTLP_TOKEN, basic.as_str(), UPSTREAM_KEY] {
+    assert!(memchr::memmem::find(&records[0].request_body, PUBLIC_KEY.as_bytes()).is_some());
+    for secret in [
+        SECRET_KEY,
+        PUBLIC_KEY,
+        OTLP_TOKEN,
+        basic.as_str(),
+        UPSTREAM_KEY,
+    ] {
         written.assert_absent(secret);
     }
     assert!(written.spans.iter().all(|t| t.contains("[redacted]")));
