@@ -136,6 +136,23 @@ pub fn presented_credentials(fields: &Fields) -> impl Iterator<Item = &str> {
     authorization.chain(api_keys).filter(|c| !c.is_empty())
 }
 
+/// What an upstream may echo of each `Authorization: Basic <base64>` the client sent, beside
+/// the base64 text [`presented_credentials`] gives: the decoded `user:password` and the
+/// password alone ([`crate::secret::basic_decoded`]). For redaction, as that is. Nothing
+/// (no allocation) for a request without Basic credentials.
+pub fn presented_basic(fields: &Fields) -> impl Iterator<Item = String> + '_ {
+    fields.get_all("authorization").flat_map(|v| {
+        let value = std::str::from_utf8(v).ok().map(str::trim);
+        let credentials = value.and_then(|value| {
+            let (scheme, credentials) = value.split_once(char::is_whitespace)?;
+            scheme.eq_ignore_ascii_case("basic").then_some(credentials)
+        });
+        credentials
+            .map(crate::secret::basic_decoded)
+            .unwrap_or_default()
+    })
+}
+
 /// Turns request headers into a caller. `keys` is `None` when account management is off.
 pub fn authenticate(
     keys: Option<&Arc<dyn KeyIndex>>,
@@ -216,6 +233,21 @@ mod tests {
             credentials(&[("Api-Key", "azure-key"), ("x-goog-api-key", "gemini-key")]),
             ["azure-key", "gemini-key"]
         );
+    }
+
+    #[test]
+    fn a_basic_credentials_user_and_password_are_presented_decoded() {
+        let decoded = |pairs: &[(&str, &str)]| presented_basic(&fields(pairs)).collect::<Vec<_>>();
+        // base64("alice:BASICPASSWORD123")
+        assert_eq!(
+            decoded(&[("Authorization", "basic  YWxpY2U6QkFTSUNQQVNTV09SRDEyMw== ")]),
+            ["alice:BASICPASSWORD123", "BASICPASSWORD123"]
+        );
+        assert!(
+            decoded(&[("authorization", "Bearer YWxpY2U6QkFTSUNQQVNTV09SRDEyMw==")]).is_empty()
+        );
+        assert!(decoded(&[("authorization", "Basic not-base64!")]).is_empty());
+        assert!(decoded(&[("x-api-key", "YWxpY2U6QkFTSUNQQVNTV09SRDEyMw==")]).is_empty());
     }
 
     #[test]

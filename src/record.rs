@@ -156,8 +156,8 @@ pub struct RequestRecord {
     /// ended is cut as one closed before its end marker is ([`Self::usage_partial`]).
     pub empty_answer: bool,
     /// What this request itself carried that no record may show: every credential the client
-    /// sent (`Authorization` whatever its scheme, `x-api-key`: a URL target's upstream key, a
-    /// user's router key), a URL target's query and a URL prefix's user info (see
+    /// sent (`Authorization` whatever its scheme, `Basic`'s also decoded, `x-api-key`: a URL
+    /// target's upstream key, a user's router key), a URL target's query and a URL prefix's user info (see
     /// `routing::url_target_secrets`), the values of the client's own query parameters named
     /// as credentials (`?key=`, see `routing::client_query_secrets`). Kept only so sinks can redact them wherever they might
     /// be echoed (an upstream error message, a body, the logged request's `model`), and so

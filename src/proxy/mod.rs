@@ -689,7 +689,9 @@ async fn forward_read<V: ReadBody>(
         let credentials = crate::auth::presented_credentials(request.fields).map(Cow::Borrowed);
         let query = routing::url_target_secrets(&target, model);
         let client_query = routing::client_query_secrets(request.query);
+        let basic = crate::auth::presented_basic(request.fields).map(Cow::Owned);
         record.secrets = credentials
+            .chain(basic)
             .chain(query)
             .chain(client_query)
             .filter(|s| s.len() >= MIN_SECRET_LEN)

@@ -422,6 +422,68 @@ async fn every_credential_a_client_sent_is_redacted_from_the_records() {
     assert!(written.log.iter().all(|line| line.contains("[redacted]")));
 }
 
+/// A client's `Authorization: Basic <base64>` reaches a URL target as sent, and the upstream
+/// may quote it decoded (`user alice:... refused`, or the password alone): no record shows
+/// the decoded `user:password` or the password, as none shows the base64 text.
+#[tokio::test]
+async fn a_clients_basic_credentials_are_redacted_decoded_too() {
+    use base64::Engine as _;
+    const USER_PASSWORD: &str = "alice:BASICPASSWORD123";
+    const PASSWORD: &str = "BASICPASSWORD123";
+    let basic = base64::engine::general_purpose::STANDARD.encode(USER_PASSWORD);
+    let upstream = MockUpstream::start(Behavior {
+        status: 401,
+        body: Some(
+            json!({"error": {"message": format!("user {USER_PASSWORD} refused (Basic {basic})")}})
+                .to_string(),
+        ),
+        ..Default::default()
+    })
+    .await;
+    let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
+    let url = sinks
+        .router
+        .url(&format!("/v1/chat/completions?proxy={}", upstream.origin()));
+    let send = || {
+        client()
+            .post(&url)
+            .header("authorization", format!("Basic {basic}"))
+            .json(&json!({"model": "gpt-4o", "messages": []}))
+            .send()
+    };
+    assert_eq!(send().await.expect("send").status(), 401);
+    assert_eq!(
+        upstream.last().headers["authorization"],
+        format!("Basic {basic}").as_str()
+    );
+    // An answer quoting the password alone.
+    upstream.set(Behavior {
+        body: Some(
+            json!({"id": "c", "object": "chat.completion", "model": "m", "choices": [{"index": 0,
+                "message": {"role": "assistant", "content": format!("your password: {PASSWORD}")},
+                "finish_reason": "stop"}]})
+            .to_string(),
+        ),
+        ..Default::default()
+    });
+    let response = send().await.expect("send");
+    assert_eq!(response.status(), 200);
+    response.bytes().await.expect("body");
+
+    let (written, records) = sinks.finish(2).await;
+    for secret in [USER_PASSWORD, PASSWORD, basic.as_str()] {
+        assert!(records.iter().any(|r| record_holds(r, secret)), "{secret}");
+        written.assert_absent(secret);
+    }
+    // Each form replaced where it stood, the message around them kept.
+    assert!(
+        written
+            .log
+            .iter()
+            .any(|l| l.contains("user [redacted] refused (Basic [redacted])"))
+    );
+}
+
 /// A URL target's query may carry a key (`[http://host/v1?key=...]model`, or `?proxy=` with a
 /// query): the upstream gets it, the records show `?[redacted]` in the model, the logged
 /// request body included, and an upstream that quotes the key's value has it redacted.
