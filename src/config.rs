@@ -109,7 +109,8 @@ impl Config {
     }
 
     /// Every configured secret: api keys, header values (see [`Server::header_secrets`]) and
-    /// the credentials in a `url`. What must never be written anywhere, nor echoed back to a client.
+    /// the credentials in a `url`. What must never be written anywhere, nor echoed back to a
+    /// client.
     pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
         self.api_keys().chain(
             self.servers

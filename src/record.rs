@@ -157,12 +157,13 @@ pub struct RequestRecord {
     pub empty_answer: bool,
     /// What this request itself carried that no record may show: every credential the client
     /// sent (`Authorization` whatever its scheme, `Basic`'s also decoded, `x-api-key`: a URL
-    /// target's upstream key, a user's router key), a URL target's query and a URL prefix's user info (see
-    /// `routing::url_target_secrets`), the values of the client's own query parameters named
-    /// as credentials (`?key=`, see `routing::client_query_secrets`). Kept only so sinks can redact them wherever they might
-    /// be echoed (an upstream error message, a body, the logged request's `model`), and so
-    /// no cut of this record's texts leaves a part of one ([`Self::cut_guard`]); never
-    /// written anywhere. Shared, so a stream's reader holds them without a copy.
+    /// target's upstream key, a user's router key), a URL target's query and a URL prefix's
+    /// user info (see `routing::url_target_secrets`), the values of the client's own query
+    /// parameters named as credentials (`?key=`, see `routing::client_query_secrets`). Kept
+    /// only so sinks can redact them wherever they might be echoed (an upstream error
+    /// message, a body, the logged request's `model`), and so no cut of this record's texts
+    /// leaves a part of one ([`Self::cut_guard`]); never written anywhere. Shared, so a
+    /// stream's reader holds them without a copy.
     pub secrets: Arc<[Secret]>,
     /// The configured keys, as the proxy takes them out of what an upstream echoes
     /// (`AppState::redactor`): a text this record keeps is cut short of any of them
