@@ -152,16 +152,66 @@ fn add(
     user.validate()?;
     let out = &mut *cx.out;
     let made = file_made_by_opening(cx.db);
-    let added = UserStore::open(cx.db, OpenMode::Create)
-        .and_then(|mut store| store.add_delivering(&user, |key| print_key(out, key)));
-    unmade_if_undelivered(made.as_deref(), added)?;
+    let added = UserStore::open(cx.db, OpenMode::Create).and_then(|mut store| {
+        store.add_delivering(&user, |key| print_key(out, key))?;
+        Ok(store)
+    });
+    let store = unmade_if_undelivered(made.as_deref(), added)?;
     writeln!(
         cx.err,
         "created user {} (may use: {}); the key above is shown only now",
         quoted(username),
         permissions::display(&user.permissions)
     )?;
+    note_look_alikes(cx.err, &store, &[(None, username)])?;
     warn_unknown_aliases(cx, &user.permissions, &quoted(username))?;
+    Ok(())
+}
+
+/// Most look-alikes a note lists; the rest are counted.
+const LISTED_LOOK_ALIKES: usize = 5;
+
+/// A note on stderr for each new user (`user add`'s, or each made row of `user import`)
+/// whose name looks like an existing user's on a screen without being it (`carol` beside a
+/// Python-era `carol `, an NFC `José` beside a decomposed one): the two are different users,
+/// which a reader of `user list` or of a usage report could take for one. The user is made
+/// all the same (the names differ, and each is named as `user list` prints it); the note
+/// names the look-alikes by rowid and quoted name, as a lookup that misses does, and never
+/// by key. It is written after the change is committed, so a failure to read the table for
+/// it is not the command's failure: the note is left out then.
+fn note_look_alikes(
+    err: &mut dyn Write,
+    store: &UserStore,
+    made: &[(Option<usize>, &str)],
+) -> Result<(), UserError> {
+    let names: Vec<&str> = made.iter().map(|(_, name)| *name).collect();
+    let Ok(alikes) = store.look_alikes(&names) else {
+        return Ok(());
+    };
+    for ((row, name), alike) in made.iter().zip(alikes) {
+        if alike.is_empty() {
+            continue;
+        }
+        let mut listed: Vec<String> = alike
+            .iter()
+            .take(LISTED_LOOK_ALIKES)
+            .map(|(rowid, name)| format!("rowid {rowid}: {name}"))
+            .collect();
+        if alike.len() > LISTED_LOOK_ALIKES {
+            listed.push(format!("and {} more", alike.len() - LISTED_LOOK_ALIKES));
+        }
+        let (what, kept) = match alike.len() {
+            1 => ("an existing user's name".to_owned(), "both are"),
+            n => (format!("{n} existing users' names"), "all are"),
+        };
+        let at = row.map(|row| format!("row {row}: ")).unwrap_or_default();
+        writeln!(
+            err,
+            "note: {at}{} looks like {what} ({}); {kept} kept apart: name them as \"user list\" prints them, or by --rowid",
+            quoted(name),
+            listed.join("; ")
+        )?;
+    }
     Ok(())
 }
 
@@ -217,24 +267,26 @@ fn import_file(cx: &mut Context<'_>, file: &Path) -> Result<(), UserError> {
     let out = &mut *cx.out;
     let made = file_made_by_opening(cx.db);
     let imported = UserStore::open(cx.db, OpenMode::Create).and_then(|mut store| {
-        store.import_delivering(&users, |outcome| {
+        let outcome = store.import_delivering(&users, |outcome| {
             for (username, key) in &outcome.created {
                 writeln!(out, "{username}\t{}", key.expose())?;
             }
             out.flush()
-        })
+        })?;
+        Ok((store, outcome))
     });
-    let outcome = unmade_if_undelivered(made.as_deref(), imported).map_err(|e| match e {
-        // Which row, as for every other bad row.
-        UserError::NameIsAKey {
-            position: Some(position),
-        } => failed(format!(
-            "row {}: {}",
-            rows.get(position).map_or(position + 1, |r| r.row),
-            UserError::NameIsAKey { position: None }
-        )),
-        e => e,
-    })?;
+    let (store, outcome) =
+        unmade_if_undelivered(made.as_deref(), imported).map_err(|e| match e {
+            // Which row, as for every other bad row.
+            UserError::NameIsAKey {
+                position: Some(position),
+            } => failed(format!(
+                "row {}: {}",
+                rows.get(position).map_or(position + 1, |r| r.row),
+                UserError::NameIsAKey { position: None }
+            )),
+            e => e,
+        })?;
     for &position in &outcome.skipped {
         let ImportRow { row, user } = &rows[position];
         writeln!(
@@ -243,6 +295,15 @@ fn import_file(cx: &mut Context<'_>, file: &Path) -> Result<(), UserError> {
             quoted(&user.username)
         )?;
     }
+    // The rows made, in order: every row but those skipped (a name twice in the file is
+    // skipped the second time, as the first made it).
+    let made_rows: Vec<(Option<usize>, &str)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(position, _)| !outcome.skipped.contains(position))
+        .map(|(_, r)| (Some(r.row), r.user.username.as_str()))
+        .collect();
+    note_look_alikes(cx.err, &store, &made_rows)?;
     if let Some(known) = cx.known_aliases {
         let unknown: BTreeSet<String> = rows
             .iter()

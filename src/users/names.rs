@@ -261,8 +261,9 @@ fn nfc(text: &str) -> std::borrow::Cow<'_, str> {
 /// What a name looks like on a screen: in NFC, without invisible characters, every white
 /// space a plain space, none around it. Two names that look alike but differ (`carol` and
 /// `carol `, `José` in NFC and decomposed) are each other's look-alikes: when a command is
-/// given one and finds no user so named, it names the users whose names look like it.
-fn looks(name: &str) -> String {
+/// given one and finds no user so named, it names the users whose names look like it; when
+/// `user add` or `user import` makes one, it notes the users whose names look like it.
+pub(super) fn looks(name: &str) -> String {
     let visible: String = nfc(name)
         .chars()
         .filter(|&c| !crate::hidden(c) || c.is_whitespace())

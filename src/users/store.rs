@@ -11,7 +11,7 @@
 //! a BLOB or not UTF-8 (the Python version's table does not enforce the type) is addressed
 //! exactly, and two users that print alike are refused rather than confused.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -169,6 +169,41 @@ impl UserStore {
         tx.commit()
             .map_err(|error| unsaved(error, "the key", "nothing was changed"))?;
         Ok(key)
+    }
+
+    /// For each of `names` (new users' names, once added), the users whose names look like
+    /// it on a screen without answering to it ([`StoredName::looks_like`]: `carol ` for
+    /// `carol`, a decomposed `José` for the NFC one): rowid and name as messages quote it, by
+    /// rowid. The table is read once, however many names are asked about, so an import of
+    /// many rows into a large table stays one pass.
+    pub fn look_alikes(&self, names: &[&str]) -> Result<Vec<Vec<(i64, String)>>, UserError> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT rowid, username FROM users ORDER BY rowid")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, i64>(0)?, StoredName::from_sql(row.get_ref(1)?)))
+        })?;
+        let wanted: HashSet<String> = names.iter().map(|name| names::looks(name)).collect();
+        let mut by_look: HashMap<String, Vec<(i64, StoredName)>> = HashMap::new();
+        for row in rows {
+            let (rowid, stored) = row?;
+            let look = names::looks(&stored.shown());
+            if wanted.contains(&look) {
+                by_look.entry(look).or_default().push((rowid, stored));
+            }
+        }
+        Ok(names
+            .iter()
+            .map(|name| {
+                by_look
+                    .get(&names::looks(name))
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, stored)| !stored.answers_to(name))
+                    .map(|(rowid, stored)| (*rowid, names::quoted(&stored.shown())))
+                    .collect()
+            })
+            .collect())
     }
 
     /// Deletes the user `who` means; returns it as it was.

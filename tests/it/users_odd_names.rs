@@ -610,3 +610,105 @@ fn look_alike_names_print_apart_and_are_named_by_what_is_printed() {
         }
     }
 }
+
+/// `user add` and `user import` of a name that looks like a Python-era user's on a screen
+/// (`carol` beside `carol ` and ` carol`, an NFC `José` beside a decomposed one) still make
+/// the user, as the names differ, but note on stderr which users look alike, by rowid and name
+/// as `user list` prints them, and never by key. (Nothing was said: a second user that looked
+/// the same was made in silence.) A name like nobody's gets no note.
+#[test]
+fn a_new_name_that_looks_like_an_existing_one_is_noted() {
+    const KEYS: [&str; 5] = [
+        "AnnKeyAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "CarolKeyBBBBBBBBBBBBBBBBBBBBBBBB",
+        "JoseNfdKeyDDDDDDDDDDDDDDDDDDDDDD",
+        "CarolTooKeyCCCCCCCCCCCCCCCCCCCCC",
+        "DoraKeyEEEEEEEEEEEEEEEEEEEEEEEEE",
+    ];
+    const NAMES: [&str; 5] = ["ann", "carol ", "Jose\u{301}", " carol", "dora\u{200b}"];
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    {
+        let conn = Connection::open(&db).expect("create");
+        conn.execute_batch(PYTHON_SCHEMA).expect("schema");
+        for (name, key) in NAMES.iter().zip(KEYS) {
+            conn.execute(
+                "INSERT INTO users VALUES (?1, ?2, NULL, '{\"*\": true}', '2024-05-01T12:34:56.789012', '2024-05-01T12:34:56.789012')",
+                [name, &key],
+            )
+            .expect("row");
+        }
+    }
+    let hint = "kept apart: name them as \"user list\" prints them, or by --rowid";
+    let mut outputs = Vec::new();
+
+    let (code, out, err) = user(dir.path(), &["add", "Jos\u{e9}"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "the key alone: {out}");
+    assert_eq!(
+        err.lines().last(),
+        Some(
+            format!(
+                "note: \"Jos\u{e9}\" looks like an existing user's name (rowid 3: \"Jose\\u{{301}}\"); both are {hint}"
+            )
+            .as_str()
+        ),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 2, "{err}");
+    outputs.push(err);
+
+    let (code, _, err) = user(dir.path(), &["add", "carol"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.lines().last(),
+        Some(
+            format!(
+                "note: \"carol\" looks like 2 existing users' names (rowid 2: \"carol \"; rowid 4: \" carol\"); all are {hint}"
+            )
+            .as_str()
+        ),
+        "{err}"
+    );
+    outputs.push(err);
+
+    let (code, _, err) = user(dir.path(), &["add", "bob"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("note:"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // Per row of an import (the header is row 1), for the rows made only: `ann` exists.
+    std::fs::write(
+        dir.path().join("team.csv"),
+        "username,email\nann,\ndora,\neve,\n",
+    )
+    .expect("csv");
+    let (code, out, err) = user(dir.path(), &["import", "team.csv"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "dora's and eve's keys: {out}");
+    let notes: Vec<&str> = err.lines().filter(|l| l.starts_with("note:")).collect();
+    assert_eq!(
+        notes,
+        [format!(
+            "note: row 3: \"dora\" looks like an existing user's name (rowid 5: \"dora\\u{{200b}}\"); both are {hint}"
+        )],
+        "{err}"
+    );
+    outputs.push(err);
+
+    // Every user was made, the look-alikes as well, and the Python-era rows are unchanged.
+    let rows = stored(&db);
+    assert_eq!(rows.len(), 10, "{rows:?}");
+    for (row, key) in rows.iter().zip(KEYS) {
+        assert_eq!(row.3, key);
+    }
+    for output in &outputs {
+        for key in KEYS {
+            assert!(!output.contains(key), "a key was printed: {output}");
+            assert!(
+                !output.contains(&key[..10]),
+                "a key's prefix was printed: {output}"
+            );
+        }
+    }
+}
