@@ -312,10 +312,46 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
 }
 
+/// A body declared (`Content-Length`) larger than `settings.max_body_bytes` on a route the
+/// router answers itself (`GET /health`, `GET /v1/models`, `GET /metrics`, and their `HEAD`):
+/// 413 `body_too_large`, before the key is looked at, as the router's HTTP/1 gives it (it
+/// reads such a route's body with the limit before the app sees the request, see
+/// [`crate::http1::server`]); over HTTP/2 the body went unread and the answer was 200. The
+/// caller drops the body first (within bounds, [`proxy::intake::drain_before_refusal`]), so
+/// an HTTP/2 client still sending reads the 413 rather than a reset of its stream.
+///
+/// A body without a declared length is left unread, as before: the answer does not depend on
+/// it, reading it would keep a health probe waiting on a client's stream, and HTTP/2's flow
+/// control bounds what of it the server holds. Over HTTP/1 such a body (chunked) is still read
+/// with the limit. Proxied requests (`POST`, a forwarded `GET`) meet the limit where their
+/// body is read; a refusal by method or path (404, 405) comes whatever the body's size.
+fn declared_body_over_limit(parts: &http::request::Parts, state: &AppState) -> Option<ProxyError> {
+    let declared: u64 = parts
+        .headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let limit = state.config.load().settings.max_body_bytes;
+    if declared <= limit as u64 || parts.method == Method::POST {
+        return None;
+    }
+    let (path, query) = (parts.uri.path(), parts.uri.query());
+    let answers_itself = serves(&parts.method, path, query, state)
+        && forwarded_path(&parts.method, path, query, state).is_none();
+    answers_itself.then_some(ProxyError::BodyTooLarge { limit })
+}
+
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
     // First, as an HTTP/1 head's limits are met before it is routed: `/health` too.
     if let Some(error) = head_over_limits(&parts) {
+        return error.into_response();
+    }
+    if let Some(error) = declared_body_over_limit(&parts, &state) {
+        proxy::intake::drain_before_refusal(body, &Fields::from_header_map(&parts.headers)).await;
         return error.into_response();
     }
     let route = Route::of(parts.uri.path());

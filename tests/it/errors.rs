@@ -1184,6 +1184,62 @@ async fn a_refused_method_or_path_is_answered_so_whatever_the_body_size() {
     router.stop().await;
 }
 
+/// A route the router answers itself (`/health`, `/v1/models`, `/metrics`) with a body
+/// declared larger than `max_body_bytes` gets the same 413 `body_too_large` over HTTP/2 (h2c)
+/// as over HTTP/1: over HTTP/2 the body went unread and the answer was 200. A body within the
+/// limit is still answered, and one sent without a declared length is left unread over
+/// HTTP/2 (the answer does not depend on it).
+#[tokio::test]
+async fn a_self_answered_route_refuses_a_declared_oversized_body_over_http2_too() {
+    let (_upstream, router) = with_body_limit(2000).await;
+    let big = "x".repeat(3000);
+    for path in ["/health", "/v1/models", "/metrics"] {
+        let mut refusals = Vec::new();
+        for (protocol, http) in [("HTTP/1", client()), ("HTTP/2", h2c_client())] {
+            let what = format!("GET {path} over {protocol}");
+            let response = http
+                .get(router.url(path))
+                .header("content-length", big.len())
+                .body(big.clone())
+                .send()
+                .await
+                .expect(&what);
+            let expected = if protocol == "HTTP/2" {
+                reqwest::Version::HTTP_2
+            } else {
+                reqwest::Version::HTTP_11
+            };
+            assert_eq!(response.version(), expected, "{what}");
+            assert_eq!(response.status(), 413, "{what}");
+            let (_, error) = error_of(response).await;
+            assert_eq!(error["error"]["code"], "body_too_large", "{what}");
+            refusals.push(error);
+
+            let response = http
+                .get(router.url(path))
+                .body("x".repeat(100))
+                .send()
+                .await
+                .expect(&what);
+            assert_eq!(response.status(), 200, "{what} within the limit");
+        }
+        assert_eq!(refusals[0], refusals[1], "{path}: the same error both ways");
+        assert_eq!(refusals[1]["error"]["type"], "invalid_request_error");
+    }
+    // No declared length: left unread over HTTP/2, answered as without a body.
+    let chunks = futures_util::stream::iter(
+        (0..3).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from("x".repeat(1000)))),
+    );
+    let response = h2c_client()
+        .get(router.url("/health"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("unsized body");
+    assert_eq!(response.status(), 200);
+    router.stop().await;
+}
+
 /// Sends raw HTTP/1.1, so the path reaches the router exactly as written (clients built on the
 /// WHATWG URL rules would resolve dot segments themselves).
 async fn raw_post(addr: std::net::SocketAddr, path: &str, body: &str) -> String {
