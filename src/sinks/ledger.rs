@@ -946,19 +946,11 @@ mod tests {
         }
     }
 
-    /// A ledger file deleted and replaced by what cannot be opened (a folder): the rows
-    /// that would have gone to the deleted file are counted lost, not written; once the path
-    /// can be opened again, they go to the new file.
-    #[test]
-    fn rows_for_a_file_that_cannot_be_opened_again_are_counted_lost() {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("u.db");
-        let mut conn = db::open(&path).expect("open");
-        let stats = Arc::new(LedgerStats::default());
-        let mut writer = Writer {
-            // Looked at before every batch.
-            file: DbFile::new(&path, Duration::ZERO),
-            wal: WalFile::of(&conn, Duration::ZERO),
+    /// A writer that looks at its file and its log before every batch.
+    fn watching_writer(path: &Path, conn: &Connection, stats: &Arc<LedgerStats>) -> Writer {
+        Writer {
+            file: DbFile::new(path, Duration::ZERO),
+            wal: WalFile::of(conn, Duration::ZERO),
             log_lost: false,
             redactor: Redactor::default(),
             stats: stats.clone(),
@@ -970,7 +962,19 @@ mod tests {
             orphaned: false,
             loss_warnings: LossWarnings::default(),
             failure_reason: String::new(),
-        };
+        }
+    }
+
+    /// A ledger file deleted and replaced by what cannot be opened (a folder): the rows
+    /// that would have gone to the deleted file are counted lost, not written; once the path
+    /// can be opened again, they go to the new file.
+    #[test]
+    fn rows_for_a_file_that_cannot_be_opened_again_are_counted_lost() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("u.db");
+        let mut conn = db::open(&path).expect("open");
+        let stats = Arc::new(LedgerStats::default());
+        let mut writer = watching_writer(&path, &conn, &stats);
         let (_tx, mut rx) = QueueRx::for_tests(1);
         let batch =
             |n: usize| -> Vec<Arc<RequestRecord>> { (0..n).map(|_| Arc::new(record())).collect() };
@@ -1004,21 +1008,7 @@ mod tests {
         let path = dir.path().join("u.db");
         let mut conn = db::open(&path).expect("open");
         let stats = Arc::new(LedgerStats::default());
-        let mut writer = Writer {
-            file: DbFile::new(&path, Duration::ZERO),
-            wal: WalFile::of(&conn, Duration::ZERO),
-            log_lost: false,
-            redactor: Redactor::default(),
-            stats: stats.clone(),
-            closing: Arc::new(OnceLock::new()),
-            close_deadline: Duration::from_secs(1),
-            busy_timeout: Duration::from_secs(1),
-            lock_warned: None,
-            reopen_warned: None,
-            orphaned: false,
-            loss_warnings: LossWarnings::default(),
-            failure_reason: String::new(),
-        };
+        let mut writer = watching_writer(&path, &conn, &stats);
         let (_tx, mut rx) = QueueRx::for_tests(1);
         let batch =
             |n: usize| -> Vec<Arc<RequestRecord>> { (0..n).map(|_| Arc::new(record())).collect() };
