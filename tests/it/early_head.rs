@@ -538,8 +538,8 @@ async fn late_answer(
     rest.replace(KEEPALIVE, "")
 }
 
-/// The events of `text` (each one `data:` line, `[DONE]` last), parsed.
-fn chunk_events(text: &str) -> Vec<Value> {
+/// The events of an event stream's `text` (each one `data:` line, `[DONE]` last), parsed.
+pub(crate) fn chunk_events(text: &str) -> Vec<Value> {
     let body = text
         .strip_suffix("data: [DONE]\n\n")
         .unwrap_or_else(|| panic!("[DONE] last: {text:?}"));

@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use llmsrouter::record::Outcome;
 use serde_json::json;
 
+use crate::early_head::chunk_events;
 use crate::support::upstream::{
     Behavior, DONE, MockUpstream, PROMPT_TOKENS, compress_flushed, content_chunk, expected_stream,
     usage_chunk,
@@ -1094,22 +1095,6 @@ async fn usage_is_asked_for_on_chat_and_completions_only() {
         }
     }
     router.stop().await;
-}
-
-/// The events of an event stream's `text` (each one `data:` line, `[DONE]` last), parsed.
-fn chunk_events(text: &str) -> Vec<serde_json::Value> {
-    let body = text
-        .strip_suffix("data: [DONE]\n\n")
-        .unwrap_or_else(|| panic!("[DONE] last: {text:?}"));
-    body.split_terminator("\n\n")
-        .map(|event| {
-            let data = event
-                .strip_prefix("data: ")
-                .unwrap_or_else(|| panic!("one data line: {event:?}"));
-            assert!(!data.contains('\n'), "{event:?}");
-            serde_json::from_str(data).expect("event json")
-        })
-        .collect()
 }
 
 /// An upstream that ignores `"stream": true` and answers one whole chat completion at once
