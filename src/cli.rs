@@ -111,8 +111,24 @@ pub fn error_line(
             from.variable,
             message.replace(&format!("'{}'", from.arg), from.flag)
         ),
-        None => format!("{message} (see --help)"),
+        None => match clap_tips(&rendered) {
+            Some(tips) => format!("{message} ({tips}; see --help)"),
+            None => format!("{message} (see --help)"),
+        },
     })
+}
+
+/// clap's "a similar ... exists" tips (`a similar argument exists: '--json'`), which follow
+/// its first paragraph, joined with `; `: the one-line error keeps the suggestion clap's own
+/// output gives, so `usage --jsn` still says what was meant. Its other tip, "to pass '-b' as
+/// a value, use '-- -b'", is left out: it names only the first letter of `-bob`.
+fn clap_tips(rendered: &str) -> Option<String> {
+    let tips: Vec<&str> = rendered
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("tip: "))
+        .filter(|tip| tip.starts_with("a similar "))
+        .collect();
+    (!tips.is_empty()).then(|| tips.join("; "))
 }
 
 impl Cli {

@@ -173,3 +173,42 @@ fn host_help_names_what_it_takes() {
         );
     }
 }
+
+/// A mistyped flag, value or command keeps clap's suggestion in the one-line error, and
+/// nothing runs.
+#[test]
+fn a_typo_gets_the_similar_name_clap_found() {
+    let dir = tempfile::tempdir().expect("dir");
+    for (args, line) in [
+        (
+            &["usage", "--jsn"][..],
+            "error: unexpected argument '--jsn' found (a similar argument exists: '--json'; see --help)\n",
+        ),
+        (
+            &["usr", "list"],
+            "error: unrecognized subcommand 'usr' (a similar subcommand exists: 'user'; see --help)\n",
+        ),
+        (
+            &["usage", "--by", "provder"],
+            "error: invalid value 'provder' for '--by <BY>' [possible values: provider, user, model, day] (a similar value exists: 'provider'; see --help)\n",
+        ),
+    ] {
+        let (code, stdout, stderr) = run_cli(dir.path(), args, &[]);
+        assert_eq!(
+            (code, stdout.as_str(), stderr.as_str()),
+            (2, "", line),
+            "{args:?}"
+        );
+    }
+    // clap's other tip names only the first letter of `-bob`: left out.
+    let (code, _, stderr) = run_cli(dir.path(), &["user", "add", "-bob"], &[]);
+    assert_eq!(
+        (code, stderr.as_str()),
+        (2, "error: unexpected argument '-b' found (see --help)\n")
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("dir").count(),
+        0,
+        "no file made"
+    );
+}
