@@ -23,6 +23,7 @@ use llmsrouter::record::Recorder;
 use llmsrouter::server;
 use llmsrouter::sinks::SinkError;
 use llmsrouter::sinks::ledger::LedgerError;
+use llmsrouter::sinks::redact::Redactor;
 use llmsrouter::state::{AppState, build_http_client};
 use llmsrouter::users;
 
@@ -411,6 +412,10 @@ fn run_serve(
         };
         let mut state = AppState::new(config, client, recorder.clone())?;
         state.warning_interval = env.warning_interval();
+        // The trace destinations' credentials as well: an upstream error body that echoes
+        // one reaches the client as the records have it, redacted.
+        let trace_secrets = env.secrets();
+        state.redactor = Redactor::new(state.config.load().secrets().chain(&trace_secrets));
         if let Some(index) = users_index {
             state.keys = Some(index);
         }

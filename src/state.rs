@@ -59,8 +59,9 @@ pub struct AppState {
     /// Fired when shutdown's grace period is over: running requests and streams end at once.
     pub hard_stop: HardStop,
     /// The config's secrets (api keys, credential headers) and the proxy variables'
-    /// credentials: removed from upstream error bodies before they reach a client, since an
-    /// upstream may echo the key it was sent (and a proxy may pass its credentials on).
+    /// credentials (`serve` adds the Langfuse and OTLP credentials): removed from upstream
+    /// error bodies before they reach a client, since an upstream may echo the key it was
+    /// sent (and a proxy may pass its credentials on).
     pub redactor: Redactor,
     /// Rate limit of the WARN lines for router errors (one per code per 10 s).
     pub failures: Arc<FailureLog>,

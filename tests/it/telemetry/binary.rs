@@ -502,3 +502,41 @@ fn a_bad_otel_resource_attributes_stops_check_and_serve() {
         }
     }
 }
+
+/// The trace destinations' credentials are secrets like a configured key to the client too:
+/// an upstream error body that echoes the Langfuse secret key or the OTLP endpoint's token
+/// reaches the client redacted, as the records have it.
+#[tokio::test]
+async fn trace_credentials_echoed_by_an_upstream_reach_the_client_redacted() {
+    let otlp_token = "otlp-T0ken-abcdefgh1234";
+    let echo = json!({"error": {"message": format!("bad: {SECRET_KEY} and Bearer {otlp_token}")}});
+    let upstream = MockUpstream::start(Behavior {
+        status: 401,
+        body: Some(echo.to_string()),
+        ..Behavior::default()
+    })
+    .await;
+    let otlp = MockOtlp::start().await;
+    let data = tempfile::tempdir().expect("data dir");
+    let db = data.path().join("ledger.db").display().to_string();
+    let mut vars = every_sink(&otlp.origin(), &db, "", "100").to_vec();
+    vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.origin()));
+    vars.push((
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        format!("Authorization=Bearer {otlp_token}"),
+    ));
+    let envs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let config = one_server_config(&upstream.url(), "");
+    let router = RouterProcess::start(Some(&config), &envs);
+    let response = router
+        .chat(&json!({"model": "[mock]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 401, "{}", router.stderr());
+    let body = response.text().await.expect("body");
+    // The whole header value is a secret, as well as its token.
+    assert!(body.contains("bad: [redacted] and [redacted]"), "{body}");
+    assert!(
+        !body.contains("otlp-T0ken") && !body.contains("sk-lf"),
+        "{body}"
+    );
+}
