@@ -1409,6 +1409,17 @@ pub struct StreamAccumulator {
     budget: TextBudget,
     /// Tool calls past [`MAX_STREAM_TOOL_CALLS`] came and were left out.
     tool_calls_cut: bool,
+    /// Chat streams: which tool call (index into `summary.tool_calls`) each upstream tool
+    /// call `index` names now. Not the index itself: Ollama (and vLLM at times) sends every
+    /// call whole at index 0, each with its own id, and read by index alone they made one call
+    /// of all (`f1f2`, `{"a":1}{"b":2}`). See [`Self::slot_of_index`].
+    chat_tools: Vec<(usize, usize)>,
+}
+
+/// Whether a chat tool call delta with `id` belongs to a call other than `call`: both have
+/// an id, and they differ. A delta without one goes on with the call.
+fn is_another_call(call: &ToolCall, id: Option<&str>) -> bool {
+    id.is_some_and(|id| !call.id.is_empty() && call.id != id)
 }
 
 /// Most bytes of text a stream's record keeps: its content, reasoning, refusal and tool
@@ -2124,21 +2135,18 @@ impl StreamAccumulator {
         }
         for call in delta.tool_calls.unwrap_or_default() {
             self.note_output(true);
-            let calls = &self.summary.tool_calls;
-            let index = call.index.unwrap_or_else(|| {
-                // No index (Gemini's endpoint sends each call whole, without one): a delta with
-                // an id other than the last call's starts a new call; one without an id goes on
-                // with the last call.
-                let last = calls.last();
-                match (&call.id, last) {
-                    (Some(id), Some(last)) if !last.id.is_empty() && last.id != *id => calls.len(),
-                    _ => calls.len().saturating_sub(1),
-                }
-            });
-            let Some(slot) = self.tool_call_slot(index) else {
+            let id = call.id.as_deref().filter(|id| !id.is_empty());
+            let index = match call.index {
+                Some(index) => self.slot_of_index(index, id),
+                None => self.slot_of_id(id),
+            };
+            let Some(index) = index else {
                 continue;
             };
-            if let Some(id) = call.id {
+            let Some(slot) = self.summary.tool_calls.get_mut(index) else {
+                continue;
+            };
+            if let Some(id) = call.id.filter(|id| !id.is_empty()) {
                 slot.id = id.into_owned();
             }
             if let Some(kind) = call.kind {
@@ -2162,29 +2170,63 @@ impl StreamAccumulator {
         // `function`, no id), as a whole answer's `message.function_call` is.
         if let Some(function) = delta.function_call {
             self.note_output(true);
-            if self.tool_call_slot(0).is_some() {
+            if !self.summary.tool_calls.is_empty() || self.new_tool_call().is_some() {
                 self.push_function_delta(0, function);
             }
         }
     }
 
-    /// The tool call at `index`, added (with those before it) when it is new and there is room
-    /// for it (see [`Self::room_for_a_new_tool_call`]).
-    fn tool_call_slot(&mut self, index: usize) -> Option<&mut ToolCall> {
-        // An index far beyond what was seen would make us allocate for nothing.
-        if index > self.summary.tool_calls.len() + 64 {
+    /// The tool call a chat delta with upstream index `index` (and `id`, when it has a
+    /// non-empty one) goes on with: the one that index named last, unless the delta's id is
+    /// another than that call's, which starts a new call (Ollama's calls, each whole at index
+    /// 0). A new index starts a new call too, so calls are kept in the order they began.
+    /// `None` when a new call is not kept ([`Self::new_tool_call`]).
+    fn slot_of_index(&mut self, index: usize, id: Option<&str>) -> Option<usize> {
+        let named = self
+            .chat_tools
+            .iter()
+            .find(|(upstream, _)| *upstream == index)
+            .map(|&(_, slot)| slot);
+        if let Some(slot) = named {
+            let other = self
+                .summary
+                .tool_calls
+                .get(slot)
+                .is_some_and(|call| is_another_call(call, id));
+            if !other {
+                return Some(slot);
+            }
+        }
+        let slot = self.new_tool_call()?;
+        self.chat_tools.retain(|(upstream, _)| *upstream != index);
+        self.chat_tools.push((index, slot));
+        Some(slot)
+    }
+
+    /// The tool call a chat delta without an index goes on with (Gemini's endpoint sends each
+    /// call whole, without one): the call with the delta's id, else a new one; a delta with
+    /// no id goes on with the last call. `None` when a new call is not kept.
+    fn slot_of_id(&mut self, id: Option<&str>) -> Option<usize> {
+        let calls = &self.summary.tool_calls;
+        let found = match id {
+            Some(id) => calls.iter().rposition(|call| call.id == id),
+            None => calls.len().checked_sub(1),
+        };
+        found.or_else(|| self.new_tool_call())
+    }
+
+    /// A new tool call at the end of the record's, when there is room for it (see
+    /// [`Self::room_for_a_new_tool_call`]): its index.
+    fn new_tool_call(&mut self) -> Option<usize> {
+        let index = self.summary.tool_calls.len();
+        if !self.room_for_a_new_tool_call(index) {
             return None;
         }
-        if index >= self.summary.tool_calls.len() && !self.room_for_a_new_tool_call(index) {
-            return None;
-        }
-        while self.summary.tool_calls.len() <= index {
-            self.summary.tool_calls.push(ToolCall {
-                kind: "function".to_owned(),
-                ..Default::default()
-            });
-        }
-        self.summary.tool_calls.get_mut(index)
+        self.summary.tool_calls.push(ToolCall {
+            kind: "function".to_owned(),
+            ..Default::default()
+        });
+        Some(index)
     }
 
     /// A piece of tool call `index`'s name and arguments (a `function` delta, or a custom
@@ -3279,6 +3321,68 @@ mod tests {
         assert_eq!(s.content, "A1A2");
         assert_eq!(s.finish_reason.as_deref(), Some("stop"));
         assert_eq!(s.more_finish_reasons, [(1, "stop".to_owned())]);
+    }
+
+    /// Calls sent whole, each with its own id, at one index (Ollama; vLLM at times) stay
+    /// apart, as do index-less calls whose pieces interleave, told by their ids; pieces
+    /// with no id or an empty one go on with their call.
+    #[test]
+    fn tool_calls_are_told_apart_by_their_ids_whatever_their_index() {
+        let assembled = |events: &[&str]| {
+            let mut acc = StreamAccumulator::default();
+            for e in events {
+                acc.push_data(e.as_bytes());
+            }
+            acc.into_summary()
+                .tool_calls
+                .into_iter()
+                .map(|c| (c.id, c.name, c.arguments))
+                .collect::<Vec<_>>()
+        };
+        let call = |id: &str, name: &str, arguments: &str| {
+            (id.to_owned(), name.to_owned(), arguments.to_owned())
+        };
+        let ollama = assembled(&[
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f1","arguments":"{\"a\":1}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_2","type":"function","function":{"name":"f2","arguments":"{\"b\":2}"}}]}}]}"#,
+        ]);
+        assert_eq!(
+            ollama,
+            [
+                call("call_1", "f1", r#"{"a":1}"#),
+                call("call_2", "f2", r#"{"b":2}"#)
+            ]
+        );
+        // OpenAI's: two indexes interleaved, the id only in each call's first piece (an empty
+        // one after it), the second call's index coming back after a third began.
+        let openai = assembled(&[
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"A","function":{"name":"f","arguments":"[1"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"id":"B","function":{"name":"g","arguments":"[2"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"","function":{"arguments":"]"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":2,"id":"C","function":{"name":"h","arguments":"[]"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"function":{"arguments":"]"}}]}}]}"#,
+        ]);
+        assert_eq!(
+            openai,
+            [
+                call("A", "f", "[1]"),
+                call("B", "g", "[2]"),
+                call("C", "h", "[]")
+            ]
+        );
+        let index_less = assembled(&[
+            r#"{"choices":[{"delta":{"tool_calls":[{"id":"call_1","function":{"name":"f1","arguments":"{\"a\":"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"id":"call_2","function":{"name":"f2","arguments":"{\"b\":"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"id":"call_1","function":{"arguments":"1}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"id":"call_2","function":{"arguments":"2}"}}]}}]}"#,
+        ]);
+        assert_eq!(
+            index_less,
+            [
+                call("call_1", "f1", r#"{"a":1}"#),
+                call("call_2", "f2", r#"{"b":2}"#)
+            ]
+        );
     }
 
     /// The other choices' finish reasons are kept, a bounded number of them, however many

@@ -2126,6 +2126,37 @@ async fn a_legacy_function_call_is_recorded_as_a_tool_call() {
     assert_eq!(logged["finish_reason"], "function_call");
 }
 
+/// Ollama streams each parallel tool call whole, all at index 0 with their own ids: the
+/// record (the span's output and the request log) holds two calls, as the client's SDK
+/// reads them, not one call `f1f2` with arguments `{"a":1}{"b":2}`.
+#[tokio::test]
+async fn parallel_tool_calls_at_one_index_are_recorded_apart() {
+    let setup = Setup::start().await;
+    let call = |id: &str, name: &str, arguments: &str| {
+        json!({"tool_calls": [{"index": 0, "id": id, "type": "function",
+            "function": {"name": name, "arguments": arguments}}]})
+    };
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(vec![
+            chat_chunk(call("call_1", "f1", "{\"a\":1}"), Value::Null),
+            chat_chunk(call("call_2", "f2", "{\"b\":2}"), Value::Null),
+            chat_chunk(json!({}), json!("tool_calls")),
+            b"data: [DONE]\n\n".to_vec(),
+        ]),
+        ..Default::default()
+    });
+    let request = json!({"model": "[mock]m", "messages": [], "stream": true});
+    let (streamed, _) = setup.post("/v1/chat/completions", &request).await;
+    let expected = json!({"role": "assistant", "content": null, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f1", "arguments": "{\"a\":1}"}},
+        {"id": "call_2", "type": "function", "function": {"name": "f2", "arguments": "{\"b\":2}"}}]});
+    setup.assert_outputs(&[streamed.as_str()], &expected).await;
+    let (_, line) = setup.stop_and_read(&streamed).await;
+    let logged = &line["response"]["tool_calls"];
+    assert_eq!(logged[1]["function"]["name"], "f2", "{logged}");
+    assert_eq!(logged.as_array().map(Vec::len), Some(2), "{logged}");
+}
+
 /// Chat Completions' custom tool calls (OpenAI's GPT-5 custom tools: `{"type": "custom",
 /// "custom": {"name", "input"}}`, a stream's input in `custom.input` pieces) are tool calls
 /// of type `custom` with that name and the input as the arguments, whole and streamed, as
