@@ -1042,14 +1042,19 @@ fn keep_decoded(record: &mut RequestRecord, decoded: Bytes) {
     record.body_ticket.grow(grown);
 }
 
-/// A JSON answer that only a stray byte keeps from parsing: a byte-order mark before it, or a
-/// byte that is not UTF-8 (an upstream's Latin-1 `é`). Its usage and text must not be lost
-/// for one character, so it is read, and kept for the record, without the mark and with
-/// U+FFFD in place of each bad byte (the client got the bytes as they came). `None` when
-/// neither was the trouble.
+/// A JSON answer that only a stray byte keeps from parsing: a byte-order mark before it, a
+/// byte that is not UTF-8 (an upstream's Latin-1 `é`), or a raw control character in a
+/// string (see [`crate::usage::raw_controls_escaped`]). Its usage and text must not be lost
+/// for one character, so it is read, and kept for the record, without the mark, with U+FFFD
+/// in place of each bad byte and each control escaped (the client got the bytes as they
+/// came). `None` when none of these was the trouble.
 fn repaired_json(body: &[u8]) -> Option<(ResponseSummary, Bytes)> {
     let unmarked = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let text = String::from_utf8_lossy(unmarked);
+    let text = match crate::usage::raw_controls_escaped(&text) {
+        Some(escaped) => std::borrow::Cow::Owned(escaped),
+        None => text,
+    };
     if unmarked.len() == body.len() && matches!(text, std::borrow::Cow::Borrowed(_)) {
         return None;
     }

@@ -426,6 +426,53 @@ fn utf16_unit(bytes: &[u8], at: usize) -> Option<u16> {
     u16::from_str_radix(digits, 16).ok()
 }
 
+/// `text` (JSON) with each raw control character inside a string (a tab or a `\x01` sent
+/// unescaped, which strict JSON forbids and some local servers write) replaced by its
+/// `\u00XX` escape; `None` when no string holds one. serde_json refuses such a string, so an
+/// event holding one was left out of the record whole (its text, tool calls, first token),
+/// and a whole answer lost its usage. Only the record's copy is changed: the client gets the
+/// bytes as they came. Control characters between tokens (white space) are left as they are.
+pub(crate) fn raw_controls_escaped(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    if !bytes.iter().any(|b| *b < 0x20) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let (mut in_string, mut escaped, mut changed) = (false, false, false);
+    for c in text.chars() {
+        match c {
+            c if in_string && escaped => {
+                escaped = false;
+                if u32::from(c) < 0x20 {
+                    // `\` then a raw control: neither is a valid escape; the control is
+                    // escaped after a backslash escaped on its own.
+                    out.push('\\');
+                    changed = true;
+                    push_unicode_escape(&mut out, c);
+                    continue;
+                }
+            }
+            '\\' if in_string => escaped = true,
+            '"' => in_string = !in_string,
+            c if in_string && u32::from(c) < 0x20 => {
+                changed = true;
+                push_unicode_escape(&mut out, c);
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    changed.then_some(out)
+}
+
+/// `c`'s JSON `\u00XX` escape, pushed onto `out`.
+fn push_unicode_escape(out: &mut String, c: char) {
+    use std::fmt::Write as _;
+    // Writing to a String cannot fail.
+    let _ = write!(out, "\\u{:04x}", u32::from(c));
+}
+
 /// Reads a non-stream JSON response body (chat, completions, embeddings, responses).
 pub fn summarize_body(body: &[u8]) -> ResponseSummary {
     summarize_json_body(body).unwrap_or_default()
@@ -2010,6 +2057,11 @@ impl StreamAccumulator {
             }
         }
         let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(text) else {
+            // A raw control character in a string spoils nothing but itself (see
+            // [`raw_controls_escaped`]); the copy has none left, so this recurses once.
+            if let Some(fixed) = raw_controls_escaped(text) {
+                return self.read_data(fixed.as_bytes());
+            }
             return EventKind::Other;
         };
         if self.summary.id.is_none() {
@@ -3321,6 +3373,29 @@ mod tests {
         assert_eq!(s.content, "A1A2");
         assert_eq!(s.finish_reason.as_deref(), Some("stop"));
         assert_eq!(s.more_finish_reasons, [(1, "stop".to_owned())]);
+    }
+
+    /// Raw control characters are escaped inside strings only, after an escaping backslash
+    /// too; white space between tokens and text with none are left alone.
+    #[test]
+    fn raw_controls_are_escaped_inside_strings_only() {
+        for (text, wanted) in [
+            ("{\"a\":\"x\ty\"}", Some(r#"{"a":"x\u0009y"}"#)),
+            (
+                "{\n\t\"a\":\n\"x\u{1}\"}",
+                Some("{\n\t\"a\":\n\"x\\u0001\"}"),
+            ),
+            ("{\"a\":\"x\\\u{1}\"}", Some(r#"{"a":"x\\\u0001"}"#)),
+            ("{\"a\":\"\\\"\t\"}", Some(r#"{"a":"\"\u0009"}"#)),
+            ("{\n\"a\": 1}", None),
+            (r#"{"a":"x\ty"}"#, None),
+        ] {
+            let fixed = raw_controls_escaped(text);
+            assert_eq!(fixed.as_deref(), wanted, "{text:?}");
+            if let Some(fixed) = fixed {
+                assert!(serde_json::from_str::<Value>(&fixed).is_ok(), "{fixed}");
+            }
+        }
     }
 
     /// Calls sent whole, each with its own id, at one index (Ollama; vLLM at times) stay

@@ -1406,6 +1406,62 @@ async fn a_stray_byte_or_mark_does_not_cost_an_answer_its_record() {
     assert!(!stream_id.is_empty());
 }
 
+/// A raw control character in a string (a tab or `\x01` sent unescaped, which strict JSON
+/// forbids) costs neither a whole answer nor a stream event its record: the text keeps the
+/// character, the usage and first token are read, the log line is JSON; the client gets the
+/// bytes as they came. Before, the event was left out (no text, no first token) and the
+/// answer recorded without usage.
+#[tokio::test]
+async fn a_raw_control_character_does_not_cost_an_answer_its_record() {
+    let setup = Setup::start().await;
+    let body = b"{\"id\":\"c1\",\"model\":\"gpt-r\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"a \x01 b\ttab\"},\"finish_reason\":\"stop\"}],\n\t\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3,\"total_tokens\":10}}".to_vec();
+    setup.upstream.set(Behavior {
+        raw_body: Some(body.clone()),
+        ..Default::default()
+    });
+    let response = client()
+        .post(setup.router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let whole_id = request_id(&response);
+    assert_eq!(&response.bytes().await.expect("body")[..], &body[..]);
+    let events = vec![
+        b"data: {\"id\":\"c2\",\"model\":\"gpt-r\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a \x01 b\ttab\"}}]}\n\n".to_vec(),
+        br#"data: {"id":"c2","model":"gpt-r","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#.to_vec(),
+        b"\n\ndata: [DONE]\n\n".to_vec(),
+    ];
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(events.clone()),
+        ..Default::default()
+    });
+    let request = json!({"model": "[mock]gpt-4o", "stream": true, "messages": [],
+        "stream_options": {"include_usage": true}});
+    let (stream_id, streamed) = setup.post("/v1/chat/completions", &request).await;
+    assert_eq!(streamed.as_bytes(), events.concat(), "relayed as it came");
+    for n in [1, 2] {
+        let record = setup.router.records.nth(n).await;
+        assert_eq!(record.response.content, "a \u{1} b\ttab", "record {n}");
+        let usage = record.response.usage.as_ref().expect("usage");
+        assert_eq!((usage.input, usage.output), (7, 3), "record {n}");
+        if n == 2 {
+            assert!(
+                record.first_token_at.is_some(),
+                "the event's text is its first token"
+            );
+        }
+    }
+    let (row, line) = setup.stop_and_read(&whole_id).await;
+    assert!(row.usage_known, "{row:?}");
+    assert_eq!(
+        line["response"]["choices"][0]["message"]["content"], "a \u{1} b\ttab",
+        "{line}"
+    );
+    assert!(!stream_id.is_empty());
+}
+
 /// The output Langfuse shows for an answer whose record content is `content`.
 fn assistant(content: &str) -> Option<Value> {
     Some(json!({"role": "assistant", "content": content}))
