@@ -139,7 +139,7 @@ pub fn build_with(
     let form = record.request_is_form;
     // Borrowed from the request body as far as it can be, and copied only once cut to
     // `max_io_bytes`: a 20 MiB prompt (a base64 image) is not held a second time whole.
-    let input_text = |limit: usize| {
+    let input_text = |limit: usize, elide: bool| {
         if form {
             // The form's description is the whole input: its text fields (a prompt, a
             // language) and an outline of each file.
@@ -148,20 +148,33 @@ pub fn build_with(
                 .filter(|body| !body.is_empty())
                 .map(|body| prefix(body, limit))
         } else {
-            request.as_ref().and_then(|r| r.input(limit))
+            request.as_ref().and_then(|r| r.input(limit, elide))
         }
     };
-    let input = input_text(max_io_bytes.saturating_add(REDACTION_ROOM)).map(|(text, whole)| {
+    let output = output_of(record, max_io_bytes).map(|s| redactor.redact_owned(s));
+    // An input that would be cut (screenshots a coding agent sent, each a base64 image of
+    // hundreds of KiB) is read again with the images' base64 left out: else the cut kept
+    // the first images and lost every message after them, the newest question among them.
+    let room = max_io_bytes.saturating_add(REDACTION_ROOM);
+    let output_len = output.as_ref().map_or(0, String::len);
+    let mut elide = false;
+    let mut read = input_text(room, elide);
+    if let Some((_, whole)) = &read {
+        if whole.saturating_add(output_len) > max_io_bytes && !form {
+            elide = true;
+            read = input_text(room, elide);
+        }
+    }
+    let input = read.map(|(text, whole)| {
         let read = text.len();
         let redacted = redacted_cow(redactor, text);
         if read < whole && read - redacted.len().min(read) > REDACTION_ROOM / 2 {
             // Keys by the thousand in the prompt: read whole, as the cut may need more.
-            let (text, _) = input_text(usize::MAX).unwrap_or_default();
+            let (text, _) = input_text(usize::MAX, elide).unwrap_or_default();
             return redacted_cow(redactor, text);
         }
         redacted
     });
-    let output = output_of(record, max_io_bytes).map(|s| redactor.redact_owned(s));
     let (input, output) = if record.bodies_dropped {
         // Left out to bound memory (see `record::BODY_BUDGET`): said so, rather than an empty
         // prompt and an empty answer that read as what the model was sent and said.
@@ -275,20 +288,23 @@ impl<'a> RequestFields<'a> {
     /// [`MAX_PARAMETER_BYTES`].
     ///
     /// Its first `limit` bytes (on a character boundary), with the length of the whole.
-    fn input(&self, limit: usize) -> Option<(Cow<'a, str>, usize)> {
+    ///
+    /// With `elide`, each long base64 string in it has its payload replaced by a note (see
+    /// [`push_elided`]), and the text is then always a copy.
+    fn input(&self, limit: usize, elide: bool) -> Option<(Cow<'a, str>, usize)> {
         if let Some(messages) = self.raw("messages") {
             return Some(self.with_context(
                 &["system", "tools", "functions"],
-                "messages",
-                messages,
+                ("messages", messages),
                 limit,
+                elide,
             ));
         }
         if let Some(prompt) = self.raw("prompt") {
-            return Some(prefix(prompt, limit));
+            return Some(value_prefix(prompt, limit, elide));
         }
         let input = self.raw("input")?;
-        Some(self.with_context(&["instructions", "tools"], "input", input, limit))
+        Some(self.with_context(&["instructions", "tools"], ("input", input), limit, elide))
     }
 
     /// `main` as is when the request has none of `context`, else one object of the present
@@ -298,31 +314,52 @@ impl<'a> RequestFields<'a> {
     fn with_context(
         &self,
         context: &[&str],
-        main_key: &str,
-        main: &'a str,
+        (main_key, main): (&str, &'a str),
         limit: usize,
+        elide: bool,
     ) -> (Cow<'a, str>, usize) {
         let extras: Vec<(&str, &str)> = context
             .iter()
             .filter_map(|k| self.raw(k).map(|v| (*k, v)))
             .collect();
         if extras.is_empty() {
-            return prefix(main, limit);
+            return value_prefix(main, limit, elide);
         }
-        let mut pieces: Vec<&str> = vec!["{"];
+        // Each piece, and whether it is a JSON value (which `elide` reads).
+        let mut pieces: Vec<(&str, bool)> = vec![("{", false)];
         for (k, v) in &extras {
-            pieces.extend(["\"", k, "\":", v, ","]);
+            pieces.extend([
+                ("\"", false),
+                (k, false),
+                ("\":", false),
+                (v, true),
+                (",", false),
+            ]);
         }
-        pieces.extend(["\"", main_key, "\":", main, "}"]);
-        let whole: usize = pieces.iter().map(|p| p.len()).sum();
-        let mut out = String::with_capacity(whole.min(limit));
-        for piece in pieces {
-            let (kept, len) = prefix(piece, limit - out.len());
-            out.push_str(&kept);
-            if kept.len() < len {
-                // Cut: what follows is past the limit (or past a character the cut split).
-                break;
-            }
+        pieces.extend([
+            ("\"", false),
+            (main_key, false),
+            ("\":", false),
+            (main, true),
+            ("}", false),
+        ]);
+        let mut out =
+            String::with_capacity(pieces.iter().map(|p| p.0.len()).sum::<usize>().min(limit));
+        let (mut whole, mut cut) = (0, false);
+        for (piece, value) in pieces {
+            // Once cut, nothing more is kept (a short piece after a character the cut split
+            // would fit), but an elided length is still counted.
+            let room = if cut { out.len() } else { limit };
+            let before = out.len();
+            let len = if elide && value {
+                push_elided(&mut out, piece, room)
+            } else {
+                let (kept, len) = prefix(piece, room - out.len());
+                out.push_str(&kept);
+                len
+            };
+            whole += len;
+            cut |= out.len() - before < len;
         }
         (Cow::Owned(out), whole)
     }
@@ -585,6 +622,101 @@ fn prefix(text: &str, limit: usize) -> (Cow<'_, str>, usize) {
         end -= 1;
     }
     (Cow::Borrowed(&text[..end]), text.len())
+}
+
+/// The shortest base64 payload [`push_elided`] leaves out: an image of a few KiB is kept.
+const MIN_ELIDED_BASE64: usize = if cfg!(test) { 64 } else { 4096 };
+
+/// How a base64 payload left out of a span's input reads in its place.
+fn elided_note(bytes: usize) -> String {
+    format!("[{bytes} bytes of base64 left out by llmsrouter]")
+}
+
+/// [`prefix`] of a JSON value, or with `elide` its [`push_elided`] copy.
+fn value_prefix(value: &str, limit: usize, elide: bool) -> (Cow<'_, str>, usize) {
+    if !elide {
+        return prefix(value, limit);
+    }
+    let mut out = String::with_capacity(limit.min(value.len()));
+    let whole = push_elided(&mut out, value, limit);
+    (Cow::Owned(out), whole)
+}
+
+/// Appends the JSON `value` to `out`, `out` growing to `limit` bytes at most (cut on a
+/// character boundary), with the payload of each string that is, or ends in, base64 of
+/// [`MIN_ELIDED_BASE64`] bytes or more (a `data:image/png;base64,...` URL, Anthropic's
+/// `source.data`, `input_audio.data`) replaced by [`elided_note`]: the string stays a
+/// string, so the input stays JSON, and a `data:` URL keeps its media type. Returns the
+/// length of all of `value` so elided, kept or not.
+fn push_elided(out: &mut String, value: &str, limit: usize) -> usize {
+    let (mut whole, mut full) = (0, false);
+    let mut push = |out: &mut String, piece: &str| {
+        whole += piece.len();
+        if full {
+            // After a cut nothing more is kept, not even a piece that would fit.
+            return;
+        }
+        let (kept, _) = prefix(piece, limit.saturating_sub(out.len()));
+        full = kept.len() < piece.len();
+        out.push_str(&kept);
+    };
+    let bytes = value.as_bytes();
+    let mut at = 0;
+    while let Some(found) = memchr::memchr(b'"', &bytes[at..]) {
+        let open = at + found + 1;
+        let close = string_end(bytes, open);
+        push(out, &value[at..open]);
+        let text = &value[open..close];
+        match base64_payload(text) {
+            Some(start) => {
+                push(out, &text[..start]);
+                push(out, &elided_note(text.len() - start));
+            }
+            None => push(out, text),
+        }
+        at = close;
+        if at >= bytes.len() {
+            return whole;
+        }
+        // The closing quote goes out with what follows it.
+        push(out, "\"");
+        at += 1;
+    }
+    push(out, &value[at..]);
+    whole
+}
+
+/// Where the JSON string whose text begins at `open` ends: its closing quote's index, or the
+/// end of `bytes` when it has none.
+fn string_end(bytes: &[u8], open: usize) -> usize {
+    let mut at = open;
+    while let Some(found) = memchr::memchr2(b'"', b'\\', &bytes[at..]) {
+        let i = at + found;
+        if bytes[i] == b'"' {
+            return i;
+        }
+        at = (i + 2).min(bytes.len());
+    }
+    bytes.len()
+}
+
+/// Where the base64 payload of a string's text begins, when the text is base64 of
+/// [`MIN_ELIDED_BASE64`] bytes or more, bare or after a `data:<type>;base64,` head.
+fn base64_payload(text: &str) -> Option<usize> {
+    if text.len() < MIN_ELIDED_BASE64 {
+        return None;
+    }
+    let start = match text.strip_prefix("data:") {
+        Some(rest) => {
+            let head = &rest.as_bytes()[..rest.len().min(256)];
+            5 + memchr::memmem::find(head, b";base64,")? + ";base64,".len()
+        }
+        None => 0,
+    };
+    let payload = &text.as_bytes()[start..];
+    let base64 =
+        |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_');
+    (payload.len() >= MIN_ELIDED_BASE64 && payload.iter().all(base64)).then_some(start)
 }
 
 /// `text` with the request's secrets taken out: borrowed when it holds none.
@@ -1137,7 +1269,62 @@ mod tests {
         assert!(output.len() >= 4096 - TRUNCATION_MARKER.len());
     }
 
+    /// An input over the cap is read with its long base64 strings left out, so the messages
+    /// after a big image (the newest question) are kept; one under the cap keeps them whole.
+    #[test]
+    fn base64_is_left_out_of_an_input_over_the_cap() {
+        let image = "iVBORw0KGgo".repeat(2000);
+        let audio = "UklGRg==".repeat(1000);
+        let body = json!({"model": "m", "system": "be brief", "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "look"},
+                {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{image}")}},
+                {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}}]},
+            {"role": "user", "content": "what is in the image? \"quoted\" \\ é"}]});
+        let g = build(&record(body.clone()), &Redactor::default(), 8192);
+        let input: Value = serde_json::from_str(&g.input.expect("input")).expect("still JSON");
+        let parts = &input["messages"][0]["content"];
+        assert_eq!(
+            parts[1]["image_url"]["url"],
+            format!("data:image/png;base64,{}", elided_note(image.len()))
+        );
+        assert_eq!(parts[2]["input_audio"]["data"], elided_note(audio.len()));
+        assert_eq!(input["messages"][1], body["messages"][1]);
+        assert_eq!(input["system"], "be brief");
+
+        let g = build(&record(body.clone()), &Redactor::default(), 1 << 20);
+        let input: Value = serde_json::from_str(&g.input.expect("input")).expect("JSON");
+        assert_eq!(
+            input["messages"], body["messages"],
+            "under the cap: as sent"
+        );
+        // Plain text, short base64 and a base64 look-alike with a space are never left out.
+        for text in ["a b".repeat(100), "QUJD".to_owned()] {
+            let mut out = String::new();
+            let value = serde_json::to_string(&text).expect("json");
+            assert_eq!(push_elided(&mut out, &value, usize::MAX), value.len());
+            assert_eq!(out, value);
+        }
+    }
+
     proptest! {
+        /// Any text, any limit: what is kept is the start of the whole elided copy, within
+        /// the limit, and the whole length counted is that copy's.
+        #[test]
+        fn an_elided_copy_cut_is_the_start_of_the_whole(
+            value in "(\"|\\\\|\\\"|data:a;base64,|[A-Za-z0-9+/]{1,90}|é| ){0,60}",
+            limit in 0usize..400,
+        ) {
+            let mut whole = String::new();
+            let len = push_elided(&mut whole, &value, usize::MAX);
+            prop_assert_eq!(len, whole.len());
+            let mut cut = String::new();
+            prop_assert_eq!(push_elided(&mut cut, &value, limit), len);
+            prop_assert!(cut.len() <= limit);
+            prop_assert!(whole.starts_with(&cut));
+            prop_assert!(cut.len() + 4 > limit.min(whole.len()), "stopped short");
+        }
+
         #[test]
         fn fit_io_respects_the_cap(a in 0usize..5000, b in 0usize..5000, cap in 64usize..6000) {
             let (i, o) = fit_io(Some("a".repeat(a).into()), Some("ü".repeat(b / 2)), cap);
@@ -1176,9 +1363,12 @@ mod tests {
             let redactor = Redactor::default();
             let g = build(&r, &redactor, cap);
             let request = RequestFields::parse(&r.request_body).expect("fields");
-            let (whole, _) = request.input(usize::MAX).expect("input");
-            let redacted = redactor.for_request(&r.secrets).redact(&whole).into_owned();
             let output = output_of(&r, cap);
+            let (whole, _) = request.input(usize::MAX, false).expect("input");
+            // Over the cap, read again with base64 left out ("abab..." is base64).
+            let elide = whole.len() + output.as_ref().map_or(0, String::len) > cap;
+            let (whole, _) = request.input(usize::MAX, elide).expect("input");
+            let redacted = redactor.for_request(&r.secrets).redact(&whole).into_owned();
             let (expected, _) = fit_io(Some(Cow::Owned(redacted)), output, cap);
             prop_assert_eq!(g.input, expected);
         }

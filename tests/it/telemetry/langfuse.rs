@@ -495,6 +495,44 @@ async fn inputs_and_outputs_over_the_cap_are_truncated_with_a_marker() {
     router.stop().await;
 }
 
+/// A coding agent's screenshots (base64 images of hundreds of KiB) put the prompt over the
+/// cap: the span's input leaves their base64 out and keeps every message, the newest
+/// question among them, where the cut kept the first image and lost the rest. The upstream
+/// gets every byte.
+#[tokio::test]
+async fn an_input_over_the_cap_leaves_out_base64_images_and_keeps_its_messages() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    let mut options = langfuse_options(&otlp);
+    options.max_io_bytes = 64 * 1024;
+    let (router, _sink) =
+        router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
+    let screenshot = |n: usize| {
+        json!({"role": "user", "content": [
+            {"type": "text", "text": format!("screenshot {n}")},
+            {"type": "image_url", "image_url": {"url": format!("data:image/jpeg;base64,{}", "/9j/4AAQSkZJRg".repeat(5000))}}]})
+    };
+    let mut messages: Vec<_> = (1..=3).map(screenshot).collect();
+    messages.push(json!({"role": "user", "content": "why is the button red?"}));
+    let request = json!({"model": "[mock]gpt-4o", "messages": messages});
+    let response = router.chat(&request).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        upstream.last().json()["messages"] == request["messages"],
+        "the request itself is untouched"
+    );
+    let span = otlp.span_of(&request_id(&response)).await.span;
+    let input = str_attr(&span, "langfuse.observation.input").expect("input");
+    let input: serde_json::Value = serde_json::from_str(input).expect("still JSON");
+    assert_eq!(input[3]["content"], "why is the button red?");
+    assert_eq!(input[2]["content"][0]["text"], "screenshot 3");
+    assert_eq!(
+        input[2]["content"][1]["image_url"]["url"],
+        "data:image/jpeg;base64,[70000 bytes of base64 left out by llmsrouter]"
+    );
+    router.stop().await;
+}
+
 /// What a client or an upstream puts outside the prompt and the answer is bounded too: 6 MB
 /// of stop sequences, a 1 MB model name (sent up, and answered as a 2 MB one), thousands of
 /// parameters. Before, they went out whole, in up to four copies, and one such request
