@@ -94,8 +94,11 @@ pub fn refuse_cross_site(fields: &Fields) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// The key a client presented: `Authorization: Bearer <key>`, else `x-api-key: <key>`.
-pub fn presented_key(fields: &Fields) -> Option<&str> {
+/// The keys a client presented, in the order they are tried: `Authorization: Bearer <key>`,
+/// then `x-api-key: <key>`. Both are tried: Claude Code sends `Authorization` from
+/// `ANTHROPIC_AUTH_TOKEN` beside `x-api-key` from `ANTHROPIC_API_KEY`, and a user whose router
+/// key is in the second was refused for what the first held.
+pub fn presented_keys(fields: &Fields) -> impl Iterator<Item = &str> {
     let bearer = fields
         .get_str("authorization")
         .and_then(|v| {
@@ -103,12 +106,11 @@ pub fn presented_key(fields: &Fields) -> Option<&str> {
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         })
         .filter(|k| !k.is_empty());
-    bearer.or_else(|| {
-        fields
-            .get_str("x-api-key")
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-    })
+    let api_key = fields
+        .get_str("x-api-key")
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && Some(*k) != bearer);
+    bearer.into_iter().chain(api_key)
 }
 
 /// Headers whose whole value is a key: Anthropic's and many gateways' `x-api-key`, Azure
@@ -119,7 +121,7 @@ pub const KEY_HEADERS: [&str; 3] = ["x-api-key", "api-key", "x-goog-api-key"];
 /// Every credential the client sent, whatever its scheme: each `Authorization` value's
 /// credentials (what follows `Bearer`, `Basic` or any other scheme, or the whole value when
 /// there is no scheme) and each value of the [`KEY_HEADERS`]. Not for authentication
-/// ([`presented_key`] is): for redaction, since a URL target gets them as sent and may echo
+/// ([`presented_keys`] are): for redaction, since a URL target gets them as sent and may echo
 /// them back.
 pub fn presented_credentials(fields: &Fields) -> impl Iterator<Item = &str> {
     let authorization = fields.get_all("authorization").filter_map(|v| {
@@ -161,11 +163,21 @@ pub fn authenticate(
     let Some(keys) = keys else {
         return Ok(Caller::anonymous());
     };
-    let Some(key) = presented_key(fields) else {
-        return Err(ProxyError::InvalidApiKey(no_key(fields).into()));
-    };
-    keys.find(key)
-        .ok_or_else(|| ProxyError::InvalidApiKey("invalid API key".into()))
+    let mut presented = 0;
+    for key in presented_keys(fields) {
+        if let Some(caller) = keys.find(key) {
+            return Ok(caller);
+        }
+        presented += 1;
+    }
+    Err(ProxyError::InvalidApiKey(
+        match presented {
+            0 => no_key(fields),
+            1 => "invalid API key",
+            _ => "invalid API key: neither the Authorization bearer token nor x-api-key is a user's key",
+        }
+        .into(),
+    ))
 }
 
 /// Why no key was read: none was sent, or a field meant to carry one holds none that can
@@ -198,12 +210,24 @@ mod tests {
     }
 
     #[test]
-    fn bearer_wins_over_x_api_key() {
-        assert_eq!(presented_key(&fields(&[("X-Api-Key", "xk")])), Some("xk"));
-        let both = fields(&[("x-api-key", "xk"), ("Authorization", "bearer  bk ")]);
-        assert_eq!(presented_key(&both), Some("bk"));
-        let basic = fields(&[("x-api-key", "xk"), ("authorization", "Basic abc")]);
-        assert_eq!(presented_key(&basic), Some("xk"));
+    fn bearer_is_tried_before_x_api_key() {
+        let keys = |pairs: &[(&str, &str)]| {
+            let f = fields(pairs);
+            presented_keys(&f).map(str::to_owned).collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&[("X-Api-Key", "xk")]), ["xk"]);
+        assert_eq!(
+            keys(&[("x-api-key", "xk"), ("Authorization", "bearer  bk ")]),
+            ["bk", "xk"]
+        );
+        assert_eq!(
+            keys(&[("x-api-key", "k"), ("Authorization", "Bearer k")]),
+            ["k"]
+        );
+        assert_eq!(
+            keys(&[("x-api-key", "xk"), ("authorization", "Basic abc")]),
+            ["xk"]
+        );
     }
 
     #[test]

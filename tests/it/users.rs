@@ -1377,6 +1377,52 @@ async fn an_unreadable_key_is_not_called_missing() {
     refresh.shutdown().await;
 }
 
+/// A client that sends both `Authorization: Bearer` and `x-api-key` (Claude Code with
+/// `ANTHROPIC_AUTH_TOKEN` beside `ANTHROPIC_API_KEY`) is served by whichever is a user's key,
+/// the bearer token first; when neither is, the 401 says both were read.
+#[tokio::test]
+async fn a_key_in_x_api_key_counts_beside_a_bearer_token_that_is_none() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    python_users_db(&db);
+    let (index, refresh) = llmsrouter::users::index::start(&db).expect("users");
+    let router = TestRouter::start_with(&two_server_config(&upstream), |state| {
+        state.keys = Some(index);
+    })
+    .await;
+    let url = router.url("/v1/chat/completions");
+    let send = |bearer: &str, api_key: &str| {
+        client()
+            .post(&url)
+            .bearer_auth(bearer)
+            .header("x-api-key", api_key)
+            .json(&json!({"model": "[other]m", "messages": []}))
+            .send()
+    };
+    let response = send("an-oauth-token-of-another-service", ANN_KEY)
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.user.as_deref(), Some("ann"));
+    // Both are keys: the bearer token's user (bob, who may not use `other`) is served.
+    let response = send(BOB_KEY, ANN_KEY).await.expect("send");
+    assert_eq!(response.status(), 403);
+    let response = send("an-oauth-token-of-another-service", "sk-lr-unknown")
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(
+        body["error"]["message"],
+        "invalid API key: neither the Authorization bearer token nor x-api-key is a user's key"
+    );
+    assert_eq!(upstream.count(), 1);
+    router.stop().await;
+    refresh.shutdown().await;
+}
+
 /// An email the Python version's tools refuse (pydantic's `EmailStr`) is refused by `user
 /// add` and `import` too, which write nothing: one such address breaks those tools for
 /// every user of the shared users.db.
