@@ -1274,17 +1274,30 @@ async fn fifty_concurrent_requests_while_the_cli_adds_twenty_users() {
     }
 }
 
-#[tokio::test]
-async fn the_users_name_reaches_the_request_record() {
-    let upstream = MockUpstream::start(Behavior::default()).await;
+/// The router in-process with accounts on, over the Python-made users.db (ann, bob) in the
+/// returned folder, with the task that follows that file.
+async fn python_accounts_router(
+    upstream: &MockUpstream,
+) -> (
+    TestRouter,
+    llmsrouter::users::index::RefreshTask,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().expect("dir");
     let db = dir.path().join("users.db");
     python_users_db(&db);
     let (index, refresh) = llmsrouter::users::index::start(&db).expect("users");
-    let router = TestRouter::start_with(&two_server_config(&upstream), |state| {
+    let router = TestRouter::start_with(&two_server_config(upstream), |state| {
         state.keys = Some(index);
     })
     .await;
+    (router, refresh, dir)
+}
+
+#[tokio::test]
+async fn the_users_name_reaches_the_request_record() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let (router, refresh, _dir) = python_accounts_router(&upstream).await;
     let url = router.url("/v1/chat/completions");
     assert_eq!(chat(&url, Auth::Bearer(BOB_KEY), "[mock]m").await.0, 200);
     let record = router.records.nth(1).await;
@@ -1304,14 +1317,7 @@ async fn the_users_name_reaches_the_request_record() {
 #[tokio::test]
 async fn an_unreadable_key_is_not_called_missing() {
     let upstream = MockUpstream::start(Behavior::default()).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("users.db");
-    python_users_db(&db);
-    let (index, refresh) = llmsrouter::users::index::start(&db).expect("users");
-    let router = TestRouter::start_with(&two_server_config(&upstream), |state| {
-        state.keys = Some(index);
-    })
-    .await;
+    let (router, refresh, _dir) = python_accounts_router(&upstream).await;
     let url = router.url("/v1/chat/completions");
     let refused = |field: &'static str, value: Vec<u8>| {
         let request = client()
@@ -1383,14 +1389,7 @@ async fn an_unreadable_key_is_not_called_missing() {
 #[tokio::test]
 async fn a_key_in_x_api_key_counts_beside_a_bearer_token_that_is_none() {
     let upstream = MockUpstream::start(Behavior::default()).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("users.db");
-    python_users_db(&db);
-    let (index, refresh) = llmsrouter::users::index::start(&db).expect("users");
-    let router = TestRouter::start_with(&two_server_config(&upstream), |state| {
-        state.keys = Some(index);
-    })
-    .await;
+    let (router, refresh, _dir) = python_accounts_router(&upstream).await;
     let url = router.url("/v1/chat/completions");
     let send = |bearer: &str, api_key: &str| {
         client()

@@ -1419,15 +1419,10 @@ async fn a_raw_control_character_does_not_cost_an_answer_its_record() {
         raw_body: Some(body.clone()),
         ..Default::default()
     });
-    let response = client()
-        .post(setup.router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]gpt-4o", "messages": []}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), 200);
-    let whole_id = request_id(&response);
-    assert_eq!(&response.bytes().await.expect("body")[..], &body[..]);
+    let request = json!({"model": "[mock]gpt-4o", "messages": []});
+    let (whole_id, _, _) = setup
+        .whole_answer(1, "/v1/chat/completions", &request, &body)
+        .await;
     let events = vec![
         b"data: {\"id\":\"c2\",\"model\":\"gpt-r\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a \x01 b\ttab\"}}]}\n\n".to_vec(),
         br#"data: {"id":"c2","model":"gpt-r","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#.to_vec(),
