@@ -344,6 +344,20 @@ impl RequestRecord {
         };
         cut && self.response.usage.is_none() && !self.usage_uncounted
     }
+
+    /// The record's error text, or, for a success whose usage is unknown because the
+    /// upstream closed the stream early and cleanly, what [`unterminated`] says of it: the
+    /// ledger and the request log carry the same note as the span, so such a row does not
+    /// read as a free success with nothing said.
+    pub fn error_note(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match &self.error {
+            Some(error) => Some(std::borrow::Cow::Borrowed(error)),
+            None if self.outcome == Outcome::Success && self.usage_partial() => {
+                Some(std::borrow::Cow::Owned(unterminated(&self.endpoint)))
+            }
+            None => None,
+        }
+    }
 }
 
 /// A consumer of finished records. `accept` runs on the recorder's task, never on a request:
@@ -1078,6 +1092,24 @@ fn describe_binary(record: &mut RequestRecord, text: bool) {
     record.response.content = body_description(&kind, body.len() as u64, None);
     record.response_body = None;
     record.response_encoding = None;
+}
+
+/// What is said of a stream the upstream closed early, cleanly (see
+/// [`RequestRecord::usage_partial`]): it names the end marker of the endpoint's format, the
+/// event that would have brought the usage.
+pub fn unterminated(endpoint: &str) -> String {
+    let marker = match endpoint {
+        "/messages" => "message_stop",
+        // Anthropic's legacy Text Completions: its last `completion` event has one.
+        "/complete" => "a stop_reason",
+        "/responses" => "response.completed",
+        "/audio/speech" => "speech.audio.done",
+        "/audio/transcriptions" => "transcript.text.done",
+        "/images/generations" => "image_generation.completed",
+        "/images/edits" => "image_edit.completed",
+        _ => "data: [DONE]",
+    };
+    format!("the upstream closed the stream before {marker} and its usage; token counts unknown")
 }
 
 /// Builds a record while a request runs and guarantees it is handed over exactly once.

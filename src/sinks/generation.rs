@@ -838,24 +838,6 @@ fn cost_details(cost: f64) -> String {
     )
 }
 
-/// The status message of a stream the upstream closed early, cleanly (see
-/// [`RequestRecord::usage_partial`]): it names the end marker of the endpoint's format, the
-/// event that would have brought the usage.
-fn unterminated(endpoint: &str) -> String {
-    let marker = match endpoint {
-        "/messages" => "message_stop",
-        // Anthropic's legacy Text Completions: its last `completion` event has one.
-        "/complete" => "a stop_reason",
-        "/responses" => "response.completed",
-        "/audio/speech" => "speech.audio.done",
-        "/audio/transcriptions" => "transcript.text.done",
-        "/images/generations" => "image_generation.completed",
-        "/images/edits" => "image_edit.completed",
-        _ => "data: [DONE]",
-    };
-    format!("the upstream closed the stream before {marker} and its usage; token counts unknown")
-}
-
 fn level_of(record: &RequestRecord) -> (Level, Option<String>) {
     let error = || {
         record.error.clone().unwrap_or_else(|| match record.status {
@@ -868,9 +850,10 @@ fn level_of(record: &RequestRecord) -> (Level, Option<String>) {
         // relayed as it came, but no answer; its error says so.
         Outcome::Success if record.empty_answer => (Level::Warning, Some(error())),
         // Every byte reached the client, but what the request cost is unknown.
-        Outcome::Success if record.usage_partial() => {
-            (Level::Warning, Some(unterminated(&record.endpoint)))
-        }
+        Outcome::Success if record.usage_partial() => (
+            Level::Warning,
+            Some(crate::record::unterminated(&record.endpoint)),
+        ),
         Outcome::Success => (Level::Default, None),
         // The client chose to leave; nothing failed upstream or in the router.
         Outcome::ClientDisconnected => (Level::Warning, Some(error())),

@@ -161,10 +161,11 @@ impl<'a> LedgerRow<'a> {
             status: record.status,
             outcome: record.outcome.as_str(),
             // Redacted whole, then cut: a key that crosses the cut is still found.
-            error: record
-                .error
-                .as_deref()
-                .map(|e| clipped_chars(redactor.redact(e), MAX_ERROR_CHARS)),
+            error: record.error_note().map(|e| match e {
+                Cow::Borrowed(e) => clipped_chars(redactor.redact(e), MAX_ERROR_CHARS),
+                // The note is the router's own words: nothing in it to redact.
+                Cow::Owned(note) => clipped_chars(Cow::Owned(note), MAX_ERROR_CHARS),
+            }),
             latency_ms: millis(record.latency()),
             ttft_ms: record.time_to_first_token().map(millis),
             input_tokens: count(|u| u.input),

@@ -442,8 +442,8 @@ fn serialize_line(
     field(out, "stream", &record.stream)?;
     field(out, "status", &record.status)?;
     field_str(out, "outcome", record.outcome.as_str())?;
-    if let Some(error) = &record.error {
-        field(out, "error", error)?;
+    if let Some(error) = record.error_note() {
+        field(out, "error", &error)?;
     }
     field(out, "latency_ms", &millis(record.latency()))?;
     field(out, "ttft_ms", &record.time_to_first_token().map(millis))?;

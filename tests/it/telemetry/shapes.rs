@@ -539,7 +539,9 @@ async fn a_stream_broken_after_its_own_last_event_is_complete() {
 
 /// A `/v1/messages` or `/v1/responses` stream the upstream closes cleanly after generating,
 /// before its last event and usage: Langfuse's warning names that event (`message_stop`,
-/// `response.completed`), not `[DONE]`, which these formats do not have.
+/// `response.completed`), not `[DONE]`, which these formats do not have. The ledger row and
+/// the request log line say the same (a success with unknown usage and nothing said read as
+/// a free answer), and a chat stream's names `data: [DONE]`.
 #[tokio::test]
 async fn a_stream_closed_before_its_last_event_names_it_in_the_warning() {
     let setup = Setup::start().await;
@@ -559,10 +561,14 @@ async fn a_stream_closed_before_its_last_event_names_it_in_the_warning() {
     let legacy = vec![named_event(
         &json!({"type": "completion", "completion": " Hi", "stop_reason": null, "model": "claude-2.1"}),
     )];
+    let chat =
+        vec![b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n".to_vec()];
+    let mut said = Vec::new();
     for (path, chunks, marker) in [
         ("/v1/messages", anthropic, "message_stop"),
         ("/v1/responses", responses, "response.completed"),
         ("/v1/complete", legacy, "a stop_reason"),
+        ("/v1/chat/completions", chat, "data: [DONE]"),
     ] {
         setup.upstream.set(Behavior {
             raw_chunks: Some(chunks),
@@ -590,6 +596,18 @@ async fn a_stream_closed_before_its_last_event_names_it_in_the_warning() {
             ),
             "{path}"
         );
+        said.push((id, marker));
+    }
+    let ids: Vec<&str> = said.iter().map(|(id, _)| id.as_str()).collect();
+    let rows = setup.stop_and_read_all(&ids).await;
+    for ((row, line), (_, marker)) in rows.iter().zip(&said) {
+        let note = format!(
+            "the upstream closed the stream before {marker} and its usage; token counts unknown"
+        );
+        assert_eq!(row.outcome, "success");
+        assert!(row.usage_partial, "{row:?}");
+        assert_eq!(row.error.as_deref(), Some(note.as_str()));
+        assert_eq!(line["error"], note.as_str(), "{line}");
     }
 }
 
