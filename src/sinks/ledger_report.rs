@@ -226,11 +226,15 @@ impl UsageReport {
         })
     }
 
-    /// A fixed-width table with a TOTAL line; `-` for no user and for unknown cost. Two
+    /// A fixed-width table with a TOTAL line; `-` for no user and for unknown cost. Three
     /// columns come after the others, only when some request in the report had any:
+    /// `PARTIAL` (requests cut before their usage came, whose tokens are unknown, not zero),
     /// `CACHE_WRITE` (prompt-cache writes) and `AUDIO_SECONDS` (transcriptions billed by
-    /// duration), so the other columns keep their places either way.
+    /// duration), so the other columns keep their places either way. A user, provider or
+    /// model named `TOTAL` or `-` is shown in double quotes, so its row reads neither as the
+    /// total line nor as "none".
     pub fn to_table(&self) -> String {
+        let partial = self.total.partial > 0;
         let cache_write = self.total.cache_creation_tokens > 0;
         let audio = self.total.audio_seconds > 0.0;
         let mut header = vec![
@@ -243,6 +247,9 @@ impl UsageReport {
             "COST".into(),
             "ERRORS".into(),
         ];
+        if partial {
+            header.push("PARTIAL".into());
+        }
         if cache_write {
             header.push("CACHE_WRITE".into());
         }
@@ -260,6 +267,9 @@ impl UsageReport {
                 t.cost.map_or_else(|| "-".to_owned(), cost_cell),
                 t.errors.to_string(),
             ];
+            if partial {
+                cells.push(t.partial.to_string());
+            }
             if cache_write {
                 cells.push(t.cache_creation_tokens.to_string());
             }
@@ -279,11 +289,13 @@ impl UsageReport {
             } else {
                 crate::printable
             };
-            let key = row
-                .key
-                .as_deref()
-                .filter(|key| !key.is_empty())
-                .map_or_else(|| "-".into(), shown);
+            let key = match row.key.as_deref().filter(|key| !key.is_empty()) {
+                None => "-".into(),
+                Some(key) => match shown(key) {
+                    shown if shown == "TOTAL" || shown == "-" => format!("\"{shown}\""),
+                    shown => shown,
+                },
+            };
             lines.push(cells(row, key));
         }
         lines.push(cells(&self.total, "TOTAL".into()));
@@ -567,6 +579,50 @@ mod tests {
         let table = report.to_table();
         let first = table.lines().nth(1).expect("a row");
         assert!(first.starts_with("- "), "{table}");
+    }
+
+    /// A user or model named `TOTAL` or `-` is quoted, so its row is read neither as the
+    /// total nor as "none"; requests whose usage is unknown get a PARTIAL column.
+    #[test]
+    fn rows_named_total_or_dash_are_quoted_and_partial_ones_counted() {
+        let (_dir, mut conn) = conn();
+        let mut partial = row("2025-01-04", Some("TOTAL"), "deepseek", "success");
+        partial.usage_partial = true;
+        partial.model = "-".into();
+        insert_rows(
+            &mut conn,
+            &[partial, row("2025-01-04", Some("-"), "deepseek", "success")],
+        )
+        .expect("insert");
+        let table = query(&conn, GroupBy::User, None).expect("query").to_table();
+        let firsts: Vec<&str> = table
+            .lines()
+            .filter_map(|line| line.split("  ").next())
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            firsts,
+            ["USER", "ann", "bob", "-", "\"-\"", "\"TOTAL\"", "TOTAL"],
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .next()
+                .is_some_and(|h| h.ends_with("ERRORS  PARTIAL")),
+            "{table}"
+        );
+        assert!(
+            table.lines().last().is_some_and(|t| t.ends_with(" 1")),
+            "{table}"
+        );
+        let by_model = query(&conn, GroupBy::Model, None)
+            .expect("query")
+            .to_table();
+        assert!(
+            by_model.lines().any(|l| l.starts_with("\"-\" ")),
+            "{by_model}"
+        );
     }
 
     #[test]

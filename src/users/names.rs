@@ -350,8 +350,8 @@ impl StoredName {
 
     /// Whether `name`, as given on the command line, names this user: the stored text
     /// itself, or the name as `user list --json`, the `user list` table ([`in_table`]) or a
-    /// message ([`escaped`], in the quotes) prints it; or as earlier builds printed it
-    /// ([`crate::printable`] alone).
+    /// message ([`escaped`], in the quotes or with them) prints it; or as earlier builds
+    /// printed it ([`crate::printable`] alone).
     pub fn answers_to(&self, name: &str) -> bool {
         if let Self::Text(text) = self {
             if text == name {
@@ -359,10 +359,13 @@ impl StoredName {
             }
         }
         let shown = self.shown();
+        let escaped = escaped(&shown);
         shown == name
             || crate::printable(&shown) == name
-            || escaped(&shown) == name
+            || escaped == name
             || in_table(&shown) == name
+            // In double quotes, as `usage --by user` shows a user named `TOTAL` or `-`.
+            || name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) == Some(escaped.as_str())
     }
 
     /// Whether this user's name looks like `name` on a screen without answering to it: the
@@ -531,6 +534,9 @@ mod tests {
         let bidi = StoredName::Text("evil\u{202e}gnp.exe".into());
         assert!(bidi.answers_to("evil\\u{202e}gnp.exe"));
         assert!(!bidi.answers_to("evilgnp.exe"));
+        // In double quotes, as `usage --by user` prints a user named `TOTAL`.
+        let total = StoredName::Text("TOTAL".into());
+        assert!(total.answers_to("\"TOTAL\"") && !total.answers_to("\"TOTAL"));
         // A blob holding UTF-8 is still a blob: it does not answer to the text.
         assert!(!StoredName::Blob(b"ann".to_vec()).answers_to("ann"));
         assert_eq!(
