@@ -69,8 +69,20 @@ impl Cli {
     }
 }
 
-/// `error` as one line (no `error: ` prefix), or `None` for help and version output.
+/// `error` as one line (no `error: ` prefix), or `None` for help and version output. A
+/// router key in it (one pasted where a command or a value goes, which clap quotes) is
+/// `[redacted]`.
 pub fn error_line(
+    error: &clap::Error,
+    args: &[OsString],
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Option<String> {
+    let line = unredacted_error_line(error, args, env)?;
+    let redacted = crate::sinks::redact::Redactor::default().redact(&line, &[]);
+    Some(redacted.into_owned())
+}
+
+fn unredacted_error_line(
     error: &clap::Error,
     args: &[OsString],
     env: &dyn Fn(&str) -> Option<OsString>,
@@ -324,9 +336,12 @@ fn dash_name_hint(error: &clap::Error, args: &[OsString]) -> Option<String> {
     let [user, command] = path[..] else {
         return None;
     };
+    // `--kye=<key>` is a mistyped flag (clap's own tip names `--key`), not a name, and
+    // quoting it would print its value.
     if user != "user"
         || !NAMING_A_USER.contains(&command)
         || positionals > 0
+        || unexpected.starts_with("--")
         || !unexpected.starts_with(invalid.as_str())
     {
         return None;

@@ -212,3 +212,25 @@ fn a_typo_gets_the_similar_name_clap_found() {
         "no file made"
     );
 }
+
+/// A router key pasted where a command, a value or a mistyped flag's value goes is never
+/// quoted by the error line: clap quotes what it did not take.
+#[test]
+fn a_key_in_a_command_line_mistake_is_not_quoted() {
+    let dir = tempfile::tempdir().expect("dir");
+    let key = "sk-lr-0123456789abcdefghijABCDEFGHIJkl";
+    let kye = format!("--kye={key}");
+    for (args, envs) in [
+        (vec![key], vec![]),
+        (vec!["usage", "--by", key], vec![]),
+        (vec!["user", "show", kye.as_str()], vec![]),
+        (vec!["user", "delete", "--ky", key], vec![]),
+        (vec!["serve"], vec![("LLMSROUTER_PORT", key)]),
+    ] {
+        let (code, stdout, stderr) = run_cli(dir.path(), &args, &envs);
+        assert_eq!((code, stdout.as_str()), (2, ""), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(!stderr.contains(key), "{args:?}: {stderr}");
+        assert!(!stderr.contains("after --"), "a flag, not a name: {stderr}");
+    }
+}
