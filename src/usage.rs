@@ -1463,12 +1463,6 @@ pub struct StreamAccumulator {
     chat_tools: Vec<(usize, usize)>,
 }
 
-/// Whether a chat tool call delta with `id` belongs to a call other than `call`: both have
-/// an id, and they differ. A delta without one goes on with the call.
-fn is_another_call(call: &ToolCall, id: Option<&str>) -> bool {
-    id.is_some_and(|id| !call.id.is_empty() && call.id != id)
-}
-
 /// Most bytes of text a stream's record keeps: its content, reasoning, refusal and tool
 /// calls together. A real answer is a few hundred kilobytes at most; an upstream that streams
 /// without end (or a `?proxy=` server made to) would otherwise grow the record, and the
@@ -2188,8 +2182,13 @@ impl StreamAccumulator {
         for call in delta.tool_calls.unwrap_or_default() {
             self.note_output(true);
             let id = call.id.as_deref().filter(|id| !id.is_empty());
+            let named = |name: &Option<std::borrow::Cow<'_, str>>| {
+                name.as_deref().is_some_and(|name| !name.is_empty())
+            };
+            let starts = call.function.as_ref().is_some_and(|f| named(&f.name))
+                || call.custom.as_ref().is_some_and(|c| named(&c.name));
             let index = match call.index {
-                Some(index) => self.slot_of_index(index, id),
+                Some(index) => self.slot_of_index(index, id, starts),
                 None => self.slot_of_id(id),
             };
             let Some(index) = index else {
@@ -2198,7 +2197,8 @@ impl StreamAccumulator {
             let Some(slot) = self.summary.tool_calls.get_mut(index) else {
                 continue;
             };
-            if let Some(id) = call.id.filter(|id| !id.is_empty()) {
+            // A call keeps its first id (see [`Self::slot_of_index`]).
+            if let Some(id) = call.id.filter(|id| !id.is_empty() && slot.id.is_empty()) {
                 slot.id = id.into_owned();
             }
             if let Some(kind) = call.kind {
@@ -2228,31 +2228,44 @@ impl StreamAccumulator {
         }
     }
 
-    /// The tool call a chat delta with upstream index `index` (and `id`, when it has a
-    /// non-empty one) goes on with: the one that index named last, unless the delta's id is
-    /// another than that call's, which starts a new call (Ollama's calls, each whole at index
-    /// 0). A new index starts a new call too, so calls are kept in the order they began.
-    /// `None` when a new call is not kept ([`Self::new_tool_call`]).
-    fn slot_of_index(&mut self, index: usize, id: Option<&str>) -> Option<usize> {
+    /// The tool call a chat delta with upstream index `index` goes on with: the one that
+    /// index named last, unless the delta's `id` (when it has a non-empty one) is another
+    /// than that call's. Then it goes on with the call of that id, if there is one (two
+    /// calls' pieces alternating at one index); else, when it `starts` a call (it names a
+    /// function) and that call has its name, it starts a new call (Ollama's calls, each whole
+    /// at index 0); else it is that call's next piece with a changed id (Poolside's and some
+    /// local servers' later pieces carry ids of their own), kept under its first id, as the
+    /// openai SDKs assemble it by index. A new index starts a new call, so calls are kept in
+    /// the order they began. `None` when a new call is not kept ([`Self::new_tool_call`]).
+    fn slot_of_index(&mut self, index: usize, id: Option<&str>, starts: bool) -> Option<usize> {
         let named = self
             .chat_tools
             .iter()
             .find(|(upstream, _)| *upstream == index)
             .map(|&(_, slot)| slot);
+        let calls = &self.summary.tool_calls;
         if let Some(slot) = named {
-            let other = self
-                .summary
-                .tool_calls
-                .get(slot)
-                .is_some_and(|call| is_another_call(call, id));
-            if !other {
+            let call = calls.get(slot)?;
+            let Some(id) = id.filter(|id| !call.id.is_empty() && call.id != *id) else {
+                return Some(slot);
+            };
+            if let Some(other) = calls.iter().rposition(|call| call.id == id) {
+                self.name_slot(index, other);
+                return Some(other);
+            }
+            if !starts || call.name.is_empty() {
                 return Some(slot);
             }
         }
         let slot = self.new_tool_call()?;
+        self.name_slot(index, slot);
+        Some(slot)
+    }
+
+    /// Upstream tool call `index` names the record's call `slot` from now on.
+    fn name_slot(&mut self, index: usize, slot: usize) {
         self.chat_tools.retain(|(upstream, _)| *upstream != index);
         self.chat_tools.push((index, slot));
-        Some(slot)
     }
 
     /// The tool call a chat delta without an index goes on with (Gemini's endpoint sends each
@@ -3445,6 +3458,30 @@ mod tests {
                 call("C", "h", "[]")
             ]
         );
+        // Poolside's: the later pieces of one call carry another id; kept under the first.
+        let poolside = assembled(&[
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_first","function":{"name":"get_weather","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_other","function":{"arguments":"{\"city\":"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_other","function":{"arguments":"\"Paris\"}"}}]}}]}"#,
+        ]);
+        assert_eq!(
+            poolside,
+            [call("call_first", "get_weather", r#"{"city":"Paris"}"#)]
+        );
+        // Two calls' pieces alternating at one index, each piece with its call's id.
+        let alternating = assembled(&[
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"A","function":{"name":"f","arguments":"[1"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"B","function":{"name":"g","arguments":"[2"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"A","function":{"arguments":"]"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"B","function":{"arguments":"]"}}]}}]}"#,
+        ]);
+        assert_eq!(alternating, [call("A", "f", "[1]"), call("B", "g", "[2]")]);
+        // One id for every call (a server that reuses it): told apart by their indexes.
+        let one_id = assembled(&[
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"same","function":{"name":"f","arguments":"[]"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"id":"same","function":{"name":"g","arguments":"{}"}}]}}]}"#,
+        ]);
+        assert_eq!(one_id, [call("same", "f", "[]"), call("same", "g", "{}")]);
         let index_less = assembled(&[
             r#"{"choices":[{"delta":{"tool_calls":[{"id":"call_1","function":{"name":"f1","arguments":"{\"a\":"}}]}}]}"#,
             r#"{"choices":[{"delta":{"tool_calls":[{"id":"call_2","function":{"name":"f2","arguments":"{\"b\":"}}]}}]}"#,
