@@ -667,7 +667,12 @@ fn push_elided(out: &mut String, value: &str, limit: usize) -> usize {
         let close = string_end(bytes, open);
         push(out, &value[at..open]);
         let text = &value[open..close];
-        match base64_payload(text) {
+        // An object's key (a string before `:`) is never left out: keys made one would clash.
+        let is_key = bytes
+            .get(close + 1..)
+            .and_then(|rest| rest.iter().find(|b| !b.is_ascii_whitespace()))
+            == Some(&b':');
+        match base64_payload(text).filter(|_| !is_key) {
             Some(start) => {
                 push(out, &text[..start]);
                 push(out, &elided_note(text.len() - start));
@@ -700,23 +705,40 @@ fn string_end(bytes: &[u8], open: usize) -> usize {
     bytes.len()
 }
 
-/// Where the base64 payload of a string's text begins, when the text is base64 of
-/// [`MIN_ELIDED_BASE64`] bytes or more, bare or after a `data:<type>;base64,` head.
+/// Where the base64 payload of a string's text (as written in the JSON) begins, when the
+/// text is base64 of [`MIN_ELIDED_BASE64`] bytes or more, bare or after a
+/// `data:<type>;base64,` head (any case, as RFC 2397 allows). The JSON escapes a writer may
+/// put in base64 count as base64: `\/` (PHP's `json_encode` writes every `/` so) and the
+/// `\n`, `\r` of MIME's line breaks.
 fn base64_payload(text: &str) -> Option<usize> {
     if text.len() < MIN_ELIDED_BASE64 {
         return None;
     }
-    let start = match text.strip_prefix("data:") {
-        Some(rest) => {
-            let head = &rest.as_bytes()[..rest.len().min(256)];
-            5 + memchr::memmem::find(head, b";base64,")? + ";base64,".len()
+    let bytes = text.as_bytes();
+    let start = if bytes[..5].eq_ignore_ascii_case(b"data:") {
+        let head = &bytes[..bytes.len().min(512)];
+        let comma = head.iter().position(|b| *b == b',')?;
+        let media = &head[..comma];
+        let base64 = media.len() >= 7 && media[media.len() - 7..].eq_ignore_ascii_case(b";base64");
+        if !base64 {
+            return None;
         }
-        None => 0,
+        comma + 1
+    } else {
+        0
     };
-    let payload = &text.as_bytes()[start..];
-    let base64 =
-        |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_');
-    (payload.len() >= MIN_ELIDED_BASE64 && payload.iter().all(base64)).then_some(start)
+    let payload = &bytes[start..];
+    let mut at = 0;
+    while at < payload.len() {
+        match payload[at] {
+            b if b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_') => {
+                at += 1;
+            }
+            b'\\' if matches!(payload.get(at + 1), Some(b'/' | b'n' | b'r')) => at += 2,
+            _ => return None,
+        }
+    }
+    (payload.len() >= MIN_ELIDED_BASE64).then_some(start)
 }
 
 /// `text` with the request's secrets taken out: borrowed when it holds none.
@@ -1280,6 +1302,23 @@ mod tests {
         assert_eq!(
             input["messages"], body["messages"],
             "under the cap: as sent"
+        );
+        // Written with JSON escapes (PHP's `\/`, MIME's `\n`), under an upper-case head: left
+        // out too. An object's key never is.
+        let escaped = format!(
+            r#"{{"a":"DATA:image/png;BASE64,{}","{}":1}}"#,
+            r"iVBOR\/w0K\n".repeat(100),
+            "k".repeat(100)
+        );
+        let mut out = String::new();
+        push_elided(&mut out, &escaped, usize::MAX);
+        assert_eq!(
+            out,
+            format!(
+                r#"{{"a":"DATA:image/png;BASE64,{}","{}":1}}"#,
+                elided_note(1200),
+                "k".repeat(100)
+            )
         );
         // Plain text, short base64 and a base64 look-alike with a space are never left out.
         for text in ["a b".repeat(100), "QUJD".to_owned()] {
