@@ -171,7 +171,7 @@ pub fn query(conn: &Connection, by: GroupBy, since: Option<&str>) -> rusqlite::R
         let outcome: String = r.get(8)?;
         let requests = count(r.get(1)?);
         Ok(UsageTotals {
-            key: r.get(0)?,
+            key: group_key(r.get_ref(0)?),
             requests,
             input_tokens: r.get::<_, f64>(2)? as u64,
             output_tokens: r.get::<_, f64>(3)? as u64,
@@ -212,6 +212,19 @@ pub fn query(conn: &Connection, by: GroupBy, since: Option<&str>) -> rusqlite::R
         rows: groups,
         total,
     })
+}
+
+/// A group's key as the report shows it, whatever the row holds: a row written by hand or by
+/// another program (text that is not UTF-8, a blob, a number) is shown as `user list` shows
+/// such a name (`bob\xff`, `<blob:ff00>`), not an error that loses the whole report.
+/// `None` for NULL (no user).
+fn group_key(value: rusqlite::types::ValueRef<'_>) -> Option<String> {
+    use crate::users::names::StoredName;
+    match StoredName::from_sql(value) {
+        StoredName::Null => None,
+        StoredName::Text(text) => Some(text),
+        other => Some(other.shown()),
+    }
 }
 
 impl UsageReport {
@@ -623,6 +636,30 @@ mod tests {
             by_model.lines().any(|l| l.starts_with("\"-\" ")),
             "{by_model}"
         );
+    }
+
+    /// A row another program wrote with a user name that is not UTF-8, or a blob for a
+    /// model, is shown escaped; the rest of the report is read.
+    #[test]
+    fn a_row_that_is_not_text_does_not_lose_the_report() {
+        let (_dir, conn) = conn();
+        conn.execute(
+            "UPDATE usage_ledger SET username = CAST(X'626f62ff' AS TEXT), model = X'ff00' \
+             WHERE username = 'bob'",
+            [],
+        )
+        .expect("update");
+        let by_user = query(&conn, GroupBy::User, None).expect("query");
+        let keys: Vec<_> = by_user.rows.iter().map(|r| r.key.as_deref()).collect();
+        assert_eq!(keys, [Some("ann"), Some("bob\\xff"), None]);
+        let by_model = query(&conn, GroupBy::Model, None).expect("query");
+        assert!(
+            by_model
+                .rows
+                .iter()
+                .any(|r| r.key.as_deref() == Some("<blob:ff00>"))
+        );
+        assert_eq!(by_model.total.requests, 5);
     }
 
     #[test]
