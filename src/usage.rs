@@ -969,8 +969,13 @@ fn tool_fields(tool: Option<&Value>, arguments_key: &str) -> (String, String) {
 
 /// The Responses API: `output` is a list of items; messages hold `output_text` parts,
 /// reasoning items their raw `reasoning_text` parts (`content`) and their `summary`, tool
-/// calls are `function_call`s and `custom_tool_call`s.
+/// calls are `function_call`s and `custom_tool_call`s. The image tool's calls
+/// (`image_generation_call`, each image in base64 in its `result`) are a note after the
+/// text (`<1 image (image_generation_call, 1.3 MB)>`) and set
+/// [`ResponseSummary::body_noted`], as the images endpoints' base64 does: no record keeps
+/// megabytes of them, once per answer and again per read-back.
 fn read_responses_output(output: &[Value], out: &mut ResponseSummary) {
+    let (mut images, mut image_bytes) = (0usize, 0u64);
     for item in output {
         if let Some(call) = responses_tool_call(item) {
             out.tool_calls.push(call);
@@ -986,6 +991,13 @@ fn read_responses_output(output: &[Value], out: &mut ResponseSummary) {
                             out.refusal.push_str(text);
                         }
                     }
+                }
+            }
+            Some("image_generation_call") => {
+                if let Some(result) = item.get("result").and_then(Value::as_str) {
+                    images += 1;
+                    let padding = result.bytes().rev().take_while(|b| *b == b'=').count();
+                    image_bytes += (result.len().saturating_sub(padding) as u64) * 3 / 4;
                 }
             }
             Some("reasoning") => {
@@ -1008,6 +1020,17 @@ fn read_responses_output(output: &[Value], out: &mut ResponseSummary) {
             }
             _ => {}
         }
+    }
+    if images > 0 {
+        if !out.content.is_empty() {
+            out.content.push_str("\n\n");
+        }
+        let plural = if images == 1 { "image" } else { "images" };
+        out.content.push_str(&format!(
+            "<{images} {plural} (image_generation_call, {})>",
+            human_bytes(image_bytes)
+        ));
+        out.body_noted = true;
     }
 }
 

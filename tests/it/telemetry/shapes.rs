@@ -2325,6 +2325,33 @@ async fn whole_responses_answer(
     whole
 }
 
+/// The Responses API's image tool answers with each image in base64 (`image_generation_call`'s
+/// `result`, megabytes): the record holds a note in its place after the text, as for the
+/// images endpoints, and the request log line none of the base64; the client gets it all.
+#[tokio::test]
+async fn a_responses_image_generation_call_is_a_note_not_its_base64() {
+    let setup = Setup::start().await;
+    let image = "iVBORw0KGgoAAAANSUhEUg".repeat(20_000);
+    let output = json!([
+        {"id": "ig", "type": "image_generation_call", "status": "completed", "result": image},
+        {"id": "m", "type": "message", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": "Here it is.", "annotations": []}]},
+    ]);
+    let usage = json!({"input_tokens": 4, "output_tokens": 6, "total_tokens": 10});
+    let id = whole_responses_answer(&setup, "gpt-5", &output, &usage).await;
+    let record = setup.router.records.nth(1).await;
+    assert_eq!(
+        record.response.content,
+        "Here it is.\n\n<1 image (image_generation_call, 330.0 kB)>"
+    );
+    let (row, line) = setup.stop_and_read(&id).await;
+    assert!(row.usage_known, "{row:?}");
+    let text = line.to_string();
+    assert!(!text.contains("iVBORw0KGgo"), "no base64 in the log line");
+    assert!(text.len() < 8192, "{} bytes", text.len());
+    assert_eq!(line["usage"]["total"], 10, "{line}");
+}
+
 /// A Responses API reasoning item's raw `reasoning_text` parts are reasoning and a
 /// `custom_tool_call` item is a tool call (type `custom`, its `input` the arguments), in a
 /// whole answer as in a stream: read from `response.completed`'s `output`, and, in a stream
