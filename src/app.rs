@@ -162,9 +162,14 @@ pub fn forwarded_path(
     // A conflicting `?proxy=` names a target too: forwarded, it is refused with a request id.
     let proxy = || crate::routing::names_proxy(query);
     let default_server = || state.config.load().settings.default_server.is_some();
+    // `models.delete` of an id as the merged list gives it, `[alias]name`: to that alias.
+    let aliased =
+        |path: &str| crate::routing::aliased_model_path(path, &state.config.load()).is_some();
     match Route::of(raw_path) {
         Route::ListModels | Route::GetModel(_)
-            if proxy() || (method == Method::DELETE && default_server()) =>
+            if proxy()
+                || (method == Method::DELETE
+                    && (default_server() || aliased(&normalize_path(raw_path)))) =>
         {
             Some(normalize_path(raw_path))
         }

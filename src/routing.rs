@@ -290,6 +290,43 @@ pub fn parse_model(model: &str) -> Result<ModelRef<'_>, ProxyError> {
     Ok(ModelRef::Prefixed { prefix, name })
 }
 
+/// Characters a model name cannot carry as they are in a path it is put back into: those a
+/// URL path percent-encodes (RFC 3986's path, as the WHATWG URL spec lists them) and `%`.
+const PATH_UNSAFE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// A `DELETE /models/<id>` (`models.delete`) whose id (percent-decoded) is `[alias]name`
+/// with a configured alias, as `GET /v1/models` lists it: the id as the model the request
+/// names (so it goes to that alias, with its key and the caller's permission checked), and
+/// the path upstream with the bare name, `/models/ft:gpt-4o:me::abc`. `None` for any other
+/// path or id (those go to `?proxy=` or `settings.default_server`). Before, such a delete
+/// went to `default_server` with the prefix in its path, which no upstream knows.
+pub fn aliased_model_path(path: &str, config: &Config) -> Option<(String, String)> {
+    let id = path.strip_prefix("/models/")?;
+    let id = percent_encoding::percent_decode_str(id)
+        .decode_utf8()
+        .ok()?
+        .into_owned();
+    let ModelRef::Prefixed { prefix, name } = parse_model(&id).ok()? else {
+        return None;
+    };
+    config.server(prefix)?;
+    let upstream = format!(
+        "/models/{}",
+        percent_encoding::utf8_percent_encode(name, PATH_UNSAFE)
+    );
+    Some((id, upstream))
+}
+
 /// The model name as records (log, ledger, traces) show it: a URL prefix's user info and
 /// query, which may carry a password or a key (`[https://user:pw@host/v1?key=...]model`),
 /// are replaced by `[redacted]` and `?[redacted]`, and so is any other `scheme://` URL's

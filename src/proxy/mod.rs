@@ -368,8 +368,20 @@ pub async fn handle_other(
     method: &Method,
     hard_stop: &mut Stopped,
 ) -> Answer {
+    let aliased = (*method == Method::DELETE && !routing::names_proxy(request.query))
+        .then(|| routing::aliased_model_path(request.path, &state.config.load()))
+        .flatten();
+    let (model, path) = match aliased {
+        Some((model, path)) => (Some(model), path),
+        None => (None, request.path.to_owned()),
+    };
+    let request = ProxyRequest {
+        path: &path,
+        ..request
+    };
     let view = Verbatim {
         method: method.clone(),
+        model,
     };
     match forward_read(state, request, view, Started::now(), hard_stop).await {
         Ok(answer) => answer,
@@ -459,10 +471,12 @@ impl ReadBody for Unnamed {
     }
 }
 
-/// A `GET` or `DELETE` ([`handle_other`]): no model, no stream asked for, its body (if any)
-/// sent as it came and recorded as `{}`, since neither method has a body in OpenAI's API.
+/// A `GET` or `DELETE` ([`handle_other`]): no stream asked for, its body (if any) sent as it
+/// came and recorded as `{}`, since neither method has a body in OpenAI's API. No model, but
+/// for a `models.delete` of an `[alias]name` id ([`routing::aliased_model_path`]).
 struct Verbatim {
     method: Method,
+    model: Option<String>,
 }
 
 impl ReadBody for Verbatim {
@@ -475,7 +489,7 @@ impl ReadBody for Verbatim {
     }
 
     fn model(&self) -> Option<&str> {
-        None
+        self.model.as_deref()
     }
 
     fn stream(&self) -> bool {

@@ -539,6 +539,70 @@ async fn a_model_delete_goes_to_the_default_server() {
     router.stop().await;
 }
 
+/// `models.delete` of an id as the merged list gives it, `[other]ft:...`, goes to that alias
+/// with the bare id and that alias's key, raw or percent-encoded, with or without a
+/// `default_server` (before: to the default server, prefix and all, or a 405); a user who may
+/// not use that alias gets 403 and nothing goes upstream.
+#[tokio::test]
+async fn a_model_delete_of_an_aliased_id_goes_to_that_alias() {
+    let deleted = r#"{"id":"ft:gpt-4o:acme::abc","object":"model","deleted":true}"#;
+    let default = MockUpstream::start(Behavior::default()).await;
+    let other = MockUpstream::start(Behavior {
+        body: Some(deleted.into()),
+        ..Default::default()
+    })
+    .await;
+    let servers = format!(
+        "{}  other:\n    url: \"{}\"\n    api_key: \"sk-other-upstream-key\"\n",
+        one_server_config(&default.url(), ""),
+        other.url()
+    );
+    for config in [
+        servers.clone(),
+        format!("{servers}settings:\n  default_server: mock\n"),
+    ] {
+        let router = TestRouter::start_with(&config, |state| {
+            state.keys = Some(Arc::new(Users));
+        })
+        .await;
+        for (name, http) in clients() {
+            for path in [
+                "/v1/models/[other]ft:gpt-4o:acme::abc",
+                "/models/%5Bother%5Dft%3Agpt-4o%3Aacme%3A%3Aabc",
+            ] {
+                let response = http
+                    .delete(router.url(path))
+                    .bearer_auth(BOB_KEY)
+                    .send()
+                    .await
+                    .expect("send");
+                assert_eq!(response.status(), 200, "{name} {path}");
+                assert_eq!(response.text().await.expect("body"), deleted);
+                let got = other.last();
+                assert_eq!(
+                    (got.method.as_str(), got.path.as_str()),
+                    ("DELETE", "/v1/models/ft:gpt-4o:acme::abc"),
+                    "{name} {path}"
+                );
+                assert_eq!(got.headers["authorization"], "Bearer sk-other-upstream-key");
+            }
+            let response = http
+                .delete(router.url("/v1/models/[other]ft:gpt-4o:acme::abc"))
+                .bearer_auth(ANN_KEY)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(response.status(), 403, "{name}");
+        }
+        let record = router.records.nth(1).await;
+        assert_eq!(record.provider, "other");
+        assert_eq!(record.endpoint, "DELETE /models/ft:gpt-4o:acme::abc");
+        router.stop().await;
+    }
+    assert_eq!(other.count(), 8);
+    assert_eq!(default.count(), 0);
+}
+
 /// A 405's `Allow` names what the route takes for that request: `GET, DELETE, POST` where a
 /// target exists. A `HEAD` is not forwarded, so where the `GET` is (`/v1/files` with a
 /// target, the model routes with `?proxy=`) it gets 405 rather than the head of the
