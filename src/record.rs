@@ -950,7 +950,10 @@ fn complete_summary(record: &mut RequestRecord) {
     // The record keeps the body itself: the texts read from it need not be whole too.
     summary.bound_texts(record.cut_guard());
     // `{"error": {...}}` under a 200: relayed as it came, recorded as the upstream's error.
-    if let Some(reported) = &summary.error {
+    // Not in a file's content (`GET /files/<id>/content`): that is the user's data, and a
+    // batch's output file of one request whose line reports an error is one such document.
+    let users_data = record.endpoint.starts_with("GET ") && record.endpoint.ends_with("/content");
+    if let Some(reported) = summary.error.as_ref().filter(|_| !users_data) {
         if record.outcome == Outcome::Success {
             record.outcome = Outcome::UpstreamError;
             record.error = Some(bounded_error(reported, &record.cut_guard()));

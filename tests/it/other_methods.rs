@@ -1105,6 +1105,35 @@ async fn a_200_error_echoing_the_key_to_a_get_reaches_the_client_redacted() {
     router.stop().await;
 }
 
+/// A file's content is the user's data: a one-line batch output file whose line reports an
+/// error (`{"error": {...}, "custom_id": ...}`) reaches the client as it is and is recorded
+/// as a success, not as the upstream's error; the same body to a `GET` of the file's entry
+/// still is one.
+#[tokio::test]
+async fn an_error_shaped_file_content_is_not_the_upstreams_error() {
+    let line = r#"{"id":"batch_req_1","custom_id":"r1","response":null,"error":{"code":"x","message":"line 3 failed"}}"#;
+    let (upstream, router) = with_default_server(Behavior {
+        body: Some(line.into()),
+        ..Default::default()
+    })
+    .await;
+    for (n, (path, outcome)) in [
+        ("/v1/files/file-abc/content", Outcome::Success),
+        ("/v1/files/file-abc", Outcome::UpstreamError),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let response = client().get(router.url(path)).send().await.expect("send");
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.text().await.expect("body"), line, "{path}");
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, outcome, "{path}");
+    }
+    assert_eq!(upstream.count(), 2);
+    router.stop().await;
+}
+
 /// `application/jsonl` (and its kin) is many JSON documents, not one: a 2xx answer so
 /// labelled to a `POST` is relayed as it arrives, as NDJSON is, so one cut halfway gives the
 /// client the bytes that came rather than a 502 for a body the router held and lost.
