@@ -130,7 +130,8 @@ fn unredacted_error_line(
     })
 }
 
-/// clap's "a similar ... exists" tips (`a similar argument exists: '--json'`), which follow
+/// clap's "a similar ... exists" tips (`a similar argument exists: '--json'`; `some similar
+/// subcommands exist: 'usage', 'user'` for `usge`), which follow
 /// its first paragraph, joined with `; `: the one-line error keeps the suggestion clap's own
 /// output gives, so `usage --jsn` still says what was meant. Its other tip, "to pass '-b' as
 /// a value, use '-- -b'", is left out: it names only the first letter of `-bob`.
@@ -138,7 +139,7 @@ fn clap_tips(rendered: &str) -> Option<String> {
     let tips: Vec<&str> = rendered
         .lines()
         .filter_map(|line| line.trim().strip_prefix("tip: "))
-        .filter(|tip| tip.starts_with("a similar "))
+        .filter(|tip| tip.starts_with("a similar ") || tip.starts_with("some similar "))
         .collect();
     (!tips.is_empty()).then(|| tips.join("; "))
 }

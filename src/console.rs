@@ -7,10 +7,14 @@
 use std::io::Write;
 
 /// Writes `text` and a newline to standard error in one locked write; a failed write is
-/// dropped.
+/// dropped. A router key in it (a key pasted where a name, a path or a value goes, which a
+/// message quotes) is written `[redacted]`: standard error ends up in shell logs and CI
+/// output.
 pub fn line(text: std::fmt::Arguments<'_>) {
+    let text = text.to_string();
+    let shown = crate::sinks::redact::Redactor::default().redact(&text, &[]);
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{text}");
+    let _ = writeln!(err, "{shown}");
 }
 
 /// Standard error as a writer that never fails: what it cannot write is dropped. The console
@@ -20,8 +24,10 @@ pub fn line(text: std::fmt::Arguments<'_>) {
 pub struct Stderr;
 
 impl Write for Stderr {
+    /// Writes `buf` with any router key in it `[redacted]`, as [`line`] does.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = std::io::stderr().write_all(buf);
+        let shown = crate::sinks::redact::Redactor::default().redact_bytes(buf, &[]);
+        let _ = std::io::stderr().write_all(&shown);
         Ok(buf.len())
     }
 

@@ -952,8 +952,13 @@ fn complete_summary(record: &mut RequestRecord) {
     // `{"error": {...}}` under a 200: relayed as it came, recorded as the upstream's error.
     // Not in a file's content (`GET /files/<id>/content`): that is the user's data, and a
     // batch's output file of one request whose line reports an error is one such document.
-    let users_data = record.endpoint.starts_with("GET ") && record.endpoint.ends_with("/content");
-    if let Some(reported) = summary.error.as_ref().filter(|_| !users_data) {
+    // Nor in a resource a `GET` reads back (it has an `id`: a failed fine-tuning job, a failed
+    // background response): it reports its own state, and the read succeeded; polled, each
+    // read counted as one more error.
+    let read_back = record.endpoint.starts_with("GET ");
+    let users_data = read_back && record.endpoint.ends_with("/content");
+    let resource = read_back && summary.id.is_some();
+    if let Some(reported) = summary.error.as_ref().filter(|_| !users_data && !resource) {
         if record.outcome == Outcome::Success {
             record.outcome = Outcome::UpstreamError;
             record.error = Some(bounded_error(reported, &record.cut_guard()));

@@ -292,6 +292,7 @@ pub fn parse_model(model: &str) -> Result<ModelRef<'_>, ProxyError> {
 
 /// Characters a model name cannot carry as they are in a path it is put back into: those a
 /// URL path percent-encodes (RFC 3986's path, as the WHATWG URL spec lists them) and `%`.
+/// A backslash too: URL parsers read it as `/`.
 const PATH_UNSAFE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b' ')
     .add(b'"')
@@ -300,6 +301,7 @@ const PATH_UNSAFE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b'<')
     .add(b'>')
     .add(b'?')
+    .add(b'\\')
     .add(b'`')
     .add(b'{')
     .add(b'}');
@@ -319,6 +321,15 @@ pub fn aliased_model_path(path: &str, config: &Config) -> Option<(String, String
     let ModelRef::Prefixed { prefix, name } = parse_model(&id).ok()? else {
         return None;
     };
+    // `[alias]..` or `[alias]../files/x` put back into the path would leave `/models/`
+    // (`DELETE /v1/files/x` with the alias's key): no model is named so. A backslash counts
+    // as a slash: a server may read `..\\x` as `../x`.
+    if name
+        .split(['/', '\\'])
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return None;
+    }
     config.server(prefix)?;
     let upstream = format!(
         "/models/{}",

@@ -302,7 +302,10 @@ impl UsageReport {
             } else {
                 crate::printable
             };
-            let key = match row.key.as_deref().filter(|key| !key.is_empty()) {
+            // An empty user name is a name (`user list` shows it `""`); an empty model is a
+            // request that named none.
+            let by_user = self.by == GroupBy::User;
+            let key = match row.key.as_deref().filter(|key| by_user || !key.is_empty()) {
                 None => "-".into(),
                 Some(key) => match shown(key) {
                     shown if shown == "TOTAL" || shown == "-" => format!("\"{shown}\""),
@@ -583,15 +586,18 @@ mod tests {
     }
 
     /// A request that named no model (a file upload) is `-` in the table, as a request with
-    /// no user is, never a blank cell.
+    /// no user is, never a blank cell; a user whose name is empty is `""`, as `user list`
+    /// shows it, not the `-` of no user.
     #[test]
-    fn an_empty_key_is_a_dash() {
+    fn an_empty_model_is_a_dash_and_an_empty_name_quoted() {
         let (_dir, conn) = conn();
-        let mut report = query(&conn, GroupBy::User, None).expect("query");
-        report.rows[0].key = Some(String::new());
-        let table = report.to_table();
-        let first = table.lines().nth(1).expect("a row");
-        assert!(first.starts_with("- "), "{table}");
+        for (by, shown) in [(GroupBy::Model, "- "), (GroupBy::User, "\"\" ")] {
+            let mut report = query(&conn, by, None).expect("query");
+            report.rows[0].key = Some(String::new());
+            let table = report.to_table();
+            let first = table.lines().nth(1).expect("a row");
+            assert!(first.starts_with(shown), "{table}");
+        }
     }
 
     /// A user or model named `TOTAL` or `-` is quoted, so its row is read neither as the

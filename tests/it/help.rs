@@ -185,6 +185,10 @@ fn a_typo_gets_the_similar_name_clap_found() {
             "error: unexpected argument '--jsn' found (a similar argument exists: '--json'; see --help)\n",
         ),
         (
+            &["usge"],
+            "error: unrecognized subcommand 'usge' (some similar subcommands exist: 'user', 'usage'; see --help)\n",
+        ),
+        (
             &["usr", "list"],
             "error: unrecognized subcommand 'usr' (a similar subcommand exists: 'user'; see --help)\n",
         ),
@@ -232,5 +236,23 @@ fn a_key_in_a_command_line_mistake_is_not_quoted() {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(!stderr.contains(key), "{args:?}: {stderr}");
         assert!(!stderr.contains("after --"), "a flag, not a name: {stderr}");
+    }
+    // Nor the commands' own messages: a key in a variable, a path or a name.
+    let (code, _, stderr) = run_cli(dir.path(), &["user", "add", "ann"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let db = format!("{key}.db");
+    let bearer = format!("Bearer {key}");
+    for (args, envs) in [
+        (vec!["check"], vec![("ENABLE_ACCOUNT_MANAGEMENT", key)]),
+        (vec!["usage", "--db", db.as_str()], vec![]),
+        (vec!["--config", key, "check"], vec![]),
+        (vec!["user", "show", bearer.as_str()], vec![]),
+    ] {
+        let (code, _, stderr) = run_cli(dir.path(), &args, &envs);
+        assert_ne!(code, 0, "{args:?}: {stderr}");
+        assert!(
+            !stderr.is_empty() && !stderr.contains(key),
+            "{args:?}: {stderr}"
+        );
     }
 }

@@ -597,10 +597,35 @@ async fn a_model_delete_of_an_aliased_id_goes_to_that_alias() {
         let record = router.records.nth(1).await;
         assert_eq!(record.provider, "other");
         assert_eq!(record.endpoint, "DELETE /models/ft:gpt-4o:acme::abc");
+        // A name that is a dot segment would leave `/models/` on the alias's server
+        // (`DELETE /v1/files/file-abc` with its key): not taken for an aliased model.
+        for path in [
+            "/v1/models/[other]../files/file-abc",
+            "/v1/models/[other]%2e%2e/batches/b1",
+            "/v1/models/[other]..%5cassistants%5casst_1",
+            "/v1/models/[other]..",
+            "/v1/models/[other].",
+        ] {
+            // Refused (no default_server), or the id as it came to the default server.
+            client()
+                .delete(router.url(path))
+                .bearer_auth(BOB_KEY)
+                .send()
+                .await
+                .expect("send");
+        }
         router.stop().await;
     }
-    assert_eq!(other.count(), 8);
-    assert_eq!(default.count(), 0);
+    assert_eq!(other.count(), 8, "nothing more reached the alias");
+    let escaped = default
+        .received()
+        .into_iter()
+        .filter(|r| !r.path.starts_with("/v1/models/"));
+    assert_eq!(
+        escaped.count(),
+        0,
+        "nothing left /models/ on the default server"
+    );
 }
 
 /// A 405's `Allow` names what the route takes for that request: `GET, DELETE, POST` where a
@@ -1107,30 +1132,35 @@ async fn a_200_error_echoing_the_key_to_a_get_reaches_the_client_redacted() {
 
 /// A file's content is the user's data: a one-line batch output file whose line reports an
 /// error (`{"error": {...}, "custom_id": ...}`) reaches the client as it is and is recorded
-/// as a success, not as the upstream's error; the same body to a `GET` of the file's entry
-/// still is one.
+/// as a success, not as the upstream's error. So is a resource read back (it has an `id`) that
+/// reports its own failure, a failed fine-tuning job polled. An error envelope under a 200
+/// (no `id`) to a `GET` still is the upstream's error.
 #[tokio::test]
-async fn an_error_shaped_file_content_is_not_the_upstreams_error() {
-    let line = r#"{"id":"batch_req_1","custom_id":"r1","response":null,"error":{"code":"x","message":"line 3 failed"}}"#;
-    let (upstream, router) = with_default_server(Behavior {
-        body: Some(line.into()),
-        ..Default::default()
-    })
-    .await;
-    for (n, (path, outcome)) in [
-        ("/v1/files/file-abc/content", Outcome::Success),
-        ("/v1/files/file-abc", Outcome::UpstreamError),
+async fn an_error_shaped_file_or_failed_resource_is_not_the_upstreams_error() {
+    let line =
+        r#"{"custom_id":"r1","response":null,"error":{"code":"x","message":"line 3 failed"}}"#;
+    let job = r#"{"id":"ftjob-1","object":"fine_tuning.job","status":"failed","error":{"code":"invalid_file","message":"bad file"}}"#;
+    let envelope = r#"{"error":{"message":"provider failed"}}"#;
+    let (upstream, router) = with_default_server(Behavior::default()).await;
+    for (n, (path, body, outcome)) in [
+        ("/v1/files/file-abc/content", line, Outcome::Success),
+        ("/v1/fine_tuning/jobs/ftjob-1", job, Outcome::Success),
+        ("/v1/files/file-abc", envelope, Outcome::UpstreamError),
     ]
     .into_iter()
     .enumerate()
     {
+        upstream.set(Behavior {
+            body: Some(body.into()),
+            ..Default::default()
+        });
         let response = client().get(router.url(path)).send().await.expect("send");
         assert_eq!(response.status(), 200, "{path}");
-        assert_eq!(response.text().await.expect("body"), line, "{path}");
+        assert_eq!(response.text().await.expect("body"), body, "{path}");
         let record = router.records.nth(n + 1).await;
         assert_eq!(record.outcome, outcome, "{path}");
     }
-    assert_eq!(upstream.count(), 2);
+    assert_eq!(upstream.count(), 3);
     router.stop().await;
 }
 
