@@ -321,7 +321,9 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
     loop {
         let upstream = match tokio::time::timeout_at(deadline, &mut sent).await {
             Err(_) => return router(super::timeout_error(named, timeout), None),
-            Ok(Err(error)) => return router(super::send_error(&provider, &error), None),
+            Ok(Err(error)) => {
+                return router(super::send_error(&provider, &error, &redactor), None);
+            }
             Ok(Ok(upstream)) => upstream,
         };
         let answered_at = Moment::now();

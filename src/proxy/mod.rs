@@ -800,7 +800,7 @@ async fn forward_read<V: ReadBody>(
             return Ok(fail(guard, error, request_id, &state.failures));
         }
         Some(Err(e)) => {
-            let error = send_error(&target.provider, &e);
+            let error = send_error(&target.provider, &e, &state.redactor);
             return Ok(fail(guard, error, request_id, &state.failures));
         }
         Some(Ok(mut response)) => {
@@ -1443,8 +1443,11 @@ fn unfinished_error(provider: Named<'_>, timeout: Duration) -> ProxyError {
     ))
 }
 
-fn send_error(provider: &str, error: &UpstreamError) -> ProxyError {
+fn send_error(provider: &str, error: &UpstreamError, redactor: &Redactor) -> ProxyError {
+    // Configured keys taken out: a malformed answer's message may quote what the upstream
+    // sent, and it may echo the key (`Transfer-Encoding: <key>, chunked`).
     let description = error.to_string();
+    let description = redactor.redact(&description, &[]);
     if error.is_unanswered() {
         // Through the proxy: the message names it (see `UpstreamError::is_unanswered`).
         ProxyError::UpstreamTimeout(format!(

@@ -242,7 +242,7 @@ pub(super) async fn without_them<V: ReadBody>(
     match sent {
         None if wake_at < deadline => Retried::Waiting(sending),
         None => Retried::Failed(timeout_error(Named::of(resend.target), timeout)),
-        Some(Err(error)) => Retried::Failed(send_error(provider, &error)),
+        Some(Err(error)) => Retried::Failed(send_error(provider, &error, &resend.state.redactor)),
         Some(Ok(mut response)) => {
             let redactor = &resend.state.redactor;
             response.fields = super::headers::fields_without_echoed_keys(redactor, response.fields);

@@ -771,6 +771,33 @@ async fn an_answer_in_a_transfer_coding_the_router_cannot_undo_is_a_502() {
     }
 }
 
+/// An upstream that echoes the key it was sent in a field the router quotes when it refuses
+/// the answer (`Transfer-Encoding: <key>, chunked`) does not hand the key to the client: the
+/// 502's message has it `[redacted]`, as the record does, whole and in a stream.
+#[tokio::test]
+async fn a_key_echoed_in_a_refused_answers_framing_is_not_quoted() {
+    let key = "sk-echo-SECRET-0123456789abcdef";
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: {key}, chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+    );
+    for stream in [false, true] {
+        let upstream = EarlyAnswer::answering(answer.clone().into_bytes(), true).await;
+        let config = format!("{}    api_key: \"{key}\"\n", early_config(&upstream.url()));
+        let router = TestRouter::start(&config).await;
+        let response = tokio::time::timeout(
+            EARLY_DEADLINE,
+            router.chat(&json!({"model": "[early]m", "messages": [], "stream": stream})),
+        )
+        .await
+        .expect("an answer");
+        let text = response.text().await.expect("body");
+        assert!(text.contains("upstream_unreachable"), "{stream}: {text}");
+        assert!(text.contains("[redacted], chunked"), "{stream}: {text}");
+        assert!(!text.contains(key), "{stream}: {text}");
+        router.stop().await;
+    }
+}
+
 /// An answer the router refuses for its form says what was wrong with it, and that the
 /// upstream answered: a folded header line was "invalid header name", `chunked, chunked` "a
 /// transfer coding the router did not ask for", and an over-long trailer section or chunk
