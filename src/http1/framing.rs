@@ -47,6 +47,11 @@ pub enum FramingError {
     CodingInHttp10,
     #[error("a malformed chunk")]
     BadChunk,
+    /// A trailer line that is not a header field line (RFC 9112 §7.1.2): no `name:`, a
+    /// folded (obs-fold) line, a NUL in a value. Refused as the same line in a head is, so a
+    /// front proxy that reads trailers strictly and the router never disagree on one.
+    #[error("a trailer line that is not a header field (no \"name:\", a folded line or a NUL)")]
+    BadTrailer,
     /// Over [`MAX_EXTENSION`]: well-formed, but more than the router reads of something it
     /// does not use.
     #[error("a chunk extension over {MAX_EXTENSION} bytes (the router's limit)")]
@@ -239,9 +244,10 @@ enum Chunk {
     TrailerStart {
         seen: u32,
     },
-    /// Inside a trailer field line, up to its CR.
+    /// Inside a trailer field line, up to its CR; `value` once its name's `:` was read.
     TrailerLine {
         seen: u32,
+        value: bool,
     },
     /// A CR seen in the trailer section; `last` when it ended an empty line.
     TrailerLf {
@@ -404,13 +410,30 @@ fn step(chunk: Chunk, byte: u8) -> Result<Option<Chunk>, FramingError> {
             b'\n' => return bad,
             // Checked here too: lines of one byte each never reach the check in a line.
             _ if seen >= MAX_TRAILERS => return Err(FramingError::TrailersTooLarge),
-            _ => TrailerLine { seen: seen + 1 },
+            // A field name begins the line: not white space (obs-fold), not `:`.
+            _ if is_token_byte(byte) => TrailerLine {
+                seen: seen + 1,
+                value: false,
+            },
+            _ => return Err(FramingError::BadTrailer),
         },
-        TrailerLine { seen } => match byte {
-            b'\r' => TrailerLf { seen, last: false },
+        TrailerLine { seen, value } => match byte {
+            b'\r' if value => TrailerLf { seen, last: false },
             b'\n' => return bad,
             _ if seen >= MAX_TRAILERS => return Err(FramingError::TrailersTooLarge),
-            _ => TrailerLine { seen: seen + 1 },
+            b':' if !value => TrailerLine {
+                seen: seen + 1,
+                value: true,
+            },
+            _ if value && byte != 0 => TrailerLine {
+                seen: seen + 1,
+                value,
+            },
+            _ if !value && is_token_byte(byte) => TrailerLine {
+                seen: seen + 1,
+                value,
+            },
+            _ => return Err(FramingError::BadTrailer),
         },
         TrailerLf { seen, last } => match byte {
             b'\n' if last => return Ok(None),
@@ -419,6 +442,11 @@ fn step(chunk: Chunk, byte: u8) -> Result<Option<Chunk>, FramingError> {
         },
     };
     Ok(Some(next))
+}
+
+/// A byte of a field name, RFC 9110's `tchar`.
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 fn hex_value(byte: u8) -> Option<u8> {
@@ -644,7 +672,7 @@ mod tests {
             decode_all(BodyLength::Chunked, wire.as_bytes(), 1000),
             Err(FramingError::TrailersTooLarge)
         );
-        let short_lines = format!("0\r\n{}\r\n", "a\r\n".repeat(10_000));
+        let short_lines = format!("0\r\n{}\r\n", "a:\r\n".repeat(10_000));
         assert_eq!(
             decode_all(BodyLength::Chunked, short_lines.as_bytes(), 1000),
             Err(FramingError::TrailersTooLarge)
@@ -653,6 +681,39 @@ mod tests {
             decode_all(BodyLength::Known(10), b"short", 100),
             Err(FramingError::Truncated)
         );
+    }
+
+    /// A trailer line must be a header field line, as one in a head must: a line without
+    /// `name:`, a folded line, a NUL in a value or a name that is no token is refused; a
+    /// well-formed trailer, with an empty value too, is read (and dropped).
+    #[test]
+    fn trailer_lines_are_header_fields() {
+        for wire in [
+            &b"0\r\nGET /admin HTTP/1.1\r\n\r\n"[..],
+            b"0\r\nx-a: 1\r\n folded\r\n\r\n",
+            b"0\r\nx-a: 1\x002\r\n\r\n",
+            b"0\r\n: v\r\n\r\n",
+            b"0\r\nx a: v\r\n\r\n",
+            b"0\r\nnocolon\r\n\r\n",
+        ] {
+            assert_eq!(
+                decode_all(BodyLength::Chunked, wire, 2),
+                Err(FramingError::BadTrailer),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        for wire in [
+            &b"5\r\nhello\r\n0\r\nx-checksum: abc\r\nx-e:\r\n\r\n"[..],
+            b"5\r\nhello\r\n0\r\nx-b:\tv \xff\r\n\r\n",
+        ] {
+            assert_eq!(
+                decode_all(BodyLength::Chunked, wire, 3),
+                Ok((b"hello".to_vec(), Vec::new())),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
     }
 
     #[test]

@@ -406,6 +406,49 @@ async fn client_chunk_limits_are_named() {
     router.stop().await;
 }
 
+/// A trailer line that is no header field line (a request line smuggled there, a folded line,
+/// a NUL) is refused with 400 as the same line in a head is, and the connection closed:
+/// nothing goes upstream; an upstream's answer with one is a 502 naming it.
+#[tokio::test]
+async fn trailer_lines_that_are_not_fields_are_refused() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for trailer in [
+        "GET /admin HTTP/1.1\r\n",
+        "x-a: 1\r\n folded\r\n",
+        "x-a: 1\x002\r\n",
+    ] {
+        let wire = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{CHAT}\r\n0\r\n{trailer}\r\n",
+            CHAT.len()
+        );
+        let mut raw = Raw::connect(router.addr).await;
+        raw.send(wire.as_bytes()).await;
+        let refused = raw.answer().await;
+        assert_eq!(refused.status, 400, "{trailer:?}");
+        let (message, _) = error_of(&refused.body);
+        assert!(
+            message.contains("a trailer line that is not a header field"),
+            "{message}"
+        );
+    }
+    assert_eq!(upstream.count(), 0);
+    router.stop().await;
+
+    let body = r#"{"id":"x","choices":[]}"#;
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\nnot a field\r\n\r\n",
+        body.len()
+    );
+    let (_upstream, router) = router_before(answer.into_bytes()).await;
+    let message = unreachable_message(&one_chat(router.addr).await);
+    assert!(
+        message.contains("a trailer line that is not a header field"),
+        "{message}"
+    );
+    router.stop().await;
+}
+
 /// An upstream's chunked answer with a trailer section over 16 KiB is a 502 that names the
 /// limit; one under it is relayed.
 #[tokio::test]
