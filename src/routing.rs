@@ -324,8 +324,10 @@ pub fn aliased_model_path(path: &str, config: &Config) -> Option<(String, String
     // `[alias]..` or `[alias]../files/x` put back into the path would leave `/models/`
     // (`DELETE /v1/files/x` with the alias's key): no model is named so. A backslash counts
     // as a slash: a server may read `..\\x` as `../x`.
+    // Path parameters aside (`..;x`, which Tomcat and Spring read as `..`).
     if name
         .split(['/', '\\'])
+        .map(|segment| segment.split(';').next().unwrap_or_default())
         .any(|segment| segment == "." || segment == "..")
     {
         return None;

@@ -50,7 +50,9 @@ pub enum FramingError {
     /// A trailer line that is not a header field line (RFC 9112 §7.1.2): no `name:`, a
     /// folded (obs-fold) line, a NUL in a value. Refused as the same line in a head is, so a
     /// front proxy that reads trailers strictly and the router never disagree on one.
-    #[error("a trailer line that is not a header field (no \"name:\", a folded line or a NUL)")]
+    #[error(
+        "a trailer line that is not a header field (no \"name:\", a folded line or a control byte)"
+    )]
     BadTrailer,
     /// Over [`MAX_EXTENSION`]: well-formed, but more than the router reads of something it
     /// does not use.
@@ -425,7 +427,8 @@ fn step(chunk: Chunk, byte: u8) -> Result<Option<Chunk>, FramingError> {
                 seen: seen + 1,
                 value: true,
             },
-            _ if value && byte != 0 => TrailerLine {
+            // A value's bytes: visible ones, obs-text, space and tab; no other control byte.
+            _ if value && (byte >= 0x20 || byte == b'\t') && byte != 0x7f => TrailerLine {
                 seen: seen + 1,
                 value,
             },
@@ -692,6 +695,8 @@ mod tests {
             &b"0\r\nGET /admin HTTP/1.1\r\n\r\n"[..],
             b"0\r\nx-a: 1\r\n folded\r\n\r\n",
             b"0\r\nx-a: 1\x002\r\n\r\n",
+            b"0\r\nx-a: 1\x012\r\n\r\n",
+            b"0\r\nx-a: 1\x7f2\r\n\r\n",
             b"0\r\n: v\r\n\r\n",
             b"0\r\nx a: v\r\n\r\n",
             b"0\r\nnocolon\r\n\r\n",

@@ -228,7 +228,7 @@ pub struct AnswerFields {
     pub request_id: Option<String>,
 }
 
-/// The upstream's header fields without a configured key in any value: an upstream, or a
+/// The upstream's header fields without a configured key in any value (or name): an upstream, or a
 /// gateway or firewall before it, that reflects request headers (`X-Echo-Auth: Bearer
 /// sk-...`) must not hand the provider's key to the client, as its error bodies may not.
 /// All fields are searched at once; they are rebuilt only when a key is among them.
@@ -243,6 +243,11 @@ pub fn fields_without_echoed_keys(redactor: &Redactor, fields: Fields) -> Fields
     }
     let mut clean = FieldsBuilder::with_capacity(fields.len(), fields.buffer().len());
     for (name, value) in fields.iter() {
+        // A key in a field's name (`x-<key>: 1`) cannot be replaced there (`[redacted]` is
+        // no field name): the field is left out.
+        if matches!(redactor.redact_bytes(name, &[]), Cow::Owned(_)) {
+            continue;
+        }
         clean.push(name, &redactor.redact_bytes(value, &[]));
     }
     clean.finish()

@@ -182,9 +182,12 @@ const QUOTED_CHARS: usize = 80;
 /// A name (or email) in a message: in double quotes, escaped as the `user list` table prints
 /// it ([`escaped`]: control and invisible characters, `bob\xff` with one backslash), so it
 /// can be copied from the message into the next command; clipped to 80 characters, so a 1 MB
-/// name cannot flood the terminal.
+/// name cannot flood the terminal. A router key in it is `[redacted]`.
 pub fn quoted(name: &str) -> String {
-    format!("\"{}\"", escaped(&crate::error::clip(name, QUOTED_CHARS)))
+    // A router key in it is redacted before the clip, which could cut it to a shape no
+    // longer found (and quote 31 of its 32 characters).
+    let name = crate::sinks::redact::Redactor::default().redact(name, &[]);
+    format!("\"{}\"", escaped(&crate::error::clip(&name, QUOTED_CHARS)))
 }
 
 /// A username as the `user list` table, `user show` and `usage --by user` print it:

@@ -1866,6 +1866,8 @@ async fn an_answer_header_echoing_the_providers_key_reaches_the_client_redacted(
         headers: vec![
             ("x-echo-auth".into(), "Bearer sk-mock-upstream-key".into()),
             ("x-request-id".into(), "req-123".into()),
+            // In a field's name: the field is left out.
+            ("x-sk-mock-upstream-key".into(), "1".into()),
         ],
         ..Default::default()
     };
@@ -1884,6 +1886,13 @@ async fn an_answer_header_echoing_the_providers_key_reaches_the_client_redacted(
             "{case}"
         );
         assert_eq!(response.headers()["x-request-id"], "req-123", "{case}");
+        assert!(
+            response
+                .headers()
+                .keys()
+                .all(|name| !name.as_str().contains("sk-mock-upstream-key")),
+            "{case}"
+        );
         let text = response.text().await.expect("body");
         assert!(!text.contains("sk-mock-upstream-key"), "{case}");
     }

@@ -242,17 +242,24 @@ fn a_key_in_a_command_line_mistake_is_not_quoted() {
     assert_eq!(code, 0, "{stderr}");
     let db = format!("{key}.db");
     let bearer = format!("Bearer {key}");
+    // Before a long name's clip: cut, the key would no longer be found.
+    let long = format!("{}{key}", "a".repeat(43));
     for (args, envs) in [
         (vec!["check"], vec![("ENABLE_ACCOUNT_MANAGEMENT", key)]),
         (vec!["usage", "--db", db.as_str()], vec![]),
         (vec!["--config", key, "check"], vec![]),
         (vec!["user", "show", bearer.as_str()], vec![]),
+        (vec!["user", "show", long.as_str()], vec![]),
     ] {
         let (code, _, stderr) = run_cli(dir.path(), &args, &envs);
         assert_ne!(code, 0, "{args:?}: {stderr}");
         assert!(
             !stderr.is_empty() && !stderr.contains(key),
             "{args:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains(&key[..20]),
+            "part of the key: {args:?}: {stderr}"
         );
     }
 }

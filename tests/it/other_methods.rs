@@ -605,6 +605,8 @@ async fn a_model_delete_of_an_aliased_id_goes_to_that_alias() {
             "/v1/models/[other]..%5cassistants%5casst_1",
             "/v1/models/[other]..",
             "/v1/models/[other].",
+            "/v1/models/[other]..;/files/file-abc",
+            "/v1/models/[other]..%3B/files/file-abc",
         ] {
             // Refused (no default_server), or the id as it came to the default server.
             client()
