@@ -638,6 +638,16 @@ mod tests {
         assert_eq!(body.len(), 31);
     }
 
+    /// `wire`, a chunked body fed `step` bytes at a time, is refused with `error`.
+    fn assert_refused(wire: &[u8], step: usize, error: FramingError) {
+        assert_eq!(
+            decode_all(BodyLength::Chunked, wire, step),
+            Err(error),
+            "{:?}",
+            String::from_utf8_lossy(wire)
+        );
+    }
+
     #[test]
     fn malformed_chunks_are_errors() {
         for wire in [
@@ -650,12 +660,7 @@ mod tests {
             b"000000000000000011111111111111111\r\n",
             b"0\r\nbad\ntrailer\r\n\r\n",
         ] {
-            assert_eq!(
-                decode_all(BodyLength::Chunked, wire, 3),
-                Err(FramingError::BadChunk),
-                "{:?}",
-                String::from_utf8_lossy(wire)
-            );
+            assert_refused(wire, 3, FramingError::BadChunk);
         }
         assert_eq!(
             decode_all(BodyLength::Chunked, b"5\r\nhel", 100),
@@ -701,12 +706,7 @@ mod tests {
             b"0\r\nx a: v\r\n\r\n",
             b"0\r\nnocolon\r\n\r\n",
         ] {
-            assert_eq!(
-                decode_all(BodyLength::Chunked, wire, 2),
-                Err(FramingError::BadTrailer),
-                "{:?}",
-                String::from_utf8_lossy(wire)
-            );
+            assert_refused(wire, 2, FramingError::BadTrailer);
         }
         for wire in [
             &b"5\r\nhello\r\n0\r\nx-checksum: abc\r\nx-e:\r\n\r\n"[..],
