@@ -975,7 +975,6 @@ fn tool_fields(tool: Option<&Value>, arguments_key: &str) -> (String, String) {
 /// [`ResponseSummary::body_noted`], as the images endpoints' base64 does: no record keeps
 /// megabytes of them, once per answer and again per read-back.
 fn read_responses_output(output: &[Value], out: &mut ResponseSummary) {
-    let (mut images, mut image_bytes) = (0usize, 0u64);
     for item in output {
         if let Some(call) = responses_tool_call(item) {
             out.tool_calls.push(call);
@@ -991,13 +990,6 @@ fn read_responses_output(output: &[Value], out: &mut ResponseSummary) {
                             out.refusal.push_str(text);
                         }
                     }
-                }
-            }
-            Some("image_generation_call") => {
-                if let Some(result) = item.get("result").and_then(Value::as_str) {
-                    images += 1;
-                    let padding = result.bytes().rev().take_while(|b| *b == b'=').count();
-                    image_bytes += (result.len().saturating_sub(padding) as u64) * 3 / 4;
                 }
             }
             Some("reasoning") => {
@@ -1021,17 +1013,42 @@ fn read_responses_output(output: &[Value], out: &mut ResponseSummary) {
             _ => {}
         }
     }
-    if images > 0 {
-        if !out.content.is_empty() {
-            out.content.push_str("\n\n");
-        }
-        let plural = if images == 1 { "image" } else { "images" };
-        out.content.push_str(&format!(
-            "<{images} {plural} (image_generation_call, {})>",
-            human_bytes(image_bytes)
-        ));
+    if let Some(note) = image_generation_note(output) {
+        push_image_note(&mut out.content, &note);
         out.body_noted = true;
     }
+}
+
+/// `<1 image (image_generation_call, 1.3 MB)>` for the image tool's calls in a Responses
+/// API `output` (each image in base64 in its `result`; the decoded size of all), `None`
+/// when it has none.
+fn image_generation_note(output: &[Value]) -> Option<String> {
+    let (mut images, mut bytes) = (0usize, 0u64);
+    for item in output {
+        if item.get("type").and_then(Value::as_str) != Some("image_generation_call") {
+            continue;
+        }
+        if let Some(result) = item.get("result").and_then(Value::as_str) {
+            images += 1;
+            let padding = result.bytes().rev().take_while(|b| *b == b'=').count();
+            bytes += (result.len().saturating_sub(padding) as u64) * 3 / 4;
+        }
+    }
+    let plural = if images == 1 { "image" } else { "images" };
+    (images > 0).then(|| {
+        format!(
+            "<{images} {plural} (image_generation_call, {})>",
+            human_bytes(bytes)
+        )
+    })
+}
+
+/// `note` after the answer's text, a paragraph of its own.
+fn push_image_note(content: &mut String, note: &str) {
+    if !content.is_empty() {
+        content.push_str("\n\n");
+    }
+    content.push_str(note);
 }
 
 /// What stands between a Responses API reasoning summary's parts (and between the raw chain
@@ -2750,6 +2767,15 @@ impl StreamAccumulator {
         // there (an upstream that leaves `output` empty) leaves those.
         if !whole.tool_calls.is_empty() {
             self.summary.tool_calls = whole.tool_calls;
+        }
+        // The text its deltas brought stands; the image tool's note, which no delta brings,
+        // follows it.
+        if !self.summary.content.is_empty() {
+            if let Some(note) = image_generation_note(output) {
+                if !self.summary.content.ends_with(&note) {
+                    push_image_note(&mut self.summary.content, &note);
+                }
+            }
         }
         for (seen, complete) in [
             (&mut self.summary.content, whole.content),

@@ -2344,6 +2344,27 @@ async fn a_responses_image_generation_call_is_a_note_not_its_base64() {
         record.response.content,
         "Here it is.\n\n<1 image (image_generation_call, 330.0 kB)>"
     );
+    // Streamed: the text from its deltas, then the note from `response.completed`.
+    let events = [
+        json!({"type": "response.created", "response": {"id": "resp_s", "model": "gpt-5",
+            "status": "in_progress", "output": []}}),
+        json!({"type": "response.output_text.delta", "item_id": "m", "output_index": 1,
+            "content_index": 0, "delta": "Here it is."}),
+        json!({"type": "response.completed", "response": {"id": "resp_s", "model": "gpt-5",
+            "status": "completed", "output": output, "usage": usage}}),
+    ];
+    setup.upstream.set(Behavior {
+        raw_chunks: Some(events.iter().map(named_event).collect()),
+        ..Default::default()
+    });
+    setup
+        .post(
+            "/v1/responses",
+            &json!({"model": "[mock]r", "input": "x", "stream": true}),
+        )
+        .await;
+    let streamed = setup.router.records.nth(2).await;
+    assert_eq!(streamed.response.content, record.response.content);
     let (row, line) = setup.stop_and_read(&id).await;
     assert!(row.usage_known, "{row:?}");
     let text = line.to_string();
