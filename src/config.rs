@@ -1095,6 +1095,10 @@ pub fn validate_base_url(url: &str) -> Result<String, String> {
     if url.trim() != url {
         return Err("has white space at its start or end".to_owned());
     }
+    // The url crate drops these silently: `/v\n1` would be used as `/v1`.
+    if url.contains(['\t', '\n', '\r']) {
+        return Err("has a tab or line break inside: remove it".to_owned());
+    }
     let parsed = url::Url::parse(url).map_err(|e| format!("not a valid URL ({e})"))?;
     if parsed.fragment().is_some() {
         return Err("a base URL has no #fragment".to_owned());
@@ -1253,6 +1257,8 @@ settings:
         assert!(reason.contains("white space"), "{reason}");
         let (_, reason) = error_of("servers:\n  a:\n    url: \"http://x/v1#top\"\n");
         assert!(reason.contains("#fragment"), "{reason}");
+        let (_, reason) = error_of("servers:\n  a:\n    url: \"http://x/v\\n1\"\n");
+        assert!(reason.contains("line break inside"), "{reason}");
         let (path, _) = error_of("servers:\n  \"火 山\":\n    url: http://x\n");
         assert_eq!(path, "servers.火 山");
     }

@@ -599,9 +599,14 @@ fn url_target(text: &str) -> Result<(String, Option<String>, url::Url), String> 
 /// (WHATWG): `http:/h`, `http:h` and `http:\\h` as `http://h`, `http:///v1` as host `v1`,
 /// `http://h\v1` as path `/v1`; a target that is not written `http(s)://host` is refused
 /// rather than guessed at (`http:///v1` went to a host named `v1`). Leading and trailing
-/// white space and control characters are ignored, as the url crate ignores them.
+/// white space and control characters are ignored, as the url crate ignores them. A tab or
+/// line break inside is refused: the url crate drops it silently, so `/v%0A1` reached `/v1`
+/// and a pasted URL broken over two lines went somewhere its writer never saw.
 fn well_formed(text: &str) -> Result<(url::Url, &str), String> {
     let text = text.trim_matches(|c: char| c <= ' ');
+    if text.contains(['\t', '\n', '\r']) {
+        return Err("a tab or line break inside the URL: remove it".to_owned());
+    }
     let parsed = url::Url::parse(text).map_err(|e| format!("not a valid URL ({e})"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err("only http and https URLs can be targets".to_owned());

@@ -287,6 +287,42 @@ async fn conflicting_proxy_values_are_refused() {
     router.stop().await;
 }
 
+/// A tab or line break inside a `?proxy=` or `[URL]` target is a 400 naming it: the url
+/// crate drops them silently, so `/v%0A1` went to `/v1`, a path the client never wrote.
+#[tokio::test]
+async fn a_line_break_inside_a_url_target_is_refused() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start("servers: {}\n").await;
+    let origin = upstream.origin();
+    let cases = [
+        (format!("?proxy={origin}/v%0A1"), "gpt-4o".to_owned()),
+        (format!("?proxy={origin}/v%091"), "gpt-4o".to_owned()),
+        (String::new(), format!("[{origin}/v\r1]gpt-4o")),
+    ];
+    for (query, model) in cases {
+        let response = client()
+            .post(router.url(&format!("/v1/chat/completions{query}")))
+            .json(&json!({"model": model, "messages": []}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 400, "{query} {model:?}");
+        let error: serde_json::Value = response.json().await.expect("json");
+        let message = error["error"]["message"].as_str().expect("message");
+        assert!(message.contains("a tab or line break"), "{message}");
+    }
+    assert_eq!(upstream.count(), 0, "no upstream asked");
+    let response = client()
+        .post(router.url(&format!("/v1/chat/completions?proxy={origin}/v1")))
+        .json(&json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.last().path, "/v1/chat/completions");
+    router.stop().await;
+}
+
 /// A target that leads back to the router: each hop counts itself in `x-llmsrouter-hops`,
 /// and past 8 the request is refused with 508 `loop_detected` instead of holding a
 /// connection per hop. The upstream is never reached; a request that goes through the
