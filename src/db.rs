@@ -309,13 +309,23 @@ pub fn inspect(path: &Path, writes: bool) -> Result<(), DbError> {
     if matches!(std::fs::metadata(&path), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
         return Ok(());
     }
-    let conn = open_file(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| not_a_database(&shown, e))?;
+    let writable = file_writable(&path);
+    // Read through a connection that may write when the file allows it: a read-only one
+    // that reads a file in WAL mode makes its `-wal` and `-shm` files and cannot remove them
+    // when it closes, so `check` left two files behind. One that may write removes them
+    // when it is the file's last connection; the data is not changed either way (at most a
+    // log a crashed server left is moved into the file, as the next server would).
+    let flags = if writable {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    };
+    let conn = open_file(&path, flags).map_err(|e| not_a_database(&shown, e))?;
     let found = user_version(&conn).map_err(|e| not_a_database(&shown, e))?;
     check_version(found, &shown)?;
     check_ours(&conn, &shown)?;
     drop(conn);
-    if writes && !file_writable(&path) {
+    if writes && !writable {
         return Err(DbError::ReadOnly { path: shown });
     }
     Ok(())
@@ -323,8 +333,7 @@ pub fn inspect(path: &Path, writes: bool) -> Result<(), DbError> {
 
 /// Whether SQLite opens the existing file at `path` for writing, as [`open`] would: it opens
 /// a file this user may not write (its mode, a read-only mount) read-only instead. Nothing
-/// is read through the connection, so nothing is written either (a connection that read a
-/// file in WAL mode may write to it when it closes).
+/// is read through the connection, so nothing is written either.
 fn file_writable(path: &Path) -> bool {
     open_file(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
         .and_then(|conn| conn.is_readonly(rusqlite::MAIN_DB))

@@ -64,6 +64,32 @@ async fn the_python_versions_template_loads_unchanged() {
     );
 }
 
+/// `check` reads users.db (WAL mode) and leaves nothing beside it: a read-only connection
+/// made `users.db-wal` and `users.db-shm` and could not remove them.
+#[test]
+fn check_leaves_no_journal_files_beside_the_database() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("write");
+    let (code, _, stderr) = run_cli(dir.path(), &["user", "add", "bob"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let names = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(), ["config.yaml", "users.db"]);
+    for accounts in ["true", "false"] {
+        let env = [("ENABLE_ACCOUNT_MANAGEMENT", accounts)];
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &env);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("environment: ok"), "{stdout}");
+        assert_eq!(names(), ["config.yaml", "users.db"], "accounts {accounts}");
+    }
+}
+
 #[tokio::test]
 async fn check_fails_with_file_key_path_and_reason() {
     let dir = tempfile::tempdir().expect("dir");
