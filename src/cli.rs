@@ -48,16 +48,21 @@ impl Cli {
     pub fn parse_or_exit() -> Self {
         let args: Vec<OsString> = std::env::args_os().collect();
         match Self::try_parse() {
-            Ok(cli) => match cli
-                .empty_path(&args)
-                .or_else(|| cli.bad_user_variable(&args, &|name| std::env::var_os(name)))
-            {
-                None => cli,
-                Some(line) => {
+            Ok(cli) => {
+                if let Some((line, from_variable)) = cli.empty_path(&args) {
+                    crate::console::line(format_args!("error: {line}"));
+                    // `check` judges the environment: a bad variable is its 1 (0 valid,
+                    // 1 not), as for a bad config.yaml; an empty flag is a command-line
+                    // mistake there too.
+                    let judged = from_variable && matches!(cli.command, Command::Check);
+                    std::process::exit(if judged { 1 } else { 2 });
+                }
+                if let Some(line) = cli.bad_user_variable(&args, &|name| std::env::var_os(name)) {
                     crate::console::line(format_args!("error: {line}"));
                     std::process::exit(2);
                 }
-            },
+                cli
+            }
             Err(error) => match error_line(&error, &args, &|name| std::env::var_os(name)) {
                 Some(line) => {
                     crate::console::line(format_args!("error: {line}"));
@@ -147,8 +152,8 @@ fn clap_tips(rendered: &str) -> Option<String> {
 impl Cli {
     /// The error line for an empty `--config` or `--db`, which clap lets through (see
     /// [`path_value`]): under the variable's name when the flag is not on the line, as for
-    /// every other flag.
-    pub fn empty_path(&self, args: &[OsString]) -> Option<String> {
+    /// every other flag; and whether the variable gave it.
+    pub fn empty_path(&self, args: &[OsString]) -> Option<(String, bool)> {
         let paths = [
             (&self.config, "--config", "LLMSROUTER_CONFIG"),
             (&self.db, "--db", "LLMSROUTER_DB"),
@@ -157,9 +162,12 @@ impl Cli {
             .into_iter()
             .find(|(path, _, _)| path.as_os_str().is_empty())?;
         Some(if on_the_line(args, flag) {
-            format!("a value is required for {flag} but none was supplied (see --help)")
+            (
+                format!("a value is required for {flag} but none was supplied (see --help)"),
+                false,
+            )
         } else {
-            set_but_empty(variable, flag)
+            (set_but_empty(variable, flag), true)
         })
     }
 }

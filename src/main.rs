@@ -612,9 +612,9 @@ fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
 /// address (`LLMSROUTER_HOST`, `LLMSROUTER_PORT`; `serve`'s own flags are not `check`'s), and
 /// the request log's path (a file, device or pipe, not a folder) and folder, and the database's folder.
 fn check_serve_variables(cli: &Cli, env: &EnvSettings) -> anyhow::Result<()> {
-    // A bad value is the command-line mistake (exit 2) `serve`, where clap reads these,
-    // reports too, in its words.
-    llmsrouter::cli::listen_variables().map_err(|line| anyhow!(CommandLineError(line)))?;
+    // In the words `serve`, where clap reads these, reports a bad value; but with `check`'s
+    // exit status 1, as for every variable it judges (its contract: 0 valid, 1 not).
+    llmsrouter::cli::listen_variables().map_err(|line| anyhow!(line))?;
     // SQLite makes the file, not its folder.
     let db_folder = folder_of(&cli.db);
     if !db_folder.is_dir() {

@@ -693,7 +693,9 @@ fn a_bad_value_is_named_by_where_it_came_from() {
     ];
     for (args, envs, expected) in cases {
         let (code, _, stderr) = run_cli(dir.path(), args, envs);
-        assert_eq!(code, 2, "{args:?} {envs:?}: {stderr}");
+        // `check` judges the environment: a bad variable is its exit status 1.
+        let exit = if args == &["check"] { 1 } else { 2 };
+        assert_eq!(code, exit, "{args:?} {envs:?}: {stderr}");
         assert!(
             stderr.starts_with(&format!("error: {expected}")),
             "{stderr}"
@@ -704,7 +706,7 @@ fn a_bad_value_is_named_by_where_it_came_from() {
 /// The listen address is checked as every other value is: a host set but empty, or one that
 /// is no address, is one line and exit status 2 (it was exit 1, and `""` was called "not an
 /// IP address"), from `--host` or `LLMSROUTER_HOST`, and `check` names an empty listen
-/// variable as `serve` does.
+/// variable as `serve` does, with its own exit status 1 (0 valid, 1 not).
 #[test]
 fn an_empty_or_bad_listen_address_is_a_command_line_mistake() {
     let dir = tempfile::tempdir().expect("dir");
@@ -732,7 +734,8 @@ fn an_empty_or_bad_listen_address_is_a_command_line_mistake() {
     ];
     for (args, envs, expected) in cases {
         let (code, _, stderr) = run_cli(dir.path(), args, envs);
-        assert_eq!(code, 2, "{args:?} {envs:?}: {stderr}");
+        let exit = if args[0] == "check" { 1 } else { 2 };
+        assert_eq!(code, exit, "{args:?} {envs:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(
             stderr.starts_with(&format!("error: {expected}")),
@@ -744,7 +747,8 @@ fn an_empty_or_bad_listen_address_is_a_command_line_mistake() {
 /// A flag on the line wins over its variable, even one set but empty: `LLMSROUTER_CONFIG=`
 /// or `LLMSROUTER_DB=` with `--config` / `--db` given (after the command, as they may be) used
 /// to fail with clap's "a value is required for '--config <PATH>'", naming neither. Without
-/// the flag the empty variable is named; an empty flag is named as a flag.
+/// the flag the empty variable is named (`check`: exit status 1, as for any bad variable);
+/// an empty flag is named as a flag.
 #[test]
 fn an_empty_path_variable_yields_to_its_flag() {
     let dir = tempfile::tempdir().expect("dir");
@@ -766,10 +770,17 @@ fn an_empty_path_variable_yields_to_its_flag() {
             &[],
             "a value is required for --config but none was supplied",
         ),
+        (
+            &["check"],
+            &[("LLMSROUTER_CONFIG", "")],
+            "LLMSROUTER_CONFIG is set but empty: unset it, or give it a value (it stands for --config)",
+        ),
     ];
     for (args, envs, expected) in cases {
         let (code, _, stderr) = run_cli(dir.path(), args, envs);
-        assert_eq!(code, 2, "{args:?} {envs:?}: {stderr}");
+        // `check` judges the environment: a bad variable is its exit status 1.
+        let exit = if args == &["check"] { 1 } else { 2 };
+        assert_eq!(code, exit, "{args:?} {envs:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(
             stderr.starts_with(&format!("error: {expected}")),
@@ -785,49 +796,50 @@ fn an_empty_path_variable_yields_to_its_flag() {
 fn check_sees_the_variables_serve_would_refuse() {
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
-    // The listen address is a command-line mistake, exit 2, as `serve` (where clap reads it)
-    // gives; the files are checks of what exists, exit 1.
-    let cases: &[(&str, &str, &str, i32)] = &[
+    // `check` says each with exit status 1 (its contract: 0 valid, 1 not); `serve` says a bad
+    // listen address (`true`: clap reads it there) as the command-line mistake it is, exit
+    // status 2, in the same words.
+    let cases: &[(&str, &str, &str, bool)] = &[
         (
             "LLMSROUTER_PORT",
             "abc",
             "LLMSROUTER_PORT: invalid value 'abc' for --port: invalid digit found in string",
-            2,
+            true,
         ),
         (
             "LLMSROUTER_PORT",
             " 42125",
             "LLMSROUTER_PORT: invalid value ' 42125' for --port",
-            2,
+            true,
         ),
         (
             "LLMSROUTER_PORT",
             "42125 ",
             "LLMSROUTER_PORT: invalid value '42125 ' for --port",
-            2,
+            true,
         ),
         (
             "LLMSROUTER_HOST",
             "bad",
             "LLMSROUTER_HOST: invalid value 'bad' for --host: not an IP address",
-            2,
+            true,
         ),
         (
             "LLMSROUTER_LOG_FILE",
             "/proc/self/no-such-folder/api.log",
             "LLMSROUTER_LOG_FILE: /proc/self/no-such-folder/api.log: /proc/self is not a folder the log can be written in",
-            1,
+            false,
         ),
         (
             "LLMSROUTER_DB",
             "no-such-folder/users.db",
             "LLMSROUTER_DB/--db: no-such-folder/users.db: the folder no-such-folder does not exist",
-            1,
+            false,
         ),
     ];
-    for (name, value, expected, exit) in cases {
+    for (name, value, expected, listen) in cases {
         let (code, _, stderr) = run_cli(dir.path(), &["check"], &[(name, value)]);
-        assert_eq!(code, *exit, "{name}={value}: {stderr}");
+        assert_eq!(code, 1, "{name}={value}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
         // serve refuses each at start (on a free port when the port is not the case).
@@ -840,10 +852,10 @@ fn check_sees_the_variables_serve_would_refuse() {
             serve_code, 0,
             "serve refuses {name}={value} too: {serve_stderr}"
         );
-        if *exit == 2 {
+        if *listen {
             assert_eq!(
                 (serve_code, &serve_stderr),
-                (code, &stderr),
+                (2, &stderr),
                 "{name}={value:?}: serve says what check says"
             );
         }
