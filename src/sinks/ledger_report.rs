@@ -64,6 +64,10 @@ pub struct UsageTotals {
     pub errors: u64,
     /// Requests cut before their usage arrived (their tokens are not counted).
     pub partial: u64,
+    /// Requests for a model that ended well with no usage from the upstream (a stream from a
+    /// server that ignores `include_usage`, or asked with `stream_usage: false`; a text to
+    /// speech answer): their tokens are unknown too, not zero, and not in the sums.
+    pub no_usage: u64,
     /// Seconds of audio of transcriptions billed by duration (`whisper-1`), which count no
     /// tokens; with their fractions (`9.7`), shown to the millisecond.
     pub audio_seconds: f64,
@@ -86,6 +90,7 @@ impl UsageTotals {
         };
         self.errors = self.errors.saturating_add(other.errors);
         self.partial = self.partial.saturating_add(other.partial);
+        self.no_usage = self.no_usage.saturating_add(other.no_usage);
         self.audio_seconds += other.audio_seconds;
     }
 
@@ -107,6 +112,7 @@ impl UsageTotals {
         obj.insert("cost".into(), json!(self.cost.map(significant)));
         obj.insert("errors".into(), json!(self.errors));
         obj.insert("partial".into(), json!(self.partial));
+        obj.insert("no_usage".into(), json!(self.no_usage));
         obj.insert(
             "audio_seconds".into(),
             Value::Number(seconds_number(self.audio_seconds)),
@@ -160,7 +166,8 @@ pub fn query(conn: &Connection, by: GroupBy, since: Option<&str>) -> rusqlite::R
     let sql = format!(
         "SELECT {col} AS key, COUNT(*) AS requests, TOTAL(input_tokens), TOTAL(output_tokens),
             TOTAL(total_tokens), TOTAL(cached_tokens), TOTAL(reasoning_tokens), SUM(cost),
-            outcome, TOTAL(usage_partial), {audio_seconds}, TOTAL(cache_creation_tokens)
+            outcome, TOTAL(usage_partial), {audio_seconds}, TOTAL(cache_creation_tokens),
+            TOTAL(outcome = 'success' AND usage_known = 0 AND usage_partial = 0 AND model <> '')
          FROM usage_ledger WHERE (?1 IS NULL OR day >= ?1)
          GROUP BY {col}, outcome",
         col = by.column()
@@ -186,6 +193,7 @@ pub fn query(conn: &Connection, by: GroupBy, since: Option<&str>) -> rusqlite::R
                 0
             },
             partial: r.get::<_, f64>(9)? as u64,
+            no_usage: r.get::<_, f64>(12)? as u64,
             audio_seconds: r.get::<_, f64>(10)?,
         })
     })?;
@@ -239,15 +247,17 @@ impl UsageReport {
         })
     }
 
-    /// A fixed-width table with a TOTAL line; `-` for no user and for unknown cost. Three
+    /// A fixed-width table with a TOTAL line; `-` for no user and for unknown cost. Four
     /// columns come after the others, only when some request in the report had any:
     /// `PARTIAL` (requests cut before their usage came, whose tokens are unknown, not zero),
+    /// `NO_USAGE` (requests for a model that ended with no usage reported: unknown too),
     /// `CACHE_WRITE` (prompt-cache writes) and `AUDIO_SECONDS` (transcriptions billed by
     /// duration), so the other columns keep their places either way. A user, provider or
     /// model named `TOTAL` or `-` is shown in double quotes, so its row reads neither as the
     /// total line nor as "none".
     pub fn to_table(&self) -> String {
         let partial = self.total.partial > 0;
+        let no_usage = self.total.no_usage > 0;
         let cache_write = self.total.cache_creation_tokens > 0;
         let audio = self.total.audio_seconds > 0.0;
         let mut header = vec![
@@ -262,6 +272,9 @@ impl UsageReport {
         ];
         if partial {
             header.push("PARTIAL".into());
+        }
+        if no_usage {
+            header.push("NO_USAGE".into());
         }
         if cache_write {
             header.push("CACHE_WRITE".into());
@@ -282,6 +295,9 @@ impl UsageReport {
             ];
             if partial {
                 cells.push(t.partial.to_string());
+            }
+            if no_usage {
+                cells.push(t.no_usage.to_string());
             }
             if cache_write {
                 cells.push(t.cache_creation_tokens.to_string());

@@ -192,6 +192,76 @@ async fn ledger_totals_equal_the_usage_the_upstream_sent() {
     assert_eq!(json["rows"], json!([]));
 }
 
+/// A stream from a server that is not asked for usage (`stream_usage: false`) ends well
+/// with no token counts: `usage` counts it under NO_USAGE (`no_usage`), not as a request
+/// that used none. It showed 0 tokens with nothing said. Errors, requests that name no
+/// model and answers with usage are not counted there.
+#[tokio::test]
+async fn usage_counts_requests_the_upstream_reported_no_usage_for() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    let upstream = MockUpstream::start(Behavior {
+        chunks: 3,
+        ..Default::default()
+    })
+    .await;
+    let ledger = Arc::new(LedgerSink::start(&db, Redactor::default()).expect("ledger"));
+    let router = TestRouter::start_with_sinks(
+        &one_server_config(&upstream.url(), "    stream_usage: false\n"),
+        vec![ledger.clone() as Arc<dyn RecordSink>],
+        |_| {},
+    )
+    .await;
+    let http = client();
+    let send = async |body: serde_json::Value| {
+        let response = http
+            .post(router.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        let status = response.status();
+        let _ = response.bytes().await.expect("body");
+        status
+    };
+    let stream = json!({"model": "[mock]gpt-4o", "stream": true, "messages": []});
+    for _ in 0..2 {
+        assert_eq!(send(stream.clone()).await, 200);
+    }
+    assert_eq!(
+        send(json!({"model": "[mock]gpt-4o", "messages": []})).await,
+        200
+    );
+    upstream.set(Behavior {
+        status: 500,
+        body: Some(r#"{"error":{"message":"down"}}"#.into()),
+        ..Default::default()
+    });
+    assert_eq!(send(stream).await, 500);
+    router.stop().await;
+    assert_eq!(ledger.stats().written(), 4);
+
+    let db_arg = db.to_str().expect("utf8");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["usage", "--json", "--db", db_arg], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(json["total"]["requests"], 4);
+    assert_eq!(json["total"]["no_usage"], 2, "{json}");
+    assert_eq!(json["total"]["partial"], 0);
+    assert_eq!(
+        json["total"]["input_tokens"], PROMPT_TOKENS,
+        "the whole answer's"
+    );
+    let (code, table, _) = run_cli(dir.path(), &["usage", "--db", db_arg], &[]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].ends_with("ERRORS  NO_USAGE"), "{table}");
+    assert!(
+        lines[2].starts_with("TOTAL") && lines[2].ends_with(" 2"),
+        "{table}"
+    );
+}
+
 #[tokio::test]
 async fn usage_reports_per_user_and_day() {
     let LedgerSetup {
