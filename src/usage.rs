@@ -124,14 +124,34 @@ impl Usage {
         Self {
             input,
             output,
-            total: total.unwrap_or(input.saturating_add(output)),
+            total: total.unwrap_or(0),
             cached_input: cache_read,
             cache_creation_input: cache_creation,
             reasoning,
             cost,
             audio_seconds,
         }
+        .with_parts_in_wholes(total.is_some())
         .checked()
+    }
+
+    /// A part larger than its whole says the whole leaves the part out, as Anthropic's
+    /// input_tokens leave the cache out (xAI's completion_tokens leave reasoning out: 10
+    /// beside 310 reasoning, total 330): it is added, so every sink reads a whole as holding
+    /// its parts (subtracted for Langfuse's keys, it went below zero). A total the upstream
+    /// did not send is the sum of input and output then.
+    fn with_parts_in_wholes(mut self, total_sent: bool) -> Self {
+        if self.reasoning > self.output {
+            self.output = self.output.saturating_add(self.reasoning);
+        }
+        let cached = self.cached_input.saturating_add(self.cache_creation_input);
+        if cached > self.input {
+            self.input = self.input.saturating_add(cached);
+        }
+        if !total_sent {
+            self.total = self.input.saturating_add(self.output);
+        }
+        self
     }
 
     /// The usage, when every count in it is one (at most [`MAX_COUNT`]); else `None`: usage
@@ -619,7 +639,7 @@ impl FastUsage {
         let usage = Usage {
             input,
             output,
-            total: u.total_tokens.unwrap_or(input.saturating_add(output)),
+            total: u.total_tokens.unwrap_or(0),
             cached_input: prompt
                 .and_then(|d| d.cached_tokens)
                 .or(u.prompt_cache_hit_tokens)
@@ -632,7 +652,11 @@ impl FastUsage {
             cost: u.cost.and_then(plausible_cost),
             audio_seconds: None,
         };
-        Some(usage.checked())
+        Some(
+            usage
+                .with_parts_in_wholes(u.total_tokens.is_some())
+                .checked(),
+        )
     }
 }
 
@@ -3325,6 +3349,34 @@ mod tests {
         assert!(Usage::from_json(&json!({})).is_none());
         assert!(Usage::from_json(&json!(null)).is_none());
         assert!(Usage::from_json(&json!({"prompt_tokens": -3})).is_none());
+    }
+
+    /// A part larger than its whole (xAI's reasoning beside completion_tokens that leave it
+    /// out) is read as left out of the whole: added to it, the total kept as sent.
+    #[test]
+    fn a_part_larger_than_its_whole_is_added_to_it() {
+        let x = Usage::from_json(
+            &json!({"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 330,
+            "completion_tokens_details": {"reasoning_tokens": 310}}),
+        )
+        .expect("xai");
+        assert_eq!(
+            (x.input, x.output, x.total, x.reasoning),
+            (10, 320, 330, 310)
+        );
+        let c = Usage::from_json(&json!({"prompt_tokens": 31, "completion_tokens": 4,
+            "prompt_tokens_details": {"cached_tokens": 50}}))
+        .expect("cached");
+        assert_eq!((c.input, c.cached_input, c.total), (81, 50, 85));
+        let within = Usage::from_json(&json!({"prompt_tokens": 50, "completion_tokens": 9,
+            "prompt_tokens_details": {"cached_tokens": 50},
+            "completion_tokens_details": {"reasoning_tokens": 9}}))
+        .expect("within");
+        assert_eq!(
+            (within.input, within.output),
+            (50, 9),
+            "a part as large as its whole is in it"
+        );
     }
 
     /// A number that is not a count (negative, not finite, beyond `MAX_COUNT`) anywhere in a

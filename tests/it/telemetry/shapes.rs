@@ -249,6 +249,41 @@ struct LedgerRow {
     error: Option<String>,
 }
 
+/// A part larger than its whole (xAI's reasoning tokens, left out of `completion_tokens`;
+/// cached tokens above `prompt_tokens`) is added to the whole in every sink. Langfuse's
+/// `output` key (output less reasoning) was 0, its parts summing past the total.
+#[tokio::test]
+async fn a_part_larger_than_its_whole_is_added_to_it_in_every_sink() {
+    let setup = Setup::start().await;
+    setup.upstream.set(Behavior {
+        body: Some(
+            json!({"model": "grok-3-mini", "choices": [{"message": {"content": "ok"}}],
+                "usage": {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 340,
+                "prompt_tokens_details": {"cached_tokens": 30},
+                "completion_tokens_details": {"reasoning_tokens": 310}}})
+            .to_string(),
+        ),
+        ..Default::default()
+    });
+    let (id, _) = setup
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "[mock]grok-3-mini", "messages": []}),
+        )
+        .await;
+    let span = setup.otlp.span_of(&id).await.span;
+    assert_eq!(
+        json_attr(&span, "langfuse.observation.usage_details"),
+        Some(
+            json!({"input": 20, "output": 10, "total": 340, "input_cached_tokens": 30,
+            "output_reasoning_tokens": 310})
+        )
+    );
+    let (row, line) = setup.stop_and_read(&id).await;
+    assert_eq!((row.tokens, row.total_tokens), ((50, 320, 30, 0), 340));
+    assert_eq!(line["usage"]["output"], 320, "{line}");
+}
+
 /// One SSE event with an `event:` line, as Anthropic sends them.
 /// The output both Anthropic tests expect: text, thinking, and the weather tool call with
 /// `arguments` as the upstream wrote them.
