@@ -112,6 +112,12 @@ pub struct Generation {
     pub cost_details: Option<String>,
     pub level: Level,
     pub status_message: Option<String>,
+    /// Who the client says the end user is: OpenAI's `user` field, else Anthropic's
+    /// `metadata.user_id` (Claude Code sends one); redacted and bounded.
+    pub client_user: Option<String>,
+    /// The client's `metadata.session_id`, which groups traces into a Langfuse session;
+    /// redacted and bounded.
+    pub session_id: Option<String>,
 }
 
 /// Builds the generation view of `record`. Input plus output are cut to `max_io_bytes`
@@ -195,6 +201,10 @@ pub fn build_with(
         .unwrap_or_default();
     let usage = record.response.usage.as_ref();
     let (level, status_message) = level_of(record);
+    let fields = request.as_ref().filter(|_| !form);
+    let shown = |text: String| bounded(redactor.redact_owned(text));
+    let client_user = fields.and_then(|r| r.client_user()).map(shown);
+    let session_id = fields.and_then(|r| r.session_id()).map(shown);
     Generation {
         operation: bounded_cow(operation_of(&record.endpoint)),
         model: bounded(
@@ -216,6 +226,8 @@ pub fn build_with(
         level,
         status_message: status_message
             .map(|m| clip(&redactor.redact(&m), MAX_STATUS_MESSAGE).into_owned()),
+        client_user,
+        session_id,
     }
 }
 
@@ -267,6 +279,35 @@ impl<'a> RequestFields<'a> {
             .map(|(key, value)| Some((Cow::Borrowed(at(key)?), at(value)?)))
             .collect::<Option<Vec<_>>>()?;
         Some(Self { fields })
+    }
+
+    /// OpenAI's `user` ("a unique identifier representing your end-user"), else Anthropic's
+    /// `metadata.user_id`: a non-blank string, else none.
+    fn client_user(&self) -> Option<String> {
+        self.text("user").or_else(|| self.metadata_text("user_id"))
+    }
+
+    /// `metadata.session_id`: a non-blank string, else none.
+    fn session_id(&self) -> Option<String> {
+        self.metadata_text("session_id")
+    }
+
+    /// The string value of `key`, when it is a string with more than white space in it.
+    fn text(&self, key: &str) -> Option<String> {
+        serde_json::from_str::<String>(self.raw(key)?)
+            .ok()
+            .filter(|text| !text.trim().is_empty())
+    }
+
+    /// The string value of `metadata.<key>`, when `metadata` is an object and it a string
+    /// with more than white space in it.
+    fn metadata_text(&self, key: &str) -> Option<String> {
+        let metadata: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(self.raw("metadata")?).ok()?;
+        match metadata.get(key)? {
+            serde_json::Value::String(text) if !text.trim().is_empty() => Some(text.clone()),
+            _ => None,
+        }
     }
 
     /// The value of `key` (the last one, as JSON parsers do), unless it is `null`.

@@ -1159,10 +1159,19 @@ fn write_attributes(
     let text = |s: &str| bounded(redactor.redact(s).into_owned());
     let provider = text(&record.provider);
     a.strs("langfuse.trace.tags", vec![provider.clone()]);
-    if let Some(user) = &record.user {
-        let user = bounded_str(user.as_str()).into_owned();
+    // The account, when accounts are on: a client's own word for who it is counts only
+    // when no key says it (else any user could file traces under another's name).
+    let user = match &record.user {
+        Some(user) => Some(bounded_str(user.as_str()).into_owned()),
+        None => g.client_user.clone(),
+    };
+    if let Some(user) = user {
         a.str("user.id", user.clone());
         a.str("langfuse.user.id", user);
+    }
+    if let Some(session) = &g.session_id {
+        a.str("session.id", session.clone());
+        a.str("langfuse.session.id", session.clone());
     }
     a.str("langfuse.observation.model.name", g.model);
     if let Some(parameters) = g.parameters {

@@ -360,6 +360,67 @@ async fn a_client_that_disconnects_mid_stream_leaves_a_partial_warning() {
     router.stop().await;
 }
 
+/// Without accounts the client says who its end user is and which session a request is
+/// in: OpenAI's `user`, else Anthropic's `metadata.user_id` (Claude Code's), and
+/// `metadata.session_id`, as Langfuse's `user.id` and `session.id` (redacted). Nothing the
+/// client sent could set either before. A blank or non-string value sets nothing.
+#[tokio::test]
+async fn the_clients_user_and_session_go_to_the_span_without_accounts() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let otlp = MockOtlp::start().await;
+    let (router, _sink) = router_with_langfuse(
+        &one_server_config(&upstream.url(), ""),
+        langfuse_options(&otlp),
+        |_| {},
+    )
+    .await;
+    let messages = json!([{"role": "user", "content": "hi"}]);
+    let cases = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "[mock]m", "user": "enduser-42",
+                "metadata": {"session_id": "chat-7", "user_id": "not-this"}, "messages": messages}),
+            Some("enduser-42"),
+            Some("chat-7"),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "[mock]m", "max_tokens": 9,
+                "metadata": {"user_id": "user_abc_session_1"}, "messages": messages}),
+            Some("user_abc_session_1"),
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "[mock]m", "user": " ", "metadata": {"session_id": 7},
+                "messages": messages}),
+            None,
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "[mock]m", "user": "sk-mock-upstream-key", "messages": messages}),
+            Some("[redacted]"),
+            None,
+        ),
+    ];
+    for (path, body, user, session) in cases {
+        let response = client()
+            .post(router.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        let span = otlp.span_of(&request_id(&response)).await.span;
+        assert_eq!(str_attr(&span, "user.id"), user, "{body}");
+        assert_eq!(str_attr(&span, "langfuse.user.id"), user, "{body}");
+        assert_eq!(str_attr(&span, "session.id"), session, "{body}");
+        assert_eq!(str_attr(&span, "langfuse.session.id"), session, "{body}");
+    }
+    router.stop().await;
+}
+
 const USER_KEY: &str = "sk-lr-0123456789abcdefghijABCDEFGHIJ";
 
 struct OneUser;
@@ -386,14 +447,17 @@ async fn a_user_request_carries_the_user_id_and_never_the_users_key() {
     let response = client()
         .post(router.url("/v1/chat/completions"))
         .bearer_auth(USER_KEY)
-        .json(&json!({"model": "[mock]gpt-4o", "messages": [
-            {"role": "user", "content": format!("my key is {USER_KEY}")}]}))
+        .json(
+            &json!({"model": "[mock]gpt-4o", "user": "bob", "messages": [
+            {"role": "user", "content": format!("my key is {USER_KEY}")}]}),
+        )
         .send()
         .await
         .expect("send");
     assert_eq!(response.status(), 200);
     let received = otlp.span_of(&request_id(&response)).await;
     let span = &received.span;
+    // The account, not the body's word for who it is.
     assert_eq!(str_attr(span, "user.id"), Some("ann"));
     assert_eq!(str_attr(span, "langfuse.user.id"), Some("ann"));
     let text = all_text(&received);
