@@ -146,14 +146,9 @@ fn a_variable_that_is_not_utf8_stops_start_up_naming_it() {
                 }
             }
             let (code, _, stderr) = run_cli_bytes(dir.path(), args, &envs);
-            // `check` says an environment it finds invalid with 1; a flag's variable is a
-            // command-line mistake (2) there too.
-            let flag_variable = matches!(*name, "LLMSROUTER_PORT" | "LLMSROUTER_HOST");
-            let status = if args[0] == "check" && !flag_variable {
-                1
-            } else {
-                2
-            };
+            // `check` says an environment it finds invalid with 1, a flag's variable too
+            // (its contract: 0 valid, 1 not); `serve` stops with 2.
+            let status = if args[0] == "check" { 1 } else { 2 };
             assert_eq!(code, status, "{name} {args:?}: {stderr}");
             assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
             assert!(
@@ -242,14 +237,9 @@ fn an_empty_variable_in_use_is_refused_not_defaulted() {
         ] {
             let envs: Vec<(&str, &[u8])> = envs.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
             let (code, _, stderr) = run_cli_bytes(dir.path(), args, &envs);
-            // `check` says an environment it finds invalid with 1; a flag's variable is a
-            // command-line mistake (2) there too.
-            let flag_variable = matches!(*name, "LLMSROUTER_PORT" | "LLMSROUTER_HOST");
-            let status = if args[0] == "check" && !flag_variable {
-                1
-            } else {
-                2
-            };
+            // `check` says an environment it finds invalid with 1, a flag's variable too
+            // (its contract: 0 valid, 1 not); `serve` stops with 2.
+            let status = if args[0] == "check" { 1 } else { 2 };
             assert_eq!(code, status, "{name} {args:?}: {stderr}");
             assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
             assert_eq!(

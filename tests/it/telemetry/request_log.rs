@@ -419,7 +419,8 @@ async fn a_deleted_log_folder_is_made_again_and_lost_lines_are_counted() {
             ("LLMSROUTER_LEDGER", "false"),
         ],
     );
-    request_until(&router, async || todays_lines(&logs) == 1).await;
+    // `> 0`: under load a second request may be sent before the first line is written.
+    request_until(&router, async || todays_lines(&logs) > 0).await;
 
     std::fs::remove_dir_all(&logs).expect("rm -rf logs");
     std::fs::write(&logs, "not a folder").expect("a file instead");
