@@ -457,12 +457,13 @@ fn conflict_from_a_variable(
     ))
 }
 
-/// `--host`: an IP address (`[::1]` too, as a URL writes it) or `localhost` (127.0.0.1).
-/// Parsed by clap, so a bad or empty host is a command-line mistake (exit status 2, named
-/// by its variable when `LLMSROUTER_HOST` gave it), as a bad port is.
+/// `--host`: an IP address (`[::1]` too, as a URL writes it) or `localhost` (127.0.0.1),
+/// in any case, as host names are. Parsed by clap, so a bad or empty host is a command-line
+/// mistake (exit status 2, named by its variable when `LLMSROUTER_HOST` gave it), as a bad
+/// port is.
 pub fn listen_host(value: &str) -> Result<std::net::IpAddr, String> {
     let host = value.trim_start_matches('[').trim_end_matches(']');
-    if host == "localhost" {
+    if host.eq_ignore_ascii_case("localhost") {
         return Ok(std::net::Ipv4Addr::LOCALHOST.into());
     }
     host.parse().map_err(|_| {

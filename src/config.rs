@@ -1112,6 +1112,9 @@ pub fn validate_base_url(url: &str) -> Result<String, String> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("the URL has no host".to_owned());
     }
+    // Written `http(s)://host`, as a URL target must be: `http:///v1` parsed with the host
+    // `v1`, passed `check` and failed every request with a DNS error.
+    crate::routing::well_formed(url)?;
     Ok(url.trim_end_matches('/').to_owned())
 }
 
@@ -1257,6 +1260,10 @@ settings:
         assert!(reason.contains("white space"), "{reason}");
         let (_, reason) = error_of("servers:\n  a:\n    url: \"http://x/v1#top\"\n");
         assert!(reason.contains("#fragment"), "{reason}");
+        for no_host in ["http:///v1", "http:/x/v1", "https:x", "http:\\\\x/v1"] {
+            let (_, reason) = error_of(&format!("servers:\n  a:\n    url: '{no_host}'\n"));
+            assert!(reason.contains("no host"), "{no_host}: {reason}");
+        }
         let (_, reason) = error_of("servers:\n  a:\n    url: \"http://x/v\\n1\"\n");
         assert!(reason.contains("line break inside"), "{reason}");
         let (path, _) = error_of("servers:\n  \"火 山\":\n    url: http://x\n");

@@ -602,7 +602,7 @@ fn url_target(text: &str) -> Result<(String, Option<String>, url::Url), String> 
 /// white space and control characters are ignored, as the url crate ignores them. A tab or
 /// line break inside is refused: the url crate drops it silently, so `/v%0A1` reached `/v1`
 /// and a pasted URL broken over two lines went somewhere its writer never saw.
-fn well_formed(text: &str) -> Result<(url::Url, &str), String> {
+pub(crate) fn well_formed(text: &str) -> Result<(url::Url, &str), String> {
     let text = text.trim_matches(|c: char| c <= ' ');
     if text.contains(['\t', '\n', '\r']) {
         return Err("a tab or line break inside the URL: remove it".to_owned());

@@ -744,6 +744,20 @@ fn an_empty_or_bad_listen_address_is_a_command_line_mistake() {
     }
 }
 
+/// `localhost` is a host name: any case is it (`LOCALHOST` was "not an IP address").
+#[test]
+fn localhost_is_taken_in_any_case() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    for host in ["localhost", "LOCALHOST", "LocalHost"] {
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[("LLMSROUTER_HOST", host)]);
+        assert_eq!(code, 0, "{host}: {stderr}");
+        assert!(stdout.contains("environment: ok"), "{stdout}");
+    }
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &[("LLMSROUTER_HOST", "localhos")]);
+    assert_eq!(code, 1, "{stderr}");
+}
+
 /// A flag on the line wins over its variable, even one set but empty: `LLMSROUTER_CONFIG=`
 /// or `LLMSROUTER_DB=` with `--config` / `--db` given (after the command, as they may be) used
 /// to fail with clap's "a value is required for '--config <PATH>'", naming neither. Without
