@@ -32,13 +32,18 @@ impl LedgerSetup {
 
     /// [`Self::start`] with a ledger that waits for a locked database as `waits` says.
     async fn start_waiting(waits: LedgerWaits) -> Self {
+        Self::start_with(waits, "").await
+    }
+
+    /// [`Self::start_waiting`] with `extra` lines in the mock server's config.
+    async fn start_with(waits: LedgerWaits, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         let db = dir.path().join("users.db");
         let upstream = MockUpstream::start(Behavior::default()).await;
         let ledger =
             Arc::new(LedgerSink::start_waiting(&db, Redactor::default(), waits).expect("ledger"));
         let router = TestRouter::start_with_sinks(
-            &one_server_config(&upstream.url(), ""),
+            &one_server_config(&upstream.url(), extra),
             vec![ledger.clone() as Arc<dyn RecordSink>],
             |_| {},
         )
@@ -53,6 +58,21 @@ impl LedgerSetup {
     }
 }
 
+/// POSTs `body` to the router's chat completions, reads the answer whole; its status and
+/// request id.
+async fn chat(router: &TestRouter, body: serde_json::Value) -> (reqwest::StatusCode, String) {
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let id = request_id(&response);
+    let status = response.status();
+    let _ = response.bytes().await.expect("body");
+    (status, id)
+}
+
 #[tokio::test]
 async fn ledger_totals_equal_the_usage_the_upstream_sent() {
     let LedgerSetup {
@@ -62,18 +82,10 @@ async fn ledger_totals_equal_the_usage_the_upstream_sent() {
         ledger,
         router,
     } = LedgerSetup::start().await;
-    let http = client();
     let mut ids = BTreeSet::new();
     let mut send = async |body: serde_json::Value| {
-        let response = http
-            .post(router.url("/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-            .expect("send");
-        ids.insert(request_id(&response));
-        let status = response.status();
-        let _ = response.bytes().await.expect("body");
+        let (status, id) = chat(&router, body).await;
+        ids.insert(id);
         status
     };
     // Three whole answers: 11 in, 2 out each.
@@ -198,32 +210,18 @@ async fn ledger_totals_equal_the_usage_the_upstream_sent() {
 /// model and answers with usage are not counted there.
 #[tokio::test]
 async fn usage_counts_requests_the_upstream_reported_no_usage_for() {
-    let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("users.db");
-    let upstream = MockUpstream::start(Behavior {
+    let LedgerSetup {
+        dir,
+        db,
+        upstream,
+        ledger,
+        router,
+    } = LedgerSetup::start_with(LedgerWaits::default(), "    stream_usage: false\n").await;
+    upstream.set(Behavior {
         chunks: 3,
         ..Default::default()
-    })
-    .await;
-    let ledger = Arc::new(LedgerSink::start(&db, Redactor::default()).expect("ledger"));
-    let router = TestRouter::start_with_sinks(
-        &one_server_config(&upstream.url(), "    stream_usage: false\n"),
-        vec![ledger.clone() as Arc<dyn RecordSink>],
-        |_| {},
-    )
-    .await;
-    let http = client();
-    let send = async |body: serde_json::Value| {
-        let response = http
-            .post(router.url("/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-            .expect("send");
-        let status = response.status();
-        let _ = response.bytes().await.expect("body");
-        status
-    };
+    });
+    let send = async |body: serde_json::Value| chat(&router, body).await.0;
     let stream = json!({"model": "[mock]gpt-4o", "stream": true, "messages": []});
     for _ in 0..2 {
         assert_eq!(send(stream.clone()).await, 200);
