@@ -1095,9 +1095,12 @@ pub fn validate_base_url(url: &str) -> Result<String, String> {
     if url.trim() != url {
         return Err("has white space at its start or end".to_owned());
     }
-    // The url crate drops these silently: `/v\n1` would be used as `/v1`.
-    if url.contains(['\t', '\n', '\r']) {
-        return Err("has a tab or line break inside: remove it".to_owned());
+    // The url crate drops these silently (`/v\n1` would be used as `/v1`), and a control
+    // character at either end too.
+    if url.contains(char::is_control) {
+        return Err(
+            "has a tab, line break or other control character inside: remove it".to_owned(),
+        );
     }
     let parsed = url::Url::parse(url).map_err(|e| format!("not a valid URL ({e})"))?;
     if parsed.fragment().is_some() {
@@ -1265,7 +1268,12 @@ settings:
             assert!(reason.contains("no host"), "{no_host}: {reason}");
         }
         let (_, reason) = error_of("servers:\n  a:\n    url: \"http://x/v\\n1\"\n");
-        assert!(reason.contains("line break inside"), "{reason}");
+        assert!(
+            reason.contains("line break or other control character inside"),
+            "{reason}"
+        );
+        let (_, reason) = error_of("servers:\n  a:\n    url: \"http://x/v1\\u0001\"\n");
+        assert!(reason.contains("control character"), "{reason}");
         let (path, _) = error_of("servers:\n  \"火 山\":\n    url: http://x\n");
         assert_eq!(path, "servers.火 山");
     }

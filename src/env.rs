@@ -615,15 +615,22 @@ pub fn shown_url(value: &str) -> String {
     shown
 }
 
-/// Checks that `value` is an absolute http(s) URL; the error names the variable.
+/// Checks that `value` is an absolute http(s) URL written `http(s)://host`, as a server's
+/// `url` in config.yaml must be; the error names the variable. A control character in it
+/// (a tab, a line break: the url crate drops them) is said without the value, which it
+/// would break over lines; `http:///x` (the host `x`) used to pass `check` and stop `serve`.
 fn http_url(name: &'static str, value: &str) -> Result<String, EnvError> {
-    match url::Url::parse(value) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
-            Ok(value.to_owned())
-        }
-        _ => Err(EnvError {
+    if value.contains(char::is_control) {
+        return Err(EnvError {
             name,
-            reason: format!("\"{}\" is not an http(s) URL", shown_url(value)),
+            reason: "has a tab, line break or other control character inside: remove it".to_owned(),
+        });
+    }
+    match crate::config::validate_base_url(value) {
+        Ok(_) => Ok(value.to_owned()),
+        Err(reason) => Err(EnvError {
+            name,
+            reason: format!("\"{}\" is not an http(s) URL: {reason}", shown_url(value)),
         }),
     }
 }

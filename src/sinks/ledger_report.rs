@@ -134,6 +134,14 @@ fn count(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// A row of a request for a model that ended well with no usage from the upstream. A whole
+/// Responses API answer without usage is left out: a `background: true` create answers
+/// queued, and its tokens are counted in the row of the read-back that finds it done (see
+/// `record::BackgroundResults`), so it is no usage lost; the ledger does not say which
+/// create asked for background, and a Responses API answer done at once has its usage.
+const NO_USAGE: &str = "outcome = 'success' AND usage_known = 0 AND usage_partial = 0 \
+    AND model <> '' AND NOT (endpoint = '/responses' AND stream = 0)";
+
 /// Reads the ledger's totals. `since` must already be a valid `YYYY-MM-DD`.
 pub fn query(conn: &Connection, by: GroupBy, since: Option<&str>) -> rusqlite::Result<UsageReport> {
     // A database read as it is (read-only, from the Python version) may have no ledger yet:
@@ -167,10 +175,11 @@ pub fn query(conn: &Connection, by: GroupBy, since: Option<&str>) -> rusqlite::R
         "SELECT {col} AS key, COUNT(*) AS requests, TOTAL(input_tokens), TOTAL(output_tokens),
             TOTAL(total_tokens), TOTAL(cached_tokens), TOTAL(reasoning_tokens), SUM(cost),
             outcome, TOTAL(usage_partial), {audio_seconds}, TOTAL(cache_creation_tokens),
-            TOTAL(outcome = 'success' AND usage_known = 0 AND usage_partial = 0 AND model <> '')
+            TOTAL({no_usage})
          FROM usage_ledger WHERE (?1 IS NULL OR day >= ?1)
          GROUP BY {col}, outcome",
-        col = by.column()
+        col = by.column(),
+        no_usage = NO_USAGE
     );
     let mut statement = conn.prepare(&sql)?;
     let mut groups: Vec<UsageTotals> = Vec::new();

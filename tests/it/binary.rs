@@ -744,6 +744,51 @@ fn an_empty_or_bad_listen_address_is_a_command_line_mistake() {
     }
 }
 
+/// A tracing endpoint `serve` cannot use (a tab or line break inside, no host written as
+/// `http://host`) is refused by `check` (exit status 1) and by `serve` at start (2), in the
+/// same line, which never shows the value broken over lines. `check` passed them, and `serve`
+/// stopped later, with exit status 1, building its exporter.
+#[test]
+fn a_tracing_endpoint_serve_cannot_use_is_refused_by_check_too() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let keys = [
+        ("LANGFUSE_PUBLIC_KEY", "pk-lf-1"),
+        ("LANGFUSE_SECRET_KEY", "sk-lf-1"),
+    ];
+    let cases = [
+        (
+            "LANGFUSE_HOST",
+            "http://127.0.0.1:9/x\ty",
+            "control character",
+        ),
+        (
+            "LANGFUSE_HOST",
+            "http://127.0.0.1:9\n9",
+            "control character",
+        ),
+        ("LANGFUSE_HOST", "http:///x", "no host"),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http:/127.0.0.1:9",
+            "no host",
+        ),
+    ];
+    for (name, value, reason) in cases {
+        let mut envs = keys.to_vec();
+        envs.push((name, value));
+        let (code, _, stderr) = run_cli(dir.path(), &["check"], &envs);
+        assert_eq!(code, 1, "{name}={value:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with(&format!("error: {name}: ")), "{stderr}");
+        assert!(stderr.contains(reason), "{stderr}");
+        envs.push(("LLMSROUTER_PORT", "0"));
+        let (serve_code, _, serve_stderr) = run_cli(dir.path(), &["serve"], &envs);
+        assert_eq!(serve_code, 2, "{name}={value:?}: {serve_stderr}");
+        assert!(serve_stderr.contains(stderr.trim()), "{serve_stderr}");
+    }
+}
+
 /// `localhost` is a host name: any case is it (`LOCALHOST` was "not an IP address").
 #[test]
 fn localhost_is_taken_in_any_case() {

@@ -207,7 +207,7 @@ async fn ledger_totals_equal_the_usage_the_upstream_sent() {
 /// A stream from a server that is not asked for usage (`stream_usage: false`) ends well
 /// with no token counts: `usage` counts it under NO_USAGE (`no_usage`), not as a request
 /// that used none. It showed 0 tokens with nothing said. Errors, requests that name no
-/// model and answers with usage are not counted there.
+/// model, answers with usage and a queued background create are not counted there.
 #[tokio::test]
 async fn usage_counts_requests_the_upstream_reported_no_usage_for() {
     let LedgerSetup {
@@ -230,6 +230,19 @@ async fn usage_counts_requests_the_upstream_reported_no_usage_for() {
         send(json!({"model": "[mock]gpt-4o", "messages": []})).await,
         200
     );
+    // A background Responses API create answers queued: its read-back done counts its
+    // tokens, so it is no usage lost.
+    upstream.set(Behavior {
+        body: Some(r#"{"id":"resp_1","object":"response","status":"queued","model":"m"}"#.into()),
+        ..Default::default()
+    });
+    let response = client()
+        .post(router.url("/v1/responses"))
+        .json(&json!({"model": "[mock]m", "input": "hi", "background": true}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
     upstream.set(Behavior {
         status: 500,
         body: Some(r#"{"error":{"message":"down"}}"#.into()),
@@ -237,13 +250,13 @@ async fn usage_counts_requests_the_upstream_reported_no_usage_for() {
     });
     assert_eq!(send(stream).await, 500);
     router.stop().await;
-    assert_eq!(ledger.stats().written(), 4);
+    assert_eq!(ledger.stats().written(), 5);
 
     let db_arg = db.to_str().expect("utf8");
     let (code, stdout, stderr) = run_cli(dir.path(), &["usage", "--json", "--db", db_arg], &[]);
     assert_eq!(code, 0, "{stderr}");
     let json: serde_json::Value = serde_json::from_str(&stdout).expect("json");
-    assert_eq!(json["total"]["requests"], 4);
+    assert_eq!(json["total"]["requests"], 5);
     assert_eq!(json["total"]["no_usage"], 2, "{json}");
     assert_eq!(json["total"]["partial"], 0);
     assert_eq!(
