@@ -135,17 +135,24 @@ impl Usage {
         .checked()
     }
 
-    /// A part larger than its whole says the whole leaves the part out, as Anthropic's
-    /// input_tokens leave the cache out (xAI's completion_tokens leave reasoning out: 10
-    /// beside 310 reasoning, total 330): it is added, so every sink reads a whole as holding
-    /// its parts (subtracted for Langfuse's keys, it went below zero). A total the upstream
-    /// did not send is the sum of input and output then.
+    /// A part the whole leaves out is added to it, as Anthropic's input_tokens leave the
+    /// cache out, so every sink reads a whole as holding its parts (Langfuse's keys subtract
+    /// them: left out and subtracted, the output went to 0 and the keys missed the total).
+    /// Left out it is when it is larger than the whole, or when the total sent is the sum
+    /// with the part beside it: xAI's completion_tokens leave reasoning out (500 beside 200
+    /// reasoning, total 710 with 10 in). The same total telling both parts apart is read as
+    /// neither. A total the upstream did not send is the sum of input and output then.
     fn with_parts_in_wholes(mut self, total_sent: bool) -> Self {
-        if self.reasoning > self.output {
-            self.output = self.output.saturating_add(self.reasoning);
-        }
         let cached = self.cached_input.saturating_add(self.cache_creation_input);
-        if cached > self.input {
+        let reasoning = self.reasoning;
+        let sum = self.input.saturating_add(self.output);
+        let beside = |part: u64| total_sent && part > 0 && self.total == sum.saturating_add(part);
+        let both = reasoning > 0 && cached > 0 && beside(reasoning.saturating_add(cached));
+        let ambiguous = beside(reasoning) && beside(cached);
+        if reasoning > self.output || both || (beside(reasoning) && !ambiguous) {
+            self.output = self.output.saturating_add(reasoning);
+        }
+        if cached > self.input || both || (beside(cached) && !ambiguous) {
             self.input = self.input.saturating_add(cached);
         }
         if !total_sent {
@@ -3377,6 +3384,31 @@ mod tests {
             (50, 9),
             "a part as large as its whole is in it"
         );
+        // xAI with less reasoning than output: the total says it is left out.
+        let beside = Usage::from_json(&json!({"prompt_tokens": 10, "completion_tokens": 500,
+            "total_tokens": 710, "completion_tokens_details": {"reasoning_tokens": 200}}))
+        .expect("beside");
+        assert_eq!((beside.output, beside.total), (700, 710));
+        let cache_beside = Usage::from_json(&json!({"prompt_tokens": 10, "completion_tokens": 5,
+            "total_tokens": 19, "prompt_tokens_details": {"cached_tokens": 4}}))
+        .expect("cache beside");
+        assert_eq!((cache_beside.input, cache_beside.output), (14, 5));
+        let both = Usage::from_json(&json!({"prompt_tokens": 10, "completion_tokens": 5,
+            "total_tokens": 22, "prompt_tokens_details": {"cached_tokens": 4},
+            "completion_tokens_details": {"reasoning_tokens": 3}}))
+        .expect("both");
+        assert_eq!((both.input, both.output), (14, 8));
+        let ambiguous = Usage::from_json(&json!({"prompt_tokens": 10, "completion_tokens": 5,
+            "total_tokens": 18, "prompt_tokens_details": {"cached_tokens": 3},
+            "completion_tokens_details": {"reasoning_tokens": 3}}))
+        .expect("ambiguous");
+        assert_eq!((ambiguous.input, ambiguous.output), (10, 5));
+        // OpenAI's own: reasoning within output, cache within input, total their sum.
+        let openai = Usage::from_json(&json!({"prompt_tokens": 10, "completion_tokens": 5,
+            "total_tokens": 15, "prompt_tokens_details": {"cached_tokens": 4},
+            "completion_tokens_details": {"reasoning_tokens": 3}}))
+        .expect("openai");
+        assert_eq!((openai.input, openai.output), (10, 5));
     }
 
     /// A number that is not a count (negative, not finite, beyond `MAX_COUNT`) anywhere in a
