@@ -260,6 +260,16 @@ impl<'de> Deserialize<'de> for RequestFields<'de> {
     }
 }
 
+/// A name a client gave (its end user, its session) as a span shows it: without control
+/// characters (a NUL a store may refuse, a line break that splits it) and the white space
+/// around it; `None` when nothing is left. Cleaned before redaction: taken out after it,
+/// they could join the halves of a key into one.
+fn identity(text: &str) -> Option<String> {
+    let clean: String = text.chars().filter(|c| !c.is_control()).collect();
+    let clean = clean.trim();
+    (!clean.is_empty()).then(|| clean.to_owned())
+}
+
 impl<'a> RequestFields<'a> {
     fn parse(body: &'a [u8]) -> Option<Self> {
         // One UTF-8 check of the whole body, not one per key and raw value (see
@@ -292,20 +302,18 @@ impl<'a> RequestFields<'a> {
         self.metadata_text("session_id")
     }
 
-    /// The string value of `key`, when it is a string with more than white space in it.
+    /// The string value of `key`, as [`identity`] shows it, when it is a string.
     fn text(&self, key: &str) -> Option<String> {
-        serde_json::from_str::<String>(self.raw(key)?)
-            .ok()
-            .filter(|text| !text.trim().is_empty())
+        identity(&serde_json::from_str::<String>(self.raw(key)?).ok()?)
     }
 
-    /// The string value of `metadata.<key>`, when `metadata` is an object and it a string
-    /// with more than white space in it.
+    /// The string value of `metadata.<key>`, as [`identity`] shows it, when `metadata` is an
+    /// object and it a string.
     fn metadata_text(&self, key: &str) -> Option<String> {
         let metadata: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(self.raw("metadata")?).ok()?;
         match metadata.get(key)? {
-            serde_json::Value::String(text) if !text.trim().is_empty() => Some(text.clone()),
+            serde_json::Value::String(text) => identity(text),
             _ => None,
         }
     }

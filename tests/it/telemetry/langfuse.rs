@@ -362,8 +362,9 @@ async fn a_client_that_disconnects_mid_stream_leaves_a_partial_warning() {
 
 /// Without accounts the client says who its end user is and which session a request is
 /// in: OpenAI's `user`, else Anthropic's `metadata.user_id` (Claude Code's), and
-/// `metadata.session_id`, as Langfuse's `user.id` and `session.id` (redacted). Nothing the
-/// client sent could set either before. A blank or non-string value sets nothing.
+/// `metadata.session_id`, as Langfuse's `user.id` and `session.id` (without control
+/// characters, trimmed, redacted). Nothing the client sent could set either before. A
+/// blank or non-string value sets nothing.
 #[tokio::test]
 async fn the_clients_user_and_session_go_to_the_span_without_accounts() {
     let upstream = MockUpstream::start(Behavior::default()).await;
@@ -402,6 +403,16 @@ async fn the_clients_user_and_session_go_to_the_span_without_accounts() {
             json!({"model": "[mock]m", "user": "sk-mock-upstream-key", "messages": messages}),
             Some("[redacted]"),
             None,
+        ),
+        // Control characters out and white space trimmed, before redaction: a key split
+        // by a line break is still found; one of only control characters falls back.
+        (
+            "/v1/chat/completions",
+            json!({"model": "[mock]m", "user": "\0\r\n", "messages": messages,
+                "metadata": {"user_id": " ann\0\r\nX-Injected: 1 ",
+                "session_id": "sk-mock-up\nstream-key"}}),
+            Some("annX-Injected: 1"),
+            Some("[redacted]"),
         ),
     ];
     for (path, body, user, session) in cases {
