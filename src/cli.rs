@@ -462,7 +462,10 @@ fn conflict_from_a_variable(
 /// mistake (exit status 2, named by its variable when `LLMSROUTER_HOST` gave it), as a bad
 /// port is.
 pub fn listen_host(value: &str) -> Result<std::net::IpAddr, String> {
-    let host = value.trim_start_matches('[').trim_end_matches(']');
+    let host = value
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(value);
     if host.eq_ignore_ascii_case("localhost") {
         return Ok(std::net::Ipv4Addr::LOCALHOST.into());
     }

@@ -799,8 +799,12 @@ fn localhost_is_taken_in_any_case() {
         assert_eq!(code, 0, "{host}: {stderr}");
         assert!(stdout.contains("environment: ok"), "{stdout}");
     }
-    let (code, _, stderr) = run_cli(dir.path(), &["check"], &[("LLMSROUTER_HOST", "localhos")]);
-    assert_eq!(code, 1, "{stderr}");
+    for bad in ["localhos", "[localhost", "::1]"] {
+        let (code, _, stderr) = run_cli(dir.path(), &["check"], &[("LLMSROUTER_HOST", bad)]);
+        assert_eq!(code, 1, "{bad}: {stderr}");
+    }
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &[("LLMSROUTER_HOST", "[::1]")]);
+    assert_eq!(code, 0, "{stderr}");
 }
 
 /// A flag on the line wins over its variable, even one set but empty: `LLMSROUTER_CONFIG=`
