@@ -282,6 +282,7 @@ impl EnvSettings {
         unused_otlp_variables(env, &mut warnings);
         python_bypass(env, &mut warnings);
         proxy_variables(env)?;
+        proxy_warnings(env, &mut warnings);
         trusted_cas(env)?;
         Ok(Self {
             account_management: bool_var(env, "ENABLE_ACCOUNT_MANAGEMENT", false)?,
@@ -913,6 +914,68 @@ fn authority_of(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     &rest[..end]
+}
+
+/// What the upstream client's matcher reads otherwise than curl and Python do, said once at
+/// start rather than found when traffic meant to bypass a proxy went through it:
+/// - a `NO_PROXY` entry with a port (`vm:8000`, `127.0.0.1:8000`, `[::1]:8000`; Python's
+///   urllib and httpx honour it) or a network that is none (`10.0.0.0/33`): the matcher
+///   takes it as a name no host has, so it bypasses nothing;
+/// - a variable set in both cases to different values: the upper-case one is read (curl and
+///   Python read the lower-case one first).
+fn proxy_warnings(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<String>) {
+    let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    for [upper, lower] in [
+        ["HTTPS_PROXY", "https_proxy"],
+        ["HTTP_PROXY", "http_proxy"],
+        ["ALL_PROXY", "all_proxy"],
+        ["NO_PROXY", "no_proxy"],
+    ] {
+        if let (Some(a), Some(b)) = (set(upper), set(lower)) {
+            if a.trim() != b.trim() {
+                // Values not shown: a proxy URL may hold a password.
+                warnings.push(format!(
+                    "{upper} and {lower} are both set, to different values: {upper} is read \
+                     (curl and Python read {lower}); unset one"
+                ));
+            }
+        }
+    }
+    let Some((name, value)) = ["NO_PROXY", "no_proxy"]
+        .into_iter()
+        .find_map(|name| set(name).map(|value| (name, value)))
+    else {
+        return;
+    };
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        if let Some(why) = unread_no_proxy_entry(entry) {
+            warnings.push(format!(
+                "{name}: the entry \"{}\" {why}, so it bypasses the proxy for no host",
+                crate::printable(entry)
+            ));
+        }
+    }
+}
+
+/// Why the matcher reads `entry` of `NO_PROXY` as matching no host, if it does.
+fn unread_no_proxy_entry(entry: &str) -> Option<&'static str> {
+    use std::net::IpAddr;
+    if let Some((address, prefix)) = entry.split_once('/') {
+        let max = match address.parse::<IpAddr>() {
+            Ok(IpAddr::V4(_)) => 32,
+            Ok(IpAddr::V6(_)) => 128,
+            Err(_) => return Some("is not a network (an IP address, / and a prefix length)"),
+        };
+        return match prefix.parse::<u8>() {
+            Ok(bits) if bits <= max => None,
+            _ => Some("is not a network (its prefix length is not one)"),
+        };
+    }
+    let bare = entry.trim_start_matches('[').trim_end_matches(']');
+    if entry.contains(':') && bare.parse::<IpAddr>().is_err() {
+        return Some("has a port, which is not read (write the host alone)");
+    }
+    None
 }
 
 /// `NO_PROXY` (or `no_proxy`, when `NO_PROXY` is unset or empty) is `*`: no host is reached

@@ -789,6 +789,55 @@ fn a_tracing_endpoint_serve_cannot_use_is_refused_by_check_too() {
     }
 }
 
+/// `NO_PROXY` entries the upstream client's matcher reads as matching no host (one with a
+/// port, which Python honours; a network that is none) and a proxy variable set in both
+/// cases to different values are warned of by `check` (which still passes) and `serve`:
+/// traffic meant to bypass the proxy went through it without a word.
+#[test]
+fn no_proxy_entries_that_bypass_nothing_are_warned_of() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let envs = [
+        (
+            "NO_PROXY",
+            "vm:45950, 127.0.0.1:8000,[::1]:80,10.0.0.0/33,.example.com,::1,10.0.0.0/8",
+        ),
+        ("no_proxy", "localhost"),
+        ("HTTP_PROXY", "http://127.0.0.1:9"),
+        ("http_proxy", "http://127.0.0.1:9"),
+    ];
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &envs);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("environment: ok"), "{stdout}");
+    let warned: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: NO_PROXY"))
+        .collect();
+    for entry in ["vm:45950", "127.0.0.1:8000", "[::1]:80"] {
+        let line = format!(
+            "warning: NO_PROXY: the entry \"{entry}\" has a port, which is not read (write the host alone), so it bypasses the proxy for no host"
+        );
+        assert!(warned.contains(&line.as_str()), "{entry}: {stderr}");
+    }
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains("\"10.0.0.0/33\" is not a network")),
+        "{stderr}"
+    );
+    assert!(
+        warned.iter().any(|l| l.starts_with(
+            "warning: NO_PROXY and no_proxy are both set, to different values: NO_PROXY is read"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        warned.len(),
+        5,
+        "nothing else, the same HTTP_PROXY pair not: {stderr}"
+    );
+}
+
 /// `localhost` is a host name: any case is it (`LOCALHOST` was "not an IP address").
 #[test]
 fn localhost_is_taken_in_any_case() {
