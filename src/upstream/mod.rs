@@ -562,6 +562,9 @@ pub(crate) fn cause_text(cause: &(dyn std::error::Error + 'static)) -> String {
     if let Some(at) = text.find(": https://docs.rs/") {
         text.truncate(at);
     }
+    if let Some(refusal) = tunnel_refusal(&text) {
+        return refusal.to_owned();
+    }
     match tls_error(cause) {
         Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
             format!(
@@ -577,6 +580,26 @@ pub(crate) fn cause_text(cause: &(dyn std::error::Error + 'static)) -> String {
             webpki_refusal(other)
         }
         _ => text,
+    }
+}
+
+/// The words of a proxy's refusal to open a tunnel (its answer to `CONNECT` for an
+/// `https://` upstream was not 200), for hyper-util's ("tunnel error: unsuccessful", "tunnel
+/// error: proxy authorization required"), which neither say it was the proxy that refused
+/// nor read as the refusal of a request to an `http://` upstream does. hyper-util keeps no
+/// more than that (not the proxy's status): its error is known by its text, and a test
+/// holds the words.
+fn tunnel_refusal(text: &str) -> Option<&'static str> {
+    match text {
+        "tunnel error: proxy authorization required" => Some(
+            "the proxy (HTTPS_PROXY or ALL_PROXY) refused to open a tunnel to it: 407 Proxy \
+             Authentication Required; check the credentials in the variable",
+        ),
+        "tunnel error: unsuccessful" => Some(
+            "the proxy (HTTPS_PROXY or ALL_PROXY) refused to open a tunnel to it: its answer to \
+             CONNECT was not 200 (a 403 or 502 of the proxy's, say)",
+        ),
+        _ => None,
     }
 }
 

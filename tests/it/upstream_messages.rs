@@ -446,6 +446,48 @@ async fn a_proxy_refusing_its_credentials_is_the_routers_error_naming_it() {
     assert!(!text.contains("secret-password"), "{text}");
 }
 
+/// A proxy refusing the tunnel to an `https://` upstream (its answer to `CONNECT` not 200)
+/// is said to be the proxy's refusal, as for an `http://` upstream: it read "tunnel error:
+/// unsuccessful", which named neither the proxy nor what it refused.
+#[tokio::test]
+async fn a_proxy_refusing_a_tunnel_is_said_to_be_the_proxys_refusal() {
+    let cases = [
+        (
+            407,
+            "407 Proxy Authentication Required; check the credentials in the variable",
+        ),
+        (
+            502,
+            "its answer to CONNECT was not 200 (a 403 or 502 of the proxy's, say)",
+        ),
+    ];
+    for (status, why) in cases {
+        let proxy =
+            crate::support::upstream::MockUpstream::start(crate::support::upstream::Behavior {
+                status,
+                body: Some(String::new()),
+                ..Default::default()
+            })
+            .await;
+        let config = one_server_config("https://provider.invalid/v1", "");
+        let router = RouterProcess::start(
+            Some(&config),
+            &[("HTTPS_PROXY", with_credentials(&proxy.origin()).as_str())],
+        );
+        let (code, error, message) = error_of(router.chat(&chat_request()).await).await;
+        let expected = via_proxy(&format!(
+            "could not reach the upstream mock: the proxy (HTTPS_PROXY or ALL_PROXY) refused to \
+             open a tunnel to it: {why}"
+        ));
+        assert_eq!(
+            (code, error.as_str(), message.as_str()),
+            (502, "upstream_unreachable", expected.as_str()),
+            "{status}"
+        );
+        assert!(!router.stderr().contains("secret-password"));
+    }
+}
+
 /// The model-list refresh through a proxy that answers 407 warns of the proxy's refusal in
 /// the chat request's words, not of an `HTTP 407` as if the provider had answered it; never
 /// with the credentials.
