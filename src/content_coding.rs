@@ -26,6 +26,8 @@ use crate::http1::fields::{Fields, trim};
 pub enum DecodeError {
     #[error("the content coding \"{0}\" is not one the router decodes (gzip, deflate, br, zstd)")]
     Unsupported(String),
+    #[error("{0} content codings are stacked: the router decodes at most {max}, as curl does", max = MAX_CODINGS)]
+    TooManyCodings(usize),
     #[error("the {coding} body is corrupt: {error}")]
     Corrupt {
         coding: &'static str,
@@ -35,6 +37,25 @@ pub enum DecodeError {
     TooLarge(usize),
     #[error("the {0} body ended before its compressed data did")]
     Truncated(&'static str),
+}
+
+/// The most codings stacked in one `Content-Encoding` the router decodes (curl's limit
+/// too). A real answer has one, two at the most; each is a decoder, with its window (8 MiB
+/// for zstd), and a level of [`StreamDecoder`]'s recursion: an upstream that listed gzip
+/// 15,000 times overflowed the stack and aborted the whole router, and 5,000 zstd layers
+/// held 300 MB for one 32 KB answer. More are taken as a coding it does not decode: the body
+/// passes as it came.
+pub const MAX_CODINGS: usize = 5;
+
+/// How many codings `content_encoding` (as [`content_encoding`] gives it) lists, when that
+/// is more than [`MAX_CODINGS`].
+fn too_many_codings(content_encoding: &str) -> Option<usize> {
+    let listed = content_encoding
+        .split(',')
+        .map(str::trim)
+        .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
+        .count();
+    (listed > MAX_CODINGS).then_some(listed)
 }
 
 /// The codings an answer's `Content-Encoding` fields list, joined as one value (`gzip`,
@@ -176,6 +197,12 @@ impl Broken {
 /// [`decode`], keeping on failure what decoded before it ([`Broken`]). In stacked codings
 /// what a broken (or over-limit) outer coding gave is decoded on as far as it goes.
 pub fn decode_partly(content_encoding: &str, body: &[u8], limit: usize) -> Result<Vec<u8>, Broken> {
+    if let Some(listed) = too_many_codings(content_encoding) {
+        return Err(Broken {
+            error: DecodeError::TooManyCodings(listed),
+            decoded: Vec::new(),
+        });
+    }
     let mut decoded: Option<Vec<u8>> = None;
     let mut first_error = None;
     for coding in content_encoding.rsplit(',').map(str::trim) {
@@ -391,9 +418,12 @@ pub struct StreamDecoder {
 
 impl StreamDecoder {
     /// A decoder for a body in `content_encoding` (as [`content_encoding`] gives it); `None`
-    /// when a coding listed is not one the router decodes (`compress`), none is, or libzstd
-    /// could not allocate a decoder.
+    /// when a coding listed is not one the router decodes (`compress`), none is, more than
+    /// [`MAX_CODINGS`] are, or libzstd could not allocate a decoder.
     pub fn new(content_encoding: &str) -> Option<Self> {
+        if too_many_codings(content_encoding).is_some() {
+            return None;
+        }
         let layers = content_encoding
             .rsplit(',')
             .map(str::trim)

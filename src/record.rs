@@ -1043,7 +1043,7 @@ fn undecodable(record: &mut RequestRecord, error: &crate::content_coding::Decode
             };
             return;
         }
-        DecodeError::Unsupported(_) => {}
+        DecodeError::Unsupported(_) | DecodeError::TooManyCodings(_) => {}
     }
     if !record.response.content.is_empty() {
         // A body relayed unread: its note stands for it.

@@ -123,7 +123,9 @@ impl UserIndex {
             let username = StoredName::from_sql(row.get_ref(0)?).shown();
             let key = text(row, 1)?;
             if key.is_empty() {
-                tracing::warn!(user = %username, "user has an empty key; it cannot sign in");
+                // Quoted as every message names a user: escaped, so a name with a line
+                // break or a direction override cannot forge or garble the log line.
+                tracing::warn!(user = %quoted(&username), "user has an empty key; it cannot sign in");
                 continue;
             }
             let hash = hash_key(&key);
@@ -133,7 +135,7 @@ impl UserIndex {
             }
             let permissions = from_json(&text(row, 2)?).unwrap_or_else(|reason| {
                 tracing::warn!(
-                    user = %username,
+                    user = %quoted(&username),
                     "permissions column cannot be read ({reason}); the user may use no provider until `llmsrouter user modify` fixes it"
                 );
                 Permissions::Only(Default::default())

@@ -1967,6 +1967,40 @@ async fn a_stream_in_a_coding_the_router_cannot_decode_passes_through_unread() {
     router.stop().await;
 }
 
+/// An answer listing more codings than the router decodes (curl's 5) passes as it came,
+/// as one in a coding it does not decode does. Listing gzip 20,000 times used to build a
+/// decoder each, whose recursion overflowed the stack and aborted the router, every other
+/// request with it; as a whole answer each was a decoder too.
+#[tokio::test]
+async fn an_answer_stacking_thousands_of_codings_passes_as_it_came() {
+    let codings = vec!["gzip"; 20_000].join(", ");
+    let opaque = b"not gzip at all".to_vec();
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(vec![opaque.clone()]),
+        raw_body: Some(opaque.clone()),
+        headers: vec![("content-encoding".into(), codings.clone())],
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for request in [
+        stream_request("[mock]m"),
+        json!({"model": "[mock]m", "messages": []}),
+    ] {
+        let response = router.chat(&request).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-encoding"], codings.as_str());
+        assert_eq!(response.bytes().await.expect("body"), opaque);
+    }
+    let health = client()
+        .get(router.url("/health"))
+        .send()
+        .await
+        .expect("the router is still up");
+    assert_eq!(health.status(), 200);
+    router.stop().await;
+}
+
 /// A UTF-8 byte-order mark before the first event (the SSE spec has clients skip it) is
 /// forwarded as it came, and that first event is still read into the record.
 #[tokio::test]

@@ -366,6 +366,52 @@ async fn a_running_server_refuses_an_odd_users_key_once_deleted() {
     assert_no_key(&[&router.stderr()]);
 }
 
+/// The server's warnings about a user row name the user as every message does, escaped: a
+/// name with a line break or a direction override (a row another tool wrote) went into the
+/// console log raw, where it could forge a line of its own.
+#[test]
+fn a_users_row_warned_of_names_the_user_escaped() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("cfg");
+    let db = dir.path().join("users.db");
+    odd_users_db(&db);
+    let conn = Connection::open(&db).expect("open");
+    for (name, key, permissions) in [
+        ("\u{202e}eve\nFAKE", "", "{}"),
+        (
+            "mal\rlory\u{0}",
+            "mAlloryGGGGGGGGGGGGGGGGGGGGGGGGG",
+            "not json",
+        ),
+    ] {
+        conn.execute(
+            "INSERT INTO users (username, api_key, email, permissions, created_at, updated_at)
+             VALUES (?1, ?2, NULL, ?3, '2024-05-01T12:34:56.789012', '2024-05-01T12:34:56.789012')",
+            [name, key, permissions],
+        )
+        .expect("row");
+    }
+    drop(conn);
+    let router = RouterProcess::start_in(dir, &[("ENABLE_ACCOUNT_MANAGEMENT", "true")]);
+    let stderr = router.stderr();
+    let line_with = |text: &str| {
+        stderr
+            .lines()
+            .find(|line| line.contains(text))
+            .unwrap_or_else(|| panic!("no {text:?} in {stderr}"))
+            .to_owned()
+    };
+    let empty = line_with("user has an empty key");
+    assert!(empty.contains(r#"user="\u{202e}eve\nFAKE""#), "{empty}");
+    let unreadable = line_with("permissions column cannot be read");
+    assert!(unreadable.contains(r#"user="mal\rlory\u{0}""#), "{unreadable}");
+    assert!(
+        !stderr.contains('\u{202e}') && !stderr.contains('\r'),
+        "{stderr:?}"
+    );
+    assert!(!stderr.lines().any(|l| l.starts_with("FAKE")), "{stderr}");
+}
+
 /// Requests of a user whose name is NULL are recorded under the name `user list` prints.
 #[tokio::test]
 async fn an_odd_users_requests_are_recorded_under_its_printed_name() {
