@@ -404,7 +404,10 @@ fn a_users_row_warned_of_names_the_user_escaped() {
     let empty = line_with("user has an empty key");
     assert!(empty.contains(r#"user="\u{202e}eve\nFAKE""#), "{empty}");
     let unreadable = line_with("permissions column cannot be read");
-    assert!(unreadable.contains(r#"user="mal\rlory\u{0}""#), "{unreadable}");
+    assert!(
+        unreadable.contains(r#"user="mal\rlory\u{0}""#),
+        "{unreadable}"
+    );
     assert!(
         !stderr.contains('\u{202e}') && !stderr.contains('\r'),
         "{stderr:?}"
