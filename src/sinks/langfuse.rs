@@ -804,6 +804,7 @@ impl RecordSink for LangfuseSink {
                     exported = stats.exported(),
                     dropped = stats.dropped(),
                     failed = stats.failed(),
+                    retries = stats.retries(),
                     "trace exporter stopped"
                 );
             }

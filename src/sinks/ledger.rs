@@ -341,6 +341,7 @@ impl LedgerSink {
             orphaned: false,
             loss_warnings: LossWarnings::every(waits.warning_interval),
             failure_reason: String::new(),
+            flushed: false,
         };
         let queue = WriterQueue::start(
             "llmsrouter-ledger",
@@ -389,9 +390,13 @@ impl RecordSink for LedgerSink {
                 );
                 return;
             }
-            let (written, dropped, failed) =
-                (self.stats.written(), self.dropped(), self.stats.failed());
-            tracing::info!(written, dropped, failed, "usage ledger flushed");
+            let (written, dropped, failed, retries) = (
+                self.stats.written(),
+                self.dropped(),
+                self.stats.failed(),
+                self.stats.retries(),
+            );
+            tracing::info!(written, dropped, failed, retries, "usage ledger flushed");
         })
     }
 
@@ -456,6 +461,8 @@ struct Writer {
     loss_warnings: LossWarnings,
     /// The latest error rows were lost to, for the warning.
     failure_reason: String,
+    /// The queue is closed and drained: the shutdown flush is over.
+    flushed: bool,
 }
 
 /// Whether SQLite refused because another connection holds the lock: worth waiting for,
@@ -486,6 +493,7 @@ impl Writer {
             self.warn_failed(Instant::now());
         }
         self.loss_warnings.closing();
+        self.flushed = true;
         self.warn_failed(Instant::now());
         if let Some(wal) = &mut self.wal
             && !wal.intact_now()
@@ -608,7 +616,13 @@ impl Writer {
 
     /// Warns about rows lost since the last warning, at most once per interval (see
     /// [`crate::sinks::loss`]) and at the latest when it has passed, with the latest error.
+    /// Once shutdown began, only at the end of the flush: the rows lost to a lock held past
+    /// the close deadline are one event, and said twice in the same millisecond (the batch
+    /// under way, then the rest) it read as two.
     fn warn_failed(&mut self, now: Instant) {
+        if self.closing.get().is_some() && !self.flushed {
+            return;
+        }
         let Some(lost) = self.loss_warnings.due(self.stats.failed(), now) else {
             return;
         };
@@ -836,6 +850,7 @@ mod tests {
             orphaned: false,
             loss_warnings: LossWarnings::default(),
             failure_reason: String::new(),
+            flushed: false,
         };
         let record = record();
         let rows = numbered_rows(&record, 1);
@@ -963,6 +978,7 @@ mod tests {
             orphaned: false,
             loss_warnings: LossWarnings::default(),
             failure_reason: String::new(),
+            flushed: false,
         }
     }
 

@@ -419,6 +419,13 @@ impl LogFile {
         now: Instant,
     ) {
         self.stats.failed.fetch_add(lines, Ordering::Relaxed);
+        // A named pipe no process reads yet: opened without waiting, it fails with ENXIO,
+        // whose words ("No such device or address") say nothing of that.
+        let error = if self.is_pipe_without_reader(error) {
+            "no process has the named pipe open for reading yet".to_owned()
+        } else {
+            error.to_string()
+        };
         self.loss_reason = format!("{doing} {}: {error}", self.path_of(day).display());
         self.recovered = false;
         self.warn_lost(now);

@@ -256,4 +256,60 @@ async fn losses_of_the_last_interval_are_warned_of_before_exit_and_network_error
         export_failure.contains("Connection refused"),
         "{export_failure}"
     );
+    let stopped = log
+        .lines()
+        .find(|l| l.contains("trace exporter stopped"))
+        .unwrap_or_default();
+    assert!(
+        stopped.contains("failed=2") && stopped.contains("retries="),
+        "{stopped}"
+    );
+}
+
+/// Rows lost at shutdown to a lock held past the close deadline are one event, warned of
+/// once with every row: the batch under way, then the rest, were two warnings in the same
+/// millisecond (`failed=1`, then `failed=3`).
+#[tokio::test]
+async fn rows_lost_to_a_lock_at_shutdown_are_warned_of_once() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let mut router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[("LLMSROUTER_LOG_FILE", "")],
+    );
+    let admin = rusqlite::Connection::open(router.path().join("users.db")).expect("open");
+    admin.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    for _ in 0..3 {
+        let response = router
+            .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    let retries = "llmsrouter_ledger_write_retries_total";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while counter(&router, retries).await < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            router.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    router.terminate();
+    assert!(router.wait_exit(Duration::from_secs(40)).await.success());
+    admin.execute_batch("COMMIT").expect("release the lock");
+    let log = router.stderr();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("usage ledger: cannot write rows"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("failed=3"), "{log}");
+    // The shutdown summary has every figure /metrics has, the retries too.
+    let summary = log
+        .lines()
+        .find(|l| l.contains("usage ledger flushed"))
+        .unwrap_or_else(|| panic!("no summary in {log}"));
+    assert!(summary.contains("failed=3"), "{summary}");
+    assert!(!summary.contains("retries=0"), "{summary}");
+    assert!(summary.contains("retries="), "{summary}");
 }

@@ -514,7 +514,7 @@ fn named_pipe(dir: &Path) -> std::path::PathBuf {
 
 /// Today's dated file made a named pipe nobody reads does not hold start-up (the router
 /// waited in `open` for a reader, listening but answering nothing): it starts, answers, and
-/// counts the lines it cannot write.
+/// counts the lines it cannot write, saying why in words.
 #[tokio::test]
 async fn a_dated_file_that_is_a_pipe_nobody_reads_does_not_hold_start_up() {
     let upstream = MockUpstream::start(Behavior::default()).await;
@@ -541,6 +541,15 @@ async fn a_dated_file_that_is_a_pipe_nobody_reads_does_not_hold_start_up() {
         counter(&router, "llmsrouter_request_log_lines_failed_total").await > 0
     })
     .await;
+    // Said as what it is, not as ENXIO's "No such device or address".
+    let said =
+        "no process has the named pipe open for reading yet; lines are lost until it works again";
+    crate::support::wait_until(Duration::from_secs(10), || router.stderr().contains(said)).await;
+    assert!(
+        !router.stderr().contains("No such device"),
+        "{}",
+        router.stderr()
+    );
 }
 
 /// A named pipe (a log collector reading it) gets the lines as they are: no dated file is
