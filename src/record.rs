@@ -46,6 +46,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order `/metrics` lists them.
+    pub const ALL: [Self; 5] = [
+        Self::Success,
+        Self::UpstreamError,
+        Self::RouterError,
+        Self::StreamFailed,
+        Self::ClientDisconnected,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Success => "success",
@@ -392,6 +401,9 @@ struct RecorderInner {
     body_budget: usize,
     /// Counted here (an atomic add on the request path); the task warns about them.
     losses: Arc<Losses>,
+    /// Records handed over, by outcome (in [`Outcome::ALL`]'s order), dropped ones too: an
+    /// error rate a dashboard can alert on, which the sinks' counters do not give.
+    outcomes: [AtomicU64; 5],
     /// The sinks the task feeds, for their counters.
     sinks: Vec<Arc<dyn RecordSink>>,
 }
@@ -412,6 +424,7 @@ impl Recorder {
                 body_bytes: Arc::default(),
                 body_budget: BODY_BUDGET,
                 losses: Arc::default(),
+                outcomes: Default::default(),
                 sinks: Vec::new(),
             }),
         }
@@ -461,6 +474,7 @@ impl Recorder {
                 body_bytes: Arc::default(),
                 body_budget,
                 losses,
+                outcomes: Default::default(),
                 sinks,
             }),
         };
@@ -479,6 +493,13 @@ impl Recorder {
     /// [`Self::submit`] for a record already on the heap (the guard's): queued without a copy.
     fn submit_boxed(&self, mut record: Box<RequestRecord>) {
         let Some(tx) = &self.inner.tx else { return };
+        let outcome = Outcome::ALL
+            .iter()
+            .position(|o| *o == record.outcome)
+            .and_then(|i| self.inner.outcomes.get(i));
+        if let Some(count) = outcome {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
         self.take_body_budget(&mut record);
         if tx.try_send(record).is_err() {
             self.inner.losses.records.fetch_add(1, Ordering::Relaxed);
@@ -537,6 +558,15 @@ impl Recorder {
     /// The recorder's and every sink's counters, as `GET /metrics` shows them.
     pub fn metrics(&self) -> crate::sinks::Metrics {
         let mut out = crate::sinks::Metrics::default();
+        for (outcome, count) in Outcome::ALL.iter().zip(&self.inner.outcomes) {
+            out.counter(
+                "requests",
+                "Requests routed (each with a record), by outcome: success, upstream_error, \
+                 router_error, stream_failed, client_disconnected.",
+                &[("outcome", outcome.as_str())],
+                count.load(Ordering::Relaxed),
+            );
+        }
         out.counter(
             "records_dropped",
             "Request records lost because the recorder's queue was full.",

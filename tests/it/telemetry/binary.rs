@@ -283,6 +283,7 @@ async fn metrics_count_what_every_sink_wrote_and_dropped() {
         response.text().await.expect("text")
     };
     let complete = [
+        "llmsrouter_requests_total{outcome=\"success\"} 3",
         "llmsrouter_ledger_rows_written_total 3",
         "llmsrouter_spans_exported_total{destination=\"langfuse\"} 3",
         "llmsrouter_spans_exported_total{destination=\"otlp\"} 3",
@@ -301,6 +302,10 @@ async fn metrics_count_what_every_sink_wrote_and_dropped() {
         assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
     }
     for zero in [
+        "llmsrouter_requests_total{outcome=\"upstream_error\"} 0",
+        "llmsrouter_requests_total{outcome=\"router_error\"} 0",
+        "llmsrouter_requests_total{outcome=\"stream_failed\"} 0",
+        "llmsrouter_requests_total{outcome=\"client_disconnected\"} 0",
         "llmsrouter_records_dropped_total 0",
         "llmsrouter_ledger_rows_dropped_total 0",
         "llmsrouter_ledger_rows_failed_total 0",
@@ -328,6 +333,23 @@ async fn metrics_count_what_every_sink_wrote_and_dropped() {
             );
         }
     }
+    // An upstream error is counted under its outcome.
+    upstream.set(Behavior {
+        status: 500,
+        body: Some(r#"{"error":{"message":"down"}}"#.into()),
+        ..Default::default()
+    });
+    let failed = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .await;
+    assert_eq!(failed.status(), 500);
+    let counted = "llmsrouter_requests_total{outcome=\"upstream_error\"} 1";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !fetch().await.lines().any(|l| l == counted) {
+        assert!(tokio::time::Instant::now() < deadline, "{counted}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    upstream.set(Behavior::default());
     // `POST /v1/metrics` is still a path a provider may serve: it is forwarded, not answered.
     let before = upstream.count();
     let forwarded = crate::support::client()
