@@ -957,25 +957,63 @@ fn proxy_warnings(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<Strin
     }
 }
 
-/// Why the matcher reads `entry` of `NO_PROXY` as matching no host, if it does.
+/// Why the matcher reads `entry` of `NO_PROXY` as matching no host, if it does. Read as
+/// hyper-util reads it: a network (ipnet's parse), else an IP address, else a name, which
+/// matches a host by its name or as a domain's end (`*` alone matches every name); a name
+/// no host can have is said with what it looks like.
 fn unread_no_proxy_entry(entry: &str) -> Option<&'static str> {
-    use std::net::IpAddr;
-    if let Some((address, prefix)) = entry.split_once('/') {
-        let max = match address.parse::<IpAddr>() {
-            Ok(IpAddr::V4(_)) => 32,
-            Ok(IpAddr::V6(_)) => 128,
-            Err(_) => return Some("is not a network (an IP address, / and a prefix length)"),
-        };
-        return match prefix.parse::<u8>() {
-            Ok(bits) if bits <= max => None,
-            _ => Some("is not a network (its prefix length is not one)"),
-        };
+    if entry == "*"
+        || entry.parse::<ipnet::IpNet>().is_ok()
+        || entry.parse::<std::net::IpAddr>().is_ok()
+    {
+        return None;
     }
-    let bare = entry.trim_start_matches('[').trim_end_matches(']');
-    if entry.contains(':') && bare.parse::<IpAddr>().is_err() {
-        return Some("has a port, which is not read (write the host alone)");
+    let why = if entry.contains("://") {
+        "is a URL, which is not read (write the host alone)"
+    } else if entry.starts_with('[') {
+        "is an IPv6 address in brackets, which is not read (write it without them)"
+    } else if entry.contains('/') {
+        "is not a network (an IP address, / and a prefix length of its digits alone)"
+    } else if entry.starts_with("*.") {
+        "starts with a wildcard, which is not read (write .example.com for a domain and every \
+         host in it)"
+    } else if entry.contains('%') {
+        "has a zone (%...), which is not read"
+    } else if entry.contains(':') {
+        "has a port, which is not read (write the host alone)"
+    } else if entry.contains('*') {
+        "has a wildcard, which is read only alone (*)"
+    } else {
+        return None;
+    };
+    Some(why)
+}
+
+/// Gives an upper-case proxy variable set but empty (`HTTP_PROXY=`, as `docker --env-file`
+/// leaves a missing value) the value of its lower-case twin when that is set: the upstream
+/// client's matcher (hyper-util's, reqwest's too) reads the first of the two that is set,
+/// empty or not, so `HTTP_PROXY= http_proxy=http://proxy:3128` went past the proxy, and
+/// `NO_PROXY= no_proxy=vm` through it, where curl reads an empty one as unset. Called at start,
+/// before anything reads them.
+pub fn empty_proxy_variables_yield() {
+    let filled: Vec<(&str, String)> = [
+        ("HTTPS_PROXY", "https_proxy"),
+        ("HTTP_PROXY", "http_proxy"),
+        ("ALL_PROXY", "all_proxy"),
+        ("NO_PROXY", "no_proxy"),
+    ]
+    .into_iter()
+    .filter_map(|(upper, lower)| {
+        std::env::var(upper).ok().filter(|v| v.trim().is_empty())?;
+        let value = std::env::var(lower).ok().filter(|v| !v.trim().is_empty())?;
+        Some((upper, value))
+    })
+    .collect();
+    if !filled.is_empty() {
+        // Not expected to fail (the values came from the environment); if it does, the
+        // matcher reads the variables as they are.
+        let _ = crate::dotenv::set_all(&filled);
     }
-    None
 }
 
 /// `NO_PROXY` (or `no_proxy`, when `NO_PROXY` is unset or empty) is `*`: no host is reached

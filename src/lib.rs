@@ -57,13 +57,16 @@ pub fn printable(text: &str) -> String {
 }
 
 /// A character [`printable`] escapes: a control character, or one that changes how the text
-/// around it shows while showing nothing itself (zero-width spaces and joiners, direction
-/// marks, embeddings, overrides and isolates, word joiners, the byte-order mark).
+/// around it shows while showing nothing itself (the soft hyphen, zero-width spaces and
+/// joiners, direction marks, line and paragraph separators, embeddings, overrides and
+/// isolates, word joiners, the byte-order mark).
 pub(crate) fn hidden(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{200B}'..='\u{200F}'
+            '\u{00AD}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{2029}'
                 | '\u{202A}'..='\u{202E}'
                 | '\u{2060}'..='\u{2069}'
                 | '\u{FEFF}'

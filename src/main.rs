@@ -43,6 +43,7 @@ fn main() -> ExitCode {
     // Before anything reads them (the flags' variables are read by the next line).
     let from_environment = |name: &str| in_environment.contains(OsStr::new(name));
     let unquoted = llmsrouter::env::unquote_router_variables(&from_environment);
+    llmsrouter::env::empty_proxy_variables_yield();
     let cli = Cli::parse_or_exit();
     // `models` reports failing servers itself, on one line each; log lines would repeat them.
     init_tracing(match cli.command {

@@ -261,11 +261,13 @@ impl<'de> Deserialize<'de> for RequestFields<'de> {
 }
 
 /// A name a client gave (its end user, its session) as a span shows it: without control
-/// characters (a NUL a store may refuse, a line break that splits it) and the white space
-/// around it; `None` when nothing is left. Cleaned before redaction: taken out after it,
-/// they could join the halves of a key into one.
+/// characters (a NUL a store may refuse, a line break that splits it), invisible ones (a
+/// zero-width space, a direction override: see [`crate::hidden`]) and the white space around
+/// it; `None` when nothing is left. Cleaned before redaction: taken out after it, they could
+/// join the halves of a key into one, and left in, they hid a key from it while it showed
+/// whole.
 fn identity(text: &str) -> Option<String> {
-    let clean: String = text.chars().filter(|c| !c.is_control()).collect();
+    let clean: String = text.chars().filter(|c| !crate::hidden(*c)).collect();
     let clean = clean.trim();
     (!clean.is_empty()).then(|| clean.to_owned())
 }

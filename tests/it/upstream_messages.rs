@@ -446,6 +446,22 @@ async fn a_proxy_refusing_its_credentials_is_the_routers_error_naming_it() {
     assert!(!text.contains("secret-password"), "{text}");
 }
 
+/// An upper-case proxy variable set but empty is unset, as curl reads it: its lower-case twin
+/// names the proxy. The client's matcher took the empty `HTTP_PROXY` as set, and the
+/// request went straight to the provider.
+#[tokio::test]
+async fn an_empty_upper_case_proxy_variable_yields_to_its_lower_case_twin() {
+    let proxy = crate::support::upstream::MockUpstream::start(Default::default()).await;
+    let config = one_server_config("http://provider.invalid/v1", "");
+    let router = RouterProcess::start(
+        Some(&config),
+        &[("HTTP_PROXY", ""), ("http_proxy", proxy.origin().as_str())],
+    );
+    let response = router.chat(&chat_request()).await;
+    assert_eq!(response.status(), 200, "{}", router.stderr());
+    assert_eq!(proxy.count(), 1, "the proxy was asked");
+}
+
 /// A proxy refusing the tunnel to an `https://` upstream (its answer to `CONNECT` not 200)
 /// is said to be the proxy's refusal, as for an `http://` upstream: it read "tunnel error:
 /// unsuccessful", which named neither the proxy nor what it refused.

@@ -414,6 +414,14 @@ async fn the_clients_user_and_session_go_to_the_span_without_accounts() {
             Some("annX-Injected: 1"),
             Some("[redacted]"),
         ),
+        // Invisible characters too: a key split by them showed whole, unredacted.
+        (
+            "/v1/chat/completions",
+            json!({"model": "[mock]m", "user": "sk-mock\u{200b}-upstream\u{202e}-key\u{ad}",
+                "metadata": {"session_id": "s\u{2028}1\u{feff}"}, "messages": messages}),
+            Some("[redacted]"),
+            Some("s1"),
+        ),
     ];
     for (path, body, user, session) in cases {
         let response = client()
