@@ -58,6 +58,23 @@ fn too_many_codings(content_encoding: &str) -> Option<usize> {
     (listed > MAX_CODINGS).then_some(listed)
 }
 
+/// `content_encoding` (as [`content_encoding`] gives it) as a message or a record names it:
+/// as it is, or, past [`MAX_CODINGS`], its first ones and their count (`gzip, gzip, gzip,
+/// gzip, gzip, ... (3000 codings)`): one listing thousands made an 18 KB message.
+pub fn named(content_encoding: &str) -> std::borrow::Cow<'_, str> {
+    let Some(listed) = too_many_codings(content_encoding) else {
+        return std::borrow::Cow::Borrowed(content_encoding);
+    };
+    let first: Vec<&str> = content_encoding
+        .split(',')
+        .map(str::trim)
+        .filter(|coding| !coding.is_empty())
+        .take(MAX_CODINGS)
+        .map(|coding| if coding.len() > 32 { "..." } else { coding })
+        .collect();
+    std::borrow::Cow::Owned(format!("{}, ... ({listed} codings)", first.join(", ")))
+}
+
 /// The codings an answer's `Content-Encoding` fields list, joined as one value (`gzip`,
 /// `deflate, gzip`); `None` when there are none besides `identity`, i.e. the body is as is.
 pub fn content_encoding(fields: &Fields) -> Option<String> {

@@ -1124,7 +1124,7 @@ fn describe_binary(record: &mut RequestRecord, text: bool) {
         return;
     };
     let kind = match &record.response_encoding {
-        Some(coding) => format!("binary, {coding}"),
+        Some(coding) => format!("binary, {}", crate::content_coding::named(coding)),
         None => "binary".to_owned(),
     };
     record.response.content = body_description(&kind, body.len() as u64, None);

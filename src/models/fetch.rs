@@ -136,7 +136,15 @@ async fn fetch(
         return Err(FetchError::Loop);
     }
     if !status.is_success() {
+        let coding = content_coding(response.headers());
         let body = read_body(response, ERROR_BODY_READ, true).await?;
+        // Decoded as far as it goes (its first 4 KiB may be cut mid-data), so the warning
+        // quotes the server's words, not compressed bytes; one that decodes to nothing is
+        // quoted as it came.
+        let body = match coding {
+            Some(coding) => decoded_error(coding, body).await,
+            None => body,
+        };
         return Err(FetchError::Status {
             status: status.as_u16(),
             detail: quote(&body, server, &crate::env::process_proxy_secrets()),
@@ -181,6 +189,20 @@ async fn decoded(coding: String, body: Vec<u8>) -> Result<Vec<u8>, FetchError> {
         Ok(Err(reason)) => Err(FetchError::Undecodable(reason)),
         Err(e) => Err(FetchError::Undecodable(e.to_string())),
     }
+}
+
+/// An error answer's first bytes in `coding`, decoded as far as they go (at most
+/// [`ERROR_BODY_READ`] of it), or as they came when nothing decodes.
+async fn decoded_error(coding: String, body: Vec<u8>) -> Vec<u8> {
+    let decode = move || match crate::content_coding::decode_partly(&coding, &body, ERROR_BODY_READ)
+    {
+        Ok(decoded) => decoded,
+        Err(broken) if !broken.decoded.is_empty() => broken.decoded,
+        Err(_) => body,
+    };
+    tokio::task::spawn_blocking(decode)
+        .await
+        .unwrap_or_default()
 }
 
 /// Reads at most `limit` bytes. Past it: truncated when `truncate`, else [`FetchError::TooLarge`]

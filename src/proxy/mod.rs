@@ -1554,7 +1554,7 @@ fn unread_kind(fields: &Fields, with_coding: bool) -> String {
         .filter(|essence| !essence.is_empty())
         .unwrap_or("no Content-Type");
     match crate::content_coding::content_encoding(fields).filter(|_| with_coding) {
-        Some(coding) => format!("{content_type}, {coding}"),
+        Some(coding) => format!("{content_type}, {}", crate::content_coding::named(&coding)),
         None => content_type.to_owned(),
     }
 }
@@ -1646,7 +1646,8 @@ async fn success_body(
         // Too large to go decoded, and compressed the key would pass: the router's error.
         Some(aside) if aside.redacted && aside.over_limit => {
             let message = format!(
-                "the upstream's {coding}-encoded answer decodes to more than {} MiB and                  reports an error that echoes a configured key: not relayed, as the router                  can send it neither decoded (too large) nor as it came (the key would pass)",
+                "the upstream's {}-encoded answer decodes to more than {} MiB and                  reports an error that echoes a configured key: not relayed, as the router                  can send it neither decoded (too large) nor as it came (the key would pass)",
+                crate::content_coding::named(&coding),
                 crate::content_coding::MAX_DECODED_BODY / (1024 * 1024)
             );
             let replaced = error_body(&message, "upstream_error", None);
@@ -2007,8 +2008,9 @@ fn decode_error_body(status: StatusCode, body: Bytes, fields: &Fields) -> (Bytes
         Ok(decoded) => (Bytes::from(decoded), true),
         Err(error) => {
             let message = format!(
-                "the upstream answered HTTP {} with a {coding}-encoded body the router cannot read: {error}",
-                status.as_u16()
+                "the upstream answered HTTP {} with a {}-encoded body the router cannot read: {error}",
+                status.as_u16(),
+                crate::content_coding::named(&coding)
             );
             (Bytes::from(message), true)
         }

@@ -895,6 +895,28 @@ async fn a_compressed_list_is_decoded_and_a_corrupt_one_named() {
             .contains("server \"corrupt\": its answer cannot be decoded: the gzip body is corrupt"),
         "{stderr}"
     );
+
+    // An error answer compressed so is quoted decoded: it was quoted as compressed bytes.
+    let refusing = MockUpstream::start(Behavior {
+        models_status: Some(400),
+        models_body: Some(r#"{"error":{"message":"no lists today"}}"#.to_owned()),
+        models_coding: Some("gzip"),
+        ..Behavior::default()
+    })
+    .await;
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        config(&[server("refusing", &refusing.url(), "")], ""),
+    )
+    .expect("write");
+    let (_, _, stderr) = cli(dir.path(), &["models"]).await;
+    assert!(
+        stderr.contains(
+            "server \"refusing\": HTTP 400: {\"error\":{\"message\":\"no lists today\"}}"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("\\u{1f}"), "no gzip header: {stderr}");
 }
 
 /// A `filter` that keeps none of a server's models (most likely a regular expression from the

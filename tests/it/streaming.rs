@@ -1992,6 +1992,25 @@ async fn an_answer_stacking_thousands_of_codings_passes_as_it_came() {
         assert_eq!(response.headers()["content-encoding"], codings.as_str());
         assert_eq!(response.bytes().await.expect("body"), opaque);
     }
+    // An error answer in them cannot be read (nor redacted): the router's message names
+    // the codings by their first ones and their count, not all 20,000.
+    upstream.set(Behavior {
+        status: 500,
+        raw_body: Some(opaque.clone()),
+        headers: vec![("content-encoding".into(), codings.clone())],
+        ..Default::default()
+    });
+    let response = router
+        .chat(&json!({"model": "[mock]m", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 500);
+    let error: serde_json::Value = response.json().await.expect("json");
+    let message = error["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("gzip, gzip, gzip, gzip, gzip, ... (20000 codings)-encoded")
+            && message.len() < 400,
+        "{message}"
+    );
     let health = client()
         .get(router.url("/health"))
         .send()
