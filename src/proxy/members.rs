@@ -17,6 +17,10 @@ pub type Member = (Range<usize>, Range<usize>);
 /// Deeper than this is left to serde_json (its own limit is 128).
 const MAX_DEPTH: u32 = 100;
 
+/// More top-level members than this are left to serde_json, whose reader refuses them (see
+/// `super::body::MAX_MEMBERS`): no member list is built past it.
+pub const MAX_MEMBERS: usize = 4096;
+
 /// The members of `text`, a JSON object, in order; `None` to ask serde_json.
 pub fn scan(text: &str) -> Option<Vec<Member>> {
     let bytes = text.as_bytes();
@@ -41,6 +45,9 @@ pub fn scan(text: &str) -> Option<Vec<Member>> {
             }
             let value_start = skip_ws(bytes, at + 1);
             let value_end = value(bytes, value_start, 1)?;
+            if members.len() == MAX_MEMBERS {
+                return None;
+            }
             members.push((key_start..key_end, value_start..value_end));
             at = skip_ws(bytes, value_end);
             match bytes.get(at) {

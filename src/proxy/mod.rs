@@ -969,6 +969,13 @@ async fn forward_read<V: ReadBody>(
 /// read a stream request's answer as events whatever its label, with no chunk and no error.
 /// The record is the whole answer's, untouched: only what the client gets changes. Any other
 /// answer (an error, a 2xx of another shape, one too large to decode) is left as it was.
+/// The largest whole JSON answer to a stream request that is made into events; a larger one
+/// goes as it came (as the SSE reader cuts an event past 16 MiB).
+const MAX_EVENTS_FROM_WHOLE: usize = 16 * 1024 * 1024;
+
+/// Past this a whole answer made into events is read on a blocking thread.
+const READ_ASIDE: usize = 256 * 1024;
+
 async fn whole_as_stream(answer: Answer, client_usage: bool, redactor: &Redactor) -> Answer {
     let AnswerBody::Recorded(body, _) = &answer.body else {
         return answer;
@@ -996,7 +1003,20 @@ async fn whole_as_stream(answer: Answer, client_usage: bool, redactor: &Redactor
         }
         _ => return answer,
     };
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json) else {
+    // Read into a tree, it takes several times its size (a 60 MB object of tiny members took
+    // 570 MB), on the thread that serves the connection: past `MAX_EVENTS_FROM_WHOLE` it goes
+    // as the upstream sent it, and a large one is read on a blocking thread.
+    if json.len() > MAX_EVENTS_FROM_WHOLE {
+        return answer;
+    }
+    let large = json.len() > READ_ASIDE;
+    let parse = move || serde_json::from_slice::<serde_json::Value>(&json).ok();
+    let value = if large {
+        tokio::task::spawn_blocking(parse).await.ok().flatten()
+    } else {
+        parse()
+    };
+    let Some(value) = value else {
         return answer;
     };
     let Some(events) = chunks::as_events(&value, client_usage) else {

@@ -191,6 +191,57 @@ async fn assert_none_recorded(router: &TestRouter) {
     assert_eq!(router.records.all().len(), 1);
 }
 
+/// A body with more top-level members than any API request has (4,096) is refused with 400
+/// before a list of them is built: 60 MB of `"k1":0,` took 600 MB of memory and stalled the
+/// connections on its thread. One at the limit, with `model` last, is routed; escaped keys
+/// (serde_json's path) are held to the same limit. Nothing is sent or recorded.
+#[tokio::test]
+async fn a_body_with_thousands_of_top_level_members_is_refused() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let body = |members: usize, key: &str, valid: bool| {
+        let mut text = String::from("{");
+        for i in 0..members - 1 {
+            text.push_str(&format!("\"{key}{i}\":0,"));
+        }
+        text.push_str(r#""model":"[mock]m""#);
+        if valid {
+            text.push('}');
+        }
+        text
+    };
+    for (members, key, valid) in [
+        (4097, "k", true),
+        (5000, "k\\u0031", true),
+        (9000, "k", false),
+    ] {
+        let response = client()
+            .post(router.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body(members, key, valid))
+            .send()
+            .await
+            .expect("send");
+        let (status, error) = error_of(response).await;
+        assert_eq!(status, 400, "{members} {key}");
+        assert_eq!(
+            error["error"]["message"],
+            "the request body has more than 4096 top-level members: an API request has a few dozen"
+        );
+    }
+    assert_eq!(upstream.count(), 0);
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body(4096, "k", true))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.count(), 1);
+    router.stop().await;
+}
+
 /// A URL target must be written `http(s)://host`: the url crate reads URLs as browsers do,
 /// `http:///v1` as the host `v1` (a DNS error recorded with provider `v1`) and `http:/host`
 /// or `http:///host` as `http://host` (which went upstream). Refused with 400 in the query
