@@ -1097,6 +1097,44 @@ async fn usage_is_asked_for_on_chat_and_completions_only() {
     router.stop().await;
 }
 
+/// A whole chat completion to a stream request over 256 KiB is made into events all the same
+/// (read on a blocking thread); one over 16 MiB goes as it came: read into a tree it took
+/// several times its size, on the connection's thread.
+#[tokio::test]
+async fn a_large_whole_answer_to_a_stream_goes_as_events_and_a_huge_one_as_it_came() {
+    let answer = |text: &str| {
+        json!({"id": "c", "object": "chat.completion", "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop"}]})
+        .to_string()
+    };
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    for (size, events) in [(300 * 1024, true), (17 * 1024 * 1024, false)] {
+        let body = answer(&"x".repeat(size));
+        upstream.set(Behavior {
+            never_stream: true,
+            body: Some(body.clone()),
+            ..Default::default()
+        });
+        let response = router.chat(&stream_request("[mock]m")).await;
+        assert_eq!(response.status(), 200);
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        let text = response.text().await.expect("body");
+        if events {
+            assert_eq!(kind, "text/event-stream", "{size}");
+            assert!(text.starts_with("data: {") && text.ends_with("data: [DONE]\n\n"));
+        } else {
+            assert!(kind.starts_with("application/json"), "{size}: {kind}");
+            assert_eq!(text, body, "as it came");
+        }
+    }
+    router.stop().await;
+}
+
 /// An upstream that ignores `"stream": true` and answers one whole chat completion at once
 /// (`application/json`, long before the router's early head): the client, over HTTP/1.1 and
 /// HTTP/2, gets it as the stream it would have been (`text/event-stream`, no
