@@ -153,15 +153,7 @@ async fn a_401_from_langfuse_is_a_warning_about_the_credentials() {
         .await;
     assert_eq!(response.status(), 200);
     let name = "llmsrouter_spans_failed_total{destination=\"langfuse\"}";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while super::request_log::counter(&router, name).await < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{}",
-            router.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    super::request_log::wait_for_counter(&router, name, 1, Duration::from_secs(10)).await;
     router.terminate();
     router.wait_exit(Duration::from_secs(30)).await;
     let stderr = router.stderr();
@@ -191,15 +183,7 @@ async fn log_after_a_redirect(status: u16, location: &str) -> String {
         .await;
     assert_eq!(response.status(), 200);
     let name = "llmsrouter_spans_failed_total{destination=\"langfuse\"}";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while super::request_log::counter(&router, name).await < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{}",
-            router.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    super::request_log::wait_for_counter(&router, name, 1, Duration::from_secs(10)).await;
     router.terminate();
     router.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(otlp.hits(), 1, "a redirect is neither followed nor retried");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::mock_otlp::MockOtlp;
-use super::request_log::counter;
+use super::request_log::{counter, wait_for_counter};
 use super::{PUBLIC_KEY, SECRET_KEY};
 use crate::support::upstream::{Behavior, MockUpstream};
 use crate::support::{RouterProcess, one_server_config};
@@ -39,15 +39,7 @@ async fn lose_one(router: &RouterProcess, name: &str, n: u64) {
         .chat(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
         .await;
     assert_eq!(response.status(), 200);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while counter(router, name).await < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{}",
-            router.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_counter(router, name, n, Duration::from_secs(10)).await;
 }
 
 /// Polls the router's log until the last warning containing `phrase` gives `field=total`.
@@ -285,15 +277,7 @@ async fn rows_lost_to_a_lock_at_shutdown_are_warned_of_once() {
         assert_eq!(response.status(), 200);
     }
     let retries = "llmsrouter_ledger_write_retries_total";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while counter(&router, retries).await < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{}",
-            router.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_counter(&router, retries, 1, Duration::from_secs(20)).await;
     router.terminate();
     assert!(router.wait_exit(Duration::from_secs(40)).await.success());
     admin.execute_batch("COMMIT").expect("release the lock");

@@ -374,6 +374,25 @@ pub(crate) async fn counter(router: &RouterProcess, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} in:\n{text}"))
 }
 
+/// Polls counter `name` at the router's `/metrics` until it reaches `at_least`; panics,
+/// with the router's log, after `within`.
+pub(crate) async fn wait_for_counter(
+    router: &RouterProcess,
+    name: &str,
+    at_least: u64,
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    while counter(router, name).await < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} < {at_least}: {}",
+            router.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Sends requests until `done` holds; panics after 10 s.
 async fn request_until(router: &RouterProcess, mut done: impl AsyncFnMut() -> bool) {
     // Generous: on two cores busy with the rest of the suite, the sink's writer thread
