@@ -401,9 +401,9 @@ struct RecorderInner {
     body_budget: usize,
     /// Counted here (an atomic add on the request path); the task warns about them.
     losses: Arc<Losses>,
-    /// Records handed over, by outcome (in [`Outcome::ALL`]'s order), dropped ones too: an
-    /// error rate a dashboard can alert on, which the sinks' counters do not give.
-    outcomes: [AtomicU64; 5],
+    /// Records by outcome, dropped ones too: an error rate a dashboard can alert on, which
+    /// the sinks' counters do not give.
+    outcomes: Arc<OutcomeCounts>,
     /// The sinks the task feeds, for their counters.
     sinks: Vec<Arc<dyn RecordSink>>,
 }
@@ -424,7 +424,7 @@ impl Recorder {
                 body_bytes: Arc::default(),
                 body_budget: BODY_BUDGET,
                 losses: Arc::default(),
-                outcomes: Default::default(),
+                outcomes: Arc::default(),
                 sinks: Vec::new(),
             }),
         }
@@ -465,7 +465,14 @@ impl Recorder {
         let tracker = TaskTracker::new();
         let losses = Arc::<Losses>::default();
         let log = LossLog::new(losses.clone(), warning_interval);
-        tracker.spawn(run_recorder(rx, sinks.clone(), stop.clone(), log));
+        let outcomes = Arc::<OutcomeCounts>::default();
+        tracker.spawn(run_recorder(
+            rx,
+            sinks.clone(),
+            stop.clone(),
+            log,
+            outcomes.clone(),
+        ));
         tracker.close();
         let recorder = Self {
             inner: Arc::new(RecorderInner {
@@ -474,7 +481,7 @@ impl Recorder {
                 body_bytes: Arc::default(),
                 body_budget,
                 losses,
-                outcomes: Default::default(),
+                outcomes,
                 sinks,
             }),
         };
@@ -493,16 +500,15 @@ impl Recorder {
     /// [`Self::submit`] for a record already on the heap (the guard's): queued without a copy.
     fn submit_boxed(&self, mut record: Box<RequestRecord>) {
         let Some(tx) = &self.inner.tx else { return };
-        let outcome = Outcome::ALL
-            .iter()
-            .position(|o| *o == record.outcome)
-            .and_then(|i| self.inner.outcomes.get(i));
-        if let Some(count) = outcome {
-            count.fetch_add(1, Ordering::Relaxed);
-        }
         self.take_body_budget(&mut record);
-        if tx.try_send(record).is_err() {
+        if let Err(lost) = tx.try_send(record) {
             self.inner.losses.records.fetch_add(1, Ordering::Relaxed);
+            // Counted by the outcome it has here: no sink reads it further.
+            let record = match &lost {
+                mpsc::error::TrySendError::Full(record)
+                | mpsc::error::TrySendError::Closed(record) => record,
+            };
+            self.inner.outcomes.count(record.outcome);
         }
     }
 
@@ -558,7 +564,7 @@ impl Recorder {
     /// The recorder's and every sink's counters, as `GET /metrics` shows them.
     pub fn metrics(&self) -> crate::sinks::Metrics {
         let mut out = crate::sinks::Metrics::default();
-        for (outcome, count) in Outcome::ALL.iter().zip(&self.inner.outcomes) {
+        for (outcome, count) in Outcome::ALL.iter().zip(&self.inner.outcomes.0) {
             out.counter(
                 "requests",
                 "Requests routed (each with a record), by outcome: success, upstream_error, \
@@ -583,6 +589,21 @@ impl Recorder {
             sink.metrics(&mut out);
         }
         out
+    }
+}
+
+/// Records by their final outcome, in [`Outcome::ALL`]'s order: counted on the recorder's
+/// task once a record is read whole (a `{"error": ...}` under a 200 is an upstream error only
+/// then), or on the request path for one the full queue dropped.
+#[derive(Debug, Default)]
+struct OutcomeCounts([AtomicU64; 5]);
+
+impl OutcomeCounts {
+    fn count(&self, outcome: Outcome) {
+        let at = Outcome::ALL.iter().position(|o| *o == outcome);
+        if let Some(count) = at.and_then(|i| self.0.get(i)) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -658,6 +679,7 @@ async fn run_recorder(
     sinks: Vec<Arc<dyn RecordSink>>,
     stop: CancellationToken,
     mut losses: LossLog,
+    outcomes: Arc<OutcomeCounts>,
 ) {
     let mut background = BackgroundResults::default();
     let mut idle = true;
@@ -668,7 +690,7 @@ async fn run_recorder(
             tokio::select! {
                 biased;
                 record = rx.recv() => match record {
-                    Some(record) => deliver_completed(record, &sinks, &mut background).await,
+                    Some(record) => deliver_completed(record, &sinks, &mut background, &outcomes).await,
                     None => break,
                 },
                 () = stop.cancelled() => break,
@@ -695,7 +717,7 @@ async fn run_recorder(
         let mut taken = 0;
         while taken < MAX_BATCH {
             match rx.try_recv() {
-                Ok(record) => deliver_completed(record, &sinks, &mut background).await,
+                Ok(record) => deliver_completed(record, &sinks, &mut background, &outcomes).await,
                 Err(_) => break,
             }
             taken += 1;
@@ -704,7 +726,7 @@ async fn run_recorder(
     }
     rx.close();
     while let Some(record) = rx.recv().await {
-        deliver_completed(record, &sinks, &mut background).await;
+        deliver_completed(record, &sinks, &mut background, &outcomes).await;
     }
     // Together: each waits for its own bound (the ledger for a lock, the request log for a
     // pipe's reader, Langfuse for its endpoint), and one after another they added up.
@@ -724,6 +746,7 @@ async fn deliver_completed(
     mut record: Box<RequestRecord>,
     sinks: &[Arc<dyn RecordSink>],
     background: &mut BackgroundResults,
+    outcomes: &OutcomeCounts,
 ) {
     let heavy = record
         .response_body
@@ -731,7 +754,7 @@ async fn deliver_completed(
         .is_some_and(|body| body.len() >= READ_ON_THE_SIDE || record.response_encoding.is_some());
     if !heavy {
         complete_summary(&mut record);
-        deliver(record, sinks, background);
+        deliver(record, sinks, background, outcomes);
         return;
     }
     let request_id = record.request_id.clone();
@@ -741,7 +764,7 @@ async fn deliver_completed(
     })
     .await;
     match read {
-        Ok(record) => deliver(record, sinks, background),
+        Ok(record) => deliver(record, sinks, background, outcomes),
         // Reading never panics on any input (its parsers are total); were it to, the panic
         // took this record along, and this says so rather than ending the recorder.
         Err(error) => {
@@ -757,7 +780,9 @@ fn deliver(
     mut record: Box<RequestRecord>,
     sinks: &[Arc<dyn RecordSink>],
     background: &mut BackgroundResults,
+    outcomes: &OutcomeCounts,
 ) {
+    outcomes.count(record.outcome);
     if record.usage_uncounted {
         if !background.counts(&record) {
             record.response.usage = None;
@@ -1313,7 +1338,13 @@ pub(crate) mod tests {
             let sink = Arc::new(Collect(Default::default()));
             let sinks: Vec<Arc<dyn RecordSink>> = vec![sink.clone()];
             let before = ticks.load(Ordering::Relaxed);
-            deliver_completed(Box::new(record), &sinks, &mut BackgroundResults::default()).await;
+            deliver_completed(
+                Box::new(record),
+                &sinks,
+                &mut BackgroundResults::default(),
+                &OutcomeCounts::default(),
+            )
+            .await;
             let ticked = ticks.load(Ordering::Relaxed) > before;
             assert_eq!(ticked, read_aside, "the runtime ran other tasks meanwhile");
             let got = sink.0.lock().expect("lock").clone();

@@ -327,12 +327,29 @@ async fn metrics_count_what_every_sink_wrote_and_dropped() {
         .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
         .await;
     assert_eq!(failed.status(), 500);
-    let counted = "llmsrouter_requests_total{outcome=\"upstream_error\"} 1";
+    // An error under a 200 is one too, once its record is read (not a success counted at
+    // once).
+    upstream.set(Behavior {
+        body: Some(r#"{"error":{"message":"quota"}}"#.into()),
+        ..Default::default()
+    });
+    let failed = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .await;
+    assert_eq!(failed.status(), 200);
+    let counted = "llmsrouter_requests_total{outcome=\"upstream_error\"} 2";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !fetch().await.lines().any(|l| l == counted) {
         assert!(tokio::time::Instant::now() < deadline, "{counted}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(
+        fetch()
+            .await
+            .lines()
+            .any(|l| l == "llmsrouter_requests_total{outcome=\"success\"} 3"),
+        "the error under a 200 is no success"
+    );
     upstream.set(Behavior::default());
     // `POST /v1/metrics` is still a path a provider may serve: it is forwarded, not answered.
     let before = upstream.count();
