@@ -590,15 +590,19 @@ pub(crate) fn cause_text(cause: &(dyn std::error::Error + 'static)) -> String {
 /// more than that (not the proxy's status): its error is known by its text, and a test
 /// holds the words.
 fn tunnel_refusal(text: &str) -> Option<&'static str> {
+    // After "through the proxy the environment names (...): ", which names the proxy.
     match text {
         "tunnel error: proxy authorization required" => Some(
-            "the proxy (HTTPS_PROXY or ALL_PROXY) refused to open a tunnel to it: 407 Proxy \
-             Authentication Required; check the credentials in the variable",
+            "it refused to open a tunnel to the upstream: 407 Proxy Authentication Required; \
+             check the credentials in HTTPS_PROXY (or ALL_PROXY)",
         ),
         "tunnel error: unsuccessful" => Some(
-            "the proxy (HTTPS_PROXY or ALL_PROXY) refused to open a tunnel to it: its answer to \
-             CONNECT was not 200 (a 403 or 502 of the proxy's, say)",
+            "it refused to open a tunnel to the upstream: its answer to CONNECT was not 200 (a \
+             403 or 502 of the proxy's, say)",
         ),
+        "tunnel error: unexpected end of file" => {
+            Some("it closed the connection without answering CONNECT (the tunnel to the upstream)")
+        }
         _ => None,
     }
 }

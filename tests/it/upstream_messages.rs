@@ -470,7 +470,7 @@ async fn a_proxy_refusing_a_tunnel_is_said_to_be_the_proxys_refusal() {
     let cases = [
         (
             407,
-            "407 Proxy Authentication Required; check the credentials in the variable",
+            "407 Proxy Authentication Required; check the credentials in HTTPS_PROXY (or ALL_PROXY)",
         ),
         (
             502,
@@ -492,8 +492,7 @@ async fn a_proxy_refusing_a_tunnel_is_said_to_be_the_proxys_refusal() {
         );
         let (code, error, message) = error_of(router.chat(&chat_request()).await).await;
         let expected = via_proxy(&format!(
-            "could not reach the upstream mock: the proxy (HTTPS_PROXY or ALL_PROXY) refused to \
-             open a tunnel to it: {why}"
+            "could not reach the upstream mock: it refused to open a tunnel to the upstream: {why}"
         ));
         assert_eq!(
             (code, error.as_str(), message.as_str()),
@@ -502,6 +501,19 @@ async fn a_proxy_refusing_a_tunnel_is_said_to_be_the_proxys_refusal() {
         );
         assert!(!router.stderr().contains("secret-password"));
     }
+    // One that closes the connection without answering the CONNECT at all.
+    let closing = ClosingAfterRequest::start(None).await;
+    let config = one_server_config("https://provider.invalid/v1", "");
+    let router = RouterProcess::start(Some(&config), &[("HTTPS_PROXY", closing.origin().as_str())]);
+    let (code, error, message) = error_of(router.chat(&chat_request()).await).await;
+    let expected = via_proxy(
+        "could not reach the upstream mock: it closed the connection without answering CONNECT \
+         (the tunnel to the upstream)",
+    );
+    assert_eq!(
+        (code, error.as_str(), message.as_str()),
+        (502, "upstream_unreachable", expected.as_str())
+    );
 }
 
 /// The model-list refresh through a proxy that answers 407 warns of the proxy's refusal in
