@@ -691,10 +691,13 @@ impl Writer {
     }
 }
 
-/// The warning of a batch of `rows` kept while another connection holds the lock.
+/// The warning of a batch of `rows` kept while another connection holds the lock. The rows
+/// queued behind the batch wait too, and are said to ("keeping 1 row" read as all there was
+/// while 25 waited behind it); how many the queue holds is not known here.
 fn lock_warning(rows: usize) -> String {
     format!(
-        "usage ledger: the database is locked by another connection; keeping {} and retrying",
+        "usage ledger: the database is locked by another connection; keeping {} (and the rows \
+         queued behind them) and retrying",
         crate::plural(rows, "row", "rows")
     )
 }
@@ -766,11 +769,13 @@ mod tests {
         }
     }
 
-    /// A batch of one row is "1 row" ("keeping 1 rows" before).
+    /// A batch of one row is "1 row" ("keeping 1 rows" before), and the rows queued behind
+    /// it are said to wait too.
     #[test]
     fn the_lock_warning_counts_rows_in_words() {
-        assert!(lock_warning(1).ends_with("; keeping 1 row and retrying"));
-        assert!(lock_warning(2).ends_with("; keeping 2 rows and retrying"));
+        let queued = " (and the rows queued behind them) and retrying";
+        assert!(lock_warning(1).ends_with(&format!("; keeping 1 row{queued}")));
+        assert!(lock_warning(2).ends_with(&format!("; keeping 2 rows{queued}")));
     }
 
     #[test]
