@@ -31,16 +31,26 @@ fn span_millis(nanos: u64) -> i64 {
     (nanos / 1_000_000) as i64
 }
 
+/// A router in front of `upstream` (as the alias `mock`) exporting its spans to a fresh mock
+/// OTLP endpoint, its state adjusted by `adjust`.
+async fn router_to_mock_otlp(
+    upstream: &MockUpstream,
+    adjust: impl FnOnce(&mut llmsrouter::state::AppState),
+) -> (MockOtlp, crate::support::TestRouter, Arc<LangfuseSink>) {
+    let otlp = MockOtlp::start().await;
+    let (router, sink) = router_with_langfuse(
+        &one_server_config(&upstream.url(), ""),
+        langfuse_options(&otlp),
+        adjust,
+    )
+    .await;
+    (otlp, router, sink)
+}
+
 #[tokio::test]
 async fn a_plain_completion_becomes_one_generation_with_every_attribute() {
     let upstream = MockUpstream::start(Behavior::default()).await;
-    let otlp = MockOtlp::start().await;
-    let (router, _sink) = router_with_langfuse(
-        &one_server_config(&upstream.url(), ""),
-        langfuse_options(&otlp),
-        |_| {},
-    )
-    .await;
+    let (otlp, router, _sink) = router_to_mock_otlp(&upstream, |_| {}).await;
     let tools = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]);
     let messages =
         json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]);
@@ -189,13 +199,7 @@ async fn a_stream_without_include_usage_still_has_usage_and_the_assembled_output
         ..Default::default()
     })
     .await;
-    let otlp = MockOtlp::start().await;
-    let (router, _sink) = router_with_langfuse(
-        &one_server_config(&upstream.url(), ""),
-        langfuse_options(&otlp),
-        |_| {},
-    )
-    .await;
+    let (otlp, router, _sink) = router_to_mock_otlp(&upstream, |_| {}).await;
     let response = router
         .chat(&json!({"model": "[mock]gpt-4o", "stream": true,
             "messages": [{"role": "user", "content": "count"}]}))
@@ -247,13 +251,7 @@ async fn vendor_usage_shapes_become_langfuse_usage_and_cost_details() {
         ..Default::default()
     })
     .await;
-    let otlp = MockOtlp::start().await;
-    let (router, _sink) = router_with_langfuse(
-        &one_server_config(&upstream.url(), ""),
-        langfuse_options(&otlp),
-        |_| {},
-    )
-    .await;
+    let (otlp, router, _sink) = router_to_mock_otlp(&upstream, |_| {}).await;
     let response = router
         .chat(&json!({"model": "[mock]deepseek-reasoner", "messages": []}))
         .await;
@@ -282,13 +280,7 @@ async fn an_upstream_500_is_an_error_generation_with_its_message() {
         ..Default::default()
     })
     .await;
-    let otlp = MockOtlp::start().await;
-    let (router, _sink) = router_with_langfuse(
-        &one_server_config(&upstream.url(), ""),
-        langfuse_options(&otlp),
-        |_| {},
-    )
-    .await;
+    let (otlp, router, _sink) = router_to_mock_otlp(&upstream, |_| {}).await;
     let response = router
         .chat(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": "x"}]}))
         .await;
@@ -320,13 +312,7 @@ async fn a_client_that_disconnects_mid_stream_leaves_a_partial_warning() {
         ..Default::default()
     })
     .await;
-    let otlp = MockOtlp::start().await;
-    let (router, _sink) = router_with_langfuse(
-        &one_server_config(&upstream.url(), ""),
-        langfuse_options(&otlp),
-        |_| {},
-    )
-    .await;
+    let (otlp, router, _sink) = router_to_mock_otlp(&upstream, |_| {}).await;
     let response = router
         .chat(&json!({"model": "[mock]gpt-4o", "stream": true, "messages": []}))
         .await;
@@ -368,13 +354,7 @@ async fn a_client_that_disconnects_mid_stream_leaves_a_partial_warning() {
 #[tokio::test]
 async fn the_clients_user_and_session_go_to_the_span_without_accounts() {
     let upstream = MockUpstream::start(Behavior::default()).await;
-    let otlp = MockOtlp::start().await;
-    let (router, _sink) = router_with_langfuse(
-        &one_server_config(&upstream.url(), ""),
-        langfuse_options(&otlp),
-        |_| {},
-    )
-    .await;
+    let (otlp, router, _sink) = router_to_mock_otlp(&upstream, |_| {}).await;
     let messages = json!([{"role": "user", "content": "hi"}]);
     let cases = [
         (
@@ -456,13 +436,8 @@ impl KeyIndex for OneUser {
 #[tokio::test]
 async fn a_user_request_carries_the_user_id_and_never_the_users_key() {
     let upstream = MockUpstream::start(Behavior::default()).await;
-    let otlp = MockOtlp::start().await;
-    let (router, _sink) = router_with_langfuse(
-        &one_server_config(&upstream.url(), ""),
-        langfuse_options(&otlp),
-        |state| state.keys = Some(Arc::new(OneUser)),
-    )
-    .await;
+    let (otlp, router, _sink) =
+        router_to_mock_otlp(&upstream, |state| state.keys = Some(Arc::new(OneUser))).await;
     let response = client()
         .post(router.url("/v1/chat/completions"))
         .bearer_auth(USER_KEY)
@@ -718,13 +693,7 @@ async fn every_choices_finish_reason_is_in_the_span() {
         ..Default::default()
     })
     .await;
-    let otlp = MockOtlp::start().await;
-    let (router, _sink) = router_with_langfuse(
-        &one_server_config(&upstream.url(), ""),
-        langfuse_options(&otlp),
-        |_| {},
-    )
-    .await;
+    let (otlp, router, _sink) = router_to_mock_otlp(&upstream, |_| {}).await;
     let response = router
         .chat(&json!({"model": "[mock]gpt-4o", "n": 2, "stream": true, "messages": []}))
         .await;
