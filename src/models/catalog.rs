@@ -300,6 +300,9 @@ pub struct ServerState {
     /// The server is a router (another llmsrouter, [`super::loops`]): asked again for every
     /// list built for routers.
     from_a_router: bool,
+    /// Entries of its latest answer left out for want of a usable id: warned of when the
+    /// count changes, not at every refresh.
+    skipped: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,6 +356,7 @@ impl Snapshot {
                 due: Some(now),
                 filter_kept_none: None,
                 from_a_router: false,
+                skipped: 0,
             });
         }
         let filters: Vec<Filter> = config
@@ -476,6 +480,7 @@ async fn server_state(
         due: None,
         filter_kept_none: None,
         from_a_router: false,
+        skipped: 0,
     };
     if server.override_models.is_some() {
         return state;
@@ -503,8 +508,12 @@ async fn server_state(
             parsed,
             from_a_router,
         }) => {
-            if parsed.skipped > 0 {
+            if parsed.skipped > 0 && before.is_none_or(|b| b.skipped != parsed.skipped) {
                 tracing::warn!(server = %server.alias, "{}", skipped_warning(parsed.skipped));
+            }
+            state.skipped = parsed.skipped;
+            if before.is_some_and(|b| matches!(b.status, ServerStatus::Failed { .. })) {
+                tracing::info!(server = %server.alias, "GET /models answered again");
             }
             state.filter_kept_none = filter_kept_none(server, &parsed.models);
             if let Some(warning) = &state.filter_kept_none {
@@ -547,24 +556,45 @@ async fn server_state(
             state.latest_good = before.and_then(|b| b.latest_good.clone());
             state.filter_kept_none = before.and_then(|b| b.filter_kept_none.clone());
             state.from_a_router = before.is_some_and(|b| b.from_a_router);
+            state.skipped = before.map_or(0, |b| b.skipped);
             let kept_last_good = state.latest_good.is_some();
-            if kept_last_good {
-                tracing::warn!(server = %server.alias, "GET /models failed: {error}; serving its last good model list");
-            } else {
-                tracing::warn!(
-                    server = %server.alias,
-                    "GET /models failed: {error}; {}",
-                    left_out(server, " of /v1/models")
-                );
-            }
-            state.status = ServerStatus::Failed {
+            let status = ServerStatus::Failed {
                 error,
                 kept_last_good,
             };
+            // Once while the same failure lasts: a server down for an hour with a short TTL
+            // would otherwise fill the log with one line per retry.
+            if before.is_none_or(|b| b.status != status) {
+                warn_failed(server, &status);
+            } else {
+                tracing::debug!(server = %server.alias, "GET /models still failing");
+            }
+            state.status = status;
             state.due = Instant::now().checked_add(ttl.min(RETRY_FAILED_AFTER));
         }
     }
     state
+}
+
+/// The warning for a server's list fetch failing (a `Failed` status), saying what is served
+/// instead.
+fn warn_failed(server: &Server, status: &ServerStatus) {
+    let ServerStatus::Failed {
+        error,
+        kept_last_good,
+    } = status
+    else {
+        return;
+    };
+    if *kept_last_good {
+        tracing::warn!(server = %server.alias, "GET /models failed: {error}; serving its last good model list");
+    } else {
+        tracing::warn!(
+            server = %server.alias,
+            "GET /models failed: {error}; {}",
+            left_out(server, " of /v1/models")
+        );
+    }
 }
 
 /// What a failed server's warning says becomes of its models when it has no last good list:

@@ -1294,3 +1294,43 @@ async fn a_model_list_fetch_sends_one_authorization_for_credentials_in_the_url()
     }
     router.stop().await;
 }
+
+/// Lines of the router's log that hold `text`.
+fn lines_saying(router: &crate::support::RouterProcess, text: &str) -> usize {
+    router.stderr().lines().filter(|l| l.contains(text)).count()
+}
+
+/// A server whose list fetch keeps failing the same way is warned of once, not at every
+/// refresh (with a short TTL, one line per request); its coming back is said, and a failure
+/// after that is warned of again.
+#[tokio::test]
+async fn a_lasting_model_list_failure_is_warned_of_once() {
+    let failing = Behavior {
+        models_status: Some(500),
+        models_body: Some(r#"{"error":{"message":"boom"}}"#.into()),
+        ..Behavior::default()
+    };
+    let upstream = MockUpstream::start(failing.clone()).await;
+    let yaml = config(
+        &[server("a", &upstream.url(), "")],
+        "  models_cache_ttl_secs: 0\n",
+    );
+    let router = crate::support::RouterProcess::start(Some(&yaml), &[]);
+    let failed = "GET /models failed";
+    for fetches in 1..=3 {
+        router.list_models_and_wait_for_warnings(&[("a", failed)]).await;
+        wait_until(WITHIN, || model_fetches(&upstream) >= fetches).await;
+    }
+    assert_eq!(lines_saying(&router, failed), 1, "{}", router.stderr());
+
+    upstream.set(Behavior {
+        models_body: Some(r#"["m"]"#.into()),
+        ..Behavior::default()
+    });
+    let back = "GET /models answered again";
+    router.list_models_and_wait_for_warnings(&[("a", back)]).await;
+    upstream.set(failing);
+    router.list_models_and_wait_for_warnings(&[("a", back)]).await;
+    wait_until(WITHIN, || lines_saying(&router, failed) == 2).await;
+    assert_eq!(lines_saying(&router, back), 1, "{}", router.stderr());
+}
