@@ -1318,7 +1318,9 @@ async fn a_lasting_model_list_failure_is_warned_of_once() {
     let router = crate::support::RouterProcess::start(Some(&yaml), &[]);
     let failed = "GET /models failed";
     for fetches in 1..=3 {
-        router.list_models_and_wait_for_warnings(&[("a", failed)]).await;
+        router
+            .list_models_and_wait_for_warnings(&[("a", failed)])
+            .await;
         wait_until(WITHIN, || model_fetches(&upstream) >= fetches).await;
     }
     assert_eq!(lines_saying(&router, failed), 1, "{}", router.stderr());
@@ -1328,9 +1330,13 @@ async fn a_lasting_model_list_failure_is_warned_of_once() {
         ..Behavior::default()
     });
     let back = "GET /models answered again";
-    router.list_models_and_wait_for_warnings(&[("a", back)]).await;
+    router
+        .list_models_and_wait_for_warnings(&[("a", back)])
+        .await;
     upstream.set(failing);
-    router.list_models_and_wait_for_warnings(&[("a", back)]).await;
+    router
+        .list_models_and_wait_for_warnings(&[("a", back)])
+        .await;
     wait_until(WITHIN, || lines_saying(&router, failed) == 2).await;
     assert_eq!(lines_saying(&router, back), 1, "{}", router.stderr());
 }
