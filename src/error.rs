@@ -58,12 +58,23 @@ pub enum ProxyError {
     /// Request body over `settings.max_body_bytes`.
     #[error("request body is larger than the limit of {limit} bytes (settings.max_body_bytes)")]
     BodyTooLarge { limit: usize },
-    /// The upstream could not be reached (connect, TLS, reset before a response).
+    /// The upstream was reached but gave no usable answer: it had the request and closed
+    /// unanswered, answered something unreadable, or its answer broke off. It may have
+    /// generated (and billed) an answer: see [`Self::upstream_had_request`].
     #[error("{0}")]
     UpstreamUnreachable(String),
-    /// The upstream did not answer within `timeout_secs`.
+    /// The upstream did not answer, or finish its answer, within `timeout_secs`.
     #[error("{0}")]
     UpstreamTimeout(String),
+    /// No connection to the upstream (refused, unknown host, TLS handshake refused, reset
+    /// while the request was written): it never had the request. Answered as
+    /// [`Self::UpstreamUnreachable`] is.
+    #[error("{0}")]
+    UpstreamNotConnected(String),
+    /// The connection (or its TLS handshake) was not made in time: answered as
+    /// [`Self::UpstreamTimeout`] is; the upstream never had the request.
+    #[error("{0}")]
+    ConnectTimeout(String),
     /// Shutdown's grace period ended while the request still waited for its upstream.
     #[error("{0}")]
     ShuttingDown(String),
@@ -95,8 +106,8 @@ impl ProxyError {
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::HttpVersionNotSupported(_) => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             Self::WebSocketNotSupported => StatusCode::NOT_IMPLEMENTED,
-            Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
-            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamUnreachable(_) | Self::UpstreamNotConnected(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout(_) | Self::ConnectTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::LoopDetected(_) => StatusCode::LOOP_DETECTED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -119,8 +130,8 @@ impl ProxyError {
             Self::UriTooLong(_) => "uri_too_long",
             Self::HttpVersionNotSupported(_) => "http_version_not_supported",
             Self::WebSocketNotSupported => "websocket_not_supported",
-            Self::UpstreamUnreachable(_) => "upstream_unreachable",
-            Self::UpstreamTimeout(_) => "upstream_timeout",
+            Self::UpstreamUnreachable(_) | Self::UpstreamNotConnected(_) => "upstream_unreachable",
+            Self::UpstreamTimeout(_) | Self::ConnectTimeout(_) => "upstream_timeout",
             Self::ShuttingDown(_) => "server_shutting_down",
             Self::LoopDetected(_) => "loop_detected",
             Self::Internal => "internal_error",
@@ -134,7 +145,10 @@ impl ProxyError {
             Self::ProviderForbidden(_)
             | Self::UrlTargetForbidden(_)
             | Self::CrossSiteRequest(_) => "permission_error",
-            Self::UpstreamUnreachable(_) | Self::UpstreamTimeout(_) => "upstream_error",
+            Self::UpstreamUnreachable(_)
+            | Self::UpstreamTimeout(_)
+            | Self::UpstreamNotConnected(_)
+            | Self::ConnectTimeout(_) => "upstream_error",
             Self::ShuttingDown(_) | Self::Internal => "server_error",
             _ => "invalid_request_error",
         }
@@ -153,6 +167,18 @@ impl ProxyError {
                 | Self::HttpVersionNotSupported(_)
                 | Self::LoopDetected(_)
                 | Self::Internal
+        )
+    }
+
+    /// Whether the upstream had the request when the router gave up on it (timed out
+    /// waiting, an answer unreadable or cut): it may have generated, and billed, an answer
+    /// the client never got, so the record's usage is unknown rather than none
+    /// ([`crate::record::RequestRecord::usage_partial`]). Not shutdown's 503, which may
+    /// come before the request went out.
+    pub fn upstream_had_request(&self) -> bool {
+        matches!(
+            self,
+            Self::UpstreamUnreachable(_) | Self::UpstreamTimeout(_)
         )
     }
 

@@ -164,6 +164,10 @@ pub struct RequestRecord {
     /// success with a warning: `error` says the answer was empty, and an event stream so
     /// ended is cut as one closed before its end marker is ([`Self::usage_partial`]).
     pub empty_answer: bool,
+    /// The router gave up on an upstream that had the request (see
+    /// [`crate::error::ProxyError::upstream_had_request`]): a router error whose tokens are
+    /// unknown, not none ([`Self::usage_partial`]).
+    pub upstream_had_request: bool,
     /// What this request itself carried that no record may show: every credential the client
     /// sent (`Authorization` whatever its scheme, `Basic`'s also decoded, `x-api-key`: a URL
     /// target's upstream key, a user's router key), a URL target's query and a URL prefix's
@@ -349,7 +353,10 @@ impl RequestRecord {
             // A stream that had begun generating when the upstream ended it with an error.
             Outcome::UpstreamError => generating_stream,
             Outcome::Success => generating_stream && !self.complete,
-            Outcome::RouterError => false,
+            // A timeout waiting for the answer, an answer cut or unreadable: the upstream
+            // may have generated and billed it. Not a refused connection, nor the router's
+            // own refusal (401, 404, ...): nothing was generated.
+            Outcome::RouterError => self.upstream_had_request,
         };
         cut && self.response.usage.is_none() && !self.usage_uncounted
     }
@@ -1274,6 +1281,7 @@ pub(crate) mod tests {
             keys: Default::default(),
             answered_whole: false,
             empty_answer: false,
+            upstream_had_request: false,
             bodies_dropped: false,
             usage_uncounted: false,
             body_ticket: Default::default(),

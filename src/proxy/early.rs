@@ -172,6 +172,9 @@ pub struct LateFailure {
     logged: Option<&'static str>,
     /// When the upstream's head arrived, if it did.
     answered_at: Option<Moment>,
+    /// The router's failure came after the upstream had the request
+    /// ([`ProxyError::upstream_had_request`]).
+    upstream_had_request: bool,
     /// A whole 2xx answer that could not be sent in the stream, and its status: the record
     /// keeps it (with that status), so its usage is counted: the provider billed it.
     answer: Option<(StatusCode, Bytes)>,
@@ -188,6 +191,7 @@ impl LateFailure {
             outcome: Outcome::RouterError,
             logged: Some(error.code()),
             answered_at,
+            upstream_had_request: error.upstream_had_request(),
             answer: None,
         }
     }
@@ -215,6 +219,7 @@ impl LateFailure {
             outcome: Outcome::UpstreamError,
             logged: None,
             answered_at: Some(answered_at),
+            upstream_had_request: true,
             answer: None,
         }
     }
@@ -254,6 +259,7 @@ impl LateFailure {
                 record.complete = true;
             }
             record.error = Some(self.message);
+            record.upstream_had_request = self.upstream_had_request;
         }
         guard.finish(self.outcome);
         event

@@ -1151,6 +1151,7 @@ fn new_record(
         keys: Default::default(),
         answered_whole: false,
         empty_answer: false,
+        upstream_had_request: false,
         bodies_dropped: false,
         usage_uncounted: false,
         body_ticket: Default::default(),
@@ -1410,6 +1411,7 @@ fn fail(
     if let Some(record) = guard.record_mut() {
         record.status = Some(error.status().as_u16());
         record.error = Some(error.to_string());
+        record.upstream_had_request = error.upstream_had_request();
     }
     guard.finish(Outcome::RouterError);
     Answer::error(&error, Some(request_id))
@@ -1475,7 +1477,7 @@ fn send_error(provider: &str, error: &UpstreamError, redactor: &Redactor) -> Pro
         ))
     } else if error.is_timeout() {
         // Says which limit it was: the connect timeout, or `timeout_secs` (see `Within`).
-        ProxyError::UpstreamTimeout(format!(
+        ProxyError::ConnectTimeout(format!(
             "could not connect to the upstream {provider}: {description}"
         ))
     } else if error.is_unreadable() {
@@ -1491,7 +1493,7 @@ fn send_error(provider: &str, error: &UpstreamError, redactor: &Redactor) -> Pro
             "no answer from the upstream {provider}: {description}"
         ))
     } else {
-        ProxyError::UpstreamUnreachable(format!(
+        ProxyError::UpstreamNotConnected(format!(
             "could not reach the upstream {provider}: {description}"
         ))
     }

@@ -993,6 +993,7 @@ mod tests {
             keys: Default::default(),
             answered_whole: false,
             empty_answer: false,
+            upstream_had_request: false,
             bodies_dropped: false,
             usage_uncounted: false,
             body_ticket: Default::default(),

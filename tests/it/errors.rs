@@ -1010,6 +1010,7 @@ async fn an_answer_head_cut_by_the_close_is_said_to_be_unreadable() {
             "head {n}"
         );
         assert_eq!(upstream.connections(), 1, "head {n}: never sent twice");
+        assert!(record.usage_partial(), "head {n}: it had the request");
         router.stop().await;
     }
 }
@@ -1031,6 +1032,8 @@ async fn a_connect_outlasting_timeout_secs_is_said_to_be_the_connection() {
         body["error"]["message"],
         "could not connect to the upstream mock: no connection within 0.5 s (timeout_secs)"
     );
+    let record = router.records.nth(1).await;
+    assert!(!record.usage_partial(), "never sent: nothing generated");
     router.stop().await;
 }
 
@@ -1050,6 +1053,7 @@ async fn unreachable_upstream_is_502() {
     let record = router.records.nth(1).await;
     assert_eq!(record.outcome, Outcome::RouterError);
     assert_eq!(record.status, Some(502));
+    assert!(!record.usage_partial(), "never sent: nothing generated");
     router.stop().await;
 }
 
@@ -1144,6 +1148,8 @@ async fn slow_upstream_is_504_after_timeout_secs() {
     assert_eq!(body["error"]["message"], message);
     let record = router.records.nth(1).await;
     assert_eq!(record.error.as_deref(), Some(message));
+    // The upstream had the request and may be generating (and billing) it: tokens unknown.
+    assert!(record.usage_partial(), "{record:?}");
     router.stop().await;
 }
 
