@@ -540,7 +540,17 @@ fn is_version_end(text: &str) -> bool {
 /// full queue that drops records shows on a dashboard, not only in a warning. Behind the
 /// same key check as every route but `/health`.
 fn metrics(state: &AppState) -> Response {
-    let mut response = Response::new(Body::from(state.recorder.metrics().into_text()));
+    let mut metrics = state.recorder.metrics();
+    for (code, count) in state.failures.refusals() {
+        metrics.counter(
+            "requests_refused",
+            "Requests refused before routing (no record), by error code: invalid_api_key, \
+             model_not_found, invalid_request, ...",
+            &[("code", code)],
+            count,
+        );
+    }
+    let mut response = Response::new(Body::from(metrics.into_text()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -21,6 +21,9 @@ pub struct FailureLog {
     window: Duration,
     /// One entry per error code seen; there are only a handful of codes.
     codes: Mutex<Vec<CodeState>>,
+    /// Requests refused before routing, per code, since start: they have no record, so
+    /// `GET /metrics` counts them here (a flood of unknown keys shows on a dashboard).
+    refused: Mutex<Vec<(&'static str, u64)>>,
 }
 
 #[derive(Debug)]
@@ -35,6 +38,7 @@ impl FailureLog {
         Self {
             window,
             codes: Mutex::new(Vec::new()),
+            refused: Mutex::new(Vec::new()),
         }
     }
 
@@ -86,6 +90,7 @@ impl FailureLog {
     /// never the message: it may quote what the client sent (a model name, a `?proxy=` URL
     /// with credentials in it).
     pub fn refusal(&self, request_id: &str, status: u16, code: &'static str) {
+        self.count_refusal(code);
         match self.admit(code, Instant::now()) {
             Some(0) => tracing::info!(request_id, status, code, "refused"),
             Some(left_out) => tracing::info!(
@@ -97,6 +102,25 @@ impl FailureLog {
             ),
             None => {}
         }
+    }
+}
+
+impl FailureLog {
+    fn count_refusal(&self, code: &'static str) {
+        // Poisoned: a panic elsewhere mid-update; the count is only a metric.
+        let Ok(mut refused) = self.refused.lock() else {
+            return;
+        };
+        match refused.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, count)) => *count += 1,
+            None => refused.push((code, 1)),
+        }
+    }
+
+    /// Requests refused before routing since start, per code, in the order the codes were
+    /// first seen.
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        self.refused.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
 

@@ -362,6 +362,21 @@ async fn metrics_count_what_every_sink_wrote_and_dropped() {
     assert_eq!(forwarded.status(), 200);
     assert_eq!(upstream.count(), before + 1);
     assert_eq!(upstream.last().path, "/v1/metrics");
+    // Refusals before routing have no record: counted by code all the same.
+    let refused = fetch().await;
+    assert!(!refused.contains("llmsrouter_requests_refused_total"), "{refused}");
+    for model in ["[nowhere]m", "[nowhere]m", "[mock"] {
+        let response = router.chat(&json!({"model": model})).await;
+        assert!(response.status().is_client_error());
+    }
+    let text = fetch().await;
+    for line in [
+        "llmsrouter_requests_refused_total{code=\"model_not_found\"} 2",
+        "llmsrouter_requests_refused_total{code=\"invalid_request\"} 1",
+        "# TYPE llmsrouter_requests_refused_total counter",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
     router.terminate();
     let status = router.wait_exit(Duration::from_secs(40)).await;
     assert!(status.success(), "{status:?}: {}", router.stderr());
