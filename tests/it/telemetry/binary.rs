@@ -364,7 +364,10 @@ async fn metrics_count_what_every_sink_wrote_and_dropped() {
     assert_eq!(upstream.last().path, "/v1/metrics");
     // Refusals before routing have no record: counted by code all the same.
     let refused = fetch().await;
-    assert!(!refused.contains("llmsrouter_requests_refused_total"), "{refused}");
+    assert!(
+        !refused.contains("llmsrouter_requests_refused_total"),
+        "{refused}"
+    );
     for model in ["[nowhere]m", "[nowhere]m", "[mock"] {
         let response = router.chat(&json!({"model": model})).await;
         assert!(response.status().is_client_error());
