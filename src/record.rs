@@ -571,7 +571,14 @@ impl Recorder {
     /// The recorder's and every sink's counters, as `GET /metrics` shows them.
     pub fn metrics(&self) -> crate::sinks::Metrics {
         let mut out = crate::sinks::Metrics::default();
-        for (outcome, count) in Outcome::ALL.iter().zip(&self.inner.outcomes.0) {
+        // With every sink off nothing is recorded, so nothing is counted: no samples, rather
+        // than zeros a dashboard would read as no traffic and no errors.
+        let outcomes = if self.inner.tx.is_some() {
+            &self.inner.outcomes.0[..]
+        } else {
+            &[]
+        };
+        for (outcome, count) in Outcome::ALL.iter().zip(outcomes) {
             out.counter(
                 "requests",
                 "Requests routed (each with a record), by outcome: success, upstream_error, \

@@ -117,6 +117,16 @@ async fn ledger_false_writes_no_ledger_and_no_log_when_both_are_off() {
         .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
         .await;
     assert_eq!(response.status(), 200);
+    // Nothing recorded, nothing counted: no zeros a dashboard would read as no traffic.
+    let metrics = crate::support::client()
+        .get(router.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(!metrics.contains("llmsrouter_requests_total"), "{metrics}");
     router.terminate();
     assert!(router.wait_exit(Duration::from_secs(40)).await.success());
     let files: Vec<String> = std::fs::read_dir(router.path())
