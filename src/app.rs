@@ -405,7 +405,12 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         Err(error) if forwarded.is_some() => {
             return proxy::Answer::refused(&error, &state.failures).into_axum();
         }
-        Err(error) => return error.into_response(),
+        Err(error) => {
+            // A key tried on `GET /v1/models` (the usual way to test one) is counted as a
+            // proxied route's refusal is, though it has no request id or log line.
+            state.failures.count_refusal(error.code());
+            return error.into_response();
+        }
     };
     if let Some(path) = forwarded {
         let incoming = Incoming {

@@ -106,7 +106,8 @@ impl FailureLog {
 }
 
 impl FailureLog {
-    fn count_refusal(&self, code: &'static str) {
+    /// Counts a refusal for `GET /metrics` only ([`Self::refusal`] also logs it).
+    pub fn count_refusal(&self, code: &'static str) {
         // Poisoned: a panic elsewhere mid-update; the count is only a metric.
         let Ok(mut refused) = self.refused.lock() else {
             return;

@@ -1120,6 +1120,22 @@ async fn a_python_made_users_db_authenticates_through_the_binary() {
         .await
         .expect("health");
     assert_eq!(health.status(), 200, "/health needs no key");
+    let refused_keys = || async {
+        let text = client()
+            .get(router.url("/metrics"))
+            .bearer_auth(ANN_KEY)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let sample = "llmsrouter_requests_refused_total{code=\"invalid_api_key\"} ";
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample))
+            .map_or(0, |n| n.parse::<u64>().expect("a count"))
+    };
+    let refused_before = refused_keys().await;
     for path in ["/v1/models", "/metrics"] {
         let without = client()
             .get(router.url(path))
@@ -1135,6 +1151,8 @@ async fn a_python_made_users_db_authenticates_through_the_binary() {
             .expect("with a key");
         assert_eq!(with.status(), 200, "{path}");
     }
+    // Keys refused on the routes the router answers itself are counted too.
+    assert_eq!(refused_keys().await, refused_before + 2);
 
     // The file is still the Python version's: same table, same rows.
     assert_eq!(rows(&router.path().join("users.db")), python_rows);
