@@ -949,9 +949,15 @@ fn proxy_warnings(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<Strin
     };
     for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         if let Some(why) = unread_no_proxy_entry(entry) {
+            // A proxy URL pasted into the list may carry its password.
+            let shown = if entry.contains("://") {
+                shown_url(entry)
+            } else {
+                entry.to_owned()
+            };
             warnings.push(format!(
                 "{name}: the entry \"{}\" {why}, so it bypasses the proxy for no host",
-                crate::printable(entry)
+                crate::printable(&shown)
             ));
         }
     }
@@ -970,6 +976,9 @@ fn unread_no_proxy_entry(entry: &str) -> Option<&'static str> {
     }
     let why = if entry.contains("://") {
         "is a URL, which is not read (write the host alone)"
+    } else if entry.starts_with('[') && entry.contains("]:") {
+        // Not "without the brackets": `::1:80` is another address, read without a word.
+        "has a port, which is not read (write the address alone, without brackets or port)"
     } else if entry.starts_with('[') {
         "is an IPv6 address in brackets, which is not read (write it without them)"
     } else if entry.contains('/') {

@@ -800,7 +800,10 @@ fn no_proxy_entries_that_bypass_nothing_are_warned_of() {
     let warned = [
         ("vm:45950", "has a port"),
         ("127.0.0.1:8000", "has a port"),
-        ("[::1]:80", "is an IPv6 address in brackets"),
+        (
+            "[::1]:80",
+            "has a port, which is not read (write the address alone, without",
+        ),
         ("[::1]", "is an IPv6 address in brackets"),
         ("10.0.0.0/33", "is not a network"),
         ("127.0.0.1/+32", "is not a network"),
@@ -816,7 +819,14 @@ fn no_proxy_entries_that_bypass_nothing_are_warned_of() {
         "fe80::/10",
         "vm",
     ];
-    let entries: Vec<&str> = warned.iter().map(|(e, _)| *e).chain(read).collect();
+    // A proxy URL pasted into the list: warned of without its password.
+    let with_password = "http://me:hunter2@proxy:3128";
+    let entries: Vec<&str> = warned
+        .iter()
+        .map(|(e, _)| *e)
+        .chain(read)
+        .chain([with_password])
+        .collect();
     let no_proxy = entries.join(", ");
     let envs = [
         ("NO_PROXY", no_proxy.as_str()),
@@ -854,9 +864,12 @@ fn no_proxy_entries_that_bypass_nothing_are_warned_of() {
         )),
         "{stderr}"
     );
+    let shown = "warning: NO_PROXY: the entry \"http://[redacted]@proxy:3128\" is a URL";
+    assert!(lines.iter().any(|l| l.starts_with(shown)), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
     assert_eq!(
         lines.len(),
-        warned.len() + 1,
+        warned.len() + 2,
         "the same HTTP_PROXY pair not: {stderr}"
     );
 }
