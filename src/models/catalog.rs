@@ -564,7 +564,7 @@ async fn server_state(
             };
             // Once while the same failure lasts: a server down for an hour with a short TTL
             // would otherwise fill the log with one line per retry.
-            if before.is_none_or(|b| b.status != status) {
+            if before.is_none_or(|b| !same_failure(&b.status, &status)) {
                 warn_failed(server, &status);
             } else {
                 tracing::debug!(server = %server.alias, "GET /models still failing");
@@ -574,6 +574,24 @@ async fn server_state(
         }
     }
     state
+}
+
+/// Whether two statuses are the same failure, as far as warning of it again goes (see
+/// [`FetchError::same_kind`]).
+fn same_failure(a: &ServerStatus, b: &ServerStatus) -> bool {
+    match (a, b) {
+        (
+            ServerStatus::Failed {
+                error: a,
+                kept_last_good: kept_a,
+            },
+            ServerStatus::Failed {
+                error: b,
+                kept_last_good: kept_b,
+            },
+        ) => kept_a == kept_b && a.same_kind(b),
+        _ => false,
+    }
 }
 
 /// The warning for a server's list fetch failing (a `Failed` status), saying what is served

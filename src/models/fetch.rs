@@ -66,6 +66,18 @@ pub enum FetchError {
     Invalid(#[from] ParseError),
 }
 
+impl FetchError {
+    /// Whether `other` is the same failure for the log's purpose: the same kind, and for an
+    /// error status the same status, whatever the details (an error body quoting a request
+    /// id or a time differs at every retry).
+    pub fn same_kind(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Status { status: a, .. }, Self::Status { status: b, .. }) => a == b,
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
+}
+
 /// A server's list, and whether the server is a router (another llmsrouter).
 #[derive(Debug)]
 pub struct Fetched {

@@ -1300,7 +1300,8 @@ fn lines_saying(router: &crate::support::RouterProcess, text: &str) -> usize {
     router.stderr().lines().filter(|l| l.contains(text)).count()
 }
 
-/// A server whose list fetch keeps failing the same way is warned of once, not at every
+/// A server whose list fetch keeps failing the same way (the same status, whatever its
+/// error body quotes) is warned of once, not at every
 /// refresh (with a short TTL, one line per request); its coming back is said, and a failure
 /// after that is warned of again.
 #[tokio::test]
@@ -1318,6 +1319,13 @@ async fn a_lasting_model_list_failure_is_warned_of_once() {
     let router = crate::support::RouterProcess::start(Some(&yaml), &[]);
     let failed = "GET /models failed";
     for fetches in 1..=3 {
+        // An error body quoting a request id differs at every retry: the same failure still.
+        upstream.set(Behavior {
+            models_body: Some(format!(
+                r#"{{"error":{{"message":"boom, request {fetches}"}}}}"#
+            )),
+            ..failing.clone()
+        });
         router
             .list_models_and_wait_for_warnings(&[("a", failed)])
             .await;
