@@ -42,7 +42,8 @@ const KEY_VAR: &str = "LLMSROUTER_USER_KEY";
 
 impl Cli {
     /// Parses the process's command line. A mistake is one line on stderr, exit status 2
-    /// (help and version print as clap prints them). A bad value that came from a variable
+    /// (`check`'s 1 for a bad or empty variable: judging the environment is its job; help and
+    /// version print as clap prints them). A bad value that came from a variable
     /// (the flag not on the line) is reported under the variable's name: clap's own message
     /// names only the flag, which the user never typed.
     pub fn parse_or_exit() -> Self {

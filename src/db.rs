@@ -292,7 +292,9 @@ pub fn open_to_read_once(path: &Path) -> Result<Connection, DbError> {
 /// for a moment's contention (another command reading), short of a wait anyone notices.
 const SWITCH_GRACE: Duration = Duration::from_millis(200);
 
-/// What `llmsrouter check` can tell of the database at `path` without writing to it: the
+/// What `llmsrouter check` can tell of the database at `path` without changing what it holds
+/// (opened read-write when it may be, so that closing it leaves no `-wal`/`-shm` behind: as
+/// the last connection it checkpoints a leftover write-ahead log into the file): the
 /// refusals `serve` would meet when opening it (a folder or a device, not a database,
 /// another program's, a newer schema; with `writes`, for the ledger, a file or folder this
 /// user may not write). A missing file is no problem when `serve` can create it, ledger or not: it

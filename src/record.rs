@@ -342,7 +342,9 @@ impl RequestRecord {
     /// client cannot tell from an end). A stream that announced its answer with an event of
     /// its own (Anthropic's `message_start`, the Responses API's `response.created`: see
     /// `ResponseSummary::begun`) had begun it, token or not. An upstream error before that
-    /// (a 429, an error under a 200 instead of a stream) is not partial. An event stream the
+    /// (a 429, an error under a 200 instead of a stream) is not partial; the router's own
+    /// error is when the upstream had the request (a 504 waiting for its answer, a 502 for
+    /// one it closed without, cut or sent unreadable). An event stream the
     /// upstream closed before any event is ([`Self::empty_answer`]): it took the request and
     /// said nothing, not even that it failed.
     pub fn usage_partial(&self) -> bool {

@@ -322,6 +322,7 @@ pub use super::members::MAX_MEMBERS;
 
 /// The start of the refusal of a body with more than [`MAX_MEMBERS`] members.
 const TOO_MANY_MEMBERS: &str = "more than 4096 top-level members";
+const _: () = assert!(MAX_MEMBERS == 4096, "TOO_MANY_MEMBERS names the limit");
 
 fn not_json(e: serde_json::Error) -> ProxyError {
     if e.is_data() && e.to_string().starts_with(TOO_MANY_MEMBERS) {

@@ -242,18 +242,22 @@ impl LogFile {
     /// opened when a reader comes.
     pub fn open_at_start(&mut self, day: Date) -> std::io::Result<()> {
         match self.open(Some(day)) {
-            Err(e) if self.is_pipe_without_reader(&e) => Ok(()),
+            Err(e) if self.is_pipe_without_reader(&e, Some(day)) => Ok(()),
             other => other,
         }
     }
 
+    /// ENXIO from a named pipe: no reader. A device fails with ENXIO for its own reasons
+    /// (no such unit), which are said in the error's words.
     #[cfg(unix)]
-    fn is_pipe_without_reader(&self, e: &std::io::Error) -> bool {
+    fn is_pipe_without_reader(&self, e: &std::io::Error, day: Option<Date>) -> bool {
+        use std::os::unix::fs::FileTypeExt as _;
         e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error())
+            && std::fs::metadata(self.path_of(day)).is_ok_and(|m| m.file_type().is_fifo())
     }
 
     #[cfg(not(unix))]
-    fn is_pipe_without_reader(&self, _e: &std::io::Error) -> bool {
+    fn is_pipe_without_reader(&self, _e: &std::io::Error, _day: Option<Date>) -> bool {
         false
     }
 
@@ -421,7 +425,7 @@ impl LogFile {
         self.stats.failed.fetch_add(lines, Ordering::Relaxed);
         // A named pipe no process reads yet: opened without waiting, it fails with ENXIO,
         // whose words ("No such device or address") say nothing of that.
-        let error = if self.is_pipe_without_reader(error) {
+        let error = if self.is_pipe_without_reader(error, day) {
             "no process has the named pipe open for reading yet".to_owned()
         } else {
             error.to_string()
