@@ -357,6 +357,9 @@ impl UpstreamError {
         Self {
             unreadable,
             had_request: error.had_request(),
+            // Connected already: a `TimedOut` here is a write the upstream stopped taking
+            // ([`plain`]'s stall), not the connect timeout ([`plain::SendError::Connect`]).
+            timeout: false,
             ..Self::from_hyper(error)
         }
     }
@@ -407,6 +410,12 @@ impl UpstreamError {
     /// [`plain::PlainError::HeadCut`], unreadable, as the plain-HTTP client says it.
     fn from_direct(error: &hyper_util::client::legacy::Error) -> Self {
         let described = Self::from_hyper(error);
+        // Only a connection's `TimedOut` is the connect timeout ([`ConnectLimits`]); one met
+        // on a connection made (a write stalled, keep-alive probes unanswered) is not.
+        let described = Self {
+            timeout: described.timeout && error.is_connect(),
+            ..described
+        };
         if described.unreadable && past_head_limits(error) {
             return Self::unreadable(HTTPS_HEAD_LIMITS);
         }
@@ -522,7 +531,8 @@ impl UpstreamError {
 
     fn from_reqwest(error: &reqwest::Error) -> Self {
         Self {
-            timeout: error.is_timeout(),
+            // As for [`Self::from_direct`]: the connect timeout, not a `TimedOut` after it.
+            timeout: error.is_timeout() && error.is_connect(),
             undecodable: false,
             unreadable: false,
             had_request: false,
@@ -1392,6 +1402,15 @@ mod tests {
             "{}",
             refusal("CaUsedAsEndEntity")
         );
+    }
+
+    /// A write the upstream stopped taking fails with `TimedOut` on a connection made: not
+    /// the connect timeout, whose message says "could not connect".
+    #[test]
+    fn a_stalled_write_is_no_connect_timeout() {
+        let stalled = std::io::Error::new(std::io::ErrorKind::TimedOut, "took nothing");
+        let error = UpstreamError::from_plain(&plain::PlainError::Io(stalled));
+        assert!(!error.is_timeout(), "{error}");
     }
 
     #[test]
