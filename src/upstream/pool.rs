@@ -49,6 +49,12 @@ impl PlainConn {
     }
 }
 
+/// Hosts a lane keeps idle connections to, at most. A new one past it takes the place of the
+/// host whose latest connection idled longest (its connections closed): a burst of requests
+/// to thousands of `?proxy=` targets would otherwise hold a socket (a file) each for the
+/// idle timeout, and every request would search them all. Real setups name a few providers.
+const MAX_HOSTS_PER_LANE: usize = 256;
+
 /// The idle connections of every lane. Each lane takes and returns only its own, so its
 /// lock is never contended in the server (tests that drive the router from a
 /// multi-threaded runtime all count as lane 0, hence a lock and not a `RefCell`).
@@ -120,6 +126,9 @@ impl LanePools {
         let at = match guard.hosts.iter().position(|h| h.authority == authority) {
             Some(at) => at,
             None => {
+                if guard.hosts.len() >= MAX_HOSTS_PER_LANE {
+                    forget_the_longest_idle(&mut guard.hosts);
+                }
                 guard.hosts.push(Host {
                     authority,
                     idle: VecDeque::new(),
@@ -154,6 +163,19 @@ impl LanePools {
     pub(super) fn sweep_state(&self, lane: usize) -> (bool, usize) {
         let guard = self.lane(lane);
         (guard.sweeping, guard.hosts.len())
+    }
+}
+
+/// Forgets the host whose most recently returned connection is the oldest (one with none,
+/// first), closing its connections.
+fn forget_the_longest_idle(hosts: &mut Vec<Host>) {
+    let longest = hosts
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, h)| h.idle.back().map(|i| i.since))
+        .map(|(at, _)| at);
+    if let Some(at) = longest {
+        hosts.swap_remove(at);
     }
 }
 
@@ -200,5 +222,46 @@ async fn sweep(pools: Weak<LanePools>, lane: usize) {
             guard.sweeping = false;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected socket (its peer kept open by the returned listener's accepted ends).
+    async fn connected(
+        listener: &tokio::net::TcpListener,
+        peers: &mut Vec<TcpStream>,
+    ) -> PlainConn {
+        let addr = listener.local_addr().expect("addr");
+        let (io, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        peers.push(accepted.expect("accept").0);
+        PlainConn::new(io.expect("connect"))
+    }
+
+    /// Past the cap of hosts, a new one takes the place of the host idle longest; one
+    /// returned to recently stays.
+    #[tokio::test]
+    async fn a_lane_keeps_at_most_its_cap_of_hosts_forgetting_the_longest_idle() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut peers = Vec::new();
+        let pools = Arc::new(LanePools::new(1, Duration::from_secs(90)));
+        for n in 0..MAX_HOSTS_PER_LANE {
+            let conn = connected(&listener, &mut peers).await;
+            pools.put_back(0, Arc::from(format!("host-{n}:80")), conn);
+        }
+        // host-0 used again: now the most recent, host-1 the longest idle.
+        let conn = connected(&listener, &mut peers).await;
+        pools.put_back(0, Arc::from("host-0:80"), conn);
+        let conn = connected(&listener, &mut peers).await;
+        pools.put_back(0, Arc::from("new:80"), conn);
+        assert_eq!(pools.sweep_state(0).1, MAX_HOSTS_PER_LANE);
+        assert_eq!(pools.idle_count(0, "new:80"), 1);
+        assert_eq!(pools.idle_count(0, "host-0:80"), 2);
+        assert_eq!(pools.idle_count(0, "host-1:80"), 0, "forgotten");
+        assert_eq!(pools.idle_count(0, "host-2:80"), 1);
     }
 }
