@@ -1668,7 +1668,9 @@ async fn success_body(
         // Too large to go decoded, and compressed the key would pass: the router's error.
         Some(aside) if aside.redacted && aside.over_limit => {
             let message = format!(
-                "the upstream's {}-encoded answer decodes to more than {} MiB and                  reports an error that echoes a configured key: not relayed, as the router                  can send it neither decoded (too large) nor as it came (the key would pass)",
+                "the upstream's {}-encoded answer decodes to more than {} MiB and \
+                 reports an error that echoes a configured key: not relayed, as the router \
+                 can send it neither decoded (too large) nor as it came (the key would pass)",
                 crate::content_coding::named(&coding),
                 crate::content_coding::MAX_DECODED_BODY / (1024 * 1024)
             );
