@@ -5,6 +5,9 @@
 //! client assembles into the same message. A whole chat or text completion that comes before that
 //! head goes the same way (`super::whole_as_stream`): the openai SDKs read a stream
 //! request's answer as events whatever its label, and found none in the JSON.
+//!
+//! Both paths read the answer through [`read_whole`], which owns how large an answer may be
+//! made into events and on which thread it is read, so the two cannot drift apart.
 
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value};
@@ -12,6 +15,50 @@ use serde_json::{Map, Value};
 use crate::error::sse_event;
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// The largest whole JSON answer (decoded) made into events. Read into a tree it takes
+/// several times its size (a 60 MB object of tiny members took 570 MB and stalled every
+/// connection on its thread: bb36), and an SSE reader cuts an event past 16 MiB anyway. A
+/// larger one goes as it came before the router's head (`super::whole_as_stream`); after it
+/// the stream ends with the router's error saying so ([`super::early`]).
+pub const MAX_EVENTS_FROM_WHOLE: usize = 16 * 1024 * 1024;
+
+/// Past this a whole answer is read on a blocking thread, not on the one that serves its
+/// connection and every other connection there.
+const READ_ASIDE: usize = 256 * 1024;
+
+/// Why [`read_whole`] made nothing of an answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unread {
+    /// Over [`MAX_EVENTS_FROM_WHOLE`]: not read.
+    TooLarge,
+    /// Its read on a blocking thread did not finish (it panicked, or the runtime is
+    /// shutting down).
+    Lost,
+}
+
+/// A whole JSON answer to a stream request (decoded) read into a tree and handed to `make`
+/// (`None` when it is not JSON), which makes of it what its path needs: the events, or why
+/// there are none. One over [`MAX_EVENTS_FROM_WHOLE`] is not read. One over 256 KiB is read,
+/// `make` run and the tree dropped (itself a free for each of millions of members) on a
+/// blocking thread.
+pub async fn read_whole<T, F>(json: Bytes, make: F) -> Result<T, Unread>
+where
+    T: Send + 'static,
+    F: FnOnce(Option<Value>) -> T + Send + 'static,
+{
+    if json.len() > MAX_EVENTS_FROM_WHOLE {
+        return Err(Unread::TooLarge);
+    }
+    let large = json.len() > READ_ASIDE;
+    let read = move || make(serde_json::from_slice::<Value>(&json).ok());
+    if !large {
+        return Ok(read());
+    }
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|_| Unread::Lost)
+}
 
 /// The events that stand for `answer`: one chunk per choice, carrying the whole message as
 /// its delta (or, for a text completion, the whole text) and its `finish_reason`; then the
@@ -230,5 +277,27 @@ mod tests {
         ] {
             assert!(as_events(&answer, true).is_none(), "{answer}");
         }
+    }
+
+    /// A small answer is read where it is asked for; one over 256 KiB on another thread
+    /// (a blocking one), not the one serving the connection; one over 16 MiB not at all.
+    #[tokio::test]
+    async fn a_large_answer_is_read_aside_and_a_huge_one_not_read() {
+        let here = std::thread::current().id();
+        let answer = |size: usize| Bytes::from(json!({"text": "x".repeat(size)}).to_string());
+        let where_read = |json: Bytes| {
+            read_whole(json, move |value| {
+                assert!(value.is_some(), "read as JSON");
+                std::thread::current().id()
+            })
+        };
+        assert_eq!(where_read(answer(1024)).await, Ok(here));
+        let aside = where_read(answer(300 * 1024)).await.expect("read");
+        assert_ne!(aside, here, "read on a blocking thread");
+        let huge = answer(MAX_EVENTS_FROM_WHOLE);
+        let made = read_whole(huge, |_| panic!("not read")).await;
+        assert_eq!(made, Err::<(), _>(Unread::TooLarge));
+        let not_json = read_whole(Bytes::from_static(b"data: {}"), |value| value.is_none());
+        assert_eq!(not_json.await, Ok(true));
     }
 }

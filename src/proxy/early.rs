@@ -24,6 +24,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use tokio::time::Instant;
 
+use super::chunks::Unread;
 use super::headers::{AnswerFields, Shape};
 use super::stream::{StreamFailures, StreamSettings, StreamTee, UpstreamBody};
 use super::{Answer, AnswerBody, StreamCoding};
@@ -212,8 +213,19 @@ impl LateFailure {
 
     /// The upstream's error answer: `body` as a whole answer would carry it.
     fn upstream(status: StatusCode, body: &[u8], message: String, answered_at: Moment) -> Self {
+        let payload = event_payload(body, status, &message);
+        Self::upstream_payload(status, payload, message, answered_at)
+    }
+
+    /// [`Self::upstream`] with its event's data already made ([`value_payload`]).
+    fn upstream_payload(
+        status: StatusCode,
+        payload: Bytes,
+        message: String,
+        answered_at: Moment,
+    ) -> Self {
         Self {
-            payload: event_payload(body, status, &message),
+            payload,
             status,
             message,
             outcome: Outcome::UpstreamError,
@@ -291,9 +303,14 @@ impl LateFailure {
 /// upstream may pretty-print its error, and a line break would end the `data:` line), with
 /// the status a whole answer would have had as the error's `status`, unless it names one.
 fn event_payload(body: &[u8], status: StatusCode, message: &str) -> Bytes {
-    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) else {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
         return error_body(message, "upstream_error", None);
     };
+    value_payload(value, status, message)
+}
+
+/// [`event_payload`] of a body already read.
+fn value_payload(mut value: serde_json::Value, status: StatusCode, message: &str) -> Bytes {
     if let Some(error) = value.get_mut("error").and_then(|e| e.as_object_mut()) {
         error
             .entry("status")
@@ -355,17 +372,14 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
                     }
                     Ok(Ok(body)) => body,
                 };
-                if labelled_json || is_json_object(&body) {
-                    let answer = LateAnswer {
-                        status,
-                        answered_at,
-                        provider: &provider,
-                        redactor: &redactor,
-                    };
-                    return answer.whole_json(body, &fields, client_usage);
-                }
-                let error = not_relayable(&provider, status, &content_type_of(&fields));
-                return router(error, Some(answered_at));
+                let answer = LateAnswer {
+                    status,
+                    answered_at,
+                    provider: &provider,
+                    redactor: &redactor,
+                    labelled_json,
+                };
+                return answer.whole_json(body, &fields, client_usage).await;
             }
             if !super::is_event_stream(&fields) {
                 let error = not_relayable(&provider, status, &content_type_of(&fields));
@@ -428,90 +442,165 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
     }
 }
 
-/// The head of a 2xx JSON answer that came after the stream began, and what reading its
-/// body needs.
+/// The head of a 2xx answer that may be JSON (labelled so, or with a label that does not
+/// rule it out) that came after the stream began, and what reading its body needs.
 struct LateAnswer<'a> {
     status: StatusCode,
     answered_at: Moment,
     provider: &'a str,
     redactor: &'a Redactor,
+    /// Labelled JSON: read as JSON whatever it holds. Otherwise (`text/plain`, no label) it
+    /// is a whole answer only if it is one JSON object, as on the usual path.
+    labelled_json: bool,
 }
 
 impl LateAnswer<'_> {
-    /// A whole JSON `body` answering the stream already begun: an error under a 2xx
+    /// A whole `body` answering the stream already begun: an error under a 2xx
     /// (`{"error": {...}}`) ends the stream with the upstream's own message, as a whole
     /// answer's record has it; a chat or text completion goes on as the events a stream of
     /// it would have been ([`super::chunks`], the usage chunk only if `client_usage`); any
-    /// other cannot be sent in the stream and ends it with the router's error, its record
-    /// keeping the answer (and so its usage).
-    fn whole_json(self, body: Bytes, fields: &Fields, client_usage: bool) -> LateHead {
+    /// other JSON cannot be sent in the stream and ends it with the router's error, its
+    /// record keeping the answer (and so its usage). So does one over
+    /// [`super::chunks::MAX_EVENTS_FROM_WHOLE`], which is not read into events (the head
+    /// already said "event stream", so it cannot go as it came, as it does before the
+    /// head). A compressed answer is decoded, and one over 256 KiB read, on a blocking
+    /// thread, not on the one serving this and other connections.
+    async fn whole_json(self, body: Bytes, fields: &Fields, client_usage: bool) -> LateHead {
         let Self {
             status,
             answered_at,
             provider,
             redactor,
+            labelled_json,
         } = self;
-        // Asked for `identity`, an upstream may still compress it: read decoded.
+        let not_relayable_here = || {
+            let error = not_relayable(provider, status, &content_type_of(fields));
+            LateHead::Failed(LateFailure::router(&error, Some(answered_at)))
+        };
+        // Asked for `identity`, an upstream may still compress it: read decoded. (Only one
+        // labelled JSON comes here compressed: see `super::may_be_json`.)
         let body = match crate::content_coding::content_encoding(fields) {
             None => body,
-            Some(coding) => {
-                let limit = crate::content_coding::MAX_DECODED_BODY;
-                match crate::content_coding::decode(&coding, &body, limit) {
-                    Ok(decoded) => Bytes::from(decoded),
-                    Err(error) => {
-                        let what = format!("a JSON body the router cannot decode ({error})");
-                        let error = not_relayable(provider, status, &what);
-                        return LateHead::Failed(LateFailure::router(&error, Some(answered_at)));
-                    }
+            Some(coding) => match decoded_aside(coding, body).await {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    let what = format!("a JSON body the router cannot decode ({error})");
+                    let error = not_relayable(provider, status, &what);
+                    return LateHead::Failed(LateFailure::router(&error, Some(answered_at)));
                 }
-            }
+            },
         };
         let body = super::without_echoed_keys(redactor, body);
-        let value = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
-        if value.get("error").is_some_and(serde_json::Value::is_object) {
-            let (_, message) = super::wrap_upstream_error(status, &body);
-            return LateHead::Failed(LateFailure::upstream(status, &body, message, answered_at));
-        }
-        if let Some(events) = super::chunks::as_events(&value, client_usage) {
-            return LateHead::Whole(WholeAnswer {
+        let read = super::chunks::read_whole(body.clone(), move |value| {
+            Made::of(value, status, client_usage)
+        });
+        let unsent = |error: ProxyError| {
+            LateHead::Failed(LateFailure::unsent_answer(
+                &error,
+                status,
+                body.clone(),
+                answered_at,
+            ))
+        };
+        let made = match read.await {
+            Ok(made) => made,
+            Err(Unread::TooLarge) => {
+                if !labelled_json && !body.trim_ascii_start().starts_with(b"{") {
+                    return not_relayable_here();
+                }
+                return unsent(ProxyError::UpstreamUnreachable(format!(
+                    "the upstream {provider} answered HTTP {} with one whole JSON body of {} \
+                     bytes to a stream request, after the router had begun the stream (the \
+                     upstream sent no answer within the keep-alive interval); it cannot be \
+                     sent as that stream, as the router makes no events of a whole answer \
+                     over {} MiB (its usage is recorded)",
+                    status.as_u16(),
+                    body.len(),
+                    super::chunks::MAX_EVENTS_FROM_WHOLE / (1024 * 1024)
+                )));
+            }
+            Err(Unread::Lost) => return unsent(ProxyError::Internal),
+        };
+        match made {
+            Made::Events(events) => LateHead::Whole(WholeAnswer {
                 events,
                 body,
                 status,
                 answered_at,
-            });
-        }
-        if value.is_null() {
+            }),
+            Made::UpstreamError { payload, message } => LateHead::Failed(
+                LateFailure::upstream_payload(status, payload, message, answered_at),
+            ),
+            Made::NotJson | Made::Other { object: false, .. } if !labelled_json => {
+                not_relayable_here()
+            }
             // Labelled JSON but not JSON: most likely an event stream under the wrong label,
             // which the router tells by its first bytes only when the head comes first.
-            let error = ProxyError::UpstreamUnreachable(format!(
+            Made::NotJson => unsent(ProxyError::UpstreamUnreachable(format!(
                 "the upstream {provider} answered HTTP {} with a body labelled JSON that is \
                  not JSON (an event stream under the wrong label?); the router had already \
                  begun the stream (the upstream sent no answer within the keep-alive \
                  interval), so that answer cannot be relayed",
                 status.as_u16()
-            ));
-            return LateHead::Failed(LateFailure::unsent_answer(
-                &error,
-                status,
-                body,
-                answered_at,
-            ));
+            ))),
+            Made::Other { what, .. } => unsent(ProxyError::UpstreamUnreachable(format!(
+                "the upstream {provider} answered HTTP {} with one whole JSON body {what} to a \
+                 stream request, after the router had begun the stream (the upstream sent no \
+                 answer within the keep-alive interval); it cannot be sent as that stream (its \
+                 usage is recorded)",
+                status.as_u16()
+            ))),
         }
-        let what = whole_answer_kind(&value);
-        let error = ProxyError::UpstreamUnreachable(format!(
-            "the upstream {provider} answered HTTP {} with one whole JSON body {what} to a \
-             stream request, after the router had begun the stream (the upstream sent no \
-             answer within the keep-alive interval); it cannot be sent as that stream (its \
-             usage is recorded)",
-            status.as_u16()
-        ));
-        LateHead::Failed(LateFailure::unsent_answer(
-            &error,
-            status,
-            body,
-            answered_at,
-        ))
     }
+}
+
+/// What a late whole answer is, made from its tree where [`super::chunks::read_whole`] read
+/// it (a blocking thread for a large one), so that no more than this comes back.
+enum Made {
+    /// A chat or text completion: its events.
+    Events(Bytes),
+    /// An error under a 2xx (`{"error": {...}}`): its error event's data and message.
+    UpstreamError { payload: Bytes, message: String },
+    /// JSON of another shape: what it is ([`whole_answer_kind`]), and whether it is an
+    /// object.
+    Other { what: String, object: bool },
+    /// Not JSON.
+    NotJson,
+}
+
+impl Made {
+    fn of(value: Option<serde_json::Value>, status: StatusCode, client_usage: bool) -> Self {
+        let Some(value) = value else {
+            return Self::NotJson;
+        };
+        if let Some(error) = value.get("error").filter(|e| e.is_object()) {
+            let message = super::error_member_message(error);
+            let payload = value_payload(value, status, &message);
+            return Self::UpstreamError { payload, message };
+        }
+        if let Some(events) = super::chunks::as_events(&value, client_usage) {
+            return Self::Events(events);
+        }
+        Self::Other {
+            what: whole_answer_kind(&value),
+            object: value.is_object(),
+        }
+    }
+}
+
+/// A compressed `body` decoded (up to the
+/// [`crate::content_coding::MAX_DECODED_BODY`] its record reads) on a blocking thread: a
+/// small body may decode to 64 MiB. `Err` says why it could not be.
+async fn decoded_aside(coding: String, body: Bytes) -> Result<Bytes, String> {
+    let decode = move || {
+        let limit = crate::content_coding::MAX_DECODED_BODY;
+        crate::content_coding::decode(&coding, &body, limit)
+            .map(Bytes::from)
+            .map_err(|error| error.to_string())
+    };
+    tokio::task::spawn_blocking(decode)
+        .await
+        .unwrap_or_else(|_| Err("its decoding did not finish".to_owned()))
 }
 
 /// What a whole JSON answer is, for the error that says it could not be sent: its `object`
@@ -524,12 +613,6 @@ fn whole_answer_kind(value: &serde_json::Value) -> String {
         Some(name) => format!("of type \"{}\"", clip(name, 40)),
         None => "of no known shape".to_owned(),
     }
-}
-
-/// Whether `body` is one JSON object (what a whole completion is), whatever its label said.
-fn is_json_object(body: &[u8]) -> bool {
-    body.trim_ascii_start().starts_with(b"{")
-        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
 fn content_type_of(fields: &Fields) -> String {

@@ -968,14 +968,8 @@ async fn forward_read<V: ReadBody>(
 /// comes after that head is ([`early`]). Relayed as it came, it left the openai SDKs, which
 /// read a stream request's answer as events whatever its label, with no chunk and no error.
 /// The record is the whole answer's, untouched: only what the client gets changes. Any other
-/// answer (an error, a 2xx of another shape, one too large to decode) is left as it was.
-/// The largest whole JSON answer to a stream request that is made into events; a larger one
-/// goes as it came (as the SSE reader cuts an event past 16 MiB).
-const MAX_EVENTS_FROM_WHOLE: usize = 16 * 1024 * 1024;
-
-/// Past this a whole answer made into events is read on a blocking thread.
-const READ_ASIDE: usize = 256 * 1024;
-
+/// answer (an error, a 2xx of another shape, one too large to decode or, past
+/// [`chunks::MAX_EVENTS_FROM_WHOLE`], to read into events) is left as it was.
 async fn whole_as_stream(answer: Answer, client_usage: bool, redactor: &Redactor) -> Answer {
     let AnswerBody::Recorded(body, _) = &answer.body else {
         return answer;
@@ -1003,23 +997,11 @@ async fn whole_as_stream(answer: Answer, client_usage: bool, redactor: &Redactor
         }
         _ => return answer,
     };
-    // Read into a tree, it takes several times its size (a 60 MB object of tiny members took
-    // 570 MB), on the thread that serves the connection: past `MAX_EVENTS_FROM_WHOLE` it goes
-    // as the upstream sent it, and a large one is read on a blocking thread.
-    if json.len() > MAX_EVENTS_FROM_WHOLE {
-        return answer;
-    }
-    let large = json.len() > READ_ASIDE;
-    let parse = move || serde_json::from_slice::<serde_json::Value>(&json).ok();
-    let value = if large {
-        tokio::task::spawn_blocking(parse).await.ok().flatten()
-    } else {
-        parse()
-    };
-    let Some(value) = value else {
-        return answer;
-    };
-    let Some(events) = chunks::as_events(&value, client_usage) else {
+    // Too large to read into events (or not a completion): as the upstream sent it.
+    let events = chunks::read_whole(json, move |value| {
+        value.and_then(|value| chunks::as_events(&value, client_usage))
+    });
+    let Ok(Some(events)) = events.await else {
         return answer;
     };
     match answer.body {
@@ -1668,7 +1650,9 @@ async fn success_body(
         // Too large to go decoded, and compressed the key would pass: the router's error.
         Some(aside) if aside.redacted && aside.over_limit => {
             let message = format!(
-                "the upstream's {}-encoded answer decodes to more than {} MiB and                  reports an error that echoes a configured key: not relayed, as the router                  can send it neither decoded (too large) nor as it came (the key would pass)",
+                "the upstream's {}-encoded answer decodes to more than {} MiB and \
+                 reports an error that echoes a configured key: not relayed, as the router \
+                 can send it neither decoded (too large) nor as it came (the key would pass)",
                 crate::content_coding::named(&coding),
                 crate::content_coding::MAX_DECODED_BODY / (1024 * 1024)
             );
@@ -2039,6 +2023,15 @@ fn decode_error_body(status: StatusCode, body: Bytes, fields: &Fields) -> (Bytes
     }
 }
 
+/// The message of an OpenAI-shaped error's `error` object: its `message`, or, without one,
+/// the object itself as JSON.
+pub(crate) fn error_member_message(error: &serde_json::Value) -> String {
+    error
+        .get("message")
+        .and_then(|m| m.as_str())
+        .map_or_else(|| error.to_string(), str::to_owned)
+}
+
 /// Returns `(wrapped body if the upstream's was not OpenAI-shaped, the error message)`.
 /// The upstream's text is kept verbatim inside the message, so clients that match on it
 /// ("context length") still do.
@@ -2049,11 +2042,7 @@ pub fn wrap_upstream_error(status: StatusCode, body: &[u8]) -> (Option<Bytes>, S
         .and_then(|v| v.get("error"))
         .filter(|e| e.is_object())
     {
-        let message = error
-            .get("message")
-            .and_then(|m| m.as_str())
-            .map_or_else(|| error.to_string(), str::to_owned);
-        return (None, message);
+        return (None, error_member_message(error));
     }
     let text = String::from_utf8_lossy(body);
     // The members as the upstream wrote them: a `detail` that is a list (FastAPI's) is quoted

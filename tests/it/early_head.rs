@@ -892,3 +892,162 @@ async fn a_resend_without_stream_options_is_answered_early_while_the_upstream_is
     );
     router.stop().await;
 }
+
+/// The router's own 504 or 502 after its early head, when the upstream had the request (no
+/// head within `timeout_secs`; a head, then half a whole answer and silence; the connection
+/// closed unanswered a while after the request): the upstream may have generated, and billed,
+/// an answer the client never got, so the record's usage is partial, not a free request.
+#[tokio::test]
+async fn a_late_router_failure_after_the_upstream_had_the_request_is_usage_partial() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = router_for(&upstream, "    timeout_secs: 1\n").await;
+    let cases = [
+        (
+            "no head",
+            Behavior {
+                delay: Duration::from_secs(30),
+                ..Default::default()
+            },
+        ),
+        (
+            "stuck answer",
+            Behavior {
+                delay: Duration::from_millis(300),
+                never_stream: true,
+                stall_whole: true,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (n, (case, behavior)) in cases.into_iter().enumerate() {
+        upstream.set(behavior);
+        let response = head_of(stream_to(&router)).await;
+        assert_stream_head(&response);
+        let mut body: Body = response.bytes_stream().boxed();
+        let text = tokio::time::timeout(Duration::from_secs(10), read_rest(&mut body))
+            .await
+            .expect("the stream ends at timeout_secs");
+        assert!(
+            text.starts_with(KEEPALIVE),
+            "{case}: the router's head first"
+        );
+        let event = only_event(&text);
+        assert_eq!(
+            event["error"]["code"], "upstream_timeout",
+            "{case}: {event}"
+        );
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::RouterError, "{case}");
+        assert_eq!(record.status, Some(504), "{case}");
+        assert!(record.response.usage.is_none(), "{case}");
+        assert!(record.usage_partial(), "{case}: it had the request");
+    }
+    router.stop().await;
+
+    let gate = Arc::new(Semaphore::new(0));
+    let closing =
+        crate::support::upstream::EarlyAnswer::closing_unanswered_when(gate.clone()).await;
+    let router = TestRouter::start_with(&one_server_config(&closing.url(), ""), |state| {
+        state.keepalive_interval = Duration::from_millis(100);
+    })
+    .await;
+    let response = head_of(stream_to(&router)).await;
+    assert_stream_head(&response);
+    let mut body: Body = response.bytes_stream().boxed();
+    let before = read_keepalives(&mut body, 1).await;
+    gate.add_permits(1);
+    let rest = tokio::time::timeout(Duration::from_secs(10), read_rest(&mut body))
+        .await
+        .expect("the stream ends when the upstream closes");
+    let event = only_event(&(before + &rest));
+    assert_eq!(event["error"]["code"], "upstream_unreachable", "{event}");
+    assert_eq!(event["error"]["status"], 502);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::RouterError);
+    assert_eq!(record.status, Some(502));
+    assert!(record.usage_partial(), "closed after it had the request");
+    assert_eq!(closing.connections(), 1, "never sent twice");
+    router.stop().await;
+}
+
+/// A late whole chat completion (after the router's early head) over 256 KiB goes as its
+/// events all the same (read on a blocking thread, as before the head). One over 16 MiB,
+/// plain or gzipped, is not read into events: read into a tree such an answer took several
+/// times its size on the connection's thread (a 60 MB one of tiny members, 570 MB). The head
+/// already said "event stream", so it cannot go as it came, as it does before the head: the
+/// stream ends with the router's `upstream_unreachable` error event saying why, and the
+/// record keeps the answer with the upstream's status, so its usage is counted: the provider
+/// billed it.
+#[tokio::test]
+async fn a_late_whole_answer_over_16_mib_ends_with_an_error_and_keeps_its_usage() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = router_for(&upstream, "").await;
+    let answer = |size: usize| {
+        json!({"id": "c", "object": "chat.completion", "model": "m-2024",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "x".repeat(size)},
+                "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 30, "completion_tokens": 20, "total_tokens": 50}})
+        .to_string()
+    };
+    let large = answer(300 * 1024);
+    let behavior = Behavior {
+        body: Some(large.clone()),
+        ..Default::default()
+    };
+    let text = late_answer(&upstream, stream_to(&router), behavior).await;
+    let events = chunk_events(&text);
+    assert_eq!(events.len(), 1, "one chunk");
+    assert_eq!(
+        events[0]["choices"][0]["delta"]["content"]
+            .as_str()
+            .map(str::len),
+        Some(300 * 1024)
+    );
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success, "{:?}", record.error);
+
+    let huge = answer(17 * 1024 * 1024);
+
+    let plain = Behavior {
+        body: Some(huge.clone()),
+        ..Default::default()
+    };
+    let gzipped = Behavior {
+        raw_body: Some(gzip(huge.as_bytes())),
+        headers: vec![("content-encoding".into(), "gzip".into())],
+        ..Default::default()
+    };
+    for (n, (case, behavior)) in [("plain", plain), ("gzip", gzipped)]
+        .into_iter()
+        .enumerate()
+    {
+        let text = late_answer(&upstream, stream_to(&router), behavior).await;
+        let event = only_event(&text);
+        assert_eq!(
+            event["error"]["code"], "upstream_unreachable",
+            "{case}: {event}"
+        );
+        assert_eq!(event["error"]["status"], 502, "{case}");
+        let message = event["error"]["message"].as_str().expect("message");
+        assert_eq!(
+            message,
+            format!(
+                "the upstream mock answered HTTP 200 with one whole JSON body of {} bytes to \
+                 a stream request, after the router had begun the stream (the upstream sent \
+                 no answer within the keep-alive interval); it cannot be sent as that \
+                 stream, as the router makes no events of a whole answer over 16 MiB (its \
+                 usage is recorded)",
+                huge.len()
+            ),
+            "{case}"
+        );
+        let record = router.records.nth(n + 2).await;
+        assert_eq!(record.outcome, Outcome::RouterError, "{case}");
+        assert_eq!(record.status, Some(200), "{case}: the upstream's");
+        assert_eq!(record.error.as_deref(), Some(message), "{case}");
+        let usage = record.response.usage.clone().expect("the billed usage");
+        assert_eq!((usage.input, usage.output), (30, 20), "{case}");
+        assert!(!record.usage_partial(), "{case}");
+    }
+    router.stop().await;
+}

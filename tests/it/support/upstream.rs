@@ -551,9 +551,25 @@ impl EarlyAnswer {
         Self::answering(Vec::new(), false).await
     }
 
+    /// As [`Self::start_closing_unanswered`], but each connection is closed only once `gate`
+    /// gives a permit (a closed gate the test opens with `add_permits(1)`): an upstream that
+    /// had the request a while and then closed, unanswered.
+    pub async fn closing_unanswered_when(gate: Arc<tokio::sync::Semaphore>) -> Self {
+        Self::serve(Vec::new(), false, Some(gate)).await
+    }
+
     /// Answers with exactly `answer` (head and body, framing included), keeping the
     /// connection open after it when `keep_open`.
     pub async fn answering(answer: Vec<u8>, keep_open: bool) -> Self {
+        Self::serve(answer, keep_open, None).await
+    }
+
+    /// [`Self::answering`], each answer waiting for a permit of `gate` when there is one.
+    async fn serve(
+        answer: Vec<u8>,
+        keep_open: bool,
+        gate: Option<Arc<tokio::sync::Semaphore>>,
+    ) -> Self {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let answer: Arc<[u8]> = answer.into();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -569,6 +585,7 @@ impl EarlyAnswer {
                 // close (a reset) throws it away.
                 let _ = socket.set_nodelay(true);
                 let answer = answer.clone();
+                let gate = gate.clone();
                 tokio::spawn(async move {
                     let mut seen = Vec::new();
                     let mut buffer = [0u8; 16 * 1024];
@@ -577,6 +594,9 @@ impl EarlyAnswer {
                             Ok(0) | Err(_) => return,
                             Ok(n) => seen.extend_from_slice(&buffer[..n]),
                         }
+                    }
+                    if let Some(gate) = gate {
+                        let _permit = gate.acquire().await;
                     }
                     let _ = socket.write_all(&answer).await;
                     if keep_open {
