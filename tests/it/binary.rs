@@ -2165,19 +2165,8 @@ async fn long_background_generation_ids_are_not_held() {
     // The ledger alone: a record's way through the sinks, without a log line's copy of it.
     let router = RouterProcess::start(Some(&config), &[("LLMSROUTER_LOG_FILE", "")]);
     let written = || async {
-        let metrics = client()
-            .get(router.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("llmsrouter_ledger_rows_written_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
+        let metrics = router.metrics(None).await;
+        crate::support::metric_sample(&metrics, "llmsrouter_ledger_rows_written_total").unwrap_or(0)
     };
     let read_back = |n: usize| {
         upstream.set(Behavior {

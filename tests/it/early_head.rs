@@ -78,6 +78,37 @@ fn assert_stream_head(response: &reqwest::Response) {
     assert!(headers.get("x-llmsrouter-request-id").is_some());
 }
 
+/// A stream request's whole answer, a stream (its head checked), ended within 10 s.
+async fn whole_stream(router: &TestRouter) -> String {
+    let response = head_of(stream_to(router)).await;
+    assert_stream_head(&response);
+    let mut body: Body = response.bytes_stream().boxed();
+    tokio::time::timeout(Duration::from_secs(10), read_rest(&mut body))
+        .await
+        .expect("the stream ends")
+}
+
+/// Reads the rest of a stream the router opened early (`before`: what was read of it),
+/// which must end with the router's one error event of `code` and `status`, and gives the
+/// first request's record: the router's error, with that status.
+async fn ends_with_the_routers_error(
+    router: &TestRouter,
+    body: &mut Body,
+    before: String,
+    (code, status): (&str, u16),
+) -> Arc<llmsrouter::record::RequestRecord> {
+    let rest = tokio::time::timeout(Duration::from_secs(10), read_rest(body))
+        .await
+        .expect("the stream ends");
+    let event = only_event(&(before + &rest));
+    assert_eq!(event["error"]["code"], code, "{event}");
+    assert_eq!(event["error"]["status"], status);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::RouterError);
+    assert_eq!(record.status, Some(status));
+    record
+}
+
 /// The one event after the keep-alive comments, parsed.
 fn only_event(text: &str) -> Value {
     let events = text.replace(KEEPALIVE, "");
@@ -335,12 +366,7 @@ async fn no_head_within_timeout_secs_ends_the_stream_with_the_timeout() {
     .await;
     let router = router_for(&upstream, "    timeout_secs: 0.5\n").await;
     let started = Instant::now();
-    let response = head_of(stream_to(&router)).await;
-    assert_stream_head(&response);
-    let mut body: Body = response.bytes_stream().boxed();
-    let text = tokio::time::timeout(Duration::from_secs(10), read_rest(&mut body))
-        .await
-        .expect("the stream ends at timeout_secs");
+    let text = whole_stream(&router).await;
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(text.starts_with(KEEPALIVE), "{text:?}");
     let event = only_event(&text);
@@ -483,15 +509,7 @@ async fn the_hard_stop_before_the_head_ends_the_stream_with_an_error_event() {
     let (upstream, router, mut body) = held_forever().await;
     let before = read_keepalives(&mut body, 1).await;
     router.state.hard_stop.fire();
-    let rest = tokio::time::timeout(Duration::from_secs(10), read_rest(&mut body))
-        .await
-        .expect("the stream ends at the hard stop");
-    let event = only_event(&(before + &rest));
-    assert_eq!(event["error"]["code"], "server_shutting_down", "{event}");
-    assert_eq!(event["error"]["status"], 503);
-    let record = router.records.nth(1).await;
-    assert_eq!(record.outcome, Outcome::RouterError);
-    assert_eq!(record.status, Some(503));
+    ends_with_the_routers_error(&router, &mut body, before, ("server_shutting_down", 503)).await;
     wait_until(Duration::from_secs(5), || upstream.count() == 1).await;
     router.stop().await;
 }
@@ -921,12 +939,7 @@ async fn a_late_router_failure_after_the_upstream_had_the_request_is_usage_parti
     ];
     for (n, (case, behavior)) in cases.into_iter().enumerate() {
         upstream.set(behavior);
-        let response = head_of(stream_to(&router)).await;
-        assert_stream_head(&response);
-        let mut body: Body = response.bytes_stream().boxed();
-        let text = tokio::time::timeout(Duration::from_secs(10), read_rest(&mut body))
-            .await
-            .expect("the stream ends at timeout_secs");
+        let text = whole_stream(&router).await;
         assert!(
             text.starts_with(KEEPALIVE),
             "{case}: the router's head first"
@@ -956,15 +969,8 @@ async fn a_late_router_failure_after_the_upstream_had_the_request_is_usage_parti
     let mut body: Body = response.bytes_stream().boxed();
     let before = read_keepalives(&mut body, 1).await;
     gate.add_permits(1);
-    let rest = tokio::time::timeout(Duration::from_secs(10), read_rest(&mut body))
-        .await
-        .expect("the stream ends when the upstream closes");
-    let event = only_event(&(before + &rest));
-    assert_eq!(event["error"]["code"], "upstream_unreachable", "{event}");
-    assert_eq!(event["error"]["status"], 502);
-    let record = router.records.nth(1).await;
-    assert_eq!(record.outcome, Outcome::RouterError);
-    assert_eq!(record.status, Some(502));
+    let error = ("upstream_unreachable", 502);
+    let record = ends_with_the_routers_error(&router, &mut body, before, error).await;
     assert!(record.usage_partial(), "closed after it had the request");
     assert_eq!(closing.connections(), 1, "never sent twice");
     router.stop().await;

@@ -1121,19 +1121,9 @@ async fn a_python_made_users_db_authenticates_through_the_binary() {
         .expect("health");
     assert_eq!(health.status(), 200, "/health needs no key");
     let refused_keys = || async {
-        let text = client()
-            .get(router.url("/metrics"))
-            .bearer_auth(ANN_KEY)
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        let sample = "llmsrouter_requests_refused_total{code=\"invalid_api_key\"} ";
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample))
-            .map_or(0, |n| n.parse::<u64>().expect("a count"))
+        let text = router.metrics(Some(ANN_KEY)).await;
+        let sample = "llmsrouter_requests_refused_total{code=\"invalid_api_key\"}";
+        crate::support::metric_sample(&text, sample).unwrap_or(0)
     };
     let refused_before = refused_keys().await;
     for path in ["/v1/models", "/metrics"] {

@@ -57,6 +57,13 @@ impl Collector {
     }
 }
 
+/// The value of the sample `name` (a counter with its labels, `llmsrouter_x_total{a="b"}`)
+/// in a `/metrics` text, if it is there.
+pub fn metric_sample(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// The real router, in-process on an ephemeral loopback port.
 pub struct TestRouter {
     pub addr: SocketAddr,
@@ -543,6 +550,18 @@ impl RouterProcess {
                 .all(|(server, text)| said(&log, server, text))
         })
         .await;
+    }
+
+    /// The text of `GET /metrics`, with `key` as the bearer key when accounts are on.
+    pub async fn metrics(&self, key: Option<&str>) -> String {
+        let request = client().get(self.url("/metrics"));
+        let request = match key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        };
+        let response = request.send().await.expect("metrics");
+        assert_eq!(response.status(), 200, "GET /metrics");
+        response.text().await.expect("text")
     }
 
     /// Sends SIGTERM.

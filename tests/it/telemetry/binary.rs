@@ -118,14 +118,7 @@ async fn ledger_false_writes_no_ledger_and_no_log_when_both_are_off() {
         .await;
     assert_eq!(response.status(), 200);
     // Nothing recorded, nothing counted: no zeros a dashboard would read as no traffic.
-    let metrics = crate::support::client()
-        .get(router.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = router.metrics(None).await;
     assert!(!metrics.contains("llmsrouter_requests_total"), "{metrics}");
     router.terminate();
     assert!(router.wait_exit(Duration::from_secs(40)).await.success());

@@ -361,17 +361,8 @@ async fn start_deletes_only_the_routers_own_old_files_and_keeps_seven() {
 
 /// The value of counter `name` (`llmsrouter_..._total`) at the router's `/metrics`.
 pub(crate) async fn counter(router: &RouterProcess, name: &str) -> u64 {
-    let text = crate::support::client()
-        .get(router.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} in:\n{text}"))
+    let text = router.metrics(None).await;
+    crate::support::metric_sample(&text, name).unwrap_or_else(|| panic!("{name} in:\n{text}"))
 }
 
 /// Polls counter `name` at the router's `/metrics` until it reaches `at_least`; panics,
