@@ -587,20 +587,21 @@ fn with_path_appended(base: &str, suffix: &str) -> String {
 
 /// A URL as it may be printed (`check`, the start-up log, errors): the user name and
 /// password before `@` and the query, which may hold a token, are shown as `[redacted]`.
-/// Works on the text, so a value that is not a URL at all is masked too.
+/// Works on the text, so a value that is not a URL at all is masked too. Everything up to
+/// the last `@` is taken for credentials, though a URL's user info ends at its first `/`,
+/// `?` or `#`: a password written with one of them unescaped (`user:pa/ss@proxy`) is still
+/// what its writer meant as one, and must not be printed.
 pub fn shown_url(value: &str) -> String {
     let authority_start = value.find("://").map_or(0, |at| at + 3);
-    let rest = &value[authority_start..];
+    let mut shown = value[..authority_start].to_owned();
+    let mut rest = &value[authority_start..];
+    if let Some(at) = rest.rfind('@') {
+        shown.push_str("[redacted]");
+        rest = &rest[at..];
+    }
     let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_len);
-    let mut shown = value[..authority_start].to_owned();
-    match authority.rfind('@') {
-        Some(at) => {
-            shown.push_str("[redacted]");
-            shown.push_str(&authority[at..]);
-        }
-        None => shown.push_str(authority),
-    }
+    shown.push_str(authority);
     let query = tail.find('?');
     let fragment = tail.find('#');
     match query.filter(|q| fragment.is_none_or(|f| *q < f)) {
@@ -949,15 +950,11 @@ fn proxy_warnings(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<Strin
     };
     for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         if let Some(why) = unread_no_proxy_entry(entry) {
-            // A proxy URL pasted into the list may carry its password.
-            let shown = if entry.contains("://") {
-                shown_url(entry)
-            } else {
-                entry.to_owned()
-            };
+            // A proxy URL pasted into the list may carry its password, with or without
+            // its scheme; a host, address or network is shown as it is.
             warnings.push(format!(
                 "{name}: the entry \"{}\" {why}, so it bypasses the proxy for no host",
-                crate::printable(&shown)
+                crate::printable(&shown_url(entry))
             ));
         }
     }
@@ -1372,6 +1369,20 @@ mod tests {
             ("http://h/p#frag?not-a-query", "http://h/p#frag?not-a-query"),
             ("ftp://u:p@h", "ftp://[redacted]@h"),
             ("u:p@h?q", "[redacted]@h?[redacted]"),
+            // A password with an unescaped `/`, `?` or `#` is still one.
+            (
+                "http://user:pa/s3@proxy:3128",
+                "http://[redacted]@proxy:3128",
+            ),
+            (
+                "http://user:pa?s3@proxy:3128/x",
+                "http://[redacted]@proxy:3128/x",
+            ),
+            (
+                "http://user:pa#s3@proxy:3128",
+                "http://[redacted]@proxy:3128",
+            ),
+            ("user:s3@proxy.corp:3128", "[redacted]@proxy.corp:3128"),
         ] {
             assert_eq!(shown_url(value), shown, "{value}");
         }

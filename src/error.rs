@@ -173,12 +173,13 @@ impl ProxyError {
     /// Whether the upstream had the request when the router gave up on it (timed out
     /// waiting, an answer unreadable or cut): it may have generated, and billed, an answer
     /// the client never got, so the record's usage is unknown rather than none
-    /// ([`crate::record::RequestRecord::usage_partial`]). Not shutdown's 503, which may
-    /// come before the request went out.
+    /// ([`crate::record::RequestRecord::usage_partial`]). So is shutdown's 503 to a routed
+    /// request: the router stopped waiting for an exchange under way (one still connecting
+    /// is taken for one the upstream had: unknown either way, not none).
     pub fn upstream_had_request(&self) -> bool {
         matches!(
             self,
-            Self::UpstreamUnreachable(_) | Self::UpstreamTimeout(_)
+            Self::UpstreamUnreachable(_) | Self::UpstreamTimeout(_) | Self::ShuttingDown(_)
         )
     }
 

@@ -566,8 +566,8 @@ async fn server_state(
             // would otherwise fill the log with one line per retry.
             if before.is_none_or(|b| !same_failure(&b.status, &status)) {
                 warn_failed(server, &status);
-            } else {
-                tracing::debug!(server = %server.alias, "GET /models still failing");
+            } else if let ServerStatus::Failed { error, .. } = &status {
+                tracing::debug!(server = %server.alias, "GET /models still failing: {error}");
             }
             state.status = status;
             state.due = Instant::now().checked_add(ttl.min(RETRY_FAILED_AFTER));

@@ -67,13 +67,14 @@ pub enum FetchError {
 }
 
 impl FetchError {
-    /// Whether `other` is the same failure for the log's purpose: the same kind, and for an
-    /// error status the same status, whatever the details (an error body quoting a request
-    /// id or a time differs at every retry).
+    /// Whether `other` is the same failure for the log's purpose: for an error status the
+    /// same status, whatever the error body quoting a request id or a time says; any other
+    /// failure said in the same words (a refused connection, then a server answering
+    /// something that is not HTTP, are two).
     pub fn same_kind(&self, other: &Self) -> bool {
         match (self, other) {
             (Self::Status { status: a, .. }, Self::Status { status: b, .. }) => a == b,
-            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+            _ => self == other,
         }
     }
 }

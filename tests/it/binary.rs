@@ -820,12 +820,12 @@ fn no_proxy_entries_that_bypass_nothing_are_warned_of() {
         "vm",
     ];
     // A proxy URL pasted into the list: warned of without its password.
-    let with_password = "http://me:hunter2@proxy:3128";
+    let with_password = ["http://me:hunter2@proxy:3128", "me:hunter2@proxy:3128"];
     let entries: Vec<&str> = warned
         .iter()
         .map(|(e, _)| *e)
         .chain(read)
-        .chain([with_password])
+        .chain(with_password)
         .collect();
     let no_proxy = entries.join(", ");
     let envs = [
@@ -864,12 +864,16 @@ fn no_proxy_entries_that_bypass_nothing_are_warned_of() {
         )),
         "{stderr}"
     );
-    let shown = "warning: NO_PROXY: the entry \"http://[redacted]@proxy:3128\" is a URL";
-    assert!(lines.iter().any(|l| l.starts_with(shown)), "{stderr}");
+    for shown in [
+        "warning: NO_PROXY: the entry \"http://[redacted]@proxy:3128\" is a URL",
+        "warning: NO_PROXY: the entry \"[redacted]@proxy:3128\" has a port",
+    ] {
+        assert!(lines.iter().any(|l| l.starts_with(shown)), "{stderr}");
+    }
     assert!(!stderr.contains("hunter2"), "{stderr}");
     assert_eq!(
         lines.len(),
-        warned.len() + 2,
+        warned.len() + 3,
         "the same HTTP_PROXY pair not: {stderr}"
     );
 }

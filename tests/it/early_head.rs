@@ -509,7 +509,9 @@ async fn the_hard_stop_before_the_head_ends_the_stream_with_an_error_event() {
     let (upstream, router, mut body) = held_forever().await;
     let before = read_keepalives(&mut body, 1).await;
     router.state.hard_stop.fire();
-    ends_with_the_routers_error(&router, &mut body, before, ("server_shutting_down", 503)).await;
+    let error = ("server_shutting_down", 503);
+    let record = ends_with_the_routers_error(&router, &mut body, before, error).await;
+    assert!(record.usage_partial(), "the upstream had it");
     wait_until(Duration::from_secs(5), || upstream.count() == 1).await;
     router.stop().await;
 }

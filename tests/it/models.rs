@@ -1332,6 +1332,27 @@ async fn a_lasting_model_list_failure_is_warned_of_once() {
         wait_until(WITHIN, || model_fetches(&upstream) >= fetches).await;
     }
     assert_eq!(lines_saying(&router, failed), 1, "{}", router.stderr());
+    // Another failure (an answer that is no list, twice) is warned of once again.
+    upstream.set(Behavior {
+        models_body: Some("<html>not a list</html>".into()),
+        ..Behavior::default()
+    });
+    for fetches in 4..=5 {
+        router
+            .list_models_and_wait_for_warnings(&[("a", failed)])
+            .await;
+        wait_until(WITHIN, || model_fetches(&upstream) >= fetches).await;
+    }
+    assert_eq!(lines_saying(&router, failed), 2, "{}", router.stderr());
+    // So is one of the same kind in other words: JSON, but no list in it.
+    upstream.set(Behavior {
+        models_body: Some(r#"{"object":"list"}"#.into()),
+        ..Behavior::default()
+    });
+    router
+        .list_models_and_wait_for_warnings(&[("a", failed)])
+        .await;
+    wait_until(WITHIN, || lines_saying(&router, failed) == 3).await;
 
     upstream.set(Behavior {
         models_body: Some(r#"["m"]"#.into()),
@@ -1345,6 +1366,6 @@ async fn a_lasting_model_list_failure_is_warned_of_once() {
     router
         .list_models_and_wait_for_warnings(&[("a", back)])
         .await;
-    wait_until(WITHIN, || lines_saying(&router, failed) == 2).await;
+    wait_until(WITHIN, || lines_saying(&router, failed) == 4).await;
     assert_eq!(lines_saying(&router, back), 1, "{}", router.stderr());
 }

@@ -207,6 +207,8 @@ async fn a_request_still_waiting_when_the_grace_period_ends_is_answered_and_reco
     let record = router.finish(1).await;
     assert_eq!(record.outcome, Outcome::RouterError);
     assert_eq!(record.status, Some(503));
+    // The upstream had it and may still generate (and bill) it: tokens unknown.
+    assert!(record.usage_partial(), "{record:?}");
 }
 
 /// What a running stream's client gets after its first event, once shutdown began: the rest
