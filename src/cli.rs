@@ -117,7 +117,7 @@ fn unredacted_error_line(
     if let Some(from) = not_utf8_variable(error, args, env) {
         return Some(from);
     }
-    if let Some(hint) = dash_name_hint(error, args) {
+    if let Some(hint) = dash_name_hint(error, args).or_else(|| dash_value_hint(error, args)) {
         return Some(format!("{message} ({hint})"));
     }
     Some(match from_a_variable(error, args, env) {
@@ -360,6 +360,39 @@ fn dash_name_hint(error: &clap::Error, args: &[OsString]) -> Option<String> {
         "a user name that begins with \"-\" goes last, after --: llmsrouter user {command} -- {}",
         shell_word(&crate::printable(&unexpected))
     ))
+}
+
+/// How to give a flag a value that begins with `-` (an alias may: `-lead`), when clap took
+/// the value for flags: `--permissions -lead` said only "unexpected argument '-l' found".
+/// `Some` when the unexpected argument is the word right after a long flag, written without
+/// `=`, that takes a value. The value is not repeated: it may be a key.
+fn dash_value_hint(error: &clap::Error, args: &[OsString]) -> Option<String> {
+    use clap::CommandFactory as _;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(invalid)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let words: Vec<std::borrow::Cow<'_, str>> =
+        args.iter().skip(1).map(|a| a.to_string_lossy()).collect();
+    let at = words
+        .iter()
+        .position(|w| *w != "--" && w.starts_with(invalid.as_str()))?;
+    let flag = words.get(at.checked_sub(1)?)?.strip_prefix("--")?;
+    let mut root = Cli::command();
+    root.build();
+    let takes_a_value = |command: &clap::Command| {
+        command
+            .get_arguments()
+            .any(|a| a.get_long() == Some(flag) && a.get_action().takes_values())
+    };
+    let known = takes_a_value(&root)
+        || root
+            .get_subcommands()
+            .any(|sub| takes_a_value(sub) || sub.get_subcommands().any(&takes_a_value));
+    known.then(|| format!("a value that begins with \"-\" is written --{flag}=<value>"))
 }
 
 /// `word` as a shell reads it back: as is when it holds only characters the shell leaves

@@ -206,11 +206,18 @@ pub fn query(conn: &Connection, by: GroupBy, since: Option<&str>) -> rusqlite::R
             audio_seconds: r.get::<_, f64>(10)?,
         })
     })?;
+    // Each group's place in `groups`: a ledger may hold tens of thousands of models (the
+    // names clients sent), and a search of the list per row took seconds.
+    let mut places: std::collections::HashMap<Option<String>, usize> =
+        std::collections::HashMap::new();
     for row in rows {
         let row = row?;
-        match groups.iter_mut().find(|g| g.key == row.key) {
-            Some(group) => group.add(&row),
-            None => groups.push(row),
+        match places.get(&row.key) {
+            Some(&at) => groups[at].add(&row),
+            None => {
+                places.insert(row.key.clone(), groups.len());
+                groups.push(row);
+            }
         }
     }
     // Days in calendar order; the rest busiest first.

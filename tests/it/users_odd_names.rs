@@ -514,6 +514,33 @@ fn a_name_beginning_with_a_dash_is_named_after_double_dash_as_the_error_says() {
     assert!(stored(&db).is_empty());
 }
 
+/// An alias may begin with `-`: `--permissions -lead` is taken for flags by the command-line
+/// parser, and its error says how to write the value (`--permissions=-lead`), which works.
+/// The value itself is not repeated (another flag's may be a key).
+#[test]
+fn a_permissions_value_beginning_with_a_dash_is_written_with_equals_as_the_error_says() {
+    let dir = tempfile::tempdir().expect("dir");
+    for value in ["-lead", "-,-lead"] {
+        let (code, out, err) = user(dir.path(), &["add", "ann", "--permissions", value]);
+        assert_eq!((code, out.as_str()), (2, ""), "{value}: {err}");
+        assert!(
+            err.trim_end()
+                .ends_with("(a value that begins with \"-\" is written --permissions=<value>)"),
+            "{value}: {err}"
+        );
+    }
+    let (code, out, err) = user(dir.path(), &["add", "ann", "--permissions=-lead"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("sk-lr-"), "{out}");
+    let (_, shown, err) = user(dir.path(), &["show", "ann", "--json"]);
+    let shown: Value = serde_json::from_str(&shown).unwrap_or_else(|_| panic!("{shown} {err}"));
+    assert_eq!(
+        shown["permissions"],
+        serde_json::json!(["-lead"]),
+        "{shown}"
+    );
+}
+
 /// Python-era names that look alike on a screen: `carol ` (a trailing space), `José` in NFC
 /// and decomposed (`e` and U+0301), and `Jane` NO-BREAK SPACE `Doe`, beside plain ones. Each
 /// prints apart from its look-alike in `user list`, `user show` and `usage --by user`, and
