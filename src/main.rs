@@ -641,8 +641,15 @@ fn check_serve_variables(cli: &Cli, env: &EnvSettings) -> anyhow::Result<()> {
         // writable, and a folder of another user's as writable for all is not).
         let writable = existing.is_dir() && folder_writable_by_me(existing);
         if !writable {
+            // A folder of another owner's (a bind mount not chowned to the image's user) is
+            // said as such: "not a folder" sent users looking for a file in its place.
+            let what = if existing.is_dir() {
+                "is a folder this user may not write (its owner or permissions)"
+            } else {
+                "is not a folder the log can be written in"
+            };
             return Err(anyhow!(
-                "LLMSROUTER_LOG_FILE: {}: {} is not a folder the log can be written in",
+                "LLMSROUTER_LOG_FILE: {}: {} {what}",
                 log.display(),
                 existing.display()
             ));

@@ -446,15 +446,29 @@ pub fn write_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 /// Appends `date: <now, IMF-fixdate>\r\n`, formatted once a second per thread (hyper sent one
 /// on every answer; RFC 9110 §6.6.1 asks it of origin servers with a clock).
 pub fn write_date(out: &mut BytesMut) {
+    write_date_at(out, std::time::SystemTime::now());
+}
+
+/// The first second of the year 10000, which an IMF-fixdate cannot write.
+const YEAR_10000: u64 = 253_402_300_800;
+
+/// [`write_date`] at `now`. A clock set before 1970 or past the year 9999 (a VM without an
+/// RTC, a test harness) gives no `date` field: the RFC asks it only of a server with a
+/// usable clock, and the formatter panics on such times, which took every answer the router
+/// makes itself (`/health`, its errors) down with it.
+fn write_date_at(out: &mut BytesMut, now: std::time::SystemTime) {
     thread_local! {
         static CACHED: std::cell::RefCell<(u64, [u8; 29])> = const {
             std::cell::RefCell::new((u64::MAX, [0; 29]))
         };
     }
-    let now = std::time::SystemTime::now();
-    let second = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let Ok(since_epoch) = now.duration_since(std::time::UNIX_EPOCH) else {
+        return;
+    };
+    let second = since_epoch.as_secs();
+    if second >= YEAR_10000 {
+        return;
+    }
     CACHED.with(|cached| {
         let mut cached = cached.borrow_mut();
         if cached.0 != second {
@@ -472,6 +486,26 @@ pub fn write_date(out: &mut BytesMut) {
 
 #[cfg(test)]
 mod tests {
+    /// A clock outside what an IMF-fixdate can write gives no `date` field, never a panic.
+    #[test]
+    fn a_clock_before_1970_or_past_9999_writes_no_date() {
+        use std::time::{Duration, UNIX_EPOCH};
+        for now in [
+            UNIX_EPOCH - Duration::from_secs(43_200),
+            UNIX_EPOCH + Duration::from_secs(super::YEAR_10000),
+        ] {
+            let mut out = bytes::BytesMut::new();
+            super::write_date_at(&mut out, now);
+            assert!(out.is_empty(), "{out:?}");
+        }
+        let mut out = bytes::BytesMut::new();
+        super::write_date_at(
+            &mut out,
+            UNIX_EPOCH + Duration::from_secs(super::YEAR_10000 - 1),
+        );
+        assert_eq!(&out[..], b"date: Fri, 31 Dec 9999 23:59:59 GMT\r\n");
+    }
+
     use super::*;
 
     fn request(text: &str) -> Result<Option<RequestHead>, HeadError> {

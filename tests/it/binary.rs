@@ -979,7 +979,7 @@ fn check_sees_the_variables_serve_would_refuse() {
         (
             "LLMSROUTER_LOG_FILE",
             "/proc/self/no-such-folder/api.log",
-            "LLMSROUTER_LOG_FILE: /proc/self/no-such-folder/api.log: /proc/self is not a folder the log can be written in",
+            "LLMSROUTER_LOG_FILE: /proc/self/no-such-folder/api.log: /proc/self is a folder this user may not write",
             false,
         ),
         (
