@@ -322,8 +322,19 @@ pub fn inspect(path: &Path, writes: bool) -> Result<(), DbError> {
     } else {
         OpenFlags::SQLITE_OPEN_READ_ONLY
     };
-    let conn = open_file(&path, flags).map_err(|e| not_a_database(&shown, e))?;
-    let found = user_version(&conn).map_err(|e| not_a_database(&shown, e))?;
+    // A file in WAL mode that neither it nor its folder lets this user write fails at its
+    // first read (its `-shm` cannot be made): said as any file this user may not write.
+    let refused = |e: rusqlite::Error| {
+        if !writable && e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly) {
+            DbError::ReadOnly {
+                path: shown.clone(),
+            }
+        } else {
+            not_a_database(&shown, e)
+        }
+    };
+    let conn = open_file(&path, flags).map_err(refused)?;
+    let found = user_version(&conn).map_err(refused)?;
     check_version(found, &shown)?;
     check_ours(&conn, &shown)?;
     drop(conn);
@@ -415,7 +426,19 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
     })?;
     // A file from a newer llmsrouter (or not a database at all, or another program's) is
     // refused before anything, even the switch to WAL, is written to it.
-    let found = user_version(&conn).map_err(|e| not_a_database(&shown, e))?;
+    let found = user_version(&conn).map_err(|e| {
+        // A file in WAL mode that neither it nor its folder lets this user write fails at
+        // its first read (its `-shm` cannot be made): said as the read-only file below is.
+        let read_only = conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
+        let refused = e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly);
+        if access == Access::Write && read_only && refused {
+            DbError::ReadOnly {
+                path: shown.clone(),
+            }
+        } else {
+            not_a_database(&shown, e)
+        }
+    })?;
     check_version(found, &shown)?;
     check_ours(&conn, &shown)?;
     // SQLite opens a file the process may not write read-only, and says so.

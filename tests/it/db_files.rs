@@ -466,6 +466,34 @@ fn a_database_this_user_may_not_write_fails_check_as_serve() {
     assert_eq!(files_in(dir.path()), ["config.yaml", "users.db"]);
 }
 
+/// The same refusal for a users.db in WAL mode (one this router made), where neither the
+/// file nor its folder may be written (a bind mount not chowned for the image's user):
+/// SQLite fails at its first read, and `serve` printed only "attempt to write a readonly
+/// database", without the cause or the way out.
+#[test]
+fn a_wal_database_this_user_may_not_write_is_refused_with_the_way_out() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("cfg");
+    let (code, _, err) = run_cli(dir.path(), &["user", "add", "ann", "--db", "users.db"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let db = dir.path().join("users.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+    let refusal = "error: --db: users.db: attempt to write a readonly database (this user may not write the file: its permissions, or a read-only mount); the usage ledger writes its rows there: LLMSROUTER_LEDGER=false serves without it, reading the file as it is";
+    let envs = [("LLMSROUTER_LOG_FILE", "")];
+    for command in ["check", "serve"] {
+        let args = [command, "--db", "users.db", "--port", "0"];
+        let args = if command == "check" {
+            &args[..3]
+        } else {
+            &args[..]
+        };
+        let (code, _, err) = run_as_reader_bounded(dir.path(), args, &envs);
+        assert_eq!(code, 1, "{command}: {err}");
+        assert_eq!(err.lines().last().unwrap_or_default(), refusal, "{command}");
+    }
+}
+
 /// The earliest Python version's users table, before permissions.
 const EARLY_SCHEMA: &str = "CREATE TABLE users (username TEXT PRIMARY KEY, api_key TEXT UNIQUE NOT NULL, email TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)";
 
