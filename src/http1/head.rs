@@ -486,6 +486,8 @@ fn write_date_at(out: &mut BytesMut, now: std::time::SystemTime) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// A clock outside what an IMF-fixdate can write gives no `date` field, never a panic.
     #[test]
     fn a_clock_before_1970_or_past_9999_writes_no_date() {
@@ -505,8 +507,6 @@ mod tests {
         );
         assert_eq!(&out[..], b"date: Fri, 31 Dec 9999 23:59:59 GMT\r\n");
     }
-
-    use super::*;
 
     fn request(text: &str) -> Result<Option<RequestHead>, HeadError> {
         let mut buf = BytesMut::from(text);
