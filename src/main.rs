@@ -602,60 +602,100 @@ fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
     let report = query(&conn, by, args.since.as_deref())
         .with_context(|| format!("{}: cannot read the usage ledger", cli.db.display()))?;
     if args.json {
-        print_out(format_args!("{}\n", report.to_json()))?;
+        write_out(|out| {
+            use std::io::Write as _;
+            report.write_json(out)?;
+            out.write_all(b"\n")
+        })?;
     } else {
         print_out(format_args!("{}", report.to_table()))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `serve` would refuse at start that `check` can see without starting: the listen
-/// address (`LLMSROUTER_HOST`, `LLMSROUTER_PORT`; `serve`'s own flags are not `check`'s), and
-/// the request log's path (a file, device or pipe, not a folder) and folder, and the database's folder.
-fn check_serve_variables(cli: &Cli, env: &EnvSettings) -> anyhow::Result<()> {
+/// What `serve` would refuse at start that `check` can see without starting, each said
+/// apart so one run names them all: the listen address (`LLMSROUTER_HOST`,
+/// `LLMSROUTER_PORT`; `serve`'s own flags are not `check`'s), the request log's path (a file,
+/// device or pipe, not a folder) and folder, and the database's folder and file.
+fn serve_variable_problems(cli: &Cli, env: &EnvSettings) -> Vec<anyhow::Error> {
+    let mut problems = Vec::new();
     // In the words `serve`, where clap reads these, reports a bad value; but with `check`'s
     // exit status 1, as for every variable it judges (its contract: 0 valid, 1 not).
-    llmsrouter::cli::listen_variables().map_err(|line| anyhow!(line))?;
-    // SQLite makes the file, not its folder.
-    let db_folder = folder_of(&cli.db);
-    if !db_folder.is_dir() {
-        return Err(anyhow!(
-            "LLMSROUTER_DB/--db: {}: the folder {} does not exist",
-            cli.db.display(),
-            db_folder.display()
-        ));
+    if let Err(line) = llmsrouter::cli::listen_variables() {
+        problems.push(anyhow!(line));
     }
-    // The request log makes its folders; the nearest one that exists must take new entries
-    // (by its permission bits: a best guess short of writing there).
     if let Some(log) = &env.log_file {
-        let target = llmsrouter::sinks::request_log::target(log)?;
-        if matches!(target, llmsrouter::sinks::log_file::Target::AsIs(_)) {
-            // A device or pipe: written to as it is, no folder to make.
-            return Ok(());
-        }
-        let existing = folder_of(log)
-            .ancestors()
-            .find(|folder| folder.exists())
-            .unwrap_or(Path::new("."));
-        // Whether this user may write there, not whether anyone may (root reads 0555 as
-        // writable, and a folder of another user's as writable for all is not).
-        let writable = existing.is_dir() && folder_writable_by_me(existing);
-        if !writable {
-            // A folder of another owner's (a bind mount not chowned to the image's user) is
-            // said as such: "not a folder" sent users looking for a file in its place.
-            let what = if existing.is_dir() {
-                "is a folder this user may not write (its owner or permissions)"
-            } else {
-                "is not a folder the log can be written in"
-            };
-            return Err(anyhow!(
-                "LLMSROUTER_LOG_FILE: {}: {} {what}",
-                log.display(),
-                existing.display()
-            ));
+        if let Err(problem) = check_log_file(log) {
+            problems.push(problem);
         }
     }
-    Ok(())
+    match check_db_folder(cli) {
+        Ok(()) => problems.extend(db_problems(cli, env)),
+        // The file's own checks would only say the same again.
+        Err(problem) => problems.push(problem),
+    }
+    problems
+}
+
+/// SQLite makes the database file, not its folder.
+fn check_db_folder(cli: &Cli) -> anyhow::Result<()> {
+    let db_folder = folder_of(&cli.db);
+    if db_folder.is_dir() {
+        return Ok(());
+    }
+    Err(anyhow!(
+        "LLMSROUTER_DB/--db: {}: the folder {} does not exist",
+        cli.db.display(),
+        db_folder.display()
+    ))
+}
+
+/// `serve` opens the database for the ledger or the users table; with neither it never
+/// touches it. In `serve`'s order, with its words: the users table first (read as it is when
+/// it must be), then the ledger, which writes; the same fault is said once.
+fn db_problems(cli: &Cli, env: &EnvSettings) -> Vec<anyhow::Error> {
+    if env.account_management {
+        if let Err(error) = llmsrouter::db::inspect(&cli.db, false).context(USERS_NEED_THE_DB) {
+            return vec![error];
+        }
+    }
+    if env.ledger {
+        if let Err(error) = llmsrouter::db::inspect(&cli.db, true) {
+            return vec![ledger_db_error(cli, error)];
+        }
+    }
+    Vec::new()
+}
+
+/// The request log makes its folders; the nearest one that exists must take new entries (by
+/// its permission bits: a best guess short of writing there).
+fn check_log_file(log: &Path) -> anyhow::Result<()> {
+    let target = llmsrouter::sinks::request_log::target(log)?;
+    if matches!(target, llmsrouter::sinks::log_file::Target::AsIs(_)) {
+        // A device or pipe: written to as it is, no folder to make.
+        return Ok(());
+    }
+    let existing = folder_of(log)
+        .ancestors()
+        .find(|folder| folder.exists())
+        .unwrap_or(Path::new("."));
+    // Whether this user may write there, not whether anyone may (root reads 0555 as
+    // writable, and a folder of another user's as writable for all is not).
+    if existing.is_dir() && folder_writable_by_me(existing) {
+        return Ok(());
+    }
+    // A folder of another owner's (a bind mount not chowned to the image's user) is said as
+    // such: "not a folder" sent users looking for a file in its place.
+    let what = if existing.is_dir() {
+        "is a folder this user may not write (its owner or permissions)"
+    } else {
+        "is not a folder the log can be written in"
+    };
+    Err(anyhow!(
+        "LLMSROUTER_LOG_FILE: {}: {} {what}",
+        log.display(),
+        existing.display()
+    ))
 }
 
 /// A mistake in how the command was called (a variable set but empty), found after clap
@@ -679,10 +719,27 @@ fn print_out(text: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_fmt(text)
         .and_then(|()| out.flush())
-        .map_err(|error| match error.kind() {
-            std::io::ErrorKind::BrokenPipe => anyhow!(ClosedPipe),
-            _ => anyhow!("cannot write the output: {error}"),
-        })
+        .map_err(output_error)
+}
+
+/// A failed write to standard output: [`ClosedPipe`] when its reader has gone.
+fn output_error(error: std::io::Error) -> anyhow::Error {
+    match error.kind() {
+        std::io::ErrorKind::BrokenPipe => anyhow!(ClosedPipe),
+        _ => anyhow!("cannot write the output: {error}"),
+    }
+}
+
+/// As [`print_out`], for output written in pieces (through a buffer: one write per piece
+/// would be a system call each).
+fn write_out(
+    write: impl FnOnce(&mut std::io::BufWriter<std::io::StdoutLock<'static>>) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    write(&mut out)
+        .and_then(|()| out.flush())
+        .map_err(output_error)
 }
 
 #[cfg(unix)]
@@ -722,25 +779,26 @@ fn run_check(
         return Ok(ExitCode::FAILURE);
     }
     let env = EnvSettings::from_env()?;
-    check_serve_variables(cli, &env)?;
-    // `serve` opens the database for the ledger or the users table; with neither it never
-    // touches it.
-    // In `serve`'s order, with its words: the users table first (read as it is when it must
-    // be), then the ledger, which writes.
-    if env.account_management {
-        llmsrouter::db::inspect(&cli.db, false).context(USERS_NEED_THE_DB)?;
-    }
-    if env.ledger {
-        llmsrouter::db::inspect(&cli.db, true).map_err(|e| ledger_db_error(cli, e))?;
-    }
+    // Every problem found is said, config.yaml's too, so one run names them all (a log
+    // folder's owner and a database's, as a bind mount not chowned gives both).
+    let problems = serve_variable_problems(cli, &env);
     // As `serve` warns at start: the file holds every user key in the clear.
-    if env.account_management {
+    if env.account_management && problems.is_empty() {
         if let Some(warning) = users::index::others_may_read(&cli.db) {
             console::line(format_args!("warning: {warning}"));
         }
     }
-    let config = checked_config(cli, from_environment)?;
-    print_config_ok(cli, &config)?;
+    let config = checked_config(cli, from_environment);
+    if let Ok(config) = &config {
+        print_config_ok(cli, config)?;
+    }
+    let problems: Vec<anyhow::Error> = problems.into_iter().chain(config.err()).collect();
+    if !problems.is_empty() {
+        for problem in &problems {
+            console::line(format_args!("error: {}", one_line(problem)));
+        }
+        return Ok(ExitCode::FAILURE);
+    }
     print_out(format_args!(
         "environment: ok (account management {}, request log {}, tracing {})\n",
         if env.account_management { "on" } else { "off" },

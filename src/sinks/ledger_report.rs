@@ -263,6 +263,26 @@ impl UsageReport {
         })
     }
 
+    /// [`Self::to_json`]'s text, the same bytes, written a row at a time: a tree of every row at
+    /// once grew with the groups (some hundreds of MB for `--by model` over tens of thousands
+    /// of models) where one row's is enough. Keys in serde_json's order (sorted), as `to_json` prints them.
+    pub fn write_json(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        write!(out, "{{\"by\":")?;
+        serde_json::to_writer(&mut *out, self.by.as_str())?;
+        write!(out, ",\"rows\":[")?;
+        for (at, row) in self.rows.iter().enumerate() {
+            if at > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *out, &row.to_json(Some(self.by.as_str())))?;
+        }
+        write!(out, "],\"since\":")?;
+        serde_json::to_writer(&mut *out, &self.since)?;
+        write!(out, ",\"total\":")?;
+        serde_json::to_writer(&mut *out, &self.total.to_json(None))?;
+        out.write_all(b"}")
+    }
+
     /// A fixed-width table with a TOTAL line; `-` for no user and for unknown cost. Four
     /// columns come after the others, only when some request in the report had any:
     /// `PARTIAL` (requests cut before their usage came, whose tokens are unknown, not zero),
@@ -522,6 +542,9 @@ mod tests {
             "TOTAL              5     50      15      10          5  0.002000       1"
         );
         let j = r.to_json();
+        let mut written = Vec::new();
+        r.write_json(&mut written).expect("write");
+        assert_eq!(String::from_utf8(written).expect("utf-8"), j.to_string());
         assert_eq!(j["by"], "provider");
         assert_eq!(j["rows"][1]["provider"], "openrouter");
         assert_eq!(j["rows"][1]["cost"], 0.002);

@@ -1021,6 +1021,44 @@ fn check_sees_the_variables_serve_would_refuse() {
     assert_eq!(code, 0, "{stdout} {stderr}");
 }
 
+/// Every problem `check` finds is said in the one run, config.yaml's too: a listen port, a log
+/// folder and a database folder that are all wrong (a bind mount not chowned gives two at
+/// once) took three runs, one fix each, and a bad config.yaml a fourth.
+#[test]
+fn check_names_every_problem_in_one_run() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: [\n").expect("config");
+    let envs = [
+        ("LLMSROUTER_PORT", "abc"),
+        ("LLMSROUTER_LOG_FILE", "/proc/self/no-such-folder/api.log"),
+        ("LLMSROUTER_DB", "no-such-folder/users.db"),
+    ];
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &envs);
+    assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    for (line, expected) in lines.iter().zip([
+        "LLMSROUTER_PORT: invalid value 'abc' for --port",
+        "LLMSROUTER_LOG_FILE: /proc/self/no-such-folder/api.log: /proc/self is a folder",
+        "LLMSROUTER_DB/--db: no-such-folder/users.db: the folder no-such-folder does not exist",
+        "config.yaml",
+    ]) {
+        assert!(
+            line.starts_with("error: ") && line.contains(expected),
+            "{expected}: {stderr}"
+        );
+    }
+    // A config.yaml that loads is said ok beside the environment's problems.
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &envs);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (1, "./config.yaml: ok, 0 servers (none)\n"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 3, "{stderr}");
+}
+
 type Pieces = futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>;
 
 /// A router process streaming `chunks` events 100 ms apart to a client that has read the
