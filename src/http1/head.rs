@@ -452,36 +452,43 @@ pub fn write_date(out: &mut BytesMut) {
 /// The first second of the year 10000, which an IMF-fixdate cannot write.
 const YEAR_10000: u64 = 253_402_300_800;
 
-/// [`write_date`] at `now`. A clock set before 1970 or past the year 9999 (a VM without an
-/// RTC, a test harness) gives no `date` field: the RFC asks it only of a server with a
-/// usable clock, and the formatter panics on such times, which took every answer the router
-/// makes itself (`/health`, its errors) down with it.
+/// [`write_date`] at `now`.
 fn write_date_at(out: &mut BytesMut, now: std::time::SystemTime) {
+    if let Some(date) = date_at(now) {
+        write_field(out, b"date", &date);
+    }
+}
+
+/// The `date` value for an answer made now (hyper's own, which HTTP/2 answers had, is off:
+/// see [`date_at`]).
+pub fn date_now() -> Option<[u8; 29]> {
+    date_at(std::time::SystemTime::now())
+}
+
+/// `now` as an IMF-fixdate, formatted once a second per thread. A clock set before 1970 or
+/// past the year 9999 (a VM without an RTC, a test harness) gives none: the RFC asks a
+/// `date` field only of a server with a usable clock, and the formatter panics on such
+/// times, which took every answer the router makes itself (`/health`, its errors) down with
+/// it, and hyper's HTTP/2 connections too.
+fn date_at(now: std::time::SystemTime) -> Option<[u8; 29]> {
     thread_local! {
-        static CACHED: std::cell::RefCell<(u64, [u8; 29])> = const {
-            std::cell::RefCell::new((u64::MAX, [0; 29]))
+        static CACHED: std::cell::Cell<(u64, [u8; 29])> = const {
+            std::cell::Cell::new((u64::MAX, [0; 29]))
         };
     }
-    let Ok(since_epoch) = now.duration_since(std::time::UNIX_EPOCH) else {
-        return;
-    };
-    let second = since_epoch.as_secs();
+    let second = now.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
     if second >= YEAR_10000 {
-        return;
+        return None;
     }
     CACHED.with(|cached| {
-        let mut cached = cached.borrow_mut();
-        if cached.0 != second {
-            let text = httpdate::fmt_http_date(now);
-            if text.len() == 29 {
-                cached.1.copy_from_slice(text.as_bytes());
-                cached.0 = second;
-            }
+        let (at, text) = cached.get();
+        if at == second {
+            return Some(text);
         }
-        if cached.0 == second {
-            write_field(out, b"date", &cached.1);
-        }
-    });
+        let fresh: [u8; 29] = httpdate::fmt_http_date(now).as_bytes().try_into().ok()?;
+        cached.set((second, fresh));
+        Some(fresh)
+    })
 }
 
 #[cfg(test)]

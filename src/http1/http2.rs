@@ -66,6 +66,9 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(PING_INTERVAL))
         .keep_alive_timeout(PING_TIMEOUT)
+        // hyper's formatter panics with a clock before 1970 or past 9999, killing the
+        // connection; the service writes the field itself, as the HTTP/1 side does.
+        .auto_date_header(false)
         // Above the HTTP/1 head limit (h2 counts 32 bytes more per field), so that a request
         // over that limit gets the app's JSON 431 like an HTTP/1 one; hyper's default, 16 KiB,
         // refused with a bare 431 (or a reset) what HTTP/1 accepts.
@@ -260,7 +263,8 @@ impl hyper::service::Service<http::Request<Incoming>> for CountedService {
     >;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
-        if let Some(refused) = refused_target(&request) {
+        if let Some(mut refused) = refused_target(&request) {
+            add_date(&mut refused);
             return Box::pin(std::future::ready(Ok(refused)));
         }
         let open = OpenRequest::new(&self.open);
@@ -278,6 +282,8 @@ impl hyper::service::Service<http::Request<Incoming>> for CountedService {
                     axum::response::IntoResponse::into_response(crate::error::ProxyError::Internal)
                 }
             };
+            let mut response = response;
+            add_date(&mut response);
             // Polled inside the stream's task, so its note is there to take.
             let waiting = WAITING.try_with(Arc::clone).ok();
             // The body owns the count: it ends when hyper has sent the last frame or the
@@ -296,6 +302,19 @@ impl hyper::service::Service<http::Request<Incoming>> for CountedService {
 /// HTTP/1's 400 for a request whose target is not a path ([`super::head::target_form_error`]):
 /// over HTTP/2 a `CONNECT` (which has no `:path`), `*` for a method other than `OPTIONS`, or a
 /// `:path` that does not start with `/`; the app would have looked each up as a route.
+/// The `date` field hyper would have added (one the answer already has is kept), when the
+/// clock gives one: see [`super::head::date_now`].
+fn add_date<B>(response: &mut http::Response<B>) {
+    if let Some(date) = super::head::date_now() {
+        if let Ok(value) = http::HeaderValue::from_bytes(&date) {
+            response
+                .headers_mut()
+                .entry(http::header::DATE)
+                .or_insert(value);
+        }
+    }
+}
+
 fn refused_target(request: &http::Request<Incoming>) -> Option<http::Response<axum::body::Body>> {
     let target = request.uri().path_and_query().map_or("", |p| p.as_str());
     let why = super::head::target_form_error(target, request.method())?;

@@ -680,6 +680,45 @@ async fn http10_clients_get_whole_answers_and_close_delimited_streams() {
     router.stop().await;
 }
 
+/// Over HTTP/2 the router writes the `date` field itself, as over HTTP/1 (hyper's own
+/// formatter, off, panicked with a clock before 1970 and took the connection down): one on
+/// its own answers and on relayed ones, the upstream's kept.
+#[tokio::test]
+async fn http2_answers_carry_one_date() {
+    let (_upstream, router) = setup().await;
+    let client = h2c_client();
+    let relayed = client
+        .post(router.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(CHAT)
+        .send()
+        .await
+        .expect("send");
+    let own = client
+        .post(router.url("/v1/chat/completions"))
+        .body(r#"{"model":"[nope]x"}"#)
+        .send()
+        .await
+        .expect("send");
+    let health = client
+        .get(router.url("/health"))
+        .send()
+        .await
+        .expect("send");
+    for (status, answer) in [(200, relayed), (404, own), (200, health)] {
+        assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+        assert_eq!(answer.status(), status);
+        let dates: Vec<_> = answer.headers().get_all("date").iter().collect();
+        assert_eq!(dates.len(), 1, "{:?}", answer.headers());
+        let date = httpdate::parse_http_date(dates[0].to_str().expect("text")).expect("a date");
+        let off = date
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_else(|early| early.duration());
+        assert!(off.as_secs() < 60, "{dates:?}");
+    }
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn answers_carry_one_date_and_none_of_the_upstreams_framing() {
     let (upstream, router) = setup().await;
