@@ -230,10 +230,14 @@ pub fn error_body(message: &str, kind: &str, code: Option<&str>) -> Bytes {
 /// `event:` name (their parsers `continue` on it), so on `/messages` such an event would go
 /// unseen and a cut answer would look complete: there the event is Anthropic's own
 /// (`event: error`, `{"type": "error", "error": {"type", "message"}}`), which they raise.
+/// The Responses API's clients that check each event against its schema (the Vercel AI
+/// SDK) refused the chat form as a malformed event, burying the message in a validation
+/// dump: on `/responses` the event is that API's `error` (see [`responses_error_data`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamErrorForm {
     OpenAi,
     Anthropic,
+    Responses,
 }
 
 impl StreamErrorForm {
@@ -241,10 +245,55 @@ impl StreamErrorForm {
     pub fn of(path: &str) -> Self {
         if path == "/messages" {
             Self::Anthropic
+        } else if path == "/responses" || path.starts_with("/responses/") {
+            Self::Responses
         } else {
             Self::OpenAi
         }
     }
+}
+
+#[derive(Serialize)]
+struct ResponsesErrorEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'a str,
+    message: &'a str,
+    param: Option<&'a str>,
+    sequence_number: u64,
+    error: ErrorObject<'a>,
+}
+
+/// The Responses API's `error` event (`event: error`) as its reference describes it (`type`,
+/// `code`, `message`, `param`, `sequence_number`), with the error object beside them too, as
+/// OpenAI's SDKs look for it (they raise on an event whose `error` is set, and read the
+/// message there): each client reads the fields it knows. `code` is the error's type when it
+/// has no code: the reference has it always a string.
+pub fn responses_error_data(
+    message: &str,
+    kind: &str,
+    code: Option<&str>,
+    sequence_number: u64,
+) -> Bytes {
+    let event = ResponsesErrorEvent {
+        kind: "error",
+        code: code.unwrap_or(kind),
+        message,
+        param: None,
+        sequence_number,
+        error: ErrorObject {
+            message,
+            kind,
+            param: None,
+            code,
+        },
+    };
+    // Serializing plain strings cannot fail; fall back to a fixed body rather than panic.
+    serde_json::to_vec(&event).map(Bytes::from).unwrap_or_else(|_| {
+        Bytes::from_static(
+            br#"{"type":"error","code":"api_error","message":"internal error","param":null,"sequence_number":0,"error":{"message":"internal error","type":"api_error","param":null,"code":null}}"#,
+        )
+    })
 }
 
 /// Anthropic's error types, by what their API documents for each status; an upstream error

@@ -30,7 +30,7 @@ use super::stream::{StreamFailures, StreamSettings, StreamTee, UpstreamBody};
 use super::{Answer, AnswerBody, StreamCoding};
 use crate::error::{
     ANTHROPIC_ERROR_TYPES, ProxyError, StreamErrorForm, anthropic_error_data, anthropic_error_type,
-    clip, error_body, sse_event,
+    clip, error_body, responses_error_data, sse_event,
 };
 use crate::http1::fields::Fields;
 use crate::record::{Outcome, RecordGuard};
@@ -254,6 +254,10 @@ impl LateFailure {
                 self.payload = self.anthropic_payload();
                 sse_event(Some("error"), &self.payload)
             }
+            StreamErrorForm::Responses => {
+                self.payload = self.responses_payload();
+                sse_event(Some("error"), &self.payload)
+            }
         };
         if let Some(record) = guard.record_mut() {
             if let Some(answered_at) = self.answered_at {
@@ -275,6 +279,28 @@ impl LateFailure {
         }
         guard.finish(self.outcome);
         event
+    }
+
+    /// The failure as the Responses API's `error` event, the first of the stream: the
+    /// error object's message, type and code (a number, as `429`, said as text), else the
+    /// failure's message.
+    fn responses_payload(&self) -> Bytes {
+        let value = serde_json::from_slice::<serde_json::Value>(&self.payload).ok();
+        let error = value
+            .as_ref()
+            .and_then(|v| v.get("error"))
+            .filter(|e| e.is_object());
+        let field = |key: &str| error.and_then(|e| e.get(key));
+        let text = |key: &str| field(key).and_then(serde_json::Value::as_str);
+        let number_code = field("code")
+            .and_then(serde_json::Value::as_i64)
+            .map(|n| n.to_string());
+        responses_error_data(
+            text("message").unwrap_or(&self.message),
+            text("type").unwrap_or("upstream_error"),
+            text("code").or(number_code.as_deref()),
+            0,
+        )
     }
 
     /// The failure as Anthropic's error: the upstream's own type when it is one of

@@ -35,7 +35,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
-use crate::error::{StreamErrorForm, anthropic_error_data, error_body, sse_event};
+use crate::error::{
+    StreamErrorForm, anthropic_error_data, error_body, responses_error_data, sse_event,
+};
 use crate::hard_stop::{HardStop, Stopped};
 use crate::proxy::early::{LateFailure, LateHead};
 use crate::proxy::failure_log::FailureLog;
@@ -120,6 +122,9 @@ pub struct StreamTee {
     /// A body that is not SSE, relayed unread: its length and what its record says of it
     /// (see [`Self::relay_unread`]). `None` for an event stream.
     unread: Option<Unread>,
+    /// The Responses API: the last event's `sequence_number`, which the router's own error
+    /// event follows (see [`StreamErrorForm::Responses`]).
+    last_sequence: Option<u64>,
 }
 
 /// A body relayed unread (not SSE: audio, NDJSON, a coding the router cannot decode).
@@ -294,6 +299,7 @@ impl StreamTee {
             dropped_cr: false,
             oversized: false,
             unread: None,
+            last_sequence: None,
         }
     }
 
@@ -548,6 +554,9 @@ impl StreamTee {
             return EventKind::Other;
         };
         self.saw_event = true;
+        if self.settings.errors == StreamErrorForm::Responses {
+            self.last_sequence = sequence_number(&data).or(self.last_sequence);
+        }
         let kind = if self.guard.is_recording() {
             self.read_into_summary(&data)
         } else {
@@ -624,6 +633,15 @@ impl StreamTee {
             StreamErrorForm::OpenAi => sse_event(
                 None,
                 &error_body(&message, openai_type_of(code), Some(code)),
+            ),
+            StreamErrorForm::Responses => sse_event(
+                Some("error"),
+                &responses_error_data(
+                    &message,
+                    openai_type_of(code),
+                    Some(code),
+                    self.last_sequence.map_or(0, |last| last.saturating_add(1)),
+                ),
             ),
             // Anthropic's error has no `code`: the router's goes at the end of the message.
             StreamErrorForm::Anthropic => {
@@ -765,6 +783,20 @@ fn openai_type_of(code: &str) -> &'static str {
         SHUT_DOWN_CODE => "server_error",
         _ => "upstream_error",
     }
+}
+
+/// A Responses API event's `sequence_number` (the first in it: the event's own comes before
+/// any nested object's in every event OpenAI sends), read without parsing the event, which
+/// may not be read at all (see [`StreamTee::observe`]).
+fn sequence_number(data: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"sequence_number\"";
+    let at = memchr::memmem::find(data, KEY)? + KEY.len();
+    let rest = data[at..]
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start();
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// Anthropic's error type for the router's own failure `code` mid-stream.

@@ -354,6 +354,84 @@ async fn a_late_error_on_messages_ends_the_stream_with_an_anthropic_error_event(
     router.stop().await;
 }
 
+/// (2c) The same on `/v1/responses`: the Responses API's `error` event (`event: error`,
+/// `type`, `code`, `message`, `param`, `sequence_number` 0, the error object beside them),
+/// which its schema-checking clients read (the chat form was a validation failure there):
+/// the upstream's message and code (a number said as text), or its type when it has no code,
+/// and the router's own timeout.
+#[tokio::test]
+async fn a_late_error_on_responses_ends_the_stream_with_a_responses_error_event() {
+    let limited = r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+    let numbered = r#"{"error":{"message":"busy","code":503}}"#;
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = router_for(&upstream, "    timeout_secs: 2\n").await;
+    let cases = [
+        (
+            429,
+            limited,
+            "rate_limit_exceeded",
+            "requests",
+            "Rate limit reached",
+        ),
+        (503, numbered, "503", "upstream_error", "busy"),
+        (
+            200,
+            "held",
+            "upstream_timeout",
+            "upstream_error",
+            "the upstream mock did not answer within 2 s (timeout_secs)",
+        ),
+    ];
+    for (n, (status, body, code, kind, message)) in cases.into_iter().enumerate() {
+        let gate = Arc::new(Semaphore::new(0));
+        upstream.set(Behavior {
+            status,
+            body: Some(body.into()),
+            hold_head: Some(gate.clone()),
+            never_stream: true,
+            ..Default::default()
+        });
+        let request = client()
+            .post(router.url("/v1/responses"))
+            .json(&json!({"model": "[mock]gpt-x", "stream": true, "input": "hi"}));
+        let response = head_of(request).await;
+        assert_stream_head(&response);
+        let mut body: Body = response.bytes_stream().boxed();
+        let before = read_keepalives(&mut body, 1).await;
+        if status != 200 {
+            gate.add_permits(1);
+        }
+        let rest = tokio::time::timeout(Duration::from_secs(10), read_rest(&mut body))
+            .await
+            .expect("the stream ends after the error event");
+        let events = (before + &rest).replace(KEEPALIVE, "");
+        let Some(data) = events
+            .strip_prefix("event: error\ndata: ")
+            .and_then(|r| r.strip_suffix("\n\n"))
+        else {
+            panic!("one named error event: {events:?}");
+        };
+        let event: Value = serde_json::from_str(data).expect("event json");
+        assert_eq!(event["type"], "error", "{event}");
+        assert_eq!(event["sequence_number"], 0, "{event}");
+        assert_eq!(event["code"], code, "{event}");
+        assert_eq!(event["message"], message, "{event}");
+        assert_eq!(event["error"]["type"], kind, "{event}");
+        assert_eq!(event["error"]["message"], message, "{event}");
+
+        let record = router.records.nth(n + 1).await;
+        if status == 200 {
+            assert_eq!(record.outcome, Outcome::RouterError);
+            assert_eq!(record.status, Some(504));
+        } else {
+            assert_eq!(record.outcome, Outcome::UpstreamError);
+            assert_eq!(record.status, Some(status));
+        }
+        gate.add_permits(1);
+    }
+    router.stop().await;
+}
+
 /// (3) No head within `timeout_secs`: the error event is the router's timeout (as a whole
 /// answer's 504 would be), at `timeout_secs`, not when the upstream would have answered; the
 /// record is the router's timeout.
@@ -750,7 +828,7 @@ async fn a_late_whole_answer_with_tool_calls_goes_as_tool_call_deltas() {
 
 /// (5c) A late whole answer of any other shape (a Responses API response, an Anthropic
 /// message) cannot be sent in the stream: it ends with the router's `upstream_unreachable`
-/// error event (Anthropic's form on `/v1/messages`), whose message says what came, not the
+/// error event (Anthropic's form on `/v1/messages`, the Responses API's on `/v1/responses`), whose message says what came, not the
 /// answer's text; the record keeps the answer with its status and usage, since the provider
 /// billed it, as the router's failure.
 #[tokio::test]
@@ -765,7 +843,16 @@ async fn a_late_whole_answer_of_another_shape_ends_with_upstream_unreachable() {
         .post(router.url("/v1/responses"))
         .json(&json!({"model": "[mock]m", "stream": true, "input": "hi"}));
     let text = late_whole_answer(&upstream, post, &response).await;
-    let event = only_event(&text);
+    // The Responses API's own `error` event there (see
+    // `a_late_error_on_responses_ends_the_stream_with_a_responses_error_event`).
+    let named = text.replace(KEEPALIVE, "");
+    let event = only_event(
+        named
+            .strip_prefix("event: error\n")
+            .expect("named error event"),
+    );
+    assert_eq!(event["type"], "error", "{event}");
+    assert_eq!(event["code"], "upstream_unreachable", "{event}");
     assert_eq!(event["error"]["code"], "upstream_unreachable", "{event}");
     let message = event["error"]["message"].as_str().expect("message");
     assert!(

@@ -409,3 +409,65 @@ async fn the_openai_python_sdk_is_told_a_base_url_cannot_carry_proxy() {
     assert_eq!(upstream.count(), 0);
     router.stop().await;
 }
+
+const CUT_RESPONSES: &str = r#"
+import json, sys, openai
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="sk-anything", max_retries=0)
+texts = []
+try:
+    for event in client.responses.create(model="[mock]gpt-x", input="hi", stream=True):
+        if event.type == "response.output_text.delta":
+            texts.append(event.delta)
+    out = {"raised": None}
+except openai.APIError as e:
+    out = {"raised": type(e).__name__, "message": e.message, "code": e.code}
+out["texts"] = texts
+print(json.dumps(out))
+"#;
+
+/// A Responses stream the upstream cuts: the router's own `error` event (the Responses API's
+/// form, see `streaming::a_cut_responses_stream_ends_with_a_responses_error_event`) makes the
+/// official SDK raise `APIError` with the router's message and code after the text it had.
+#[tokio::test]
+async fn the_openai_python_sdk_raises_the_routers_error_in_a_responses_stream() {
+    let Some(python) = test_python() else {
+        return;
+    };
+    let event = |data: serde_json::Value| {
+        let name = data["type"].as_str().expect("typed").to_owned();
+        format!("event: {name}\ndata: {data}\n\n").into_bytes()
+    };
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(vec![
+            event(
+                serde_json::json!({"type": "response.created", "sequence_number": 0,
+                "response": {"id": "resp_1", "object": "response", "created_at": 1,
+                    "model": "gpt-x", "status": "in_progress", "output": []}}),
+            ),
+            event(serde_json::json!({"type": "response.output_text.delta",
+                "sequence_number": 1, "item_id": "msg_1", "output_index": 0,
+                "content_index": 0, "delta": "Partial", "logprobs": []})),
+            event(serde_json::json!({"type": "response.completed", "sequence_number": 2})),
+        ]),
+        abort_after: Some(2),
+        chunk_delay: Duration::from_millis(20),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let output = run_script(python, CUT_RESPONSES, router.url("/v1")).await;
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json from python");
+    assert_eq!(result["raised"], "APIError", "{result}");
+    assert_eq!(result["code"], "upstream_unreachable", "{result}");
+    assert_eq!(result["texts"], serde_json::json!(["Partial"]), "{result}");
+    let record = router.records.nth(1).await;
+    assert_eq!(result["message"].as_str(), record.error.as_deref());
+    router.stop().await;
+}

@@ -403,6 +403,93 @@ async fn a_cut_anthropic_stream_ends_with_an_anthropic_error_event() {
     router.stop().await;
 }
 
+/// The one error event that follows `prefix` in `text`, in the Responses API's form
+/// (`event: error`, then `{"type":"error","code","message","param","sequence_number",
+/// "error":{...}}` on one line).
+fn responses_error_after(text: &str, prefix: &str) -> serde_json::Value {
+    assert!(text.starts_with(prefix), "{text}");
+    let rest = &text[prefix.len()..];
+    let Some(data) = rest
+        .strip_prefix("event: error\ndata: ")
+        .and_then(|r| r.strip_suffix("\n\n"))
+    else {
+        panic!("one named error event: {rest:?}");
+    };
+    assert!(!data.contains('\n'), "on one line: {rest:?}");
+    let payload: serde_json::Value = serde_json::from_str(data).expect("error event json");
+    assert_eq!(payload["type"], "error", "{payload}");
+    assert_eq!(payload["param"], serde_json::Value::Null, "{payload}");
+    assert_eq!(payload["message"], payload["error"]["message"], "{payload}");
+    assert_eq!(payload["code"], payload["error"]["code"], "{payload}");
+    payload
+}
+
+/// On `/v1/responses` the router's own error event is that API's `error` event: clients that
+/// check each event against the API's schema (the Vercel AI SDK) refused the chat form
+/// (`data: {"error": ...}`, no `type`, no name) and showed a validation dump. Its
+/// `sequence_number` follows the last event's; the error object is there too, where OpenAI's
+/// SDKs look for it.
+#[tokio::test]
+async fn a_cut_responses_stream_ends_with_a_responses_error_event() {
+    let events = vec![
+        anthropic_event(&json!({"type": "response.created", "sequence_number": 0,
+            "response": {"id": "resp_1", "model": "gpt-x", "status": "in_progress"}})),
+        anthropic_event(
+            &json!({"type": "response.output_text.delta", "sequence_number": 41,
+            "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": "Partial"}),
+        ),
+        anthropic_event(&json!({"type": "response.completed", "sequence_number": 42,
+            "response": {"id": "resp_1", "model": "gpt-x", "status": "completed"}})),
+    ];
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(
+        &upstream.url(),
+        "    timeout_secs: 0.4\n",
+    ))
+    .await;
+    let cases = [
+        (
+            Behavior {
+                abort_after: Some(2),
+                chunk_delay: Duration::from_millis(20),
+                ..Default::default()
+            },
+            "upstream_unreachable",
+        ),
+        (
+            Behavior {
+                gap: Some((2, Duration::from_secs(5))),
+                ..Default::default()
+            },
+            "upstream_timeout",
+        ),
+    ];
+    for (n, (behavior, code)) in cases.into_iter().enumerate() {
+        upstream.set(Behavior {
+            raw_chunks: Some(events.clone()),
+            ..behavior
+        });
+        let response = client()
+            .post(router.url("/v1/responses"))
+            .json(&json!({"model": "[mock]gpt-x", "stream": true, "input": "hi"}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        let (_, text) = read_timed(response).await;
+        let event = responses_error_after(&text, &String::from_utf8_lossy(&events[..2].concat()));
+        assert_eq!(event["code"], code, "{event}");
+        assert_eq!(event["sequence_number"], 42, "{event}");
+        assert_eq!(event["error"]["type"], "upstream_error", "{event}");
+
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::StreamFailed, "{code}");
+        assert_eq!(record.error.as_deref(), event["message"].as_str());
+        assert_eq!(record.response.content, "Partial");
+    }
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn client_disconnect_drops_the_upstream_and_keeps_a_partial_record() {
     let upstream = MockUpstream::start(Behavior {
