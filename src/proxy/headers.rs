@@ -80,6 +80,24 @@ fn known(name: &[u8]) -> Known {
     }
 }
 
+/// A name with `_` for `-` that would be one the router reads or frames with
+/// (`Transfer_Encoding`, `Content_Length`, `X_Api_Key`): an upstream behind a CGI-style
+/// layer (WSGI, PHP) reads both spellings as one (`HTTP_TRANSFER_ENCODING`), so passed on it
+/// could frame the body there otherwise than the router did, or stand beside the router's own
+/// field. nginx drops every name with `_`; only these are dropped here (others, `X_Trace_Id`,
+/// are passed on).
+fn underscored_known(name: &[u8]) -> bool {
+    if !name.contains(&b'_') || name.len() > 32 {
+        return false;
+    }
+    let mut dashed = [0u8; 32];
+    let dashed = &mut dashed[..name.len()];
+    for (to, from) in dashed.iter_mut().zip(name) {
+        *to = if *from == b'_' { b'-' } else { *from };
+    }
+    known(dashed) != Known::Other
+}
+
 /// Hop-by-hop for this message: always, or named in its `Connection` header.
 fn is_hop_by_hop(kind: Known, name: &[u8], connection_tokens: &[&[u8]]) -> bool {
     kind == Known::HopByHop
@@ -139,7 +157,7 @@ impl FieldSource for UpstreamFields<'_> {
         let mut accept_encoding = false;
         for (name, value) in self.client.iter() {
             let kind = known(name);
-            if is_hop_by_hop(kind, name, &tokens) {
+            if is_hop_by_hop(kind, name, &tokens) || underscored_known(name) {
                 continue;
             }
             match kind {

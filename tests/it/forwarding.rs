@@ -1097,3 +1097,38 @@ async fn a_proxy_target_gets_the_model_without_its_prefix() {
     assert_eq!(record.upstream_model, "gpt-4o");
     router.stop().await;
 }
+
+/// Fields whose names, `_` read as `-`, are ones the router frames with or reads
+/// (`Transfer_Encoding`, `Content_Length`, `X_Api_Key`, `Host`'s) are not passed upstream:
+/// an upstream behind a CGI-style layer (WSGI, PHP) reads both spellings as one, and could
+/// frame the body otherwise than the router did. Other names with `_` go on as they came.
+#[tokio::test]
+async fn underscore_spellings_of_framing_and_key_fields_stay_behind() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("Transfer_Encoding", "chunked")
+        .header("Content_Length", "0")
+        .header("X_Api_Key", "sk-client-key-0123456789")
+        .header("proxy_connection", "keep-alive")
+        .header("X_Trace_Id", "t-1")
+        .body(r#"{"model":"[mock]m","messages":[]}"#)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let headers = upstream.last().headers;
+    for dropped in [
+        "transfer_encoding",
+        "content_length",
+        "x_api_key",
+        "proxy_connection",
+    ] {
+        assert!(headers.get(dropped).is_none(), "{dropped}: {headers:?}");
+    }
+    assert_eq!(headers["x_trace_id"], "t-1");
+    assert!(headers.get("transfer-encoding").is_none(), "{headers:?}");
+    router.stop().await;
+}
