@@ -189,6 +189,24 @@ impl Usage {
     }
 }
 
+/// The names of [`UsageRaw`]'s fields: the only ones of a usage object [`Usage`] reads.
+const USAGE_KEYS: &[&str] = &[
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "input_tokens",
+    "output_tokens",
+    "prompt_tokens_details",
+    "input_tokens_details",
+    "completion_tokens_details",
+    "output_tokens_details",
+    "prompt_cache_hit_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "cost",
+    "seconds",
+];
+
 /// The fields of a usage object that upstreams are known to send, each left raw.
 #[derive(Deserialize, Default)]
 struct UsageRaw<'a> {
@@ -1415,8 +1433,11 @@ pub fn is_last_event(event: &[u8], data: &[u8], last: LastEvents) -> bool {
 }
 
 /// The name an event's first line gives it (`event: message_stop`), if that line is its
-/// `event:` field.
+/// `event:` field. A `\n` before it is the rest of the previous event's `\r\n`, cut
+/// between two reads (the event splitter ends an event at a `\r` that is the last byte
+/// come): the same event read whole would have none.
 fn event_name(event: &[u8]) -> Option<&[u8]> {
+    let event = event.strip_prefix(b"\n").unwrap_or(event);
     let rest = event.strip_prefix(b"event:")?;
     let rest = rest.strip_prefix(b" ").unwrap_or(rest);
     let end = memchr::memchr2(b'\n', b'\r', rest).unwrap_or(rest.len());
@@ -1447,15 +1468,25 @@ pub fn classify_event(data: &[u8], want_usage_only: bool) -> EventKind {
     if !want_usage_only || !has_usage_object(trimmed) {
         return EventKind::Other;
     }
-    match serde_json::from_slice::<KindProbe<'_>>(trimmed) {
-        Ok(probe)
-            if probe.event_type.is_none()
+    let usage_only = |payload: &[u8]| match serde_json::from_slice::<KindProbe<'_>>(payload) {
+        Ok(probe) => Some(
+            probe.event_type.is_none()
                 && probe.usage.is_some()
-                && probe.choices.as_ref().is_none_or(Vec::is_empty) =>
-        {
-            EventKind::UsageOnly
-        }
-        _ => EventKind::Other,
+                && probe.choices.as_ref().is_none_or(Vec::is_empty),
+        ),
+        Err(_) => None,
+    };
+    let read = usage_only(trimmed).or_else(|| {
+        // A raw control character in a string spoils nothing but itself, as the accumulator
+        // reads it (see [`raw_controls_escaped`]): without the second look a usage chunk with
+        // a raw tab was forwarded to a client that never asked for it, with every sink off.
+        let fixed = raw_controls_escaped(std::str::from_utf8(trimmed).ok()?)?;
+        usage_only(fixed.as_bytes())
+    });
+    if read == Some(true) {
+        EventKind::UsageOnly
+    } else {
+        EventKind::Other
     }
 }
 
@@ -1541,6 +1572,10 @@ pub struct StreamAccumulator {
 /// keeps what it had, ending in [`crate::sinks::generation::TRUNCATION_MARKER`]; the client
 /// gets every byte, and usage is still read.
 pub const MAX_STREAM_TEXT: usize = 8 * 1024 * 1024;
+
+/// The longest value of an Anthropic stream's usage kept, in bytes of JSON (see
+/// [`StreamAccumulator::merge_anthropic_usage`]).
+const MAX_ANTHROPIC_USAGE_VALUE: usize = 1024;
 
 /// Most tool calls a stream's record keeps (each costs a record entry even when empty), for
 /// the reason [`MAX_STREAM_TEXT`] bounds the text.
@@ -2632,8 +2667,9 @@ impl StreamAccumulator {
                 if let Some(reason) = anthropic_part(chunk.delta).and_then(|d| d.stop_reason) {
                     self.summary.finish_reason = Some(reason.into_owned());
                 }
-                if chunk.usage.is_some() {
-                    self.merge_anthropic_usage(chunk.usage);
+                if chunk.usage.is_some()
+                    && (self.merge_anthropic_usage(chunk.usage) || self.summary.usage.is_none())
+                {
                     self.take_anthropic_usage();
                 }
             }
@@ -2679,25 +2715,39 @@ impl StreamAccumulator {
     /// Adds an Anthropic usage object's fields to those seen so far: a count keeps the
     /// largest value (the counts are cumulative, and a `message_delta` of some compatible
     /// upstreams says 0 for the input `message_start` counted); anything else the first.
-    fn merge_anthropic_usage(&mut self, usage: Option<&RawValue>) {
-        let Some(fields) = usage
-            .and_then(|raw| serde_json::from_str::<serde_json::Map<String, Value>>(raw.get()).ok())
-        else {
-            return;
+    /// Says whether anything changed. Only the fields [`Usage`] reads ([`USAGE_KEYS`]) are
+    /// kept, each of [`MAX_ANTHROPIC_USAGE_VALUE`] bytes at most: an upstream sending a new
+    /// key in every event grew the map (and the copy read at every `message_delta`) with the
+    /// stream, to hundreds of MB.
+    fn merge_anthropic_usage(&mut self, usage: Option<&RawValue>) -> bool {
+        let Some(fields) = usage.and_then(|raw| {
+            serde_json::from_str::<std::collections::BTreeMap<String, &RawValue>>(raw.get()).ok()
+        }) else {
+            return false;
         };
         let seen = self.anthropic_usage.get_or_insert_with(Default::default);
-        for (key, value) in fields {
-            if value.is_null() {
+        let mut changed = false;
+        for (key, raw) in fields {
+            let text = raw.get();
+            if text == "null" || text.len() > MAX_ANTHROPIC_USAGE_VALUE {
                 continue;
             }
+            if !USAGE_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            let Ok(value) = serde_json::from_str::<Value>(text) else {
+                continue;
+            };
             match seen.get(&key) {
                 Some(old) if old.as_f64() >= value.as_f64() => {}
                 Some(old) if !old.is_number() => {}
                 _ => {
                     seen.insert(key, value);
+                    changed = true;
                 }
             }
         }
+        changed
     }
 
     /// The Anthropic usage seen so far becomes the summary's.
@@ -3196,6 +3246,8 @@ mod tests {
         r#"{"id":"c","choices":[{"index":0,"delta":{"function_call":{"name":"f"}}}]}"#,
         r#"{"id":"c","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"custom":{"input":"x"}}]}}]}"#,
         r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"custom_tool_call"}}"#,
+        // A raw tab in a string, which the accumulator reads past (bb48).
+        "{\"id\":\"c\tx\",\"choices\":[],\"usage\":{\"prompt_tokens\":1}}",
         "not json",
         "",
     ];
@@ -3230,6 +3282,12 @@ mod tests {
                 "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
             ),
             ("/messages", "event:message_stop\r\ndata: {}\r\n\r\n"),
+            // The previous event's `\r\n` cut between two reads (bb48).
+            ("/messages", "\nevent: message_stop\r\ndata: {}\r\n\r\n"),
+            (
+                "/responses",
+                "\nevent: response.completed\r\ndata: {\"sequence_number\":2,\"type\":\"response.completed\"}\r\n\r\n",
+            ),
             ("/messages", "data: {\"type\":\"message_stop\"}\n\n"),
             (
                 "/responses",
@@ -3921,6 +3979,28 @@ mod tests {
         ended.push_data(start.as_bytes());
         ended.push_data(br#"{"type":"message_stop"}"#);
         assert_eq!(ended.into_summary().usage.map(|u| u.input), Some(112));
+    }
+
+    /// An Anthropic stream's usage keeps only the fields [`Usage`] reads, each of 1 KiB at
+    /// most: an upstream sending a new key in every event (or one huge value) grew what the
+    /// record held, and what every `message_delta` re-read, with the stream (bb48: 444 MiB
+    /// for a 100 MB stream, quadratic CPU). The counts are read as before.
+    #[test]
+    fn anthropic_usage_keeps_only_the_fields_read() {
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(br#"{"type":"message_start","message":{"id":"m","model":"c","usage":{"input_tokens":12,"output_tokens":1,"service_tier":"standard"}}}"#);
+        let huge = "x".repeat(MAX_ANTHROPIC_USAGE_VALUE + 1);
+        for n in 0..200 {
+            let delta = json!({"type": "message_delta", "delta": {},
+                "usage": {format!("junk_{n}"): n, "output_tokens": n, "cost": huge}});
+            acc.push_data(delta.to_string().as_bytes());
+        }
+        let kept = acc.anthropic_usage.as_ref().expect("usage seen");
+        let mut keys: Vec<&str> = kept.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["input_tokens", "output_tokens"]);
+        let usage = acc.into_summary().usage.expect("usage");
+        assert_eq!((usage.input, usage.output, usage.cost), (12, 199, None));
     }
 
     /// A whole Anthropic message: text, thinking and tool_use content blocks, `stop_reason`.

@@ -72,6 +72,12 @@ impl EventSplitter {
         };
     }
 
+    /// The last event ended at a `\r` that was the last byte come: the `\n` of its `\r\n`
+    /// may be the next byte (it goes with the next event).
+    pub fn ends_in_cr(&self) -> bool {
+        self.after_cr
+    }
+
     /// Bytes waiting for the end of their event.
     pub fn pending_len(&self) -> usize {
         self.pending.as_slice().len()

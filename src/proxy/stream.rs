@@ -113,7 +113,9 @@ pub struct StreamTee {
     saw_event: bool,
     /// The last event was dropped (the usage-only chunk) and ended in a `\r` that was the
     /// last byte come: a `\n` opening the next event is the rest of its `\r\n`, and goes
-    /// with it (see `EventSplitter`).
+    /// with it (see `EventSplitter`). Also set when a keep-alive comment went out after such
+    /// a `\r` of a forwarded event, with the `\n` before it
+    /// ([`Self::keepalive_between_events`]): the client has that `\n` already.
     dropped_cr: bool,
     /// An event longer than [`MAX_EVENT_BYTES`] came whole within one read: the stream fails
     /// as one whose event grew past it unended does, once what came before it is out. Both
@@ -418,6 +420,19 @@ impl StreamTee {
         self.head = None;
         self.state = State::Ending;
         failure.end(&mut self.guard, &self.failures, self.settings.errors)
+    }
+
+    /// A keep-alive comment after the events forwarded so far. The last of them may end in
+    /// the `\r` of a `\r\n` cut between two reads, the client having that `\r` (the event
+    /// went at once): the comment then begins with the `\n`, so it does not land inside the
+    /// line break (`\r: keep-alive` read by a client that splits on `\r\n\r\n`), and the
+    /// upstream's `\n` when it comes is dropped as already sent ([`Self::dropped_cr`]).
+    fn keepalive_between_events(&mut self) -> Bytes {
+        if self.splitter.ends_in_cr() && !self.dropped_cr {
+            self.dropped_cr = true;
+            return Bytes::from_static(b"\n: keep-alive\n\n");
+        }
+        Bytes::from_static(KEEPALIVE_COMMENT)
     }
 
     /// The next keep-alive comment, when it is due.
@@ -757,7 +772,7 @@ impl StreamTee {
             // that is not SSE.
             if self.settings.sse && now >= keepalive_deadline {
                 self.last_keepalive = now;
-                return Poll::Ready(Some(Ok(Bytes::from_static(KEEPALIVE_COMMENT))));
+                return Poll::Ready(Some(Ok(self.keepalive_between_events())));
             }
             let next = if self.settings.sse {
                 idle_deadline.min(keepalive_deadline)

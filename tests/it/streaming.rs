@@ -2379,3 +2379,118 @@ async fn a_400_is_relayed_unretried_when_the_client_sent_stream_options_or_it_na
     );
     router.stop().await;
 }
+
+/// A keep-alive comment that falls due while the last event forwarded ended in the `\r` of a
+/// `\r\n` cut between two reads (the client has that `\r`): the comment begins with the `\n`,
+/// and the upstream's `\n` when it comes is not sent twice, so the client's bytes are the
+/// upstream's with whole comments between events. It went inside the line break
+/// (`\r\n\r: keep-alive\n\n\n`), which a client splitting on `\r\n\r\n` misreads (bb48).
+#[tokio::test]
+async fn a_keepalive_never_lands_inside_a_cut_crlf() {
+    let first =
+        b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\r\n\r"
+            .to_vec();
+    let rest = b"\ndata: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"}}]}\r\n\r\ndata: [DONE]\r\n\r\n".to_vec();
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(vec![first.clone(), rest.clone()]),
+        gap: Some((1, Duration::from_millis(700))),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start_with(&one_server_config(&upstream.url(), ""), |state| {
+        state.keepalive_interval = Duration::from_millis(200);
+    })
+    .await;
+    let (_, text) = read_timed(router.chat(&stream_request("[mock]m")).await).await;
+    assert!(text.contains("\r\n\r\n: keep-alive\n\n"), "{text:?}");
+    assert!(!text.contains("\r: keep-alive"), "{text:?}");
+    let upstream_bytes = String::from_utf8([first, rest].concat()).expect("utf-8");
+    assert_eq!(text.replace(": keep-alive\n\n", ""), upstream_bytes);
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert_eq!(record.response.content, "Hi!");
+    router.stop().await;
+}
+
+/// A format's last event whose blank line before it was cut between `\r` and `\n` (the `\n`
+/// opening its read) still ends the body, with a sink and without, `"type"` not first in its
+/// data: told by its `event:` name after that `\n`. It waited for `timeout_secs` instead, and
+/// with every sink off the client got an `upstream_timeout` error after a complete answer
+/// (bb48).
+#[tokio::test]
+async fn a_last_event_after_a_cut_crlf_still_ends_the_body() {
+    let event = |name: &str, data: &str| format!("event: {name}\r\ndata: {data}\r\n\r");
+    let chunks = vec![
+        event(
+            "response.created",
+            r#"{"sequence_number":0,"type":"response.created","response":{"id":"resp_1","model":"m","status":"in_progress","output":[]}}"#,
+        )
+        .into_bytes(),
+        format!(
+            "\n{}",
+            event(
+                "response.output_text.delta",
+                r#"{"sequence_number":1,"type":"response.output_text.delta","delta":"Hi"}"#
+            )
+        )
+        .into_bytes(),
+        format!(
+            "\n{}\n",
+            event(
+                "response.completed",
+                r#"{"sequence_number":2,"type":"response.completed","response":{"id":"resp_1","model":"m","status":"completed","usage":{"input_tokens":5,"output_tokens":1,"total_tokens":6}}}"#
+            )
+        )
+        .into_bytes(),
+    ];
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(chunks.clone()),
+        chunk_delay: Duration::from_millis(30),
+        linger_after_done: Some(Duration::from_secs(30)),
+        ..Default::default()
+    })
+    .await;
+    let config = one_server_config(&upstream.url(), "    timeout_secs: 20\n");
+    let router = TestRouter::start(&config).await;
+    let unrecorded = TestRouter::start_unrecorded(&config).await;
+    for router in [&router, &unrecorded] {
+        let response = post_stream(router, "/v1/responses").await;
+        let (_, text) = tokio::time::timeout(Duration::from_secs(10), read_timed(response))
+            .await
+            .expect("the body ended at response.completed");
+        assert_eq!(text.as_bytes(), chunks.concat());
+    }
+    let record = router.records.nth(1).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert!(record.complete && !record.usage_partial());
+    unrecorded.stop().await;
+    router.stop().await;
+}
+
+/// The usage-only chunk the router asked for, with a raw control character in a string (a
+/// tab in its `id`), is not the client's with every sink off either: the check that runs
+/// then reads past the tab as the record's reader does. It reached the client (bb48).
+#[tokio::test]
+async fn a_usage_chunk_with_a_raw_tab_is_dropped_with_every_sink_off() {
+    let delta =
+        b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+    let usage = b"data: {\"id\":\"c\tx\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n";
+    let done = b"data: [DONE]\n\n";
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(vec![delta.to_vec(), usage.to_vec(), done.to_vec()]),
+        ..Default::default()
+    })
+    .await;
+    let config = one_server_config(&upstream.url(), "");
+    let router = TestRouter::start(&config).await;
+    let unrecorded = TestRouter::start_unrecorded(&config).await;
+    let expected = String::from_utf8([&delta[..], &done[..]].concat()).expect("utf-8");
+    for router in [&router, &unrecorded] {
+        let (_, text) = read_timed(router.chat(&stream_request("[mock]m")).await).await;
+        assert_eq!(text, expected);
+    }
+    let record = router.records.nth(1).await;
+    assert_eq!(record.response.usage.clone().expect("usage").total, 4);
+    unrecorded.stop().await;
+    router.stop().await;
+}
