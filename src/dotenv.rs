@@ -137,7 +137,19 @@ pub enum DotenvError {
     /// called UTF-16.
     #[error(".env is UTF-32; save it as UTF-8")]
     Utf32,
+    /// A value whose `${NAME}`s, each expanding others, grow past [`MAX_EXPANDED_BYTES`]
+    /// (`V1=${V0}${V0}...`, a line more each: eight times as long): it took all the memory
+    /// there was, then the process.
+    #[error(
+        ".env line {line}: the value of {key} expands to over 1 MiB (a ${{NAME}} that expands \
+         others, each many times over?)"
+    )]
+    ExpandsTooFar { line: usize, key: String },
 }
+
+/// The longest value `.env`'s `${NAME}` expansions may make (an environment variable holds
+/// far less in practice: Linux passes 128 KiB at most to a program).
+const MAX_EXPANDED_BYTES: usize = 1024 * 1024;
 
 /// Reads `path` (a missing file is normal) and sets each of its variables that the
 /// environment does not already have.
@@ -195,7 +207,12 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
         .map(|((key, _), line)| (key.clone(), *line))
         .collect();
     let (keys_without_value, keys_inside_values) = keys_set_to_nothing(&bindings, &lines);
-    let values = resolve(bindings, &|name| std::env::var(name).ok());
+    let values = resolve(bindings, &|name| std::env::var(name).ok()).map_err(|key| {
+        DotenvError::ExpandsTooFar {
+            line: line_of.get(&key).copied().unwrap_or_default(),
+            key,
+        }
+    })?;
     let mut nul_keys: Vec<SkippedKey> = values
         .iter()
         .filter(|(key, value)| dotenvy_can_take(key) && value.contains('\0'))
@@ -435,34 +452,43 @@ fn line_key(line: &str) -> Option<String> {
 }
 
 /// Expands `${NAME}` / `${NAME:-default}` in each value and drops keys with no value; a key
-/// set twice keeps its last value.
-pub fn resolve(bindings: Bindings, env: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+/// set twice keeps its last value. `Err` names the key whose value would pass
+/// [`MAX_EXPANDED_BYTES`].
+pub fn resolve(
+    bindings: Bindings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, String)>, String> {
     let mut seen: HashMap<String, Option<String>> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
     for (key, value) in bindings {
-        let value = value.map(|v| {
-            expand(&v, &|name| match env(name) {
-                Some(real) => Some(Some(real)),
-                None => seen.get(name).cloned(),
-            })
-        });
+        let value = match value {
+            Some(v) => {
+                let expanded = expand(&v, &|name| match env(name) {
+                    Some(real) => Some(Some(real)),
+                    None => seen.get(name).cloned(),
+                });
+                Some(expanded.ok_or_else(|| key.clone())?)
+            }
+            None => None,
+        };
         if !seen.contains_key(&key) {
             order.push(key.clone());
         }
         seen.insert(key, value);
     }
-    order
+    Ok(order
         .into_iter()
         .filter_map(|key| {
             let value = seen.remove(&key).flatten()?;
             Some((key, value))
         })
-        .collect()
+        .collect())
 }
 
 /// `${NAME}` and `${NAME:-default}`; anything else is kept as written. `lookup` gives
 /// `Some(None)` for a name set with no value (which expands to nothing, not the default).
-fn expand(value: &str, lookup: &dyn Fn(&str) -> Option<Option<String>>) -> String {
+/// `None` when the result would pass [`MAX_EXPANDED_BYTES`].
+fn expand(value: &str, lookup: &dyn Fn(&str) -> Option<Option<String>>) -> Option<String> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(at) = rest.find("${") {
@@ -474,6 +500,9 @@ fn expand(value: &str, lookup: &dyn Fn(&str) -> Option<Option<String>>) -> Strin
                     Some(found) => found.unwrap_or_default(),
                     None => default.unwrap_or_default().to_owned(),
                 };
+                if out.len() + found.len() > MAX_EXPANDED_BYTES {
+                    return None;
+                }
                 out.push_str(&found);
                 rest = &after[used..];
             }
@@ -484,7 +513,7 @@ fn expand(value: &str, lookup: &dyn Fn(&str) -> Option<Option<String>>) -> Strin
         }
     }
     out.push_str(rest);
-    out
+    (out.len() <= MAX_EXPANDED_BYTES).then_some(out)
 }
 
 /// After `${`: `(name, default, bytes up to and including the closing brace)`.
@@ -784,7 +813,7 @@ mod tests {
     fn values(text: &str) -> Vec<(String, String)> {
         let (bindings, bad) = parse(text);
         assert!(bad.is_empty(), "{bad:?}");
-        resolve(bindings, &|_| None)
+        resolve(bindings, &|_| None).expect("within the limit")
     }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -827,7 +856,7 @@ mod tests {
             "B='it''s' has text after its quote"
         );
         assert_eq!(
-            resolve(bindings, &|_| None),
+            resolve(bindings, &|_| None).expect("within the limit"),
             pairs(&[
                 ("A", "1"),
                 ("C", "line\nnext \"q\" \\x"),
@@ -860,7 +889,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            resolve(bindings, &|_| None),
+            resolve(bindings, &|_| None).expect("within the limit"),
             pairs(&[("A", "1"), ("C", "3"), ("F", "6")])
         );
         let message = bad[0].to_string();
@@ -945,7 +974,7 @@ mod tests {
         );
         let env = |name: &str| (name == "HOME").then(|| "/home/me".to_owned());
         assert_eq!(
-            resolve(bindings, &env),
+            resolve(bindings, &env).expect("within the limit"),
             pairs(&[
                 ("HOST", "file-host"),
                 ("URL", "http://file-host:8000/"),
@@ -978,7 +1007,10 @@ mod tests {
                 last_line: 1
             }]
         );
-        assert_eq!(resolve(bindings, &|_| None), pairs(&[("NEXT", "ok")]));
+        assert_eq!(
+            resolve(bindings, &|_| None).expect("within the limit"),
+            pairs(&[("NEXT", "ok")])
+        );
     }
 
     /// UTF-16, with a byte-order mark or without (either byte order), is told from UTF-8,
@@ -1054,7 +1086,7 @@ mod tests {
         #[test]
         fn parse_never_panics(text in "(?s).{0,200}") {
             let (bindings, _) = parse(&text);
-            let _ = resolve(bindings, &|_| None);
+            let _ = resolve(bindings, &|_| None).expect("within the limit");
         }
     }
 }

@@ -447,6 +447,40 @@ fn a_dot_env_in_utf16_stops_serve_and_check() {
     }
 }
 
+/// A `.env` whose `${NAME}`s expand one another many times over (each line eight of the one
+/// before) stops `serve` and fails `check` at once, naming the line and key: the expansion
+/// took all the memory there was (fuzzing, bb45). The other commands warn.
+#[test]
+fn a_dot_env_expanding_past_a_mebibyte_stops_serve_and_check() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let mut text = String::from("V0=0123456789012345678901234567890123456789\n");
+    for n in 1..=12 {
+        let before = format!("${{V{}}}", n - 1);
+        text.push_str(&format!("V{n}={}\n", before.repeat(8)));
+    }
+    std::fs::write(dir.path().join(".env"), &text).expect(".env");
+    // 40 bytes times 8^5 passes 1 MiB at V5, line 6.
+    let said = "error: .env line 6: the value of V5 expands to over 1 MiB";
+    for args in [
+        &["check"][..],
+        &["serve", "--host", "127.0.0.1", "--port", "0"],
+    ] {
+        let (code, _, stderr) = run_cli(dir.path(), args, &[]);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(stderr.trim().starts_with(said), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    let (code, _, stderr) = run_cli(dir.path(), &["models", "--json"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr
+            .trim()
+            .starts_with(&said.replace("error:", "warning:")),
+        "{stderr}"
+    );
+}
+
 /// A `.env` that is a link to nothing (a secret mount not there yet) stops `serve` and fails
 /// `check`, naming where the link leads: it was taken for a missing `.env`, and the router
 /// started in silence without the settings meant for it, open to anyone.
