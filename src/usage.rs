@@ -1456,37 +1456,24 @@ fn leading_type(data: &[u8]) -> Option<&[u8]> {
 }
 
 /// The [`EventKind`] of one `data:` payload without reading it into a summary, for streams
-/// nothing records (every sink off): `[DONE]` is a comparison, and only a payload with a
-/// `"usage"` object in it is parsed, for its `choices` and `type` alone. `want_usage_only`
-/// false skips even that (the client asked for the usage chunk itself). Agrees with
-/// [`StreamAccumulator::push_data`], which a test checks.
+/// nothing records (every sink off): `[DONE]` is a comparison, and only a payload that names
+/// `"usage"` is parsed, by [`StreamAccumulator::push_data`] itself. `want_usage_only` false
+/// skips even that (the client asked for the usage chunk itself).
 pub fn classify_event(data: &[u8], want_usage_only: bool) -> EventKind {
     let trimmed = data.trim_ascii();
     if trimmed == b"[DONE]" {
         return EventKind::Done;
     }
-    if !want_usage_only || !has_usage_object(trimmed) {
+    if !want_usage_only || !names_usage(trimmed) {
         return EventKind::Other;
     }
-    let usage_only = |payload: &[u8]| match serde_json::from_slice::<KindProbe<'_>>(payload) {
-        Ok(probe) => Some(
-            probe.event_type.is_none()
-                && probe.usage.is_some()
-                && probe.choices.as_ref().is_none_or(Vec::is_empty),
-        ),
-        Err(_) => None,
-    };
-    let read = usage_only(trimmed).or_else(|| {
-        // A raw control character in a string spoils nothing but itself, as the accumulator
-        // reads it (see [`raw_controls_escaped`]): without the second look a usage chunk with
-        // a raw tab was forwarded to a client that never asked for it, with every sink off.
-        let fixed = raw_controls_escaped(std::str::from_utf8(trimmed).ok()?)?;
-        usage_only(fixed.as_bytes())
-    });
-    if read == Some(true) {
-        EventKind::UsageOnly
-    } else {
-        EventKind::Other
+    // A payload naming a usage object (one a stream, mostly) is read as the accumulator
+    // reads it, repairs included (a stray byte, a raw control character, a lone surrogate),
+    // so the two never disagree: a probe of its own forwarded, with every sink off, usage
+    // chunks the accumulator drops (found by fuzzing, bb45/bb48).
+    match StreamAccumulator::default().push_data(trimmed) {
+        EventKind::UsageOnly => EventKind::UsageOnly,
+        _ => EventKind::Other,
     }
 }
 
@@ -1495,14 +1482,15 @@ pub fn classify_event(data: &[u8], want_usage_only: bool) -> EventKind {
 /// apart further. Read only at a stream's end, never per event.
 pub fn may_be_cut_usage_chunk(data: &[u8]) -> bool {
     let trimmed = data.trim_ascii();
-    has_usage_object(trimmed) && serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_err()
+    names_usage(trimmed) && serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_err()
 }
 
-/// `"usage"` followed by a colon and an object somewhere in `data`: the one shape that can
-/// make a usage-only chunk. `"usage": null`, which OpenAI puts in every other chunk once
-/// `include_usage` is on, is not. A key inside a JSON string has its quotes escaped, so it
-/// cannot match; a false match only costs a parse.
-fn has_usage_object(data: &[u8]) -> bool {
+/// `"usage"` followed by a colon and a value other than `null` somewhere in `data`: what can
+/// make a usage-only chunk as [`StreamAccumulator::push_data`] reads one (an object, or any
+/// value: `"usage": 5` is read as a usage, none in it). `"usage": null`, which OpenAI puts in
+/// every other chunk once `include_usage` is on, is not. A key inside a JSON string has its
+/// quotes escaped, so it cannot match; a false match only costs a parse.
+fn names_usage(data: &[u8]) -> bool {
     // Built once: building a searcher cost more than the search on a ~200-byte event.
     static USAGE_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
@@ -1511,18 +1499,11 @@ fn has_usage_object(data: &[u8]) -> bool {
             .iter()
             .copied()
             .skip_while(u8::is_ascii_whitespace);
-        rest.next() == Some(b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(b'{')
+        rest.next() == Some(b':')
+            && rest
+                .find(|b| !b.is_ascii_whitespace())
+                .is_some_and(|b| b != b'n')
     })
-}
-
-#[derive(Deserialize)]
-struct KindProbe<'a> {
-    #[serde(default)]
-    choices: Option<Vec<serde::de::IgnoredAny>>,
-    #[serde(borrow, default)]
-    usage: Option<&'a RawValue>,
-    #[serde(rename = "type", borrow, default, deserialize_with = "borrowed_text")]
-    event_type: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Builds a [`ResponseSummary`] from stream events, one `data:` payload at a time.
@@ -3248,6 +3229,9 @@ mod tests {
         r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"custom_tool_call"}}"#,
         // A raw tab in a string, which the accumulator reads past (bb48).
         "{\"id\":\"c\tx\",\"choices\":[],\"usage\":{\"prompt_tokens\":1}}",
+        // A usage that is no object, and a key twice (found by fuzzing, bb45).
+        r#"{"id":"c","choices":[],"usage":5}"#,
+        r#"{"id":"c","id":"d","choices":[],"usage":{"prompt_tokens":1}}"#,
         "not json",
         "",
     ];
@@ -3264,6 +3248,13 @@ mod tests {
             };
             assert_eq!(classify_event(event.as_bytes(), false), without, "{event}");
         }
+        // A byte that is not UTF-8 (an upstream's Latin-1 `é`), read past by both.
+        let latin1 = b"{\"id\":\"caf\xe9\",\"choices\":[],\"usage\":{\"prompt_tokens\":1}}";
+        assert_eq!(classify_event(latin1, true), EventKind::UsageOnly);
+        assert_eq!(
+            StreamAccumulator::default().push_data(latin1),
+            EventKind::UsageOnly
+        );
     }
 
     /// The formats' last events are told by their `event:` name, or without one by a leading

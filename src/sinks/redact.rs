@@ -35,9 +35,10 @@ const ESCAPE_DEPTH: u8 = 2;
 /// A secret is found written as it is, and also written with JSON string escapes in any of
 /// its characters (`\/`, `\"`, `\\`, `\b\f\n\r\t`, `\uXXXX` in either case, surrogate pairs),
 /// escaped once or twice ([`ESCAPE_DEPTH`]), mixed freely with plain characters: any JSON
-/// parser reads those back as the secret (PHP writes every `/` as `\/`). Not covered: other
-/// encodings (percent-encoding, base64, HTML entities), three or more levels of escaping, and
-/// a secret written in pieces with other text between them.
+/// parser reads those back as the secret (PHP writes every `/` as `\/`). A configured secret
+/// is found percent-encoded too ([`percent_encoded`]). Not covered: other encodings (base64,
+/// HTML entities, lower-case `%xx`), three or more levels of escaping, and a secret written in
+/// pieces with other text between them.
 ///
 /// Cost: a text shorter than the shortest secret is not searched. A text with no backslash
 /// (most names, ids, and many bodies) gets one `memmem` search per secret. A text with a
@@ -67,7 +68,15 @@ impl std::fmt::Debug for Redactor {
 impl Redactor {
     /// A redactor for `secrets` (e.g. `config.secrets()`); short or empty values are skipped.
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Self {
-        let needles: Vec<Needle<'static>> = distinct(secrets)
+        let values = distinct(secrets);
+        let encoded: Vec<String> = values.iter().flat_map(|s| percent_encoded(s)).collect();
+        let mut all: Vec<&str> = values
+            .into_iter()
+            .chain(encoded.iter().map(String::as_str))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        let needles: Vec<Needle<'static>> = all
             .into_iter()
             .map(|s| Needle::new(s).into_owned())
             .collect();
@@ -112,6 +121,28 @@ impl Redactor {
 }
 
 /// The values of `secrets` long enough to be treated as secrets, each once.
+/// The forms a URL-encoding echo of `secret` takes, when they differ from it (a key with
+/// `/`, `+` or `=`, as AWS-style secrets and base64 credentials have): every character but
+/// letters, digits and `-._~` as `%XX` (JavaScript's `encodeURIComponent`, Python's
+/// `quote_plus`), and the same with `/` kept (Python's `quote`). An upstream's error quoting
+/// the request URL or a form it was sent writes them so; they reached every sink.
+fn percent_encoded(secret: &str) -> Vec<String> {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    const PATH: &AsciiSet = &COMPONENT.remove(b'/');
+    let mut forms: Vec<String> = [COMPONENT, PATH]
+        .into_iter()
+        .map(|set| utf8_percent_encode(secret, set).to_string())
+        .filter(|form| form != secret)
+        .collect();
+    forms.dedup();
+    forms
+}
+
 fn distinct<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Vec<&'a str> {
     let mut values: Vec<&str> = secrets
         .into_iter()

@@ -355,6 +355,45 @@ async fn a_configured_key_echoed_with_json_escapes_is_redacted() {
     written.assert_absent(KEY);
 }
 
+/// A configured key with `/`, `+` and `=` that the upstream echoes URL-encoded (an error
+/// quoting the URL or form it was sent: `%2F`, `%2B`, `%3D`, with or without `/` kept) is
+/// redacted as the key itself is, for the client's error body and every record (bb49: the
+/// encoded key reached every sink).
+#[tokio::test]
+async fn a_configured_key_echoed_percent_encoded_is_redacted() {
+    const KEY: &str = "Zk9/ab+CD=efGH/ij+KL=mn0123";
+    let component = "Zk9%2Fab%2BCD%3DefGH%2Fij%2BKL%3Dmn0123";
+    let path = "Zk9/ab%2BCD%3DefGH/ij%2BKL%3Dmn0123";
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let yaml = format!(
+        "servers:\n  mock:\n    url: \"{}\"\n    api_key: \"{KEY}\"\n",
+        upstream.url()
+    );
+    let sinks = AllSinks::start(&yaml).await;
+    for encoded in [component, path] {
+        upstream.set(Behavior {
+            status: 401,
+            body: Some(format!(
+                r#"{{"error":{{"message":"no such key: https://x.test/v1?key={encoded}","type":"auth"}}}}"#
+            )),
+            ..Default::default()
+        });
+        let response = sinks
+            .router
+            .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 401);
+        let text = response.text().await.expect("body");
+        assert!(!text.contains(encoded), "{text}");
+        assert!(text.contains("key=[redacted]"), "{text}");
+    }
+    let (written, _) = sinks.finish(2).await;
+    assert_eq!(written.log.len(), 2);
+    for form in [KEY, component, path] {
+        written.assert_absent(form);
+    }
+}
+
 /// Whatever credential a client sends to a URL target (any `Authorization` scheme, a bare
 /// token, `x-api-key` beside a Bearer key) goes upstream as it is and may be echoed back:
 /// no record shows it.
