@@ -289,6 +289,40 @@ impl RequestRecord {
             + tool_calls
     }
 
+    /// Cuts a model name, answer id or finish reason past [`MAX_RECORDED_NAME`] bytes (the
+    /// client's or the upstream's, any length): not bodies, the body budget did not count
+    /// them, and 8 MB model names held in a stuck sink's queue took a gigabyte (bb49).
+    fn bound_names(&mut self) {
+        let response = &self.response;
+        let long = [&self.requested_model, &self.upstream_model]
+            .into_iter()
+            .chain(
+                [&response.model, &response.id, &response.finish_reason]
+                    .into_iter()
+                    .flatten(),
+            )
+            .any(|name| name.len() > MAX_RECORDED_NAME);
+        if !long {
+            return;
+        }
+        let guard = self.cut_guard();
+        let response = &mut self.response;
+        for name in [&mut self.requested_model, &mut self.upstream_model]
+            .into_iter()
+            .chain(
+                [
+                    &mut response.model,
+                    &mut response.id,
+                    &mut response.finish_reason,
+                ]
+                .into_iter()
+                .flatten(),
+            )
+        {
+            bound_name(name, &guard);
+        }
+    }
+
     /// Leaves the bodies and answer texts out (usage read first, so the ledger loses nothing).
     fn drop_bodies(&mut self) {
         complete_summary(self);
@@ -509,6 +543,7 @@ impl Recorder {
     /// [`Self::submit`] for a record already on the heap (the guard's): queued without a copy.
     fn submit_boxed(&self, mut record: Box<RequestRecord>) {
         let Some(tx) = &self.inner.tx else { return };
+        record.bound_names();
         self.take_body_budget(&mut record);
         if let Err(lost) = tx.try_send(record) {
             self.inner.losses.records.fetch_add(1, Ordering::Relaxed);
@@ -798,6 +833,8 @@ fn deliver(
     background: &mut BackgroundResults,
     outcomes: &OutcomeCounts,
 ) {
+    // Again, for what reading a whole answer gave (its `model`, `id`).
+    record.bound_names();
     outcomes.count(record.outcome);
     if record.usage_uncounted {
         if !background.counts(&record) {
@@ -1063,6 +1100,26 @@ fn empty_whole_answer(record: &mut RequestRecord) {
     }
     record.empty_answer = true;
     record.error = Some(format!("the upstream answered {status} with an empty body"));
+}
+
+/// Most bytes of a model name, answer id or finish reason a record keeps (a real one is
+/// under a hundred): past it the name is cut, saying how long it was, as an error is.
+pub const MAX_RECORDED_NAME: usize = 1024;
+
+/// `name` cut to [`MAX_RECORDED_NAME`] bytes with its length said, short of any of `guard`'s
+/// secrets (so a name cut once is not cut again).
+fn bound_name(name: &mut String, guard: &CutGuard) {
+    if name.len() <= MAX_RECORDED_NAME {
+        return;
+    }
+    let said = format!("… ({} bytes)", name.len());
+    let mut cut = MAX_RECORDED_NAME - said.len();
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let cut = guard.safe_cut(name, "", cut);
+    name.truncate(cut);
+    name.push_str(&said);
 }
 
 /// Most characters of an upstream's error message a record keeps: the body it came in is

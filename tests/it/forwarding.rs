@@ -1132,3 +1132,31 @@ async fn underscore_spellings_of_framing_and_key_fields_stay_behind() {
     assert!(headers.get("transfer-encoding").is_none(), "{headers:?}");
     router.stop().await;
 }
+
+/// A model name past 1 KiB (the client's, and the upstream's answer naming it back) goes
+/// upstream whole but is cut to 1 KiB in the record, saying its length: names are not bodies, the
+/// body budget did not count them, and 8 MB names queued for a stuck sink took a gigabyte
+/// (bb49).
+#[tokio::test]
+async fn a_huge_model_name_is_cut_in_the_record_only() {
+    let name = "m".repeat(10_000);
+    let upstream = MockUpstream::start(Behavior {
+        model: name.clone(),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router
+        .chat(&json!({"model": format!("[mock]{name}"), "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.last().json()["model"], name.as_str());
+    let record = router.records.nth(1).await;
+    // 1,024 bytes in all, what was said included.
+    let cut = format!("{}… (10000 bytes)", "m".repeat(1024 - 17));
+    assert_eq!(record.upstream_model, cut);
+    assert_eq!(record.response.model.as_deref(), Some(cut.as_str()));
+    assert_eq!(record.requested_model.len(), 1024);
+    assert!(record.requested_model.ends_with("… (10006 bytes)"));
+    router.stop().await;
+}
