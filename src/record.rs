@@ -1103,8 +1103,10 @@ fn empty_whole_answer(record: &mut RequestRecord) {
 }
 
 /// Most bytes of a model name, answer id or finish reason a record keeps (a real one is
-/// under a hundred): past it the name is cut, saying how long it was, as an error is.
-pub const MAX_RECORDED_NAME: usize = 1024;
+/// under a hundred): past it the name is cut, saying how long it was, as an error is. The
+/// request log and the ledger keep 1,024 characters of it ([`crate::sinks::MAX_NAME_CHARS`]),
+/// which 4 KiB always holds, so what they write is as before.
+pub const MAX_RECORDED_NAME: usize = 4096;
 
 /// `name` cut to [`MAX_RECORDED_NAME`] bytes with its length said, short of any of `guard`'s
 /// secrets (so a name cut once is not cut again).

@@ -566,7 +566,17 @@ fn read_char(hay: &[u8], at: usize, depth: u8) -> Option<(u32, usize)> {
     if backslash != u32::from(b'\\') {
         return Some((backslash, next));
     }
-    let (letter, mut next) = read_char(hay, next, depth - 1)?;
+    // A backslash that begins no escape at this depth is one of the text's own characters,
+    // escaped one level less (a secret holding `\`, JSON-escaped once as `\\`, read at depth
+    // 2): it was taken for a broken escape, and the secret went unfound.
+    escape_after(hay, next, depth).or(Some((backslash, next)))
+}
+
+/// The character a JSON escape whose backslash ends before `at` stands for, its letter and
+/// digits read `depth - 1` levels deep, and where the next character starts; `None` when
+/// what follows is no escape.
+fn escape_after(hay: &[u8], at: usize, depth: u8) -> Option<(u32, usize)> {
+    let (letter, mut next) = read_char(hay, at, depth - 1)?;
     let decoded = match u8::try_from(letter).ok()? {
         b @ (b'"' | b'\\' | b'/') => u32::from(b),
         b'b' => 0x08,

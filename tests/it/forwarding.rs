@@ -1133,8 +1133,8 @@ async fn underscore_spellings_of_framing_and_key_fields_stay_behind() {
     router.stop().await;
 }
 
-/// A model name past 1 KiB (the client's, and the upstream's answer naming it back) goes
-/// upstream whole but is cut to 1 KiB in the record, saying its length: names are not bodies, the
+/// A model name past 4 KiB (the client's, and the upstream's answer naming it back) goes
+/// upstream whole but is cut to 4 KiB in the record, saying its length: names are not bodies, the
 /// body budget did not count them, and 8 MB names queued for a stuck sink took a gigabyte
 /// (bb49).
 #[tokio::test]
@@ -1152,11 +1152,11 @@ async fn a_huge_model_name_is_cut_in_the_record_only() {
     assert_eq!(response.status(), 200);
     assert_eq!(upstream.last().json()["model"], name.as_str());
     let record = router.records.nth(1).await;
-    // 1,024 bytes in all, what was said included.
-    let cut = format!("{}… (10000 bytes)", "m".repeat(1024 - 17));
+    // 4,096 bytes in all, what was said included.
+    let cut = format!("{}… (10000 bytes)", "m".repeat(4096 - 17));
     assert_eq!(record.upstream_model, cut);
     assert_eq!(record.response.model.as_deref(), Some(cut.as_str()));
-    assert_eq!(record.requested_model.len(), 1024);
+    assert_eq!(record.requested_model.len(), 4096);
     assert!(record.requested_model.ends_with("… (10006 bytes)"));
     router.stop().await;
 }

@@ -394,6 +394,53 @@ async fn a_configured_key_echoed_percent_encoded_is_redacted() {
     }
 }
 
+/// A configured key holding a backslash, echoed JSON-escaped (`\\`) in a JSON error and in
+/// a text error (escaped once more in the log's JSON string), is redacted for the client
+/// and every record: at two levels of escaping, the backslash of an escape read one level
+/// down was taken for the start of a second escape, and the key went unfound (fuzzing,
+/// bb45).
+#[tokio::test]
+async fn a_configured_key_with_a_backslash_echoed_escaped_is_redacted() {
+    const KEY: &str = r"sk-abc\def-123456";
+    let escaped = KEY.replace('\\', r"\\");
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let yaml = format!(
+        "servers:\n  mock:\n    url: \"{}\"\n    api_key: '{KEY}'\n",
+        upstream.url()
+    );
+    let sinks = AllSinks::start(&yaml).await;
+    let errors = [
+        (
+            "application/json",
+            format!(r#"{{"error":{{"message":"bad key {escaped}","type":"auth"}}}}"#),
+        ),
+        (
+            "text/plain",
+            format!(r#"upstream said {{"key":"{escaped}"}}"#),
+        ),
+    ];
+    for (content_type, body) in &errors {
+        upstream.set(Behavior {
+            status: 401,
+            content_type: (*content_type).to_owned(),
+            body: Some(body.clone()),
+            ..Default::default()
+        });
+        let response = sinks
+            .router
+            .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 401);
+        let text = response.text().await.expect("body");
+        assert!(!text.contains("def-123456"), "{text}");
+    }
+    let (written, _) = sinks.finish(errors.len()).await;
+    assert_eq!(written.log.len(), errors.len());
+    for form in [KEY, escaped.as_str(), "def-123456"] {
+        written.assert_absent(form);
+    }
+}
+
 /// Whatever credential a client sends to a URL target (any `Authorization` scheme, a bare
 /// token, `x-api-key` beside a Bearer key) goes upstream as it is and may be echoed back:
 /// no record shows it.
