@@ -158,10 +158,23 @@ impl FormView {
             return body.clone().into();
         }
         let length = upstream_model.len().to_string();
+        // An empty value whose part's blank line was also its delimiter's line break (read
+        // leniently, see `Framing::next_delimiter`) gets one of its own: the model written
+        // there ran into the `--boundary`, which then delimited nothing, and the upstream
+        // read another form (found by fuzzing, bb45).
+        let with_break = format!("{upstream_model}\r\n");
         let mut splices: Vec<(Range<usize>, &[u8])> = self
             .model_ranges
             .iter()
-            .map(|range| (range.clone(), upstream_model.as_bytes()))
+            .map(|range| {
+                let at_delimiter = range.is_empty() && body[range.start..].starts_with(b"--");
+                let value = if at_delimiter {
+                    with_break.as_bytes()
+                } else {
+                    upstream_model.as_bytes()
+                };
+                (range.clone(), value)
+            })
             .chain(
                 self.length_ranges
                     .iter()
@@ -581,6 +594,25 @@ mod tests {
         );
         assert_eq!(String::from_utf8_lossy(&out), expected);
         assert!(String::from_utf8_lossy(&out).contains("content-length : 2 \r\n"));
+    }
+
+    /// An empty `model` value whose blank line is also its delimiter's line break, then
+    /// another `model`: the rewrite gives the first its own line break, so the upstream reads
+    /// the same three parts (the new model ran into `--XyZ`, and the form had two).
+    #[test]
+    fn an_empty_model_at_its_delimiter_keeps_the_parts_apart() {
+        let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n[up]whisper-1\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\r\n--XyZ--\r\n";
+        let view = FormView::parse(body, "XyZ").expect("parses");
+        assert_eq!(view.parts.len(), 3);
+        let out = view
+            .rewrite(&Bytes::from_static(body), "whisper-1")
+            .to_bytes();
+        let again = FormView::parse(&out, "XyZ").expect("still a form");
+        assert_eq!(again.parts.len(), 3, "{}", String::from_utf8_lossy(&out));
+        for part in &again.parts[..2] {
+            assert_eq!(&out[part.value.clone()], b"whisper-1");
+        }
+        assert_eq!(&out[again.parts[2].value.clone()], b"RIFF");
     }
 
     #[test]
