@@ -305,9 +305,10 @@ fn anthropic_event(data: &serde_json::Value) -> Vec<u8> {
     format!("event: {name}\ndata: {data}\n\n").into_bytes()
 }
 
-/// The one error event that follows `prefix` in `text`, in Anthropic's form (`event: error`,
-/// then `{"type":"error","error":{"type","message"}}` on one line): its `error` object.
-fn anthropic_error_after(text: &str, prefix: &str) -> serde_json::Value {
+/// The one named error event (`event: error`, then `{"type":"error",...}` on one line) that
+/// follows `prefix` in `text`, as Anthropic's API and the Responses API write theirs: its
+/// data.
+fn named_error_after(text: &str, prefix: &str) -> serde_json::Value {
     assert!(text.starts_with(prefix), "{text}");
     let rest = &text[prefix.len()..];
     let Some(data) = rest
@@ -319,6 +320,13 @@ fn anthropic_error_after(text: &str, prefix: &str) -> serde_json::Value {
     assert!(!data.contains('\n'), "on one line: {rest:?}");
     let payload: serde_json::Value = serde_json::from_str(data).expect("error event json");
     assert_eq!(payload["type"], "error", "{payload}");
+    payload
+}
+
+/// The one error event that follows `prefix` in `text`, in Anthropic's form (`event: error`,
+/// then `{"type":"error","error":{"type","message"}}` on one line): its `error` object.
+fn anthropic_error_after(text: &str, prefix: &str) -> serde_json::Value {
+    let payload = named_error_after(text, prefix);
     let error = payload["error"].clone();
     let keys: Vec<&String> = error.as_object().expect("object").keys().collect();
     assert_eq!(
@@ -407,17 +415,7 @@ async fn a_cut_anthropic_stream_ends_with_an_anthropic_error_event() {
 /// (`event: error`, then `{"type":"error","code","message","param","sequence_number",
 /// "error":{...}}` on one line).
 fn responses_error_after(text: &str, prefix: &str) -> serde_json::Value {
-    assert!(text.starts_with(prefix), "{text}");
-    let rest = &text[prefix.len()..];
-    let Some(data) = rest
-        .strip_prefix("event: error\ndata: ")
-        .and_then(|r| r.strip_suffix("\n\n"))
-    else {
-        panic!("one named error event: {rest:?}");
-    };
-    assert!(!data.contains('\n'), "on one line: {rest:?}");
-    let payload: serde_json::Value = serde_json::from_str(data).expect("error event json");
-    assert_eq!(payload["type"], "error", "{payload}");
+    let payload = named_error_after(text, prefix);
     assert_eq!(payload["param"], serde_json::Value::Null, "{payload}");
     assert_eq!(payload["message"], payload["error"]["message"], "{payload}");
     assert_eq!(payload["code"], payload["error"]["code"], "{payload}");
