@@ -261,12 +261,17 @@ impl RequestRedactor<'_> {
                     None => continue,
                 },
             };
-            if !self.heads.may_hold(decoded) {
+            // A secret's own backslash, written as it is or escaped once, reads as another
+            // escape's start at the deepest level (`\\n`): it is looked for too, when some
+            // secret has one among its first characters.
+            let backslash_read = u32::from(b'\\');
+            let own_backslash = decoded != backslash_read && self.heads.may_hold(backslash_read);
+            if !self.heads.may_hold(decoded) && !own_backslash {
                 continue;
             }
             for needle in self.needles() {
                 for &(head, before) in needle.heads() {
-                    if head != decoded {
+                    if head != decoded && !(own_backslash && head == backslash_read) {
                         continue;
                     }
                     let Some(start) = backslash.checked_sub(before) else {
@@ -528,15 +533,38 @@ fn whole_escapes(hay: &[u8], start: usize) -> usize {
 /// Where `secret` ends if it starts at `at` in `hay`, each of its characters written as it is
 /// or as a JSON escape (up to [`ESCAPE_DEPTH`] levels).
 fn escaped_end(hay: &[u8], at: usize, secret: &str) -> Option<usize> {
-    let mut next = at;
-    for wanted in secret.chars() {
-        let (got, after) = read_char(hay, next, ESCAPE_DEPTH)?;
+    let mut steps = MAX_BACKSLASH_READINGS;
+    end_from(hay, at, secret, &mut steps)
+}
+
+/// Readings of backslashes [`escaped_end`] tries for one place before it gives up: each
+/// backslash in the text may be read at every depth, and a secret of many backslashes
+/// against a run of them would try them all.
+const MAX_BACKSLASH_READINGS: u32 = 256;
+
+/// [`escaped_end`]. At a backslash of the text, the same bytes read differently at each
+/// depth (`\\n` is a newline escaped twice, or the secret's own `\` escaped once then `n`,
+/// and `\n` the secret's `\n` written as it is): each reading is tried, deepest first.
+fn end_from(hay: &[u8], mut at: usize, secret: &str, steps: &mut u32) -> Option<usize> {
+    for (i, wanted) in secret.char_indices() {
+        if hay.get(at) == Some(&b'\\') {
+            let rest = &secret[i + wanted.len_utf8()..];
+            return (0..=ESCAPE_DEPTH).rev().find_map(|depth| {
+                *steps = steps.checked_sub(1)?;
+                let (got, after) = read_char(hay, at, depth)?;
+                if got != u32::from(wanted) {
+                    return None;
+                }
+                end_from(hay, after, rest, steps)
+            });
+        }
+        let (got, after) = read_char(hay, at, ESCAPE_DEPTH)?;
         if got != u32::from(wanted) {
             return None;
         }
-        next = after;
+        at = after;
     }
-    Some(next)
+    Some(at)
 }
 
 /// The character at `at` (as a code point; a lone surrogate stays one) and where the next

@@ -399,13 +399,18 @@ async fn a_configured_key_echoed_percent_encoded_is_redacted() {
 /// and every record: at two levels of escaping, the backslash of an escape read one level
 /// down was taken for the start of a second escape, and the key went unfound (fuzzing,
 /// bb45).
+/// So is one whose backslash and the letter after it read as an escape (`\n`, a Windows
+/// `CORP\nathan` in a configured header), written as it is or escaped once (bb50): each
+/// backslash of the text is read at every depth, not only as the deepest escape it makes.
 #[tokio::test]
 async fn a_configured_key_with_a_backslash_echoed_escaped_is_redacted() {
     const KEY: &str = r"sk-abc\def-123456";
+    const HEADER: &str = r"CORP\nathan-secret-0003";
     let escaped = KEY.replace('\\', r"\\");
+    let header_escaped = HEADER.replace('\\', r"\\");
     let upstream = MockUpstream::start(Behavior::default()).await;
     let yaml = format!(
-        "servers:\n  mock:\n    url: \"{}\"\n    api_key: '{KEY}'\n",
+        "servers:\n  mock:\n    url: \"{}\"\n    api_key: '{KEY}'\n    headers:\n      X-User: '{HEADER}'\n",
         upstream.url()
     );
     let sinks = AllSinks::start(&yaml).await;
@@ -418,6 +423,11 @@ async fn a_configured_key_with_a_backslash_echoed_escaped_is_redacted() {
             "text/plain",
             format!(r#"upstream said {{"key":"{escaped}"}}"#),
         ),
+        (
+            "application/json",
+            format!(r#"{{"error":{{"message":"user {header_escaped}","type":"auth"}}}}"#),
+        ),
+        ("text/plain", format!("user {HEADER} unknown")),
     ];
     for (content_type, body) in &errors {
         upstream.set(Behavior {
@@ -432,11 +442,14 @@ async fn a_configured_key_with_a_backslash_echoed_escaped_is_redacted() {
             .await;
         assert_eq!(response.status(), 401);
         let text = response.text().await.expect("body");
-        assert!(!text.contains("def-123456"), "{text}");
+        assert!(
+            !text.contains("def-123456") && !text.contains("athan-secret"),
+            "{text}"
+        );
     }
     let (written, _) = sinks.finish(errors.len()).await;
     assert_eq!(written.log.len(), errors.len());
-    for form in [KEY, escaped.as_str(), "def-123456"] {
+    for form in [KEY, escaped.as_str(), "def-123456", "athan-secret-0003"] {
         written.assert_absent(form);
     }
 }
