@@ -287,6 +287,28 @@ async fn no_key_appears_in_any_span_log_line_or_ledger_row() {
     assert!(written.ledger.iter().any(|t| t.contains("[redacted]")));
 }
 
+/// The client's error body for a chat request the upstream refuses with 401 and `body` of
+/// `content_type`.
+async fn refused_with(
+    upstream: &MockUpstream,
+    sinks: &AllSinks,
+    content_type: &str,
+    body: &str,
+) -> String {
+    upstream.set(Behavior {
+        status: 401,
+        content_type: content_type.to_owned(),
+        body: Some(body.to_owned()),
+        ..Default::default()
+    });
+    let response = sinks
+        .router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 401);
+    response.text().await.expect("body")
+}
+
 /// A configured key that the upstream echoes JSON-escaped (PHP writes `/` as `\/`, other
 /// encoders `-` as `\u002d`, any character may be `\uXXXX`) is still the key to whoever parses
 /// the JSON: neither the client's error body nor any record shows it.
@@ -322,18 +344,7 @@ async fn a_configured_key_echoed_with_json_escapes_is_redacted() {
         ("text/plain", format!(r#"upstream said {{"key":"{php}"}}"#)),
     ];
     for (content_type, body) in &errors {
-        upstream.set(Behavior {
-            status: 401,
-            content_type: (*content_type).to_owned(),
-            body: Some(body.clone()),
-            ..Default::default()
-        });
-        let response = sinks
-            .router
-            .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
-            .await;
-        assert_eq!(response.status(), 401);
-        let text = response.text().await.expect("body");
+        let text = refused_with(&upstream, &sinks, content_type, body).await;
         assert_no_secret("the error relayed to the client", &text, KEY);
         assert!(text.contains("[redacted]"), "{text}");
     }
@@ -371,19 +382,10 @@ async fn a_configured_key_echoed_percent_encoded_is_redacted() {
     );
     let sinks = AllSinks::start(&yaml).await;
     for encoded in [component, path] {
-        upstream.set(Behavior {
-            status: 401,
-            body: Some(format!(
-                r#"{{"error":{{"message":"no such key: https://x.test/v1?key={encoded}","type":"auth"}}}}"#
-            )),
-            ..Default::default()
-        });
-        let response = sinks
-            .router
-            .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
-            .await;
-        assert_eq!(response.status(), 401);
-        let text = response.text().await.expect("body");
+        let body = format!(
+            r#"{{"error":{{"message":"no such key: https://x.test/v1?key={encoded}","type":"auth"}}}}"#
+        );
+        let text = refused_with(&upstream, &sinks, "application/json", &body).await;
         assert!(!text.contains(encoded), "{text}");
         assert!(text.contains("key=[redacted]"), "{text}");
     }
@@ -430,18 +432,7 @@ async fn a_configured_key_with_a_backslash_echoed_escaped_is_redacted() {
         ("text/plain", format!("user {HEADER} unknown")),
     ];
     for (content_type, body) in &errors {
-        upstream.set(Behavior {
-            status: 401,
-            content_type: (*content_type).to_owned(),
-            body: Some(body.clone()),
-            ..Default::default()
-        });
-        let response = sinks
-            .router
-            .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
-            .await;
-        assert_eq!(response.status(), 401);
-        let text = response.text().await.expect("body");
+        let text = refused_with(&upstream, &sinks, content_type, body).await;
         assert!(
             !text.contains("def-123456") && !text.contains("athan-secret"),
             "{text}"
