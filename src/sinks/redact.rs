@@ -533,14 +533,17 @@ fn whole_escapes(hay: &[u8], start: usize) -> usize {
 /// Where `secret` ends if it starts at `at` in `hay`, each of its characters written as it is
 /// or as a JSON escape (up to [`ESCAPE_DEPTH`] levels).
 fn escaped_end(hay: &[u8], at: usize, secret: &str) -> Option<usize> {
-    let mut steps = MAX_BACKSLASH_READINGS;
+    // A secret escaped throughout reads one backslash per character: room for that four
+    // times over.
+    let chars = u32::try_from(secret.len()).unwrap_or(u32::MAX);
+    let mut steps = chars.saturating_mul(4).max(MIN_BACKSLASH_READINGS);
     end_from(hay, at, secret, &mut steps)
 }
 
-/// Readings of backslashes [`escaped_end`] tries for one place before it gives up: each
-/// backslash in the text may be read at every depth, and a secret of many backslashes
-/// against a run of them would try them all.
-const MAX_BACKSLASH_READINGS: u32 = 256;
+/// Readings of backslashes [`escaped_end`] tries for one place at least before it gives up:
+/// each backslash in the text may be read at every depth, and a secret of many backslashes
+/// against a run of them would try every combination.
+const MIN_BACKSLASH_READINGS: u32 = 256;
 
 /// [`escaped_end`]. At a backslash of the text, the same bytes read differently at each
 /// depth (`\\n` is a newline escaped twice, or the secret's own `\` escaped once then `n`,
@@ -709,6 +712,23 @@ fn merged(found: &[Range<usize>]) -> Vec<Range<usize>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A long secret escaped throughout (every character a `\uXXXX`, or PHP's `\/` for each
+    /// slash) is found: the backslash readings tried grow with the secret.
+    #[test]
+    fn a_long_secret_escaped_throughout_is_found() {
+        let secret = "k/".repeat(300);
+        let redactor = Redactor::new([&Secret::new(secret.clone())]);
+        let unicode: String = secret
+            .chars()
+            .map(|c| format!("\\u{:04x}", u32::from(c)))
+            .collect();
+        let php = secret.replace('/', "\\/");
+        for escaped in [unicode, php] {
+            let text = format!("x {escaped} y");
+            assert_eq!(redactor.redact(&text, &[]), format!("x {REDACTED} y"));
+        }
+    }
 
     fn keys() -> Vec<Secret> {
         vec![
