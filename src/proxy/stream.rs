@@ -124,8 +124,8 @@ pub struct StreamTee {
     /// A body that is not SSE, relayed unread: its length and what its record says of it
     /// (see [`Self::relay_unread`]). `None` for an event stream.
     unread: Option<Unread>,
-    /// The Responses API: the last event's `sequence_number`, which the router's own error
-    /// event follows (see [`StreamErrorForm::Responses`]).
+    /// The Responses API: the largest `sequence_number` of the events so far, which the
+    /// router's own error event follows (see [`StreamErrorForm::Responses`]).
     last_sequence: Option<u64>,
 }
 
@@ -570,7 +570,7 @@ impl StreamTee {
         };
         self.saw_event = true;
         if self.settings.errors == StreamErrorForm::Responses {
-            self.last_sequence = sequence_number(&data).or(self.last_sequence);
+            self.last_sequence = self.last_sequence.max(sequence_number(&data));
         }
         let kind = if self.guard.is_recording() {
             self.read_into_summary(&data)
@@ -800,18 +800,22 @@ fn openai_type_of(code: &str) -> &'static str {
     }
 }
 
-/// A Responses API event's `sequence_number` (the first in it: the event's own comes before
-/// any nested object's in every event OpenAI sends), read without parsing the event, which
-/// may not be read at all (see [`StreamTee::observe`]).
+/// A Responses API event's `sequence_number`, read without parsing the event, which may not
+/// be read at all (see [`StreamTee::observe`]): the largest number any member of that name
+/// holds, so one nested in echoed metadata (`"sequence_number": "77"`, or a number before
+/// the event's own) never makes the router's event go back.
 fn sequence_number(data: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"sequence_number\"";
-    let at = memchr::memmem::find(data, KEY)? + KEY.len();
-    let rest = data[at..]
-        .trim_ascii_start()
-        .strip_prefix(b":")?
-        .trim_ascii_start();
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    memchr::memmem::find_iter(data, KEY)
+        .filter_map(|at| {
+            let rest = data[at + KEY.len()..]
+                .trim_ascii_start()
+                .strip_prefix(b":")?
+                .trim_ascii_start();
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+        })
+        .max()
 }
 
 /// Anthropic's error type for the router's own failure `code` mid-stream.
@@ -1015,6 +1019,18 @@ mod tests {
     use super::*;
     use crate::record::{Recorder, RequestRecord};
     use futures_util::StreamExt as _;
+
+    /// The largest `sequence_number` an event holds, a nested echoed one before the event's
+    /// own or as text not taken for it (bb50: the first one found, here none, made the
+    /// router's event say 0).
+    #[test]
+    fn a_sequence_number_is_the_largest_the_event_holds() {
+        let event = br#"{"response":{"metadata":{"sequence_number":"77"}},"sequence_number":3}"#;
+        assert_eq!(super::sequence_number(event), Some(3));
+        let nested = br#"{"sequence_number":2,"item":{"sequence_number":9}}"#;
+        assert_eq!(super::sequence_number(nested), Some(9));
+        assert_eq!(super::sequence_number(br#"{"type":"x"}"#), None);
+    }
 
     fn guard() -> RecordGuard {
         let record = RequestRecord {
