@@ -2137,13 +2137,25 @@ impl StreamAccumulator {
                 return kind;
             }
         }
-        let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(text) else {
-            // A raw control character in a string spoils nothing but itself (see
-            // [`raw_controls_escaped`]); the copy has none left, so this recurses once.
-            if let Some(fixed) = raw_controls_escaped(text) {
-                return self.read_data(fixed.as_bytes());
+        let chunk = match serde_json::from_str::<Chunk<'_>>(text) {
+            Ok(chunk) => chunk,
+            // A member written twice (`"id"`, `"usage"`) is read as JSON parsers read it, the
+            // last one winning (Python's, JavaScript's): refused, the event was lost, a usage
+            // chunk with it (bb50). The copy has each once, so this recurses once.
+            Err(error) if error.to_string().starts_with("duplicate field") => {
+                return match serde_json::from_str::<Value>(text) {
+                    Ok(last_wins) => self.read_data(last_wins.to_string().as_bytes()),
+                    Err(_) => EventKind::Other,
+                };
             }
-            return EventKind::Other;
+            Err(_) => {
+                // A raw control character in a string spoils nothing but itself (see
+                // [`raw_controls_escaped`]); the copy has none left, so this recurses once.
+                if let Some(fixed) = raw_controls_escaped(text) {
+                    return self.read_data(fixed.as_bytes());
+                }
+                return EventKind::Other;
+            }
         };
         if self.summary.id.is_none() {
             self.summary.id = chunk.id.as_deref().map(str::to_owned);
@@ -3247,6 +3259,20 @@ mod tests {
                 EventKind::Other
             };
             assert_eq!(classify_event(event.as_bytes(), false), without, "{event}");
+        }
+        // A member written twice: the last one wins, as JSON parsers read it (bb50).
+        for twice in [
+            r#"{"id":"c","id":"d","choices":[],"usage":{"prompt_tokens":1}}"#,
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}"#,
+        ] {
+            let mut acc = StreamAccumulator::default();
+            assert_eq!(
+                acc.push_data(twice.as_bytes()),
+                EventKind::UsageOnly,
+                "{twice}"
+            );
+            assert!(acc.summary().usage.is_some(), "{twice}");
+            assert_eq!(classify_event(twice.as_bytes(), true), EventKind::UsageOnly);
         }
         // A byte that is not UTF-8 (an upstream's Latin-1 `é`), read past by both.
         let latin1 = b"{\"id\":\"caf\xe9\",\"choices\":[],\"usage\":{\"prompt_tokens\":1}}";
