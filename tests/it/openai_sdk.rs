@@ -31,6 +31,17 @@ async fn run_script_with(python: PathBuf, script: &'static str, args: Vec<String
     .expect("run python")
 }
 
+/// The JSON a script printed, once it ran to its end.
+fn printed_json(output: Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).expect("json from python")
+}
+
 const SCRIPT: &str = r#"
 import json, sys
 from openai import OpenAI
@@ -58,14 +69,7 @@ async fn the_openai_python_sdk_works_through_the_router() {
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let base = router.url("/v1");
-    let output = run_script(python, SCRIPT, base).await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json from python");
+    let result = printed_json(run_script(python, SCRIPT, base).await);
     assert_eq!(result["plain"], "Hello there");
     assert_eq!(result["usage"], 13);
     assert_eq!(result["streamed"], "tok0 tok1 tok2 ");
@@ -105,14 +109,7 @@ async fn the_openai_python_sdk_transcribes_through_the_router() {
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let base = router.url("/v1");
-    let output = run_script(python, TRANSCRIBE, base).await;
-    assert!(
-        output.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json from python");
+    let result = printed_json(run_script(python, TRANSCRIBE, base).await);
     assert_eq!(result["whole"], "hello world");
     // Asked for text, the SDK returns the body as it came.
     assert_eq!(result["text"], r#"{"text":"hello world"}"#);
@@ -169,14 +166,7 @@ async fn the_openai_python_sdk_lists_models_and_deletes_files_through_proxy() {
     .await;
     let router = TestRouter::start("servers: {}\n").await;
     let args = vec![router.url("/v1"), upstream.origin()];
-    let output = run_script_with(python, PROXIED, args).await;
-    assert!(
-        output.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json from python");
+    let result = printed_json(run_script_with(python, PROXIED, args).await);
     assert_eq!(result["models"], serde_json::json!(["gpt-4o"]));
     assert_eq!(result["deleted"], true);
     let received = upstream.received();
@@ -267,14 +257,7 @@ async fn sdk_assembles_a_whole_answer(late: bool) {
         state.keepalive_interval = interval;
     })
     .await;
-    let output = run_script(python, LATE_WHOLE, router.url("/v1")).await;
-    assert!(
-        output.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json from python");
+    let result = printed_json(run_script(python, LATE_WHOLE, router.url("/v1")).await);
     for (name, usage) in [("plain", serde_json::Value::Null), ("usage", 50.into())] {
         assert_eq!(
             result[name],
@@ -327,14 +310,8 @@ async fn the_openai_python_sdk_does_not_retry_a_loop() {
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let own = format!("[http://{}/v1]", router.addr);
     let model = format!("{}[mock]m", own.repeat(10));
-    let output = run_script_with(python, ONE_CALL, vec![router.url("/v1"), model]).await;
-    assert!(
-        output.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json from python");
+    let result =
+        printed_json(run_script_with(python, ONE_CALL, vec![router.url("/v1"), model]).await);
     assert_eq!(
         result,
         serde_json::json!({"status": 508, "code": "loop_detected", "retry": "false"})
@@ -381,14 +358,7 @@ async fn the_openai_python_sdk_is_told_a_base_url_cannot_carry_proxy() {
         format!("{}?proxy={target}", router.url("/v1")),
         format!("{}?proxy={target}", router.url("/v1/")),
     ];
-    let output = run_script_with(python, QUERY_IN_BASE_URL, bases).await;
-    assert!(
-        output.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json from python");
+    let result = printed_json(run_script_with(python, QUERY_IN_BASE_URL, bases).await);
     let answers = result.as_array().expect("a list");
     assert_eq!(answers.len(), 4);
     for answer in answers {
@@ -456,14 +426,7 @@ async fn the_openai_python_sdk_raises_the_routers_error_in_a_responses_stream() 
     })
     .await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
-    let output = run_script(python, CUT_RESPONSES, router.url("/v1")).await;
-    assert!(
-        output.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json from python");
+    let result = printed_json(run_script(python, CUT_RESPONSES, router.url("/v1")).await);
     assert_eq!(result["raised"], "APIError", "{result}");
     assert_eq!(result["code"], "upstream_unreachable", "{result}");
     assert_eq!(result["texts"], serde_json::json!(["Partial"]), "{result}");
