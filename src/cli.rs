@@ -512,10 +512,27 @@ pub fn listen_host(value: &str) -> Result<std::net::IpAddr, String> {
 /// flags: they are not `check`'s), or the error line `serve` prints for them: the same clap
 /// parse, so `check` refuses exactly what `serve` refuses, in the same words (a port with a
 /// space around it, `" 42125"`, passed `check` and stopped `serve`).
-pub fn listen_variables() -> Result<ServeArgs, String> {
+/// When both are bad, both lines are given (clap stops at the first): each is parsed again
+/// with the other's variable ignored.
+pub fn listen_variables() -> Result<ServeArgs, Vec<String>> {
+    parse_listen_variables(None).map_err(|first| {
+        let each: Vec<String> = ["port", "host"]
+            .into_iter()
+            .filter_map(|ignored| parse_listen_variables(Some(ignored)).err())
+            .collect();
+        if each.is_empty() { vec![first] } else { each }
+    })
+}
+
+/// `ignored`: the flag whose variable is not read (its default stands).
+fn parse_listen_variables(ignored: Option<&'static str>) -> Result<ServeArgs, String> {
     use clap::FromArgMatches as _;
     let args = [OsString::from("llmsrouter")];
-    ServeArgs::augment_args(clap::Command::new("serve"))
+    let mut command = ServeArgs::augment_args(clap::Command::new("serve"));
+    if let Some(flag) = ignored {
+        command = command.mut_arg(flag, |arg| arg.env(None::<&str>));
+    }
+    command
         .try_get_matches_from(&args)
         .and_then(|matches| ServeArgs::from_arg_matches(&matches))
         .map_err(|error| {

@@ -145,11 +145,29 @@ pub enum DotenvError {
          others, each many times over?)"
     )]
     ExpandsTooFar { line: usize, key: String },
+    /// Values each under [`MAX_EXPANDED_BYTES`] whose expansions add up past
+    /// [`MAX_EXPANDED_TOTAL_BYTES`] (150 lines of `${BIG}` x 12, 768 KiB each, held 550 MB).
+    #[error(
+        ".env line {line}: with the value of {key}, the file's ${{NAME}}s expand to over 8 MiB \
+         in all (a ${{NAME}} used many times over?)"
+    )]
+    ExpandTooFarInAll { line: usize, key: String },
 }
 
 /// The longest value `.env`'s `${NAME}` expansions may make (an environment variable holds
 /// far less in practice: Linux passes 128 KiB at most to a program).
 const MAX_EXPANDED_BYTES: usize = 1024 * 1024;
+
+/// The most the `${NAME}` expansions of the whole file may add to its values.
+const MAX_EXPANDED_TOTAL_BYTES: usize = 8 * 1024 * 1024;
+
+/// The key whose value's expansion went past a bound, and which one.
+#[derive(Debug)]
+pub struct ExpandsTooFar {
+    pub key: String,
+    /// The file's total, [`MAX_EXPANDED_TOTAL_BYTES`], not the value's own.
+    pub in_all: bool,
+}
 
 /// Reads `path` (a missing file is normal) and sets each of its variables that the
 /// environment does not already have.
@@ -207,10 +225,13 @@ pub fn load(path: &Path) -> Result<Loaded, DotenvError> {
         .map(|((key, _), line)| (key.clone(), *line))
         .collect();
     let (keys_without_value, keys_inside_values) = keys_set_to_nothing(&bindings, &lines);
-    let values = resolve(bindings, &|name| std::env::var(name).ok()).map_err(|key| {
-        DotenvError::ExpandsTooFar {
-            line: line_of.get(&key).copied().unwrap_or_default(),
-            key,
+    let values = resolve(bindings, &|name| std::env::var(name).ok()).map_err(|too_far| {
+        let line = line_of.get(&too_far.key).copied().unwrap_or_default();
+        let key = too_far.key;
+        if too_far.in_all {
+            DotenvError::ExpandTooFarInAll { line, key }
+        } else {
+            DotenvError::ExpandsTooFar { line, key }
         }
     })?;
     let mut nul_keys: Vec<SkippedKey> = values
@@ -453,13 +474,14 @@ fn line_key(line: &str) -> Option<String> {
 
 /// Expands `${NAME}` / `${NAME:-default}` in each value and drops keys with no value; a key
 /// set twice keeps its last value. `Err` names the key whose value would pass
-/// [`MAX_EXPANDED_BYTES`].
+/// [`MAX_EXPANDED_BYTES`], or take the file's expansions past [`MAX_EXPANDED_TOTAL_BYTES`].
 pub fn resolve(
     bindings: Bindings,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, ExpandsTooFar> {
     let mut seen: HashMap<String, Option<String>> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
+    let mut added = 0usize;
     for (key, value) in bindings {
         let value = match value {
             Some(v) => {
@@ -467,7 +489,14 @@ pub fn resolve(
                     Some(real) => Some(Some(real)),
                     None => seen.get(name).cloned(),
                 });
-                Some(expanded.ok_or_else(|| key.clone())?)
+                let Some(expanded) = expanded else {
+                    return Err(ExpandsTooFar { key, in_all: false });
+                };
+                added += expanded.len().saturating_sub(v.len());
+                if added > MAX_EXPANDED_TOTAL_BYTES {
+                    return Err(ExpandsTooFar { key, in_all: true });
+                }
+                Some(expanded)
             }
             None => None,
         };

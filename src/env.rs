@@ -262,43 +262,105 @@ pub fn unquote_router_variables(from_environment: &dyn Fn(&str) -> bool) -> Vec<
         .collect()
 }
 
-impl EnvSettings {
-    pub fn from_env() -> Result<Self, EnvError> {
-        for &name in VARIABLES {
-            if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(name) {
-                return Err(not_utf8(name));
-            }
+/// Every bad variable [`EnvSettings::from_env`] found, in [`VARIABLES`]' order (those not
+/// UTF-8 first): `check` names them all in one run, as it does config.yaml's problems, and
+/// `serve` says them all before it stops (it stopped at the first, so a user with two
+/// mistakes needed two runs to learn of the second).
+#[derive(Debug)]
+pub struct EnvErrors {
+    pub first: EnvError,
+    pub rest: Vec<EnvError>,
+}
+
+impl EnvErrors {
+    fn from_vec(mut errors: Vec<EnvError>) -> Option<Self> {
+        if errors.is_empty() {
+            return None;
         }
-        Self::from_lookup(&|name| std::env::var(name).ok())
+        let first = errors.remove(0);
+        Some(Self {
+            first,
+            rest: errors,
+        })
     }
 
+    pub fn into_vec(self) -> Vec<EnvError> {
+        std::iter::once(self.first).chain(self.rest).collect()
+    }
+}
+
+/// Reads each variable on, keeping every error: a bad one reads as its default, which is never
+/// used, as the settings are not returned while there is an error.
+#[derive(Default)]
+struct Gathered {
+    errors: Vec<EnvError>,
+}
+
+impl Gathered {
+    fn value<T: Default>(&mut self, read: Result<T, EnvError>) -> T {
+        read.unwrap_or_else(|error| {
+            self.errors.push(error);
+            T::default()
+        })
+    }
+}
+
+impl EnvSettings {
+    pub fn from_env() -> Result<Self, EnvErrors> {
+        let not_utf8: Vec<EnvError> = VARIABLES
+            .iter()
+            .filter(|&&name| matches!(std::env::var(name), Err(std::env::VarError::NotUnicode(_))))
+            .map(|&name| not_utf8(name))
+            .collect();
+        // A value that is not UTF-8 reads as unset here: its own error comes first.
+        let not_utf8 = EnvErrors::from_vec(not_utf8);
+        match (Self::gather(&|name| std::env::var(name).ok()), not_utf8) {
+            (Ok(settings), None) => Ok(settings),
+            (Ok(_), Some(errors)) | (Err(errors), None) => Err(errors),
+            (Err(errors), Some(mut ahead)) => {
+                ahead.rest.extend(errors.into_vec());
+                Err(ahead)
+            }
+        }
+    }
+
+    /// The settings, or the first bad variable's error.
     pub fn from_lookup(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
+        Self::gather(env).map_err(|errors| errors.first)
+    }
+
+    fn gather(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, EnvErrors> {
         let log_file = match env("LLMSROUTER_LOG_FILE") {
             None => Some(PathBuf::from("./api_proxy.log")),
             Some(v) if v.trim().is_empty() => None,
             Some(v) => Some(PathBuf::from(v)),
         };
         let mut warnings = Vec::new();
+        let mut read = Gathered::default();
         unused_otlp_variables(env, &mut warnings);
         python_bypass(env, &mut warnings);
-        proxy_variables(env)?;
+        read.value(proxy_variables(env));
         proxy_warnings(env, &mut warnings);
-        trusted_cas(env)?;
-        Ok(Self {
-            account_management: bool_var(env, "ENABLE_ACCOUNT_MANAGEMENT", false)?,
+        read.value(trusted_cas(env));
+        let settings = Self {
+            account_management: read.value(bool_var(env, "ENABLE_ACCOUNT_MANAGEMENT", false)),
             log_file,
-            log_bodies: bool_var(env, "LLMSROUTER_LOG_BODIES", true)?,
-            ledger: bool_var(env, "LLMSROUTER_LEDGER", true)?,
-            langfuse: langfuse_env(env, &mut warnings)?,
-            otlp: otlp_env(env, &mut warnings)?,
-            trace_max_io_bytes: trace_max_io_bytes(env)?,
-            trace_export_interval: trace_export_interval(env)?,
-            trace_gzip: otlp_gzip(env)?,
-            resource: resource(env)?,
-            test_warning_interval: warning_interval(env)?,
+            log_bodies: read.value(bool_var(env, "LLMSROUTER_LOG_BODIES", true)),
+            ledger: read.value(bool_var(env, "LLMSROUTER_LEDGER", true)),
+            langfuse: read.value(langfuse_env(env, &mut warnings)),
+            otlp: read.value(otlp_env(env, &mut warnings)),
+            trace_max_io_bytes: read.value(trace_max_io_bytes(env)),
+            trace_export_interval: read.value(trace_export_interval(env)),
+            trace_gzip: read.value(otlp_gzip(env)),
+            resource: read.value(resource(env)),
+            test_warning_interval: read.value(warning_interval(env)),
             warnings,
             proxy_secrets: proxy_secrets(env),
-        })
+        };
+        match EnvErrors::from_vec(read.errors) {
+            None => Ok(settings),
+            Some(errors) => Err(errors),
+        }
     }
 }
 

@@ -369,7 +369,7 @@ fn run_serve(
     args: &ServeArgs,
     from_environment: &dyn Fn(&str) -> bool,
 ) -> anyhow::Result<ExitCode> {
-    let env = EnvSettings::from_env()?;
+    let env = EnvSettings::from_env().map_err(say_all_but_last)?;
     for warning in &env.warnings {
         tracing::warn!("{warning}");
     }
@@ -621,8 +621,8 @@ fn serve_variable_problems(cli: &Cli, env: &EnvSettings) -> Vec<anyhow::Error> {
     let mut problems = Vec::new();
     // In the words `serve`, where clap reads these, reports a bad value; but with `check`'s
     // exit status 1, as for every variable it judges (its contract: 0 valid, 1 not).
-    if let Err(line) = llmsrouter::cli::listen_variables() {
-        problems.push(anyhow!(line));
+    if let Err(lines) = llmsrouter::cli::listen_variables() {
+        problems.extend(lines.into_iter().map(|line| anyhow!(line)));
     }
     if let Some(log) = &env.log_file {
         if let Err(problem) = check_log_file(log) {
@@ -778,7 +778,32 @@ fn run_check(
         }
         return Ok(ExitCode::FAILURE);
     }
-    let env = EnvSettings::from_env()?;
+    let env = match EnvSettings::from_env() {
+        Ok(env) => env,
+        Err(errors) => {
+            // The listen address and config.yaml are judged all the same; the log's and
+            // database's checks need the settings (whether accounts and the ledger are on).
+            let problems = errors
+                .into_vec()
+                .into_iter()
+                .map(anyhow::Error::from)
+                .chain(
+                    llmsrouter::cli::listen_variables()
+                        .err()
+                        .into_iter()
+                        .flatten()
+                        .map(|line| anyhow!(line)),
+                );
+            let config = checked_config(cli, from_environment);
+            if let Ok(config) = &config {
+                print_config_ok(cli, config)?;
+            }
+            for problem in problems.chain(config.err()) {
+                console::line(format_args!("error: {}", one_line(&problem)));
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     // Every problem found is said, config.yaml's too, so one run names them all (a log
     // folder's owner and a database's, as a bind mount not chowned gives both).
     let problems = serve_variable_problems(cli, &env);
@@ -812,6 +837,19 @@ fn run_check(
         console::line(format_args!("warning: {warning}"));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says every bad variable but the last on its own `error:` line, and gives the last for
+/// `main` to say as it says any error (with the exit status of a bad variable).
+fn say_all_but_last(errors: llmsrouter::env::EnvErrors) -> llmsrouter::env::EnvError {
+    let llmsrouter::env::EnvErrors { first, mut rest } = errors;
+    let Some(last) = rest.pop() else {
+        return first;
+    };
+    for error in std::iter::once(first).chain(rest) {
+        console::line(format_args!("error: {}", one_line(&anyhow!(error))));
+    }
+    last
 }
 
 /// config.yaml as `serve` would load it, or why `serve` would not start with it.

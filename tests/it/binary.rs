@@ -481,6 +481,40 @@ fn a_dot_env_expanding_past_a_mebibyte_stops_serve_and_check() {
     );
 }
 
+/// Values each under the 1 MiB bound whose expansions add up past 8 MiB for the whole file
+/// stop `serve` and fail `check` as one value past its bound does: 150 lines of 768 KiB held
+/// 550 MB and passed.
+#[test]
+fn a_dot_env_expanding_past_eight_mebibytes_in_all_stops_serve_and_check() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let mut text = format!("BIG={}\n", "x".repeat(96 * 1024));
+    for n in 1..=150 {
+        text.push_str(&format!("V{n}={}\n", "${BIG}".repeat(8)));
+    }
+    std::fs::write(dir.path().join(".env"), &text).expect(".env");
+    // 768 KiB more each: 11 of them pass 8 MiB, V11 on line 12.
+    let said = "error: .env line 12: with the value of V11, the file's ${NAME}s expand to over 8 MiB in all";
+    for args in [
+        &["check"][..],
+        &["serve", "--host", "127.0.0.1", "--port", "0"],
+    ] {
+        let (code, _, stderr) = run_cli(dir.path(), args, &[]);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(stderr.trim().starts_with(said), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    // Ten of them are within it.
+    let within: String = text
+        .lines()
+        .take(11)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(dir.path().join(".env"), within).expect(".env");
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
 /// A `.env` that is a link to nothing (a secret mount not there yet) stops `serve` and fails
 /// `check`, naming where the link leads: it was taken for a missing `.env`, and the router
 /// started in silence without the settings meant for it, open to anyone.
@@ -678,6 +712,7 @@ async fn a_bad_boolean_variable_stops_start_up_naming_it() {
 fn an_empty_account_switch_stops_start_up_instead_of_opening_the_router() {
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(dir.path().join(".env"), "ENABLE_ACCOUNT_MANAGEMENT=true\n").expect(".env");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
     let empty = [("ENABLE_ACCOUNT_MANAGEMENT", "")];
     for (command, expected) in [(&["check"][..], 1), (&["serve", "--port", "0"][..], 2)] {
         let (code, _, stderr) = run_cli(dir.path(), command, &empty);
@@ -1091,6 +1126,58 @@ fn check_names_every_problem_in_one_run() {
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 3, "{stderr}");
+}
+
+/// Every bad router variable is named in one run, by `check` beside the listen address and
+/// config.yaml, and by `serve` before it stops; both bad listen variables too (clap names
+/// only the first it meets). Each stopped at the first.
+#[test]
+fn every_bad_variable_is_named_in_one_run() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: [\n").expect("config");
+    let envs = [
+        ("ENABLE_ACCOUNT_MANAGEMENT", "maybe"),
+        ("LLMSROUTER_LEDGER", "x"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
+        ("LLMSROUTER_HOST", "nope"),
+        ("LLMSROUTER_PORT", "99999"),
+    ];
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &envs);
+    assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let expected = [
+        "ENABLE_ACCOUNT_MANAGEMENT: \"maybe\" is not a boolean",
+        "LLMSROUTER_LEDGER: \"x\" is not a boolean",
+        "OTEL_BSP_SCHEDULE_DELAY: ",
+        "LLMSROUTER_HOST: invalid value 'nope' for --host",
+        "LLMSROUTER_PORT: invalid value '99999' for --port",
+        "config.yaml",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    for (line, expected) in lines.iter().zip(expected) {
+        assert!(
+            line.starts_with("error: ") && line.contains(expected),
+            "{expected}: {stderr}"
+        );
+    }
+    // The listen address alone: both variables named.
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &envs[3..]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("LLMSROUTER_HOST") && stderr.contains("LLMSROUTER_PORT"),
+        "{stderr}"
+    );
+    // `serve` (its listen flags read first, by clap) says the others and stops with 2.
+    let (code, stdout, stderr) = run_cli(dir.path(), &["serve"], &envs[..3]);
+    assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    for (line, expected) in lines.iter().zip(&expected[..3]) {
+        assert!(
+            line.starts_with("error: ") && line.contains(expected),
+            "{expected}: {stderr}"
+        );
+    }
 }
 
 type Pieces = futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>;
