@@ -37,7 +37,7 @@ const ESCAPE_DEPTH: u8 = 2;
 /// escaped once or twice ([`ESCAPE_DEPTH`]), mixed freely with plain characters: any JSON
 /// parser reads those back as the secret (PHP writes every `/` as `\/`). A configured secret
 /// is found percent-encoded too ([`percent_encoded`]). Not covered: other encodings (base64,
-/// HTML entities, lower-case `%xx`), three or more levels of escaping, and a secret written in
+/// HTML entities, double percent-encoding), three or more levels of escaping, and a secret written in
 /// pieces with other text between them.
 ///
 /// Cost: a text shorter than the shortest secret is not searched. A text with no backslash
@@ -120,12 +120,14 @@ impl Redactor {
     }
 }
 
-/// The values of `secrets` long enough to be treated as secrets, each once.
 /// The forms a URL-encoding echo of `secret` takes, when they differ from it (a key with
 /// `/`, `+` or `=`, as AWS-style secrets and base64 credentials have): every character but
 /// letters, digits and `-._~` as `%XX` (JavaScript's `encodeURIComponent`, Python's
-/// `quote_plus`), and the same with `/` kept (Python's `quote`). An upstream's error quoting
-/// the request URL or a form it was sent writes them so; they reached every sink.
+/// `quote_plus`, Go's `QueryEscape`), the same with `/` kept (Python's `quote`), and with
+/// `/` encoded but `$&+:=@` kept (Go's `PathEscape`); each with upper-case hex digits and
+/// with lower-case ones (.NET's `HttpUtility.UrlEncode`). An upstream's error quoting the
+/// request URL or a form it was sent writes them so; they reached every sink. Each form is
+/// one more search, for the secrets that have such characters only.
 fn percent_encoded(secret: &str) -> Vec<String> {
     use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
     const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -134,15 +136,41 @@ fn percent_encoded(secret: &str) -> Vec<String> {
         .remove(b'_')
         .remove(b'~');
     const PATH: &AsciiSet = &COMPONENT.remove(b'/');
-    let mut forms: Vec<String> = [COMPONENT, PATH]
+    const GO_PATH: &AsciiSet = &COMPONENT
+        .remove(b'$')
+        .remove(b'&')
+        .remove(b'+')
+        .remove(b':')
+        .remove(b'=')
+        .remove(b'@');
+    let mut forms: Vec<String> = [COMPONENT, PATH, GO_PATH]
         .into_iter()
         .map(|set| utf8_percent_encode(secret, set).to_string())
         .filter(|form| form != secret)
+        .flat_map(|form| [lower_case_hex(&form), form])
         .collect();
+    forms.sort_unstable();
     forms.dedup();
     forms
 }
 
+/// `form` with the hex digits of its `%XX` escapes in lower case.
+fn lower_case_hex(form: &str) -> String {
+    let mut out = String::with_capacity(form.len());
+    let mut hex_left = 0;
+    for c in form.chars() {
+        if hex_left > 0 {
+            out.push(c.to_ascii_lowercase());
+            hex_left -= 1;
+        } else {
+            hex_left = if c == '%' { 2 } else { 0 };
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The values of `secrets` long enough to be treated as secrets, each once.
 fn distinct<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Vec<&'a str> {
     let mut values: Vec<&str> = secrets
         .into_iter()
