@@ -545,6 +545,7 @@ fn find_prefixed(group: &[Needle<'_>], hay: &[u8], found: &mut Vec<Range<usize>>
 /// valid, at both [`ESCAPE_DEPTH`] levels. In a text that is not JSON (`C:\sk-...`) those
 /// backslashes go too.
 fn whole_escapes(hay: &[u8], start: usize) -> usize {
+    let start = unicode_escape_around(hay, start).unwrap_or(start);
     let run = hay[..start]
         .iter()
         .rev()
@@ -556,6 +557,25 @@ fn whole_escapes(hay: &[u8], start: usize) -> usize {
     // One level down, each pair is one backslash: an odd number of pairs ends with one that
     // begins an escape.
     start - 2 * ((run / 2) % 2)
+}
+
+/// The `u` of a `\\uXXXX` escape that an occurrence at `start` begins inside of, among its hex
+/// digits (a secret that begins with hex digits, found in `\\uabcd1234...`): replacing from
+/// there left `\\u[redacted]`, which no JSON parser reads. The escape goes with it (the
+/// backslashes before the `u` are taken by [`whole_escapes`]).
+fn unicode_escape_around(hay: &[u8], start: usize) -> Option<usize> {
+    let digits = hay[..start]
+        .iter()
+        .rev()
+        .take(3)
+        .take_while(|b| b.is_ascii_hexdigit())
+        .count();
+    (0..=digits).find_map(|k| {
+        let u = start.checked_sub(k + 1)?;
+        let run = hay[..u].iter().rev().take_while(|&&b| b == b'\\').count();
+        // An escape at either depth: an odd run, or an odd number of pairs.
+        (hay[u] == b'u' && (run % 2 == 1 || (run / 2) % 2 == 1)).then_some(u)
+    })
 }
 
 /// Where `secret` ends if it starts at `at` in `hay`, each of its characters written as it is
@@ -813,6 +833,30 @@ mod tests {
         assert_eq!(request.redact("sk-client-9"), REDACTED);
         assert_eq!(request.redact("sk-configured-1234"), REDACTED);
         assert_eq!(redactor.redact("sk-client-9", &[]), "sk-client-9");
+    }
+
+    /// A secret that begins with hex digits, found inside a `\uXXXX` escape before it, is
+    /// replaced with the escape, so the JSON around it stays readable (bb45: `\u[redacted]`).
+    #[test]
+    fn a_secret_found_inside_a_unicode_escape_takes_the_escape_with_it() {
+        let secret = "abcd1234-secret-key";
+        let r = Redactor::new([&Secret::new(secret)]);
+        for (text, expected) in [
+            (r#""\uabcd1234-secret-key""#, r#""[redacted]""#),
+            (r#""\u0abcd1234-secret-key""#, r#""[redacted]""#),
+            (r#""\u00abcd1234-secret-key""#, r#""[redacted]""#),
+            (r#""\u000abcd1234-secret-key""#, r#""[redacted]""#),
+            // An escape one level down (JSON quoted in a string).
+            (r#""\\uabcd1234-secret-key""#, r#""[redacted]""#),
+            // Not an escape at either level: the `u` and the backslashes before it stay.
+            (r#""\\\\uabcd1234-secret-key""#, r#""\\\\u[redacted]""#),
+            (r#""\u00e9abcd1234-secret-key""#, r#""\u00e9[redacted]""#),
+        ] {
+            assert_eq!(r.redact(text, &[]), expected, "{text}");
+            let level_up = text.replace('\\', r"\\");
+            let redacted = r.redact(&level_up, &[]).into_owned();
+            assert!(!redacted.contains("1234-secret"), "{level_up}: {redacted}");
+        }
     }
 
     #[test]
