@@ -200,11 +200,16 @@ fn classify_stream_options(value: &str, range: Range<usize>) -> StreamOptions {
         return StreamOptions::Other;
     }
     match top_level_members(text.as_bytes()) {
+        // A member written twice is read as JSON parsers read it, the last one winning: with
+        // any `true` counting, `{"include_usage":true,"include_usage":false}` was the client
+        // asking, so nothing was added, and the upstream, reading `false`, sent no usage.
         Ok(members) => StreamOptions::Object {
             range,
             include_usage: members
                 .iter()
-                .any(|(k, v)| k == "include_usage" && *v == "true"),
+                .rev()
+                .find(|(k, _)| k == "include_usage")
+                .is_some_and(|(_, v)| *v == "true"),
         },
         Err(_) => StreamOptions::Other,
     }
@@ -436,6 +441,19 @@ mod tests {
             rewrite(r#"{"model":"a","stream_options":{}}"#, "a", true),
             r#"{"model":"a","stream_options":{"include_usage":true}}"#
         );
+        // Written twice, the last one is the client's word (bb54), and both are set.
+        assert_eq!(
+            rewrite(
+                r#"{"model":"a","stream_options":{"include_usage":true,"include_usage":false}}"#,
+                "a",
+                true
+            ),
+            r#"{"model":"a","stream_options":{"include_usage":true,"include_usage":true}}"#
+        );
+        let asked =
+            br#"{"model":"a","stream_options":{"include_usage":false,"include_usage":true}}"#;
+        let view = RequestView::parse(asked).expect("parses");
+        assert!(view.client_asked_for_usage());
     }
 
     #[test]

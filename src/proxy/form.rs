@@ -93,14 +93,16 @@ pub fn boundary_of(fields: &Fields) -> Result<Option<Cow<'_, str>>, ProxyError> 
 
 impl FormView {
     /// Reads the parts of `body`, a form whose parts are separated by `boundary`. Line
-    /// breaks may be CRLF, as RFC 2046 has them, or bare LF, as lenient servers accept.
+    /// breaks may be CRLF, as RFC 2046 has them, or bare LF, as lenient servers accept; the
+    /// first delimiter's says which (see [`Framing::crlf`]).
     pub fn parse(body: &[u8], boundary: &str) -> Result<Self, ProxyError> {
-        let frame = Framing::new(boundary);
+        let mut frame = Framing::new(boundary);
         let Some(mut at) = frame.first_delimiter(body) else {
             return Err(malformed(
                 "the body does not start with the boundary the Content-Type names",
             ));
         };
+        frame.crlf = frame.ends_in_crlf(body, at);
         let mut view = Self {
             model: None,
             model_ranges: Vec::new(),
@@ -273,6 +275,12 @@ struct Framing {
     delimiter: Vec<u8>,
     /// `\n--boundary`: a delimiter where a line begins.
     after_line: memmem::Finder<'static>,
+    /// The first delimiter's line ends in CRLF: so must every other's, and the line break
+    /// before it (a `\n--boundary` in a part of such a form is its content). As Go's reader
+    /// and python-multipart (Starlette's, vLLM's) read it: with a bare LF taken for a line
+    /// break in a CRLF form, the router read parts the upstream did not (a `model` in a
+    /// file's bytes, routed on and rewritten there; bb54).
+    crlf: bool,
 }
 
 impl Framing {
@@ -282,7 +290,14 @@ impl Framing {
         Self {
             delimiter,
             after_line,
+            crlf: false,
         }
+    }
+
+    /// Whether the delimiter line whose boundary ends at `at` ends in CRLF.
+    fn ends_in_crlf(&self, body: &[u8], at: usize) -> bool {
+        self.line_end(body, at)
+            .is_some_and(|end| end >= 2 && body[end - 2] == b'\r')
     }
 
     /// Just past the first delimiter: at the body's start, or after a preamble (text before
@@ -315,7 +330,8 @@ impl Framing {
     fn next_line_delimiter(&self, body: &[u8], mut from: usize) -> Option<(usize, usize)> {
         loop {
             let newline = from + self.after_line.find(body.get(from..)?)?;
-            if self.is_delimiter_at(body, newline + 1) {
+            let line_break = !self.crlf || (newline > 0 && body[newline - 1] == b'\r');
+            if line_break && self.is_delimiter_at(body, newline + 1) {
                 return Some((newline, newline + 1 + self.delimiter.len()));
             }
             from = newline + 1;
@@ -343,7 +359,7 @@ impl Framing {
             .take_while(|b| matches!(b, b' ' | b'\t'))
             .count();
         match rest.get(padding..)? {
-            [b'\n', ..] => Some(at + padding + 1),
+            [b'\n', ..] if !self.crlf => Some(at + padding + 1),
             [b'\r', b'\n', ..] => Some(at + padding + 2),
             _ => None,
         }

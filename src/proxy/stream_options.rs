@@ -4,8 +4,9 @@
 //! counts); the Python version never did, and a strict upstream (a pydantic-validated local
 //! server) answers such a request 400 "Extra inputs are not permitted". When the router added
 //! the field itself and the upstream's 400 names it, the request goes once more as the client
-//! sent it, and that target is not asked again for the process's life ([`Refusals`]). Only that
-//! answer pays for any of this: the normal stream path checks one atomic flag.
+//! sent it, and once that is taken (a 2xx), the target is not asked again for the process's
+//! life ([`Refusals`]). Only that answer pays for any of this: the normal stream path checks
+//! one atomic flag.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -193,8 +194,9 @@ pub(super) enum Retried {
     Failed(ProxyError),
 }
 
-/// Reads the upstream's 400 (`refused`) and, when it names `stream_options`, remembers the
-/// target and sends the request once more: the client's body with only the model rewritten.
+/// Reads the upstream's 400 (`refused`) and, when it names `stream_options`, sends the request
+/// once more: the client's body with only the model rewritten (the target is remembered when
+/// that is taken: see [`sending_without`]).
 pub(super) async fn without_them<V: ReadBody>(
     resend: &Resend<'_, V>,
     refused: UpstreamResponse,
@@ -221,10 +223,6 @@ pub(super) async fn without_them<V: ReadBody>(
     if !mentions_stream_options(&readable) {
         return Retried::Kept(status, fields, body);
     }
-    resend
-        .state
-        .stream_options_refused
-        .remember(&Refusal::of(resend.target));
     let mut sending = sending_without(resend);
     // As the first attempt waits (see `forward_read`): one timer, at the keep-alive interval
     // when the stream may open early, else at the deadline.
@@ -273,40 +271,43 @@ fn prepare_without<V: ReadBody>(resend: &Resend<'_, V>) -> Prepared {
 /// upstream's answer refuses them.
 pub struct Again {
     sending: Sending,
-    refusal: Refusal,
-    refusals: Arc<Refusals>,
 }
 
 /// The exchange of the request without `stream_options`, owning what it needs (a stream
-/// answered early takes it along).
+/// answered early takes it along). The target is remembered as refusing them only when this
+/// request is taken (a 2xx): a 400 that names `stream_options` because it quotes the client's
+/// own text (a message, a role the upstream refuses) refuses the request without them too,
+/// and must not stop the router asking that target for usage, for every client, until it
+/// restarts (bb54: one such request left an alias's streams unmetered).
 fn sending_without<V: ReadBody>(resend: &Resend<'_, V>) -> Sending {
     let prepared = prepare_without(resend);
     let exchange = Arc::clone(resend.state);
     let within = resend.within;
-    Box::pin(async move { exchange.upstream.send_prepared(prepared, within).await })
+    let refusal = Refusal::of(resend.target);
+    Box::pin(async move {
+        let sent = exchange.upstream.send_prepared(prepared, within).await;
+        if matches!(&sent, Ok(response) if response.status.is_success()) {
+            exchange.stream_options_refused.remember(&refusal);
+        }
+        sent
+    })
 }
 
 impl Again {
     pub(super) fn of<V: ReadBody>(resend: &Resend<'_, V>) -> Self {
         Self {
             sending: sending_without(resend),
-            refusal: Refusal::of(resend.target),
-            refusals: Arc::clone(&resend.state.stream_options_refused),
         }
     }
 
     /// The request to send instead, when `body` (the upstream's error answer, read whole)
-    /// is a 400 about `stream_options`: the target is remembered then.
+    /// is a 400 about `stream_options`.
     pub fn instead_of(self, status: StatusCode, body: &Bytes, fields: &Fields) -> Option<Sending> {
         if status != StatusCode::BAD_REQUEST {
             return None;
         }
         let (readable, _) = decode_error_body(status, body.clone(), fields);
-        if !mentions_stream_options(&readable) {
-            return None;
-        }
-        self.refusals.remember(&self.refusal);
-        Some(self.sending)
+        mentions_stream_options(&readable).then_some(self.sending)
     }
 }
 

@@ -614,3 +614,46 @@ async fn a_large_rewritten_upload_is_sent_exact_and_held_once() {
         );
     }
 }
+
+/// In a form whose delimiters end in CRLF, a file holding `\n--boundary` and what looks like
+/// a `model` part after it is file content, as the upstream's reader (Go's, python-multipart)
+/// has it: the router read a part there, routed on its "model" and rewrote it inside the
+/// file's bytes (bb54).
+#[tokio::test]
+async fn a_bare_lf_delimiter_inside_a_crlf_form_is_file_content() {
+    let upstream = MockUpstream::start(Behavior {
+        body: Some(TRANSCRIPTION.into()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let file = format!(
+        "abc\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n[mock]FILEBYTES"
+    );
+    let body = form(&[
+        ("model", None, b"[mock]whisper-1"),
+        (
+            "file",
+            Some(("a.bin", "application/octet-stream")),
+            file.as_bytes(),
+        ),
+    ]);
+    let expected_upstream = form(&[
+        ("model", None, b"whisper-1"),
+        (
+            "file",
+            Some(("a.bin", "application/octet-stream")),
+            file.as_bytes(),
+        ),
+    ]);
+    let response = post_form(&client(), &router, "/v1/audio/transcriptions", body).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        String::from_utf8_lossy(&upstream.last().body),
+        String::from_utf8_lossy(&expected_upstream)
+    );
+    let record = router.records.nth(1).await;
+    assert_eq!(record.requested_model, "[mock]whisper-1");
+    assert_eq!(record.upstream_model, "whisper-1");
+    router.stop().await;
+}

@@ -2270,6 +2270,54 @@ async fn a_strict_upstream_refusing_stream_options_gets_the_stream_again_without
     router.stop().await;
 }
 
+/// A 400 that names `stream_options` only because it quotes the client's own text (OpenAI's
+/// answer to a message whose role is "stream_options") refuses the request without them as
+/// well: the client gets that 400, and the target is still asked for usage afterwards. One
+/// such request stopped the router asking the alias for usage, for every client, until it
+/// restarted (bb54).
+#[tokio::test]
+async fn a_400_quoting_the_clients_text_does_not_stop_usage_being_asked_for() {
+    let quoted = r#"{"error":{"message":"Invalid value: 'stream_options'. Supported values are: 'system', 'assistant', 'user', 'function', 'tool', and 'developer'.","type":"invalid_request_error","param":"messages[0].role","code":"invalid_value"}}"#;
+    let upstream = MockUpstream::start(Behavior {
+        status: 400,
+        body: Some(quoted.to_owned()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let bad = r#"{"model":"[mock]m","stream":true,"messages":[{"role":"stream_options","content":"hi"}]}"#;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(bad)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 400);
+    let text = response.text().await.expect("body");
+    assert!(text.contains("Invalid value: 'stream_options'"), "{text}");
+    assert_eq!(upstream.count(), 2, "sent once more without them");
+    router.records.nth(1).await;
+
+    upstream.set(Behavior::default());
+    let response = post_json(
+        &router.url("/v1/chat/completions"),
+        &json!({"model": "[mock]m", "stream": true, "messages": []}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let (_, text) = read_timed(response).await;
+    assert_eq!(text, expected_stream(&upstream.behavior(), false));
+    assert_eq!(
+        upstream.last().json()["stream_options"],
+        json!({"include_usage": true}),
+        "still asked for usage"
+    );
+    let record = router.records.nth(2).await;
+    assert!(record.response.usage.is_some(), "usage recorded");
+    router.stop().await;
+}
+
 /// A large body (an image inlined as base64) goes upstream exact, both times: with the model
 /// rewritten and `stream_options` added, then, refused, with only the model rewritten (the
 /// router sends its pieces around the client's bytes, not an edited copy); the record keeps
