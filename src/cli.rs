@@ -831,6 +831,9 @@ that is not UTF-8 (quote it for the shell). A name that begins with - goes last,
 --: llmsrouter user delete -- -bob. \
 When several users print alike, nothing is done and the error lists them with their \
 rowids: add --rowid N to pick one. The same holds for show, modify and rotate-key.\n\n\
+A key other users hold too (a users table rebuilt without the UNIQUE on api_key) keeps \
+working for them once this user is deleted: a warning (exit status 0) names them and the \
+command that revokes it for each (see `user rotate-key --help`).\n\n\
 Examples:\n  \
 llmsrouter user delete bob\n  \
 llmsrouter user delete bob --db /srv/llmsrouter/users.db\n  \
@@ -918,6 +921,11 @@ shown only now). A running server refuses the old key from the very next request
 username, email and permissions stay. This is the way to replace a lost or leaked key. The \
 user is named as `user list` prints it (see `user delete --help`), or found by its (leaked) \
 key with --key.\n\n\
+A key other users hold too (possible once a tool rebuilt the users table without the UNIQUE \
+on api_key) keeps working for them: the user named gets its new key all the same, and a \
+warning (exit status 0) names the others, as whom the old key now signs in, and the command \
+that revokes it for each: llmsrouter user rotate-key --rowid N <name>. Once one user alone \
+holds it, rotate-key (or --key) revokes it for good.\n\n\
 Examples:\n  \
 llmsrouter user rotate-key ann\n  \
 KEY=$(llmsrouter user rotate-key ann)\n  \

@@ -122,8 +122,26 @@ pub const MIGRATIONS: &[Step] = &[
     );",
     ),
     // 2: the usage ledger, one row per routed request (src/sinks/ledger.rs writes it).
-    Step::Sql(
-        "CREATE TABLE IF NOT EXISTS usage_ledger (
+    Step::Sql(LEDGER_TABLE),
+    // 3: a counter of changes to `users`, kept by triggers, so the server's key index reloads
+    // when users change and not on every ledger write (which also bumps data_version).
+    // Writers that know nothing of it (the Python version's CLI) bump it too. Another tool
+    // that rebuilds the users table drops the triggers: every open puts them back
+    // ([`ensure_change_tracking`]), and so does a running server that sees the schema change.
+    Step::Sql(concat!(
+        change_counter_table!(),
+        "INSERT OR IGNORE INTO users_changes (id, n) VALUES (1, 0);",
+        change_triggers!()
+    )),
+    // 4: seconds of audio of a transcription billed by duration (`whisper-1`'s
+    // `{"type": "duration", "seconds": N}`), which counts no tokens; NULL for every other
+    // request, and for the rows written before this step.
+    AUDIO_SECONDS,
+];
+
+/// The usage ledger's table and its index (schema step 2), also made again by
+/// [`ensure_ledger`] when they are gone.
+const LEDGER_TABLE: &str = "CREATE TABLE IF NOT EXISTS usage_ledger (
         id INTEGER PRIMARY KEY,
         request_id TEXT NOT NULL,
         started_at TEXT NOT NULL,
@@ -150,27 +168,14 @@ pub const MIGRATIONS: &[Step] = &[
         usage_known INTEGER NOT NULL,
         usage_partial INTEGER NOT NULL
     );
-    CREATE INDEX IF NOT EXISTS usage_ledger_day ON usage_ledger (day);",
-    ),
-    // 3: a counter of changes to `users`, kept by triggers, so the server's key index reloads
-    // when users change and not on every ledger write (which also bumps data_version).
-    // Writers that know nothing of it (the Python version's CLI) bump it too. Another tool
-    // that rebuilds the users table drops the triggers: every open puts them back
-    // ([`ensure_change_tracking`]), and so does a running server that sees the schema change.
-    Step::Sql(concat!(
-        change_counter_table!(),
-        "INSERT OR IGNORE INTO users_changes (id, n) VALUES (1, 0);",
-        change_triggers!()
-    )),
-    // 4: seconds of audio of a transcription billed by duration (`whisper-1`'s
-    // `{"type": "duration", "seconds": N}`), which counts no tokens; NULL for every other
-    // request, and for the rows written before this step.
-    Step::AddColumn {
-        table: "usage_ledger",
-        column: "audio_seconds",
-        definition: "INTEGER",
-    },
-];
+    CREATE INDEX IF NOT EXISTS usage_ledger_day ON usage_ledger (day);";
+
+/// The ledger's `audio_seconds` column (schema step 4).
+const AUDIO_SECONDS: Step = Step::AddColumn {
+    table: "usage_ledger",
+    column: "audio_seconds",
+    definition: "INTEGER",
+};
 
 /// The schema version this build writes.
 pub fn current_version() -> i64 {
@@ -472,9 +477,16 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
         Err(e) if is_locked(&e) => return Err(DbError::InUse { path: shown }),
         Err(e) => return Err(cannot_write(&shown, &path, e)),
     }
+    // Not for a command that only reads (`usage`, `user list`): `usage` says the ledger is
+    // missing rather than reading a table made empty a moment before as "no usage".
+    let ledger = |conn: &Connection| match access {
+        Access::Write | Access::Follow => ensure_ledger(conn, &shown).map(|_| ()),
+        Access::ReadOnce => Ok(()),
+    };
     migrate(&conn, &shown)
         .and_then(|()| add_permissions_column(&conn))
         .and_then(|()| Ok(ensure_change_tracking(&conn)?))
+        .and_then(|()| Ok(ledger(&conn)?))
         .map_err(|e| match e {
             DbError::Sqlite(e) => cannot_write(&shown, &path, e),
             e => e,
@@ -839,6 +851,46 @@ pub fn ensure_change_tracking(conn: &Connection) -> rusqlite::Result<()> {
         tx.execute_batch(change_triggers!())?;
     }
     tx.commit()
+}
+
+/// Makes the usage ledger's table (every column, and its index) again when it is gone from
+/// a file whose schema version says it was made: an admin purging usage with `DROP TABLE
+/// usage_ledger`, a tool that copied only the users table. The schema steps never run again
+/// on such a file, so without this every row the server writes would fail ("no such table")
+/// while requests are answered, and `usage` would read nothing. Made again, the table is
+/// empty: a warning says so (the rows it held are gone; this cannot bring them back). A
+/// missing index alone is made again without a word. Called on every open that may write
+/// (but `usage`'s and `user list`'s, see [`open_to_read_once`]) and by the ledger's writer
+/// when a write finds the table gone; a read when all is in place, one IMMEDIATE transaction
+/// when not. Returns whether the table was made.
+pub fn ensure_ledger(conn: &Connection, path: &str) -> rusqlite::Result<bool> {
+    if ledger_in_place(conn)? {
+        return Ok(false);
+    }
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let made = !has_table(&tx, "usage_ledger")?;
+    tx.execute_batch(LEDGER_TABLE)?;
+    AUDIO_SECONDS.apply(&tx)?;
+    tx.commit()?;
+    if made {
+        tracing::warn!(
+            "{path}: the usage_ledger table was missing (dropped?) although the schema version \
+             says it was made; made it again, empty: the usage rows it held are gone, and \
+             `llmsrouter usage` counts from now on"
+        );
+    }
+    Ok(made)
+}
+
+/// Whether the ledger's table and its index are there.
+fn ledger_in_place(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) = 2 FROM sqlite_schema
+         WHERE (type = 'table' AND lower(name) = 'usage_ledger')
+            OR (type = 'index' AND lower(name) = 'usage_ledger_day')",
+        [],
+        |row| row.get(0),
+    )
 }
 
 /// Whether the three triggers are on `users` and the counter has its row.
@@ -1218,6 +1270,38 @@ mod tests {
             .query_row("SELECT n FROM users_changes", [], |r| r.get(0))
             .expect("n");
         assert!(n > 1_000_000_000_000_000, "{n}");
+    }
+
+    /// A ledger dropped from a file at the current version (whose steps never run again) is
+    /// made again, with every column and its index, by an open that may write, and only when
+    /// missing; an index dropped alone comes back too. A read-once open (`usage`) leaves the
+    /// file as it is.
+    #[test]
+    fn a_dropped_ledger_is_made_again_by_an_open_that_may_write() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("u.db");
+        let conn = open(&path).expect("open");
+        let columns = |conn: &Connection| -> i64 {
+            conn.query_row(
+                "SELECT count(*) FROM pragma_table_info('usage_ledger')",
+                [],
+                |r| r.get(0),
+            )
+            .expect("columns")
+        };
+        let full = columns(&conn);
+        assert!(ledger_in_place(&conn).expect("made"));
+        conn.execute_batch("DROP TABLE usage_ledger").expect("drop");
+        drop(open_to_read_once(&path).expect("read"));
+        assert!(!has_table(&conn, "usage_ledger").expect("still gone"));
+        drop(open(&path).expect("again"));
+        assert!(ledger_in_place(&conn).expect("made again"));
+        assert_eq!(columns(&conn), full, "audio_seconds too");
+        assert!(!ensure_ledger(&conn, "u.db").expect("in place"));
+        conn.execute_batch("DROP INDEX usage_ledger_day")
+            .expect("drop index");
+        assert!(!ensure_ledger(&conn, "u.db").expect("only the index"));
+        assert!(ledger_in_place(&conn).expect("index back"));
     }
 
     #[test]

@@ -584,7 +584,7 @@ fn tracing_destinations(env: &EnvSettings) -> String {
 }
 
 fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
-    use llmsrouter::sinks::ledger_report::{GroupBy, query};
+    use llmsrouter::sinks::ledger_report::{GroupBy, has_ledger, query};
     llmsrouter::db::check_path(&cli.db)?;
     if !cli.db.exists() {
         return Err(anyhow!(
@@ -601,6 +601,14 @@ fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
     };
     let report = query(&conn, by, args.since.as_deref())
         .with_context(|| format!("{}: cannot read the usage ledger", cli.db.display()))?;
+    // The report is still printed (empty, exit 0: reading worked, nothing is recorded), and
+    // the line says why it is empty, so zeros are not taken for "nothing was used".
+    if !has_ledger(&conn).unwrap_or(true) {
+        console::line(format_args!(
+            "warning: {}: no usage_ledger table (dropped, or never made in a file read as it is), so no usage is recorded there; serve makes it again, empty, when it opens the file",
+            cli.db.display()
+        ));
+    }
     if args.json {
         write_out(|out| {
             use std::io::Write as _;

@@ -646,6 +646,7 @@ impl Writer {
     ) -> rusqlite::Result<()> {
         let mut backoff = FIRST_BACKOFF;
         let mut other_errors = 0;
+        let mut remade = false;
         loop {
             if let Some(since) = self.closing.get() {
                 let left = self.close_deadline.saturating_sub(since.elapsed());
@@ -655,6 +656,15 @@ impl Writer {
                 return Ok(());
             };
             let locked = is_locked(&error);
+            // The table dropped while the router runs (an admin purging usage): made again
+            // (with a warning) and the batch written there, once per batch.
+            if !locked && !remade {
+                remade = true;
+                let path = self.file.path().display().to_string();
+                if db::ensure_ledger(conn, &path).unwrap_or(false) {
+                    continue;
+                }
+            }
             if !locked {
                 other_errors += 1;
                 if other_errors > 1 {

@@ -142,16 +142,22 @@ fn count(v: i64) -> u64 {
 const NO_USAGE: &str = "outcome = 'success' AND usage_known = 0 AND usage_partial = 0 \
     AND model <> '' AND NOT (endpoint = '/responses' AND stream = 0)";
 
+/// Whether the database has the ledger's table: a file read as it is (read-only, from the
+/// Python version) may have none yet, and an admin may have dropped it (`serve` makes it
+/// again, empty). `llmsrouter usage` says so rather than print zeros as if nothing was used.
+pub fn has_ledger(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND lower(name) = 'usage_ledger')",
+        [],
+        |row| row.get(0),
+    )
+}
+
 /// Reads the ledger's totals. `since` must already be a valid `YYYY-MM-DD`.
 pub fn query(conn: &Connection, by: GroupBy, since: Option<&str>) -> rusqlite::Result<UsageReport> {
     // A database read as it is (read-only, from the Python version) may have no ledger yet:
     // nothing was recorded there, which is an empty report, not an error.
-    let has_ledger: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage_ledger')",
-        [],
-        |row| row.get(0),
-    )?;
-    if !has_ledger {
+    if !has_ledger(conn)? {
         return Ok(UsageReport {
             by,
             since: since.map(str::to_owned),

@@ -61,8 +61,9 @@ fn run_command(command: &UserCommand, cx: &mut Context<'_>) -> Result<(), UserEr
         } => add(cx, username, email.as_deref(), permissions),
         UserCommand::Delete { who } => {
             let key = presented_key(who)?;
-            let user = UserStore::open(cx.db, OpenMode::Existing)?.delete(target(who, &key))?;
-            writeln!(cx.out, "deleted user {}", user.quoted_name())?;
+            let revoked = UserStore::open(cx.db, OpenMode::Existing)?.delete(target(who, &key))?;
+            writeln!(cx.out, "deleted user {}", revoked.user.quoted_name())?;
+            warn_key_still_works(cx.err, &revoked, "its key")?;
             Ok(())
         }
         UserCommand::Import { file } => import_file(cx, file),
@@ -88,16 +89,75 @@ fn run_command(command: &UserCommand, cx: &mut Context<'_>) -> Result<(), UserEr
         UserCommand::RotateKey { who } => {
             let key = presented_key(who)?;
             let out = &mut *cx.out;
-            let (user, _) = UserStore::open(cx.db, OpenMode::Existing)?
+            let (revoked, _) = UserStore::open(cx.db, OpenMode::Existing)?
                 .rotate_key_delivering(target(who, &key), |key| print_key(out, key))?;
-            writeln!(
-                cx.err,
-                "new key for {} (above, shown only now); the old key no longer works",
-                user.quoted_name()
-            )?;
+            let name = revoked.user.quoted_name();
+            if revoked.still_held_by.is_empty() {
+                writeln!(
+                    cx.err,
+                    "new key for {name} (above, shown only now); the old key no longer works"
+                )?;
+            } else {
+                writeln!(cx.err, "new key for {name} (above, shown only now)")?;
+                warn_key_still_works(cx.err, &revoked, "the old key")?;
+            }
             Ok(())
         }
     }
+}
+
+/// Most users a warning of a key still held names; the rest are counted.
+const LISTED_HOLDERS: usize = 5;
+
+/// After `rotate-key` or `delete` took a key from a user that other users hold too (a table
+/// rebuilt without the `UNIQUE` on `api_key`): a warning that the key still works, and as
+/// whom it now signs in, with the commands that revoke it for each of them. The command is
+/// done all the same, since it is the first step of revoking the key; refusing would leave
+/// no way to do it by name, as `rotate-key` on any of the holders would be refused too (and
+/// `--key` with the shared key is: it names several users). `what` names the key in the
+/// message ("the old key", "its key"). The users are named as every message names them
+/// (quoted, escaped, never a key) and by rowid, which picks the very row even among users
+/// that print alike.
+fn warn_key_still_works(
+    err: &mut dyn Write,
+    revoked: &super::store::Revoked,
+    what: &str,
+) -> Result<(), UserError> {
+    let holders = &revoked.still_held_by;
+    let Some(first) = holders.first() else {
+        return Ok(());
+    };
+    let mut names: Vec<String> = holders
+        .iter()
+        .take(LISTED_HOLDERS)
+        .map(User::quoted_name)
+        .collect();
+    if holders.len() > LISTED_HOLDERS {
+        names.push(format!("and {} more", holders.len() - LISTED_HOLDERS));
+    }
+    let (who, verb, them) = match holders.len() {
+        1 => ("user", "holds", "that user"),
+        _ => ("users", "hold", "each of them"),
+    };
+    let commands: Vec<String> = holders
+        .iter()
+        .take(LISTED_HOLDERS)
+        .map(|u| {
+            format!(
+                "llmsrouter user rotate-key --rowid {} {}",
+                u.rowid,
+                u.quoted_name()
+            )
+        })
+        .collect();
+    writeln!(
+        err,
+        "warning: {what} still works: {who} {} {verb} the same key, and it now signs in as {}; to revoke it, give {them} a new key too: {}",
+        names.join(", "),
+        first.quoted_name(),
+        commands.join("; ")
+    )?;
+    Ok(())
 }
 
 /// The key `--key` gives, read from stdin for `-` (so it stays out of the shell's history
@@ -268,6 +328,11 @@ fn import_file(cx: &mut Context<'_>, file: &Path) -> Result<(), UserError> {
     let made = file_made_by_opening(cx.db);
     let imported = UserStore::open(cx.db, OpenMode::Create).and_then(|mut store| {
         let outcome = store.import_delivering(&users, |outcome| {
+            // Nothing to print, nothing to lose: stdout is not asked to take a key (nor is
+            // one written to /dev/null refused) when every user existed.
+            if outcome.created.is_empty() {
+                return Ok(());
+            }
             for (username, key) in &outcome.created {
                 writeln!(out, "{username}\t{}", key.expose())?;
             }

@@ -16,6 +16,7 @@
 //! with `mv restored.db users.db`) is opened and its users loaded instead, and while the path
 //! names no file every key is refused, since the users held may have been revoked since.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -31,9 +32,10 @@ use super::UserError;
 use super::key::{KeyHash, hash_key};
 use super::names::{StoredName, quoted};
 use super::permissions::from_json;
-use super::store::text;
+use super::store::{key_readable, text};
 use crate::auth::{Caller, KeyIndex, Permissions};
 use crate::db::{AtPath, DbFile, WalFile};
+use crate::sinks::{MAX_NAME_CHARS, clipped_chars};
 
 /// How often the refresh task asks whether the database changed.
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
@@ -120,14 +122,23 @@ impl UserIndex {
         while let Some(row) = rows.next()? {
             // As `user list` prints it, so the request log, traces and the ledger name the
             // user as the CLI does (`<null>` rather than an empty name).
-            let username = StoredName::from_sql(row.get_ref(0)?).shown();
-            let key = text(row, 1)?;
-            if key.is_empty() {
-                // Quoted as every message names a user: escaped, so a name with a line
-                // break or a direction override cannot forge or garble the log line.
-                tracing::warn!(user = %quoted(&username), "user has an empty key; it cannot sign in");
-                continue;
-            }
+            // Cut as long model names are ([`MAX_NAME_CHARS`]): this is the name every record
+            // of the user's requests carries (request log, ledger, traces), and a Python-era
+            // 100 KB name would be written whole into each. Commands match the full name.
+            let username = clipped_chars(
+                Cow::Owned(StoredName::from_sql(row.get_ref(0)?).shown()),
+                MAX_NAME_CHARS,
+            )
+            .into_owned();
+            let key = match key_readable(row, 1)? {
+                Ok(key) => key,
+                Err(unusable) => {
+                    // Quoted as every message names a user: escaped, so a name with a line
+                    // break or a direction override cannot forge or garble the log line.
+                    tracing::warn!(user = %quoted(&username), "{}", unusable.warning());
+                    continue;
+                }
+            };
             let hash = hash_key(&key);
             if let Some(first) = callers.get(&hash) {
                 note_shared(&mut shared, hash, first, username);

@@ -35,7 +35,12 @@ pub struct User {
     pub username: String,
     /// The name as stored.
     pub stored_name: StoredName,
+    /// The key as text, for `list`'s masked prefix; a BLOB or text that is not UTF-8 is read
+    /// lossily here, and signs in nobody ([`Self::key_signs_in`]).
     pub key: Secret,
+    /// Whether the stored key signs anyone in: stored as UTF-8 text, not empty (see
+    /// [`key_readable`]).
+    pub key_signs_in: bool,
     pub email: Option<String>,
     /// `Err` with the reason when the stored column cannot be read; such a user may use no
     /// provider.
@@ -49,6 +54,16 @@ impl User {
     pub fn quoted_name(&self) -> String {
         names::quoted(&self.username)
     }
+}
+
+/// A user whose key a command took away (`rotate-key`, `delete`), as it was, and the other
+/// users that hold the very same key (possible once a tool rebuilt the table without the
+/// `UNIQUE` on `api_key`), by rowid: for them the key still works, and it now signs in as
+/// the first of them, so a command must not say the key stopped working.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    pub user: User,
+    pub still_held_by: Vec<User>,
 }
 
 /// Which existing user a command means.
@@ -206,15 +221,20 @@ impl UserStore {
             .collect())
     }
 
-    /// Deletes the user `who` means; returns it as it was.
-    pub fn delete<'a>(&mut self, who: impl Into<Who<'a>>) -> Result<User, UserError> {
+    /// Deletes the user `who` means; returns it as it was, with the other users that hold
+    /// its key (and still sign in with it).
+    pub fn delete<'a>(&mut self, who: impl Into<Who<'a>>) -> Result<Revoked, UserError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let user = find(&tx, who.into())?;
+        let still_held_by = others_holding_key(&tx, &user)?;
         tx.execute("DELETE FROM users WHERE rowid = ?1", [user.rowid])?;
         tx.commit()?;
-        Ok(user)
+        Ok(Revoked {
+            user,
+            still_held_by,
+        })
     }
 
     pub fn get<'a>(&self, who: impl Into<Who<'a>>) -> Result<User, UserError> {
@@ -252,8 +272,8 @@ impl UserStore {
         Ok(user)
     }
 
-    /// Gives the user `who` means a new key and returns it; the old key no longer matches
-    /// any row.
+    /// Gives the user `who` means a new key and returns it. The old key no longer matches
+    /// that user's row; other rows that hold the same key keep it (see [`Revoked`]).
     pub fn rotate_key<'a>(&mut self, who: impl Into<Who<'a>>) -> Result<Secret, UserError> {
         self.rotate_key_delivering(who, |_| Ok(()))
             .map(|(_, key)| key)
@@ -261,16 +281,18 @@ impl UserStore {
 
     /// [`Self::rotate_key`], handing the new key to `deliver` before the change is
     /// committed: when it cannot be shown, the old key keeps working (see
-    /// [`Self::add_delivering`]). Returns the user as it was, and the new key.
+    /// [`Self::add_delivering`]). Returns the user as it was with the other users that
+    /// still hold the old key, and the new key.
     pub fn rotate_key_delivering<'a>(
         &mut self,
         who: impl Into<Who<'a>>,
         deliver: impl FnOnce(&Secret) -> std::io::Result<()>,
-    ) -> Result<(User, Secret), UserError> {
+    ) -> Result<(Revoked, Secret), UserError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let user = find(&tx, who.into())?;
+        let still_held_by = others_holding_key(&tx, &user)?;
         let now = now_iso(&tx)?;
         let key = with_fresh_key(|key| {
             tx.execute(
@@ -281,7 +303,13 @@ impl UserStore {
         deliver(&key).map_err(UserError::Undelivered)?;
         tx.commit()
             .map_err(|error| unsaved(error, "the new key", "the old key still works"))?;
-        Ok((user, key))
+        Ok((
+            Revoked {
+                user,
+                still_held_by,
+            },
+            key,
+        ))
     }
 
     /// Creates every user of `users` that does not exist yet, all in one transaction: either
@@ -499,9 +527,30 @@ fn ambiguous(who: Who<'_>, found: &[User]) -> UserError {
 }
 
 /// Whether `user` signs in with the key whose hash is `presented`, matched as the server's
-/// index matches it: by hash, and an empty key signs in nobody.
+/// index matches it: by hash, and a key that is empty, a BLOB or not UTF-8 signs in nobody.
 fn holds_key(user: &User, presented: &KeyHash) -> bool {
-    !user.key.expose().is_empty() && hash_key(user.key.expose()) == *presented
+    user.key_signs_in && hash_key(user.key.expose()) == *presented
+}
+
+/// The users other than `user` that sign in with `user`'s key, by rowid (the first of them
+/// is the one the key signs in as once `user` no longer holds it).
+fn others_holding_key(conn: &Connection, user: &User) -> Result<Vec<User>, UserError> {
+    if !user.key_signs_in {
+        return Ok(Vec::new());
+    }
+    let hash = hash_key(user.key.expose());
+    let mut statement = conn.prepare_cached(
+        "SELECT rowid, username, api_key, email, permissions, created_at, updated_at
+         FROM users ORDER BY rowid",
+    )?;
+    let mut others = Vec::new();
+    for other in statement.query_map([], user_from_row)? {
+        let other = other?;
+        if other.rowid != user.rowid && holds_key(&other, &hash) {
+            others.push(other);
+        }
+    }
+    Ok(others)
 }
 
 /// The hashes of every stored key that signs someone in ([`holds_key`]): a new user's name
@@ -593,11 +642,61 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
         rowid: row.get(0)?,
         username: stored_name.shown(),
         stored_name,
+        key_signs_in: key_readable(row, 2)?.is_ok(),
         key: Secret::new(text(row, 2)?),
         email: (!email.is_empty()).then_some(email),
         permissions: from_json(&text(row, 4)?),
         created_at: text(row, 5)?,
         updated_at: text(row, 6)?,
+    })
+}
+
+/// Why a stored key signs in nobody.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnusableKey {
+    /// Empty or NULL.
+    Empty,
+    /// A BLOB: the Python version's `WHERE api_key = ?`, with a text parameter, never
+    /// matched one.
+    Blob,
+    /// Text that is not UTF-8, which no presented key (always UTF-8) equals: read lossily,
+    /// two such keys differing only in those bytes would be one key, and a presented key
+    /// holding U+FFFD would match them.
+    NotUtf8,
+}
+
+impl UnusableKey {
+    /// The server's warning, at each load of the users (the user is named beside it).
+    pub(crate) fn warning(self) -> &'static str {
+        match self {
+            Self::Empty => "user has an empty key; it cannot sign in",
+            Self::Blob => {
+                "user's key is stored as a BLOB, not as text; it cannot sign in (nor could it with the Python version); give the user a new key (llmsrouter user rotate-key <username>)"
+            }
+            Self::NotUtf8 => {
+                "user's key is text that is not UTF-8; it cannot sign in; give the user a new key (llmsrouter user rotate-key <username>)"
+            }
+        }
+    }
+}
+
+/// The `api_key` column as a key that signs in, or why it signs in nobody: only a key
+/// stored as UTF-8 text that is not empty does. A number (a hand-edited table without column
+/// types) is read as its text, as [`text`] reads it.
+pub(crate) fn key_readable(
+    row: &Row<'_>,
+    index: usize,
+) -> rusqlite::Result<Result<String, UnusableKey>> {
+    Ok(match row.get_ref(index)? {
+        ValueRef::Blob(_) => Err(UnusableKey::Blob),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok("") => Err(UnusableKey::Empty),
+            Ok(key) => Ok(key.to_owned()),
+            Err(_) => Err(UnusableKey::NotUtf8),
+        },
+        ValueRef::Null => Err(UnusableKey::Empty),
+        ValueRef::Integer(i) => Ok(i.to_string()),
+        ValueRef::Real(f) => Ok(f.to_string()),
     })
 }
 
@@ -726,7 +825,11 @@ mod tests {
             Err(UserError::Ambiguous { .. })
         ));
         let deleted = store.delete(Who::Key("k-null-2")).expect("by key");
-        assert_eq!((deleted.rowid, deleted.username.as_str()), (2, "<null>"));
+        assert_eq!(
+            (deleted.user.rowid, deleted.user.username.as_str()),
+            (2, "<null>")
+        );
+        assert!(deleted.still_held_by.is_empty());
         assert!(matches!(
             store.get(Who::Key("k-null-2")),
             Err(UserError::UnknownKey)

@@ -997,3 +997,87 @@ fn a_python_database_another_program_reads_is_read_as_it_is_and_switched_later()
         .expect("mode");
     assert_eq!(mode, "wal", "switched once the file was free");
 }
+
+/// The `usage_ledger` table dropped (an admin purging usage) from a file at the current
+/// schema version, whose steps never run again: `usage` says the table is missing (it
+/// printed zeros as if nothing was used) and leaves the file as it is; `serve` makes the
+/// table again on opening, with a warning, and writes its rows there; dropped again while it
+/// runs, the writer makes it again and writes the batch. Every row used to fail with "no such
+/// table: usage_ledger" while requests were answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_usage_ledger_is_said_missing_and_made_again() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), two_server_config(&upstream)).expect("cfg");
+    let db = dir.path().join("users.db");
+    let (code, key, err) = user(dir.path(), &["add", "ann"]);
+    assert_eq!(code, 0, "{err}");
+    let key = key.trim().to_owned();
+    let sql = |batch: &str| {
+        rusqlite::Connection::open(&db)
+            .expect("open")
+            .execute_batch(batch)
+            .expect("sql");
+    };
+    let has_ledger = || {
+        rusqlite::Connection::open(&db)
+            .expect("open")
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name IN ('usage_ledger', 'usage_ledger_day')",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .expect("schema")
+    };
+    let rows = || {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM usage_ledger", [], |r| r.get(0)))
+            .unwrap_or(-1_i64)
+    };
+    sql("DROP TABLE usage_ledger");
+
+    let (code, out, err) = run_cli(dir.path(), &["usage"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("PROVIDER"), "{out}");
+    assert_eq!(
+        err,
+        "warning: ./users.db: no usage_ledger table (dropped, or never made in a file read as it is), so no usage is recorded there; serve makes it again, empty, when it opens the file\n"
+    );
+    assert_eq!(has_ledger(), 0, "usage only reads");
+
+    let db_path = db.to_str().expect("utf-8").to_owned();
+    let config = dir.path().join("config.yaml");
+    let mut router = RouterProcess::start(
+        None,
+        &[
+            ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+            ("LLMSROUTER_DB", &db_path),
+            ("LLMSROUTER_CONFIG", config.to_str().expect("utf-8")),
+            ("LLMSROUTER_LOG_FILE", ""),
+        ],
+    );
+    assert_eq!(has_ledger(), 2, "the table and its index");
+    let url = router.url("/v1/chat/completions");
+    assert_eq!(chat(&url, Auth::Bearer(&key), "[mock]m").await.0, 200);
+    crate::support::wait_until(std::time::Duration::from_secs(10), || rows() == 1).await;
+
+    sql("DROP TABLE usage_ledger");
+    assert_eq!(chat(&url, Auth::Bearer(&key), "[mock]m").await.0, 200);
+    crate::support::wait_until(std::time::Duration::from_secs(10), || rows() == 1).await;
+    let stderr = router.stop_for_log().await;
+    let made = "users.db: the usage_ledger table was missing (dropped?) although the schema version says it was made; made it again, empty";
+    assert_eq!(stderr.matches(made).count(), 2, "{stderr}");
+    assert!(!stderr.contains("cannot write rows"), "{stderr}");
+    assert!(stderr.contains("written=2 dropped=0 failed=0"), "{stderr}");
+    assert_eq!(has_ledger(), 2);
+
+    let (code, out, err) = run_cli(dir.path(), &["usage"], &[]);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    let total: Vec<&str> = out
+        .lines()
+        .find(|line| line.starts_with("TOTAL"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(total.get(1), Some(&"1"), "{out}");
+}

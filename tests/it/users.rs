@@ -1481,3 +1481,27 @@ fn emails_the_python_tools_refuse_are_refused() {
     );
     assert_eq!(rows(&db).len(), 1);
 }
+
+/// An import whose every user exists prints no key, so a standard output where a key would
+/// be lost (`/dev/null`, closed) is no reason to fail: it succeeds there as on a terminal,
+/// with its warnings. It used to fail with "cannot write the new key" (exit 1) though there
+/// was none.
+#[test]
+fn an_import_that_makes_no_user_needs_no_stdout() {
+    let dir = tempfile::tempdir().expect("dir");
+    let key = add(dir.path(), &["ann"]);
+    std::fs::write(dir.path().join("team.csv"), "username,email\nann,\n").expect("csv");
+    let args = ["user", "import", "team.csv"];
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .expect("/dev/null");
+    let expected = "warning: row 2: user \"ann\" exists; skipped (its key is unchanged)\nimported 0 users, skipped 1 that existed\n";
+    for (code, err) in [
+        run_cli_writing_to(dir.path(), &args, null),
+        run_cli_with_stdout_closed(dir.path(), &args),
+    ] {
+        assert_eq!((code, err.as_str()), (0, expected));
+    }
+    assert_eq!(row_of(&dir.path().join("users.db"), "ann")[1], key);
+}

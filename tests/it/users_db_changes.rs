@@ -528,3 +528,83 @@ async fn a_key_two_rows_hold_signs_in_as_the_first_row() {
         assert!(!stderr.contains(key), "a key reached the log");
     }
 }
+
+/// A key two users hold (a table rebuilt without its `UNIQUE`) taken from one of them by
+/// name, as an admin revokes a leaked key: `rotate-key` and `delete` do it, but never say the
+/// key stopped working, which it has not: a warning names the users that still hold it, as
+/// whom it now signs in, and the command that revokes it for each; run as shown, that
+/// command does, and says so. It used to say "the old key no longer works" while the key
+/// went on signing in, as the other user, with that user's permissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taking_a_shared_key_from_one_holder_says_who_still_holds_it() {
+    let setup = Setup::new().await;
+    let leaked = add(setup.dir.path(), &["zed", "--permissions", "mock"]);
+    add(setup.dir.path(), &["amy", "--permissions", "other"]);
+    add(setup.dir.path(), &["carl", "--permissions", "*"]);
+    sql(
+        &setup.db,
+        &REBUILD_USERS.replace("api_key TEXT UNIQUE NOT NULL", "api_key TEXT NOT NULL"),
+    );
+    sql(
+        &setup.db,
+        "UPDATE users SET api_key = (SELECT api_key FROM users WHERE username = 'zed')
+         WHERE username IN ('amy', 'carl')",
+    );
+    let router = setup.serve();
+    let as_user = || {
+        let url = router.url("/v1/chat/completions");
+        let key = leaked.clone();
+        async move {
+            (
+                chat(&url, Auth::Bearer(&key), "[mock]m").await.0,
+                chat(&url, Auth::Bearer(&key), "[other]m").await.0,
+            )
+        }
+    };
+    assert_eq!(as_user().await, (200, 403), "zed's row is the first");
+
+    let (code, new_key, err) = setup.user(&["rotate-key", "zed"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("no longer works"), "{err}");
+    assert!(
+        err.starts_with("new key for \"zed\" (above, shown only now)\n"),
+        "{err}"
+    );
+    let warning = err.lines().nth(1).unwrap_or_default();
+    assert!(
+        warning.starts_with(
+            "warning: the old key still works: users \"amy\", \"carl\" hold the same key, and it now signs in as \"amy\"; to revoke it, give each of them a new key too: "
+        ),
+        "{err}"
+    );
+    assert!(
+        warning.ends_with(
+            "llmsrouter user rotate-key --rowid 2 \"amy\"; llmsrouter user rotate-key --rowid 3 \"carl\""
+        ),
+        "{err}"
+    );
+    assert_eq!(as_user().await, (403, 200), "now amy's");
+    let zed = new_key.trim().to_owned();
+    let url = router.url("/v1/chat/completions");
+    assert_eq!(chat(&url, Auth::Bearer(&zed), "[mock]m").await.0, 200);
+
+    let (code, out, err) = setup.user(&["delete", "amy"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "deleted user \"amy\"\n");
+    assert_eq!(
+        err,
+        "warning: its key still works: user \"carl\" holds the same key, and it now signs in as \"carl\"; to revoke it, give that user a new key too: llmsrouter user rotate-key --rowid 3 \"carl\"\n"
+    );
+    assert_eq!(as_user().await, (200, 200), "now carl's");
+
+    // The command as the warning gives it.
+    let (code, _, err) = setup.user(&["rotate-key", "--rowid", "3", "carl"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err,
+        "new key for \"carl\" (above, shown only now); the old key no longer works\n"
+    );
+    assert_eq!(as_user().await, (401, 401), "revoked at last");
+    let stderr = router.stderr();
+    assert!(!stderr.contains(&leaked), "a key reached the log");
+}

@@ -789,3 +789,88 @@ fn a_new_name_that_looks_like_an_existing_one_is_noted() {
         }
     }
 }
+
+/// Two rows of a Python-era table: a key stored as a BLOB, which signs in nobody (the Python
+/// version's `WHERE api_key = ?` never matched one; read as text it signed in) and is warned
+/// of as an empty key is; and a 100 KB username, recorded cut to 1,024 characters as a long
+/// model name is (it was written whole into each request log line and ledger row), while
+/// `user show` still finds the user by the whole name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_key_signs_in_nobody_and_a_huge_name_is_recorded_cut() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), two_server_config(&upstream)).expect("cfg");
+    let db = dir.path().join("users.db");
+    let huge = format!("h{}", "x".repeat(100_000));
+    let conn = Connection::open(&db).expect("create");
+    conn.execute_batch(PYTHON_SCHEMA).expect("schema");
+    let insert = "INSERT INTO users VALUES (?1, ?2, NULL, '{\"*\": true}', 't', 't')";
+    conn.execute(
+        insert,
+        rusqlite::params!["blobkey", BLOB_KEY.as_bytes().to_vec()],
+    )
+    .expect("blob row");
+    conn.execute(insert, rusqlite::params![huge, ANN_KEY])
+        .expect("huge row");
+    drop(conn);
+    let router = RouterProcess::start_in(
+        dir,
+        &[
+            ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+            ("LLMSROUTER_LOG_FILE", "requests.log"),
+        ],
+    );
+    let url = router.url("/v1/chat/completions");
+    assert_eq!(chat(&url, Auth::Bearer(BLOB_KEY), "[mock]m").await.0, 401);
+    assert_eq!(chat(&url, Auth::Bearer(ANN_KEY), "[mock]m").await.0, 200);
+    let stderr = router.stderr();
+    assert!(
+        stderr.lines().any(|line| line
+            .contains("user's key is stored as a BLOB, not as text; it cannot sign in")
+            && line.contains("user=\"blobkey\"")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(BLOB_KEY), "{stderr}");
+
+    let folder = router.path().to_owned();
+    let db = folder.join("users.db");
+    let ledger_name = || {
+        Connection::open(&db)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT username FROM usage_ledger WHERE status = 200",
+                    [],
+                    |r| r.get::<_, String>(0),
+                )
+            })
+            .ok()
+    };
+    crate::support::wait_until(std::time::Duration::from_secs(10), || {
+        ledger_name().is_some()
+    })
+    .await;
+    let cut: String = huge.chars().take(1024).collect();
+    assert_eq!(ledger_name().as_deref(), Some(cut.as_str()));
+    let log_user = || {
+        std::fs::read_dir(&folder)
+            .expect("ls")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("requests."))
+            .flat_map(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+            .find_map(|v| v["user"].as_str().map(str::to_owned))
+    };
+    crate::support::wait_until(std::time::Duration::from_secs(10), || log_user().is_some()).await;
+    assert_eq!(log_user().as_deref(), Some(cut.as_str()));
+
+    let (code, out, err) = run_cli(&folder, &["user", "show", &huge, "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["username"].as_str(), Some(huge.as_str()));
+}
