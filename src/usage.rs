@@ -83,7 +83,7 @@ impl Usage {
     /// vendor's string, say) is skipped, not fatal. A number that is not a count (negative,
     /// beyond [`MAX_COUNT`]) makes the whole usage unknown: see [`Self::checked`].
     pub fn from_raw(usage: &RawValue) -> Option<Self> {
-        let raw: UsageRaw<'_> = serde_json::from_str(usage.get()).ok()?;
+        let raw: UsageRaw<'_> = serde_json::from_str(object_text(usage)?).ok()?;
         let prompt_details = details(raw.prompt_tokens_details);
         let input_details = details(raw.input_tokens_details);
         let completion_details = details(raw.completion_tokens_details);
@@ -252,8 +252,56 @@ struct DetailsRaw<'a> {
 }
 
 fn details(raw: Option<&RawValue>) -> DetailsRaw<'_> {
-    raw.and_then(|d| serde_json::from_str(d.get()).ok())
+    raw.and_then(object_text)
+        .and_then(|d| serde_json::from_str(d).ok())
         .unwrap_or_default()
+}
+
+/// `raw`'s JSON when it is an object. serde's derived structs also take a list, member by
+/// member in order: `"usage": [10, 5]` was read as 10 tokens in and 5 out (bb51).
+fn object_text(raw: &RawValue) -> Option<&str> {
+    let text = raw.get();
+    text.trim_ascii_start().starts_with('{').then_some(text)
+}
+
+/// Groq's `x_groq` metadata's `usage` (in its last stream chunk, or a whole answer): the
+/// usage when Groq sends none at the top level.
+fn groq_usage(x_groq: &RawValue) -> Option<&RawValue> {
+    #[derive(Deserialize)]
+    struct Groq<'a> {
+        #[serde(borrow, default)]
+        usage: Option<&'a RawValue>,
+    }
+    serde_json::from_str::<Groq<'_>>(object_text(x_groq)?)
+        .ok()?
+        .usage
+}
+
+/// `T` read from a JSON object only, for the fast pass's usage: serde's derived structs also
+/// take a list, member by member in order (see [`object_text`]). A list (or any other value)
+/// fails the fast pass, so the lenient one reads it as no usage.
+fn object_only<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Visit<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object or null")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    deserializer.deserialize_any(Visit(std::marker::PhantomData))
 }
 
 /// A token count: a non-negative integer, or a float some upstreams send (its whole part);
@@ -567,8 +615,11 @@ struct FastBody<'a> {
     model: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     choices: Option<Vec<FastChoice<'a>>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_only")]
     usage: Option<FastUsage>,
+    /// Groq's metadata: with no top-level `usage`, its own is read on the lenient path.
+    #[serde(borrow, default)]
+    x_groq: Option<&'a RawValue>,
     #[serde(borrow, default)]
     output: Option<&'a RawValue>,
     /// An Anthropic message's content blocks: read on the lenient path.
@@ -604,9 +655,9 @@ struct FastUsage {
     completion_tokens: Option<u64>,
     #[serde(default)]
     total_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_only")]
     prompt_tokens_details: Option<FastDetails>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_only")]
     completion_tokens_details: Option<FastDetails>,
     #[serde(default)]
     prompt_cache_hit_tokens: Option<u64>,
@@ -692,6 +743,7 @@ impl FastBody<'_> {
         if self.output.is_some()
             || self.content.is_some_and(|c| c.get() != "null")
             || self.error.is_some_and(|e| e.get() != "null")
+            || (self.usage.is_none() && self.x_groq.is_some_and(|g| g.get() != "null"))
         {
             return None;
         }
@@ -784,8 +836,10 @@ fn summarize_leniently(body: &[u8]) -> Option<ResponseSummary> {
         model: raw_str(top.model),
         ..Default::default()
     };
+    // Groq's own usage only when there is none at the top level: never both.
     if let Some(usage) = top
         .usage
+        .or_else(|| top.x_groq.and_then(groq_usage))
         .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
     {
         out.usage = Usage::from_json(&usage);
@@ -866,6 +920,9 @@ struct BodyTop<'a> {
     /// Anthropic's legacy Text Completions API (`/v1/complete`): the generated text.
     #[serde(borrow, default)]
     completion: Option<&'a RawValue>,
+    /// Groq's metadata, whose `usage` is read when there is no top-level one.
+    #[serde(borrow, default)]
+    x_groq: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -1950,6 +2007,128 @@ struct Chunk<'a> {
     /// Anthropic's legacy `/v1/complete`: set on a stream's last `completion` event.
     #[serde(borrow, default, deserialize_with = "borrowed_text")]
     stop_reason: Option<std::borrow::Cow<'a, str>>,
+    /// Groq's metadata, whose `usage` its last chunk has (see [`groq_usage`]).
+    #[serde(borrow, default)]
+    x_groq: Option<&'a RawValue>,
+}
+
+/// Whether a typed stream event's `type` is one of the Responses API's (`response.*`, and
+/// its `error` event).
+fn is_responses_event(kind: &str) -> bool {
+    kind.starts_with("response.") || kind == "error"
+}
+
+/// How [`Chunk`] reads a member, for [`mistyped_members_fitted`]. Members not listed take
+/// any value (they are left raw) or are not read.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// A string.
+    Text,
+    /// A string; another value is read as its JSON text, as a whole answer's tool call
+    /// arguments are (see [`tool_fields`]).
+    TextOrJson,
+    /// A non-negative integer (a choice's or tool call's `index`); a string holding one is
+    /// read as that number.
+    Index,
+    /// A delta's `content`: a string or a list of parts (see [`DeltaContent`]).
+    Content,
+    /// An object, its members of these shapes.
+    Object(&'static [(&'static str, Shape)]),
+    /// A list of such objects; an item that is not one is left out.
+    Objects(&'static [(&'static str, Shape)]),
+}
+
+const CHUNK_SHAPE: &[(&str, Shape)] = &[
+    ("id", Shape::Text),
+    ("model", Shape::Text),
+    ("type", Shape::Text),
+    ("completion", Shape::Text),
+    ("stop_reason", Shape::Text),
+    ("choices", Shape::Objects(CHOICE_SHAPE)),
+];
+const CHOICE_SHAPE: &[(&str, Shape)] = &[
+    ("index", Shape::Index),
+    ("delta", Shape::Object(DELTA_SHAPE)),
+    ("text", Shape::Text),
+    ("finish_reason", Shape::Text),
+];
+const DELTA_SHAPE: &[(&str, Shape)] = &[
+    ("content", Shape::Content),
+    ("reasoning_content", Shape::Text),
+    ("reasoning", Shape::Text),
+    ("refusal", Shape::Text),
+    ("tool_calls", Shape::Objects(TOOL_CALL_SHAPE)),
+    ("function_call", Shape::Object(FUNCTION_SHAPE)),
+];
+const TOOL_CALL_SHAPE: &[(&str, Shape)] = &[
+    ("index", Shape::Index),
+    ("id", Shape::Text),
+    ("type", Shape::Text),
+    ("function", Shape::Object(FUNCTION_SHAPE)),
+    ("custom", Shape::Object(CUSTOM_SHAPE)),
+];
+const FUNCTION_SHAPE: &[(&str, Shape)] = &[("name", Shape::Text), ("arguments", Shape::TextOrJson)];
+const CUSTOM_SHAPE: &[(&str, Shape)] = &[("name", Shape::Text), ("input", Shape::TextOrJson)];
+
+/// `text` (a stream event [`Chunk`] refused) with each member of an unexpected type left
+/// out, as a whole answer's lenient reading skips one (see [`summarize_leniently`]): a
+/// chunk's `"id": 12345` or an object for its `delta.content`. A tool call's `arguments` not
+/// a string are their JSON text, and an `index` sent as a string (`"0"`) its number, as they
+/// read in a whole answer or an SDK. `None` when `text` is not a JSON object. Read only after
+/// the typed pass failed, so a well-formed stream never pays for it.
+fn mistyped_members_fitted(text: &str) -> Option<String> {
+    let Ok(Value::Object(mut chunk)) = serde_json::from_str::<Value>(text) else {
+        return None;
+    };
+    fit_members(&mut chunk, CHUNK_SHAPE);
+    Some(Value::Object(chunk).to_string())
+}
+
+/// Leaves out of `object` each member of `members` whose value is not of its shape.
+fn fit_members(object: &mut serde_json::Map<String, Value>, members: &[(&str, Shape)]) {
+    for (name, shape) in members {
+        if let Some(value) = object.get_mut(*name) {
+            if !fit(value, *shape) {
+                object.remove(*name);
+            }
+        }
+    }
+}
+
+/// Whether `value` is (or was made) of `shape`; `null` is every member's "none".
+fn fit(value: &mut Value, shape: Shape) -> bool {
+    match (shape, &mut *value) {
+        (_, Value::Null) => true,
+        (Shape::Text | Shape::TextOrJson | Shape::Content, Value::String(_)) => true,
+        (Shape::Content, Value::Array(_)) => true,
+        (Shape::TextOrJson, other) => {
+            *value = Value::String(other.to_string());
+            true
+        }
+        (Shape::Index, Value::Number(n)) => n.as_u64().is_some_and(|n| usize::try_from(n).is_ok()),
+        (Shape::Index, Value::String(s)) => match s.trim().parse::<usize>() {
+            Ok(index) => {
+                *value = Value::from(index);
+                true
+            }
+            Err(_) => false,
+        },
+        (Shape::Object(members), Value::Object(object)) => {
+            fit_members(object, members);
+            true
+        }
+        (Shape::Objects(members), Value::Array(items)) => {
+            items.retain_mut(|item| match item {
+                Value::Object(object) => {
+                    fit_members(object, members);
+                    true
+                }
+                _ => false,
+            });
+            true
+        }
+        _ => false,
+    }
 }
 
 #[derive(Deserialize)]
@@ -2154,9 +2333,24 @@ impl StreamAccumulator {
                 if let Some(fixed) = raw_controls_escaped(text) {
                     return self.read_data(fixed.as_bytes());
                 }
-                return EventKind::Other;
+                // A member of an unexpected type (`"id": 12345`, a tool call's `arguments`
+                // as an object) spoils nothing but itself, as in a whole answer: it lost the
+                // whole chunk, its usage and finish reason with it (bb51). Read once more
+                // without it; a copy that still fails is not read.
+                let Some(fitted) = mistyped_members_fitted(text) else {
+                    return EventKind::Other;
+                };
+                return match serde_json::from_str::<Chunk<'_>>(&fitted) {
+                    Ok(chunk) => self.read_chunk(chunk, &fitted),
+                    Err(_) => EventKind::Other,
+                };
             }
         };
+        self.read_chunk(chunk, text)
+    }
+
+    /// Reads one parsed event; `text` is its JSON, for the formats read on paths of their own.
+    fn read_chunk(&mut self, chunk: Chunk<'_>, text: &str) -> EventKind {
         if self.summary.id.is_none() {
             self.summary.id = chunk.id.as_deref().map(str::to_owned);
         }
@@ -2204,7 +2398,23 @@ impl StreamAccumulator {
             }
             None => false,
         };
-        if let Some(kind) = chunk.event_type.as_deref() {
+        // Groq's usage under `x_groq` (its last chunk's), read only when no usage was: one
+        // the chunk has at the top level, or another chunk had, is the same count. It is not
+        // the reply to `include_usage` (Groq sends it unasked), so it makes no chunk usage-only.
+        if !has_usage && self.summary.usage.is_none() {
+            if let Some(usage) = chunk.x_groq.and_then(groq_usage) {
+                self.summary.usage = Usage::from_raw(usage);
+            }
+        }
+        // A chunk of a chat stream may name its own type (`"type": "chat.completion.chunk"`,
+        // as some gateways add): read as a Responses API event, it lost its text and first
+        // token, and its usage chunk was not told usage-only (bb51). A typed event with
+        // `choices` is one only when its type is of that API's.
+        let event_type = chunk
+            .event_type
+            .as_deref()
+            .filter(|kind| chunk.choices.is_none() || is_responses_event(kind));
+        if let Some(kind) = event_type {
             if kind == "error" {
                 let message = raw_str(chunk.message)
                     .unwrap_or_else(|| "the upstream reported an error".to_owned());
@@ -3815,6 +4025,203 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(acc.into_summary().tool_calls, [custom, function, untyped]);
+    }
+
+    /// A member of an unexpected type in a stream chunk is skipped, as in a whole answer:
+    /// the chunk's usage, finish reason and tool call are still read (bb51).
+    #[test]
+    fn a_mistyped_member_loses_itself_not_the_chunk() {
+        let usage = r#""usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}"#;
+        let delta = |delta: &str| {
+            format!(
+                r#"{{"id":"c","choices":[{{"index":0,"delta":{delta},"finish_reason":"stop"}}],{usage}}}"#
+            )
+        };
+        let cases = [
+            // A tool call's arguments as an object: their JSON text, as a whole answer's.
+            delta(
+                r#"{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"f","arguments":{"a":1}}}]}"#,
+            ),
+            format!(
+                r#"{{"id":12345,"choices":[{{"index":0,"delta":{{"content":"y"}},"finish_reason":"stop"}}],{usage}}}"#
+            ),
+            delta(r#"{"content":{"type":"text","text":"y"}}"#),
+            format!(
+                r#"{{"id":"c","choices":[{{"index":"0","delta":{{"content":"y"}},"finish_reason":"stop"}}],{usage}}}"#
+            ),
+            delta(r#"{"content":"y","refusal":7,"tool_calls":"no"}"#),
+            format!(
+                r#"{{"id":"c","model":["m"],"choices":[5,{{"delta":{{"content":"y"}},"finish_reason":"stop"}}],{usage}}}"#
+            ),
+        ];
+        for event in &cases {
+            let mut acc = StreamAccumulator::default();
+            assert_eq!(acc.push_data(event.as_bytes()), EventKind::Other, "{event}");
+            let summary = acc.summary();
+            assert_eq!(
+                summary.usage.as_ref().map(|u| (u.input, u.output)),
+                Some((10, 5)),
+                "{event}"
+            );
+            assert_eq!(summary.finish_reason.as_deref(), Some("stop"), "{event}");
+        }
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(cases[0].as_bytes());
+        let call = &acc.summary().tool_calls[..];
+        assert_eq!(call.len(), 1);
+        assert_eq!((call[0].id.as_str(), call[0].name.as_str()), ("c1", "f"));
+        assert_eq!(call[0].arguments, r#"{"a":1}"#);
+        for (i, event) in cases[1..].iter().enumerate() {
+            let mut acc = StreamAccumulator::default();
+            acc.push_data(event.as_bytes());
+            let content = if i == 1 { "" } else { "y" };
+            assert_eq!(acc.summary().content, content, "{event}");
+            assert!(acc.summary().id.as_deref() != Some("12345"));
+        }
+        // A choice's index as a string is its number: choice 1's text stays out of choice 0's.
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(br#"{"id":"c","choices":[{"index":"1","delta":{"content":"other"},"finish_reason":"length"}],"x":{}}"#);
+        assert_eq!(acc.summary().content, "");
+        assert_eq!(
+            acc.summary().more_finish_reasons,
+            vec![(1, "length".to_owned())]
+        );
+        // The usage-only chunk with a numeric id is still usage-only, for both readers.
+        let usage_only = format!(r#"{{"id":12345,"choices":[],{usage}}}"#);
+        let mut acc = StreamAccumulator::default();
+        assert_eq!(acc.push_data(usage_only.as_bytes()), EventKind::UsageOnly);
+        assert_eq!(acc.summary().usage.as_ref().map(|u| u.total), Some(15));
+        assert_eq!(
+            classify_event(usage_only.as_bytes(), true),
+            EventKind::UsageOnly
+        );
+        // Not an object at all: nothing to read.
+        assert_eq!(
+            StreamAccumulator::default().push_data(br#"[{"choices":[]}]"#),
+            EventKind::Other
+        );
+    }
+
+    /// A chat chunk naming its own type (`chat.completion.chunk`) is read as a chat chunk,
+    /// not as an event of the Responses API (bb51).
+    #[test]
+    fn a_chat_chunk_with_a_type_is_read_as_a_chat_chunk() {
+        let mut acc = StreamAccumulator::default();
+        let events = [
+            r#"{"type":"chat.completion.chunk","id":"c","choices":[{"index":0,"delta":{"content":"a"}}]}"#,
+            r#"{"type":"chat.completion.chunk","id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        ];
+        for event in events {
+            assert_eq!(acc.push_data(event.as_bytes()), EventKind::Other);
+        }
+        let usage_only = r#"{"type":"chat.completion.chunk","id":"c","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}"#;
+        assert_eq!(acc.push_data(usage_only.as_bytes()), EventKind::UsageOnly);
+        assert_eq!(
+            classify_event(usage_only.as_bytes(), true),
+            EventKind::UsageOnly
+        );
+        assert!(acc.saw_output());
+        let summary = acc.into_summary();
+        assert_eq!(summary.content, "a");
+        assert_eq!(summary.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(summary.usage.map(|u| u.total), Some(15));
+        // A Responses API event is still one, `choices` or not.
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(br#"{"type":"response.output_text.delta","delta":"r","choices":[]}"#);
+        assert_eq!(acc.summary().content, "r");
+    }
+
+    /// A usage object, or its details, sent as a list is no usage (no details), on every
+    /// path: serde's derived structs read a list by position (bb51).
+    #[test]
+    fn a_usage_list_is_no_usage() {
+        let raw = |text: &str| serde_json::from_str::<&RawValue>(text).map(Usage::from_raw);
+        assert_eq!(raw("[10, 5]").ok(), Some(None));
+        assert_eq!(raw(r#"[10, 5, 15, 1, 1]"#).ok(), Some(None));
+        let details = raw(r#"{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,"prompt_tokens_details":[7],"completion_tokens_details":[2]}"#)
+            .ok()
+            .flatten()
+            .expect("usage");
+        assert_eq!((details.cached_input, details.reasoning), (0, 0));
+        for usage in [
+            json!([10, 5]),
+            json!({"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": [7]}),
+        ] {
+            let body = json!({"choices": [{"message": {"content": "x"}}], "usage": usage});
+            let summary = summarize_body(body.to_string().as_bytes());
+            let expected = (!usage.is_array()).then_some((10, 5, 0));
+            assert_eq!(
+                summary.usage.map(|u| (u.input, u.output, u.cached_input)),
+                expected,
+                "{body}"
+            );
+            let event = json!({"choices": [], "usage": usage}).to_string();
+            let mut acc = StreamAccumulator::default();
+            assert_eq!(acc.push_data(event.as_bytes()), EventKind::UsageOnly);
+            assert_eq!(
+                acc.summary()
+                    .usage
+                    .as_ref()
+                    .map(|u| (u.input, u.output, u.cached_input)),
+                expected,
+                "{event}"
+            );
+        }
+    }
+
+    /// Groq's `x_groq.usage` is read when there is no top-level usage, in a stream's chunk
+    /// and in a whole answer; never in place of a top-level one (bb51).
+    #[test]
+    fn groqs_usage_is_read_when_there_is_no_other() {
+        let groq = json!({"id": "req_1", "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "queue_time": 0.01}});
+        let top = json!({"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3});
+        let chunk = |usage: Option<&Value>| {
+            let mut chunk = json!({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "x_groq": groq});
+            if let Some(usage) = usage {
+                chunk["usage"] = usage.clone();
+            }
+            chunk.to_string()
+        };
+        let mut acc = StreamAccumulator::default();
+        assert_eq!(acc.push_data(chunk(None).as_bytes()), EventKind::Other);
+        assert_eq!(acc.summary().usage.as_ref().map(|u| u.total), Some(15));
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(chunk(Some(&Value::Null)).as_bytes());
+        assert_eq!(acc.summary().usage.as_ref().map(|u| u.total), Some(15));
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(chunk(Some(&top)).as_bytes());
+        assert_eq!(acc.summary().usage.as_ref().map(|u| u.total), Some(3));
+        // A top-level usage read before stays; one after replaces Groq's.
+        let usage_only = json!({"id": "c", "choices": [], "usage": top}).to_string();
+        let mut acc = StreamAccumulator::default();
+        assert_eq!(acc.push_data(usage_only.as_bytes()), EventKind::UsageOnly);
+        acc.push_data(chunk(None).as_bytes());
+        assert_eq!(acc.summary().usage.as_ref().map(|u| u.total), Some(3));
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(chunk(None).as_bytes());
+        acc.push_data(usage_only.as_bytes());
+        assert_eq!(acc.summary().usage.as_ref().map(|u| u.total), Some(3));
+        // Only under `x_groq` in a chunk with no choices: not the usage-only chunk.
+        let bare = json!({"id": "c", "choices": [], "x_groq": groq}).to_string();
+        assert_eq!(
+            StreamAccumulator::default().push_data(bare.as_bytes()),
+            EventKind::Other
+        );
+        // A whole answer.
+        let body = |usage: Option<&Value>| {
+            let mut body = json!({"id": "c", "model": "m", "choices": [{"message": {"content": "x"}, "finish_reason": "stop"}], "x_groq": groq});
+            if let Some(usage) = usage {
+                body["usage"] = usage.clone();
+            }
+            summarize_body(body.to_string().as_bytes())
+        };
+        assert_eq!(body(None).usage.map(|u| u.total), Some(15));
+        assert_eq!(body(Some(&Value::Null)).usage.map(|u| u.total), Some(15));
+        assert_eq!(body(Some(&top)).usage.map(|u| u.total), Some(3));
+        assert_eq!(body(None).content, "x");
+        // An `x_groq` that is not an object holds no usage.
+        let listed = json!({"choices": [{"message": {"content": "x"}}], "x_groq": [groq["usage"]]});
+        assert_eq!(summarize_body(listed.to_string().as_bytes()).usage, None);
     }
 
     #[test]

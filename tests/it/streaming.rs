@@ -2540,3 +2540,71 @@ async fn a_usage_chunk_with_a_raw_tab_is_dropped_with_every_sink_off() {
     unrecorded.stop().await;
     router.stop().await;
 }
+
+/// A chat stream whose chunks name their type (`chat.completion.chunk`, as some gateways
+/// add), whose last content chunk has a member of an unexpected type (a tool call's
+/// `arguments` as an object) and whose usage-only chunk has a numeric `id`: each odd member
+/// is skipped, not the chunk (bb51). The record has the text, first token, finish reason,
+/// tool call and usage; the usage chunk the router asked for reaches no client, with sinks
+/// on or off.
+#[tokio::test]
+async fn odd_members_and_a_type_in_chat_chunks_lose_nothing_else() {
+    let first = b"data: {\"type\":\"chat.completion.chunk\",\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+    let last = b"data: {\"type\":\"chat.completion.chunk\",\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":{\"a\":1}}}]},\"finish_reason\":\"tool_calls\"}]}\n\n";
+    let usage = b"data: {\"type\":\"chat.completion.chunk\",\"id\":12345,\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":5,\"total_tokens\":15}}\n\n";
+    let done = b"data: [DONE]\n\n";
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(vec![
+            first.to_vec(),
+            last.to_vec(),
+            usage.to_vec(),
+            done.to_vec(),
+        ]),
+        ..Default::default()
+    })
+    .await;
+    let config = one_server_config(&upstream.url(), "");
+    let router = TestRouter::start(&config).await;
+    let unrecorded = TestRouter::start_unrecorded(&config).await;
+    let expected = String::from_utf8([&first[..], &last[..], &done[..]].concat()).expect("utf-8");
+    for router in [&router, &unrecorded] {
+        let (_, text) = read_timed(router.chat(&stream_request("[mock]m")).await).await;
+        assert_eq!(text, expected, "the usage chunk is the router's");
+    }
+    let record = router.records.nth(1).await;
+    let usage = record.response.usage.clone().expect("usage");
+    assert_eq!((usage.input, usage.output, usage.total), (10, 5, 15));
+    assert_eq!(record.response.content, "Hi");
+    assert!(record.first_token_at.is_some());
+    assert_eq!(record.response.finish_reason.as_deref(), Some("tool_calls"));
+    let calls = &record.response.tool_calls;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        (
+            calls[0].id.as_str(),
+            calls[0].name.as_str(),
+            calls[0].arguments.as_str()
+        ),
+        ("call_1", "f", r#"{"a":1}"#)
+    );
+    unrecorded.stop().await;
+    router.stop().await;
+}
+
+/// Groq reports a stream's usage under `x_groq.usage` in its last chunk, with none at the
+/// top level: it is the record's usage (bb51).
+#[tokio::test]
+async fn groqs_usage_under_x_groq_is_recorded() {
+    let first = b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"x_groq\":{\"id\":\"req_1\"}}\n\n";
+    let last = b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"x_groq\":{\"id\":\"req_1\",\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":5,\"total_tokens\":15,\"queue_time\":0.01}}}\n\n";
+    let done = b"data: [DONE]\n\n";
+    let chunks = vec![first.to_vec(), last.to_vec(), done.to_vec()];
+    let (_upstream, router, response) = stream_of_raw_chunks(&chunks).await;
+    let (_, text) = read_timed(response).await;
+    assert_eq!(text.as_bytes(), &chunks.concat()[..]);
+    let record = router.records.nth(1).await;
+    let usage = record.response.usage.clone().expect("Groq's usage");
+    assert_eq!((usage.input, usage.output, usage.total), (10, 5, 15));
+    assert!(!record.usage_partial());
+    router.stop().await;
+}
