@@ -1,5 +1,5 @@
 //! Compressed answers the router decodes for its own reading: each decoded once, all of them
-//! together within the decode budget.
+//! together within the decode budget; and a body the upstream cut off, said to be cut off.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::upstream::EarlyAnswer;
-use crate::support::{RouterProcess, client, one_server_config, peak_rss_kib, wait_until};
+use crate::support::{
+    RouterProcess, TestRouter, client, one_server_config, peak_rss_kib, wait_until,
+};
 
 /// `size` zeros in gzip, and that in gzip again: a few hundred bytes that decode to `size`.
 fn gzip_gzip_bomb(size: usize) -> Vec<u8> {
@@ -120,4 +122,51 @@ async fn a_compressed_bomb_is_decoded_once_and_many_within_the_budget() {
         eight < 256 * MIB + 64 * MIB,
         "eight answers took the peak up {eight} KiB"
     );
+}
+
+/// A body the upstream's close cut short is said to be cut off, not "malformed": what came
+/// was well-formed as far as it went. Whole (short of its `Content-Length`, or inside a
+/// chunk) and streamed.
+#[tokio::test]
+async fn a_body_the_upstream_cut_off_is_said_to_be_cut_off() {
+    let cut = "the connection closed before the body's end";
+    let whole = [
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\":",
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
+         40\r\n{\"id\":",
+    ];
+    for answer in whole {
+        let upstream = EarlyAnswer::answering(answer.as_bytes().to_vec(), false).await;
+        let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+        let response = router
+            .chat(&json!({"model": "[mock]m", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 502);
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(
+            body["error"]["message"],
+            format!("the upstream mock broke off its answer: {cut}").as_str(),
+            "{body}"
+        );
+        router.stop().await;
+    }
+    let event = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[]}\n\n";
+    let stream = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+         {:x}\r\n{event}\r\n100\r\ndata: {{\"id\"",
+        event.len()
+    );
+    let upstream = EarlyAnswer::answering(stream.into_bytes(), false).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router
+        .chat(&json!({"model": "[mock]m", "messages": [], "stream": true}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("events");
+    assert!(
+        text.contains(&format!("the upstream connection failed mid-stream: {cut}")),
+        "{text}"
+    );
+    assert!(!text.contains("malformed"), "{text}");
+    router.stop().await;
 }
