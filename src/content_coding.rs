@@ -17,6 +17,9 @@
 //! crate): the pure-Rust zstd decoder holds the last window of output (up to 8 MiB) until its
 //! frame ends, so an event stream's events would wait for the end of the stream.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bytes::{Buf as _, Bytes, BytesMut};
 
 use crate::http1::fields::{Fields, trim};
@@ -37,6 +40,11 @@ pub enum DecodeError {
     TooLarge(usize),
     #[error("the {0} body ended before its compressed data did")]
     Truncated(&'static str),
+    #[error(
+        "the answers the router was decoding already held the {} MiB it decodes at once",
+        .0 / (1024 * 1024)
+    )]
+    OverBudget(usize),
 }
 
 /// The most codings stacked in one `Content-Encoding` the router decodes (curl's limit
@@ -169,6 +177,105 @@ fn canonical_coding(name: &[u8]) -> Vec<u8> {
 /// may have, one such answer took the router from 15 MB to 815 MB.
 pub const MAX_DECODED_BODY: usize = 64 * 1024 * 1024;
 
+/// Most bytes the router's decodes of whole answers ([`decode_within`]: a 2xx searched for
+/// echoed keys or copied decoded for its client, then handed to its record; a late JSON
+/// answer to a stream) may hold at once, as the record bodies' budget bounds those
+/// (`record::BODY_BUDGET`). Each may take [`MAX_DECODED_BODY`]: 731 bytes of `gzip, gzip`
+/// decode to that, and eight such answers at once took the router from 15 MB to 990 MB.
+/// Past it an answer is not decoded: it goes as it came, its record says why.
+pub const DECODE_BUDGET: usize = 256 * 1024 * 1024;
+
+/// The bytes decodes of whole answers hold together ([`DECODE_BUDGET`]), shared by every
+/// request (cheap to clone). A decode takes its share as its buffer grows and never waits for
+/// room: one that finds the budget spent stops ([`DecodeError::OverBudget`]).
+#[derive(Clone, Debug)]
+pub struct DecodeBudget {
+    held: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl Default for DecodeBudget {
+    fn default() -> Self {
+        Self::new(DECODE_BUDGET)
+    }
+}
+
+impl DecodeBudget {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            held: Arc::default(),
+            limit,
+        }
+    }
+
+    /// Bytes held right now by decodes and by what they decoded to.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// One decode's share of a [`DecodeBudget`], given back when dropped: it goes with the decoded
+/// bytes ([`charged_bytes`]), so the budget counts them for as long as anything holds them.
+/// Without a budget ([`decode_partly`]) it counts nothing.
+#[derive(Debug, Default)]
+pub struct Charge {
+    budget: Option<DecodeBudget>,
+    bytes: usize,
+}
+
+impl Charge {
+    /// Takes `bytes` more of the budget; `false` (taking nothing) when that would spend it.
+    fn take(&mut self, bytes: usize) -> bool {
+        let Some(budget) = &self.budget else {
+            return true;
+        };
+        let before = budget.held.fetch_add(bytes, Ordering::AcqRel);
+        if before.saturating_add(bytes) > budget.limit {
+            budget.held.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        self.bytes += bytes;
+        true
+    }
+
+    /// Gives `bytes` of this share back (a buffer freed).
+    fn give_back(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.bytes);
+        if let Some(budget) = &self.budget {
+            budget.held.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        self.bytes -= bytes;
+    }
+
+    /// What the budget stands at, for the error that says it was spent.
+    fn limit(&self) -> usize {
+        self.budget
+            .as_ref()
+            .map_or(usize::MAX, |budget| budget.limit)
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.give_back(self.bytes);
+    }
+}
+
+/// `decoded` (what [`decode_within`] gave) as bytes that hold `charge` until the last of
+/// them (clones and slices too) is dropped.
+pub fn charged_bytes(decoded: Vec<u8>, charge: Charge) -> Bytes {
+    struct Owned(Vec<u8>, #[allow(dead_code)] Charge);
+    impl AsRef<[u8]> for Owned {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+    if charge.bytes == 0 {
+        return Bytes::from(decoded);
+    }
+    Bytes::from_owner(Owned(decoded, charge))
+}
+
 /// `body` with the codings of `content_encoding` (as [`content_encoding`] gives it, in the
 /// order they were applied) undone, at most `limit` bytes of it. The same decoder as a
 /// stream's ([`StreamDecoder`]), so a body reads the same whichever way it came.
@@ -201,6 +308,12 @@ impl Broken {
         matches!(self.error, DecodeError::TooLarge(_))
     }
 
+    /// Whether the decode stopped because the router's [`DecodeBudget`] was spent: nothing of
+    /// it is kept.
+    pub fn is_over_budget(&self) -> bool {
+        matches!(self.error, DecodeError::OverBudget(_))
+    }
+
     /// Whether the compressed data itself is corrupt or cut short (not too large, nor in a
     /// coding the router does not decode): [`Self::decoded`] is then what came before that.
     pub fn is_broken_data(&self) -> bool {
@@ -214,6 +327,40 @@ impl Broken {
 /// [`decode`], keeping on failure what decoded before it ([`Broken`]). In stacked codings
 /// what a broken (or over-limit) outer coding gave is decoded on as far as it goes.
 pub fn decode_partly(content_encoding: &str, body: &[u8], limit: usize) -> Result<Vec<u8>, Broken> {
+    decode_charged(content_encoding, body, limit, &mut Charge::default())
+}
+
+/// [`decode_partly`] within `budget`: the buffers it grows take their bytes from it first,
+/// and it stops ([`DecodeError::OverBudget`], nothing kept) when the budget is spent. What it
+/// decoded holds the returned share until given to [`charged_bytes`] (or dropped with it).
+pub fn decode_within(
+    content_encoding: &str,
+    body: &[u8],
+    limit: usize,
+    budget: &DecodeBudget,
+) -> (Result<Vec<u8>, Broken>, Charge) {
+    let mut charge = Charge {
+        budget: Some(budget.clone()),
+        bytes: 0,
+    };
+    let decoded = decode_charged(content_encoding, body, limit, &mut charge);
+    // What the earlier layers of stacked codings decoded to is freed: the share left is the
+    // buffer kept.
+    let kept = match &decoded {
+        Ok(decoded) => decoded.capacity(),
+        Err(broken) => broken.decoded.capacity(),
+    };
+    let spare = charge.bytes.saturating_sub(kept);
+    charge.give_back(spare);
+    (decoded, charge)
+}
+
+fn decode_charged(
+    content_encoding: &str,
+    body: &[u8],
+    limit: usize,
+    charge: &mut Charge,
+) -> Result<Vec<u8>, Broken> {
     if let Some(listed) = too_many_codings(content_encoding) {
         return Err(Broken {
             error: DecodeError::TooManyCodings(listed),
@@ -238,7 +385,8 @@ pub fn decode_partly(content_encoding: &str, body: &[u8], limit: usize) -> Resul
             Some(before) => Bytes::from(before),
             None => Bytes::copy_from_slice(body),
         };
-        match decode_whole(decoder, input, limit) {
+        let declared = declared_size(&coding, &input);
+        match decode_whole(decoder, input, (limit, declared), charge) {
             Ok(out) => decoded = Some(out),
             Err(broken) if !broken.is_broken_data() && !broken.is_over_limit() => {
                 return Err(broken);
@@ -259,28 +407,65 @@ pub fn decode_partly(content_encoding: &str, body: &[u8], limit: usize) -> Resul
     }
 }
 
+/// How many bytes a body in `coding` says it decodes to, where its format records that: a
+/// gzip body's last 4 bytes (its last member's ISIZE, the size modulo 4 GiB), at most what
+/// `input` could decode to (deflate expands at most 1032 times), so a trailer that lies (or
+/// padding after it) reserves no more than the data might need. Reserved at once, the buffer
+/// is not grown by doubling, each step a copy held beside the one before (96 MiB held to
+/// decode 64).
+fn declared_size(coding: &str, input: &[u8]) -> Option<usize> {
+    if !matches!(coding, "gzip" | "x-gzip") || !input.starts_with(&GZIP_MAGIC) {
+        return None;
+    }
+    let size = u32::from_le_bytes(*input.last_chunk::<4>()?) as usize;
+    Some(size.min(input.len().saturating_mul(1032)))
+}
+
 /// Everything `input` decodes to with `decoder`, failing past `limit` bytes (a small body may
-/// decode to gigabytes); on failure, with what decoded before it.
-fn decode_whole(mut decoder: Layer, input: Bytes, limit: usize) -> Result<Vec<u8>, Broken> {
+/// decode to gigabytes); on failure, with what decoded before it. The buffer starts at the
+/// size the body `declared` ([`declared_size`]), up to the limit, and takes its bytes from
+/// `charge` as it grows.
+fn decode_whole(
+    mut decoder: Layer,
+    input: Bytes,
+    (limit, declared): (usize, Option<usize>),
+    charge: &mut Charge,
+) -> Result<Vec<u8>, Broken> {
     let mut out = Vec::new();
-    decoder.push(input);
-    let decoded = loop {
-        match decoder.next_piece() {
-            Ok(Some(piece)) => {
-                if let Err(error) = append_limited(&mut out, &piece, limit) {
-                    break Err(error);
-                }
-            }
-            Ok(None) => break Ok(()),
-            Err(error) => break Err(error),
-        }
+    let reserved = match declared {
+        Some(size) => grow(&mut out, size.min(limit), charge),
+        None => Ok(()),
     };
+    let decoded = reserved.and_then(|()| {
+        decoder.push(input);
+        loop {
+            match decoder.next_piece() {
+                Ok(Some(piece)) => append_limited(&mut out, &piece, limit, charge)?,
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
+            }
+        }
+    });
     let finished = decoded.and_then(|()| match decoder.finish()? {
-        Some(tail) => append_limited(&mut out, &tail, limit),
+        Some(tail) => append_limited(&mut out, &tail, limit, charge),
         None => Ok(()),
     });
+    // A declared size that was too large (a lying trailer) leaves no buffer mostly empty.
+    if out.capacity() > out.len().saturating_mul(2).max(64 * 1024) {
+        let before = out.capacity();
+        out.shrink_to_fit();
+        charge.give_back(before - out.capacity());
+    }
     match finished {
         Ok(()) => Ok(out),
+        // Nothing is kept of a decode the budget stopped: its bytes go back at once.
+        Err(error @ DecodeError::OverBudget(_)) => {
+            charge.give_back(out.capacity());
+            Err(Broken {
+                error,
+                decoded: Vec::new(),
+            })
+        }
         Err(error) => Err(Broken {
             error,
             decoded: out,
@@ -291,19 +476,39 @@ fn decode_whole(mut decoder: Layer, input: Bytes, limit: usize) -> Result<Vec<u8
 /// Appends `piece` to `out`, failing when that would take it past `limit` (`out` then holds
 /// the first `limit` bytes: see [`Broken::decoded`]). `out` doubles as it grows, as a `Vec`
 /// does, but never past `limit`: doubling from just under it took twice the limit.
-fn append_limited(out: &mut Vec<u8>, piece: &[u8], limit: usize) -> Result<(), DecodeError> {
+fn append_limited(
+    out: &mut Vec<u8>,
+    piece: &[u8],
+    limit: usize,
+    charge: &mut Charge,
+) -> Result<(), DecodeError> {
     let len = out.len().saturating_add(piece.len());
     if len > limit {
         let room = limit.saturating_sub(out.len());
-        out.reserve_exact(room);
+        grow(out, limit, charge)?;
         out.extend_from_slice(&piece[..room.min(piece.len())]);
         return Err(DecodeError::TooLarge(limit));
     }
     if len > out.capacity() {
         let grown = len.max(out.capacity().saturating_mul(2)).min(limit);
-        out.reserve_exact(grown - out.len());
+        grow(out, grown, charge)?;
     }
     out.extend_from_slice(piece);
+    Ok(())
+}
+
+/// Grows `out` to hold `capacity` bytes, taking them from `charge` first; the old buffer's
+/// bytes are given back once it is freed (a move to a larger buffer holds both meanwhile).
+fn grow(out: &mut Vec<u8>, capacity: usize, charge: &mut Charge) -> Result<(), DecodeError> {
+    let before = out.capacity();
+    if capacity <= before {
+        return Ok(());
+    }
+    if !charge.take(capacity) {
+        return Err(DecodeError::OverBudget(charge.limit()));
+    }
+    out.reserve_exact(capacity - out.len());
+    charge.give_back(before);
     Ok(())
 }
 
@@ -1090,17 +1295,80 @@ mod tests {
         let limit = 1000;
         let mut out = Vec::new();
         for _ in 0..9 {
-            append_limited(&mut out, &[0; 111], limit).expect("under the limit");
+            append_limited(&mut out, &[0; 111], limit, &mut Charge::default())
+                .expect("under the limit");
             assert!(out.capacity() <= limit, "{}", out.capacity());
         }
         assert!(matches!(
-            append_limited(&mut out, &[0; 2], limit),
+            append_limited(&mut out, &[0; 2], limit, &mut Charge::default()),
             Err(DecodeError::TooLarge(1000))
         ));
         let size = (5 << 20) + 1;
         let decoded = decode("gzip", &gzip(&vec![b'0'; size]), size).expect("at the limit");
         assert_eq!(decoded.len(), size);
         assert!(decoded.capacity() <= size, "{}", decoded.capacity());
+    }
+
+    /// A gzip body's buffer is the size its trailer declares, taken at once (no doubling,
+    /// whose last step held half the limit beside the whole of it), and a trailer that lies
+    /// leaves no oversized buffer behind.
+    #[test]
+    fn a_gzip_body_is_decoded_into_the_size_it_declares() {
+        let text = vec![b'x'; (3 << 20) + 5];
+        let decoded = decode("gzip", &gzip(&text), 64 << 20).expect("decodes");
+        assert_eq!(decoded.len(), text.len());
+        assert_eq!(decoded.capacity(), text.len());
+        let bomb = gzip(&gzip(&vec![b'0'; 4 << 20]));
+        let broken = decode_partly("gzip, gzip", &bomb, 1 << 20).expect_err("too large");
+        assert!(broken.is_over_limit());
+        assert_eq!(broken.decoded.capacity(), 1 << 20);
+        // Some 300 bytes that deflate cannot shrink, declared to be 4 GiB.
+        let text: Vec<u8> = (0..300u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let mut lying = gzip(&text);
+        let at = lying.len() - 4;
+        lying[at..].copy_from_slice(&u32::MAX.to_le_bytes());
+        let broken = decode_partly("gzip", &lying, 1 << 20).expect_err("size differs");
+        assert_eq!(broken.decoded, text);
+        assert!(
+            broken.decoded.capacity() < 1024,
+            "{}",
+            broken.decoded.capacity()
+        );
+    }
+
+    /// Decodes within a budget take their buffers from it and give them back when what they
+    /// decoded is dropped; one that finds it spent stops, keeping nothing.
+    #[test]
+    fn decodes_within_a_budget_hold_it_while_their_bytes_live() {
+        let budget = DecodeBudget::new(3 << 20);
+        let text = vec![b'x'; 2 << 20];
+        let body = gzip(&text);
+        let (decoded, charge) = decode_within("gzip", &body, 64 << 20, &budget);
+        let decoded = charged_bytes(decoded.expect("decodes"), charge);
+        assert_eq!(decoded, text);
+        assert_eq!(budget.held(), 2 << 20);
+        let (second, charge) = decode_within("gzip", &body, 64 << 20, &budget);
+        let broken = second.expect_err("over budget");
+        assert!(broken.is_over_budget(), "{:?}", broken.error);
+        assert!(broken.decoded.is_empty());
+        drop(charge);
+        assert_eq!(budget.held(), 2 << 20);
+        let slice = decoded.slice(1..10);
+        drop(decoded);
+        assert_eq!(budget.held(), 2 << 20, "a slice holds its share");
+        drop(slice);
+        assert_eq!(budget.held(), 0);
+        // Stacked, without a declared size (zstd): grown by doubling, given back whole.
+        let bomb = zstd(&gzip(&vec![b'0'; 8 << 20]));
+        let (decoded, charge) = decode_within("gzip, zstd", &bomb, 64 << 20, &budget);
+        assert!(decoded.expect_err("over budget").is_over_budget());
+        drop(charge);
+        assert_eq!(budget.held(), 0);
+        let (decoded, charge) = decode_within("gzip, zstd", &bomb, 1 << 20, &budget);
+        assert!(decoded.expect_err("over the limit").is_over_limit());
+        assert!(budget.held() <= 1 << 20, "{}", budget.held());
+        drop(charge);
+        assert_eq!(budget.held(), 0);
     }
 
     /// Everything `chunks` decode to, each chunk's output checked to be handed out before

@@ -136,6 +136,10 @@ pub struct RequestRecord {
     /// answer, or the copy of one relayed unread (a `GET`'s). The recorder decodes gzip,
     /// deflate, br and zstd for the record, then clears this.
     pub response_encoding: Option<String>,
+    /// What the proxy's one decode of `response_body` gave, when it decoded it (to search it
+    /// for echoed keys, to make a stream's events of it): the recorder reads that rather than
+    /// decoding it again (two decodes of a 731-byte `gzip, gzip` answer held 150 MB).
+    pub response_decoded: Option<Decoded>,
     /// What the answer said: filled from the stream as it passed, or parsed from
     /// `response_body` off the request path. An answer whose bytes the record does not keep
     /// has a note of them as its `content` instead: a binary body (`<audio/mpeg, 48213
@@ -194,6 +198,17 @@ pub struct RequestRecord {
     pub usage_uncounted: bool,
     /// Releases this record's share of the body budget when the last holder is done.
     pub body_ticket: BodyTicket,
+}
+
+/// What decoding a compressed whole answer gave ([`RequestRecord::response_decoded`]).
+#[derive(Debug, Clone)]
+pub enum Decoded {
+    /// What it decoded to: all of it, or one whole JSON document before a fault in the
+    /// compressed data after it (read as curl reads it).
+    Read(Bytes),
+    /// Why it was not read: too large once decoded, the decode budget spent, corrupt or cut
+    /// short, a coding the router does not decode.
+    Unread(Arc<crate::content_coding::DecodeError>),
 }
 
 /// Most bytes of bodies that records may hold between `submit` and the last sink done with
@@ -326,6 +341,7 @@ impl RequestRecord {
     /// Leaves the bodies and answer texts out (usage read first, so the ledger loses nothing).
     fn drop_bodies(&mut self) {
         complete_summary(self);
+        self.response_decoded = None;
         self.request_body = Bytes::new();
         self.request_layout = None;
         self.response_body = None;
@@ -994,9 +1010,14 @@ fn complete_summary(record: &mut RequestRecord) {
     if !record.status.is_some_and(|s| (200..300).contains(&s)) {
         return;
     }
-    let decoded = match &record.response_encoding {
-        None => None,
-        Some(coding) => {
+    let decoded = match (&record.response_encoding, record.response_decoded.take()) {
+        (None, _) => None,
+        (Some(_), Some(Decoded::Read(decoded))) => Some(decoded),
+        (Some(_), Some(Decoded::Unread(error))) => {
+            undecodable(record, &error);
+            return;
+        }
+        (Some(coding), None) => {
             let limit = crate::content_coding::MAX_DECODED_BODY;
             match crate::content_coding::decode_partly(coding, body, limit) {
                 Ok(decoded) => Some(Bytes::from(decoded)),
@@ -1162,10 +1183,16 @@ fn undecodable(record: &mut RequestRecord, error: &crate::content_coding::Decode
                 ));
             }
         }
-        DecodeError::TooLarge(limit) => {
+        DecodeError::TooLarge(_) | DecodeError::OverBudget(_) => {
             let coding = record.response_encoding.take().unwrap_or_default();
+            let coding = crate::content_coding::named(&coding);
             let bytes = record.response_body.take().map_or(0, |body| body.len());
-            let over = format!("over {} MiB decoded: not read", limit / (1024 * 1024));
+            let over = match error {
+                DecodeError::TooLarge(limit) => {
+                    format!("over {} MiB decoded: not read", limit / (1024 * 1024))
+                }
+                _ => format!("not decoded: {error}"),
+            };
             record.response.content = match record.response.content.strip_suffix('>') {
                 // The note of a body relayed unread (`<application/json, gzip, 205 bytes>`).
                 Some(note) => format!("{note}, {over}>"),
@@ -1343,6 +1370,7 @@ pub(crate) mod tests {
             )),
             response_is_json: false,
             response_encoding: None,
+            response_decoded: None,
             response: ResponseSummary::default(),
             complete: true,
             secrets: Default::default(),

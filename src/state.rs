@@ -67,6 +67,10 @@ pub struct AppState {
     pub failures: Arc<FailureLog>,
     /// Targets that refused the `stream_options` the router adds to chat streams.
     pub stream_options_refused: Arc<crate::proxy::stream_options::Refusals>,
+    /// What the decodes of compressed whole answers may hold together (see
+    /// [`crate::content_coding::DECODE_BUDGET`]): one small gzip may decode to 64 MiB, and
+    /// many at once exhausted the router's memory.
+    pub decode_budget: crate::content_coding::DecodeBudget,
 }
 
 impl AppState {
@@ -94,6 +98,7 @@ impl AppState {
             failures: Arc::default(),
             hard_stop: HardStop::new(),
             stream_options_refused: Default::default(),
+            decode_budget: Default::default(),
         })
     }
 }

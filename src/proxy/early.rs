@@ -28,6 +28,7 @@ use super::chunks::Unread;
 use super::headers::{AnswerFields, Shape};
 use super::stream::{StreamFailures, StreamSettings, StreamTee, UpstreamBody};
 use super::{Answer, AnswerBody, StreamCoding};
+use crate::content_coding::DecodeBudget;
 use crate::error::{
     ANTHROPIC_ERROR_TYPES, ProxyError, StreamErrorForm, anthropic_error_data, anthropic_error_type,
     clip, error_body, responses_error_data, sse_event,
@@ -97,7 +98,8 @@ pub(super) fn answer(
         last_events: wait.last_events,
         via: wait.via,
     };
-    let head = Box::pin(await_head(wait, state.redactor.clone()));
+    let reading = (state.redactor.clone(), state.decode_budget.clone());
+    let head = Box::pin(await_head(wait, reading));
     let failures = StreamFailures {
         log: Arc::clone(&state.failures),
         request_id: request_id.clone(),
@@ -349,7 +351,7 @@ fn value_payload(mut value: serde_json::Value, status: StatusCode, message: &str
 
 /// Waits for the upstream's head (within `timeout_secs` of sending, as any request does),
 /// and for an error answer its body too.
-async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
+async fn await_head(wait: Wait, (redactor, budget): (Redactor, DecodeBudget)) -> LateHead {
     let Wait {
         mut sent,
         deadline,
@@ -403,6 +405,7 @@ async fn await_head(wait: Wait, redactor: Redactor) -> LateHead {
                     answered_at,
                     provider: &provider,
                     redactor: &redactor,
+                    budget: &budget,
                     labelled_json,
                 };
                 return answer.whole_json(body, &fields, client_usage).await;
@@ -475,6 +478,8 @@ struct LateAnswer<'a> {
     answered_at: Moment,
     provider: &'a str,
     redactor: &'a Redactor,
+    /// What decodes of whole answers may hold together.
+    budget: &'a DecodeBudget,
     /// Labelled JSON: read as JSON whatever it holds. Otherwise (`text/plain`, no label) it
     /// is a whole answer only if it is one JSON object, as on the usual path.
     labelled_json: bool,
@@ -497,6 +502,7 @@ impl LateAnswer<'_> {
             answered_at,
             provider,
             redactor,
+            budget,
             labelled_json,
         } = self;
         let not_relayable_here = || {
@@ -507,7 +513,7 @@ impl LateAnswer<'_> {
         // labelled JSON comes here compressed: see `super::may_be_json`.)
         let body = match crate::content_coding::content_encoding(fields) {
             None => body,
-            Some(coding) => match decoded_aside(coding, body).await {
+            Some(coding) => match decoded_aside(coding, body, budget).await {
                 Ok(decoded) => decoded,
                 Err(error) => {
                     let what = format!("a JSON body the router cannot decode ({error})");
@@ -615,14 +621,22 @@ impl Made {
 }
 
 /// A compressed `body` decoded (up to the
-/// [`crate::content_coding::MAX_DECODED_BODY`] its record reads) on a blocking thread: a
-/// small body may decode to 64 MiB. `Err` says why it could not be.
-async fn decoded_aside(coding: String, body: Bytes) -> Result<Bytes, String> {
+/// [`crate::content_coding::MAX_DECODED_BODY`] its record reads) on a blocking thread,
+/// within the decode `budget` (held by the decoded bytes while they live): a small body may
+/// decode to 64 MiB. `Err` says why it could not be.
+async fn decoded_aside(
+    coding: String,
+    body: Bytes,
+    budget: &DecodeBudget,
+) -> Result<Bytes, String> {
+    let budget = budget.clone();
     let decode = move || {
         let limit = crate::content_coding::MAX_DECODED_BODY;
-        crate::content_coding::decode(&coding, &body, limit)
-            .map(Bytes::from)
-            .map_err(|error| error.to_string())
+        let (decoded, charge) =
+            crate::content_coding::decode_within(&coding, &body, limit, &budget);
+        decoded
+            .map(|decoded| crate::content_coding::charged_bytes(decoded, charge))
+            .map_err(|broken| broken.error.to_string())
     };
     tokio::task::spawn_blocking(decode)
         .await

@@ -35,10 +35,11 @@ use tokio::time::Instant;
 
 use crate::auth::Caller;
 use crate::config::DEFAULT_TIMEOUT;
+use crate::content_coding::DecodeBudget;
 use crate::error::{ProxyError, StreamErrorForm, error_body};
 use crate::hard_stop::Stopped;
 use crate::http1::fields::{Fields, header_map_of};
-use crate::record::{Outcome, RecordGuard, RequestRecord, Started};
+use crate::record::{Decoded, Outcome, RecordGuard, RequestRecord, Started};
 use crate::routing::{self, Lookup, ModelRef, Target};
 use crate::secret::Secret;
 use crate::sinks::redact::{MIN_SECRET_LEN, Redactor};
@@ -88,6 +89,9 @@ pub enum AnswerBody {
 pub struct Delivery {
     guard: RecordGuard,
     outcome: Outcome,
+    /// What the answer, relayed compressed, decoded to, when the router decoded it
+    /// ([`success_body`]): its events are made from that ([`whole_as_stream`]).
+    decoded: Option<Decoded>,
 }
 
 impl Delivery {
@@ -831,7 +835,7 @@ async fn forward_read<V: ReadBody>(
                     body: read,
                 };
                 let answered = (guard, V::OTHER_METHOD);
-                let reading = (&state.redactor, request.fields);
+                let reading = Reading::of(state, request.fields, false);
                 return Ok(read_answer(read, answered, request_id, reading).await);
             }
             stream_options::Retried::Failed(error) => {
@@ -881,7 +885,7 @@ async fn forward_read<V: ReadBody>(
         // Boxed: only such an answer pays for the wait.
         match Box::pin(held_answer(upstream, deadline, hard_stop)).await {
             Held::Whole(read) => {
-                let reading = (&state.redactor, request.fields);
+                let reading = Reading::of(state, request.fields, false);
                 return Ok(read_answer(read, (guard, true), request_id, reading).await);
             }
             Held::Longer(upstream) => upstream,
@@ -946,18 +950,19 @@ async fn forward_read<V: ReadBody>(
         hard_stop,
         failures: &state.failures,
     };
+    let as_events = stream && takes_stream_options(request.path);
     let whole = whole_answer(
         upstream,
         limits,
         &target,
         (guard, V::OTHER_METHOD),
         request_id,
-        (&state.redactor, request.fields),
+        Reading::of(state, request.fields, as_events),
     );
     let answer = Box::pin(whole).await;
-    if stream && takes_stream_options(request.path) {
+    if as_events {
         let client_usage = view.client_asked_for_usage();
-        return Ok(whole_as_stream(answer, client_usage, &state.redactor).await);
+        return Ok(whole_as_stream(answer, client_usage).await);
     }
     Ok(answer)
 }
@@ -970,29 +975,27 @@ async fn forward_read<V: ReadBody>(
 /// The record is the whole answer's, untouched: only what the client gets changes. Any other
 /// answer (an error, a 2xx of another shape, one too large to decode or, past
 /// [`chunks::MAX_EVENTS_FROM_WHOLE`], to read into events) is left as it was.
-async fn whole_as_stream(answer: Answer, client_usage: bool, redactor: &Redactor) -> Answer {
-    let AnswerBody::Recorded(body, _) = &answer.body else {
+async fn whole_as_stream(answer: Answer, client_usage: bool) -> Answer {
+    let AnswerBody::Recorded(body, delivery) = &answer.body else {
         return answer;
     };
     if !answer.status.is_success() {
         return answer;
     }
     // Relayed as it came, it may still be compressed (a client that takes the coding): the
-    // events are made from it decoded, as the early head's are.
+    // events are made from it decoded, as the early head's are, by the one decode that read
+    // it ([`success_body`]).
     let json = match answer.fields.shape {
         Shape::Decoded => body.clone(),
         Shape::Relayed => {
-            let coding = answer
-                .fields
-                .upstream
-                .as_ref()
-                .and_then(crate::content_coding::content_encoding);
-            match coding {
-                None => body.clone(),
-                Some(coding) => match decoded_aside(coding, body.clone(), redactor).await {
-                    Some(aside) if aside.whole => aside.body,
-                    _ => return answer,
-                },
+            let coded =
+                answer.fields.upstream.as_ref().is_some_and(|fields| {
+                    crate::content_coding::content_encoding(fields).is_some()
+                });
+            match &delivery.decoded {
+                _ if !coded => body.clone(),
+                Some(Decoded::Read(decoded)) => decoded.clone(),
+                _ => return answer,
             }
         }
         _ => return answer,
@@ -1127,6 +1130,7 @@ fn new_record(
         response_body: None,
         response_is_json: false,
         response_encoding: None,
+        response_decoded: None,
         response: ResponseSummary::default(),
         complete: false,
         secrets: Default::default(),
@@ -1622,9 +1626,11 @@ enum SuccessForm {
     Replaced(String),
 }
 
-/// A 2xx answer's body as the client gets it, and how ([`SuccessForm`]). One the
-/// upstream compressed although asked for `identity` goes as it came when the client takes
-/// its coding (its `Accept-Encoding`, which was not passed on, lists it: see
+/// A 2xx answer's body as the client gets it, and how ([`SuccessForm`]); with, when it
+/// goes as it came but compressed and the router decoded it, what that gave ([`Decoded`]):
+/// its record and its events ([`whole_as_stream`]) are made from that, not decoded again.
+/// One the upstream compressed although asked for `identity` goes as it came when the client
+/// takes its coding (its `Accept-Encoding`, which was not passed on, lists it: see
 /// [`crate::content_coding::accepted`]); in one it does not take (zstd to the openai SDKs,
 /// which take gzip, deflate and br; any to a client that lists none), the client could not
 /// read it, so it goes decoded ([`decoded_aside`]), as an error body does. With keys
@@ -1632,23 +1638,34 @@ enum SuccessForm {
 /// error that echoes a key, the client gets it decoded and without the key, since the
 /// compressed bytes would carry the key past [`without_echoed_keys`]; one that decodes to
 /// more is searched in its first 64 MiB, and found to echo a key there it is replaced by the
-/// router's error ([`SuccessForm::Replaced`]).
+/// router's error ([`SuccessForm::Replaced`]). One the router's decode budget has no room
+/// for ([`crate::content_coding::DecodeBudget`]) goes as it came, unsearched, as one in a
+/// coding the router does not decode does.
 async fn success_body(
     body: Bytes,
     fields: &Fields,
-    redactor: &Redactor,
-    client: &Fields,
-) -> (Bytes, SuccessForm) {
+    reading: Reading<'_>,
+) -> (Bytes, SuccessForm, Option<Decoded>) {
     let Some(coding) = crate::content_coding::content_encoding(fields) else {
-        return (without_echoed_keys(redactor, body), SuccessForm::AsItCame);
+        let body = without_echoed_keys(reading.redactor, body);
+        return (body, SuccessForm::AsItCame, None);
     };
-    let taken = crate::content_coding::accepted(client, &coding);
-    if taken && redactor.is_empty() {
-        return (body, SuccessForm::AsItCame);
+    let taken = crate::content_coding::accepted(reading.client, &coding);
+    if taken && reading.redactor.is_empty() && !reading.as_events {
+        // Its record decodes it, after the client has it.
+        return (body, SuccessForm::AsItCame, None);
     }
-    match decoded_aside(coding.clone(), body.clone(), redactor).await {
+    let aside = decoded_aside(coding.clone(), body.clone(), reading).await;
+    let Some(read) = aside.read else {
+        return (body, SuccessForm::AsItCame, Some(aside.record));
+    };
+    match read {
         // Too large to go decoded, and compressed the key would pass: the router's error.
-        Some(aside) if aside.redacted && aside.over_limit => {
+        Searched {
+            redacted: true,
+            over_limit: true,
+            ..
+        } => {
             let message = format!(
                 "the upstream's {}-encoded answer decodes to more than {} MiB and \
                  reports an error that echoes a configured key: not relayed, as the router \
@@ -1657,19 +1674,62 @@ async fn success_body(
                 crate::content_coding::MAX_DECODED_BODY / (1024 * 1024)
             );
             let replaced = error_body(&message, "upstream_error", None);
-            (replaced, SuccessForm::Replaced(message))
+            (replaced, SuccessForm::Replaced(message), None)
         }
         // The key must not pass, whatever the client takes.
-        Some(aside) if aside.redacted => (aside.body, SuccessForm::Decoded),
-        Some(aside) if !taken && aside.whole => (aside.body, SuccessForm::Decoded),
-        // Taken as it came; or too large once decoded, corrupt, or in a coding the router
-        // does not decode: as it came (the record says what it was).
-        _ => (body, SuccessForm::AsItCame),
+        Searched {
+            body: decoded,
+            redacted: true,
+            ..
+        } => (decoded, SuccessForm::Decoded, None),
+        Searched {
+            body: decoded,
+            whole: true,
+            ..
+        } if !taken => (decoded, SuccessForm::Decoded, None),
+        // Taken as it came; or too large once decoded, or corrupt: as it came (the record
+        // says what it was).
+        _ => (body, SuccessForm::AsItCame, Some(aside.record)),
+    }
+}
+
+/// What reading a whole answer needs besides the answer itself.
+#[derive(Clone, Copy)]
+struct Reading<'a> {
+    /// The configured keys, taken out of what the upstream echoes.
+    redactor: &'a Redactor,
+    /// The client's request fields (its `Accept-Encoding`).
+    client: &'a Fields,
+    /// What decodes of whole answers may hold together.
+    budget: &'a DecodeBudget,
+    /// The answer is to become a stream's events ([`whole_as_stream`]): a compressed one is
+    /// decoded for them, once, here.
+    as_events: bool,
+}
+
+impl<'a> Reading<'a> {
+    fn of(state: &'a AppState, client: &'a Fields, as_events: bool) -> Self {
+        Self {
+            redactor: &state.redactor,
+            client,
+            budget: &state.decode_budget,
+            as_events,
+        }
     }
 }
 
 /// What [`decoded_aside`] made of a compressed answer.
 struct Aside {
+    /// What of it the router read; `None` in a coding the router does not decode, or when
+    /// the decode budget had no room for it.
+    read: Option<Searched>,
+    /// What its record makes of it, if it goes as it came: what it decoded to, or why it
+    /// was not read.
+    record: Decoded,
+}
+
+/// What of a compressed answer the router read ([`readable_part`]) and searched for keys.
+struct Searched {
     /// What it decoded to, without echoed keys.
     body: Bytes,
     /// A key was taken out of it.
@@ -1685,50 +1745,83 @@ struct Aside {
 /// keys, on a blocking thread: a few hundred KB of gzip may take a second to inflate, and the
 /// lane's thread serves every other connection on it meanwhile. One whose data is corrupt or
 /// cut short is what decoded before that, one that decodes past the limit its beginning
-/// ([`readable_part`]). `None` in a coding the router does not decode.
-async fn decoded_aside(coding: String, body: Bytes, redactor: &Redactor) -> Option<Aside> {
-    let redactor = redactor.clone();
+/// ([`readable_part`]). Decoded once: the record is handed what this gave. Its buffers come
+/// out of the decode budget (`reading.budget`), which the decoded bytes hold for as long as
+/// they live; one that finds it spent is not read.
+async fn decoded_aside(coding: String, body: Bytes, reading: Reading<'_>) -> Aside {
+    let redactor = reading.redactor.clone();
+    let budget = reading.budget.clone();
     let decode = move || {
         let limit = crate::content_coding::MAX_DECODED_BODY;
-        let decoded = crate::content_coding::decode_partly(&coding, &body, limit);
+        let (decoded, charge) =
+            crate::content_coding::decode_within(&coding, &body, limit, &budget);
         let over_limit = decoded.as_ref().is_err_and(|broken| broken.is_over_limit());
-        let (decoded, whole) = readable_part(decoded)?;
-        Some(match echoed_keys_removed(&redactor, &decoded) {
-            Some(clean) => Aside {
+        let unread = |error: crate::content_coding::DecodeError| Decoded::Unread(Arc::new(error));
+        let (decoded, whole, error) = match readable_part(decoded) {
+            Ok(read) => read,
+            Err(error) => {
+                return Aside {
+                    read: None,
+                    record: unread(error),
+                };
+            }
+        };
+        let decoded = crate::content_coding::charged_bytes(decoded, charge);
+        let record = match error {
+            Some(error) if !whole => unread(error),
+            _ => Decoded::Read(decoded.clone()),
+        };
+        let read = match echoed_keys_removed(&redactor, &decoded) {
+            Some(clean) => Searched {
                 body: clean,
                 redacted: true,
                 whole,
                 over_limit,
             },
-            None => Aside {
-                body: Bytes::from(decoded),
+            None => Searched {
+                body: decoded,
                 redacted: false,
                 whole,
                 over_limit,
             },
-        })
+        };
+        Aside {
+            read: Some(read),
+            record,
+        }
     };
-    tokio::task::spawn_blocking(decode).await.ok().flatten()
+    tokio::task::spawn_blocking(decode)
+        .await
+        .unwrap_or_else(|_| Aside {
+            read: None,
+            record: Decoded::Unread(Arc::new(crate::content_coding::DecodeError::Unsupported(
+                "(its decoding did not finish)".to_owned(),
+            ))),
+        })
 }
 
 /// What of a compressed answer the router reads (and searches for keys): all of it, or,
 /// when its data turns out corrupt or cut short, what decoded before that (a client reading
 /// on to the fault gets as much); with whether it stands for the answer: all of it, or one
 /// whole JSON document (a gzip answer without its trailer, which curl and the openai SDKs
-/// read without complaint). One too large once decoded is its beginning, up to the limit
-/// (searched for keys as far as that, never whole). `None` in a coding the router does not
-/// decode.
+/// read without complaint), and the fault, if any. One too large once decoded is its
+/// beginning, up to the limit (searched for keys as far as that, never whole). `Err` (why)
+/// in a coding the router does not decode, or when the decode budget was spent.
+#[allow(clippy::type_complexity)]
 fn readable_part(
     decoded: Result<Vec<u8>, crate::content_coding::Broken>,
-) -> Option<(Vec<u8>, bool)> {
+) -> Result<
+    (Vec<u8>, bool, Option<crate::content_coding::DecodeError>),
+    crate::content_coding::DecodeError,
+> {
     match decoded {
-        Ok(decoded) => Some((decoded, true)),
+        Ok(decoded) => Ok((decoded, true, None)),
         Err(broken) if broken.is_broken_data() => {
             let whole = broken.holds_one_json_document();
-            Some((broken.decoded, whole))
+            Ok((broken.decoded, whole, Some(broken.error)))
         }
-        Err(broken) if broken.is_over_limit() => Some((broken.decoded, false)),
-        Err(_) => None,
+        Err(broken) if broken.is_over_limit() => Ok((broken.decoded, false, Some(broken.error))),
+        Err(broken) => Err(broken.error),
     }
 }
 
@@ -1740,7 +1833,7 @@ async fn whole_answer(
     target: &Target<'_>,
     (guard, redirect_ordinary): (RecordGuard, bool),
     request_id: String,
-    reading: (&Redactor, &Fields),
+    reading: Reading<'_>,
 ) -> Answer {
     let Limits {
         deadline,
@@ -1799,20 +1892,25 @@ async fn read_answer(
     read: Read,
     (mut guard, redirect_ordinary): (RecordGuard, bool),
     request_id: String,
-    (redactor, client): (&Redactor, &Fields),
+    reading: Reading<'_>,
 ) -> Answer {
     let Read {
         status,
         fields,
         body,
     } = read;
+    let redactor = reading.redactor;
+    let mut decoded = None;
     let (body, shape, outcome, error) = if status.is_success() || status.is_informational() {
         // A 200 may report an error too (`{"error": ...}`), echoing the key it was sent.
-        match success_body(body, &fields, redactor, client).await {
-            (body, SuccessForm::AsItCame) => (body, Shape::Relayed, Outcome::Success, None),
-            (body, SuccessForm::Decoded) => (body, Shape::Decoded, Outcome::Success, None),
+        match success_body(body, &fields, reading).await {
+            (body, SuccessForm::AsItCame, read) => {
+                decoded = read;
+                (body, Shape::Relayed, Outcome::Success, None)
+            }
+            (body, SuccessForm::Decoded, _) => (body, Shape::Decoded, Outcome::Success, None),
             // The status stays, as for an error body replaced by a message.
-            (body, SuccessForm::Replaced(message)) => (
+            (body, SuccessForm::Replaced(message), _) => (
                 body,
                 Shape::WrappedError,
                 Outcome::UpstreamError,
@@ -1855,8 +1953,10 @@ async fn read_answer(
         // 2xx replaced by the router's error too). A redirect's body was not read.
         record.response_is_json = outcome == Outcome::UpstreamError && !status.is_redirection();
         if outcome == Outcome::Success && shape == Shape::Relayed {
-            // Decoded off the request path, by the recorder.
+            // Read off the request path, by the recorder: decoded there, unless it was
+            // decoded here already (what that gave is the record's).
             record.response_encoding = crate::content_coding::content_encoding(&fields);
+            record.response_decoded = decoded.clone();
         }
         record.error = error
             .as_deref()
@@ -1871,7 +1971,14 @@ async fn read_answer(
             shape,
             request_id: Some(request_id),
         },
-        body: AnswerBody::Recorded(body, Delivery { guard, outcome }),
+        body: AnswerBody::Recorded(
+            body,
+            Delivery {
+                guard,
+                outcome,
+                decoded,
+            },
+        ),
     }
 }
 

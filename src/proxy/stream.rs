@@ -1057,6 +1057,7 @@ mod tests {
             response_body: None,
             response_is_json: false,
             response_encoding: None,
+            response_decoded: None,
             response: Default::default(),
             complete: false,
             secrets: Default::default(),

@@ -987,6 +987,7 @@ mod tests {
             response_body: None,
             response_is_json: false,
             response_encoding: None,
+            response_decoded: None,
             response: ResponseSummary::default(),
             complete: true,
             secrets: Default::default(),

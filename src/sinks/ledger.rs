@@ -755,6 +755,7 @@ mod tests {
             response_body: None,
             response_is_json: false,
             response_encoding: None,
+            response_decoded: None,
             response: ResponseSummary {
                 usage: Some(Usage {
                     input: 10,

@@ -36,16 +36,23 @@ use crate::http1::head::{HeadError, ResponseHead, parse_response};
 use crate::http1::io::{MIN_READ, WriteFailure, read_some, reserve};
 use crate::state::SEND_TIMEOUT;
 
+/// What [`PlainError::Framing`] says of `error`.
+fn framing_message(error: &FramingError) -> String {
+    match error {
+        FramingError::Truncated => error.to_string(),
+        error if error.is_limit() => format!("the upstream's answer went past a limit: {error}"),
+        error => format!("the upstream's answer is malformed: {error}"),
+    }
+}
+
 /// Why an exchange with an upstream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PlainError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error(
-        "the upstream's answer {how}: {error}",
-        how = if .0.is_limit() { "went past a limit" } else { "is malformed" },
-        error = .0
-    )]
+    /// A body cut off by the upstream's close is said so (not "malformed": what came was
+    /// well-formed as far as it went); one past a limit too.
+    #[error("{}", framing_message(.0))]
     Framing(#[from] FramingError),
     #[error("the upstream's answer could not be read: {0}")]
     Head(#[from] HeadError),

@@ -531,16 +531,6 @@ async fn a_streamed_transcription_is_relayed_as_it_came() {
     router.stop().await;
 }
 
-/// The router's peak resident memory (`VmHWM`), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 /// A 32 MiB upload whose model the router rewrites reaches the upstream byte for byte, every
 /// `model` field rewritten to the last one's model, and the router holds it once, whether it
 /// came with a `Content-Length` or chunked: its upstream body shares the client's bytes (it
@@ -585,7 +575,7 @@ async fn a_large_rewritten_upload_is_sent_exact_and_held_once() {
         let small = form(&[("model", None, b"[mock]whisper-1"), ("file", None, b"RIFF")]);
         assert_eq!(send(small.into()).await.expect("send").status(), 200);
         let pid = router.child.id();
-        let before = peak_rss_kib(pid);
+        let before = crate::support::peak_rss_kib(pid);
         let sent = if chunked {
             let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = (0..body.len())
                 .step_by(16 * 1024)
@@ -598,7 +588,7 @@ async fn a_large_rewritten_upload_is_sent_exact_and_held_once() {
         let response = send(sent).await.expect("send");
         assert_eq!(response.status(), 200, "chunked: {chunked}");
         assert_eq!(response.text().await.expect("answer"), TRANSCRIPTION);
-        let grown = peak_rss_kib(pid).saturating_sub(before);
+        let grown = crate::support::peak_rss_kib(pid).saturating_sub(before);
 
         let received = upstream.last();
         assert_eq!(

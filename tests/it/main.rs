@@ -6,6 +6,7 @@ mod support;
 mod binary;
 mod config_values;
 mod db_files;
+mod decoding;
 mod dotenv;
 mod early_head;
 mod errors;

@@ -356,6 +356,16 @@ pub fn reader_command(dir: &Path) -> Command {
     command
 }
 
+/// The peak resident memory (`VmHWM`) of process `pid` (a [`RouterProcess`]), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
 pub struct RouterProcess {
     pub child: Child,
     pub addr: SocketAddr,

@@ -1,0 +1,172 @@
+//! Compressed answers the router decodes for its own reading: each decoded once, all of them
+//! together within the decode budget; and a body the upstream cut off, said to be cut off.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::upstream::EarlyAnswer;
+use crate::support::{
+    RouterProcess, TestRouter, client, one_server_config, peak_rss_kib, wait_until,
+};
+
+/// `size` zeros in gzip, and that in gzip again: a few hundred bytes that decode to `size`.
+fn gzip_gzip_bomb(size: usize) -> Vec<u8> {
+    let fast = flate2::Compression::best();
+    let mut inner = flate2::write::GzEncoder::new(Vec::new(), fast);
+    let zeros = vec![b'0'; 1 << 20];
+    for _ in 0..size / zeros.len() {
+        inner.write_all(&zeros).expect("gzip");
+    }
+    let inner = inner.finish().expect("gzip");
+    let mut outer = flate2::write::GzEncoder::new(Vec::new(), fast);
+    outer.write_all(&inner).expect("gzip");
+    outer.finish().expect("gzip")
+}
+
+/// The request log's lines so far (`api_proxy.*.log` in the router's folder), once there are
+/// `n`.
+async fn logged(router: &RouterProcess, n: usize) -> Vec<Value> {
+    let lines = || crate::telemetry::request_log::read_log_lines(router.path(), "api_proxy");
+    let written = || {
+        std::fs::read_dir(router.path()).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("api_proxy."))
+        }) && lines().len() >= n
+    };
+    wait_until(Duration::from_secs(60), written).await;
+    lines()
+}
+
+/// A 2xx in `gzip, gzip` of a few hundred bytes that decodes to 72 MiB (with keys
+/// configured, so the router searches it for an echoed key) is decoded once, to the 64 MiB
+/// limit, with a buffer of the size it declares: the search's verdict is its record's. Two
+/// decodes (the search's, then the recorder's), each grown by doubling, took the router's
+/// peak up by 150 MB for one such answer. Eight at once stay within the decode budget (256
+/// MiB): they took 800 MB. Each reaches its client as it came, and its record says what it
+/// was: over the limit, or not decoded, the budget spent by the others.
+#[tokio::test]
+async fn a_compressed_bomb_is_decoded_once_and_many_within_the_budget() {
+    const MIB: u64 = 1024;
+    let bomb = gzip_gzip_bomb(72 << 20);
+    assert!(bomb.len() < 4096, "{}", bomb.len());
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip, gzip\r\n\
+         content-length: {}\r\n\r\n",
+        bomb.len()
+    );
+    let upstream = EarlyAnswer::answering([head.as_bytes(), &bomb].concat(), false).await;
+    let router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[("LLMSROUTER_LEDGER", "false")],
+    );
+    let send = |stream: bool| {
+        client()
+            .post(router.url("/v1/chat/completions"))
+            .header("accept-encoding", "gzip")
+            .json(&json!({"model": "[mock]m", "messages": [], "stream": stream}))
+            .send()
+    };
+    let pid = router.child.id();
+    let before = peak_rss_kib(pid);
+    let response = send(false).await.expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-encoding"], "gzip, gzip");
+    assert!(
+        response.bytes().await.expect("body") == bomb,
+        "not as it came"
+    );
+    let note = format!(
+        "<gzip, gzip, {} bytes, over 64 MiB decoded: not read>",
+        bomb.len()
+    );
+    let lines = logged(&router, 1).await;
+    assert_eq!(
+        lines[0]["response"]["content"],
+        note.as_str(),
+        "{}",
+        lines[0]
+    );
+    let one = peak_rss_kib(pid).saturating_sub(before);
+    assert!(one < 96 * MIB, "one answer took the peak up {one} KiB");
+
+    let answers = (0..8).map(|i| send(i % 2 == 1));
+    for response in futures_util::future::join_all(answers).await {
+        let response = response.expect("send");
+        assert_eq!(response.status(), 200);
+        let headers = format!("{:?}", response.headers());
+        let body = response.bytes().await.expect("body");
+        assert!(
+            body == bomb,
+            "not as it came: {headers} {:?}",
+            &body[..body.len().min(300)]
+        );
+    }
+    let eight = peak_rss_kib(pid).saturating_sub(before);
+    let spent = format!(
+        "<gzip, gzip, {} bytes, not decoded: the answers the router was decoding already held \
+         the 256 MiB it decodes at once>",
+        bomb.len()
+    );
+    for line in &logged(&router, 9).await[1..] {
+        let content = &line["response"]["content"];
+        assert!(
+            *content == note.as_str() || *content == spent.as_str(),
+            "{line}"
+        );
+        assert_eq!(line["outcome"], "success", "{line}");
+    }
+    assert!(
+        eight < 256 * MIB + 64 * MIB,
+        "eight answers took the peak up {eight} KiB"
+    );
+}
+
+/// A body the upstream's close cut short is said to be cut off, not "malformed": what came
+/// was well-formed as far as it went. Whole (short of its `Content-Length`, or inside a
+/// chunk) and streamed.
+#[tokio::test]
+async fn a_body_the_upstream_cut_off_is_said_to_be_cut_off() {
+    let cut = "the connection closed before the body's end";
+    let whole = [
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\":",
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
+         40\r\n{\"id\":",
+    ];
+    for answer in whole {
+        let upstream = EarlyAnswer::answering(answer.as_bytes().to_vec(), false).await;
+        let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+        let response = router
+            .chat(&json!({"model": "[mock]m", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 502);
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(
+            body["error"]["message"],
+            format!("the upstream mock broke off its answer: {cut}").as_str(),
+            "{body}"
+        );
+        router.stop().await;
+    }
+    let event = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[]}\n\n";
+    let stream = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+         {:x}\r\n{event}\r\n100\r\ndata: {{\"id\"",
+        event.len()
+    );
+    let upstream = EarlyAnswer::answering(stream.into_bytes(), false).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router
+        .chat(&json!({"model": "[mock]m", "messages": [], "stream": true}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("events");
+    assert!(
+        text.contains(&format!("the upstream connection failed mid-stream: {cut}")),
+        "{text}"
+    );
+    assert!(!text.contains("malformed"), "{text}");
+    router.stop().await;
+}
