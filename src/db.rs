@@ -779,12 +779,48 @@ fn not_a_database(path: &str, e: rusqlite::Error) -> DbError {
     }
     let reason = match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::NotADatabase) => "not an SQLite database".to_owned(),
+        Some(rusqlite::ErrorCode::CannotOpen) if on_read_only_mount(Path::new(path)) => format!(
+            "{e} (it is on a read-only mount, where SQLite cannot make the -wal and -shm files \
+             a database in WAL journal mode needs even to be read: mount it read-write, or \
+             give a copy on a writable one)"
+        ),
+        _ if shared_memory_failed(&e) => format!(
+            "{e} (SQLite could not make its shared-memory file, the -shm beside it: is the \
+             disk full?)"
+        ),
         _ => e.to_string(),
     };
     DbError::Open {
         path: path.to_owned(),
         reason,
     }
+}
+
+/// SQLite could not make or size a database's `-shm` file: on a full disk it says only
+/// "disk I/O error", which reads as a damaged file (bb55).
+fn shared_memory_failed(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(failure, _) if matches!(
+            failure.extended_code,
+            rusqlite::ffi::SQLITE_IOERR_SHMSIZE
+                | rusqlite::ffi::SQLITE_IOERR_SHMOPEN
+                | rusqlite::ffi::SQLITE_IOERR_SHMMAP
+        )
+    )
+}
+
+/// Whether the database's folder is on a file system mounted read-only: SQLite says only
+/// "unable to open database file" of a file in WAL mode there (bb55).
+#[cfg(unix)]
+fn on_read_only_mount(path: &Path) -> bool {
+    rustix::fs::access(folder_of(path), rustix::fs::Access::WRITE_OK)
+        == Err(rustix::io::Errno::ROFS)
+}
+
+#[cfg(not(unix))]
+fn on_read_only_mount(_path: &Path) -> bool {
+    false
 }
 
 /// Brings the file up to [`current_version`]: every step it needs, and the new version, in

@@ -694,7 +694,9 @@ fn check_log_file(log: &Path) -> anyhow::Result<()> {
     }
     // A folder of another owner's (a bind mount not chowned to the image's user) is said as
     // such: "not a folder" sent users looking for a file in its place.
-    let what = if existing.is_dir() {
+    let what = if existing.is_dir() && on_read_only_mount(existing) {
+        "is on a read-only mount"
+    } else if existing.is_dir() {
         "is a folder this user may not write (its owner or permissions)"
     } else {
         "is not a folder the log can be written in"
@@ -758,6 +760,18 @@ fn folder_writable_by_me(folder: &Path) -> bool {
 #[cfg(not(unix))]
 fn folder_writable_by_me(folder: &Path) -> bool {
     std::fs::metadata(folder).is_ok_and(|m| !m.permissions().readonly())
+}
+
+/// Whether writing under `folder` is refused by its file system being mounted read-only
+/// (what `serve` then meets: "Read-only file system"), not by its owner or mode.
+#[cfg(unix)]
+fn on_read_only_mount(folder: &Path) -> bool {
+    rustix::fs::access(folder, rustix::fs::Access::WRITE_OK) == Err(rustix::io::Errno::ROFS)
+}
+
+#[cfg(not(unix))]
+fn on_read_only_mount(_folder: &Path) -> bool {
+    false
 }
 
 /// The folder a file is in (`.` for a bare file name).

@@ -1081,3 +1081,87 @@ async fn a_dropped_usage_ledger_is_said_missing_and_made_again() {
         .collect();
     assert_eq!(total.get(1), Some(&"1"), "{out}");
 }
+
+/// A small tmpfs mounted at `at` for a test of a full disk or a read-only mount, unmounted
+/// when dropped; `None` where this process may not mount (not root, or a container without
+/// the capability), and the test says it did not run.
+struct Mounted(std::path::PathBuf);
+
+impl Mounted {
+    fn tmpfs(at: &Path) -> Option<Self> {
+        std::fs::create_dir_all(at).expect("mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| Self(at.to_owned()))
+    }
+
+    fn remount(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "remount {options}");
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A database on a full disk, and one in WAL mode on a read-only mount, are said as that:
+/// SQLite says only "disk I/O error" (which reads as a damaged file) and "unable to open
+/// database file" (bb55). A request log's folder on a read-only mount is said to be on one,
+/// not blamed on its owner or mode.
+#[test]
+fn a_full_disk_and_a_read_only_mount_are_named() {
+    let dir = tempfile::tempdir().expect("dir");
+    let Some(mount) = Mounted::tmpfs(&dir.path().join("fs")) else {
+        eprintln!("not run: this process may not mount a tmpfs");
+        return;
+    };
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let db = dir.path().join("fs/users.db");
+    let db = db.to_str().expect("utf-8 path");
+    let (code, _, stderr) = run_cli(dir.path(), &["user", "list"], &[("LLMSROUTER_DB", db)]);
+    assert_eq!(code, 1, "no file yet: {stderr}");
+    let (code, _, stderr) = run_cli(
+        dir.path(),
+        &["user", "add", "ann"],
+        &[("LLMSROUTER_DB", db)],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    std::fs::create_dir(dir.path().join("fs/log")).expect("log folder");
+    let log = dir.path().join("fs/log/api.log");
+    let log = log.to_str().expect("utf-8 path");
+
+    mount.remount("ro");
+    let envs = [("LLMSROUTER_DB", db), ("LLMSROUTER_LOG_FILE", log)];
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &envs);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("/fs/log is on a read-only mount"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("users.db: unable to open database file (it is on a read-only mount"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_cli(dir.path(), &["user", "list"], &envs);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("on a read-only mount"), "{stderr}");
+
+    mount.remount("rw");
+    let mut filler = std::fs::File::create(dir.path().join("fs/filler")).expect("filler");
+    let _ = std::io::Write::write_all(&mut filler, &vec![0u8; 1024 * 1024]);
+    drop(filler);
+    let (code, _, stderr) = run_cli(dir.path(), &["user", "list"], &envs);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is the disk full?"), "{stderr}");
+}
