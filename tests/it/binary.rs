@@ -1104,19 +1104,15 @@ fn check_names_every_problem_in_one_run() {
     ];
     let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &envs);
     assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 4, "{stderr}");
-    for (line, expected) in lines.iter().zip([
-        "LLMSROUTER_PORT: invalid value 'abc' for --port",
-        "LLMSROUTER_LOG_FILE: /proc/self/no-such-folder/api.log: /proc/self is a folder",
-        "LLMSROUTER_DB/--db: no-such-folder/users.db: the folder no-such-folder does not exist",
-        "config.yaml",
-    ]) {
-        assert!(
-            line.starts_with("error: ") && line.contains(expected),
-            "{expected}: {stderr}"
-        );
-    }
+    assert_error_lines(
+        &stderr,
+        &[
+            "LLMSROUTER_PORT: invalid value 'abc' for --port",
+            "LLMSROUTER_LOG_FILE: /proc/self/no-such-folder/api.log: /proc/self is a folder",
+            "LLMSROUTER_DB/--db: no-such-folder/users.db: the folder no-such-folder does not exist",
+            "config.yaml",
+        ],
+    );
     // A config.yaml that loads is said ok beside the environment's problems.
     std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
     let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &envs);
@@ -1144,7 +1140,6 @@ fn every_bad_variable_is_named_in_one_run() {
     ];
     let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &envs);
     assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
     let expected = [
         "ENABLE_ACCOUNT_MANAGEMENT: \"maybe\" is not a boolean",
         "LLMSROUTER_LEDGER: \"x\" is not a boolean",
@@ -1153,13 +1148,7 @@ fn every_bad_variable_is_named_in_one_run() {
         "LLMSROUTER_PORT: invalid value '99999' for --port",
         "config.yaml",
     ];
-    assert_eq!(lines.len(), expected.len(), "{stderr}");
-    for (line, expected) in lines.iter().zip(expected) {
-        assert!(
-            line.starts_with("error: ") && line.contains(expected),
-            "{expected}: {stderr}"
-        );
-    }
+    assert_error_lines(&stderr, &expected);
     // The listen address alone: both variables named.
     let (code, _, stderr) = run_cli(dir.path(), &["check"], &envs[3..]);
     assert_eq!(code, 1, "{stderr}");
@@ -1170,9 +1159,14 @@ fn every_bad_variable_is_named_in_one_run() {
     // `serve` (its listen flags read first, by clap) says the others and stops with 2.
     let (code, stdout, stderr) = run_cli(dir.path(), &["serve"], &envs[..3]);
     assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
+    assert_error_lines(&stderr, &expected[..3]);
+}
+
+/// `stderr` is one `error:` line for each of `expected`, in order, each holding its text.
+fn assert_error_lines(stderr: &str, expected: &[&str]) {
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 3, "{stderr}");
-    for (line, expected) in lines.iter().zip(&expected[..3]) {
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    for (line, expected) in lines.iter().zip(expected) {
         assert!(
             line.starts_with("error: ") && line.contains(expected),
             "{expected}: {stderr}"

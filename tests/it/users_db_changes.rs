@@ -494,15 +494,7 @@ async fn a_key_two_rows_hold_signs_in_as_the_first_row() {
     };
     assert_eq!(as_user(&amy).await, (403, 200));
 
-    sql(
-        &setup.db,
-        &REBUILD_USERS.replace("api_key TEXT UNIQUE NOT NULL", "api_key TEXT NOT NULL"),
-    );
-    sql(
-        &setup.db,
-        "UPDATE users SET api_key = (SELECT api_key FROM users WHERE username = 'zed')
-         WHERE username = 'amy'",
-    );
+    share_key(&setup.db, "zed", "'amy'");
     assert_eq!(as_user(&zed).await, (200, 403), "zed's row is the first");
     assert_eq!(as_user(&zed).await, (200, 403));
     assert_eq!(as_user(&amy).await, (401, 401), "amy's own key is gone");
@@ -529,6 +521,22 @@ async fn a_key_two_rows_hold_signs_in_as_the_first_row() {
     }
 }
 
+/// Rebuilds the users table without the `UNIQUE` on `api_key` and gives the users named in
+/// `others` (an SQL list of quoted names) the key of `owner`.
+fn share_key(db: &Path, owner: &str, others: &str) {
+    sql(
+        db,
+        &REBUILD_USERS.replace("api_key TEXT UNIQUE NOT NULL", "api_key TEXT NOT NULL"),
+    );
+    sql(
+        db,
+        &format!(
+            "UPDATE users SET api_key = (SELECT api_key FROM users WHERE username = '{owner}')
+             WHERE username IN ({others})"
+        ),
+    );
+}
+
 /// A key two users hold (a table rebuilt without its `UNIQUE`) taken from one of them by
 /// name, as an admin revokes a leaked key: `rotate-key` and `delete` do it, but never say the
 /// key stopped working, which it has not: a warning names the users that still hold it, as
@@ -541,15 +549,7 @@ async fn taking_a_shared_key_from_one_holder_says_who_still_holds_it() {
     let leaked = add(setup.dir.path(), &["zed", "--permissions", "mock"]);
     add(setup.dir.path(), &["amy", "--permissions", "other"]);
     add(setup.dir.path(), &["carl", "--permissions", "*"]);
-    sql(
-        &setup.db,
-        &REBUILD_USERS.replace("api_key TEXT UNIQUE NOT NULL", "api_key TEXT NOT NULL"),
-    );
-    sql(
-        &setup.db,
-        "UPDATE users SET api_key = (SELECT api_key FROM users WHERE username = 'zed')
-         WHERE username IN ('amy', 'carl')",
-    );
+    share_key(&setup.db, "zed", "'amy', 'carl'");
     let router = setup.serve();
     let as_user = || {
         let url = router.url("/v1/chat/completions");
