@@ -462,15 +462,7 @@ fn a_dot_env_expanding_past_a_mebibyte_stops_serve_and_check() {
     std::fs::write(dir.path().join(".env"), &text).expect(".env");
     // 40 bytes times 8^5 passes 1 MiB at V5, line 6.
     let said = "error: .env line 6: the value of V5 expands to over 1 MiB";
-    for args in [
-        &["check"][..],
-        &["serve", "--host", "127.0.0.1", "--port", "0"],
-    ] {
-        let (code, _, stderr) = run_cli(dir.path(), args, &[]);
-        assert_eq!(code, 1, "{args:?}: {stderr}");
-        assert!(stderr.trim().starts_with(said), "{args:?}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    }
+    check_and_serve_stop_with(dir.path(), said);
     let (code, _, stderr) = run_cli(dir.path(), &["models", "--json"], &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
@@ -479,6 +471,19 @@ fn a_dot_env_expanding_past_a_mebibyte_stops_serve_and_check() {
             .starts_with(&said.replace("error:", "warning:")),
         "{stderr}"
     );
+}
+
+/// `check` and `serve`, run in `dir`, each exit 1 with the one line `said` begins.
+fn check_and_serve_stop_with(dir: &std::path::Path, said: &str) {
+    for args in [
+        &["check"][..],
+        &["serve", "--host", "127.0.0.1", "--port", "0"],
+    ] {
+        let (code, _, stderr) = run_cli(dir, args, &[]);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(stderr.trim().starts_with(said), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
 }
 
 /// Values each under the 1 MiB bound whose expansions add up past 8 MiB for the whole file
@@ -495,15 +500,7 @@ fn a_dot_env_expanding_past_eight_mebibytes_in_all_stops_serve_and_check() {
     std::fs::write(dir.path().join(".env"), &text).expect(".env");
     // 768 KiB more each: 11 of them pass 8 MiB, V11 on line 12.
     let said = "error: .env line 12: with the value of V11, the file's ${NAME}s expand to over 8 MiB in all";
-    for args in [
-        &["check"][..],
-        &["serve", "--host", "127.0.0.1", "--port", "0"],
-    ] {
-        let (code, _, stderr) = run_cli(dir.path(), args, &[]);
-        assert_eq!(code, 1, "{args:?}: {stderr}");
-        assert!(stderr.trim().starts_with(said), "{args:?}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    }
+    check_and_serve_stop_with(dir.path(), said);
     // Ten of them are within it.
     let within: String = text
         .lines()
