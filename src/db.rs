@@ -314,6 +314,16 @@ pub fn inspect(path: &Path, writes: bool) -> Result<(), DbError> {
         return Err(folder_refuses(&shown, &path));
     }
     if matches!(std::fs::metadata(&path), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+        if no_room_to_create(&path) {
+            return Err(DbError::Folder {
+                path: shown,
+                reason: format!(
+                    "cannot create it: the disk of its folder {} is full",
+                    folder_of(&path).display()
+                ),
+                exists: false,
+            });
+        }
         return Ok(());
     }
     let writable = file_writable(&path);
@@ -808,6 +818,35 @@ fn shared_memory_failed(e: &rusqlite::Error) -> bool {
                 | rusqlite::ffi::SQLITE_IOERR_SHMMAP
         )
     )
+}
+
+/// Least free space SQLite needs to make a database and its first pages (and the `-wal` and
+/// `-shm` beside it).
+const ROOM_TO_CREATE: u64 = 64 * 1024;
+
+/// Whether the file system of the database's folder has less than [`ROOM_TO_CREATE`] free for
+/// this user: `check` passed a new database there that `serve` then could not make ("database
+/// or disk is full"; bb55). Root may use the blocks kept back for it, as SQLite would.
+#[cfg(unix)]
+fn no_room_to_create(path: &Path) -> bool {
+    let Ok(stats) = rustix::fs::statvfs(folder_of(path)) else {
+        return false;
+    };
+    if stats.f_blocks == 0 || stats.f_frsize == 0 {
+        // A file system that counts no blocks (some FUSE ones) says nothing of its room.
+        return false;
+    }
+    let blocks = if rustix::process::geteuid().is_root() {
+        stats.f_bfree
+    } else {
+        stats.f_bavail
+    };
+    blocks.saturating_mul(stats.f_frsize) < ROOM_TO_CREATE
+}
+
+#[cfg(not(unix))]
+fn no_room_to_create(_path: &Path) -> bool {
+    false
 }
 
 /// Whether the database's folder is on a file system mounted read-only: SQLite says only

@@ -1117,7 +1117,7 @@ impl Drop for Mounted {
 
 /// A database on a full disk, and one in WAL mode on a read-only mount, are said as that:
 /// SQLite says only "disk I/O error" (which reads as a damaged file) and "unable to open
-/// database file" (bb55). A request log's folder on a read-only mount is said to be on one,
+/// database file" (bb55); `check` refuses a database yet to be made on a full disk. A request log's folder on a read-only mount is said to be on one,
 /// not blamed on its owner or mode.
 #[test]
 fn a_full_disk_and_a_read_only_mount_are_named() {
@@ -1164,4 +1164,13 @@ fn a_full_disk_and_a_read_only_mount_are_named() {
     let (code, _, stderr) = run_cli(dir.path(), &["user", "list"], &envs);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("is the disk full?"), "{stderr}");
+    // A database yet to be made there: `check` refuses it as `serve` would (it passed it).
+    let new = dir.path().join("fs/new.db");
+    let new = new.to_str().expect("utf-8 path");
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &[("LLMSROUTER_DB", new)]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("new.db: cannot create it: the disk of its folder"),
+        "{stderr}"
+    );
 }
