@@ -65,9 +65,8 @@ impl RequestView {
             let range = range_of(body, value);
             match key.as_ref() {
                 "model" => {
-                    let name: String = serde_json::from_str(value).map_err(|_| {
-                        ProxyError::InvalidRequest("\"model\" must be a string".into())
-                    })?;
+                    let name: String =
+                        serde_json::from_str(value).map_err(|_| model_not_text(value))?;
                     model = Some(name);
                     model_ranges.push(range);
                 }
@@ -189,6 +188,20 @@ impl RequestView {
         edits.sort_by_key(|(range, _)| range.start);
         (RequestBody::spliced(body, &edits), inject)
     }
+}
+
+/// The refusal of a `model` that is not a string, or one whose text cannot be read: the
+/// body's syntax was checked, so a string refused here holds a `\uD800`-`\uDFFF` escape
+/// without its pair, which is no character (Python's parsers take it; it was called "not a
+/// string").
+fn model_not_text(value: &str) -> ProxyError {
+    ProxyError::InvalidRequest(if value.starts_with('"') {
+        "\"model\" holds a \\u escape of half a UTF-16 surrogate pair (\\ud800 to \\udfff) \
+         without its other half, which is no character"
+            .into()
+    } else {
+        "\"model\" must be a string".into()
+    })
 }
 
 fn classify_stream_options(value: &str, range: Range<usize>) -> StreamOptions {
@@ -464,6 +477,24 @@ mod tests {
         let (out, injected) = view.rewrite(&body, "a", true);
         assert!(!injected);
         assert_eq!(out.to_bytes(), body);
+    }
+
+    /// A model string with half a surrogate pair is said to be that, not "not a string".
+    #[test]
+    fn a_model_with_half_a_surrogate_pair_is_said_so() {
+        let Err(ProxyError::InvalidRequest(message)) =
+            RequestView::parse(br#"{"model":"[a]x\ud800"}"#)
+        else {
+            panic!("refused");
+        };
+        assert!(
+            message.contains("half a UTF-16 surrogate pair"),
+            "{message}"
+        );
+        let Err(ProxyError::InvalidRequest(message)) = RequestView::parse(br#"{"model":3}"#) else {
+            panic!("refused");
+        };
+        assert_eq!(message, "\"model\" must be a string");
     }
 
     #[test]
