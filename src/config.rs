@@ -173,7 +173,7 @@ impl Config {
         })?;
         Ok(raw
             .and_then(|raw| raw.servers)
-            .map(|servers| servers.into_keys().collect())
+            .map(|servers| servers.0.into_keys().collect())
             .unwrap_or_default())
     }
 
@@ -303,7 +303,7 @@ pub type EnvLookup<'a> = dyn Fn(&str) -> Result<String, VarError> + 'a;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
-    servers: Option<IndexMap<String, RawServer>>,
+    servers: Option<Entries<RawServer>>,
     #[serde(default)]
     settings: Option<RawSettings>,
 }
@@ -321,7 +321,7 @@ struct RawServer {
     #[serde(default)]
     append: Option<Vec<Scalar>>,
     #[serde(default)]
-    headers: Option<IndexMap<String, Located>>,
+    headers: Option<Entries<Located>>,
     #[serde(default)]
     timeout_secs: Option<Typed>,
     #[serde(default)]
@@ -339,6 +339,49 @@ struct RawSettings {
     max_body_bytes: Option<Typed>,
     #[serde(default)]
     default_server: Option<String>,
+}
+
+/// A mapping of names to values (aliases to servers, header names to values), in the order the
+/// YAML library gives its entries: those written in the mapping, then those merged in by `<<`,
+/// the winning merge first. Of two entries whose names are the same text, the first is kept:
+/// `123:` and `'123':` are two keys to YAML (a number and a text), so the library passes
+/// both, and a plain map kept the last, so a merged `<<: {123: ...}` replaced a written
+/// `'123':` (written keys win over every merge) and the losing merge replaced the winning one.
+/// Two written in the mapping itself never get here: [`merge_order`] refuses them, with both
+/// lines.
+struct Entries<V>(IndexMap<String, V>);
+
+impl<V> Default for Entries<V> {
+    fn default() -> Self {
+        Self(IndexMap::new())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Entries<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<V> {
+            type Value = Entries<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut entries = IndexMap::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if entries.contains_key(&name) {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    }
+                    entries.insert(name, map.next_value()?);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
 }
 
 /// A YAML scalar taken as its literal text, as written: `X-Retry: 3` or `override: [1234]`
@@ -382,9 +425,11 @@ fn parse_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
         })
     });
     result.map_err(|e| {
-        let path = match inner_path.as_deref() {
-            None | Some("" | ".") => "(top level)".to_owned(),
-            Some(p) => p.trim_end_matches(".?").to_owned(),
+        // `?` is a key the path could not name (an alias as a key, `*k:`): the mapping is
+        // what is named, and at the top that is the document.
+        let path = match inner_path.as_deref().map(|p| p.trim_end_matches(".?")) {
+            None | Some("" | "." | "?") => "(top level)".to_owned(),
+            Some(p) => p.to_owned(),
         };
         let message = first_line(&e.to_string());
         let mut reason = in_plain_words(&message);
@@ -445,15 +490,37 @@ fn duplicate_key(message: &str) -> Option<&str> {
 /// A key written twice in one mapping, said with both lines. Refused, where PyYAML took the
 /// last one: a second `a:` under `servers:` is most often a pasted block meant under
 /// another name, and taking the last would silently drop the first server.
+/// A key of the same text twice is refused before the library reads the file
+/// ([`merge_order`], with exact lines); this says the library's refusals of two spellings of
+/// one YAML value (`0x1F` and `31`, or an alias `*k` as a key), finding the first line in
+/// the text.
 fn twice(text: &str, key: &str, line: usize, column: usize) -> String {
-    match earlier_line_of_key(text, key, line, column) {
+    let first = earlier_line_of_key(text, key, line, column);
+    written_twice(key, None, first, line, column)
+}
+
+/// What is said of `key` written twice in one mapping: first at line `first` (when known),
+/// again at `line`, `column` (1-based). `spellings` are the two as written, when they differ
+/// (`123` and `'123'`: a number and a text to YAML, one alias to the router).
+fn written_twice(
+    key: &str,
+    spellings: Option<(&str, &str)>,
+    first: Option<usize>,
+    line: usize,
+    column: usize,
+) -> String {
+    let twice = match spellings {
+        Some((one, two)) if one != two => format!("twice (as {one} and {two})"),
+        _ => "twice".to_owned(),
+    };
+    match first {
         Some(first) if first < line => format!(
-            "the key {key} appears twice, at line {first} and again at line {line}, column {column}; keep one"
+            "the key {key} appears {twice}, at line {first} and again at line {line}, column {column}; keep one"
         ),
-        Some(_) => format!("the key {key} appears twice on line {line}; keep one"),
-        None => {
-            format!("the key {key} appears twice (again at line {line}, column {column}); keep one")
-        }
+        Some(_) => format!("the key {key} appears {twice} on line {line}; keep one"),
+        None => format!(
+            "the key {key} appears {twice} (again at line {line}, column {column}); keep one"
+        ),
     }
 }
 
@@ -502,9 +569,15 @@ fn starts_with_key(text: &str, key: &str) -> bool {
 
 /// The YAML library's messages that speak to its programmer ("set DuplicateKeyPolicy in
 /// Options", "use Option<String>"), said for the person editing config.yaml. Others pass as
-/// they are; the location (" at line N, column M") is kept.
+/// they are; the location (" at line N, column M", or for a value reached through an alias
+/// " (defined at line N, column M) (used at line ...)") is kept.
 fn in_plain_words(reason: &str) -> String {
-    let (message, location) = match reason.rfind(" at line ") {
+    let at = [" (defined at line ", " (used at line "]
+        .iter()
+        .filter_map(|suffix| reason.find(suffix))
+        .min()
+        .or_else(|| reason.rfind(" at line "));
+    let (message, location) = match at {
         Some(at) => reason.split_at(at),
         None => (reason, ""),
     };
@@ -531,10 +604,43 @@ fn in_plain_words(reason: &str) -> String {
         "expected a finite number (not .inf or .nan)".to_owned()
     } else if message.starts_with("cannot deserialize tagged scalar") {
         "a tagged value (`!!int`, `!!float`, ...) where text is expected: remove the tag".to_owned()
+    } else if let Some(breach) = message.strip_prefix("budget breached: ") {
+        over_budget(breach)
     } else {
         message.to_owned()
     };
     format!("{plain}{location}")
+}
+
+/// The YAML library's "budget breached: Nodes { nodes: 250001 }" (its limits on what one
+/// file may expand to, against alias bombs), said as what was too much.
+fn over_budget(breach: &str) -> String {
+    let kind = breach.split([' ', '{']).next().unwrap_or(breach);
+    let count: String = breach
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let (what, through_aliases) = match kind {
+        "Nodes" => ("values", true),
+        "Events" => ("parser events", true),
+        "ScalarBytes" => ("bytes of text", true),
+        "Aliases" => ("aliases (`*name`)", false),
+        "Anchors" => ("anchors (`&name`)", false),
+        "Depth" => ("levels of nesting", false),
+        "Documents" => ("documents", false),
+        "MergeKeys" => ("merge keys (`<<`)", false),
+        _ => ("", true),
+    };
+    let note = if through_aliases {
+        " (an alias `*name` counts again all it stands for)"
+    } else {
+        ""
+    };
+    if what.is_empty() || count.is_empty() {
+        return format!("more than the YAML reader reads in one file{note}");
+    }
+    format!("more than the YAML reader reads in one file: {count} {what}, past its limit{note}")
 }
 
 fn first_line(text: &str) -> String {
@@ -556,7 +662,7 @@ fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Invalid {
 fn validate(raw: RawConfig, env: &EnvLookup<'_>) -> Result<Config, Invalid> {
     let mut servers = IndexMap::new();
     let mut warnings = Vec::new();
-    for (alias, raw_server) in raw.servers.unwrap_or_default() {
+    for (alias, raw_server) in raw.servers.unwrap_or_default().0 {
         let server = validate_server(&alias, raw_server, env, &mut warnings)?;
         servers.insert(alias, server);
     }
@@ -630,7 +736,8 @@ fn validate_server(
     let mut header_secrets = Vec::new();
     // Each name as first written, to say both spellings of one written twice.
     let mut written: Vec<(HeaderName, String)> = Vec::new();
-    let raw_headers: Vec<(String, Located)> = raw.headers.unwrap_or_default().into_iter().collect();
+    let raw_headers: Vec<(String, Located)> =
+        raw.headers.unwrap_or_default().0.into_iter().collect();
     let here = written_here(&raw_headers);
     for (index, (name, value)) in raw_headers.into_iter().enumerate() {
         let path = format!("servers.{alias}.headers.{name}");
@@ -1871,7 +1978,7 @@ settings:
             (
                 "servers:\n  a:\n    url: http://x\n    headers:\n      X-A: 1\n      \"X-A\": 2\n",
                 "servers.a.headers",
-                "the key X-A appears twice, at line 5 and again at line 6, column 7; keep one",
+                "the key X-A appears twice (as X-A and \"X-A\"), at line 5 and again at line 6, column 7; keep one",
             ),
             (
                 "servers: {a: {url: http://x}, a: {url: http://y}}\n",
@@ -1884,5 +1991,146 @@ settings:
             assert_eq!(path, expected_path, "{yaml}");
             assert_eq!(reason, expected, "{yaml}");
         }
+    }
+
+    /// A name written as a number and as text (`123:` and `'123':`) is refused as written
+    /// twice, naming both lines and both spellings: YAML reads a number and a text, two keys,
+    /// but each is the alias (or header name) `123`, so both loaded and one server was dropped
+    /// in silence, `[123]x` going to the second with its key.
+    #[test]
+    fn a_name_written_as_a_number_and_as_text_is_written_twice() {
+        let cases = [
+            (
+                "servers:\n  123:\n    url: http://x\n  '123':\n    url: http://y\n",
+                "servers",
+                "the key 123 appears twice (as 123 and '123'), at line 2 and again at line 4, column 3; keep one",
+            ),
+            (
+                "servers:\n  \"0x1F\":\n    url: http://x\n  0x1F:\n    url: http://y\n",
+                "servers",
+                "the key 0x1F appears twice (as \"0x1F\" and 0x1F), at line 2 and again at line 4, column 3; keep one",
+            ),
+            (
+                "servers:\n  1_000: {url: http://x}\n  x: {url: http://z}\n  '1_000': {url: http://y}\n",
+                "servers",
+                "the key 1_000 appears twice (as 1_000 and '1_000'), at line 2 and again at line 4, column 3; keep one",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    headers: {123: x, '123': y}\n",
+                "servers.a.headers",
+                "the key 123 appears twice (as 123 and '123') on line 4; keep one",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    headers:\n      !!str 7: x\n      7: y\n",
+                "servers.a.headers",
+                "the key 7 appears twice, at line 5 and again at line 6, column 7; keep one",
+            ),
+        ];
+        for (yaml, expected_path, expected) in cases {
+            let (path, reason) = error_of(yaml);
+            assert_eq!(
+                (path.as_str(), reason.as_str()),
+                (expected_path, expected),
+                "{yaml}"
+            );
+        }
+    }
+
+    /// An alias (or header name) written in the mapping wins over one of the same text merged
+    /// in by `<<`, however each is written (`'123'` over a merged `123`), as it does over one
+    /// written the same way; of two merged, the winning merge's is kept. The merged one used
+    /// to replace the written one.
+    #[test]
+    fn a_written_name_wins_over_a_merged_one_written_as_a_number() {
+        let url = |yaml: &str| {
+            let c = Config::parse(yaml, &no_env).expect(yaml);
+            assert_eq!(c.servers.len(), 1, "{yaml}");
+            c.servers["123"].url.clone()
+        };
+        for (yaml, expected) in [
+            (
+                "servers: {<<: {123: {url: http://merged}}, '123': {url: http://written}}\n",
+                "http://written",
+            ),
+            (
+                "servers: {'123': {url: http://written}, <<: {123: {url: http://merged}}}\n",
+                "http://written",
+            ),
+            (
+                "servers:\n  <<: {'123': {url: http://merged}}\n  123:\n    url: http://written\n",
+                "http://written",
+            ),
+            // Within one list the first listed wins; of separate `<<` keys, the last.
+            (
+                "servers:\n  <<: [{123: {url: http://first}}, {'123': {url: http://second}}]\n",
+                "http://first",
+            ),
+            (
+                "servers:\n  <<: {123: {url: http://first}}\n  <<: {'123': {url: http://second}}\n",
+                "http://second",
+            ),
+        ] {
+            assert_eq!(url(yaml), expected, "{yaml}");
+        }
+        let c = Config::parse(
+            "servers:\n  a:\n    url: http://x\n    headers: {<<: {123: merged}, '123': written}\n",
+            &no_env,
+        )
+        .expect("loads");
+        assert_eq!(c.servers["a"].headers.len(), 1);
+        assert_eq!(c.servers["a"].headers["123"], "written");
+    }
+
+    /// A key the path cannot name (an alias used as a key, `*k:`) at the top of the file is said
+    /// to be at `(top level)`, as every other error there: it was `?`.
+    #[test]
+    fn a_top_level_key_written_twice_through_an_alias_is_at_the_top_level() {
+        let (path, reason) =
+            error_of("&k servers:\n  a:\n    url: http://x\n*k :\n  b:\n    url: http://y\n");
+        assert_eq!(path, "(top level)");
+        assert!(
+            reason.starts_with("the key servers appears twice"),
+            "{reason}"
+        );
+        let (path, reason) =
+            error_of("servers:\n  a:\n    url: http://x\nservers:\n  b:\n    url: http://y\n");
+        assert_eq!(path, "(top level)");
+        assert_eq!(
+            reason,
+            "the key servers appears twice, at line 1 and again at line 4, column 1; keep one"
+        );
+    }
+
+    /// The YAML library's wording is said in plain words for a value reached through an alias
+    /// too (its message then ends "(defined at ...) (used at ...)", which hid it from the
+    /// table), and for its limits on what a file may expand to ("budget breached: Nodes {
+    /// nodes: 250001 }").
+    #[test]
+    fn errors_through_an_alias_and_over_the_limits_are_in_plain_words() {
+        let (path, reason) = error_of(
+            "servers:\n  s:\n    url: http://x\n    override: &o [a, b]\n  t:\n    url: http://x\n    append: [*o]\n",
+        );
+        assert_eq!(path, "servers.t.append[0]");
+        assert_eq!(
+            reason,
+            "expected one value (text or a number), not a list or a mapping (defined at line 4, column 18) (used at line 7, column 14)"
+        );
+        // Six levels of ten aliases each: a million values from a few lines.
+        let mut yaml = "servers:\n  s:\n    url: http://x\n    headers: &h0 {A: a, B: b, C: c, D: d, E: e, F: f, G: g, H: h, I: i, J: j}\n".to_owned();
+        for level in 1..=6 {
+            let merges = vec![format!("*h{}", level - 1); 10].join(", ");
+            yaml.push_str(&format!(
+                "  s{level}:\n    url: http://x\n    headers: &h{level} {{<<: [{merges}], X-{level}: v}}\n"
+            ));
+        }
+        let (_, reason) = error_of(&yaml);
+        assert!(
+            reason.starts_with("more than the YAML reader reads in one file: 250001 values, past its limit (an alias `*name` counts again all it stands for)"),
+            "{reason}"
+        );
+        assert!(
+            !reason.contains("budget") && !reason.contains('{'),
+            "{reason}"
+        );
     }
 }

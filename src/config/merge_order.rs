@@ -9,8 +9,13 @@
 //! value is one line (an alias or a `[...]`/`{...}`), so every line keeps its number. A value
 //! that cannot move so (an indented block, several lines, an anchor or a tag on it) is refused,
 //! never read in the other order. Nothing else in the text changes.
+//!
+//! The same walk refuses a key whose text is written twice in one mapping, with both lines:
+//! the YAML library compares keys as YAML values, so `123:` and `'123':` (a number, a text)
+//! passed it, while the router reads every name as its text.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::ops::Range;
 
 use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span, StrInput, StructureStyle};
@@ -20,6 +25,7 @@ use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span, StrInput, St
 /// library says why, with the line. The error is `(key path, reason)`, as the config's.
 pub(super) fn in_pyyaml_order(text: &str) -> Result<Cow<'_, str>, (String, String)> {
     let mut walk = Walk {
+        text,
         events: Parser::new_from_str(text),
         path: Vec::new(),
         moves: Vec::new(),
@@ -75,6 +81,7 @@ struct Node {
 }
 
 struct Walk<'a> {
+    text: &'a str,
     events: Parser<'a, StrInput<'a>>,
     /// The keys (and list positions) above the current node, for a refusal's key path.
     path: Vec<String>,
@@ -181,6 +188,7 @@ impl<'a> Walk<'a> {
     fn mapping(&mut self) -> Result<(usize, usize, bool), Stop> {
         let mut anchored = false;
         let mut merges = Vec::new();
+        let mut written = HashMap::new();
         loop {
             let (key_event, key_span) = match self.child()? {
                 Child::Node(event, span) => (event, span),
@@ -197,6 +205,9 @@ impl<'a> Walk<'a> {
                 Event::Scalar(name, ..) => name.to_string(),
                 _ => "?".to_owned(),
             };
+            if !is_merge && matches!(key_event, Event::Scalar(..)) {
+                self.written_once(&mut written, &name, key_span)?;
+            }
             anchored |= self.node(key_event, key_span)?.anchored;
             let Child::Node(event, span) = self.child()? else {
                 return Err(Stop::Unreadable);
@@ -239,6 +250,39 @@ impl<'a> Walk<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Refuses a key whose text was written before in this mapping (`written`: each key's text
+    /// with its span, as the mapping's keys are read), naming both lines. The YAML library refuses two that are the same YAML
+    /// value, but `123:` and `'123':` are a number and a text to it, while every mapping of
+    /// names here (aliases, header names) reads both as the text `123`: both loaded, and one
+    /// server was dropped in silence.
+    fn written_once(
+        &self,
+        written: &mut HashMap<String, Span>,
+        name: &str,
+        span: Span,
+    ) -> Result<(), Stop> {
+        let Some(first) = written.get(name) else {
+            written.insert(name.to_owned(), span);
+            return Ok(());
+        };
+        let spelled = |span: &Span| -> Result<&str, Stop> {
+            let range = offset(span.start.byte_offset())?..offset(span.end.byte_offset())?;
+            Ok(self.text.get(range).unwrap_or(name))
+        };
+        let (one, two) = (spelled(first)?, spelled(&span)?);
+        let spellings = (!one.contains('\n') && !two.contains('\n')).then_some((one, two));
+        Err(Stop::Refused(
+            self.key_path(),
+            super::written_twice(
+                name,
+                spellings,
+                Some(first.start.line()),
+                span.start.line(),
+                span.start.col() + 1,
+            ),
+        ))
     }
 
     fn key_path(&self) -> String {

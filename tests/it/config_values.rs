@@ -352,7 +352,8 @@ fn a_compression_other_than_gzip_or_none_stops_start_up() {
 /// config.yaml mistakes are said in the editor's terms, with the file, key path and line:
 /// `null` in a list was "invalid type: unit value, expected a string", `1e20` bytes "invalid
 /// u64"; a key written twice names both its lines (PyYAML took the last one; the router
-/// refuses it, since the first is most often a server meant under another name).
+/// refuses it, since the first is most often a server meant under another name), also when
+/// written once as a number and once as text, and at the top level (said as `?`).
 #[test]
 fn config_mistakes_are_said_in_the_editors_terms() {
     let dir = tempfile::tempdir().expect("dir");
@@ -368,6 +369,15 @@ fn config_mistakes_are_said_in_the_editors_terms() {
         (
             "servers:\n  a:\n    url: http://x\n    api_key: k1\n  a:\n    url: http://y\n    api_key: k2\n",
             "error: ./config.yaml: servers: the key a appears twice, at line 2 and again at line 5, column 3; keep one",
+        ),
+        // A number and a text to YAML, one alias: `check` said "ok, 1 server (123)".
+        (
+            "servers:\n  123:\n    url: http://x\n    api_key: k1\n  '123':\n    url: http://y\n    api_key: k2\n",
+            "error: ./config.yaml: servers: the key 123 appears twice (as 123 and '123'), at line 2 and again at line 5, column 3; keep one",
+        ),
+        (
+            "servers:\n  a:\n    url: http://x\nservers:\n  b:\n    url: http://y\n",
+            "error: ./config.yaml: (top level): the key servers appears twice, at line 1 and again at line 4, column 1; keep one",
         ),
     ];
     for (yaml, expected) in cases {
