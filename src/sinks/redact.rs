@@ -559,10 +559,12 @@ fn whole_escapes(hay: &[u8], start: usize) -> usize {
     start - 2 * ((run / 2) % 2)
 }
 
-/// The `u` of a `\\uXXXX` escape that an occurrence at `start` begins inside of, among its hex
-/// digits (a secret that begins with hex digits, found in `\\uabcd1234...`): replacing from
-/// there left `\\u[redacted]`, which no JSON parser reads. The escape goes with it (the
-/// backslashes before the `u` are taken by [`whole_escapes`]).
+/// The `u` of a `\uXXXX` escape that an occurrence at `start` begins inside of, among its hex
+/// digits (a secret that begins with hex digits, found in `\uabcd1234...`): replacing from
+/// there left `\u[redacted]`, which no JSON parser reads. The escape goes with it (the
+/// backslashes before the `u` are taken by [`whole_escapes`]), and so does the escape of the
+/// first half of a surrogate pair before it, when it is the second half (`\ud83d\ude00...`
+/// left `\ud83d[redacted]`, half a character, which strict parsers refuse; bb57).
 fn unicode_escape_around(hay: &[u8], start: usize) -> Option<usize> {
     let digits = hay[..start]
         .iter()
@@ -570,12 +572,32 @@ fn unicode_escape_around(hay: &[u8], start: usize) -> Option<usize> {
         .take(3)
         .take_while(|b| b.is_ascii_hexdigit())
         .count();
-    (0..=digits).find_map(|k| {
+    let u = (0..=digits).find_map(|k| {
         let u = start.checked_sub(k + 1)?;
-        let run = hay[..u].iter().rev().take_while(|&&b| b == b'\\').count();
-        // An escape at either depth: an odd run, or an odd number of pairs.
-        (hay[u] == b'u' && (run % 2 == 1 || (run / 2) % 2 == 1)).then_some(u)
-    })
+        (hay[u] == b'u' && escape_at(hay, u)).then_some(u)
+    })?;
+    let is_low_half = escaped_unit(hay, u).is_some_and(|unit| (0xDC00..0xE000).contains(&unit));
+    let backslashes = hay[..u].iter().rev().take_while(|&&b| b == b'\\').count();
+    let high = (u - backslashes)
+        .checked_sub(5)
+        .filter(|&high| hay[high] == b'u' && escape_at(hay, high))
+        .filter(|&high| {
+            escaped_unit(hay, high).is_some_and(|unit| (0xD800..0xDC00).contains(&unit))
+        });
+    Some(high.filter(|_| is_low_half).unwrap_or(u))
+}
+
+/// Whether the `u` at `u` is an escape's, at either depth: an odd run of backslashes before
+/// it, or an odd number of pairs.
+fn escape_at(hay: &[u8], u: usize) -> bool {
+    let run = hay[..u].iter().rev().take_while(|&&b| b == b'\\').count();
+    run % 2 == 1 || (run / 2) % 2 == 1
+}
+
+/// The UTF-16 unit the four hex digits after the `u` at `u` write.
+fn escaped_unit(hay: &[u8], u: usize) -> Option<u32> {
+    let digits = std::str::from_utf8(hay.get(u + 1..u + 5)?).ok()?;
+    u32::from_str_radix(digits, 16).ok()
 }
 
 /// Where `secret` ends if it starts at `at` in `hay`, each of its characters written as it is
@@ -851,6 +873,12 @@ mod tests {
             // Not an escape at either level: the `u` and the backslashes before it stay.
             (r#""\\\\uabcd1234-secret-key""#, r#""\\\\u[redacted]""#),
             (r#""\u00e9abcd1234-secret-key""#, r#""\u00e9[redacted]""#),
+            // The second half of a surrogate pair goes with the first (bb57).
+            (r#""\ud83d\udcabcd1234-secret-key""#, r#""[redacted]""#),
+            (
+                r#""\ud83d\u00abcd1234-secret-key""#,
+                r#""\ud83d[redacted]""#,
+            ),
         ] {
             assert_eq!(r.redact(text, &[]), expected, "{text}");
             let level_up = text.replace('\\', r"\\");
