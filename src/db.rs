@@ -623,6 +623,12 @@ fn folder_refuses(shown: &str, path: &Path) -> DbError {
             "cannot create it: the folder {} does not exist",
             folder.display()
         )
+    } else if on_read_only_mount(path) {
+        format!(
+            "cannot {} it: its folder {} is on a read-only mount",
+            if exists { "write" } else { "create" },
+            folder.display()
+        )
     } else if !exists {
         format!(
             "cannot create it: its folder {} is not writable by this user",

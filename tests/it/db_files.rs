@@ -1156,6 +1156,24 @@ fn a_full_disk_and_a_read_only_mount_are_named() {
     let (code, _, stderr) = run_cli(dir.path(), &["user", "list"], &envs);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("on a read-only mount"), "{stderr}");
+    // One yet to be made there too, by `check` and by `user add` (bb57: "not writable by
+    // this user").
+    let new = dir.path().join("fs/new.db");
+    let new = new.to_str().expect("utf-8 path");
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &[("LLMSROUTER_DB", new)]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("new.db: cannot create it: its folder")
+            && stderr.contains("/fs is on a read-only mount"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_cli(
+        dir.path(),
+        &["user", "add", "bo"],
+        &[("LLMSROUTER_DB", new)],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is on a read-only mount"), "{stderr}");
 
     mount.remount("rw");
     let mut filler = std::fs::File::create(dir.path().join("fs/filler")).expect("filler");
