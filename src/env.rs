@@ -339,16 +339,17 @@ impl EnvSettings {
         let mut read = Gathered::default();
         unused_otlp_variables(env, &mut warnings);
         python_bypass(env, &mut warnings);
-        read.value(proxy_variables(env));
+        proxy_variables(env, &mut read);
         proxy_warnings(env, &mut warnings);
-        read.value(trusted_cas(env));
+        read.value(trusted_ca_file(env));
+        read.value(trusted_ca_folders(env));
         let settings = Self {
             account_management: read.value(bool_var(env, "ENABLE_ACCOUNT_MANAGEMENT", false)),
             log_file,
             log_bodies: read.value(bool_var(env, "LLMSROUTER_LOG_BODIES", true)),
             ledger: read.value(bool_var(env, "LLMSROUTER_LEDGER", true)),
             langfuse: read.value(langfuse_env(env, &mut warnings)),
-            otlp: read.value(otlp_env(env, &mut warnings)),
+            otlp: otlp_env(env, &mut warnings, &mut read),
             trace_max_io_bytes: read.value(trace_max_io_bytes(env)),
             trace_export_interval: read.value(trace_export_interval(env)),
             trace_gzip: read.value(otlp_gzip(env)),
@@ -370,9 +371,9 @@ impl EnvSettings {
 /// folders with none between them stop `serve` and `check` naming the variable, as the user
 /// asked for that CA. Before, they were dropped in silence, `check` said ok, and every
 /// request to the provider behind the private CA failed with UnknownIssuer. A file in a
-/// folder that cannot be read is skipped, as OpenSSL skips it.
-fn trusted_cas(env: &dyn Fn(&str) -> Option<String>) -> Result<(), EnvError> {
-    let not_trusted = "the CAs it names would not be trusted";
+/// folder that cannot be read is skipped, as OpenSSL skips it. This judges `SSL_CERT_FILE`;
+/// [`trusted_ca_folders`] judges `SSL_CERT_DIR`.
+fn trusted_ca_file(env: &dyn Fn(&str) -> Option<String>) -> Result<(), EnvError> {
     if let Some(file) = env("SSL_CERT_FILE") {
         if file.trim().is_empty() {
             return Err(set_but_empty("SSL_CERT_FILE"));
@@ -380,7 +381,7 @@ fn trusted_cas(env: &dyn Fn(&str) -> Option<String>) -> Result<(), EnvError> {
         let path = Path::new(&file);
         let error = |reason: String| EnvError {
             name: "SSL_CERT_FILE",
-            reason: format!("{}: {reason}: {not_trusted}", path.display()),
+            reason: format!("{}: {reason}: {NOT_TRUSTED}", path.display()),
         };
         if let Err(e) = std::fs::File::open(path) {
             return Err(error(format!("cannot be read ({e})")));
@@ -395,6 +396,16 @@ fn trusted_cas(env: &dyn Fn(&str) -> Option<String>) -> Result<(), EnvError> {
             ));
         }
     }
+    Ok(())
+}
+
+/// What the CA variables' errors end with.
+const NOT_TRUSTED: &str = "the CAs it names would not be trusted";
+
+/// `SSL_CERT_DIR`, as [`trusted_ca_file`] reads `SSL_CERT_FILE`; each is judged apart, so
+/// both are named when both are wrong.
+fn trusted_ca_folders(env: &dyn Fn(&str) -> Option<String>) -> Result<(), EnvError> {
+    let not_trusted = NOT_TRUSTED;
     if let Some(dirs) = env("SSL_CERT_DIR") {
         if dirs.trim().is_empty() {
             return Err(set_but_empty("SSL_CERT_DIR"));
@@ -520,14 +531,20 @@ fn langfuse_env(
     }))
 }
 
+/// The endpoint and its headers are judged apart, so both are named when both are wrong.
 fn otlp_env(
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
-) -> Result<Option<OtlpEnv>, EnvError> {
-    let Some(endpoint) = given(env, "OTEL_EXPORTER_OTLP_ENDPOINT")? else {
-        let headers = non_empty(env, "OTEL_EXPORTER_OTLP_HEADERS")
-            .map(|raw| parse_otlp_headers(&raw))
-            .transpose()?
+    read: &mut Gathered,
+) -> Option<OtlpEnv> {
+    let endpoint = given(env, "OTEL_EXPORTER_OTLP_ENDPOINT");
+    if matches!(endpoint, Ok(None)) {
+        let headers = read
+            .value(
+                non_empty(env, "OTEL_EXPORTER_OTLP_HEADERS")
+                    .map(|raw| parse_otlp_headers(&raw))
+                    .transpose(),
+            )
             .unwrap_or_default();
         if !headers.is_empty() {
             warnings.push(
@@ -535,17 +552,21 @@ fn otlp_env(
                     .to_owned(),
             );
         }
-        return Ok(None);
-    };
-    let headers = match given(env, "OTEL_EXPORTER_OTLP_HEADERS")? {
-        Some(raw) => parse_otlp_headers(&raw)?,
-        None => Vec::new(),
-    };
-    let base = http_url("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)?;
-    Ok(Some(OtlpEnv {
-        endpoint: traces_endpoint(&base),
-        headers,
-    }))
+        return None;
+    }
+    let base = read.value(endpoint.and_then(|endpoint| {
+        endpoint
+            .map(|endpoint| http_url("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint))
+            .transpose()
+    }));
+    let headers = read.value(
+        given(env, "OTEL_EXPORTER_OTLP_HEADERS")
+            .and_then(|raw| raw.map(|raw| parse_otlp_headers(&raw)).transpose()),
+    );
+    Some(OtlpEnv {
+        endpoint: traces_endpoint(&base?),
+        headers: headers.unwrap_or_default(),
+    })
 }
 
 /// Standard OTLP variables a user may well set that the router does not act on: each gets a
@@ -923,48 +944,53 @@ pub const PROXY_VARIABLES: [&str; 6] = [
 /// was meant to carry them; a `socks5://` one it reads, but reqwest is built without SOCKS,
 /// so every request through it failed with 502. The value is never shown: a proxy URL often
 /// holds a password.
-fn proxy_variables(env: &dyn Fn(&str) -> Option<String>) -> Result<(), EnvError> {
-    use hyper_util::client::proxy::matcher::Matcher;
+fn proxy_variables(env: &dyn Fn(&str) -> Option<String>, read: &mut Gathered) {
     for name in PROXY_VARIABLES {
         // Untrimmed: the matcher reads it so.
         let Some(value) = env(name).filter(|v| !v.trim().is_empty()) else {
             continue;
         };
-        let bad = |reason: String| EnvError { name, reason };
-        let scheme = value
-            .parse::<http::Uri>()
-            .ok()
-            .and_then(|uri| uri.scheme_str().map(str::to_ascii_lowercase));
-        if let Some(scheme) = scheme.filter(|s| s != "http" && s != "https") {
-            return Err(bad(format!(
-                "{scheme}:// proxies are not supported: give an http:// or https:// proxy \
-                 (http://host:port), or unset it"
-            )));
-        }
-        if authority_of(&value).matches('@').count() > 1 {
-            return Err(bad(
-                "holds more than one @ before its host: percent-encode an @ in the user name \
-                 or password as %40 (its value is not shown: it may hold a password)"
-                    .to_owned(),
-            ));
-        }
-        // What the matcher makes of it, asked as the upstream client asks it; a port it
-        // takes as text (`:99999`, `:pa` of a password with a `/` in it) reaches no proxy.
-        let matcher = Matcher::builder().all(value).build();
-        let probe = http::Uri::from_static("http://llmsrouter.invalid/");
-        let used = matcher.intercept(&probe).is_some_and(|proxy| {
-            proxy
-                .uri()
-                .authority()
-                .is_some_and(|authority| port_is_whole(authority.as_str()))
-        });
-        if !used {
-            return Err(bad(
-                "is not a proxy URL such as http://host:port or http://user:password@host:port \
-                 (its value is not shown: it may hold a password)"
-                    .to_owned(),
-            ));
-        }
+        read.value(proxy_variable(name, value));
+    }
+}
+
+/// One proxy variable's value, as [`proxy_variables`] judges it.
+fn proxy_variable(name: &'static str, value: String) -> Result<(), EnvError> {
+    use hyper_util::client::proxy::matcher::Matcher;
+    let bad = |reason: String| EnvError { name, reason };
+    let scheme = value
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|uri| uri.scheme_str().map(str::to_ascii_lowercase));
+    if let Some(scheme) = scheme.filter(|s| s != "http" && s != "https") {
+        return Err(bad(format!(
+            "{scheme}:// proxies are not supported: give an http:// or https:// proxy \
+             (http://host:port), or unset it"
+        )));
+    }
+    if authority_of(&value).matches('@').count() > 1 {
+        return Err(bad(
+            "holds more than one @ before its host: percent-encode an @ in the user name \
+             or password as %40 (its value is not shown: it may hold a password)"
+                .to_owned(),
+        ));
+    }
+    // What the matcher makes of it, asked as the upstream client asks it; a port it
+    // takes as text (`:99999`, `:pa` of a password with a `/` in it) reaches no proxy.
+    let matcher = Matcher::builder().all(value).build();
+    let probe = http::Uri::from_static("http://llmsrouter.invalid/");
+    let used = matcher.intercept(&probe).is_some_and(|proxy| {
+        proxy
+            .uri()
+            .authority()
+            .is_some_and(|authority| port_is_whole(authority.as_str()))
+    });
+    if !used {
+        return Err(bad(
+            "is not a proxy URL such as http://host:port or http://user:password@host:port \
+             (its value is not shown: it may hold a password)"
+                .to_owned(),
+        ));
     }
     Ok(())
 }

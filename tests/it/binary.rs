@@ -1159,6 +1159,45 @@ fn every_bad_variable_is_named_in_one_run() {
     assert_error_lines(&stderr, &expected[..3]);
 }
 
+/// Variables read together are judged apart: both of a pair that are wrong are named (bb57:
+/// the endpoint and its headers, two proxy variables, the two CA variables each named only
+/// the first).
+#[test]
+fn both_bad_variables_of_a_pair_are_named() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    for (pair, expected) in [
+        (
+            [
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "notaurl"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "bad"),
+            ],
+            [
+                "OTEL_EXPORTER_OTLP_ENDPOINT: ",
+                "OTEL_EXPORTER_OTLP_HEADERS: ",
+            ],
+        ),
+        (
+            [
+                ("HTTPS_PROXY", "socks5://h:1"),
+                ("HTTP_PROXY", "socks5://h:2"),
+            ],
+            ["HTTPS_PROXY: ", "HTTP_PROXY: "],
+        ),
+        (
+            [
+                ("SSL_CERT_FILE", "/nonexistent/ca.pem"),
+                ("SSL_CERT_DIR", "/nonexistent/certs"),
+            ],
+            ["SSL_CERT_FILE: ", "SSL_CERT_DIR: "],
+        ),
+    ] {
+        let (code, _, stderr) = run_cli(dir.path(), &["check"], &pair);
+        assert_eq!(code, 1, "{stderr}");
+        assert_error_lines(&stderr, &expected);
+    }
+}
+
 /// `stderr` is one `error:` line for each of `expected`, in order, each holding its text.
 fn assert_error_lines(stderr: &str, expected: &[&str]) {
     let lines: Vec<&str> = stderr.lines().collect();
