@@ -1114,6 +1114,11 @@ fn expand_list(list: Vec<Scalar>, path: &str, env: &EnvLookup<'_>) -> Result<Vec
         .collect()
 }
 
+/// The longest value a key's `${NAME}`s may expand to, as for `.env`'s (an environment
+/// variable holds far less): one header of 300 `${BIG}`s of 1 MB each held 300 MB while
+/// `check` said ok (bb57).
+const MAX_EXPANDED_BYTES: usize = 1024 * 1024;
+
 /// Replaces every `${NAME}` with that environment variable. An unset variable is an error:
 /// an empty api key would only surface later as a confusing 401 from the provider. So is one
 /// set but empty (what `docker --env-file` leaves for a missing value, hiding `.env`'s), as
@@ -1136,6 +1141,12 @@ pub fn expand_env(value: &str, path: &str, env: &EnvLookup<'_>) -> Result<String
             return Err(invalid(path, not_a_reference(name)));
         }
         let reason = match env(name) {
+            Ok(v) if out.len() + v.len() > MAX_EXPANDED_BYTES => {
+                return Err(invalid(
+                    path,
+                    "the value's ${NAME}s expand to over 1 MiB (a variable used many times over?)",
+                ));
+            }
             Ok(v) if !v.is_empty() => {
                 out.push_str(&v);
                 rest = &after[end + 1..];
@@ -1609,6 +1620,13 @@ settings:
             "$X no braces"
         );
         assert!(expand_env("${", "p", &env).is_err());
+        // Past 1 MiB in all, however it is reached.
+        let big = |_: &str| Ok("x".repeat(300 * 1024));
+        assert!(expand_env(&"${B}".repeat(3), "p", &big).is_ok());
+        let said = expand_env(&"${B}".repeat(4), "p", &big)
+            .expect_err("too long")
+            .1;
+        assert!(said.contains("expand to over 1 MiB"), "{said}");
         assert!(expand_env("${1A}", "p", &env).is_err());
         // A key where a name belongs, or as a shell default, is never quoted.
         let said = |value: &str| expand_env(value, "p", &env).expect_err(value).1;
