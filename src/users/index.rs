@@ -36,6 +36,7 @@ use super::store::{key_readable, text};
 use crate::auth::{Caller, KeyIndex, Permissions};
 use crate::db::{AtPath, DbFile, WalFile};
 use crate::sinks::{MAX_NAME_CHARS, clipped_chars};
+use sha2::{Digest, Sha256};
 
 /// How often the refresh task asks whether the database changed.
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
@@ -122,14 +123,10 @@ impl UserIndex {
         while let Some(row) = rows.next()? {
             // As `user list` prints it, so the request log, traces and the ledger name the
             // user as the CLI does (`<null>` rather than an empty name).
-            // Cut as long model names are ([`MAX_NAME_CHARS`]): this is the name every record
+            // Cut to [`MAX_NAME_CHARS`] (see [`recorded_name`]): this is the name every record
             // of the user's requests carries (request log, ledger, traces), and a Python-era
             // 100 KB name would be written whole into each. Commands match the full name.
-            let username = clipped_chars(
-                Cow::Owned(StoredName::from_sql(row.get_ref(0)?).shown()),
-                MAX_NAME_CHARS,
-            )
-            .into_owned();
+            let username = recorded_name(StoredName::from_sql(row.get_ref(0)?).shown());
             let key = match key_readable(row, 1)? {
                 Ok(key) => key,
                 Err(unusable) => {
@@ -711,10 +708,45 @@ pub fn others_may_read(path: &Path) -> Option<String> {
     }
 }
 
+/// Hex digits of a long name's hash kept in its recorded form.
+const NAME_HASH_HEX: usize = 16;
+
+/// The name a user's records carry: the name as `user list` shows it, or, past
+/// [`MAX_NAME_CHARS`], its first characters, `…#` and 16 hex digits of its SHA-256, within
+/// that length: two names that begin alike for 1,024 characters were recorded as one, and
+/// `usage --by user` added them up (bb57).
+fn recorded_name(name: String) -> String {
+    if name.chars().nth(MAX_NAME_CHARS).is_none() {
+        return name;
+    }
+    let hash: String = Sha256::digest(name.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let kept = clipped_chars(Cow::Borrowed(&name), MAX_NAME_CHARS - NAME_HASH_HEX - 2);
+    format!("{kept}…#{}", &hash[..NAME_HASH_HEX])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::users::store::{NewUser, OpenMode, UserStore};
+
+    #[test]
+    fn a_long_name_is_recorded_cut_and_told_apart() {
+        assert_eq!(recorded_name("ann".into()), "ann");
+        let exact = "n".repeat(MAX_NAME_CHARS);
+        assert_eq!(recorded_name(exact.clone()), exact);
+        let alice = format!("{}-alice", "a".repeat(MAX_NAME_CHARS));
+        let bob = format!("{}-bob", "a".repeat(MAX_NAME_CHARS));
+        let (alice, bob) = (recorded_name(alice), recorded_name(bob));
+        assert_ne!(alice, bob);
+        for name in [&alice, &bob] {
+            assert_eq!(name.chars().count(), MAX_NAME_CHARS, "{name}");
+            assert!(name.starts_with(&"a".repeat(1000)), "{name}");
+            assert!(name.contains("…#"), "{name}");
+        }
+    }
 
     #[test]
     fn finds_by_key_and_follows_changes_made_elsewhere() {

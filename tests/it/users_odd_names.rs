@@ -849,8 +849,18 @@ async fn a_blob_key_signs_in_nobody_and_a_huge_name_is_recorded_cut() {
         ledger_name().is_some()
     })
     .await;
-    let cut: String = huge.chars().take(1024).collect();
-    assert_eq!(ledger_name().as_deref(), Some(cut.as_str()));
+    // Its first characters, then `…#` and 16 hex digits of the whole name's SHA-256.
+    let kept: String = huge.chars().take(1024 - 18).collect();
+    let cut = ledger_name().expect("a ledger row");
+    assert_eq!(cut.chars().count(), 1024, "{cut}");
+    let (head, hash) = cut.split_once('…').expect("marked cut");
+    assert_eq!(head, kept);
+    assert!(
+        hash.len() == 17
+            && hash.starts_with('#')
+            && hash[1..].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{hash}"
+    );
     let log_user = || {
         std::fs::read_dir(&folder)
             .expect("ls")
