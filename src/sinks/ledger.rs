@@ -342,6 +342,7 @@ impl LedgerSink {
             loss_warnings: LossWarnings::every(waits.warning_interval),
             failure_reason: String::new(),
             flushed: false,
+            failing_since: None,
         };
         let queue = WriterQueue::start(
             "llmsrouter-ledger",
@@ -463,7 +464,16 @@ struct Writer {
     failure_reason: String,
     /// The queue is closed and drained: the shutdown flush is over.
     flushed: bool,
+    /// When the last write failed for a reason other than a lock (a full disk, a read-only
+    /// file): while such failures keep coming, a batch is tried once, with no pause and second
+    /// try. The pause held the rows queued behind it, and with them their records' bodies
+    /// (1 MB requests on a full disk: 115-138 MB held where 21 MB was the rest, and past the
+    /// recorder's body budget the request log and Langfuse lost the bodies too; bb55).
+    failing_since: Option<Instant>,
 }
+
+/// How long after a failure of another kind than a lock the next batch is tried only once.
+const STILL_FAILING: Duration = Duration::from_secs(5);
 
 /// Whether SQLite refused because another connection holds the lock: worth waiting for,
 /// unlike a full disk or a read-only file.
@@ -637,7 +647,8 @@ impl Writer {
     /// Inserts `rows`. A database locked by another process is waited for, with growing
     /// pauses, for as long as it takes (the queue behind fills meanwhile, and drops only
     /// what overflows it) until shutdown began [`LedgerWaits::close_deadline`] ago. Any
-    /// other error gets one more attempt (it may pass), then the batch is given up.
+    /// other error gets one more attempt 50 ms later (it may pass), then the batch is given
+    /// up; while such errors keep coming ([`STILL_FAILING`]), a batch gets one attempt.
     fn write(
         &mut self,
         conn: &mut Connection,
@@ -653,6 +664,7 @@ impl Writer {
                 let _ = conn.busy_timeout(self.busy_timeout.min(left));
             }
             let Err(error) = insert_rows(conn, rows) else {
+                self.failing_since = None;
                 return Ok(());
             };
             let locked = is_locked(&error);
@@ -667,14 +679,19 @@ impl Writer {
             }
             if !locked {
                 other_errors += 1;
-                if other_errors > 1 {
+                let still_failing = self
+                    .failing_since
+                    .is_some_and(|at| at.elapsed() < STILL_FAILING);
+                self.failing_since = Some(Instant::now());
+                if other_errors > 1 || still_failing {
                     return Err(error);
                 }
             }
             let mut pause = if locked {
                 backoff
             } else {
-                Duration::from_millis(500)
+                // Short: the rows queued behind wait with their records' bodies.
+                Duration::from_millis(50)
             };
             if let Some(since) = self.closing.get() {
                 let left = self.close_deadline.saturating_sub(since.elapsed());
@@ -868,6 +885,7 @@ mod tests {
             loss_warnings: LossWarnings::default(),
             failure_reason: String::new(),
             flushed: false,
+            failing_since: None,
         };
         let record = record();
         let rows = numbered_rows(&record, 1);
@@ -996,6 +1014,7 @@ mod tests {
             loss_warnings: LossWarnings::default(),
             failure_reason: String::new(),
             flushed: false,
+            failing_since: None,
         }
     }
 

@@ -1192,3 +1192,47 @@ fn a_full_disk_and_a_read_only_mount_are_named() {
         "{stderr}"
     );
 }
+
+/// While the ledger's disk is full, each batch is tried once, not paused for and tried again:
+/// the pause held the records queued behind it, bodies and all (1 MB requests took the
+/// router from 21 MB to 115-138 MB, and past the recorder's body budget the other sinks lost
+/// their bodies too; bb55). The rows are lost and counted either way.
+#[tokio::test]
+async fn a_full_ledger_disk_does_not_hold_the_records_queued_behind() {
+    let fs = tempfile::tempdir().expect("dir");
+    let Some(_mount) = Mounted::tmpfs(&fs.path().join("fs")) else {
+        eprintln!("not run: this process may not mount a tmpfs");
+        return;
+    };
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let db = fs.path().join("fs/users.db");
+    let db = db.to_str().expect("utf-8 path");
+    let config = crate::support::one_server_config(&upstream.url(), "");
+    let router = RouterProcess::start(
+        Some(&config),
+        &[("LLMSROUTER_DB", db), ("LLMSROUTER_LOG_FILE", "")],
+    );
+    let url = router.url("/v1/chat/completions");
+    let http = crate::support::client();
+    let body = serde_json::json!({
+        "model": "[mock]m",
+        "messages": [{"role": "user", "content": "x".repeat(1024 * 1024)}],
+    })
+    .to_string();
+    let send = || {
+        http.post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(send().await.expect("send").status(), 200);
+    let mut filler = std::fs::File::create(fs.path().join("fs/filler")).expect("filler");
+    let _ = std::io::Write::write_all(&mut filler, &vec![0u8; 1024 * 1024]);
+    drop(filler);
+    let before = crate::support::peak_rss_kib(router.child.id());
+    for _ in 0..300 {
+        assert_eq!(send().await.expect("send").status(), 200);
+    }
+    let grew = crate::support::peak_rss_kib(router.child.id()).saturating_sub(before);
+    assert!(grew < 40 * 1024, "the peak grew by {grew} KiB");
+}
