@@ -263,9 +263,9 @@ pub fn unquote_router_variables(from_environment: &dyn Fn(&str) -> bool) -> Vec<
 }
 
 /// Every bad variable [`EnvSettings::from_env`] found, in [`VARIABLES`]' order (those not
-/// UTF-8 first): `check` names them all in one run, beside the listen address and config.yaml, and
-/// `serve` says them all before it stops (it stopped at the first, so a user with two
-/// mistakes needed two runs to learn of the second).
+/// UTF-8 first): `check` names them all in one run, beside the listen address and
+/// config.yaml, and `serve` says them all before it stops (it stopped at the first, so a
+/// user with two mistakes needed two runs to learn of the second).
 #[derive(Debug)]
 pub struct EnvErrors {
     pub first: EnvError,
