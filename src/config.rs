@@ -136,7 +136,30 @@ pub enum ConfigError {
         /// Dotted key path, e.g. `servers.openrouter.url`; `(top level)` for the document.
         path: String,
         reason: String,
+        /// The first problem of each other server that has one (`(path, reason)`), for
+        /// `check` and `serve` to say too, one line each: two servers' unset `${NAME}`s took
+        /// two runs to learn of (bb58).
+        more: Vec<(String, String)>,
     },
+}
+
+impl ConfigError {
+    /// Every problem said, one line each, as the error itself says the first.
+    pub fn lines(&self) -> Vec<String> {
+        let Self::Invalid { file, more, .. } = self else {
+            return vec![self.to_string()];
+        };
+        std::iter::once(self.to_string())
+            .chain(more.iter().map(|(path, reason)| {
+                format!(
+                    "{}: {}: {}",
+                    file.display(),
+                    crate::printable(path),
+                    crate::printable(reason)
+                )
+            }))
+            .collect()
+    }
 }
 
 impl Config {
@@ -152,11 +175,13 @@ impl Config {
         from_environment: &dyn Fn(&str) -> bool,
     ) -> Result<Self, ConfigError> {
         let text = Self::read(file)?;
-        Self::parse_unquoting(&text, env, from_environment).map_err(|(path, reason)| {
+        Self::parse_every_problem(&text, env, from_environment).map_err(|mut problems| {
+            let (path, reason) = problems.remove(0);
             ConfigError::Invalid {
                 file: file.to_owned(),
                 path,
                 reason,
+                more: problems,
             }
         })
     }
@@ -170,6 +195,7 @@ impl Config {
             file: file.to_owned(),
             path,
             reason,
+            more: Vec::new(),
         })?;
         Ok(raw
             .and_then(|raw| raw.servers)
@@ -223,7 +249,17 @@ impl Config {
         env: &EnvLookup<'_>,
         unquotable: &dyn Fn(&str) -> bool,
     ) -> Result<Self, (String, String)> {
-        let raw = parse_yaml(text)?;
+        Self::parse_every_problem(text, env, unquotable).map_err(|mut problems| problems.remove(0))
+    }
+
+    /// [`Config::parse_unquoting`], giving the first problem of each server that has one
+    /// (never none).
+    fn parse_every_problem(
+        text: &str,
+        env: &EnvLookup<'_>,
+        unquotable: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, Vec<Invalid>> {
+        let raw = parse_yaml(text).map_err(|problem| vec![problem])?;
         let Some(raw) = raw else {
             return Ok(Self::default());
         };
@@ -659,14 +695,26 @@ fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Invalid {
     (path.into(), reason.into())
 }
 
-fn validate(raw: RawConfig, env: &EnvLookup<'_>) -> Result<Config, Invalid> {
+/// `Err` holds the first problem of each server that has one, in the file's order (each
+/// server is judged apart), or the settings' problem, judged once the servers are good (it
+/// names them). Never empty.
+fn validate(raw: RawConfig, env: &EnvLookup<'_>) -> Result<Config, Vec<Invalid>> {
     let mut servers = IndexMap::new();
     let mut warnings = Vec::new();
+    let mut problems = Vec::new();
     for (alias, raw_server) in raw.servers.unwrap_or_default().0 {
-        let server = validate_server(&alias, raw_server, env, &mut warnings)?;
-        servers.insert(alias, server);
+        match validate_server(&alias, raw_server, env, &mut warnings) {
+            Ok(server) => {
+                servers.insert(alias, server);
+            }
+            Err(problem) => problems.push(problem),
+        }
     }
-    let settings = validate_settings(raw.settings, &servers, env)?;
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let settings =
+        validate_settings(raw.settings, &servers, env).map_err(|problem| vec![problem])?;
     Ok(Config {
         servers,
         settings,

@@ -355,7 +355,15 @@ fn load_config(path: &Path, from_environment: &dyn Fn(&str) -> bool) -> anyhow::
             );
             Ok(Config::default())
         }
-        Err(error) => Err(anyhow!(error)),
+        Err(error) => {
+            // Each line but the last said here; the last is `main`'s to say, as any error.
+            let mut lines = error.lines();
+            let last = lines.pop().unwrap_or_default();
+            for line in lines {
+                console::line(format_args!("error: {line}"));
+            }
+            Err(anyhow!(last))
+        }
     }
 }
 
@@ -796,7 +804,11 @@ fn run_check(
         // included); the environment's own checks wait for a `.env` that reads.
         match checked_config(cli, from_environment) {
             Ok(config) => print_config_ok(cli, &config)?,
-            Err(error) => console::line(format_args!("error: {error}")),
+            Err(problems) => {
+                for problem in problems {
+                    console::line(format_args!("error: {problem}"));
+                }
+            }
         }
         return Ok(ExitCode::FAILURE);
     }
@@ -820,7 +832,7 @@ fn run_check(
             if let Ok(config) = &config {
                 print_config_ok(cli, config)?;
             }
-            for problem in problems.chain(config.err()) {
+            for problem in problems.chain(config.err().into_iter().flatten()) {
                 console::line(format_args!("error: {}", one_line(&problem)));
             }
             return Ok(ExitCode::FAILURE);
@@ -839,7 +851,10 @@ fn run_check(
     if let Ok(config) = &config {
         print_config_ok(cli, config)?;
     }
-    let problems: Vec<anyhow::Error> = problems.into_iter().chain(config.err()).collect();
+    let problems: Vec<anyhow::Error> = problems
+        .into_iter()
+        .chain(config.err().into_iter().flatten())
+        .collect();
     if !problems.is_empty() {
         for problem in &problems {
             console::line(format_args!("error: {}", one_line(problem)));
@@ -874,15 +889,23 @@ fn say_all_but_last(errors: llmsrouter::env::EnvErrors) -> llmsrouter::env::EnvE
     last
 }
 
-/// config.yaml as `serve` would load it, or why `serve` would not start with it.
-fn checked_config(cli: &Cli, from_environment: &dyn Fn(&str) -> bool) -> anyhow::Result<Config> {
+/// config.yaml as `serve` would load it, or why `serve` would not start with it: the first
+/// problem of each server that has one (see [`ConfigError::lines`]).
+fn checked_config(
+    cli: &Cli,
+    from_environment: &dyn Fn(&str) -> bool,
+) -> Result<Config, Vec<anyhow::Error>> {
     match Config::load(&cli.config, &env_var, from_environment) {
         Ok(config) => Ok(config),
-        Err(ConfigError::NotFound { file }) => Err(anyhow!(
+        Err(ConfigError::NotFound { file }) => Err(vec![anyhow!(
             "{}: not found (serve would start with no providers; create it from config.yaml.template)",
             file.display()
-        )),
-        Err(error) => Err(anyhow!(error)),
+        )]),
+        Err(error) => Err(error
+            .lines()
+            .into_iter()
+            .map(|line| anyhow!(line))
+            .collect()),
     }
 }
 

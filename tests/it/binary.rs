@@ -1198,6 +1198,34 @@ fn both_bad_variables_of_a_pair_are_named() {
     }
 }
 
+/// Each server of config.yaml is judged apart: the first problem of each is named, by
+/// `check` and by `serve` (two servers' unset `${NAME}`s, the template's two keys, took two
+/// runs to learn of; bb58).
+#[test]
+fn each_servers_problem_is_named_in_one_run() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    api_key: ${LR_TEST_UNSET_ONE}\n  \
+         ok:\n    url: http://127.0.0.1:9/v1\n  b:\n    url: ftp://h/v1\n    api_key: ${LR_TEST_UNSET_TWO}\n",
+    )
+    .expect("config");
+    let expected = [
+        "servers.a.api_key: environment variable LR_TEST_UNSET_ONE is not set",
+        "servers.b.url: ",
+    ];
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+    assert_error_lines(&stderr, &expected);
+    let (code, _, stderr) = run_cli(
+        dir.path(),
+        &["serve", "--host", "127.0.0.1", "--port", "0"],
+        &[("LLMSROUTER_LOG_FILE", "")],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert_error_lines(&stderr, &expected);
+}
+
 /// `stderr` is one `error:` line for each of `expected`, in order, each holding its text.
 fn assert_error_lines(stderr: &str, expected: &[&str]) {
     let lines: Vec<&str> = stderr.lines().collect();
