@@ -2038,6 +2038,8 @@ enum Shape {
     Objects(&'static [(&'static str, Shape)]),
 }
 
+/// The typed members of [`Chunk`] and the structs under it, by name: kept in step with them
+/// by hand (a member typed there and missing here, sent mistyped, still loses its chunk).
 const CHUNK_SHAPE: &[(&str, Shape)] = &[
     ("id", Shape::Text),
     ("model", Shape::Text),
