@@ -267,8 +267,15 @@ impl Config {
         // read without them, with a warning naming it once: `api_key: "${K}"` went
         // upstream as `Bearer "sk-..."`, and `check` said ok.
         let quoted: std::cell::RefCell<Vec<String>> = std::cell::RefCell::default();
+        // Past the file's bound, every variable reads as empty, and the file is refused for
+        // that alone below: memory stays bounded whatever the problems it would have had.
+        let expanded = std::cell::Cell::new(0usize);
         let unquoting = |name: &str| {
             let value = env(name)?;
+            expanded.set(expanded.get().saturating_add(value.len()));
+            if expanded.get() > MAX_EXPANDED_TOTAL_BYTES {
+                return Ok(String::new());
+            }
             if !unquotable(name) {
                 return Ok(value);
             }
@@ -281,7 +288,16 @@ impl Config {
             }
             Ok(inner.to_owned())
         };
-        let mut config = validate(raw, &unquoting)?;
+        let validated = validate(raw, &unquoting);
+        if expanded.get() > MAX_EXPANDED_TOTAL_BYTES {
+            return Err(vec![(
+                "(top level)".to_owned(),
+                "the file's ${NAME}s expand to over 8 MiB in all (a variable used many times \
+                 over?)"
+                    .to_owned(),
+            )]);
+        }
+        let mut config = validated?;
         config.warnings.extend(quoted.take().iter().map(|name| {
             format!(
                 "${{{}}}: {}",
@@ -1166,6 +1182,10 @@ fn expand_list(list: Vec<Scalar>, path: &str, env: &EnvLookup<'_>) -> Result<Vec
 /// variable holds far less): one header of 300 `${BIG}`s of 1 MB each held 300 MB while
 /// `check` said ok (bb57).
 const MAX_EXPANDED_BYTES: usize = 1024 * 1024;
+
+/// The most all of a file's `${NAME}`s may read, as `.env`'s are bounded: 300 headers of one
+/// 1 MB variable each held 950 MB in a router that started (bb59).
+const MAX_EXPANDED_TOTAL_BYTES: usize = 8 * 1024 * 1024;
 
 /// Replaces every `${NAME}` with that environment variable. An unset variable is an error:
 /// an empty api key would only surface later as a confusing 401 from the provider. So is one

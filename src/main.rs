@@ -355,16 +355,19 @@ fn load_config(path: &Path, from_environment: &dyn Fn(&str) -> bool) -> anyhow::
             );
             Ok(Config::default())
         }
-        Err(error) => {
-            // Each line but the last said here; the last is `main`'s to say, as any error.
-            let mut lines = error.lines();
-            let last = lines.pop().unwrap_or_default();
-            for line in lines {
-                console::line(format_args!("error: {line}"));
-            }
-            Err(anyhow!(last))
-        }
+        Err(error) => Err(said_but_last(&error)),
     }
+}
+
+/// Says each of config.yaml's problems but the last on its own `error:` line (see
+/// [`ConfigError::lines`]), and gives the last for `main` to say, as it says any error.
+fn said_but_last(error: &ConfigError) -> anyhow::Error {
+    let mut lines = error.lines();
+    let last = lines.pop().unwrap_or_default();
+    for line in lines {
+        console::line(format_args!("error: {line}"));
+    }
+    anyhow!(last)
 }
 
 /// How long shutdown waits, after the server stopped, for the last requests to hand over
@@ -944,7 +947,7 @@ fn run_models(
                 file.display()
             ));
         }
-        Err(error) => return Err(anyhow!(error)),
+        Err(error) => return Err(said_but_last(&error)),
     };
     // As `check` says them: the log is off for `models` (its level is `error`).
     for warning in &config.warnings {

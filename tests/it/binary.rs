@@ -1224,6 +1224,39 @@ fn each_servers_problem_is_named_in_one_run() {
     );
     assert_eq!(code, 1, "{stderr}");
     assert_error_lines(&stderr, &expected);
+    let (code, _, stderr) = run_cli(dir.path(), &["models"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_error_lines(&stderr, &expected);
+}
+
+/// config.yaml's `${NAME}`s are bounded for the whole file, as `.env`'s are: ten headers of
+/// one 900 KiB variable are refused (300 of a 1 MB one held 950 MB in a router that started;
+/// bb59).
+#[test]
+fn config_expansions_past_eight_mebibytes_in_all_are_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join(".env"),
+        format!("BIG={}\n", "x".repeat(900 * 1024)),
+    )
+    .expect(".env");
+    let headers: String = (0..10)
+        .map(|i| format!("      X-H{i}: \"${{BIG}}\"\n"))
+        .collect();
+    let config = |headers: &str| {
+        format!("servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    headers:\n{headers}")
+    };
+    std::fs::write(dir.path().join("config.yaml"), config(&headers)).expect("config");
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_error_lines(
+        &stderr,
+        &["(top level): the file's ${NAME}s expand to over 8 MiB in all"],
+    );
+    let within: String = headers.lines().take(4).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.path().join("config.yaml"), config(&within)).expect("config");
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 0, "{stderr}");
 }
 
 /// `stderr` is one `error:` line for each of `expected`, in order, each holding its text.
