@@ -175,8 +175,8 @@ impl Config {
         from_environment: &dyn Fn(&str) -> bool,
     ) -> Result<Self, ConfigError> {
         let text = Self::read(file)?;
-        Self::parse_every_problem(&text, env, from_environment).map_err(|mut problems| {
-            let (path, reason) = problems.remove(0);
+        Self::parse_every_problem(&text, env, from_environment).map_err(|problems| {
+            let ((path, reason), problems) = first_and_rest(problems);
             ConfigError::Invalid {
                 file: file.to_owned(),
                 path,
@@ -249,7 +249,8 @@ impl Config {
         env: &EnvLookup<'_>,
         unquotable: &dyn Fn(&str) -> bool,
     ) -> Result<Self, (String, String)> {
-        Self::parse_every_problem(text, env, unquotable).map_err(|mut problems| problems.remove(0))
+        Self::parse_every_problem(text, env, unquotable)
+            .map_err(|problems| first_and_rest(problems).0)
     }
 
     /// [`Config::parse_unquoting`], giving the first problem of each server that has one
@@ -706,6 +707,19 @@ fn first_line(text: &str) -> String {
 // ---- validation --------------------------------------------------------------------------
 
 type Invalid = (String, String);
+
+/// The first of `problems` and the others. [`Config::parse_every_problem`] gives one at least;
+/// were it to give none, the file is refused all the same.
+fn first_and_rest(problems: Vec<Invalid>) -> (Invalid, Vec<Invalid>) {
+    let mut problems = problems.into_iter();
+    let first = problems.next().unwrap_or_else(|| {
+        (
+            "(top level)".to_owned(),
+            "not a configuration llmsrouter can use".to_owned(),
+        )
+    });
+    (first, problems.collect())
+}
 
 fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Invalid {
     (path.into(), reason.into())
