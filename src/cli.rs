@@ -850,7 +850,8 @@ llmsrouter user delete --key - < leaked-key.txt"
 `username<TAB>key`.\n\nCSV: a header `username,email[,permissions]`, then one user per line \
 (quote permissions with commas: \"a,b\"). JSON: an array of objects with the same keys \
 (permissions as \"a,b\", [\"a\",\"b\"] or {\"a\": true}); the output of `user list --json` \
-imports as is (the users get new keys). An empty or missing permissions value means \"*\". \
+imports as is (the users get new keys). A missing permissions value or an empty string \
+means \"*\"; an empty JSON list or {} means no provider. \
 Usernames that exist are skipped with a warning (their keys stay). If any row is bad, the \
 rows are named and nothing is imported. The database file is created if it does not \
 exist.\n\n\
