@@ -46,10 +46,19 @@ fn main() -> ExitCode {
     llmsrouter::env::empty_proxy_variables_yield();
     let cli = Cli::parse_or_exit();
     // `models` reports failing servers itself, on one line each; log lines would repeat them.
-    init_tracing(match cli.command {
+    let default_filter = match cli.command {
         Command::Models(_) | Command::Healthcheck(_) => "error",
         _ => "info",
-    });
+    };
+    if let Some(reason) = init_tracing(default_filter) {
+        let warning =
+            format!("RUST_LOG is not a log filter ({reason}); logging at {default_filter}");
+        // The server logs it; a command warns as it warns of anything else.
+        match cli.command {
+            Command::Serve(_) => tracing::warn!("{warning}"),
+            _ => console::line(format_args!("warning: {warning}")),
+        }
+    }
     let args: Vec<OsString> = std::env::args_os().collect();
     let dotenv_problems =
         dotenv_problems(&dotenv, &|key| given_anyway(key, &in_environment, &args));
@@ -283,9 +292,9 @@ fn refuse_dotenv(problems: &[DotenvProblem]) -> anyhow::Result<()> {
     Err(anyhow!("{last}"))
 }
 
-/// The console log, filtered by `RUST_LOG` (a filter that cannot be read is named in a
-/// warning, and `default_filter` used).
-fn init_tracing(default_filter: &str) {
+/// The console log, filtered by `RUST_LOG`; a filter that cannot be read gives
+/// `default_filter` and the reason, for the caller to warn of.
+fn init_tracing(default_filter: &str) -> Option<String> {
     use std::env::VarError;
     let (filter, unreadable) = match std::env::var("RUST_LOG") {
         Ok(wanted) if !wanted.trim().is_empty() => match EnvFilter::try_new(&wanted) {
@@ -311,9 +320,7 @@ fn init_tracing(default_filter: &str) {
         .with_writer(console::Stderr::default)
         .with_target(false)
         .init();
-    if let Some(reason) = unreadable {
-        tracing::warn!("RUST_LOG is not a log filter ({reason}); logging at {default_filter}");
-    }
+    unreadable
 }
 
 /// The error and its causes on one line, each cause left out when the message before it

@@ -1010,6 +1010,27 @@ fn an_empty_path_variable_yields_to_its_flag() {
 /// `check` refuses what `serve` would refuse at start: a listen address from the variables
 /// (in `serve`'s words: a port with a space around it passed `check`, and stopped `serve`),
 /// and a request log or database in a folder that does not exist.
+/// A `RUST_LOG` that cannot be read is a command's warning line, as its other warnings are
+/// (it was a timestamped log line); the command still runs at its default level.
+#[test]
+fn commands_warn_of_an_unreadable_rust_log_in_a_warning_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    for (value, reason) in [("", "it is set but empty"), ("=x=", "")] {
+        for (args, level) in [(&["check"][..], "info"), (&["models"][..], "error")] {
+            let (code, _, stderr) = run_cli(dir.path(), args, &[("RUST_LOG", value)]);
+            assert_eq!(code, 0, "{args:?} RUST_LOG={value:?}: {stderr}");
+            let first = stderr.lines().next().unwrap_or_default();
+            assert!(
+                first.starts_with("warning: RUST_LOG is not a log filter (")
+                    && first.contains(reason)
+                    && first.ends_with(&format!("); logging at {level}")),
+                "{args:?} RUST_LOG={value:?}: {stderr}"
+            );
+        }
+    }
+}
+
 #[test]
 fn check_sees_the_variables_serve_would_refuse() {
     let dir = tempfile::tempdir().expect("dir");
