@@ -703,6 +703,7 @@ impl StreamTee {
                     &message,
                     openai_type_of(code),
                     Some(code),
+                    None,
                     self.last_sequence.map_or(0, |last| last.saturating_add(1)),
                 ),
             ),
