@@ -261,37 +261,55 @@ struct ResponsesErrorEvent<'a> {
     message: &'a str,
     param: Option<&'a str>,
     sequence_number: u64,
-    error: ErrorObject<'a>,
+    error: ResponsesErrorObject<'a>,
+}
+
+/// The error object beside a Responses API `error` event's own fields: its `code` is the
+/// event's (never `null` where the event says one), and its `status` the one the failure
+/// carries, as the chat form's error object has it.
+#[derive(Serialize)]
+struct ResponsesErrorObject<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a serde_json::Value>,
 }
 
 /// The Responses API's `error` event (`event: error`) as its reference describes it (`type`,
 /// `code`, `message`, `param`, `sequence_number`), with the error object beside them too, as
 /// OpenAI's SDKs look for it (they raise on an event whose `error` is set, and read the
 /// message there): each client reads the fields it knows. `code` is the error's type when it
-/// has no code: the reference has it always a string.
+/// has no code: the reference has it always a string; the error object says the same code,
+/// and the `status` given (an HTTP status, or one an upstream named), when there is one.
 pub fn responses_error_data(
     message: &str,
     kind: &str,
     code: Option<&str>,
+    status: Option<&serde_json::Value>,
     sequence_number: u64,
 ) -> Bytes {
+    let code = code.unwrap_or(kind);
     let event = ResponsesErrorEvent {
         kind: "error",
-        code: code.unwrap_or(kind),
+        code,
         message,
         param: None,
         sequence_number,
-        error: ErrorObject {
+        error: ResponsesErrorObject {
             message,
             kind,
             param: None,
             code,
+            status,
         },
     };
     // Serializing plain strings cannot fail; fall back to a fixed body rather than panic.
     serde_json::to_vec(&event).map(Bytes::from).unwrap_or_else(|_| {
         Bytes::from_static(
-            br#"{"type":"error","code":"api_error","message":"internal error","param":null,"sequence_number":0,"error":{"message":"internal error","type":"api_error","param":null,"code":null}}"#,
+            br#"{"type":"error","code":"api_error","message":"internal error","param":null,"sequence_number":0,"error":{"message":"internal error","type":"api_error","param":null,"code":"api_error"}}"#,
         )
     })
 }

@@ -19,6 +19,7 @@ pub mod env;
 pub mod error;
 pub mod hard_stop;
 pub mod http1;
+pub mod json_object;
 pub mod lanes;
 pub mod models;
 #[cfg(unix)]

@@ -949,7 +949,9 @@ fn asked_for_background(record: &RequestRecord) -> bool {
         #[serde(default)]
         background: Option<bool>,
     }
-    serde_json::from_slice::<Request>(body).is_ok_and(|request| request.background == Some(true))
+    // A list is no request (see `crate::json_object`): `[true]` asked for nothing.
+    crate::json_object::from_object_slice::<Request>(body)
+        .is_some_and(|request| request.background == Some(true))
 }
 
 /// The id of the Responses API generation `record`'s answer holds, when that is a
@@ -976,7 +978,7 @@ fn finished_background_generation(record: &RequestRecord) -> Option<String> {
         return None;
     }
     let generation: Generation<'_> =
-        serde_json::from_slice(record.response_body.as_deref()?).ok()?;
+        crate::json_object::from_object_slice(record.response_body.as_deref()?)?;
     let over = matches!(
         generation.status.as_deref(),
         Some("completed" | "incomplete" | "failed" | "cancelled")
@@ -1614,5 +1616,34 @@ pub(crate) mod tests {
             true
         ));
         assert!(asks(r#"{"model":"m","\u0062ackground":true}"#, false));
+    }
+
+    /// A body that is a list is not read by position as the object it is not (see
+    /// `crate::json_object`): `[true]` asks for no background generation, and a read-back
+    /// answered `["resp_1", "response", true, "completed"]` found none done.
+    #[test]
+    fn a_list_is_no_request_and_no_generation() {
+        let mut record = sample();
+        record.request_body = Bytes::from_static(b"[true]");
+        assert!(!asked_for_background(&record));
+        let generation = |body: &'static [u8]| {
+            let mut record = sample();
+            record.endpoint = "GET /responses/resp_1".into();
+            record.response_is_json = true;
+            record.response.usage = Some(crate::usage::Usage::default());
+            record.response_body = Some(Bytes::from_static(body));
+            finished_background_generation(&record)
+        };
+        assert_eq!(
+            generation(
+                br#"{"id":"resp_1","object":"response","background":true,"status":"completed"}"#
+            )
+            .as_deref(),
+            Some("resp_1")
+        );
+        assert_eq!(
+            generation(br#"["resp_1", "response", true, "completed"]"#),
+            None
+        );
     }
 }

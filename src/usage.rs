@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::json_object::{from_object, from_objects, object_only, object_text, objects_only};
 use crate::sinks::redact::CutGuard;
 
 /// Token usage in one shape. `input` and `output` are totals as the upstream counted them;
@@ -83,7 +84,7 @@ impl Usage {
     /// vendor's string, say) is skipped, not fatal. A number that is not a count (negative,
     /// beyond [`MAX_COUNT`]) makes the whole usage unknown: see [`Self::checked`].
     pub fn from_raw(usage: &RawValue) -> Option<Self> {
-        let raw: UsageRaw<'_> = serde_json::from_str(object_text(usage)?).ok()?;
+        let raw: UsageRaw<'_> = from_object(usage.get())?;
         let prompt_details = details(raw.prompt_tokens_details);
         let input_details = details(raw.input_tokens_details);
         let completion_details = details(raw.completion_tokens_details);
@@ -251,57 +252,28 @@ struct DetailsRaw<'a> {
     cache_write_tokens: Option<&'a RawValue>,
 }
 
+/// A usage's details object; none when it is not an object. serde's derived structs also
+/// take a list, member by member in order: `"usage": [10, 5]` was read as 10 tokens in and
+/// 5 out (bb51), so every struct here is read through [`crate::json_object`].
 fn details(raw: Option<&RawValue>) -> DetailsRaw<'_> {
-    raw.and_then(object_text)
-        .and_then(|d| serde_json::from_str(d).ok())
-        .unwrap_or_default()
+    raw.and_then(|d| from_object(d.get())).unwrap_or_default()
 }
 
-/// `raw`'s JSON when it is an object. serde's derived structs also take a list, member by
-/// member in order: `"usage": [10, 5]` was read as 10 tokens in and 5 out (bb51).
-fn object_text(raw: &RawValue) -> Option<&str> {
-    let text = raw.get();
-    text.trim_ascii_start().starts_with('{').then_some(text)
+/// The top-level `usage` member as one: an object. `null`, a list (`[10, 5]`) or any other
+/// value is no usage, read as an absent one is (then Groq's own may be, see [`groq_usage`]).
+fn usage_object(usage: Option<&RawValue>) -> Option<&RawValue> {
+    usage.filter(|raw| object_text(raw.get()).is_some())
 }
 
 /// Groq's `x_groq` metadata's `usage` (in its last stream chunk, or a whole answer): the
-/// usage when Groq sends none at the top level.
+/// usage when Groq sends none at the top level (see [`usage_object`]).
 fn groq_usage(x_groq: &RawValue) -> Option<&RawValue> {
     #[derive(Deserialize)]
     struct Groq<'a> {
         #[serde(borrow, default)]
         usage: Option<&'a RawValue>,
     }
-    serde_json::from_str::<Groq<'_>>(object_text(x_groq)?)
-        .ok()?
-        .usage
-}
-
-/// `T` read from a JSON object only, for the fast pass's usage: serde's derived structs also
-/// take a list, member by member in order (see [`object_text`]). A list (or any other value)
-/// fails the fast pass, so the lenient one reads it as no usage.
-fn object_only<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    struct Visit<T>(std::marker::PhantomData<T>);
-    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
-        type Value = Option<T>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an object or null")
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
-        }
-    }
-    deserializer.deserialize_any(Visit(std::marker::PhantomData))
+    from_object::<Groq<'_>>(x_groq.get())?.usage
 }
 
 /// A token count: a non-negative integer, or a float some upstreams send (its whole part);
@@ -584,6 +556,10 @@ pub fn summarize_json_body(body: &[u8]) -> Option<ResponseSummary> {
     // type makes it fail, and the lenient path below reads the fields one by one instead.
     // The body's UTF-8 is checked once, up front: reading from bytes, serde_json checks
     // each string on its own, which cost a fifth of the pass on a typical answer.
+    // A list is no answer (see [`crate::json_object`]), on either path.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
     if let Ok(text) = std::str::from_utf8(body) {
         if let Ok(fast) = serde_json::from_str::<FastBody<'_>>(text) {
             if let Some(summary) = fast.into_summary() {
@@ -613,7 +589,7 @@ struct FastBody<'a> {
     id: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "borrowed_text")]
     model: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "objects_only")]
     choices: Option<Vec<FastChoice<'a>>>,
     #[serde(default, deserialize_with = "object_only")]
     usage: Option<FastUsage>,
@@ -630,7 +606,7 @@ struct FastBody<'a> {
     /// Embeddings' vectors or images, read in this same pass (see [`read_items`]): a big
     /// embeddings answer was read three times, by this pass, the lenient one and once more
     /// for its `data`. A chat answer has no such member, so it costs it nothing.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "objects_only")]
     data: Option<Vec<DataItem<'a>>>,
     /// A transcription's text: such an answer is read on the lenient path.
     #[serde(borrow, default)]
@@ -639,7 +615,7 @@ struct FastBody<'a> {
 
 #[derive(Deserialize)]
 struct FastChoice<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object_only")]
     message: Option<MessageRaw<'a>>,
     #[serde(borrow, default, deserialize_with = "borrowed_text")]
     text: Option<std::borrow::Cow<'a, str>>,
@@ -828,17 +804,14 @@ fn summarize_leniently(body: &[u8]) -> Option<ResponseSummary> {
     // long) message text is copied once and nothing else is allocated; only the small
     // `usage` object and the rare Responses API `output` become `Value`s. A field of an
     // unexpected type is skipped, not fatal.
-    let Ok(top) = serde_json::from_slice::<BodyTop<'_>>(body) else {
-        return None;
-    };
+    let top = crate::json_object::from_object_slice::<BodyTop<'_>>(body)?;
     let mut out = ResponseSummary {
         id: raw_str(top.id),
         model: raw_str(top.model),
         ..Default::default()
     };
     // Groq's own usage only when there is none at the top level: never both.
-    if let Some(usage) = top
-        .usage
+    if let Some(usage) = usage_object(top.usage)
         .or_else(|| top.x_groq.and_then(groq_usage))
         .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
     {
@@ -848,12 +821,12 @@ fn summarize_leniently(body: &[u8]) -> Option<ResponseSummary> {
         .choices
         .and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok())
         .and_then(|choices| choices.first().copied())
-        .and_then(|raw| serde_json::from_str::<ChoiceRaw<'_>>(raw.get()).ok());
+        .and_then(|raw| from_object::<ChoiceRaw<'_>>(raw.get()));
     if let Some(choice) = first_choice {
         out.finish_reason = raw_str(choice.finish_reason);
         if let Some(message) = choice
             .message
-            .and_then(|raw| serde_json::from_str::<MessageRaw<'_>>(raw.get()).ok())
+            .and_then(|raw| from_object::<MessageRaw<'_>>(raw.get()))
         {
             fill_from_message(&mut out, message);
         } else if let Some(text) = raw_str(choice.text) {
@@ -983,14 +956,15 @@ fn content_parts(raw: &RawValue) -> Vec<PartRaw<'_>> {
         .map(|parts| {
             parts
                 .into_iter()
-                .filter_map(|part| serde_json::from_str(part.get()).ok())
+                .filter_map(|part| from_object(part.get()))
                 .collect()
         })
         .unwrap_or_default()
 }
 
 /// `content`'s text and thinking: a string is all text; a list of parts has each part's text
-/// and thinking (see [`PartRaw`]).
+/// and thinking (see [`PartRaw`]), and so has one part alone, as a stream's delta has it
+/// (see [`DeltaContent`]).
 fn content_texts(content: Option<&RawValue>) -> (String, String) {
     let Some(raw) = content else {
         return Default::default();
@@ -1009,6 +983,9 @@ fn content_texts(content: Option<&RawValue>) -> (String, String) {
             }
             (text, thinking)
         }
+        Some(b'{') => from_object::<PartRaw<'_>>(raw.get())
+            .map(|part| part.texts())
+            .unwrap_or_default(),
         _ => Default::default(),
     }
 }
@@ -1183,7 +1160,7 @@ fn responses_tool_call(item: &Value) -> Option<ToolCall> {
 /// one that is not an object, is skipped.
 fn read_anthropic_content(blocks: &[&RawValue], out: &mut ResponseSummary) {
     for raw in blocks {
-        let Ok(block) = serde_json::from_str::<AnthropicPart<'_>>(raw.get()) else {
+        let Some(block) = from_object::<AnthropicPart<'_>>(raw.get()) else {
             continue;
         };
         if is_tool_use(block.kind.as_deref()) {
@@ -1251,7 +1228,7 @@ struct DataItem<'a> {
 /// MB)>`, then each image's URL and revised prompt, one a line) as the content; false when
 /// `data` is neither. Vectors and base64 images set [`ResponseSummary::body_noted`].
 fn read_data(data: &RawValue, out: &mut ResponseSummary) -> bool {
-    let Ok(items) = serde_json::from_str::<Vec<DataItem<'_>>>(data.get()) else {
+    let Some(items) = from_objects::<DataItem<'_>>(data.get()) else {
         return false;
     };
     read_items(&items, out)
@@ -1352,7 +1329,7 @@ struct ModerationResult {
 /// `true` in any flagged result, in name order. `None` when `results` is not a moderation's
 /// (a rerank's results have no `flagged`).
 fn moderation_note(results: &RawValue) -> Option<String> {
-    let results = serde_json::from_str::<Vec<ModerationResult>>(results.get()).ok()?;
+    let results = from_objects::<ModerationResult>(results.get())?;
     if results.is_empty() || results.iter().any(|r| r.flagged.is_none()) {
         return None;
     }
@@ -1863,7 +1840,7 @@ struct AnthropicPart<'a> {
 }
 
 fn anthropic_part(raw: Option<&RawValue>) -> Option<AnthropicPart<'_>> {
-    serde_json::from_str(raw?.get()).ok()
+    from_object(raw?.get())
 }
 
 /// A content block of these types is a tool call (`server_tool_use`: one the provider runs,
@@ -1916,7 +1893,7 @@ const RESPONSES_TOOL_EVENTS: &[&str] = &[
 struct ResponsesToolEvent<'a> {
     #[serde(default)]
     output_index: Option<u64>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object_only")]
     item: Option<ResponsesItem<'a>>,
     #[serde(borrow, default, deserialize_with = "borrowed_text")]
     delta: Option<std::borrow::Cow<'a, str>>,
@@ -1978,7 +1955,7 @@ struct Chunk<'a> {
     id: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "borrowed_text")]
     model: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
+    #[serde(borrow, default, deserialize_with = "objects_only")]
     choices: Option<Vec<ChunkChoice<'a>>>,
     #[serde(borrow, default)]
     usage: Option<&'a RawValue>,
@@ -2030,7 +2007,7 @@ enum Shape {
     /// A non-negative integer (a choice's or tool call's `index`); a string holding one is
     /// read as that number.
     Index,
-    /// A delta's `content`: a string or a list of parts (see [`DeltaContent`]).
+    /// A delta's `content`: a string, a part or a list of parts (see [`DeltaContent`]).
     Content,
     /// An object, its members of these shapes.
     Object(&'static [(&'static str, Shape)]),
@@ -2074,10 +2051,12 @@ const CUSTOM_SHAPE: &[(&str, Shape)] = &[("name", Shape::Text), ("input", Shape:
 
 /// `text` (a stream event [`Chunk`] refused) with each member of an unexpected type left
 /// out, as a whole answer's lenient reading skips one (see [`summarize_leniently`]): a
-/// chunk's `"id": 12345` or an object for its `delta.content`. A tool call's `arguments` not
-/// a string are their JSON text, and an `index` sent as a string (`"0"`) its number, as they
-/// read in a whole answer or an SDK. `None` when `text` is not a JSON object. Read only after
-/// the typed pass failed, so a well-formed stream never pays for it.
+/// chunk's `"id": 12345`, a number for its `delta.content`, or a list where an object
+/// belongs (a choice, a delta: never read by position, see [`crate::json_object`]). A tool
+/// call's `arguments` not a string are their JSON text, and an `index` sent as a string
+/// (`"0"`) its number, as they read in a whole answer or an SDK. `None` when `text` is not a
+/// JSON object. Read only after the typed pass failed, so a well-formed stream never pays
+/// for it.
 fn mistyped_members_fitted(text: &str) -> Option<String> {
     let Ok(Value::Object(mut chunk)) = serde_json::from_str::<Value>(text) else {
         return None;
@@ -2102,7 +2081,7 @@ fn fit(value: &mut Value, shape: Shape) -> bool {
     match (shape, &mut *value) {
         (_, Value::Null) => true,
         (Shape::Text | Shape::TextOrJson | Shape::Content, Value::String(_)) => true,
-        (Shape::Content, Value::Array(_)) => true,
+        (Shape::Content, Value::Array(_) | Value::Object(_)) => true,
         (Shape::TextOrJson, other) => {
             *value = Value::String(other.to_string());
             true
@@ -2139,7 +2118,7 @@ struct ChunkChoice<'a> {
     /// recorded, as of a whole answer.
     #[serde(default)]
     index: Option<usize>,
-    #[serde(default)]
+    #[serde(borrow, default, deserialize_with = "object_only")]
     delta: Option<Delta<'a>>,
     #[serde(borrow, default, deserialize_with = "borrowed_text")]
     text: Option<std::borrow::Cow<'a, str>>,
@@ -2157,17 +2136,18 @@ struct Delta<'a> {
     reasoning: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "borrowed_text")]
     refusal: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
+    #[serde(borrow, default, deserialize_with = "objects_only")]
     tool_calls: Option<Vec<ToolCallDelta<'a>>>,
     /// The legacy functions API's one call: its name first, then its arguments in pieces.
-    #[serde(default)]
+    #[serde(borrow, default, deserialize_with = "object_only")]
     function_call: Option<FunctionDelta<'a>>,
 }
 
 /// A delta's `content`: a string, borrowed from the event unless escaped (almost every
 /// delta), or a list of parts (Mistral's thinking models: `[{"type": "thinking",
 /// "thinking": [...]}]`, `[{"type": "text", "text": ...}]`), read as a whole answer's (see
-/// [`PartRaw`]). A string is read in the chunk's one pass, as before; only a list costs more.
+/// [`PartRaw`]), or one such part alone (`{"type": "text", "text": ...}`), read as a list of
+/// it. A string is read in the chunk's one pass, as before; only a part costs more.
 #[derive(Debug)]
 enum DeltaContent<'a> {
     Text(std::borrow::Cow<'a, str>),
@@ -2180,7 +2160,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for DeltaContent<'a> {
         impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
             type Value = DeltaContent<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string or a list of content parts")
+                f.write_str("a string, a content part or a list of them")
             }
             fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
                 Ok(DeltaContent::Text(std::borrow::Cow::Borrowed(text)))
@@ -2198,11 +2178,19 @@ impl<'de: 'a, 'a> Deserialize<'de> for DeltaContent<'a> {
                 // Each part read on its own: one that is not an object is skipped.
                 let mut parts = Vec::new();
                 while let Some(part) = seq.next_element::<&'de RawValue>()? {
-                    if let Ok(part) = serde_json::from_str::<PartRaw<'de>>(part.get()) {
+                    if let Some(part) = from_object::<PartRaw<'de>>(part.get()) {
                         parts.push(part);
                     }
                 }
                 Ok(DeltaContent::Parts(parts))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                // One part on its own, not in a list: read as a list of it would be.
+                let part = PartRaw::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(DeltaContent::Parts(vec![part]))
             }
         }
         deserializer.deserialize_any(Visit(std::marker::PhantomData))
@@ -2217,10 +2205,10 @@ struct ToolCallDelta<'a> {
     id: Option<std::borrow::Cow<'a, str>>,
     #[serde(rename = "type", borrow, default, deserialize_with = "borrowed_text")]
     kind: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
+    #[serde(borrow, default, deserialize_with = "object_only")]
     function: Option<FunctionDelta<'a>>,
     /// A custom tool call's (type `custom`) name and pieces of its free-form input.
-    #[serde(default)]
+    #[serde(borrow, default, deserialize_with = "object_only")]
     custom: Option<CustomDelta<'a>>,
 }
 
@@ -2291,6 +2279,11 @@ impl StreamAccumulator {
         let trimmed = data.trim_ascii();
         if trimmed == b"[DONE]" {
             return EventKind::Done;
+        }
+        // Every event read is an object: a list is none, and is not read by position as one
+        // (see [`crate::json_object`]).
+        if trimmed.first() != Some(&b'{') {
+            return EventKind::Other;
         }
         // UTF-8 checked once for the whole payload: from bytes, serde_json checks every key
         // and string on its own, which cost a sixth of reading a typical event.
@@ -2401,9 +2394,11 @@ impl StreamAccumulator {
             None => false,
         };
         // Groq's usage under `x_groq` (its last chunk's), read only when no usage was: one
-        // the chunk has at the top level, or another chunk had, is the same count. It is not
-        // the reply to `include_usage` (Groq sends it unasked), so it makes no chunk usage-only.
-        if !has_usage && self.summary.usage.is_none() {
+        // the chunk has at the top level, or another chunk had, is the same count. A
+        // top-level `usage` that is not an object (a list) is none (see [`usage_object`]).
+        // It is not the reply to `include_usage` (Groq sends it unasked), so it makes no
+        // chunk usage-only.
+        if usage_object(chunk.usage).is_none() && self.summary.usage.is_none() {
             if let Some(usage) = chunk.x_groq.and_then(groq_usage) {
                 self.summary.usage = Usage::from_raw(usage);
             }
@@ -2801,7 +2796,7 @@ impl StreamAccumulator {
                 self.summary.begun = true;
                 let Some(message) = chunk
                     .message
-                    .and_then(|raw| serde_json::from_str::<AnthropicMessage<'_>>(raw.get()).ok())
+                    .and_then(|raw| from_object::<AnthropicMessage<'_>>(raw.get()))
                 else {
                     return;
                 };
@@ -4055,6 +4050,7 @@ mod tests {
             format!(
                 r#"{{"id":"c","model":["m"],"choices":[5,{{"delta":{{"content":"y"}},"finish_reason":"stop"}}],{usage}}}"#
             ),
+            delta(r#"{"content":7}"#),
         ];
         for event in &cases {
             let mut acc = StreamAccumulator::default();
@@ -4076,7 +4072,7 @@ mod tests {
         for (i, event) in cases[1..].iter().enumerate() {
             let mut acc = StreamAccumulator::default();
             acc.push_data(event.as_bytes());
-            let content = if i == 1 { "" } else { "y" };
+            let content = if i + 2 == cases.len() { "" } else { "y" };
             assert_eq!(acc.summary().content, content, "{event}");
             assert!(acc.summary().id.as_deref() != Some("12345"));
         }
@@ -4171,6 +4167,44 @@ mod tests {
         }
     }
 
+    /// Groq's `x_groq.usage` is read when the top-level `usage` is a list, which is no usage:
+    /// as when it is absent or null (before, a list there kept Groq's from being read), in a
+    /// stream's chunk and in a whole answer.
+    #[test]
+    fn groqs_usage_is_read_when_the_top_level_one_is_a_list() {
+        let groq = json!({"id": "req_1", "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}});
+        for listed in [json!([1, 2, 3]), json!([]), json!(7), json!("usage")] {
+            let chunk = json!({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                "usage": listed, "x_groq": groq});
+            let mut acc = StreamAccumulator::default();
+            assert_eq!(
+                acc.push_data(chunk.to_string().as_bytes()),
+                EventKind::Other
+            );
+            assert_eq!(
+                acc.summary()
+                    .usage
+                    .as_ref()
+                    .map(|u| (u.input, u.output, u.total)),
+                Some((10, 5, 15)),
+                "{chunk}"
+            );
+            // The usage-only chunk stays one: its `usage` member is what makes it so.
+            let usage_only = json!({"id": "c", "choices": [], "usage": listed, "x_groq": groq});
+            let mut acc = StreamAccumulator::default();
+            assert_eq!(
+                acc.push_data(usage_only.to_string().as_bytes()),
+                EventKind::UsageOnly
+            );
+            assert_eq!(acc.summary().usage.as_ref().map(|u| u.total), Some(15));
+            let body = json!({"id": "c", "model": "m", "usage": listed, "x_groq": groq,
+                "choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]});
+            let summary = summarize_body(body.to_string().as_bytes());
+            assert_eq!(summary.usage.map(|u| u.total), Some(15), "{body}");
+            assert_eq!(summary.content, "x");
+        }
+    }
+
     /// Groq's `x_groq.usage` is read when there is no top-level usage, in a stream's chunk
     /// and in a whole answer; never in place of a top-level one (bb51).
     #[test]
@@ -4224,6 +4258,149 @@ mod tests {
         // An `x_groq` that is not an object holds no usage.
         let listed = json!({"choices": [{"message": {"content": "x"}}], "x_groq": [groq["usage"]]});
         assert_eq!(summarize_body(listed.to_string().as_bytes()).usage, None);
+    }
+
+    /// A stream event, or an object inside one (a choice, a delta, a tool call, its
+    /// function, a content part, an Anthropic message or block, a Responses API item), sent
+    /// as a list is not read by position as that object: serde's derived structs take a list
+    /// member by member, so `["c", "m", [...]]` was a chunk with an id, a model and choices.
+    /// The list is skipped; what is beside it is still read.
+    #[test]
+    fn a_list_is_never_read_as_an_event_or_an_object_in_one() {
+        let read = |event: &Value| {
+            let mut acc = StreamAccumulator::default();
+            let kind = acc.push_data(event.to_string().as_bytes());
+            (kind, acc.into_summary())
+        };
+        let usage = json!({"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3});
+        // The whole chunk: id, model, choices, usage by position.
+        let (kind, summary) =
+            read(&json!(["c", "m", [{"index": 0, "delta": {"content": "x"}}], usage]));
+        assert_eq!(kind, EventKind::Other);
+        assert_eq!(summary, ResponseSummary::default());
+        let (kind, summary) = read(&json!(["c", "m", [], usage]));
+        assert_eq!(kind, EventKind::Other);
+        assert_eq!(summary.usage, None);
+        // A choice (index, delta, text, finish_reason) beside a real one.
+        let (_, summary) = read(&json!({"id": "c", "choices": [
+            [0, {"content": "x"}, "t", "stop"],
+            {"index": 0, "delta": {"content": "y"}}]}));
+        assert_eq!(
+            (summary.content.as_str(), summary.finish_reason),
+            ("y", None)
+        );
+        assert_eq!(summary.id.as_deref(), Some("c"));
+        // A delta (content first), a tool call (index, id, type, function), a function
+        // (name, arguments), the legacy call, a content part (type, text).
+        for delta in [
+            json!(["x"]),
+            json!({"tool_calls": [[0, "c1", "function", {"name": "f", "arguments": "{}"}]]}),
+            json!({"tool_calls": [{"index": 0, "id": "c1", "type": "function", "function": ["f", "{}"]}]}),
+            json!({"tool_calls": [{"index": 0, "id": "c1", "type": "custom", "custom": ["f", "{}"]}]}),
+            json!({"function_call": ["f", "{}"]}),
+            json!({"content": [["text", "x"], {"type": "text", "text": "y"}]}),
+        ] {
+            let event = json!({"choices": [{"index": 0, "delta": delta, "finish_reason": "stop"}], "usage": usage});
+            let (_, summary) = read(&event);
+            assert!(!summary.content.contains('x'), "{event}");
+            assert!(
+                summary.tool_calls.iter().all(|call| call.name.is_empty()),
+                "{event}: {:?}",
+                summary.tool_calls
+            );
+            assert_eq!(summary.finish_reason.as_deref(), Some("stop"), "{event}");
+            assert_eq!(summary.usage.map(|u| u.total), Some(3), "{event}");
+        }
+        // Anthropic's message (id, model, usage) and content block (type, text).
+        let (_, summary) = read(&json!({"type": "message_start",
+            "message": ["msg_1", "claude", {"input_tokens": 5, "output_tokens": 1}]}));
+        assert_eq!((summary.id, summary.model), (None, None));
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(br#"{"type":"content_block_start","index":0,"content_block":["tool_use","hi","","","id1","f"]}"#);
+        acc.push_data(br#"{"type":"content_block_start","index":1,"content_block":["text","hi"]}"#);
+        assert_eq!(acc.summary().content, "");
+        assert!(acc.summary().tool_calls.is_empty());
+        // A Responses API tool call item (type, call_id, name, arguments).
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(br#"{"type":"response.output_item.added","output_index":0,"item":["function_call","c1","f","{}"]}"#);
+        assert!(acc.summary().tool_calls.is_empty());
+        // Nor for the forwarding decision with every sink off.
+        let listed = json!(["c", "m", [], usage]).to_string();
+        assert_eq!(classify_event(listed.as_bytes(), true), EventKind::Other);
+    }
+
+    /// A whole answer, or an object in it (a choice, its message, a content part, an
+    /// Anthropic block, an embedding or image, a moderation result), sent as a list is not
+    /// read by position as that object, on the fast path or the lenient one.
+    #[test]
+    fn a_list_is_never_read_as_an_answer_or_an_object_in_one() {
+        // id, model, choices.
+        let listed = json!(["c", "m", [{"message": {"content": "x"}}]]).to_string();
+        assert_eq!(summarize_json_body(listed.as_bytes()), None);
+        assert_eq!(summarize_json_body(b"  [\"c\"]"), None);
+        for body in [
+            // A choice (message, text, finish_reason).
+            json!({"choices": [[{"content": "x"}, "x", "stop"]]}),
+            // A message (content first).
+            json!({"choices": [{"message": ["x"], "finish_reason": "stop"}]}),
+            // A content part (type, text).
+            json!({"choices": [{"message": {"content": [["text", "x"]]}, "finish_reason": "stop"}]}),
+            json!({"choices": [{"message": {"content": ["text", "x"]}, "finish_reason": "stop"}]}),
+            // An Anthropic content block (type, text).
+            json!({"type": "message", "content": [["text", "x"]], "stop_reason": "end_turn"}),
+        ] {
+            let summary = summarize_body(body.to_string().as_bytes());
+            assert_eq!(summary.content, "", "{body}");
+            assert!(summary.tool_calls.is_empty(), "{body}");
+        }
+        // Embeddings or images (embedding, b64_json, url), moderations (flagged).
+        let images = json!({"created": 1, "data": [[null, null, "https://x/1.png"]]});
+        assert!(
+            !summarize_body(images.to_string().as_bytes())
+                .content
+                .contains("https://x")
+        );
+        let moderation = json!({"id": "m", "results": [[true, {"violence": true}]]});
+        assert!(
+            !summarize_body(moderation.to_string().as_bytes())
+                .content
+                .contains("moderation")
+        );
+    }
+
+    /// A delta's `content` sent as one part, not in a list (`{"type": "text", "text": ...}`),
+    /// is read as a list of that part is: its text is the answer's (before, it was skipped
+    /// as mistyped), a thinking part its reasoning. A whole answer's `message.content` the
+    /// same, on both of its paths.
+    #[test]
+    fn a_content_part_alone_is_read_as_a_list_of_it() {
+        let mut acc = StreamAccumulator::default();
+        for delta in [
+            json!({"content": {"type": "thinking", "thinking": "hmm"}}),
+            json!({"content": {"type": "text", "text": "hi"}}),
+            json!({"content": [{"type": "text", "text": " there"}]}),
+            json!({"content": "!"}),
+        ] {
+            let event = json!({"id": "c", "choices": [{"index": 0, "delta": delta}]});
+            assert_eq!(
+                acc.push_data(event.to_string().as_bytes()),
+                EventKind::Other
+            );
+        }
+        assert!(acc.saw_output());
+        let summary = acc.into_summary();
+        assert_eq!(summary.content, "hi there!");
+        assert_eq!(summary.reasoning, "hmm");
+        // With another member mistyped beside it, read on the second pass.
+        let mut acc = StreamAccumulator::default();
+        acc.push_data(
+            br#"{"id":7,"choices":[{"index":0,"delta":{"content":{"type":"text","text":"hi"}}}]}"#,
+        );
+        assert_eq!(acc.summary().content, "hi");
+        let body = json!({"choices": [{"message": {"content": {"type": "text", "text": "hi"}}}]});
+        assert_eq!(summarize_body(body.to_string().as_bytes()).content, "hi");
+        let body = json!({"model": 1, "choices": [{"message": {"content": {"type": "text", "text": "hi"}}}]});
+        assert_eq!(summarize_body(body.to_string().as_bytes()).content, "hi");
     }
 
     #[test]
@@ -4882,6 +5059,7 @@ mod tests {
             json!({"model": "m", "choices": [{"finish_reason": "tool_calls", "message": {
                 "content": null, "tool_calls": [{"id": "c", "type": "custom",
                 "custom": {"name": "code_exec", "input": "print(1)"}}]}}]}),
+            json!({"model": "m", "choices": [{"message": {"content": {"type": "text", "text": "a"}}}]}),
         ];
         for body in bodies {
             let text = body.to_string();

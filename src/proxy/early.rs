@@ -284,23 +284,28 @@ impl LateFailure {
     }
 
     /// The failure as the Responses API's `error` event, the first of the stream: the
-    /// error object's message, type and code (a number, as `429`, said as text), else the
-    /// failure's message.
+    /// error object's message, type, code and status, else the failure's message. A code
+    /// that is not a string (`429`, `503.5`, `true`) is said as its JSON text, never dropped;
+    /// the error object beside the event's fields has the event's code (the type, when the
+    /// upstream gave none: a text answer's wrapped error) and the status (the upstream's
+    /// own, or the HTTP status, see [`value_payload`]), as the chat form's event has it. The
+    /// record keeps this event as the answer, so it says what the client was told.
     fn responses_payload(&self) -> Bytes {
         let value = serde_json::from_slice::<serde_json::Value>(&self.payload).ok();
         let error = value
             .as_ref()
             .and_then(|v| v.get("error"))
             .filter(|e| e.is_object());
-        let field = |key: &str| error.and_then(|e| e.get(key));
+        let field = |key: &str| error.and_then(|e| e.get(key)).filter(|v| !v.is_null());
         let text = |key: &str| field(key).and_then(serde_json::Value::as_str);
-        let number_code = field("code")
-            .and_then(serde_json::Value::as_i64)
-            .map(|n| n.to_string());
+        let code_text = field("code")
+            .filter(|code| !code.is_string())
+            .map(serde_json::Value::to_string);
         responses_error_data(
             text("message").unwrap_or(&self.message),
             text("type").unwrap_or("upstream_error"),
-            text("code").or(number_code.as_deref()),
+            text("code").or(code_text.as_deref()),
+            field("status"),
             0,
         )
     }
@@ -753,6 +758,80 @@ mod tests {
             value["error"]["message"],
             "slow (llmsrouter: upstream_timeout)"
         );
+    }
+
+    /// The Responses API's late error event says the upstream's code whatever its JSON type
+    /// (a float, a number beyond 64-bit, `true`: before, all but an integer were dropped for
+    /// the type), its error object has that code too (a text answer's was `null` there) and
+    /// the status (before, left out), and the record keeps that event as the answer.
+    #[test]
+    fn the_responses_form_says_the_code_and_status_the_failure_had() {
+        let cases: [(u16, &[u8], &str, &str, serde_json::Value); 6] = [
+            (
+                429,
+                b"slow down",
+                "upstream_error",
+                "upstream_error",
+                429.into(),
+            ),
+            (
+                503,
+                br#"{"error":{"message":"busy","code":503.5}}"#,
+                "503.5",
+                "upstream_error",
+                503.into(),
+            ),
+            (
+                503,
+                br#"{"error":{"message":"busy","code":18446744073709551615}}"#,
+                "18446744073709551615",
+                "upstream_error",
+                503.into(),
+            ),
+            (
+                400,
+                br#"{"error":{"message":"no","type":"invalid","code":true}}"#,
+                "true",
+                "invalid",
+                400.into(),
+            ),
+            (
+                429,
+                br#"{"error":{"message":"m","code":"q","status":"RESOURCE_EXHAUSTED"}}"#,
+                "q",
+                "upstream_error",
+                "RESOURCE_EXHAUSTED".into(),
+            ),
+            (
+                500,
+                br#"{"error":{"message":"m","type":"server","code":null}}"#,
+                "server",
+                "server",
+                500.into(),
+            ),
+        ];
+        for (status, body, code, kind, said_status) in cases {
+            let status = StatusCode::from_u16(status).expect("status");
+            let error = super::super::upstream_error_body(
+                status,
+                Bytes::from_static(body),
+                &Fields::default(),
+                &Redactor::default(),
+            );
+            let failure = LateFailure::upstream(status, &error.body, error.message, Moment::now());
+            let event = parsed(&failure.responses_payload());
+            let what = String::from_utf8_lossy(body);
+            assert_eq!(event["code"], code, "{what}: {event}");
+            assert_eq!(event["error"]["code"], code, "{what}: {event}");
+            assert_eq!(event["error"]["type"], kind, "{what}: {event}");
+            assert_eq!(event["error"]["status"], said_status, "{what}: {event}");
+        }
+        // The router's own failure: its code and status.
+        let timeout = LateFailure::router(&ProxyError::UpstreamTimeout("slow".into()), None);
+        let event = parsed(&timeout.responses_payload());
+        assert_eq!(event["code"], "upstream_timeout");
+        assert_eq!(event["error"]["code"], "upstream_timeout");
+        assert_eq!(event["error"]["status"], 504);
     }
 
     #[test]

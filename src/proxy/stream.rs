@@ -7,13 +7,14 @@
 //! comment or a final error event between events without splitting one. The body ends right
 //! after `data: [DONE]`, or after the last event of a format that has none (Anthropic's
 //! `message_stop`, the Responses API's `response.completed`: see
-//! [`crate::usage::is_last_event`]); what the upstream still sends after it is read off the
-//! wire in the background and discarded ([`drain_after_end`]), so its connection can be used
-//! again. Dropping this stream (client gone) drops the upstream response, which closes the
-//! upstream connection (so the upstream stops generating), and the record guard hands over a
-//! partial record: unless the stream had already said how it ends (the upstream's error
-//! event, or a format's last event that does not end the body), which stays the outcome (see
-//! the `Drop` impl).
+//! [`crate::usage::is_last_event`]; one ending in a lone `\r` waits for the upstream's next
+//! bytes, for the `\n` they may begin with: see `State::AwaitingLf`); what the upstream still
+//! sends after it is read off the wire in the background and discarded ([`drain_after_end`]),
+//! so its connection can be used again. Dropping this stream (client gone) drops the upstream
+//! response, which closes the upstream connection (so the upstream stops generating), and the
+//! record guard hands over a partial record: unless the stream had already said how it ends
+//! (the upstream's error event, or a format's last event that does not end the body), which
+//! stays the outcome (see the `Drop` impl).
 //!
 //! A stream the router answered before its upstream sent its head ([`super::early`]) starts
 //! in that wait: keep-alive comments until the head comes, then the upstream's events as in
@@ -127,6 +128,9 @@ pub struct StreamTee {
     /// The Responses API: the largest `sequence_number` of the events so far, which the
     /// router's own error event follows (see [`StreamErrorForm::Responses`]).
     last_sequence: Option<u64>,
+    /// The upstream, once the body's last event went out ending in a `\r` that was the last
+    /// byte come ([`State::AwaitingLf`]): read once more, for the `\n` of that `\r\n`.
+    after_end: Option<UpstreamBody>,
 }
 
 /// A body relayed unread (not SSE: audio, NDJSON, a coding the router cannot decode).
@@ -217,6 +221,13 @@ enum State {
     /// Waiting for the upstream's head: keep-alive comments meanwhile.
     AwaitingHead,
     Streaming,
+    /// `[DONE]` or a format's last event forwarded ([`EventKind::End`]) ending in a `\r` that
+    /// was the last byte come: the upstream's next bytes tell whether a `\n` completes it
+    /// (its blank line's `\r\n` cut between two reads) or not (the upstream ended its stream
+    /// with a lone `\r`). The `\n` goes to the client if it comes, nothing else does: the
+    /// client's bytes are the upstream's either way. Then the body ends; the record is
+    /// already finished.
+    AwaitingLf,
     /// `[DONE]` or a format's last event forwarded ([`EventKind::End`]), or an error event
     /// sent: the next poll ends the body.
     Ending,
@@ -302,6 +313,7 @@ impl StreamTee {
             oversized: false,
             unread: None,
             last_sequence: None,
+            after_end: None,
         }
     }
 
@@ -402,7 +414,7 @@ impl StreamTee {
     /// reads nothing more. Nothing changes for a stream already ended (its record is out).
     pub fn cut_at_shutdown(&mut self) {
         match self.state {
-            State::Ending | State::Ended => {}
+            State::AwaitingLf | State::Ending | State::Ended => {}
             State::Opening | State::AwaitingHead => {
                 let failure = LateFailure::router(&super::shutting_down(), None);
                 let _ = self.end_before_head(failure);
@@ -477,13 +489,6 @@ impl StreamTee {
                     continue;
                 }
                 event.slice(..1)
-            } else if ends_body(kind) && event.ends_with(b"\r\n\r") {
-                // Its blank line's "\r\n" was cut after the '\r'; the body ends before the
-                // '\n' comes, so the client gets it here, as the upstream's CRLF lines say.
-                let mut whole = BytesMut::with_capacity(event.len() + 1);
-                whole.extend_from_slice(&event);
-                whole.extend_from_slice(b"\n");
-                whole.freeze()
             } else {
                 event
             };
@@ -502,15 +507,58 @@ impl StreamTee {
                 // Anything after [DONE] (or a format's last event) is not part of the answer;
                 // the body ends here. A `response.failed` is recorded as the upstream's error.
                 let rest = self.upstream.take();
-                self.state = State::Ending;
                 self.finish(Outcome::Success, None);
-                if let Some(rest) = rest {
-                    drain_after_end(rest);
+                self.state = State::Ending;
+                match rest {
+                    // Its last byte a '\r' with nothing after it yet: the '\n' of its "\r\n"
+                    // may be next (see `State::AwaitingLf`).
+                    Some(rest) if self.splitter.ends_in_cr() => {
+                        self.after_end = Some(rest);
+                        self.state = State::AwaitingLf;
+                        let wait = LF_WAIT.min(self.settings.idle_timeout);
+                        self.timer.as_mut().reset(Instant::now() + wait);
+                    }
+                    Some(rest) => drain_after_end(rest),
+                    None => {}
                 }
                 break;
             }
         }
         joined.map(BytesMut::freeze).or(single)
+    }
+
+    /// The `\n` that completes the body's last event's `\r\n`, when the upstream's next bytes
+    /// begin with it ([`State::AwaitingLf`]); `None` when they do not, when the upstream ends,
+    /// or when [`LF_WAIT`] passes first. The body ends after it either way; what the upstream
+    /// sends after it is drained, as after any body's end ([`drain_after_end`]).
+    fn poll_lf(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let Some(rest) = self.after_end.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let next = loop {
+            match rest.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) if chunk.is_empty() => continue,
+                Poll::Ready(Some(Ok(chunk))) => break Some(chunk),
+                // Ended, or broken: nothing is left to read.
+                Poll::Ready(_) => {
+                    self.after_end = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    if self.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    break None;
+                }
+            }
+        };
+        if let Some(rest) = self.after_end.take() {
+            drain_after_end(rest);
+        }
+        Poll::Ready(
+            next.filter(|chunk| chunk.first() == Some(&b'\n'))
+                .map(|chunk| chunk.slice(..1)),
+        )
     }
 
     /// The upstream sent over [`MAX_EVENT_BYTES`] without ending an event.
@@ -655,6 +703,7 @@ impl StreamTee {
                     &message,
                     openai_type_of(code),
                     Some(code),
+                    None,
                     self.last_sequence.map_or(0, |last| last.saturating_add(1)),
                 ),
             ),
@@ -832,6 +881,13 @@ fn ends_body(kind: EventKind) -> bool {
     matches!(kind, EventKind::Done | EventKind::End)
 }
 
+/// Longest wait, after a body's last event ending in a lone `\r` ([`State::AwaitingLf`]), for
+/// the upstream's next bytes: the `\n` of a `\r\n` cut between two reads comes with the next
+/// read, and an upstream that ends its stream so closes it at once. Only one that neither
+/// sends more nor closes is waited for this long (or `timeout_secs`, if shorter), and its
+/// client then gets the end of the body without a `\n` it never sent.
+const LF_WAIT: Duration = Duration::from_secs(1);
+
 /// How long, and how much, [`drain_after_end`] reads before it gives the connection up.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 const DRAIN_BYTES: usize = 64 * 1024;
@@ -929,6 +985,14 @@ impl Stream for StreamTee {
                 State::AwaitingHead => {
                     if let Some(bytes) = ready!(this.poll_head(cx)) {
                         return Poll::Ready(Some(Ok(bytes)));
+                    }
+                    continue;
+                }
+                State::AwaitingLf => {
+                    let lf = ready!(this.poll_lf(cx));
+                    this.state = State::Ending;
+                    if let Some(lf) = lf {
+                        return Poll::Ready(Some(Ok(lf)));
                     }
                     continue;
                 }

@@ -357,12 +357,16 @@ async fn a_late_error_on_messages_ends_the_stream_with_an_anthropic_error_event(
 /// (2c) The same on `/v1/responses`: the Responses API's `error` event (`event: error`,
 /// `type`, `code`, `message`, `param`, `sequence_number` 0, the error object beside them),
 /// which its schema-checking clients read (the chat form was a validation failure there):
-/// the upstream's message and code (a number said as text), or its type when it has no code,
-/// and the router's own timeout.
+/// the upstream's message and code (a number said as text, a float too), or its type when it
+/// has no code (a text answer), the error object with that same code and the status, and the
+/// router's own timeout. The record keeps that event as the answer: its error says what the
+/// event said (before, a text answer's code was `null` there, a float code was dropped, and
+/// the status was missing).
 #[tokio::test]
 async fn a_late_error_on_responses_ends_the_stream_with_a_responses_error_event() {
     let limited = r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
     let numbered = r#"{"error":{"message":"busy","code":503}}"#;
+    let float = r#"{"error":{"message":"busy","code":503.5}}"#;
     let upstream = MockUpstream::start(Behavior::default()).await;
     let router = router_for(&upstream, "    timeout_secs: 2\n").await;
     let cases = [
@@ -374,6 +378,14 @@ async fn a_late_error_on_responses_ends_the_stream_with_a_responses_error_event(
             "Rate limit reached",
         ),
         (503, numbered, "503", "upstream_error", "busy"),
+        (503, float, "503.5", "upstream_error", "busy"),
+        (
+            429,
+            "slow down",
+            "upstream_error",
+            "upstream_error",
+            "slow down",
+        ),
         (
             200,
             "held",
@@ -418,6 +430,9 @@ async fn a_late_error_on_responses_ends_the_stream_with_a_responses_error_event(
         assert_eq!(event["message"], message, "{event}");
         assert_eq!(event["error"]["type"], kind, "{event}");
         assert_eq!(event["error"]["message"], message, "{event}");
+        assert_eq!(event["error"]["code"], code, "{event}");
+        let said_status = if status == 200 { 504 } else { status };
+        assert_eq!(event["error"]["status"], said_status, "{event}");
 
         let record = router.records.nth(n + 1).await;
         if status == 200 {
@@ -426,6 +441,15 @@ async fn a_late_error_on_responses_ends_the_stream_with_a_responses_error_event(
         } else {
             assert_eq!(record.outcome, Outcome::UpstreamError);
             assert_eq!(record.status, Some(status));
+            assert_eq!(record.error.as_deref(), Some(message));
+            let kept: Value = serde_json::from_slice(
+                record
+                    .response_body
+                    .as_deref()
+                    .expect("the event is the record's answer"),
+            )
+            .expect("json");
+            assert_eq!(kept, event, "the record keeps what the event said");
         }
         gate.add_permits(1);
     }

@@ -1103,9 +1103,9 @@ async fn a_dropped_usage_chunk_takes_the_lf_of_its_own_split_crlf() {
     router.stop().await;
 }
 
-/// `[DONE]`'s blank line cut between its '\r' and '\n': the body ends at `[DONE]`, before
-/// the '\n' comes, so the router completes the CRLF itself and the client's bytes are the
-/// upstream's (before, they ended in a lone '\r').
+/// `[DONE]`'s blank line cut between its '\r' and '\n': the body ends at `[DONE]`, once the
+/// upstream's next read has told whether a '\n' completes it; it does, and goes too, so the
+/// client's bytes are the upstream's (before, they ended in a lone '\r').
 #[tokio::test]
 async fn a_done_cut_inside_its_last_crlf_reaches_the_client_whole() {
     let first = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r\n";
@@ -1119,6 +1119,58 @@ async fn a_done_cut_inside_its_last_crlf_reaches_the_client_whole() {
     let (_, text) = read_timed(response).await;
     assert_eq!(text.as_bytes(), chunks.concat());
     assert!(router.records.nth(1).await.complete);
+    router.stop().await;
+}
+
+/// `[DONE]` ending in a lone `\r` after its last CRLF, the upstream's last bytes: the client
+/// gets them as they came, the body ending there; nothing is added (before, the router
+/// completed a CRLF the upstream never sent). So too when other bytes follow that `\r` in
+/// the same read: they are after the end, and no `\n` is made up for them.
+#[tokio::test]
+async fn a_done_ending_in_a_lone_cr_reaches_the_client_as_it_came() {
+    let first = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r\n";
+    for last in [&b"data: [DONE]\r\n\r"[..], b"data: [DONE]\r\n\r: after\n\n"] {
+        let chunks: Vec<Vec<u8>> = vec![first.into(), last.to_vec()];
+        let (_upstream, router, response) = stream_from(Behavior {
+            raw_chunks: Some(chunks),
+            chunk_delay: Duration::from_millis(30),
+            ..Default::default()
+        })
+        .await;
+        let (_, text) = read_timed(response).await;
+        assert_eq!(text, format!("{first}data: [DONE]\r\n\r"));
+        let record = router.records.nth(1).await;
+        assert!(record.complete);
+        assert_eq!(record.outcome, Outcome::Success);
+        assert_eq!(record.response.content, "a");
+        router.stop().await;
+    }
+}
+
+/// `[DONE]` ending in a lone `\r`, and then the upstream neither sends the `\n` nor closes:
+/// the client's body still ends, soon and without a `\n` the upstream did not send, and the
+/// record is complete at `[DONE]`.
+#[tokio::test]
+async fn a_done_ending_in_a_lone_cr_ends_the_body_when_nothing_follows() {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let first = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r\n";
+    let chunks: Vec<Vec<u8>> = vec![first.into(), b"data: [DONE]\r\n\r".to_vec(), b"\n".to_vec()];
+    let upstream = MockUpstream::start(Behavior {
+        raw_chunks: Some(chunks),
+        hold_chunk: Some((2, gate.clone())),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let response = router.chat(&stream_request("[mock]m")).await;
+    let (_, text) = tokio::time::timeout(Duration::from_secs(10), read_timed(response))
+        .await
+        .expect("the body ends while the upstream holds its last byte");
+    assert_eq!(text, format!("{first}data: [DONE]\r\n\r"));
+    let record = router.records.nth(1).await;
+    assert!(record.complete);
+    assert_eq!(record.response.content, "a");
+    gate.add_permits(1);
     router.stop().await;
 }
 
