@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
+mod key_order;
 mod merge_order;
 
 /// Default for `timeout_secs`: a whole non-stream request, or the idle gap inside a stream.
@@ -396,13 +397,29 @@ struct RawSettings {
 
 /// A mapping of names to values (aliases to servers, header names to values), in the order the
 /// YAML library gives its entries: those written in the mapping, then those merged in by `<<`,
-/// the winning merge first. Of two entries whose names are the same text, the first is kept:
+/// the winning merge first (the servers are then put in PyYAML's order, [`parse_yaml`]). Of two
+/// entries whose names are the same text, the first is kept:
 /// `123:` and `'123':` are two keys to YAML (a number and a text), so the library passes
 /// both, and a plain map kept the last, so a merged `<<: {123: ...}` replaced a written
 /// `'123':` (written keys win over every merge) and the losing merge replaced the winning one.
 /// Two written in the mapping itself never get here: [`merge_order`] refuses them, with both
 /// lines.
 struct Entries<V>(IndexMap<String, V>);
+
+impl<V> Entries<V> {
+    /// Puts the entries named in `order` first, in that order; the others keep theirs after.
+    fn put_in_order(&mut self, order: &[String]) {
+        let mut rest = std::mem::take(&mut self.0);
+        let mut ordered = IndexMap::with_capacity(rest.len());
+        for name in order {
+            if let Some((name, value)) = rest.shift_remove_entry(name) {
+                ordered.insert(name, value);
+            }
+        }
+        ordered.extend(rest);
+        self.0 = ordered;
+    }
+}
 
 impl<V> Default for Entries<V> {
     fn default() -> Self {
@@ -467,7 +484,19 @@ fn yaml_options() -> serde_saphyr::Options {
     options
 }
 
+/// Reads the file, its servers in PyYAML's order (see [`key_order`]).
 fn parse_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
+    let mut raw = read_yaml(text)?;
+    let servers = raw.as_mut().and_then(|raw| raw.servers.as_mut());
+    if let Some(servers) = servers.filter(|_| text.contains("<<")) {
+        if let Some(order) = key_order::servers_in_pyyaml_order(text) {
+            servers.put_in_order(&order);
+        }
+    }
+    Ok(raw)
+}
+
+fn read_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
     let text = &*merge_order::in_pyyaml_order(text)?;
     let options = yaml_options();
     let mut inner_path = None;
@@ -1927,6 +1956,58 @@ settings:
         ));
         assert_eq!(path, "servers.b.timeout_secs");
         assert!(reason.ends_with("at line 14, column 19"), "{reason}");
+    }
+
+    /// Servers merged into `servers:` take the places PyYAML gives them (merged ones first, in
+    /// the order of the `<<` keys, a list last listed first; a written one that a merge brings
+    /// too in the merged one's place), where they came after the written ones: the first
+    /// server listing a model was another than the Python version's. Each expected order is
+    /// what PyYAML 6.0.2's `safe_load` gives the same text.
+    #[test]
+    fn merged_servers_come_in_pyyaml_order() {
+        let s = |alias: &str| format!("{alias}: {{url: http://{alias}/v1}}");
+        let cases: [(String, &[&str]); 5] = [
+            (
+                format!("servers:\n  {}\n  <<: {{{}, {}}}\n  {}\n", s("w"), s("m"), s("n"), s("v")),
+                &["m", "n", "w", "v"],
+            ),
+            (
+                format!("servers:\n  {}\n  <<: [{{{}}}, {{{}}}]\n", s("w"), s("m"), s("n")),
+                &["n", "m", "w"],
+            ),
+            (
+                format!(
+                    "servers:\n  {}\n  <<: {{{}}}\n  {}\n  <<: {{{}}}\n",
+                    s("w"), s("m"), s("v"), s("n")
+                ),
+                &["m", "n", "w", "v"],
+            ),
+            // Nested: a merged group's own merges come first in it.
+            (
+                format!(
+                    "servers:\n  {}\n  <<: {{{}, <<: {{{}}}}}\n",
+                    s("w"), s("m"), s("n")
+                ),
+                &["n", "m", "w"],
+            ),
+            // A written server that a merge brings too: its place is the merged one's.
+            (
+                "servers:\n  w: {url: http://w/v1}\n  m: {url: http://written/v1}\n  <<: {n: {url: http://n/v1}, m: {url: http://merged/v1}}\n".to_owned(),
+                &["n", "m", "w"],
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let c = Config::parse(&yaml, &no_env).expect(&yaml);
+            assert_eq!(c.servers.keys().collect::<Vec<_>>(), expected, "{yaml}");
+            for (alias, server) in &c.servers {
+                let url = if alias == "m" && yaml.contains("written") {
+                    "http://written/v1".to_owned()
+                } else {
+                    format!("http://{alias}/v1")
+                };
+                assert_eq!(server.url, url, "{yaml}");
+            }
+        }
     }
 
     /// A url with no path (or just `/`) is warned of by its key path, quoting only the origin

@@ -308,7 +308,7 @@ fn is_node_start(event: &Event<'_>) -> bool {
 }
 
 /// A merge key as the YAML library takes one: a plain `<<`, or one tagged `!!merge`.
-fn is_merge_key(event: &Event<'_>) -> bool {
+pub(super) fn is_merge_key(event: &Event<'_>) -> bool {
     let Event::Scalar(value, style, _, tag) = event else {
         return false;
     };
