@@ -865,9 +865,12 @@ fn validate_server(
             ));
         }
         written.push((header_name.clone(), name.clone()));
-        let names = variables_in(&value.value.0);
-        let substituted: Vec<String> = names.iter().filter_map(|n| env(n).ok()).collect();
-        let value = expand_env(&value.value.0, &path, env)?;
+        // The variables' values, kept as they are read: reading them again would count them
+        // twice against the file's bound.
+        let mut substituted = Vec::new();
+        let value = expand_env_noting(&value.value.0, &path, env, &mut |value| {
+            substituted.push(value.to_owned());
+        })?;
         if let Some(reason) = not_configurable(&header_name) {
             warnings.push(format!("{path}: {reason}; not sent (remove it)"));
             continue;
@@ -1236,6 +1239,18 @@ const MAX_EXPANDED_TOTAL_BYTES: usize = 8 * 1024 * 1024;
 /// every variable the router reads itself is, and one that is not UTF-8. No message quotes
 /// a value.
 pub fn expand_env(value: &str, path: &str, env: &EnvLookup<'_>) -> Result<String, Invalid> {
+    expand_env_noting(value, path, env, &mut |_| {})
+}
+
+/// [`expand_env`], handing `substituted` each variable's value as it is put in. `env` is read
+/// once for each `${NAME}`: [`Config::parse_every_problem`] counts every read against the
+/// file's bound ([`MAX_EXPANDED_TOTAL_BYTES`]).
+fn expand_env_noting(
+    value: &str,
+    path: &str,
+    env: &EnvLookup<'_>,
+    substituted: &mut dyn FnMut(&str),
+) -> Result<String, Invalid> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(start) = rest.find("${") {
@@ -1259,6 +1274,7 @@ pub fn expand_env(value: &str, path: &str, env: &EnvLookup<'_>) -> Result<String
                 ));
             }
             Ok(v) if !v.is_empty() => {
+                substituted(&v);
                 out.push_str(&v);
                 rest = &after[end + 1..];
                 continue;
