@@ -2220,7 +2220,17 @@ settings:
             (
                 "servers:\n  a:\n    url: http://x\n    headers:\n      !!str 7: x\n      7: y\n",
                 "servers.a.headers",
-                "the key 7 appears twice, at line 5 and again at line 6, column 7; keep one",
+                "the key 7 appears twice (as !!str 7 and 7), at line 5 and again at line 6, column 7; keep one",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    headers: {'7': x, !!str \"7\": y}\n",
+                "servers.a.headers",
+                "the key 7 appears twice (as '7' and !!str \"7\") on line 4; keep one",
+            ),
+            (
+                "servers:\n  !<tag:yaml.org,2002:str> 7: {url: http://x}\n  !!str 7: {url: http://y}\n",
+                "servers",
+                "the key 7 appears twice (as !<tag:yaml.org,2002:str> 7 and !!str 7), at line 2 and again at line 3, column 3; keep one",
             ),
         ];
         for (yaml, expected_path, expected) in cases {
