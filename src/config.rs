@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use indexmap::IndexMap;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::secret::Secret;
 
@@ -137,9 +138,10 @@ pub enum ConfigError {
         /// Dotted key path, e.g. `servers.openrouter.url`; `(top level)` for the document.
         path: String,
         reason: String,
-        /// The first problem of each other server that has one (`(path, reason)`), for
-        /// `check` and `serve` to say too, one line each: two servers' unset `${NAME}`s took
-        /// two runs to learn of (bb58).
+        /// The first problem of each other server that has one, then each problem of the
+        /// `settings` (`(path, reason)`), for `check` and `serve` to say too, one line each:
+        /// two servers' unset `${NAME}`s took two runs to learn of (bb58), and a settings
+        /// problem was said only once every server was good.
         more: Vec<(String, String)>,
     },
 }
@@ -192,12 +194,13 @@ impl Config {
     /// on a provider's key variable being set where they run.
     pub fn aliases(file: &Path) -> Result<Vec<String>, ConfigError> {
         let text = Self::read(file)?;
-        let raw = parse_yaml(&text).map_err(|(path, reason)| ConfigError::Invalid {
-            file: file.to_owned(),
-            path,
-            reason,
-            more: Vec::new(),
-        })?;
+        let raw =
+            parse_yaml::<RawSettings>(&text).map_err(|(path, reason)| ConfigError::Invalid {
+                file: file.to_owned(),
+                path,
+                reason,
+                more: Vec::new(),
+            })?;
         Ok(raw
             .and_then(|raw| raw.servers)
             .map(|servers| servers.0.into_keys().collect())
@@ -254,16 +257,27 @@ impl Config {
             .map_err(|problems| first_and_rest(problems).0)
     }
 
-    /// [`Config::parse_unquoting`], giving the first problem of each server that has one
-    /// (never none).
+    /// [`Config::parse_unquoting`], giving the first problem of each server that has one,
+    /// then the settings' problems (never none; see [`validate`]).
     fn parse_every_problem(
         text: &str,
         env: &EnvLookup<'_>,
         unquotable: &dyn Fn(&str) -> bool,
     ) -> Result<Self, Vec<Invalid>> {
-        let raw = parse_yaml(text).map_err(|problem| vec![problem])?;
+        // A `settings` the YAML library refused is said after the servers' problems, not
+        // alone: they took a second run to learn of.
+        let (raw, unread_settings) = match parse_yaml(text) {
+            Ok(raw) => (raw, None),
+            Err(problem) => match without_settings(text, &problem) {
+                Some(raw) => (raw, Some(problem)),
+                None => return Err(vec![problem]),
+            },
+        };
         let Some(raw) = raw else {
-            return Ok(Self::default());
+            return match unread_settings {
+                Some(problem) => Err(vec![problem]),
+                None => Ok(Self::default()),
+            };
         };
         // A `${NAME}` whose value is in quotes (`docker run --env-file` keeps a `.env`'s) is
         // read without them, with a warning naming it once: `api_key: "${K}"` went
@@ -299,6 +313,14 @@ impl Config {
                     .to_owned(),
             )]);
         }
+        let validated = match (validated, unread_settings) {
+            (validated, None) => validated,
+            (Ok(_), Some(problem)) => Err(vec![problem]),
+            (Err(mut problems), Some(problem)) => {
+                problems.push(problem);
+                Err(problems)
+            }
+        };
         let mut config = validated?;
         config.warnings.extend(quoted.take().iter().map(|name| {
             format!(
@@ -353,13 +375,15 @@ pub type EnvLookup<'a> = dyn Fn(&str) -> Result<String, VarError> + 'a;
 
 // ---- raw, as written in the file ---------------------------------------------------------
 
+/// The file as written. `S` is [`RawSettings`], or [`serde::de::IgnoredAny`] to read the
+/// servers of a file whose `settings` the YAML library refused ([`without_settings`]).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
+#[serde(deny_unknown_fields, bound = "S: Deserialize<'de>")]
+struct RawConfig<S = RawSettings> {
     #[serde(default)]
     servers: Option<Entries<RawServer>>,
     #[serde(default)]
-    settings: Option<RawSettings>,
+    settings: Option<S>,
 }
 
 #[derive(Deserialize)]
@@ -484,8 +508,24 @@ fn yaml_options() -> serde_saphyr::Options {
     options
 }
 
+/// The file read with its `settings` left out, when `problem` (the YAML library's refusal of
+/// the whole file) is in them (`default_server: [a]`, `settings: 5`) and the rest reads
+/// without it: so the servers' problems are said in the same run. `None` otherwise (a
+/// mistake in the YAML itself, or another one past `settings`): then `problem` is said alone.
+fn without_settings(text: &str, problem: &Invalid) -> Option<Option<RawConfig>> {
+    let path = problem.0.as_str();
+    if path != "settings" && !path.starts_with("settings.") {
+        return None;
+    }
+    let raw = parse_yaml::<serde::de::IgnoredAny>(text).ok()?;
+    Some(raw.map(|raw| RawConfig {
+        servers: raw.servers,
+        settings: None,
+    }))
+}
+
 /// Reads the file, its servers in PyYAML's order (see [`key_order`]).
-fn parse_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
+fn parse_yaml<S: DeserializeOwned>(text: &str) -> Result<Option<RawConfig<S>>, (String, String)> {
     let mut raw = read_yaml(text)?;
     let servers = raw.as_mut().and_then(|raw| raw.servers.as_mut());
     if let Some(servers) = servers.filter(|_| text.contains("<<")) {
@@ -496,12 +536,12 @@ fn parse_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
     Ok(raw)
 }
 
-fn read_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
+fn read_yaml<S: DeserializeOwned>(text: &str) -> Result<Option<RawConfig<S>>, (String, String)> {
     let text = &*merge_order::in_pyyaml_order(text)?;
     let options = yaml_options();
     let mut inner_path = None;
     let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-        serde_path_to_error::deserialize::<_, Option<RawConfig>>(de).map_err(|e| {
+        serde_path_to_error::deserialize::<_, Option<RawConfig<S>>>(de).map_err(|e| {
             inner_path = Some(key_path(e.path()));
             e.into_inner()
         })
@@ -755,13 +795,15 @@ fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Invalid {
 }
 
 /// `Err` holds the first problem of each server that has one, in the file's order (each
-/// server is judged apart), or the settings' problem, judged once the servers are good (it
-/// names them). Never empty.
+/// server is judged apart), then the problem of each setting that has one: a settings
+/// problem used to be said only once every server was good, a second run. Never empty.
 fn validate(raw: RawConfig, env: &EnvLookup<'_>) -> Result<Config, Vec<Invalid>> {
+    let raw_servers = raw.servers.unwrap_or_default().0;
+    let aliases: Vec<String> = raw_servers.keys().cloned().collect();
     let mut servers = IndexMap::new();
     let mut warnings = Vec::new();
     let mut problems = Vec::new();
-    for (alias, raw_server) in raw.servers.unwrap_or_default().0 {
+    for (alias, raw_server) in raw_servers {
         match validate_server(&alias, raw_server, env, &mut warnings) {
             Ok(server) => {
                 servers.insert(alias, server);
@@ -769,16 +811,19 @@ fn validate(raw: RawConfig, env: &EnvLookup<'_>) -> Result<Config, Vec<Invalid>>
             Err(problem) => problems.push(problem),
         }
     }
-    if !problems.is_empty() {
-        return Err(problems);
+    let settings = validate_settings(raw.settings, &aliases, env);
+    match settings {
+        Ok(settings) if problems.is_empty() => Ok(Config {
+            servers,
+            settings,
+            warnings,
+        }),
+        Ok(_) => Err(problems),
+        Err(settings_problems) => {
+            problems.extend(settings_problems);
+            Err(problems)
+        }
     }
-    let settings =
-        validate_settings(raw.settings, &servers, env).map_err(|problem| vec![problem])?;
-    Ok(Config {
-        servers,
-        settings,
-        warnings,
-    })
 }
 
 /// Aliases appear inside `[...]` in model names and in permission lists; brackets, spaces and
@@ -1064,58 +1109,89 @@ fn unsendable(text: &str) -> Option<String> {
     })
 }
 
+/// `Err` holds the problem of each setting that has one, in the order of [`RawSettings`]'s
+/// keys: each is judged apart. `aliases` are every server the file names, those with a
+/// problem too: a `default_server` naming one of them is that server's problem, not its own.
 fn validate_settings(
     raw: Option<RawSettings>,
-    servers: &IndexMap<String, Server>,
+    aliases: &[String],
     env: &EnvLookup<'_>,
-) -> Result<Settings, Invalid> {
+) -> Result<Settings, Vec<Invalid>> {
     let mut settings = Settings::default();
     let Some(raw) = raw else {
         return Ok(settings);
     };
+    let mut problems = Vec::new();
     if let Some(secs) = raw.models_cache_ttl_secs {
-        let path = "settings.models_cache_ttl_secs";
-        let secs = typed::<f64>(secs, path, env, NUMBER)?;
-        if !(secs.is_finite() && (0.0..1e9).contains(&secs)) {
-            return Err(invalid(
-                path,
-                "must be a number of seconds, 0 or more (below 1e9)",
-            ));
+        match cache_ttl(secs, env) {
+            Ok(ttl) => settings.models_cache_ttl = ttl,
+            Err(problem) => problems.push(problem),
         }
-        settings.models_cache_ttl = Duration::from_secs_f64(secs);
     }
     if let Some(secs) = raw.models_fetch_timeout_secs {
         let path = "settings.models_fetch_timeout_secs";
-        let secs = typed::<f64>(secs, path, env, NUMBER)?;
-        settings.models_fetch_timeout =
-            positive_duration(secs).ok_or_else(|| invalid(path, SECONDS_RANGE))?;
+        let timeout = typed::<f64>(secs, path, env, NUMBER)
+            .and_then(|secs| positive_duration(secs).ok_or_else(|| invalid(path, SECONDS_RANGE)));
+        match timeout {
+            Ok(timeout) => settings.models_fetch_timeout = timeout,
+            Err(problem) => problems.push(problem),
+        }
     }
     if let Some(bytes) = raw.max_body_bytes {
-        let bytes = typed::<u64>(bytes, "settings.max_body_bytes", env, WHOLE_NUMBER)?;
-        if bytes == 0 {
-            return Err(invalid("settings.max_body_bytes", "must be above 0"));
+        let path = "settings.max_body_bytes";
+        let bytes = typed::<u64>(bytes, path, env, WHOLE_NUMBER).and_then(|bytes| match bytes {
+            0 => Err(invalid(path, "must be above 0")),
+            bytes => Ok(usize::try_from(bytes).unwrap_or(usize::MAX)),
+        });
+        match bytes {
+            Ok(bytes) => settings.max_body_bytes = bytes,
+            Err(problem) => problems.push(problem),
         }
-        settings.max_body_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
     }
     if let Some(default) = raw.default_server {
-        let default = expand_env(&default, "settings.default_server", env)?;
-        if !servers.contains_key(&default) {
-            let known: Vec<&str> = servers.keys().map(String::as_str).collect();
-            return Err(invalid(
-                "settings.default_server",
-                format!(
-                    "\"{default}\" is not a server alias (known: {})",
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            ));
+        match default_server(&default, aliases, env) {
+            Ok(default) => settings.default_server = Some(default),
+            Err(problem) => problems.push(problem),
         }
-        settings.default_server = Some(default);
     }
-    Ok(settings)
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(problems)
+    }
+}
+
+fn cache_ttl(secs: Typed, env: &EnvLookup<'_>) -> Result<Duration, Invalid> {
+    let path = "settings.models_cache_ttl_secs";
+    let secs = typed::<f64>(secs, path, env, NUMBER)?;
+    if !(secs.is_finite() && (0.0..1e9).contains(&secs)) {
+        return Err(invalid(
+            path,
+            "must be a number of seconds, 0 or more (below 1e9)",
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn default_server(
+    written: &str,
+    aliases: &[String],
+    env: &EnvLookup<'_>,
+) -> Result<String, Invalid> {
+    let path = "settings.default_server";
+    let default = expand_env(written, path, env)?;
+    if aliases.contains(&default) {
+        return Ok(default);
+    }
+    let known = if aliases.is_empty() {
+        "none".to_owned()
+    } else {
+        aliases.join(", ")
+    };
+    Err(invalid(
+        path,
+        format!("\"{default}\" is not a server alias (known: {known})"),
+    ))
 }
 
 /// Whether a configured header's value is a public protocol value (`anthropic-version:
