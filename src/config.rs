@@ -11,9 +11,11 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use indexmap::IndexMap;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::secret::Secret;
 
+mod key_order;
 mod merge_order;
 
 /// Default for `timeout_secs`: a whole non-stream request, or the idle gap inside a stream.
@@ -136,9 +138,10 @@ pub enum ConfigError {
         /// Dotted key path, e.g. `servers.openrouter.url`; `(top level)` for the document.
         path: String,
         reason: String,
-        /// The first problem of each other server that has one (`(path, reason)`), for
-        /// `check` and `serve` to say too, one line each: two servers' unset `${NAME}`s took
-        /// two runs to learn of (bb58).
+        /// The first problem of each other server that has one, then each problem of the
+        /// `settings` (`(path, reason)`), for `check` and `serve` to say too, one line each:
+        /// two servers' unset `${NAME}`s took two runs to learn of (bb58), and a settings
+        /// problem was said only once every server was good.
         more: Vec<(String, String)>,
     },
 }
@@ -191,12 +194,13 @@ impl Config {
     /// on a provider's key variable being set where they run.
     pub fn aliases(file: &Path) -> Result<Vec<String>, ConfigError> {
         let text = Self::read(file)?;
-        let raw = parse_yaml(&text).map_err(|(path, reason)| ConfigError::Invalid {
-            file: file.to_owned(),
-            path,
-            reason,
-            more: Vec::new(),
-        })?;
+        let raw =
+            parse_yaml::<RawSettings>(&text).map_err(|(path, reason)| ConfigError::Invalid {
+                file: file.to_owned(),
+                path,
+                reason,
+                more: Vec::new(),
+            })?;
         Ok(raw
             .and_then(|raw| raw.servers)
             .map(|servers| servers.0.into_keys().collect())
@@ -253,16 +257,27 @@ impl Config {
             .map_err(|problems| first_and_rest(problems).0)
     }
 
-    /// [`Config::parse_unquoting`], giving the first problem of each server that has one
-    /// (never none).
+    /// [`Config::parse_unquoting`], giving the first problem of each server that has one,
+    /// then the settings' problems (never none; see [`validate`]).
     fn parse_every_problem(
         text: &str,
         env: &EnvLookup<'_>,
         unquotable: &dyn Fn(&str) -> bool,
     ) -> Result<Self, Vec<Invalid>> {
-        let raw = parse_yaml(text).map_err(|problem| vec![problem])?;
+        // A `settings` the YAML library refused is said after the servers' problems, not
+        // alone: they took a second run to learn of.
+        let (raw, unread_settings) = match parse_yaml(text) {
+            Ok(raw) => (raw, None),
+            Err(problem) => match without_settings(text, &problem) {
+                Some(raw) => (raw, Some(problem)),
+                None => return Err(vec![problem]),
+            },
+        };
         let Some(raw) = raw else {
-            return Ok(Self::default());
+            return match unread_settings {
+                Some(problem) => Err(vec![problem]),
+                None => Ok(Self::default()),
+            };
         };
         // A `${NAME}` whose value is in quotes (`docker run --env-file` keeps a `.env`'s) is
         // read without them, with a warning naming it once: `api_key: "${K}"` went
@@ -298,6 +313,14 @@ impl Config {
                     .to_owned(),
             )]);
         }
+        let validated = match (validated, unread_settings) {
+            (validated, None) => validated,
+            (Ok(_), Some(problem)) => Err(vec![problem]),
+            (Err(mut problems), Some(problem)) => {
+                problems.push(problem);
+                Err(problems)
+            }
+        };
         let mut config = validated?;
         config.warnings.extend(quoted.take().iter().map(|name| {
             format!(
@@ -352,13 +375,15 @@ pub type EnvLookup<'a> = dyn Fn(&str) -> Result<String, VarError> + 'a;
 
 // ---- raw, as written in the file ---------------------------------------------------------
 
+/// The file as written. `S` is [`RawSettings`], or [`serde::de::IgnoredAny`] to read the
+/// servers of a file whose `settings` the YAML library refused ([`without_settings`]).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
+#[serde(deny_unknown_fields, bound = "S: Deserialize<'de>")]
+struct RawConfig<S = RawSettings> {
     #[serde(default)]
     servers: Option<Entries<RawServer>>,
     #[serde(default)]
-    settings: Option<RawSettings>,
+    settings: Option<S>,
 }
 
 #[derive(Deserialize)]
@@ -396,13 +421,29 @@ struct RawSettings {
 
 /// A mapping of names to values (aliases to servers, header names to values), in the order the
 /// YAML library gives its entries: those written in the mapping, then those merged in by `<<`,
-/// the winning merge first. Of two entries whose names are the same text, the first is kept:
+/// the winning merge first (the servers are then put in PyYAML's order, [`parse_yaml`]). Of two
+/// entries whose names are the same text, the first is kept:
 /// `123:` and `'123':` are two keys to YAML (a number and a text), so the library passes
 /// both, and a plain map kept the last, so a merged `<<: {123: ...}` replaced a written
 /// `'123':` (written keys win over every merge) and the losing merge replaced the winning one.
 /// Two written in the mapping itself never get here: [`merge_order`] refuses them, with both
 /// lines.
 struct Entries<V>(IndexMap<String, V>);
+
+impl<V> Entries<V> {
+    /// Puts the entries named in `order` first, in that order; the others keep theirs after.
+    fn put_in_order(&mut self, order: &[String]) {
+        let mut rest = std::mem::take(&mut self.0);
+        let mut ordered = IndexMap::with_capacity(rest.len());
+        for name in order {
+            if let Some((name, value)) = rest.shift_remove_entry(name) {
+                ordered.insert(name, value);
+            }
+        }
+        ordered.extend(rest);
+        self.0 = ordered;
+    }
+}
 
 impl<V> Default for Entries<V> {
     fn default() -> Self {
@@ -467,12 +508,40 @@ fn yaml_options() -> serde_saphyr::Options {
     options
 }
 
-fn parse_yaml(text: &str) -> Result<Option<RawConfig>, (String, String)> {
+/// The file read with its `settings` left out, when `problem` (the YAML library's refusal of
+/// the whole file) is in them (`default_server: [a]`, `settings: 5`) and the rest reads
+/// without it: so the servers' problems are said in the same run. `None` otherwise (a
+/// mistake in the YAML itself, or another one past `settings`): then `problem` is said alone.
+fn without_settings(text: &str, problem: &Invalid) -> Option<Option<RawConfig>> {
+    let path = problem.0.as_str();
+    if path != "settings" && !path.starts_with("settings.") {
+        return None;
+    }
+    let raw = parse_yaml::<serde::de::IgnoredAny>(text).ok()?;
+    Some(raw.map(|raw| RawConfig {
+        servers: raw.servers,
+        settings: None,
+    }))
+}
+
+/// Reads the file, its servers in PyYAML's order (see [`key_order`]).
+fn parse_yaml<S: DeserializeOwned>(text: &str) -> Result<Option<RawConfig<S>>, (String, String)> {
+    let mut raw = read_yaml(text)?;
+    let servers = raw.as_mut().and_then(|raw| raw.servers.as_mut());
+    if let Some(servers) = servers.filter(|_| text.contains("<<")) {
+        if let Some(order) = key_order::servers_in_pyyaml_order(text) {
+            servers.put_in_order(&order);
+        }
+    }
+    Ok(raw)
+}
+
+fn read_yaml<S: DeserializeOwned>(text: &str) -> Result<Option<RawConfig<S>>, (String, String)> {
     let text = &*merge_order::in_pyyaml_order(text)?;
     let options = yaml_options();
     let mut inner_path = None;
     let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-        serde_path_to_error::deserialize::<_, Option<RawConfig>>(de).map_err(|e| {
+        serde_path_to_error::deserialize::<_, Option<RawConfig<S>>>(de).map_err(|e| {
             inner_path = Some(key_path(e.path()));
             e.into_inner()
         })
@@ -726,13 +795,15 @@ fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Invalid {
 }
 
 /// `Err` holds the first problem of each server that has one, in the file's order (each
-/// server is judged apart), or the settings' problem, judged once the servers are good (it
-/// names them). Never empty.
+/// server is judged apart), then the problem of each setting that has one: a settings
+/// problem used to be said only once every server was good, a second run. Never empty.
 fn validate(raw: RawConfig, env: &EnvLookup<'_>) -> Result<Config, Vec<Invalid>> {
+    let raw_servers = raw.servers.unwrap_or_default().0;
+    let aliases: Vec<String> = raw_servers.keys().cloned().collect();
     let mut servers = IndexMap::new();
     let mut warnings = Vec::new();
     let mut problems = Vec::new();
-    for (alias, raw_server) in raw.servers.unwrap_or_default().0 {
+    for (alias, raw_server) in raw_servers {
         match validate_server(&alias, raw_server, env, &mut warnings) {
             Ok(server) => {
                 servers.insert(alias, server);
@@ -740,16 +811,19 @@ fn validate(raw: RawConfig, env: &EnvLookup<'_>) -> Result<Config, Vec<Invalid>>
             Err(problem) => problems.push(problem),
         }
     }
-    if !problems.is_empty() {
-        return Err(problems);
+    let settings = validate_settings(raw.settings, &aliases, env);
+    match settings {
+        Ok(settings) if problems.is_empty() => Ok(Config {
+            servers,
+            settings,
+            warnings,
+        }),
+        Ok(_) => Err(problems),
+        Err(settings_problems) => {
+            problems.extend(settings_problems);
+            Err(problems)
+        }
     }
-    let settings =
-        validate_settings(raw.settings, &servers, env).map_err(|problem| vec![problem])?;
-    Ok(Config {
-        servers,
-        settings,
-        warnings,
-    })
 }
 
 /// Aliases appear inside `[...]` in model names and in permission lists; brackets, spaces and
@@ -836,9 +910,12 @@ fn validate_server(
             ));
         }
         written.push((header_name.clone(), name.clone()));
-        let names = variables_in(&value.value.0);
-        let substituted: Vec<String> = names.iter().filter_map(|n| env(n).ok()).collect();
-        let value = expand_env(&value.value.0, &path, env)?;
+        // The variables' values, kept as they are read: reading them again would count them
+        // twice against the file's bound.
+        let mut substituted = Vec::new();
+        let value = expand_env_noting(&value.value.0, &path, env, &mut |value| {
+            substituted.push(value.to_owned());
+        })?;
         if let Some(reason) = not_configurable(&header_name) {
             warnings.push(format!("{path}: {reason}; not sent (remove it)"));
             continue;
@@ -1032,58 +1109,89 @@ fn unsendable(text: &str) -> Option<String> {
     })
 }
 
+/// `Err` holds the problem of each setting that has one, in the order of [`RawSettings`]'s
+/// keys: each is judged apart. `aliases` are every server the file names, those with a
+/// problem too: a `default_server` naming one of them is that server's problem, not its own.
 fn validate_settings(
     raw: Option<RawSettings>,
-    servers: &IndexMap<String, Server>,
+    aliases: &[String],
     env: &EnvLookup<'_>,
-) -> Result<Settings, Invalid> {
+) -> Result<Settings, Vec<Invalid>> {
     let mut settings = Settings::default();
     let Some(raw) = raw else {
         return Ok(settings);
     };
+    let mut problems = Vec::new();
     if let Some(secs) = raw.models_cache_ttl_secs {
-        let path = "settings.models_cache_ttl_secs";
-        let secs = typed::<f64>(secs, path, env, NUMBER)?;
-        if !(secs.is_finite() && (0.0..1e9).contains(&secs)) {
-            return Err(invalid(
-                path,
-                "must be a number of seconds, 0 or more (below 1e9)",
-            ));
+        match cache_ttl(secs, env) {
+            Ok(ttl) => settings.models_cache_ttl = ttl,
+            Err(problem) => problems.push(problem),
         }
-        settings.models_cache_ttl = Duration::from_secs_f64(secs);
     }
     if let Some(secs) = raw.models_fetch_timeout_secs {
         let path = "settings.models_fetch_timeout_secs";
-        let secs = typed::<f64>(secs, path, env, NUMBER)?;
-        settings.models_fetch_timeout =
-            positive_duration(secs).ok_or_else(|| invalid(path, SECONDS_RANGE))?;
+        let timeout = typed::<f64>(secs, path, env, NUMBER)
+            .and_then(|secs| positive_duration(secs).ok_or_else(|| invalid(path, SECONDS_RANGE)));
+        match timeout {
+            Ok(timeout) => settings.models_fetch_timeout = timeout,
+            Err(problem) => problems.push(problem),
+        }
     }
     if let Some(bytes) = raw.max_body_bytes {
-        let bytes = typed::<u64>(bytes, "settings.max_body_bytes", env, WHOLE_NUMBER)?;
-        if bytes == 0 {
-            return Err(invalid("settings.max_body_bytes", "must be above 0"));
+        let path = "settings.max_body_bytes";
+        let bytes = typed::<u64>(bytes, path, env, WHOLE_NUMBER).and_then(|bytes| match bytes {
+            0 => Err(invalid(path, "must be above 0")),
+            bytes => Ok(usize::try_from(bytes).unwrap_or(usize::MAX)),
+        });
+        match bytes {
+            Ok(bytes) => settings.max_body_bytes = bytes,
+            Err(problem) => problems.push(problem),
         }
-        settings.max_body_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
     }
     if let Some(default) = raw.default_server {
-        let default = expand_env(&default, "settings.default_server", env)?;
-        if !servers.contains_key(&default) {
-            let known: Vec<&str> = servers.keys().map(String::as_str).collect();
-            return Err(invalid(
-                "settings.default_server",
-                format!(
-                    "\"{default}\" is not a server alias (known: {})",
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            ));
+        match default_server(&default, aliases, env) {
+            Ok(default) => settings.default_server = Some(default),
+            Err(problem) => problems.push(problem),
         }
-        settings.default_server = Some(default);
     }
-    Ok(settings)
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(problems)
+    }
+}
+
+fn cache_ttl(secs: Typed, env: &EnvLookup<'_>) -> Result<Duration, Invalid> {
+    let path = "settings.models_cache_ttl_secs";
+    let secs = typed::<f64>(secs, path, env, NUMBER)?;
+    if !(secs.is_finite() && (0.0..1e9).contains(&secs)) {
+        return Err(invalid(
+            path,
+            "must be a number of seconds, 0 or more (below 1e9)",
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn default_server(
+    written: &str,
+    aliases: &[String],
+    env: &EnvLookup<'_>,
+) -> Result<String, Invalid> {
+    let path = "settings.default_server";
+    let default = expand_env(written, path, env)?;
+    if aliases.contains(&default) {
+        return Ok(default);
+    }
+    let known = if aliases.is_empty() {
+        "none".to_owned()
+    } else {
+        aliases.join(", ")
+    };
+    Err(invalid(
+        path,
+        format!("\"{default}\" is not a server alias (known: {known})"),
+    ))
 }
 
 /// Whether a configured header's value is a public protocol value (`anthropic-version:
@@ -1207,6 +1315,18 @@ const MAX_EXPANDED_TOTAL_BYTES: usize = 8 * 1024 * 1024;
 /// every variable the router reads itself is, and one that is not UTF-8. No message quotes
 /// a value.
 pub fn expand_env(value: &str, path: &str, env: &EnvLookup<'_>) -> Result<String, Invalid> {
+    expand_env_noting(value, path, env, &mut |_| {})
+}
+
+/// [`expand_env`], handing `substituted` each variable's value as it is put in. `env` is read
+/// once for each `${NAME}`: [`Config::parse_every_problem`] counts every read against the
+/// file's bound ([`MAX_EXPANDED_TOTAL_BYTES`]).
+fn expand_env_noting(
+    value: &str,
+    path: &str,
+    env: &EnvLookup<'_>,
+    substituted: &mut dyn FnMut(&str),
+) -> Result<String, Invalid> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(start) = rest.find("${") {
@@ -1230,6 +1350,7 @@ pub fn expand_env(value: &str, path: &str, env: &EnvLookup<'_>) -> Result<String
                 ));
             }
             Ok(v) if !v.is_empty() => {
+                substituted(&v);
                 out.push_str(&v);
                 rest = &after[end + 1..];
                 continue;
@@ -1929,6 +2050,58 @@ settings:
         assert!(reason.ends_with("at line 14, column 19"), "{reason}");
     }
 
+    /// Servers merged into `servers:` take the places PyYAML gives them (merged ones first, in
+    /// the order of the `<<` keys, a list last listed first; a written one that a merge brings
+    /// too in the merged one's place), where they came after the written ones: the first
+    /// server listing a model was another than the Python version's. Each expected order is
+    /// what PyYAML 6.0.2's `safe_load` gives the same text.
+    #[test]
+    fn merged_servers_come_in_pyyaml_order() {
+        let s = |alias: &str| format!("{alias}: {{url: http://{alias}/v1}}");
+        let cases: [(String, &[&str]); 5] = [
+            (
+                format!("servers:\n  {}\n  <<: {{{}, {}}}\n  {}\n", s("w"), s("m"), s("n"), s("v")),
+                &["m", "n", "w", "v"],
+            ),
+            (
+                format!("servers:\n  {}\n  <<: [{{{}}}, {{{}}}]\n", s("w"), s("m"), s("n")),
+                &["n", "m", "w"],
+            ),
+            (
+                format!(
+                    "servers:\n  {}\n  <<: {{{}}}\n  {}\n  <<: {{{}}}\n",
+                    s("w"), s("m"), s("v"), s("n")
+                ),
+                &["m", "n", "w", "v"],
+            ),
+            // Nested: a merged group's own merges come first in it.
+            (
+                format!(
+                    "servers:\n  {}\n  <<: {{{}, <<: {{{}}}}}\n",
+                    s("w"), s("m"), s("n")
+                ),
+                &["n", "m", "w"],
+            ),
+            // A written server that a merge brings too: its place is the merged one's.
+            (
+                "servers:\n  w: {url: http://w/v1}\n  m: {url: http://written/v1}\n  <<: {n: {url: http://n/v1}, m: {url: http://merged/v1}}\n".to_owned(),
+                &["n", "m", "w"],
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let c = Config::parse(&yaml, &no_env).expect(&yaml);
+            assert_eq!(c.servers.keys().collect::<Vec<_>>(), expected, "{yaml}");
+            for (alias, server) in &c.servers {
+                let url = if alias == "m" && yaml.contains("written") {
+                    "http://written/v1".to_owned()
+                } else {
+                    format!("http://{alias}/v1")
+                };
+                assert_eq!(server.url, url, "{yaml}");
+            }
+        }
+    }
+
     /// A url with no path (or just `/`) is warned of by its key path, quoting only the origin
     /// (never the user info or query, which may hold keys); one with any path is not.
     #[test]
@@ -2123,7 +2296,17 @@ settings:
             (
                 "servers:\n  a:\n    url: http://x\n    headers:\n      !!str 7: x\n      7: y\n",
                 "servers.a.headers",
-                "the key 7 appears twice, at line 5 and again at line 6, column 7; keep one",
+                "the key 7 appears twice (as !!str 7 and 7), at line 5 and again at line 6, column 7; keep one",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    headers: {'7': x, !!str \"7\": y}\n",
+                "servers.a.headers",
+                "the key 7 appears twice (as '7' and !!str \"7\") on line 4; keep one",
+            ),
+            (
+                "servers:\n  !<tag:yaml.org,2002:str> 7: {url: http://x}\n  !!str 7: {url: http://y}\n",
+                "servers",
+                "the key 7 appears twice (as !<tag:yaml.org,2002:str> 7 and !!str 7), at line 2 and again at line 3, column 3; keep one",
             ),
         ];
         for (yaml, expected_path, expected) in cases {

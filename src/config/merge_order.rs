@@ -80,6 +80,12 @@ struct Node {
     anchored: bool,
 }
 
+/// A mapping's key as written: where its text is, and its tag as written (`!!str`).
+struct Key {
+    span: Span,
+    tag: Option<String>,
+}
+
 struct Walk<'a> {
     text: &'a str,
     events: Parser<'a, StrInput<'a>>,
@@ -205,8 +211,16 @@ impl<'a> Walk<'a> {
                 Event::Scalar(name, ..) => name.to_string(),
                 _ => "?".to_owned(),
             };
-            if !is_merge && matches!(key_event, Event::Scalar(..)) {
-                self.written_once(&mut written, &name, key_span)?;
+            if let (false, Event::Scalar(_, _, _, tag)) = (is_merge, &key_event) {
+                let tag = tag.as_ref().map(|tag| tag.original());
+                self.written_once(
+                    &mut written,
+                    &name,
+                    Key {
+                        span: key_span,
+                        tag,
+                    },
+                )?;
             }
             anchored |= self.node(key_event, key_span)?.anchored;
             let Child::Node(event, span) = self.child()? else {
@@ -253,36 +267,59 @@ impl<'a> Walk<'a> {
     }
 
     /// Refuses a key whose text was written before in this mapping (`written`: each key's text
-    /// with its span, as the mapping's keys are read), naming both lines. The YAML library refuses two that are the same YAML
-    /// value, but `123:` and `'123':` are a number and a text to it, while every mapping of
-    /// names here (aliases, header names) reads both as the text `123`: both loaded, and one
-    /// server was dropped in silence.
+    /// with where it is, as the mapping's keys are read), naming both lines. The YAML library
+    /// refuses two that are the same YAML value, but `123:` and `'123':` are a number and a
+    /// text to it (and `!!str 7:` and `7:`), while every mapping of names here (aliases, header
+    /// names) reads both as the text `123`: both loaded, and one server was dropped in silence.
     fn written_once(
         &self,
-        written: &mut HashMap<String, Span>,
+        written: &mut HashMap<String, Key>,
         name: &str,
-        span: Span,
+        key: Key,
     ) -> Result<(), Stop> {
         let Some(first) = written.get(name) else {
-            written.insert(name.to_owned(), span);
+            written.insert(name.to_owned(), key);
             return Ok(());
         };
-        let spelled = |span: &Span| -> Result<&str, Stop> {
+        // The scalar's span leaves its tag out: `!!str 7` and `7` were both "7".
+        let spelled = |key: &Key| -> Result<String, Stop> {
+            let span = key.span;
             let range = offset(span.start.byte_offset())?..offset(span.end.byte_offset())?;
-            Ok(self.text.get(range).unwrap_or(name))
+            let text = self.text.get(range).unwrap_or(name);
+            Ok(match &key.tag {
+                Some(tag) if !text.starts_with('!') => format!("{tag} {text}"),
+                _ => text.to_owned(),
+            })
         };
-        let (one, two) = (spelled(first)?, spelled(&span)?);
-        let spellings = (!one.contains('\n') && !two.contains('\n')).then_some((one, two));
+        let (one, two) = (spelled(first)?, spelled(&key)?);
+        let spellings = (!one.contains('\n') && !two.contains('\n')).then_some((&*one, &*two));
         Err(Stop::Refused(
             self.key_path(),
             super::written_twice(
                 name,
                 spellings,
-                Some(first.start.line()),
-                span.start.line(),
-                span.start.col() + 1,
+                Some(first.span.start.line()),
+                key.span.start.line(),
+                self.column(&key) + 1,
             ),
         ))
+    }
+
+    /// The 0-based column where `key` starts: its tag's when the tag is written just before
+    /// its text on its line (`!!str 7`), else its text's.
+    fn column(&self, key: &Key) -> usize {
+        let column = key.span.start.col();
+        let (Some(tag), Some(start)) = (&key.tag, key.span.start.byte_offset()) else {
+            return column;
+        };
+        let Some(before) = self.text.get(..start) else {
+            return column;
+        };
+        let trimmed = before.trim_end_matches([' ', '\t']);
+        match trimmed.strip_suffix(tag.as_str()) {
+            Some(rest) => column.saturating_sub(before[rest.len()..].chars().count()),
+            None => column,
+        }
     }
 
     fn key_path(&self) -> String {
@@ -308,7 +345,7 @@ fn is_node_start(event: &Event<'_>) -> bool {
 }
 
 /// A merge key as the YAML library takes one: a plain `<<`, or one tagged `!!merge`.
-fn is_merge_key(event: &Event<'_>) -> bool {
+pub(super) fn is_merge_key(event: &Event<'_>) -> bool {
     let Event::Scalar(value, style, _, tag) = event else {
         return false;
     };

@@ -1250,9 +1250,75 @@ fn each_servers_problem_is_named_in_one_run() {
     assert_error_lines(&stderr, &expected);
 }
 
+/// The settings' problems are named in the same run as the servers', each setting judged
+/// apart, by `check` and by `serve`: `max_body_bytes: abc` was said only once every server
+/// was good, and a setting the YAML reader refuses (`default_server: [a]`) hid the servers'
+/// problems. A `default_server` naming a server that has a problem is that server's problem.
+#[test]
+fn settings_problems_are_named_with_the_servers_in_one_run() {
+    let dir = tempfile::tempdir().expect("dir");
+    let servers = "servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    api_key: ${LR_TEST_UNSET_ONE}\n  \
+         ok:\n    url: http://127.0.0.1:9/v1\n  b:\n    url: ftp://h/v1\n";
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "settings:\n  models_fetch_timeout_secs: soon\n  max_body_bytes: abc\n  default_server: a\n",
+            &[
+                "servers.a.api_key: environment variable LR_TEST_UNSET_ONE is not set",
+                "servers.b.url: ",
+                "settings.models_fetch_timeout_secs: expected a number at line 10",
+                "settings.max_body_bytes: expected a whole number",
+            ],
+        ),
+        (
+            "settings:\n  default_server: nowhere\n",
+            &[
+                "servers.a.api_key: ",
+                "servers.b.url: ",
+                "settings.default_server: \"nowhere\" is not a server alias (known: a, ok, b)",
+            ],
+        ),
+        (
+            "settings:\n  default_server: [a]\n  max_body_bytes: abc\n",
+            &[
+                "servers.a.api_key: ",
+                "servers.b.url: ",
+                "settings.default_server: expected one value",
+            ],
+        ),
+    ];
+    for (settings, expected) in cases {
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            format!("{servers}{settings}"),
+        )
+        .expect("config");
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+        assert_error_lines(&stderr, expected);
+        let (code, _, stderr) = run_cli(
+            dir.path(),
+            &["serve", "--host", "127.0.0.1", "--port", "0"],
+            &[("LLMSROUTER_LOG_FILE", "")],
+        );
+        assert_eq!(code, 1, "{stderr}");
+        assert_error_lines(&stderr, expected);
+    }
+    // A mistake in the YAML itself is still said alone.
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!("{servers}settings:\n  default_server: [a\n"),
+    )
+    .expect("config");
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("servers."), "{stderr}");
+}
+
 /// config.yaml's `${NAME}`s are bounded for the whole file, as `.env`'s are: ten headers of
 /// one 900 KiB variable are refused (300 of a 1 MB one held 950 MB in a router that started;
-/// bb59).
+/// bb59), nine load. Each expansion counts once: a header's were counted twice (read once to
+/// note them for redaction, once to expand), so five such headers were refused.
 #[test]
 fn config_expansions_past_eight_mebibytes_in_all_are_refused() {
     let dir = tempfile::tempdir().expect("dir");
@@ -1274,7 +1340,7 @@ fn config_expansions_past_eight_mebibytes_in_all_are_refused() {
         &stderr,
         &["(top level): the file's ${NAME}s expand to over 8 MiB in all"],
     );
-    let within: String = headers.lines().take(4).map(|l| format!("{l}\n")).collect();
+    let within: String = headers.lines().take(9).map(|l| format!("{l}\n")).collect();
     std::fs::write(dir.path().join("config.yaml"), config(&within)).expect("config");
     let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
     assert_eq!(code, 0, "{stderr}");

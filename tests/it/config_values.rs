@@ -531,7 +531,8 @@ fn a_variable_in_a_number_key_is_replaced_then_read() {
     assert_eq!(code, 1, "{stderr}");
     assert_eq!(
         stderr.trim(),
-        "error: ./config.yaml: servers.a.timeout_secs: expected a number at line 4, column 19: environment variable T does not hold one (its value is not shown)"
+        "error: ./config.yaml: servers.a.timeout_secs: expected a number at line 4, column 19: environment variable T does not hold one (its value is not shown)\n\
+         error: ./config.yaml: settings.max_body_bytes: expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 6, column 19: environment variable T does not hold one (its value is not shown)"
     );
 }
 

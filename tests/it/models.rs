@@ -667,6 +667,58 @@ async fn unprefixed_models_go_to_the_first_server_listing_them() {
     router.stop().await;
 }
 
+/// Servers merged into `servers:` by `<<` come where PyYAML put them (merged ones first, a
+/// `<<: [...]` list last listed first), so the first server listing a model, and the order of
+/// `/v1/models`, are the Python version's: they used to come after the written ones, and an
+/// unprefixed `shared` went to `w` where the Python version sent it to `n`.
+#[tokio::test]
+async fn merged_servers_come_first_in_config_order_as_pyyaml_puts_them() {
+    let w = upstream_listing(r#"["shared","only-w"]"#).await;
+    let m = upstream_listing(r#"["shared","only-m"]"#).await;
+    let n = upstream_listing(r#"["shared","only-n"]"#).await;
+    let one_line =
+        |alias: &str, url: &str| format!("{alias}: {{url: \"{url}\", api_key: sk-{alias}-key}}");
+    let yaml = format!(
+        "servers:\n  {}\n  <<: [{{{}}}, {{{}}}]\n",
+        one_line("w", &w.url()),
+        one_line("m", &m.url()),
+        one_line("n", &n.url()),
+    );
+    let router = TestRouter::start(&yaml).await;
+
+    assert_eq!(
+        list_ids(&router).await,
+        [
+            "[n]shared",
+            "[n]only-n",
+            "[m]shared",
+            "[m]only-m",
+            "[w]shared",
+            "[w]only-w"
+        ]
+    );
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "shared", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let sent = n.last();
+    assert_eq!(sent.path, "/v1/chat/completions");
+    assert_eq!(sent.json()["model"], "shared");
+    assert_eq!(sent.headers["authorization"], "Bearer sk-n-key");
+    let chats = |upstream: &MockUpstream| {
+        upstream
+            .received()
+            .iter()
+            .filter(|r| r.path.ends_with("/chat/completions"))
+            .count()
+    };
+    assert_eq!((chats(&w), chats(&m), chats(&n)), (0, 0, 1));
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn with_a_default_server_no_model_list_is_fetched_for_routing() {
     let a = upstream_listing(r#"["only-a"]"#).await;
