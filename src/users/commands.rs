@@ -116,8 +116,8 @@ const LISTED_HOLDERS: usize = 5;
 /// no way to do it by name, as `rotate-key` on any of the holders would be refused too (and
 /// `--key` with the shared key is: it names several users). `what` names the key in the
 /// message ("the old key", "its key"). The users are named as every message names them
-/// (quoted, escaped, never a key) and by rowid, which picks the very row even among users
-/// that print alike.
+/// (quoted, escaped, never a key), and in the commands by rowid, which picks the very row
+/// even among users that print alike, and by name quoted for a shell ([`names::for_shell`]).
 fn warn_key_still_works(
     err: &mut dyn Write,
     revoked: &super::store::Revoked,
@@ -143,11 +143,11 @@ fn warn_key_still_works(
         .iter()
         .take(LISTED_HOLDERS)
         .map(|u| {
-            format!(
-                "llmsrouter user rotate-key --rowid {} {}",
-                u.rowid,
-                u.quoted_name()
-            )
+            // Quoted for a shell, so it runs as pasted; after `--` a name that begins with
+            // `-` (a Python-era one) is not read as a flag.
+            let name = names::for_shell(&u.username);
+            let end = if name.starts_with('-') { "-- " } else { "" };
+            format!("llmsrouter user rotate-key --rowid {} {end}{name}", u.rowid)
         })
         .collect();
     writeln!(
