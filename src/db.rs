@@ -267,9 +267,21 @@ fn plain_file_name(path: &Path) -> Cow<'_, Path> {
     }
 }
 
-/// Opens (creating if needed) and migrates the database at `path`.
+/// Opens (creating if needed) and migrates the database at `path`. What opening repaired
+/// that its user should hear of (a usage ledger made again) is logged: for `serve`.
 pub fn open(path: &Path) -> Result<Connection, DbError> {
-    open_as(path, Access::Write)
+    open_as(path, Access::Write, &mut log_note)
+}
+
+/// [`open`] for a command: what opening repaired is handed to `note`, one line each, for the
+/// command to say as it says its other warnings (a `warning:` line, not a log line).
+pub fn open_noting(path: &Path, note: &mut dyn FnMut(String)) -> Result<Connection, DbError> {
+    open_as(path, Access::Write, note)
+}
+
+/// Where [`open`] and the openers for `serve` say what opening repaired: the log.
+fn log_note(note: String) {
+    tracing::warn!("{note}");
 }
 
 /// Opens the database at `path` for reading: as [`open`] when it can be written; a file the
@@ -279,7 +291,7 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
 /// users index, which keeps its connection: a file it may write is switched to WAL, so that
 /// commands can change users while it runs.
 pub fn open_to_read(path: &Path) -> Result<Connection, DbError> {
-    open_as(path, Access::Follow)
+    open_as(path, Access::Follow, &mut log_note)
 }
 
 /// [`open_to_read`] for a command that reads and exits (`user list`, `user show`, `usage`):
@@ -289,7 +301,8 @@ pub fn open_to_read(path: &Path) -> Result<Connection, DbError> {
 /// needs neither the switch nor the schema steps. The switch is tried for [`SWITCH_GRACE`]
 /// only; a file already in WAL mode needs no switch.
 pub fn open_to_read_once(path: &Path) -> Result<Connection, DbError> {
-    open_as(path, Access::ReadOnce)
+    // It repairs nothing: nothing to say.
+    open_as(path, Access::ReadOnce, &mut log_note)
 }
 
 /// How long a command that only reads tries the switch to WAL while another connection
@@ -422,7 +435,11 @@ enum Access {
     ReadOnce,
 }
 
-fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
+fn open_as(
+    path: &Path,
+    access: Access,
+    note: &mut dyn FnMut(String),
+) -> Result<Connection, DbError> {
     let shown = path.display().to_string();
     check_path(path)?;
     let path = plain_file_name(path);
@@ -490,10 +507,10 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
     // Not for a command that only reads (`usage`, `user list`): `usage` says the ledger is
     // missing rather than reading a table made empty a moment before as "no usage".
     let ledger = |conn: &Connection| match access {
-        Access::Write | Access::Follow => ensure_ledger(conn, &shown).map(|_| ()),
-        Access::ReadOnce => Ok(()),
+        Access::Write | Access::Follow => ensure_ledger(conn),
+        Access::ReadOnce => Ok(false),
     };
-    migrate(&conn, &shown)
+    let ledger_made = migrate(&conn, &shown)
         .and_then(|()| add_permissions_column(&conn))
         .and_then(|()| Ok(ensure_change_tracking(&conn)?))
         .and_then(|()| Ok(ledger(&conn)?))
@@ -501,6 +518,9 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
             DbError::Sqlite(e) => cannot_write(&shown, &path, e),
             e => e,
         })?;
+    if ledger_made {
+        note(ledger_made_again(&shown));
+    }
     Ok(conn)
 }
 
@@ -943,8 +963,9 @@ pub fn ensure_change_tracking(conn: &Connection) -> rusqlite::Result<()> {
 /// missing index alone is made again without a word. Called on every open that may write
 /// (but `usage`'s and `user list`'s, see [`open_to_read_once`]) and by the ledger's writer
 /// when a write finds the table gone; a read when all is in place, one IMMEDIATE transaction
-/// when not. Returns whether the table was made.
-pub fn ensure_ledger(conn: &Connection, path: &str) -> rusqlite::Result<bool> {
+/// when not. Returns whether the table was made, for the caller to say so
+/// ([`ledger_made_again`]): `serve` in its log, a command on a `warning:` line.
+pub fn ensure_ledger(conn: &Connection) -> rusqlite::Result<bool> {
     if ledger_in_place(conn)? {
         return Ok(false);
     }
@@ -953,14 +974,16 @@ pub fn ensure_ledger(conn: &Connection, path: &str) -> rusqlite::Result<bool> {
     tx.execute_batch(LEDGER_TABLE)?;
     AUDIO_SECONDS.apply(&tx)?;
     tx.commit()?;
-    if made {
-        tracing::warn!(
-            "{path}: the usage_ledger table was missing (dropped?) although the schema version \
-             says it was made; made it again, empty: the usage rows it held are gone, and \
-             `llmsrouter usage` counts from now on"
-        );
-    }
     Ok(made)
+}
+
+/// The warning that [`ensure_ledger`] made the ledger of the database at `path` again.
+pub fn ledger_made_again(path: &str) -> String {
+    format!(
+        "{path}: the usage_ledger table was missing (dropped?) although the schema version \
+         says it was made; made it again, empty: the usage rows it held are gone, and \
+         `llmsrouter usage` counts from now on"
+    )
 }
 
 /// Whether the ledger's table and its index are there.
@@ -1378,10 +1401,10 @@ mod tests {
         drop(open(&path).expect("again"));
         assert!(ledger_in_place(&conn).expect("made again"));
         assert_eq!(columns(&conn), full, "audio_seconds too");
-        assert!(!ensure_ledger(&conn, "u.db").expect("in place"));
+        assert!(!ensure_ledger(&conn).expect("in place"));
         conn.execute_batch("DROP INDEX usage_ledger_day")
             .expect("drop index");
-        assert!(!ensure_ledger(&conn, "u.db").expect("only the index"));
+        assert!(!ensure_ledger(&conn).expect("only the index"));
         assert!(ledger_in_place(&conn).expect("index back"));
     }
 

@@ -140,7 +140,19 @@ pub struct UserStore {
 }
 
 impl UserStore {
+    /// Opens the users table of the database at `path`; what opening repaired (a usage ledger
+    /// made again) is logged.
     pub fn open(path: &Path, mode: OpenMode) -> Result<Self, UserError> {
+        Self::open_noting(path, mode, &mut |note| tracing::warn!("{note}"))
+    }
+
+    /// [`Self::open`] for a command, which says what opening repaired as its own warnings:
+    /// each is handed to `note` (see [`crate::db::open_noting`]).
+    pub fn open_noting(
+        path: &Path,
+        mode: OpenMode,
+        note: &mut dyn FnMut(String),
+    ) -> Result<Self, UserError> {
         crate::db::check_path(path)?;
         let existed = path.exists();
         if !existed && mode != OpenMode::Create {
@@ -148,7 +160,7 @@ impl UserStore {
         }
         let conn = match mode {
             OpenMode::Read => crate::db::open_to_read_once(path)?,
-            OpenMode::Create | OpenMode::Existing => crate::db::open(path)?,
+            OpenMode::Create | OpenMode::Existing => crate::db::open_noting(path, note)?,
         };
         Ok(Self { conn })
     }

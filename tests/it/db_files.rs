@@ -1082,6 +1082,42 @@ async fn a_dropped_usage_ledger_is_said_missing_and_made_again() {
     assert_eq!(total.get(1), Some(&"1"), "{out}");
 }
 
+/// A `user` command that makes a dropped `usage_ledger` again says so as it says its other
+/// warnings, one `warning:` line on stderr, not the server's timestamped log line; a command
+/// that only reads (`user list`) makes nothing and says nothing.
+#[test]
+fn a_command_that_makes_the_ledger_again_says_it_on_a_warning_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let (code, _, err) = user(dir.path(), &["add", "ann"]);
+    assert_eq!(code, 0, "{err}");
+    let db = dir.path().join("users.db");
+    let drop_ledger = || {
+        rusqlite::Connection::open(&db)
+            .expect("open")
+            .execute_batch("DROP TABLE usage_ledger")
+            .expect("drop");
+    };
+    let made = "warning: ./users.db: the usage_ledger table was missing (dropped?) although the schema version says it was made; made it again, empty: the usage rows it held are gone, and `llmsrouter usage` counts from now on\n";
+    drop_ledger();
+    let (code, _, err) = user(dir.path(), &["list"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    let (code, _, err) = user(dir.path(), &["rotate-key", "ann"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err,
+        format!("{made}new key for \"ann\" (above, shown only now); the old key no longer works\n")
+    );
+    drop_ledger();
+    let (code, _, err) = user(dir.path(), &["add", "bo"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.starts_with(made), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("usage_ledger")).count(),
+        1
+    );
+}
+
 /// A small tmpfs mounted at `at` for a test of a full disk or a read-only mount, unmounted
 /// when dropped; `None` where this process may not mount (not root, or a container without
 /// the capability), and the test says it did not run.
