@@ -444,17 +444,37 @@ fn open_as(
     check_path(path)?;
     let path = plain_file_name(path);
     check_file_kind(&path, &shown)?;
+    let missing = !path.exists() && !path.is_symlink();
     // For a reader too: `serve` with accounts on opens the file to read the users table
     // before (or, with the ledger off, instead of) the ledger's writer, and SQLite creates a
     // missing one with the umask's mode (0644: every user key readable by anyone).
-    let missing = !path.exists() && !path.is_symlink();
-    create_private(&path);
+    let made = create_private(&path);
+    let opened = open_made(&path, shown, access, missing, note);
+    // Another process that has the file open (it waited for, or kept, the lock) may be
+    // making the very database in it: the file is left to it.
+    if let (Err(e), Some(made)) = (&opened, made) {
+        if !matches!(e, DbError::Locked { .. } | DbError::InUse { .. }) {
+            made.undo();
+        }
+    }
+    opened
+}
+
+/// [`open_as`] once the file is there (or SQLite is to create it): `missing` says there was
+/// none. The connection is closed again when this fails.
+fn open_made(
+    path: &Path,
+    shown: String,
+    access: Access,
+    missing: bool,
+    note: &mut dyn FnMut(String),
+) -> Result<Connection, DbError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
-    let conn = open_file(&path, flags).map_err(|e| match access {
+    let conn = open_file(path, flags).map_err(|e| match access {
         // A reader creating a missing file writes it: a folder that refuses that is named,
         // as for a writer (SQLite says only "unable to open database file").
         Access::Follow | Access::ReadOnce if !missing => not_a_database(&shown, e),
-        _ => cannot_write(&shown, &path, e),
+        _ => cannot_write(&shown, path, e),
     })?;
     // A file from a newer llmsrouter (or not a database at all, or another program's) is
     // refused before anything, even the switch to WAL, is written to it.
@@ -485,9 +505,9 @@ fn open_as(
         // A file the process may write, in a folder it may not: every write (the switch to
         // WAL, a schema step) needs a journal file made next to it, and fails. It is read
         // as a read-only file is.
-        if !folder_writable(&path) {
+        if !folder_writable(path) {
             drop(conn);
-            let conn = open_file(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            let conn = open_file(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .map_err(|e| not_a_database(&shown, e))?;
             return read_as_is(conn, &shown);
         }
@@ -502,7 +522,7 @@ fn open_as(
             return read_as_is(conn, &shown);
         }
         Err(e) if is_locked(&e) => return Err(DbError::InUse { path: shown }),
-        Err(e) => return Err(cannot_write(&shown, &path, e)),
+        Err(e) => return Err(cannot_write(&shown, path, e)),
     }
     // Not for a command that only reads (`usage`, `user list`): `usage` says the ledger is
     // missing rather than reading a table made empty a moment before as "no usage".
@@ -515,7 +535,7 @@ fn open_as(
         .and_then(|()| Ok(ensure_change_tracking(&conn)?))
         .and_then(|()| Ok(ledger(&conn)?))
         .map_err(|e| match e {
-            DbError::Sqlite(e) => cannot_write(&shown, &path, e),
+            DbError::Sqlite(e) => cannot_write(&shown, path, e),
             e => e,
         })?;
     if ledger_made {
@@ -674,19 +694,73 @@ fn folder_refuses(shown: &str, path: &Path) -> DbError {
 /// left as the administrator set it. A symlink to a missing file is followed: SQLite creates
 /// the file it points to (`create_new` alone would see the link and leave that to SQLite,
 /// with the umask's mode). Failing here is not an error: SQLite then creates the file and
-/// reports any real problem.
-fn create_private(path: &Path) {
+/// reports any real problem. Returns the file made here, when it was (see [`Made`]).
+fn create_private(path: &Path) -> Option<Made> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let target = dangling_link_target(path);
     let path = target.as_deref().unwrap_or(path);
-    if let Err(e) = options.open(path) {
-        if e.kind() != std::io::ErrorKind::AlreadyExists {
+    // Looked at before the file is made: a side file there now is not this process's.
+    let absent_side_files: Vec<PathBuf> = SIDE_FILES
+        .iter()
+        .map(|suffix| side_file(path, suffix))
+        .filter(|side| !side.exists() && !side.is_symlink())
+        .collect();
+    match options.open(path) {
+        Ok(_) => Some(Made {
+            file: path.to_path_buf(),
+            id: file_id(path),
+            absent_side_files,
+        }),
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                tracing::debug!(
+                    "{path}: not created ahead of SQLite: {e}",
+                    path = path.display()
+                );
+            }
+            None
+        }
+    }
+}
+
+/// The files SQLite makes beside a database, by the suffix of their names.
+const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+fn side_file(file: &Path, suffix: &str) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// A database file this process has just made ([`create_private`]), and which of SQLite's
+/// files beside it ([`SIDE_FILES`]) were not there a moment before.
+struct Made {
+    file: PathBuf,
+    /// Its identity when made (see [`file_id`]).
+    id: Option<(u64, u64)>,
+    absent_side_files: Vec<PathBuf>,
+}
+
+impl Made {
+    /// Removes the file, and those side files that were not there before, when no database
+    /// could be made in it (a full disk: "database or disk is full"). Left behind, the
+    /// empty file was taken for a database that is there: `check` passed it, where it
+    /// refuses one yet to be made on a full disk. Only what this process made goes: a file
+    /// that was there before is never removed, nor one put at the path since.
+    fn undo(self) {
+        if file_id(&self.file) != self.id {
+            return;
+        }
+        for side in &self.absent_side_files {
+            let _ = std::fs::remove_file(side);
+        }
+        if let Err(e) = std::fs::remove_file(&self.file) {
             tracing::debug!(
-                "{path}: not created ahead of SQLite: {e}",
-                path = path.display()
+                "{file}: cannot remove the file made for a database that could not be made: {e}",
+                file = self.file.display()
             );
         }
     }
