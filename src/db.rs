@@ -267,9 +267,21 @@ fn plain_file_name(path: &Path) -> Cow<'_, Path> {
     }
 }
 
-/// Opens (creating if needed) and migrates the database at `path`.
+/// Opens (creating if needed) and migrates the database at `path`. What opening repaired
+/// that its user should hear of (a usage ledger made again) is logged: for `serve`.
 pub fn open(path: &Path) -> Result<Connection, DbError> {
-    open_as(path, Access::Write)
+    open_as(path, Access::Write, &mut log_note)
+}
+
+/// [`open`] for a command: what opening repaired is handed to `note`, one line each, for the
+/// command to say as it says its other warnings (a `warning:` line, not a log line).
+pub fn open_noting(path: &Path, note: &mut dyn FnMut(String)) -> Result<Connection, DbError> {
+    open_as(path, Access::Write, note)
+}
+
+/// Where [`open`] and the openers for `serve` say what opening repaired: the log.
+fn log_note(note: String) {
+    tracing::warn!("{note}");
 }
 
 /// Opens the database at `path` for reading: as [`open`] when it can be written; a file the
@@ -279,7 +291,7 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
 /// users index, which keeps its connection: a file it may write is switched to WAL, so that
 /// commands can change users while it runs.
 pub fn open_to_read(path: &Path) -> Result<Connection, DbError> {
-    open_as(path, Access::Follow)
+    open_as(path, Access::Follow, &mut log_note)
 }
 
 /// [`open_to_read`] for a command that reads and exits (`user list`, `user show`, `usage`):
@@ -289,7 +301,8 @@ pub fn open_to_read(path: &Path) -> Result<Connection, DbError> {
 /// needs neither the switch nor the schema steps. The switch is tried for [`SWITCH_GRACE`]
 /// only; a file already in WAL mode needs no switch.
 pub fn open_to_read_once(path: &Path) -> Result<Connection, DbError> {
-    open_as(path, Access::ReadOnce)
+    // It repairs nothing: nothing to say.
+    open_as(path, Access::ReadOnce, &mut log_note)
 }
 
 /// How long a command that only reads tries the switch to WAL while another connection
@@ -422,22 +435,46 @@ enum Access {
     ReadOnce,
 }
 
-fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
+fn open_as(
+    path: &Path,
+    access: Access,
+    note: &mut dyn FnMut(String),
+) -> Result<Connection, DbError> {
     let shown = path.display().to_string();
     check_path(path)?;
     let path = plain_file_name(path);
     check_file_kind(&path, &shown)?;
+    let missing = !path.exists() && !path.is_symlink();
     // For a reader too: `serve` with accounts on opens the file to read the users table
     // before (or, with the ledger off, instead of) the ledger's writer, and SQLite creates a
     // missing one with the umask's mode (0644: every user key readable by anyone).
-    let missing = !path.exists() && !path.is_symlink();
-    create_private(&path);
+    let made = create_private(&path);
+    let opened = open_made(&path, shown, access, missing, note);
+    // Another process that has the file open (it waited for, or kept, the lock) may be
+    // making the very database in it: the file is left to it.
+    if let (Err(e), Some(made)) = (&opened, made) {
+        if !matches!(e, DbError::Locked { .. } | DbError::InUse { .. }) {
+            made.undo();
+        }
+    }
+    opened
+}
+
+/// [`open_as`] once the file is there (or SQLite is to create it): `missing` says there was
+/// none. The connection is closed again when this fails.
+fn open_made(
+    path: &Path,
+    shown: String,
+    access: Access,
+    missing: bool,
+    note: &mut dyn FnMut(String),
+) -> Result<Connection, DbError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
-    let conn = open_file(&path, flags).map_err(|e| match access {
+    let conn = open_file(path, flags).map_err(|e| match access {
         // A reader creating a missing file writes it: a folder that refuses that is named,
         // as for a writer (SQLite says only "unable to open database file").
         Access::Follow | Access::ReadOnce if !missing => not_a_database(&shown, e),
-        _ => cannot_write(&shown, &path, e),
+        _ => cannot_write(&shown, path, e),
     })?;
     // A file from a newer llmsrouter (or not a database at all, or another program's) is
     // refused before anything, even the switch to WAL, is written to it.
@@ -468,9 +505,9 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
         // A file the process may write, in a folder it may not: every write (the switch to
         // WAL, a schema step) needs a journal file made next to it, and fails. It is read
         // as a read-only file is.
-        if !folder_writable(&path) {
+        if !folder_writable(path) {
             drop(conn);
-            let conn = open_file(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            let conn = open_file(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .map_err(|e| not_a_database(&shown, e))?;
             return read_as_is(conn, &shown);
         }
@@ -485,22 +522,25 @@ fn open_as(path: &Path, access: Access) -> Result<Connection, DbError> {
             return read_as_is(conn, &shown);
         }
         Err(e) if is_locked(&e) => return Err(DbError::InUse { path: shown }),
-        Err(e) => return Err(cannot_write(&shown, &path, e)),
+        Err(e) => return Err(cannot_write(&shown, path, e)),
     }
     // Not for a command that only reads (`usage`, `user list`): `usage` says the ledger is
     // missing rather than reading a table made empty a moment before as "no usage".
     let ledger = |conn: &Connection| match access {
-        Access::Write | Access::Follow => ensure_ledger(conn, &shown).map(|_| ()),
-        Access::ReadOnce => Ok(()),
+        Access::Write | Access::Follow => ensure_ledger(conn),
+        Access::ReadOnce => Ok(false),
     };
-    migrate(&conn, &shown)
+    let ledger_made = migrate(&conn, &shown)
         .and_then(|()| add_permissions_column(&conn))
         .and_then(|()| Ok(ensure_change_tracking(&conn)?))
         .and_then(|()| Ok(ledger(&conn)?))
         .map_err(|e| match e {
-            DbError::Sqlite(e) => cannot_write(&shown, &path, e),
+            DbError::Sqlite(e) => cannot_write(&shown, path, e),
             e => e,
         })?;
+    if ledger_made {
+        note(ledger_made_again(&shown));
+    }
     Ok(conn)
 }
 
@@ -654,19 +694,73 @@ fn folder_refuses(shown: &str, path: &Path) -> DbError {
 /// left as the administrator set it. A symlink to a missing file is followed: SQLite creates
 /// the file it points to (`create_new` alone would see the link and leave that to SQLite,
 /// with the umask's mode). Failing here is not an error: SQLite then creates the file and
-/// reports any real problem.
-fn create_private(path: &Path) {
+/// reports any real problem. Returns the file made here, when it was (see [`Made`]).
+fn create_private(path: &Path) -> Option<Made> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let target = dangling_link_target(path);
     let path = target.as_deref().unwrap_or(path);
-    if let Err(e) = options.open(path) {
-        if e.kind() != std::io::ErrorKind::AlreadyExists {
+    // Looked at before the file is made: a side file there now is not this process's.
+    let absent_side_files: Vec<PathBuf> = SIDE_FILES
+        .iter()
+        .map(|suffix| side_file(path, suffix))
+        .filter(|side| !side.exists() && !side.is_symlink())
+        .collect();
+    match options.open(path) {
+        Ok(_) => Some(Made {
+            file: path.to_path_buf(),
+            id: file_id(path),
+            absent_side_files,
+        }),
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                tracing::debug!(
+                    "{path}: not created ahead of SQLite: {e}",
+                    path = path.display()
+                );
+            }
+            None
+        }
+    }
+}
+
+/// The files SQLite makes beside a database, by the suffix of their names.
+const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+fn side_file(file: &Path, suffix: &str) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// A database file this process has just made ([`create_private`]), and which of SQLite's
+/// files beside it ([`SIDE_FILES`]) were not there a moment before.
+struct Made {
+    file: PathBuf,
+    /// Its identity when made (see [`file_id`]).
+    id: Option<(u64, u64)>,
+    absent_side_files: Vec<PathBuf>,
+}
+
+impl Made {
+    /// Removes the file, and those side files that were not there before, when no database
+    /// could be made in it (a full disk: "database or disk is full"). Left behind, the
+    /// empty file was taken for a database that is there: `check` passed it, where it
+    /// refuses one yet to be made on a full disk. Only what this process made goes: a file
+    /// that was there before is never removed, nor one put at the path since.
+    fn undo(self) {
+        if file_id(&self.file) != self.id {
+            return;
+        }
+        for side in &self.absent_side_files {
+            let _ = std::fs::remove_file(side);
+        }
+        if let Err(e) = std::fs::remove_file(&self.file) {
             tracing::debug!(
-                "{path}: not created ahead of SQLite: {e}",
-                path = path.display()
+                "{file}: cannot remove the file made for a database that could not be made: {e}",
+                file = self.file.display()
             );
         }
     }
@@ -943,8 +1037,9 @@ pub fn ensure_change_tracking(conn: &Connection) -> rusqlite::Result<()> {
 /// missing index alone is made again without a word. Called on every open that may write
 /// (but `usage`'s and `user list`'s, see [`open_to_read_once`]) and by the ledger's writer
 /// when a write finds the table gone; a read when all is in place, one IMMEDIATE transaction
-/// when not. Returns whether the table was made.
-pub fn ensure_ledger(conn: &Connection, path: &str) -> rusqlite::Result<bool> {
+/// when not. Returns whether the table was made, for the caller to say so
+/// ([`ledger_made_again`]): `serve` in its log, a command on a `warning:` line.
+pub fn ensure_ledger(conn: &Connection) -> rusqlite::Result<bool> {
     if ledger_in_place(conn)? {
         return Ok(false);
     }
@@ -953,14 +1048,16 @@ pub fn ensure_ledger(conn: &Connection, path: &str) -> rusqlite::Result<bool> {
     tx.execute_batch(LEDGER_TABLE)?;
     AUDIO_SECONDS.apply(&tx)?;
     tx.commit()?;
-    if made {
-        tracing::warn!(
-            "{path}: the usage_ledger table was missing (dropped?) although the schema version \
-             says it was made; made it again, empty: the usage rows it held are gone, and \
-             `llmsrouter usage` counts from now on"
-        );
-    }
     Ok(made)
+}
+
+/// The warning that [`ensure_ledger`] made the ledger of the database at `path` again.
+pub fn ledger_made_again(path: &str) -> String {
+    format!(
+        "{path}: the usage_ledger table was missing (dropped?) although the schema version \
+         says it was made; made it again, empty: the usage rows it held are gone, and \
+         `llmsrouter usage` counts from now on"
+    )
 }
 
 /// Whether the ledger's table and its index are there.
@@ -1378,10 +1475,10 @@ mod tests {
         drop(open(&path).expect("again"));
         assert!(ledger_in_place(&conn).expect("made again"));
         assert_eq!(columns(&conn), full, "audio_seconds too");
-        assert!(!ensure_ledger(&conn, "u.db").expect("in place"));
+        assert!(!ensure_ledger(&conn).expect("in place"));
         conn.execute_batch("DROP INDEX usage_ledger_day")
             .expect("drop index");
-        assert!(!ensure_ledger(&conn, "u.db").expect("only the index"));
+        assert!(!ensure_ledger(&conn).expect("only the index"));
         assert!(ledger_in_place(&conn).expect("index back"));
     }
 

@@ -270,9 +270,14 @@ pub fn unquote_router_variables(from_environment: &dyn Fn(&str) -> bool) -> Vec<
 pub struct EnvErrors {
     pub first: EnvError,
     pub rest: Vec<EnvError>,
+    /// What [`EnvSettings::warnings`] would have held: the other variables' warnings, found
+    /// all the same, so that `check` says them beside the errors (a bad variable hid them,
+    /// and fixing it brought new complaints to light one run later).
+    pub warnings: Vec<String>,
 }
 
 impl EnvErrors {
+    /// The errors, with no warnings yet (the caller adds them).
     fn from_vec(mut errors: Vec<EnvError>) -> Option<Self> {
         if errors.is_empty() {
             return None;
@@ -281,6 +286,7 @@ impl EnvErrors {
         Some(Self {
             first,
             rest: errors,
+            warnings: Vec::new(),
         })
     }
 
@@ -316,8 +322,13 @@ impl EnvSettings {
         let not_utf8 = EnvErrors::from_vec(not_utf8);
         match (Self::gather(&|name| std::env::var(name).ok()), not_utf8) {
             (Ok(settings), None) => Ok(settings),
-            (Ok(_), Some(errors)) | (Err(errors), None) => Err(errors),
-            (Err(errors), Some(mut ahead)) => {
+            (Ok(settings), Some(mut errors)) => {
+                errors.warnings = settings.warnings;
+                Err(errors)
+            }
+            (Err(errors), None) => Err(errors),
+            (Err(mut errors), Some(mut ahead)) => {
+                ahead.warnings = std::mem::take(&mut errors.warnings);
                 ahead.rest.extend(errors.into_vec());
                 Err(ahead)
             }
@@ -360,7 +371,10 @@ impl EnvSettings {
         };
         match EnvErrors::from_vec(read.errors) {
             None => Ok(settings),
-            Some(errors) => Err(errors),
+            Some(mut errors) => {
+                errors.warnings = settings.warnings;
+                Err(errors)
+            }
         }
     }
 }

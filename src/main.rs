@@ -824,7 +824,8 @@ fn run_check(
     }
     let env = match EnvSettings::from_env() {
         Ok(env) => env,
-        Err(errors) => {
+        Err(mut errors) => {
+            let warnings = std::mem::take(&mut errors.warnings);
             // The listen address and config.yaml are judged all the same; the log's and
             // database's checks need the settings (whether accounts and the ledger are on).
             let problems = errors
@@ -841,6 +842,11 @@ fn run_check(
             let config = checked_config(cli, from_environment);
             if let Ok(config) = &config {
                 print_config_ok(cli, config)?;
+            }
+            // The other variables' warnings, as when every variable is good: a bad one does
+            // not hide them.
+            for warning in &warnings {
+                console::line(format_args!("warning: {warning}"));
             }
             for problem in problems.chain(config.err().into_iter().flatten()) {
                 console::line(format_args!("error: {}", one_line(&problem)));
@@ -889,7 +895,10 @@ fn run_check(
 /// Says every bad variable but the last on its own `error:` line, and gives the last for
 /// `main` to say as it says any error (with the exit status of a bad variable).
 fn say_all_but_last(errors: llmsrouter::env::EnvErrors) -> llmsrouter::env::EnvError {
-    let llmsrouter::env::EnvErrors { first, mut rest } = errors;
+    // Its warnings are `check`'s to say: `serve` stops on the errors.
+    let llmsrouter::env::EnvErrors {
+        first, mut rest, ..
+    } = errors;
     let Some(last) = rest.pop() else {
         return first;
     };

@@ -672,8 +672,9 @@ impl Writer {
             // (with a warning) and the batch written there, once per batch.
             if !locked && !remade {
                 remade = true;
-                let path = self.file.path().display().to_string();
-                if db::ensure_ledger(conn, &path).unwrap_or(false) {
+                if db::ensure_ledger(conn).unwrap_or(false) {
+                    let path = self.file.path().display().to_string();
+                    tracing::warn!("{}", db::ledger_made_again(&path));
                     continue;
                 }
             }

@@ -61,7 +61,8 @@ fn run_command(command: &UserCommand, cx: &mut Context<'_>) -> Result<(), UserEr
         } => add(cx, username, email.as_deref(), permissions),
         UserCommand::Delete { who } => {
             let key = presented_key(who)?;
-            let revoked = UserStore::open(cx.db, OpenMode::Existing)?.delete(target(who, &key))?;
+            let revoked =
+                open_store(cx.db, OpenMode::Existing, cx.err)?.delete(target(who, &key))?;
             writeln!(cx.out, "deleted user {}", revoked.user.quoted_name())?;
             warn_key_still_works(cx.err, &revoked, "its key")?;
             Ok(())
@@ -71,7 +72,7 @@ fn run_command(command: &UserCommand, cx: &mut Context<'_>) -> Result<(), UserEr
         UserCommand::Modify { who, permissions } => {
             let permissions = parse_spec(permissions)?;
             let key = presented_key(who)?;
-            let user = UserStore::open(cx.db, OpenMode::Existing)?
+            let user = open_store(cx.db, OpenMode::Existing, cx.err)?
                 .set_permissions(target(who, &key), &permissions)?;
             let name = user.quoted_name();
             warn_unknown_aliases(cx, &permissions, &name)?;
@@ -89,7 +90,7 @@ fn run_command(command: &UserCommand, cx: &mut Context<'_>) -> Result<(), UserEr
         UserCommand::RotateKey { who } => {
             let key = presented_key(who)?;
             let out = &mut *cx.out;
-            let (revoked, _) = UserStore::open(cx.db, OpenMode::Existing)?
+            let (revoked, _) = open_store(cx.db, OpenMode::Existing, cx.err)?
                 .rotate_key_delivering(target(who, &key), |key| print_key(out, key))?;
             let name = revoked.user.quoted_name();
             if revoked.still_held_by.is_empty() {
@@ -106,6 +107,18 @@ fn run_command(command: &UserCommand, cx: &mut Context<'_>) -> Result<(), UserEr
     }
 }
 
+/// Opens the users table for a command; what opening repaired (a usage ledger made again)
+/// is said on stderr as the command's other warnings are, one `warning:` line each, not as
+/// a log line.
+fn open_store(db: &Path, mode: OpenMode, err: &mut dyn Write) -> Result<UserStore, UserError> {
+    let mut notes = Vec::new();
+    let store = UserStore::open_noting(db, mode, &mut |note| notes.push(note))?;
+    for note in notes {
+        writeln!(err, "warning: {note}")?;
+    }
+    Ok(store)
+}
+
 /// Most users a warning of a key still held names; the rest are counted.
 const LISTED_HOLDERS: usize = 5;
 
@@ -116,8 +129,8 @@ const LISTED_HOLDERS: usize = 5;
 /// no way to do it by name, as `rotate-key` on any of the holders would be refused too (and
 /// `--key` with the shared key is: it names several users). `what` names the key in the
 /// message ("the old key", "its key"). The users are named as every message names them
-/// (quoted, escaped, never a key) and by rowid, which picks the very row even among users
-/// that print alike.
+/// (quoted, escaped, never a key), and in the commands by rowid, which picks the very row
+/// even among users that print alike, and by name quoted for a shell ([`names::for_shell`]).
 fn warn_key_still_works(
     err: &mut dyn Write,
     revoked: &super::store::Revoked,
@@ -143,11 +156,11 @@ fn warn_key_still_works(
         .iter()
         .take(LISTED_HOLDERS)
         .map(|u| {
-            format!(
-                "llmsrouter user rotate-key --rowid {} {}",
-                u.rowid,
-                u.quoted_name()
-            )
+            // Quoted for a shell, so it runs as pasted; after `--` a name that begins with
+            // `-` (a Python-era one) is not read as a flag.
+            let name = names::for_shell(&u.username);
+            let end = if name.starts_with('-') { "-- " } else { "" };
+            format!("llmsrouter user rotate-key --rowid {} {end}{name}", u.rowid)
         })
         .collect();
     writeln!(
@@ -212,7 +225,7 @@ fn add(
     user.validate()?;
     let out = &mut *cx.out;
     let made = file_made_by_opening(cx.db);
-    let added = UserStore::open(cx.db, OpenMode::Create).and_then(|mut store| {
+    let added = open_store(cx.db, OpenMode::Create, cx.err).and_then(|mut store| {
         store.add_delivering(&user, |key| print_key(out, key))?;
         Ok(store)
     });
@@ -326,7 +339,7 @@ fn import_file(cx: &mut Context<'_>, file: &Path) -> Result<(), UserError> {
     let users: Vec<NewUser> = rows.iter().map(|r| r.user.clone()).collect();
     let out = &mut *cx.out;
     let made = file_made_by_opening(cx.db);
-    let imported = UserStore::open(cx.db, OpenMode::Create).and_then(|mut store| {
+    let imported = open_store(cx.db, OpenMode::Create, cx.err).and_then(|mut store| {
         let outcome = store.import_delivering(&users, |outcome| {
             // Nothing to print, nothing to lose: stdout is not asked to take a key (nor is
             // one written to /dev/null refused) when every user existed.
@@ -424,7 +437,7 @@ impl<'a> UserJson<'a> {
 }
 
 fn list(cx: &mut Context<'_>, json: bool) -> Result<(), UserError> {
-    let users = UserStore::open(cx.db, OpenMode::Read)?.list()?;
+    let users = open_store(cx.db, OpenMode::Read, cx.err)?.list()?;
     if json {
         let items: Vec<UserJson<'_>> = users.iter().map(UserJson::of).collect();
         write_json(cx.out, &items)?;
@@ -458,7 +471,7 @@ fn list(cx: &mut Context<'_>, json: bool) -> Result<(), UserError> {
 }
 
 fn show(cx: &mut Context<'_>, who: Who<'_>, json: bool) -> Result<(), UserError> {
-    let user = UserStore::open(cx.db, OpenMode::Read)?.get(who)?;
+    let user = open_store(cx.db, OpenMode::Read, cx.err)?.get(who)?;
     if json {
         write_json(cx.out, &UserJson::of(&user))?;
         return Ok(());

@@ -184,10 +184,32 @@ const QUOTED_CHARS: usize = 80;
 /// can be copied from the message into the next command; clipped to 80 characters, so a 1 MB
 /// name cannot flood the terminal. A router key in it is `[redacted]`.
 pub fn quoted(name: &str) -> String {
+    format!("\"{}\"", in_message(name))
+}
+
+/// A name as [`quoted`] shows it, without the quotes.
+fn in_message(name: &str) -> String {
     // A router key in it is redacted before the clip, which could cut it to a shape no
     // longer found (and quote 31 of its 32 characters).
     let name = crate::sinks::redact::Redactor::default().redact(name, &[]);
-    format!("\"{}\"", escaped(&crate::error::clip(&name, QUOTED_CHARS)))
+    escaped(&crate::error::clip(&name, QUOTED_CHARS))
+}
+
+/// A username as a command that a message gives to run names it (`llmsrouter user
+/// rotate-key --rowid 2 amy`), so that it can be pasted into a POSIX shell as it is: shown
+/// as [`quoted`] shows it, bare when it holds only letters, digits and `. _ - @ + / : ,`,
+/// which no shell reads specially (every name `user add` makes), else in single quotes,
+/// each `'` in it written `'\''`. Inside single quotes a shell takes every character as it
+/// is; inside the double quotes used before, it read the `$`, `` ` ``, `\` and `"` of a
+/// Python-era name (`a$b`), which had to be escaped by hand.
+pub fn for_shell(name: &str) -> String {
+    let shown = in_message(name);
+    let plain =
+        |c: char| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | '+' | '/' | ':' | ',');
+    if !shown.is_empty() && shown.chars().all(plain) {
+        return shown;
+    }
+    format!("'{}'", shown.replace('\'', "'\\''"))
 }
 
 /// A username as the `user list` table, `user show` and `usage --by user` print it:
@@ -381,6 +403,33 @@ impl StoredName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bare when a shell reads the name as it is; else in single quotes, with `'` as
+    /// `'\''`, and shown as messages show it (escaped, a key redacted).
+    #[test]
+    fn names_quoted_for_a_shell() {
+        for plain in ["ann", "a.b_c-d@e+f", "李雷", "José", "-dash", "x/y:z,w"] {
+            assert_eq!(for_shell(plain), plain);
+        }
+        for (name, quoted) in [
+            ("", "''"),
+            ("a b", "'a b'"),
+            ("a$b", "'a$b'"),
+            ("a`b`", "'a`b`'"),
+            ("a\"b", "'a\"b'"),
+            ("a\\b", "'a\\b'"),
+            ("it's", r"'it'\''s'"),
+            ("''", r"''\'''\'''"),
+            ("~root", "'~root'"),
+            ("a=b", "'a=b'"),
+            ("<null>", "'<null>'"),
+            ("a\u{1b}b", r"'a\u{1b}b'"),
+        ] {
+            assert_eq!(for_shell(name), quoted, "{name:?}");
+        }
+        let key = format!("sk-lr-{}", "A".repeat(32));
+        assert!(!for_shell(&key).contains(&key));
+    }
 
     #[test]
     fn usernames() {

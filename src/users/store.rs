@@ -36,7 +36,7 @@ pub struct User {
     /// The name as stored.
     pub stored_name: StoredName,
     /// The key as text, for `list`'s masked prefix; a BLOB or text that is not UTF-8 is read
-    /// lossily here, and signs in nobody ([`Self::key_signs_in`]).
+    /// lossily here, a number as its digits, and signs in nobody ([`Self::key_signs_in`]).
     pub key: Secret,
     /// Whether the stored key signs anyone in: stored as UTF-8 text, not empty (see
     /// [`key_readable`]).
@@ -140,7 +140,19 @@ pub struct UserStore {
 }
 
 impl UserStore {
+    /// Opens the users table of the database at `path`; what opening repaired (a usage ledger
+    /// made again) is logged.
     pub fn open(path: &Path, mode: OpenMode) -> Result<Self, UserError> {
+        Self::open_noting(path, mode, &mut |note| tracing::warn!("{note}"))
+    }
+
+    /// [`Self::open`] for a command, which says what opening repaired as its own warnings:
+    /// each is handed to `note` (see [`crate::db::open_noting`]).
+    pub fn open_noting(
+        path: &Path,
+        mode: OpenMode,
+        note: &mut dyn FnMut(String),
+    ) -> Result<Self, UserError> {
         crate::db::check_path(path)?;
         let existed = path.exists();
         if !existed && mode != OpenMode::Create {
@@ -148,7 +160,7 @@ impl UserStore {
         }
         let conn = match mode {
             OpenMode::Read => crate::db::open_to_read_once(path)?,
-            OpenMode::Create | OpenMode::Existing => crate::db::open(path)?,
+            OpenMode::Create | OpenMode::Existing => crate::db::open_noting(path, note)?,
         };
         Ok(Self { conn })
     }
@@ -659,6 +671,11 @@ pub(crate) enum UnusableKey {
     /// A BLOB: the Python version's `WHERE api_key = ?`, with a text parameter, never
     /// matched one.
     Blob,
+    /// An INTEGER or a REAL (a hand-edited table whose column has no type): the Python
+    /// version compared the key typed (a `str`) with what `sqlite3` gave back (an `int` or
+    /// a `float`), which never matched. Read as its text, `12345` signed in with the
+    /// presented key `12345`.
+    Number,
     /// Text that is not UTF-8, which no presented key (always UTF-8) equals: read lossily,
     /// two such keys differing only in those bytes would be one key, and a presented key
     /// holding U+FFFD would match them.
@@ -673,6 +690,9 @@ impl UnusableKey {
             Self::Blob => {
                 "user's key is stored as a BLOB, not as text; it cannot sign in (nor could it with the Python version); give the user a new key (llmsrouter user rotate-key <username>)"
             }
+            Self::Number => {
+                "user's key is stored as a number, not as text; it cannot sign in (nor could it with the Python version); give the user a new key (llmsrouter user rotate-key <username>)"
+            }
             Self::NotUtf8 => {
                 "user's key is text that is not UTF-8; it cannot sign in; give the user a new key (llmsrouter user rotate-key <username>)"
             }
@@ -681,8 +701,8 @@ impl UnusableKey {
 }
 
 /// The `api_key` column as a key that signs in, or why it signs in nobody: only a key
-/// stored as UTF-8 text that is not empty does. A number (a hand-edited table without column
-/// types) is read as its text, as [`text`] reads it.
+/// stored as UTF-8 text that is not empty does; a BLOB or a number (a hand-edited table
+/// without column types) signs in nobody, as with the Python version.
 pub(crate) fn key_readable(
     row: &Row<'_>,
     index: usize,
@@ -695,8 +715,7 @@ pub(crate) fn key_readable(
             Err(_) => Err(UnusableKey::NotUtf8),
         },
         ValueRef::Null => Err(UnusableKey::Empty),
-        ValueRef::Integer(i) => Ok(i.to_string()),
-        ValueRef::Real(f) => Ok(f.to_string()),
+        ValueRef::Integer(_) | ValueRef::Real(_) => Err(UnusableKey::Number),
     })
 }
 

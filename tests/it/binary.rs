@@ -1007,6 +1007,40 @@ fn an_empty_path_variable_yields_to_its_flag() {
     }
 }
 
+/// `check` with a bad variable still says the warnings of the other variables, on stderr
+/// beside its errors, as it says them when every variable is good: they were dropped, and
+/// came to light only in the run after the bad one was fixed. A value that is not UTF-8 (the
+/// errors found before the others are read), a bad value, and both.
+#[test]
+fn check_says_the_warnings_beside_a_bad_variable() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let warning = "warning: ENABLE_BYPASS is ignored: llmsrouter has no bypass";
+    let bypass: (&str, &[u8]) = ("ENABLE_BYPASS", b"yes");
+    let (code, _, stderr) = run_cli_bytes(dir.path(), &["check"], &[bypass]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains(warning), "{stderr}");
+    let bad_value: (&str, &[u8]) = ("LLMSROUTER_LOG_BODIES", b"maybe");
+    let not_utf8: (&str, &[u8]) = ("LLMSROUTER_LEDGER", b"tru\xffe");
+    let cases: [&[(&str, &[u8])]; 3] = [
+        &[bypass, bad_value],
+        &[bypass, not_utf8],
+        &[bypass, bad_value, not_utf8],
+    ];
+    for envs in cases {
+        let (code, stdout, stderr) = run_cli_bytes(dir.path(), &["check"], envs);
+        assert_eq!(code, 1, "{envs:?}: {stderr}");
+        let warnings = stderr.lines().filter(|l| l.starts_with(warning)).count();
+        assert_eq!(warnings, 1, "{envs:?}: {stderr}");
+        let errors = stderr.lines().filter(|l| l.starts_with("error: ")).count();
+        assert_eq!(errors, envs.len() - 1, "{envs:?}: {stderr}");
+        assert!(
+            !stdout.contains("warning"),
+            "the warnings go to stderr: {stdout}"
+        );
+    }
+}
+
 /// `check` refuses what `serve` would refuse at start: a listen address from the variables
 /// (in `serve`'s words: a port with a space around it passed `check`, and stopped `serve`),
 /// and a request log or database in a folder that does not exist.

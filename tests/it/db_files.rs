@@ -1082,6 +1082,42 @@ async fn a_dropped_usage_ledger_is_said_missing_and_made_again() {
     assert_eq!(total.get(1), Some(&"1"), "{out}");
 }
 
+/// A `user` command that makes a dropped `usage_ledger` again says so as it says its other
+/// warnings, one `warning:` line on stderr, not the server's timestamped log line; a command
+/// that only reads (`user list`) makes nothing and says nothing.
+#[test]
+fn a_command_that_makes_the_ledger_again_says_it_on_a_warning_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let (code, _, err) = user(dir.path(), &["add", "ann"]);
+    assert_eq!(code, 0, "{err}");
+    let db = dir.path().join("users.db");
+    let drop_ledger = || {
+        rusqlite::Connection::open(&db)
+            .expect("open")
+            .execute_batch("DROP TABLE usage_ledger")
+            .expect("drop");
+    };
+    let made = "warning: ./users.db: the usage_ledger table was missing (dropped?) although the schema version says it was made; made it again, empty: the usage rows it held are gone, and `llmsrouter usage` counts from now on\n";
+    drop_ledger();
+    let (code, _, err) = user(dir.path(), &["list"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    let (code, _, err) = user(dir.path(), &["rotate-key", "ann"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err,
+        format!("{made}new key for \"ann\" (above, shown only now); the old key no longer works\n")
+    );
+    drop_ledger();
+    let (code, _, err) = user(dir.path(), &["add", "bo"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.starts_with(made), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("usage_ledger")).count(),
+        1
+    );
+}
+
 /// A small tmpfs mounted at `at` for a test of a full disk or a read-only mount, unmounted
 /// when dropped; `None` where this process may not mount (not root, or a container without
 /// the capability), and the test says it did not run.
@@ -1191,6 +1227,87 @@ fn a_full_disk_and_a_read_only_mount_are_named() {
         stderr.contains("new.db: cannot create it: the disk of its folder"),
         "{stderr}"
     );
+}
+
+/// A database that cannot be made on a full disk leaves no file behind: `serve` (for the
+/// ledger, and with accounts on for the users table) and `user add` left the empty file they
+/// made for it, which `check` then passed (it refuses one yet to be made on a full disk).
+/// See [`assert_nothing_left`].
+#[test]
+fn a_database_that_cannot_be_made_on_a_full_disk_leaves_no_file() {
+    let dir = tempfile::tempdir().expect("dir");
+    let Some(_mount) = Mounted::tmpfs(&dir.path().join("fs")) else {
+        eprintln!("not run: this process may not mount a tmpfs");
+        return;
+    };
+    let fs = dir.path().join("fs");
+    let launcher = [binary().into_os_string()];
+    assert_nothing_left(dir.path(), &fs, &launcher, "disk is full", || {
+        let mut filler = std::fs::File::create(fs.join("filler")).expect("filler");
+        let _ = std::io::Write::write_all(&mut filler, &vec![0u8; 1024 * 1024]);
+    });
+}
+
+/// [`a_database_that_cannot_be_made_on_a_full_disk_leaves_no_file`] where no file may grow
+/// (`ulimit -f 0`, which any user may set, with SIGXFSZ ignored so a write fails instead):
+/// the same, run by any user.
+#[test]
+fn a_database_that_cannot_be_written_leaves_no_file() {
+    let dir = tempfile::tempdir().expect("dir");
+    let fs = dir.path().join("fs");
+    std::fs::create_dir(&fs).expect("fs");
+    let limited = [
+        "sh".into(),
+        "-c".into(),
+        "trap '' XFSZ; ulimit -f 0; exec \"$0\" \"$@\"".into(),
+        binary().into_os_string(),
+    ];
+    assert_nothing_left(dir.path(), &fs, &limited, "disk I/O error", || {});
+}
+
+/// Runs `serve` (accounts off and on) and `user add` through `launcher` (the binary, or
+/// what starts it, and its arguments) on databases in `folder` where none can be made, once `fill` has run:
+/// a new file, a new file whose `-wal` is there (another's), and an empty file that is
+/// there. Each fails saying `why`, and the folder holds what it held before: the files made
+/// are removed, and no file that was there is.
+fn assert_nothing_left(
+    dir: &Path,
+    folder: &Path,
+    launcher: &[OsString],
+    why: &str,
+    fill: impl FnOnce(),
+) {
+    std::fs::write(dir.join("config.yaml"), "servers: {}\n").expect("config");
+    std::fs::write(folder.join("empty.db"), b"").expect("empty.db");
+    std::fs::write(folder.join("other.db-wal"), b"").expect("other.db-wal");
+    fill();
+    let there = files_in(folder);
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
+        // Bounded: a `serve` that started would otherwise run on.
+        let mut bounded = Command::new("timeout");
+        bounded.arg("20").args(launcher);
+        run_prepared(bounded, dir, args, envs)
+    };
+    for name in ["users.db", "other.db", "empty.db"] {
+        let db = folder.join(name);
+        let db = db.to_str().expect("utf-8 path");
+        for accounts in ["false", "true"] {
+            let envs = [
+                ("LLMSROUTER_DB", db),
+                ("LLMSROUTER_LOG_FILE", ""),
+                ("LLMSROUTER_PORT", "0"),
+                ("ENABLE_ACCOUNT_MANAGEMENT", accounts),
+            ];
+            let (code, _, stderr) = run(&["serve"], &envs);
+            assert_eq!(code, 1, "{name}, accounts {accounts}: {stderr}");
+            assert!(stderr.contains(why), "{stderr}");
+            assert_eq!(files_in(folder), there, "{name}, accounts {accounts}");
+        }
+        let (code, key, stderr) = run(&["user", "add", "ann"], &[("LLMSROUTER_DB", db)]);
+        assert_eq!((code, key.as_str()), (1, ""), "{stderr}");
+        assert!(stderr.contains(why), "{stderr}");
+        assert_eq!(files_in(folder), there, "{name}: user add");
+    }
 }
 
 /// While the ledger's disk is full, each batch is tried once, not paused for and tried again:

@@ -537,6 +537,73 @@ fn share_key(db: &Path, owner: &str, others: &str) {
     );
 }
 
+/// The commands the warning of a key still held gives run as pasted into a POSIX shell,
+/// whatever the holders' names: quoted for the shell only when needed, in single quotes
+/// (`'` written `'\''`), and after `--` for a name that begins with `-`. In the double quotes
+/// used before, `$HOME` was expanded and `\\` read as one backslash (another user, or none),
+/// and `-dash` was read as a flag.
+#[test]
+fn the_commands_a_shared_key_warning_gives_run_in_a_shell() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let db = dir.path().join("users.db");
+    add(dir.path(), &["zed"]);
+    let odd = ["it's $HOME", "-dash", "a\"b\\\\c`x`", "plain.name@x"];
+    {
+        let conn = Connection::open(&db).expect("open");
+        for (i, name) in odd.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO users VALUES (?1, ?2, NULL, '{\"*\": true}', 't', 't')",
+                rusqlite::params![name, format!("k{i}")],
+            )
+            .expect("row");
+        }
+    }
+    share_key(
+        &db,
+        "zed",
+        "'it''s $HOME', '-dash', 'a\"b\\\\c`x`', 'plain.name@x'",
+    );
+    let (code, _, err) = user(dir.path(), &["rotate-key", "zed"]);
+    assert_eq!(code, 0, "{err}");
+    let commands = err
+        .lines()
+        .find_map(|line| line.split_once("give each of them a new key too: "))
+        .map(|(_, commands)| commands.to_owned())
+        .unwrap_or_default();
+    assert_eq!(
+        commands,
+        "llmsrouter user rotate-key --rowid 2 'it'\\''s $HOME'; \
+         llmsrouter user rotate-key --rowid 3 -- -dash; \
+         llmsrouter user rotate-key --rowid 4 'a\"b\\\\c`x`'; \
+         llmsrouter user rotate-key --rowid 5 plain.name@x"
+    );
+    let bin = crate::support::binary();
+    let path = format!(
+        "{}:{}",
+        bin.parent().expect("folder").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut said = String::new();
+    for command in commands.split("; ") {
+        let mut sh = std::process::Command::new("sh");
+        sh.args(["-c", command]);
+        let (code, key, err) =
+            crate::support::run_prepared(sh, dir.path(), &[], &[("PATH", &path)]);
+        assert_eq!(code, 0, "{command}: {err}");
+        assert!(key.trim().starts_with("sk-lr-"), "{command}: {key}");
+        said = err;
+    }
+    assert!(said.ends_with("the old key no longer works\n"), "{said}");
+    let keys: i64 = Connection::open(&db)
+        .expect("open")
+        .query_row("SELECT count(DISTINCT api_key) FROM users", [], |r| {
+            r.get(0)
+        })
+        .expect("keys");
+    assert_eq!(keys, 5, "each user has a key of its own");
+}
+
 /// A key two users hold (a table rebuilt without its `UNIQUE`) taken from one of them by
 /// name, as an admin revokes a leaked key: `rotate-key` and `delete` do it, but never say the
 /// key stopped working, which it has not: a warning names the users that still hold it, as
@@ -579,7 +646,7 @@ async fn taking_a_shared_key_from_one_holder_says_who_still_holds_it() {
     );
     assert!(
         warning.ends_with(
-            "llmsrouter user rotate-key --rowid 2 \"amy\"; llmsrouter user rotate-key --rowid 3 \"carl\""
+            "llmsrouter user rotate-key --rowid 2 amy; llmsrouter user rotate-key --rowid 3 carl"
         ),
         "{err}"
     );
@@ -593,7 +660,7 @@ async fn taking_a_shared_key_from_one_holder_says_who_still_holds_it() {
     assert_eq!(out, "deleted user \"amy\"\n");
     assert_eq!(
         err,
-        "warning: its key still works: user \"carl\" holds the same key, and it now signs in as \"carl\"; to revoke it, give that user a new key too: llmsrouter user rotate-key --rowid 3 \"carl\"\n"
+        "warning: its key still works: user \"carl\" holds the same key, and it now signs in as \"carl\"; to revoke it, give that user a new key too: llmsrouter user rotate-key --rowid 3 carl\n"
     );
     assert_eq!(as_user().await, (200, 200), "now carl's");
 

@@ -790,6 +790,66 @@ fn a_new_name_that_looks_like_an_existing_one_is_noted() {
     }
 }
 
+/// A key stored as a number (a hand-edited table whose `api_key` has no type, where SQLite
+/// keeps `12345` an INTEGER and `1.5` a REAL) signs in nobody, as a BLOB key does: the Python
+/// version compared the key typed (a `str`) with what `sqlite3` gave back (an `int`), which
+/// never matched; read as its text, it signed in with `Bearer 12345`. The server warns of
+/// each as it warns of a BLOB key; `--key` finds no user by it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numeric_key_signs_in_nobody() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), two_server_config(&upstream)).expect("cfg");
+    let conn = Connection::open(dir.path().join("users.db")).expect("create");
+    conn.execute_batch(&PYTHON_SCHEMA.replace("api_key TEXT UNIQUE", "api_key UNIQUE"))
+        .expect("schema");
+    let insert = "INSERT INTO users VALUES (?1, ?2, NULL, '{\"*\": true}', 't', 't')";
+    conn.execute(insert, rusqlite::params!["intkey", 12345_i64])
+        .expect("integer row");
+    conn.execute(insert, rusqlite::params!["realkey", 1.5_f64])
+        .expect("real row");
+    conn.execute(insert, rusqlite::params!["ann", ANN_KEY])
+        .expect("ann");
+    let kinds: Vec<String> = conn
+        .prepare("SELECT typeof(api_key) FROM users ORDER BY rowid")
+        .expect("select")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("kinds");
+    assert_eq!(
+        kinds,
+        ["integer", "real", "text"],
+        "the keys are stored as meant"
+    );
+    drop(conn);
+    let router = RouterProcess::start_in(
+        dir,
+        &[
+            ("ENABLE_ACCOUNT_MANAGEMENT", "true"),
+            ("LLMSROUTER_LOG_FILE", ""),
+        ],
+    );
+    let url = router.url("/v1/chat/completions");
+    assert_eq!(chat(&url, Auth::Bearer("12345"), "[mock]m").await.0, 401);
+    assert_eq!(chat(&url, Auth::Bearer("1.5"), "[mock]m").await.0, 401);
+    assert_eq!(chat(&url, Auth::Bearer(ANN_KEY), "[mock]m").await.0, 200);
+    let stderr = router.stderr();
+    for name in ["intkey", "realkey"] {
+        assert!(
+            stderr.lines().any(|line| line
+                .contains("user's key is stored as a number, not as text; it cannot sign in")
+                && line.contains(&format!("user=\"{name}\""))),
+            "{name}: {stderr}"
+        );
+    }
+    let (code, _, err) = run_cli(router.path(), &["user", "show", "--key", "12345"], &[]);
+    assert_eq!(
+        (code, err.as_str()),
+        (1, "error: no user has the given key\n")
+    );
+}
+
 /// Two rows of a Python-era table: a key stored as a BLOB, which signs in nobody (the Python
 /// version's `WHERE api_key = ?` never matched one; read as text it signed in) and is warned
 /// of as an empty key is; and a 100 KB username, recorded cut to 1,024 characters as a long
