@@ -206,7 +206,11 @@ pub fn build_with(
     let client_user = fields.and_then(|r| r.client_user()).map(shown);
     let session_id = fields.and_then(|r| r.session_id()).map(shown);
     Generation {
-        operation: bounded_cow(operation_of(&record.endpoint)),
+        // A custom operation is the path, which may hold a key (`/threads/<key>/runs`).
+        operation: bounded_cow(match operation_of(&record.endpoint) {
+            Cow::Owned(path) => Cow::Owned(redactor.redact_owned(path)),
+            known => known,
+        }),
         model: bounded(
             redactor.redact_owned(
                 record

@@ -138,6 +138,38 @@ fn millis(d: Duration) -> i64 {
 }
 
 impl<'a> LedgerRow<'a> {
+    /// The row holding its own text, for the writer's queue.
+    pub fn into_owned(self) -> LedgerRow<'static> {
+        let own = |text: Cow<'a, str>| Cow::Owned(text.into_owned());
+        LedgerRow {
+            request_id: own(self.request_id),
+            username: self.username.map(own),
+            provider: own(self.provider),
+            endpoint: own(self.endpoint),
+            model: own(self.model),
+            response_model: self.response_model.map(own),
+            error: self.error.map(own),
+            started_at: self.started_at,
+            day: self.day,
+            mode: self.mode,
+            stream: self.stream,
+            status: self.status,
+            outcome: self.outcome,
+            latency_ms: self.latency_ms,
+            ttft_ms: self.ttft_ms,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            total_tokens: self.total_tokens,
+            cached_tokens: self.cached_tokens,
+            cache_creation_tokens: self.cache_creation_tokens,
+            reasoning_tokens: self.reasoning_tokens,
+            cost: self.cost,
+            usage_known: self.usage_known,
+            usage_partial: self.usage_partial,
+            audio_seconds: self.audio_seconds,
+        }
+    }
+
     pub fn from_record(record: &'a RequestRecord, redactor: &Redactor) -> Self {
         let redactor = redactor.for_request(&record.secrets);
         let usage = record.response.usage.as_ref();
@@ -149,7 +181,8 @@ impl<'a> LedgerRow<'a> {
             username: record.user.as_deref().map(Cow::Borrowed),
             provider: Cow::Borrowed(&record.provider),
             mode: record.mode.as_str(),
-            endpoint: clipped_chars(Cow::Borrowed(&record.endpoint), MAX_NAME_CHARS),
+            // The path may hold a key (`/threads/<key>/runs`), as the log's may.
+            endpoint: clipped_chars(redactor.redact(&record.endpoint), MAX_NAME_CHARS),
             model: clipped_chars(redactor.redact(&record.upstream_model), MAX_NAME_CHARS),
             // The upstream's echo of the model name may hold what the client put in it.
             response_model: record
@@ -300,8 +333,12 @@ impl LedgerStats {
 }
 
 pub struct LedgerSink {
-    /// Records go to the writer, which reads rows from them: nothing is copied on the way.
-    queue: WriterQueue,
+    /// Each record's row, read from it here: the writer may wait long on a lock with its
+    /// queue full, and a queue of records would hold their bodies meanwhile, which count
+    /// against the budget every sink's records share (a held lock cost the request log and
+    /// Langfuse their prompts and answers; bb61).
+    queue: WriterQueue<LedgerRow<'static>>,
+    redactor: Redactor,
     stats: Arc<LedgerStats>,
     /// When shutdown began: from then on the writer waits for a lock for at most
     /// [`LedgerWaits::close_deadline`].
@@ -331,7 +368,6 @@ impl LedgerSink {
             file: DbFile::new(path, REPLACED_CHECK),
             wal: WalFile::of(&conn, REPLACED_CHECK),
             log_lost: false,
-            redactor,
             stats: stats.clone(),
             closing: closing.clone(),
             close_deadline: waits.close_deadline,
@@ -354,6 +390,7 @@ impl LedgerSink {
         .map_err(LedgerError::Thread)?;
         Ok(Self {
             queue,
+            redactor,
             stats,
             closing,
             close_limit: waits.close_deadline + waits.busy_timeout + Duration::from_secs(5),
@@ -376,7 +413,8 @@ impl RecordSink for LedgerSink {
     }
 
     fn accept(&self, record: &Arc<RequestRecord>) {
-        self.queue.offer(record);
+        self.queue
+            .offer(LedgerRow::from_record(record, &self.redactor).into_owned());
     }
 
     fn close(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
@@ -443,7 +481,6 @@ struct Writer {
     wal: Option<WalFile>,
     /// The log was found lost, and that was said.
     log_lost: bool,
-    redactor: Redactor,
     stats: Arc<LedgerStats>,
     closing: Arc<OnceLock<Instant>>,
     close_deadline: Duration,
@@ -466,9 +503,7 @@ struct Writer {
     flushed: bool,
     /// When the last write failed for a reason other than a lock (a full disk, a read-only
     /// file): while such failures keep coming, a batch is tried once, with no pause and second
-    /// try. The pause held the rows queued behind it, and with them their records' bodies
-    /// (1 MB requests on a full disk: 115-138 MB held where 21 MB was the rest, and past the
-    /// recorder's body budget the request log and Langfuse lost the bodies too; bb55).
+    /// try: the rows behind wait no longer than they must, and a full queue drops rows.
     failing_since: Option<Instant>,
 }
 
@@ -488,7 +523,7 @@ impl Writer {
     /// Until the sink closes its end: take what is waiting (up to a batch, see
     /// [`QueueRx::next`]), insert it in one transaction, retried as [`Self::write`] says;
     /// between batches, the warnings about rows lost (dropped or failed) that fell due.
-    fn run(mut self, mut conn: Connection, rx: &mut QueueRx) {
+    fn run(mut self, mut conn: Connection, rx: &mut QueueRx<LedgerRow<'static>>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let check = self
@@ -547,8 +582,8 @@ impl Writer {
     fn write_batch(
         &mut self,
         conn: &mut Connection,
-        rx: &mut QueueRx,
-        batch: &[Arc<RequestRecord>],
+        rx: &mut QueueRx<LedgerRow<'static>>,
+        rows: &[LedgerRow<'_>],
     ) {
         let mut at = self.file.check();
         if at == AtPath::Same && self.wal.as_mut().is_some_and(|wal| !wal.intact()) {
@@ -601,17 +636,12 @@ impl Writer {
             // written: they are lost here, counted and warned of as every loss is.
             self.stats
                 .failed
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
             self.warn_failed(Instant::now());
             return;
         }
-        let rows: Vec<LedgerRow<'_>> = batch
-            .iter()
-            .map(|record| LedgerRow::from_record(record, &self.redactor))
-            .collect();
-        let result = self.write(conn, rx, &rows);
-        drop(rows);
-        let rows = batch.len() as u64;
+        let result = self.write(conn, rx, rows);
+        let rows = rows.len() as u64;
         match result {
             Ok(()) => {
                 self.stats.written.fetch_add(rows, Ordering::Relaxed);
@@ -652,7 +682,7 @@ impl Writer {
     fn write(
         &mut self,
         conn: &mut Connection,
-        rx: &mut QueueRx,
+        rx: &mut QueueRx<LedgerRow<'static>>,
         rows: &[LedgerRow<'_>],
     ) -> rusqlite::Result<()> {
         let mut backoff = FIRST_BACKOFF;
@@ -691,7 +721,7 @@ impl Writer {
             let mut pause = if locked {
                 backoff
             } else {
-                // Short: the rows queued behind wait with their records' bodies.
+                // Short: one more chance for an error that passes, before the queue fills.
                 Duration::from_millis(50)
             };
             if let Some(since) = self.closing.get() {
@@ -875,7 +905,6 @@ mod tests {
             file: DbFile::new(&path, REPLACED_CHECK),
             wal: None,
             log_lost: false,
-            redactor: Redactor::default(),
             stats: Arc::new(LedgerStats::default()),
             closing,
             close_deadline,
@@ -905,6 +934,10 @@ mod tests {
     }
 
     /// `n` rows of `record`, with request ids `r0`, `r1`, ...
+    fn row(record: &RequestRecord) -> LedgerRow<'static> {
+        LedgerRow::from_record(record, &Redactor::default()).into_owned()
+    }
+
     fn numbered_rows(record: &RequestRecord, n: usize) -> Vec<LedgerRow<'_>> {
         (0..n)
             .map(|i| {
@@ -978,6 +1011,52 @@ mod tests {
         assert_eq!(stored, 71);
     }
 
+    /// A ledger waiting on a lock holds rows, not records: the records' bodies, which count
+    /// against the budget every sink's records share, are let go once the other sinks are
+    /// done with them (bb61: a lock held by an admin's `sqlite3` cost the request log and
+    /// Langfuse the prompts and answers of the requests that came meanwhile).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ledger_waiting_on_a_lock_holds_no_bodies() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("u.db");
+        let waits = LedgerWaits {
+            busy_timeout: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let sink =
+            Arc::new(LedgerSink::start_waiting(&path, Redactor::default(), waits).expect("start"));
+        let admin = db::open(&path).expect("open");
+        admin
+            .execute_batch("BEGIN EXCLUSIVE")
+            .expect("hold the lock");
+        let sample = crate::record::tests::sample;
+        let bytes = sample().body_bytes();
+        assert!(bytes > 0, "the sample has bodies");
+        let (recorder, task) =
+            crate::record::Recorder::start_with_budget(vec![sink.clone()], 2 * bytes);
+        for _ in 0..3 {
+            recorder.submit(sample());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (sink.queue.accepted() < 3 || recorder.body_bytes_held() > 0)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(sink.queue.accepted(), 3, "the ledger took every record");
+        assert_eq!(
+            recorder.body_bytes_held(),
+            0,
+            "no bodies held while the lock is"
+        );
+        assert_eq!(recorder.bodies_dropped(), 0, "each record had its bodies");
+        assert_eq!(sink.stats().written(), 0, "the lock is held yet");
+        admin.execute_batch("COMMIT").expect("let the lock go");
+        task.shutdown().await;
+        sink.close().await;
+        assert_eq!(sink.stats().written(), 3);
+    }
+
     #[tokio::test]
     async fn the_sink_flushes_on_close_and_survives_reopen() {
         let dir = tempfile::tempdir().expect("dir");
@@ -1004,7 +1083,6 @@ mod tests {
             file: DbFile::new(path, Duration::ZERO),
             wal: WalFile::of(conn, Duration::ZERO),
             log_lost: false,
-            redactor: Redactor::default(),
             stats: stats.clone(),
             closing: Arc::new(OnceLock::new()),
             close_deadline: Duration::from_secs(1),
@@ -1030,8 +1108,7 @@ mod tests {
         let stats = Arc::new(LedgerStats::default());
         let mut writer = watching_writer(&path, &conn, &stats);
         let (_tx, mut rx) = QueueRx::for_tests(1);
-        let batch =
-            |n: usize| -> Vec<Arc<RequestRecord>> { (0..n).map(|_| Arc::new(record())).collect() };
+        let batch = |n: usize| -> Vec<LedgerRow<'static>> { vec![row(&record()); n] };
         writer.write_batch(&mut conn, &mut rx, &batch(1));
         assert_eq!((stats.written(), stats.failed()), (1, 0));
 
@@ -1064,8 +1141,7 @@ mod tests {
         let stats = Arc::new(LedgerStats::default());
         let mut writer = watching_writer(&path, &conn, &stats);
         let (_tx, mut rx) = QueueRx::for_tests(1);
-        let batch =
-            |n: usize| -> Vec<Arc<RequestRecord>> { (0..n).map(|_| Arc::new(record())).collect() };
+        let batch = |n: usize| -> Vec<LedgerRow<'static>> { vec![row(&record()); n] };
         writer.write_batch(&mut conn, &mut rx, &batch(1));
         assert_eq!((stats.written(), stats.failed()), (1, 0));
         std::fs::remove_file(format!("{}-wal", path.display())).expect("rm u.db-wal");

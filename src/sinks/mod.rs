@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::env::EnvSettings;
-use crate::record::{RecordSink, RequestRecord};
+use crate::record::RecordSink;
 use langfuse::{LangfuseError, LangfuseOptions, LangfuseSink};
 use ledger::{LedgerError, LedgerSink};
 use loss::LossWarnings;
@@ -103,9 +103,12 @@ pub(crate) fn clipped_chars(text: Cow<'_, str>, max: usize) -> Cow<'_, str> {
 /// writer is behind and the queue full, the record is dropped for this sink and counted (an
 /// atomic add, nothing more); the writer warns about drops through its [`QueueRx`], at most
 /// every 10 s and at the latest once those 10 s have passed. `finish` closes the queue, lets
-/// the writer drain what waits, and waits for it to end.
-pub(crate) struct WriterQueue {
-    tx: Mutex<Option<SyncSender<Arc<RequestRecord>>>>,
+/// the writer drain what waits, and waits for it to end. Its items are what the writer
+/// needs of each record: the records themselves (bodies and all) for the request log, only
+/// a row for the ledger, whose queue may wait long on a lock and must not hold the bodies
+/// the other sinks' budget counts.
+pub(crate) struct WriterQueue<T> {
+    tx: Mutex<Option<SyncSender<T>>>,
     /// Resolves when the writer thread ended (its sender is dropped then, panic or not). The
     /// thread itself is never joined: a thread blocked for good (see [`Self::finish`]) would
     /// hold up whoever joined it, and a runtime waits for its blocking tasks when it drops.
@@ -116,21 +119,21 @@ pub(crate) struct WriterQueue {
 }
 
 /// The writer's end of a [`WriterQueue`]: its records, and the warning about those dropped.
-pub(crate) struct QueueRx {
-    rx: Receiver<Arc<RequestRecord>>,
+pub(crate) struct QueueRx<T> {
+    rx: Receiver<T>,
     dropped: Arc<AtomicU64>,
     warnings: LossWarnings,
     /// The warning, e.g. "request log writer behind: lines dropped".
     behind: &'static str,
 }
 
-impl QueueRx {
+impl<T> QueueRx<T> {
     /// The next records (see [`next_batch_until`]), waiting for the first one no later
     /// than `check` (the writer's own next loss check) or than a warning about dropped
     /// records may be due ([`Batch::TimedOut`], nothing taken); gives that warning when due.
     pub(crate) fn next(
         &mut self,
-        batch: &mut Vec<Arc<RequestRecord>>,
+        batch: &mut Vec<T>,
         max: usize,
         window: Duration,
         check: Instant,
@@ -169,7 +172,7 @@ impl QueueRx {
 
     /// A queue of `depth` records with no thread behind it (for tests of writers).
     #[cfg(test)]
-    pub(crate) fn for_tests(depth: usize) -> (SyncSender<Arc<RequestRecord>>, Self) {
+    pub(crate) fn for_tests(depth: usize) -> (SyncSender<T>, Self) {
         let (tx, rx) = sync_channel(depth);
         let rx = Self {
             rx,
@@ -181,7 +184,7 @@ impl QueueRx {
     }
 }
 
-impl WriterQueue {
+impl<T: Send + 'static> WriterQueue<T> {
     /// Starts thread `name` running `writer` over a queue of `depth` records (pointers: a
     /// bounded std channel allocates every slot at once); the warning about dropped records
     /// (`behind`) is given at most every `warning_interval`.
@@ -190,7 +193,7 @@ impl WriterQueue {
         depth: usize,
         behind: &'static str,
         warning_interval: Duration,
-        writer: impl FnOnce(QueueRx) + Send + 'static,
+        writer: impl FnOnce(QueueRx<T>) + Send + 'static,
     ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(depth);
         let (ended_tx, ended) = tokio::sync::oneshot::channel();
@@ -215,10 +218,10 @@ impl WriterQueue {
         })
     }
 
-    pub(crate) fn offer(&self, record: &Arc<RequestRecord>) {
+    pub(crate) fn offer(&self, item: T) {
         let Ok(tx) = self.tx.lock() else { return };
         let Some(tx) = tx.as_ref() else { return };
-        match tx.try_send(record.clone()) {
+        match tx.try_send(item) {
             Ok(()) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
             }
@@ -387,14 +390,14 @@ mod tests {
         let far = Instant::now() + Duration::from_secs(60);
         // One queued, two dropped: the first warning, at once.
         for _ in 0..3 {
-            queue.offer(&record);
+            queue.offer(record.clone());
         }
         assert_eq!(rx.next(&mut batch, 8, Duration::ZERO, far), Batch::Taken);
         assert_eq!(rx.warnings.said(), 2);
         // Two more within the interval: not yet.
         batch.clear();
         for _ in 0..3 {
-            queue.offer(&record);
+            queue.offer(record.clone());
         }
         assert_eq!(rx.next(&mut batch, 8, Duration::ZERO, far), Batch::Taken);
         assert_eq!((queue.dropped(), rx.warnings.said()), (4, 2));

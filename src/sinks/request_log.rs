@@ -64,7 +64,7 @@ pub fn target(path: &std::path::Path) -> Result<Target, RequestLogError> {
 }
 
 pub struct RequestLogSink {
-    queue: WriterQueue,
+    queue: WriterQueue<Arc<RequestRecord>>,
     stats: Arc<LogStats>,
     close_limit: Duration,
 }
@@ -139,7 +139,7 @@ impl RecordSink for RequestLogSink {
     }
 
     fn accept(&self, record: &Arc<RequestRecord>) {
-        self.queue.offer(record);
+        self.queue.offer(record.clone());
     }
 
     fn close(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
@@ -203,7 +203,7 @@ struct Writer {
 impl Writer {
     /// Until the sink closes its end: lines written a batch at a time; between batches,
     /// the warnings about lines lost (dropped or failed) that fell due.
-    fn run(mut self, mut rx: QueueRx) {
+    fn run(mut self, mut rx: QueueRx<Arc<RequestRecord>>) {
         let mut batch = Vec::with_capacity(256);
         loop {
             let check = self.file.next_loss_check(Instant::now());

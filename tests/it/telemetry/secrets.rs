@@ -516,6 +516,51 @@ async fn every_credential_a_client_sent_is_redacted_from_the_records() {
     assert!(written.log.iter().all(|line| line.contains("[redacted]")));
 }
 
+/// A key in the request's path (`/threads/<key>/runs`, a configured key or the client's
+/// own pasted into it) goes upstream as sent, and no record shows it: the ledger's
+/// `endpoint` and the span's `gen_ai.operation.name` held it in clear (bb61).
+#[tokio::test]
+async fn a_key_in_the_path_is_redacted_from_every_record() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
+    let paths = [
+        format!("/v1/threads/{CLIENT_KEY}/runs?proxy={}", upstream.origin()),
+        "/v1/chat/completions/sk-mock-upstream-key".to_owned(),
+    ];
+    for path in &paths {
+        let model = if path.contains("proxy=") {
+            "gpt-4o"
+        } else {
+            "[mock]gpt-4o"
+        };
+        let response = client()
+            .post(sinks.router.url(path))
+            .bearer_auth(CLIENT_KEY)
+            .json(&json!({"model": model, "messages": []}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    let went: Vec<String> = upstream.received().iter().map(|r| r.path.clone()).collect();
+    assert!(went.iter().any(|p| p.contains(CLIENT_KEY)), "{went:?}");
+    assert!(
+        went.iter().any(|p| p.contains("sk-mock-upstream-key")),
+        "{went:?}"
+    );
+    let (written, records) = sinks.finish(paths.len()).await;
+    assert!(records.iter().any(|r| r.endpoint.contains(CLIENT_KEY)));
+    for secret in [CLIENT_KEY, "sk-mock-upstream-key"] {
+        written.assert_absent(secret);
+    }
+    assert_eq!(written.ledger.len(), paths.len());
+    assert!(
+        written.ledger.iter().all(|row| row.contains("[redacted]")),
+        "{:?}",
+        written.ledger
+    );
+}
+
 /// A client's `Authorization: Basic <base64>` reaches a URL target as sent, and the upstream
 /// may quote it decoded (`user alice:... refused`, or the password alone): no record shows
 /// the decoded `user:password` or the password, as none shows the base64 text.
