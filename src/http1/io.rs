@@ -141,8 +141,11 @@ pub async fn write_all_unless(
 }
 
 /// Resolves when the peer closed the connection (or it failed); bytes it sends meanwhile (a
-/// pipelined request) are kept in `buf`, up to `keep` bytes, after which it stops reading
-/// and waits forever (the peer will have to wait for an answer anyway).
+/// pipelined request) are kept in `buf`, up to `keep` bytes. Past that it reads no more (the
+/// rest waits in the kernel, and then in the peer, for the answer under way) and learns of
+/// the close from the socket's readiness instead (`EPOLLRDHUP`), which comes behind unread
+/// bytes too: a client that pipelined more than `keep` and left was not seen to leave, and
+/// its request ran on to its end (bb62).
 pub async fn closed_by_peer(io: &TcpStream, buf: &mut BytesMut, keep: usize) {
     while buf.len() < keep {
         match read_shared(io, buf).await {
@@ -150,7 +153,19 @@ pub async fn closed_by_peer(io: &TcpStream, buf: &mut BytesMut, keep: usize) {
             Ok(_) => {}
         }
     }
-    std::future::pending::<()>().await;
+    loop {
+        match io.ready(tokio::io::Interest::READABLE).await {
+            Ok(ready) if ready.is_read_closed() => return,
+            // More bytes, left unread: the readiness they set is cleared (the closed state
+            // never is), so the next wait is for what comes after them.
+            Ok(_) => {
+                let _ = io.try_io(tokio::io::Interest::READABLE, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -196,5 +211,31 @@ mod tests {
         let mut buf = BytesMut::new();
         closed_by_peer(&a, &mut buf, 1024).await;
         assert_eq!(&buf[..], b"GET /next");
+    }
+
+    /// A peer that sent more than is kept is still seen to close, its first bytes kept and
+    /// the rest left unread; one that does not close is waited for.
+    #[tokio::test]
+    async fn a_peer_closing_behind_more_than_is_kept_is_seen() {
+        let (a, mut b) = pair().await;
+        let sent = vec![b'x'; 70 * 1024];
+        b.write_all(&sent).await.expect("write");
+        let mut buf = BytesMut::new();
+        let waited = tokio::time::timeout(
+            Duration::from_millis(300),
+            closed_by_peer(&a, &mut buf, 16 * 1024),
+        )
+        .await;
+        assert!(waited.is_err(), "the peer is still there");
+        b.write_all(b"more").await.expect("write");
+        drop(b);
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            closed_by_peer(&a, &mut buf, 16 * 1024),
+        )
+        .await
+        .expect("the close is seen");
+        assert!(buf.len() >= 16 * 1024, "{}", buf.len());
+        assert!(buf.iter().all(|b| *b == b'x'));
     }
 }

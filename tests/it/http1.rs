@@ -199,6 +199,36 @@ async fn pipelined_requests_are_answered_in_order() {
     router.stop().await;
 }
 
+/// A client that pipelined more than the router keeps (64 KiB) behind a request whose
+/// upstream is still silent, then left: its request is dropped at once and recorded as a
+/// disconnect (the router read no further than it keeps, and did not see the close: the
+/// upstream's answer came to a gone client and was recorded a success; bb62).
+#[tokio::test]
+async fn a_client_leaving_behind_a_long_pipeline_is_seen_to_leave() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let upstream = MockUpstream::start(Behavior {
+        hold_head: Some(gate.clone()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let mut raw = Raw::connect(router.addr).await;
+    let filler = "x".repeat(70 * 1024);
+    let mut wire = post("/v1/chat/completions", CHAT, "");
+    wire.push_str(&format!(
+        "GET /health HTTP/1.1\r\nHost: router\r\nX-Filler: {filler}\r\n\r\n"
+    ));
+    raw.send(wire.as_bytes()).await;
+    crate::support::wait_until(Duration::from_secs(10), || upstream.count() == 1).await;
+    drop(raw);
+    let record = tokio::time::timeout(Duration::from_secs(10), router.records.nth(1))
+        .await
+        .expect("recorded while the upstream is still silent");
+    assert_eq!(record.outcome, Outcome::ClientDisconnected);
+    gate.add_permits(1);
+    router.stop().await;
+}
+
 #[tokio::test]
 async fn a_chunked_request_body_goes_upstream_whole() {
     let (upstream, router) = setup().await;
