@@ -599,11 +599,7 @@ impl Conn {
                 Next::Close
             }
             BodyFailure::ShuttingDown => {
-                let error = ProxyError::ShuttingDown(
-                    "the router is shutting down and did not take this request (its body had \
-                     not all arrived); try again"
-                        .into(),
-                );
+                let error = ProxyError::ShuttingDown(proxy::BODY_CUT_AT_SHUTDOWN.into());
                 self.write_answer(answer(&error), false, Asked::of(head))
                     .await;
                 Next::Close

@@ -300,11 +300,11 @@ pub struct Incoming<'a> {
 }
 
 pub async fn forward(state: &Arc<AppState>, incoming: Incoming<'_>) -> Response {
-    let request = match read_incoming(state, incoming).await {
+    let mut hard_stop = state.hard_stop.stopped();
+    let request = match read_incoming(state, incoming, &mut hard_stop).await {
         Ok(request) => request,
         Err(refused) => return refused,
     };
-    let mut hard_stop = state.hard_stop.stopped();
     handle(state, request, &mut hard_stop).await.into_axum()
 }
 
@@ -314,24 +314,33 @@ pub async fn forward_other(
     incoming: Incoming<'_>,
     method: &Method,
 ) -> Response {
-    let request = match read_incoming(state, incoming).await {
+    let mut hard_stop = state.hard_stop.stopped();
+    let request = match read_incoming(state, incoming, &mut hard_stop).await {
         Ok(request) => request,
         Err(refused) => return refused,
     };
-    let mut hard_stop = state.hard_stop.stopped();
     handle_other(state, request, method, &mut hard_stop)
         .await
         .into_axum()
 }
 
-/// Reads an HTTP/2 request's body within `max_body_bytes`; the refusal when it cannot.
+/// Reads an HTTP/2 request's body within `max_body_bytes`; the refusal when it cannot. A
+/// body still coming when the grace period ends gets the router's 503, as over HTTP/1 (the
+/// stream was given up without an answer when the connection was torn down; bb62).
 async fn read_incoming<'a>(
     state: &AppState,
     incoming: Incoming<'a>,
+    hard_stop: &mut Stopped,
 ) -> Result<ProxyRequest<'a>, Response> {
     let limit = state.config.load().settings.max_body_bytes;
     let stall = state.body_read_timeout;
-    let body = match read_body(incoming.body, incoming.fields, limit, stall).await {
+    let read = read_body(incoming.body, incoming.fields, limit, stall);
+    let body = tokio::select! {
+        biased;
+        body = read => body,
+        () = hard_stop => Err(ProxyError::ShuttingDown(BODY_CUT_AT_SHUTDOWN.into())),
+    };
+    let body = match body {
         Ok(body) => body,
         Err(error) => return Err(Answer::refused(&error, &state.failures).into_axum()),
     };
@@ -1402,6 +1411,9 @@ fn fail(
     guard.finish(Outcome::RouterError);
     Answer::error(&error, Some(request_id))
 }
+
+/// A request whose body had not all arrived when the grace period ended.
+pub(crate) const BODY_CUT_AT_SHUTDOWN: &str = "the router is shutting down and did not take this request (its body had not all arrived); try again";
 
 pub(crate) fn shutting_down() -> ProxyError {
     ProxyError::ShuttingDown(

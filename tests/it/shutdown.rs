@@ -352,6 +352,47 @@ async fn a_body_still_coming_when_the_grace_period_ends_is_answered_503() {
     assert_eq!(upstream.count(), 0);
 }
 
+/// Over HTTP/2 too: a request whose body is still coming when the grace period ends gets
+/// the router's 503 (the stream was given up without an answer when its connection was torn
+/// down, bb62), and nothing goes upstream.
+#[tokio::test]
+async fn an_http2_body_still_coming_when_the_grace_period_ends_is_answered_503() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let mut router = GracefulRouter::start(&upstream).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<&'static [u8]>(1);
+    tx.send(b"{\"model\":").await.expect("first piece");
+    let pieces = futures_util::stream::unfold(rx, |mut rx| async move {
+        let piece = rx.recv().await?;
+        Some((Ok::<_, std::io::Error>(piece), rx))
+    });
+    let client = crate::support::h2c_client();
+    let request = client
+        .post(format!("http://{}/v1/chat/completions", router.addr))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(pieces))
+        .send();
+    let answered = tokio::spawn(request);
+    // On the same connection, after the request's head: answered, the router has that head.
+    let health = client
+        .get(format!("http://{}/health", router.addr))
+        .send()
+        .await
+        .expect("health over HTTP/2");
+    assert_eq!(health.status(), 200);
+    router.begin_shutdown();
+    let response = tokio::time::timeout(Duration::from_secs(10), answered)
+        .await
+        .expect("answered within the grace period and a moment")
+        .expect("task")
+        .expect("an answer over HTTP/2");
+    let (status, error) = error_of(response).await;
+    assert_eq!(status, 503, "{error}");
+    assert_eq!(error["error"]["code"], "server_shutting_down", "{error}");
+    router.wait_ended(Duration::from_secs(10)).await;
+    assert_eq!(upstream.count(), 0);
+    drop(tx);
+}
+
 /// A stream whose client stopped reading is cut at the end of the grace period like any
 /// other, though its error event cannot reach that client: its record says the shutdown cut
 /// it, not that the client left.
