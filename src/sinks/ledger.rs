@@ -1032,8 +1032,9 @@ mod tests {
         let sample = crate::record::tests::sample;
         let bytes = sample().body_bytes();
         assert!(bytes > 0, "the sample has bodies");
+        // Room for the three at once: they may all be submitted before the first is handed over.
         let (recorder, task) =
-            crate::record::Recorder::start_with_budget(vec![sink.clone()], 2 * bytes);
+            crate::record::Recorder::start_with_budget(vec![sink.clone()], 3 * bytes);
         for _ in 0..3 {
             recorder.submit(sample());
         }
