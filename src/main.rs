@@ -387,7 +387,18 @@ fn run_serve(
     args: &ServeArgs,
     from_environment: &dyn Fn(&str) -> bool,
 ) -> anyhow::Result<ExitCode> {
-    let env = EnvSettings::from_env().map_err(say_all_but_last)?;
+    let env = match EnvSettings::from_env() {
+        Ok(env) => env,
+        Err(mut errors) => {
+            // Logged as when every variable is good (and as the quoted values' warnings were,
+            // a moment ago): a bad variable does not hide the others' warnings, which came to
+            // light only in the run after it was fixed.
+            for warning in std::mem::take(&mut errors.warnings) {
+                tracing::warn!("{warning}");
+            }
+            return Err(say_all_but_last(errors).into());
+        }
+    };
     for warning in &env.warnings {
         tracing::warn!("{warning}");
     }
@@ -895,7 +906,7 @@ fn run_check(
 /// Says every bad variable but the last on its own `error:` line, and gives the last for
 /// `main` to say as it says any error (with the exit status of a bad variable).
 fn say_all_but_last(errors: llmsrouter::env::EnvErrors) -> llmsrouter::env::EnvError {
-    // Its warnings are `check`'s to say: `serve` stops on the errors.
+    // Its warnings are the caller's to say: `serve` logged them before the errors.
     let llmsrouter::env::EnvErrors {
         first, mut rest, ..
     } = errors;

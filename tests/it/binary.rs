@@ -1041,6 +1041,50 @@ fn check_says_the_warnings_beside_a_bad_variable() {
     }
 }
 
+/// `serve` stopped by a bad variable logs the other variables' warnings first, as it logs them
+/// when it starts (and as it logged a quoted value's in that same run): they were dropped,
+/// and came to light only in the run after the bad one was fixed. The cases of
+/// [`check_says_the_warnings_beside_a_bad_variable`].
+#[test]
+fn serve_logs_the_warnings_before_a_bad_variable() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let bypass: (&str, &[u8]) = ("ENABLE_BYPASS", b"yes");
+    let quoted: (&str, &[u8]) = ("LLMSROUTER_CONFIG", b"\"config.yaml\"");
+    let bad_value: (&str, &[u8]) = ("LLMSROUTER_LOG_BODIES", b"maybe");
+    let not_utf8: (&str, &[u8]) = ("LLMSROUTER_LEDGER", b"tru\xffe");
+    let cases: [&[(&str, &[u8])]; 3] = [
+        &[bypass, quoted, bad_value],
+        &[bypass, quoted, not_utf8],
+        &[bypass, quoted, bad_value, not_utf8],
+    ];
+    let serve = ["serve", "--host", "127.0.0.1", "--port", "0"];
+    for envs in cases {
+        let (code, _, stderr) = run_cli_bytes(dir.path(), &serve, envs);
+        assert_eq!(code, 2, "{envs:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        let logged = |text: &str| {
+            let at: Vec<usize> = (0..lines.len())
+                .filter(|&i| lines[i].contains(&format!(" WARN {text}")))
+                .collect();
+            assert_eq!(at.len(), 1, "{text}: {envs:?}: {stderr}");
+            at[0]
+        };
+        let warnings = [
+            logged("ENABLE_BYPASS is ignored: llmsrouter has no bypass"),
+            logged("LLMSROUTER_CONFIG: its value is in quotes"),
+        ];
+        let errors: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].starts_with("error: "))
+            .collect();
+        assert_eq!(errors.len(), envs.len() - 2, "{envs:?}: {stderr}");
+        assert!(
+            warnings.iter().all(|w| errors.iter().all(|e| w < e)),
+            "the warnings come before the errors: {envs:?}: {stderr}"
+        );
+    }
+}
+
 /// `check` refuses what `serve` would refuse at start: a listen address from the variables
 /// (in `serve`'s words: a port with a space around it passed `check`, and stopped `serve`),
 /// and a request log or database in a folder that does not exist.
