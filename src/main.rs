@@ -704,8 +704,10 @@ fn db_problems(cli: &Cli, env: &EnvSettings) -> Vec<anyhow::Error> {
     Vec::new()
 }
 
-/// The request log makes its folders; the nearest one that exists must take new entries (by
-/// its permission bits: a best guess short of writing there).
+/// The request log makes its folders; the nearest one that exists must take new entries: by
+/// its permission bits first, said in words that name the cause (an owner, a read-only mount),
+/// then by what `serve` would meet making the folders and the file, said in `serve`'s words
+/// (root passes every permission bit, and `/proc` or `/sys` still refuse a new folder).
 fn check_log_file(log: &Path) -> anyhow::Result<()> {
     let target = llmsrouter::sinks::request_log::target(log)?;
     if matches!(target, llmsrouter::sinks::log_file::Target::AsIs(_)) {
@@ -719,7 +721,7 @@ fn check_log_file(log: &Path) -> anyhow::Result<()> {
     // Whether this user may write there, not whether anyone may (root reads 0555 as
     // writable, and a folder of another user's as writable for all is not).
     if existing.is_dir() && folder_writable_by_me(existing) {
-        return Ok(());
+        return Ok(llmsrouter::sinks::request_log::check_opens(log)?);
     }
     // A folder of another owner's (a bind mount not chowned to the image's user) is said as
     // such: "not a folder" sent users looking for a file in its place.
