@@ -387,7 +387,18 @@ fn run_serve(
     args: &ServeArgs,
     from_environment: &dyn Fn(&str) -> bool,
 ) -> anyhow::Result<ExitCode> {
-    let env = EnvSettings::from_env().map_err(say_all_but_last)?;
+    let env = match EnvSettings::from_env() {
+        Ok(env) => env,
+        Err(mut errors) => {
+            // Logged as when every variable is good (and as the quoted values' warnings were,
+            // a moment ago): a bad variable does not hide the others' warnings, which came to
+            // light only in the run after it was fixed.
+            for warning in std::mem::take(&mut errors.warnings) {
+                tracing::warn!("{warning}");
+            }
+            return Err(say_all_but_last(errors).into());
+        }
+    };
     for warning in &env.warnings {
         tracing::warn!("{warning}");
     }
@@ -693,8 +704,10 @@ fn db_problems(cli: &Cli, env: &EnvSettings) -> Vec<anyhow::Error> {
     Vec::new()
 }
 
-/// The request log makes its folders; the nearest one that exists must take new entries (by
-/// its permission bits: a best guess short of writing there).
+/// The request log makes its folders; the nearest one that exists must take new entries: by
+/// its permission bits first, said in words that name the cause (an owner, a read-only mount),
+/// then by what `serve` would meet making the folders and the file, said in `serve`'s words
+/// (root passes every permission bit, and `/proc` or `/sys` still refuse a new folder).
 fn check_log_file(log: &Path) -> anyhow::Result<()> {
     let target = llmsrouter::sinks::request_log::target(log)?;
     if matches!(target, llmsrouter::sinks::log_file::Target::AsIs(_)) {
@@ -708,7 +721,7 @@ fn check_log_file(log: &Path) -> anyhow::Result<()> {
     // Whether this user may write there, not whether anyone may (root reads 0555 as
     // writable, and a folder of another user's as writable for all is not).
     if existing.is_dir() && folder_writable_by_me(existing) {
-        return Ok(());
+        return Ok(llmsrouter::sinks::request_log::check_opens(log)?);
     }
     // A folder of another owner's (a bind mount not chowned to the image's user) is said as
     // such: "not a folder" sent users looking for a file in its place.
@@ -895,7 +908,7 @@ fn run_check(
 /// Says every bad variable but the last on its own `error:` line, and gives the last for
 /// `main` to say as it says any error (with the exit status of a bad variable).
 fn say_all_but_last(errors: llmsrouter::env::EnvErrors) -> llmsrouter::env::EnvError {
-    // Its warnings are `check`'s to say: `serve` stops on the errors.
+    // Its warnings are the caller's to say: `serve` logged them before the errors.
     let llmsrouter::env::EnvErrors {
         first, mut rest, ..
     } = errors;

@@ -10,6 +10,12 @@ use unicode_width::UnicodeWidthStr;
 /// upstream sent is skipped unread (serde skips without recursing), so one entry nested
 /// deeper than the JSON reader's recursion limit cannot keep the whole table from printing,
 /// as it did when the list was read into a `Value` first.
+///
+/// Derived, so a JSON list would be taken by position, and not read through
+/// [`crate::json_object`]: the text is only ever the router's own, the body
+/// [`super::list::MergedList::body`] writes (`{"object":"list","data":[...]}`, each entry an
+/// object it writes itself with a string `id` and `owned_by` and a number `created`). What
+/// an upstream sent reaches it only as the values of the other fields, which are skipped.
 #[derive(Deserialize)]
 struct Listing {
     #[serde(default)]

@@ -247,6 +247,37 @@ impl LogFile {
         }
     }
 
+    /// What [`Self::open_at_start`] would meet, as its error, found without leaving anything
+    /// behind: `check` asks this, so that it refuses what `serve` refuses, in its words. The
+    /// nearest folder's permission bits did not tell: root may write any folder by them, and a
+    /// pseudo file system (`/proc`, `/sys`) still refuses every new folder or file. So the
+    /// folders are made, as `serve` makes them, and removed again; a file yet to be made is
+    /// made unnamed where the system can (`O_TMPFILE`), else made and deleted again; one that
+    /// exists is opened as `serve` opens it, and nothing written. A device or a named pipe is
+    /// not opened (a pipe's reader would read an end of file when it closes).
+    pub fn check_at_start(&self, day: Date) -> std::io::Result<()> {
+        let Target::Daily(files) = &self.target else {
+            return Ok(());
+        };
+        // Deepest first: the order to remove them in.
+        let missing: Vec<&Path> = files
+            .dir
+            .ancestors()
+            .take_while(|folder| {
+                !folder.as_os_str().is_empty() && std::fs::symlink_metadata(folder).is_err()
+            })
+            .collect();
+        make_folders(&files.dir)?;
+        let result = check_file(&files.dir, &files.path(day));
+        for folder in missing {
+            // One a starting `serve` has just put its file in is left to it.
+            if std::fs::remove_dir(folder).is_err() {
+                break;
+            }
+        }
+        result
+    }
+
     /// ENXIO from a named pipe: no reader. A device fails with ENXIO for its own reasons
     /// (no such unit), which are said in the error's words.
     #[cfg(unix)]
@@ -386,12 +417,7 @@ impl LogFile {
     fn open(&mut self, day: Option<Date>) -> std::io::Result<()> {
         let file = match &self.target {
             Target::Daily(files) => {
-                std::fs::create_dir_all(&files.dir).map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("cannot make its folder {}: {e}", files.dir.display()),
-                    )
-                })?;
+                make_folders(&files.dir)?;
                 let Some(day) = day else {
                     return Err(std::io::Error::other("no day"));
                 };
@@ -466,6 +492,87 @@ impl LogFile {
     pub fn next_loss_check(&self, now: Instant) -> Instant {
         self.loss_warnings.next_check(self.stats.failed(), now)
     }
+}
+
+/// Makes the daily files' folder and the folders above it that are missing; the error names
+/// the folder.
+fn make_folders(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot make its folder {}: {e}", dir.display()),
+        )
+    })
+}
+
+/// What opening `path` in `dir` (which exists) as [`LogFile::open`] does would meet, leaving
+/// nothing behind: see [`LogFile::check_at_start`].
+fn check_file(dir: &Path, path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::metadata(path) {
+        #[cfg(unix)]
+        Ok(meta)
+            if meta.file_type().is_fifo()
+                || meta.file_type().is_char_device()
+                || meta.file_type().is_block_device()
+                || meta.file_type().is_socket() =>
+        {
+            return Ok(());
+        }
+        // Opened as `serve` opens it (it exists: nothing is made), and closed.
+        Ok(_) => {
+            let mut options = std::fs::OpenOptions::new();
+            options.append(true).create(true);
+            return open_without_waiting(&mut options, path).map(drop);
+        }
+        // A link to a file yet to be made: `serve` would make that file; not made here.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.is_symlink() => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // The path itself is refused (a file where a folder belongs, a name too long): the
+        // open would meet the same.
+        Err(e) => return Err(e),
+    }
+    if made_unnamed(dir) {
+        return Ok(());
+    }
+    make_and_delete(path)
+}
+
+/// Makes the file at `path` (which did not exist) as [`LogFile::open`] would, and deletes it.
+fn make_and_delete(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create_new(true);
+    match open_without_waiting(&mut options, path) {
+        Ok(file) => {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            Ok(())
+        }
+        // Made since it was looked for (by a `serve` starting): it opens.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a file could be made in `dir`, found by making one without a name, which is gone
+/// when closed: no name appears that a starting `serve` could open (and lose its lines to
+/// when it is deleted). `false` also where the file system cannot make one so (it may still
+/// make a named one).
+#[cfg(target_os = "linux")]
+fn made_unnamed(dir: &Path) -> bool {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .is_ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn made_unnamed(_dir: &Path) -> bool {
+    false
 }
 
 /// Opens `path` for writing with `options`. A named pipe is opened without waiting for a
@@ -837,6 +944,51 @@ pub(crate) mod tests {
             "{\"n\":0}\n{\"n\":1}\n"
         );
         assert_eq!((file.stats.written(), file.stats.failed()), (3, 4));
+    }
+
+    /// `check`'s look at the log leaves nothing behind: the folders it made, a file it made
+    /// named (where the system cannot make one unnamed) or unnamed, are gone; a file that
+    /// exists is opened, not changed; a named pipe is not opened (its reader would read an
+    /// end of file when it is closed). A folder where the day's file belongs is refused as
+    /// `serve`'s open refuses it.
+    #[cfg(unix)]
+    #[test]
+    fn checking_the_log_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("dir");
+        let day = Date::from_calendar_date(2025, time::Month::January, 31).expect("day");
+        let listed = || {
+            let entries = std::fs::read_dir(dir.path()).expect("list");
+            entries
+                .map(|e| e.expect("entry").file_name())
+                .collect::<Vec<_>>()
+        };
+        let check = |path: &Path| {
+            let target = Target::of(path).expect("target");
+            LogFile::new(target, Arc::new(LogStats::default())).check_at_start(day)
+        };
+        check(&dir.path().join("a/b/api.log")).expect("folders to make");
+        assert_eq!(listed(), Vec::<std::ffi::OsString>::new());
+        make_and_delete(&dir.path().join("api.2025-01-31.log")).expect("named");
+        assert_eq!(listed(), Vec::<std::ffi::OsString>::new());
+
+        std::fs::write(dir.path().join("api.2025-01-31.log"), "old\n").expect("file");
+        check(&dir.path().join("api.log")).expect("a file that exists");
+        let text = std::fs::read_to_string(dir.path().join("api.2025-01-31.log"));
+        assert_eq!(text.expect("read"), "old\n");
+
+        // Nobody reads it: opened, it would refuse (ENXIO).
+        let fifo = named_pipe(dir.path());
+        std::fs::rename(&fifo, dir.path().join("pipe.2025-01-31.log")).expect("rename");
+        check(&dir.path().join("pipe.log")).expect("a pipe is not opened");
+
+        std::fs::create_dir(dir.path().join("folder.2025-01-31.log")).expect("folder");
+        let refused = check(&dir.path().join("folder.log")).expect_err("a folder");
+        let mut file = LogFile::new(
+            Target::of(&dir.path().join("folder.log")).expect("target"),
+            Arc::new(LogStats::default()),
+        );
+        let serve = file.open_at_start(day).expect_err("serve refuses it too");
+        assert_eq!(refused.to_string(), serve.to_string());
     }
 
     #[test]

@@ -63,6 +63,18 @@ pub fn target(path: &std::path::Path) -> Result<Target, RequestLogError> {
     })
 }
 
+/// The error [`RequestLogSink::start`] would give for `path`, found without leaving a file or
+/// folder behind (see [`LogFile::check_at_start`]): `check` asks this, so it refuses a log
+/// `serve` could not open (a folder on `/proc` or `/sys`) in `serve`'s words.
+pub fn check_opens(path: &std::path::Path) -> Result<(), RequestLogError> {
+    let file = LogFile::new(target(path)?, Arc::new(LogStats::default()));
+    file.check_at_start(utc_date(SystemTime::now()))
+        .map_err(|e| RequestLogError::Open {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
 pub struct RequestLogSink {
     queue: WriterQueue<Arc<RequestRecord>>,
     stats: Arc<LogStats>,

@@ -454,8 +454,10 @@ fn list(cx: &mut Context<'_>, json: bool) -> Result<(), UserError> {
         .iter()
         .map(|u| {
             vec![
-                names::in_table(&u.username),
-                u.email.as_deref().map_or_else(|| "-".to_owned(), printable),
+                names::in_list(&u.username),
+                u.email
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), names::text_in_list),
                 permissions_cell(u),
                 masked(&u.key),
                 printable(&short_time(&u.created_at)),
@@ -467,6 +469,23 @@ fn list(cx: &mut Context<'_>, json: bool) -> Result<(), UserError> {
         &rows,
     );
     cx.out.write_all(table.as_bytes())?;
+    let cut = users
+        .iter()
+        .filter(|u| {
+            names::cut_in_list(&u.username) || u.email.as_deref().is_some_and(names::cut_in_list)
+        })
+        .count();
+    if cut > 0 {
+        // After the table, which a reader of stdout gets whole: how to see the rest.
+        let (what, its) = match cut {
+            1 => ("1 user's name or email is".to_owned(), "its"),
+            n => (format!("{n} users' names or emails are"), "their"),
+        };
+        writeln!(
+            cx.err,
+            "note: {what} cut in the table: {its} first 80 characters, then … and {its} length in bytes; llmsrouter user list --json prints every name and email whole, and llmsrouter user show <the name as the table shows it> that user's"
+        )?;
+    }
     Ok(())
 }
 

@@ -192,7 +192,25 @@ fn in_message(name: &str) -> String {
     // A router key in it is redacted before the clip, which could cut it to a shape no
     // longer found (and quote 31 of its 32 characters).
     let name = crate::sinks::redact::Redactor::default().redact(name, &[]);
-    escaped(&crate::error::clip(&name, QUOTED_CHARS))
+    escaped(&clip(&name))
+}
+
+/// `name` cut past [`QUOTED_CHARS`] characters: its first 80, `…` and its length in bytes;
+/// as it is when it is such a cut name already (given as the table shows it), which would
+/// otherwise be cut again, to "… (98 bytes)".
+/// Borrowed when nothing was cut.
+fn clip(name: &str) -> std::borrow::Cow<'_, str> {
+    let Some((at, _)) = name.char_indices().nth(QUOTED_CHARS) else {
+        return name.into();
+    };
+    let already_cut = name[at..]
+        .strip_prefix("… (")
+        .and_then(|rest| rest.strip_suffix(" bytes)"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if already_cut {
+        return name.into();
+    }
+    format!("{}… ({} bytes)", &name[..at], name.len()).into()
 }
 
 /// A username as a command that a message gives to run names it (`llmsrouter user
@@ -223,6 +241,27 @@ pub fn in_table(name: &str) -> String {
     } else {
         shown
     }
+}
+
+/// A username as the `user list` table prints it: [`in_table`], cut past [`QUOTED_CHARS`]
+/// characters as a message cuts a name (its first 80 characters, `…` and its length in
+/// bytes), so that a 100 KB Python-era name does not fill the table (and widen every row
+/// with it). `user list --json` and `user show` print it whole; the cut form answers to the
+/// user as well ([`StoredName::answers_to`]), and to every user it cuts alike (`--rowid`
+/// then picks one, as for names that print alike).
+pub fn in_list(name: &str) -> String {
+    in_table(&clip(name))
+}
+
+/// Any other text in a `user list` row that comes from the database as it was stored (an
+/// email address): [`crate::printable`], cut as [`in_list`] cuts a name.
+pub fn text_in_list(text: &str) -> String {
+    crate::printable(&clip(text))
+}
+
+/// Whether `name` is cut by [`in_list`] (and by a message).
+pub fn cut_in_list(name: &str) -> bool {
+    matches!(clip(name), std::borrow::Cow::Owned(_))
 }
 
 /// A username with what cannot be seen in it made visible, so that Python-era names which
@@ -385,12 +424,18 @@ impl StoredName {
         }
         let shown = self.shown();
         let escaped = escaped(&shown);
+        let in_quotes = name.strip_prefix('"').and_then(|n| n.strip_suffix('"'));
         shown == name
             || crate::printable(&shown) == name
             || escaped == name
             || in_table(&shown) == name
             // In double quotes, as `usage --by user` shows a user named `TOTAL` or `-`.
-            || name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) == Some(escaped.as_str())
+            || in_quotes == Some(escaped.as_str())
+            // Cut, as the `user list` table and messages show a long name.
+            || (cut_in_list(&shown) && {
+                let in_message = in_message(&shown);
+                in_list(&shown) == name || in_message == name || in_quotes == Some(&in_message)
+            })
     }
 
     /// Whether this user's name looks like `name` on a screen without answering to it: the
@@ -403,6 +448,32 @@ impl StoredName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name past 80 characters is cut in the `user list` table as in a message, and the
+    /// cut form answers to it; one of 80 is whole; a cut form given back (in a message that
+    /// echoes what was typed) is not cut again; characters, not bytes, are counted.
+    #[test]
+    fn long_names_are_cut_in_the_list_as_in_messages() {
+        let whole = "é".repeat(80);
+        assert_eq!(in_list(&whole), whole);
+        assert!(!cut_in_list(&whole));
+        let long = format!("{whole}x");
+        let cut = format!("{whole}… (161 bytes)");
+        assert_eq!(in_list(&long), cut);
+        assert_eq!(quoted(&long), format!("\"{cut}\""));
+        assert_eq!(quoted(&cut), format!("\"{cut}\""));
+        assert!(cut_in_list(&long) && !cut_in_list(&cut));
+        let stored = StoredName::Text(long.clone());
+        assert!(stored.answers_to(&cut) && stored.answers_to(&format!("\"{cut}\"")));
+        assert!(!stored.answers_to(&format!("{whole}… (160 bytes)")));
+        // Cut where a space begins it: quoted in the table as any such name.
+        let spaced = format!(" {long}");
+        assert_eq!(
+            in_list(&spaced),
+            format!("\"{}… (162 bytes)\"", &spaced[..159])
+        );
+        assert!(StoredName::Text(spaced.clone()).answers_to(&in_list(&spaced)));
+    }
 
     /// Bare when a shell reads the name as it is; else in single quotes, with `'` as
     /// `'\''`, and shown as messages show it (escaped, a key redacted).

@@ -1041,9 +1041,50 @@ fn check_says_the_warnings_beside_a_bad_variable() {
     }
 }
 
-/// `check` refuses what `serve` would refuse at start: a listen address from the variables
-/// (in `serve`'s words: a port with a space around it passed `check`, and stopped `serve`),
-/// and a request log or database in a folder that does not exist.
+/// `serve` stopped by a bad variable logs the other variables' warnings first, as it logs them
+/// when it starts (and as it logged a quoted value's in that same run): they were dropped,
+/// and came to light only in the run after the bad one was fixed. The cases of
+/// [`check_says_the_warnings_beside_a_bad_variable`].
+#[test]
+fn serve_logs_the_warnings_before_a_bad_variable() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let bypass: (&str, &[u8]) = ("ENABLE_BYPASS", b"yes");
+    let quoted: (&str, &[u8]) = ("LLMSROUTER_CONFIG", b"\"config.yaml\"");
+    let bad_value: (&str, &[u8]) = ("LLMSROUTER_LOG_BODIES", b"maybe");
+    let not_utf8: (&str, &[u8]) = ("LLMSROUTER_LEDGER", b"tru\xffe");
+    let cases: [&[(&str, &[u8])]; 3] = [
+        &[bypass, quoted, bad_value],
+        &[bypass, quoted, not_utf8],
+        &[bypass, quoted, bad_value, not_utf8],
+    ];
+    let serve = ["serve", "--host", "127.0.0.1", "--port", "0"];
+    for envs in cases {
+        let (code, _, stderr) = run_cli_bytes(dir.path(), &serve, envs);
+        assert_eq!(code, 2, "{envs:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        let logged = |text: &str| {
+            let at: Vec<usize> = (0..lines.len())
+                .filter(|&i| lines[i].contains(&format!(" WARN {text}")))
+                .collect();
+            assert_eq!(at.len(), 1, "{text}: {envs:?}: {stderr}");
+            at[0]
+        };
+        let warnings = [
+            logged("ENABLE_BYPASS is ignored: llmsrouter has no bypass"),
+            logged("LLMSROUTER_CONFIG: its value is in quotes"),
+        ];
+        let errors: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].starts_with("error: "))
+            .collect();
+        assert_eq!(errors.len(), envs.len() - 2, "{envs:?}: {stderr}");
+        assert!(
+            warnings.iter().all(|w| errors.iter().all(|e| w < e)),
+            "the warnings come before the errors: {envs:?}: {stderr}"
+        );
+    }
+}
+
 /// A `RUST_LOG` that cannot be read is a command's warning line, as its other warnings are
 /// (it was a timestamped log line); the command still runs at its default level.
 #[test]
@@ -1065,6 +1106,9 @@ fn commands_warn_of_an_unreadable_rust_log_in_a_warning_line() {
     }
 }
 
+/// `check` refuses what `serve` would refuse at start: a listen address from the variables
+/// (in `serve`'s words: a port with a space around it passed `check`, and stopped `serve`),
+/// and a request log or database in a folder that does not exist.
 #[test]
 fn check_sees_the_variables_serve_would_refuse() {
     let dir = tempfile::tempdir().expect("dir");
@@ -1140,6 +1184,58 @@ fn check_sees_the_variables_serve_would_refuse() {
         &[("LLMSROUTER_LOG_FILE", "logs/new/api.log")],
     );
     assert_eq!(code, 0, "{stdout} {stderr}");
+}
+
+/// `check` refuses a request log `serve` cannot open, in `serve`'s words: a folder `/proc` or
+/// `/sys` cannot make, a file `/sys` cannot make. Root passes the nearest folder's permission
+/// bits, which were all `check` asked, so it said ok and `serve` stopped. (Not root, the bits
+/// refuse it first, in `check`'s words that name them.) What `check` makes to find out, it
+/// removes: folders yet to be made, a file yet to be made.
+#[test]
+fn check_refuses_a_log_serve_cannot_open_in_its_words() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let root = std::fs::metadata(dir.path()).expect("dir").uid() == 0;
+    let serve = ["serve", "--host", "127.0.0.1", "--port", "0"];
+    for log in [
+        "/proc/nope/api_proxy.log",
+        "/proc/api_proxy.log",
+        "/sys/nope/api_proxy.log",
+        "/sys/api_proxy.log",
+    ] {
+        let envs = [("LLMSROUTER_LOG_FILE", log), ("LLMSROUTER_LEDGER", "false")];
+        let (code, _, stderr) = run_cli(dir.path(), &serve, &envs);
+        assert_eq!(code, 1, "{log}: {stderr}");
+        let serve_says = format!("error: LLMSROUTER_LOG_FILE: {log}: ");
+        let serve_says = stderr
+            .lines()
+            .find(|line| line.starts_with(&serve_says))
+            .unwrap_or_else(|| panic!("{log}: {stderr}"));
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &envs);
+        assert_eq!(code, 1, "{log}: {stdout} {stderr}");
+        if root {
+            assert_eq!(stderr.trim_end(), serve_says, "{log}");
+        } else {
+            assert!(
+                stderr.contains("is a folder this user may not write"),
+                "{stderr}"
+            );
+        }
+    }
+    // Made to find out, and removed: the folders, and today's file in a folder that exists.
+    let made = std::fs::read_dir(dir.path()).expect("list").count();
+    for log in ["logs/new/api.log", "api.log"] {
+        let envs = [("LLMSROUTER_LOG_FILE", log), ("LLMSROUTER_LEDGER", "false")];
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &envs);
+        assert_eq!(code, 0, "{log}: {stdout} {stderr}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(Result::ok)
+            .map(|entry| entry.file_name())
+            .collect();
+        assert_eq!(left.len(), made, "{log}: left behind: {left:?}");
+    }
 }
 
 /// Every problem `check` finds is said in the one run, config.yaml's too: a listen port, a log

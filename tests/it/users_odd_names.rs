@@ -944,3 +944,92 @@ async fn a_blob_key_signs_in_nobody_and_a_huge_name_is_recorded_cut() {
     let shown: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(shown["username"].as_str(), Some(huge.as_str()));
 }
+
+/// A 100 KB Python-era username (or email) is cut in the `user list` table as a message cuts
+/// a name: its first 80 characters, `…` and its length in bytes, with a note on stderr that
+/// says how to see it whole (the table printed it whole, 100 KB wide, and every row padded
+/// to it). `--json` keeps it whole; the cut form, pasted back, names the user, and two names
+/// cut alike are told apart by `--rowid`, as names that print alike are.
+#[test]
+fn a_huge_name_is_cut_in_the_user_list_table() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("users.db");
+    let huge = format!("h{}", "x".repeat(100_000));
+    let twin = format!("h{}y", "x".repeat(99_999));
+    let email = format!("{}@example.com", "e".repeat(1_000));
+    let conn = Connection::open(&db).expect("create");
+    conn.execute_batch(PYTHON_SCHEMA).expect("schema");
+    let insert = "INSERT INTO users VALUES (?1, ?2, ?3, '{\"*\": true}', 't', 't')";
+    for (name, key, email) in [
+        ("ann", ANN_KEY, None),
+        (huge.as_str(), NULL_KEY, Some(email.as_str())),
+        (twin.as_str(), NULL2_KEY, None),
+    ] {
+        conn.execute(insert, rusqlite::params![name, key, email])
+            .expect("row");
+    }
+    drop(conn);
+    let user = |args: &[&str]| run_cli(dir.path(), &[&["user"], args].concat(), &[]);
+    let cut = format!("h{}… (100001 bytes)", "x".repeat(79));
+    let cut_email = format!("{}… (1012 bytes)", "e".repeat(80));
+
+    let (code, out, err) = user(&["list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.len() < 1_000, "{} bytes: {out}", out.len());
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|line| {
+            line.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows[2][..2], [cut.as_str(), cut_email.as_str()], "{out}");
+    assert_eq!(rows[3][..2], [cut.as_str(), "-"], "{out}");
+    assert!(
+        err.starts_with("note: 2 users' names or emails are cut in the table: ")
+            && err.contains("llmsrouter user list --json prints every name and email whole"),
+        "{err}"
+    );
+    // One cut name: the note says so in the singular.
+    let (code, _, err) = user(&["delete", &twin]);
+    assert_eq!(code, 0, "{err}");
+    let (_, _, err) = user(&["list"]);
+    assert!(
+        err.starts_with("note: 1 user's name or email is cut"),
+        "{err}"
+    );
+    let (code, out, err) = user(&["list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(listed[1]["username"].as_str(), Some(huge.as_str()));
+    assert_eq!(listed[1]["email"].as_str(), Some(email.as_str()));
+    assert!(err.is_empty(), "{err}");
+
+    // The cut form names the user, bare or as a message quotes it.
+    for given in [cut.clone(), format!("\"{cut}\"")] {
+        let (code, out, err) = user(&["show", &given, "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let shown: Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(shown["username"].as_str(), Some(huge.as_str()));
+    }
+    // Two names cut alike: listed by rowid, and `--rowid` picks one.
+    let conn = Connection::open(&db).expect("open");
+    let alike = format!("h{}z", "x".repeat(99_999));
+    conn.execute(insert, rusqlite::params![alike, NULL2_KEY, None::<String>])
+        .expect("row");
+    drop(conn);
+    let (code, _, err) = user(&["show", &cut]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "error: \"{cut}\" names 2 users (rowid 2: \"{cut}\""
+        )) && err.contains(&format!("rowid 3: \"{cut}\"")),
+        "{err}"
+    );
+    let (code, out, err) = user(&["show", &cut, "--rowid", "3", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["username"].as_str(), Some(alike.as_str()));
+}
