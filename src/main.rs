@@ -885,6 +885,11 @@ fn run_check(
         .chain(config.err().into_iter().flatten())
         .collect();
     if !problems.is_empty() {
+        // The environment's warnings, as beside a bad variable: another problem (the listen
+        // address, the log, the database, config.yaml) does not hide them.
+        for warning in &env.warnings {
+            console::line(format_args!("warning: {warning}"));
+        }
         for problem in &problems {
             console::line(format_args!("error: {}", one_line(problem)));
         }

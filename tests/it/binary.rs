@@ -1039,6 +1039,20 @@ fn check_says_the_warnings_beside_a_bad_variable() {
             "the warnings go to stderr: {stdout}"
         );
     }
+    // Nor does a problem of another kind: the listen address, config.yaml, the log (bb63).
+    let port: (&str, &[u8]) = ("LLMSROUTER_PORT", b"abc");
+    let log: (&str, &[u8]) = ("LLMSROUTER_LOG_FILE", b"config.yaml/api_proxy.log");
+    for (envs, config) in [
+        (&[bypass, port][..], "servers: {}\n"),
+        (&[bypass, log][..], "servers: {}\n"),
+        (&[bypass][..], "servers: [\n"),
+    ] {
+        std::fs::write(dir.path().join("config.yaml"), config).expect("config");
+        let (code, _, stderr) = run_cli_bytes(dir.path(), &["check"], envs);
+        assert_eq!(code, 1, "{envs:?}: {stderr}");
+        let warnings = stderr.lines().filter(|l| l.starts_with(warning)).count();
+        assert_eq!(warnings, 1, "{envs:?} {config:?}: {stderr}");
+    }
 }
 
 /// `serve` stopped by a bad variable logs the other variables' warnings first, as it logs them
