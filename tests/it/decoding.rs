@@ -6,10 +6,37 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::upstream::EarlyAnswer;
+use crate::support::upstream::{Behavior, EarlyAnswer, MockUpstream, PROMPT_TOKENS, gzip};
 use crate::support::{
     RouterProcess, TestRouter, client, one_server_config, peak_rss_kib, wait_until,
 };
+
+/// A whole chat completion whose content is `size` bytes of text, with its usage.
+fn big_chat_completion(size: usize) -> Vec<u8> {
+    json!({"id": "chatcmpl-big", "object": "chat.completion", "model": "m-1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "a".repeat(size)},
+            "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 2,
+            "total_tokens": PROMPT_TOKENS + 2}})
+    .to_string()
+    .into_bytes()
+}
+
+/// An upstream that answers every request with `answer` in gzip.
+async fn gzip_upstream(answer: &[u8]) -> MockUpstream {
+    MockUpstream::start(Behavior {
+        raw_body: Some(gzip(answer)),
+        headers: vec![("content-encoding".into(), "gzip".into())],
+        ..Default::default()
+    })
+    .await
+}
+
+/// A config with one alias `mock` for `url`, without a key: the router has none to search
+/// answers for, so nothing on the request path decodes one a client takes as it came.
+fn keyless_config(url: &str) -> String {
+    format!("servers:\n  mock:\n    url: \"{url}\"\n")
+}
 
 /// `size` zeros in gzip, and that in gzip again: a few hundred bytes that decode to `size`.
 fn gzip_gzip_bomb(size: usize) -> Vec<u8> {
@@ -168,5 +195,40 @@ async fn a_body_the_upstream_cut_off_is_said_to_be_cut_off() {
         "{text}"
     );
     assert!(!text.contains("malformed"), "{text}");
+    router.stop().await;
+}
+
+/// The recorder's own decode (of an answer nothing on the request path decoded: its client
+/// takes gzip, and there is no key to search it for) takes its bytes from the decode budget
+/// the proxy's decodes share, and the decoded body its record keeps holds them until the last
+/// sink lets the record go. It took them from no budget: records queued in a slow sink
+/// held up to 64 MiB each, counted nowhere.
+#[tokio::test]
+async fn the_recorders_own_decode_is_within_the_shared_decode_budget() {
+    let answer = big_chat_completion(4 << 20);
+    let upstream = gzip_upstream(&answer).await;
+    let router = TestRouter::start(&keyless_config(&upstream.url())).await;
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .header("accept-encoding", "gzip")
+        .json(&json!({"model": "[mock]m", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(response.bytes().await.expect("body"), gzip(&answer));
+    let record = router.records.nth(1).await;
+    let usage = record.response.usage.clone().expect("usage read");
+    assert_eq!(usage.total, PROMPT_TOKENS + 2);
+    assert_eq!(record.response_body.as_deref(), Some(&answer[..]));
+    // The collector holds the record, and with it its share.
+    let held = router.state.decode_budget.held();
+    assert!(
+        held >= answer.len(),
+        "the decode budget holds {held} bytes for a {} byte body",
+        answer.len()
+    );
+    drop(record);
     router.stop().await;
 }
