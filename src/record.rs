@@ -189,7 +189,9 @@ pub struct RequestRecord {
     /// sinks redact with their own, which has these too.
     pub keys: Redactor,
     /// The bodies were left out because records in flight held more than the recorder's body
-    /// budget (see [`BODY_BUDGET`]); usage and every other field are still here.
+    /// budget (see [`BODY_BUDGET`]); usage and every other field are still here. Set when the
+    /// record is submitted; a whole answer's body stays until the recorder has read its usage
+    /// off the request path (see [`READ_BUDGET`]), and no sink sees it.
     pub bodies_dropped: bool,
     /// The request named no model (a `GET`, a `DELETE`, a `POST` without `model`): it reads
     /// back or acts on something generated before (a batch, a stored response, a
@@ -217,11 +219,19 @@ pub enum Decoded {
 /// may carry a 64 MB body. Over it, records still go to every sink, without bodies.
 pub const BODY_BUDGET: usize = 256 * 1024 * 1024;
 
+/// Most bytes of whole answers that records over the body budget may hold until the recorder
+/// has read their usage from them and left them out (see `Recorder::take_body_budget`). Past
+/// it, an answer's usage is read on the request path, as all were before: its memory stays
+/// bounded, its usage recorded, at the cost of that request's lane.
+pub const READ_BUDGET: usize = 256 * 1024 * 1024;
+
 /// The budgets a [`Recorder`] keeps to.
 #[derive(Clone, Debug)]
 pub struct Budgets {
     /// [`BODY_BUDGET`].
     pub bodies: usize,
+    /// [`READ_BUDGET`].
+    pub reads: usize,
     /// What decodes of whole answers hold together, the recorder's and the proxy's.
     pub decode: DecodeBudget,
 }
@@ -230,6 +240,7 @@ impl Default for Budgets {
     fn default() -> Self {
         Self {
             bodies: BODY_BUDGET,
+            reads: READ_BUDGET,
             decode: DecodeBudget::default(),
         }
     }
@@ -251,6 +262,18 @@ impl Drop for TicketInner {
 }
 
 impl BodyTicket {
+    /// A share of `bytes` of the budget whose holdings `held` counts, `None` (taking nothing)
+    /// when that would take it past `limit`.
+    fn take(held: &Arc<AtomicUsize>, bytes: usize, limit: usize) -> Option<Self> {
+        let before = held.fetch_add(bytes, Ordering::AcqRel);
+        if before.saturating_add(bytes) > limit {
+            held.fetch_sub(bytes, Ordering::AcqRel);
+            return None;
+        }
+        let held = held.clone();
+        Some(Self(Some(Arc::new(TicketInner { bytes, held }))))
+    }
+
     /// The record's bodies grew by `bytes` (an answer decoded for the record): its share of
     /// the budget grows with them. That may take the budget past its limit; the records after
     /// it then find it spent and leave their bodies out, as when sinks fall behind.
@@ -360,6 +383,20 @@ impl RequestRecord {
     /// Leaves the bodies and answer texts out (usage read first, so the ledger loses nothing).
     fn drop_bodies(&mut self, decode: Decode<'_>) {
         complete_summary(self, decode);
+        self.leave_bodies_out();
+    }
+
+    /// Leaves the request body out, keeping the answer's for the recorder to read its usage
+    /// from ([`Self::leave_bodies_out`] then): marked as a record without bodies already.
+    fn leave_request_body_out(&mut self) {
+        self.request_body = Bytes::new();
+        self.request_layout = None;
+        self.bodies_dropped = true;
+    }
+
+    /// Leaves the bodies and answer texts out, with their share of a budget.
+    fn leave_bodies_out(&mut self) {
+        self.body_ticket = BodyTicket::default();
         self.response_decoded = None;
         self.request_body = Bytes::new();
         self.request_layout = None;
@@ -477,6 +514,10 @@ struct RecorderInner {
     /// Bytes of bodies held by submitted records not yet released by every sink.
     body_bytes: Arc<AtomicUsize>,
     body_budget: usize,
+    /// Bytes of answers held by records over the body budget until the recorder has read
+    /// their usage ([`READ_BUDGET`]).
+    read_bytes: Arc<AtomicUsize>,
+    read_budget: usize,
     /// What decodes of whole answers hold together, shared with the proxy's
     /// (`AppState::decode_budget`): the recorder's decodes take from it too.
     decode_budget: DecodeBudget,
@@ -504,6 +545,8 @@ impl Recorder {
                 live: AtomicUsize::new(0),
                 body_bytes: Arc::default(),
                 body_budget: BODY_BUDGET,
+                read_bytes: Arc::default(),
+                read_budget: READ_BUDGET,
                 decode_budget: DecodeBudget::default(),
                 losses: Arc::default(),
                 outcomes: Arc::default(),
@@ -570,6 +613,8 @@ impl Recorder {
                 live: AtomicUsize::new(0),
                 body_bytes: Arc::default(),
                 body_budget: budgets.bodies,
+                read_bytes: Arc::default(),
+                read_budget: budgets.reads,
                 decode_budget: budgets.decode,
                 losses,
                 outcomes,
@@ -611,24 +656,31 @@ impl Recorder {
     }
 
     /// Gives the record a share of the body budget, or, when the budget is spent (sinks far
-    /// behind), leaves its bodies out (reading its answer first, within the decode budget).
+    /// behind), leaves its bodies out. A whole answer's usage is still to be read from its
+    /// body then: that is left to the recorder, off the request path (decoding and parsing a
+    /// 60 MB gzip answer here stalled every other connection of the lane, `/health` too,
+    /// 0.6 s an answer), while [`READ_BUDGET`] has room for the body; past it, it is read here,
+    /// within the decode budget only.
     fn take_body_budget(&self, record: &mut RequestRecord) {
         let bytes = record.body_bytes();
         if bytes == 0 {
             return;
         }
-        let held = &self.inner.body_bytes;
-        let before = held.fetch_add(bytes, Ordering::AcqRel);
-        if before + bytes <= self.inner.body_budget {
-            record.body_ticket = BodyTicket(Some(Arc::new(TicketInner {
-                bytes,
-                held: held.clone(),
-            })));
+        let inner = &self.inner;
+        if let Some(ticket) = BodyTicket::take(&inner.body_bytes, bytes, inner.body_budget) {
+            record.body_ticket = ticket;
             return;
         }
-        held.fetch_sub(bytes, Ordering::AcqRel);
-        record.drop_bodies(Decode::Within(&self.inner.decode_budget));
-        self.inner.losses.bodies.fetch_add(1, Ordering::Relaxed);
+        inner.losses.bodies.fetch_add(1, Ordering::Relaxed);
+        let answer = record.response_body.as_ref().map_or(0, Bytes::len);
+        if answer > 0 {
+            if let Some(ticket) = BodyTicket::take(&inner.read_bytes, answer, inner.read_budget) {
+                record.leave_request_body_out();
+                record.body_ticket = ticket;
+                return;
+            }
+        }
+        record.drop_bodies(Decode::Within(&inner.decode_budget));
     }
 
     /// Waits until no request is under way (every record handed over), at most `within`.
@@ -873,6 +925,10 @@ async fn deliver_completed(
     let budget = to.budget.clone();
     let read = move |record: &mut RequestRecord| {
         complete_summary(record, Decode::AtLeastUsage(&budget));
+        // Over the body budget when submitted: its answer was kept only to be read.
+        if record.bodies_dropped {
+            record.leave_bodies_out();
+        }
     };
     if !heavy {
         read(&mut record);
@@ -1697,6 +1753,43 @@ pub(crate) mod tests {
         drop(got);
         sink.0.lock().expect("lock").clear();
         assert_eq!(budget.held(), 0, "given back with the record");
+        task.shutdown().await;
+    }
+
+    /// Over the body budget, the answer stays with its record for the recorder to read (the
+    /// read budget holds it meanwhile), not read as the record is submitted; past the read
+    /// budget too, it is read at once, within the decode budget only.
+    #[tokio::test]
+    async fn over_the_body_budget_an_answer_is_read_by_the_recorder() {
+        let (_, compressed) = gzip_answer(1 << 20);
+        let sink = Arc::new(Collect(Default::default()));
+        let budgets = Budgets {
+            bodies: 1,
+            reads: compressed.len(),
+            decode: DecodeBudget::new(64 << 20),
+        };
+        let (recorder, task) = Recorder::start_with_budgets(vec![sink.clone()], budgets);
+        let mut record = gzip_record(&compressed);
+        recorder.take_body_budget(&mut record);
+        assert!(record.bodies_dropped && record.request_body.is_empty());
+        assert!(record.response.usage.is_none(), "not read on submitting");
+        assert!(record.response_body.is_some(), "kept for the recorder");
+        assert_eq!(
+            recorder.inner.read_bytes.load(Ordering::Acquire),
+            compressed.len()
+        );
+        // The read budget is spent: this one is read at once.
+        let mut inline = gzip_record(&compressed);
+        recorder.take_body_budget(&mut inline);
+        assert!(inline.bodies_dropped && inline.response_body.is_none());
+        assert_eq!(inline.response.usage.as_ref().map(|u| u.total), Some(3));
+
+        recorder.submit_boxed(Box::new(record));
+        let got = delivered(&sink, 1).await;
+        assert!(got[0].bodies_dropped && got[0].response_body.is_none());
+        assert_eq!(got[0].response.usage.as_ref().map(|u| u.total), Some(3));
+        assert!(got[0].response.content.is_empty(), "texts left out");
+        assert_eq!(recorder.inner.read_bytes.load(Ordering::Acquire), 0);
         task.shutdown().await;
     }
 

@@ -2,7 +2,7 @@
 //! together within the decode budget; and a body the upstream cut off, said to be cut off.
 
 use std::io::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -230,5 +230,64 @@ async fn the_recorders_own_decode_is_within_the_shared_decode_budget() {
         answer.len()
     );
     drop(record);
+    router.stop().await;
+}
+
+/// An answer whose record is over the body budget (telemetry far behind) is read for its usage
+/// by the recorder, off the request path, not as its record is handed over: decoding and
+/// parsing a 60 MB gzip answer there stalled every other connection of the lane (`/health`
+/// too) 0.6 s an answer. `/health`, asked on the answer's own connection (so on its lane)
+/// until the record comes, never waits as long as half the read takes (measured first).
+/// The usage is recorded; the bodies are not.
+#[tokio::test]
+async fn an_answer_over_the_body_budget_is_read_off_the_request_path() {
+    let answer = big_chat_completion(32 << 20);
+    let compressed = gzip(&answer);
+    let read = Instant::now();
+    let decoded = llmsrouter::content_coding::decode("gzip", &compressed, 64 << 20);
+    let summary = llmsrouter::usage::summarize_json_body(&decoded.expect("gzip"));
+    assert!(summary.expect("json").usage.is_some());
+    let read = read.elapsed();
+    let upstream = gzip_upstream(&answer).await;
+    let router = TestRouter::start_with_body_budget(&keyless_config(&upstream.url()), 1).await;
+    // One connection: its requests are served on one lane.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1)
+        .http1_only()
+        .build()
+        .expect("client");
+    let response = client
+        .post(router.url("/v1/chat/completions"))
+        .header("accept-encoding", "gzip")
+        .json(&json!({"model": "[mock]m", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.expect("body"), compressed);
+    let mut longest = Duration::ZERO;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while router.records.all().is_empty() {
+        assert!(Instant::now() < deadline, "no record");
+        let asked = Instant::now();
+        let health = client
+            .get(router.url("/health"))
+            .send()
+            .await
+            .expect("health");
+        assert_eq!(health.status(), 200);
+        health.bytes().await.expect("health body");
+        longest = longest.max(asked.elapsed());
+    }
+    assert!(
+        longest < read / 2,
+        "/health waited {longest:?} on the answer's lane (reading the answer takes {read:?})"
+    );
+    let record = router.records.nth(1).await;
+    assert!(record.bodies_dropped);
+    assert!(record.response_body.is_none() && record.request_body.is_empty());
+    let usage = record.response.usage.clone().expect("usage read");
+    assert_eq!(usage.total, PROMPT_TOKENS + 2);
     router.stop().await;
 }
