@@ -177,12 +177,15 @@ fn canonical_coding(name: &[u8]) -> Vec<u8> {
 /// may have, one such answer took the router from 15 MB to 815 MB.
 pub const MAX_DECODED_BODY: usize = 64 * 1024 * 1024;
 
-/// Most bytes the router's decodes of whole answers ([`decode_within`]: a 2xx searched for
-/// echoed keys or copied decoded for its client, then handed to its record; a late JSON
-/// answer to a stream) may hold at once, as the record bodies' budget bounds those
-/// (`record::BODY_BUDGET`). Each may take [`MAX_DECODED_BODY`]: 731 bytes of `gzip, gzip`
-/// decode to that, and eight such answers at once took the router from 15 MB to 990 MB.
-/// Past it an answer is not decoded: it goes as it came, its record says why.
+/// Most bytes the router's decodes of whole answers ([`decode_within`]) may hold at once, as
+/// the record bodies' budget bounds those (`record::BODY_BUDGET`): on the request path, a 2xx
+/// that may echo a key or is corrupt (most are read piece by piece instead, holding nothing:
+/// [`BodyPieces`]) and a whole answer made into a stream's events; off it, the recorder's
+/// decode of an answer for its record, whose kept body holds its share until the last sink
+/// lets the record go. Each may take [`MAX_DECODED_BODY`]: 731 bytes of `gzip, gzip` decode
+/// to that, and eight such answers at once took the router from 15 MB to 990 MB. Past it an
+/// answer is not decoded on the request path: it goes as it came, its record says why (the
+/// recorder still reads its usage: see `record::Decode::AtLeastUsage`).
 pub const DECODE_BUDGET: usize = 256 * 1024 * 1024;
 
 /// The bytes decodes of whole answers hold together ([`DECODE_BUDGET`]), shared by every
@@ -705,6 +708,41 @@ impl StreamDecoder {
                 None => return Ok(None),
             }
         }
+    }
+}
+
+/// A whole body, already read, decoded piece by piece ([`StreamDecoder`] with the body as its
+/// one chunk): what it decodes to is never held whole, so a body can be searched, measured
+/// or written to a client decoded while only its compressed bytes and the decoder's window
+/// stay in memory (a 40 MiB answer to a client that reads slowly held 40 MiB for as long
+/// as it read).
+pub struct BodyPieces {
+    decoder: StreamDecoder,
+    /// The body's end was given to the decoder ([`StreamDecoder::finish`]).
+    ending: bool,
+}
+
+impl BodyPieces {
+    /// `None` in a coding [`StreamDecoder::new`] does not take.
+    pub fn new(content_encoding: &str, body: Bytes) -> Option<Self> {
+        let mut decoder = StreamDecoder::new(content_encoding)?;
+        decoder.push(body);
+        Some(Self {
+            decoder,
+            ending: false,
+        })
+    }
+
+    /// The next piece of what the body decodes to (about [`STREAM_PIECE`] at most); `None`
+    /// at its end. An error means the data is corrupt or cut short: nothing comes after it.
+    pub fn next_piece(&mut self) -> Result<Option<Bytes>, DecodeError> {
+        if !self.ending {
+            if let Some(piece) = self.decoder.next_piece()? {
+                return Ok(Some(piece));
+            }
+            self.ending = true;
+        }
+        self.decoder.finish()
     }
 }
 
@@ -1536,6 +1574,45 @@ mod tests {
             decoder.next_piece(),
             Err(DecodeError::Corrupt { coding: "br", .. })
         ));
+    }
+
+    /// A whole body read piece by piece is what [`decode`] makes of it, in bounded pieces,
+    /// a bomb's too; its corruption is an error after what came before it.
+    #[test]
+    fn a_body_read_in_pieces_is_what_it_decodes_to() {
+        let text: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        for (coding, body) in [
+            ("gzip", gzip(&text)),
+            ("deflate", zlib(&text)),
+            ("br", brotli(&text)),
+            ("zstd", zstd(&text)),
+            ("gzip, br", brotli(&gzip(&text))),
+            ("gzip, gzip", gzip(&gzip(&vec![b'0'; 8 << 20]))),
+        ] {
+            let whole = decode(coding, &body, 64 << 20).expect(coding);
+            let mut pieces = BodyPieces::new(coding, Bytes::from(body)).expect(coding);
+            let mut out = Vec::new();
+            while let Some(piece) = pieces.next_piece().expect(coding) {
+                assert!(piece.len() <= 2 * STREAM_PIECE, "{coding}: {}", piece.len());
+                out.extend_from_slice(&piece);
+            }
+            assert!(out == whole, "{coding}");
+            assert!(pieces.next_piece().expect("over").is_none(), "{coding}");
+        }
+        let body = gzip(&text);
+        let mut pieces =
+            BodyPieces::new("gzip", Bytes::from(body[..body.len() / 2].to_vec())).expect("gzip");
+        let mut out = 0;
+        let error = loop {
+            match pieces.next_piece() {
+                Ok(Some(piece)) => out += piece.len(),
+                Ok(None) => panic!("a cut body decoded whole"),
+                Err(error) => break error,
+            }
+        };
+        assert!(matches!(error, DecodeError::Truncated("gzip")), "{error}");
+        assert!(out > 0 && out < text.len());
+        assert!(BodyPieces::new("compress", Bytes::new()).is_none());
     }
 
     #[test]

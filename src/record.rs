@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::content_coding::DecodeBudget;
 use crate::routing::RouteMode;
 use crate::secret::Secret;
 use crate::sinks::loss::LossWarnings;
@@ -188,7 +189,9 @@ pub struct RequestRecord {
     /// sinks redact with their own, which has these too.
     pub keys: Redactor,
     /// The bodies were left out because records in flight held more than the recorder's body
-    /// budget (see [`BODY_BUDGET`]); usage and every other field are still here.
+    /// budget (see [`BODY_BUDGET`]); usage and every other field are still here. Set when the
+    /// record is submitted; a whole answer's body stays until the recorder has read its usage
+    /// off the request path (see [`READ_BUDGET`]), and no sink sees it.
     pub bodies_dropped: bool,
     /// The request named no model (a `GET`, a `DELETE`, a `POST` without `model`): it reads
     /// back or acts on something generated before (a batch, a stored response, a
@@ -216,6 +219,33 @@ pub enum Decoded {
 /// may carry a 64 MB body. Over it, records still go to every sink, without bodies.
 pub const BODY_BUDGET: usize = 256 * 1024 * 1024;
 
+/// Most bytes of whole answers that records over the body budget may hold until the recorder
+/// has read their usage from them and left them out (see `Recorder::take_body_budget`). Past
+/// it, an answer's usage is read on the request path, as all were before: its memory stays
+/// bounded, its usage recorded, at the cost of that request's lane.
+pub const READ_BUDGET: usize = 256 * 1024 * 1024;
+
+/// The budgets a [`Recorder`] keeps to.
+#[derive(Clone, Debug)]
+pub struct Budgets {
+    /// [`BODY_BUDGET`].
+    pub bodies: usize,
+    /// [`READ_BUDGET`].
+    pub reads: usize,
+    /// What decodes of whole answers hold together, the recorder's and the proxy's.
+    pub decode: DecodeBudget,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            bodies: BODY_BUDGET,
+            reads: READ_BUDGET,
+            decode: DecodeBudget::default(),
+        }
+    }
+}
+
 /// A record's share of the body budget; shared by clones, released by the last one.
 #[derive(Clone, Default)]
 pub struct BodyTicket(Option<Arc<TicketInner>>);
@@ -232,6 +262,18 @@ impl Drop for TicketInner {
 }
 
 impl BodyTicket {
+    /// A share of `bytes` of the budget whose holdings `held` counts, `None` (taking nothing)
+    /// when that would take it past `limit`.
+    fn take(held: &Arc<AtomicUsize>, bytes: usize, limit: usize) -> Option<Self> {
+        let before = held.fetch_add(bytes, Ordering::AcqRel);
+        if before.saturating_add(bytes) > limit {
+            held.fetch_sub(bytes, Ordering::AcqRel);
+            return None;
+        }
+        let held = held.clone();
+        Some(Self(Some(Arc::new(TicketInner { bytes, held }))))
+    }
+
     /// The record's bodies grew by `bytes` (an answer decoded for the record): its share of
     /// the budget grows with them. That may take the budget past its limit; the records after
     /// it then find it spent and leave their bodies out, as when sinks fall behind.
@@ -339,8 +381,22 @@ impl RequestRecord {
     }
 
     /// Leaves the bodies and answer texts out (usage read first, so the ledger loses nothing).
-    fn drop_bodies(&mut self) {
-        complete_summary(self);
+    fn drop_bodies(&mut self, decode: Decode<'_>) {
+        complete_summary(self, decode);
+        self.leave_bodies_out();
+    }
+
+    /// Leaves the request body out, keeping the answer's for the recorder to read its usage
+    /// from ([`Self::leave_bodies_out`] then): marked as a record without bodies already.
+    fn leave_request_body_out(&mut self) {
+        self.request_body = Bytes::new();
+        self.request_layout = None;
+        self.bodies_dropped = true;
+    }
+
+    /// Leaves the bodies and answer texts out, with their share of a budget.
+    fn leave_bodies_out(&mut self) {
+        self.body_ticket = BodyTicket::default();
         self.response_decoded = None;
         self.request_body = Bytes::new();
         self.request_layout = None;
@@ -458,6 +514,13 @@ struct RecorderInner {
     /// Bytes of bodies held by submitted records not yet released by every sink.
     body_bytes: Arc<AtomicUsize>,
     body_budget: usize,
+    /// Bytes of answers held by records over the body budget until the recorder has read
+    /// their usage ([`READ_BUDGET`]).
+    read_bytes: Arc<AtomicUsize>,
+    read_budget: usize,
+    /// What decodes of whole answers hold together, shared with the proxy's
+    /// (`AppState::decode_budget`): the recorder's decodes take from it too.
+    decode_budget: DecodeBudget,
     /// Counted here (an atomic add on the request path); the task warns about them.
     losses: Arc<Losses>,
     /// Records by outcome, dropped ones too: an error rate a dashboard can alert on, which
@@ -482,6 +545,9 @@ impl Recorder {
                 live: AtomicUsize::new(0),
                 body_bytes: Arc::default(),
                 body_budget: BODY_BUDGET,
+                read_bytes: Arc::default(),
+                read_budget: READ_BUDGET,
+                decode_budget: DecodeBudget::default(),
                 losses: Arc::default(),
                 outcomes: Arc::default(),
                 sinks: Vec::new(),
@@ -491,7 +557,7 @@ impl Recorder {
 
     /// Starts the background task that feeds `sinks`. Must run inside a tokio runtime.
     pub fn start(sinks: Vec<Arc<dyn RecordSink>>) -> (Self, RecorderTask) {
-        Self::start_with_budget(sinks, BODY_BUDGET)
+        Self::start_with_budgets(sinks, Budgets::default())
     }
 
     /// [`Self::start`] with its loss warnings given at most every `warning_interval`.
@@ -499,7 +565,7 @@ impl Recorder {
         sinks: Vec<Arc<dyn RecordSink>>,
         warning_interval: std::time::Duration,
     ) -> (Self, RecorderTask) {
-        Self::start_with(sinks, BODY_BUDGET, warning_interval)
+        Self::start_with(sinks, Budgets::default(), warning_interval)
     }
 
     /// [`Self::start`] with another body budget (tests).
@@ -507,16 +573,24 @@ impl Recorder {
         sinks: Vec<Arc<dyn RecordSink>>,
         body_budget: usize,
     ) -> (Self, RecorderTask) {
-        Self::start_with(
-            sinks,
-            body_budget,
-            crate::sinks::loss::DEFAULT_WARNING_INTERVAL,
-        )
+        let budgets = Budgets {
+            bodies: body_budget,
+            ..Budgets::default()
+        };
+        Self::start_with_budgets(sinks, budgets)
+    }
+
+    /// [`Self::start`] with other budgets (tests).
+    pub fn start_with_budgets(
+        sinks: Vec<Arc<dyn RecordSink>>,
+        budgets: Budgets,
+    ) -> (Self, RecorderTask) {
+        Self::start_with(sinks, budgets, crate::sinks::loss::DEFAULT_WARNING_INTERVAL)
     }
 
     fn start_with(
         sinks: Vec<Arc<dyn RecordSink>>,
-        body_budget: usize,
+        budgets: Budgets,
         warning_interval: std::time::Duration,
     ) -> (Self, RecorderTask) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -527,7 +601,7 @@ impl Recorder {
         let outcomes = Arc::<OutcomeCounts>::default();
         tracker.spawn(run_recorder(
             rx,
-            sinks.clone(),
+            (sinks.clone(), budgets.decode.clone()),
             stop.clone(),
             log,
             outcomes.clone(),
@@ -538,7 +612,10 @@ impl Recorder {
                 tx: Some(tx),
                 live: AtomicUsize::new(0),
                 body_bytes: Arc::default(),
-                body_budget,
+                body_budget: budgets.bodies,
+                read_bytes: Arc::default(),
+                read_budget: budgets.reads,
+                decode_budget: budgets.decode,
                 losses,
                 outcomes,
                 sinks,
@@ -549,6 +626,12 @@ impl Recorder {
 
     pub fn is_enabled(&self) -> bool {
         self.inner.tx.is_some()
+    }
+
+    /// The decode budget this recorder's decodes take from, for the proxy's to share
+    /// (`AppState::decode_budget`).
+    pub fn decode_budget(&self) -> DecodeBudget {
+        self.inner.decode_budget.clone()
     }
 
     /// Queues a record; never waits.
@@ -573,24 +656,31 @@ impl Recorder {
     }
 
     /// Gives the record a share of the body budget, or, when the budget is spent (sinks far
-    /// behind), leaves its bodies out.
+    /// behind), leaves its bodies out. A whole answer's usage is still to be read from its
+    /// body then: that is left to the recorder, off the request path (decoding and parsing a
+    /// 60 MB gzip answer here stalled every other connection of the lane, `/health` too,
+    /// 0.6 s an answer), while [`READ_BUDGET`] has room for the body; past it, it is read here,
+    /// within the decode budget only.
     fn take_body_budget(&self, record: &mut RequestRecord) {
         let bytes = record.body_bytes();
         if bytes == 0 {
             return;
         }
-        let held = &self.inner.body_bytes;
-        let before = held.fetch_add(bytes, Ordering::AcqRel);
-        if before + bytes <= self.inner.body_budget {
-            record.body_ticket = BodyTicket(Some(Arc::new(TicketInner {
-                bytes,
-                held: held.clone(),
-            })));
+        let inner = &self.inner;
+        if let Some(ticket) = BodyTicket::take(&inner.body_bytes, bytes, inner.body_budget) {
+            record.body_ticket = ticket;
             return;
         }
-        held.fetch_sub(bytes, Ordering::AcqRel);
-        record.drop_bodies();
-        self.inner.losses.bodies.fetch_add(1, Ordering::Relaxed);
+        inner.losses.bodies.fetch_add(1, Ordering::Relaxed);
+        let answer = record.response_body.as_ref().map_or(0, Bytes::len);
+        if answer > 0 {
+            if let Some(ticket) = BodyTicket::take(&inner.read_bytes, answer, inner.read_budget) {
+                record.leave_request_body_out();
+                record.body_ticket = ticket;
+                return;
+            }
+        }
+        record.drop_bodies(Decode::Within(&inner.decode_budget));
     }
 
     /// Waits until no request is under way (every record handed over), at most `within`.
@@ -743,11 +833,16 @@ const MAX_BATCH: usize = 1024;
 
 async fn run_recorder(
     mut rx: mpsc::Receiver<Box<RequestRecord>>,
-    sinks: Vec<Arc<dyn RecordSink>>,
+    (sinks, budget): (Vec<Arc<dyn RecordSink>>, DecodeBudget),
     stop: CancellationToken,
     mut losses: LossLog,
     outcomes: Arc<OutcomeCounts>,
 ) {
+    let sinks = Delivering {
+        sinks,
+        budget,
+        outcomes,
+    };
     let mut background = BackgroundResults::default();
     let mut idle = true;
     loop {
@@ -757,7 +852,7 @@ async fn run_recorder(
             tokio::select! {
                 biased;
                 record = rx.recv() => match record {
-                    Some(record) => deliver_completed(record, &sinks, &mut background, &outcomes).await,
+                    Some(record) => deliver_completed(record, &sinks, &mut background).await,
                     None => break,
                 },
                 () = stop.cancelled() => break,
@@ -784,7 +879,7 @@ async fn run_recorder(
         let mut taken = 0;
         while taken < MAX_BATCH {
             match rx.try_recv() {
-                Ok(record) => deliver_completed(record, &sinks, &mut background, &outcomes).await,
+                Ok(record) => deliver_completed(record, &sinks, &mut background).await,
                 Err(_) => break,
             }
             taken += 1;
@@ -793,11 +888,19 @@ async fn run_recorder(
     }
     rx.close();
     while let Some(record) = rx.recv().await {
-        deliver_completed(record, &sinks, &mut background, &outcomes).await;
+        deliver_completed(record, &sinks, &mut background).await;
     }
     // Together: each waits for its own bound (the ledger for a lock, the request log for a
     // pipe's reader, Langfuse for its endpoint), and one after another they added up.
-    futures_util::future::join_all(sinks.iter().map(|sink| sink.close())).await;
+    futures_util::future::join_all(sinks.sinks.iter().map(|sink| sink.close())).await;
+}
+
+/// Where the recorder's task hands records, and what it reads them with.
+struct Delivering {
+    sinks: Vec<Arc<dyn RecordSink>>,
+    /// The decode budget its decodes take from ([`Decode::AtLeastUsage`]).
+    budget: DecodeBudget,
+    outcomes: Arc<OutcomeCounts>,
 }
 
 /// An answer body from this size up (or one to decode: a gzip of a few hundred kilobytes may
@@ -811,22 +914,30 @@ const READ_ON_THE_SIDE: usize = 1024 * 1024;
 /// [`READ_ON_THE_SIDE`]).
 async fn deliver_completed(
     mut record: Box<RequestRecord>,
-    sinks: &[Arc<dyn RecordSink>],
+    to: &Delivering,
     background: &mut BackgroundResults,
-    outcomes: &OutcomeCounts,
 ) {
+    let (sinks, outcomes) = (&to.sinks[..], &*to.outcomes);
     let heavy = record
         .response_body
         .as_ref()
         .is_some_and(|body| body.len() >= READ_ON_THE_SIDE || record.response_encoding.is_some());
+    let budget = to.budget.clone();
+    let read = move |record: &mut RequestRecord| {
+        complete_summary(record, Decode::AtLeastUsage(&budget));
+        // Over the body budget when submitted: its answer was kept only to be read.
+        if record.bodies_dropped {
+            record.leave_bodies_out();
+        }
+    };
     if !heavy {
-        complete_summary(&mut record);
+        read(&mut record);
         deliver(record, sinks, background, outcomes);
         return;
     }
     let request_id = record.request_id.clone();
     let read = tokio::task::spawn_blocking(move || {
-        complete_summary(&mut record);
+        read(&mut record);
         record
     })
     .await;
@@ -999,11 +1110,60 @@ pub fn body_description(kind: &str, bytes: u64, declared: Option<u64>) -> String
     }
 }
 
+/// How [`complete_summary`] may decode a compressed answer for its record.
+#[derive(Clone, Copy)]
+enum Decode<'a> {
+    /// Within the shared decode budget only, as every decode on the request path is (many
+    /// run there at once): an answer it has no room for is not read, and its record says why.
+    Within(&'a DecodeBudget),
+    /// On the recorder's task, one record at a time: within the budget, the decoded body
+    /// the record keeps holding its share until the last sink lets the record go (records
+    /// queued in a slow sink holding 64 MiB each were bounded by nothing). When the budget is
+    /// spent, the answer is decoded once more outside it for its usage and text, and the
+    /// decoded body is not kept: the ledger's usage must not be lost to other requests'
+    /// decodes, and waiting for room could wait on the records queued behind this one, which
+    /// hold some of it. So the recorder holds at most one answer's decode
+    /// ([`crate::content_coding::MAX_DECODED_BODY`]) beyond the budget, while it reads it.
+    AtLeastUsage(&'a DecodeBudget),
+}
+
+/// `body` in `coding` decoded for its record as `decode` allows, and whether the record may
+/// keep what it decoded to (see [`Decode::AtLeastUsage`]). Data cut short or corrupt only
+/// after one whole JSON document (a gzip answer without its trailer) is read as the client
+/// read it, not as a failure.
+fn decode_for_record(
+    coding: &str,
+    body: &[u8],
+    decode: Decode<'_>,
+) -> Result<(Bytes, bool), crate::content_coding::DecodeError> {
+    use crate::content_coding::{Broken, charged_bytes, decode_partly, decode_within};
+    let readable = |decoded: Result<Vec<u8>, Broken>| match decoded {
+        Ok(decoded) => Ok(decoded),
+        Err(broken) if broken.holds_one_json_document() => Ok(broken.decoded),
+        Err(broken) => Err(broken),
+    };
+    let limit = crate::content_coding::MAX_DECODED_BODY;
+    let (Decode::Within(budget) | Decode::AtLeastUsage(budget)) = decode;
+    let (decoded, charge) = decode_within(coding, body, limit, budget);
+    match readable(decoded) {
+        Ok(decoded) => Ok((charged_bytes(decoded, charge), true)),
+        Err(broken) if broken.is_over_budget() && matches!(decode, Decode::AtLeastUsage(_)) => {
+            drop(charge);
+            match readable(decode_partly(coding, body, limit)) {
+                Ok(decoded) => Ok((Bytes::from(decoded), false)),
+                Err(broken) => Err(broken.error),
+            }
+        }
+        Err(broken) => Err(broken.error),
+    }
+}
+
 /// Whole (non-streamed) answers are parsed here, on the recorder task, not while the client
-/// waits. One the upstream compressed (gzip, deflate, br, zstd) is decoded here first, and the record
-/// keeps it decoded: its usage and text reach the sinks as an uncompressed answer's would.
+/// waits. One the upstream compressed (gzip, deflate, br, zstd) is decoded here first, as
+/// `decode` allows, and the record keeps it decoded: its usage and text reach the sinks as an
+/// uncompressed answer's would (its decoded body, when the decode budget had room for it).
 /// One that is neither JSON nor text is described instead of kept (see [`describe_binary`]).
-fn complete_summary(record: &mut RequestRecord) {
+fn complete_summary(record: &mut RequestRecord, decode: Decode<'_>) {
     // A whole body is read whatever the request asked for: an upstream may answer a stream
     // request with one JSON document. A streamed answer has no body; the tee read it.
     let Some(body) = &record.response_body else {
@@ -1012,6 +1172,7 @@ fn complete_summary(record: &mut RequestRecord) {
     if !record.status.is_some_and(|s| (200..300).contains(&s)) {
         return;
     }
+    let mut kept = true;
     let decoded = match (&record.response_encoding, record.response_decoded.take()) {
         (None, _) => None,
         (Some(_), Some(Decoded::Read(decoded))) => Some(decoded),
@@ -1019,27 +1180,22 @@ fn complete_summary(record: &mut RequestRecord) {
             undecodable(record, &error);
             return;
         }
-        (Some(coding), None) => {
-            let limit = crate::content_coding::MAX_DECODED_BODY;
-            match crate::content_coding::decode_partly(coding, body, limit) {
-                Ok(decoded) => Some(Bytes::from(decoded)),
-                // Cut short or corrupt only after one whole JSON document (a gzip answer
-                // without its trailer): read as the client read it, not as a failure.
-                Err(broken) if broken.holds_one_json_document() => {
-                    Some(Bytes::from(broken.decoded))
-                }
-                Err(broken) => {
-                    undecodable(record, &broken.error);
-                    return;
-                }
+        (Some(coding), None) => match decode_for_record(coding, body, decode) {
+            Ok((decoded, may_keep)) => {
+                kept = may_keep;
+                Some(decoded)
             }
-        }
+            Err(error) => {
+                undecodable(record, &error);
+                return;
+            }
+        },
     };
     let readable = decoded.as_deref().unwrap_or(body);
     if readable.trim_ascii().is_empty() {
         empty_whole_answer(record);
         if let Some(decoded) = decoded {
-            keep_decoded(record, decoded);
+            keep_decoded(record, decoded, (kept, false));
         }
         return;
     }
@@ -1070,7 +1226,7 @@ fn complete_summary(record: &mut RequestRecord) {
                 if let (true, Some(decoded)) = (text, unrepaired) {
                     // A compressed text answer (srt, plain text) is kept decoded, as a
                     // compressed JSON one is: sinks show text, not its gzip.
-                    keep_decoded(record, decoded);
+                    keep_decoded(record, decoded, (kept, true));
                     return;
                 }
                 describe_binary(record, text);
@@ -1108,7 +1264,7 @@ fn complete_summary(record: &mut RequestRecord) {
     record.response = summary;
     record.response_is_json = true;
     if let Some(decoded) = decoded {
-        keep_decoded(record, decoded);
+        keep_decoded(record, decoded, (kept, false));
     }
 }
 
@@ -1214,8 +1370,25 @@ fn undecodable(record: &mut RequestRecord, error: &crate::content_coding::Decode
     describe_binary(record, false);
 }
 
-/// Keeps `decoded` as the record's body in place of the compressed one it came as.
-fn keep_decoded(record: &mut RequestRecord, decoded: Bytes) {
+/// Keeps `decoded` as the record's body in place of the compressed one it came as; or, when
+/// it may not be `kept` (decoded outside the decode budget, see [`Decode::AtLeastUsage`]),
+/// neither: what was read from it (usage, bounded texts) stands for it, and an answer that is
+/// `text` (not JSON: nothing was read from it) is noted (`<text, 48213 bytes decoded from gzip: not
+/// kept, the decode budget was spent>`).
+fn keep_decoded(record: &mut RequestRecord, decoded: Bytes, (kept, text): (bool, bool)) {
+    if !kept {
+        let coding = record.response_encoding.take().unwrap_or_default();
+        record.response_body = None;
+        record.response_is_json = false;
+        if text {
+            let coding = crate::content_coding::named(&coding);
+            record.response.content = format!(
+                "<text, {} bytes decoded from {coding}: not kept, the decode budget was spent>",
+                decoded.len()
+            );
+        }
+        return;
+    }
     let before = record.response_body.as_ref().map_or(0, Bytes::len);
     let grown = decoded.len().saturating_sub(before);
     record.response_body = Some(decoded);
@@ -1444,13 +1617,12 @@ pub(crate) mod tests {
             let sink = Arc::new(Collect(Default::default()));
             let sinks: Vec<Arc<dyn RecordSink>> = vec![sink.clone()];
             let before = ticks.load(Ordering::Relaxed);
-            deliver_completed(
-                Box::new(record),
-                &sinks,
-                &mut BackgroundResults::default(),
-                &OutcomeCounts::default(),
-            )
-            .await;
+            let to = Delivering {
+                sinks,
+                budget: DecodeBudget::default(),
+                outcomes: Arc::default(),
+            };
+            deliver_completed(Box::new(record), &to, &mut BackgroundResults::default()).await;
             let ticked = ticks.load(Ordering::Relaxed) > before;
             assert_eq!(ticked, read_aside, "the runtime ran other tasks meanwhile");
             let got = sink.0.lock().expect("lock").clone();
@@ -1506,7 +1678,7 @@ pub(crate) mod tests {
         .to_string();
         let mut record = sample();
         record.response_body = Some(Bytes::from(body.clone()));
-        complete_summary(&mut record);
+        complete_summary(&mut record, Decode::AtLeastUsage(&DecodeBudget::default()));
         assert_eq!(record.response_body.as_deref(), Some(body.as_bytes()));
         assert!(record.response_is_json);
         let kept = &record.response.content;
@@ -1516,6 +1688,109 @@ pub(crate) mod tests {
         assert_eq!(record.response.refusal, "", "nothing after the cut");
         assert_eq!(record.response.usage.as_ref().map(|u| u.total), Some(3));
         assert_eq!(record.response.finish_reason.as_deref(), Some("stop"));
+    }
+
+    /// A chat answer whose content is `size` bytes, with usage, in gzip.
+    fn gzip_answer(size: usize) -> (Vec<u8>, Vec<u8>) {
+        use std::io::Write as _;
+        let answer = serde_json::json!({"model": "m-1", "choices": [{"message":
+            {"content": "a".repeat(size)}}], "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
+        .to_string()
+        .into_bytes();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&answer).expect("gzip");
+        (answer, encoder.finish().expect("gzip"))
+    }
+
+    fn gzip_record(compressed: &[u8]) -> RequestRecord {
+        let mut record = sample();
+        record.response_body = Some(Bytes::copy_from_slice(compressed));
+        record.response_encoding = Some("gzip".into());
+        record
+    }
+
+    async fn delivered(sink: &Collect, n: usize) -> Vec<Arc<RequestRecord>> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while sink.0.lock().expect("lock").len() < n {
+            assert!(Instant::now() < deadline, "not delivered");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        sink.0.lock().expect("lock").clone()
+    }
+
+    /// The recorder's decode takes from the shared budget, and the decoded body its record
+    /// keeps holds its share until the sink lets the record go. With the budget spent (by
+    /// the first record, still held), the next answer is still read for its usage and text,
+    /// decoded outside the budget, and its decoded body is not kept: the budget stands where
+    /// it stood.
+    #[tokio::test]
+    async fn the_recorder_decodes_within_the_budget_and_reads_usage_past_it() {
+        let budget = DecodeBudget::new(8 << 20);
+        let sink = Arc::new(Collect(Default::default()));
+        let budgets = Budgets {
+            decode: budget.clone(),
+            ..Budgets::default()
+        };
+        let (recorder, task) = Recorder::start_with_budgets(vec![sink.clone()], budgets);
+        let (answer, compressed) = gzip_answer(3 << 20);
+        recorder.submit(gzip_record(&compressed));
+        let first = delivered(&sink, 1).await;
+        assert_eq!(first[0].response_body.as_deref(), Some(&answer[..]));
+        drop(first);
+        let held = budget.held();
+        assert!(held >= answer.len(), "{held}");
+
+        let (_, compressed) = gzip_answer(6 << 20);
+        recorder.submit(gzip_record(&compressed));
+        let got = delivered(&sink, 2).await;
+        let second = &got[1];
+        assert_eq!(second.response.usage.as_ref().map(|u| u.total), Some(3));
+        assert!(second.response.content.starts_with("aaaa"));
+        assert!(second.response_body.is_none() && second.response_encoding.is_none());
+        assert!(!second.response_is_json);
+        assert_eq!(budget.held(), held, "nothing more held");
+
+        drop(got);
+        sink.0.lock().expect("lock").clear();
+        assert_eq!(budget.held(), 0, "given back with the record");
+        task.shutdown().await;
+    }
+
+    /// Over the body budget, the answer stays with its record for the recorder to read (the
+    /// read budget holds it meanwhile), not read as the record is submitted; past the read
+    /// budget too, it is read at once, within the decode budget only.
+    #[tokio::test]
+    async fn over_the_body_budget_an_answer_is_read_by_the_recorder() {
+        let (_, compressed) = gzip_answer(1 << 20);
+        let sink = Arc::new(Collect(Default::default()));
+        let budgets = Budgets {
+            bodies: 1,
+            reads: compressed.len(),
+            decode: DecodeBudget::new(64 << 20),
+        };
+        let (recorder, task) = Recorder::start_with_budgets(vec![sink.clone()], budgets);
+        let mut record = gzip_record(&compressed);
+        recorder.take_body_budget(&mut record);
+        assert!(record.bodies_dropped && record.request_body.is_empty());
+        assert!(record.response.usage.is_none(), "not read on submitting");
+        assert!(record.response_body.is_some(), "kept for the recorder");
+        assert_eq!(
+            recorder.inner.read_bytes.load(Ordering::Acquire),
+            compressed.len()
+        );
+        // The read budget is spent: this one is read at once.
+        let mut inline = gzip_record(&compressed);
+        recorder.take_body_budget(&mut inline);
+        assert!(inline.bodies_dropped && inline.response_body.is_none());
+        assert_eq!(inline.response.usage.as_ref().map(|u| u.total), Some(3));
+
+        recorder.submit_boxed(Box::new(record));
+        let got = delivered(&sink, 1).await;
+        assert!(got[0].bodies_dropped && got[0].response_body.is_none());
+        assert_eq!(got[0].response.usage.as_ref().map(|u| u.total), Some(3));
+        assert!(got[0].response.content.is_empty(), "texts left out");
+        assert_eq!(recorder.inner.read_bytes.load(Ordering::Acquire), 0);
+        task.shutdown().await;
     }
 
     #[tokio::test]

@@ -69,7 +69,8 @@ pub struct AppState {
     pub stream_options_refused: Arc<crate::proxy::stream_options::Refusals>,
     /// What the decodes of compressed whole answers may hold together (see
     /// [`crate::content_coding::DECODE_BUDGET`]): one small gzip may decode to 64 MiB, and
-    /// many at once exhausted the router's memory.
+    /// many at once exhausted the router's memory. The recorder's, shared: its decodes for
+    /// records take from it too.
     pub decode_budget: crate::content_coding::DecodeBudget,
 }
 
@@ -81,6 +82,7 @@ impl AppState {
     ) -> Result<Self, ClientError> {
         let proxies = crate::env::process_proxy_secrets();
         let redactor = Redactor::new(config.secrets().chain(&proxies));
+        let decode_budget = recorder.decode_budget();
         Ok(Self {
             redactor,
             config: ArcSwap::from_pointee(config),
@@ -98,7 +100,7 @@ impl AppState {
             failures: Arc::default(),
             hard_stop: HardStop::new(),
             stream_options_refused: Default::default(),
-            decode_budget: Default::default(),
+            decode_budget,
         })
     }
 }

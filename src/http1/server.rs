@@ -670,6 +670,18 @@ impl Conn {
         let (body, delivery) = match answer.body {
             AnswerBody::Whole(body) => (body, None),
             AnswerBody::Recorded(body, delivery) => (body, Some(delivery)),
+            AnswerBody::Decoding(mut decoding, delivery) => {
+                let sends_body = has_body(answer.status) && !is_head;
+                let next = self
+                    .write_decoding(out, &mut decoding, sends_body, keep_alive, http10)
+                    .await;
+                match next {
+                    Next::Gone => drop(delivery),
+                    Next::Cut => delivery.cut_at_shutdown(),
+                    Next::KeepAlive | Next::Close => delivery.delivered(),
+                }
+                return next;
+            }
             AnswerBody::Stream(tee) if !has_body(answer.status) || is_head => {
                 // A relayed 204 or 304 has no body, nor any framing for one (a chunked one's
                 // last chunk would be read as the start of the next answer).
@@ -707,6 +719,38 @@ impl Conn {
                 Next::Cut => delivery.cut_at_shutdown(),
                 Next::KeepAlive | Next::Close => delivery.delivered(),
             }
+        }
+        next
+    }
+
+    /// Writes a whole answer decoded as it goes ([`proxy::coded_whole`]): its length in the
+    /// head, then its pieces one write at a time, each decoded when the one before has gone,
+    /// so a client that reads slowly holds no more of it decoded than one piece. Without a
+    /// body (a `HEAD`, a 204) only the length goes.
+    async fn write_decoding(
+        &mut self,
+        mut out: BytesMut,
+        answer: &mut proxy::coded_whole::DecodedAnswer,
+        sends_body: bool,
+        keep_alive: bool,
+        http10: bool,
+    ) -> Next {
+        write_length(&mut out, answer.left());
+        if !sends_body {
+            return self.write_whole(out, &[], keep_alive, http10).await;
+        }
+        end_head(&mut out, keep_alive, http10);
+        let mut next = self.send(&out, &[], keep_alive).await;
+        while matches!(next, Next::KeepAlive | Next::Close) {
+            let Some(piece) = answer.next_piece(DECODED_WRITE) else {
+                break;
+            };
+            next = self.send(&piece, &[], keep_alive).await;
+        }
+        // Ended short of the length it announced (it cannot: its data decoded whole when it
+        // was scanned): the connection is unusable, and the client did not get the answer.
+        if answer.left() > 0 && matches!(next, Next::KeepAlive | Next::Close) {
+            return Next::Gone;
         }
         next
     }
@@ -1059,6 +1103,10 @@ fn has_body(status: StatusCode) -> bool {
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED)
 }
+
+/// Most bytes of an answer decoded as it goes ([`Conn::write_decoding`]) decoded for
+/// one write.
+const DECODED_WRITE: usize = 256 * 1024;
 
 fn write_length(out: &mut BytesMut, length: impl itoa::Integer) {
     write_field(

@@ -11,6 +11,7 @@
 
 pub mod body;
 pub mod chunks;
+pub mod coded_whole;
 pub mod decoded;
 pub mod early;
 pub mod failure_log;
@@ -79,6 +80,8 @@ pub enum AnswerBody {
     Whole(Bytes),
     /// A whole answer whose record waits for the answer to be written: [`Delivery`].
     Recorded(Bytes, Delivery),
+    /// [`Self::Recorded`] for an answer decoded as it is written ([`coded_whole`]).
+    Decoding(Box<coded_whole::DecodedAnswer>, Delivery),
     /// Relayed as it arrives; dropping it before its end records a client disconnect.
     Stream(Box<StreamTee>),
 }
@@ -122,28 +125,76 @@ const ANSWER_CUT_AT_SHUTDOWN: &str =
 /// that leaves halfway through a large answer is recorded as gone (handed over whole, the
 /// answer counted as delivered the moment hyper buffered it).
 struct DeliveredBody {
-    data: Option<Bytes>,
+    data: Data,
     delivery: Option<Delivery>,
+}
+
+/// What of a [`DeliveredBody`] is still to go.
+enum Data {
+    Whole(Option<Bytes>),
+    Decoding(Box<coded_whole::DecodedAnswer>),
 }
 
 /// See [`DeliveredBody`]; HTTP/2's default window is 64 KiB.
 const DELIVERY_PIECE: usize = 64 * 1024;
 
+impl DeliveredBody {
+    fn whole(data: Bytes, delivery: Delivery) -> Self {
+        Self {
+            data: Data::Whole(Some(data)),
+            delivery: Some(delivery),
+        }
+    }
+
+    fn decoding(answer: Box<coded_whole::DecodedAnswer>, delivery: Delivery) -> Self {
+        Self {
+            data: Data::Decoding(answer),
+            delivery: Some(delivery),
+        }
+    }
+
+    /// The next piece, at most [`DELIVERY_PIECE`]; `None` once all of it went.
+    fn next_piece(&mut self) -> Option<Bytes> {
+        match &mut self.data {
+            Data::Whole(data) => {
+                let mut rest = data.take()?;
+                if rest.len() > DELIVERY_PIECE {
+                    let piece = rest.split_to(DELIVERY_PIECE);
+                    *data = Some(rest);
+                    return Some(piece);
+                }
+                Some(rest)
+            }
+            Data::Decoding(answer) => answer.next_piece(DELIVERY_PIECE),
+        }
+    }
+
+    fn left(&self) -> usize {
+        match &self.data {
+            Data::Whole(data) => data.as_ref().map_or(0, Bytes::len),
+            Data::Decoding(answer) => answer.left(),
+        }
+    }
+}
+
 impl http_body::Body for DeliveredBody {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        if let Some(mut data) = self.data.take() {
-            if data.len() > DELIVERY_PIECE {
-                let piece = data.split_to(DELIVERY_PIECE);
-                self.data = Some(data);
-                return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(piece))));
-            }
-            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        if let Some(piece) = self.next_piece() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(piece))));
+        }
+        if self.left() > 0 {
+            // An answer decoded as it goes ended short of the length it announced (its data
+            // decoded whole when it was scanned, so this cannot happen): the stream is reset
+            // rather than passed for whole, and the record says the answer did not arrive.
+            self.delivery = None;
+            let error = std::io::Error::other("the answer ended short of its length");
+            return std::task::Poll::Ready(Some(Err(error)));
         }
         if let Some(delivery) = self.delivery.take() {
             delivery.delivered();
@@ -153,11 +204,11 @@ impl http_body::Body for DeliveredBody {
 
     fn is_end_stream(&self) -> bool {
         // Not at its end until polled past the data, so the record is handed over then.
-        self.data.is_none() && self.delivery.is_none()
+        self.left() == 0 && self.delivery.is_none()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+        http_body::SizeHint::with_exact(self.left() as u64)
     }
 }
 
@@ -229,15 +280,14 @@ impl Answer {
             AnswerBody::Recorded(bytes, delivery)
                 if matches!(self.fields.shape, Shape::Stream { sse: true }) =>
             {
-                Body::new(Unsized(Body::new(DeliveredBody {
-                    data: Some(bytes),
-                    delivery: Some(delivery),
-                })))
+                Body::new(Unsized(Body::new(DeliveredBody::whole(bytes, delivery))))
             }
-            AnswerBody::Recorded(bytes, delivery) => Body::new(DeliveredBody {
-                data: Some(bytes),
-                delivery: Some(delivery),
-            }),
+            AnswerBody::Recorded(bytes, delivery) => {
+                Body::new(DeliveredBody::whole(bytes, delivery))
+            }
+            AnswerBody::Decoding(answer, delivery) => {
+                Body::new(DeliveredBody::decoding(answer, delivery))
+            }
             AnswerBody::Stream(tee) => match tee.length() {
                 // hyper sends the exact size it is told as the Content-Length.
                 Some(length) => Body::new(SizedStream {
@@ -1631,6 +1681,9 @@ enum SuccessForm {
     AsItCame,
     /// Decoded from its Content-Encoding.
     Decoded,
+    /// Decoded from its Content-Encoding as it is written to the client, never held decoded
+    /// whole ([`coded_whole`]); the body beside it is the answer as it came, for its record.
+    DecodedAsWritten(Box<coded_whole::DecodedAnswer>),
     /// Replaced by the router's error (this message), as an error body that cannot be read
     /// within its limit is: one over [`crate::content_coding::MAX_DECODED_BODY`] decoded
     /// that reports an error echoing a configured key, which cannot go decoded (too large)
@@ -1645,14 +1698,20 @@ enum SuccessForm {
 /// takes its coding (its `Accept-Encoding`, which was not passed on, lists it: see
 /// [`crate::content_coding::accepted`]); in one it does not take (zstd to the openai SDKs,
 /// which take gzip, deflate and br; any to a client that lists none), the client could not
-/// read it, so it goes decoded ([`decoded_aside`]), as an error body does. With keys
-/// configured one is searched decoded, up to the 64 MiB its record reads: when it reports an
-/// error that echoes a key, the client gets it decoded and without the key, since the
-/// compressed bytes would carry the key past [`without_echoed_keys`]; one that decodes to
-/// more is searched in its first 64 MiB, and found to echo a key there it is replaced by the
-/// router's error ([`SuccessForm::Replaced`]). One the router's decode budget has no room
-/// for ([`crate::content_coding::DecodeBudget`]) goes as it came, unsearched, as one in a
-/// coding the router does not decode does.
+/// read it, so it goes decoded, as an error body does. With keys configured one is searched
+/// decoded, up to the 64 MiB its record reads: when it reports an error that echoes a key,
+/// the client gets it decoded and without the key, since the compressed bytes would carry the
+/// key past [`without_echoed_keys`]; one that decodes to more is searched in its first 64 MiB,
+/// and found to echo a key there it is replaced by the router's error
+/// ([`SuccessForm::Replaced`]).
+///
+/// The search, and the decoding for a client that does not take the coding, go piece by
+/// piece ([`scanned`]): nothing decoded is held while the client reads, and the record
+/// decodes the answer later, off the request path. Only an answer that may echo a key, or
+/// whose data is corrupt or cut short, or whose events are to be made of it, is decoded
+/// whole ([`decoded_aside`]), within the router's decode budget
+/// ([`crate::content_coding::DecodeBudget`]): one the budget has no room for goes as it came,
+/// unsearched, as one in a coding the router does not decode does.
 async fn success_body(
     body: Bytes,
     fields: &Fields,
@@ -1667,9 +1726,13 @@ async fn success_body(
         // Its record decodes it, after the client has it.
         return (body, SuccessForm::AsItCame, None);
     }
+    // Read piece by piece first, and decoded whole only when that does not settle it.
+    if let Some(settled) = scanned(&coding, &body, taken, reading).await {
+        return settled;
+    }
     let aside = decoded_aside(coding.clone(), body.clone(), reading).await;
     let Some(read) = aside.read else {
-        return (body, SuccessForm::AsItCame, Some(aside.record));
+        return (body, SuccessForm::AsItCame, aside.record);
     };
     match read {
         // Too large to go decoded, and compressed the key would pass: the router's error.
@@ -1701,8 +1764,48 @@ async fn success_body(
         } if !taken => (decoded, SuccessForm::Decoded, None),
         // Taken as it came; or too large once decoded, or corrupt: as it came (the record
         // says what it was).
-        _ => (body, SuccessForm::AsItCame, Some(aside.record)),
+        _ => (body, SuccessForm::AsItCame, aside.record),
     }
+}
+
+/// How a compressed 2xx answer goes, when reading it piece by piece ([`coded_whole::scan`],
+/// on a blocking thread, as a whole decode is) settles it: it echoes no key, and it decodes
+/// within [`crate::content_coding::MAX_DECODED_BODY`] (as it came to a client that takes its
+/// coding, else decoded as it is written) or past it (as it came, its record saying it was too
+/// large). Its record decodes it off the request path, after the client has it: nothing
+/// decoded is held while the client reads. `None` when [`decoded_aside`] must decide; and for
+/// one to be made into a stream's events that is small enough to be
+/// ([`chunks::MAX_EVENTS_FROM_WHOLE`]): those are made of it decoded whole.
+async fn scanned(
+    coding: &str,
+    body: &Bytes,
+    taken: bool,
+    reading: Reading<'_>,
+) -> Option<(Bytes, SuccessForm, Option<Decoded>)> {
+    use coded_whole::{DecodedAnswer, Scan};
+    let limit = crate::content_coding::MAX_DECODED_BODY;
+    let as_events = reading.as_events;
+    let (coding, compressed) = (coding.to_owned(), body.clone());
+    let redactor = reading.redactor.clone();
+    let read = move || match coded_whole::scan(&coding, compressed.clone(), limit, &redactor)? {
+        Scan::Clean { len } if as_events && len <= chunks::MAX_EVENTS_FROM_WHOLE => None,
+        Scan::Clean { .. } if taken => Some((SuccessForm::AsItCame, None)),
+        Scan::Clean { len } => {
+            let decoding = DecodedAnswer::new(&coding, compressed, len)?;
+            Some((SuccessForm::DecodedAsWritten(Box::new(decoding)), None))
+        }
+        // Not decoded for the client either (as a whole decode would not be): as it came,
+        // and its record is told why, rather than decoding it once more to find out.
+        Scan::OverLimit => {
+            let error = crate::content_coding::DecodeError::TooLarge(limit);
+            Some((
+                SuccessForm::AsItCame,
+                Some(Decoded::Unread(Arc::new(error))),
+            ))
+        }
+    };
+    let (form, record) = tokio::task::spawn_blocking(read).await.ok()??;
+    Some((body.clone(), form, record))
 }
 
 /// What reading a whole answer needs besides the answer itself.
@@ -1736,8 +1839,9 @@ struct Aside {
     /// the decode budget had no room for it.
     read: Option<Searched>,
     /// What its record makes of it, if it goes as it came: what it decoded to, or why it
-    /// was not read.
-    record: Decoded,
+    /// was not read; `None` when the decode budget had no room for it: the recorder decodes
+    /// it then, off the request path, so its usage is not lost to other answers' decodes.
+    record: Option<Decoded>,
 }
 
 /// What of a compressed answer the router read ([`readable_part`]) and searched for keys.
@@ -1757,8 +1861,8 @@ struct Searched {
 /// keys, on a blocking thread: a few hundred KB of gzip may take a second to inflate, and the
 /// lane's thread serves every other connection on it meanwhile. One whose data is corrupt or
 /// cut short is what decoded before that, one that decodes past the limit its beginning
-/// ([`readable_part`]). Decoded once: the record is handed what this gave. Its buffers come
-/// out of the decode budget (`reading.budget`), which the decoded bytes hold for as long as
+/// ([`readable_part`]). Not decoded again: the record is handed what this gave. Its buffers
+/// come out of the decode budget (`reading.budget`), which the decoded bytes hold for as long as
 /// they live; one that finds it spent is not read.
 async fn decoded_aside(coding: String, body: Bytes, reading: Reading<'_>) -> Aside {
     let redactor = reading.redactor.clone();
@@ -1772,9 +1876,11 @@ async fn decoded_aside(coding: String, body: Bytes, reading: Reading<'_>) -> Asi
         let (decoded, whole, error) = match readable_part(decoded) {
             Ok(read) => read,
             Err(error) => {
+                let over_budget =
+                    matches!(error, crate::content_coding::DecodeError::OverBudget(_));
                 return Aside {
                     read: None,
-                    record: unread(error),
+                    record: (!over_budget).then(|| unread(error)),
                 };
             }
         };
@@ -1799,15 +1905,17 @@ async fn decoded_aside(coding: String, body: Bytes, reading: Reading<'_>) -> Asi
         };
         Aside {
             read: Some(read),
-            record,
+            record: Some(record),
         }
     };
     tokio::task::spawn_blocking(decode)
         .await
         .unwrap_or_else(|_| Aside {
             read: None,
-            record: Decoded::Unread(Arc::new(crate::content_coding::DecodeError::Unsupported(
-                "(its decoding did not finish)".to_owned(),
+            record: Some(Decoded::Unread(Arc::new(
+                crate::content_coding::DecodeError::Unsupported(
+                    "(its decoding did not finish)".to_owned(),
+                ),
             ))),
         })
 }
@@ -1913,6 +2021,7 @@ async fn read_answer(
     } = read;
     let redactor = reading.redactor;
     let mut decoded = None;
+    let mut decoding = None;
     let (body, shape, outcome, error) = if status.is_success() || status.is_informational() {
         // A 200 may report an error too (`{"error": ...}`), echoing the key it was sent.
         match success_body(body, &fields, reading).await {
@@ -1921,6 +2030,11 @@ async fn read_answer(
                 (body, Shape::Relayed, Outcome::Success, None)
             }
             (body, SuccessForm::Decoded, _) => (body, Shape::Decoded, Outcome::Success, None),
+            // `body` is the answer as it came: its record's, decoded by the recorder.
+            (body, SuccessForm::DecodedAsWritten(answer), _) => {
+                decoding = Some(answer);
+                (body, Shape::Decoded, Outcome::Success, None)
+            }
             // The status stays, as for an error body replaced by a message.
             (body, SuccessForm::Replaced(message), _) => (
                 body,
@@ -1964,7 +2078,7 @@ async fn read_answer(
         // An error body passed on was parsed as OpenAI-shaped JSON; any other was wrapped (a
         // 2xx replaced by the router's error too). A redirect's body was not read.
         record.response_is_json = outcome == Outcome::UpstreamError && !status.is_redirection();
-        if outcome == Outcome::Success && shape == Shape::Relayed {
+        if outcome == Outcome::Success && (shape == Shape::Relayed || decoding.is_some()) {
             // Read off the request path, by the recorder: decoded there, unless it was
             // decoded here already (what that gave is the record's).
             record.response_encoding = crate::content_coding::content_encoding(&fields);
@@ -1976,6 +2090,15 @@ async fn read_answer(
         record.complete = true;
         record.answered_whole = true;
     }
+    let delivery = Delivery {
+        guard,
+        outcome,
+        decoded,
+    };
+    let body = match decoding {
+        Some(answer) => AnswerBody::Decoding(answer, delivery),
+        None => AnswerBody::Recorded(body, delivery),
+    };
     Answer {
         status,
         fields: AnswerFields {
@@ -1983,14 +2106,7 @@ async fn read_answer(
             shape,
             request_id: Some(request_id),
         },
-        body: AnswerBody::Recorded(
-            body,
-            Delivery {
-                guard,
-                outcome,
-                decoded,
-            },
-        ),
+        body,
     }
 }
 

@@ -118,6 +118,22 @@ impl Redactor {
     pub fn redact<'a>(&self, text: &'a str, request: &[Secret]) -> Cow<'a, str> {
         self.for_request(request).redact(text)
     }
+
+    /// Whether `bytes` holds any known secret: whether [`Self::redact_bytes`] (with no
+    /// request secrets) would change it. Allocates nothing but the list of what it found.
+    pub fn finds_any(&self, bytes: &[u8]) -> bool {
+        !self.for_request(&[]).occurrences(bytes).is_empty()
+    }
+
+    /// Most bytes one occurrence of a known secret (or of a key of this router's form, with
+    /// the byte after it that says where it ends) can span as written: each of its bytes
+    /// escaped twice at worst, every character of the escape itself escaped (`\u005c\u0075`
+    /// and four more for one `\u` escape: 36 bytes). A text read in pieces is searched
+    /// across each seam with this many bytes either side, so no occurrence is missed.
+    pub fn widest_occurrence(&self) -> usize {
+        let longest = self.needles.iter().map(Needle::len).max().unwrap_or(0);
+        longest.max(ROUTER_KEY_LEN + 1).saturating_mul(36)
+    }
 }
 
 /// The forms a URL-encoding echo of `secret` takes, when they differ from it (a key with

@@ -113,6 +113,15 @@ impl TestRouter {
         Self::launch(config_yaml, recorder, Some(recorder_task), records, adjust).await
     }
 
+    /// [`Self::start`] with a recorder keeping to another body budget: records held past it
+    /// are handed to the sinks without their bodies.
+    pub async fn start_with_body_budget(config_yaml: &str, body_budget: usize) -> Self {
+        let records = Arc::new(Collector::default());
+        let sinks = vec![records.clone() as Arc<dyn RecordSink>];
+        let (recorder, recorder_task) = Recorder::start_with_budget(sinks, body_budget);
+        Self::launch(config_yaml, recorder, Some(recorder_task), records, |_| {}).await
+    }
+
     /// With every sink off, as `serve` runs without a log file, ledger or Langfuse: no record
     /// is built at all (`records` stays empty).
     pub async fn start_unrecorded(config_yaml: &str) -> Self {
