@@ -208,7 +208,7 @@ pub fn build_with(
     Generation {
         // A custom operation is the path, which may hold a key (`/threads/<key>/runs`).
         operation: bounded_cow(match operation_of(&record.endpoint) {
-            Cow::Owned(path) => Cow::Owned(redactor.redact_owned(path)),
+            Cow::Owned(path) => Cow::Owned(redactor.redact_path(&path).into_owned()),
             known => known,
         }),
         model: bounded(

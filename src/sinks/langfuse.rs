@@ -1207,7 +1207,7 @@ fn write_attributes(
     // One JSON attribute; the request id is the trace id and the provider the tag.
     let metadata = TraceMetadata {
         route_mode: record.mode.as_str(),
-        endpoint: &text(&record.endpoint),
+        endpoint: &bounded(redactor.redact_path(&record.endpoint).into_owned()),
         requested_model: &text(&record.requested_model),
         outcome: record.outcome.as_str(),
         stream: record.stream,

@@ -181,8 +181,9 @@ impl<'a> LedgerRow<'a> {
             username: record.user.as_deref().map(Cow::Borrowed),
             provider: Cow::Borrowed(&record.provider),
             mode: record.mode.as_str(),
-            // The path may hold a key (`/threads/<key>/runs`), as the log's may.
-            endpoint: clipped_chars(redactor.redact(&record.endpoint), MAX_NAME_CHARS),
+            // The path may hold a key (`/threads/<key>/runs`, percent-encoded or not), as the
+            // log's may.
+            endpoint: clipped_chars(redactor.redact_path(&record.endpoint), MAX_NAME_CHARS),
             model: clipped_chars(redactor.redact(&record.upstream_model), MAX_NAME_CHARS),
             // The upstream's echo of the model name may hold what the client put in it.
             response_model: record

@@ -119,6 +119,11 @@ impl Redactor {
         self.for_request(request).redact(text)
     }
 
+    /// [`RequestRedactor::redact_path`] with `request`'s secrets.
+    pub fn redact_path<'a>(&self, path: &'a str, request: &[Secret]) -> Cow<'a, str> {
+        self.for_request(request).redact_path(path)
+    }
+
     /// Whether `bytes` holds any known secret: whether [`Self::redact_bytes`] (with no
     /// request secrets) would change it. Allocates nothing but the list of what it found.
     pub fn finds_any(&self, bytes: &[u8]) -> bool {
@@ -268,6 +273,21 @@ impl RequestRedactor<'_> {
             // text stays valid UTF-8.
             Cow::Owned(bytes) => Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()),
         }
+    }
+
+    /// A request path redacted: as [`Self::redact`], and when its percent-decoded form holds
+    /// a secret (`/threads/sk%2Dclient.../runs`: any character may be written `%XX`, and
+    /// the encoded forms [`percent_encoded`] knows cover only the characters that must be
+    /// encoded), that decoded form with the secret replaced. A path is short: decoding it
+    /// whole is cheaper than listing every way a key's characters may be encoded.
+    pub fn redact_path<'t>(&self, path: &'t str) -> Cow<'t, str> {
+        if memchr::memchr(b'%', path.as_bytes()).is_some() {
+            let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+            if let Cow::Owned(redacted) = self.redact(&decoded) {
+                return Cow::Owned(redacted);
+            }
+        }
+        self.redact(path)
     }
 
     /// Redacts an owned string without copying it when there is nothing to replace.

@@ -446,7 +446,10 @@ fn serialize_line(
     field_opt_str(out, "user", record.user.as_deref())?;
     field_str(out, "provider", &record.provider)?;
     field_str(out, "mode", record.mode.as_str())?;
-    field_str(out, "endpoint", &name(&record.endpoint))?;
+    // A key percent-encoded in the path is found only decoded, which the line's own
+    // redaction does not do.
+    let endpoint = redactor.redact_path(&record.endpoint, &record.secrets);
+    field_str(out, "endpoint", &name(&endpoint))?;
     field_str(out, "model", &name(&record.requested_model))?;
     field_str(out, "upstream_model", &name(&record.upstream_model))?;
     let response_model = summary.model.as_deref().map(name);

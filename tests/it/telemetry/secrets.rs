@@ -561,6 +561,66 @@ async fn a_key_in_the_path_is_redacted_from_every_record() {
     );
 }
 
+/// The same key percent-encoded in the path (`sk%2Dclient...`: any character may be written
+/// `%XX`, not only those that must be) is found in the decoded path, which the records then
+/// show with the key replaced: the ledger, the request log and the span held it encoded.
+#[tokio::test]
+async fn a_percent_encoded_key_in_the_path_is_redacted_from_every_record() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
+    let encoded_client = CLIENT_KEY.replacen('-', "%2D", 1);
+    let encoded_configured = "sk%2dmock-upstream%2Dkey";
+    let paths = [
+        format!(
+            "/v1/threads/{encoded_client}/runs?proxy={}",
+            upstream.origin()
+        ),
+        format!("/v1/threads/{encoded_configured}/runs"),
+    ];
+    for path in &paths {
+        let model = if path.contains("proxy=") {
+            "gpt-4o"
+        } else {
+            "[mock]gpt-4o"
+        };
+        let response = client()
+            .post(sinks.router.url(path))
+            .bearer_auth(CLIENT_KEY)
+            .json(&json!({"model": model, "messages": []}))
+            .send()
+            .await
+            .expect("send");
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+    }
+    let (written, records) = sinks.finish(paths.len()).await;
+    assert!(
+        records.iter().any(|r| r.endpoint.contains(&encoded_client)),
+        "{:?}",
+        records.iter().map(|r| &r.endpoint).collect::<Vec<_>>()
+    );
+    for secret in [
+        CLIENT_KEY,
+        &encoded_client,
+        "sk-mock-upstream-key",
+        encoded_configured,
+        "mock-upstream%2Dkey",
+    ] {
+        written.assert_absent(secret);
+    }
+    assert_eq!(written.ledger.len(), paths.len());
+    for rows in [&written.ledger, &written.log] {
+        assert!(
+            rows.iter()
+                .all(|row| row.contains("/threads/[redacted]/runs")),
+            "{rows:?}"
+        );
+    }
+}
+
 /// A client's `Authorization: Basic <base64>` reaches a URL target as sent, and the upstream
 /// may quote it decoded (`user alice:... refused`, or the password alone): no record shows
 /// the decoded `user:password` or the password, as none shows the base64 text.
