@@ -337,7 +337,7 @@ pub fn inspect(path: &Path, writes: bool) -> Result<(), DbError> {
                 exists: false,
             });
         }
-        return Ok(());
+        return check_creatable(&path, &shown);
     }
     let writable = file_writable(&path);
     // Read through a connection that may write when the file allows it: a read-only one
@@ -370,6 +370,23 @@ pub fn inspect(path: &Path, writes: bool) -> Result<(), DbError> {
         return Err(DbError::ReadOnly { path: shown });
     }
     Ok(())
+}
+
+/// Whether `serve` could create the missing database at `path`, found by making it as
+/// [`open_as`] does and removing it again: the folder's permission bits, which root passes,
+/// do not tell, and a pseudo file system (`/proc`, `/sys`) refuses every new file, so `check`
+/// said ok to a database `serve` then could not open. When the file cannot be made here,
+/// SQLite is asked to open it without creating it, for the refusal in `serve`'s words.
+fn check_creatable(path: &Path, shown: &str) -> Result<(), DbError> {
+    if let Some(made) = create_private(path) {
+        made.undo();
+        return Ok(());
+    }
+    match open_file(path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
+        // Made meanwhile, by another process.
+        Ok(_) => Ok(()),
+        Err(e) => Err(cannot_write(shown, path, e)),
+    }
 }
 
 /// Whether SQLite opens the existing file at `path` for writing, as [`open`] would: it opens

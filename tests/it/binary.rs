@@ -1252,6 +1252,51 @@ fn check_refuses_a_log_serve_cannot_open_in_its_words() {
     }
 }
 
+/// `check` refuses a database `serve` cannot create, as `serve` does: `/proc` and `/sys`
+/// refuse every new file, and root passes the folder's permission bits, which were all
+/// `check` asked, so it said ok and `serve` stopped ("unable to open database file"). What
+/// `check` makes to find out, it removes: a database file yet to be made.
+#[test]
+fn check_refuses_a_database_serve_cannot_create() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let root = std::fs::metadata(dir.path()).expect("dir").uid() == 0;
+    let serve = ["serve", "--host", "127.0.0.1", "--port", "0"];
+    for db in ["/proc/users.db", "/sys/users.db"] {
+        let envs = [("LLMSROUTER_DB", db), ("LLMSROUTER_LEDGER", "true")];
+        let (code, _, stderr) = run_cli(dir.path(), &serve, &envs);
+        assert_eq!(code, 1, "{db}: {stderr}");
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &envs);
+        assert_eq!(code, 1, "{db}: {stdout} {stderr}");
+        assert!(stderr.contains(db), "{db}: {stderr}");
+        if root {
+            assert!(
+                stderr.contains("unable to open database file"),
+                "{db}: {stderr}"
+            );
+        }
+        assert!(!std::path::Path::new(db).exists(), "{db}");
+    }
+    // Made to find out, and removed.
+    for db in ["users.db", "more/../users.db"] {
+        if db.starts_with("more") {
+            std::fs::create_dir(dir.path().join("more")).expect("folder");
+        }
+        let envs = [("LLMSROUTER_DB", db), ("LLMSROUTER_LEDGER", "true")];
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &envs);
+        assert_eq!(code, 0, "{db}: {stdout} {stderr}");
+        assert!(!dir.path().join("users.db").exists(), "{db}: left behind");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(Result::ok)
+            .map(|entry| entry.file_name())
+            .filter(|name| name.to_string_lossy().starts_with("users.db"))
+            .collect();
+        assert!(left.is_empty(), "{db}: left behind: {left:?}");
+    }
+}
+
 /// Every problem `check` finds is said in the one run, config.yaml's too: a listen port, a log
 /// folder and a database folder that are all wrong (a bind mount not chowned gives two at
 /// once) took three runs, one fix each, and a bad config.yaml a fourth.
