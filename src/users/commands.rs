@@ -296,8 +296,8 @@ fn file_made_by_opening(db: &Path) -> Option<PathBuf> {
 
 /// Passes `result` on; when the keys could not be shown (or, shown, not saved) and the
 /// command made the database file itself (`made`), removes that file too (with SQLite's side
-/// files, which are made beside it), so "nothing was changed" holds for the file system as
-/// well. A symlink the file was made through is the administrator's, and stays.
+/// files, which are made beside it), so the refusal leaves nothing behind on the file system
+/// either. A symlink the file was made through is the administrator's, and stays.
 fn unmade_if_undelivered<T>(
     made: Option<&Path>,
     result: Result<T, UserError>,

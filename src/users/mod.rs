@@ -77,7 +77,7 @@ pub enum UserError {
     /// No user answers to the name, and some have names that look like it on a screen
     /// (white space around it, another Unicode normalisation, invisible characters).
     #[error(
-        "user {} does not exist; {} like it ({users}); nothing was changed: add --rowid <N> to pick one, or give the name exactly as shown here (in single quotes for the shell), or give --key <KEY> instead of the name",
+        "user {} does not exist; {} like it ({users}); no user was changed: add --rowid <N> to pick one, or give the name exactly as shown here (in single quotes for the shell), or give --key <KEY> instead of the name",
         quoted(.name),
         if *.count == 1 { "1 user's name looks".to_owned() } else { format!("{count} users' names look") }
     )]
@@ -89,7 +89,7 @@ pub enum UserError {
     },
     /// Several users answer to a name (users of the Python version's database that print
     /// alike): none is picked.
-    #[error("{what} names {count} users ({users}); nothing was changed: {hint}")]
+    #[error("{what} names {count} users ({users}); no user was changed: {hint}")]
     Ambiguous {
         what: String,
         count: usize,
@@ -114,8 +114,10 @@ pub enum UserError {
     KeyInput(std::io::Error),
     #[error("cannot write the output: {0}")]
     Output(std::io::Error),
-    /// A new key could not be written out; the change that made it was not committed.
-    #[error("cannot write the new key: {0}; nothing was changed")]
+    /// A new key could not be written out; the change that made it was not committed. "No
+    /// user", not "nothing": opening the file may have made a dropped `usage_ledger` again
+    /// (said on its own warning line), and that stays.
+    #[error("cannot write the new key: {0}; no user was changed")]
     Undelivered(std::io::Error),
     /// The change could not be committed (a full disk) after its new key was printed: the
     /// message must say the printed key is void, or a script that captured it
@@ -125,7 +127,7 @@ pub enum UserError {
         error: rusqlite::Error,
         /// "the key", "the new key", "each key".
         printed: &'static str,
-        /// What still holds: "nothing was changed", "the old key still works".
+        /// What still holds: "no user was changed", "the old key still works".
         kept: &'static str,
     },
 }

@@ -194,7 +194,7 @@ impl UserStore {
         let key = insert(&tx, user)?;
         deliver(&key).map_err(UserError::Undelivered)?;
         tx.commit()
-            .map_err(|error| unsaved(error, "the key", "nothing was changed"))?;
+            .map_err(|error| unsaved(error, "the key", "no user was changed"))?;
         Ok(key)
     }
 

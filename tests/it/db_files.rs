@@ -770,7 +770,7 @@ bob,
             .expect("/dev/null");
         let (code, err) = run_cli_writing_to(dir.path(), args, null);
         assert_eq!(code, 1, "{args:?}: {err}");
-        assert!(err.trim_end().ends_with("nothing was changed"), "{err}");
+        assert!(err.trim_end().ends_with("no user was changed"), "{err}");
         for link in links {
             assert!(
                 dir.path().join(link).is_symlink(),
@@ -1116,6 +1116,53 @@ fn a_command_that_makes_the_ledger_again_says_it_on_a_warning_line() {
         err.lines().filter(|l| l.contains("usage_ledger")).count(),
         1
     );
+}
+
+/// `user add` and `rotate-key` refused because the key cannot be written out (stdout on
+/// `/dev/null`) after opening the file made a dropped `usage_ledger` again: the refusal says
+/// no user was changed, which is true, where it said "nothing was changed" below the warning
+/// that something was. The user is not added, the old key still works, the table is there.
+#[test]
+fn a_refusal_after_the_ledger_was_made_again_says_no_user_was_changed() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let (code, _, err) = user(dir.path(), &["add", "ann"]);
+    assert_eq!(code, 0, "{err}");
+    let db = dir.path().join("users.db");
+    let query = |sql: &str| -> i64 {
+        rusqlite::Connection::open(&db)
+            .expect("open")
+            .query_row(sql, [], |row| row.get(0))
+            .expect("query")
+    };
+    let users = "SELECT count(*) FROM users";
+    let ledger = "SELECT count(*) FROM sqlite_schema WHERE name = 'usage_ledger'";
+    let key_before: String = rusqlite::Connection::open(&db)
+        .expect("open")
+        .query_row("SELECT api_key FROM users", [], |row| row.get(0))
+        .expect("key");
+    for args in [&["user", "add", "bob"][..], &["user", "rotate-key", "ann"]] {
+        rusqlite::Connection::open(&db)
+            .expect("open")
+            .execute_batch("DROP TABLE usage_ledger")
+            .expect("drop");
+        let null = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .expect("/dev/null");
+        let (code, err) = run_cli_writing_to(dir.path(), args, null);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("usage_ledger table was missing"), "{err}");
+        assert!(err.trim_end().ends_with("; no user was changed"), "{err}");
+        assert!(!err.contains("nothing was changed"), "{err}");
+        assert_eq!(query(ledger), 1, "{args:?}: made again, and kept");
+        assert_eq!(query(users), 1, "{args:?}: no user added");
+        let key: String = rusqlite::Connection::open(&db)
+            .expect("open")
+            .query_row("SELECT api_key FROM users", [], |row| row.get(0))
+            .expect("key");
+        assert_eq!(key, key_before, "{args:?}: the old key stays");
+    }
 }
 
 /// A small tmpfs mounted at `at` for a test of a full disk or a read-only mount, unmounted

@@ -464,7 +464,7 @@ fn a_key_that_cannot_be_shown_is_not_stored() {
             assert_eq!(err.trim().lines().count(), 1, "{err}");
             assert!(
                 err.starts_with("error: cannot write the new key:")
-                    && err.trim_end().ends_with("nothing was changed"),
+                    && err.trim_end().ends_with("no user was changed"),
                 "{err}"
             );
         }
@@ -510,7 +510,7 @@ fn a_closed_pipe_ends_ordinary_output_quietly() {
         assert_eq!(code, 1, "{args:?}: {stderr}");
         assert!(
             stderr.starts_with("error: cannot write the new key:")
-                && stderr.trim_end().ends_with("nothing was changed"),
+                && stderr.trim_end().ends_with("no user was changed"),
             "{stderr}"
         );
     }
@@ -604,7 +604,7 @@ fn a_key_printed_but_not_saved_is_said_void() {
     for (args, said) in [
         (
             &["add", "bob"][..],
-            "the key printed above was not saved and does not work; nothing was changed",
+            "the key printed above was not saved and does not work; no user was changed",
         ),
         (
             &["rotate-key", "ann"][..],

@@ -620,7 +620,7 @@ fn look_alike_names_print_apart_and_are_named_by_what_is_printed() {
     assert_eq!((code, out.as_str()), (1, ""), "{err}");
     assert_eq!(
         err,
-        "error: user \"carol\" does not exist; 1 user's name looks like it (rowid 2: \"carol \", key CarolKeyBB…, created 2024-05-01 12:34:56); nothing was changed: add --rowid <N> to pick one, or give the name exactly as shown here (in single quotes for the shell), or give --key <KEY> instead of the name\n"
+        "error: user \"carol\" does not exist; 1 user's name looks like it (rowid 2: \"carol \", key CarolKeyBB…, created 2024-05-01 12:34:56); no user was changed: add --rowid <N> to pick one, or give the name exactly as shown here (in single quotes for the shell), or give --key <KEY> instead of the name\n"
     );
     outputs.push(err);
     let (code, out, err) = user(dir.path(), &["show", "carol", "--rowid", "2", "--json"]);
