@@ -43,6 +43,23 @@ pub fn check_encoding(fields: &Fields) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Why a request body was not read whole.
+#[derive(Debug)]
+pub enum Unread {
+    /// Refused: answered with this error, and logged as a refusal.
+    Refused(ProxyError),
+    /// The client went away while sending it (it reset the stream, or the connection ended):
+    /// nobody is left to answer, and nothing was refused, as the router's HTTP/1 treats a
+    /// connection that ends in a body.
+    Gone,
+}
+
+impl From<ProxyError> for Unread {
+    fn from(error: ProxyError) -> Self {
+        Self::Refused(error)
+    }
+}
+
 /// Reads the client's body (hyper's side of the server), refusing more than `limit` bytes
 /// with 413, and a compressed one ([`check_encoding`]). `fields` are the request's.
 pub async fn read_body(
@@ -50,7 +67,7 @@ pub async fn read_body(
     fields: &Fields,
     limit: usize,
     stall: Duration,
-) -> Result<Bytes, ProxyError> {
+) -> Result<Bytes, Unread> {
     check_encoding(fields)?;
     let declared = fields.get_str("content-length");
     let expects_continue = fields
@@ -63,7 +80,7 @@ pub async fn read_body(
         if declared <= DISCARD_AT_MOST && !expects_continue {
             discard(body).await;
         }
-        return Err(ProxyError::BodyTooLarge { limit });
+        return Err(ProxyError::BodyTooLarge { limit }.into());
     }
     collect_within(body, limit, declared, stall).await
 }
@@ -76,23 +93,30 @@ async fn collect_within(
     limit: usize,
     declared: Option<u64>,
     stall: Duration,
-) -> Result<Bytes, ProxyError> {
+) -> Result<Bytes, Unread> {
     let mut gathered = Gathered::expecting(declared.map_or(0, |len| len as usize)).within(limit);
     loop {
         let Ok(frame) = tokio::time::timeout(stall, body.frame()).await else {
             return Err(ProxyError::InvalidRequest(format!(
                 "the request body stalled: nothing arrived for {} s",
                 stall.as_secs_f64()
-            )));
+            ))
+            .into());
         };
         let Some(frame) = frame else { break };
-        let frame = frame.map_err(|_| unreadable())?;
+        let frame = frame.map_err(|error| {
+            if client_gone(&error) {
+                Unread::Gone
+            } else {
+                unreadable().into()
+            }
+        })?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers carry nothing the router uses
         };
         if gathered.size().saturating_add(data.len()) > limit {
             discard(body).await;
-            return Err(ProxyError::BodyTooLarge { limit });
+            return Err(ProxyError::BodyTooLarge { limit }.into());
         }
         gathered.push(data);
     }
@@ -203,6 +227,23 @@ async fn discard(mut body: Body) {
         }
     };
     let _ = tokio::time::timeout(DISCARD_FOR_AT_MOST, read_rest).await;
+}
+
+/// Whether a body ended in `error` because the client went away: it reset the stream
+/// (RST_STREAM), said GOAWAY, or the connection was lost (closed or failed). A fault h2 found
+/// in what the client sent (a body longer than its `Content-Length`) is no such thing.
+fn client_gone(error: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.is_io() || (h2.is_remote() && (h2.is_reset() || h2.is_go_away()));
+        }
+        if error.is::<std::io::Error>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 fn unreadable() -> ProxyError {

@@ -51,7 +51,7 @@ use body::RequestView;
 use failure_log::FailureLog;
 use form::FormView;
 use headers::{AnswerFields, Shape, UpstreamFields};
-use intake::{Gathered, read_body};
+use intake::{Gathered, Unread, read_body};
 use stream::StreamFailures;
 use stream::{StreamSettings, StreamTee};
 
@@ -388,11 +388,19 @@ async fn read_incoming<'a>(
     let body = tokio::select! {
         biased;
         body = read => body,
-        () = hard_stop => Err(ProxyError::ShuttingDown(BODY_CUT_AT_SHUTDOWN.into())),
+        () = hard_stop => Err(ProxyError::ShuttingDown(BODY_CUT_AT_SHUTDOWN.into()).into()),
     };
     let body = match body {
         Ok(body) => body,
-        Err(error) => return Err(Answer::refused(&error, &state.failures).into_axum()),
+        Err(Unread::Refused(error)) => {
+            return Err(Answer::refused(&error, &state.failures).into_axum());
+        }
+        // Nobody to answer, and nothing refused: not logged as a refusal (it was, "refused
+        // 400 invalid_request", where HTTP/1 sees a client gone). The answer goes nowhere.
+        Err(Unread::Gone) => {
+            let gone = ProxyError::InvalidRequest("the client went away sending its body".into());
+            return Err(Answer::error(&gone, None).into_axum());
+        }
     };
     Ok(ProxyRequest {
         caller: incoming.caller,

@@ -1675,3 +1675,94 @@ async fn an_unread_http2_stream_is_reset_alone_its_connection_goes_on() {
     assert_eq!(upstream.streams_dropped(), 1);
     router.stop().await;
 }
+
+/// An h2c client that goes away while it sends a request's body (its connection lost, or
+/// its stream reset) has gone, as over HTTP/1 one whose connection ends in a body has:
+/// nothing was refused. It was logged and counted as "refused 400 invalid_request" (the body
+/// "could not be read").
+#[tokio::test]
+async fn an_h2c_client_that_leaves_in_its_body_is_gone_not_refused() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, StreamBody, combinators::BoxBody};
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    type Sent = Result<Frame<Bytes>, std::io::Error>;
+    /// A request body fed frame by frame from the channel's sender.
+    fn fed() -> (
+        tokio::sync::mpsc::Sender<Sent>,
+        BoxBody<Bytes, std::io::Error>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Sent>(4);
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|frame| (frame, rx))
+        });
+        (tx, StreamBody::new(frames).boxed())
+    }
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let invalid = || {
+        router
+            .state
+            .failures
+            .refusals()
+            .into_iter()
+            .find(|(code, _)| *code == "invalid_request")
+            .map_or(0, |(_, count)| count)
+    };
+    for lost_connection in [true, false] {
+        let tcp = std::net::TcpStream::connect(router.addr).expect("connect");
+        // hyper drives the connection in a task of its own: its socket is shut from here.
+        let socket = tcp.try_clone().expect("clone");
+        tcp.set_nonblocking(true).expect("nonblocking");
+        let tcp = TcpStream::from_std(tcp).expect("tokio");
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("h2c handshake");
+        tokio::spawn(connection);
+        let (tx, body) = fed();
+        let request = http::Request::post(format!("http://{}/v1/chat/completions", router.addr))
+            .header("content-type", "application/json")
+            .body(body)
+            .expect("request");
+        tx.send(Ok(Frame::data(Bytes::from_static(
+            b"{\"model\":\"[mock]m\",",
+        ))))
+        .await
+        .expect("first part");
+        let answer = tokio::spawn(sender.send_request(request));
+        // Answered on the same connection: the router has the first request's head by then
+        // (a connection's frames are read in order), and waits for the rest of its body.
+        let (_, empty) = fed();
+        let health = http::Request::get(format!("http://{}/health", router.addr))
+            .body(empty)
+            .expect("request");
+        let health = sender.send_request(health).await.expect("health");
+        assert_eq!(health.status(), 200);
+        let before = invalid();
+        if lost_connection {
+            socket.shutdown(std::net::Shutdown::Both).expect("shutdown");
+        } else {
+            // hyper resets the stream of a body that fails.
+            tx.send(Err(std::io::Error::other("client gave up")))
+                .await
+                .expect("failure");
+        }
+        let _ = answer.await;
+        // Refused on a new connection, after the first one's end reached the router.
+        let refused = h2c_client()
+            .post(router.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body("{")
+            .send()
+            .await
+            .expect("refusal");
+        assert_eq!(refused.status(), 400);
+        assert_eq!(
+            invalid(),
+            before + 1,
+            "lost connection: {lost_connection}: only the bad body is a refusal"
+        );
+        drop(tx);
+    }
+}
