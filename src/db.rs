@@ -372,14 +372,26 @@ pub fn inspect(path: &Path, writes: bool) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Whether `serve` could create the missing database at `path`, found by making it as
-/// [`open_as`] does and removing it again: the folder's permission bits, which root passes,
-/// do not tell, and a pseudo file system (`/proc`, `/sys`) refuses every new file, so `check`
-/// said ok to a database `serve` then could not open. When the file cannot be made here,
-/// SQLite is asked to open it without creating it, for the refusal in `serve`'s words.
+/// Whether `serve` could create the missing database at `path`, found by making a file of
+/// another name beside it (where a dangling link points, when `path` is one) and removing it
+/// again: the folder's permission bits, which root passes, do not tell, and a pseudo file
+/// system (`/proc`, `/sys`) refuses every new file, so `check` said ok to a database `serve`
+/// then could not open. The database's own path is never made: a `serve` starting that
+/// instant would make its database in a file `check` then deleted. When no file can be made
+/// there, SQLite is asked to open the path without creating it, for the refusal in `serve`'s
+/// words.
 fn check_creatable(path: &Path, shown: &str) -> Result<(), DbError> {
-    if let Some(made) = create_private(path) {
-        made.undo();
+    let target = dangling_link_target(path);
+    let target = target.as_deref().unwrap_or(path);
+    let mut probe = target.as_os_str().to_owned();
+    probe.push(format!(".llmsrouter-check-{}", std::process::id()));
+    let probe = PathBuf::from(probe);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    if options.open(&probe).is_ok() {
+        let _ = std::fs::remove_file(&probe);
         return Ok(());
     }
     match open_file(path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
