@@ -516,18 +516,10 @@ async fn every_credential_a_client_sent_is_redacted_from_the_records() {
     assert!(written.log.iter().all(|line| line.contains("[redacted]")));
 }
 
-/// A key in the request's path (`/threads/<key>/runs`, a configured key or the client's
-/// own pasted into it) goes upstream as sent, and no record shows it: the ledger's
-/// `endpoint` and the span's `gen_ai.operation.name` held it in clear (bb61).
-#[tokio::test]
-async fn a_key_in_the_path_is_redacted_from_every_record() {
-    let upstream = MockUpstream::start(Behavior::default()).await;
-    let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
-    let paths = [
-        format!("/v1/threads/{CLIENT_KEY}/runs?proxy={}", upstream.origin()),
-        "/v1/chat/completions/sk-mock-upstream-key".to_owned(),
-    ];
-    for path in &paths {
+/// POSTs a chat request with the client's key to each of `paths` (a `?proxy=` one names an
+/// unprefixed model, any other the `mock` server's); each must be answered 200.
+async fn post_to_paths(sinks: &AllSinks, paths: &[String]) {
+    for path in paths {
         let model = if path.contains("proxy=") {
             "gpt-4o"
         } else {
@@ -542,6 +534,20 @@ async fn a_key_in_the_path_is_redacted_from_every_record() {
             .expect("send");
         assert_eq!(response.status(), 200, "{path}");
     }
+}
+
+/// A key in the request's path (`/threads/<key>/runs`, a configured key or the client's
+/// own pasted into it) goes upstream as sent, and no record shows it: the ledger's
+/// `endpoint` and the span's `gen_ai.operation.name` held it in clear (bb61).
+#[tokio::test]
+async fn a_key_in_the_path_is_redacted_from_every_record() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
+    let paths = [
+        format!("/v1/threads/{CLIENT_KEY}/runs?proxy={}", upstream.origin()),
+        "/v1/chat/completions/sk-mock-upstream-key".to_owned(),
+    ];
+    post_to_paths(&sinks, &paths).await;
     let went: Vec<String> = upstream.received().iter().map(|r| r.path.clone()).collect();
     assert!(went.iter().any(|p| p.contains(CLIENT_KEY)), "{went:?}");
     assert!(
@@ -577,25 +583,7 @@ async fn a_percent_encoded_key_in_the_path_is_redacted_from_every_record() {
         ),
         format!("/v1/threads/{encoded_configured}/runs"),
     ];
-    for path in &paths {
-        let model = if path.contains("proxy=") {
-            "gpt-4o"
-        } else {
-            "[mock]gpt-4o"
-        };
-        let response = client()
-            .post(sinks.router.url(path))
-            .bearer_auth(CLIENT_KEY)
-            .json(&json!({"model": model, "messages": []}))
-            .send()
-            .await
-            .expect("send");
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-    }
+    post_to_paths(&sinks, &paths).await;
     let (written, records) = sinks.finish(paths.len()).await;
     assert!(
         records.iter().any(|r| r.endpoint.contains(&encoded_client)),
