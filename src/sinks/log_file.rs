@@ -425,6 +425,7 @@ impl LogFile {
                 // otherwise hold start-up (and the writer) until a reader came.
                 let mut options = std::fs::OpenOptions::new();
                 options.append(true).create(true);
+                make_private(&mut options);
                 open_without_waiting(&mut options, &files.path(day))?
             }
             Target::AsIs(path) => {
@@ -574,6 +575,17 @@ fn made_unnamed(dir: &Path) -> bool {
 fn made_unnamed(_dir: &Path) -> bool {
     false
 }
+
+/// A new dated file is made readable by its owner only (mode 600, as the users database):
+/// its lines hold every user's prompts and answers. A file that is already there keeps the
+/// mode an admin gave it.
+#[cfg(unix)]
+fn make_private(options: &mut std::fs::OpenOptions) {
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+}
+
+#[cfg(not(unix))]
+fn make_private(_options: &mut std::fs::OpenOptions) {}
 
 /// Opens `path` for writing with `options`. A named pipe is opened without waiting for a
 /// reader (none yet: `ENXIO`, tried again later), then writes wait for the reader as usual;

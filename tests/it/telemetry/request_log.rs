@@ -48,23 +48,14 @@ async fn router_logging_to(upstream: &MockUpstream, sink: &Arc<RequestLogSink>) 
 
 /// The one dated file `name.YYYY-MM-DD.log` in `dir`, as lines of JSON.
 pub fn read_log_lines(dir: &Path, stem: &str) -> Vec<Value> {
-    let files: Vec<_> = std::fs::read_dir(dir)
-        .expect("log dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{stem}.")) && n.ends_with(".log"))
-        })
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    let name = files[0].file_name().and_then(|n| n.to_str()).expect("name");
+    let file = dated_log_file(dir, stem);
+    let name = file.file_name().and_then(|n| n.to_str()).expect("name");
     let date = &name[stem.len() + 1..name.len() - 4];
     assert!(
         llmsrouter::sinks::clock::parse_day(date).is_some(),
         "{name}"
     );
-    std::fs::read_to_string(&files[0])
+    std::fs::read_to_string(&file)
         .expect("read")
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -126,6 +117,48 @@ async fn one_json_line_per_request_with_bodies() {
         stream["response"],
         json!({"content": "tok0 tok1 tok2 ", "finish_reason": "stop"})
     );
+}
+
+/// The one dated file `stem.YYYY-MM-DD.log` in `dir`.
+fn dated_log_file(dir: &Path, stem: &str) -> std::path::PathBuf {
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .expect("log dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{stem}.")) && n.ends_with(".log"))
+        })
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+/// Its lines hold every user's prompts and answers: a new file is its owner's alone (as the
+/// users database), one an admin made readable keeps that mode.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_log_file_is_private_and_an_existing_one_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, _) = run(true).await;
+    let file = dated_log_file(&dir.path().join("logs"), "api_proxy");
+    let mode = |path: &Path| std::fs::metadata(path).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600);
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let sink = log_sink(dir.path().join("logs/api_proxy.log"), true);
+    let router = router_logging_to(&upstream, &sink).await;
+    let response = router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": [{"role": "user", "content": "c"}]}))
+        .await;
+    let id = request_id(&response);
+    let _ = response.bytes().await.expect("body");
+    router.stop().await;
+    let lines = read_log_lines(&dir.path().join("logs"), "api_proxy");
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["request_id"], id.as_str());
+    assert_eq!(mode(&file), 0o640);
 }
 
 #[tokio::test]
