@@ -69,10 +69,13 @@ pub struct RetryPolicy {
     pub budget: Duration,
 }
 
+/// Enough attempts for the backoff to span most of the 60 s budget (0.5 + 1 + 2 + 4 + 8 × 5 =
+/// 47.5 s of waits before jitter): a Langfuse restart or a short outage of up to ~45 s costs
+/// no batch, where six attempts gave up after ~15 s.
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
-            max_attempts: 6,
+            max_attempts: 10,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(8),
             attempt_timeout: Duration::from_secs(10),
@@ -583,6 +586,26 @@ mod tests {
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
         );
         assert_eq!(retry_after(&h), None);
+    }
+
+    /// The waits before every retry, without jitter, as [`Attempts::run`] takes them.
+    fn backoff_waits(policy: RetryPolicy) -> Duration {
+        let mut backoff = policy.initial_backoff;
+        let mut total = Duration::ZERO;
+        for _ in 1..policy.max_attempts {
+            total += backoff;
+            backoff = (backoff * 2).min(policy.max_backoff);
+        }
+        total
+    }
+
+    #[test]
+    fn the_default_policy_rides_out_a_45_second_outage_within_its_budget() {
+        let policy = RetryPolicy::default();
+        let waits = backoff_waits(policy);
+        assert!(waits >= Duration::from_secs(45), "{waits:?}");
+        // Jitter adds up to a quarter: the budget, not the count, ends the last tries.
+        assert!(waits <= policy.budget, "{waits:?}");
     }
 
     #[test]
