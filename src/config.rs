@@ -264,19 +264,17 @@ impl Config {
         env: &EnvLookup<'_>,
         unquotable: &dyn Fn(&str) -> bool,
     ) -> Result<Self, Vec<Invalid>> {
-        // A `settings` the YAML library refused is said after the servers' problems, not
-        // alone: they took a second run to learn of.
+        // A setting the YAML library refused is said after the servers' problems, not alone,
+        // and the other settings are read one by one (see [`without_settings`]): they took
+        // a second run to learn of.
         let (raw, unread_settings) = match parse_yaml(text) {
-            Ok(raw) => (raw, None),
-            Err(problem) => match without_settings(text, &problem) {
-                Some(raw) => (raw, Some(problem)),
-                None => return Err(vec![problem]),
-            },
+            Ok(raw) => (raw, Vec::new()),
+            Err(problem) => without_settings(text, problem).map_err(|problem| vec![problem])?,
         };
         let Some(raw) = raw else {
-            return match unread_settings {
-                Some(problem) => Err(vec![problem]),
-                None => Ok(Self::default()),
+            return match unread_settings.is_empty() {
+                true => Ok(Self::default()),
+                false => Err(unread_settings),
             };
         };
         // A `${NAME}` whose value is in quotes (`docker run --env-file` keeps a `.env`'s) is
@@ -314,10 +312,10 @@ impl Config {
             )]);
         }
         let validated = match (validated, unread_settings) {
-            (validated, None) => validated,
-            (Ok(_), Some(problem)) => Err(vec![problem]),
-            (Err(mut problems), Some(problem)) => {
-                problems.push(problem);
+            (validated, unread) if unread.is_empty() => validated,
+            (Ok(_), unread) => Err(unread),
+            (Err(mut problems), unread) => {
+                problems.extend(unread);
                 Err(problems)
             }
         };
@@ -375,8 +373,9 @@ pub type EnvLookup<'a> = dyn Fn(&str) -> Result<String, VarError> + 'a;
 
 // ---- raw, as written in the file ---------------------------------------------------------
 
-/// The file as written. `S` is [`RawSettings`], or [`serde::de::IgnoredAny`] to read the
-/// servers of a file whose `settings` the YAML library refused ([`without_settings`]).
+/// The file as written. `S` is [`RawSettings`], or, for a file whose `settings` the YAML
+/// library refused ([`without_settings`]), [`serde::de::IgnoredAny`] to read its servers,
+/// [`SettingsKeys`] and [`OnlySetting`] to read its settings one by one.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, bound = "S: Deserialize<'de>")]
 struct RawConfig<S = RawSettings> {
@@ -406,7 +405,7 @@ struct RawServer {
     stream_usage: Option<Typed>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
     #[serde(default)]
@@ -417,6 +416,99 @@ struct RawSettings {
     max_body_bytes: Option<Typed>,
     #[serde(default)]
     default_server: Option<String>,
+}
+
+/// The keys of `settings`, as [`RawSettings`] names them.
+const SETTINGS: [&str; 4] = [
+    "models_cache_ttl_secs",
+    "models_fetch_timeout_secs",
+    "max_body_bytes",
+    "default_server",
+];
+
+impl RawSettings {
+    /// Takes each setting `other` holds that `self` does not.
+    fn fill(&mut self, other: Self) {
+        self.models_cache_ttl_secs = self
+            .models_cache_ttl_secs
+            .take()
+            .or(other.models_cache_ttl_secs);
+        self.models_fetch_timeout_secs = self
+            .models_fetch_timeout_secs
+            .take()
+            .or(other.models_fetch_timeout_secs);
+        self.max_body_bytes = self.max_body_bytes.take().or(other.max_body_bytes);
+        self.default_server = self.default_server.take().or(other.default_server);
+    }
+}
+
+/// `settings` with only the key `SETTINGS[K]` read, as [`RawSettings`] reads it; every other
+/// key is passed over, known or not ([`settings_apart`]). The first of two keys of one name
+/// (one merged in by `<<`) is read, as the YAML library gives it first.
+struct OnlySetting<const K: usize>(RawSettings);
+
+impl<'de, const K: usize> Deserialize<'de> for OnlySetting<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<const K: usize>;
+        impl<'de, const K: usize> serde::de::Visitor<'de> for Visit<K> {
+            type Value = OnlySetting<K>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut raw = RawSettings::default();
+                let mut read = false;
+                while let Some(name) = map.next_key::<String>()? {
+                    if read || SETTINGS.get(K) != Some(&name.as_str()) {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    }
+                    read = true;
+                    match K {
+                        0 => raw.models_cache_ttl_secs = map.next_value()?,
+                        1 => raw.models_fetch_timeout_secs = map.next_value()?,
+                        2 => raw.max_body_bytes = map.next_value()?,
+                        _ => raw.default_server = map.next_value()?,
+                    }
+                }
+                Ok(OnlySetting(raw))
+            }
+        }
+        d.deserialize_map(Visit::<K>)
+    }
+}
+
+/// The keys of `settings`, each with where it is written, in the order the YAML library
+/// gives them (those written, then those merged in by `<<`), each name once.
+struct SettingsKeys(Vec<serde_saphyr::Spanned<String>>);
+
+impl<'de> Deserialize<'de> for SettingsKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = SettingsKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut keys: Vec<serde_saphyr::Spanned<String>> = Vec::new();
+                while let Some(key) = map.next_key::<serde_saphyr::Spanned<String>>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    if !keys.iter().any(|seen| seen.value == key.value) {
+                        keys.push(key);
+                    }
+                }
+                Ok(SettingsKeys(keys))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 /// A mapping of names to values (aliases to servers, header names to values), in the order the
@@ -508,20 +600,86 @@ fn yaml_options() -> serde_saphyr::Options {
     options
 }
 
-/// The file read with its `settings` left out, when `problem` (the YAML library's refusal of
-/// the whole file) is in them (`default_server: [a]`, `settings: 5`) and the rest reads
-/// without it: so the servers' problems are said in the same run. `None` otherwise (a
-/// mistake in the YAML itself, or another one past `settings`): then `problem` is said alone.
-fn without_settings(text: &str, problem: &Invalid) -> Option<Option<RawConfig>> {
+/// The file read when `problem` (the YAML library's refusal of the whole file) is in its
+/// `settings` (`default_server: [a]`, an unknown key, `settings: 5`) and the rest reads
+/// without them: the servers as written, and each setting read apart ([`settings_apart`]),
+/// with the problem of each the library refuses, so every mistake is said in the same run.
+/// `Err(problem)` otherwise (a mistake in the YAML itself, or another one past `settings`):
+/// then `problem` is said alone.
+fn without_settings(
+    text: &str,
+    problem: Invalid,
+) -> Result<(Option<RawConfig>, Vec<Invalid>), Invalid> {
     let path = problem.0.as_str();
     if path != "settings" && !path.starts_with("settings.") {
-        return None;
+        return Err(problem);
     }
-    let raw = parse_yaml::<serde::de::IgnoredAny>(text).ok()?;
-    Some(raw.map(|raw| RawConfig {
-        servers: raw.servers,
-        settings: None,
-    }))
+    let Ok(raw) = parse_yaml::<serde::de::IgnoredAny>(text) else {
+        return Err(problem);
+    };
+    let (settings, problems) = settings_apart(text).unwrap_or((None, vec![problem]));
+    Ok((
+        raw.map(|raw| RawConfig {
+            servers: raw.servers,
+            settings,
+        }),
+        problems,
+    ))
+}
+
+/// `settings` read one key at a time, each known one as its type with the others passed over
+/// ([`OnlySetting`]): the YAML library stops at the first value it refuses, and a
+/// `default_server: [a]` hid a `max_body_bytes: abc` below it (and an unknown key every
+/// setting after it). Gives what was read and the problem of each key the library refused
+/// or does not know, in the order written; `None` when `settings` is no mapping of names
+/// (`settings: 5`): its own problem is then the only one.
+fn settings_apart(text: &str) -> Option<(Option<RawSettings>, Vec<Invalid>)> {
+    let keys = parse_yaml::<SettingsKeys>(text).ok()??.settings?;
+    let mut settings = RawSettings::default();
+    let mut problems = Vec::new();
+    for key in keys.0 {
+        let name = key.value.as_str();
+        let read = match SETTINGS.iter().position(|known| *known == name) {
+            Some(0) => only_setting::<0>(text),
+            Some(1) => only_setting::<1>(text),
+            Some(2) => only_setting::<2>(text),
+            Some(_) => only_setting::<3>(text),
+            None => {
+                problems.push(unknown_setting(&key));
+                continue;
+            }
+        };
+        match read {
+            Ok(read) => settings.fill(read),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    Some((Some(settings), problems))
+}
+
+/// The setting `SETTINGS[K]` of the file, read alone ([`OnlySetting`]).
+fn only_setting<const K: usize>(text: &str) -> Result<RawSettings, Invalid> {
+    let raw = parse_yaml::<OnlySetting<K>>(text)?;
+    Ok(raw
+        .and_then(|raw| raw.settings)
+        .map(|OnlySetting(read)| read)
+        .unwrap_or_default())
+}
+
+/// A key under `settings` that is none of [`SETTINGS`], said as the YAML library said it
+/// when it refused the file for it.
+fn unknown_setting(key: &serde_saphyr::Spanned<String>) -> Invalid {
+    let at = key.referenced;
+    invalid(
+        format!("settings.{}", key.value),
+        format!(
+            "unknown field `{}`, expected one of {} at line {}, column {}",
+            key.value,
+            SETTINGS.join(", "),
+            at.line(),
+            at.column()
+        ),
+    )
 }
 
 /// Reads the file, its servers in PyYAML's order (see [`key_order`]).
