@@ -319,7 +319,10 @@ impl Config {
                 Err(problems)
             }
         };
-        let mut config = validated?;
+        let mut config = validated.map_err(|mut problems| {
+            settings_in_file_order(text, &mut problems);
+            problems
+        })?;
         config.warnings.extend(quoted.take().iter().map(|name| {
             format!(
                 "${{{}}}: {}",
@@ -664,6 +667,40 @@ fn only_setting<const K: usize>(text: &str) -> Result<RawSettings, Invalid> {
         .and_then(|raw| raw.settings)
         .map(|OnlySetting(read)| read)
         .unwrap_or_default())
+}
+
+/// Puts the settings' problems (the last of `problems`, after the servers') in the order their
+/// keys are written, as the servers' are said in the order of the servers: they were said
+/// in [`RawSettings`]' order, `max_body_bytes` before a `default_server` written above it.
+/// A problem of a key not found keeps its place after the others.
+fn settings_in_file_order(text: &str, problems: &mut [Invalid]) {
+    let is_setting = |(path, _): &Invalid| path == "settings" || path.starts_with("settings.");
+    let first = problems
+        .iter()
+        .position(is_setting)
+        .unwrap_or(problems.len());
+    let settings = &mut problems[first..];
+    if settings.len() < 2 {
+        return;
+    }
+    let Some(keys) = parse_yaml::<SettingsKeys>(text)
+        .ok()
+        .flatten()
+        .and_then(|raw| raw.settings)
+    else {
+        return;
+    };
+    let place = |(path, _): &Invalid| {
+        let key = path.strip_prefix("settings.").unwrap_or_default();
+        keys.0
+            .iter()
+            .position(|written| {
+                key.strip_prefix(written.value.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+            })
+            .unwrap_or(usize::MAX)
+    };
+    settings.sort_by_key(place);
 }
 
 /// A key under `settings` that is none of [`SETTINGS`], said as the YAML library said it
@@ -1268,7 +1305,7 @@ fn unsendable(text: &str) -> Option<String> {
 }
 
 /// `Err` holds the problem of each setting that has one, in the order of [`RawSettings`]'s
-/// keys: each is judged apart. `aliases` are every server the file names, those with a
+/// keys (put in the file's order later, [`settings_in_file_order`]): each is judged apart. `aliases` are every server the file names, those with a
 /// problem too: a `default_server` naming one of them is that server's problem, not its own.
 fn validate_settings(
     raw: Option<RawSettings>,
