@@ -1134,8 +1134,10 @@ fn validate_server(
     let timeout = match raw.timeout_secs {
         None => DEFAULT_TIMEOUT,
         Some(secs) => {
+            let written = secs.referenced;
             let secs = typed::<f64>(secs, &at("timeout_secs"), env, NUMBER)?;
-            positive_duration(secs).ok_or_else(|| invalid(at("timeout_secs"), SECONDS_RANGE))?
+            positive_duration(secs)
+                .ok_or_else(|| out_of_range(&at("timeout_secs"), SECONDS_RANGE, written))?
         }
     };
     let stream_usage = raw
@@ -1325,8 +1327,10 @@ fn validate_settings(
     }
     if let Some(secs) = raw.models_fetch_timeout_secs {
         let path = "settings.models_fetch_timeout_secs";
-        let timeout = typed::<f64>(secs, path, env, NUMBER)
-            .and_then(|secs| positive_duration(secs).ok_or_else(|| invalid(path, SECONDS_RANGE)));
+        let written = secs.referenced;
+        let timeout = typed::<f64>(secs, path, env, NUMBER).and_then(|secs| {
+            positive_duration(secs).ok_or_else(|| out_of_range(path, SECONDS_RANGE, written))
+        });
         match timeout {
             Ok(timeout) => settings.models_fetch_timeout = timeout,
             Err(problem) => problems.push(problem),
@@ -1334,8 +1338,9 @@ fn validate_settings(
     }
     if let Some(bytes) = raw.max_body_bytes {
         let path = "settings.max_body_bytes";
+        let written = bytes.referenced;
         let bytes = typed::<u64>(bytes, path, env, WHOLE_NUMBER).and_then(|bytes| match bytes {
-            0 => Err(invalid(path, "must be above 0")),
+            0 => Err(out_of_range(path, "must be above 0", written)),
             bytes => Ok(usize::try_from(bytes).unwrap_or(usize::MAX)),
         });
         match bytes {
@@ -1358,14 +1363,30 @@ fn validate_settings(
 
 fn cache_ttl(secs: Typed, env: &EnvLookup<'_>) -> Result<Duration, Invalid> {
     let path = "settings.models_cache_ttl_secs";
+    let written = secs.referenced;
     let secs = typed::<f64>(secs, path, env, NUMBER)?;
     if !(secs.is_finite() && (0.0..1e9).contains(&secs)) {
-        return Err(invalid(
+        return Err(out_of_range(
             path,
-            "must be a number of seconds, 0 or more (below 1e9)",
+            "must be a number of seconds, 0 or more and below 1000000000 (1e9)",
+            written,
         ));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A number key's value that is a number but out of its range (`reason` says the range),
+/// with where it is written, as a value that is no number is said ([`typed`]): the range
+/// messages alone had no line.
+fn out_of_range(path: &str, reason: &str, written: serde_saphyr::Location) -> Invalid {
+    invalid(
+        path,
+        format!(
+            "{reason} at line {}, column {}",
+            written.line(),
+            written.column()
+        ),
+    )
 }
 
 fn default_server(

@@ -396,6 +396,43 @@ fn config_mistakes_are_said_in_the_editors_terms() {
     assert_eq!(code, 0, "{stdout} {stderr}");
 }
 
+/// A number key's value that is a number but out of its range is named with its line, as
+/// one that is no number is: `models_cache_ttl_secs: 1e10` (or `-1`) was said with no line,
+/// and so were the other range messages.
+#[test]
+fn a_number_out_of_its_range_is_named_with_its_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  a:\n    url: http://x/v1\n    timeout_secs: 0\nsettings:\n  \
+         models_cache_ttl_secs: 1e10\n  models_fetch_timeout_secs: -2\n  max_body_bytes: \"0\"\n",
+    )
+    .expect("config");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            "error: ./config.yaml: servers.a.timeout_secs: must be a number of seconds above 0 and below 1000000000 (1e9) at line 4, column 19",
+            "error: ./config.yaml: settings.models_cache_ttl_secs: must be a number of seconds, 0 or more and below 1000000000 (1e9) at line 6, column 26",
+            "error: ./config.yaml: settings.models_fetch_timeout_secs: must be a number of seconds above 0 and below 1000000000 (1e9) at line 7, column 30",
+            "error: ./config.yaml: settings.max_body_bytes: must be above 0 at line 8, column 19",
+        ],
+        "{stderr}"
+    );
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "settings:\n  models_cache_ttl_secs: -1\n",
+    )
+    .expect("config");
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "error: ./config.yaml: settings.models_cache_ttl_secs: must be a number of seconds, 0 or more and below 1000000000 (1e9) at line 2, column 26"
+    );
+}
+
 /// A control character in a key (an alias, a header name, an unknown key) is shown escaped
 /// in the message, as the value part already was: the key path went to the terminal raw, so
 /// `"a\e[31mRED"` as an alias coloured the rest of the line.
