@@ -921,6 +921,10 @@ fn in_plain_words(reason: &str) -> String {
         "expected a finite number (not .inf or .nan)".to_owned()
     } else if message.starts_with("cannot deserialize tagged scalar") {
         "a tagged value (`!!int`, `!!float`, ...) where text is expected: remove the tag".to_owned()
+    } else if message.starts_with("!!binary scalar is not valid UTF-8") {
+        "a `!!binary` value that is not UTF-8 text once decoded, where text is expected: \
+         write the text itself"
+            .to_owned()
     } else if let Some(breach) = message.strip_prefix("budget breached: ") {
         over_budget(breach)
     } else {

@@ -12,7 +12,8 @@
 //!
 //! The same walk refuses a key whose text is written twice in one mapping, with both lines:
 //! the YAML library compares keys as YAML values, so `123:` and `'123':` (a number, a text)
-//! passed it, while the router reads every name as its text.
+//! passed it, and `!!binary YQ==:` beside `a:`, while the router reads every name as its
+//! text ([`scalar_text`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -208,7 +209,7 @@ impl<'a> Walk<'a> {
             let is_merge = is_merge_key(&key_event);
             let key_line = key_span.start.line();
             let name = match &key_event {
-                Event::Scalar(name, ..) => name.to_string(),
+                Event::Scalar(..) => scalar_text(&key_event).unwrap_or_default(),
                 _ => "?".to_owned(),
             };
             if let (false, Event::Scalar(_, _, _, tag)) = (is_merge, &key_event) {
@@ -342,6 +343,38 @@ fn is_node_start(event: &Event<'_>) -> bool {
         event,
         Event::Scalar(..) | Event::Alias(_) | Event::SequenceStart(..) | Event::MappingStart(..)
     )
+}
+
+/// A scalar's text as the YAML library gives it where text is read (a key, a name): as
+/// written, but for one tagged `!!binary`, which it gives decoded (`!!binary YQ==` is `a`).
+///
+/// Two keys of one mapping whose texts are the same are refused as written twice
+/// ([`Walk::written_once`]), so `!!binary YQ==:` beside `a:` is: the YAML library gave both
+/// as `a` and kept one server in silence. PyYAML keeps them apart (`b'a'` and `'a'`), but the
+/// Python version read its config through pydantic (`Dict[str, ServerConfig]`), which
+/// decodes a bytes key as UTF-8: there too `!!binary YQ==` was the server `a`, and beside a
+/// plain `a:` the later one replaced the other in silence. A `!!binary` name alone is
+/// therefore read as its text, as both read it; two of one text are refused, naming both
+/// spellings and lines, as every key written twice is. `None` for an event that is no
+/// scalar.
+pub(super) fn scalar_text(event: &Event<'_>) -> Option<String> {
+    let Event::Scalar(value, _, _, tag) = event else {
+        return None;
+    };
+    let binary = tag
+        .as_ref()
+        .is_some_and(|tag| tag.handle() == "tag:yaml.org,2002:" && tag.suffix() == "binary");
+    if binary {
+        use base64::Engine as _;
+        // YAML allows white space inside base64 text, as the YAML library reads it.
+        let packed: String = value.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let decoded = base64::engine::general_purpose::STANDARD.decode(packed);
+        // Text that is no base64 of UTF-8 is the YAML library's to refuse, with its line.
+        if let Some(text) = decoded.ok().and_then(|bytes| String::from_utf8(bytes).ok()) {
+            return Some(text);
+        }
+    }
+    Some(value.to_string())
 }
 
 /// A merge key as the YAML library takes one: a plain `<<`, or one tagged `!!merge`.
