@@ -386,6 +386,9 @@ struct RawConfig<S = RawSettings> {
     servers: Option<Entries<RawServer>>,
     #[serde(default)]
     settings: Option<S>,
+    /// How each key written with a tag is spelled ([`merge_order::TaggedKeys`]), to say it so.
+    #[serde(skip)]
+    tagged_keys: merge_order::TaggedKeys,
 }
 
 #[derive(Deserialize)]
@@ -625,6 +628,7 @@ fn without_settings(
         raw.map(|raw| RawConfig {
             servers: raw.servers,
             settings,
+            tagged_keys: raw.tagged_keys,
         }),
         problems,
     ))
@@ -732,13 +736,20 @@ fn parse_yaml<S: DeserializeOwned>(text: &str) -> Result<Option<RawConfig<S>>, (
 }
 
 fn read_yaml<S: DeserializeOwned>(text: &str) -> Result<Option<RawConfig<S>>, (String, String)> {
-    let text = &*merge_order::in_pyyaml_order(text)?;
+    let (text, tagged) = merge_order::read(text)?;
+    let text = &*text;
     let options = yaml_options();
     let mut inner_path = None;
     let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
         serde_path_to_error::deserialize::<_, Option<RawConfig<S>>>(de).map_err(|e| {
             inner_path = Some(key_path(e.path()));
             e.into_inner()
+        })
+    });
+    let result = result.map(|raw| {
+        raw.map(|raw| RawConfig {
+            tagged_keys: tagged,
+            ..raw
         })
     });
     result.map_err(|e| {
@@ -1003,7 +1014,7 @@ fn validate(raw: RawConfig, env: &EnvLookup<'_>) -> Result<Config, Vec<Invalid>>
     let mut warnings = Vec::new();
     let mut problems = Vec::new();
     for (alias, raw_server) in raw_servers {
-        match validate_server(&alias, raw_server, env, &mut warnings) {
+        match validate_server(&alias, raw_server, env, &raw.tagged_keys, &mut warnings) {
             Ok(server) => {
                 servers.insert(alias, server);
             }
@@ -1039,6 +1050,7 @@ fn validate_server(
     alias: &str,
     raw: RawServer,
     env: &EnvLookup<'_>,
+    tagged_keys: &merge_order::TaggedKeys,
     warnings: &mut Vec<String>,
 ) -> Result<Server, Invalid> {
     let at = |key: &str| format!("servers.{alias}.{key}");
@@ -1085,8 +1097,9 @@ fn validate_server(
 
     let mut headers = HeaderMap::new();
     let mut header_secrets = Vec::new();
-    // Each name as first written, to say both spellings of one written twice.
-    let mut written: Vec<(HeaderName, String)> = Vec::new();
+    // Each name as first written (with its tag: `!!str X-A`), to say both spellings of one
+    // written twice; `X-A` and `!!str x-a` were said "X-A" and "x-a".
+    let mut written: Vec<(HeaderName, String, String)> = Vec::new();
     let raw_headers: Vec<(String, Located)> =
         raw.headers.unwrap_or_default().0.into_iter().collect();
     let here = written_here(&raw_headers);
@@ -1094,7 +1107,8 @@ fn validate_server(
         let path = format!("servers.{alias}.headers.{name}");
         let header_name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| invalid(&path, "not a valid HTTP header name"))?;
-        if let Some((_, first)) = written.iter().find(|(n, _)| *n == header_name) {
+        let spelled = tagged_keys.get(&path).unwrap_or(&name);
+        if let Some((_, first_name, first)) = written.iter().find(|(n, ..)| *n == header_name) {
             // A merged header gives way to one of its name in any case written in the mapping
             // or merged from a `<<` that wins (the YAML library gives those first), as one of
             // the same spelling does.
@@ -1104,11 +1118,11 @@ fn validate_server(
             return Err(invalid(
                 &path,
                 format!(
-                    "the header {first} is written twice (\"{first}\" and \"{name}\"; header names ignore case): keep one"
+                    "the header {first_name} is written twice (\"{first}\" and \"{spelled}\"; header names ignore case): keep one"
                 ),
             ));
         }
-        written.push((header_name.clone(), name.clone()));
+        written.push((header_name.clone(), name.clone(), spelled.clone()));
         // The variables' values, kept as they are read: reading them again would count them
         // twice against the file's bound.
         let mut substituted = Vec::new();
@@ -2136,7 +2150,7 @@ settings:
     }
 
     /// One header written twice in different case (`X-A`, `x-a`) is refused naming both
-    /// spellings: both loaded and one was dropped in silence.
+    /// spellings as written: both loaded and one was dropped in silence.
     #[test]
     fn a_header_written_twice_in_any_case_is_refused() {
         let (path, reason) = error_of(
@@ -2147,6 +2161,34 @@ settings:
             reason,
             "the header X-A is written twice (\"X-A\" and \"x-a\"; header names ignore case): keep one"
         );
+        // Each said as written, its tag too, as a key written twice is: a tag used to be
+        // left out, as if both were plain.
+        let cases = [
+            (
+                "      !!str X-A: one\n      x-a: two\n",
+                "\"!!str X-A\" and \"x-a\"",
+            ),
+            (
+                "      X-A: one\n      !!binary eC1h: two\n",
+                "\"X-A\" and \"!!binary eC1h\"",
+            ),
+            (
+                "      {X-A: one, !<tag:yaml.org,2002:str> x-a: two}\n",
+                "\"X-A\" and \"!<tag:yaml.org,2002:str> x-a\"",
+            ),
+        ];
+        for (headers, spellings) in cases {
+            let yaml = format!("servers:\n  e:\n    url: http://x\n    headers:\n{headers}");
+            let (path, reason) = error_of(&yaml);
+            assert_eq!(path, "servers.e.headers.x-a", "{yaml}");
+            assert_eq!(
+                reason,
+                format!(
+                    "the header X-A is written twice ({spellings}; header names ignore case): keep one"
+                ),
+                "{yaml}"
+            );
+        }
     }
 
     /// A header written in a `headers` mapping overrides a merged one (`<<: *h`) of its name

@@ -24,25 +24,39 @@ use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span, StrInput, St
 /// `text`, with the values of each mapping's separate `<<` keys in reverse order; `text` itself
 /// when no mapping has two. Text the YAML parser refuses is given back as it is: the YAML
 /// library says why, with the line. The error is `(key path, reason)`, as the config's.
+#[cfg(test)]
 pub(super) fn in_pyyaml_order(text: &str) -> Result<Cow<'_, str>, (String, String)> {
+    read(text).map(|(text, _)| text)
+}
+
+/// Each key written with a tag (`!!str X-Foo:`), by its key path (`servers.a.headers.X-Foo`,
+/// the name as the YAML library gives it): how it is spelled, tag and all (`!!str X-Foo`),
+/// for a message that names two spellings of one name ([`super::validate`]'s header names
+/// that differ only in case) to say it as written, as [`Walk::written_once`] does.
+pub(super) type TaggedKeys = HashMap<String, String>;
+
+/// [`in_pyyaml_order`]'s text, with the keys written with a tag ([`TaggedKeys`]).
+pub(super) fn read(text: &str) -> Result<(Cow<'_, str>, TaggedKeys), (String, String)> {
     let mut walk = Walk {
         text,
         events: Parser::new_from_str(text),
         path: Vec::new(),
         moves: Vec::new(),
+        tagged: HashMap::new(),
     };
     match walk.stream() {
         Ok(()) => {}
-        Err(Stop::Unreadable) => return Ok(Cow::Borrowed(text)),
+        Err(Stop::Unreadable) => return Ok((Cow::Borrowed(text), TaggedKeys::new())),
         Err(Stop::Refused(path, reason)) => return Err((path, reason)),
     }
+    let tagged = std::mem::take(&mut walk.tagged);
     if walk.moves.is_empty() {
-        return Ok(Cow::Borrowed(text));
+        return Ok((Cow::Borrowed(text), tagged));
     }
     walk.moves.sort_by_key(|m| m.to.start);
     let mut out = String::with_capacity(text.len());
     render(text, &walk.moves, 0..text.len(), &mut out);
-    Ok(Cow::Owned(out))
+    Ok((Cow::Owned(out), tagged))
 }
 
 /// The text of `from` (with the moves inside it) goes where `to` was. Byte ranges of `text`.
@@ -93,6 +107,7 @@ struct Walk<'a> {
     /// The keys (and list positions) above the current node, for a refusal's key path.
     path: Vec<String>,
     moves: Vec<Move>,
+    tagged: TaggedKeys,
 }
 
 impl<'a> Walk<'a> {
@@ -214,14 +229,18 @@ impl<'a> Walk<'a> {
             };
             if let (false, Event::Scalar(_, _, _, tag)) = (is_merge, &key_event) {
                 let tag = tag.as_ref().map(|tag| tag.original());
-                self.written_once(
-                    &mut written,
-                    &name,
-                    Key {
-                        span: key_span,
-                        tag,
-                    },
-                )?;
+                let key = Key {
+                    span: key_span,
+                    tag,
+                };
+                if key.tag.is_some() {
+                    let spelled = self.spelled(&key, &name)?;
+                    if !spelled.contains('\n') {
+                        let path = format!("{}.{name}", self.key_path());
+                        self.tagged.entry(path).or_insert(spelled);
+                    }
+                }
+                self.written_once(&mut written, &name, key)?;
             }
             anchored |= self.node(key_event, key_span)?.anchored;
             let Child::Node(event, span) = self.child()? else {
@@ -282,17 +301,7 @@ impl<'a> Walk<'a> {
             written.insert(name.to_owned(), key);
             return Ok(());
         };
-        // The scalar's span leaves its tag out: `!!str 7` and `7` were both "7".
-        let spelled = |key: &Key| -> Result<String, Stop> {
-            let span = key.span;
-            let range = offset(span.start.byte_offset())?..offset(span.end.byte_offset())?;
-            let text = self.text.get(range).unwrap_or(name);
-            Ok(match &key.tag {
-                Some(tag) if !text.starts_with('!') => format!("{tag} {text}"),
-                _ => text.to_owned(),
-            })
-        };
-        let (one, two) = (spelled(first)?, spelled(&key)?);
+        let (one, two) = (self.spelled(first, name)?, self.spelled(&key, name)?);
         let spellings = (!one.contains('\n') && !two.contains('\n')).then_some((&*one, &*two));
         Err(Stop::Refused(
             self.key_path(),
@@ -304,6 +313,18 @@ impl<'a> Walk<'a> {
                 self.column(&key) + 1,
             ),
         ))
+    }
+
+    /// `key` (whose text is `name`) as written, with its tag: the scalar's span leaves its tag
+    /// out, and `!!str 7` and `7` were both "7".
+    fn spelled(&self, key: &Key, name: &str) -> Result<String, Stop> {
+        let span = key.span;
+        let range = offset(span.start.byte_offset())?..offset(span.end.byte_offset())?;
+        let text = self.text.get(range).unwrap_or(name);
+        Ok(match &key.tag {
+            Some(tag) if !text.starts_with('!') => format!("{tag} {text}"),
+            _ => text.to_owned(),
+        })
     }
 
     /// The 0-based column where `key` starts: its tag's when the tag is written just before
