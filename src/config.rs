@@ -264,19 +264,17 @@ impl Config {
         env: &EnvLookup<'_>,
         unquotable: &dyn Fn(&str) -> bool,
     ) -> Result<Self, Vec<Invalid>> {
-        // A `settings` the YAML library refused is said after the servers' problems, not
-        // alone: they took a second run to learn of.
+        // A setting the YAML library refused is said after the servers' problems, not alone,
+        // and the other settings are read one by one (see [`without_settings`]): they took
+        // a second run to learn of.
         let (raw, unread_settings) = match parse_yaml(text) {
-            Ok(raw) => (raw, None),
-            Err(problem) => match without_settings(text, &problem) {
-                Some(raw) => (raw, Some(problem)),
-                None => return Err(vec![problem]),
-            },
+            Ok(raw) => (raw, Vec::new()),
+            Err(problem) => without_settings(text, problem).map_err(|problem| vec![problem])?,
         };
         let Some(raw) = raw else {
-            return match unread_settings {
-                Some(problem) => Err(vec![problem]),
-                None => Ok(Self::default()),
+            return match unread_settings.is_empty() {
+                true => Ok(Self::default()),
+                false => Err(unread_settings),
             };
         };
         // A `${NAME}` whose value is in quotes (`docker run --env-file` keeps a `.env`'s) is
@@ -314,14 +312,17 @@ impl Config {
             )]);
         }
         let validated = match (validated, unread_settings) {
-            (validated, None) => validated,
-            (Ok(_), Some(problem)) => Err(vec![problem]),
-            (Err(mut problems), Some(problem)) => {
-                problems.push(problem);
+            (validated, unread) if unread.is_empty() => validated,
+            (Ok(_), unread) => Err(unread),
+            (Err(mut problems), unread) => {
+                problems.extend(unread);
                 Err(problems)
             }
         };
-        let mut config = validated?;
+        let mut config = validated.map_err(|mut problems| {
+            settings_in_file_order(text, &mut problems);
+            problems
+        })?;
         config.warnings.extend(quoted.take().iter().map(|name| {
             format!(
                 "${{{}}}: {}",
@@ -375,8 +376,9 @@ pub type EnvLookup<'a> = dyn Fn(&str) -> Result<String, VarError> + 'a;
 
 // ---- raw, as written in the file ---------------------------------------------------------
 
-/// The file as written. `S` is [`RawSettings`], or [`serde::de::IgnoredAny`] to read the
-/// servers of a file whose `settings` the YAML library refused ([`without_settings`]).
+/// The file as written. `S` is [`RawSettings`], or, for a file whose `settings` the YAML
+/// library refused ([`without_settings`]), [`serde::de::IgnoredAny`] to read its servers,
+/// [`SettingsKeys`] and [`OnlySetting`] to read its settings one by one.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, bound = "S: Deserialize<'de>")]
 struct RawConfig<S = RawSettings> {
@@ -384,6 +386,9 @@ struct RawConfig<S = RawSettings> {
     servers: Option<Entries<RawServer>>,
     #[serde(default)]
     settings: Option<S>,
+    /// How each key written with a tag is spelled ([`merge_order::TaggedKeys`]), to say it so.
+    #[serde(skip)]
+    tagged_keys: merge_order::TaggedKeys,
 }
 
 #[derive(Deserialize)]
@@ -406,7 +411,7 @@ struct RawServer {
     stream_usage: Option<Typed>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
     #[serde(default)]
@@ -417,6 +422,99 @@ struct RawSettings {
     max_body_bytes: Option<Typed>,
     #[serde(default)]
     default_server: Option<String>,
+}
+
+/// The keys of `settings`, as [`RawSettings`] names them.
+const SETTINGS: [&str; 4] = [
+    "models_cache_ttl_secs",
+    "models_fetch_timeout_secs",
+    "max_body_bytes",
+    "default_server",
+];
+
+impl RawSettings {
+    /// Takes each setting `other` holds that `self` does not.
+    fn fill(&mut self, other: Self) {
+        self.models_cache_ttl_secs = self
+            .models_cache_ttl_secs
+            .take()
+            .or(other.models_cache_ttl_secs);
+        self.models_fetch_timeout_secs = self
+            .models_fetch_timeout_secs
+            .take()
+            .or(other.models_fetch_timeout_secs);
+        self.max_body_bytes = self.max_body_bytes.take().or(other.max_body_bytes);
+        self.default_server = self.default_server.take().or(other.default_server);
+    }
+}
+
+/// `settings` with only the key `SETTINGS[K]` read, as [`RawSettings`] reads it; every other
+/// key is passed over, known or not ([`settings_apart`]). The first of two keys of one name
+/// (one merged in by `<<`) is read, as the YAML library gives it first.
+struct OnlySetting<const K: usize>(RawSettings);
+
+impl<'de, const K: usize> Deserialize<'de> for OnlySetting<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<const K: usize>;
+        impl<'de, const K: usize> serde::de::Visitor<'de> for Visit<K> {
+            type Value = OnlySetting<K>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut raw = RawSettings::default();
+                let mut read = false;
+                while let Some(name) = map.next_key::<String>()? {
+                    if read || SETTINGS.get(K) != Some(&name.as_str()) {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    }
+                    read = true;
+                    match K {
+                        0 => raw.models_cache_ttl_secs = map.next_value()?,
+                        1 => raw.models_fetch_timeout_secs = map.next_value()?,
+                        2 => raw.max_body_bytes = map.next_value()?,
+                        _ => raw.default_server = map.next_value()?,
+                    }
+                }
+                Ok(OnlySetting(raw))
+            }
+        }
+        d.deserialize_map(Visit::<K>)
+    }
+}
+
+/// The keys of `settings`, each with where it is written, in the order the YAML library
+/// gives them (those written, then those merged in by `<<`), each name once.
+struct SettingsKeys(Vec<serde_saphyr::Spanned<String>>);
+
+impl<'de> Deserialize<'de> for SettingsKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = SettingsKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut keys: Vec<serde_saphyr::Spanned<String>> = Vec::new();
+                while let Some(key) = map.next_key::<serde_saphyr::Spanned<String>>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    if !keys.iter().any(|seen| seen.value == key.value) {
+                        keys.push(key);
+                    }
+                }
+                Ok(SettingsKeys(keys))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 /// A mapping of names to values (aliases to servers, header names to values), in the order the
@@ -508,20 +606,121 @@ fn yaml_options() -> serde_saphyr::Options {
     options
 }
 
-/// The file read with its `settings` left out, when `problem` (the YAML library's refusal of
-/// the whole file) is in them (`default_server: [a]`, `settings: 5`) and the rest reads
-/// without it: so the servers' problems are said in the same run. `None` otherwise (a
-/// mistake in the YAML itself, or another one past `settings`): then `problem` is said alone.
-fn without_settings(text: &str, problem: &Invalid) -> Option<Option<RawConfig>> {
+/// The file read when `problem` (the YAML library's refusal of the whole file) is in its
+/// `settings` (`default_server: [a]`, an unknown key, `settings: 5`) and the rest reads
+/// without them: the servers as written, and each setting read apart ([`settings_apart`]),
+/// with the problem of each the library refuses, so every mistake is said in the same run.
+/// `Err(problem)` otherwise (a mistake in the YAML itself, or another one past `settings`):
+/// then `problem` is said alone.
+fn without_settings(
+    text: &str,
+    problem: Invalid,
+) -> Result<(Option<RawConfig>, Vec<Invalid>), Invalid> {
     let path = problem.0.as_str();
     if path != "settings" && !path.starts_with("settings.") {
-        return None;
+        return Err(problem);
     }
-    let raw = parse_yaml::<serde::de::IgnoredAny>(text).ok()?;
-    Some(raw.map(|raw| RawConfig {
-        servers: raw.servers,
-        settings: None,
-    }))
+    let Ok(raw) = parse_yaml::<serde::de::IgnoredAny>(text) else {
+        return Err(problem);
+    };
+    let (settings, problems) = settings_apart(text).unwrap_or((None, vec![problem]));
+    Ok((
+        raw.map(|raw| RawConfig {
+            servers: raw.servers,
+            settings,
+            tagged_keys: raw.tagged_keys,
+        }),
+        problems,
+    ))
+}
+
+/// `settings` read one key at a time, each known one as its type with the others passed over
+/// ([`OnlySetting`]): the YAML library stops at the first value it refuses, and a
+/// `default_server: [a]` hid a `max_body_bytes: abc` below it (and an unknown key every
+/// setting after it). Gives what was read and the problem of each key the library refused
+/// or does not know, in the order written; `None` when `settings` is no mapping of names
+/// (`settings: 5`): its own problem is then the only one.
+fn settings_apart(text: &str) -> Option<(Option<RawSettings>, Vec<Invalid>)> {
+    let keys = parse_yaml::<SettingsKeys>(text).ok()??.settings?;
+    let mut settings = RawSettings::default();
+    let mut problems = Vec::new();
+    for key in keys.0 {
+        let name = key.value.as_str();
+        let read = match SETTINGS.iter().position(|known| *known == name) {
+            Some(0) => only_setting::<0>(text),
+            Some(1) => only_setting::<1>(text),
+            Some(2) => only_setting::<2>(text),
+            Some(_) => only_setting::<3>(text),
+            None => {
+                problems.push(unknown_setting(&key));
+                continue;
+            }
+        };
+        match read {
+            Ok(read) => settings.fill(read),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    Some((Some(settings), problems))
+}
+
+/// The setting `SETTINGS[K]` of the file, read alone ([`OnlySetting`]).
+fn only_setting<const K: usize>(text: &str) -> Result<RawSettings, Invalid> {
+    let raw = parse_yaml::<OnlySetting<K>>(text)?;
+    Ok(raw
+        .and_then(|raw| raw.settings)
+        .map(|OnlySetting(read)| read)
+        .unwrap_or_default())
+}
+
+/// Puts the settings' problems (the last of `problems`, after the servers') in the order their
+/// keys are written, as the servers' are said in the order of the servers: they were said
+/// in [`RawSettings`]' order, `max_body_bytes` before a `default_server` written above it.
+/// A problem of a key not found keeps its place after the others.
+fn settings_in_file_order(text: &str, problems: &mut [Invalid]) {
+    let is_setting = |(path, _): &Invalid| path == "settings" || path.starts_with("settings.");
+    let first = problems
+        .iter()
+        .position(is_setting)
+        .unwrap_or(problems.len());
+    let settings = &mut problems[first..];
+    if settings.len() < 2 {
+        return;
+    }
+    let Some(keys) = parse_yaml::<SettingsKeys>(text)
+        .ok()
+        .flatten()
+        .and_then(|raw| raw.settings)
+    else {
+        return;
+    };
+    let place = |(path, _): &Invalid| {
+        let key = path.strip_prefix("settings.").unwrap_or_default();
+        keys.0
+            .iter()
+            .position(|written| {
+                key.strip_prefix(written.value.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+            })
+            .unwrap_or(usize::MAX)
+    };
+    settings.sort_by_key(place);
+}
+
+/// A key under `settings` that is none of [`SETTINGS`], said as the YAML library said it
+/// when it refused the file for it.
+fn unknown_setting(key: &serde_saphyr::Spanned<String>) -> Invalid {
+    let at = key.referenced;
+    invalid(
+        format!("settings.{}", key.value),
+        format!(
+            "unknown field `{}`, expected one of {} at line {}, column {}",
+            key.value,
+            SETTINGS.join(", "),
+            at.line(),
+            at.column()
+        ),
+    )
 }
 
 /// Reads the file, its servers in PyYAML's order (see [`key_order`]).
@@ -537,13 +736,20 @@ fn parse_yaml<S: DeserializeOwned>(text: &str) -> Result<Option<RawConfig<S>>, (
 }
 
 fn read_yaml<S: DeserializeOwned>(text: &str) -> Result<Option<RawConfig<S>>, (String, String)> {
-    let text = &*merge_order::in_pyyaml_order(text)?;
+    let (text, tagged) = merge_order::read(text)?;
+    let text = &*text;
     let options = yaml_options();
     let mut inner_path = None;
     let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
         serde_path_to_error::deserialize::<_, Option<RawConfig<S>>>(de).map_err(|e| {
             inner_path = Some(key_path(e.path()));
             e.into_inner()
+        })
+    });
+    let result = result.map(|raw| {
+        raw.map(|raw| RawConfig {
+            tagged_keys: tagged,
+            ..raw
         })
     });
     result.map_err(|e| {
@@ -726,6 +932,10 @@ fn in_plain_words(reason: &str) -> String {
         "expected a finite number (not .inf or .nan)".to_owned()
     } else if message.starts_with("cannot deserialize tagged scalar") {
         "a tagged value (`!!int`, `!!float`, ...) where text is expected: remove the tag".to_owned()
+    } else if message.starts_with("!!binary scalar is not valid UTF-8") {
+        "a `!!binary` value that is not UTF-8 text once decoded, where text is expected: \
+         write the text itself"
+            .to_owned()
     } else if let Some(breach) = message.strip_prefix("budget breached: ") {
         over_budget(breach)
     } else {
@@ -804,7 +1014,7 @@ fn validate(raw: RawConfig, env: &EnvLookup<'_>) -> Result<Config, Vec<Invalid>>
     let mut warnings = Vec::new();
     let mut problems = Vec::new();
     for (alias, raw_server) in raw_servers {
-        match validate_server(&alias, raw_server, env, &mut warnings) {
+        match validate_server(&alias, raw_server, env, &raw.tagged_keys, &mut warnings) {
             Ok(server) => {
                 servers.insert(alias, server);
             }
@@ -840,6 +1050,7 @@ fn validate_server(
     alias: &str,
     raw: RawServer,
     env: &EnvLookup<'_>,
+    tagged_keys: &merge_order::TaggedKeys,
     warnings: &mut Vec<String>,
 ) -> Result<Server, Invalid> {
     let at = |key: &str| format!("servers.{alias}.{key}");
@@ -886,8 +1097,9 @@ fn validate_server(
 
     let mut headers = HeaderMap::new();
     let mut header_secrets = Vec::new();
-    // Each name as first written, to say both spellings of one written twice.
-    let mut written: Vec<(HeaderName, String)> = Vec::new();
+    // Each name as first written (with its tag: `!!str X-A`), to say both spellings of one
+    // written twice; `X-A` and `!!str x-a` were said "X-A" and "x-a".
+    let mut written: Vec<(HeaderName, String, String)> = Vec::new();
     let raw_headers: Vec<(String, Located)> =
         raw.headers.unwrap_or_default().0.into_iter().collect();
     let here = written_here(&raw_headers);
@@ -895,7 +1107,8 @@ fn validate_server(
         let path = format!("servers.{alias}.headers.{name}");
         let header_name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| invalid(&path, "not a valid HTTP header name"))?;
-        if let Some((_, first)) = written.iter().find(|(n, _)| *n == header_name) {
+        let spelled = tagged_keys.get(&path).unwrap_or(&name);
+        if let Some((_, first_name, first)) = written.iter().find(|(n, ..)| *n == header_name) {
             // A merged header gives way to one of its name in any case written in the mapping
             // or merged from a `<<` that wins (the YAML library gives those first), as one of
             // the same spelling does.
@@ -905,11 +1118,11 @@ fn validate_server(
             return Err(invalid(
                 &path,
                 format!(
-                    "the header {first} is written twice (\"{first}\" and \"{name}\"; header names ignore case): keep one"
+                    "the header {first_name} is written twice (\"{first}\" and \"{spelled}\"; header names ignore case): keep one"
                 ),
             ));
         }
-        written.push((header_name.clone(), name.clone()));
+        written.push((header_name.clone(), name.clone(), spelled.clone()));
         // The variables' values, kept as they are read: reading them again would count them
         // twice against the file's bound.
         let mut substituted = Vec::new();
@@ -939,8 +1152,10 @@ fn validate_server(
     let timeout = match raw.timeout_secs {
         None => DEFAULT_TIMEOUT,
         Some(secs) => {
+            let written = secs.referenced;
             let secs = typed::<f64>(secs, &at("timeout_secs"), env, NUMBER)?;
-            positive_duration(secs).ok_or_else(|| invalid(at("timeout_secs"), SECONDS_RANGE))?
+            positive_duration(secs)
+                .ok_or_else(|| out_of_range(&at("timeout_secs"), SECONDS_RANGE, written))?
         }
     };
     let stream_usage = raw
@@ -1110,7 +1325,7 @@ fn unsendable(text: &str) -> Option<String> {
 }
 
 /// `Err` holds the problem of each setting that has one, in the order of [`RawSettings`]'s
-/// keys: each is judged apart. `aliases` are every server the file names, those with a
+/// keys (put in the file's order later, [`settings_in_file_order`]): each is judged apart. `aliases` are every server the file names, those with a
 /// problem too: a `default_server` naming one of them is that server's problem, not its own.
 fn validate_settings(
     raw: Option<RawSettings>,
@@ -1130,8 +1345,10 @@ fn validate_settings(
     }
     if let Some(secs) = raw.models_fetch_timeout_secs {
         let path = "settings.models_fetch_timeout_secs";
-        let timeout = typed::<f64>(secs, path, env, NUMBER)
-            .and_then(|secs| positive_duration(secs).ok_or_else(|| invalid(path, SECONDS_RANGE)));
+        let written = secs.referenced;
+        let timeout = typed::<f64>(secs, path, env, NUMBER).and_then(|secs| {
+            positive_duration(secs).ok_or_else(|| out_of_range(path, SECONDS_RANGE, written))
+        });
         match timeout {
             Ok(timeout) => settings.models_fetch_timeout = timeout,
             Err(problem) => problems.push(problem),
@@ -1139,8 +1356,9 @@ fn validate_settings(
     }
     if let Some(bytes) = raw.max_body_bytes {
         let path = "settings.max_body_bytes";
+        let written = bytes.referenced;
         let bytes = typed::<u64>(bytes, path, env, WHOLE_NUMBER).and_then(|bytes| match bytes {
-            0 => Err(invalid(path, "must be above 0")),
+            0 => Err(out_of_range(path, "must be above 0", written)),
             bytes => Ok(usize::try_from(bytes).unwrap_or(usize::MAX)),
         });
         match bytes {
@@ -1163,14 +1381,30 @@ fn validate_settings(
 
 fn cache_ttl(secs: Typed, env: &EnvLookup<'_>) -> Result<Duration, Invalid> {
     let path = "settings.models_cache_ttl_secs";
+    let written = secs.referenced;
     let secs = typed::<f64>(secs, path, env, NUMBER)?;
     if !(secs.is_finite() && (0.0..1e9).contains(&secs)) {
-        return Err(invalid(
+        return Err(out_of_range(
             path,
-            "must be a number of seconds, 0 or more (below 1e9)",
+            "must be a number of seconds, 0 or more and below 1000000000 (1e9)",
+            written,
         ));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A number key's value that is a number but out of its range (`reason` says the range),
+/// with where it is written, as a value that is no number is said ([`typed`]): the range
+/// messages alone had no line.
+fn out_of_range(path: &str, reason: &str, written: serde_saphyr::Location) -> Invalid {
+    invalid(
+        path,
+        format!(
+            "{reason} at line {}, column {}",
+            written.line(),
+            written.column()
+        ),
+    )
 }
 
 fn default_server(
@@ -1916,7 +2150,7 @@ settings:
     }
 
     /// One header written twice in different case (`X-A`, `x-a`) is refused naming both
-    /// spellings: both loaded and one was dropped in silence.
+    /// spellings as written: both loaded and one was dropped in silence.
     #[test]
     fn a_header_written_twice_in_any_case_is_refused() {
         let (path, reason) = error_of(
@@ -1927,6 +2161,34 @@ settings:
             reason,
             "the header X-A is written twice (\"X-A\" and \"x-a\"; header names ignore case): keep one"
         );
+        // Each said as written, its tag too, as a key written twice is: a tag used to be
+        // left out, as if both were plain.
+        let cases = [
+            (
+                "      !!str X-A: one\n      x-a: two\n",
+                "\"!!str X-A\" and \"x-a\"",
+            ),
+            (
+                "      X-A: one\n      !!binary eC1h: two\n",
+                "\"X-A\" and \"!!binary eC1h\"",
+            ),
+            (
+                "      {X-A: one, !<tag:yaml.org,2002:str> x-a: two}\n",
+                "\"X-A\" and \"!<tag:yaml.org,2002:str> x-a\"",
+            ),
+        ];
+        for (headers, spellings) in cases {
+            let yaml = format!("servers:\n  e:\n    url: http://x\n    headers:\n{headers}");
+            let (path, reason) = error_of(&yaml);
+            assert_eq!(path, "servers.e.headers.x-a", "{yaml}");
+            assert_eq!(
+                reason,
+                format!(
+                    "the header X-A is written twice ({spellings}; header names ignore case): keep one"
+                ),
+                "{yaml}"
+            );
+        }
     }
 
     /// A header written in a `headers` mapping overrides a merged one (`<<: *h`) of its name

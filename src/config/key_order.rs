@@ -93,10 +93,11 @@ impl<'a> Reader<'a> {
             Event::Alias(id) => return self.anchors.get(&id).copied(),
             Event::Scalar(..) => {
                 let merge = super::merge_order::is_merge_key(&event);
-                let Event::Scalar(text, _, anchor, _) = event else {
+                let text = super::merge_order::scalar_text(&event)?;
+                let Event::Scalar(_, _, anchor, _) = event else {
                     return None;
                 };
-                self.nodes.push(Node::Scalar(text.into_owned(), merge));
+                self.nodes.push(Node::Scalar(text, merge));
                 let at = self.nodes.len() - 1;
                 self.anchors.insert(anchor, at);
                 return Some(at);
@@ -203,7 +204,7 @@ mod tests {
     #[test]
     fn merged_servers_take_the_places_pyyaml_gives_them() {
         let anchors = "x:\n  a: &a {p: 1, q: 1}\n  b: &b {q: 2, r: 2}\n  c: &c {s: 3, p: 3}\n";
-        let cases: [(&str, &[&str]); 12] = [
+        let cases: [(&str, &[&str]); 13] = [
             (
                 "servers:\n  w: 0\n  <<: *a\n  v: 0\n",
                 &["p", "q", "w", "v"],
@@ -245,6 +246,8 @@ mod tests {
                 &["p", "q", "w"],
             ),
             ("servers:\n  w: 0\n  v: 0\n", &["w", "v"]),
+            // A `!!binary` name is its text (`dw==` is `w`), as the YAML library gives it.
+            ("servers:\n  !!binary dw==: 0\n  <<: *a\n", &["p", "q", "w"]),
         ];
         for (text, expected) in cases {
             let text = format!("{anchors}{text}");

@@ -12,7 +12,8 @@
 //!
 //! The same walk refuses a key whose text is written twice in one mapping, with both lines:
 //! the YAML library compares keys as YAML values, so `123:` and `'123':` (a number, a text)
-//! passed it, while the router reads every name as its text.
+//! passed it, and `!!binary YQ==:` beside `a:`, while the router reads every name as its
+//! text ([`scalar_text`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -23,25 +24,39 @@ use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span, StrInput, St
 /// `text`, with the values of each mapping's separate `<<` keys in reverse order; `text` itself
 /// when no mapping has two. Text the YAML parser refuses is given back as it is: the YAML
 /// library says why, with the line. The error is `(key path, reason)`, as the config's.
+#[cfg(test)]
 pub(super) fn in_pyyaml_order(text: &str) -> Result<Cow<'_, str>, (String, String)> {
+    read(text).map(|(text, _)| text)
+}
+
+/// Each key written with a tag (`!!str X-Foo:`), by its key path (`servers.a.headers.X-Foo`,
+/// the name as the YAML library gives it): how it is spelled, tag and all (`!!str X-Foo`),
+/// for a message that names two spellings of one name ([`super::validate`]'s header names
+/// that differ only in case) to say it as written, as [`Walk::written_once`] does.
+pub(super) type TaggedKeys = HashMap<String, String>;
+
+/// [`in_pyyaml_order`]'s text, with the keys written with a tag ([`TaggedKeys`]).
+pub(super) fn read(text: &str) -> Result<(Cow<'_, str>, TaggedKeys), (String, String)> {
     let mut walk = Walk {
         text,
         events: Parser::new_from_str(text),
         path: Vec::new(),
         moves: Vec::new(),
+        tagged: HashMap::new(),
     };
     match walk.stream() {
         Ok(()) => {}
-        Err(Stop::Unreadable) => return Ok(Cow::Borrowed(text)),
+        Err(Stop::Unreadable) => return Ok((Cow::Borrowed(text), TaggedKeys::new())),
         Err(Stop::Refused(path, reason)) => return Err((path, reason)),
     }
+    let tagged = std::mem::take(&mut walk.tagged);
     if walk.moves.is_empty() {
-        return Ok(Cow::Borrowed(text));
+        return Ok((Cow::Borrowed(text), tagged));
     }
     walk.moves.sort_by_key(|m| m.to.start);
     let mut out = String::with_capacity(text.len());
     render(text, &walk.moves, 0..text.len(), &mut out);
-    Ok(Cow::Owned(out))
+    Ok((Cow::Owned(out), tagged))
 }
 
 /// The text of `from` (with the moves inside it) goes where `to` was. Byte ranges of `text`.
@@ -92,6 +107,7 @@ struct Walk<'a> {
     /// The keys (and list positions) above the current node, for a refusal's key path.
     path: Vec<String>,
     moves: Vec<Move>,
+    tagged: TaggedKeys,
 }
 
 impl<'a> Walk<'a> {
@@ -208,19 +224,23 @@ impl<'a> Walk<'a> {
             let is_merge = is_merge_key(&key_event);
             let key_line = key_span.start.line();
             let name = match &key_event {
-                Event::Scalar(name, ..) => name.to_string(),
+                Event::Scalar(..) => scalar_text(&key_event).unwrap_or_default(),
                 _ => "?".to_owned(),
             };
             if let (false, Event::Scalar(_, _, _, tag)) = (is_merge, &key_event) {
                 let tag = tag.as_ref().map(|tag| tag.original());
-                self.written_once(
-                    &mut written,
-                    &name,
-                    Key {
-                        span: key_span,
-                        tag,
-                    },
-                )?;
+                let key = Key {
+                    span: key_span,
+                    tag,
+                };
+                if key.tag.is_some() {
+                    let spelled = self.spelled(&key, &name)?;
+                    if !spelled.contains('\n') {
+                        let path = format!("{}.{name}", self.key_path());
+                        self.tagged.entry(path).or_insert(spelled);
+                    }
+                }
+                self.written_once(&mut written, &name, key)?;
             }
             anchored |= self.node(key_event, key_span)?.anchored;
             let Child::Node(event, span) = self.child()? else {
@@ -281,17 +301,7 @@ impl<'a> Walk<'a> {
             written.insert(name.to_owned(), key);
             return Ok(());
         };
-        // The scalar's span leaves its tag out: `!!str 7` and `7` were both "7".
-        let spelled = |key: &Key| -> Result<String, Stop> {
-            let span = key.span;
-            let range = offset(span.start.byte_offset())?..offset(span.end.byte_offset())?;
-            let text = self.text.get(range).unwrap_or(name);
-            Ok(match &key.tag {
-                Some(tag) if !text.starts_with('!') => format!("{tag} {text}"),
-                _ => text.to_owned(),
-            })
-        };
-        let (one, two) = (spelled(first)?, spelled(&key)?);
+        let (one, two) = (self.spelled(first, name)?, self.spelled(&key, name)?);
         let spellings = (!one.contains('\n') && !two.contains('\n')).then_some((&*one, &*two));
         Err(Stop::Refused(
             self.key_path(),
@@ -303,6 +313,18 @@ impl<'a> Walk<'a> {
                 self.column(&key) + 1,
             ),
         ))
+    }
+
+    /// `key` (whose text is `name`) as written, with its tag: the scalar's span leaves its tag
+    /// out, and `!!str 7` and `7` were both "7".
+    fn spelled(&self, key: &Key, name: &str) -> Result<String, Stop> {
+        let span = key.span;
+        let range = offset(span.start.byte_offset())?..offset(span.end.byte_offset())?;
+        let text = self.text.get(range).unwrap_or(name);
+        Ok(match &key.tag {
+            Some(tag) if !text.starts_with('!') => format!("{tag} {text}"),
+            _ => text.to_owned(),
+        })
     }
 
     /// The 0-based column where `key` starts: its tag's when the tag is written just before
@@ -342,6 +364,38 @@ fn is_node_start(event: &Event<'_>) -> bool {
         event,
         Event::Scalar(..) | Event::Alias(_) | Event::SequenceStart(..) | Event::MappingStart(..)
     )
+}
+
+/// A scalar's text as the YAML library gives it where text is read (a key, a name): as
+/// written, but for one tagged `!!binary`, which it gives decoded (`!!binary YQ==` is `a`).
+///
+/// Two keys of one mapping whose texts are the same are refused as written twice
+/// ([`Walk::written_once`]), so `!!binary YQ==:` beside `a:` is: the YAML library gave both
+/// as `a` and kept one server in silence. PyYAML keeps them apart (`b'a'` and `'a'`), but the
+/// Python version read its config through pydantic (`Dict[str, ServerConfig]`), which
+/// decodes a bytes key as UTF-8: there too `!!binary YQ==` was the server `a`, and beside a
+/// plain `a:` the later one replaced the other in silence. A `!!binary` name alone is
+/// therefore read as its text, as both read it; two of one text are refused, naming both
+/// spellings and lines, as every key written twice is. `None` for an event that is no
+/// scalar.
+pub(super) fn scalar_text(event: &Event<'_>) -> Option<String> {
+    let Event::Scalar(value, _, _, tag) = event else {
+        return None;
+    };
+    let binary = tag
+        .as_ref()
+        .is_some_and(|tag| tag.handle() == "tag:yaml.org,2002:" && tag.suffix() == "binary");
+    if binary {
+        use base64::Engine as _;
+        // YAML allows white space inside base64 text, as the YAML library reads it.
+        let packed: String = value.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let decoded = base64::engine::general_purpose::STANDARD.decode(packed);
+        // Text that is no base64 of UTF-8 is the YAML library's to refuse, with its line.
+        if let Some(text) = decoded.ok().and_then(|bytes| String::from_utf8(bytes).ok()) {
+            return Some(text);
+        }
+    }
+    Some(value.to_string())
 }
 
 /// A merge key as the YAML library takes one: a plain `<<`, or one tagged `!!merge`.

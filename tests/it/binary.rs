@@ -1441,14 +1441,16 @@ fn each_servers_problem_is_named_in_one_run() {
 
 /// The settings' problems are named in the same run as the servers', each setting judged
 /// apart, by `check` and by `serve`: `max_body_bytes: abc` was said only once every server
-/// was good, and a setting the YAML reader refuses (`default_server: [a]`) hid the servers'
-/// problems. A `default_server` naming a server that has a problem is that server's problem.
+/// was good, and a setting the YAML reader refuses (`default_server: [a]`, an unknown key)
+/// hid the servers' problems, then the other settings' problems. The settings' problems are
+/// said in the order written, as the servers' are (they came in a fixed order). A
+/// `default_server` naming a server that has a problem is that server's problem.
 #[test]
 fn settings_problems_are_named_with_the_servers_in_one_run() {
     let dir = tempfile::tempdir().expect("dir");
     let servers = "servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    api_key: ${LR_TEST_UNSET_ONE}\n  \
          ok:\n    url: http://127.0.0.1:9/v1\n  b:\n    url: ftp://h/v1\n";
-    let cases: [(&str, &[&str]); 3] = [
+    let cases: [(&str, &[&str]); 6] = [
         (
             "settings:\n  models_fetch_timeout_secs: soon\n  max_body_bytes: abc\n  default_server: a\n",
             &[
@@ -1467,11 +1469,49 @@ fn settings_problems_are_named_with_the_servers_in_one_run() {
             ],
         ),
         (
-            "settings:\n  default_server: [a]\n  max_body_bytes: abc\n",
+            "settings:\n  max_body_bytes: abc\n  default_server: [a]\n",
             &[
                 "servers.a.api_key: ",
                 "servers.b.url: ",
-                "settings.default_server: expected one value",
+                "settings.max_body_bytes: expected a whole number",
+                "settings.default_server: expected one value (text or a number), not a list or a mapping at line 11, column 19",
+            ],
+        ),
+        (
+            "settings:\n  models_fetch_timeout_secs: soon\n  colour: blue\n  default_server: [a]\n  \
+             models_cache_ttl_secs: [1]\n",
+            &[
+                "servers.a.api_key: ",
+                "servers.b.url: ",
+                "settings.models_fetch_timeout_secs: expected a number at line 10",
+                "settings.colour: unknown field `colour`, expected one of models_cache_ttl_secs, \
+                 models_fetch_timeout_secs, max_body_bytes, default_server at line 11, column 3",
+                "settings.default_server: expected one value (text or a number), not a list or a mapping at line 12",
+                "settings.models_cache_ttl_secs: expected one value (text or a number), not a list or a mapping at line 13",
+            ],
+        ),
+        (
+            "settings:\n  default_server: nowhere\n  max_body_bytes: abc\n  models_fetch_timeout_secs: 0\n  \
+             models_cache_ttl_secs: soon\n",
+            &[
+                "servers.a.api_key: ",
+                "servers.b.url: ",
+                "settings.default_server: \"nowhere\" is not a server alias",
+                "settings.max_body_bytes: expected a whole number",
+                "settings.models_fetch_timeout_secs: must be a number of seconds above 0",
+                "settings.models_cache_ttl_secs: expected a number at line 13",
+            ],
+        ),
+        (
+            "settings:\n  default_server: [a]\n  max_body_bytes: abc\n  colour: blue\n  \
+             models_fetch_timeout_secs: soon\n",
+            &[
+                "servers.a.api_key: ",
+                "servers.b.url: ",
+                "settings.default_server: expected one value (text or a number), not a list or a mapping at line 10",
+                "settings.max_body_bytes: expected a whole number",
+                "settings.colour: unknown field `colour`",
+                "settings.models_fetch_timeout_secs: expected a number at line 13",
             ],
         ),
     ];

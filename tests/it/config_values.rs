@@ -353,7 +353,8 @@ fn a_compression_other_than_gzip_or_none_stops_start_up() {
 /// `null` in a list was "invalid type: unit value, expected a string", `1e20` bytes "invalid
 /// u64"; a key written twice names both its lines (PyYAML took the last one; the router
 /// refuses it, since the first is most often a server meant under another name), also when
-/// written once as a number and once as text, and at the top level (said as `?`).
+/// written once as a number and once as text, or once as `!!binary` base64 of it, and at the
+/// top level (said as `?`).
 #[test]
 fn config_mistakes_are_said_in_the_editors_terms() {
     let dir = tempfile::tempdir().expect("dir");
@@ -379,6 +380,16 @@ fn config_mistakes_are_said_in_the_editors_terms() {
             "servers:\n  a:\n    url: http://x\nservers:\n  b:\n    url: http://y\n",
             "error: ./config.yaml: (top level): the key servers appears twice, at line 1 and again at line 4, column 1; keep one",
         ),
+        // `!!binary YQ==` is the name `a` to the YAML library (and was to the Python
+        // version's pydantic): `check` said "ok, 1 server (a)", the second one dropped.
+        (
+            "servers:\n  !!binary YQ==:\n    url: http://x\n  a:\n    url: http://y\n",
+            "error: ./config.yaml: servers: the key a appears twice (as !!binary YQ== and a), at line 2 and again at line 4, column 3; keep one",
+        ),
+        (
+            "servers:\n  !!binary \"/w==\":\n    url: http://x\n",
+            "error: ./config.yaml: servers: a `!!binary` value that is not UTF-8 text once decoded, where text is expected: write the text itself at line 2, column 12",
+        ),
     ];
     for (yaml, expected) in cases {
         std::fs::write(dir.path().join("config.yaml"), yaml).expect("config");
@@ -394,6 +405,52 @@ fn config_mistakes_are_said_in_the_editors_terms() {
     .expect("config");
     let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
     assert_eq!(code, 0, "{stdout} {stderr}");
+    // A `!!binary` name alone is its text, as the Python version read it.
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  !!binary YQ==:\n    url: http://x/v1\n",
+    )
+    .expect("config");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    assert!(stdout.contains("ok, 1 server (a)"), "{stdout}");
+}
+
+/// A number key's value that is a number but out of its range is named with its line, as
+/// one that is no number is: `models_cache_ttl_secs: 1e10` (or `-1`) was said with no line,
+/// and so were the other range messages.
+#[test]
+fn a_number_out_of_its_range_is_named_with_its_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  a:\n    url: http://x/v1\n    timeout_secs: 0\nsettings:\n  \
+         models_cache_ttl_secs: 1e10\n  models_fetch_timeout_secs: -2\n  max_body_bytes: \"0\"\n",
+    )
+    .expect("config");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            "error: ./config.yaml: servers.a.timeout_secs: must be a number of seconds above 0 and below 1000000000 (1e9) at line 4, column 19",
+            "error: ./config.yaml: settings.models_cache_ttl_secs: must be a number of seconds, 0 or more and below 1000000000 (1e9) at line 6, column 26",
+            "error: ./config.yaml: settings.models_fetch_timeout_secs: must be a number of seconds above 0 and below 1000000000 (1e9) at line 7, column 30",
+            "error: ./config.yaml: settings.max_body_bytes: must be above 0 at line 8, column 19",
+        ],
+        "{stderr}"
+    );
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "settings:\n  models_cache_ttl_secs: -1\n",
+    )
+    .expect("config");
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "error: ./config.yaml: settings.models_cache_ttl_secs: must be a number of seconds, 0 or more and below 1000000000 (1e9) at line 2, column 26"
+    );
 }
 
 /// A control character in a key (an alias, a header name, an unknown key) is shown escaped
