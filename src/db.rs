@@ -221,10 +221,16 @@ pub enum DbError {
     },
     /// The busy timeout ran out: another process kept the write lock all along.
     #[error(
-        "{path}: another program held the database's lock for more than {} s (an open sqlite3 transaction, a long VACUUM); nothing was changed; try again",
+        "{path}: another program held the database's lock for more than {} s (an open sqlite3 transaction, a long VACUUM); {kept}; try again",
         BUSY_TIMEOUT.as_secs()
     )]
-    Locked { path: String },
+    Locked {
+        path: String,
+        /// What did not change: [`NOTHING_CHANGED`] where the refused step was the first
+        /// write; a `user` command says "no user was changed", since opening the file may
+        /// already have made a dropped usage ledger again (said on its own warning line).
+        kept: &'static str,
+    },
     /// The switch to WAL (once per file: the Python version's is in rollback-journal mode)
     /// waited the busy timeout for a moment with the file to itself, and never had it:
     /// another connection kept a transaction open all along, be it only a reader. Said as
@@ -242,6 +248,9 @@ pub enum DbError {
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
 }
+
+/// What [`DbError::Locked`] says stayed as it was when the write it refused was the first.
+pub const NOTHING_CHANGED: &str = "nothing was changed";
 
 /// Refuses the one name SQLite never takes as a file, whatever the open flags: `:memory:`
 /// opens a database that lives as long as the connection, so `user add` would print a key
@@ -914,6 +923,7 @@ fn not_a_database(path: &str, e: rusqlite::Error) -> DbError {
     if is_locked(&e) {
         return DbError::Locked {
             path: path.to_owned(),
+            kept: NOTHING_CHANGED,
         };
     }
     let reason = match e.sqlite_error_code() {
@@ -1019,6 +1029,7 @@ fn migrate(conn: &Connection, path: &str) -> Result<(), DbError> {
         if is_locked(&e) {
             return DbError::Locked {
                 path: path.to_owned(),
+                kept: NOTHING_CHANGED,
             };
         }
         DbError::Upgrade {
