@@ -221,10 +221,16 @@ pub enum DbError {
     },
     /// The busy timeout ran out: another process kept the write lock all along.
     #[error(
-        "{path}: another program held the database's lock for more than {} s (an open sqlite3 transaction, a long VACUUM); nothing was changed; try again",
+        "{path}: another program held the database's lock for more than {} s (an open sqlite3 transaction, a long VACUUM); {kept}; try again",
         BUSY_TIMEOUT.as_secs()
     )]
-    Locked { path: String },
+    Locked {
+        path: String,
+        /// What did not change: [`NOTHING_CHANGED`] where the refused step was the first
+        /// write; a `user` command says "no user was changed", since opening the file may
+        /// already have made a dropped usage ledger again (said on its own warning line).
+        kept: &'static str,
+    },
     /// The switch to WAL (once per file: the Python version's is in rollback-journal mode)
     /// waited the busy timeout for a moment with the file to itself, and never had it:
     /// another connection kept a transaction open all along, be it only a reader. Said as
@@ -242,6 +248,9 @@ pub enum DbError {
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
 }
+
+/// What [`DbError::Locked`] says stayed as it was when the write it refused was the first.
+pub const NOTHING_CHANGED: &str = "nothing was changed";
 
 /// Refuses the one name SQLite never takes as a file, whatever the open flags: `:memory:`
 /// opens a database that lives as long as the connection, so `user add` would print a key
@@ -522,6 +531,16 @@ fn open_made(
     })?;
     check_version(found, &shown)?;
     check_ours(&conn, &shown)?;
+    // A file that holds no database yet (made just now, or empty): a write that fails from
+    // here on fails to create the database, and is said so (see [`not_created`]).
+    let fresh = found == 0 && holds_nothing(&conn).map_err(|e| not_a_database(&shown, e))?;
+    let write_failed = |e: rusqlite::Error| {
+        if fresh {
+            not_created(&shown, path, e)
+        } else {
+            cannot_write(&shown, path, e)
+        }
+    };
     // SQLite opens a file the process may not write read-only, and says so.
     let read_only = conn.is_readonly(rusqlite::MAIN_DB)?;
     if access == Access::Write && read_only {
@@ -551,7 +570,7 @@ fn open_made(
             return read_as_is(conn, &shown);
         }
         Err(e) if is_locked(&e) => return Err(DbError::InUse { path: shown }),
-        Err(e) => return Err(cannot_write(&shown, path, e)),
+        Err(e) => return Err(write_failed(e)),
     }
     // Not for a command that only reads (`usage`, `user list`): `usage` says the ledger is
     // missing rather than reading a table made empty a moment before as "no usage".
@@ -559,12 +578,12 @@ fn open_made(
         Access::Write | Access::Follow => ensure_ledger(conn),
         Access::ReadOnce => Ok(false),
     };
-    let ledger_made = migrate(&conn, &shown)
+    let ledger_made = migrate(&conn, &shown, fresh)
         .and_then(|()| add_permissions_column(&conn))
         .and_then(|()| Ok(ensure_change_tracking(&conn)?))
         .and_then(|()| Ok(ledger(&conn)?))
         .map_err(|e| match e {
-            DbError::Sqlite(e) => cannot_write(&shown, path, e),
+            DbError::Sqlite(e) => write_failed(e),
             e => e,
         })?;
     if ledger_made {
@@ -679,6 +698,49 @@ fn cannot_write(shown: &str, path: &Path, e: rusqlite::Error) -> DbError {
         return not_a_database(shown, e);
     }
     folder_refuses(shown, path)
+}
+
+/// A write that failed in a file that held no database yet (one this open made, or an
+/// empty one): the database could not be created, said as that with SQLite's reason, and,
+/// when the folder's disk has no room left, that it is full, in `check`'s words. Its first
+/// write is the schema's first step, and a nearly full disk (room for the file, not for its
+/// tables) was said as "cannot upgrade its schema from version 0 to 4". A refusal that names
+/// its own cause (the folder, the lock) is left as it is.
+fn not_created(shown: &str, path: &Path, e: rusqlite::Error) -> DbError {
+    let full = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure)
+    ) && no_room_to_create(path);
+    match cannot_write(shown, path, e) {
+        DbError::Open {
+            path: shown,
+            reason,
+        } if full => DbError::Open {
+            path: shown,
+            reason: format!(
+                "cannot create the database: the disk of its folder {} is full ({reason})",
+                folder_of(path).display()
+            ),
+        },
+        DbError::Open {
+            path: shown,
+            reason,
+        } => DbError::Open {
+            path: shown,
+            reason: format!("cannot create the database: {reason}"),
+        },
+        other => other,
+    }
+}
+
+/// Whether the database holds no table, index, view or trigger: a file that is empty, or
+/// that SQLite has only begun.
+fn holds_nothing(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT NOT EXISTS (SELECT 1 FROM sqlite_schema)",
+        [],
+        |row| row.get(0),
+    )
 }
 
 /// The database at `path` cannot be written because of its folder: one that does not exist,
@@ -914,6 +976,7 @@ fn not_a_database(path: &str, e: rusqlite::Error) -> DbError {
     if is_locked(&e) {
         return DbError::Locked {
             path: path.to_owned(),
+            kept: NOTHING_CHANGED,
         };
     }
     let reason = match e.sqlite_error_code() {
@@ -996,8 +1059,10 @@ fn on_read_only_mount(_path: &Path) -> bool {
 /// and says so in one line. The transaction reads the version again: a second process
 /// opening the same file at the same moment waits (busy timeout) and then finds nothing to
 /// do, instead of failing with "database is locked" or applying a step twice. A negative
-/// version (set by hand) is read as 0: every step is safe to repeat.
-fn migrate(conn: &Connection, path: &str) -> Result<(), DbError> {
+/// version (set by hand) is read as 0: every step is safe to repeat. In a `fresh` file (no
+/// database in it yet) a failed step is SQLite's error as it came, for the caller to say as
+/// the database not created ([`not_created`]), not as an upgrade from version 0.
+fn migrate(conn: &Connection, path: &str, fresh: bool) -> Result<(), DbError> {
     let found = user_version(conn).map_err(|e| not_a_database(path, e))?;
     check_version(found, path)?;
     if found == current_version() {
@@ -1016,9 +1081,14 @@ fn migrate(conn: &Connection, path: &str) -> Result<(), DbError> {
         .and_then(|()| tx.pragma_update(None, "user_version", current_version()))
         .and_then(|()| tx.commit());
     upgraded.map_err(|e| {
+        // Not an upgrade of a database that was there: its creation (see [`not_created`]).
+        if fresh && !is_locked(&e) {
+            return DbError::Sqlite(e);
+        }
         if is_locked(&e) {
             return DbError::Locked {
                 path: path.to_owned(),
+                kept: NOTHING_CHANGED,
             };
         }
         DbError::Upgrade {

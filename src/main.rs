@@ -646,6 +646,17 @@ fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
         })?;
     } else {
         print_out(format_args!("{}", report.to_table()))?;
+        let cut = report.names_cut();
+        if cut > 0 {
+            // After the table, which a reader of stdout gets whole: as `user list` says it.
+            let (what, its) = match cut {
+                1 => ("1 user's name is".to_owned(), "its"),
+                n => (format!("{n} users' names are"), "their"),
+            };
+            console::line(format_args!(
+                "note: {what} cut in the table: {its} first 80 characters, then … and {its} length in bytes as recorded; llmsrouter usage --by user --json prints every name whole"
+            ));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -368,6 +368,13 @@ pub struct ResponseSummary {
     /// `error`. The answer is relayed as it came; the record counts it as the upstream's
     /// error.
     pub error: Option<String>,
+    /// The rest of that error inside a stream, where the upstream gave it: its `type` and
+    /// `code` (a code that is not a string kept as its JSON value), beside `error`'s message,
+    /// as `{"message", "type", "code"}` (the OpenAI error object's members). The records
+    /// show it with the answer (the request log's `response`, the trace's output), as they
+    /// show the router's own late error event; `None` when the upstream gave neither. A
+    /// whole body's error needs none: the body, kept, has them.
+    pub error_detail: Option<Value>,
     /// `content` is a note standing for the bulk of a whole JSON answer (embedding vectors,
     /// base64 images: `<3 embeddings, 1536 dimensions>`), so the record need not keep the
     /// body, whose bulk no sink should show.
@@ -1005,6 +1012,40 @@ fn error_message(error: &Value) -> String {
             .and_then(Value::as_str)
             .map_or_else(|| other.to_string(), str::to_owned),
     }
+}
+
+/// Most characters of an error's `type` or `code` a record keeps, as of a name a message
+/// quotes: an upstream's code is a short token, and one that is not must not grow a record.
+const MAX_ERROR_TOKEN_CHARS: usize = 80;
+
+/// An upstream's error object as a record keeps it beside its `message` (already bounded):
+/// `{"message", "type", "code"}`, each of the two last when given and not `null` (a code
+/// that is not a string, `429`, as its JSON value; a string cut past
+/// [`MAX_ERROR_TOKEN_CHARS`]); `None` when it gives neither, or is not an object.
+fn error_detail(message: &str, error: &Value) -> Option<Value> {
+    let token = |key: &str| match error.get(key)? {
+        Value::Null => None,
+        Value::String(text) => Some(Value::String(crate::error::clip(
+            text,
+            MAX_ERROR_TOKEN_CHARS,
+        ))),
+        Value::Array(_) | Value::Object(_) => None,
+        scalar => Some(scalar.clone()),
+    };
+    let kind = token("type");
+    let code = token("code");
+    if kind.is_none() && code.is_none() {
+        return None;
+    }
+    let mut detail = serde_json::Map::new();
+    detail.insert("message".into(), Value::String(message.to_owned()));
+    if let Some(kind) = kind {
+        detail.insert("type".into(), kind);
+    }
+    if let Some(code) = code {
+        detail.insert("code".into(), code);
+    }
+    Some(Value::Object(detail))
 }
 
 fn str_field(v: &Value, key: &str) -> Option<String> {
@@ -1972,6 +2013,9 @@ struct Chunk<'a> {
     /// message (an object): left raw, read by the event's type.
     #[serde(borrow, default)]
     message: Option<&'a RawValue>,
+    /// A Responses API `error` event's code (a string, or what the upstream sent): raw.
+    #[serde(borrow, default)]
+    code: Option<&'a RawValue>,
     /// Anthropic: the content block an event is about.
     #[serde(borrow, default)]
     index: Option<&'a RawValue>,
@@ -2357,7 +2401,7 @@ impl StreamAccumulator {
         // The error is the record's (its outcome, level and message); the finish reason
         // stays what the upstream gave, none here.
         if let Some(error) = chunk.error.as_ref() {
-            self.note_error(error_message(error));
+            self.note_error(error_message(error), Some(error));
         }
         if let Some(kind) = chunk.event_type.as_deref() {
             if ANTHROPIC_EVENTS.contains(&kind) {
@@ -2415,7 +2459,13 @@ impl StreamAccumulator {
             if kind == "error" {
                 let message = raw_str(chunk.message)
                     .unwrap_or_else(|| "the upstream reported an error".to_owned());
-                self.note_error(message);
+                // Its code beside its message, as the reference has it (its `type` is the
+                // event's, `error`, no error's type).
+                let code = chunk
+                    .code
+                    .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+                let event = code.map(|code| serde_json::json!({ "code": code }));
+                self.note_error(message, event.as_ref());
             }
             if RESPONSES_TOOL_EVENTS.contains(&kind) {
                 self.push_responses_tool_event(kind, text);
@@ -2701,10 +2751,13 @@ impl StreamAccumulator {
                     self.summary.finish_reason = str_field(response, "status");
                     if kind == "response.failed" {
                         let error = response.get("error").filter(|e| !e.is_null());
-                        self.note_error(error.map_or_else(
-                            || "the upstream reported the response failed".to_owned(),
-                            error_message,
-                        ));
+                        self.note_error(
+                            error.map_or_else(
+                                || "the upstream reported the response failed".to_owned(),
+                                error_message,
+                            ),
+                            error,
+                        );
                     }
                 }
             }
@@ -3070,10 +3123,15 @@ impl StreamAccumulator {
     }
 
     /// The first error reported is kept: later ones are usually its consequences.
-    fn note_error(&mut self, message: String) {
-        if self.summary.error.is_none() {
-            self.summary.error = Some(crate::record::bounded_error(&message, &self.budget.guard));
+    /// Keeps the first error the stream reported: its message, and, from `error` (the
+    /// upstream's error object), its type and code ([`ResponseSummary::error_detail`]).
+    fn note_error(&mut self, message: String, error: Option<&Value>) {
+        if self.summary.error.is_some() {
+            return;
         }
+        let message = crate::record::bounded_error(&message, &self.budget.guard);
+        self.summary.error_detail = error.and_then(|error| error_detail(&message, error));
+        self.summary.error = Some(message);
     }
 
     fn note_output(&mut self, nonempty: bool) {
@@ -3592,6 +3650,48 @@ mod tests {
                 acc.push_data(event.as_bytes());
             }
             assert_eq!(acc.summary().error.as_deref(), expected, "{events:?}");
+        }
+    }
+
+    /// Beside its message, a stream's error keeps the type and code the upstream gave (a
+    /// code that is not a string as its JSON value, a long one cut); none when it gave
+    /// neither, and the first error reported wins here too.
+    #[test]
+    fn errors_reported_inside_a_stream_keep_their_type_and_code() {
+        let long = "c".repeat(200);
+        let cut = format!("{}… (200 bytes)", "c".repeat(80));
+        for (events, expected) in [
+            (
+                vec![r#"{"type":"error","code":"server_error","message":"m","sequence_number":1}"#.to_owned()],
+                Some(json!({"message": "m", "code": "server_error"})),
+            ),
+            (
+                vec![r#"{"type":"error","error":{"type":"t","code":null,"message":"m"}}"#.to_owned()],
+                Some(json!({"message": "m", "type": "t"})),
+            ),
+            (
+                vec![r#"{"type":"response.failed","response":{"status":"failed","error":{"code":429,"message":"m"}}}"#.to_owned()],
+                Some(json!({"message": "m", "code": 429})),
+            ),
+            (
+                vec![format!(r#"{{"error":{{"message":"m","code":"{long}"}}}}"#)],
+                Some(json!({"message": "m", "code": cut})),
+            ),
+            (vec![r#"{"type":"error","message":"m"}"#.to_owned()], None),
+            (vec![r#"{"error":"overloaded"}"#.to_owned()], None),
+            (
+                vec![
+                    r#"{"error":{"message":"first"}}"#.to_owned(),
+                    r#"{"error":{"message":"second","code":"x"}}"#.to_owned(),
+                ],
+                None,
+            ),
+        ] {
+            let mut acc = StreamAccumulator::default();
+            for event in &events {
+                acc.push_data(event.as_bytes());
+            }
+            assert_eq!(acc.summary().error_detail, expected, "{events:?}");
         }
     }
 

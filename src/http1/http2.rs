@@ -4,7 +4,9 @@
 //! hyper's HTTP/2 server has no idle timeout of its own, so the connection counts its open
 //! requests (an answer still streaming included) and, once none has been open for the idle
 //! timeout, says GOAWAY and closes. PINGs every minute find a peer that vanished without a
-//! FIN. A request body that stalls is refused by the proxy ([`crate::proxy::forward`]).
+//! FIN. A request whose client went away, or fell silent, while sending its body gets no
+//! answer: the proxy marks its answer [`NoAnswer`], and the stream is reset, as HTTP/1
+//! closes such a connection.
 //!
 //! A client that answers PINGs but stops reading an answer (its flow-control window stays
 //! shut) would hold that answer, and the upstream connection behind it, for ever: each answer
@@ -21,7 +23,7 @@
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -106,13 +108,22 @@ tokio::task_local! {
     static WAITING: Arc<Waiting>;
 }
 
+/// Marks an answer that must not be sent: its client went away, or fell silent, while
+/// sending the request's body (see `proxy::intake::Unread::Gone`). Over HTTP/1 the router
+/// closes such a connection without an answer, neither logged nor counted as a refusal; here
+/// the stream is reset (RST_STREAM, CANCEL) and the connection's other streams go on.
+#[derive(Debug, Clone, Copy)]
+pub struct NoAnswer;
+
 /// Since when (milliseconds after `epoch`, plus one; 0 for not waiting) an answer has had a
 /// frame out that hyper has not asked past. hyper asks an answer for its next frame as soon
 /// as the last one fits in the client's flow-control window, so an answer left waiting is
-/// one the client is not reading.
+/// one the client is not reading. `unanswered`: the app marked the answer [`NoAnswer`],
+/// and the stream's task is to end now, unanswered.
 struct Waiting {
     epoch: Instant,
     since: AtomicU64,
+    unanswered: AtomicBool,
 }
 
 impl Waiting {
@@ -120,6 +131,7 @@ impl Waiting {
         Self {
             epoch: Instant::now(),
             since: AtomicU64::new(0),
+            unanswered: AtomicBool::new(false),
         }
     }
 
@@ -173,8 +185,8 @@ where
 }
 
 /// Runs a stream's task until it ends, or until its answer has waited on the client for
-/// `send_timeout`, or waits when shutdown's grace ends (`hard_stop`): the task is then
-/// dropped, which drops the answer (its request recorded as a disconnect, or at the hard
+/// `send_timeout`, or waits when shutdown's grace ends (`hard_stop`), or its answer was
+/// marked [`NoAnswer`]: the task is then dropped, which drops the answer (its request recorded as a disconnect, or at the hard
 /// stop as cut by the shutdown; its upstream connection closed) and has h2 reset the stream.
 /// Until the answer's body has taken the task's note, each poll offers it ([`WAITING`]); a
 /// timer and a wait for the hard stop are set only while the answer waits.
@@ -189,7 +201,7 @@ async fn reset_if_unread<F: Future>(task: F, send_timeout: Duration, hard_stop: 
         } else {
             task.as_mut().poll(cx)
         };
-        if polled.is_ready() {
+        if polled.is_ready() || waiting.unanswered.load(Ordering::Relaxed) {
             return Poll::Ready(());
         }
         let Some(deadline) = waiting.deadline(send_timeout) else {
@@ -286,6 +298,13 @@ impl hyper::service::Service<http::Request<Incoming>> for CountedService {
             add_date(&mut response);
             // Polled inside the stream's task, so its note is there to take.
             let waiting = WAITING.try_with(Arc::clone).ok();
+            let unanswered = response.extensions().get::<NoAnswer>().is_some();
+            if let Some(waiting) = waiting.as_ref().filter(|_| unanswered) {
+                // The stream's task ends at once ([`reset_if_unread`]) and drops this
+                // future: no head goes out, and h2 resets the stream.
+                waiting.unanswered.store(true, Ordering::Relaxed);
+                return std::future::pending().await;
+            }
             // The body owns the count: it ends when hyper has sent the last frame or the
             // client reset the stream.
             Ok(response.map(|inner| {

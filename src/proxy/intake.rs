@@ -48,9 +48,10 @@ pub fn check_encoding(fields: &Fields) -> Result<(), ProxyError> {
 pub enum Unread {
     /// Refused: answered with this error, and logged as a refusal.
     Refused(ProxyError),
-    /// The client went away while sending it (it reset the stream, or the connection ended):
-    /// nobody is left to answer, and nothing was refused, as the router's HTTP/1 treats a
-    /// connection that ends in a body.
+    /// The client went away while sending it (it reset the stream, or the connection ended),
+    /// or sent nothing for the body read timeout with its stream left open: nobody is left
+    /// to answer, and nothing was refused, as the router's HTTP/1 treats a connection that
+    /// ends, or falls silent, in a body (it closes it without an answer).
     Gone,
 }
 
@@ -86,8 +87,10 @@ pub async fn read_body(
 }
 
 /// Collects a body whose length was not declared (or was declared within `limit`), stopping
-/// at the first byte past `limit`. A body that sends nothing for `stall` is refused, as
-/// the router's HTTP/1 refuses one: a client must not hold a request open without sending.
+/// at the first byte past `limit`. A body that sends nothing for `stall` is given up as a
+/// client gone, as the router's HTTP/1 gives one up (a client must not hold a request open
+/// without sending): it was refused 400, logged and counted as a refusal, where over HTTP/1
+/// the same client is neither.
 async fn collect_within(
     mut body: Body,
     limit: usize,
@@ -97,11 +100,11 @@ async fn collect_within(
     let mut gathered = Gathered::expecting(declared.map_or(0, |len| len as usize)).within(limit);
     loop {
         let Ok(frame) = tokio::time::timeout(stall, body.frame()).await else {
-            return Err(ProxyError::InvalidRequest(format!(
-                "the request body stalled: nothing arrived for {} s",
+            tracing::debug!(
+                "an HTTP/2 request body sent nothing for {} s; its stream is reset",
                 stall.as_secs_f64()
-            ))
-            .into());
+            );
+            return Err(Unread::Gone);
         };
         let Some(frame) = frame else { break };
         let frame = frame.map_err(|error| {

@@ -396,10 +396,16 @@ async fn read_incoming<'a>(
             return Err(Answer::refused(&error, &state.failures).into_axum());
         }
         // Nobody to answer, and nothing refused: not logged as a refusal (it was, "refused
-        // 400 invalid_request", where HTTP/1 sees a client gone). The answer goes nowhere.
+        // 400 invalid_request", where HTTP/1 sees a client gone). No answer goes out: the
+        // stream is reset ([`crate::http1::http2::NoAnswer`]), as HTTP/1 closes the
+        // connection; the answer here is for a server that cannot reset one.
         Err(Unread::Gone) => {
             let gone = ProxyError::InvalidRequest("the client went away sending its body".into());
-            return Err(Answer::error(&gone, None).into_axum());
+            let mut answer = Answer::error(&gone, None).into_axum();
+            answer
+                .extensions_mut()
+                .insert(crate::http1::http2::NoAnswer);
+            return Err(answer);
         }
     };
     Ok(ProxyRequest {

@@ -548,6 +548,11 @@ struct OutputMessage<'a> {
     refusal: &'a str,
     #[serde(skip_serializing_if = "<[ToolCall]>::is_empty")]
     tool_calls: &'a [ToolCall],
+    /// The upstream's own error event that ended the stream, its message, type and code
+    /// (see [`crate::usage::ResponseSummary::error_detail`]): the span's status message
+    /// has only the message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a serde_json::Value>,
 }
 
 fn has_message(summary: &ResponseSummary) -> bool {
@@ -581,6 +586,7 @@ fn output_of(record: &RequestRecord, max_bytes: usize) -> Option<String> {
             reasoning_content: &summary.reasoning,
             refusal: &summary.refusal,
             tool_calls: &summary.tool_calls,
+            error: summary.error_detail.as_ref(),
         };
         // Sized for the texts plus the JSON around them: no regrowth while writing.
         let texts = summary.content.len() + summary.reasoning.len() + summary.refusal.len();
@@ -590,7 +596,12 @@ fn output_of(record: &RequestRecord, max_bytes: usize) -> Option<String> {
         return String::from_utf8(out).ok();
     }
     if record.outcome == Outcome::UpstreamError {
-        let body = record.response_body.as_deref()?;
+        // A stream the upstream ended with its own error event before any answer: that
+        // error, as a late error of the router's own shows its event.
+        let Some(body) = record.response_body.as_deref() else {
+            let detail = summary.error_detail.as_ref()?;
+            return serde_json::to_string(detail).ok();
+        };
         if serde_json::from_slice::<&RawValue>(body).is_ok() {
             return Some(String::from_utf8_lossy(body).into_owned());
         }

@@ -289,6 +289,24 @@ impl UsageReport {
         out.write_all(b"}")
     }
 
+    /// How many rows of a report by user [`Self::to_table`] shows with their name cut, as the
+    /// `user list` table cuts one: past 80 characters, its first 80, `…` and its length in
+    /// bytes (a name is recorded up to 1,024 characters, and printed whole it widened every
+    /// row of the table to it). The command says so after the table; `--json` has them whole.
+    pub fn names_cut(&self) -> usize {
+        if self.by != GroupBy::User {
+            return 0;
+        }
+        self.rows
+            .iter()
+            .filter(|row| {
+                row.key
+                    .as_deref()
+                    .is_some_and(crate::users::names::cut_in_list)
+            })
+            .count()
+    }
+
     /// A fixed-width table with a TOTAL line; `-` for no user and for unknown cost. Four
     /// columns come after the others, only when some request in the report had any:
     /// `PARTIAL` (requests cut before their usage came, whose tokens are unknown, not zero),
@@ -353,10 +371,11 @@ impl UsageReport {
         for row in &self.rows {
             // Usernames and model names come from the database as they were stored; a
             // username is shown as `user list` shows it (names that differ only where it
-            // cannot be seen print differently). None or empty (no user; a file upload, which
-            // names no model) is `-`, not a blank cell.
+            // cannot be seen print differently; one past 80 characters cut, see
+            // [`Self::names_cut`]). None or empty (no user; a file upload, which names no
+            // model) is `-`, not a blank cell.
             let shown = if self.by == GroupBy::User {
-                crate::users::names::in_table
+                crate::users::names::in_list
             } else {
                 crate::printable
             };

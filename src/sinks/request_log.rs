@@ -411,6 +411,11 @@ struct StreamOutput<'a> {
     #[serde(skip_serializing_if = "<[ToolCall]>::is_empty")]
     tool_calls: &'a [ToolCall],
     finish_reason: Option<&'a str>,
+    /// The upstream's own error event's message, type and code, when it ended the stream
+    /// with one that has a type or code (see
+    /// [`crate::usage::ResponseSummary::error_detail`]): the line's `error` has its message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a serde_json::Value>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -487,6 +492,7 @@ fn serialize_line(
                     refusal: &summary.refusal,
                     tool_calls: &summary.tool_calls,
                     finish_reason: summary.finish_reason.as_deref(),
+                    error: summary.error_detail.as_ref(),
                 },
             )?;
         }

@@ -39,17 +39,20 @@ pub fn run(command: &UserCommand, cx: &mut Context<'_>) -> Result<(), UserError>
 }
 
 /// SQLite's bare "database is locked" (another program kept the write lock past the busy
-/// timeout) said as what it is, with the file, and that the command changed nothing: each
-/// change is one transaction, which never began.
+/// timeout) said as what it is, with the file, and that the command changed no user: each
+/// change is one transaction, which never began. "No user", not "nothing", as the command's
+/// other refusals say: opening the file may have made a dropped usage ledger again (said on
+/// its own warning line) before the change waited for the lock, and that stays.
 fn locked_at(db: &Path, e: UserError) -> UserError {
-    match e {
-        UserError::Sqlite(e) if crate::db::is_locked(&e) => {
-            UserError::Db(crate::db::DbError::Locked {
-                path: db.display().to_string(),
-            })
-        }
-        e => e,
-    }
+    let path = match e {
+        UserError::Sqlite(e) if crate::db::is_locked(&e) => db.display().to_string(),
+        UserError::Db(crate::db::DbError::Locked { path, .. }) => path,
+        e => return e,
+    };
+    UserError::Db(crate::db::DbError::Locked {
+        path,
+        kept: "no user was changed",
+    })
 }
 
 fn run_command(command: &UserCommand, cx: &mut Context<'_>) -> Result<(), UserError> {

@@ -1289,9 +1289,44 @@ fn a_database_that_cannot_be_made_on_a_full_disk_leaves_no_file() {
     };
     let fs = dir.path().join("fs");
     let launcher = [binary().into_os_string()];
-    assert_nothing_left(dir.path(), &fs, &launcher, "disk is full", || {
+    assert_nothing_left(
+        dir.path(),
+        &fs,
+        &launcher,
+        "disk is full",
+        &ALL_KINDS,
+        || {
+            let mut filler = std::fs::File::create(fs.join("filler")).expect("filler");
+            let _ = std::io::Write::write_all(&mut filler, &vec![0u8; 1024 * 1024]);
+        },
+    );
+}
+
+/// A disk nearly full, with room for the file but not for its tables: the database is said
+/// not created, for want of room on its folder's disk, by `serve` and `user add` alike, and
+/// leaves no file either. SQLite's first write is the schema's first step there, and it
+/// was said as "cannot upgrade its schema from version 0 to 4", as if a database had been
+/// there to upgrade.
+#[test]
+fn a_database_that_cannot_be_made_on_a_nearly_full_disk_is_said_not_created() {
+    let dir = tempfile::tempdir().expect("dir");
+    let Some(_mount) = Mounted::tmpfs(&dir.path().join("fs")) else {
+        eprintln!("not run: this process may not mount a tmpfs");
+        return;
+    };
+    let fs = dir.path().join("fs");
+    let launcher = [binary().into_os_string()];
+    let why = format!(
+        "cannot create the database: the disk of its folder {} is full (database or disk is full)",
+        fs.display()
+    );
+    // Not `other.db`, whose `-wal` (another's) SQLite removes as the log of the database it
+    // began there, when it closes it: that is the one file this open cannot keep.
+    let kinds = ["users.db", "empty.db"];
+    assert_nothing_left(dir.path(), &fs, &launcher, &why, &kinds, || {
+        // 48 KiB of the 512 left: the file and its -shm fit, its tables do not.
         let mut filler = std::fs::File::create(fs.join("filler")).expect("filler");
-        let _ = std::io::Write::write_all(&mut filler, &vec![0u8; 1024 * 1024]);
+        std::io::Write::write_all(&mut filler, &vec![0u8; 464 * 1024]).expect("filler");
     });
 }
 
@@ -1309,19 +1344,30 @@ fn a_database_that_cannot_be_written_leaves_no_file() {
         "trap '' XFSZ; ulimit -f 0; exec \"$0\" \"$@\"".into(),
         binary().into_os_string(),
     ];
-    assert_nothing_left(dir.path(), &fs, &limited, "disk I/O error", || {});
+    assert_nothing_left(
+        dir.path(),
+        &fs,
+        &limited,
+        "disk I/O error",
+        &ALL_KINDS,
+        || {},
+    );
 }
+
+/// The databases [`assert_nothing_left`] tries: a new file, a new file whose `-wal` is there
+/// (another's), and an empty file that is there.
+const ALL_KINDS: [&str; 3] = ["users.db", "other.db", "empty.db"];
 
 /// Runs `serve` (accounts off and on) and `user add` through `launcher` (the binary, or
 /// what starts it, and its arguments) on databases in `folder` where none can be made, once `fill` has run:
-/// a new file, a new file whose `-wal` is there (another's), and an empty file that is
-/// there. Each fails saying `why`, and the folder holds what it held before: the files made
+/// those of `kinds` ([`ALL_KINDS`] or some of them). Each fails saying `why`, and the folder holds what it held before: the files made
 /// are removed, and no file that was there is.
 fn assert_nothing_left(
     dir: &Path,
     folder: &Path,
     launcher: &[OsString],
     why: &str,
+    kinds: &[&str],
     fill: impl FnOnce(),
 ) {
     std::fs::write(dir.join("config.yaml"), "servers: {}\n").expect("config");
@@ -1335,7 +1381,7 @@ fn assert_nothing_left(
         bounded.arg("20").args(launcher);
         run_prepared(bounded, dir, args, envs)
     };
-    for name in ["users.db", "other.db", "empty.db"] {
+    for name in kinds {
         let db = folder.join(name);
         let db = db.to_str().expect("utf-8 path");
         for accounts in ["false", "true"] {

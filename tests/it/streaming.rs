@@ -2660,3 +2660,130 @@ async fn groqs_usage_under_x_groq_is_recorded() {
     assert!(!record.usage_partial());
     router.stop().await;
 }
+
+/// The Responses API's own error ending a stream (an `error` event, its code beside its
+/// message or in an `error` object with its type; a `response.failed` whose `response.error`
+/// has a code) keeps its code and type in the records where they have a place, as the
+/// router's own late error event does: the request log's `response` and the trace's
+/// output have `{"message", "type", "code"}` beside the answer so far (the output is that
+/// object when no answer came); the line's `error`, the ledger's and the span's status
+/// message keep the message. They kept only the message.
+#[tokio::test]
+async fn an_upstream_error_event_keeps_its_code_and_type_in_the_records() {
+    let created = anthropic_event(&json!({"type": "response.created", "response": {
+        "id": "resp_1", "model": "m", "status": "in_progress", "output": []}}));
+    let delta = anthropic_event(&json!({"type": "response.output_text.delta", "delta": "Par"}));
+    let cases = [
+        (
+            vec![
+                created.clone(),
+                delta.clone(),
+                anthropic_event(&json!({"type": "error", "code": "rate_limit_exceeded",
+                    "message": "Slow down", "param": null, "sequence_number": 2})),
+            ],
+            json!({"message": "Slow down", "code": "rate_limit_exceeded"}),
+        ),
+        (
+            vec![
+                created.clone(),
+                delta.clone(),
+                anthropic_event(&json!({"type": "response.failed", "response": {
+                    "id": "resp_1", "model": "m", "status": "failed",
+                    "error": {"code": "server_error", "message": "The model failed"}}})),
+            ],
+            json!({"message": "The model failed", "code": "server_error"}),
+        ),
+        (
+            vec![
+                created.clone(),
+                anthropic_event(&json!({"type": "error", "sequence_number": 1, "error": {
+                    "type": "invalid_request_error", "code": "context_length_exceeded",
+                    "message": "Too long", "param": null}})),
+            ],
+            json!({"message": "Too long", "type": "invalid_request_error",
+                "code": "context_length_exceeded"}),
+        ),
+    ];
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let config = one_server_config(&upstream.url(), "");
+    let router = TestRouter::start(&config).await;
+    let process = crate::support::RouterProcess::start(
+        Some(&config),
+        &[("LLMSROUTER_LOG_FILE", "requests.log")],
+    );
+    let folder = process.path().to_owned();
+    let log_lines = || -> Vec<serde_json::Value> {
+        std::fs::read_dir(&folder)
+            .expect("ls")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("requests."))
+            .flat_map(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|line| serde_json::from_str(line).ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let ledger_errors = || -> Vec<String> {
+        rusqlite::Connection::open(folder.join("users.db"))
+            .and_then(|c| {
+                c.prepare("SELECT error FROM usage_ledger ORDER BY id")?
+                    .query_map([], |row| row.get::<_, Option<String>>(0))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map(|errors| errors.into_iter().flatten().collect())
+            .unwrap_or_default()
+    };
+    for (n, (events, detail)) in cases.into_iter().enumerate() {
+        upstream.set(Behavior {
+            raw_chunks: Some(events.clone()),
+            ..Default::default()
+        });
+        let message = detail["message"].as_str().expect("message").to_owned();
+        let text = post_stream(&router, "/v1/responses")
+            .await
+            .text()
+            .await
+            .expect("the stream");
+        assert_eq!(text.as_bytes(), events.concat(), "relayed as it came");
+        let record = router.records.nth(n + 1).await;
+        assert_eq!(record.outcome, Outcome::UpstreamError, "{detail}");
+        assert_eq!(record.error.as_deref(), Some(message.as_str()));
+        let trace = llmsrouter::sinks::generation::build(
+            &record,
+            &llmsrouter::sinks::redact::Redactor::default(),
+            1 << 20,
+        );
+        assert_eq!(trace.status_message.as_deref(), Some(message.as_str()));
+        let output: serde_json::Value =
+            serde_json::from_str(trace.output.as_deref().expect("an output")).expect("JSON");
+        if record.response.content.is_empty() {
+            assert_eq!(output, detail, "no answer came: the error is the output");
+        } else {
+            assert_eq!(output["content"], "Par", "{output}");
+            assert_eq!(output["error"], detail, "{output}");
+        }
+
+        let response = client()
+            .post(process.url("/v1/responses"))
+            .json(&json!({"model": "[mock]m", "stream": true, "input": "hi"}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            response.text().await.expect("the stream").as_bytes(),
+            events.concat()
+        );
+        crate::support::wait_until(Duration::from_secs(10), || {
+            log_lines().len() > n && ledger_errors().len() > n
+        })
+        .await;
+        let line = &log_lines()[n];
+        assert_eq!(line["error"], message.as_str(), "{line}");
+        assert_eq!(line["response"]["error"], detail, "{line}");
+        assert_eq!(ledger_errors()[n], message);
+    }
+    router.stop().await;
+}

@@ -331,7 +331,9 @@ fn an_upgrade_that_fails_changes_nothing() {
 }
 
 /// Another program holding the write lock for longer than the 10 s wait: the command says
-/// so, and that nothing was changed, instead of SQLite's bare "database is locked".
+/// so, and that no user was changed (as its other refusals say; "nothing" would be untrue
+/// when opening the file made a dropped usage ledger again), instead of SQLite's bare
+/// "database is locked".
 #[test]
 fn a_lock_held_past_the_wait_is_said_plainly() {
     let dir = tempfile::tempdir().expect("dir");
@@ -345,7 +347,7 @@ fn a_lock_held_past_the_wait_is_said_plainly() {
     assert_eq!((code, out.as_str()), (1, ""), "{err}");
     assert_eq!(
         err,
-        "error: ./users.db: another program held the database's lock for more than 10 s (an open sqlite3 transaction, a long VACUUM); nothing was changed; try again\n"
+        "error: ./users.db: another program held the database's lock for more than 10 s (an open sqlite3 transaction, a long VACUUM); no user was changed; try again\n"
     );
     let (code, out, _) = user(dir.path(), &["list"]);
     assert_eq!(code, 0);

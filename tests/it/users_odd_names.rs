@@ -1033,3 +1033,67 @@ fn a_huge_name_is_cut_in_the_user_list_table() {
     let shown: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(shown["username"].as_str(), Some(alike.as_str()));
 }
+
+/// `usage --by user` cuts a long recorded name (up to 1,024 characters) in its table as the
+/// `user list` table does: its first 80 characters, `…` and its length in bytes, with a note
+/// on stderr after the table (it printed the name whole, and padded every row to it).
+/// `--json` keeps every name whole and says nothing; a report by model cuts no user.
+#[test]
+fn a_long_name_is_cut_in_the_usage_table_as_in_user_list() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let (code, _, err) = user(dir.path(), &["add", "ann"]);
+    assert_eq!(code, 0, "{err}");
+    // As the recorder cuts a longer name: its first 1,006 characters, `…#`, 16 hex digits.
+    let recorded = format!("h{}…#0123456789abcdef", "x".repeat(1005));
+    let just_over = format!("j{}", "é".repeat(80));
+    let whole = "k".repeat(80);
+    let conn = Connection::open(dir.path().join("users.db")).expect("open");
+    for name in [recorded.as_str(), just_over.as_str(), whole.as_str(), "ann"] {
+        conn.execute(
+            "INSERT INTO usage_ledger (request_id, started_at, day, username, provider, mode,
+                 endpoint, model, stream, outcome, latency_ms, input_tokens, output_tokens,
+                 total_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens,
+                 usage_known, usage_partial)
+             VALUES ('r', '2024-05-01T12:00:00.000Z', '2024-05-01', ?1, 'mock', 'alias',
+                 '/v1/chat/completions', 'm', 0, 'ok', 1, 1, 1, 2, 0, 0, 0, 1, 0)",
+            [name],
+        )
+        .expect("ledger row");
+    }
+    drop(conn);
+    let (code, out, err) = run_cli(dir.path(), &["usage", "--by", "user"], &[]);
+    assert_eq!(code, 0, "{err}");
+    // Each row as wide as the widest name: 6 rows of about 1 KB when it was printed whole.
+    assert!(out.len() < 1_200, "{} bytes: {out}", out.len());
+    let firsts: Vec<&str> = out
+        .lines()
+        .filter_map(|line| line.split("  ").next())
+        .map(str::trim)
+        .collect();
+    let cut = format!("h{}… (1026 bytes)", "x".repeat(79));
+    let cut_over = format!("j{}… (161 bytes)", "é".repeat(79));
+    assert_eq!(
+        firsts,
+        ["USER", "ann", &cut, &cut_over, &whole, "TOTAL"],
+        "{out}"
+    );
+    assert_eq!(
+        err,
+        "note: 2 users' names are cut in the table: their first 80 characters, then … and their length in bytes as recorded; llmsrouter usage --by user --json prints every name whole\n"
+    );
+
+    let (code, out, err) = run_cli(dir.path(), &["usage", "--by", "user", "--json"], &[]);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    let report: Value = serde_json::from_str(&out).expect("json");
+    let names: Vec<&str> = report["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|row| row["user"].as_str())
+        .collect();
+    assert_eq!(names, ["ann", &recorded, &just_over, &whole], "{out}");
+
+    let (code, _, err) = run_cli(dir.path(), &["usage", "--by", "model"], &[]);
+    assert_eq!((code, err.as_str()), (0, ""));
+}
