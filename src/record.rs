@@ -215,8 +215,10 @@ pub enum Decoded {
 }
 
 /// Most bytes of bodies that records may hold between `submit` and the last sink done with
-/// them. Sink queues are bounded in records; this bounds them in bytes too, since one record
-/// may carry a 64 MB body. Over it, records still go to every sink, without bodies.
+/// them, what the recorder reads into them included (a decoded answer, the texts read from
+/// it: see `BodyBudget::hold_what_was_read`). Sink queues are bounded in records; this bounds
+/// them in bytes too, since one record may carry a 64 MB body. Over it, records still go to
+/// every sink, without bodies.
 pub const BODY_BUDGET: usize = 256 * 1024 * 1024;
 
 /// Most bytes of whole answers that records over the body budget may hold until the recorder
@@ -274,22 +276,40 @@ impl BodyTicket {
         Some(Self(Some(Arc::new(TicketInner { bytes, held }))))
     }
 
-    /// The record's bodies grew by `bytes` (an answer decoded for the record): its share of
-    /// the budget grows with them. That may take the budget past its limit; the records after
-    /// it then find it spent and leave their bodies out, as when sinks fall behind.
+    /// Bytes of the budget this ticket holds.
+    fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |inner| inner.bytes)
+    }
+
+    /// The record's bodies grew by `bytes` after it was submitted (the recorder decoded its
+    /// answer and read its texts): its share grows with them when the budget whose holdings
+    /// `held` counts has room for that, up to `limit`; `false`, taking nothing, when not. A
+    /// record that held no share (nothing to hold when submitted) takes one.
     ///
     /// The grown ticket takes the whole new share; the old ticket gives its share back as it
     /// drops (at once, unless a clone still holds it and with it the old bodies), so the
     /// budget ends where it started once both are gone.
-    fn grow(&mut self, bytes: usize) {
-        let Some(inner) = &self.0 else { return };
+    fn grow_within(&mut self, bytes: usize, held: &Arc<AtomicUsize>, limit: usize) -> bool {
         if bytes == 0 {
-            return;
+            return true;
         }
+        let Some(inner) = &self.0 else {
+            let Some(ticket) = Self::take(held, bytes, limit) else {
+                return false;
+            };
+            *self = ticket;
+            return true;
+        };
         let share = inner.bytes.saturating_add(bytes);
         let held = Arc::clone(&inner.held);
-        held.fetch_add(share, Ordering::AcqRel);
+        let before = held.fetch_add(share, Ordering::AcqRel);
+        // `before` still counts the old share, given back as it drops.
+        if before.saturating_sub(inner.bytes).saturating_add(share) > limit {
+            held.fetch_sub(share, Ordering::AcqRel);
+            return false;
+        }
         self.0 = Some(Arc::new(TicketInner { bytes: share, held }));
+        true
     }
 }
 
@@ -599,9 +619,15 @@ impl Recorder {
         let losses = Arc::<Losses>::default();
         let log = LossLog::new(losses.clone(), warning_interval);
         let outcomes = Arc::<OutcomeCounts>::default();
+        let body_bytes = Arc::<AtomicUsize>::default();
+        let bodies = BodyBudget {
+            held: body_bytes.clone(),
+            limit: budgets.bodies,
+            losses: losses.clone(),
+        };
         tracker.spawn(run_recorder(
             rx,
-            (sinks.clone(), budgets.decode.clone()),
+            (sinks.clone(), budgets.decode.clone(), bodies),
             stop.clone(),
             log,
             outcomes.clone(),
@@ -611,7 +637,7 @@ impl Recorder {
             inner: Arc::new(RecorderInner {
                 tx: Some(tx),
                 live: AtomicUsize::new(0),
-                body_bytes: Arc::default(),
+                body_bytes,
                 body_budget: budgets.bodies,
                 read_bytes: Arc::default(),
                 read_budget: budgets.reads,
@@ -833,7 +859,7 @@ const MAX_BATCH: usize = 1024;
 
 async fn run_recorder(
     mut rx: mpsc::Receiver<Box<RequestRecord>>,
-    (sinks, budget): (Vec<Arc<dyn RecordSink>>, DecodeBudget),
+    (sinks, budget, bodies): (Vec<Arc<dyn RecordSink>>, DecodeBudget, BodyBudget),
     stop: CancellationToken,
     mut losses: LossLog,
     outcomes: Arc<OutcomeCounts>,
@@ -841,6 +867,7 @@ async fn run_recorder(
     let sinks = Delivering {
         sinks,
         budget,
+        bodies,
         outcomes,
     };
     let mut background = BackgroundResults::default();
@@ -900,7 +927,39 @@ struct Delivering {
     sinks: Vec<Arc<dyn RecordSink>>,
     /// The decode budget its decodes take from ([`Decode::AtLeastUsage`]).
     budget: DecodeBudget,
+    /// What a record holds once its answer is read takes from this ([`BODY_BUDGET`]).
+    bodies: BodyBudget,
     outcomes: Arc<OutcomeCounts>,
+}
+
+/// The body budget ([`BODY_BUDGET`]) as the recorder's task takes from it.
+#[derive(Clone)]
+struct BodyBudget {
+    held: Arc<AtomicUsize>,
+    limit: usize,
+    losses: Arc<Losses>,
+}
+
+impl BodyBudget {
+    /// What `record` came to hold as the recorder read its answer (the body decoded, the
+    /// texts read from it: up to 64 MiB and 8 MiB) takes its share of the budget beside what
+    /// it held when submitted; with no room for it, the bodies and texts are left out (usage
+    /// kept), as for a record submitted over the budget. Uncounted, 24 compressed 40 MiB
+    /// answers queued for the request log held 8 MiB of text each beside the budget's 256 MiB
+    /// of bodies, and the router peaked at 575 MiB.
+    fn hold_what_was_read(&self, record: &mut RequestRecord) {
+        let grown = record
+            .body_bytes()
+            .saturating_sub(record.body_ticket.bytes());
+        if record
+            .body_ticket
+            .grow_within(grown, &self.held, self.limit)
+        {
+            return;
+        }
+        self.losses.bodies.fetch_add(1, Ordering::Relaxed);
+        record.leave_bodies_out();
+    }
 }
 
 /// An answer body from this size up (or one to decode: a gzip of a few hundred kilobytes may
@@ -923,11 +982,14 @@ async fn deliver_completed(
         .as_ref()
         .is_some_and(|body| body.len() >= READ_ON_THE_SIDE || record.response_encoding.is_some());
     let budget = to.budget.clone();
+    let bodies = to.bodies.clone();
     let read = move |record: &mut RequestRecord| {
         complete_summary(record, Decode::AtLeastUsage(&budget));
         // Over the body budget when submitted: its answer was kept only to be read.
         if record.bodies_dropped {
             record.leave_bodies_out();
+        } else {
+            bodies.hold_what_was_read(record);
         }
     };
     if !heavy {
@@ -1389,11 +1451,10 @@ fn keep_decoded(record: &mut RequestRecord, decoded: Bytes, (kept, text): (bool,
         }
         return;
     }
-    let before = record.response_body.as_ref().map_or(0, Bytes::len);
-    let grown = decoded.len().saturating_sub(before);
+    // Its share of the body budget is taken once the whole answer is read (see
+    // `BodyBudget::hold_what_was_read`).
     record.response_body = Some(decoded);
     record.response_encoding = None;
-    record.body_ticket.grow(grown);
 }
 
 /// A JSON answer that only a stray byte keeps from parsing: a byte-order mark before it, a
@@ -1579,7 +1640,9 @@ pub(crate) mod tests {
                 held: held.clone(),
             })));
             let clone = clone_held.then(|| ticket.clone());
-            ticket.grow(400);
+            assert!(!ticket.grow_within(401, &held, 500), "no room");
+            assert_eq!(held.load(Ordering::Acquire), 100, "nothing taken");
+            assert!(ticket.grow_within(400, &held, 500));
             let expected = if clone_held { 600 } else { 500 };
             assert_eq!(
                 held.load(Ordering::Acquire),
@@ -1591,6 +1654,12 @@ pub(crate) mod tests {
             drop(ticket);
             assert_eq!(held.load(Ordering::Acquire), 0, "all given back");
         }
+        let mut none = BodyTicket::default();
+        assert!(!none.grow_within(501, &held, 500));
+        assert!(none.grow_within(500, &held, 500), "a first share taken");
+        assert_eq!(held.load(Ordering::Acquire), 500);
+        drop(none);
+        assert_eq!(held.load(Ordering::Acquire), 0);
     }
 
     /// A big answer is read for its record off the recorder's thread, which also accepts
@@ -1620,6 +1689,11 @@ pub(crate) mod tests {
             let to = Delivering {
                 sinks,
                 budget: DecodeBudget::default(),
+                bodies: BodyBudget {
+                    held: Arc::default(),
+                    limit: BODY_BUDGET,
+                    losses: Arc::default(),
+                },
                 outcomes: Arc::default(),
             };
             deliver_completed(Box::new(record), &to, &mut BackgroundResults::default()).await;
@@ -1793,6 +1867,52 @@ pub(crate) mod tests {
         task.shutdown().await;
     }
 
+    /// What the recorder reads from an answer takes from the body budget too: the texts a
+    /// whole answer's record keeps beside its body (up to 8 MiB), and a compressed answer's
+    /// decoded body. With no room for them, the record goes on without its bodies and texts,
+    /// its usage kept; uncounted, records queued for a slow request log held 8 MiB of text
+    /// each past the budget (24 compressed 40 MiB answers: 575 MiB).
+    #[tokio::test]
+    async fn what_the_recorder_reads_from_an_answer_counts_in_the_body_budget() {
+        let answer = |size: usize| {
+            let mut record = sample();
+            let body = serde_json::json!({"model": "m-1", "choices": [{"message":
+                {"content": "a".repeat(size)}}], "usage": {"prompt_tokens": 1, "completion_tokens": 2}});
+            record.response_body = Some(Bytes::from(body.to_string()));
+            record
+        };
+        // The body fits when submitted; the body and its text together do not.
+        let budget = answer(3000).body_bytes() + 1000;
+        let (_, compressed) = gzip_answer(3000);
+        let gzipped = gzip_record(&compressed);
+        assert!(gzipped.body_bytes() < budget, "fits compressed");
+        for (record, what) in [(answer(3000), "texts"), (gzipped, "decoded body")] {
+            let sink = Arc::new(Collect(Default::default()));
+            let (recorder, task) = Recorder::start_with_budget(vec![sink.clone()], budget);
+            recorder.submit(record);
+            let got = delivered(&sink, 1).await;
+            let record = &got[0];
+            assert!(record.bodies_dropped, "{what}: kept past the budget");
+            assert!(record.response_body.is_none() && record.response.content.is_empty());
+            assert_eq!(record.response.usage.as_ref().map(|u| u.total), Some(3));
+            assert_eq!(recorder.bodies_dropped(), 1);
+            assert_eq!(recorder.body_bytes_held(), 0, "{what}: nothing held");
+            drop(got);
+            task.shutdown().await;
+        }
+        // With room for them, they are kept, and held until the sink lets the record go.
+        let sink = Arc::new(Collect(Default::default()));
+        let (recorder, task) = Recorder::start_with_budget(vec![sink.clone()], 2 * budget);
+        recorder.submit(answer(3000));
+        let got = delivered(&sink, 1).await;
+        assert!(!got[0].bodies_dropped && got[0].response.content.len() == 3000);
+        assert_eq!(recorder.body_bytes_held(), got[0].body_bytes());
+        drop(got);
+        sink.0.lock().expect("lock").clear();
+        assert_eq!(recorder.body_bytes_held(), 0);
+        task.shutdown().await;
+    }
+
     #[tokio::test]
     async fn over_the_body_budget_records_keep_usage_but_not_bodies() {
         let sink = Arc::new(Collect(Default::default()));
@@ -1813,7 +1933,9 @@ pub(crate) mod tests {
             "usage kept"
         );
         assert_eq!(recorder.bodies_dropped(), 1);
-        assert_eq!(recorder.body_bytes_held(), body_bytes);
+        // Its bodies, and the text the recorder read from its answer.
+        assert_eq!(recorder.body_bytes_held(), body_bytes + "hi".len());
+        assert_eq!(recorder.body_bytes_held(), got[0].body_bytes());
         sink.0.lock().expect("lock").clear();
         drop(got);
         assert_eq!(recorder.body_bytes_held(), 0, "released by the last holder");

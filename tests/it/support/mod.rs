@@ -116,9 +116,19 @@ impl TestRouter {
     /// [`Self::start`] with a recorder keeping to another body budget: records held past it
     /// are handed to the sinks without their bodies.
     pub async fn start_with_body_budget(config_yaml: &str, body_budget: usize) -> Self {
+        Self::start_with_sinks_and_body_budget(config_yaml, Vec::new(), body_budget).await
+    }
+
+    /// [`Self::start_with_body_budget`] with more sinks after the collector.
+    pub async fn start_with_sinks_and_body_budget(
+        config_yaml: &str,
+        sinks: Vec<Arc<dyn RecordSink>>,
+        body_budget: usize,
+    ) -> Self {
         let records = Arc::new(Collector::default());
-        let sinks = vec![records.clone() as Arc<dyn RecordSink>];
-        let (recorder, recorder_task) = Recorder::start_with_budget(sinks, body_budget);
+        let mut all = vec![records.clone() as Arc<dyn RecordSink>];
+        all.extend(sinks);
+        let (recorder, recorder_task) = Recorder::start_with_budget(all, body_budget);
         Self::launch(config_yaml, recorder, Some(recorder_task), records, |_| {}).await
     }
 

@@ -237,6 +237,77 @@ async fn large_bodies_are_logged_whole_with_their_keys_redacted() {
     assert_eq!(sink.stats().written(), 3);
 }
 
+/// What the recorder reads from an answer counts in the bodies records may hold (the body
+/// budget): a gzip answer that fits it as it came but not once decoded, with the text read
+/// from it, is logged without its bodies, saying so, its usage kept. Uncounted, 24 such
+/// answers of 40 MiB queued for the log held 8 MiB of text each past the budget and took the
+/// router to 575 MiB. The next answer, which fits, is logged whole: the first gave its share
+/// back.
+#[tokio::test]
+async fn an_answer_past_the_body_budget_once_decoded_is_logged_without_bodies() {
+    const BUDGET: usize = 256 << 10;
+    let answer = |content: String| {
+        json!({"id": "chatcmpl-1", "object": "chat.completion", "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 2,
+                "total_tokens": PROMPT_TOKENS + 2}})
+        .to_string()
+    };
+    let big = crate::support::upstream::gzip(answer("a".repeat(BUDGET)).as_bytes());
+    assert!(big.len() < BUDGET / 16, "fits as it came");
+    let upstream = MockUpstream::start(Behavior {
+        raw_body: Some(big.clone()),
+        headers: vec![("content-encoding".into(), "gzip".into())],
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("dir");
+    let sink = log_sink(dir.path().join("api_proxy.log"), true);
+    // Without a key: nothing on the request path decodes what the client takes as it came.
+    let config = format!("servers:\n  mock:\n    url: \"{}\"\n", upstream.url());
+    let router = TestRouter::start_with_sinks_and_body_budget(
+        &config,
+        vec![sink.clone() as Arc<dyn RecordSink>],
+        BUDGET,
+    )
+    .await;
+    let small = crate::support::upstream::gzip(answer("hi".into()).as_bytes());
+    for (n, body) in [&big, &small].into_iter().enumerate() {
+        upstream.set(Behavior {
+            raw_body: Some(body.clone()),
+            headers: vec![("content-encoding".into(), "gzip".into())],
+            ..Default::default()
+        });
+        let response = crate::support::client()
+            .post(router.url("/v1/chat/completions"))
+            .header("accept-encoding", "gzip")
+            .json(&json!({"model": "[mock]m", "messages": [{"role": "user", "content": "q"}]}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        assert_eq!(&response.bytes().await.expect("body")[..], &body[..]);
+        // Recorded before the next is sent: the first holds no share of the budget by then.
+        router.records.nth(n + 1).await;
+    }
+    router.stop().await;
+    let lines = read_log_lines(dir.path(), "api_proxy");
+    assert_eq!(lines.len(), 2);
+    let (past, within) = (&lines[0], &lines[1]);
+    assert_eq!(
+        past["bodies"], "left out: telemetry was too far behind",
+        "{past}"
+    );
+    assert!(past.get("request").is_none() && past.get("response").is_none());
+    assert_eq!(past["outcome"], "success");
+    assert_eq!(past["usage"]["input"], PROMPT_TOKENS);
+    assert_eq!(past["usage"]["output"], 2);
+    assert!(within.get("bodies").is_none(), "{within}");
+    assert_eq!(within["response"]["choices"][0]["message"]["content"], "hi");
+    assert_eq!(within["request"]["messages"][0]["content"], "q");
+}
+
 /// An upstream's error message of megabytes is kept to its first 8,192 characters in the
 /// record's `error` (it was written whole, beside the whole body that holds it: twice), for a
 /// whole error answer and a stream's error event alike; the body itself is logged whole.
