@@ -1271,9 +1271,12 @@ fn complete_summary(record: &mut RequestRecord, decode: Decode<'_>) {
     let unrepaired = decoded.clone();
     let decoded = repaired.or(decoded);
     let readable = decoded.as_deref().unwrap_or(body);
-    let (mut summary, decoded) = match summarize_json_body(readable) {
+    // The texts are bounded as they are read, cut short of the record's secrets: the record
+    // keeps the body itself, so they need not be whole too.
+    let guard = record.cut_guard();
+    let (summary, decoded) = match summarize_json_body(readable, &guard) {
         Some(summary) => (summary, decoded),
-        None => match repaired_json(readable) {
+        None => match repaired_json(readable, &guard) {
             Some((summary, repaired)) => (summary, Some(repaired)),
             // A streamed body kept beside its note (see `proxy::stream`'s `Unread::copy`):
             // not JSON after all, so the note stands for it.
@@ -1296,8 +1299,6 @@ fn complete_summary(record: &mut RequestRecord, decode: Decode<'_>) {
             }
         },
     };
-    // The record keeps the body itself: the texts read from it need not be whole too.
-    summary.bound_texts(record.cut_guard());
     // `{"error": {...}}` under a 200: relayed as it came, recorded as the upstream's error.
     // Not in a file's content (`GET /files/<id>/content`): that is the user's data, and a
     // batch's output file of one request whose line reports an error is one such document.
@@ -1463,7 +1464,7 @@ fn keep_decoded(record: &mut RequestRecord, decoded: Bytes, (kept, text): (bool,
 /// for one character, so it is read, and kept for the record, without the mark, with U+FFFD
 /// in place of each bad byte and each control escaped (the client got the bytes as they
 /// came). `None` when none of these was the trouble.
-fn repaired_json(body: &[u8]) -> Option<(ResponseSummary, Bytes)> {
+fn repaired_json(body: &[u8], guard: &CutGuard) -> Option<(ResponseSummary, Bytes)> {
     let unmarked = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let text = String::from_utf8_lossy(unmarked);
     let text = match crate::usage::raw_controls_escaped(&text) {
@@ -1473,7 +1474,7 @@ fn repaired_json(body: &[u8]) -> Option<(ResponseSummary, Bytes)> {
     if unmarked.len() == body.len() && matches!(text, std::borrow::Cow::Borrowed(_)) {
         return None;
     }
-    let summary = summarize_json_body(text.as_bytes())?;
+    let summary = summarize_json_body(text.as_bytes(), guard)?;
     Some((summary, Bytes::from(text.into_owned())))
 }
 

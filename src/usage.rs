@@ -547,18 +547,28 @@ fn push_unicode_escape(out: &mut String, c: char) {
 
 /// Reads a non-stream JSON response body (chat, completions, embeddings, responses).
 pub fn summarize_body(body: &[u8]) -> ResponseSummary {
-    summarize_json_body(body).unwrap_or_default()
+    summarize_json_body(body, &CutGuard::default()).unwrap_or_default()
 }
 
 /// [`summarize_body`], or `None` when the body is not a JSON object: then nothing could be
-/// read from it, and whoever writes it out must not take it for JSON.
-pub fn summarize_json_body(body: &[u8]) -> Option<ResponseSummary> {
+/// read from it, and whoever writes it out must not take it for JSON. Its texts are bounded
+/// (see [`ResponseSummary::bound_texts`], cut short of `guard`'s secrets), and a chat
+/// answer's are cut as they are read (see [`Gather`]): read whole first, a 50 MB answer's
+/// text was copied whole (twice its size while serde_json unescaped it) to keep 8 MiB.
+pub fn summarize_json_body(body: &[u8], guard: &CutGuard) -> Option<ResponseSummary> {
     if let Some(fixed) = std::str::from_utf8(body)
         .ok()
         .and_then(lone_surrogates_replaced)
     {
-        return summarize_json_body(fixed.as_bytes());
+        return summarize_json_body(fixed.as_bytes(), guard);
     }
+    let mut summary = summarize_gathering(body, &mut Gather::new(guard))?;
+    summary.bound_texts(guard.clone());
+    Some(summary)
+}
+
+/// [`summarize_json_body`] before its texts are bounded, `gather` reading them.
+fn summarize_gathering(body: &[u8], gather: &mut Gather<'_>) -> Option<ResponseSummary> {
     // Fast path: one typed pass over the body, strings borrowed. Any field of an unexpected
     // type makes it fail, and the lenient path below reads the fields one by one instead.
     // The body's UTF-8 is checked once, up front: reading from bytes, serde_json checks
@@ -569,12 +579,14 @@ pub fn summarize_json_body(body: &[u8]) -> Option<ResponseSummary> {
     }
     if let Ok(text) = std::str::from_utf8(body) {
         if let Ok(fast) = serde_json::from_str::<FastBody<'_>>(text) {
-            if let Some(summary) = fast.into_summary() {
+            if let Some(summary) = fast.into_summary(gather) {
                 return Some(summary);
             }
         }
     }
-    summarize_leniently(body)
+    // What the fast path gathered is gone: the lenient one gathers afresh.
+    gather.restart();
+    summarize_leniently(body, gather)
 }
 
 /// An optional string that borrows from the input when it has no escapes. `#[serde(borrow)]`
@@ -624,8 +636,11 @@ struct FastBody<'a> {
 struct FastChoice<'a> {
     #[serde(borrow, default, deserialize_with = "object_only")]
     message: Option<MessageRaw<'a>>,
-    #[serde(borrow, default, deserialize_with = "borrowed_text")]
-    text: Option<std::borrow::Cow<'a, str>>,
+    /// A legacy completion's text, left raw to be read within its bound (see [`Gather`]).
+    /// Not a string (nor `null`): the lenient path reads the body, as it did when this was
+    /// read typed and failed the pass.
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "borrowed_text")]
     finish_reason: Option<std::borrow::Cow<'a, str>>,
 }
@@ -722,8 +737,14 @@ impl FastUsage {
 impl FastBody<'_> {
     /// `None` when the body needs the lenient path (a Responses API body, an Anthropic
     /// message, vendor usage, a transcription, moderations, any other shape).
-    fn into_summary(self) -> Option<ResponseSummary> {
-        if self.output.is_some()
+    fn into_summary(self, gather: &mut Gather<'_>) -> Option<ResponseSummary> {
+        let texts_ok = self.choices.iter().flatten().all(|choice| {
+            choice
+                .text
+                .is_none_or(|text| matches!(text.get().as_bytes().first(), Some(b'"' | b'n')))
+        });
+        if !texts_ok
+            || self.output.is_some()
             || self.content.is_some_and(|c| c.get() != "null")
             || self.error.is_some_and(|e| e.get() != "null")
             || (self.usage.is_none() && self.x_groq.is_some_and(|g| g.get() != "null"))
@@ -758,9 +779,12 @@ impl FastBody<'_> {
         if let Some(choice) = choices.next() {
             out.finish_reason = choice.finish_reason.map(std::borrow::Cow::into_owned);
             if let Some(message) = choice.message {
-                fill_from_message(&mut out, message);
-            } else if let Some(text) = choice.text {
-                out.content = text.into_owned();
+                fill_from_message(&mut out, message, gather);
+            } else if let Some(text) = choice.text.filter(|text| text.get() != "null") {
+                // A string serde_json would not read fails the pass, as it did read typed.
+                if !gather.push(&mut out.content, text) {
+                    return None;
+                }
             }
         }
         // With `n` above 1: the others' reasons, already parsed (none with one choice).
@@ -773,22 +797,35 @@ impl FastBody<'_> {
     }
 }
 
-fn fill_from_message(out: &mut ResponseSummary, message: MessageRaw<'_>) {
-    let (content, thinking) = content_texts(message.content);
-    out.content = content;
-    out.refusal = raw_str(message.refusal).unwrap_or_default();
-    out.reasoning = raw_str(message.reasoning_content)
-        .or_else(|| raw_str(message.reasoning))
-        .unwrap_or_default();
-    out.reasoning.push_str(&thinking);
+/// A message's texts, read in the order [`ResponseSummary::bound_texts`] keeps them
+/// (content, reasoning, refusal, tool calls), so `gather` cuts each where that bound would.
+fn fill_from_message(out: &mut ResponseSummary, message: MessageRaw<'_>, gather: &mut Gather<'_>) {
+    gather_content(message.content, Part::Text, gather, &mut out.content);
+    if !message
+        .reasoning_content
+        .is_some_and(|raw| gather.push(&mut out.reasoning, raw))
+    {
+        if let Some(raw) = message.reasoning {
+            gather.push(&mut out.reasoning, raw);
+        }
+    }
+    gather_content(message.content, Part::Thinking, gather, &mut out.reasoning);
+    if let Some(raw) = message.refusal {
+        gather.push(&mut out.refusal, raw);
+    }
     out.tool_calls = message
         .tool_calls
-        .and_then(|raw| serde_json::from_str::<Vec<Value>>(raw.get()).ok())
-        .map(|calls| calls.iter().map(tool_call_of).collect())
+        .and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok())
+        .map(|calls| {
+            calls
+                .into_iter()
+                .map_while(|call| gather.tool_call(call))
+                .collect()
+        })
         .unwrap_or_default();
     // The legacy functions API's one call (`function_call: {"name", "arguments"}`), recorded
-    // as a tool call of type `function` with no id.
-    if out.tool_calls.is_empty() {
+    // as a tool call of type `function` with no id (none after a text past the bound).
+    if out.tool_calls.is_empty() && !gather.over {
         if let Some(call) = message
             .function_call
             .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
@@ -806,7 +843,7 @@ fn fill_from_message(out: &mut ResponseSummary, message: MessageRaw<'_>) {
 }
 
 /// Reads a body field by field, tolerating odd types.
-fn summarize_leniently(body: &[u8]) -> Option<ResponseSummary> {
+fn summarize_leniently(body: &[u8], gather: &mut Gather<'_>) -> Option<ResponseSummary> {
     // The top level and the first choice are read as borrowed raw JSON, so the (possibly
     // long) message text is copied once and nothing else is allocated; only the small
     // `usage` object and the rare Responses API `output` become `Value`s. A field of an
@@ -835,9 +872,9 @@ fn summarize_leniently(body: &[u8]) -> Option<ResponseSummary> {
             .message
             .and_then(|raw| from_object::<MessageRaw<'_>>(raw.get()))
         {
-            fill_from_message(&mut out, message);
-        } else if let Some(text) = raw_str(choice.text) {
-            out.content = text;
+            fill_from_message(&mut out, message, gather);
+        } else if let Some(text) = choice.text {
+            gather.push(&mut out.content, text);
         }
     } else if let Some(output) = top
         .output
@@ -853,7 +890,7 @@ fn summarize_leniently(body: &[u8]) -> Option<ResponseSummary> {
         read_anthropic_content(&blocks, &mut out);
         out.finish_reason = raw_str(top.stop_reason);
     } else if top.choices.is_none() && top.output.is_none() && top.content.is_none() {
-        read_other_shapes(&top, body, &mut out);
+        read_other_shapes(&top, body, &mut out, gather);
     }
     // An error reported under a 2xx (a gateway's `{"error": {...}}` with status 200, a
     // Responses API `"status": "failed"`).
@@ -946,13 +983,17 @@ struct PartRaw<'a> {
 }
 
 impl PartRaw<'_> {
-    /// The part's text and its thinking (either may be empty).
+    /// The part's text and its thinking (either may be empty), read whole: a stream delta's.
     fn texts(&self) -> (String, String) {
+        let mut gather = Gather::whole();
+        let (mut text, mut thinking) = (String::new(), String::new());
         if self.kind.is_some_and(|kind| kind.get() == "\"thinking\"") {
             // A list of text parts, or a string: `content`'s own shapes.
-            return (String::new(), content_texts(self.thinking).0);
+            gather_content(self.thinking, Part::Text, &mut gather, &mut thinking);
+        } else if let Some(raw) = self.text {
+            gather.push(&mut text, raw);
         }
-        (raw_str(self.text).unwrap_or_default(), String::new())
+        (text, thinking)
     }
 }
 
@@ -969,32 +1010,361 @@ fn content_parts(raw: &RawValue) -> Vec<PartRaw<'_>> {
         .unwrap_or_default()
 }
 
-/// `content`'s text and thinking: a string is all text; a list of parts has each part's text
-/// and thinking (see [`PartRaw`]), and so has one part alone, as a stream's delta has it
-/// (see [`DeltaContent`]).
-fn content_texts(content: Option<&RawValue>) -> (String, String) {
+/// Which texts of a `content` [`gather_content`] reads.
+#[derive(Clone, Copy, PartialEq)]
+enum Part {
+    /// A string, and each part's `text`.
+    Text,
+    /// Each `thinking` part's thinking: its own text parts (a string, a list or one part),
+    /// not the thinking parts inside it.
+    Thinking,
+}
+
+/// Appends `content`'s texts of the kind `part` to `into`, through `gather`: a string is all
+/// text; a list of parts has each part's text or thinking (see [`PartRaw`]), and so has one
+/// part alone, as a stream's delta has it (see [`DeltaContent`]). The content's text and its
+/// thinking are read in two passes, so each is cut where [`ResponseSummary::bound_texts`]
+/// cuts it (the text counts first).
+fn gather_content(
+    content: Option<&RawValue>,
+    part: Part,
+    gather: &mut Gather<'_>,
+    into: &mut String,
+) {
     let Some(raw) = content else {
-        return Default::default();
+        return;
+    };
+    let mut read = |one: &PartRaw<'_>| {
+        let thinking = one.kind.is_some_and(|kind| kind.get() == "\"thinking\"");
+        match (thinking, part) {
+            (true, Part::Thinking) => gather_content(one.thinking, Part::Text, gather, into),
+            (false, Part::Text) => {
+                if let Some(text) = one.text {
+                    gather.push(into, text);
+                }
+            }
+            _ => {}
+        }
     };
     match raw.get().as_bytes().first() {
-        Some(b'"') => (
-            serde_json::from_str(raw.get()).unwrap_or_default(),
-            String::new(),
-        ),
-        Some(b'[') => {
-            let (mut text, mut thinking) = (String::new(), String::new());
-            for part in content_parts(raw) {
-                let (t, r) = part.texts();
-                text.push_str(&t);
-                thinking.push_str(&r);
-            }
-            (text, thinking)
+        Some(b'"') if part == Part::Text => {
+            gather.push(into, raw);
         }
-        Some(b'{') => from_object::<PartRaw<'_>>(raw.get())
-            .map(|part| part.texts())
-            .unwrap_or_default(),
-        _ => Default::default(),
+        Some(b'[') => content_parts(raw).iter().for_each(read),
+        Some(b'{') => {
+            if let Some(one) = from_object::<PartRaw<'_>>(raw.get()) {
+                read(&one);
+            }
+        }
+        _ => {}
     }
+}
+
+/// Reads a whole answer's texts within [`MAX_STREAM_TEXT`] as they are decoded, in the order
+/// [`ResponseSummary::bound_texts`] keeps them: a text that runs past what is left of the
+/// bound is decoded only so far, plus a margin, and the texts after it not at all (read only
+/// to tell a string from another value). The margin is the reach of the cut's guard (the
+/// longest secret, see [`CutGuard::reach`]): `bound_texts` then cuts what was gathered
+/// exactly where it would have cut the whole text, short of a secret running across the cut.
+/// Decoded whole first, a 50 MB answer's text was copied whole (up to twice its size while
+/// serde_json unescaped it) beside its body, to keep 8 MiB of it.
+struct Gather<'g> {
+    /// `None` for [`Self::whole`].
+    guard: Option<&'g CutGuard>,
+    /// [`MAX_STREAM_TEXT`], or no bound at all (see [`Self::whole`]).
+    limit: usize,
+    /// [`Self::margin`], found the first time a text may run past the bound.
+    margin: Option<usize>,
+    /// Bytes of the texts gathered so far, each whole.
+    kept: usize,
+    /// A text ran past the bound: `bound_texts` cuts it and keeps nothing after it.
+    over: bool,
+}
+
+impl<'g> Gather<'g> {
+    fn new(guard: &'g CutGuard) -> Self {
+        Self {
+            guard: Some(guard),
+            limit: MAX_STREAM_TEXT,
+            margin: None,
+            kept: 0,
+            over: false,
+        }
+    }
+
+    /// Reads texts whole: a stream's delta, which its [`TextBudget`] bounds as it appends it
+    /// (a delta is one event's, bounded by the event).
+    fn whole() -> Self {
+        Self {
+            guard: None,
+            limit: usize::MAX,
+            margin: None,
+            kept: 0,
+            over: false,
+        }
+    }
+
+    /// Starts over, nothing gathered (the lenient path reads a body the fast one gave up on).
+    fn restart(&mut self) {
+        self.kept = 0;
+        self.over = false;
+    }
+
+    /// What is gathered of a text past its bound: the bytes the cut's guard may read past
+    /// it (see `RequestRedactor::safe_cut`), and a character's.
+    fn margin(&mut self) -> usize {
+        let guard = self.guard;
+        *self
+            .margin
+            .get_or_insert_with(|| guard.map_or(0, CutGuard::reach).saturating_add(4))
+    }
+
+    /// Most bytes of a text of `len` bytes at most to gather now: all of it when it fits.
+    fn cap(&mut self, len: usize) -> usize {
+        if self.over {
+            return 0;
+        }
+        let room = self.limit - self.kept;
+        if len <= room {
+            return usize::MAX;
+        }
+        room.saturating_add(self.margin())
+    }
+
+    /// Counts a text of `full` bytes, `gathered` or not.
+    fn count(&mut self, full: usize) {
+        if self.over {
+            return;
+        }
+        if full > self.limit - self.kept {
+            self.over = true;
+        } else {
+            self.kept = self.kept.saturating_add(full);
+        }
+    }
+
+    /// Appends the JSON string `raw` to `into`, decoded as far as [`Self::cap`] allows;
+    /// `false` (and nothing appended) when it is not a string serde_json would read.
+    fn push(&mut self, into: &mut String, raw: &RawValue) -> bool {
+        let text = raw.get();
+        // A string's text is never longer than its JSON.
+        let cap = self.cap(text.len().saturating_sub(2));
+        // Room for what is kept of it: its length decoded, read first when it has escapes
+        // (its JSON would reserve up to six times that).
+        let decoded = if memchr::memchr(b'\\', text.as_bytes()).is_none() {
+            text.len().saturating_sub(2)
+        } else if cap == 0 {
+            0
+        } else {
+            match decode_json_string(text, &mut String::new(), 0) {
+                Some(len) => len,
+                None => return false,
+            }
+        };
+        let add = decoded.min(cap.saturating_add(4));
+        if cap > 0 && into.capacity() - into.len() < add {
+            // Room for this string at once; for many short ones (content parts) room grows by
+            // doubling, but never past what the field may still be given.
+            let most = (self.limit - self.kept)
+                .saturating_add(self.margin.unwrap_or(0))
+                .saturating_add(4);
+            into.reserve_exact(add.max(into.len()).min(most.max(add)));
+        }
+        let before = into.len();
+        let Some(full) = decode_json_string(text, into, cap) else {
+            into.truncate(before);
+            return false;
+        };
+        self.count(full);
+        true
+    }
+
+    /// `text`, read whole already, counted and cut as [`Self::push`] cuts.
+    fn take(&mut self, text: &mut String) {
+        let cap = self.cap(text.len());
+        if text.len() > cap {
+            let mut end = cap;
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            let full = text.len();
+            text.truncate(end);
+            text.shrink_to_fit();
+            self.count(full);
+            return;
+        }
+        self.count(text.len());
+    }
+
+    /// A message's tool call (see [`tool_call_of`]), its name and arguments gathered; `None`
+    /// once a text ran past the bound, which keeps no call after it.
+    fn tool_call(&mut self, call: &RawValue) -> Option<ToolCall> {
+        if self.over {
+            return None;
+        }
+        let Some(raw) = from_object::<ToolCallRaw<'_>>(call.get()) else {
+            // Not an object, or one with a member twice (the last one counts, as a `Value`
+            // has it): read as a value, then bounded.
+            let value = serde_json::from_str::<Value>(call.get()).ok()?;
+            let mut call = tool_call_of(&value);
+            self.take(&mut call.name);
+            self.take(&mut call.arguments);
+            return Some(call);
+        };
+        let function = raw.function.filter(|function| function.get() != "null");
+        let custom = raw
+            .custom
+            .filter(|custom| function.is_none() && object_text(custom.get()).is_some());
+        let (tool, kind) = match custom {
+            Some(custom) => (Some(custom), "custom"),
+            None => (function, "function"),
+        };
+        let tool = match tool.filter(|tool| object_text(tool.get()).is_some()) {
+            None => ToolRaw::default(),
+            Some(tool) => match from_object::<ToolRaw<'_>>(tool.get()) {
+                Some(tool) => tool,
+                None => {
+                    let value = serde_json::from_str::<Value>(call.get()).ok()?;
+                    let mut call = tool_call_of(&value);
+                    self.take(&mut call.name);
+                    self.take(&mut call.arguments);
+                    return Some(call);
+                }
+            },
+        };
+        let mut out = ToolCall {
+            id: raw_str(raw.id).unwrap_or_default(),
+            kind: raw_str(raw.kind).unwrap_or_else(|| kind.to_owned()),
+            ..ToolCall::default()
+        };
+        if let Some(name) = tool.name {
+            self.push(&mut out.name, name);
+        }
+        let arguments = if kind == "custom" {
+            tool.input
+        } else {
+            tool.arguments
+        };
+        if let Some(arguments) = arguments {
+            if !self.push(&mut out.arguments, arguments) {
+                // Anything but a string is its JSON.
+                let mut json = serde_json::from_str::<Value>(arguments.get())
+                    .map(|value| value.to_string())
+                    .unwrap_or_default();
+                self.take(&mut json);
+                out.arguments = json;
+            }
+        }
+        Some(out)
+    }
+}
+
+/// A message's tool call as [`Gather::tool_call`] reads it, every member left raw.
+#[derive(Deserialize)]
+struct ToolCallRaw<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    function: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    custom: Option<&'a RawValue>,
+}
+
+/// A tool call's `function` (or `custom`) object, its members left raw.
+#[derive(Deserialize, Default)]
+struct ToolRaw<'a> {
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+}
+
+/// Decodes the JSON string `raw` (quotes included) onto `into`, keeping its first `cap`
+/// bytes or a little more (to the end of the character at `cap`), and returns its whole
+/// decoded length; `None` when it is not a string serde_json reads (an invalid escape, a
+/// lone surrogate's, a raw control character), and then `into` may hold part of it. What is
+/// past `cap` is read to the end all the same, so the answer is serde_json's: only less is
+/// kept.
+fn decode_json_string(raw: &str, into: &mut String, cap: usize) -> Option<usize> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    let bytes = inner.as_bytes();
+    let mut full = 0usize;
+    let mut emit = |piece: &str, into: &mut String| {
+        let room = cap.saturating_sub(full);
+        if room > 0 {
+            let mut end = piece.len().min(room);
+            while !piece.is_char_boundary(end) {
+                end += 1;
+            }
+            into.push_str(&piece[..end]);
+        }
+        full += piece.len();
+    };
+    let mut at = 0;
+    while at < bytes.len() {
+        let run = bytes[at..]
+            .iter()
+            .position(|&b| b == b'\\' || b == b'"' || b < 0x20)
+            .map_or(bytes.len(), |n| at + n);
+        // The run ends before an ASCII byte (or at the end): a character boundary.
+        emit(&inner[at..run], into);
+        let Some(&b) = bytes.get(run) else {
+            break;
+        };
+        if b != b'\\' {
+            return None;
+        }
+        let escape = *bytes.get(run + 1)?;
+        at = run + 2;
+        let c = match escape {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let unit = hex_unit(bytes, at)?;
+                at += 4;
+                match unit {
+                    0xD800..=0xDBFF => {
+                        if bytes.get(at..at + 2) != Some(b"\\u".as_slice()) {
+                            return None;
+                        }
+                        let low = hex_unit(bytes, at + 2)?;
+                        if !(0xDC00..=0xDFFF).contains(&low) {
+                            return None;
+                        }
+                        at += 6;
+                        let code = 0x1_0000
+                            + ((u32::from(unit) - 0xD800) << 10)
+                            + (u32::from(low) - 0xDC00);
+                        char::from_u32(code)?
+                    }
+                    0xDC00..=0xDFFF => return None,
+                    unit => char::from_u32(u32::from(unit))?,
+                }
+            }
+            _ => return None,
+        };
+        emit(c.encode_utf8(&mut [0; 4]), into);
+    }
+    Some(full)
+}
+
+/// The four hex digits at `at` as a UTF-16 code unit, as serde_json reads them (either case).
+fn hex_unit(bytes: &[u8], at: usize) -> Option<u16> {
+    let digits = bytes.get(at..at + 4)?;
+    digits.iter().try_fold(0u16, |unit, &d| {
+        let v = char::from(d).to_digit(16)?;
+        Some(unit << 4 | v as u16)
+    })
 }
 
 /// A raw JSON value read as a string, when it is one.
@@ -1226,16 +1596,25 @@ fn read_anthropic_content(blocks: &[&RawValue], out: &mut ResponseSummary) {
 /// of none of these shapes (and no error) gets a note of its top-level keys, never their
 /// values: an unknown answer may hold anything (a session's client secret), and the request
 /// log keeps its body anyway.
-fn read_other_shapes(top: &BodyTop<'_>, body: &[u8], out: &mut ResponseSummary) {
-    if let Some(text) = raw_str(top.text) {
-        out.content = text;
+fn read_other_shapes(
+    top: &BodyTop<'_>,
+    body: &[u8],
+    out: &mut ResponseSummary,
+    gather: &mut Gather<'_>,
+) {
+    if top
+        .text
+        .is_some_and(|text| gather.push(&mut out.content, text))
+    {
         out.text_answer = true;
         return;
     }
     // Anthropic's legacy `/v1/complete`: `{"type": "completion", "completion": " Hello",
     // "stop_reason": "stop_sequence", ...}`, read as a legacy completion's `choices[0].text`.
-    if let Some(text) = raw_str(top.completion) {
-        out.content = text;
+    if top
+        .completion
+        .is_some_and(|text| gather.push(&mut out.content, text))
+    {
         out.finish_reason = raw_str(top.stop_reason);
         return;
     }
@@ -3360,6 +3739,111 @@ mod tests {
     }
 
     /// A whole answer's texts are cut short of a key too.
+    /// A whole answer's texts are cut as they are read, each where reading it whole and then
+    /// bounding it cut it (escapes, a key across the cut, the bound falling in the content,
+    /// the reasoning, the refusal or a tool call's arguments, a content of parts), and no
+    /// text read ever holds more than the bound and a margin: read whole, a 20 MiB content was
+    /// copied whole (twice, while serde_json unescaped it) to keep 8 MiB.
+    #[test]
+    fn a_whole_answers_texts_are_cut_as_they_are_read() {
+        use crate::secret::Secret;
+        let guard = CutGuard::new(
+            crate::sinks::redact::Redactor::new(&[Secret::new(CUT_KEY)]),
+            Default::default(),
+        );
+        let m = MAX_STREAM_TEXT;
+        // Text `len` bytes long once decoded, escaped at both ends (`\n`, `é` as `\u00e9`, a
+        // pair for `😀`), where the bound may fall.
+        let text = |len: usize| {
+            let escaped = "ab\nc\u{e9}\u{1F600}\"".repeat(len.min(3 << 16) / 36);
+            let mut t = escaped.clone();
+            t.push_str(&"x".repeat(len - 2 * escaped.len()));
+            t.push_str(&escaped);
+            t
+        };
+        let keyed = |len: usize| format!("{}{CUT_KEY} and on", "y".repeat(len));
+        let bodies = [
+            json!({"choices": [{"message": {"content": text(2 * m)}}]}),
+            json!({"choices": [{"message": {"content": keyed(m - 5)}}]}),
+            json!({"choices": [{"message": {"content": text(m / 2),
+                "reasoning_content": keyed(m / 2 - 3), "refusal": "no"}}]}),
+            json!({"choices": [{"message": {"content": [{"type": "text", "text": text(m / 3)},
+                {"type": "thinking", "thinking": [{"type": "text", "text": text(m / 2)}]},
+                {"type": "text", "text": text(m / 2 + 7)}], "reasoning": "r"}}]}),
+            json!({"choices": [{"message": {"content": text(m / 2), "refusal": text(m / 4),
+                "tool_calls": [
+                    {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                    {"id": "b", "function": {"name": "g", "arguments": {"k": text(m / 2)}}},
+                    {"id": "c", "function": {"name": "h", "arguments": "{}"}}]}}]}),
+            json!({"choices": [{"message": {"content": null, "tool_calls": [
+                {"type": "custom", "custom": {"name": "run", "input": text(m + 1)}},
+                {"function": {"name": "f", "arguments": "{}"}}]}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2}}),
+            json!({"choices": [{"text": keyed(m - 1), "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}),
+            json!({"text": text(m + 100), "usage": {"type": "tokens", "input_tokens": 1,
+                "output_tokens": 2}}),
+            json!({"choices": [{"message": {"content": text(m - 1), "refusal": "no"}}]}),
+        ];
+        for body in bodies {
+            // Written escaped, as some upstreams write any character past ASCII.
+            let body = body
+                .to_string()
+                .replace('\u{e9}', "\\u00e9")
+                .replace('\u{1F600}', "\\ud83d\\ude00");
+            let start: String = body.chars().take(80).collect();
+            let mut whole =
+                summarize_gathering(body.as_bytes(), &mut Gather::whole()).expect("an answer");
+            whole.bound_texts(guard.clone());
+            let cut = summarize_json_body(body.as_bytes(), &guard).expect("an answer");
+            assert_eq!(cut, whole, "{start}");
+            // What is held before the cut: the texts, within the bound and a margin.
+            let read =
+                summarize_gathering(body.as_bytes(), &mut Gather::new(&guard)).expect("an answer");
+            let held = read.content.capacity()
+                + read.reasoning.capacity()
+                + read.refusal.capacity()
+                + read
+                    .tool_calls
+                    .iter()
+                    .map(|c| c.name.capacity() + c.arguments.capacity())
+                    .sum::<usize>();
+            let margin = guard.reach() + 8;
+            assert!(held <= m + margin, "{held} held: {start}");
+        }
+    }
+
+    proptest! {
+        /// The bounded string reader reads what serde_json reads, refuses what it refuses,
+        /// and keeps at least `cap` bytes of it (to a character's end), never more.
+        #[test]
+        fn a_string_is_decoded_as_serde_json_decodes_it(
+            parts in proptest::collection::vec(prop_oneof![
+                ".{0,6}",
+                Just("\\n".to_owned()), Just("\\\"".to_owned()), Just("\\/".to_owned()),
+                Just("\\u00e9".to_owned()), Just("\\ud83d\\ude00".to_owned()),
+                Just("\\ud83d".to_owned()), Just("\\ude00".to_owned()), Just("\\x".to_owned()),
+                Just("\\u12".to_owned()), Just("\"".to_owned()), Just("\u{1}".to_owned()),
+                Just("\\".to_owned()), Just("\\uD83D\\uDE00".to_owned()),
+            ], 0..12),
+            cap in 0usize..40,
+        ) {
+            let raw = format!("\"{}\"", parts.concat());
+            let serde = serde_json::from_str::<String>(&raw).ok();
+            let mut whole = String::new();
+            let full = decode_json_string(&raw, &mut whole, usize::MAX);
+            prop_assert_eq!(full.map(|_| whole.clone()), serde.clone());
+            let mut kept = "before".to_owned();
+            let cut = decode_json_string(&raw, &mut kept, cap);
+            prop_assert_eq!(cut, serde.as_ref().map(String::len));
+            if let Some(serde) = serde {
+                let kept = &kept["before".len()..];
+                prop_assert!(serde.starts_with(kept));
+                prop_assert!(kept.len() >= cap.min(serde.len()) && kept.len() <= cap + 3);
+            }
+        }
+    }
+
     #[test]
     fn a_whole_answers_text_is_cut_short_of_a_key() {
         use crate::secret::Secret;
@@ -4436,8 +4920,14 @@ mod tests {
     fn a_list_is_never_read_as_an_answer_or_an_object_in_one() {
         // id, model, choices.
         let listed = json!(["c", "m", [{"message": {"content": "x"}}]]).to_string();
-        assert_eq!(summarize_json_body(listed.as_bytes()), None);
-        assert_eq!(summarize_json_body(b"  [\"c\"]"), None);
+        assert_eq!(
+            summarize_json_body(listed.as_bytes(), &CutGuard::default()),
+            None
+        );
+        assert_eq!(
+            summarize_json_body(b"  [\"c\"]", &CutGuard::default()),
+            None
+        );
         for body in [
             // A choice (message, text, finish_reason).
             json!({"choices": [[{"content": "x"}, "x", "stop"]]}),
@@ -5125,7 +5615,7 @@ mod tests {
             let body = json!({"model": "m", "choices": [], "usage": usage}).to_string();
             let fast = serde_json::from_slice::<FastBody<'_>>(body.as_bytes())
                 .ok()
-                .and_then(FastBody::into_summary)
+                .and_then(|fast| fast.into_summary(&mut Gather::whole()))
                 .and_then(|summary| summary.usage)
                 .expect("the fast path reads it");
             assert_eq!((fast.input, fast.output, fast.cost), (3, 4, None), "{cost}");
@@ -5165,9 +5655,13 @@ mod tests {
             let text = body.to_string();
             let fast = serde_json::from_slice::<FastBody<'_>>(text.as_bytes())
                 .ok()
-                .and_then(FastBody::into_summary)
+                .and_then(|fast| fast.into_summary(&mut Gather::whole()))
                 .expect("the fast path takes these");
-            assert_eq!(Some(fast), summarize_leniently(text.as_bytes()), "{text}");
+            assert_eq!(
+                Some(fast),
+                summarize_leniently(text.as_bytes(), &mut Gather::whole()),
+                "{text}"
+            );
         }
         // Vendor shapes are left to the lenient path, and still read.
         let vendor =
@@ -5176,7 +5670,7 @@ mod tests {
         assert!(
             serde_json::from_slice::<FastBody<'_>>(vendor.as_bytes())
                 .ok()
-                .and_then(FastBody::into_summary)
+                .and_then(|fast| fast.into_summary(&mut Gather::whole()))
                 .is_none()
         );
         assert_eq!(
@@ -5189,7 +5683,7 @@ mod tests {
         assert!(
             serde_json::from_slice::<FastBody<'_>>(transcription.as_bytes())
                 .ok()
-                .and_then(FastBody::into_summary)
+                .and_then(|fast| fast.into_summary(&mut Gather::whole()))
                 .is_none()
         );
         assert_eq!(
@@ -5212,7 +5706,7 @@ mod tests {
             std::str::from_utf8(text.as_bytes())
                 .ok()
                 .and_then(|t| serde_json::from_str::<FastBody<'_>>(t).ok())
-                .and_then(FastBody::into_summary)
+                .and_then(|fast| fast.into_summary(&mut Gather::whole()))
         };
         let one_pass = [
             json!({"object": "list", "model": "text-embedding-3-small",
@@ -5234,7 +5728,7 @@ mod tests {
             assert!(read.body_noted || read.content.contains("(url)"), "{text}");
             assert_eq!(
                 Some(&read),
-                summarize_leniently(text.as_bytes()).as_ref(),
+                summarize_leniently(text.as_bytes(), &mut Gather::whole()).as_ref(),
                 "{text}"
             );
             assert_eq!(read, summarize_body(text.as_bytes()), "{text}");
@@ -5255,7 +5749,7 @@ mod tests {
             assert_eq!(fast(&text), None, "{text}");
             assert_eq!(
                 Some(summarize_body(text.as_bytes())),
-                summarize_leniently(text.as_bytes()),
+                summarize_leniently(text.as_bytes(), &mut Gather::whole()),
                 "{text}"
             );
         }
@@ -5298,9 +5792,10 @@ mod tests {
                 let text = body.to_string();
                 let fast = serde_json::from_str::<FastBody<'_>>(&text)
                     .ok()
-                    .and_then(FastBody::into_summary)
+                    .and_then(|fast| fast.into_summary(&mut Gather::whole()))
                     .map(|s| s.usage);
-                let lenient = summarize_leniently(text.as_bytes()).map(|s| s.usage);
+                let lenient =
+                    summarize_leniently(text.as_bytes(), &mut Gather::whole()).map(|s| s.usage);
                 let mut stream = StreamAccumulator::default();
                 stream.push_data(
                     json!({"choices": [], "usage": usage})
@@ -5342,7 +5837,7 @@ mod tests {
             if let Some(c) = cached { usage["prompt_tokens_details"] = json!({"cached_tokens": c}); }
             if let Some(r) = reasoning { usage["completion_tokens_details"] = json!({"reasoning_tokens": r}); }
             let body = json!({"id": "x", "model": "m", "choices": [{"message": {"content": content}, "finish_reason": "stop"}], "usage": usage}).to_string();
-            prop_assert_eq!(Some(summarize_body(body.as_bytes())), summarize_leniently(body.as_bytes()));
+            prop_assert_eq!(Some(summarize_body(body.as_bytes())), summarize_leniently(body.as_bytes(), &mut Gather::whole()));
         }
 
         /// Generated embeddings answers (numbers or base64, any count and length) read the
@@ -5367,9 +5862,9 @@ mod tests {
             let text = body.to_string();
             let fast = serde_json::from_str::<FastBody<'_>>(&text)
                 .ok()
-                .and_then(FastBody::into_summary);
+                .and_then(|fast| fast.into_summary(&mut Gather::whole()));
             prop_assert!(fast.is_some());
-            prop_assert_eq!(fast, summarize_leniently(text.as_bytes()));
+            prop_assert_eq!(fast, summarize_leniently(text.as_bytes(), &mut Gather::whole()));
         }
 
         /// Whichever counts are numbers, `null` or left out: the fast path agrees with the
@@ -5405,7 +5900,7 @@ mod tests {
             };
             let (a, b) = (body(&with_nulls), body(&without));
             let whole = summarize_body(a.as_bytes());
-            prop_assert_eq!(Some(whole.clone()), summarize_leniently(a.as_bytes()));
+            prop_assert_eq!(Some(whole.clone()), summarize_leniently(a.as_bytes(), &mut Gather::whole()));
             prop_assert_eq!(&whole, &summarize_body(b.as_bytes()));
             prop_assert_eq!(&whole.usage, &streamed(&with_nulls));
             prop_assert_eq!(streamed(&with_nulls), streamed(&without));

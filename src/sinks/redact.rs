@@ -366,15 +366,21 @@ impl RequestRedactor<'_> {
     /// secrets are looked for as written, not with escapes (see [`Redactor`]).
     pub fn safe_cut(&self, kept: &str, more: &str, at: usize) -> usize {
         let text = Joined(kept.as_bytes(), more.as_bytes());
-        let longest = self
-            .needles()
-            .map(Needle::len)
-            .fold(ROUTER_KEY_LEN, usize::max);
+        let longest = self.reach();
         let mut cut = at.min(text.len());
         while let Some(start) = self.first_across(&text, cut, longest) {
             cut = start;
         }
         cut
+    }
+
+    /// How far past a cut [`Self::safe_cut`] may read: the longest secret's length (at
+    /// least a router key's). A text read only this far past where it is cut is cut as it
+    /// would be whole.
+    pub fn reach(&self) -> usize {
+        self.needles()
+            .map(Needle::len)
+            .fold(ROUTER_KEY_LEN, usize::max)
     }
 
     /// The earliest start of a secret that runs across `cut` in `text` (see
@@ -452,6 +458,11 @@ impl CutGuard {
     /// for several cuts.
     pub fn redactor(&self) -> RequestRedactor<'_> {
         self.keys.for_request(&self.secrets)
+    }
+
+    /// [`RequestRedactor::reach`].
+    pub fn reach(&self) -> usize {
+        self.redactor().reach()
     }
 
     /// [`RequestRedactor::safe_cut`] of `kept` followed by `more`.

@@ -146,6 +146,63 @@ async fn a_compressed_bomb_is_read_once_in_pieces_and_many_hold_little() {
     );
 }
 
+/// A 40 MB whole answer whose text has escapes (as some upstreams write every character
+/// past ASCII) is read for its record within what the record keeps of its text (8 MiB), not
+/// copied whole first: serde_json unescaped the whole text into a buffer grown by doubling,
+/// then copied it once more, to keep 8 MiB of it, and one such answer took the router's peak
+/// up by about three times its size (a 62 MB one: 20 → 200 MiB, bodies logged or not). Now
+/// the peak grows by the answer relayed and the 8 MiB kept; its usage is read as before.
+#[tokio::test]
+async fn a_big_escaped_answers_text_is_not_copied_whole_to_be_cut() {
+    const MIB: u64 = 1024;
+    let content = "line \"two\" \u{e9}\n".repeat(32 << 20 >> 4);
+    let body = json!({"id": "c", "object": "chat.completion", "model": "m-1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+            "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 2,
+            "total_tokens": PROMPT_TOKENS + 2}})
+    .to_string()
+    .replace('\u{e9}', "\\u00e9");
+    drop(content);
+    let size = body.len() as u64;
+    let upstream = MockUpstream::start(Behavior {
+        body: Some(body),
+        ..Default::default()
+    })
+    .await;
+    let router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[
+            ("LLMSROUTER_LEDGER", "false"),
+            ("LLMSROUTER_LOG_BODIES", "false"),
+        ],
+    );
+    let pid = router.child.id();
+    let before = peak_rss_kib(pid);
+    let response = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]m", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.expect("body").len() as u64, size);
+    let lines = logged(&router, 1).await;
+    assert_eq!(lines[0]["usage"]["input"], PROMPT_TOKENS, "{}", lines[0]);
+    assert_eq!(lines[0]["usage"]["output"], 2, "{}", lines[0]);
+    let grown = peak_rss_kib(pid).saturating_sub(before);
+    // The answer relayed (held once, and what is in flight to the client) and the 8 MiB
+    // kept: well under the answer and its text copied whole beside it.
+    let limit = size / 1024 * 7 / 4;
+    assert!(
+        grown < limit,
+        "one {} MiB answer took the peak up {} MiB (limit {} MiB)",
+        size >> 20,
+        grown / MIB,
+        limit / MIB
+    );
+}
+
 /// A body the upstream's close cut short is said to be cut off, not "malformed": what came
 /// was well-formed as far as it went. Whole (short of its `Content-Length`, or inside a
 /// chunk) and streamed.
@@ -240,7 +297,10 @@ async fn an_answer_over_the_body_budget_is_read_off_the_request_path() {
     let compressed = gzip(&answer);
     let read = Instant::now();
     let decoded = llmsrouter::content_coding::decode("gzip", &compressed, 64 << 20);
-    let summary = llmsrouter::usage::summarize_json_body(&decoded.expect("gzip"));
+    let summary = llmsrouter::usage::summarize_json_body(
+        &decoded.expect("gzip"),
+        &llmsrouter::sinks::redact::CutGuard::default(),
+    );
     assert!(summary.expect("json").usage.is_some());
     let read = read.elapsed();
     let upstream = gzip_upstream(&answer).await;

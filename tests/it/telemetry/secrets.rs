@@ -1319,6 +1319,111 @@ async fn a_key_across_a_streamed_errors_cut_is_in_no_record() {
     }
 }
 
+/// A whole answer whose texts run past what a record keeps (`usage::MAX_STREAM_TEXT`), written
+/// with escapes (as some upstreams write every character past ASCII), is recorded as before
+/// its text was cut as it is read: the content whole, the reasoning cut at the bound at a
+/// character's end, the tool call after it left out, the usage read; the same from the
+/// lenient path (a vendor's usage) and with the configured key right across the bound.
+#[tokio::test]
+async fn a_whole_answers_escaped_texts_are_cut_at_the_bound_as_read() {
+    use llmsrouter::sinks::generation::TRUNCATION_MARKER;
+    use llmsrouter::usage::MAX_STREAM_TEXT;
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let sinks = AllSinks::start_with(&one_server_config(&upstream.url(), ""), |_| {
+        vec![(
+            "LLMSROUTER_TRACE_MAX_IO_BYTES",
+            (3 * MAX_STREAM_TEXT).to_string(),
+        )]
+    })
+    .await;
+    let content = "é\n\"x".repeat(MAX_STREAM_TEXT / 10);
+    // The bound falls inside a `😀` (four bytes): the reasoning keeps what is before it.
+    let room = MAX_STREAM_TEXT - content.len();
+    let reasoning = format!("{}😀{}", "r".repeat(room - 2), "é".repeat(1 << 20));
+    let usages = [
+        json!({"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}),
+        json!({"input_tokens": 5, "output_tokens": 7}),
+    ];
+    let escaped = |body: serde_json::Value| {
+        body.to_string()
+            .replace('é', "\\u00e9")
+            .replace('😀', "\\ud83d\\ude00")
+    };
+    let mut ids = Vec::new();
+    for usage in &usages {
+        upstream.set(Behavior {
+            body: Some(escaped(
+                json!({"id": "c", "object": "chat.completion", "model": "m",
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": content, "reasoning_content": reasoning,
+                "tool_calls": [{"id": "t", "type": "function",
+                    "function": {"name": "f", "arguments": "{}"}}]}}],
+                "usage": usage}),
+            )),
+            ..Default::default()
+        });
+        ids.push(whole_answer(&sinks).await);
+    }
+    // The configured key across the bound, in a legacy completion's text.
+    let before = MAX_STREAM_TEXT - 3 - "Bearer ".len();
+    let text = format!("{}Bearer {UPSTREAM_KEY} and on", "é\n".repeat(before / 3));
+    let kept_of_text = format!("{}Bearer ", "é\n".repeat(before / 3));
+    upstream.set(Behavior {
+        body: Some(escaped(
+            json!({"id": "c", "object": "text_completion", "model": "m",
+            "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
+            "usage": usages[0]}),
+        )),
+        ..Default::default()
+    });
+    let legacy = whole_answer(&sinks).await;
+    let kept_reasoning = format!("{}{TRUNCATION_MARKER}", "r".repeat(room - 2));
+    for id in &ids {
+        let span = sinks.otlp.span_of(id).await.span;
+        let output =
+            super::mock_otlp::str_attr(&span, "langfuse.observation.output").expect("output");
+        let output: serde_json::Value = serde_json::from_str(output).expect("JSON");
+        assert!(output["content"] == content.as_str(), "the content whole");
+        assert!(
+            output["reasoning_content"] == kept_reasoning.as_str(),
+            "{:?}",
+            output["reasoning_content"]
+                .as_str()
+                .map(|r| &r[r.len() - 40..])
+        );
+        assert!(
+            output.get("tool_calls").is_none(),
+            "{}",
+            &output["tool_calls"]
+        );
+    }
+    let span = sinks.otlp.span_of(&legacy).await.span;
+    let output = super::mock_otlp::str_attr(&span, "langfuse.observation.output").expect("output");
+    let output: serde_json::Value = serde_json::from_str(output).expect("JSON");
+    let wanted = format!("{kept_of_text}{TRUNCATION_MARKER}");
+    let got = output["content"].as_str().expect("content");
+    assert!(got == wanted, "{}", &got[got.len().saturating_sub(60)..]);
+    let (written, _) = sinks.finish(3).await;
+    for id in ids.iter().chain([&legacy]) {
+        let line = written.log_line(id);
+        assert_eq!(line["usage"]["input"], 5, "{line}");
+        assert_eq!(line["usage"]["output"], 7, "{line}");
+    }
+    written.assert_no_part_of(UPSTREAM_KEY);
+}
+
+/// Sends one chat request through `sinks`' router and reads its answer whole; its record's id.
+async fn whole_answer(sinks: &AllSinks) -> String {
+    let response = sinks
+        .router
+        .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let id = super::request_id(&response);
+    response.bytes().await.expect("body");
+    id
+}
+
 /// A stream whose text runs past what a record keeps (`usage::MAX_STREAM_TEXT`) with a key
 /// right across that bound, in the piece that crosses it or split between two pieces there:
 /// the request log's content and the span's output (allowed more than the bound) end with
