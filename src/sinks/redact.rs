@@ -1182,5 +1182,53 @@ mod tests {
             let read: Vec<String> = serde_json::from_str(&inner).expect("still JSON inside");
             prop_assert!(read.iter().all(|s| !s.contains(&key)), "{twice}");
         }
+        /// A key that begins with hex digits, after any escape (`\u00e9`, `\u00E9`, a
+        /// surrogate pair, `\u001f`), or completing one (`\u00` then `e9...`), or with its own
+        /// first characters escaped in either case:
+        /// the redacted text is still JSON, at both levels, and holds the key nowhere.
+        #[test]
+        fn a_hex_led_key_after_any_escape_leaves_json(
+            prefix in "[a-fA-F0-9\u{e9}\u{1}\u{1f}\u{1f600}\"\\\\]{0,8}",
+            suffix in "[a-fA-F0-9\u{e9}\u{1}\"\\\\]{0,6}",
+            key in "[a-fA-F0-9]{4,6}[a-zA-Z0-9/+=_-]{4,10}",
+            hows in proptest::collection::vec(any::<u8>(), 30),
+            completed in 0usize..=4,
+        ) {
+            prop_assume!(!key.contains("redacted"));
+            let escape = |c: char, how: u8| -> String {
+                let units = |upper: bool| c.encode_utf16(&mut [0; 2]).iter().map(|u| {
+                    if upper { format!("\\u{u:04X}") } else { format!("\\u{u:04x}") }
+                }).collect();
+                match how % 4 {
+                    2 => units(false),
+                    3 => units(true),
+                    _ => {
+                        let quoted = serde_json::to_string(&c.to_string()).expect("string");
+                        quoted[1..quoted.len() - 1].to_owned()
+                    }
+                }
+            };
+            let mut how = hows.iter().cycle();
+            let mut written = |text: &str| -> String {
+                text.chars().map(|c| escape(c, *how.next().unwrap_or(&0))).collect()
+            };
+            // An escape just before the key, or one its first characters complete.
+            let glue = format!("\\u{}", &"00e9"[..4 - completed]);
+            let json = format!(
+                "[\"{}{glue}{}{}\"]",
+                written(&prefix),
+                written(&key),
+                written(&suffix)
+            );
+            let r = Redactor::new(&[Secret::new(key.clone())]);
+            let out = r.redact(&json, &[]).into_owned();
+            let read: Vec<String> = serde_json::from_str(&out).expect("still JSON");
+            prop_assert!(read.iter().all(|s| !s.contains(&key)), "{json} -> {out}");
+            let quoted = serde_json::to_string(&json).expect("string");
+            let out = r.redact(&quoted, &[]).into_owned();
+            let inner: String = serde_json::from_str(&out).expect("still a string");
+            let read: Vec<String> = serde_json::from_str(&inner).expect("still JSON inside");
+            prop_assert!(read.iter().all(|s| !s.contains(&key)), "{quoted} -> {out}");
+        }
     }
 }
