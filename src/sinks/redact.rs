@@ -26,6 +26,10 @@ pub const MIN_SECRET_LEN: usize = 8;
 /// the rest is read escape by escape (see [`find_prefixed`]).
 const PREFIX_CHARS: usize = 6;
 
+/// Times a request path is percent-decoded in search of a secret ([`RequestRedactor::redact_path`]):
+/// encoded once, twice (`%252D`) or three times.
+const PATH_DECODINGS: usize = 3;
+
 /// Levels of JSON string escaping read through: 1 for a JSON body (`sk\/...`), 2 for a JSON
 /// text inside a JSON string (a text body quoted into a log line: `sk\\\/...`).
 const ESCAPE_DEPTH: u8 = 2;
@@ -36,9 +40,10 @@ const ESCAPE_DEPTH: u8 = 2;
 /// its characters (`\/`, `\"`, `\\`, `\b\f\n\r\t`, `\uXXXX` in either case, surrogate pairs),
 /// escaped once or twice ([`ESCAPE_DEPTH`]), mixed freely with plain characters: any JSON
 /// parser reads those back as the secret (PHP writes every `/` as `\/`). A configured secret
-/// is found percent-encoded too ([`percent_encoded`]). Not covered: other encodings (base64,
-/// HTML entities, double percent-encoding), three or more levels of escaping, and a secret written in
-/// pieces with other text between them.
+/// is found percent-encoded too ([`percent_encoded`]), and a request path is searched decoded
+/// ([`RequestRedactor::redact_path`]). Not covered: other encodings (base64, HTML entities,
+/// in a body a key percent-encoded twice or with hex digits of both cases), three or more
+/// levels of escaping, and a secret written in pieces with other text between them.
 ///
 /// Cost: a text shorter than the shortest secret is not searched. A text with no backslash
 /// (most names, ids, and many bodies) gets one `memmem` search per secret. A text with a
@@ -276,18 +281,38 @@ impl RequestRedactor<'_> {
     }
 
     /// A request path redacted: as [`Self::redact`], and when its percent-decoded form holds
-    /// a secret (`/threads/sk%2Dclient.../runs`: any character may be written `%XX`, and
-    /// the encoded forms [`percent_encoded`] knows cover only the characters that must be
-    /// encoded), that decoded form with the secret replaced. A path is short: decoding it
-    /// whole is cheaper than listing every way a key's characters may be encoded.
+    /// a secret (`/threads/sk%2Dclient.../runs`: any character may be written `%XX`, in
+    /// either case, and the encoded forms [`percent_encoded`] knows cover only the
+    /// characters that must be encoded), that decoded form with the secret replaced. A path
+    /// is short: decoding it whole is cheaper than listing every way a key's characters may
+    /// be encoded. A path encoded twice (`sk%252D...`, a client that encodes a segment it
+    /// took from an encoded URL) is decoded again, up to [`PATH_DECODINGS`] times; each level
+    /// is redacted before the next is decoded, so a secret that holds `%XX` itself is
+    /// found as written.
     pub fn redact_path<'t>(&self, path: &'t str) -> Cow<'t, str> {
-        if memchr::memchr(b'%', path.as_bytes()).is_some() {
-            let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-            if let Cow::Owned(redacted) = self.redact(&decoded) {
-                return Cow::Owned(redacted);
-            }
+        let written = self.redact(path);
+        if memchr::memchr(b'%', path.as_bytes()).is_none() {
+            return written;
         }
-        self.redact(path)
+        let mut level = written.to_string();
+        let mut found_decoded = false;
+        for _ in 0..PATH_DECODINGS {
+            let decoded = percent_encoding::percent_decode_str(&level).decode_utf8_lossy();
+            let Cow::Owned(decoded) = decoded else {
+                break;
+            };
+            let redacted = match self.redact(&decoded) {
+                Cow::Owned(redacted) => Some(redacted),
+                Cow::Borrowed(_) => None,
+            };
+            found_decoded |= redacted.is_some();
+            level = redacted.unwrap_or(decoded);
+        }
+        if found_decoded {
+            Cow::Owned(level)
+        } else {
+            written
+        }
     }
 
     /// Redacts an owned string without copying it when there is nothing to replace.
@@ -920,6 +945,30 @@ mod tests {
             let level_up = text.replace('\\', r"\\");
             let redacted = r.redact(&level_up, &[]).into_owned();
             assert!(!redacted.contains("1234-secret"), "{level_up}: {redacted}");
+        }
+    }
+
+    /// A key in a path written `%XX` in either case, encoded twice or three times, or
+    /// holding `%XX` itself: the records show the path decoded as far as it was found, with
+    /// it replaced (as written when it was found as written); a path without one stays as written.
+    #[test]
+    fn a_key_in_a_path_is_found_however_often_it_was_encoded() {
+        let r = Redactor::new(&[Secret::new("sk-a/b+c-key"), Secret::new("pct%41-key-1")]);
+        for (path, shown) in [
+            ("/t/sk%2Da%2fb%2Bc-key/runs", "/t/[redacted]/runs"),
+            ("/t/sk-a%252Fb%252bc-key/runs", "/t/[redacted]/runs"),
+            ("/t/sk%25252Da/b+c-key/runs", "/t/[redacted]/runs"),
+            ("/t/pct%41-key-1/x%20y", "/t/[redacted]/x%20y"),
+            ("/t/pct%2541-key-1/x", "/t/[redacted]/x"),
+            ("/t/sk-a/b+c-key/runs", "/t/[redacted]/runs"),
+        ] {
+            assert_eq!(r.redact_path(path, &[]), shown, "{path}");
+        }
+        for path in ["/t/x%2520y/runs", "/t/plain"] {
+            assert!(
+                matches!(r.redact_path(path, &[]), Cow::Borrowed(_)),
+                "{path}"
+            );
         }
     }
 

@@ -568,20 +568,24 @@ async fn a_key_in_the_path_is_redacted_from_every_record() {
 }
 
 /// The same key percent-encoded in the path (`sk%2Dclient...`: any character may be written
-/// `%XX`, not only those that must be) is found in the decoded path, which the records then
-/// show with the key replaced: the ledger, the request log and the span held it encoded.
+/// `%XX`, not only those that must be, in either case, or encoded twice, `%252D`) is found in
+/// the decoded path, which the records then show with the key replaced: the ledger, the
+/// request log and the span held it encoded.
 #[tokio::test]
 async fn a_percent_encoded_key_in_the_path_is_redacted_from_every_record() {
     let upstream = MockUpstream::start(Behavior::default()).await;
     let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
     let encoded_client = CLIENT_KEY.replacen('-', "%2D", 1);
     let encoded_configured = "sk%2dmock-upstream%2Dkey";
+    // Encoded twice, in mixed case: `%25` is the `%`.
+    let twice_encoded = "sk%252dmock-upstream%252Dkey";
     let paths = [
         format!(
             "/v1/threads/{encoded_client}/runs?proxy={}",
             upstream.origin()
         ),
         format!("/v1/threads/{encoded_configured}/runs"),
+        format!("/v1/threads/{twice_encoded}/runs"),
     ];
     post_to_paths(&sinks, &paths).await;
     let (written, records) = sinks.finish(paths.len()).await;
@@ -596,6 +600,8 @@ async fn a_percent_encoded_key_in_the_path_is_redacted_from_every_record() {
         "sk-mock-upstream-key",
         encoded_configured,
         "mock-upstream%2Dkey",
+        twice_encoded,
+        "mock-upstream%252Dkey",
     ] {
         written.assert_absent(secret);
     }
