@@ -818,10 +818,10 @@ fn duplicate_key(message: &str) -> Option<&str> {
 /// A key written twice in one mapping, said with both lines. Refused, where PyYAML took the
 /// last one: a second `a:` under `servers:` is most often a pasted block meant under
 /// another name, and taking the last would silently drop the first server.
-/// A key of the same text twice is refused before the library reads the file
-/// ([`merge_order`], with exact lines); this says the library's refusals of two spellings of
-/// one YAML value (`0x1F` and `31`, or an alias `*k` as a key), finding the first line in
-/// the text.
+/// A key of the same text twice, or two spellings of one integer (`0x1F` and `31`), is
+/// refused before the library reads the file ([`merge_order`], with exact lines); this says
+/// the library's other refusals of one YAML value twice (an alias `*k` as a key), finding
+/// the first line in the text.
 fn twice(text: &str, key: &str, line: usize, column: usize) -> String {
     let first = earlier_line_of_key(text, key, line, column);
     written_twice(key, None, first, line, column)
@@ -2578,6 +2578,58 @@ settings:
                 (expected_path, expected),
                 "{yaml}"
             );
+        }
+    }
+
+    /// Two spellings of one integer (`0x1F:` and `31:`) are one key to the YAML library, which
+    /// refused them naming only the second, with no line for the first: said with both
+    /// spellings and lines, as every key written twice is. Integers that differ, and
+    /// spellings the library reads as text (`031`, a quoted `'31'` beside `0x1F`), pass.
+    #[test]
+    fn two_spellings_of_one_integer_are_named_with_both_lines() {
+        let cases = [
+            (
+                "servers:\n  0x1F:\n    url: http://x\n  31:\n    url: http://y\n",
+                "servers",
+                "the key 31 appears twice (as 0x1F and 31), at line 2 and again at line 4, column 3; keep one",
+            ),
+            (
+                "servers:\n  31: {url: http://x}\n  b: {url: http://z}\n  0x1f: {url: http://y}\n",
+                "servers",
+                "the key 0x1f appears twice (as 31 and 0x1f), at line 2 and again at line 4, column 3; keep one",
+            ),
+            (
+                "servers: {0o17: {url: http://x}, +15: {url: http://y}}\n",
+                "servers",
+                "the key +15 appears twice (as 0o17 and +15) on line 1; keep one",
+            ),
+            (
+                "servers:\n  1_000:\n    url: http://x\n  !!int 1000:\n    url: http://y\n",
+                "servers",
+                "the key 1000 appears twice (as 1_000 and !!int 1000), at line 2 and again at line 4, column 3; keep one",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    headers:\n      0b11: a\n      &h 3: b\n",
+                "servers.a.headers",
+                "the key 3 appears twice (as 0b11 and 3), at line 5 and again at line 6, column 10; keep one",
+            ),
+        ];
+        for (yaml, expected_path, expected) in cases {
+            let (path, reason) = error_of(yaml);
+            assert_eq!(
+                (path.as_str(), reason.as_str()),
+                (expected_path, expected),
+                "{yaml}"
+            );
+        }
+        for yaml in [
+            "servers:\n  031:\n    url: http://x\n  31:\n    url: http://y\n",
+            "servers:\n  0x1F:\n    url: http://x\n  '31':\n    url: http://y\n",
+            "servers:\n  0x1F:\n    url: http://x\n  32:\n    url: http://y\n",
+            "servers:\n  -0:\n    url: http://x\n  -1:\n    url: http://y\n",
+        ] {
+            let config = Config::parse(yaml, &no_env).expect(yaml);
+            assert_eq!(config.servers.len(), 2, "{yaml}");
         }
     }
 

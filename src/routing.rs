@@ -561,17 +561,25 @@ fn without_userinfo(text: &str) -> Cow<'_, str> {
 
 /// Where the user info (`user:password`, or a token) of the URL in `text` is: from after the
 /// scheme and its slashes (or backslashes, however many) to the last `@` before the path,
-/// query or fragment. In text that is no well-formed URL (`http://u:p/ss@host`, a password
-/// with a `/` in it) the user info may reach further: to the last `@` before the query.
+/// query or fragment. A password written with a `/`, `?` or `#` unescaped (`user:pa/ss@host`,
+/// `user:pa#ss@host`: malformed, but users paste passwords so) ends the authority early in
+/// a URL parser's reading; in text that is no well-formed URL the user info reaches to the
+/// last `@` anywhere, as [`crate::env::shown_url`] reads it (it only ever shows more as
+/// `[redacted]`), and in a well-formed one to the last `@` in its fragment (`user:12#ss@host`
+/// parses as the host `user`, port 12: a base URL has no use for a fragment, let alone one
+/// with an `@`). An `@` in a well-formed URL's path or query (`/v1/@org`, `?email=a@b`) is
+/// no user info.
 fn userinfo(text: &str) -> Option<std::ops::Range<usize>> {
     let scheme = text.find(':')?;
     let rest = &text[scheme + 1..];
     let start = scheme + 1 + (rest.len() - rest.trim_start_matches(['/', '\\']).len());
     let rest = &text[start..];
-    let before = |ends: &[char]| &rest[..rest.find(ends).unwrap_or(rest.len())];
-    let at = before(&['/', '?', '#'][..]).rfind('@').or_else(|| {
-        let wider = before(&['?', '#'][..]).rfind('@')?;
-        well_formed(text).is_err().then_some(wider)
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let at = authority.rfind('@').or_else(|| {
+        let last = rest.rfind('@')?;
+        // The first `#` starts the fragment, in the query or not.
+        let in_fragment = rest[..last].contains('#');
+        (well_formed(text).is_err() || in_fragment).then_some(last)
     })?;
     Some(start..start + at)
 }
@@ -635,11 +643,17 @@ pub(crate) fn well_formed(text: &str) -> Result<(url::Url, &str), String> {
 /// Validates a URL target and returns `(base without trailing '/' or query, query)`.
 /// A URL with no path gets `/v1`, as the openai SDK's default base URL has.
 pub fn url_target_base(text: &str) -> Result<(String, Option<String>), String> {
+    // Checked first: a password with an unescaped `/` or `#` makes the URL malformed
+    // (`user:pa/ss@host` reads as the port `pa`), and "invalid port number" would not say
+    // what is wrong. Its text is quoted with it as `[redacted]` ([`without_userinfo`]).
+    let credentials =
+        || "credentials in the URL are not accepted; send an Authorization header".to_owned();
+    if userinfo(text).is_some() {
+        return Err(credentials());
+    }
     let (parsed, authority) = well_formed(text)?;
     if authority.contains('@') || !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(
-            "credentials in the URL are not accepted; send an Authorization header".to_owned(),
-        );
+        return Err(credentials());
     }
     let query = parsed.query().filter(|q| !q.is_empty()).map(str::to_owned);
     let mut base = parsed.clone();
@@ -1002,6 +1016,15 @@ servers:
                 "https://[redacted]@h.com",
             ),
             ("http://u:p/ss@h.com/v1", "http://[redacted]@h.com/v1"),
+            // A password with an unescaped `#`, `?` or `/` (`p#ss` reads as the port `p`,
+            // `12#ss` as the port 12 and a fragment).
+            ("http://u:p#ss@h.com/v1", "http://[redacted]@h.com/v1"),
+            ("http://u:12#ss@h.com/v1", "http://[redacted]@h.com/v1"),
+            ("http://u:p?ss@h.com/v1", "http://[redacted]@h.com/v1"),
+            (
+                "http://u:p/s#s?s@h.com/v1?k=v",
+                "http://[redacted]@h.com/v1?k=v",
+            ),
             ("http:/u:p@ss@h.com/v1", "http:/[redacted]@h.com/v1"),
             ("http://u:p@ss@h.com:x/v1", "http://[redacted]@h.com:x/v1"),
             (long.as_str(), "http://[redacted]@h.com/v1"),
@@ -1019,13 +1042,24 @@ servers:
                 .to_string();
             assert!(msg.contains(&format!("\"[{shown}]\"")), "{msg}");
         }
-        let msg = resolve(Some("http://user:pw@h.com"), "m", &c, &Lookup::none())
-            .expect_err("credentials")
-            .to_string();
-        assert!(
-            msg.contains("credentials in the URL are not accepted"),
-            "{msg}"
-        );
+        // Said as such, however the password breaks the URL (not "invalid port number").
+        for bad in [
+            "http://user:pw@h.com",
+            "http://u:p/ss@h.com/v1",
+            "http://u:p#ss@h.com/v1",
+            "http://u:12#ss@h.com/v1",
+            "http://u:p?ss@h.com/v1",
+        ] {
+            for (proxy, model) in [(Some(bad), "m".to_owned()), (None, format!("[{bad}]m"))] {
+                let msg = resolve(proxy, &model, &c, &Lookup::none())
+                    .expect_err("credentials")
+                    .to_string();
+                assert!(
+                    msg.contains("credentials in the URL are not accepted"),
+                    "{bad}: {msg}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -1216,7 +1250,17 @@ servers:
                 "[HTTPS://[redacted]@[::1]:8080/v1]m",
             ),
             ("[http://u:p/ss@h.com/v1]m", "[http://[redacted]@h.com/v1]m"),
+            ("[http://u:p#ss@h.com/v1]m", "[http://[redacted]@h.com/v1]m"),
+            (
+                "[http://u:12#ss@h.com/v1]m",
+                "[http://[redacted]@h.com/v1]m",
+            ),
             ("[http:/u:pw@h.com]m", "[http:/[redacted]@h.com]m"),
+            // Nor one in a well-formed URL's query.
+            (
+                "[https://h.com/v1?to=a@b.c]m",
+                "[https://h.com/v1?[redacted]]m",
+            ),
             // An `@` in a well-formed URL's path is no user info.
             ("[https://h.com/v1/@org]m", "[https://h.com/v1/@org]m"),
             ("[http://[::1]:8080/v1]m", "[http://[::1]:8080/v1]m"),

@@ -13,7 +13,8 @@
 //! The same walk refuses a key whose text is written twice in one mapping, with both lines:
 //! the YAML library compares keys as YAML values, so `123:` and `'123':` (a number, a text)
 //! passed it, and `!!binary YQ==:` beside `a:`, while the router reads every name as its
-//! text ([`scalar_text`]).
+//! text ([`scalar_text`]). It refuses two spellings of one integer (`0x1F:` and `31:`) too,
+//! which the library refuses with no line for the first ([`integer_key`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -211,6 +212,7 @@ impl<'a> Walk<'a> {
         let mut anchored = false;
         let mut merges = Vec::new();
         let mut written = HashMap::new();
+        let mut numbers = HashMap::new();
         loop {
             let (key_event, key_span) = match self.child()? {
                 Child::Node(event, span) => (event, span),
@@ -239,6 +241,13 @@ impl<'a> Walk<'a> {
                         let path = format!("{}.{name}", self.key_path());
                         self.tagged.entry(path).or_insert(spelled);
                     }
+                }
+                if let Some(number) = integer_key(&key_event) {
+                    let again = Key {
+                        span: key.span,
+                        tag: key.tag.clone(),
+                    };
+                    self.one_number_once(&mut numbers, number, &name, again)?;
                 }
                 self.written_once(&mut written, &name, key)?;
             }
@@ -302,6 +311,41 @@ impl<'a> Walk<'a> {
             return Ok(());
         };
         let (one, two) = (self.spelled(first, name)?, self.spelled(&key, name)?);
+        let spellings = (!one.contains('\n') && !two.contains('\n')).then_some((&*one, &*two));
+        Err(Stop::Refused(
+            self.key_path(),
+            super::written_twice(
+                name,
+                spellings,
+                Some(first.span.start.line()),
+                key.span.start.line(),
+                self.column(&key) + 1,
+            ),
+        ))
+    }
+
+    /// Refuses a key that is the same integer as one before it in this mapping, spelled
+    /// otherwise (`0x1F:` and `31:`, `1_000:` and `1000:`), naming both spellings and lines as
+    /// [`Self::written_once`] does. The YAML library refuses those itself, as one value twice,
+    /// but its message names only the second and has no line for the first (which a search
+    /// of the text for the second's spelling cannot find). `numbers`: each integer key with
+    /// its text and where it is.
+    fn one_number_once(
+        &self,
+        numbers: &mut HashMap<(bool, u128), (String, Key)>,
+        number: (bool, u128),
+        name: &str,
+        key: Key,
+    ) -> Result<(), Stop> {
+        let Some((first_name, first)) = numbers.get(&number) else {
+            numbers.insert(number, (name.to_owned(), key));
+            return Ok(());
+        };
+        if first_name == name {
+            // The same text: `written_once` says so.
+            return Ok(());
+        }
+        let (one, two) = (self.spelled(first, first_name)?, self.spelled(&key, name)?);
         let spellings = (!one.contains('\n') && !two.contains('\n')).then_some((&*one, &*two));
         Err(Stop::Refused(
             self.key_path(),
@@ -396,6 +440,55 @@ pub(super) fn scalar_text(event: &Event<'_>) -> Option<String> {
         }
     }
     Some(value.to_string())
+}
+
+/// The integer a mapping key is to the YAML library, as `(negative, magnitude)`, which it
+/// compares keys by (`0x1F`, `0o37`, `0b11111`, `+31` and `3_1` are all 31): a plain scalar
+/// or one tagged `!!int`, with an optional sign, a `0x`, `0o` or `0b` prefix (either case)
+/// or none, and digits with single `_` between them. A decimal with a leading zero (`031`)
+/// is no integer to it (YAML 1.2: a text). `None` for anything else.
+fn integer_key(event: &Event<'_>) -> Option<(bool, u128)> {
+    let Event::Scalar(value, style, _, tag) = event else {
+        return None;
+    };
+    let int_tag = tag
+        .as_ref()
+        .is_some_and(|tag| tag.handle() == "tag:yaml.org,2002:" && tag.suffix() == "int");
+    let plain = tag.is_none() && *style == ScalarStyle::Plain;
+    if !(int_tag || plain) {
+        return None;
+    }
+    let text = value.trim_matches([' ', '\t']);
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (radix, digits) = match rest.get(..2) {
+        Some("0x" | "0X") => (16, &rest[2..]),
+        Some("0o" | "0O") => (8, &rest[2..]),
+        Some("0b" | "0B") => (2, &rest[2..]),
+        _ if rest.len() > 1 && rest.starts_with('0') => return None,
+        _ => (10, rest),
+    };
+    let bytes = digits.as_bytes();
+    let mut magnitude: u128 = 0;
+    let mut any = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'_' {
+            let between =
+                i > 0 && bytes[i - 1] != b'_' && bytes.get(i + 1).is_some_and(|&n| n != b'_');
+            if !between {
+                return None;
+            }
+            continue;
+        }
+        let digit = char::from(b).to_digit(radix)?;
+        magnitude = magnitude
+            .checked_mul(u128::from(radix))?
+            .checked_add(u128::from(digit))?;
+        any = true;
+    }
+    any.then_some((negative && magnitude != 0, magnitude))
 }
 
 /// A merge key as the YAML library takes one: a plain `<<`, or one tagged `!!merge`.

@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::LazyLock;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::fields::{Fields, trim};
 use super::{MAX_FIELDS, MAX_HEAD_BYTES, MAX_RESPONSE_FIELDS};
@@ -141,13 +141,16 @@ pub struct ResponseHead {
 
 /// Finds a whole head at the start of `buf`, looking for its blank line only past `*scanned`
 /// (kept between calls, so a head that arrives a byte at a time is not re-read from its
-/// start each time).
-fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
+/// start each time) and past the `lead` bytes of an empty line before the request line
+/// ([`drop_empty_lines`]): with those taken for the blank line that ends a head, a request
+/// line still coming was parsed, and refused by what had come of it so far (`\r\n\r\nGET /
+/// HTTP/2` as a malformed version: 400; the same bytes in one read, `HTTP/2.0`: 505).
+fn head_complete(buf: &[u8], scanned: &mut usize, lead: usize) -> bool {
     static CRLF_END: LazyLock<memchr::memmem::Finder<'static>> =
         LazyLock::new(|| memchr::memmem::Finder::new(b"\n\r\n"));
     static LF_END: LazyLock<memchr::memmem::Finder<'static>> =
         LazyLock::new(|| memchr::memmem::Finder::new(b"\n\n"));
-    let from = scanned.saturating_sub(2);
+    let from = scanned.saturating_sub(2).max(lead);
     *scanned = buf.len();
     let region = &buf[from..];
     // A line break, then an empty line (CRLF, or a bare LF, which httparse also takes).
@@ -155,14 +158,46 @@ fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
 }
 
 /// Whether `buf` holds a whole head; an error once an incomplete one is over the limit.
-fn head_complete_within_limit(buf: &[u8], scanned: &mut usize) -> Result<bool, HeadError> {
-    if head_complete(buf, scanned) {
+fn head_complete_within_limit(
+    buf: &[u8],
+    scanned: &mut usize,
+    lead: usize,
+) -> Result<bool, HeadError> {
+    if head_complete(buf, scanned, lead) {
         Ok(true)
     } else if buf.len() > MAX_HEAD_BYTES {
         Err(HeadError::TooLarge)
     } else {
         Ok(false)
     }
+}
+
+/// Drops the empty lines (`\r\n` or a bare `\n`) at the start of `buf` but the last, which
+/// a server ignores before a request line (RFC 9112 §2.2; httparse skips them too), and
+/// returns the length of the one kept (0 when there is none). One is kept so that what
+/// follows is never taken for the connection's first bytes (an HTTP/2 preface is only
+/// that), and `*scanned` moves back with what was dropped. Each byte is looked at once
+/// however the lines arrive, and a stream of them does not fill the buffer: the head's
+/// timeout ends it.
+fn drop_empty_lines(buf: &mut BytesMut, scanned: &mut usize) -> usize {
+    let (mut at, mut last) = (0, None);
+    loop {
+        let line = match buf.get(at..at + 2) {
+            Some([b'\r', b'\n']) => 2,
+            _ if buf.get(at) == Some(&b'\n') => 1,
+            _ => break,
+        };
+        last = Some((at, line));
+        at += line;
+    }
+    let Some((start, line)) = last else {
+        return 0;
+    };
+    if start > 0 {
+        buf.advance(start);
+        *scanned = scanned.saturating_sub(start);
+    }
+    line
 }
 
 /// The request head at the start of `buf`, split off it; `None` while it is incomplete.
@@ -175,7 +210,8 @@ pub fn parse_request(
     if first && buf.starts_with(b"PRI * HTTP/2.0") {
         return Err(HeadError::Http2Preface);
     }
-    if !head_complete_within_limit(buf, scanned)? {
+    let lead = drop_empty_lines(buf, scanned);
+    if !head_complete_within_limit(buf, scanned, lead)? {
         return Ok(None);
     }
     let parsed = parse_whole_request(buf)?;
@@ -192,7 +228,8 @@ fn parse_whole_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadEr
     let base = buf.as_ptr() as usize;
     let len = match request.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
-        // The blank line was an empty line before the request line (allowed, and skipped).
+        // Not expected: the blank line found is past the request line's start (see
+        // `head_complete`); were it not, more is to come.
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
         // Off the common path: httparse takes only 1.0 and 1.1.
@@ -356,7 +393,7 @@ pub fn parse_response(
     buf: &mut BytesMut,
     scanned: &mut usize,
 ) -> Result<Option<ResponseHead>, HeadError> {
-    if !head_complete_within_limit(buf, scanned)? {
+    if !head_complete_within_limit(buf, scanned, 0)? {
         return Ok(None);
     }
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_FIELDS];
@@ -683,6 +720,64 @@ mod tests {
             request("GET /a b HTTP/1.2\r\nHost: a\r\n\r\n"),
             Err(HeadError::Malformed(_))
         ));
+    }
+
+    /// What [`parse_request`] makes of `text` arriving in `pieces` (as the server reads: a
+    /// parse after each read), as text to compare.
+    fn read_in_pieces<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> String {
+        let mut buf = BytesMut::new();
+        let mut scanned = 0;
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            match parse_request(&mut buf, &mut scanned, true) {
+                Ok(None) => {}
+                Ok(Some(head)) => return format!("{} {}", head.method, head.target()),
+                Err(error) => return format!("{error:?}"),
+            }
+        }
+        "incomplete".to_owned()
+    }
+
+    /// Empty lines before a request line, then anything: the same outcome whether the bytes
+    /// come in one read, a byte at a time, or in two reads split anywhere. A request line cut
+    /// after `HTTP/2` was parsed, the empty lines taken for a head's end: 400, not 505.
+    #[test]
+    fn empty_lines_then_anything_read_the_same_however_split() {
+        for text in [
+            "\r\n\r\nGET /x HTTP/2.0\r\nHost: a\r\n\r\n",
+            "\n\nGET /x HTTP/3.0\r\nHost: a\r\n\r\n",
+            "\r\n\n\r\nGET /x HTTP/1.2\r\nHost: a\r\n\r\n",
+            "\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "\r\n\r\nGET /x HTTP/2.0garbage\r\n\r\n",
+            "\r\n\r\nxyz \x01 HTTP/2.0\r\n\r\n",
+            "\r\n\r\nG\r\nET /x HTTP/2.0\r\n\r\n",
+            "\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "\r\n\r\n\rGET /x HTTP/1.1\r\n\r\n",
+        ] {
+            let bytes = text.as_bytes();
+            let whole = read_in_pieces([bytes]);
+            assert_ne!(whole, "incomplete", "{text:?}");
+            assert_eq!(
+                read_in_pieces(bytes.chunks(1)),
+                whole,
+                "{text:?} byte by byte"
+            );
+            for split in 1..bytes.len() {
+                let (a, b) = bytes.split_at(split);
+                assert_eq!(read_in_pieces([a, b]), whole, "{text:?} split at {split}");
+            }
+        }
+        // Empty lines alone are no head, however many; the head's timeout ends them.
+        let many = "\r\n".repeat(MAX_HEAD_BYTES);
+        assert_eq!(read_in_pieces([many.as_bytes()]), "incomplete");
+        assert_eq!(
+            read_in_pieces(
+                many.as_bytes()
+                    .chunks(4096)
+                    .chain([&b"GET /x HTTP/2.0\r\n\r\n"[..]])
+            ),
+            "VersionNotSupported(\"HTTP/2.0\")"
+        );
     }
 
     /// An answer's head takes up to [`MAX_RESPONSE_FIELDS`] fields, more than a request's.

@@ -26,6 +26,10 @@ pub const MIN_SECRET_LEN: usize = 8;
 /// the rest is read escape by escape (see [`find_prefixed`]).
 const PREFIX_CHARS: usize = 6;
 
+/// Times a request path is percent-decoded in search of a secret ([`RequestRedactor::redact_path`]):
+/// encoded once, twice (`%252D`) or three times.
+const PATH_DECODINGS: usize = 3;
+
 /// Levels of JSON string escaping read through: 1 for a JSON body (`sk\/...`), 2 for a JSON
 /// text inside a JSON string (a text body quoted into a log line: `sk\\\/...`).
 const ESCAPE_DEPTH: u8 = 2;
@@ -36,9 +40,10 @@ const ESCAPE_DEPTH: u8 = 2;
 /// its characters (`\/`, `\"`, `\\`, `\b\f\n\r\t`, `\uXXXX` in either case, surrogate pairs),
 /// escaped once or twice ([`ESCAPE_DEPTH`]), mixed freely with plain characters: any JSON
 /// parser reads those back as the secret (PHP writes every `/` as `\/`). A configured secret
-/// is found percent-encoded too ([`percent_encoded`]). Not covered: other encodings (base64,
-/// HTML entities, double percent-encoding), three or more levels of escaping, and a secret written in
-/// pieces with other text between them.
+/// is found percent-encoded too ([`percent_encoded`]), and a request path is searched decoded
+/// ([`RequestRedactor::redact_path`]). Not covered: other encodings (base64, HTML entities,
+/// in a body a key percent-encoded twice or with hex digits of both cases), three or more
+/// levels of escaping, and a secret written in pieces with other text between them.
 ///
 /// Cost: a text shorter than the shortest secret is not searched. A text with no backslash
 /// (most names, ids, and many bodies) gets one `memmem` search per secret. A text with a
@@ -276,18 +281,38 @@ impl RequestRedactor<'_> {
     }
 
     /// A request path redacted: as [`Self::redact`], and when its percent-decoded form holds
-    /// a secret (`/threads/sk%2Dclient.../runs`: any character may be written `%XX`, and
-    /// the encoded forms [`percent_encoded`] knows cover only the characters that must be
-    /// encoded), that decoded form with the secret replaced. A path is short: decoding it
-    /// whole is cheaper than listing every way a key's characters may be encoded.
+    /// a secret (`/threads/sk%2Dclient.../runs`: any character may be written `%XX`, in
+    /// either case, and the encoded forms [`percent_encoded`] knows cover only the
+    /// characters that must be encoded), that decoded form with the secret replaced. A path
+    /// is short: decoding it whole is cheaper than listing every way a key's characters may
+    /// be encoded. A path encoded twice (`sk%252D...`, a client that encodes a segment it
+    /// took from an encoded URL) is decoded again, up to [`PATH_DECODINGS`] times; each level
+    /// is redacted before the next is decoded, so a secret that holds `%XX` itself is
+    /// found as written.
     pub fn redact_path<'t>(&self, path: &'t str) -> Cow<'t, str> {
-        if memchr::memchr(b'%', path.as_bytes()).is_some() {
-            let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-            if let Cow::Owned(redacted) = self.redact(&decoded) {
-                return Cow::Owned(redacted);
-            }
+        let written = self.redact(path);
+        if memchr::memchr(b'%', path.as_bytes()).is_none() {
+            return written;
         }
-        self.redact(path)
+        let mut level = written.to_string();
+        let mut found_decoded = false;
+        for _ in 0..PATH_DECODINGS {
+            let decoded = percent_encoding::percent_decode_str(&level).decode_utf8_lossy();
+            let Cow::Owned(decoded) = decoded else {
+                break;
+            };
+            let redacted = match self.redact(&decoded) {
+                Cow::Owned(redacted) => Some(redacted),
+                Cow::Borrowed(_) => None,
+            };
+            found_decoded |= redacted.is_some();
+            level = redacted.unwrap_or(decoded);
+        }
+        if found_decoded {
+            Cow::Owned(level)
+        } else {
+            written
+        }
     }
 
     /// Redacts an owned string without copying it when there is nothing to replace.
@@ -934,6 +959,30 @@ mod tests {
         }
     }
 
+    /// A key in a path written `%XX` in either case, encoded twice or three times, or
+    /// holding `%XX` itself: the records show the path decoded as far as it was found, with
+    /// it replaced (as written when it was found as written); a path without one stays as written.
+    #[test]
+    fn a_key_in_a_path_is_found_however_often_it_was_encoded() {
+        let r = Redactor::new(&[Secret::new("sk-a/b+c-key"), Secret::new("pct%41-key-1")]);
+        for (path, shown) in [
+            ("/t/sk%2Da%2fb%2Bc-key/runs", "/t/[redacted]/runs"),
+            ("/t/sk-a%252Fb%252bc-key/runs", "/t/[redacted]/runs"),
+            ("/t/sk%25252Da/b+c-key/runs", "/t/[redacted]/runs"),
+            ("/t/pct%41-key-1/x%20y", "/t/[redacted]/x%20y"),
+            ("/t/pct%2541-key-1/x", "/t/[redacted]/x"),
+            ("/t/sk-a/b+c-key/runs", "/t/[redacted]/runs"),
+        ] {
+            assert_eq!(r.redact_path(path, &[]), shown, "{path}");
+        }
+        for path in ["/t/x%2520y/runs", "/t/plain"] {
+            assert!(
+                matches!(r.redact_path(path, &[]), Cow::Borrowed(_)),
+                "{path}"
+            );
+        }
+    }
+
     #[test]
     fn short_request_secrets_are_left_alone() {
         let r = Redactor::default();
@@ -1192,6 +1241,54 @@ mod tests {
             let inner: String = serde_json::from_str(&twice).expect("still a string");
             let read: Vec<String> = serde_json::from_str(&inner).expect("still JSON inside");
             prop_assert!(read.iter().all(|s| !s.contains(&key)), "{twice}");
+        }
+        /// A key that begins with hex digits, after any escape (`\u00e9`, `\u00E9`, a
+        /// surrogate pair, `\u001f`), or completing one (`\u00` then `e9...`), or with its own
+        /// first characters escaped in either case:
+        /// the redacted text is still JSON, at both levels, and holds the key nowhere.
+        #[test]
+        fn a_hex_led_key_after_any_escape_leaves_json(
+            prefix in "[a-fA-F0-9\u{e9}\u{1}\u{1f}\u{1f600}\"\\\\]{0,8}",
+            suffix in "[a-fA-F0-9\u{e9}\u{1}\"\\\\]{0,6}",
+            key in "[a-fA-F0-9]{4,6}[a-zA-Z0-9/+=_-]{4,10}",
+            hows in proptest::collection::vec(any::<u8>(), 30),
+            completed in 0usize..=4,
+        ) {
+            prop_assume!(!key.contains("redacted"));
+            let escape = |c: char, how: u8| -> String {
+                let units = |upper: bool| c.encode_utf16(&mut [0; 2]).iter().map(|u| {
+                    if upper { format!("\\u{u:04X}") } else { format!("\\u{u:04x}") }
+                }).collect();
+                match how % 4 {
+                    2 => units(false),
+                    3 => units(true),
+                    _ => {
+                        let quoted = serde_json::to_string(&c.to_string()).expect("string");
+                        quoted[1..quoted.len() - 1].to_owned()
+                    }
+                }
+            };
+            let mut how = hows.iter().cycle();
+            let mut written = |text: &str| -> String {
+                text.chars().map(|c| escape(c, *how.next().unwrap_or(&0))).collect()
+            };
+            // An escape just before the key, or one its first characters complete.
+            let glue = format!("\\u{}", &"00e9"[..4 - completed]);
+            let json = format!(
+                "[\"{}{glue}{}{}\"]",
+                written(&prefix),
+                written(&key),
+                written(&suffix)
+            );
+            let r = Redactor::new(&[Secret::new(key.clone())]);
+            let out = r.redact(&json, &[]).into_owned();
+            let read: Vec<String> = serde_json::from_str(&out).expect("still JSON");
+            prop_assert!(read.iter().all(|s| !s.contains(&key)), "{json} -> {out}");
+            let quoted = serde_json::to_string(&json).expect("string");
+            let out = r.redact(&quoted, &[]).into_owned();
+            let inner: String = serde_json::from_str(&out).expect("still a string");
+            let read: Vec<String> = serde_json::from_str(&inner).expect("still JSON inside");
+            prop_assert!(read.iter().all(|s| !s.contains(&key)), "{quoted} -> {out}");
         }
     }
 }

@@ -280,23 +280,30 @@ async fn a_refused_url_target_is_quoted_without_its_credentials() {
     let upstream = MockUpstream::start(Behavior::default()).await;
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let host = upstream.origin().replace("http://", "");
-    let with_credentials = format!("http://user@x:p@ss-word@{host}/v1");
     let shown = format!("http://[redacted]@{host}/v1");
-    let prefixed = format!("[{with_credentials}]m1");
-    for (path, model) in [
-        (proxy_query(&with_credentials), "m1"),
-        ("/v1/chat/completions".to_owned(), prefixed.as_str()),
+    // Also a password pasted with a `#` or `/` unescaped, which makes the URL malformed: it
+    // is still said to be credentials, not "invalid port number".
+    for with_credentials in [
+        format!("http://user@x:p@ss-word@{host}/v1"),
+        format!("http://user:p#ss-word@{host}/v1"),
+        format!("http://user:p/ss-word@{host}/v1"),
     ] {
-        let message = refused_400(&router, &path, model).await;
-        assert!(message.contains(&shown), "{message}");
-        assert!(
-            message.contains("credentials in the URL are not accepted"),
-            "{message}"
-        );
-        assert!(
-            !message.contains("ss-word") && !message.contains("user"),
-            "{message}"
-        );
+        let prefixed = format!("[{with_credentials}]m1");
+        for (path, model) in [
+            (proxy_query(&with_credentials), "m1"),
+            ("/v1/chat/completions".to_owned(), prefixed.as_str()),
+        ] {
+            let message = refused_400(&router, &path, model).await;
+            assert!(message.contains(&shown), "{message}");
+            assert!(
+                message.contains("credentials in the URL are not accepted"),
+                "{message}"
+            );
+            assert!(
+                !message.contains("ss-word") && !message.contains("user"),
+                "{message}"
+            );
+        }
     }
     assert_eq!(upstream.count(), 0, "nothing went upstream");
     assert_none_recorded(&router).await;

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::support::upstream::{Behavior, MockUpstream, chat_completion, expected_stream};
-use crate::support::{TestRouter, h2c_client, one_server_config};
+use crate::support::{TestRouter, h2c_client, one_server_config, wait_until};
 
 /// One answer as it came off the wire.
 #[derive(Debug)]
@@ -1241,6 +1241,51 @@ async fn garbage_never_stops_the_router() {
     router.stop().await;
 }
 
+/// Empty lines before a request line, then a request line the router refuses: the same
+/// status whether the bytes come in one write, a byte at a time, or with the empty lines
+/// and the request line's start in one write and the rest a byte at a time (the empty lines
+/// were taken for a head's end, and `HTTP/2` parsed before its `.0` came: 400, not 505).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn empty_lines_then_a_refused_request_line_get_one_status_however_sent() {
+    let (upstream, router) = setup().await;
+    for (text, status) in [
+        ("\r\n\r\nGET /health HTTP/2.0\r\nHost: r\r\n\r\n", 505),
+        (
+            "\n\r\nPOST /v1/chat/completions HTTP/3.0\r\nHost: r\r\n\r\n",
+            505,
+        ),
+        ("\r\n\r\nGET /health HTTP/2.0x\r\nHost: r\r\n\r\n", 400),
+        ("\r\n\r\nxyz\r\n\r\n", 400),
+    ] {
+        let cut = text
+            .find(" HTTP/")
+            .map_or(text.len(), |at| at + " HTTP/2".len());
+        for first in [text.len(), 0, cut] {
+            let mut raw = Raw::connect(router.addr).await;
+            raw.stream.set_nodelay(true).expect("nodelay");
+            let (head, rest) = text.as_bytes().split_at(first);
+            raw.send(head).await;
+            // The router has read the first write before the rest is sent (its socket holds
+            // no unread byte), so the two reach it in two reads.
+            let client = raw.stream.local_addr().expect("local address");
+            wait_until(Duration::from_secs(10), || {
+                tcp_unread(router.addr, client) == Some(0)
+            })
+            .await;
+            for byte in rest {
+                raw.send(&[*byte]).await;
+                raw.stream.flush().await.expect("flush");
+            }
+            let answer = raw.answer().await;
+            assert_eq!(answer.status, status, "{text:?}, first write {first} bytes");
+            assert!(raw.closed().await, "{text:?}");
+        }
+    }
+    assert_eq!(upstream.count(), 0);
+    router.stop().await;
+}
+
 /// Shutdown closes a keep-alive connection that waits for its next request at once (it does
 /// not wait out the grace period), and one that is mid-answer after that answer, marked as
 /// the connection's last.
@@ -1375,10 +1420,14 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
     router.stop().await;
 }
 
-/// The kernel's timer on a TCP socket, from `/proc/net/tcp`: (kind, seconds left) of the
-/// socket with this local and remote address (IPv4).
+/// What `read` finds in the fields of the `/proc/net/tcp` line of the socket with this local
+/// and remote address (IPv4).
 #[cfg(target_os = "linux")]
-fn tcp_timer(local: SocketAddr, remote: SocketAddr) -> Option<(u8, f64)> {
+fn tcp_socket<T>(
+    local: SocketAddr,
+    remote: SocketAddr,
+    read: impl Fn(&[&str]) -> Option<T>,
+) -> Option<T> {
     fn hex(addr: SocketAddr) -> String {
         let SocketAddr::V4(v4) = addr else {
             panic!("IPv4 only: {addr}")
@@ -1396,6 +1445,24 @@ fn tcp_timer(local: SocketAddr, remote: SocketAddr) -> Option<(u8, f64)> {
         if fields.get(1) != Some(&local.as_str()) || fields.get(2) != Some(&remote.as_str()) {
             return None;
         }
+        read(&fields)
+    })
+}
+
+/// Bytes that arrived on a TCP socket and its program has not read yet (`rx_queue`).
+#[cfg(target_os = "linux")]
+fn tcp_unread(local: SocketAddr, remote: SocketAddr) -> Option<u64> {
+    tcp_socket(local, remote, |fields| {
+        let (_, rx) = fields.get(4)?.split_once(':')?;
+        u64::from_str_radix(rx, 16).ok()
+    })
+}
+
+/// The kernel's timer on a TCP socket, from `/proc/net/tcp`: (kind, seconds left) of the
+/// socket with this local and remote address (IPv4).
+#[cfg(target_os = "linux")]
+fn tcp_timer(local: SocketAddr, remote: SocketAddr) -> Option<(u8, f64)> {
+    tcp_socket(local, remote, |fields| {
         // `tr:tm->when`: timer kind, then clock ticks (USER_HZ, 100 a second) in hex.
         let (kind, when) = fields.get(5)?.split_once(':')?;
         let kind = u8::from_str_radix(kind, 16).ok()?;

@@ -568,20 +568,24 @@ async fn a_key_in_the_path_is_redacted_from_every_record() {
 }
 
 /// The same key percent-encoded in the path (`sk%2Dclient...`: any character may be written
-/// `%XX`, not only those that must be) is found in the decoded path, which the records then
-/// show with the key replaced: the ledger, the request log and the span held it encoded.
+/// `%XX`, not only those that must be, in either case, or encoded twice, `%252D`) is found in
+/// the decoded path, which the records then show with the key replaced: the ledger, the
+/// request log and the span held it encoded.
 #[tokio::test]
 async fn a_percent_encoded_key_in_the_path_is_redacted_from_every_record() {
     let upstream = MockUpstream::start(Behavior::default()).await;
     let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
     let encoded_client = CLIENT_KEY.replacen('-', "%2D", 1);
     let encoded_configured = "sk%2dmock-upstream%2Dkey";
+    // Encoded twice, in mixed case: `%25` is the `%`.
+    let twice_encoded = "sk%252dmock-upstream%252Dkey";
     let paths = [
         format!(
             "/v1/threads/{encoded_client}/runs?proxy={}",
             upstream.origin()
         ),
         format!("/v1/threads/{encoded_configured}/runs"),
+        format!("/v1/threads/{twice_encoded}/runs"),
     ];
     post_to_paths(&sinks, &paths).await;
     let (written, records) = sinks.finish(paths.len()).await;
@@ -596,6 +600,8 @@ async fn a_percent_encoded_key_in_the_path_is_redacted_from_every_record() {
         "sk-mock-upstream-key",
         encoded_configured,
         "mock-upstream%2Dkey",
+        twice_encoded,
+        "mock-upstream%252Dkey",
     ] {
         written.assert_absent(secret);
     }
@@ -884,6 +890,10 @@ async fn a_url_prefixs_user_info_under_proxy_is_redacted_from_every_record() {
     const ENCODED: &str = "ESECRET%2Deeeeeeeeee";
     const DECODED: &str = "ESECRET-eeeeeeeeee";
     const QUERY_KEY: &str = "QSECRET-ffffffffff";
+    // Passwords pasted with a `#` or `/` unescaped: the URL is malformed, the user info is
+    // still everything up to the last `@`.
+    const HASH: &str = "HA#SECRET-gggggggggg";
+    const SLASH: &str = "SL/SECRET-hhhhhhhhhh";
     let upstream = MockUpstream::start(Behavior::default()).await;
     let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
     let origin = upstream.origin();
@@ -895,6 +905,8 @@ async fn a_url_prefixs_user_info_under_proxy_is_redacted_from_every_record() {
         format!("[http://u:{PASSWORD}@{host}/v1]m1"),
         format!("[http://{TOKEN}@{host}/v1]m1"),
         format!("[http://user:{ENCODED}@{host}/v1?key={QUERY_KEY}]m1"),
+        format!("[http://u:{HASH}@{host}/v1]m1"),
+        format!("[http://u:{SLASH}@{host}/v1]m1"),
     ];
     let mut ids = Vec::new();
     for model in &models {
@@ -907,7 +919,7 @@ async fn a_url_prefixs_user_info_under_proxy_is_redacted_from_every_record() {
 
     let (written, records) = sinks.finish(models.len()).await;
     // The records held each secret, so the scan below can fail.
-    for secret in [PASSWORD, TOKEN, ENCODED] {
+    for secret in [PASSWORD, TOKEN, ENCODED, HASH, SLASH] {
         assert!(
             records
                 .iter()
@@ -919,6 +931,8 @@ async fn a_url_prefixs_user_info_under_proxy_is_redacted_from_every_record() {
         format!("[http://[redacted]@{host}/v1]m1"),
         format!("[http://[redacted]@{host}/v1]m1"),
         format!("[http://[redacted]@{host}/v1?[redacted]]m1"),
+        format!("[http://[redacted]@{host}/v1]m1"),
+        format!("[http://[redacted]@{host}/v1]m1"),
     ];
     for (id, shown) in ids.iter().zip(&shown) {
         let line = written.log_line(id);
@@ -932,7 +946,15 @@ async fn a_url_prefixs_user_info_under_proxy_is_redacted_from_every_record() {
         shown.iter().map(String::as_str).collect::<Vec<_>>()
     );
     assert_eq!(written.spans.len(), models.len());
-    for secret in [PASSWORD, TOKEN, ENCODED, DECODED, QUERY_KEY] {
+    for secret in [
+        PASSWORD,
+        TOKEN,
+        ENCODED,
+        DECODED,
+        QUERY_KEY,
+        "SECRET-gggg",
+        "SECRET-hhhh",
+    ] {
         written.assert_absent(secret);
     }
 }
