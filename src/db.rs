@@ -711,17 +711,18 @@ fn not_created(shown: &str, path: &Path, e: rusqlite::Error) -> DbError {
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure)
     ) && no_room_to_create(path);
-    match cannot_write(shown, path, e) {
-        DbError::Open {
-            path: shown,
-            reason,
-        } if full => DbError::Open {
-            path: shown,
+    if full {
+        // SQLite's own words: the disk being full already says why its `-shm` could not be
+        // made ("disk I/O error"), which [`not_a_database`] would ask about.
+        return DbError::Open {
+            path: shown.to_owned(),
             reason: format!(
-                "cannot create the database: the disk of its folder {} is full ({reason})",
+                "cannot create the database: the disk of its folder {} is full ({e})",
                 folder_of(path).display()
             ),
-        },
+        };
+    }
+    match cannot_write(shown, path, e) {
         DbError::Open {
             path: shown,
             reason,
@@ -1063,7 +1064,15 @@ fn on_read_only_mount(_path: &Path) -> bool {
 /// database in it yet) a failed step is SQLite's error as it came, for the caller to say as
 /// the database not created ([`not_created`]), not as an upgrade from version 0.
 fn migrate(conn: &Connection, path: &str, fresh: bool) -> Result<(), DbError> {
-    let found = user_version(conn).map_err(|e| not_a_database(path, e))?;
+    // In a fresh file this is the first read in WAL mode, which makes the `-shm`: on a
+    // nearly full disk it fails, and the database is not created (not a damaged file).
+    let found = user_version(conn).map_err(|e| {
+        if fresh && !is_locked(&e) {
+            DbError::Sqlite(e)
+        } else {
+            not_a_database(path, e)
+        }
+    })?;
     check_version(found, path)?;
     if found == current_version() {
         return Ok(());
