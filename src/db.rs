@@ -381,27 +381,29 @@ pub fn inspect(path: &Path, writes: bool) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Whether `serve` could create the missing database at `path`, found by making a file of
-/// another name beside it (where a dangling link points, when `path` is one) and removing it
-/// again: the folder's permission bits, which root passes, do not tell, and a pseudo file
-/// system (`/proc`, `/sys`) refuses every new file, so `check` said ok to a database `serve`
-/// then could not open. The database's own path is never made: a `serve` starting that
-/// instant would make its database in a file `check` then deleted. When no file can be made
-/// there, SQLite is asked to open the path without creating it, for the refusal in `serve`'s
-/// words.
+/// Whether `serve` could create the missing database at `path`, found by making one, as
+/// `serve` would (the switch to WAL, every schema step, the ledger), in a file of another name
+/// beside it (where a dangling link points, when `path` is one) and removing it and its
+/// `-wal`/`-shm` again: the folder's permission bits, which root passes, do not tell, a pseudo
+/// file system (`/proc`, `/sys`) refuses every new file, and a nearly full disk has room for
+/// an empty file but not for the database's tables, so `check` said ok to a database `serve`
+/// then could not make. A refusal is said in `serve`'s words, of `path`. The database's own
+/// path is never made: a `serve` starting that instant would make its database in a file
+/// `check` then deleted. When no file can be made there, SQLite is asked to open the path
+/// without creating it, for the refusal in `serve`'s words.
 fn check_creatable(path: &Path, shown: &str) -> Result<(), DbError> {
     let target = dangling_link_target(path);
     let target = target.as_deref().unwrap_or(path);
     let mut probe = target.as_os_str().to_owned();
     probe.push(format!(".llmsrouter-check-{}", std::process::id()));
     let probe = PathBuf::from(probe);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    if options.open(&probe).is_ok() {
-        let _ = std::fs::remove_file(&probe);
-        return Ok(());
+    if let Some(made) = create_private(&probe) {
+        // Closed (`drop`) before it is removed: as the last connection it removes its own
+        // `-wal` and `-shm`; what a failed open leaves goes with the file.
+        let made_there =
+            open_made(&probe, shown.to_owned(), Access::Write, true, &mut |_| {}).map(drop);
+        made.undo();
+        return made_there;
     }
     match open_file(path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
         // Made meanwhile, by another process.
@@ -711,17 +713,18 @@ fn not_created(shown: &str, path: &Path, e: rusqlite::Error) -> DbError {
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure)
     ) && no_room_to_create(path);
-    match cannot_write(shown, path, e) {
-        DbError::Open {
-            path: shown,
-            reason,
-        } if full => DbError::Open {
-            path: shown,
+    if full {
+        // SQLite's own words: the disk being full already says why its `-shm` could not be
+        // made ("disk I/O error"), which [`not_a_database`] would ask about.
+        return DbError::Open {
+            path: shown.to_owned(),
             reason: format!(
-                "cannot create the database: the disk of its folder {} is full ({reason})",
+                "cannot create the database: the disk of its folder {} is full ({e})",
                 folder_of(path).display()
             ),
-        },
+        };
+    }
+    match cannot_write(shown, path, e) {
         DbError::Open {
             path: shown,
             reason,
@@ -1063,7 +1066,15 @@ fn on_read_only_mount(_path: &Path) -> bool {
 /// database in it yet) a failed step is SQLite's error as it came, for the caller to say as
 /// the database not created ([`not_created`]), not as an upgrade from version 0.
 fn migrate(conn: &Connection, path: &str, fresh: bool) -> Result<(), DbError> {
-    let found = user_version(conn).map_err(|e| not_a_database(path, e))?;
+    // In a fresh file this is the first read in WAL mode, which makes the `-shm`: on a
+    // nearly full disk it fails, and the database is not created (not a damaged file).
+    let found = user_version(conn).map_err(|e| {
+        if fresh && !is_locked(&e) {
+            DbError::Sqlite(e)
+        } else {
+            not_a_database(path, e)
+        }
+    })?;
     check_version(found, path)?;
     if found == current_version() {
         return Ok(());

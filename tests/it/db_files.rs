@@ -1306,7 +1306,9 @@ fn a_database_that_cannot_be_made_on_a_full_disk_leaves_no_file() {
 /// not created, for want of room on its folder's disk, by `serve` and `user add` alike, and
 /// leaves no file either. SQLite's first write is the schema's first step there, and it
 /// was said as "cannot upgrade its schema from version 0 to 4", as if a database had been
-/// there to upgrade.
+/// there to upgrade. With less room (8 to 32 KiB) the first read in WAL mode cannot make
+/// the `-shm`, which was said as "disk I/O error (SQLite could not make its shared-memory
+/// file ...)" instead (bb66).
 #[test]
 fn a_database_that_cannot_be_made_on_a_nearly_full_disk_is_said_not_created() {
     let dir = tempfile::tempdir().expect("dir");
@@ -1316,18 +1318,74 @@ fn a_database_that_cannot_be_made_on_a_nearly_full_disk_is_said_not_created() {
     };
     let fs = dir.path().join("fs");
     let launcher = [binary().into_os_string()];
+    // Then SQLite's reason: "database or disk is full", or "disk I/O error" for the -shm.
     let why = format!(
-        "cannot create the database: the disk of its folder {} is full (database or disk is full)",
+        "cannot create the database: the disk of its folder {} is full (",
         fs.display()
     );
     // Not `other.db`, whose `-wal` (another's) SQLite removes as the log of the database it
-    // began there, when it closes it: that is the one file this open cannot keep.
-    let kinds = ["users.db", "empty.db"];
-    assert_nothing_left(dir.path(), &fs, &launcher, &why, &kinds, || {
-        // 48 KiB of the 512 left: the file and its -shm fit, its tables do not.
-        let mut filler = std::fs::File::create(fs.join("filler")).expect("filler");
-        std::io::Write::write_all(&mut filler, &vec![0u8; 464 * 1024]).expect("filler");
-    });
+    // began there, when it closes it: that is the one file this open cannot keep. Of the
+    // 512 KiB: 48 left, the file and its -shm fit, its tables do not; 16 left, the -shm
+    // does not either, and an empty file that was there is left with the -wal and -shm
+    // SQLite began beside it (it is not this open's to remove).
+    for (left, kinds) in [(48, &["users.db", "empty.db"][..]), (16, &["users.db"])] {
+        assert_nothing_left(dir.path(), &fs, &launcher, &why, kinds, || {
+            let mut filler = std::fs::File::create(fs.join("filler")).expect("filler");
+            std::io::Write::write_all(&mut filler, &vec![0u8; (512 - left) * 1024])
+                .expect("filler");
+        });
+    }
+}
+
+/// `check` refuses a database yet to be made on a disk with room for a file but not for the
+/// database, as `serve` does and in its words, and leaves nothing in the folder: it said ok
+/// with 64 KiB left, where `serve` and `user add` then said "cannot create the database"
+/// (bb66). It makes the database, as `serve` would, in a file of another name, and removes
+/// it; with room on the disk it says ok and leaves nothing either.
+#[test]
+fn check_refuses_a_database_a_nearly_full_disk_cannot_hold() {
+    let dir = tempfile::tempdir().expect("dir");
+    let Some(_mount) = Mounted::tmpfs(&dir.path().join("fs")) else {
+        eprintln!("not run: this process may not mount a tmpfs");
+        return;
+    };
+    let fs = dir.path().join("fs");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let db = fs.join("users.db");
+    let db = db.to_str().expect("utf-8 path");
+    let why = format!(
+        "users.db: cannot create the database: the disk of its folder {} is full",
+        fs.display()
+    );
+    // 64 KiB of the 512 left: more than check's own least room to create a database.
+    let mut filler = std::fs::File::create(fs.join("filler")).expect("filler");
+    std::io::Write::write_all(&mut filler, &vec![0u8; 448 * 1024]).expect("filler");
+    drop(filler);
+    let there = files_in(&fs);
+    for accounts in ["false", "true"] {
+        let envs = [
+            ("LLMSROUTER_DB", db),
+            ("LLMSROUTER_LOG_FILE", ""),
+            ("ENABLE_ACCOUNT_MANAGEMENT", accounts),
+        ];
+        let (code, _, stderr) = run_cli(dir.path(), &["check"], &envs);
+        assert_eq!(code, 1, "accounts {accounts}: {stderr}");
+        assert!(stderr.contains(&why), "accounts {accounts}: {stderr}");
+        assert_eq!(files_in(&fs), there, "accounts {accounts}");
+        let envs = [envs.as_slice(), &[("LLMSROUTER_PORT", "0")]].concat();
+        let (code, _, stderr) = run_bounded(dir.path(), &["serve"], &envs);
+        assert_eq!(code, 1, "accounts {accounts}: {stderr}");
+        assert!(
+            stderr.contains(&why),
+            "serve, accounts {accounts}: {stderr}"
+        );
+        assert_eq!(files_in(&fs), there, "serve, accounts {accounts}");
+    }
+    std::fs::remove_file(fs.join("filler")).expect("filler");
+    let envs = [("LLMSROUTER_DB", db), ("LLMSROUTER_LOG_FILE", "")];
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &envs);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(files_in(&fs).is_empty(), "{:?}", files_in(&fs));
 }
 
 /// [`a_database_that_cannot_be_made_on_a_full_disk_leaves_no_file`] where no file may grow
