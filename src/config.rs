@@ -603,6 +603,12 @@ fn yaml_options() -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
     // A snippet of the file could show an api_key next to the error; never print one.
     options.with_snippet = false;
+    // A value passed over unread ([`serde::de::IgnoredAny`], when the settings are read one
+    // by one, [`without_settings`]) must not be refused for being `.inf`, `.nan` or `1e400`:
+    // the library refused the whole file then, and a `models_cache_ttl_secs: .inf` beside a
+    // `default_server: [a]` hid every other mistake. Every number key is read as its type
+    // from its text ([`typed`]), which says a non-finite value out of range.
+    options.non_finite_float_policy = serde_saphyr::NonFiniteFloatPolicy::PassThrough;
     options
 }
 

@@ -1576,6 +1576,75 @@ fn config_expansions_past_eight_mebibytes_in_all_are_refused() {
 }
 
 /// `stderr` is one `error:` line for each of `expected`, in order, each holding its text.
+/// A setting that is `.inf`, `.nan` or too large for a number (`1e400`) beside one the YAML
+/// reader refuses (`default_server: [a]`, an unknown key) hides no mistake: the settings are
+/// read one by one and a value passed over was refused for being infinite, so only the
+/// refused setting was said, not the servers' mistakes nor the infinite value's own.
+#[test]
+fn a_non_finite_setting_beside_a_refused_one_hides_no_mistake() {
+    let dir = tempfile::tempdir().expect("dir");
+    let servers = "servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    api_key: ${LR_TEST_UNSET_ONE}\n  \
+         b:\n    url: ftp://h/v1\n";
+    let ttl = "settings.models_cache_ttl_secs: must be a number of seconds, 0 or more";
+    let fetch = "settings.models_fetch_timeout_secs: must be a number of seconds above 0";
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "settings:\n  default_server: [a]\n  models_cache_ttl_secs: .inf\n",
+            &[
+                "servers.a.api_key: ",
+                "servers.b.url: ",
+                "settings.default_server: expected one value (text or a number), not a list or a mapping at line 8",
+                &format!("{ttl} and below 1000000000 (1e9) at line 9, column 26"),
+            ],
+        ),
+        (
+            "settings:\n  models_cache_ttl_secs: 1e400\n  default_server: [a]\n",
+            &[
+                "servers.a.api_key: ",
+                "servers.b.url: ",
+                "settings.models_cache_ttl_secs: expected a number at line 8, column 26",
+                "settings.default_server: expected one value",
+            ],
+        ),
+        (
+            "settings:\n  colour: 1\n  models_fetch_timeout_secs: .nan\n  max_body_bytes: abc\n",
+            &[
+                "servers.a.api_key: ",
+                "servers.b.url: ",
+                "settings.colour: unknown field `colour`",
+                &format!("{fetch} and below 1000000000 (1e9) at line 9, column 30"),
+                "settings.max_body_bytes: expected a whole number",
+            ],
+        ),
+        (
+            "settings:\n  models_fetch_timeout_secs: .inf\n  colour: 1\n",
+            &[
+                "servers.a.api_key: ",
+                "servers.b.url: ",
+                &format!("{fetch} and below 1000000000 (1e9) at line 8"),
+                "settings.colour: unknown field `colour`",
+            ],
+        ),
+    ];
+    for (settings, expected) in cases {
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            format!("{servers}{settings}"),
+        )
+        .expect("config");
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+        assert_error_lines(&stderr, expected);
+    }
+    let (code, _, stderr) = run_cli(
+        dir.path(),
+        &["serve", "--host", "127.0.0.1", "--port", "0"],
+        &[("LLMSROUTER_LOG_FILE", "")],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert_error_lines(&stderr, cases[3].1);
+}
+
 fn assert_error_lines(stderr: &str, expected: &[&str]) {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), expected.len(), "{stderr}");
