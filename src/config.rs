@@ -682,7 +682,8 @@ fn only_setting<const K: usize>(text: &str) -> Result<RawSettings, Invalid> {
 /// Puts the settings' problems (the last of `problems`, after the servers') in the order their
 /// keys are written, as the servers' are said in the order of the servers: they were said
 /// in [`RawSettings`]' order, `max_body_bytes` before a `default_server` written above it.
-/// A problem of a key not found keeps its place after the others.
+/// A problem of a key not found keeps its place after the others; one of a key merged in by
+/// `<<` is put where the `<<` is, as its message says.
 fn settings_in_file_order(text: &str, problems: &mut [Invalid]) {
     let is_setting = |(path, _): &Invalid| path == "settings" || path.starts_with("settings.");
     let first = problems
@@ -700,15 +701,19 @@ fn settings_in_file_order(text: &str, problems: &mut [Invalid]) {
     else {
         return;
     };
+    // Where the key is used: for one merged in by `<<`, the `<<`'s value (`<<: *base` or
+    // `<<: {...}`), the line its message names; it was put after every key written.
     let place = |(path, _): &Invalid| {
         let key = path.strip_prefix("settings.").unwrap_or_default();
         keys.0
             .iter()
-            .position(|written| {
+            .find(|written| {
                 key.strip_prefix(written.value.as_str())
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
             })
-            .unwrap_or(usize::MAX)
+            .map_or((u64::MAX, u64::MAX), |written| {
+                (written.referenced.line(), written.referenced.column())
+            })
     };
     settings.sort_by_key(place);
 }

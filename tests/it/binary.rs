@@ -1645,6 +1645,51 @@ fn a_non_finite_setting_beside_a_refused_one_hides_no_mistake() {
     assert_error_lines(&stderr, cases[3].1);
 }
 
+/// A setting merged in by `<<` has its mistake said where the `<<` is, the line its message
+/// names, among the others in the order written: it was said after every other setting's.
+#[test]
+fn a_merged_settings_mistake_is_said_where_the_merge_is() {
+    let dir = tempfile::tempdir().expect("dir");
+    let servers =
+        "servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    headers: &b {max_body_bytes: \"0\"}\n";
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "settings:\n  <<: {max_body_bytes: -3}\n  default_server: [a]\n  models_cache_ttl_secs: -2\n",
+            &[
+                "settings.max_body_bytes: expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 6, column 7",
+                "settings.default_server: expected one value (text or a number), not a list or a mapping at line 7",
+                "settings.models_cache_ttl_secs: must be a number of seconds, 0 or more and below 1000000000 (1e9) at line 8",
+            ],
+        ),
+        (
+            "settings:\n  default_server: [a]\n  <<: *b\n  models_cache_ttl_secs: -2\n",
+            &[
+                "settings.default_server: expected one value",
+                "settings.max_body_bytes: must be above 0 at line 7, column 7",
+                "settings.models_cache_ttl_secs: must be a number of seconds, 0 or more and below 1000000000 (1e9) at line 8",
+            ],
+        ),
+        (
+            "settings:\n  default_server: nowhere\n  <<: *b\n  models_fetch_timeout_secs: soon\n",
+            &[
+                "settings.default_server: \"nowhere\" is not a server alias",
+                "settings.max_body_bytes: must be above 0 at line 7, column 7",
+                "settings.models_fetch_timeout_secs: expected a number at line 8",
+            ],
+        ),
+    ];
+    for (settings, expected) in cases {
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            format!("{servers}{settings}"),
+        )
+        .expect("config");
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+        assert_error_lines(&stderr, expected);
+    }
+}
+
 fn assert_error_lines(stderr: &str, expected: &[&str]) {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), expected.len(), "{stderr}");
