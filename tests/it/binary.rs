@@ -1690,6 +1690,61 @@ fn a_merged_settings_mistake_is_said_where_the_merge_is() {
     }
 }
 
+/// An odd key under `settings` (`null:`, `[k]:`, a number) is named as a key that is no
+/// setting, with its line, and hides none of the other settings' mistakes nor the servers':
+/// `null:` was said as "empty (null) where a value is needed" alone, and a `1:` beside it
+/// hid it and every other setting's mistake.
+#[test]
+fn an_odd_settings_key_is_named_beside_the_other_mistakes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let servers = "servers:\n  a:\n    url: http://127.0.0.1:9/v1\n  b:\n    url: ftp://h/v1\n";
+    let expected_one = "expected one of models_cache_ttl_secs, models_fetch_timeout_secs, \
+         max_body_bytes, default_server at line";
+    let null_key = format!(
+        "settings: a null key (`null:`, `~:` or no key before the `:`), {expected_one} 7, column 3"
+    );
+    let cases: [(&str, Vec<String>); 3] = [
+        (
+            "settings:\n  null: y\n  default_server: [a]\n  max_body_bytes: abc\n",
+            vec![
+                "servers.b.url: ".into(),
+                null_key.clone(),
+                "settings.default_server: expected one value (text or a number), not a list or a mapping at line 8".into(),
+                "settings.max_body_bytes: expected a whole number".into(),
+            ],
+        ),
+        (
+            "settings:\n  [k]: z\n  max_body_bytes: abc\n  {m: 1}: z\n",
+            vec![
+                "servers.b.url: ".into(),
+                format!("settings: a list as a key (`[k]:`), {expected_one} 7, column 3"),
+                "settings.max_body_bytes: expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 8".into(),
+                format!("settings: a mapping as a key (`{{k: v}}:`), {expected_one} 9, column 3"),
+            ],
+        ),
+        (
+            "settings:\n  0x1F: x\n  null: y\n  max_body_bytes: abc\n",
+            vec![
+                "servers.b.url: ".into(),
+                format!("settings.0x1F: unknown field `0x1F`, {expected_one} 7, column 3"),
+                null_key.replace("line 7", "line 8"),
+                "settings.max_body_bytes: expected a whole number".into(),
+            ],
+        ),
+    ];
+    for (settings, expected) in &cases {
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            format!("{servers}{settings}"),
+        )
+        .expect("config");
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        assert_error_lines(&stderr, &expected);
+    }
+}
+
 fn assert_error_lines(stderr: &str, expected: &[&str]) {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), expected.len(), "{stderr}");
