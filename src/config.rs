@@ -908,6 +908,9 @@ fn read_yaml<S: DeserializeOwned>(text: &str) -> Result<Option<RawConfig<S>>, (S
         };
         let message = first_line(&e.to_string());
         let mut reason = in_plain_words(&message);
+        if message.starts_with("cannot deserialize tagged scalar") {
+            reason = tag_on_a_typed_key(&path, &message).unwrap_or(reason);
+        }
         if let Some(loc) = e.location() {
             if let Some(key) = duplicate_key(&message) {
                 reason = twice(text, key, loc.line() as usize, loc.column() as usize);
@@ -944,6 +947,26 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
         return text[..text.len() - ".value".len()].to_owned();
     }
     path.to_string()
+}
+
+/// A tag refused on a number or boolean key's value (`timeout_secs: !!binary NQ==`), said as
+/// what the key takes: it was said as "where text is expected". `!!int` and `!!float` on a
+/// number key, and `!!bool` on `stream_usage`, are taken off before the library reads the
+/// file, as PyYAML and pydantic took them ([`merge_order`]).
+fn tag_on_a_typed_key(path: &str, message: &str) -> Option<String> {
+    let key = path.rsplit('.').next()?;
+    if !TYPED_KEYS.contains(&key) {
+        return None;
+    }
+    let expected = if key == "stream_usage" {
+        "true or false"
+    } else {
+        "a number"
+    };
+    let at = message.rfind(" at line ").map_or("", |at| &message[at..]);
+    Some(format!(
+        "a tagged value where {expected} is expected: write the value without its tag{at}"
+    ))
 }
 
 /// The keys whose values are [`Typed`].
@@ -1829,6 +1852,61 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    /// A number key's value tagged as a number (`timeout_secs: !!float 5`) is that number,
+    /// and `stream_usage: !!bool false` that boolean, as PyYAML and pydantic read them (the
+    /// Python version's config must load unchanged): they were refused as "a tagged value
+    /// where text is expected". A tag refused on such a key says what the key takes.
+    #[test]
+    fn a_number_tagged_as_a_number_is_that_number() {
+        let yaml = "servers:\n  a:\n    url: http://x\n    timeout_secs: !!float 5\n    stream_usage: !!bool false\n  \
+             b:\n    url: http://x\n    timeout_secs: !!int \"7\"\n  \
+             c: {url: http://x, timeout_secs: !<tag:yaml.org,2002:float> 2.5}\n\
+             settings:\n  models_cache_ttl_secs: !!float 5\n  models_fetch_timeout_secs: !!int 3\n  \
+             max_body_bytes: !!float 9\n";
+        let c = Config::parse(yaml, &no_env).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(c.servers["a"].timeout, Duration::from_secs(5));
+        assert!(!c.servers["a"].stream_usage);
+        assert_eq!(c.servers["b"].timeout, Duration::from_secs(7));
+        assert_eq!(c.servers["c"].timeout, Duration::from_millis(2500));
+        assert_eq!(c.settings.models_cache_ttl, Duration::from_secs(5));
+        assert_eq!(c.settings.models_fetch_timeout, Duration::from_secs(3));
+        assert_eq!(c.settings.max_body_bytes, 9);
+
+        let cases = [
+            // pydantic refused 5.5 for a whole number, and PyYAML `!!float abc`.
+            (
+                "settings:\n  max_body_bytes: !!float 5.5\n",
+                "settings.max_body_bytes",
+                "expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 2, column 27",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    timeout_secs: !!float abc\n",
+                "servers.a.timeout_secs",
+                "expected a number at line 4, column 27",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    timeout_secs: !!timestamp 2001-12-14\n",
+                "servers.a.timeout_secs",
+                "a tagged value where a number is expected: write the value without its tag at line 4",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    stream_usage: !!int 1\n",
+                "servers.a.stream_usage",
+                "a tagged value where true or false is expected: write the value without its tag at line 4",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    headers: {X-V: !!float 5}\n",
+                "servers.a.headers.X-V",
+                "a tagged value (`!!int`, `!!float`, ...) where text is expected",
+            ),
+        ];
+        for (yaml, path, expected) in cases {
+            let (at, reason) = error_of(yaml);
+            assert_eq!(at, path, "{yaml:?}: {reason}");
+            assert!(reason.starts_with(expected), "{yaml:?}: {reason}");
+        }
     }
 
     /// What a url carries that is a credential, in the forms an upstream may echo it.
