@@ -467,8 +467,9 @@ impl<'de, const K: usize> Deserialize<'de> for OnlySetting<K> {
             ) -> Result<Self::Value, A::Error> {
                 let mut raw = RawSettings::default();
                 let mut read = false;
-                while let Some(name) = map.next_key::<String>()? {
-                    if read || SETTINGS.get(K) != Some(&name.as_str()) {
+                while let Some(key) = map.next_key::<AnyKey>()? {
+                    let this = matches!(&key, AnyKey::Name(name) if SETTINGS.get(K) == Some(&name.as_str()));
+                    if read || !this {
                         map.next_value::<serde::de::IgnoredAny>()?;
                         continue;
                     }
@@ -487,9 +488,87 @@ impl<'de, const K: usize> Deserialize<'de> for OnlySetting<K> {
     }
 }
 
+/// A key of `settings` of whatever shape it is written: a setting's name, or an odd key
+/// (`null:`, `[k]:`, `1:`) that names no setting. Read as a name (`String`), a `null:` or
+/// `[k]:` stopped the reading of `settings`, hiding every other setting's mistake.
+#[derive(Debug, PartialEq)]
+enum AnyKey {
+    /// Text, as written.
+    Name(String),
+    /// A number or boolean, as the YAML library gives it (`0x1F` as `31`): [`settings_keys`]
+    /// makes it a [`AnyKey::Name`] of its text as written.
+    Scalar(String),
+    /// `null:`, `~:` or a `:` with no key before it.
+    Null,
+    /// `[k]:`.
+    List,
+    /// `{k: v}:`.
+    Mapping,
+}
+
+impl<'de> Deserialize<'de> for AnyKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = AnyKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AnyKey, E> {
+                Ok(AnyKey::Name(v.to_owned()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<AnyKey, E> {
+                Ok(AnyKey::Scalar(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<AnyKey, E> {
+                Ok(AnyKey::Scalar(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<AnyKey, E> {
+                Ok(AnyKey::Scalar(v.to_string()))
+            }
+            fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<AnyKey, E> {
+                Ok(AnyKey::Scalar(v.to_string()))
+            }
+            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<AnyKey, E> {
+                Ok(AnyKey::Scalar(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<AnyKey, E> {
+                Ok(AnyKey::Scalar(v.to_string()))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<AnyKey, E> {
+                Ok(AnyKey::Name(String::from_utf8_lossy(v).into_owned()))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<AnyKey, E> {
+                Ok(AnyKey::Null)
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<AnyKey, E> {
+                Ok(AnyKey::Null)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<AnyKey, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(AnyKey::List)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<AnyKey, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(AnyKey::Mapping)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
 /// The keys of `settings`, each with where it is written, in the order the YAML library
 /// gives them (those written, then those merged in by `<<`), each name once.
-struct SettingsKeys(Vec<serde_saphyr::Spanned<String>>);
+struct SettingsKeys(Vec<serde_saphyr::Spanned<AnyKey>>);
 
 impl<'de> Deserialize<'de> for SettingsKeys {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -503,10 +582,13 @@ impl<'de> Deserialize<'de> for SettingsKeys {
                 self,
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
-                let mut keys: Vec<serde_saphyr::Spanned<String>> = Vec::new();
-                while let Some(key) = map.next_key::<serde_saphyr::Spanned<String>>()? {
+                let mut keys: Vec<serde_saphyr::Spanned<AnyKey>> = Vec::new();
+                while let Some(key) = map.next_key::<serde_saphyr::Spanned<AnyKey>>()? {
                     map.next_value::<serde::de::IgnoredAny>()?;
-                    if !keys.iter().any(|seen| seen.value == key.value) {
+                    // Two lists or mappings as keys are two odd keys, each said.
+                    let kept = matches!(key.value, AnyKey::List | AnyKey::Mapping)
+                        || !keys.iter().any(|seen| seen.value == key.value);
+                    if kept {
                         keys.push(key);
                     }
                 }
@@ -603,6 +685,12 @@ fn yaml_options() -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
     // A snippet of the file could show an api_key next to the error; never print one.
     options.with_snippet = false;
+    // A value passed over unread ([`serde::de::IgnoredAny`], when the settings are read one
+    // by one, [`without_settings`]) must not be refused for being `.inf`, `.nan` or `1e400`:
+    // the library refused the whole file then, and a `models_cache_ttl_secs: .inf` beside a
+    // `default_server: [a]` hid every other mistake. Every number key is read as its type
+    // from its text ([`typed`]), which says a non-finite value out of range.
+    options.non_finite_float_policy = serde_saphyr::NonFiniteFloatPolicy::PassThrough;
     options
 }
 
@@ -638,15 +726,18 @@ fn without_settings(
 /// ([`OnlySetting`]): the YAML library stops at the first value it refuses, and a
 /// `default_server: [a]` hid a `max_body_bytes: abc` below it (and an unknown key every
 /// setting after it). Gives what was read and the problem of each key the library refused
-/// or does not know, in the order written; `None` when `settings` is no mapping of names
-/// (`settings: 5`): its own problem is then the only one.
+/// or does not know (an odd one such as `null:` too), in the order written; `None` when
+/// `settings` is no mapping (`settings: 5`): its own problem is then the only one.
 fn settings_apart(text: &str) -> Option<(Option<RawSettings>, Vec<Invalid>)> {
-    let keys = parse_yaml::<SettingsKeys>(text).ok()??.settings?;
+    let keys = settings_keys(text)?;
     let mut settings = RawSettings::default();
     let mut problems = Vec::new();
-    for key in keys.0 {
-        let name = key.value.as_str();
-        let read = match SETTINGS.iter().position(|known| *known == name) {
+    for key in keys {
+        let known = match &key.value {
+            AnyKey::Name(name) => SETTINGS.iter().position(|known| known == name),
+            _ => None,
+        };
+        let read = match known {
             Some(0) => only_setting::<0>(text),
             Some(1) => only_setting::<1>(text),
             Some(2) => only_setting::<2>(text),
@@ -664,6 +755,35 @@ fn settings_apart(text: &str) -> Option<(Option<RawSettings>, Vec<Invalid>)> {
     Some((Some(settings), problems))
 }
 
+/// The keys of the file's `settings` ([`SettingsKeys`]), a number or boolean one named as it
+/// is written (`0x1F`, not the library's `31`), as the YAML library names it when it refuses
+/// it. `None` when the file has no `settings` mapping.
+fn settings_keys(text: &str) -> Option<Vec<serde_saphyr::Spanned<AnyKey>>> {
+    let mut keys = parse_yaml::<SettingsKeys>(text).ok()??.settings?.0;
+    for key in &mut keys {
+        if let AnyKey::Scalar(given) = &key.value {
+            let written = written_at(text, key.defined).unwrap_or_else(|| given.clone());
+            key.value = AnyKey::Name(written);
+        }
+    }
+    Some(keys)
+}
+
+/// The plain scalar of `text` at `at` (its line, column and length in characters), when
+/// there is one there.
+fn written_at(text: &str, at: serde_saphyr::Location) -> Option<String> {
+    let line = text
+        .lines()
+        .nth(usize::try_from(at.line()).ok()?.checked_sub(1)?)?;
+    let start = usize::try_from(at.column()).ok()?.checked_sub(1)?;
+    let len = usize::try_from(at.span().len()).ok()?;
+    let written: String = line.chars().skip(start).take(len).collect();
+    let plain = !written.is_empty()
+        && written.chars().count() == len
+        && !written.contains([':', ',', '{', '}', '[', ']', '#', '\'', '"', '*', '&', '!']);
+    plain.then_some(written)
+}
+
 /// The setting `SETTINGS[K]` of the file, read alone ([`OnlySetting`]).
 fn only_setting<const K: usize>(text: &str) -> Result<RawSettings, Invalid> {
     let raw = parse_yaml::<OnlySetting<K>>(text)?;
@@ -676,7 +796,8 @@ fn only_setting<const K: usize>(text: &str) -> Result<RawSettings, Invalid> {
 /// Puts the settings' problems (the last of `problems`, after the servers') in the order their
 /// keys are written, as the servers' are said in the order of the servers: they were said
 /// in [`RawSettings`]' order, `max_body_bytes` before a `default_server` written above it.
-/// A problem of a key not found keeps its place after the others.
+/// A problem of a key not found keeps its place after the others; one of a key merged in by
+/// `<<` is put where the `<<` is, as its message says.
 fn settings_in_file_order(text: &str, problems: &mut [Invalid]) {
     let is_setting = |(path, _): &Invalid| path == "settings" || path.starts_with("settings.");
     let first = problems
@@ -687,39 +808,65 @@ fn settings_in_file_order(text: &str, problems: &mut [Invalid]) {
     if settings.len() < 2 {
         return;
     }
-    let Some(keys) = parse_yaml::<SettingsKeys>(text)
-        .ok()
-        .flatten()
-        .and_then(|raw| raw.settings)
-    else {
+    let Some(keys) = settings_keys(text) else {
         return;
     };
-    let place = |(path, _): &Invalid| {
-        let key = path.strip_prefix("settings.").unwrap_or_default();
-        keys.0
-            .iter()
-            .position(|written| {
-                key.strip_prefix(written.value.as_str())
+    // Where the key is used: for one merged in by `<<`, the `<<`'s value (`<<: *base` or
+    // `<<: {...}`), the line its message names; it was put after every key written.
+    let at = |key: &serde_saphyr::Spanned<AnyKey>| (key.referenced.line(), key.referenced.column());
+    // The problems of odd keys (`null:`, `[k]:`) are all of `settings` itself, said in the
+    // order of those keys ([`settings_apart`]): each takes the next one's place.
+    let mut odd = keys
+        .iter()
+        .filter(|key| !matches!(key.value, AnyKey::Name(_)))
+        .map(at);
+    let mut place = |(path, _): &Invalid| {
+        let Some(key) = path.strip_prefix("settings.") else {
+            return odd.next().unwrap_or((u64::MAX, u64::MAX));
+        };
+        keys.iter()
+            .find(|written| {
+                let AnyKey::Name(name) = &written.value else {
+                    return false;
+                };
+                key.strip_prefix(name.as_str())
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
             })
-            .unwrap_or(usize::MAX)
+            .map_or((u64::MAX, u64::MAX), at)
     };
-    settings.sort_by_key(place);
+    let mut placed: Vec<_> = settings
+        .iter_mut()
+        .map(|problem| (place(problem), std::mem::take(problem)))
+        .collect();
+    placed.sort_by_key(|(place, _)| *place);
+    for (slot, (_, problem)) in settings.iter_mut().zip(placed) {
+        *slot = problem;
+    }
 }
 
 /// A key under `settings` that is none of [`SETTINGS`], said as the YAML library said it
-/// when it refused the file for it.
-fn unknown_setting(key: &serde_saphyr::Spanned<String>) -> Invalid {
+/// when it refused the file for it; an odd key (`null:`, `[k]:`), which the library said as
+/// a null or a list where a value is needed, as the key it is.
+fn unknown_setting(key: &serde_saphyr::Spanned<AnyKey>) -> Invalid {
     let at = key.referenced;
+    let expected = SETTINGS.join(", ");
+    let (line, column) = (at.line(), at.column());
+    let odd = match &key.value {
+        AnyKey::Name(name) | AnyKey::Scalar(name) => {
+            return invalid(
+                format!("settings.{name}"),
+                format!(
+                    "unknown field `{name}`, expected one of {expected} at line {line}, column {column}"
+                ),
+            );
+        }
+        AnyKey::Null => "a null key (`null:`, `~:` or no key before the `:`)",
+        AnyKey::List => "a list as a key (`[k]:`)",
+        AnyKey::Mapping => "a mapping as a key (`{k: v}:`)",
+    };
     invalid(
-        format!("settings.{}", key.value),
-        format!(
-            "unknown field `{}`, expected one of {} at line {}, column {}",
-            key.value,
-            SETTINGS.join(", "),
-            at.line(),
-            at.column()
-        ),
+        "settings",
+        format!("{odd}, expected one of {expected} at line {line}, column {column}"),
     )
 }
 
@@ -761,6 +908,9 @@ fn read_yaml<S: DeserializeOwned>(text: &str) -> Result<Option<RawConfig<S>>, (S
         };
         let message = first_line(&e.to_string());
         let mut reason = in_plain_words(&message);
+        if message.starts_with("cannot deserialize tagged scalar") {
+            reason = tag_on_a_typed_key(&path, &message).unwrap_or(reason);
+        }
         if let Some(loc) = e.location() {
             if let Some(key) = duplicate_key(&message) {
                 reason = twice(text, key, loc.line() as usize, loc.column() as usize);
@@ -797,6 +947,26 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
         return text[..text.len() - ".value".len()].to_owned();
     }
     path.to_string()
+}
+
+/// A tag refused on a number or boolean key's value (`timeout_secs: !!binary NQ==`), said as
+/// what the key takes: it was said as "where text is expected". `!!int` and `!!float` on a
+/// number key, and `!!bool` on `stream_usage`, are taken off before the library reads the
+/// file, as PyYAML and pydantic took them ([`merge_order`]).
+fn tag_on_a_typed_key(path: &str, message: &str) -> Option<String> {
+    let key = path.rsplit('.').next()?;
+    if !TYPED_KEYS.contains(&key) {
+        return None;
+    }
+    let expected = if key == "stream_usage" {
+        "true or false"
+    } else {
+        "a number"
+    };
+    let at = message.rfind(" at line ").map_or("", |at| &message[at..]);
+    Some(format!(
+        "a tagged value where {expected} is expected: write the value without its tag{at}"
+    ))
 }
 
 /// The keys whose values are [`Typed`].
@@ -1682,6 +1852,61 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    /// A number key's value tagged as a number (`timeout_secs: !!float 5`) is that number,
+    /// and `stream_usage: !!bool false` that boolean, as PyYAML and pydantic read them (the
+    /// Python version's config must load unchanged): they were refused as "a tagged value
+    /// where text is expected". A tag refused on such a key says what the key takes.
+    #[test]
+    fn a_number_tagged_as_a_number_is_that_number() {
+        let yaml = "servers:\n  a:\n    url: http://x\n    timeout_secs: !!float 5\n    stream_usage: !!bool false\n  \
+             b:\n    url: http://x\n    timeout_secs: !!int \"7\"\n  \
+             c: {url: http://x, timeout_secs: !<tag:yaml.org,2002:float> 2.5}\n\
+             settings:\n  models_cache_ttl_secs: !!float 5\n  models_fetch_timeout_secs: !!int 3\n  \
+             max_body_bytes: !!float 9\n";
+        let c = Config::parse(yaml, &no_env).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(c.servers["a"].timeout, Duration::from_secs(5));
+        assert!(!c.servers["a"].stream_usage);
+        assert_eq!(c.servers["b"].timeout, Duration::from_secs(7));
+        assert_eq!(c.servers["c"].timeout, Duration::from_millis(2500));
+        assert_eq!(c.settings.models_cache_ttl, Duration::from_secs(5));
+        assert_eq!(c.settings.models_fetch_timeout, Duration::from_secs(3));
+        assert_eq!(c.settings.max_body_bytes, 9);
+
+        let cases = [
+            // pydantic refused 5.5 for a whole number, and PyYAML `!!float abc`.
+            (
+                "settings:\n  max_body_bytes: !!float 5.5\n",
+                "settings.max_body_bytes",
+                "expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 2, column 27",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    timeout_secs: !!float abc\n",
+                "servers.a.timeout_secs",
+                "expected a number at line 4, column 27",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    timeout_secs: !!timestamp 2001-12-14\n",
+                "servers.a.timeout_secs",
+                "a tagged value where a number is expected: write the value without its tag at line 4",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    stream_usage: !!int 1\n",
+                "servers.a.stream_usage",
+                "a tagged value where true or false is expected: write the value without its tag at line 4",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    headers: {X-V: !!float 5}\n",
+                "servers.a.headers.X-V",
+                "a tagged value (`!!int`, `!!float`, ...) where text is expected",
+            ),
+        ];
+        for (yaml, path, expected) in cases {
+            let (at, reason) = error_of(yaml);
+            assert_eq!(at, path, "{yaml:?}: {reason}");
+            assert!(reason.starts_with(expected), "{yaml:?}: {reason}");
+        }
     }
 
     /// What a url carries that is a credential, in the forms an upstream may echo it.

@@ -10,6 +10,13 @@
 //! that cannot move so (an indented block, several lines, an anchor or a tag on it) is refused,
 //! never read in the other order. Nothing else in the text changes.
 //!
+//! The same walk takes the tag off a number key's value tagged as a number (`timeout_secs:
+//! !!float 5`, `max_body_bytes: !!int 5`) or `stream_usage`'s tagged as a boolean, written
+//! over with spaces so every line and column stays: PyYAML made such a value the number
+//! (or boolean) and pydantic took it, where the YAML library, asked for the value's text
+//! ([`super::typed`] reads it as its type after `${NAME}`), refused it as "a tagged value
+//! where text is expected".
+//!
 //! The same walk refuses a key whose text is written twice in one mapping, with both lines:
 //! the YAML library compares keys as YAML values, so `123:` and `'123':` (a number, a text)
 //! passed it, and `!!binary YQ==:` beside `a:`, while the router reads every name as its
@@ -44,6 +51,7 @@ pub(super) fn read(text: &str) -> Result<(Cow<'_, str>, TaggedKeys), (String, St
         path: Vec::new(),
         moves: Vec::new(),
         tagged: HashMap::new(),
+        untagged: Vec::new(),
     };
     match walk.stream() {
         Ok(()) => {}
@@ -51,12 +59,20 @@ pub(super) fn read(text: &str) -> Result<(Cow<'_, str>, TaggedKeys), (String, St
         Err(Stop::Refused(path, reason)) => return Err((path, reason)),
     }
     let tagged = std::mem::take(&mut walk.tagged);
-    if walk.moves.is_empty() {
+    if walk.moves.is_empty() && walk.untagged.is_empty() {
         return Ok((Cow::Borrowed(text), tagged));
+    }
+    // Each tag taken off is written over with as many spaces: the moves' offsets still hold.
+    let mut blanked = text.to_owned();
+    for tag in &walk.untagged {
+        if let Some(written) = blanked.get(tag.clone()) {
+            let spaces = " ".repeat(written.len());
+            blanked.replace_range(tag.clone(), &spaces);
+        }
     }
     walk.moves.sort_by_key(|m| m.to.start);
     let mut out = String::with_capacity(text.len());
-    render(text, &walk.moves, 0..text.len(), &mut out);
+    render(&blanked, &walk.moves, 0..text.len(), &mut out);
     Ok((Cow::Owned(out), tagged))
 }
 
@@ -109,6 +125,8 @@ struct Walk<'a> {
     path: Vec<String>,
     moves: Vec<Move>,
     tagged: TaggedKeys,
+    /// The byte ranges of the tags taken off number keys' values ([`Walk::untag`]).
+    untagged: Vec<Range<usize>>,
 }
 
 impl<'a> Walk<'a> {
@@ -255,6 +273,7 @@ impl<'a> Walk<'a> {
             let Child::Node(event, span) = self.child()? else {
                 return Err(Stop::Unreadable);
             };
+            self.untag(&name, &event, span);
             self.path.push(name);
             let value = self.node(event, span)?;
             self.path.pop();
@@ -385,6 +404,46 @@ impl<'a> Walk<'a> {
         match trimmed.strip_suffix(tag.as_str()) {
             Some(rest) => column.saturating_sub(before[rest.len()..].chars().count()),
             None => column,
+        }
+    }
+
+    /// Takes the tag off the value of the key `name` (in the mapping at [`Self::path`]) when
+    /// it is a number key's tagged `!!int` or `!!float`, or `stream_usage`'s tagged `!!bool`:
+    /// the value is then read from its text, as an untagged one is. A tag written apart from
+    /// its value (an anchor between them) stays, and is refused as before.
+    fn untag(&mut self, name: &str, event: &Event<'_>, span: Span) {
+        let Event::Scalar(_, _, _, Some(tag)) = event else {
+            return;
+        };
+        // `!!float` and `!<tag:yaml.org,2002:float>` alike.
+        let full = format!("{}{}", tag.handle(), tag.suffix());
+        let Some(kind) = full.strip_prefix("tag:yaml.org,2002:") else {
+            return;
+        };
+        let number_key = match self.path.as_slice() {
+            [servers, _] if servers == "servers" => name == "timeout_secs",
+            [settings] if settings == "settings" => super::TYPED_KEYS.contains(&name),
+            _ => false,
+        };
+        let boolean_key = matches!(self.path.as_slice(), [servers, _] if servers == "servers")
+            && name == "stream_usage";
+        let fits = match kind {
+            "int" | "float" => number_key,
+            "bool" => boolean_key,
+            _ => false,
+        };
+        let (true, Some(start)) = (fits, span.start.byte_offset()) else {
+            return;
+        };
+        let Some(before) = self.text.get(..start) else {
+            return;
+        };
+        // The tag as written (`!!float`, `!<tag:yaml.org,2002:float>`): the word before the
+        // value's text.
+        let trimmed = before.trim_end_matches([' ', '\t']);
+        let word = trimmed.rfind([' ', '\t', '\n']).map_or(0, |at| at + 1);
+        if trimmed[word..].starts_with('!') {
+            self.untagged.push(word..trimmed.len());
         }
     }
 

@@ -1576,6 +1576,175 @@ fn config_expansions_past_eight_mebibytes_in_all_are_refused() {
 }
 
 /// `stderr` is one `error:` line for each of `expected`, in order, each holding its text.
+/// A setting that is `.inf`, `.nan` or too large for a number (`1e400`) beside one the YAML
+/// reader refuses (`default_server: [a]`, an unknown key) hides no mistake: the settings are
+/// read one by one and a value passed over was refused for being infinite, so only the
+/// refused setting was said, not the servers' mistakes nor the infinite value's own.
+#[test]
+fn a_non_finite_setting_beside_a_refused_one_hides_no_mistake() {
+    let dir = tempfile::tempdir().expect("dir");
+    let servers = "servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    api_key: ${LR_TEST_UNSET_ONE}\n  \
+         b:\n    url: ftp://h/v1\n";
+    let ttl = "settings.models_cache_ttl_secs: must be a number of seconds, 0 or more";
+    let fetch = "settings.models_fetch_timeout_secs: must be a number of seconds above 0";
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "settings:\n  default_server: [a]\n  models_cache_ttl_secs: .inf\n",
+            &[
+                "servers.a.api_key: ",
+                "servers.b.url: ",
+                "settings.default_server: expected one value (text or a number), not a list or a mapping at line 8",
+                &format!("{ttl} and below 1000000000 (1e9) at line 9, column 26"),
+            ],
+        ),
+        (
+            "settings:\n  models_cache_ttl_secs: 1e400\n  default_server: [a]\n",
+            &[
+                "servers.a.api_key: ",
+                "servers.b.url: ",
+                "settings.models_cache_ttl_secs: expected a number at line 8, column 26",
+                "settings.default_server: expected one value",
+            ],
+        ),
+        (
+            "settings:\n  colour: 1\n  models_fetch_timeout_secs: .nan\n  max_body_bytes: abc\n",
+            &[
+                "servers.a.api_key: ",
+                "servers.b.url: ",
+                "settings.colour: unknown field `colour`",
+                &format!("{fetch} and below 1000000000 (1e9) at line 9, column 30"),
+                "settings.max_body_bytes: expected a whole number",
+            ],
+        ),
+        (
+            "settings:\n  models_fetch_timeout_secs: .inf\n  colour: 1\n",
+            &[
+                "servers.a.api_key: ",
+                "servers.b.url: ",
+                &format!("{fetch} and below 1000000000 (1e9) at line 8"),
+                "settings.colour: unknown field `colour`",
+            ],
+        ),
+    ];
+    for (settings, expected) in cases {
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            format!("{servers}{settings}"),
+        )
+        .expect("config");
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+        assert_error_lines(&stderr, expected);
+    }
+    let (code, _, stderr) = run_cli(
+        dir.path(),
+        &["serve", "--host", "127.0.0.1", "--port", "0"],
+        &[("LLMSROUTER_LOG_FILE", "")],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert_error_lines(&stderr, cases[3].1);
+}
+
+/// A setting merged in by `<<` has its mistake said where the `<<` is, the line its message
+/// names, among the others in the order written: it was said after every other setting's.
+#[test]
+fn a_merged_settings_mistake_is_said_where_the_merge_is() {
+    let dir = tempfile::tempdir().expect("dir");
+    let servers =
+        "servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    headers: &b {max_body_bytes: \"0\"}\n";
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "settings:\n  <<: {max_body_bytes: -3}\n  default_server: [a]\n  models_cache_ttl_secs: -2\n",
+            &[
+                "settings.max_body_bytes: expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 6, column 7",
+                "settings.default_server: expected one value (text or a number), not a list or a mapping at line 7",
+                "settings.models_cache_ttl_secs: must be a number of seconds, 0 or more and below 1000000000 (1e9) at line 8",
+            ],
+        ),
+        (
+            "settings:\n  default_server: [a]\n  <<: *b\n  models_cache_ttl_secs: -2\n",
+            &[
+                "settings.default_server: expected one value",
+                "settings.max_body_bytes: must be above 0 at line 7, column 7",
+                "settings.models_cache_ttl_secs: must be a number of seconds, 0 or more and below 1000000000 (1e9) at line 8",
+            ],
+        ),
+        (
+            "settings:\n  default_server: nowhere\n  <<: *b\n  models_fetch_timeout_secs: soon\n",
+            &[
+                "settings.default_server: \"nowhere\" is not a server alias",
+                "settings.max_body_bytes: must be above 0 at line 7, column 7",
+                "settings.models_fetch_timeout_secs: expected a number at line 8",
+            ],
+        ),
+    ];
+    for (settings, expected) in cases {
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            format!("{servers}{settings}"),
+        )
+        .expect("config");
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+        assert_error_lines(&stderr, expected);
+    }
+}
+
+/// An odd key under `settings` (`null:`, `[k]:`, a number) is named as a key that is no
+/// setting, with its line, and hides none of the other settings' mistakes nor the servers':
+/// `null:` was said as "empty (null) where a value is needed" alone, and a `1:` beside it
+/// hid it and every other setting's mistake.
+#[test]
+fn an_odd_settings_key_is_named_beside_the_other_mistakes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let servers = "servers:\n  a:\n    url: http://127.0.0.1:9/v1\n  b:\n    url: ftp://h/v1\n";
+    let expected_one = "expected one of models_cache_ttl_secs, models_fetch_timeout_secs, \
+         max_body_bytes, default_server at line";
+    let null_key = format!(
+        "settings: a null key (`null:`, `~:` or no key before the `:`), {expected_one} 7, column 3"
+    );
+    let cases: [(&str, Vec<String>); 3] = [
+        (
+            "settings:\n  null: y\n  default_server: [a]\n  max_body_bytes: abc\n",
+            vec![
+                "servers.b.url: ".into(),
+                null_key.clone(),
+                "settings.default_server: expected one value (text or a number), not a list or a mapping at line 8".into(),
+                "settings.max_body_bytes: expected a whole number".into(),
+            ],
+        ),
+        (
+            "settings:\n  [k]: z\n  max_body_bytes: abc\n  {m: 1}: z\n",
+            vec![
+                "servers.b.url: ".into(),
+                format!("settings: a list as a key (`[k]:`), {expected_one} 7, column 3"),
+                "settings.max_body_bytes: expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 8".into(),
+                format!("settings: a mapping as a key (`{{k: v}}:`), {expected_one} 9, column 3"),
+            ],
+        ),
+        (
+            "settings:\n  0x1F: x\n  null: y\n  max_body_bytes: abc\n",
+            vec![
+                "servers.b.url: ".into(),
+                format!("settings.0x1F: unknown field `0x1F`, {expected_one} 7, column 3"),
+                null_key.replace("line 7", "line 8"),
+                "settings.max_body_bytes: expected a whole number".into(),
+            ],
+        ),
+    ];
+    for (settings, expected) in &cases {
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            format!("{servers}{settings}"),
+        )
+        .expect("config");
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        assert_error_lines(&stderr, &expected);
+    }
+}
+
 fn assert_error_lines(stderr: &str, expected: &[&str]) {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), expected.len(), "{stderr}");

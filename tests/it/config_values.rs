@@ -698,3 +698,20 @@ async fn a_server_url_with_no_path_is_warned_of_by_check_serve_and_models() {
     assert!(!log.contains("servers.pathed"), "{log}");
     assert!(secrets.iter().all(|s| !log.contains(s)), "{log}");
 }
+
+/// A config.yaml of the Python version with a number tagged as a number (`timeout_secs:
+/// !!float 5`) loads, as PyYAML and pydantic loaded it; `check` refused it with "a tagged
+/// value (`!!int`, `!!float`, ...) where text is expected".
+#[test]
+fn a_number_tagged_as_a_number_loads() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    timeout_secs: !!float 5\n\
+         settings:\n  models_cache_ttl_secs: !!float 5\n  max_body_bytes: !!int 1000\n",
+    )
+    .expect("config");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    assert!(stdout.contains("ok, 1 server (a)"), "{stdout}");
+}
