@@ -329,18 +329,7 @@ impl<'a> Walk<'a> {
             written.insert(name.to_owned(), key);
             return Ok(());
         };
-        let (one, two) = (self.spelled(first, name)?, self.spelled(&key, name)?);
-        let spellings = (!one.contains('\n') && !two.contains('\n')).then_some((&*one, &*two));
-        Err(Stop::Refused(
-            self.key_path(),
-            super::written_twice(
-                name,
-                spellings,
-                Some(first.span.start.line()),
-                key.span.start.line(),
-                self.column(&key) + 1,
-            ),
-        ))
+        Err(self.twice((first, name), (&key, name))?)
     }
 
     /// Refuses a key that is the same integer as one before it in this mapping, spelled
@@ -364,16 +353,25 @@ impl<'a> Walk<'a> {
             // The same text: `written_once` says so.
             return Ok(());
         }
-        let (one, two) = (self.spelled(first, first_name)?, self.spelled(&key, name)?);
+        Err(self.twice((first, first_name), (&key, name))?)
+    }
+
+    /// The refusal of `second` as a key written twice, `first` being the earlier one (each
+    /// with its text): both spellings, when each is on one line, and both lines.
+    fn twice(&self, first: (&Key, &str), second: (&Key, &str)) -> Result<Stop, Stop> {
+        let (one, two) = (
+            self.spelled(first.0, first.1)?,
+            self.spelled(second.0, second.1)?,
+        );
         let spellings = (!one.contains('\n') && !two.contains('\n')).then_some((&*one, &*two));
-        Err(Stop::Refused(
+        Ok(Stop::Refused(
             self.key_path(),
             super::written_twice(
-                name,
+                second.1,
                 spellings,
-                Some(first.span.start.line()),
-                key.span.start.line(),
-                self.column(&key) + 1,
+                Some(first.0.span.start.line()),
+                second.0.span.start.line(),
+                self.column(second.0) + 1,
             ),
         ))
     }
