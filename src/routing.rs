@@ -393,11 +393,12 @@ pub fn redact_userinfo(text: &str) -> Cow<'_, str> {
 }
 
 /// Where the user info of each `scheme://userinfo@` in `text` is: from after a `://` to the
-/// last `@` before the next `/`, `]`, `?`, `#` or white space. Read so without parsing a URL,
-/// for any scheme: a prefix the router does not take for a URL (`[ftp://u:p@h]m`) holds a
-/// password all the same. A `//` or a `:/` starts one too: a path's doubled slashes are
-/// merged (`/models/[http:/u:p@h]m`), and `[http//u:p@h]m` has no colon. Nothing when
-/// `text` has no `@`.
+/// last `@` before the next `/`, `]`, `?`, `#` or white space, or further when a password
+/// holds one of the first three unescaped ([`userinfo_past_authority`]). Read so for any
+/// scheme: a prefix the router does not take for a URL (`[ftp://u:p@h]m`) holds a password
+/// all the same. A `//` or a `:/` starts one too: a path's doubled slashes are merged
+/// (`/models/[http:/u:p@h]m`), and `[http//u:p@h]m` has no colon. Nothing when `text` has
+/// no `@`.
 fn userinfo_spans(text: &str) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
     let bytes = text.as_bytes();
     let any = memchr::memchr(b'@', bytes).is_some();
@@ -412,10 +413,34 @@ fn userinfo_spans(text: &str) -> impl Iterator<Item = std::ops::Range<usize>> + 
             let rest = text[slash..].trim_start_matches('/');
             let start = text.len() - rest.len();
             let end = rest.find(ends_authority).unwrap_or(rest.len());
-            next = start + end;
-            let info = rest[..end].rfind('@').filter(|&len| len > 0)?;
-            Some(start..start + info)
+            let info = rest[..end]
+                .rfind('@')
+                .or_else(|| userinfo_past_authority(rest));
+            // No later URL starts inside this one's user info (`u:pa//ss@h`): spans must
+            // not overlap.
+            next = start + end.max(info.unwrap_or(0));
+            info.filter(|&len| len > 0).map(|len| start..start + len)
         })
+}
+
+/// Where the user info of the URL at the start of `rest` (after its scheme and slashes)
+/// ends when its authority, read up to the first `/`, `?` or `#`, holds no `@`: a password
+/// pasted with one of them unescaped (`u:pa/ss@h`, `u:pa#ss@h`) ends it early. [`userinfo`]'s
+/// rule for a URL target, applied to the URL as it runs in free text (to white space or a
+/// `]`, which closes a `[URL]` prefix): in one that is no well-formed URL, read as an
+/// `http://` URL (`u:pa/ss@h` is the port `pa`), the last `@`; in a well-formed one the
+/// last `@` in its fragment (`u:12#ss@h` is the host `u`, port 12). An `@` in a well-formed
+/// URL's path or query (`/v1/@org`, `?email=a@b`) is none. Parses only when an `@` follows
+/// the authority, which the usual text has not.
+fn userinfo_past_authority(rest: &str) -> Option<usize> {
+    let url = &rest[..rest
+        .find(|c: char| c == ']' || c.is_whitespace())
+        .unwrap_or(rest.len())];
+    let last = url.rfind('@')?;
+    // The first `#` starts the fragment, in the query or not.
+    let in_fragment = url[..last].contains('#');
+    let malformed = || url::Url::parse(&format!("http://{url}")).is_err();
+    (in_fragment || malformed()).then_some(last)
 }
 
 /// Whether `c` ends a URL's authority in [`userinfo_spans`]'s reading.
@@ -1386,7 +1411,8 @@ servers:
     }
 
     /// The general rule: after `://` (or `//`, `:/`), up to the last `@` before the next
-    /// `/`, `]`, `?`, `#` or white space, whatever the scheme and wherever in the text.
+    /// `/`, `]`, `?`, `#` or white space, whatever the scheme and wherever in the text; past
+    /// them only as a URL target's user info reaches ([`userinfo_past_authority`]).
     #[test]
     fn any_urls_user_info_is_redacted() {
         for (text, shown) in [
@@ -1409,6 +1435,33 @@ servers:
             ("[openrouter]org/model@v2", "[openrouter]org/model@v2"),
             ("http://h/v1/@org", "http://h/v1/@org"),
             ("no at sign://", "no at sign://"),
+            // A password pasted with a `/`, `#` or `?` unescaped: malformed, so up to the
+            // last `@` (of the URL: to white space or a `]`); `12#ss` is a port and a
+            // fragment, and a base URL's fragment has no `@`.
+            ("[[http://u:pa/ss@h/v1]]m", "[[http://[redacted]@h/v1]]m"),
+            ("[[http://u:pa#ss@h/v1]]m", "[[http://[redacted]@h/v1]]m"),
+            ("[[http://u:pa?ss@h/v1]]m", "[[http://[redacted]@h/v1]]m"),
+            ("[[http://u:12#ss@h/v1]]m", "[[http://[redacted]@h/v1]]m"),
+            ("[ftp://u:p/s#s?s@h/x?k=v]m", "[ftp://[redacted]@h/x?k=v]m"),
+            ("[http://u:pa/ss@h]@cf/m", "[http://[redacted]@h]@cf/m"),
+            (
+                "a x://u:p//s@h y://k@h",
+                "a x://[redacted]@h y://[redacted]@h",
+            ),
+            (
+                "[[http://u:p/ss@[::1]:8080/v1]]m",
+                "[[http://[redacted]@[::1]:8080/v1]]m",
+            ),
+            // Not in a well-formed URL's path or query, nor past white space or a `]`.
+            ("[[https://h/v1/@org]]m", "[[https://h/v1/@org]]m"),
+            (
+                "[[https://h/v1?email=a@b.c]]m",
+                "[[https://h/v1?email=a@b.c]]m",
+            ),
+            ("http://h:12/x@y", "http://h:12/x@y"),
+            ("[http://h]@cf/m", "[http://h]@cf/m"),
+            ("[http://[::1]/v1]@cf/m", "[http://[::1]/v1]@cf/m"),
+            ("x://u:p/s w@h", "x://u:p/s w@h"),
         ] {
             assert_eq!(redact_userinfo(text), shown, "{text}");
         }
@@ -1504,6 +1557,15 @@ servers:
         fn resolve_never_panics(proxy in proptest::option::of(".{0,40}"), model in ".{0,60}") {
             let c = config();
             let _ = resolve(proxy.as_deref(), &model, &c, &Lookup::none());
+        }
+
+        /// User info spans read past the authority (a password with a `/` in it) never
+        /// overlap a later URL's, which a `//` inside them starts.
+        #[test]
+        fn redacting_user_info_never_panics(text in "(x://|[a-z:/@#?\\[\\] %]){0,40}") {
+            let _ = redact_userinfo(&text);
+            let _ = model_for_records(&text);
+            let _ = path_for_records(&text);
         }
 
         #[test]

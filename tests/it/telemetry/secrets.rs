@@ -1028,6 +1028,70 @@ async fn user_info_in_any_model_text_or_model_id_is_redacted_from_every_record()
     written.assert_absent(PASSWORD);
 }
 
+/// Under `?proxy=`, a password pasted with a `#`, `/` or `?` unescaped into a URL in model
+/// text the router does not read as a URL target (`[[http://...]]`, `[ftp://...]`) is in no
+/// record: such a URL is malformed, and its user info reaches to its last `@`, as a URL
+/// target's does. An `@` in a well-formed URL's path is still none.
+#[tokio::test]
+async fn a_password_with_a_slash_or_hash_in_any_model_text_is_in_no_record() {
+    const HASH: &str = "HA#SECRET-iiiiiiiiii";
+    const SLASH: &str = "SL/SECRET-jjjjjjjjjj";
+    const QUESTION: &str = "QU?SECRET-kkkkkkkkkk";
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let sinks = AllSinks::start(&one_server_config(&upstream.url(), "")).await;
+    let origin = upstream.origin();
+    let host = origin.replace("http://", "");
+    let url = sinks
+        .router
+        .url(&format!("/v1/chat/completions?proxy={origin}/v1"));
+    let models = [
+        (
+            format!("[[http://bob:{HASH}@{host}/v1]]m1"),
+            format!("[[http://[redacted]@{host}/v1]]m1"),
+        ),
+        (
+            format!("[[http://bob:{SLASH}@{host}/v1]]m1"),
+            format!("[[http://[redacted]@{host}/v1]]m1"),
+        ),
+        (
+            format!("[ftp://bob:{QUESTION}@{host}]m1"),
+            format!("[ftp://[redacted]@{host}]m1"),
+        ),
+        (
+            format!("[[http://{host}/v1/@org]]m1"),
+            format!("[[http://{host}/v1/@org]]m1"),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (model, _) in &models {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        let response = client().post(&url).json(&body).send().await.expect("send");
+        assert_eq!(response.status(), 200, "{model}");
+        ids.push(super::request_id(&response));
+    }
+
+    let (written, records) = sinks.finish(models.len()).await;
+    // The records held each password, so the scan below can fail.
+    for secret in [HASH, SLASH, QUESTION] {
+        assert!(
+            records
+                .iter()
+                .any(|r| memchr::memmem::find(&r.request_body, secret.as_bytes()).is_some()),
+            "{secret}"
+        );
+    }
+    for (id, (_, shown)) in ids.iter().zip(&models) {
+        let line = written.log_line(id);
+        assert_eq!(line["model"], shown.as_str());
+        assert_eq!(line["request"]["model"], shown.as_str());
+    }
+    assert_eq!(written.spans.len(), models.len());
+    // The part after the `#`, `/` or `?` is what a reading that stops there left.
+    for secret in ["SECRET-iiii", "SECRET-jjjj", "SECRET-kkkk"] {
+        written.assert_absent(secret);
+    }
+}
+
 /// The credentials written into a configured server's `url` (user info, which goes upstream
 /// as `Authorization: Basic ...`, and a `?key=` query) are secrets like an `api_key`: an
 /// upstream echoing them gets them neither to the client nor into any record.
