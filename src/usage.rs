@@ -876,18 +876,15 @@ fn summarize_leniently(body: &[u8], gather: &mut Gather<'_>) -> Option<ResponseS
         } else if let Some(text) = choice.text {
             gather.push(&mut out.content, text);
         }
-    } else if let Some(output) = top
-        .output
-        .and_then(|raw| serde_json::from_str::<Vec<Value>>(raw.get()).ok())
-    {
-        read_responses_output(&output, &mut out);
+    } else if let Some(output) = top.output.and_then(Output::read) {
+        gather_responses_output(output, &mut out, gather);
         out.finish_reason = raw_str(top.status);
     } else if let Some(blocks) = top
         .content
         .and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok())
     {
         // An Anthropic message (`/v1/messages`): content blocks and a `stop_reason`.
-        read_anthropic_content(&blocks, &mut out);
+        read_anthropic_content(&blocks, &mut out, gather);
         out.finish_reason = raw_str(top.stop_reason);
     } else if top.choices.is_none() && top.output.is_none() && top.content.is_none() {
         read_other_shapes(&top, body, &mut out, gather);
@@ -1161,14 +1158,8 @@ impl<'g> Gather<'g> {
                 None => return false,
             }
         };
-        let add = decoded.min(cap.saturating_add(4));
-        if cap > 0 && into.capacity() - into.len() < add {
-            // Room for this string at once; for many short ones (content parts) room grows by
-            // doubling, but never past what the field may still be given.
-            let most = (self.limit - self.kept)
-                .saturating_add(self.margin.unwrap_or(0))
-                .saturating_add(4);
-            into.reserve_exact(add.max(into.len()).min(most.max(add)));
+        if cap > 0 {
+            self.reserve(into, decoded.min(cap.saturating_add(4)));
         }
         let before = into.len();
         let Some(full) = decode_json_string(text, into, cap) else {
@@ -1193,6 +1184,35 @@ impl<'g> Gather<'g> {
             self.count(full);
             return;
         }
+        self.count(text.len());
+    }
+
+    /// Room in `into` for `add` more bytes at once; for many short texts (content parts)
+    /// room grows by doubling, but never past what the field may still be given.
+    fn reserve(&self, into: &mut String, add: usize) {
+        if into.capacity() - into.len() < add {
+            let most = (self.limit - self.kept)
+                .saturating_add(self.margin.unwrap_or(0))
+                .saturating_add(4);
+            into.reserve_exact(add.max(into.len()).min(most.max(add)));
+        }
+    }
+
+    /// `field` gathered: room left in it for more, grown by doubling (see [`Self::reserve`]),
+    /// is given back, since the fields after it are given what is left of the bound.
+    fn done(&self, field: &mut String) {
+        field.shrink_to_fit();
+    }
+
+    /// Appends `text`, read whole already (a separator, a note), counted and cut as
+    /// [`Self::push`] cuts.
+    fn push_str(&mut self, into: &mut String, text: &str) {
+        let mut end = self.cap(text.len()).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        self.reserve(into, end);
+        into.push_str(&text[..end]);
         self.count(text.len());
     }
 
@@ -1524,10 +1544,20 @@ fn image_generation_note(output: &[Value]) -> Option<String> {
         }
         if let Some(result) = item.get("result").and_then(Value::as_str) {
             images += 1;
-            let padding = result.bytes().rev().take_while(|b| *b == b'=').count();
-            bytes += (result.len().saturating_sub(padding) as u64) * 3 / 4;
+            bytes += base64_bytes(result);
         }
     }
+    image_generation_note_of(images, bytes)
+}
+
+/// The decoded size of a base64 text.
+fn base64_bytes(base64: &str) -> u64 {
+    let padding = base64.bytes().rev().take_while(|b| *b == b'=').count();
+    (base64.len().saturating_sub(padding) as u64) * 3 / 4
+}
+
+/// [`image_generation_note`]'s note for `images` images of `bytes` bytes in all.
+fn image_generation_note_of(images: usize, bytes: u64) -> Option<String> {
     let plural = if images == 1 { "image" } else { "images" };
     (images > 0).then(|| {
         format!(
@@ -1566,26 +1596,290 @@ fn responses_tool_call(item: &Value) -> Option<ToolCall> {
     })
 }
 
-/// An Anthropic message's `content` blocks: `text` is content, `thinking` reasoning,
-/// `tool_use` a tool call (its `input` object as the arguments). A block of another type, or
-/// one that is not an object, is skipped.
-fn read_anthropic_content(blocks: &[&RawValue], out: &mut ResponseSummary) {
-    for raw in blocks {
-        let Some(block) = from_object::<AnthropicPart<'_>>(raw.get()) else {
+/// A whole answer's Responses API `output` (see [`read_responses_output`]), its texts left
+/// raw for [`Gather`] to read within their bound; `Values` when an item (or a part in one)
+/// is an object the raw read refuses (a member twice: the last one counts, as a `Value` has
+/// it), read as before. `None` when the list is not one `Vec<Value>` reads, so the body is
+/// read as it was then (as another shape).
+enum Output<'a> {
+    Items(Vec<OutputItem<'a>>),
+    Values(Vec<Value>),
+}
+
+/// A Responses API output item, its members left raw.
+#[derive(Deserialize, Default)]
+struct OutputItem<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    summary: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    call_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+}
+
+/// A part of an output item's `content` or `summary`, its members left raw.
+#[derive(Deserialize, Default)]
+struct OutputPart<'a> {
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    refusal: Option<&'a RawValue>,
+}
+
+/// `raw` is a JSON string (serde_json reads every string a raw value holds, but for a lone
+/// surrogate's escape, which the caller ruled out).
+fn is_string(raw: Option<&RawValue>) -> bool {
+    raw.is_some_and(|raw| raw.get().starts_with('"'))
+}
+
+/// The objects of the list `raw` each read as `T`: an item that is not an object is `T`'s
+/// default (a `Value`'s `get` finds nothing in it), and the list's `None` is not a list.
+/// `Err` when an object is one `T` refuses.
+fn raw_objects<'a, T: Deserialize<'a> + Default>(raw: &'a RawValue) -> Option<Result<Vec<T>, ()>> {
+    let items = serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok()?;
+    Some(
+        items
+            .into_iter()
+            .map(|item| match object_text(item.get()) {
+                Some(text) => serde_json::from_str::<T>(text).map_err(|_| ()),
+                None => Ok(T::default()),
+            })
+            .collect(),
+    )
+}
+
+impl<'a> Output<'a> {
+    fn read(raw: &'a RawValue) -> Option<Self> {
+        // A lone surrogate's escape `Value` refuses (a body not UTF-8 is not fixed first).
+        if lone_surrogates_replaced(raw.get()).is_some() {
+            return None;
+        }
+        let values = || {
+            serde_json::from_str::<Vec<Value>>(raw.get())
+                .ok()
+                .map(Self::Values)
+        };
+        match raw_objects::<OutputItem<'_>>(raw)? {
+            Ok(items) => {
+                let parts_ok = items.iter().all(|item| {
+                    [item.content, item.summary]
+                        .into_iter()
+                        .flatten()
+                        .all(|parts| !matches!(raw_objects::<OutputPart<'_>>(parts), Some(Err(()))))
+                });
+                if parts_ok {
+                    Some(Self::Items(items))
+                } else {
+                    values()
+                }
+            }
+            Err(()) => values(),
+        }
+    }
+}
+
+impl OutputItem<'_> {
+    /// Its `type` is `kind` (a string, as a `Value`'s `as_str` reads it).
+    fn is(&self, kind: &str) -> bool {
+        raw_str(self.kind).as_deref() == Some(kind)
+    }
+
+    /// The parts of its `summary`, or of its `content`: none when it is not a list.
+    fn parts(&self, summary: bool) -> Vec<OutputPart<'_>> {
+        let raw = if summary { self.summary } else { self.content };
+        raw.and_then(raw_objects::<OutputPart<'_>>)
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    }
+}
+
+/// [`read_responses_output`] of a whole answer, its texts read within their bound through
+/// `gather`, in the order [`ResponseSummary::bound_texts`] keeps them: the messages' texts
+/// and the image note (content), the reasoning, the refusals, then the tool calls. Read
+/// into `Value`s, a 50 MB answer's text was copied whole to keep 8 MiB of it.
+fn gather_responses_output(output: Output<'_>, out: &mut ResponseSummary, gather: &mut Gather<'_>) {
+    let items = match output {
+        Output::Values(values) => return read_responses_output(&values, out),
+        Output::Items(items) => items,
+    };
+    let messages = || items.iter().filter(|item| item.is("message"));
+    for item in messages() {
+        for part in item.parts(false) {
+            if let Some(text) = part.text.filter(|text| is_string(Some(text))) {
+                gather.push(&mut out.content, text);
+            }
+        }
+    }
+    let (mut images, mut bytes) = (0usize, 0u64);
+    for item in items.iter().filter(|item| item.is("image_generation_call")) {
+        if let Some(result) = item.result.filter(|result| is_string(Some(result))) {
+            images += 1;
+            let text = result.get();
+            bytes += if text.contains('\\') {
+                base64_bytes(&raw_str(Some(result)).unwrap_or_default())
+            } else {
+                base64_bytes(&text[1..text.len() - 1])
+            };
+        }
+    }
+    if let Some(note) = image_generation_note_of(images, bytes) {
+        if !out.content.is_empty() {
+            gather.push_str(&mut out.content, "\n\n");
+        }
+        gather.push_str(&mut out.content, &note);
+        out.body_noted = true;
+    }
+    gather.done(&mut out.content);
+    for item in items.iter().filter(|item| item.is("reasoning")) {
+        for summary in [false, true] {
+            for part in item.parts(summary) {
+                let Some(text) = part.text.filter(|text| is_string(Some(text))) else {
+                    continue;
+                };
+                if summary && !out.reasoning.is_empty() {
+                    gather.push_str(&mut out.reasoning, REASONING_PARTS_APART);
+                }
+                gather.push(&mut out.reasoning, text);
+            }
+        }
+    }
+    gather.done(&mut out.reasoning);
+    for item in messages() {
+        for part in item.parts(false) {
+            if is_string(part.text) {
+                continue;
+            }
+            if let Some(refusal) = part.refusal.filter(|refusal| is_string(Some(refusal))) {
+                gather.push(&mut out.refusal, refusal);
+            }
+        }
+    }
+    gather.done(&mut out.refusal);
+    for item in &items {
+        let (kind, arguments) = if item.is("function_call") {
+            ("function", item.arguments)
+        } else if item.is("custom_tool_call") {
+            ("custom", item.input)
+        } else {
             continue;
         };
-        if is_tool_use(block.kind.as_deref()) {
-            out.tool_calls.push(anthropic_tool_call(&block));
-            continue;
+        // None after a text past the bound (see [`ResponseSummary::bound_texts`]).
+        if gather.over {
+            break;
         }
-        match block.kind.as_deref() {
-            Some("text") => out
-                .content
-                .push_str(block.text.as_deref().unwrap_or_default()),
-            Some("thinking") => out
-                .reasoning
-                .push_str(block.thinking.as_deref().unwrap_or_default()),
-            _ => {}
+        let mut call = ToolCall {
+            id: raw_str(item.call_id).unwrap_or_default(),
+            kind: kind.to_owned(),
+            ..ToolCall::default()
+        };
+        if let Some(name) = item.name {
+            gather.push(&mut call.name, name);
+        }
+        if let Some(arguments) = arguments {
+            gather.push(&mut call.arguments, arguments);
+        }
+        out.tool_calls.push(call);
+    }
+}
+
+/// An Anthropic message's `content` block as a whole answer's is read: [`AnthropicPart`]
+/// with its texts left raw, for [`Gather`] to read within their bound.
+#[derive(Deserialize)]
+struct AnthropicBlock<'a> {
+    #[serde(rename = "type", borrow, default, deserialize_with = "borrowed_text")]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    thinking: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    partial_json: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    stop_reason: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl<'a> AnthropicBlock<'a> {
+    /// The block, when [`AnthropicPart`] reads it: its texts strings (or `null`) serde_json
+    /// reads.
+    fn read(raw: &'a RawValue) -> Option<Self> {
+        let block = from_object::<Self>(raw.get())?;
+        let text_ok = |text: Option<&RawValue>| {
+            text.is_none_or(|text| {
+                is_string(Some(text)) && lone_surrogates_replaced(text.get()).is_none()
+            })
+        };
+        (text_ok(block.text) && text_ok(block.thinking)).then_some(block)
+    }
+
+    /// The block as [`anthropic_tool_call`] reads it (its texts not needed).
+    fn into_part(self) -> AnthropicPart<'a> {
+        AnthropicPart {
+            kind: self.kind,
+            text: None,
+            thinking: None,
+            partial_json: self.partial_json,
+            id: self.id,
+            name: self.name,
+            input: self.input,
+            stop_reason: self.stop_reason,
+        }
+    }
+}
+
+/// An Anthropic message's `content` blocks: `text` is content, `thinking` reasoning,
+/// `tool_use` a tool call (its `input` object as the arguments). A block of another type, or
+/// one that is not an object, is skipped. The texts are read through `gather`, in the order
+/// [`ResponseSummary::bound_texts`] keeps them (text, thinking, then the tool calls): read
+/// whole, a 50 MB answer's text was copied whole to keep 8 MiB of it.
+fn read_anthropic_content(
+    blocks: &[&RawValue],
+    out: &mut ResponseSummary,
+    gather: &mut Gather<'_>,
+) {
+    let blocks: Vec<AnthropicBlock<'_>> = blocks
+        .iter()
+        .filter_map(|raw| AnthropicBlock::read(raw))
+        .collect();
+    let of_kind = |kind: &'static str| {
+        blocks.iter().filter(move |block| {
+            !is_tool_use(block.kind.as_deref()) && block.kind.as_deref() == Some(kind)
+        })
+    };
+    for block in of_kind("text") {
+        if let Some(text) = block.text {
+            gather.push(&mut out.content, text);
+        }
+    }
+    gather.done(&mut out.content);
+    for block in of_kind("thinking") {
+        if let Some(thinking) = block.thinking {
+            gather.push(&mut out.reasoning, thinking);
+        }
+    }
+    gather.done(&mut out.reasoning);
+    for block in blocks {
+        // None after a text past the bound (see [`ResponseSummary::bound_texts`]).
+        if gather.over {
+            break;
+        }
+        if is_tool_use(block.kind.as_deref()) {
+            out.tool_calls.push(anthropic_tool_call(&block.into_part()));
         }
     }
 }
@@ -3811,6 +4105,196 @@ mod tests {
             let margin = guard.reach() + 8;
             assert!(held <= m + margin, "{held} held: {start}");
         }
+    }
+
+    /// A Responses API answer's `output` and an Anthropic message's content blocks are cut
+    /// as they are read too, each where reading them whole (into `Value`s, as before) and
+    /// then bounding them cut them: the messages' texts and the image note, the reasoning
+    /// and its summary, the refusals, then the tool calls; text, thinking, then `tool_use`.
+    /// No text read holds more than the bound and a margin: read whole, a 20 MiB text was
+    /// copied whole to keep 8 MiB.
+    #[test]
+    fn responses_and_anthropic_texts_are_cut_as_they_are_read() {
+        use crate::secret::Secret;
+        let guard = CutGuard::new(
+            crate::sinks::redact::Redactor::new(&[Secret::new(CUT_KEY)]),
+            Default::default(),
+        );
+        let m = MAX_STREAM_TEXT;
+        let text = |len: usize| {
+            let escaped = "ab\nc\u{e9}\u{1F600}\"".repeat(len.min(3 << 16) / 36);
+            let mut t = escaped.clone();
+            t.push_str(&"x".repeat(len - 2 * escaped.len()));
+            t.push_str(&escaped);
+            t
+        };
+        let keyed = |len: usize| format!("{}{CUT_KEY} and on", "y".repeat(len));
+        let usage = json!({"input_tokens": 5, "output_tokens": 6});
+        let message =
+            |parts: Value| json!({"type": "message", "role": "assistant", "content": parts});
+        let said = |t: String| json!({"type": "output_text", "text": t, "annotations": []});
+        let image = json!({"type": "image_generation_call", "result": "aGVs/bG8="});
+        let call = |name: &str, arguments: String| json!({"type": "function_call", "call_id": "c", "name": name, "arguments": arguments});
+        let responses = [
+            json!({"object": "response", "status": "completed", "usage": usage, "output": [
+                {"type": "reasoning", "content": [{"type": "reasoning_text", "text": text(m / 3)}],
+                    "summary": [{"type": "summary_text", "text": "s1"},
+                        {"type": "summary_text", "text": keyed(m / 2)}]},
+                message(json!([said(text(m / 2)), {"type": "refusal", "refusal": "no"},
+                    said(text(m / 4))])),
+                call("f", text(m / 4)), image]}),
+            json!({"status": "completed", "output": [message(json!([said(text(2 * m))]))]}),
+            json!({"status": "completed", "output": [message(json!([said(keyed(m - 40))])),
+                image]}),
+            json!({"status": "incomplete", "usage": usage, "output": [
+                message(json!([said(text(m / 2)), {"type": "refusal", "refusal": text(m / 2)}])),
+                {"type": "reasoning", "summary": [{"type": "summary_text", "text": text(m / 4)}]},
+                call("f", "{}".to_owned())]}),
+            json!({"status": "completed", "output": [message(json!([said("hi".to_owned())])),
+                call("f", text(m + 1)), call("g", "{}".to_owned()),
+                {"type": "custom_tool_call", "call_id": "d", "name": "run", "input": "ls"}]}),
+            json!({"status": "completed", "output": [message(json!([said(text(m - 3))])),
+                image, "odd", {"type": "message", "content": "not parts"}]}),
+            json!({"status": "completed", "output": [message(json!([said("small".to_owned()),
+                {"type": "refusal", "refusal": "no"}])), call("f", "{}".to_owned())]}),
+        ];
+        let blocks = |content: Value| {
+            json!({"type": "message", "role": "assistant", "content": content,
+                "stop_reason": "end_turn", "usage": usage})
+        };
+        let tool = json!({"type": "tool_use", "id": "t", "name": "f", "input": {"k": "v"}});
+        let anthropic = [
+            blocks(
+                json!([{"type": "thinking", "thinking": text(m / 2), "signature": "s"},
+                {"type": "text", "text": text(m / 2)}, tool,
+                {"type": "text", "text": keyed(m / 2)}]),
+            ),
+            blocks(json!([{"type": "text", "text": text(2 * m)}])),
+            blocks(json!([{"type": "text", "text": "a"},
+                {"type": "thinking", "thinking": keyed(m - 5)}, tool])),
+            blocks(
+                json!([{"type": "text", "text": 5}, {"type": "thinking", "thinking": "t"},
+                {"type": "server_tool_use", "id": "s", "name": "web", "input": {}, "text": 5},
+                {"type": "text", "text": text(m - 1)}, "odd", tool]),
+            ),
+            blocks(json!([{"type": "text", "text": "small"}, tool])),
+        ];
+        // An item or a block with a member twice: `Value` keeps the last one.
+        let twice = [
+            format!(
+                r#"{{"status": "completed", "output": [{{"type": "message", "type": "message",
+                "content": [{{"text": {}}}]}}, {{"type": "reasoning",
+                "summary": [{{"text": "a", "text": {}}}]}}]}}"#,
+                json!(text(m / 2)),
+                json!(text(m))
+            ),
+            format!(
+                r#"{{"type": "message", "content": [{{"type": "text", "text": "x",
+                "text": {}}}, {{"type": "text", "text": {}}}]}}"#,
+                json!(text(m / 2)),
+                json!(text(m))
+            ),
+        ];
+        // Read whole, as before: the Responses API's output into `Value`s, the Anthropic
+        // blocks as `AnthropicPart`s.
+        let before = |body: &str| {
+            let value: Value = serde_json::from_str(body).expect("JSON");
+            let mut out =
+                summarize_gathering(body.as_bytes(), &mut Gather::whole()).expect("an answer");
+            let mut old = ResponseSummary::default();
+            if let Some(output) = value["output"].as_array() {
+                read_responses_output(output, &mut old);
+            } else {
+                for raw in serde_json::from_str::<BodyTop<'_>>(body)
+                    .ok()
+                    .and_then(|top| top.content)
+                    .and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok())
+                    .unwrap_or_default()
+                {
+                    let Some(block) = from_object::<AnthropicPart<'_>>(raw.get()) else {
+                        continue;
+                    };
+                    if is_tool_use(block.kind.as_deref()) {
+                        old.tool_calls.push(anthropic_tool_call(&block));
+                        continue;
+                    }
+                    match block.kind.as_deref() {
+                        Some("text") => old
+                            .content
+                            .push_str(block.text.as_deref().unwrap_or_default()),
+                        Some("thinking") => old
+                            .reasoning
+                            .push_str(block.thinking.as_deref().unwrap_or_default()),
+                        _ => {}
+                    }
+                }
+            }
+            assert_eq!(
+                (
+                    &out.content,
+                    &out.reasoning,
+                    &out.refusal,
+                    &out.tool_calls,
+                    out.body_noted
+                ),
+                (
+                    &old.content,
+                    &old.reasoning,
+                    &old.refusal,
+                    &old.tool_calls,
+                    old.body_noted
+                ),
+                "read whole"
+            );
+            out.bound_texts(guard.clone());
+            out
+        };
+        let bodies = responses.iter().chain(&anthropic).map(|body| {
+            body.to_string()
+                .replace('\u{e9}', "\\u00e9")
+                .replace('\u{1F600}', "\\ud83d\\ude00")
+                .replace("aGVs/bG8=", "aGVs\\/bG8=")
+        });
+        let mut cuts = 0;
+        let plain = responses.len() + anthropic.len();
+        for (i, body) in bodies.chain(twice).enumerate() {
+            let start: String = body.chars().take(100).collect();
+            let whole = before(&body);
+            let cut = summarize_json_body(body.as_bytes(), &guard).expect("an answer");
+            assert_eq!(cut, whole, "{start}");
+            assert!(
+                cut.usage.is_some() || !body.contains("input_tokens"),
+                "{start}"
+            );
+            cuts += usize::from(
+                cut.content
+                    .ends_with(crate::sinks::generation::TRUNCATION_MARKER)
+                    || cut
+                        .reasoning
+                        .ends_with(crate::sinks::generation::TRUNCATION_MARKER)
+                    || cut
+                        .refusal
+                        .ends_with(crate::sinks::generation::TRUNCATION_MARKER)
+                    || cut.tool_calls.iter().any(|c| {
+                        c.arguments
+                            .ends_with(crate::sinks::generation::TRUNCATION_MARKER)
+                    }),
+            );
+            let read =
+                summarize_gathering(body.as_bytes(), &mut Gather::new(&guard)).expect("an answer");
+            let held = read.content.capacity()
+                + read.reasoning.capacity()
+                + read.refusal.capacity()
+                + read
+                    .tool_calls
+                    .iter()
+                    .map(|c| c.name.capacity() + c.arguments.capacity())
+                    .sum::<usize>();
+            let margin = guard.reach() + 8;
+            // A member twice is read into `Value`s, whole, as before.
+            assert!(i >= plain || held <= m + margin, "{held} held: {start}");
+        }
+        assert!(cuts >= 9, "{cuts} cut");
     }
 
     proptest! {
