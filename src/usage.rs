@@ -4032,7 +4032,29 @@ mod tests {
         assert!(summary.content.ends_with("x…[truncated by llmsrouter]"));
     }
 
-    /// A whole answer's texts are cut short of a key too.
+    /// The guard the as-read tests cut with: [`CUT_KEY`] configured.
+    fn cut_key_guard() -> CutGuard {
+        CutGuard::new(
+            crate::sinks::redact::Redactor::new(&[crate::secret::Secret::new(CUT_KEY)]),
+            Default::default(),
+        )
+    }
+
+    /// Text `len` bytes long once decoded, escaped at both ends (`\n`, `é` as `\u00e9`, a
+    /// pair for `😀`), where the bound may fall.
+    fn escaped_text(len: usize) -> String {
+        let escaped = "ab\nc\u{e9}\u{1F600}\"".repeat(len.min(3 << 16) / 36);
+        let mut t = escaped.clone();
+        t.push_str(&"x".repeat(len - 2 * escaped.len()));
+        t.push_str(&escaped);
+        t
+    }
+
+    /// `len` bytes of text, then [`CUT_KEY`]: a key the bound may fall inside.
+    fn keyed_text(len: usize) -> String {
+        format!("{}{CUT_KEY} and on", "y".repeat(len))
+    }
+
     /// A whole answer's texts are cut as they are read, each where reading it whole and then
     /// bounding it cut it (escapes, a key across the cut, the bound falling in the content,
     /// the reasoning, the refusal or a tool call's arguments, a content of parts), and no
@@ -4040,22 +4062,9 @@ mod tests {
     /// copied whole (twice, while serde_json unescaped it) to keep 8 MiB.
     #[test]
     fn a_whole_answers_texts_are_cut_as_they_are_read() {
-        use crate::secret::Secret;
-        let guard = CutGuard::new(
-            crate::sinks::redact::Redactor::new(&[Secret::new(CUT_KEY)]),
-            Default::default(),
-        );
+        let guard = cut_key_guard();
         let m = MAX_STREAM_TEXT;
-        // Text `len` bytes long once decoded, escaped at both ends (`\n`, `é` as `\u00e9`, a
-        // pair for `😀`), where the bound may fall.
-        let text = |len: usize| {
-            let escaped = "ab\nc\u{e9}\u{1F600}\"".repeat(len.min(3 << 16) / 36);
-            let mut t = escaped.clone();
-            t.push_str(&"x".repeat(len - 2 * escaped.len()));
-            t.push_str(&escaped);
-            t
-        };
-        let keyed = |len: usize| format!("{}{CUT_KEY} and on", "y".repeat(len));
+        let (text, keyed) = (escaped_text, keyed_text);
         let bodies = [
             json!({"choices": [{"message": {"content": text(2 * m)}}]}),
             json!({"choices": [{"message": {"content": keyed(m - 5)}}]}),
@@ -4115,20 +4124,9 @@ mod tests {
     /// copied whole to keep 8 MiB.
     #[test]
     fn responses_and_anthropic_texts_are_cut_as_they_are_read() {
-        use crate::secret::Secret;
-        let guard = CutGuard::new(
-            crate::sinks::redact::Redactor::new(&[Secret::new(CUT_KEY)]),
-            Default::default(),
-        );
+        let guard = cut_key_guard();
         let m = MAX_STREAM_TEXT;
-        let text = |len: usize| {
-            let escaped = "ab\nc\u{e9}\u{1F600}\"".repeat(len.min(3 << 16) / 36);
-            let mut t = escaped.clone();
-            t.push_str(&"x".repeat(len - 2 * escaped.len()));
-            t.push_str(&escaped);
-            t
-        };
-        let keyed = |len: usize| format!("{}{CUT_KEY} and on", "y".repeat(len));
+        let (text, keyed) = (escaped_text, keyed_text);
         let usage = json!({"input_tokens": 5, "output_tokens": 6});
         let message =
             |parts: Value| json!({"type": "message", "role": "assistant", "content": parts});
@@ -4328,6 +4326,7 @@ mod tests {
         }
     }
 
+    /// A whole answer's texts are cut short of a key too.
     #[test]
     fn a_whole_answers_text_is_cut_short_of_a_key() {
         use crate::secret::Secret;
