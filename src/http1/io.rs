@@ -28,6 +28,45 @@ pub async fn read_some(io: &mut TcpStream, buf: &mut BytesMut, expect: usize) ->
     std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)).await
 }
 
+/// [`read_some`] for a client connection [`closed_by_peer`] may have left with bytes unread:
+/// while `unread` is set those are read straight from the socket, since tokio no longer
+/// shows them (a pipelined request behind them waited for the client to send a byte more,
+/// or to leave: bb68). `unread` is cleared once the socket has nothing more.
+pub async fn read_client(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    expect: usize,
+    unread: &mut bool,
+) -> io::Result<usize> {
+    if *unread {
+        match read_unwatched(io, buf, expect) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => *unread = false,
+            read => return read,
+        }
+    }
+    read_some(io, buf, expect).await
+}
+
+/// One read from the socket itself, whatever tokio's readiness says (it may not have seen
+/// bytes arrive yet, or have been told they were taken); `WouldBlock` when there is nothing
+/// (tokio made the socket non-blocking).
+pub fn read_unwatched(io: &TcpStream, buf: &mut BytesMut, expect: usize) -> io::Result<usize> {
+    use std::io::Read as _;
+    reserve(buf, expect);
+    let start = buf.len();
+    // Zeroed first: the crate forbids `unsafe`, and this read is only ever the rare one.
+    buf.resize(buf.capacity(), 0);
+    let socket = socket2::SockRef::from(io);
+    let read = loop {
+        match (&*socket).read(&mut buf[start..]) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            read => break read,
+        }
+    };
+    buf.truncate(start + read.as_ref().map_or(0, |n| *n));
+    read
+}
+
 /// Makes room in `buf` for a read of about `expect` bytes (see [`read_some`]).
 pub fn reserve(buf: &mut BytesMut, expect: usize) {
     let want = expect.clamp(MIN_READ, MAX_READ);
@@ -145,9 +184,10 @@ pub async fn write_all_unless(
 /// rest waits in the kernel, and then in the peer, for the answer under way) and learns of
 /// the close from the socket's readiness instead (`EPOLLRDHUP`), which comes behind unread
 /// bytes too: a client that pipelined more than `keep` and left was not seen to leave, and
-/// its request ran on to its end (bb62).
-pub async fn closed_by_peer(io: &TcpStream, buf: &mut BytesMut, keep: usize) {
-    while buf.len() < keep {
+/// its request ran on to its end (bb62). Setting `unread` when it leaves bytes unread: the
+/// next read must look for them itself ([`read_client`]).
+pub async fn closed_by_peer(io: &TcpStream, buf: &mut BytesMut, keep: usize, unread: &mut bool) {
+    while buf.len() < keep && !*unread {
         match read_shared(io, buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
@@ -159,6 +199,7 @@ pub async fn closed_by_peer(io: &TcpStream, buf: &mut BytesMut, keep: usize) {
             // More bytes, left unread: the readiness they set is cleared (the closed state
             // never is), so the next wait is for what comes after them.
             Ok(_) => {
+                *unread = true;
                 let _ = io.try_io(tokio::io::Interest::READABLE, || {
                     Err::<(), _>(io::ErrorKind::WouldBlock.into())
                 });
@@ -209,7 +250,7 @@ mod tests {
         b.write_all(b"GET /next").await.expect("write");
         drop(b);
         let mut buf = BytesMut::new();
-        closed_by_peer(&a, &mut buf, 1024).await;
+        closed_by_peer(&a, &mut buf, 1024, &mut false).await;
         assert_eq!(&buf[..], b"GET /next");
     }
 
@@ -221,9 +262,10 @@ mod tests {
         let sent = vec![b'x'; 70 * 1024];
         b.write_all(&sent).await.expect("write");
         let mut buf = BytesMut::new();
+        let mut unread = false;
         let waited = tokio::time::timeout(
             Duration::from_millis(300),
-            closed_by_peer(&a, &mut buf, 16 * 1024),
+            closed_by_peer(&a, &mut buf, 16 * 1024, &mut unread),
         )
         .await;
         assert!(waited.is_err(), "the peer is still there");
@@ -231,11 +273,38 @@ mod tests {
         drop(b);
         tokio::time::timeout(
             Duration::from_secs(10),
-            closed_by_peer(&a, &mut buf, 16 * 1024),
+            closed_by_peer(&a, &mut buf, 16 * 1024, &mut unread),
         )
         .await
         .expect("the close is seen");
         assert!(buf.len() >= 16 * 1024, "{}", buf.len());
         assert!(buf.iter().all(|b| *b == b'x'));
+    }
+
+    /// What a peer sent past what is kept is read afterwards, though nothing more comes to
+    /// wake the socket (bb68: a pipelined request waited for the client's next byte).
+    #[tokio::test]
+    async fn bytes_left_unread_are_read_next() {
+        let (mut a, mut b) = pair().await;
+        let sent = vec![b'x'; 200 * 1024];
+        b.write_all(&sent).await.expect("write");
+        let mut buf = BytesMut::new();
+        let mut unread = false;
+        let waited = tokio::time::timeout(
+            Duration::from_millis(300),
+            closed_by_peer(&a, &mut buf, 16 * 1024, &mut unread),
+        )
+        .await;
+        assert!(waited.is_err() && unread, "bytes were left unread");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while buf.len() < sent.len() {
+                let read = read_client(&mut a, &mut buf, 0, &mut unread).await;
+                assert!(read.expect("read") > 0, "end of file before all came");
+            }
+        })
+        .await
+        .expect("every byte sent is read without the peer sending more");
+        assert_eq!(&buf[..], &sent[..]);
+        drop(b);
     }
 }

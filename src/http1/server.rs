@@ -33,7 +33,9 @@ use super::framing::{BodyLength, Decoded, Decoder, FramingError, LAST_CHUNK, enc
 use super::head::{
     HeadError, RequestHead, parse_request, write_date, write_field, write_status_line,
 };
-use super::io::{MIN_READ, Wrote, closed_by_peer, read_some, write_all, write_all_unless};
+use super::io::{
+    MIN_READ, Wrote, closed_by_peer, read_client, read_unwatched, write_all, write_all_unless,
+};
 use crate::app::Route;
 use crate::auth::{authenticate, refuse_cross_site};
 use crate::error::ProxyError;
@@ -77,6 +79,7 @@ pub async fn serve_connection(io: TcpStream, service: Arc<Service>) {
         served: 0,
         grown: false,
         answering: false,
+        unread: false,
     };
     loop {
         let head = match conn.next_head().await {
@@ -149,6 +152,9 @@ struct Conn {
     /// Part of the current request's answer has been handed to the socket (a `100 Continue`
     /// does not count): after a panic, too late for a 500 ([`Conn::after_panic`]).
     answering: bool,
+    /// Bytes the client sent may wait in the kernel unseen by tokio (see
+    /// [`closed_by_peer`]): every read of this connection goes through [`read_client`].
+    unread: bool,
 }
 
 /// Closes a connection that waits too long for its next request (`AppState::idle_timeout`).
@@ -229,15 +235,17 @@ impl Conn {
                 }
                 tokio::select! {
                     biased;
-                    read = read_some(&mut self.io, &mut self.buf, 0) => read,
+                    read = read_client(&mut self.io, &mut self.buf, 0, &mut self.unread) => read,
                     () = &mut self.draining => return self.head_sent_before_shutdown(&mut scanned),
                     // Nothing asked for this long: the client has forgotten the connection.
                     () = self.idle.expired() => return Ok(None),
                 }
             } else {
                 let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.head_timeout);
-                let read =
-                    tokio::time::timeout_at(deadline, read_some(&mut self.io, &mut self.buf, 0));
+                let read = tokio::time::timeout_at(
+                    deadline,
+                    read_client(&mut self.io, &mut self.buf, 0, &mut self.unread),
+                );
                 tokio::select! {
                     biased;
                     read = read => match read {
@@ -270,18 +278,12 @@ impl Conn {
         &mut self,
         scanned: &mut usize,
     ) -> Result<Option<RequestHead>, HeadError> {
-        use std::io::Read as _;
-        let socket = socket2::SockRef::from(&self.io);
         // A head is at most `MAX_HEAD_BYTES`: reading beyond it is not needed to judge it.
         while self.buf.len() <= super::MAX_HEAD_BYTES {
-            let start = self.buf.len();
-            self.buf.resize(start + MIN_READ, 0);
-            // The socket does not block (tokio set it so): nothing there is `WouldBlock`.
-            let read = (&*socket).read(&mut self.buf[start..]);
-            let n = read.as_ref().map_or(0, |n| *n);
-            self.buf.truncate(start + n);
-            if n == 0 {
-                break;
+            // Nothing there is `WouldBlock`, an end as good as end of file here.
+            match read_unwatched(&self.io, &mut self.buf, MIN_READ) {
+                Ok(n) if n > 0 => {}
+                _ => break,
             }
         }
         if self.buf.is_empty() {
@@ -401,7 +403,7 @@ impl Conn {
             tokio::select! {
                 biased;
                 answer = handled => answer,
-                () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED) => return Next::Gone,
+                () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED, &mut self.unread) => return Next::Gone,
             }
         };
         self.write_answer(answer, keep_alive, Asked::of(head)).await
@@ -457,7 +459,7 @@ impl Conn {
                     Ok(response) => response,
                     Err(never) => match never {},
                 },
-                () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED) => return Next::Gone,
+                () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED, &mut self.unread) => return Next::Gone,
             }
         };
         self.write_app_response(response, keep_alive, http10, is_head)
@@ -518,7 +520,7 @@ impl Conn {
                         .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
                     // `read_some` reserves room for the rest of a declared body.
                     self.grown |= expect > MIN_READ;
-                    let read = read_some(&mut self.io, &mut self.buf, expect);
+                    let read = read_client(&mut self.io, &mut self.buf, expect, &mut self.unread);
                     let read = tokio::select! {
                         biased;
                         read = tokio::time::timeout(self.body_read_timeout, read) => read,
@@ -553,7 +555,7 @@ impl Conn {
                     Ok(Decoded::Done) => return true,
                     Err(_) => return false,
                     Ok(Decoded::NeedMore) => {
-                        match read_some(&mut self.io, &mut self.buf, 0).await {
+                        match read_client(&mut self.io, &mut self.buf, 0, &mut self.unread).await {
                             Ok(0) | Err(_) => return false,
                             Ok(_) => {}
                         }
@@ -853,7 +855,7 @@ impl Conn {
             item = tokio::select! {
                 biased;
                 next = tee.next() => Some(next),
-                () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED) => return Next::Gone,
+                () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED, &mut self.unread) => return Next::Gone,
             };
         }
     }
@@ -881,7 +883,7 @@ impl Conn {
             let item = tokio::select! {
                 biased;
                 item = tee.next() => item,
-                () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED) => return Next::Gone,
+                () = closed_by_peer(&self.io, &mut self.buf, KEEP_PIPELINED, &mut self.unread) => return Next::Gone,
             };
             match item {
                 Some(Ok(_)) => {}
@@ -1005,7 +1007,7 @@ impl Conn {
             let mut read = 0;
             while read < LINGER_BYTES {
                 self.buf.clear();
-                match read_some(&mut self.io, &mut self.buf, 0).await {
+                match read_client(&mut self.io, &mut self.buf, 0, &mut self.unread).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => read += n,
                 }

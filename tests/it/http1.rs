@@ -229,6 +229,66 @@ async fn a_client_leaving_behind_a_long_pipeline_is_seen_to_leave() {
     router.stop().await;
 }
 
+/// A request pipelined behind one whose upstream is still silent, larger than the router
+/// keeps meanwhile (64 KiB), is answered once the first is: the bytes left in the kernel are
+/// read then, with nothing more from the client to wake the socket (it waited for the client
+/// to send another byte, or to leave: bb68).
+#[tokio::test]
+async fn a_long_pipelined_request_is_answered_without_more_from_the_client() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let upstream = MockUpstream::start(Behavior {
+        hold_head: Some(gate.clone()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let mut raw = Raw::connect(router.addr).await;
+    let client = raw.stream.local_addr().expect("client address");
+    let long = format!(
+        r#"{{"model":"[mock]gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "y".repeat(200 * 1024)
+    );
+    let mut wire = post("/v1/chat/completions", CHAT, "");
+    wire.push_str(&post("/v1/chat/completions", &long, ""));
+    raw.send(wire.as_bytes()).await;
+    wait_until(Duration::from_secs(10), || upstream.count() == 1).await;
+    // The router stopped reading with bytes still in its socket: the case at hand.
+    wait_until(Duration::from_secs(10), || {
+        unread_by_router(router.addr, client) > 0
+    })
+    .await;
+    gate.add_permits(1);
+    for _ in 0..2 {
+        let answer = raw.answer().await;
+        assert_eq!(answer.status, 200);
+    }
+    assert_eq!(upstream.count(), 2);
+    assert_eq!(upstream.last().body.len(), long.len() - "[mock]".len());
+    router.stop().await;
+}
+
+/// Bytes waiting in the kernel for the router's end of the connection from `client`, from
+/// `/proc/net/tcp` (its `rx_queue`); 0 when the connection is not found.
+fn unread_by_router(router: SocketAddr, client: SocketAddr) -> u64 {
+    let hex = |addr: SocketAddr| match addr {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => String::new(),
+    };
+    let (local, remote) = (hex(router), hex(client));
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.len() > 4 && fields[1] == local && fields[2] == remote)
+        .and_then(|fields| fields[4].split_once(':').map(|(_, rx)| rx.to_owned()))
+        .and_then(|rx| u64::from_str_radix(&rx, 16).ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test]
 async fn a_chunked_request_body_goes_upstream_whole() {
     let (upstream, router) = setup().await;
