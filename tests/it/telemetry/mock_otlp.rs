@@ -198,15 +198,19 @@ impl MockOtlp {
         out
     }
 
+    /// How long a span may take to arrive: a debug build exporting spans of tens of MiB on a
+    /// loaded 2-core machine took over 20 s (the release build, a fraction of a second).
+    const ARRIVAL: Duration = Duration::from_secs(60);
+
     /// Waits for at least `n` spans.
     pub async fn wait_spans(&self, n: usize) -> Vec<ReceivedSpan> {
-        wait_until(Duration::from_secs(20), || self.spans().len() >= n).await;
+        wait_until(Self::ARRIVAL, || self.spans().len() >= n).await;
         self.spans()
     }
 
     /// Waits for the span of the request with this id (its trace id).
     pub async fn span_of(&self, request_id: &str) -> ReceivedSpan {
-        wait_until(Duration::from_secs(20), || {
+        wait_until(Self::ARRIVAL, || {
             self.spans().iter().any(|s| trace_id(&s.span) == request_id)
         })
         .await;
