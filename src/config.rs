@@ -951,8 +951,9 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
 
 /// A tag refused on a number or boolean key's value (`timeout_secs: !!binary NQ==`), said as
 /// what the key takes: it was said as "where text is expected". `!!int` and `!!float` on a
-/// number key, and `!!bool` on `stream_usage`, are taken off before the library reads the
-/// file, as PyYAML and pydantic took them ([`merge_order`]).
+/// number key, and on `stream_usage` `!!bool` on a boolean and `!!int` or `!!float` on a
+/// number, are taken off before the library reads the file, as PyYAML and pydantic took them
+/// ([`merge_order`]).
 fn tag_on_a_typed_key(path: &str, message: &str) -> Option<String> {
     let key = path.rsplit('.').next()?;
     if !TYPED_KEYS.contains(&key) {
@@ -1636,13 +1637,71 @@ fn positive_duration(secs: f64) -> Option<Duration> {
 const NUMBER: &str = "expected a number";
 const WHOLE_NUMBER: &str =
     "expected a whole number (digits only: no sign, fraction or exponent such as 1e6)";
-const BOOLEAN: &str = "expected true or false";
+const BOOLEAN: &str = "expected true or false (or the number 1 or 0)";
+
+/// The type of a number or boolean key, read from its text ([`typed`]).
+trait FromText: DeserializeOwned {
+    /// `text` as this type where the YAML library refuses it but the Python version (PyYAML,
+    /// then pydantic in lax mode) took it; `None` where it did not.
+    fn beyond_yaml(_text: &str) -> Option<Self> {
+        None
+    }
+}
+
+impl FromText for u64 {}
+
+impl FromText for f64 {
+    /// A number past every float (`1e400`, `-1e400`), or infinity or NaN spelled as a word
+    /// (`inf`, `nan`): pydantic read each as the float it names (infinite, or NaN), as it read
+    /// `.inf`. So it is that float here, and out of its key's range as `.inf` is: it was
+    /// "expected a number", as if it were no number at all.
+    fn beyond_yaml(text: &str) -> Option<Self> {
+        text.trim().parse::<f64>().ok().filter(|v| !v.is_finite())
+    }
+}
+
+impl FromText for bool {
+    /// The number 1 or 0 (`1`, `0`, `1.0`, `0x1`, `!!int 1` once its tag is off): PyYAML read
+    /// it as a number, and pydantic's lax bool took 1 for true and 0 for false (and refused
+    /// any other number, `2` or `-1`, as this does). It was "expected true or false".
+    fn beyond_yaml(text: &str) -> Option<Self> {
+        let number = number_in(text)?;
+        if number == 1.0 {
+            Some(true)
+        } else if number == 0.0 {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+/// `text` read as a number in any of YAML's spellings (`1`, `1.0`, `1e0`, `0x1`, `0o1`,
+/// `0b1`), `None` when it is none.
+fn number_in(text: &str) -> Option<f64> {
+    // A double-quoted YAML scalar holding exactly `text` (JSON's quoting is YAML's).
+    let quoted = serde_json::to_string(text).ok()?;
+    if let Ok(number) = serde_saphyr::from_str_with_options::<f64>(&quoted, yaml_options()) {
+        return Some(number);
+    }
+    let whole = serde_saphyr::from_str_with_options::<i128>(&quoted, yaml_options()).ok()?;
+    // Only whether it is 1 or 0 matters: a rounded huge one is neither.
+    Some(whole as f64)
+}
+
+/// Whether `text` is a boolean as `stream_usage` reads one without [`FromText::beyond_yaml`]
+/// (`true`, `no`, `on`, ...).
+fn boolean_in(text: &str) -> bool {
+    serde_json::to_string(text).is_ok_and(|quoted| {
+        serde_saphyr::from_str_with_options::<bool>(&quoted, yaml_options()).is_ok()
+    })
+}
 
 /// A number or boolean key's value: `${NAME}` expanded, then read as YAML reads that text in
-/// quotes (`"5"` was a number already, as `5` is). Text that is not a `T` is said as the
-/// YAML library says it, with the line; text that came from a variable names the variable
-/// (`expected`, the kind of value wanted), never its value.
-fn typed<T: serde::de::DeserializeOwned>(
+/// quotes (`"5"` was a number already, as `5` is), or else as [`FromText::beyond_yaml`] does.
+/// Text that is not a `T` is said as the YAML library says it, with the line; text that came
+/// from a variable names the variable (`expected`, the kind of value wanted), never its value.
+fn typed<T: FromText>(
     written: Typed,
     path: &str,
     env: &EnvLookup<'_>,
@@ -1656,6 +1715,9 @@ fn typed<T: serde::de::DeserializeOwned>(
         Ok(value) => return Ok(value),
         Err(error) => error,
     };
+    if let Some(value) = T::beyond_yaml(&expanded) {
+        return Ok(value);
+    }
     let at = written.referenced;
     let location = format!("line {}, column {}", at.line(), at.column());
     let variables = variables_in(text);
@@ -1891,10 +1953,16 @@ mod tests {
                 "servers.a.timeout_secs",
                 "a tagged value where a number is expected: write the value without its tag at line 4",
             ),
+            // PyYAML refused `!!bool 1` (no boolean), pydantic the number 2 for a boolean.
             (
-                "servers:\n  a:\n    url: http://x\n    stream_usage: !!int 1\n",
+                "servers:\n  a:\n    url: http://x\n    stream_usage: !!bool 1\n",
                 "servers.a.stream_usage",
                 "a tagged value where true or false is expected: write the value without its tag at line 4",
+            ),
+            (
+                "servers:\n  a:\n    url: http://x\n    stream_usage: !!int 2\n",
+                "servers.a.stream_usage",
+                "expected true or false (or the number 1 or 0) at line 4, column 25",
             ),
             (
                 "servers:\n  a:\n    url: http://x\n    headers: {X-V: !!float 5}\n",
@@ -2092,7 +2160,7 @@ settings:
             ),
             (
                 "servers:\n  a:\n    url: http://x\n    stream_usage: maybe\n",
-                "expected true or false at line 4",
+                "expected true or false (or the number 1 or 0) at line 4",
             ),
             (
                 "servers:\n  a:\n    url: http://x\n    api_key: !!int 5\n",
@@ -2694,7 +2762,7 @@ settings:
             (
                 ["1", "maybe-secret", "1000"],
                 "servers.a.stream_usage",
-                "expected true or false at line 5, column 19: environment variable B does not hold one (its value is not shown)",
+                "expected true or false (or the number 1 or 0) at line 5, column 19: environment variable B does not hold one (its value is not shown)",
             ),
             (
                 ["1", "no", "1e6"],

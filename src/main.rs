@@ -657,6 +657,13 @@ fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
                 "note: {what} cut in the table: {its} first 80 characters, then … and {its} length in bytes as recorded; llmsrouter usage --by user --json prints every name whole"
             ));
         }
+        // Two names cut alike were two identical rows.
+        let apart = report.names_told_apart();
+        if apart > 0 {
+            console::line(format_args!(
+                "note: {apart} users' names print alike in the table, so each is followed by # and the first hex digits of the SHA-256 of the whole name as recorded; llmsrouter usage --by user --json prints every name whole"
+            ));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

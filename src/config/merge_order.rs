@@ -11,11 +11,11 @@
 //! never read in the other order. Nothing else in the text changes.
 //!
 //! The same walk takes the tag off a number key's value tagged as a number (`timeout_secs:
-//! !!float 5`, `max_body_bytes: !!int 5`) or `stream_usage`'s tagged as a boolean, written
-//! over with spaces so every line and column stays: PyYAML made such a value the number
-//! (or boolean) and pydantic took it, where the YAML library, asked for the value's text
-//! ([`super::typed`] reads it as its type after `${NAME}`), refused it as "a tagged value
-//! where text is expected".
+//! !!float 5`, `max_body_bytes: !!int 5`) or `stream_usage`'s tagged as a boolean (or as a
+//! number: `!!int 1`), before or after its anchor, written over with spaces so every line
+//! and column stays: PyYAML made such a value the number (or boolean) and pydantic took it,
+//! where the YAML library, asked for the value's text ([`super::typed`] reads it as its type
+//! after `${NAME}`), refused it as "a tagged value where text is expected".
 //!
 //! The same walk refuses a key whose text is written twice in one mapping, with both lines:
 //! the YAML library compares keys as YAML values, so `123:` and `'123':` (a number, a text)
@@ -406,11 +406,14 @@ impl<'a> Walk<'a> {
     }
 
     /// Takes the tag off the value of the key `name` (in the mapping at [`Self::path`]) when
-    /// it is a number key's tagged `!!int` or `!!float`, or `stream_usage`'s tagged `!!bool`:
-    /// the value is then read from its text, as an untagged one is. A tag written apart from
-    /// its value (an anchor between them) stays, and is refused as before.
+    /// it is a number key's tagged `!!int` or `!!float`, or `stream_usage`'s tagged `!!bool`
+    /// (a boolean: `!!bool 1` was an error to PyYAML) or `!!int` or `!!float` (a number,
+    /// which pydantic took for a boolean when 1 or 0): the value is then read from its text,
+    /// as an untagged one is. The tag may be written before or after an anchor (`!!float &a
+    /// 5`, `&a !!float 5`), or on the line above the value, as YAML allows: a tag with an
+    /// anchor between it and its value stayed, and was refused.
     fn untag(&mut self, name: &str, event: &Event<'_>, span: Span) {
-        let Event::Scalar(_, _, _, Some(tag)) = event else {
+        let Event::Scalar(value, _, anchor, Some(tag)) = event else {
             return;
         };
         // `!!float` and `!<tag:yaml.org,2002:float>` alike.
@@ -426,22 +429,16 @@ impl<'a> Walk<'a> {
         let boolean_key = matches!(self.path.as_slice(), [servers, _] if servers == "servers")
             && name == "stream_usage";
         let fits = match kind {
+            "int" | "float" if boolean_key => super::number_in(value).is_some(),
             "int" | "float" => number_key,
-            "bool" => boolean_key,
+            "bool" => boolean_key && super::boolean_in(value),
             _ => false,
         };
         let (true, Some(start)) = (fits, span.start.byte_offset()) else {
             return;
         };
-        let Some(before) = self.text.get(..start) else {
-            return;
-        };
-        // The tag as written (`!!float`, `!<tag:yaml.org,2002:float>`): the word before the
-        // value's text.
-        let trimmed = before.trim_end_matches([' ', '\t']);
-        let word = trimmed.rfind([' ', '\t', '\n']).map_or(0, |at| at + 1);
-        if trimmed[word..].starts_with('!') {
-            self.untagged.push(word..trimmed.len());
+        if let Some(tag) = tag_before(self.text, start, *anchor != 0) {
+            self.untagged.push(tag);
         }
     }
 
@@ -458,6 +455,31 @@ impl<'a> Walk<'a> {
         }
         path
     }
+}
+
+/// Where the tag of the scalar whose text starts at byte `start` of `text` is written (`!!float`,
+/// `!<tag:yaml.org,2002:float>`): the word before the text, or, when the scalar has an anchor
+/// (`anchored`), the word before that may be the anchor and the tag the one before it (YAML
+/// writes a node's tag and anchor in either order). Words are apart by spaces, tabs or line
+/// breaks. `None` when neither is a tag.
+fn tag_before(text: &str, start: usize, anchored: bool) -> Option<Range<usize>> {
+    let mut end = start;
+    for _ in 0..if anchored { 2 } else { 1 } {
+        let before = text.get(..end)?;
+        let trimmed = before.trim_end_matches([' ', '\t', '\r', '\n']);
+        let word = trimmed
+            .rfind([' ', '\t', '\r', '\n'])
+            .map_or(0, |at| at + 1);
+        let written = &trimmed[word..];
+        if written.starts_with('!') {
+            return Some(word..trimmed.len());
+        }
+        if !(anchored && written.starts_with('&')) {
+            return None;
+        }
+        end = word;
+    }
+    None
 }
 
 fn is_node_start(event: &Event<'_>) -> bool {

@@ -6,6 +6,7 @@
 
 use rusqlite::Connection;
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 use unicode_width::UnicodeWidthStr;
 
 use crate::sinks::ledger::is_error_outcome;
@@ -289,6 +290,15 @@ impl UsageReport {
         out.write_all(b"}")
     }
 
+    /// How many rows of a report by user [`Self::to_table`] shows told apart by a hash
+    /// ([`tell_apart`]): two names cut alike (the same first 80 characters and length).
+    pub fn names_told_apart(&self) -> usize {
+        if self.by != GroupBy::User {
+            return 0;
+        }
+        self.shown_keys().1
+    }
+
     /// How many rows of a report by user [`Self::to_table`] shows with their name cut, as the
     /// `user list` table cuts one: past 80 characters, its first 80, `…` and its length in
     /// bytes (a name is recorded up to 1,024 characters, and printed whole it widened every
@@ -368,27 +378,7 @@ impl UsageReport {
             cells
         };
         let mut lines: Vec<Vec<String>> = vec![header];
-        for row in &self.rows {
-            // Usernames and model names come from the database as they were stored; a
-            // username is shown as `user list` shows it (names that differ only where it
-            // cannot be seen print differently; one past 80 characters cut, see
-            // [`Self::names_cut`]). None or empty (no user; a file upload, which names no
-            // model) is `-`, not a blank cell.
-            let shown = if self.by == GroupBy::User {
-                crate::users::names::in_list
-            } else {
-                crate::printable
-            };
-            // An empty user name is a name (`user list` shows it `""`); an empty model is a
-            // request that named none.
-            let by_user = self.by == GroupBy::User;
-            let key = match row.key.as_deref().filter(|key| by_user || !key.is_empty()) {
-                None => "-".into(),
-                Some(key) => match shown(key) {
-                    shown if shown == "TOTAL" || shown == "-" => format!("\"{shown}\""),
-                    shown => shown,
-                },
-            };
+        for (row, key) in self.rows.iter().zip(self.shown_keys().0) {
             lines.push(cells(row, key));
         }
         lines.push(cells(&self.total, "TOTAL".into()));
@@ -418,6 +408,89 @@ impl UsageReport {
         }
         out
     }
+
+    /// The first cell of each row as [`Self::to_table`] shows it, and how many of them are
+    /// told apart by a hash ([`tell_apart`]).
+    fn shown_keys(&self) -> (Vec<String>, usize) {
+        let by_user = self.by == GroupBy::User;
+        let mut keys: Vec<String> = self
+            .rows
+            .iter()
+            .map(|row| {
+                // Usernames and model names come from the database as they were stored; a
+                // username is shown as `user list` shows it (names that differ only where it
+                // cannot be seen print differently; one past 80 characters cut, see
+                // [`Self::names_cut`]). None or empty (no user; a file upload, which names no
+                // model) is `-`, not a blank cell.
+                let shown = if by_user {
+                    crate::users::names::in_list
+                } else {
+                    crate::printable
+                };
+                // An empty user name is a name (`user list` shows it `""`); an empty model is
+                // a request that named none.
+                match row.key.as_deref().filter(|key| by_user || !key.is_empty()) {
+                    None => "-".into(),
+                    Some(key) => match shown(key) {
+                        shown if shown == "TOTAL" || shown == "-" => format!("\"{shown}\""),
+                        shown => shown,
+                    },
+                }
+            })
+            .collect();
+        let mut told_apart = 0;
+        if by_user {
+            let names: Vec<Option<&str>> = self.rows.iter().map(|r| r.key.as_deref()).collect();
+            told_apart = tell_apart(&names, &mut keys);
+        }
+        (keys, told_apart)
+    }
+}
+
+/// Makes the rows' names (`names`, as recorded; `shown`, as the table shows them) that print
+/// alike print apart, and says how many it changed: each of them is followed by ` #` and the
+/// first 8 hex digits of the SHA-256 of its whole name as recorded (more, should 8 be alike
+/// too). Two names cut alike (the same first 80 characters and length, [`UsageReport::names_cut`])
+/// were two identical rows, as if one user's usage were split in two. The digits are those of
+/// the name alone, so a user keeps them from one report to the next; `--json` gives every
+/// name whole.
+fn tell_apart(names: &[Option<&str>], shown: &mut [String]) -> usize {
+    let alike = |shown: &[String]| -> Vec<usize> {
+        let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for cell in shown {
+            *seen.entry(cell.as_str()).or_default() += 1;
+        }
+        (0..shown.len())
+            .filter(|&i| seen[shown[i].as_str()] > 1)
+            .collect()
+    };
+    let mut apart = alike(shown);
+    if apart.is_empty() {
+        return 0;
+    }
+    let plain: Vec<String> = shown.to_vec();
+    let hashes: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let digest = Sha256::digest(name.unwrap_or_default().as_bytes());
+            digest.iter().map(|b| format!("{b:02x}")).collect()
+        })
+        .collect();
+    for digits in [8, 16, 32, 64] {
+        for &i in &apart {
+            shown[i] = format!("{} #{}", plain[i], &hashes[i][..digits]);
+        }
+        // A name that prints as another's with its digits (`amy #0123abcd`, written so) is
+        // told apart as well.
+        let still = alike(shown);
+        if still.is_empty() {
+            break;
+        }
+        apart.extend(still);
+        apart.sort_unstable();
+        apart.dedup();
+    }
+    apart.len()
 }
 
 /// `cost` to 12 significant digits: a sum of floats carries noise in its last digits that

@@ -1602,7 +1602,8 @@ fn a_non_finite_setting_beside_a_refused_one_hides_no_mistake() {
             &[
                 "servers.a.api_key: ",
                 "servers.b.url: ",
-                "settings.models_cache_ttl_secs: expected a number at line 8, column 26",
+                // Out of range, as `.inf` is (it was "expected a number").
+                &format!("{ttl} and below 1000000000 (1e9) at line 8, column 26"),
                 "settings.default_server: expected one value",
             ],
         ),

@@ -715,3 +715,166 @@ fn a_number_tagged_as_a_number_loads() {
     assert_eq!(code, 0, "{stdout} {stderr}");
     assert!(stdout.contains("ok, 1 server (a)"), "{stdout}");
 }
+
+/// A number too large for any float (`1e400`), or infinity spelled as a word (`inf`), is out
+/// of its key's range, said with its line as `.inf` is: PyYAML read `1e400` as text and
+/// pydantic made it the float infinity, as it made `.inf`, so both are one value to the Python
+/// version, and one decision here. `models_cache_ttl_secs: 1e400` was "expected a number", as
+/// if it were no number at all. `max_body_bytes: 1e400` stays no whole number, as pydantic
+/// refused it.
+#[test]
+fn a_number_past_every_float_is_out_of_range_as_inf_is() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ttl =
+        "must be a number of seconds, 0 or more and below 1000000000 (1e9) at line 2, column 26";
+    let seconds =
+        "must be a number of seconds above 0 and below 1000000000 (1e9) at line 4, column 19";
+    let cases = [
+        (
+            "settings:\n  models_cache_ttl_secs: .inf\n".to_owned(),
+            format!("settings.models_cache_ttl_secs: {ttl}"),
+        ),
+        (
+            "settings:\n  models_cache_ttl_secs: 1e400\n".to_owned(),
+            format!("settings.models_cache_ttl_secs: {ttl}"),
+        ),
+        (
+            "settings:\n  models_cache_ttl_secs: -1E400\n".to_owned(),
+            format!("settings.models_cache_ttl_secs: {ttl}"),
+        ),
+        (
+            "settings:\n  models_cache_ttl_secs: inf\n".to_owned(),
+            format!("settings.models_cache_ttl_secs: {ttl}"),
+        ),
+        (
+            "servers:\n  a:\n    url: http://x/v1\n    timeout_secs: 1.5e400\n".to_owned(),
+            format!("servers.a.timeout_secs: {seconds}"),
+        ),
+        (
+            "settings:\n  max_body_bytes: 1e400\n".to_owned(),
+            "settings.max_body_bytes: expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 2, column 19".to_owned(),
+        ),
+    ];
+    for (yaml, expected) in cases {
+        std::fs::write(dir.path().join("config.yaml"), &yaml).expect("config");
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!((code, stdout.as_str()), (1, ""), "{yaml}: {stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!("error: ./config.yaml: {expected}"),
+            "{yaml}"
+        );
+    }
+}
+
+/// A number key's tag is taken off before or after its anchor (`!!float &a 5`, `&a !!float
+/// 5`), or on the line above the value, as YAML allows and as PyYAML read them: a tag with an
+/// anchor between it and the value stayed, and the file was refused as "a tagged value where
+/// a number is expected".
+#[test]
+fn a_tag_and_an_anchor_load_in_either_order() {
+    let dir = tempfile::tempdir().expect("dir");
+    let yaml = "servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    timeout_secs: !!float &t 5\n    \
+                stream_usage: !!bool &u false\n  \
+                b:\n    url: http://127.0.0.1:9/v1\n    timeout_secs: &v !!int 7\n    stream_usage: &w !!bool true\n  \
+                c:\n    url: http://127.0.0.1:9/v1\n    timeout_secs: !!float\n      2.5\n\
+                settings:\n  models_cache_ttl_secs: !<tag:yaml.org,2002:float> &x 5\n  \
+                max_body_bytes: &y\n    !!int 1000\n";
+    std::fs::write(dir.path().join("config.yaml"), yaml).expect("config");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    assert!(stdout.contains("ok, 3 servers (a, b, c)"), "{stdout}");
+    // A tag of what is no number stays refused, anchor or not.
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  a:\n    url: http://x/v1\n    timeout_secs: &t !!timestamp 2001-12-14\n",
+    )
+    .expect("config");
+    let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("servers.a.timeout_secs: a tagged value where a number is expected"),
+        "{stderr}"
+    );
+}
+
+/// `stream_usage` takes the number 1 or 0 for true or false (`1`, `0`, `!!int 1`, `1.0`,
+/// `0x1`), as pydantic's lax bool took PyYAML's numbers, and refuses any other number (`2`,
+/// `!!int 2`, `-1`) as it did, and `!!bool 1` (no boolean to PyYAML): `stream_usage: 0` and
+/// `!!int 0` were refused as "expected true or false". The value is the one meant: the router
+/// asks a `stream_usage: !!int 0` server for no usage, and a `stream_usage: 1` one for it.
+#[tokio::test]
+async fn stream_usage_takes_1_or_0_as_pydantic_did() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = |value: &str| {
+        format!("servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    stream_usage: {value}\n")
+    };
+    for value in [
+        "1",
+        "0",
+        "!!int 1",
+        "!!int 0",
+        "1.0",
+        "!!float 0",
+        "0x1",
+        "&z !!int 0",
+    ] {
+        std::fs::write(dir.path().join("config.yaml"), config(value)).expect("config");
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!(code, 0, "{value}: {stdout} {stderr}");
+    }
+    let refused = [
+        (
+            "2",
+            "expected true or false (or the number 1 or 0) at line 4, column 19",
+        ),
+        (
+            "-1",
+            "expected true or false (or the number 1 or 0) at line 4, column 19",
+        ),
+        (
+            "!!int 2",
+            "expected true or false (or the number 1 or 0) at line 4, column 25",
+        ),
+        (
+            "!!bool 1",
+            "a tagged value where true or false is expected: write the value without its tag at line 4, column 26",
+        ),
+    ];
+    for (value, expected) in refused {
+        std::fs::write(dir.path().join("config.yaml"), config(value)).expect("config");
+        let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!(code, 1, "{value}: {stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!("error: ./config.yaml: servers.a.stream_usage: {expected}"),
+            "{value}"
+        );
+    }
+
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!(
+            "servers:\n  off:\n    url: \"{url}\"\n    stream_usage: !!int 0\n  \
+             on:\n    url: \"{url}\"\n    stream_usage: 1\n",
+            url = upstream.url()
+        ),
+    )
+    .expect("config");
+    let router = RouterProcess::start_in(dir, &[]);
+    for (server, asked) in [("off", false), ("on", true)] {
+        let response = router
+            .chat(&json!({"model": format!("[{server}]m"), "stream": true, "messages": []}))
+            .await;
+        assert_eq!(response.status(), 200, "{server}");
+        response.bytes().await.expect("stream");
+        let sent = upstream.last().json();
+        assert_eq!(
+            sent.get("stream_options").is_some(),
+            asked,
+            "{server}: {sent}"
+        );
+    }
+}

@@ -1034,6 +1034,78 @@ fn a_huge_name_is_cut_in_the_user_list_table() {
     assert_eq!(shown["username"].as_str(), Some(alike.as_str()));
 }
 
+/// Two recorded names cut alike in the `usage --by user` table (the same first 80 characters
+/// and length) print apart: each is followed by ` #` and the first 8 hex digits of the
+/// SHA-256 of its whole recorded name, with a note after the table. They printed as two
+/// identical rows, as if one user's usage were split in two. A name cut alike no other's is
+/// shown as before, and `--json` keeps every name whole.
+#[test]
+fn names_cut_alike_print_apart_in_the_usage_table() {
+    use sha2::{Digest, Sha256};
+
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let (code, _, err) = user(dir.path(), &["add", "ann"]);
+    assert_eq!(code, 0, "{err}");
+    // As the recorder cuts two longer names that begin alike: `…#` and 16 hex digits apart.
+    let one = format!("h{}…#0123456789abcdef", "x".repeat(1005));
+    let two = format!("h{}…#fedcba9876543210", "x".repeat(1005));
+    let other = format!("j{}", "y".repeat(100));
+    let conn = Connection::open(dir.path().join("users.db")).expect("open");
+    for name in [one.as_str(), two.as_str(), other.as_str()] {
+        conn.execute(
+            "INSERT INTO usage_ledger (request_id, started_at, day, username, provider, mode,
+                 endpoint, model, stream, outcome, latency_ms, input_tokens, output_tokens,
+                 total_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens,
+                 usage_known, usage_partial)
+             VALUES ('r', '2024-05-01T12:00:00.000Z', '2024-05-01', ?1, 'mock', 'alias',
+                 '/v1/chat/completions', 'm', 0, 'ok', 1, 1, 1, 2, 0, 0, 0, 1, 0)",
+            [name],
+        )
+        .expect("ledger row");
+    }
+    drop(conn);
+    let (code, out, err) = run_cli(dir.path(), &["usage", "--by", "user"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let firsts: Vec<&str> = out
+        .lines()
+        .filter_map(|line| line.split("  ").next())
+        .map(str::trim)
+        .collect();
+    let hash = |name: &str| -> String {
+        Sha256::digest(name.as_bytes())
+            .iter()
+            .take(4)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let cut = format!("h{}… (1026 bytes)", "x".repeat(79));
+    let expected = [
+        "USER".to_owned(),
+        format!("{cut} #{}", hash(&one)),
+        format!("{cut} #{}", hash(&two)),
+        format!("j{}… (101 bytes)", "y".repeat(79)),
+        "TOTAL".to_owned(),
+    ];
+    assert_eq!(firsts, expected, "{out}");
+    assert_eq!(
+        err,
+        "note: 3 users' names are cut in the table: their first 80 characters, then … and their length in bytes as recorded; llmsrouter usage --by user --json prints every name whole\n\
+         note: 2 users' names print alike in the table, so each is followed by # and the first hex digits of the SHA-256 of the whole name as recorded; llmsrouter usage --by user --json prints every name whole\n"
+    );
+
+    let (code, out, err) = run_cli(dir.path(), &["usage", "--by", "user", "--json"], &[]);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    let report: Value = serde_json::from_str(&out).expect("json");
+    let names: Vec<&str> = report["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|row| row["user"].as_str())
+        .collect();
+    assert_eq!(names, [one.as_str(), two.as_str(), other.as_str()], "{out}");
+}
+
 /// `usage --by user` cuts a long recorded name (up to 1,024 characters) in its table as the
 /// `user list` table does: its first 80 characters, `…` and its length in bytes, with a note
 /// on stderr after the table (it printed the name whole, and padded every row to it).
