@@ -799,8 +799,11 @@ impl FastBody<'_> {
 
 /// A message's texts, read in the order [`ResponseSummary::bound_texts`] keeps them
 /// (content, reasoning, refusal, tool calls), so `gather` cuts each where that bound would.
+/// Each text's room left for more (a list of parts grows it by doubling) is given back
+/// before the next is read.
 fn fill_from_message(out: &mut ResponseSummary, message: MessageRaw<'_>, gather: &mut Gather<'_>) {
     gather_content(message.content, Part::Text, gather, &mut out.content);
+    gather.done(&mut out.content);
     if !message
         .reasoning_content
         .is_some_and(|raw| gather.push(&mut out.reasoning, raw))
@@ -810,6 +813,7 @@ fn fill_from_message(out: &mut ResponseSummary, message: MessageRaw<'_>, gather:
         }
     }
     gather_content(message.content, Part::Thinking, gather, &mut out.reasoning);
+    gather.done(&mut out.reasoning);
     if let Some(raw) = message.refusal {
         gather.push(&mut out.refusal, raw);
     }
@@ -823,21 +827,13 @@ fn fill_from_message(out: &mut ResponseSummary, message: MessageRaw<'_>, gather:
                 .collect()
         })
         .unwrap_or_default();
-    // The legacy functions API's one call (`function_call: {"name", "arguments"}`), recorded
-    // as a tool call of type `function` with no id (none after a text past the bound).
+    // The legacy functions API's one call (none after a text past the bound).
     if out.tool_calls.is_empty() && !gather.over {
         if let Some(call) = message
             .function_call
-            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
-            .filter(Value::is_object)
+            .and_then(|raw| gather.function_call(raw))
         {
-            let (name, arguments) = function_fields(Some(&call));
-            out.tool_calls.push(ToolCall {
-                kind: "function".to_owned(),
-                name,
-                arguments,
-                ..Default::default()
-            });
+            out.tool_calls.push(call);
         }
     }
 }
@@ -1170,23 +1166,6 @@ impl<'g> Gather<'g> {
         true
     }
 
-    /// `text`, read whole already, counted and cut as [`Self::push`] cuts.
-    fn take(&mut self, text: &mut String) {
-        let cap = self.cap(text.len());
-        if text.len() > cap {
-            let mut end = cap;
-            while !text.is_char_boundary(end) {
-                end += 1;
-            }
-            let full = text.len();
-            text.truncate(end);
-            text.shrink_to_fit();
-            self.count(full);
-            return;
-        }
-        self.count(text.len());
-    }
-
     /// Room in `into` for `add` more bytes at once; for many short texts (content parts)
     /// room grows by doubling, but never past what the field may still be given.
     fn reserve(&self, into: &mut String, add: usize) {
@@ -1216,41 +1195,64 @@ impl<'g> Gather<'g> {
         self.count(text.len());
     }
 
+    /// Appends the JSON value `raw` as `serde_json::Value`'s `to_string` writes it (see
+    /// [`json_text`]), counted and cut as [`Self::push`] cuts; `false` (and nothing
+    /// appended) when it is not one a `Value` reads. Read into a `Value` and written whole
+    /// first, a tool call's 50 MB arguments object took several times its size to keep 8 MiB.
+    fn push_json(&mut self, into: &mut String, raw: &RawValue) -> bool {
+        // Its length written is not known before it is written (`1e9` is `1000000000.0`):
+        // what is left of the bound, and the margin, are kept; all of it when it fits.
+        let cap = self.cap(usize::MAX);
+        if cap == 0 {
+            // Past the bound nothing of it is kept, whatever it is (it was read for nothing).
+            return true;
+        }
+        self.reserve(into, raw.get().len().min(cap.saturating_add(4)));
+        let before = into.len();
+        let mut kept = Kept::new(into, cap);
+        if json_text(raw.get(), &mut kept, VALUE_DEPTH).is_none() {
+            into.truncate(before);
+            return false;
+        }
+        let full = kept.full;
+        self.count(full);
+        true
+    }
+
+    /// Appends a tool call's arguments: a string as it is, anything else as its JSON (see
+    /// [`Self::push_json`]), nothing when a `Value` would not read it.
+    fn push_arguments(&mut self, into: &mut String, raw: &RawValue) {
+        if !self.push(into, raw) && self.push_json(into, raw) {
+            // Written longer than its JSON (numbers), it grew by doubling.
+            into.shrink_to_fit();
+        }
+    }
+
     /// A message's tool call (see [`tool_call_of`]), its name and arguments gathered; `None`
     /// once a text ran past the bound, which keeps no call after it.
     fn tool_call(&mut self, call: &RawValue) -> Option<ToolCall> {
         if self.over {
             return None;
         }
-        let Some(raw) = from_object::<ToolCallRaw<'_>>(call.get()) else {
-            // Not an object, or one with a member twice (the last one counts, as a `Value`
-            // has it): read as a value, then bounded.
-            let value = serde_json::from_str::<Value>(call.get()).ok()?;
-            let mut call = tool_call_of(&value);
-            self.take(&mut call.name);
-            self.take(&mut call.arguments);
-            return Some(call);
-        };
-        let function = raw.function.filter(|function| function.get() != "null");
-        let custom = raw
-            .custom
-            .filter(|custom| function.is_none() && object_text(custom.get()).is_some());
-        let (tool, kind) = match custom {
-            Some(custom) => (Some(custom), "custom"),
-            None => (function, "function"),
-        };
-        let tool = match tool.filter(|tool| object_text(tool.get()).is_some()) {
-            None => ToolRaw::default(),
-            Some(tool) => match from_object::<ToolRaw<'_>>(tool.get()) {
-                Some(tool) => tool,
-                None => {
-                    let value = serde_json::from_str::<Value>(call.get()).ok()?;
-                    let mut call = tool_call_of(&value);
-                    self.take(&mut call.name);
-                    self.take(&mut call.arguments);
-                    return Some(call);
+        let strict = from_object::<ToolCallRaw<'_>>(call.get())
+            .and_then(|raw| Some((raw, raw.tool(ToolRaw::strict)?)));
+        let (raw, (tool, kind)) = match strict {
+            Some(read) => read,
+            None => {
+                // Not an object, or one with a member twice: read as a `Value` reads it (the
+                // last one counts), and not at all where a `Value` is refused.
+                if !value_reads(call.get()) {
+                    return None;
                 }
-            },
+                let Some(members) = Members::read(call.get()) else {
+                    return Some(ToolCall {
+                        kind: "function".to_owned(),
+                        ..ToolCall::default()
+                    });
+                };
+                let raw = ToolCallRaw::of(&members);
+                (raw, raw.tool(ToolRaw::tolerant)?)
+            }
         };
         let mut out = ToolCall {
             id: raw_str(raw.id).unwrap_or_default(),
@@ -1266,21 +1268,35 @@ impl<'g> Gather<'g> {
             tool.arguments
         };
         if let Some(arguments) = arguments {
-            if !self.push(&mut out.arguments, arguments) {
-                // Anything but a string is its JSON.
-                let mut json = serde_json::from_str::<Value>(arguments.get())
-                    .map(|value| value.to_string())
-                    .unwrap_or_default();
-                self.take(&mut json);
-                out.arguments = json;
-            }
+            self.push_arguments(&mut out.arguments, arguments);
         }
         Some(out)
+    }
+
+    /// The legacy functions API's one call (`function_call: {"name", "arguments"}`), a tool
+    /// call of type `function` with no id, read as a `Value` reads it: none when it is not an
+    /// object, or not one a `Value` reads; a member written twice is its last.
+    fn function_call(&mut self, raw: &RawValue) -> Option<ToolCall> {
+        let members = Members::read(raw.get())?;
+        if !value_reads(raw.get()) {
+            return None;
+        }
+        let mut call = ToolCall {
+            kind: "function".to_owned(),
+            ..ToolCall::default()
+        };
+        if let Some(name) = members.get("name") {
+            self.push(&mut call.name, name);
+        }
+        if let Some(arguments) = members.get("arguments") {
+            self.push_arguments(&mut call.arguments, arguments);
+        }
+        Some(call)
     }
 }
 
 /// A message's tool call as [`Gather::tool_call`] reads it, every member left raw.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Copy)]
 struct ToolCallRaw<'a> {
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
@@ -1303,6 +1319,53 @@ struct ToolRaw<'a> {
     input: Option<&'a RawValue>,
 }
 
+impl<'a> ToolCallRaw<'a> {
+    /// The call's members as a `Value` has them (see [`Members::get`]).
+    fn of(members: &Members<'a>) -> Self {
+        Self {
+            id: members.get("id"),
+            kind: members.get("type"),
+            function: members.get("function"),
+            custom: members.get("custom"),
+        }
+    }
+
+    /// Its `function` object, or its `custom` one (with no `function`), read by `read`, and
+    /// the call's kind; `None` when `read` refuses the object. Neither, or one that is not an
+    /// object, has no name nor arguments.
+    fn tool(self, read: fn(&'a str) -> Option<ToolRaw<'a>>) -> Option<(ToolRaw<'a>, &'static str)> {
+        let function = self.function.filter(|function| function.get() != "null");
+        let custom = self
+            .custom
+            .filter(|custom| function.is_none() && object_text(custom.get()).is_some());
+        let (tool, kind) = match custom {
+            Some(custom) => (Some(custom), "custom"),
+            None => (function, "function"),
+        };
+        match tool.filter(|tool| object_text(tool.get()).is_some()) {
+            None => Some((ToolRaw::default(), kind)),
+            Some(tool) => Some((read(tool.get())?, kind)),
+        }
+    }
+}
+
+impl<'a> ToolRaw<'a> {
+    /// Read as a derived struct reads it: a member twice refuses it.
+    fn strict(raw: &'a str) -> Option<Self> {
+        from_object(raw)
+    }
+
+    /// Read as a `Value` reads it: a member twice is its last (`null` included).
+    fn tolerant(raw: &'a str) -> Option<Self> {
+        let members = Members::read(raw)?;
+        Some(Self {
+            name: members.get("name"),
+            arguments: members.get("arguments"),
+            input: members.get("input"),
+        })
+    }
+}
+
 /// Decodes the JSON string `raw` (quotes included) onto `into`, keeping its first `cap`
 /// bytes or a little more (to the end of the character at `cap`), and returns its whole
 /// decoded length; `None` when it is not a string serde_json reads (an invalid escape, a
@@ -1310,20 +1373,80 @@ struct ToolRaw<'a> {
 /// past `cap` is read to the end all the same, so the answer is serde_json's: only less is
 /// kept.
 fn decode_json_string(raw: &str, into: &mut String, cap: usize) -> Option<usize> {
-    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-    let bytes = inner.as_bytes();
-    let mut full = 0usize;
-    let mut emit = |piece: &str, into: &mut String| {
-        let room = cap.saturating_sub(full);
+    let mut kept = Kept::new(into, cap);
+    json_string_pieces(raw, |piece, _| kept.put(piece))?;
+    Some(kept.full)
+}
+
+/// A text written in pieces onto `into`, which keeps its first `cap` bytes or a little more
+/// (to the end of the character at `cap`); `full` counts them all.
+struct Kept<'s> {
+    into: &'s mut String,
+    cap: usize,
+    full: usize,
+}
+
+impl<'s> Kept<'s> {
+    fn new(into: &'s mut String, cap: usize) -> Self {
+        Self { into, cap, full: 0 }
+    }
+
+    fn put(&mut self, piece: &str) {
+        let room = self.cap.saturating_sub(self.full);
         if room > 0 {
             let mut end = piece.len().min(room);
             while !piece.is_char_boundary(end) {
                 end += 1;
             }
-            into.push_str(&piece[..end]);
+            self.into.push_str(&piece[..end]);
         }
-        full += piece.len();
-    };
+        self.full = self.full.saturating_add(piece.len());
+    }
+
+    /// `text` as serde_json writes it inside a string's quotes: `"` and `\` escaped, and
+    /// every control character (`\n`, `\u001f`).
+    fn put_escaped(&mut self, text: &str) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut start = 0;
+        for (at, b) in text.bytes().enumerate() {
+            let short = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            self.put(&text[start..at]);
+            if short.is_empty() {
+                let unit = [
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 15)],
+                ];
+                self.put(std::str::from_utf8(&unit).unwrap_or_default());
+            } else {
+                self.put(short);
+            }
+            start = at + 1;
+        }
+        self.put(&text[start..]);
+    }
+}
+
+/// Decodes the JSON string `raw` (quotes included), handing it to `emit` in pieces (each
+/// whole characters), each told whether it was an escape (a run between escapes holds no
+/// `"`, `\` nor control character); `None` when it is not a string serde_json reads (see
+/// [`decode_json_string`]).
+fn json_string_pieces(raw: &str, mut emit: impl FnMut(&str, bool)) -> Option<()> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    let bytes = inner.as_bytes();
     let mut at = 0;
     while at < bytes.len() {
         let run = bytes[at..]
@@ -1331,7 +1454,7 @@ fn decode_json_string(raw: &str, into: &mut String, cap: usize) -> Option<usize>
             .position(|&b| b == b'\\' || b == b'"' || b < 0x20)
             .map_or(bytes.len(), |n| at + n);
         // The run ends before an ASCII byte (or at the end): a character boundary.
-        emit(&inner[at..run], into);
+        emit(&inner[at..run], false);
         let Some(&b) = bytes.get(run) else {
             break;
         };
@@ -1373,9 +1496,155 @@ fn decode_json_string(raw: &str, into: &mut String, cap: usize) -> Option<usize>
             }
             _ => return None,
         };
-        emit(c.encode_utf8(&mut [0; 4]), into);
+        emit(c.encode_utf8(&mut [0; 4]), true);
     }
-    Some(full)
+    Some(())
+}
+
+/// Arrays and objects one inside another past which serde_json refuses to read a `Value`
+/// (its recursion limit: the 128th is refused).
+const VALUE_DEPTH: usize = 128;
+
+/// Writes the JSON value `raw` onto `out` as `serde_json::Value`'s `to_string` writes it once
+/// read (compact; an object's members in their keys' order, a member written twice as its
+/// last; numbers as `Value` reads them), piece by piece: nothing is read whole into a
+/// `Value` (a 50 MB object took several times its size so) and only what `out` keeps is
+/// copied. `None` where reading it into a `Value` fails (a number out of range, a lone
+/// surrogate's escape, nesting past [`VALUE_DEPTH`]), and `out` may then hold part of it.
+fn json_text(raw: &str, out: &mut Kept<'_>, depth: usize) -> Option<()> {
+    let raw = raw.trim_ascii();
+    match raw.as_bytes().first()? {
+        b'"' => {
+            out.put("\"");
+            // Only what was an escape may need one again.
+            json_string_pieces(raw, |piece, escape| {
+                if escape {
+                    out.put_escaped(piece);
+                } else {
+                    out.put(piece);
+                }
+            })?;
+            out.put("\"");
+        }
+        b'[' => {
+            let depth = depth.saturating_sub(1);
+            if depth == 0 {
+                return None;
+            }
+            out.put("[");
+            let mut reader = serde_json::Deserializer::from_str(raw);
+            serde::Deserializer::deserialize_seq(&mut reader, ListText { out, depth }).ok()?;
+            out.put("]");
+        }
+        b'{' => {
+            let depth = depth.saturating_sub(1);
+            if depth == 0 {
+                return None;
+            }
+            let mut members = Members::read(raw)?.0;
+            // By key, each key's members in the order written: the last of them is kept,
+            // as a `Value`'s map keeps it; those before it are only read.
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            out.put("{");
+            let mut first = true;
+            for (at, (key, value)) in members.iter().enumerate() {
+                if members.get(at + 1).is_some_and(|next| next.0 == *key) {
+                    json_text(value.get(), &mut Kept::new(&mut String::new(), 0), depth)?;
+                    continue;
+                }
+                if !first {
+                    out.put(",");
+                }
+                first = false;
+                out.put("\"");
+                out.put_escaped(key);
+                out.put("\":");
+                json_text(value.get(), out, depth)?;
+            }
+            out.put("}");
+        }
+        // A number, `true`, `false` or `null`: short.
+        _ => out.put(&serde_json::from_str::<Value>(raw).ok()?.to_string()),
+    }
+    Some(())
+}
+
+/// `raw` reads as a `serde_json::Value` (see [`json_text`]); nothing of it is kept.
+fn value_reads(raw: &str) -> bool {
+    json_text(raw, &mut Kept::new(&mut String::new(), 0), VALUE_DEPTH).is_some()
+}
+
+/// A list's items written by [`json_text`] as they are read, none held.
+struct ListText<'o, 's> {
+    out: &'o mut Kept<'s>,
+    depth: usize,
+}
+
+impl<'de> serde::de::Visitor<'de> for ListText<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON list")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        let mut first = true;
+        while let Some(item) = items.next_element::<&'de RawValue>()? {
+            if !first {
+                self.out.put(",");
+            }
+            first = false;
+            json_text(item.get(), self.out, self.depth)
+                .ok_or_else(|| serde::de::Error::custom("not a JSON value"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A JSON object's members, left raw, in the order written. Read as a `Value` reads an
+/// object: a member written twice is its last (see [`Self::get`]), where a derived struct
+/// refuses the object.
+struct Members<'a>(Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Members<'a> {
+    /// `raw`'s members when it is an object.
+    fn read(raw: &'a str) -> Option<Self> {
+        from_object(raw)
+    }
+
+    /// The member `key`, its last when written twice (`null` included: a `Value` has it).
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| *value)
+    }
+}
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Key<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some((key, value)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    members.push((key.0, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
 }
 
 /// The four hex digits at `at` as a UTF-16 code unit, as serde_json reads them (either case).
@@ -1444,7 +1713,9 @@ fn str_field(v: &Value, key: &str) -> Option<String> {
 
 /// A message's tool call: a `function` call's name and `arguments`, or a custom tool call's
 /// (OpenAI's `{"type": "custom", "custom": {"name", "input"}}`) name and free-form `input` as
-/// the arguments, as the Responses API's `custom_tool_call` is read.
+/// the arguments, as the Responses API's `custom_tool_call` is read. Read from a `Value`, as
+/// a whole answer's calls were before [`Gather::tool_call`]: the tests' reference.
+#[cfg(test)]
 fn tool_call_of(call: &Value) -> ToolCall {
     let function = call.get("function").filter(|function| !function.is_null());
     let custom = call
@@ -1463,12 +1734,14 @@ fn tool_call_of(call: &Value) -> ToolCall {
 }
 
 /// A `function` object's name and arguments (a string as is, anything else as JSON).
+#[cfg(test)]
 fn function_fields(function: Option<&Value>) -> (String, String) {
     tool_fields(function, "arguments")
 }
 
 /// A tool object's name and its arguments under `arguments_key` (a string as is, anything
 /// else as JSON).
+#[cfg(test)]
 fn tool_fields(tool: Option<&Value>, arguments_key: &str) -> (String, String) {
     let name = tool.and_then(|t| str_field(t, "name")).unwrap_or_default();
     let arguments = tool
@@ -1596,15 +1869,10 @@ fn responses_tool_call(item: &Value) -> Option<ToolCall> {
     })
 }
 
-/// A whole answer's Responses API `output` (see [`read_responses_output`]), its texts left
-/// raw for [`Gather`] to read within their bound; `Values` when an item (or a part in one)
-/// is an object the raw read refuses (a member twice: the last one counts, as a `Value` has
-/// it), read as before. `None` when the list is not one `Vec<Value>` reads, so the body is
-/// read as it was then (as another shape).
-enum Output<'a> {
-    Items(Vec<OutputItem<'a>>),
-    Values(Vec<Value>),
-}
+/// A whole answer's Responses API `output` (see [`read_responses_output`]), its items'
+/// members left raw for [`Gather`] to read their texts within their bound. An item (or a
+/// part in one) with a member twice is read as a `Value` reads it: the last one counts.
+struct Output<'a>(Vec<OutputItem<'a>>);
 
 /// A Responses API output item, its members left raw.
 #[derive(Deserialize, Default)]
@@ -1659,31 +1927,71 @@ fn raw_objects<'a, T: Deserialize<'a> + Default>(raw: &'a RawValue) -> Option<Re
 }
 
 impl<'a> Output<'a> {
+    /// `None` when the list is not one `Vec<Value>` reads, so the body is read as it was
+    /// then (as another shape).
     fn read(raw: &'a RawValue) -> Option<Self> {
         // A lone surrogate's escape `Value` refuses (a body not UTF-8 is not fixed first).
         if lone_surrogates_replaced(raw.get()).is_some() {
             return None;
         }
-        let values = || {
-            serde_json::from_str::<Vec<Value>>(raw.get())
-                .ok()
-                .map(Self::Values)
-        };
-        match raw_objects::<OutputItem<'_>>(raw)? {
-            Ok(items) => {
-                let parts_ok = items.iter().all(|item| {
-                    [item.content, item.summary]
-                        .into_iter()
-                        .flatten()
-                        .all(|parts| !matches!(raw_objects::<OutputPart<'_>>(parts), Some(Err(()))))
-                });
-                if parts_ok {
-                    Some(Self::Items(items))
-                } else {
-                    values()
-                }
-            }
-            Err(()) => values(),
+        let strict = raw_objects::<OutputItem<'_>>(raw)?.ok().filter(|items| {
+            items.iter().all(|item| {
+                [item.content, item.summary]
+                    .into_iter()
+                    .flatten()
+                    .all(|parts| !matches!(raw_objects::<OutputPart<'_>>(parts), Some(Err(()))))
+            })
+        });
+        if let Some(items) = strict {
+            return Some(Self(items));
+        }
+        // A member twice, where `Value`s were read whole: read as a `Value` reads it, and
+        // only where the list reads as `Value`s.
+        if !value_reads(raw.get()) {
+            return None;
+        }
+        Some(Self(members_of_objects(raw, OutputItem::of)?))
+    }
+}
+
+/// The objects of the list `raw` each read by `of` from its members (see [`Members`]): an
+/// item that is not an object is `T`'s default (a `Value`'s `get` finds nothing in it), and
+/// the list's `None` is not a list.
+fn members_of_objects<'a, T: Default>(
+    raw: &'a RawValue,
+    of: fn(&Members<'a>) -> T,
+) -> Option<Vec<T>> {
+    let items = serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok()?;
+    Some(
+        items
+            .into_iter()
+            .map(|item| Members::read(item.get()).map_or_else(T::default, |members| of(&members)))
+            .collect(),
+    )
+}
+
+impl<'a> OutputItem<'a> {
+    /// The item's members as a `Value` has them (see [`Members::get`]).
+    fn of(members: &Members<'a>) -> Self {
+        Self {
+            kind: members.get("type"),
+            content: members.get("content"),
+            summary: members.get("summary"),
+            call_id: members.get("call_id"),
+            name: members.get("name"),
+            arguments: members.get("arguments"),
+            input: members.get("input"),
+            result: members.get("result"),
+        }
+    }
+}
+
+impl<'a> OutputPart<'a> {
+    /// The part's members as a `Value` has them (see [`Members::get`]).
+    fn of(members: &Members<'a>) -> Self {
+        Self {
+            text: members.get("text"),
+            refusal: members.get("refusal"),
         }
     }
 }
@@ -1694,11 +2002,11 @@ impl OutputItem<'_> {
         raw_str(self.kind).as_deref() == Some(kind)
     }
 
-    /// The parts of its `summary`, or of its `content`: none when it is not a list.
+    /// The parts of its `summary`, or of its `content`: none when it is not a list. A part
+    /// with a member twice is read as a `Value` reads it (see [`Output::read`]).
     fn parts(&self, summary: bool) -> Vec<OutputPart<'_>> {
         let raw = if summary { self.summary } else { self.content };
-        raw.and_then(raw_objects::<OutputPart<'_>>)
-            .and_then(Result::ok)
+        raw.and_then(|raw| members_of_objects(raw, OutputPart::of))
             .unwrap_or_default()
     }
 }
@@ -1708,10 +2016,7 @@ impl OutputItem<'_> {
 /// and the image note (content), the reasoning, the refusals, then the tool calls. Read
 /// into `Value`s, a 50 MB answer's text was copied whole to keep 8 MiB of it.
 fn gather_responses_output(output: Output<'_>, out: &mut ResponseSummary, gather: &mut Gather<'_>) {
-    let items = match output {
-        Output::Values(values) => return read_responses_output(&values, out),
-        Output::Items(items) => items,
-    };
+    let Output(items) = output;
     let messages = || items.iter().filter(|item| item.is("message"));
     for item in messages() {
         for part in item.parts(false) {
@@ -1827,18 +2132,29 @@ impl<'a> AnthropicBlock<'a> {
         (text_ok(block.text) && text_ok(block.thinking)).then_some(block)
     }
 
-    /// The block as [`anthropic_tool_call`] reads it (its texts not needed).
-    fn into_part(self) -> AnthropicPart<'a> {
-        AnthropicPart {
+    /// The `tool_use` block's call as [`anthropic_tool_call`] reads it, its name and its
+    /// `input` (the arguments, its JSON as written) gathered: copied whole, a 50 MB input
+    /// was held twice to keep 8 MiB of it.
+    fn tool_call(self, gather: &mut Gather<'_>) -> ToolCall {
+        let mut call = anthropic_tool_call(&AnthropicPart {
             kind: self.kind,
             text: None,
             thinking: None,
             partial_json: self.partial_json,
             id: self.id,
-            name: self.name,
-            input: self.input,
+            name: None,
+            input: None,
             stop_reason: self.stop_reason,
+        });
+        if let Some(name) = self.name {
+            gather.push_str(&mut call.name, &name);
         }
+        if let Some(input) = self.input.map(RawValue::get) {
+            if input.trim_ascii() != "null" {
+                gather.push_str(&mut call.arguments, input);
+            }
+        }
+        call
     }
 }
 
@@ -1879,7 +2195,7 @@ fn read_anthropic_content(
             break;
         }
         if is_tool_use(block.kind.as_deref()) {
-            out.tool_calls.push(anthropic_tool_call(&block.into_part()));
+            out.tool_calls.push(block.tool_call(gather));
         }
     }
 }
@@ -4103,14 +4419,7 @@ mod tests {
             // What is held before the cut: the texts, within the bound and a margin.
             let read =
                 summarize_gathering(body.as_bytes(), &mut Gather::new(&guard)).expect("an answer");
-            let held = read.content.capacity()
-                + read.reasoning.capacity()
-                + read.refusal.capacity()
-                + read
-                    .tool_calls
-                    .iter()
-                    .map(|c| c.name.capacity() + c.arguments.capacity())
-                    .sum::<usize>();
+            let held = held(&read);
             let margin = guard.reach() + 8;
             assert!(held <= m + margin, "{held} held: {start}");
         }
@@ -4193,6 +4502,20 @@ mod tests {
                 json!(text(m))
             ),
         ];
+        let cuts = cut_as_before(responses.iter().chain(&anthropic), &twice, &guard);
+        assert!(cuts >= 9, "{cuts} cut");
+    }
+
+    /// Reads each body (JSON, written with escapes; then `twice`, with a member written twice)
+    /// as before (the Responses API's output into `Value`s, the Anthropic blocks as
+    /// `AnthropicPart`s, each text whole) and as now, and checks they agree once bounded and
+    /// that no text read now holds more than the bound and a margin; the bodies cut.
+    fn cut_as_before<'v>(
+        bodies: impl IntoIterator<Item = &'v Value>,
+        twice: &[String],
+        guard: &CutGuard,
+    ) -> usize {
+        let m = MAX_STREAM_TEXT;
         // Read whole, as before: the Responses API's output into `Value`s, the Anthropic
         // blocks as `AnthropicPart`s.
         let before = |body: &str| {
@@ -4247,18 +4570,17 @@ mod tests {
             out.bound_texts(guard.clone());
             out
         };
-        let bodies = responses.iter().chain(&anthropic).map(|body| {
+        let bodies = bodies.into_iter().map(|body| {
             body.to_string()
                 .replace('\u{e9}', "\\u00e9")
                 .replace('\u{1F600}', "\\ud83d\\ude00")
                 .replace("aGVs/bG8=", "aGVs\\/bG8=")
         });
         let mut cuts = 0;
-        let plain = responses.len() + anthropic.len();
-        for (i, body) in bodies.chain(twice).enumerate() {
+        for body in bodies.chain(twice.iter().cloned()) {
             let start: String = body.chars().take(100).collect();
             let whole = before(&body);
-            let cut = summarize_json_body(body.as_bytes(), &guard).expect("an answer");
+            let cut = summarize_json_body(body.as_bytes(), guard).expect("an answer");
             assert_eq!(cut, whole, "{start}");
             assert!(
                 cut.usage.is_some() || !body.contains("input_tokens"),
@@ -4279,20 +4601,48 @@ mod tests {
                     }),
             );
             let read =
-                summarize_gathering(body.as_bytes(), &mut Gather::new(&guard)).expect("an answer");
-            let held = read.content.capacity()
-                + read.reasoning.capacity()
-                + read.refusal.capacity()
-                + read
-                    .tool_calls
-                    .iter()
-                    .map(|c| c.name.capacity() + c.arguments.capacity())
-                    .sum::<usize>();
+                summarize_gathering(body.as_bytes(), &mut Gather::new(guard)).expect("an answer");
+            let held = held(&read);
             let margin = guard.reach() + 8;
-            // A member twice is read into `Value`s, whole, as before.
-            assert!(i >= plain || held <= m + margin, "{held} held: {start}");
+            assert!(held <= m + margin, "{held} held: {start}");
         }
-        assert!(cuts >= 9, "{cuts} cut");
+        cuts
+    }
+
+    /// An Anthropic `tool_use` block's `input` (its JSON as written) and a Responses API
+    /// call in an item with a member written twice are cut as they are read too, where
+    /// reading them whole and then bounding them cut them: copied whole, a 16 MiB `input`
+    /// was held twice to keep 8 MiB of it, and an `output` with a member twice was read into
+    /// `Value`s whole.
+    #[test]
+    fn tool_use_inputs_and_calls_written_twice_are_cut_as_they_are_read() {
+        let guard = cut_key_guard();
+        let m = MAX_STREAM_TEXT;
+        let (text, keyed) = (escaped_text, keyed_text);
+        let tool = json!({"type": "tool_use", "id": "t", "name": "f", "input": {"k": "v"}});
+        let blocks = |content: Value| {
+            json!({"type": "message", "role": "assistant", "content": content,
+                "stop_reason": "tool_use", "usage": {"input_tokens": 5, "output_tokens": 6}})
+        };
+        let anthropic = [
+            blocks(
+                json!([{"type": "text", "text": "a"}, {"type": "tool_use", "id": "u",
+                "name": "f", "input": {"k": text(m + 100), "n": [1, 2]}}, tool]),
+            ),
+            blocks(json!([{"type": "thinking", "thinking": text(m / 2)},
+                {"type": "server_tool_use", "id": "s", "name": "web",
+                    "input": {"q": keyed(m / 2 - 40)}}, tool, {"type": "text", "text": "b"}])),
+            blocks(json!([{"type": "tool_use", "id": "u", "name": "f", "input": null}, tool])),
+        ];
+        let twice = [format!(
+            r#"{{"status": "completed", "output": [{{"type": "message",
+            "content": [{{"text": "hi", "text": "hello"}}]}}, {{"type": "function_call",
+            "type": "function_call", "call_id": "c", "name": "f", "arguments": {}}},
+            {{"type": "function_call", "name": "g", "arguments": "{{}}"}}]}}"#,
+            json!(text(m + 100))
+        )];
+        let cuts = cut_as_before(&anthropic, &twice, &guard);
+        assert!(cuts >= 3, "{cuts} cut");
     }
 
     proptest! {
@@ -4322,6 +4672,310 @@ mod tests {
                 let kept = &kept["before".len()..];
                 prop_assert!(serde.starts_with(kept));
                 prop_assert!(kept.len() >= cap.min(serde.len()) && kept.len() <= cap + 3);
+            }
+        }
+    }
+
+    /// The bytes a whole answer's texts hold once read, before [`ResponseSummary::bound_texts`].
+    fn held(read: &ResponseSummary) -> usize {
+        read.content.capacity()
+            + read.reasoning.capacity()
+            + read.refusal.capacity()
+            + read
+                .tool_calls
+                .iter()
+                .map(|c| c.name.capacity() + c.arguments.capacity())
+                .sum::<usize>()
+    }
+
+    /// A chat answer's tool calls whose arguments are not a string (an object, read as its
+    /// JSON), its legacy `function_call`, and a call or a `function` with a member written
+    /// twice (the last one counts) are cut as they are read too, each where reading them
+    /// into `Value`s whole (as before) and then bounding them cut them; and a content of
+    /// many parts holds no room past the bound for the texts after it. Read whole, a
+    /// 16 MiB arguments object was held several times over to keep 8 MiB; a content of parts
+    /// kept room, grown by doubling, that the reasoning after it was given again.
+    /// (Read in two halves, `half` 0 or 1, each a test of its own: the 8 MiB texts take a
+    /// while in a build without optimisation.) The bodies cut.
+    fn tool_calls_cut_as_before(half: usize) -> usize {
+        let guard = cut_key_guard();
+        let m = MAX_STREAM_TEXT;
+        let (text, keyed) = (escaped_text, keyed_text);
+        let s = |t: String| json!(t).to_string();
+        let object = |t: String| {
+            format!(
+                r#"{{"z": [1e2, -0, 1.50, 18446744073709551616, true, null], "k": {}, "a": {{"y": "\u0001", "x": "é"}}, "z": "last"}}"#,
+                s(t)
+            )
+        };
+        let chat = |message: String| {
+            format!(
+                r#"{{"id": "c", "choices": [{{"message": {message}, "finish_reason": "tool_calls"}}], "usage": {{"prompt_tokens": 1, "completion_tokens": 2}}}}"#
+            )
+        };
+        let bodies = [
+            // Arguments as an object: its JSON, keys in order, the last `z`.
+            chat(format!(
+                r#"{{"content": null, "tool_calls": [{{"id": "a", "type": "function", "function": {{"name": "f", "arguments": {}}}}}, {{"id": "b", "function": {{"name": "g", "arguments": "{{}}"}}}}]}}"#,
+                object(text(m + 100))
+            )),
+            chat(format!(
+                r#"{{"content": {}, "tool_calls": [{{"id": "a", "type": "function", "function": {{"name": "f", "arguments": {}}}}}]}}"#,
+                s(text(m / 2)),
+                object(keyed(m / 2 - 60))
+            )),
+            chat(
+                r#"{"content": "hi", "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": [1, {"b": 2, "a": 1e9}]}}, {"id": "b", "function": {"name": "g", "arguments": 12.0}}]}"#
+                    .to_owned(),
+            ),
+            // The legacy call: a string, an object, a member twice.
+            chat(format!(
+                r#"{{"content": "", "function_call": {{"name": "f", "arguments": {}}}}}"#,
+                s(text(m + 100))
+            )),
+            chat(format!(
+                r#"{{"content": {}, "function_call": {{"arguments": {}, "name": "f"}}}}"#,
+                s(text(m / 3)),
+                object(text(m))
+            )),
+            chat(format!(
+                r#"{{"function_call": {{"name": "f", "arguments": "x", "arguments": {}}}}}"#,
+                s(keyed(m - 30))
+            )),
+            chat(r#"{"function_call": {"name": "f", "arguments": null}}"#.to_owned()),
+            chat(r#"{"function_call": ["f", "{}"]}"#.to_owned()),
+            // A member twice: in the call, in its `function`, a `null` last.
+            chat(format!(
+                r#"{{"tool_calls": [{{"id": "a", "id": "b", "function": {{"name": "f", "arguments": "{{}}"}}, "function": {{"name": "g", "arguments": {}}}}}, {{"id": "c", "function": {{"name": "h", "arguments": "{{}}"}}}}]}}"#,
+                s(text(m + 100))
+            )),
+            chat(format!(
+                r#"{{"content": {}, "tool_calls": [{{"id": "a", "function": {{"name": "f", "name": "g", "arguments": {}}}}}, {{"id": "b", "function": {{"name": "h", "arguments": "a", "arguments": null}}}}]}}"#,
+                s(text(m / 2)),
+                object(text(m / 4))
+            )),
+            chat(format!(
+                r#"{{"tool_calls": [{{"type": "custom", "type": "custom", "custom": {{"name": "run", "input": {}}}}}, 5, {{"function": {{"name": "f", "arguments": "{{}}"}}}}]}}"#,
+                s(text(m + 1))
+            )),
+            chat(format!(
+                r#"{{"tool_calls": [5, {{"function": {{"name": "f", "arguments": {}}}}}]}}"#,
+                s(text(m - 2))
+            )),
+            // Many parts, then the reasoning: no room kept for it twice.
+            chat(format!(
+                r#"{{"content": [{}], "reasoning_content": {}}}"#,
+                vec![
+                    json!({"type": "text", "text": "p".repeat(4000)}).to_string();
+                    m * 3 / 5 / 4000
+                ]
+                .join(","),
+                s(text(m * 2 / 5))
+            )),
+        ];
+        // Read into `Value`s whole and then bounded, as before: `tool_call_of` read a call
+        // with a member twice, and the arguments that were not a string (as `Value`'s JSON);
+        // the legacy call was a `Value`.
+        let before = |body: &str| {
+            let value: Value = serde_json::from_str(body).expect("JSON");
+            let mut out =
+                summarize_gathering(body.as_bytes(), &mut Gather::whole()).expect("an answer");
+            let message = &value["choices"][0]["message"];
+            out.tool_calls = message["tool_calls"]
+                .as_array()
+                .map(|calls| calls.iter().map(tool_call_of).collect())
+                .unwrap_or_default();
+            if let Some(call) = message.get("function_call").filter(|c| c.is_object()) {
+                let (name, arguments) = function_fields(Some(call));
+                out.tool_calls.push(ToolCall {
+                    kind: "function".to_owned(),
+                    name,
+                    arguments,
+                    ..ToolCall::default()
+                });
+            }
+            out.bound_texts(guard.clone());
+            out
+        };
+        let mut cuts = 0;
+        for body in bodies.into_iter().skip(half * 7).take(7) {
+            let body = body
+                .replace('\u{e9}', "\\u00e9")
+                .replace('\u{1F600}', "\\ud83d\\ude00");
+            let start: String = body.chars().take(160).collect();
+            let whole = before(&body);
+            let cut = summarize_json_body(body.as_bytes(), &guard).expect("an answer");
+            assert_eq!(cut, whole, "{start}");
+            assert!(cut.usage.is_some(), "{start}");
+            let marked = |t: &String| t.ends_with(crate::sinks::generation::TRUNCATION_MARKER);
+            let texts = [&cut.content, &cut.reasoning, &cut.refusal];
+            if texts.into_iter().any(marked) || cut.tool_calls.iter().any(|c| marked(&c.arguments))
+            {
+                cuts += 1;
+                let kept = texts.iter().map(|t| t.len()).sum::<usize>()
+                    + cut
+                        .tool_calls
+                        .iter()
+                        .map(|c| c.name.len() + c.arguments.len())
+                        .sum::<usize>();
+                assert!(
+                    kept <= m + crate::sinks::generation::TRUNCATION_MARKER.len(),
+                    "{kept}: {start}"
+                );
+            }
+            let read =
+                summarize_gathering(body.as_bytes(), &mut Gather::new(&guard)).expect("an answer");
+            let held = held(&read);
+            assert!(held <= m + guard.reach() + 8, "{held} held: {start}");
+        }
+        // Past the bound nothing more is read of a call, whatever it is; a call `Value` refuses
+        // (a number out of its range) ends the calls, as reading them into `Value`s ended them.
+        let refused = chat(format!(
+            r#"{{"tool_calls": [{{"id": "a", "function": {{"name": "f", "arguments": "{{}}"}}}}, {{"id": "b", "id": "b", "n": 1e400, "function": {{"name": "g", "arguments": {}}}}}, {{"id": "c"}}]}}"#,
+            s(text(m))
+        ));
+        let cut = summarize_json_body(refused.as_bytes(), &guard).expect("an answer");
+        assert_eq!(cut.tool_calls.len(), 1);
+        assert_eq!(cut.tool_calls[0].arguments, "{}");
+        let refused =
+            chat(r#"{"function_call": {"name": "f", "arguments": {"a": 1e400}}}"#.to_owned());
+        let cut = summarize_json_body(refused.as_bytes(), &guard).expect("an answer");
+        assert_eq!(cut.tool_calls, []);
+        let refused = chat(
+            r#"{"tool_calls": [{"function": {"name": "f", "arguments": {"a": -1e999}}}]}"#
+                .to_owned(),
+        );
+        let cut = summarize_json_body(refused.as_bytes(), &guard).expect("an answer");
+        assert_eq!(cut.tool_calls[0].arguments, "");
+        cuts
+    }
+
+    /// See [`tool_calls_cut_as_before`]: arguments as an object, and the legacy call.
+    #[test]
+    fn tool_calls_of_every_shape_are_cut_as_they_are_read() {
+        let cuts = tool_calls_cut_as_before(0);
+        assert!(cuts >= 5, "{cuts} cut");
+    }
+
+    /// See [`tool_calls_cut_as_before`]: calls with a member written twice, a content of many
+    /// parts.
+    #[test]
+    fn tool_calls_written_twice_are_cut_as_they_are_read() {
+        let cuts = tool_calls_cut_as_before(1);
+        assert!(cuts >= 2, "{cuts} cut");
+    }
+
+    /// A value nested as deep as serde_json reads a `Value` is written; one deeper is refused,
+    /// as reading it into a `Value` refused it.
+    #[test]
+    fn a_value_nested_past_serde_jsons_limit_is_refused_as_it_refused_it() {
+        for depth in [1, 2, 126, 127, 128, 129, 300] {
+            for (open, close) in [("[", "]"), ("{\"a\":", "}"), ("[{\"b\":", "}]")] {
+                let raw = format!("{}0{}", open.repeat(depth), close.repeat(depth));
+                let value = serde_json::from_str::<Value>(&raw)
+                    .ok()
+                    .map(|v| v.to_string());
+                let mut written = String::new();
+                let ok = json_text(&raw, &mut Kept::new(&mut written, usize::MAX), VALUE_DEPTH);
+                assert_eq!(ok.map(|()| written), value, "{depth} {open}");
+            }
+        }
+    }
+
+    /// JSON values as a test writes them: strings with escapes (and some serde_json refuses),
+    /// numbers of every form and range, lists and objects with members written twice (one as
+    /// an escape), white space between.
+    fn json_values() -> impl Strategy<Value = String> {
+        let string = proptest::collection::vec(
+            prop_oneof![
+                "[a-z\u{e9}\u{1F600}\u{7f} ]{0,4}",
+                Just("\\n".to_owned()),
+                Just("\\\"".to_owned()),
+                Just("\\/".to_owned()),
+                Just("\\u0001".to_owned()),
+                Just("\\u00e9".to_owned()),
+                Just("\\ud83d\\ude00".to_owned()),
+                Just("\\ud83d".to_owned()),
+                Just("\\\\".to_owned()),
+                Just("\\b\\f\\r\\t".to_owned()),
+            ],
+            0..5,
+        )
+        .prop_map(|parts| format!("\"{}\"", parts.concat()));
+        let leaf = prop_oneof![
+            string.clone(),
+            prop::sample::select(vec![
+                "0",
+                "-0",
+                "1e2",
+                "1.5E+3",
+                "-12.50",
+                "0.1e-3",
+                "18446744073709551615",
+                "18446744073709551616",
+                "-9223372036854775808",
+                "-9223372036854775809",
+                "1e400",
+                "-1e309",
+                "0.1e-400",
+                "123456789012345678901234567890",
+                "true",
+                "false",
+                "null",
+                "3.141592653589793238",
+            ])
+            .prop_map(str::to_owned),
+        ];
+        let space = prop::sample::select(vec!["", " ", "\n\t"]);
+        leaf.prop_recursive(4, 24, 5, move |inner| {
+            let key = prop::sample::select(vec![
+                "\"a\"",
+                "\"b\"",
+                "\"\\u0061\"",
+                "\"c\\n\"",
+                "\"\u{e9}\"",
+            ]);
+            prop_oneof![
+                proptest::collection::vec((inner.clone(), space.clone()), 0..5).prop_map(|items| {
+                    let items: Vec<String> = items
+                        .into_iter()
+                        .map(|(v, s)| format!("{s}{v}{s}"))
+                        .collect();
+                    format!("[{}]", items.join(","))
+                }),
+                proptest::collection::vec((key, inner, space.clone()), 0..5).prop_map(|members| {
+                    let members: Vec<String> = members
+                        .into_iter()
+                        .map(|(k, v, s)| format!("{s}{k}{s}:{s}{v}"))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        /// A JSON value is written as `Value`'s `to_string` writes it once read, refused where
+        /// it refuses to read it, and keeps at least `cap` bytes of that (to a character's
+        /// end), never more, counting it all.
+        #[test]
+        fn a_value_is_written_as_serde_json_writes_it(raw in json_values(), cap in 0usize..60) {
+            // Only what a raw value holds (what an answer's parts are) is written.
+            prop_assume!(serde_json::from_str::<&RawValue>(&raw).is_ok());
+            let value = serde_json::from_str::<Value>(&raw).ok().map(|v| v.to_string());
+            let mut whole = String::new();
+            let ok = json_text(&raw, &mut Kept::new(&mut whole, usize::MAX), VALUE_DEPTH);
+            prop_assert_eq!(ok.map(|()| whole.clone()), value.clone(), "{}", raw);
+            prop_assert_eq!(value_reads(&raw), value.is_some());
+            let mut kept = String::new();
+            let mut out = Kept::new(&mut kept, cap);
+            let cut = json_text(&raw, &mut out, VALUE_DEPTH);
+            let full = out.full;
+            if let Some(value) = value {
+                prop_assert!(cut.is_some());
+                prop_assert_eq!(full, value.len());
+                prop_assert!(value.starts_with(&kept));
+                prop_assert!(kept.len() >= cap.min(value.len()) && kept.len() <= cap + 3);
             }
         }
     }

@@ -203,6 +203,77 @@ async fn a_big_escaped_answers_text_is_not_copied_whole_to_be_cut() {
     );
 }
 
+/// A 40 MB whole answer that is one tool call (an Anthropic message's `tool_use` block whose
+/// `input` is nearly all of it; a chat answer's call whose `arguments` is an object, not a
+/// string) is read for its record within what the record keeps of its text (8 MiB), not
+/// copied whole first: the `input` was copied whole, and the object read into a `Value` and
+/// written out again, to keep 8 MiB of it, and one such 50 MB answer took the router's peak
+/// up by 104 and 192 MiB (bodies not logged). Now the peak grows by the answer relayed and
+/// the 8 MiB kept; the call and the usage are read as before.
+#[tokio::test]
+async fn a_big_tool_calls_arguments_are_not_copied_whole_to_be_cut() {
+    const MIB: u64 = 1024;
+    let filler = "x".repeat(40 << 20);
+    let anthropic = json!({"id": "msg_1", "type": "message", "role": "assistant",
+        "model": "claude-x", "content": [{"type": "text", "text": "Calling."},
+            {"type": "tool_use", "id": "toolu_1", "name": "write_file",
+                "input": {"path": "a.txt", "content": filler}}],
+        "stop_reason": "tool_use", "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 2}})
+    .to_string();
+    let chat = json!({"id": "c", "object": "chat.completion", "model": "m-1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+            "tool_calls": [{"id": "t", "type": "function", "function": {"name": "write_file",
+                "arguments": {"path": "a.txt", "content": filler}}}]},
+            "finish_reason": "tool_calls"}],
+        "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 2,
+            "total_tokens": PROMPT_TOKENS + 2}})
+    .to_string();
+    drop(filler);
+    for (path, body) in [("/v1/messages", anthropic), ("/v1/chat/completions", chat)] {
+        let size = body.len() as u64;
+        let upstream = MockUpstream::start(Behavior {
+            body: Some(body),
+            ..Default::default()
+        })
+        .await;
+        let router = RouterProcess::start(
+            Some(&one_server_config(&upstream.url(), "")),
+            &[
+                ("LLMSROUTER_LEDGER", "false"),
+                ("LLMSROUTER_LOG_BODIES", "false"),
+            ],
+        );
+        let pid = router.child.id();
+        let before = peak_rss_kib(pid);
+        let response = client()
+            .post(router.url(path))
+            .json(&json!({"model": "[mock]m", "max_tokens": 10, "messages": []}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.bytes().await.expect("body").len() as u64, size);
+        let lines = logged(&router, 1).await;
+        assert_eq!(
+            lines[0]["usage"]["input"], PROMPT_TOKENS,
+            "{path}: {}",
+            lines[0]
+        );
+        assert_eq!(lines[0]["usage"]["output"], 2, "{path}: {}", lines[0]);
+        let grown = peak_rss_kib(pid).saturating_sub(before);
+        // The answer relayed (held once, and what is in flight to the client) and the 8 MiB
+        // kept: well under the answer and its arguments copied whole beside it.
+        let limit = size / 1024 * 7 / 4;
+        assert!(
+            grown < limit,
+            "{path}: one {} MiB answer took the peak up {} MiB (limit {} MiB)",
+            size >> 20,
+            grown / MIB,
+            limit / MIB
+        );
+    }
+}
+
 /// A body the upstream's close cut short is said to be cut off, not "malformed": what came
 /// was well-formed as far as it went. Whole (short of its `Content-Length`, or inside a
 /// chunk) and streamed.
