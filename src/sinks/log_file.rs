@@ -7,7 +7,7 @@
 //! lines is one `write()`; once a second at most, a `stat()` of the path.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -196,6 +196,10 @@ struct OpenFile {
     id: (u64, u64),
 }
 
+/// Most pieces one [`LogFile::write_pieces`] takes: Linux's `IOV_MAX`, what one `writev()`
+/// accepts.
+pub const MAX_PIECES: usize = 1024;
+
 /// The file lines go to now. See the module documentation.
 pub struct LogFile {
     target: Target,
@@ -310,6 +314,14 @@ impl LogFile {
     /// parts. A write that stops short is not continued (its rest would be written apart from
     /// its start): the lines it did not finish are counted as lost.
     pub fn write_lines(&mut self, day: Date, bytes: &[u8], lines: u64, now: Instant) {
+        self.write_pieces(day, &[IoSlice::new(bytes)], lines, now);
+    }
+
+    /// [`Self::write_lines`] of the text `pieces` make joined, in one `writev()`: a long
+    /// line is written from its parts where they are (a body is not copied into it). At
+    /// most [`MAX_PIECES`].
+    pub fn write_pieces(&mut self, day: Date, pieces: &[IoSlice<'_>], lines: u64, now: Instant) {
+        debug_assert!(pieces.len() <= MAX_PIECES);
         let day = matches!(self.target, Target::Daily(_)).then_some(day);
         if let Err(e) = self.ready(day, now) {
             self.lost(lines, day, "cannot open", &e, now);
@@ -336,14 +348,21 @@ impl LogFile {
                 }
             }
         }
-        match open.file.write(bytes) {
-            Ok(n) if n == bytes.len() => {
+        let total: usize = pieces.iter().map(|p| p.len()).sum();
+        match open.file.write_vectored(pieces) {
+            Ok(n) if n == total => {
                 self.stats.written.fetch_add(lines, Ordering::Relaxed);
                 self.recovered = true;
             }
             Ok(n) => {
-                let done = memchr::memchr_iter(b'\n', &bytes[..n]).count() as u64;
-                if bytes[..n].last() != Some(&b'\n') && n > 0 {
+                let (mut done, mut left, mut last) = (0, n, None);
+                for piece in pieces {
+                    let written = &piece[..left.min(piece.len())];
+                    done += memchr::memchr_iter(b'\n', written).count() as u64;
+                    last = written.last().copied().or(last);
+                    left -= written.len();
+                }
+                if last.is_some_and(|b| b != b'\n') {
                     self.torn = Some(open.id);
                 }
                 self.stats.written.fetch_add(done, Ordering::Relaxed);

@@ -234,7 +234,7 @@ impl RequestRedactor<'_> {
     /// when an occurrence is shorter than [`REDACTED`] (a secret of 8 or 9 bytes), which
     /// would make the text grow, is it rebuilt in a second buffer.
     pub fn redact_in_place(&self, bytes: &mut Vec<u8>) {
-        let found = self.occurrences(bytes);
+        let found = self.occurrences(bytes.as_slice());
         if found.is_empty() {
             return;
         }
@@ -243,17 +243,25 @@ impl RequestRedactor<'_> {
         }
     }
 
+    /// Where the secrets occur in the text `pieces` make joined (a request log line whose
+    /// bodies are not copied into it; see [`Pieces`]), overlapping occurrences joined into
+    /// one, as positions in that joined text: exactly what [`Self::redact_bytes`] of the
+    /// joined text replaces.
+    pub fn found_in_pieces(&self, pieces: &Pieces<'_>) -> Vec<Range<usize>> {
+        merged(&self.occurrences(pieces))
+    }
+
     /// Where the secrets occur in `bytes`, sorted by start (overlapping ones included).
-    fn occurrences(&self, bytes: &[u8]) -> Vec<Range<usize>> {
+    fn occurrences<H: Hay + ?Sized>(&self, bytes: &H) -> Vec<Range<usize>> {
         let mut found = Vec::new();
         if bytes.len() < self.shortest.min(ROUTER_KEY_LEN) {
             return found;
         }
         find_router_keys(bytes, &mut found);
-        if memchr::memchr(b'\\', bytes).is_none() {
+        if !bytes.holds(b'\\') {
             for needle in self.needles() {
-                let at = needle.whole.find_iter(bytes);
-                found.extend(at.map(|at| at..at + needle.len()));
+                let len = needle.len();
+                bytes.each_found(&needle.whole, false, |at| found.push(at..at + len));
             }
         } else {
             // Keys of one provider often share their first characters (`sk-proj-`): one
@@ -337,17 +345,17 @@ impl RequestRedactor<'_> {
     /// Such an escape sits at a backslash, with fewer than [`PREFIX_CHARS`] plain characters
     /// of the secret before it. Each backslash's escape is decoded once; most (`\n`, `\"`)
     /// decode to a character no secret begins with, and end the look there.
-    fn find_escaped_heads(&self, hay: &[u8], found: &mut Vec<Range<usize>>) {
-        for backslash in memchr::memchr_iter(b'\\', hay) {
+    fn find_escaped_heads<H: Hay + ?Sized>(&self, hay: &H, found: &mut Vec<Range<usize>>) {
+        hay.each_byte(b'\\', |backslash| {
             // What `read_char` says of the usual escapes, without its detour through depths.
-            let decoded = match hay.get(backslash + 1) {
+            let decoded = match hay.at(backslash + 1) {
                 Some(b'n') => u32::from(b'\n'),
                 Some(b'"') => u32::from(b'"'),
                 Some(b't') => u32::from(b'\t'),
                 Some(b'r') => u32::from(b'\r'),
                 _ => match read_char(hay, backslash, ESCAPE_DEPTH) {
                     Some((decoded, _)) => decoded,
-                    None => continue,
+                    None => return,
                 },
             };
             // A secret's own backslash, written as it is or escaped once, reads as another
@@ -356,7 +364,7 @@ impl RequestRedactor<'_> {
             let backslash_read = u32::from(b'\\');
             let own_backslash = decoded != backslash_read && self.heads.may_hold(backslash_read);
             if !self.heads.may_hold(decoded) && !own_backslash {
-                continue;
+                return;
             }
             for needle in self.needles() {
                 for &(head, before) in needle.heads() {
@@ -366,14 +374,15 @@ impl RequestRedactor<'_> {
                     let Some(start) = backslash.checked_sub(before) else {
                         continue;
                     };
-                    if hay[start..backslash] == needle.text.as_bytes()[..before]
+                    let plain = &needle.text.as_bytes()[..before];
+                    if (start..backslash).all(|i| hay.at(i) == Some(plain[i - start]))
                         && let Some(end) = escaped_end(hay, start, &needle.text)
                     {
                         found.push(whole_escapes(hay, start)..end);
                     }
                 }
             }
-        }
+        });
     }
 }
 
@@ -593,22 +602,19 @@ impl<'a> Needle<'a> {
 /// with no escape among their first [`PREFIX_CHARS`] characters (the others are found by
 /// [`RequestRedactor::find_escaped_heads`]): at each hit of the prefix, each secret is read on
 /// with escapes allowed.
-fn find_prefixed(group: &[Needle<'_>], hay: &[u8], found: &mut Vec<Range<usize>>) {
+fn find_prefixed<H: Hay + ?Sized>(group: &[Needle<'_>], hay: &H, found: &mut Vec<Range<usize>>) {
     let Some(first) = group.first() else {
         return;
     };
-    // Not `find_iter`: its hits do not overlap, and an occurrence may start inside the
-    // previous hit (`aaaa` in `aaaaab`).
-    let mut from = 0;
-    while let Some(at) = hay.get(from..).and_then(|rest| first.prefix.find(rest)) {
-        let at = from + at;
+    // Overlapping hits, not `find_iter`'s: an occurrence may start inside the previous hit
+    // (`aaaa` in `aaaaab`).
+    hay.each_found(&first.prefix, true, |at| {
         for needle in group {
             if let Some(end) = escaped_end(hay, at, &needle.text) {
                 found.push(whole_escapes(hay, at)..end);
             }
         }
-        from = at + 1;
-    }
+    });
 }
 
 /// Where an occurrence found at `start` is replaced from: before the backslashes of an escape
@@ -616,13 +622,9 @@ fn find_prefixed(group: &[Needle<'_>], hay: &[u8], found: &mut Vec<Range<usize>>
 /// escaped `s`, one reading starts at the second backslash), so the JSON around it stays
 /// valid, at both [`ESCAPE_DEPTH`] levels. In a text that is not JSON (`C:\sk-...`) those
 /// backslashes go too.
-fn whole_escapes(hay: &[u8], start: usize) -> usize {
+fn whole_escapes<H: Hay + ?Sized>(hay: &H, start: usize) -> usize {
     let start = unicode_escape_around(hay, start).unwrap_or(start);
-    let run = hay[..start]
-        .iter()
-        .rev()
-        .take_while(|&&b| b == b'\\')
-        .count();
+    let run = backslashes_before(hay, start);
     // An odd run ends with the backslash of an escape.
     let start = start - run % 2;
     let run = run - run % 2;
@@ -637,22 +639,21 @@ fn whole_escapes(hay: &[u8], start: usize) -> usize {
 /// backslashes before the `u` are taken by [`whole_escapes`]), and so does the escape of the
 /// first half of a surrogate pair before it, when it is the second half (`\ud83d\ude00...`
 /// left `\ud83d[redacted]`, half a character, which strict parsers refuse; bb57).
-fn unicode_escape_around(hay: &[u8], start: usize) -> Option<usize> {
-    let digits = hay[..start]
-        .iter()
+fn unicode_escape_around<H: Hay + ?Sized>(hay: &H, start: usize) -> Option<usize> {
+    let digits = (0..start)
         .rev()
         .take(3)
-        .take_while(|b| b.is_ascii_hexdigit())
+        .take_while(|&i| hay.at(i).is_some_and(|b| b.is_ascii_hexdigit()))
         .count();
     let u = (0..=digits).find_map(|k| {
         let u = start.checked_sub(k + 1)?;
-        (hay[u] == b'u' && escape_at(hay, u)).then_some(u)
+        (hay.at(u) == Some(b'u') && escape_at(hay, u)).then_some(u)
     })?;
     let is_low_half = escaped_unit(hay, u).is_some_and(|unit| (0xDC00..0xE000).contains(&unit));
-    let backslashes = hay[..u].iter().rev().take_while(|&&b| b == b'\\').count();
+    let backslashes = backslashes_before(hay, u);
     let high = (u - backslashes)
         .checked_sub(5)
-        .filter(|&high| hay[high] == b'u' && escape_at(hay, high))
+        .filter(|&high| hay.at(high) == Some(b'u') && escape_at(hay, high))
         .filter(|&high| {
             escaped_unit(hay, high).is_some_and(|unit| (0xD800..0xDC00).contains(&unit))
         });
@@ -661,20 +662,29 @@ fn unicode_escape_around(hay: &[u8], start: usize) -> Option<usize> {
 
 /// Whether the `u` at `u` is an escape's, at either depth: an odd run of backslashes before
 /// it, or an odd number of pairs.
-fn escape_at(hay: &[u8], u: usize) -> bool {
-    let run = hay[..u].iter().rev().take_while(|&&b| b == b'\\').count();
+fn escape_at<H: Hay + ?Sized>(hay: &H, u: usize) -> bool {
+    let run = backslashes_before(hay, u);
     run % 2 == 1 || (run / 2) % 2 == 1
 }
 
+/// How many backslashes end the text before `at`.
+fn backslashes_before<H: Hay + ?Sized>(hay: &H, at: usize) -> usize {
+    (0..at)
+        .rev()
+        .take_while(|&i| hay.at(i) == Some(b'\\'))
+        .count()
+}
+
 /// The UTF-16 unit the four hex digits after the `u` at `u` write.
-fn escaped_unit(hay: &[u8], u: usize) -> Option<u32> {
-    let digits = std::str::from_utf8(hay.get(u + 1..u + 5)?).ok()?;
+fn escaped_unit<H: Hay + ?Sized>(hay: &H, u: usize) -> Option<u32> {
+    let mut bytes = [0; 4];
+    let digits = std::str::from_utf8(hay.copy_at(u + 1, &mut bytes)?).ok()?;
     u32::from_str_radix(digits, 16).ok()
 }
 
 /// Where `secret` ends if it starts at `at` in `hay`, each of its characters written as it is
 /// or as a JSON escape (up to [`ESCAPE_DEPTH`] levels).
-fn escaped_end(hay: &[u8], at: usize, secret: &str) -> Option<usize> {
+fn escaped_end<H: Hay + ?Sized>(hay: &H, at: usize, secret: &str) -> Option<usize> {
     // A secret escaped throughout reads one backslash per character: room for that four
     // times over.
     let chars = u32::try_from(secret.len()).unwrap_or(u32::MAX);
@@ -690,9 +700,14 @@ const MIN_BACKSLASH_READINGS: u32 = 256;
 /// [`escaped_end`]. At a backslash of the text, the same bytes read differently at each
 /// depth (`\\n` is a newline escaped twice, or the secret's own `\` escaped once then `n`,
 /// and `\n` the secret's `\n` written as it is): each reading is tried, deepest first.
-fn end_from(hay: &[u8], mut at: usize, secret: &str, steps: &mut u32) -> Option<usize> {
+fn end_from<H: Hay + ?Sized>(
+    hay: &H,
+    mut at: usize,
+    secret: &str,
+    steps: &mut u32,
+) -> Option<usize> {
     for (i, wanted) in secret.char_indices() {
-        if hay.get(at) == Some(&b'\\') {
+        if hay.at(at) == Some(b'\\') {
             let rest = &secret[i + wanted.len_utf8()..];
             return (0..=ESCAPE_DEPTH).rev().find_map(|depth| {
                 *steps = steps.checked_sub(1)?;
@@ -715,8 +730,8 @@ fn end_from(hay: &[u8], mut at: usize, secret: &str, steps: &mut u32) -> Option<
 /// The character at `at` (as a code point; a lone surrogate stays one) and where the next
 /// starts, reading JSON string escapes `depth` levels deep: at depth 2, `\\\/` is `/` and
 /// `\\u002d` is `-`.
-fn read_char(hay: &[u8], at: usize, depth: u8) -> Option<(u32, usize)> {
-    let first = *hay.get(at)?;
+fn read_char<H: Hay + ?Sized>(hay: &H, at: usize, depth: u8) -> Option<(u32, usize)> {
+    let first = hay.at(at)?;
     if first != b'\\' || depth == 0 {
         if first.is_ascii() {
             return Some((u32::from(first), at + 1));
@@ -727,7 +742,8 @@ fn read_char(hay: &[u8], at: usize, depth: u8) -> Option<(u32, usize)> {
             0xf0..=0xf7 => 4,
             _ => return None,
         };
-        let c = std::str::from_utf8(hay.get(at..at + len)?)
+        let mut bytes = [0; 4];
+        let c = std::str::from_utf8(hay.copy_at(at, &mut bytes[..len])?)
             .ok()?
             .chars()
             .next()?;
@@ -748,7 +764,7 @@ fn read_char(hay: &[u8], at: usize, depth: u8) -> Option<(u32, usize)> {
 /// The character a JSON escape whose backslash ends before `at` stands for, its letter and
 /// digits read `depth - 1` levels deep, and where the next character starts; `None` when
 /// what follows is no escape.
-fn escape_after(hay: &[u8], at: usize, depth: u8) -> Option<(u32, usize)> {
+fn escape_after<H: Hay + ?Sized>(hay: &H, at: usize, depth: u8) -> Option<(u32, usize)> {
     let (letter, mut next) = read_char(hay, at, depth - 1)?;
     let decoded = match u8::try_from(letter).ok()? {
         b @ (b'"' | b'\\' | b'/') => u32::from(b),
@@ -785,20 +801,20 @@ const ROUTER_KEY_LEN: usize = KEY_PREFIX.len() + KEY_RANDOM_CHARS;
 /// key in a prompt must not put it in the logs and traces, and the router cannot search for
 /// every user's key by value. Only the form as written is found (its characters need no
 /// JSON escape); one `memmem` for the prefix, which most texts do not hold.
-fn find_router_keys(hay: &[u8], found: &mut Vec<Range<usize>>) {
+fn find_router_keys<H: Hay + ?Sized>(hay: &H, found: &mut Vec<Range<usize>>) {
     static PREFIX: std::sync::LazyLock<Finder<'static>> =
         std::sync::LazyLock::new(|| Finder::new(KEY_PREFIX.as_bytes()));
-    for at in PREFIX.find_iter(hay) {
+    hay.each_found(&PREFIX, false, |at| {
         let end = at + ROUTER_KEY_LEN;
-        let Some(random) = hay.get(at + KEY_PREFIX.len()..end) else {
-            break;
-        };
-        let whole = random.iter().all(u8::is_ascii_alphanumeric)
-            && !hay.get(end).is_some_and(u8::is_ascii_alphanumeric);
+        // A key cut short by the text's end is none.
+        let whole = end <= hay.len()
+            && (at + KEY_PREFIX.len()..end)
+                .all(|i| hay.at(i).is_some_and(|b| b.is_ascii_alphanumeric()))
+            && !hay.at(end).is_some_and(|b| b.is_ascii_alphanumeric());
         if whole {
             found.push(at..end);
         }
-    }
+    });
 }
 
 /// `haystack` with each of `found` (sorted by start) replaced. Overlapping occurrences are
@@ -848,6 +864,159 @@ fn merged(found: &[Range<usize>]) -> Vec<Range<usize>> {
         }
     }
     out
+}
+
+/// A text the search reads: one slice, or [`Pieces`] read as if joined. Positions are in
+/// the whole text.
+pub(crate) trait Hay {
+    fn len(&self) -> usize;
+
+    /// The byte at `i`, if the text is that long.
+    fn at(&self, i: usize) -> Option<u8>;
+
+    /// `out` filled with the bytes from `at`, or `None` when the text ends first.
+    fn copy_at<'o>(&self, at: usize, out: &'o mut [u8]) -> Option<&'o [u8]> {
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = self.at(at + i)?;
+        }
+        Some(out)
+    }
+
+    /// Whether `byte` occurs.
+    fn holds(&self, byte: u8) -> bool;
+
+    /// Calls `f` with each position of `byte`, in order.
+    fn each_byte(&self, byte: u8, f: impl FnMut(usize));
+
+    /// Calls `f` with each position where `finder`'s needle (not empty) occurs, in order:
+    /// every one when `overlapping`, else those `Finder::find_iter` gives (each search goes
+    /// on after the last hit's end).
+    fn each_found(&self, finder: &Finder<'_>, overlapping: bool, f: impl FnMut(usize));
+}
+
+impl Hay for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn at(&self, i: usize) -> Option<u8> {
+        self.get(i).copied()
+    }
+
+    fn holds(&self, byte: u8) -> bool {
+        memchr::memchr(byte, self).is_some()
+    }
+
+    fn each_byte(&self, byte: u8, f: impl FnMut(usize)) {
+        memchr::memchr_iter(byte, self).for_each(f);
+    }
+
+    fn each_found(&self, finder: &Finder<'_>, overlapping: bool, mut f: impl FnMut(usize)) {
+        if !overlapping {
+            finder.find_iter(self).for_each(f);
+            return;
+        }
+        let mut from = 0;
+        while let Some(at) = self.get(from..).and_then(|rest| finder.find(rest)) {
+            f(from + at);
+            from += at + 1;
+        }
+    }
+}
+
+/// Slices read as one text without being copied together: a request log line is its fields
+/// and its bodies where they already are (see `request_log`), and a secret may run across
+/// the seams between them.
+pub struct Pieces<'a> {
+    pieces: Vec<&'a [u8]>,
+    /// Where each piece starts in the whole text.
+    starts: Vec<usize>,
+    len: usize,
+}
+
+impl<'a> Pieces<'a> {
+    pub fn new(pieces: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let pieces: Vec<&[u8]> = pieces.into_iter().filter(|p| !p.is_empty()).collect();
+        let mut starts = Vec::with_capacity(pieces.len());
+        let mut len = 0;
+        for piece in &pieces {
+            starts.push(len);
+            len += piece.len();
+        }
+        Self {
+            pieces,
+            starts,
+            len,
+        }
+    }
+
+    /// The pieces with their starts.
+    fn each(&self) -> impl Iterator<Item = (usize, &'a [u8])> + '_ {
+        self.starts.iter().copied().zip(self.pieces.iter().copied())
+    }
+
+    /// Bytes `range` of the whole text, copied (a few, around a seam).
+    fn copy(&self, range: Range<usize>) -> Vec<u8> {
+        range.filter_map(|i| self.at(i)).collect()
+    }
+}
+
+impl Hay for Pieces<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn at(&self, i: usize) -> Option<u8> {
+        let k = self
+            .starts
+            .partition_point(|&start| start <= i)
+            .checked_sub(1)?;
+        self.pieces[k].get(i - self.starts[k]).copied()
+    }
+
+    fn holds(&self, byte: u8) -> bool {
+        self.pieces.iter().any(|piece| piece.holds(byte))
+    }
+
+    fn each_byte(&self, byte: u8, mut f: impl FnMut(usize)) {
+        for (start, piece) in self.each() {
+            piece.each_byte(byte, |at| f(start + at));
+        }
+    }
+
+    fn each_found(&self, finder: &Finder<'_>, overlapping: bool, mut f: impl FnMut(usize)) {
+        let n = finder.needle().len().max(1);
+        let step = if overlapping { 1 } else { n };
+        // Where the next hit may start.
+        let mut next = 0;
+        for (start, piece) in self.each() {
+            let end = start + piece.len();
+            // Hits within the piece, then those that start in it and run past its end: each
+            // of those starts after every hit within it.
+            let mut from = next.max(start);
+            while let Some(at) = piece.get(from - start..).and_then(|rest| finder.find(rest)) {
+                let at = from + at;
+                f(at);
+                next = at + step;
+                from = next;
+            }
+            let low = next.max(start).max((end + 1).saturating_sub(n));
+            if low >= end || end == self.len {
+                continue;
+            }
+            let seam = self.copy(low..(end + n - 1).min(self.len));
+            let mut from = 0;
+            while let Some(at) = seam.get(from..).and_then(|rest| finder.find(rest)) {
+                let at = low + from + at;
+                if at >= end {
+                    break;
+                }
+                f(at);
+                next = at + step;
+                from = next - low;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1184,6 +1353,48 @@ mod tests {
                     let ruled_out = !rest.starts_with(&after[..after.len().min(rest.len())]);
                     prop_assert!(!kept.ends_with(&key[..len]) || ruled_out, "{} {}", read, len);
                 }
+            }
+        }
+
+        /// A text read in pieces is searched as the text joined: cut anywhere (inside a key,
+        /// an escape, a run of backslashes, a character), the same occurrences are found,
+        /// those of a key that overlaps itself included (as `find_iter` takes them, apart,
+        /// in a text with no backslash).
+        #[test]
+        fn pieces_are_searched_as_the_text_joined(
+            parts in proptest::collection::vec(prop_oneof![
+                Just("sk-configured-1234"), Just("sk-conf/igured"), Just("sk-conf\\/igured"),
+                Just("sk-conf%2Figured"), Just("\\u0073k-configured-1234"), Just("\\\\u0073"),
+                Just("\\"), Just("\\ud83d\\ude00"), Just("\\udc00"), Just("sk-lr-"),
+                Just("sk-lr-0123456789abcdefghijABCDEFGHIJkl"), Just("aaaa"), Just("aaaaa"), Just("k-"),
+                Just(" "), Just("é"), Just("\n"), Just("0123"), Just("x\\\\y-secret"),
+            ], 0..30),
+            cuts in proptest::collection::vec(0usize..700, 0..8),
+        ) {
+            let r = Redactor::new(&[
+                Secret::new("sk-configured-1234"),
+                Secret::new("sk-conf/igured"),
+                Secret::new("aaaaaaaa"),
+            ]);
+            let client = [Secret::new("x\\y-secret"), Secret::new("0123 é\u{1F600}")];
+            let r = r.for_request(&client);
+            let text = parts.concat();
+            // Also with no backslash, which is searched otherwise.
+            for text in [text.as_bytes(), text.replace('\\', "").as_bytes()] {
+                let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(text.len())).collect();
+                cuts.sort_unstable();
+                let mut from = 0;
+                let mut slices = Vec::new();
+                for cut in cuts.into_iter().chain([text.len()]) {
+                    slices.push(&text[from..cut]);
+                    from = cut;
+                }
+                let pieces = Pieces::new(slices.iter().copied());
+                prop_assert_eq!(
+                    r.found_in_pieces(&pieces),
+                    merged(&r.occurrences(text)),
+                    "{:?}", slices
+                );
             }
         }
 

@@ -10,6 +10,8 @@
 //! texts). Request headers are never logged.
 
 use std::borrow::Cow;
+use std::io::IoSlice;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,9 +22,9 @@ use time::Date;
 
 use crate::record::{RecordSink, RequestRecord};
 use crate::sinks::clock::{rfc3339_millis, utc_date};
-use crate::sinks::log_file::{LogFile, LogStats, Target};
+use crate::sinks::log_file::{LogFile, LogStats, MAX_PIECES, Target};
 use crate::sinks::loss::DEFAULT_WARNING_INTERVAL;
-use crate::sinks::redact::Redactor;
+use crate::sinks::redact::{Pieces, REDACTED, Redactor};
 use crate::sinks::{BATCH_WINDOW, Batch, MAX_NAME_CHARS, QueueRx, WriterQueue, clipped_chars};
 use crate::usage::ToolCall;
 
@@ -240,17 +242,19 @@ impl Writer {
     /// UTC day of its `time`, so a clock set back (or a stream begun before midnight) finds
     /// its own day's file, never another.
     ///
-    /// The bodies are copied once, into the line: it is sized for them before it is written
-    /// (grown by doubling, a 50 MB body was copied at each step and took up to twice its
-    /// size), redacted where it is (`RequestRedactor::redact_in_place`), and a line longer
-    /// than [`WRITE_BYTES`] is written from where it was built rather than copied into
-    /// [`Pending`]. A 50 MB answer took four times its size here before.
+    /// A line with bodies longer than [`WRITE_BYTES`] together is written at once from its
+    /// pieces ([`Self::add_long`]). Any other is built whole, redacted where it is
+    /// (`RequestRedactor::redact_in_place`), and gathered with others in [`Pending`].
     fn add(&mut self, record: &RequestRecord) {
+        if self.bodies && long_bodies(record) {
+            self.add_long(record);
+            return;
+        }
         self.line.clear();
         if self.bodies {
             self.line.reserve(line_bytes_expected(record));
         }
-        if serialize_line(&mut self.line, record, self.bodies, &self.redactor).is_err() {
+        if serialize_line(&mut self.line, record, self.bodies, &self.redactor, None).is_err() {
             return;
         }
         self.redactor
@@ -276,6 +280,150 @@ impl Writer {
         pending.day = day;
         pending.bytes.extend_from_slice(&self.line);
         pending.lines += 1;
+    }
+
+    /// Writes `record`'s line, alone in one `writev()`, from its pieces ([`line_pieces`]):
+    /// the small ones built in [`Self::line`], its JSON bodies where the record holds them,
+    /// so a 50 MB answer is not copied once more for its line (that copy took the router's
+    /// peak from 77 to 125 MiB). A line of more pieces than one `writev()` takes is joined
+    /// and written as one slice.
+    fn add_long(&mut self, record: &RequestRecord) {
+        let Some(pieces) = line_pieces(&mut self.line, record, &self.redactor) else {
+            return;
+        };
+        let day = utc_date(record.started_at);
+        self.pending.write(&mut self.file);
+        if pieces.len() <= MAX_PIECES {
+            let slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+            self.file.write_pieces(day, &slices, 1, Instant::now());
+        } else {
+            self.file
+                .write_lines(day, &pieces.concat(), 1, Instant::now());
+        }
+        drop(pieces);
+        // One huge text body must not keep its buffer for good.
+        if self.line.capacity() > 4 * WRITE_BYTES {
+            self.line = Vec::with_capacity(LINE_BYTES);
+        }
+    }
+}
+
+/// Whether `record`'s bodies are longer than [`WRITE_BYTES`] together: its line is then
+/// written from pieces ([`Writer::add_long`]).
+fn long_bodies(record: &RequestRecord) -> bool {
+    let response = record.response_body.as_ref().map_or(0, |b| b.len());
+    !record.bodies_dropped && record.request_body.len() + response > WRITE_BYTES
+}
+
+/// `record`'s line with bodies, redacted and with its `\n`, as the slices that make it
+/// joined: those [`serialize_line`] built in `line`, its JSON bodies borrowed where they are
+/// (see [`Parts`]), and a [`REDACTED`] marker in place of each key. The line is searched for
+/// keys across the seams as if it were whole ([`Pieces`]), so the slices joined are the very
+/// bytes of the line built whole and redacted in place.
+fn line_pieces<'a>(
+    line: &'a mut Vec<u8>,
+    record: &'a RequestRecord,
+    redactor: &Redactor,
+) -> Option<Vec<&'a [u8]>> {
+    line.clear();
+    let mut parts = Parts::default();
+    serialize_line(line, record, true, redactor, Some(&mut parts)).ok()?;
+    parts.cut(line.len());
+    let line: &'a [u8] = line;
+    let pieces: Vec<&'a [u8]> = parts
+        .list
+        .iter()
+        .map(|part| match part {
+            Part::Built(range) => &line[range.clone()],
+            Part::Body(bytes) => *bytes,
+            Part::Space => b" ",
+        })
+        .collect();
+    let found = redactor
+        .for_request(&record.secrets)
+        .found_in_pieces(&Pieces::new(pieces.iter().copied()));
+    let mut out = redacted(&pieces, &found);
+    out.push(b"\n");
+    Some(out)
+}
+
+/// `pieces` with the bytes of each of `found` (sorted, apart, as positions in the text the
+/// pieces make joined) left out and [`REDACTED`] in their place.
+fn redacted<'a>(pieces: &[&'a [u8]], found: &[Range<usize>]) -> Vec<&'a [u8]> {
+    let mut out = Vec::with_capacity(pieces.len() + 2 * found.len() + 1);
+    let mut keys = found.iter().peekable();
+    let mut start = 0;
+    for &piece in pieces {
+        let end = start + piece.len();
+        let mut from = start;
+        while let Some(key) = keys.peek().filter(|key| key.start < end) {
+            if key.start >= from {
+                // It begins in this piece (else it began in one before, marked there).
+                out.push(&piece[from - start..key.start - start]);
+                out.push(REDACTED.as_bytes());
+            }
+            if key.end > end {
+                from = end;
+                break;
+            }
+            from = key.end;
+            keys.next();
+        }
+        out.push(&piece[from - start..]);
+        start = end;
+    }
+    out.retain(|piece| !piece.is_empty());
+    out
+}
+
+/// A line's parts, when its JSON bodies are not copied into it ([`line_pieces`]).
+#[derive(Default)]
+struct Parts<'r> {
+    list: Vec<Part<'r>>,
+    /// Where the line's bytes not yet listed start.
+    built_from: usize,
+}
+
+enum Part<'r> {
+    /// Bytes of the line built.
+    Built(Range<usize>),
+    /// Bytes of a body, as they are.
+    Body(&'r [u8]),
+    /// A space, in place of a body's raw line break.
+    Space,
+}
+
+/// Raw line breaks a JSON body may hold and still be borrowed, each a piece of its own
+/// (see [`put_body`]); one with more is copied into the line, as any body was before.
+const MAX_BODY_BREAKS: usize = 256;
+
+impl<'r> Parts<'r> {
+    /// Lists the line's bytes up to `at`.
+    fn cut(&mut self, at: usize) {
+        if at > self.built_from {
+            self.list.push(Part::Built(self.built_from..at));
+            self.built_from = at;
+        }
+    }
+
+    /// Lists `body` (a JSON body) after the line's `built` bytes, its raw line breaks as
+    /// spaces; false, with nothing listed, for a body of more than [`MAX_BODY_BREAKS`].
+    fn body(&mut self, built: usize, body: &'r [u8]) -> bool {
+        if memchr::memchr2_iter(b'\n', b'\r', body)
+            .nth(MAX_BODY_BREAKS)
+            .is_some()
+        {
+            return false;
+        }
+        self.cut(built);
+        let mut from = 0;
+        for at in memchr::memchr2_iter(b'\n', b'\r', body) {
+            self.list.push(Part::Body(&body[from..at]));
+            self.list.push(Part::Space);
+            from = at + 1;
+        }
+        self.list.push(Part::Body(&body[from..]));
+        true
     }
 }
 
@@ -377,8 +525,17 @@ fn field_opt_str(
 
 /// Appends a body: known-valid JSON goes in as it is (raw line breaks, which JSON allows only
 /// between tokens, become spaces so the line stays one line); anything else becomes a string,
-/// binary data a note of its size (`<binary, 48213 bytes>`).
-fn put_body(out: &mut Vec<u8>, bytes: &[u8], is_json: bool) -> serde_json::Result<()> {
+/// binary data a note of its size (`<binary, 48213 bytes>`). Given `parts`, a JSON body is
+/// listed there rather than copied (see [`Parts::body`]).
+fn put_body<'r>(
+    out: &mut Vec<u8>,
+    bytes: &'r [u8],
+    is_json: bool,
+    parts: Option<&mut Parts<'r>>,
+) -> serde_json::Result<()> {
+    if is_json && parts.is_some_and(|parts| parts.body(out.len(), bytes)) {
+        return Ok(());
+    }
     if is_json {
         let start = out.len();
         out.extend_from_slice(bytes);
@@ -435,12 +592,14 @@ fn bounded_name<'a>(text: &'a str, redactor: &Redactor, record: &RequestRecord) 
 
 /// Serialises one record as one JSON line (no newline) into `out`. Written field by field:
 /// the bodies are JSON already (the request always; the response when the record says so)
-/// and go in without being parsed again.
-fn serialize_line(
+/// and go in without being parsed again. Given `parts`, the JSON bodies are listed there
+/// between the parts of `out` rather than copied into it ([`line_pieces`]).
+fn serialize_line<'r>(
     out: &mut Vec<u8>,
-    record: &RequestRecord,
+    record: &'r RequestRecord,
     bodies: bool,
     redactor: &Redactor,
+    mut parts: Option<&mut Parts<'r>>,
 ) -> serde_json::Result<()> {
     let summary = &record.response;
     let name = |text| bounded_name(text, redactor, record);
@@ -473,10 +632,10 @@ fn serialize_line(
         field(out, "bodies", "left out: telemetry was too far behind")?;
     } else if bodies {
         out.extend_from_slice(b",\"request\":");
-        put_body(out, &record.request_body, true)?;
+        put_body(out, &record.request_body, true, parts.as_deref_mut())?;
         if let Some(bytes) = &record.response_body {
             out.extend_from_slice(b",\"response\":");
-            put_body(out, bytes, record.response_is_json)?;
+            put_body(out, bytes, record.response_is_json, parts)?;
         } else if (record.stream && record.response_started_at.is_some())
             || !summary.content.is_empty()
         {
@@ -514,6 +673,82 @@ mod tests {
         }
     }
 
+    /// A body of the pieces keys are made of, in every form the redaction reads, and of
+    /// the line's own bytes either side of a body (`"request":`, `,"response":`, `}`).
+    fn body() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just("sk-configured-1234"),
+                Just("\\u0073k-configured-1234"),
+                Just("sk-configured\\u002d1234"),
+                Just("sk-conf"),
+                Just("igured-1234"),
+                Just("sk-lr-0123456789abcdefghijABCDEFGHIJkl"),
+                Just("sk-lr-"),
+                Just("gh"),
+                Just("ij-secret"),
+                Just("\n"),
+                Just("\r\n"),
+                Just("\\"),
+                Just("\""),
+                Just("{\"a\":\""),
+                Just("\"}"),
+                Just("ab12"),
+                Just("cd34"),
+                Just("ef56789"),
+                Just("é"),
+                Just("x"),
+                Just("client-key-99"),
+                Just("client%2Dkey-99"),
+            ],
+            0..40,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        /// A line written from pieces ([`line_pieces`]) is, byte for byte, the line built
+        /// whole and redacted in place: with keys anywhere in its bodies, across the seams
+        /// between a body and the fields around it, across a raw line break made a space,
+        /// and in a body with too many breaks to be borrowed.
+        #[test]
+        fn a_line_from_pieces_is_the_line_built_whole(
+            request in body(),
+            response in body(),
+            json_answer in any::<bool>(),
+            many_breaks in any::<bool>(),
+        ) {
+            let redactor = Redactor::new(&[
+                crate::secret::Secret::new("sk-configured-1234"),
+                crate::secret::Secret::new("gh ij-secret"),
+            ]);
+            let mut record = crate::record::tests::sample();
+            record.secrets = Arc::from(vec![
+                crate::secret::Secret::new("client-key-99"),
+                crate::secret::Secret::new("\"request\":ab12"),
+                crate::secret::Secret::new("cd34,\"response\":"),
+                crate::secret::Secret::new("ef56789}"),
+            ]);
+            let breaks = if many_breaks { "\n".repeat(MAX_BODY_BREAKS) } else { String::new() };
+            record.request_body = bytes::Bytes::from(format!("{request}{breaks}"));
+            record.response_body = Some(bytes::Bytes::from(response));
+            record.response_is_json = json_answer;
+            let mut whole = Vec::new();
+            serialize_line(&mut whole, &record, true, &redactor, None).expect("serialized");
+            redactor.for_request(&record.secrets).redact_in_place(&mut whole);
+            whole.push(b'\n');
+            let mut line = Vec::new();
+            let pieces = line_pieces(&mut line, &record, &redactor).expect("serialized");
+            let joined = pieces.concat();
+            prop_assert!(
+                joined == whole,
+                "{}\n{}",
+                String::from_utf8_lossy(&joined),
+                String::from_utf8_lossy(&whole)
+            );
+        }
+    }
+
     /// A streamed refusal is the logged answer (it was the whole of it).
     #[test]
     fn a_streamed_refusal_is_logged() {
@@ -523,7 +758,7 @@ mod tests {
         record.response_body = None;
         record.response.refusal = "I cannot help with that.".into();
         let mut out = Vec::new();
-        serialize_line(&mut out, &record, true, &Redactor::default()).expect("serialized");
+        serialize_line(&mut out, &record, true, &Redactor::default(), None).expect("serialized");
         let line: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
         assert_eq!(
             line["response"],
@@ -676,16 +911,16 @@ mod tests {
     fn bodies_stay_on_one_line() {
         let mut out = Vec::new();
         let pretty = b"{\n  \"a\": [1,\r\n 2]\n}";
-        put_body(&mut out, pretty, true).expect("json");
+        put_body(&mut out, pretty, true, None).expect("json");
         let text = String::from_utf8(out).expect("utf8");
         assert!(!text.contains('\n') && !text.contains('\r'), "{text}");
         let v: serde_json::Value = serde_json::from_str(&text).expect("valid");
         assert_eq!(v["a"][1], 2);
         let mut out = Vec::new();
-        put_body(&mut out, b"plain\ntext", false).expect("json");
+        put_body(&mut out, b"plain\ntext", false, None).expect("json");
         assert_eq!(String::from_utf8(out).expect("utf8"), "\"plain\\ntext\"");
         let mut out = Vec::new();
-        put_body(&mut out, &[0xff, 0xfe, 0x00], false).expect("json");
+        put_body(&mut out, &[0xff, 0xfe, 0x00], false, None).expect("json");
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
             "\"<binary, 3 bytes>\""

@@ -774,3 +774,76 @@ async fn shutdown_ends_while_a_stalled_pipe_blocks_the_log_writer() {
         .unwrap_or_else(|| panic!("no lost= count: {stderr}"));
     assert!(lost >= 1, "{stderr}");
 }
+
+/// A 50 MB whole answer logged with its body is written from where the router holds it, not
+/// copied into its line: the router's peak grows by about what it takes with bodies left out
+/// of the log (the answer relayed), where the line's copy took it up by twice the answer
+/// (20 → 125 MiB). A key in the answer is still redacted in the line, and the line is whole.
+#[tokio::test]
+async fn a_big_answer_is_logged_without_a_copy_of_its_body() {
+    const MIB: u64 = 1 << 20;
+    let content = format!(
+        "{} {UPSTREAM_KEY} {}",
+        "a".repeat(25 << 20),
+        "b".repeat(25 << 20)
+    );
+    let body = json!({"id": "chatcmpl-big", "object": "chat.completion", "model": "m-1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+            "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 2,
+            "total_tokens": PROMPT_TOKENS + 2}})
+    .to_string();
+    drop(content);
+    let size = body.len() as u64;
+    let upstream = MockUpstream::start(Behavior {
+        body: Some(body),
+        ..Default::default()
+    })
+    .await;
+    let router = RouterProcess::start(
+        Some(&one_server_config(&upstream.url(), "")),
+        &[("LLMSROUTER_LEDGER", "false")],
+    );
+    let pid = router.child.id();
+    let before = crate::support::peak_rss_kib(pid) * 1024;
+    let response = crate::support::client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": "[mock]m", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.expect("body").len() as u64, size);
+    // The line is written in one `writev()`: a file this long holds it whole.
+    let logged = || {
+        std::fs::read_dir(router.path()).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name().to_string_lossy().starts_with("api_proxy.")
+                    && e.metadata().is_ok_and(|m| m.len() > size)
+            })
+        })
+    };
+    crate::support::wait_until(Duration::from_secs(60), logged).await;
+    let grown = (crate::support::peak_rss_kib(pid) * 1024).saturating_sub(before);
+    let lines = read_log_lines(router.path(), "api_proxy");
+    let content = lines[0]["response"]["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content");
+    assert_eq!(content.len(), (50 << 20) + 2 + REDACTED.len());
+    assert_eq!(content[(25 << 20) + 1..].split(' ').next(), Some(REDACTED));
+    eprintln!(
+        "peak grew {} MiB for a {} MiB answer",
+        grown / MIB,
+        size / MIB
+    );
+    // The answer relayed (held once) and what is in flight to the client; the line's copy
+    // took one more answer.
+    let limit = size * 3 / 2;
+    assert!(
+        grown < limit,
+        "one {} MiB answer took the peak up {} MiB (limit {} MiB)",
+        size / MIB,
+        grown / MIB,
+        limit / MIB
+    );
+}
