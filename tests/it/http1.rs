@@ -173,6 +173,18 @@ async fn setup() -> (MockUpstream, TestRouter) {
     (upstream, router)
 }
 
+/// A router before an upstream that holds every answer's head until the gate is opened.
+async fn held_upstream() -> (Arc<tokio::sync::Semaphore>, MockUpstream, TestRouter) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let upstream = MockUpstream::start(Behavior {
+        hold_head: Some(gate.clone()),
+        ..Default::default()
+    })
+    .await;
+    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    (gate, upstream, router)
+}
+
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let (upstream, router) = setup().await;
@@ -205,13 +217,7 @@ async fn pipelined_requests_are_answered_in_order() {
 /// upstream's answer came to a gone client and was recorded a success; bb62).
 #[tokio::test]
 async fn a_client_leaving_behind_a_long_pipeline_is_seen_to_leave() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let upstream = MockUpstream::start(Behavior {
-        hold_head: Some(gate.clone()),
-        ..Default::default()
-    })
-    .await;
-    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let (gate, upstream, router) = held_upstream().await;
     let mut raw = Raw::connect(router.addr).await;
     let filler = "x".repeat(70 * 1024);
     let mut wire = post("/v1/chat/completions", CHAT, "");
@@ -235,13 +241,7 @@ async fn a_client_leaving_behind_a_long_pipeline_is_seen_to_leave() {
 /// to send another byte, or to leave: bb68).
 #[tokio::test]
 async fn a_long_pipelined_request_is_answered_without_more_from_the_client() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let upstream = MockUpstream::start(Behavior {
-        hold_head: Some(gate.clone()),
-        ..Default::default()
-    })
-    .await;
-    let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
+    let (gate, upstream, router) = held_upstream().await;
     let mut raw = Raw::connect(router.addr).await;
     let client = raw.stream.local_addr().expect("client address");
     let long = format!(

@@ -81,6 +81,23 @@ pub(crate) fn stored(db: &Path) -> Vec<(i64, String, String, String, String)> {
         .expect("rows")
 }
 
+/// One ledger row (one request, 1 + 1 tokens) for each of `names`, as the recorder writes it.
+fn ledger_rows_of(db: &Path, names: &[&str]) {
+    let conn = Connection::open(db).expect("open");
+    for name in names {
+        conn.execute(
+            "INSERT INTO usage_ledger (request_id, started_at, day, username, provider, mode,
+                 endpoint, model, stream, outcome, latency_ms, input_tokens, output_tokens,
+                 total_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens,
+                 usage_known, usage_partial)
+             VALUES ('r', '2024-05-01T12:00:00.000Z', '2024-05-01', ?1, 'mock', 'alias',
+                 '/v1/chat/completions', 'm', 0, 'ok', 1, 1, 1, 2, 0, 0, 0, 1, 0)",
+            [*name],
+        )
+        .expect("ledger row");
+    }
+}
+
 fn key_of(db: &Path, rowid: i64) -> Option<String> {
     stored(db).into_iter().find(|r| r.0 == rowid).map(|r| r.3)
 }
@@ -646,19 +663,7 @@ fn look_alike_names_print_apart_and_are_named_by_what_is_printed() {
     assert_eq!(left, [1, 2, 3, 5]);
 
     // `usage --by user` prints the names of the ledger's rows as `user list` does.
-    let conn = Connection::open(&db).expect("open");
-    for name in NAMES {
-        conn.execute(
-            "INSERT INTO usage_ledger (request_id, started_at, day, username, provider, mode,
-                 endpoint, model, stream, outcome, latency_ms, input_tokens, output_tokens,
-                 total_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens,
-                 usage_known, usage_partial)
-             VALUES ('r', '2024-05-01T12:00:00.000Z', '2024-05-01', ?1, 'mock', 'alias',
-                 '/v1/chat/completions', 'm', 0, 'ok', 1, 1, 1, 2, 0, 0, 0, 1, 0)",
-            [name],
-        )
-        .expect("ledger row");
-    }
+    ledger_rows_of(&db, &NAMES);
     let (code, report, err) = run_cli(dir.path(), &["usage", "--by", "user"], &[]);
     assert_eq!(code, 0, "{err}");
     let mut users: Vec<&str> = report
@@ -1051,20 +1056,7 @@ fn names_cut_alike_print_apart_in_the_usage_table() {
     let one = format!("h{}…#0123456789abcdef", "x".repeat(1005));
     let two = format!("h{}…#fedcba9876543210", "x".repeat(1005));
     let other = format!("j{}", "y".repeat(100));
-    let conn = Connection::open(dir.path().join("users.db")).expect("open");
-    for name in [one.as_str(), two.as_str(), other.as_str()] {
-        conn.execute(
-            "INSERT INTO usage_ledger (request_id, started_at, day, username, provider, mode,
-                 endpoint, model, stream, outcome, latency_ms, input_tokens, output_tokens,
-                 total_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens,
-                 usage_known, usage_partial)
-             VALUES ('r', '2024-05-01T12:00:00.000Z', '2024-05-01', ?1, 'mock', 'alias',
-                 '/v1/chat/completions', 'm', 0, 'ok', 1, 1, 1, 2, 0, 0, 0, 1, 0)",
-            [name],
-        )
-        .expect("ledger row");
-    }
-    drop(conn);
+    ledger_rows_of(&dir.path().join("users.db"), &[&one, &two, &other]);
     let (code, out, err) = run_cli(dir.path(), &["usage", "--by", "user"], &[]);
     assert_eq!(code, 0, "{err}");
     let firsts: Vec<&str> = out
@@ -1120,20 +1112,10 @@ fn a_long_name_is_cut_in_the_usage_table_as_in_user_list() {
     let recorded = format!("h{}…#0123456789abcdef", "x".repeat(1005));
     let just_over = format!("j{}", "é".repeat(80));
     let whole = "k".repeat(80);
-    let conn = Connection::open(dir.path().join("users.db")).expect("open");
-    for name in [recorded.as_str(), just_over.as_str(), whole.as_str(), "ann"] {
-        conn.execute(
-            "INSERT INTO usage_ledger (request_id, started_at, day, username, provider, mode,
-                 endpoint, model, stream, outcome, latency_ms, input_tokens, output_tokens,
-                 total_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens,
-                 usage_known, usage_partial)
-             VALUES ('r', '2024-05-01T12:00:00.000Z', '2024-05-01', ?1, 'mock', 'alias',
-                 '/v1/chat/completions', 'm', 0, 'ok', 1, 1, 1, 2, 0, 0, 0, 1, 0)",
-            [name],
-        )
-        .expect("ledger row");
-    }
-    drop(conn);
+    ledger_rows_of(
+        &dir.path().join("users.db"),
+        &[&recorded, &just_over, &whole, "ann"],
+    );
     let (code, out, err) = run_cli(dir.path(), &["usage", "--by", "user"], &[]);
     assert_eq!(code, 0, "{err}");
     // Each row as wide as the widest name: 6 rows of about 1 KB when it was printed whole.
