@@ -165,6 +165,24 @@ async fn a_big_escaped_answers_text_is_not_copied_whole_to_be_cut() {
     .replace('\u{e9}', "\\u00e9");
     drop(content);
     let size = body.len() as u64;
+    let grown = peak_growth_for_one_answer("/v1/chat/completions", body).await;
+    // The answer relayed (held once, and what is in flight to the client) and the 8 MiB
+    // kept: well under the answer and its text copied whole beside it.
+    let limit = size / 1024 * 7 / 4;
+    assert!(
+        grown < limit,
+        "one {} MiB answer took the peak up {} MiB (limit {} MiB)",
+        size >> 20,
+        grown / MIB,
+        limit / MIB
+    );
+}
+
+/// How far (KiB) the peak memory of a router (ledger off, bodies not logged) rose while it
+/// relayed `body`, its upstream's whole answer to a `POST` to `path`, and recorded it (its
+/// log line read: the usage the body gives, `PROMPT_TOKENS` in and 2 out).
+async fn peak_growth_for_one_answer(path: &str, body: String) -> u64 {
+    let size = body.len() as u64;
     let upstream = MockUpstream::start(Behavior {
         body: Some(body),
         ..Default::default()
@@ -180,27 +198,22 @@ async fn a_big_escaped_answers_text_is_not_copied_whole_to_be_cut() {
     let pid = router.child.id();
     let before = peak_rss_kib(pid);
     let response = client()
-        .post(router.url("/v1/chat/completions"))
-        .json(&json!({"model": "[mock]m", "messages": []}))
+        .post(router.url(path))
+        .json(&json!({"model": "[mock]m", "max_tokens": 10, "messages": []}))
         .send()
         .await
         .expect("send");
-    assert_eq!(response.status(), 200);
+    assert_eq!(response.status(), 200, "{path}");
     assert_eq!(response.bytes().await.expect("body").len() as u64, size);
     let lines = logged(&router, 1).await;
-    assert_eq!(lines[0]["usage"]["input"], PROMPT_TOKENS, "{}", lines[0]);
-    assert_eq!(lines[0]["usage"]["output"], 2, "{}", lines[0]);
-    let grown = peak_rss_kib(pid).saturating_sub(before);
-    // The answer relayed (held once, and what is in flight to the client) and the 8 MiB
-    // kept: well under the answer and its text copied whole beside it.
-    let limit = size / 1024 * 7 / 4;
-    assert!(
-        grown < limit,
-        "one {} MiB answer took the peak up {} MiB (limit {} MiB)",
-        size >> 20,
-        grown / MIB,
-        limit / MIB
+    let usage = &lines[0]["usage"];
+    assert_eq!(
+        (&usage["input"], &usage["output"]),
+        (&json!(PROMPT_TOKENS), &json!(2)),
+        "{path}: {}",
+        lines[0]
     );
+    peak_rss_kib(pid).saturating_sub(before)
 }
 
 /// A 40 MB whole answer that is one tool call (an Anthropic message's `tool_use` block whose
@@ -231,36 +244,7 @@ async fn a_big_tool_calls_arguments_are_not_copied_whole_to_be_cut() {
     drop(filler);
     for (path, body) in [("/v1/messages", anthropic), ("/v1/chat/completions", chat)] {
         let size = body.len() as u64;
-        let upstream = MockUpstream::start(Behavior {
-            body: Some(body),
-            ..Default::default()
-        })
-        .await;
-        let router = RouterProcess::start(
-            Some(&one_server_config(&upstream.url(), "")),
-            &[
-                ("LLMSROUTER_LEDGER", "false"),
-                ("LLMSROUTER_LOG_BODIES", "false"),
-            ],
-        );
-        let pid = router.child.id();
-        let before = peak_rss_kib(pid);
-        let response = client()
-            .post(router.url(path))
-            .json(&json!({"model": "[mock]m", "max_tokens": 10, "messages": []}))
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(response.status(), 200, "{path}");
-        assert_eq!(response.bytes().await.expect("body").len() as u64, size);
-        let lines = logged(&router, 1).await;
-        assert_eq!(
-            lines[0]["usage"]["input"], PROMPT_TOKENS,
-            "{path}: {}",
-            lines[0]
-        );
-        assert_eq!(lines[0]["usage"]["output"], 2, "{path}: {}", lines[0]);
-        let grown = peak_rss_kib(pid).saturating_sub(before);
+        let grown = peak_growth_for_one_answer(path, body).await;
         // The answer relayed (held once, and what is in flight to the client) and the 8 MiB
         // kept: well under the answer and its arguments copied whole beside it.
         let limit = size / 1024 * 7 / 4;
