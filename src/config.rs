@@ -17,6 +17,7 @@ use crate::secret::Secret;
 
 mod key_order;
 mod merge_order;
+mod python;
 
 /// Default for `timeout_secs`: a whole non-stream request, or the idle gap inside a stream.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -194,13 +195,16 @@ impl Config {
     /// on a provider's key variable being set where they run.
     pub fn aliases(file: &Path) -> Result<Vec<String>, ConfigError> {
         let text = Self::read(file)?;
-        let raw =
-            parse_yaml::<RawSettings>(&text).map_err(|(path, reason)| ConfigError::Invalid {
+        // `settings` is not read: a mistake there (an unknown key) is `serve`'s and `check`'s
+        // to refuse, and no reason to leave the aliases unchecked.
+        let raw = parse_yaml::<serde::de::IgnoredAny>(&text).map_err(|(path, reason)| {
+            ConfigError::Invalid {
                 file: file.to_owned(),
                 path,
                 reason,
                 more: Vec::new(),
-            })?;
+            }
+        })?;
         Ok(raw
             .and_then(|raw| raw.servers)
             .map(|servers| servers.0.into_keys().collect())
@@ -389,6 +393,10 @@ struct RawConfig<S = RawSettings> {
     /// How each key written with a tag is spelled ([`merge_order::TaggedKeys`]), to say it so.
     #[serde(skip)]
     tagged_keys: merge_order::TaggedKeys,
+    /// How each number or boolean key's value is written ([`merge_order::Forms`]), to read it
+    /// as the Python version did.
+    #[serde(skip)]
+    forms: merge_order::Forms,
 }
 
 #[derive(Deserialize)]
@@ -717,6 +725,7 @@ fn without_settings(
             servers: raw.servers,
             settings,
             tagged_keys: raw.tagged_keys,
+            forms: raw.forms,
         }),
         problems,
     ))
@@ -883,7 +892,11 @@ fn parse_yaml<S: DeserializeOwned>(text: &str) -> Result<Option<RawConfig<S>>, (
 }
 
 fn read_yaml<S: DeserializeOwned>(text: &str) -> Result<Option<RawConfig<S>>, (String, String)> {
-    let (text, tagged) = merge_order::read(text)?;
+    let merge_order::Read {
+        text,
+        tagged,
+        forms,
+    } = merge_order::read(text)?;
     let text = &*text;
     let options = yaml_options();
     let mut inner_path = None;
@@ -896,6 +909,7 @@ fn read_yaml<S: DeserializeOwned>(text: &str) -> Result<Option<RawConfig<S>>, (S
     let result = result.map(|raw| {
         raw.map(|raw| RawConfig {
             tagged_keys: tagged,
+            forms,
             ..raw
         })
     });
@@ -1185,14 +1199,18 @@ fn validate(raw: RawConfig, env: &EnvLookup<'_>) -> Result<Config, Vec<Invalid>>
     let mut warnings = Vec::new();
     let mut problems = Vec::new();
     for (alias, raw_server) in raw_servers {
-        match validate_server(&alias, raw_server, env, &raw.tagged_keys, &mut warnings) {
+        let written = Written {
+            tagged_keys: &raw.tagged_keys,
+            forms: &raw.forms,
+        };
+        match validate_server(&alias, raw_server, env, written, &mut warnings) {
             Ok(server) => {
                 servers.insert(alias, server);
             }
             Err(problem) => problems.push(problem),
         }
     }
-    let settings = validate_settings(raw.settings, &aliases, env);
+    let settings = validate_settings(raw.settings, &aliases, env, &raw.forms);
     match settings {
         Ok(settings) if problems.is_empty() => Ok(Config {
             servers,
@@ -1217,13 +1235,22 @@ pub fn is_valid_alias(alias: &str) -> bool {
             .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// How the file spells what the YAML library reads into values: keys written with a tag, and
+/// the number and boolean keys' values ([`merge_order::read`]).
+#[derive(Clone, Copy)]
+struct Written<'a> {
+    tagged_keys: &'a merge_order::TaggedKeys,
+    forms: &'a merge_order::Forms,
+}
+
 fn validate_server(
     alias: &str,
     raw: RawServer,
     env: &EnvLookup<'_>,
-    tagged_keys: &merge_order::TaggedKeys,
+    written: Written<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<Server, Invalid> {
+    let Written { tagged_keys, forms } = written;
     let at = |key: &str| format!("servers.{alias}.{key}");
     if alias.is_empty() {
         return Err(invalid(
@@ -1324,14 +1351,14 @@ fn validate_server(
         None => DEFAULT_TIMEOUT,
         Some(secs) => {
             let written = secs.referenced;
-            let secs = typed::<f64>(secs, &at("timeout_secs"), env, NUMBER)?;
+            let secs = typed::<f64>(secs, &at("timeout_secs"), env, forms, NUMBER)?;
             positive_duration(secs)
                 .ok_or_else(|| out_of_range(&at("timeout_secs"), SECONDS_RANGE, written))?
         }
     };
     let stream_usage = raw
         .stream_usage
-        .map(|b| typed::<bool>(b, &at("stream_usage"), env, BOOLEAN))
+        .map(|b| typed::<bool>(b, &at("stream_usage"), env, forms, BOOLEAN))
         .transpose()?
         .unwrap_or(true);
 
@@ -1502,6 +1529,7 @@ fn validate_settings(
     raw: Option<RawSettings>,
     aliases: &[String],
     env: &EnvLookup<'_>,
+    forms: &merge_order::Forms,
 ) -> Result<Settings, Vec<Invalid>> {
     let mut settings = Settings::default();
     let Some(raw) = raw else {
@@ -1509,7 +1537,7 @@ fn validate_settings(
     };
     let mut problems = Vec::new();
     if let Some(secs) = raw.models_cache_ttl_secs {
-        match cache_ttl(secs, env) {
+        match cache_ttl(secs, env, forms) {
             Ok(ttl) => settings.models_cache_ttl = ttl,
             Err(problem) => problems.push(problem),
         }
@@ -1517,7 +1545,7 @@ fn validate_settings(
     if let Some(secs) = raw.models_fetch_timeout_secs {
         let path = "settings.models_fetch_timeout_secs";
         let written = secs.referenced;
-        let timeout = typed::<f64>(secs, path, env, NUMBER).and_then(|secs| {
+        let timeout = typed::<f64>(secs, path, env, forms, NUMBER).and_then(|secs| {
             positive_duration(secs).ok_or_else(|| out_of_range(path, SECONDS_RANGE, written))
         });
         match timeout {
@@ -1528,10 +1556,16 @@ fn validate_settings(
     if let Some(bytes) = raw.max_body_bytes {
         let path = "settings.max_body_bytes";
         let written = bytes.referenced;
-        let bytes = typed::<u64>(bytes, path, env, WHOLE_NUMBER).and_then(|bytes| match bytes {
-            0 => Err(out_of_range(path, "must be above 0", written)),
-            bytes => Ok(usize::try_from(bytes).unwrap_or(usize::MAX)),
-        });
+        // A number past every size (Python's int has no bound) is no limit, as it was there.
+        let bytes =
+            typed::<python::Whole>(bytes, path, env, forms, WHOLE_NUMBER).and_then(|bytes| {
+                match bytes.magnitude {
+                    _ if bytes.negative => Err(out_of_range(path, "must be above 0", written)),
+                    Some(0) => Err(out_of_range(path, "must be above 0", written)),
+                    Some(bytes) => Ok(usize::try_from(bytes).unwrap_or(usize::MAX)),
+                    None => Ok(usize::MAX),
+                }
+            });
         match bytes {
             Ok(bytes) => settings.max_body_bytes = bytes,
             Err(problem) => problems.push(problem),
@@ -1550,10 +1584,14 @@ fn validate_settings(
     }
 }
 
-fn cache_ttl(secs: Typed, env: &EnvLookup<'_>) -> Result<Duration, Invalid> {
+fn cache_ttl(
+    secs: Typed,
+    env: &EnvLookup<'_>,
+    forms: &merge_order::Forms,
+) -> Result<Duration, Invalid> {
     let path = "settings.models_cache_ttl_secs";
     let written = secs.referenced;
-    let secs = typed::<f64>(secs, path, env, NUMBER)?;
+    let secs = typed::<f64>(secs, path, env, forms, NUMBER)?;
     if !(secs.is_finite() && (0.0..1e9).contains(&secs)) {
         return Err(out_of_range(
             path,
@@ -1635,101 +1673,81 @@ fn positive_duration(secs: f64) -> Option<Duration> {
 
 /// What a number key takes, said as [`in_plain_words`] says the YAML library's message.
 const NUMBER: &str = "expected a number";
-const WHOLE_NUMBER: &str =
-    "expected a whole number (digits only: no sign, fraction or exponent such as 1e6)";
+const WHOLE_NUMBER: &str = "expected a whole number (no fraction or exponent such as 1e6)";
 const BOOLEAN: &str = "expected true or false (or the number 1 or 0)";
 
-/// The type of a number or boolean key, read from its text ([`typed`]).
-trait FromText: DeserializeOwned {
-    /// `text` as this type where the YAML library refuses it but the Python version (PyYAML,
-    /// then pydantic in lax mode) took it; `None` where it did not.
-    fn beyond_yaml(_text: &str) -> Option<Self> {
-        None
+/// The type of a number or boolean key, made of the Python value its text is, as pydantic
+/// made it ([`python`]).
+trait FromPython: Sized {
+    /// What the key takes, for a tag refused on it.
+    const TAKES: &'static str = "a number";
+    fn from_python(value: &python::Value) -> Option<Self>;
+}
+
+impl FromPython for f64 {
+    fn from_python(value: &python::Value) -> Option<Self> {
+        python::to_float(value)
     }
 }
 
-impl FromText for u64 {}
-
-impl FromText for f64 {
-    /// A number past every float (`1e400`, `-1e400`), or infinity or NaN spelled as a word
-    /// (`inf`, `nan`): pydantic read each as the float it names (infinite, or NaN), as it read
-    /// `.inf`. So it is that float here, and out of its key's range as `.inf` is: it was
-    /// "expected a number", as if it were no number at all.
-    fn beyond_yaml(text: &str) -> Option<Self> {
-        text.trim().parse::<f64>().ok().filter(|v| !v.is_finite())
+impl FromPython for python::Whole {
+    fn from_python(value: &python::Value) -> Option<Self> {
+        python::to_whole(value)
     }
 }
 
-impl FromText for bool {
-    /// The number 1 or 0 (`1`, `0`, `1.0`, `0x1`, `!!int 1` once its tag is off): PyYAML read
-    /// it as a number, and pydantic's lax bool took 1 for true and 0 for false (and refused
-    /// any other number, `2` or `-1`, as this does). It was "expected true or false".
-    fn beyond_yaml(text: &str) -> Option<Self> {
-        let number = number_in(text)?;
-        if number == 1.0 {
-            Some(true)
-        } else if number == 0.0 {
-            Some(false)
-        } else {
-            None
-        }
+impl FromPython for bool {
+    const TAKES: &'static str = "true or false";
+    fn from_python(value: &python::Value) -> Option<Self> {
+        python::to_bool(value)
     }
 }
 
-/// `text` read as a number in any of YAML's spellings (`1`, `1.0`, `1e0`, `0x1`, `0o1`,
-/// `0b1`), `None` when it is none.
-fn number_in(text: &str) -> Option<f64> {
-    // A double-quoted YAML scalar holding exactly `text` (JSON's quoting is YAML's).
-    let quoted = serde_json::to_string(text).ok()?;
-    if let Ok(number) = serde_saphyr::from_str_with_options::<f64>(&quoted, yaml_options()) {
-        return Some(number);
-    }
-    let whole = serde_saphyr::from_str_with_options::<i128>(&quoted, yaml_options()).ok()?;
-    // Only whether it is 1 or 0 matters: a rounded huge one is neither.
-    Some(whole as f64)
-}
-
-/// Whether `text` is a boolean as `stream_usage` reads one without [`FromText::beyond_yaml`]
-/// (`true`, `no`, `on`, ...).
-fn boolean_in(text: &str) -> bool {
-    serde_json::to_string(text).is_ok_and(|quoted| {
-        serde_saphyr::from_str_with_options::<bool>(&quoted, yaml_options()).is_ok()
-    })
-}
-
-/// A number or boolean key's value: `${NAME}` expanded, then read as YAML reads that text in
-/// quotes (`"5"` was a number already, as `5` is), or else as [`FromText::beyond_yaml`] does.
-/// Text that is not a `T` is said as the YAML library says it, with the line; text that came
-/// from a variable names the variable (`expected`, the kind of value wanted), never its value.
-fn typed<T: FromText>(
+/// A number or boolean key's value: `${NAME}` expanded, then read as the Python version read
+/// the value written so (PyYAML, then pydantic: [`python`]), by how it is written (`forms`:
+/// its tag, plain or quoted; a `${NAME}` gives its value in that form). Text that is not a
+/// `T` is said with the line; text that came from a variable names the variable
+/// (`expected`, the kind of value wanted), never its value.
+fn typed<T: FromPython>(
     written: Typed,
     path: &str,
     env: &EnvLookup<'_>,
+    forms: &merge_order::Forms,
     expected: &str,
 ) -> Result<T, Invalid> {
     let text = &written.value.0;
     let expanded = expand_env(text, path, env)?;
-    // A double-quoted YAML scalar holding exactly `expanded` (JSON's quoting is YAML's).
-    let quoted = serde_json::to_string(&expanded).unwrap_or_default();
-    let error = match serde_saphyr::from_str_with_options::<T>(&quoted, yaml_options()) {
-        Ok(value) => return Ok(value),
-        Err(error) => error,
-    };
-    if let Some(value) = T::beyond_yaml(&expanded) {
+    let form = written
+        .defined
+        .span()
+        .byte_offset()
+        .and_then(|at| usize::try_from(at).ok())
+        .and_then(|at| forms.get(&at).copied())
+        .unwrap_or(python::Form::PLAIN);
+    let value = python::yaml_value(&expanded, form);
+    if let Some(value) = value.as_ref().and_then(T::from_python) {
         return Ok(value);
     }
     let at = written.referenced;
     let location = format!("line {}, column {}", at.line(), at.column());
     let variables = variables_in(text);
     if variables.is_empty() {
-        let message = first_line(&error.to_string());
-        let message = message
-            .rfind(" at line ")
-            .map_or(message.as_str(), |end| &message[..end]);
-        return Err(invalid(
-            path,
-            format!("{} at {location}", in_plain_words(message)),
-        ));
+        // PyYAML refused the value with its tag (`!!int 5.5`, `!!bool 1`) but would take it
+        // without.
+        let untagged = python::Form { tag: None, ..form };
+        let fine_untagged = value.is_none()
+            && python::yaml_value(&expanded, untagged)
+                .as_ref()
+                .and_then(T::from_python)
+                .is_some();
+        let reason = match fine_untagged {
+            true => format!(
+                "a tagged value where {} is expected: write the value without its tag",
+                T::TAKES
+            ),
+            false => expected.to_owned(),
+        };
+        return Err(invalid(path, format!("{reason} at {location}")));
     }
     let reason = match variables.as_slice() {
         [name] if text.len() == name.len() + 3 => {
@@ -1941,7 +1959,7 @@ mod tests {
             (
                 "settings:\n  max_body_bytes: !!float 5.5\n",
                 "settings.max_body_bytes",
-                "expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 2, column 27",
+                "expected a whole number (no fraction or exponent such as 1e6) at line 2, column 27",
             ),
             (
                 "servers:\n  a:\n    url: http://x\n    timeout_secs: !!float abc\n",
@@ -2152,7 +2170,7 @@ settings:
             ),
             (
                 "settings:\n  max_body_bytes: 1e20\n",
-                "expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 2",
+                "expected a whole number (no fraction or exponent such as 1e6) at line 2",
             ),
             (
                 "servers:\n  a:\n    url: http://x\n    timeout_secs: soon\n",
@@ -2767,7 +2785,7 @@ settings:
             (
                 ["1", "no", "1e6"],
                 "settings.max_body_bytes",
-                "expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 9, column 19: environment variable N does not hold one (its value is not shown)",
+                "expected a whole number (no fraction or exponent such as 1e6) at line 9, column 19: environment variable N does not hold one (its value is not shown)",
             ),
         ];
         for (values, expected_path, expected) in cases {

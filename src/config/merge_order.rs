@@ -10,12 +10,13 @@
 //! that cannot move so (an indented block, several lines, an anchor or a tag on it) is refused,
 //! never read in the other order. Nothing else in the text changes.
 //!
-//! The same walk takes the tag off a number key's value tagged as a number (`timeout_secs:
-//! !!float 5`, `max_body_bytes: !!int 5`) or `stream_usage`'s tagged as a boolean (or as a
-//! number: `!!int 1`), before or after its anchor, written over with spaces so every line
-//! and column stays: PyYAML made such a value the number (or boolean) and pydantic took it,
-//! where the YAML library, asked for the value's text ([`super::typed`] reads it as its type
-//! after `${NAME}`), refused it as "a tagged value where text is expected".
+//! The same walk notes how each number or boolean key's value is written ([`Forms`]: its core
+//! tag, whether it is plain), wherever it is, in a mapping merged in by `<<` too: PyYAML read
+//! a plain `010` as the octal 8 and a quoted `'010'` as text, and [`super::typed`] reads each
+//! as the Python version did ([`super::python`]). A `!!int`, `!!float` or `!!bool` tag there
+//! is taken off, before or after its anchor, written over with spaces so every line and
+//! column stays: the YAML library, asked for the value's text, refused it as "a tagged value
+//! where text is expected".
 //!
 //! The same walk refuses a key whose text is written twice in one mapping, with both lines:
 //! the YAML library compares keys as YAML values, so `123:` and `'123':` (a number, a text)
@@ -29,12 +30,14 @@ use std::ops::Range;
 
 use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span, StrInput, StructureStyle};
 
+use super::python::{Form, Tag};
+
 /// `text`, with the values of each mapping's separate `<<` keys in reverse order; `text` itself
 /// when no mapping has two. Text the YAML parser refuses is given back as it is: the YAML
 /// library says why, with the line. The error is `(key path, reason)`, as the config's.
 #[cfg(test)]
 pub(super) fn in_pyyaml_order(text: &str) -> Result<Cow<'_, str>, (String, String)> {
-    read(text).map(|(text, _)| text)
+    read(text).map(|read| read.text)
 }
 
 /// Each key written with a tag (`!!str X-Foo:`), by its key path (`servers.a.headers.X-Foo`,
@@ -43,8 +46,22 @@ pub(super) fn in_pyyaml_order(text: &str) -> Result<Cow<'_, str>, (String, Strin
 /// that differ only in case) to say it as written, as [`Walk::written_once`] does.
 pub(super) type TaggedKeys = HashMap<String, String>;
 
-/// [`in_pyyaml_order`]'s text, with the keys written with a tag ([`TaggedKeys`]).
-pub(super) fn read(text: &str) -> Result<(Cow<'_, str>, TaggedKeys), (String, String)> {
+/// How each number or boolean key's value is written ([`Form`]), by the byte offset where its
+/// text starts in the text the YAML library reads ([`Read::text`]), which is where the
+/// library locates it.
+pub(super) type Forms = HashMap<usize, Form>;
+
+/// What [`read`] gives.
+pub(super) struct Read<'a> {
+    /// [`in_pyyaml_order`]'s text, the tags [`Forms`] notes taken off.
+    pub(super) text: Cow<'a, str>,
+    pub(super) tagged: TaggedKeys,
+    pub(super) forms: Forms,
+}
+
+/// [`in_pyyaml_order`]'s text, with the keys written with a tag ([`TaggedKeys`]) and the
+/// forms of the number and boolean keys' values ([`Forms`]).
+pub(super) fn read(text: &str) -> Result<Read<'_>, (String, String)> {
     let mut walk = Walk {
         text,
         events: Parser::new_from_str(text),
@@ -52,15 +69,26 @@ pub(super) fn read(text: &str) -> Result<(Cow<'_, str>, TaggedKeys), (String, St
         moves: Vec::new(),
         tagged: HashMap::new(),
         untagged: Vec::new(),
+        forms: Vec::new(),
     };
     match walk.stream() {
         Ok(()) => {}
-        Err(Stop::Unreadable) => return Ok((Cow::Borrowed(text), TaggedKeys::new())),
+        Err(Stop::Unreadable) => {
+            return Ok(Read {
+                text: Cow::Borrowed(text),
+                tagged: TaggedKeys::new(),
+                forms: Forms::new(),
+            });
+        }
         Err(Stop::Refused(path, reason)) => return Err((path, reason)),
     }
     let tagged = std::mem::take(&mut walk.tagged);
     if walk.moves.is_empty() && walk.untagged.is_empty() {
-        return Ok((Cow::Borrowed(text), tagged));
+        return Ok(Read {
+            text: Cow::Borrowed(text),
+            tagged,
+            forms: walk.forms.into_iter().collect(),
+        });
     }
     // Each tag taken off is written over with as many spaces: the moves' offsets still hold.
     let mut blanked = text.to_owned();
@@ -72,8 +100,28 @@ pub(super) fn read(text: &str) -> Result<(Cow<'_, str>, TaggedKeys), (String, St
     }
     walk.moves.sort_by_key(|m| m.to.start);
     let mut out = String::with_capacity(text.len());
-    render(&blanked, &walk.moves, 0..text.len(), &mut out);
-    Ok((Cow::Owned(out), tagged))
+    let mut pieces = Vec::new();
+    render(&blanked, &walk.moves, 0..text.len(), &mut out, &mut pieces);
+    // A value inside a moved `<<` value is where its piece of text went.
+    let forms = walk
+        .forms
+        .into_iter()
+        .filter_map(|(at, form)| {
+            let piece = pieces.iter().find(|piece| piece.from.contains(&at))?;
+            Some((piece.to + (at - piece.from.start), form))
+        })
+        .collect();
+    Ok(Read {
+        text: Cow::Owned(out),
+        tagged,
+        forms,
+    })
+}
+
+/// A piece of the text copied by [`render`]: the bytes `from` of the text went to `to` on.
+struct Piece {
+    from: Range<usize>,
+    to: usize,
 }
 
 /// The text of `from` (with the moves inside it) goes where `to` was. Byte ranges of `text`.
@@ -125,8 +173,10 @@ struct Walk<'a> {
     path: Vec<String>,
     moves: Vec<Move>,
     tagged: TaggedKeys,
-    /// The byte ranges of the tags taken off number keys' values ([`Walk::untag`]).
+    /// The byte ranges of the tags taken off number keys' values ([`Walk::note_form`]).
     untagged: Vec<Range<usize>>,
+    /// The form of each number or boolean key's value, by its byte offset in `text`.
+    forms: Vec<(usize, Form)>,
 }
 
 impl<'a> Walk<'a> {
@@ -273,7 +323,7 @@ impl<'a> Walk<'a> {
             let Child::Node(event, span) = self.child()? else {
                 return Err(Stop::Unreadable);
             };
-            self.untag(&name, &event, span);
+            self.note_form(&name, &event, span);
             self.path.push(name);
             let value = self.node(event, span)?;
             self.path.pop();
@@ -405,41 +455,44 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// Takes the tag off the value of the key `name` (in the mapping at [`Self::path`]) when
-    /// it is a number key's tagged `!!int` or `!!float`, or `stream_usage`'s tagged `!!bool`
-    /// (a boolean: `!!bool 1` was an error to PyYAML) or `!!int` or `!!float` (a number,
-    /// which pydantic took for a boolean when 1 or 0): the value is then read from its text,
-    /// as an untagged one is. The tag may be written before or after an anchor (`!!float &a
-    /// 5`, `&a !!float 5`), or on the line above the value, as YAML allows: a tag with an
-    /// anchor between it and its value stayed, and was refused.
-    fn untag(&mut self, name: &str, event: &Event<'_>, span: Span) {
-        let Event::Scalar(value, _, anchor, Some(tag)) = event else {
+    /// Notes how the value of the key `name` is written when it is a number or boolean key's
+    /// (see [`Forms`]), and takes its tag off when it is `!!int`, `!!float` or `!!bool`: the
+    /// value is then read from its text as PyYAML read it with that tag ([`super::typed`]).
+    /// Wherever the key is: under `servers.<alias>` or `settings`, or in a mapping merged into
+    /// one by `<<` (`<<: {timeout_secs: !!float 5}`), whose tag stayed and was refused; never
+    /// under `headers`, whose values are text. The tag may be written before or after an
+    /// anchor (`!!float &a 5`, `&a !!float 5`), or on the line above the value, as YAML
+    /// allows.
+    fn note_form(&mut self, name: &str, event: &Event<'_>, span: Span) {
+        let Event::Scalar(_, style, anchor, tag) = event else {
             return;
         };
-        // `!!float` and `!<tag:yaml.org,2002:float>` alike.
-        let full = format!("{}{}", tag.handle(), tag.suffix());
-        let Some(kind) = full.strip_prefix("tag:yaml.org,2002:") else {
+        let typed = super::TYPED_KEYS.contains(&name)
+            && !self.path.is_empty()
+            && !self.path.iter().any(|key| key == "headers");
+        let Some(start) = span.start.byte_offset().filter(|_| typed) else {
             return;
         };
-        let number_key = match self.path.as_slice() {
-            [servers, _] if servers == "servers" => name == "timeout_secs",
-            [settings] if settings == "settings" => super::TYPED_KEYS.contains(&name),
-            _ => false,
+        let tag = match tag {
+            None => None,
+            Some(tag) => {
+                // `!!float` and `!<tag:yaml.org,2002:float>` alike.
+                let full = format!("{}{}", tag.handle(), tag.suffix());
+                let core = full
+                    .strip_prefix("tag:yaml.org,2002:")
+                    .and_then(Tag::from_suffix);
+                // Another tag is the YAML library's to refuse, saying what the key takes.
+                let Some(core) = core else { return };
+                Some(core)
+            }
         };
-        let boolean_key = matches!(self.path.as_slice(), [servers, _] if servers == "servers")
-            && name == "stream_usage";
-        let fits = match kind {
-            "int" | "float" if boolean_key => super::number_in(value).is_some(),
-            "int" | "float" => number_key,
-            "bool" => boolean_key && super::boolean_in(value),
-            _ => false,
-        };
-        let (true, Some(start)) = (fits, span.start.byte_offset()) else {
-            return;
-        };
-        if let Some(tag) = tag_before(self.text, start, *anchor != 0) {
-            self.untagged.push(tag);
+        if matches!(tag, Some(Tag::Int | Tag::Float | Tag::Bool)) {
+            if let Some(written) = tag_before(self.text, start, *anchor != 0) {
+                self.untagged.push(written);
+            }
         }
+        let plain = *style == ScalarStyle::Plain;
+        self.forms.push((start, Form { tag, plain }));
     }
 
     fn key_path(&self) -> String {
@@ -588,17 +641,31 @@ fn offset(byte_offset: Option<usize>) -> Result<usize, Stop> {
 
 /// Writes `range` of `text` to `out`, each move inside it replaced by the text it takes (with
 /// the moves inside that, in turn).
-fn render(text: &str, moves: &[Move], range: Range<usize>, out: &mut String) {
+/// Each piece copied is noted in `pieces`.
+fn render(
+    text: &str,
+    moves: &[Move],
+    range: Range<usize>,
+    out: &mut String,
+    pieces: &mut Vec<Piece>,
+) {
+    fn copy(text: &str, from: Range<usize>, out: &mut String, pieces: &mut Vec<Piece>) {
+        pieces.push(Piece {
+            from: from.clone(),
+            to: out.len(),
+        });
+        out.push_str(&text[from]);
+    }
     let mut cursor = range.start;
     for m in moves {
         let inside = m.to.start >= cursor && m.to.end <= range.end && m.to != range;
         if inside {
-            out.push_str(&text[cursor..m.to.start]);
-            render(text, moves, m.from.clone(), out);
+            copy(text, cursor..m.to.start, out, pieces);
+            render(text, moves, m.from.clone(), out, pieces);
             cursor = m.to.end;
         }
     }
-    out.push_str(&text[cursor..range.end]);
+    copy(text, cursor..range.end, out, pieces);
 }
 
 #[cfg(test)]

@@ -365,7 +365,7 @@ fn config_mistakes_are_said_in_the_editors_terms() {
         ),
         (
             "settings:\n  max_body_bytes: 1e20\n",
-            "error: ./config.yaml: settings.max_body_bytes: expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 2, column 19",
+            "error: ./config.yaml: settings.max_body_bytes: expected a whole number (no fraction or exponent such as 1e6) at line 2, column 19",
         ),
         (
             "servers:\n  a:\n    url: http://x\n    api_key: k1\n  a:\n    url: http://y\n    api_key: k2\n",
@@ -589,7 +589,7 @@ fn a_variable_in_a_number_key_is_replaced_then_read() {
     assert_eq!(
         stderr.trim(),
         "error: ./config.yaml: servers.a.timeout_secs: expected a number at line 4, column 19: environment variable T does not hold one (its value is not shown)\n\
-         error: ./config.yaml: settings.max_body_bytes: expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 6, column 19: environment variable T does not hold one (its value is not shown)"
+         error: ./config.yaml: settings.max_body_bytes: expected a whole number (no fraction or exponent such as 1e6) at line 6, column 19: environment variable T does not hold one (its value is not shown)"
     );
 }
 
@@ -752,7 +752,7 @@ fn a_number_past_every_float_is_out_of_range_as_inf_is() {
         ),
         (
             "settings:\n  max_body_bytes: 1e400\n".to_owned(),
-            "settings.max_body_bytes: expected a whole number (digits only: no sign, fraction or exponent such as 1e6) at line 2, column 19".to_owned(),
+            "settings.max_body_bytes: expected a whole number (no fraction or exponent such as 1e6) at line 2, column 19".to_owned(),
         ),
     ];
     for (yaml, expected) in cases {
@@ -877,4 +877,200 @@ async fn stream_usage_takes_1_or_0_as_pydantic_did() {
             "{server}: {sent}"
         );
     }
+}
+
+/// Number keys read YAML 1.1's numbers as the Python version did (PyYAML, then pydantic): a
+/// plain `0x10` is 16, `010` the octal 8, `0b1010` 10, `1_000` 1000 and `1:30` (base 60)
+/// 90, while a quoted `'010'` is the text 10 and `0o10` or a quoted `'0x10'` no number.
+/// `timeout_secs: 0x10` and `max_body_bytes: 0b1010` were refused, and `timeout_secs: 010`
+/// was 10 seconds. `!!int 5.5` (PyYAML refused it) was 5.5 seconds.
+#[tokio::test]
+async fn number_keys_read_yaml_1_1_numbers_as_the_python_version_did() {
+    let seconds = |value: &str| {
+        format!(
+            "servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    timeout_secs: {value}\n\
+             settings:\n  max_body_bytes: {value}\n"
+        )
+    };
+    for (value, expected) in [
+        ("0x10", 16),
+        ("010", 8),
+        ("'010'", 10),
+        ("0b1010", 10),
+        ("1_000", 1000),
+        ("1:30", 90),
+        ("!!int 0o10", 8),
+        ("+12", 12),
+    ] {
+        let router = TestRouter::start(&seconds(value)).await;
+        let config = router.state.config.load();
+        assert_eq!(
+            config.servers["a"].timeout,
+            std::time::Duration::from_secs(expected),
+            "{value}"
+        );
+        assert_eq!(
+            config.settings.max_body_bytes,
+            usize::try_from(expected).expect("small"),
+            "{value}"
+        );
+    }
+
+    let dir = tempfile::tempdir().expect("dir");
+    let refused = [
+        ("0o10", "expected a number at line 4, column 19"),
+        ("'0x10'", "expected a number at line 4, column 19"),
+        ("0x", "expected a number at line 4, column 19"),
+        (
+            "!!int 5.5",
+            "a tagged value where a number is expected: write the value without its tag at line 4, column 25",
+        ),
+        (
+            "!!float 0x10",
+            "a tagged value where a number is expected: write the value without its tag at line 4, column 27",
+        ),
+    ];
+    for (value, expected) in refused {
+        let yaml =
+            format!("servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    timeout_secs: {value}\n");
+        std::fs::write(dir.path().join("config.yaml"), yaml).expect("config");
+        let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!(code, 1, "{value}: {stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!("error: ./config.yaml: servers.a.timeout_secs: {expected}"),
+            "{value}"
+        );
+    }
+}
+
+/// A `max_body_bytes` past every size is no limit, as it was to the Python version, whose int
+/// had no bound: `99999999999999999999999` was refused as "expected a whole number", which it
+/// is. A body far over the default 64 MiB's share is taken; `0` and `-5` stay refused.
+#[tokio::test]
+async fn a_max_body_bytes_past_every_size_is_no_limit() {
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    for value in [
+        "99999999999999999999999",
+        "'99999999999999999999999'",
+        &"9".repeat(60),
+    ] {
+        let config = format!(
+            "servers:\n  mock:\n    url: \"{}\"\nsettings:\n  max_body_bytes: {value}\n",
+            upstream.url()
+        );
+        let router = TestRouter::start(&config).await;
+        assert_eq!(
+            router.state.config.load().settings.max_body_bytes,
+            usize::MAX
+        );
+        let response = router
+            .chat(&json!({"model": "[mock]m", "messages": [], "pad": "x".repeat(4096)}))
+            .await;
+        assert_eq!(response.status(), 200, "{value}");
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    for value in ["0", "-5", "-99999999999999999999999"] {
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            format!("settings:\n  max_body_bytes: {value}\n"),
+        )
+        .expect("config");
+        let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!(code, 1, "{value}: {stderr}");
+        assert_eq!(
+            stderr.trim(),
+            "error: ./config.yaml: settings.max_body_bytes: must be above 0 at line 2, column 19",
+            "{value}"
+        );
+    }
+}
+
+/// `stream_usage` refuses what pydantic refused for a boolean: `1e0` and `0o1` (text to
+/// PyYAML, and no boolean's text), a quoted `'1.0'` (text, where only `'1'` and `'0'` are
+/// numbers pydantic takes) and `'01'`. They loaded as true. The quoted words pydantic took
+/// (`'yes'`, `'on'`, `'t'`, `'1'`) load.
+#[test]
+fn stream_usage_refuses_what_pydantic_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = |value: &str| {
+        format!("servers:\n  a:\n    url: http://127.0.0.1:9/v1\n    stream_usage: {value}\n")
+    };
+    for value in ["1e0", "0o1", "'1.0'", "'01'", "\"1.0\""] {
+        std::fs::write(dir.path().join("config.yaml"), config(value)).expect("config");
+        let (code, _, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!(code, 1, "{value}: {stderr}");
+        assert_eq!(
+            stderr.trim(),
+            "error: ./config.yaml: servers.a.stream_usage: expected true or false (or the number 1 or 0) at line 4, column 19",
+            "{value}"
+        );
+    }
+    for value in ["'yes'", "'on'", "'t'", "'1'", "y", "!!str true"] {
+        std::fs::write(dir.path().join("config.yaml"), config(value)).expect("config");
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+        assert_eq!(code, 0, "{value}: {stdout} {stderr}");
+    }
+}
+
+/// A number or boolean key's tag in a mapping merged in by `<<` is taken off as one written
+/// in the server is (`<<: {timeout_secs: !!float 5}`), under `servers`, a server and
+/// `settings` alike: it stayed and the file was refused as "a tagged value".
+#[tokio::test]
+async fn a_tag_on_a_merged_value_is_read_as_one_written_in_place() {
+    let config = "servers:\n  \
+                  a:\n    url: http://127.0.0.1:9/v1\n    <<: {timeout_secs: !!float 5, stream_usage: !!bool false}\n  \
+                  b:\n    url: http://127.0.0.1:9/v1\n    <<: [{timeout_secs: !!int 0x10}]\n  \
+                  <<: {c: {url: \"http://127.0.0.1:9/v1\", timeout_secs: !!int 7, api_key: !!str 123}}\n  \
+                  e: &e {url: \"http://127.0.0.1:9/v1\", timeout_secs: 010}\n  \
+                  d:\n    url: http://127.0.0.1:9/v1\n    <<: *e\n    <<: {timeout_secs: '010'}\n\
+                  settings:\n  <<: {max_body_bytes: !!int 1000, models_cache_ttl_secs: !!float 3}\n";
+    let router = TestRouter::start(config).await;
+    let config = router.state.config.load();
+    let secs = std::time::Duration::from_secs;
+    assert_eq!(config.servers["a"].timeout, secs(5));
+    assert!(!config.servers["a"].stream_usage);
+    assert_eq!(config.servers["b"].timeout, secs(16));
+    assert_eq!(config.servers["c"].timeout, secs(7));
+    // Separate `<<` keys trade places before the file is read; the quoted one is still text
+    // (10), the plain one octal (8).
+    assert_eq!(config.servers["d"].timeout, secs(10));
+    assert_eq!(config.servers["e"].timeout, secs(8));
+    assert_eq!(
+        config.servers["c"].api_key.as_ref().map(|k| k.expose()),
+        Some("123")
+    );
+    assert_eq!(config.settings.max_body_bytes, 1000);
+    assert_eq!(config.settings.models_cache_ttl, secs(3));
+}
+
+/// The `user` commands check permissions against config.yaml's aliases whatever its
+/// `settings` hold: an unknown key there (`colour:`) left every alias unchecked ("provider
+/// names not checked"), where `serve` and `check` refuse it as before.
+#[test]
+fn user_commands_check_aliases_past_an_unknown_setting() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "servers:\n  mock:\n    url: http://127.0.0.1:9/v1\nsettings:\n  colour: red\n  max_body_bytes: abc\n",
+    )
+    .expect("config");
+    let (code, _, err) = run_cli(
+        dir.path(),
+        &["user", "add", "ann", "--permissions", "mock,typo"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: provider \"typo\" is not in config.yaml"),
+        "{err}"
+    );
+    assert!(!err.contains("\"mock\" is not"), "{err}");
+    assert!(!err.contains("not checked"), "{err}");
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stderr.contains("error: ./config.yaml: settings.colour: unknown field `colour`"),
+        "{stderr}"
+    );
 }
