@@ -36,8 +36,9 @@ pub enum Route {
     GetModel(String),
     /// Any other path: proxied when POSTed; the path after `/v1`.
     Upstream(String),
-    /// A path with a `.` or `..` segment (raw or percent-encoded): refused, since the upstream
-    /// URL would resolve it and leave the configured base path, with the provider's key.
+    /// A path with a `.` or `..` segment (raw or percent-encoded, or one a server may read so:
+    /// [`crate::routing::reads_as_dot_segment`]): refused, since the upstream URL would resolve
+    /// it and leave the configured base path, with the provider's key.
     DotSegment,
     /// `/api/user/bypass`: the Python version's per-user model pin (`ENABLE_BYPASS`), which
     /// llmsrouter does not have. Refused with a message saying so: proxied as any other POST
@@ -83,22 +84,21 @@ fn rebuild_path(raw: &str) -> String {
     out
 }
 
-/// Whether a path segment is `.` or `..`, also when percent-encoded (`%2e`, `.%2E`, ...), or
-/// holds one behind an encoded slash or backslash (`..%2f..%2fadmin`): a server that decodes
-/// `%2F` before it resolves dot segments (nginx normalises URIs so) would climb out of the
-/// configured base URL there too. A piece's path parameters count for nothing (`..;/admin`,
-/// `..;x`): Tomcat and Spring take `..;` for `..`.
+/// Whether a path segment is `.` or `..`, or one a server may read so (`...`, `..%20`,
+/// `..%00`, `..;x`, overlong UTF-8 such as `%c0%ae%c0%ae`: see
+/// [`crate::routing::reads_as_dot_segment`]), also when percent-encoded (`%2e`, `.%2E`,
+/// ...), or holds one behind an encoded slash or backslash (`..%2f..%2fadmin`, or the
+/// overlong `..%c0%af`): a server that decodes `%2F` before it resolves dot segments (nginx
+/// normalises URIs so) would climb out of the configured base URL there too.
 fn is_dot_segment(segment: &str) -> bool {
-    let is_dot = |piece: &[u8]| {
-        let name = piece.split(|&b| b == b';').next().unwrap_or_default();
-        name == b"." || name == b".."
-    };
     let bytes = segment.as_bytes();
     if !bytes.contains(&b'%') {
-        return is_dot(bytes);
+        return crate::routing::reads_as_dot_segment(bytes);
     }
     let decoded = percent_encoding::percent_decode(bytes).collect::<Vec<u8>>();
-    decoded.split(|&b| b == b'/' || b == b'\\').any(is_dot)
+    crate::routing::fold_overlong(&decoded)
+        .split(|&b| b == b'/' || b == b'\\')
+        .any(crate::routing::reads_as_dot_segment)
 }
 
 impl Route {
@@ -373,7 +373,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         }
         Route::DotSegment => {
             return ProxyError::InvalidRequest(
-                "the path has a \".\" or \"..\" segment or a backslash; send the plain path, e.g. /v1/chat/completions".into(),
+                "the path has a \".\" or \"..\" segment (or one a server may read so, such as \"...\", \"..%20\", \"..%00\" or \"%c0%ae%c0%ae\") or a backslash; send the plain path, e.g. /v1/chat/completions".into(),
             )
             .into_response();
         }
@@ -652,6 +652,56 @@ mod tests {
             let raw = format!("/{}", segments.join("/"));
             proptest::prop_assert_eq!(normalize_path(&raw), rebuild_path(&raw));
         }
+    }
+
+    /// Dot segments, and segments a server may read as one (a trailing space or NUL, only
+    /// dots, overlong UTF-8), are refused wherever they are; a dot inside a name is not.
+    #[test]
+    fn dot_segments_and_what_servers_read_as_them_are_refused() {
+        for path in [
+            "/v1/chat/../../admin",
+            "/v1/./chat/completions",
+            "/v1/%2e%2e/admin",
+            "/v1/..;/admin",
+            "/v1/.../admin",
+            "/v1/..../admin",
+            "/v1/..%20/admin",
+            "/v1/..%09/admin",
+            "/v1/..%00/admin",
+            "/v1/..%00.txt/admin",
+            "/v1/.%20/admin",
+            "/v1/..%2e%20%20/admin",
+            "/v1/..%0d%0a/admin",
+            "/v1/%c0%ae%c0%ae/admin",
+            "/v1/%C0%AE%C0%AE/admin",
+            "/v1/%e0%80%ae%e0%80%ae/admin",
+            "/v1/%f0%80%80%ae%f0%80%80%ae/admin",
+            "/v1/%c0%2e%c0%2e/admin",
+            "/v1/.%c0%ae/admin",
+            // Overlong slash, backslash, NUL and `;` after a `..`.
+            "/v1/..%c0%afadmin",
+            "/v1/..%c1%9cadmin",
+            "/v1/..%c0%80/admin",
+            "/v1/..%c0%bbx/admin",
+            "/v1/models/..%20",
+        ] {
+            assert_eq!(Route::of(path), Route::DotSegment, "{path}");
+        }
+        for path in [
+            "/v1/files/file..txt/content",
+            "/v1/a..b%2F.c",
+            "/v1/.well-known/x",
+            "/v1/..a/b",
+            "/v1/x..%20/b",
+            "/v1/%c3%a9t%c3%a9/x",
+            "/v1/%e2%80%a6/x",
+        ] {
+            assert!(matches!(Route::of(path), Route::Upstream(_)), "{path}");
+        }
+        assert_eq!(
+            Route::of("/v1/models/[openrouter]v1.5..."),
+            Route::GetModel("[openrouter]v1.5...".into())
+        );
     }
 
     #[test]

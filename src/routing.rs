@@ -306,6 +306,74 @@ const PATH_UNSAFE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b'{')
     .add(b'}');
 
+/// Whether a path segment, percent-decoded, is one a server may read as `.` or `..`: a dot
+/// or two, or a dot followed only by dots and white space (`...`, `.. `, `..\t`: Windows
+/// drops the dots and spaces that end a file name, and some servers trim white space), up to
+/// a NUL (`..\0x`: a server written in C reads no further) or its path parameters (`..;x`:
+/// Tomcat and Spring read `..;` as `..`); overlong UTF-8 for any of these bytes counts as the
+/// byte ([`fold_overlong`]: `\xC0\xAE` for `.`, which IIS once decoded so). A dot inside a
+/// name (`a..b`, `v1.5`) is no such segment.
+pub fn reads_as_dot_segment(segment: &[u8]) -> bool {
+    let folded = fold_overlong(segment);
+    let name = folded
+        .split(|&b| b == b';' || b == 0)
+        .next()
+        .unwrap_or_default();
+    name.first() == Some(&b'.')
+        && name
+            .iter()
+            .all(|&b| matches!(b, b'.' | b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c'))
+}
+
+/// `bytes` with each overlong UTF-8 encoding of an ASCII byte (two to six bytes for what UTF-8
+/// writes in one: `C0 AE` or `E0 80 AE` for `.`, `C0 AF` for `/`, `C0 80` for NUL) replaced by
+/// that byte. Such sequences are invalid UTF-8, but lenient decoders read them (IIS's did:
+/// `..%c0%af` climbed out of its web root); continuation bytes are not checked, as such a
+/// decoder does not check them (`C0 2E` reads as `.` too). Valid UTF-8 is left as it is.
+pub fn fold_overlong(bytes: &[u8]) -> Cow<'_, [u8]> {
+    // The lead bytes of overlong forms: `C0` and `C1` (two bytes), `E0`, `F0`, `F8`, `FC`.
+    if !bytes
+        .iter()
+        .any(|&b| matches!(b, 0xC0 | 0xC1 | 0xE0 | 0xF0 | 0xF8 | 0xFC))
+    {
+        return Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while let Some(&lead) = bytes.get(at) {
+        let len = match lead {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            0xF8..=0xFB => 5,
+            0xFC..=0xFD => 6,
+            _ => 1,
+        };
+        let folded = bytes
+            .get(at + 1..at + len)
+            .filter(|_| len > 1)
+            .and_then(|rest| {
+                let value = rest
+                    .iter()
+                    .fold(u32::from(lead & (0x7F >> len)), |value, &b| {
+                        (value << 6) | u32::from(b & 0x3F)
+                    });
+                u8::try_from(value).ok().filter(u8::is_ascii)
+            });
+        match folded {
+            Some(ascii) => {
+                out.push(ascii);
+                at += len;
+            }
+            None => {
+                out.push(lead);
+                at += 1;
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// A `DELETE /models/<id>` (`models.delete`) whose id (percent-decoded) is `[alias]name`
 /// with a configured alias, as `GET /v1/models` lists it: the id as the model the request
 /// names (so it goes to that alias, with its key and the caller's permission checked), and
@@ -323,12 +391,11 @@ pub fn aliased_model_path(path: &str, config: &Config) -> Option<(String, String
     };
     // `[alias]..` or `[alias]../files/x` put back into the path would leave `/models/`
     // (`DELETE /v1/files/x` with the alias's key): no model is named so. A backslash counts
-    // as a slash: a server may read `..\\x` as `../x`.
-    // Path parameters aside (`..;x`, which Tomcat and Spring read as `..`).
+    // as a slash: a server may read `..\\x` as `../x`. So does a segment a server may read as
+    // `..` ([`reads_as_dot_segment`]: `..;x`, `.. `, `...`).
     if name
         .split(['/', '\\'])
-        .map(|segment| segment.split(';').next().unwrap_or_default())
-        .any(|segment| segment == "." || segment == "..")
+        .any(|segment| reads_as_dot_segment(segment.as_bytes()))
     {
         return None;
     }
@@ -1552,7 +1619,82 @@ servers:
         );
     }
 
+    #[test]
+    fn overlong_utf8_reads_as_the_ascii_byte() {
+        let folded = |bytes: &[u8]| fold_overlong(bytes).into_owned();
+        assert_eq!(folded(b"\xC0\xAE\xC0\xAE"), b"..");
+        assert_eq!(folded(b"\xE0\x80\xAE\xF0\x80\x80\xAE"), b"..");
+        assert_eq!(
+            folded(b"\xF8\x80\x80\x80\xAE\xFC\x80\x80\x80\x80\xAE"),
+            b".."
+        );
+        // Continuation bits unchecked, as a lenient decoder leaves them.
+        assert_eq!(folded(b"\xC0\x2E\xC0\xEE"), b"..");
+        assert_eq!(folded(b"..\xC0\xAFx\xC1\x9C\xC0\x80"), b"../x\\\0");
+        // Not overlong, or cut short: left as it is.
+        assert_eq!(folded("é…".as_bytes()), "é…".as_bytes());
+        assert_eq!(folded(b"a\xC0"), b"a\xC0");
+        assert_eq!(folded(b"\xE0\x80"), b"\xE0\x80");
+    }
+
+    #[test]
+    fn segments_a_server_may_read_as_dots() {
+        for segment in [
+            ".", "..", "...", "....", ".. ", "..\t", "..\0", "..\0x", ". ", "..\r\n", ". .",
+            "..;x", "..\0;x", "...;",
+        ] {
+            assert!(reads_as_dot_segment(segment.as_bytes()), "{segment:?}");
+        }
+        assert!(reads_as_dot_segment(b"\xC0\xAE\xC0\xAE"));
+        assert!(reads_as_dot_segment(b".\xC0\xAE\xC0\xA0"));
+        for segment in [
+            "",
+            "a..b",
+            "file..txt",
+            "v1.5...",
+            ".well-known",
+            ".env",
+            "..a",
+            "x.. ",
+            " ..",
+            "\0..",
+            ";..",
+            "é",
+        ] {
+            assert!(!reads_as_dot_segment(segment.as_bytes()), "{segment:?}");
+        }
+    }
+
+    #[test]
+    fn an_aliased_model_name_that_reads_as_dots_is_no_model() {
+        let c = config();
+        for id in [
+            "[openrouter]..%20/files/x",
+            "[openrouter]...",
+            "[openrouter]..%00/files/x",
+            "[openrouter]..%09%5cfiles%5cx",
+            "[openrouter]..;/files/x",
+        ] {
+            let path = format!("/models/{id}");
+            assert_eq!(aliased_model_path(&path, &c), None, "{id}");
+        }
+        assert_eq!(
+            aliased_model_path("/models/[openrouter]ft:v1.5...:a", &c),
+            Some((
+                "[openrouter]ft:v1.5...:a".to_owned(),
+                "/models/ft:v1.5...:a".to_owned()
+            ))
+        );
+    }
+
     proptest! {
+        /// Valid UTF-8 has no overlong forms: folding never changes it.
+        #[test]
+        fn valid_utf8_is_never_folded(text in "\\PC{0,40}") {
+            let folded = fold_overlong(text.as_bytes());
+            prop_assert_eq!(folded.as_ref(), text.as_bytes());
+        }
+
         #[test]
         fn resolve_never_panics(proxy in proptest::option::of(".{0,40}"), model in ".{0,60}") {
             let c = config();

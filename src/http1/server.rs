@@ -80,8 +80,10 @@ pub async fn serve_connection(io: TcpStream, service: Arc<Service>) {
         grown: false,
         answering: false,
         unread: false,
+        pipelined: false,
     };
     loop {
+        conn.pipelined = conn.served > 0 && (conn.unread || !conn.buf.is_empty());
         let head = match conn.next_head().await {
             Ok(Some(head)) => head,
             Ok(None) => return,
@@ -155,6 +157,9 @@ struct Conn {
     /// Bytes the client sent may wait in the kernel unseen by tokio (see
     /// [`closed_by_peer`]): every read of this connection goes through [`read_client`].
     unread: bool,
+    /// The current request was pipelined: bytes of it had come while an earlier request was
+    /// served. Its client may have left behind it unseen ([`Conn::client_left`]).
+    pipelined: bool,
 }
 
 /// Closes a connection that waits too long for its next request (`AppState::idle_timeout`).
@@ -384,13 +389,26 @@ impl Conn {
                     .await;
             }
         };
+        let client_gone = self.pipelined && self.client_left();
         let request = ProxyRequest {
             caller: &caller,
             path,
             query,
             fields: &head.fields,
             body,
+            client_gone,
         };
+        if client_gone {
+            // Routed and recorded as a disconnect, not sent upstream; there is nobody to
+            // answer.
+            let handled = if post {
+                proxy::handle(state, request, &mut self.hard_stop).await
+            } else {
+                proxy::handle_other(state, request, &head.method, &mut self.hard_stop).await
+            };
+            drop(handled);
+            return Next::Gone;
+        }
         let answer = {
             let handled = async {
                 if post {
@@ -407,6 +425,32 @@ impl Conn {
             }
         };
         self.write_answer(answer, keep_alive, Asked::of(head)).await
+    }
+
+    /// Whether the client of a pipelined request is known to have left, looked for without
+    /// waiting: a reset came, or its end of file is among the bytes waiting to be read (read
+    /// and kept, up to [`KEEP_PIPELINED`] as [`closed_by_peer`] does). A client that pipelined
+    /// more than the router reads ahead and then closed is not seen to leave while the answer
+    /// before is made: its close waits behind bytes in its own send buffer. Its system resets
+    /// the connection when that answer arrives, so the request read after it is found here,
+    /// not sent upstream to be cancelled when the reset came. Over a network the reset comes
+    /// a round trip after the answer: a request read sooner still goes (README, "What
+    /// crosses the router").
+    fn client_left(&mut self) -> bool {
+        if !matches!(self.io.take_error(), Ok(None)) {
+            return true;
+        }
+        while self.buf.len() < KEEP_PIPELINED {
+            match read_unwatched(&self.io, &mut self.buf, 0) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(_) => return true,
+            }
+        }
+        // Read past what tokio saw: what is left must be looked for by the next read.
+        self.unread = true;
+        false
     }
 
     /// Any other request: to the axum app, its body read first (or dropped, for a request

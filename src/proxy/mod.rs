@@ -67,6 +67,12 @@ pub struct ProxyRequest<'a> {
     pub query: Option<&'a str>,
     pub fields: &'a Fields,
     pub body: Bytes,
+    /// The client is known to have left already: the router's HTTP/1 found its connection
+    /// closed behind this request, which it had pipelined behind an earlier one
+    /// ([`crate::http1::server`]). Routed and recorded as a disconnect, never sent upstream:
+    /// sent, it would be cancelled at once, a generation started (and perhaps billed) for
+    /// nobody.
+    pub client_gone: bool,
 }
 
 /// The router's answer to a proxied request.
@@ -414,6 +420,7 @@ async fn read_incoming<'a>(
         query: incoming.query,
         fields: incoming.fields,
         body,
+        client_gone: false,
     })
 }
 
@@ -498,6 +505,21 @@ async fn forward_inner(
         }
     };
     forward_read(state, request, view, started_at, hard_stop).await
+}
+
+/// Records a request whose client is known to have left before it was sent upstream
+/// ([`ProxyRequest::client_gone`]) as a disconnect, as one that leaves while its upstream is
+/// reached is, with an error that says it was not sent. The answer is for nobody: the
+/// connection is closed without writing it.
+fn gone_before_sending(mut guard: RecordGuard) -> Answer {
+    if let Some(record) = guard.record_mut() {
+        record.error = Some("client disconnected before the request was sent upstream".into());
+    }
+    guard.finish(Outcome::ClientDisconnected);
+    Answer::error(
+        &ProxyError::InvalidRequest("the client went away".into()),
+        None,
+    )
 }
 
 /// The refusal of a `POST` that names no model (an empty body, or JSON without `model`)
@@ -801,6 +823,9 @@ async fn forward_read<V: ReadBody>(
         }
         record
     });
+    if request.client_gone {
+        return Ok(gone_before_sending(guard));
+    }
     tracing::debug!(request_id, provider = %target.provider, mode = %target.mode, "forwarding");
 
     let post = *view.method() == Method::POST;

@@ -1372,6 +1372,17 @@ async fn dot_segments_cannot_escape_the_configured_base_path() {
         "/v1/..;x/..;/admin",
         "/v1/%2e%2e;/admin",
         "/v1/..%3B%2Fadmin",
+        // Segments a server may read as `..`: one that drops the spaces and dots that end a
+        // name (Windows), trims white space, or stops at a NUL (C), or decodes overlong
+        // UTF-8 (IIS did: `%c0%ae` is `.`, `%c0%af` is `/`).
+        "/v1/..%20/..%20/admin",
+        "/v1/.../.../admin",
+        "/v1/..%09/admin",
+        "/v1/..%00/admin",
+        "/v1/..%00.json/admin",
+        "/v1/%c0%ae%c0%ae/%C0%AE%C0%AE/admin",
+        "/v1/%e0%80%ae%e0%80%ae/admin",
+        "/v1/..%c0%af..%c0%afadmin",
     ] {
         let answer = raw_post(router.addr, path, r#"{"model":"[mock]m"}"#).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
@@ -1394,6 +1405,15 @@ async fn dot_segments_cannot_escape_the_configured_base_path() {
     let answer = raw_post(router.addr, "/v1/a..b%2F.c", r#"{"model":"[mock]m"}"#).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(upstream.last().path, "/api/v3/a..b%2F.c");
+    // Dots inside a name are no dot segment.
+    let answer = raw_post(
+        router.addr,
+        "/v1/x..%20/v1.5.../file..txt",
+        r#"{"model":"[mock]m"}"#,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(upstream.last().path, "/api/v3/x..%20/v1.5.../file..txt");
     router.stop().await;
 }
 

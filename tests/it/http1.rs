@@ -270,6 +270,13 @@ async fn a_long_pipelined_request_is_answered_without_more_from_the_client() {
 /// Bytes waiting in the kernel for the router's end of the connection from `client`, from
 /// `/proc/net/tcp` (its `rx_queue`); 0 when the connection is not found.
 fn unread_by_router(router: SocketAddr, client: SocketAddr) -> u64 {
+    tcp_queues(router, client).1
+}
+
+/// The `tx_queue` and `rx_queue` of the socket at `local` connected to `remote`, from
+/// `/proc/net/tcp` (a socket its program closed is listed while it still has bytes to send);
+/// zeros when it is not found.
+fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> (u64, u64) {
     let hex = |addr: SocketAddr| match addr {
         SocketAddr::V4(v4) => format!(
             "{:08X}:{:04X}",
@@ -278,15 +285,98 @@ fn unread_by_router(router: SocketAddr, client: SocketAddr) -> u64 {
         ),
         SocketAddr::V6(_) => String::new(),
     };
-    let (local, remote) = (hex(router), hex(client));
+    let (local, remote) = (hex(local), hex(remote));
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let queue = |hex: &str| u64::from_str_radix(hex, 16).unwrap_or(0);
     table
         .lines()
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
         .find(|fields| fields.len() > 4 && fields[1] == local && fields[2] == remote)
-        .and_then(|fields| fields[4].split_once(':').map(|(_, rx)| rx.to_owned()))
-        .and_then(|rx| u64::from_str_radix(&rx, 16).ok())
-        .unwrap_or(0)
+        .and_then(|fields| {
+            fields[4]
+                .split_once(':')
+                .map(|(tx, rx)| (queue(tx), queue(rx)))
+        })
+        .unwrap_or((0, 0))
+}
+
+/// A client that pipelined a request behind one whose upstream is still silent, and so much
+/// after it that its close waits behind bytes the router has not read (in the client's own
+/// send buffer), then closed the connection: once the first request is answered (the
+/// client's system resets the connection in reply), the request pipelined behind it, already
+/// read, is recorded as a disconnect and never sent upstream. It went upstream and was
+/// cancelled at once: a generation started, and perhaps billed, for a client that was gone.
+/// A client that resets the connection instead is seen to leave at once, as one whose close
+/// is not held back: its first request is dropped, and nothing behind it is read.
+#[tokio::test]
+async fn a_request_pipelined_by_a_client_that_left_is_not_sent_upstream() {
+    for reset in [false, true] {
+        let (gate, upstream, router) = held_upstream().await;
+        let stream = TcpStream::connect(router.addr).await.expect("connect");
+        let client = stream.local_addr().expect("client address");
+        if reset {
+            socket2::SockRef::from(&stream)
+                .set_linger(Some(Duration::ZERO))
+                .expect("linger");
+        }
+        let mut wire = post("/v1/chat/completions", CHAT, "");
+        wire.push_str(&post("/v1/chat/completions", CHAT, ""));
+        // A third request, never whole: its body fills the router's socket, then the client's.
+        wire.push_str(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n",
+        );
+        let writer = tokio::spawn(async move {
+            let mut stream = stream;
+            stream.write_all(wire.as_bytes()).await.expect("write");
+            let filler = vec![b' '; 16 * 1024];
+            while stream.write_all(&filler).await.is_ok() {}
+        });
+        wait_until(Duration::from_secs(10), || upstream.count() == 1).await;
+        // The router stopped reading, and the client's own buffer holds what it could not
+        // send.
+        wait_until(Duration::from_secs(10), || {
+            unread_by_router(router.addr, client) > 0 && tcp_queues(client, router.addr).0 > 0
+        })
+        .await;
+        writer.abort();
+        assert!(
+            writer.await.is_err_and(|e| e.is_cancelled()),
+            "still writing"
+        );
+        let records = Arc::clone(&router.records);
+        if reset {
+            let first = records.nth(1).await;
+            assert_eq!(first.outcome, Outcome::ClientDisconnected);
+            gate.add_permits(1);
+        } else {
+            // Closed, its end of file behind bytes it could not send: the case at hand.
+            assert!(
+                tcp_queues(client, router.addr).0 > 0,
+                "the close waits unsent"
+            );
+            gate.add_permits(1);
+            let first = records.nth(1).await;
+            assert_eq!(first.outcome, Outcome::Success, "{:?}", first.error);
+            let second = records.nth(2).await;
+            assert_eq!(second.outcome, Outcome::ClientDisconnected);
+            assert_eq!(
+                second.error.as_deref(),
+                Some("client disconnected before the request was sent upstream")
+            );
+            assert_eq!(second.status, None);
+        }
+        router.stop().await;
+        assert_eq!(
+            upstream.count(),
+            1,
+            "nothing after the first request went upstream"
+        );
+        assert_eq!(
+            records.all().len(),
+            if reset { 1 } else { 2 },
+            "reset: {reset}"
+        );
+    }
 }
 
 #[tokio::test]
