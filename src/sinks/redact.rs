@@ -1,7 +1,7 @@
 //! Redaction of secrets from everything a sink writes: every configured `api_key` and what a
 //! request itself carried (the client's credentials, a URL target's query), wherever they
 //! appear (bodies, error texts echoed by an upstream, model parameters), written as they are
-//! or with JSON string escapes.
+//! or with JSON string escapes, in any ASCII case.
 //!
 //! Sinks must pass every piece of request-derived text through a [`Redactor`] before it leaves
 //! the process; this module never logs or stores the keys it holds.
@@ -36,17 +36,21 @@ const ESCAPE_DEPTH: u8 = 2;
 
 /// Finds and replaces known secrets. Cheap to clone; built once at start-up.
 ///
-/// A secret is found written as it is, and also written with JSON string escapes in any of
-/// its characters (`\/`, `\"`, `\\`, `\b\f\n\r\t`, `\uXXXX` in either case, surrogate pairs),
-/// escaped once or twice ([`ESCAPE_DEPTH`]), mixed freely with plain characters: any JSON
+/// Every search ignores ASCII case (an upstream that echoes `Bearer SK-ABC...` or
+/// `bearer sk-abc...` for `sk-AbC...` gives away all but one bit per letter of the key);
+/// other letters are compared as they are. A secret is found written as it is, and also
+/// written with JSON string escapes in any of its characters (`\/`, `\"`, `\\`,
+/// `\b\f\n\r\t`, `\uXXXX` in either case, surrogate pairs), escaped once or twice
+/// ([`ESCAPE_DEPTH`]), mixed freely with plain characters: any JSON
 /// parser reads those back as the secret (PHP writes every `/` as `\/`). A configured secret
 /// is found percent-encoded too ([`percent_encoded`]), and a request path is searched decoded
 /// ([`RequestRedactor::redact_path`]). Not covered: other encodings (base64, HTML entities,
-/// in a body a key percent-encoded twice or with hex digits of both cases), three or more
-/// levels of escaping, and a secret written in pieces with other text between them.
+/// in a body a key percent-encoded twice), three or more levels of escaping, and a secret
+/// written in pieces with other text between them.
 ///
 /// Cost: a text shorter than the shortest secret is not searched. A text with no backslash
-/// (most names, ids, and many bodies) gets one `memmem` search per secret. A text with a
+/// (most names, ids, and many bodies) gets one `memmem` search per secret, of the secret
+/// lower-cased in the text lower-cased a window at a time ([`Caseless`]). A text with a
 /// backslash gets one search per distinct prefix of [`PREFIX_CHARS`] characters (keys of one
 /// provider share theirs), each hit read on with escapes allowed, and one pass over its
 /// backslashes that decodes each escape once and looks further only when it decodes to one
@@ -54,6 +58,11 @@ const ESCAPE_DEPTH: u8 = 2;
 /// something is found. Measured on 100 KB with 20 keys of distinct prefixes, against the
 /// plain search alone: 1.2x with a `\n` every 80 bytes, 2.5x with one every 5 bytes (with
 /// one shared prefix: 0.3x and 1.6x).
+///
+/// Ignoring case costs one more pass, lower-casing the text a window at a time, shared by up
+/// to [`BATCH`] needles: on 100 KB with 20 keys, no slower than the case-sensitive search it
+/// replaced within the noise of a loaded machine (0.9x to 1.3x; 1.3x to 1.75x on texts of
+/// 200 bytes, where the fixed cost of each pass shows).
 #[derive(Clone, Default)]
 pub struct Redactor {
     needles: Arc<[Needle<'static>]>,
@@ -62,6 +71,8 @@ pub struct Redactor {
     shortest: usize,
     /// The characters among the secrets' first [`PREFIX_CHARS`].
     heads: HeadChars,
+    /// The runs of `needles` that share their prefix ([`prefix_groups`]).
+    groups: Arc<[Range<usize>]>,
 }
 
 impl std::fmt::Debug for Redactor {
@@ -79,8 +90,9 @@ impl Redactor {
             .into_iter()
             .chain(encoded.iter().map(String::as_str))
             .collect();
-        all.sort_unstable();
-        all.dedup();
+        // Secrets that differ only in case are one search; those that share a prefix (in
+        // any case) side by side, for `find_prefixed`.
+        sort_caseless(&mut all);
         let needles: Vec<Needle<'static>> = all
             .into_iter()
             .map(|s| Needle::new(s).into_owned())
@@ -88,6 +100,7 @@ impl Redactor {
         Self {
             shortest: needles.iter().map(Needle::len).min().unwrap_or(usize::MAX),
             heads: HeadChars::of(&needles),
+            groups: prefix_groups(&needles).into(),
             needles: needles.into(),
         }
     }
@@ -109,6 +122,7 @@ impl Redactor {
                 .map(Needle::len)
                 .fold(self.shortest, usize::min),
             heads: self.heads.with(&HeadChars::of(&extra)),
+            extra_groups: prefix_groups(&extra),
             extra,
         }
     }
@@ -150,10 +164,11 @@ impl Redactor {
 /// `/`, `+` or `=`, as AWS-style secrets and base64 credentials have): every character but
 /// letters, digits and `-._~` as `%XX` (JavaScript's `encodeURIComponent`, Python's
 /// `quote_plus`, Go's `QueryEscape`), the same with `/` kept (Python's `quote`), and with
-/// `/` encoded but `$&+:=@` kept (Go's `PathEscape`); each with upper-case hex digits and
-/// with lower-case ones (.NET's `HttpUtility.UrlEncode`). An upstream's error quoting the
-/// request URL or a form it was sent writes them so; they reached every sink. Each form is
-/// one more search, for the secrets that have such characters only.
+/// `/` encoded but `$&+:=@` kept (Go's `PathEscape`). An upstream's error quoting the
+/// request URL or a form it was sent writes them so; they reached every sink. The search
+/// ignores case, so the hex digits may be of either case, mixed too (.NET's
+/// `HttpUtility.UrlEncode` writes lower-case ones). Each form is one more search, for the
+/// secrets that have such characters only.
 fn percent_encoded(secret: &str) -> Vec<String> {
     use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
     const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -173,45 +188,40 @@ fn percent_encoded(secret: &str) -> Vec<String> {
         .into_iter()
         .map(|set| utf8_percent_encode(secret, set).to_string())
         .filter(|form| form != secret)
-        .flat_map(|form| [lower_case_hex(&form), form])
         .collect();
     forms.sort_unstable();
     forms.dedup();
     forms
 }
 
-/// `form` with the hex digits of its `%XX` escapes in lower case.
-fn lower_case_hex(form: &str) -> String {
-    let mut out = String::with_capacity(form.len());
-    let mut hex_left = 0;
-    for c in form.chars() {
-        if hex_left > 0 {
-            out.push(c.to_ascii_lowercase());
-            hex_left -= 1;
-        } else {
-            hex_left = if c == '%' { 2 } else { 0 };
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The values of `secrets` long enough to be treated as secrets, each once.
+/// The values of `secrets` long enough to be treated as secrets, each once (in whichever
+/// case), sorted as [`sort_caseless`] does.
 fn distinct<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Vec<&'a str> {
     let mut values: Vec<&str> = secrets
         .into_iter()
         .map(Secret::expose)
         .filter(|s| s.len() >= MIN_SECRET_LEN)
         .collect();
-    values.sort_unstable();
-    values.dedup();
+    sort_caseless(&mut values);
     values
+}
+
+/// `values` sorted ignoring ASCII case, those equal but for case kept once: the search finds
+/// one wherever it finds the other, and secrets whose prefixes differ only in case end up
+/// side by side (see [`Needle::same_prefix`]).
+fn sort_caseless(values: &mut Vec<&str>) {
+    fn folded(s: &str) -> impl Iterator<Item = u8> + '_ {
+        s.bytes().map(|b| b.to_ascii_lowercase())
+    }
+    values.sort_unstable_by(|a, b| folded(a).cmp(folded(b)));
+    values.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
 }
 
 /// [`Redactor`] plus one request's own secrets, searched for with prepared finders.
 pub struct RequestRedactor<'a> {
     base: &'a Redactor,
     extra: Vec<Needle<'a>>,
+    extra_groups: Vec<Range<usize>>,
     shortest: usize,
     heads: HeadChars,
 }
@@ -259,19 +269,29 @@ impl RequestRedactor<'_> {
         }
         find_router_keys(bytes, &mut found);
         if !bytes.holds(b'\\') {
-            for needle in self.needles() {
-                let len = needle.len();
-                bytes.each_found(&needle.whole, false, |at| found.push(at..at + len));
-            }
+            let base = &self.base.needles;
+            bytes.each_found_all(
+                base.len(),
+                |i| &base[i].whole,
+                false,
+                |i, at| {
+                    found.push(at..at + base[i].len());
+                },
+            );
+            let extra = &self.extra;
+            bytes.each_found_all(
+                extra.len(),
+                |i| &extra[i].whole,
+                false,
+                |i, at| {
+                    found.push(at..at + extra[i].len());
+                },
+            );
         } else {
             // Keys of one provider often share their first characters (`sk-proj-`): one
             // search for each prefix.
-            for group in self.base.needles.chunk_by(Needle::same_prefix) {
-                find_prefixed(group, bytes, &mut found);
-            }
-            for group in self.extra.chunk_by(Needle::same_prefix) {
-                find_prefixed(group, bytes, &mut found);
-            }
+            find_prefixed(&self.base.needles, &self.base.groups, bytes, &mut found);
+            find_prefixed(&self.extra, &self.extra_groups, bytes, &mut found);
             self.find_escaped_heads(bytes, &mut found);
         }
         found.sort_unstable_by_key(|r| (r.start, r.end));
@@ -368,15 +388,17 @@ impl RequestRedactor<'_> {
             }
             for needle in self.needles() {
                 for &(head, before) in needle.heads() {
-                    if head != decoded && !(own_backslash && head == backslash_read) {
+                    if fold(head) != fold(decoded) && !(own_backslash && head == backslash_read) {
                         continue;
                     }
                     let Some(start) = backslash.checked_sub(before) else {
                         continue;
                     };
                     let plain = &needle.text.as_bytes()[..before];
-                    if (start..backslash).all(|i| hay.at(i) == Some(plain[i - start]))
-                        && let Some(end) = escaped_end(hay, start, &needle.text)
+                    if (start..backslash).all(|i| {
+                        hay.at(i)
+                            .is_some_and(|b| b.eq_ignore_ascii_case(&plain[i - start]))
+                    }) && let Some(end) = escaped_end(hay, start, &needle.text)
                     {
                         found.push(whole_escapes(hay, start)..end);
                     }
@@ -425,17 +447,22 @@ impl RequestRedactor<'_> {
             self.needles()
                 .map(|n| n.text.as_bytes())
                 .filter(|secret| runs_past(secret.len()))
-                .any(|secret| text.matches_from(start, secret.len(), |i, b| b == secret[i]))
+                .any(|secret| {
+                    text.matches_from(start, secret.len(), |i, b| {
+                        b.eq_ignore_ascii_case(&secret[i])
+                    })
+                })
                 || (runs_past(ROUTER_KEY_LEN)
                     && text.matches_from(start, ROUTER_KEY_LEN, router_key_byte))
         })
     }
 }
 
-/// Whether `b` may be byte `i` of a key this router makes.
+/// Whether `b` may be byte `i` of a key this router makes (its prefix in any case, as
+/// [`find_router_keys`] finds it).
 fn router_key_byte(i: usize, b: u8) -> bool {
     match KEY_PREFIX.as_bytes().get(i) {
-        Some(&prefix) => b == prefix,
+        Some(prefix) => b.eq_ignore_ascii_case(prefix),
         None => b.is_ascii_alphanumeric(),
     }
 }
@@ -505,7 +532,7 @@ impl CutGuard {
     }
 }
 
-/// A set of characters, exact for ASCII: which escapes could begin a secret.
+/// A set of characters, exact for ASCII but for case: which escapes could begin a secret.
 #[derive(Clone, Copy, Default)]
 struct HeadChars {
     ascii: u128,
@@ -516,7 +543,7 @@ impl HeadChars {
     fn of(needles: &[Needle<'_>]) -> Self {
         let mut set = Self::default();
         for &(c, _) in needles.iter().flat_map(Needle::heads) {
-            match u8::try_from(c) {
+            match u8::try_from(fold(c)) {
                 Ok(b) if b.is_ascii() => set.ascii |= 1 << b,
                 _ => set.other = true,
             }
@@ -532,10 +559,114 @@ impl HeadChars {
     }
 
     fn may_hold(&self, c: u32) -> bool {
-        match u8::try_from(c) {
+        match u8::try_from(fold(c)) {
             Ok(b) if b.is_ascii() => self.ascii & (1 << b) != 0,
             _ => self.other,
         }
+    }
+}
+
+/// `c` with an ASCII upper-case letter lower-cased: secrets are compared so.
+fn fold(c: u32) -> u32 {
+    if (u32::from(b'A')..=u32::from(b'Z')).contains(&c) {
+        c + u32::from(b'a' - b'A')
+    } else {
+        c
+    }
+}
+
+/// Bytes of a text lower-cased at a time for a search ([`find_folded`]), on the stack (a
+/// longer needle gets a window of twice its length, allocated).
+const WINDOW: usize = 4096;
+
+/// A text this short is lower-cased whole into a smaller buffer.
+const SMALL_WINDOW: usize = 256;
+
+/// Needles searched in one pass over a text ([`Hay::each_found_all`]): each needs a word to
+/// say where its next hit may start.
+const BATCH: usize = 32;
+
+/// A needle searched for ignoring ASCII case: its lower-cased form, searched with `memmem`
+/// in the text lower-cased a window at a time ([`find_folded`]).
+#[derive(Clone)]
+pub(crate) struct Caseless {
+    /// The needle lower-cased.
+    finder: Finder<'static>,
+}
+
+impl Caseless {
+    fn new(needle: &[u8]) -> Self {
+        Self {
+            finder: Finder::new(&needle.to_ascii_lowercase()).into_owned(),
+        }
+    }
+
+    /// The needle, lower-cased.
+    fn needle(&self) -> &[u8] {
+        self.finder.needle()
+    }
+}
+
+/// Calls `f(i, at)` with each position `at` in `hay` where needle `i` (of `count`, as
+/// `finder` gives it) occurs in any ASCII case, at `next[i]` or after; each hit moves `next[i]` on,
+/// past the hit's end, or one byte when `overlapping`. `hay` begins at byte `base` of the
+/// whole text, which `at` and `next` count in.
+///
+/// `hay` is lower-cased once for all the needles, a window at a time, each window
+/// overlapping the last by the longest needle's length less one byte; each needle is searched
+/// in the window with `memmem`. Nothing the size of the text is copied or allocated, and the
+/// search stays linear in the text as `memmem` is (a client's own key is searched for too: a
+/// search that could go quadratic would let one request hold a sink).
+fn find_folded<'n>(
+    hay: &[u8],
+    base: usize,
+    count: usize,
+    finder: &impl Fn(usize) -> &'n Caseless,
+    overlapping: bool,
+    next: &mut [usize],
+    f: &mut impl FnMut(usize, usize),
+) {
+    let lens = (0..count).map(|i| finder(i).needle().len());
+    let (Some(shortest), Some(longest)) = (lens.clone().min(), lens.max()) else {
+        return;
+    };
+    if hay.len() < shortest {
+        return;
+    }
+    let window = hay.len().min(WINDOW.max(2 * longest));
+    let mut search = |buf: &mut [u8]| {
+        let step = |n: usize| if overlapping { 1 } else { n.max(1) };
+        // Where the window starts in `hay`.
+        let mut start = 0;
+        loop {
+            let end = (start + buf.len()).min(hay.len());
+            let window = &mut buf[..end - start];
+            for (to, from) in window.iter_mut().zip(&hay[start..end]) {
+                *to = from.to_ascii_lowercase();
+            }
+            let at_start = base + start;
+            for (i, next) in next.iter_mut().enumerate().take(count) {
+                let needle = &finder(i).finder;
+                let mut from = (*next).max(at_start) - at_start;
+                while let Some(at) = window.get(from..).and_then(|rest| needle.find(rest)) {
+                    f(i, at_start + from + at);
+                    from += at + step(needle.needle().len());
+                }
+                *next = (*next).max(at_start + from);
+            }
+            // The window's last bytes may begin a hit that runs past it.
+            if end == hay.len() {
+                return;
+            }
+            start = end + 1 - longest;
+        }
+    };
+    if window <= SMALL_WINDOW {
+        search(&mut [0; SMALL_WINDOW][..window]);
+    } else if window <= WINDOW {
+        search(&mut [0; WINDOW][..window]);
+    } else {
+        search(&mut vec![0; window]);
     }
 }
 
@@ -544,10 +675,10 @@ impl HeadChars {
 struct Needle<'a> {
     text: Cow<'a, str>,
     /// The whole secret: what a text without escapes is searched for.
-    whole: Finder<'a>,
+    whole: Caseless,
     /// Its first [`PREFIX_CHARS`] characters: an occurrence with no escape among them starts
-    /// with these bytes.
-    prefix: Finder<'a>,
+    /// with these bytes (in any case).
+    prefix: Caseless,
     /// Its first [`PREFIX_CHARS`] characters, each with the byte length of the text before
     /// it; `head_count` of them are set.
     head_chars: [(u32, usize); PREFIX_CHARS],
@@ -567,8 +698,8 @@ impl<'a> Needle<'a> {
             .nth(PREFIX_CHARS)
             .map_or(text.len(), |(at, _)| at);
         Self {
-            whole: Finder::new(text.as_bytes()),
-            prefix: Finder::new(&text.as_bytes()[..prefix]),
+            whole: Caseless::new(text.as_bytes()),
+            prefix: Caseless::new(&text.as_bytes()[..prefix]),
             text: Cow::Borrowed(text),
             head_chars,
             head_count,
@@ -578,8 +709,8 @@ impl<'a> Needle<'a> {
     fn into_owned(self) -> Needle<'static> {
         Needle {
             text: Cow::Owned(self.text.into_owned()),
-            whole: self.whole.into_owned(),
-            prefix: self.prefix.into_owned(),
+            whole: self.whole,
+            prefix: self.prefix,
             head_chars: self.head_chars,
             head_count: self.head_count,
         }
@@ -598,18 +729,36 @@ impl<'a> Needle<'a> {
     }
 }
 
-/// Adds to `found` where the secrets of `group`, which share their prefix, occur in `hay`
+/// The runs of `needles` (sorted as [`sort_caseless`] does) that share their prefix, in any
+/// case: keys of one provider often share their first characters (`sk-proj-`), searched for
+/// once.
+fn prefix_groups(needles: &[Needle<'_>]) -> Vec<Range<usize>> {
+    let mut start = 0;
+    needles
+        .chunk_by(Needle::same_prefix)
+        .map(|group| {
+            start += group.len();
+            start - group.len()..start
+        })
+        .collect()
+}
+
+/// Adds to `found` where the secrets of each of `groups` (runs of `needles` that share their
+/// prefix) occur in `hay`
 /// with no escape among their first [`PREFIX_CHARS`] characters (the others are found by
 /// [`RequestRedactor::find_escaped_heads`]): at each hit of the prefix, each secret is read on
 /// with escapes allowed.
-fn find_prefixed<H: Hay + ?Sized>(group: &[Needle<'_>], hay: &H, found: &mut Vec<Range<usize>>) {
-    let Some(first) = group.first() else {
-        return;
-    };
+fn find_prefixed<H: Hay + ?Sized>(
+    needles: &[Needle<'_>],
+    groups: &[Range<usize>],
+    hay: &H,
+    found: &mut Vec<Range<usize>>,
+) {
     // Overlapping hits, not `find_iter`'s: an occurrence may start inside the previous hit
     // (`aaaa` in `aaaaab`).
-    hay.each_found(&first.prefix, true, |at| {
-        for needle in group {
+    let prefix = |g: usize| &needles[groups[g].start].prefix;
+    hay.each_found_all(groups.len(), prefix, true, |g, at| {
+        for needle in &needles[groups[g].clone()] {
             if let Some(end) = escaped_end(hay, at, &needle.text) {
                 found.push(whole_escapes(hay, at)..end);
             }
@@ -683,7 +832,9 @@ fn escaped_unit<H: Hay + ?Sized>(hay: &H, u: usize) -> Option<u32> {
 }
 
 /// Where `secret` ends if it starts at `at` in `hay`, each of its characters written as it is
-/// or as a JSON escape (up to [`ESCAPE_DEPTH`] levels).
+/// or as a JSON escape (up to [`ESCAPE_DEPTH`] levels), in either case if an ASCII letter
+/// (`\u0053` is an `s` too: what the escape stands for is compared, the escape's own letters
+/// are read as JSON reads them).
 fn escaped_end<H: Hay + ?Sized>(hay: &H, at: usize, secret: &str) -> Option<usize> {
     // A secret escaped throughout reads one backslash per character: room for that four
     // times over.
@@ -712,14 +863,14 @@ fn end_from<H: Hay + ?Sized>(
             return (0..=ESCAPE_DEPTH).rev().find_map(|depth| {
                 *steps = steps.checked_sub(1)?;
                 let (got, after) = read_char(hay, at, depth)?;
-                if got != u32::from(wanted) {
+                if fold(got) != fold(u32::from(wanted)) {
                     return None;
                 }
                 end_from(hay, after, rest, steps)
             });
         }
         let (got, after) = read_char(hay, at, ESCAPE_DEPTH)?;
-        if got != u32::from(wanted) {
+        if fold(got) != fold(u32::from(wanted)) {
             return None;
         }
         at = after;
@@ -800,21 +951,27 @@ const ROUTER_KEY_LEN: usize = KEY_PREFIX.len() + KEY_RANDOM_CHARS;
 /// [`crate::users::key`]) found in `hay`, whoever it belongs to: one user pasting another's
 /// key in a prompt must not put it in the logs and traces, and the router cannot search for
 /// every user's key by value. Only the form as written is found (its characters need no
-/// JSON escape); one `memmem` for the prefix, which most texts do not hold.
+/// JSON escape), in any case (`SK-LR-ABC...`, an upstream that echoes it upper-cased); one
+/// search for the prefix, which most texts do not hold.
 fn find_router_keys<H: Hay + ?Sized>(hay: &H, found: &mut Vec<Range<usize>>) {
-    static PREFIX: std::sync::LazyLock<Finder<'static>> =
-        std::sync::LazyLock::new(|| Finder::new(KEY_PREFIX.as_bytes()));
-    hay.each_found(&PREFIX, false, |at| {
-        let end = at + ROUTER_KEY_LEN;
-        // A key cut short by the text's end is none.
-        let whole = end <= hay.len()
-            && (at + KEY_PREFIX.len()..end)
-                .all(|i| hay.at(i).is_some_and(|b| b.is_ascii_alphanumeric()))
-            && !hay.at(end).is_some_and(|b| b.is_ascii_alphanumeric());
-        if whole {
-            found.push(at..end);
-        }
-    });
+    static PREFIX: std::sync::LazyLock<Caseless> =
+        std::sync::LazyLock::new(|| Caseless::new(KEY_PREFIX.as_bytes()));
+    hay.each_found_all(
+        1,
+        |_| &*PREFIX,
+        false,
+        |_, at| {
+            let end = at + ROUTER_KEY_LEN;
+            // A key cut short by the text's end is none.
+            let whole = end <= hay.len()
+                && (at + KEY_PREFIX.len()..end)
+                    .all(|i| hay.at(i).is_some_and(|b| b.is_ascii_alphanumeric()))
+                && !hay.at(end).is_some_and(|b| b.is_ascii_alphanumeric());
+            if whole {
+                found.push(at..end);
+            }
+        },
+    );
 }
 
 /// `haystack` with each of `found` (sorted by start) replaced. Overlapping occurrences are
@@ -888,10 +1045,17 @@ pub(crate) trait Hay {
     /// Calls `f` with each position of `byte`, in order.
     fn each_byte(&self, byte: u8, f: impl FnMut(usize));
 
-    /// Calls `f` with each position where `finder`'s needle (not empty) occurs, in order:
-    /// every one when `overlapping`, else those `Finder::find_iter` gives (each search goes
-    /// on after the last hit's end).
-    fn each_found(&self, finder: &Finder<'_>, overlapping: bool, f: impl FnMut(usize));
+    /// Calls `f(i, at)` with each position `at` where needle `i` (of `count`, as `finder`
+    /// gives it; not empty) occurs in any ASCII case: for each needle, in order, every one
+    /// when `overlapping`, else those `Finder::find_iter` gives (each search goes on after
+    /// the last hit's end). The text is read once for all of them (see [`find_folded`]).
+    fn each_found_all<'n>(
+        &self,
+        count: usize,
+        finder: impl Fn(usize) -> &'n Caseless,
+        overlapping: bool,
+        f: impl FnMut(usize, usize),
+    );
 }
 
 impl Hay for [u8] {
@@ -911,15 +1075,19 @@ impl Hay for [u8] {
         memchr::memchr_iter(byte, self).for_each(f);
     }
 
-    fn each_found(&self, finder: &Finder<'_>, overlapping: bool, mut f: impl FnMut(usize)) {
-        if !overlapping {
-            finder.find_iter(self).for_each(f);
-            return;
-        }
-        let mut from = 0;
-        while let Some(at) = self.get(from..).and_then(|rest| finder.find(rest)) {
-            f(from + at);
-            from += at + 1;
+    fn each_found_all<'n>(
+        &self,
+        count: usize,
+        finder: impl Fn(usize) -> &'n Caseless,
+        overlapping: bool,
+        mut f: impl FnMut(usize, usize),
+    ) {
+        for first in (0..count).step_by(BATCH) {
+            let mut next = [0; BATCH];
+            let batch = |i| finder(first + i);
+            let mut f = |i, at| f(first + i, at);
+            let n = BATCH.min(count - first);
+            find_folded(self, 0, n, &batch, overlapping, &mut next, &mut f);
         }
     }
 }
@@ -984,36 +1152,42 @@ impl Hay for Pieces<'_> {
         }
     }
 
-    fn each_found(&self, finder: &Finder<'_>, overlapping: bool, mut f: impl FnMut(usize)) {
-        let n = finder.needle().len().max(1);
-        let step = if overlapping { 1 } else { n };
-        // Where the next hit may start.
-        let mut next = 0;
-        for (start, piece) in self.each() {
-            let end = start + piece.len();
-            // Hits within the piece, then those that start in it and run past its end: each
-            // of those starts after every hit within it.
-            let mut from = next.max(start);
-            while let Some(at) = piece.get(from - start..).and_then(|rest| finder.find(rest)) {
-                let at = from + at;
-                f(at);
-                next = at + step;
-                from = next;
-            }
-            let low = next.max(start).max((end + 1).saturating_sub(n));
-            if low >= end || end == self.len {
-                continue;
-            }
-            let seam = self.copy(low..(end + n - 1).min(self.len));
-            let mut from = 0;
-            while let Some(at) = seam.get(from..).and_then(|rest| finder.find(rest)) {
-                let at = low + from + at;
-                if at >= end {
-                    break;
+    fn each_found_all<'n>(
+        &self,
+        count: usize,
+        finder: impl Fn(usize) -> &'n Caseless,
+        overlapping: bool,
+        mut f: impl FnMut(usize, usize),
+    ) {
+        for first in (0..count).step_by(BATCH) {
+            // Where each needle's next hit may start.
+            let mut next = [0; BATCH];
+            let batch = |i| finder(first + i);
+            let mut f = |i, at| f(first + i, at);
+            let n = BATCH.min(count - first);
+            for (start, piece) in self.each() {
+                // Hits within the piece, then those that start in it and run past its end:
+                // each of those starts after every hit within it.
+                find_folded(piece, start, n, &batch, overlapping, &mut next, &mut f);
+                let end = start + piece.len();
+                if end == self.len {
+                    continue;
                 }
-                f(at);
-                next = at + step;
-                from = next - low;
+                for (i, next) in next.iter_mut().enumerate().take(n) {
+                    let len = batch(i).needle().len().max(1);
+                    let low = (*next).max(start).max((end + 1).saturating_sub(len));
+                    if low >= end {
+                        continue;
+                    }
+                    // Too short to hold a hit that starts past `end`: those are the next
+                    // piece's.
+                    let seam = self.copy(low..(end + len - 1).min(self.len));
+                    let one = |_| batch(i);
+                    let next = std::slice::from_mut(next);
+                    find_folded(&seam, low, 1, &one, overlapping, next, &mut |_, at| {
+                        f(i, at)
+                    });
+                }
             }
         }
     }
@@ -1152,6 +1326,114 @@ mod tests {
         }
     }
 
+    /// A key echoed in another ASCII case (`bearer sk-abc...` for `sk-AbC...`, an upstream
+    /// that upper-cases what it quotes) gives away all but a bit per letter: it is found in
+    /// any case, written as it is, JSON-escaped, percent-encoded (hex digits of both cases
+    /// mixed too), in a path, the client's own key and one of the router's form too; a text
+    /// cut keeps no part of one. A short value stays unsearched in any case, and letters
+    /// beyond ASCII are compared as they are.
+    #[test]
+    fn keys_are_found_in_any_ascii_case() {
+        let configured = [
+            Secret::new("sk-AbCdEf/0123+XyZ"),
+            Secret::new("Short"),
+            Secret::new("CLÉ-secret-É"),
+        ];
+        let r = Redactor::new(&configured);
+        let client = [Secret::new("Client-Key-0001")];
+        let request = r.for_request(&client);
+        for written in [
+            "sk-AbCdEf/0123+XyZ",
+            "sk-abcdef/0123+xyz",
+            "SK-ABCDEF/0123+XYZ",
+            "Sk-aBcDeF\\/0123+xYz",
+            "\\u0053K-ABCDEF\\u002f0123\\u002BXYZ",
+            "\\\\u0053k-abcdef\\\\\\/0123+xyz",
+            "sk-abcdef%2F0123%2bxyz",
+            "SK-ABCDEF%2f0123%2BXYZ",
+            "client-key-0001",
+            "CLIENT-KEY-0001",
+            "cLÉ-SECRET-É",
+            "SK-LR-0123456789ABCDEFGHIJABCDEFGHIJKL",
+        ] {
+            let text = format!("{{\"m\":\"Invalid key bearer {written}\\n\"}}");
+            assert_eq!(
+                request.redact(&text),
+                "{\"m\":\"Invalid key bearer [redacted]\\n\"}",
+                "{written}"
+            );
+            let pieces = Pieces::new(text.as_bytes().chunks(3));
+            assert_eq!(request.found_in_pieces(&pieces).len(), 1, "{written}");
+        }
+        for text in ["short SHORT", "clé-secret-é", "CLé-SECRET-É"] {
+            assert!(matches!(request.redact(text), Cow::Borrowed(_)), "{text}");
+        }
+        assert_eq!(
+            request.redact_path("/v1/threads/SK%2dABCDEF%2F0123%2BXYZ/runs"),
+            "/v1/threads/[redacted]/runs"
+        );
+        let text = "Bearer SK-ABCDEF/0123+XYZ and more";
+        for at in 8..7 + 18 {
+            assert_eq!(request.safe_cut(text, "", at), 7, "{at}");
+        }
+    }
+
+    /// The text is lower-cased a window at a time (see `find_folded`): in a text of several
+    /// windows, with keys of all cases at every distance from a window's edge, the search
+    /// finds what a plain byte-by-byte comparison finds, in one piece and in many.
+    #[test]
+    fn a_long_text_is_searched_as_a_byte_by_byte_comparison_would() {
+        let keys = ["sk-configured-1234", "Another-KEY-0123456789-abcdefghij"];
+        let secrets = keys.map(Secret::new);
+        let r = Redactor::new(&secrets);
+        let request = r.for_request(&[]);
+        let variants = [
+            "sk-configured-1234",
+            "SK-CONFIGURED-1234",
+            "another-key-0123456789-ABCDEFGHIJ",
+            "ANOTHER-KEY-0123456789-abcdefghij",
+        ];
+        let mut text = String::new();
+        let mut k = 0;
+        while text.len() < 5 * WINDOW {
+            // Fillers that move the next key one byte on, across every window's edge.
+            text.push_str(&"x".repeat(WINDOW - 40 + k % 45));
+            for _ in 0..3 {
+                text.push_str(variants[k % variants.len()]);
+                k += 1;
+            }
+        }
+        let lower = text.to_ascii_lowercase();
+        let mut expected = Vec::new();
+        for key in keys {
+            let key = key.to_ascii_lowercase();
+            expected.extend(lower.match_indices(&key).map(|(at, _)| at..at + key.len()));
+        }
+        expected.sort_unstable_by_key(|r| (r.start, r.end));
+        assert!(expected.len() >= 15);
+        assert_eq!(request.occurrences(text.as_bytes()), expected);
+        for size in [1, 7, 300, WINDOW - 1, WINDOW + 13] {
+            let pieces = Pieces::new(text.as_bytes().chunks(size));
+            assert_eq!(
+                request.found_in_pieces(&pieces),
+                merged(&expected),
+                "{size}"
+            );
+        }
+        // A key longer than half a window gets a window of its own size.
+        let long = format!("Long-{}", "aB".repeat(WINDOW));
+        let r = Redactor::new([&Secret::new(long.clone())]);
+        let text = format!(
+            "{} {} x",
+            "y".repeat(3 * WINDOW + 5),
+            long.to_ascii_uppercase()
+        );
+        assert_eq!(
+            r.redact(&text, &[]),
+            format!("{} [redacted] x", "y".repeat(3 * WINDOW + 5))
+        );
+    }
+
     #[test]
     fn short_request_secrets_are_left_alone() {
         let r = Redactor::default();
@@ -1230,8 +1512,19 @@ mod tests {
         assert_eq!(r.redact(&format!("\\n«{key}»"), &[]), "\\n«[redacted]»");
     }
 
-    /// `c` written as a JSON string would hold it, one of several ways.
+    /// `c` in the other ASCII case, if a letter.
+    fn swap_case(c: char) -> char {
+        if c.is_ascii_uppercase() {
+            c.to_ascii_lowercase()
+        } else {
+            c.to_ascii_uppercase()
+        }
+    }
+
+    /// `c` written as a JSON string would hold it, one of several ways, in the other case
+    /// when `how` says so (`S` for `s`, `\u0053` for `s`).
     fn escape_char(c: char, how: u8) -> String {
+        let c = if how & 4 != 0 { swap_case(c) } else { c };
         match (c, how % 4) {
             ('/', 1) => "\\/".to_owned(),
             (_, 2) => format!("\\u{:04x}", c as u32),
@@ -1320,6 +1613,8 @@ mod tests {
             pieces in proptest::collection::vec(prop_oneof![
                 Just("sk-configured-1234"), Just("sk-lr-0123456789abcdefghijABCDEFGHIJkl"),
                 Just("sk-"), Just("é"), Just(" "), Just("ab"), Just("sk-lr-"), Just("日本"),
+                Just("SK-CONFIGURED-1234"), Just("Sk-Lr-0123456789abcdefghijABCDEFGHIJkl"),
+                Just("SK-"), Just("sK-cOnF"),
             ], 0..24),
             at in 0usize..400,
             split in 0usize..400,
@@ -1340,14 +1635,19 @@ mod tests {
             }
             let (kept, more) = text.split_at(split);
             prop_assert_eq!(r.safe_cut(kept, more, at), cut);
+            // Keys are cut around in any case: compared lower-cased (which keeps every
+            // byte where it is).
+            let lower = text.to_ascii_lowercase();
             for key in ["sk-configured-1234", ROUTER_KEY] {
-                for (start, _) in text.match_indices(key) {
+                let key = key.to_ascii_lowercase();
+                for (start, _) in lower.match_indices(&key) {
                     prop_assert!(!(start < cut && cut < start + key.len()), "{} in {}", cut, text);
                 }
                 // With nothing read past `at`, what is kept ends with no part of a key that
                 // what was read after it does not rule out.
                 let read = &text[..at];
                 let (kept, after) = read.split_at(r.safe_cut(read, "", at));
+                let (kept, after) = (kept.to_ascii_lowercase(), after.to_ascii_lowercase());
                 for len in 1..key.len() {
                     let rest = &key[len..];
                     let ruled_out = !rest.starts_with(&after[..after.len().min(rest.len())]);
@@ -1368,6 +1668,10 @@ mod tests {
                 Just("\\"), Just("\\ud83d\\ude00"), Just("\\udc00"), Just("sk-lr-"),
                 Just("sk-lr-0123456789abcdefghijABCDEFGHIJkl"), Just("aaaa"), Just("aaaaa"), Just("k-"),
                 Just(" "), Just("é"), Just("\n"), Just("0123"), Just("x\\\\y-secret"),
+                // Other cases of the same.
+                Just("SK-CONFIGURED-1234"), Just("sK-cOnF\\/IgUrEd"), Just("\\u0053K-Configured-1234"),
+                Just("SK-CONF%2fIGURED"), Just("SK-LR-0123456789ABCDEFGHIJABCDEFGHIJKL"), Just("AAAA"),
+                Just("X\\\\Y-SECRET"), Just("K-"), Just("Sk-Lr-"),
             ], 0..30),
             cuts in proptest::collection::vec(0usize..700, 0..8),
         ) {
@@ -1403,6 +1707,7 @@ mod tests {
             pieces in proptest::collection::vec(prop_oneof![
                 Just("sk-configured-1234"), Just("eightchr"), Just("configured-12"),
                 Just("\\u0073"), Just("\\"), Just("k-"), Just(" "), Just("abc"),
+                Just("SK-CONFIGURED-1234"), Just("EightChr"), Just("CONFIGURED-12"), Just("\\u0053"),
             ], 0..24),
             short in any::<bool>(),
         ) {
@@ -1418,15 +1723,28 @@ mod tests {
             prop_assert_eq!(line, request.redact_bytes(text.as_bytes()).into_owned());
         }
 
+        /// A key is found in any ASCII case: as configured, upper-cased, lower-cased, with
+        /// the case of any of its letters swapped.
         #[test]
-        fn no_key_survives(prefix in ".{0,40}", suffix in ".{0,40}", key in "[a-zA-Z0-9_-]{8,40}") {
+        fn no_key_survives(
+            prefix in ".{0,40}",
+            suffix in ".{0,40}",
+            key in "[a-zA-Z0-9_-]{8,40}",
+            swaps in proptest::collection::vec(any::<bool>(), 40),
+        ) {
             // The only key the marker itself contains.
-            prop_assume!(key != "redacted");
+            prop_assume!(!key.eq_ignore_ascii_case("redacted"));
             let secret = Secret::new(key.clone());
             let r = Redactor::new([&secret]);
-            let text = format!("{prefix}{key}{suffix}{key}");
-            let out = r.redact(&text, &[]);
-            prop_assert!(!out.contains(&key));
+            let mixed: String = key
+                .chars()
+                .zip(&swaps)
+                .map(|(c, &swap)| if swap { swap_case(c) } else { c })
+                .collect();
+            let (upper, lower) = (key.to_ascii_uppercase(), key.to_ascii_lowercase());
+            let text = format!("{prefix}{key}{suffix}{upper} {lower}{prefix}{mixed}");
+            let out = r.redact(&text, &[]).to_ascii_lowercase();
+            prop_assert!(!out.contains(&lower), "{}", out);
         }
 
         /// A key escaped any way inside a JSON string among other escapes: what a JSON parser
@@ -1446,12 +1764,15 @@ mod tests {
             let r = Redactor::new(&[Secret::new(key.clone())]);
             let out = r.redact(&json, &[]);
             let read: Vec<String> = serde_json::from_str(&out).expect("still JSON");
-            prop_assert!(read.iter().all(|s| !s.contains(&key)), "{out}");
+            // In any case (`escape_char` swaps some).
+            let key = key.to_ascii_lowercase();
+            let holds = |s: &String| s.to_ascii_lowercase().contains(&key);
+            prop_assert!(!read.iter().any(holds), "{out}");
             // Escaped once more (the JSON quoted into a string): the same.
             let twice = r.redact(&quote(&json), &[]).into_owned();
             let inner: String = serde_json::from_str(&twice).expect("still a string");
             let read: Vec<String> = serde_json::from_str(&inner).expect("still JSON inside");
-            prop_assert!(read.iter().all(|s| !s.contains(&key)), "{twice}");
+            prop_assert!(!read.iter().any(holds), "{twice}");
         }
         /// A key that begins with hex digits, after any escape (`\u00e9`, `\u00E9`, a
         /// surrogate pair, `\u001f`), or completing one (`\u00` then `e9...`), or with its own

@@ -449,6 +449,82 @@ async fn a_configured_key_with_a_backslash_echoed_escaped_is_redacted() {
     }
 }
 
+/// A configured key that the upstream echoes in another case (`bearer sk-abcdef...` for
+/// `sk-AbCdEf...`, or upper-cased) still gives away all but a bit per letter of it: in a 4xx
+/// error body and in a 200 answer's content, neither the client's error body nor any span,
+/// log line or ledger row shows it in any case (it was recorded in clear: the search was
+/// case-sensitive).
+#[tokio::test]
+async fn a_configured_key_echoed_in_another_case_is_redacted() {
+    const KEY: &str = "sk-AbCdEf0123GhIjKlMnOpQr";
+    let (lower, upper) = (KEY.to_ascii_lowercase(), KEY.to_ascii_uppercase());
+    let upstream = MockUpstream::start(Behavior::default()).await;
+    let yaml = format!(
+        "servers:\n  mock:\n    url: \"{}\"\n    api_key: \"{KEY}\"\n",
+        upstream.url()
+    );
+    let sinks = AllSinks::start(&yaml).await;
+    let errors = [
+        // OpenAI-shaped: relayed as it is.
+        format!(r#"{{"error":{{"message":"Invalid header: bearer {lower}","type":"auth"}}}}"#),
+        // Not OpenAI-shaped: wrapped.
+        format!(r#"{{"detail":"INVALID KEY BEARER {upper}"}}"#),
+    ];
+    for body in &errors {
+        let text = refused_with(&upstream, &sinks, "application/json", body).await;
+        assert_no_key_in_any_case("the error relayed to the client", &text, KEY);
+        assert!(text.contains("[redacted]"), "{text}");
+    }
+    // Whole answers whose content holds the key: relayed untouched, recorded redacted.
+    for echoed in [&lower, &upper] {
+        upstream.set(Behavior {
+            body: Some(format!(
+                r#"{{"id":"x","object":"chat.completion","model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":"you sent Bearer {echoed}"}},"finish_reason":"stop"}}]}}"#
+            )),
+            ..Default::default()
+        });
+        let response = sinks
+            .router
+            .chat(&json!({"model": "[mock]gpt-4o", "messages": []}))
+            .await;
+        assert_eq!(response.status(), 200);
+        assert!(
+            response
+                .text()
+                .await
+                .expect("body")
+                .contains(echoed.as_str())
+        );
+    }
+    let (written, records) = sinks.finish(errors.len() + 2).await;
+    // The records held the answers' key in both cases, so the scan below can fail (an
+    // error's record is the error the client got, redacted already).
+    for echoed in [&lower, &upper] {
+        assert!(
+            records
+                .iter()
+                .any(|r| r.response.content.contains(echoed.as_str()))
+        );
+    }
+    assert_eq!(written.log.len(), errors.len() + 2);
+    assert_eq!(written.ledger.len(), errors.len() + 2);
+    for (place, text) in written.all() {
+        assert_no_key_in_any_case(place, text, KEY);
+    }
+    assert!(written.spans.iter().any(|t| t.contains("[redacted]")));
+    assert!(written.log.iter().any(|t| t.contains("[redacted]")));
+    assert!(written.ledger.iter().any(|t| t.contains("[redacted]")));
+}
+
+/// [`assert_no_secret`] for `secret` in any ASCII case.
+fn assert_no_key_in_any_case(place: &str, text: &str, secret: &str) {
+    assert_no_secret(
+        place,
+        &text.to_ascii_lowercase(),
+        &secret.to_ascii_lowercase(),
+    );
+}
+
 /// Whatever credential a client sends to a URL target (any `Authorization` scheme, a bare
 /// token, `x-api-key` beside a Bearer key) goes upstream as it is and may be echoed back:
 /// no record shows it.
