@@ -23,9 +23,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::content_coding::DecodeBudget;
 use crate::routing::RouteMode;
-use crate::secret::Secret;
 use crate::sinks::loss::LossWarnings;
-use crate::sinks::redact::{CutGuard, Redactor};
+use crate::sinks::redact::{CutGuard, Redactor, RequestSecrets};
 use crate::usage::{ResponseSummary, summarize_json_body};
 
 /// How a request ended.
@@ -182,7 +181,7 @@ pub struct RequestRecord {
     /// message, a body, the logged request's `model`), and so no cut of this record's texts
     /// leaves a part of one ([`Self::cut_guard`]); never written anywhere. Shared, so a
     /// stream's reader holds them without a copy.
-    pub secrets: Arc<[Secret]>,
+    pub secrets: RequestSecrets,
     /// The configured keys, as the proxy takes them out of what an upstream echoes
     /// (`AppState::redactor`): a text this record keeps is cut short of any of them
     /// ([`Self::cut_guard`]), since a sink's redaction no longer recognises half a key. The

@@ -128,7 +128,7 @@ pub const BODIES_LEFT_OUT: &str =
     "\"[left out by llmsrouter: telemetry was too far behind to hold this request's bodies]\"";
 
 pub fn build(record: &RequestRecord, redactor: &Redactor, max_io_bytes: usize) -> Generation {
-    build_with(record, &redactor.for_request(&record.secrets), max_io_bytes)
+    build_with(record, &redactor.for_record(&record.secrets), max_io_bytes)
 }
 
 /// [`build`] with the record's redaction already prepared.
@@ -1458,7 +1458,7 @@ mod tests {
             // Over the cap, read again with base64 left out ("abab..." is base64).
             let elide = whole.len() + output.as_ref().map_or(0, String::len) > cap;
             let (whole, _) = request.input(usize::MAX, elide).expect("input");
-            let redacted = redactor.for_request(&r.secrets).redact(&whole).into_owned();
+            let redacted = redactor.for_record(&r.secrets).redact(&whole).into_owned();
             let (expected, _) = fit_io(Some(Cow::Owned(redacted)), output, cap);
             prop_assert_eq!(g.input, expected);
         }

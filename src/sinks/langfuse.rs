@@ -1147,7 +1147,7 @@ fn write_attributes(
     redactor: &Redactor,
     max_io_bytes: usize,
 ) -> Option<String> {
-    let redactor = redactor.for_request(&record.secrets);
+    let redactor = redactor.for_record(&record.secrets);
     let g = generation::build_with(record, &redactor, max_io_bytes);
     // Texts that came from the client or the upstream and were not redacted by the
     // generation view (which did input, output, parameters and the status message).

@@ -171,7 +171,7 @@ impl<'a> LedgerRow<'a> {
     }
 
     pub fn from_record(record: &'a RequestRecord, redactor: &Redactor) -> Self {
-        let redactor = redactor.for_request(&record.secrets);
+        let redactor = redactor.for_record(&record.secrets);
         let usage = record.response.usage.as_ref();
         let count = |f: fn(&crate::usage::Usage) -> u64| usage.map_or(0, |u| to_i64(f(u)));
         Self {

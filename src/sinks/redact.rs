@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use memchr::memmem::Finder;
 
@@ -23,7 +23,7 @@ pub const REDACTED: &str = "[redacted]";
 pub const MIN_SECRET_LEN: usize = 8;
 
 /// Characters of a secret searched for as they are, in a text that may hold escapes, before
-/// the rest is read escape by escape (see [`find_prefixed`]).
+/// the rest is read escape by escape (see [`RequestRedactor::occurrences`]).
 const PREFIX_CHARS: usize = 6;
 
 /// Times a request path is percent-decoded in search of a secret ([`RequestRedactor::redact_path`]):
@@ -48,36 +48,33 @@ const ESCAPE_DEPTH: u8 = 2;
 /// in a body a key percent-encoded twice), three or more levels of escaping, and a secret
 /// written in pieces with other text between them.
 ///
-/// Cost: a text shorter than the shortest secret is not searched. A text with no backslash
-/// (most names, ids, and many bodies) gets one `memmem` search per secret, of the secret
-/// lower-cased in the text lower-cased a window at a time ([`Caseless`]). A text with a
-/// backslash gets one search per distinct prefix of [`PREFIX_CHARS`] characters (keys of one
-/// provider share theirs), each hit read on with escapes allowed, and one pass over its
-/// backslashes that decodes each escape once and looks further only when it decodes to one
-/// of the secrets' first characters (`\n` and `\"` never do). Nothing is allocated unless
-/// something is found. Measured on 100 KB with 20 keys of distinct prefixes, against the
-/// plain search alone: 1.2x with a `\n` every 80 bytes, 2.5x with one every 5 bytes (with
-/// one shared prefix: 0.3x and 1.6x).
+/// Cost: a text shorter than the shortest secret is not searched. Every other text is read
+/// once for all the secrets (up to [`BATCH`] of them), a window at a time: a window that
+/// holds an upper-case letter is lower-cased into a buffer first ([`find_folded`]), and each
+/// secret, lower-cased, is searched in it with `memmem`. In a text with no backslash (most
+/// names, ids, and many bodies) that is one search per secret; a text with a backslash gets
+/// one search per distinct prefix of [`PREFIX_CHARS`] characters (keys of one provider share
+/// theirs), each hit read on with escapes allowed, and one pass over its backslashes that
+/// decodes each escape once and looks further only when it decodes to one of the secrets'
+/// first characters (`\n` and `\"` never do). Nothing the size of the text is allocated.
+/// Measured on 100 KB with 20 keys of distinct prefixes, against the plain search alone:
+/// 1.2x with a `\n` every 80 bytes, 2.5x with one every 5 bytes (with one shared prefix:
+/// 0.3x and 1.6x). A request's own secrets are prepared once for all the sinks
+/// ([`RequestSecrets`]).
 ///
-/// Ignoring case costs one more pass, lower-casing the text a window at a time, shared by up
-/// to [`BATCH`] needles: on 100 KB with 20 keys, no slower than the case-sensitive search it
-/// replaced within the noise of a loaded machine (0.9x to 1.3x; 1.3x to 1.75x on texts of
-/// 200 bytes, where the fixed cost of each pass shows).
+/// Ignoring case first cost one pass per kind of search (this router's keys, the configured
+/// secrets, the request's) each lower-casing the whole text, and each sink prepared the
+/// request's secrets again for every text: 9.4% of the CPU of a router with telemetry on
+/// in the load benchmark. With one pass, windows without upper case searched as they are,
+/// and the request's secrets prepared once: 6.4%.
 #[derive(Clone, Default)]
 pub struct Redactor {
-    needles: Arc<[Needle<'static>]>,
-    /// Length of the shortest secret: a shorter text cannot hold one (most of the names and
-    /// ids a sink writes), so it is not searched at all.
-    shortest: usize,
-    /// The characters among the secrets' first [`PREFIX_CHARS`].
-    heads: HeadChars,
-    /// The runs of `needles` that share their prefix ([`prefix_groups`]).
-    groups: Arc<[Range<usize>]>,
+    searches: Arc<Searches<'static>>,
 }
 
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Redactor({} secrets)", self.needles.len())
+        write!(f, "Redactor({} secrets)", self.searches.needles.len())
     }
 }
 
@@ -91,38 +88,41 @@ impl Redactor {
             .chain(encoded.iter().map(String::as_str))
             .collect();
         // Secrets that differ only in case are one search; those that share a prefix (in
-        // any case) side by side, for `find_prefixed`.
+        // any case) side by side, searched for once ([`prefix_groups`]).
         sort_caseless(&mut all);
-        let needles: Vec<Needle<'static>> = all
+        let needles = all
             .into_iter()
             .map(|s| Needle::new(s).into_owned())
             .collect();
         Self {
-            shortest: needles.iter().map(Needle::len).min().unwrap_or(usize::MAX),
-            heads: HeadChars::of(&needles),
-            groups: prefix_groups(&needles).into(),
-            needles: needles.into(),
+            searches: Arc::new(Searches::of(needles)),
         }
     }
 
     /// No secret is known (none configured, or all too short): nothing to search for.
     pub fn is_empty(&self) -> bool {
-        self.needles.is_empty()
+        self.searches.needles.is_empty()
     }
 
-    /// The redaction of one request: the known secrets plus those the request carried (see
-    /// `RequestRecord::secrets`). Build it once per record and use it for every text of
-    /// that record.
+    /// The redaction of one request: the known secrets plus `secrets`, prepared here. A
+    /// record's sinks use [`Self::for_record`], which prepares them once for all.
     pub fn for_request<'a>(&'a self, secrets: &'a [Secret]) -> RequestRedactor<'a> {
-        let extra: Vec<Needle<'a>> = distinct(secrets).into_iter().map(Needle::new).collect();
+        let extra = distinct(secrets).into_iter().map(Needle::new).collect();
+        self.with(Cow::Owned(Searches::of(extra)))
+    }
+
+    /// The redaction of one record: the known secrets plus those the request carried (see
+    /// `RequestRecord::secrets`), whose searches are prepared the first time any sink
+    /// asks. Cheap: build it for each text if that is simpler.
+    pub fn for_record<'a>(&'a self, secrets: &'a RequestSecrets) -> RequestRedactor<'a> {
+        self.with(Cow::Borrowed(secrets.searches()))
+    }
+
+    fn with<'a>(&'a self, extra: Cow<'a, Searches<'a>>) -> RequestRedactor<'a> {
         RequestRedactor {
             base: self,
-            shortest: extra
-                .iter()
-                .map(Needle::len)
-                .fold(self.shortest, usize::min),
-            heads: self.heads.with(&HeadChars::of(&extra)),
-            extra_groups: prefix_groups(&extra),
+            shortest: self.searches.shortest.min(extra.shortest),
+            heads: self.searches.heads.with(&extra.heads),
             extra,
         }
     }
@@ -155,7 +155,8 @@ impl Redactor {
     /// and four more for one `\u` escape: 36 bytes). A text read in pieces is searched
     /// across each seam with this many bytes either side, so no occurrence is missed.
     pub fn widest_occurrence(&self) -> usize {
-        let longest = self.needles.iter().map(Needle::len).max().unwrap_or(0);
+        let longest = self.searches.needles.iter().map(Needle::len).max();
+        let longest = longest.unwrap_or(0);
         longest.max(ROUTER_KEY_LEN + 1).saturating_mul(36)
     }
 }
@@ -217,11 +218,86 @@ fn sort_caseless(values: &mut Vec<&str>) {
     values.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
 }
 
+/// Secrets prepared for searching: one [`Needle`] each (sorted as [`sort_caseless`] does),
+/// the runs of them that share a prefix ([`prefix_groups`]), the characters among their
+/// first [`PREFIX_CHARS`], and the shortest one's length (a shorter text cannot hold one:
+/// most of the names and ids a sink writes are not searched at all).
+#[derive(Clone)]
+struct Searches<'a> {
+    needles: Vec<Needle<'a>>,
+    groups: Vec<Range<usize>>,
+    heads: HeadChars,
+    shortest: usize,
+}
+
+impl Default for Searches<'_> {
+    fn default() -> Self {
+        Self::of(Vec::new())
+    }
+}
+
+impl<'a> Searches<'a> {
+    fn of(needles: Vec<Needle<'a>>) -> Self {
+        Self {
+            shortest: needles.iter().map(Needle::len).min().unwrap_or(usize::MAX),
+            heads: HeadChars::of(&needles),
+            groups: prefix_groups(&needles),
+            needles,
+        }
+    }
+}
+
+/// What one request itself carried that no record may show (see
+/// `RequestRecord::secrets`), with their searches prepared once, the first time they are
+/// needed, for every sink and every cut of that record's texts: a record is redacted text
+/// by text by several sinks. Cheap to clone (an `Arc`).
+#[derive(Clone, Default)]
+pub struct RequestSecrets(Arc<Prepared>);
+
+#[derive(Default)]
+struct Prepared {
+    secrets: Box<[Secret]>,
+    searches: OnceLock<Searches<'static>>,
+}
+
+impl RequestSecrets {
+    pub fn as_slice(&self) -> &[Secret] {
+        &self.0.secrets
+    }
+
+    fn searches(&self) -> &Searches<'static> {
+        self.0.searches.get_or_init(|| {
+            let needles = distinct(self.as_slice()).into_iter();
+            Searches::of(needles.map(|s| Needle::new(s).into_owned()).collect())
+        })
+    }
+}
+
+impl FromIterator<Secret> for RequestSecrets {
+    fn from_iter<I: IntoIterator<Item = Secret>>(secrets: I) -> Self {
+        Self(Arc::new(Prepared {
+            secrets: secrets.into_iter().collect(),
+            searches: OnceLock::new(),
+        }))
+    }
+}
+
+impl From<Vec<Secret>> for RequestSecrets {
+    fn from(secrets: Vec<Secret>) -> Self {
+        secrets.into_iter().collect()
+    }
+}
+
+impl std::fmt::Debug for RequestSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RequestSecrets({})", self.as_slice().len())
+    }
+}
+
 /// [`Redactor`] plus one request's own secrets, searched for with prepared finders.
 pub struct RequestRedactor<'a> {
     base: &'a Redactor,
-    extra: Vec<Needle<'a>>,
-    extra_groups: Vec<Range<usize>>,
+    extra: Cow<'a, Searches<'a>>,
     shortest: usize,
     heads: HeadChars,
 }
@@ -261,38 +337,64 @@ impl RequestRedactor<'_> {
         merged(&self.occurrences(pieces))
     }
 
-    /// Where the secrets occur in `bytes`, sorted by start (overlapping ones included).
-    fn occurrences<H: Hay + ?Sized>(&self, bytes: &H) -> Vec<Range<usize>> {
+    /// Where the secrets occur in `hay`, sorted by start (overlapping ones included).
+    ///
+    /// The text is read once for every search (see [`Hay::each_found_all`]): the prefix of
+    /// this router's keys, and each secret whole or, in a text that holds escapes, each
+    /// group's shared prefix, read on from each hit with escapes allowed.
+    fn occurrences<H: Hay + ?Sized>(&self, hay: &H) -> Vec<Range<usize>> {
         let mut found = Vec::new();
-        if bytes.len() < self.shortest.min(ROUTER_KEY_LEN) {
+        if hay.len() < self.shortest.min(ROUTER_KEY_LEN) {
             return found;
         }
-        find_router_keys(bytes, &mut found);
-        if !bytes.holds(b'\\') {
-            let base = &self.base.needles;
-            bytes.each_found_all(
-                base.len(),
-                |i| &base[i].whole,
-                false,
-                |i, at| {
-                    found.push(at..at + base[i].len());
+        let (base, extra) = (&*self.base.searches, &*self.extra);
+        let base_needles: &[Needle<'_>] = &base.needles;
+        if !hay.holds(b'\\') {
+            let needle = |i: usize| match base_needles.get(i) {
+                Some(needle) => needle,
+                None => &extra.needles[i - base_needles.len()],
+            };
+            let count = 1 + base_needles.len() + extra.needles.len();
+            hay.each_found_all(
+                count,
+                |i| match i.checked_sub(1) {
+                    None => &ROUTER_KEY_PREFIX,
+                    Some(i) => &needle(i).whole,
                 },
-            );
-            let extra = &self.extra;
-            bytes.each_found_all(
-                extra.len(),
-                |i| &extra[i].whole,
                 false,
-                |i, at| {
-                    found.push(at..at + extra[i].len());
+                |i, at| match i.checked_sub(1) {
+                    None => add_router_key(hay, at, &mut found),
+                    Some(i) => found.push(at..at + needle(i).len()),
                 },
             );
         } else {
             // Keys of one provider often share their first characters (`sk-proj-`): one
-            // search for each prefix.
-            find_prefixed(&self.base.needles, &self.base.groups, bytes, &mut found);
-            find_prefixed(&self.extra, &self.extra_groups, bytes, &mut found);
-            self.find_escaped_heads(bytes, &mut found);
+            // search for each prefix, its hits overlapping (an occurrence may start inside
+            // the last hit: `aaaa` in `aaaaab`).
+            let group = |g: usize| match base.groups.get(g) {
+                Some(range) => &base_needles[range.clone()],
+                None => &extra.needles[extra.groups[g - base.groups.len()].clone()],
+            };
+            let count = 1 + base.groups.len() + extra.groups.len();
+            hay.each_found_all(
+                count,
+                |g| match g.checked_sub(1) {
+                    None => &ROUTER_KEY_PREFIX,
+                    Some(g) => &group(g)[0].prefix,
+                },
+                true,
+                |g, at| match g.checked_sub(1) {
+                    None => add_router_key(hay, at, &mut found),
+                    Some(g) => {
+                        for needle in group(g) {
+                            if let Some(end) = escaped_end(hay, at, &needle.text) {
+                                found.push(whole_escapes(hay, at)..end);
+                            }
+                        }
+                    }
+                },
+            );
+            self.find_escaped_heads(hay, &mut found);
         }
         found.sort_unstable_by_key(|r| (r.start, r.end));
         found
@@ -354,14 +456,15 @@ impl RequestRedactor<'_> {
     /// The configured secrets, then the request's.
     fn needles(&self) -> impl Iterator<Item = &Needle<'_>> {
         self.base
+            .searches
             .needles
             .iter()
             .map(|n| n as &Needle<'_>)
-            .chain(&self.extra)
+            .chain(&self.extra.needles)
     }
 
     /// Adds the occurrences whose first escape is among their first [`PREFIX_CHARS`]
-    /// characters (the others start with their prefix as it is: see [`find_prefixed`]).
+    /// characters (the others start with their prefix as it is: see [`Self::occurrences`]).
     /// Such an escape sits at a backslash, with fewer than [`PREFIX_CHARS`] plain characters
     /// of the secret before it. Each backslash's escape is decoded once; most (`\n`, `\"`)
     /// decode to a character no secret begins with, and end the look there.
@@ -459,7 +562,7 @@ impl RequestRedactor<'_> {
 }
 
 /// Whether `b` may be byte `i` of a key this router makes (its prefix in any case, as
-/// [`find_router_keys`] finds it).
+/// [`ROUTER_KEY_PREFIX`] is found).
 fn router_key_byte(i: usize, b: u8) -> bool {
     match KEY_PREFIX.as_bytes().get(i) {
         Some(prefix) => b.eq_ignore_ascii_case(prefix),
@@ -496,7 +599,7 @@ impl Joined<'_> {
 #[derive(Clone, Default)]
 pub struct CutGuard {
     keys: Redactor,
-    secrets: Arc<[Secret]>,
+    secrets: RequestSecrets,
 }
 
 impl std::fmt::Debug for CutGuard {
@@ -505,20 +608,20 @@ impl std::fmt::Debug for CutGuard {
             f,
             "CutGuard({:?}, {} request secrets)",
             self.keys,
-            self.secrets.len()
+            self.secrets.as_slice().len()
         )
     }
 }
 
 impl CutGuard {
-    pub fn new(keys: Redactor, secrets: Arc<[Secret]>) -> Self {
+    pub fn new(keys: Redactor, secrets: RequestSecrets) -> Self {
         Self { keys, secrets }
     }
 
     /// The redaction these secrets make, for [`RequestRedactor::safe_cut`]: prepare it once
     /// for several cuts.
     pub fn redactor(&self) -> RequestRedactor<'_> {
-        self.keys.for_request(&self.secrets)
+        self.keys.for_record(&self.secrets)
     }
 
     /// [`RequestRedactor::reach`].
@@ -575,11 +678,11 @@ fn fold(c: u32) -> u32 {
     }
 }
 
-/// Bytes of a text lower-cased at a time for a search ([`find_folded`]), on the stack (a
-/// longer needle gets a window of twice its length, allocated).
+/// Bytes of a text searched at a time ([`find_folded`]), lower-cased into a buffer when
+/// they hold an upper-case letter (a longer needle gets a window of twice its length).
 const WINDOW: usize = 4096;
 
-/// A text this short is lower-cased whole into a smaller buffer.
+/// A window this short is lower-cased on the stack.
 const SMALL_WINDOW: usize = 256;
 
 /// Needles searched in one pass over a text ([`Hay::each_found_all`]): each needs a word to
@@ -612,11 +715,13 @@ impl Caseless {
 /// past the hit's end, or one byte when `overlapping`. `hay` begins at byte `base` of the
 /// whole text, which `at` and `next` count in.
 ///
-/// `hay` is lower-cased once for all the needles, a window at a time, each window
-/// overlapping the last by the longest needle's length less one byte; each needle is searched
-/// in the window with `memmem`. Nothing the size of the text is copied or allocated, and the
-/// search stays linear in the text as `memmem` is (a client's own key is searched for too: a
-/// search that could go quadratic would let one request hold a sink).
+/// `hay` is read once for all the needles, a window at a time, each window overlapping the
+/// last by the longest needle's length less one byte: a window with an upper-case letter is
+/// lower-cased into a buffer of its size, the others (many names, ids and texts) are
+/// searched as they are; each needle is searched in it with `memmem`. Nothing the size of
+/// the text is copied or allocated, and the search stays linear in the text as `memmem` is
+/// (a client's own key is searched for too: a search that could go quadratic would let one
+/// request hold a sink).
 fn find_folded<'n>(
     hay: &[u8],
     base: usize,
@@ -634,40 +739,57 @@ fn find_folded<'n>(
         return;
     }
     let window = hay.len().min(WINDOW.max(2 * longest));
-    let mut search = |buf: &mut [u8]| {
-        let step = |n: usize| if overlapping { 1 } else { n.max(1) };
-        // Where the window starts in `hay`.
-        let mut start = 0;
-        loop {
-            let end = (start + buf.len()).min(hay.len());
-            let window = &mut buf[..end - start];
-            for (to, from) in window.iter_mut().zip(&hay[start..end]) {
-                *to = from.to_ascii_lowercase();
+    let step = |n: usize| if overlapping { 1 } else { n.max(1) };
+    let mut small = [0; SMALL_WINDOW];
+    let mut large = Vec::new();
+    // Where the window starts in `hay`.
+    let mut start = 0;
+    loop {
+        let end = (start + window).min(hay.len());
+        let raw = &hay[start..end];
+        let text: &[u8] = if !has_upper_case(raw) {
+            raw
+        } else if let Some(small) = small.get_mut(..raw.len()) {
+            lower_case_into(small, raw)
+        } else {
+            large.resize(raw.len(), 0);
+            lower_case_into(&mut large, raw)
+        };
+        let at_start = base + start;
+        for (i, next) in next.iter_mut().enumerate().take(count) {
+            let needle = &finder(i).finder;
+            let mut from = (*next).max(at_start) - at_start;
+            while let Some(at) = text.get(from..).and_then(|rest| needle.find(rest)) {
+                f(i, at_start + from + at);
+                from += at + step(needle.needle().len());
             }
-            let at_start = base + start;
-            for (i, next) in next.iter_mut().enumerate().take(count) {
-                let needle = &finder(i).finder;
-                let mut from = (*next).max(at_start) - at_start;
-                while let Some(at) = window.get(from..).and_then(|rest| needle.find(rest)) {
-                    f(i, at_start + from + at);
-                    from += at + step(needle.needle().len());
-                }
-                *next = (*next).max(at_start + from);
-            }
-            // The window's last bytes may begin a hit that runs past it.
-            if end == hay.len() {
-                return;
-            }
-            start = end + 1 - longest;
+            *next = (*next).max(at_start + from);
         }
-    };
-    if window <= SMALL_WINDOW {
-        search(&mut [0; SMALL_WINDOW][..window]);
-    } else if window <= WINDOW {
-        search(&mut [0; WINDOW][..window]);
-    } else {
-        search(&mut vec![0; window]);
+        // The window's last bytes may begin a hit that runs past it.
+        if end == hay.len() {
+            return;
+        }
+        start = end + 1 - longest;
     }
+}
+
+/// Whether `bytes` holds an ASCII upper-case letter; read in blocks the compiler turns into
+/// vector instructions.
+fn has_upper_case(bytes: &[u8]) -> bool {
+    bytes.chunks(32).any(|block| {
+        block
+            .iter()
+            .fold(0u8, |any, b| any | u8::from(b.is_ascii_uppercase()))
+            != 0
+    })
+}
+
+/// `from` lower-cased into `to` (of the same length).
+fn lower_case_into<'t>(to: &'t mut [u8], from: &[u8]) -> &'t [u8] {
+    for (to, from) in to.iter_mut().zip(from) {
+        *to = from.to_ascii_lowercase();
+    }
+    to
 }
 
 /// One secret, prepared for searching.
@@ -741,29 +863,6 @@ fn prefix_groups(needles: &[Needle<'_>]) -> Vec<Range<usize>> {
             start - group.len()..start
         })
         .collect()
-}
-
-/// Adds to `found` where the secrets of each of `groups` (runs of `needles` that share their
-/// prefix) occur in `hay`
-/// with no escape among their first [`PREFIX_CHARS`] characters (the others are found by
-/// [`RequestRedactor::find_escaped_heads`]): at each hit of the prefix, each secret is read on
-/// with escapes allowed.
-fn find_prefixed<H: Hay + ?Sized>(
-    needles: &[Needle<'_>],
-    groups: &[Range<usize>],
-    hay: &H,
-    found: &mut Vec<Range<usize>>,
-) {
-    // Overlapping hits, not `find_iter`'s: an occurrence may start inside the previous hit
-    // (`aaaa` in `aaaaab`).
-    let prefix = |g: usize| &needles[groups[g].start].prefix;
-    hay.each_found_all(groups.len(), prefix, true, |g, at| {
-        for needle in &needles[groups[g].clone()] {
-            if let Some(end) = escaped_end(hay, at, &needle.text) {
-                found.push(whole_escapes(hay, at)..end);
-            }
-        }
-    });
 }
 
 /// Where an occurrence found at `start` is replaced from: before the backslashes of an escape
@@ -947,31 +1046,28 @@ fn escape_after<H: Hay + ?Sized>(hay: &H, at: usize, depth: u8) -> Option<(u32, 
 /// Length of a key this router makes: `sk-lr-` and its random characters.
 const ROUTER_KEY_LEN: usize = KEY_PREFIX.len() + KEY_RANDOM_CHARS;
 
-/// Adds every key this router makes (`sk-lr-` and 32 base62 characters, see
-/// [`crate::users::key`]) found in `hay`, whoever it belongs to: one user pasting another's
-/// key in a prompt must not put it in the logs and traces, and the router cannot search for
-/// every user's key by value. Only the form as written is found (its characters need no
-/// JSON escape), in any case (`SK-LR-ABC...`, an upstream that echoes it upper-cased); one
-/// search for the prefix, which most texts do not hold.
-fn find_router_keys<H: Hay + ?Sized>(hay: &H, found: &mut Vec<Range<usize>>) {
-    static PREFIX: std::sync::LazyLock<Caseless> =
-        std::sync::LazyLock::new(|| Caseless::new(KEY_PREFIX.as_bytes()));
-    hay.each_found_all(
-        1,
-        |_| &*PREFIX,
-        false,
-        |_, at| {
-            let end = at + ROUTER_KEY_LEN;
-            // A key cut short by the text's end is none.
-            let whole = end <= hay.len()
-                && (at + KEY_PREFIX.len()..end)
-                    .all(|i| hay.at(i).is_some_and(|b| b.is_ascii_alphanumeric()))
-                && !hay.at(end).is_some_and(|b| b.is_ascii_alphanumeric());
-            if whole {
-                found.push(at..end);
-            }
-        },
-    );
+/// The prefix of every key this router makes (`sk-lr-` and 32 base62 characters, see
+/// [`crate::users::key`]), searched for in every text: any key of this form is replaced,
+/// whoever it belongs to (one user pasting another's key in a prompt must not put it in the
+/// logs and traces, and the router cannot search for every user's key by value). Only the
+/// form as written is found (its characters need no JSON escape), in any case
+/// (`SK-LR-ABC...`, an upstream that echoes it upper-cased). It cannot overlap itself, so
+/// overlapping hits of it are the ones a plain search gives.
+static ROUTER_KEY_PREFIX: std::sync::LazyLock<Caseless> =
+    std::sync::LazyLock::new(|| Caseless::new(KEY_PREFIX.as_bytes()));
+
+/// Adds the key of this router's form whose prefix [`ROUTER_KEY_PREFIX`] is at `at`, if a
+/// whole one is there.
+fn add_router_key<H: Hay + ?Sized>(hay: &H, at: usize, found: &mut Vec<Range<usize>>) {
+    let end = at + ROUTER_KEY_LEN;
+    // A key cut short by the text's end is none.
+    let whole = end <= hay.len()
+        && (at + KEY_PREFIX.len()..end)
+            .all(|i| hay.at(i).is_some_and(|b| b.is_ascii_alphanumeric()))
+        && !hay.at(end).is_some_and(|b| b.is_ascii_alphanumeric());
+    if whole {
+        found.push(at..end);
+    }
 }
 
 /// `haystack` with each of `found` (sorted by start) replaced. Overlapping occurrences are
@@ -1432,6 +1528,47 @@ mod tests {
             r.redact(&text, &[]),
             format!("{} [redacted] x", "y".repeat(3 * WINDOW + 5))
         );
+    }
+
+    /// A window with no upper-case letter is searched as it is, one with some is lower-cased
+    /// first: a key is found in either, in either case, and across the edge between them,
+    /// whether it is a configured key or one the request carried.
+    #[test]
+    fn windows_with_and_without_upper_case_are_searched_alike() {
+        let key = "sk-window-edge-0123456789";
+        let client = "client-key-abcdefgh";
+        let r = Redactor::new([&Secret::new(key)]);
+        let carried = RequestSecrets::from(vec![Secret::new(client)]);
+        let request = r.for_record(&carried);
+        for at in [
+            10,
+            WINDOW - 30,
+            WINDOW - 10,
+            WINDOW - 1,
+            WINDOW,
+            2 * WINDOW - 12,
+        ] {
+            for secret in [key, client] {
+                let upper = secret.to_ascii_uppercase();
+                for (before, written, after) in [
+                    ("x", secret, "y"),
+                    ("X", secret, "y"),
+                    ("x", secret, "Y"),
+                    ("x", upper.as_str(), "y"),
+                    ("X", upper.as_str(), "Y"),
+                ] {
+                    let text = format!("{}{written}{}", before.repeat(at), after.repeat(WINDOW));
+                    let found = request.occurrences(text.as_bytes());
+                    assert_eq!(
+                        found,
+                        vec![at..at + secret.len()],
+                        "{before} {at} {written}"
+                    );
+                    let unprepared = r.for_request(carried.as_slice());
+                    assert_eq!(unprepared.occurrences(text.as_bytes()), found);
+                }
+            }
+        }
     }
 
     #[test]

@@ -258,7 +258,7 @@ impl Writer {
             return;
         }
         self.redactor
-            .for_request(&record.secrets)
+            .for_record(&record.secrets)
             .redact_in_place(&mut self.line);
         self.line.push(b'\n');
         let day = utc_date(record.started_at);
@@ -340,7 +340,7 @@ fn line_pieces<'a>(
         })
         .collect();
     let found = redactor
-        .for_request(&record.secrets)
+        .for_record(&record.secrets)
         .found_in_pieces(&Pieces::new(pieces.iter().copied()));
     let mut out = redacted(&pieces, &found);
     out.push(b"\n");
@@ -587,7 +587,8 @@ fn bounded_name<'a>(text: &'a str, redactor: &Redactor, record: &RequestRecord) 
     if text.len() <= MAX_NAME_CHARS {
         return Cow::Borrowed(text);
     }
-    clipped_chars(redactor.redact(text, &record.secrets), MAX_NAME_CHARS)
+    let redactor = redactor.for_record(&record.secrets);
+    clipped_chars(redactor.redact(text), MAX_NAME_CHARS)
 }
 
 /// Serialises one record as one JSON line (no newline) into `out`. Written field by field:
@@ -612,7 +613,9 @@ fn serialize_line<'r>(
     field_str(out, "mode", record.mode.as_str())?;
     // A key percent-encoded in the path is found only decoded, which the line's own
     // redaction does not do.
-    let endpoint = redactor.redact_path(&record.endpoint, &record.secrets);
+    let endpoint = redactor
+        .for_record(&record.secrets)
+        .redact_path(&record.endpoint);
     field_str(out, "endpoint", &name(&endpoint))?;
     field_str(out, "model", &name(&record.requested_model))?;
     field_str(out, "upstream_model", &name(&record.upstream_model))?;
@@ -723,19 +726,20 @@ mod tests {
                 crate::secret::Secret::new("gh ij-secret"),
             ]);
             let mut record = crate::record::tests::sample();
-            record.secrets = Arc::from(vec![
+            record.secrets = vec![
                 crate::secret::Secret::new("client-key-99"),
                 crate::secret::Secret::new("\"request\":ab12"),
                 crate::secret::Secret::new("cd34,\"response\":"),
                 crate::secret::Secret::new("ef56789}"),
-            ]);
+            ]
+            .into();
             let breaks = if many_breaks { "\n".repeat(MAX_BODY_BREAKS) } else { String::new() };
             record.request_body = bytes::Bytes::from(format!("{request}{breaks}"));
             record.response_body = Some(bytes::Bytes::from(response));
             record.response_is_json = json_answer;
             let mut whole = Vec::new();
             serialize_line(&mut whole, &record, true, &redactor, None).expect("serialized");
-            redactor.for_request(&record.secrets).redact_in_place(&mut whole);
+            redactor.for_record(&record.secrets).redact_in_place(&mut whole);
             whole.push(b'\n');
             let mut line = Vec::new();
             let pieces = line_pieces(&mut line, &record, &redactor).expect("serialized");
