@@ -376,6 +376,7 @@ impl RequestRedactor<'_> {
                 None => &extra.needles[extra.groups[g - base.groups.len()].clone()],
             };
             let count = 1 + base.groups.len() + extra.groups.len();
+            let mut reads = ReadBudget::for_text(hay.len());
             hay.each_found_all(
                 count,
                 |g| match g.checked_sub(1) {
@@ -387,14 +388,18 @@ impl RequestRedactor<'_> {
                     None => add_router_key(hay, at, &mut found),
                     Some(g) => {
                         for needle in group(g) {
-                            if let Some(end) = escaped_end(hay, at, &needle.text) {
+                            if let Some(end) = escaped_end(hay, at, &needle.text, &mut reads) {
                                 found.push(whole_escapes(hay, at)..end);
                             }
                         }
                     }
                 },
             );
-            self.find_escaped_heads(hay, &mut found);
+            self.find_escaped_heads(hay, &mut found, &mut reads);
+            if reads.spent() {
+                // Not searched through: none of it may be kept (see `ReadBudget`).
+                return std::iter::once(0..hay.len()).collect();
+            }
         }
         found.sort_unstable_by_key(|r| (r.start, r.end));
         found
@@ -468,8 +473,16 @@ impl RequestRedactor<'_> {
     /// Such an escape sits at a backslash, with fewer than [`PREFIX_CHARS`] plain characters
     /// of the secret before it. Each backslash's escape is decoded once; most (`\n`, `\"`)
     /// decode to a character no secret begins with, and end the look there.
-    fn find_escaped_heads<H: Hay + ?Sized>(&self, hay: &H, found: &mut Vec<Range<usize>>) {
+    fn find_escaped_heads<H: Hay + ?Sized>(
+        &self,
+        hay: &H,
+        found: &mut Vec<Range<usize>>,
+        reads: &mut ReadBudget,
+    ) {
         hay.each_byte(b'\\', |backslash| {
+            if reads.spent() {
+                return;
+            }
             // What `read_char` says of the usual escapes, without its detour through depths.
             let decoded = match hay.at(backslash + 1) {
                 Some(b'n') => u32::from(b'\n'),
@@ -501,7 +514,7 @@ impl RequestRedactor<'_> {
                     if (start..backslash).all(|i| {
                         hay.at(i)
                             .is_some_and(|b| b.eq_ignore_ascii_case(&plain[i - start]))
-                    }) && let Some(end) = escaped_end(hay, start, &needle.text)
+                    }) && let Some(end) = escaped_end(hay, start, &needle.text, reads)
                     {
                         found.push(whole_escapes(hay, start)..end);
                     }
@@ -934,12 +947,60 @@ fn escaped_unit<H: Hay + ?Sized>(hay: &H, u: usize) -> Option<u32> {
 /// or as a JSON escape (up to [`ESCAPE_DEPTH`] levels), in either case if an ASCII letter
 /// (`\u0053` is an `s` too: what the escape stands for is compared, the escape's own letters
 /// are read as JSON reads them).
-fn escaped_end<H: Hay + ?Sized>(hay: &H, at: usize, secret: &str) -> Option<usize> {
+///
+/// Each character read takes one from `reads`; none left, it reads nothing more and says
+/// `None`, which the caller must not take for "not there" (see [`ReadBudget`]).
+fn escaped_end<H: Hay + ?Sized>(
+    hay: &H,
+    at: usize,
+    secret: &str,
+    reads: &mut ReadBudget,
+) -> Option<usize> {
     // A secret escaped throughout reads one backslash per character: room for that four
     // times over.
     let chars = u32::try_from(secret.len()).unwrap_or(u32::MAX);
     let mut steps = chars.saturating_mul(4).max(MIN_BACKSLASH_READINGS);
-    end_from(hay, at, secret, &mut steps)
+    end_from(hay, at, secret, &mut steps, reads)
+}
+
+/// How many characters of secrets [`escaped_end`] may read in one text with escapes, in
+/// all: [`READS_PER_BYTE`] per byte of the text, and [`READS_AT_LEAST`].
+///
+/// Each hit of a secret's prefix is read on, character by character, as far as the text
+/// matches the secret. A secret that repeats itself (`aaaa…`: a client's own credential is
+/// whatever the client sends) against a text that repeats most of it has a hit at every
+/// byte, each read on nearly the secret's whole length: a 200 KB body and a 4,000-character
+/// key took 31 s of a sink's thread (debug build), and a larger pair would hold it for
+/// minutes while every other record waited. Texts people write never come near the bound:
+/// a whole occurrence is read once, and a prefix hit that is no occurrence ends within a few
+/// characters. A text that spends it is not searched further, and all of it is taken for a
+/// secret: replaced whole, which the request log turns into a line of its own (see
+/// `request_log`). Leaving it as it is could leave a key in it.
+struct ReadBudget(usize);
+
+/// See [`ReadBudget`].
+const READS_PER_BYTE: usize = 8;
+
+/// See [`ReadBudget`].
+const READS_AT_LEAST: usize = 1 << 16;
+
+impl ReadBudget {
+    fn for_text(len: usize) -> Self {
+        Self(
+            len.saturating_mul(READS_PER_BYTE)
+                .saturating_add(READS_AT_LEAST),
+        )
+    }
+
+    /// Takes one read; `None` when none was left.
+    fn take(&mut self) -> Option<()> {
+        self.0 = self.0.checked_sub(1)?;
+        Some(())
+    }
+
+    fn spent(&self) -> bool {
+        self.0 == 0
+    }
 }
 
 /// Readings of backslashes [`escaped_end`] tries for one place at least before it gives up:
@@ -955,8 +1016,10 @@ fn end_from<H: Hay + ?Sized>(
     mut at: usize,
     secret: &str,
     steps: &mut u32,
+    reads: &mut ReadBudget,
 ) -> Option<usize> {
     for (i, wanted) in secret.char_indices() {
+        reads.take()?;
         if hay.at(at) == Some(b'\\') {
             let rest = &secret[i + wanted.len_utf8()..];
             return (0..=ESCAPE_DEPTH).rev().find_map(|depth| {
@@ -965,7 +1028,7 @@ fn end_from<H: Hay + ?Sized>(
                 if fold(got) != fold(u32::from(wanted)) {
                     return None;
                 }
-                end_from(hay, after, rest, steps)
+                end_from(hay, after, rest, steps, reads)
             });
         }
         let (got, after) = read_char(hay, at, ESCAPE_DEPTH)?;
@@ -1295,10 +1358,13 @@ mod tests {
     use proptest::prelude::*;
 
     /// A long secret escaped throughout (every character a `\uXXXX`, or PHP's `\/` for each
-    /// slash) is found: the backslash readings tried grow with the secret.
+    /// slash) is found: the backslash readings tried grow with the secret. (One that repeats
+    /// itself, `k/k/…`, is read on from each of its own characters, more reads than
+    /// `ReadBudget` allows a text that holds just it: such a text goes whole, see
+    /// `reading_on_from_prefix_hits_is_bounded`.)
     #[test]
     fn a_long_secret_escaped_throughout_is_found() {
-        let secret = "k/".repeat(300);
+        let secret: String = (0..150).map(|i| format!("k{i:02x}/")).collect();
         let redactor = Redactor::new([&Secret::new(secret.clone())]);
         let unicode: String = secret
             .chars()
@@ -1569,6 +1635,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A secret that repeats itself against a text with escapes that repeats most of it
+    /// would have every byte read on for nearly the secret's length (31 s for this text in
+    /// a debug build): the reads are bounded, and the text they did not get through is
+    /// replaced whole. A text without escapes is searched with `memmem` alone, and a text
+    /// people write, however many prefix hits it has, is searched as before.
+    #[test]
+    fn reading_on_from_prefix_hits_is_bounded() {
+        let key = "a".repeat(4000);
+        let near_misses = format!("{}b", "a".repeat(3999)).repeat(50);
+        let r = Redactor::default();
+        let carried = [Secret::new(key.clone())];
+        let escaped = format!("{near_misses}\\n");
+        assert_eq!(r.redact(&escaped, &carried), REDACTED);
+        assert!(matches!(r.redact(&near_misses, &carried), Cow::Borrowed(_)));
+        // One provider's keys everywhere, none of them the configured one but the last,
+        // written with an escape.
+        let configured = "sk-proj-0123456789abcdefghij";
+        let r = Redactor::new([&Secret::new(configured)]);
+        let mut text = String::new();
+        for i in 0..20_000 {
+            text.push_str(&format!("sk-proj-{i:010}zz \\n "));
+        }
+        let escaped_key = configured.replace('-', "\\u002d");
+        let written = format!("{text}{escaped_key} end");
+        assert_eq!(r.redact(&written, &[]), format!("{text}{REDACTED} end"));
     }
 
     #[test]

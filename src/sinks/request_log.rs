@@ -260,6 +260,9 @@ impl Writer {
         self.redactor
             .for_record(&record.secrets)
             .redact_in_place(&mut self.line);
+        if self.line == REDACTED.as_bytes() {
+            self.line = unsearched_line(record, &self.redactor);
+        }
         self.line.push(b'\n');
         let day = utc_date(record.started_at);
         let pending = &mut self.pending;
@@ -293,7 +296,13 @@ impl Writer {
         };
         let day = utc_date(record.started_at);
         self.pending.write(&mut self.file);
-        if pieces.len() <= MAX_PIECES {
+        if let [whole, _] = pieces[..]
+            && whole == REDACTED.as_bytes()
+        {
+            let mut line = unsearched_line(record, &self.redactor);
+            line.push(b'\n');
+            self.file.write_lines(day, &line, 1, Instant::now());
+        } else if pieces.len() <= MAX_PIECES {
             let slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
             self.file.write_pieces(day, &slices, 1, Instant::now());
         } else {
@@ -306,6 +315,38 @@ impl Writer {
             self.line = Vec::with_capacity(LINE_BYTES);
         }
     }
+}
+
+/// The line of a record whose line the redaction gave up on searching and took whole for a
+/// key (see `redact::ReadBudget`: a client's credential that repeats itself against a body
+/// that repeats most of it): the line without its bodies, redacted, and when even that is
+/// taken whole, only its time and request id. Either way a JSON line, with
+/// `"redacted": "not searched"` saying what was left out.
+fn unsearched_line(record: &RequestRecord, redactor: &Redactor) -> Vec<u8> {
+    let mut line = Vec::new();
+    let note = |line: &mut Vec<u8>| {
+        // In place of the closing brace.
+        line.pop();
+        line.extend_from_slice(b",\"redacted\":\"not searched\"}");
+    };
+    if serialize_line(&mut line, record, false, redactor, None).is_ok() {
+        redactor
+            .for_record(&record.secrets)
+            .redact_in_place(&mut line);
+        if line.ends_with(b"}") {
+            note(&mut line);
+            return line;
+        }
+    }
+    line.clear();
+    line.extend_from_slice(b"{\"time\":\"");
+    line.extend_from_slice(rfc3339_millis(record.started_at).as_bytes());
+    line.push(b'"');
+    // The router's own id: nothing a client or upstream wrote.
+    let _ = field_str(&mut line, "request_id", &record.request_id);
+    line.push(b'}');
+    note(&mut line);
+    line
 }
 
 /// Whether `record`'s bodies are longer than [`WRITE_BYTES`] together: its line is then
@@ -853,6 +894,65 @@ mod tests {
         }
         let closed = tokio::time::timeout(Duration::from_secs(10), sink.close()).await;
         assert!(closed.is_ok(), "close waited for the blocked writer");
+    }
+
+    /// A client credential that repeats itself, against a body that repeats most of it, is
+    /// more than the redaction reads through (`redact::ReadBudget`): the line is taken whole
+    /// for a key, and what is logged is still a JSON line, with the request's id, its
+    /// fields but not its bodies, and `"redacted": "not searched"`; when its fields hold
+    /// the same, only its time and id. Short lines and long ones (written from pieces) alike;
+    /// the record after it is logged as usual.
+    #[tokio::test]
+    async fn a_line_too_costly_to_search_is_logged_without_what_was_not_searched() {
+        let dir = tempfile::tempdir().expect("dir");
+        let sink = RequestLogSink::start(RequestLogOptions {
+            path: dir.path().join("api_proxy.log"),
+            bodies: true,
+            redactor: Redactor::default(),
+        })
+        .expect("start");
+        let key = "a".repeat(4000);
+        let near_misses = |n: usize| format!("{}b", "a".repeat(3999)).repeat(n);
+        let now = SystemTime::now();
+        for (id, runs) in [("short", 4), ("long", 40)] {
+            let mut record = crate::record::tests::sample();
+            record.request_id = id.into();
+            record.started_at = now;
+            record.secrets = vec![crate::secret::Secret::new(key.clone())].into();
+            let body = format!("{{\"content\":\"{} x\\n\"}}", near_misses(runs));
+            record.request_body = bytes::Bytes::from(body);
+            sink.accept(&Arc::new(record));
+        }
+        let mut record = crate::record::tests::sample();
+        record.request_id = "model too".into();
+        record.started_at = now;
+        record.secrets = vec![crate::secret::Secret::new(key.clone())].into();
+        // Names are cut to `MAX_NAME_CHARS`, as the line holds them: two runs that long,
+        // and a `\"` the line writes for the quote, are too many reads for the line alone.
+        record.requested_model = "a".repeat(2 * MAX_NAME_CHARS);
+        record.upstream_model = "a".repeat(2 * MAX_NAME_CHARS);
+        record.endpoint = "/v1/\"chat".into();
+        record.request_body = bytes::Bytes::from(format!("{{\"m\":\"{}\\n\"}}", near_misses(2)));
+        sink.accept(&Arc::new(record));
+        sink.accept(&record_of("after", 10, now));
+        sink.close().await;
+        let lines = json_lines(&dir.path().join(format!("api_proxy.{}.log", utc_date(now))));
+        let ids: Vec<&str> = lines
+            .iter()
+            .map(|l| l["request_id"].as_str().expect("id"))
+            .collect();
+        assert_eq!(ids, ["short", "long", "model too", "after"]);
+        for line in &lines[..2] {
+            assert_eq!(line["redacted"], "not searched", "{line}");
+            assert_eq!(line["provider"], "p", "{line}");
+            assert!(line.get("request").is_none(), "{line}");
+        }
+        let only_id = lines[2].as_object().expect("object");
+        let mut keys: Vec<&str> = only_id.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["redacted", "request_id", "time"], "{only_id:?}");
+        assert!(lines[3].get("redacted").is_none());
+        assert!(lines[3]["request"].is_object(), "{}", lines[3]);
     }
 
     /// Each line goes to the file of its own UTC day, also when days go back (a clock set
