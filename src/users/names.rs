@@ -30,12 +30,15 @@ pub fn check_username(name: &str) -> Result<(), String> {
     if name.starts_with('-') {
         return Err("a username cannot start with '-'".into());
     }
-    // A key's form: such a name would be redacted in every record, and read as a leaked key
-    // by secret scanners wherever it is printed.
-    if name.starts_with(super::key::KEY_PREFIX) {
+    // A key's form: such a name would be redacted in every record (in any case, as keys
+    // are found), and read as a leaked key by secret scanners wherever it is printed.
+    let prefix = super::key::KEY_PREFIX;
+    if name
+        .get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    {
         return Err(format!(
-            "a username cannot start with '{}' (keys do)",
-            super::key::KEY_PREFIX
+            "a username cannot start with '{prefix}', in any case (keys do)"
         ));
     }
     if let Some(bad) = name
@@ -521,6 +524,13 @@ mod tests {
         ] {
             assert!(check_username(bad).is_err(), "{bad:?}");
         }
+        // A key's prefix, in any case; a multi-byte character where it would end is none.
+        for key_like in ["sk-lr-ann", "SK-LR-ann", "Sk-Lr-"] {
+            let said = check_username(key_like).expect_err(key_like);
+            assert!(said.contains("cannot start with 'sk-lr-'"), "{said}");
+        }
+        assert_eq!(check_username("sk-l李"), Ok(()));
+        assert_eq!(check_username("sk-lrann"), Ok(()));
         assert_eq!(check_username(&"a".repeat(MAX_USERNAME_CHARS)), Ok(()));
     }
 

@@ -297,6 +297,7 @@ fn refused_commands_exit_1_with_one_line_and_change_nothing() {
         (vec!["add", "ann\nbob"], "bad username"),
         (vec!["add", "two words"], "bad username"),
         (vec!["add", "sk-lr-bob"], "keys do"),
+        (vec!["add", "SK-LR-bob"], "in any case (keys do)"),
         (vec!["add", "carl", "--email", "carl"], "bad email"),
         (
             vec!["add", "carl", "--email", "carl@localhost"],
