@@ -647,21 +647,26 @@ fn run_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_out(format_args!("{}", report.to_table()))?;
         let cut = report.names_cut();
+        // Only users and models are cut.
+        let (one, many, by) = match by {
+            GroupBy::Model => ("model name", "model names", "model"),
+            _ => ("user's name", "users' names", "user"),
+        };
         if cut > 0 {
             // After the table, which a reader of stdout gets whole: as `user list` says it.
             let (what, its) = match cut {
-                1 => ("1 user's name is".to_owned(), "its"),
-                n => (format!("{n} users' names are"), "their"),
+                1 => (format!("1 {one} is"), "its"),
+                n => (format!("{n} {many} are"), "their"),
             };
             console::line(format_args!(
-                "note: {what} cut in the table: {its} first 80 characters, then … and {its} length in bytes as recorded; llmsrouter usage --by user --json prints every name whole"
+                "note: {what} cut in the table: {its} first 80 characters, then … and {its} length in bytes as recorded; llmsrouter usage --by {by} --json prints every name whole"
             ));
         }
         // Two names cut alike were two identical rows.
         let apart = report.names_told_apart();
         if apart > 0 {
             console::line(format_args!(
-                "note: {apart} users' names print alike in the table, so each is followed by # and the first hex digits of the SHA-256 of the whole name as recorded; llmsrouter usage --by user --json prints every name whole"
+                "note: {apart} {many} print alike in the table, so each is followed by # and the first hex digits of the SHA-256 of the whole name as recorded; llmsrouter usage --by {by} --json prints every name whole"
             ));
         }
     }

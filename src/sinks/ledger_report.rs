@@ -290,21 +290,29 @@ impl UsageReport {
         out.write_all(b"}")
     }
 
-    /// How many rows of a report by user [`Self::to_table`] shows told apart by a hash
-    /// ([`tell_apart`]): two names cut alike (the same first 80 characters and length).
+    /// Whether the rows' names are cut in the table ([`Self::names_cut`]): user and model
+    /// names, recorded up to 1,024 characters each (a provider is an alias or a host, a day
+    /// a date).
+    fn cuts_names(&self) -> bool {
+        matches!(self.by, GroupBy::User | GroupBy::Model)
+    }
+
+    /// How many rows of a report by user or model [`Self::to_table`] shows told apart by a
+    /// hash ([`tell_apart`]): two names cut alike (the same first 80 characters and length).
     pub fn names_told_apart(&self) -> usize {
-        if self.by != GroupBy::User {
+        if !self.cuts_names() {
             return 0;
         }
         self.shown_keys().1
     }
 
-    /// How many rows of a report by user [`Self::to_table`] shows with their name cut, as the
-    /// `user list` table cuts one: past 80 characters, its first 80, `…` and its length in
-    /// bytes (a name is recorded up to 1,024 characters, and printed whole it widened every
-    /// row of the table to it). The command says so after the table; `--json` has them whole.
+    /// How many rows of a report by user or model [`Self::to_table`] shows with their name
+    /// cut, as the `user list` table cuts one: past 80 characters, its first 80, `…` and its
+    /// length in bytes (a name is recorded up to 1,024 characters, and printed whole it
+    /// widened every row of the table to it). The command says so after the table; `--json`
+    /// has them whole.
     pub fn names_cut(&self) -> usize {
-        if self.by != GroupBy::User {
+        if !self.cuts_names() {
             return 0;
         }
         self.rows
@@ -413,6 +421,7 @@ impl UsageReport {
     /// told apart by a hash ([`tell_apart`]).
     fn shown_keys(&self) -> (Vec<String>, usize) {
         let by_user = self.by == GroupBy::User;
+        let cut = self.cuts_names();
         let mut keys: Vec<String> = self
             .rows
             .iter()
@@ -420,10 +429,12 @@ impl UsageReport {
                 // Usernames and model names come from the database as they were stored; a
                 // username is shown as `user list` shows it (names that differ only where it
                 // cannot be seen print differently; one past 80 characters cut, see
-                // [`Self::names_cut`]). None or empty (no user; a file upload, which names no
-                // model) is `-`, not a blank cell.
+                // [`Self::names_cut`]; a model name too). None or empty (no user; a file
+                // upload, which names no model) is `-`, not a blank cell.
                 let shown = if by_user {
                     crate::users::names::in_list
+                } else if cut {
+                    crate::users::names::text_in_list
                 } else {
                     crate::printable
                 };
@@ -439,7 +450,7 @@ impl UsageReport {
             })
             .collect();
         let mut told_apart = 0;
-        if by_user {
+        if cut {
             let names: Vec<Option<&str>> = self.rows.iter().map(|r| r.key.as_deref()).collect();
             told_apart = tell_apart(&names, &mut keys);
         }

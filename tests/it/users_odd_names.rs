@@ -1151,3 +1151,75 @@ fn a_long_name_is_cut_in_the_usage_table_as_in_user_list() {
     let (code, _, err) = run_cli(dir.path(), &["usage", "--by", "model"], &[]);
     assert_eq!((code, err.as_str()), (0, ""));
 }
+
+/// `usage --by model` cuts a long model name (recorded up to 1,024 characters: a client may
+/// send any) as `--by user` cuts a name, and tells apart two cut alike, with the notes
+/// after the table worded for models; it printed the name whole, and padded every row to it.
+/// `--json` keeps every name whole and says nothing.
+#[test]
+fn a_long_model_name_is_cut_in_the_usage_table() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
+    let (code, _, err) = user(dir.path(), &["add", "ann"]);
+    assert_eq!(code, 0, "{err}");
+    let one = format!("m{}…#0123456789abcdef", "x".repeat(1005));
+    let two = format!("m{}…#fedcba9876543210", "x".repeat(1005));
+    let conn = Connection::open(dir.path().join("users.db")).expect("open");
+    for model in [one.as_str(), two.as_str(), "gpt-4o"] {
+        conn.execute(
+            "INSERT INTO usage_ledger (request_id, started_at, day, username, provider, mode,
+                 endpoint, model, stream, outcome, latency_ms, input_tokens, output_tokens,
+                 total_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens,
+                 usage_known, usage_partial)
+             VALUES ('r', '2024-05-01T12:00:00.000Z', '2024-05-01', 'ann', 'mock', 'alias',
+                 '/v1/chat/completions', ?1, 0, 'ok', 1, 1, 1, 2, 0, 0, 0, 1, 0)",
+            [model],
+        )
+        .expect("ledger row");
+    }
+    drop(conn);
+    let (code, out, err) = run_cli(dir.path(), &["usage", "--by", "model"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.len() < 1_000, "{} bytes: {out}", out.len());
+    let firsts: Vec<&str> = out
+        .lines()
+        .filter_map(|line| line.split("  ").next())
+        .map(str::trim)
+        .collect();
+    let hash = |name: &str| -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(name.as_bytes())
+            .iter()
+            .take(4)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let cut = format!("m{}… (1026 bytes)", "x".repeat(79));
+    let expected = [
+        "MODEL".to_owned(),
+        "gpt-4o".to_owned(),
+        format!("{cut} #{}", hash(&one)),
+        format!("{cut} #{}", hash(&two)),
+        "TOTAL".to_owned(),
+    ];
+    assert_eq!(firsts, expected, "{out}");
+    assert_eq!(
+        err,
+        "note: 2 model names are cut in the table: their first 80 characters, then … and their length in bytes as recorded; llmsrouter usage --by model --json prints every name whole\n\
+         note: 2 model names print alike in the table, so each is followed by # and the first hex digits of the SHA-256 of the whole name as recorded; llmsrouter usage --by model --json prints every name whole\n"
+    );
+    let (code, out, err) = run_cli(dir.path(), &["usage", "--by", "model", "--json"], &[]);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    let report: Value = serde_json::from_str(&out).expect("json");
+    let names: Vec<&str> = report["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|row| row["model"].as_str())
+        .collect();
+    assert_eq!(names.len(), 3, "{out}");
+    assert!(
+        names.contains(&one.as_str()) && names.contains(&two.as_str()),
+        "{out}"
+    );
+}
