@@ -427,6 +427,12 @@ impl FieldSource for AnswerFields {
         }
         if let Some(id) = &self.request_id {
             emit(REQUEST_ID.as_bytes(), id.as_bytes());
+            // The openai SDKs show `x-request-id` as an error's request id (null without
+            // it): the router's own error, made with no upstream answer, has the router's.
+            // An upstream's answer keeps the upstream's own, or none.
+            if matches!(self.shape, Shape::RouterError { .. }) && self.upstream.is_none() {
+                emit(b"x-request-id", id.as_bytes());
+            }
         }
     }
 }

@@ -1064,6 +1064,14 @@ async fn unreachable_upstream_is_502() {
     router.stop().await;
 }
 
+/// A router-made error carries its request id as `x-request-id` too, which the openai SDKs
+/// show as the error's request id.
+fn assert_router_request_id(response: &reqwest::Response) {
+    let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+    let id = header("x-llmsrouter-request-id").expect("the router's request id");
+    assert_eq!(header("x-request-id"), Some(id));
+}
+
 /// The router's own 5xx that the same request would get again (a loop's 508) says
 /// `x-should-retry: false`, over HTTP/1.1 and HTTP/2, so the openai SDKs do not try it twice
 /// more; a 502 or 504 of an upstream that cannot be reached or is slow does not (the next
@@ -1087,6 +1095,7 @@ async fn only_the_routers_final_5xx_says_not_to_retry() {
             .await
             .expect("send");
         let retry = response.headers().get("x-should-retry").cloned();
+        assert_router_request_id(&response);
         let (status, body) = error_of(response).await;
         assert_eq!(
             (status, body["error"]["code"].as_str()),
@@ -1102,6 +1111,10 @@ async fn only_the_routers_final_5xx_says_not_to_retry() {
             .expect("send");
         assert_eq!(response.status(), 500, "the upstream's own");
         assert!(response.headers().get("x-should-retry").is_none());
+        assert!(
+            response.headers().get("x-request-id").is_none(),
+            "the upstream sent none, and the router adds none to its answer"
+        );
     }
     assert_eq!(upstream.count(), 2);
     router.stop().await;
@@ -1127,6 +1140,7 @@ async fn only_the_routers_final_5xx_says_not_to_retry() {
                 response.headers().get("x-should-retry").is_none(),
                 "{expected}: the next attempt may pass"
             );
+            assert_router_request_id(&response);
         }
     }
     closed.stop().await;

@@ -293,14 +293,16 @@ try:
     client.chat.completions.create(model=sys.argv[2], messages=[{"role": "user", "content": "hi"}])
     out = None
 except openai.APIStatusError as e:
-    out = {"status": e.status_code, "code": e.code, "retry": e.response.headers.get("x-should-retry")}
+    out = {"status": e.status_code, "code": e.code, "retry": e.response.headers.get("x-should-retry"),
+           "request_id": e.request_id}
 print(json.dumps(out))
 "#;
 
 /// A model whose `[URL]` prefixes lead back to the router itself: one SDK call is one trip
 /// around the loop (a record per hop, the last of them the router's 508), not three. The
 /// router's 508 says `x-should-retry: false`, relayed by every hop before it, so the SDK,
-/// which retries any 5xx twice unless told not to, raises it at once.
+/// which retries any 5xx twice unless told not to, raises it at once, with the request id of
+/// the router that made it (`x-request-id`; it was null).
 #[tokio::test]
 async fn the_openai_python_sdk_does_not_retry_a_loop() {
     let Some(python) = test_python() else {
@@ -310,11 +312,13 @@ async fn the_openai_python_sdk_does_not_retry_a_loop() {
     let router = TestRouter::start(&one_server_config(&upstream.url(), "")).await;
     let own = format!("[http://{}/v1]", router.addr);
     let model = format!("{}[mock]m", own.repeat(10));
-    let result =
+    let mut result =
         printed_json(run_script_with(python, ONE_CALL, vec![router.url("/v1"), model]).await);
+    let request_id = result["request_id"].take();
     assert_eq!(
         result,
-        serde_json::json!({"status": 508, "code": "loop_detected", "retry": "false"})
+        serde_json::json!({"status": 508, "code": "loop_detected", "retry": "false",
+            "request_id": null})
     );
     assert_eq!(upstream.count(), 0);
     let records = std::sync::Arc::clone(&router.records);
@@ -323,6 +327,13 @@ async fn the_openai_python_sdk_does_not_retry_a_loop() {
     let records = records.all();
     assert_eq!(records.len(), 8, "one trip around the loop");
     assert!(records.iter().all(|r| r.status == Some(508)));
+    // The id of the hop that refused (it made no record), relayed by the others.
+    let id = request_id.as_str().expect("a request id");
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    assert!(records.iter().all(|r| r.request_id != id), "{id}");
 }
 
 const QUERY_IN_BASE_URL: &str = r#"
