@@ -83,19 +83,55 @@ pub(crate) fn stored(db: &Path) -> Vec<(i64, String, String, String, String)> {
 
 /// One ledger row (one request, 1 + 1 tokens) for each of `names`, as the recorder writes it.
 fn ledger_rows_of(db: &Path, names: &[&str]) {
+    let rows: Vec<(&str, &str)> = names.iter().map(|name| (*name, "m")).collect();
+    ledger_rows_with(db, &rows);
+}
+
+/// A ledger row for each (username, model).
+fn ledger_rows_with(db: &Path, rows: &[(&str, &str)]) {
     let conn = Connection::open(db).expect("open");
-    for name in names {
+    for (name, model) in rows {
         conn.execute(
             "INSERT INTO usage_ledger (request_id, started_at, day, username, provider, mode,
                  endpoint, model, stream, outcome, latency_ms, input_tokens, output_tokens,
                  total_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens,
                  usage_known, usage_partial)
              VALUES ('r', '2024-05-01T12:00:00.000Z', '2024-05-01', ?1, 'mock', 'alias',
-                 '/v1/chat/completions', 'm', 0, 'ok', 1, 1, 1, 2, 0, 0, 0, 1, 0)",
-            [*name],
+                 '/v1/chat/completions', ?2, 0, 'ok', 1, 1, 1, 2, 0, 0, 0, 1, 0)",
+            [*name, *model],
         )
         .expect("ledger row");
     }
+}
+
+/// The names of the rows of `usage --by <by> --json`, which must succeed and say nothing.
+fn names_in_json(dir: &Path, by: &str) -> Vec<String> {
+    let (code, out, err) = run_cli(dir, &["usage", "--by", by, "--json"], &[]);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    let report: Value = serde_json::from_str(&out).expect("json");
+    let rows = report["rows"].as_array().expect("rows");
+    rows.iter()
+        .filter_map(|row| row[by].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The first cell of each line of a `usage` table.
+fn first_cells(table: &str) -> Vec<&str> {
+    table
+        .lines()
+        .filter_map(|line| line.split("  ").next())
+        .map(str::trim)
+        .collect()
+}
+
+/// The first 8 hex digits of the SHA-256 of `name`, as the `usage` table tells names apart.
+fn hash8(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(name.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn key_of(db: &Path, rowid: i64) -> Option<String> {
@@ -1046,8 +1082,6 @@ fn a_huge_name_is_cut_in_the_user_list_table() {
 /// shown as before, and `--json` keeps every name whole.
 #[test]
 fn names_cut_alike_print_apart_in_the_usage_table() {
-    use sha2::{Digest, Sha256};
-
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(dir.path().join("config.yaml"), "servers: {}\n").expect("config");
     let (code, _, err) = user(dir.path(), &["add", "ann"]);
@@ -1059,23 +1093,12 @@ fn names_cut_alike_print_apart_in_the_usage_table() {
     ledger_rows_of(&dir.path().join("users.db"), &[&one, &two, &other]);
     let (code, out, err) = run_cli(dir.path(), &["usage", "--by", "user"], &[]);
     assert_eq!(code, 0, "{err}");
-    let firsts: Vec<&str> = out
-        .lines()
-        .filter_map(|line| line.split("  ").next())
-        .map(str::trim)
-        .collect();
-    let hash = |name: &str| -> String {
-        Sha256::digest(name.as_bytes())
-            .iter()
-            .take(4)
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
+    let firsts = first_cells(&out);
     let cut = format!("h{}… (1026 bytes)", "x".repeat(79));
     let expected = [
         "USER".to_owned(),
-        format!("{cut} #{}", hash(&one)),
-        format!("{cut} #{}", hash(&two)),
+        format!("{cut} #{}", hash8(&one)),
+        format!("{cut} #{}", hash8(&two)),
         format!("j{}… (101 bytes)", "y".repeat(79)),
         "TOTAL".to_owned(),
     ];
@@ -1086,15 +1109,7 @@ fn names_cut_alike_print_apart_in_the_usage_table() {
          note: 2 users' names print alike in the table, so each is followed by # and the first hex digits of the SHA-256 of the whole name as recorded; llmsrouter usage --by user --json prints every name whole\n"
     );
 
-    let (code, out, err) = run_cli(dir.path(), &["usage", "--by", "user", "--json"], &[]);
-    assert_eq!((code, err.as_str()), (0, ""), "{out}");
-    let report: Value = serde_json::from_str(&out).expect("json");
-    let names: Vec<&str> = report["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .filter_map(|row| row["user"].as_str())
-        .collect();
+    let names = names_in_json(dir.path(), "user");
     assert_eq!(names, [one.as_str(), two.as_str(), other.as_str()], "{out}");
 }
 
@@ -1120,11 +1135,7 @@ fn a_long_name_is_cut_in_the_usage_table_as_in_user_list() {
     assert_eq!(code, 0, "{err}");
     // Each row as wide as the widest name: 6 rows of about 1 KB when it was printed whole.
     assert!(out.len() < 1_200, "{} bytes: {out}", out.len());
-    let firsts: Vec<&str> = out
-        .lines()
-        .filter_map(|line| line.split("  ").next())
-        .map(str::trim)
-        .collect();
+    let firsts = first_cells(&out);
     let cut = format!("h{}… (1026 bytes)", "x".repeat(79));
     let cut_over = format!("j{}… (161 bytes)", "é".repeat(79));
     assert_eq!(
@@ -1137,15 +1148,7 @@ fn a_long_name_is_cut_in_the_usage_table_as_in_user_list() {
         "note: 2 users' names are cut in the table: their first 80 characters, then … and their length in bytes as recorded; llmsrouter usage --by user --json prints every name whole\n"
     );
 
-    let (code, out, err) = run_cli(dir.path(), &["usage", "--by", "user", "--json"], &[]);
-    assert_eq!((code, err.as_str()), (0, ""), "{out}");
-    let report: Value = serde_json::from_str(&out).expect("json");
-    let names: Vec<&str> = report["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .filter_map(|row| row["user"].as_str())
-        .collect();
+    let names = names_in_json(dir.path(), "user");
     assert_eq!(names, ["ann", &recorded, &just_over, &whole], "{out}");
 
     let (code, _, err) = run_cli(dir.path(), &["usage", "--by", "model"], &[]);
@@ -1164,42 +1167,20 @@ fn a_long_model_name_is_cut_in_the_usage_table() {
     assert_eq!(code, 0, "{err}");
     let one = format!("m{}…#0123456789abcdef", "x".repeat(1005));
     let two = format!("m{}…#fedcba9876543210", "x".repeat(1005));
-    let conn = Connection::open(dir.path().join("users.db")).expect("open");
-    for model in [one.as_str(), two.as_str(), "gpt-4o"] {
-        conn.execute(
-            "INSERT INTO usage_ledger (request_id, started_at, day, username, provider, mode,
-                 endpoint, model, stream, outcome, latency_ms, input_tokens, output_tokens,
-                 total_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens,
-                 usage_known, usage_partial)
-             VALUES ('r', '2024-05-01T12:00:00.000Z', '2024-05-01', 'ann', 'mock', 'alias',
-                 '/v1/chat/completions', ?1, 0, 'ok', 1, 1, 1, 2, 0, 0, 0, 1, 0)",
-            [model],
-        )
-        .expect("ledger row");
-    }
-    drop(conn);
+    ledger_rows_with(
+        &dir.path().join("users.db"),
+        &[("ann", &one), ("ann", &two), ("ann", "gpt-4o")],
+    );
     let (code, out, err) = run_cli(dir.path(), &["usage", "--by", "model"], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.len() < 1_000, "{} bytes: {out}", out.len());
-    let firsts: Vec<&str> = out
-        .lines()
-        .filter_map(|line| line.split("  ").next())
-        .map(str::trim)
-        .collect();
-    let hash = |name: &str| -> String {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(name.as_bytes())
-            .iter()
-            .take(4)
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
+    let firsts = first_cells(&out);
     let cut = format!("m{}… (1026 bytes)", "x".repeat(79));
     let expected = [
         "MODEL".to_owned(),
         "gpt-4o".to_owned(),
-        format!("{cut} #{}", hash(&one)),
-        format!("{cut} #{}", hash(&two)),
+        format!("{cut} #{}", hash8(&one)),
+        format!("{cut} #{}", hash8(&two)),
         "TOTAL".to_owned(),
     ];
     assert_eq!(firsts, expected, "{out}");
@@ -1208,18 +1189,7 @@ fn a_long_model_name_is_cut_in_the_usage_table() {
         "note: 2 model names are cut in the table: their first 80 characters, then … and their length in bytes as recorded; llmsrouter usage --by model --json prints every name whole\n\
          note: 2 model names print alike in the table, so each is followed by # and the first hex digits of the SHA-256 of the whole name as recorded; llmsrouter usage --by model --json prints every name whole\n"
     );
-    let (code, out, err) = run_cli(dir.path(), &["usage", "--by", "model", "--json"], &[]);
-    assert_eq!((code, err.as_str()), (0, ""), "{out}");
-    let report: Value = serde_json::from_str(&out).expect("json");
-    let names: Vec<&str> = report["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .filter_map(|row| row["model"].as_str())
-        .collect();
+    let names = names_in_json(dir.path(), "model");
     assert_eq!(names.len(), 3, "{out}");
-    assert!(
-        names.contains(&one.as_str()) && names.contains(&two.as_str()),
-        "{out}"
-    );
+    assert!(names.contains(&one) && names.contains(&two), "{out}");
 }
