@@ -31,8 +31,12 @@ const PREFIX_CHARS: usize = 6;
 const PATH_DECODINGS: usize = 3;
 
 /// Levels of JSON string escaping read through: 1 for a JSON body (`sk\/...`), 2 for a JSON
-/// text inside a JSON string (a text body quoted into a log line: `sk\\\/...`).
-const ESCAPE_DEPTH: u8 = 2;
+/// text inside a JSON string (`sk\\\/...`: an error's JSON quoted in a message), 3 for
+/// such a text in a body that is not JSON, which a sink quotes once more (a `text/plain`
+/// answer or error written into a log line or a span's output: `sk\\\\\\\/...`). At 2,
+/// a key escaped twice in a text body (`sk\\u002d...`) went into the request log and the
+/// span's output as it was (bb73).
+const ESCAPE_DEPTH: u8 = 3;
 
 /// Finds and replaces known secrets. Cheap to clone; built once at start-up.
 ///
@@ -40,12 +44,12 @@ const ESCAPE_DEPTH: u8 = 2;
 /// `bearer sk-abc...` for `sk-AbC...` gives away all but one bit per letter of the key);
 /// other letters are compared as they are. A secret is found written as it is, and also
 /// written with JSON string escapes in any of its characters (`\/`, `\"`, `\\`,
-/// `\b\f\n\r\t`, `\uXXXX` in either case, surrogate pairs), escaped once or twice
+/// `\b\f\n\r\t`, `\uXXXX` in either case, surrogate pairs), escaped up to three times
 /// ([`ESCAPE_DEPTH`]), mixed freely with plain characters: any JSON
 /// parser reads those back as the secret (PHP writes every `/` as `\/`). A configured secret
 /// is found percent-encoded too ([`percent_encoded`]), and a request path is searched decoded
 /// ([`RequestRedactor::redact_path`]). Not covered: other encodings (base64, HTML entities,
-/// in a body a key percent-encoded twice), three or more levels of escaping, and a secret
+/// in a body a key percent-encoded twice), four or more levels of escaping, and a secret
 /// written in pieces with other text between them.
 ///
 /// Cost: a text shorter than the shortest secret is not searched. Every other text is read
@@ -151,13 +155,16 @@ impl Redactor {
 
     /// Most bytes one occurrence of a known secret (or of a key of this router's form, with
     /// the byte after it that says where it ends) can span as written: each of its bytes
-    /// escaped twice at worst, every character of the escape itself escaped (`\u005c\u0075`
-    /// and four more for one `\u` escape: 36 bytes). A text read in pieces is searched
-    /// across each seam with this many bytes either side, so no occurrence is missed.
+    /// escaped [`ESCAPE_DEPTH`] times at worst, every character of each escape itself
+    /// escaped (`\u0075` is 6 bytes; escaped again, `\u005c\u0075` and four more, 36; once
+    /// more, 216). A text read in pieces is searched across each seam with this many bytes
+    /// either side, so no occurrence is missed.
     pub fn widest_occurrence(&self) -> usize {
         let longest = self.searches.needles.iter().map(Needle::len).max();
         let longest = longest.unwrap_or(0);
-        longest.max(ROUTER_KEY_LEN + 1).saturating_mul(36)
+        longest
+            .max(ROUTER_KEY_LEN + 1)
+            .saturating_mul(6usize.pow(u32::from(ESCAPE_DEPTH)))
     }
 }
 
@@ -490,6 +497,9 @@ impl RequestRedactor<'_> {
                 Some(b't') => u32::from(b'\t'),
                 Some(b'r') => u32::from(b'\r'),
                 _ => match read_char(hay, backslash, ESCAPE_DEPTH) {
+                    // Read from every backslash, a run of them is read ~8 times per byte
+                    // (~4 when two levels deep were read): linear, unlike `escaped_end`'s
+                    // reads, which `reads` bounds.
                     Some((decoded, _)) => decoded,
                     None => return,
                 },
@@ -881,17 +891,23 @@ fn prefix_groups(needles: &[Needle<'_>]) -> Vec<Range<usize>> {
 /// Where an occurrence found at `start` is replaced from: before the backslashes of an escape
 /// it may have been read from inside of (in `\\\u0073k-...`, an escaped backslash then an
 /// escaped `s`, one reading starts at the second backslash), so the JSON around it stays
-/// valid, at both [`ESCAPE_DEPTH`] levels. In a text that is not JSON (`C:\sk-...`) those
-/// backslashes go too.
+/// valid, at every one of the [`ESCAPE_DEPTH`] levels. In a text that is not JSON
+/// (`C:\sk-...`) those backslashes go too.
 fn whole_escapes<H: Hay + ?Sized>(hay: &H, start: usize) -> usize {
-    let start = unicode_escape_around(hay, start).unwrap_or(start);
-    let run = backslashes_before(hay, start);
-    // An odd run ends with the backslash of an escape.
-    let start = start - run % 2;
-    let run = run - run % 2;
-    // One level down, each pair is one backslash: an odd number of pairs ends with one that
-    // begins an escape.
-    start - 2 * ((run / 2) % 2)
+    let mut start = unicode_escape_around(hay, start).unwrap_or(start);
+    let mut run = backslashes_before(hay, start);
+    // An odd run ends with the backslash of an escape. One level down each pair is one
+    // backslash: an odd number of pairs ends with one that begins an escape there (two
+    // bytes); two levels down, each four (four bytes).
+    let mut width = 1;
+    for _ in 0..ESCAPE_DEPTH {
+        if run % 2 == 1 {
+            start -= width;
+        }
+        run /= 2;
+        width *= 2;
+    }
+    start
 }
 
 /// The `u` of a `\uXXXX` escape that an occurrence at `start` begins inside of, among its hex
@@ -921,11 +937,11 @@ fn unicode_escape_around<H: Hay + ?Sized>(hay: &H, start: usize) -> Option<usize
     Some(high.filter(|_| is_low_half).unwrap_or(u))
 }
 
-/// Whether the `u` at `u` is an escape's, at either depth: an odd run of backslashes before
-/// it, or an odd number of pairs.
+/// Whether the `u` at `u` is an escape's, at any depth: an odd run of backslashes before
+/// it, or an odd number of pairs, or of fours (see [`whole_escapes`]).
 fn escape_at<H: Hay + ?Sized>(hay: &H, u: usize) -> bool {
     let run = backslashes_before(hay, u);
-    run % 2 == 1 || (run / 2) % 2 == 1
+    run % (1 << ESCAPE_DEPTH) != 0
 }
 
 /// How many backslashes end the text before `at`.
@@ -1042,7 +1058,7 @@ fn end_from<H: Hay + ?Sized>(
 
 /// The character at `at` (as a code point; a lone surrogate stays one) and where the next
 /// starts, reading JSON string escapes `depth` levels deep: at depth 2, `\\\/` is `/` and
-/// `\\u002d` is `-`.
+/// `\\u002d` is `-`; at depth 3, `\\\\\\\/` and `\\\\u002d`.
 fn read_char<H: Hay + ?Sized>(hay: &H, at: usize, depth: u8) -> Option<(u32, usize)> {
     let first = hay.at(at)?;
     if first != b'\\' || depth == 0 {
@@ -1447,8 +1463,13 @@ mod tests {
             (r#""\u000abcd1234-secret-key""#, r#""[redacted]""#),
             // An escape one level down (JSON quoted in a string).
             (r#""\\uabcd1234-secret-key""#, r#""[redacted]""#),
-            // Not an escape at either level: the `u` and the backslashes before it stay.
-            (r#""\\\\uabcd1234-secret-key""#, r#""\\\\u[redacted]""#),
+            // Two levels down (that string in a text a sink quotes).
+            (r#""\\\\uabcd1234-secret-key""#, r#""[redacted]""#),
+            // Not an escape at any level: the `u` and the backslashes before it stay.
+            (
+                r#""\\\\\\\\uabcd1234-secret-key""#,
+                r#""\\\\\\\\u[redacted]""#,
+            ),
             (r#""\u00e9abcd1234-secret-key""#, r#""\u00e9[redacted]""#),
             // The second half of a surrogate pair goes with the first (bb57).
             (r#""\ud83d\udcabcd1234-secret-key""#, r#""[redacted]""#),
@@ -1704,6 +1725,10 @@ mod tests {
             // Escaped twice: a JSON text quoted into a JSON string.
             KEY.replace('/', "\\\\\\/"),
             KEY.replace('-', "\\\\u002d"),
+            // Three times: that string in a text body a sink quotes (bb73).
+            KEY.replace('/', "\\\\\\\\\\\\\\/"),
+            KEY.replace('-', "\\\\\\\\u002d"),
+            KEY.replace('-', "\\\\u005c\\\\u0075002d"),
         ] {
             let text = format!(r#"{{"m":"Invalid key Bearer {written}\n","n":"a\"b"}}"#);
             assert_eq!(
@@ -2003,11 +2028,17 @@ mod tests {
             let inner: String = serde_json::from_str(&twice).expect("still a string");
             let read: Vec<String> = serde_json::from_str(&inner).expect("still JSON inside");
             prop_assert!(!read.iter().any(holds), "{twice}");
+            // And once more again (that string in a text body a sink quotes): the same.
+            let thrice = r.redact(&quote(&quote(&json)), &[]).into_owned();
+            let middle: String = serde_json::from_str(&thrice).expect("still a string");
+            let inner: String = serde_json::from_str(&middle).expect("a string inside");
+            let read: Vec<String> = serde_json::from_str(&inner).expect("still JSON inside");
+            prop_assert!(!read.iter().any(holds), "{thrice}");
         }
         /// A key that begins with hex digits, after any escape (`\u00e9`, `\u00E9`, a
         /// surrogate pair, `\u001f`), or completing one (`\u00` then `e9...`), or with its own
         /// first characters escaped in either case:
-        /// the redacted text is still JSON, at both levels, and holds the key nowhere.
+        /// the redacted text is still JSON, at all three levels, and holds the key nowhere.
         #[test]
         fn a_hex_led_key_after_any_escape_leaves_json(
             prefix in "[a-fA-F0-9\u{e9}\u{1}\u{1f}\u{1f600}\"\\\\]{0,8}",
@@ -2049,6 +2080,12 @@ mod tests {
             let quoted = serde_json::to_string(&json).expect("string");
             let out = r.redact(&quoted, &[]).into_owned();
             let inner: String = serde_json::from_str(&out).expect("still a string");
+            let read: Vec<String> = serde_json::from_str(&inner).expect("still JSON inside");
+            prop_assert!(read.iter().all(|s| !s.contains(&key)), "{quoted} -> {out}");
+            let quoted = serde_json::to_string(&quoted).expect("string");
+            let out = r.redact(&quoted, &[]).into_owned();
+            let middle: String = serde_json::from_str(&out).expect("still a string");
+            let inner: String = serde_json::from_str(&middle).expect("a string inside");
             let read: Vec<String> = serde_json::from_str(&inner).expect("still JSON inside");
             prop_assert!(read.iter().all(|s| !s.contains(&key)), "{quoted} -> {out}");
         }
