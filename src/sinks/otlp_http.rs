@@ -1,6 +1,7 @@
 //! The HTTP transport of the span exporter: sends one OTLP export request to one destination
 //! with that destination's own headers, retrying 429, 5xx and network errors with
-//! exponential backoff (honouring `Retry-After`).
+//! exponential backoff (honouring `Retry-After`). An endpoint that is down or busy (see
+//! [`endpoint_unavailable`]) has its batches held and retried until it answers.
 //!
 //! It runs on the tokio runtime, in the exporter's tasks, never on a request. Once shutdown
 //! began it still waits before each retry as asked, as long as one more attempt fits before
@@ -59,19 +60,23 @@ impl ShutdownDeadline {
 /// How an export request is retried.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
-    /// Attempts in all, the first one included.
+    /// Attempts in all, the first one included, for a batch the endpoint fails (a 500, a
+    /// timeout); one it cannot take while it is down or busy is retried without this limit
+    /// (see [`endpoint_unavailable`]).
     pub max_attempts: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
     /// One attempt, connect to last byte.
     pub attempt_timeout: Duration,
-    /// No new attempt starts after this much time since the first.
+    /// No new attempt starts after this much time since the first (the same exception as
+    /// for `max_attempts`); a batch held longer than this is warned of.
     pub budget: Duration,
 }
 
 /// Enough attempts for the backoff to span most of the 60 s budget (0.5 + 1 + 2 + 4 + 8 × 5 =
-/// 47.5 s of waits before jitter): a Langfuse restart or a short outage of up to ~45 s costs
-/// no batch, where six attempts gave up after ~15 s.
+/// 47.5 s of waits before jitter): a Langfuse that answers 500 for up to ~45 s costs no
+/// batch, where six attempts gave up after ~15 s. One that is down (refused, 502, 503) or
+/// throttling (429) is waited for as long as it takes, 8 s between tries.
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
@@ -120,9 +125,14 @@ pub struct OtlpTransport {
     policy: RetryPolicy,
     stopping: ShutdownDeadline,
     retries: Arc<AtomicU64>,
+    held_warned: HeldWarned,
     rejected: RejectedSlot,
     cause: CauseSlot,
 }
+
+/// When this destination last warned that it holds batches for an endpoint that is down
+/// (see [`Attempts::warn_held`]); shared by all of its exporters.
+type HeldWarned = Arc<Mutex<Option<Instant>>>;
 
 impl std::fmt::Debug for OtlpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -184,6 +194,7 @@ impl OtlpTransport {
             policy,
             stopping,
             retries,
+            held_warned: HeldWarned::default(),
             rejected: RejectedSlot::default(),
             cause: CauseSlot::default(),
         })
@@ -203,6 +214,7 @@ impl OtlpTransport {
             policy: self.policy,
             stopping: self.stopping.clone(),
             retries: self.retries.clone(),
+            held_warned: self.held_warned.clone(),
             rejected: rejected.clone(),
             cause: cause.clone(),
         };
@@ -226,6 +238,7 @@ impl HttpClient for OtlpTransport {
             }
         }
         let send = Attempts {
+            name: self.name,
             client: self.client.clone(),
             url: parts.uri.to_string(),
             headers,
@@ -233,6 +246,7 @@ impl HttpClient for OtlpTransport {
             policy: self.policy,
             stopping: self.stopping.clone(),
             retries: self.retries.clone(),
+            held_warned: self.held_warned.clone(),
         };
         // The request runs as a task on the runtime the transport was made in, whatever
         // polls the exporter's future (the HttpClient trait does not say); this only waits.
@@ -342,6 +356,7 @@ fn rejected_in_json(body: &[u8]) -> Option<Rejected> {
 }
 
 struct Attempts {
+    name: &'static str,
     client: reqwest::Client,
     url: String,
     headers: HeaderMap,
@@ -349,11 +364,31 @@ struct Attempts {
     policy: RetryPolicy,
     stopping: ShutdownDeadline,
     retries: Arc<AtomicU64>,
+    held_warned: HeldWarned,
+}
+
+/// Whether a failed attempt says the endpoint cannot take any export now, rather than that
+/// this one failed: no connection was made (refused, no route, a name that does not
+/// resolve, a TLS handshake), or it answered 429 (throttled), 502 or 503 (down behind its
+/// proxy, restarting). Such a batch is held and retried, as long as it takes, instead of
+/// being given up after the policy's attempts and budget: a Langfuse down for an hour
+/// otherwise lost every span of all but its last minute, while the exporter's queue (8192
+/// spans or 64 MiB per destination, counting the batches held) had room for them, and at
+/// a few requests a second holds hours of them. Only once that queue is full are new
+/// spans dropped (and counted). A 500, a 504 or a timeout may be this batch's own doing
+/// (too large, or a span the endpoint cannot take): given up as before, so no batch
+/// blocks the others for good.
+fn endpoint_unavailable(outcome: &Result<reqwest::Response, reqwest::Error>) -> bool {
+    match outcome {
+        Ok(response) => matches!(response.status().as_u16(), 429 | 502 | 503),
+        Err(error) => error.is_connect(),
+    }
 }
 
 impl Attempts {
     /// Returns the last response (an error status included: the exporter reports it), or the
-    /// last network error once the attempts, the budget or the shutdown deadline are spent.
+    /// last network error once the attempts, the budget or the shutdown deadline are spent;
+    /// only the deadline for an endpoint that is down ([`endpoint_unavailable`]).
     async fn run(self) -> Result<Response<Bytes>, HttpError> {
         let first = Instant::now();
         let mut backoff = self.policy.initial_backoff;
@@ -384,10 +419,12 @@ impl Attempts {
             };
             let wait = retry_after.unwrap_or(backoff).min(MAX_RETRY_AFTER) + jitter(backoff);
             let out_of_time = first.elapsed() + wait > self.policy.budget;
-            if attempt >= self.policy.max_attempts
-                || out_of_time
-                || !self.wait_before_retry(wait).await
-            {
+            let held = endpoint_unavailable(&outcome);
+            if held && out_of_time {
+                self.warn_held(first.elapsed(), &outcome);
+            }
+            let given_up = !held && (attempt >= self.policy.max_attempts || out_of_time);
+            if given_up || !self.wait_before_retry(wait).await {
                 return match outcome {
                     Ok(response) => into_http_response(response).await,
                     Err(error) => Err(network_error(&error)),
@@ -397,6 +434,30 @@ impl Attempts {
             backoff = (backoff * 2).min(self.policy.max_backoff);
             self.retries.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Warns that this batch has waited `held` for an endpoint that is down, longer than the
+    /// policy gives a failing one: at most once per budget (60 s) for the destination, so
+    /// an outage is in the log long before the queue fills and spans are dropped.
+    fn warn_held(&self, held: Duration, outcome: &Result<reqwest::Response, reqwest::Error>) {
+        let Ok(mut last) = self.held_warned.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < self.policy.budget) {
+            return;
+        }
+        *last = Some(now);
+        let reason = match outcome {
+            Ok(response) => format!("it answers {}", response.status()),
+            Err(error) => network_error(error).to_string(),
+        };
+        tracing::warn!(
+            destination = self.name,
+            held_s = held.as_secs(),
+            "trace endpoint unavailable ({reason}): its spans are kept and retried until it \
+             answers; new spans are dropped only once its export queue is full"
+        );
     }
 
     /// Waits `wait` (the backoff or the endpoint's `Retry-After`) before the next attempt;
@@ -613,6 +674,94 @@ mod tests {
         for ms in [0u64, 1, 100, 8000] {
             assert!(jitter(Duration::from_millis(ms)) <= Duration::from_millis(ms / 4));
         }
+    }
+
+    /// What the tracing macros write on this thread while the guard lives.
+    #[derive(Clone, Default)]
+    struct Logged(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logged {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A batch held for an endpoint that refuses connections, past the budget a failing
+    /// batch gets, is warned of (why, and for how long) while it is still retried, and
+    /// arrives once the endpoint listens.
+    #[tokio::test]
+    async fn a_batch_held_for_an_endpoint_that_is_down_is_warned_of_and_arrives() {
+        let logged = Logged::default();
+        let writer = logged.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let parked = tokio::net::TcpSocket::new_v4().expect("socket");
+        parked
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind");
+        let addr = parked.local_addr().expect("addr");
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(20),
+            attempt_timeout: Duration::from_secs(5),
+            budget: Duration::from_millis(300),
+        };
+        let retries = Arc::new(AtomicU64::new(0));
+        let transport = OtlpTransport::new(
+            "langfuse",
+            &[("authorization".into(), Secret::new("Basic c2VjcmV0"))],
+            policy,
+            ShutdownDeadline::new(),
+            retries.clone(),
+        )
+        .expect("transport");
+        let request = Request::post(format!("http://{addr}/v1/traces"))
+            .body(Bytes::from_static(b"spans"))
+            .expect("request");
+        let sent = tokio::spawn(async move { transport.send_bytes(request).await });
+        let text = || String::from_utf8_lossy(&logged.0.lock().expect("lock")).into_owned();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !text().contains("trace endpoint unavailable") {
+            assert!(Instant::now() < deadline, "no warning: {}", text());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            retries.load(Ordering::Relaxed) > 2,
+            "held past its attempts"
+        );
+        let warning = text();
+        assert!(warning.contains("destination=\"langfuse\""), "{warning}");
+        assert!(warning.contains("Connection refused"), "{warning}");
+        assert!(!warning.contains("c2VjcmV0"), "{warning}");
+        // The endpoint listens: the held batch arrives.
+        let listener = parked.listen(16).expect("listen");
+        let served = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let (mut tcp, _) = listener.accept().await.expect("accept");
+            let mut got = Vec::new();
+            let mut buf = [0; 4096];
+            while !got.ends_with(b"spans") {
+                let n = tcp.read(&mut buf).await.expect("read");
+                assert!(n > 0, "closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .expect("write");
+            got
+        });
+        let response = sent.await.expect("task").expect("delivered");
+        assert_eq!(response.status(), StatusCode::OK);
+        let got = served.await.expect("served");
+        assert!(got.starts_with(b"POST /v1/traces "));
     }
 
     #[tokio::test]

@@ -797,8 +797,11 @@ async fn a_hanging_endpoint_never_slows_requests_memory_stays_bounded_and_export
     router.stop().await;
 }
 
+/// An endpoint that is down (connections refused, then 503 and 502 from its proxy, then
+/// 429) has its spans held past the policy's attempts, and they arrive once it answers; one
+/// that answers 500 loses the batch after them, counted; either way the exporter recovers.
 #[tokio::test]
-async fn an_endpoint_answering_500_or_absent_loses_only_spans_and_recovers() {
+async fn an_endpoint_down_holds_its_spans_until_it_answers_and_one_answering_500_loses_them() {
     let upstream = MockUpstream::start(Behavior::default()).await;
     // An address bound but not listened on: refused until the endpoint comes up on it, and
     // never free for another test's listener in between.
@@ -809,6 +812,7 @@ async fn an_endpoint_answering_500_or_absent_loses_only_spans_and_recovers() {
     let addr = parked.local_addr().expect("addr");
     let mut options = langfuse_options(&MockOtlp::start().await);
     options.destinations[0].endpoint = format!("http://{addr}/api/public/otel/v1/traces");
+    let attempts = u64::from(options.retry.max_attempts);
     let (router, sink) =
         router_with_langfuse(&one_server_config(&upstream.url(), ""), options, |_| {}).await;
     let stats = sink.stats()[0].clone();
@@ -823,22 +827,42 @@ async fn an_endpoint_answering_500_or_absent_loses_only_spans_and_recovers() {
         assert_eq!(response.status(), 200);
         request_id(&response)
     };
-    send().await;
-    // Connection refused: retried, then given up and counted.
-    wait_until(Duration::from_secs(10), || stats.failed() == 1).await;
-    assert!(stats.retries() >= 3, "retries {}", stats.retries());
+    let refused = send().await;
+    // Connection refused: retried past the attempts a failing batch gets, and kept.
+    wait_until(Duration::from_secs(10), || stats.retries() >= 2 * attempts).await;
+    assert_eq!(stats.failed(), 0);
 
-    // The endpoint comes up on that address, answering 500 first.
+    // The endpoint comes up on that address, behind a proxy that answers 503 and 502, then
+    // throttled: still held.
     let listener = parked.listen(1024).expect("listen");
     let otlp = MockOtlp::start_on(listener).await;
+    for status in [503, 502, 429] {
+        otlp.fail_with(status);
+        let hits = otlp.hits();
+        wait_until(Duration::from_secs(10), || {
+            otlp.hits() >= hits + 2 * attempts as usize
+        })
+        .await;
+        assert_eq!(stats.failed(), 0, "{status}");
+    }
+    otlp.heal();
+    otlp.span_of(&refused).await;
+    wait_until(Duration::from_secs(10), || stats.exported() == 1).await;
+
+    // A 500: retried as often as the policy says, then given up and counted.
     otlp.fail_with(500);
+    let hits = otlp.hits();
     send().await;
-    wait_until(Duration::from_secs(10), || stats.failed() == 2).await;
-    assert!(otlp.hits() >= 4, "500 is retried: {} tries", otlp.hits());
+    wait_until(Duration::from_secs(10), || stats.failed() == 1).await;
+    assert_eq!(
+        otlp.hits() - hits,
+        attempts as usize,
+        "500 is retried, then given up"
+    );
     otlp.heal();
     let id = send().await;
     otlp.span_of(&id).await;
-    wait_until(Duration::from_secs(10), || stats.exported() == 1).await;
+    wait_until(Duration::from_secs(10), || stats.exported() == 2).await;
     assert_eq!(stats.pending(), 0);
     router.stop().await;
 }
