@@ -486,21 +486,29 @@ impl RequestRedactor<'_> {
         found: &mut Vec<Range<usize>>,
         reads: &mut ReadBudget,
     ) {
+        // The last escape read on from, as read deepest from its backslash: what it decodes
+        // to and where it ends. A backslash further inside it (`\\u0073` read from its second
+        // backslash, `\u0073` from its third) often reads the same character ending at the
+        // same byte, and would read on from there all over again, once for each. Not for a
+        // secret with a backslash among its first characters, whose readings from inside an
+        // escape differ.
+        let mut last_read_on: Option<(u32, usize)> = None;
+        let skip_inside = !self.heads.may_hold(u32::from(b'\\'));
         hay.each_byte(b'\\', |backslash| {
             if reads.spent() {
                 return;
             }
             // What `read_char` says of the usual escapes, without its detour through depths.
-            let decoded = match hay.at(backslash + 1) {
-                Some(b'n') => u32::from(b'\n'),
-                Some(b'"') => u32::from(b'"'),
-                Some(b't') => u32::from(b'\t'),
-                Some(b'r') => u32::from(b'\r'),
+            let (decoded, after) = match hay.at(backslash + 1) {
+                Some(b'n') => (u32::from(b'\n'), backslash + 2),
+                Some(b'"') => (u32::from(b'"'), backslash + 2),
+                Some(b't') => (u32::from(b'\t'), backslash + 2),
+                Some(b'r') => (u32::from(b'\r'), backslash + 2),
+                // Read from every backslash, a run of them is read ~8 times per byte (~4
+                // when two levels deep were read): linear, unlike `escaped_end`'s reads,
+                // which `reads` bounds.
                 _ => match read_char(hay, backslash, ESCAPE_DEPTH) {
-                    // Read from every backslash, a run of them is read ~8 times per byte
-                    // (~4 when two levels deep were read): linear, unlike `escaped_end`'s
-                    // reads, which `reads` bounds.
-                    Some((decoded, _)) => decoded,
+                    Some(read) => read,
                     None => return,
                 },
             };
@@ -512,6 +520,10 @@ impl RequestRedactor<'_> {
             if !self.heads.may_hold(decoded) && !own_backslash {
                 return;
             }
+            if skip_inside && last_read_on == Some((decoded, after)) {
+                return;
+            }
+            last_read_on = Some((decoded, after));
             for needle in self.needles() {
                 for &(head, before) in needle.heads() {
                     if fold(head) != fold(decoded) && !(own_backslash && head == backslash_read) {
@@ -1038,12 +1050,19 @@ fn end_from<H: Hay + ?Sized>(
         reads.take()?;
         if hay.at(at) == Some(b'\\') {
             let rest = &secret[i + wanted.len_utf8()..];
+            // Readings at two depths often agree (`\u0073` read at depth 1 or 2 is an `s`
+            // ending at the same byte: a deeper reading of a character that is no backslash
+            // one level down is that character); the rest is read on once, not once for each,
+            // which made a run of near misses cost 2^n per place (bb74).
+            let mut read_on_from = [usize::MAX; ESCAPE_DEPTH as usize + 1];
+            let readings = readings_at(hay, at);
             return (0..=ESCAPE_DEPTH).rev().find_map(|depth| {
                 *steps = steps.checked_sub(1)?;
-                let (got, after) = read_char(hay, at, depth)?;
-                if fold(got) != fold(u32::from(wanted)) {
+                let (got, after) = readings[usize::from(depth)]?;
+                if fold(got) != fold(u32::from(wanted)) || read_on_from.contains(&after) {
                     return None;
                 }
+                read_on_from[usize::from(depth)] = after;
                 end_from(hay, after, rest, steps, reads)
             });
         }
@@ -1054,6 +1073,26 @@ fn end_from<H: Hay + ?Sized>(
         at = after;
     }
     Some(at)
+}
+
+/// What [`read_char`] reads at the backslash at `at` at each depth, 0 to [`ESCAPE_DEPTH`],
+/// each from the one below rather than all over again: a reading that is no backslash is
+/// what every deeper one reads too.
+fn readings_at<H: Hay + ?Sized>(
+    hay: &H,
+    at: usize,
+) -> [Option<(u32, usize)>; ESCAPE_DEPTH as usize + 1] {
+    let backslash = u32::from(b'\\');
+    let mut readings = [None; ESCAPE_DEPTH as usize + 1];
+    readings[0] = Some((backslash, at + 1));
+    for depth in 1..=ESCAPE_DEPTH {
+        let below = readings[usize::from(depth) - 1];
+        readings[usize::from(depth)] = match below {
+            Some((c, next)) if c == backslash => escape_after(hay, next, depth).or(below),
+            other => other,
+        };
+    }
+    readings
 }
 
 /// The character at `at` (as a code point; a lone surrogate stays one) and where the next
@@ -1954,6 +1993,29 @@ mod tests {
                     merged(&r.occurrences(text)),
                     "{:?}", slices
                 );
+            }
+        }
+
+        /// The readings at a backslash, each made from the one below, are `read_char`'s at
+        /// every depth, on texts of backslashes, escapes' letters and hex digits.
+        #[test]
+        fn readings_built_up_agree_with_reading_at_each_depth(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                "\\", "\\", "\\", "\\", "u", "u", "0", "0", "5", "c", "C", "7", "3", "d", "8",
+                "D", "n", "t", "/", "\"", "\u{e9}",
+            ]), 1..48),
+        ) {
+            let text = pieces.concat();
+            let hay = text.as_bytes();
+            for at in (0..hay.len()).filter(|&i| hay[i] == b'\\') {
+                let readings = readings_at(hay, at);
+                for depth in 0..=ESCAPE_DEPTH {
+                    prop_assert_eq!(
+                        readings[usize::from(depth)],
+                        read_char(hay, at, depth),
+                        "{} at {} depth {}", text, at, depth
+                    );
+                }
             }
         }
 
