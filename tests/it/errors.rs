@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::support::upstream::{
     Behavior, EarlyAnswer, MockUpstream, brotli, compress_flushed, gzip, zlib, zstd,
 };
-use crate::support::{TestRouter, client, h2c_client, one_server_config};
+use crate::support::{Logged, TestRouter, client, h2c_client, one_server_config};
 
 async fn error_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
@@ -2391,37 +2391,6 @@ async fn serve_app(
         }
     });
     (addr, accepted)
-}
-
-/// What is logged on this thread (a test's current-thread runtime runs its router here) while
-/// the guard lives.
-#[derive(Clone, Default)]
-struct Logged(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logged {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logged {
-    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
-        let logged = Self::default();
-        let writer = logged.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        (logged, tracing::subscriber::set_default(subscriber))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
-    }
 }
 
 /// Writes `request` on a new connection to `addr` and reads until the router closes it.

@@ -25,7 +25,7 @@ use super::{
     router_with_langfuse,
 };
 use crate::support::upstream::{Behavior, MockUpstream, PROMPT_TOKENS};
-use crate::support::{client, one_server_config, wait_until};
+use crate::support::{Logged, client, one_server_config, wait_until};
 
 fn span_millis(nanos: u64) -> i64 {
     (nanos / 1_000_000) as i64
@@ -865,6 +865,76 @@ async fn an_endpoint_down_holds_its_spans_until_it_answers_and_one_answering_500
     wait_until(Duration::from_secs(10), || stats.exported() == 2).await;
     assert_eq!(stats.pending(), 0);
     router.stop().await;
+}
+
+/// A batch held for an endpoint that refuses connections, past the budget a failing
+/// batch gets, is warned of (why, and for how long) while it is still retried, and
+/// arrives once the endpoint listens.
+#[tokio::test]
+async fn a_batch_held_for_an_endpoint_that_is_down_is_warned_of_and_arrives() {
+    let (logged, _guard) = Logged::capture();
+    let parked = tokio::net::TcpSocket::new_v4().expect("socket");
+    parked
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = parked.local_addr().expect("addr");
+    let policy = llmsrouter::sinks::otlp_http::RetryPolicy {
+        max_attempts: 2,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(20),
+        attempt_timeout: Duration::from_secs(5),
+        budget: Duration::from_millis(300),
+    };
+    let retries = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let transport = llmsrouter::sinks::otlp_http::OtlpTransport::new(
+        "langfuse",
+        &[("authorization".into(), Secret::new("Basic c2VjcmV0"))],
+        policy,
+        llmsrouter::sinks::otlp_http::ShutdownDeadline::new(),
+        retries.clone(),
+    )
+    .expect("transport");
+    let request = http::Request::post(format!("http://{addr}/v1/traces"))
+        .body(bytes::Bytes::from_static(b"spans"))
+        .expect("request");
+    let sent = tokio::spawn(async move {
+        use opentelemetry_http::HttpClient as _;
+        transport.send_bytes(request).await
+    });
+    let text = || logged.text();
+    wait_until(Duration::from_secs(10), || {
+        text().contains("trace endpoint unavailable")
+    })
+    .await;
+    assert!(
+        retries.load(std::sync::atomic::Ordering::Relaxed) > 2,
+        "held past its attempts"
+    );
+    let warning = text();
+    assert!(warning.contains("destination=\"langfuse\""), "{warning}");
+    assert!(warning.contains("Connection refused"), "{warning}");
+    assert!(!warning.contains("c2VjcmV0"), "{warning}");
+    // The endpoint listens: the held batch arrives.
+    let listener = parked.listen(16).expect("listen");
+    let served = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut tcp, _) = listener.accept().await.expect("accept");
+        let mut got = Vec::new();
+        let mut buf = [0; 4096];
+        while !got.ends_with(b"spans") {
+            let n = tcp.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .expect("write");
+        got
+    });
+    let response = sent.await.expect("task").expect("delivered");
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let got = served.await.expect("served");
+    assert!(got.starts_with(b"POST /v1/traces "));
 }
 
 #[tokio::test]
