@@ -2172,17 +2172,29 @@ mod tests {
                 }
             };
             let mut how = hows.iter().cycle();
-            let mut written = |text: &str| -> String {
-                text.chars().map(|c| escape(c, *how.next().unwrap_or(&0))).collect()
+            // The first `raw` characters are written as they are (each still takes its
+            // turn of `hows`, so a recorded case keeps its meaning).
+            let mut written = |text: &str, raw: usize| -> String {
+                text.chars().enumerate().map(|(i, c)| {
+                    let how = *how.next().unwrap_or(&0);
+                    if i < raw { c.to_string() } else { escape(c, how) }
+                }).collect()
             };
-            // An escape just before the key, or one its first characters complete.
+            // An escape just before the key, or one its first characters complete: those
+            // characters are then the escape's last digits, so they cannot be escaped
+            // themselves (`\u003\u0030` is not JSON, and this is about JSON).
             let glue = format!("\\u{}", &"00e9"[..4 - completed]);
+            // Half a surrogate pair alone is not JSON to serde either.
+            let unit = format!("{}{}", &"00e9"[..4 - completed], &key[..completed]);
+            let unit = u16::from_str_radix(&unit, 16).expect("four hex digits");
+            prop_assume!(!(0xd800..=0xdfff).contains(&unit));
             let json = format!(
                 "[\"{}{glue}{}{}\"]",
-                written(&prefix),
-                written(&key),
-                written(&suffix)
+                written(&prefix, 0),
+                written(&key, completed),
+                written(&suffix, 0)
             );
+            serde_json::from_str::<Vec<String>>(&json).expect("the text redacted is JSON");
             let r = Redactor::new(&[Secret::new(key.clone())]);
             let out = r.redact(&json, &[]).into_owned();
             let read: Vec<String> = serde_json::from_str(&out).expect("still JSON");
