@@ -7,6 +7,7 @@
 //! the process; this module never logs or stores the keys it holds.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
@@ -569,24 +570,42 @@ impl RequestRedactor<'_> {
     /// any more. The cut moves back to the start of any secret (known, or a key of this
     /// router's form) that begins before it and runs past it, as far as the text shows; a
     /// text that ends first, matching so far, counts as one (its rest may come in a piece
-    /// never read), and so does a secret that holds another. Nothing is allocated, and only
-    /// the longest secret's length either side of the cut is read.
+    /// never read), and so does a secret that holds another.
     ///
-    /// The texts cut (an answer's text, an error's message) are read from JSON already:
-    /// secrets are looked for as written, not with escapes (see [`Redactor`]).
+    /// The texts cut (an answer's text, an error's message) are read from JSON already, but
+    /// may hold a known secret written with JSON escapes all the same (a model quoting
+    /// JSON): the sinks quote the text once more, and their redaction reads escapes to
+    /// [`ESCAPE_DEPTH`] levels, so a cut inside such a form would leave its first part
+    /// unrecognised (bb74: half a key's characters kept). Near a backslash the cut moves
+    /// back before those too; only then is anything allocated, or read farther than the
+    /// longest secret's length either side of the cut.
     pub fn safe_cut(&self, kept: &str, more: &str, at: usize) -> usize {
         let text = Joined(kept.as_bytes(), more.as_bytes());
         let longest = self.reach();
         let mut cut = at.min(text.len());
-        while let Some(start) = self.first_across(&text, cut, longest) {
-            cut = start;
+        let mut read_escapes = true;
+        loop {
+            if let Some(start) = self.first_across(&text, cut, longest) {
+                cut = start;
+                continue;
+            }
+            if !read_escapes {
+                return cut;
+            }
+            match self.first_escaped_across(&text, cut) {
+                EscapedAcross::None => return cut,
+                EscapedAcross::At(start) => cut = start,
+                EscapedAcross::Unread(start) => {
+                    cut = start;
+                    read_escapes = false;
+                }
+            }
         }
-        cut
     }
 
-    /// How far past a cut [`Self::safe_cut`] may read: the longest secret's length (at
-    /// least a router key's). A text read only this far past where it is cut is cut as it
-    /// would be whole.
+    /// How far past a cut [`Self::safe_cut`] may read in a text without backslashes: the
+    /// longest secret's length (at least a router key's). Such a text read only this far
+    /// past where it is cut is cut as it would be whole.
     pub fn reach(&self) -> usize {
         self.needles()
             .map(Needle::len)
@@ -609,6 +628,102 @@ impl RequestRedactor<'_> {
                 || (runs_past(ROUTER_KEY_LEN)
                     && text.matches_from(start, ROUTER_KEY_LEN, router_key_byte))
         })
+    }
+
+    /// Where a known secret written with escapes (read as [`escaped_end`] reads them), or
+    /// as it is, begins if it runs across `cut`: it ends past the cut, or the text ends
+    /// while it still matches (its rest may come in a piece never read). Only the widest
+    /// such occurrence either side of the cut is read, and only when a backslash is there.
+    fn first_escaped_across(&self, text: &Joined<'_>, cut: usize) -> EscapedAcross {
+        let longest = self.needles().map(Needle::len).max().unwrap_or(0);
+        let widest = longest.saturating_mul(6usize.pow(u32::from(ESCAPE_DEPTH)));
+        let from = cut.saturating_sub(widest);
+        let to = text.len().min(cut.saturating_add(widest));
+        if !(from..to).any(|i| text.at(i) == Some(b'\\')) {
+            return EscapedAcross::None;
+        }
+        let window: Vec<u8> = (from..to).filter_map(|i| text.at(i)).collect();
+        let window = Watched {
+            text: &window,
+            read_past_end: Cell::new(false),
+        };
+        let mut reads = ReadBudget::for_text(window.len());
+        for start in 0..cut - from {
+            for needle in self.needles() {
+                window.read_past_end.set(false);
+                match escaped_end(&window, start, &needle.text, &mut reads) {
+                    Some(end) if end > cut - from => return EscapedAcross::At(from + start),
+                    Some(_) => {}
+                    None if window.read_past_end.get() => {
+                        return EscapedAcross::At(from + start);
+                    }
+                    // Too costly a text to read to the end: all of the window goes, as a
+                    // text the redaction cannot read goes whole.
+                    None if reads.spent() => {
+                        return EscapedAcross::Unread(char_start_at_or_before(text, from));
+                    }
+                    None => {}
+                }
+            }
+        }
+        EscapedAcross::None
+    }
+}
+
+/// What [`RequestRedactor::first_escaped_across`] found.
+enum EscapedAcross {
+    None,
+    /// A secret, escaped or not, starts here and runs across the cut.
+    At(usize),
+    /// The window before the cut was too costly to read (see [`ReadBudget`]): the cut
+    /// comes back to its start, and escapes are not read again.
+    Unread(usize),
+}
+
+/// The start of the character holding byte `at` of `text`.
+fn char_start_at_or_before(text: &Joined<'_>, mut at: usize) -> usize {
+    while at > 0 && text.at(at).is_some_and(|b| (0x80..0xc0).contains(&b)) {
+        at -= 1;
+    }
+    at
+}
+
+/// A text that notes whether it was read past its end: reading an escaped secret the
+/// text ends inside of does, and one ruled out by what the text holds does not.
+struct Watched<'a> {
+    text: &'a [u8],
+    read_past_end: Cell<bool>,
+}
+
+impl Hay for Watched<'_> {
+    fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    fn at(&self, i: usize) -> Option<u8> {
+        let byte = self.text.get(i).copied();
+        if byte.is_none() {
+            self.read_past_end.set(true);
+        }
+        byte
+    }
+
+    fn holds(&self, byte: u8) -> bool {
+        self.text.holds(byte)
+    }
+
+    fn each_byte(&self, byte: u8, f: impl FnMut(usize)) {
+        self.text.each_byte(byte, f);
+    }
+
+    fn each_found_all<'n>(
+        &self,
+        count: usize,
+        finder: impl Fn(usize) -> &'n Caseless,
+        overlapping: bool,
+        f: impl FnMut(usize, usize),
+    ) {
+        self.text.each_found_all(count, finder, overlapping, f);
     }
 }
 
@@ -1944,6 +2059,48 @@ mod tests {
         assert_eq!(r.safe_cut("xx abcabcabcabcab yy", "", 14), 3);
         // Past the text's end: at its end, which may be cut as well.
         assert_eq!(r.safe_cut("xx abc", "", 100), 3);
+    }
+
+    proptest! {
+        /// A known key written with JSON escapes, one or two levels of them in any mix of
+        /// forms (a model quoting JSON in its answer; the sinks quote the text once more): a
+        /// cut inside it moves back to its start, whether the text goes on past the cut or
+        /// ends there, and is split anywhere; a cut elsewhere stays. Cut inside, what was
+        /// kept held half the key's characters in the request log (bb74).
+        #[test]
+        fn a_cut_never_falls_inside_an_escaped_key(
+            hows in proptest::collection::vec(any::<u8>(), 28),
+            twice in any::<bool>(),
+            split in any::<proptest::sample::Index>(),
+        ) {
+            let key = "sk-up/stream-SECRET-abcd1234";
+            let r = Redactor::new(&[Secret::new(key)]);
+            let r = r.for_request(&[]);
+            let once: String = key.chars().zip(&hows).map(|(c, how)| match how % 4 {
+                0 => c.to_string(),
+                1 if c == '/' => "\\/".to_owned(),
+                1 | 2 => format!("\\u{:04x}", u32::from(c)),
+                _ => format!("\\u{:04X}", u32::from(c)),
+            }).collect();
+            let escaped = if twice {
+                let quoted = serde_json::to_string(&once).expect("a string");
+                quoted[1..quoted.len() - 1].to_owned()
+            } else {
+                once
+            };
+            let text = format!("Bearer {escaped} and more");
+            let (start, end) = (7, 7 + escaped.len());
+            let split = split.index(text.len() + 1);
+            for at in 0..=text.len() {
+                let inside = start < at && at < end;
+                let expected = if inside { start } else { at };
+                prop_assert_eq!(r.safe_cut(&text, "", at), expected, "{} at {}", text, at);
+                let (kept, more) = text.split_at(split);
+                prop_assert_eq!(r.safe_cut(kept, more, at), expected, "{} at {}", text, at);
+                // Its rest not read.
+                prop_assert_eq!(r.safe_cut(&text[..at], "", at), expected, "{} at {}", text, at);
+            }
+        }
     }
 
     proptest! {
