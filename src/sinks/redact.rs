@@ -577,13 +577,16 @@ impl RequestRedactor<'_> {
     /// JSON): the sinks quote the text once more, and their redaction reads escapes to
     /// [`ESCAPE_DEPTH`] levels, so a cut inside such a form would leave its first part
     /// unrecognised (bb74: half a key's characters kept). Near a backslash the cut moves
-    /// back before those too; only then is anything allocated, or read farther than the
-    /// longest secret's length either side of the cut.
+    /// back before those too; only then is more than the longest secret's length either
+    /// side of the cut read. Nothing is allocated.
     pub fn safe_cut(&self, kept: &str, more: &str, at: usize) -> usize {
         let text = Joined(kept.as_bytes(), more.as_bytes());
         let longest = self.reach();
         let mut cut = at.min(text.len());
         let mut read_escapes = true;
+        // One budget for all the moves back: each reads a window again, and a text that is
+        // all one secret, escaped, moved back one occurrence per window read.
+        let mut reads = ReadBudget::for_text(self.widest_escaped().saturating_mul(2));
         loop {
             if let Some(start) = self.first_across(&text, cut, longest) {
                 cut = start;
@@ -592,7 +595,7 @@ impl RequestRedactor<'_> {
             if !read_escapes {
                 return cut;
             }
-            match self.first_escaped_across(&text, cut) {
+            match self.first_escaped_across(&text, cut, &mut reads) {
                 EscapedAcross::None => return cut,
                 EscapedAcross::At(start) => cut = start,
                 EscapedAcross::Unread(start) => {
@@ -634,29 +637,30 @@ impl RequestRedactor<'_> {
     /// as it is, begins if it runs across `cut`: it ends past the cut, or the text ends
     /// while it still matches (its rest may come in a piece never read). Only the widest
     /// such occurrence either side of the cut is read, and only when a backslash is there.
-    fn first_escaped_across(&self, text: &Joined<'_>, cut: usize) -> EscapedAcross {
-        let longest = self.needles().map(Needle::len).max().unwrap_or(0);
-        let widest = longest.saturating_mul(6usize.pow(u32::from(ESCAPE_DEPTH)));
+    fn first_escaped_across(
+        &self,
+        text: &Joined<'_>,
+        cut: usize,
+        reads: &mut ReadBudget,
+    ) -> EscapedAcross {
+        let widest = self.widest_escaped();
         let from = cut.saturating_sub(widest);
         let to = text.len().min(cut.saturating_add(widest));
         if !(from..to).any(|i| text.at(i) == Some(b'\\')) {
             return EscapedAcross::None;
         }
-        let window: Vec<u8> = (from..to).filter_map(|i| text.at(i)).collect();
         let window = Watched {
-            text: &window,
+            text,
+            end: to,
             read_past_end: Cell::new(false),
         };
-        let mut reads = ReadBudget::for_text(window.len());
-        for start in 0..cut - from {
+        for start in from..cut {
             for needle in self.needles() {
                 window.read_past_end.set(false);
-                match escaped_end(&window, start, &needle.text, &mut reads) {
-                    Some(end) if end > cut - from => return EscapedAcross::At(from + start),
+                match escaped_end(&window, start, &needle.text, reads) {
+                    Some(end) if end > cut => return EscapedAcross::At(start),
                     Some(_) => {}
-                    None if window.read_past_end.get() => {
-                        return EscapedAcross::At(from + start);
-                    }
+                    None if window.read_past_end.get() => return EscapedAcross::At(start),
                     // Too costly a text to read to the end: all of the window goes, as a
                     // text the redaction cannot read goes whole.
                     None if reads.spent() => {
@@ -668,6 +672,13 @@ impl RequestRedactor<'_> {
         }
         EscapedAcross::None
     }
+
+    /// Most bytes a known secret escaped [`ESCAPE_DEPTH`] times can span (see
+    /// [`Redactor::widest_occurrence`]).
+    fn widest_escaped(&self) -> usize {
+        let longest = self.needles().map(Needle::len).max().unwrap_or(0);
+        longest.saturating_mul(6usize.pow(u32::from(ESCAPE_DEPTH)))
+    }
 }
 
 /// What [`RequestRedactor::first_escaped_across`] found.
@@ -675,8 +686,8 @@ enum EscapedAcross {
     None,
     /// A secret, escaped or not, starts here and runs across the cut.
     At(usize),
-    /// The window before the cut was too costly to read (see [`ReadBudget`]): the cut
-    /// comes back to its start, and escapes are not read again.
+    /// The windows before the cut were too costly to read (see [`ReadBudget`]): the cut
+    /// comes back to the last one's start, and escapes are not read again.
     Unread(usize),
 }
 
@@ -688,42 +699,25 @@ fn char_start_at_or_before(text: &Joined<'_>, mut at: usize) -> usize {
     at
 }
 
-/// A text that notes whether it was read past its end: reading an escaped secret the
-/// text ends inside of does, and one ruled out by what the text holds does not.
+/// The text up to `end`, noting whether it was read past there: reading an escaped secret
+/// the text ends inside of does, and one ruled out by what the text holds does not.
 struct Watched<'a> {
-    text: &'a [u8],
+    text: &'a Joined<'a>,
+    end: usize,
     read_past_end: Cell<bool>,
 }
 
-impl Hay for Watched<'_> {
+impl ByteAt for Watched<'_> {
     fn len(&self) -> usize {
-        self.text.len()
+        self.end
     }
 
     fn at(&self, i: usize) -> Option<u8> {
-        let byte = self.text.get(i).copied();
+        let byte = self.text.at(i).filter(|_| i < self.end);
         if byte.is_none() {
             self.read_past_end.set(true);
         }
         byte
-    }
-
-    fn holds(&self, byte: u8) -> bool {
-        self.text.holds(byte)
-    }
-
-    fn each_byte(&self, byte: u8, f: impl FnMut(usize)) {
-        self.text.each_byte(byte, f);
-    }
-
-    fn each_found_all<'n>(
-        &self,
-        count: usize,
-        finder: impl Fn(usize) -> &'n Caseless,
-        overlapping: bool,
-        f: impl FnMut(usize, usize),
-    ) {
-        self.text.each_found_all(count, finder, overlapping, f);
     }
 }
 
@@ -739,7 +733,7 @@ fn router_key_byte(i: usize, b: u8) -> bool {
 /// Two texts read as one, without copying them together.
 struct Joined<'a>(&'a [u8], &'a [u8]);
 
-impl Joined<'_> {
+impl ByteAt for Joined<'_> {
     fn len(&self) -> usize {
         self.0.len() + self.1.len()
     }
@@ -750,7 +744,9 @@ impl Joined<'_> {
             None => self.1.get(i - self.0.len()).copied(),
         }
     }
+}
 
+impl Joined<'_> {
     /// Whether the `len` bytes from `start` each pass `fits`, those past the text's end
     /// taken to pass (the text may go on where it was not read).
     fn matches_from(&self, start: usize, len: usize, fits: impl Fn(usize, u8) -> bool) -> bool {
@@ -1109,7 +1105,7 @@ fn escaped_unit<H: Hay + ?Sized>(hay: &H, u: usize) -> Option<u32> {
 ///
 /// Each character read takes one from `reads`; none left, it reads nothing more and says
 /// `None`, which the caller must not take for "not there" (see [`ReadBudget`]).
-fn escaped_end<H: Hay + ?Sized>(
+fn escaped_end<H: ByteAt + ?Sized>(
     hay: &H,
     at: usize,
     secret: &str,
@@ -1170,7 +1166,7 @@ const MIN_BACKSLASH_READINGS: u32 = 256;
 /// [`escaped_end`]. At a backslash of the text, the same bytes read differently at each
 /// depth (`\\n` is a newline escaped twice, or the secret's own `\` escaped once then `n`,
 /// and `\n` the secret's `\n` written as it is): each reading is tried, deepest first.
-fn end_from<H: Hay + ?Sized>(
+fn end_from<H: ByteAt + ?Sized>(
     hay: &H,
     mut at: usize,
     secret: &str,
@@ -1209,7 +1205,7 @@ fn end_from<H: Hay + ?Sized>(
 /// What [`read_char`] reads at the backslash at `at` at each depth, 0 to [`ESCAPE_DEPTH`],
 /// each from the one below rather than all over again: a reading that is no backslash is
 /// what every deeper one reads too.
-fn readings_at<H: Hay + ?Sized>(
+fn readings_at<H: ByteAt + ?Sized>(
     hay: &H,
     at: usize,
 ) -> [Option<(u32, usize)>; ESCAPE_DEPTH as usize + 1] {
@@ -1229,7 +1225,7 @@ fn readings_at<H: Hay + ?Sized>(
 /// The character at `at` (as a code point; a lone surrogate stays one) and where the next
 /// starts, reading JSON string escapes `depth` levels deep: at depth 2, `\\\/` is `/` and
 /// `\\u002d` is `-`; at depth 3, `\\\\\\\/` and `\\\\u002d`.
-fn read_char<H: Hay + ?Sized>(hay: &H, at: usize, depth: u8) -> Option<(u32, usize)> {
+fn read_char<H: ByteAt + ?Sized>(hay: &H, at: usize, depth: u8) -> Option<(u32, usize)> {
     let first = hay.at(at)?;
     if first != b'\\' || depth == 0 {
         if first.is_ascii() {
@@ -1263,7 +1259,7 @@ fn read_char<H: Hay + ?Sized>(hay: &H, at: usize, depth: u8) -> Option<(u32, usi
 /// The character a JSON escape whose backslash ends before `at` stands for, its letter and
 /// digits read `depth - 1` levels deep, and where the next character starts; `None` when
 /// what follows is no escape.
-fn escape_after<H: Hay + ?Sized>(hay: &H, at: usize, depth: u8) -> Option<(u32, usize)> {
+fn escape_after<H: ByteAt + ?Sized>(hay: &H, at: usize, depth: u8) -> Option<(u32, usize)> {
     let (letter, mut next) = read_char(hay, at, depth - 1)?;
     let decoded = match u8::try_from(letter).ok()? {
         b @ (b'"' | b'\\' | b'/') => u32::from(b),
@@ -1368,9 +1364,8 @@ fn merged(found: &[Range<usize>]) -> Vec<Range<usize>> {
     out
 }
 
-/// A text the search reads: one slice, or [`Pieces`] read as if joined. Positions are in
-/// the whole text.
-pub(crate) trait Hay {
+/// A text read byte by byte, as reading a secret's escapes reads it (see [`escaped_end`]).
+pub(crate) trait ByteAt {
     fn len(&self) -> usize;
 
     /// The byte at `i`, if the text is that long.
@@ -1383,7 +1378,11 @@ pub(crate) trait Hay {
         }
         Some(out)
     }
+}
 
+/// A text the search reads: one slice, or [`Pieces`] read as if joined. Positions are in
+/// the whole text.
+pub(crate) trait Hay: ByteAt {
     /// Whether `byte` occurs.
     fn holds(&self, byte: u8) -> bool;
 
@@ -1403,7 +1402,7 @@ pub(crate) trait Hay {
     );
 }
 
-impl Hay for [u8] {
+impl ByteAt for [u8] {
     fn len(&self) -> usize {
         <[u8]>::len(self)
     }
@@ -1411,7 +1410,9 @@ impl Hay for [u8] {
     fn at(&self, i: usize) -> Option<u8> {
         self.get(i).copied()
     }
+}
 
+impl Hay for [u8] {
     fn holds(&self, byte: u8) -> bool {
         memchr::memchr(byte, self).is_some()
     }
@@ -1474,7 +1475,7 @@ impl<'a> Pieces<'a> {
     }
 }
 
-impl Hay for Pieces<'_> {
+impl ByteAt for Pieces<'_> {
     fn len(&self) -> usize {
         self.len
     }
@@ -1486,7 +1487,9 @@ impl Hay for Pieces<'_> {
             .checked_sub(1)?;
         self.pieces[k].get(i - self.starts[k]).copied()
     }
+}
 
+impl Hay for Pieces<'_> {
     fn holds(&self, byte: u8) -> bool {
         self.pieces.iter().any(|piece| piece.holds(byte))
     }
@@ -2059,6 +2062,24 @@ mod tests {
         assert_eq!(r.safe_cut("xx abcabcabcabcab yy", "", 14), 3);
         // Past the text's end: at its end, which may be cut as well.
         assert_eq!(r.safe_cut("xx abc", "", 100), 3);
+    }
+
+    /// A text that is one secret over and over, escaped, against a cut deep inside it: each
+    /// move back read a window for one occurrence's width, and 8 MiB of it would have been
+    /// read window by window to its start. One budget bounds all the moves: past it the cut
+    /// comes back a window and no further escapes are read.
+    #[test]
+    fn a_text_all_one_escaped_secret_is_cut_within_one_budget() {
+        let credential = [Secret::new("a".repeat(100))];
+        let r = Redactor::new(&[]);
+        let r = r.for_request(&credential);
+        let text = "\\u0061".repeat(40_000);
+        let at = 200_000;
+        let cut = r.safe_cut(&text, "", at);
+        let widest = 100 * 6usize.pow(u32::from(ESCAPE_DEPTH));
+        assert!(cut + widest <= at, "{cut}");
+        // A window or two back, not all the way to the text's start.
+        assert!(cut >= at - 3 * widest, "{cut}");
     }
 
     proptest! {
