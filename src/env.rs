@@ -587,9 +587,15 @@ fn otlp_env(
 /// warning at start rather than being silently ignored.
 /// The Python version's `ENABLE_BYPASS` (a per-user model pin, on unless set to false there)
 /// has no counterpart: ignored, as every variable the router does not know is, but said when
-/// it is turned on, so nobody counts on pins that no longer apply.
+/// it is set to anything the Python version took for on, so nobody counts on pins that no
+/// longer apply: any value but a false one (`on` too), in quotes too (`docker --env-file`
+/// keeps a `.env`'s `ENABLE_BYPASS="true"` so; bb79: no warning).
 fn python_bypass(env: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<String>) {
-    if non_empty(env, "ENABLE_BYPASS").and_then(|v| parse_bool(&v)) == Some(true) {
+    let Some(value) = non_empty(env, "ENABLE_BYPASS") else {
+        return;
+    };
+    let value = without_docker_quotes(&value).unwrap_or(&value);
+    if parse_bool(value) != Some(false) {
         warnings.push(
             "ENABLE_BYPASS is ignored: llmsrouter has no bypass (the Python version's per-user \
              model pin, /api/user/bypass); each request's model is used as it names it"

@@ -2310,18 +2310,24 @@ async fn the_python_bypass_endpoint_is_refused_and_its_switch_warned_of() {
     }
     assert!(upstream.received().is_empty(), "nothing was proxied");
 
-    let (code, out, err) =
-        crate::support::run_cli(router.path(), &["check"], &[("ENABLE_BYPASS", "yes")]);
-    assert_eq!(code, 0, "{err}");
-    assert!(err.contains(warning), "warnings on stderr: {err}");
-    assert!(!out.contains(warning), "the result alone on stdout: {out}");
-    let (code, out, err) =
-        crate::support::run_cli(router.path(), &["check"], &[("ENABLE_BYPASS", "false")]);
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        !out.contains("ENABLE_BYPASS") && !err.contains("ENABLE_BYPASS"),
-        "{out}{err}"
-    );
+    // Whatever the Python version took for on: any value but a false one, in quotes too
+    // (`docker --env-file` keeps a `.env`'s quotes).
+    for on in ["yes", "on", "\"true\"", "'1'"] {
+        let (code, out, err) =
+            crate::support::run_cli(router.path(), &["check"], &[("ENABLE_BYPASS", on)]);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains(warning), "{on}: warnings on stderr: {err}");
+        assert!(!out.contains(warning), "the result alone on stdout: {out}");
+    }
+    for off in ["false", "\"false\"", "0", "No"] {
+        let (code, out, err) =
+            crate::support::run_cli(router.path(), &["check"], &[("ENABLE_BYPASS", off)]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            !out.contains("ENABLE_BYPASS") && !err.contains("ENABLE_BYPASS"),
+            "{off}: {out}{err}"
+        );
+    }
 }
 
 /// What the panics below say: it must reach neither the client nor the log.
