@@ -576,17 +576,15 @@ impl RequestRedactor<'_> {
     /// may hold a known secret written with JSON escapes all the same (a model quoting
     /// JSON): the sinks quote the text once more, and their redaction reads escapes to
     /// [`ESCAPE_DEPTH`] levels, so a cut inside such a form would leave its first part
-    /// unrecognised (bb74: half a key's characters kept). Near a backslash the cut moves
-    /// back before those too; only then is more than the longest secret's length either
-    /// side of the cut read. Nothing is allocated.
+    /// unrecognised (bb74: half a key's characters kept). The cut moves back before those
+    /// too: the text is read as far as the widest such form either side of the cut, each
+    /// place once (see [`EscapedScan`]).
     pub fn safe_cut(&self, kept: &str, more: &str, at: usize) -> usize {
         let text = Joined(kept.as_bytes(), more.as_bytes());
         let longest = self.reach();
         let mut cut = at.min(text.len());
+        let mut escaped: Option<EscapedScan> = None;
         let mut read_escapes = true;
-        // One budget for all the moves back: each reads a window again, and a text that is
-        // all one secret, escaped, moved back one occurrence per window read.
-        let mut reads = ReadBudget::for_text(self.widest_escaped().saturating_mul(2));
         loop {
             if let Some(start) = self.first_across(&text, cut, longest) {
                 cut = start;
@@ -595,7 +593,8 @@ impl RequestRedactor<'_> {
             if !read_escapes {
                 return cut;
             }
-            match self.first_escaped_across(&text, cut, &mut reads) {
+            let scan = escaped.get_or_insert_with(|| EscapedScan::new(self, &text, cut));
+            match scan.first_across(self, &text, cut) {
                 EscapedAcross::None => return cut,
                 EscapedAcross::At(start) => cut = start,
                 EscapedAcross::Unread(start) => {
@@ -633,61 +632,150 @@ impl RequestRedactor<'_> {
         })
     }
 
-    /// Where a known secret written with escapes (read as [`escaped_end`] reads them), or
-    /// as it is, begins if it runs across `cut`: it ends past the cut, or the text ends
-    /// while it still matches (its rest may come in a piece never read). Only the widest
-    /// such occurrence either side of the cut is read, and only when a backslash is there.
-    fn first_escaped_across(
-        &self,
+    /// Most bytes a known secret can span in a text a sink quotes once more (see
+    /// [`Redactor::widest_occurrence`]): escaped one level less than [`ESCAPE_DEPTH`], as the
+    /// sinks' redaction reads no deeper. Reading as wide as `ESCAPE_DEPTH` levels made a
+    /// 4,000-character credential read 864 KB either side of each cut (bb80: 1.8 s of a
+    /// thread, where 0.7 s had been).
+    fn widest_escaped(&self) -> usize {
+        let longest = self.needles().map(Needle::len).max().unwrap_or(0);
+        longest.saturating_mul(6usize.pow(u32::from(ESCAPE_DEPTH - 1)))
+    }
+}
+
+/// The known secrets read with escapes (as [`escaped_end`] reads them, or as they are) at
+/// the places before a cut, for [`RequestRedactor::safe_cut`]: each place is read once,
+/// however often the cut moves back (it moved back one occurrence at a time through a text
+/// that is one secret over and over, and each move read a whole window again), and only
+/// places where some reading of the text begins like a secret cost a read of the budget (a
+/// text of backslashes, LaTeX, paths, read whole at each place, spent it with no secret in
+/// sight, and the window was cut away: bb77).
+struct EscapedScan {
+    /// The places read so far run from here to the first cut.
+    from: usize,
+    /// Where the text ends as read: the first cut and the widest occurrence past it.
+    end: usize,
+    /// The most bytes one occurrence can span.
+    widest: usize,
+    /// Each place read where a secret begins, and where it ends (`usize::MAX`: the text
+    /// ends first, matching so far).
+    found: Vec<(usize, usize)>,
+    /// The secrets' first characters, folded as [`fold`] folds them.
+    firsts: Vec<u32>,
+    reads: ReadBudget,
+}
+
+impl EscapedScan {
+    fn new(redactor: &RequestRedactor<'_>, text: &Joined<'_>, cut: usize) -> Self {
+        let widest = redactor.widest_escaped();
+        let firsts = redactor
+            .needles()
+            .filter_map(|n| n.heads().first().map(|&(c, _)| fold(c)))
+            .collect();
+        Self {
+            from: cut,
+            end: text.len().min(cut.saturating_add(widest)),
+            widest,
+            found: Vec::new(),
+            firsts,
+            reads: ReadBudget::for_text(widest.saturating_mul(2)),
+        }
+    }
+
+    /// Where a secret begins that runs across `cut`: it ends past the cut, or the text ends
+    /// while it still matches (its rest may come in a piece never read). Such a one begins
+    /// less than the widest occurrence before the cut; the places there not read yet are
+    /// read first.
+    fn first_across(
+        &mut self,
+        redactor: &RequestRedactor<'_>,
         text: &Joined<'_>,
         cut: usize,
-        reads: &mut ReadBudget,
     ) -> EscapedAcross {
-        let widest = self.widest_escaped();
-        let from = cut.saturating_sub(widest);
-        let to = text.len().min(cut.saturating_add(widest));
-        if !(from..to).any(|i| text.at(i) == Some(b'\\')) {
-            return EscapedAcross::None;
+        let from = cut.saturating_sub(self.widest);
+        if from < self.from {
+            if let Some(unread) = self.read_places(redactor, text, from..self.from) {
+                return unread;
+            }
+            self.from = from;
         }
+        self.found
+            .iter()
+            .filter(|&&(start, end)| (from..cut).contains(&start) && end > cut)
+            .map(|&(start, _)| start)
+            .min()
+            .map_or(EscapedAcross::None, EscapedAcross::At)
+    }
+
+    /// Reads the secrets at each place of `places`, adding those found; `Unread` when the
+    /// budget runs out (see [`ReadBudget`]): the cut then comes back to the first place.
+    fn read_places(
+        &mut self,
+        redactor: &RequestRedactor<'_>,
+        text: &Joined<'_>,
+        places: Range<usize>,
+    ) -> Option<EscapedAcross> {
         let window = Watched {
             text,
-            end: to,
+            end: self.end,
             read_past_end: Cell::new(false),
         };
-        for start in from..cut {
-            for needle in self.needles() {
+        for start in places.clone() {
+            if !self.may_begin_at(&window, start) {
+                continue;
+            }
+            let mut longest_end = None;
+            for needle in redactor.needles() {
                 window.read_past_end.set(false);
-                match escaped_end(&window, start, &needle.text, reads) {
-                    Some(end) if end > cut => return EscapedAcross::At(start),
-                    Some(_) => {}
-                    None if window.read_past_end.get() => return EscapedAcross::At(start),
-                    // Too costly a text to read to the end: all of the window goes, as a
-                    // text the redaction cannot read goes whole.
-                    None if reads.spent() => {
-                        return EscapedAcross::Unread(char_start_at_or_before(text, from));
+                match escaped_end(&window, start, &needle.text, &mut self.reads) {
+                    Some(end) => longest_end = longest_end.max(Some(end)),
+                    None if window.read_past_end.get() => longest_end = Some(usize::MAX),
+                    None if self.reads.spent() => {
+                        let start = char_start_at_or_before(text, places.start);
+                        return Some(EscapedAcross::Unread(start));
                     }
                     None => {}
                 }
             }
+            if let Some(end) = longest_end {
+                self.found.push((start, end));
+            }
         }
-        EscapedAcross::None
+        None
     }
 
-    /// Most bytes a known secret escaped [`ESCAPE_DEPTH`] times can span (see
-    /// [`Redactor::widest_occurrence`]).
-    fn widest_escaped(&self) -> usize {
-        let longest = self.needles().map(Needle::len).max().unwrap_or(0);
-        longest.saturating_mul(6usize.pow(u32::from(ESCAPE_DEPTH)))
+    /// Whether some reading of the text at `at` (as it is, or an escape at any depth) may
+    /// be the first character of a secret.
+    fn may_begin_at(&self, window: &Watched<'_>, at: usize) -> bool {
+        let first = |c: u32| self.firsts.contains(&fold(c));
+        match window.at(at) {
+            // A backslash with as many after it as the deepest escape has reads as a
+            // backslash at every depth: a run of them is passed over a byte at a time.
+            Some(b'\\')
+                if (at..=at + (1 << ESCAPE_DEPTH)).all(|i| window.text.at(i) == Some(b'\\')) =>
+            {
+                first(u32::from(b'\\'))
+            }
+            // An escape the text ends inside of may be any character.
+            Some(b'\\') => {
+                window.read_past_end.set(false);
+                let readings = readings_at(window, at);
+                window.read_past_end.get() || readings.iter().flatten().any(|&(c, _)| first(c))
+            }
+            // A character as it is (none where a character does not begin).
+            Some(_) => read_char(window, at, 0).is_some_and(|(c, _)| first(c)),
+            None => false,
+        }
     }
 }
 
-/// What [`RequestRedactor::first_escaped_across`] found.
+/// What [`EscapedScan::first_across`] found.
 enum EscapedAcross {
     None,
     /// A secret, escaped or not, starts here and runs across the cut.
     At(usize),
-    /// The windows before the cut were too costly to read (see [`ReadBudget`]): the cut
-    /// comes back to the last one's start, and escapes are not read again.
+    /// The places before the cut were too costly to read (see [`ReadBudget`]): the cut
+    /// comes back to the first place not read, and escapes are not read again.
     Unread(usize),
 }
 
@@ -2064,10 +2152,61 @@ mod tests {
         assert_eq!(r.safe_cut("xx abc", "", 100), 3);
     }
 
+    /// Many long secrets against a text of backslashes, LaTeX or CJK with no secret in it,
+    /// cut where the text read ends (a stream's piece just past the bound): it is cut where
+    /// asked, or a few bytes before (an escape the text ends inside of may begin a secret).
+    /// Each place was read with every secret, and the budget ran out on such texts: the cut
+    /// came back the widest occurrence, 43 KB for a 200-character credential (bb77).
+    #[test]
+    fn texts_with_no_secret_are_cut_where_asked_whatever_the_secrets() {
+        let mut seed = 7u64;
+        let mut random_key = |len: usize| -> String {
+            (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    char::from(
+                        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                            [usize::try_from(seed >> 40).unwrap_or(0) % 62],
+                    )
+                })
+                .collect()
+        };
+        let keys: Vec<Secret> = (0..24).map(|_| Secret::new(random_key(200))).collect();
+        let credentials = [Secret::new("N".repeat(800)), Secret::new(random_key(800))];
+        let r = Redactor::new(&keys);
+        let r = r.for_request(&credentials);
+        for unit in [
+            "\\",
+            "\\frac{\\alpha}{\\beta} \\\\ x_i \\cdot ",
+            "C:\\dir\\",
+            "日本語の文章",
+        ] {
+            let text = unit.repeat((1 << 20) / unit.len());
+            let piece = 65_537.min(text.len() / 2);
+            let mut split = text.len() - piece;
+            while !text.is_char_boundary(split) {
+                split -= 1;
+            }
+            let (kept, more) = text.split_at(split);
+            for left in [0, 3, 100, 30_000] {
+                let mut at = text.len() - left;
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let cut = r.safe_cut(kept, more, at);
+                let lost = at - cut;
+                assert!(lost <= 16, "{unit:?} {left}: {lost} bytes lost");
+                if !unit.contains('\\') {
+                    assert_eq!(lost, 0, "{unit:?} {left}");
+                }
+            }
+        }
+    }
+
     /// A text that is one secret over and over, escaped, against a cut deep inside it: each
     /// move back read a window for one occurrence's width, and 8 MiB of it would have been
-    /// read window by window to its start. One budget bounds all the moves: past it the cut
-    /// comes back a window and no further escapes are read.
+    /// read window by window to its start. Each place is read once, within one budget for
+    /// all the moves: past it no further escapes are read.
     #[test]
     fn a_text_all_one_escaped_secret_is_cut_within_one_budget() {
         let credential = [Secret::new("a".repeat(100))];
@@ -2076,10 +2215,9 @@ mod tests {
         let text = "\\u0061".repeat(40_000);
         let at = 200_000;
         let cut = r.safe_cut(&text, "", at);
-        let widest = 100 * 6usize.pow(u32::from(ESCAPE_DEPTH));
-        assert!(cut + widest <= at, "{cut}");
-        // A window or two back, not all the way to the text's start.
-        assert!(cut >= at - 3 * widest, "{cut}");
+        assert!(cut + 600 <= at, "{cut}");
+        // Some way back, not all the way to the text's start.
+        assert!(cut >= at / 2, "{cut}");
     }
 
     proptest! {
