@@ -834,6 +834,27 @@ mod tests {
         )
     }
 
+    /// A text part named `model` made one the parser takes: printable ASCII, no boundary.
+    fn as_valid_model_field(
+        (name, filename, value): (String, Option<String>, Vec<u8>),
+    ) -> (String, Option<String>, Vec<u8>) {
+        let is_valid =
+            |v: &[u8]| std::str::from_utf8(v).is_ok_and(|v| check_model_value(v, B).is_ok());
+        if name != "model" || filename.is_some() || is_valid(&value) {
+            return (name, filename, value);
+        }
+        let printable: Vec<u8> = value
+            .into_iter()
+            .filter(|b| (b' '..=b'~').contains(b))
+            .collect();
+        let value = if is_valid(&printable) {
+            printable
+        } else {
+            b"gpt-4o".to_vec()
+        };
+        (name, filename, value)
+    }
+
     proptest! {
         /// Whatever the parts, the form reads back as written, and a rewrite changes the
         /// model alone.
@@ -842,17 +863,15 @@ mod tests {
             parts in proptest::collection::vec(any_part(), 0..6),
             upstream in "[a-z0-9./-]{1,16}",
         ) {
+            // A text field named model must be one line of text without the boundary (else
+            // the form is refused, rightly): such a value keeps its printable characters, or
+            // becomes a plain name, rather than the case being rejected (a third of the cases
+            // were, too many for proptest at thousands of cases).
+            let parts: Vec<_> = parts.into_iter().map(as_valid_model_field).collect();
             let as_refs: Vec<(&str, Option<&str>, &[u8])> = parts
                 .iter()
                 .map(|(n, f, v)| (n.as_str(), f.as_deref(), v.as_slice()))
                 .collect();
-            // A text field named model must be one line of text without the boundary (else
-            // the form is refused, rightly).
-            prop_assume!(parts.iter().all(|(n, f, v)| {
-                n != "model"
-                    || f.is_some()
-                    || std::str::from_utf8(v).is_ok_and(|v| check_model_value(v, B).is_ok())
-            }));
             let body = Bytes::from(form(&as_refs));
             let view = parse(&body).expect("a well-formed form parses");
             prop_assert_eq!(view.parts.len(), parts.len());
