@@ -407,6 +407,36 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// The machine's CPU time so far from `/proc/stat`'s first line: (steal, all), in ticks.
+/// Steal is time the hypervisor gave this VM's cores to someone else: on a shared host it
+/// comes and goes, and a run with much of it measured a slower machine than one without.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map_while(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice: guest time is
+    // counted in user time already.
+    let steal = *fields.get(7)?;
+    Some((steal, fields.iter().take(8).sum()))
+}
+
+/// One line on how much of the measured rounds the host took back.
+fn report_steal(before: Option<(u64, u64)>, after: Option<(u64, u64)>) {
+    let (Some((steal0, all0)), Some((steal1, all1))) = (before, after) else {
+        return;
+    };
+    let (steal, all) = (steal1.saturating_sub(steal0), all1.saturating_sub(all0));
+    println!(
+        "\nHost: {steal} of {all} CPU ticks ({:.1}%) were steal time (taken back by the hypervisor) during the measured rounds; compare runs with little of it.",
+        steal as f64 * 100.0 / all.max(1) as f64
+    );
+}
+
 fn body(model: &str, stream: bool) -> Bytes {
     Bytes::from(format!(
         r#"{{"model":"{model}","messages":[{{"role":"system","content":"You are a helpful assistant."}},{{"role":"user","content":"Say hello in one short sentence."}}],"temperature":0.7,"stream":{stream}}}"#
@@ -601,6 +631,7 @@ async fn bench(duration: Duration) -> Result<(), String> {
     }
 
     eprintln!("bench: non-stream, c={NON_STREAM_CONCURRENCY}");
+    let ticks_before = cpu_ticks();
     let whole = interleaved(&targets, false, NON_STREAM_CONCURRENCY, each, ROUNDS).await;
     eprintln!(
         "bench: streams of {} chunks {} ms apart, c={STREAM_CONCURRENCY}",
@@ -608,6 +639,7 @@ async fn bench(duration: Duration) -> Result<(), String> {
         mock::CHUNK_GAP.as_millis()
     );
     let streams = interleaved(&targets, true, STREAM_CONCURRENCY, each, ROUNDS).await;
+    let ticks_after = cpu_ticks();
     drop(nginx);
     let rss_on = rss_mib(on_pid);
     let on_lines = stop_gracefully(on_proc, &on_report);
@@ -651,6 +683,7 @@ async fn bench(duration: Duration) -> Result<(), String> {
     drop(mock_proc);
 
     report(&whole, &streams, reference.is_some());
+    report_steal(ticks_before, ticks_after);
     let rows = vec![
         row(
             "RSS idle, MiB",
