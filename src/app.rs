@@ -267,6 +267,18 @@ fn refuse_method(route: &Route, parts: &http::request::Parts, state: &AppState) 
                  ?proxy=<url> or config.yaml sets settings.default_server",
             );
         }
+        if method == Method::DELETE
+            && model_route
+            && crate::routing::model_path_names_unknown_alias(
+                &normalize_path(path),
+                &state.config.load(),
+            )
+        {
+            hint(
+                "the model id's [prefix] is no server in config.yaml (a DELETE of \
+                 /v1/models/[alias]name goes to that alias's server)",
+            );
+        }
     }
     method_not_allowed(message, &allow)
 }

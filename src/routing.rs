@@ -407,6 +407,19 @@ pub fn aliased_model_path(path: &str, config: &Config) -> Option<(String, String
     Some((id, upstream))
 }
 
+/// Whether `path` (normalized, `/models/<id>`) names a model as `[prefix]name` whose prefix is
+/// no server in `config` (an alias mistyped, or one since removed): a `DELETE` of it has no
+/// alias to go to, and its 405 says why rather than only naming the other targets.
+pub fn model_path_names_unknown_alias(path: &str, config: &Config) -> bool {
+    let Some(id) = path.strip_prefix("/models/") else {
+        return false;
+    };
+    let Ok(id) = percent_encoding::percent_decode_str(id).decode_utf8() else {
+        return false;
+    };
+    matches!(parse_model(&id), Ok(ModelRef::Prefixed { prefix, .. }) if config.server(prefix).is_none())
+}
+
 /// The model name as records (log, ledger, traces) show it: a URL prefix's user info and
 /// query, which may carry a password or a key (`[https://user:pw@host/v1?key=...]model`),
 /// are replaced by `[redacted]` and `?[redacted]`, and so is any other `scheme://` URL's

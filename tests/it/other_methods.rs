@@ -534,8 +534,34 @@ async fn a_model_delete_goes_to_the_default_server() {
         let message = error["error"]["message"].as_str().expect("message");
         assert!(message.contains("?proxy="), "{message}");
         assert!(!message.contains("starts with /v1/"), "{message}");
+        assert!(
+            !message.contains("[prefix]"),
+            "no prefix, no word of one: {message}"
+        );
+        // An id as the merged list would give it, but its alias is not configured (mistyped):
+        // the message says so.
+        for path in [
+            "/v1/models/[nosuch]ft:gpt-4o:acme::abc",
+            "/models/%5Bnosuch%5Dft%3Agpt-4o",
+        ] {
+            let response = http.delete(router.url(path)).send().await.expect("send");
+            assert_eq!(response.status(), 405, "{name} {path}");
+            let error: Value = response.json().await.expect("json");
+            let message = error["error"]["message"].as_str().expect("message");
+            assert!(
+                message.contains("[prefix] is no server in config.yaml"),
+                "{name} {path}: {message}"
+            );
+        }
+        // The same id with a configured alias goes there: not refused.
+        let response = http
+            .delete(router.url("/v1/models/[mock]ft:gpt-4o:acme::abc"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "{name}");
     }
-    assert_eq!(upstream.count(), 0);
+    assert_eq!(upstream.count(), clients().len());
     router.stop().await;
 }
 
